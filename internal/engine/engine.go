@@ -1,0 +1,210 @@
+// Package engine runs canister Wasm on wasmtime: it validates and compiles
+// modules, and executes one message as a function of (module, memory,
+// globals, input) → output, with deterministic fuel metering.
+//
+// The engine never keeps canister state between executions: every execution
+// instantiates the compiled module in a fresh store, restores the committed
+// heap and globals, runs one entry point, and reports what changed. The same
+// code runs in-process and inside a sandbox process.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// Config tunes the engine. The zero value is not valid; use DefaultConfig.
+type Config struct {
+	// MaxWasmStack bounds the native stack Wasm may use (bytes). It must stay
+	// well below the stack of the threads that run Wasm.
+	MaxWasmStack int
+	// ParallelCompilation lets Cranelift use threads to compile.
+	ParallelCompilation bool
+}
+
+// DefaultConfig returns the configuration cordon runs with.
+func DefaultConfig() Config {
+	return Config{MaxWasmStack: 2 << 20, ParallelCompilation: true}
+}
+
+// Engine compiles and runs canister modules. It is safe for concurrent use.
+type Engine struct {
+	wt       *wasmtime.Engine
+	linker32 *wasmtime.Linker
+	linker64 *wasmtime.Linker
+}
+
+// New creates an engine: Wasm features as the IC enables them, NaN
+// canonicalization so floats are deterministic, fuel for metering.
+func New(cfg Config) (*Engine, error) {
+	c := wasmtime.NewConfig()
+	c.SetConsumeFuel(true)
+	c.SetCraneliftNanCanonicalization(true)
+	c.SetWasmMemory64(true)
+	c.SetWasmBulkMemory(true)
+	c.SetWasmMultiValue(true)
+	c.SetWasmReferenceTypes(true)
+	c.SetWasmSIMD(true)
+	c.SetWasmRelaxedSIMD(false) // not deterministic across CPUs
+	c.SetWasmThreads(false)
+	c.SetWasmMultiMemory(false)
+	c.SetWasmGC(false)
+	c.SetWasmFunctionReferences(false)
+	c.SetWasmTailCall(false)
+	c.SetParallelCompilation(cfg.ParallelCompilation)
+	if cfg.MaxWasmStack > 0 {
+		c.SetMaxWasmStack(cfg.MaxWasmStack)
+	}
+	e := &Engine{wt: wasmtime.NewEngineWithConfig(c)}
+	var err error
+	if e.linker32, err = newLinker(e.wt, false); err != nil {
+		return nil, fmt.Errorf("define ic0 for 32-bit canisters: %w", err)
+	}
+	if e.linker64, err = newLinker(e.wt, true); err != nil {
+		return nil, fmt.Errorf("define ic0 for 64-bit canisters: %w", err)
+	}
+	return e, nil
+}
+
+// funcType returns the Wasm signature of an ic0 import for a memory width.
+func funcType(s *sysapi.Spec, memory64 bool) *wasmtime.FuncType {
+	conv := func(ks []sysapi.Kind) []*wasmtime.ValType {
+		out := make([]*wasmtime.ValType, len(ks))
+		for i, k := range ks {
+			switch {
+			case k == sysapi.I32 || (k == sysapi.Ptr && !memory64):
+				out[i] = wasmtime.NewValType(wasmtime.KindI32)
+			default:
+				out[i] = wasmtime.NewValType(wasmtime.KindI64)
+			}
+		}
+		return out
+	}
+	return wasmtime.NewFuncType(conv(s.Params), conv(s.Results))
+}
+
+// newLinker defines every ic0 import as a store-independent host function
+// that dispatches to the store's current execution.
+func newLinker(e *wasmtime.Engine, memory64 bool) (*wasmtime.Linker, error) {
+	l := wasmtime.NewLinker(e)
+	for i := range sysapi.Imports {
+		spec := &sysapi.Imports[i]
+		if spec.Only32 && memory64 {
+			continue
+		}
+		ty := funcType(spec, memory64)
+		resultKinds := make([]wasmtime.ValKind, len(spec.Results))
+		for j, r := range ty.Results() {
+			resultKinds[j] = r.Kind()
+		}
+		err := l.FuncNew("ic0", spec.Name, ty, func(c *wasmtime.Caller, args []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) {
+			r, ok := c.Data().(*run)
+			if !ok || r == nil {
+				return nil, wasmtime.NewTrap("ic0 called outside an execution")
+			}
+			return r.hostCall(spec, args, resultKinds)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ic0.%s: %w", spec.Name, err)
+		}
+	}
+	return l, nil
+}
+
+// hostCall adapts a Wasm call of an ic0 import to sysapi.Execution.Call.
+func (r *run) hostCall(spec *sysapi.Spec, args []wasmtime.Val, results []wasmtime.ValKind) ([]wasmtime.Val, *wasmtime.Trap) {
+	var raw [8]uint64
+	a := raw[:len(args)]
+	for i, v := range args {
+		switch v.Kind() {
+		case wasmtime.KindI32:
+			a[i] = uint64(uint32(v.I32()))
+		case wasmtime.KindI64:
+			a[i] = uint64(v.I64())
+		}
+	}
+	res, err := r.exec.Call(spec, a)
+	if err != nil {
+		r.hostErr = err
+		return nil, wasmtime.NewTrap(err.Error())
+	}
+	if len(results) == 0 {
+		return nil, nil
+	}
+	if results[0] == wasmtime.KindI32 {
+		return []wasmtime.Val{wasmtime.ValI32(int32(uint32(res)))}, nil
+	}
+	return []wasmtime.Val{wasmtime.ValI64(int64(res))}, nil
+}
+
+// meter implements sysapi.Meter on a store's fuel.
+type meter struct {
+	store *wasmtime.Store
+	limit uint64
+}
+
+func (m *meter) Charge(n uint64) error {
+	fuel, err := m.store.GetFuel()
+	if err != nil {
+		return fmt.Errorf("read fuel: %w", err)
+	}
+	if fuel < n {
+		_ = m.store.SetFuel(0)
+		return sysapi.ErrInstructionLimit
+	}
+	return m.store.SetFuel(fuel - n)
+}
+
+func (m *meter) Used() uint64 {
+	fuel, err := m.store.GetFuel()
+	if err != nil || fuel > m.limit {
+		return m.limit
+	}
+	return m.limit - fuel
+}
+
+// trapMessage turns a wasmtime error into the canister-facing trap message.
+func trapMessage(err error) error {
+	var t *wasmtime.Trap
+	if errors.As(err, &t) {
+		if code := t.Code(); code != nil {
+			switch *code {
+			case wasmtime.OutOfFuel:
+				return sysapi.ErrInstructionLimit
+			case wasmtime.StackOverflow:
+				return &sysapi.Trap{Message: "Canister trapped: stack overflow"}
+			case wasmtime.MemoryOutOfBounds:
+				return &sysapi.Trap{Message: "Canister trapped: heap out of bounds"}
+			case wasmtime.IntegerDivisionByZero:
+				return &sysapi.Trap{Message: "Canister trapped: integer division by 0"}
+			case wasmtime.IntegerOverflow:
+				return &sysapi.Trap{Message: "Canister trapped: integer overflow"}
+			case wasmtime.UnreachableCodeReached:
+				return &sysapi.Trap{Message: "Canister trapped: unreachable"}
+			case wasmtime.TableOutOfBounds:
+				return &sysapi.Trap{Message: "Canister trapped: table out of bounds"}
+			case wasmtime.IndirectCallToNull:
+				return &sysapi.Trap{Message: "Canister trapped: indirect call to null"}
+			case wasmtime.BadSignature:
+				return &sysapi.Trap{Message: "Canister trapped: indirect call signature mismatch"}
+			case wasmtime.BadConversionToInteger:
+				return &sysapi.Trap{Message: "Canister trapped: invalid conversion to integer"}
+			}
+		}
+		return &sysapi.Trap{Message: "Canister trapped: " + t.Message()}
+	}
+	return &sysapi.Trap{Message: "Canister trapped: " + err.Error()}
+}
+
+// clampInt64 converts a limit for wasmtime's signed API.
+func clampInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}

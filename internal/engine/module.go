@@ -1,0 +1,266 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/internal/wasmbin"
+)
+
+// Limits on modules, checked before compilation (IC defaults).
+type ModuleLimits struct {
+	MaxBytes     int // module size after decompression
+	MaxMethods   int // exported update, query and composite query methods
+	MaxGlobals   int
+	MaxFunctions int
+}
+
+// DefaultModuleLimits are the IC's limits.
+func DefaultModuleLimits() ModuleLimits {
+	return ModuleLimits{MaxBytes: 100 << 20, MaxMethods: 1000, MaxGlobals: 1000, MaxFunctions: 50000}
+}
+
+// ErrInvalidModule wraps every reason a module is refused.
+var ErrInvalidModule = errors.New("invalid canister module")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidModule, fmt.Sprintf(format, args...))
+}
+
+// MethodKind is how a canister method may be called.
+type MethodKind uint8
+
+// Method kinds.
+const (
+	NoMethod MethodKind = iota
+	UpdateMethod
+	QueryMethod
+	CompositeQueryMethod
+)
+
+// String names the kind as the export prefix does.
+func (k MethodKind) String() string {
+	switch k {
+	case UpdateMethod:
+		return "update"
+	case QueryMethod:
+		return "query"
+	case CompositeQueryMethod:
+		return "composite_query"
+	}
+	return "none"
+}
+
+// Info is what cordon knows about a module after validating it.
+type Info struct {
+	Hash     [32]byte // SHA-256 of the module as installed
+	Size     int
+	Memory64 bool
+	Methods  map[string]MethodKind
+	// System entry points the module exports.
+	HasInit, HasPreUpgrade, HasPostUpgrade, HasInspect, HasHeartbeat, HasGlobalTimer, HasLowWasmMemory bool
+	HasStart                                                                                           bool
+	// EnhancedOrthogonalPersistence: Motoko's 64-bit persistence, which keeps
+	// the Wasm heap across upgrades.
+	EnhancedOrthogonalPersistence bool
+	CandidService                 string // the candid:service metadata, if any
+	NumGlobals                    int
+}
+
+// MethodNames returns the method names of a kind, sorted.
+func (in *Info) MethodNames(kind MethodKind) []string {
+	var names []string
+	for n, k := range in.Methods {
+		if k == kind {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Module is a validated, instrumented and compiled canister module.
+type Module struct {
+	Info    Info
+	wt      *wasmtime.Module
+	globals []wasmbin.InstrumentedGlobal
+	start   string
+	memory  string
+	table   string
+}
+
+// Validate decodes and checks a module without compiling it: only ic0
+// imports with the right signatures, reserved export names used correctly,
+// sizes within limits.
+func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
+	var info Info
+	if len(wasm) > lim.MaxBytes {
+		return nil, info, invalid("module is %d bytes, the limit is %d", len(wasm), lim.MaxBytes)
+	}
+	m, err := wasmbin.Decode(wasm)
+	if err != nil {
+		return nil, info, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	info = Info{Hash: sha256.Sum256(wasm), Size: len(wasm), Methods: map[string]MethodKind{}, HasStart: m.Start != nil}
+	if len(m.Memories) > 1 || (len(m.Memories) == 1 && m.NumImportedMemories > 0) {
+		return nil, info, invalid("a canister may declare at most one memory")
+	}
+	info.Memory64 = m.Memory64()
+	if int(m.NumFuncs()) > lim.MaxFunctions {
+		return nil, info, invalid("module has %d functions, the limit is %d", int(m.NumFuncs()), lim.MaxFunctions)
+	}
+	if len(m.Globals) > lim.MaxGlobals {
+		return nil, info, invalid("module has %d globals, the limit is %d", len(m.Globals), lim.MaxGlobals)
+	}
+	for i, g := range m.Globals {
+		if g.Mutable && g.Type != wasmbin.I32 && g.Type != wasmbin.I64 && g.Type != wasmbin.F32 && g.Type != wasmbin.F64 {
+			return nil, info, invalid("global %d: mutable globals of type %s cannot be persisted", i, g.Type)
+		}
+	}
+	info.NumGlobals = len(m.Globals)
+	for _, imp := range m.Imports {
+		if imp.Module != "ic0" {
+			return nil, info, invalid("import %q from module %q: canisters may import only from \"ic0\"", imp.Name, imp.Module)
+		}
+		if imp.Kind != wasmbin.ExternFunc {
+			return nil, info, invalid("import ic0.%s: only functions may be imported", imp.Name)
+		}
+		spec, ok := sysapi.Lookup(imp.Name, info.Memory64)
+		if !ok {
+			return nil, info, invalid("import ic0.%s: no such System API function for a %s canister", imp.Name, width(info.Memory64))
+		}
+		got, ok := typeAt(m, imp.TypeIndex)
+		if !ok {
+			return nil, info, invalid("import ic0.%s: type index %d out of range", imp.Name, imp.TypeIndex)
+		}
+		if want := specSignature(spec, info.Memory64); !got.Equal(want) {
+			return nil, info, invalid("import ic0.%s has type %s, the System API defines %s", imp.Name, got, want)
+		}
+	}
+	seen := map[string]bool{}
+	for _, ex := range m.Exports {
+		if strings.HasPrefix(ex.Name, "__cordon_") {
+			return nil, info, invalid("export %q: names starting with __cordon_ are reserved", ex.Name)
+		}
+		if !strings.HasPrefix(ex.Name, "canister_") {
+			continue
+		}
+		if ex.Kind != wasmbin.ExternFunc {
+			return nil, info, invalid("export %q: canister_ exports must be functions", ex.Name)
+		}
+		ft, ok := m.FuncType(ex.Index)
+		if !ok {
+			return nil, info, invalid("export %q: function %d out of range", ex.Name, ex.Index)
+		}
+		if len(ft.Params) != 0 || len(ft.Results) != 0 {
+			return nil, info, invalid("export %q has type %s, entry points must be [] -> []", ex.Name, ft)
+		}
+		if err := classifyExport(&info, ex.Name, seen); err != nil {
+			return nil, info, err
+		}
+	}
+	if len(info.Methods) > lim.MaxMethods {
+		return nil, info, invalid("module exports %d methods, the limit is %d", len(info.Methods), lim.MaxMethods)
+	}
+	if s, ok := m.CustomSection("icp:public candid:service"); ok {
+		info.CandidService = string(s)
+	} else if s, ok := m.CustomSection("icp:private candid:service"); ok {
+		info.CandidService = string(s)
+	}
+	if _, ok := m.CustomSection("icp:private enhanced-orthogonal-persistence"); ok {
+		info.EnhancedOrthogonalPersistence = true
+	}
+	return m, info, nil
+}
+
+func width(memory64 bool) string {
+	if memory64 {
+		return "64-bit"
+	}
+	return "32-bit"
+}
+
+func classifyExport(info *Info, name string, seen map[string]bool) error {
+	flags := map[string]*bool{
+		"canister_init":               &info.HasInit,
+		"canister_pre_upgrade":        &info.HasPreUpgrade,
+		"canister_post_upgrade":       &info.HasPostUpgrade,
+		"canister_inspect_message":    &info.HasInspect,
+		"canister_heartbeat":          &info.HasHeartbeat,
+		"canister_global_timer":       &info.HasGlobalTimer,
+		"canister_on_low_wasm_memory": &info.HasLowWasmMemory,
+	}
+	if f, ok := flags[name]; ok {
+		*f = true
+		return nil
+	}
+	for _, pre := range []struct {
+		prefix string
+		kind   MethodKind
+	}{{"canister_update ", UpdateMethod}, {"canister_query ", QueryMethod}, {"canister_composite_query ", CompositeQueryMethod}} {
+		if method, ok := strings.CutPrefix(name, pre.prefix); ok {
+			if seen[method] {
+				return invalid("method %q is exported more than once", method)
+			}
+			seen[method] = true
+			info.Methods[method] = pre.kind
+			return nil
+		}
+	}
+	return invalid("export %q: the canister_ prefix is reserved for the IC's entry points", name)
+}
+
+func specSignature(s *sysapi.Spec, memory64 bool) wasmbin.FuncType {
+	conv := func(ks []sysapi.Kind) []wasmbin.ValType {
+		out := make([]wasmbin.ValType, len(ks))
+		for i, k := range ks {
+			if k == sysapi.I32 || (k == sysapi.Ptr && !memory64) {
+				out[i] = wasmbin.I32
+			} else {
+				out[i] = wasmbin.I64
+			}
+		}
+		return out
+	}
+	return wasmbin.FuncType{Params: conv(s.Params), Results: conv(s.Results)}
+}
+
+// Compile validates, instruments and compiles a module.
+func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
+	_, info, err := Validate(wasm, lim)
+	if err != nil {
+		return nil, err
+	}
+	out, ins, err := wasmbin.Instrument(wasm)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	wt, err := wasmtime.NewModule(e.wt, out)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: tableExport(ins.Module)}, nil
+}
+
+func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {
+	if uint64(i) >= uint64(len(m.Types)) {
+		return wasmbin.FuncType{}, false
+	}
+	return m.Types[i], true
+}
+
+// tableExport finds the name under which table 0 is exported, for callbacks.
+func tableExport(m *wasmbin.Module) string {
+	for _, ex := range m.Exports {
+		if ex.Kind == wasmbin.ExternTable && ex.Index == 0 {
+			return ex.Name
+		}
+	}
+	return ""
+}

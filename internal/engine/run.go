@@ -1,0 +1,316 @@
+package engine
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// Request is one execution: which module, from which state, with what input.
+type Request struct {
+	Module *Module
+	// Heap is the committed Wasm memory; nil means the module's initial
+	// memory (install, reinstall, upgrade without keeping the heap).
+	Heap *state.PageMap
+	// Globals are the committed mutable globals in index order; nil means
+	// the module's initial values.
+	Globals []state.Global
+	// RunStart runs the module's start function (context "start") before
+	// the entry point, as on install and upgrade.
+	RunStart bool
+	// Input is the System API's view; Input.Context and Input.Entry choose
+	// the entry point (Entry "" runs nothing but the start function).
+	Input *sysapi.Input
+}
+
+// run is the per-execution state the ic0 host functions reach through the
+// store's data.
+type run struct {
+	exec    *sysapi.Execution
+	hostErr error
+	mem     *wasmtime.Memory
+	store   *wasmtime.Store
+}
+
+func (r *run) Bytes() []byte {
+	if r.mem == nil {
+		return nil
+	}
+	return r.mem.UnsafeData(r.store)
+}
+
+// Run executes a request. The returned output says whether the canister
+// trapped; an error means the execution could not be carried out at all
+// (a bug or a broken state), never that the canister misbehaved.
+func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
+	m, in := req.Module, req.Input
+	if m == nil || in == nil {
+		return nil, errors.New("engine: request without module or input")
+	}
+	if in.Memory64 != m.Info.Memory64 {
+		return nil, errors.New("engine: input memory width does not match the module")
+	}
+	if req.Globals != nil && len(req.Globals) != len(m.globals) {
+		return nil, fmt.Errorf("engine: %d globals given, module has %d", len(req.Globals), len(m.globals))
+	}
+	r := &run{}
+	store := wasmtime.NewStoreWithData(e.wt, r)
+	defer store.Close()
+	r.store = store
+	store.Limiter(clampInt64(in.Limits.HeapBytes), -1, 1, 1, 1)
+	if err := store.SetFuel(in.Limits.Instructions); err != nil {
+		return nil, fmt.Errorf("engine: set fuel: %w", err)
+	}
+	mt := &meter{store: store, limit: in.Limits.Instructions}
+	r.exec = sysapi.NewExecution(in, r, mt)
+
+	linker := e.linker32
+	if m.Info.Memory64 {
+		linker = e.linker64
+	}
+	inst, err := linker.Instantiate(store, m.wt)
+	if err != nil {
+		// Instantiation runs no canister code (the start function was
+		// removed), so a failure is a resource limit: a trap.
+		return r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + err.Error()}), nil
+	}
+	if m.memory != "" {
+		if ex := inst.GetExport(store, m.memory); ex != nil {
+			r.mem = ex.Memory()
+		}
+	}
+	if err := r.restoreHeap(req.Heap); err != nil {
+		return r.exec.Finish(err), nil
+	}
+	if req.Globals != nil {
+		if err := r.restoreGlobals(inst, m, req.Globals); err != nil {
+			return nil, err
+		}
+	}
+
+	callErr := r.call(inst, m, req)
+	out := r.exec.Finish(callErr)
+	if out.Trapped {
+		return out, nil
+	}
+	out.Heap = r.heapDelta(req.Heap)
+	if out.Globals, err = r.readGlobals(inst, m); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// call runs the start function if asked, then the entry point.
+func (r *run) call(inst *wasmtime.Instance, m *Module, req *Request) error {
+	in := req.Input
+	if req.RunStart && m.start != "" {
+		ctx := in.Context
+		in.Context = sysapi.CtxStart
+		err := r.invoke(inst.GetFunc(r.store, m.start))
+		in.Context = ctx
+		if err != nil {
+			return err
+		}
+	}
+	switch in.Context {
+	case sysapi.CtxReply, sysapi.CtxReject, sysapi.CtxCleanup,
+		sysapi.CtxCompositeReply, sysapi.CtxCompositeReject, sysapi.CtxCompositeCleanup:
+		return r.invokeCallback(inst, m, in.Callback)
+	}
+	if in.Entry == "" {
+		return nil
+	}
+	f := inst.GetFunc(r.store, in.Entry)
+	if f == nil {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister has no entry point %q", in.Entry)}
+	}
+	return r.invoke(f)
+}
+
+func (r *run) invoke(f *wasmtime.Func, args ...any) error {
+	if f == nil {
+		return &sysapi.Trap{Message: "Canister trapped: missing function"}
+	}
+	_, err := f.Call(r.store, args...)
+	if err == nil {
+		return nil
+	}
+	if r.hostErr != nil {
+		return r.hostErr
+	}
+	return trapMessage(err)
+}
+
+// invokeCallback calls a function-table entry with its environment.
+func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callback) error {
+	if m.table == "" {
+		return &sysapi.Trap{Message: "Canister trapped: callback given but the module has no table"}
+	}
+	ex := inst.GetExport(r.store, m.table)
+	if ex == nil || ex.Table() == nil {
+		return &sysapi.Trap{Message: "Canister trapped: table not found"}
+	}
+	tbl := ex.Table()
+	if cb.Fun >= tbl.Size(r.store) {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: callback %d outside the table", cb.Fun)}
+	}
+	v, err := tbl.Get(r.store, cb.Fun)
+	if err != nil {
+		return &sysapi.Trap{Message: "Canister trapped: " + err.Error()}
+	}
+	f := v.Funcref()
+	if f == nil {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: callback %d is null", cb.Fun)}
+	}
+	ft := f.Type(r.store)
+	if len(ft.Params()) != 1 || len(ft.Results()) != 0 {
+		return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
+	}
+	if m.Info.Memory64 {
+		if ft.Params()[0].Kind() != wasmtime.KindI64 {
+			return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
+		}
+		return r.invoke(f, int64(cb.Env))
+	}
+	if ft.Params()[0].Kind() != wasmtime.KindI32 || cb.Env > math.MaxUint32 {
+		return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
+	}
+	return r.invoke(f, int32(uint32(cb.Env)))
+}
+
+// restoreHeap makes the instance's memory equal to the committed heap.
+// Fresh memory is zero except where data segments wrote, so only pages that
+// differ (inside the initial size) and stored pages (beyond it) are copied.
+func (r *run) restoreHeap(heap *state.PageMap) error {
+	if heap == nil {
+		return nil
+	}
+	if r.mem == nil {
+		if heap.Size() == 0 {
+			return nil
+		}
+		return errors.New("engine: state has a heap but the module has no memory")
+	}
+	initial := r.mem.DataSize(r.store)
+	if want := heap.Size(); want > uint64(initial) {
+		if want%state.WasmPageSize != 0 {
+			return fmt.Errorf("engine: heap size %d is not a multiple of 64 KiB", want)
+		}
+		delta := (want - uint64(initial)) / state.WasmPageSize
+		if _, err := r.mem.Grow(r.store, delta); err != nil {
+			return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)}
+		}
+	}
+	data := r.mem.UnsafeData(r.store)
+	initPages := uint64(initial) / state.PageSize
+	for i := uint64(0); i < initPages; i++ {
+		dst := data[i*state.PageSize : (i+1)*state.PageSize]
+		src := heap.Page(i)
+		if src == nil {
+			src = state.ZeroPage()
+		}
+		if !bytes.Equal(dst, src[:]) {
+			copy(dst, src[:])
+		}
+	}
+	for _, i := range heap.StoredPages() {
+		if i >= initPages {
+			copy(data[i*state.PageSize:], heap.Page(i)[:])
+		}
+	}
+	return nil
+}
+
+// heapDelta lists the pages that differ from the committed heap.
+func (r *run) heapDelta(base *state.PageMap) state.Delta {
+	if r.mem == nil {
+		return state.Delta{}
+	}
+	data := r.mem.UnsafeData(r.store)
+	d := state.Delta{Size: uint64(len(data))}
+	n := uint64(len(data)) / state.PageSize
+	for i := uint64(0); i < n; i++ {
+		cur := data[i*state.PageSize : (i+1)*state.PageSize]
+		old := base.Page(i)
+		if old == nil {
+			old = state.ZeroPage()
+		}
+		if !bytes.Equal(cur, old[:]) {
+			p := new(state.Page)
+			copy(p[:], cur)
+			d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
+		}
+	}
+	return d
+}
+
+func (r *run) restoreGlobals(inst *wasmtime.Instance, m *Module, gs []state.Global) error {
+	for i, g := range m.globals {
+		ex := inst.GetExport(r.store, g.Export)
+		if ex == nil || ex.Global() == nil {
+			return fmt.Errorf("engine: global export %s missing", g.Export)
+		}
+		glob := ex.Global()
+		if !glob.Type(r.store).Mutable() {
+			continue
+		}
+		v, err := toVal(gs[i])
+		if err != nil {
+			return fmt.Errorf("engine: global %d: %w", g.Index, err)
+		}
+		if err := glob.Set(r.store, v); err != nil {
+			return fmt.Errorf("engine: set global %d: %w", g.Index, err)
+		}
+	}
+	return nil
+}
+
+func (r *run) readGlobals(inst *wasmtime.Instance, m *Module) ([]state.Global, error) {
+	out := make([]state.Global, len(m.globals))
+	for i, g := range m.globals {
+		ex := inst.GetExport(r.store, g.Export)
+		if ex == nil || ex.Global() == nil {
+			return nil, fmt.Errorf("engine: global export %s missing", g.Export)
+		}
+		v, err := fromVal(ex.Global().Get(r.store))
+		if err != nil {
+			return nil, fmt.Errorf("engine: global %d: %w", g.Index, err)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func toVal(g state.Global) (wasmtime.Val, error) {
+	switch g.Type {
+	case state.GlobalI32:
+		return wasmtime.ValI32(int32(uint32(g.Bits))), nil
+	case state.GlobalI64:
+		return wasmtime.ValI64(int64(g.Bits)), nil
+	case state.GlobalF32:
+		return wasmtime.ValF32(math.Float32frombits(uint32(g.Bits))), nil
+	case state.GlobalF64:
+		return wasmtime.ValF64(math.Float64frombits(g.Bits)), nil
+	}
+	return wasmtime.Val{}, fmt.Errorf("unsupported global type %s", g.Type)
+}
+
+func fromVal(v wasmtime.Val) (state.Global, error) {
+	switch v.Kind() {
+	case wasmtime.KindI32:
+		return state.Global{Type: state.GlobalI32, Bits: uint64(uint32(v.I32()))}, nil
+	case wasmtime.KindI64:
+		return state.Global{Type: state.GlobalI64, Bits: uint64(v.I64())}, nil
+	case wasmtime.KindF32:
+		return state.Global{Type: state.GlobalF32, Bits: uint64(math.Float32bits(v.F32()))}, nil
+	case wasmtime.KindF64:
+		return state.Global{Type: state.GlobalF64, Bits: math.Float64bits(v.F64())}, nil
+	}
+	return state.Global{}, fmt.Errorf("unsupported global kind %v", v.Kind())
+}

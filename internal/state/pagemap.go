@@ -1,0 +1,245 @@
+// Package state holds a canister's state: its memories as page maps, its
+// globals and its metadata, and the deterministic hash over all of them.
+package state
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// PageSize is the granularity of state tracking: 4 KiB, the OS page size.
+const PageSize = 4096
+
+// WasmPageSize is the unit of Wasm and stable memory sizes: 64 KiB.
+const WasmPageSize = 65536
+
+// Page is one page of memory.
+type Page [PageSize]byte
+
+var zeroPage Page
+
+// ZeroPage returns a read-only all-zero page; callers must not modify it.
+func ZeroPage() *Page { return &zeroPage }
+
+// PageMap is a memory of Size bytes stored sparsely as 4 KiB pages: a page
+// that is absent is all zeros. Pages are never modified in place once stored,
+// so a *Page read from a PageMap stays valid after later updates.
+type PageMap struct {
+	size  uint64
+	pages map[uint64]*Page
+}
+
+// NewPageMap returns an empty page map of the given size in bytes.
+func NewPageMap(size uint64) *PageMap {
+	return &PageMap{size: size, pages: make(map[uint64]*Page)}
+}
+
+// Size returns the memory size in bytes.
+func (m *PageMap) Size() uint64 {
+	if m == nil {
+		return 0
+	}
+	return m.size
+}
+
+// NumPages returns the number of 4 KiB pages the size spans.
+func (m *PageMap) NumPages() uint64 { return (m.Size() + PageSize - 1) / PageSize }
+
+// Page returns page i, or nil if it is all zeros.
+func (m *PageMap) Page(i uint64) *Page {
+	if m == nil {
+		return nil
+	}
+	return m.pages[i]
+}
+
+// StoredPages returns the indices of the pages that are stored (non-zero), sorted.
+func (m *PageMap) StoredPages() []uint64 {
+	if m == nil {
+		return nil
+	}
+	idx := make([]uint64, 0, len(m.pages))
+	for i := range m.pages {
+		idx = append(idx, i)
+	}
+	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	return idx
+}
+
+// ReadAt copies len(dst) bytes starting at off into dst.
+func (m *PageMap) ReadAt(dst []byte, off uint64) error {
+	end := off + uint64(len(dst))
+	if end < off || end > m.Size() {
+		return fmt.Errorf("read [%d, +%d) outside memory of %d bytes", off, len(dst), m.Size())
+	}
+	for len(dst) > 0 {
+		idx, in := off/PageSize, off%PageSize
+		n := copy(dst, pageOrZero(m.Page(idx))[in:])
+		dst, off = dst[n:], off+uint64(n)
+	}
+	return nil
+}
+
+func pageOrZero(p *Page) *Page {
+	if p == nil {
+		return &zeroPage
+	}
+	return p
+}
+
+// Clone returns a copy that shares the (immutable) pages.
+func (m *PageMap) Clone() *PageMap {
+	c := NewPageMap(m.Size())
+	if m != nil {
+		for i, p := range m.pages {
+			c.pages[i] = p
+		}
+	}
+	return c
+}
+
+// DirtyPage is one page written by a message.
+type DirtyPage struct {
+	Index uint64
+	Data  *Page
+}
+
+// Delta is what one message changed in one memory: its new size and the
+// pages it wrote. Pages are sorted by index without duplicates.
+type Delta struct {
+	Size  uint64
+	Pages []DirtyPage
+}
+
+// ErrInvalidDelta reports a delta that violates the page-map invariants.
+var ErrInvalidDelta = errors.New("invalid memory delta")
+
+// Validate checks the delta's invariants against a maximum size: size within
+// the maximum, indices inside the new size, strictly increasing.
+func (d *Delta) Validate(maxSize uint64) error {
+	if d.Size > maxSize {
+		return fmt.Errorf("%w: size %d exceeds limit %d", ErrInvalidDelta, d.Size, maxSize)
+	}
+	pages := (d.Size + PageSize - 1) / PageSize
+	for i, p := range d.Pages {
+		if p.Data == nil {
+			return fmt.Errorf("%w: page %d has no data", ErrInvalidDelta, p.Index)
+		}
+		if p.Index >= pages {
+			return fmt.Errorf("%w: page %d outside memory of %d pages", ErrInvalidDelta, p.Index, pages)
+		}
+		if i > 0 && p.Index <= d.Pages[i-1].Index {
+			return fmt.Errorf("%w: page %d out of order or duplicated", ErrInvalidDelta, p.Index)
+		}
+	}
+	return nil
+}
+
+// Apply applies a validated delta in place. Shrinking is not possible in
+// Wasm, so a smaller size is an error; pages past the size are dropped.
+func (m *PageMap) Apply(d Delta) error {
+	if d.Size < m.size {
+		return fmt.Errorf("%w: memory cannot shrink from %d to %d bytes", ErrInvalidDelta, m.size, d.Size)
+	}
+	if err := d.Validate(d.Size); err != nil {
+		return err
+	}
+	m.size = d.Size
+	for _, p := range d.Pages {
+		if *p.Data == zeroPage {
+			delete(m.pages, p.Index)
+			continue
+		}
+		m.pages[p.Index] = p.Data
+	}
+	return nil
+}
+
+// SetPage stores a page directly (used when loading from the store).
+func (m *PageMap) SetPage(i uint64, p *Page) error {
+	if i >= m.NumPages() {
+		return fmt.Errorf("page %d outside memory of %d pages", i, m.NumPages())
+	}
+	if p == nil || *p == zeroPage {
+		delete(m.pages, i)
+		return nil
+	}
+	m.pages[i] = p
+	return nil
+}
+
+// Overlay is a copy-on-write view of a PageMap for one execution: reads see
+// the base plus what was written, writes touch only the overlay, and the
+// written pages come out as a Delta. Dropping the overlay rolls back.
+type Overlay struct {
+	base  *PageMap
+	size  uint64
+	dirty map[uint64]*Page
+}
+
+// NewOverlay starts a copy-on-write view of base (which may be nil: empty).
+func NewOverlay(base *PageMap) *Overlay {
+	return &Overlay{base: base, size: base.Size(), dirty: make(map[uint64]*Page)}
+}
+
+// Size returns the current size in bytes.
+func (o *Overlay) Size() uint64 { return o.size }
+
+// Grow sets a larger size.
+func (o *Overlay) Grow(newSize uint64) {
+	if newSize > o.size {
+		o.size = newSize
+	}
+}
+
+func (o *Overlay) page(i uint64) *Page {
+	if p, ok := o.dirty[i]; ok {
+		return p
+	}
+	return pageOrZero(o.base.Page(i))
+}
+
+// ReadAt copies len(dst) bytes at off into dst.
+func (o *Overlay) ReadAt(dst []byte, off uint64) error {
+	end := off + uint64(len(dst))
+	if end < off || end > o.size {
+		return fmt.Errorf("read [%d, +%d) outside memory of %d bytes", off, len(dst), o.size)
+	}
+	for len(dst) > 0 {
+		idx, in := off/PageSize, off%PageSize
+		n := copy(dst, o.page(idx)[in:])
+		dst, off = dst[n:], off+uint64(n)
+	}
+	return nil
+}
+
+// WriteAt copies src to off.
+func (o *Overlay) WriteAt(src []byte, off uint64) error {
+	end := off + uint64(len(src))
+	if end < off || end > o.size {
+		return fmt.Errorf("write [%d, +%d) outside memory of %d bytes", off, len(src), o.size)
+	}
+	for len(src) > 0 {
+		idx, in := off/PageSize, off%PageSize
+		p, ok := o.dirty[idx]
+		if !ok {
+			p = new(Page)
+			*p = *o.page(idx)
+			o.dirty[idx] = p
+		}
+		n := copy(p[in:], src)
+		src, off = src[n:], off+uint64(n)
+	}
+	return nil
+}
+
+// Delta returns the size and written pages, sorted.
+func (o *Overlay) Delta() Delta {
+	d := Delta{Size: o.size, Pages: make([]DirtyPage, 0, len(o.dirty))}
+	for i, p := range o.dirty {
+		d.Pages = append(d.Pages, DirtyPage{Index: i, Data: p})
+	}
+	sort.Slice(d.Pages, func(a, b int) bool { return d.Pages[a].Index < d.Pages[b].Index })
+	return d
+}

@@ -1,0 +1,396 @@
+// Package store is cordon's embedded, durable store, on bbolt.
+//
+// bbolt was chosen over pebble because every commit is one ACID transaction
+// with an fsync (crash-consistent by construction, no WAL replay logic of our
+// own), reads are zero-copy, and the whole store is a single file. Each
+// canister is a bucket holding its metadata, globals and one key per 4 KiB
+// page of heap and stable memory, so a commit writes only the pages a message
+// changed.
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/state"
+)
+
+var (
+	bucketModules   = []byte("modules")
+	bucketCanisters = []byte("canisters")
+	bucketNode      = []byte("node")
+
+	keyMeta    = []byte("meta")
+	keyGlobals = []byte("globals")
+	keyHeap    = []byte("heap")
+	keyStable  = []byte("stable")
+	keyNextID  = []byte("next_canister_id")
+	keyFormat  = []byte("format")
+)
+
+const formatVersion = "cordon-store-1"
+
+// ErrNotFound is returned for a canister or module that is not stored.
+var ErrNotFound = errors.New("not found")
+
+// Settings are a canister's settings (management canister update_settings).
+type Settings struct {
+	Controllers       []string      `json:"controllers"`
+	FreezingThreshold uint64        `json:"freezing_threshold"`
+	MemoryAllocation  uint64        `json:"memory_allocation"`
+	ComputeAllocation uint64        `json:"compute_allocation"`
+	WasmMemoryLimit   uint64        `json:"wasm_memory_limit"`
+	ReservedCycles    cycles.Amount `json:"reserved_cycles_limit"`
+	Isolation         string        `json:"isolation,omitempty"` // per-canister override, "" = node default
+}
+
+// Meta is a canister's metadata.
+type Meta struct {
+	ID            string        `json:"id"`
+	Settings      Settings      `json:"settings"`
+	Balance       cycles.Amount `json:"balance"`
+	Status        string        `json:"status"` // running, stopping, stopped
+	ModuleHash    string        `json:"module_hash,omitempty"`
+	Version       uint64        `json:"version"`
+	CertifiedData []byte        `json:"certified_data,omitempty"`
+	GlobalTimer   uint64        `json:"global_timer"`
+	HeapSize      uint64        `json:"heap_size"`
+	StableSize    uint64        `json:"stable_size"`
+	Created       time.Time     `json:"created"`
+	// Counters, for status and cycles conservation.
+	Messages     uint64        `json:"messages"`
+	Instructions uint64        `json:"instructions"`
+	CyclesBurned cycles.Amount `json:"cycles_burned"`
+}
+
+// Store is an open store. It is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+}
+
+// DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
+func DefaultHome() (string, error) {
+	if h := os.Getenv("CORDON_HOME"); h != "" {
+		return h, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find home directory (set CORDON_HOME or --home): %w", err)
+	}
+	return filepath.Join(home, ".local", "share", "cordon"), nil
+}
+
+// Open opens or creates the store in dir. timeout bounds the wait for the
+// file lock held by another process (a running `cordon serve`).
+func Open(dir string, timeout time.Duration) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create store directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "cordon.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %s: locked by another process (is `cordon serve` running?)", path)
+		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		node := tx.Bucket(bucketNode)
+		switch f := node.Get(keyFormat); {
+		case f == nil:
+			return node.Put(keyFormat, []byte(formatVersion))
+		case string(f) != formatVersion:
+			return fmt.Errorf("store format %q is not %q", f, formatVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialize store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path returns the store's file.
+func (s *Store) Path() string { return s.db.Path() }
+
+// NextCanisterIndex allocates the next canister number.
+func (s *Store) NextCanisterIndex() (uint64, error) {
+	var n uint64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNode)
+		if v := b.Get(keyNextID); len(v) == 8 {
+			n = binary.BigEndian.Uint64(v)
+		}
+		return b.Put(keyNextID, binary.BigEndian.AppendUint64(nil, n+1))
+	})
+	return n, err
+}
+
+// Canister is a canister's full committed state as loaded from the store.
+type Canister struct {
+	Meta    Meta
+	Heap    *state.PageMap
+	Stable  *state.PageMap
+	Globals []state.Global
+}
+
+// MemoryChange is how a commit changes one memory: a delta against the
+// committed pages, or a replacement of the whole memory.
+type MemoryChange struct {
+	Replace bool // drop all stored pages first (install, reinstall, upgrade)
+	Delta   state.Delta
+}
+
+// Change is one atomic commit to a canister.
+type Change struct {
+	ID         []byte
+	Meta       Meta
+	Heap       *MemoryChange // nil: unchanged
+	Stable     *MemoryChange
+	Globals    []state.Global // nil: unchanged
+	SetGlobals bool
+	Module     []byte // stored under its hash when non-nil
+	Delete     bool   // remove the canister entirely
+}
+
+// Commit applies changes atomically and durably: after it returns, a crash
+// cannot lose them; if it fails, none of them happened.
+func (s *Store) Commit(changes ...Change) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for i := range changes {
+			if err := commitOne(tx, &changes[i]); err != nil {
+				return fmt.Errorf("commit canister %s: %w", changes[i].Meta.ID, err)
+			}
+		}
+		return nil
+	})
+}
+
+func commitOne(tx *bolt.Tx, c *Change) error {
+	all := tx.Bucket(bucketCanisters)
+	if c.Delete {
+		if all.Bucket(c.ID) == nil {
+			return nil
+		}
+		return all.DeleteBucket(c.ID)
+	}
+	cb, err := all.CreateBucketIfNotExists(c.ID)
+	if err != nil {
+		return err
+	}
+	if c.Module != nil {
+		if err := putModule(tx, c.Module); err != nil {
+			return err
+		}
+	}
+	meta, err := json.Marshal(&c.Meta)
+	if err != nil {
+		return err
+	}
+	if err := cb.Put(keyMeta, meta); err != nil {
+		return err
+	}
+	if c.SetGlobals {
+		if err := cb.Put(keyGlobals, encodeGlobals(c.Globals)); err != nil {
+			return err
+		}
+	}
+	if err := putMemory(cb, keyHeap, c.Heap); err != nil {
+		return fmt.Errorf("heap: %w", err)
+	}
+	if err := putMemory(cb, keyStable, c.Stable); err != nil {
+		return fmt.Errorf("stable memory: %w", err)
+	}
+	return nil
+}
+
+func putMemory(cb *bolt.Bucket, name []byte, mc *MemoryChange) error {
+	if mc == nil {
+		return nil
+	}
+	if mc.Replace && cb.Bucket(name) != nil {
+		if err := cb.DeleteBucket(name); err != nil {
+			return err
+		}
+	}
+	b, err := cb.CreateBucketIfNotExists(name)
+	if err != nil {
+		return err
+	}
+	b.FillPercent = 0.9 // keys are appended in order mostly
+	for _, p := range mc.Delta.Pages {
+		key := binary.BigEndian.AppendUint64(nil, p.Index)
+		if *p.Data == *state.ZeroPage() {
+			if err := b.Delete(key); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := b.Put(key, p.Data[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func putModule(tx *bolt.Tx, wasm []byte) error {
+	h := moduleKey(wasm)
+	b := tx.Bucket(bucketModules)
+	if b.Get(h) != nil {
+		return nil
+	}
+	return b.Put(h, wasm)
+}
+
+// Module returns a stored module by its SHA-256 (hex).
+func (s *Store) Module(hashHex string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketModules).Get([]byte(hashHex))
+		if v == nil {
+			return fmt.Errorf("module %s: %w", hashHex, ErrNotFound)
+		}
+		out = bytes.Clone(v)
+		return nil
+	})
+	return out, err
+}
+
+// GCModules deletes modules no canister references.
+func (s *Store) GCModules() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		used := map[string]bool{}
+		err := tx.Bucket(bucketCanisters).ForEachBucket(func(k []byte) error {
+			var m Meta
+			if err := json.Unmarshal(tx.Bucket(bucketCanisters).Bucket(k).Get(keyMeta), &m); err != nil {
+				return err
+			}
+			used[m.ModuleHash] = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		mods := tx.Bucket(bucketModules)
+		var drop [][]byte
+		_ = mods.ForEach(func(k, _ []byte) error {
+			if !used[string(k)] {
+				drop = append(drop, bytes.Clone(k))
+			}
+			return nil
+		})
+		for _, k := range drop {
+			if err := mods.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// CanisterIDs lists the stored canisters (raw principal bytes).
+func (s *Store) CanisterIDs() ([][]byte, error) {
+	var ids [][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCanisters).ForEachBucket(func(k []byte) error {
+			ids = append(ids, bytes.Clone(k))
+			return nil
+		})
+	})
+	return ids, err
+}
+
+// Load reads a canister's committed state.
+func (s *Store) Load(id []byte) (*Canister, error) {
+	var c Canister
+	err := s.db.View(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketCanisters).Bucket(id)
+		if cb == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(cb.Get(keyMeta), &c.Meta); err != nil {
+			return fmt.Errorf("metadata: %w", err)
+		}
+		var err error
+		if c.Globals, err = decodeGlobals(cb.Get(keyGlobals)); err != nil {
+			return fmt.Errorf("globals: %w", err)
+		}
+		if c.Heap, err = loadMemory(cb.Bucket(keyHeap), c.Meta.HeapSize); err != nil {
+			return fmt.Errorf("heap: %w", err)
+		}
+		if c.Stable, err = loadMemory(cb.Bucket(keyStable), c.Meta.StableSize); err != nil {
+			return fmt.Errorf("stable memory: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func loadMemory(b *bolt.Bucket, size uint64) (*state.PageMap, error) {
+	m := state.NewPageMap(size)
+	if b == nil {
+		return m, nil
+	}
+	err := b.ForEach(func(k, v []byte) error {
+		if len(k) != 8 || len(v) != state.PageSize {
+			return fmt.Errorf("corrupt page entry (key %d bytes, value %d bytes)", len(k), len(v))
+		}
+		p := new(state.Page)
+		copy(p[:], v)
+		return m.SetPage(binary.BigEndian.Uint64(k), p)
+	})
+	return m, err
+}
+
+func encodeGlobals(gs []state.Global) []byte {
+	out := make([]byte, 0, 4+9*len(gs))
+	out = binary.BigEndian.AppendUint32(out, uint32(len(gs)))
+	for _, g := range gs {
+		out = append(out, byte(g.Type))
+		out = binary.BigEndian.AppendUint64(out, g.Bits)
+	}
+	return out
+}
+
+func decodeGlobals(b []byte) ([]state.Global, error) {
+	if b == nil {
+		return nil, nil
+	}
+	if len(b) < 4 {
+		return nil, errors.New("truncated")
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(len(b)-4) != uint64(n)*9 {
+		return nil, fmt.Errorf("%d globals in %d bytes", n, len(b))
+	}
+	gs := make([]state.Global, n)
+	for i := range gs {
+		off := 4 + 9*i
+		gs[i] = state.Global{Type: state.GlobalType(b[off]), Bits: binary.BigEndian.Uint64(b[off+1:])}
+	}
+	return gs, nil
+}
+
+// ModuleKey returns the key (hex SHA-256) a module is stored under.
+func ModuleKey(wasm []byte) string { return string(moduleKey(wasm)) }

@@ -1,0 +1,161 @@
+package wasmbin
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// Export names added by Instrument. Modules may not export anything starting
+// with ReservedPrefix, so the added names can never collide.
+const (
+	ReservedPrefix     = "__cordon_"
+	GlobalExportPrefix = "__cordon_global_"
+	StartExportName    = "__cordon_start"
+	MemoryExportName   = "__cordon_memory"
+)
+
+// GlobalExportName is the name under which Instrument exports global index i.
+func GlobalExportName(i uint32) string {
+	return GlobalExportPrefix + strconv.FormatUint(uint64(i), 10)
+}
+
+// InstrumentedGlobal describes one global exported by Instrument.
+type InstrumentedGlobal struct {
+	Index  uint32 // global index (imported globals come first)
+	Export string
+	Type   GlobalType
+}
+
+// Instrumentation describes what Instrument added.
+type Instrumentation struct {
+	Globals      []InstrumentedGlobal // every defined global, in index order
+	StartExport  string               // "" if the module had no start section
+	StartFunc    uint32               // the removed start function; valid if StartExport != ""
+	MemoryExport string               // "" if memory 0 is absent or imported
+	Module       *Module              // the decoded input module
+}
+
+// Instrument rewrites b with DefaultConfig; see Config.Instrument.
+func Instrument(b []byte) ([]byte, Instrumentation, error) {
+	return DefaultConfig().Instrument(b)
+}
+
+// Instrument returns a copy of b in which
+//   - every defined global i is exported as GlobalExportName(i) (imported
+//     globals are left alone; they are already reachable from outside),
+//   - the start section, if any, is removed and its function exported as
+//     StartExportName, so the embedder decides when it runs,
+//   - a defined memory 0 is exported as MemoryExportName, in addition to
+//     any existing export of it.
+//
+// Every other section is copied byte for byte in its original position. The
+// export section is rewritten in place (existing entries kept verbatim,
+// new ones appended) or, if absent, inserted before the first known section
+// that must follow it. It fails with ErrReservedExport if the module already
+// exports a name starting with ReservedPrefix, and with ErrLimit if the
+// result would have more than MaxExports exports.
+func (c Config) Instrument(b []byte) ([]byte, Instrumentation, error) {
+	c = c.normalized()
+	m, err := c.Decode(b)
+	if err != nil {
+		return nil, Instrumentation{}, err
+	}
+	for _, e := range m.Exports {
+		if strings.HasPrefix(e.Name, ReservedPrefix) {
+			return nil, Instrumentation{}, &Error{Section: "export", Offset: -1, Err: ErrReservedExport,
+				Msg: fmt.Sprintf("module exports %q, which uses the reserved prefix %q", e.Name, ReservedPrefix)}
+		}
+	}
+
+	info := Instrumentation{Module: m}
+	var added []byte // encoded export entries to append
+	nAdded := 0
+	addExport := func(name string, kind ExternKind, idx uint32) {
+		added = appendU32(added, uint32(len(name)))
+		added = append(added, name...)
+		added = append(added, byte(kind))
+		added = appendU32(added, idx)
+		nAdded++
+	}
+	for i, g := range m.Globals {
+		idx := m.NumImportedGlobals + uint32(i)
+		name := GlobalExportName(idx)
+		info.Globals = append(info.Globals, InstrumentedGlobal{Index: idx, Export: name, Type: g})
+		addExport(name, ExternGlobal, idx)
+	}
+	if m.Start != nil {
+		info.StartExport, info.StartFunc = StartExportName, *m.Start
+		addExport(StartExportName, ExternFunc, *m.Start)
+	}
+	if m.NumImportedMemories == 0 && len(m.Memories) > 0 {
+		info.MemoryExport = MemoryExportName
+		addExport(MemoryExportName, ExternMemory, 0)
+	}
+	if nAdded == 0 {
+		return bytes.Clone(b), info, nil
+	}
+	if total := len(m.Exports) + nAdded; total > c.MaxExports {
+		return nil, Instrumentation{}, &Error{Section: "export", Offset: -1, Err: ErrLimit,
+			Msg: fmt.Sprintf("instrumented module would have %d exports, limit is %d", total, c.MaxExports)}
+	}
+
+	// New export section content: count, the original entries verbatim, then
+	// ours. The original count may use a non-minimal LEB128, so find where
+	// its entries start by reading it rather than re-encoding it.
+	var oldEntries []byte
+	for _, s := range m.Sections {
+		if s.ID == SectionExport {
+			r := &reader{b: b, pos: s.Start, end: s.End, section: "export"}
+			if _, err := r.u32("export count"); err != nil {
+				return nil, Instrumentation{}, err // unreachable: Decode read it
+			}
+			oldEntries = b[r.pos:s.End]
+		}
+	}
+	count := uint32(len(m.Exports) + nAdded)
+	contentLen := uint64(sizeU32(count)) + uint64(len(oldEntries)) + uint64(len(added))
+	if contentLen > math.MaxUint32 {
+		return nil, Instrumentation{}, &Error{Section: "export", Offset: -1, Err: ErrLimit,
+			Msg: fmt.Sprintf("export section would be %d bytes", contentLen)}
+	}
+	exportSec := make([]byte, 0, 1+5+contentLen)
+	exportSec = append(exportSec, byte(SectionExport))
+	exportSec = appendU32(exportSec, uint32(contentLen))
+	exportSec = appendU32(exportSec, count)
+	exportSec = append(exportSec, oldEntries...)
+	exportSec = append(exportSec, added...)
+
+	out := make([]byte, 0, len(b)+len(exportSec))
+	out = append(out, b[:headerSize]...)
+	placed := false
+	for _, s := range m.Sections {
+		switch {
+		case s.ID == SectionStart:
+			continue // dropped; exported instead
+		case s.ID == SectionExport:
+			out = append(out, exportSec...)
+			placed = true
+			continue
+		case !placed && s.ID.order() > SectionExport.order():
+			out = append(out, exportSec...) // no export section: insert it here
+			placed = true
+		}
+		out = append(out, b[s.Offset:s.End]...)
+	}
+	if !placed {
+		out = append(out, exportSec...)
+	}
+
+	// Cheap self-check (structure only): never hand wasmtime something we
+	// cannot decode ourselves. The added exports may push the output past
+	// MaxModuleSize; that is fine, the limit applies to untrusted input.
+	check := c
+	check.MaxModuleSize = max(c.MaxModuleSize, len(out))
+	if _, err := check.Decode(out); err != nil {
+		return nil, Instrumentation{}, fmt.Errorf("wasmbin: internal error: instrumented module does not decode: %w", err)
+	}
+	return out, info, nil
+}
