@@ -167,8 +167,10 @@ type Change struct {
 	Stable     *MemoryChange
 	Globals    []state.Global // nil: unchanged
 	SetGlobals bool
-	Module     []byte // stored under its hash when non-nil
-	Delete     bool   // remove the canister entirely
+	Module     []byte     // stored under its hash when non-nil
+	Delete     bool       // remove the canister entirely
+	Logs       []LogEntry // debug_print lines to append
+	KeepLogs   int        // log entries kept per canister (oldest dropped)
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
@@ -218,6 +220,9 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	}
 	if err := putMemory(cb, keyStable, c.Stable); err != nil {
 		return fmt.Errorf("stable memory: %w", err)
+	}
+	if err := appendLogs(cb, c.Logs, c.KeepLogs); err != nil {
+		return fmt.Errorf("logs: %w", err)
 	}
 	return nil
 }

@@ -16,22 +16,22 @@ type Context uint8
 
 // The contexts of the IC interface specification.
 const (
-	CtxStart               Context = iota // s: the module's (start) function
-	CtxInit                               // I: canister_init or canister_post_upgrade
-	CtxPreUpgrade                         // G: canister_pre_upgrade
-	CtxUpdate                             // U: canister_update
-	CtxReplicatedQuery                    // RQ: canister_query in replicated mode
-	CtxNonReplicatedQuery                 // NRQ: canister_query in non-replicated mode
-	CtxTransformQuery                     // TQ: http outcall transform
-	CtxCompositeQuery                     // CQ: canister_composite_query
-	CtxReply                              // Ry: reply callback
-	CtxReject                             // Rt: reject callback
-	CtxCompositeReply                     // CRy: reply callback in a composite query
-	CtxCompositeReject                    // CRt: reject callback in a composite query
-	CtxCleanup                            // C: cleanup callback
-	CtxCompositeCleanup                   // CC: cleanup callback in a composite query
-	CtxInspect                            // F: canister_inspect_message
-	CtxSystemTask                         // T: canister_heartbeat / canister_global_timer
+	CtxStart              Context = iota // s: the module's (start) function
+	CtxInit                              // I: canister_init or canister_post_upgrade
+	CtxPreUpgrade                        // G: canister_pre_upgrade
+	CtxUpdate                            // U: canister_update
+	CtxReplicatedQuery                   // RQ: canister_query in replicated mode
+	CtxNonReplicatedQuery                // NRQ: canister_query in non-replicated mode
+	CtxTransformQuery                    // TQ: http outcall transform
+	CtxCompositeQuery                    // CQ: canister_composite_query
+	CtxReply                             // Ry: reply callback
+	CtxReject                            // Rt: reject callback
+	CtxCompositeReply                    // CRy: reply callback in a composite query
+	CtxCompositeReject                   // CRt: reject callback in a composite query
+	CtxCleanup                           // C: cleanup callback
+	CtxCompositeCleanup                  // CC: cleanup callback in a composite query
+	CtxInspect                           // F: canister_inspect_message
+	CtxSystemTask                        // T: canister_heartbeat / canister_global_timer
 	numContexts
 )
 

@@ -336,7 +336,9 @@ func (e *Execution) canisterCycleBalance([]uint64) (uint64, error) {
 
 // --- canister and subnet --------------------------------------------------
 
-func (e *Execution) canisterSelfSize([]uint64) (uint64, error) { return uint64(len(e.in.CanisterID)), nil }
+func (e *Execution) canisterSelfSize([]uint64) (uint64, error) {
+	return uint64(len(e.in.CanisterID)), nil
+}
 func (e *Execution) canisterSelfCopy(a []uint64) (uint64, error) {
 	return 0, e.copyOut(e.in.CanisterID, a[0], a[1], a[2], "ic0.canister_self_copy")
 }

@@ -174,10 +174,10 @@ func (r *reader) name(what string, max int) (string, error) {
 	if uint64(n) > uint64(max) {
 		return "", r.fail(start, ErrLimit, "%s length %d exceeds limit %d", what, n, max)
 	}
-	s, err := r.bytes(int(n), what)
-	if err != nil {
-		return "", err
+	if int(n) > r.remaining() {
+		return "", r.fail(start, ErrTruncated, "%s: need %d bytes, %d remain", what, n, r.remaining())
 	}
+	s, _ := r.bytes(int(n), what)
 	if !utf8.Valid(s) {
 		return "", r.fail(start, ErrMalformed, "%s is not valid UTF-8", what)
 	}

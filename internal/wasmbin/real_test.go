@@ -17,15 +17,16 @@ import (
 // objdump is what `wasm-objdump -h -x` says about a module: an independent
 // decoder to compare against.
 type objdump struct {
-	sections []SectionHeader // Offset unknown (0); Start/End of content
-	types    []string        // "(i32, i32) -> nil" as printed by objdump
-	imports  []string        // "func[0] sig=0 ic0.accept_message"
-	funcSigs []uint32        // defined functions' type indices
-	globals  []GlobalType
-	exports  []Export
-	start    *uint32
-	memories []string // "pages: initial=33"
-	tables   []string // "type=funcref initial=48 max=48"
+	sections    []SectionHeader // Offset unknown (0); Start/End of content
+	types       []string        // "(i32, i32) -> nil" as printed by objdump
+	imports     []string        // "func[0] sig=0 ic0.accept_message"
+	funcSigs    []uint32        // defined functions' type indices
+	globals     []GlobalType
+	globalInits []string // "i32=2097152"
+	exports     []Export
+	start       *uint32
+	memories    []string // "pages: initial=33"
+	tables      []string // "type=funcref initial=48 max=48"
 }
 
 var (
@@ -34,7 +35,7 @@ var (
 	reType    = regexp.MustCompile(`^ - type\[\d+\] (.*)$`)
 	reImport  = regexp.MustCompile(`^ - (\w+)\[(\d+)\](?: sig=(\d+))?.* <- (.*)$`)
 	reFunc    = regexp.MustCompile(`^ - func\[\d+\] sig=(\d+)`)
-	reGlobal  = regexp.MustCompile(`^ - global\[\d+\] (\w+) mutable=([01])`)
+	reGlobal  = regexp.MustCompile(`^ - global\[\d+\] (\w+) mutable=([01]) - init (.*)$`)
 	reExport  = regexp.MustCompile(`^ - (\w+)\[(\d+)\](?: <[^>]*>)? -> "(.*)"$`)
 	reStart   = regexp.MustCompile(`^ - start function: (\d+)`)
 	reMemory  = regexp.MustCompile(`^ - memory\[\d+\] (.*)$`)
@@ -104,6 +105,7 @@ func runObjdump(t *testing.T, path string) *objdump {
 			if m := reGlobal.FindStringSubmatch(line); m != nil {
 				vt := map[string]ValType{"i32": I32, "i64": I64, "f32": F32, "f64": F64, "v128": V128, "funcref": FuncRef, "externref": ExternRef}[m[1]]
 				d.globals = append(d.globals, GlobalType{Type: vt, Mutable: m[2] == "1"})
+				d.globalInits = append(d.globalInits, m[3])
 			}
 		case "Export":
 			if m := reExport.FindStringSubmatch(line); m != nil {

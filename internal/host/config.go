@@ -1,0 +1,62 @@
+// Package host is the cordon node: the canister registry, the lifecycle
+// (create, install, upgrade, stop, delete), message execution with cycles
+// accounting, and persistence of every committed change.
+package host
+
+import (
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+)
+
+// Config configures a node. DefaultConfig gives the IC's defaults.
+type Config struct {
+	Home      string // store directory
+	Isolation string // "inprocess" or "sandbox"
+
+	UpdateInstructions  uint64 // per update message (IC: 40 billion)
+	QueryInstructions   uint64 // per query (IC: 5 billion)
+	InstallInstructions uint64 // per install/upgrade (IC: 300 billion)
+
+	HeapBytes32  uint64 // Wasm heap limit, 32-bit canisters (4 GiB)
+	HeapBytes64  uint64 // Wasm heap limit, 64-bit canisters (6 GiB)
+	StableBytes  uint64 // stable memory limit (500 GiB)
+	ReplyBytes   uint64 // reply and reject payload limit (2 MiB)
+	ModuleLimits engine.ModuleLimits
+
+	Fees          Fees
+	InitialCycles cycles.Amount // balance of a canister created from the CLI
+	LogLines      int           // debug_print lines kept per canister
+}
+
+// Fees are the cycles costs (IC defaults of a 13-node subnet).
+type Fees struct {
+	UpdateExecution  uint64 // per update message
+	PerInstruction   uint64 // per instruction executed (updates)
+	IngressReception uint64 // per ingress message
+	IngressPerByte   uint64 // per byte of ingress payload
+	CanisterCreation uint64
+}
+
+// DefaultConfig returns IC defaults; Home must still be set.
+func DefaultConfig() Config {
+	return Config{
+		Isolation:           "inprocess",
+		UpdateInstructions:  40_000_000_000,
+		QueryInstructions:   5_000_000_000,
+		InstallInstructions: 300_000_000_000,
+		HeapBytes32:         4 << 30,
+		HeapBytes64:         6 << 30,
+		StableBytes:         500 << 30,
+		ReplyBytes:          2 << 20,
+		ModuleLimits:        engine.DefaultModuleLimits(),
+		Fees: Fees{
+			UpdateExecution:  5_000_000,
+			PerInstruction:   1,
+			IngressReception: 1_200_000,
+			IngressPerByte:   2_000,
+			CanisterCreation: 100_000_000_000,
+		},
+		InitialCycles: cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
+		LogLines:      1000,
+	}
+}

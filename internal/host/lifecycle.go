@@ -1,0 +1,497 @@
+package host
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// CreateOptions describe a new canister.
+type CreateOptions struct {
+	ID          *principal.Principal // nil: the next free canister id
+	Controllers []principal.Principal
+	Cycles      *cycles.Amount // nil: Config.InitialCycles
+}
+
+// Create makes a new, empty canister.
+func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principal, error) {
+	var id principal.Principal
+	if opts.ID != nil {
+		id = *opts.ID
+		if id.IsManagement() || id.IsAnonymous() {
+			return id, fmt.Errorf("%s cannot be a canister id", id)
+		}
+		if _, err := n.store.Load(id.Bytes()); err == nil {
+			return id, fmt.Errorf("canister %s already exists", id)
+		}
+	} else {
+		for {
+			idx, err := n.store.NextCanisterIndex()
+			if err != nil {
+				return id, fmt.Errorf("allocate canister id: %w", err)
+			}
+			id = principal.CanisterID(idx)
+			if _, err := n.store.Load(id.Bytes()); errors.Is(err, store.ErrNotFound) {
+				break
+			}
+		}
+	}
+	bal := n.cfg.InitialCycles
+	if opts.Cycles != nil {
+		bal = *opts.Cycles
+	}
+	ctrls := make([]string, 0, len(opts.Controllers))
+	for _, c := range opts.Controllers {
+		ctrls = append(ctrls, c.String())
+	}
+	meta := store.Meta{
+		ID:       id.String(),
+		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000},
+		Balance:  bal,
+		Status:   "running",
+		Created:  n.clock().UTC(),
+	}
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
+		return id, fmt.Errorf("create canister %s: %w", id, err)
+	}
+	n.log.Info("canister created", "canister", id.String())
+	return id, nil
+}
+
+// InstallMode is how install_code treats existing state.
+type InstallMode string
+
+// The install modes.
+const (
+	ModeInstall   InstallMode = "install"
+	ModeReinstall InstallMode = "reinstall"
+	ModeUpgrade   InstallMode = "upgrade"
+)
+
+// InstallOptions describe an install_code call.
+type InstallOptions struct {
+	Mode   InstallMode
+	Wasm   []byte // .wasm or gzip-compressed .wasm.gz
+	Arg    []byte
+	Caller principal.Principal
+	// KeepHeap keeps the Wasm heap on upgrade (wasm_memory_persistence =
+	// keep). nil: keep exactly when the new module uses Motoko's enhanced
+	// orthogonal persistence, which requires it.
+	KeepHeap *bool
+}
+
+// InstallResult reports a successful install.
+type InstallResult struct {
+	ModuleHash   string
+	Instructions uint64
+}
+
+func (n *Node) checkController(c *canister, caller principal.Principal, op string) error {
+	if slices.Contains(c.meta.Settings.Controllers, caller.String()) {
+		return nil
+	}
+	return rejectf(CanisterError, "Only controllers of canister %s can call %s (caller %s)", c.id, op, caller)
+}
+
+// Install installs, reinstalls or upgrades code. Either every effect happens
+// and is durable, or none does.
+func (n *Node) Install(ctx context.Context, id principal.Principal, opts InstallOptions) (*InstallResult, error) {
+	wasm, err := n.decodeModule(opts.Wasm)
+	if err != nil {
+		return nil, err
+	}
+	c, err := n.lockCanister(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	if err := n.checkController(c, opts.Caller, "install_code"); err != nil {
+		return nil, err
+	}
+	switch opts.Mode {
+	case ModeInstall:
+		if c.module != nil {
+			return nil, rejectf(CanisterError, "Canister %s already has a module installed; use mode reinstall or upgrade", id)
+		}
+	case ModeReinstall:
+	case ModeUpgrade:
+		if c.module == nil {
+			return nil, rejectf(CanisterError, "Canister %s has no module to upgrade; use mode install", id)
+		}
+	default:
+		return nil, fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", opts.Mode)
+	}
+	m, err := n.exec.Prepare(ctx, wasm)
+	if err != nil {
+		return nil, err
+	}
+	limit := n.cfg.InstallInstructions
+	if c.meta.Balance.Cmp(n.executionFee(limit)) < 0 {
+		return nil, rejectf(SysTransient, "Canister %s is out of cycles: installing needs up to %s cycles, the balance is %s",
+			id, n.executionFee(limit), c.meta.Balance)
+	}
+
+	var (
+		used         uint64
+		logs         []sysapi.LogLine
+		heapBase     *state.PageMap // heap the new module starts from (nil: its initial memory)
+		stableBase   = state.NewPageMap(0)
+		stableDeltas []state.Delta
+	)
+	if opts.Mode == ModeUpgrade {
+		keep := m.Info.EnhancedOrthogonalPersistence
+		if opts.KeepHeap != nil {
+			keep = *opts.KeepHeap
+		}
+		stableBase = c.stable.Clone()
+		if c.module.Info.HasPreUpgrade {
+			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
+			in.Caller = opts.Caller.Bytes()
+			out, err := n.exec.Execute(ctx, id.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+			if err != nil {
+				return nil, fmt.Errorf("run pre_upgrade of %s: %w", id, err)
+			}
+			used, logs = out.Instructions, out.Logs
+			if out.Trapped {
+				return nil, n.failInstall(c, used, logs, "pre_upgrade", out.TrapMessage)
+			}
+			if err := stableBase.Apply(out.Stable); err != nil {
+				return nil, fmt.Errorf("apply pre_upgrade stable memory of %s: %w", id, err)
+			}
+			stableDeltas = append(stableDeltas, out.Stable)
+			if keep {
+				heapBase = c.heap.Clone()
+				if err := heapBase.Apply(out.Heap); err != nil {
+					return nil, fmt.Errorf("apply pre_upgrade heap of %s: %w", id, err)
+				}
+			}
+		} else if keep {
+			heapBase = c.heap.Clone()
+		}
+	}
+
+	entry, ctxKind := "", sysapi.CtxInit
+	switch {
+	case opts.Mode == ModeUpgrade && m.Info.HasPostUpgrade:
+		entry = "canister_post_upgrade"
+	case opts.Mode != ModeUpgrade && m.Info.HasInit:
+		entry = "canister_init"
+	}
+	in := n.input(c, m, ctxKind, entry, limit-used)
+	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
+	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
+	out, err := n.exec.Execute(ctx, id.String(), &engine.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
+	if err != nil {
+		return nil, fmt.Errorf("install %s: %w", id, err)
+	}
+	used += out.Instructions
+	logs = append(logs, out.Logs...)
+	if out.Trapped {
+		what := "canister_init"
+		if opts.Mode == ModeUpgrade {
+			what = "post_upgrade"
+		}
+		return nil, n.failInstall(c, used, logs, what, out.TrapMessage)
+	}
+
+	heap := heapBase
+	if heap == nil {
+		heap = state.NewPageMap(0)
+	} else {
+		heap = heap.Clone()
+	}
+	if err := out.Heap.Validate(n.heapLimit(m)); err != nil {
+		return nil, fmt.Errorf("install %s: %w", id, err)
+	}
+	if err := heap.Apply(out.Heap); err != nil {
+		return nil, fmt.Errorf("install %s: %w", id, err)
+	}
+	stable := stableBase
+	if err := stable.Apply(out.Stable); err != nil {
+		return nil, fmt.Errorf("install %s: %w", id, err)
+	}
+	stableDeltas = append(stableDeltas, out.Stable)
+
+	meta := c.meta
+	meta.ModuleHash = store.ModuleKey(wasm)
+	meta.Version++
+	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
+	meta.GlobalTimer = 0
+	if out.GlobalTimerSet {
+		meta.GlobalTimer = out.GlobalTimer
+	}
+	if opts.Mode != ModeUpgrade {
+		meta.CertifiedData = nil
+	}
+	if out.CertifiedDataSet {
+		meta.CertifiedData = out.CertifiedData
+	}
+	fee := n.executionFee(used)
+	meta.Balance = meta.Balance.SaturatingSub(fee).SaturatingAdd(out.CyclesAccepted).SaturatingSub(out.CyclesBurned)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned)
+	meta.Instructions += used
+	meta.Messages++
+
+	stableChange := &store.MemoryChange{Delta: combine(stable, stableDeltas...)}
+	if opts.Mode != ModeUpgrade {
+		stableChange = &store.MemoryChange{Replace: true, Delta: allPages(stable)}
+	}
+	entries := c.logs.prepare(n.logEntries(logs))
+	change := store.Change{
+		ID: id.Bytes(), Meta: meta, Module: wasm,
+		Heap:    &store.MemoryChange{Replace: true, Delta: allPages(heap)},
+		Stable:  stableChange,
+		Globals: out.Globals, SetGlobals: true,
+		Logs: entries, KeepLogs: n.cfg.LogLines,
+	}
+	if err := n.store.Commit(change); err != nil {
+		return nil, err
+	}
+	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
+	c.logs.publish(entries)
+	_ = n.store.GCModules()
+	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
+	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
+}
+
+// failInstall charges a failed install and keeps its logs; the state stays.
+func (n *Node) failInstall(c *canister, used uint64, logs []sysapi.LogLine, what, msg string) error {
+	if err := n.chargeOnly(c, used, logs); err != nil {
+		return err
+	}
+	return rejectf(CanisterError, "Error from Canister %s: %s trapped: %s", c.id, what, msg)
+}
+
+// chargeOnly commits the cost and logs of an execution whose state changes
+// are discarded (a trap, a replicated query).
+func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine) error {
+	meta := c.meta
+	fee := n.executionFee(used)
+	meta.Balance = meta.Balance.SaturatingSub(fee)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee)
+	meta.Instructions += used
+	meta.Messages++
+	entries := c.logs.prepare(n.logEntries(logs))
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines}); err != nil {
+		return err
+	}
+	c.meta = meta
+	c.logs.publish(entries)
+	return nil
+}
+
+func (n *Node) logEntries(lines []sysapi.LogLine) []store.LogEntry {
+	if len(lines) == 0 {
+		return nil
+	}
+	t := n.clock().UTC()
+	out := make([]store.LogEntry, len(lines))
+	for i, l := range lines {
+		out[i] = store.LogEntry{Time: t, Text: l.Text, Truncated: l.Truncated}
+	}
+	return out
+}
+
+// allPages lists every stored page of m as a delta (for a replacement).
+func allPages(m *state.PageMap) state.Delta {
+	d := state.Delta{Size: m.Size()}
+	for _, i := range m.StoredPages() {
+		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: m.Page(i)})
+	}
+	return d
+}
+
+// combine turns several deltas applied in order into one, reading the final
+// contents from m.
+func combine(m *state.PageMap, ds ...state.Delta) state.Delta {
+	seen := map[uint64]bool{}
+	out := state.Delta{Size: m.Size()}
+	for _, d := range ds {
+		for _, p := range d.Pages {
+			seen[p.Index] = true
+		}
+	}
+	idx := make([]uint64, 0, len(seen))
+	for i := range seen {
+		idx = append(idx, i)
+	}
+	slices.Sort(idx)
+	for _, i := range idx {
+		p := m.Page(i)
+		if p == nil {
+			p = state.ZeroPage()
+		}
+		out.Pages = append(out.Pages, state.DirtyPage{Index: i, Data: p})
+	}
+	return out
+}
+
+// Uninstall removes a canister's code and state, keeping its id, settings
+// and cycles.
+func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) error {
+	c, err := n.lockCanister(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if err := n.checkController(c, caller, "uninstall_code"); err != nil {
+		return err
+	}
+	meta := c.meta
+	meta.ModuleHash, meta.CertifiedData, meta.GlobalTimer = "", nil, 0
+	meta.HeapSize, meta.StableSize = 0, 0
+	meta.Version++
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
+		return err
+	}
+	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
+	n.exec.Forget(id.String())
+	_ = n.store.GCModules()
+	return nil
+}
+
+// SetStatus stops or starts a canister ("running" or "stopped").
+func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, status string) error {
+	if status != "running" && status != "stopped" {
+		return fmt.Errorf("unknown status %q", status)
+	}
+	c, err := n.lockCanister(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	op := "start_canister"
+	if status == "stopped" {
+		op = "stop_canister"
+	}
+	if err := n.checkController(c, caller, op); err != nil {
+		return err
+	}
+	meta := c.meta
+	meta.Status = status
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+		return err
+	}
+	c.meta = meta
+	return nil
+}
+
+// Delete removes a stopped canister and everything it holds.
+func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error {
+	c, err := n.lockCanister(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if err := n.checkController(c, caller, "delete_canister"); err != nil {
+		return err
+	}
+	if c.meta.Status != "stopped" {
+		return rejectf(CanisterError, "Canister %s must be stopped before it is deleted", id)
+	}
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: c.meta, Delete: true}); err != nil {
+		return err
+	}
+	c.deleted = true
+	n.mu.Lock()
+	delete(n.canisters, id)
+	n.mu.Unlock()
+	n.exec.Forget(id.String())
+	_ = n.store.GCModules()
+	n.log.Info("canister deleted", "canister", id.String())
+	return nil
+}
+
+// Status is what `cordon status` shows about a canister.
+type Status struct {
+	ID            string        `json:"id"`
+	Status        string        `json:"status"`
+	Controllers   []string      `json:"controllers"`
+	Balance       cycles.Amount `json:"cycles"`
+	ModuleHash    string        `json:"module_hash,omitempty"`
+	Memory64      bool          `json:"memory64"`
+	Version       uint64        `json:"version"`
+	HeapBytes     uint64        `json:"heap_bytes"`
+	StableBytes   uint64        `json:"stable_bytes"`
+	Globals       int           `json:"globals"`
+	CertifiedData string        `json:"certified_data,omitempty"`
+	GlobalTimer   uint64        `json:"global_timer"`
+	Updates       []string      `json:"update_methods,omitempty"`
+	Queries       []string      `json:"query_methods,omitempty"`
+	Composite     []string      `json:"composite_query_methods,omitempty"`
+	Messages      uint64        `json:"messages"`
+	Instructions  uint64        `json:"instructions"`
+	CyclesBurned  cycles.Amount `json:"cycles_burned"`
+	StateHash     string        `json:"state_hash"`
+	CandidService string        `json:"-"`
+}
+
+// Status reports a canister's state, including its deterministic state hash.
+func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, error) {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.deleted {
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	s := &Status{
+		ID: id.String(), Status: c.meta.Status, Controllers: c.meta.Settings.Controllers, Balance: c.meta.Balance,
+		ModuleHash: c.meta.ModuleHash, Version: c.meta.Version, HeapBytes: c.heap.Size(), StableBytes: c.stable.Size(),
+		Globals: len(c.globals), CertifiedData: hex.EncodeToString(c.meta.CertifiedData), GlobalTimer: c.meta.GlobalTimer,
+		Messages: c.meta.Messages, Instructions: c.meta.Instructions, CyclesBurned: c.meta.CyclesBurned,
+		StateHash: hex.EncodeToString(n.stateHash(c)),
+	}
+	if c.module != nil {
+		s.Memory64 = c.module.Info.Memory64
+		s.Updates = c.module.Info.MethodNames(engine.UpdateMethod)
+		s.Queries = c.module.Info.MethodNames(engine.QueryMethod)
+		s.Composite = c.module.Info.MethodNames(engine.CompositeQueryMethod)
+		s.CandidService = c.module.Info.CandidService
+	}
+	return s, nil
+}
+
+// stateHash covers everything a message can change: memories, globals and
+// the metadata that execution observes or produces.
+func (n *Node) stateHash(c *canister) []byte {
+	h := state.NewHasher()
+	h.Bytes("id", c.id.Bytes())
+	h.Bytes("module", []byte(c.meta.ModuleHash))
+	h.Bytes("status", []byte(c.meta.Status))
+	h.Uint("version", c.meta.Version)
+	b := c.meta.Balance.Bytes()
+	h.Bytes("balance", b[:])
+	h.Bytes("certified_data", c.meta.CertifiedData)
+	h.Uint("global_timer", c.meta.GlobalTimer)
+	for _, ctl := range c.meta.Settings.Controllers {
+		h.Bytes("controller", []byte(ctl))
+	}
+	h.Memory("heap", c.heap)
+	h.Memory("stable", c.stable)
+	h.Globals(c.globals)
+	sum := h.Sum()
+	return sum[:]
+}
+
+// Logs returns a canister's recent debug_print output.
+func (n *Node) Logs(ctx context.Context, id principal.Principal) ([]store.LogEntry, error) {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return c.logs.snapshot(), nil
+}

@@ -1,0 +1,239 @@
+package host
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// Message is a call from a user to a canister method.
+type Message struct {
+	Canister principal.Principal
+	Method   string
+	Arg      []byte
+	Caller   principal.Principal
+}
+
+// Reply is a successful answer.
+type Reply struct {
+	Data         []byte
+	Instructions uint64
+}
+
+// inspectInstructions bounds canister_inspect_message (IC: 200 million).
+const inspectInstructions = 200_000_000
+
+// Update executes an update call and commits its effects durably before
+// answering. A query method called this way runs in replicated mode and
+// its state changes are discarded.
+func (n *Node) Update(ctx context.Context, msg Message) (*Reply, error) {
+	c, err := n.lockCanister(ctx, msg.Canister)
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	if err := n.checkRunnable(c); err != nil {
+		return nil, err
+	}
+	var kind sysapi.Context
+	var entry string
+	switch c.module.Info.Methods[msg.Method] {
+	case engine.UpdateMethod:
+		kind, entry = sysapi.CtxUpdate, "canister_update "+msg.Method
+	case engine.QueryMethod:
+		kind, entry = sysapi.CtxReplicatedQuery, "canister_query "+msg.Method
+	case engine.CompositeQueryMethod:
+		return nil, rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", msg.Canister, msg.Method)
+	default:
+		return nil, rejectf(DestinationInvalid, "Canister %s has no update method '%s'", msg.Canister, msg.Method)
+	}
+	if err := n.inspect(ctx, c, msg); err != nil {
+		return nil, err
+	}
+
+	limit := n.cfg.UpdateInstructions
+	ingress := cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte * uint64(len(msg.Arg))))
+	need := n.executionFee(limit).SaturatingAdd(ingress)
+	if c.meta.Balance.Cmp(need) < 0 {
+		return nil, rejectf(SysTransient, "Canister %s is out of cycles: it needs %s cycles to run an update, the balance is %s",
+			msg.Canister, need, c.meta.Balance)
+	}
+	in := n.input(c, c.module, kind, entry, limit)
+	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
+	out, err := n.exec.Execute(ctx, msg.Canister.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	if err != nil {
+		return nil, fmt.Errorf("execute %s.%s: %w", msg.Canister, msg.Method, err)
+	}
+	if out.Trapped {
+		if err := n.chargeOnly(c, out.Instructions, out.Logs); err != nil {
+			return nil, err
+		}
+		return nil, rejectf(CanisterError, "Error from Canister %s: %s", msg.Canister, out.TrapMessage)
+	}
+	if kind == sysapi.CtxReplicatedQuery {
+		if err := n.chargeOnly(c, out.Instructions, out.Logs); err != nil {
+			return nil, err
+		}
+		return respond(msg, out)
+	}
+	if err := n.commitExecution(c, out, ingress); err != nil {
+		return nil, err
+	}
+	return respond(msg, out)
+}
+
+func (n *Node) checkRunnable(c *canister) error {
+	if c.module == nil {
+		return rejectf(CanisterError, "Canister %s has no Wasm module installed", c.id)
+	}
+	switch c.meta.Status {
+	case "stopped":
+		return rejectf(CanisterError, "Canister %s is stopped", c.id)
+	case "stopping":
+		return rejectf(CanisterError, "Canister %s is stopping", c.id)
+	}
+	return nil
+}
+
+// inspect runs canister_inspect_message for an ingress message, if the
+// canister exports it; a trap or a missing accept refuses the message.
+func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
+	if !c.module.Info.HasInspect {
+		return nil
+	}
+	in := n.input(c, c.module, sysapi.CtxInspect, "canister_inspect_message", inspectInstructions)
+	in.Caller, in.Arg, in.MethodName = msg.Caller.Bytes(), msg.Arg, msg.Method
+	out, err := n.exec.Execute(ctx, c.id.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	if err != nil {
+		return fmt.Errorf("inspect message to %s: %w", c.id, err)
+	}
+	if out.Trapped {
+		return rejectf(CanisterReject, "Canister %s rejected the message: inspect_message trapped: %s", c.id, out.TrapMessage)
+	}
+	if !out.Accepted {
+		return rejectf(CanisterReject, "Canister %s rejected the message", c.id)
+	}
+	return nil
+}
+
+func respond(msg Message, out *sysapi.Output) (*Reply, error) {
+	switch out.Response {
+	case sysapi.Replied:
+		return &Reply{Data: out.Reply, Instructions: out.Instructions}, nil
+	case sysapi.Rejected:
+		return nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}
+	}
+	if len(out.Calls) > 0 {
+		return nil, rejectf(CanisterError, "Canister %s made inter-canister calls, which this version of cordon does not deliver yet", msg.Canister)
+	}
+	return nil, rejectf(CanisterError, "Canister %s did not reply to the call", msg.Canister)
+}
+
+// commitExecution validates an execution's output against the canister's
+// limits and commits it: memories, globals, metadata, cycles and logs.
+func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee cycles.Amount) error {
+	if err := validateDelta(out.Heap, c.heap, n.heapLimit(c.module)); err != nil {
+		return fmt.Errorf("canister %s heap: %w", c.id, err)
+	}
+	if err := validateDelta(out.Stable, c.stable, n.cfg.StableBytes); err != nil {
+		return fmt.Errorf("canister %s stable memory: %w", c.id, err)
+	}
+	if len(out.Globals) != len(c.globals) && c.globals != nil {
+		return fmt.Errorf("canister %s: execution returned %d globals, the module has %d", c.id, len(out.Globals), len(c.globals))
+	}
+	meta := c.meta
+	fee := n.executionFee(out.Instructions).SaturatingAdd(extraFee)
+	// balance' = balance + accepted - sent - burned - fee; each step checked.
+	bal, err := meta.Balance.Add(out.CyclesAccepted)
+	if err == nil {
+		bal, err = bal.Sub(out.CyclesSent)
+	}
+	if err == nil {
+		bal, err = bal.Sub(out.CyclesBurned)
+	}
+	if err != nil {
+		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
+	}
+	meta.Balance = bal.SaturatingSub(fee)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned)
+	meta.Instructions += out.Instructions
+	meta.Messages++
+	meta.HeapSize, meta.StableSize = out.Heap.Size, out.Stable.Size
+	if out.CertifiedDataSet {
+		meta.CertifiedData = out.CertifiedData
+	}
+	if out.GlobalTimerSet {
+		meta.GlobalTimer = out.GlobalTimer
+	}
+	entries := c.logs.prepare(n.logEntries(out.Logs))
+	change := store.Change{
+		ID: c.id.Bytes(), Meta: meta,
+		Heap:    &store.MemoryChange{Delta: out.Heap},
+		Stable:  &store.MemoryChange{Delta: out.Stable},
+		Globals: out.Globals, SetGlobals: true,
+		Logs: entries, KeepLogs: n.cfg.LogLines,
+	}
+	if err := n.store.Commit(change); err != nil {
+		return err
+	}
+	// The commit is durable; now make it visible. Apply cannot fail: the
+	// deltas were validated above.
+	if err := c.heap.Apply(out.Heap); err != nil {
+		return fmt.Errorf("canister %s heap after commit: %w", c.id, err)
+	}
+	if err := c.stable.Apply(out.Stable); err != nil {
+		return fmt.Errorf("canister %s stable memory after commit: %w", c.id, err)
+	}
+	c.meta, c.globals = meta, out.Globals
+	c.logs.publish(entries)
+	return nil
+}
+
+func validateDelta(d state.Delta, cur *state.PageMap, max uint64) error {
+	if d.Size < cur.Size() {
+		return fmt.Errorf("memory shrank from %d to %d bytes", cur.Size(), d.Size)
+	}
+	return d.Validate(max)
+}
+
+// Query executes a query; nothing it does is kept.
+func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
+	c, err := n.get(ctx, msg.Canister)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.deleted {
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", msg.Canister)
+	}
+	if err := n.checkRunnable(c); err != nil {
+		return nil, err
+	}
+	var kind sysapi.Context
+	var entry string
+	switch c.module.Info.Methods[msg.Method] {
+	case engine.QueryMethod:
+		kind, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+msg.Method
+	case engine.CompositeQueryMethod:
+		kind, entry = sysapi.CtxCompositeQuery, "canister_composite_query "+msg.Method
+	default:
+		return nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", msg.Canister, msg.Method)
+	}
+	in := n.input(c, c.module, kind, entry, n.cfg.QueryInstructions)
+	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
+	out, err := n.exec.Execute(ctx, msg.Canister.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	if err != nil {
+		return nil, fmt.Errorf("execute query %s.%s: %w", msg.Canister, msg.Method, err)
+	}
+	if out.Trapped {
+		return nil, rejectf(CanisterError, "Error from Canister %s: %s", msg.Canister, out.TrapMessage)
+	}
+	return respond(msg, out)
+}

@@ -1,0 +1,245 @@
+package host
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// Node is one cordon host: it owns the store and every canister in it.
+type Node struct {
+	cfg   Config
+	store *store.Store
+	exec  exec.Executor
+	log   *slog.Logger
+	clock func() time.Time
+
+	mu        sync.Mutex
+	canisters map[principal.Principal]*canister
+	lastTime  uint64 // ic0.time is strictly increasing across the node
+}
+
+// canister is a canister's committed state in memory. Updates and lifecycle
+// operations hold mu exclusively; queries hold it shared.
+type canister struct {
+	mu      sync.RWMutex
+	id      principal.Principal
+	meta    store.Meta
+	module  *engine.Module // nil: empty canister
+	heap    *state.PageMap
+	stable  *state.PageMap
+	globals []state.Global
+	logs    *logRing
+	deleted bool
+}
+
+// Open opens the node's store under cfg.Home.
+func Open(cfg Config, logger *slog.Logger) (*Node, error) {
+	if cfg.Home == "" {
+		return nil, errors.New("host: no home directory configured")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Isolation != "inprocess" {
+		return nil, fmt.Errorf("isolation mode %q is not available yet: use --isolation inprocess", cfg.Isolation)
+	}
+	st, err := store.Open(cfg.Home, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	x, err := exec.NewInProcess(cfg.ModuleLimits)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &Node{cfg: cfg, store: st, exec: x, log: logger, clock: time.Now,
+		canisters: map[principal.Principal]*canister{}}, nil
+}
+
+// Close closes the store. Callers must not use the node afterwards.
+func (n *Node) Close() error {
+	n.exec.Close()
+	return n.store.Close()
+}
+
+// Config returns the node's configuration.
+func (n *Node) Config() Config { return n.cfg }
+
+// now returns a strictly increasing time in nanoseconds.
+func (n *Node) now() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	t := uint64(n.clock().UnixNano())
+	if t <= n.lastTime {
+		t = n.lastTime + 1
+	}
+	n.lastTime = t
+	return t
+}
+
+// get returns a loaded canister, loading it from the store on first use.
+func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, error) {
+	n.mu.Lock()
+	c, ok := n.canisters[id]
+	n.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	sc, err := n.store.Load(id.Bytes())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load canister %s: %w", id, err)
+	}
+	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines)}
+	if logs, err := n.store.Logs(id.Bytes()); err == nil {
+		c.logs.load(logs)
+	}
+	if sc.Meta.ModuleHash != "" {
+		wasm, err := n.store.Module(sc.Meta.ModuleHash)
+		if err != nil {
+			return nil, fmt.Errorf("load module of canister %s: %w", id, err)
+		}
+		if c.module, err = n.exec.Prepare(ctx, wasm); err != nil {
+			return nil, fmt.Errorf("compile module of canister %s: %w", id, err)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if existing, ok := n.canisters[id]; ok {
+		return existing, nil
+	}
+	n.canisters[id] = c
+	return c, nil
+}
+
+// lookup returns a live canister locked for writing, or a reject.
+func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canister, error) {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.deleted {
+		c.mu.Unlock()
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	return c, nil
+}
+
+// List returns the ids of all canisters.
+func (n *Node) List() ([]principal.Principal, error) {
+	raw, err := n.store.CanisterIDs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]principal.Principal, 0, len(raw))
+	for _, b := range raw {
+		p, err := principal.FromBytes(b)
+		if err != nil {
+			return nil, fmt.Errorf("stored canister id %x: %w", b, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// MaxGzipModule bounds a decompressed .wasm.gz, so a gzip bomb cannot
+// exhaust memory.
+func (n *Node) decodeModule(wasm []byte) ([]byte, error) {
+	if len(wasm) >= 2 && wasm[0] == 0x1f && wasm[1] == 0x8b {
+		zr, err := gzip.NewReader(bytes.NewReader(wasm))
+		if err != nil {
+			return nil, fmt.Errorf("%w: gzip: %v", engine.ErrInvalidModule, err)
+		}
+		limit := int64(n.cfg.ModuleLimits.MaxBytes)
+		out, err := io.ReadAll(io.LimitReader(zr, limit+1))
+		if err != nil {
+			return nil, fmt.Errorf("%w: gzip: %v", engine.ErrInvalidModule, err)
+		}
+		if int64(len(out)) > limit {
+			return nil, fmt.Errorf("%w: decompressed module exceeds %d bytes", engine.ErrInvalidModule, limit)
+		}
+		return out, nil
+	}
+	return wasm, nil
+}
+
+func (n *Node) heapLimit(m *engine.Module) uint64 {
+	if m != nil && m.Info.Memory64 {
+		return n.cfg.HeapBytes64
+	}
+	return n.cfg.HeapBytes32
+}
+
+// input builds the System API input common to every execution of c.
+func (n *Node) input(c *canister, m *engine.Module, ctx sysapi.Context, entry string, instr uint64) *sysapi.Input {
+	ctrls := make([][]byte, 0, len(c.meta.Settings.Controllers))
+	for _, s := range c.meta.Settings.Controllers {
+		if p, err := principal.FromText(s); err == nil {
+			ctrls = append(ctrls, p.Bytes())
+		}
+	}
+	return &sysapi.Input{
+		Context:     ctx,
+		Entry:       entry,
+		Memory64:    m.Info.Memory64,
+		CanisterID:  c.id.Bytes(),
+		SubnetID:    subnetID.Bytes(),
+		Controllers: ctrls,
+		Balance:     c.meta.Balance,
+		Status:      statusOf(c.meta.Status),
+		Version:     c.meta.Version,
+		Time:        n.now(),
+		GlobalTimer: c.meta.GlobalTimer,
+		Stable:      c.stable,
+		Limits: sysapi.Limits{
+			Instructions:    instr,
+			HeapBytes:       n.heapLimit(m),
+			StableBytes:     n.cfg.StableBytes,
+			ReplyBytes:      n.cfg.ReplyBytes,
+			CallArgBytes:    n.cfg.ReplyBytes,
+			MaxOutgoing:     500,
+			DebugPrintBytes: 16 * 1024,
+			MaxLogLines:     256,
+		},
+	}
+}
+
+// subnetID is the id this node reports as its subnet (ic0.subnet_self).
+var subnetID = principal.SelfAuthenticating([]byte("cordon local subnet"))
+
+func statusOf(s string) sysapi.Status {
+	switch s {
+	case "stopping":
+		return sysapi.StatusStopping
+	case "stopped":
+		return sysapi.StatusStopped
+	}
+	return sysapi.StatusRunning
+}
+
+// executionFee is what an update-like execution costs.
+func (n *Node) executionFee(instructions uint64) cycles.Amount {
+	f, err := cycles.New(instructions).MulUint64(n.cfg.Fees.PerInstruction)
+	if err != nil {
+		return cycles.Max
+	}
+	return f.SaturatingAdd(cycles.New(n.cfg.Fees.UpdateExecution))
+}

@@ -1,0 +1,46 @@
+package host
+
+import "fmt"
+
+// RejectCode is the IC's reject code of a failed call.
+type RejectCode uint32
+
+// The IC's reject codes.
+const (
+	SysFatal           RejectCode = 1
+	SysTransient       RejectCode = 2
+	DestinationInvalid RejectCode = 3
+	CanisterReject     RejectCode = 4
+	CanisterError      RejectCode = 5
+)
+
+// String names the code as the IC does.
+func (c RejectCode) String() string {
+	switch c {
+	case SysFatal:
+		return "SYS_FATAL"
+	case SysTransient:
+		return "SYS_TRANSIENT"
+	case DestinationInvalid:
+		return "DESTINATION_INVALID"
+	case CanisterReject:
+		return "CANISTER_REJECT"
+	case CanisterError:
+		return "CANISTER_ERROR"
+	}
+	return fmt.Sprintf("REJECT_CODE_%d", uint32(c))
+}
+
+// Reject is a call that did not succeed: the canister rejected it, trapped,
+// or the system refused it. It is an error so lifecycle operations can
+// return it too.
+type Reject struct {
+	Code    RejectCode
+	Message string
+}
+
+func (r *Reject) Error() string { return fmt.Sprintf("reject %d (%s): %s", r.Code, r.Code, r.Message) }
+
+func rejectf(code RejectCode, format string, args ...any) *Reject {
+	return &Reject{Code: code, Message: fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,145 @@
+package wasmbin
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fuzzSeeds returns a mix of valid and hostile inputs. The real canister is
+// included whole and as a small structure-only module built from its
+// sections, which the fuzzer mutates far more efficiently.
+func fuzzSeeds(f *testing.F) [][]byte {
+	seeds := [][]byte{
+		module(),
+		module(sec(SectionType, vec(funcTypeVoid)), sec(SectionFunction, vec(leb(0))), sec(SectionStart, leb(0)), sec(SectionCode, vec(emptyBody))),
+		module(sec(SectionMemory, vec([]byte{5, 1, 2})), sec(SectionGlobal, vec([]byte{0x7e, 1, 0x42, 0x7f, 0x0b}))),
+		module(sec(SectionCustom, str("icp:public candid:service"), []byte("service:{}")), sec(SectionDataCount, leb(0)), sec(SectionData, vec())),
+		module(sec(SectionType, leb(1<<32-1))),
+		wat(f, featuresWAT),
+		wat(f, startWAT),
+	}
+	files, _ := filepath.Glob("/work/shared/canisters/*.wasm")
+	if len(files) > 0 {
+		b, err := os.ReadFile(files[0])
+		if err == nil {
+			seeds = append(seeds, b)
+			if m, err := Decode(b); err == nil {
+				small := append([]byte(nil), b[:headerSize]...)
+				for _, s := range m.Sections {
+					switch s.ID {
+					case SectionType, SectionImport, SectionTable, SectionMemory, SectionGlobal:
+						small = append(small, b[s.Offset:s.End]...)
+					}
+				}
+				seeds = append(seeds, small)
+			}
+		}
+	}
+	return seeds
+}
+
+// checkDecodeResult asserts the invariants every Decode result must satisfy.
+func checkDecodeResult(t *testing.T, b []byte, m *Module, err error) {
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			t.Fatalf("error %v is not *Error", err)
+		}
+		if e.Offset < -1 || e.Offset > len(b) {
+			t.Fatalf("error offset %d outside [-1,%d]: %v", e.Offset, len(b), err)
+		}
+		if !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrLimit) && !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("error of unknown kind: %v", err)
+		}
+		if m != nil {
+			t.Fatalf("module returned with error")
+		}
+		return
+	}
+	prev := headerSize
+	for _, s := range m.Sections {
+		if s.Offset != prev || s.Start <= s.Offset || s.End < s.Start || s.End > len(b) {
+			t.Fatalf("bad section header %+v after %d", s, prev)
+		}
+		prev = s.End
+	}
+	if prev != len(b) && len(b) > headerSize {
+		t.Fatalf("sections end at %d of %d", prev, len(b))
+	}
+	for _, e := range m.Exports {
+		switch e.Kind {
+		case ExternFunc:
+			if _, ok := m.FuncType(e.Index); !ok {
+				t.Fatalf("export %q: FuncType(%d) failed", e.Name, e.Index)
+			}
+		case ExternGlobal:
+			if _, ok := m.Global(e.Index); !ok {
+				t.Fatalf("export %q: Global(%d) failed", e.Name, e.Index)
+			}
+		case ExternMemory:
+			if _, ok := m.Memory(e.Index); !ok {
+				t.Fatalf("export %q: Memory(%d) failed", e.Name, e.Index)
+			}
+		}
+	}
+	if m.Start != nil {
+		if ft, ok := m.FuncType(*m.Start); !ok || len(ft.Params)+len(ft.Results) != 0 {
+			t.Fatalf("start %d: %v %v", *m.Start, ft, ok)
+		}
+	}
+	for i := uint32(0); i < m.NumFuncs(); i++ {
+		if _, ok := m.FuncType(i); !ok {
+			t.Fatalf("FuncType(%d) failed", i)
+		}
+	}
+	_ = m.Memory64()
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b)
+		checkDecodeResult(t, b, m, err)
+		if err != nil {
+			return
+		}
+		// Anything that decodes must instrument unless it uses a reserved name.
+		if _, _, err := Instrument(b); err != nil && !errors.Is(err, ErrReservedExport) && !errors.Is(err, ErrLimit) {
+			t.Fatalf("decodes but does not instrument: %v", err)
+		}
+	})
+}
+
+func FuzzInstrument(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out, info, err := Instrument(b)
+		if err != nil {
+			if out != nil {
+				t.Fatalf("output alongside error")
+			}
+			return
+		}
+		checkInstrumented(t, b, out, info.Module, info)
+		m, err := Decode(out)
+		checkDecodeResult(t, out, m, err)
+		// Instrumenting twice must be refused if anything was added.
+		added := len(info.Globals) > 0 || info.StartExport != "" || info.MemoryExport != ""
+		_, _, err = Instrument(out)
+		if added != (err != nil) || (err != nil && !errors.Is(err, ErrReservedExport)) {
+			t.Fatalf("re-instrument: added=%v err=%v", added, err)
+		}
+		for _, e := range m.Exports {
+			if strings.HasPrefix(e.Name, ReservedPrefix) && !added {
+				t.Fatalf("reserved export %q without additions", e.Name)
+			}
+		}
+	})
+}
