@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -196,9 +197,23 @@ func trapMessage(err error) error {
 				return &sysapi.Trap{Message: "Canister trapped: invalid conversion to integer"}
 			}
 		}
-		return &sysapi.Trap{Message: "Canister trapped: " + t.Message()}
 	}
-	return &sysapi.Trap{Message: "Canister trapped: " + err.Error()}
+	// Traps without a code (and errors) carry a backtrace in their text;
+	// keep only the cause.
+	msg := err.Error()
+	if t != nil {
+		msg = t.Message()
+	}
+	if _, cause, ok := strings.Cut(msg, "wasm trap: "); ok {
+		msg = strings.TrimSpace(strings.SplitN(cause, "\n", 2)[0])
+	}
+	switch {
+	case strings.Contains(msg, "all fuel consumed"):
+		return sysapi.ErrInstructionLimit
+	case strings.Contains(msg, "call stack exhausted"):
+		return &sysapi.Trap{Message: "Canister trapped: stack overflow"}
+	}
+	return &sysapi.Trap{Message: "Canister trapped: " + msg}
 }
 
 // clampInt64 converts a limit for wasmtime's signed API.

@@ -29,7 +29,7 @@ func leb(n uint64) []byte {
 
 var noArgs = []byte("DIDL\x00\x00")
 
-func natArg(n uint64) []byte { return append([]byte("DIDL\x00\x01\x7d"), leb(n)...) }
+func natArg(n uint64) []byte   { return append([]byte("DIDL\x00\x01\x7d"), leb(n)...) }
 func natReply(n uint64) []byte { return natArg(n) }
 func textArg(s string) []byte {
 	return append(append([]byte("DIDL\x00\x01\x71"), leb(uint64(len(s)))...), s...)
@@ -220,12 +220,12 @@ func TestBadRequests(t *testing.T) {
 	// Bad modules are refused at install with a clear error, changing nothing.
 	wasm := module(t, corpusDir, "counter")
 	for name, bad := range map[string][]byte{
-		"truncated": wasm[:len(wasm)/2],
-		"not wasm":  []byte("hello world"),
-		"empty":     nil,
-		"foreign import": mustWat(t, `(module (import "env" "f" (func)) (memory 1))`),
-		"reserved export": mustWat(t, `(module (func $f) (export "canister_bogus" (func $f)) (memory 1))`),
-		"bad entry type":  mustWat(t, `(module (func $f (param i32)) (export "canister_update x" (func $f)) (memory 1))`),
+		"truncated":         wasm[:len(wasm)/2],
+		"not wasm":          []byte("hello world"),
+		"empty":             nil,
+		"foreign import":    mustWat(t, `(module (import "env" "f" (func)) (memory 1))`),
+		"reserved export":   mustWat(t, `(module (func $f) (export "canister_bogus" (func $f)) (memory 1))`),
+		"bad entry type":    mustWat(t, `(module (func $f (param i32)) (export "canister_update x" (func $f)) (memory 1))`),
 		"bad ic0 signature": mustWat(t, `(module (import "ic0" "msg_reply" (func (param i32))) (memory 1))`),
 	} {
 		_, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeUpgrade, Wasm: bad, Arg: noArgs, Caller: user})

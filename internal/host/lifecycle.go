@@ -434,7 +434,7 @@ type Status struct {
 	Instructions  uint64        `json:"instructions"`
 	CyclesBurned  cycles.Amount `json:"cycles_burned"`
 	StateHash     string        `json:"state_hash"`
-	CandidService string        `json:"-"`
+	CandidService string        `json:"candid_service,omitempty"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.

@@ -1,0 +1,240 @@
+// Package api is the interface between cordon's commands and a node: the
+// request and response types, and two implementations of Backend — Local,
+// which opens the store in this process, and Client, which talks to a
+// running `cordon serve` over HTTP (see server.go).
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// InstallRequest installs code, creating the canister when needed.
+type InstallRequest struct {
+	ID     string `json:"id,omitempty"`     // "" with mode install: create a new canister
+	Mode   string `json:"mode"`             // install, reinstall, upgrade
+	Wasm   []byte `json:"wasm"`             // .wasm or .wasm.gz (base64 in JSON)
+	Arg    []byte `json:"arg"`              // Candid-encoded init/post_upgrade argument
+	Caller string `json:"caller,omitempty"` // "" = anonymous
+	Cycles string `json:"cycles,omitempty"` // initial balance of a new canister (decimal)
+	// KeepHeap overrides wasm_memory_persistence on upgrade ("", "keep", "replace").
+	KeepHeap string `json:"wasm_memory_persistence,omitempty"`
+}
+
+// InstallResponse reports an install.
+type InstallResponse struct {
+	ID           string `json:"id"`
+	ModuleHash   string `json:"module_hash"`
+	Instructions uint64 `json:"instructions"`
+	Created      bool   `json:"created"`
+}
+
+// CallRequest is an update call or a query.
+type CallRequest struct {
+	ID     string `json:"id"`
+	Method string `json:"method"`
+	Arg    []byte `json:"arg"`
+	Caller string `json:"caller,omitempty"`
+	Query  bool   `json:"query"`
+}
+
+// CallResponse is a reply.
+type CallResponse struct {
+	Reply        []byte `json:"reply"`
+	Instructions uint64 `json:"instructions"`
+}
+
+// Backend is what every command needs from a node.
+type Backend interface {
+	Install(ctx context.Context, req InstallRequest) (*InstallResponse, error)
+	Call(ctx context.Context, req CallRequest) (*CallResponse, error)
+	Status(ctx context.Context, id string) (*host.Status, error)
+	List(ctx context.Context) ([]*host.Status, error)
+	Logs(ctx context.Context, id string) ([]store.LogEntry, error)
+	SetStatus(ctx context.Context, id, caller, status string) error
+	Delete(ctx context.Context, id, caller string) error
+	Close() error
+}
+
+// Local is a Backend on a node opened in this process.
+type Local struct{ Node *host.Node }
+
+func parseID(s string) (principal.Principal, error) {
+	if s == "" {
+		return principal.Principal{}, errors.New("a canister id is required")
+	}
+	p, err := principal.FromText(s)
+	if err != nil {
+		return p, fmt.Errorf("canister id %q: %w", s, err)
+	}
+	return p, nil
+}
+
+func parseCaller(s string) (principal.Principal, error) {
+	if s == "" {
+		return principal.Anonymous(), nil
+	}
+	p, err := principal.FromText(s)
+	if err != nil {
+		return p, fmt.Errorf("caller %q: %w", s, err)
+	}
+	return p, nil
+}
+
+// Install implements Backend.
+func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallResponse, error) {
+	caller, err := parseCaller(req.Caller)
+	if err != nil {
+		return nil, err
+	}
+	mode := host.InstallMode(req.Mode)
+	if mode == "" {
+		mode = host.ModeInstall
+	}
+	var keep *bool
+	switch req.KeepHeap {
+	case "":
+	case "keep", "replace":
+		k := req.KeepHeap == "keep"
+		keep = &k
+	default:
+		return nil, fmt.Errorf("wasm_memory_persistence %q: want keep or replace", req.KeepHeap)
+	}
+	resp := &InstallResponse{}
+	var id principal.Principal
+	exists := false
+	if req.ID != "" {
+		if id, err = parseID(req.ID); err != nil {
+			return nil, err
+		}
+		_, err := l.Node.Status(ctx, id)
+		exists = err == nil
+	}
+	if !exists {
+		if mode != host.ModeInstall {
+			return nil, fmt.Errorf("canister %s does not exist; mode %s needs an installed canister", req.ID, mode)
+		}
+		opts := host.CreateOptions{Controllers: []principal.Principal{caller}}
+		if req.ID != "" {
+			opts.ID = &id
+		}
+		if req.Cycles != "" {
+			c, err := cycles.Parse(req.Cycles)
+			if err != nil {
+				return nil, err
+			}
+			opts.Cycles = &c
+		}
+		if id, err = l.Node.Create(ctx, opts); err != nil {
+			return nil, err
+		}
+		resp.Created = true
+	}
+	res, err := l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep})
+	if err != nil {
+		if resp.Created {
+			// Nothing half-done: a canister created for a failed install goes away.
+			_ = l.Node.SetStatus(ctx, id, caller, "stopped")
+			_ = l.Node.Delete(ctx, id, caller)
+		}
+		return nil, err
+	}
+	resp.ID, resp.ModuleHash, resp.Instructions = id.String(), res.ModuleHash, res.Instructions
+	return resp, nil
+}
+
+// Call implements Backend.
+func (l *Local) Call(ctx context.Context, req CallRequest) (*CallResponse, error) {
+	id, err := parseID(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	caller, err := parseCaller(req.Caller)
+	if err != nil {
+		return nil, err
+	}
+	msg := host.Message{Canister: id, Method: req.Method, Arg: req.Arg, Caller: caller}
+	var r *host.Reply
+	if req.Query {
+		r, err = l.Node.Query(ctx, msg)
+	} else {
+		r, err = l.Node.Update(ctx, msg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &CallResponse{Reply: r.Data, Instructions: r.Instructions}, nil
+}
+
+// Status implements Backend.
+func (l *Local) Status(ctx context.Context, id string) (*host.Status, error) {
+	p, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	return l.Node.Status(ctx, p)
+}
+
+// List implements Backend.
+func (l *Local) List(ctx context.Context) ([]*host.Status, error) {
+	ids, err := l.Node.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*host.Status, 0, len(ids))
+	for _, id := range ids {
+		s, err := l.Node.Status(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Logs implements Backend.
+func (l *Local) Logs(ctx context.Context, id string) ([]store.LogEntry, error) {
+	p, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	return l.Node.Logs(ctx, p)
+}
+
+// SetStatus implements Backend.
+func (l *Local) SetStatus(ctx context.Context, id, caller, status string) error {
+	p, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	c, err := parseCaller(caller)
+	if err != nil {
+		return err
+	}
+	return l.Node.SetStatus(ctx, p, c, status)
+}
+
+// Delete implements Backend: it stops the canister first, as dfx does.
+func (l *Local) Delete(ctx context.Context, id, caller string) error {
+	p, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	c, err := parseCaller(caller)
+	if err != nil {
+		return err
+	}
+	if err := l.Node.SetStatus(ctx, p, c, "stopped"); err != nil {
+		return err
+	}
+	return l.Node.Delete(ctx, p, c)
+}
+
+// Close implements Backend.
+func (l *Local) Close() error { return l.Node.Close() }
