@@ -1,7 +1,7 @@
 // Package exec defines how the host has messages executed, and implements
 // in-process execution. Sandboxed execution (one confined process per
-// canister) implements the same interface, so the host does not know or care
-// where a message runs: both must give bit-identical results.
+// canister) implements the same interface, so the host does not know where a
+// message runs: both must give bit-identical results.
 package exec
 
 import (
@@ -11,16 +11,37 @@ import (
 	"sync"
 
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
+
+// Module is a prepared (validated and compiled) module as the host sees it:
+// what it exports, and an executor-specific handle.
+type Module struct {
+	Info engine.Info
+	// Wasm is the module as installed; sandboxed executors hand it to the
+	// compiler sandbox again when their artifact cache is cold.
+	Wasm   []byte
+	handle any
+}
+
+// Request is one execution: see engine.Request, with the module abstracted.
+type Request struct {
+	Module   *Module
+	Heap     *state.PageMap // nil: the module's initial memory
+	Globals  []state.Global // nil: the module's initial values
+	RunStart bool
+	Input    *sysapi.Input
+}
 
 // Executor validates modules and runs executions.
 type Executor interface {
 	// Prepare validates and compiles a module (cached by hash).
-	Prepare(ctx context.Context, wasm []byte) (*engine.Module, error)
-	// Execute runs one execution and returns its output. An error means the
-	// execution could not be carried out; a canister trap is an output.
-	Execute(ctx context.Context, canisterID string, req *engine.Request) (*sysapi.Output, error)
+	Prepare(ctx context.Context, wasm []byte) (*Module, error)
+	// Execute runs one execution of canisterID and returns its output. An
+	// error means the execution could not be carried out; a canister trap is
+	// an output.
+	Execute(ctx context.Context, canisterID string, req *Request) (*sysapi.Output, error)
 	// Forget drops what is cached for a canister (after delete or uninstall).
 	Forget(canisterID string)
 	// Close releases resources.
@@ -34,7 +55,7 @@ type InProcess struct {
 	limits engine.ModuleLimits
 
 	mu    sync.Mutex
-	cache map[[32]byte]*engine.Module
+	cache map[[32]byte]*Module
 }
 
 // NewInProcess creates an in-process executor.
@@ -43,11 +64,11 @@ func NewInProcess(limits engine.ModuleLimits) (*InProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create engine: %w", err)
 	}
-	return &InProcess{engine: e, limits: limits, cache: map[[32]byte]*engine.Module{}}, nil
+	return &InProcess{engine: e, limits: limits, cache: map[[32]byte]*Module{}}, nil
 }
 
 // Prepare implements Executor.
-func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*engine.Module, error) {
+func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*Module, error) {
 	h := sha256.Sum256(wasm)
 	x.mu.Lock()
 	c, ok := x.cache[h]
@@ -59,21 +80,26 @@ func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*engine.Module, err
 	if err != nil {
 		return nil, err
 	}
+	mod := &Module{Info: m.Info, Wasm: wasm, handle: m}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if c, ok := x.cache[m.Info.Hash]; ok {
+	if c, ok := x.cache[h]; ok {
 		return c, nil
 	}
-	x.cache[m.Info.Hash] = m
-	return m, nil
+	x.cache[h] = mod
+	return mod, nil
 }
 
 // Execute implements Executor.
-func (x *InProcess) Execute(ctx context.Context, _ string, req *engine.Request) (*sysapi.Output, error) {
+func (x *InProcess) Execute(ctx context.Context, _ string, req *Request) (*sysapi.Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return x.engine.Run(req)
+	m, ok := req.Module.handle.(*engine.Module)
+	if !ok {
+		return nil, fmt.Errorf("exec: module was not prepared by the in-process executor")
+	}
+	return x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
 }
 
 // Forget implements Executor.

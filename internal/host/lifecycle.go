@@ -9,6 +9,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -157,7 +158,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		if c.module.Info.HasPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
-			out, err := n.exec.Execute(ctx, id.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+			out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
 				return nil, fmt.Errorf("run pre_upgrade of %s: %w", id, err)
 			}
@@ -190,7 +191,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
-	out, err := n.exec.Execute(ctx, id.String(), &engine.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
+	out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
 		return nil, fmt.Errorf("install %s: %w", id, err)
 	}

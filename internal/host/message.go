@@ -6,6 +6,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -66,7 +67,7 @@ func (n *Node) Update(ctx context.Context, msg Message) (*Reply, error) {
 	}
 	in := n.input(c, c.module, kind, entry, limit)
 	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
-	out, err := n.exec.Execute(ctx, msg.Canister.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.exec.Execute(ctx, msg.Canister.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err != nil {
 		return nil, fmt.Errorf("execute %s.%s: %w", msg.Canister, msg.Method, err)
 	}
@@ -109,7 +110,7 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 	}
 	in := n.input(c, c.module, sysapi.CtxInspect, "canister_inspect_message", inspectInstructions)
 	in.Caller, in.Arg, in.MethodName = msg.Caller.Bytes(), msg.Arg, msg.Method
-	out, err := n.exec.Execute(ctx, c.id.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.exec.Execute(ctx, c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err != nil {
 		return fmt.Errorf("inspect message to %s: %w", c.id, err)
 	}
@@ -228,7 +229,7 @@ func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
 	}
 	in := n.input(c, c.module, kind, entry, n.cfg.QueryInstructions)
 	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
-	out, err := n.exec.Execute(ctx, msg.Canister.String(), &engine.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.exec.Execute(ctx, msg.Canister.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err != nil {
 		return nil, fmt.Errorf("execute query %s.%s: %w", msg.Canister, msg.Method, err)
 	}

@@ -39,7 +39,7 @@ type canister struct {
 	mu      sync.RWMutex
 	id      principal.Principal
 	meta    store.Meta
-	module  *engine.Module // nil: empty canister
+	module  *exec.Module // nil: empty canister
 	heap    *state.PageMap
 	stable  *state.PageMap
 	globals []state.Global
@@ -181,7 +181,7 @@ func (n *Node) decodeModule(wasm []byte) ([]byte, error) {
 	return wasm, nil
 }
 
-func (n *Node) heapLimit(m *engine.Module) uint64 {
+func (n *Node) heapLimit(m *exec.Module) uint64 {
 	if m != nil && m.Info.Memory64 {
 		return n.cfg.HeapBytes64
 	}
@@ -189,7 +189,7 @@ func (n *Node) heapLimit(m *engine.Module) uint64 {
 }
 
 // input builds the System API input common to every execution of c.
-func (n *Node) input(c *canister, m *engine.Module, ctx sysapi.Context, entry string, instr uint64) *sysapi.Input {
+func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry string, instr uint64) *sysapi.Input {
 	ctrls := make([][]byte, 0, len(c.meta.Settings.Controllers))
 	for _, s := range c.meta.Settings.Controllers {
 		if p, err := principal.FromText(s); err == nil {
