@@ -55,14 +55,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Isolation != "inprocess" {
-		return nil, fmt.Errorf("isolation mode %q is not available yet: use --isolation inprocess", cfg.Isolation)
-	}
 	st, err := store.Open(cfg.Home, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	x, err := exec.NewInProcess(cfg.ModuleLimits)
+	x, err := newExecutor(cfg, logger)
 	if err != nil {
 		st.Close()
 		return nil, err
