@@ -309,25 +309,8 @@ func TestInstrumentRealModulesRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mod, err := wasmtime.NewModule(engine, out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			store := wasmtime.NewStore(engine)
-			linker := wasmtime.NewLinker(engine)
-			for _, imp := range mod.Imports() {
-				name := *imp.Name()
-				err := linker.FuncNew(imp.Module(), name, imp.Type().FuncType(), func(*wasmtime.Caller, []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) {
-					return nil, wasmtime.NewTrap("stub " + name)
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			inst, err := linker.Instantiate(store, mod)
-			if err != nil {
-				t.Fatalf("instantiate: %v", err)
-			}
+			var calls []string
+			store, inst := instantiateWithStubs(t, engine, out, &calls)
 			if len(want.globalInits) != len(info.Globals) {
 				t.Fatalf("objdump shows %d global inits, %d instrumented", len(want.globalInits), len(info.Globals))
 			}
@@ -344,12 +327,98 @@ func TestInstrumentRealModulesRun(t *testing.T) {
 					t.Errorf("%s = %s, objdump init %s", g.Export, got, want.globalInits[i])
 				}
 			}
-			if _, err := inst.GetFunc(store, info.StartExport).Call(store); err != nil {
-				t.Errorf("start function: %v", err)
+			runStart(t, store, inst, info)
+			if len(calls) != 0 {
+				t.Logf("start function called ic0: %v", calls)
 			}
-			if n := inst.GetExport(store, info.MemoryExport).Memory().Size(store); n != info.Module.Memories[0].Min {
-				t.Errorf("memory pages %d", n)
+		})
+	}
+}
+
+// instantiateWithStubs instantiates a module whose imports are all functions,
+// each defined as a stub returning zeros (ic0.trap and ic0.msg_reply*
+// trap, so they are visible). Calls are recorded in *calls.
+func instantiateWithStubs(t *testing.T, engine *wasmtime.Engine, wasm []byte, calls *[]string) (*wasmtime.Store, *wasmtime.Instance) {
+	t.Helper()
+	mod, err := wasmtime.NewModule(engine, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := wasmtime.NewStore(engine)
+	linker := wasmtime.NewLinker(engine)
+	for _, imp := range mod.Imports() {
+		name := *imp.Name()
+		ft := imp.Type().FuncType()
+		err := linker.FuncNew(imp.Module(), name, ft, func(*wasmtime.Caller, []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) {
+			*calls = append(*calls, name)
+			if name == "trap" || strings.HasPrefix(name, "msg_reply") {
+				return nil, wasmtime.NewTrap("stub " + name)
 			}
+			var res []wasmtime.Val
+			for _, r := range ft.Results() {
+				if r.Kind() == wasmtime.KindI64 {
+					res = append(res, wasmtime.ValI64(0))
+				} else {
+					res = append(res, wasmtime.ValI32(0))
+				}
+			}
+			return res, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inst, err := linker.Instantiate(store, mod)
+	if err != nil {
+		t.Fatalf("instantiate: %v", err)
+	}
+	return store, inst
+}
+
+// runStart calls the exported start function and checks memory 0's size.
+func runStart(t *testing.T, store *wasmtime.Store, inst *wasmtime.Instance, info Instrumentation) {
+	t.Helper()
+	if _, err := inst.GetFunc(store, info.StartExport).Call(store); err != nil {
+		t.Errorf("start function: %v", err)
+	}
+	if n := inst.GetExport(store, info.MemoryExport).Memory().Size(store); n < info.Module.Memories[0].Min {
+		t.Errorf("memory pages %d, want at least %d", n, info.Module.Memories[0].Min)
+	}
+}
+
+// TestRealModules64 instruments and runs the 64-bit Motoko examples
+// (memory64 and table64; wasm-objdump cannot read them).
+func TestRealModules64(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/*.wasm")
+	if len(files) == 0 {
+		t.Skip("no 64-bit examples")
+	}
+	engine := newEngine()
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			b := readFile(t, path)
+			out, info, err := Instrument(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := info.Module
+			if !m.Memory64() {
+				t.Skip("not a 64-bit module")
+			}
+			checkInstrumented(t, b, out, m, info)
+			mod := compile(t, out)
+			checkWasmtimeExports(t, mod, m, info)
+			var calls []string
+			store, inst := instantiateWithStubs(t, engine, out, &calls)
+			for _, g := range info.Globals {
+				if inst.GetExport(store, g.Export).Global() == nil {
+					t.Errorf("%s missing", g.Export)
+				}
+			}
+			runStart(t, store, inst, info)
+			t.Logf("start function called ic0: %v; memory now %d pages", calls, inst.GetExport(store, MemoryExportName).Memory().Size(store))
+			t.Logf("%d imports, %d funcs, %d globals (%d mutable), %d exports, start=%d, memory=%+v, tables=%+v, customs=%d",
+				len(m.Imports), len(m.Funcs), len(m.Globals), countMutable(m.Globals), len(m.Exports), deref(m.Start), m.Memories, m.Tables, len(m.Customs))
 		})
 	}
 }

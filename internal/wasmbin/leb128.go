@@ -63,7 +63,7 @@ func (r *reader) u32(what string) (uint32, error) {
 			return v, nil
 		}
 	}
-	panic("unreachable") // the i == 4 check returns or terminates the loop
+	return 0, r.fail(start, ErrMalformed, "%s: u32 LEB128 too long", what) // unreachable: i == 4 returns
 }
 
 // u64 reads an unsigned LEB128 value of at most 10 bytes; the 10th byte may
@@ -85,7 +85,7 @@ func (r *reader) u64(what string) (uint64, error) {
 			return v, nil
 		}
 	}
-	panic("unreachable")
+	return 0, r.fail(start, ErrMalformed, "%s: u64 LEB128 too long", what) // unreachable: i == 9 returns
 }
 
 // s32 reads a signed LEB128 value of at most 5 bytes. In the 5th byte the
@@ -114,7 +114,7 @@ func (r *reader) s32(what string) (int32, error) {
 			return int32(v), nil
 		}
 	}
-	panic("unreachable")
+	return 0, r.fail(start, ErrMalformed, "%s: s32 LEB128 too long", what) // unreachable: i == 4 returns
 }
 
 // s64 reads a signed LEB128 value of at most 10 bytes. In the 10th byte the
@@ -143,7 +143,7 @@ func (r *reader) s64(what string) (int64, error) {
 			return int64(v), nil
 		}
 	}
-	panic("unreachable")
+	return 0, r.fail(start, ErrMalformed, "%s: s64 LEB128 too long", what) // unreachable: i == 9 returns
 }
 
 // count reads a vector length and checks it against max and against the
