@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cordon-dev/cordon/internal/api"
+	"github.com/cordon-dev/cordon/internal/wasmbin"
+	"github.com/cordon-dev/cordon/pkg/candid"
+)
+
+// candidTypes are the expected types of an argument list; nil: unknown.
+type candidTypes []*candid.Type
+
+// iface is a canister's Candid interface, possibly unknown (nil svc).
+type iface struct{ svc *candid.Service }
+
+func (i iface) method(name string) (candid.Method, bool) {
+	if i.svc == nil {
+		return candid.Method{}, false
+	}
+	return i.svc.Method(name)
+}
+
+func (i iface) argTypes(name string) candidTypes {
+	if m, ok := i.method(name); ok {
+		return m.Args()
+	}
+	return nil
+}
+
+func (i iface) resultTypes(name string) candidTypes {
+	if m, ok := i.method(name); ok {
+		return m.Results()
+	}
+	return nil
+}
+
+// loadInterface reads --candid FILE, else the canister's candid:service
+// metadata. An unknown interface is not an error: values are then typed by
+// their literals and replies printed with numeric field ids.
+func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need bool) (iface, error) {
+	if didFile != "" {
+		src, err := os.ReadFile(didFile)
+		if err != nil {
+			return iface{}, fmt.Errorf("read Candid interface: %w", err)
+		}
+		svc, err := candid.ParseService(string(src))
+		if err != nil {
+			return iface{}, fmt.Errorf("parse %s: %w", didFile, err)
+		}
+		return iface{svc}, nil
+	}
+	if !need {
+		return iface{}, nil
+	}
+	st, err := b.Status(ctx, id)
+	if err != nil || st.CandidService == "" {
+		return iface{}, nil // the call itself reports a missing canister
+	}
+	svc, err := candid.ParseService(st.CandidService)
+	if err != nil {
+		return iface{}, nil
+	}
+	return iface{svc}, nil
+}
+
+// initArgTypes reads the init argument types a module declares
+// (candid:args metadata), or nil.
+func initArgTypes(wasm []byte) candidTypes {
+	m, err := wasmbin.Decode(wasm)
+	if err != nil {
+		return nil
+	}
+	for _, name := range []string{"icp:public candid:args", "icp:private candid:args"} {
+		if s, ok := m.CustomSection(name); ok {
+			if ts, err := candid.ParseTypes(string(s)); err == nil {
+				return ts
+			}
+		}
+	}
+	return nil
+}
+
+// encodeArg turns the command-line argument into Candid bytes.
+func encodeArg(typ, text string, types candidTypes) ([]byte, error) {
+	switch typ {
+	case "raw":
+		if text == "" {
+			return []byte("DIDL\x00\x00"), nil
+		}
+		b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(text), "0x"))
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--type raw: argument is not hex: %w", err)}
+		}
+		return b, nil
+	case "candid", "":
+		if strings.TrimSpace(text) == "" {
+			text = "()"
+		}
+		var (
+			args candid.Args
+			err  error
+		)
+		if types != nil {
+			args, err = candid.ParseArgsTyped(text, types)
+		} else {
+			args, err = candid.ParseArgs(text)
+		}
+		if err != nil {
+			return nil, usageError{fmt.Errorf("argument %q: %w", text, err)}
+		}
+		b, err := candid.EncodeArgs(args)
+		if err != nil {
+			return nil, fmt.Errorf("encode argument: %w", err)
+		}
+		return b, nil
+	}
+	return nil, usageError{fmt.Errorf("--type %q: want candid or raw", typ)}
+}
+
+// decodeReply prints Candid bytes as text, typed when the types are known.
+func decodeReply(b []byte, types candidTypes) (string, error) {
+	if types != nil {
+		if a, err := candid.DecodeAs(b, types); err == nil {
+			return a.String(), nil
+		}
+	}
+	a, err := candid.Decode(b)
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
+func newCandidCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "candid",
+		Short: "Encode and decode Candid values",
+	}
+	encode := &cobra.Command{
+		Use:     "encode '(ARGS)'",
+		Short:   "Print the Candid encoding of textual values as hex",
+		Example: `  cordon candid encode '(42 : nat, "hi")'`,
+		Args:    exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			b, err := encodeArg("candid", args[0], nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, hex.EncodeToString(b))
+			return nil
+		},
+	}
+	var typesFlag string
+	decode := &cobra.Command{
+		Use:   "decode HEX",
+		Short: "Print hex-encoded Candid bytes as text",
+		Example: `  cordon candid decode 4449444c00027d710103616263
+  cordon candid decode 4449444c00017d2a --types '(nat)'`,
+		Args: exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(args[0]), "0x"))
+			if err != nil {
+				return usageError{fmt.Errorf("argument is not hex: %w", err)}
+			}
+			var types candidTypes
+			if typesFlag != "" {
+				if types, err = candid.ParseTypes(typesFlag); err != nil {
+					return usageError{fmt.Errorf("--types: %w", err)}
+				}
+				a, err := candid.DecodeAs(b, types)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, a.String())
+				return nil
+			}
+			text, err := decodeReply(b, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, text)
+			return nil
+		},
+	}
+	decode.Flags().StringVar(&typesFlag, "types", "", "expected types, e.g. '(nat, text)'")
+	cmd.AddCommand(encode, decode)
+	return cmd
+}

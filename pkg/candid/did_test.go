@@ -1,0 +1,197 @@
+package candid
+
+import (
+	"strings"
+	"testing"
+)
+
+const exampleDid = `
+// A user of the service.
+type user = record { name : text; age : nat8 };
+type tree = variant {
+  leaf : int;
+  branch : record { left : tree; val : int; right : tree };
+};
+/* Mutually recursive, through an alias: */
+type A = B;
+type B = opt A;
+type node = record { head : nat; tail : list };
+type list = opt node;
+type cb = func (nat) -> ();
+type s = service { f : cb; g : (list) -> (B, tree) query };
+
+service counter : (init : nat, owner : opt principal) -> {
+  add : (u : user) -> (id : nat64);
+  "get user" : (nat64) -> (opt user) query;
+  peek : () -> (nat) composite_query;
+  log : (text) -> () oneway;
+  callback : cb;
+  sub : (s) -> ();
+}
+`
+
+func TestParseService(t *testing.T) {
+	s, err := ParseService(exampleDid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.HasInit || len(s.InitArgs) != 2 || s.InitArgs[0].Kind != KindNat || s.InitArgs[1].String() != "opt principal" {
+		t.Errorf("init args = %v (HasInit %v)", s.InitArgs, s.HasInit)
+	}
+	var names []string
+	for _, m := range s.Methods() {
+		names = append(names, m.Name)
+	}
+	if got := strings.Join(names, ","); got != "add,callback,get user,log,peek,sub" {
+		t.Errorf("methods = %s", got)
+	}
+	tests := []struct {
+		method, sig string
+		query       bool
+	}{
+		{"add", "func (record { age : nat8; name : text }) -> (nat64)", false},
+		{"get user", "func (nat64) -> (opt record { age : nat8; name : text }) query", true},
+		{"peek", "func () -> (nat) composite_query", true},
+		{"log", "func (text) -> () oneway", false},
+		{"callback", "func (nat) -> ()", false},
+	}
+	for _, tt := range tests {
+		m, ok := s.Method(tt.method)
+		if !ok {
+			t.Errorf("method %q missing", tt.method)
+			continue
+		}
+		if got := m.Type.String(); got != tt.sig {
+			t.Errorf("%s: %s, want %s", tt.method, got, tt.sig)
+		}
+		if m.IsQuery() != tt.query {
+			t.Errorf("%s: IsQuery = %v", tt.method, m.IsQuery())
+		}
+	}
+	if m, _ := s.Method("log"); !m.HasMode(ModeOneway) {
+		t.Error("log is not oneway")
+	}
+	// Recursive definitions are pointer cycles; aliases share their target.
+	a, _ := s.Lookup("A")
+	b, _ := s.Lookup("B")
+	if a != b || a.Kind != KindOpt || a.Elem != b {
+		t.Errorf("A = %v, B = %v: want the same μ opt type", a, b)
+	}
+	list, _ := s.Lookup("list")
+	if f, ok := list.Elem.Field(Hash("tail")); !ok || f.Type != list {
+		t.Errorf("list.tail is not list")
+	}
+	tree, _ := s.Lookup("tree")
+	if got := tree.String(); got != "variant { branch : record { val : int; left : tree; right : tree }; leaf : int }" {
+		t.Errorf("tree = %s", got)
+	}
+	// Values parse at the method's types, with names from the .did.
+	m, _ := s.Method("add")
+	args, err := ParseArgsTyped(`(record { name = "ann"; age = 30 })`, m.Args())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := args.String(); got != `(record { age = 30 : nat8; name = "ann" })` {
+		t.Errorf("args = %s", got)
+	}
+}
+
+func TestParseServiceForms(t *testing.T) {
+	tests := []struct {
+		name, did string
+		methods   int
+		init      bool
+	}{
+		{"empty file", "", 0, false},
+		{"only comments", "// nothing\n/* here */", 0, false},
+		{"only defs", "type t = nat;", 0, false},
+		{"defs without trailing semicolon", "type t = nat service : {}", 0, false},
+		{"empty service", "service : {}", 0, false},
+		{"named service", "service foo : { m : () -> () }", 1, false},
+		{"service by name", "type S = service { m : () -> (); n : (nat) -> (nat) }; service : S", 2, false},
+		{"constructor by name", "type S = service { m : () -> () }; service : (nat) -> S;", 1, true},
+		{"constructor without args", "service : () -> {}", 0, true},
+		{"trailing semicolons", "service : { a : () -> (); b : () -> (); };", 2, false},
+		{"nat field ids", "type r = record { 0 : nat; 0x10 : text; 1_000 : bool }; service : {}", 0, false},
+		{"keyword-named fields", `type r = record { "record" : nat; nat : nat }; service : {}`, 0, false},
+		{"method type by name", "type f = func () -> (); service : { m : f }", 1, false},
+		{"recursive service", "type s = service { next : () -> (s) }; service : s", 1, false},
+		{"recursive class", "service : (s) -> s; type s = service { f : (s) -> () }", 0, false}, // defs must come first: error below
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := ParseService(tt.did)
+			if tt.name == "recursive class" {
+				if err == nil {
+					t.Fatal("accepted definitions after the service")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s.Methods()) != tt.methods || s.HasInit != tt.init {
+				t.Errorf("methods = %d, init = %v", len(s.Methods()), s.HasInit)
+			}
+		})
+	}
+}
+
+func TestParseServiceErrors(t *testing.T) {
+	tests := []struct {
+		name, did, want string
+	}{
+		{"import", `import "a.did"; service : {}`, "imports are not supported"},
+		{"undefined", "service : { m : (foo) -> () }", `undefined type "foo"`},
+		{"alias cycle", "type A = B; type B = A; service : {}", "cycle of aliases"},
+		{"self alias", "type A = A;", "cycle of aliases"},
+		{"duplicate def", "type A = nat; type A = int;", "duplicate definition"},
+		{"duplicate field", "type r = record { a : nat; a : int };", "duplicate field"},
+		{"hash collision", `type r = record { "a" : nat; 97 : int };`, "same id"},
+		{"duplicate method", "service : { m : () -> (); m : () -> () }", "duplicate method"},
+		{"duplicate arg name", "service : { m : (a : nat, a : nat) -> () }", "duplicate argument name"},
+		{"oneway results", "service : { m : () -> (nat) oneway }", "oneway function cannot have results"},
+		{"duplicate mode", "service : { m : () -> () query query }", "duplicate annotation"},
+		{"method not func", "type t = nat; service : { m : t }", "not a function type"},
+		{"service not service", "type t = nat; service : t", "not a service type"},
+		{"keyword type name", "type opt = nat;", "keyword"},
+		{"variant tuple field", "type v = variant { nat : nat; 5 : int; text };", ""},
+		{"bad field id", "type r = record { 4294967296 : nat };", "32-bit"},
+		{"garbage", "service : { m : () -> () } extra", "expected end of input"},
+		{"unclosed", "service : { m : () -> ()", "expected"},
+		{"unclosed comment", "/* /* */ service : {}", "unclosed comment"},
+		{"deep nesting", "type t = " + strings.Repeat("opt ", 5000) + "nat;", "nesting deeper"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseService(tt.did)
+			if tt.name == "variant tuple field" {
+				// "text" alone is a case named text of type null.
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseType(t *testing.T) {
+	s, err := ParseService("type user = record { name : text };")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ, err := ParseType("vec user", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := typ.String(); got != "vec record { name : text }" {
+		t.Errorf("ParseType = %s", got)
+	}
+	if _, err := ParseType("vec user", nil); err == nil {
+		t.Error("ParseType resolved an undefined name")
+	}
+}
