@@ -108,6 +108,15 @@ func (a Amount) MulUint64(m uint64) (Amount, error) {
 	return Amount{Hi: hi, Lo: lo}, nil
 }
 
+// MulSat returns a*m, or Max if the product does not fit.
+func (a Amount) MulSat(m uint64) Amount {
+	p, err := a.MulUint64(m)
+	if err != nil {
+		return Max
+	}
+	return p
+}
+
 // Big returns a as a big.Int.
 func (a Amount) Big() *big.Int {
 	b := new(big.Int).SetUint64(a.Hi)

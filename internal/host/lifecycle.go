@@ -21,6 +21,7 @@ type CreateOptions struct {
 	ID          *principal.Principal // nil: the next free canister id
 	Controllers []principal.Principal
 	Cycles      *cycles.Amount // nil: Config.InitialCycles
+	Minted      bool           // Cycles are new (provisional), not moved from a canister
 }
 
 // Create makes a new, empty canister.
@@ -59,7 +60,9 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000},
 		Balance:  bal,
 		Status:   "running",
-		Created:  n.clock().UTC(),
+		// Only cycles not taken from another canister are minted.
+		CyclesMinted: map[bool]cycles.Amount{true: bal, false: {}}[opts.Cycles == nil || opts.Minted],
+		Created:      n.clock().UTC(),
 	}
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
@@ -267,18 +270,22 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 
 // failInstall charges a failed install and keeps its logs; the state stays.
 func (n *Node) failInstall(c *canister, used uint64, logs []sysapi.LogLine, what, msg string) error {
-	if err := n.chargeOnly(c, used, logs); err != nil {
+	if err := n.chargeOnly(c, used, logs, cycles.Amount{}, cycles.Amount{}); err != nil {
 		return err
 	}
 	return rejectf(CanisterError, "Error from Canister %s: %s trapped: %s", c.id, what, msg)
 }
 
 // chargeOnly commits the cost and logs of an execution whose state changes
-// are discarded (a trap, a replicated query).
-func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine) error {
+// are discarded (a trap, a replicated query), plus an extra fee and a credit
+// (a refund that arrived with a response).
+func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extraFee, credit cycles.Amount) error {
 	meta := c.meta
-	fee := n.executionFee(used)
-	meta.Balance = meta.Balance.SaturatingSub(fee)
+	fee := extraFee
+	if used > 0 {
+		fee = fee.SaturatingAdd(n.executionFee(used))
+	}
+	meta.Balance = meta.Balance.SaturatingAdd(credit).SaturatingSub(fee)
 	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee)
 	meta.Instructions += used
 	meta.Messages++
@@ -362,7 +369,9 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	return nil
 }
 
-// SetStatus stops or starts a canister ("running" or "stopped").
+// SetStatus stops or starts a canister ("running" or "stopped"). Stopping a
+// canister with open call contexts puts it in "stopping" until they finish
+// (new calls are refused meanwhile); SetStatus waits for that, bounded by ctx.
 func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, status string) error {
 	if status != "running" && status != "stopped" {
 		return fmt.Errorf("unknown status %q", status)
@@ -371,21 +380,43 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
 	op := "start_canister"
 	if status == "stopped" {
 		op = "stop_canister"
 	}
 	if err := n.checkController(c, caller, op); err != nil {
+		c.mu.Unlock()
 		return err
 	}
 	meta := c.meta
 	meta.Status = status
+	var wait chan struct{}
+	if status == "stopped" && len(c.contexts) > 0 {
+		meta.Status = "stopping"
+		if c.stopped == nil {
+			c.stopped = make(chan struct{})
+		}
+		wait = c.stopped
+	}
+	if status == "running" && c.stopped != nil {
+		close(c.stopped) // a start cancels a pending stop
+		c.stopped = nil
+	}
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+		c.mu.Unlock()
 		return err
 	}
 	c.meta = meta
-	return nil
+	c.mu.Unlock()
+	if wait == nil {
+		return nil
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return rejectf(SysTransient, "Canister %s is still stopping: %v", id, ctx.Err())
+	}
 }
 
 // Delete removes a stopped canister and everything it holds.
@@ -416,26 +447,28 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 
 // Status is what `cordon status` shows about a canister.
 type Status struct {
-	ID            string        `json:"id"`
-	Status        string        `json:"status"`
-	Controllers   []string      `json:"controllers"`
-	Balance       cycles.Amount `json:"cycles"`
-	ModuleHash    string        `json:"module_hash,omitempty"`
-	Memory64      bool          `json:"memory64"`
-	Version       uint64        `json:"version"`
-	HeapBytes     uint64        `json:"heap_bytes"`
-	StableBytes   uint64        `json:"stable_bytes"`
-	Globals       int           `json:"globals"`
-	CertifiedData string        `json:"certified_data,omitempty"`
-	GlobalTimer   uint64        `json:"global_timer"`
-	Updates       []string      `json:"update_methods,omitempty"`
-	Queries       []string      `json:"query_methods,omitempty"`
-	Composite     []string      `json:"composite_query_methods,omitempty"`
-	Messages      uint64        `json:"messages"`
-	Instructions  uint64        `json:"instructions"`
-	CyclesBurned  cycles.Amount `json:"cycles_burned"`
-	StateHash     string        `json:"state_hash"`
-	CandidService string        `json:"candid_service,omitempty"`
+	ID                string        `json:"id"`
+	Status            string        `json:"status"`
+	Controllers       []string      `json:"controllers"`
+	Balance           cycles.Amount `json:"cycles"`
+	ModuleHash        string        `json:"module_hash,omitempty"`
+	Memory64          bool          `json:"memory64"`
+	Version           uint64        `json:"version"`
+	HeapBytes         uint64        `json:"heap_bytes"`
+	StableBytes       uint64        `json:"stable_bytes"`
+	Globals           int           `json:"globals"`
+	CertifiedData     string        `json:"certified_data,omitempty"`
+	GlobalTimer       uint64        `json:"global_timer"`
+	Updates           []string      `json:"update_methods,omitempty"`
+	Queries           []string      `json:"query_methods,omitempty"`
+	Composite         []string      `json:"composite_query_methods,omitempty"`
+	Messages          uint64        `json:"messages"`
+	Instructions      uint64        `json:"instructions"`
+	CyclesBurned      cycles.Amount `json:"cycles_burned"`
+	StateHash         string        `json:"state_hash"`
+	CandidService     string        `json:"candid_service,omitempty"`
+	FreezingThreshold uint64        `json:"freezing_threshold"`
+	CyclesMinted      cycles.Amount `json:"cycles_minted"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.
@@ -454,7 +487,8 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		ModuleHash: c.meta.ModuleHash, Version: c.meta.Version, HeapBytes: c.heap.Size(), StableBytes: c.stable.Size(),
 		Globals: len(c.globals), CertifiedData: hex.EncodeToString(c.meta.CertifiedData), GlobalTimer: c.meta.GlobalTimer,
 		Messages: c.meta.Messages, Instructions: c.meta.Instructions, CyclesBurned: c.meta.CyclesBurned,
-		StateHash: hex.EncodeToString(n.stateHash(c)),
+		StateHash: hex.EncodeToString(n.stateHash(c)), FreezingThreshold: c.meta.Settings.FreezingThreshold,
+		CyclesMinted: c.meta.CyclesMinted,
 	}
 	if c.module != nil {
 		s.Memory64 = c.module.Info.Memory64

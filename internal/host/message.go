@@ -30,65 +30,6 @@ type Reply struct {
 // inspectInstructions bounds canister_inspect_message (IC: 200 million).
 const inspectInstructions = 200_000_000
 
-// Update executes an update call and commits its effects durably before
-// answering. A query method called this way runs in replicated mode and
-// its state changes are discarded.
-func (n *Node) Update(ctx context.Context, msg Message) (*Reply, error) {
-	c, err := n.lockCanister(ctx, msg.Canister)
-	if err != nil {
-		return nil, err
-	}
-	defer c.mu.Unlock()
-	if err := n.checkRunnable(c); err != nil {
-		return nil, err
-	}
-	var kind sysapi.Context
-	var entry string
-	switch c.module.Info.Methods[msg.Method] {
-	case engine.UpdateMethod:
-		kind, entry = sysapi.CtxUpdate, "canister_update "+msg.Method
-	case engine.QueryMethod:
-		kind, entry = sysapi.CtxReplicatedQuery, "canister_query "+msg.Method
-	case engine.CompositeQueryMethod:
-		return nil, rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", msg.Canister, msg.Method)
-	default:
-		return nil, rejectf(DestinationInvalid, "Canister %s has no update method '%s'", msg.Canister, msg.Method)
-	}
-	if err := n.inspect(ctx, c, msg); err != nil {
-		return nil, err
-	}
-
-	limit := n.cfg.UpdateInstructions
-	ingress := cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte * uint64(len(msg.Arg))))
-	need := n.executionFee(limit).SaturatingAdd(ingress)
-	if c.meta.Balance.Cmp(need) < 0 {
-		return nil, rejectf(SysTransient, "Canister %s is out of cycles: it needs %s cycles to run an update, the balance is %s",
-			msg.Canister, need, c.meta.Balance)
-	}
-	in := n.input(c, c.module, kind, entry, limit)
-	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
-	out, err := n.exec.Execute(ctx, msg.Canister.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
-	if err != nil {
-		return nil, fmt.Errorf("execute %s.%s: %w", msg.Canister, msg.Method, err)
-	}
-	if out.Trapped {
-		if err := n.chargeOnly(c, out.Instructions, out.Logs); err != nil {
-			return nil, err
-		}
-		return nil, rejectf(CanisterError, "Error from Canister %s: %s", msg.Canister, out.TrapMessage)
-	}
-	if kind == sysapi.CtxReplicatedQuery {
-		if err := n.chargeOnly(c, out.Instructions, out.Logs); err != nil {
-			return nil, err
-		}
-		return respond(msg, out)
-	}
-	if err := n.commitExecution(c, out, ingress); err != nil {
-		return nil, err
-	}
-	return respond(msg, out)
-}
-
 func (n *Node) checkRunnable(c *canister) error {
 	if c.module == nil {
 		return rejectf(CanisterError, "Canister %s has no Wasm module installed", c.id)
@@ -123,22 +64,10 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 	return nil
 }
 
-func respond(msg Message, out *sysapi.Output) (*Reply, error) {
-	switch out.Response {
-	case sysapi.Replied:
-		return &Reply{Data: out.Reply, Instructions: out.Instructions}, nil
-	case sysapi.Rejected:
-		return nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}
-	}
-	if len(out.Calls) > 0 {
-		return nil, rejectf(CanisterError, "Canister %s made inter-canister calls, which this version of cordon does not deliver yet", msg.Canister)
-	}
-	return nil, rejectf(CanisterError, "Canister %s did not reply to the call", msg.Canister)
-}
-
 // commitExecution validates an execution's output against the canister's
-// limits and commits it: memories, globals, metadata, cycles and logs.
-func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee cycles.Amount) error {
+// limits and commits it with the given extra cycles movements: a fee charged
+// (ingress) and cycles credited (a refund with a response).
+func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, mutate func(*store.Meta)) error {
 	if err := validateDelta(out.Heap, c.heap, n.heapLimit(c.module)); err != nil {
 		return fmt.Errorf("canister %s heap: %w", c.id, err)
 	}
@@ -151,7 +80,10 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee cycles.
 	meta := c.meta
 	fee := n.executionFee(out.Instructions).SaturatingAdd(extraFee)
 	// balance' = balance + accepted - sent - burned - fee; each step checked.
-	bal, err := meta.Balance.Add(out.CyclesAccepted)
+	bal, err := meta.Balance.Add(credit)
+	if err == nil {
+		bal, err = bal.Add(out.CyclesAccepted)
+	}
 	if err == nil {
 		bal, err = bal.Sub(out.CyclesSent)
 	}
@@ -171,6 +103,9 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee cycles.
 	}
 	if out.GlobalTimerSet {
 		meta.GlobalTimer = out.GlobalTimer
+	}
+	if mutate != nil {
+		mutate(&meta)
 	}
 	entries := c.logs.prepare(n.logEntries(out.Logs))
 	change := store.Change{
@@ -236,5 +171,13 @@ func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
 	if out.Trapped {
 		return nil, rejectf(CanisterError, "Error from Canister %s: %s", msg.Canister, out.TrapMessage)
 	}
-	return respond(msg, out)
+	switch {
+	case out.Response == sysapi.Replied:
+		return &Reply{Data: out.Reply, Instructions: out.Instructions}, nil
+	case out.Response == sysapi.Rejected:
+		return nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}
+	case len(out.Calls) > 0:
+		return nil, rejectf(CanisterError, "Canister %s: composite query calls are not supported yet", msg.Canister)
+	}
+	return nil, rejectf(CanisterError, "Canister %s did not reply to the call", msg.Canister)
 }

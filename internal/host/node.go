@@ -31,6 +31,9 @@ type Node struct {
 	mu        sync.Mutex
 	canisters map[principal.Principal]*canister
 	lastTime  uint64 // ic0.time is strictly increasing across the node
+
+	busy sync.WaitGroup // queue drainers and management calls in flight
+	done chan struct{}  // closed by Close
 }
 
 // canister is a canister's committed state in memory. Updates and lifecycle
@@ -45,6 +48,20 @@ type canister struct {
 	globals []state.Global
 	logs    *logRing
 	deleted bool
+
+	// Messaging state (guarded by mu): open call contexts and the callbacks
+	// of calls awaiting responses. Not persisted: a restart drops calls in
+	// flight (see RATIONALE.md).
+	contexts  map[uint64]*callContext
+	callbacks map[uint64]*callback
+	nextID    uint64
+	stopped   chan struct{} // closed when a pending stop completes
+
+	// The input queue (guarded by qmu, not mu, so senders never wait for
+	// an execution).
+	qmu      sync.Mutex
+	queue    []*message
+	draining bool
 }
 
 // Open opens the node's store under cfg.Home.
@@ -64,14 +81,40 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
-	return &Node{cfg: cfg, store: st, exec: x, log: logger, clock: time.Now,
-		canisters: map[principal.Principal]*canister{}}, nil
+	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: time.Now,
+		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
+	go n.timerLoop()
+	return n, nil
 }
 
-// Close closes the store. Callers must not use the node afterwards.
+// drainTimeout bounds how long Close waits for messages still in flight.
+const drainTimeout = 30 * time.Second
+
+// Close waits for the messages in flight (bounded), then closes the store.
+// Callers must not use the node afterwards.
 func (n *Node) Close() error {
+	close(n.done)
+	idle := make(chan struct{})
+	go func() { n.busy.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-time.After(drainTimeout):
+		n.log.Warn("closing with messages still in flight", "waited", drainTimeout)
+	}
 	n.exec.Close()
 	return n.store.Close()
+}
+
+// Quiesce waits until no message is queued or executing.
+func (n *Node) Quiesce(ctx context.Context) error {
+	idle := make(chan struct{})
+	go func() { n.busy.Wait(); close(idle) }()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Config returns the node's configuration.
@@ -104,7 +147,11 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if err != nil {
 		return nil, fmt.Errorf("load canister %s: %w", id, err)
 	}
-	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines)}
+	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines),
+		contexts: map[uint64]*callContext{}, callbacks: map[uint64]*callback{}}
+	if c.meta.Status == "stopping" {
+		c.meta.Status = "stopped" // calls in flight did not survive the restart
+	}
 	if logs, err := n.store.Logs(id.Bytes()); err == nil {
 		c.logs.load(logs)
 	}

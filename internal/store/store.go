@@ -70,6 +70,7 @@ type Meta struct {
 	Messages     uint64        `json:"messages"`
 	Instructions uint64        `json:"instructions"`
 	CyclesBurned cycles.Amount `json:"cycles_burned"`
+	CyclesMinted cycles.Amount `json:"cycles_minted"` // created from nothing: initial balance, provisional top-ups
 }
 
 // Store is an open store. It is safe for concurrent use.

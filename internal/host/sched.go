@@ -1,0 +1,477 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// The scheduler: every canister has an input queue drained by one goroutine
+// at a time, so a canister's messages run one by one in arrival order while
+// different canisters run in parallel. Requests open call contexts;
+// responses run the callbacks the calls registered. Every request gets
+// exactly one response: from the callee's code, or from the system when the
+// callee cannot be reached, traps, or finishes without replying.
+
+type msgKind uint8
+
+const (
+	kindRequest msgKind = iota
+	kindResponse
+	kindTimer
+)
+
+// message is an entry of a canister's input queue.
+type message struct {
+	kind msgKind
+	// Requests.
+	ingress bool
+	caller  principal.Principal
+	method  string
+	arg     []byte
+	cycles  cycles.Amount // attached
+	origin  origin
+	// Responses.
+	callbackID uint64
+	reply      []byte
+	reject     *Reject
+	refund     cycles.Amount
+}
+
+// origin is where the response to a request goes.
+type origin struct {
+	ingress    chan<- result       // a user waiting for the reply
+	canister   principal.Principal // a calling canister…
+	callbackID uint64              // …and the callback that awaits it
+	system     bool                // a timer: nobody waits
+}
+
+type result struct {
+	reply *Reply
+	err   error
+}
+
+// callContext is an incoming call being processed by a canister.
+type callContext struct {
+	origin       origin
+	caller       principal.Principal
+	responded    bool
+	outstanding  int           // calls made and not yet answered
+	available    cycles.Amount // attached cycles not yet accepted
+	instructions uint64
+}
+
+// callback is a call a canister made, awaiting its response.
+type callback struct {
+	ctxID             uint64
+	onReply, onReject sysapi.Callback
+	onCleanup         *sysapi.Callback
+}
+
+// Update sends an ingress update call and waits for its response. Its
+// effects, and those of every message it causes, are committed durably as
+// they happen.
+func (n *Node) Update(ctx context.Context, msg Message) (*Reply, error) {
+	c, err := n.get(ctx, msg.Canister)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan result, 1)
+	n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
+		origin: origin{ingress: ch}})
+	select {
+	case r := <-ch:
+		return r.reply, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the reply of %s.%s: %w (the call may still complete)", msg.Canister, msg.Method, ctx.Err())
+	}
+}
+
+// enqueue appends to a canister's queue and makes sure it is being drained.
+func (n *Node) enqueue(c *canister, m *message) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.queue = append(c.queue, m)
+	if !c.draining {
+		c.draining = true
+		n.busy.Add(1)
+		go n.drain(c)
+	}
+}
+
+func (n *Node) drain(c *canister) {
+	defer n.busy.Done()
+	for {
+		c.qmu.Lock()
+		if len(c.queue) == 0 {
+			c.draining = false
+			c.qmu.Unlock()
+			return
+		}
+		m := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		c.qmu.Unlock()
+		n.process(c, m)
+	}
+}
+
+func (n *Node) process(c *canister, m *message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted {
+		if m.kind == kindRequest {
+			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", c.id), m.cycles)
+		}
+		return
+	}
+	switch m.kind {
+	case kindRequest:
+		n.handleRequest(c, m)
+	case kindResponse:
+		n.handleResponse(c, m)
+	case kindTimer:
+		n.handleTimer(c)
+	}
+	n.scheduleTimer(c)
+}
+
+// route delivers a message to a canister or to the management canister.
+func (n *Node) route(target principal.Principal, m *message) {
+	if target.IsManagement() && m.kind == kindRequest {
+		n.busy.Add(1)
+		go func() {
+			defer n.busy.Done()
+			n.management(m)
+		}()
+		return
+	}
+	tc, err := n.get(context.Background(), target)
+	if err != nil {
+		if m.kind == kindRequest {
+			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", target), m.cycles)
+		}
+		return // a response to a canister that is gone is dropped with its refund
+	}
+	n.enqueue(tc, m)
+}
+
+// respondTo answers a request: to the waiting user, or as a response message
+// to the calling canister.
+func (n *Node) respondTo(o origin, reply []byte, rej *Reject, refund cycles.Amount) {
+	switch {
+	case o.ingress != nil:
+		if rej != nil {
+			o.ingress <- result{err: rej}
+		} else {
+			o.ingress <- result{reply: &Reply{Data: reply}}
+		}
+	case o.system:
+	default:
+		n.route(o.canister, &message{kind: kindResponse, callbackID: o.callbackID, reply: reply, reject: rej, refund: refund})
+	}
+}
+
+func (n *Node) newID(c *canister) uint64 {
+	c.nextID++
+	return c.nextID
+}
+
+// handleRequest starts a call context for an incoming call.
+func (n *Node) handleRequest(c *canister, m *message) {
+	refuse := func(r *Reject) { n.respondTo(m.origin, nil, r, m.cycles) }
+	if err := n.checkRunnable(c); err != nil {
+		refuse(err.(*Reject))
+		return
+	}
+	var kind sysapi.Context
+	var entry string
+	switch c.module.Info.Methods[m.method] {
+	case engine.UpdateMethod:
+		kind, entry = sysapi.CtxUpdate, "canister_update "+m.method
+	case engine.QueryMethod:
+		kind, entry = sysapi.CtxReplicatedQuery, "canister_query "+m.method
+	case engine.CompositeQueryMethod:
+		refuse(rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", c.id, m.method))
+		return
+	default:
+		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, m.method))
+		return
+	}
+	var fee cycles.Amount
+	if m.ingress {
+		if err := n.inspect(context.Background(), c, Message{Canister: c.id, Method: m.method, Arg: m.arg, Caller: m.caller}); err != nil {
+			if r, ok := err.(*Reject); ok {
+				refuse(r)
+			} else {
+				refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+			}
+			return
+		}
+		fee = cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte).MulSat(uint64(len(m.arg))))
+	}
+	limit := n.cfg.UpdateInstructions
+	if need := n.executionFee(limit).SaturatingAdd(fee); c.meta.Balance.Cmp(need) < 0 {
+		refuse(rejectf(SysTransient, "Canister %s is out of cycles: it needs %s cycles to run an update, the balance is %s",
+			c.id, need, c.meta.Balance))
+		return
+	}
+	cc := &callContext{origin: m.origin, caller: m.caller, available: m.cycles}
+	id := n.newID(c)
+	c.contexts[id] = cc
+	in := n.input(c, c.module, kind, entry, limit)
+	in.Caller, in.Arg, in.CyclesAvailable = m.caller.Bytes(), m.arg, m.cycles
+	out, err := n.execute(c, in, false)
+	if err != nil {
+		delete(c.contexts, id)
+		refuse(rejectf(CanisterError, "Error from Canister %s: %v", c.id, err))
+		return
+	}
+	if out.Trapped || kind == sysapi.CtxReplicatedQuery {
+		delete(c.contexts, id)
+		if err := n.chargeOnly(c, out.Instructions, out.Logs, fee, cycles.Amount{}); err != nil {
+			refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+			return
+		}
+		switch {
+		case out.Trapped:
+			refuse(rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage))
+		case out.Response == sysapi.Replied:
+			n.respondTo(m.origin, out.Reply, nil, m.cycles)
+		case out.Response == sysapi.Rejected:
+			refuse(&Reject{Code: CanisterReject, Message: out.RejectMessage})
+		default:
+			refuse(rejectf(CanisterError, "Canister %s did not reply to the call", c.id))
+		}
+		n.stopIfIdle(c)
+		return
+	}
+	n.finish(c, id, cc, out, fee, cycles.Amount{})
+}
+
+// execute runs one execution of c from its committed state.
+func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
+	return n.exec.Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+}
+
+// finish commits a successful execution in call context id and acts on it:
+// sends its calls, delivers its response, closes the context when done.
+func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount) {
+	if err := n.commitExecution(c, out, fee, credit, nil); err != nil {
+		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
+		if !cc.responded {
+			cc.responded = true
+			n.respondTo(cc.origin, nil, rejectf(CanisterError, "Canister %s: %v", c.id, err), cc.available)
+			cc.available = cycles.Amount{}
+		}
+		n.closeIfDone(c, id, cc)
+		return
+	}
+	cc.available = cc.available.SaturatingSub(out.CyclesAccepted)
+	cc.instructions += out.Instructions
+	for _, call := range out.Calls {
+		callee, err := principal.FromBytes(call.Callee)
+		cbID := n.newID(c)
+		c.callbacks[cbID] = &callback{ctxID: id, onReply: call.OnReply, onReject: call.OnReject, onCleanup: call.OnCleanup}
+		cc.outstanding++
+		req := &message{kind: kindRequest, caller: c.id, method: call.Method, arg: call.Arg, cycles: call.Cycles,
+			origin: origin{canister: c.id, callbackID: cbID}}
+		if err != nil {
+			n.respondTo(req.origin, nil, rejectf(DestinationInvalid, "Invalid destination: %v", err), call.Cycles)
+			continue
+		}
+		n.route(callee, req)
+	}
+	if out.Response != sysapi.NoResponse && !cc.responded {
+		cc.responded = true
+		if out.Response == sysapi.Replied {
+			n.respondTo(cc.origin, out.Reply, nil, cc.available)
+		} else {
+			n.respondTo(cc.origin, nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}, cc.available)
+		}
+		cc.available = cycles.Amount{}
+	}
+	n.closeIfDone(c, id, cc)
+}
+
+// closeIfDone ends a call context with no outstanding calls; one that was
+// never answered gets the system's reject.
+func (n *Node) closeIfDone(c *canister, id uint64, cc *callContext) {
+	if cc.outstanding > 0 {
+		return
+	}
+	if !cc.responded {
+		cc.responded = true
+		n.respondTo(cc.origin, nil, rejectf(CanisterError, "Canister %s did not reply to the call", c.id), cc.available)
+		cc.available = cycles.Amount{}
+	}
+	delete(c.contexts, id)
+	n.stopIfIdle(c)
+}
+
+// handleResponse runs the callback a response is for.
+func (n *Node) handleResponse(c *canister, m *message) {
+	cb, ok := c.callbacks[m.callbackID]
+	if !ok {
+		n.log.Warn("response for an unknown callback dropped", "canister", c.id.String(), "callback", m.callbackID)
+		return
+	}
+	delete(c.callbacks, m.callbackID)
+	cc := c.contexts[cb.ctxID]
+	if cc == nil {
+		return
+	}
+	cc.outstanding--
+	if c.module == nil {
+		// Uninstalled while waiting: the refund is credited, nothing runs.
+		_ = n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund)
+		n.closeIfDone(c, cb.ctxID, cc)
+		return
+	}
+	kind, target := sysapi.CtxReply, cb.onReply
+	if m.reject != nil {
+		kind, target = sysapi.CtxReject, cb.onReject
+	}
+	in := n.input(c, c.module, kind, "", n.cfg.UpdateInstructions)
+	in.Callback, in.Caller = target, cc.caller.Bytes()
+	in.Balance = in.Balance.SaturatingAdd(m.refund)
+	in.CyclesRefunded, in.CyclesAvailable = m.refund, cc.available
+	if m.reject != nil {
+		in.RejectCode, in.RejectMessage = uint32(m.reject.Code), m.reject.Message
+	} else {
+		in.Arg = m.reply
+	}
+	in.CallContextInstr = cc.instructions
+	out, err := n.execute(c, in, false)
+	if err == nil && !out.Trapped {
+		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund)
+		return
+	}
+	trap := ""
+	if err != nil {
+		trap = err.Error()
+		_ = n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund)
+	} else {
+		trap = out.TrapMessage
+		_ = n.chargeOnly(c, out.Instructions, out.Logs, cycles.Amount{}, m.refund)
+	}
+	if cb.onCleanup != nil {
+		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
+		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
+		if m.reject != nil {
+			cin.RejectCode = uint32(m.reject.Code)
+		}
+		if cout, err := n.execute(c, cin, false); err == nil && !cout.Trapped {
+			if err := n.commitExecution(c, cout, cycles.Amount{}, cycles.Amount{}, nil); err != nil {
+				n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
+			}
+		} else if err == nil {
+			_ = n.chargeOnly(c, cout.Instructions, cout.Logs, cycles.Amount{}, cycles.Amount{})
+		}
+	}
+	if !cc.responded && cc.outstanding == 0 {
+		cc.responded = true
+		n.respondTo(cc.origin, nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, trap), cc.available)
+		cc.available = cycles.Amount{}
+	}
+	n.closeIfDone(c, cb.ctxID, cc)
+}
+
+// scheduleTimer queues canister_global_timer when the global timer is due.
+// The IC deactivates the timer before running it.
+func (n *Node) scheduleTimer(c *canister) {
+	if c.deleted || c.module == nil || !c.module.Info.HasGlobalTimer || c.meta.GlobalTimer == 0 || c.meta.Status != "running" {
+		return
+	}
+	if uint64(n.clock().UnixNano()) < c.meta.GlobalTimer {
+		return
+	}
+	meta := c.meta
+	meta.GlobalTimer = 0
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
+		n.log.Error("deactivate timer", "canister", c.id.String(), "err", err)
+		return
+	}
+	c.meta = meta
+	n.enqueue(c, &message{kind: kindTimer})
+}
+
+func (n *Node) handleTimer(c *canister) {
+	if c.module == nil || !c.module.Info.HasGlobalTimer || c.meta.Status != "running" {
+		return
+	}
+	limit := n.cfg.UpdateInstructions
+	if c.meta.Balance.Cmp(n.executionFee(limit)) < 0 {
+		n.log.Warn("timer skipped: out of cycles", "canister", c.id.String())
+		return
+	}
+	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
+	id := n.newID(c)
+	c.contexts[id] = cc
+	in := n.input(c, c.module, sysapi.CtxSystemTask, "canister_global_timer", limit)
+	in.Caller = principal.Management().Bytes()
+	out, err := n.execute(c, in, false)
+	if err != nil || out.Trapped {
+		delete(c.contexts, id)
+		if err == nil {
+			_ = n.chargeOnly(c, out.Instructions, out.Logs, cycles.Amount{}, cycles.Amount{})
+			n.log.Info("timer trapped", "canister", c.id.String(), "trap", out.TrapMessage)
+		}
+		n.stopIfIdle(c)
+		return
+	}
+	cc.responded = true // a system task has nobody to answer
+	n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{})
+}
+
+// timerLoop fires due timers of loaded canisters until the node closes.
+func (n *Node) timerLoop() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		list := make([]*canister, 0, len(n.canisters))
+		for _, c := range n.canisters {
+			list = append(list, c)
+		}
+		n.mu.Unlock()
+		now := uint64(n.clock().UnixNano())
+		for _, c := range list {
+			c.mu.Lock()
+			if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
+				n.scheduleTimer(c)
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// stopIfIdle completes a pending stop once no call context is open.
+func (n *Node) stopIfIdle(c *canister) {
+	if c.meta.Status != "stopping" || len(c.contexts) > 0 {
+		return
+	}
+	meta := c.meta
+	meta.Status = "stopped"
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
+		n.log.Error("complete stop", "canister", c.id.String(), "err", err)
+		return
+	}
+	c.meta = meta
+	if c.stopped != nil {
+		close(c.stopped)
+		c.stopped = nil
+	}
+}
