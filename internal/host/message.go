@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
-	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
@@ -136,48 +135,4 @@ func validateDelta(d state.Delta, cur *state.PageMap, max uint64) error {
 		return fmt.Errorf("memory shrank from %d to %d bytes", cur.Size(), d.Size)
 	}
 	return d.Validate(max)
-}
-
-// Query executes a query; nothing it does is kept.
-func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
-	c, err := n.get(ctx, msg.Canister)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.deleted {
-		return nil, rejectf(DestinationInvalid, "Canister %s not found", msg.Canister)
-	}
-	if err := n.checkRunnable(c); err != nil {
-		return nil, err
-	}
-	var kind sysapi.Context
-	var entry string
-	switch c.module.Info.Methods[msg.Method] {
-	case engine.QueryMethod:
-		kind, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+msg.Method
-	case engine.CompositeQueryMethod:
-		kind, entry = sysapi.CtxCompositeQuery, "canister_composite_query "+msg.Method
-	default:
-		return nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", msg.Canister, msg.Method)
-	}
-	in := n.input(c, c.module, kind, entry, n.cfg.QueryInstructions)
-	in.Caller, in.Arg = msg.Caller.Bytes(), msg.Arg
-	out, err := n.exec.Execute(ctx, msg.Canister.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
-	if err != nil {
-		return nil, fmt.Errorf("execute query %s.%s: %w", msg.Canister, msg.Method, err)
-	}
-	if out.Trapped {
-		return nil, rejectf(CanisterError, "Error from Canister %s: %s", msg.Canister, out.TrapMessage)
-	}
-	switch {
-	case out.Response == sysapi.Replied:
-		return &Reply{Data: out.Reply, Instructions: out.Instructions}, nil
-	case out.Response == sysapi.Rejected:
-		return nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}
-	case len(out.Calls) > 0:
-		return nil, rejectf(CanisterError, "Canister %s: composite query calls are not supported yet", msg.Canister)
-	}
-	return nil, rejectf(CanisterError, "Canister %s did not reply to the call", msg.Canister)
 }

@@ -166,12 +166,18 @@ func (n *Node) route(target principal.Principal, m *message) {
 // respondTo answers a request: to the waiting user, or as a response message
 // to the calling canister.
 func (n *Node) respondTo(o origin, reply []byte, rej *Reject, refund cycles.Amount) {
+	n.respondInstr(o, reply, rej, refund, 0)
+}
+
+// respondInstr is respondTo that tells a waiting user how many instructions
+// the call context used.
+func (n *Node) respondInstr(o origin, reply []byte, rej *Reject, refund cycles.Amount, instructions uint64) {
 	switch {
 	case o.ingress != nil:
 		if rej != nil {
 			o.ingress <- result{err: rej}
 		} else {
-			o.ingress <- result{reply: &Reply{Data: reply}}
+			o.ingress <- result{reply: &Reply{Data: reply, Instructions: instructions}}
 		}
 	case o.system:
 	default:
@@ -244,7 +250,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		case out.Trapped:
 			refuse(rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage))
 		case out.Response == sysapi.Replied:
-			n.respondTo(m.origin, out.Reply, nil, m.cycles)
+			n.respondInstr(m.origin, out.Reply, nil, m.cycles, out.Instructions)
 		case out.Response == sysapi.Rejected:
 			refuse(&Reject{Code: CanisterReject, Message: out.RejectMessage})
 		default:
@@ -292,7 +298,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 	if out.Response != sysapi.NoResponse && !cc.responded {
 		cc.responded = true
 		if out.Response == sysapi.Replied {
-			n.respondTo(cc.origin, out.Reply, nil, cc.available)
+			n.respondInstr(cc.origin, out.Reply, nil, cc.available, cc.instructions)
 		} else {
 			n.respondTo(cc.origin, nil, &Reject{Code: CanisterReject, Message: out.RejectMessage}, cc.available)
 		}

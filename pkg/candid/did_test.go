@@ -160,6 +160,9 @@ func TestParseServiceErrors(t *testing.T) {
 		{"garbage", "service : { m : () -> () } extra", "expected end of input"},
 		{"unclosed", "service : { m : () -> ()", "expected"},
 		{"unclosed comment", "/* /* */ service : {}", "unclosed comment"},
+		{"invalid utf8 method", `service : { "\ff" : () -> () }`, "not valid UTF-8"},
+		{"invalid utf8 field", `type r = record { "\ff" : nat };`, "not valid UTF-8"},
+		{"invalid utf8 case", `type v = variant { "\c3" };`, "not valid UTF-8"},
 		{"deep nesting", "type t = " + strings.Repeat("opt ", 5000) + "nat;", "nesting deeper"},
 	}
 	for _, tt := range tests {

@@ -68,11 +68,13 @@ func FuzzDecode(f *testing.F) {
 			// The wire values re-encode and decode to themselves.
 			b2, err := EncodeArgs(a)
 			if err != nil {
-				t.Fatalf("EncodeArgs of decoded %s: %v", a, err)
+				t.Fatalf("EncodeArgs of decoded %.500s: %v", a, err)
 			}
 			a2, err := fuzzDecoder.DecodeAs(b2, a.Types)
-			if err != nil || !equalValues(a.Values, a2.Values) {
-				t.Fatalf("re-decoding %s: %s, %v", a, a2, err)
+			if err != nil && !isLimit(err) || err == nil && !equalValues(a.Values, a2.Values) {
+				// (Coercion costs extra units, so DecodeAs may exceed the
+				// budget where Decode did not.)
+				t.Fatalf("re-decoding %.500s: %.500s, %v", a, a2, err)
 			}
 			_ = a.String()
 		}
@@ -85,7 +87,7 @@ func FuzzDecode(f *testing.F) {
 				// What decodes at a type prints and parses back.
 				p, err := ParseArgsTyped(s, ts)
 				if err != nil || !equalValues(a.Values, p.Values) {
-					t.Fatalf("text round trip of %s: %s, %v", s, p, err)
+					t.Fatalf("text round trip of %.500s: %.500s, %v", s, p, err)
 				}
 			}
 		}

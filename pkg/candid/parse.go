@@ -3,6 +3,7 @@ package candid
 import (
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // maxParseDepth bounds the nesting of parsed types and values.
@@ -67,6 +68,15 @@ func (p *parser) accept(k tokKind) (bool, error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// checkName checks that a name given as a text literal is valid UTF-8
+// (escapes such as \ff can make it invalid; only blobs may be).
+func (p *parser) checkName(t token) error {
+	if t.kind == tText && !utf8.ValidString(t.text) {
+		return p.errorf(t.pos, "name %q is not valid UTF-8", t.text)
+	}
+	return nil
 }
 
 // isKeyword reports whether t is the identifier kw.
@@ -215,6 +225,7 @@ func (p *parser) label(sep tokKind) (id uint32, name string, ok bool, err error)
 		name, id = t.text, Hash(t.text)
 	case tText:
 		name, id = t.text, Hash(t.text)
+		err = p.checkName(t)
 	default:
 		return 0, "", false, nil
 	}
@@ -265,6 +276,9 @@ func (p *parser) parseFieldTypes(variant bool) ([]fieldExpr, error) {
 					return nil, err
 				}
 			case tID, tText:
+				if err := p.checkName(t); err != nil {
+					return nil, err
+				}
 				f.name, f.id = t.text, Hash(t.text)
 			default:
 				return nil, p.errorf(t.pos, "expected a variant case, found %s", t)
@@ -315,6 +329,9 @@ func (p *parser) parseTupleType() ([]argExpr, error) {
 			return nil, err
 		}
 		if (t.kind == tID || t.kind == tText) && t2.kind == tColon {
+			if err := p.checkName(t); err != nil {
+				return nil, err
+			}
 			a.name = t.text
 			if names[a.name] {
 				return nil, p.errorf(t.pos, "duplicate argument name %q", a.name)
@@ -403,6 +420,9 @@ func (p *parser) parseActorType() ([]methodExpr, error) {
 		}
 		if t.kind != tID && t.kind != tText {
 			return nil, p.errorf(t.pos, "expected a method name, found %s", t)
+		}
+		if err := p.checkName(t); err != nil {
+			return nil, err
 		}
 		m := methodExpr{pos: t.pos, name: t.text}
 		if _, err := p.expect(tColon); err != nil {
@@ -641,6 +661,9 @@ func (p *parser) parseValue() (*valueExpr, error) {
 		if m.kind != tID && m.kind != tText {
 			return nil, p.errorf(m.pos, "expected a method name, found %s", m)
 		}
+		if err := p.checkName(m); err != nil {
+			return nil, err
+		}
 		v.kind, v.text, v.method = vFunc, s.text, m.text
 	default:
 		return nil, p.errorf(t.pos, "unexpected identifier %q where a value is expected", t.text)
@@ -748,6 +771,9 @@ func (p *parser) parseVariantValue() ([]fieldValueExpr, error) {
 				return nil, err
 			}
 		case tID, tText:
+			if err := p.checkName(t); err != nil {
+				return nil, err
+			}
 			f.name, f.id = t.text, Hash(t.text)
 		default:
 			return nil, p.errorf(t.pos, "a variant value needs exactly one case, found %s", t)

@@ -1,0 +1,186 @@
+package host
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// Query executes a query; nothing it does is kept. A composite query may
+// call other canisters' queries (and its own); their callbacks run on the
+// composite query's working state, which is dropped at the end.
+func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
+	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
+	defer q.unlockAll()
+	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
+}
+
+// maxQueryDepth bounds the call graph of a composite query (IC: 6 levels).
+const maxQueryDepth = 6
+
+// snapshot is one canister's state as a query run sees it: read-locked once
+// per run, so a canister calling itself never takes its lock twice.
+type snapshot struct {
+	c       *canister
+	heap    *state.PageMap
+	stable  *state.PageMap
+	globals []state.Global
+}
+
+type queryRun struct {
+	n      *Node
+	ctx    context.Context
+	locked map[principal.Principal]*snapshot
+	order  []*canister
+	budget uint64 // instructions left for the whole composite query
+}
+
+func (q *queryRun) unlockAll() {
+	for _, c := range q.order {
+		c.mu.RUnlock()
+	}
+}
+
+func (q *queryRun) snapshot(id principal.Principal) (*snapshot, error) {
+	if s, ok := q.locked[id]; ok {
+		return s, nil
+	}
+	c, err := q.n.get(q.ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	q.order = append(q.order, c)
+	if c.deleted {
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	s := &snapshot{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
+	q.locked[id] = s
+	return s, nil
+}
+
+// call runs one query method and, for a composite query, its calls.
+func (q *queryRun) call(id principal.Principal, method string, arg []byte, caller principal.Principal, depth int, top bool) (*Reply, error) {
+	s, err := q.snapshot(id)
+	if err != nil {
+		return nil, err
+	}
+	c := s.c
+	if err := q.n.checkRunnable(c); err != nil {
+		return nil, err
+	}
+	var kind sysapi.Context
+	var entry string
+	switch c.module.Info.Methods[method] {
+	case engine.QueryMethod:
+		kind, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+method
+	case engine.CompositeQueryMethod:
+		if !top && depth == 0 {
+			return nil, rejectf(CanisterError, "Canister %s: composite query %s cannot be called from a query", id, method)
+		}
+		kind, entry = sysapi.CtxCompositeQuery, "canister_composite_query "+method
+	default:
+		return nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", id, method)
+	}
+	in := q.n.input(c, c.module, kind, entry, q.budget)
+	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, s.stable
+	r, err := q.run(s, in, depth)
+	if r == nil && err == nil {
+		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
+	}
+	return r, err
+}
+
+// run executes in on the snapshot and follows its calls (composite only).
+// It returns the first response any of those executions gave, or neither a
+// reply nor an error when none responded.
+func (q *queryRun) run(s *snapshot, in *sysapi.Input, depth int) (*Reply, error) {
+	c := s.c
+	out, err := q.n.exec.Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
+	if err != nil {
+		return nil, fmt.Errorf("execute query on %s: %w", c.id, err)
+	}
+	q.budget -= min(q.budget, out.Instructions)
+	if out.Trapped {
+		return nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
+	}
+	var reply *Reply
+	var rej *Reject
+	switch out.Response {
+	case sysapi.Replied:
+		reply = &Reply{Data: out.Reply, Instructions: out.Instructions}
+	case sysapi.Rejected:
+		rej = &Reject{Code: CanisterReject, Message: out.RejectMessage}
+	}
+	if len(out.Calls) > 0 {
+		// Later callbacks see what earlier ones wrote: keep a working copy.
+		if err := q.advance(s, out); err != nil {
+			return nil, err
+		}
+	}
+	for _, call := range out.Calls {
+		if depth+1 > maxQueryDepth {
+			return nil, rejectf(CanisterError, "Canister %s: composite query call depth exceeds %d", c.id, maxQueryDepth)
+		}
+		callee, perr := principal.FromBytes(call.Callee)
+		var r *Reply
+		var cerr error
+		if perr != nil {
+			cerr = rejectf(DestinationInvalid, "Invalid destination: %v", perr)
+		} else {
+			r, cerr = q.call(callee, call.Method, call.Arg, c.id, depth+1, false)
+		}
+		kind, target := sysapi.CtxCompositeReply, call.OnReply
+		cin := q.n.input(c, c.module, kind, "", q.budget)
+		cin.Caller, cin.Stable = in.Caller, s.stable
+		if cerr != nil {
+			r2, ok := cerr.(*Reject)
+			if !ok {
+				r2 = rejectf(CanisterError, "%v", cerr)
+			}
+			cin.Context, target = sysapi.CtxCompositeReject, call.OnReject
+			cin.RejectCode, cin.RejectMessage = uint32(r2.Code), r2.Message
+		} else {
+			cin.Arg = r.Data
+		}
+		cin.Callback = target
+		cr, cerr2 := q.run(s, cin, depth)
+		if reply == nil && rej == nil {
+			if cerr2 != nil {
+				if rr, ok := cerr2.(*Reject); ok {
+					rej = rr
+				} else {
+					return nil, cerr2
+				}
+			} else if cr != nil {
+				reply = cr
+			}
+		}
+	}
+	if reply != nil {
+		return reply, nil
+	}
+	if rej != nil {
+		return nil, rej
+	}
+	return nil, nil
+}
+
+// advance applies an execution's changes to the snapshot's working copy.
+func (q *queryRun) advance(s *snapshot, out *sysapi.Output) error {
+	heap := s.heap.Clone()
+	if err := heap.Apply(out.Heap); err != nil {
+		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
+	}
+	stable := s.stable.Clone()
+	if err := stable.Apply(out.Stable); err != nil {
+		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
+	}
+	s.heap, s.stable, s.globals = heap, stable, out.Globals
+	return nil
+}
