@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var corpus = filepath.Join("..", "..", "..", "shared", "canisters")
+
+type run struct {
+	code           int
+	stdout, stderr string
+}
+
+func cordon(t *testing.T, home string, args ...string) run {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(append([]string{"--home", home}, args...), strings.NewReader(""), &out, &errb)
+	return run{code, strings.TrimSpace(out.String()), strings.TrimSpace(errb.String())}
+}
+
+func must(t *testing.T, r run) string {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+func TestCounterThroughCLI(t *testing.T) {
+	home := t.TempDir()
+	id := must(t, cordon(t, home, "install", filepath.Join(corpus, "counter.wasm")))
+	if id != "rwlgt-iiaaa-aaaaa-aaaaa-cai" {
+		t.Fatalf("first canister id %q", id)
+	}
+	if got := must(t, cordon(t, home, "call", id, "inc")); got != "(1 : nat)" {
+		t.Fatalf("inc: %s", got)
+	}
+	if got := must(t, cordon(t, home, "call", id, "add", "(41)")); got != "(42 : nat)" {
+		t.Fatalf("add: %s", got)
+	}
+	if got := must(t, cordon(t, home, "query", id, "get", "--output", "raw")); got != "4449444c00017d2a" {
+		t.Fatalf("get raw: %s", got)
+	}
+	if got := must(t, cordon(t, home, "call", "--type", "raw", id, "add", "4449444c00017d01", "--output", "raw")); got != "4449444c00017d2b" {
+		t.Fatalf("add raw: %s", got)
+	}
+	if got := must(t, cordon(t, home, "query", id, "greet", `("cordon")`)); got != `("Hello, cordon!")` {
+		t.Fatalf("greet: %s", got)
+	}
+	// Upgrade keeps the stable counter; reinstall resets it.
+	must(t, cordon(t, home, "install", "--id", id, "--mode", "upgrade", filepath.Join(corpus, "counter.wasm")))
+	if got := must(t, cordon(t, home, "query", id, "get")); got != "(43 : nat)" {
+		t.Fatalf("get after upgrade: %s", got)
+	}
+	st := must(t, cordon(t, home, "status", id, "--output", "json"))
+	if !strings.Contains(st, `"state_hash"`) || !strings.Contains(st, `"version": 2`) {
+		t.Fatalf("status: %s", st)
+	}
+	must(t, cordon(t, home, "stop", id))
+	r := cordon(t, home, "call", id, "inc")
+	if r.code != ExitRejected || !strings.Contains(r.stderr, "code 5") || !strings.Contains(r.stderr, "stopped") {
+		t.Fatalf("call to stopped: %+v", r)
+	}
+	must(t, cordon(t, home, "start", id))
+	must(t, cordon(t, home, "delete", id))
+	r = cordon(t, home, "status", id)
+	if r.code != ExitRejected || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("status after delete: %+v", r)
+	}
+}
+
+func TestBadInputThroughCLI(t *testing.T) {
+	home := t.TempDir()
+	id := must(t, cordon(t, home, "install", filepath.Join(corpus, "counter.wasm")))
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown method", []string{"call", id, "nope"}, ExitRejected, "no update method 'nope'"},
+		{"query to update", []string{"query", id, "inc"}, ExitRejected, "no query method 'inc'"},
+		{"malformed raw", []string{"call", "--type", "raw", id, "add", "zz"}, ExitUsage, "not hex"},
+		{"malformed candid", []string{"call", id, "add", "(1 +"}, ExitUsage, "argument"},
+		{"wrong candid type", []string{"call", id, "add", `("text")`}, ExitUsage, "argument"},
+		{"missing id", []string{"call"}, ExitUsage, "arg"},
+		{"bad id", []string{"call", "not-a-principal", "inc"}, ExitError, "canister id"},
+		{"missing canister", []string{"call", "ryjl3-tyaaa-aaaaa-aaaba-cai", "inc"}, ExitRejected, "not found"},
+		{"missing file", []string{"install", "/nonexistent.wasm"}, ExitError, "read module"},
+		{"bad mode", []string{"install", "--id", id, "--mode", "sideways", filepath.Join(corpus, "counter.wasm")}, ExitError, "mode"},
+	}
+	for _, c := range cases {
+		r := cordon(t, home, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d stderr %q; want exit %d containing %q", c.name, r.code, r.stderr, c.code, c.want)
+		}
+	}
+	// Invalid modules are refused and nothing changes.
+	dir := t.TempDir()
+	wasm, _ := os.ReadFile(filepath.Join(corpus, "counter.wasm"))
+	trunc := filepath.Join(dir, "trunc.wasm")
+	os.WriteFile(trunc, wasm[:1000], 0o600)
+	r := cordon(t, home, "install", trunc)
+	if r.code != ExitError || !strings.Contains(r.stderr, "invalid canister module") {
+		t.Fatalf("truncated module: %+v", r)
+	}
+	if got := must(t, cordon(t, home, "status")); strings.Count(got, "-cai") != 1 {
+		t.Fatalf("a failed install left a canister behind:\n%s", got)
+	}
+}
+
+func TestTypesThroughCLI(t *testing.T) {
+	home := t.TempDir()
+	id := must(t, cordon(t, home, "install", filepath.Join(corpus, "types.wasm")))
+	profile := `(record { name = "Ada"; age = 36 : nat8; tags = vec { "math"; "engines" }; nickname = opt "countess"; owner = principal "2vxsx-fae"; balance = -1_000_000_000_000_000_000_000 : int })`
+	got := must(t, cordon(t, home, "query", id, "echo", profile))
+	for _, want := range []string{`name = "Ada"`, `age = 36 : nat8`, `"engines"`, `nickname = opt "countess"`, `principal "2vxsx-fae"`, `balance = -1_000_000_000_000_000_000_000 : int`} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("echo: %s lacks %s", got, want)
+		}
+	}
+	for arg, want := range map[string]string{
+		`(variant { circle = 2.0 })`:                       "(12.566370614359172 : float64)",
+		`(variant { rect = record { w = 3.0; h = 4.5 } })`: "(13.5 : float64)",
+		`(variant { empty })`:                              "(0.0 : float64)",
+	} {
+		if got := must(t, cordon(t, home, "query", id, "area", arg)); got != want {
+			t.Fatalf("area %s = %s, want %s", arg, got, want)
+		}
+	}
+	if got := must(t, cordon(t, home, "query", id, "big", "(123_456_789_012_345_678_901_234_567_890)")); !strings.Contains(got, "1_881_676_372_353_657_772_490_265_749_424_926_093_076_559_289_734_130_095_709_104_969_568_371_063_919_000") {
+		t.Fatalf("big: %s", got)
+	}
+	if got := must(t, cordon(t, home, "query", id, "maybe", "(opt 41)")); got != "(42 : nat)" {
+		t.Fatalf("maybe: %s", got)
+	}
+	if got := must(t, cordon(t, home, "query", id, "reverse", `(blob "\01\02\03")`)); got != `(blob "\03\02\01")` {
+		t.Fatalf("reverse: %s", got)
+	}
+}
+
+func TestCandidCommands(t *testing.T) {
+	home := t.TempDir()
+	if got := must(t, cordon(t, home, "candid", "encode", `(42 : nat, "hi")`)); got != "4449444c00027d712a026869" {
+		t.Fatalf("encode: %s", got)
+	}
+	if got := must(t, cordon(t, home, "candid", "decode", "4449444c00027d712a026869")); got != `(42 : nat, "hi")` {
+		t.Fatalf("decode: %s", got)
+	}
+	if got := must(t, cordon(t, home, "candid", "decode", "4449444c00017d2a", "--types", "(nat)")); got != "(42 : nat)" {
+		t.Fatalf("decode typed: %s", got)
+	}
+}
