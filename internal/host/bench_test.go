@@ -1,0 +1,87 @@
+package host
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// Benchmarks for the foundation: figures go to BENCHMARKS.md.
+//   go test ./internal/host -run '^$' -bench . -benchtime 2s
+
+func benchNode(b *testing.B) *Node {
+	cfg := DefaultConfig()
+	cfg.Home = b.TempDir()
+	n, err := Open(cfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { n.Close() })
+	return n
+}
+
+func benchInstall(b *testing.B, n *Node, wasm []byte) principal.Principal {
+	ctx := context.Background()
+	id, err := n.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := n.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: wasm, Arg: noArgs, Caller: user}); err != nil {
+		b.Fatal(err)
+	}
+	return id
+}
+
+// BenchmarkInstall measures create + install of the counter (module cached
+// after the first compile, as on a running node).
+func BenchmarkInstall(b *testing.B) {
+	n := benchNode(b)
+	wasm := module(b, corpusDir, "counter")
+	for b.Loop() {
+		benchInstall(b, n, wasm)
+	}
+}
+
+// BenchmarkUpdateCounter measures one committed update (inc), fsync included.
+func BenchmarkUpdateCounter(b *testing.B) {
+	n := benchNode(b)
+	id := benchInstall(b, n, module(b, corpusDir, "counter"))
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := n.Update(ctx, Message{Canister: id, Method: "inc", Arg: noArgs, Caller: user}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkQueryCounter measures one query (get).
+func BenchmarkQueryCounter(b *testing.B) {
+	n := benchNode(b)
+	id := benchInstall(b, n, module(b, corpusDir, "counter"))
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := n.Query(ctx, Message{Canister: id, Method: "get", Arg: noArgs, Caller: user}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkComputeFib reports metered instructions per second on fib(25).
+func BenchmarkComputeFib(b *testing.B) {
+	n := benchNode(b)
+	id := benchInstall(b, n, module(b, corpusDir, "compute"))
+	ctx := context.Background()
+	var instr uint64
+	start := time.Now()
+	for b.Loop() {
+		r, err := n.Query(ctx, Message{Canister: id, Method: "fib", Arg: natArg(25), Caller: user})
+		if err != nil {
+			b.Fatal(err)
+		}
+		instr += r.Instructions
+	}
+	b.ReportMetric(float64(instr)/time.Since(start).Seconds()/1e6, "Minstr/s")
+	b.ReportMetric(float64(instr)/float64(b.N), "instr/op")
+}
