@@ -99,6 +99,11 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if out.Trapped {
 		return out, nil
 	}
+	if discardsState(in.Context) {
+		// Nothing of a plain query is kept: skip the page diff.
+		out.Stable = state.Delta{}
+		return out, nil
+	}
 	out.Heap = r.heapDelta(req.Heap)
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
@@ -313,4 +318,14 @@ func fromVal(v wasmtime.Val) (state.Global, error) {
 		return state.Global{Type: state.GlobalF64, Bits: math.Float64bits(v.F64())}, nil
 	}
 	return state.Global{}, fmt.Errorf("unsupported global kind %v", v.Kind())
+}
+
+// discardsState reports contexts whose memory changes nobody reads. A
+// composite query is not one: its callbacks see what it wrote.
+func discardsState(c sysapi.Context) bool {
+	switch c {
+	case sysapi.CtxNonReplicatedQuery, sysapi.CtxReplicatedQuery, sysapi.CtxTransformQuery, sysapi.CtxInspect:
+		return true
+	}
+	return false
 }
