@@ -306,6 +306,9 @@ runs, the other cordon commands on the same --home talk to it.`,
 				return err
 			}
 			defer node.Close()
+			if err := node.LoadAll(cmd.Context()); err != nil {
+				return err
+			}
 			return api.Serve(cmd.Context(), node, listen, cfg.Home, logger)
 		},
 	}

@@ -52,10 +52,11 @@ type canister struct {
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
 	// flight (see RATIONALE.md).
-	contexts  map[uint64]*callContext
-	callbacks map[uint64]*callback
-	nextID    uint64
-	stopped   chan struct{} // closed when a pending stop completes
+	contexts        map[uint64]*callContext
+	callbacks       map[uint64]*callback
+	nextID          uint64
+	stopped         chan struct{} // closed when a pending stop completes
+	heartbeatQueued bool
 
 	// The input queue (guarded by qmu, not mu, so senders never wait for
 	// an execution).
@@ -185,6 +186,21 @@ func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canis
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
 	}
 	return c, nil
+}
+
+// LoadAll loads every stored canister, so that timers and heartbeats of all
+// canisters fire on a long-running node (`cordon serve`).
+func (n *Node) LoadAll(ctx context.Context) error {
+	ids, err := n.List()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if _, err := n.get(ctx, id); err != nil {
+			return fmt.Errorf("load canister %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // List returns the ids of all canisters.

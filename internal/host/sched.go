@@ -26,6 +26,7 @@ const (
 	kindRequest msgKind = iota
 	kindResponse
 	kindTimer
+	kindHeartbeat
 )
 
 // message is an entry of a canister's input queue.
@@ -138,7 +139,10 @@ func (n *Node) process(c *canister, m *message) {
 	case kindResponse:
 		n.handleResponse(c, m)
 	case kindTimer:
-		n.handleTimer(c)
+		n.handleSystemTask(c, "canister_global_timer")
+	case kindHeartbeat:
+		c.heartbeatQueued = false
+		n.handleSystemTask(c, "canister_heartbeat")
 	}
 	n.scheduleTimer(c)
 }
@@ -409,8 +413,12 @@ func (n *Node) scheduleTimer(c *canister) {
 	n.enqueue(c, &message{kind: kindTimer})
 }
 
-func (n *Node) handleTimer(c *canister) {
-	if c.module == nil || !c.module.Info.HasGlobalTimer || c.meta.Status != "running" {
+// handleSystemTask runs canister_global_timer or canister_heartbeat.
+func (n *Node) handleSystemTask(c *canister, entry string) {
+	if c.module == nil || c.meta.Status != "running" {
+		return
+	}
+	if entry == "canister_global_timer" && !c.module.Info.HasGlobalTimer || entry == "canister_heartbeat" && !c.module.Info.HasHeartbeat {
 		return
 	}
 	limit := n.cfg.UpdateInstructions
@@ -421,14 +429,14 @@ func (n *Node) handleTimer(c *canister) {
 	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
 	id := n.newID(c)
 	c.contexts[id] = cc
-	in := n.input(c, c.module, sysapi.CtxSystemTask, "canister_global_timer", limit)
+	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
 	in.Caller = principal.Management().Bytes()
 	out, err := n.execute(c, in, false)
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
 		if err == nil {
 			_ = n.chargeOnly(c, out.Instructions, out.Logs, cycles.Amount{}, cycles.Amount{})
-			n.log.Info("timer trapped", "canister", c.id.String(), "trap", out.TrapMessage)
+			n.log.Info("system task trapped", "canister", c.id.String(), "entry", entry, "trap", out.TrapMessage)
 		}
 		n.stopIfIdle(c)
 		return
@@ -437,10 +445,16 @@ func (n *Node) handleTimer(c *canister) {
 	n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{})
 }
 
-// timerLoop fires due timers of loaded canisters until the node closes.
+// HeartbeatInterval is how often canister_heartbeat runs (the IC runs it
+// about once per round, roughly every second).
+const HeartbeatInterval = time.Second
+
+// timerLoop fires due timers and heartbeats of loaded canisters until the
+// node closes.
 func (n *Node) timerLoop() {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
+	lastBeat := n.clock()
 	for {
 		select {
 		case <-n.done:
@@ -454,10 +468,18 @@ func (n *Node) timerLoop() {
 		}
 		n.mu.Unlock()
 		now := uint64(n.clock().UnixNano())
+		beat := n.clock().Sub(lastBeat) >= HeartbeatInterval
+		if beat {
+			lastBeat = n.clock()
+		}
 		for _, c := range list {
 			c.mu.Lock()
 			if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
 				n.scheduleTimer(c)
+			}
+			if beat && !c.deleted && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued {
+				c.heartbeatQueued = true // at most one heartbeat waits in the queue
+				n.enqueue(c, &message{kind: kindHeartbeat})
 			}
 			c.mu.Unlock()
 		}
