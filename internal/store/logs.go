@@ -36,16 +36,18 @@ func appendLogs(cb *bolt.Bucket, entries []LogEntry, keep int) error {
 			return err
 		}
 	}
-	excess := b.Stats().KeyN - keep
-	if excess <= 0 {
+	// Sequence numbers are consecutive, so the entries to drop are those
+	// below last-keep+1: delete from the front, touching only them.
+	last := entries[len(entries)-1].Seq
+	if keep <= 0 || last < uint64(keep) {
 		return nil
 	}
+	cutoff := last - uint64(keep) + 1
 	cur := b.Cursor()
-	for k, _ := cur.First(); k != nil && excess > 0; k, _ = cur.First() {
+	for k, _ := cur.First(); k != nil && binary.BigEndian.Uint64(k) < cutoff; k, _ = cur.First() {
 		if err := cur.Delete(); err != nil {
 			return err
 		}
-		excess--
 	}
 	return nil
 }

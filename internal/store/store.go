@@ -19,6 +19,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/state"
@@ -99,7 +100,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 	path := filepath.Join(dir, "cordon.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: locked by another process (is `cordon serve` running?)", path)
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)

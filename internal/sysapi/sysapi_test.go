@@ -1,0 +1,194 @@
+package sysapi
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/state"
+)
+
+type flatMemory []byte
+
+func (m flatMemory) Bytes() []byte { return m }
+
+type countMeter struct{ used, limit uint64 }
+
+func (m *countMeter) Charge(n uint64) error {
+	if m.used+n > m.limit {
+		m.used = m.limit
+		return ErrInstructionLimit
+	}
+	m.used += n
+	return nil
+}
+func (m *countMeter) Used() uint64 { return m.used }
+
+func newExec(ctx Context) (*Execution, flatMemory, *countMeter) {
+	mem := make(flatMemory, 65536)
+	meter := &countMeter{limit: 1 << 30}
+	in := &Input{
+		Context: ctx, Arg: []byte("hello"), Caller: []byte{4}, CanisterID: []byte{1, 2, 3},
+		Balance: cycles.New(1000), CyclesAvailable: cycles.New(300), Status: StatusRunning,
+		Limits: Limits{Instructions: 1 << 30, HeapBytes: 1 << 20, StableBytes: 2 * state.WasmPageSize,
+			ReplyBytes: 16, CallArgBytes: 16, MaxOutgoing: 1, DebugPrintBytes: 8, MaxLogLines: 2},
+		Stable: state.NewPageMap(0),
+	}
+	return NewExecution(in, mem, meter), mem, meter
+}
+
+func call(t *testing.T, e *Execution, name string, args ...uint64) (uint64, error) {
+	t.Helper()
+	s, ok := Lookup(name, false)
+	if !ok {
+		t.Fatalf("no import %s", name)
+	}
+	return e.Call(s, args)
+}
+
+func TestAvailability(t *testing.T) {
+	// msg_reply is not allowed in init, and the trap names the call and context.
+	e, _, _ := newExec(CtxInit)
+	_, err := call(t, e, "msg_reply")
+	var tr *Trap
+	if !errors.As(err, &tr) || !strings.Contains(tr.Message, "ic0.msg_reply") || !strings.Contains(tr.Message, "init") {
+		t.Fatalf("msg_reply in init: %v", err)
+	}
+	// Every import is callable somewhere and never in start unless "s".
+	for _, s := range Imports {
+		if s.Allowed == 0 {
+			t.Errorf("%s allowed nowhere", s.Name)
+		}
+		if len(s.Results) > 1 {
+			t.Errorf("%s has %d results", s.Name, len(s.Results))
+		}
+	}
+	if s, _ := Lookup("stable_read", true); s != nil {
+		t.Fatal("32-bit-only import offered to a 64-bit canister")
+	}
+	if _, ok := Lookup("stable64_read", true); !ok {
+		t.Fatal("stable64_read missing for 64-bit")
+	}
+}
+
+func TestReplyAndLimits(t *testing.T) {
+	e, mem, _ := newExec(CtxUpdate)
+	copy(mem[100:], "abcdefghijklmnopqrstuvwxyz")
+	if _, err := call(t, e, "msg_reply_data_append", 100, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(t, e, "msg_reply_data_append", 100, 10); err == nil {
+		t.Fatal("reply over the limit accepted")
+	}
+	if _, err := call(t, e, "msg_reply_data_append", 65530, 10); err == nil {
+		t.Fatal("read past the heap accepted")
+	}
+	if _, err := call(t, e, "msg_reply"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(t, e, "msg_reject", 100, 2); err == nil {
+		t.Fatal("reject after reply accepted")
+	}
+	out := e.Finish(nil)
+	if out.Response != Replied || string(out.Reply) != "abcdefghij" {
+		t.Fatalf("output %+v", out)
+	}
+}
+
+func TestArgCopyBounds(t *testing.T) {
+	e, mem, _ := newExec(CtxUpdate)
+	if _, err := call(t, e, "msg_arg_data_copy", 0, 1, 4); err != nil {
+		t.Fatal(err)
+	}
+	if string(mem[:4]) != "ello" {
+		t.Fatalf("copied %q", mem[:4])
+	}
+	for _, a := range [][3]uint64{{0, 3, 3}, {65535, 0, 2}, {0, 1<<32 - 1, 2}} {
+		if _, err := call(t, e, "msg_arg_data_copy", a[0], a[1], a[2]); err == nil {
+			t.Errorf("copy %v accepted", a)
+		}
+	}
+}
+
+func TestCyclesNeverMinted(t *testing.T) {
+	e, mem, _ := newExec(CtxUpdate)
+	// Accept more than available: only what is available is accepted.
+	if _, err := call(t, e, "msg_cycles_accept128", 0, 1_000_000, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := LittleEndianU64(mem[0:8]); got != 300 {
+		t.Fatalf("accepted %d, want 300", got)
+	}
+	if _, err := call(t, e, "msg_cycles_accept128", 0, 5, 0); err != nil || LittleEndianU64(mem[0:8]) != 0 {
+		t.Fatal("accepted twice")
+	}
+	// Attaching more than the balance traps.
+	copy(mem[200:], []byte{1, 2, 3})
+	if _, err := call(t, e, "call_new", 200, 3, 200, 1, 0, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(t, e, "call_cycles_add128", 0, 1301); err == nil {
+		t.Fatal("attached more than the balance")
+	}
+	if _, err := call(t, e, "call_cycles_add128", 0, 1300); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := call(t, e, "call_perform"); r != 0 {
+		t.Fatalf("call_perform = %d", r)
+	}
+	out := e.Finish(nil)
+	if out.CyclesAccepted != cycles.New(300) || out.CyclesSent != cycles.New(1300) {
+		t.Fatalf("accepted %s sent %s", out.CyclesAccepted, out.CyclesSent)
+	}
+}
+
+func TestStableMemory(t *testing.T) {
+	e, mem, _ := newExec(CtxUpdate)
+	if r, _ := call(t, e, "stable64_grow", 1); r != 0 {
+		t.Fatalf("grow = %d", r)
+	}
+	if r, _ := call(t, e, "stable64_grow", 5); r != ^uint64(0) {
+		t.Fatalf("grow past the limit = %d, want -1", r)
+	}
+	copy(mem[10:], "stable!")
+	if _, err := call(t, e, "stable64_write", 65530, 10, 6); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(t, e, "stable64_write", 65531, 10, 6); err == nil {
+		t.Fatal("write past stable memory accepted")
+	}
+	if _, err := call(t, e, "stable64_read", 100, 65530, 6); err != nil || string(mem[100:106]) != "stable" {
+		t.Fatalf("read back %q %v", mem[100:106], err)
+	}
+	out := e.Finish(nil)
+	if out.Stable.Size != state.WasmPageSize || len(out.Stable.Pages) != 1 || out.Stable.Pages[0].Index != 15 {
+		t.Fatalf("stable delta %+v", out.Stable)
+	}
+}
+
+func TestTrapDiscardsEverything(t *testing.T) {
+	e, mem, _ := newExec(CtxUpdate)
+	copy(mem, "xy")
+	call(t, e, "certified_data_set", 0, 2)
+	call(t, e, "debug_print", 0, 2)
+	_, err := call(t, e, "trap", 0, 2)
+	out := e.Finish(err)
+	if !out.Trapped || !strings.Contains(out.TrapMessage, "xy") || out.CertifiedDataSet || len(out.Logs) != 1 {
+		t.Fatalf("trap output %+v", out)
+	}
+	if _, err := call(t, e, "certified_data_set", 0, 33); err == nil {
+		t.Fatal("33 bytes of certified data accepted")
+	}
+}
+
+func TestInstructionLimit(t *testing.T) {
+	e, _, meter := newExec(CtxUpdate)
+	meter.limit = 30
+	if _, err := call(t, e, "msg_reply_data_append", 0, 16); err != ErrInstructionLimit {
+		t.Fatalf("got %v", err)
+	}
+	if meter.Used() != 30 {
+		t.Fatalf("used %d", meter.Used())
+	}
+}
