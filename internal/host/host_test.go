@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"os"
@@ -244,4 +245,34 @@ func TestBadRequests(t *testing.T) {
 	if r := f.reject(err); !strings.Contains(r.Message, "Only controllers") {
 		t.Fatalf("non-controller install: %v", r)
 	}
+}
+
+func TestGzipAndSizeLimits(t *testing.T) {
+	f := newFixture(t)
+	wasm := module(t, corpusDir, "counter")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(wasm)
+	zw.Close()
+	id := f.install(gz.Bytes(), noArgs)
+	eq(t, "inc via .wasm.gz", f.update(id, "inc", noArgs), natReply(1))
+
+	f.cfg.ModuleLimits.MaxBytes = len(wasm) - 1
+	f.restart()
+	_, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "the limit is") {
+		t.Fatalf("oversized module: %v", err)
+	}
+	// A gzip bomb stops at the limit too.
+	var bomb bytes.Buffer
+	zw = gzip.NewWriter(&bomb)
+	zw.Write(make([]byte, len(wasm)*4))
+	zw.Close()
+	_, err = f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: bomb.Bytes(), Arg: noArgs, Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("gzip bomb: %v", err)
+	}
+	f.cfg.ModuleLimits = DefaultConfig().ModuleLimits
+	f.restart()
+	eq(t, "state kept", f.query(id, "get", noArgs), natReply(1))
 }
