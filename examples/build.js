@@ -1,8 +1,16 @@
-// Compiles every src/*.mo into <name>.wasm and <name>.did with the Motoko
+// Compiles every top-level src/*.mo into <name>.wasm and <name>.did with the Motoko
 // compiler from the npm package `motoko` (pinned in build.sh; 4.x emits 64-bit
 // Wasm with enhanced orthogonal persistence by default, no flags needed).
 // Motoko 4 no longer bundles `base`: the package ships `packages/latest/core.json`
 // (the `core` library), so the sources import "mo:core/...".
+// Files in subdirectories (src/lib/...) are not compiled on their own: they are
+// loaded into the compiler's virtual file system so the top-level actors can import
+// them (e.g. factory64.mo imports the actor class src/lib/Child.mo).
+// Build order matters: the compiler keeps counters for generated names across
+// calls in one process, so a module's bytes depend on which files were compiled
+// before it. ORDER below is append-only: the files are compiled in one process in
+// that order (then any unlisted file, sorted), so adding an example at the end never
+// changes the bytes of the ones before it.
 // Fails if the installed package is not the pinned version, if a source does not
 // compile, or if an output is not a memory64 module.
 const fs = require('fs');
@@ -10,6 +18,9 @@ const path = require('path');
 const mo = require('motoko');
 const pkgVersion = require('motoko/package.json').version;
 mo.loadPackage(require('motoko/packages/latest/core.json'));
+
+// Append new examples at the end; never reorder (see above).
+const ORDER = ['compute64', 'counter64', 'kv64', 'stable64', 'traps64', 'composite64', 'factory64'];
 
 const srcDir = path.join(__dirname, 'src');
 const outDir = process.argv[2] || __dirname;
@@ -32,9 +43,26 @@ function memoryFlags(wasm) {
   return undefined;
 }
 
+// Load the .mo files under subdirectories of src/ (the top-level ones are loaded
+// just before they are compiled), under their paths relative to src/.
+function loadTree(dir, rel) {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const r = rel + '/' + e.name;
+    if (e.isDirectory()) loadTree(path.join(dir, e.name), r);
+    else if (e.name.endsWith('.mo')) mo.write(r, fs.readFileSync(path.join(dir, e.name), 'utf8'));
+  }
+}
+for (const e of fs.readdirSync(srcDir, { withFileTypes: true })) {
+  if (e.isDirectory()) loadTree(path.join(srcDir, e.name), e.name);
+}
+
+const top = fs.readdirSync(srcDir, { withFileTypes: true })
+  .filter(e => e.isFile() && e.name.endsWith('.mo')).map(e => path.basename(e.name, '.mo'));
+const order = ORDER.filter(n => top.includes(n)).concat(top.filter(n => !ORDER.includes(n)).sort());
+
 let failed = 0;
-for (const file of fs.readdirSync(srcDir).filter(f => f.endsWith('.mo')).sort()) {
-  const name = path.basename(file, '.mo');
+for (const name of order) {
+  const file = name + '.mo';
   mo.write(file, fs.readFileSync(path.join(srcDir, file), 'utf8'));
   try {
     for (const d of mo.check(file)) {

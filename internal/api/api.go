@@ -11,6 +11,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -118,7 +119,8 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 	}
 	if !exists {
 		if mode != host.ModeInstall {
-			return nil, fmt.Errorf("canister %s does not exist; mode %s needs an installed canister", req.ID, mode)
+			return nil, &host.Reject{Code: host.DestinationInvalid,
+				Message: fmt.Sprintf("Canister %s not found: it does not exist, and mode %s needs an installed canister", req.ID, mode)}
 		}
 		opts := host.CreateOptions{Controllers: []principal.Principal{caller}}
 		if req.ID != "" {
@@ -238,3 +240,8 @@ func (l *Local) Delete(ctx context.Context, id, caller string) error {
 
 // Close implements Backend.
 func (l *Local) Close() error { return l.Node.Close() }
+
+// Sandboxes lists the node's live sandbox processes (empty in-process).
+func (l *Local) Sandboxes(context.Context) ([]metrics.SandboxInfo, error) {
+	return l.Node.Sandboxes(), nil
+}

@@ -1,7 +1,9 @@
 package api
 
 // The HTTP side of the API: a JSON/HTTP handler over a node, and Serve,
-// which runs it on a loopback address for `cordon serve`.
+// which runs it for `cordon serve`. The routes are in routes() and described
+// by api/openapi.json at the root of the repository (a test checks that the
+// two agree, status codes included).
 //
 // Every handler delegates to Local, so a command gets the same answers
 // whether it opens the store itself or talks to a running server. Errors are
@@ -11,21 +13,24 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
+	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
+	apidoc "github.com/cordon-dev/cordon/api"
+	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
 )
 
@@ -40,11 +45,29 @@ const (
 // http.Server limits used by Serve.
 const (
 	readHeaderTimeout = 10 * time.Second
-	readTimeout       = 5 * time.Minute
-	writeTimeout      = 10 * time.Minute
+	readTimeout       = 5 * time.Minute // the whole request, body included
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 64 << 10
-	shutdownTimeout   = 30 * time.Second
+	// A log stream is written with a deadline per write: a client that
+	// stops reading for this long is dropped.
+	streamWriteTimeout = 30 * time.Second
+	// streamKeepalive is how often an idle log stream sends an empty line
+	// (and checks the canister still exists).
+	streamKeepalive = 15 * time.Second
+	// maxFollowers bounds concurrent log streams.
+	maxFollowers = 64
+)
+
+// streamRecheck is how often a log stream checks that its canister still
+// exists.
+var streamRecheck = 2 * time.Second
+
+// Defaults of ServeOptions.
+const (
+	DefaultRequestTimeout  = 5 * time.Minute
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultMaxRequests     = 256
+	DefaultMaxInstalls     = 4
 )
 
 // errorBody is the JSON body of every error response.
@@ -83,28 +106,87 @@ func badRequest(err error) error { return &httpError{status: http.StatusBadReque
 
 // server answers API requests on one node.
 type server struct {
-	local *Local
-	log   *slog.Logger
+	local   *Local
+	log     *slog.Logger
+	opts    ServeOptions
+	token   []byte // sha256 of the bearer token; nil: no authentication
+	metrics *metrics.Metrics
+
+	requests  chan struct{} // semaphore: API requests in progress
+	installs  chan struct{} // semaphore: installs in progress
+	followers chan struct{} // semaphore: log streams
+	stopping  chan struct{} // closed when shutdown begins
+	shutting  atomic.Bool
+
+	// observe, when set (tests), sees the route, method and status of
+	// every request.
+	observe func(route, method string, status int)
 }
 
-// NewHandler serves a node over JSON/HTTP.
-func NewHandler(node *host.Node, logger *slog.Logger) http.Handler {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+// testObserve, set by tests, sees every request's route, method and status
+// (the OpenAPI test checks each status is documented).
+var testObserve func(route, method string, status int)
+
+// route is one path pattern and its handlers by method.
+type route struct {
+	pattern string
+	methods map[string]http.HandlerFunc
+	// open routes need no token; stream routes are not bounded by
+	// RequestTimeout and MaxRequests (they have their own limits).
+	open, stream bool
+}
+
+func (s *server) routes() []route {
+	h := func(m ...any) map[string]http.HandlerFunc {
+		out := map[string]http.HandlerFunc{}
+		for i := 0; i < len(m); i += 2 {
+			out[m[i].(string)] = m[i+1].(func(http.ResponseWriter, *http.Request))
+		}
+		return out
 	}
-	s := &server{local: &Local{Node: node}, log: logger}
+	return []route{
+		{pattern: "/api/v1/install", methods: h(http.MethodPost, s.install)},
+		{pattern: "/api/v1/call", methods: h(http.MethodPost, s.call)},
+		{pattern: "/api/v1/query", methods: h(http.MethodPost, s.query)},
+		{pattern: "/api/v1/canisters", methods: h(http.MethodGet, s.list)},
+		{pattern: "/api/v1/canisters/{id}", methods: h(http.MethodGet, s.status, http.MethodDelete, s.delete)},
+		{pattern: "/api/v1/canisters/{id}/logs", methods: h(http.MethodGet, s.logs), stream: true},
+		{pattern: "/api/v1/canisters/{id}/status", methods: h(http.MethodPost, s.setStatus)},
+		{pattern: "/api/v1/sandboxes", methods: h(http.MethodGet, s.sandboxes)},
+		{pattern: "/api/v1/openapi.json", methods: h(http.MethodGet, s.openapi)},
+		{pattern: "/metrics", methods: h(http.MethodGet, s.metricsHandler)},
+		{pattern: "/healthz", methods: h(http.MethodGet, s.healthz), open: true},
+		{pattern: "/readyz", methods: h(http.MethodGet, s.readyz), open: true},
+	}
+}
+
+// NewHandler serves a node over JSON/HTTP with the options' limits and
+// authentication (token is the bearer token, "" for none). Serve uses it;
+// it is exported for embedding the API in another server.
+func NewHandler(node *host.Node, opts ServeOptions, token string) http.Handler {
+	return newServer(node, opts, token).handler()
+}
+
+func newServer(node *host.Node, opts ServeOptions, token string) *server {
+	opts.defaults()
+	s := &server{local: &Local{Node: node}, log: opts.Logger, opts: opts, metrics: opts.Metrics,
+		requests:  make(chan struct{}, opts.MaxRequests),
+		installs:  make(chan struct{}, opts.MaxInstalls),
+		followers: make(chan struct{}, maxFollowers),
+		stopping:  make(chan struct{})}
+	s.observe = testObserve
+	if token != "" {
+		h := sha256.Sum256([]byte(token))
+		s.token = h[:]
+	}
+	return s
+}
+
+func (s *server) handler() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern string, methods map[string]http.HandlerFunc) {
-		mux.Handle(pattern, methodHandler(methods))
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern, s.guard(rt, methodHandler(rt.methods)))
 	}
-	route("/api/v1/install", map[string]http.HandlerFunc{http.MethodPost: s.install})
-	route("/api/v1/call", map[string]http.HandlerFunc{http.MethodPost: s.call})
-	route("/api/v1/canisters", map[string]http.HandlerFunc{http.MethodGet: s.list})
-	route("/api/v1/canisters/{id}", map[string]http.HandlerFunc{http.MethodGet: s.status, http.MethodDelete: s.delete})
-	route("/api/v1/canisters/{id}/logs", map[string]http.HandlerFunc{http.MethodGet: s.logs})
-	route("/api/v1/canisters/{id}/status", map[string]http.HandlerFunc{http.MethodPost: s.setStatus})
-	route("/healthz", map[string]http.HandlerFunc{http.MethodGet: s.healthz})
-	route("/readyz", map[string]http.HandlerFunc{http.MethodGet: s.readyz})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("no such endpoint: %s", r.URL.Path)})
 	})
@@ -136,6 +218,57 @@ func methodHandler(methods map[string]http.HandlerFunc) http.Handler {
 	})
 }
 
+// reqInfo is shared by the middleware layers of one request.
+type reqInfo struct{ route string }
+
+type reqInfoKey struct{}
+
+// guard applies, in order: the route's name for logs and metrics, the
+// shutdown refusal, authentication, the concurrency limit and the request
+// timeout.
+func (s *server) guard(rt route, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ri, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
+			ri.route = rt.pattern
+		}
+		if !rt.open && s.shutting.Load() {
+			w.Header().Set("Connection", "close")
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "the server is shutting down; retry when it is back"})
+			return
+		}
+		if !rt.open && s.token != nil && !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cordon"`)
+			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
+			return
+		}
+		if rt.stream || rt.open {
+			next.ServeHTTP(w, r)
+			return
+		}
+		select {
+		case s.requests <- struct{}{}:
+			defer func() { <-s.requests }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: fmt.Sprintf("too many requests in progress (%d); retry", cap(s.requests))})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+func (s *server) authorized(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	h := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(h[:], s.token) == 1
+}
+
 // statusRecorder remembers the status a handler wrote.
 type statusRecorder struct {
 	http.ResponseWriter
@@ -161,12 +294,15 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// logRequests logs every request (health probes at debug level) and turns a
-// handler panic into a 500 instead of a dropped connection.
+// logRequests logs every request (health probes and scrapes at debug level),
+// counts it in the metrics, and turns a handler panic into a 500 instead of
+// a dropped connection.
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
+		ri := &reqInfo{route: "other"}
+		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri))
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
@@ -180,15 +316,22 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 			if rec.status == 0 {
 				rec.status = http.StatusOK
 			}
+			d := time.Since(start)
+			if s.metrics != nil {
+				s.metrics.HTTPRequest(ri.route, r.Method, rec.status, d)
+			}
+			if s.observe != nil {
+				s.observe(ri.route, r.Method, rec.status)
+			}
 			level := slog.LevelInfo
-			if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			if ri.route == "/healthz" || ri.route == "/readyz" || ri.route == "/metrics" {
 				level = slog.LevelDebug
 			}
 			s.log.LogAttrs(r.Context(), level, "http request",
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
 				slog.Int("status", rec.status),
-				slog.Duration("duration", time.Since(start)),
+				slog.Duration("duration", d),
 				slog.Int64("bytes", rec.bytes),
 				slog.String("remote", r.RemoteAddr))
 		}()
@@ -214,6 +357,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, body := errorResponse(err)
 	if status >= 500 {
 		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, body)
 }
@@ -282,6 +428,8 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 		return badRequest(errors.New("request body is empty: expected a JSON object"))
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return badRequest(errors.New("malformed JSON request body: unexpected end of input"))
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return &httpError{status: http.StatusRequestTimeout, msg: "request body not received in time"}
 	}
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
@@ -317,6 +465,16 @@ func checkCaller(caller string) error {
 }
 
 func (s *server) install(w http.ResponseWriter, r *http.Request) {
+	// An install holds its module in memory: few at a time, and the
+	// slot is taken before the body is read.
+	select {
+	case s.installs <- struct{}{}:
+		defer func() { <-s.installs }()
+	default:
+		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("too many installs in progress (%d); retry", cap(s.installs))})
+		return
+	}
 	var req InstallRequest
 	if err := decode(w, r, maxInstallBody, &req); err != nil {
 		s.writeError(w, r, err)
@@ -344,6 +502,16 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest(fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", req.Mode)))
 		return
 	}
+	if req.Cycles != "" {
+		if _, err := cycles.Parse(req.Cycles); err != nil {
+			s.writeError(w, r, badRequest(fmt.Errorf("cycles %q: %w", req.Cycles, err)))
+			return
+		}
+	}
+	if len(req.Wasm) == 0 {
+		s.writeError(w, r, badRequest(errors.New("wasm is required (the module, base64-encoded)")))
+		return
+	}
 	resp, err := s.local.Install(r.Context(), req)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -352,11 +520,17 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *server) call(w http.ResponseWriter, r *http.Request) {
+func (s *server) call(w http.ResponseWriter, r *http.Request)  { s.doCall(w, r, false) }
+func (s *server) query(w http.ResponseWriter, r *http.Request) { s.doCall(w, r, true) }
+
+func (s *server) doCall(w http.ResponseWriter, r *http.Request, query bool) {
 	var req CallRequest
 	if err := decode(w, r, maxBody, &req); err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if query {
+		req.Query = true
 	}
 	if err := checkID(req.ID); err != nil {
 		s.writeError(w, r, err)
@@ -364,6 +538,10 @@ func (s *server) call(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkCaller(req.Caller); err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if req.Method == "" {
+		s.writeError(w, r, badRequest(errors.New("method is required")))
 		return
 	}
 	resp, err := s.local.Call(r.Context(), req)
@@ -401,21 +579,126 @@ func (s *server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toStatusBody(st))
 }
 
+// logs answers the kept lines (from ?since=SEQ on) as a JSON array, or with
+// ?follow=1 streams them as JSON lines (application/x-ndjson), then each new
+// line as the canister prints it, until the client goes away, the canister
+// is deleted (a last line {"error": ..., "reject_code": 3}) or the server
+// shuts down. An idle stream carries an empty line every 15 s.
 func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := checkID(id); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	es, err := s.local.Logs(r.Context(), id)
+	q := r.URL.Query()
+	var since uint64
+	if v := q.Get("since"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			s.writeError(w, r, badRequest(fmt.Errorf("since=%q: want a log sequence number", v)))
+			return
+		}
+		since = n
+	}
+	follow := false
+	switch v := q.Get("follow"); v {
+	case "", "0", "false":
+	case "1", "true":
+		follow = true
+	default:
+		s.writeError(w, r, badRequest(fmt.Errorf("follow=%q: want 1 or 0", v)))
+		return
+	}
+	p, _ := parseID(id)
+	if !follow {
+		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
+		defer cancel()
+		es, _, err := s.local.Node.LogsSince(ctx, p, since)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if es == nil {
+			es = []store.LogEntry{}
+		}
+		writeJSON(w, http.StatusOK, es)
+		return
+	}
+	select {
+	case s.followers <- struct{}{}:
+		defer func() { <-s.followers }()
+	default:
+		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("too many log streams (%d); retry", cap(s.followers))})
+		return
+	}
+	ctx := r.Context()
+	es, changed, err := s.local.Node.LogsSince(ctx, p, since)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if es == nil {
-		es = []store.LogEntry{}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	next := since
+	send := func(lines ...[]byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		for _, l := range lines {
+			if _, err := w.Write(append(l, '\n')); err != nil {
+				return false
+			}
+		}
+		return rc.Flush() == nil
 	}
-	writeJSON(w, http.StatusOK, es)
+	sendEntries := func(es []store.LogEntry) bool {
+		lines := make([][]byte, 0, len(es))
+		for _, e := range es {
+			if e.Seq < next {
+				continue
+			}
+			b, _ := json.Marshal(e)
+			lines = append(lines, b)
+			next = e.Seq + 1
+		}
+		return send(lines...)
+	}
+	if !sendEntries(es) {
+		return
+	}
+	keepalive := time.NewTicker(streamKeepalive)
+	defer keepalive.Stop()
+	recheck := time.NewTicker(streamRecheck) // notices a deleted canister
+	defer recheck.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		case <-changed:
+		case <-recheck.C:
+		case <-keepalive.C:
+			if !send(nil) {
+				return
+			}
+		}
+		es, changed, err = s.local.Node.LogsSince(ctx, p, next)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			_, body := errorResponse(err)
+			b, _ := json.Marshal(body)
+			send(b)
+			return
+		}
+		if !sendEntries(es) {
+			return
+		}
+	}
 }
 
 func (s *server) setStatus(w http.ResponseWriter, r *http.Request) {
@@ -434,7 +717,7 @@ func (s *server) setStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Status != "running" && req.Status != "stopped" {
-		s.writeError(w, r, badRequest(fmt.Errorf("unknown status %q", req.Status)))
+		s.writeError(w, r, badRequest(fmt.Errorf("unknown status %q (want running or stopped)", req.Status)))
 		return
 	}
 	if err := s.local.SetStatus(r.Context(), id, req.Caller, req.Status); err != nil {
@@ -462,13 +745,40 @@ func (s *server) delete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
+func (s *server) sandboxes(w http.ResponseWriter, r *http.Request) {
+	list, err := s.local.Sandboxes(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (s *server) openapi(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(apidoc.OpenAPI)
+}
+
+func (s *server) metricsHandler(w http.ResponseWriter, r *http.Request) {
+	if s.metrics == nil {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "metrics are not enabled on this server"})
+		return
+	}
+	s.metrics.Handler().ServeHTTP(w, r)
+}
+
 func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "ok")
 }
 
-// readyz answers 200 when the node's store answers.
+// readyz answers 200 when the node's store answers and the server is not
+// shutting down.
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.shutting.Load() {
+		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable, msg: "not ready: shutting down"})
+		return
+	}
 	if _, err := s.local.Node.List(); err != nil {
 		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable, msg: "not ready: " + err.Error()})
 		return
@@ -477,216 +787,10 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ready")
 }
 
-// checkLoopback refuses listen addresses that are not loopback.
-func checkLoopback(listen string) error {
-	h, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return fmt.Errorf("listen address %q: %w (want host:port, e.g. 127.0.0.1:8080)", listen, err)
+// beginShutdown makes the server refuse new API requests and ends the log
+// streams.
+func (s *server) beginShutdown() {
+	if s.shutting.CompareAndSwap(false, true) {
+		close(s.stopping)
 	}
-	if strings.EqualFold(h, "localhost") {
-		return nil
-	}
-	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("refusing to listen on %q: it is not a loopback address, and listening on other addresses "+
-		"needs authentication, which is not implemented yet; listen on 127.0.0.1 or [::1] instead", listen)
-}
-
-// serveInfo is the content of <home>/serve.json.
-type serveInfo struct {
-	Addr string `json:"addr"`
-	PID  int    `json:"pid"`
-}
-
-const serveFile = "serve.json"
-
-// writeServeFile writes info atomically with 0600 permissions.
-func writeServeFile(home string, info serveInfo) error {
-	b, err := json.Marshal(info)
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(home, ".serve-*.json") // 0600
-	if err != nil {
-		return fmt.Errorf("write %s: %w", serveFile, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(home, serveFile))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", serveFile, err)
-	}
-	return nil
-}
-
-// removeServeFile removes serve.json if it still describes this server.
-func removeServeFile(home string, info serveInfo) error {
-	path := filepath.Join(home, serveFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var cur serveInfo
-	if json.Unmarshal(b, &cur) == nil && cur != info {
-		return nil // another server's
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// inflight counts running handlers, so Serve does not return (and its
-// caller close the node) while one still uses the node.
-type inflight struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0; nil while n is 0
-}
-
-func (f *inflight) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		if f.n == 0 {
-			f.idle = make(chan struct{})
-		}
-		f.n++
-		f.mu.Unlock()
-		defer func() {
-			f.mu.Lock()
-			f.n--
-			if f.n == 0 {
-				close(f.idle)
-				f.idle = nil
-			}
-			f.mu.Unlock()
-		}()
-		next.ServeHTTP(w, r)
-	})
-}
-
-// wait waits until no handler runs or d passes; it reports whether none runs.
-func (f *inflight) wait(d time.Duration) bool {
-	f.mu.Lock()
-	idle := f.idle
-	f.mu.Unlock()
-	if idle == nil {
-		return true
-	}
-	select {
-	case <-idle:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// Serve runs node's API on listen (host:port) until ctx is done.
-//
-// listen must be a loopback address (127.0.0.0/8, ::1 or localhost): the
-// API has no authentication yet, so anything else is refused. Port 0 picks
-// a free port; the address actually bound is written, with the process id,
-// to <home>/serve.json ({"addr":"127.0.0.1:PORT","pid":N}, mode 0600),
-// which is how Dial finds the server. When ctx is done, serve.json is
-// removed and the server shuts down gracefully: in-flight requests finish,
-// within 30 s. Serve returns nil after a clean shutdown, and then no handler
-// uses node any more, so the caller may close it. If requests outlast the
-// 30 s, their contexts are cancelled, their connections closed, and Serve
-// returns an error after waiting up to 5 s more for them.
-func Serve(ctx context.Context, node *host.Node, listen, home string, logger *slog.Logger) error {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	if node == nil {
-		return errors.New("serve: no node")
-	}
-	if err := checkLoopback(listen); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", listen, err)
-	}
-	// "localhost" could resolve to anything: check what was bound.
-	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
-		ln.Close()
-		return fmt.Errorf("refusing to serve on %s (from %q): it is not a loopback address, and listening on other "+
-			"addresses needs authentication, which is not implemented yet", ln.Addr(), listen)
-	}
-	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid()}
-
-	// Handlers get a context that stays alive through a graceful shutdown
-	// and is cancelled only if the shutdown runs out of time.
-	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBase()
-	var running inflight
-	srv := &http.Server{
-		Handler:           running.wrap(NewHandler(node, logger)),
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-	}
-
-	if err := writeServeFile(home, info); err != nil {
-		ln.Close()
-		return err
-	}
-	defer func() {
-		if err := removeServeFile(home, info); err != nil {
-			logger.Warn("could not remove serve.json", "error", err)
-		}
-	}()
-
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Info("serving", "addr", "http://"+info.Addr, "pid", info.PID, "home", home)
-
-	select {
-	case err := <-serveErr:
-		// Serve only returns before Shutdown on a listener failure.
-		return fmt.Errorf("serve on %s: %w", info.Addr, err)
-	case <-ctx.Done():
-	}
-	logger.Info("shutting down", "addr", info.Addr)
-	// Remove serve.json first, so no new command picks this server up.
-	if err := removeServeFile(home, info); err != nil {
-		logger.Warn("could not remove serve.json", "error", err)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	<-serveErr // http.ErrServerClosed
-	if err == nil {
-		logger.Info("stopped")
-		return nil
-	}
-	// Out of time: cancel the stragglers' contexts, drop their connections,
-	// and give them a moment to notice before the caller closes the node.
-	cancelBase()
-	_ = srv.Close()
-	if !running.wait(5 * time.Second) {
-		logger.Error("requests still running after shutdown")
-	}
-	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", shutdownTimeout, err)
 }

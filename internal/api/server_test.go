@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/metrics"
 )
 
 var (
@@ -47,16 +48,36 @@ func (w tWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// openNode opens a node on a new home, recording into its own metrics.
 func openNode(t testing.TB) (*host.Node, string) {
 	t.Helper()
+	home := t.TempDir()
+	return openNodeAt(t, home, true), home
+}
+
+// openNodeAt opens a node on home; with cleanup, it is closed at the end of
+// the test.
+func openNodeAt(t testing.TB, home string, cleanup bool) *host.Node {
+	t.Helper()
 	cfg := host.DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg.Home = home
+	m := metrics.New("test", cfg.Isolation)
+	cfg.Metrics = m
 	n, err := host.Open(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Close() })
-	return n, cfg.Home
+	m.SetSources(metrics.Sources{LiveCanisters: n.LiveCanisters, StoreBytes: n.StoreBytes, Sandboxes: n.Sandboxes})
+	if cleanup {
+		t.Cleanup(func() { n.Close() })
+	}
+	return n
+}
+
+// testMetrics returns the metrics a node records into.
+func testMetrics(n *host.Node) *metrics.Metrics {
+	m, _ := n.Config().Metrics.(*metrics.Metrics)
+	return m
 }
 
 // served is a node behind a real server on 127.0.0.1, found through Dial.
@@ -69,12 +90,25 @@ type served struct {
 	done   chan error
 }
 
-func serve(t *testing.T) *served {
+func serve(t *testing.T) *served { return serveWith(t, nil) }
+
+// serveWith starts a server with options adjusted by opt (nil: defaults on
+// 127.0.0.1:0, with metrics).
+func serveWith(t *testing.T, opt func(*ServeOptions)) *served {
 	t.Helper()
 	node, home := openNode(t)
+	return serveNode(t, node, home, opt)
+}
+
+func serveNode(t *testing.T, node *host.Node, home string, opt func(*ServeOptions)) *served {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &served{node: node, home: home, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- Serve(ctx, node, "127.0.0.1:0", home, testLogger(t)) }()
+	opts := ServeOptions{Listen: "127.0.0.1:0", Home: home, Logger: testLogger(t), Metrics: testMetrics(node)}
+	if opt != nil {
+		opt(&opts)
+	}
+	go func() { s.done <- Serve(ctx, node, opts) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -435,19 +469,22 @@ func TestBodyLimits(t *testing.T) {
 	}
 }
 
-func TestServeRefusesNonLoopback(t *testing.T) {
+func TestServeBadAddresses(t *testing.T) {
 	node, home := openNode(t)
-	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:8080", "example.com:80"} {
-		err := Serve(context.Background(), node, addr, home, nil)
-		if err == nil || !strings.Contains(err.Error(), "authentication") || !strings.Contains(err.Error(), "not implemented") {
-			t.Errorf("Serve(%q): %v", addr, err)
+	for _, addr := range []string{"127.0.0.1", "192.0.2.1:8080", "nonsense"} {
+		if err := Serve(context.Background(), node, ServeOptions{Listen: addr, Home: home}); err == nil {
+			t.Errorf("Serve(%q): no error", addr)
 		}
 	}
-	if err := Serve(context.Background(), node, "127.0.0.1", home, nil); err == nil {
-		t.Error("Serve without a port: no error")
+	if err := Serve(context.Background(), node, ServeOptions{Listen: "127.0.0.1:0", Home: home, TLSCert: "x.pem"}); err == nil ||
+		!strings.Contains(err.Error(), "both") {
+		t.Errorf("TLS cert without key: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(home, "serve.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("serve.json written by a refused Serve: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(home, "token")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("token written by a refused Serve: %v", err)
 	}
 }
 

@@ -142,6 +142,8 @@ func newCandidCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "candid",
 		Short: "Encode and decode Candid values",
+		Example: `  cordon candid encode '(42 : nat, "hi")'
+  cordon candid decode 4449444c00017d2a --types '(nat)'`,
 	}
 	encode := &cobra.Command{
 		Use:     "encode '(ARGS)'",

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -12,6 +14,8 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/metrics"
+	"github.com/cordon-dev/cordon/internal/store"
 )
 
 func newInstallCmd(g *globals) *cobra.Command {
@@ -45,8 +49,11 @@ persistence, the heap).`,
 				return err
 			}
 			defer b.Close()
+			stop := progress(g.stderr, fmt.Sprintf("installing %s (%s): compiling, running %s…",
+				filepath.Base(args[0]), humanSize(len(wasm)), installEntry(mode)))
 			resp, err := b.Install(cmd.Context(), api.InstallRequest{ID: id, Mode: mode, Wasm: wasm, Arg: argBytes,
 				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence})
+			stop()
 			if err != nil {
 				return err
 			}
@@ -108,7 +115,9 @@ On a reject the code and message go to stderr and the exit code is 3.`,
 			if err != nil {
 				return err
 			}
+			stop := progress(g.stderr, fmt.Sprintf("waiting for the reply of %s…", method))
 			resp, err := b.Call(cmd.Context(), api.CallRequest{ID: id, Method: method, Arg: argBytes, Caller: caller, Query: query})
+			stop()
 			if err != nil {
 				return err
 			}
@@ -216,12 +225,47 @@ func orDash(s string) string {
 
 func newLogsCmd(g *globals) *cobra.Command {
 	var output string
+	var follow bool
+	var since uint64
 	cmd := &cobra.Command{
-		Use:     "logs ID",
-		Short:   "Print a canister's debug_print output (most recent lines kept per canister)",
-		Example: `  cordon logs rwlgt-iiaaa-aaaaa-aaaaa-cai`,
-		Args:    exactArgs(1),
+		Use:   "logs ID",
+		Short: "Print a canister's debug_print output (most recent lines kept per canister)",
+		Long: `Print the debug_print lines a canister's node keeps (the most recent
+limits.log_lines, 1000 by default), each with its time and sequence number.
+
+With -f, keep printing new lines as the canister prints them, until
+interrupted: through the running 'cordon serve' when there is one, otherwise
+by reading the store twice a second (without keeping it locked, so other
+commands and a server starting are not blocked). -f survives the server
+starting or stopping. --since N starts at sequence number N.`,
+		Example: `  cordon logs rwlgt-iiaaa-aaaaa-aaaaa-cai
+  cordon logs -f rwlgt-iiaaa-aaaaa-aaaaa-cai
+  cordon logs --since 120 --output json rwlgt-iiaaa-aaaaa-aaaaa-cai`,
+		Args:              exactArgs(1),
+		ValidArgsFunction: completeIDs(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "text" && output != "json" {
+				return usageError{fmt.Errorf("--output %q: want text or json", output)}
+			}
+			print := func(l store.LogEntry) error {
+				if output == "json" {
+					b, err := json.Marshal(l)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(g.stdout, "%s\n", b)
+					return err
+				}
+				_, err := fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, l.Text)
+				return err
+			}
+			if follow {
+				cfg, err := g.config()
+				if err != nil {
+					return err
+				}
+				return api.FollowLogs(cmd.Context(), cfg.Home, args[0], since, print)
+			}
 			b, err := g.backend(cmd.Context())
 			if err != nil {
 				return err
@@ -231,16 +275,30 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(g.stdout, logs)
-			}
+			kept := logs[:0]
 			for _, l := range logs {
-				fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, l.Text)
+				if l.Seq >= since {
+					kept = append(kept, l)
+				}
+			}
+			if output == "json" {
+				if kept == nil {
+					kept = []store.LogEntry{}
+				}
+				return writeJSON(g.stdout, kept)
+			}
+			for _, l := range kept {
+				if err := print(l); err != nil {
+					return err
+				}
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&output, "output", "text", "text or json")
+	f := cmd.Flags()
+	f.StringVar(&output, "output", "text", "text or json (with -f: one JSON object per line)")
+	f.BoolVarP(&follow, "follow", "f", false, "keep printing new lines as they come")
+	f.Uint64Var(&since, "since", 0, "first sequence number to print")
 	return cmd
 }
 
@@ -286,34 +344,92 @@ func newStartStopCmd(g *globals, verb string) *cobra.Command {
 }
 
 func newServeCmd(g *globals) *cobra.Command {
-	var listen string
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run a long-lived node with an HTTP API on 127.0.0.1",
-		Long: `Run a node that keeps canisters loaded and serves the HTTP API. While it
-runs, the other cordon commands on the same --home talk to it.`,
+		Short: "Run a long-lived node with an HTTP API (127.0.0.1:4943 by default)",
+		Long: `Run a node that keeps canisters loaded, fires their timers and heartbeats,
+and serves the JSON/HTTP API (described by api/openapi.json, also served at
+/api/v1/openapi.json), Prometheus metrics on /metrics, and /healthz and
+/readyz probes. While it runs, the other cordon commands on the same --home
+talk to it.
+
+Security: on a loopback address no token is needed (unless --require-token).
+On any other address every request but the probes needs 'Authorization:
+Bearer TOKEN'; the token is generated on the first such start, stored in
+<home>/token (mode 0600) and printed once. Use --tls-cert and --tls-key to
+serve HTTPS.
+
+Shutdown: on SIGINT or SIGTERM the server stops accepting, refuses new
+requests with 503, finishes those in flight and the messages they caused
+(within server.shutdown_timeout), closes the store and exits 0. A second
+signal exits at once (130 or 143); every message already answered is
+durable either way.`,
 		Example: `  cordon serve
-  cordon serve --listen 127.0.0.1:4943 --log-level info`,
+  cordon serve --listen 127.0.0.1:4943 --log-level debug --log-format json
+  cordon serve --listen 0.0.0.0:4943 --tls-cert cert.pem --tls-key key.pem
+  curl -s http://127.0.0.1:4943/metrics | grep cordon_messages_total`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			g.serving = true
 			cfg, err := g.config()
 			if err != nil {
 				return err
 			}
-			logger := g.logger()
-			node, err := host.Open(cfg, logger)
+			logger := g.logger(cfg)
+			m := metrics.New(Version, cfg.Isolation)
+			hc := cfg.Host
+			hc.Metrics = m
+			node, err := host.Open(hc, logger)
 			if err != nil {
 				return err
 			}
-			defer node.Close()
-			if err := node.LoadAll(cmd.Context()); err != nil {
+			stop := progress(g.stderr, "loading canisters…")
+			err = node.LoadAll(cmd.Context())
+			stop()
+			if err != nil {
+				node.Close()
 				return err
 			}
-			return api.Serve(cmd.Context(), node, listen, cfg.Home, logger)
+			m.SetSources(metrics.Sources{LiveCanisters: node.LiveCanisters, StoreBytes: node.StoreBytes, Sandboxes: node.Sandboxes})
+			serveErr := api.Serve(cmd.Context(), node, api.ServeOptions{
+				Listen: cfg.Listen, Home: cfg.Home, Logger: logger, Metrics: m,
+				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, RequireToken: cfg.RequireToken, TokenOut: g.stderr,
+				RequestTimeout: cfg.RequestTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
+				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls,
+			})
+			// Messages the answered requests caused (calls between
+			// canisters, timers) finish too; then the store is closed.
+			qctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			if err := node.Quiesce(qctx); err != nil {
+				logger.Warn("messages still in flight at shutdown", "error", err)
+			}
+			if err := node.Close(); err != nil {
+				logger.Error("close the store", "error", err)
+				if serveErr == nil {
+					serveErr = err
+				}
+			}
+			if serveErr == nil {
+				logger.Info("stopped cleanly")
+			}
+			return serveErr
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:4943", "address to listen on (loopback only)")
+	f := cmd.Flags()
+	g.bind(f, "server.listen")
+	g.bind(f, "server.tls_cert")
+	g.bind(f, "server.tls_key")
+	g.bind(f, "server.require_token")
 	return cmd
+}
+
+// installEntry names what an install runs, for the progress display.
+func installEntry(mode string) string {
+	if mode == "upgrade" {
+		return "pre_upgrade and post_upgrade"
+	}
+	return "canister_init"
 }
 
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {

@@ -1,6 +1,7 @@
-// Package cli implements cordon's command line: flags, output formats and
-// exit codes. Commands reach a node through api.Backend: a running
-// `cordon serve` if there is one, else the store opened in-process.
+// Package cli implements cordon's command line: flags, configuration,
+// output formats and exit codes. Commands reach a node through api.Backend:
+// a running `cordon serve` if there is one, else the store opened
+// in-process.
 package cli
 
 import (
@@ -14,11 +15,15 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/cordon-dev/cordon/internal/api"
+	"github.com/cordon-dev/cordon/internal/config"
 	"github.com/cordon-dev/cordon/internal/host"
-	"github.com/cordon-dev/cordon/internal/store"
 )
+
+// Version is cordon's version (set with -ldflags "-X .../internal/cli.Version=…").
+var Version = "dev"
 
 // Exit codes, documented in the README and in `cordon --help`.
 const (
@@ -26,28 +31,53 @@ const (
 	ExitError    = 1 // operational error: bad input, I/O, store
 	ExitUsage    = 2 // wrong flags or arguments
 	ExitRejected = 3 // the call was rejected (reject code and message on stderr)
+	// A second SIGINT or SIGTERM during a graceful shutdown forces the
+	// exit with 128 + the signal's number: 130 (SIGINT) or 143 (SIGTERM).
+	ExitForcedBase = 128
 )
 
+const exitCodesHelp = `Exit codes: 0 success; 1 error; 2 usage error; 3 the call was rejected (the
+reject code and message are printed on stderr); 130 or 143: a second
+SIGINT or SIGTERM forced the exit during a graceful shutdown.`
+
 type globals struct {
-	home      string
-	isolation string
-	logLevel  string
-	stdin     io.Reader
-	stdout    io.Writer
-	stderr    io.Writer
+	home       string
+	configFile string
+	sets       []string
+	bound      []boundFlag // flags that set a configuration key
+	stdin      io.Reader
+	stdout     io.Writer
+	stderr     io.Writer
+	serving    bool // the command is serve: log at info unless configured
+}
+
+// boundFlag is a flag that sets a configuration key when given.
+type boundFlag struct {
+	flag *pflag.Flag
+	key  string
 }
 
 type usageError struct{ error }
 
-// Main runs the command line and returns the process exit code.
+// exit is os.Exit, replaced in tests.
+var exit = os.Exit
+
+// Main runs the command line and returns the process exit code. The first
+// SIGINT or SIGTERM cancels the command (serve shuts down gracefully); a
+// second one exits at once.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := notifyContext(stderr)
+	defer stop()
+	return Run(ctx, args, stdin, stdout, stderr)
+}
+
+// Run is Main with a context instead of signals.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := newRoot(g)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return ExitOK
@@ -65,6 +95,39 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return ExitError
 }
 
+// notifyContext is cancelled by the first SIGINT or SIGTERM (a graceful
+// stop); a second one exits at once with 128 + its number.
+func notifyContext(stderr io.Writer) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		var first os.Signal
+		select {
+		case first = <-sigs:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			n := 2
+			if s, ok := sig.(syscall.Signal); ok {
+				n = int(s)
+			}
+			fmt.Fprintf(stderr, "cordon: second signal (%v after %v): exiting now, without finishing in-flight work\n", sig, first)
+			exit(ExitForcedBase + n)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
+
 func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "cordon",
@@ -75,52 +138,108 @@ with the ic0 System API, and keeps their state durably in an embedded store.
 Commands talk to a running 'cordon serve' on the same home directory if there
 is one, and otherwise open the store directly.
 
-Exit codes: 0 success; 1 error; 2 usage error; 3 the call was rejected
-(the reject code and message are printed on stderr).`,
+Configuration comes from flags, then CORDON_* environment variables, then the
+file <home>/config.toml (or --config FILE), then the defaults, in that order
+of precedence; 'cordon config show' prints the result and where each value
+came from.
+
+` + exitCodesHelp,
 		Example: `  cordon install ../shared/canisters/counter.wasm
   cordon call rwlgt-iiaaa-aaaaa-aaaaa-cai inc
   cordon query rwlgt-iiaaa-aaaaa-aaaaa-cai get --output raw
-  cordon status`,
+  cordon logs -f rwlgt-iiaaa-aaaaa-aaaaa-cai
+  cordon serve --log-format json`,
+		Version:       Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.CompletionOptions.DisableDefaultCmd = true // ours has examples: completion.go
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.home, "home", "", "state directory (default $CORDON_HOME, else ~/.local/share/cordon)")
-	pf.StringVar(&g.isolation, "isolation", "inprocess", "where canisters execute: inprocess (sandbox arrives with the sandbox issue)")
-	pf.StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	pf.StringVar(&g.configFile, "config", "", "configuration file (default $CORDON_CONFIG, else <home>/config.toml if it exists)")
+	g.bind(pf, "isolation")
+	g.bind(pf, "log.level")
+	g.bind(pf, "log.format")
+	pf.StringArrayVar(&g.sets, "set", nil, "set any configuration key, e.g. --set limits.update_instructions=1_000_000_000 (repeatable; see 'cordon config show')")
+	_ = root.RegisterFlagCompletionFunc("set", completeSet)
+	_ = root.RegisterFlagCompletionFunc("isolation", fixed("sandbox", "inprocess"))
+	_ = root.RegisterFlagCompletionFunc("log-level", fixed("debug", "info", "warn", "error"))
+	_ = root.RegisterFlagCompletionFunc("log-format", fixed("text", "json"))
 	root.AddCommand(newInstallCmd(g), newCallCmd(g, false), newCallCmd(g, true), newStatusCmd(g),
 		newLogsCmd(g), newDeleteCmd(g), newStartStopCmd(g, "start"), newStartStopCmd(g, "stop"),
-		newServeCmd(g), newCandidCmd(g))
+		newServeCmd(g), newCandidCmd(g), newPsCmd(g), newDoctorCmd(g), newConfigCmd(g), newCompletionCmd(g, root))
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "call", "query", "status", "logs", "delete", "start", "stop":
+			if c.ValidArgsFunction == nil {
+				c.ValidArgsFunction = completeIDs(g)
+			}
+		}
+	}
+	root.InitDefaultHelpCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "help" {
+			c.Example = "  cordon help install\n  cordon help config show"
+		}
+	}
 	return root
 }
 
-func (g *globals) logger() *slog.Logger {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
-		lvl = slog.LevelWarn
+// bind adds the flag of configuration key to fs; when given, it takes
+// precedence over the environment and the file.
+func (g *globals) bind(fs *pflag.FlagSet, key string) {
+	s, ok := config.Lookup(key)
+	if !ok || s.Flag == "" {
+		panic("cli: no flag for configuration key " + key)
 	}
-	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+	def := s.Get(config.Default())
+	help := s.Help + " (" + key + ", $" + s.Env() + ")"
+	if def == "false" || def == "true" {
+		fs.Bool(s.Flag, def == "true", help)
+	} else {
+		fs.String(s.Flag, def, help)
+	}
+	g.bound = append(g.bound, boundFlag{flag: fs.Lookup(s.Flag), key: key})
 }
 
-func (g *globals) config() (host.Config, error) {
-	cfg := host.DefaultConfig()
-	home := g.home
-	if home == "" {
-		h, err := store.DefaultHome()
+// config returns the effective configuration: flags > env > file > defaults.
+func (g *globals) config() (*config.Config, error) {
+	in := config.Inputs{Home: g.home, ConfigFile: g.configFile, Env: os.Getenv}
+	for _, s := range g.sets {
+		a, err := config.ParseAssignment(s)
 		if err != nil {
-			return cfg, err
+			return nil, usageError{err}
 		}
-		home = h
+		in.Flags = append(in.Flags, a)
 	}
-	cfg.Home = home
-	switch g.isolation {
-	case "inprocess", "sandbox":
-		cfg.Isolation = g.isolation
-	default:
-		return cfg, usageError{fmt.Errorf("--isolation %q: want sandbox or inprocess", g.isolation)}
+	for _, b := range g.bound {
+		if b.flag.Changed {
+			in.Flags = append(in.Flags, config.Assignment{Key: b.key, Value: b.flag.Value.String(), Flag: "--" + b.flag.Name})
+		}
+	}
+	cfg, err := config.Load(in)
+	if err != nil {
+		return nil, usageError{err}
 	}
 	return cfg, nil
+}
+
+// logger builds the process's logger from the configuration.
+func (g *globals) logger(cfg *config.Config) *slog.Logger {
+	level := cfg.LogLevel
+	if g.serving && cfg.Source("log.level") == config.FromDefault {
+		level = "info"
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		lvl = slog.LevelWarn
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
 }
 
 // backend connects to a running server on the home, or opens the store.
@@ -136,9 +255,23 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 	if client != nil {
 		return client, nil
 	}
-	node, err := host.Open(cfg, g.logger())
+	node, err := host.Open(cfg.Host, g.logger(cfg))
 	if err != nil {
 		return nil, err
 	}
 	return &api.Local{Node: node}, nil
+}
+
+func fixed(vals ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return vals, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+func completeSet(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	keys := config.Keys()
+	for i, k := range keys {
+		keys[i] = k + "="
+	}
+	return keys, cobra.ShellCompDirectiveNoSpace | cobra.ShellCompDirectiveNoFileComp
 }

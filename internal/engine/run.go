@@ -12,6 +12,12 @@ import (
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
+// maxTableElements bounds every table of an instance (the JS embedding's
+// limit). Without a finite bound, wasmtime 39 aborts the whole process on a
+// 64-bit table whose minimum size overflows (RUSTSEC-2026-0114,
+// GHSA-p8xm-42r7-89xg); with it, instantiation fails and the message traps.
+const maxTableElements = 10_000_000
+
 // Request is one execution: which module, from which state, with what input.
 type Request struct {
 	Module *Module
@@ -63,7 +69,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	store := wasmtime.NewStoreWithData(e.wt, r)
 	defer store.Close()
 	r.store = store
-	store.Limiter(clampInt64(in.Limits.HeapBytes), -1, 1, 1, 1)
+	store.Limiter(clampInt64(in.Limits.HeapBytes), maxTableElements, 1, 1, 1)
 	if err := store.SetFuel(in.Limits.Instructions); err != nil {
 		return nil, fmt.Errorf("engine: set fuel: %w", err)
 	}

@@ -6,6 +6,7 @@ package host
 import (
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/metrics"
 )
 
 // Config configures a node. DefaultConfig gives the IC's defaults.
@@ -26,6 +27,8 @@ type Config struct {
 	Fees          Fees
 	InitialCycles cycles.Amount // balance of a canister created from the CLI
 	LogLines      int           // debug_print lines kept per canister
+
+	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).

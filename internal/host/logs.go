@@ -1,9 +1,11 @@
 package host
 
 import (
+	"context"
 	"sync"
 
 	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // logRing keeps a canister's most recent debug_print lines in memory.
@@ -12,6 +14,7 @@ type logRing struct {
 	keep    int
 	entries []store.LogEntry
 	nextSeq uint64
+	changed chan struct{} // closed (and replaced) when lines are published
 }
 
 func newLogRing(keep int) *logRing {
@@ -51,6 +54,10 @@ func (r *logRing) publish(es []store.LogEntry) {
 	r.entries = append(r.entries, es...)
 	r.nextSeq = es[len(es)-1].Seq + 1
 	r.trim()
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
 }
 
 func (r *logRing) trim() {
@@ -63,4 +70,40 @@ func (r *logRing) snapshot() []store.LogEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]store.LogEntry(nil), r.entries...)
+}
+
+// since returns the kept lines with Seq >= seq, and a channel closed when
+// more are published.
+func (r *logRing) since(seq uint64) ([]store.LogEntry, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []store.LogEntry
+	for i, e := range r.entries {
+		if e.Seq >= seq {
+			out = append(out, r.entries[i:]...)
+			break
+		}
+	}
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
+	return out, r.changed
+}
+
+// LogsSince returns a canister's kept debug_print lines with sequence
+// numbers from seq on, and a channel that is closed when it prints more
+// (for `cordon logs -f`).
+func (n *Node) LogsSince(ctx context.Context, id principal.Principal, seq uint64) ([]store.LogEntry, <-chan struct{}, error) {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.mu.RLock()
+	deleted := c.deleted
+	c.mu.RUnlock()
+	if deleted {
+		return nil, nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	es, ch := c.logs.since(seq)
+	return es, ch, nil
 }

@@ -157,6 +157,13 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		if err != nil {
 			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
 		}
+		if m.method == "create_canister" {
+			// The creation fee is burned; it is booked on the new canister
+			// so that the node's cycles add up.
+			if err := n.bookBurned(ctx, id, cycles.New(n.cfg.Fees.CanisterCreation)); err != nil {
+				return nil, used, err
+			}
+		}
 		if s, ok := settingsField(arg); ok {
 			if err := n.applySettings(ctx, id, s); err != nil {
 				return nil, used, err
@@ -345,6 +352,22 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 	if minted {
 		meta.CyclesMinted = meta.CyclesMinted.SaturatingAdd(amount)
 	}
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+		return err
+	}
+	c.meta = meta
+	return nil
+}
+
+// bookBurned records cycles burned on a canister's behalf.
+func (n *Node) bookBurned(ctx context.Context, id principal.Principal, amount cycles.Amount) error {
+	c, err := n.lockCanister(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	meta := c.meta
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(amount)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
 		return err
 	}

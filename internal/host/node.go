@@ -82,6 +82,8 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
+	st.SetCommitObserver(metricsOf(cfg).Commit) // metrics: observe.go
+	x = observeExecutor(x, cfg)
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: time.Now,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
 	go n.timerLoop()

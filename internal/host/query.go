@@ -3,9 +3,11 @@ package host
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -14,7 +16,8 @@ import (
 // Query executes a query; nothing it does is kept. A composite query may
 // call other canisters' queries (and its own); their callbacks run on the
 // composite query's working state, which is dropped at the end.
-func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
+func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
+	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
 	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
 	defer q.unlockAll()
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
@@ -23,9 +26,18 @@ func (n *Node) Query(ctx context.Context, msg Message) (*Reply, error) {
 // maxQueryDepth bounds the call graph of a composite query (IC: 6 levels).
 const maxQueryDepth = 6
 
-// snapshot is one canister's state as a query run sees it: read-locked once
-// per run, so a canister calling itself never takes its lock twice.
+// snapshot is one canister's committed state as a query run sees it:
+// read-locked once per run, so a canister calling itself never takes its
+// lock twice.
 type snapshot struct {
+	c *canister
+}
+
+// frame is the working state of one query call: it starts from the
+// committed state, and the call's callbacks see what earlier executions of
+// the same call wrote. Another call, even to the same canister, gets its own
+// frame, as on the IC.
+type frame struct {
 	c       *canister
 	heap    *state.PageMap
 	stable  *state.PageMap
@@ -59,7 +71,7 @@ func (q *queryRun) snapshot(id principal.Principal) (*snapshot, error) {
 	if c.deleted {
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
 	}
-	s := &snapshot{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
+	s := &snapshot{c: c}
 	q.locked[id] = s
 	return s, nil
 }
@@ -88,8 +100,9 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		return nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", id, method)
 	}
 	in := q.n.input(c, c.module, kind, entry, q.budget)
-	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, s.stable
-	r, err := q.run(s, in, depth)
+	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
+	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
+	r, err := q.run(fr, in, depth)
 	if r == nil && err == nil {
 		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
 	}
@@ -99,7 +112,7 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 // run executes in on the snapshot and follows its calls (composite only).
 // It returns the first response any of those executions gave, or neither a
 // reply nor an error when none responded.
-func (q *queryRun) run(s *snapshot, in *sysapi.Input, depth int) (*Reply, error) {
+func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
 	out, err := q.n.exec.Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
 	if err != nil {
@@ -172,7 +185,7 @@ func (q *queryRun) run(s *snapshot, in *sysapi.Input, depth int) (*Reply, error)
 }
 
 // advance applies an execution's changes to the snapshot's working copy.
-func (q *queryRun) advance(s *snapshot, out *sysapi.Output) error {
+func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
 	heap := s.heap.Clone()
 	if err := heap.Apply(out.Heap); err != nil {
 		return fmt.Errorf("composite query on %s: %w", s.c.id, err)

@@ -8,6 +8,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -79,7 +80,8 @@ type callback struct {
 // Update sends an ingress update call and waits for its response. Its
 // effects, and those of every message it causes, are committed durably as
 // they happen.
-func (n *Node) Update(ctx context.Context, msg Message) (*Reply, error) {
+func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
+	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err
@@ -176,6 +178,7 @@ func (n *Node) respondTo(o origin, reply []byte, rej *Reject, refund cycles.Amou
 // respondInstr is respondTo that tells a waiting user how many instructions
 // the call context used.
 func (n *Node) respondInstr(o origin, reply []byte, rej *Reject, refund cycles.Amount, instructions uint64) {
+	n.observeResponse(o, rej)
 	switch {
 	case o.ingress != nil:
 		if rej != nil {

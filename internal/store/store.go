@@ -76,7 +76,8 @@ type Meta struct {
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
-	db *bolt.DB
+	db       *bolt.DB
+	onCommit func(d time.Duration, bytes int64, err error) // observe.go
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
@@ -178,7 +179,8 @@ type Change struct {
 // Commit applies changes atomically and durably: after it returns, a crash
 // cannot lose them; if it fails, none of them happened.
 func (s *Store) Commit(changes ...Change) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	start := time.Now()
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		for i := range changes {
 			if err := commitOne(tx, &changes[i]); err != nil {
 				return fmt.Errorf("commit canister %s: %w", changes[i].Meta.ID, err)
@@ -186,6 +188,8 @@ func (s *Store) Commit(changes ...Change) error {
 		}
 		return nil
 	})
+	s.observeCommit(start, changes, err) // observe.go
+	return err
 }
 
 func commitOne(tx *bolt.Tx, c *Change) error {

@@ -2,6 +2,7 @@ package candid
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 )
@@ -191,7 +192,8 @@ func TestFormatValue(t *testing.T) {
 		{Int64(-1234567), nil, `-1_234_567 : int64`},
 		{Nat{nil}, nil, `0 : nat`},
 		{Float32(0.1), nil, `0.1 : float32`},
-		{Float64(-0.0), nil, `0.0 : float64`},
+		{Float64(0), nil, `0.0 : float64`},
+		{Float64(math.Copysign(0, -1)), nil, `-0.0 : float64`},
 		{Text("tab\there\x01"), nil, `"tab\there\u{1}"`},
 		{FuncRef{Method: "query"}, nil, `func "aaaaa-aa"."query"`},
 		{Reserved{}, nil, `null : reserved`},

@@ -1,0 +1,398 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/metrics"
+)
+
+// ServeOptions configure Serve. Zero values take the defaults.
+type ServeOptions struct {
+	Listen  string // host:port; port 0 picks a free port
+	Home    string // where serve.json and the token are kept
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics // served on /metrics; nil: /metrics answers 404
+
+	// TLS: both files (PEM) or neither.
+	TLSCert, TLSKey string
+	// RequireToken asks for the bearer token on a loopback address too.
+	// Any other address always requires it.
+	RequireToken bool
+	// TokenOut is where a newly generated token is printed, once (nil:
+	// os.Stderr).
+	TokenOut io.Writer
+
+	RequestTimeout  time.Duration // longest an API request may run (DefaultRequestTimeout)
+	ShutdownTimeout time.Duration // how long shutdown waits for requests in flight (DefaultShutdownTimeout)
+	MaxRequests     int           // API requests handled at once; more get 503 (DefaultMaxRequests)
+	MaxInstalls     int           // installs handled at once; more get 503 (DefaultMaxInstalls)
+}
+
+func (o *ServeOptions) defaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.TokenOut == nil {
+		o.TokenOut = os.Stderr
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.MaxRequests <= 0 {
+		o.MaxRequests = DefaultMaxRequests
+	}
+	if o.MaxInstalls <= 0 {
+		o.MaxInstalls = DefaultMaxInstalls
+	}
+}
+
+// serveInfo is the content of <home>/serve.json: how a command on the
+// same home reaches the server.
+type serveInfo struct {
+	Addr       string `json:"addr"`
+	PID        int    `json:"pid"`
+	TLS        bool   `json:"tls,omitempty"`
+	CertSHA256 string `json:"cert_sha256,omitempty"` // the server's certificate, pinned by Dial
+	Token      bool   `json:"token,omitempty"`       // requests need <home>/token
+}
+
+const (
+	serveFile = "serve.json"
+	tokenFile = "token"
+)
+
+// TokenPath is where the API token of a home is kept.
+func TokenPath(home string) string { return filepath.Join(home, tokenFile) }
+
+// writeServeFile writes info atomically with 0600 permissions.
+func writeServeFile(home string, info serveInfo) error {
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(home, ".serve-*.json") // 0600
+	if err != nil {
+		return fmt.Errorf("write %s: %w", serveFile, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(home, serveFile))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", serveFile, err)
+	}
+	return nil
+}
+
+// removeServeFile removes serve.json if it still describes this server.
+func removeServeFile(home string, info serveInfo) error {
+	path := filepath.Join(home, serveFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var cur serveInfo
+	if json.Unmarshal(b, &cur) == nil && cur != info {
+		return nil // another server's
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// loadOrCreateToken reads <home>/token, or creates it (32 random bytes,
+// base64url, mode 0600) when it does not exist. A token file that others
+// can read is refused.
+func loadOrCreateToken(home string) (token string, created bool, err error) {
+	path := TokenPath(home)
+	tok, err := readToken(path)
+	if err == nil {
+		return tok, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", false, err
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", false, fmt.Errorf("generate API token: %w", err)
+	}
+	tok = base64.RawURLEncoding.EncodeToString(raw[:])
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) { // another server created it meanwhile
+		tok, err = readToken(path)
+		return tok, false, err
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("create API token: %w", err)
+	}
+	_, err = f.WriteString(tok + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return "", false, fmt.Errorf("write API token %s: %w", path, err)
+	}
+	return tok, true, nil
+}
+
+// readToken reads a token file, refusing one that group or others may read.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("API token %s has mode %04o: it must be readable by its owner only (chmod 600 %s)", path, perm, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", fmt.Errorf("read API token %s: %w", path, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("API token %s is malformed: delete it and restart cordon serve to generate a new one", path)
+	}
+	return tok, nil
+}
+
+// inflight counts running handlers, so Serve does not return (and its
+// caller close the node) while one still uses the node.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (f *inflight) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		if f.n == 0 {
+			f.idle = make(chan struct{})
+		}
+		f.n++
+		f.mu.Unlock()
+		defer func() {
+			f.mu.Lock()
+			f.n--
+			if f.n == 0 {
+				close(f.idle)
+				f.idle = nil
+			}
+			f.mu.Unlock()
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// wait waits until no handler runs or d passes; it reports whether none runs.
+func (f *inflight) wait(d time.Duration) bool {
+	f.mu.Lock()
+	idle := f.idle
+	f.mu.Unlock()
+	if idle == nil {
+		return true
+	}
+	select {
+	case <-idle:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Serve runs node's API until ctx is done.
+//
+// On a loopback address (127.0.0.0/8, ::1) requests need no token unless
+// RequireToken is set. On any other address every request but /healthz and
+// /readyz needs `Authorization: Bearer TOKEN`; the token is read from
+// <home>/token, or generated there (mode 0600) and printed once to TokenOut.
+// With TLSCert and TLSKey the server speaks HTTPS.
+//
+// The address actually bound is written, with the process id, whether TLS
+// and a token are in use, and the certificate's SHA-256, to
+// <home>/serve.json (mode 0600), which is how Dial finds the server.
+//
+// When ctx is done, the server shuts down gracefully: /readyz turns 503,
+// serve.json is removed, new requests are refused with 503 (and new
+// connections not accepted), log streams end, and requests in flight
+// finish, within ShutdownTimeout. Serve returns nil after a clean shutdown;
+// then no handler uses node any more, so the caller may Quiesce and close
+// it. If requests outlast the timeout, their contexts are cancelled, their
+// connections closed, and Serve returns an error after waiting up to 5 s
+// more for them.
+func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
+	opts.defaults()
+	logger := opts.Logger
+	if node == nil {
+		return errors.New("serve: no node")
+	}
+	lhost, _, err := net.SplitHostPort(opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen address %q: %w (want host:port, e.g. 127.0.0.1:4943)", opts.Listen, err)
+	}
+	// An IPv4 address binds IPv4 only (Go's "tcp" would make 0.0.0.0 a
+	// dual-stack socket, exposing IPv6 too).
+	network := "tcp"
+	if ip := net.ParseIP(lhost); ip != nil && ip.To4() != nil {
+		network = "tcp4"
+	} else if ip != nil {
+		network = "tcp6"
+	}
+	if (opts.TLSCert == "") != (opts.TLSKey == "") {
+		return errors.New("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+	}
+	var tlsConfig *tls.Config
+	var certSum string
+	if opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		sum := sha256.Sum256(cert.Certificate[0])
+		certSum = hex.EncodeToString(sum[:])
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, network, opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
+	}
+	// What was bound decides, not what was asked ("localhost" could
+	// resolve to anything).
+	ta, ok := ln.Addr().(*net.TCPAddr)
+	loopback := ok && ta.IP.IsLoopback()
+	token := ""
+	if opts.RequireToken || !loopback {
+		tok, created, err := loadOrCreateToken(opts.Home)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		token = tok
+		if created {
+			fmt.Fprintf(opts.TokenOut, "cordon serve: generated an API token; clients send it as 'Authorization: Bearer TOKEN'.\n"+
+				"It is stored in %s (mode 0600) and printed only this once:\n\n    %s\n\n", TokenPath(opts.Home), tok)
+		}
+		if !loopback {
+			logger.Warn("listening on a non-loopback address: every request needs the API token", "addr", ln.Addr().String(),
+				"tls", tlsConfig != nil)
+		}
+	}
+	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid(), TLS: tlsConfig != nil, CertSHA256: certSum, Token: token != ""}
+
+	s := newServer(node, opts, token)
+	// Handlers get a context that stays alive through a graceful shutdown
+	// and is cancelled only if the shutdown runs out of time.
+	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	var running inflight
+	srv := &http.Server{
+		Handler:           running.wrap(s.handler()),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      opts.RequestTimeout + time.Minute,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		TLSConfig:         tlsConfig,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+
+	if err := writeServeFile(opts.Home, info); err != nil {
+		ln.Close()
+		return err
+	}
+	defer func() {
+		if err := removeServeFile(opts.Home, info); err != nil {
+			logger.Warn("could not remove serve.json", "error", err)
+		}
+	}()
+
+	serveErr := make(chan error, 1)
+	go func() {
+		if tlsConfig != nil {
+			serveErr <- srv.ServeTLS(ln, "", "")
+		} else {
+			serveErr <- srv.Serve(ln)
+		}
+	}()
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
+	logger.Info("serving", "addr", scheme+"://"+info.Addr, "pid", info.PID, "home", opts.Home, "token", info.Token)
+
+	select {
+	case err := <-serveErr:
+		// Serve only returns before Shutdown on a listener failure.
+		return fmt.Errorf("serve on %s: %w", info.Addr, err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: finishing requests in flight", "addr", info.Addr, "timeout", opts.ShutdownTimeout)
+	s.beginShutdown()
+	// Remove serve.json first, so no new command picks this server up.
+	if err := removeServeFile(opts.Home, info); err != nil {
+		logger.Warn("could not remove serve.json", "error", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	<-serveErr // http.ErrServerClosed
+	if err == nil {
+		logger.Info("HTTP server stopped")
+		return nil
+	}
+	// Out of time: cancel the stragglers' contexts, drop their connections,
+	// and give them a moment to notice before the caller closes the node.
+	cancelBase()
+	_ = srv.Close()
+	if !running.wait(5 * time.Second) {
+		logger.Error("requests still running after shutdown")
+	}
+	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err)
+}

@@ -1,0 +1,540 @@
+package boundary
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math"
+	"net"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+func pair(t testing.TB) (*Conn, *Conn) {
+	t.Helper()
+	a, b, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return NewConn(a), NewConn(b)
+}
+
+func page(b byte) *state.Page {
+	p := new(state.Page)
+	for i := range p {
+		p[i] = b + byte(i)
+	}
+	return p
+}
+
+func testInput() *sysapi.Input {
+	return &sysapi.Input{
+		Context: sysapi.CtxUpdate, Entry: "canister_update inc", Callback: sysapi.Callback{Fun: 3, Env: 4},
+		CanisterID: []byte{1, 2, 3}, SubnetID: []byte{9}, Caller: []byte{4}, Arg: []byte("DIDL\x00\x00"),
+		MethodName: "m", Controllers: [][]byte{{1}, {2, 3}}, EnvVars: []sysapi.EnvVar{{Name: "a", Value: "b"}},
+		Balance: cycles.New(1_000_000), CyclesAvailable: cycles.New(500), CyclesRefunded: cycles.Amount{Hi: 1, Lo: 2},
+		RejectCode: 4, RejectMessage: "no", Status: sysapi.StatusRunning, Version: 7, Time: 8, Deadline: 9,
+		GlobalTimer: 10, DataCertificate: []byte{}, CallContextInstr: 11,
+		Limits: sysapi.Limits{Instructions: 1e9, HeapBytes: 4 << 30, StableBytes: 1 << 30, ReplyBytes: 2 << 20,
+			CallArgBytes: 2 << 20, MaxOutgoing: 10, DebugPrintBytes: 100, MaxLogLines: 5},
+	}
+}
+
+func testOutput() *sysapi.Output {
+	cl := sysapi.Callback{Fun: 5, Env: 6}
+	return &sysapi.Output{
+		Instructions: 12345, Response: sysapi.Replied, Reply: []byte("DIDL\x00\x01\x7d\x01"),
+		CyclesAccepted: cycles.New(100), CyclesBurned: cycles.New(10), CyclesSent: cycles.New(50),
+		Calls: []sysapi.Call{{Callee: []byte{1}, Method: "f", Arg: []byte{}, Cycles: cycles.New(50),
+			OnReply: sysapi.Callback{Fun: 1, Env: 2}, OnReject: sysapi.Callback{Fun: 3, Env: 4}, OnCleanup: &cl, Timeout: 10}},
+		CertifiedData: []byte("abc"), CertifiedDataSet: true, GlobalTimer: 99, GlobalTimerSet: true,
+		Heap:    state.Delta{Size: 2 * state.WasmPageSize, Pages: []state.DirtyPage{{Index: 0, Data: page(1)}, {Index: 31, Data: page(2)}}},
+		Stable:  state.Delta{Size: state.WasmPageSize, Pages: []state.DirtyPage{{Index: 3, Data: page(3)}}},
+		Globals: []state.Global{{Type: state.GlobalI32, Bits: 1}, {Type: state.GlobalF64, Bits: math.Float64bits(1.5)}},
+		Logs:    []sysapi.LogLine{{Text: "hello"}, {Text: "long", Truncated: true}},
+	}
+}
+
+func testExpect(id uint64) *Expect {
+	in := testInput()
+	return &Expect{ID: id, Context: in.Context, Limits: in.Limits, HeapSize: state.WasmPageSize, StableSize: 0,
+		Balance: in.Balance, CyclesAvailable: in.CyclesAvailable, GlobalTypes: []state.GlobalType{state.GlobalI32, state.GlobalF64}}
+}
+
+func TestExecuteRoundTrip(t *testing.T) {
+	host, sb := pair(t)
+	heap := state.NewPageMap(3 * state.WasmPageSize)
+	for i := uint64(0); i < 40; i++ { // more than one Pages packet
+		if err := heap.SetPage(i*1, page(byte(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stable := state.NewPageMap(state.WasmPageSize)
+	_ = stable.SetPage(15, page(7))
+	in := testInput()
+	q := &ExecRequest{Module: [32]byte{1}, RunStart: true, HasGlobals: true, Globals: []state.Global{{Type: state.GlobalI64, Bits: 5}}, Input: in}
+	errc := make(chan error, 1)
+	go func() { errc <- host.SendExecute(42, q, heap, stable) }()
+	r, err := sb.NextRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindExecute || r.ID != 42 || r.Exec.Module != q.Module || !r.Exec.RunStart || !r.Exec.HasHeap {
+		t.Fatalf("header: %+v", r.Exec)
+	}
+	if !reflect.DeepEqual(r.Exec.Globals, q.Globals) {
+		t.Fatalf("globals %v", r.Exec.Globals)
+	}
+	got := r.Exec.Input
+	got.Stable = nil
+	if !reflect.DeepEqual(got, in) {
+		t.Fatalf("input differs:\n%+v\n%+v", got, in)
+	}
+	if r.Heap.Size() != heap.Size() || !reflect.DeepEqual(r.Heap.StoredPages(), heap.StoredPages()) || *r.Heap.Page(39) != *heap.Page(39) {
+		t.Fatal("heap differs")
+	}
+	if r.Stable.Size() != stable.Size() || *r.Stable.Page(15) != *stable.Page(15) {
+		t.Fatal("stable differs")
+	}
+	// nil heap and nil data certificate survive too.
+	in.DataCertificate = nil
+	q = &ExecRequest{Input: in}
+	go func() { errc <- host.SendExecute(43, q, nil, state.NewPageMap(0)) }()
+	if r, err = sb.NextRequest(); err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	if r.Heap != nil || r.Exec.HasGlobals || r.Exec.Input.DataCertificate != nil {
+		t.Fatalf("nil fields: %+v", r.Exec)
+	}
+
+	// The answer, validated.
+	out := testOutput()
+	go func() { errc <- sb.SendOutput(42, out) }()
+	got2, err := host.AwaitOutput(testExpect(42), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !Equal(got2, out) || !reflect.DeepEqual(got2.Calls, out.Calls) || !reflect.DeepEqual(got2.Globals, out.Globals) {
+		t.Fatalf("output differs:\n%+v\n%+v", got2, out)
+	}
+}
+
+func TestOtherMessagesRoundTrip(t *testing.T) {
+	host, sb := pair(t)
+	errc := make(chan error, 8)
+	// Ready with a log line before it.
+	go func() {
+		errc <- sb.SendLog(0, LogWarn, "hello\nworld\x00")
+		errc <- sb.Send(&Msg{Kind: KindReady, Body: EncodeReady(ModeCanister)})
+	}()
+	var lines []LogLine
+	if err := host.AwaitReady(ModeCanister, func(l LogLine) { lines = append(lines, l) }); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(lines) != 1 || lines[0].Text != "hello world\uFFFD" || lines[0].Level != LogWarn {
+		t.Fatalf("log lines %+v", lines)
+	}
+	// Compile → Compiled, with a body over several packets.
+	wasm := bytes.Repeat([]byte{0xab}, 3*MaxPacket+17)
+	lim := engine.DefaultModuleLimits()
+	go func() {
+		errc <- host.Send(&Msg{Kind: KindCompile, ID: 5, Body: EncodeCompile(&CompileRequest{Limits: lim, Wasm: wasm})})
+	}()
+	r, err := sb.NextRequest()
+	if err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindCompile || !bytes.Equal(r.Compile.Wasm, wasm) || r.Compile.Limits != lim {
+		t.Fatal("compile request differs")
+	}
+	comp := &Compiled{
+		Info: engine.Info{Memory64: true, HasInit: true, HasStart: true, CandidService: "service : {}", NumGlobals: 2,
+			Methods: map[string]engine.MethodKind{"inc": engine.UpdateMethod, "get": engine.QueryMethod, "cq": engine.CompositeQueryMethod}},
+		GlobalTypes: []state.GlobalType{state.GlobalI32, 0},
+		Artifact:    bytes.Repeat([]byte{1}, 2*MaxPacket),
+	}
+	go func() { errc <- sb.Send(&Msg{Kind: KindCompiled, ID: 5, Body: EncodeCompiled(comp)}) }()
+	got, err := host.AwaitCompiled(5, lim, len(wasm), 1<<30, nil)
+	if err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, comp) {
+		t.Fatalf("compiled differs:\n%+v\n%+v", got, comp)
+	}
+	// Load with a descriptor → Loaded.
+	f, err := os.CreateTemp(t.TempDir(), "art")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	go func() {
+		errc <- host.Send(&Msg{Kind: KindLoad, ID: 6, Body: EncodeHash([32]byte{9}), Files: []*os.File{f}})
+	}()
+	if r, err = sb.NextRequest(); err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindLoad || r.Hash != [32]byte{9} || r.File == nil {
+		t.Fatalf("load: %+v", r)
+	}
+	r.File.Close()
+	go func() { errc <- sb.Send(&Msg{Kind: KindLoaded, ID: 6, Body: EncodeHash([32]byte{9})}) }()
+	if err := host.AwaitLoaded(6, [32]byte{9}, nil); err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	// Error answers come back as *RemoteError.
+	go func() { errc <- sb.SendError(7, ErrInvalidModule, "bad\x1b[31m module") }()
+	err = host.AwaitPong(7, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != ErrInvalidModule || re.Message != "bad\uFFFD[31m module" {
+		t.Fatalf("remote error: %v", err)
+	}
+	<-errc
+}
+
+// raw sends raw packets as a hostile sandbox would.
+func raw(t *testing.T, c *Conn, pkts ...[]byte) {
+	t.Helper()
+	for _, p := range pkts {
+		if _, _, err := c.Raw().WriteMsgUnix(p, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func hdr(k Kind, nfds uint32, id, length uint64, body []byte) []byte {
+	b := make([]byte, HeaderSize, HeaderSize+len(body))
+	putHeader(b, k, nfds, id, length)
+	return append(b, body...)
+}
+
+func wantViolation(t *testing.T, err error, kind ViolationKind) {
+	t.Helper()
+	var v *Violation
+	if !errors.As(err, &v) {
+		t.Fatalf("want a %s violation, got %v", kind, err)
+	}
+	if v.Kind != kind {
+		t.Fatalf("want a %s violation, got %v", kind, v)
+	}
+	t.Logf("%v", v)
+}
+
+var outAccept = Accept{KindOutput: {MaxBody: 1 << 20}, KindLog: {MaxBody: 100}}
+
+func TestFraming(t *testing.T) {
+	cases := []struct {
+		name string
+		pkts [][]byte
+		want ViolationKind
+	}{
+		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")}, VFraming},
+		{"short", [][]byte{{0x84, 1, 0}}, VFraming},
+		{"version", [][]byte{func() []byte { b := hdr(KindOutput, 0, 1, 0, nil); b[1] = 9; return b }()}, VFraming},
+		{"reserved", [][]byte{func() []byte { b := hdr(KindOutput, 0, 1, 0, nil); b[3] = 1; return b }()}, VFraming},
+		{"unknown kind", [][]byte{hdr(0x99, 0, 1, 0, nil)}, VUnknownKind},
+		{"host kind from sandbox", [][]byte{hdr(KindCompile, 0, 1, 0, nil)}, VUnexpected},
+		{"length 2^63", [][]byte{hdr(KindOutput, 0, 1, 1<<63, []byte{1, 2, 3})}, VSize},
+		{"length max", [][]byte{hdr(KindOutput, 0, 1, math.MaxUint64, nil)}, VSize},
+		{"body longer than declared", [][]byte{hdr(KindOutput, 0, 1, 2, []byte{1, 2, 3})}, VFraming},
+		{"single-packet kind split", [][]byte{hdr(KindLog, 0, 1, 50, []byte{1, 2, 3})}, VFraming},
+		{"lone continuation", [][]byte{hdr(KindCont, 0, 1, 0, []byte{1})}, VFraming},
+		{"continuation wrong offset", [][]byte{hdr(KindOutput, 0, 1, 10, []byte{1, 2}), hdr(KindCont, 0, 1, 3, []byte{3})}, VFraming},
+		{"continuation wrong id", [][]byte{hdr(KindOutput, 0, 1, 10, []byte{1, 2}), hdr(KindCont, 0, 2, 2, []byte{3})}, VFraming},
+		{"continuation too long", [][]byte{hdr(KindOutput, 0, 1, 3, []byte{1, 2}), hdr(KindCont, 0, 1, 2, []byte{3, 4})}, VFraming},
+		{"empty continuation", [][]byte{hdr(KindOutput, 0, 1, 3, []byte{1, 2}), hdr(KindCont, 0, 1, 2, nil)}, VFraming},
+		{"other message inside", [][]byte{hdr(KindOutput, 0, 1, 3, []byte{1, 2}), hdr(KindLog, 0, 1, 0, nil)}, VFraming},
+		{"fds declared not sent", [][]byte{hdr(KindOutput, 1, 1, 0, nil)}, VDescriptors},
+		{"oversize packet", [][]byte{make([]byte, MaxPacket+1)}, VFraming},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			host, sb := pair(t)
+			raw(t, sb, tc.pkts...)
+			_, err := host.Recv(outAccept)
+			wantViolation(t, err, tc.want)
+		})
+	}
+}
+
+func TestTruncatedThenEOF(t *testing.T) {
+	host, sb := pair(t)
+	raw(t, sb, hdr(KindOutput, 0, 1, 1000, []byte{1, 2, 3}))
+	sb.Raw().Close()
+	_, err := host.Recv(outAccept)
+	wantViolation(t, err, VFraming)
+	if !strings.Contains(err.Error(), "closed after 3 of 1000") {
+		t.Fatal(err)
+	}
+	// And a clean EOF is ErrClosed.
+	host2, sb2 := pair(t)
+	sb2.Raw().Close()
+	if _, err := host2.Recv(outAccept); !errors.Is(err, ErrClosed) {
+		t.Fatalf("EOF: %v", err)
+	}
+}
+
+func TestCutThenSilence(t *testing.T) {
+	host, sb := pair(t)
+	raw(t, sb, hdr(KindOutput, 0, 1, 1000, []byte{1, 2, 3}))
+	host.Raw().SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, err := host.Recv(outAccept)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("want a timeout, got %v", err)
+	}
+}
+
+func openFDs(t testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Descriptors from a sandbox are refused and closed, however many it sends.
+func TestDescriptorsRefused(t *testing.T) {
+	host, sb := pair(t)
+	before := openFDs(t)
+	f, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fds := make([]int, 250)
+	for i := range fds {
+		fds[i] = int(f.Fd())
+	}
+	for i := 0; i < 20; i++ { // 5000 descriptors in all
+		if _, _, err := sb.Raw().WriteMsgUnix(hdr(KindOutput, 250, 1, 0, nil), unix.UnixRights(fds...), nil); err != nil {
+			t.Fatal(err)
+		}
+		_, err := host.Recv(outAccept)
+		wantViolation(t, err, VDescriptors)
+	}
+	// One descriptor, declared, on a kind that takes none.
+	if _, _, err := sb.Raw().WriteMsgUnix(hdr(KindOutput, 1, 1, 0, nil), unix.UnixRights(int(f.Fd())), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = host.Recv(outAccept)
+	wantViolation(t, err, VDescriptors)
+	if after := openFDs(t); after != before+1 { // +1: f
+		t.Fatalf("descriptors leaked: %d before, %d after", before, after)
+	}
+}
+
+func TestPagesStream(t *testing.T) {
+	mk := func(mem Memory, idx ...uint64) []byte {
+		b := []byte{byte(mem)}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(idx)))
+		for _, i := range idx {
+			b = binary.LittleEndian.AppendUint64(b, i)
+			b = append(b, make([]byte, state.PageSize)...)
+		}
+		return hdr(KindPages, 0, 1, uint64(len(b)), b)
+	}
+	cases := []struct {
+		name  string
+		pkts  [][]byte
+		count uint64
+		want  ViolationKind
+	}{
+		{"out of range", [][]byte{mk(HeapMemory, 16)}, 1, VMemory},
+		{"duplicate", [][]byte{mk(HeapMemory, 2, 2)}, 2, VMemory},
+		{"duplicate across packets", [][]byte{mk(HeapMemory, 2), mk(HeapMemory, 2)}, 2, VMemory},
+		{"decreasing", [][]byte{mk(HeapMemory, 3, 1)}, 2, VMemory},
+		{"too many", [][]byte{mk(HeapMemory, 1, 2, 3)}, 2, VMemory},
+		{"wrong memory", [][]byte{mk(StableMemory, 1)}, 1, VMemory},
+		{"empty packet", [][]byte{mk(HeapMemory)}, 1, VMemory},
+		{"wrong id", [][]byte{func() []byte { b := mk(HeapMemory, 1); b[8] = 2; return b }()}, 1, VID},
+		{"other kind", [][]byte{hdr(KindLog, 0, 1, 0, nil)}, 1, VUnexpected},
+		{"short page", [][]byte{func() []byte {
+			b := mk(HeapMemory, 1)
+			b = b[:len(b)-1]
+			putHeader(b, KindPages, 0, 1, uint64(len(b)-HeaderSize))
+			return b
+		}()}, 1, VFraming},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			host, sb := pair(t)
+			raw(t, sb, tc.pkts...)
+			err := host.RecvPages(1, HeapMemory, tc.count, 16, func(state.DirtyPage) error { return nil })
+			wantViolation(t, err, tc.want)
+		})
+	}
+}
+
+func TestValidateOutput(t *testing.T) {
+	ok := testOutput()
+	if err := ValidateOutput(testExpect(1), ok); err != nil {
+		t.Fatalf("valid output refused: %v", err)
+	}
+	cases := []struct {
+		name string
+		mod  func(e *Expect, o *sysapi.Output)
+		want ViolationKind
+	}{
+		{"instructions over limit", func(e *Expect, o *sysapi.Output) { o.Instructions = e.Limits.Instructions + 1 }, VInstructions},
+		{"heap over limit", func(e *Expect, o *sysapi.Output) { o.Heap.Size = e.Limits.HeapBytes + state.WasmPageSize }, VMemory},
+		{"heap not 64K", func(e *Expect, o *sysapi.Output) { o.Heap.Size += 4096 }, VMemory},
+		{"heap shrank", func(e *Expect, o *sysapi.Output) { e.HeapSize = 4 * state.WasmPageSize }, VMemory},
+		{"heap size 0 with pages (audit)", func(e *Expect, o *sysapi.Output) { e.HeapSize = 0; o.Heap.Size = 0 }, VMemory},
+		{"dirty page out of range", func(e *Expect, o *sysapi.Output) { o.Heap.Pages[1].Index = 32 }, VMemory},
+		{"duplicate pages", func(e *Expect, o *sysapi.Output) { o.Heap.Pages[1].Index = 0 }, VMemory},
+		{"stable over limit", func(e *Expect, o *sysapi.Output) { o.Stable.Size = e.Limits.StableBytes + state.WasmPageSize }, VMemory},
+		{"minted cycles", func(e *Expect, o *sysapi.Output) { o.CyclesBurned = cycles.New(2_000_000) }, VCycles},
+		{"accept more than available (audit)", func(e *Expect, o *sysapi.Output) { o.CyclesAccepted = cycles.New(501) }, VCycles},
+		{"sent differs from calls", func(e *Expect, o *sysapi.Output) { o.CyclesSent = cycles.New(0) }, VCycles},
+		{"call cycles overflow", func(e *Expect, o *sysapi.Output) {
+			o.Calls = append(o.Calls, o.Calls[0])
+			o.Calls[1].Cycles = cycles.Max
+		}, VCycles},
+		{"reply and reject", func(e *Expect, o *sysapi.Output) { o.RejectMessage = "no" }, VResponse},
+		{"reject with reply bytes", func(e *Expect, o *sysapi.Output) { o.Response = sysapi.Rejected }, VResponse},
+		{"reply too big", func(e *Expect, o *sysapi.Output) { e.Limits.ReplyBytes = 3 }, VResponse},
+		{"reply in init", func(e *Expect, o *sysapi.Output) {
+			e.Context = sysapi.CtxInit
+			o.Calls, o.CyclesSent = nil, cycles.Amount{}
+		}, VResponse},
+		{"accept_message outside inspect", func(e *Expect, o *sysapi.Output) { o.Accepted = true }, VResponse},
+		{"too many calls", func(e *Expect, o *sysapi.Output) { e.Limits.MaxOutgoing = 0 }, VCalls},
+		{"long callee", func(e *Expect, o *sysapi.Output) { o.Calls[0].Callee = make([]byte, 30) }, VCalls},
+		{"callback beyond 32 bits", func(e *Expect, o *sysapi.Output) { o.Calls[0].OnReply.Fun = 1 << 32 }, VCalls},
+		{"certified data 33 bytes", func(e *Expect, o *sysapi.Output) { o.CertifiedData = make([]byte, 33) }, VCertifiedData},
+		{"certified data without flag", func(e *Expect, o *sysapi.Output) { o.CertifiedDataSet = false }, VCertifiedData},
+		{"timer without flag", func(e *Expect, o *sysapi.Output) { o.GlobalTimerSet = false }, VTimer},
+		{"globals count", func(e *Expect, o *sysapi.Output) { o.Globals = o.Globals[:1] }, VGlobals},
+		{"globals type", func(e *Expect, o *sysapi.Output) { o.Globals[1].Type = state.GlobalI64 }, VGlobals},
+		{"log flood", func(e *Expect, o *sysapi.Output) {
+			o.Logs = make([]sysapi.LogLine, 6)
+		}, VLogs},
+		{"log line too long", func(e *Expect, o *sysapi.Output) { o.Logs[0].Text = strings.Repeat("x", 301) }, VLogs},
+		{"log not utf8", func(e *Expect, o *sysapi.Output) { o.Logs[0].Text = "\xff" }, VLogs},
+		{"query with state", func(e *Expect, o *sysapi.Output) { e.Context = sysapi.CtxNonReplicatedQuery }, VQueryState},
+		{"trapped with state", func(e *Expect, o *sysapi.Output) { o.Trapped, o.TrapMessage = true, "x" }, VTrapState},
+		{"trap message without trap", func(e *Expect, o *sysapi.Output) { o.TrapMessage = "x" }, VDecode},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e, o := testExpect(1), testOutput()
+			tc.mod(e, o)
+			wantViolation(t, ValidateOutput(e, o), tc.want)
+		})
+	}
+	// A normalized query output and a trap pass.
+	q := testOutput()
+	q.Calls, q.CyclesSent = nil, cycles.Amount{}
+	Normalize(sysapi.CtxNonReplicatedQuery, q)
+	e := testExpect(1)
+	e.Context = sysapi.CtxNonReplicatedQuery
+	if err := ValidateOutput(e, q); err != nil {
+		t.Fatalf("normalized query: %v", err)
+	}
+	// A composite query reports its memory (the host carries it to the
+	// query's callbacks), but never cycles, certified data or timers.
+	cq := testOutput()
+	cq.Calls, cq.CyclesSent = nil, cycles.Amount{}
+	Normalize(sysapi.CtxCompositeQuery, cq)
+	e.Context = sysapi.CtxCompositeQuery
+	if err := ValidateOutput(e, cq); err != nil || len(cq.Heap.Pages) == 0 {
+		t.Fatalf("normalized composite query: %v", err)
+	}
+	cq.CertifiedDataSet, cq.CertifiedData = true, []byte{1}
+	wantViolation(t, ValidateOutput(e, cq), VQueryState)
+	tr := &sysapi.Output{Instructions: 5, Trapped: true, TrapMessage: "boom", Logs: []sysapi.LogLine{{Text: "x"}}}
+	if err := ValidateOutput(testExpect(1), tr); err != nil {
+		t.Fatalf("trap: %v", err)
+	}
+}
+
+func TestValidateCompiled(t *testing.T) {
+	lim := engine.DefaultModuleLimits()
+	good := func() *Compiled {
+		return &Compiled{Info: engine.Info{Methods: map[string]engine.MethodKind{"a": engine.UpdateMethod}, NumGlobals: 1},
+			GlobalTypes: []state.GlobalType{state.GlobalI32}, Artifact: []byte{1}}
+	}
+	if err := ValidateCompiled(lim, 100, 10, good()); err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(c *Compiled){
+		"too many methods": func(c *Compiled) {
+			for i := 0; i <= lim.MaxMethods; i++ {
+				c.Info.Methods[strings.Repeat("m", i%50)+string(rune('a'+i%26))+string(rune(i))] = engine.QueryMethod
+			}
+		},
+		"names longer than module": func(c *Compiled) { c.Info.Methods[strings.Repeat("x", 100)] = engine.UpdateMethod },
+		"name not utf8":            func(c *Compiled) { c.Info.Methods["\xff"] = engine.UpdateMethod },
+		"bad kind":                 func(c *Compiled) { c.Info.Methods["b"] = engine.NoMethod },
+		"candid too long":          func(c *Compiled) { c.Info.CandidService = strings.Repeat("s", 101) },
+		"globals mismatch":         func(c *Compiled) { c.Info.NumGlobals = 2 },
+		"empty artifact":           func(c *Compiled) { c.Artifact = nil },
+		"big artifact":             func(c *Compiled) { c.Artifact = make([]byte, 11) },
+	} {
+		c := good()
+		mod(c)
+		if err := ValidateCompiled(lim, 100, 10, c); err == nil {
+			t.Fatalf("%s: accepted", name)
+		}
+	}
+}
+
+// Log floods, replies to requests never made, and replies out of order.
+func TestAwaitRules(t *testing.T) {
+	t.Run("log flood", func(t *testing.T) {
+		host, sb := pair(t)
+		go func() {
+			for i := 0; i < MaxLogsPerExec+5; i++ {
+				if sb.SendLog(1, LogInfo, "spam %d", i) != nil {
+					return
+				}
+			}
+		}()
+		_, err := host.AwaitOutput(testExpect(1), nil)
+		wantViolation(t, err, VLogs)
+	})
+	t.Run("reply to a request never made", func(t *testing.T) {
+		host, sb := pair(t)
+		go sb.SendOutput(77, testOutput())
+		_, err := host.AwaitOutput(testExpect(1), nil)
+		wantViolation(t, err, VID)
+	})
+	t.Run("wrong kind", func(t *testing.T) {
+		host, sb := pair(t)
+		go sb.Send(&Msg{Kind: KindPong, ID: 1})
+		_, err := host.AwaitOutput(testExpect(1), nil)
+		wantViolation(t, err, VUnexpected)
+	})
+	t.Run("pages of another request", func(t *testing.T) {
+		host, sb := pair(t)
+		go func() {
+			out := testOutput()
+			sb.Send(&Msg{Kind: KindOutput, ID: 1, Body: EncodeOutput(out)})
+			sb.SendPages(2, HeapMemory, out.Heap.Pages)
+		}()
+		_, err := host.AwaitOutput(testExpect(1), nil)
+		wantViolation(t, err, VID)
+	})
+}

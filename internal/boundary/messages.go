@@ -1,0 +1,377 @@
+package boundary
+
+import (
+	"math"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
+)
+
+// Mode is what a sandbox process does.
+type Mode uint8
+
+// Sandbox modes.
+const (
+	ModeCompile  Mode = 1 // parse, instrument and compile modules
+	ModeCanister Mode = 2 // run one canister's executions
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeCompile:
+		return "compile"
+	case ModeCanister:
+		return "canister"
+	}
+	return "unknown"
+}
+
+// ParseMode maps the sandbox's first argument to a mode.
+func ParseMode(s string) (Mode, bool) {
+	switch s {
+	case "compile":
+		return ModeCompile, true
+	case "canister":
+		return ModeCanister, true
+	}
+	return 0, false
+}
+
+// Memory names one of a canister's memories in a Pages packet.
+type Memory uint8
+
+// The memories.
+const (
+	HeapMemory   Memory = 1
+	StableMemory Memory = 2
+)
+
+func (m Memory) String() string {
+	switch m {
+	case HeapMemory:
+		return "heap"
+	case StableMemory:
+		return "stable memory"
+	}
+	return "unknown memory"
+}
+
+// HeapInline is the only memory source of this version: pages travel in
+// Pages packets after the request. (A later version adds memfd mappings.)
+const HeapInline uint8 = 0
+
+// Caps of structural decoding. Semantic limits are tighter and come from
+// the request.
+const (
+	MaxTrapMessage = 64 << 10 // longest trap message accepted
+	MaxLogText     = 4 << 10  // longest diagnostic line (Log)
+	MaxErrorText   = 4 << 10  // longest error message (Error)
+	MaxLogsPerExec = 64       // Log messages a sandbox may send per request
+	// MaxRequestBody bounds host requests as the worker decodes them.
+	MaxRequestBody = 1 << 30
+)
+
+// ---- Ready -----------------------------------------------------------------
+
+// EncodeReady encodes Ready: u32 version, u8 mode.
+func EncodeReady(m Mode) []byte {
+	w := &writer{}
+	w.u32(Version)
+	w.u8(uint8(m))
+	return w.b
+}
+
+// DecodeReady decodes Ready.
+func DecodeReady(b []byte) (uint32, Mode, error) {
+	r := &reader{b: b}
+	v := r.u32("version")
+	m := Mode(r.u8("mode"))
+	if err := r.done("ready"); err != nil {
+		return 0, 0, err
+	}
+	if m != ModeCompile && m != ModeCanister {
+		return 0, 0, violation(VDecode, "ready: unknown mode %d", m)
+	}
+	return v, m, nil
+}
+
+// ---- Compile ---------------------------------------------------------------
+
+// CompileRequest asks a compiler sandbox to compile a module.
+type CompileRequest struct {
+	Limits engine.ModuleLimits
+	Wasm   []byte
+}
+
+// EncodeCompile encodes a CompileRequest: u64 max bytes, max methods, max
+// globals, max functions; bytes wasm.
+func EncodeCompile(c *CompileRequest) []byte {
+	w := &writer{b: make([]byte, 0, 48+len(c.Wasm))}
+	w.count(c.Limits.MaxBytes)
+	w.count(c.Limits.MaxMethods)
+	w.count(c.Limits.MaxGlobals)
+	w.count(c.Limits.MaxFunctions)
+	w.bytes(c.Wasm)
+	return w.b
+}
+
+// DecodeCompile decodes a CompileRequest.
+func DecodeCompile(b []byte) (*CompileRequest, error) {
+	r := &reader{b: b}
+	lim := func(what string) int {
+		v := r.u64(what)
+		if v > math.MaxInt32 {
+			r.fail("%s: %d", what, v)
+		}
+		return int(v)
+	}
+	c := &CompileRequest{}
+	c.Limits.MaxBytes = lim("max bytes")
+	c.Limits.MaxMethods = lim("max methods")
+	c.Limits.MaxGlobals = lim("max globals")
+	c.Limits.MaxFunctions = lim("max functions")
+	c.Wasm = r.bytes(math.MaxUint64, "wasm")
+	if err := r.done("compile"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ---- Compiled --------------------------------------------------------------
+
+// Compiled is a compiler sandbox's answer: what the module exports, the
+// types of its globals, and the artifact (engine.Module.Serialize).
+type Compiled struct {
+	Info        engine.Info // Hash and Size are set by the host, never taken from here
+	GlobalTypes []state.GlobalType
+	Artifact    []byte
+}
+
+// EncodeCompiled encodes Compiled: 10 booleans (memory64, init, pre_upgrade,
+// post_upgrade, inspect, heartbeat, global_timer, low_wasm_memory, start,
+// enhanced orthogonal persistence); str candid service; u64 method count,
+// then per method u8 kind, str name (sorted); u64 global count, then u8
+// type each; bytes artifact.
+func EncodeCompiled(c *Compiled) []byte {
+	w := &writer{b: make([]byte, 0, 1024+len(c.Artifact)+len(c.Info.CandidService))}
+	in := &c.Info
+	for _, v := range []bool{in.Memory64, in.HasInit, in.HasPreUpgrade, in.HasPostUpgrade, in.HasInspect,
+		in.HasHeartbeat, in.HasGlobalTimer, in.HasLowWasmMemory, in.HasStart, in.EnhancedOrthogonalPersistence} {
+		w.bool(v)
+	}
+	w.str(in.CandidService)
+	var names []string
+	for _, k := range []engine.MethodKind{engine.UpdateMethod, engine.QueryMethod, engine.CompositeQueryMethod} {
+		names = append(names, in.MethodNames(k)...)
+	}
+	w.count(len(names))
+	for _, n := range names {
+		w.u8(uint8(in.Methods[n]))
+		w.str(n)
+	}
+	w.count(len(c.GlobalTypes))
+	for _, t := range c.GlobalTypes {
+		w.u8(uint8(t))
+	}
+	w.bytes(c.Artifact)
+	return w.b
+}
+
+// DecodeCompiled decodes Compiled structurally: method kinds and global
+// types from their allowlists, no duplicate method names. The counts are
+// checked against the limits by ValidateCompiled.
+func DecodeCompiled(b []byte) (*Compiled, error) {
+	r := &reader{b: b}
+	c := &Compiled{}
+	in := &c.Info
+	for _, p := range []*bool{&in.Memory64, &in.HasInit, &in.HasPreUpgrade, &in.HasPostUpgrade, &in.HasInspect,
+		&in.HasHeartbeat, &in.HasGlobalTimer, &in.HasLowWasmMemory, &in.HasStart, &in.EnhancedOrthogonalPersistence} {
+		*p = r.bool("info flag")
+	}
+	in.CandidService = r.str(math.MaxUint64, "candid service")
+	n := r.count(math.MaxInt32, 9, "methods")
+	in.Methods = make(map[string]engine.MethodKind, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		k := engine.MethodKind(r.u8("method kind"))
+		name := r.str(math.MaxUint64, "method name")
+		if r.err != nil {
+			break
+		}
+		switch k {
+		case engine.UpdateMethod, engine.QueryMethod, engine.CompositeQueryMethod:
+		default:
+			r.fail("method %q: kind %d", truncate(name), k)
+		}
+		if _, dup := in.Methods[name]; dup {
+			r.fail("method %q listed twice", truncate(name))
+		}
+		in.Methods[name] = k
+	}
+	g := r.count(math.MaxInt32, 1, "globals")
+	c.GlobalTypes = make([]state.GlobalType, 0, g)
+	for i := 0; i < g && r.err == nil; i++ {
+		t := state.GlobalType(r.u8("global type"))
+		if t > state.GlobalF64 { // 0 is "not persisted" (immutable, other type)
+			r.fail("global %d: type %d", i, t)
+		}
+		c.GlobalTypes = append(c.GlobalTypes, t)
+	}
+	in.NumGlobals = len(c.GlobalTypes)
+	c.Artifact = r.bytes(math.MaxUint64, "artifact")
+	if err := r.done("compiled"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ---- Load / Loaded ---------------------------------------------------------
+
+// EncodeHash encodes Load and Loaded: the 32-byte module hash.
+func EncodeHash(h [32]byte) []byte { return append([]byte(nil), h[:]...) }
+
+// DecodeHash decodes Load and Loaded.
+func DecodeHash(b []byte) ([32]byte, error) {
+	var h [32]byte
+	r := &reader{b: b}
+	copy(h[:], r.take(32, "module hash"))
+	if err := r.done("hash"); err != nil {
+		return h, err
+	}
+	return h, nil
+}
+
+// ---- Log / Error -----------------------------------------------------------
+
+// LogLevel is the severity of a sandbox's diagnostic line.
+type LogLevel uint8
+
+// Log levels.
+const (
+	LogDebug LogLevel = 0
+	LogInfo  LogLevel = 1
+	LogWarn  LogLevel = 2
+	LogError LogLevel = 3
+)
+
+// LogLine is a sandbox's diagnostic line (not a canister's debug_print,
+// which is part of the Output).
+type LogLine struct {
+	Level LogLevel
+	Text  string
+}
+
+// EncodeLog encodes Log: u8 level, str text.
+func EncodeLog(l LogLine) []byte {
+	w := &writer{}
+	w.u8(uint8(l.Level))
+	w.str(clip(l.Text, MaxLogText))
+	return w.b
+}
+
+// DecodeLog decodes Log; the text is made printable (valid UTF-8, no
+// control characters) because it ends up in the host's logs.
+func DecodeLog(b []byte) (LogLine, error) {
+	r := &reader{b: b}
+	l := LogLine{Level: LogLevel(r.u8("level"))}
+	l.Text = r.str(MaxLogText, "text")
+	if err := r.done("log"); err != nil {
+		return LogLine{}, err
+	}
+	if l.Level > LogError {
+		return LogLine{}, violation(VDecode, "log level %d", l.Level)
+	}
+	l.Text = Printable(l.Text)
+	return l, nil
+}
+
+// ErrorCode says why a sandbox could not do what it was asked.
+type ErrorCode uint8
+
+// Error codes.
+const (
+	ErrInternal      ErrorCode = 1 // the sandbox failed (engine error, bug)
+	ErrInvalidModule ErrorCode = 2 // the module was refused by validation or compilation
+	ErrBadRequest    ErrorCode = 3 // the request could not be decoded or does not fit the state
+	ErrArtifact      ErrorCode = 4 // the artifact could not be loaded (stale or damaged)
+)
+
+func (c ErrorCode) String() string {
+	switch c {
+	case ErrInternal:
+		return "internal error"
+	case ErrInvalidModule:
+		return "invalid module"
+	case ErrBadRequest:
+		return "bad request"
+	case ErrArtifact:
+		return "artifact"
+	}
+	return "unknown error"
+}
+
+// RemoteError is an Error message: the sandbox reports it could not carry
+// out the request. Its text is the sandbox's and only informative.
+type RemoteError struct {
+	Code    ErrorCode
+	Message string
+}
+
+func (e *RemoteError) Error() string { return "sandbox: " + e.Code.String() + ": " + e.Message }
+
+// EncodeError encodes Error: u8 code, str message.
+func EncodeError(e *RemoteError) []byte {
+	w := &writer{}
+	w.u8(uint8(e.Code))
+	w.str(clip(e.Message, MaxErrorText))
+	return w.b
+}
+
+// DecodeError decodes Error.
+func DecodeError(b []byte) (*RemoteError, error) {
+	r := &reader{b: b}
+	e := &RemoteError{Code: ErrorCode(r.u8("code"))}
+	e.Message = r.str(MaxErrorText, "message")
+	if err := r.done("error"); err != nil {
+		return nil, err
+	}
+	if e.Code < ErrInternal || e.Code > ErrArtifact {
+		return nil, violation(VDecode, "error code %d", e.Code)
+	}
+	e.Message = Printable(e.Message)
+	return e, nil
+}
+
+// clip shortens s to at most n bytes, cutting at a rune boundary.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// Printable returns s as valid UTF-8 without control characters (newlines
+// and tabs become spaces), for logs and error messages.
+func Printable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\t' || r == '\r':
+			return ' '
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return Printable(clip(s, 64)) + "…"
+	}
+	return Printable(s)
+}

@@ -1,0 +1,280 @@
+package boundary
+
+import (
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// ---- host side -------------------------------------------------------------
+
+// LogFunc receives a sandbox's diagnostic lines.
+type LogFunc func(LogLine)
+
+var (
+	logLimit   = Limit{MaxBody: 9 + MaxLogText}
+	errorLimit = Limit{MaxBody: 9 + MaxErrorText}
+)
+
+// await receives the answer to request id: Log lines (at most
+// MaxLogsPerExec, passed to onLog) until a message of another accepted kind,
+// which must carry id. An Error answer is returned as *RemoteError.
+func (c *Conn) await(id uint64, accept Accept, onLog LogFunc) (*Msg, error) {
+	accept[KindLog] = logLimit
+	accept[KindError] = errorLimit
+	logs := 0
+	for {
+		m, err := c.Recv(accept)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case m.Kind == KindLog:
+			if m.ID != id && m.ID != 0 {
+				return nil, violation(VID, "log line for request %d during request %d", m.ID, id)
+			}
+			if logs++; logs > MaxLogsPerExec {
+				return nil, violation(VLogs, "more than %d log messages for one request", MaxLogsPerExec)
+			}
+			l, err := DecodeLog(m.Body)
+			if err != nil {
+				return nil, err
+			}
+			if onLog != nil {
+				onLog(l)
+			}
+			continue
+		case m.ID != id:
+			m.CloseFiles()
+			return nil, violation(VID, "%s for request %d during request %d", m.Kind, m.ID, id)
+		case m.Kind == KindError:
+			e, err := DecodeError(m.Body)
+			if err != nil {
+				return nil, err
+			}
+			return nil, e
+		}
+		return m, nil
+	}
+}
+
+// AwaitReady waits for a new sandbox's Ready and checks its version and mode.
+func (c *Conn) AwaitReady(mode Mode, onLog LogFunc) error {
+	m, err := c.await(0, Accept{KindReady: {MaxBody: 5}}, onLog)
+	if err != nil {
+		return err
+	}
+	v, got, err := DecodeReady(m.Body)
+	if err != nil {
+		return err
+	}
+	if v != Version || got != mode {
+		return violation(VUnexpected, "sandbox speaks version %d in %s mode, want version %d in %s mode", v, got, Version, mode)
+	}
+	return nil
+}
+
+// AwaitCompiled waits for the answer to Compile request id and validates it.
+func (c *Conn) AwaitCompiled(id uint64, lim engine.ModuleLimits, wasmSize int, maxArtifact uint64, onLog LogFunc) (*Compiled, error) {
+	// Flags, candid service, methods (each kind + length + name), global
+	// types, artifact: all bounded by the module size and maxArtifact.
+	capBytes := satAdd(satAdd(satMul(uint64(wasmSize), 2), satMul(nonNeg(lim.MaxMethods), 9)),
+		satAdd(nonNeg(lim.MaxGlobals), satAdd(maxArtifact, 64)))
+	m, err := c.await(id, Accept{KindCompiled: {MaxBody: capBytes}}, onLog)
+	if err != nil {
+		return nil, err
+	}
+	comp, err := DecodeCompiled(m.Body)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateCompiled(lim, wasmSize, maxArtifact, comp); err != nil {
+		return nil, err
+	}
+	return comp, nil
+}
+
+// AwaitHash waits for a Loaded (or Pong-like hash echo) answer to request id.
+func (c *Conn) AwaitLoaded(id uint64, hash [32]byte, onLog LogFunc) error {
+	m, err := c.await(id, Accept{KindLoaded: {MaxBody: 32}}, onLog)
+	if err != nil {
+		return err
+	}
+	h, err := DecodeHash(m.Body)
+	if err != nil {
+		return err
+	}
+	if h != hash {
+		return violation(VUnexpected, "loaded module %x, asked for %x", h[:8], hash[:8])
+	}
+	return nil
+}
+
+// AwaitPong waits for the Pong answering Ping id.
+func (c *Conn) AwaitPong(id uint64, onLog LogFunc) error {
+	_, err := c.await(id, Accept{KindPong: {MaxBody: 0}}, onLog)
+	return err
+}
+
+// OutputCap is the largest Output header accepted for a request: every
+// field at its limit. Memory pages are not part of it (they are streamed).
+func OutputCap(exp *Expect) uint64 {
+	l := &exp.Limits
+	perCall := satAdd(minCallSize+MaxPrincipalBytes+MaxMethodNameBytes, l.CallArgBytes)
+	perLog := satAdd(9, satMul(nonNeg(l.DebugPrintBytes), 3))
+	c := uint64(4096) + MaxTrapMessage
+	c = satAdd(c, satMul(l.ReplyBytes, 2))
+	c = satAdd(c, satMul(nonNeg(l.MaxOutgoing), perCall))
+	c = satAdd(c, satMul(nonNeg(l.MaxLogLines), perLog))
+	c = satAdd(c, satMul(uint64(len(exp.GlobalTypes)), 9))
+	return min(c, math.MaxInt32*4) // 8 GiB: no request needs more
+}
+
+// AwaitOutput waits for the answer to execution exp.ID, validates it, and
+// receives its pages (validated as they arrive). Only a fully valid output
+// is returned.
+func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
+	m, err := c.await(exp.ID, Accept{KindOutput: {MaxBody: OutputCap(exp)}}, onLog)
+	if err != nil {
+		return nil, err
+	}
+	h, err := DecodeOutput(m.Body)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateHeader(exp, h); err != nil {
+		return nil, err
+	}
+	out := h.Out
+	if err := c.RecvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), func(p state.DirtyPage) error {
+		out.Heap.Pages = append(out.Heap.Pages, p)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := c.RecvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), func(p state.DirtyPage) error {
+		out.Stable.Pages = append(out.Stable.Pages, p)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SendExecute sends an Execute request: the header, then the heap's stored
+// pages and the stable memory's stored pages. heap may be nil (the module's
+// initial memory); q's memory fields are ignored and taken from heap and
+// stable.
+func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.PageMap) error {
+	q := *req
+	var heapPages, stablePages []state.DirtyPage
+	q.HasHeap = heap != nil
+	q.HeapSize, q.HeapPages = 0, 0
+	if heap != nil {
+		heapPages = PagesOf(heap)
+		q.HeapSize, q.HeapPages = heap.Size(), uint64(len(heapPages))
+	}
+	stablePages = PagesOf(stable)
+	q.StableSize, q.StablePages = stable.Size(), uint64(len(stablePages))
+	q.HeapSource = HeapInline
+	if err := c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q)}); err != nil {
+		return err
+	}
+	if err := c.SendPages(id, HeapMemory, heapPages); err != nil {
+		return err
+	}
+	return c.SendPages(id, StableMemory, stablePages)
+}
+
+// ---- sandbox side ------------------------------------------------------------
+
+// Request is a decoded host request, as the sandbox receives it.
+type Request struct {
+	Kind    Kind
+	ID      uint64
+	Compile *CompileRequest // KindCompile
+	Hash    [32]byte        // KindLoad
+	File    *os.File        // KindLoad: the artifact; the receiver closes it
+	Exec    *ExecRequest    // KindExecute
+	Heap    *state.PageMap  // KindExecute: nil if !Exec.HasHeap
+	Stable  *state.PageMap  // KindExecute
+}
+
+var requestAccept = Accept{
+	KindCompile:  {MaxBody: MaxRequestBody},
+	KindLoad:     {MaxBody: 32, FDs: 1},
+	KindExecute:  {MaxBody: MaxRequestBody},
+	KindPing:     {MaxBody: 0},
+	KindShutdown: {MaxBody: 0},
+}
+
+// NextRequest receives the next request from the host.
+func (c *Conn) NextRequest() (*Request, error) {
+	m, err := c.Recv(requestAccept)
+	if err != nil {
+		return nil, err
+	}
+	q := &Request{Kind: m.Kind, ID: m.ID}
+	switch m.Kind {
+	case KindCompile:
+		q.Compile, err = DecodeCompile(m.Body)
+	case KindLoad:
+		q.Hash, err = DecodeHash(m.Body)
+		if err != nil {
+			m.CloseFiles()
+		} else {
+			q.File = m.Files[0]
+		}
+	case KindExecute:
+		if q.Exec, err = DecodeExecute(m.Body); err != nil {
+			return nil, err
+		}
+		if q.Exec.HasHeap {
+			q.Heap = state.NewPageMap(q.Exec.HeapSize)
+			if err := c.recvInto(m.ID, HeapMemory, q.Exec.HeapPages, q.Heap); err != nil {
+				return nil, err
+			}
+		}
+		q.Stable = state.NewPageMap(q.Exec.StableSize)
+		if err := c.recvInto(m.ID, StableMemory, q.Exec.StablePages, q.Stable); err != nil {
+			return nil, err
+		}
+		q.Exec.Input.Stable = q.Stable
+	}
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+func (c *Conn) recvInto(id uint64, mem Memory, count uint64, m *state.PageMap) error {
+	return c.RecvPages(id, mem, count, m.NumPages(), func(p state.DirtyPage) error {
+		return m.SetPage(p.Index, p.Data)
+	})
+}
+
+// SendOutput sends an execution's output: the header, then its dirty heap
+// and stable pages. The caller normalizes it first (Normalize).
+func (c *Conn) SendOutput(id uint64, out *sysapi.Output) error {
+	if err := c.Send(&Msg{Kind: KindOutput, ID: id, Body: EncodeOutput(out)}); err != nil {
+		return err
+	}
+	if err := c.SendPages(id, HeapMemory, out.Heap.Pages); err != nil {
+		return err
+	}
+	return c.SendPages(id, StableMemory, out.Stable.Pages)
+}
+
+// SendError sends an Error answer.
+func (c *Conn) SendError(id uint64, code ErrorCode, format string, args ...any) error {
+	return c.Send(&Msg{Kind: KindError, ID: id, Body: EncodeError(&RemoteError{Code: code, Message: fmt.Sprintf(format, args...)})})
+}
+
+// SendLog sends a diagnostic line.
+func (c *Conn) SendLog(id uint64, level LogLevel, format string, args ...any) error {
+	return c.Send(&Msg{Kind: KindLog, ID: id, Body: EncodeLog(LogLine{Level: level, Text: fmt.Sprintf(format, args...)})})
+}

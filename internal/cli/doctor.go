@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cordon-dev/cordon/internal/sandbox"
+)
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	var output, allowMissing string
+	var strict bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Report which sandbox confinement layers this kernel and user allow",
+		Long: `doctor probes this kernel and user, layer by layer, for what a canister
+sandbox can be confined with: clean environment and fds, session, parent-death
+signal, user/pid/net/mount/ipc/uts/cgroup namespaces, pivot_root into an empty
+root, a cgroup with memory/pids/cpu limits, rlimits, dropped capabilities,
+no_new_privs, Landlock and the seccomp allowlist.
+
+With --strict it exits with an error if any layer is missing, except those
+named in --insecure-allow-missing (as 'cordon serve' would refuse to start
+sandboxes).`,
+		Example: `  cordon doctor
+  cordon doctor --strict --insecure-allow-missing cgroup
+  cordon doctor --output json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			allowed, err := sandbox.ParseLayers(allowMissing)
+			if err != nil {
+				return usageError{err}
+			}
+			r := sandbox.Doctor()
+			if output == "json" {
+				type layer struct {
+					Layer     string `json:"layer"`
+					Available bool   `json:"available"`
+					Detail    string `json:"detail,omitempty"`
+				}
+				out := struct {
+					Kernel   string  `json:"kernel"`
+					Rootless bool    `json:"rootless"`
+					Layers   []layer `json:"layers"`
+				}{Kernel: r.Kernel, Rootless: r.Rootless}
+				for _, l := range r.Layers {
+					out.Layers = append(out.Layers, layer{string(l.Layer), l.Available, l.Detail})
+				}
+				if err := writeJSON(g.stdout, out); err != nil {
+					return err
+				}
+			} else if output == "text" {
+				mode := "root"
+				if r.Rootless {
+					mode = "rootless"
+				}
+				fmt.Fprintf(g.stdout, "kernel: %s (%s)\n", r.Kernel, mode)
+				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "LAYER\tSTATUS\tDETAIL")
+				for _, l := range r.Layers {
+					st := "ok"
+					if !l.Available {
+						st = "MISSING"
+						for _, a := range allowed {
+							if a == l.Layer {
+								st = "missing (allowed)"
+							}
+						}
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", l.Layer, st, l.Detail)
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			} else {
+				return usageError{fmt.Errorf("--output %q: want text or json", output)}
+			}
+			if strict {
+				var missing []string
+			next:
+				for _, l := range r.Missing() {
+					for _, a := range allowed {
+						if a == l {
+							continue next
+						}
+					}
+					missing = append(missing, string(l))
+				}
+				if len(missing) > 0 {
+					return fmt.Errorf("strict mode: confinement layers missing: %s", strings.Join(missing, ","))
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&output, "output", "text", "text or json")
+	f.BoolVar(&strict, "strict", false, "exit with an error if a layer is missing")
+	f.StringVar(&allowMissing, "insecure-allow-missing", "", "comma-separated layers strict mode may do without")
+	return cmd
+}

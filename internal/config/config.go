@@ -1,0 +1,564 @@
+// Package config is cordon's configuration: a TOML file, CORDON_*
+// environment variables and command-line flags, applied in that order over
+// the defaults, so that
+//
+//	flags  >  environment  >  file  >  defaults
+//
+// Every setting has one key (e.g. "limits.update_instructions"), one
+// environment variable derived from it (CORDON_LIMITS_UPDATE_INSTRUCTIONS)
+// and may be given on the command line with --set KEY=VALUE; the common ones
+// also have their own flag (--isolation, --log-level, --listen…). The file
+// is <home>/config.toml, or the one named by --config or CORDON_CONFIG
+// (which must then exist). The table of settings is Settings; `cordon config
+// show` prints the effective values and where each came from.
+//
+// The TOML library is github.com/BurntSushi/toml: no dependencies, TOML 1.0,
+// and its MetaData lists exactly the keys a file defines, with their types,
+// which is what reporting unknown keys and the source of each value needs;
+// its ParseError shows the offending line. (pelletier/go-toml/v2 is faster,
+// which does not matter for a file read once at start.)
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/host"
+)
+
+// Config is the effective configuration.
+type Config struct {
+	Home string // state directory (flag --home, CORDON_HOME; not in the file)
+	File string // the configuration file read, "" if none
+
+	Isolation string
+	LogLevel  string
+	LogFormat string
+
+	Listen          string
+	TLSCert         string
+	TLSKey          string
+	RequireToken    bool
+	RequestTimeout  time.Duration
+	ShutdownTimeout time.Duration
+	MaxRequests     int
+	MaxInstalls     int
+
+	// Host is what the node gets (limits, fees, logs kept).
+	Host host.Config
+
+	source map[string]Source
+}
+
+// Source says where a value came from.
+type Source string
+
+// The sources, lowest precedence first.
+const (
+	FromDefault Source = "default"
+	FromFile    Source = "file"
+	FromEnv     Source = "env"
+	FromFlag    Source = "flag"
+)
+
+// Source returns where the value of key came from.
+func (c *Config) Source(key string) Source {
+	if s, ok := c.source[key]; ok {
+		return s
+	}
+	return FromDefault
+}
+
+// Setting is one configuration key.
+type Setting struct {
+	Key  string // section.name
+	Flag string // its own flag, if any ("" = only --set)
+	Help string
+	get  func(*Config) string
+	set  func(*Config, string) error
+	// quoted: TOML string (else integer, boolean)
+	quoted bool
+}
+
+// Env is the environment variable of the setting.
+func (s *Setting) Env() string {
+	return "CORDON_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(s.Key))
+}
+
+// Get returns the setting's value in c, as text.
+func (s *Setting) Get(c *Config) string { return s.get(c) }
+
+// Settings lists every setting, in the order `config show` prints them.
+var Settings = []*Setting{
+	str("isolation", "isolation", "where canisters execute: sandbox or inprocess",
+		func(c *Config) *string { return &c.Isolation }, oneOf("sandbox", "inprocess")),
+	str("log.level", "log-level", "log level: debug, info, warn, error (serve logs at info unless set)",
+		func(c *Config) *string { return &c.LogLevel }, oneOf("debug", "info", "warn", "error")),
+	str("log.format", "log-format", "log format: text or json",
+		func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
+
+	str("server.listen", "listen", "address `cordon serve` listens on (host:port); not loopback: a token is required",
+		func(c *Config) *string { return &c.Listen }, nil),
+	str("server.tls_cert", "tls-cert", "TLS certificate file (PEM) for `cordon serve`; with server.tls_key",
+		func(c *Config) *string { return &c.TLSCert }, nil),
+	str("server.tls_key", "tls-key", "TLS private key file (PEM) for `cordon serve`",
+		func(c *Config) *string { return &c.TLSKey }, nil),
+	boolean("server.require_token", "require-token", "require the bearer token even on loopback (always required elsewhere)",
+		func(c *Config) *bool { return &c.RequireToken }),
+	duration("server.request_timeout", "", "longest an API request may run (install, call)",
+		func(c *Config) *time.Duration { return &c.RequestTimeout }),
+	duration("server.shutdown_timeout", "", "how long a graceful shutdown waits for requests and messages in flight",
+		func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+	integer("server.max_requests", "", "API requests handled at once; more are refused with 503",
+		func(c *Config) *int { return &c.MaxRequests }, 1),
+	integer("server.max_installs", "", "installs handled at once (each holds its module in memory); more get 503",
+		func(c *Config) *int { return &c.MaxInstalls }, 1),
+
+	count("limits.update_instructions", "", "instructions per update message",
+		func(c *Config) *uint64 { return &c.Host.UpdateInstructions }),
+	count("limits.query_instructions", "", "instructions per query",
+		func(c *Config) *uint64 { return &c.Host.QueryInstructions }),
+	count("limits.install_instructions", "", "instructions per install or upgrade",
+		func(c *Config) *uint64 { return &c.Host.InstallInstructions }),
+	size("limits.heap_bytes_32", "", "Wasm heap limit of 32-bit canisters (bytes; units KiB, MiB, GiB allowed)",
+		func(c *Config) *uint64 { return &c.Host.HeapBytes32 }),
+	size("limits.heap_bytes_64", "", "Wasm heap limit of 64-bit canisters",
+		func(c *Config) *uint64 { return &c.Host.HeapBytes64 }),
+	size("limits.stable_bytes", "", "stable memory limit",
+		func(c *Config) *uint64 { return &c.Host.StableBytes }),
+	size("limits.reply_bytes", "", "reply, reject and call argument size limit",
+		func(c *Config) *uint64 { return &c.Host.ReplyBytes }),
+	{Key: "limits.module_bytes", Help: "Wasm module size limit (after decompression)",
+		get: func(c *Config) string { return strconv.Itoa(c.Host.ModuleLimits.MaxBytes) },
+		set: func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err == nil && n > 1<<40 {
+				err = errors.New("at most 1 TiB")
+			}
+			if err == nil {
+				c.Host.ModuleLimits.MaxBytes = int(n)
+			}
+			return err
+		}},
+	integer("limits.log_lines", "", "debug_print lines kept per canister",
+		func(c *Config) *int { return &c.Host.LogLines }, 1),
+
+	count("fees.update_execution", "", "cycles charged per update execution",
+		func(c *Config) *uint64 { return &c.Host.Fees.UpdateExecution }),
+	count("fees.per_instruction", "", "cycles charged per instruction",
+		func(c *Config) *uint64 { return &c.Host.Fees.PerInstruction }),
+	count("fees.ingress_reception", "", "cycles charged per ingress message",
+		func(c *Config) *uint64 { return &c.Host.Fees.IngressReception }),
+	count("fees.ingress_per_byte", "", "cycles charged per byte of ingress payload",
+		func(c *Config) *uint64 { return &c.Host.Fees.IngressPerByte }),
+	count("fees.canister_creation", "", "cycles charged to create a canister (management canister)",
+		func(c *Config) *uint64 { return &c.Host.Fees.CanisterCreation }),
+	{Key: "fees.initial_cycles", Help: "cycles a canister created from the CLI or API starts with (a string: it may exceed 64 bits)", quoted: true,
+		get: func(c *Config) string { return c.Host.InitialCycles.String() },
+		set: func(c *Config, v string) error {
+			a, err := cycles.Parse(strings.ReplaceAll(v, "_", ""))
+			if err == nil {
+				c.Host.InitialCycles = a
+			}
+			return err
+		}},
+}
+
+// Lookup returns the setting with key.
+func Lookup(key string) (*Setting, bool) {
+	for _, s := range Settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
+// Default returns the defaults.
+func Default() *Config {
+	return &Config{
+		Isolation:       "inprocess",
+		LogLevel:        "warn",
+		LogFormat:       "text",
+		Listen:          "127.0.0.1:4943",
+		RequestTimeout:  5 * time.Minute,
+		ShutdownTimeout: 30 * time.Second,
+		MaxRequests:     256,
+		MaxInstalls:     4,
+		Host:            host.DefaultConfig(),
+		source:          map[string]Source{},
+	}
+}
+
+// Inputs are what Load combines.
+type Inputs struct {
+	Home       string              // --home ("" = CORDON_HOME, else the default home)
+	ConfigFile string              // --config ("" = CORDON_CONFIG, else <home>/config.toml if it exists)
+	Env        func(string) string // os.Getenv (nil = no environment)
+	Flags      []Assignment        // flag values, in order (later wins)
+}
+
+// Assignment is one key = value from the command line.
+type Assignment struct {
+	Key, Value string
+	Flag       string // the flag it came from, for messages
+}
+
+// ParseAssignment parses "key=value" (the --set flag).
+func ParseAssignment(s string) (Assignment, error) {
+	k, v, ok := strings.Cut(s, "=")
+	k = strings.TrimSpace(k)
+	if !ok || k == "" {
+		return Assignment{}, fmt.Errorf("--set %q: want KEY=VALUE, e.g. limits.update_instructions=1000000", s)
+	}
+	return Assignment{Key: k, Value: v, Flag: "--set"}, nil
+}
+
+// Load builds the effective configuration.
+func Load(in Inputs) (*Config, error) {
+	env := in.Env
+	if env == nil {
+		env = func(string) string { return "" }
+	}
+	c := Default()
+	c.Home = in.Home
+	if c.Home == "" {
+		c.Home = env("CORDON_HOME")
+	}
+	if c.Home == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return nil, fmt.Errorf("find home directory (set CORDON_HOME or --home): %w", err)
+		}
+		c.Home = filepath.Join(h, ".local", "share", "cordon")
+	}
+
+	file, explicit := in.ConfigFile, true
+	if file == "" {
+		file = env("CORDON_CONFIG")
+	}
+	if file == "" {
+		file, explicit = filepath.Join(c.Home, "config.toml"), false
+	}
+	if err := c.loadFile(file, explicit); err != nil {
+		return nil, err
+	}
+	for _, s := range Settings {
+		if v := env(s.Env()); v != "" {
+			if err := s.set(c, v); err != nil {
+				return nil, fmt.Errorf("%s=%q: %w", s.Env(), v, err)
+			}
+			c.source[s.Key] = FromEnv
+		}
+	}
+	for _, a := range in.Flags {
+		s, ok := Lookup(a.Key)
+		if !ok {
+			return nil, fmt.Errorf("%s %s: unknown setting%s", a.Flag, a.Key, suggest(a.Key))
+		}
+		if err := s.set(c, a.Value); err != nil {
+			return nil, fmt.Errorf("%s %s=%q: %w", a.Flag, a.Key, a.Value, err)
+		}
+		c.source[s.Key] = FromFlag
+	}
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	c.Host.Home, c.Host.Isolation = c.Home, c.Isolation
+	return c, nil
+}
+
+// check validates combinations.
+func (c *Config) check() error {
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("server.tls_cert and server.tls_key go together: set both or neither")
+	}
+	return nil
+}
+
+// loadFile applies a TOML file. A missing file is an error only when it was
+// named explicitly.
+func (c *Config) loadFile(path string, explicit bool) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !explicit {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read configuration: %w", err)
+	}
+	var raw map[string]any
+	md, err := toml.Decode(string(b), &raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("configuration %s: %s", path, pe.ErrorWithPosition())
+		}
+		return fmt.Errorf("configuration %s: %w", path, err)
+	}
+	c.File = path
+	for _, k := range md.Keys() {
+		key := k.String()
+		if md.Type(k...) == "Hash" {
+			if !slices.Contains([]string{"log", "server", "limits", "fees"}, key) {
+				return fmt.Errorf("configuration %s: unknown section [%s]", path, key)
+			}
+			continue
+		}
+		s, ok := Lookup(key)
+		if !ok {
+			return fmt.Errorf("configuration %s: unknown key %s%s", path, key, suggest(key))
+		}
+		v := lookupRaw(raw, k)
+		var text string
+		switch v := v.(type) {
+		case string:
+			text = v
+		case int64, bool:
+			text = fmt.Sprint(v)
+		default:
+			return fmt.Errorf("configuration %s: %s: want a string, integer or boolean, got %s", path, key, md.Type(k...))
+		}
+		if err := s.set(c, text); err != nil {
+			return fmt.Errorf("configuration %s: %s = %v: %w", path, key, v, err)
+		}
+		c.source[s.Key] = FromFile
+	}
+	return nil
+}
+
+func lookupRaw(m map[string]any, k toml.Key) any {
+	var cur any = m
+	for _, p := range k {
+		mm, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = mm[p]
+	}
+	return cur
+}
+
+// suggest proposes the closest known key.
+func suggest(key string) string {
+	best, bestD := "", 4
+	for _, s := range Settings {
+		if d := distance(key, s.Key); d < bestD {
+			best, bestD = s.Key, d
+		}
+		if i := strings.LastIndex(s.Key, "."); i >= 0 && s.Key[i+1:] == key {
+			best, bestD = s.Key, 0
+		}
+	}
+	if best == "" {
+		return " (`cordon config show` lists the settings)"
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+// distance is the Levenshtein distance.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// TOML renders the configuration as a TOML file, each value annotated with
+// its source (and environment variable) when withSources is set.
+func (c *Config) TOML(withSources bool) string {
+	var b strings.Builder
+	section := ""
+	for _, s := range Settings {
+		sec, name := "", s.Key
+		if i := strings.Index(s.Key, "."); i >= 0 {
+			sec, name = s.Key[:i], s.Key[i+1:]
+		}
+		if sec != section {
+			fmt.Fprintf(&b, "\n[%s]\n", sec)
+			section = sec
+		}
+		v := s.get(c)
+		if s.quoted {
+			v = strconv.Quote(v)
+		} else {
+			v = groupDigits(v)
+		}
+		line := fmt.Sprintf("%s = %s", name, v)
+		if withSources {
+			line = fmt.Sprintf("%-44s # %s, %s", line, c.Source(s.Key), s.Env())
+		}
+		b.WriteString(line + "\n")
+	}
+	return strings.TrimLeft(b.String(), "\n")
+}
+
+// Map returns every key's value and source (for JSON output).
+func (c *Config) Map() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, s := range Settings {
+		out[s.Key] = map[string]string{"value": s.get(c), "source": string(c.Source(s.Key)), "env": s.Env()}
+	}
+	return out
+}
+
+// Keys lists the setting keys, sorted (for completion).
+func Keys() []string {
+	out := make([]string, len(Settings))
+	for i, s := range Settings {
+		out[i] = s.Key
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Setting constructors.
+
+func str(key, flag, help string, field func(*Config) *string, check func(string) error) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help, quoted: true,
+		get: func(c *Config) string { return *field(c) },
+		set: func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			if check != nil {
+				if err := check(v); err != nil {
+					return err
+				}
+			}
+			*field(c) = v
+			return nil
+		}}
+}
+
+func oneOf(vals ...string) func(string) error {
+	return func(v string) error {
+		if slices.Contains(vals, v) {
+			return nil
+		}
+		return fmt.Errorf("want %s", strings.Join(vals, " or "))
+	}
+}
+
+func boolean(key, flag, help string, field func(*Config) *bool) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help,
+		get: func(c *Config) string { return strconv.FormatBool(*field(c)) },
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			*field(c) = b
+			return nil
+		}}
+}
+
+func duration(key, flag, help string, field func(*Config) *time.Duration) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help, quoted: true,
+		get: func(c *Config) string { return field(c).String() },
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d <= 0 {
+				return errors.New("want a positive duration like 30s or 5m")
+			}
+			*field(c) = d
+			return nil
+		}}
+}
+
+func integer(key, flag, help string, field func(*Config) *int, lo int) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help,
+		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(digits(v), 10, 32)
+			if err != nil || int(n) < lo {
+				return fmt.Errorf("want an integer ≥ %d", lo)
+			}
+			*field(c) = int(n)
+			return nil
+		}}
+}
+
+func count(key, flag, help string, field func(*Config) *uint64) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help,
+		get: func(c *Config) string { return strconv.FormatUint(*field(c), 10) },
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseUint(digits(v), 10, 64)
+			if err != nil {
+				return errors.New("want a non-negative integer (underscores allowed: 40_000_000_000)")
+			}
+			*field(c) = n
+			return nil
+		}}
+}
+
+func size(key, flag, help string, field func(*Config) *uint64) *Setting {
+	return &Setting{Key: key, Flag: flag, Help: help,
+		get: func(c *Config) string { return strconv.FormatUint(*field(c), 10) },
+		set: func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err == nil {
+				*field(c) = n
+			}
+			return err
+		}}
+}
+
+// parseSize reads a byte count: an integer, optionally with a unit (B, KiB,
+// MiB, GiB, TiB; KB, MB, GB, TB are the same binary units).
+func parseSize(v string) (uint64, error) {
+	v = strings.TrimSpace(v)
+	num := strings.TrimRightFunc(v, func(r rune) bool { return unicode.IsLetter(r) || r == ' ' })
+	unit := strings.ToLower(strings.TrimSpace(v[len(num):]))
+	shift := map[string]uint{"": 0, "b": 0, "k": 10, "kb": 10, "kib": 10, "m": 20, "mb": 20, "mib": 20,
+		"g": 30, "gb": 30, "gib": 30, "t": 40, "tb": 40, "tib": 40}
+	sh, ok := shift[unit]
+	n, err := strconv.ParseUint(digits(num), 10, 64)
+	if !ok || err != nil {
+		return 0, errors.New("want a byte count like 4294967296 or 4GiB")
+	}
+	if sh > 0 && n > (^uint64(0))>>sh {
+		return 0, errors.New("too large")
+	}
+	return n << sh, nil
+}
+
+// digits drops white space and the underscores TOML and Go allow in numbers.
+func digits(v string) string { return strings.ReplaceAll(strings.TrimSpace(v), "_", "") }
+
+// groupDigits writes a long integer with TOML's digit separators
+// (40_000_000_000); other values are returned as they are.
+func groupDigits(v string) string {
+	if len(v) < 5 || strings.TrimLeft(v, "0123456789") != "" {
+		return v
+	}
+	var b strings.Builder
+	for i, r := range v {
+		if i > 0 && (len(v)-i)%3 == 0 {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

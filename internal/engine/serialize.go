@@ -1,0 +1,190 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/wasmbin"
+)
+
+// artifactMagic starts every serialized module; the last two bytes are the
+// format version.
+var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '1'}
+
+// maxArtifactName bounds the export names stored in an artifact. The names
+// are the ones the instrumenter generates (a few dozen bytes) and a table
+// export name taken from the module.
+const maxArtifactName = 1 << 16
+
+// Serialize returns the compiled module as bytes that Engine.Deserialize
+// turns back into a Module: what the engine needs to run it (memory width,
+// global descriptors, start/memory/table export names, the module hash) and
+// wasmtime's serialized machine code. Method names and metadata are not
+// included: they are what the host knows, not what the runner needs.
+//
+// An artifact is native code. Deserializing one is as dangerous as running
+// it: only sandboxes ever deserialize artifacts, and only their own.
+func (m *Module) Serialize() ([]byte, error) {
+	code, err := m.wt.Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("engine: serialize: %w", err)
+	}
+	b := append([]byte(nil), artifactMagic[:]...)
+	b = append(b, m.Info.Hash[:]...)
+	b = append(b, boolByte(m.Info.Memory64), boolByte(m.Info.HasStart))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.globals)))
+	for _, g := range m.globals {
+		b = binary.LittleEndian.AppendUint32(b, g.Index)
+		b = append(b, byte(g.Type.Type), boolByte(g.Type.Mutable))
+		b = appendName(b, g.Export)
+	}
+	b = appendName(b, m.start)
+	b = appendName(b, m.memory)
+	b = appendName(b, m.table)
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(code)))
+	return append(b, code...), nil
+}
+
+// GlobalTypes returns the types of the module's globals in index order, as
+// executions report them in Output.Globals. A global of a type cordon does
+// not persist (only possible for immutable globals) is reported as 0.
+func (m *Module) GlobalTypes() []state.GlobalType {
+	out := make([]state.GlobalType, len(m.globals))
+	for i, g := range m.globals {
+		out[i] = globalType(g.Type.Type)
+	}
+	return out
+}
+
+func globalType(t wasmbin.ValType) state.GlobalType {
+	switch t {
+	case wasmbin.I32:
+		return state.GlobalI32
+	case wasmbin.I64:
+		return state.GlobalI64
+	case wasmbin.F32:
+		return state.GlobalF32
+	case wasmbin.F64:
+		return state.GlobalF64
+	}
+	return 0
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func appendName(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// ErrBadArtifact reports bytes that are not an artifact of this version.
+var ErrBadArtifact = errors.New("engine: not a compiled module artifact of this version")
+
+type artReader struct {
+	b   []byte
+	err error
+}
+
+func (r *artReader) take(n uint64) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n > uint64(len(r.b)) {
+		r.err = fmt.Errorf("%w: truncated", ErrBadArtifact)
+		return nil
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+func (r *artReader) u32() uint32 {
+	b := r.take(4)
+	if b == nil {
+		return 0
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
+func (r *artReader) u64() uint64 {
+	b := r.take(8)
+	if b == nil {
+		return 0
+	}
+	return binary.LittleEndian.Uint64(b)
+}
+
+func (r *artReader) bool() bool {
+	b := r.take(1)
+	if b == nil {
+		return false
+	}
+	if b[0] > 1 {
+		r.err = fmt.Errorf("%w: bad boolean", ErrBadArtifact)
+	}
+	return b[0] == 1
+}
+
+func (r *artReader) name() string {
+	n := r.u32()
+	if n > maxArtifactName {
+		r.err = fmt.Errorf("%w: name of %d bytes", ErrBadArtifact, n)
+		return ""
+	}
+	return string(r.take(uint64(n)))
+}
+
+// Deserialize turns an artifact made by Module.Serialize (by an engine with
+// the same configuration and version) back into a runnable module. The
+// returned Info has only what the artifact keeps: Hash, Memory64, HasStart
+// and NumGlobals.
+func (e *Engine) Deserialize(b []byte) (*Module, error) {
+	r := &artReader{b: b}
+	if magic := r.take(uint64(len(artifactMagic))); r.err != nil || string(magic) != string(artifactMagic[:]) {
+		return nil, ErrBadArtifact
+	}
+	m := &Module{Info: Info{Methods: map[string]MethodKind{}}}
+	copy(m.Info.Hash[:], r.take(32))
+	m.Info.Memory64 = r.bool()
+	m.Info.HasStart = r.bool()
+	n := r.u32()
+	if r.err == nil && uint64(n) > uint64(len(r.b))/10 { // each global takes at least 10 bytes
+		return nil, fmt.Errorf("%w: %d globals", ErrBadArtifact, n)
+	}
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		var g wasmbin.InstrumentedGlobal
+		g.Index = r.u32()
+		if t := r.take(1); t != nil {
+			g.Type.Type = wasmbin.ValType(t[0])
+		}
+		g.Type.Mutable = r.bool()
+		g.Export = r.name()
+		m.globals = append(m.globals, g)
+	}
+	m.Info.NumGlobals = len(m.globals)
+	m.start = r.name()
+	m.memory = r.name()
+	m.table = r.name()
+	codeLen := r.u64()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if codeLen != uint64(len(r.b)) {
+		return nil, fmt.Errorf("%w: code length %d, %d bytes remain", ErrBadArtifact, codeLen, len(r.b))
+	}
+	wt, err := wasmtime.NewModuleDeserialize(e.wt, r.b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadArtifact, err)
+	}
+	m.wt = wt
+	return m, nil
+}

@@ -1,0 +1,1040 @@
+package exec
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/metrics"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// Process is a running sandbox as the executor uses it; *sandbox.Process
+// implements it, and tests substitute in-process stand-ins.
+type Process interface {
+	Conn() *net.UnixConn
+	Pid() int
+	Kill() error
+	Wait() sandbox.ExitStatus
+	RSS() (uint64, error)
+}
+
+// Launcher starts a sandbox process.
+type Launcher func(ctx context.Context, s sandbox.Spec) (Process, error)
+
+func defaultLauncher(ctx context.Context, s sandbox.Spec) (Process, error) {
+	p, err := sandbox.Start(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// SandboxConfig configures sandboxed execution. Zero values take defaults.
+type SandboxConfig struct {
+	// Dir is the artifact cache (compiled modules, keyed by module hash).
+	Dir          string
+	ModuleLimits engine.ModuleLimits
+	// Binary is the sandbox executable; "" runs this binary again.
+	Binary       string
+	Strict       bool
+	AllowMissing []sandbox.Layer
+	// Per canister sandbox: cgroup memory (bytes), pids, cpu (% of a core).
+	MemoryBytes uint64
+	Pids        uint64
+	CPUPercent  int
+	// CompileMemoryBytes is the compiler sandbox's memory limit.
+	CompileMemoryBytes uint64
+
+	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
+	MaxTotalRSS  uint64        // memory budget of all canister sandboxes (0: none)
+	IdleTimeout  time.Duration // a sandbox idle this long is stopped (default 5 min)
+
+	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
+
+	// The watchdog allows an execution WatchdogBase plus its instruction
+	// limit at InstructionsPerSecond (a deliberately slow rate: it catches
+	// hangs, fuel catches everything else) plus transfer time for its pages.
+	WatchdogBase          time.Duration // default 10 s
+	InstructionsPerSecond uint64        // default 100 M
+	CompileTimeout        time.Duration // default 5 min
+	StartTimeout          time.Duration // spawn to ready (default 10 s)
+
+	Logger *slog.Logger
+	Launch Launcher // nil: sandbox.Start
+}
+
+func (c *SandboxConfig) defaults() {
+	if c.ModuleLimits == (engine.ModuleLimits{}) {
+		c.ModuleLimits = engine.DefaultModuleLimits()
+	}
+	if c.MaxSandboxes <= 0 {
+		c.MaxSandboxes = 256
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.MaxArtifactBytes == 0 {
+		c.MaxArtifactBytes = 1 << 30
+	}
+	if c.WatchdogBase <= 0 {
+		c.WatchdogBase = 10 * time.Second
+	}
+	if c.InstructionsPerSecond == 0 {
+		c.InstructionsPerSecond = 100_000_000
+	}
+	if c.CompileTimeout <= 0 {
+		c.CompileTimeout = 5 * time.Minute
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Launch == nil {
+		c.Launch = defaultLauncher
+	}
+}
+
+// Fault classifies why a sandbox failed a request.
+type Fault uint8
+
+// Faults.
+const (
+	FaultViolation Fault = iota + 1 // it broke the protocol (see SandboxError.Violation)
+	FaultCrash                      // it died (see SandboxError.Exit)
+	FaultTimeout                    // the watchdog expired
+	FaultStart                      // it could not be started
+	FaultFailed                     // it reported that it could not carry out the request
+)
+
+func (f Fault) String() string {
+	switch f {
+	case FaultViolation:
+		return "protocol violation"
+	case FaultCrash:
+		return "crash"
+	case FaultTimeout:
+		return "timeout"
+	case FaultStart:
+		return "start"
+	case FaultFailed:
+		return "failure"
+	}
+	return "unknown"
+}
+
+// SandboxError is a request that failed because of the sandbox: it broke
+// the protocol, crashed, hung or could not start. The sandbox has been
+// killed and forgotten; nothing of the request was applied. The host turns
+// it into a CANISTER_ERROR reject of that message.
+type SandboxError struct {
+	CanisterID string // "" for the compiler sandbox
+	Op         string // "start", "load", "execute", "compile"
+	Fault      Fault
+	Violation  *boundary.Violation // FaultViolation
+	Exit       *sandbox.ExitStatus // how the process ended, when known
+	Timeout    time.Duration       // FaultTimeout: the deadline that expired
+	Err        error
+}
+
+func (e *SandboxError) Error() string {
+	switch e.Fault {
+	case FaultViolation:
+		return e.Violation.Error()
+	case FaultTimeout:
+		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed", e.Timeout.Round(time.Millisecond), e.Op)
+	case FaultCrash:
+		return "sandbox crashed (" + e.Op + "): " + describeExit(e.Exit, e.Err)
+	case FaultStart:
+		return "sandbox could not be started: " + errString(e.Err)
+	case FaultFailed:
+		return "sandbox failed (" + e.Op + "): " + errString(e.Err)
+	}
+	return "sandbox error: " + errString(e.Err)
+}
+
+func (e *SandboxError) Unwrap() error { return e.Err }
+
+func errString(err error) string {
+	if err == nil {
+		return "unknown error"
+	}
+	return err.Error()
+}
+
+func describeExit(st *sandbox.ExitStatus, err error) string {
+	cause := "connection lost"
+	if err != nil && !errors.Is(err, boundary.ErrClosed) {
+		cause = err.Error()
+	}
+	if st == nil {
+		return cause
+	}
+	switch {
+	case st.SeccompSyscall != "":
+		return "killed for the forbidden system call " + st.SeccompSyscall
+	case st.Err != nil && !errors.Is(st.Err, sandbox.ErrKilled):
+		return cause + "; " + st.Err.Error()
+	case st.Signal != 0:
+		return cause + "; process ended by " + unix.SignalName(st.Signal)
+	case st.Code >= 0:
+		return fmt.Sprintf("%s; process exited with status %d", cause, st.Code)
+	}
+	return cause
+}
+
+// SandboxInfo describes a live canister sandbox (cordon ps).
+type SandboxInfo struct {
+	CanisterID string    `json:"canister"`
+	Pid        int       `json:"pid"`
+	RSS        uint64    `json:"rss_bytes"`
+	Started    time.Time `json:"started"`
+	LastUsed   time.Time `json:"last_used"`
+	Messages   uint64    `json:"messages"`
+}
+
+// SandboxStats counts what happened to sandboxes since the executor started.
+type SandboxStats struct {
+	Spawned, Evicted, Compiles uint64
+	Faults                     map[string]uint64 // by Fault
+	Violations                 map[string]uint64 // by boundary.ViolationKind
+}
+
+// Sandboxed runs every execution in its canister's sandbox process and
+// compiles modules in short-lived compiler sandboxes. The host process
+// never parses, compiles or loads canister code in this mode.
+type Sandboxed struct {
+	cfg SandboxConfig
+	tag string // artifact compatibility tag: format, engine version, architecture
+
+	mu      sync.Mutex
+	pool    map[string]*canisterSandbox
+	comps   map[int]time.Time // live compiler sandboxes: pid → start
+	modules map[[32]byte]*Module
+	compile map[[32]byte]*sync.Mutex
+	closed  bool
+	stats   SandboxStats
+
+	nextID atomic.Uint64
+	stop   chan struct{}
+	reaper sync.WaitGroup
+}
+
+// sbModule is a module prepared by the compiler sandbox.
+type sbModule struct {
+	hash        [32]byte
+	globalTypes []state.GlobalType
+}
+
+// canisterSandbox is a pool entry. mu is held for a whole exchange; the
+// pool lock (Sandboxed.mu) protects the bookkeeping fields and is never
+// held while waiting for mu.
+type canisterSandbox struct {
+	id string
+	mu sync.Mutex
+
+	// Under mu:
+	proc   Process
+	conn   *boundary.Conn
+	loaded [32]byte
+	dead   bool // killed: acquire must take a fresh entry
+
+	// Under Sandboxed.mu:
+	busy     int
+	started  time.Time
+	lastUsed time.Time
+	messages uint64
+	pid      int
+}
+
+// NewSandboxed creates a sandboxed executor.
+func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
+	cfg.defaults()
+	if cfg.Dir == "" {
+		return nil, errors.New("exec: sandboxed execution needs an artifact directory")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("exec: artifact cache: %w", err)
+	}
+	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
+		modules: map[[32]byte]*Module{}, compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
+		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}}
+	x.reaper.Add(1)
+	go x.reapIdle()
+	return x, nil
+}
+
+// artifactTag names what an artifact depends on besides the module: a new
+// engine version or architecture gets new files instead of failing loads.
+func artifactTag() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "cordon artifact v1 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/bytecodealliance/wasmtime-go/v39" {
+				fmt.Fprintf(h, " %s %s", d.Version, d.Sum)
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:6])
+}
+
+func (x *Sandboxed) artifactPath(h [32]byte, ext string) string {
+	return filepath.Join(x.cfg.Dir, hex.EncodeToString(h[:])+"-"+x.tag+ext)
+}
+
+// ---- Prepare -------------------------------------------------------------
+
+// Prepare implements Executor: the module is compiled in a compiler sandbox
+// (or found in the artifact cache), never in this process.
+func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
+	h := sha256.Sum256(wasm)
+	x.mu.Lock()
+	if m, ok := x.modules[h]; ok {
+		x.mu.Unlock()
+		return m, nil
+	}
+	if x.closed {
+		x.mu.Unlock()
+		return nil, errors.New("exec: executor closed")
+	}
+	lock, ok := x.compile[h]
+	if !ok {
+		lock = &sync.Mutex{}
+		x.compile[h] = lock
+	}
+	x.mu.Unlock()
+	lock.Lock() // one compilation per module at a time
+	defer func() {
+		x.mu.Lock()
+		if x.compile[h] == lock {
+			delete(x.compile, h)
+		}
+		x.mu.Unlock()
+		lock.Unlock()
+	}()
+	x.mu.Lock()
+	m, ok := x.modules[h]
+	x.mu.Unlock()
+	if ok {
+		return m, nil
+	}
+	if len(wasm) > x.cfg.ModuleLimits.MaxBytes {
+		return nil, fmt.Errorf("%w: module is %d bytes, the limit is %d", engine.ErrInvalidModule, len(wasm), x.cfg.ModuleLimits.MaxBytes)
+	}
+	comp, err := x.cachedInfo(h, len(wasm))
+	if err != nil {
+		if comp, err = x.compileInSandbox(ctx, h, wasm); err != nil {
+			return nil, err
+		}
+	}
+	info := comp.Info
+	info.Hash, info.Size = h, len(wasm) // the host's own facts, never the sandbox's
+	m = &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}
+	x.mu.Lock()
+	x.modules[h] = m
+	x.mu.Unlock()
+	return m, nil
+}
+
+// The cache holds two files per module: <hash>-<tag>.cwasm, the artifact
+// exactly as the compiler sandbox returned it (handed to canister sandboxes
+// as a read-only descriptor), and <hash>-<tag>.info: the SHA-256 of the
+// artifact, then the Compiled message without its artifact.
+
+// cachedInfo reads a cached module's info (validated again: the cache is
+// the host's, but the values came from a sandbox).
+func (x *Sandboxed) cachedInfo(h [32]byte, wasmSize int) (*boundary.Compiled, error) {
+	if _, err := os.Stat(x.artifactPath(h, ".cwasm")); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(x.artifactPath(h, ".info"))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < sha256.Size {
+		return nil, errors.New("exec: truncated artifact info")
+	}
+	c, err := boundary.DecodeCompiled(b[sha256.Size:])
+	if err != nil {
+		return nil, err
+	}
+	c.Artifact = []byte{0} // kept in the .cwasm file
+	if err := boundary.ValidateCompiled(x.cfg.ModuleLimits, wasmSize, x.cfg.MaxArtifactBytes, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byte) (*boundary.Compiled, error) {
+	// A fresh compiler sandbox for every module: a module that compromises
+	// the compiler can only affect its own artifact.
+	x.count(func(s *SandboxStats) { s.Compiles++ })
+	spec := x.spec("compiler", boundary.ModeCompile, x.cfg.CompileMemoryBytes)
+	proc, conn, err := x.start(ctx, "", spec, boundary.ModeCompile)
+	if err != nil {
+		return nil, err
+	}
+	pid := proc.Pid()
+	x.mu.Lock()
+	x.comps[pid] = time.Now()
+	x.mu.Unlock()
+	defer func() {
+		_ = proc.Kill()
+		waitExit(proc)
+		conn.Raw().Close()
+		x.mu.Lock()
+		delete(x.comps, pid)
+		x.mu.Unlock()
+	}()
+	id := x.nextID.Add(1)
+	deadline := x.cfg.CompileTimeout
+	comp, err := exchange(ctx, conn, deadline, func() (*boundary.Compiled, error) {
+		body := boundary.EncodeCompile(&boundary.CompileRequest{Limits: x.cfg.ModuleLimits, Wasm: wasm})
+		if err := conn.Send(&boundary.Msg{Kind: boundary.KindCompile, ID: id, Body: body}); err != nil {
+			return nil, err
+		}
+		return conn.AwaitCompiled(id, x.cfg.ModuleLimits, len(wasm), x.cfg.MaxArtifactBytes, x.logFunc("compiler"))
+	})
+	var re *boundary.RemoteError
+	if errors.As(err, &re) && re.Code == boundary.ErrInvalidModule {
+		return nil, fmt.Errorf("%w: %s", engine.ErrInvalidModule, re.Message)
+	}
+	if err != nil {
+		return nil, x.fail("", "compile", proc, deadline, err)
+	}
+	if err := x.writeArtifact(h, comp); err != nil {
+		return nil, fmt.Errorf("exec: cache artifact: %w", err)
+	}
+	return comp, nil
+}
+
+func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {
+	info := *c
+	info.Artifact = nil
+	sum := sha256.Sum256(c.Artifact)
+	if err := writeAtomic(x.cfg.Dir, x.artifactPath(h, ".cwasm"), c.Artifact); err != nil {
+		return err
+	}
+	return writeAtomic(x.cfg.Dir, x.artifactPath(h, ".info"), append(sum[:], boundary.EncodeCompiled(&info)...))
+}
+
+// openArtifact opens a cached artifact after checking it against the hash
+// recorded when it was written (a damaged file is compiled again rather
+// than handed to a sandbox to crash on).
+func (x *Sandboxed) openArtifact(h [32]byte) (*os.File, error) {
+	info, err := os.ReadFile(x.artifactPath(h, ".info"))
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(x.artifactPath(h, ".cwasm"))
+	if err != nil {
+		return nil, err
+	}
+	hs := sha256.New()
+	if _, err := io.Copy(hs, f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if len(info) < sha256.Size || !bytes.Equal(hs.Sum(nil), info[:sha256.Size]) {
+		f.Close()
+		return nil, errDamagedArtifact
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+var errDamagedArtifact = errors.New("exec: cached artifact does not match its recorded hash")
+
+func writeAtomic(dir, path string, data []byte) error {
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+func (x *Sandboxed) removeArtifact(h [32]byte) {
+	os.Remove(x.artifactPath(h, ".cwasm"))
+	os.Remove(x.artifactPath(h, ".info"))
+}
+
+// ---- sandboxes -----------------------------------------------------------
+
+func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.Spec {
+	log := x.cfg.Logger
+	args := []string{mode.String()}
+	if mode == boundary.ModeCanister {
+		args = append(args, label) // shows in the process list; the worker ignores it
+	}
+	pids := x.cfg.Pids
+	if pids == 0 && mode == boundary.ModeCompile {
+		// Cranelift compiles on one thread per CPU.
+		pids = sandbox.DefaultPids + uint64(runtime.NumCPU())
+	}
+	return sandbox.Spec{
+		Label: label, Binary: x.cfg.Binary, Args: args,
+		MemoryBytes: mem, Pids: pids, CPUPercent: x.cfg.CPUPercent,
+		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing,
+		Stderr: func(line string) { log.Info("sandbox stderr", "canister", label, "line", line) },
+	}
+}
+
+func (x *Sandboxed) logFunc(label string) boundary.LogFunc {
+	log := x.cfg.Logger
+	return func(l boundary.LogLine) {
+		lvl := []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError}[l.Level]
+		log.Log(context.Background(), lvl, "sandbox log", "canister", label, "line", l.Text)
+	}
+}
+
+// start spawns a sandbox and waits for its Ready.
+func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.Spec, mode boundary.Mode) (Process, *boundary.Conn, error) {
+	sctx, cancel := context.WithTimeout(ctx, x.cfg.StartTimeout)
+	defer cancel()
+	proc, err := x.cfg.Launch(sctx, spec)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		x.count(func(s *SandboxStats) { s.Faults[FaultStart.String()]++ })
+		x.cfg.Logger.Error("sandbox start failed", "canister", spec.Label, "err", err)
+		return nil, nil, &SandboxError{CanisterID: canisterID, Op: "start", Fault: FaultStart, Err: err}
+	}
+	conn := boundary.NewConn(proc.Conn())
+	_, err = exchange(ctx, conn, x.cfg.StartTimeout, func() (struct{}, error) {
+		return struct{}{}, conn.AwaitReady(mode, x.logFunc(spec.Label))
+	})
+	if err != nil {
+		err = x.fail(canisterID, "start", proc, x.cfg.StartTimeout, err)
+		proc.Conn().Close()
+		return nil, nil, err
+	}
+	x.count(func(s *SandboxStats) { s.Spawned++ })
+	return proc, conn, nil
+}
+
+// exchange runs f with the connection's deadline set to d from now, or to
+// now when ctx ends: the watchdog. Reads and writes past the deadline fail.
+func exchange[T any](ctx context.Context, conn *boundary.Conn, d time.Duration, f func() (T, error)) (T, error) {
+	_ = conn.Raw().SetDeadline(time.Now().Add(d))
+	stop := context.AfterFunc(ctx, func() { _ = conn.Raw().SetDeadline(time.Unix(1, 0)) })
+	v, err := f()
+	stop()
+	_ = conn.Raw().SetDeadline(time.Time{})
+	if err != nil && ctx.Err() != nil {
+		var zero T
+		return zero, ctx.Err()
+	}
+	return v, err
+}
+
+// fail kills a sandbox after a failed exchange and classifies the error.
+// A context error is returned as is (the caller gave up).
+func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Duration, err error) error {
+	_ = proc.Kill()
+	st := waitExit(proc)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	se := &SandboxError{CanisterID: canisterID, Op: op, Err: err, Exit: st}
+	var v *boundary.Violation
+	var re *boundary.RemoteError
+	var ne net.Error
+	switch {
+	case errors.As(err, &v):
+		se.Fault, se.Violation = FaultViolation, v
+	case errors.As(err, &ne) && ne.Timeout():
+		se.Fault, se.Timeout = FaultTimeout, deadline
+	case errors.As(err, &re):
+		se.Fault = FaultFailed
+	default: // closed, EPIPE, ECONNRESET: it died
+		se.Fault = FaultCrash
+	}
+	x.count(func(s *SandboxStats) {
+		s.Faults[se.Fault.String()]++
+		if v != nil {
+			s.Violations[v.Kind.String()]++
+		}
+	})
+	label := canisterID
+	if label == "" {
+		label = "compiler"
+	}
+	x.cfg.Logger.Warn("sandbox killed", "canister", label, "op", op, "pid", proc.Pid(), "fault", se.Fault.String(), "err", se.Error())
+	return se
+}
+
+// waitExit reaps a killed sandbox, giving up after a while (a stand-in that
+// ignores Kill must not hang the host).
+func waitExit(proc Process) *sandbox.ExitStatus {
+	ch := make(chan sandbox.ExitStatus, 1)
+	go func() { ch <- proc.Wait() }()
+	select {
+	case st := <-ch:
+		return &st
+	case <-time.After(5 * time.Second):
+		return nil
+	}
+}
+
+func (x *Sandboxed) count(f func(*SandboxStats)) {
+	x.mu.Lock()
+	f(&x.stats)
+	x.mu.Unlock()
+}
+
+// Stats returns the counters.
+func (x *Sandboxed) Stats() SandboxStats {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s := x.stats
+	s.Faults, s.Violations = map[string]uint64{}, map[string]uint64{}
+	for k, v := range x.stats.Faults {
+		s.Faults[k] = v
+	}
+	for k, v := range x.stats.Violations {
+		s.Violations[k] = v
+	}
+	return s
+}
+
+// acquire returns the canister's pool entry locked for an exchange, with a
+// live sandbox (spawned if needed). The boolean says whether the sandbox
+// was reused rather than spawned for this call.
+func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, bool, error) {
+	for {
+		x.mu.Lock()
+		if x.closed {
+			x.mu.Unlock()
+			return nil, false, errors.New("exec: executor closed")
+		}
+		sb := x.pool[id]
+		if sb == nil {
+			sb = &canisterSandbox{id: id}
+			x.pool[id] = sb
+		}
+		sb.busy++
+		x.mu.Unlock()
+
+		sb.mu.Lock()
+		if sb.dead {
+			sb.mu.Unlock()
+			x.release(sb, false)
+			continue
+		}
+		if sb.proc != nil && exited(sb.proc) {
+			// Died while idle (killed from outside, OOM): respawn quietly.
+			x.cfg.Logger.Info("sandbox found dead, respawning", "canister", id, "pid", sb.proc.Pid())
+			x.discard(sb)
+		}
+		if sb.proc != nil {
+			return sb, true, nil
+		}
+		x.makeRoom(sb)
+		proc, conn, err := x.start(ctx, id, x.spec(id, boundary.ModeCanister, x.cfg.MemoryBytes), boundary.ModeCanister)
+		if err != nil {
+			x.forgetLocked(sb)
+			sb.mu.Unlock()
+			x.release(sb, false)
+			return nil, false, err
+		}
+		sb.proc, sb.conn, sb.loaded = proc, conn, [32]byte{}
+		now := time.Now()
+		x.mu.Lock()
+		sb.started, sb.lastUsed, sb.messages, sb.pid = now, now, 0, proc.Pid()
+		x.mu.Unlock()
+		return sb, false, nil
+	}
+}
+
+// exited reports whether a sandbox process is known to have ended.
+func exited(p Process) bool {
+	d, ok := p.(interface{ Done() <-chan struct{} })
+	if !ok {
+		return false
+	}
+	select {
+	case <-d.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// release ends an exchange (sb.mu already unlocked).
+func (x *Sandboxed) release(sb *canisterSandbox, used bool) {
+	x.mu.Lock()
+	sb.busy--
+	if used {
+		sb.lastUsed = time.Now()
+		sb.messages++
+	}
+	x.mu.Unlock()
+}
+
+// discard kills sb's process (sb.mu held) and keeps the entry for a respawn.
+func (x *Sandboxed) discard(sb *canisterSandbox) {
+	if sb.proc == nil {
+		return
+	}
+	_ = sb.proc.Kill()
+	waitExit(sb.proc)
+	sb.conn.Raw().Close()
+	sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
+	x.mu.Lock()
+	sb.pid = 0
+	x.mu.Unlock()
+}
+
+// forgetLocked kills sb and removes it from the pool (sb.mu held).
+func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
+	if sb.proc != nil {
+		_ = sb.proc.Kill()
+		waitExit(sb.proc)
+		sb.conn.Raw().Close()
+		sb.proc, sb.conn = nil, nil
+	}
+	sb.dead = true
+	x.mu.Lock()
+	sb.pid = 0
+	if x.pool[sb.id] == sb {
+		delete(x.pool, sb.id)
+	}
+	x.mu.Unlock()
+}
+
+// makeRoom evicts the coldest idle sandboxes while the pool is over its
+// count or memory budget (self, being spawned, is not counted).
+func (x *Sandboxed) makeRoom(self *canisterSandbox) {
+	for {
+		x.mu.Lock()
+		var pids []int
+		for _, sb := range x.pool {
+			if sb != self && sb.pid != 0 {
+				pids = append(pids, sb.pid)
+			}
+		}
+		x.mu.Unlock()
+		over := len(pids) >= x.cfg.MaxSandboxes
+		if !over && x.cfg.MaxTotalRSS > 0 {
+			var total uint64
+			for _, pid := range pids {
+				if r, err := readRSS(pid); err == nil {
+					total += r
+				}
+			}
+			over = total >= x.cfg.MaxTotalRSS
+		}
+		if !over || !x.evictColdest(self) {
+			return
+		}
+	}
+}
+
+// evictColdest stops the least recently used idle sandbox; false if none.
+func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
+	x.mu.Lock()
+	var cands []*canisterSandbox
+	for _, sb := range x.pool {
+		if sb != self && sb.busy == 0 && sb.pid != 0 {
+			cands = append(cands, sb)
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].lastUsed.Before(cands[j].lastUsed) })
+	x.mu.Unlock()
+	for _, sb := range cands {
+		if sb.mu.TryLock() {
+			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "budget")
+			x.forgetLocked(sb)
+			sb.mu.Unlock()
+			x.count(func(s *SandboxStats) { s.Evicted++ })
+			return true
+		}
+	}
+	return false
+}
+
+func (x *Sandboxed) reapIdle() {
+	defer x.reaper.Done()
+	every := min(x.cfg.IdleTimeout/2, 30*time.Second)
+	t := time.NewTicker(max(every, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-x.stop:
+			return
+		case <-t.C:
+		}
+		x.mu.Lock()
+		var idle []*canisterSandbox
+		for _, sb := range x.pool {
+			if sb.busy == 0 && sb.pid != 0 && time.Since(sb.lastUsed) > x.cfg.IdleTimeout {
+				idle = append(idle, sb)
+			}
+		}
+		x.mu.Unlock()
+		for _, sb := range idle {
+			if sb.mu.TryLock() {
+				x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "idle")
+				x.forgetLocked(sb)
+				sb.mu.Unlock()
+				x.count(func(s *SandboxStats) { s.Evicted++ })
+			}
+		}
+	}
+}
+
+// ---- Execute -------------------------------------------------------------
+
+// Execute implements Executor. A sandbox that breaks the protocol, crashes
+// or exceeds its deadline is killed and forgotten, and the error is a
+// *SandboxError; the next execution gets a fresh sandbox.
+func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request) (*sysapi.Output, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if req.Module == nil || req.Input == nil {
+		return nil, errors.New("exec: request without module or input")
+	}
+	m, ok := req.Module.handle.(*sbModule)
+	if !ok {
+		return nil, errors.New("exec: module was not prepared by the sandboxed executor")
+	}
+	for attempt := 0; ; attempt++ {
+		out, retry, err := x.executeOnce(ctx, canisterID, req, m, attempt == 0)
+		if err == nil || !retry {
+			return out, err
+		}
+		x.cfg.Logger.Info("sandbox was dead, retrying on a fresh one", "canister", canisterID, "err", err)
+	}
+}
+
+// executeOnce runs one attempt. retry is true only when a reused sandbox
+// turned out to be dead before it answered (executions have no effects
+// outside their output, so running again is safe); it is allowed once.
+func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
+	sb, reused, err := x.acquire(ctx, canisterID)
+	if err != nil {
+		return nil, false, err
+	}
+	out, err := x.run(ctx, sb, req, m)
+	if err != nil {
+		var se *SandboxError
+		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash
+		x.forgetLocked(sb)
+		sb.mu.Unlock()
+		x.release(sb, false)
+		return nil, retry, err
+	}
+	sb.mu.Unlock()
+	x.release(sb, true)
+	return out, false, nil
+}
+
+// run performs load (if needed) and the execution on sb (sb.mu held). On
+// error the caller kills sb; run has already classified and logged it.
+func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, m *sbModule) (*sysapi.Output, error) {
+	if sb.loaded != m.hash {
+		if err := x.load(ctx, sb, req.Module, m); err != nil {
+			return nil, err
+		}
+	}
+	in := req.Input
+	stable := in.Stable
+	if stable == nil {
+		stable = state.NewPageMap(0)
+	}
+	id := x.nextID.Add(1)
+	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
+	pages := uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
+	deadline := x.cfg.WatchdogBase + time.Duration(in.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +
+		time.Duration(pages)*10*time.Microsecond
+	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
+		if err := sb.conn.SendExecute(id, q, req.Heap, stable); err != nil {
+			return nil, err
+		}
+		return sb.conn.AwaitOutput(boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes), x.logFunc(sb.id))
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, x.fail(sb.id, "execute", sb.proc, deadline, err)
+	}
+	return out, nil
+}
+
+// load hands the module's artifact to sb as a descriptor. A stale or
+// damaged cached artifact is compiled again, once.
+func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, m *sbModule) error {
+	for attempt := 0; ; attempt++ {
+		f, err := x.openArtifact(m.hash)
+		if (errors.Is(err, os.ErrNotExist) || errors.Is(err, errDamagedArtifact)) && attempt == 0 {
+			// The cache was cleared or damaged: compile again from the
+			// installed module.
+			x.cfg.Logger.Warn("artifact missing or damaged, compiling again", "canister", sb.id, "err", err)
+			x.removeArtifact(m.hash)
+			if _, err = x.compileInSandbox(ctx, m.hash, mod.Wasm); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("exec: open artifact: %w", err)
+		}
+		id := x.nextID.Add(1)
+		deadline := x.cfg.StartTimeout
+		_, err = exchange(ctx, sb.conn, deadline, func() (struct{}, error) {
+			err := sb.conn.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: id, Body: boundary.EncodeHash(m.hash), Files: []*os.File{f}})
+			f.Close()
+			if err != nil {
+				return struct{}{}, err
+			}
+			return struct{}{}, sb.conn.AwaitLoaded(id, m.hash, x.logFunc(sb.id))
+		})
+		var re *boundary.RemoteError
+		if errors.As(err, &re) && re.Code == boundary.ErrArtifact && attempt == 0 {
+			x.cfg.Logger.Warn("cached artifact refused, compiling again", "canister", sb.id, "err", re.Message)
+			x.removeArtifact(m.hash)
+			if _, err = x.compileInSandbox(ctx, m.hash, mod.Wasm); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return x.fail(sb.id, "load", sb.proc, deadline, err)
+		}
+		sb.loaded = m.hash
+		return nil
+	}
+}
+
+// Forget implements Executor: the canister's sandbox is stopped.
+func (x *Sandboxed) Forget(canisterID string) {
+	x.mu.Lock()
+	sb := x.pool[canisterID]
+	x.mu.Unlock()
+	if sb == nil {
+		return
+	}
+	sb.mu.Lock()
+	x.forgetLocked(sb)
+	sb.mu.Unlock()
+}
+
+// Close implements Executor: every sandbox is stopped.
+func (x *Sandboxed) Close() error {
+	x.mu.Lock()
+	if x.closed {
+		x.mu.Unlock()
+		return nil
+	}
+	x.closed = true
+	all := make([]*canisterSandbox, 0, len(x.pool))
+	for _, sb := range x.pool {
+		all = append(all, sb)
+	}
+	x.mu.Unlock()
+	close(x.stop)
+	x.reaper.Wait()
+	for _, sb := range all {
+		sb.mu.Lock()
+		x.forgetLocked(sb)
+		sb.mu.Unlock()
+	}
+	return nil
+}
+
+// List returns the live canister sandboxes, by canister id.
+func (x *Sandboxed) List() []SandboxInfo {
+	x.mu.Lock()
+	out := make([]SandboxInfo, 0, len(x.pool))
+	for _, sb := range x.pool {
+		if sb.pid != 0 {
+			out = append(out, SandboxInfo{CanisterID: sb.id, Pid: sb.pid, Started: sb.started, LastUsed: sb.lastUsed, Messages: sb.messages})
+		}
+	}
+	x.mu.Unlock()
+	for i := range out {
+		if rss, err := readRSS(out[i].Pid); err == nil {
+			out[i].RSS = rss
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CanisterID < out[j].CanisterID })
+	return out
+}
+
+// Sandboxes lists every live sandbox, compilers included, for metrics and
+// cordon ps (the host's sandboxLister).
+func (x *Sandboxed) Sandboxes() []metrics.SandboxInfo {
+	list := x.List()
+	out := make([]metrics.SandboxInfo, 0, len(list))
+	for _, s := range list {
+		out = append(out, metrics.SandboxInfo{Canister: s.CanisterID, Kind: "canister", PID: s.Pid, RSSBytes: s.RSS,
+			Started: s.Started, Executions: s.Messages})
+	}
+	x.mu.Lock()
+	for pid, started := range x.comps {
+		out = append(out, metrics.SandboxInfo{Kind: "compiler", PID: pid, Started: started})
+	}
+	x.mu.Unlock()
+	for i := range out {
+		if out[i].Kind == "compiler" {
+			out[i].RSSBytes, _ = readRSS(out[i].PID)
+		}
+	}
+	return out
+}
+
+// readRSS reads VmRSS of a pid (0 if it is gone).
+func readRSS(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+	if err != nil {
+		return 0, err
+	}
+	var size, res uint64
+	if _, err := fmt.Sscan(string(b), &size, &res); err != nil {
+		return 0, err
+	}
+	return res * uint64(syscall.Getpagesize()), nil
+}

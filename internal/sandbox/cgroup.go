@@ -1,0 +1,496 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroups, written by hand: a sandbox gets its own cgroup with memory, pids
+// and cpu limits, nested under the host's own cgroup (so the host's limits
+// still bound it), created before the child runs untrusted code and removed
+// after it exits.
+//
+//   - cgroup v2 (unified): one directory; the child is cloned straight into it
+//     (clone3 CLONE_INTO_CGROUP), so it never runs outside it.
+//   - cgroup v1 (legacy or hybrid, as on hosts where memory/pids/cpu are v1
+//     hierarchies): one directory per controller; the host writes the child's
+//     pid into each before sending the go-ahead the child's early confinement
+//     waits for, so again no untrusted code runs outside it.
+//
+// The parent can be set with CORDON_CGROUP_PARENT (a path inside each
+// hierarchy, e.g. a systemd-delegated cgroup). Stale directories left by a
+// crashed host (cordon.<pid>.* with <pid> dead) are removed on first use.
+
+var cgroupControllers = []string{"memory", "pids", "cpu"}
+
+type cgroupVersion int
+
+const (
+	cgroupNone cgroupVersion = iota
+	cgroupV1
+	cgroupV2
+)
+
+// cgroupSetup is where sandbox cgroups go on this host.
+type cgroupSetup struct {
+	version  cgroupVersion
+	parents  map[string]string // v1: controller -> parent directory
+	parent   string            // v2: parent directory
+	detail   string            // why unavailable, or where
+	override bool              // the parent came from CORDON_CGROUP_PARENT
+}
+
+type mountInfo struct {
+	root, point, fstype, super string
+}
+
+func parseMountinfo(b []byte) []mountInfo {
+	var out []mountInfo
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		sep := -1
+		for i, x := range f {
+			if x == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 6 || len(f) < sep+4 {
+			continue
+		}
+		out = append(out, mountInfo{root: unescapeMount(f[3]), point: unescapeMount(f[4]), fstype: f[sep+1], super: f[sep+3]})
+	}
+	return out
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// parseOwnCgroups parses /proc/self/cgroup: v1 controller -> path, and the v2 path.
+func parseOwnCgroups(b []byte) (v1 map[string]string, v2 string) {
+	v1 = map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		p := strings.SplitN(line, ":", 3)
+		if len(p) != 3 {
+			continue
+		}
+		if p[0] == "0" && p[1] == "" {
+			v2 = p[2]
+			continue
+		}
+		for _, c := range strings.Split(p[1], ",") {
+			v1[c] = p[2]
+		}
+	}
+	return v1, v2
+}
+
+// join maps a cgroup path onto a mount of its hierarchy.
+func joinMount(m mountInfo, path string) (string, bool) {
+	rel := path
+	if m.root != "/" {
+		if path != m.root && !strings.HasPrefix(path, m.root+"/") {
+			return "", false
+		}
+		rel = strings.TrimPrefix(path, m.root)
+	}
+	return filepath.Join(m.point, rel), true
+}
+
+func detectCgroups() *cgroupSetup {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return &cgroupSetup{detail: "read mountinfo: " + err.Error()}
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return &cgroupSetup{detail: "read /proc/self/cgroup: " + err.Error()}
+	}
+	return detectCgroupsFrom(mi, cg, os.Getenv("CORDON_CGROUP_PARENT"))
+}
+
+// detectCgroupsFrom decides where sandbox cgroups go from the contents of
+// /proc/self/mountinfo and /proc/self/cgroup.
+func detectCgroupsFrom(mountinfo, selfCgroup []byte, override string) *cgroupSetup {
+	mounts := parseMountinfo(mountinfo)
+	own1, own2 := parseOwnCgroups(selfCgroup)
+	// v1 hierarchies for our controllers.
+	v1 := map[string]string{}
+	for _, m := range mounts {
+		if m.fstype != "cgroup" {
+			continue
+		}
+		for _, opt := range strings.Split(m.super, ",") {
+			for _, c := range cgroupControllers {
+				if opt == c {
+					if _, dup := v1[c]; dup {
+						continue
+					}
+					path := own1[c]
+					if override != "" {
+						path = override
+					}
+					if dir, ok := joinMount(m, path); ok {
+						v1[c] = dir
+					}
+				}
+			}
+		}
+	}
+	if len(v1) == len(cgroupControllers) {
+		return &cgroupSetup{version: cgroupV1, parents: v1, override: override != "", detail: "v1: " + v1["memory"] + ", " + v1["pids"] + ", " + v1["cpu"]}
+	}
+	if len(v1) > 0 {
+		return &cgroupSetup{detail: "controllers split between cgroup v1 and v2 (unsupported)"}
+	}
+	for _, m := range mounts {
+		if m.fstype != "cgroup2" {
+			continue
+		}
+		path := own2
+		if override != "" {
+			path = override
+		}
+		dir, ok := joinMount(m, path)
+		if !ok {
+			continue
+		}
+		return &cgroupSetup{version: cgroupV2, parent: dir, override: override != "", detail: "v2: " + dir}
+	}
+	return &cgroupSetup{detail: "no cgroup hierarchy with memory, pids and cpu"}
+}
+
+// prepare makes the parent usable (v2: controllers enabled for children)
+// and checks that we may create cgroups there. It returns an error saying
+// why the cgroup layer is unavailable.
+func (s *cgroupSetup) prepare() error {
+	switch s.version {
+	case cgroupNone:
+		return errors.New(s.detail)
+	case cgroupV1:
+		for _, c := range cgroupControllers {
+			if err := unix.Access(s.parents[c], unix.W_OK); err != nil {
+				return fmt.Errorf("%s: not writable: %w", s.parents[c], err)
+			}
+		}
+		return nil
+	}
+	// v2: the controllers must be available in the parent and enabled
+	// for its children.
+	avail, err := os.ReadFile(filepath.Join(s.parent, "cgroup.controllers"))
+	if err != nil {
+		return err
+	}
+	have := strings.Fields(string(avail))
+	for _, c := range cgroupControllers {
+		if !contains(have, c) {
+			return fmt.Errorf("%s: controller %s not available", s.parent, c)
+		}
+	}
+	if err := unix.Access(s.parent, unix.W_OK); err != nil {
+		return fmt.Errorf("%s: not writable: %w", s.parent, err)
+	}
+	enabled, _ := os.ReadFile(filepath.Join(s.parent, "cgroup.subtree_control"))
+	var missing []string
+	for _, c := range cgroupControllers {
+		if !contains(strings.Fields(string(enabled)), c) {
+			missing = append(missing, "+"+c)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	ctl := filepath.Join(s.parent, "cgroup.subtree_control")
+	err = os.WriteFile(ctl, []byte(strings.Join(missing, " ")), 0)
+	if errors.Is(err, syscall.EBUSY) && !s.override {
+		// "No internal processes": the host itself lives in the parent.
+		// Move it into a leaf of its own, then enable the controllers.
+		leaf := filepath.Join(s.parent, "cordon-host")
+		if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			return fmt.Errorf("move host into %s: %w", leaf, err)
+		}
+		err = os.WriteFile(ctl, []byte(strings.Join(missing, " ")), 0)
+	}
+	if err != nil {
+		return fmt.Errorf("enable %s in %s: %w", strings.Join(missing, " "), ctl, err)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+type cgroupLimits struct {
+	memory     uint64
+	pids       uint64
+	cpuPercent int
+}
+
+// cgroup is one sandbox's cgroup.
+type cgroup struct {
+	version cgroupVersion
+	dirs    []string // v1: one per controller (memory first); v2: one
+	removed atomic.Bool
+}
+
+var (
+	cgroupSeq atomic.Uint64
+	sweepOnce sync.Once
+)
+
+// cgroupName is cordon.<host pid>.<sequence>.<label, restricted to [A-Za-z0-9_-]>.
+func cgroupName(label string) string {
+	b := []byte(label)
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	return fmt.Sprintf("cordon.%d.%d.%s", os.Getpid(), cgroupSeq.Add(1), b)
+}
+
+// sweep removes empty cgroups of dead cordon hosts.
+func (s *cgroupSetup) sweep() {
+	var parents []string
+	if s.version == cgroupV1 {
+		for _, c := range cgroupControllers {
+			parents = append(parents, s.parents[c])
+		}
+	} else {
+		parents = []string{s.parent}
+	}
+	for _, p := range parents {
+		ents, err := os.ReadDir(p)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			f := strings.SplitN(e.Name(), ".", 4)
+			if !e.IsDir() || len(f) != 4 || f[0] != "cordon" {
+				continue
+			}
+			pid, err := strconv.Atoi(f[1])
+			if err != nil || pid == os.Getpid() || unix.Kill(pid, 0) == nil {
+				continue
+			}
+			_ = unix.Rmdir(filepath.Join(p, e.Name()))
+		}
+	}
+}
+
+func writeFile(path, v string) error {
+	return os.WriteFile(path, []byte(v), 0)
+}
+
+func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
+	sweepOnce.Do(s.sweep)
+	name := cgroupName(label)
+	cg := &cgroup{version: s.version}
+	fail := func(err error) (*cgroup, error) {
+		_ = cg.remove()
+		return nil, err
+	}
+	if s.version == cgroupV1 {
+		for _, c := range cgroupControllers {
+			d := filepath.Join(s.parents[c], name)
+			if err := os.Mkdir(d, 0o755); err != nil {
+				return fail(err)
+			}
+			cg.dirs = append(cg.dirs, d)
+		}
+		mem, pids, cpu := cg.dirs[0], cg.dirs[1], cg.dirs[2]
+		if err := writeFile(filepath.Join(mem, "memory.limit_in_bytes"), strconv.FormatUint(lim.memory, 10)); err != nil {
+			return fail(fmt.Errorf("memory limit: %w", err))
+		}
+		// No swap: memory+swap limited to the same amount (absent without swap accounting).
+		if _, err := os.Stat(filepath.Join(mem, "memory.memsw.limit_in_bytes")); err == nil {
+			if err := writeFile(filepath.Join(mem, "memory.memsw.limit_in_bytes"), strconv.FormatUint(lim.memory, 10)); err != nil {
+				return fail(fmt.Errorf("memory+swap limit: %w", err))
+			}
+		}
+		_ = writeFile(filepath.Join(mem, "memory.swappiness"), "0")
+		if err := writeFile(filepath.Join(pids, "pids.max"), strconv.FormatUint(lim.pids, 10)); err != nil {
+			return fail(fmt.Errorf("pids limit: %w", err))
+		}
+		if lim.cpuPercent > 0 {
+			if err := writeFile(filepath.Join(cpu, "cpu.cfs_period_us"), "100000"); err != nil {
+				return fail(fmt.Errorf("cpu period: %w", err))
+			}
+			if err := writeFile(filepath.Join(cpu, "cpu.cfs_quota_us"), strconv.Itoa(lim.cpuPercent*1000)); err != nil {
+				return fail(fmt.Errorf("cpu quota: %w", err))
+			}
+		}
+		return cg, nil
+	}
+	d := filepath.Join(s.parent, name)
+	if err := os.Mkdir(d, 0o755); err != nil {
+		return fail(err)
+	}
+	cg.dirs = []string{d}
+	if err := writeFile(filepath.Join(d, "memory.max"), strconv.FormatUint(lim.memory, 10)); err != nil {
+		return fail(fmt.Errorf("memory limit: %w", err))
+	}
+	if _, err := os.Stat(filepath.Join(d, "memory.swap.max")); err == nil {
+		if err := writeFile(filepath.Join(d, "memory.swap.max"), "0"); err != nil {
+			return fail(fmt.Errorf("swap limit: %w", err))
+		}
+	}
+	// Kill the whole cgroup on OOM, not one task of it.
+	_ = writeFile(filepath.Join(d, "memory.oom.group"), "1")
+	if err := writeFile(filepath.Join(d, "pids.max"), strconv.FormatUint(lim.pids, 10)); err != nil {
+		return fail(fmt.Errorf("pids limit: %w", err))
+	}
+	if lim.cpuPercent > 0 {
+		if err := writeFile(filepath.Join(d, "cpu.max"), fmt.Sprintf("%d 100000", lim.cpuPercent*1000)); err != nil {
+			return fail(fmt.Errorf("cpu limit: %w", err))
+		}
+	}
+	return cg, nil
+}
+
+// openDir returns an O_PATH|O_DIRECTORY fd of a v2 cgroup, for
+// CLONE_INTO_CGROUP.
+func (c *cgroup) openDir() (int, error) {
+	return unix.Open(c.dirs[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}
+
+// join moves a process into a v1 cgroup (every controller).
+func (c *cgroup) join(pid int) error {
+	for _, d := range c.dirs {
+		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			return fmt.Errorf("join %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// pids lists the processes in the cgroup.
+func (c *cgroup) pids() []int {
+	b, err := os.ReadFile(filepath.Join(c.dirs[0], "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if p, err := strconv.Atoi(f); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// killAll SIGKILLs everything in the cgroup.
+func (c *cgroup) killAll() {
+	if c.version == cgroupV2 {
+		if writeFile(filepath.Join(c.dirs[0], "cgroup.kill"), "1") == nil {
+			return
+		}
+	}
+	for _, p := range c.pids() {
+		_ = unix.Kill(p, unix.SIGKILL)
+	}
+}
+
+// oomKilled reports whether the kernel's OOM killer acted in this cgroup.
+func (c *cgroup) oomKilled() bool {
+	var file, key string
+	if c.version == cgroupV1 {
+		file, key = filepath.Join(c.dirs[0], "memory.oom_control"), "oom_kill"
+	} else {
+		file, key = filepath.Join(c.dirs[0], "memory.events"), "oom_kill"
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == key {
+			n, _ := strconv.ParseUint(f[1], 10, 64)
+			return n > 0
+		}
+	}
+	return false
+}
+
+// memoryUsage is the cgroup's charged memory.
+func (c *cgroup) memoryUsage() (uint64, error) {
+	name := "memory.current"
+	if c.version == cgroupV1 {
+		name = "memory.usage_in_bytes"
+	}
+	b, err := os.ReadFile(filepath.Join(c.dirs[0], name))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// remove deletes the cgroup directories, killing stragglers first. It
+// retries briefly: the kernel frees a cgroup a moment after its last task.
+func (c *cgroup) remove() error {
+	if c == nil || c.removed.Swap(true) {
+		return nil
+	}
+	var last error
+	for _, d := range c.dirs {
+		last = nil
+		for i := 0; i < 100; i++ {
+			err := unix.Rmdir(d)
+			if err == nil || errors.Is(err, unix.ENOENT) {
+				last = nil
+				break
+			}
+			last = err
+			if i == 0 || i%10 == 0 {
+				c.killAll()
+			}
+			time.Sleep(time.Duration(i+1) * time.Millisecond)
+		}
+		if last != nil {
+			c.removed.Store(false)
+			return fmt.Errorf("remove cgroup %s: %w", d, last)
+		}
+	}
+	return nil
+}

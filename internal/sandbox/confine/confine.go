@@ -1,0 +1,205 @@
+// Package confine is the sandbox side of cordon's confinement. Importing it
+// links in a C constructor (early.c) that, in a process started by
+// sandbox.Start, applies every layer but seccomp before the Go runtime starts
+// its first extra thread; Enter then installs the seccomp filter on every
+// thread and hands over the IPC socket. In any other process the constructor
+// does nothing. See package sandbox for the whole sequence.
+package confine
+
+/*
+#include "early.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Marker is argv[1] of a sandbox process. The shipped binary enters
+// sandbox mode only when it sees it; the C constructor confines only then.
+const Marker = C.CORDON_MARKER
+
+// ProbeMarker makes the C constructor exit(0) at once: the host starts
+// /proc/self/exe with it in new namespaces to learn whether it may create them.
+const ProbeMarker = C.CORDON_PROBE_MARKER
+
+// Protocol constants shared with the host (package sandbox).
+const (
+	ConfigVersion = C.CORDON_CONFIG_VERSION
+	// GoByte is the one-byte packet the host sends on fd 3 once the process
+	// is in its cgroup; early confinement waits for it.
+	GoByte = C.CORDON_GO_BYTE
+	// ExitSetup is the exit code of a sandbox whose confinement failed.
+	ExitSetup = C.CORDON_EXIT_SETUP
+	// UnprivilegedID is the uid and gid of the sandbox, inside its user
+	// namespace and (when the host is root) outside it too.
+	UnprivilegedID = C.CORDON_UNPRIVILEGED_ID
+	// ReadyPrefix starts the packet the sandbox sends when confined.
+	ReadyPrefix = "cordon-ready"
+	// MaxReady bounds the size of that packet.
+	MaxReady = 256
+)
+
+// Layer bits: what the host asks the child to apply, and what the child
+// reports as applied.
+const (
+	LPdeathsig = uint64(C.CORDON_L_PDEATHSIG) // re-set PR_SET_PDEATHSIG
+	LFds       = uint64(C.CORDON_L_FDS)       // close everything but 2, 3, 4..
+	LPivot     = uint64(C.CORDON_L_PIVOT)     // empty tmpfs root via pivot_root
+	LUTS       = uint64(C.CORDON_L_UTS)       // hostname "cordon"
+	LCgroupNS  = uint64(C.CORDON_L_CGROUPNS)  // unshare(CLONE_NEWCGROUP) once in the cgroup
+	LRlimits   = uint64(C.CORDON_L_RLIMITS)   // setrlimit
+	LCaps      = uint64(C.CORDON_L_CAPS)      // drop all capabilities, lock securebits
+	LNNP       = uint64(C.CORDON_L_NNP)       // PR_SET_NO_NEW_PRIVS
+	LLandlock  = uint64(C.CORDON_L_LANDLOCK)  // Landlock domain without rights
+	LSeccomp   = uint64(C.CORDON_L_SECCOMP)   // seccomp allowlist (Enter)
+	LSetuid    = uint64(C.CORDON_L_SETUID)    // switch to UnprivilegedID (no user namespace)
+	// LLearn is for tests only: the seccomp filter sends every system call to
+	// the host, which records it and lets it continue. The host decides
+	// whether to continue; the sandbox cannot force it.
+	LLearn = uint64(1) << 62
+)
+
+// Config is what the host tells the child. It travels as argv[2], which the
+// C constructor parses before the Go runtime exists.
+type Config struct {
+	Layers uint64 // L* bits to apply
+	Files  int    // number of fds passed at 4, 5, ...
+	NoFile uint64 // RLIMIT_NOFILE
+	AS     uint64 // RLIMIT_AS in bytes, 0 = unlimited
+	NProc  uint64 // RLIMIT_NPROC, 0 = unlimited
+	FSize  uint64 // RLIMIT_FSIZE in bytes (only memfds are writable; wasmtime sizes its memory images with them)
+}
+
+// Arg encodes c for argv[2].
+func (c Config) Arg() string {
+	return fmt.Sprintf("%d:%#x:%d:%d:%d:%d:%d", ConfigVersion, c.Layers, c.Files, c.NoFile, c.AS, c.NProc, c.FSize)
+}
+
+// IsSandbox reports whether this process was started by sandbox.Start.
+func IsSandbox() bool { return len(os.Args) >= 3 && os.Args[1] == Marker }
+
+var (
+	enterMu sync.Mutex
+	entered bool
+)
+
+// Enter completes confinement and returns the IPC socket (fd 3), the files
+// the host passed (fd 4, 5, ...) and Spec.Args. The C constructor has already
+// applied every layer but seccomp before the Go runtime started; Enter closes
+// the placeholder fds 0 and 1, installs the seccomp filter on every thread
+// (TSYNC), hands its notification fd to the host and reports ready. Call it
+// first, before reading any byte from the socket. It may be called once.
+func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
+	enterMu.Lock()
+	defer enterMu.Unlock()
+	if !IsSandbox() {
+		return nil, nil, nil, errors.New("confine: not a sandbox process")
+	}
+	if entered {
+		return nil, nil, nil, errors.New("confine: Enter called twice")
+	}
+	entered = true
+	if st := C.cordon_early_state(); st != 1 {
+		return nil, nil, nil, fmt.Errorf("confine: early confinement did not run (state %d): is the C constructor linked in?", int(st))
+	}
+	var cfg Config
+	if cfg, err = parseConfig(os.Args[2]); err != nil {
+		return nil, nil, nil, err
+	}
+	if int(C.cordon_early_nfiles()) != cfg.Files {
+		return nil, nil, nil, errors.New("confine: configuration mismatch")
+	}
+	f := os.NewFile(3, "ipc")
+	c, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("confine: IPC socket: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		_ = c.Close()
+		return nil, nil, nil, errors.New("confine: fd 3 is not a unix socket")
+	}
+	for i := 0; i < cfg.Files; i++ {
+		files = append(files, os.NewFile(uintptr(4+i), "fd"+strconv.Itoa(4+i)))
+	}
+	// The placeholders the Go runtime needed at start; closed only now so
+	// that the socket's dup and the netpoller did not land on 0 and 1.
+	_ = unix.Close(0)
+	_ = unix.Close(1)
+
+	applied := uint64(C.cordon_early_applied())
+	listener := -1
+	if cfg.Layers&LSeccomp != 0 {
+		listener, err = installSeccomp(cfg.Layers&LLearn != 0)
+		if err != nil {
+			_ = uc.Close()
+			return nil, nil, nil, fmt.Errorf("confine: seccomp: %w", err)
+		}
+		applied |= LSeccomp
+	}
+	msg := fmt.Sprintf("%s %#x %d", ReadyPrefix, applied, int(C.cordon_early_landlock_abi()))
+	var oob []byte
+	if listener >= 0 {
+		oob = unix.UnixRights(listener)
+	}
+	_, _, err = uc.WriteMsgUnix([]byte(msg), oob, nil)
+	if listener >= 0 {
+		_ = unix.Close(listener)
+	}
+	if err != nil {
+		_ = uc.Close()
+		return nil, nil, nil, fmt.Errorf("confine: report ready: %w", err)
+	}
+	return uc, files, os.Args[3:], nil
+}
+
+func parseConfig(s string) (Config, error) {
+	var c Config
+	p := strings.Split(s, ":")
+	if len(p) != 7 {
+		return c, errors.New("confine: bad configuration")
+	}
+	var v [7]uint64
+	for i, x := range p {
+		n, err := strconv.ParseUint(x, 0, 64)
+		if err != nil {
+			return c, errors.New("confine: bad configuration")
+		}
+		v[i] = n
+	}
+	if v[0] != ConfigVersion || v[2] > 1000 {
+		return c, errors.New("confine: bad configuration")
+	}
+	return Config{Layers: v[1], Files: int(v[2]), NoFile: v[3], AS: v[4], NProc: v[5], FSize: v[6]}, nil
+}
+
+// ParseReady decodes the ready packet (hostile input: the host calls it on
+// bytes from the sandbox). It returns the applied layer bits and the Landlock
+// ABI version the child saw.
+func ParseReady(b []byte) (applied uint64, landlockABI int, err error) {
+	if len(b) > MaxReady {
+		return 0, 0, errors.New("ready packet too long")
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[0] != ReadyPrefix {
+		return 0, 0, errors.New("malformed ready packet")
+	}
+	if applied, err = strconv.ParseUint(f[1], 0, 64); err != nil {
+		return 0, 0, errors.New("malformed ready packet")
+	}
+	abi, err := strconv.ParseUint(f[2], 10, 8)
+	if err != nil {
+		return 0, 0, errors.New("malformed ready packet")
+	}
+	return applied, int(abi), nil
+}

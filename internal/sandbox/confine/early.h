@@ -1,0 +1,31 @@
+// Shared between early.c and the Go side of package confine.
+#ifndef CORDON_EARLY_H
+#define CORDON_EARLY_H
+#include <stdint.h>
+
+#define CORDON_MARKER "__cordon_sandbox__"
+#define CORDON_PROBE_MARKER "__cordon_probe__"
+#define CORDON_CONFIG_VERSION 1
+#define CORDON_GO_BYTE 'G'
+#define CORDON_EXIT_SETUP 121
+#define CORDON_UNPRIVILEGED_ID 65534
+
+// Layers applied by the child (bits of the configuration argument).
+#define CORDON_L_PDEATHSIG (1ULL << 0)
+#define CORDON_L_FDS (1ULL << 1)
+#define CORDON_L_PIVOT (1ULL << 2)
+#define CORDON_L_UTS (1ULL << 3)
+#define CORDON_L_CGROUPNS (1ULL << 4)
+#define CORDON_L_RLIMITS (1ULL << 5)
+#define CORDON_L_CAPS (1ULL << 6)
+#define CORDON_L_NNP (1ULL << 7)
+#define CORDON_L_LANDLOCK (1ULL << 8)
+#define CORDON_L_SECCOMP (1ULL << 9)
+#define CORDON_L_SETUID (1ULL << 10)
+
+int cordon_early_state(void);
+uint64_t cordon_early_applied(void);
+int cordon_early_landlock_abi(void);
+int cordon_early_nfiles(void);
+const char *cordon_early_error(void);
+#endif

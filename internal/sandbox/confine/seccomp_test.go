@@ -1,0 +1,140 @@
+package confine
+
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func eval(t *testing.T, f []unix.SockFilter, nr uint32, arch uint32, args ...uint64) uint32 {
+	t.Helper()
+	d := SeccompData{Nr: int32(nr), Arch: arch}
+	copy(d.Args[:], args)
+	r, err := RunFilter(f, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestFilterDecisions checks the assembled filter on crafted calls; the live
+// tests in package sandbox check the same from inside real sandboxes.
+func TestFilterDecisions(t *testing.T) {
+	const pid = 1
+	f, err := BuildFilter(pid, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d instructions for %d rules", len(f), len(Allowlist))
+	x86 := uint32(unix.AUDIT_ARCH_X86_64)
+	const (
+		allow  = unix.SECCOMP_RET_ALLOW
+		notify = unix.SECCOMP_RET_USER_NOTIF
+	)
+	glibcThread := uint64(0x3d0f00)
+	goThread := uint64(unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_SYSVSEM | unix.CLONE_THREAD)
+	cases := []struct {
+		name string
+		nr   uint32
+		arch uint32
+		args []uint64
+		want uint32
+	}{
+		{"read", unix.SYS_READ, x86, nil, allow},
+		{"read as i386", 3, unix.AUDIT_ARCH_I386, nil, notify},
+		{"x32 read", X32Bit | unix.SYS_READ, x86, nil, notify},
+		{"x32 high number", 0x7fffffff, x86, nil, notify},
+		{"unknown number", 999, x86, nil, notify},
+		{"socket", unix.SYS_SOCKET, x86, nil, notify},
+		{"connect", unix.SYS_CONNECT, x86, nil, notify},
+		{"execve", unix.SYS_EXECVE, x86, nil, notify},
+		{"io_uring_setup", unix.SYS_IO_URING_SETUP, x86, nil, notify},
+		{"io_uring_enter", unix.SYS_IO_URING_ENTER, x86, nil, notify},
+		{"ptrace", unix.SYS_PTRACE, x86, nil, notify},
+		{"clone glibc thread", unix.SYS_CLONE, x86, []uint64{glibcThread}, allow},
+		{"clone go thread", unix.SYS_CLONE, x86, []uint64{goThread}, allow},
+		{"clone thread+newuser", unix.SYS_CLONE, x86, []uint64{glibcThread | unix.CLONE_NEWUSER}, notify},
+		{"clone thread+newns", unix.SYS_CLONE, x86, []uint64{goThread | unix.CLONE_NEWNS}, notify},
+		{"clone thread+vfork", unix.SYS_CLONE, x86, []uint64{goThread | unix.CLONE_VFORK}, notify},
+		{"clone thread+pidfd", unix.SYS_CLONE, x86, []uint64{goThread | unix.CLONE_PIDFD}, notify},
+		{"clone without CLONE_THREAD", unix.SYS_CLONE, x86, []uint64{goThread &^ unix.CLONE_THREAD}, notify},
+		{"clone without CLONE_VM", unix.SYS_CLONE, x86, []uint64{goThread &^ unix.CLONE_VM}, notify},
+		{"fork", unix.SYS_CLONE, x86, []uint64{uint64(unix.SIGCHLD)}, notify},
+		{"clone high bits", unix.SYS_CLONE, x86, []uint64{goThread | 1<<40}, notify},
+		{"clone3", unix.SYS_CLONE3, x86, nil, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"tgkill self", unix.SYS_TGKILL, x86, []uint64{pid, 5, 23}, allow},
+		{"tgkill other", unix.SYS_TGKILL, x86, []uint64{2, 2, 9}, notify},
+		{"tgkill other high", unix.SYS_TGKILL, x86, []uint64{1<<32 | pid, 2, 9}, notify},
+		{"kill self", unix.SYS_KILL, x86, []uint64{pid, 6}, allow},
+		{"kill all", unix.SYS_KILL, x86, []uint64{^uint64(0), 9}, notify},
+		{"kill group", unix.SYS_KILL, x86, []uint64{0, 9}, notify},
+		{"fcntl setfl", unix.SYS_FCNTL, x86, []uint64{3, unix.F_SETFL}, allow},
+		{"fcntl seals", unix.SYS_FCNTL, x86, []uint64{3, unix.F_ADD_SEALS}, allow},
+		{"fcntl dupfd_cloexec", unix.SYS_FCNTL, x86, []uint64{3, unix.F_DUPFD_CLOEXEC}, allow},
+		{"fcntl setown", unix.SYS_FCNTL, x86, []uint64{3, unix.F_SETOWN}, notify},
+		{"fcntl setlease", unix.SYS_FCNTL, x86, []uint64{3, unix.F_SETLEASE}, notify},
+		{"fcntl notify", unix.SYS_FCNTL, x86, []uint64{3, unix.F_NOTIFY}, notify},
+		{"ioctl", unix.SYS_IOCTL, x86, []uint64{2, unix.TIOCSTI}, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOTTY)},
+		{"openat", unix.SYS_OPENAT, x86, nil, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOENT)},
+	}
+	for _, c := range cases {
+		if got := eval(t, f, c.nr, c.arch, c.args...); got != c.want {
+			t.Errorf("%s: got %#x want %#x", c.name, got, c.want)
+		}
+	}
+	// Every syscall the kernel knows that the table does not name is refused.
+	named := map[uint32]bool{}
+	for _, r := range Allowlist {
+		named[r.Nr] = true
+	}
+	for nr := range syscallNames {
+		if !named[nr] {
+			if got := eval(t, f, nr, x86); got != notify {
+				t.Errorf("%s (%d) not in the table but gets %#x", syscallNames[nr], nr, got)
+			}
+		}
+	}
+}
+
+func TestAllowlistTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, r := range Allowlist {
+		if seen[r.Name] {
+			t.Errorf("%s listed twice", r.Name)
+		}
+		seen[r.Name] = true
+		if r.Why == "" {
+			t.Errorf("%s has no reason", r.Name)
+		}
+	}
+	// Never on the list, whatever the measurement says.
+	for _, n := range []string{"socket", "socketpair", "connect", "bind", "listen", "accept4", "execve", "execveat",
+		"ptrace", "process_vm_readv", "process_vm_writev", "bpf", "mount", "umount2", "pivot_root", "chroot",
+		"unshare", "setns", "keyctl", "add_key", "request_key", "userfaultfd", "perf_event_open",
+		"io_uring_setup", "io_uring_enter", "io_uring_register", "clone3", "fork", "vfork",
+		"init_module", "finit_module", "kexec_load", "open_by_handle_at", "seccomp", "prctl",
+		"setuid", "setgid", "capset", "mknod", "mknodat", "pidfd_open", "pidfd_getfd", "memfd_secret"} {
+		for _, r := range Allowlist {
+			if r.Name == n && r.Act == Allow {
+				t.Errorf("%s must not be allowed", n)
+			}
+		}
+	}
+}
+
+func TestSyscallName(t *testing.T) {
+	for _, c := range []struct {
+		arch uint32
+		nr   int32
+		want string
+	}{
+		{unix.AUDIT_ARCH_X86_64, unix.SYS_SOCKET, "socket"},
+		{unix.AUDIT_ARCH_X86_64, X32Bit | unix.SYS_GETPID, "x32:getpid"},
+		{unix.AUDIT_ARCH_X86_64, 5000, "syscall_5000"},
+		{unix.AUDIT_ARCH_I386, 20, "arch-0x40000003:20"},
+	} {
+		if got := SyscallName(c.arch, c.nr); got != c.want {
+			t.Errorf("%v: %q want %q", c, got, c.want)
+		}
+	}
+}

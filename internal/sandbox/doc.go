@@ -1,0 +1,117 @@
+// Package sandbox spawns confined sandbox processes: the host side of
+// cordon's process isolation (DESIGN.md §4). Package confine is the child
+// side. A sandbox runs the same cordon binary in a hidden mode (argv[1] is
+// confine.Marker); the host assumes it is fully attacker-controlled once it
+// has read its first byte of input, so every layer below is in place before
+// that, on every thread, and checked from the outside.
+//
+// # Start-up, step by step
+//
+// Host (Start):
+//
+//  1. Plan: Doctor-style probes (cached) say which layers this kernel and
+//     user allow. In strict mode a missing layer is an error unless listed in
+//     Spec.AllowMissing; a layer started without is logged as a warning.
+//  2. cgroup: a directory per sandbox (cordon.<hostpid>.<seq>.<label>) under
+//     the host's own cgroup, with memory (and memory+swap), pids and cpu
+//     limits; v1 (one directory per controller) or v2 (cgroup.kill,
+//     memory.oom.group).
+//  3. fork/exec with a SOCK_SEQPACKET socketpair and a log pipe:
+//     - env: exactly GOMAXPROCS=<n> and TZ= (never the host's environment);
+//     - fds: 0 and 1 closed, 2 = log pipe, 3 = IPC socket, 4.. = Spec.Files;
+//     - session: setsid; pdeathsig: SIGKILL if the host dies;
+//     - userns: CLONE_NEWUSER, the sandbox is uid/gid 65534 inside, mapped to
+//     65534 outside when the host is root (which also drops its own uid,
+//     gid and supplementary groups at fork), to the host user when rootless;
+//     CAP_SYS_ADMIN and CAP_SETPCAP are passed as ambient capabilities
+//     (valid in the new user namespace only) for the early confinement, which
+//     drops them;
+//     - pidns, netns, mountns, ipcns, utsns: clone flags (the sandbox is pid 1
+//     of its pid namespace, so killing it kills everything in it; its network
+//     namespace has only lo, down);
+//     - v2: clone3 CLONE_INTO_CGROUP, so it is born inside its cgroup.
+//  4. v1: the host writes the pid into each controller's cgroup.procs.
+//  5. The host sends the go-ahead byte on the IPC socket, then waits (bounded
+//     by ctx, else 10 s) for the ready packet, which carries the bitmask of
+//     applied layers and, as SCM_RIGHTS, the seccomp listener fd.
+//  6. Verification from outside: for every thread in /proc/<pid>/task,
+//     CapInh/CapPrm/CapEff/CapBnd/CapAmb = 0, NoNewPrivs = 1, Seccomp = 2,
+//     and each namespace differs from the host's. Any mismatch kills the
+//     sandbox and fails Start.
+//
+// Child, in a C constructor (confine/early.c) that runs before the Go
+// runtime has started any thread, so everything per-thread is inherited by
+// every thread created later:
+//
+//  1. pdeathsig again (credential changes clear it), then block until the
+//     go-ahead: by then it is in its cgroup; EOF means the host is gone.
+//  2. Check it is single-threaded; fds: close_range everything above the
+//     passed files.
+//  3. mountns + pivot_root: make / private, mount a 4 KiB tmpfs (mode 0111),
+//     pivot_root(".", ".") into it, detach the old root with everything
+//     beneath it, remount the new root read-only, nosuid, nodev, noexec.
+//     Nothing of the host's filesystem is reachable by path.
+//  4. utsns: hostname and domain name "cordon".
+//  5. cgroupns: unshare(CLONE_NEWCGROUP) now that it is in its cgroup.
+//  6. rlimits (only ever lowered): CORE 0, FSIZE = the memory limit (only
+//     memfds are writable, and wasmtime sizes its memory images with them),
+//     NOFILE 64, AS 64 GiB (wasmtime reserves 4 GiB + guards per 32-bit
+//     memory; the cgroup is the real memory bound), MEMLOCK 0, MSGQUEUE 0,
+//     NPROC = the pids limit when there is no pids cgroup (RLIMIT_NPROC counts
+//     per user namespace, so it bounds this sandbox alone).
+//  7. PR_SET_DUMPABLE 0 (no ptrace by other processes of the same host uid).
+//  8. caps: lock securebits (NOROOT, NO_SETUID_FIXUP, KEEP_CAPS_LOCKED,
+//     NO_CAP_AMBIENT_RAISE, all locked), drop the whole bounding set, clear
+//     ambient, capset all sets to zero. (Root host without a user namespace:
+//     also setgroups/setresgid/setresuid to 65534.)
+//  9. no_new_privs.
+//  10. Landlock: a ruleset handling every filesystem access right of the
+//     kernel's ABI (execute, read, write, truncate, ioctl on devices, refer,
+//     make-*, remove-*), TCP bind and connect (ABI 4+), abstract unix sockets
+//     and signals outside the domain (ABI 6+), with no rule: no right at all.
+//  11. fds 0 and 1 get an O_PATH placeholder (the Go runtime refuses to start
+//     with them closed and /dev/null no longer exists).
+//
+// Child, in Go (confine.Enter, called first by the worker):
+//
+//  12. Wrap fd 3 as a *net.UnixConn and fds 4.. as files, then close the
+//     placeholders 0 and 1.
+//  13. seccomp, last: the allowlist in confine.Allowlist, installed with
+//     SECCOMP_FILTER_FLAG_TSYNC (every thread, including the Go runtime's
+//     existing ones) and NEW_LISTENER. The architecture is checked
+//     (AUDIT_ARCH_X86_64), x32 numbers (bit 30) refused, clone allowed only
+//     with thread flags, clone3 answered ENOSYS (its flags are behind a
+//     pointer; glibc falls back to clone), ioctl ENOTTY, open/openat ENOENT;
+//     everything else is a user notification.
+//  14. Send the ready packet with the listener fd, close the fd, return.
+//
+// # Violations
+//
+// A call the filter refuses is not executed: the calling thread blocks in
+// the kernel while the host, reading the listener fd, records the syscall
+// (ExitStatus.SeccompSyscall, e.g. "socket", "x32:getpid",
+// "arch-0x40000003:20" for an int 0x80 call) and SIGKILLs the sandbox. The
+// sandbox cannot forge or suppress the report (it no longer holds the
+// listener), and if the host is gone the call fails with ENOSYS.
+//
+// # Threads
+//
+// Capabilities, the bounding set, no_new_privs and the Landlock domain are
+// per-thread; they are applied in the C constructor while the process has
+// exactly one thread (checked), so every thread inherits them. seccomp is
+// installed with TSYNC. Start verifies all of it for every thread.
+//
+// # Rootless
+//
+// With user namespaces but no privileges, every layer but cgroup works
+// (cgroup directories are not writable); strict mode then needs
+// AllowMissing: [cgroup], and RLIMIT_NPROC stands in for the pids limit.
+//
+// # What the worker must know
+//
+// After Enter, fds 0 and 1 are closed (never write to os.Stdout), fd 2 goes
+// to the host's log (rate-limited, labelled), there is no filesystem, no
+// network, no new processes; the system calls allowed are exactly those in
+// confine.Allowlist. TestSyscallsMeasured measures a real canister workload
+// against it; StartMeasuring lets other packages do the same.
+package sandbox

@@ -1,0 +1,235 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
+)
+
+// Layer names one confinement layer.
+type Layer string
+
+// The layers, in the order they are applied.
+const (
+	LayerEnv        Layer = "env"          // explicit minimal environment
+	LayerFds        Layer = "fds"          // only fds 2 (log pipe), 3 (IPC), 4.. (Spec.Files)
+	LayerSession    Layer = "session"      // setsid
+	LayerPdeathsig  Layer = "pdeathsig"    // SIGKILL when the host dies
+	LayerUserNS     Layer = "userns"       // user namespace, mapped to an unprivileged id
+	LayerPidNS      Layer = "pidns"        // pid namespace (the sandbox is its pid 1)
+	LayerNetNS      Layer = "netns"        // network namespace: only lo, down
+	LayerMountNS    Layer = "mountns"      // mount namespace
+	LayerIPCNS      Layer = "ipcns"        // System V IPC / POSIX mqueue namespace
+	LayerUTSNS      Layer = "utsns"        // hostname namespace
+	LayerCgroupNS   Layer = "cgroupns"     // cgroup namespace rooted at the sandbox's cgroup
+	LayerPivotRoot  Layer = "pivot_root"   // empty read-only tmpfs root, host root detached
+	LayerCgroup     Layer = "cgroup"       // memory, pids, cpu limits
+	LayerRlimits    Layer = "rlimits"      // core 0, fsize 0, nofile, as, nproc, memlock 0, msgqueue 0
+	LayerCaps       Layer = "caps"         // every capability set empty, securebits locked
+	LayerNoNewPrivs Layer = "no_new_privs" // PR_SET_NO_NEW_PRIVS
+	LayerLandlock   Layer = "landlock"     // no filesystem rights at all
+	LayerSeccomp    Layer = "seccomp"      // syscall allowlist, last, on every thread
+)
+
+// AllLayers lists every layer in application order.
+var AllLayers = []Layer{
+	LayerEnv, LayerFds, LayerSession, LayerPdeathsig,
+	LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot,
+	LayerCgroup, LayerRlimits, LayerCaps, LayerNoNewPrivs, LayerLandlock, LayerSeccomp,
+}
+
+// LayerState says whether a layer was applied to a sandbox.
+type LayerState struct {
+	Applied bool
+	Detail  string
+}
+
+// ParseLayers parses a comma-separated list of layer names (the
+// --insecure-allow-missing flag).
+func ParseLayers(s string) ([]Layer, error) {
+	var out []Layer
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		ok := false
+		for _, l := range AllLayers {
+			if string(l) == f {
+				out = append(out, l)
+				ok = true
+			}
+		}
+		if !ok {
+			return nil, fmt.Errorf("unknown sandbox layer %q (known: %s)", f, layerList(AllLayers))
+		}
+	}
+	return out, nil
+}
+
+func layerList(ls []Layer) string {
+	s := make([]string, len(ls))
+	for i, l := range ls {
+		s[i] = string(l)
+	}
+	return strings.Join(s, ",")
+}
+
+// nsFlags are the clone flags of the namespace layers applied at clone time.
+var nsFlags = map[Layer]uintptr{
+	LayerPidNS:    syscall.CLONE_NEWPID,
+	LayerNetNS:    syscall.CLONE_NEWNET,
+	LayerMountNS:  syscall.CLONE_NEWNS,
+	LayerIPCNS:    syscall.CLONE_NEWIPC,
+	LayerUTSNS:    syscall.CLONE_NEWUTS,
+	LayerCgroupNS: syscall.CLONE_NEWCGROUP,
+}
+
+var nsDetail = map[Layer]string{
+	LayerPidNS:    "the sandbox is pid 1; the host is invisible",
+	LayerNetNS:    "no interface but lo, down",
+	LayerMountNS:  "private; host mounts detached",
+	LayerIPCNS:    "own System V IPC and POSIX message queues",
+	LayerUTSNS:    "hostname cordon",
+	LayerCgroupNS: "rooted at the sandbox's cgroup",
+}
+
+// availability is what this kernel and this user allow.
+type availability struct {
+	rootless    bool // no CAP_SYS_ADMIN in the initial user namespace
+	layers      map[Layer]bool
+	detail      map[Layer]string
+	cgroups     *cgroupSetup
+	landlockABI int
+}
+
+var (
+	availMu    sync.Mutex
+	availCache *availability
+)
+
+// getAvailability probes once per process (cgroup writability is cheap and
+// probed once too; a failure at start is still reported then).
+func getAvailability() *availability {
+	availMu.Lock()
+	defer availMu.Unlock()
+	if availCache == nil {
+		availCache = probe()
+	}
+	return availCache
+}
+
+func hasCapSysAdmin() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
+}
+
+// probeClone starts /proc/self/exe with the probe marker (the C constructor
+// exits at once) in the given namespaces; it reports whether the kernel let
+// us create them.
+func probeClone(flags uintptr, userns bool) error {
+	attr := &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
+	if userns {
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: os.Geteuid(), Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: os.Getegid(), Size: 1}}
+	}
+	cmd := exec.Command("/proc/self/exe", confine.ProbeMarker)
+	cmd.Env = []string{}
+	cmd.SysProcAttr = attr
+	return cmd.Run()
+}
+
+func landlockABI() int {
+	v, _, e := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
+	if e != 0 {
+		return 0
+	}
+	return int(v)
+}
+
+func seccompAvailable() (bool, string) {
+	if _, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0); err != nil {
+		return false, "seccomp not supported: " + err.Error()
+	}
+	action := uint32(unix.SECCOMP_RET_USER_NOTIF)
+	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_GET_ACTION_AVAIL, 0, uintptr(unsafe.Pointer(&action))); e != 0 {
+		return false, "seccomp user notification unavailable (kernel < 5.0?): " + e.Error()
+	}
+	var sizes [3]uint16
+	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_GET_NOTIF_SIZES, 0, uintptr(unsafe.Pointer(&sizes))); e != 0 {
+		return false, "seccomp notification sizes: " + e.Error()
+	}
+	if sizes[0] != uint16(unsafe.Sizeof(confine.Notification{})) {
+		return false, fmt.Sprintf("seccomp notification size %d unexpected", sizes[0])
+	}
+	return true, confine.AllowlistSummary() + " (reported to the host by user notification)"
+}
+
+func probe() *availability {
+	a := &availability{layers: map[Layer]bool{}, detail: map[Layer]string{}}
+	a.rootless = !hasCapSysAdmin()
+	set := func(l Layer, ok bool, detail string) { a.layers[l], a.detail[l] = ok, detail }
+	set(LayerEnv, true, "GOMAXPROCS and TZ only")
+	set(LayerFds, true, "2 = log pipe, 3 = IPC socket, 4.. = passed files; 0, 1 closed")
+	set(LayerSession, true, "setsid")
+	set(LayerPdeathsig, true, "SIGKILL when the host dies")
+	set(LayerRlimits, true, fmt.Sprintf("core 0, fsize = memory limit, nofile %d, as %d GiB, memlock 0, msgqueue 0", NoFileLimit, AddressSpaceLimit>>30))
+	set(LayerNoNewPrivs, true, "")
+	// User namespace.
+	uerr := probeClone(0, true)
+	userns := uerr == nil
+	if userns {
+		set(LayerUserNS, true, fmt.Sprintf("uid/gid %d inside", confine.UnprivilegedID))
+	} else {
+		set(LayerUserNS, false, "cannot create a user namespace: "+uerr.Error())
+	}
+	privileged := userns || !a.rootless // may create the other namespaces
+	for _, l := range []Layer{LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS} {
+		if !privileged {
+			set(l, false, "needs a user namespace or root")
+			continue
+		}
+		if err := probeClone(nsFlags[l], userns); err != nil {
+			set(l, false, err.Error())
+		} else {
+			set(l, true, nsDetail[l])
+		}
+	}
+	set(LayerPivotRoot, a.layers[LayerMountNS], "empty read-only tmpfs")
+	if !a.layers[LayerMountNS] {
+		a.detail[LayerPivotRoot] = "needs the mount namespace"
+	}
+	set(LayerCaps, privileged, "all sets empty, securebits locked")
+	if !privileged {
+		a.detail[LayerCaps] = "cannot drop the bounding set without a user namespace or root"
+	}
+	// cgroups
+	a.cgroups = detectCgroups()
+	if err := a.cgroups.prepare(); err != nil {
+		set(LayerCgroup, false, err.Error())
+	} else {
+		set(LayerCgroup, true, a.cgroups.detail)
+	}
+	a.landlockABI = landlockABI()
+	if a.landlockABI > 0 {
+		set(LayerLandlock, true, fmt.Sprintf("ABI %d, every filesystem right handled, none granted", a.landlockABI))
+	} else {
+		set(LayerLandlock, false, "Landlock not supported or not enabled in this kernel")
+	}
+	ok, d := seccompAvailable()
+	set(LayerSeccomp, ok, d)
+	return a
+}

@@ -1,0 +1,710 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
+)
+
+// Defaults for Spec's zero values.
+const (
+	DefaultMemoryBytes = 8 << 30
+	DefaultPids        = 64
+	// NoFileLimit is RLIMIT_NOFILE inside a sandbox.
+	NoFileLimit = 64
+	// AddressSpaceLimit is RLIMIT_AS inside a sandbox: generous, because
+	// wasmtime reserves virtual memory far beyond what it touches (a 32-bit
+	// memory is a 4 GiB reservation plus guard regions; 64-bit memories
+	// and the Go runtime's own reservations add more). The real bound on
+	// memory is the cgroup; this only stops runaway reservations.
+	AddressSpaceLimit = 64 << 30
+	// startTimeout bounds start-up when ctx has no deadline.
+	startTimeout = 10 * time.Second
+)
+
+// Spec describes a sandbox to start.
+type Spec struct {
+	Label        string            // canister id or "compiler": used in cgroup names and logs
+	Binary       string            // "" = /proc/self/exe
+	Args         []string          // extra arguments for the child's worker (after the marker)
+	Files        []*os.File        // passed to the child as fd 4, 5, ... (fd 3 is the IPC socket)
+	MemoryBytes  uint64            // cgroup memory limit (0 = DefaultMemoryBytes)
+	Pids         uint64            // cgroup pids limit, threads included (0 = DefaultPids)
+	CPUPercent   int               // cgroup cpu quota in % of one core (0 = no limit)
+	Strict       bool              // refuse to start if any layer is unavailable…
+	AllowMissing []Layer           // …except these (the --insecure-allow-missing list)
+	Stderr       func(line string) // each line the child writes to fd 2 (rate-limited); nil = discard
+}
+
+// ExitStatus is how a sandbox ended.
+type ExitStatus struct {
+	Code           int            // exit code, -1 if killed by a signal
+	Signal         syscall.Signal // the signal that killed it, 0 otherwise
+	SeccompSyscall string         // the syscall that violated the filter, "" otherwise
+	Err            error          // a description of abnormal ends (see ErrSeccomp, ErrOutOfMemory)
+}
+
+// Errors that ExitStatus.Err wraps.
+var (
+	ErrSeccomp     = errors.New("sandbox made a forbidden system call")
+	ErrOutOfMemory = errors.New("sandbox exceeded its memory limit")
+	ErrKilled      = errors.New("sandbox killed by the host")
+)
+
+// Process is a live (or exited) sandbox.
+type Process struct {
+	label   string
+	proc    *os.Process
+	conn    *net.UnixConn
+	layers  map[Layer]LayerState
+	cg      *cgroup
+	logs    *logReader
+	notify  *os.File
+	learn   func(string, confine.Notification)
+	done    chan struct{}
+	status  ExitStatus
+	mu      sync.Mutex
+	seccomp string // first violating syscall, set before the host kills
+	killed  bool
+}
+
+// Conn is the host end of the IPC socket (SOCK_SEQPACKET). The caller owns
+// it and closes it; Wait does not.
+func (p *Process) Conn() *net.UnixConn { return p.conn }
+
+// Pid is the sandbox's pid in the host's pid namespace.
+func (p *Process) Pid() int { return p.proc.Pid }
+
+// Layers reports what was applied.
+func (p *Process) Layers() map[Layer]LayerState {
+	out := make(map[Layer]LayerState, len(p.layers))
+	for k, v := range p.layers {
+		out[k] = v
+	}
+	return out
+}
+
+// Kill SIGKILLs the sandbox; its pid namespace, and so every process in it,
+// dies with it. It is idempotent.
+func (p *Process) Kill() error {
+	p.mu.Lock()
+	p.killed = true
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	err := p.proc.Kill()
+	if p.cg != nil {
+		p.cg.killAll()
+	}
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+// Wait blocks until the sandbox has exited and its cgroup is removed. It is
+// safe to call from several goroutines.
+func (p *Process) Wait() ExitStatus {
+	<-p.done
+	return p.status
+}
+
+// Done is closed when the sandbox has exited (and Wait would not block).
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// RSS is the resident memory of the sandbox: VmRSS of its process (the only
+// one: it cannot fork), else its cgroup's charge.
+func (p *Process) RSS() (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.proc.Pid) + "/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				f := strings.Fields(v)
+				if len(f) == 2 && f[1] == "kB" {
+					n, err := strconv.ParseUint(f[0], 10, 64)
+					if err == nil {
+						return n * 1024, nil
+					}
+				}
+			}
+		}
+	}
+	if p.cg != nil {
+		return p.cg.memoryUsage()
+	}
+	if err == nil {
+		err = errors.New("no VmRSS")
+	}
+	return 0, err
+}
+
+// startOpts are knobs for tests and Doctor.
+type startOpts struct {
+	// learn, if set, runs the filter in learn mode: every syscall is
+	// reported here and allowed to continue.
+	learn func(name string, n confine.Notification)
+	// unavailable pretends these layers are missing on this host.
+	unavailable []Layer
+}
+
+// Start spawns a confined sandbox process and returns once it has applied
+// every layer and reported ready (before it reads any byte from the host).
+// ctx bounds the start-up only; the sandbox then lives until Kill or its
+// own exit.
+func Start(ctx context.Context, s Spec) (*Process, error) { return start(ctx, s, startOpts{}) }
+
+// StartMeasuring is for tests that measure which system calls a sandbox
+// worker makes (to keep confine.Allowlist exact): it starts a sandbox like
+// Start, but its filter reports every system call to record and lets it run.
+// Never use it outside tests: it turns the seccomp layer into a recorder.
+func StartMeasuring(ctx context.Context, s Spec, record func(syscall string, n confine.Notification)) (*Process, error) {
+	if record == nil {
+		return nil, errors.New("sandbox: StartMeasuring without a recorder")
+	}
+	return start(ctx, s, startOpts{learn: record})
+}
+
+func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
+	if len(s.Files) > 64 {
+		return nil, errors.New("sandbox: too many files")
+	}
+	for i, f := range s.Files {
+		if f == nil {
+			return nil, fmt.Errorf("sandbox: Spec.Files[%d] is nil", i)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", s.Label, err)
+	}
+	av := getAvailability()
+	plan, err := makePlan(av, s, o)
+	if err != nil {
+		return nil, err
+	}
+	mem, pids := s.MemoryBytes, s.Pids
+	if mem == 0 {
+		mem = DefaultMemoryBytes
+	}
+	if pids == 0 {
+		pids = DefaultPids
+	}
+
+	p := &Process{label: s.Label, layers: map[Layer]LayerState{}, done: make(chan struct{}), learn: o.learn}
+	for _, l := range AllLayers {
+		if !plan[l] {
+			d := "missing: " + av.detail[l]
+			if av.layers[l] {
+				d = "disabled"
+			}
+			p.layers[l] = LayerState{Detail: d}
+		}
+	}
+
+	// Resources the host holds until the child is running.
+	var cleanup []func()
+	defer func() {
+		for _, f := range cleanup {
+			f()
+		}
+	}()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: socketpair: %w", err)
+	}
+	hostFile, childSock := os.NewFile(uintptr(fds[0]), "ipc-host"), os.NewFile(uintptr(fds[1]), "ipc-child")
+	cleanup = append(cleanup, func() { childSock.Close() })
+	c, err := net.FileConn(hostFile)
+	hostFile.Close()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: ipc: %w", err)
+	}
+	p.conn = c.(*net.UnixConn)
+	ok := false
+	defer func() {
+		if !ok {
+			p.conn.Close()
+		}
+	}()
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: log pipe: %w", err)
+	}
+	cleanup = append(cleanup, func() { logW.Close() })
+	p.logs = newLogReader(logR, s.Stderr)
+
+	if plan[LayerCgroup] {
+		p.cg, err = av.cgroups.create(s.Label, cgroupLimits{memory: mem, pids: pids, cpuPercent: s.CPUPercent})
+		if err != nil {
+			p.logs.close()
+			return nil, fmt.Errorf("sandbox: cgroup: %w", err)
+		}
+		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)}
+	}
+	fail := func(err error) (*Process, error) {
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w (%v)", cerr, err)
+		}
+		if p.proc != nil {
+			_ = p.proc.Kill()
+			_, _ = p.proc.Wait()
+		}
+		p.logs.wait(time.Second)
+		if p.cg != nil {
+			_ = p.cg.remove()
+		}
+		if tail := p.logs.tail(); tail != "" {
+			err = fmt.Errorf("%w; sandbox stderr: %s", err, tail)
+		}
+		return nil, fmt.Errorf("sandbox %s: %w", s.Label, err)
+	}
+
+	cfg := confine.Config{Files: len(s.Files), NoFile: NoFileLimit, AS: AddressSpaceLimit, FSize: mem}
+	childBits := map[Layer]uint64{
+		LayerPdeathsig: confine.LPdeathsig, LayerFds: confine.LFds, LayerPivotRoot: confine.LPivot,
+		LayerUTSNS: confine.LUTS, LayerCgroupNS: confine.LCgroupNS, LayerRlimits: confine.LRlimits,
+		LayerCaps: confine.LCaps, LayerNoNewPrivs: confine.LNNP, LayerLandlock: confine.LLandlock,
+		LayerSeccomp: confine.LSeccomp,
+	}
+	for l, b := range childBits {
+		if plan[l] {
+			cfg.Layers |= b
+		}
+	}
+	if !plan[LayerCgroup] {
+		// Without a pids cgroup, RLIMIT_NPROC (per user namespace) bounds threads.
+		cfg.NProc = pids
+	}
+	if o.learn != nil {
+		cfg.Layers |= confine.LLearn
+	}
+	attr := &syscall.SysProcAttr{Setsid: plan[LayerSession], Pdeathsig: syscall.SIGKILL}
+	if !plan[LayerPdeathsig] {
+		attr.Pdeathsig = 0
+	}
+	for l, f := range nsFlags {
+		if plan[l] && l != LayerCgroupNS { // the child unshares cgroupns once in its cgroup
+			attr.Cloneflags |= f
+		}
+	}
+	euid := os.Geteuid()
+	if plan[LayerUserNS] {
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		hostUID, hostGID := euid, os.Getegid()
+		if !av.rootless {
+			// A privileged host maps the sandbox to nobody and drops its
+			// own uid, gid and supplementary groups at fork.
+			hostUID, hostGID = confine.UnprivilegedID, confine.UnprivilegedID
+			attr.Credential = &syscall.Credential{Uid: confine.UnprivilegedID, Gid: confine.UnprivilegedID}
+			attr.GidMappingsEnableSetgroups = true
+		}
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostUID, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostGID, Size: 1}}
+		// The early confinement needs these two inside its namespace
+		// (mount, pivot_root, sethostname, unshare; securebits and the
+		// bounding set), and drops them with everything else.
+		attr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SETPCAP}
+	} else if !av.rootless && plan[LayerCaps] {
+		cfg.Layers |= confine.LSetuid // root without a user namespace: drop to nobody in the child
+	}
+	if p.cg != nil && p.cg.version == cgroupV2 {
+		fd, err := p.cg.openDir()
+		if err != nil {
+			return fail(fmt.Errorf("open cgroup: %w", err))
+		}
+		cleanup = append(cleanup, func() { unix.Close(fd) })
+		attr.UseCgroupFD, attr.CgroupFD = true, fd
+	}
+	env := []string{"GOMAXPROCS=" + strconv.Itoa(gomaxprocs(s.CPUPercent)), "TZ="}
+	if !plan[LayerEnv] {
+		env = append(os.Environ(), env...)
+	}
+	files := []*os.File{nil, nil, logW, childSock}
+	files = append(files, s.Files...)
+	binary := s.Binary
+	if binary == "" {
+		binary = "/proc/self/exe"
+	}
+	argv := append([]string{"cordon-sandbox", confine.Marker, cfg.Arg()}, s.Args...)
+	proc, err := spawn(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr})
+	if err != nil {
+		return fail(fmt.Errorf("spawn: %w", err))
+	}
+	p.proc = proc
+	for _, f := range cleanup {
+		f()
+	}
+	cleanup = nil
+
+	if p.cg != nil && p.cg.version == cgroupV1 {
+		if err := p.cg.join(proc.Pid); err != nil {
+			return fail(err)
+		}
+	}
+	for _, l := range []Layer{LayerEnv, LayerFds, LayerSession, LayerPdeathsig, LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS} {
+		if plan[l] {
+			p.layers[l] = LayerState{Applied: true, Detail: hostLayerDetail(l, env)}
+		}
+	}
+
+	// Go-ahead, then wait for the ready report.
+	deadline, has := ctx.Deadline()
+	if !has {
+		deadline = time.Now().Add(startTimeout)
+	}
+	_ = p.conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = p.conn.SetDeadline(time.Unix(1, 0)) })
+	if _, err := p.conn.Write([]byte{confine.GoByte}); err != nil {
+		stop()
+		return fail(fmt.Errorf("send go-ahead: %w", err))
+	}
+	buf := make([]byte, confine.MaxReady+1)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := p.conn.ReadMsgUnix(buf, oob)
+	stop()
+	_ = p.conn.SetDeadline(time.Time{})
+	var received []int
+	if err == nil {
+		received, err = parseRights(oob[:oobn])
+	}
+	closeAll := func() {
+		for _, fd := range received {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		closeAll()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return fail(fmt.Errorf("waiting for the sandbox to be ready: %w", err))
+	}
+	applied, abi, err := confine.ParseReady(buf[:n])
+	if err != nil {
+		closeAll()
+		return fail(err)
+	}
+	if missing := cfg.Layers &^ confine.LLearn &^ applied; missing != 0 {
+		closeAll()
+		return fail(fmt.Errorf("sandbox did not apply requested layers (bits %#x)", missing))
+	}
+	if plan[LayerSeccomp] {
+		if len(received) != 1 {
+			closeAll()
+			return fail(fmt.Errorf("expected one seccomp listener fd, got %d", len(received)))
+		}
+		// It must be a seccomp listener (of the filter the child just
+		// installed: nothing untrusted has run yet).
+		if l, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(received[0])); l != "anon_inode:seccomp notify" {
+			closeAll()
+			return fail(fmt.Errorf("ready packet carried %q, not a seccomp listener", l))
+		}
+		if err := unix.SetNonblock(received[0], true); err != nil {
+			closeAll()
+			return fail(err)
+		}
+		p.notify = os.NewFile(uintptr(received[0]), "seccomp-listener")
+	} else {
+		closeAll()
+	}
+	for l, b := range childBits {
+		if plan[l] && l != LayerCgroup {
+			p.layers[l] = LayerState{Applied: applied&b != 0, Detail: childLayerDetail(l, abi, cfg)}
+		}
+	}
+	if p.notify != nil {
+		go p.watchSeccomp()
+	}
+	// Check from the outside what the child claims (every thread).
+	if err := verifyLive(proc.Pid, plan); err != nil && !exitsSoon(proc.Pid) {
+		if p.notify != nil {
+			p.notify.Close()
+		}
+		return fail(fmt.Errorf("verification: %w", err))
+	}
+	for l, st := range p.layers {
+		if !st.Applied && (!s.Strict || allowed(s.AllowMissing, l)) {
+			slog.Warn("sandbox started WITHOUT a confinement layer", "sandbox", s.Label, "layer", string(l), "reason", st.Detail)
+		}
+	}
+	ok = true
+	go p.waiter()
+	return p, nil
+}
+
+// The parent-death signal fires when the *thread* that forked the child
+// exits, not the process; Go ends an OS thread when a goroutine locked to it
+// returns. So sandboxes are forked only from spawner goroutines locked to
+// their threads for the life of the process: a sandbox dies with its host,
+// never with some thread of it.
+type spawnReq struct {
+	binary string
+	argv   []string
+	attr   *os.ProcAttr
+	done   chan spawnRes
+}
+
+type spawnRes struct {
+	p   *os.Process
+	err error
+}
+
+var (
+	spawnOnce sync.Once
+	spawnCh   = make(chan spawnReq)
+)
+
+func spawn(binary string, argv []string, attr *os.ProcAttr) (*os.Process, error) {
+	spawnOnce.Do(func() {
+		for i := 0; i < min(4, max(1, runtime.NumCPU())); i++ {
+			go func() {
+				runtime.LockOSThread() // never unlocked: this thread lives as long as the host
+				for r := range spawnCh {
+					p, err := os.StartProcess(r.binary, r.argv, r.attr)
+					r.done <- spawnRes{p, err}
+				}
+			}()
+		}
+	})
+	r := spawnReq{binary: binary, argv: argv, attr: attr, done: make(chan spawnRes, 1)}
+	spawnCh <- r
+	res := <-r.done
+	return res.p, res.err
+}
+
+// exitsSoon reports whether a child is exiting: /proc of a process in the
+// middle of exiting is unreadable, and a sandbox that already violated its
+// filter is being killed while Start verifies it. A dead sandbox is harmless.
+func exitsSoon(pid int) bool {
+	for i := 0; i < 50; i++ {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		if err != nil {
+			return false
+		}
+		if info.Signo == int32(unix.SIGCHLD) {
+			return true
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return false
+}
+
+func allowed(list []Layer, l Layer) bool {
+	for _, x := range list {
+		if x == l {
+			return true
+		}
+	}
+	return false
+}
+
+// makePlan decides which layers to apply: all available ones; a missing
+// layer is an error in strict mode unless allowed.
+func makePlan(av *availability, s Spec, o startOpts) (map[Layer]bool, error) {
+	plan := map[Layer]bool{}
+	var missing []Layer
+	for _, l := range AllLayers {
+		ok := av.layers[l] && !allowed(o.unavailable, l)
+		if ok && l == LayerPivotRoot && allowed(o.unavailable, LayerMountNS) {
+			ok = false
+		}
+		if ok && l != LayerUserNS && (allowed(o.unavailable, LayerUserNS) || !av.layers[LayerUserNS]) && av.rootless {
+			switch l {
+			case LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot, LayerCaps:
+				ok = false
+			}
+		}
+		plan[l] = ok
+		if !ok && s.Strict && !allowed(s.AllowMissing, l) {
+			missing = append(missing, l)
+		}
+	}
+	if len(missing) > 0 {
+		var why []string
+		for _, l := range missing {
+			d := av.detail[l]
+			if d == "" || av.layers[l] {
+				d = "unavailable"
+			}
+			why = append(why, string(l)+": "+d)
+		}
+		return nil, fmt.Errorf("sandbox %s: strict mode: required confinement layers unavailable (%s); allow them explicitly with --insecure-allow-missing %s",
+			s.Label, strings.Join(why, "; "), layerList(missing))
+	}
+	return plan, nil
+}
+
+func gomaxprocs(cpuPercent int) int {
+	n := runtime.NumCPU()
+	if cpuPercent > 0 {
+		n = min(n, (cpuPercent+99)/100)
+	}
+	return max(1, min(n, 8))
+}
+
+func hostLayerDetail(l Layer, env []string) string {
+	switch l {
+	case LayerEnv:
+		return strings.Join(env, " ")
+	case LayerFds:
+		return "2=log pipe, 3=IPC socket, 4..=passed files"
+	case LayerUserNS:
+		return fmt.Sprintf("uid/gid %d", confine.UnprivilegedID)
+	}
+	return ""
+}
+
+func childLayerDetail(l Layer, abi int, cfg confine.Config) string {
+	switch l {
+	case LayerLandlock:
+		return fmt.Sprintf("ABI %d, no rights", abi)
+	case LayerRlimits:
+		d := fmt.Sprintf("core=0 fsize=%d nofile=%d as=%d memlock=0 msgqueue=0", cfg.FSize, cfg.NoFile, cfg.AS)
+		if cfg.NProc > 0 {
+			d += fmt.Sprintf(" nproc=%d", cfg.NProc)
+		}
+		return d
+	case LayerSeccomp:
+		return confine.AllowlistSummary() + "; every thread (TSYNC)"
+	case LayerPivotRoot:
+		return "empty read-only tmpfs"
+	}
+	return ""
+}
+
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for _, m := range msgs {
+		r, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		fds = append(fds, r...)
+	}
+	return fds, nil
+}
+
+// watchSeccomp waits for seccomp notifications. A violation: record the
+// syscall, kill the sandbox (the call never runs). In learn mode: report and
+// let it continue.
+func (p *Process) watchSeccomp() {
+	rc, err := p.notify.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		var n confine.Notification
+		var rerr error
+		hup := false
+		err := rc.Read(func(fd uintptr) bool {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, 0); err != nil {
+				return false
+			}
+			if pfd[0].Revents&unix.POLLIN != 0 {
+				n, rerr = confine.RecvNotification(int(fd))
+				return true
+			}
+			if pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+				hup = true
+				return true
+			}
+			return false
+		})
+		if err != nil || hup {
+			return
+		}
+		if rerr != nil {
+			if errors.Is(rerr, unix.ENOENT) || errors.Is(rerr, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		name := confine.SyscallName(n.Arch, n.Nr)
+		if p.learn != nil {
+			p.learn(name, n)
+			_ = rc.Control(func(fd uintptr) { _ = confine.ContinueNotification(int(fd), n.ID) })
+			continue
+		}
+		p.mu.Lock()
+		if p.seccomp == "" {
+			p.seccomp = name
+		}
+		p.mu.Unlock()
+		_ = p.proc.Kill()
+		if p.cg != nil {
+			p.cg.killAll()
+		}
+	}
+}
+
+// waiter reaps the sandbox, then removes its cgroup and records the status.
+func (p *Process) waiter() {
+	ps, err := p.proc.Wait()
+	st := ExitStatus{Code: -1}
+	if err != nil {
+		st.Err = err
+	} else if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+		switch {
+		case ws.Exited():
+			st.Code = ws.ExitStatus()
+		case ws.Signaled():
+			st.Signal = ws.Signal()
+		}
+	}
+	if p.notify != nil {
+		_ = p.notify.Close()
+	}
+	p.logs.wait(time.Second)
+	p.mu.Lock()
+	st.SeccompSyscall = p.seccomp
+	killed := p.killed
+	p.mu.Unlock()
+	oom := p.cg != nil && p.cg.oomKilled()
+	if p.cg != nil {
+		if err := p.cg.remove(); err != nil {
+			slog.Error("sandbox cgroup not removed", "sandbox", p.label, "err", err)
+		}
+	}
+	if st.Err == nil {
+		switch {
+		case st.SeccompSyscall != "":
+			st.Err = fmt.Errorf("%w: %s", ErrSeccomp, st.SeccompSyscall)
+		case oom:
+			st.Err = ErrOutOfMemory
+		case killed && st.Signal == syscall.SIGKILL:
+			st.Err = ErrKilled
+		case st.Code == confine.ExitSetup:
+			st.Err = fmt.Errorf("sandbox confinement failed: %s", p.logs.tail())
+		case st.Signal != 0:
+			st.Err = fmt.Errorf("sandbox killed by signal %v", st.Signal)
+		case st.Code != 0:
+			st.Err = fmt.Errorf("sandbox exited with code %d", st.Code)
+		}
+	}
+	p.status = st
+	close(p.done)
+}

@@ -1,0 +1,49 @@
+package store
+
+import (
+	"os"
+	"time"
+)
+
+// SetCommitObserver has f called after every Commit with its duration, the
+// payload bytes it wrote (pages, module, log text) and its error. Set it
+// before the store is shared; nil removes it.
+func (s *Store) SetCommitObserver(f func(d time.Duration, bytes int64, err error)) { s.onCommit = f }
+
+func (s *Store) observeCommit(start time.Time, changes []Change, err error) {
+	if s.onCommit == nil {
+		return
+	}
+	s.onCommit(time.Since(start), payloadBytes(changes), err)
+}
+
+// payloadBytes is what a commit writes, before bbolt's own overhead.
+func payloadBytes(changes []Change) int64 {
+	var n int64
+	for i := range changes {
+		c := &changes[i]
+		for _, m := range []*MemoryChange{c.Heap, c.Stable} {
+			if m == nil {
+				continue
+			}
+			for _, p := range m.Delta.Pages {
+				n += int64(len(p.Data))
+			}
+		}
+		n += int64(len(c.Module)) + int64(len(c.Globals))*16
+		for _, l := range c.Logs {
+			n += int64(len(l.Text))
+		}
+		n += 512 // metadata, roughly
+	}
+	return n
+}
+
+// Size is the size of the store file in bytes (0 if it cannot be read).
+func (s *Store) Size() int64 {
+	fi, err := os.Stat(s.db.Path())
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}

@@ -1,0 +1,43 @@
+// Package worker is the sandbox side of cordon: the code a sandbox process
+// runs after confinement. It speaks the protocol of internal/boundary over
+// the IPC socket and nothing else: in compile mode it validates,
+// instruments and compiles modules and returns their artifacts; in canister
+// mode it loads one canister's artifact (passed as a file descriptor) and
+// serves its executions with internal/engine.
+//
+// The worker trusts the host, but it is written as carefully as the host's
+// side: requests are decoded by the same bounded decoders.
+package worker
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
+)
+
+// Exit codes of a sandbox process.
+const (
+	ExitOK       = 0
+	ExitProtocol = 1  // the host sent something the worker cannot serve
+	ExitUsage    = 2  // bad arguments
+	ExitPanic    = 3  // the worker panicked (after reporting it)
+	ExitConfine  = 70 // confinement failed
+)
+
+// Main is the entry point of a sandbox process: cmd/cordon calls it, before
+// anything else, when confine.IsSandbox() reports the process was started
+// by sandbox.Start. It completes confinement first (before any byte from the
+// host is read), then serves requests until the host says stop or goes away.
+// Diagnostics go to fd 2, which the host reads and labels.
+func Main() int {
+	conn, files, args, err := confine.Enter()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
+		return ExitConfine
+	}
+	for _, f := range files { // this version passes artifacts with Load, not at spawn
+		f.Close()
+	}
+	return Serve(conn, args)
+}

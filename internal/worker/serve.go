@@ -1,0 +1,173 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/engine"
+)
+
+// MaxArtifactBytes bounds an artifact the worker reads from its descriptor.
+const MaxArtifactBytes = 1 << 30
+
+// Serve runs the worker's request loop on an IPC socket, in the mode named
+// by args[0] ("compile" or "canister"), and returns the process exit code.
+// It is Main without confinement, so tests can run a worker in a goroutine
+// over a socket pair.
+func Serve(conn *net.UnixConn, args []string) int {
+	defer conn.Close()
+	c := boundary.NewConn(conn)
+	// args: mode, then (canister mode) the canister id, which is only there
+	// to label the process for operators.
+	if len(args) < 1 || len(args) > 2 {
+		fmt.Fprintf(os.Stderr, "cordon sandbox: want a mode (compile or canister) and an optional label, got %q\n", args)
+		return ExitUsage
+	}
+	mode, ok := boundary.ParseMode(args[0])
+	if !ok {
+		fmt.Fprintf(os.Stderr, "cordon sandbox: unknown mode %q\n", args[0])
+		return ExitUsage
+	}
+	cfg := engine.DefaultConfig()
+	// A canister sandbox only deserializes: no compiler threads.
+	cfg.ParallelCompilation = mode == boundary.ModeCompile
+	e, err := engine.New(cfg)
+	if err != nil {
+		_ = c.SendError(0, boundary.ErrInternal, "create engine: %v", err)
+		return ExitProtocol
+	}
+	w := &worker{c: c, mode: mode, e: e}
+	if err := c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(mode)}); err != nil {
+		return ExitProtocol
+	}
+	return w.loop()
+}
+
+type worker struct {
+	c    *boundary.Conn
+	mode boundary.Mode
+	e    *engine.Engine
+	mod  *engine.Module // canister mode: the loaded module
+}
+
+func (w *worker) loop() (code int) {
+	var cur uint64
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "cordon sandbox: panic: %v\n%s", r, debug.Stack())
+			_ = w.c.SendError(cur, boundary.ErrInternal, "sandbox panic: %v", r)
+			code = ExitPanic
+		}
+	}()
+	for {
+		q, err := w.c.NextRequest()
+		if errors.Is(err, boundary.ErrClosed) || errors.Is(err, net.ErrClosed) {
+			return ExitOK
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
+			return ExitProtocol
+		}
+		cur = q.ID
+		if err := w.serve(q); err != nil {
+			fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
+			return ExitProtocol
+		}
+		if q.Kind == boundary.KindShutdown {
+			return ExitOK
+		}
+	}
+}
+
+// serve answers one request; an error means the connection is unusable.
+func (w *worker) serve(q *boundary.Request) error {
+	switch {
+	case q.Kind == boundary.KindPing:
+		return w.c.Send(&boundary.Msg{Kind: boundary.KindPong, ID: q.ID})
+	case q.Kind == boundary.KindShutdown:
+		return nil
+	case q.Kind == boundary.KindCompile && w.mode == boundary.ModeCompile:
+		return w.compile(q)
+	case q.Kind == boundary.KindLoad && w.mode == boundary.ModeCanister:
+		return w.load(q)
+	case q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister:
+		return w.execute(q)
+	}
+	if q.File != nil {
+		q.File.Close()
+	}
+	return w.c.SendError(q.ID, boundary.ErrBadRequest, "%s request in %s mode", q.Kind, w.mode)
+}
+
+func (w *worker) compile(q *boundary.Request) error {
+	m, err := w.e.Compile(q.Compile.Wasm, q.Compile.Limits)
+	if err != nil {
+		if errors.Is(err, engine.ErrInvalidModule) {
+			// The host wraps engine.ErrInvalidModule again.
+			msg := strings.TrimPrefix(err.Error(), engine.ErrInvalidModule.Error()+": ")
+			return w.c.SendError(q.ID, boundary.ErrInvalidModule, "%s", msg)
+		}
+		return w.c.SendError(q.ID, boundary.ErrInternal, "compile: %v", err)
+	}
+	art, err := m.Serialize()
+	if err != nil {
+		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
+	}
+	body := boundary.EncodeCompiled(&boundary.Compiled{Info: m.Info, GlobalTypes: m.GlobalTypes(), Artifact: art})
+	return w.c.Send(&boundary.Msg{Kind: boundary.KindCompiled, ID: q.ID, Body: body})
+}
+
+func (w *worker) load(q *boundary.Request) error {
+	data, err := readArtifact(q.File)
+	q.File.Close()
+	if err != nil {
+		return w.c.SendError(q.ID, boundary.ErrArtifact, "read artifact: %v", err)
+	}
+	m, err := w.e.Deserialize(data)
+	if err != nil {
+		return w.c.SendError(q.ID, boundary.ErrArtifact, "%v", err)
+	}
+	if m.Info.Hash != q.Hash {
+		return w.c.SendError(q.ID, boundary.ErrArtifact, "artifact is for module %x, not %x", m.Info.Hash[:8], q.Hash[:8])
+	}
+	w.mod = m
+	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
+}
+
+func readArtifact(f *os.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > MaxArtifactBytes {
+		return nil, fmt.Errorf("artifact of %d bytes", st.Size())
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (w *worker) execute(q *boundary.Request) error {
+	x := q.Exec
+	if w.mod == nil || w.mod.Info.Hash != x.Module {
+		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x is not loaded", x.Module[:8])
+	}
+	var globals = x.Globals
+	if !x.HasGlobals {
+		globals = nil
+	}
+	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Globals: globals, RunStart: x.RunStart, Input: x.Input})
+	if err != nil {
+		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
+	}
+	boundary.Normalize(x.Input.Context, out)
+	return w.c.SendOutput(q.ID, out)
+}
