@@ -4,6 +4,8 @@
 package host
 
 import (
+	"time"
+
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/metrics"
@@ -29,6 +31,20 @@ type Config struct {
 	LogLines      int           // debug_print lines kept per canister
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
+
+	Sandbox SandboxConfig // used when Isolation is "sandbox"
+}
+
+// SandboxConfig tunes sandboxed execution.
+type SandboxConfig struct {
+	// Strict refuses to start a sandbox when a confinement layer is missing,
+	// except the layers listed in AllowMissing (--insecure-allow-missing).
+	Strict       bool
+	AllowMissing []string
+	Binary       string        // sandbox executable; "" runs this binary again
+	MemoryBytes  uint64        // cgroup memory limit per canister sandbox (0: default)
+	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
+	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).

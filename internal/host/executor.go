@@ -5,8 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/sandbox"
 )
 
 // newExecutor builds the executor for the node's isolation mode.
@@ -15,10 +18,39 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 	case "inprocess":
 		return exec.NewInProcess(cfg.ModuleLimits)
 	case "sandbox":
+		allow, err := sandbox.ParseLayers(strings.Join(cfg.Sandbox.AllowMissing, ","))
+		if err != nil {
+			return nil, fmt.Errorf("--insecure-allow-missing: %w", err)
+		}
+		if cfg.Sandbox.Strict {
+			// Refuse up front, with the whole list, rather than on the first message.
+			var missing []string
+			for _, l := range sandbox.Doctor().Missing() {
+				if !slices.Contains(allow, l) {
+					missing = append(missing, string(l))
+				}
+			}
+			if len(missing) > 0 {
+				return nil, fmt.Errorf("strict mode: confinement layers unavailable here: %s (see `cordon doctor`; --insecure-allow-missing %s runs without them)",
+					strings.Join(missing, ", "), strings.Join(missing, ","))
+			}
+		}
+		for _, l := range allow {
+			logger.Warn("INSECURE: sandboxes may run without a confinement layer", "layer", string(l))
+		}
+		binary := cfg.Sandbox.Binary
+		if binary == "" {
+			binary = os.Getenv("CORDON_SANDBOX_BINARY")
+		}
 		return exec.NewSandboxed(exec.SandboxConfig{
 			Dir:          filepath.Join(cfg.Home, "artifacts"),
 			ModuleLimits: cfg.ModuleLimits,
-			Binary:       os.Getenv("CORDON_SANDBOX_BINARY"),
+			Binary:       binary,
+			Strict:       cfg.Sandbox.Strict,
+			AllowMissing: allow,
+			MemoryBytes:  cfg.Sandbox.MemoryBytes,
+			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
+			IdleTimeout:  cfg.Sandbox.IdleTimeout,
 			Logger:       logger,
 		})
 	}

@@ -276,3 +276,27 @@ func TestGzipAndSizeLimits(t *testing.T) {
 	f.restart()
 	eq(t, "state kept", f.query(id, "get", noArgs), natReply(1))
 }
+
+// The default isolation of cordon: the same lifecycle with every execution in
+// a confined sandbox, strict about confinement layers.
+func TestCounterSandboxed(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Home = t.TempDir()
+	cfg.Isolation = "sandbox"
+	cfg.Sandbox.Strict = true
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+	wasm := module(t, corpusDir, "counter")
+	id := f.install(wasm, noArgs)
+	eq(t, "inc", f.update(id, "inc", noArgs), natReply(1))
+	eq(t, "get", f.query(id, "get", noArgs), natReply(1))
+	f.upgrade(id, wasm)
+	f.restart()
+	eq(t, "get after upgrade and restart", f.query(id, "get", noArgs), natReply(1))
+	// Bad modules are refused by the compiler sandbox with the same clear error.
+	_, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm[:100], Arg: noArgs, Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "invalid canister module") {
+		t.Fatalf("truncated module in sandbox mode: %v", err)
+	}
+}

@@ -137,6 +137,10 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	m, err := n.exec.Prepare(ctx, wasm)
 	if err != nil {
+		var se *exec.SandboxError
+		if errors.As(err, &se) {
+			return nil, rejectf(CanisterError, "Error from Canister %s: compiling the module: %v", id, err)
+		}
 		return nil, err
 	}
 	limit := n.cfg.InstallInstructions
@@ -163,7 +167,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 			in.Caller = opts.Caller.Bytes()
 			out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
-				return nil, fmt.Errorf("run pre_upgrade of %s: %w", id, err)
+				return nil, asReject(id, "run pre_upgrade of", err)
 			}
 			used, logs = out.Instructions, out.Logs
 			if out.Trapped {
@@ -196,7 +200,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
 	out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
-		return nil, fmt.Errorf("install %s: %w", id, err)
+		return nil, asReject(id, "install", err)
 	}
 	used += out.Instructions
 	logs = append(logs, out.Logs...)

@@ -116,7 +116,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
 	out, err := q.n.exec.Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
 	if err != nil {
-		return nil, fmt.Errorf("execute query on %s: %w", c.id, err)
+		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
 	if out.Trapped {

@@ -1,6 +1,11 @@
 package host
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cordon-dev/cordon/internal/exec"
+)
 
 // RejectCode is the IC's reject code of a failed call.
 type RejectCode uint32
@@ -43,4 +48,15 @@ func (r *Reject) Error() string { return fmt.Sprintf("reject %d (%s): %s", r.Cod
 
 func rejectf(code RejectCode, format string, args ...any) *Reject {
 	return &Reject{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// asReject turns a sandbox failure into the CANISTER_ERROR reject the caller
+// sees (the sandbox is already killed and nothing was applied); other errors
+// pass through with context.
+func asReject(id fmt.Stringer, what string, err error) error {
+	var se *exec.SandboxError
+	if errors.As(err, &se) {
+		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
+	}
+	return fmt.Errorf("%s %s: %w", what, id, err)
 }
