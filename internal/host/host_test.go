@@ -300,3 +300,28 @@ func TestCounterSandboxed(t *testing.T) {
 		t.Fatalf("truncated module in sandbox mode: %v", err)
 	}
 }
+
+// A canister can run in the other isolation mode than the node's, and move
+// between them on upgrade, with identical results.
+func TestPerCanisterIsolation(t *testing.T) {
+	f := newFixture(t) // node default: in-process
+	wasm := module(t, corpusDir, "counter")
+	ctx := context.Background()
+	id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: wasm, Arg: noArgs, Caller: user, Isolation: "sandbox"}); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "inc in sandbox", f.update(id, "inc", noArgs), natReply(1))
+	f.restart()
+	eq(t, "get in sandbox after restart", f.query(id, "get", noArgs), natReply(1))
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user, Isolation: "inprocess"}); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "inc back in process", f.update(id, "inc", noArgs), natReply(2))
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user, Isolation: "vm"}); err == nil {
+		t.Fatal("unknown isolation mode accepted")
+	}
+}

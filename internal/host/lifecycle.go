@@ -88,6 +88,9 @@ type InstallOptions struct {
 	Wasm   []byte // .wasm or gzip-compressed .wasm.gz
 	Arg    []byte
 	Caller principal.Principal
+	// Isolation overrides the node's isolation mode for this canister
+	// ("sandbox" or "inprocess"); "" keeps the canister's setting.
+	Isolation string
 	// KeepHeap keeps the Wasm heap on upgrade (wasm_memory_persistence =
 	// keep). nil: keep exactly when the new module uses Motoko's enhanced
 	// orthogonal persistence, which requires it.
@@ -135,7 +138,18 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	default:
 		return nil, fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", opts.Mode)
 	}
-	m, err := n.exec.Prepare(ctx, wasm)
+	isolation := c.meta.Settings.Isolation
+	if opts.Isolation != "" {
+		isolation = opts.Isolation
+		if isolation == n.cfg.Isolation {
+			isolation = ""
+		}
+	}
+	x, err := n.executorFor(isolation)
+	if err != nil {
+		return nil, err
+	}
+	m, err := x.Prepare(ctx, wasm)
 	if err != nil {
 		var se *exec.SandboxError
 		if errors.As(err, &se) {
@@ -165,7 +179,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		if c.module.Info.HasPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
-			out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
 				return nil, asReject(id, "run pre_upgrade of", err)
 			}
@@ -198,7 +212,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
-	out, err := n.exec.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
+	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
 		return nil, asReject(id, "install", err)
 	}
@@ -231,6 +245,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	stableDeltas = append(stableDeltas, out.Stable)
 
 	meta := c.meta
+	meta.Settings.Isolation = isolation
 	meta.ModuleHash = store.ModuleKey(wasm)
 	meta.Version++
 	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
@@ -264,6 +279,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	if err := n.store.Commit(change); err != nil {
 		return nil, err
+	}
+	if old := n.execOf(c); old != x {
+		old.Forget(id.String()) // the canister moved to the other isolation mode
 	}
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
 	c.logs.publish(entries)
@@ -368,7 +386,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 		return err
 	}
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
-	n.exec.Forget(id.String())
+	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()
 	return nil
 }
@@ -443,7 +461,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	n.mu.Lock()
 	delete(n.canisters, id)
 	n.mu.Unlock()
-	n.exec.Forget(id.String())
+	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()
 	n.log.Info("canister deleted", "canister", id.String())
 	return nil

@@ -50,7 +50,7 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 	}
 	in := n.input(c, c.module, sysapi.CtxInspect, "canister_inspect_message", inspectInstructions)
 	in.Caller, in.Arg, in.MethodName = msg.Caller.Bytes(), msg.Arg, msg.Method
-	out, err := n.exec.Execute(ctx, c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.execOf(c).Execute(ctx, c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err != nil {
 		return fmt.Errorf("inspect message to %s: %w", c.id, err)
 	}

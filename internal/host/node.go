@@ -32,6 +32,10 @@ type Node struct {
 	canisters map[principal.Principal]*canister
 	lastTime  uint64 // ic0.time is strictly increasing across the node
 
+	// alt is the executor of the other isolation mode, created on first use
+	// by a canister whose settings override the node's mode (guarded by mu).
+	alt exec.Executor
+
 	busy sync.WaitGroup // queue drainers and management calls in flight
 	done chan struct{}  // closed by Close
 }
@@ -105,6 +109,11 @@ func (n *Node) Close() error {
 		n.log.Warn("closing with messages still in flight", "waited", drainTimeout)
 	}
 	n.exec.Close()
+	n.mu.Lock()
+	if n.alt != nil {
+		n.alt.Close()
+	}
+	n.mu.Unlock()
 	return n.store.Close()
 }
 
@@ -163,7 +172,11 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 		if err != nil {
 			return nil, fmt.Errorf("load module of canister %s: %w", id, err)
 		}
-		if c.module, err = n.exec.Prepare(ctx, wasm); err != nil {
+		x, err := n.executorFor(c.meta.Settings.Isolation)
+		if err != nil {
+			return nil, fmt.Errorf("canister %s: %w", id, err)
+		}
+		if c.module, err = x.Prepare(ctx, wasm); err != nil {
 			return nil, fmt.Errorf("compile module of canister %s: %w", id, err)
 		}
 	}
@@ -304,4 +317,36 @@ func (n *Node) executionFee(instructions uint64) cycles.Amount {
 		return cycles.Max
 	}
 	return f.SaturatingAdd(cycles.New(n.cfg.Fees.UpdateExecution))
+}
+
+// executorFor returns the executor of an isolation mode ("" is the node's).
+// The executor of the other mode is created on first use.
+func (n *Node) executorFor(mode string) (exec.Executor, error) {
+	if mode == "" || mode == n.cfg.Isolation {
+		return n.exec, nil
+	}
+	if mode != "sandbox" && mode != "inprocess" {
+		return nil, fmt.Errorf("unknown isolation mode %q (want sandbox or inprocess)", mode)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.alt == nil {
+		cfg := n.cfg
+		cfg.Isolation = mode
+		x, err := newExecutor(cfg, n.log)
+		if err != nil {
+			return nil, err
+		}
+		n.alt = x
+	}
+	return n.alt, nil
+}
+
+// execOf returns the executor a canister runs in.
+func (n *Node) execOf(c *canister) exec.Executor {
+	x, err := n.executorFor(c.meta.Settings.Isolation)
+	if err != nil {
+		return n.exec // unreachable: settings are validated when set
+	}
+	return x
 }

@@ -114,7 +114,7 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 // reply nor an error when none responded.
 func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
-	out, err := q.n.exec.Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
+	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
 	if err != nil {
 		return nil, asReject(c.id, "execute query on", err)
 	}

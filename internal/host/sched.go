@@ -271,7 +271,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 
 // execute runs one execution of c from its committed state.
 func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
-	return n.exec.Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	return n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 }
 
 // finish commits a successful execution in call context id and acts on it:
