@@ -321,6 +321,9 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 		if !loopback {
 			logger.Warn("listening on a non-loopback address: every request needs the API token", "addr", ln.Addr().String(),
 				"tls", tlsConfig != nil)
+			if tlsConfig == nil {
+				logger.Warn("without TLS the token and all traffic cross the network in clear text; use --tls-cert and --tls-key")
+			}
 		}
 	}
 	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid(), TLS: tlsConfig != nil, CertSHA256: certSum, Token: token != ""}

@@ -131,8 +131,9 @@ var testObserve func(route, method string, status int)
 type route struct {
 	pattern string
 	methods map[string]http.HandlerFunc
-	// open routes need no token; stream routes are not bounded by
-	// RequestTimeout and MaxRequests (they have their own limits).
+	// open routes need no token; a stream route asked to stream
+	// (?follow=1) is not bounded by RequestTimeout and MaxRequests (it has
+	// its own limits).
 	open, stream bool
 }
 
@@ -242,7 +243,7 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
 			return
 		}
-		if rt.stream || rt.open {
+		if rt.open || rt.stream && isFollow(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -258,6 +259,12 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// isFollow reports whether a request asks for a stream (?follow=1).
+func isFollow(r *http.Request) bool {
+	v := r.URL.Query().Get("follow")
+	return v == "1" || v == "true"
 }
 
 func (s *server) authorized(r *http.Request) bool {
@@ -600,20 +607,16 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		since = n
 	}
-	follow := false
 	switch v := q.Get("follow"); v {
-	case "", "0", "false":
-	case "1", "true":
-		follow = true
+	case "", "0", "false", "1", "true":
 	default:
 		s.writeError(w, r, badRequest(fmt.Errorf("follow=%q: want 1 or 0", v)))
 		return
 	}
 	p, _ := parseID(id)
-	if !follow {
-		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
-		defer cancel()
-		es, _, err := s.local.Node.LogsSince(ctx, p, since)
+	if !isFollow(r) {
+		// guard applied the request limit and timeout.
+		es, _, err := s.local.Node.LogsSince(r.Context(), p, since)
 		if err != nil {
 			s.writeError(w, r, err)
 			return

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cordon-dev/cordon/internal/api"
+	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
@@ -377,6 +378,9 @@ durable either way.`,
 			}
 			logger := g.logger(cfg)
 			m := metrics.New(Version, cfg.Isolation)
+			for _, k := range boundary.AllViolationKinds() { // every kind's series exists from the start
+				m.DeclareViolationKinds(k.String())
+			}
 			hc := cfg.Host
 			hc.Metrics = m
 			node, err := host.Open(hc, logger)
@@ -421,6 +425,8 @@ durable either way.`,
 	g.bind(f, "server.tls_cert")
 	g.bind(f, "server.tls_key")
 	g.bind(f, "server.require_token")
+	g.bind(f, "sandbox.strict")
+	g.bind(f, "sandbox.allow_missing")
 	return cmd
 }
 

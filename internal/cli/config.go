@@ -22,12 +22,13 @@ func newConfigCmd(g *globals) *cobra.Command {
 		Long: `cordon's configuration has four layers, highest precedence first:
 
   1. flags: --isolation, --log-level, --log-format, serve's --listen,
-     --tls-cert, --tls-key, --require-token, and --set KEY=VALUE for any key;
+     --tls-cert, --tls-key, --require-token, --strict and
+     --insecure-allow-missing, and --set KEY=VALUE for any key;
   2. environment variables: CORDON_ plus the key in capitals with '.' as '_'
      (limits.update_instructions: CORDON_LIMITS_UPDATE_INSTRUCTIONS);
   3. the TOML file --config FILE, else $CORDON_CONFIG, else
      <home>/config.toml when it exists (sections [log], [server], [limits],
-     [fees]; unknown keys are errors);
+     [sandbox], [fees]; unknown keys are errors);
   4. the defaults (the IC's limits and fees).
 
 The home itself is --home, else $CORDON_HOME, else ~/.local/share/cordon.`,

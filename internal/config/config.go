@@ -154,6 +154,37 @@ var Settings = []*Setting{
 	integer("limits.log_lines", "", "debug_print lines kept per canister",
 		func(c *Config) *int { return &c.Host.LogLines }, 1),
 
+	boolean("sandbox.strict", "strict", "refuse to run sandboxes when a confinement layer is missing (see `cordon doctor`)",
+		func(c *Config) *bool { return &c.Host.Sandbox.Strict }),
+	{Key: "sandbox.allow_missing", Flag: "insecure-allow-missing", quoted: true,
+		Help: "INSECURE: comma-separated confinement layers strict mode may do without",
+		get:  func(c *Config) string { return strings.Join(c.Host.Sandbox.AllowMissing, ",") },
+		set: func(c *Config, v string) error {
+			c.Host.Sandbox.AllowMissing = nil
+			for _, l := range strings.Split(v, ",") {
+				if l = strings.TrimSpace(l); l != "" {
+					c.Host.Sandbox.AllowMissing = append(c.Host.Sandbox.AllowMissing, l)
+				}
+			}
+			return nil
+		}},
+	str("sandbox.binary", "", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
+		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
+	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
+		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),
+	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
+		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
+	{Key: "sandbox.idle_timeout", Help: "a sandbox idle this long is stopped (0s: the default)", quoted: true,
+		get: func(c *Config) string { return c.Host.Sandbox.IdleTimeout.String() },
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d < 0 {
+				return errors.New("want a duration like 5m (0s: the default)")
+			}
+			c.Host.Sandbox.IdleTimeout = d
+			return nil
+		}},
+
 	count("fees.update_execution", "", "cycles charged per update execution",
 		func(c *Config) *uint64 { return &c.Host.Fees.UpdateExecution }),
 	count("fees.per_instruction", "", "cycles charged per instruction",
@@ -310,7 +341,7 @@ func (c *Config) loadFile(path string, explicit bool) error {
 	for _, k := range md.Keys() {
 		key := k.String()
 		if md.Type(k...) == "Hash" {
-			if !slices.Contains([]string{"log", "server", "limits", "fees"}, key) {
+			if !slices.Contains([]string{"log", "server", "limits", "sandbox", "fees"}, key) {
 				return fmt.Errorf("configuration %s: unknown section [%s]", path, key)
 			}
 			continue

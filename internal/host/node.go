@@ -337,7 +337,7 @@ func (n *Node) executorFor(mode string) (exec.Executor, error) {
 		if err != nil {
 			return nil, err
 		}
-		n.alt = x
+		n.alt = observeExecutor(x, cfg) // metrics: observe.go
 	}
 	return n.alt, nil
 }

@@ -112,15 +112,20 @@ func (x *observedExecutor) Sandboxes() []metrics.SandboxInfo {
 	return nil
 }
 
-// Sandboxes lists the node's live sandbox processes: none in-process, or
-// when the executor does not report them.
+// Sandboxes lists the node's live sandbox processes (of the node's
+// executor and of the other mode's, when a canister overrides the mode):
+// none in-process, or when the executor does not report them.
 func (n *Node) Sandboxes() []metrics.SandboxInfo {
-	if l, ok := n.exec.(sandboxLister); ok {
-		if s := l.Sandboxes(); s != nil {
-			return s
+	n.mu.Lock()
+	xs := []exec.Executor{n.exec, n.alt}
+	n.mu.Unlock()
+	out := []metrics.SandboxInfo{}
+	for _, x := range xs {
+		if l, ok := x.(sandboxLister); ok {
+			out = append(out, l.Sandboxes()...)
 		}
 	}
-	return []metrics.SandboxInfo{}
+	return out
 }
 
 // LiveCanisters is the number of canisters loaded in memory.
