@@ -26,6 +26,9 @@ type InstallRequest struct {
 	Cycles string `json:"cycles,omitempty"` // initial balance of a new canister (decimal)
 	// KeepHeap overrides wasm_memory_persistence on upgrade ("", "keep", "replace").
 	KeepHeap string `json:"wasm_memory_persistence,omitempty"`
+	// Isolation overrides the node's isolation mode for this canister
+	// ("sandbox" or "inprocess"; "" keeps the canister's setting).
+	Isolation string `json:"isolation,omitempty"`
 }
 
 // InstallResponse reports an install.
@@ -99,6 +102,11 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 		mode = host.ModeInstall
 	}
 	var keep *bool
+	switch req.Isolation {
+	case "", "sandbox", "inprocess":
+	default:
+		return nil, fmt.Errorf("isolation %q: want sandbox or inprocess", req.Isolation)
+	}
 	switch req.KeepHeap {
 	case "":
 	case "keep", "replace":
@@ -138,7 +146,7 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 		}
 		resp.Created = true
 	}
-	res, err := l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep})
+	res, err := l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep, Isolation: req.Isolation})
 	if err != nil {
 		if resp.Created {
 			// Nothing half-done: a canister created for a failed install goes away.

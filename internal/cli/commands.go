@@ -14,13 +14,14 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/config"
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
 )
 
 func newInstallCmd(g *globals) *cobra.Command {
-	var id, mode, arg, typ, caller, cyclesFlag, persistence, output string
+	var id, mode, arg, typ, caller, cyclesFlag, persistence, output, isolation string
 	cmd := &cobra.Command{
 		Use:   "install [flags] FILE.wasm|FILE.wasm.gz",
 		Short: "Install, reinstall or upgrade a canister's code",
@@ -53,7 +54,7 @@ persistence, the heap).`,
 			stop := progress(g.stderr, fmt.Sprintf("installing %s (%s): compiling, running %s…",
 				filepath.Base(args[0]), humanSize(len(wasm)), installEntry(mode)))
 			resp, err := b.Install(cmd.Context(), api.InstallRequest{ID: id, Mode: mode, Wasm: wasm, Arg: argBytes,
-				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence})
+				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, Isolation: isolation})
 			stop()
 			if err != nil {
 				return err
@@ -72,6 +73,7 @@ persistence, the heap).`,
 	f.StringVar(&typ, "type", "candid", "argument format: candid (text) or raw (hex bytes)")
 	f.StringVar(&caller, "caller", "", "principal making the call (default: anonymous); it becomes the controller of a new canister")
 	f.StringVar(&cyclesFlag, "cycles", "", "initial cycles of a new canister (default 100T)")
+	f.StringVar(&isolation, "canister-isolation", "", "run this canister in sandbox or inprocess mode regardless of the node's --isolation (kept across upgrades)")
 	f.StringVar(&persistence, "wasm-memory-persistence", "", "on upgrade: keep or replace the Wasm heap (default: keep for Motoko enhanced orthogonal persistence)")
 	f.StringVar(&output, "output", "text", "text or json")
 	return cmd
@@ -373,6 +375,10 @@ durable either way.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.serving = true
 			cfg, err := g.config()
+			if err == nil && cfg.Source("sandbox.strict") == config.FromDefault {
+				// A long-running node is strict unless told otherwise.
+				cfg.Host.Sandbox.Strict = true
+			}
 			if err != nil {
 				return err
 			}

@@ -196,7 +196,8 @@ func TestServeCommand(t *testing.T) {
 	fcancel()
 	<-fdone
 
-	if r := cordon(t, home, "ps", "--output", "json"); r.code != 0 || r.stdout != "[]" {
+	// The default isolation is the sandbox: the canister's sandbox is live.
+	if r := cordon(t, home, "ps", "--output", "json"); r.code != 0 || !strings.Contains(r.stdout, `"canister": "`+id+`"`) || !strings.Contains(r.stdout, `"pid": `) {
 		t.Errorf("ps: %+v", r)
 	}
 	cancel()

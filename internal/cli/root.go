@@ -159,6 +159,7 @@ came from.
 	pf.StringVar(&g.home, "home", "", "state directory (default $CORDON_HOME, else ~/.local/share/cordon)")
 	pf.StringVar(&g.configFile, "config", "", "configuration file (default $CORDON_CONFIG, else <home>/config.toml if it exists)")
 	g.bind(pf, "isolation")
+	g.bind(pf, "sandbox.binary")
 	g.bind(pf, "log.level")
 	g.bind(pf, "log.format")
 	pf.StringArrayVar(&g.sets, "set", nil, "set any configuration key, e.g. --set limits.update_instructions=1_000_000_000 (repeatable; see 'cordon config show')")
@@ -168,7 +169,8 @@ came from.
 	_ = root.RegisterFlagCompletionFunc("log-format", fixed("text", "json"))
 	root.AddCommand(newInstallCmd(g), newCallCmd(g, false), newCallCmd(g, true), newStatusCmd(g),
 		newLogsCmd(g), newDeleteCmd(g), newStartStopCmd(g, "start"), newStartStopCmd(g, "stop"),
-		newServeCmd(g), newCandidCmd(g), newPsCmd(g), newDoctorCmd(g), newConfigCmd(g), newCompletionCmd(g, root))
+		newServeCmd(g), newCandidCmd(g), newPsCmd(g), newDoctorCmd(g), newConfigCmd(g), newCompletionCmd(g, root),
+		newBenchCmd(g))
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "call", "query", "status", "logs", "delete", "start", "stop":

@@ -168,7 +168,7 @@ var Settings = []*Setting{
 			}
 			return nil
 		}},
-	str("sandbox.binary", "", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
+	str("sandbox.binary", "sandbox-binary", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
 		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
 	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),
@@ -219,7 +219,7 @@ func Lookup(key string) (*Setting, bool) {
 // Default returns the defaults.
 func Default() *Config {
 	return &Config{
-		Isolation:       "inprocess",
+		Isolation:       "sandbox",
 		LogLevel:        "warn",
 		LogFormat:       "text",
 		Listen:          "127.0.0.1:4943",

@@ -15,7 +15,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Isolation != "inprocess" || c.Listen != "127.0.0.1:4943" || c.LogLevel != "warn" || c.LogFormat != "text" ||
+	if c.Isolation != "sandbox" || c.Listen != "127.0.0.1:4943" || c.LogLevel != "warn" || c.LogFormat != "text" ||
 		c.Host.UpdateInstructions != 40_000_000_000 || c.Host.HeapBytes32 != 4<<30 || c.File != "" {
 		t.Fatalf("defaults: %+v", c)
 	}

@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cordon-dev/cordon/internal/bench"
+)
+
+func newBenchCmd(g *globals) *cobra.Command {
+	var (
+		quick, write, installDeps bool
+		corpus, output, plots     string
+		only                      []string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Run the benchmark suite and rewrite BENCHMARKS.md",
+		Long: `Run cordon's benchmark suite: spawn-to-ready of a confined sandbox (cold and
+from the pool) against bubblewrap running a static no-op; per-message latency
+sandboxed vs in-process; throughput over 1, 10 and 100 canisters; commit cost
+vs heap size and dirty pages; compute speed of the corpus compute canister
+against V8, and the cost of metering; idle memory per sandbox and how many
+sandboxes this machine holds.
+
+Every figure is printed as its median over N runs with the smallest and
+largest, and its ratio to a baseline measured in the same run. Numbers are
+printed, never asserted.
+
+The full suite takes about 10 minutes and rewrites the section of
+BENCHMARKS.md between <!-- bench:start --> and <!-- bench:end --> (the rest of
+the file is left alone) and the plots next to it (bench/*.svg). --quick runs
+a smaller suite in about a minute and only prints, unless --write.
+
+It runs nodes in temporary directories (never --home) and spawns sandboxes
+from this binary. bubblewrap is installed with apt-get when missing and
+running as root (--install-deps=false skips the baseline instead); V8 is the
+node on PATH. The corpus canisters are read from ../shared/canisters beside
+the checkout, or --corpus.`,
+		Example: `  cordon bench --quick
+  cordon bench
+  cordon bench --quick --only spawn,compute
+  cordon bench --corpus /path/to/canisters --output /tmp/BENCHMARKS.md`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, s := range only {
+				ok := slices.ContainsFunc(bench.Sections, func(sec bench.Section) bool { return sec.Key == s })
+				if !ok {
+					var keys []string
+					for _, sec := range bench.Sections {
+						keys = append(keys, sec.Key)
+					}
+					return usageError{fmt.Errorf("--only %q: want some of %s", s, strings.Join(keys, ", "))}
+				}
+			}
+			if !cmd.Flags().Changed("write") {
+				write = !quick && len(only) == 0
+			}
+			wd, err := os.Getwd()
+			if err != nil {
+				return err
+			}
+			root := bench.FindRepoRoot(wd)
+			if corpus == "" {
+				if root == "" {
+					return usageError{fmt.Errorf("not inside a cordon checkout: pass --corpus DIR (the corpus canisters)")}
+				}
+				corpus = filepath.Join(filepath.Dir(root), "shared", "canisters")
+			}
+			if output == "" && write {
+				if root == "" {
+					return usageError{fmt.Errorf("not inside a cordon checkout: pass --output FILE to write the report")}
+				}
+				output = filepath.Join(root, "BENCHMARKS.md")
+			}
+			rep, err := bench.Run(cmd.Context(), bench.Options{Quick: quick, Corpus: corpus, RepoRoot: root,
+				Only: only, InstallDeps: installDeps, Out: g.stdout, Log: g.stderr})
+			if err != nil {
+				return err
+			}
+			if !write {
+				return nil
+			}
+			files, err := rep.WriteFiles(output, plots)
+			if err != nil {
+				return err
+			}
+			for _, f := range files {
+				fmt.Fprintf(g.stdout, "wrote %s\n", f)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&quick, "quick", false, "a smaller suite, about a minute (fewer runs and sizes); prints only unless --write")
+	f.BoolVar(&write, "write", true, "rewrite the BENCHMARKS.md section and the plots (default: yes for the full suite, no for --quick or --only)")
+	f.StringVar(&corpus, "corpus", "", "directory of the corpus canisters (default: ../shared/canisters beside the checkout)")
+	f.StringVar(&output, "output", "", "the markdown file to update (default: BENCHMARKS.md of the checkout)")
+	f.StringVar(&plots, "plots", "bench", "directory of the SVG plots, relative to the markdown file")
+	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory")
+	f.BoolVar(&installDeps, "install-deps", true, "install bubblewrap with apt-get if it is missing (as root)")
+	return cmd
+}
