@@ -81,11 +81,15 @@ type SandboxConfig struct {
 	CompileTimeout        time.Duration // default 5 min
 	StartTimeout          time.Duration // spawn to ready (default 10 s)
 
-	Logger *slog.Logger
-	Launch Launcher // nil: sandbox.Start
+	Logger  *slog.Logger
+	Launch  Launcher        // nil: sandbox.Start
+	Metrics metrics.Sandbox // nil: not recorded
 }
 
 func (c *SandboxConfig) defaults() {
+	if c.Metrics == nil {
+		c.Metrics = metrics.Nop{}
+	}
 	if c.ModuleLimits == (engine.ModuleLimits{}) {
 		c.ModuleLimits = engine.DefaultModuleLimits()
 	}
@@ -537,6 +541,11 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 		x.cfg.Logger.Error("sandbox start failed", "canister", spec.Label, "err", err)
 		return nil, nil, &SandboxError{CanisterID: canisterID, Op: "start", Fault: FaultStart, Err: err}
 	}
+	kind := "canister"
+	if canisterID == "" {
+		kind = "compiler"
+	}
+	x.cfg.Metrics.SandboxSpawned(kind)
 	conn := boundary.NewConn(proc.Conn())
 	_, err = exchange(ctx, conn, x.cfg.StartTimeout, func() (struct{}, error) {
 		return struct{}{}, conn.AwaitReady(mode, x.logFunc(spec.Label))
@@ -593,12 +602,35 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 			s.Violations[v.Kind.String()]++
 		}
 	})
+	x.recordFault(se, st)
 	label := canisterID
 	if label == "" {
 		label = "compiler"
 	}
 	x.cfg.Logger.Warn("sandbox killed", "canister", label, "op", op, "pid", proc.Pid(), "fault", se.Fault.String(), "err", se.Error())
 	return se
+}
+
+// recordFault reports a failed sandbox to the metrics.
+func (x *Sandboxed) recordFault(se *SandboxError, st *sandbox.ExitStatus) {
+	m := x.cfg.Metrics
+	switch {
+	case st != nil && st.SeccompSyscall != "":
+		m.SandboxCrashed("seccomp")
+		m.SeccompKill(st.SeccompSyscall)
+	case st != nil && errors.Is(st.Err, sandbox.ErrOutOfMemory):
+		m.SandboxCrashed("oom")
+	case se.Fault == FaultTimeout:
+		m.SandboxCrashed("watchdog")
+		m.WatchdogKill()
+	case se.Fault == FaultViolation:
+		m.SandboxCrashed("violation")
+		m.ProtocolViolation(se.Violation.Kind.String())
+	case st != nil && st.Signal != 0:
+		m.SandboxCrashed("signal")
+	default:
+		m.SandboxCrashed("exit")
+	}
 }
 
 // waitExit reaps a killed sandbox, giving up after a while (a stand-in that
@@ -785,6 +817,7 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
+			x.cfg.Metrics.SandboxEvicted("pool")
 			return true
 		}
 	}
@@ -816,6 +849,7 @@ func (x *Sandboxed) reapIdle() {
 				x.forgetLocked(sb)
 				sb.mu.Unlock()
 				x.count(func(s *SandboxStats) { s.Evicted++ })
+				x.cfg.Metrics.SandboxEvicted("idle")
 			}
 		}
 	}

@@ -52,6 +52,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
 			Logger:       logger,
+			Metrics:      metricsOf(cfg),
 		})
 	}
 	return nil, fmt.Errorf("isolation mode %q is not available: use --isolation sandbox or inprocess", cfg.Isolation)
