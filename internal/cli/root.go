@@ -169,8 +169,8 @@ came from.
 	_ = root.RegisterFlagCompletionFunc("log-format", fixed("text", "json"))
 	root.AddCommand(newInstallCmd(g), newCallCmd(g, false), newCallCmd(g, true), newStatusCmd(g),
 		newLogsCmd(g), newDeleteCmd(g), newStartStopCmd(g, "start"), newStartStopCmd(g, "stop"),
-		newServeCmd(g), newCandidCmd(g), newPsCmd(g), newDoctorCmd(g), newConfigCmd(g), newCompletionCmd(g, root),
-		newBenchCmd(g))
+		newServeCmd(g), newCandidCmd(g), newPsCmd(g), newDoctorCmd(g), newConfigCmd(g), newCompletionCmd(g, root))
+	root.AddCommand(newBenchCmd(g))
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "call", "query", "status", "logs", "delete", "start", "stop":

@@ -26,6 +26,10 @@ type Config struct {
 	MaxWasmStack int
 	// ParallelCompilation lets Cranelift use threads to compile.
 	ParallelCompilation bool
+	// DisableFuel turns metering off: no instruction limit, no instruction
+	// counts (Output.Instructions is 0). Only `cordon bench` sets it, to
+	// measure what metering costs; the host never does.
+	DisableFuel bool
 }
 
 // DefaultConfig returns the configuration cordon runs with.
@@ -36,6 +40,7 @@ func DefaultConfig() Config {
 // Engine compiles and runs canister modules. It is safe for concurrent use.
 type Engine struct {
 	wt       *wasmtime.Engine
+	noFuel   bool // Config.DisableFuel
 	linker32 *wasmtime.Linker
 	linker64 *wasmtime.Linker
 }
@@ -44,7 +49,7 @@ type Engine struct {
 // canonicalization so floats are deterministic, fuel for metering.
 func New(cfg Config) (*Engine, error) {
 	c := wasmtime.NewConfig()
-	c.SetConsumeFuel(true)
+	c.SetConsumeFuel(!cfg.DisableFuel)
 	c.SetCraneliftNanCanonicalization(true)
 	c.SetWasmMemory64(true)
 	c.SetWasmBulkMemory(true)
@@ -61,7 +66,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWasmStack > 0 {
 		c.SetMaxWasmStack(cfg.MaxWasmStack)
 	}
-	e := &Engine{wt: wasmtime.NewEngineWithConfig(c)}
+	e := &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel}
 	var err error
 	if e.linker32, err = newLinker(e.wt, false); err != nil {
 		return nil, fmt.Errorf("define ic0 for 32-bit canisters: %w", err)
@@ -143,13 +148,18 @@ func (r *run) hostCall(spec *sysapi.Spec, args []wasmtime.Val, results []wasmtim
 	return []wasmtime.Val{wasmtime.ValI64(int64(res))}, nil
 }
 
-// meter implements sysapi.Meter on a store's fuel.
+// meter implements sysapi.Meter on a store's fuel (off: no fuel, nothing
+// is counted).
 type meter struct {
 	store *wasmtime.Store
 	limit uint64
+	off   bool
 }
 
 func (m *meter) Charge(n uint64) error {
+	if m.off {
+		return nil
+	}
 	fuel, err := m.store.GetFuel()
 	if err != nil {
 		return fmt.Errorf("read fuel: %w", err)
@@ -162,6 +172,9 @@ func (m *meter) Charge(n uint64) error {
 }
 
 func (m *meter) Used() uint64 {
+	if m.off {
+		return 0
+	}
 	fuel, err := m.store.GetFuel()
 	if err != nil || fuel > m.limit {
 		return m.limit

@@ -70,10 +70,12 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	defer store.Close()
 	r.store = store
 	store.Limiter(clampInt64(in.Limits.HeapBytes), maxTableElements, 1, 1, 1)
-	if err := store.SetFuel(in.Limits.Instructions); err != nil {
-		return nil, fmt.Errorf("engine: set fuel: %w", err)
+	if !e.noFuel {
+		if err := store.SetFuel(in.Limits.Instructions); err != nil {
+			return nil, fmt.Errorf("engine: set fuel: %w", err)
+		}
 	}
-	mt := &meter{store: store, limit: in.Limits.Instructions}
+	mt := &meter{store: store, limit: in.Limits.Instructions, off: e.noFuel}
 	r.exec = sysapi.NewExecution(in, r, mt)
 
 	linker := e.linker32

@@ -1,0 +1,281 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+)
+
+// noopC is the static no-op the bubblewrap baseline runs. With an argument
+// it waits for a signal instead (an idle confined process, for memory).
+const noopC = `#include <unistd.h>
+int main(int argc, char **argv) {
+	(void)argv;
+	if (argc > 1)
+		pause();
+	return 0;
+}
+`
+
+const noopGo = `package main
+
+import (
+	"os"
+	"os/signal"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c)
+		<-c
+	}
+}
+`
+
+// buildNoop builds the static no-op with gcc -static, else with Go
+// (CGO_ENABLED=0).
+func (e *env) buildNoop() {
+	if e.noop != "" || e.noopWhy != "" {
+		return
+	}
+	dir := filepath.Join(e.tmp, "noop")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.noopWhy = err.Error()
+		return
+	}
+	bin := filepath.Join(dir, "noop")
+	var whyC string
+	if gcc, err := exec.LookPath("gcc"); err == nil {
+		src := filepath.Join(dir, "noop.c")
+		if err := os.WriteFile(src, []byte(noopC), 0o644); err != nil {
+			e.noopWhy = err.Error()
+			return
+		}
+		out, err := exec.CommandContext(e.ctx, gcc, "-static", "-O2", "-o", bin, src).CombinedOutput()
+		if err == nil {
+			e.noop = bin
+			e.rep.Note("spawn", "The no-op is C, `gcc -static -O2` (%s), built by the suite.", humanBytes(fileSize(bin)))
+			return
+		}
+		whyC = "gcc -static: " + firstLine(string(out))
+	} else {
+		whyC = "no gcc"
+	}
+	src := filepath.Join(dir, "main.go")
+	_ = os.WriteFile(src, []byte(noopGo), 0o644)
+	_ = os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module noop\n\ngo 1.21\n"), 0o644)
+	cmd := exec.CommandContext(e.ctx, "go", "build", "-o", bin, ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.noopWhy = whyC + "; go build: " + firstLine(string(out))
+		return
+	}
+	e.noop = bin
+	e.rep.Note("spawn", "The no-op is a static Go program (%s: %s), built by the suite.", whyC, humanBytes(fileSize(bin)))
+}
+
+func fileSize(path string) uint64 {
+	if st, err := os.Stat(path); err == nil {
+		return uint64(st.Size())
+	}
+	return 0
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// findBwrap finds bubblewrap, installing it from Debian's packages if it is
+// missing and allowed.
+func (e *env) findBwrap() {
+	if e.bwrap != "" || e.bwrapWhy != "" {
+		return
+	}
+	if p, err := exec.LookPath("bwrap"); err == nil {
+		e.bwrap = p
+		return
+	}
+	if !e.opt.InstallDeps {
+		e.bwrapWhy = "bwrap is not installed (apt-get install bubblewrap; --install-deps=false forbade installing it)"
+		return
+	}
+	if os.Geteuid() != 0 {
+		e.bwrapWhy = "bwrap is not installed and installing it needs root (apt-get install bubblewrap)"
+		return
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		e.bwrapWhy = "bwrap is not installed and there is no apt-get to install it"
+		return
+	}
+	e.log("bwrap is missing: apt-get update && apt-get install -y bubblewrap")
+	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "bubblewrap"}} {
+		cmd := exec.CommandContext(e.ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			e.bwrapWhy = fmt.Sprintf("installing bubblewrap failed: apt-get %s: %v: %s", args[0], err, lastLine(string(out)))
+			return
+		}
+	}
+	p, err := exec.LookPath("bwrap")
+	if err != nil {
+		e.bwrapWhy = "apt-get installed bubblewrap but bwrap is not on PATH"
+		return
+	}
+	e.bwrap = p
+	e.rep.Note("spawn", "bubblewrap was installed by the suite (`apt-get install bubblewrap`).")
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// bwrapArgs runs the no-op (bound read-only at /noop: bwrap's root is an
+// empty tmpfs) with the issue's flags.
+func (e *env) bwrapCmd(ctx context.Context, extra ...string) *exec.Cmd {
+	args := []string{"--unshare-all", "--die-with-parent", "--clearenv", "--ro-bind", e.noop, "/noop", "/noop"}
+	return exec.CommandContext(ctx, e.bwrap, append(args, extra...)...)
+}
+
+func bwrapVersion(path string) string {
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return "bwrap"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+const (
+	figBwrap     = "bwrap no-op: spawn to exit"
+	figExecNoop  = "plain fork+exec of the no-op, no isolation: spawn to exit"
+	figCold      = "cold: sandbox.Start + Ready"
+	figColdMsg   = "cold message: query, sandbox evicted (spawn + load + run)"
+	figPoolQuery = "from the pool: query, sandbox live"
+)
+
+func (e *env) spawn() error {
+	ctx := e.ctx
+	const sec = "spawn"
+	n := e.runs(10, 40)
+	e.buildNoop()
+	e.findBwrap()
+
+	// Baseline: bubblewrap.
+	switch {
+	case e.noop == "":
+		e.rep.Skip(sec, figBwrap, "no static no-op: "+e.noopWhy)
+	case e.bwrap == "":
+		e.rep.Skip(sec, figBwrap, e.bwrapWhy)
+	default:
+		if out, err := e.bwrapCmd(ctx).CombinedOutput(); err != nil {
+			e.rep.Skip(sec, figBwrap, fmt.Sprintf("bwrap fails here: %v: %s", err, firstLine(string(out))))
+			break
+		}
+		s, err := timeN(ctx, 2, n, func(int) error { return e.bwrapCmd(ctx).Run() })
+		if err != nil {
+			return err
+		}
+		e.rep.Add(&Figure{Section: sec, Name: figBwrap, Samples: s})
+		e.rep.Note(sec, "Baseline: `%s --unshare-all --die-with-parent --clearenv --ro-bind NOOP /noop /noop` (%s), "+
+			"timed from fork to exit; it also tears the namespaces down.", e.bwrap, bwrapVersion(e.bwrap))
+	}
+	if e.noop != "" {
+		s, err := timeN(ctx, 2, n, func(int) error { return exec.CommandContext(ctx, e.noop).Run() })
+		if err != nil {
+			return err
+		}
+		e.rep.Add(&Figure{Section: sec, Name: figExecNoop, Samples: s, Baseline: figBwrap})
+	}
+
+	// Cold: sandbox.Start (every available layer) + the worker's Ready.
+	spec := sandbox.Spec{Label: "bench", Args: []string{boundary.ModeCanister.String(), "bench"}}
+	cold, err := timeN(ctx, 2, n, func(int) error {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		p, err := sandbox.Start(sctx, spec)
+		if err != nil {
+			return err
+		}
+		conn := boundary.NewConn(p.Conn())
+		_ = p.Conn().SetDeadline(time.Now().Add(30 * time.Second))
+		err = conn.AwaitReady(boundary.ModeCanister, func(boundary.LogLine) {})
+		// Ends after the clock has stopped: teardown is not spawn.
+		defer func() {
+			_ = p.Kill()
+			p.Wait()
+			p.Conn().Close()
+		}()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("sandbox start: %w", err)
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figCold, Samples: cold, Baseline: figBwrap})
+
+	// Cold message: the node's idle reaper evicts the sandbox between runs.
+	nd, err := e.openNode("sandbox", func(c *host.Config) { c.Sandbox.IdleTimeout = 100 * time.Millisecond })
+	if err != nil {
+		return err
+	}
+	defer nd.close()
+	id, err := nd.install(ctx, e.counter)
+	if err != nil {
+		return err
+	}
+	var coldQ []float64
+	for i := -1; i < e.runs(5, 15); i++ { // i = -1: warm-up (compiles the module once)
+		deadline := time.Now().Add(10 * time.Second)
+		for len(nd.liveSandboxes()) > 0 {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the idle sandbox was not evicted")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t0 := time.Now()
+		if _, err := nd.query(ctx, id, "get", noArgs); err != nil {
+			return err
+		}
+		if i >= 0 {
+			coldQ = append(coldQ, time.Since(t0).Seconds())
+		}
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figColdMsg, Samples: coldQ, Baseline: figBwrap})
+	nd.close()
+
+	// From the pool.
+	nd2, err := e.openNode("sandbox", nil)
+	if err != nil {
+		return err
+	}
+	defer nd2.close()
+	id2, err := nd2.install(ctx, e.counter)
+	if err != nil {
+		return err
+	}
+	pool, err := timeN(ctx, 5, e.runs(20, 100), func(int) error {
+		_, err := nd2.query(ctx, id2, "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figPoolQuery, Samples: pool, Baseline: figBwrap})
+	return nil
+}
