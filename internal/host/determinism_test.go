@@ -28,11 +28,16 @@ import (
 //
 // and the commit that changes the golden file says why in its message.
 //
+// The script runs three times on fresh nodes: in-process twice and sandboxed
+// once; all three records must be identical (the design requires
+// bit-identical state in both isolation modes), and the first is compared
+// with the golden file.
+//
 // Time: ic0.time is the only wall-clock input of an execution. No canister in
 // the script reads it (none of their sources uses Time, and timer/heartbeat
-// canisters are left out); the test runs the script twice, at different
-// wall-clock times, and fails if the two records differ, so a time leak is
-// caught here rather than by a flaky golden comparison.
+// canisters are left out); the runs happen at different wall-clock times, so
+// a time leak fails the comparison between runs rather than making the golden
+// comparison flaky.
 var updateGolden = flag.Bool("update", false, "rewrite testdata/determinism.golden (say why in the commit message)")
 
 const goldenPath = "testdata/determinism.golden"
@@ -136,11 +141,16 @@ func shortBytes(b []byte) string {
 	return fmt.Sprintf("%d bytes, sha256 %x", len(b), sum)
 }
 
-// runDeterminismScript runs the script on a fresh node and records it.
-func runDeterminismScript(t *testing.T) detRecord {
-	f := newFixture(t)
-	f.cfg.UpdateInstructions = detUpdateLimit // `spin` stops here
-	f.restart()
+// runDeterminismScript runs the script on a fresh node in the given
+// isolation mode ("inprocess" or "sandbox") and records it.
+func runDeterminismScript(t *testing.T, isolation string) detRecord {
+	cfg := DefaultConfig()
+	cfg.Home = t.TempDir()
+	cfg.Isolation = isolation
+	cfg.UpdateInstructions = detUpdateLimit // `spin` stops here
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
 	ctx := context.Background()
 	ids := map[string]principal.Principal{}
 	var order []string
@@ -325,16 +335,24 @@ func diffRecords(want, got detRecord) []string {
 }
 
 func TestDeterminism(t *testing.T) {
-	first := runDeterminismScript(t)
+	first := runDeterminismScript(t, "inprocess")
 	if t.Failed() {
 		return
 	}
 	// A second run on a fresh node, later in wall-clock time: anything
 	// time-dependent or otherwise nondeterministic shows up here.
-	second := runDeterminismScript(t)
+	second := runDeterminismScript(t, "inprocess")
 	if d := diffRecords(first, second); len(d) > 0 {
 		t.Fatalf("two runs of the same script differ (nondeterminism, e.g. a canister that stores ic0.time):\n  %s",
 			strings.Join(d, "\n  "))
+	}
+	// Both isolation modes must give bit-identical results.
+	sandboxed := runDeterminismScript(t, "sandbox")
+	if t.Failed() {
+		return
+	}
+	if d := diffRecords(first, sandboxed); len(d) > 0 {
+		t.Fatalf("in-process (golden side) and sandboxed runs of the same script differ:\n  %s", strings.Join(d, "\n  "))
 	}
 
 	got := first.encode()

@@ -310,10 +310,15 @@ func TestNoHostFdsOrEnv(t *testing.T) {
 	}
 }
 
+// absPath resolves p as /proc/<pid>/fd links show it: absolute, with
+// symbolic links followed.
 func absPath(t *testing.T, p string) string {
 	a, err := filepath.Abs(p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if r, err := filepath.EvalSymlinks(a); err == nil {
+		return r
 	}
 	return a
 }

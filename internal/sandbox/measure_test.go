@@ -16,6 +16,17 @@ import (
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
+// repoFile opens a file of this repository (path from its root).
+func repoFile(t testing.TB, rel string) *os.File {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "..", rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 func corpusFile(t testing.TB, rel string) *os.File {
 	t.Helper()
 	f, err := os.Open(filepath.Join("..", "..", "..", "shared", rel))
@@ -31,7 +42,7 @@ func corpusFile(t testing.TB, rel string) *os.File {
 func canisterWorkload(t testing.TB) Spec {
 	return Spec{Label: "canisters", Args: []string{"canister", "counter", "traps", "counter"},
 		Files: []*os.File{corpusFile(t, "canisters/counter.wasm"), corpusFile(t, "canisters/traps.wasm"),
-			corpusFile(t, "../main/examples/counter64.wasm")}}
+			repoFile(t, "examples/counter64.wasm")}}
 }
 
 func runWorkload(t testing.TB, p *Process) {
