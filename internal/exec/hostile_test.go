@@ -417,6 +417,16 @@ func TestHostileSandbox(t *testing.T) {
 			return false
 		}, check: fault(FaultFailed)},
 	}
+	heapBefore := liveHeap()
+	defer func() {
+		// No memory is kept for hostile sandboxes once they are gone: the
+		// live heap after every case is within a small margin of before.
+		grown := int64(liveHeap()) - int64(heapBefore)
+		t.Logf("live heap after all hostile cases: %+d bytes", grown)
+		if grown > 16<<20 {
+			t.Errorf("live heap grew by %d bytes over the hostile cases", grown)
+		}
+	}()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			g0, f0 := runtime.NumGoroutine(), openFDs(t)
@@ -515,4 +525,13 @@ func memHash(s *sim) [32]byte {
 	h.Memory("stable", s.stable)
 	h.Globals(s.globals)
 	return h.Sum()
+}
+
+// liveHeap returns the bytes of live heap objects after a full collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
