@@ -43,6 +43,9 @@ type Options struct {
 	Corpus string
 	// RepoRoot is the cordon checkout (for the git commit); "" if none.
 	RepoRoot string
+	// Outputs are the files the run will write, relative to RepoRoot:
+	// their uncommitted changes do not count as changes to what is measured.
+	Outputs []string
 	// Only runs these sections (keys of Sections); nil runs all.
 	Only []string
 	// InstallDeps lets the suite install bubblewrap with apt-get when it
@@ -113,7 +116,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	start := time.Now()
 	rep := &Report{Quick: opt.Quick, Date: start, Sections: Sections, Machine: machine()}
-	rep.Commit, rep.Modified = gitHead(opt.RepoRoot)
+	rep.Commit, rep.Modified = gitHead(opt.RepoRoot, opt.Outputs)
 	rep.Print = func(r *Report, f *Figure) { fmt.Fprintln(opt.Out, r.Line(f)) }
 	e := &env{ctx: ctx, opt: opt, rep: rep,
 		log: func(format string, args ...any) { fmt.Fprintf(opt.Log, "bench: "+format+"\n", args...) },
@@ -139,8 +142,10 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		key string
 		run func() error
 	}{
-		{"spawn", e.spawn}, {"latency", e.latency}, {"throughput", e.throughput},
-		{"commit", e.commit}, {"compute", e.computeSection}, {"memory", e.memorySection},
+		// The short, CPU-bound sections first; the report keeps the order
+		// of Sections whatever the order they ran in.
+		{"spawn", e.spawn}, {"latency", e.latency}, {"compute", e.computeSection},
+		{"throughput", e.throughput}, {"commit", e.commit}, {"memory", e.memorySection},
 	}
 	for _, s := range steps {
 		if opt.Only != nil && !slices.Contains(opt.Only, s.key) {
@@ -245,24 +250,55 @@ func meminfo(field string) uint64 {
 	return 0
 }
 
-// gitHead returns HEAD of the checkout at root and whether the working tree
-// has changes. It only reads (no optional locks, no index refresh written).
-func gitHead(root string) (string, bool) {
+// gitHead returns HEAD of the checkout at root and the tracked files with
+// uncommitted changes, except those under ignore (paths relative to root:
+// the files this command writes). It only reads (no optional locks).
+func gitHead(root string, ignore []string) (string, []string) {
 	if root == "" {
-		return "", false
+		return "", nil
 	}
 	git := func(args ...string) (string, error) {
 		cmd := exec.Command("git", append([]string{"-C", root}, args...)...)
 		cmd.Env = append(os.Environ(), "GIT_OPTIONAL_LOCKS=0")
 		out, err := cmd.Output()
-		return strings.TrimSpace(string(out)), err
+		return string(out), err
 	}
 	head, err := git("rev-parse", "HEAD")
 	if err != nil {
-		return "", false
+		return "", nil
 	}
 	status, err := git("status", "--porcelain", "--untracked-files=no")
-	return head, err == nil && status != ""
+	if err != nil {
+		return strings.TrimSpace(head), []string{"(git status failed)"}
+	}
+	return strings.TrimSpace(head), changedPaths(status, ignore)
+}
+
+// changedPaths lists the paths of `git status --porcelain` output, without
+// those equal to or under an ignored path.
+func changedPaths(status string, ignore []string) []string {
+	var out []string
+	for _, line := range strings.Split(status, "\n") {
+		if len(line) < 4 {
+			continue
+		}
+		path := line[3:]
+		if _, to, ok := strings.Cut(path, " -> "); ok {
+			path = to
+		}
+		path = strings.Trim(path, `"`)
+		skip := false
+		for _, ig := range ignore {
+			ig = strings.TrimSuffix(filepath.ToSlash(ig), "/")
+			if ig != "" && (path == ig || strings.HasPrefix(path, ig+"/")) {
+				skip = true
+			}
+		}
+		if !skip {
+			out = append(out, path)
+		}
+	}
+	return out
 }
 
 // FindRepoRoot walks up from dir to the checkout of cordon (the directory
@@ -432,6 +468,48 @@ func timeN(ctx context.Context, warm, n int, f func(i int) error) ([]float64, er
 
 // modes are the two isolation modes, baseline first.
 var modes = []string{"inprocess", "sandbox"}
+
+// bothNodes opens a node in each mode; close closes both.
+func (e *env) bothNodes(tweak func(*host.Config)) (nodes map[string]*node, close func(), err error) {
+	nodes = map[string]*node{}
+	close = func() {
+		for _, n := range nodes {
+			n.close()
+		}
+	}
+	for _, iso := range modes {
+		n, err := e.openNode(iso, tweak)
+		if err != nil {
+			close()
+			return nil, nil, err
+		}
+		nodes[iso] = n
+	}
+	return nodes, close, nil
+}
+
+// interleave times f in each mode in turn, warm untimed rounds then n
+// timed ones (i = -warm .. -1, then 0 .. n-1), and returns the durations
+// in seconds by mode. Alternating the modes spreads whatever else the
+// machine does over both, rather than onto whichever ran at the time.
+func interleave(ctx context.Context, warm, n int, f func(iso string, i int) error) (map[string][]float64, error) {
+	out := map[string][]float64{}
+	for i := -warm; i < n; i++ {
+		for _, iso := range modes {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			t0 := time.Now()
+			if err := f(iso, i); err != nil {
+				return nil, fmt.Errorf("%s: %w", iso, err)
+			}
+			if i >= 0 {
+				out[iso] = append(out[iso], time.Since(t0).Seconds())
+			}
+		}
+	}
+	return out, nil
+}
 
 func modeName(iso string) string {
 	if iso == "sandbox" {

@@ -51,6 +51,7 @@ func TestMedianPercentile(t *testing.T) {
 func testReport() *Report {
 	r := &Report{Sections: []Section{{Key: "s", Title: "Section", About: "About it."}},
 		Date: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC), Commit: "abc123", Elapsed: 90 * time.Second,
+		Modified: []string{"internal/host/node.go"},
 		Machine: Machine{Cores: 2, CPU: "cpu", Memory: 24 << 30, Kernel: "6.1", Go: "go1.26", Isolation: "root",
 			LoadStart: "0.1, 0.2, 0.3", LoadEnd: "1, 1, 1"}}
 	r.Add(&Figure{Section: "s", Name: "base", Samples: []float64{0.002, 0.001, 0.003}})
@@ -107,7 +108,7 @@ func TestMarkdown(t *testing.T) {
 	r.Plots = []Plot{{Section: "s", File: "p.svg", Title: "A plot", Chart: Chart{}}}
 	md := r.Markdown("bench")
 	for _, want := range []string{
-		MarkerStart, MarkerEnd, "at commit `abc123`", "2026-11-22 10:00 UTC", "2 cores (cpu), 24.0 GiB memory",
+		MarkerStart, MarkerEnd, "at commit `abc123` plus uncommitted changes to `internal/host/node.go`", "2026-11-22 10:00 UTC", "2 cores (cpu), 24.0 GiB memory",
 		"### Section", "About it.",
 		"| figure | median | min–max | N | ratio | baseline |",
 		"| base | 2.00 ms | 1.00–3.00 ms | 3 |  | *baseline* |",
@@ -153,6 +154,21 @@ func TestReplaceSection(t *testing.T) {
 		if _, err := ReplaceSection(bad, sec); err == nil {
 			t.Errorf("no error for %q", bad)
 		}
+	}
+}
+
+func TestChangedPaths(t *testing.T) {
+	status := " M BENCHMARKS.md\n M internal/host/node.go\nM  bench/a.svg\nR  old.go -> new.go\n M \"sp ace.go\"\n"
+	got := changedPaths(status, []string{"BENCHMARKS.md", "bench"})
+	want := []string{"internal/host/node.go", "new.go", "sp ace.go"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("changedPaths = %q, want %q", got, want)
+	}
+	if got := changedPaths("", nil); len(got) != 0 {
+		t.Errorf("clean tree: %q", got)
+	}
+	if got := changedList([]string{"a", "b", "c", "d", "e", "f", "g"}, "`"); got != "`a`, `b`, `c`, `d`, `e`, 2 more" {
+		t.Errorf("changedList = %q", got)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 	"golang.org/x/sys/unix"
@@ -82,32 +83,46 @@ func pagesName(d int) string {
 	return fmt.Sprintf("%d dirty pages", d)
 }
 
-// fsyncBaseline times writing d pages to a file and fdatasync.
-func (e *env) fsyncBaseline(dir string, d, runs int) ([]float64, error) {
+// syncWriter is the baseline: it writes d pages to a file and fdatasyncs.
+type syncWriter struct {
+	f   *os.File
+	buf []byte
+	n   byte
+}
+
+func newSyncWriter(dir string, maxPages int) (*syncWriter, error) {
 	f, err := os.OpenFile(filepath.Join(dir, "baseline"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	buf := make([]byte, d*4096)
+	w := &syncWriter{f: f, buf: make([]byte, maxPages*4096)}
 	// Allocate the file first: the store rewrites pages of an existing file too.
-	if _, err := f.WriteAt(buf, 0); err != nil {
+	if _, err := f.WriteAt(w.buf, 0); err != nil {
+		f.Close()
 		return nil, err
 	}
 	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		f.Close()
 		return nil, err
 	}
-	return timeN(e.ctx, 2, runs, func(i int) error {
-		for j := range buf {
-			if j%4096 == 0 {
-				buf[j] = byte(i)
-			}
-		}
-		if _, err := f.WriteAt(buf, 0); err != nil {
-			return err
-		}
-		return unix.Fdatasync(int(f.Fd()))
-	})
+	return w, nil
+}
+
+// write times writing d changed pages and fdatasync, in seconds.
+func (w *syncWriter) write(d int) (float64, error) {
+	w.n++
+	b := w.buf[:d*4096]
+	for j := 0; j < len(b); j += 4096 {
+		b[j] = w.n
+	}
+	t0 := time.Now()
+	if _, err := w.f.WriteAt(b, 0); err != nil {
+		return 0, err
+	}
+	if err := unix.Fdatasync(int(w.f.Fd())); err != nil {
+		return 0, err
+	}
+	return time.Since(t0).Seconds(), nil
 }
 
 func (e *env) commit() error {
@@ -124,66 +139,72 @@ func (e *env) commit() error {
 		}
 		return e.runs(3, 9)
 	}
-	// Baselines, once per dirty count (they do not depend on the heap).
-	base := map[int]string{}
-	for _, d := range dirtyCounts {
-		s, err := e.fsyncBaseline(e.tmp, d, e.runs(5, 15))
-		if err != nil {
-			return err
-		}
-		base[d] = fmt.Sprintf("write + fdatasync of %d × 4 KiB", d)
-		e.rep.Add(&Figure{Section: sec, Name: base[d], Samples: s})
-	}
 	type cell struct {
 		size uint64
 		d    int
 	}
-	commitT := map[string]map[cell][]float64{}
-	updateT := map[string]map[cell][]float64{}
+	commitT := map[string]map[cell][]float64{"inprocess": {}, "sandbox": {}}
+	updateT := map[string]map[cell][]float64{"inprocess": {}, "sandbox": {}}
+	syncT := map[int][]float64{} // the baseline, by dirty count, measured in every round
 	payload := map[cell]float64{}
+	sw, err := newSyncWriter(e.tmp, dirtyCounts[len(dirtyCounts)-1])
+	if err != nil {
+		return err
+	}
+	defer sw.f.Close()
+	nodes, closeAll, err := e.bothNodes(nil)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	ids := map[string]principal.Principal{}
 	for _, iso := range modes {
-		commitT[iso], updateT[iso] = map[cell][]float64{}, map[cell][]float64{}
-		nd, err := e.openNode(iso, nil)
-		if err != nil {
-			return err
-		}
-		err = func() error {
-			defer nd.close()
-			id, err := nd.install(ctx, wasm)
-			if err != nil {
-				return err
-			}
-			for _, size := range sizes {
-				if err := growTo(e, nd, id, size); err != nil {
-					return fmt.Errorf("grow to %s: %w", sizeName(size), err)
-				}
-				for _, d := range dirtyCounts {
-					c := cell{size, d}
-					arg := u32s(0, uint32(d))
-					if _, err := nd.update(ctx, id, "touch", arg); err != nil { // warm-up
-						return err
-					}
-					for r := 0; r < runsFor(size); r++ {
-						nd.commits.drain()
-						s, err := timeN(ctx, 0, 1, func(int) error { _, err := nd.update(ctx, id, "touch", arg); return err })
-						if err != nil {
-							return err
-						}
-						ev, ok := nd.commits.last()
-						if !ok {
-							return fmt.Errorf("no commit recorded for touch")
-						}
-						updateT[iso][c] = append(updateT[iso][c], s[0])
-						commitT[iso][c] = append(commitT[iso][c], ev.d.Seconds())
-						payload[c] = float64(ev.bytes)
-					}
-				}
-			}
-			return nil
-		}()
-		if err != nil {
+		if ids[iso], err = nodes[iso].install(ctx, wasm); err != nil {
 			return fmt.Errorf("%s: %w", iso, err)
 		}
+	}
+	for _, size := range sizes {
+		for _, iso := range modes {
+			if err := growTo(e, nodes[iso], ids[iso], size); err != nil {
+				return fmt.Errorf("%s: grow to %s: %w", iso, sizeName(size), err)
+			}
+		}
+		for _, d := range dirtyCounts {
+			c := cell{size, d}
+			arg := u32s(0, uint32(d))
+			for _, iso := range modes { // warm-up
+				if _, err := nodes[iso].update(ctx, ids[iso], "touch", arg); err != nil {
+					return fmt.Errorf("%s: %w", iso, err)
+				}
+			}
+			for r := 0; r < runsFor(size); r++ {
+				t, err := sw.write(d)
+				if err != nil {
+					return err
+				}
+				syncT[d] = append(syncT[d], t)
+				for _, iso := range modes { // in turn: see interleave
+					nd := nodes[iso]
+					nd.commits.drain()
+					t0 := time.Now()
+					if _, err := nd.update(ctx, ids[iso], "touch", arg); err != nil {
+						return fmt.Errorf("%s: %w", iso, err)
+					}
+					updateT[iso][c] = append(updateT[iso][c], time.Since(t0).Seconds())
+					ev, ok := nd.commits.last()
+					if !ok {
+						return fmt.Errorf("%s: no commit recorded for touch", iso)
+					}
+					commitT[iso][c] = append(commitT[iso][c], ev.d.Seconds())
+					payload[c] = float64(ev.bytes)
+				}
+			}
+		}
+	}
+	base := map[int]string{}
+	for _, d := range dirtyCounts {
+		base[d] = fmt.Sprintf("write + fdatasync of %d × 4 KiB", d)
+		e.rep.Add(&Figure{Section: sec, Name: base[d], Samples: syncT[d]})
 	}
 	for _, size := range sizes {
 		for _, d := range dirtyCounts {
@@ -198,8 +219,9 @@ func (e *env) commit() error {
 	e.rep.Note(sec, "Commit payload as the store counts it (pages, metadata, logs), for 1, 16 and 1024 dirty pages "+
 		"on the smallest heap: %s, %s, %s.", humanBytes(uint64(payload[cell{sizes[0], 1}])),
 		humanBytes(uint64(payload[cell{sizes[0], 16}])), humanBytes(uint64(payload[cell{sizes[0], 1024}])))
-	e.rep.Note(sec, "The store commit is the same work in both modes (the host commits); the table shows the "+
-		"in-process node's. The update figures include restoring the whole heap into a fresh instance and "+
+	e.rep.Note(sec, "Each round writes the baseline, then runs the update on the in-process node, then on the "+
+		"sandboxed one (both grown to the same heap). The store commit is the same work in both modes (the host "+
+		"commits); the table shows the in-process node's. The update figures include restoring the whole heap into a fresh instance and "+
 		"diffing it afterwards, which grows with the heap whatever the number of dirty pages; a sandbox also "+
 		"receives the whole heap over its socket on every message.")
 	if !e.opt.Quick {

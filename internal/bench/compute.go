@@ -15,6 +15,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // v8Shim runs a query of a canister module in node (see the file).
@@ -83,108 +84,141 @@ type v8Result struct {
 	ReplyHex string    `json:"reply_hex"`
 }
 
+// runV8 runs the shim: warm untimed calls, then runs timed ones.
+func (e *env) runV8(nodeBin, shim string, arg []byte, warm, runs int) ([]float64, []byte, error) {
+	cmd := exec.CommandContext(e.ctx, nodeBin, shim, filepath.Join(e.opt.Corpus, "compute.wasm"), "fib",
+		hex.EncodeToString(arg), fmt.Sprint(warm), fmt.Sprint(runs))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var res v8Result
+	if err == nil {
+		err = json.Unmarshal(out, &res)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("node failed: %v: %s", err, lastLine(stderr.String()))
+	}
+	s := make([]float64, len(res.TimesNS))
+	for i, ns := range res.TimesNS {
+		s[i] = ns / 1e9
+	}
+	reply, _ := hex.DecodeString(res.ReplyHex)
+	return s, reply, nil
+}
+
 func (e *env) computeSection() error {
 	ctx := e.ctx
 	const sec = "compute"
 	fibN := uint64(e.runs(25, 30))
 	arg := natArg(fibN)
-	runs := e.runs(5, 15)
+	batches, perBatch := e.runs(1, 3), 5
 	name := func(what string) string { return fmt.Sprintf("fib(%d): %s", fibN, what) }
 	figV8 := name("V8 (node), warm")
 	figOff := name("wasmtime, fuel off (no metering)")
 	figOn := name("wasmtime, metered")
 
-	// V8.
-	var v8Reply []byte
-	if nodeBin, err := exec.LookPath("node"); err != nil {
+	nodeBin, err := exec.LookPath("node")
+	if err != nil {
+		nodeBin = ""
 		e.rep.Skip(sec, figV8, "node is not installed (apt-get install nodejs)")
-	} else {
-		shim := filepath.Join(e.tmp, "run.js")
-		if err := os.WriteFile(shim, v8Shim, 0o644); err != nil {
-			return err
-		}
-		wasmPath := filepath.Join(e.opt.Corpus, "compute.wasm")
-		cmd := exec.CommandContext(ctx, nodeBin, shim, wasmPath, "fib", hex.EncodeToString(arg), "5", fmt.Sprint(runs))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		var res v8Result
-		if err == nil {
-			err = json.Unmarshal(out, &res)
-		}
-		if err != nil {
-			e.rep.Skip(sec, figV8, fmt.Sprintf("node failed: %v: %s", err, lastLine(stderr.String())))
-		} else {
-			s := make([]float64, len(res.TimesNS))
-			for i, ns := range res.TimesNS {
-				s[i] = ns / 1e9
-			}
-			v8Reply, _ = hex.DecodeString(res.ReplyHex)
-			e.rep.Add(&Figure{Section: sec, Name: figV8, Samples: s})
-			version, _ := exec.Command(nodeBin, "--version").Output()
-			e.rep.Note(sec, "V8: node %s, `node internal/bench/v8/run.js compute.wasm fib %s 5 %d` (5 untimed warm-up calls, "+
-				"so V8's optimizing tier has compiled `fib`).", strings.TrimSpace(string(version)), hex.EncodeToString(arg), runs)
-		}
 	}
-
-	// The engine, fuel off and on.
-	var instr uint64
-	var reply []byte
+	shim := filepath.Join(e.tmp, "run.js")
+	if err := os.WriteFile(shim, v8Shim, 0o644); err != nil {
+		return err
+	}
+	// The engine directly, fuel off and on.
+	eng := map[bool]*engineCanister{}
 	for _, fuel := range []bool{false, true} {
 		cfg := engine.DefaultConfig()
 		cfg.DisableFuel = !fuel
-		c, err := newEngineCanister(cfg, e.compute)
-		if err != nil {
+		if eng[fuel], err = newEngineCanister(cfg, e.compute); err != nil {
 			return fmt.Errorf("engine (fuel %v): %w", fuel, err)
 		}
-		s, err := timeN(ctx, 2, runs, func(int) error {
-			out, err := c.query("fib", arg)
-			if err == nil && fuel {
+	}
+	// Through a node, both modes.
+	nodes, closeAll, err := e.bothNodes(nil)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	ids := map[string]principal.Principal{}
+	for _, iso := range modes {
+		if ids[iso], err = nodes[iso].install(ctx, e.compute); err != nil {
+			return fmt.Errorf("%s: %w", iso, err)
+		}
+	}
+
+	var instr uint64
+	var reply, v8Reply []byte
+	variants := []struct {
+		name string
+		run  func() error
+	}{
+		{figOff, func() error { _, err := eng[false].query("fib", arg); return err }},
+		{figOn, func() error {
+			out, err := eng[true].query("fib", arg)
+			if err == nil {
 				instr, reply = out.Instructions, out.Reply
 			}
 			return err
-		})
-		if err != nil {
-			return err
-		}
-		if fuel {
-			e.rep.Add(&Figure{Section: sec, Name: figOn, Samples: s, Baseline: figV8})
-			e.rep.Add(&Figure{Section: sec, Name: name("metering overhead, metered vs fuel off"), Samples: s, Baseline: figOff})
-			rate := make([]float64, len(s))
-			for i, t := range s {
-				rate[i] = float64(instr) / t / 1e6
+		}},
+		{"inprocess", func() error { _, err := nodes["inprocess"].query(ctx, ids["inprocess"], "fib", arg); return err }},
+		{"sandbox", func() error { _, err := nodes["sandbox"].query(ctx, ids["sandbox"], "fib", arg); return err }},
+	}
+	samples := map[string][]float64{}
+	for _, v := range variants { // warm-up
+		for i := 0; i < 2; i++ {
+			if err := v.run(); err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			e.rep.Add(&Figure{Section: sec, Name: name("metered speed, wasmtime"), Unit: Rate, Label: "M instr/s", Samples: rate, Alone: true})
-		} else {
-			e.rep.Add(&Figure{Section: sec, Name: figOff, Samples: s, Baseline: figV8})
 		}
+	}
+	// Batches of V8 runs (one node process each) alternate with rounds of
+	// every cordon variant in turn, so load from elsewhere spreads over all.
+	for b := 0; b < batches; b++ {
+		if nodeBin != "" {
+			s, r, err := e.runV8(nodeBin, shim, arg, 5, perBatch)
+			if err != nil {
+				e.rep.Skip(sec, figV8, err.Error())
+				nodeBin = ""
+			} else {
+				samples[figV8] = append(samples[figV8], s...)
+				v8Reply = r
+			}
+		}
+		for i := 0; i < perBatch; i++ {
+			for _, v := range variants {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				t0 := time.Now()
+				if err := v.run(); err != nil {
+					return fmt.Errorf("%s: %w", v.name, err)
+				}
+				samples[v.name] = append(samples[v.name], time.Since(t0).Seconds())
+			}
+		}
+	}
+	if len(samples[figV8]) > 0 {
+		e.rep.Add(&Figure{Section: sec, Name: figV8, Samples: samples[figV8]})
+		version, _ := exec.Command(nodeBin, "--version").Output()
+		e.rep.Note(sec, "V8: node %s, `node internal/bench/v8/run.js compute.wasm fib %s 5 %d`, %d times (5 untimed "+
+			"warm-up calls each, so V8's optimizing tier has compiled `fib`), alternating with rounds of the "+
+			"cordon figures.", strings.TrimSpace(string(version)), hex.EncodeToString(arg), perBatch, batches)
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figOff, Samples: samples[figOff], Baseline: figV8})
+	e.rep.Add(&Figure{Section: sec, Name: figOn, Samples: samples[figOn], Baseline: figV8})
+	e.rep.Add(&Figure{Section: sec, Name: name("metering overhead, metered vs fuel off"), Samples: samples[figOn], Baseline: figOff})
+	rate := make([]float64, len(samples[figOn]))
+	for i, t := range samples[figOn] {
+		rate[i] = float64(instr) / t / 1e6
+	}
+	e.rep.Add(&Figure{Section: sec, Name: name("metered speed, wasmtime"), Unit: Rate, Label: "M instr/s", Samples: rate, Alone: true})
+	for _, iso := range modes {
+		e.rep.Add(&Figure{Section: sec, Name: name("query through a node, " + modeName(iso)), Samples: samples[iso], Baseline: figV8})
 	}
 	if v8Reply != nil && !bytes.Equal(v8Reply, reply) {
 		e.rep.Note(sec, "**V8's reply (%x) differs from cordon's (%x).**", v8Reply, reply)
-	}
-
-	// Through a node, both modes.
-	for _, iso := range modes {
-		nd, err := e.openNode(iso, nil)
-		if err != nil {
-			return err
-		}
-		err = func() error {
-			defer nd.close()
-			id, err := nd.install(ctx, e.compute)
-			if err != nil {
-				return err
-			}
-			s, err := timeN(ctx, 2, runs, func(int) error { _, err := nd.query(ctx, id, "fib", arg); return err })
-			if err != nil {
-				return err
-			}
-			e.rep.Add(&Figure{Section: sec, Name: name("query through a node, " + modeName(iso)), Samples: s, Baseline: figV8})
-			return nil
-		}()
-		if err != nil {
-			return fmt.Errorf("%s: %w", iso, err)
-		}
 	}
 	e.rep.Note(sec, "fib(%d) executes %d metered instructions. Fuel off is an engine option only this suite sets "+
 		"(`engine.Config.DisableFuel`): without fuel there is no instruction limit and no instruction count.", fibN, instr)

@@ -27,68 +27,70 @@ func (e *env) latency() error {
 	// chunk c; writing a chunk again writes the same values (no change),
 	// so every run touches a chunk of its own.
 	chunks := uint64(heavyRuns + 2)
+	nodes, closeAll, err := e.bothNodes(nil)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	counter, mem := map[string]principal.Principal{}, map[string]principal.Principal{}
 	var heapMiB float64
-	type res struct{ inc, get, heavy []float64 }
-	results := map[string]res{}
 	for _, iso := range modes {
-		nd, err := e.openNode(iso, nil)
-		if err != nil {
-			return err
-		}
-		var r res
-		err = func() error {
-			defer nd.close()
-			id, err := nd.install(ctx, e.counter)
-			if err != nil {
-				return err
-			}
-			if r.inc, err = timeN(ctx, 5, n, func(int) error { _, err := nd.update(ctx, id, "inc", noArgs); return err }); err != nil {
-				return err
-			}
-			if r.get, err = timeN(ctx, 5, n, func(int) error { _, err := nd.query(ctx, id, "get", noArgs); return err }); err != nil {
-				return err
-			}
-			mem, err := nd.install(ctx, e.memory)
-			if err != nil {
-				return err
-			}
-			if _, err := nd.update(ctx, mem, "grow", natArg(chunks)); err != nil {
-				return err
-			}
-			st, err := nd.Status(ctx, mem)
-			if err != nil {
-				return err
-			}
-			heapMiB = float64(st.HeapBytes) / (1 << 20)
-			r.heavy, err = timeN(ctx, 1, heavyRuns, func(i int) error {
-				c := uint64(i + 1) // warm-up (i = -1) touches chunk 0
-				_, err := nd.update(ctx, mem, "touch", touchArg(c, 256))
-				return err
-			})
-			return err
-		}()
-		if err != nil {
+		nd := nodes[iso]
+		if counter[iso], err = nd.install(ctx, e.counter); err != nil {
 			return fmt.Errorf("%s: %w", iso, err)
 		}
-		results[iso] = r
+		if mem[iso], err = nd.install(ctx, e.memory); err != nil {
+			return fmt.Errorf("%s: %w", iso, err)
+		}
+		if _, err := nd.update(ctx, mem[iso], "grow", natArg(chunks)); err != nil {
+			return fmt.Errorf("%s: %w", iso, err)
+		}
+		st, err := nd.Status(ctx, mem[iso])
+		if err != nil {
+			return err
+		}
+		heapMiB = float64(st.HeapBytes) / (1 << 20)
+	}
+	inc, err := interleave(ctx, 5, n, func(iso string, _ int) error {
+		_, err := nodes[iso].update(ctx, counter[iso], "inc", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	get, err := interleave(ctx, 5, n, func(iso string, _ int) error {
+		_, err := nodes[iso].query(ctx, counter[iso], "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	heavySamples, err := interleave(ctx, 1, heavyRuns, func(iso string, i int) error {
+		c := uint64(i + 1) // the warm-up (i = -1) touches chunk 0
+		_, err := nodes[iso].update(ctx, mem[iso], "touch", touchArg(c, 256))
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	heavy := fmt.Sprintf("memory-heavy update: touch 256 pages of a %.0f MiB heap (memory.wasm)", heapMiB)
 	for _, q := range []struct {
-		name string
-		get  func(res) []float64
+		name    string
+		samples map[string][]float64
 	}{
-		{"update `inc` (counter)", func(r res) []float64 { return r.inc }},
-		{"query `get` (counter)", func(r res) []float64 { return r.get }},
-		{heavy, func(r res) []float64 { return r.heavy }},
+		{"update `inc` (counter)", inc},
+		{"query `get` (counter)", get},
+		{heavy, heavySamples},
 	} {
 		base := q.name + ", in-process"
-		e.rep.Add(&Figure{Section: sec, Name: base, Samples: q.get(results["inprocess"])})
-		e.rep.Add(&Figure{Section: sec, Name: q.name + ", sandboxed", Samples: q.get(results["sandbox"]), Baseline: base})
+		e.rep.Add(&Figure{Section: sec, Name: base, Samples: q.samples["inprocess"]})
+		e.rep.Add(&Figure{Section: sec, Name: q.name + ", sandboxed", Samples: q.samples["sandbox"], Baseline: base})
 	}
 	e.rep.Note(sec, "The memory-heavy update runs on memory.wasm grown by %d chunks (`grow(%d)`; a chunk is a "+
 		"1 Mi-element `[var Nat8]`, 4 MiB, and Motoko's copying GC doubles the heap); each run touches a chunk "+
 		"no earlier run touched. In both modes every execution restores the whole heap into a fresh instance "+
-		"and diffs it afterwards; a sandbox also receives the heap over its socket.", chunks, chunks)
+		"and diffs it afterwards; a sandbox also receives the heap over its socket. The two nodes run side by "+
+		"side, one message in each mode in turn.", chunks, chunks)
 	return nil
 }
 
@@ -179,45 +181,43 @@ func (e *env) throughput() error {
 		k         int
 	}
 	rates, p50, p99 := map[key][]float64{}, map[key][]float64{}, map[key][]float64{}
+	nodes, closeAll, err := e.bothNodes(nil)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	ids := map[string][]principal.Principal{}
 	for _, iso := range modes {
-		nd, err := e.openNode(iso, nil)
-		if err != nil {
-			return err
+		for i := 0; i < maxN; i++ {
+			id, err := nodes[iso].install(ctx, e.counter)
+			if err != nil {
+				return fmt.Errorf("%s: %w", iso, err)
+			}
+			ids[iso] = append(ids[iso], id)
 		}
-		err = func() error {
-			defer nd.close()
-			ids := make([]principal.Principal, 0, maxN)
-			for i := 0; i < maxN; i++ {
-				id, err := nd.install(ctx, e.counter)
-				if err != nil {
-					return err
-				}
-				ids = append(ids, id)
-			}
-			for _, kind := range []string{"update", "query"} {
-				for _, k := range canisterCounts {
-					// Warm: every canister answers once (its sandbox is live).
-					for _, id := range ids[:k] {
-						if _, err := nd.query(ctx, id, "get", noArgs); err != nil {
-							return err
-						}
-					}
-					for r := 0; r < runs; r++ {
-						res, err := load(ctx, nd, ids[:k], kind, d)
-						if err != nil {
-							return err
-						}
-						kk := key{iso, kind, k}
-						rates[kk] = append(rates[kk], res.rate)
-						p50[kk] = append(p50[kk], res.p50)
-						p99[kk] = append(p99[kk], res.p99)
+	}
+	for _, kind := range []string{"update", "query"} {
+		for _, k := range canisterCounts {
+			// Warm: every canister answers once (its sandbox is live).
+			for _, iso := range modes {
+				for _, id := range ids[iso][:k] {
+					if _, err := nodes[iso].query(ctx, id, "get", noArgs); err != nil {
+						return fmt.Errorf("%s: %w", iso, err)
 					}
 				}
 			}
-			return nil
-		}()
-		if err != nil {
-			return fmt.Errorf("%s: %w", iso, err)
+			for r := 0; r < runs; r++ {
+				for _, iso := range modes { // in turn: see interleave
+					res, err := load(ctx, nodes[iso], ids[iso][:k], kind, d)
+					if err != nil {
+						return fmt.Errorf("%s: %w", iso, err)
+					}
+					kk := key{iso, kind, k}
+					rates[kk] = append(rates[kk], res.rate)
+					p50[kk] = append(p50[kk], res.p50)
+					p99[kk] = append(p99[kk], res.p99)
+				}
+			}
 		}
 	}
 	plural := func(k int) string {
@@ -242,8 +242,12 @@ func (e *env) throughput() error {
 	add("%[1]s/s", Rate, "msg/s", rates)
 	add("%[2]s latency p50", Seconds, "", p50)
 	add("%[2]s latency p99", Seconds, "", p99)
-	e.rep.Note(sec, "%d concurrent clients, %s per run, %d runs per figure; the latency figures are each run's "+
-		"50th and 99th percentile of the messages' latencies, and their median over the runs.", clients(), d, runs)
+	e.rep.Note(sec, "%d concurrent clients, %s per run, %d runs per figure, the two modes' runs in turn; the "+
+		"latency figures are each run's 50th and 99th percentile of the messages' latencies, and their median "+
+		"over the runs.", clients(), d, runs)
+	e.rep.Note(sec, "A canister's sandbox runs one execution at a time (the host holds it for the whole exchange), "+
+		"while an in-process node runs the queries of one canister concurrently: with one canister, sandboxed "+
+		"queries queue behind each other.")
 	var series []Series
 	for i, line := range []struct{ kind, iso string }{
 		{"update", "sandbox"}, {"update", "inprocess"}, {"query", "sandbox"}, {"query", "inprocess"},

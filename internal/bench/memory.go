@@ -78,6 +78,15 @@ func cgroupCharge(pid int) (uint64, error) {
 	return 0, fmt.Errorf("no memory cgroup for pid %d", pid)
 }
 
+// openFDs counts this process's open file descriptors (0 if unknown).
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
+
 func kbField(text, key string) uint64 {
 	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, key); ok {
@@ -167,6 +176,7 @@ func (e *env) memorySection() error {
 	}
 	time.Sleep(300 * time.Millisecond)
 	before := meminfo("MemAvailable")
+	fdsBefore := openFDs()
 	stop := "the budget of the run"
 	t0 := time.Now()
 	live := 1
@@ -215,14 +225,19 @@ func (e *env) memorySection() error {
 			Samples: charge, Alone: true})
 		per = max(per, Median(charge))
 	}
+	if fds := openFDs(); fds > 0 && fdsBefore > 0 && len(list) > 1 {
+		e.rep.Add(&Figure{Section: sec, Name: "host file descriptors per live sandbox", Unit: Count, Label: "fds",
+			Samples: []float64{float64(fds-fdsBefore) / float64(len(list)-1)}, Alone: true})
+	}
 	e.rep.Add(&Figure{Section: sec, Name: "live sandboxes held at once (this run)", Unit: Count, Label: "sandboxes",
 		Samples: []float64{float64(len(list))}, Alone: true})
 	if per > 0 && after > memoryFloor {
 		est := float64(after-memoryFloor)/per + float64(len(list))
 		e.rep.Add(&Figure{Section: sec, Name: "estimated capacity: live sandboxes above 2 GiB of free memory",
 			Unit: Count, Label: "sandboxes", Samples: []float64{est}, Alone: true})
-		e.rep.Note(sec, "The capacity estimate is the sandboxes held plus MemAvailable at the end (%s) less 2 GiB, "+
-			"divided by the larger of the median PSS and the median cgroup charge (%s).", humanBytes(after), humanBytes(uint64(per)))
+		e.rep.Note(sec, "The capacity estimate counts memory only: the sandboxes held plus MemAvailable at the end "+
+			"(%s) less 2 GiB, divided by the larger of the median PSS and the median cgroup charge (%s). The host's "+
+			"descriptors, threads and pids per sandbox are the other limits to raise beyond it.", humanBytes(after), humanBytes(uint64(per)))
 	}
 	e.rep.Note(sec, "The run stopped at %d live sandboxes (%s), spawned at %.0f per second (install and first "+
 		"query each); the RSS, PSS and cgroup figures are over those sandboxes (N = sandboxes). MemAvailable "+

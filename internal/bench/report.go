@@ -107,8 +107,8 @@ type Machine struct {
 type Report struct {
 	Quick    bool
 	Date     time.Time
-	Commit   string // git HEAD, "" if unknown
-	Modified bool   // the working tree had uncommitted changes
+	Commit   string   // git HEAD, "" if unknown
+	Modified []string // tracked files with uncommitted changes when the run started
 	Machine  Machine
 	Elapsed  time.Duration
 	Sections []Section
@@ -280,8 +280,8 @@ func (r *Report) Markdown(plotDir string) string {
 	commit := "unknown (not a git checkout)"
 	if r.Commit != "" {
 		commit = "`" + r.Commit + "`"
-		if r.Modified {
-			commit += " (plus the uncommitted changes in the working tree at the time)"
+		if len(r.Modified) > 0 {
+			commit += " plus uncommitted changes to " + changedList(r.Modified, "`")
 		}
 	}
 	fmt.Fprintf(&b, "Produced by `cordon bench` (%s mode, %s) at commit %s, on %s.\n", mode,
@@ -295,7 +295,8 @@ func (r *Report) Markdown(plotDir string) string {
 	fmt.Fprintf(&b, "Load average (1, 5, 15 min) at the start %s, at the end %s.\n\n", m.LoadStart, m.LoadEnd)
 	b.WriteString("Every figure is the median over N runs, with the smallest and largest run; its ratio is\n")
 	b.WriteString("its median divided by the median of the baseline named beside it, measured in the same run.\n")
-	b.WriteString("Numbers are measured, never asserted: they vary with the load on the machine.\n")
+	b.WriteString("A figure and its baseline take turns, round by round, so that other work on the machine falls\n")
+	b.WriteString("on both. Numbers are measured, never asserted: they vary with the load on the machine.\n")
 	for _, sec := range r.Sections {
 		var figs []*Figure
 		for _, f := range r.Figures {
@@ -346,6 +347,19 @@ func (r *Report) Markdown(plotDir string) string {
 	}
 	b.WriteString("\n" + MarkerEnd + "\n")
 	return b.String()
+}
+
+// changedList names up to five paths.
+func changedList(paths []string, quote string) string {
+	var q []string
+	for i, p := range paths {
+		if i == 5 {
+			q = append(q, fmt.Sprintf("%d more", len(paths)-5))
+			break
+		}
+		q = append(q, quote+p+quote)
+	}
+	return strings.Join(q, ", ")
 }
 
 func humanBytes(n uint64) string {
@@ -453,8 +467,8 @@ func (r *Report) PrintHeader(w io.Writer) {
 	commit := r.Commit
 	if commit == "" {
 		commit = "unknown"
-	} else if r.Modified {
-		commit += " (+ uncommitted changes)"
+	} else if len(r.Modified) > 0 {
+		commit += " + uncommitted changes to " + changedList(r.Modified, "")
 	}
 	fmt.Fprintf(w, "cordon bench (%s): %s, commit %s\n", mode, r.Date.Format(time.RFC3339), commit)
 	fmt.Fprintf(w, "machine: %d cores (%s), %s memory, Linux %s, %s\n", m.Cores, m.CPU, humanBytes(m.Memory), m.Kernel, m.Go)

@@ -78,8 +78,17 @@ the checkout, or --corpus.`,
 				}
 				output = filepath.Join(root, "BENCHMARKS.md")
 			}
+			var outputs []string // what this run writes, relative to the checkout
+			if write && root != "" {
+				if abs, err := filepath.Abs(output); err == nil {
+					output = abs
+				}
+				if rel, err := filepath.Rel(root, output); err == nil {
+					outputs = append(outputs, rel, filepath.Join(filepath.Dir(rel), plots))
+				}
+			}
 			rep, err := bench.Run(cmd.Context(), bench.Options{Quick: quick, Corpus: corpus, RepoRoot: root,
-				Only: only, InstallDeps: installDeps, Out: g.stdout, Log: g.stderr})
+				Outputs: outputs, Only: only, InstallDeps: installDeps, Out: g.stdout, Log: g.stderr})
 			if err != nil {
 				return err
 			}
