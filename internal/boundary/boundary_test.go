@@ -72,6 +72,26 @@ func testExpect(id uint64) *Expect {
 		Balance: in.Balance, CyclesAvailable: in.CyclesAvailable, GlobalTypes: []state.GlobalType{state.GlobalI32, state.GlobalF64}}
 }
 
+// sameMemory compares two memories page by page (absent = zeros).
+func sameMemory(a, b state.Memory) bool {
+	if a.Size() != b.Size() {
+		return false
+	}
+	for i := uint64(0); i < a.Size()/state.PageSize; i++ {
+		pa, pb := a.Page(i), b.Page(i)
+		if pa == nil {
+			pa = state.ZeroPage()
+		}
+		if pb == nil {
+			pb = state.ZeroPage()
+		}
+		if *pa != *pb {
+			return false
+		}
+	}
+	return true
+}
+
 func TestExecuteRoundTrip(t *testing.T) {
 	host, sb := pair(t)
 	heap := state.NewPageMap(3 * state.WasmPageSize)
@@ -85,31 +105,45 @@ func TestExecuteRoundTrip(t *testing.T) {
 	in := testInput()
 	q := &ExecRequest{Module: [32]byte{1}, RunStart: true, HasGlobals: true, Globals: []state.Global{{Type: state.GlobalI64, Bits: 5}}, Input: in}
 	errc := make(chan error, 1)
-	go func() { errc <- host.SendExecute(42, q, heap, stable) }()
-	r, err := sb.NextRequest()
-	if err != nil {
-		t.Fatal(err)
+	// Page maps with images travel as descriptors; clones (which make no
+	// image) travel inline. Both must arrive the same.
+	for _, tc := range []struct {
+		name         string
+		heap, stable *state.PageMap
+		source       uint8
+	}{
+		{"mapped", heap, stable, MemoryMapped},
+		{"inline", heap.Clone(), stable.Clone(), HeapInline},
+	} {
+		go func() { errc <- host.SendExecute(42, q, tc.heap, tc.stable) }()
+		r, err := sb.NextRequest()
+		if err != nil {
+			t.Fatal(tc.name, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(tc.name, err)
+		}
+		if r.Kind != KindExecute || r.ID != 42 || r.Exec.Module != q.Module || !r.Exec.RunStart || !r.Exec.HasHeap || r.Exec.HeapSource != tc.source {
+			t.Fatalf("%s header: %+v", tc.name, r.Exec)
+		}
+		if !reflect.DeepEqual(r.Exec.Globals, q.Globals) {
+			t.Fatalf("%s globals %v", tc.name, r.Exec.Globals)
+		}
+		got := *r.Exec.Input
+		got.Stable = nil
+		if !reflect.DeepEqual(&got, in) {
+			t.Fatalf("%s input differs:\n%+v\n%+v", tc.name, got, in)
+		}
+		if !sameMemory(r.Heap, heap) || *r.Heap.Page(39) != *heap.Page(39) {
+			t.Fatalf("%s heap differs", tc.name)
+		}
+		if !sameMemory(r.Stable, stable) || *r.Stable.Page(15) != *stable.Page(15) {
+			t.Fatalf("%s stable differs", tc.name)
+		}
+		r.Release()
 	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	if r.Kind != KindExecute || r.ID != 42 || r.Exec.Module != q.Module || !r.Exec.RunStart || !r.Exec.HasHeap {
-		t.Fatalf("header: %+v", r.Exec)
-	}
-	if !reflect.DeepEqual(r.Exec.Globals, q.Globals) {
-		t.Fatalf("globals %v", r.Exec.Globals)
-	}
-	got := r.Exec.Input
-	got.Stable = nil
-	if !reflect.DeepEqual(got, in) {
-		t.Fatalf("input differs:\n%+v\n%+v", got, in)
-	}
-	if r.Heap.Size() != heap.Size() || !reflect.DeepEqual(r.Heap.StoredPages(), heap.StoredPages()) || *r.Heap.Page(39) != *heap.Page(39) {
-		t.Fatal("heap differs")
-	}
-	if r.Stable.Size() != stable.Size() || *r.Stable.Page(15) != *stable.Page(15) {
-		t.Fatal("stable differs")
-	}
+	var r *Request
+	var err error
 	// nil heap and nil data certificate survive too.
 	in.DataCertificate = nil
 	q = &ExecRequest{Input: in}

@@ -8,12 +8,13 @@ import (
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
-// ExecRequest is the header of an Execute message. The memories follow as
-// Pages packets: HeapPages heap pages, then StablePages stable pages.
+// ExecRequest is the header of an Execute message. With HeapInline the
+// memories follow as Pages packets: HeapPages heap pages, then StablePages
+// stable pages. With MemoryMapped they are descriptors on the message.
 type ExecRequest struct {
 	Module     [32]byte // hash of the module the sandbox must have loaded
 	RunStart   bool
-	HeapSource uint8 // HeapInline
+	HeapSource uint8 // HeapInline or MemoryMapped
 	HasHeap    bool  // false: the module's initial memory (engine.Request.Heap nil)
 	HeapSize   uint64
 	HeapPages  uint64
@@ -130,7 +131,7 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	copy(q.Module[:], r.take(32, "module"))
 	q.RunStart = r.bool("run start")
 	q.HeapSource = r.u8("heap source")
-	if r.err == nil && q.HeapSource != HeapInline {
+	if r.err == nil && q.HeapSource != HeapInline && q.HeapSource != MemoryMapped {
 		r.fail("heap source %d", q.HeapSource)
 	}
 	q.HasHeap = r.bool("has heap")
@@ -216,7 +217,25 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	if q.HeapPages > pages4K(q.HeapSize) || q.StablePages > pages4K(q.StableSize) {
 		return nil, violation(VDecode, "execute: more pages than the memory holds")
 	}
+	if q.HeapSource == MemoryMapped && (q.HeapPages != 0 || q.StablePages != 0) {
+		return nil, violation(VDecode, "execute: pages with mapped memories")
+	}
 	return q, nil
+}
+
+// Descriptors returns how many descriptors an Execute request carries.
+func (q *ExecRequest) Descriptors() int {
+	n := 0
+	if q.HeapSource == MemoryMapped {
+		// An empty memory has no descriptor.
+		if q.HasHeap && q.HeapSize > 0 {
+			n++
+		}
+		if q.StableSize > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // OutputHeader is an Output message: an execution's result without the

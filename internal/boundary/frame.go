@@ -23,7 +23,7 @@ const MaxPacket = 128 << 10
 const HeaderSize = 24
 
 // MaxFDs is the most descriptors any message may carry.
-const MaxFDs = 1
+const MaxFDs = 3
 
 // Kind is a message kind.
 type Kind uint8
@@ -90,6 +90,9 @@ func (k Kind) String() string {
 type Limit struct {
 	MaxBody uint64 // largest total body
 	FDs     int    // exact number of descriptors the kind carries
+	// VarFDs makes FDs a maximum; the decoder of the kind then checks the
+	// exact number against what the body declares.
+	VarFDs bool
 }
 
 // Accept maps the kinds a receiver accepts at this point of the protocol
@@ -326,7 +329,7 @@ func (c *Conn) assemble(p *packet, accept Accept) (*Msg, error) {
 	if !ok {
 		return nil, violation(VUnexpected, "%s message not expected here", p.kind)
 	}
-	if len(p.files) != lim.FDs {
+	if len(p.files) != lim.FDs && !(lim.VarFDs && len(p.files) < lim.FDs) {
 		return nil, violation(VDescriptors, "%s carries %d descriptors, %d expected", p.kind, len(p.files), lim.FDs)
 	}
 	total := p.length

@@ -58,9 +58,16 @@ func (m Memory) String() string {
 	return "unknown memory"
 }
 
-// HeapInline is the only memory source of this version: pages travel in
-// Pages packets after the request. (A later version adds memfd mappings.)
-const HeapInline uint8 = 0
+// Memory sources of an Execute request.
+const (
+	// HeapInline: the heap's and stable memory's stored pages travel in
+	// Pages packets after the request.
+	HeapInline uint8 = 0
+	// MemoryMapped: the memories' images travel as read-only descriptors
+	// attached to the request (heap if it has one, then stable memory),
+	// which the sandbox maps; no pages follow.
+	MemoryMapped uint8 = 1
+)
 
 // Caps of structural decoding. Semantic limits are tighter and come from
 // the request.

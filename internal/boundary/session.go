@@ -165,22 +165,40 @@ func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
 	return out, nil
 }
 
-// SendExecute sends an Execute request: the header, then the heap's stored
-// pages and the stable memory's stored pages. heap may be nil (the module's
+// SendExecute sends an Execute request. heap may be nil (the module's
 // initial memory); q's memory fields are ignored and taken from heap and
-// stable.
+// stable. When both memories have images (state.PageMap.File), their
+// read-only descriptors travel with the request and nothing is copied
+// (MemoryMapped); otherwise their stored pages follow (HeapInline).
 func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.PageMap) error {
 	q := *req
-	var heapPages, stablePages []state.DirtyPage
 	q.HasHeap = heap != nil
-	q.HeapSize, q.HeapPages = 0, 0
+	q.HeapSize, q.HeapPages = heap.Size(), 0
+	q.StableSize, q.StablePages = stable.Size(), 0
+	var files []*os.File
+	mapped := true
+	if q.HeapSize > 0 {
+		f := heap.File()
+		mapped = mapped && f != nil
+		files = append(files, f)
+	}
+	if q.StableSize > 0 {
+		f := stable.File()
+		mapped = mapped && f != nil
+		files = append(files, f)
+	}
+	if mapped {
+		q.HeapSource = MemoryMapped
+		return c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q), Files: files})
+	}
+	q.HeapSource = HeapInline
+	var heapPages, stablePages []state.DirtyPage
 	if heap != nil {
 		heapPages = PagesOf(heap)
-		q.HeapSize, q.HeapPages = heap.Size(), uint64(len(heapPages))
+		q.HeapPages = uint64(len(heapPages))
 	}
 	stablePages = PagesOf(stable)
-	q.StableSize, q.StablePages = stable.Size(), uint64(len(stablePages))
-	q.HeapSource = HeapInline
+	q.StablePages = uint64(len(stablePages))
 	if err := c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q)}); err != nil {
 		return err
 	}
@@ -200,14 +218,25 @@ type Request struct {
 	Hash    [32]byte        // KindLoad
 	File    *os.File        // KindLoad: the artifact; the receiver closes it
 	Exec    *ExecRequest    // KindExecute
-	Heap    *state.PageMap  // KindExecute: nil if !Exec.HasHeap
-	Stable  *state.PageMap  // KindExecute
+	Heap    state.Memory    // KindExecute: nil if !Exec.HasHeap
+	Stable  state.Memory    // KindExecute
+	// release unmaps and closes what a mapped Execute brought.
+	release []func() error
+}
+
+// Release unmaps the request's memories and closes its descriptors. The
+// sandbox calls it once the execution is over.
+func (q *Request) Release() {
+	for _, f := range q.release {
+		_ = f()
+	}
+	q.release = nil
 }
 
 var requestAccept = Accept{
 	KindCompile:  {MaxBody: MaxRequestBody},
 	KindLoad:     {MaxBody: 32, FDs: 1},
-	KindExecute:  {MaxBody: MaxRequestBody},
+	KindExecute:  {MaxBody: MaxRequestBody, FDs: MaxFDs, VarFDs: true},
 	KindPing:     {MaxBody: 0},
 	KindShutdown: {MaxBody: 0},
 }
@@ -230,25 +259,72 @@ func (c *Conn) NextRequest() (*Request, error) {
 			q.File = m.Files[0]
 		}
 	case KindExecute:
-		if q.Exec, err = DecodeExecute(m.Body); err != nil {
-			return nil, err
-		}
-		if q.Exec.HasHeap {
-			q.Heap = state.NewPageMap(q.Exec.HeapSize)
-			if err := c.recvInto(m.ID, HeapMemory, q.Exec.HeapPages, q.Heap); err != nil {
-				return nil, err
-			}
-		}
-		q.Stable = state.NewPageMap(q.Exec.StableSize)
-		if err := c.recvInto(m.ID, StableMemory, q.Exec.StablePages, q.Stable); err != nil {
-			return nil, err
-		}
-		q.Exec.Input.Stable = q.Stable
+		err = c.decodeExecute(m, q)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return q, nil
+}
+
+// decodeExecute completes an Execute request: its memories, inline or
+// mapped from the attached descriptors. On error every descriptor is closed.
+func (c *Conn) decodeExecute(m *Msg, q *Request) (err error) {
+	files := m.Files
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			q.Release()
+		}
+	}()
+	if q.Exec, err = DecodeExecute(m.Body); err != nil {
+		return err
+	}
+	x := q.Exec
+	if len(files) != x.Descriptors() {
+		return violation(VDescriptors, "execute carries %d descriptors, its header declares %d", len(files), x.Descriptors())
+	}
+	if x.HeapSource == MemoryMapped {
+		mapFile := func(size uint64) (state.Memory, error) {
+			if size == 0 {
+				return state.NewPageMap(0), nil
+			}
+			f := files[0]
+			files = files[1:]
+			mp, err := state.OpenFileMemory(f, size) // owns f from here
+			if err != nil {
+				return nil, err
+			}
+			q.release = append(q.release, mp.Close)
+			return mp, nil
+		}
+		if x.HasHeap {
+			if q.Heap, err = mapFile(x.HeapSize); err != nil {
+				return err
+			}
+		}
+		if q.Stable, err = mapFile(x.StableSize); err != nil {
+			return err
+		}
+		x.Input.Stable = q.Stable
+		return nil
+	}
+	if x.HasHeap {
+		heap := state.NewPageMap(x.HeapSize)
+		if err := c.recvInto(m.ID, HeapMemory, x.HeapPages, heap); err != nil {
+			return err
+		}
+		q.Heap = heap
+	}
+	stable := state.NewPageMap(x.StableSize)
+	if err := c.recvInto(m.ID, StableMemory, x.StablePages, stable); err != nil {
+		return err
+	}
+	q.Stable = stable
+	x.Input.Stable = stable
+	return nil
 }
 
 func (c *Conn) recvInto(id uint64, mem Memory, count uint64, m *state.PageMap) error {

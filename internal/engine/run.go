@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -22,8 +24,13 @@ const maxTableElements = 10_000_000
 type Request struct {
 	Module *Module
 	// Heap is the committed Wasm memory; nil means the module's initial
-	// memory (install, reinstall, upgrade without keeping the heap).
-	Heap *state.PageMap
+	// memory (install, reinstall, upgrade without keeping the heap). When
+	// it has a File, the file is mapped copy-on-write instead of copied.
+	Heap state.Memory
+	// Pagemap is the executing process's /proc/<pid>/pagemap, used to find
+	// the pages the message wrote (dirty.go); nil: SelfPagemap. Without one
+	// every page is compared with the committed heap.
+	Pagemap *os.File
 	// Globals are the committed mutable globals in index order; nil means
 	// the module's initial values.
 	Globals []state.Global
@@ -42,6 +49,9 @@ type run struct {
 	hostErr error
 	mem     *wasmtime.Memory
 	store   *wasmtime.Store
+	// mapped is the linear memory's address range that holds the
+	// committed heap's file mapping, if restoreHeap mapped it.
+	mappedAddr, mappedLen uintptr
 }
 
 func (r *run) Bytes() []byte {
@@ -93,8 +103,16 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 			r.mem = ex.Memory()
 		}
 	}
-	if err := r.restoreHeap(req.Heap); err != nil {
-		return r.exec.Finish(err), nil
+	heap := req.Heap
+	if pm, ok := heap.(*state.PageMap); ok && pm == nil {
+		heap = nil // a typed nil is no heap, not an empty one
+	}
+	if err := r.restoreHeap(heap); err != nil {
+		var trap *sysapi.Trap
+		if errors.As(err, &trap) {
+			return r.exec.Finish(err), nil
+		}
+		return nil, err
 	}
 	if req.Globals != nil {
 		if err := r.restoreGlobals(inst, m, req.Globals); err != nil {
@@ -112,7 +130,11 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		out.Stable = state.Delta{}
 		return out, nil
 	}
-	out.Heap = r.heapDelta(req.Heap)
+	pagemap := req.Pagemap
+	if pagemap == nil {
+		pagemap = SelfPagemap()
+	}
+	out.Heap = r.heapDelta(heap, pagemap)
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
 	}
@@ -197,10 +219,10 @@ func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callb
 	return r.invoke(f, int32(uint32(cb.Env)))
 }
 
-// restoreHeap makes the instance's memory equal to the committed heap.
-// Fresh memory is zero except where data segments wrote, so only pages that
-// differ (inside the initial size) and stored pages (beyond it) are copied.
-func (r *run) restoreHeap(heap *state.PageMap) error {
+// restoreHeap makes the instance's memory equal to the committed heap: it
+// grows the memory to the heap's size, then maps the heap's image over it
+// copy-on-write (O(1)), or, without an image, copies the pages that differ.
+func (r *run) restoreHeap(heap state.Memory) error {
 	if heap == nil {
 		return nil
 	}
@@ -211,18 +233,35 @@ func (r *run) restoreHeap(heap *state.PageMap) error {
 		return errors.New("engine: state has a heap but the module has no memory")
 	}
 	initial := r.mem.DataSize(r.store)
-	if want := heap.Size(); want > uint64(initial) {
-		if want%state.WasmPageSize != 0 {
-			return fmt.Errorf("engine: heap size %d is not a multiple of 64 KiB", want)
-		}
+	want := heap.Size()
+	if want%state.WasmPageSize != 0 {
+		return fmt.Errorf("engine: heap size %d is not a multiple of 64 KiB", want)
+	}
+	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
 			return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)}
 		}
 	}
+	// A heap smaller than the module's initial memory (kept across an
+	// upgrade) is copied: the rest of the memory must become zeros.
 	data := r.mem.UnsafeData(r.store)
+	if f := heap.File(); f != nil && want > 0 && want == uint64(len(data)) {
+		if err := mapPrivate(data[:want], f); err != nil {
+			return fmt.Errorf("engine: %w", err)
+		}
+		r.mappedAddr, r.mappedLen = uintptr(unsafe.Pointer(&data[0])), uintptr(want)
+		return nil
+	}
+	// Fresh memory is zero except where data segments wrote, so only pages
+	// inside the initial size are compared; beyond it, only stored pages
+	// of a PageMap need copying.
 	initPages := uint64(initial) / state.PageSize
-	for i := uint64(0); i < initPages; i++ {
+	pm, sparse := heap.(*state.PageMap)
+	for i := uint64(0); i < uint64(len(data))/state.PageSize; i++ {
+		if i >= initPages && sparse {
+			break
+		}
 		dst := data[i*state.PageSize : (i+1)*state.PageSize]
 		src := heap.Page(i)
 		if src == nil {
@@ -232,32 +271,57 @@ func (r *run) restoreHeap(heap *state.PageMap) error {
 			copy(dst, src[:])
 		}
 	}
-	for _, i := range heap.StoredPages() {
-		if i >= initPages {
-			copy(data[i*state.PageSize:], heap.Page(i)[:])
+	if sparse {
+		for _, i := range pm.StoredPages() {
+			if i >= initPages {
+				copy(data[i*state.PageSize:], pm.Page(i)[:])
+			}
 		}
 	}
 	return nil
 }
 
-// heapDelta lists the pages that differ from the committed heap.
-func (r *run) heapDelta(base *state.PageMap) state.Delta {
+// heapDelta lists the pages that differ from the committed heap (nil: all
+// zeros). When the heap was mapped and the memory has not moved, only the
+// pages the kernel reports written are compared (dirty.go); otherwise all.
+func (r *run) heapDelta(base state.Memory, pagemap *os.File) state.Delta {
 	if r.mem == nil {
 		return state.Delta{}
 	}
 	data := r.mem.UnsafeData(r.store)
 	d := state.Delta{Size: uint64(len(data))}
-	n := uint64(len(data)) / state.PageSize
-	for i := uint64(0); i < n; i++ {
-		cur := data[i*state.PageSize : (i+1)*state.PageSize]
+	if len(data) == 0 {
+		return d
+	}
+	if base == nil {
+		base = (*state.PageMap)(nil)
+	}
+	differs := func(i uint64) bool {
 		old := base.Page(i)
 		if old == nil {
 			old = state.ZeroPage()
 		}
-		if !bytes.Equal(cur, old[:]) {
-			p := new(state.Page)
-			copy(p[:], cur)
-			d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
+		return !bytes.Equal(data[i*state.PageSize:(i+1)*state.PageSize], old[:])
+	}
+	add := func(i uint64) {
+		p := new(state.Page)
+		copy(p[:], data[i*state.PageSize:])
+		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
+	}
+	n := uint64(len(data)) / state.PageSize
+	if r.mappedLen != 0 && uintptr(unsafe.Pointer(&data[0])) == r.mappedAddr {
+		if cand, err := writtenPages(pagemap, r.mappedAddr, uintptr(len(data))); err == nil {
+			for _, i := range cand {
+				if i < n && differs(i) {
+					add(i)
+				}
+			}
+			return d
+		}
+	}
+	for i := uint64(0); i < n; i++ {
+		if differs(i) {
+			add(i)
 		}
 	}
 	return d

@@ -911,13 +911,20 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		}
 	}
 	in := req.Input
-	stable := in.Stable
-	if stable == nil {
+	stable, ok := in.Stable.(*state.PageMap)
+	if in.Stable == nil || stable == nil {
+		if in.Stable != nil && !ok {
+			return nil, fmt.Errorf("exec: stable memory is a %T, not a page map", in.Stable)
+		}
 		stable = state.NewPageMap(0)
 	}
 	id := x.nextID.Add(1)
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
-	pages := uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
+	// Pages cost watchdog time only when they travel inline (no images).
+	var pages uint64
+	if (req.Heap.Size() > 0 && req.Heap.File() == nil) || (stable.Size() > 0 && stable.File() == nil) {
+		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
+	}
 	deadline := x.cfg.WatchdogBase + time.Duration(in.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +
 		time.Duration(pages)*10*time.Microsecond
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {

@@ -25,9 +25,13 @@ func ZeroPage() *Page { return &zeroPage }
 // PageMap is a memory of Size bytes stored sparsely as 4 KiB pages: a page
 // that is absent is all zeros. Pages are never modified in place once stored,
 // so a *Page read from a PageMap stays valid after later updates.
+//
+// A PageMap may also keep an image of itself in a memfd (File), updated by
+// Apply, which executions map instead of copying the memory.
 type PageMap struct {
 	size  uint64
 	pages map[uint64]*Page
+	imageState
 }
 
 // NewPageMap returns an empty page map of the given size in bytes.
@@ -88,9 +92,12 @@ func pageOrZero(p *Page) *Page {
 	return p
 }
 
-// Clone returns a copy that shares the (immutable) pages.
+// Clone returns a copy that shares the (immutable) pages, without an image.
 func (m *PageMap) Clone() *PageMap {
 	c := NewPageMap(m.Size())
+	// A clone is a short-lived view (an upgrade's base, a composite query's
+	// frame): building an image of it would cost more than copying it.
+	c.imgFailed = true
 	if m != nil {
 		for i, p := range m.pages {
 			c.pages[i] = p
@@ -153,6 +160,14 @@ func (m *PageMap) Apply(d Delta) error {
 		}
 		m.pages[p.Index] = p.Data
 	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.img != nil {
+		if err := m.img.apply(d); err != nil {
+			// The image no longer matches; the next File rebuilds it.
+			m.releaseImage()
+		}
+	}
 	return nil
 }
 
@@ -161,6 +176,9 @@ func (m *PageMap) SetPage(i uint64, p *Page) error {
 	if i >= m.NumPages() {
 		return fmt.Errorf("page %d outside memory of %d pages", i, m.NumPages())
 	}
+	m.imgMu.Lock()
+	m.releaseImage() // SetPage is for loading; the image is built after
+	m.imgMu.Unlock()
 	if p == nil || *p == zeroPage {
 		delete(m.pages, i)
 		return nil
@@ -173,13 +191,16 @@ func (m *PageMap) SetPage(i uint64, p *Page) error {
 // the base plus what was written, writes touch only the overlay, and the
 // written pages come out as a Delta. Dropping the overlay rolls back.
 type Overlay struct {
-	base  *PageMap
+	base  Memory
 	size  uint64
 	dirty map[uint64]*Page
 }
 
 // NewOverlay starts a copy-on-write view of base (which may be nil: empty).
-func NewOverlay(base *PageMap) *Overlay {
+func NewOverlay(base Memory) *Overlay {
+	if base == nil {
+		base = (*PageMap)(nil)
+	}
 	return &Overlay{base: base, size: base.Size(), dirty: make(map[uint64]*Page)}
 }
 

@@ -82,7 +82,7 @@ type Input struct {
 	CallContextInstr uint64 // instructions already spent in this call context
 
 	Limits Limits
-	Stable *state.PageMap // committed stable memory (read-only)
+	Stable state.Memory // committed stable memory (read-only); nil: empty
 }
 
 // ResponseKind says how a message was answered.

@@ -25,6 +25,11 @@ const (
 	ExitConfine  = 70 // confinement failed
 )
 
+// pagemap is the sandbox's own /proc/self/pagemap (no /proc inside the
+// empty root: the C constructor opened it). Nil when Serve runs outside a
+// sandbox; the engine then opens the process's own.
+var pagemap *os.File
+
 // Main is the entry point of a sandbox process: cmd/cordon calls it, before
 // anything else, when confine.IsSandbox() reports the process was started
 // by sandbox.Start. It completes confinement first (before any byte from the
@@ -39,5 +44,6 @@ func Main() int {
 	for _, f := range files { // this version passes artifacts with Load, not at spawn
 		f.Close()
 	}
+	pagemap = confine.Pagemap()
 	return Serve(conn, args)
 }

@@ -97,11 +97,13 @@ func (w *worker) serve(q *boundary.Request) error {
 	case q.Kind == boundary.KindLoad && w.mode == boundary.ModeCanister:
 		return w.load(q)
 	case q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister:
+		defer q.Release()
 		return w.execute(q)
 	}
 	if q.File != nil {
 		q.File.Close()
 	}
+	q.Release()
 	return w.c.SendError(q.ID, boundary.ErrBadRequest, "%s request in %s mode", q.Kind, w.mode)
 }
 
@@ -164,7 +166,7 @@ func (w *worker) execute(q *boundary.Request) error {
 	if !x.HasGlobals {
 		globals = nil
 	}
-	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Globals: globals, RunStart: x.RunStart, Input: x.Input})
+	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Globals: globals, RunStart: x.RunStart, Input: x.Input})
 	if err != nil {
 		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
 	}

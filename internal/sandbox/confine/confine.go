@@ -92,6 +92,23 @@ var (
 	entered bool
 )
 
+// Pagemap returns the sandbox's /proc/self/pagemap, which the C
+// constructor opened before entering the empty root, or nil (not a
+// sandbox, or the kernel has no pagemap). Call it after Enter.
+func Pagemap() *os.File {
+	pagemapOnce.Do(func() {
+		if fd := int(C.cordon_early_pagemap()); fd >= 0 && C.cordon_early_state() == 1 {
+			pagemapFile = os.NewFile(uintptr(fd), "pagemap")
+		}
+	})
+	return pagemapFile
+}
+
+var (
+	pagemapOnce sync.Once
+	pagemapFile *os.File
+)
+
 // Enter completes confinement and returns the IPC socket (fd 3), the files
 // the host passed (fd 4, 5, ...) and Spec.Args. The C constructor has already
 // applied every layer but seccomp before the Go runtime started; Enter closes
@@ -140,7 +157,7 @@ func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
 	applied := uint64(C.cordon_early_applied())
 	listener := -1
 	if cfg.Layers&LSeccomp != 0 {
-		listener, err = installSeccomp(cfg.Layers&LLearn != 0)
+		listener, err = installSeccomp(cfg.Layers&LLearn != 0, int(C.cordon_early_pagemap()))
 		if err != nil {
 			_ = uc.Close()
 			return nil, nil, nil, fmt.Errorf("confine: seccomp: %w", err)

@@ -50,12 +50,15 @@ static int cordon_state;        // 0: not a sandbox; 1: confined; -1: failed
 static uint64_t cordon_applied; // CORDON_L_* bits applied here
 static int cordon_landlock_abi;
 static int cordon_nfiles = -1;
+static int cordon_pagemap = -1;
 static char cordon_err[256];
 
 int cordon_early_state(void) { return cordon_state; }
 uint64_t cordon_early_applied(void) { return cordon_applied; }
 int cordon_early_landlock_abi(void) { return cordon_landlock_abi; }
 int cordon_early_nfiles(void) { return cordon_nfiles; }
+
+int cordon_early_pagemap(void) { return cordon_pagemap; }
 const char *cordon_early_error(void) { return cordon_err; }
 
 // die reports a setup failure on fd 2 and exits. Only async-signal-safe calls.
@@ -221,6 +224,19 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		cordon_applied |= CORDON_L_FDS;
 	}
 
+	// The process's own page-table view, which the engine asks which pages
+	// of a canister's memory a message wrote (PAGEMAP_SCAN). Opened now,
+	// while /proc is still reachable, with the sandbox's credentials, so it
+	// shows no physical frame numbers. Moved above the host's fds so the
+	// placeholders below cannot land on it. Optional: without it the engine
+	// compares memories instead.
+	{
+		int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			cordon_pagemap = fcntl(fd, F_DUPFD_CLOEXEC, 4 + (int)nfiles);
+			close(fd);
+		}
+	}
 	if (layers & CORDON_L_PIVOT) {
 		enter_empty_root();
 		cordon_applied |= CORDON_L_PIVOT;

@@ -27,5 +27,7 @@ int cordon_early_state(void);
 uint64_t cordon_early_applied(void);
 int cordon_early_landlock_abi(void);
 int cordon_early_nfiles(void);
+// The sandbox's /proc/self/pagemap, opened before the empty root, or -1.
+int cordon_early_pagemap(void);
 const char *cordon_early_error(void);
 #endif

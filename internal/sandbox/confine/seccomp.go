@@ -47,6 +47,7 @@ const (
 	checkThread       // clone: exactly a thread (CLONE_THREAD|CLONE_VM|...), nothing else
 	checkSelf         // kill/tgkill: arg0 == our own pid
 	checkFcntl        // fcntl: only the commands in fcntlAllowed
+	checkIoctl        // ioctl: PAGEMAP_SCAN on the sandbox's pagemap fd; any other: the rule's errno
 )
 
 // fcntlAllowed are the fcntl commands the sandbox may use.
@@ -114,7 +115,7 @@ var Allowlist = []Rule{
 
 	// Probes that benign library code makes and that could only fail in
 	// the sandbox anyway (empty root, Landlock): answered without running.
-	{Name: "ioctl", Act: Errno, Errno: unix.ENOTTY, Why: "isatty(2) from Rust std; every ioctl fails, none reaches a driver"},
+	{Name: "ioctl", Check: checkIoctl, Errno: unix.ENOTTY, Why: "PAGEMAP_SCAN on the sandbox's own pagemap (the engine finds written pages); any other fails with ENOTTY (isatty(2) from Rust std), none reaches a driver"},
 	{Name: "openat", Act: Errno, Errno: unix.ENOENT, Why: "Rust std reads /proc/self/cgroup, glibc /proc/sys/vm/overcommit_memory: nothing exists"},
 	{Name: "open", Act: Errno, Errno: unix.ENOENT, Why: "as openat (legacy entry point)"},
 }
@@ -214,8 +215,13 @@ func (p *prog) jge(k uint32, jt, jf uint8) {
 func argLo(i int) uint32 { return offArgs + 8*uint32(i) }
 func argHi(i int) uint32 { return offArgs + 8*uint32(i) + 4 }
 
+// PagemapScan is the PAGEMAP_SCAN ioctl command (Linux 6.7, uapi fs.h):
+// _IOWR('f', 16, struct pm_scan_arg), a 96-byte argument.
+const PagemapScan = 3<<30 | 96<<16 | 'f'<<8 | 16
+
 // checkBlock emits the argument check of a rule; it ends in returns only.
-func checkBlock(c check, pid uint32) prog {
+// pagemapFD is the only descriptor PAGEMAP_SCAN is allowed on (-1: none).
+func checkBlock(c check, pid uint32, pagemapFD int, errno unix.Errno) prog {
 	var b prog
 	switch c {
 	case checkThread:
@@ -252,6 +258,27 @@ func checkBlock(c check, pid uint32) prog {
 		}
 		b.ret(retNotify)
 		b.ret(retAllow)
+	case checkIoctl:
+		// fd (arg0) == pagemapFD and cmd (arg1) == PAGEMAP_SCAN, whole
+		// 64-bit values; anything else fails with the rule's errno.
+		deny := retErrno | uint32(errno)
+		if pagemapFD < 0 {
+			b.ret(deny)
+			break
+		}
+		b.ld(argHi(0))
+		b.jeq(0, 1, 0)
+		b.ret(deny)
+		b.ld(argLo(0))
+		b.jeq(uint32(pagemapFD), 1, 0)
+		b.ret(deny)
+		b.ld(argHi(1))
+		b.jeq(0, 1, 0)
+		b.ret(deny)
+		b.ld(argLo(1))
+		b.jeq(PagemapScan, 0, 1)
+		b.ret(retAllow)
+		b.ret(deny)
 	default:
 		panic("confine: unknown check")
 	}
@@ -261,7 +288,14 @@ func checkBlock(c check, pid uint32) prog {
 // BuildFilter assembles the allowlist filter for a process whose pid (in its
 // own pid namespace) is pid. With learn set, every call but the bootstrap is
 // sent to the host instead (tests measure the set of calls that way).
+// PAGEMAP_SCAN is allowed on no descriptor; see BuildFilterPagemap.
 func BuildFilter(pid uint32, learn bool) ([]unix.SockFilter, error) {
+	return BuildFilterPagemap(pid, -1, learn)
+}
+
+// BuildFilterPagemap is BuildFilter allowing the PAGEMAP_SCAN ioctl on
+// descriptor pagemapFD (the process's own pagemap).
+func BuildFilterPagemap(pid uint32, pagemapFD int, learn bool) ([]unix.SockFilter, error) {
 	var p prog
 	// Architecture: anything but the x86_64 ABI goes to the host (and dies).
 	p.ld(offArch)
@@ -293,7 +327,7 @@ func BuildFilter(pid uint32, learn bool) ([]unix.SockFilter, error) {
 			p.jeq(r.Nr, 0, 1)
 			p.ret(retErrno | uint32(r.Errno))
 		case r.Check != noCheck:
-			b := checkBlock(r.Check, pid)
+			b := checkBlock(r.Check, pid, pagemapFD, r.Errno)
 			if len(b) > 255 {
 				return nil, errors.New("check block too long")
 			}
@@ -313,8 +347,8 @@ func BuildFilter(pid uint32, learn bool) ([]unix.SockFilter, error) {
 
 // installSeccomp installs the filter on every thread of the process (TSYNC)
 // and returns the notification listener fd for the host.
-func installSeccomp(learn bool) (int, error) {
-	filter, err := BuildFilter(uint32(os.Getpid()), learn)
+func installSeccomp(learn bool, pagemapFD int) (int, error) {
+	filter, err := BuildFilterPagemap(uint32(os.Getpid()), pagemapFD, learn)
 	if err != nil {
 		return -1, err
 	}

@@ -1,0 +1,125 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/state"
+)
+
+// Finding the pages a message wrote without comparing or copying the whole
+// memory (DESIGN.md §6): the committed heap is mapped over the instance's
+// linear memory as a private copy-on-write view of its image file. A page
+// the message writes becomes an anonymous copy; a page it only reads stays
+// a page of the file. Afterwards the kernel's page tables say which pages
+// were copied (the PAGEMAP_SCAN ioctl on /proc/<pid>/pagemap, Linux 6.7),
+// in time proportional to what is mapped, not to the memory's size.
+//
+// The kernel's answer is only a candidate set: transparent huge pages in
+// the grown part can report 512 pages for one write, and a page written
+// back to its old bytes is still a copy. Each candidate is compared with
+// the committed page, so the delta is exactly the pages that differ, the
+// same set the copying fallback computes, in both isolation modes.
+
+// Linux uapi (include/uapi/linux/fs.h).
+const (
+	pageIsFile    = 1 << 2
+	pageIsPresent = 1 << 3
+	pageIsSwapped = 1 << 4
+	pageIsPFNZero = 1 << 5
+
+	// _IOWR('f', 16, struct pm_scan_arg): 96-byte argument.
+	pagemapScan = 3<<30 | 96<<16 | 'f'<<8 | 16
+)
+
+type pmScanArg struct {
+	size, flags, start, end, walkEnd, vec, vecLen, maxPages   uint64
+	categoryInverted, categoryMask, categoryAnyof, returnMask uint64
+}
+
+type pageRegion struct{ start, end, categories uint64 }
+
+var (
+	selfPagemapOnce sync.Once
+	selfPagemap     *os.File
+)
+
+// SelfPagemap returns this process's /proc/self/pagemap, or nil when there
+// is none (no /proc, as inside a sandbox: the host passes the sandbox's).
+func SelfPagemap() *os.File {
+	selfPagemapOnce.Do(func() {
+		f, err := os.Open("/proc/self/pagemap")
+		if err == nil {
+			selfPagemap = f
+		}
+	})
+	return selfPagemap
+}
+
+// scans counts successful kernel answers (tests check the path is taken).
+var scans atomic.Uint64
+
+// errNoScan means the kernel cannot answer; the caller compares instead.
+var errNoScan = errors.New("pagemap scan unavailable")
+
+// writtenPages returns the indices (relative to addr) of the 4 KiB pages in
+// [addr, addr+size) that are anonymous copies: present or swapped out,
+// neither a page of a file nor the shared zero page.
+func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
+	if pagemap == nil {
+		return nil, errNoScan
+	}
+	var regions [256]pageRegion
+	var out []uint64
+	start, end := uint64(addr), uint64(addr+size)
+	for start < end {
+		arg := pmScanArg{
+			size:             uint64(unsafe.Sizeof(pmScanArg{})),
+			start:            start,
+			end:              end,
+			vec:              uint64(uintptr(unsafe.Pointer(&regions[0]))),
+			vecLen:           uint64(len(regions)),
+			categoryInverted: pageIsFile | pageIsPFNZero,
+			categoryMask:     pageIsFile | pageIsPFNZero,
+			categoryAnyof:    pageIsPresent | pageIsSwapped,
+			returnMask:       pageIsPresent | pageIsSwapped,
+		}
+		n, _, errno := unix.Syscall(unix.SYS_IOCTL, pagemap.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg)))
+		if errno != 0 {
+			return nil, fmt.Errorf("%w: %v", errNoScan, errno)
+		}
+		if n > uintptr(len(regions)) || arg.walkEnd <= start || arg.walkEnd > end {
+			return nil, fmt.Errorf("%w: bad answer", errNoScan)
+		}
+		for _, r := range regions[:n] {
+			if r.start < start || r.end > arg.walkEnd || r.start >= r.end {
+				return nil, fmt.Errorf("%w: bad region", errNoScan)
+			}
+			for p := r.start; p < r.end; p += state.PageSize {
+				out = append(out, (p-uint64(addr))/state.PageSize)
+			}
+		}
+		start = arg.walkEnd
+	}
+	scans.Add(1)
+	return out, nil
+}
+
+// mapPrivate maps the first len(dst) bytes of f over dst, copy-on-write.
+func mapPrivate(dst []byte, f *os.File) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	_, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(unsafe.Pointer(&dst[0])), uintptr(len(dst)),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED, f.Fd(), 0)
+	if errno != 0 {
+		return fmt.Errorf("map committed memory: %w", errno)
+	}
+	return nil
+}

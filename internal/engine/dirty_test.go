@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// touchWAT writes page 3, rewrites page 5 with the byte it already holds,
+// reads page 50, grows the memory by one Wasm page and writes into it, and
+// writes page 2 and then restores its old contents.
+const touchWAT = `(module
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 1)
+  (func (export "canister_update touch") (local $old i32)
+    (i32.store (i32.const 12288) (i32.const 7))
+    (i32.store8 (i32.const 20480) (i32.load8_u (i32.const 20480)))
+    (drop (i32.load (i32.const 204800)))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store (i32.mul (i32.const 65536) (i32.sub (memory.size) (i32.const 1))) (i32.const 9))
+    (local.set $old (i32.load (i32.const 8192)))
+    (i32.store (i32.const 8192) (i32.const 12345))
+    (i32.store (i32.const 8192) (local.get $old))
+    (call $reply)))`
+
+func pageOf(b byte) *state.Page {
+	p := new(state.Page)
+	for i := range p {
+		p[i] = b
+	}
+	return p
+}
+
+// TestDirtyPagesMapped runs the same message on a committed heap mapped from
+// its image (pages found through the kernel) and on a copy of it (every
+// page compared): the deltas must be identical and exactly the pages that
+// changed, on small and large heaps.
+func TestDirtyPagesMapped(t *testing.T) {
+	if SelfPagemap() == nil {
+		t.Skip("no /proc/self/pagemap")
+	}
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := wasmtime.Wat2Wasm(touchWAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Compile(wasm, DefaultModuleLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []uint64{4 << 20, 64 << 20} {
+		t.Run(fmt.Sprint(size>>20, "MiB"), func(t *testing.T) {
+			heap := state.NewPageMap(size)
+			for _, i := range []uint64{2, 5, 50, size/state.PageSize - 1} {
+				if err := heap.SetPage(i, pageOf(byte(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if heap.File() == nil {
+				t.Fatal("no image for the heap")
+			}
+			run := func(h state.Memory) *sysapi.Output {
+				in := testInput(sysapi.CtxUpdate, "canister_update touch", nil, m)
+				out, err := e.Run(&Request{Module: m, Heap: h, Input: in})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if out.Trapped {
+					t.Fatal(out.TrapMessage)
+				}
+				return out
+			}
+			before := scans.Load()
+			mapped := run(heap)
+			if scans.Load() == before {
+				t.Fatal("the mapped run did not ask the kernel for written pages")
+			}
+			copied := run(heap.Clone())
+			idx := func(d state.Delta) []uint64 {
+				var out []uint64
+				for _, p := range d.Pages {
+					out = append(out, p.Index)
+				}
+				return out
+			}
+			want := []uint64{3, size / state.PageSize}
+			if got := idx(mapped.Heap); !reflect.DeepEqual(got, want) {
+				t.Fatalf("mapped delta pages %v, want %v", got, want)
+			}
+			if !reflect.DeepEqual(mapped.Heap, copied.Heap) {
+				t.Fatalf("mapped and copied deltas differ: %v vs %v", idx(mapped.Heap), idx(copied.Heap))
+			}
+			if mapped.Heap.Size != size+state.WasmPageSize || mapped.Instructions != copied.Instructions {
+				t.Fatalf("size %d, instructions %d vs %d", mapped.Heap.Size, mapped.Instructions, copied.Instructions)
+			}
+			// The image follows Apply; writing 7 to page 3 again changes
+			// nothing, so only the newly grown page is dirty.
+			if err := heap.Apply(mapped.Heap); err != nil {
+				t.Fatal(err)
+			}
+			again := run(heap)
+			if got := idx(again.Heap); !reflect.DeepEqual(got, []uint64{size/state.PageSize + state.WasmPageSize/state.PageSize}) {
+				t.Fatalf("second run delta pages %v", got)
+			}
+		})
+	}
+}

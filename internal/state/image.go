@@ -1,0 +1,209 @@
+package state
+
+import (
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Memory is read access to a committed memory: the PageMap the host keeps,
+// or a Mapping of its image inside a sandbox.
+type Memory interface {
+	// Size is the memory size in bytes.
+	Size() uint64
+	// Page returns page i, or nil if it is all zeros (a Mapping never
+	// returns nil). Callers must not modify it.
+	Page(i uint64) *Page
+	// File returns a read-only descriptor whose first Size bytes are the
+	// memory, or nil if there is none. Executions map it privately
+	// (copy-on-write) instead of copying the memory.
+	File() *os.File
+}
+
+// image is a memfd holding the same bytes as a PageMap, kept in step with
+// it by Apply, so that an execution can map the committed memory instead
+// of copying it (DESIGN.md §6). The host writes it only through rw; ro is
+// the descriptor executions get, reopened read-only so that a sandbox
+// holding it cannot change committed state.
+type image struct {
+	rw, ro *os.File
+	size   uint64
+}
+
+// File returns the read-only descriptor of the memory's image, creating
+// the image on first use (one pass over the stored pages). It returns nil
+// if no image can be made (no memfd, no /proc); executions then copy.
+func (m *PageMap) File() *os.File {
+	if m == nil {
+		return nil
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.img == nil && !m.imgFailed {
+		img, err := newImage(m)
+		if err != nil {
+			// Not fatal: executions fall back to copying. Remember so
+			// that every execution does not retry.
+			m.imgFailed = true
+			return nil
+		}
+		m.img = img
+	}
+	if m.img == nil {
+		return nil
+	}
+	return m.img.ro
+}
+
+// releaseImage drops the image (after a failed update: it no longer
+// matches the page map; the next File call rebuilds it).
+func (m *PageMap) releaseImage() {
+	if m.img != nil {
+		m.img.close()
+		m.img = nil
+	}
+}
+
+// Release closes the memory's image, if any. The page map stays usable.
+func (m *PageMap) Release() {
+	if m == nil {
+		return
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	m.releaseImage()
+}
+
+func newImage(m *PageMap) (*image, error) {
+	fd, err := unix.MemfdCreate("cordon-memory", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	rw := os.NewFile(uintptr(fd), "cordon-memory")
+	img := &image{rw: rw}
+	if err := img.resize(m.size); err != nil {
+		rw.Close()
+		return nil, err
+	}
+	// Nobody may shrink it: a mapping past the end would fault.
+	if _, err := unix.FcntlInt(rw.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		rw.Close()
+		return nil, fmt.Errorf("seal memfd: %w", err)
+	}
+	for i, p := range m.pages {
+		if _, err := rw.WriteAt(p[:], int64(i*PageSize)); err != nil {
+			rw.Close()
+			return nil, fmt.Errorf("fill memfd: %w", err)
+		}
+	}
+	ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		rw.Close()
+		return nil, fmt.Errorf("reopen memfd read-only: %w", err)
+	}
+	img.ro = ro
+	return img, nil
+}
+
+func (img *image) resize(size uint64) error {
+	if size == img.size {
+		return nil
+	}
+	if size > 1<<62 {
+		return fmt.Errorf("memory of %d bytes", size)
+	}
+	if err := img.rw.Truncate(int64(size)); err != nil {
+		return fmt.Errorf("size memfd: %w", err)
+	}
+	img.size = size
+	return nil
+}
+
+// apply writes a validated delta into the image.
+func (img *image) apply(d Delta) error {
+	if err := img.resize(d.Size); err != nil {
+		return err
+	}
+	for _, p := range d.Pages {
+		if _, err := img.rw.WriteAt(p.Data[:], int64(p.Index*PageSize)); err != nil {
+			return fmt.Errorf("write memfd: %w", err)
+		}
+	}
+	return nil
+}
+
+func (img *image) close() {
+	img.rw.Close()
+	if img.ro != nil {
+		img.ro.Close()
+	}
+}
+
+// FileMemory is a committed memory as a sandbox sees it: the image
+// descriptor the host passed, read a page at a time with pread as the
+// execution touches it (a stable memory can be far larger than the
+// sandbox's address-space limit, so it is not mapped whole). Pages read are
+// kept until Close.
+type FileMemory struct {
+	f     *os.File
+	size  uint64
+	pages map[uint64]*Page
+}
+
+// OpenFileMemory reads a memory of size bytes from f, which must be at
+// least that long (the host seals its images against shrinking). It takes
+// ownership of f.
+func OpenFileMemory(f *os.File, size uint64) (*FileMemory, error) {
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat memory file: %w", err)
+	}
+	if st.Size() < 0 || uint64(st.Size()) < size {
+		f.Close()
+		return nil, fmt.Errorf("memory file of %d bytes for a memory of %d", st.Size(), size)
+	}
+	if size%PageSize != 0 || size > 1<<62 {
+		f.Close()
+		return nil, fmt.Errorf("memory size %d is not a whole number of pages", size)
+	}
+	return &FileMemory{f: f, size: size, pages: make(map[uint64]*Page)}, nil
+}
+
+// Size implements Memory.
+func (m *FileMemory) Size() uint64 { return m.size }
+
+// Page implements Memory. A page that cannot be read (impossible for a
+// sealed image of the declared size) reads as zeros.
+func (m *FileMemory) Page(i uint64) *Page {
+	if i >= m.size/PageSize {
+		return nil
+	}
+	if p, ok := m.pages[i]; ok {
+		return p
+	}
+	p := new(Page)
+	if _, err := m.f.ReadAt(p[:], int64(i*PageSize)); err != nil {
+		p = &zeroPage
+	}
+	m.pages[i] = p
+	return p
+}
+
+// File implements Memory.
+func (m *FileMemory) File() *os.File { return m.f }
+
+// Close closes the memory's file.
+func (m *FileMemory) Close() error {
+	m.pages = nil
+	return m.f.Close()
+}
+
+// imageState is embedded in PageMap.
+type imageState struct {
+	imgMu     sync.Mutex
+	img       *image
+	imgFailed bool
+}
