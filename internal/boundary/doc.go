@@ -44,8 +44,9 @@
 // and rejects a chunk that is out of order or longer than what remains.
 // Only some kinds may span packets; the others must fit in their first.
 //
-// Descriptors are accepted only on the kinds that declare them (KindLoad:
-// exactly one, host to sandbox). No message from a sandbox may carry a
+// Descriptors are accepted only on the kinds that declare them (host to
+// sandbox only: KindLoad exactly one, KindExecute up to two, as its header
+// declares). No message from a sandbox may carry a
 // descriptor: any received is closed and the message is a violation.
 //
 // # Messages
@@ -62,9 +63,12 @@
 // arrives (index below the memory size, strictly increasing, exactly the
 // announced count). Body layouts are documented on the encoders.
 //
-// Heap and stable pages travel inline for now (HeapInline). The request has
-// a memory-source field so that a later version can pass them as memfd
-// mappings instead.
+// The memories travel as descriptors (MemoryMapped): the read-only memfd
+// images of the committed heap (if not empty) and stable memory (if not
+// empty) are attached to the Execute request, which declares how many it
+// carries; the sandbox maps or reads them and never receives a page over
+// the socket. Without images (a page map that could not make one) the
+// stored pages follow the request as Pages packets (HeapInline).
 //
 // # Validation
 //

@@ -23,7 +23,7 @@ const MaxPacket = 128 << 10
 const HeaderSize = 24
 
 // MaxFDs is the most descriptors any message may carry.
-const MaxFDs = 3
+const MaxFDs = 2
 
 // Kind is a message kind.
 type Kind uint8

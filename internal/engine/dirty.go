@@ -99,7 +99,7 @@ func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
 		}
 		for _, r := range regions[:n] {
 			if r.start < start || r.end > arg.walkEnd || r.start >= r.end {
-				return nil, fmt.Errorf("%w: bad region", errNoScan)
+				return nil, fmt.Errorf("%w: bad region %#x-%#x (categories %#x) in scan %#x-%#x, walk end %#x, n %d", errNoScan, r.start, r.end, r.categories, start, end, arg.walkEnd, n)
 			}
 			for p := r.start; p < r.end; p += state.PageSize {
 				out = append(out, (p-uint64(addr))/state.PageSize)

@@ -31,6 +31,10 @@ type Request struct {
 	// the pages the message wrote (dirty.go); nil: SelfPagemap. Without one
 	// every page is compared with the committed heap.
 	Pagemap *os.File
+	// Warn, if set, hears why a mapped heap's written pages had to be
+	// found by comparing every page (a kernel without PAGEMAP_SCAN, a
+	// memory that moved): correct, but slow on large heaps.
+	Warn func(reason string)
 	// Globals are the committed mutable globals in index order; nil means
 	// the module's initial values.
 	Globals []state.Global
@@ -134,7 +138,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if pagemap == nil {
 		pagemap = SelfPagemap()
 	}
-	out.Heap = r.heapDelta(heap, pagemap)
+	out.Heap = r.heapDelta(heap, pagemap, req.Warn)
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
 	}
@@ -284,7 +288,7 @@ func (r *run) restoreHeap(heap state.Memory) error {
 // heapDelta lists the pages that differ from the committed heap (nil: all
 // zeros). When the heap was mapped and the memory has not moved, only the
 // pages the kernel reports written are compared (dirty.go); otherwise all.
-func (r *run) heapDelta(base state.Memory, pagemap *os.File) state.Delta {
+func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) state.Delta {
 	if r.mem == nil {
 		return state.Delta{}
 	}
@@ -309,14 +313,23 @@ func (r *run) heapDelta(base state.Memory, pagemap *os.File) state.Delta {
 		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
 	}
 	n := uint64(len(data)) / state.PageSize
-	if r.mappedLen != 0 && uintptr(unsafe.Pointer(&data[0])) == r.mappedAddr {
-		if cand, err := writtenPages(pagemap, r.mappedAddr, uintptr(len(data))); err == nil {
-			for _, i := range cand {
-				if i < n && differs(i) {
-					add(i)
+	if r.mappedLen != 0 {
+		var err error
+		if uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
+			err = errors.New("the linear memory moved while growing")
+		} else {
+			var cand []uint64
+			if cand, err = writtenPages(pagemap, r.mappedAddr, uintptr(len(data))); err == nil {
+				for _, i := range cand {
+					if i < n && differs(i) {
+						add(i)
+					}
 				}
+				return d
 			}
-			return d
+		}
+		if warn != nil {
+			warn(fmt.Sprintf("written pages found by comparing all %d pages: %v", n, err))
 		}
 	}
 	for i := uint64(0); i < n; i++ {

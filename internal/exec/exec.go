@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -56,6 +57,8 @@ type InProcess struct {
 
 	mu    sync.Mutex
 	cache map[[32]byte]*Module
+
+	warnOnce sync.Once // the engine's slow-path warning, logged once
 }
 
 // NewInProcess creates an in-process executor.
@@ -91,7 +94,7 @@ func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*Module, error) {
 }
 
 // Execute implements Executor.
-func (x *InProcess) Execute(ctx context.Context, _ string, req *Request) (*sysapi.Output, error) {
+func (x *InProcess) Execute(ctx context.Context, canisterID string, req *Request) (*sysapi.Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -99,7 +102,10 @@ func (x *InProcess) Execute(ctx context.Context, _ string, req *Request) (*sysap
 	if !ok {
 		return nil, fmt.Errorf("exec: module was not prepared by the in-process executor")
 	}
-	return x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
+	warn := func(reason string) {
+		x.warnOnce.Do(func() { slog.Warn("in-process execution: "+reason, "canister", canisterID) })
+	}
+	return x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Warn: warn, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
 }
 
 // Forget implements Executor.

@@ -54,6 +54,8 @@ type worker struct {
 	mode boundary.Mode
 	e    *engine.Engine
 	mod  *engine.Module // canister mode: the loaded module
+	// warned: the engine's fallback warning was sent (once per sandbox).
+	warned bool
 }
 
 func (w *worker) loop() (code int) {
@@ -166,7 +168,13 @@ func (w *worker) execute(q *boundary.Request) error {
 	if !x.HasGlobals {
 		globals = nil
 	}
-	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Globals: globals, RunStart: x.RunStart, Input: x.Input})
+	warn := func(reason string) {
+		if !w.warned { // once per sandbox: it would repeat every message
+			w.warned = true
+			_ = w.c.SendLog(q.ID, boundary.LogWarn, "%s", reason)
+		}
+	}
+	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Warn: warn, Globals: globals, RunStart: x.RunStart, Input: x.Input})
 	if err != nil {
 		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
 	}
