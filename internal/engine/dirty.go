@@ -98,11 +98,20 @@ func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
 			return nil, fmt.Errorf("%w: bad answer", errNoScan)
 		}
 		for _, r := range regions[:n] {
-			if r.start < start || r.end > arg.walkEnd || r.start >= r.end {
-				return nil, fmt.Errorf("%w: bad region %#x-%#x (categories %#x) in scan %#x-%#x, walk end %#x, n %d", errNoScan, r.start, r.end, r.categories, start, end, arg.walkEnd, n)
+			// Anything inside the asked range is a usable candidate (each is
+			// compared afterwards); pages are kept strictly increasing so a
+			// region reported again after a partial walk adds nothing twice.
+			if r.start < uint64(addr) || r.end > end || r.start >= r.end || r.start%state.PageSize != 0 {
+				return nil, fmt.Errorf("%w: region %#x-%#x outside %#x-%#x", errNoScan, r.start, r.end, uint64(addr), end)
 			}
 			for p := r.start; p < r.end; p += state.PageSize {
-				out = append(out, (p-uint64(addr))/state.PageSize)
+				i := (p - uint64(addr)) / state.PageSize
+				switch {
+				case len(out) == 0 || i > out[len(out)-1]:
+					out = append(out, i)
+				case i < out[len(out)-1]:
+					return nil, fmt.Errorf("%w: regions out of order", errNoScan)
+				}
 			}
 		}
 		start = arg.walkEnd
