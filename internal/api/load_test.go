@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/state"
 )
 
 // The load test: clients make update (inc) and query (get) calls to random
@@ -26,13 +28,16 @@ var (
 	loadQueries   = flag.Float64("load.queries", 0.25, "fraction of TestLoad's calls that are queries")
 )
 
-// openFDs counts this process's open file descriptors.
+// openFDs counts this process's open file descriptors, without those of
+// the canisters' memory images: one memfd per memory lives as long as its
+// canister (state.ImageDescriptors counts them exactly), so anything more
+// is a leak.
 func openFDs(t testing.TB) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Skipf("no /proc/self/fd: %v", err)
 	}
-	return len(ents)
+	return len(ents) - int(state.ImageDescriptors())
 }
 
 type loadSample struct {

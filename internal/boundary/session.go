@@ -167,7 +167,7 @@ func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
 
 // SendExecute sends an Execute request. heap may be nil (the module's
 // initial memory); q's memory fields are ignored and taken from heap and
-// stable. When both memories have images (state.PageMap.File), their
+// stable. When both memories have images (state.PageMap.ReadOnlyFile), their
 // read-only descriptors travel with the request and nothing is copied
 // (MemoryMapped); otherwise their stored pages follow (HeapInline).
 func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.PageMap) error {
@@ -178,12 +178,12 @@ func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.Page
 	var files []*os.File
 	mapped := true
 	if q.HeapSize > 0 {
-		f := heap.File()
+		f := heap.ReadOnlyFile()
 		mapped = mapped && f != nil
 		files = append(files, f)
 	}
 	if q.StableSize > 0 {
-		f := stable.File()
+		f := stable.ReadOnlyFile()
 		mapped = mapped && f != nil
 		files = append(files, f)
 	}

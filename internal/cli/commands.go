@@ -203,7 +203,9 @@ func newStatusCmd(g *globals) *cobra.Command {
 				{"id", s.ID}, {"status", s.Status}, {"controllers", strings.Join(s.Controllers, ", ")},
 				{"cycles", s.Balance.String()}, {"module hash", orDash(s.ModuleHash)}, {"memory", width},
 				{"version", fmt.Sprint(s.Version)}, {"heap bytes", fmt.Sprint(s.HeapBytes)},
-				{"stable bytes", fmt.Sprint(s.StableBytes)}, {"certified data", orDash(s.CertifiedData)},
+				{"stable bytes", fmt.Sprint(s.StableBytes)}, {"memory size", fmt.Sprint(s.MemorySize)},
+				{"memory allocation", orNone(s.MemoryAllocation)}, {"wasm memory limit", orNone(s.WasmMemoryLimit)},
+				{"idle cycles/day", s.IdleCyclesBurnedPerDay.String()}, {"certified data", orDash(s.CertifiedData)},
 				{"global timer", fmt.Sprint(s.GlobalTimer)}, {"update methods", strings.Join(s.Updates, " ")},
 				{"query methods", strings.Join(s.Queries, " ")}, {"messages", fmt.Sprint(s.Messages)},
 				{"instructions", fmt.Sprint(s.Instructions)}, {"cycles burned", s.CyclesBurned.String()},
@@ -217,6 +219,14 @@ func newStatusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&output, "output", "text", "text or json")
 	return cmd
+}
+
+// orNone shows a memory setting, where 0 means no limit.
+func orNone(n uint64) string {
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprint(n)
 }
 
 func orDash(s string) string {

@@ -100,7 +100,7 @@ func TestConfigShowCommand(t *testing.T) {
 	}
 	for _, want := range []string{"# file: " + filepath.Join(home, "config.toml"), `format = "json"`, "# env, CORDON_LOG_FORMAT",
 		"log_lines = 20", "# flag, CORDON_LIMITS_LOG_LINES", "update_instructions = 1000", "# file, CORDON_LIMITS_UPDATE_INSTRUCTIONS",
-		`level = "warn"`, "# default, CORDON_LOG_LEVEL"} {
+		`level = "warn"`, "# default, CORDON_LOG_LEVEL", "gib_storage_per_second = 127_000", "# default, CORDON_FEES_GIB_STORAGE_PER_SECOND"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("config show lacks %q:\n%s", want, r.stdout)
 		}

@@ -195,6 +195,8 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Fees.IngressPerByte }),
 	count("fees.canister_creation", "", "cycles charged to create a canister (management canister)",
 		func(c *Config) *uint64 { return &c.Host.Fees.CanisterCreation }),
+	count("fees.gib_storage_per_second", "", "storage fee: cycles per GiB of canister memory (heap, stable, module, globals; at least the memory allocation) per second; IC: 127000; 0: free",
+		func(c *Config) *uint64 { return &c.Host.Fees.GiBStoragePerSecond }),
 	{Key: "fees.initial_cycles", Help: "cycles a canister created from the CLI or API starts with (a string: it may exceed 64 bits)", quoted: true,
 		get: func(c *Config) string { return c.Host.InitialCycles.String() },
 		set: func(c *Config, v string) error {

@@ -55,10 +55,11 @@ initial_cycles = "340282366920938463463374607431768211455"
 		t.Fatal(err)
 	}
 	env := envOf(map[string]string{
-		"CORDON_LOG_LEVEL":            "error",
-		"CORDON_LIMITS_LOG_LINES":     "70",
-		"CORDON_SERVER_LISTEN":        "127.0.0.1:9001",
-		"CORDON_FEES_PER_INSTRUCTION": "3",
+		"CORDON_LOG_LEVEL":                   "error",
+		"CORDON_LIMITS_LOG_LINES":            "70",
+		"CORDON_SERVER_LISTEN":               "127.0.0.1:9001",
+		"CORDON_FEES_PER_INSTRUCTION":        "3",
+		"CORDON_FEES_GIB_STORAGE_PER_SECOND": "317_500",
 	})
 	c, err := Load(Inputs{Home: home, Env: env, Flags: []Assignment{
 		{Key: "limits.log_lines", Value: "90", Flag: "--set"},
@@ -81,6 +82,8 @@ initial_cycles = "340282366920938463463374607431768211455"
 		{"limits.heap_bytes_32", "1073741824", FromFile},
 		{"limits.log_lines", "90", FromFlag},
 		{"fees.per_instruction", "3", FromEnv},
+		{"fees.gib_storage_per_second", "317500", FromEnv},
+		{"fees.canister_creation", "100000000000", FromDefault},
 		{"fees.initial_cycles", "340282366920938463463374607431768211455", FromFile},
 	} {
 		s, _ := Lookup(tc.key)

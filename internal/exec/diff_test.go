@@ -75,6 +75,10 @@ func openNode(t *testing.T, isolation string) *node {
 	cfg := host.DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = isolation
+	// The storage fee depends on the wall-clock time between messages,
+	// which differs between the two nodes; it is the host's arithmetic,
+	// the same in both modes (internal/host tests it with a fake clock).
+	cfg.Fees.GiBStoragePerSecond = 0
 	cfg.UpdateInstructions = 2_000_000_000
 	cfg.HeapBytes32 = 256 << 20
 	n, err := host.Open(cfg, nil)

@@ -922,7 +922,7 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
 	// Pages cost watchdog time only when they travel inline (no images).
 	var pages uint64
-	if (req.Heap.Size() > 0 && req.Heap.File() == nil) || (stable.Size() > 0 && stable.File() == nil) {
+	if (req.Heap.Size() > 0 && req.Heap.ReadOnlyFile() == nil) || (stable.Size() > 0 && stable.ReadOnlyFile() == nil) {
 		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
 	}
 	deadline := x.cfg.WatchdogBase + time.Duration(in.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +

@@ -32,6 +32,14 @@ type Config struct {
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
 
+	// StorageChargeInterval is how often the timer loop charges the storage
+	// fee of a loaded canister that has not been charged by a message since
+	// (memory.go); 0: never (only messages charge it).
+	StorageChargeInterval time.Duration
+	// Clock is the node's time source (ic0.time, the storage fee, timers);
+	// nil: time.Now. Tests inject a clock here.
+	Clock func() time.Time
+
 	Sandbox SandboxConfig // used when Isolation is "sandbox"
 }
 
@@ -54,6 +62,11 @@ type Fees struct {
 	IngressReception uint64 // per ingress message
 	IngressPerByte   uint64 // per byte of ingress payload
 	CanisterCreation uint64
+	// GiBStoragePerSecond is the storage fee: cycles per GiB of memory held
+	// (heap, stable memory, module, globals; at least the memory allocation)
+	// per second (IC: 127_000 on a 13-node application subnet, i.e. about
+	// 4 T cycles per GiB per year; 0 makes memory free).
+	GiBStoragePerSecond uint64
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -69,13 +82,15 @@ func DefaultConfig() Config {
 		ReplyBytes:          2 << 20,
 		ModuleLimits:        engine.DefaultModuleLimits(),
 		Fees: Fees{
-			UpdateExecution:  5_000_000,
-			PerInstruction:   1,
-			IngressReception: 1_200_000,
-			IngressPerByte:   2_000,
-			CanisterCreation: 100_000_000_000,
+			UpdateExecution:     5_000_000,
+			PerInstruction:      1,
+			IngressReception:    1_200_000,
+			IngressPerByte:      2_000,
+			CanisterCreation:    100_000_000_000,
+			GiBStoragePerSecond: 127_000,
 		},
-		InitialCycles: cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
-		LogLines:      1000,
+		StorageChargeInterval: time.Minute,
+		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
+		LogLines:              1000,
 	}
 }

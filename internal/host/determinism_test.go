@@ -33,7 +33,8 @@ import (
 // bit-identical state in both isolation modes), and the first is compared
 // with the golden file.
 //
-// Time: ic0.time is the only wall-clock input of an execution. No canister in
+// Time: ic0.time is the only wall-clock input of an execution (the storage
+// fee, which also depends on time, is off here). No canister in
 // the script reads it (none of their sources uses Time, and timer/heartbeat
 // canisters are left out); the runs happen at different wall-clock times, so
 // a time leak fails the comparison between runs rather than making the golden
@@ -43,7 +44,8 @@ var updateGolden = flag.Bool("update", false, "rewrite testdata/determinism.gold
 const goldenPath = "testdata/determinism.golden"
 
 // detUpdateLimit is the update instruction limit of the script's node (the
-// other limits and the fees are DefaultConfig's): low, so `spin` is short.
+// other limits and the fees are DefaultConfig's, but for the storage fee):
+// low, so `spin` is short.
 const detUpdateLimit = 300_000_000
 
 // detStep is one line of the record.
@@ -148,6 +150,9 @@ func runDeterminismScript(t *testing.T, isolation string) detRecord {
 	cfg.Home = t.TempDir()
 	cfg.Isolation = isolation
 	cfg.UpdateInstructions = detUpdateLimit // `spin` stops here
+	// The storage fee depends on the time that passes, which differs from
+	// run to run; it has its own tests (memory_test.go).
+	cfg.Fees.GiBStoragePerSecond = 0
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })

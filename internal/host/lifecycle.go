@@ -61,8 +61,9 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 		Balance:  bal,
 		Status:   "running",
 		// Only cycles not taken from another canister are minted.
-		CyclesMinted: map[bool]cycles.Amount{true: bal, false: {}}[opts.Cycles == nil || opts.Minted],
-		Created:      n.clock().UTC(),
+		CyclesMinted:     map[bool]cycles.Amount{true: bal, false: {}}[opts.Cycles == nil || opts.Minted],
+		Created:          n.clock().UTC(),
+		StoragePaidUntil: n.now(),
 	}
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
@@ -157,10 +158,10 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		}
 		return nil, err
 	}
+	n.chargeStorage(c, n.now()) // the old memory is paid up to the install
 	limit := n.cfg.InstallInstructions
-	if c.meta.Balance.Cmp(n.executionFee(limit)) < 0 {
-		return nil, rejectf(SysTransient, "Canister %s is out of cycles: installing needs up to %s cycles, the balance is %s",
-			id, n.executionFee(limit), c.meta.Balance)
+	if err := n.outOfCycles(c, "installing", n.executionFee(limit)); err != nil {
+		return nil, err
 	}
 
 	var (
@@ -212,10 +213,17 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
+	// The memory limits of the new module's state.
+	newUsage := memUsage{stable: stableBase.Size(), module: uint64(len(wasm)), globals: uint64(m.Info.NumGlobals) * globalBytes}
+	if heapBase != nil {
+		newUsage.heap = heapBase.Size()
+	}
+	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(c.meta.Settings, m, ctxKind, newUsage)
 	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
 		return nil, asReject(id, "install", err)
 	}
+	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), out)
 	used += out.Instructions
 	logs = append(logs, out.Logs...)
 	if out.Trapped {
@@ -283,7 +291,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if old := n.execOf(c); old != x {
 		old.Forget(id.String()) // the canister moved to the other isolation mode
 	}
+	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
+	c.moduleBytes = uint64(len(wasm))
 	c.logs.publish(entries)
 	_ = n.store.GCModules()
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
@@ -377,6 +387,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	if err := n.checkController(c, caller, "uninstall_code"); err != nil {
 		return err
 	}
+	n.chargeStorage(c, n.now()) // the memory is paid up to its removal
 	meta := c.meta
 	meta.ModuleHash, meta.CertifiedData, meta.GlobalTimer = "", nil, 0
 	meta.HeapSize, meta.StableSize = 0, 0
@@ -385,7 +396,9 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
 		return err
 	}
+	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
+	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()
 	return nil
@@ -458,6 +471,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 		return err
 	}
 	c.deleted = true
+	releaseReplaced(c, nil, nil)
 	n.mu.Lock()
 	delete(n.canisters, id)
 	n.mu.Unlock()
@@ -491,6 +505,14 @@ type Status struct {
 	CandidService     string        `json:"candid_service,omitempty"`
 	FreezingThreshold uint64        `json:"freezing_threshold"`
 	CyclesMinted      cycles.Amount `json:"cycles_minted"`
+	// Memory accounting (memory.go): the memory held (heap, stable memory,
+	// module, globals), the settings that bound it (0: no limit), and what
+	// holding max(memory_size, memory_allocation) costs per day.
+	MemorySize             uint64        `json:"memory_size"`
+	MemoryAllocation       uint64        `json:"memory_allocation"`
+	WasmMemoryLimit        uint64        `json:"wasm_memory_limit"`
+	ComputeAllocation      uint64        `json:"compute_allocation"`
+	IdleCyclesBurnedPerDay cycles.Amount `json:"idle_cycles_burned_per_day"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.
@@ -511,6 +533,9 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		Messages: c.meta.Messages, Instructions: c.meta.Instructions, CyclesBurned: c.meta.CyclesBurned,
 		StateHash: hex.EncodeToString(n.stateHash(c)), FreezingThreshold: c.meta.Settings.FreezingThreshold,
 		CyclesMinted: c.meta.CyclesMinted,
+		MemorySize:   usageOf(c).total(), MemoryAllocation: c.meta.Settings.MemoryAllocation,
+		WasmMemoryLimit: c.meta.Settings.WasmMemoryLimit, ComputeAllocation: c.meta.Settings.ComputeAllocation,
+		IdleCyclesBurnedPerDay: n.idleBurnPerDay(chargedBytes(c.meta.Settings, usageOf(c))),
 	}
 	if c.module != nil {
 		s.Memory64 = c.module.Info.Memory64
@@ -551,4 +576,15 @@ func (n *Node) Logs(ctx context.Context, id principal.Principal) ([]store.LogEnt
 		return nil, err
 	}
 	return c.logs.snapshot(), nil
+}
+
+// releaseReplaced closes the memory images of the canister's memories that
+// heap and stable replace (c.mu held exclusively: nothing executes on them).
+func releaseReplaced(c *canister, heap, stable *state.PageMap) {
+	if c.heap != heap {
+		c.heap.Release()
+	}
+	if c.stable != stable {
+		c.stable.Release()
+	}
 }

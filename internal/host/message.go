@@ -76,6 +76,10 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	if len(out.Globals) != len(c.globals) && c.globals != nil {
 		return fmt.Errorf("canister %s: execution returned %d globals, the module has %d", c.id, len(out.Globals), len(c.globals))
 	}
+	// Backstop: execute turns this into a trap before it gets here.
+	if msg := allocationViolation(c.meta.Settings, c.moduleBytes, out); msg != "" {
+		return rejectf(CanisterError, "Error from Canister %s: %s", c.id, msg)
+	}
 	meta := c.meta
 	fee := n.executionFee(out.Instructions).SaturatingAdd(extraFee)
 	// balance' = balance + accepted - sent - burned - fee; each step checked.

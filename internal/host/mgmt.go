@@ -325,9 +325,18 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if err := setU64(&meta.Settings.ComputeAllocation, s.computeAllocation, "compute_allocation", 100); err != nil {
 		return err
 	}
-	if err := setU64(&meta.Settings.WasmMemoryLimit, s.wasmMemoryLimit, "wasm_memory_limit", 1<<48); err != nil {
+	if err := setU64(&meta.Settings.WasmMemoryLimit, s.wasmMemoryLimit, "wasm_memory_limit", 1<<48-1); err != nil {
 		return err
 	}
+	if err := n.checkAllocation(c, meta.Settings); err != nil {
+		return err
+	}
+	// The memory held so far is paid at the old allocation, then the
+	// new settings apply.
+	n.chargeStorage(c, n.now())
+	settings := meta.Settings
+	meta = c.meta
+	meta.Settings = settings
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
 		return err
 	}
@@ -407,20 +416,20 @@ func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 	}
 	settings := sortRecord(candid.Record{
 		{ID: h("controllers"), Value: vec},
-		{ID: h("compute_allocation"), Value: nat(0)},
-		{ID: h("memory_allocation"), Value: nat(0)},
+		{ID: h("compute_allocation"), Value: nat(s.ComputeAllocation)},
+		{ID: h("memory_allocation"), Value: nat(s.MemoryAllocation)},
 		{ID: h("freezing_threshold"), Value: nat(s.FreezingThreshold)},
 		{ID: h("reserved_cycles_limit"), Value: nat(0)},
-		{ID: h("wasm_memory_limit"), Value: nat(0)},
+		{ID: h("wasm_memory_limit"), Value: nat(s.WasmMemoryLimit)},
 	})
 	return sortRecord(candid.Record{
 		{ID: h("status"), Value: candid.Variant{ID: statusID, Value: candid.Null{}}},
 		{ID: h("settings"), Value: settings},
 		{ID: h("module_hash"), Value: modHash},
-		{ID: h("memory_size"), Value: nat(s.HeapBytes + s.StableBytes)},
+		{ID: h("memory_size"), Value: nat(s.MemorySize)},
 		{ID: h("cycles"), Value: candid.Nat{Int: s.Balance.Big()}},
 		{ID: h("reserved_cycles"), Value: nat(0)},
-		{ID: h("idle_cycles_burned_per_day"), Value: nat(0)},
+		{ID: h("idle_cycles_burned_per_day"), Value: candid.Nat{Int: s.IdleCyclesBurnedPerDay.Big()}},
 	})
 }
 
@@ -538,4 +547,24 @@ func optNat(r candid.Record, name string) (*big.Int, bool) {
 		return new(big.Int), true
 	}
 	return nv.Int, true
+}
+
+// checkAllocation refuses a memory allocation below the memory c holds, and
+// an increase of it that the balance cannot sustain (IC interface
+// specification, update_settings; the IC's messages).
+func (n *Node) checkAllocation(c *canister, s store.Settings) error {
+	a := s.MemoryAllocation
+	if a == 0 {
+		return nil
+	}
+	if used := usageOf(c).total(); used > a {
+		return rejectf(CanisterReject, "Canister %s was given %d memory allocation but at least %d of memory is needed.", c.id, a, used)
+	}
+	if a > c.meta.Settings.MemoryAllocation {
+		if limit := n.freezingLimit(s, usageOf(c)); c.meta.Balance.Cmp(limit) < 0 {
+			return rejectf(CanisterReject, "Cannot increase memory allocation to %d bytes for canister %s due to insufficient cycles. At least %s additional cycles are required.",
+				a, c.id, limit.SaturatingSub(c.meta.Balance))
+		}
+	}
+	return nil
 }

@@ -43,15 +43,18 @@ type Node struct {
 // canister is a canister's committed state in memory. Updates and lifecycle
 // operations hold mu exclusively; queries hold it shared.
 type canister struct {
-	mu      sync.RWMutex
-	id      principal.Principal
-	meta    store.Meta
-	module  *exec.Module // nil: empty canister
-	heap    *state.PageMap
-	stable  *state.PageMap
-	globals []state.Global
-	logs    *logRing
-	deleted bool
+	mu     sync.RWMutex
+	id     principal.Principal
+	meta   store.Meta
+	module *exec.Module // nil: empty canister
+	// moduleBytes is the size of the installed Wasm module (memory.go
+	// counts it as memory).
+	moduleBytes uint64
+	heap        *state.PageMap
+	stable      *state.PageMap
+	globals     []state.Global
+	logs        *logRing
+	deleted     bool
 
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
@@ -88,7 +91,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	}
 	st.SetCommitObserver(metricsOf(cfg).Commit) // metrics: observe.go
 	x = observeExecutor(x, cfg)
-	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: time.Now,
+	clock := cfg.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
 	go n.timerLoop()
 	return n, nil
@@ -179,6 +186,7 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 		if c.module, err = x.Prepare(ctx, wasm); err != nil {
 			return nil, fmt.Errorf("compile module of canister %s: %w", id, err)
 		}
+		c.moduleBytes = uint64(len(wasm))
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -263,8 +271,11 @@ func (n *Node) heapLimit(m *exec.Module) uint64 {
 	return n.cfg.HeapBytes32
 }
 
-// input builds the System API input common to every execution of c.
+// input builds the System API input common to every execution of c. Its
+// memory limits are those of c's committed state (memory.go); an install
+// sets them again for the new module.
 func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry string, instr uint64) *sysapi.Input {
+	heapLimit, stableLimit := n.memoryLimits(c.meta.Settings, m, ctx, usageOf(c))
 	ctrls := make([][]byte, 0, len(c.meta.Settings.Controllers))
 	for _, s := range c.meta.Settings.Controllers {
 		if p, err := principal.FromText(s); err == nil {
@@ -286,8 +297,8 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 		Stable:      c.stable,
 		Limits: sysapi.Limits{
 			Instructions:    instr,
-			HeapBytes:       n.heapLimit(m),
-			StableBytes:     n.cfg.StableBytes,
+			HeapBytes:       heapLimit,
+			StableBytes:     stableLimit,
 			ReplyBytes:      n.cfg.ReplyBytes,
 			CallArgBytes:    n.cfg.ReplyBytes,
 			MaxOutgoing:     500,

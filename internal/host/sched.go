@@ -135,6 +135,9 @@ func (n *Node) process(c *canister, m *message) {
 		}
 		return
 	}
+	// Memory held since the last charge is paid before anything runs, at
+	// a node time no later than the ic0.time the message sees.
+	n.chargeStorage(c, n.now())
 	switch m.kind {
 	case kindRequest:
 		n.handleRequest(c, m)
@@ -220,6 +223,15 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	}
 	var fee cycles.Amount
 	if m.ingress {
+		fee = cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte).MulSat(uint64(len(m.arg))))
+	}
+	// A frozen canister refuses calls before running anything of its own.
+	limit := n.cfg.UpdateInstructions
+	if err := n.outOfCycles(c, "an update", n.executionFee(limit).SaturatingAdd(fee)); err != nil {
+		refuse(err.(*Reject))
+		return
+	}
+	if m.ingress {
 		if err := n.inspect(context.Background(), c, Message{Canister: c.id, Method: m.method, Arg: m.arg, Caller: m.caller}); err != nil {
 			if r, ok := err.(*Reject); ok {
 				refuse(r)
@@ -228,13 +240,6 @@ func (n *Node) handleRequest(c *canister, m *message) {
 			}
 			return
 		}
-		fee = cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte).MulSat(uint64(len(m.arg))))
-	}
-	limit := n.cfg.UpdateInstructions
-	if need := n.executionFee(limit).SaturatingAdd(fee); c.meta.Balance.Cmp(need) < 0 {
-		refuse(rejectf(SysTransient, "Canister %s is out of cycles: it needs %s cycles to run an update, the balance is %s",
-			c.id, need, c.meta.Balance))
-		return
 	}
 	cc := &callContext{origin: m.origin, caller: m.caller, available: m.cycles}
 	id := n.newID(c)
@@ -269,9 +274,14 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	n.finish(c, id, cc, out, fee, cycles.Amount{})
 }
 
-// execute runs one execution of c from its committed state.
+// execute runs one execution of c from its committed state. One that ends
+// beyond c's memory limits comes back as a trap (memory.go).
 func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
-	return n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	if err == nil {
+		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, out)
+	}
+	return out, err
 }
 
 // finish commits a successful execution in call context id and acts on it:
@@ -281,7 +291,11 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
 		if !cc.responded {
 			cc.responded = true
-			n.respondTo(cc.origin, nil, rejectf(CanisterError, "Canister %s: %v", c.id, err), cc.available)
+			rej, ok := err.(*Reject)
+			if !ok {
+				rej = rejectf(CanisterError, "Canister %s: %v", c.id, err)
+			}
+			n.respondTo(cc.origin, nil, rej, cc.available)
 			cc.available = cycles.Amount{}
 		}
 		n.closeIfDone(c, id, cc)
@@ -425,8 +439,8 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 		return
 	}
 	limit := n.cfg.UpdateInstructions
-	if c.meta.Balance.Cmp(n.executionFee(limit)) < 0 {
-		n.log.Warn("timer skipped: out of cycles", "canister", c.id.String())
+	if err := n.outOfCycles(c, entry, n.executionFee(limit)); err != nil {
+		n.log.Warn("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
 		return
 	}
 	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
@@ -477,6 +491,11 @@ func (n *Node) timerLoop() {
 		}
 		for _, c := range list {
 			c.mu.Lock()
+			if iv := n.cfg.StorageChargeInterval; iv > 0 && !c.deleted && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
+				if err := n.chargeStorageNow(c); err != nil {
+					n.log.Error("storage fee", "canister", c.id.String(), "err", err)
+				}
+			}
 			if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
 				n.scheduleTimer(c)
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,31 +17,71 @@ type Memory interface {
 	// Page returns page i, or nil if it is all zeros (a Mapping never
 	// returns nil). Callers must not modify it.
 	Page(i uint64) *Page
-	// File returns a read-only descriptor whose first Size bytes are the
-	// memory, or nil if there is none. Executions map it privately
-	// (copy-on-write) instead of copying the memory.
+	// File returns a descriptor whose first Size bytes are the memory, or
+	// nil if there is none. Executions in this process map it privately
+	// (copy-on-write, never writing it) instead of copying the memory.
 	File() *os.File
 }
 
 // image is a memfd holding the same bytes as a PageMap, kept in step with
 // it by Apply, so that an execution can map the committed memory instead
-// of copying it (DESIGN.md §6). The host writes it only through rw; ro is
-// the descriptor executions get, reopened read-only so that a sandbox
-// holding it cannot change committed state.
+// of copying it (DESIGN.md §6). The host writes it through rw; ro, made on
+// first demand, is the descriptor other processes (sandboxes) get,
+// reopened read-only so that holding it cannot change committed state.
 type image struct {
 	rw, ro *os.File
 	size   uint64
 }
 
-// File returns the read-only descriptor of the memory's image, creating
-// the image on first use (one pass over the stored pages). It returns nil
-// if no image can be made (no memfd, no /proc); executions then copy.
+// openImages counts the descriptors images hold (tests subtract them when
+// they look for leaked descriptors).
+var openImages atomic.Int64
+
+// ImageDescriptors returns how many descriptors memory images hold now.
+func ImageDescriptors() int64 { return openImages.Load() }
+
+// File returns the descriptor of the memory's image, creating the image on
+// first use (one pass over the stored pages). It is for mapping in this
+// process; hand other processes ReadOnlyFile. It returns nil if no image
+// can be made (no memfd); executions then copy.
 func (m *PageMap) File() *os.File {
 	if m == nil {
 		return nil
 	}
 	m.imgMu.Lock()
 	defer m.imgMu.Unlock()
+	if img := m.image(); img != nil {
+		return img.rw
+	}
+	return nil
+}
+
+// ReadOnlyFile is File reopened read-only (through /proc/self/fd), for a
+// sandbox: it can map and read the committed memory, not change it. Nil if
+// there is no image or no /proc.
+func (m *PageMap) ReadOnlyFile() *os.File {
+	if m == nil {
+		return nil
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	img := m.image()
+	if img == nil {
+		return nil
+	}
+	if img.ro == nil {
+		ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", img.rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil
+		}
+		img.ro = ro
+		openImages.Add(1)
+	}
+	return img.ro
+}
+
+// image returns the image, making it if needed (imgMu held).
+func (m *PageMap) image() *image {
 	if m.img == nil && !m.imgFailed {
 		img, err := newImage(m)
 		if err != nil {
@@ -51,10 +92,7 @@ func (m *PageMap) File() *os.File {
 		}
 		m.img = img
 	}
-	if m.img == nil {
-		return nil
-	}
-	return m.img.ro
+	return m.img
 }
 
 // releaseImage drops the image (after a failed update: it no longer
@@ -98,12 +136,7 @@ func newImage(m *PageMap) (*image, error) {
 			return nil, fmt.Errorf("fill memfd: %w", err)
 		}
 	}
-	ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		rw.Close()
-		return nil, fmt.Errorf("reopen memfd read-only: %w", err)
-	}
-	img.ro = ro
+	openImages.Add(1)
 	return img, nil
 }
 
@@ -136,8 +169,10 @@ func (img *image) apply(d Delta) error {
 
 func (img *image) close() {
 	img.rw.Close()
+	openImages.Add(-1)
 	if img.ro != nil {
 		img.ro.Close()
+		openImages.Add(-1)
 	}
 }
 

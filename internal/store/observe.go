@@ -47,3 +47,39 @@ func (s *Store) Size() int64 {
 	}
 	return fi.Size()
 }
+
+// SyncInfo describes one durable transaction of the group committer.
+type SyncInfo struct {
+	Commits  int           // Commit calls it made durable together
+	Bytes    int64         // their payload bytes (as for the commit observer)
+	Duration time.Duration // from the transaction's start to the end of its sync
+	Err      error         // the write or sync failed: none of them happened
+}
+
+// SetSyncObserver has f called after every transaction of grouped commits,
+// from the store's writer goroutine; the number of commits per sync is the
+// measure of grouping. Set it before the store is shared; nil removes it.
+func (s *Store) SetSyncObserver(f func(SyncInfo)) { s.onSync = f }
+
+func (s *Store) observeSync(start time.Time, group []*request, err error) {
+	if s.onSync == nil {
+		return
+	}
+	info := SyncInfo{Commits: len(group), Duration: time.Since(start), Err: err}
+	for _, r := range group {
+		info.Bytes += r.bytes
+	}
+	s.onSync(info)
+}
+
+// SyncStats counts the store's write transactions (each one sync) and the
+// Commit calls answered, since Open. Syncs/Commits is the syncs per commit.
+type SyncStats struct {
+	Syncs   uint64
+	Commits uint64
+}
+
+// SyncStats returns the counts so far.
+func (s *Store) SyncStats() SyncStats {
+	return SyncStats{Syncs: s.gc.syncs.Load(), Commits: s.gc.commits.Load()}
+}

@@ -5,7 +5,11 @@
 // own), reads are zero-copy, and the whole store is a single file. Each
 // canister is a bucket holding its metadata, globals and one key per 4 KiB
 // page of heap and stable memory, so a commit writes only the pages a message
-// changed.
+// changed. The tree is the checkpoint: a message's delta is folded into it by
+// its commit, overwriting pages in place (copy-on-write inside bbolt), so
+// there is no log of deltas to replay or trim, and the file is bounded by the
+// live data (RATIONALE.md). Concurrent commits share one transaction and one
+// sync (group.go).
 package store
 
 import (
@@ -16,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -72,12 +77,22 @@ type Meta struct {
 	Instructions uint64        `json:"instructions"`
 	CyclesBurned cycles.Amount `json:"cycles_burned"`
 	CyclesMinted cycles.Amount `json:"cycles_minted"` // created from nothing: initial balance, provisional top-ups
+	// Storage fee (host/memory.go): the node time (ns since the epoch) up to
+	// which the canister's memory has been paid for, and the fraction of a
+	// cycle owed beyond what was charged, in 1/(GiB × 10^9) cycles. They
+	// change together with Balance, in the same commit.
+	StoragePaidUntil    uint64 `json:"storage_paid_until,omitempty"`
+	StorageFeeRemainder uint64 `json:"storage_fee_remainder,omitempty"`
 }
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
 	db       *bolt.DB
+	gc       committer                                     // group.go
 	onCommit func(d time.Duration, bytes int64, err error) // observe.go
+	onSync   func(SyncInfo)                                // observe.go
+	closing  sync.Once
+	closeErr error
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
@@ -99,7 +114,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("create store directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "cordon.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	db, err := bolt.Open(path, 0o600, boltOptions(timeout))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: locked by another process (is `cordon serve` running?)", path)
@@ -125,11 +140,44 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	s.startCommitter()
+	return s, nil
 }
 
-// Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
+// initialMmap is the address space bbolt maps at open. bbolt maps the file
+// read-only and must remap it when the data outgrows the mapping, copying
+// every page the open write transaction has touched out of the old mapping
+// first; a transaction that writes a large memory (install, upgrade) would
+// do that at every doubling. Address space is free on 64-bit systems (etcd
+// maps 10 GiB); the file itself still grows only as needed, in 16 MiB steps
+// (sparse until written).
+const initialMmap = 4 << 30
+
+// boltOptions are the store's bbolt options. The free-page list is kept in
+// memory only (rebuilt by scanning the tree at open, which costs much less
+// than loading the canisters): otherwise bbolt writes the whole list in
+// every transaction, so that after a large canister is deleted every small
+// commit would pay for its freed pages. The hashmap list allocates runs of
+// pages in constant time.
+func boltOptions(timeout time.Duration) *bolt.Options {
+	return &bolt.Options{
+		Timeout:         timeout,
+		InitialMmapSize: initialMmap,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+	}
+}
+
+// Close waits for the commits already submitted, then closes the store.
+// Commit fails with ErrClosed after it.
+func (s *Store) Close() error {
+	s.closing.Do(func() {
+		s.stopCommitter()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
 
 // Path returns the store's file.
 func (s *Store) Path() string { return s.db.Path() }
@@ -137,7 +185,7 @@ func (s *Store) Path() string { return s.db.Path() }
 // NextCanisterIndex allocates the next canister number.
 func (s *Store) NextCanisterIndex() (uint64, error) {
 	var n uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNode)
 		if v := b.Get(keyNextID); len(v) == 8 {
 			n = binary.BigEndian.Uint64(v)
@@ -177,17 +225,13 @@ type Change struct {
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
-// cannot lose them; if it fails, none of them happened.
+// cannot lose them; if it fails, none of them happened. Concurrent calls
+// share one transaction and one sync (group.go), each still succeeding or
+// failing on its own. The caller must not modify the changes (or the pages
+// they point to) until Commit returns.
 func (s *Store) Commit(changes ...Change) error {
 	start := time.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for i := range changes {
-			if err := commitOne(tx, &changes[i]); err != nil {
-				return fmt.Errorf("commit canister %s: %w", changes[i].Meta.ID, err)
-			}
-		}
-		return nil
-	})
+	err := s.submit(changes)
 	s.observeCommit(start, changes, err) // observe.go
 	return err
 }
@@ -287,7 +331,7 @@ func (s *Store) Module(hashHex string) ([]byte, error) {
 
 // GCModules deletes modules no canister references.
 func (s *Store) GCModules() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		used := map[string]bool{}
 		err := tx.Bucket(bucketCanisters).ForEachBucket(func(k []byte) error {
 			var m Meta

@@ -1,0 +1,198 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Group commit.
+//
+// Every Commit call is a request to one writer goroutine. The writer takes
+// every request waiting when it becomes free and applies them, in arrival
+// order, in one bbolt transaction: one write of the dirty B+tree pages and
+// one sync (bbolt's two fdatasyncs, data then meta page) for all of them.
+// While that sync runs, new requests queue up and form the next group. A
+// lone committer therefore pays no added delay (the writer starts at once,
+// unlike bbolt's DB.Batch, which waits MaxBatchDelay for company), and
+// under load the number of syncs per commit falls towards 1/committers.
+//
+// Each request succeeds or fails as a unit and alone. If applying request i
+// fails, the transaction is rolled back and the group is redone as: the
+// requests before i together (they applied before, and apply the same way
+// again, since they see the same state), then i alone (its error is its
+// own), then the rest. The result is exactly that of committing every
+// request in its own transaction in arrival order, minus the syncs.
+
+// Group limits: one transaction holds all of its dirty pages in memory
+// until it commits, so a group is closed once it holds this much.
+const (
+	maxGroupRequests = 1024
+	maxGroupBytes    = 64 << 20
+)
+
+// ErrClosed is returned by Commit after Close.
+var ErrClosed = errors.New("store is closed")
+
+// request is one Commit call waiting for the writer.
+type request struct {
+	changes []Change
+	bytes   int64
+	done    chan error // buffered: the writer never blocks on a caller
+}
+
+// committer is the queue and the state of the writer goroutine.
+type committer struct {
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when queue grows or closed is set
+	queue   []*request
+	queued  uint64 // requests ever queued (tests wait on it)
+	closed  bool
+	stopped chan struct{} // closed when the writer has returned
+
+	syncs   atomic.Uint64 // write transactions committed (or attempted) by the store
+	commits atomic.Uint64 // Commit calls answered
+}
+
+// panicked carries a panic from applying a request back to its caller,
+// which panics again in its own goroutine, as it would have without the
+// writer.
+type panicked struct {
+	value any
+	stack []byte
+}
+
+func (p *panicked) Error() string { return fmt.Sprintf("panic in commit: %v\n%s", p.value, p.stack) }
+
+func (s *Store) startCommitter() {
+	s.gc.cond.L = &s.gc.mu
+	s.gc.stopped = make(chan struct{})
+	go s.writer()
+}
+
+// submit queues changes for the writer and waits until they are durable or
+// have failed.
+func (s *Store) submit(changes []Change) error {
+	r := &request{changes: changes, bytes: payloadBytes(changes), done: make(chan error, 1)}
+	g := &s.gc
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return ErrClosed
+	}
+	g.queue = append(g.queue, r)
+	g.queued++
+	g.cond.Signal()
+	g.mu.Unlock()
+	err := <-r.done
+	var p *panicked
+	if errors.As(err, &p) {
+		panic(p.value)
+	}
+	return err
+}
+
+// stopCommitter lets the writer finish every queued request, then stops it.
+func (s *Store) stopCommitter() {
+	g := &s.gc
+	g.mu.Lock()
+	g.closed = true
+	g.cond.Broadcast()
+	g.mu.Unlock()
+	<-g.stopped
+}
+
+func (s *Store) writer() {
+	g := &s.gc
+	defer close(g.stopped)
+	for {
+		g.mu.Lock()
+		for len(g.queue) == 0 && !g.closed {
+			g.cond.Wait()
+		}
+		if len(g.queue) == 0 {
+			g.mu.Unlock()
+			return
+		}
+		// Take the longest prefix within the limits, at least one request.
+		n, bytes := 0, int64(0)
+		for n < len(g.queue) && n < maxGroupRequests && (n == 0 || bytes+g.queue[n].bytes <= maxGroupBytes) {
+			bytes += g.queue[n].bytes
+			n++
+		}
+		group := g.queue[:n:n]
+		g.queue = append([]*request(nil), g.queue[n:]...)
+		g.mu.Unlock()
+		s.commitGroup(group)
+	}
+}
+
+// commitGroup commits the requests in one transaction, isolating any that
+// fails (see the comment at the top of this file).
+func (s *Store) commitGroup(group []*request) {
+	for len(group) > 0 {
+		failed := -1
+		var failErr error
+		start := time.Now()
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for i, r := range group {
+				if err := applyRequest(tx, r.changes); err != nil {
+					failed, failErr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed < 0 {
+			// Durable, or the write or sync itself failed: then none of
+			// them happened, and they all learn why.
+			s.gc.syncs.Add(1)
+			s.observeSync(start, group, err)
+			for _, r := range group {
+				s.gc.commits.Add(1)
+				r.done <- err
+			}
+			return
+		}
+		if len(group) == 1 {
+			s.gc.commits.Add(1)
+			group[0].done <- failErr
+			return
+		}
+		s.commitGroup(group[:failed])
+		s.commitGroup(group[failed : failed+1])
+		group = group[failed+1:]
+	}
+}
+
+// applyRequest applies one Commit's changes inside tx. It has no effect
+// outside tx, so it can be applied again in a later transaction after a
+// rollback.
+func applyRequest(tx *bolt.Tx, changes []Change) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &panicked{value: v, stack: debug.Stack()}
+		}
+	}()
+	for i := range changes {
+		if err := commitOne(tx, &changes[i]); err != nil {
+			return fmt.Errorf("commit canister %s: %w", changes[i].Meta.ID, err)
+		}
+	}
+	return nil
+}
+
+// update runs fn in a write transaction of its own (rare operations that
+// return a value: canister numbers, module GC), counted with the syncs.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	err := s.db.Update(fn)
+	if err == nil {
+		s.gc.syncs.Add(1)
+	}
+	return err
+}
