@@ -3,16 +3,22 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // attackResult starts a sandbox running one attack and returns what the
@@ -24,6 +30,10 @@ func attackResult(t *testing.T, name string, spec Spec, o startOpts) (string, Ex
 	if spec.Stderr == nil {
 		spec.Stderr = func(l string) { t.Logf("sandbox: %s", l) }
 	}
+	spec, why := rootlessSpec(spec)
+	if why != "" {
+		t.Log(why)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p, err := start(ctx, spec, o)
@@ -31,6 +41,7 @@ func attackResult(t *testing.T, name string, spec Spec, o startOpts) (string, Ex
 		t.Fatal(err)
 	}
 	defer p.Conn().Close()
+	checkRootlessLayers(t, p, o.unavailable)
 	_ = p.Conn().SetReadDeadline(time.Now().Add(20 * time.Second))
 	b := make([]byte, 4096)
 	n, err := p.Conn().Read(b)
@@ -235,16 +246,13 @@ func TestNoHostFdsOrEnv(t *testing.T) {
 	p := startT(t, Spec{Args: []string{"echo"}, Files: []*os.File{f}, Strict: true})
 	roundTrip(t, p, "x")
 	pid := strconv.Itoa(p.Pid())
-	ents, err := os.ReadDir("/proc/" + pid + "/fd")
+	fds, err := sandboxFds(t, p.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	counts := map[string]int{}
-	for _, e := range ents {
-		target, err := os.Readlink("/proc/" + pid + "/fd/" + e.Name())
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, fd := range slices.Sorted(maps.Keys(fds)) {
+		e, target := dirEntryName(strconv.Itoa(fd)), fds[fd]
 		t.Logf("fd %s -> %s", e.Name(), target)
 		kind := target
 		switch {
@@ -254,6 +262,10 @@ func TestNoHostFdsOrEnv(t *testing.T) {
 			kind = "log"
 		case e.Name() == "4" && target == absPath(t, f.Name()):
 			kind = "passed"
+		case target == "/proc/"+pid+"/pagemap":
+			// Its own page table view, opened before the empty root for
+			// finding written pages (confine.Pagemap).
+			kind = "pagemap"
 		case strings.HasPrefix(target, "socket:"):
 			kind = "socket"
 		case target == "anon_inode:[eventpoll]", target == "anon_inode:[eventfd]":
@@ -263,10 +275,10 @@ func TestNoHostFdsOrEnv(t *testing.T) {
 		}
 		counts[kind]++
 	}
-	if counts["log"] != 1 || counts["passed"] != 1 || counts["socket"] != 1 {
+	if counts["log"] != 1 || counts["passed"] != 1 || counts["socket"] != 1 || counts["pagemap"] > 1 {
 		t.Errorf("fd table %v", counts)
 	}
-	env, err := os.ReadFile("/proc/" + pid + "/environ")
+	env, err := sandboxEnviron(t, p.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,6 +322,103 @@ func TestNoHostFdsOrEnv(t *testing.T) {
 	}
 }
 
+// dirEntryName gives an fd number the Name method the fd checks use.
+type dirEntryName string
+
+func (n dirEntryName) Name() string { return string(n) }
+
+// sandboxFds reads a live sandbox's fd table from the host: fd -> what
+// /proc/<pid>/fd/<fd> links to. A privileged host reads /proc/<pid>/fd. An
+// unprivileged one cannot (the sandbox is not dumpable, so the kernel makes
+// its /proc/<pid>/fd root's); as the owner of the sandbox's user namespace
+// it may still duplicate each of its fds (pidfd_getfd, over the whole fd
+// table: FDSize in /proc/<pid>/status) and look at the copy.
+func sandboxFds(t *testing.T, pid int) (map[int]string, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err == nil {
+		fds := map[int]string{}
+		for _, e := range ents {
+			fd, _ := strconv.Atoi(e.Name())
+			if fds[fd], err = os.Readlink(dir + "/" + e.Name()); err != nil {
+				return nil, err
+			}
+		}
+		return fds, nil
+	}
+	if !errors.Is(err, os.ErrPermission) || !getAvailability().rootless {
+		return nil, err
+	}
+	t.Logf("%v (the sandbox is not dumpable); reading its fd table with pidfd_getfd", err)
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil, err
+	}
+	size := 0
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "FDSize:"); ok {
+			size, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if size <= 0 {
+		return nil, errors.New("no FDSize in /proc/<pid>/status")
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pidfd)
+	fds := map[int]string{}
+	for fd := 0; fd < size; fd++ {
+		c, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if errors.Is(err, unix.EBADF) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pidfd_getfd %d: %w", fd, err)
+		}
+		fds[fd], err = os.Readlink("/proc/self/fd/" + strconv.Itoa(c))
+		unix.Close(c)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return fds, nil
+}
+
+// sandboxEnviron reads a live sandbox's environment block from the host:
+// /proc/<pid>/environ, or for an unprivileged host (to which that file is
+// root's, as above) the same bytes with process_vm_readv between env_start
+// and env_end of /proc/<pid>/stat.
+func sandboxEnviron(t *testing.T, pid int) ([]byte, error) {
+	file := "/proc/" + strconv.Itoa(pid) + "/environ"
+	env, err := os.ReadFile(file)
+	if err == nil || !errors.Is(err, os.ErrPermission) || !getAvailability().rootless {
+		return env, err
+	}
+	t.Logf("%v (the sandbox is not dumpable); reading its environment with process_vm_readv", err)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:]) // f[0] is field 3
+	if len(f) < 51-2 {
+		return nil, fmt.Errorf("short stat: %d fields", len(f))
+	}
+	start, _ := strconv.ParseUint(f[50-3], 10, 64)
+	end, _ := strconv.ParseUint(f[51-3], 10, 64)
+	if start == 0 || end <= start || end-start > 1<<20 {
+		return nil, fmt.Errorf("env_start %#x env_end %#x", start, end)
+	}
+	env = make([]byte, end-start)
+	n, err := unix.ProcessVMReadv(pid, []unix.Iovec{{Base: &env[0], Len: uint64(len(env))}},
+		[]unix.RemoteIovec{{Base: uintptr(start), Len: len(env)}}, 0)
+	if err != nil {
+		return nil, fmt.Errorf("process_vm_readv: %w", err)
+	}
+	return env[:n], nil
+}
+
 // absPath resolves p as /proc/<pid>/fd links show it: absolute, with
 // symbolic links followed.
 func absPath(t *testing.T, p string) string {
@@ -324,10 +433,7 @@ func absPath(t *testing.T, p string) string {
 }
 
 func TestCgroupLimitsAndRemoval(t *testing.T) {
-	av := getAvailability()
-	if !av.layers[LayerCgroup] {
-		t.Skip("cgroup layer unavailable: " + av.detail[LayerCgroup])
-	}
+	needCgroup(t)
 	p := startT(t, Spec{Args: []string{"echo"}, MemoryBytes: 300 << 20, Pids: 40, CPUPercent: 50, Strict: true})
 	roundTrip(t, p, "x")
 	read := func(dir, file string) string {
@@ -375,9 +481,7 @@ func TestCgroupLimitsAndRemoval(t *testing.T) {
 }
 
 func TestMemoryBomb(t *testing.T) {
-	if !getAvailability().layers[LayerCgroup] {
-		t.Skip("cgroup layer unavailable")
-	}
+	needCgroup(t)
 	p := startT(t, Spec{Args: []string{"membomb", "1024"}, MemoryBytes: 128 << 20, Strict: true})
 	if got := recvT(t, p); got != "allocating" {
 		t.Fatal(got)
@@ -429,9 +533,7 @@ func TestCrashAndHang(t *testing.T) {
 }
 
 func TestCPULimit(t *testing.T) {
-	if !getAvailability().layers[LayerCgroup] {
-		t.Skip("cgroup layer unavailable")
-	}
+	needCgroup(t)
 	p := startT(t, Spec{Args: []string{"spin"}, CPUPercent: 10, Strict: true})
 	recvT(t, p)
 	cpu := func() time.Duration {
@@ -605,5 +707,29 @@ func TestRootWithoutUserNS(t *testing.T) {
 	reply, _ = attackResult(t, "read_passwd", Spec{}, startOpts{unavailable: []Layer{LayerUserNS, LayerSeccomp}})
 	if !strings.HasPrefix(reply, "failed: ENOENT") {
 		t.Errorf("read_passwd: %q", reply)
+	}
+}
+
+// TestDying: Start accepts a sandbox it cannot verify only if it is on its
+// way out (killed, exiting or a zombie), never a live one.
+func TestDying(t *testing.T) {
+	cmd := exec.Command("/bin/sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if dying(cmd.Process.Pid) {
+		t.Fatal("a live process reported dying")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !dying(cmd.Process.Pid) { // not reaped yet: a zombie
+		if time.Now().After(deadline) {
+			t.Fatal("a killed process never reported dying")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -106,6 +106,12 @@
 // With user namespaces but no privileges, every layer but cgroup works
 // (cgroup directories are not writable); strict mode then needs
 // AllowMissing: [cgroup], and RLIMIT_NPROC stands in for the pids limit.
+// With a cgroup hierarchy delegated to the user (CORDON_CGROUP_PARENT),
+// every layer works. A sandbox is not dumpable, so the kernel makes its
+// /proc/<pid>/fd and environ root's even for a host of the same uid; the
+// host's checks use only what stays readable (status, namespaces). Run as
+// root, TestSuiteRootless runs this package's tests again as uid 65534, in
+// both setups.
 //
 // # What the worker must know
 //

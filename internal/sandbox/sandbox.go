@@ -488,7 +488,8 @@ func spawn(binary string, argv []string, attr *os.ProcAttr) (*os.Process, error)
 }
 
 // exitsSoon reports whether a child is exiting: /proc of a process in the
-// middle of exiting is unreadable, and a sandbox that already violated its
+// middle of exiting is unreadable (to an unprivileged host, its namespace
+// links are refused with EACCES), and a sandbox that already violated its
 // filter is being killed while Start verifies it. A dead sandbox is harmless.
 func exitsSoon(pid int) bool {
 	for i := 0; i < 50; i++ {
@@ -497,12 +498,63 @@ func exitsSoon(pid int) bool {
 		if err != nil {
 			return false
 		}
-		if info.Signo == int32(unix.SIGCHLD) {
+		if info.Signo == int32(unix.SIGCHLD) || dying(pid) {
 			return true
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	return false
+}
+
+// dying reports whether a process can no longer run code of its own though
+// it is not yet reapable (a loaded host may take longer than exitsSoon waits
+// to tear down a large address space): a SIGKILL is pending for the whole
+// thread group (the host's kill after a seccomp violation), or every thread
+// is exiting (PF_EXITING), a zombie or gone.
+func dying(pid int) bool {
+	dir := "/proc/" + strconv.Itoa(pid)
+	status, err := os.ReadFile(dir + "/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "ShdPnd:"); ok {
+			if set, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && set&(1<<(unix.SIGKILL-1)) != 0 {
+				return true
+			}
+		}
+	}
+	tasks, err := os.ReadDir(dir + "/task")
+	if err != nil {
+		return false
+	}
+	const pfExiting = 0x4 // include/linux/sched.h
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/task/" + t.Name() + "/stat")
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 > len(s) {
+			return false
+		}
+		f := strings.Fields(s[i+2:]) // f[0] is field 3 (state), f[6] field 9 (flags)
+		if len(f) < 7 {
+			return false
+		}
+		flags, err := strconv.ParseUint(f[6], 10, 64)
+		if err != nil {
+			return false
+		}
+		if f[0] != "Z" && f[0] != "X" && f[0] != "x" && flags&pfExiting == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func allowed(list []Layer, l Layer) bool {

@@ -14,6 +14,10 @@ func startT(t testing.TB, s Spec) *Process {
 	if s.Stderr == nil {
 		s.Stderr = func(line string) { t.Logf("sandbox stderr: %s", line) }
 	}
+	s, why := rootlessSpec(s)
+	if why != "" {
+		t.Log(why)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p, err := Start(ctx, s)
@@ -21,6 +25,7 @@ func startT(t testing.TB, s Spec) *Process {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Kill(); p.Wait(); p.Conn().Close() })
+	checkRootlessLayers(t, p, nil)
 	return p
 }
 
