@@ -88,9 +88,9 @@ func (e *env) latency() error {
 	}
 	e.rep.Note(sec, "The memory-heavy update runs on memory.wasm grown by %d chunks (`grow(%d)`; a chunk is a "+
 		"1 Mi-element `[var Nat8]`, 4 MiB, and Motoko's copying GC doubles the heap); each run touches a chunk "+
-		"no earlier run touched. In both modes every execution restores the whole heap into a fresh instance "+
-		"and diffs it afterwards; a sandbox also receives the heap over its socket. The two nodes run side by "+
-		"side, one message in each mode in turn.", chunks, chunks)
+		"no earlier run touched. In both modes every execution maps the committed heap's image copy-on-write "+
+		"into a fresh instance and asks the kernel which pages it wrote; a sandbox receives the images as "+
+		"descriptors. The two nodes run side by side, one message in each mode in turn.", chunks, chunks)
 	return nil
 }
 
