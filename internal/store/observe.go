@@ -58,7 +58,8 @@ type SyncInfo struct {
 
 // SetSyncObserver has f called after every transaction of grouped commits,
 // from the store's writer goroutine; the number of commits per sync is the
-// measure of grouping. Set it before the store is shared; nil removes it.
+// measure of grouping. f must not call Commit (the writer would wait for
+// itself). Set it before the store is shared; nil removes it.
 func (s *Store) SetSyncObserver(f func(SyncInfo)) { s.onSync = f }
 
 func (s *Store) observeSync(start time.Time, group []*request, err error) {
