@@ -165,6 +165,12 @@ func TestMetricsMove(t *testing.T) {
 	if d := histogramSum(after, "cordon_store_commit_bytes", nil) - histogramSum(before, "cordon_store_commit_bytes", nil); d <= 0 {
 		t.Errorf("commit bytes did not move: %v", d)
 	}
+	// Group commit: every commit was made durable by some sync, and no
+	// sync is counted without a commit.
+	if commits, syncs := histogramSum(after, "cordon_store_commits_per_sync", nil)-histogramSum(before, "cordon_store_commits_per_sync", nil),
+		delta("cordon_store_commits_per_sync", nil); commits < 4 || syncs < 1 || syncs > commits {
+		t.Errorf("commits per sync: %v commits in %v syncs", commits, syncs)
+	}
 	if v, _ := value(after, "cordon_canisters_live", nil); v != 3 {
 		t.Errorf("live canisters %v", v)
 	}

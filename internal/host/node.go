@@ -90,6 +90,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	st.SetCommitObserver(metricsOf(cfg).Commit) // metrics: observe.go
+	st.SetSyncObserver(func(i store.SyncInfo) {
+		if i.Err == nil {
+			metricsOf(cfg).StoreSync(i.Commits)
+		}
+	})
 	x = observeExecutor(x, cfg)
 	clock := cfg.Clock
 	if clock == nil {

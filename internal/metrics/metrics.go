@@ -36,9 +36,12 @@ type Node interface {
 	// answer) or KindInterCanister (d is 0: not measured); outcome is
 	// OutcomeReplied, a reject code name (RejectOutcome) or OutcomeError.
 	Message(kind, outcome string, d time.Duration)
-	// Commit records one store transaction: its duration, the bytes of
+	// Commit records one store commit: its duration, the bytes of
 	// payload it wrote (pages, module, logs), and whether it failed.
 	Commit(d time.Duration, bytes int64, err error)
+	// StoreSync records one durable transaction of the store's group
+	// committer and how many commits it made durable together.
+	StoreSync(commits int)
 }
 
 // Sandbox is what the sandbox manager records. In-process isolation records
@@ -113,6 +116,7 @@ var _ Recorder = Nop{}
 func (Nop) Execution(string, string, uint64, time.Duration) {}
 func (Nop) Message(string, string, time.Duration)           {}
 func (Nop) Commit(time.Duration, int64, error)              {}
+func (Nop) StoreSync(int)                                   {}
 func (Nop) SandboxSpawned(string)                           {}
 func (Nop) SandboxEvicted(string)                           {}
 func (Nop) SandboxCrashed(string)                           {}
@@ -131,14 +135,15 @@ type Sources struct {
 type Metrics struct {
 	reg *prometheus.Registry
 
-	executions   *prometheus.CounterVec
-	instructions *prometheus.CounterVec
-	execSeconds  *prometheus.HistogramVec
-	messages     *prometheus.CounterVec
-	msgSeconds   *prometheus.HistogramVec
-	commitSecs   prometheus.Histogram
-	commitBytes  prometheus.Histogram
-	commitErrors prometheus.Counter
+	executions     *prometheus.CounterVec
+	instructions   *prometheus.CounterVec
+	execSeconds    *prometheus.HistogramVec
+	messages       *prometheus.CounterVec
+	msgSeconds     *prometheus.HistogramVec
+	commitSecs     prometheus.Histogram
+	commitBytes    prometheus.Histogram
+	commitErrors   prometheus.Counter
+	commitsPerSync prometheus.Histogram
 
 	spawns     *prometheus.CounterVec
 	evictions  *prometheus.CounterVec
@@ -187,6 +192,9 @@ func New(version, isolation string) *Metrics {
 		Help: "Payload bytes written by one store commit (pages, module, logs).", Buckets: prometheus.ExponentialBuckets(256, 4, 12)})
 	m.commitErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "store_commit_errors_total",
 		Help: "Store commits that failed."})
+	m.commitsPerSync = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "store_commits_per_sync",
+		Help:    "Commits made durable by one store transaction and fsync (group commit); its count is the number of syncs.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 11)})
 
 	m.spawns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_spawns_total",
 		Help: "Sandbox processes started, by kind (canister, compiler)."}, []string{"kind"})
@@ -208,7 +216,7 @@ func New(version, isolation string) *Metrics {
 		Help: "HTTP API request duration, by route.", Buckets: latencyBuckets}, []string{"route"})
 
 	for _, c := range []prometheus.Collector{m.executions, m.instructions, m.execSeconds, m.messages, m.msgSeconds,
-		m.commitSecs, m.commitBytes, m.commitErrors, m.spawns, m.evictions, m.crashes, m.watchdog, m.violations,
+		m.commitSecs, m.commitBytes, m.commitErrors, m.commitsPerSync, m.spawns, m.evictions, m.crashes, m.watchdog, m.violations,
 		m.seccomp, m.httpRequests, m.httpSeconds, (*stateCollector)(m)} {
 		f(c)
 	}
@@ -282,6 +290,9 @@ func (m *Metrics) Commit(d time.Duration, bytes int64, err error) {
 	m.commitSecs.Observe(d.Seconds())
 	m.commitBytes.Observe(float64(bytes))
 }
+
+// StoreSync implements Node.
+func (m *Metrics) StoreSync(commits int) { m.commitsPerSync.Observe(float64(commits)) }
 
 // SandboxSpawned implements Sandbox.
 func (m *Metrics) SandboxSpawned(kind string) { m.spawns.WithLabelValues(kind).Inc() }
