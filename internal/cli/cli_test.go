@@ -2,10 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/engine"
 )
 
 var corpus = filepath.Join("..", "..", "..", "shared", "canisters")
@@ -153,5 +156,36 @@ func TestCandidCommands(t *testing.T) {
 	}
 	if got := must(t, cordon(t, home, "candid", "decode", "4449444c00017d2a", "--types", "(nat)")); got != "(42 : nat)" {
 		t.Fatalf("decode typed: %s", got)
+	}
+}
+
+// doctor reports every layer and how written pages are found, in text and
+// JSON, agreeing with the engine's own probe.
+func TestDoctorCommand(t *testing.T) {
+	home := t.TempDir()
+	out := must(t, cordon(t, home, "doctor"))
+	for _, want := range []string{"kernel:", "LAYER", "seccomp", "landlock", "dirty page tracking: "} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("doctor output lacks %q:\n%s", want, out)
+		}
+	}
+	var rep struct {
+		Layers []struct {
+			Layer     string `json:"layer"`
+			Available bool   `json:"available"`
+		} `json:"layers"`
+		DirtyTracking struct {
+			Available bool   `json:"available"`
+			Detail    string `json:"detail"`
+		} `json:"dirty_page_tracking"`
+	}
+	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "doctor", "--output", "json"))), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Layers) < 10 || rep.DirtyTracking.Detail == "" {
+		t.Fatalf("doctor json: %+v", rep)
+	}
+	if err := engine.ProbeWrittenPages(); (err == nil) != rep.DirtyTracking.Available {
+		t.Fatalf("doctor says dirty tracking available=%v, probe says %v", rep.DirtyTracking.Available, err)
 	}
 }

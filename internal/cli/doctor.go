@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/sandbox"
 )
 
@@ -20,7 +21,9 @@ func newDoctorCmd(g *globals) *cobra.Command {
 sandbox can be confined with: clean environment and fds, session, parent-death
 signal, user/pid/net/mount/ipc/uts/cgroup namespaces, pivot_root into an empty
 root, a cgroup with memory/pids/cpu limits, rlimits, dropped capabilities,
-no_new_privs, Landlock and the seccomp allowlist.
+no_new_privs, Landlock and the seccomp allowlist. It also says whether the
+kernel can report the pages a message wrote (PAGEMAP_SCAN, Linux 6.7), which
+keeps a message's cost independent of the heap size.
 
 With --strict it exits with an error if any layer is missing, except those
 named in --insecure-allow-missing (as 'cordon serve' would refuse to start
@@ -35,6 +38,12 @@ sandboxes).`,
 				return usageError{err}
 			}
 			r := sandbox.Doctor()
+			// Not a confinement layer (strict mode does not need it): how
+			// executions find the pages a message wrote.
+			tracking, trackingOK := "PAGEMAP_SCAN: the kernel reports written pages; cost follows dirty pages", true
+			if err := engine.ProbeWrittenPages(); err != nil {
+				tracking, trackingOK = fmt.Sprintf("unavailable (%v): every execution compares the whole heap", err), false
+			}
 			if output == "json" {
 				type layer struct {
 					Layer     string `json:"layer"`
@@ -42,10 +51,11 @@ sandboxes).`,
 					Detail    string `json:"detail,omitempty"`
 				}
 				out := struct {
-					Kernel   string  `json:"kernel"`
-					Rootless bool    `json:"rootless"`
-					Layers   []layer `json:"layers"`
-				}{Kernel: r.Kernel, Rootless: r.Rootless}
+					Kernel        string  `json:"kernel"`
+					Rootless      bool    `json:"rootless"`
+					Layers        []layer `json:"layers"`
+					DirtyTracking layer   `json:"dirty_page_tracking"`
+				}{Kernel: r.Kernel, Rootless: r.Rootless, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking}}
 				for _, l := range r.Layers {
 					out.Layers = append(out.Layers, layer{string(l.Layer), l.Available, l.Detail})
 				}
@@ -75,6 +85,7 @@ sandboxes).`,
 				if err := tw.Flush(); err != nil {
 					return err
 				}
+				fmt.Fprintf(g.stdout, "dirty page tracking: %s\n", tracking)
 			} else {
 				return usageError{fmt.Errorf("--output %q: want text or json", output)}
 			}

@@ -132,3 +132,37 @@ func mapPrivate(dst []byte, f *os.File) error {
 	}
 	return nil
 }
+
+// ProbeWrittenPages reports whether this kernel and process can find
+// written pages through PAGEMAP_SCAN (nil) or why not: it maps a memfd
+// privately, writes its second page and asks. `cordon doctor` shows it;
+// without it every execution compares the whole heap.
+func ProbeWrittenPages() error {
+	fd, err := unix.MemfdCreate("cordon-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "cordon-probe")
+	defer f.Close()
+	if err := f.Truncate(4 * state.PageSize); err != nil {
+		return err
+	}
+	mem, err := unix.Mmap(-1, 0, 4*state.PageSize, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(mem)
+	if err := mapPrivate(mem, f); err != nil {
+		return err
+	}
+	_ = mem[0] // read: stays a page of the file
+	mem[state.PageSize+7] = 1
+	got, err := writtenPages(SelfPagemap(), uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)))
+	if err != nil {
+		return err
+	}
+	if len(got) != 1 || got[0] != 1 {
+		return fmt.Errorf("%w: the kernel reported pages %v written, not [1]", errNoScan, got)
+	}
+	return nil
+}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
 
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -41,9 +42,7 @@ func pageOf(b byte) *state.Page {
 // page compared): the deltas must be identical and exactly the pages that
 // changed, on small and large heaps.
 func TestDirtyPagesMapped(t *testing.T) {
-	if SelfPagemap() == nil {
-		t.Skip("no /proc/self/pagemap")
-	}
+	needScan(t)
 	e, err := New(DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -161,5 +160,29 @@ func BenchmarkDirtyPage(b *testing.B) {
 			}
 		})
 		heap.Release()
+	}
+}
+
+// needScan skips on kernels older than 6.7, which have no PAGEMAP_SCAN
+// (the engine then compares pages, which other tests cover).
+func needScan(t testing.TB) {
+	if SelfPagemap() == nil {
+		t.Skip("no /proc/self/pagemap")
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Skip(err)
+	}
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	if major < 6 || (major == 6 && minor < 7) {
+		t.Skipf("kernel %d.%d has no PAGEMAP_SCAN", major, minor)
+	}
+}
+
+func TestProbeWrittenPages(t *testing.T) {
+	needScan(t)
+	if err := ProbeWrittenPages(); err != nil {
+		t.Fatal(err)
 	}
 }
