@@ -186,3 +186,51 @@ func TestProbeWrittenPages(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A 64-bit memory that grows during the message stays where it was mapped
+// (wasmtime reserves address space for it), so its written pages still
+// come from the kernel; the engine would warn if it had to compare.
+func TestDirtyPagesMemory64Grows(t *testing.T) {
+	needScan(t)
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := wasmtime.Wat2Wasm(`(module
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") i64 1)
+  (func (export "canister_update grow")
+    (drop (memory.grow (i64.const 256)))
+    (i64.store (i64.sub (i64.mul (memory.size) (i64.const 65536)) (i64.const 8)) (i64.const 9))
+    (i64.store (i64.const 4096) (i64.const 7))
+    (call $reply)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Compile(wasm, DefaultModuleLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	heap := state.NewPageMap(64 << 20)
+	if err := heap.SetPage(100, pageOf(3)); err != nil {
+		t.Fatal(err)
+	}
+	var warned string
+	before := scans.Load()
+	in := testInput(sysapi.CtxUpdate, "canister_update grow", nil, m)
+	out, err := e.Run(&Request{Module: m, Heap: heap, Input: in, Warn: func(r string) { warned = r }})
+	if err != nil || out.Trapped {
+		t.Fatal(err, out.TrapMessage)
+	}
+	if warned != "" || scans.Load() == before {
+		t.Fatalf("written pages not found through the kernel: %q", warned)
+	}
+	last := (64<<20+256*state.WasmPageSize)/state.PageSize - 1
+	var got []uint64
+	for _, p := range out.Heap.Pages {
+		got = append(got, p.Index)
+	}
+	if !reflect.DeepEqual(got, []uint64{1, uint64(last)}) {
+		t.Fatalf("dirty pages %v, want [1 %d]", got, last)
+	}
+}
