@@ -313,6 +313,9 @@ func (c *Conn) decodeExecute(m *Msg, q *Request) (err error) {
 	}
 	if x.HasHeap {
 		heap := state.NewPageMap(x.HeapSize)
+		// The engine may make an image of it to map; close that with
+		// the request rather than leave the descriptor to the GC.
+		q.release = append(q.release, func() error { heap.Release(); return nil })
 		if err := c.recvInto(m.ID, HeapMemory, x.HeapPages, heap); err != nil {
 			return err
 		}

@@ -250,7 +250,8 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	// A heap smaller than the module's initial memory (kept across an
 	// upgrade) is copied: the rest of the memory must become zeros.
 	data := r.mem.UnsafeData(r.store)
-	if f := heap.File(); f != nil && want > 0 && want == uint64(len(data)) {
+	if want > 0 && want == uint64(len(data)) && heap.File() != nil {
+		f := heap.File()
 		if err := mapPrivate(data[:want], f); err != nil {
 			return fmt.Errorf("engine: %w", err)
 		}
