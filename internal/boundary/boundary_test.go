@@ -572,3 +572,54 @@ func TestAwaitRules(t *testing.T) {
 		wantViolation(t, err, VID)
 	})
 }
+
+// A mapped Execute must carry exactly the descriptors its header declares,
+// each at least as long as the memory it stands for; otherwise it is
+// refused and every descriptor received is closed.
+func TestExecuteMappedDescriptors(t *testing.T) {
+	host, sb := pair(t)
+	heap := state.NewPageMap(state.WasmPageSize)
+	_ = heap.SetPage(1, page(9))
+	ro := heap.ReadOnlyFile()
+	if ro == nil {
+		t.Skip("no memfd images")
+	}
+	defer heap.Release()
+	q := &ExecRequest{Module: [32]byte{1}, HeapSource: MemoryMapped, HasHeap: true, HeapSize: state.WasmPageSize,
+		StableSize: state.WasmPageSize, Input: testInput()}
+	before := openFDs(t)
+	for _, tc := range []struct {
+		name  string
+		files []*os.File
+		want  string
+	}{
+		{"one descriptor for two memories", []*os.File{ro}, "declares 2"},
+		{"three descriptors for two memories", []*os.File{ro, ro, ro}, ""}, // more than MaxFDs: refused by Send
+		{"a memory longer than its file", nil, "memory file of"},
+	} {
+		files := tc.files
+		if files == nil {
+			q2 := *q
+			q2.HeapSize = 4 * state.WasmPageSize // the image holds one Wasm page
+			if err := host.Send(&Msg{Kind: KindExecute, ID: 7, Body: EncodeExecute(&q2), Files: []*os.File{ro, ro}}); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := host.Send(&Msg{Kind: KindExecute, ID: 7, Body: EncodeExecute(q), Files: files}); err != nil {
+			if tc.want == "" {
+				continue
+			}
+			t.Fatal(err)
+		} else if tc.want == "" {
+			t.Fatalf("%s: sent", tc.name)
+		}
+		r, err := sb.NextRequest()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: %+v, %v", tc.name, r, err)
+		}
+	}
+	// The receiving side closed every descriptor it got.
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d descriptors open before, %d after", before, after)
+	}
+}
+
