@@ -622,4 +622,3 @@ func TestExecuteMappedDescriptors(t *testing.T) {
 		t.Fatalf("%d descriptors open before, %d after", before, after)
 	}
 }
-
