@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
@@ -64,6 +65,9 @@ type canister struct {
 	nextID          uint64
 	stopped         chan struct{} // closed when a pending stop completes
 	heartbeatQueued bool
+	// timerWork: a goroutine of the timer loop is doing this canister's
+	// timer work (sched.go timerLoop); at most one at a time.
+	timerWork atomic.Bool
 
 	// The input queue (guarded by qmu, not mu, so senders never wait for
 	// an execution).

@@ -467,7 +467,11 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 const HeartbeatInterval = time.Second
 
 // timerLoop fires due timers and heartbeats of loaded canisters until the
-// node closes.
+// node closes. It never waits for a canister: one executing a long message
+// holds its lock for as long as that runs, and waiting for it would hold
+// back every other canister's timers. A canister whose work is due (or
+// that is busy, so it cannot be looked at) gets a goroutine that takes its
+// lock and does the work; at most one such goroutine per canister exists.
 func (n *Node) timerLoop() {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -490,21 +494,62 @@ func (n *Node) timerLoop() {
 			lastBeat = n.clock()
 		}
 		for _, c := range list {
-			c.mu.Lock()
-			if iv := n.cfg.StorageChargeInterval; iv > 0 && !c.deleted && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
-				if err := n.chargeStorageNow(c); err != nil {
-					n.log.Error("storage fee", "canister", c.id.String(), "err", err)
+			if c.mu.TryRLock() {
+				due := n.timerWorkDue(c, now, beat)
+				c.mu.RUnlock()
+				if !due {
+					continue
 				}
 			}
-			if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
-				n.scheduleTimer(c)
+			if !c.timerWork.CompareAndSwap(false, true) {
+				continue // the previous tick's goroutine is still at it
 			}
-			if beat && !c.deleted && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued {
-				c.heartbeatQueued = true // at most one heartbeat waits in the queue
-				n.enqueue(c, &message{kind: kindHeartbeat})
-			}
-			c.mu.Unlock()
+			go func(c *canister, beat bool) {
+				defer c.timerWork.Store(false)
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				select {
+				case <-n.done:
+					return
+				default:
+				}
+				n.timerWorkDo(c, uint64(n.clock().UnixNano()), beat)
+			}(c, beat)
 		}
+	}
+}
+
+// timerWorkDue reports whether c has timer-loop work at time now (c.mu
+// held, shared or exclusive): a storage charge, a due timer, a heartbeat.
+func (n *Node) timerWorkDue(c *canister, now uint64, beat bool) bool {
+	if c.deleted {
+		return false
+	}
+	if iv := n.cfg.StorageChargeInterval; iv > 0 && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
+		return true
+	}
+	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
+		return true
+	}
+	return beat && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued
+}
+
+// timerWorkDo does c's timer-loop work (c.mu held exclusively).
+func (n *Node) timerWorkDo(c *canister, now uint64, beat bool) {
+	if c.deleted {
+		return
+	}
+	if iv := n.cfg.StorageChargeInterval; iv > 0 && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
+		if err := n.chargeStorageNow(c); err != nil {
+			n.log.Error("storage fee", "canister", c.id.String(), "err", err)
+		}
+	}
+	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
+		n.scheduleTimer(c)
+	}
+	if beat && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued {
+		c.heartbeatQueued = true // at most one heartbeat waits in the queue
+		n.enqueue(c, &message{kind: kindHeartbeat})
 	}
 }
 
