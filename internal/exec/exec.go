@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -59,6 +60,13 @@ type InProcess struct {
 	cache map[[32]byte]*Module
 
 	warnOnce sync.Once // the engine's slow-path warning, logged once
+
+	// running bounds concurrent executions to twice the CPUs Go may use.
+	// Wasm runs in cgo calls, each on an OS thread of its own outside the
+	// Go scheduler: without a bound, many concurrent messages become many
+	// threads time-sliced by the kernel, and the unlucky ones wait tens of
+	// milliseconds (RATIONALE.md, "In-process executions are bounded").
+	running chan struct{}
 }
 
 // NewInProcess creates an in-process executor.
@@ -67,7 +75,8 @@ func NewInProcess(limits engine.ModuleLimits) (*InProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create engine: %w", err)
 	}
-	return &InProcess{engine: e, limits: limits, cache: map[[32]byte]*Module{}}, nil
+	return &InProcess{engine: e, limits: limits, cache: map[[32]byte]*Module{},
+		running: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}, nil
 }
 
 // Prepare implements Executor.
@@ -105,6 +114,12 @@ func (x *InProcess) Execute(ctx context.Context, canisterID string, req *Request
 	warn := func(reason string) {
 		x.warnOnce.Do(func() { slog.Warn("in-process execution: "+reason, "canister", canisterID) })
 	}
+	select {
+	case x.running <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-x.running }()
 	return x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Warn: warn, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
 }
 
