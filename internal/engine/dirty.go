@@ -34,7 +34,8 @@ const (
 	pageIsSwapped = 1 << 4
 	pageIsPFNZero = 1 << 5
 
-	// _IOWR('f', 16, struct pm_scan_arg): 96-byte argument.
+	// _IOWR('f', 16, struct pm_scan_arg): 96-byte argument. The sandbox's
+	// seccomp filter allows this command (confine.PagemapScan) and no other.
 	pagemapScan = 3<<30 | 96<<16 | 'f'<<8 | 16
 )
 
@@ -51,7 +52,8 @@ var (
 )
 
 // SelfPagemap returns this process's /proc/self/pagemap, or nil when there
-// is none (no /proc, as inside a sandbox: the host passes the sandbox's).
+// is none (no /proc, as inside a sandbox, whose C constructor opened its
+// own before entering the empty root: confine.Pagemap).
 func SelfPagemap() *os.File {
 	selfPagemapOnce.Do(func() {
 		f, err := os.Open("/proc/self/pagemap")
