@@ -45,7 +45,12 @@ func TestInProcessBoundsConcurrency(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond) // the spins hold every slot
+	// Wait until the spins hold every slot.
+	for deadline := time.Now().Add(10 * time.Second); len(x.running) < slots; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d slots taken", len(x.running), slots)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	req := &Request{Module: s.m, RunStart: true, Input: s.input(sysapi.CtxNonReplicatedQuery, "canister_query quick", empty)}
