@@ -38,7 +38,9 @@ type Request struct {
 
 // Executor validates modules and runs executions.
 type Executor interface {
-	// Prepare validates and compiles a module (cached by hash).
+	// Prepare validates and compiles a module. A module is cached by hash
+	// for as long as someone holds it: callers keep the *Module of every
+	// module they may still run.
 	Prepare(ctx context.Context, wasm []byte) (*Module, error)
 	// Execute runs one execution of canisterID and returns its output. An
 	// error means the execution could not be carried out; a canister trap is
@@ -56,8 +58,7 @@ type InProcess struct {
 	engine *engine.Engine
 	limits engine.ModuleLimits
 
-	mu    sync.Mutex
-	cache map[[32]byte]*Module
+	cache *moduleCache
 
 	warnOnce sync.Once // the engine's slow-path warning, logged once
 
@@ -75,31 +76,21 @@ func NewInProcess(limits engine.ModuleLimits) (*InProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create engine: %w", err)
 	}
-	return &InProcess{engine: e, limits: limits, cache: map[[32]byte]*Module{},
+	return &InProcess{engine: e, limits: limits, cache: newModuleCache(),
 		running: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}, nil
 }
 
 // Prepare implements Executor.
 func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*Module, error) {
 	h := sha256.Sum256(wasm)
-	x.mu.Lock()
-	c, ok := x.cache[h]
-	x.mu.Unlock()
-	if ok {
+	if c := x.cache.get(h); c != nil {
 		return c, nil
 	}
 	m, err := x.engine.Compile(wasm, x.limits)
 	if err != nil {
 		return nil, err
 	}
-	mod := &Module{Info: m.Info, Wasm: wasm, handle: m}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if c, ok := x.cache[h]; ok {
-		return c, nil
-	}
-	x.cache[h] = mod
-	return mod, nil
+	return x.cache.put(h, &Module{Info: m.Info, Wasm: wasm, handle: m}), nil
 }
 
 // Execute implements Executor.

@@ -237,7 +237,7 @@ type Sandboxed struct {
 	mu      sync.Mutex
 	pool    map[string]*canisterSandbox
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
-	modules map[[32]byte]*Module
+	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
 	closed  bool
 	stats   SandboxStats
@@ -284,7 +284,7 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
-		modules: map[[32]byte]*Module{}, compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
+		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}}
 	x.reaper.Add(1)
 	go x.reapIdle()
@@ -316,11 +316,10 @@ func (x *Sandboxed) artifactPath(h [32]byte, ext string) string {
 // (or found in the artifact cache), never in this process.
 func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	h := sha256.Sum256(wasm)
-	x.mu.Lock()
-	if m, ok := x.modules[h]; ok {
-		x.mu.Unlock()
+	if m := x.modules.get(h); m != nil {
 		return m, nil
 	}
+	x.mu.Lock()
 	if x.closed {
 		x.mu.Unlock()
 		return nil, errors.New("exec: executor closed")
@@ -340,10 +339,7 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 		x.mu.Unlock()
 		lock.Unlock()
 	}()
-	x.mu.Lock()
-	m, ok := x.modules[h]
-	x.mu.Unlock()
-	if ok {
+	if m := x.modules.get(h); m != nil {
 		return m, nil
 	}
 	if len(wasm) > x.cfg.ModuleLimits.MaxBytes {
@@ -357,11 +353,7 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	}
 	info := comp.Info
 	info.Hash, info.Size = h, len(wasm) // the host's own facts, never the sandbox's
-	m = &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}
-	x.mu.Lock()
-	x.modules[h] = m
-	x.mu.Unlock()
-	return m, nil
+	return x.modules.put(h, &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}), nil
 }
 
 // The cache holds two files per module: <hash>-<tag>.cwasm, the artifact
