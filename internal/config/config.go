@@ -172,6 +172,8 @@ var Settings = []*Setting{
 		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
 	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),
+	integer("sandbox.cpu_percent", "", "cgroup CPU quota per canister sandbox, in % of one core (0: none); a sandbox that uses CPU between messages is killed whatever the quota",
+		func(c *Config) *int { return &c.Host.Sandbox.CPUPercent }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
 	{Key: "sandbox.idle_timeout", Help: "a sandbox idle this long is stopped (0s: the default)", quoted: true,

@@ -60,12 +60,19 @@ type SandboxConfig struct {
 	Binary       string
 	Strict       bool
 	AllowMissing []sandbox.Layer
-	// Per canister sandbox: cgroup memory (bytes), pids, cpu (% of a core).
+	// Per canister sandbox: cgroup memory (bytes), pids, cpu quota (% of
+	// one core: default 100; negative: no quota).
 	MemoryBytes uint64
 	Pids        uint64
 	CPUPercent  int
 	// CompileMemoryBytes is the compiler sandbox's memory limit.
 	CompileMemoryBytes uint64
+
+	// A sandbox between messages has nothing to do. One that uses more than
+	// IdleCPUPercent of a core between two checks IdleCPUCheck apart runs
+	// code of its own (a thread left spinning) and is killed.
+	IdleCPUPercent int           // default 10
+	IdleCPUCheck   time.Duration // default 1 s
 
 	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
 	MaxTotalRSS  uint64        // memory budget of all canister sandboxes (0: none)
@@ -95,6 +102,15 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.MaxSandboxes <= 0 {
 		c.MaxSandboxes = 256
+	}
+	if c.CPUPercent == 0 {
+		c.CPUPercent = 100
+	}
+	if c.IdleCPUPercent <= 0 {
+		c.IdleCPUPercent = 10
+	}
+	if c.IdleCPUCheck <= 0 {
+		c.IdleCPUCheck = time.Second
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 5 * time.Minute
@@ -272,6 +288,16 @@ type canisterSandbox struct {
 	lastUsed time.Time
 	messages uint64
 	pid      int
+	idleCPU  cpuMark
+}
+
+// cpuMark is a sandbox's CPU time when it was last seen idle.
+type cpuMark struct {
+	ok       bool
+	pid      int
+	messages uint64
+	at       time.Time
+	cpu      time.Duration
 }
 
 // NewSandboxed creates a sandboxed executor.
@@ -286,8 +312,9 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}}
-	x.reaper.Add(1)
+	x.reaper.Add(2)
 	go x.reapIdle()
+	go x.watchIdleCPU()
 	return x, nil
 }
 
@@ -499,14 +526,19 @@ func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.S
 	if mode == boundary.ModeCanister {
 		args = append(args, label) // shows in the process list; the worker ignores it
 	}
-	pids := x.cfg.Pids
-	if pids == 0 && mode == boundary.ModeCompile {
+	pids, cpu := x.cfg.Pids, max(x.cfg.CPUPercent, 0)
+	if mode == boundary.ModeCompile {
 		// Cranelift compiles on one thread per CPU.
-		pids = sandbox.DefaultPids + uint64(runtime.NumCPU())
+		if pids == 0 {
+			pids = sandbox.DefaultPids + uint64(runtime.NumCPU())
+		}
+		if cpu != 0 {
+			cpu = max(cpu, 100*runtime.NumCPU())
+		}
 	}
 	return sandbox.Spec{
 		Label: label, Binary: x.cfg.Binary, Args: args,
-		MemoryBytes: mem, Pids: pids, CPUPercent: x.cfg.CPUPercent,
+		MemoryBytes: mem, Pids: pids, CPUPercent: cpu,
 		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing,
 		Stderr: func(line string) { log.Info("sandbox stderr", "canister", label, "line", line) },
 	}
@@ -845,6 +877,73 @@ func (x *Sandboxed) reapIdle() {
 			}
 		}
 	}
+}
+
+// watchIdleCPU kills sandboxes that burn CPU between messages. Between
+// messages a worker is blocked reading its socket; CPU time it uses then is
+// a thread of its own, which costs the node a core until the idle timeout.
+func (x *Sandboxed) watchIdleCPU() {
+	defer x.reaper.Done()
+	t := time.NewTicker(x.cfg.IdleCPUCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-x.stop:
+			return
+		case <-t.C:
+		}
+		x.mu.Lock()
+		idle := make([]*canisterSandbox, 0, len(x.pool))
+		for _, sb := range x.pool {
+			if sb.busy == 0 && sb.pid != 0 {
+				idle = append(idle, sb)
+			}
+		}
+		x.mu.Unlock()
+		for _, sb := range idle {
+			x.checkIdleCPU(sb)
+		}
+	}
+}
+
+// checkIdleCPU compares sb's CPU time with its last idle mark; a sandbox that
+// handled no message in between and used more than IdleCPUPercent of the
+// wall time is killed.
+func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
+	if !sb.mu.TryLock() {
+		return // an exchange holds it: not idle
+	}
+	defer sb.mu.Unlock()
+	if sb.proc == nil {
+		return
+	}
+	c, ok := sb.proc.(interface{ CPUTime() (time.Duration, error) })
+	if !ok {
+		return
+	}
+	used, err := c.CPUTime()
+	if err != nil {
+		return // exited: the next acquire notices
+	}
+	now := time.Now()
+	x.mu.Lock()
+	mark := sb.idleCPU
+	busy := sb.busy != 0
+	sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used}
+	x.mu.Unlock()
+	if busy || !mark.ok || mark.pid != sb.idleCPU.pid || mark.messages != sb.idleCPU.messages {
+		return
+	}
+	// /proc counts in 10 ms ticks: never judge on less than a few.
+	spent, wall := used-mark.cpu, now.Sub(mark.at)
+	if spent <= max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100) {
+		return
+	}
+	x.cfg.Logger.Warn("sandbox killed: it used CPU between messages", "canister", sb.id, "pid", sb.pid,
+		"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+	x.forgetLocked(sb)
+	x.count(func(s *SandboxStats) { s.Faults["idle_cpu"]++ })
+	x.cfg.Metrics.SandboxCrashed("idle_cpu")
 }
 
 // ---- Execute -------------------------------------------------------------

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,9 @@ import (
 // binary, which then serves as the worker.
 func TestMain(m *testing.M) {
 	if confine.IsSandbox() {
+		if slices.Contains(os.Args, spinWhenIdle) {
+			go spin() // a thread of the sandbox's own, as native code could start
+		}
 		os.Exit(worker.Main())
 	}
 	os.Exit(m.Run())

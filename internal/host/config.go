@@ -51,6 +51,7 @@ type SandboxConfig struct {
 	AllowMissing []string
 	Binary       string        // sandbox executable; "" runs this binary again
 	MemoryBytes  uint64        // cgroup memory limit per canister sandbox (0: default)
+	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
 }
@@ -92,5 +93,6 @@ func DefaultConfig() Config {
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
 		LogLines:              1000,
+		Sandbox:               SandboxConfig{CPUPercent: 100},
 	}
 }

@@ -49,6 +49,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			Strict:       cfg.Sandbox.Strict,
 			AllowMissing: allow,
 			MemoryBytes:  cfg.Sandbox.MemoryBytes,
+			CPUPercent:   cpuQuota(cfg.Sandbox.CPUPercent),
 			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
 			Logger:       logger,
@@ -56,4 +57,12 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 		})
 	}
 	return nil, fmt.Errorf("isolation mode %q is not available: use --isolation sandbox or inprocess", cfg.Isolation)
+}
+
+// cpuQuota maps the configured quota (0: none) to exec's (negative: none).
+func cpuQuota(percent int) int {
+	if percent <= 0 {
+		return -1
+	}
+	return percent
 }

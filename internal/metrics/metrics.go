@@ -55,7 +55,8 @@ type Sandbox interface {
 	SandboxEvicted(reason string)
 	// SandboxCrashed: a sandbox ended without the host asking. reason:
 	// "exit" (exited on its own), "signal", "oom", "seccomp", "watchdog",
-	// "violation" (killed after a protocol violation). The seccomp,
+	// "violation" (killed after a protocol violation), "idle_cpu" (killed
+	// for using CPU between messages). The seccomp,
 	// watchdog and violation cases also have their own counters below.
 	SandboxCrashed(reason string)
 	// WatchdogKill: a sandbox was killed for exceeding its time budget.

@@ -1,0 +1,44 @@
+package sandbox
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on every
+// Linux architecture Go supports).
+const clockTick = 10 * time.Millisecond
+
+// CPUTime returns the CPU time (user + system, every thread) the sandbox
+// process has used so far.
+func (p *Process) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.proc.Pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatCPU(string(b))
+}
+
+// parseStatCPU reads utime and stime from a /proc/<pid>/stat line. The
+// command name is in parentheses and may itself contain spaces and
+// parentheses, so fields are counted from the last ')'.
+func parseStatCPU(s string) (time.Duration, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return 0, errors.New("sandbox: malformed /proc stat")
+	}
+	f := strings.Fields(s[i+2:])
+	// After the name: state(3) ... utime(14) stime(15), so indices 11, 12.
+	if len(f) < 13 {
+		return 0, errors.New("sandbox: short /proc stat")
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(u+st) * clockTick, nil
+}
