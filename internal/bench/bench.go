@@ -85,6 +85,10 @@ var Sections = []Section{
 		"binary's text) in every process; PSS divides them among the processes that share them; the cgroup " +
 		"charge is what the kernel accounts to the sandbox's own memory cgroup. The baseline is an idle " +
 		"bubblewrap-confined static process (the no-op waiting in `pause()`) with its two bwrap processes."},
+	{Key: "soak", Title: "Neighbours under attack", About: "Latency of 100 canisters' messages under load on a " +
+		"sandboxed node while attacker canisters, each driven by clients of its own, spin, hog memory, flood " +
+		"their logs or trap, one kind at a time and then all at once. The baseline is the same node and load " +
+		"with no attacker."},
 }
 
 // memoryFloor is the free memory the memory section leaves the machine.
@@ -145,7 +149,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		// The short, CPU-bound sections first; the report keeps the order
 		// of Sections whatever the order they ran in.
 		{"spawn", e.spawn}, {"latency", e.latency}, {"compute", e.computeSection},
-		{"throughput", e.throughput}, {"commit", e.commit}, {"memory", e.memorySection},
+		{"throughput", e.throughput}, {"soak", e.soak}, {"commit", e.commit}, {"memory", e.memorySection},
 	}
 	for _, s := range steps {
 		if opt.Only != nil && !slices.Contains(opt.Only, s.key) {
