@@ -241,3 +241,60 @@ func TestCallbackThroughExternrefTable(t *testing.T) {
 		f.checkConservation()
 	})
 }
+
+// compositeCallbackWat: a composite query calls the query "q" of the
+// canister whose id is its argument; the reply callback, found through the
+// unexported table 0, answers with the callee's reply and its environment.
+const compositeCallbackWat = `
+(module
+  (import "ic0" "call_new" (func $call_new (param %I %I %I %I %I %I %I %I)))
+  (import "ic0" "call_perform" (func $call_perform (result i32)))
+  (import "ic0" "msg_arg_data_size" (func $arg_size (result %I)))
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param %I %I %I)))
+  (import "ic0" "msg_reply_data_append" (func $append (param %I %I)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory %I 1)
+  (table %I 2 funcref)
+  (elem (%I.const 1) $on_reply)
+  (data (%I.const 100) "q")
+  (data (%I.const 110) "pong")
+  (func $on_reply (param $env %I)
+    (local $n %I)
+    (local.set $n (call $arg_size))
+    (call $arg_copy (%I.const 300) (%I.const 0) (local.get $n))
+    (call $append (%I.const 300) (local.get $n))
+    (%I.store (%I.const 400) (local.get $env))
+    (call $append (%I.const 400) (%I.const %W))
+    (call $reply))
+  (func (export "canister_composite_query cq")
+    (local $n %I)
+    (local.set $n (call $arg_size))
+    (call $arg_copy (%I.const 0) (%I.const 0) (local.get $n))
+    (call $call_new (%I.const 0) (local.get $n) (%I.const 100) (%I.const 1)
+      (%I.const 1) (%I.const 42) (%I.const 1) (%I.const 43))
+    (if (call $call_perform) (then unreachable)))
+  (func (export "canister_query q")
+    (call $append (%I.const 110) (%I.const 4))
+    (call $reply))
+)`
+
+// Composite queries resolve their callbacks through table 0 too.
+func TestCompositeQueryCallbackThroughUnexportedTable(t *testing.T) {
+	for _, memory64 := range []bool{false, true} {
+		t.Run(width(memory64), func(t *testing.T) {
+			forIsolations(t, func(t *testing.T, f *fixture) {
+				r, envWidth := strings.NewReplacer("%I", "i32", "%W", "4"), 4
+				if memory64 {
+					r, envWidth = strings.NewReplacer("%I", "i64", "%W", "8"), 8
+				}
+				src := strings.ReplaceAll(r.Replace(compositeCallbackWat), "(memory i32 1)", "(memory 1)")
+				src = strings.ReplaceAll(src, "(table i32 2 funcref)", "(table 2 funcref)")
+				wasm := mustWat(t, src)
+				a, b := f.install(wasm, nil), f.install(wasm, nil)
+				want := append([]byte("pong"), make([]byte, envWidth)...)
+				want[4] = 42
+				eq(t, "cq", f.query(a, "cq", b.Bytes()), want)
+			})
+		})
+	}
+}
