@@ -50,7 +50,7 @@ func everyImportWat(memory64 bool) (src string, imported int) {
 	}
 	r := strings.NewReplacer("%I", ptr)
 	b.WriteString(r.Replace(`
-  (memory `+mem+` 1)
+  (memory ` + mem + ` 1)
   (func $dirty
     (i64.store (%I.const 64) (i64.const 0x0102030405060708))
     (drop (call $stable64_grow (i64.const 1))))
