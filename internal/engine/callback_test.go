@@ -114,3 +114,21 @@ func TestCallbackEdgeCases(t *testing.T) {
 		})
 	}
 }
+
+// Table 0 is always the module's own: a canister cannot import a table (or
+// anything but ic0 functions), so callbacks never reach a table the host or
+// another module provides.
+func TestTableImportRefused(t *testing.T) {
+	for _, src := range []string{
+		`(module (import "ic0" "table" (table 1 funcref)) (memory 1))`,
+		`(module (import "ic0" "table" (table i64 1 funcref)) (memory i64 1))`,
+	} {
+		wasm, err := wasmtime.Wat2Wasm(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := Validate(wasm, DefaultModuleLimits()); err == nil || !strings.Contains(err.Error(), "only functions may be imported") {
+			t.Fatalf("%s: %v", src, err)
+		}
+	}
+}
