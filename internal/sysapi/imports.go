@@ -39,7 +39,8 @@ func p(k ...Kind) []Kind { return k }
 
 // Imports is the complete ic0 API for 32- and 64-bit canisters: every import
 // of the IC interface specification, plus those the IC's replica links
-// beyond it (mint_cycles128, cost_http_request_v2, the legacy mint_cycles),
+// beyond it (mint_cycles128, cost_http_request_v2, and mint_cycles, which
+// older replicas linked in both widths),
 // so no module is refused for an ic0 import the IC links. Every entry has real
 // semantics; calls cordon cannot serve (threshold signatures, HTTP
 // outcalls, minting cycles) install fine and trap when called.
