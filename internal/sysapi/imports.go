@@ -40,10 +40,10 @@ func p(k ...Kind) []Kind { return k }
 // Imports is the complete ic0 API for 32- and 64-bit canisters: every import
 // of the IC interface specification, plus those the IC's replica links
 // beyond it (mint_cycles128, cost_http_request_v2, and mint_cycles, which
-// older replicas linked in both widths),
-// so no module is refused for an ic0 import the IC links. Every entry has real
-// semantics; calls cordon cannot serve (threshold signatures, HTTP
-// outcalls, minting cycles) install fine and trap when called.
+// older replicas linked in both widths), so no module is refused for an ic0
+// import the IC links. Every entry has real semantics; calls cordon cannot
+// serve (threshold signatures, HTTP outcalls, minting cycles) install fine
+// and trap when called.
 var Imports = []Spec{
 	{"msg_arg_data_size", nil, p(Ptr), set(CtxInit, CtxUpdate, CtxReplicatedQuery, CtxNonReplicatedQuery, CtxTransformQuery, CtxCompositeQuery, CtxReply, CtxCompositeReply, CtxInspect), false, costSmall, (*Execution).msgArgDataSize},
 	{"msg_arg_data_copy", p(Ptr, Ptr, Ptr), nil, set(CtxInit, CtxUpdate, CtxReplicatedQuery, CtxNonReplicatedQuery, CtxTransformQuery, CtxCompositeQuery, CtxReply, CtxCompositeReply, CtxInspect), false, costCopy, (*Execution).msgArgDataCopy},
