@@ -129,9 +129,13 @@ func rustCallbackModule(t testing.TB, memory64 bool) (wasm []byte, env, bigIndex
 func TestCallbacksThroughUnexportedTable(t *testing.T) {
 	for _, memory64 := range []bool{false, true} {
 		t.Run(width(memory64), func(t *testing.T) {
+			hashes := map[[32]byte]bool{}
 			forIsolations(t, func(t *testing.T, f *fixture) {
-				testCallbacks(t, f, memory64)
+				hashes[testCallbacks(t, f, memory64)] = true
 			})
+			if len(hashes) != 1 {
+				t.Fatalf("the isolation modes ended with %d different memories", len(hashes))
+			}
 		})
 	}
 }
@@ -143,7 +147,8 @@ func width(memory64 bool) string {
 	return "32-bit"
 }
 
-func testCallbacks(t *testing.T, f *fixture, memory64 bool) {
+// testCallbacks runs the script and returns the canister's memory hash.
+func testCallbacks(t *testing.T, f *fixture, memory64 bool) [32]byte {
 	wasm, env, big := rustCallbackModule(t, memory64)
 	id := f.install(wasm, nil)
 	ctx := context.Background()
@@ -208,6 +213,7 @@ func testCallbacks(t *testing.T, f *fixture, memory64 bool) {
 		t.Fatalf("after go again: %d reply callbacks, want 2", n)
 	}
 	f.checkConservation()
+	return f.memoryHash(id)
 }
 
 // An attacker's canister whose table 0 holds externrefs, not functions,
