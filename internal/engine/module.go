@@ -92,7 +92,7 @@ type Module struct {
 	globals []wasmbin.InstrumentedGlobal
 	start   string
 	memory  string
-	table   string
+	table   string // table 0's export, for callbacks ("" if the module has no table)
 }
 
 // Validate decodes and checks a module without compiling it: only ic0
@@ -245,7 +245,7 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
-	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: tableExport(ins.Module)}, nil
+	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport}, nil
 }
 
 func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {
@@ -253,14 +253,4 @@ func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {
 		return wasmbin.FuncType{}, false
 	}
 	return m.Types[i], true
-}
-
-// tableExport finds the name under which table 0 is exported, for callbacks.
-func tableExport(m *wasmbin.Module) string {
-	for _, ex := range m.Exports {
-		if ex.Kind == wasmbin.ExternTable && ex.Index == 0 {
-			return ex.Name
-		}
-	}
-	return ""
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -186,41 +187,78 @@ func (r *run) invoke(f *wasmtime.Func, args ...any) error {
 	return trapMessage(err)
 }
 
-// invokeCallback calls a function-table entry with its environment.
+// invokeCallback calls a callback as the IC does: cb.Fun indexes the
+// module's table 0 (exported or not: the rewriter exports it as
+// wasmbin.TableExportName), the entry must be a function of type (I) -> ()
+// and gets cb.Env. A callback the table cannot resolve traps, and a trap
+// rolls the callback back like any other.
 func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callback) error {
-	if m.table == "" {
-		return &sysapi.Trap{Message: "Canister trapped: callback given but the module has no table"}
+	var tbl *wasmtime.Table
+	if m.table != "" {
+		if ex := inst.GetExport(r.store, m.table); ex != nil {
+			tbl = ex.Table()
+		}
 	}
-	ex := inst.GetExport(r.store, m.table)
-	if ex == nil || ex.Table() == nil {
-		return &sysapi.Trap{Message: "Canister trapped: table not found"}
+	if tbl == nil {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: table not found (the module has no table for callback %d)", cb.Fun)}
 	}
-	tbl := ex.Table()
 	if cb.Fun >= tbl.Size(r.store) {
-		return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: callback %d outside the table", cb.Fun)}
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister requested to invoke a non-existent Wasm function %d from table 0", cb.Fun)}
 	}
 	v, err := tbl.Get(r.store, cb.Fun)
 	if err != nil {
-		return &sysapi.Trap{Message: "Canister trapped: " + err.Error()}
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister requested to invoke a non-existent Wasm function %d from table 0", cb.Fun)}
+	}
+	// Table 0 may hold externrefs (reference types); Funcref would panic.
+	if v.Kind() != wasmtime.KindFuncref {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: table 0 entry %d is not a function reference", cb.Fun)}
 	}
 	f := v.Funcref()
 	if f == nil {
-		return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: callback %d is null", cb.Fun)}
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: unexpected null function reference (callback %d)", cb.Fun)}
+	}
+	want, arg := wasmtime.KindI32, any(int32(uint32(cb.Env)))
+	if m.Info.Memory64 {
+		want, arg = wasmtime.KindI64, any(int64(cb.Env))
+	} else if cb.Env > math.MaxUint32 {
+		// call_new's env is an i32 here; the boundary refuses larger ones.
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: callback environment %d does not fit a 32-bit canister", cb.Env)}
 	}
 	ft := f.Type(r.store)
-	if len(ft.Params()) != 1 || len(ft.Results()) != 0 {
-		return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
+	if ps := ft.Params(); len(ps) != 1 || ps[0].Kind() != want || len(ft.Results()) != 0 {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: callback %d has type %s, a callback must be (%s) -> ()", cb.Fun, funcTypeString(ft), kindName(want))}
 	}
-	if m.Info.Memory64 {
-		if ft.Params()[0].Kind() != wasmtime.KindI64 {
-			return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
+	return r.invoke(f, arg)
+}
+
+func kindName(k wasmtime.ValKind) string {
+	switch k {
+	case wasmtime.KindI32:
+		return "i32"
+	case wasmtime.KindI64:
+		return "i64"
+	case wasmtime.KindF32:
+		return "f32"
+	case wasmtime.KindF64:
+		return "f64"
+	case wasmtime.KindFuncref:
+		return "funcref"
+	case wasmtime.KindExternref:
+		return "externref"
+	}
+	return "v128"
+}
+
+// funcTypeString renders a function type as "(i32, i64) -> (i32)".
+func funcTypeString(ft *wasmtime.FuncType) string {
+	list := func(vs []*wasmtime.ValType) string {
+		names := make([]string, len(vs))
+		for i, v := range vs {
+			names[i] = kindName(v.Kind())
 		}
-		return r.invoke(f, int64(cb.Env))
+		return "(" + strings.Join(names, ", ") + ")"
 	}
-	if ft.Params()[0].Kind() != wasmtime.KindI32 || cb.Env > math.MaxUint32 {
-		return &sysapi.Trap{Message: "Canister trapped: callback has the wrong type"}
-	}
-	return r.invoke(f, int32(uint32(cb.Env)))
+	return list(ft.Params()) + " -> " + list(ft.Results())
 }
 
 // restoreHeap makes the instance's memory equal to the committed heap: it

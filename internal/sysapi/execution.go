@@ -10,6 +10,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // Memory gives the System API access to the canister's Wasm memory. Bytes
@@ -322,6 +323,22 @@ func (e *Execution) cyclesBurn128(a []uint64) (uint64, error) {
 	e.balance = e.balance.SaturatingSub(n)
 	e.out.CyclesBurned = e.out.CyclesBurned.SaturatingAdd(n)
 	return 0, e.write128(a[2], n, "ic0.cycles_burn128")
+}
+
+// mintCycles128 and mintCycles trap as the replica does for any canister but
+// the Cycles Minting Canister. cordon runs no CMC, so no canister mints,
+// whatever its id (a node's fifth canister has the CMC's mainnet id).
+func (e *Execution) mintCycles128([]uint64) (uint64, error) {
+	return 0, e.mintRefused("mint_cycles128")
+}
+func (e *Execution) mintCycles([]uint64) (uint64, error) { return 0, e.mintRefused("mint_cycles") }
+
+func (e *Execution) mintRefused(name string) error {
+	id := fmt.Sprintf("%x", e.in.CanisterID)
+	if p, err := principal.FromBytes(e.in.CanisterID); err == nil {
+		id = p.String()
+	}
+	return trapf("ic0.%s cannot be executed on non Cycles Minting Canister: canister %s may not mint cycles (cordon runs no Cycles Minting Canister)", name, id)
 }
 
 func (e *Execution) canisterCycleBalance128(a []uint64) (uint64, error) {

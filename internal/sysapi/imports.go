@@ -37,9 +37,13 @@ const (
 
 func p(k ...Kind) []Kind { return k }
 
-// Imports is the complete ic0 API of the IC interface specification for 32-
-// and 64-bit canisters. Every entry has real semantics; calls cordon cannot
-// serve (threshold signatures, HTTP outcalls) trap with "not supported".
+// Imports is the complete ic0 API for 32- and 64-bit canisters: every import
+// of the IC interface specification, plus those the IC's replica links
+// beyond it (mint_cycles128, cost_http_request_v2, and mint_cycles, which
+// older replicas linked in both widths), so no module is refused for an ic0
+// import the IC links. Every entry has real semantics; calls cordon cannot
+// serve (threshold signatures, HTTP outcalls, minting cycles) install fine
+// and trap when called.
 var Imports = []Spec{
 	{"msg_arg_data_size", nil, p(Ptr), set(CtxInit, CtxUpdate, CtxReplicatedQuery, CtxNonReplicatedQuery, CtxTransformQuery, CtxCompositeQuery, CtxReply, CtxCompositeReply, CtxInspect), false, costSmall, (*Execution).msgArgDataSize},
 	{"msg_arg_data_copy", p(Ptr, Ptr, Ptr), nil, set(CtxInit, CtxUpdate, CtxReplicatedQuery, CtxNonReplicatedQuery, CtxTransformQuery, CtxCompositeQuery, CtxReply, CtxCompositeReply, CtxInspect), false, costCopy, (*Execution).msgArgDataCopy},
@@ -59,6 +63,10 @@ var Imports = []Spec{
 	{"msg_cycles_available128", p(Ptr), nil, cyclesIn, false, costSmall, (*Execution).msgCyclesAvailable128},
 	{"msg_cycles_refunded128", p(Ptr), nil, set(CtxReply, CtxReject), false, costSmall, (*Execution).msgCyclesRefunded128},
 	{"msg_cycles_accept128", p(I64, I64, Ptr), nil, cyclesIn, false, costMedium, (*Execution).msgCyclesAccept128},
+	// Only the Cycles Minting Canister may mint; cordon runs none, so these
+	// always trap (after the context check) and never change a balance.
+	{"mint_cycles128", p(I64, I64, Ptr), nil, mintContexts, false, costMedium, (*Execution).mintCycles128},
+	{"mint_cycles", p(I64), p(I64), mintContexts, false, costMedium, (*Execution).mintCycles},
 	{"cycles_burn128", p(I64, I64, Ptr), nil, set(CtxInit, CtxPreUpgrade, CtxUpdate, CtxReplicatedQuery, CtxReply, CtxReject, CtxCleanup, CtxSystemTask), false, costMedium, (*Execution).cyclesBurn128},
 	{"canister_self_size", nil, p(Ptr), everywhere, false, costSmall, (*Execution).canisterSelfSize},
 	{"canister_self_copy", p(Ptr, Ptr, Ptr), nil, everywhere, false, costCopy, (*Execution).canisterSelfCopy},
@@ -95,6 +103,7 @@ var Imports = []Spec{
 	{"cost_call", p(I64, I64, Ptr), nil, everywhereAndStart, false, costSmall, (*Execution).costCall},
 	{"cost_create_canister", p(Ptr), nil, everywhereAndStart, false, costSmall, (*Execution).costCreateCanister},
 	{"cost_http_request", p(I64, I64, Ptr), nil, everywhereAndStart, false, costSmall, notSupported("HTTP outcalls")},
+	{"cost_http_request_v2", p(Ptr, Ptr, Ptr), nil, everywhereAndStart, false, costSmall, notSupported("HTTP outcalls")},
 	{"cost_sign_with_ecdsa", p(Ptr, Ptr, I32, Ptr), p(I32), everywhereAndStart, false, costSmall, notSupported("threshold ECDSA")},
 	{"cost_sign_with_schnorr", p(Ptr, Ptr, I32, Ptr), p(I32), everywhereAndStart, false, costSmall, notSupported("threshold Schnorr")},
 	{"cost_vetkd_derive_key", p(Ptr, Ptr, I32, Ptr), p(I32), everywhereAndStart, false, costSmall, notSupported("vetKD")},
@@ -127,6 +136,8 @@ var (
 	cyclesIn = set(CtxUpdate, CtxReplicatedQuery, CtxReject, CtxReply)
 	calls    = set(CtxUpdate, CtxCompositeQuery, CtxReply, CtxReject, CtxCompositeReply, CtxCompositeReject, CtxSystemTask)
 	rootKey  = set(CtxInit, CtxPreUpgrade, CtxUpdate, CtxReplicatedQuery, CtxReply, CtxReject, CtxCleanup, CtxSystemTask)
+	// mintContexts are "U Ry Rt T", where the specification had mint_cycles.
+	mintContexts = set(CtxUpdate, CtxReply, CtxReject, CtxSystemTask)
 )
 
 var importIndex = func() map[string]int {

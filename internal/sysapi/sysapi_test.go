@@ -1,12 +1,14 @@
 package sysapi
 
 import (
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 type flatMemory []byte
@@ -190,5 +192,49 @@ func TestInstructionLimit(t *testing.T) {
 	}
 	if meter.Used() != 30 {
 		t.Fatalf("used %d", meter.Used())
+	}
+}
+
+// No canister mints cycles, not even one whose id is the Cycles Minting
+// Canister's on the IC (a node's fifth canister has it): the call traps
+// with the replica's message and the live balance stays as it was.
+func TestMintCyclesNeverMints(t *testing.T) {
+	cmc := principal.MustFromText("rkp4c-7iaaa-aaaaa-aaaca-cai")
+	for _, id := range [][]byte{{1, 2, 3}, cmc.Bytes()} {
+		for _, mint := range []struct {
+			name string
+			args []uint64
+		}{{"mint_cycles128", []uint64{0, 1 << 40, 0}}, {"mint_cycles128", []uint64{^uint64(0), ^uint64(0), 0}}, {"mint_cycles", []uint64{1 << 40}}} {
+			for _, memory64 := range []bool{false, true} {
+				e, mem, _ := newExec(CtxUpdate)
+				e.in.CanisterID, e.in.Memory64 = id, memory64
+				s, ok := Lookup(mint.name, memory64)
+				if !ok {
+					t.Fatalf("ic0.%s missing for memory64=%v", mint.name, memory64)
+				}
+				_, err := e.Call(s, mint.args)
+				var tr *Trap
+				if !errors.As(err, &tr) || !strings.Contains(tr.Message, "ic0."+mint.name+" cannot be executed on non Cycles Minting Canister") {
+					t.Fatalf("%s by %x: %v", mint.name, id, err)
+				}
+				if _, err := call(t, e, "canister_cycle_balance128", 0); err != nil {
+					t.Fatal(err)
+				}
+				if got := binary.LittleEndian.Uint64(mem[0:]); got != 1000 || binary.LittleEndian.Uint64(mem[8:]) != 0 {
+					t.Fatalf("%s changed the live balance to %d", mint.name, got)
+				}
+				if out := e.Finish(err); !out.Trapped || !out.CyclesAccepted.IsZero() || !out.CyclesBurned.IsZero() {
+					t.Fatalf("%s output %+v", mint.name, out)
+				}
+			}
+		}
+	}
+	// Not in a query or in init, like the specification's mint_cycles.
+	for _, ctx := range []Context{CtxInit, CtxNonReplicatedQuery, CtxReplicatedQuery, CtxCleanup, CtxStart} {
+		e, _, _ := newExec(ctx)
+		_, err := call(t, e, "mint_cycles128", 0, 1, 0)
+		if err == nil || !strings.Contains(err.Error(), "cannot be executed in") {
+			t.Fatalf("mint_cycles128 in %s: %v", ctx, err)
+		}
 	}
 }

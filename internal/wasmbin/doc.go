@@ -4,8 +4,9 @@
 // cordon needs this because wasmtime cannot reach non-exported globals and
 // always runs a module's start function on instantiation, whereas the IC
 // persists all globals between messages and runs the start function only at
-// install. Instrument therefore exports every defined global, the start
-// function (removing the start section) and memory 0 under reserved
+// install, and calls callbacks through table 0 whether the module exports it
+// or not. Instrument therefore exports every defined global, the start
+// function (removing the start section), memory 0 and table 0 under reserved
 // "__cordon_" names before the module is compiled. Decode also gives the
 // imports, exports, memories and custom sections (e.g. "icp:public
 // candid:service") needed to vet a module before install.

@@ -15,6 +15,7 @@ const (
 	GlobalExportPrefix = "__cordon_global_"
 	StartExportName    = "__cordon_start"
 	MemoryExportName   = "__cordon_memory"
+	TableExportName    = "__cordon_table"
 )
 
 // GlobalExportName is the name under which Instrument exports global index i.
@@ -35,6 +36,7 @@ type Instrumentation struct {
 	StartExport  string               // "" if the module had no start section
 	StartFunc    uint32               // the removed start function; valid if StartExport != ""
 	MemoryExport string               // "" if memory 0 is absent or imported
+	TableExport  string               // "" if table 0 is absent or imported
 	Module       *Module              // the decoded input module
 }
 
@@ -49,7 +51,11 @@ func Instrument(b []byte) ([]byte, Instrumentation, error) {
 //   - the start section, if any, is removed and its function exported as
 //     StartExportName, so the embedder decides when it runs,
 //   - a defined memory 0 is exported as MemoryExportName, in addition to
-//     any existing export of it.
+//     any existing export of it,
+//   - a defined table 0 is exported as TableExportName, in addition to any
+//     existing export of it: the IC's callbacks (call_new's reply and reject
+//     functions, call_on_cleanup's) are indices into table 0 whether the
+//     module exports it or not, and Rust canisters do not.
 //
 // Every other section is copied byte for byte in its original position. The
 // export section is rewritten in place (existing entries kept verbatim,
@@ -93,6 +99,10 @@ func (c Config) Instrument(b []byte) ([]byte, Instrumentation, error) {
 	if m.NumImportedMemories == 0 && len(m.Memories) > 0 {
 		info.MemoryExport = MemoryExportName
 		addExport(MemoryExportName, ExternMemory, 0)
+	}
+	if m.NumImportedTables == 0 && len(m.Tables) > 0 {
+		info.TableExport = TableExportName
+		addExport(TableExportName, ExternTable, 0)
 	}
 	if nAdded == 0 {
 		return bytes.Clone(b), info, nil

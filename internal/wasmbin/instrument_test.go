@@ -115,6 +115,57 @@ func TestInstrumentSemantics(t *testing.T) {
 	}
 }
 
+// TestInstrumentTableCallable checks what callbacks rely on: a table the
+// module does not export (as Rust canisters compile) is reachable through
+// TableExportName, holds the element segment's functions, and calling an
+// entry runs the module's own function on the module's own memory.
+func TestInstrumentTableCallable(t *testing.T) {
+	b := wat(t, `(module
+  (memory 1)
+  (table 4 funcref)
+  (func $cb (param i32) (i32.store (i32.const 8) (i32.add (local.get 0) (i32.const 1))))
+  (func $other (param i32))
+  (elem (i32.const 1) $cb $other)
+  (func (export "read") (result i32) (i32.load (i32.const 8))))`)
+	out, info, err := Instrument(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkInstrumented(t, b, out, info.Module, info)
+	if info.TableExport != TableExportName {
+		t.Fatalf("TableExport %q", info.TableExport)
+	}
+	engine := newEngine()
+	store := wasmtime.NewStore(engine)
+	mod, err := wasmtime.NewModule(engine, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := wasmtime.NewInstance(store, mod, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := inst.GetExport(store, TableExportName).Table()
+	if tbl == nil || tbl.Size(store) != 4 {
+		t.Fatalf("table export %v", tbl)
+	}
+	v, err := tbl.Get(store, 0)
+	if err != nil || v.Funcref() != nil {
+		t.Fatalf("entry 0 should be null: %v %v", v, err)
+	}
+	v, err = tbl.Get(store, 1)
+	if err != nil || v.Funcref() == nil {
+		t.Fatalf("entry 1: %v", err)
+	}
+	if _, err := v.Funcref().Call(store, int32(41)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := inst.GetFunc(store, "read").Call(store)
+	if err != nil || got.(int32) != 42 {
+		t.Fatalf("callback through the table wrote %v (%v), want 42", got, err)
+	}
+}
+
 // TestInstrumentNoExportSection checks that a missing export section is
 // inserted in the right place, with custom sections left where they were.
 func TestInstrumentNoExportSection(t *testing.T) {
@@ -199,6 +250,11 @@ func TestInstrumentVariants(t *testing.T) {
 		{"start already exported", `(module (func $s (export "init")) (start $s))`, true, false, false, "[]"},
 		{"multi-memory", `(module (memory 1) (memory i64 1))`, false, true, false, "[]"},
 		{"near-reserved names", `(module (func (export "__cordon") (export "__cordonx") (export "_cordon_start")) (memory 1))`, false, true, false, "[]"},
+		{"unexported table (Rust)", `(module (table 3 funcref) (memory 1) (func $a) (elem (i32.const 1) $a))`, false, true, false, "[]"},
+		{"exported table", `(module (table (export "table") 2 funcref) (memory 1))`, false, true, false, "[]"},
+		{"table64", `(module (table i64 4 funcref) (memory i64 1))`, false, true, true, "[]"},
+		{"externref table 0", `(module (table 1 externref) (table 1 funcref))`, false, false, false, "[]"},
+		{"imported table", `(module (import "env" "t" (table 1 funcref)) (table 2 funcref))`, false, false, false, "[]"},
 		{"v128 and ref globals", `(module (global (mut v128) (v128.const i64x2 1 2)) (global (mut funcref) (ref.null func)) (global externref (ref.null extern)))`, false, false, false,
 			"[{0 __cordon_global_0 {v128 true}} {1 __cordon_global_1 {funcref true}} {2 __cordon_global_2 {externref false}}]"},
 	}
@@ -226,7 +282,7 @@ func TestInstrumentVariants(t *testing.T) {
 }
 
 func TestInstrumentReserved(t *testing.T) {
-	for _, name := range []string{"__cordon_", "__cordon_start", "__cordon_memory", "__cordon_global_0", "__cordon_anything"} {
+	for _, name := range []string{"__cordon_", "__cordon_start", "__cordon_memory", "__cordon_table", "__cordon_global_0", "__cordon_anything"} {
 		b := wat(t, fmt.Sprintf(`(module (memory 1) (func (export %q)))`, name))
 		_, _, err := Instrument(b)
 		if !errors.Is(err, ErrReservedExport) || !strings.Contains(err.Error(), strconv.Quote(name)) {
@@ -250,7 +306,7 @@ func TestInstrumentNothingToDo(t *testing.T) {
 	if &out[0] == &b[0] {
 		t.Errorf("output aliases input")
 	}
-	if len(info.Globals) != 0 || info.StartExport != "" || info.MemoryExport != "" {
+	if len(info.Globals) != 0 || info.StartExport != "" || info.MemoryExport != "" || info.TableExport != "" {
 		t.Errorf("info %+v", info)
 	}
 }

@@ -339,6 +339,14 @@ func checkInstrumented(t *testing.T, in, out []byte, orig *Module, info Instrume
 			t.Errorf("memory export %+v %v", e, ok)
 		}
 	}
+	if (orig.NumImportedTables == 0 && len(orig.Tables) > 0) != (info.TableExport != "") {
+		t.Errorf("TableExport %q for %d imported and %d defined tables", info.TableExport, orig.NumImportedTables, len(orig.Tables))
+	}
+	if info.TableExport != "" {
+		if e, ok := m.Export(TableExportName); !ok || e.Kind != ExternTable || e.Index != 0 {
+			t.Errorf("table export %+v %v", e, ok)
+		}
+	}
 	// Every section other than export/start is byte-identical and in the same order.
 	keep := func(b []byte, mod *Module) [][]byte {
 		var s [][]byte
@@ -400,12 +408,20 @@ func checkWasmtimeExports(t *testing.T, mod *wasmtime.Module, orig *Module, info
 			t.Errorf("wasmtime: %s min=%d is64=%v, want %+v", info.MemoryExport, mt.Minimum(), mt.Is64(), orig.Memories[0])
 		}
 	}
+	if info.TableExport != "" {
+		et := exports[info.TableExport]
+		if et == nil || et.TableType() == nil {
+			t.Errorf("wasmtime: %s is not an exported table", info.TableExport)
+		} else if tt := et.TableType(); uint64(tt.Minimum()) != orig.Tables[0].Limits.Min || (tt.Element().Kind() == wasmtime.KindFuncref) != (orig.Tables[0].Elem == FuncRef) {
+			t.Errorf("wasmtime: %s min=%d elem=%d, want %+v", info.TableExport, tt.Minimum(), tt.Element().Kind(), orig.Tables[0])
+		}
+	}
 	for _, e := range orig.Exports {
 		if exports[e.Name] == nil {
 			t.Errorf("wasmtime: original export %q missing", e.Name)
 		}
 	}
-	if want := len(orig.Exports) + len(info.Globals) + b2i(info.StartExport != "") + b2i(info.MemoryExport != ""); len(exports) != want {
+	if want := len(orig.Exports) + len(info.Globals) + b2i(info.StartExport != "") + b2i(info.MemoryExport != "") + b2i(info.TableExport != ""); len(exports) != want {
 		t.Errorf("wasmtime sees %d exports, want %d", len(exports), want)
 	}
 }
