@@ -596,13 +596,12 @@ func TestStderrLabelledAndRateLimited(t *testing.T) {
 	if delivered[0] != `line 0 \x1b[31mred\x1b[0m` {
 		t.Errorf("first line %q: missing, or control characters not escaped", delivered[0])
 	}
-	mu.Lock()
-	last := lines[len(lines)-1]
-	mu.Unlock()
-	if !dropReport.MatchString(last) {
-		t.Errorf("no drop report at the end: %q", last)
+	// Dropped lines are reported before the next line delivered, or at the
+	// end: the accounting above found them all in reports.
+	if dropped == 0 {
+		t.Errorf("a flood of %d lines with none reported dropped", flooded)
 	}
-	t.Logf("%d lines delivered, %d dropped, in %v; last: %s", len(delivered), dropped, elapsed, last)
+	t.Logf("%d lines delivered, %d dropped, in %v", len(delivered), dropped, elapsed)
 }
 
 func TestStrictMode(t *testing.T) {
