@@ -124,6 +124,10 @@ func (n *Node) FetchCanisterLogs(ctx context.Context, id, caller principal.Princ
 	return canisterLogView(c.logs.snapshot(), logBudget), nil
 }
 
+// ManagementInterface is the management canister's Candid interface, as
+// far as cordon implements it (for the CLI to type calls to aaaaa-aa).
+func ManagementInterface() (*candid.Service, error) { return managementService() }
+
 // errLogsReplicated is the IC's answer to fetch_canister_logs called in
 // replicated mode: by a canister, or as an update call.
 var errLogsReplicated = rejectf(CanisterReject, "fetch_canister_logs API is only accessible in non-replicated mode")

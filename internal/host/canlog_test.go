@@ -331,3 +331,37 @@ func TestFetchCanisterLogsAccess(t *testing.T) {
 		t.Fatalf("logs of a missing canister: %v", err)
 	}
 }
+
+// A real Motoko canister's traps (shared corpus, traps.mo): the records
+// are Motoko's own trap messages through ic0.trap and the Wasm traps, and
+// every trapped message left the state as it was.
+func TestCanisterLogMotokoTraps(t *testing.T) {
+	forIsolations(t, func(t *testing.T, f *fixture) {
+		id := f.install(module(t, corpusDir, "traps"), noArgs)
+		for _, c := range []struct{ method, arg string }{
+			{"setThenTrap", "(5 : nat)"},
+			{"assertFalse", "()"},
+			{"outOfBounds", "(10 : nat)"},
+			{"divZero", "(0 : nat)"},
+		} {
+			_, err := f.node.Update(context.Background(), Message{Canister: id, Method: c.method, Arg: encodeText(t, c.arg), Caller: user})
+			if r := f.reject(err); r.Code != CanisterError {
+				t.Fatalf("%s: %v", c.method, err)
+			}
+		}
+		eq(t, "get", f.query(id, "get", noArgs), natReply(1))
+		var got []string
+		for _, r := range f.mustFetchLogs(id) {
+			got = append(got, string(r.Content))
+		}
+		want := []string{
+			"[TRAP]: trapped after write",                      // Debug.trap
+			"[TRAP]: assertion failed at traps.mo:13.55-13.67", // assert false
+			"[TRAP]: Array index out of bounds",                // Motoko's bounds check
+			"[TRAP]: integer division by 0",                    // a Wasm trap
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("records %q, want %q", got, want)
+		}
+	})
+}

@@ -120,7 +120,7 @@ func TestLowWasmMemoryHook(t *testing.T) {
 		}
 		status, err := f.mgmt("canister_status", fmt.Sprintf(`(record { canister_id = principal %q })`, id))
 		// 3 pages = 196_608 bytes (Candid text groups digits).
-	if err != nil || !strings.Contains(status, hashText("wasm_memory_threshold")+" = 196_608 : nat") {
+		if err != nil || !strings.Contains(status, hashText("wasm_memory_threshold")+" = 196_608 : nat") {
 			t.Fatalf("canister_status does not show the threshold: %s %v", status, err)
 		}
 	})
