@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -154,5 +155,43 @@ func TestLowWasmMemoryHookTraps(t *testing.T) {
 			t.Fatalf("grow without a hook returned %d", got)
 		}
 		f.update(plain, "ping", nil)
+	})
+}
+
+// A Motoko canister's `system func lowmemory` (examples/lowmem64.mo, the
+// dfinity/examples low_wasm_memory example in Motoko): growing its heap
+// past wasm_memory_limit - wasm_memory_threshold runs it once.
+func TestLowWasmMemoryMotoko(t *testing.T) {
+	forIsolations(t, func(t *testing.T, f *fixture) {
+		id := f.install(module(t, examplesDir, "lowmem64"), noArgs)
+		runs := func() string { return f.queryText(id, "runs", "()") }
+		const mib = 1 << 20
+		h0 := f.status(id).HeapBytes
+		// Due once the heap is 16 MiB above what it is now.
+		f.settings(id, fmt.Sprintf("wasm_memory_limit = opt (%d : nat); wasm_memory_threshold = opt (%d : nat)", h0+64*mib, 48*mib))
+		if got := runs(); got != "(0 : nat)" {
+			t.Fatalf("runs before growing: %s", got)
+		}
+		for f.status(id).HeapBytes <= h0+16*mib {
+			f.callText(id, "grow", "(4 : nat)")
+		}
+		// Motoko runs the async* hook body in a message of its own: wait
+		// for it (each update lets queued messages run first).
+		deadline := time.Now().Add(2 * time.Minute)
+		for runs() != "(1 : nat)" {
+			if time.Now().After(deadline) {
+				t.Fatalf("the hook never ran: runs %s, heap %d, limit %d", runs(), f.status(id).HeapBytes, h0+64*mib)
+			}
+			f.update(id, "runs", noArgs) // a replicated query: a message through the queue
+		}
+		f.callText(id, "grow", "(4 : nat)")
+		f.update(id, "runs", noArgs)
+		if got := runs(); got != "(1 : nat)" {
+			t.Fatalf("runs after growing further: %s", got)
+		}
+		logs, _ := f.node.Logs(context.Background(), id)
+		if n := len(logs); n == 0 || logs[n-1].Text != "low memory hook 1" {
+			t.Fatalf("log %v", logs)
+		}
 	})
 }
