@@ -311,6 +311,19 @@ func TestFetchCanisterLogsAccess(t *testing.T) {
 	f.restart()
 	allowed(other)
 
+	// create_canister's settings take them too.
+	reply, err := f.mgmt("provisional_create_canister_with_cycles", fmt.Sprintf(`(record { settings = opt record { log_visibility = opt variant { allowed_viewers = vec { principal %q } }; wasm_memory_threshold = opt (4096 : nat) } })`, viewer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	created, err := principal.FromText(strings.TrimSuffix(reply[strings.Index(reply, `principal "`)+len(`principal "`):], `" })`))
+	if err != nil {
+		t.Fatalf("created %s: %v", reply, err)
+	}
+	if st := f.status(created); st.LogVisibility != "allowed_viewers" || len(st.LogViewers) != 1 || st.LogViewers[0] != viewer.String() || st.WasmMemoryThreshold != 4096 {
+		t.Fatalf("created with settings: %+v", st)
+	}
+
 	// Replicated calls are refused: a canister's call, an update call.
 	arg := encodeText(t, fmt.Sprintf(`(record { canister_id = principal %q })`, id))
 	const replicated = "fetch_canister_logs API is only accessible in non-replicated mode"
@@ -364,4 +377,38 @@ func TestCanisterLogMotokoTraps(t *testing.T) {
 			t.Fatalf("records %q, want %q", got, want)
 		}
 	})
+}
+
+// Reinstall and uninstall purge the log, as on the IC; an upgrade keeps
+// it; idx goes on counting, across a restart too.
+func TestCanisterLogPurge(t *testing.T) {
+	f := newFixture(t)
+	wasm := mustWat(t, logWat)
+	id := f.install(wasm, nil)
+	f.update(id, "print", []byte("one"))
+	f.update(id, "print", []byte("two"))
+	f.upgrade(id, wasm)
+	checkLog(t, f, id, 0, []string{"one", "two"})
+	if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeReinstall, Wasm: wasm, Caller: user}); err != nil {
+		t.Fatal(err)
+	}
+	if recs := f.mustFetchLogs(id); len(recs) != 0 {
+		t.Fatalf("log after reinstall: %v", recs)
+	}
+	f.update(id, "print", []byte("three"))
+	checkLog(t, f, id, 2, []string{"three"})
+	f.restart()
+	checkLog(t, f, id, 2, []string{"three"})
+	if err := f.node.Uninstall(context.Background(), id, user); err != nil {
+		t.Fatal(err)
+	}
+	if recs := f.mustFetchLogs(id); len(recs) != 0 {
+		t.Fatalf("log after uninstall: %v", recs)
+	}
+	f.restart() // nothing stored: the numbering comes from the metadata
+	if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeInstall, Wasm: wasm, Caller: user}); err != nil {
+		t.Fatal(err)
+	}
+	f.update(id, "print", []byte("four"))
+	checkLog(t, f, id, 3, []string{"four"})
 }
