@@ -279,18 +279,12 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		stableChange = &store.MemoryChange{Replace: true, Delta: allPages(stable)}
 	}
 	entries := c.logs.prepare(n.logEntries(logs))
-	// A reinstall purges the log, as on the IC; what canister_init printed
-	// starts the new one, numbered on.
-	purge := opts.Mode == ModeReinstall
-	if purge {
-		meta.LogNextSeq = c.logs.next() + uint64(len(entries))
-	}
 	change := store.Change{
 		ID: id.Bytes(), Meta: meta, Module: wasm,
 		Heap:    &store.MemoryChange{Replace: true, Delta: allPages(heap)},
 		Stable:  stableChange,
 		Globals: out.Globals, SetGlobals: true,
-		Logs: entries, KeepLogs: n.cfg.LogLines, ClearLogs: purge,
+		Logs: entries, KeepLogs: n.cfg.LogLines,
 	}
 	if err := n.store.Commit(change); err != nil {
 		return nil, err
@@ -301,9 +295,6 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
 	c.moduleBytes = uint64(len(wasm))
-	if purge {
-		c.logs.clear()
-	}
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
 	_ = n.store.GCModules()
@@ -404,12 +395,10 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
 	meta.Version++
-	meta.LogNextSeq = c.logs.next() // the log is purged, as on the IC; numbering goes on
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
 		return err
 	}
-	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
 	c.moduleBytes = 0
