@@ -195,3 +195,41 @@ func TestLowWasmMemoryMotoko(t *testing.T) {
 		}
 	})
 }
+
+// A hook that becomes due while the canister is stopped runs once it is
+// started again (the timer loop queues it), and survives a restart
+// while pending.
+func TestLowWasmMemoryHookWhileStopped(t *testing.T) {
+	f := newFixture(t)
+	id := f.install(mustWat(t, lowMemWat), nil)
+	ctx := context.Background()
+	if err := f.node.SetStatus(ctx, id, user, "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	// 1 page, limit 2, threshold 2: due now, but the canister is stopped.
+	f.settings(id, fmt.Sprintf("wasm_memory_limit = opt (%d : nat); wasm_memory_threshold = opt (%d : nat)", 2*wasmPage, 2*wasmPage))
+	f.restart()
+	c, err := f.node.get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.RLock()
+	state := c.meta.LowMemoryHook
+	c.mu.RUnlock()
+	if state != hookReady {
+		t.Fatalf("hook state %d on a stopped canister after a restart, want ready", state)
+	}
+	if err := f.node.SetStatus(ctx, id, user, "running"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for binary.LittleEndian.Uint64(f.query(id, "hooks", nil)) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the pending hook never ran after start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := f.hooks(id); n != 1 {
+		t.Fatalf("hook ran %d times, want 1", n)
+	}
+}
