@@ -10,8 +10,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cordon-dev/cordon/internal/api"
+	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/wasmbin"
 	"github.com/cordon-dev/cordon/pkg/candid"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // candidTypes are the expected types of an argument list; nil: unknown.
@@ -58,6 +60,12 @@ func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need 
 	}
 	if !need {
 		return iface{}, nil
+	}
+	if id == principal.Management().String() {
+		// Queries to aaaaa-aa (fetch_canister_logs) are typed by its interface.
+		if svc, err := host.ManagementInterface(); err == nil {
+			return iface{svc}, nil
+		}
 	}
 	st, err := b.Status(ctx, id)
 	if err != nil || st.CandidService == "" {

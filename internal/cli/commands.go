@@ -205,6 +205,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				{"version", fmt.Sprint(s.Version)}, {"heap bytes", fmt.Sprint(s.HeapBytes)},
 				{"stable bytes", fmt.Sprint(s.StableBytes)}, {"memory size", fmt.Sprint(s.MemorySize)},
 				{"memory allocation", orNone(s.MemoryAllocation)}, {"wasm memory limit", orNone(s.WasmMemoryLimit)},
+				{"wasm memory threshold", fmt.Sprint(s.WasmMemoryThreshold)}, {"log visibility", logVisibility(s)},
 				{"idle cycles/day", s.IdleCyclesBurnedPerDay.String()}, {"certified data", orDash(s.CertifiedData)},
 				{"global timer", fmt.Sprint(s.GlobalTimer)}, {"update methods", strings.Join(s.Updates, " ")},
 				{"query methods", strings.Join(s.Queries, " ")}, {"messages", fmt.Sprint(s.Messages)},
@@ -219,6 +220,14 @@ func newStatusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&output, "output", "text", "text or json")
 	return cmd
+}
+
+// logVisibility shows who may fetch the canister's logs.
+func logVisibility(s *host.Status) string {
+	if len(s.LogViewers) > 0 {
+		return s.LogVisibility + ": " + strings.Join(s.LogViewers, ", ")
+	}
+	return s.LogVisibility
 }
 
 // orNone shows a memory setting, where 0 means no limit.

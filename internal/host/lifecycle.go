@@ -184,7 +184,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 			if err != nil {
 				return nil, asReject(id, "run pre_upgrade of", err)
 			}
-			used, logs = out.Instructions, out.Logs
+			used, logs = out.Instructions, logsOf(out)
 			if out.Trapped {
 				return nil, n.failInstall(c, used, logs, "pre_upgrade", out.TrapMessage)
 			}
@@ -225,7 +225,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), out)
 	used += out.Instructions
-	logs = append(logs, out.Logs...)
+	logs = append(logs, logsOf(out)...)
 	if out.Trapped {
 		what := "canister_init"
 		if opts.Mode == ModeUpgrade {
@@ -257,6 +257,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	meta.ModuleHash = store.ModuleKey(wasm)
 	meta.Version++
 	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
+	updateLowMemory(&meta, heap.Size())
 	meta.GlobalTimer = 0
 	if out.GlobalTimerSet {
 		meta.GlobalTimer = out.GlobalTimer
@@ -295,6 +296,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
 	c.moduleBytes = uint64(len(wasm))
 	c.logs.publish(entries)
+	n.scheduleLowMemory(c)
 	_ = n.store.GCModules()
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
@@ -391,6 +393,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta := c.meta
 	meta.ModuleHash, meta.CertifiedData, meta.GlobalTimer = "", nil, 0
 	meta.HeapSize, meta.StableSize = 0, 0
+	updateLowMemory(&meta, 0)
 	meta.Version++
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
@@ -513,6 +516,12 @@ type Status struct {
 	WasmMemoryLimit        uint64        `json:"wasm_memory_limit"`
 	ComputeAllocation      uint64        `json:"compute_allocation"`
 	IdleCyclesBurnedPerDay cycles.Amount `json:"idle_cycles_burned_per_day"`
+	// The low Wasm memory hook's threshold (lowmem.go) and who may fetch
+	// the canister's logs (canlog.go): "controllers", "public" or
+	// "allowed_viewers" (then LogViewers).
+	WasmMemoryThreshold uint64   `json:"wasm_memory_threshold"`
+	LogVisibility       string   `json:"log_visibility"`
+	LogViewers          []string `json:"log_viewers,omitempty"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.
@@ -536,6 +545,11 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		MemorySize:   usageOf(c).total(), MemoryAllocation: c.meta.Settings.MemoryAllocation,
 		WasmMemoryLimit: c.meta.Settings.WasmMemoryLimit, ComputeAllocation: c.meta.Settings.ComputeAllocation,
 		IdleCyclesBurnedPerDay: n.idleBurnPerDay(chargedBytes(c.meta.Settings, usageOf(c))),
+		WasmMemoryThreshold:    c.meta.Settings.WasmMemoryThreshold,
+		LogVisibility:          c.meta.Settings.LogVisibility, LogViewers: c.meta.Settings.LogViewers,
+	}
+	if s.LogVisibility == logVisibilityControllers {
+		s.LogVisibility = "controllers"
 	}
 	if c.module != nil {
 		s.Memory64 = c.module.Info.Memory64

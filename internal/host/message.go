@@ -107,6 +107,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	if out.GlobalTimerSet {
 		meta.GlobalTimer = out.GlobalTimer
 	}
+	updateLowMemory(&meta, out.Heap.Size)
 	if mutate != nil {
 		mutate(&meta)
 	}
@@ -131,6 +132,9 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	}
 	c.meta, c.globals = meta, out.Globals
 	c.logs.publish(entries)
+	// Queued before the execution's reply goes out, so a message sent
+	// after the reply runs after the hook (lowmem.go).
+	n.scheduleLowMemory(c)
 	return nil
 }
 

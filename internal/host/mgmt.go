@@ -28,6 +28,8 @@ type canister_settings = record {
   freezing_threshold : opt nat;
   reserved_cycles_limit : opt nat;
   wasm_memory_limit : opt nat;
+  wasm_memory_threshold : opt nat;
+  log_visibility : opt log_visibility;
 };
 type definite_canister_settings = record {
   controllers : vec principal;
@@ -36,7 +38,11 @@ type definite_canister_settings = record {
   freezing_threshold : nat;
   reserved_cycles_limit : nat;
   wasm_memory_limit : nat;
+  wasm_memory_threshold : nat;
+  log_visibility : log_visibility;
 };
+type log_visibility = variant { controllers; public; allowed_viewers : vec principal };
+type canister_log_record = record { idx : nat64; timestamp_nanos : nat64; content : blob };
 type canister_install_mode = variant {
   install;
   reinstall;
@@ -64,6 +70,7 @@ service : {
   });
   provisional_create_canister_with_cycles : (record { amount : opt nat; settings : opt canister_settings; specified_id : opt principal }) -> (record { canister_id : principal });
   provisional_top_up_canister : (record { canister_id : principal; amount : nat }) -> ();
+  fetch_canister_logs : (id_arg) -> (record { canister_log_records : vec canister_log_record }) query;
 }`
 
 var (
@@ -235,6 +242,8 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		if m.method == "deposit_cycles" {
 			used = amount
 		}
+	case "fetch_canister_logs":
+		return nil, used, errLogsReplicated // canlog.go
 	case "canister_status":
 		st, ctrls, err := n.statusFor(ctx, target, m.caller)
 		if err != nil {
@@ -253,6 +262,10 @@ type settings struct {
 	memoryAllocation  *big.Int
 	computeAllocation *big.Int
 	wasmMemoryLimit   *big.Int
+	// canlog.go
+	wasmMemoryThreshold *big.Int
+	logVisibility       *logVisibility
+	err                 error // a setting refused while reading
 }
 
 func settingsField(r candid.Record) (settings, bool) {
@@ -287,6 +300,7 @@ func settingsField(r candid.Record) (settings, bool) {
 	s.memoryAllocation, _ = optNat(sr, "memory_allocation")
 	s.computeAllocation, _ = optNat(sr, "compute_allocation")
 	s.wasmMemoryLimit, _ = optNat(sr, "wasm_memory_limit")
+	s.err = logSettings(sr, &s) // canlog.go
 	return s, true
 }
 
@@ -296,6 +310,9 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 		return err
 	}
 	defer c.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
 	meta := c.meta
 	if s.controllers != nil {
 		if len(s.controllers) > 10 {
@@ -328,6 +345,10 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if err := setU64(&meta.Settings.WasmMemoryLimit, s.wasmMemoryLimit, "wasm_memory_limit", 1<<48-1); err != nil {
 		return err
 	}
+	if err := setU64(&meta.Settings.WasmMemoryThreshold, s.wasmMemoryThreshold, "wasm_memory_threshold", 1<<48-1); err != nil {
+		return err
+	}
+	applyLogSettings(&meta.Settings, s) // canlog.go
 	if err := n.checkAllocation(c, meta.Settings); err != nil {
 		return err
 	}
@@ -337,10 +358,12 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	settings := meta.Settings
 	meta = c.meta
 	meta.Settings = settings
+	updateLowMemory(&meta, c.heap.Size()) // the limit or threshold may have moved (lowmem.go)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
 		return err
 	}
 	c.meta = meta
+	n.scheduleLowMemory(c)
 	return nil
 }
 
@@ -421,6 +444,8 @@ func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 		{ID: h("freezing_threshold"), Value: nat(s.FreezingThreshold)},
 		{ID: h("reserved_cycles_limit"), Value: nat(0)},
 		{ID: h("wasm_memory_limit"), Value: nat(s.WasmMemoryLimit)},
+		{ID: h("wasm_memory_threshold"), Value: nat(s.WasmMemoryThreshold)},
+		{ID: h("log_visibility"), Value: logVisibilityValue(s.LogVisibility, s.LogViewers)},
 	})
 	return sortRecord(candid.Record{
 		{ID: h("status"), Value: candid.Variant{ID: statusID, Value: candid.Null{}}},

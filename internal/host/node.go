@@ -65,6 +65,7 @@ type canister struct {
 	nextID          uint64
 	stopped         chan struct{} // closed when a pending stop completes
 	heartbeatQueued bool
+	lowMemoryQueued bool // canister_on_low_wasm_memory waits in the queue (lowmem.go)
 	// timerWork: a goroutine of the timer loop is doing this canister's
 	// timer work (sched.go timerLoop); at most one at a time.
 	timerWork atomic.Bool

@@ -18,6 +18,9 @@ import (
 // composite query's working state, which is dropped at the end.
 func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
+	if msg.Canister.IsManagement() {
+		return n.queryManagement(ctx, msg) // canlog.go
+	}
 	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
 	defer q.unlockAll()
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)

@@ -28,6 +28,7 @@ const (
 	kindResponse
 	kindTimer
 	kindHeartbeat
+	kindLowMemory // canister_on_low_wasm_memory (lowmem.go)
 )
 
 // message is an entry of a canister's input queue.
@@ -82,6 +83,9 @@ type callback struct {
 // they happen.
 func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
+	if msg.Canister.IsManagement() && msg.Method == "fetch_canister_logs" {
+		return nil, errLogsReplicated // canlog.go
+	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err
@@ -148,8 +152,11 @@ func (n *Node) process(c *canister, m *message) {
 	case kindHeartbeat:
 		c.heartbeatQueued = false
 		n.handleSystemTask(c, "canister_heartbeat")
+	case kindLowMemory:
+		n.handleLowMemory(c)
 	}
 	n.scheduleTimer(c)
+	n.scheduleLowMemory(c)
 }
 
 // route delivers a message to a canister or to the management canister.
@@ -254,7 +261,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	}
 	if out.Trapped || kind == sysapi.CtxReplicatedQuery {
 		delete(c.contexts, id)
-		if err := n.chargeOnly(c, out.Instructions, out.Logs, fee, cycles.Amount{}); err != nil {
+		if err := n.chargeOnly(c, out.Instructions, logsOf(out), fee, cycles.Amount{}); err != nil {
 			refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
 			return
 		}
@@ -387,7 +394,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		_ = n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund)
 	} else {
 		trap = out.TrapMessage
-		_ = n.chargeOnly(c, out.Instructions, out.Logs, cycles.Amount{}, m.refund)
+		_ = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, m.refund)
 	}
 	if cb.onCleanup != nil {
 		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
@@ -400,7 +407,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 				n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
 			}
 		} else if err == nil {
-			_ = n.chargeOnly(c, cout.Instructions, cout.Logs, cycles.Amount{}, cycles.Amount{})
+			_ = n.chargeOnly(c, cout.Instructions, logsOf(cout), cycles.Amount{}, cycles.Amount{})
 		}
 	}
 	if !cc.responded && cc.outstanding == 0 {
@@ -430,12 +437,26 @@ func (n *Node) scheduleTimer(c *canister) {
 	n.enqueue(c, &message{kind: kindTimer})
 }
 
-// handleSystemTask runs canister_global_timer or canister_heartbeat.
+// handleSystemTask runs canister_global_timer, canister_heartbeat or
+// canister_on_low_wasm_memory.
 func (n *Node) handleSystemTask(c *canister, entry string) {
 	if c.module == nil || c.meta.Status != "running" {
 		return
 	}
-	if entry == "canister_global_timer" && !c.module.Info.HasGlobalTimer || entry == "canister_heartbeat" && !c.module.Info.HasHeartbeat {
+	switch info := &c.module.Info; entry {
+	case "canister_global_timer":
+		if !info.HasGlobalTimer {
+			return
+		}
+	case "canister_heartbeat":
+		if !info.HasHeartbeat {
+			return
+		}
+	case "canister_on_low_wasm_memory":
+		if !info.HasLowWasmMemory {
+			return
+		}
+	default:
 		return
 	}
 	limit := n.cfg.UpdateInstructions
@@ -452,7 +473,7 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
 		if err == nil {
-			_ = n.chargeOnly(c, out.Instructions, out.Logs, cycles.Amount{}, cycles.Amount{})
+			_ = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{})
 			n.log.Info("system task trapped", "canister", c.id.String(), "entry", entry, "trap", out.TrapMessage)
 		}
 		n.stopIfIdle(c)
@@ -531,6 +552,9 @@ func (n *Node) timerWorkDue(c *canister, now uint64, beat bool) bool {
 	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
 		return true
 	}
+	if lowMemoryDue(c) {
+		return true
+	}
 	return beat && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued
 }
 
@@ -551,6 +575,8 @@ func (n *Node) timerWorkDo(c *canister, now uint64, beat bool) {
 		c.heartbeatQueued = true // at most one heartbeat waits in the queue
 		n.enqueue(c, &message{kind: kindHeartbeat})
 	}
+	// A hook left ready by a restart, a start or a settings change.
+	n.scheduleLowMemory(c)
 }
 
 // stopIfIdle completes a pending stop once no call context is open.

@@ -57,6 +57,10 @@ type Settings struct {
 	WasmMemoryLimit   uint64        `json:"wasm_memory_limit"`
 	ReservedCycles    cycles.Amount `json:"reserved_cycles_limit"`
 	Isolation         string        `json:"isolation,omitempty"` // per-canister override, "" = node default
+	// Low Wasm memory hook and canister logs (host/lowmem.go, host/canlog.go).
+	WasmMemoryThreshold uint64   `json:"wasm_memory_threshold,omitempty"`
+	LogVisibility       string   `json:"log_visibility,omitempty"` // "" (controllers), "public", "allowed_viewers"
+	LogViewers          []string `json:"log_viewers,omitempty"`    // with allowed_viewers
 }
 
 // Meta is a canister's metadata.
@@ -83,6 +87,9 @@ type Meta struct {
 	// change together with Balance, in the same commit.
 	StoragePaidUntil    uint64 `json:"storage_paid_until,omitempty"`
 	StorageFeeRemainder uint64 `json:"storage_fee_remainder,omitempty"`
+	// LowMemoryHook is the state of canister_on_low_wasm_memory
+	// (host/lowmem.go): 0 condition not satisfied, 1 ready, 2 executed.
+	LowMemoryHook uint8 `json:"low_wasm_memory_hook,omitempty"`
 }
 
 // Store is an open store. It is safe for concurrent use.

@@ -785,7 +785,7 @@ func (e *Execution) trap(a []uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return 0, trapf("Canister called `ic0.trap` with message: '%s'", bytes.ToValidUTF8(b, []byte("\uFFFD")))
+	return 0, trapf("%s%s%s", calledTrapPrefix, bytes.ToValidUTF8(b, []byte("\uFFFD")), calledTrapSuffix)
 }
 
 // LittleEndianU64 is a helper for tests reading 128-bit results.
