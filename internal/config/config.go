@@ -168,6 +168,8 @@ var Settings = []*Setting{
 			}
 			return nil
 		}},
+	boolean("sandbox.allow_inprocess", "", "let a strict node take in-process canisters (install --canister-isolation inprocess); they run unconfined in the host process",
+		func(c *Config) *bool { return &c.Host.Sandbox.AllowInProcess }),
 	str("sandbox.binary", "sandbox-binary", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
 		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
 	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
@@ -206,6 +208,8 @@ var Settings = []*Setting{
 			}
 			return err
 		}},
+	str("fees.provisional", "", "who may mint cycles (install --cycles, the provisional methods of aaaaa-aa): ingress (the operator) or none; canisters never may",
+		func(c *Config) *string { return &c.Host.Provisional }, oneOf("ingress", "none")),
 }
 
 // Lookup returns the setting with key.

@@ -28,6 +28,10 @@ type Config struct {
 
 	Fees          Fees
 	InitialCycles cycles.Amount // balance of a canister created from the CLI
+	// Provisional says who may mint cycles with the provisional methods
+	// and install --cycles (policy.go): ProvisionalIngress ("" too) or
+	// ProvisionalNone. Canisters never may.
+	Provisional string
 	LogLines      int           // debug_print lines kept per canister
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
@@ -53,6 +57,9 @@ type SandboxConfig struct {
 	MemoryBytes  uint64        // cgroup memory limit per canister sandbox (0: default)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// AllowInProcess lets a strict node take in-process canisters
+	// (install --canister-isolation inprocess); refused otherwise.
+	AllowInProcess bool
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).
@@ -91,6 +98,7 @@ func DefaultConfig() Config {
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
+		Provisional:           ProvisionalIngress,
 		LogLines:              1000,
 	}
 }

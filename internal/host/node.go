@@ -81,6 +81,9 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if cfg.Home == "" {
 		return nil, errors.New("host: no home directory configured")
 	}
+	if err := validProvisional(cfg.Provisional); err != nil {
+		return nil, fmt.Errorf("host: %w", err)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
