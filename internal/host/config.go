@@ -32,7 +32,7 @@ type Config struct {
 	// and install --cycles (policy.go): ProvisionalIngress ("" too) or
 	// ProvisionalNone. Canisters never may.
 	Provisional string
-	LogLines      int           // debug_print lines kept per canister
+	LogLines    int // debug_print lines kept per canister
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
 
