@@ -366,11 +366,15 @@ and serves the JSON/HTTP API (described by api/openapi.json, also served at
 /readyz probes. While it runs, the other cordon commands on the same --home
 talk to it.
 
-Security: on a loopback address no token is needed (unless --require-token).
-On any other address every request but the probes needs 'Authorization:
-Bearer TOKEN'; the token is generated on the first such start, stored in
-<home>/token (mode 0600) and printed once. Use --tls-cert and --tls-key to
-serve HTTPS.
+Security: every request but the probes needs 'Authorization: Bearer TOKEN';
+the token is generated on the first start, stored in <home>/token (mode
+0600) and printed once; commands on the same --home read it from there.
+--require-token=false drops it on a loopback address only (INSECURE: any
+local user or process may then use the API). Requests from web pages (an
+Origin header) and for host names other than IP addresses, localhost,
+server.allowed_hosts and the TLS certificate's names are refused, request
+bodies must be application/json, and a body must arrive at 1 MiB/s or
+better. Use --tls-cert and --tls-key to serve HTTPS.
 
 Shutdown: on SIGINT or SIGTERM the server stops accepting, refuses new
 requests with 503, finishes those in flight and the messages they caused
@@ -413,7 +417,7 @@ durable either way.`,
 			m.SetSources(metrics.Sources{LiveCanisters: node.LiveCanisters, StoreBytes: node.StoreBytes, Sandboxes: node.Sandboxes})
 			serveErr := api.Serve(cmd.Context(), node, api.ServeOptions{
 				Listen: cfg.Listen, Home: cfg.Home, Logger: logger, Metrics: m,
-				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, RequireToken: cfg.RequireToken, TokenOut: g.stderr,
+				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, AllowNoToken: !cfg.RequireToken, AllowedHosts: cfg.AllowedHosts, TokenOut: g.stderr,
 				RequestTimeout: cfg.RequestTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
 				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls,
 			})

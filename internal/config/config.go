@@ -50,6 +50,7 @@ type Config struct {
 	TLSCert         string
 	TLSKey          string
 	RequireToken    bool
+	AllowedHosts    []string
 	RequestTimeout  time.Duration
 	ShutdownTimeout time.Duration
 	MaxRequests     int
@@ -114,8 +115,23 @@ var Settings = []*Setting{
 		func(c *Config) *string { return &c.TLSCert }, nil),
 	str("server.tls_key", "tls-key", "TLS private key file (PEM) for `cordon serve`",
 		func(c *Config) *string { return &c.TLSKey }, nil),
-	boolean("server.require_token", "require-token", "require the bearer token even on loopback (always required elsewhere)",
+	boolean("server.require_token", "require-token", "require the bearer token (<home>/token); false: INSECURE, a loopback listener takes requests without it (any other address always requires it)",
 		func(c *Config) *bool { return &c.RequireToken }),
+	{Key: "server.allowed_hosts", quoted: true,
+		Help: "comma-separated host names requests may name in Host besides IP addresses, localhost and the TLS certificate's names (others are refused: DNS rebinding)",
+		get:  func(c *Config) string { return strings.Join(c.AllowedHosts, ",") },
+		set: func(c *Config, v string) error {
+			c.AllowedHosts = nil
+			for _, h := range strings.Split(v, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					if strings.ContainsAny(h, " /:@") {
+						return fmt.Errorf("%q is not a host name", h)
+					}
+					c.AllowedHosts = append(c.AllowedHosts, h)
+				}
+			}
+			return nil
+		}},
 	duration("server.request_timeout", "", "longest an API request may run (install, call)",
 		func(c *Config) *time.Duration { return &c.RequestTimeout }),
 	duration("server.shutdown_timeout", "", "how long a graceful shutdown waits for requests and messages in flight",
@@ -233,6 +249,7 @@ func Default() *Config {
 		ShutdownTimeout: 30 * time.Second,
 		MaxRequests:     256,
 		MaxInstalls:     4,
+		RequireToken:    true,
 		Host:            host.DefaultConfig(),
 		source:          map[string]Source{},
 	}

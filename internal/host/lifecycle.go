@@ -117,7 +117,7 @@ func (n *Node) checkController(c *canister, caller principal.Principal, op strin
 // Install installs, reinstalls or upgrades code. Either every effect happens
 // and is durable, or none does.
 func (n *Node) Install(ctx context.Context, id principal.Principal, opts InstallOptions) (*InstallResult, error) {
-	if err := n.checkIsolation(opts.Isolation); err != nil {
+	if err := n.CheckIsolation(opts.Isolation); err != nil {
 		return nil, err
 	}
 	wasm, err := n.decodeModule(opts.Wasm)

@@ -46,11 +46,11 @@ func (n *Node) checkMint(opts CreateOptions) error {
 	return nil
 }
 
-// checkIsolation refuses an in-process canister on a strict sandboxed node,
+// CheckIsolation refuses an in-process canister on a strict sandboxed node,
 // unless the node allows it (Sandbox.AllowInProcess): strict mode promises
 // that every canister is confined, and an in-process one is confined only
 // by wasmtime.
-func (n *Node) checkIsolation(isolation string) error {
+func (n *Node) CheckIsolation(isolation string) error {
 	if isolation != "inprocess" || n.cfg.Isolation != "sandbox" || !n.cfg.Sandbox.Strict || n.cfg.Sandbox.AllowInProcess {
 		return nil
 	}
