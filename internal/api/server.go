@@ -47,9 +47,9 @@ const (
 
 // http.Server limits used by Serve.
 const (
-	readTimeout       = 5 * time.Minute // the whole request, body included
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
+	readTimeout    = 5 * time.Minute // the whole request, body included
+	idleTimeout    = 2 * time.Minute
+	maxHeaderBytes = 64 << 10
 	// A log stream is written with a deadline per write: a client that
 	// stops reading for this long is dropped.
 	streamWriteTimeout = 30 * time.Second
