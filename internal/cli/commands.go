@@ -266,10 +266,12 @@ starting or stopping. --since N starts at sequence number N.`,
 					if err != nil {
 						return err
 					}
-					_, err = fmt.Fprintf(g.stdout, "%s\n", b)
+					_, err = fmt.Fprintf(g.stdout, "%s\n", jsonPrintable(b))
 					return err
 				}
-				_, err := fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, l.Text)
+				// The text is the canister's: escaped, so that it can neither
+				// drive the terminal nor forge a line (sanitize.go).
+				_, err := fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, printable(l.Text))
 				return err
 			}
 			if follow {
@@ -458,10 +460,16 @@ func installEntry(mode string) string {
 	return "canister_init"
 }
 
+// writeJSON prints v as indented JSON, with the characters printable
+// escapes left as \u escapes too (sanitize.go): JSON escapes the C0
+// controls itself, not C1 controls or bidirectional overrides.
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(jsonPrintable(b), '\n'))
+	return err
 }
 
 func exactArgs(n int) cobra.PositionalArgs {

@@ -84,10 +84,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	var rej *host.Reject
 	if errors.As(err, &rej) {
-		fmt.Fprintf(stderr, "error: call rejected with code %d (%s): %s\n", rej.Code, rej.Code, rej.Message)
+		// A reject's message may be a canister's own text.
+		fmt.Fprintf(stderr, "error: call rejected with code %d (%s): %s\n", rej.Code, rej.Code, printable(rej.Message))
 		return ExitRejected
 	}
-	fmt.Fprintf(stderr, "error: %v\n", err)
+	fmt.Fprintf(stderr, "error: %s\n", printable(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return ExitUsage
