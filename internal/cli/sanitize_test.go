@@ -109,11 +109,11 @@ func TestLogsEscapeCanisterText(t *testing.T) {
 func TestPrintable(t *testing.T) {
 	for in, want := range map[string]string{
 		"plain text, ünïcödé, emoji 🎉, tab\there": "plain text, ünïcödé, emoji 🎉, tab\there",
-		"a\nb\r\nc":                                `a\nb\r\nc`,
-		"\x1b]0;title\x07":                          `\x1b]0;title\x07`,
-		"x\u2028y\u2029z\u200bw":                    `x\u2028y\u2029z\u200bw`,
-		"\x7f\xc2\x85":                              `\x7f\x85`,
-		"\xe2\x80":                                  `\xe2\x80`,
+		"a\nb\r\nc":              `a\nb\r\nc`,
+		"\x1b]0;title\x07":       `\x1b]0;title\x07`,
+		"x\u2028y\u2029z\u200bw": `x\u2028y\u2029z\u200bw`,
+		"\x7f\xc2\x85":           `\x7f\x85`,
+		"\xe2\x80":               `\xe2\x80`,
 	} {
 		if got := printable(in); got != want {
 			t.Errorf("printable(%q) = %q, want %q", in, got, want)
