@@ -405,9 +405,18 @@ durable either way.`,
 			}
 			hc := cfg.Host
 			hc.Metrics = m
-			node, err := host.Open(hc, logger)
+			// A command that holds the store (a restart's stragglers)
+			// is waited for, as commands wait for a starting server.
+			var node *host.Node
+			err = g.waitForStore(cmd.Context(), func() (bool, error) {
+				node, err = host.Open(hc, logger)
+				return node != nil, err
+			})
 			if err != nil {
 				return err
+			}
+			if openStoreHook != nil {
+				openStoreHook()
 			}
 			stop := progress(g.stderr, "loading canisters…")
 			err = node.LoadAll(cmd.Context())
