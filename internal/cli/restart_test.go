@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"math/big"
 	"io"
 	"os"
 	"path/filepath"
@@ -116,4 +119,42 @@ func TestCommandStoreWaitBounded(t *testing.T) {
 	if code := <-done; code != ExitError || !strings.Contains(errb.String(), "context canceled") {
 		t.Fatalf("cancelled wait: exit %d: %s", code, errb.String())
 	}
+}
+
+// The operator's provisional path: `install --cycles` gives a new canister
+// the balance asked for, counted as minted, directly and through a server;
+// a node with fees.provisional = none refuses it (and still installs with
+// the initial balance).
+func TestInstallWithCyclesProvisional(t *testing.T) {
+	home := t.TempDir()
+	counter := filepath.Join(corpus, "counter.wasm")
+	id := must(t, cordon(t, home, "install", "--cycles", "7_000_000_000_000", counter))
+	// The balance is what was asked less what the install was charged;
+	// all of it was minted.
+	var st map[string]any
+	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "status", "--output", "json", id))), &st); err != nil {
+		t.Fatal(err)
+	}
+	bal, _ := new(big.Int).SetString(fmt.Sprint(st["cycles"]), 10)
+	burned, _ := new(big.Int).SetString(fmt.Sprint(st["cycles_burned"]), 10)
+	if fmt.Sprint(st["cycles_minted"]) != "7000000000000" || bal == nil || burned == nil || new(big.Int).Add(bal, burned).String() != "7000000000000" {
+		t.Fatalf("after install --cycles 7T: balance %v, burned %v, minted %v", st["cycles"], st["cycles_burned"], st["cycles_minted"])
+	}
+
+	r := cordon(t, home, "--set", "fees.provisional=none", "install", "--cycles", "5", counter)
+	if r.code != ExitRejected || !strings.Contains(r.stderr, "fees.provisional = none") {
+		t.Fatalf("install --cycles on a node that mints nothing: %+v", r)
+	}
+	must(t, cordon(t, home, "--set", "fees.provisional=none", "install", counter))
+	if r := cordon(t, home, "--set", "fees.provisional=sometimes", "status"); r.code != ExitUsage {
+		t.Fatalf("bad fees.provisional: %+v", r)
+	}
+
+	_, stop := startServe(t, home)
+	waitServing(t, home)
+	id2 := must(t, cordon(t, home, "install", "--cycles", "3_000_000_000_000", counter))
+	if st := must(t, cordon(t, home, "status", "--output", "json", id2)); !strings.Contains(st, `"cycles_minted": "3000000000000"`) {
+		t.Fatalf("status after install --cycles through the server:\n%s", st)
+	}
+	stop()
 }
