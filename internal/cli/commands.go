@@ -430,7 +430,7 @@ durable either way.`,
 				Listen: cfg.Listen, Home: cfg.Home, Logger: logger, Metrics: m,
 				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, AllowNoToken: !cfg.RequireToken, AllowedHosts: cfg.AllowedHosts, TokenOut: g.stderr,
 				RequestTimeout: cfg.RequestTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
-				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls,
+				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls, MaxConns: cfg.MaxConns,
 			})
 			// Messages the answered requests caused (calls between
 			// canisters, timers) finish too; then the store is closed.

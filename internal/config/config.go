@@ -55,6 +55,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	MaxRequests     int
 	MaxInstalls     int
+	MaxConns        int
 
 	// Host is what the node gets (limits, fees, logs kept).
 	Host host.Config
@@ -140,6 +141,8 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.MaxRequests }, 1),
 	integer("server.max_installs", "", "installs handled at once (each holds its module in memory); more get 503",
 		func(c *Config) *int { return &c.MaxInstalls }, 1),
+	integer("server.max_connections", "", "open API connections; more are closed as they come (each slow client holds one)",
+		func(c *Config) *int { return &c.MaxConns }, 1),
 
 	count("limits.update_instructions", "", "instructions per update message",
 		func(c *Config) *uint64 { return &c.Host.UpdateInstructions }),
@@ -249,6 +252,7 @@ func Default() *Config {
 		ShutdownTimeout: 30 * time.Second,
 		MaxRequests:     256,
 		MaxInstalls:     4,
+		MaxConns:        1024,
 		RequireToken:    true,
 		Host:            host.DefaultConfig(),
 		source:          map[string]Source{},
