@@ -4,7 +4,8 @@ import "fmt"
 
 // The provisional methods of aaaaa-aa create cycles from nothing. On the IC
 // only principals on the subnet's provisional whitelist may call them, and
-// a canister never is one; here the node's operator (the CLI or API caller
+// a canister never is one (others get "Sender not authorized to use
+// method."); here the node's operator (the CLI or API caller
 // who installs with --cycles) is the only one who may mint, and a node can
 // refuse even that (Config.Provisional).
 
@@ -28,11 +29,13 @@ func (n *Node) checkProvisional(m *message) error {
 	if !isProvisional(m.method) {
 		return nil
 	}
+	// The IC's answer to a sender outside the whitelist: DESTINATION_INVALID
+	// (IC0302, method not found) and this message; cordon says why after it.
 	if !m.ingress {
-		return rejectf(CanisterReject, "Management canister method %s can only be called by ingress (the node's operator), not by canister %s", m.method, m.caller)
+		return rejectf(DestinationInvalid, "Sender not authorized to use method. (%s mints cycles: only the node's operator may, by ingress; canister %s may not)", m.method, m.caller)
 	}
 	if n.cfg.Provisional == ProvisionalNone {
-		return rejectf(CanisterReject, "Management canister method %s is disabled on this node (fees.provisional = none)", m.method)
+		return rejectf(DestinationInvalid, "Sender not authorized to use method. (%s is disabled on this node: fees.provisional = none)", m.method)
 	}
 	return nil
 }
