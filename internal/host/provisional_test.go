@@ -211,3 +211,51 @@ func TestOperatorProvisionalSetting(t *testing.T) {
 	f.cfg.Provisional = ProvisionalIngress
 	f.open()
 }
+
+// On a strict sandboxed node an in-process install is refused, and a
+// canister installed in-process before the node became strict runs in a
+// sandbox (it keeps its state and its answers), unless the node allows
+// in-process canisters.
+func TestStrictNodeConfinesInProcessCanisters(t *testing.T) {
+	f := newCrashFixture(t, "sandbox")
+	ctx := context.Background()
+	wasm := mustWat(t, minterWat)
+	id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: wasm, Arg: noArgs, Caller: user, Isolation: "inprocess"}); err != nil {
+		t.Fatal(err)
+	}
+	call := func() string {
+		return string(f.update(id, "call", minterArg(principal.Management(), "raw_rand", mgmtEmpty(t))))
+	}
+	if got := call(); !strings.HasPrefix(got, "ok:") || f.canisterPid(id) != 0 {
+		t.Fatalf("not strict: %q, sandbox pid %d", got, f.canisterPid(id))
+	}
+
+	f.node.Close()
+	f.cfg.Sandbox.Strict = true
+	f.open()
+	if got := call(); !strings.HasPrefix(got, "ok:") {
+		t.Fatalf("strict: %q", got)
+	}
+	if f.canisterPid(id) == 0 {
+		t.Fatal("a strict node ran an in-process canister outside a sandbox")
+	}
+	other, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.node.Install(ctx, other, InstallOptions{Mode: ModeInstall, Wasm: wasm, Arg: noArgs, Caller: user, Isolation: "inprocess"})
+	if r := f.reject(err); r.Code != CanisterReject || !strings.Contains(r.Message, "strict") {
+		t.Fatalf("in-process install on a strict node: %v", r)
+	}
+
+	f.node.Close()
+	f.cfg.Sandbox.AllowInProcess = true
+	f.open()
+	if got := call(); !strings.HasPrefix(got, "ok:") || f.canisterPid(id) != 0 {
+		t.Fatalf("strict, in-process allowed: %q, sandbox pid %d", got, f.canisterPid(id))
+	}
+}
