@@ -80,6 +80,11 @@ func parseID(s string) (principal.Principal, error) {
 	return p, nil
 }
 
+// parseCaller parses the principal an ingress message is sent as. Only
+// users may send ingress: the anonymous principal and self-authenticating
+// (or derived) ones. The management canister and canister ids are system
+// principals: a user posing as one would pass for a canister's controller
+// or for the management canister to any canister that trusts its caller.
 func parseCaller(s string) (principal.Principal, error) {
 	if s == "" {
 		return principal.Anonymous(), nil
@@ -88,7 +93,37 @@ func parseCaller(s string) (principal.Principal, error) {
 	if err != nil {
 		return p, fmt.Errorf("caller %q: %w", s, err)
 	}
+	if err := checkIngressSender(p); err != nil {
+		return p, fmt.Errorf("caller %q: %w", s, err)
+	}
 	return p, nil
+}
+
+// Principal classes: the last byte of a principal (IC interface
+// specification, "Principals").
+const (
+	classOpaque            = 0x01 // canister ids
+	classSelfAuthenticated = 0x02
+	classDerived           = 0x03
+	classAnonymous         = 0x04
+)
+
+func checkIngressSender(p principal.Principal) error {
+	b := p.Bytes()
+	if len(b) == 0 {
+		return errors.New("the management canister cannot send ingress messages")
+	}
+	switch b[len(b)-1] {
+	case classSelfAuthenticated, classDerived:
+		return nil
+	case classAnonymous:
+		if len(b) == 1 {
+			return nil
+		}
+	case classOpaque:
+		return errors.New("a canister id cannot send ingress messages (want a user principal or anonymous)")
+	}
+	return errors.New("not a user principal: ingress messages come from self-authenticating principals or anonymous")
 }
 
 // Install implements Backend.
@@ -106,6 +141,10 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 	case "", "sandbox", "inprocess":
 	default:
 		return nil, fmt.Errorf("isolation %q: want sandbox or inprocess", req.Isolation)
+	}
+	// Before anything is created: a strict node refuses in-process canisters.
+	if err := l.Node.CheckIsolation(req.Isolation); err != nil {
+		return nil, err
 	}
 	switch req.KeepHeap {
 	case "":
@@ -140,6 +179,7 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 				return nil, err
 			}
 			opts.Cycles = &c
+			opts.Minted = true // created from nothing: the node may refuse (fees.provisional)
 		}
 		if id, err = l.Node.Create(ctx, opts); err != nil {
 			return nil, err

@@ -40,9 +40,10 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-// TestAuthOffOnLoopback: the default needs no token and creates none.
+// TestAuthOffOnLoopback: only when asked (server.require_token = false),
+// a loopback listener needs no token and creates none.
 func TestAuthOffOnLoopback(t *testing.T) {
-	s := serve(t)
+	s := serveWith(t, func(o *ServeOptions) { o.AllowNoToken = true })
 	code, _, b := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters", nil, "")
 	if code != 200 {
 		t.Fatalf("no token on loopback: %d %s", code, b)
@@ -137,9 +138,17 @@ func TestAuthNonLoopback(t *testing.T) {
 	os.Chmod(TokenPath(home), 0o600)
 }
 
-// TestRequireTokenOnLoopback: --require-token applies on loopback too.
+// TestRequireTokenOnLoopback: by default the token is required on loopback
+// too, generated at the first start (0600) and found by Dial.
 func TestRequireTokenOnLoopback(t *testing.T) {
-	s := serveWith(t, func(o *ServeOptions) { o.RequireToken = true; o.TokenOut = &syncBuffer{} })
+	out := &syncBuffer{}
+	s := serveWith(t, func(o *ServeOptions) { o.TokenOut = out })
+	if fi, err := os.Stat(TokenPath(s.home)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", fi, err)
+	}
+	if s.token == "" || !strings.Contains(out.String(), s.token) {
+		t.Fatalf("Dial read token %q; printed:\n%s", s.token, out)
+	}
 	if code, _, _ := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters", nil, ""); code != 401 {
 		t.Fatalf("without token: %d", code)
 	}

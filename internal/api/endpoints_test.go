@@ -47,6 +47,17 @@ func candidArgs(t testing.TB, text string) []byte {
 	return b
 }
 
+// authJSON adds the bearer token (when there is one) and the JSON content
+// type to a request made by hand.
+func authJSON(req *http.Request, token string) {
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if req.Method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
+}
+
 // rawRequest sends a request with an optional JSON body and bearer token and
 // returns the status and body.
 func rawRequest(t testing.TB, hc *http.Client, method, url string, body any, token string) (int, http.Header, []byte) {
@@ -69,6 +80,9 @@ func rawRequest(t testing.TB, hc *http.Client, method, url string, body any, tok
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if hc == nil {
 		hc = http.DefaultClient
@@ -94,11 +108,11 @@ func TestEveryEndpoint(t *testing.T) {
 		body []byte
 	}
 	get := func(path string) res {
-		code, _, b := rawRequest(t, nil, "GET", s.base+path, nil, "")
+		code, _, b := rawRequest(t, nil, "GET", s.base+path, nil, s.token)
 		return res{code, b}
 	}
 	post := func(path string, body any) res {
-		code, _, b := rawRequest(t, nil, "POST", s.base+path, body, "")
+		code, _, b := rawRequest(t, nil, "POST", s.base+path, body, s.token)
 		return res{code, b}
 	}
 	mustOK := func(what string, r res) []byte {
@@ -198,7 +212,7 @@ func TestEveryEndpoint(t *testing.T) {
 		t.Fatalf("metrics lack cordon_messages_total:\n%.500s", b)
 	}
 
-	code, _, b := rawRequest(t, nil, "DELETE", s.base+"/api/v1/canisters/"+id, nil, "")
+	code, _, b := rawRequest(t, nil, "DELETE", s.base+"/api/v1/canisters/"+id, nil, s.token)
 	mustOK("delete", res{code, b})
 	if r := get("/api/v1/canisters/" + id); r.code != 404 {
 		t.Fatalf("status after delete: %d", r.code)
@@ -207,7 +221,7 @@ func TestEveryEndpoint(t *testing.T) {
 		t.Fatalf("logs after delete: %d", r.code)
 	}
 	// HEAD is GET without a body.
-	code, _, b = rawRequest(t, nil, "HEAD", s.base+"/api/v1/canisters", nil, "")
+	code, _, b = rawRequest(t, nil, "HEAD", s.base+"/api/v1/canisters", nil, s.token)
 	if code != 200 || len(b) != 0 {
 		t.Fatalf("HEAD: %d %q", code, b)
 	}
@@ -271,6 +285,7 @@ func TestLogStream(t *testing.T) {
 
 	// A raw stream is NDJSON.
 	req, _ := http.NewRequestWithContext(ctx, "GET", s.base+"/api/v1/canisters/"+id+"/logs?follow=1&since="+itoa(e2.Seq), nil)
+	authJSON(req, s.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -302,12 +317,12 @@ func TestLogStream(t *testing.T) {
 	// Bad parameters.
 	id2 := installKV(t, s.client)
 	for _, q := range []string{"?since=-1", "?since=x", "?follow=maybe"} {
-		code, _, b := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id2+"/logs"+q, nil, "")
+		code, _, b := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id2+"/logs"+q, nil, s.token)
 		if code != 400 {
 			t.Errorf("logs%s: %d %s", q, code, b)
 		}
 	}
-	code, _, _ := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+principal.CanisterID(1000).String()+"/logs?follow=1", nil, "")
+	code, _, _ := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+principal.CanisterID(1000).String()+"/logs?follow=1", nil, s.token)
 	if code != 404 {
 		t.Errorf("follow a missing canister: %d", code)
 	}
@@ -410,6 +425,7 @@ func TestBusy(t *testing.T) {
 	// A slow install body holds the only install slot.
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", s.base+"/api/v1/install", pr)
+	authJSON(req, s.token)
 	first := make(chan int, 1)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)
@@ -423,7 +439,7 @@ func TestBusy(t *testing.T) {
 	io.WriteString(pw, `{"mode":"install",`)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		code, h, b := rawRequest(t, nil, "POST", s.base+"/api/v1/install", map[string]any{"wasm": counterWasm(t)}, "")
+		code, h, b := rawRequest(t, nil, "POST", s.base+"/api/v1/install", map[string]any{"wasm": counterWasm(t)}, s.token)
 		if code == 503 {
 			if !strings.Contains(string(b), "too many installs") || h.Get("Retry-After") == "" {
 				t.Fatalf("busy install: %s %v", b, h)
@@ -438,6 +454,7 @@ func TestBusy(t *testing.T) {
 	// The request limit: the slow install and one more slow call fill it.
 	pr2, pw2 := io.Pipe()
 	req2, _ := http.NewRequest("POST", s.base+"/api/v1/call", pr2)
+	authJSON(req2, s.token)
 	second := make(chan int, 1)
 	go func() {
 		resp, err := http.DefaultClient.Do(req2)
@@ -450,7 +467,7 @@ func TestBusy(t *testing.T) {
 	}()
 	io.WriteString(pw2, `{`)
 	for {
-		code, _, b := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters", nil, "")
+		code, _, b := rawRequest(t, nil, "GET", s.base+"/api/v1/canisters", nil, s.token)
 		if code == 503 && strings.Contains(string(b), "too many requests") {
 			break
 		}
@@ -460,7 +477,7 @@ func TestBusy(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// Probes are not limited.
-	if code, _, _ := rawRequest(t, nil, "GET", s.base+"/healthz", nil, ""); code != 200 {
+	if code, _, _ := rawRequest(t, nil, "GET", s.base+"/healthz", nil, s.token); code != 200 {
 		t.Fatalf("healthz when busy: %d", code)
 	}
 	pw.CloseWithError(errors.New("client gave up"))
@@ -506,7 +523,7 @@ func TestMalformedChangesNothing(t *testing.T) {
 		{"DELETE", "/api/v1/canisters/" + id + "?caller=nope", ``, 400},
 		{"PUT", "/api/v1/canisters/" + id, `{}`, 405},
 	} {
-		code, _, b := rawRequest(t, nil, tc.method, s.base+tc.path, tc.body, "")
+		code, _, b := rawRequest(t, nil, tc.method, s.base+tc.path, tc.body, s.token)
 		var e errorBody
 		if code != tc.status || json.Unmarshal(b, &e) != nil || e.Error == "" {
 			t.Errorf("%s %s %.80s: %d %.200s, want %d with a JSON error", tc.method, tc.path, tc.body, code, b, tc.status)
@@ -542,7 +559,7 @@ func TestSandboxMetricsInterface(t *testing.T) {
 	m.SetSources(metrics.Sources{Sandboxes: func() []metrics.SandboxInfo {
 		return []metrics.SandboxInfo{{Canister: "rrkah-fqaaa-aaaaa-aaaaq-cai", Kind: "canister", PID: 42, RSSBytes: 1 << 20}}
 	}})
-	fams := scrape(t, s.base, "")
+	fams := scrape(t, s.base, s.token)
 	for _, c := range []struct {
 		name   string
 		labels map[string]string

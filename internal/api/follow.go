@@ -88,7 +88,7 @@ var errLocked = errors.New("store locked")
 func readStoreLogs(home string, id principal.Principal) ([]store.LogEntry, error) {
 	st, err := store.Open(home, 100*time.Millisecond)
 	if err != nil {
-		if strings.Contains(err.Error(), "locked by another process") {
+		if errors.Is(err, store.ErrLocked) {
 			return nil, errLocked
 		}
 		return nil, err

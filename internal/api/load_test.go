@@ -85,7 +85,7 @@ func TestLoad(t *testing.T) {
 		r := &result{incs: make([]int64, len(ids))}
 		results[c] = r
 		wg.Go(func() {
-			cl := NewClient(s.base)
+			cl := NewClientWith(s.base, ClientOptions{Token: s.token})
 			defer cl.Close()
 			rng := rand.New(rand.NewPCG(uint64(c), 1))
 			for !stop.Load() {
@@ -169,7 +169,7 @@ func TestLoad(t *testing.T) {
 		}
 	}
 
-	fams := scrape(t, s.base, "")
+	fams := scrape(t, s.base, s.token)
 	commits, _ := value(fams, "cordon_store_commit_duration_seconds", nil)
 	commitMean := time.Duration(histogramSum(fams, "cordon_store_commit_duration_seconds", nil) / commits * float64(time.Second))
 	execs, _ := value(fams, "cordon_execution_duration_seconds", lv{"context": "update"})

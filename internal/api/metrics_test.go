@@ -102,7 +102,7 @@ func TestMetricsMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := scrape(t, s.base, "")
+	before := scrape(t, s.base, s.token)
 
 	call := func(id, method string, arg []byte, query bool) error {
 		_, err := s.client.Call(ctx, CallRequest{ID: id, Method: method, Arg: arg, Query: query})
@@ -124,7 +124,7 @@ func TestMetricsMove(t *testing.T) {
 	if err := call(relay.ID, "add", candidArgs(t, `(principal "`+counter.ID+`", 5 : nat)`), false); err != nil {
 		t.Fatal(err)
 	}
-	after := scrape(t, s.base, "")
+	after := scrape(t, s.base, s.token)
 
 	delta := func(name string, labels lv) float64 {
 		a, _ := value(after, name, labels)

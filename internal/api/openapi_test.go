@@ -100,7 +100,9 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 	// The server serves the document itself.
 	srv := serve(t)
-	resp, err := http.Get(srv.base + "/api/v1/openapi.json")
+	req, _ := http.NewRequest("GET", srv.base+"/api/v1/openapi.json", nil)
+	authJSON(req, srv.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

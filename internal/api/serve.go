@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,9 +35,16 @@ type ServeOptions struct {
 
 	// TLS: both files (PEM) or neither.
 	TLSCert, TLSKey string
-	// RequireToken asks for the bearer token on a loopback address too.
-	// Any other address always requires it.
-	RequireToken bool
+	// AllowNoToken serves a loopback address without the bearer token
+	// (server.require_token = false). By default every listener requires
+	// it, and any other address always does: on loopback, every local
+	// user and every web page the browser shows can reach the port.
+	AllowNoToken bool
+	// AllowedHosts are the host names, besides IP addresses, localhost and
+	// the TLS certificate's names, that a request's Host may carry
+	// (server.allowed_hosts): any other name is refused, so that a web
+	// page cannot reach the API through DNS rebinding.
+	AllowedHosts []string
 	// TokenOut is where a newly generated token is printed, once (nil:
 	// os.Stderr).
 	TokenOut io.Writer
@@ -44,6 +53,15 @@ type ServeOptions struct {
 	ShutdownTimeout time.Duration // how long shutdown waits for requests in flight (DefaultShutdownTimeout)
 	MaxRequests     int           // API requests handled at once; more get 503 (DefaultMaxRequests)
 	MaxInstalls     int           // installs handled at once; more get 503 (DefaultMaxInstalls)
+
+	// A slow client holds a connection and a request slot: the headers
+	// must arrive within ReadHeaderTimeout, a body within BodyTimeout plus
+	// its size at MinBodyRate bytes a second, and at most MaxConns
+	// connections are open at once (more are closed as they come).
+	ReadHeaderTimeout time.Duration // DefaultReadHeaderTimeout
+	BodyTimeout       time.Duration // DefaultBodyTimeout
+	MinBodyRate       int64         // DefaultMinBodyRate
+	MaxConns          int           // DefaultMaxConns
 }
 
 func (o *ServeOptions) defaults() {
@@ -64,6 +82,18 @@ func (o *ServeOptions) defaults() {
 	}
 	if o.MaxInstalls <= 0 {
 		o.MaxInstalls = DefaultMaxInstalls
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if o.BodyTimeout <= 0 {
+		o.BodyTimeout = DefaultBodyTimeout
+	}
+	if o.MinBodyRate <= 0 {
+		o.MinBodyRate = DefaultMinBodyRate
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns
 	}
 }
 
@@ -244,11 +274,14 @@ func (f *inflight) wait(d time.Duration) bool {
 
 // Serve runs node's API until ctx is done.
 //
-// On a loopback address (127.0.0.0/8, ::1) requests need no token unless
-// RequireToken is set. On any other address every request but /healthz and
-// /readyz needs `Authorization: Bearer TOKEN`; the token is read from
-// <home>/token, or generated there (mode 0600) and printed once to TokenOut.
-// With TLSCert and TLSKey the server speaks HTTPS.
+// Every request but /healthz and /readyz needs `Authorization: Bearer
+// TOKEN`; the token is read from <home>/token, or generated there (mode
+// 0600) and printed once to TokenOut. Only on a loopback address
+// (127.0.0.0/8, ::1), and only with AllowNoToken, is it not needed. Every
+// request, the probes too, is refused (403) when it comes from a web page
+// (it has an Origin header, or Sec-Fetch-Site other than "none") or names a
+// host that is not this server's (see AllowedHosts). With TLSCert and
+// TLSKey the server speaks HTTPS.
 //
 // The address actually bound is written, with the process id, whether TLS
 // and a token are in use, and the certificate's SHA-256, to
@@ -293,6 +326,10 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 		sum := sha256.Sum256(cert.Certificate[0])
 		certSum = hex.EncodeToString(sum[:])
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// The names the certificate is for are this server's names.
+		if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil {
+			opts.AllowedHosts = append(slices.Clone(opts.AllowedHosts), leaf.DNSNames...)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -307,7 +344,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	ta, ok := ln.Addr().(*net.TCPAddr)
 	loopback := ok && ta.IP.IsLoopback()
 	token := ""
-	if opts.RequireToken || !loopback {
+	if !opts.AllowNoToken || !loopback {
 		tok, created, err := loadOrCreateToken(opts.Home)
 		if err != nil {
 			ln.Close()
@@ -325,7 +362,10 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 				logger.Warn("without TLS the token and all traffic cross the network in clear text; use --tls-cert and --tls-key")
 			}
 		}
+	} else {
+		logger.Warn("serving without a token (server.require_token = false): every local user and process can install and call canisters", "addr", ln.Addr().String())
 	}
+	ln = limitConns(ln, opts.MaxConns)
 	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid(), TLS: tlsConfig != nil, CertSHA256: certSum, Token: token != ""}
 
 	s := newServer(node, opts, token)
@@ -336,7 +376,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	var running inflight
 	srv := &http.Server{
 		Handler:           running.wrap(s.handler()),
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      opts.RequestTimeout + time.Minute,
 		IdleTimeout:       idleTimeout,
@@ -398,4 +438,44 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 		logger.Error("requests still running after shutdown")
 	}
 	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err)
+}
+
+// limitConns closes connections beyond max as they are accepted, so that
+// clients holding connections open cannot make the process run out of
+// descriptors; those within the limit are bounded in time by the server's
+// header, body and idle timeouts.
+func limitConns(ln net.Listener, max int) net.Listener {
+	return &connLimiter{Listener: ln, slots: make(chan struct{}, max)}
+}
+
+type connLimiter struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+		default:
+			_ = c.Close()
+		}
+	}
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

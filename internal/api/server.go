@@ -20,7 +20,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -44,10 +47,9 @@ const (
 
 // http.Server limits used by Serve.
 const (
-	readHeaderTimeout = 10 * time.Second
-	readTimeout       = 5 * time.Minute // the whole request, body included
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
+	readTimeout    = 5 * time.Minute // the whole request, body included
+	idleTimeout    = 2 * time.Minute
+	maxHeaderBytes = 64 << 10
 	// A log stream is written with a deadline per write: a client that
 	// stops reading for this long is dropped.
 	streamWriteTimeout = 30 * time.Second
@@ -68,6 +70,13 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultMaxRequests     = 256
 	DefaultMaxInstalls     = 4
+	// A request's headers must arrive within DefaultReadHeaderTimeout; its
+	// body within DefaultBodyTimeout plus its size at DefaultMinBodyRate
+	// (an 8 MiB call in 18 s, a 256 MiB install in 4.4 min).
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout       = 10 * time.Second
+	DefaultMinBodyRate       = 1 << 20 // bytes a second
+	DefaultMaxConns          = 1024
 )
 
 // errorBody is the JSON body of every error response.
@@ -232,6 +241,11 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 		if ri, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
 			ri.route = rt.pattern
 		}
+		if err := s.checkOrigin(r); err != nil {
+			w.Header().Set("Connection", "close")
+			writeJSON(w, http.StatusForbidden, errorBody{Error: err.Error()})
+			return
+		}
 		if !rt.open && s.shutting.Load() {
 			w.Header().Set("Connection", "close")
 			w.Header().Set("Retry-After", "1")
@@ -259,6 +273,49 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// checkOrigin refuses requests a web browser sends on a page's behalf and
+// requests for a host name that is not this server's. A page on any site
+// can send requests to 127.0.0.1 (a form posts text/plain without any
+// preflight), and through DNS rebinding a name it controls can resolve to
+// the server's address; a browser always says which page sent a request
+// (Origin, Sec-Fetch-Site) and which name it resolved (Host). cordon's
+// clients are not browsers, so no browser origin is allowed.
+func (s *server) checkOrigin(r *http.Request) error {
+	if o := r.Header.Values("Origin"); len(o) > 0 {
+		return fmt.Errorf("requests from web pages are refused (Origin: %q): the API is for cordon's CLI and other non-browser clients", o[0])
+	}
+	if v := r.Header.Get("Sec-Fetch-Site"); v != "" && v != "none" {
+		return fmt.Errorf("requests from web pages are refused (Sec-Fetch-Site: %q)", v)
+	}
+	if !s.hostAllowed(r.Host) {
+		return fmt.Errorf("host %q is not a name of this server (a DNS rebinding attempt?): use its IP address or localhost, or add the name to server.allowed_hosts", r.Host)
+	}
+	return nil
+}
+
+// hostAllowed reports whether a Host header names this server: an IP
+// address (a page cannot make a browser send one for its own site),
+// localhost, or one of AllowedHosts.
+func (s *server) hostAllowed(hostport string) bool {
+	if hostport == "" {
+		return true // HTTP/1.0: no browser sends that
+	}
+	h := hostport
+	if hh, _, err := net.SplitHostPort(hostport); err == nil {
+		h = hh
+	}
+	h = strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), ".")
+	if net.ParseIP(h) != nil || strings.EqualFold(h, "localhost") {
+		return true
+	}
+	for _, a := range s.opts.AllowedHosts {
+		if strings.EqualFold(h, strings.TrimSuffix(a, ".")) {
+			return true
+		}
+	}
+	return false
 }
 
 // isFollow reports whether a request asks for a stream (?follow=1).
@@ -407,14 +464,23 @@ func rejectStatus(r *host.Reject) int {
 }
 
 // decode reads a JSON request body of at most limit bytes into v: exactly
-// one JSON value, no unknown fields.
-func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+// one JSON value, no unknown fields, sent as application/json (the one
+// content type a web page cannot send without a CORS preflight), arriving
+// within the server's body deadline.
+func (s *server) decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		w.Header().Set("Connection", "close") // the body is not read
+		return &httpError{status: http.StatusUnsupportedMediaType,
+			msg: fmt.Sprintf("Content-Type %q: the request body must be application/json", r.Header.Get("Content-Type"))}
+	}
 	tooLarge := &httpError{status: http.StatusRequestEntityTooLarge,
 		msg: fmt.Sprintf("request body too large: %s accepts at most %d bytes (%d MiB)", r.URL.Path, limit, limit>>20)}
 	if r.ContentLength > limit {
 		return tooLarge
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	body := &pacedBody{r: r.Body, rc: http.NewResponseController(w), start: time.Now(),
+		grace: s.opts.BodyTimeout, rate: s.opts.MinBodyRate}
+	dec := json.NewDecoder(http.MaxBytesReader(w, body, limit))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil {
@@ -435,7 +501,8 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 		return badRequest(errors.New("request body is empty: expected a JSON object"))
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return badRequest(errors.New("malformed JSON request body: unexpected end of input"))
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		w.Header().Set("Connection", "close")
 		return &httpError{status: http.StatusRequestTimeout, msg: "request body not received in time"}
 	}
 	var se *json.SyntaxError
@@ -448,6 +515,32 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	}
 	return badRequest(fmt.Errorf("invalid JSON request body: %v", err))
 }
+
+// pacedBody reads a request body under a read deadline that moves with
+// what has arrived: the first byte within grace, each further byte at
+// least at rate bytes a second on average. A client trickling its body
+// runs into the deadline; the read fails and the connection is closed.
+type pacedBody struct {
+	r     io.ReadCloser
+	rc    *http.ResponseController
+	start time.Time
+	grace time.Duration
+	rate  int64
+	n     int64
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	chunk := min(int64(len(p)), 64<<10)
+	allowed := b.grace + time.Duration(float64(b.n+chunk)/float64(b.rate)*float64(time.Second))
+	if err := b.rc.SetReadDeadline(b.start.Add(allowed)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return 0, err
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+func (b *pacedBody) Close() error { return b.r.Close() }
 
 func isSyntaxErr(err error) bool {
 	var se *json.SyntaxError
@@ -483,7 +576,7 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req InstallRequest
-	if err := decode(w, r, maxInstallBody, &req); err != nil {
+	if err := s.decode(w, r, maxInstallBody, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -532,7 +625,7 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) { s.doCall(w, r, 
 
 func (s *server) doCall(w http.ResponseWriter, r *http.Request, query bool) {
 	var req CallRequest
-	if err := decode(w, r, maxBody, &req); err != nil {
+	if err := s.decode(w, r, maxBody, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -711,7 +804,7 @@ func (s *server) setStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req setStatusBody
-	if err := decode(w, r, maxBody, &req); err != nil {
+	if err := s.decode(w, r, maxBody, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -86,6 +86,7 @@ type served struct {
 	home   string
 	client *Client
 	base   string
+	token  string // the API token Dial read ("" when the server needs none)
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -104,7 +105,7 @@ func serveNode(t *testing.T, node *host.Node, home string, opt func(*ServeOption
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &served{node: node, home: home, cancel: cancel, done: make(chan error, 1)}
-	opts := ServeOptions{Listen: "127.0.0.1:0", Home: home, Logger: testLogger(t), Metrics: testMetrics(node)}
+	opts := ServeOptions{Listen: "127.0.0.1:0", Home: home, Logger: testLogger(t), Metrics: testMetrics(node), TokenOut: io.Discard}
 	if opt != nil {
 		opt(&opts)
 	}
@@ -124,7 +125,7 @@ func serveNode(t *testing.T, node *host.Node, home string, opt func(*ServeOption
 			t.Fatalf("Dial: %v", err)
 		}
 		if c != nil {
-			s.client, s.base = c, c.base
+			s.client, s.base, s.token = c, c.base, c.token
 			return s
 		}
 		select {
@@ -257,7 +258,9 @@ func TestClientLifecycle(t *testing.T) {
 	if err.Error() != lerr.Error() {
 		t.Fatalf("status after delete: %q over HTTP, %q locally", err, lerr)
 	}
-	resp, err := http.Get(s.base + "/api/v1/canisters/" + id)
+	req, _ := http.NewRequest("GET", s.base+"/api/v1/canisters/"+id, nil)
+	authJSON(req, s.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +363,7 @@ func TestHTTPErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		authJSON(req, s.token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -439,6 +443,7 @@ func TestBodyLimits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		authJSON(req, s.token)
 		req.ContentLength = contentLength
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -547,6 +552,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	authJSON(req, s.token)
 	type result struct {
 		resp *http.Response
 		err  error

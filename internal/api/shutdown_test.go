@@ -67,7 +67,7 @@ func TestShutdownWithCallsInFlight(t *testing.T) {
 	started := make(chan struct{}, workers)
 	for w := range workers {
 		wg.Go(func() {
-			c := NewClient(s.base)
+			c := NewClientWith(s.base, ClientOptions{Token: s.token})
 			defer c.Close()
 			i := w % canisters
 			for n := 0; ; n++ {

@@ -275,10 +275,12 @@ starting or stopping. --since N starts at sequence number N.`,
 					if err != nil {
 						return err
 					}
-					_, err = fmt.Fprintf(g.stdout, "%s\n", b)
+					_, err = fmt.Fprintf(g.stdout, "%s\n", jsonPrintable(b))
 					return err
 				}
-				_, err := fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, l.Text)
+				// The text is the canister's: escaped, so that it can neither
+				// drive the terminal nor forge a line (sanitize.go).
+				_, err := fmt.Fprintf(g.stdout, "%s [%d] %s\n", l.Time.Format("2006-01-02T15:04:05.000Z07:00"), l.Seq, printable(l.Text))
 				return err
 			}
 			if follow {
@@ -375,11 +377,15 @@ and serves the JSON/HTTP API (described by api/openapi.json, also served at
 /readyz probes. While it runs, the other cordon commands on the same --home
 talk to it.
 
-Security: on a loopback address no token is needed (unless --require-token).
-On any other address every request but the probes needs 'Authorization:
-Bearer TOKEN'; the token is generated on the first such start, stored in
-<home>/token (mode 0600) and printed once. Use --tls-cert and --tls-key to
-serve HTTPS.
+Security: every request but the probes needs 'Authorization: Bearer TOKEN';
+the token is generated on the first start, stored in <home>/token (mode
+0600) and printed once; commands on the same --home read it from there.
+--require-token=false drops it on a loopback address only (INSECURE: any
+local user or process may then use the API). Requests from web pages (an
+Origin header) and for host names other than IP addresses, localhost,
+server.allowed_hosts and the TLS certificate's names are refused, request
+bodies must be application/json, and a body must arrive at 1 MiB/s or
+better. Use --tls-cert and --tls-key to serve HTTPS.
 
 Shutdown: on SIGINT or SIGTERM the server stops accepting, refuses new
 requests with 503, finishes those in flight and the messages they caused
@@ -408,9 +414,18 @@ durable either way.`,
 			}
 			hc := cfg.Host
 			hc.Metrics = m
-			node, err := host.Open(hc, logger)
+			// A command that holds the store (a restart's stragglers)
+			// is waited for, as commands wait for a starting server.
+			var node *host.Node
+			err = g.waitForStore(cmd.Context(), func() (bool, error) {
+				node, err = host.Open(hc, logger)
+				return node != nil, err
+			})
 			if err != nil {
 				return err
+			}
+			if openStoreHook != nil {
+				openStoreHook()
 			}
 			stop := progress(g.stderr, "loading canisters…")
 			err = node.LoadAll(cmd.Context())
@@ -422,9 +437,9 @@ durable either way.`,
 			m.SetSources(metrics.Sources{LiveCanisters: node.LiveCanisters, StoreBytes: node.StoreBytes, Sandboxes: node.Sandboxes})
 			serveErr := api.Serve(cmd.Context(), node, api.ServeOptions{
 				Listen: cfg.Listen, Home: cfg.Home, Logger: logger, Metrics: m,
-				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, RequireToken: cfg.RequireToken, TokenOut: g.stderr,
+				TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, AllowNoToken: !cfg.RequireToken, AllowedHosts: cfg.AllowedHosts, TokenOut: g.stderr,
 				RequestTimeout: cfg.RequestTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
-				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls,
+				MaxRequests: cfg.MaxRequests, MaxInstalls: cfg.MaxInstalls, MaxConns: cfg.MaxConns,
 			})
 			// Messages the answered requests caused (calls between
 			// canisters, timers) finish too; then the store is closed.
@@ -463,10 +478,16 @@ func installEntry(mode string) string {
 	return "canister_init"
 }
 
+// writeJSON prints v as indented JSON, with the characters printable
+// escapes left as \u escapes too (sanitize.go): JSON escapes the C0
+// controls itself, not C1 controls or bidirectional overrides.
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(jsonPrintable(b), '\n'))
+	return err
 }
 
 func exactArgs(n int) cobra.PositionalArgs {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -20,6 +21,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/config"
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 )
 
 // Version is cordon's version (set with -ldflags "-X .../internal/cli.Version=…").
@@ -84,10 +86,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	var rej *host.Reject
 	if errors.As(err, &rej) {
-		fmt.Fprintf(stderr, "error: call rejected with code %d (%s): %s\n", rej.Code, rej.Code, rej.Message)
+		// A reject's message may be a canister's own text.
+		fmt.Fprintf(stderr, "error: call rejected with code %d (%s): %s\n", rej.Code, rej.Code, printable(rej.Message))
 		return ExitRejected
 	}
-	fmt.Fprintf(stderr, "error: %v\n", err)
+	fmt.Fprintf(stderr, "error: %s\n", printable(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return ExitUsage
@@ -244,24 +247,72 @@ func (g *globals) logger(cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, opts))
 }
 
+// storeWait bounds how long a command waits for a store another process
+// holds: a `cordon serve` loading its canisters before it listens, or
+// another command.
+var storeWait = 2 * time.Minute
+
 // backend connects to a running server on the home, or opens the store.
+// While another process holds the store (a server starting: it opens the
+// store, loads every canister, and only then listens and writes
+// serve.json), it waits, up to storeWait or until ctx ends, for the server
+// to answer or the store to be free.
 func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 	cfg, err := g.config()
 	if err != nil {
 		return nil, err
 	}
-	client, err := api.Dial(ctx, cfg.Home)
+	var client *api.Client
+	var node *host.Node
+	err = g.waitForStore(ctx, func() (done bool, err error) {
+		if client, err = api.Dial(ctx, cfg.Home); client != nil || err != nil {
+			return client != nil, err
+		}
+		node, err = host.Open(cfg.Host, g.logger(cfg))
+		return node != nil, err
+	})
 	if err != nil {
 		return nil, err
 	}
 	if client != nil {
 		return client, nil
 	}
-	node, err := host.Open(cfg.Host, g.logger(cfg))
-	if err != nil {
-		return nil, err
-	}
 	return &api.Local{Node: node}, nil
+}
+
+// openStoreHook, set by tests, runs once serve holds the store and before
+// it loads canisters and listens.
+var openStoreHook func()
+
+// waitForStore calls try until it reports done or fails with anything but
+// a locked store; each try waits up to 2 s for the lock itself (host.Open).
+func (g *globals) waitForStore(ctx context.Context, try func() (bool, error)) error {
+	wctx, cancel := context.WithTimeout(ctx, storeWait)
+	defer cancel()
+	told := false
+	for {
+		done, err := try()
+		if done && err == nil {
+			return nil
+		}
+		if err != nil && !errors.Is(err, store.ErrLocked) {
+			return err
+		}
+		if !told {
+			told = true
+			fmt.Fprintf(g.stderr, "cordon: the store is held by another process (a `cordon serve` starting?); waiting up to %s\n", storeWait)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-wctx.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w; gave up after %s", err, storeWait)
+		case <-t.C:
+		}
+	}
 }
 
 func fixed(vals ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {

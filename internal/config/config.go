@@ -50,10 +50,12 @@ type Config struct {
 	TLSCert         string
 	TLSKey          string
 	RequireToken    bool
+	AllowedHosts    []string
 	RequestTimeout  time.Duration
 	ShutdownTimeout time.Duration
 	MaxRequests     int
 	MaxInstalls     int
+	MaxConns        int
 
 	// Host is what the node gets (limits, fees, logs kept).
 	Host host.Config
@@ -114,8 +116,23 @@ var Settings = []*Setting{
 		func(c *Config) *string { return &c.TLSCert }, nil),
 	str("server.tls_key", "tls-key", "TLS private key file (PEM) for `cordon serve`",
 		func(c *Config) *string { return &c.TLSKey }, nil),
-	boolean("server.require_token", "require-token", "require the bearer token even on loopback (always required elsewhere)",
+	boolean("server.require_token", "require-token", "require the bearer token (<home>/token); false: INSECURE, a loopback listener takes requests without it (any other address always requires it)",
 		func(c *Config) *bool { return &c.RequireToken }),
+	{Key: "server.allowed_hosts", quoted: true,
+		Help: "comma-separated host names requests may name in Host besides IP addresses, localhost and the TLS certificate's names (others are refused: DNS rebinding)",
+		get:  func(c *Config) string { return strings.Join(c.AllowedHosts, ",") },
+		set: func(c *Config, v string) error {
+			c.AllowedHosts = nil
+			for _, h := range strings.Split(v, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					if strings.ContainsAny(h, " /:@") {
+						return fmt.Errorf("%q is not a host name", h)
+					}
+					c.AllowedHosts = append(c.AllowedHosts, h)
+				}
+			}
+			return nil
+		}},
 	duration("server.request_timeout", "", "longest an API request may run (install, call)",
 		func(c *Config) *time.Duration { return &c.RequestTimeout }),
 	duration("server.shutdown_timeout", "", "how long a graceful shutdown waits for requests and messages in flight",
@@ -124,6 +141,8 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.MaxRequests }, 1),
 	integer("server.max_installs", "", "installs handled at once (each holds its module in memory); more get 503",
 		func(c *Config) *int { return &c.MaxInstalls }, 1),
+	integer("server.max_connections", "", "open API connections; more are closed as they come (each slow client holds one)",
+		func(c *Config) *int { return &c.MaxConns }, 1),
 
 	count("limits.update_instructions", "", "instructions per update message",
 		func(c *Config) *uint64 { return &c.Host.UpdateInstructions }),
@@ -168,6 +187,8 @@ var Settings = []*Setting{
 			}
 			return nil
 		}},
+	boolean("sandbox.allow_inprocess", "", "let a strict node take in-process canisters (install --canister-isolation inprocess); they run unconfined in the host process",
+		func(c *Config) *bool { return &c.Host.Sandbox.AllowInProcess }),
 	str("sandbox.binary", "sandbox-binary", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
 		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
 	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
@@ -208,6 +229,8 @@ var Settings = []*Setting{
 			}
 			return err
 		}},
+	str("fees.provisional", "", "who may mint cycles (install --cycles, the provisional methods of aaaaa-aa): ingress (the operator) or none; canisters never may",
+		func(c *Config) *string { return &c.Host.Provisional }, oneOf("ingress", "none")),
 }
 
 // Lookup returns the setting with key.
@@ -231,6 +254,8 @@ func Default() *Config {
 		ShutdownTimeout: 30 * time.Second,
 		MaxRequests:     256,
 		MaxInstalls:     4,
+		MaxConns:        1024,
+		RequireToken:    true,
 		Host:            host.DefaultConfig(),
 		source:          map[string]Source{},
 	}

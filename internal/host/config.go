@@ -28,7 +28,11 @@ type Config struct {
 
 	Fees          Fees
 	InitialCycles cycles.Amount // balance of a canister created from the CLI
-	LogLines      int           // debug_print lines kept per canister
+	// Provisional says who may mint cycles with the provisional methods
+	// and install --cycles (policy.go): ProvisionalIngress ("" too) or
+	// ProvisionalNone. Canisters never may.
+	Provisional string
+	LogLines    int // debug_print lines kept per canister
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
 
@@ -54,6 +58,9 @@ type SandboxConfig struct {
 	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// AllowInProcess lets a strict node take in-process canisters
+	// (install --canister-isolation inprocess); refused otherwise.
+	AllowInProcess bool
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).
@@ -92,6 +99,7 @@ func DefaultConfig() Config {
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
+		Provisional:           ProvisionalIngress,
 		LogLines:              1000,
 		Sandbox:               SandboxConfig{CPUPercent: 100},
 	}

@@ -27,6 +27,9 @@ type CreateOptions struct {
 // Create makes a new, empty canister.
 func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principal, error) {
 	var id principal.Principal
+	if err := n.checkMint(opts); err != nil {
+		return id, err
+	}
 	if opts.ID != nil {
 		id = *opts.ID
 		if id.IsManagement() || id.IsAnonymous() {
@@ -114,6 +117,9 @@ func (n *Node) checkController(c *canister, caller principal.Principal, op strin
 // Install installs, reinstalls or upgrades code. Either every effect happens
 // and is durable, or none does.
 func (n *Node) Install(ctx context.Context, id principal.Principal, opts InstallOptions) (*InstallResult, error) {
+	if err := n.CheckIsolation(opts.Isolation); err != nil {
+		return nil, err
+	}
 	wasm, err := n.decodeModule(opts.Wasm)
 	if err != nil {
 		return nil, err

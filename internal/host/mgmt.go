@@ -113,6 +113,9 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 	if !ok {
 		return nil, used, rejectf(DestinationInvalid, "Management canister has no method '%s'", m.method)
 	}
+	if err := n.checkProvisional(m); err != nil { // policy.go
+		return nil, used, err
+	}
 	args, err := candid.DecodeAs(m.arg, meth.Args())
 	if err != nil {
 		return nil, used, rejectf(CanisterError, "Error decoding the argument of management method %s: %v", m.method, err)

@@ -82,6 +82,9 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if cfg.Home == "" {
 		return nil, errors.New("host: no home directory configured")
 	}
+	if err := validProvisional(cfg.Provisional); err != nil {
+		return nil, fmt.Errorf("host: %w", err)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -348,6 +351,12 @@ func (n *Node) executorFor(mode string) (exec.Executor, error) {
 	}
 	if mode != "sandbox" && mode != "inprocess" {
 		return nil, fmt.Errorf("unknown isolation mode %q (want sandbox or inprocess)", mode)
+	}
+	if n.CheckIsolation(mode) != nil {
+		// A strict node confines every canister: one recorded as
+		// in-process (installed before the node was strict) runs in a
+		// sandbox, which gives the same results (policy.go).
+		return n.exec, nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -114,6 +114,9 @@ func DefaultHome() (string, error) {
 	return filepath.Join(home, ".local", "share", "cordon"), nil
 }
 
+// ErrLocked is returned by Open when another process holds the store.
+var ErrLocked = errors.New("locked by another process")
+
 // Open opens or creates the store in dir. timeout bounds the wait for the
 // file lock held by another process (a running `cordon serve`).
 func Open(dir string, timeout time.Duration) (*Store, error) {
@@ -124,7 +127,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, boltOptions(timeout))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: locked by another process (is `cordon serve` running?)", path)
+			return nil, fmt.Errorf("open store %s: %w (is `cordon serve` running?)", path, ErrLocked)
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
