@@ -70,7 +70,7 @@ func (f *fixture) sizes(id principal.Principal) (heap, stable uint64) {
 // mgmt calls the management canister as the user (a controller).
 func (f *fixture) mgmt(method, arg string) (string, error) {
 	f.t.Helper()
-	reply, _, err := f.node.managementCall(context.Background(), &message{kind: kindRequest, caller: user, method: method, arg: encodeText(f.t, arg)})
+	reply, _, err := f.node.managementCall(context.Background(), &message{kind: kindRequest, ingress: true, caller: user, method: method, arg: encodeText(f.t, arg)})
 	if err != nil {
 		return "", err
 	}
