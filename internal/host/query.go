@@ -18,6 +18,9 @@ import (
 // composite query's working state, which is dropped at the end.
 func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
+	if msg.Canister.IsManagement() {
+		return n.managementIngress(ctx, msg, true)
+	}
 	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
 	defer q.unlockAll()
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
@@ -103,6 +106,11 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
 	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
 	r, err := q.run(fr, in, depth)
+	resp := 0
+	if r != nil {
+		resp = len(r.Data)
+	}
+	c.qstats.add(0, len(arg), resp) // the instructions are counted by run
 	if r == nil && err == nil {
 		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
 	}
@@ -119,6 +127,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
+	c.qstats.count(out.Instructions)
 	if out.Trapped {
 		return nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
 	}

@@ -82,6 +82,9 @@ type callback struct {
 // they happen.
 func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
+	if msg.Canister.IsManagement() {
+		return n.managementIngress(ctx, msg, false)
+	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err

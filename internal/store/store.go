@@ -57,6 +57,31 @@ type Settings struct {
 	WasmMemoryLimit   uint64        `json:"wasm_memory_limit"`
 	ReservedCycles    cycles.Amount `json:"reserved_cycles_limit"`
 	Isolation         string        `json:"isolation,omitempty"` // per-canister override, "" = node default
+	// WasmMemoryThreshold is the remaining Wasm memory below which the IC
+	// would run on_low_wasm_memory (recorded and reported; 0 = none).
+	WasmMemoryThreshold uint64 `json:"wasm_memory_threshold,omitempty"`
+	// LogVisibility is "" (controllers), "controllers", "public" or
+	// "allowed_viewers" with LogViewers.
+	LogVisibility string   `json:"log_visibility,omitempty"`
+	LogViewers    []string `json:"log_viewers,omitempty"`
+	// EnvVars are the canister's environment variables (ic0.env_var_*),
+	// sorted by name, names unique.
+	EnvVars []EnvVar `json:"environment_variables,omitempty"`
+}
+
+// EnvVar is one canister environment variable.
+type EnvVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// QueryStats count the queries a canister executed (canister_status
+// query_stats).
+type QueryStats struct {
+	Calls         uint64 `json:"calls"`
+	Instructions  uint64 `json:"instructions"`
+	RequestBytes  uint64 `json:"request_bytes"`
+	ResponseBytes uint64 `json:"response_bytes"`
 }
 
 // Meta is a canister's metadata.
@@ -83,6 +108,9 @@ type Meta struct {
 	// change together with Balance, in the same commit.
 	StoragePaidUntil    uint64 `json:"storage_paid_until,omitempty"`
 	StorageFeeRemainder uint64 `json:"storage_fee_remainder,omitempty"`
+	// QueryStats are folded in from memory with the canister's commits and
+	// when the node closes (host/query.go).
+	QueryStats QueryStats `json:"query_stats"`
 }
 
 // Store is an open store. It is safe for concurrent use.
