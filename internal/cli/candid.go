@@ -10,8 +10,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cordon-dev/cordon/internal/api"
+	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/wasmbin"
 	"github.com/cordon-dev/cordon/pkg/candid"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // candidTypes are the expected types of an argument list; nil: unknown.
@@ -59,6 +61,14 @@ func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need 
 	if !need {
 		return iface{}, nil
 	}
+	if p, err := principal.FromText(id); err == nil && p.IsManagement() {
+		// aaaaa-aa has no module: its interface is the host's.
+		svc, err := host.ManagementInterface()
+		if err != nil {
+			return iface{}, err
+		}
+		return iface{svc}, nil
+	}
 	st, err := b.Status(ctx, id)
 	if err != nil || st.CandidService == "" {
 		return iface{}, nil // the call itself reports a missing canister
@@ -91,9 +101,8 @@ func initArgTypes(wasm []byte) candidTypes {
 func encodeArg(typ, text string, types candidTypes) ([]byte, error) {
 	switch typ {
 	case "raw":
-		if text == "" {
-			return []byte("DIDL\x00\x00"), nil
-		}
+		// Raw bytes are sent as given: "" is an empty argument, not
+		// Candid's empty list (DIDL\0\0).
 		b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(text), "0x"))
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--type raw: argument is not hex: %w", err)}
