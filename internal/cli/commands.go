@@ -239,7 +239,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 				{"global timer", fmt.Sprint(s.GlobalTimer)}, {"update methods", strings.Join(s.Updates, " ")},
 				{"query methods", strings.Join(s.Queries, " ")}, {"messages", fmt.Sprint(s.Messages)},
 				{"instructions", fmt.Sprint(s.Instructions)}, {"cycles burned", s.CyclesBurned.String()},
-				{"state hash", s.StateHash},
+				{"state hash", s.StateHash}, {"log visibility", s.LogVisibility},
+				{"query stats", fmt.Sprintf("%d calls, %d instructions, %d bytes in, %d bytes out", s.QueryStats.Calls,
+					s.QueryStats.Instructions, s.QueryStats.RequestBytes, s.QueryStats.ResponseBytes)},
+			}
+			for _, v := range s.EnvVars {
+				rows = append(rows, [2]string{"env", v.Name + "=" + v.Value})
 			}
 			for _, r := range rows {
 				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])

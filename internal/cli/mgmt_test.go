@@ -101,17 +101,25 @@ func testManagementCLI(t *testing.T, home string) {
 	if st := must(t, cordon(t, home, "status", id, "--output", "json")); !strings.Contains(st, `"version": 2`) || !strings.Contains(st, `"name": "GREETING"`) {
 		t.Errorf("status: %s", st)
 	}
+	if st := must(t, cordon(t, home, "status", id)); !strings.Contains(st, "GREETING=bye") || !strings.Contains(st, "3 calls") {
+		t.Errorf("status text: %s", st)
+	}
+	// An upgrade with --env replaces them before post_upgrade.
+	must(t, cordon(t, home, "install", "--id", id, "--mode", "upgrade", "--type", "raw", "--env", "AFTER=upgrade", wasm))
+	if got := must(t, getEnv(t, home, id, "AFTER")); got != hex.EncodeToString([]byte("upgrade")) {
+		t.Fatalf("AFTER: %s", got)
+	}
 	r := cordon(t, home, "call", "aaaaa-aa", "raw_rand")
 	if r.code != ExitRejected || !strings.Contains(r.stderr, "Only canisters can call ic00 method raw_rand") || !strings.Contains(r.stderr, "code 4") {
 		t.Fatalf("raw_rand: %+v", r)
 	}
 	r = cordon(t, home, "call", "--caller", "2vxsx-fae", "aaaaa-aa", "stop_canister", idArg)
 	must(t, r)
-	if r := getEnv(t, home, id, "GREETING"); r.code != ExitRejected || !strings.Contains(r.stderr, "stopped") {
+	if r := getEnv(t, home, id, "AFTER"); r.code != ExitRejected || !strings.Contains(r.stderr, "stopped") {
 		t.Fatalf("query to a canister stopped by ingress: %+v", r)
 	}
 	must(t, cordon(t, home, "call", "aaaaa-aa", "start_canister", idArg))
-	must(t, getEnv(t, home, id, "GREETING"))
+	must(t, getEnv(t, home, id, "AFTER"))
 	if r := cordon(t, home, "install", "--env", "NOEQUALS", wasm); r.code != ExitUsage {
 		t.Fatalf("--env without =: %+v", r)
 	}

@@ -511,3 +511,60 @@ func TestManagementByIngress(t *testing.T) {
 		t.Fatal("deleted canister still there")
 	}
 }
+
+// Query stats are exact under concurrent queries interleaved with updates
+// (whose commits fold the pending counts in) and survive a restart.
+func TestQueryStatsConcurrent(t *testing.T) {
+	f := newFixture(t)
+	id := f.install(mustWat(t, envWat), nil)
+	if _, err := f.ingress(user, "update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record { environment_variables = opt vec { record { name = "K"; value = "value" } } } })`, id)); err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 8, 25
+	errs := make(chan error, workers+1)
+	for w := 0; w < workers; w++ {
+		go func() {
+			for i := 0; i < each; i++ {
+				r, err := f.node.Query(context.Background(), Message{Canister: id, Method: "get", Arg: []byte("K"), Caller: user})
+				if err == nil && string(r.Data) != "value" {
+					err = fmt.Errorf("get K: %q", r.Data)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	go func() {
+		for i := 0; i < 10; i++ {
+			if _, err := f.node.Update(context.Background(), Message{Canister: id, Method: "list_update", Caller: user}); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	for i := 0; i < workers+1; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Queries after the last update: only Close can save these.
+	const after = 3
+	for i := 0; i < after; i++ {
+		f.query(id, "get", []byte("K"))
+	}
+	const n = workers*each + after
+	check := func(when string) {
+		t.Helper()
+		qs := f.status(id).QueryStats
+		if qs.Calls != n || qs.RequestBytes != n || qs.ResponseBytes != n*5 || qs.Instructions == 0 {
+			t.Fatalf("%s: query stats %+v, want %d calls, %d bytes in, %d out", when, qs, n, n, n*5)
+		}
+	}
+	check("before restart")
+	f.restart()
+	check("after restart")
+}
