@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -567,4 +568,56 @@ func TestQueryStatsConcurrent(t *testing.T) {
 	check("before restart")
 	f.restart()
 	check("after restart")
+}
+
+// env64Wat is envWat's get for a 64-bit memory: the ic0.env_var_* pointers
+// and sizes are i64 there.
+const env64Wat = `
+(module
+  (import "ic0" "msg_arg_data_size" (func $arg_size (result i64)))
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i64 i64 i64)))
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i64 i64)))
+  (import "ic0" "env_var_count" (func $count (result i64)))
+  (import "ic0" "env_var_name_size" (func $name_size (param i64) (result i64)))
+  (import "ic0" "env_var_name_copy" (func $name_copy (param i64 i64 i64 i64)))
+  (import "ic0" "env_var_value_size" (func $value_size (param i64 i64) (result i64)))
+  (import "ic0" "env_var_value_copy" (func $value_copy (param i64 i64 i64 i64 i64)))
+  (memory i64 1)
+  (func (export "canister_query get")
+    (local $len i64) (local $vlen i64)
+    (local.set $len (call $arg_size))
+    (call $arg_copy (i64.const 1024) (i64.const 0) (local.get $len))
+    (local.set $vlen (call $value_size (i64.const 1024) (local.get $len)))
+    (call $value_copy (i64.const 1024) (local.get $len) (i64.const 2048) (i64.const 0) (local.get $vlen))
+    (call $append (i64.const 2048) (local.get $vlen))
+    (call $reply))
+  (func (export "canister_query last_name")
+    (local $i i64) (local $len i64)
+    (local.set $i (i64.sub (call $count) (i64.const 1)))
+    (local.set $len (call $name_size (local.get $i)))
+    (call $name_copy (local.get $i) (i64.const 4096) (i64.const 0) (local.get $len))
+    (call $append (i64.const 4096) (local.get $len))
+    (call $reply))
+)`
+
+func TestEnvironmentVariables64(t *testing.T) {
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			id, err := f.node.Create(context.Background(), CreateOptions{Controllers: []principal.Principal{user},
+				EnvVars: []store.EnvVar{{Name: "ZZ", Value: "last"}, {Name: "AA", Value: "first"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeInstall, Wasm: mustWat(t, env64Wat), Caller: user}); err != nil {
+				t.Fatal(err)
+			}
+			eq(t, "get AA", f.query(id, "get", []byte("AA")), []byte("first"))
+			eq(t, "last name", f.query(id, "last_name", nil), []byte("ZZ"))
+			if st := f.status(id); st.Version != 1 {
+				t.Fatalf("environment variables given at creation changed the version: %d", st.Version)
+			}
+		})
+	}
 }
