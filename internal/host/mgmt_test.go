@@ -503,6 +503,26 @@ func TestManagementByIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	decodeStatus(t, b)
+	// Code changes by ingress: uninstall, then install again.
+	if _, err := f.ingress(other, "uninstall_code", idArg(id)); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.status(id); st.ModuleHash != "" {
+		t.Fatalf("module after uninstall_code: %s", st.ModuleHash)
+	}
+	var blob strings.Builder
+	for _, c := range mustWat(t, envWat) {
+		fmt.Fprintf(&blob, "\\%02x", c)
+	}
+	if _, err := f.ingress(user, "install_code", fmt.Sprintf(`(record { mode = variant { install }; canister_id = principal "%s"; wasm_module = blob "%s"; arg = blob "" })`, id, blob.String())); err == nil {
+		t.Fatal("install_code by a former controller accepted")
+	}
+	if _, err := f.ingress(other, "install_code", fmt.Sprintf(`(record { mode = variant { install }; canister_id = principal "%s"; wasm_module = blob "%s"; arg = blob "" })`, id, blob.String())); err != nil {
+		t.Fatalf("install_code: %v", err)
+	}
+	if _, err := f.node.Query(context.Background(), Message{Canister: id, Method: "list", Caller: other}); err != nil {
+		t.Fatalf("query after install_code by ingress: %v", err)
+	}
 	for _, m := range []string{"stop_canister", "delete_canister"} {
 		if _, err := f.ingress(other, m, idArg(id)); err != nil {
 			t.Fatalf("%s: %v", m, err)
