@@ -29,6 +29,9 @@ type InstallRequest struct {
 	// Isolation overrides the node's isolation mode for this canister
 	// ("sandbox" or "inprocess"; "" keeps the canister's setting).
 	Isolation string `json:"isolation,omitempty"`
+	// Env, when given, replaces the canister's environment variables
+	// (ic0.env_var_*) before the code runs.
+	Env []store.EnvVar `json:"environment_variables,omitempty"`
 }
 
 // InstallResponse reports an install.
@@ -181,12 +184,20 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 			opts.Cycles = &c
 			opts.Minted = true // created from nothing: the node may refuse (fees.provisional)
 		}
+		opts.EnvVars = req.Env
 		if id, err = l.Node.Create(ctx, opts); err != nil {
 			return nil, err
 		}
 		resp.Created = true
 	}
-	res, err := l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep, Isolation: req.Isolation})
+	var res *host.InstallResult
+	if req.Env != nil && !resp.Created {
+		// Before the code runs, so canister_init and post_upgrade see them.
+		err = l.Node.SetEnvVars(ctx, id, caller, req.Env)
+	}
+	if err == nil {
+		res, err = l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep, Isolation: req.Isolation})
+	}
 	if err != nil {
 		if resp.Created {
 			// Nothing half-done: a canister created for a failed install goes away.

@@ -612,6 +612,12 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest(errors.New("wasm is required (the module, base64-encoded)")))
 		return
 	}
+	if req.Env != nil {
+		if err := host.CheckEnvVars(req.Env); err != nil {
+			s.writeError(w, r, badRequest(err))
+			return
+		}
+	}
 	resp, err := s.local.Install(r.Context(), req)
 	if err != nil {
 		s.writeError(w, r, err)

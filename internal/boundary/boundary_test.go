@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -620,5 +622,34 @@ func TestExecuteMappedDescriptors(t *testing.T) {
 	// The receiving side closed every descriptor it got.
 	if after := openFDs(t); after != before {
 		t.Fatalf("%d descriptors open before, %d after", before, after)
+	}
+}
+
+// Environment variables cross to the sandbox bounded by the IC's limits:
+// at the limits they arrive intact, beyond them the decoder refuses the
+// request instead of allocating what it claims.
+func TestEnvVarsBounded(t *testing.T) {
+	at := testInput()
+	at.EnvVars = nil
+	for i := 0; i < sysapi.MaxEnvVars; i++ {
+		at.EnvVars = append(at.EnvVars, sysapi.EnvVar{Name: fmt.Sprintf("%0*d", sysapi.MaxEnvVarName, i), Value: strings.Repeat("v", sysapi.MaxEnvVarValue)})
+	}
+	q, err := DecodeExecute(EncodeExecute(&ExecRequest{Input: at}))
+	if err != nil {
+		t.Fatalf("at the limits: %v", err)
+	}
+	if !reflect.DeepEqual(q.Input.EnvVars, at.EnvVars) {
+		t.Fatal("environment variables changed in transit")
+	}
+	for name, in := range map[string][]sysapi.EnvVar{
+		"too many":   append(slices.Clone(at.EnvVars), sysapi.EnvVar{Name: "x"}),
+		"long name":  {{Name: strings.Repeat("n", sysapi.MaxEnvVarName+1)}},
+		"long value": {{Name: "n", Value: strings.Repeat("v", sysapi.MaxEnvVarValue+1)}},
+	} {
+		bad := testInput()
+		bad.EnvVars = in
+		if _, err := DecodeExecute(EncodeExecute(&ExecRequest{Input: bad})); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
 	}
 }

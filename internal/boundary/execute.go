@@ -166,9 +166,9 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	for i := 0; i < n && r.err == nil; i++ {
 		in.Controllers = append(in.Controllers, r.bytes(math.MaxUint64, "controller"))
 	}
-	n = r.count(math.MaxInt32, 16, "env vars")
+	n = r.count(sysapi.MaxEnvVars, 16, "env vars")
 	for i := 0; i < n && r.err == nil; i++ {
-		in.EnvVars = append(in.EnvVars, sysapi.EnvVar{Name: r.str(math.MaxUint64, "env name"), Value: r.str(math.MaxUint64, "env value")})
+		in.EnvVars = append(in.EnvVars, sysapi.EnvVar{Name: r.str(sysapi.MaxEnvVarName, "env name"), Value: r.str(sysapi.MaxEnvVarValue, "env value")})
 	}
 	in.Balance = r.amount("balance")
 	in.CyclesAvailable = r.amount("cycles available")

@@ -61,11 +61,13 @@ func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need 
 	if !need {
 		return iface{}, nil
 	}
-	if id == principal.Management().String() {
-		// Queries to aaaaa-aa (fetch_canister_logs) are typed by its interface.
-		if svc, err := host.ManagementInterface(); err == nil {
-			return iface{svc}, nil
+	if p, err := principal.FromText(id); err == nil && p.IsManagement() {
+		// aaaaa-aa has no module: its interface is the host's.
+		svc, err := host.ManagementInterface()
+		if err != nil {
+			return iface{}, err
 		}
+		return iface{svc}, nil
 	}
 	st, err := b.Status(ctx, id)
 	if err != nil || st.CandidService == "" {
@@ -99,9 +101,8 @@ func initArgTypes(wasm []byte) candidTypes {
 func encodeArg(typ, text string, types candidTypes) ([]byte, error) {
 	switch typ {
 	case "raw":
-		if text == "" {
-			return []byte("DIDL\x00\x00"), nil
-		}
+		// Raw bytes are sent as given: "" is an empty argument, not
+		// Candid's empty list (DIDL\0\0).
 		b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(text), "0x"))
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--type raw: argument is not hex: %w", err)}

@@ -22,6 +22,7 @@ import (
 
 func newInstallCmd(g *globals) *cobra.Command {
 	var id, mode, arg, typ, caller, cyclesFlag, persistence, output, isolation string
+	var env []string
 	cmd := &cobra.Command{
 		Use:   "install [flags] FILE.wasm|FILE.wasm.gz",
 		Short: "Install, reinstall or upgrade a canister's code",
@@ -35,7 +36,8 @@ persistence, the heap).`,
 		Example: `  cordon install counter.wasm
   cordon install --id rwlgt-iiaaa-aaaaa-aaaaa-cai --mode upgrade counter.wasm
   cordon install --arg '(42 : nat)' app.wasm.gz
-  cordon install --type raw --arg 4449444c0000 app.wasm`,
+  cordon install --type raw --arg 4449444c0000 app.wasm
+  cordon install --env API_URL=https://example.org --env MODE=test app.wasm`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			wasm, err := os.ReadFile(args[0])
@@ -43,6 +45,10 @@ persistence, the heap).`,
 				return fmt.Errorf("read module: %w", err)
 			}
 			argBytes, err := encodeArg(typ, arg, initArgTypes(wasm))
+			if err != nil {
+				return err
+			}
+			envVars, err := parseEnv(env, cmd.Flags().Changed("env"))
 			if err != nil {
 				return err
 			}
@@ -54,7 +60,7 @@ persistence, the heap).`,
 			stop := progress(g.stderr, fmt.Sprintf("installing %s (%s): compiling, running %s…",
 				filepath.Base(args[0]), humanSize(len(wasm)), installEntry(mode)))
 			resp, err := b.Install(cmd.Context(), api.InstallRequest{ID: id, Mode: mode, Wasm: wasm, Arg: argBytes,
-				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, Isolation: isolation})
+				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, Isolation: isolation, Env: envVars})
 			stop()
 			if err != nil {
 				return err
@@ -76,7 +82,31 @@ persistence, the heap).`,
 	f.StringVar(&isolation, "canister-isolation", "", "run this canister in sandbox or inprocess mode regardless of the node's --isolation (kept across upgrades)")
 	f.StringVar(&persistence, "wasm-memory-persistence", "", "on upgrade: keep or replace the Wasm heap (default: keep for Motoko enhanced orthogonal persistence)")
 	f.StringVar(&output, "output", "text", "text or json")
+	f.StringArrayVar(&env, "env", nil, "canister environment variable NAME=VALUE (ic0.env_var_*), repeatable; given, the list replaces the canister's; --env '' clears them")
 	return cmd
+}
+
+// parseEnv turns --env NAME=VALUE flags into environment variables; nil
+// when the flag was not given (the canister's stay as they are).
+func parseEnv(flags []string, given bool) ([]store.EnvVar, error) {
+	if !given {
+		return nil, nil
+	}
+	vars := []store.EnvVar{}
+	for _, f := range flags {
+		if f == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(f, "=")
+		if !ok {
+			return nil, usageError{fmt.Errorf("--env %q: want NAME=VALUE", f)}
+		}
+		vars = append(vars, store.EnvVar{Name: name, Value: value})
+	}
+	if err := host.CheckEnvVars(vars); err != nil {
+		return nil, usageError{fmt.Errorf("--env: %w", err)}
+	}
+	return vars, nil
 }
 
 func newCallCmd(g *globals, query bool) *cobra.Command {
@@ -210,7 +240,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 				{"global timer", fmt.Sprint(s.GlobalTimer)}, {"update methods", strings.Join(s.Updates, " ")},
 				{"query methods", strings.Join(s.Queries, " ")}, {"messages", fmt.Sprint(s.Messages)},
 				{"instructions", fmt.Sprint(s.Instructions)}, {"cycles burned", s.CyclesBurned.String()},
-				{"state hash", s.StateHash},
+				{"state hash", s.StateHash}, {"log visibility", s.LogVisibility},
+				{"query stats", fmt.Sprintf("%d calls, %d instructions, %d bytes in, %d bytes out", s.QueryStats.Calls,
+					s.QueryStats.Instructions, s.QueryStats.RequestBytes, s.QueryStats.ResponseBytes)},
+			}
+			for _, v := range s.EnvVars {
+				rows = append(rows, [2]string{"env", v.Name + "=" + v.Value})
 			}
 			for _, r := range rows {
 				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])

@@ -124,16 +124,13 @@ func (n *Node) FetchCanisterLogs(ctx context.Context, id, caller principal.Princ
 	return canisterLogView(c.logs.snapshot(), logBudget), nil
 }
 
-// ManagementInterface is the management canister's Candid interface, as
-// far as cordon implements it (for the CLI to type calls to aaaaa-aa).
-func ManagementInterface() (*candid.Service, error) { return managementService() }
-
 // errLogsReplicated is the IC's answer to fetch_canister_logs called in
 // replicated mode: by a canister, or as an update call.
 var errLogsReplicated = rejectf(CanisterReject, "fetch_canister_logs API is only accessible in non-replicated mode")
 
-// queryManagement answers a user's query call to the management canister:
-// fetch_canister_logs is its only query method.
+// queryManagement answers a user's query call to fetch_canister_logs, the
+// management canister's one query method (canister_status by query is
+// managementIngress's).
 func (n *Node) queryManagement(ctx context.Context, msg Message) (*Reply, error) {
 	svc, err := managementService()
 	if err != nil {

@@ -82,3 +82,34 @@ func TestCompositeQuery(t *testing.T) {
 	}
 	t.Logf("missing target: %v", err)
 }
+
+// A Motoko canister declares canister_status_result exactly as the IC
+// interface specification does and decodes the management canister's
+// reply about itself: every field must be there with the spec's type (a
+// missing one traps the decoding), and the values are what happened.
+func TestMotokoDecodesCanisterStatus(t *testing.T) {
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			wasm := module(t, examplesDir, "status64")
+			id := f.install(wasm, noArgs)
+			if _, err := f.ingress(user, "update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record {
+				log_visibility = opt variant { public };
+				environment_variables = opt vec { record { name = "B"; value = "2" }; record { name = "A"; value = "1" } } } })`, id)); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 2; i++ {
+				if got := f.queryText(id, "ping", "()"); got != "(42 : nat)" {
+					t.Fatalf("ping: %s", got)
+				}
+			}
+			got := f.callText(id, "status", "()")
+			// install 1, update_settings 2, the status call's own execution 3;
+			// two pings of 6 bytes in (DIDL\0\0) and 8 out.
+			want := fmt.Sprintf(`status=running version=3 ready=false log=public threshold=0 env=A=1;B=2; binary=%d heap=`, len(wasm))
+			if !strings.HasPrefix(got, `("`+want) || !strings.Contains(got, " calls=2 in=12 out=16 instructions=>0 controllers=1") {
+				t.Fatalf("status:\n got %s\nwant (\"%s… calls=2 in=12 out=16 instructions=>0 controllers=1\")", got, want)
+			}
+		})
+	}
+}

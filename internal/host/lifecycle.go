@@ -22,6 +22,7 @@ type CreateOptions struct {
 	Controllers []principal.Principal
 	Cycles      *cycles.Amount // nil: Config.InitialCycles
 	Minted      bool           // Cycles are new (provisional), not moved from a canister
+	EnvVars     []store.EnvVar // environment variables (checked by CheckEnvVars)
 }
 
 // Create makes a new, empty canister.
@@ -50,6 +51,13 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 			}
 		}
 	}
+	env, err := checkEnvVars(opts.EnvVars)
+	if err != nil {
+		return id, err
+	}
+	if len(env) == 0 {
+		env = nil
+	}
 	bal := n.cfg.InitialCycles
 	if opts.Cycles != nil {
 		bal = *opts.Cycles
@@ -60,7 +68,7 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 	}
 	meta := store.Meta{
 		ID:       id.String(),
-		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000},
+		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000, EnvVars: env},
 		Balance:  bal,
 		Status:   "running",
 		// Only cycles not taken from another canister are minted.
@@ -522,12 +530,15 @@ type Status struct {
 	WasmMemoryLimit        uint64        `json:"wasm_memory_limit"`
 	ComputeAllocation      uint64        `json:"compute_allocation"`
 	IdleCyclesBurnedPerDay cycles.Amount `json:"idle_cycles_burned_per_day"`
-	// The low Wasm memory hook's threshold (lowmem.go) and who may fetch
-	// the canister's logs (canlog.go): "controllers", "public" or
-	// "allowed_viewers" (then LogViewers).
-	WasmMemoryThreshold uint64   `json:"wasm_memory_threshold"`
-	LogVisibility       string   `json:"log_visibility"`
-	LogViewers          []string `json:"log_viewers,omitempty"`
+	// The rest of canister_status: memory by kind, the settings not
+	// above, and what the canister's queries have cost.
+	ModuleBytes         uint64           `json:"module_bytes"`
+	GlobalBytes         uint64           `json:"global_bytes"`
+	WasmMemoryThreshold uint64           `json:"wasm_memory_threshold"`
+	LogVisibility       string           `json:"log_visibility"`
+	LogViewers          []string         `json:"log_viewers,omitempty"`
+	EnvVars             []store.EnvVar   `json:"environment_variables"`
+	QueryStats          store.QueryStats `json:"query_stats"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.
@@ -551,10 +562,13 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		MemorySize:   usageOf(c).total(), MemoryAllocation: c.meta.Settings.MemoryAllocation,
 		WasmMemoryLimit: c.meta.Settings.WasmMemoryLimit, ComputeAllocation: c.meta.Settings.ComputeAllocation,
 		IdleCyclesBurnedPerDay: n.idleBurnPerDay(chargedBytes(c.meta.Settings, usageOf(c))),
-		WasmMemoryThreshold:    c.meta.Settings.WasmMemoryThreshold,
-		LogVisibility:          c.meta.Settings.LogVisibility, LogViewers: c.meta.Settings.LogViewers,
+		ModuleBytes:            c.moduleBytes, GlobalBytes: globalsBytes(c.globals),
+		WasmMemoryThreshold: c.meta.Settings.WasmMemoryThreshold,
+		LogVisibility:       c.meta.Settings.LogVisibility, LogViewers: c.meta.Settings.LogViewers,
+		EnvVars:    append([]store.EnvVar{}, c.meta.Settings.EnvVars...),
+		QueryStats: c.qstats.pending(c.meta.QueryStats),
 	}
-	if s.LogVisibility == logVisibilityControllers {
+	if s.LogVisibility == "" {
 		s.LogVisibility = "controllers"
 	}
 	if c.module != nil {

@@ -100,6 +100,9 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned)
 	meta.Instructions += out.Instructions
 	meta.Messages++
+	// Every successful execution that can change state is a new version
+	// (interface specification, canister version); queries never get here.
+	meta.Version++
 	meta.HeapSize, meta.StableSize = out.Heap.Size, out.Stable.Size
 	if out.CertifiedDataSet {
 		meta.CertifiedData = out.CertifiedData
@@ -119,9 +122,12 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines,
 	}
+	undo := c.qstats.fold(&change.Meta)
 	if err := n.store.Commit(change); err != nil {
+		undo()
 		return err
 	}
+	meta = change.Meta
 	// The commit is durable; now make it visible. Apply cannot fail: the
 	// deltas were validated above.
 	if err := c.heap.Apply(out.Heap); err != nil {

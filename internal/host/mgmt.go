@@ -8,28 +8,34 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
-// The management canister aaaaa-aa, as canisters see it. Its interface is
-// the subset of the IC's that cordon implements; arguments are decoded with
-// Candid subtyping, so callers may send more (or fewer optional) fields.
+// The management canister aaaaa-aa, as canisters and users see it. Its
+// interface is the subset of the IC's (interface specification, ic.did) that
+// cordon implements, with the IC's types; arguments are decoded with Candid
+// subtyping, so callers may send more (or fewer optional) fields.
 const managementDid = `
+type log_visibility = variant { controllers; public; allowed_viewers : vec principal };
+type environment_variable = record { name : text; value : text };
 type canister_settings = record {
   controllers : opt vec principal;
   compute_allocation : opt nat;
   memory_allocation : opt nat;
   freezing_threshold : opt nat;
   reserved_cycles_limit : opt nat;
+  log_visibility : opt log_visibility;
   wasm_memory_limit : opt nat;
   wasm_memory_threshold : opt nat;
-  log_visibility : opt log_visibility;
+  environment_variables : opt vec environment_variable;
 };
 type definite_canister_settings = record {
   controllers : vec principal;
@@ -37,11 +43,11 @@ type definite_canister_settings = record {
   memory_allocation : nat;
   freezing_threshold : nat;
   reserved_cycles_limit : nat;
+  log_visibility : log_visibility;
   wasm_memory_limit : nat;
   wasm_memory_threshold : nat;
-  log_visibility : log_visibility;
+  environment_variables : vec environment_variable;
 };
-type log_visibility = variant { controllers; public; allowed_viewers : vec principal };
 type canister_log_record = record { idx : nat64; timestamp_nanos : nat64; content : blob };
 type canister_install_mode = variant {
   install;
@@ -49,6 +55,33 @@ type canister_install_mode = variant {
   upgrade : opt record { skip_pre_upgrade : opt bool; wasm_memory_persistence : opt variant { keep; replace } };
 };
 type id_arg = record { canister_id : principal };
+type canister_status_result = record {
+  status : variant { running; stopping; stopped };
+  ready_for_migration : bool;
+  version : nat64;
+  settings : definite_canister_settings;
+  module_hash : opt blob;
+  memory_size : nat;
+  memory_metrics : record {
+    wasm_memory_size : nat;
+    stable_memory_size : nat;
+    global_memory_size : nat;
+    wasm_binary_size : nat;
+    custom_sections_size : nat;
+    canister_history_size : nat;
+    wasm_chunk_store_size : nat;
+    snapshots_size : nat;
+  };
+  cycles : nat;
+  reserved_cycles : nat;
+  idle_cycles_burned_per_day : nat;
+  query_stats : record {
+    num_calls_total : nat;
+    num_instructions_total : nat;
+    request_payload_bytes_total : nat;
+    response_payload_bytes_total : nat;
+  };
+};
 service : {
   raw_rand : () -> (blob);
   create_canister : (record { settings : opt canister_settings; sender_canister_version : opt nat64 }) -> (record { canister_id : principal });
@@ -59,19 +92,15 @@ service : {
   stop_canister : (id_arg) -> ();
   delete_canister : (id_arg) -> ();
   deposit_cycles : (id_arg) -> ();
-  canister_status : (id_arg) -> (record {
-    status : variant { running; stopping; stopped };
-    settings : definite_canister_settings;
-    module_hash : opt blob;
-    memory_size : nat;
-    cycles : nat;
-    reserved_cycles : nat;
-    idle_cycles_burned_per_day : nat;
-  });
-  provisional_create_canister_with_cycles : (record { amount : opt nat; settings : opt canister_settings; specified_id : opt principal }) -> (record { canister_id : principal });
+  canister_status : (id_arg) -> (canister_status_result);
+  provisional_create_canister_with_cycles : (record { amount : opt nat; settings : opt canister_settings; specified_id : opt principal; sender_canister_version : opt nat64 }) -> (record { canister_id : principal });
   provisional_top_up_canister : (record { canister_id : principal; amount : nat }) -> ();
   fetch_canister_logs : (id_arg) -> (record { canister_log_records : vec canister_log_record }) query;
 }`
+
+// ManagementInterface is the management canister's Candid interface, for
+// clients that type arguments and replies (`cordon call aaaaa-aa`).
+func ManagementInterface() (*candid.Service, error) { return managementService() }
 
 var (
 	mgmtOnce sync.Once
@@ -82,6 +111,43 @@ var (
 func managementService() (*candid.Service, error) {
 	mgmtOnce.Do(func() { mgmtSvc, mgmtErr = candid.ParseService(managementDid) })
 	return mgmtSvc, mgmtErr
+}
+
+// canisterOnly are the management methods the IC refuses in an ingress
+// message: they need cycles attached or a canister caller.
+var canisterOnly = map[string]bool{"raw_rand": true, "deposit_cycles": true, "create_canister": true}
+
+// managementIngress executes an ingress message to aaaaa-aa, as the IC does:
+// the management canister runs it with the user as the caller, so the
+// methods that need a controller check the user. canister_status is also
+// answered as a query (it changes nothing).
+func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (*Reply, error) {
+	svc, err := managementService()
+	if err != nil {
+		return nil, fmt.Errorf("management interface: %w", err)
+	}
+	if _, ok := svc.Method(msg.Method); !ok {
+		return nil, rejectf(DestinationInvalid, "Management canister has no method '%s'", msg.Method)
+	}
+	if canisterOnly[msg.Method] {
+		return nil, rejectf(CanisterReject, "Only canisters can call ic00 method %s", msg.Method)
+	}
+	if query && msg.Method != "canister_status" {
+		return nil, rejectf(CanisterReject, "Management canister method %s cannot be called as a query", msg.Method)
+	}
+	ch := make(chan result, 1)
+	m := &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg, origin: origin{ingress: ch}}
+	n.busy.Add(1)
+	go func() {
+		defer n.busy.Done()
+		n.management(m)
+	}()
+	select {
+	case r := <-ch:
+		return r.reply, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the reply of aaaaa-aa.%s: %w (the call may still complete)", msg.Method, ctx.Err())
+	}
 }
 
 // mgmtTimeout bounds one management call (a stop waits for call contexts).
@@ -138,6 +204,11 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		return reply, used, err
 
 	case "create_canister", "provisional_create_canister_with_cycles":
+		if s, ok := settingsField(arg); ok && s.envVars != nil {
+			if _, err := checkEnvVars(s.envVars); err != nil { // before anything is created
+				return nil, used, err
+			}
+		}
 		opts := CreateOptions{Controllers: []principal.Principal{m.caller}}
 		amount := m.cycles
 		if m.method == "provisional_create_canister_with_cycles" {
@@ -175,7 +246,7 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 			}
 		}
 		if s, ok := settingsField(arg); ok {
-			if err := n.applySettings(ctx, id, s); err != nil {
+			if err := n.applySettings(ctx, id, s, false); err != nil {
 				return nil, used, err
 			}
 		}
@@ -225,7 +296,7 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 			return nil, used, err
 		}
 		s, _ := settingsField(arg)
-		if err := n.applySettings(ctx, target, s); err != nil {
+		if err := n.applySettings(ctx, target, s, true); err != nil {
 			return nil, used, err
 		}
 	case "deposit_cycles", "provisional_top_up_canister":
@@ -269,6 +340,7 @@ type settings struct {
 	wasmMemoryThreshold *big.Int
 	logVisibility       *logVisibility
 	err                 error // a setting refused while reading
+	envVars             []store.EnvVar // nil: not given
 }
 
 func settingsField(r candid.Record) (settings, bool) {
@@ -289,14 +361,7 @@ func settingsField(r candid.Record) (settings, bool) {
 	var s settings
 	if cv, ok := sr.GetNamed("controllers"); ok {
 		if o, ok := cv.(candid.Opt); ok && o.Value != nil {
-			if vec, ok := o.Value.(candid.Vec); ok {
-				s.controllers = []principal.Principal{}
-				for _, e := range vec {
-					if p, ok := e.(candid.Principal); ok {
-						s.controllers = append(s.controllers, p.Principal)
-					}
-				}
-			}
+			s.controllers = principals(o.Value)
 		}
 	}
 	s.freezingThreshold, _ = optNat(sr, "freezing_threshold")
@@ -304,10 +369,104 @@ func settingsField(r candid.Record) (settings, bool) {
 	s.computeAllocation, _ = optNat(sr, "compute_allocation")
 	s.wasmMemoryLimit, _ = optNat(sr, "wasm_memory_limit")
 	s.err = logSettings(sr, &s) // canlog.go
+	if ev, ok := sr.GetNamed("environment_variables"); ok {
+		if o, ok := ev.(candid.Opt); ok && o.Value != nil {
+			vec, _ := o.Value.(candid.Vec)
+			s.envVars = []store.EnvVar{}
+			for _, e := range vec {
+				er, _ := e.(candid.Record)
+				name, _ := textField(er, "name")
+				value, _ := textField(er, "value")
+				s.envVars = append(s.envVars, store.EnvVar{Name: name, Value: value})
+			}
+		}
+	}
 	return s, true
 }
 
-func (n *Node) applySettings(ctx context.Context, id principal.Principal, s settings) error {
+func principals(v candid.Value) []principal.Principal {
+	out := []principal.Principal{}
+	vec, _ := v.(candid.Vec)
+	for _, e := range vec {
+		if p, ok := e.(candid.Principal); ok {
+			out = append(out, p.Principal)
+		}
+	}
+	return out
+}
+
+func textField(r candid.Record, name string) (string, bool) {
+	v, ok := r.GetNamed(name)
+	if !ok {
+		return "", false
+	}
+	t, ok := v.(candid.Text)
+	return string(t), ok
+}
+
+// The IC's limits on canister environment variables (its execution
+// environment configuration); sysapi holds them so that the sandbox's
+// decoder bounds what it accepts by the same numbers.
+const (
+	maxEnvVars     = sysapi.MaxEnvVars
+	maxEnvVarName  = sysapi.MaxEnvVarName
+	maxEnvVarValue = sysapi.MaxEnvVarValue
+	maxControllers = 10
+)
+
+// checkEnvVars validates environment variables as update_settings and
+// create_canister receive them, and returns them sorted by name (the IC
+// keeps them in a map ordered by name, which ic0.env_var_name_* index).
+func checkEnvVars(vars []store.EnvVar) ([]store.EnvVar, error) {
+	if len(vars) > maxEnvVars {
+		return nil, rejectf(CanisterError, "Too many environment variables: %d (at most %d)", len(vars), maxEnvVars)
+	}
+	out := slices.Clone(vars)
+	slices.SortFunc(out, func(a, b store.EnvVar) int { return strings.Compare(a.Name, b.Name) })
+	for i, v := range out {
+		switch {
+		case len(v.Name) > maxEnvVarName:
+			return nil, rejectf(CanisterError, "Environment variable name %.32q… is %d bytes long (at most %d)", v.Name, len(v.Name), maxEnvVarName)
+		case len(v.Value) > maxEnvVarValue:
+			return nil, rejectf(CanisterError, "Environment variable %q has a value of %d bytes (at most %d)", v.Name, len(v.Value), maxEnvVarValue)
+		case i > 0 && out[i-1].Name == v.Name:
+			return nil, rejectf(CanisterError, "Duplicate environment variable %q", v.Name)
+		}
+	}
+	return out, nil
+}
+
+// CheckEnvVars reports whether vars are acceptable as a canister's
+// environment variables (the IC's limits, names unique).
+func CheckEnvVars(vars []store.EnvVar) error {
+	_, err := checkEnvVars(vars)
+	return err
+}
+
+// SetEnvVars replaces a canister's environment variables, as
+// update_settings with only environment_variables does; caller must be a
+// controller.
+func (n *Node) SetEnvVars(ctx context.Context, id, caller principal.Principal, vars []store.EnvVar) error {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	c.mu.RLock()
+	err = n.checkController(c, caller, "update_settings")
+	c.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if vars == nil {
+		vars = []store.EnvVar{}
+	}
+	return n.applySettings(ctx, id, settings{envVars: vars}, true)
+}
+
+// applySettings changes a canister's settings; bump says the change counts
+// as a message execution for canister_version (update_settings does, the
+// settings given at creation do not).
+func (n *Node) applySettings(ctx context.Context, id principal.Principal, s settings, bump bool) error {
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
 		return err
@@ -317,9 +476,10 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 		return s.err
 	}
 	meta := c.meta
+	meta.Settings.Controllers = slices.Clone(meta.Settings.Controllers)
 	if s.controllers != nil {
-		if len(s.controllers) > 10 {
-			return rejectf(CanisterError, "A canister can have at most 10 controllers, got %d", len(s.controllers))
+		if len(s.controllers) > maxControllers {
+			return rejectf(CanisterError, "A canister can have at most %d controllers, got %d", maxControllers, len(s.controllers))
 		}
 		meta.Settings.Controllers = meta.Settings.Controllers[:0:0]
 		for _, p := range s.controllers {
@@ -352,6 +512,13 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 		return err
 	}
 	applyLogSettings(&meta.Settings, s) // canlog.go
+	if s.envVars != nil {
+		vars, err := checkEnvVars(s.envVars)
+		if err != nil {
+			return err
+		}
+		meta.Settings.EnvVars = vars
+	}
 	if err := n.checkAllocation(c, meta.Settings); err != nil {
 		return err
 	}
@@ -362,6 +529,9 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	meta = c.meta
 	meta.Settings = settings
 	updateLowMemory(&meta, c.heap.Size()) // the limit or threshold may have moved (lowmem.go)
+	if bump {
+		meta.Version++
+	}
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
 		return err
 	}
@@ -428,36 +598,80 @@ func (n *Node) statusFor(ctx context.Context, id, caller principal.Principal) (*
 	return st, ctrls, nil
 }
 
+// candid is s as the management canister's canister_status_result.
 func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 	h := candid.Hash
 	nat := func(v uint64) candid.Value { return candid.NatOf(v) }
-	vec := candid.Vec{}
-	for _, p := range ctrls {
-		vec = append(vec, candid.Principal{Principal: p})
+	pvec := func(ps []principal.Principal) candid.Vec {
+		vec := candid.Vec{}
+		for _, p := range ps {
+			vec = append(vec, candid.Principal{Principal: p})
+		}
+		return vec
 	}
 	statusID := map[string]uint32{"running": h("running"), "stopping": h("stopping"), "stopped": h("stopped")}[s.Status]
 	var modHash candid.Value = candid.Opt{}
 	if b, err := hex.DecodeString(s.ModuleHash); err == nil && len(b) > 0 {
 		modHash = candid.Opt{Value: candid.Blob(b)}
 	}
+	logVis := candid.Variant{ID: h("controllers"), Value: candid.Null{}}
+	switch s.LogVisibility {
+	case "public":
+		logVis = candid.Variant{ID: h("public"), Value: candid.Null{}}
+	case "allowed_viewers":
+		var viewers []principal.Principal
+		for _, v := range s.LogViewers {
+			if p, err := principal.FromText(v); err == nil {
+				viewers = append(viewers, p)
+			}
+		}
+		logVis = candid.Variant{ID: h("allowed_viewers"), Value: pvec(viewers)}
+	}
+	env := candid.Vec{}
+	for _, v := range s.EnvVars {
+		env = append(env, sortRecord(candid.Record{{ID: h("name"), Value: candid.Text(v.Name)}, {ID: h("value"), Value: candid.Text(v.Value)}}))
+	}
 	settings := sortRecord(candid.Record{
-		{ID: h("controllers"), Value: vec},
+		{ID: h("controllers"), Value: pvec(ctrls)},
 		{ID: h("compute_allocation"), Value: nat(s.ComputeAllocation)},
 		{ID: h("memory_allocation"), Value: nat(s.MemoryAllocation)},
 		{ID: h("freezing_threshold"), Value: nat(s.FreezingThreshold)},
 		{ID: h("reserved_cycles_limit"), Value: nat(0)},
+		{ID: h("log_visibility"), Value: logVis},
 		{ID: h("wasm_memory_limit"), Value: nat(s.WasmMemoryLimit)},
 		{ID: h("wasm_memory_threshold"), Value: nat(s.WasmMemoryThreshold)},
-		{ID: h("log_visibility"), Value: logVisibilityValue(s.LogVisibility, s.LogViewers)},
+		{ID: h("environment_variables"), Value: env},
+	})
+	// cordon has no chunk store, snapshots or canister history, and keeps
+	// custom sections inside the module's bytes.
+	metrics := sortRecord(candid.Record{
+		{ID: h("wasm_memory_size"), Value: nat(s.HeapBytes)},
+		{ID: h("stable_memory_size"), Value: nat(s.StableBytes)},
+		{ID: h("global_memory_size"), Value: nat(s.GlobalBytes)},
+		{ID: h("wasm_binary_size"), Value: nat(s.ModuleBytes)},
+		{ID: h("custom_sections_size"), Value: nat(0)},
+		{ID: h("canister_history_size"), Value: nat(0)},
+		{ID: h("wasm_chunk_store_size"), Value: nat(0)},
+		{ID: h("snapshots_size"), Value: nat(0)},
+	})
+	qs := sortRecord(candid.Record{
+		{ID: h("num_calls_total"), Value: nat(s.QueryStats.Calls)},
+		{ID: h("num_instructions_total"), Value: nat(s.QueryStats.Instructions)},
+		{ID: h("request_payload_bytes_total"), Value: nat(s.QueryStats.RequestBytes)},
+		{ID: h("response_payload_bytes_total"), Value: nat(s.QueryStats.ResponseBytes)},
 	})
 	return sortRecord(candid.Record{
 		{ID: h("status"), Value: candid.Variant{ID: statusID, Value: candid.Null{}}},
+		{ID: h("ready_for_migration"), Value: candid.Bool(false)},
+		{ID: h("version"), Value: candid.Nat64(s.Version)},
 		{ID: h("settings"), Value: settings},
 		{ID: h("module_hash"), Value: modHash},
 		{ID: h("memory_size"), Value: nat(s.MemorySize)},
+		{ID: h("memory_metrics"), Value: metrics},
 		{ID: h("cycles"), Value: candid.Nat{Int: s.Balance.Big()}},
 		{ID: h("reserved_cycles"), Value: nat(0)},
 		{ID: h("idle_cycles_burned_per_day"), Value: candid.Nat{Int: s.IdleCyclesBurnedPerDay.Big()}},
+		{ID: h("query_stats"), Value: qs},
 	})
 }
 

@@ -56,6 +56,7 @@ type canister struct {
 	globals     []state.Global
 	logs        *logRing
 	deleted     bool
+	qstats      queryStats // querystats.go
 
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
@@ -128,6 +129,7 @@ func (n *Node) Close() error {
 	case <-time.After(drainTimeout):
 		n.log.Warn("closing with messages still in flight", "waited", drainTimeout)
 	}
+	n.flushQueryStats()
 	n.exec.Close()
 	n.mu.Lock()
 	if n.alt != nil {
@@ -295,6 +297,10 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 			ctrls = append(ctrls, p.Bytes())
 		}
 	}
+	var env []sysapi.EnvVar
+	for _, v := range c.meta.Settings.EnvVars {
+		env = append(env, sysapi.EnvVar{Name: v.Name, Value: v.Value})
+	}
 	return &sysapi.Input{
 		Context:     ctx,
 		Entry:       entry,
@@ -302,6 +308,7 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 		CanisterID:  c.id.Bytes(),
 		SubnetID:    subnetID.Bytes(),
 		Controllers: ctrls,
+		EnvVars:     env,
 		Balance:     c.meta.Balance,
 		Status:      statusOf(c.meta.Status),
 		Version:     c.meta.Version,

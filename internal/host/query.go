@@ -19,7 +19,10 @@ import (
 func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
 	if msg.Canister.IsManagement() {
-		return n.queryManagement(ctx, msg) // canlog.go
+		if msg.Method == "fetch_canister_logs" {
+			return n.queryManagement(ctx, msg) // canlog.go
+		}
+		return n.managementIngress(ctx, msg, true)
 	}
 	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
 	defer q.unlockAll()
@@ -106,6 +109,11 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
 	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
 	r, err := q.run(fr, in, depth)
+	resp := 0
+	if r != nil {
+		resp = len(r.Data)
+	}
+	c.qstats.add(0, len(arg), resp) // the instructions are counted by run
 	if r == nil && err == nil {
 		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
 	}
@@ -122,6 +130,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
+	c.qstats.count(out.Instructions)
 	if out.Trapped {
 		return nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
 	}

@@ -83,8 +83,11 @@ type callback struct {
 // they happen.
 func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
-	if msg.Canister.IsManagement() && msg.Method == "fetch_canister_logs" {
-		return nil, errLogsReplicated // canlog.go
+	if msg.Canister.IsManagement() {
+		if msg.Method == "fetch_canister_logs" {
+			return nil, errLogsReplicated // canlog.go
+		}
+		return n.managementIngress(ctx, msg, false)
 	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {

@@ -57,10 +57,31 @@ type Settings struct {
 	WasmMemoryLimit   uint64        `json:"wasm_memory_limit"`
 	ReservedCycles    cycles.Amount `json:"reserved_cycles_limit"`
 	Isolation         string        `json:"isolation,omitempty"` // per-canister override, "" = node default
-	// Low Wasm memory hook and canister logs (host/lowmem.go, host/canlog.go).
-	WasmMemoryThreshold uint64   `json:"wasm_memory_threshold,omitempty"`
-	LogVisibility       string   `json:"log_visibility,omitempty"` // "" (controllers), "public", "allowed_viewers"
-	LogViewers          []string `json:"log_viewers,omitempty"`    // with allowed_viewers
+	// WasmMemoryThreshold: canister_on_low_wasm_memory runs when less Wasm
+	// memory than this remains below the limit (host/lowmem.go; 0 = none).
+	WasmMemoryThreshold uint64 `json:"wasm_memory_threshold,omitempty"`
+	// LogVisibility is "" (controllers), "controllers", "public" or
+	// "allowed_viewers" with LogViewers.
+	LogVisibility string   `json:"log_visibility,omitempty"`
+	LogViewers    []string `json:"log_viewers,omitempty"`
+	// EnvVars are the canister's environment variables (ic0.env_var_*),
+	// sorted by name, names unique.
+	EnvVars []EnvVar `json:"environment_variables,omitempty"`
+}
+
+// EnvVar is one canister environment variable.
+type EnvVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// QueryStats count the queries a canister executed (canister_status
+// query_stats).
+type QueryStats struct {
+	Calls         uint64 `json:"calls"`
+	Instructions  uint64 `json:"instructions"`
+	RequestBytes  uint64 `json:"request_bytes"`
+	ResponseBytes uint64 `json:"response_bytes"`
 }
 
 // Meta is a canister's metadata.
@@ -90,6 +111,9 @@ type Meta struct {
 	// LowMemoryHook is the state of canister_on_low_wasm_memory
 	// (host/lowmem.go): 0 condition not satisfied, 1 ready, 2 executed.
 	LowMemoryHook uint8 `json:"low_wasm_memory_hook,omitempty"`
+	// QueryStats are folded in from memory with the canister's commits and
+	// when the node closes (host/query.go).
+	QueryStats QueryStats `json:"query_stats"`
 }
 
 // Store is an open store. It is safe for concurrent use.

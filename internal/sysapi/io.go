@@ -40,6 +40,14 @@ type EnvVar struct {
 	Name, Value string
 }
 
+// The IC's limits on a canister's environment variables: how many, and the
+// bytes of a name and of a value.
+const (
+	MaxEnvVars     = 20
+	MaxEnvVarName  = 128
+	MaxEnvVarValue = 128
+)
+
 // Limits bound one execution. The host fills them from its configuration.
 type Limits struct {
 	Instructions    uint64 // instruction (fuel) limit of this execution
