@@ -39,7 +39,7 @@ func mgmtArgs(t testing.TB, method, text string) []byte {
 func TestManagementOverHTTP(t *testing.T) {
 	s := serve(t)
 	post := func(path string, body any) (int, []byte) {
-		code, _, b := rawRequest(t, nil, "POST", s.base+path, body, "")
+		code, _, b := rawRequest(t, nil, "POST", s.base+path, body, s.token)
 		return code, b
 	}
 	env := []map[string]string{{"name": "B", "value": "2"}, {"name": "A", "value": "1"}}
@@ -50,7 +50,7 @@ func TestManagementOverHTTP(t *testing.T) {
 	}
 	id := inst.ID
 	var st statusBody
-	code, _, b = rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id, nil, "")
+	code, _, b = rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id, nil, s.token)
 	if code != 200 || json.Unmarshal(b, &st) != nil {
 		t.Fatalf("status: %d %s", code, b)
 	}
@@ -79,7 +79,7 @@ func TestManagementOverHTTP(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("update_settings: %d %s", code, b)
 	}
-	code, _, b = rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id, nil, "")
+	code, _, b = rawRequest(t, nil, "GET", s.base+"/api/v1/canisters/"+id, nil, s.token)
 	if code != 200 || json.Unmarshal(b, &st) != nil || len(st.EnvVars) != 0 {
 		t.Fatalf("status after clearing: %d %s", code, b)
 	}

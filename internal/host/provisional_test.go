@@ -132,7 +132,8 @@ func TestCanisterCannotMintCycles(t *testing.T) {
 			create := mgmtArg(t, "provisional_create_canister_with_cycles",
 				candid.FieldValue{ID: candid.Hash("amount"), Value: candid.Opt{Value: candid.Nat{Int: huge}}},
 				candid.FieldValue{ID: candid.Hash("settings"), Value: candid.Opt{}},
-				candid.FieldValue{ID: candid.Hash("specified_id"), Value: candid.Opt{}})
+				candid.FieldValue{ID: candid.Hash("specified_id"), Value: candid.Opt{}},
+				candid.FieldValue{ID: candid.Hash("sender_canister_version"), Value: candid.Opt{}})
 			for _, c := range []struct {
 				name, method string
 				payload      []byte
