@@ -104,6 +104,28 @@ func (m *PageMap) releaseImage() {
 	}
 }
 
+// Fork returns a copy that shares the (immutable) pages and takes over m's
+// image, so that the copy's executions map the memory and its Apply updates
+// the image a page at a time: O(pages) pointers copied, no byte of the
+// memory. m keeps its pages but loses the image; its next File builds a
+// new one (one pass over its pages). This is for a copy that will replace
+// m (an upgrade's heap and stable memory): if the replacement is abandoned
+// m stays correct and only pays that rebuild. The caller must hold m
+// exclusively: nothing may be executing on m's image.
+func (m *PageMap) Fork() *PageMap {
+	c := NewPageMap(m.Size())
+	if m == nil {
+		return c
+	}
+	for i, p := range m.pages {
+		c.pages[i] = p
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	c.img, m.img = m.img, nil
+	return c
+}
+
 // Release closes the memory's image, if any. The page map stays usable.
 func (m *PageMap) Release() {
 	if m == nil {
