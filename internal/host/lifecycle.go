@@ -289,9 +289,11 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	// A kept heap is stored already: only the pages the upgrade changed
 	// are written, as for stable memory. A new heap replaces the old one.
-	heapChange := &store.MemoryChange{Replace: true, Delta: allPages(heap)}
+	var heapChange *store.MemoryChange
 	if heapBase != nil {
 		heapChange = &store.MemoryChange{Delta: combine(heap, heapDeltas...)}
+	} else {
+		heapChange = &store.MemoryChange{Replace: true, Delta: allPages(heap)}
 	}
 	entries := c.logs.prepare(n.logEntries(logs))
 	change := store.Change{
