@@ -152,11 +152,10 @@ func newImage(m *PageMap) (*image, error) {
 		rw.Close()
 		return nil, fmt.Errorf("seal memfd: %w", err)
 	}
-	for i, p := range m.pages {
-		if _, err := rw.WriteAt(p[:], int64(i*PageSize)); err != nil {
-			rw.Close()
-			return nil, fmt.Errorf("fill memfd: %w", err)
-		}
+	idx := m.StoredPages()
+	if err := writePages(rw, len(idx), func(k int) (uint64, *Page) { return idx[k], m.pages[idx[k]] }); err != nil {
+		rw.Close()
+		return nil, fmt.Errorf("fill memfd: %w", err)
 	}
 	openImages.Add(1)
 	return img, nil
@@ -181,9 +180,65 @@ func (img *image) apply(d Delta) error {
 	if err := img.resize(d.Size); err != nil {
 		return err
 	}
-	for _, p := range d.Pages {
-		if _, err := img.rw.WriteAt(p.Data[:], int64(p.Index*PageSize)); err != nil {
-			return fmt.Errorf("write memfd: %w", err)
+	if err := writePages(img.rw, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }); err != nil {
+		return fmt.Errorf("write memfd: %w", err)
+	}
+	return nil
+}
+
+// maxIovecs is the most vectors one pwritev takes (IOV_MAX).
+const maxIovecs = 1024
+
+// writePages writes n pages, given by increasing index, at their offsets
+// in f: each run of consecutive pages (up to maxIovecs) in one pwritev, so
+// filling the image of a 1 GiB heap takes hundreds of system calls, not a
+// quarter of a million.
+func writePages(f *os.File, n int, page func(k int) (uint64, *Page)) error {
+	iov := make([][]byte, 0, min(n, maxIovecs))
+	for k := 0; k < n; {
+		first, p := page(k)
+		iov = append(iov[:0], p[:])
+		k++
+		for k < n && len(iov) < maxIovecs {
+			i, p := page(k)
+			if i != first+uint64(len(iov)) {
+				break
+			}
+			iov = append(iov, p[:])
+			k++
+		}
+		if err := pwritevAll(f, iov, first*PageSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pwritevAll writes the vectors at off, continuing after a short write.
+func pwritevAll(f *os.File, iov [][]byte, off uint64) error {
+	if off > 1<<62 {
+		return fmt.Errorf("offset %d", off)
+	}
+	for len(iov) > 0 {
+		n, err := unix.Pwritev(int(f.Fd()), iov, int64(off))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("pwritev wrote nothing")
+		}
+		off += uint64(n)
+		for n > 0 && len(iov) > 0 {
+			if n < len(iov[0]) {
+				iov[0] = iov[0][n:]
+				n = 0
+				break
+			}
+			n -= len(iov[0])
+			iov = iov[1:]
 		}
 	}
 	return nil

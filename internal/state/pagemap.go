@@ -5,6 +5,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -67,7 +68,7 @@ func (m *PageMap) StoredPages() []uint64 {
 	for i := range m.pages {
 		idx = append(idx, i)
 	}
-	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	slices.Sort(idx)
 	return idx
 }
 
