@@ -348,3 +348,48 @@ func TestGrowingHeapHoldsOneCopy(t *testing.T) {
 		t.Fatalf("check after grow: %+v", got)
 	}
 }
+
+// TestMotokoLargeHeapUpgrade upgrades the Motoko example heap64 (64-bit,
+// enhanced orthogonal persistence: the heap is kept by default) holding
+// 32 MiB of chunks (Motoko's heap is then 1 GiB large, sparsely written)
+// in both isolation modes, and checks that what the
+// actor holds is unchanged as it sees it, after the upgrade and after a
+// restart.
+func TestMotokoLargeHeapUpgrade(t *testing.T) {
+	wasm := module(t, examplesDir, "heap64")
+	for _, isolation := range []string{"inprocess", "sandbox"} {
+		t.Run(isolation, func(t *testing.T) {
+			cfg := largeHeapConfig(t, isolation)
+			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+			f.open()
+			t.Cleanup(func() { f.node.Close() })
+			id := f.install(wasm, noArgs)
+			for _, want := range []uint64{16, 32} {
+				eq(t, "grow", f.update(id, "grow", natArg(16)), natReply(want))
+			}
+			sum := f.query(id, "checksum", noArgs)
+			if !strings.HasPrefix(string(sum), "DIDL\x00\x01\x79") || len(sum) != 11 {
+				t.Fatalf("checksum reply %x", sum)
+			}
+			st, err := f.node.Status(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.HeapBytes < 32<<20 {
+				t.Fatalf("heap of %d bytes holds 32 MiB of chunks?", st.HeapBytes)
+			}
+			f.upgrade(id, wasm)
+			eq(t, "upgrades", f.query(id, "upgrades", noArgs), natReply(1))
+			eq(t, "size after the upgrade", f.query(id, "size", noArgs), natReply(32))
+			eq(t, "checksum after the upgrade", f.query(id, "checksum", noArgs), sum)
+			f.restart()
+			eq(t, "checksum after the upgrade and a restart", f.query(id, "checksum", noArgs), sum)
+			f.upgrade(id, wasm)
+			eq(t, "upgrades", f.query(id, "upgrades", noArgs), natReply(2))
+			eq(t, "checksum after a second upgrade", f.query(id, "checksum", noArgs), sum)
+			eq(t, "grow after the upgrades", f.update(id, "grow", natArg(1)), natReply(33))
+			f.restart()
+			eq(t, "size after a restart", f.query(id, "size", noArgs), natReply(33))
+		})
+	}
+}
