@@ -153,7 +153,7 @@ func (s *Store) commitGroup(group []*request) {
 			// them happened, and they all learn why.
 			s.gc.syncs.Add(1)
 			s.observeSync(start, group, err)
-			returnMemory(group)
+			s.returnMemory(group)
 			for _, r := range group {
 				s.gc.commits.Add(1)
 				r.done <- err
@@ -176,20 +176,24 @@ func (s *Store) commitGroup(group []*request) {
 const returnAfterBytes = 64 << 20
 
 // returnMemory collects and returns to the OS the garbage of a transaction
-// that wrote a large memory (an install, a heap grown by a message). bbolt
+// that wrote a large memory (an install, a heap grown by a message), and
+// unmaps the store file's pages bbolt read meanwhile (mapped.go). bbolt
 // copies every page it writes into buffers of its own, about 1.5 times the
 // payload (a leaf spans three bbolt pages for two 4 KiB values), and the
 // message's pages came through buffers too; left to the pacer, a commit of
 // 1 GiB kept the process 2.7 GiB larger than its live data until the next
 // collection, and the scavenger returns memory slowly after that. A forced
 // collection costs little next to such a commit: the pages are pointer-free.
-func returnMemory(group []*request) {
+func (s *Store) returnMemory(group []*request) {
 	var n int64
 	for _, r := range group {
 		n += r.bytes
 	}
 	if n >= returnAfterBytes {
 		debug.FreeOSMemory()
+		// Best effort: if it fails, the pages only stay resident until
+		// the kernel reclaims them.
+		_ = s.releaseMapped()
 	}
 }
 
