@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -172,7 +173,8 @@ func (s *Store) commitGroup(group []*request) {
 }
 
 // returnAfterBytes is the payload from which a transaction's garbage is
-// handed back to the OS before its callers continue.
+// handed back to the OS before its callers continue (and a load's mapped
+// pages are released, store.go).
 const returnAfterBytes = 64 << 20
 
 // returnMemory collects and returns to the OS the garbage of a transaction
@@ -183,18 +185,32 @@ const returnAfterBytes = 64 << 20
 // message's pages came through buffers too; left to the pacer, a commit of
 // 1 GiB kept the process 2.7 GiB larger than its live data until the next
 // collection, and the scavenger returns memory slowly after that. A forced
-// collection costs little next to such a commit: the pages are pointer-free.
+// collection costs time in proportion to the live objects (about 0.1 s per
+// GiB of pages held, each page one pointer-free object), so it is forced
+// only when the transaction wrote at least an eighth of the live heap: its
+// cost stays below that of the commit itself.
 func (s *Store) returnMemory(group []*request) {
 	var n int64
 	for _, r := range group {
 		n += r.bytes
 	}
-	if n >= returnAfterBytes {
-		debug.FreeOSMemory()
-		// Best effort: if it fails, the pages only stay resident until
-		// the kernel reclaims them.
-		_ = s.releaseMapped()
+	if n < returnAfterBytes || uint64(n) < liveHeap()/8 {
+		return
 	}
+	debug.FreeOSMemory()
+	// Best effort: if it fails, the pages only stay resident until the
+	// kernel reclaims them.
+	_ = s.releaseMapped()
+}
+
+// liveHeap is the heap the last collection found live (0 if unknown).
+func liveHeap() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return sample[0].Value.Uint64()
 }
 
 // applyRequest applies one Commit's changes inside tx. It has no effect
