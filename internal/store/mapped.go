@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -35,8 +36,19 @@ func (s *Store) releaseMapped() error {
 	})
 }
 
-// mappingEnd returns the end of the mapping of path that starts at start.
+// mappingEnd returns the end of the mapping that starts at start, after
+// checking that it maps the file at path (same device and inode).
 func mappingEnd(start uintptr, path string) (uintptr, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("stat %s: no device and inode", path)
+	}
+	wantDev := fmt.Sprintf("%02x:%02x", unix.Major(uint64(sys.Dev)), unix.Minor(uint64(sys.Dev)))
+	wantIno := strconv.FormatUint(sys.Ino, 10)
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
 		return 0, err
@@ -50,9 +62,10 @@ func mappingEnd(start uintptr, path string) (uintptr, error) {
 		if !bytes.HasPrefix(line, want) {
 			continue
 		}
+		// start-end perms offset dev inode path
 		fields := bytes.Fields(line)
-		if len(fields) < 6 || string(fields[len(fields)-1]) != path {
-			return 0, fmt.Errorf("mapping at %#x is not %s: %q", start, path, line)
+		if len(fields) < 6 || string(fields[3]) != wantDev || string(fields[4]) != wantIno {
+			return 0, fmt.Errorf("mapping at %#x is not %s (%s %s): %q", start, path, wantDev, wantIno, line)
 		}
 		_, rest, _ := bytes.Cut(fields[0], []byte("-"))
 		end, err := strconv.ParseUint(string(rest), 16, 64)

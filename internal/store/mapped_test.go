@@ -88,3 +88,26 @@ func TestLargeCommitReleasesMappedPages(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The mapping is found by device and inode, whatever path the store was
+// opened by, and another file's mapping at that address is refused.
+func TestMappingEnd(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	s, err := Open("rel", time.Second) // a relative path
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.releaseMapped(); err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.CreateTemp(dir, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if _, err := mappingEnd(s.db.Info().Data, other.Name()); err == nil {
+		t.Fatal("the store's mapping was taken for another file's")
+	}
+}
