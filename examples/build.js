@@ -20,7 +20,7 @@ const pkgVersion = require('motoko/package.json').version;
 mo.loadPackage(require('motoko/packages/latest/core.json'));
 
 // Append new examples at the end; never reorder (see above).
-const ORDER = ['compute64', 'counter64', 'kv64', 'stable64', 'traps64', 'composite64', 'factory64', 'lowmem64', 'status64'];
+const ORDER = ['compute64', 'counter64', 'kv64', 'stable64', 'traps64', 'composite64', 'factory64', 'lowmem64', 'status64', 'heap64'];
 
 const srcDir = path.join(__dirname, 'src');
 const outDir = process.argv[2] || __dirname;

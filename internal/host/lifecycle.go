@@ -185,12 +185,13 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		stableBase   = state.NewPageMap(0)
 		stableDeltas []state.Delta
 	)
+	var heapDeltas []state.Delta // what the upgrade changed in a kept heap
 	if opts.Mode == ModeUpgrade {
 		keep := m.Info.EnhancedOrthogonalPersistence
 		if opts.KeepHeap != nil {
 			keep = *opts.KeepHeap
 		}
-		stableBase = c.stable.Clone()
+		var pre *sysapi.Output
 		if c.module.Info.HasPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
@@ -202,18 +203,28 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 			if out.Trapped {
 				return nil, n.failInstall(c, used, logs, "pre_upgrade", out.TrapMessage)
 			}
-			if err := stableBase.Apply(out.Stable); err != nil {
+			pre = out
+		}
+		// The new module's memories will replace the old ones: they take
+		// over their images (c.mu is held), so post_upgrade maps them and
+		// the commit updates them by the pages changed, instead of copying
+		// the whole memory. If the upgrade fails, c's memories rebuild
+		// their images when next used.
+		stableBase = c.stable.Fork()
+		if keep {
+			heapBase = c.heap.Fork()
+		}
+		if pre != nil {
+			if err := stableBase.Apply(pre.Stable); err != nil {
 				return nil, fmt.Errorf("apply pre_upgrade stable memory of %s: %w", id, err)
 			}
-			stableDeltas = append(stableDeltas, out.Stable)
+			stableDeltas = append(stableDeltas, pre.Stable)
 			if keep {
-				heapBase = c.heap.Clone()
-				if err := heapBase.Apply(out.Heap); err != nil {
+				if err := heapBase.Apply(pre.Heap); err != nil {
 					return nil, fmt.Errorf("apply pre_upgrade heap of %s: %w", id, err)
 				}
+				heapDeltas = append(heapDeltas, pre.Heap)
 			}
-		} else if keep {
-			heapBase = c.heap.Clone()
 		}
 	}
 
@@ -248,11 +259,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		return nil, n.failInstall(c, used, logs, what, out.TrapMessage)
 	}
 
-	heap := heapBase
+	heap := heapBase // not shared with anyone: the new state
 	if heap == nil {
 		heap = state.NewPageMap(0)
-	} else {
-		heap = heap.Clone()
 	}
 	if err := out.Heap.Validate(n.heapLimit(m)); err != nil {
 		return nil, fmt.Errorf("install %s: %w", id, err)
@@ -260,6 +269,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if err := heap.Apply(out.Heap); err != nil {
 		return nil, fmt.Errorf("install %s: %w", id, err)
 	}
+	heapDeltas = append(heapDeltas, out.Heap)
 	stable := stableBase
 	if err := stable.Apply(out.Stable); err != nil {
 		return nil, fmt.Errorf("install %s: %w", id, err)
@@ -292,10 +302,18 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if opts.Mode != ModeUpgrade {
 		stableChange = &store.MemoryChange{Replace: true, Delta: allPages(stable)}
 	}
+	// A kept heap is stored already: only the pages the upgrade changed
+	// are written, as for stable memory. A new heap replaces the old one.
+	var heapChange *store.MemoryChange
+	if heapBase != nil {
+		heapChange = &store.MemoryChange{Delta: combine(heap, heapDeltas...)}
+	} else {
+		heapChange = &store.MemoryChange{Replace: true, Delta: allPages(heap)}
+	}
 	entries := c.logs.prepare(n.logEntries(logs))
 	change := store.Change{
 		ID: id.Bytes(), Meta: meta, Module: wasm,
-		Heap:    &store.MemoryChange{Replace: true, Delta: allPages(heap)},
+		Heap:    heapChange,
 		Stable:  stableChange,
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines,

@@ -5,6 +5,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -58,6 +59,14 @@ func (m *PageMap) Page(i uint64) *Page {
 	return m.pages[i]
 }
 
+// NumStored returns how many pages are stored (non-zero).
+func (m *PageMap) NumStored() int {
+	if m == nil {
+		return 0
+	}
+	return len(m.pages)
+}
+
 // StoredPages returns the indices of the pages that are stored (non-zero), sorted.
 func (m *PageMap) StoredPages() []uint64 {
 	if m == nil {
@@ -67,7 +76,7 @@ func (m *PageMap) StoredPages() []uint64 {
 	for i := range m.pages {
 		idx = append(idx, i)
 	}
-	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	slices.Sort(idx)
 	return idx
 }
 

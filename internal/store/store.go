@@ -433,6 +433,11 @@ func (s *Store) Load(id []byte) (*Canister, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The pages were copied out of bbolt's mapping: a large canister's
+	// should not stay resident a second time (mapped.go).
+	if loaded := (c.Heap.NumStored() + c.Stable.NumStored()) * state.PageSize; loaded >= returnAfterBytes {
+		_ = s.releaseMapped()
+	}
 	return &c, nil
 }
 
