@@ -668,9 +668,10 @@ func (x *Sandboxed) Stats() SandboxStats {
 }
 
 // acquire returns the canister's pool entry locked for an exchange, with a
-// live sandbox (spawned if needed). The boolean says whether the sandbox
-// was reused rather than spawned for this call.
-func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, bool, error) {
+// live sandbox (spawned if needed) that has loaded module want or nothing
+// yet. The boolean says whether the sandbox was reused rather than spawned
+// for this call.
+func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*canisterSandbox, bool, error) {
 	for {
 		x.mu.Lock()
 		if x.closed {
@@ -694,6 +695,12 @@ func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, b
 		if sb.proc != nil && exited(sb.proc) {
 			// Died while idle (killed from outside, OOM): respawn quietly.
 			x.cfg.Logger.Info("sandbox found dead, respawning", "canister", id, "pid", sb.proc.Pid())
+			x.discard(sb)
+		}
+		if sb.proc != nil && sb.loaded != ([32]byte{}) && sb.loaded != want {
+			// A sandbox runs one module: after loading it, it can make no
+			// more memory executable (W^X). An upgrade gets a fresh one.
+			x.cfg.Logger.Info("module changed, respawning the sandbox", "canister", id, "pid", sb.proc.Pid())
 			x.discard(sb)
 		}
 		if sb.proc != nil {
@@ -884,7 +891,7 @@ func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request
 // turned out to be dead before it answered (executions have no effects
 // outside their output, so running again is safe); it is allowed once.
 func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
-	sb, reused, err := x.acquire(ctx, canisterID)
+	sb, reused, err := x.acquire(ctx, canisterID, m.hash)
 	if err != nil {
 		return nil, false, err
 	}

@@ -350,3 +350,42 @@ func TestSandboxMapsMemories(t *testing.T) {
 		}
 	}
 }
+
+// A canister sandbox loads one module: once it is loaded, the sandbox can
+// make no more memory executable (W^X, PR_SET_MDWE), so a module change
+// (upgrade, reinstall) is served by a fresh sandbox, without a fault.
+func TestModuleChangeRespawns(t *testing.T) {
+	x := newReal(t)
+	pidOf := func() int {
+		for _, s := range x.List() {
+			if s.CanisterID == "upgraded" {
+				return s.Pid
+			}
+		}
+		t.Fatal("no sandbox listed")
+		return 0
+	}
+	a := newSim(t, x, "upgraded", wasmFile(t, corpusDir, "counter"))
+	a.must(sysapi.CtxInit, "canister_init", empty)
+	a.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	pid1 := pidOf()
+	b := newSim(t, x, "upgraded", wasmFile(t, filepath.Join("..", "..", "examples"), "counter64"))
+	b.must(sysapi.CtxInit, "canister_init", empty)
+	out := b.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	if string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("new module: reply %x", out.Reply)
+	}
+	pid2 := pidOf()
+	if pid2 == pid1 {
+		t.Fatalf("the module changed but sandbox %d was reused", pid1)
+	}
+	waitGone(t, pid1)
+	// Same module again: the sandbox is reused.
+	b.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	if pid3 := pidOf(); pid3 != pid2 {
+		t.Fatalf("same module, new sandbox %d (was %d)", pid3, pid2)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 || st.Spawned-st.Compiles != 2 { // Spawned counts compiler sandboxes too
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -427,6 +427,10 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			p.layers[l] = LayerState{Applied: applied&b != 0, Detail: childLayerDetail(l, abi, cfg)}
 		}
 	}
+	if plan[LayerWX] {
+		// Its first half is the seccomp filter's; the worker adds MDWE.
+		p.layers[LayerWX] = LayerState{Applied: applied&confine.LSeccomp != 0 && o.learn == nil, Detail: wxDetail}
+	}
 	if p.notify != nil {
 		go p.watchSeccomp()
 	}
@@ -576,6 +580,9 @@ func makePlan(av *availability, s Spec, o startOpts) (map[Layer]bool, error) {
 		if ok && l == LayerPivotRoot && allowed(o.unavailable, LayerMountNS) {
 			ok = false
 		}
+		if ok && l == LayerWX && !plan[LayerSeccomp] {
+			ok = false // the filter is half of it
+		}
 		if ok && l != LayerUserNS && (allowed(o.unavailable, LayerUserNS) || !av.layers[LayerUserNS]) && av.rootless {
 			switch l {
 			case LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot, LayerCaps:
@@ -695,15 +702,14 @@ func (p *Process) watchSeccomp() {
 			}
 			return
 		}
-		name := confine.SyscallName(n.Arch, n.Nr)
 		if p.learn != nil {
-			p.learn(name, n)
+			p.learn(confine.SyscallName(n.Arch, n.Nr), n)
 			_ = rc.Control(func(fd uintptr) { _ = confine.ContinueNotification(int(fd), n.ID) })
 			continue
 		}
 		p.mu.Lock()
 		if p.seccomp == "" {
-			p.seccomp = name
+			p.seccomp = confine.ViolationName(n)
 		}
 		p.mu.Unlock()
 		_ = p.proc.Kill()

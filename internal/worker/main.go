@@ -30,6 +30,12 @@ const (
 // sandbox; the engine then opens the process's own.
 var pagemap *os.File
 
+// forbidNewCode, set in a sandbox, ends the process's ability to make
+// memory executable (confine.ForbidNewCode); a canister worker calls it
+// once its module is loaded. Nil when Serve runs outside a sandbox (tests
+// in the host's process).
+var forbidNewCode func() error
+
 // Main is the entry point of a sandbox process: cmd/cordon calls it, before
 // anything else, when confine.IsSandbox() reports the process was started
 // by sandbox.Start. It completes confinement first (before any byte from the
@@ -45,5 +51,6 @@ func Main() int {
 		f.Close()
 	}
 	pagemap = confine.Pagemap()
+	forbidNewCode = confine.ForbidNewCode
 	return Serve(conn, args)
 }
