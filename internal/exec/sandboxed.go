@@ -265,6 +265,9 @@ type canisterSandbox struct {
 	conn   *boundary.Conn
 	loaded [32]byte
 	dead   bool // killed: acquire must take a fresh entry
+	// watching is closed when the idle watch of this sandbox's socket
+	// (between exchanges) has ended; nil when none runs.
+	watching chan struct{}
 
 	// Under Sandboxed.mu:
 	busy     int
@@ -687,6 +690,7 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 		x.mu.Unlock()
 
 		sb.mu.Lock()
+		x.unwatch(sb)
 		if sb.dead {
 			sb.mu.Unlock()
 			x.release(sb, false)
@@ -750,6 +754,7 @@ func (x *Sandboxed) release(sb *canisterSandbox, used bool) {
 
 // discard kills sb's process (sb.mu held) and keeps the entry for a respawn.
 func (x *Sandboxed) discard(sb *canisterSandbox) {
+	x.unwatch(sb)
 	if sb.proc == nil {
 		return
 	}
@@ -764,6 +769,7 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 
 // forgetLocked kills sb and removes it from the pool (sb.mu held).
 func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
+	x.unwatch(sb)
 	if sb.proc != nil {
 		_ = sb.proc.Kill()
 		waitExit(sb.proc)
@@ -898,15 +904,65 @@ func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Req
 	out, err := x.run(ctx, sb, req, m)
 	if err != nil {
 		var se *SandboxError
-		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash
+		// A sandbox killed for a forbidden system call is not retried:
+		// the canister did it, and would do it again (CANISTER_ERROR).
+		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash &&
+			(se.Exit == nil || se.Exit.SeccompSyscall == "")
 		x.forgetLocked(sb)
 		sb.mu.Unlock()
 		x.release(sb, false)
 		return nil, retry, err
 	}
+	x.watch(sb)
 	sb.mu.Unlock()
 	x.release(sb, true)
 	return out, false, nil
+}
+
+// watch starts reading sb's socket while it is idle (sb.mu held, an
+// exchange just ended): a sandbox has nothing to say between messages, so
+// a packet, a descriptor or a hang-up then is caught at once, the sandbox
+// killed and its socket closed, which releases whatever it queued (memfds
+// it sent before exiting would otherwise stay charged to the host until the
+// canister's next message).
+func (x *Sandboxed) watch(sb *canisterSandbox) {
+	done := make(chan struct{})
+	sb.watching = done
+	proc, conn := sb.proc, sb.conn
+	go func() {
+		defer close(done)
+		err := conn.WatchIdle()
+		if errors.Is(err, boundary.ErrInterrupted) || errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if !sb.mu.TryLock() {
+			// An exchange, an eviction or Forget is taking the sandbox
+			// (and waits for this goroutine): what was sent is theirs.
+			return
+		}
+		defer sb.mu.Unlock()
+		if sb.conn != conn || sb.watching != done {
+			return
+		}
+		sb.watching = nil
+		_ = x.fail(sb.id, "idle", proc, 0, err)
+		conn.Raw().Close()
+		sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
+		x.mu.Lock()
+		sb.pid = 0
+		x.mu.Unlock()
+	}()
+}
+
+// unwatch ends sb's idle watch, if any, and waits for it (sb.mu held).
+func (x *Sandboxed) unwatch(sb *canisterSandbox) {
+	if sb.watching == nil {
+		return
+	}
+	sb.conn.StopWatch()
+	<-sb.watching
+	sb.watching = nil
+	sb.conn.ResumeIO()
 }
 
 // run performs load (if needed) and the execution on sb (sb.mu held). On

@@ -27,6 +27,9 @@ import (
 // binary, which then serves as the worker.
 func TestMain(m *testing.M) {
 	if confine.IsSandbox() {
+		if mode := hostileMode(); mode != "" {
+			os.Exit(hostileMain(mode))
+		}
 		os.Exit(worker.Main())
 	}
 	os.Exit(m.Run())
