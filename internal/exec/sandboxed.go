@@ -73,6 +73,10 @@ type SandboxConfig struct {
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
+	// HostIDs gives each sandbox (canister and compiler) a host uid of its
+	// own while it lives, on a root host (nil: all are 65534).
+	HostIDs *sandbox.IDPool
+
 	// The watchdog allows an execution WatchdogBase plus its instruction
 	// limit at InstructionsPerSecond (a deliberately slow rate: it catches
 	// hangs, fuel catches everything else) plus transfer time for its pages.
@@ -518,7 +522,7 @@ func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.S
 	return sandbox.Spec{
 		Label: label, Binary: x.cfg.Binary, Args: args,
 		MemoryBytes: mem, Pids: pids, CPUPercent: x.cfg.CPUPercent,
-		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing,
+		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing, HostIDs: x.cfg.HostIDs,
 		Stderr: func(line string) { log.Info("sandbox stderr", "canister", label, "line", line) },
 	}
 }

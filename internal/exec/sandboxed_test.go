@@ -17,6 +17,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/sandbox"
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -390,5 +391,52 @@ func TestModuleChangeRespawns(t *testing.T) {
 	}
 	if st := x.Stats(); len(st.Faults) != 0 || st.Spawned-st.Compiles != 2 { // Spawned counts compiler sandboxes too
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// With a pool of host ids (sandbox.host_ids), every live sandbox of a root
+// host is a host user of its own (internal/sandbox TestHostIDsPerSandbox
+// shows why: per-user kernel limits).
+func TestSandboxHostIDs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only a root host can give sandboxes ids of their own")
+	}
+	base := uint32(3_800_000 + os.Getpid()%1000*10)
+	ids, err := sandbox.NewIDPool(base, base+9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), HostIDs: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	wasm := wasmFile(t, corpusDir, "counter")
+	for _, id := range []string{"a", "b"} {
+		newSim(t, x, id, wasm).must(sysapi.CtxInit, "canister_init", empty)
+	}
+	uids := map[int]bool{}
+	for _, s := range x.List() {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(s.Pid) + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var uid int
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
+				uid, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
+		}
+		if uid < int(base) || uid > int(base+9) {
+			t.Fatalf("sandbox %s is uid %d, outside %s", s.CanisterID, uid, ids)
+		}
+		uids[uid] = true
+	}
+	if len(uids) != 2 {
+		t.Fatalf("two sandboxes, uids %v", uids)
+	}
+	x.Close()
+	if n := ids.InUse(); n != 0 {
+		t.Fatalf("%d ids still in use after Close", n)
 	}
 }

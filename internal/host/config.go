@@ -53,6 +53,9 @@ type SandboxConfig struct {
 	MemoryBytes  uint64        // cgroup memory limit per canister sandbox (0: default)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// HostIDs is "FIRST-LAST": host uids/gids for sandboxes, one per live
+	// sandbox, when running as root ("": all sandboxes are 65534).
+	HostIDs string
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).

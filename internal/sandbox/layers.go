@@ -197,7 +197,11 @@ func probe() *availability {
 	uerr := probeClone(0, true)
 	userns := uerr == nil
 	if userns {
-		set(LayerUserNS, true, fmt.Sprintf("uid/gid %d inside", confine.UnprivilegedID))
+		d := fmt.Sprintf("uid/gid %d inside; on the host, a uid of its own per sandbox from sandbox.host_ids (else 65534 for all)", confine.UnprivilegedID)
+		if a.rootless {
+			d = fmt.Sprintf("uid/gid %d inside; rootless: every sandbox is your uid on the host, so they share per-user kernel limits (RLIMIT_NPROC, descriptors in flight, inotify)", confine.UnprivilegedID)
+		}
+		set(LayerUserNS, true, d)
 	} else {
 		set(LayerUserNS, false, "cannot create a user namespace: "+uerr.Error())
 	}

@@ -47,6 +47,11 @@ type Spec struct {
 	Strict       bool              // refuse to start if any layer is unavailable…
 	AllowMissing []Layer           // …except these (the --insecure-allow-missing list)
 	Stderr       func(line string) // each line the child writes to fd 2 (rate-limited); nil = discard
+	// HostIDs, when the host is root and the sandbox gets a user namespace,
+	// gives the sandbox a host uid/gid of its own for its lifetime (else
+	// every sandbox is 65534 on the host too). A rootless host cannot map
+	// other ids: its sandboxes are all its own uid.
+	HostIDs *IDPool
 }
 
 // ExitStatus is how a sandbox ended.
@@ -79,6 +84,22 @@ type Process struct {
 	mu      sync.Mutex
 	seccomp string // first violating syscall, set before the host kills
 	killed  bool
+	ids     *IDPool // hostID came from it; returned once the process is reaped
+	hostID  uint32
+}
+
+// HostUID is the sandbox's uid on the host (65534 unless Spec.HostIDs gave
+// it one of its own; the host's own uid when rootless).
+func (p *Process) HostUID() uint32 { return p.hostID }
+
+func (p *Process) releaseID() {
+	p.mu.Lock()
+	ids := p.ids
+	p.ids = nil
+	p.mu.Unlock()
+	if ids != nil {
+		ids.put(p.hostID)
+	}
 }
 
 // Conn is the host end of the IPC socket (SOCK_SEQPACKET). The caller owns
@@ -257,6 +278,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)}
 	}
 	fail := func(err error) (*Process, error) {
+		defer p.releaseID() // after the process is reaped below
 		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 			err = fmt.Errorf("%w (%v)", cerr, err)
 		}
@@ -303,16 +325,30 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		}
 	}
 	euid := os.Geteuid()
+	p.hostID = confine.UnprivilegedID
 	if plan[LayerUserNS] {
 		attr.Cloneflags |= syscall.CLONE_NEWUSER
 		hostUID, hostGID := euid, os.Getegid()
 		if !av.rootless {
-			// A privileged host maps the sandbox to nobody and drops its
-			// own uid, gid and supplementary groups at fork.
-			hostUID, hostGID = confine.UnprivilegedID, confine.UnprivilegedID
+			// A privileged host maps the sandbox to nobody, or to an id
+			// of its own, and drops its own uid, gid and supplementary
+			// groups at fork.
+			id := uint32(confine.UnprivilegedID)
+			if s.HostIDs != nil {
+				var ok bool
+				if id, ok = s.HostIDs.take(); !ok {
+					return fail(fmt.Errorf("every host id of %s is in use by a live sandbox", s.HostIDs))
+				}
+				p.mu.Lock()
+				p.ids = s.HostIDs
+				p.mu.Unlock()
+			}
+			hostUID, hostGID = int(id), int(id)
+			// Set inside the new namespace, where only 65534 is mapped.
 			attr.Credential = &syscall.Credential{Uid: confine.UnprivilegedID, Gid: confine.UnprivilegedID}
 			attr.GidMappingsEnableSetgroups = true
 		}
+		p.hostID = uint32(hostUID)
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostUID, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostGID, Size: 1}}
 		// The early confinement needs these two inside its namespace
@@ -360,6 +396,15 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		if plan[l] {
 			p.layers[l] = LayerState{Applied: true, Detail: hostLayerDetail(l, env)}
 		}
+	}
+	if plan[LayerUserNS] {
+		own := "shared by every sandbox"
+		if p.ids != nil {
+			own = "its own, from " + p.ids.String()
+		} else if av.rootless {
+			own = "the host's own uid (rootless), shared by every sandbox"
+		}
+		p.layers[LayerUserNS] = LayerState{Applied: true, Detail: fmt.Sprintf("uid/gid %d inside; host uid %d: %s", confine.UnprivilegedID, p.hostID, own)}
 	}
 
 	// Go-ahead, then wait for the ready report.
@@ -737,6 +782,7 @@ func (p *Process) waiter() {
 		_ = p.notify.Close()
 	}
 	p.logs.wait(time.Second)
+	p.releaseID()
 	p.mu.Lock()
 	st.SeccompSyscall = p.seccomp
 	killed := p.killed
