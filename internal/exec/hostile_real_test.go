@@ -32,6 +32,9 @@ import (
 //	hostile-idle-fds    on SIGUSR1, a packet carrying 8 memfds of its own
 //	hostile-exit-memfds on SIGUSR1, a packet carrying 8 memfds of 4 MiB
 //	                    each, then it exits
+//	hostile-wx-probe    once the worker has loaded its module, try to make
+//	                    written memory executable; if that works, exit
+//	                    (the test's next message then fails)
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
@@ -64,10 +67,27 @@ func hostileMain(mode string) int {
 		return fail("%v", err)
 	}
 	go func() {
-		worker.Serve(workerSide, args)
+		worker.ServeConfined(workerSide, args) // the worker as in production, after Enter
 		conn.Close()
 	}()
-	go forward(inner, conn, nil) // worker → host, as is
+	var probe func([]byte)
+	if mode == "wx-probe" {
+		probe = func(pkt []byte) {
+			if len(pkt) == 0 || boundary.Kind(pkt[0]) != boundary.KindLoaded {
+				return
+			}
+			b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				os.Exit(1)
+			}
+			b[0] = 0xc3 // ret
+			if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_EXEC); !errors.Is(err, unix.EACCES) {
+				fmt.Fprintf(os.Stderr, "hostile sandbox: written memory made executable after the load (%v)\n", err)
+				os.Exit(1)
+			}
+		}
+	}
+	go forward(inner, conn, probe) // worker → host
 	go func() {
 		<-usr1
 		switch mode {
@@ -282,5 +302,21 @@ func TestIdleSandboxWatched(t *testing.T) {
 				t.Fatalf("victim's sandbox %d (was %d)", p, pid)
 			}
 		})
+	}
+}
+
+// The real worker forbids new executable memory once its module is loaded:
+// from inside the live sandbox, after the worker reported Loaded, written
+// memory cannot be made executable (before the load it can: that is how
+// wasmtime publishes code, see internal/sandbox's mdwe_rw_rx attack).
+func TestWorkerForbidsNewCode(t *testing.T) {
+	x, _ := newRealCounted(t)
+	v := newSim(t, x, hostilePrefix+"wx-probe", wasmFile(t, corpusDir, "counter"))
+	v.must(sysapi.CtxInit, "canister_init", empty)
+	if out := v.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("reply %x", out.Reply)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 {
+		t.Fatalf("faults %v", st.Faults)
 	}
 }

@@ -11,6 +11,7 @@ package worker
 
 import (
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
@@ -50,6 +51,15 @@ func Main() int {
 	for _, f := range files { // this version passes artifacts with Load, not at spawn
 		f.Close()
 	}
+	return ServeConfined(conn, args)
+}
+
+// ServeConfined is Serve in a confined sandbox process (after
+// confine.Enter): the engine uses the pagemap the C constructor opened, and
+// a canister worker forbids new executable memory once its module is
+// loaded. Main calls it; tests that put a hostile proxy in front of a real
+// worker inside a live sandbox call it too.
+func ServeConfined(conn *net.UnixConn, args []string) int {
 	pagemap = confine.Pagemap()
 	forbidNewCode = confine.ForbidNewCode
 	return Serve(conn, args)
