@@ -32,6 +32,7 @@ import (
 //	hostile-idle-fds    on SIGUSR1, a packet carrying 8 memfds of its own
 //	hostile-exit-memfds on SIGUSR1, a packet carrying 8 memfds of 4 MiB
 //	                    each, then it exits
+//	hostile-idle-seccomp on SIGUSR1, a forbidden system call (socket)
 //	hostile-wx-probe    once the worker has loaded its module, try to make
 //	                    written memory executable; if that works, exit
 //	                    (the test's next message then fails)
@@ -91,6 +92,9 @@ func hostileMain(mode string) int {
 	go func() {
 		<-usr1
 		switch mode {
+		case "idle-seccomp":
+			_, _, _ = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+			fmt.Fprintln(os.Stderr, "hostile sandbox: survived socket()")
 		case "idle-packet":
 			_, _ = conn.Write([]byte("unsolicited"))
 		case "idle-fds", "exit-memfds":
@@ -259,9 +263,14 @@ func TestSeccompKillNotRetried(t *testing.T) {
 // descriptors, or descriptors and then exits while idle is caught at once
 // (not at its canister's next message): killed, counted, its socket closed
 // with whatever it queued, the host's descriptors back to what they were.
+// One that makes a forbidden system call while idle is counted too.
 func TestIdleSandboxWatched(t *testing.T) {
 	wasm := wasmFile(t, corpusDir, "counter")
-	for _, mode := range []string{"idle-packet", "idle-fds", "exit-memfds"} {
+	counted := map[string]string{
+		"idle-packet": "violation unsolicited message", "idle-fds": "violation unsolicited message",
+		"exit-memfds": "violation unsolicited message", "idle-seccomp": "seccomp socket",
+	}
+	for _, mode := range []string{"idle-packet", "idle-fds", "exit-memfds", "idle-seccomp"} {
 		t.Run(mode, func(t *testing.T) {
 			x, m := newRealCounted(t)
 			id := hostilePrefix + mode
@@ -288,8 +297,8 @@ func TestIdleSandboxWatched(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			waitGone(t, pid)
-			if n := m.get("violation unsolicited message"); n != 1 {
-				t.Fatalf("unsolicited message counted %d times: %v", n, m.n)
+			if n := m.get(counted[mode]); n != 1 {
+				t.Fatalf("%q counted %d times: %v", counted[mode], n, m.n)
 			}
 			if out := neighbour.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
 				t.Fatalf("neighbour: %x", out.Reply)
