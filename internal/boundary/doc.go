@@ -44,6 +44,11 @@
 // and rejects a chunk that is out of order or longer than what remains.
 // Only some kinds may span packets; the others must fit in their first.
 //
+// Between exchanges the host watches the socket (Conn.WatchIdle): a sandbox
+// has nothing to say then, so any packet is a VUnsolicited violation. A
+// write failing with ENOBUFS (no buffer under memory pressure) is retried
+// for up to NoBufsBudget, within the socket's deadline.
+//
 // Descriptors are accepted only on the kinds that declare them (host to
 // sandbox only: KindLoad exactly one, KindExecute up to two, as its header
 // declares). No message from a sandbox may carry a

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -125,13 +126,16 @@ type Conn struct {
 	rbuf []byte
 	oob  []byte
 	wbuf []byte
+	// sendmsg is c.WriteMsgUnix; tests replace it to inject errors.
+	sendmsg func(b, oob []byte) (n, oobn int, err error)
 }
 
 // NewConn wraps one end of a SOCK_SEQPACKET unix socket pair.
 func NewConn(c *net.UnixConn) *Conn {
 	return &Conn{
-		c:    c,
-		rbuf: make([]byte, MaxPacket),
+		c:       c,
+		sendmsg: func(b, oob []byte) (int, int, error) { return c.WriteMsgUnix(b, oob, nil) },
+		rbuf:    make([]byte, MaxPacket),
 		// Room for MaxFDs descriptors plus one: more than that sets
 		// MSG_CTRUNC, and the kernel closes what does not fit.
 		oob:  make([]byte, unix.CmsgSpace(4*(MaxFDs+1))),
@@ -190,8 +194,28 @@ func (c *Conn) Send(m *Msg) error {
 	return nil
 }
 
+// NoBufsBudget bounds how long a write retries ENOBUFS.
+const NoBufsBudget = 2 * time.Second
+
+// write sends one packet. ENOBUFS (the kernel could not allocate the
+// packet's buffer: memory pressure, nothing was sent) is retried with a
+// growing pause for up to NoBufsBudget: a transient shortage must not kill
+// a sandbox, or the worker. Each attempt honours the socket's deadline,
+// which the host's watchdog and contexts set, so a retry never outlives
+// them.
 func (c *Conn) write(pkt, oob []byte) error {
-	n, oobn, err := c.c.WriteMsgUnix(pkt, oob, nil)
+	var n, oobn int
+	var err error
+	pause, waited := time.Millisecond, time.Duration(0)
+	for {
+		n, oobn, err = c.sendmsg(pkt, oob)
+		if !errors.Is(err, unix.ENOBUFS) || waited >= NoBufsBudget {
+			break
+		}
+		time.Sleep(pause)
+		waited += pause
+		pause = min(2*pause, 100*time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}

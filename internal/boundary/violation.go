@@ -26,6 +26,7 @@ const (
 	VQueryState                             // a query returned state changes
 	VTrapState                              // a trapped execution returned state changes
 	VInfo                                   // a compiled module's info
+	VUnsolicited                            // a packet while no request was pending (Conn.WatchIdle)
 	numViolationKinds
 )
 
@@ -49,6 +50,7 @@ var violationNames = [numViolationKinds]string{
 	VQueryState:    "query state changes",
 	VTrapState:     "trap state changes",
 	VInfo:          "module info",
+	VUnsolicited:   "unsolicited message",
 }
 
 // String names the kind.

@@ -197,6 +197,19 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.Host.Sandbox.CPUPercent }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
+	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",
+		func(c *Config) *string { return &c.Host.Sandbox.HostIDs }, func(v string) error {
+			if v == "" {
+				return nil
+			}
+			a, b, ok := strings.Cut(v, "-")
+			first, err1 := strconv.ParseUint(a, 10, 32)
+			last, err2 := strconv.ParseUint(b, 10, 32)
+			if !ok || err1 != nil || err2 != nil || first == 0 || last < first || last >= 1<<32-1 {
+				return errors.New("want FIRST-LAST, 0 < FIRST <= LAST < 4294967295")
+			}
+			return nil
+		}),
 	{Key: "sandbox.idle_timeout", Help: "a sandbox idle this long is stopped (0s: the default)", quoted: true,
 		get: func(c *Config) string { return c.Host.Sandbox.IdleTimeout.String() },
 		set: func(c *Config, v string) error {

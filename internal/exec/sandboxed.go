@@ -80,6 +80,10 @@ type SandboxConfig struct {
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
+	// HostIDs gives each sandbox (canister and compiler) a host uid of its
+	// own while it lives, on a root host (nil: all are 65534).
+	HostIDs *sandbox.IDPool
+
 	// The watchdog allows an execution WatchdogBase plus its instruction
 	// limit at InstructionsPerSecond (a deliberately slow rate: it catches
 	// hangs, fuel catches everything else) plus transfer time for its pages.
@@ -281,6 +285,9 @@ type canisterSandbox struct {
 	conn   *boundary.Conn
 	loaded [32]byte
 	dead   bool // killed: acquire must take a fresh entry
+	// watching is closed when the idle watch of this sandbox's socket
+	// (between exchanges) has ended; nil when none runs.
+	watching chan struct{}
 
 	// Under Sandboxed.mu:
 	busy     int
@@ -541,7 +548,7 @@ func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.S
 	return sandbox.Spec{
 		Label: label, Binary: x.cfg.Binary, Args: args,
 		MemoryBytes: mem, Pids: pids, CPUPercent: cpu,
-		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing,
+		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing, HostIDs: x.cfg.HostIDs,
 		Stderr: func(line string) { log.Info("sandbox stderr", "canister", label, "line", line) },
 	}
 }
@@ -694,9 +701,10 @@ func (x *Sandboxed) Stats() SandboxStats {
 }
 
 // acquire returns the canister's pool entry locked for an exchange, with a
-// live sandbox (spawned if needed). The boolean says whether the sandbox
-// was reused rather than spawned for this call.
-func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, bool, error) {
+// live sandbox (spawned if needed) that has loaded module want or nothing
+// yet. The boolean says whether the sandbox was reused rather than spawned
+// for this call.
+func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*canisterSandbox, bool, error) {
 	for {
 		x.mu.Lock()
 		if x.closed {
@@ -712,6 +720,7 @@ func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, b
 		x.mu.Unlock()
 
 		sb.mu.Lock()
+		x.unwatch(sb)
 		if sb.dead {
 			sb.mu.Unlock()
 			x.release(sb, false)
@@ -720,6 +729,12 @@ func (x *Sandboxed) acquire(ctx context.Context, id string) (*canisterSandbox, b
 		if sb.proc != nil && exited(sb.proc) {
 			// Died while idle (killed from outside, OOM): respawn quietly.
 			x.cfg.Logger.Info("sandbox found dead, respawning", "canister", id, "pid", sb.proc.Pid())
+			x.discard(sb)
+		}
+		if sb.proc != nil && sb.loaded != ([32]byte{}) && sb.loaded != want {
+			// A sandbox runs one module: after loading it, it can make no
+			// more memory executable (W^X). An upgrade gets a fresh one.
+			x.cfg.Logger.Info("module changed, respawning the sandbox", "canister", id, "pid", sb.proc.Pid())
 			x.discard(sb)
 		}
 		if sb.proc != nil {
@@ -769,6 +784,7 @@ func (x *Sandboxed) release(sb *canisterSandbox, used bool) {
 
 // discard kills sb's process (sb.mu held) and keeps the entry for a respawn.
 func (x *Sandboxed) discard(sb *canisterSandbox) {
+	x.unwatch(sb)
 	if sb.proc == nil {
 		return
 	}
@@ -783,6 +799,7 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 
 // forgetLocked kills sb and removes it from the pool (sb.mu held).
 func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
+	x.unwatch(sb)
 	if sb.proc != nil {
 		_ = sb.proc.Kill()
 		waitExit(sb.proc)
@@ -919,6 +936,7 @@ func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
 	if sb.proc == nil {
 		return
 	}
+	defer x.rewatch(sb)
 	c, ok := sb.proc.(interface{ CPUTime() (time.Duration, error) })
 	if !ok {
 		return
@@ -977,22 +995,88 @@ func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request
 // turned out to be dead before it answered (executions have no effects
 // outside their output, so running again is safe); it is allowed once.
 func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
-	sb, reused, err := x.acquire(ctx, canisterID)
+	sb, reused, err := x.acquire(ctx, canisterID, m.hash)
 	if err != nil {
 		return nil, false, err
 	}
 	out, err := x.run(ctx, sb, req, m)
 	if err != nil {
 		var se *SandboxError
-		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash
+		// A sandbox killed for a forbidden system call is not retried:
+		// the canister did it, and would do it again (CANISTER_ERROR).
+		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash &&
+			(se.Exit == nil || se.Exit.SeccompSyscall == "")
 		x.forgetLocked(sb)
 		sb.mu.Unlock()
 		x.release(sb, false)
 		return nil, retry, err
 	}
+	x.watch(sb)
 	sb.mu.Unlock()
 	x.release(sb, true)
 	return out, false, nil
+}
+
+// watch starts reading sb's socket while it is idle (sb.mu held, an
+// exchange just ended): a sandbox has nothing to say between messages, so
+// a packet, a descriptor or a hang-up then is caught at once, the sandbox
+// killed and its socket closed, which releases whatever it queued (memfds
+// it sent before exiting would otherwise stay charged to the host until the
+// canister's next message).
+func (x *Sandboxed) watch(sb *canisterSandbox) {
+	done := make(chan struct{})
+	sb.watching = done
+	proc, conn := sb.proc, sb.conn
+	go func() {
+		defer close(done)
+		err := conn.WatchIdle()
+		if errors.Is(err, boundary.ErrInterrupted) || errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if !sb.mu.TryLock() {
+			// An exchange, an eviction or Forget is taking the sandbox
+			// (and waits for this goroutine): what was sent is theirs.
+			return
+		}
+		defer sb.mu.Unlock()
+		if sb.conn != conn || sb.watching != done {
+			return
+		}
+		sb.watching = nil
+		_ = x.fail(sb.id, "idle", proc, 0, err)
+		conn.Raw().Close()
+		sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
+		x.mu.Lock()
+		sb.pid = 0
+		x.mu.Unlock()
+	}()
+}
+
+// rewatch restarts sb's idle watch if it ended while this goroutine held
+// sb.mu (sb.mu held): the watcher leaves what it saw to the lock's holder,
+// and an idle check is not an exchange that would read it. What the sandbox
+// sent is still queued, so the new watch sees it at once.
+func (x *Sandboxed) rewatch(sb *canisterSandbox) {
+	if sb.watching == nil || sb.proc == nil {
+		return
+	}
+	select {
+	case <-sb.watching:
+		x.unwatch(sb)
+		x.watch(sb)
+	default:
+	}
+}
+
+// unwatch ends sb's idle watch, if any, and waits for it (sb.mu held).
+func (x *Sandboxed) unwatch(sb *canisterSandbox) {
+	if sb.watching == nil {
+		return
+	}
+	sb.conn.StopWatch()
+	<-sb.watching
+	sb.watching = nil
+	sb.conn.ResumeIO()
 }
 
 // run performs load (if needed) and the execution on sb (sb.mu held). On

@@ -18,6 +18,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/sandbox"
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -28,6 +29,9 @@ import (
 // binary, which then serves as the worker.
 func TestMain(m *testing.M) {
 	if confine.IsSandbox() {
+		if mode := hostileMode(); mode != "" {
+			os.Exit(hostileMain(mode))
+		}
 		if slices.Contains(os.Args, spinWhenIdle) {
 			go spin() // a thread of the sandbox's own, as native code could start
 		}
@@ -352,5 +356,91 @@ func TestSandboxMapsMemories(t *testing.T) {
 		if strings.Contains(l, "comparing all") {
 			t.Fatalf("the sandbox compared pages: %s", l)
 		}
+	}
+}
+
+// A canister sandbox loads one module: once it is loaded, the sandbox can
+// make no more memory executable (W^X, PR_SET_MDWE), so a module change
+// (upgrade, reinstall) is served by a fresh sandbox, without a fault.
+func TestModuleChangeRespawns(t *testing.T) {
+	x := newReal(t)
+	pidOf := func() int {
+		for _, s := range x.List() {
+			if s.CanisterID == "upgraded" {
+				return s.Pid
+			}
+		}
+		t.Fatal("no sandbox listed")
+		return 0
+	}
+	a := newSim(t, x, "upgraded", wasmFile(t, corpusDir, "counter"))
+	a.must(sysapi.CtxInit, "canister_init", empty)
+	a.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	pid1 := pidOf()
+	b := newSim(t, x, "upgraded", wasmFile(t, filepath.Join("..", "..", "examples"), "counter64"))
+	b.must(sysapi.CtxInit, "canister_init", empty)
+	out := b.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	if string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("new module: reply %x", out.Reply)
+	}
+	pid2 := pidOf()
+	if pid2 == pid1 {
+		t.Fatalf("the module changed but sandbox %d was reused", pid1)
+	}
+	waitGone(t, pid1)
+	// Same module again: the sandbox is reused.
+	b.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	if pid3 := pidOf(); pid3 != pid2 {
+		t.Fatalf("same module, new sandbox %d (was %d)", pid3, pid2)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 || st.Spawned-st.Compiles != 2 { // Spawned counts compiler sandboxes too
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// With a pool of host ids (sandbox.host_ids), every live sandbox of a root
+// host is a host user of its own (internal/sandbox TestHostIDsPerSandbox
+// shows why: per-user kernel limits).
+func TestSandboxHostIDs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only a root host can give sandboxes ids of their own")
+	}
+	base := uint32(3_800_000 + os.Getpid()%1000*10)
+	ids, err := sandbox.NewIDPool(base, base+9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), HostIDs: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	wasm := wasmFile(t, corpusDir, "counter")
+	for _, id := range []string{"a", "b"} {
+		newSim(t, x, id, wasm).must(sysapi.CtxInit, "canister_init", empty)
+	}
+	uids := map[int]bool{}
+	for _, s := range x.List() {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(s.Pid) + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var uid int
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
+				uid, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
+		}
+		if uid < int(base) || uid > int(base+9) {
+			t.Fatalf("sandbox %s is uid %d, outside %s", s.CanisterID, uid, ids)
+		}
+		uids[uid] = true
+	}
+	if len(uids) != 2 {
+		t.Fatalf("two sandboxes, uids %v", uids)
+	}
+	x.Close()
+	if n := ids.InUse(); n != 0 {
+		t.Fatalf("%d ids still in use after Close", n)
 	}
 }

@@ -61,6 +61,9 @@ type SandboxConfig struct {
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool
+	// HostIDs is "FIRST-LAST": host uids/gids for sandboxes, one per live
+	// sandbox, when running as root ("": all sandboxes are 65534).
+	HostIDs string
 }
 
 // Fees are the cycles costs (IC defaults of a 13-node subnet).

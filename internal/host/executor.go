@@ -38,6 +38,15 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 		for _, l := range allow {
 			logger.Warn("INSECURE: sandboxes may run without a confinement layer", "layer", string(l))
 		}
+		var ids *sandbox.IDPool
+		if cfg.Sandbox.HostIDs != "" {
+			if ids, err = sandbox.ParseIDRange(cfg.Sandbox.HostIDs); err != nil {
+				return nil, fmt.Errorf("sandbox.host_ids: %w", err)
+			}
+			if os.Geteuid() != 0 {
+				logger.Warn("sandbox.host_ids ignored: only a root host can give sandboxes ids of their own", "range", ids.String())
+			}
+		}
 		binary := cfg.Sandbox.Binary
 		if binary == "" {
 			binary = os.Getenv("CORDON_SANDBOX_BINARY")
@@ -52,6 +61,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			CPUPercent:   cpuQuota(cfg.Sandbox.CPUPercent),
 			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
+			HostIDs:      ids,
 			Logger:       logger,
 			Metrics:      metricsOf(cfg),
 		})

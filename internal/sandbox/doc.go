@@ -82,15 +82,26 @@
 //     (AUDIT_ARCH_X86_64), x32 numbers (bit 30) refused, clone allowed only
 //     with thread flags, clone3 answered ENOSYS (its flags are behind a
 //     pointer; glibc falls back to clone), ioctl ENOTTY, open/openat ENOENT;
-//     everything else is a user notification.
+//     W^X: mmap never with PROT_EXEC, mmap/mprotect never with
+//     PROT_WRITE|PROT_EXEC; close never on the pagemap fd (the ioctl rule
+//     trusts its number; dup2, dup3 and close_range are not allowed);
+//     prctl only as PR_SET_MDWE; everything else is a user notification.
 //  14. Send the ready packet with the listener fd, close the fd, return.
+//
+// Child, in the canister worker (internal/worker), after its one module is
+// loaded: PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN) (confine.ForbidNewCode):
+// from then on no memory can become executable, so nothing the canister
+// writes can ever run. wasmtime loads a module by mapping its code writable
+// and then executable, which is why this comes after the load, and why a
+// module change gets a fresh sandbox (the layer "wx").
 //
 // # Violations
 //
 // A call the filter refuses is not executed: the calling thread blocks in
 // the kernel while the host, reading the listener fd, records the syscall
 // (ExitStatus.SeccompSyscall, e.g. "socket", "x32:getpid",
-// "arch-0x40000003:20" for an int 0x80 call) and SIGKILLs the sandbox. The
+// "arch-0x40000003:20" for an int 0x80 call, "mprotect(PROT_WRITE|PROT_EXEC)",
+// "close(pagemap)") and SIGKILLs the sandbox. The
 // sandbox cannot forge or suppress the report (it no longer holds the
 // listener), and if the host is gone the call fails with ENOSYS.
 //

@@ -37,14 +37,19 @@ const (
 	LayerNoNewPrivs Layer = "no_new_privs" // PR_SET_NO_NEW_PRIVS
 	LayerLandlock   Layer = "landlock"     // no filesystem rights at all
 	LayerSeccomp    Layer = "seccomp"      // syscall allowlist, last, on every thread
+	LayerWX         Layer = "wx"           // W^X: no writable+executable memory, no new code once the module is loaded
 )
 
 // AllLayers lists every layer in application order.
 var AllLayers = []Layer{
 	LayerEnv, LayerFds, LayerSession, LayerPdeathsig,
 	LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot,
-	LayerCgroup, LayerRlimits, LayerCaps, LayerNoNewPrivs, LayerLandlock, LayerSeccomp,
+	LayerCgroup, LayerRlimits, LayerCaps, LayerNoNewPrivs, LayerLandlock, LayerSeccomp, LayerWX,
 }
+
+// wxDetail describes the W^X layer.
+const wxDetail = "seccomp kills mmap with PROT_EXEC and mmap/mprotect with PROT_WRITE|PROT_EXEC; " +
+	"a canister sandbox sets PR_SET_MDWE (refuse exec gain) once its module is loaded, so no memory becomes executable after"
 
 // LayerState says whether a layer was applied to a sandbox.
 type LayerState struct {
@@ -192,7 +197,11 @@ func probe() *availability {
 	uerr := probeClone(0, true)
 	userns := uerr == nil
 	if userns {
-		set(LayerUserNS, true, fmt.Sprintf("uid/gid %d inside", confine.UnprivilegedID))
+		d := fmt.Sprintf("uid/gid %d inside; on the host, a uid of its own per sandbox from sandbox.host_ids (else 65534 for all)", confine.UnprivilegedID)
+		if a.rootless {
+			d = fmt.Sprintf("uid/gid %d inside; rootless: every sandbox is your uid on the host, so they share per-user kernel limits (RLIMIT_NPROC, descriptors in flight, inotify)", confine.UnprivilegedID)
+		}
+		set(LayerUserNS, true, d)
 	} else {
 		set(LayerUserNS, false, "cannot create a user namespace: "+uerr.Error())
 	}
@@ -231,5 +240,13 @@ func probe() *availability {
 	}
 	ok, d := seccompAvailable()
 	set(LayerSeccomp, ok, d)
+	switch {
+	case !ok:
+		set(LayerWX, false, "needs the seccomp layer")
+	case !confine.MDWEAvailable():
+		set(LayerWX, false, "the kernel has no PR_SET_MDWE (Linux < 6.3): seccomp still refuses writable+executable and executable mmap, but written memory could be made executable by mprotect")
+	default:
+		set(LayerWX, true, wxDetail)
+	}
 	return a
 }

@@ -47,6 +47,11 @@ type Spec struct {
 	Strict       bool              // refuse to start if any layer is unavailable…
 	AllowMissing []Layer           // …except these (the --insecure-allow-missing list)
 	Stderr       func(line string) // each line the child writes to fd 2 (rate-limited); nil = discard
+	// HostIDs, when the host is root and the sandbox gets a user namespace,
+	// gives the sandbox a host uid/gid of its own for its lifetime (else
+	// every sandbox is 65534 on the host too). A rootless host cannot map
+	// other ids: its sandboxes are all its own uid.
+	HostIDs *IDPool
 }
 
 // ExitStatus is how a sandbox ended.
@@ -79,6 +84,22 @@ type Process struct {
 	mu      sync.Mutex
 	seccomp string // first violating syscall, set before the host kills
 	killed  bool
+	ids     *IDPool // hostID came from it; returned once the process is reaped
+	hostID  uint32
+}
+
+// HostUID is the sandbox's uid on the host (65534 unless Spec.HostIDs gave
+// it one of its own; the host's own uid when rootless).
+func (p *Process) HostUID() uint32 { return p.hostID }
+
+func (p *Process) releaseID() {
+	p.mu.Lock()
+	ids := p.ids
+	p.ids = nil
+	p.mu.Unlock()
+	if ids != nil {
+		ids.put(p.hostID)
+	}
 }
 
 // Conn is the host end of the IPC socket (SOCK_SEQPACKET). The caller owns
@@ -257,6 +278,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)}
 	}
 	fail := func(err error) (*Process, error) {
+		defer p.releaseID() // after the process is reaped below
 		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 			err = fmt.Errorf("%w (%v)", cerr, err)
 		}
@@ -303,16 +325,30 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		}
 	}
 	euid := os.Geteuid()
+	p.hostID = confine.UnprivilegedID
 	if plan[LayerUserNS] {
 		attr.Cloneflags |= syscall.CLONE_NEWUSER
 		hostUID, hostGID := euid, os.Getegid()
 		if !av.rootless {
-			// A privileged host maps the sandbox to nobody and drops its
-			// own uid, gid and supplementary groups at fork.
-			hostUID, hostGID = confine.UnprivilegedID, confine.UnprivilegedID
+			// A privileged host maps the sandbox to nobody, or to an id
+			// of its own, and drops its own uid, gid and supplementary
+			// groups at fork.
+			id := uint32(confine.UnprivilegedID)
+			if s.HostIDs != nil {
+				var ok bool
+				if id, ok = s.HostIDs.take(); !ok {
+					return fail(fmt.Errorf("every host id of %s is in use by a live sandbox", s.HostIDs))
+				}
+				p.mu.Lock()
+				p.ids = s.HostIDs
+				p.mu.Unlock()
+			}
+			hostUID, hostGID = int(id), int(id)
+			// Set inside the new namespace, where only 65534 is mapped.
 			attr.Credential = &syscall.Credential{Uid: confine.UnprivilegedID, Gid: confine.UnprivilegedID}
 			attr.GidMappingsEnableSetgroups = true
 		}
+		p.hostID = uint32(hostUID)
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostUID, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostGID, Size: 1}}
 		// The early confinement needs these two inside its namespace
@@ -360,6 +396,15 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		if plan[l] {
 			p.layers[l] = LayerState{Applied: true, Detail: hostLayerDetail(l, env)}
 		}
+	}
+	if plan[LayerUserNS] {
+		own := "shared by every sandbox"
+		if p.ids != nil {
+			own = "its own, from " + p.ids.String()
+		} else if av.rootless {
+			own = "the host's own uid (rootless), shared by every sandbox"
+		}
+		p.layers[LayerUserNS] = LayerState{Applied: true, Detail: fmt.Sprintf("uid/gid %d inside; host uid %d: %s", confine.UnprivilegedID, p.hostID, own)}
 	}
 
 	// Go-ahead, then wait for the ready report.
@@ -426,6 +471,10 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		if plan[l] && l != LayerCgroup {
 			p.layers[l] = LayerState{Applied: applied&b != 0, Detail: childLayerDetail(l, abi, cfg)}
 		}
+	}
+	if plan[LayerWX] {
+		// Its first half is the seccomp filter's; the worker adds MDWE.
+		p.layers[LayerWX] = LayerState{Applied: applied&confine.LSeccomp != 0 && o.learn == nil, Detail: wxDetail}
 	}
 	if p.notify != nil {
 		go p.watchSeccomp()
@@ -576,6 +625,9 @@ func makePlan(av *availability, s Spec, o startOpts) (map[Layer]bool, error) {
 		if ok && l == LayerPivotRoot && allowed(o.unavailable, LayerMountNS) {
 			ok = false
 		}
+		if ok && l == LayerWX && !plan[LayerSeccomp] {
+			ok = false // the filter is half of it
+		}
 		if ok && l != LayerUserNS && (allowed(o.unavailable, LayerUserNS) || !av.layers[LayerUserNS]) && av.rootless {
 			switch l {
 			case LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot, LayerCaps:
@@ -695,15 +747,14 @@ func (p *Process) watchSeccomp() {
 			}
 			return
 		}
-		name := confine.SyscallName(n.Arch, n.Nr)
 		if p.learn != nil {
-			p.learn(name, n)
+			p.learn(confine.SyscallName(n.Arch, n.Nr), n)
 			_ = rc.Control(func(fd uintptr) { _ = confine.ContinueNotification(int(fd), n.ID) })
 			continue
 		}
 		p.mu.Lock()
 		if p.seccomp == "" {
-			p.seccomp = name
+			p.seccomp = confine.ViolationName(n)
 		}
 		p.mu.Unlock()
 		_ = p.proc.Kill()
@@ -731,6 +782,7 @@ func (p *Process) waiter() {
 		_ = p.notify.Close()
 	}
 	p.logs.wait(time.Second)
+	p.releaseID()
 	p.mu.Lock()
 	st.SeccompSyscall = p.seccomp
 	killed := p.killed

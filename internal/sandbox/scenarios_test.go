@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
 // child is the sandbox side of a test scenario.
@@ -61,6 +63,11 @@ func init() {
 			if _, _, err := c.conn.WriteMsgUnix([]byte(res), nil, nil); err != nil {
 				return 1
 			}
+		}
+		// What the canister worker does once its module is loaded.
+		if err := confine.ForbidNewCode(); err != nil {
+			fmt.Fprintln(os.Stderr, "forbid new code:", err)
+			return 1
 		}
 		c.recv()
 		return 0

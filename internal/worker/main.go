@@ -11,6 +11,7 @@ package worker
 
 import (
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
@@ -30,6 +31,12 @@ const (
 // sandbox; the engine then opens the process's own.
 var pagemap *os.File
 
+// forbidNewCode, set in a sandbox, ends the process's ability to make
+// memory executable (confine.ForbidNewCode); a canister worker calls it
+// once its module is loaded. Nil when Serve runs outside a sandbox (tests
+// in the host's process).
+var forbidNewCode func() error
+
 // Main is the entry point of a sandbox process: cmd/cordon calls it, before
 // anything else, when confine.IsSandbox() reports the process was started
 // by sandbox.Start. It completes confinement first (before any byte from the
@@ -44,6 +51,16 @@ func Main() int {
 	for _, f := range files { // this version passes artifacts with Load, not at spawn
 		f.Close()
 	}
+	return ServeConfined(conn, args)
+}
+
+// ServeConfined is Serve in a confined sandbox process (after
+// confine.Enter): the engine uses the pagemap the C constructor opened, and
+// a canister worker forbids new executable memory once its module is
+// loaded. Main calls it; tests that put a hostile proxy in front of a real
+// worker inside a live sandbox call it too.
+func ServeConfined(conn *net.UnixConn, args []string) int {
 	pagemap = confine.Pagemap()
+	forbidNewCode = confine.ForbidNewCode
 	return Serve(conn, args)
 }

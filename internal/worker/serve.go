@@ -54,6 +54,9 @@ type worker struct {
 	mode boundary.Mode
 	e    *engine.Engine
 	mod  *engine.Module // canister mode: the loaded module
+	// codeLocked: no memory can become executable any more (after the
+	// first load), so no other module can be loaded.
+	codeLocked bool
 	// warned: the engine's fallback warning was sent (once per sandbox).
 	warned bool
 }
@@ -128,6 +131,10 @@ func (w *worker) compile(q *boundary.Request) error {
 }
 
 func (w *worker) load(q *boundary.Request) error {
+	if w.codeLocked {
+		q.File.Close()
+		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x already loaded: a canister sandbox loads one module", w.mod.Info.Hash[:8])
+	}
 	data, err := readArtifact(q.File)
 	q.File.Close()
 	if err != nil {
@@ -141,6 +148,16 @@ func (w *worker) load(q *boundary.Request) error {
 		return w.c.SendError(q.ID, boundary.ErrArtifact, "artifact is for module %x, not %x", m.Info.Hash[:8], q.Hash[:8])
 	}
 	w.mod = m
+	// W^X from here on: wasmtime published the module's code (mapped
+	// writable, then executable); nothing else may become executable, so
+	// code the canister writes into memory can never run.
+	if forbidNewCode != nil {
+		if err := forbidNewCode(); err != nil {
+			// Old kernel (no PR_SET_MDWE): cordon doctor reports the layer missing.
+			_ = w.c.SendLog(q.ID, boundary.LogWarn, "cannot forbid new executable memory: %v", err)
+		}
+		w.codeLocked = true
+	}
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
 }
 

@@ -174,6 +174,11 @@ func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
 		_ = unix.Close(listener)
 	}
 	if err != nil {
+		// Said on the log pipe before the socket closes: the host kills
+		// the sandbox as soon as it sees the hang-up, and would not learn
+		// why (e.g. ETOOMANYREFS when its host user has too many
+		// descriptors in flight).
+		fmt.Fprintf(os.Stderr, "cordon-sandbox: report ready: %v\n", err)
 		_ = uc.Close()
 		return nil, nil, nil, fmt.Errorf("confine: report ready: %w", err)
 	}

@@ -43,11 +43,15 @@ type Rule struct {
 type check int
 
 const (
-	noCheck     check = iota
-	checkThread       // clone: exactly a thread (CLONE_THREAD|CLONE_VM|...), nothing else
-	checkSelf         // kill/tgkill: arg0 == our own pid
-	checkFcntl        // fcntl: only the commands in fcntlAllowed
-	checkIoctl        // ioctl: PAGEMAP_SCAN on the sandbox's pagemap fd; any other: the rule's errno
+	noCheck       check = iota
+	checkThread         // clone: exactly a thread (CLONE_THREAD|CLONE_VM|...), nothing else
+	checkSelf           // kill/tgkill: arg0 == our own pid
+	checkFcntl          // fcntl: only the commands in fcntlAllowed
+	checkIoctl          // ioctl: PAGEMAP_SCAN on the sandbox's pagemap fd; any other: the rule's errno
+	checkMmap           // mmap: never PROT_EXEC (new code only appears through mprotect, which MDWE ends)
+	checkMprotect       // mprotect: never PROT_WRITE and PROT_EXEC together
+	checkClose          // close: never the pagemap fd (its number is what the ioctl rule trusts)
+	checkPrctl          // prctl: only PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN)
 )
 
 // fcntlAllowed are the fcntl commands the sandbox may use.
@@ -63,9 +67,13 @@ var fcntlAllowed = []uint32{
 // Everything else goes to the host, which kills the sandbox (see Rule).
 var Allowlist = []Rule{
 	// Memory: the Go heap, wasmtime's linear memories, code and guard pages.
-	{Name: "mmap", Why: "Go heap and stacks, wasmtime memories and code, mapping fds the host passes"},
+	// W^X: no mapping is ever writable and executable at once, and mmap never
+	// creates executable memory; code becomes executable only by mprotect
+	// (wasmtime publishing a module's code), which the canister worker ends
+	// with PR_SET_MDWE once its module is loaded (see ForbidNewCode).
+	{Name: "mmap", Check: checkMmap, Why: "Go heap and stacks, wasmtime memories and code, mapping fds the host passes; never PROT_EXEC"},
 	{Name: "munmap", Why: "release the same"},
-	{Name: "mprotect", Why: "wasmtime: make code executable, grow memories inside reservations; glibc thread guard pages"},
+	{Name: "mprotect", Check: checkMprotect, Why: "wasmtime: make code executable (RW then RX), grow memories inside reservations; glibc thread guard pages; never PROT_WRITE|PROT_EXEC"},
 	{Name: "madvise", Why: "Go scavenger; wasmtime resets memories with MADV_DONTNEED"},
 	{Name: "brk", Why: "glibc malloc (wasmtime's Rust allocations); only when the heap arena must grow", Rare: true},
 	{Name: "mremap", Rare: true, Why: "glibc realloc of large blocks"},
@@ -104,7 +112,7 @@ var Allowlist = []Rule{
 	{Name: "pwrite64", Rare: true, Why: "write memfds at an offset"},
 	{Name: "recvmsg", Why: "IPC messages (with fds)"},
 	{Name: "sendmsg", Why: "IPC messages (with fds); also hands the seccomp listener to the host"},
-	{Name: "close", Why: "fds the worker is done with"},
+	{Name: "close", Check: checkClose, Why: "fds the worker is done with; never the pagemap fd, so its number keeps meaning the pagemap (dup2, dup3, close_range are not allowed and F_DUPFD_CLOEXEC takes a free number)"},
 	{Name: "fcntl", Check: checkFcntl, Why: "wasmtime seals its memfds; Go: flags, close-on-exec, dup; nothing else (no F_SETOWN, leases, notify)"},
 	{Name: "fstat", Rare: true, Why: "size of passed files"},
 	{Name: "lseek", Rare: true, Why: "position in passed files"},
@@ -112,6 +120,7 @@ var Allowlist = []Rule{
 	{Name: "epoll_ctl", Rare: true, Why: "Go netpoller: register pollable fds"},
 	{Name: "epoll_pwait", Why: "Go netpoller: wait for the IPC socket"},
 	{Name: "getrandom", Why: "Go runtime and Rust std seeds"},
+	{Name: "prctl", Check: checkPrctl, Why: "PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN) once the module is loaded (ForbidNewCode); no other option"},
 
 	// Probes that benign library code makes and that could only fail in
 	// the sandbox anyway (empty root, Landlock): answered without running.
@@ -175,6 +184,49 @@ func SyscallName(arch uint32, nr int32) string {
 		return prefix + s
 	}
 	return prefix + "syscall_" + strconv.FormatUint(uint64(n), 10)
+}
+
+// ViolationName names a refused system call for the host's report: the
+// syscall's name (SyscallName), with the refused argument where the filter
+// checks one (PROT_WRITE|PROT_EXEC, PROT_EXEC, the pagemap descriptor).
+func ViolationName(n Notification) string {
+	name := SyscallName(n.Arch, n.Nr)
+	if n.Arch != unix.AUDIT_ARCH_X86_64 {
+		return name
+	}
+	prot := uint32(n.Args[2])
+	wx := uint32(unix.PROT_WRITE | unix.PROT_EXEC)
+	switch name {
+	case "mmap", "mprotect":
+		switch {
+		case prot&wx == wx:
+			return name + "(PROT_WRITE|PROT_EXEC)"
+		case name == "mmap" && prot&unix.PROT_EXEC != 0:
+			return name + "(PROT_EXEC)"
+		}
+	case "close":
+		// The filter refuses close on one descriptor only.
+		return "close(pagemap)"
+	}
+	return name
+}
+
+// ForbidNewCode makes the calling process unable to create executable
+// memory from now on: PR_SET_MDWE with PR_MDWE_REFUSE_EXEC_GAIN (Linux
+// 6.3) refuses mprotect adding PROT_EXEC to a mapping that lacked it, and
+// writable+executable mappings; the seccomp filter already refuses
+// PROT_EXEC in mmap. It cannot be undone, and it stops wasmtime from
+// loading another module (it maps code writable, then executable): the
+// canister worker calls it once its one module is loaded.
+func ForbidNewCode() error {
+	return unix.Prctl(unix.PR_SET_MDWE, unix.PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)
+}
+
+// MDWEAvailable reports whether the kernel has PR_SET_MDWE (PR_GET_MDWE
+// answers).
+func MDWEAvailable() bool {
+	_, err := unix.PrctlRetInt(unix.PR_GET_MDWE, 0, 0, 0, 0)
+	return err == nil
 }
 
 // BPF building blocks (classic BPF as seccomp runs it).
@@ -279,6 +331,41 @@ func checkBlock(c check, pid uint32, pagemapFD int, errno unix.Errno) prog {
 		b.jeq(PagemapScan, 0, 1)
 		b.ret(retAllow)
 		b.ret(deny)
+	case checkMmap:
+		// prot (arg2): the kernel reads PROT_EXEC from the low half.
+		b.ld(argLo(2))
+		b.and(unix.PROT_EXEC)
+		b.jeq(0, 0, 1)
+		b.ret(retAllow)
+		b.ret(retNotify)
+	case checkMprotect:
+		b.ld(argLo(2))
+		b.and(unix.PROT_WRITE | unix.PROT_EXEC)
+		b.jeq(unix.PROT_WRITE|unix.PROT_EXEC, 0, 1)
+		b.ret(retNotify)
+		b.ret(retAllow)
+	case checkClose:
+		// close takes an unsigned int: only the low half names the fd.
+		if pagemapFD < 0 {
+			b.ret(retAllow)
+			break
+		}
+		b.ld(argLo(0))
+		b.jeq(uint32(pagemapFD), 0, 1)
+		b.ret(retNotify)
+		b.ret(retAllow)
+	case checkPrctl:
+		// option (an int: low half) and arg2 (whole).
+		b.ld(argLo(0))
+		b.jeq(unix.PR_SET_MDWE, 1, 0)
+		b.ret(retNotify)
+		b.ld(argHi(1))
+		b.jeq(0, 1, 0)
+		b.ret(retNotify)
+		b.ld(argLo(1))
+		b.jeq(unix.PR_MDWE_REFUSE_EXEC_GAIN, 0, 1)
+		b.ret(retAllow)
+		b.ret(retNotify)
 	default:
 		panic("confine: unknown check")
 	}

@@ -94,6 +94,105 @@ func TestFilterDecisions(t *testing.T) {
 			}
 		}
 	}
+	// Every prctl option but PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN) goes to
+	// the host, whatever its arguments.
+	for opt := uint64(0); opt < 100; opt++ {
+		for _, arg := range []uint64{0, 1, 2, 3, 1 << 32, 1<<32 | unix.PR_MDWE_REFUSE_EXEC_GAIN} {
+			want := uint32(notify)
+			if opt == unix.PR_SET_MDWE && arg == unix.PR_MDWE_REFUSE_EXEC_GAIN {
+				want = allow
+			}
+			if got := eval(t, f, unix.SYS_PRCTL, x86, opt, arg); got != want {
+				t.Errorf("prctl(%d, %#x): got %#x want %#x", opt, arg, got, want)
+			}
+			if got := eval(t, f, unix.SYS_PRCTL, x86, 1<<32|opt, arg); got != want {
+				t.Errorf("prctl(1<<32|%d, %#x): got %#x want %#x (the kernel reads an int)", opt, arg, got, want)
+			}
+		}
+	}
+}
+
+// TestFilterWX: no mapping writable and executable, mmap never executable;
+// the pagemap descriptor cannot be closed (so nothing else can take its
+// number), any other can.
+func TestFilterWX(t *testing.T) {
+	const pagemap = 9
+	f, err := BuildFilterPagemap(1, pagemap, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x86 := uint32(unix.AUDIT_ARCH_X86_64)
+	const (
+		allow  = unix.SECCOMP_RET_ALLOW
+		notify = unix.SECCOMP_RET_USER_NOTIF
+	)
+	r, w, x := uint64(unix.PROT_READ), uint64(unix.PROT_WRITE), uint64(unix.PROT_EXEC)
+	cases := []struct {
+		name string
+		nr   uint32
+		args []uint64
+		want uint32
+	}{
+		{"mmap rw", unix.SYS_MMAP, []uint64{0, 4096, r | w}, allow},
+		{"mmap none", unix.SYS_MMAP, []uint64{0, 4096, 0}, allow},
+		{"mmap rwx", unix.SYS_MMAP, []uint64{0, 4096, r | w | x}, notify},
+		{"mmap wx", unix.SYS_MMAP, []uint64{0, 4096, w | x}, notify},
+		{"mmap rx", unix.SYS_MMAP, []uint64{0, 4096, r | x}, notify},
+		{"mmap x", unix.SYS_MMAP, []uint64{0, 4096, x}, notify},
+		{"mmap rx high bits", unix.SYS_MMAP, []uint64{0, 4096, 1<<40 | r | x}, notify},
+		{"mprotect rx", unix.SYS_MPROTECT, []uint64{0, 4096, r | x}, allow},
+		{"mprotect rw", unix.SYS_MPROTECT, []uint64{0, 4096, r | w}, allow},
+		{"mprotect none", unix.SYS_MPROTECT, []uint64{0, 4096, 0}, allow},
+		{"mprotect rwx", unix.SYS_MPROTECT, []uint64{0, 4096, r | w | x}, notify},
+		{"mprotect wx", unix.SYS_MPROTECT, []uint64{0, 4096, w | x}, notify},
+		{"mprotect rwx growsdown", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_GROWSDOWN | r | w | x}, notify},
+		{"mprotect rwx high bits", unix.SYS_MPROTECT, []uint64{0, 4096, 1<<40 | r | w | x}, notify},
+		{"pkey_mprotect", unix.SYS_PKEY_MPROTECT, []uint64{0, 4096, r, 0}, notify},
+		{"close other", unix.SYS_CLOSE, []uint64{8}, allow},
+		{"close pagemap", unix.SYS_CLOSE, []uint64{pagemap}, notify},
+		{"close pagemap high bits", unix.SYS_CLOSE, []uint64{1<<32 | pagemap}, notify},
+		{"dup2 onto pagemap", unix.SYS_DUP2, []uint64{3, pagemap}, notify},
+		{"dup3 onto pagemap", unix.SYS_DUP3, []uint64{3, pagemap, 0}, notify},
+		{"close_range", unix.SYS_CLOSE_RANGE, []uint64{pagemap, pagemap, 0}, notify},
+		{"fcntl F_DUPFD", unix.SYS_FCNTL, []uint64{3, unix.F_DUPFD, pagemap}, notify},
+		{"pagemap scan", unix.SYS_IOCTL, []uint64{pagemap, PagemapScan}, allow},
+	}
+	for _, c := range cases {
+		if got := eval(t, f, c.nr, x86, c.args...); got != c.want {
+			t.Errorf("%s: got %#x want %#x", c.name, got, c.want)
+		}
+	}
+	// Without a pagemap, close is unrestricted.
+	f, err = BuildFilter(1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := eval(t, f, unix.SYS_CLOSE, x86, pagemap); got != allow {
+		t.Errorf("close without a pagemap: %#x", got)
+	}
+}
+
+func TestViolationName(t *testing.T) {
+	x86 := uint32(unix.AUDIT_ARCH_X86_64)
+	for _, c := range []struct {
+		nr   int32
+		args [6]uint64
+		want string
+	}{
+		{unix.SYS_MPROTECT, [6]uint64{0, 0, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, "mprotect(PROT_WRITE|PROT_EXEC)"},
+		{unix.SYS_MMAP, [6]uint64{0, 0, unix.PROT_WRITE | unix.PROT_EXEC}, "mmap(PROT_WRITE|PROT_EXEC)"},
+		{unix.SYS_MMAP, [6]uint64{0, 0, unix.PROT_READ | unix.PROT_EXEC}, "mmap(PROT_EXEC)"},
+		{unix.SYS_CLOSE, [6]uint64{9}, "close(pagemap)"},
+		{unix.SYS_SOCKET, [6]uint64{2, 1}, "socket"},
+		{unix.SYS_PRCTL, [6]uint64{unix.PR_SET_SECCOMP}, "prctl"},
+	} {
+		if got := ViolationName(Notification{Arch: x86, Nr: c.nr, Args: c.args}); got != c.want {
+			t.Errorf("%d %v: %q want %q", c.nr, c.args, got, c.want)
+		}
+	}
+	if got := ViolationName(Notification{Arch: unix.AUDIT_ARCH_I386, Nr: 125, Args: [6]uint64{0, 0, 7}}); got != "arch-0x40000003:125" {
+		t.Errorf("i386 mprotect: %q", got)
+	}
 }
 
 func TestAllowlistTable(t *testing.T) {
@@ -113,9 +212,12 @@ func TestAllowlistTable(t *testing.T) {
 		"unshare", "setns", "keyctl", "add_key", "request_key", "userfaultfd", "perf_event_open",
 		"io_uring_setup", "io_uring_enter", "io_uring_register", "clone3", "fork", "vfork",
 		"init_module", "finit_module", "kexec_load", "open_by_handle_at", "seccomp", "prctl",
-		"setuid", "setgid", "capset", "mknod", "mknodat", "pidfd_open", "pidfd_getfd", "memfd_secret"} {
+		"setuid", "setgid", "capset", "mknod", "mknodat", "pidfd_open", "pidfd_getfd", "memfd_secret",
+		"dup2", "dup3", "close_range", "pkey_mprotect", "remap_file_pages", "shmat"} {
 		for _, r := range Allowlist {
-			if r.Name == n && r.Act == Allow {
+			// prctl is allowed for one option only (PR_SET_MDWE, which
+			// only takes rights away); TestFilterDecisions checks the rest.
+			if r.Name == n && r.Act == Allow && !(n == "prctl" && r.Check == checkPrctl) {
 				t.Errorf("%s must not be allowed", n)
 			}
 		}

@@ -1,0 +1,67 @@
+package boundary
+
+import (
+	"errors"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrInterrupted is WatchIdle's answer when the host stopped the watch
+// (StopWatch) to start an exchange.
+var ErrInterrupted = errors.New("boundary: idle watch interrupted")
+
+// WatchIdle blocks while the sandbox is idle, that is while the host has no
+// request pending on the connection, and returns as soon as the sandbox
+// sends anything or hangs up: a *Violation (VUnsolicited) for a packet,
+// with or without descriptors, or ErrClosed when it closed its end (exited).
+// Nothing is consumed: descriptors stay queued on the host's end and are
+// released when the caller closes the connection, which it must do (the
+// sandbox is either dead or broke the protocol). Between messages a sandbox
+// has nothing to say, so anything queued while idle is hostile: a packet
+// that pins memory or descriptors (memfds it sent before exiting) on the
+// host until its canister's next message.
+//
+// StopWatch ends the watch (ErrInterrupted); the caller must wait for
+// WatchIdle to return before using the connection, then call ResumeIO.
+func (c *Conn) WatchIdle() error {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var got error
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		// Peek one byte without a control buffer: no descriptor is
+		// installed in the host, nothing leaves the queue.
+		n, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		switch {
+		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR):
+			return false // nothing yet: wait for readability
+		case rerr != nil:
+			got = rerr
+		case n == 0:
+			// SOCK_SEQPACKET: end of file (the protocol never sends
+			// empty packets; an empty one is as good as a hang-up).
+			got = ErrClosed
+		default:
+			got = violation(VUnsolicited, "a %d-byte packet while no request was pending", n)
+		}
+		return true
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrInterrupted
+	}
+	if err != nil {
+		return err
+	}
+	return got
+}
+
+// StopWatch interrupts a WatchIdle in progress (or makes the next one
+// return at once).
+func (c *Conn) StopWatch() { _ = c.c.SetReadDeadline(time.Unix(1, 0)) }
+
+// ResumeIO clears what StopWatch set, once WatchIdle has returned.
+func (c *Conn) ResumeIO() { _ = c.c.SetReadDeadline(time.Time{}) }

@@ -1,0 +1,331 @@
+package exec
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/internal/worker"
+)
+
+// Hostile sandboxes as real, confined processes. The test binary is the
+// sandbox (TestMain); a canister whose id starts with "hostile-" gets a
+// sandbox that runs the real worker behind a proxy on its IPC socket, and
+// misbehaves as the rest of its id says, from inside the live sandbox:
+//
+//	hostile-seccomp-2   at its second Execute request, a forbidden system
+//	                    call (socket) instead of forwarding the request
+//	hostile-idle-packet on SIGUSR1 (the test sends it while the sandbox is
+//	                    idle between messages), an unsolicited packet
+//	hostile-idle-fds    on SIGUSR1, a packet carrying 8 memfds of its own
+//	hostile-exit-memfds on SIGUSR1, a packet carrying 8 memfds of 4 MiB
+//	                    each, then it exits
+//	hostile-idle-seccomp on SIGUSR1, a forbidden system call (socket)
+//	hostile-wx-probe    once the worker has loaded its module, try to make
+//	                    written memory executable; if that works, exit
+//	                    (the test's next message then fails)
+const hostilePrefix = "hostile-"
+
+// hostileMode is the misbehaviour this sandbox process was started for, or
+// "" (args: mode, then the canister id as label).
+func hostileMode() string {
+	if len(os.Args) < 5 || os.Args[len(os.Args)-2] != "canister" {
+		return ""
+	}
+	m, ok := strings.CutPrefix(os.Args[len(os.Args)-1], hostilePrefix)
+	if !ok {
+		return ""
+	}
+	return m
+}
+
+func hostileMain(mode string) int {
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "hostile sandbox: "+format+"\n", a...)
+		return 1
+	}
+	// The worker's socket pair, made before the filter refuses socketpair.
+	inner, workerSide, err := boundary.Pair()
+	if err != nil {
+		return fail("%v", err)
+	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	conn, _, args, err := confine.Enter()
+	if err != nil {
+		return fail("%v", err)
+	}
+	go func() {
+		worker.ServeConfined(workerSide, args) // the worker as in production, after Enter
+		conn.Close()
+	}()
+	var probe func([]byte)
+	if mode == "wx-probe" {
+		probe = func(pkt []byte) {
+			if len(pkt) == 0 || boundary.Kind(pkt[0]) != boundary.KindLoaded {
+				return
+			}
+			b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				os.Exit(1)
+			}
+			b[0] = 0xc3 // ret
+			if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_EXEC); !errors.Is(err, unix.EACCES) {
+				fmt.Fprintf(os.Stderr, "hostile sandbox: written memory made executable after the load (%v)\n", err)
+				os.Exit(1)
+			}
+		}
+	}
+	go forward(inner, conn, probe) // worker → host
+	go func() {
+		<-usr1
+		switch mode {
+		case "idle-seccomp":
+			_, _, _ = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+			fmt.Fprintln(os.Stderr, "hostile sandbox: survived socket()")
+		case "idle-packet":
+			_, _ = conn.Write([]byte("unsolicited"))
+		case "idle-fds", "exit-memfds":
+			fds := make([]int, 8)
+			for i := range fds {
+				fd, err := unix.MemfdCreate("hostile", unix.MFD_CLOEXEC)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "memfd:", err)
+					os.Exit(1)
+				}
+				if mode == "exit-memfds" {
+					page := make([]byte, 1<<20)
+					for j := range page {
+						page[j] = 0x5a
+					}
+					for j := 0; j < 4; j++ {
+						if _, err := unix.Write(fd, page); err != nil {
+							fmt.Fprintln(os.Stderr, "memfd write:", err)
+							os.Exit(1)
+						}
+					}
+				}
+				fds[i] = fd
+			}
+			if _, _, err := conn.WriteMsgUnix([]byte("descriptors"), unix.UnixRights(fds...), nil); err != nil {
+				fmt.Fprintln(os.Stderr, "send:", err)
+			}
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			if mode == "exit-memfds" {
+				os.Exit(0)
+			}
+		}
+	}()
+	executes := 0
+	forward(conn, inner, func(pkt []byte) {
+		if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindExecute {
+			executes++
+			if mode == "seccomp-2" && executes == 2 {
+				_, _, _ = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+				fmt.Fprintln(os.Stderr, "hostile sandbox: survived socket()")
+				os.Exit(1)
+			}
+		}
+	})
+	return 0
+}
+
+// forward copies packets (and their descriptors) from src to dst until src
+// ends; see, if set, looks at each before it goes.
+func forward(src, dst *net.UnixConn, see func([]byte)) {
+	buf, oob := make([]byte, boundary.MaxPacket), make([]byte, unix.CmsgSpace(4*(boundary.MaxFDs+1)))
+	for {
+		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
+		if err != nil || n == 0 {
+			dst.Close()
+			return
+		}
+		if see != nil {
+			see(buf[:n])
+		}
+		_, _, err = dst.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+		if oobn > 0 {
+			if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+				for _, m := range msgs {
+					fds, _ := unix.ParseUnixRights(&m)
+					for _, fd := range fds {
+						unix.Close(fd)
+					}
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// countingMetrics records what the executor reports.
+type countingMetrics struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (m *countingMetrics) add(k string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.n == nil {
+		m.n = map[string]int{}
+	}
+	m.n[k]++
+}
+func (m *countingMetrics) get(k string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n[k]
+}
+func (m *countingMetrics) SandboxSpawned(kind string)   { m.add("spawned " + kind) }
+func (m *countingMetrics) SandboxEvicted(reason string) { m.add("evicted " + reason) }
+func (m *countingMetrics) SandboxCrashed(reason string) { m.add("crashed " + reason) }
+func (m *countingMetrics) WatchdogKill()                { m.add("watchdog") }
+func (m *countingMetrics) ProtocolViolation(k string)   { m.add("violation " + k) }
+func (m *countingMetrics) SeccompKill(s string)         { m.add("seccomp " + s) }
+
+func newRealCounted(t *testing.T) (*Sandboxed, *countingMetrics) {
+	m := &countingMetrics{}
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	return x, m
+}
+
+func sandboxPid(x *Sandboxed, id string) int {
+	for _, s := range x.List() {
+		if s.CanisterID == id {
+			return s.Pid
+		}
+	}
+	return 0
+}
+
+// A sandbox killed for a forbidden system call in the middle of a message
+// is the canister's doing: the message gets a CANISTER_ERROR naming the
+// call, it is counted, and it is not run again on a fresh sandbox (it was a
+// reused sandbox, which a plain crash would have retried).
+func TestSeccompKillNotRetried(t *testing.T) {
+	x, m := newRealCounted(t)
+	wasm := wasmFile(t, corpusDir, "counter")
+	victim := newSim(t, x, hostilePrefix+"seccomp-2", wasm)
+	neighbour := newSim(t, x, "neighbour", wasm)
+	victim.must(sysapi.CtxInit, "canister_init", empty) // first Execute: honest
+	neighbour.must(sysapi.CtxInit, "canister_init", empty)
+	before := memHash(victim)
+	_, err := victim.run(sysapi.CtxUpdate, "canister_update inc", empty)
+	var se *SandboxError
+	if !errors.As(err, &se) || se.Exit == nil || se.Exit.SeccompSyscall != "socket" {
+		t.Fatalf("want a sandbox error for the socket call, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "forbidden system call socket") {
+		t.Fatalf("message does not name the call: %v", err)
+	}
+	t.Log(err)
+	if memHash(victim) != before {
+		t.Fatal("the victim's state changed")
+	}
+	if n := m.get("spawned canister"); n != 2 {
+		t.Fatalf("%d canister sandboxes spawned, want 2 (victim, neighbour): the message was retried", n)
+	}
+	if m.get("seccomp socket") != 1 || m.get("crashed seccomp") != 1 {
+		t.Fatalf("not counted: %v", m.n)
+	}
+	// The neighbour never noticed; the victim's next message gets a fresh
+	// sandbox (whose first Execute is honest again).
+	if out := neighbour.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("neighbour: %x", out.Reply)
+	}
+	if out := victim.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("victim after respawn: %x", out.Reply)
+	}
+}
+
+// A sandbox has nothing to say between messages. One that sends a packet,
+// descriptors, or descriptors and then exits while idle is caught at once
+// (not at its canister's next message): killed, counted, its socket closed
+// with whatever it queued, the host's descriptors back to what they were.
+// One that makes a forbidden system call while idle is counted too.
+func TestIdleSandboxWatched(t *testing.T) {
+	wasm := wasmFile(t, corpusDir, "counter")
+	counted := map[string]string{
+		"idle-packet": "violation unsolicited message", "idle-fds": "violation unsolicited message",
+		"exit-memfds": "violation unsolicited message", "idle-seccomp": "seccomp socket",
+	}
+	for _, mode := range []string{"idle-packet", "idle-fds", "exit-memfds", "idle-seccomp"} {
+		t.Run(mode, func(t *testing.T) {
+			x, m := newRealCounted(t)
+			id := hostilePrefix + mode
+			victim := newSim(t, x, id, wasm)
+			neighbour := newSim(t, x, "neighbour", wasm)
+			neighbour.must(sysapi.CtxInit, "canister_init", empty)
+			fds0 := openFDs(t)
+			victim.must(sysapi.CtxInit, "canister_init", empty)
+			pid := sandboxPid(x, id)
+			if pid == 0 {
+				t.Fatal("victim's sandbox not listed")
+			}
+			if openFDs(t) <= fds0 {
+				t.Fatal("the live sandbox holds no host descriptor: the baseline proves nothing")
+			}
+			if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for sandboxPid(x, id) != 0 || openFDs(t) > fds0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("sandbox %d still listed (%v) or host fds %d > %d: %s", pid, sandboxPid(x, id) != 0, openFDs(t), fds0, fdList())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			waitGone(t, pid)
+			if n := m.get(counted[mode]); n != 1 {
+				t.Fatalf("%q counted %d times: %v", counted[mode], n, m.n)
+			}
+			if out := neighbour.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+				t.Fatalf("neighbour: %x", out.Reply)
+			}
+			// The victim's state is intact; its next message gets a fresh sandbox.
+			if out := victim.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+				t.Fatalf("victim after respawn: %x", out.Reply)
+			}
+			if p := sandboxPid(x, id); p == pid || p == 0 {
+				t.Fatalf("victim's sandbox %d (was %d)", p, pid)
+			}
+		})
+	}
+}
+
+// The real worker forbids new executable memory once its module is loaded:
+// from inside the live sandbox, after the worker reported Loaded, written
+// memory cannot be made executable (before the load it can: that is how
+// wasmtime publishes code, see internal/sandbox's mdwe_rw_rx attack).
+func TestWorkerForbidsNewCode(t *testing.T) {
+	x, _ := newRealCounted(t)
+	v := newSim(t, x, hostilePrefix+"wx-probe", wasmFile(t, corpusDir, "counter"))
+	v.must(sysapi.CtxInit, "canister_init", empty)
+	if out := v.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("reply %x", out.Reply)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 {
+		t.Fatalf("faults %v", st.Faults)
+	}
+}
