@@ -20,11 +20,14 @@ type Config struct {
 	QueryInstructions   uint64 // per query (IC: 5 billion)
 	InstallInstructions uint64 // per install/upgrade (IC: 300 billion)
 
-	HeapBytes32  uint64 // Wasm heap limit, 32-bit canisters (4 GiB)
-	HeapBytes64  uint64 // Wasm heap limit, 64-bit canisters (6 GiB)
-	StableBytes  uint64 // stable memory limit (500 GiB)
-	ReplyBytes   uint64 // reply and reject payload limit (2 MiB)
-	ModuleLimits engine.ModuleLimits
+	HeapBytes32 uint64 // Wasm heap limit, 32-bit canisters (4 GiB)
+	HeapBytes64 uint64 // Wasm heap limit, 64-bit canisters (6 GiB)
+	StableBytes uint64 // stable memory limit (500 GiB)
+	// MemoryCapacity bounds the heap and stable memory of all canisters
+	// together (capacity.go); 0: a third of the machine's memory.
+	MemoryCapacity uint64
+	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
+	ModuleLimits   engine.ModuleLimits
 
 	Fees          Fees
 	InitialCycles cycles.Amount // balance of a canister created from the CLI

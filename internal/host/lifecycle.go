@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -243,12 +244,28 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if heapBase != nil {
 		newUsage.heap = heapBase.Size()
 	}
-	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(c.meta.Settings, m, ctxKind, newUsage)
+	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(id, c.meta.Settings, m, ctxKind, newUsage)
 	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
 		return nil, asReject(id, "install", err)
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), out)
+	if !out.Trapped {
+		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
+			out.Trapped, out.TrapMessage = true, msg
+		}
+	} else if strings.Contains(out.TrapMessage, "exceeds memory limits") && in.Limits.HeapBytes < n.heapLimit(m) {
+		// The module's initial memory did not fit: say when the node's
+		// capacity, not the canister's own limits, is why.
+		if used, capacity := n.mem.inUse(); satSub(n.mem.available(id), newUsage.stable) < n.heapLimit(m) {
+			first, rest, _ := strings.Cut(out.TrapMessage, "\n") // the engine may add a backtrace
+			out.TrapMessage = fmt.Sprintf("%s (the heap may grow to %d bytes: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use)",
+				first, in.Limits.HeapBytes, capacity, used)
+			if rest != "" {
+				out.TrapMessage += "\n" + rest
+			}
+		}
+	}
 	used += out.Instructions
 	logs = append(logs, logsOf(out)...)
 	if out.Trapped {
@@ -326,6 +343,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
+	n.mem.set(id, satAdd(heap.Size(), stable.Size()))
 	c.moduleBytes = uint64(len(wasm))
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
@@ -433,6 +451,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	}
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
+	n.mem.set(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()
@@ -509,6 +528,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	releaseReplaced(c, nil, nil)
 	n.mu.Lock()
 	delete(n.canisters, id)
+	n.mem.remove(id)
 	n.mu.Unlock()
 	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()

@@ -9,6 +9,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // Memory accounting: the per-canister memory limits of the IC's canister
@@ -90,12 +91,17 @@ func wasmLimitApplies(ctx sysapi.Context) bool {
 // module m in context ctx, for a canister with settings s whose memory is u
 // when the execution starts. They never go below the current sizes (a
 // memory cannot shrink; a limit lowered below them only stops growth).
-// Queries, whose changes are discarded, get the node's limits.
-func (n *Node) memoryLimits(s store.Settings, m *exec.Module, ctx sysapi.Context, u memUsage) (heap, stable uint64) {
+// Queries, whose changes are discarded, get the node's limits. Others also
+// leave the memory of every other canister within the node's capacity
+// (capacity.go).
+func (n *Node) memoryLimits(id principal.Principal, s store.Settings, m *exec.Module, ctx sysapi.Context, u memUsage) (heap, stable uint64) {
 	heap, stable = n.heapLimit(m), n.cfg.StableBytes
 	if ctx.IsQuery() {
 		return heap, stable
 	}
+	avail := n.mem.available(id)
+	heap = min(heap, satSub(avail, u.stable))
+	stable = min(stable, satSub(avail, u.heap))
 	if s.WasmMemoryLimit > 0 && wasmLimitApplies(ctx) {
 		heap = min(heap, s.WasmMemoryLimit)
 	}

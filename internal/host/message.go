@@ -137,6 +137,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		return fmt.Errorf("canister %s stable memory after commit: %w", c.id, err)
 	}
 	c.meta, c.globals = meta, out.Globals
+	n.mem.set(c.id, satAdd(c.heap.Size(), c.stable.Size()))
 	c.logs.publish(entries)
 	// Queued before the execution's reply goes out, so a message sent
 	// after the reply runs after the hook (lowmem.go).

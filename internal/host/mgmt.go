@@ -339,7 +339,7 @@ type settings struct {
 	// canlog.go
 	wasmMemoryThreshold *big.Int
 	logVisibility       *logVisibility
-	err                 error // a setting refused while reading
+	err                 error          // a setting refused while reading
 	envVars             []store.EnvVar // nil: not given
 }
 

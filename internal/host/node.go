@@ -37,6 +37,8 @@ type Node struct {
 	// by a canister whose settings override the node's mode (guarded by mu).
 	alt exec.Executor
 
+	mem *memoryLedger // the node's memory capacity (capacity.go)
+
 	busy sync.WaitGroup // queue drainers and management calls in flight
 	done chan struct{}  // closed by Close
 }
@@ -109,7 +111,13 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock,
+	mem := newMemoryLedger(memoryCapacity(cfg.MemoryCapacity))
+	if err := mem.load(st); err != nil {
+		x.Close()
+		st.Close()
+		return nil, fmt.Errorf("host: memory in use: %w", err)
+	}
+	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
 	go n.timerLoop()
 	return n, nil
@@ -290,7 +298,7 @@ func (n *Node) heapLimit(m *exec.Module) uint64 {
 // memory limits are those of c's committed state (memory.go); an install
 // sets them again for the new module.
 func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry string, instr uint64) *sysapi.Input {
-	heapLimit, stableLimit := n.memoryLimits(c.meta.Settings, m, ctx, usageOf(c))
+	heapLimit, stableLimit := n.memoryLimits(c.id, c.meta.Settings, m, ctx, usageOf(c))
 	ctrls := make([][]byte, 0, len(c.meta.Settings.Controllers))
 	for _, s := range c.meta.Settings.Controllers {
 		if p, err := principal.FromText(s); err == nil {

@@ -290,6 +290,11 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, out)
+		if !out.Trapped && !in.Context.IsQuery() {
+			if ok, msg := n.reserveMemory(c.id, out.Heap.Size, out.Stable.Size); !ok {
+				out.Trapped, out.TrapMessage = true, msg
+			}
+		}
 	}
 	return out, err
 }

@@ -407,6 +407,20 @@ func (s *Store) CanisterIDs() ([][]byte, error) {
 	return ids, err
 }
 
+// Metas calls fn with every stored canister's id and metadata, without
+// reading its memories.
+func (s *Store) Metas(fn func(id []byte, m Meta) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCanisters).ForEachBucket(func(k []byte) error {
+			var m Meta
+			if err := json.Unmarshal(tx.Bucket(bucketCanisters).Bucket(k).Get(keyMeta), &m); err != nil {
+				return fmt.Errorf("canister %x metadata: %w", k, err)
+			}
+			return fn(bytes.Clone(k), m)
+		})
+	})
+}
+
 // Load reads a canister's committed state.
 func (s *Store) Load(id []byte) (*Canister, error) {
 	var c Canister

@@ -1,0 +1,146 @@
+package host
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// The node's memory capacity bounds the heap and stable memory of all its
+// canisters together, as a subnet's memory capacity does on the IC. Without
+// it one canister, or many, can grow until the host runs out of memory: each
+// canister's own limits (wasm_memory_limit, memory_allocation, the node's
+// per-canister heap and stable limits) say nothing about the sum.
+//
+// The ledger holds every canister's committed heap and stable size, loaded
+// from the store's metadata at open. An execution is given limits that leave
+// the others' memory untouched (memoryLimits), so a memory.grow or stable
+// grow beyond the capacity returns -1; when it ends, what it grew is reserved
+// before it may be committed (reserveMemory), so two canisters growing at
+// the same time cannot both take the last bytes: the second traps. A commit
+// sets the canister's exact size again.
+
+// defaultCapacityShare is the part of the machine's memory a node's
+// canisters may hold by default: the host keeps each committed page twice
+// (its page map and its memfd image), and executions, sandboxes and the
+// page cache need the rest.
+const defaultCapacityShare = 3
+
+// machineMemory returns MemTotal from /proc/meminfo, or 0.
+func machineMemory() uint64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			fs := strings.Fields(v)
+			if len(fs) == 2 && fs[1] == "kB" {
+				if kb, err := strconv.ParseUint(fs[0], 10, 64); err == nil {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// memoryCapacity is the configured capacity, or the machine's default.
+func memoryCapacity(configured uint64) uint64 {
+	if configured > 0 {
+		return configured
+	}
+	if m := machineMemory(); m > 0 {
+		return m / defaultCapacityShare
+	}
+	return 1 << 40 // unknown machine: no practical bound
+}
+
+// memoryLedger tracks the memory of every canister against the capacity.
+type memoryLedger struct {
+	capacity uint64
+
+	mu    sync.Mutex
+	used  uint64
+	sizes map[principal.Principal]uint64
+}
+
+func newMemoryLedger(capacity uint64) *memoryLedger {
+	return &memoryLedger{capacity: capacity, sizes: map[principal.Principal]uint64{}}
+}
+
+// load fills the ledger from the store's metadata.
+func (l *memoryLedger) load(st *store.Store) error {
+	return st.Metas(func(id []byte, m store.Meta) error {
+		p, err := principal.FromBytes(id)
+		if err != nil {
+			return fmt.Errorf("canister id %x: %w", id, err)
+		}
+		l.set(p, satAdd(m.HeapSize, m.StableSize))
+		return nil
+	})
+}
+
+// available is the heap and stable memory canister id may hold: what it
+// holds now plus what no canister holds.
+func (l *memoryLedger) available(id principal.Principal) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return satSub(l.capacity, satSub(l.used, l.sizes[id]))
+}
+
+// reserve records that id will hold size bytes, unless that would take the
+// node beyond its capacity while growing id. Not growing always succeeds.
+func (l *memoryLedger) reserve(id principal.Principal, size uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.sizes[id]
+	if size > old && satAdd(satSub(l.used, old), size) > l.capacity {
+		return false
+	}
+	l.used = satAdd(satSub(l.used, old), size)
+	l.sizes[id] = size
+	return true
+}
+
+// set records id's committed size, whatever the capacity.
+func (l *memoryLedger) set(id principal.Principal, size uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.used = satAdd(satSub(l.used, l.sizes[id]), size)
+	l.sizes[id] = size
+}
+
+// remove forgets a deleted canister.
+func (l *memoryLedger) remove(id principal.Principal) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.used = satSub(l.used, l.sizes[id])
+	delete(l.sizes, id)
+}
+
+// inUse returns the memory held and the capacity.
+func (l *memoryLedger) inUse() (used, capacity uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.used, l.capacity
+}
+
+// reserveMemory reserves the memory an execution of id ends with, or turns
+// the execution into a trap when the node cannot hold it.
+func (n *Node) reserveMemory(id principal.Principal, heap, stable uint64) (ok bool, msg string) {
+	if n.mem.reserve(id, satAdd(heap, stable)) {
+		return true, ""
+	}
+	used, capacity := n.mem.inUse()
+	return false, fmt.Sprintf("Canister %s cannot hold %d bytes of heap and stable memory: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use.",
+		id, satAdd(heap, stable), capacity, used)
+}
