@@ -30,6 +30,11 @@ const (
 // sandbox; the engine then opens the process's own.
 var pagemap *os.File
 
+// trimWhenIdle: canister workers give memory back when idle (trimIdle).
+// Only a sandbox process sets it; Serve in a test's goroutine shares the
+// test's process.
+var trimWhenIdle bool
+
 // Main is the entry point of a sandbox process: cmd/cordon calls it, before
 // anything else, when confine.IsSandbox() reports the process was started
 // by sandbox.Start. It completes confinement first (before any byte from the
@@ -45,5 +50,6 @@ func Main() int {
 		f.Close()
 	}
 	pagemap = confine.Pagemap()
+	trimWhenIdle = true
 	return Serve(conn, args)
 }

@@ -43,6 +43,9 @@ func Serve(conn *net.UnixConn, args []string) int {
 		return ExitProtocol
 	}
 	w := &worker{c: c, mode: mode, e: e}
+	if trimWhenIdle && mode == boundary.ModeCanister {
+		w.trim = &trimmer{}
+	}
 	if err := c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(mode)}); err != nil {
 		return ExitProtocol
 	}
@@ -56,6 +59,8 @@ type worker struct {
 	mod  *engine.Module // canister mode: the loaded module
 	// warned: the engine's fallback warning was sent (once per sandbox).
 	warned bool
+	// trim gives memory back between requests (nil: never; see trimIdle).
+	trim *trimmer
 }
 
 func (w *worker) loop() (code int) {
@@ -77,6 +82,7 @@ func (w *worker) loop() (code int) {
 			return ExitProtocol
 		}
 		cur = q.ID
+		w.trim.busy()
 		if err := w.serve(q); err != nil {
 			fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
 			return ExitProtocol
@@ -84,6 +90,7 @@ func (w *worker) loop() (code int) {
 		if q.Kind == boundary.KindShutdown {
 			return ExitOK
 		}
+		w.trim.idle()
 	}
 }
 
