@@ -11,10 +11,10 @@ import (
 // exeMapping is one mapping of this process's executable in
 // /proc/self/smaps.
 type exeMapping struct {
-	perms   string
-	rss     uint64 // bytes
-	noHuge  bool   // VmFlags "nh": MADV_NOHUGEPAGE
-	anon    uint64 // Anonymous: copied-on-write pages, bytes
+	perms  string
+	rss    uint64 // bytes
+	noHuge bool   // VmFlags "nh": MADV_NOHUGEPAGE
+	anon   uint64 // Anonymous: copied-on-write pages, bytes
 }
 
 // exeMappings reads /proc/<pid>/smaps (pid 0: self) for the mappings of
