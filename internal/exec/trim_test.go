@@ -30,7 +30,7 @@ func exeTrimmed(t *testing.T, pid int, exe string) (bool, uint64) {
 		fields := strings.Fields(sc.Text())
 		switch {
 		case len(fields) >= 5 && !strings.HasSuffix(fields[0], ":"):
-			in = len(fields) >= 6 && fields[5] == exe && !strings.Contains(fields[1], "w")
+			in = len(fields) >= 6 && strings.Join(fields[5:], " ") == exe && !strings.Contains(fields[1], "w")
 		case in && fields[0] == "Rss:" && len(fields) >= 2:
 			n, _ := strconv.ParseUint(fields[1], 10, 64)
 			rss += n << 10
