@@ -58,6 +58,7 @@ import "C"
 
 import (
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"time"
 )
@@ -100,16 +101,45 @@ func (t *trimmer) idle() {
 	t.mu.Unlock()
 }
 
+// heapTrimAbove: an idle worker collects and returns its Go heap only when
+// that much of it is resident. A canister worker's steady heap is under
+// 1 MiB (the artifact is mapped, not read: mapArtifact); a collection costs
+// about 0.5 MiB of the runtime's own metadata the first time, so it pays
+// only after a message left garbage (large arguments, replies, heaps).
+const heapTrimAbove = 2 << 20
+
+var heapSamples = []metrics.Sample{
+	{Name: "/memory/classes/heap/objects:bytes"},
+	{Name: "/memory/classes/heap/unused:bytes"},
+	{Name: "/memory/classes/heap/free:bytes"},
+}
+
+// goHeapResident is the Go heap's resident bytes: objects (garbage
+// included until collected), the unused parts of their spans, and free
+// pages not yet returned.
+func goHeapResident() uint64 {
+	metrics.Read(heapSamples)
+	var n uint64
+	for _, s := range heapSamples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			n += s.Value.Uint64()
+		}
+	}
+	return n
+}
+
 // trimIdle returns what an idle canister sandbox does not need: the Go
-// heap's free pages (a collection, then everything free goes back to the
-// kernel), glibc's free arena memory (wasmtime's Rust allocations), and
-// this process's mappings of cordon's read-only segments (see
-// cordon_drop_text). The first two are the sandbox's own memory, charged to
-// its cgroup; the last is shared page cache, so it lowers RSS and page
-// tables, not the node's memory. Running concurrently with an execution
-// would be correct, only wasted: each of them is safe at any time.
+// heap's garbage and free pages if there is enough of it (heapTrimAbove),
+// glibc's free arena memory (wasmtime's Rust allocations), and this
+// process's mappings of cordon's read-only segments (see cordon_drop_text).
+// The first two are the sandbox's own memory, charged to its cgroup; the
+// last is shared (the sealed executable), so it lowers RSS and page tables,
+// not the node's memory. Running concurrently with an execution would be
+// correct, only wasted: each step is safe at any time.
 func trimIdle() {
-	debug.FreeOSMemory()
+	if goHeapResident() > heapTrimAbove {
+		debug.FreeOSMemory()
+	}
 	C.cordon_malloc_trim()
 	dropText()
 }

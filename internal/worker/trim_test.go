@@ -2,10 +2,14 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
 )
 
 // exeMapping is one mapping of this process's executable in
@@ -126,4 +130,80 @@ func TestDropTextKeepsWritableSegments(t *testing.T) {
 		t.Fatalf("data after the drop: %q", got)
 	}
 	t.Logf("read-only segments: %d KiB resident before, %d KiB after (%d KiB advised)", roBefore>>10, roAfter>>10, n>>10)
+}
+
+var garbageSink [][]byte
+
+// After a message that left garbage (here 16 MiB of it), the idle trim
+// collects it and gives the pages back; the resident Go heap falls by at
+// least that much.
+func TestTrimIdleReturnsGarbage(t *testing.T) {
+	for i := 0; i < 16; i++ {
+		b := make([]byte, 1<<20)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		garbageSink = append(garbageSink, b)
+	}
+	garbageSink = nil
+	before := goHeapResident()
+	if before <= heapTrimAbove {
+		t.Fatalf("resident Go heap %d bytes after 16 MiB of garbage", before)
+	}
+	trimIdle()
+	after := goHeapResident()
+	t.Logf("resident Go heap: %d KiB before the trim, %d KiB after", before>>10, after>>10)
+	if after+12<<20 > before {
+		t.Fatalf("resident Go heap: %d bytes before the trim, %d after", before, after)
+	}
+}
+
+// A canister worker maps the artifact file the host passes instead of
+// reading it into its heap; an empty file, a file of junk and a pipe (no
+// size, nothing mapped) are refused as bad artifacts, and the worker goes
+// on serving.
+func TestLoadMapsArtifact(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	junk := filepath.Join(dir, "junk")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(junk, bytes.Repeat([]byte("junk"), 50000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw.Write([]byte("not a file"))
+	pw.Close()
+	defer pr.Close()
+	cw, _ := startWorker(t, "canister")
+	for i, name := range []string{empty, junk, ""} {
+		f := pr
+		if name != "" {
+			if f, err = os.Open(name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		errc := make(chan error, 1)
+		id := uint64(100 + i)
+		go func() {
+			errc <- cw.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: id, Body: boundary.EncodeHash([32]byte{1}), Files: []*os.File{f}})
+		}()
+		err := cw.AwaitLoaded(id, [32]byte{1}, nil)
+		if re, ok := err.(*boundary.RemoteError); !ok || re.Code != boundary.ErrArtifact {
+			t.Fatalf("artifact %d: %v", i, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("artifact %d: %v", i, err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- cw.Send(&boundary.Msg{Kind: boundary.KindPing, ID: 200}) }()
+	if err := cw.AwaitPong(200, nil); err != nil || <-errc != nil {
+		t.Fatalf("the worker stopped serving: %v", err)
+	}
 }
