@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
 // The default sandbox executable is a sealed in-memory copy of the host's
@@ -24,8 +27,8 @@ import (
 //     the code a sandbox runs can never change under it, whatever happens
 //     to the file on disk (an upgrade replacing it, a writable path).
 //
-// If the kernel refuses any step (no memfd exec: vm.memfd_noexec), sandboxes
-// run /proc/self/exe as before.
+// If the kernel refuses any step (no memfd exec: vm.memfd_noexec, or the
+// copy does not execute), sandboxes run /proc/self/exe as before.
 var (
 	exeOnce sync.Once
 	exePath string // "/proc/self/fd/N", or "" to use /proc/self/exe
@@ -74,5 +77,15 @@ func sealedSelfCopy() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("move the memfd up: %w", err)
 	}
-	return "/proc/self/fd/" + strconv.Itoa(high), nil
+	path := "/proc/self/fd/" + strconv.Itoa(high)
+	// Executing it may still be refused (a security module, a policy on
+	// memfd execution): try once, with the probe marker (the C constructor
+	// exits at once), rather than fail every sandbox start.
+	probe := exec.Command(path, confine.ProbeMarker)
+	probe.Env = []string{}
+	if err := probe.Run(); err != nil {
+		unix.Close(high)
+		return "", fmt.Errorf("execute the copy: %w", err)
+	}
+	return path, nil
 }
