@@ -38,7 +38,7 @@ const (
 // Spec describes a sandbox to start.
 type Spec struct {
 	Label        string            // canister id or "compiler": used in cgroup names and logs
-	Binary       string            // "" = /proc/self/exe
+	Binary       string            // "" = a sealed memfd copy of /proc/self/exe (exe.go)
 	Args         []string          // extra arguments for the child's worker (after the marker)
 	Files        []*os.File        // passed to the child as fd 4, 5, ... (fd 3 is the IPC socket)
 	MemoryBytes  uint64            // cgroup memory limit (0 = DefaultMemoryBytes)
@@ -374,7 +374,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	files = append(files, s.Files...)
 	binary := s.Binary
 	if binary == "" {
-		binary = "/proc/self/exe"
+		binary = sandboxExe()
 	}
 	argv := append([]string{"cordon-sandbox", confine.Marker, cfg.Arg()}, s.Args...)
 	proc, err := spawn(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr})

@@ -37,6 +37,11 @@ var pagemap *os.File
 // in the host's process).
 var forbidNewCode func() error
 
+// trimWhenIdle: canister workers give memory back when idle (trimIdle).
+// Only a sandbox process sets it; Serve in a test's goroutine shares the
+// test's process.
+var trimWhenIdle bool
+
 // Main is the entry point of a sandbox process: cmd/cordon calls it, before
 // anything else, when confine.IsSandbox() reports the process was started
 // by sandbox.Start. It completes confinement first (before any byte from the
@@ -62,5 +67,6 @@ func Main() int {
 func ServeConfined(conn *net.UnixConn, args []string) int {
 	pagemap = confine.Pagemap()
 	forbidNewCode = confine.ForbidNewCode
+	trimWhenIdle = true
 	return Serve(conn, args)
 }

@@ -3,11 +3,12 @@ package worker
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime/debug"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -43,6 +44,9 @@ func Serve(conn *net.UnixConn, args []string) int {
 		return ExitProtocol
 	}
 	w := &worker{c: c, mode: mode, e: e}
+	if trimWhenIdle && mode == boundary.ModeCanister {
+		w.trim = &trimmer{}
+	}
 	if err := c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(mode)}); err != nil {
 		return ExitProtocol
 	}
@@ -59,6 +63,8 @@ type worker struct {
 	codeLocked bool
 	// warned: the engine's fallback warning was sent (once per sandbox).
 	warned bool
+	// trim gives memory back between requests (nil: never; see trimIdle).
+	trim *trimmer
 }
 
 func (w *worker) loop() (code int) {
@@ -80,6 +86,7 @@ func (w *worker) loop() (code int) {
 			return ExitProtocol
 		}
 		cur = q.ID
+		w.trim.busy()
 		if err := w.serve(q); err != nil {
 			fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
 			return ExitProtocol
@@ -87,6 +94,7 @@ func (w *worker) loop() (code int) {
 		if q.Kind == boundary.KindShutdown {
 			return ExitOK
 		}
+		w.trim.idle()
 	}
 }
 
@@ -135,12 +143,13 @@ func (w *worker) load(q *boundary.Request) error {
 		q.File.Close()
 		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x already loaded: a canister sandbox loads one module", w.mod.Info.Hash[:8])
 	}
-	data, err := readArtifact(q.File)
+	data, unmap, err := mapArtifact(q.File)
 	q.File.Close()
 	if err != nil {
 		return w.c.SendError(q.ID, boundary.ErrArtifact, "read artifact: %v", err)
 	}
 	m, err := w.e.Deserialize(data)
+	unmap()
 	if err != nil {
 		return w.c.SendError(q.ID, boundary.ErrArtifact, "%v", err)
 	}
@@ -161,19 +170,26 @@ func (w *worker) load(q *boundary.Request) error {
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
 }
 
-func readArtifact(f *os.File) ([]byte, error) {
+// mapArtifact maps an artifact read-only instead of reading it into the Go
+// heap: wasmtime copies what it keeps, and the heap would otherwise hold the
+// artifact's size in garbage (and, once collected, in free pages) for as long
+// as the sandbox lives.
+func mapArtifact(f *os.File) (data []byte, unmap func(), err error) {
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if st.Size() > MaxArtifactBytes {
-		return nil, fmt.Errorf("artifact of %d bytes", st.Size())
+		return nil, nil, fmt.Errorf("artifact of %d bytes", st.Size())
 	}
-	b := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, b); err != nil {
-		return nil, err
+	if st.Size() == 0 {
+		return nil, func() {}, nil
 	}
-	return b, nil
+	data, err = unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("map: %w", err)
+	}
+	return data, func() { _ = unix.Munmap(data) }, nil
 }
 
 func (w *worker) execute(q *boundary.Request) error {

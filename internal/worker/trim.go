@@ -1,0 +1,148 @@
+package worker
+
+/*
+#define _GNU_SOURCE
+#include <elf.h>
+#include <link.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+// cordon_drop_text unmaps, from this process's page tables only, the pages
+// of the executable's read-only segments (code, read-only data): they stay
+// in the page cache, shared with the host and every other sandbox, and the
+// next message faults back those it runs. Segments that are or were
+// writable (data, RELRO: relocated at start, their pages are private
+// copies) are left alone, and so is everything that is not the executable
+// (wasmtime's compiled code is anonymous memory, which MADV_DONTNEED would
+// discard). Only whole pages inside a segment are dropped. Returns the bytes
+// advised, or -1.
+static long cordon_drop_text(void) {
+	const ElfW(Phdr) *ph = (const ElfW(Phdr) *)getauxval(AT_PHDR);
+	unsigned long n = getauxval(AT_PHNUM);
+	long page = sysconf(_SC_PAGESIZE);
+	if (ph == NULL || n == 0 || page <= 0) return -1;
+	// The load bias: AT_PHDR is where PT_PHDR's p_vaddr was loaded.
+	uintptr_t bias = 0, relro_lo = 0, relro_hi = 0;
+	for (unsigned long i = 0; i < n; i++) {
+		if (ph[i].p_type == PT_PHDR) bias = (uintptr_t)ph - ph[i].p_vaddr;
+	}
+	for (unsigned long i = 0; i < n; i++) {
+		if (ph[i].p_type == PT_GNU_RELRO) {
+			relro_lo = bias + ph[i].p_vaddr;
+			relro_hi = relro_lo + ph[i].p_memsz;
+		}
+	}
+	long total = 0;
+	for (unsigned long i = 0; i < n; i++) {
+		if (ph[i].p_type != PT_LOAD || (ph[i].p_flags & PF_W) != 0) continue;
+		uintptr_t lo = bias + ph[i].p_vaddr, hi = lo + ph[i].p_filesz;
+		lo = (lo + page - 1) & ~(uintptr_t)(page - 1);
+		hi &= ~(uintptr_t)(page - 1);
+		if (hi <= lo) continue;
+		if (relro_hi > relro_lo && lo < relro_hi && relro_lo < hi) continue;
+		// No huge-page mappings here from now on: the page cache holds
+		// cordon's code in 2 MiB folios, and one fault would map a whole
+		// folio back (PMD), megabytes of code the sandbox never runs.
+		(void)madvise((void *)lo, hi - lo, MADV_NOHUGEPAGE);
+		if (madvise((void *)lo, hi - lo, MADV_DONTNEED) == 0) total += (long)(hi - lo);
+	}
+	return total;
+}
+
+static void cordon_malloc_trim(void) { malloc_trim(0); }
+*/
+import "C"
+
+import (
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+	"time"
+)
+
+// idleTrimAfter is how long a canister sandbox waits for its next request
+// before it gives memory back (trimIdle). Under steady traffic it never
+// trims; an idle sandbox pays it once. The CPU it takes (one small garbage
+// collection) is far below what the host's idle-CPU watchdog tolerates.
+const idleTrimAfter = 500 * time.Millisecond
+
+// trimmer runs trimIdle once a sandbox has been idle for idleTrimAfter.
+type trimmer struct {
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+// busy cancels a pending trim: a request is being served.
+func (t *trimmer) busy() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.mu.Unlock()
+}
+
+// idle schedules a trim.
+func (t *trimmer) idle() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if t.timer == nil {
+		t.timer = time.AfterFunc(idleTrimAfter, trimIdle)
+	} else {
+		t.timer.Reset(idleTrimAfter)
+	}
+	t.mu.Unlock()
+}
+
+// heapTrimAbove: an idle worker collects and returns its Go heap only when
+// that much of it is resident. A canister worker's steady heap is under
+// 1 MiB (the artifact is mapped, not read: mapArtifact); a collection costs
+// about 0.5 MiB of the runtime's own metadata the first time, so it pays
+// only after a message left garbage (large arguments, replies, heaps).
+const heapTrimAbove = 2 << 20
+
+var heapSamples = []metrics.Sample{
+	{Name: "/memory/classes/heap/objects:bytes"},
+	{Name: "/memory/classes/heap/unused:bytes"},
+	{Name: "/memory/classes/heap/free:bytes"},
+}
+
+// goHeapResident is the Go heap's resident bytes: objects (garbage
+// included until collected), the unused parts of their spans, and free
+// pages not yet returned.
+func goHeapResident() uint64 {
+	metrics.Read(heapSamples)
+	var n uint64
+	for _, s := range heapSamples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			n += s.Value.Uint64()
+		}
+	}
+	return n
+}
+
+// trimIdle returns what an idle canister sandbox does not need: the Go
+// heap's garbage and free pages if there is enough of it (heapTrimAbove),
+// glibc's free arena memory (wasmtime's Rust allocations), and this
+// process's mappings of cordon's read-only segments (see cordon_drop_text).
+// The first two are the sandbox's own memory, charged to its cgroup; the
+// last is shared (the sealed executable), so it lowers RSS and page tables,
+// not the node's memory. Running concurrently with an execution would be
+// correct, only wasted: each step is safe at any time.
+func trimIdle() {
+	if goHeapResident() > heapTrimAbove {
+		debug.FreeOSMemory()
+	}
+	C.cordon_malloc_trim()
+	dropText()
+}
+
+// dropText is cordon_drop_text: the bytes advised, or -1.
+func dropText() int64 { return int64(C.cordon_drop_text()) }
