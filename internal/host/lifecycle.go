@@ -328,12 +328,18 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		heapChange = &store.MemoryChange{Replace: true, Delta: allPages(heap)}
 	}
 	entries := c.logs.prepare(n.logEntries(logs))
+	// A reinstall purges the log, as on the IC; what canister_init printed
+	// starts the new one, numbered on.
+	purge := opts.Mode == ModeReinstall
+	if purge {
+		meta.LogNextSeq = c.logs.next() + uint64(len(entries))
+	}
 	change := store.Change{
 		ID: id.Bytes(), Meta: meta, Module: wasm,
 		Heap:    heapChange,
 		Stable:  stableChange,
 		Globals: out.Globals, SetGlobals: true,
-		Logs: entries, KeepLogs: n.cfg.LogLines,
+		Logs: entries, KeepLogs: n.cfg.LogLines, ClearLogs: purge,
 	}
 	if err := n.store.Commit(change); err != nil {
 		return nil, err
@@ -345,6 +351,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
 	n.mem.set(id, satAdd(heap.Size(), stable.Size()))
 	c.moduleBytes = uint64(len(wasm))
+	if purge {
+		c.logs.clear()
+	}
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
 	_ = n.store.GCModules()
@@ -445,10 +454,12 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
 	meta.Version++
+	meta.LogNextSeq = c.logs.next() // the log is purged, as on the IC; numbering goes on
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true}); err != nil {
 		return err
 	}
+	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
 	n.mem.set(id, 0)

@@ -34,6 +34,29 @@ func (r *logRing) load(es []store.LogEntry) {
 	}
 }
 
+// clear drops the kept lines (a reinstall or uninstall purges the log);
+// numbering goes on. Followers see only lines published afterwards.
+func (r *logRing) clear() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.entries = nil
+}
+
+// next returns the sequence number of the next line.
+func (r *logRing) next() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nextSeq
+}
+
+// continueFrom makes numbering go on from at least seq (after a cleared log
+// was loaded).
+func (r *logRing) continueFrom(seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextSeq = max(r.nextSeq, seq)
+}
+
 // prepare assigns sequence numbers to new lines without publishing them.
 func (r *logRing) prepare(es []store.LogEntry) []store.LogEntry {
 	r.mu.Lock()

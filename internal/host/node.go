@@ -197,6 +197,7 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if logs, err := n.store.Logs(id.Bytes()); err == nil {
 		c.logs.load(logs)
 	}
+	c.logs.continueFrom(c.meta.LogNextSeq) // the log may have been purged (canlog.go)
 	if sc.Meta.ModuleHash != "" {
 		wasm, err := n.store.Module(sc.Meta.ModuleHash)
 		if err != nil {

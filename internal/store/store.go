@@ -114,6 +114,9 @@ type Meta struct {
 	// QueryStats are folded in from memory with the canister's commits and
 	// when the node closes (host/query.go).
 	QueryStats QueryStats `json:"query_stats"`
+	// LogNextSeq is at most the sequence number of the canister's next log
+	// entry; it keeps the numbering going when the log was cleared.
+	LogNextSeq uint64 `json:"log_next_seq,omitempty"`
 }
 
 // Store is an open store. It is safe for concurrent use.
@@ -256,6 +259,7 @@ type Change struct {
 	Delete     bool       // remove the canister entirely
 	Logs       []LogEntry // debug_print lines to append
 	KeepLogs   int        // log entries kept per canister (oldest dropped)
+	ClearLogs  bool       // drop the stored log entries before appending Logs
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
@@ -304,6 +308,11 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	}
 	if err := putMemory(cb, keyStable, c.Stable); err != nil {
 		return fmt.Errorf("stable memory: %w", err)
+	}
+	if c.ClearLogs && cb.Bucket(keyLogs) != nil {
+		if err := cb.DeleteBucket(keyLogs); err != nil {
+			return fmt.Errorf("logs: %w", err)
+		}
 	}
 	if err := appendLogs(cb, c.Logs, c.KeepLogs); err != nil {
 		return fmt.Errorf("logs: %w", err)
