@@ -226,21 +226,3 @@ func applyLogSettings(dst *store.Settings, s settings) {
 		dst.LogVisibility, dst.LogViewers = lv.mode, lv.viewers
 	}
 }
-
-// logVisibilityValue is a canister's log_visibility as canister_status
-// reports it.
-func logVisibilityValue(mode string, viewers []string) candid.Value {
-	switch mode {
-	case logVisibilityPublic:
-		return candid.Variant{ID: candid.Hash("public"), Value: candid.Null{}}
-	case logVisibilityAllowedViewers:
-		vec := candid.Vec{}
-		for _, v := range viewers {
-			if p, err := principal.FromText(v); err == nil {
-				vec = append(vec, candid.Principal{Principal: p})
-			}
-		}
-		return candid.Variant{ID: candid.Hash("allowed_viewers"), Value: vec}
-	}
-	return candid.Variant{ID: candid.Hash("controllers"), Value: candid.Null{}}
-}

@@ -56,6 +56,9 @@ func TestLogLimiterBudget(t *testing.T) {
 	if len(lines) != logBurst {
 		t.Fatalf("%d lines delivered with no time passing, want the burst %d", len(lines), logBurst)
 	}
+	if dropped != 0 {
+		t.Fatalf("%d drops reported before any later line was delivered or the stream ended", dropped)
+	}
 	for i, l := range lines {
 		if want := fmt.Sprintf("line %d", i); l != want {
 			t.Fatalf("line %d is %q, want %q", i, l, want)
