@@ -6,12 +6,12 @@ import (
 	"encoding/binary"
 	"os"
 	"os/exec"
-	"syscall"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
