@@ -70,6 +70,12 @@ func (n *Node) callLimits(c *canister, keep cycles.Amount) *sysapi.CallLimits {
 // the most a callback can cost (the IC reserves the same).
 func (n *Node) callReservation() cycles.Amount { return n.executionFee(n.cfg.UpdateInstructions) }
 
+// callMemory is the message memory a call holds: its method name and
+// argument, and a whole response reserved.
+func (n *Node) callMemory(c *sysapi.Call) uint64 {
+	return (&sysapi.CallLimits{ResponseBytes: n.cfg.ReplyBytes}).Memory(c)
+}
+
 // callCharges is what an execution's calls took from the balance: their
 // fees (burned) and their reservations (held until the responses run).
 // Exactly what call_perform charged, with the same limits.

@@ -316,7 +316,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		callee, err := principal.FromBytes(call.Callee)
 		cbID := n.newID(c)
 		cb := &callback{ctxID: id, onReply: call.OnReply, onReject: call.OnReject, onCleanup: call.OnCleanup,
-			callee: string(call.Callee), memory: (&sysapi.CallLimits{ResponseBytes: n.cfg.ReplyBytes}).Memory(call), reserved: res}
+			callee: string(call.Callee), memory: n.callMemory(call), reserved: res}
 		c.callbacks[cbID] = cb
 		cc.outstanding++
 		held := n.holdCall(c, cb)
