@@ -512,3 +512,57 @@ func crashWithCallsInFlight(t *testing.T, home string) {
 	os.Stdout.WriteString("CALLS IN FLIGHT\n")
 	select {}
 }
+
+// The host's own count of calls awaiting responses: a call beyond a limit
+// (only possible when canisters raced for the node's share) is reported so
+// finish answers it with SYS_TRANSIENT; every hold is released with its
+// response, and the reservation goes back to the balance.
+func TestHoldAndReleaseCalls(t *testing.T) {
+	perCall := uint64(len("noop")+len("payload!")) + DefaultConfig().ReplyBytes
+	f := queueFixture(t, "inprocess", func(c *Config) {
+		c.Messages.QueueCapacity = 3
+		c.Messages.NodeBytes = 4 * perCall
+	})
+	a := f.install(mustWat(t, fanWat), nil)
+	c, err := f.node.get(context.Background(), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res := f.node.callReservation()
+	// The commit moved 5 reservations out of the balance (as commitExecution does).
+	meta0 := c.meta
+	c.meta.Balance = c.meta.Balance.SaturatingSub(res.MulSat(5))
+	c.meta.CyclesReserved = res.MulSat(5)
+	var cbs []*callback
+	var held []bool
+	for i, callee := range []string{"x", "x", "x", "x", "y"} {
+		call := &sysapi.Call{Callee: []byte(callee), Method: "noop", Arg: []byte("payload!")}
+		cb := &callback{callee: callee, memory: f.node.callMemory(call), reserved: res}
+		c.callbacks[uint64(1000+i)] = cb
+		cbs = append(cbs, cb)
+		held = append(held, f.node.holdCall(c, cb))
+	}
+	// x: three fit its queue; the fourth exceeds it; y exceeds the node's memory.
+	if want := []bool{true, true, true, false, false}; !slices.Equal(held, want) {
+		t.Fatalf("held %v, want %v", held, want)
+	}
+	lim := f.node.callLimits(c, cycles.Amount{})
+	if lim.Outstanding < 0 || lim.MemoryBytes != 0 || len(lim.Queues) != 2 || string(lim.Queues[0].Callee) != "x" || lim.Queues[0].Used != 4 {
+		t.Fatalf("limits while over: %+v", lim)
+	}
+	for i, cb := range cbs {
+		delete(c.callbacks, uint64(1000+i))
+		f.node.releaseCall(c, cb)
+	}
+	f.node.calls.mu.Lock()
+	nc, nb := f.node.calls.calls, f.node.calls.bytes
+	f.node.calls.mu.Unlock()
+	if nc != 0 || nb != 0 || len(c.calls.per) != 0 || c.calls.bytes != 0 {
+		t.Fatalf("after release: node %d calls %d bytes, canister %v %d bytes", nc, nb, c.calls.per, c.calls.bytes)
+	}
+	if c.meta.Balance != meta0.Balance || !c.meta.CyclesReserved.IsZero() {
+		t.Fatalf("balance %s reserved %s after release, want %s and 0", c.meta.Balance, c.meta.CyclesReserved, meta0.Balance)
+	}
+}
