@@ -49,7 +49,10 @@ func testInput() *sysapi.Input {
 		RejectCode: 4, RejectMessage: "no", Status: sysapi.StatusRunning, Version: 7, Time: 8, Deadline: 9,
 		GlobalTimer: 10, DataCertificate: []byte{}, CallContextInstr: 11,
 		Limits: sysapi.Limits{Instructions: 1e9, HeapBytes: 4 << 30, StableBytes: 1 << 30, ReplyBytes: 2 << 20,
-			CallArgBytes: 2 << 20, MaxOutgoing: 10, DebugPrintBytes: 100, MaxLogLines: 5},
+			CallArgBytes: 2 << 20, MaxOutgoing: 10, DebugPrintBytes: 100, MaxLogLines: 5,
+			Calls: &sysapi.CallLimits{Fee: 1000, ByteFee: 1, Reservation: cycles.New(100), Keep: cycles.New(7),
+				Outstanding: 5, MemoryBytes: 1 << 30, ResponseBytes: 2 << 20, QueueCapacity: 4,
+				Queues: []sysapi.QueueUse{{Callee: []byte{1}, Used: 2}, {Callee: []byte{9, 9}, Used: 1}}}},
 	}
 }
 
@@ -457,6 +460,12 @@ func TestValidateOutput(t *testing.T) {
 		}, VResponse},
 		{"accept_message outside inspect", func(e *Expect, o *sysapi.Output) { o.Accepted = true }, VResponse},
 		{"too many calls", func(e *Expect, o *sysapi.Output) { e.Limits.MaxOutgoing = 0 }, VCalls},
+		// A sandbox that performs calls its limits refused: the host's
+		// tally of queues, outstanding calls and message memory catches it.
+		{"queue to callee full", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Queues[0].Used = 4 }, VCalls},
+		{"no outstanding call left", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Outstanding = 0 }, VCalls},
+		{"message memory exhausted", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.MemoryBytes = 2 << 20 }, VCalls},
+		{"call charges not paid", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Reservation = cycles.New(1_000_000) }, VCycles},
 		{"long callee", func(e *Expect, o *sysapi.Output) { o.Calls[0].Callee = make([]byte, 30) }, VCalls},
 		{"callback beyond 32 bits", func(e *Expect, o *sysapi.Output) { o.Calls[0].OnReply.Fun = 1 << 32 }, VCalls},
 		{"certified data 33 bytes", func(e *Expect, o *sysapi.Output) { o.CertifiedData = make([]byte, 33) }, VCertifiedData},

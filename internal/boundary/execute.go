@@ -41,7 +41,9 @@ type ExecRequest struct {
 //	timer; bool has data certificate, bytes data certificate; u64 call
 //	context instructions; u64 × 8 limits (instructions, heap bytes, stable
 //	bytes, reply bytes, call arg bytes, max outgoing, debug print bytes, max
-//	log lines).
+//	log lines); bool has call limits, then u64 fee, u64 byte fee, u128
+//	reservation, u128 keep, u64 outstanding, u64 memory bytes, u64 response
+//	bytes, u64 queue capacity, u64 n, n × (bytes callee, u64 used).
 func EncodeExecute(q *ExecRequest) []byte {
 	in := q.Input
 	w := &writer{b: make([]byte, 0, 512+len(in.Arg)+len(in.DataCertificate))}
@@ -97,6 +99,22 @@ func EncodeExecute(q *ExecRequest) []byte {
 	w.u64(nonNeg(l.MaxOutgoing))
 	w.u64(nonNeg(l.DebugPrintBytes))
 	w.u64(nonNeg(l.MaxLogLines))
+	w.bool(l.Calls != nil)
+	if c := l.Calls; c != nil {
+		w.u64(c.Fee)
+		w.u64(c.ByteFee)
+		w.amount(c.Reservation)
+		w.amount(c.Keep)
+		w.u64(nonNeg(c.Outstanding))
+		w.u64(c.MemoryBytes)
+		w.u64(c.ResponseBytes)
+		w.u64(nonNeg(c.QueueCapacity))
+		w.count(len(c.Queues))
+		for _, q := range c.Queues {
+			w.bytes(q.Callee)
+			w.u64(nonNeg(q.Used))
+		}
+	}
 	return w.b
 }
 
@@ -208,6 +226,22 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	l.MaxOutgoing = intLimit("max outgoing")
 	l.DebugPrintBytes = intLimit("debug print bytes")
 	l.MaxLogLines = intLimit("max log lines")
+	if r.bool("has call limits") {
+		c := &sysapi.CallLimits{}
+		c.Fee = r.u64("call fee")
+		c.ByteFee = r.u64("call byte fee")
+		c.Reservation = r.amount("call reservation")
+		c.Keep = r.amount("call keep")
+		c.Outstanding = intLimit("outstanding calls")
+		c.MemoryBytes = r.u64("message memory")
+		c.ResponseBytes = r.u64("response bytes")
+		c.QueueCapacity = intLimit("queue capacity")
+		n := r.count(math.MaxInt32, 16, "queues")
+		for i := 0; i < n && r.err == nil; i++ {
+			c.Queues = append(c.Queues, sysapi.QueueUse{Callee: r.bytes(math.MaxUint64, "queue callee"), Used: intLimit("queue used")})
+		}
+		l.Calls = c
+	}
 	if err := r.done("execute"); err != nil {
 		return nil, err
 	}

@@ -296,8 +296,17 @@ func validateCalls(exp *Expect, out *sysapi.Output) error {
 	if !allowed("call_perform", exp.Context) {
 		return violation(VCalls, "calls in %s", exp.Context)
 	}
+	var tally *sysapi.CallTally
+	if exp.Limits.Calls != nil {
+		tally = sysapi.NewCallTally(exp.Limits.Calls)
+	}
 	for i := range out.Calls {
 		c := &out.Calls[i]
+		// The queues, outstanding calls and message memory the host allowed,
+		// replayed as call_perform counts them.
+		if tally != nil && !tally.Admit(c) {
+			return violation(VCalls, "call %d exceeds the queue, outstanding call or message memory limits", i)
+		}
 		switch {
 		case len(c.Callee) > MaxPrincipalBytes:
 			return violation(VCalls, "call %d: callee of %d bytes", i, len(c.Callee))
@@ -351,8 +360,14 @@ func validateCycles(exp *Expect, out *sysapi.Output) error {
 		return violation(VCycles, "balance %s + accepted %s overflows", exp.Balance, out.CyclesAccepted)
 	}
 	spent, err := out.CyclesSent.Add(out.CyclesBurned)
+	if l := exp.Limits.Calls; l != nil && err == nil {
+		// Every call paid its fee and reservation out of the balance.
+		for i := 0; i < len(out.Calls) && err == nil; i++ {
+			spent, err = spent.Add(l.Charge(&out.Calls[i]))
+		}
+	}
 	if err != nil || spent.Cmp(have) > 0 {
-		return violation(VCycles, "sent %s + burned %s exceed balance %s + accepted %s",
+		return violation(VCycles, "sent %s + burned %s + call charges exceed balance %s + accepted %s",
 			out.CyclesSent, out.CyclesBurned, exp.Balance, out.CyclesAccepted)
 	}
 	return nil

@@ -30,6 +30,7 @@ type Config struct {
 	ModuleLimits   engine.ModuleLimits
 
 	Fees          Fees
+	Messages      MessageLimits
 	InitialCycles cycles.Amount // balance of a canister created from the CLI
 	// Provisional says who may mint cycles with the provisional methods
 	// and install --cycles (policy.go): ProvisionalIngress ("" too) or
@@ -76,11 +77,37 @@ type Fees struct {
 	IngressReception uint64 // per ingress message
 	IngressPerByte   uint64 // per byte of ingress payload
 	CanisterCreation uint64
+	// Call and CallPerByte price an inter-canister call, as ic0.cost_call
+	// reports it: Call plus CallPerByte per byte of method name and
+	// argument (IC: xnet_call_fee 260_000, xnet_byte_transmission_fee 1_000).
+	Call        uint64
+	CallPerByte uint64
 	// GiBStoragePerSecond is the storage fee: cycles per GiB of memory held
 	// (heap, stable memory, module, globals; at least the memory allocation)
 	// per second (IC: 127_000 on a 13-node application subnet, i.e. about
 	// 4 T cycles per GiB per year; 0 makes memory free).
 	GiBStoragePerSecond uint64
+}
+
+// MessageLimits bound what calls between canisters may hold in memory
+// (queues.go). A call beyond them is refused at call_perform (SYS_TRANSIENT).
+// Each call awaiting its response takes its method name and argument plus
+// ReplyBytes reserved for the response, as the IC counts guaranteed
+// response message memory.
+type MessageLimits struct {
+	// QueueCapacity is how many calls from one canister to another may
+	// await responses (the IC's queue capacity per canister pair and
+	// direction: 500; each reserves a slot for its response).
+	QueueCapacity int
+	// CallbackQuota is how many outstanding calls every canister may have
+	// whatever the node's load (IC: 50); beyond it a canister may open more
+	// while the node has fewer than CallbackSoftLimit (IC: 1_000_000).
+	CallbackQuota     int
+	CallbackSoftLimit int
+	// CanisterBytes and NodeBytes bound message memory per canister and per
+	// node (IC: 15 GiB of guaranteed response message memory per subnet).
+	CanisterBytes uint64
+	NodeBytes     uint64
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -101,7 +128,16 @@ func DefaultConfig() Config {
 			IngressReception:    1_200_000,
 			IngressPerByte:      2_000,
 			CanisterCreation:    100_000_000_000,
+			Call:                260_000,
+			CallPerByte:         1_000,
 			GiBStoragePerSecond: 127_000,
+		},
+		Messages: MessageLimits{
+			QueueCapacity:     500,
+			CallbackQuota:     50,
+			CallbackSoftLimit: 1_000_000,
+			CanisterBytes:     1 << 30,
+			NodeBytes:         15 << 30,
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica

@@ -536,6 +536,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 		return err
 	}
 	c.deleted = true
+	n.dropCalls(c) // queues.go
 	releaseReplaced(c, nil, nil)
 	n.mu.Lock()
 	delete(n.canisters, id)

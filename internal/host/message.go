@@ -93,11 +93,23 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	if err == nil {
 		bal, err = bal.Sub(out.CyclesBurned)
 	}
+	// The calls' fees and response reservations, as call_perform took them.
+	callFees, reserved, err2 := n.callCharges(out.Calls)
+	if err == nil {
+		err = err2
+	}
+	if err == nil {
+		bal, err = bal.Sub(callFees)
+	}
+	if err == nil {
+		bal, err = bal.Sub(reserved)
+	}
 	if err != nil {
 		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
 	}
 	meta.Balance = bal.SaturatingSub(fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned).SaturatingAdd(callFees)
+	meta.CyclesReserved = meta.CyclesReserved.SaturatingAdd(reserved)
 	meta.Instructions += out.Instructions
 	meta.Messages++
 	// Every successful execution that can change state is a new version

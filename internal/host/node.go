@@ -38,6 +38,7 @@ type Node struct {
 	alt exec.Executor
 
 	mem *memoryLedger // the node's memory capacity (capacity.go)
+	calls nodeCalls // what calls awaiting responses hold (queues.go)
 
 	busy sync.WaitGroup // queue drainers and management calls in flight
 	done chan struct{}  // closed by Close
@@ -65,6 +66,7 @@ type canister struct {
 	// flight (see RATIONALE.md).
 	contexts        map[uint64]*callContext
 	callbacks       map[uint64]*callback
+	calls           outCalls // what the callbacks' calls hold (queues.go)
 	nextID          uint64
 	stopped         chan struct{} // closed when a pending stop completes
 	heartbeatQueued bool
@@ -194,6 +196,11 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if c.meta.Status == "stopping" {
 		c.meta.Status = "stopped" // calls in flight did not survive the restart
 	}
+	// Nor did their responses: what was reserved to run them is the
+	// canister's again (durable with its next commit; until then every
+	// load gives the same).
+	c.meta.Balance = c.meta.Balance.SaturatingAdd(c.meta.CyclesReserved)
+	c.meta.CyclesReserved = cycles.Amount{}
 	if logs, err := n.store.Logs(id.Bytes()); err == nil {
 		c.logs.load(logs)
 	}

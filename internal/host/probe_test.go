@@ -126,7 +126,14 @@ func TestCallPaths(t *testing.T) {
 	f.checkConservation()
 
 	// A caller stopped while it awaits a response: the response is still
-	// delivered, the user gets the reply, then the caller is stopped.
+	// delivered, the user gets the reply, then the caller is stopped. The
+	// test holds the callee's lock so the response cannot come before the
+	// stop (a fast machine ran "slow" between two polls).
+	cb, err := f.node.get(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb.mu.Lock()
 	done := make(chan []byte, 1)
 	go func() {
 		r, err := f.node.Update(ctx, Message{Canister: a, Method: "call", Arg: callArg(b, "slow"), Caller: user})
@@ -143,7 +150,16 @@ func TestCallPaths(t *testing.T) {
 		defer c.mu.RUnlock()
 		return len(c.contexts) > 0
 	})
-	if err := f.node.SetStatus(ctx, a, user, "stopped"); err != nil {
+	stopErr := make(chan error, 1)
+	go func() { stopErr <- f.node.SetStatus(ctx, a, user, "stopped") }()
+	waitFor(t, 10*time.Second, func() bool {
+		c, _ := f.node.get(ctx, a)
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.meta.Status == "stopping"
+	})
+	cb.mu.Unlock()
+	if err := <-stopErr; err != nil {
 		t.Fatal(err)
 	}
 	eq(t, "reply after stop", <-done, []byte("ok:pong"))

@@ -76,6 +76,10 @@ type callback struct {
 	ctxID             uint64
 	onReply, onReject sysapi.Callback
 	onCleanup         *sysapi.Callback
+	// What the call holds until its response has run (queues.go).
+	callee   string // id bytes
+	memory   uint64
+	reserved cycles.Amount
 }
 
 // Update sends an ingress update call and waits for its response. Its
@@ -256,6 +260,9 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	c.contexts[id] = cc
 	in := n.input(c, c.module, kind, entry, limit)
 	in.Caller, in.Arg, in.CyclesAvailable = m.caller.Bytes(), m.arg, m.cycles
+	if kind == sysapi.CtxUpdate {
+		in.Limits.Calls = n.callLimits(c, n.executionFee(limit).SaturatingAdd(fee))
+	}
 	out, err := n.execute(c, in, false)
 	if err != nil {
 		delete(c.contexts, id)
@@ -318,18 +325,26 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 	}
 	cc.available = cc.available.SaturatingSub(out.CyclesAccepted)
 	cc.instructions += out.Instructions
-	for _, call := range out.Calls {
+	res := n.callReservation()
+	for i := range out.Calls {
+		call := &out.Calls[i]
 		callee, err := principal.FromBytes(call.Callee)
 		cbID := n.newID(c)
-		c.callbacks[cbID] = &callback{ctxID: id, onReply: call.OnReply, onReject: call.OnReject, onCleanup: call.OnCleanup}
+		cb := &callback{ctxID: id, onReply: call.OnReply, onReject: call.OnReject, onCleanup: call.OnCleanup,
+			callee: string(call.Callee), memory: n.callMemory(call), reserved: res}
+		c.callbacks[cbID] = cb
 		cc.outstanding++
+		held := n.holdCall(c, cb)
 		req := &message{kind: kindRequest, caller: c.id, method: call.Method, arg: call.Arg, cycles: call.Cycles,
 			origin: origin{canister: c.id, callbackID: cbID}}
-		if err != nil {
+		switch {
+		case !held:
+			n.respondTo(req.origin, nil, rejectf(SysTransient, "Canister %s: the call to %s could not be enqueued: the node's message limits are reached", c.id, callee), call.Cycles)
+		case err != nil:
 			n.respondTo(req.origin, nil, rejectf(DestinationInvalid, "Invalid destination: %v", err), call.Cycles)
-			continue
+		default:
+			n.route(callee, req)
 		}
-		n.route(callee, req)
 	}
 	if out.Response != sysapi.NoResponse && !cc.responded {
 		cc.responded = true
@@ -366,6 +381,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		return
 	}
 	delete(c.callbacks, m.callbackID)
+	n.releaseCall(c, cb) // its reservation is in the balance again
 	cc := c.contexts[cb.ctxID]
 	if cc == nil {
 		return
@@ -382,6 +398,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		kind, target = sysapi.CtxReject, cb.onReject
 	}
 	in := n.input(c, c.module, kind, "", n.cfg.UpdateInstructions)
+	in.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
 	in.Callback, in.Caller = target, cc.caller.Bytes()
 	in.Balance = in.Balance.SaturatingAdd(m.refund)
 	in.CyclesRefunded, in.CyclesAvailable = m.refund, cc.available
@@ -477,6 +494,7 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 	c.contexts[id] = cc
 	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
 	in.Caller = principal.Management().Bytes()
+	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
 	out, err := n.execute(c, in, false)
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)

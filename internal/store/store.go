@@ -102,6 +102,11 @@ type Meta struct {
 	Instructions uint64        `json:"instructions"`
 	CyclesBurned cycles.Amount `json:"cycles_burned"`
 	CyclesMinted cycles.Amount `json:"cycles_minted"` // created from nothing: initial balance, provisional top-ups
+	// CyclesReserved left the balance with calls awaiting responses, to pay
+	// for executing them (host/queues.go); each comes back when its response
+	// has run, and all of it when the node restarts (calls in flight do not
+	// survive a restart).
+	CyclesReserved cycles.Amount `json:"cycles_reserved,omitempty"`
 	// Storage fee (host/memory.go): the node time (ns since the epoch) up to
 	// which the canister's memory has been paid for, and the fraction of a
 	// cycle owed beyond what was charged, in 1/(GiB × 10^9) cycles. They

@@ -55,8 +55,9 @@ type Execution struct {
 	stable  *state.Overlay
 	balance cycles.Amount // live balance: in.Balance + accepted - sent - burned
 
-	pending *Call // call under construction (call_new … call_perform)
-	done    bool  // replied or rejected
+	pending *Call      // call under construction (call_new … call_perform)
+	tally   *CallTally // calls performed, against in.Limits.Calls
+	done    bool       // replied or rejected
 }
 
 // NewExecution starts the System API for one execution.
@@ -508,11 +509,30 @@ func (e *Execution) callPerform([]uint64) (uint64, error) {
 	}
 	c := e.pending
 	e.pending = nil
-	if len(e.out.Calls) >= e.in.Limits.MaxOutgoing {
+	refuse := func() (uint64, error) {
 		// The call is not enqueued: its cycles stay with the canister and the
 		// canister learns it through the error code (SYS_TRANSIENT).
 		e.balance = e.balance.SaturatingAdd(c.Cycles)
 		return 2, nil
+	}
+	if len(e.out.Calls) >= e.in.Limits.MaxOutgoing {
+		return refuse()
+	}
+	if l := e.in.Limits.Calls; l != nil {
+		// Queues, outstanding calls and message memory first, then the
+		// fee and the reservation, which must leave l.Keep.
+		charge := l.Charge(c)
+		left, err := e.balance.Sub(charge)
+		if err != nil || left.Cmp(l.Keep) < 0 {
+			return refuse()
+		}
+		if e.tally == nil {
+			e.tally = NewCallTally(l)
+		}
+		if !e.tally.Admit(c) {
+			return refuse()
+		}
+		e.balance = left
 	}
 	e.out.CyclesSent = e.out.CyclesSent.SaturatingAdd(c.Cycles)
 	e.out.Calls = append(e.out.Calls, *c)
@@ -663,19 +683,14 @@ const (
 	feeCallTransmission = 0
 )
 
+// costCall reports what call_perform charges for a call (CallCost), with
+// the node's fees when the host gave them, else the IC's.
 func (e *Execution) costCall(a []uint64) (uint64, error) {
-	total := cycles.New(feeCall)
-	perByte, err := cycles.New(a[0]).Add(cycles.New(a[1]))
-	if err == nil {
-		perByte, err = perByte.MulUint64(feeCallPerByte)
+	fee, byteFee := uint64(feeCall), uint64(feeCallPerByte)
+	if l := e.in.Limits.Calls; l != nil {
+		fee, byteFee = l.Fee, l.ByteFee
 	}
-	if err == nil {
-		total, err = total.Add(perByte)
-	}
-	if err != nil {
-		total = cycles.Max
-	}
-	return 0, e.write128(a[2], total, "ic0.cost_call")
+	return 0, e.write128(a[2], CallCost(fee, byteFee, a[0], a[1]), "ic0.cost_call")
 }
 
 func (e *Execution) costCreateCanister(a []uint64) (uint64, error) {

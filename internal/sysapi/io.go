@@ -50,14 +50,15 @@ const (
 
 // Limits bound one execution. The host fills them from its configuration.
 type Limits struct {
-	Instructions    uint64 // instruction (fuel) limit of this execution
-	HeapBytes       uint64 // maximum Wasm memory size in bytes
-	StableBytes     uint64 // maximum stable memory size in bytes
-	ReplyBytes      uint64 // maximum reply or reject payload
-	CallArgBytes    uint64 // maximum argument of an outgoing call
-	MaxOutgoing     int    // maximum calls one execution may perform
-	DebugPrintBytes int    // longest debug_print kept (longer is truncated)
-	MaxLogLines     int    // debug_print lines kept per execution
+	Instructions    uint64      // instruction (fuel) limit of this execution
+	HeapBytes       uint64      // maximum Wasm memory size in bytes
+	StableBytes     uint64      // maximum stable memory size in bytes
+	ReplyBytes      uint64      // maximum reply or reject payload
+	CallArgBytes    uint64      // maximum argument of an outgoing call
+	MaxOutgoing     int         // maximum calls one execution may perform
+	DebugPrintBytes int         // longest debug_print kept (longer is truncated)
+	MaxLogLines     int         // debug_print lines kept per execution
+	Calls           *CallLimits // queues, outstanding calls, message memory, call fees (calls.go); nil: none
 }
 
 // Input is everything an execution may observe. It is the read-only part of
