@@ -37,8 +37,8 @@ type Node struct {
 	// by a canister whose settings override the node's mode (guarded by mu).
 	alt exec.Executor
 
-	mem *memoryLedger // the node's memory capacity (capacity.go)
-	calls nodeCalls // what calls awaiting responses hold (queues.go)
+	mem   *memoryLedger // the node's memory capacity (capacity.go)
+	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
 	busy sync.WaitGroup // queue drainers and management calls in flight
 	done chan struct{}  // closed by Close
