@@ -87,7 +87,7 @@ var Sections = []Section{
 		"bubblewrap-confined static process (the no-op waiting in `pause()`) with its two bwrap processes."},
 	{Key: "soak", Title: "Neighbours under attack", About: "Latency of 100 canisters' messages under load on a " +
 		"sandboxed node while attacker canisters, each driven by clients of its own, spin, hog memory, flood " +
-		"their logs or trap, one kind at a time and then all at once. The baseline is the same node and load " +
+		"their logs, trap or fan out calls to themselves, one kind at a time and then all at once. The baseline is the same node and load " +
 		"with no attacker."},
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +23,31 @@ const attackerWAT = `(module
   (import "ic0" "msg_reply" (func $reply))
   (import "ic0" "debug_print" (func $print (param i32 i32)))
   (import "ic0" "trap" (func $trap (param i32 i32)))
-  (memory (export "memory") 64)
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $perform (result i32)))
+  (import "ic0" "canister_self_size" (func $self_size (result i32)))
+  (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
+  (memory (export "memory") 65) ;; 4 MiB for hog and trap, then fan's names
+  (table 1 funcref)
+  (elem (i32.const 0) $ignore)
+  (global $halt (mut i32) (i32.const 0))
+  (data (i32.const 4194304) "fan")
+  (func $ignore (param i32))
+  ;; fan calls itself 500 times; every callee fans out again until halted
+  ;; (the node's call limits refuse what is beyond them).
+  (func (export "canister_update fan") (local $i i32) (local $len i32)
+    (if (i32.eqz (global.get $halt)) (then
+      (local.set $len (call $self_size))
+      (call $self_copy (i32.const 4194400) (i32.const 0) (local.get $len))
+      (loop $l
+        (call $call_new (i32.const 4194400) (local.get $len) (i32.const 4194304) (i32.const 3)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+        (drop (call $perform))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 500))))))
+    (call $reply))
+  (func (export "canister_update halt") (global.set $halt (i32.const 1)) (call $reply))
+  (func (export "canister_update resume") (global.set $halt (i32.const 0)) (call $reply))
   (func (export "canister_update spin") (loop $l (br $l)))
   (func (export "canister_update hog") (local $p i32) (local $end i32)
     (if (i32.lt_u (memory.size) (i32.const 4096)) (then (drop (memory.grow (i32.const 64)))))
@@ -51,11 +76,12 @@ const soakCanisters = 100
 
 // attackers are the soak's attacks: the attacker canister's method each
 // attacking client calls in a closed loop.
-var attackers = []struct{ name, method, about string }{
-	{"spin", "spin", "updates that spin until the instruction limit"},
-	{"hog", "hog", "updates that grow the heap to 256 MiB and dirty 4 MiB each"},
-	{"print", "print", "updates that debug_print 1000 × 1 KiB"},
-	{"trap", "trap", "updates that write 4 MiB, then trap"},
+var attackers = []struct{ name, method, about, start, stop string }{
+	{"spin", "spin", "updates that spin until the instruction limit", "", ""},
+	{"hog", "hog", "updates that grow the heap to 256 MiB and dirty 4 MiB each", "", ""},
+	{"print", "print", "updates that debug_print 1000 × 1 KiB", "", ""},
+	{"trap", "trap", "updates that write 4 MiB, then trap", "", ""},
+	{"fan", "fan", "updates that call the attacker itself 500 times, every callee fanning out again", "resume", "halt"},
 }
 
 // attackClients is the number of closed-loop clients per attacker.
@@ -180,6 +206,14 @@ func (e *env) attack(ctx context.Context, nd *node, ids map[string]principal.Pri
 	count = &attackCount{}
 	actx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	var halts []func()
+	for _, a := range attackers {
+		if a.start == "" || !slices.Contains(active, a.name) {
+			continue
+		}
+		_, _ = nd.update(ctx, ids[a.name], a.start, noArgs)
+		halts = append(halts, func() { _, _ = nd.update(ctx, ids[a.name], a.stop, noArgs) })
+	}
 	for _, name := range active {
 		for range attackClients {
 			wg.Add(1)
@@ -202,5 +236,11 @@ func (e *env) attack(ctx context.Context, nd *node, ids map[string]principal.Pri
 			}()
 		}
 	}
-	return func() { cancel(); wg.Wait() }, count
+	return func() {
+		cancel()
+		wg.Wait()
+		for _, h := range halts {
+			h()
+		}
+	}, count
 }
