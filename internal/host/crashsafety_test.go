@@ -103,6 +103,7 @@ func newCrashFixture(t *testing.T, isolation string) *fixture {
 	cfg.UpdateInstructions = 4_000_000_000 // bounds spin if the kill never lands
 	cfg.Fees.UpdateExecution, cfg.Fees.PerInstruction = 0, 0
 	cfg.Fees.IngressReception, cfg.Fees.IngressPerByte = 0, 0
+	cfg.Fees.Call, cfg.Fees.CallPerByte = 0, 0
 	cfg.Fees.GiBStoragePerSecond = 0
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()

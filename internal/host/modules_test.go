@@ -55,6 +55,12 @@ func bigModule(t *testing.T, i, size int) []byte {
 // canisters with distinct 16 MiB modules, each installed, called and
 // deleted, leave the host's anonymous memory where one such cycle left it.
 func TestDeletedModulesReleaseMemory(t *testing.T) {
+	if raceEnabled {
+		// The race detector's runtime keeps shadow memory for what the
+		// program frees, so RSS does not measure what the host holds; the
+		// plain `go test ./...` runs this test.
+		t.Skip("RSS is not a measure of held memory under the race detector")
+	}
 	const (
 		n    = 12
 		size = 16 << 20
