@@ -40,8 +40,8 @@ type Node struct {
 	mem   *memoryLedger // the node's memory capacity (capacity.go)
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
-	busy sync.WaitGroup // queue drainers and management calls in flight
-	done chan struct{}  // closed by Close
+	busy busyCounter   // queue drainers and management calls in flight
+	done chan struct{} // closed by Close
 }
 
 // canister is a canister's committed state in memory. Updates and lifecycle
@@ -132,10 +132,8 @@ const drainTimeout = 30 * time.Second
 // Callers must not use the node afterwards.
 func (n *Node) Close() error {
 	close(n.done)
-	idle := make(chan struct{})
-	go func() { n.busy.Wait(); close(idle) }()
 	select {
-	case <-idle:
+	case <-n.busy.Idle():
 	case <-time.After(drainTimeout):
 		n.log.Warn("closing with messages still in flight", "waited", drainTimeout)
 	}
@@ -151,10 +149,8 @@ func (n *Node) Close() error {
 
 // Quiesce waits until no message is queued or executing.
 func (n *Node) Quiesce(ctx context.Context) error {
-	idle := make(chan struct{})
-	go func() { n.busy.Wait(); close(idle) }()
 	select {
-	case <-idle:
+	case <-n.busy.Idle():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
