@@ -320,8 +320,8 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}}
 	x.reaper.Add(2)
-	go x.reapIdle()
-	go x.watchIdleCPU()
+	go x.every(max(min(cfg.IdleTimeout/2, 30*time.Second), 10*time.Millisecond), x.reapIdle)
+	go x.every(cfg.IdleCPUCheck, x.watchIdleCPU)
 	return x, nil
 }
 
@@ -867,43 +867,23 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
 	return false
 }
 
+// reapIdle stops the sandboxes idle for longer than IdleTimeout.
 func (x *Sandboxed) reapIdle() {
-	defer x.reaper.Done()
-	every := min(x.cfg.IdleTimeout/2, 30*time.Second)
-	t := time.NewTicker(max(every, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-x.stop:
-			return
-		case <-t.C:
-		}
-		x.mu.Lock()
-		var idle []*canisterSandbox
-		for _, sb := range x.pool {
-			if sb.busy == 0 && sb.pid != 0 && time.Since(sb.lastUsed) > x.cfg.IdleTimeout {
-				idle = append(idle, sb)
-			}
-		}
-		x.mu.Unlock()
-		for _, sb := range idle {
-			if sb.mu.TryLock() {
-				x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "idle")
-				x.forgetLocked(sb)
-				sb.mu.Unlock()
-				x.count(func(s *SandboxStats) { s.Evicted++ })
-				x.cfg.Metrics.SandboxEvicted("idle")
-			}
+	for _, sb := range x.idleSandboxes(func(sb *canisterSandbox) bool { return time.Since(sb.lastUsed) > x.cfg.IdleTimeout }) {
+		if sb.mu.TryLock() {
+			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "idle")
+			x.forgetLocked(sb)
+			sb.mu.Unlock()
+			x.count(func(s *SandboxStats) { s.Evicted++ })
+			x.cfg.Metrics.SandboxEvicted("idle")
 		}
 	}
 }
 
-// watchIdleCPU kills sandboxes that burn CPU between messages. Between
-// messages a worker is blocked reading its socket; CPU time it uses then is
-// a thread of its own, which costs the node a core until the idle timeout.
-func (x *Sandboxed) watchIdleCPU() {
+// every calls f every d until the executor closes (a reaper goroutine).
+func (x *Sandboxed) every(d time.Duration, f func()) {
 	defer x.reaper.Done()
-	t := time.NewTicker(x.cfg.IdleCPUCheck)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -911,17 +891,30 @@ func (x *Sandboxed) watchIdleCPU() {
 			return
 		case <-t.C:
 		}
-		x.mu.Lock()
-		idle := make([]*canisterSandbox, 0, len(x.pool))
-		for _, sb := range x.pool {
-			if sb.busy == 0 && sb.pid != 0 {
-				idle = append(idle, sb)
-			}
+		f()
+	}
+}
+
+// idleSandboxes returns the live sandboxes that no exchange holds or waits
+// for and that satisfy keep (which runs under x.mu).
+func (x *Sandboxed) idleSandboxes(keep func(*canisterSandbox) bool) []*canisterSandbox {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var idle []*canisterSandbox
+	for _, sb := range x.pool {
+		if sb.busy == 0 && sb.pid != 0 && keep(sb) {
+			idle = append(idle, sb)
 		}
-		x.mu.Unlock()
-		for _, sb := range idle {
-			x.checkIdleCPU(sb)
-		}
+	}
+	return idle
+}
+
+// watchIdleCPU kills the sandboxes that burn CPU between messages. Between
+// messages a worker is blocked reading its socket; CPU time it uses then is
+// a thread of its own, which costs the node a core until the idle timeout.
+func (x *Sandboxed) watchIdleCPU() {
+	for _, sb := range x.idleSandboxes(func(*canisterSandbox) bool { return true }) {
+		x.checkIdleCPU(sb)
 	}
 }
 
