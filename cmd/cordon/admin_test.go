@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/api"
 )
@@ -68,8 +69,14 @@ func TestServeAdminDefaults(t *testing.T) {
 	if out, err := runCordon(bin, "--home", home, "install", filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm")); err != nil {
 		t.Fatalf("cordon install through the server: %v %s", err, out)
 	}
-	if !strings.Contains(s.stderr.String(), `"path":"/api/v1/install"`) && !strings.Contains(s.stderr.String(), "path=/api/v1/install status=200") {
-		t.Fatalf("the install did not go through the server:\n%s", s.stderr)
+	// The server logs a request after answering it: wait for the line.
+	through := func() bool {
+		return strings.Contains(s.stderr.String(), `"path":"/api/v1/install"`) || strings.Contains(s.stderr.String(), "path=/api/v1/install status=200")
+	}
+	for deadline := time.Now().Add(30 * time.Second); !through(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the install did not go through the server:\n%s", s.stderr)
+		}
 	}
 }
 
