@@ -1,0 +1,196 @@
+package ichttp
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+var noArgs = []byte("DIDL\x00\x00")
+
+// counterNode is a real node (default isolation: sandboxed) with the
+// shared counter canister installed.
+func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
+	t.Helper()
+	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
+	if err != nil {
+		t.Fatalf("counter module: %v", err)
+	}
+	cfg := host.DefaultConfig()
+	cfg.Home = t.TempDir()
+	n, err := host.Open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ctx := context.Background()
+	id, err := n.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{principal.Anonymous()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Install(ctx, id, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: principal.Anonymous()}); err != nil {
+		t.Fatal(err)
+	}
+	return n, id, cfg.Home
+}
+
+func post(t *testing.T, url string, body []byte) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(url, "application/cbor", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// decodeTagged decodes a response, which must carry the self-describe tag.
+func decodeTagged(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	if !bytes.HasPrefix(b, []byte{0xd9, 0xd9, 0xf7}) {
+		t.Fatalf("response is not self-described CBOR: %x", b)
+	}
+	var m map[string]any
+	if err := decMode.Unmarshal(b, &m); err != nil {
+		t.Fatalf("response: %v", err)
+	}
+	return m
+}
+
+func content(typ string, sender, canister principal.Principal, method string, now time.Time, nonce byte) map[string]any {
+	return map[string]any{"request_type": typ, "sender": sender.Bytes(), "canister_id": canister.Bytes(),
+		"method_name": method, "arg": noArgs, "ingress_expiry": uint64(now.Add(2 * time.Minute).UnixNano()), "nonce": []byte{nonce}}
+}
+
+// Status, query and call against a real node running the counter in a
+// sandbox: signed and anonymous requests work, forged ones change nothing.
+func TestHandlerCounter(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(node, key, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer srv.Close()
+	base := srv.URL + "/api/v2/canister/" + id.String()
+
+	// status
+	resp, err := http.Get(srv.URL + "/api/v2/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/cbor" {
+		t.Fatalf("status: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	st := decodeTagged(t, b)
+	if rk, _ := st["root_key"].([]byte); !bytes.Equal(rk, key.DER()) {
+		t.Fatalf("root_key %x, want %x", st["root_key"], key.DER())
+	}
+	if st["replica_health_status"] != "healthy" || st["impl_version"] == "" {
+		t.Fatalf("status %v", st)
+	}
+
+	now := time.Now()
+	me := newIdentity(t)
+	get := func() []byte {
+		t.Helper()
+		code, b := post(t, base+"/query", envelope(t, content("query", principal.Anonymous(), id, "get", time.Now(), 0), nil))
+		if code != 200 {
+			t.Fatalf("query: %d %s", code, b)
+		}
+		m := decodeTagged(t, b)
+		if m["status"] != "replied" {
+			t.Fatalf("query: %v", m)
+		}
+		return m["reply"].(map[string]any)["arg"].([]byte)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x00")) {
+		t.Fatalf("initial get %q", got)
+	}
+
+	// A signed call runs; its status is kept; a replay does not run again.
+	c := content("call", me.p, id, "inc", now, 1)
+	env := envelope(t, c, &me)
+	if code, b := post(t, base+"/call", env); code != http.StatusAccepted {
+		t.Fatalf("call: %d %s", code, b)
+	}
+	rid, _ := RequestID(c)
+	if s, reply, _, _ := New(node, key, nil).RequestStatus(rid); s != "unknown" || reply != nil {
+		t.Fatal("a fresh handler knows the request")
+	}
+	h := srv.Config.Handler.(*Handler)
+	if s, reply, _, _ := h.RequestStatus(rid); s != "replied" || !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("request status %s %q", s, reply)
+	}
+	if code, _ := post(t, base+"/call", env); code != http.StatusAccepted {
+		t.Fatalf("replay: %d", code)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get after one call and its replay %q", got)
+	}
+
+	// Forged and misdirected calls: refused, nothing runs.
+	other := newIdentity(t)
+	forged := map[string]any{"content": content("call", me.p, id, "inc", now, 2), "sender_pubkey": me.der, "sender_sig": make([]byte, 64)}
+	fb, _ := cbor.Marshal(forged)
+	for _, c := range []struct {
+		name string
+		url  string
+		body []byte
+		code int
+		msg  string
+	}{
+		{"forged signature", base + "/call", fb, 403, "invalid signature"},
+		{"another's key", base + "/call", envelope(t, content("call", me.p, id, "inc", now, 3), &other), 403, "not the principal"},
+		{"expired", base + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now.Add(-10*time.Minute), 4), nil), 400, "Invalid request expiry: "},
+		{"other canister in path", srv.URL + "/api/v2/canister/" + principal.CanisterID(99).String() + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 5), nil), 400, "does not match effective canister id"},
+		{"bad ecid", srv.URL + "/api/v2/canister/not-a-principal/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 6), nil), 400, "Invalid effective canister id"},
+		{"query to call", base + "/call", envelope(t, content("query", principal.Anonymous(), id, "inc", now, 7), nil), 400, "request_type"},
+		{"too large", base + "/call", make([]byte, MaxBody+1), 413, "larger than"},
+	} {
+		code, b := post(t, c.url, c.body)
+		if code != c.code || !strings.Contains(string(b), c.msg) {
+			t.Errorf("%s: %d %q, want %d containing %q", c.name, code, b, c.code, c.msg)
+		}
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get after refused calls %q: a refused call ran", got)
+	}
+
+	// An anonymous call runs too; a reject is a reply, not an HTTP error.
+	if code, b := post(t, base+"/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 8), nil)); code != 202 {
+		t.Fatalf("anonymous call: %d %s", code, b)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x02")) {
+		t.Fatalf("get after anonymous call %q", got)
+	}
+	code, b := post(t, base+"/query", envelope(t, content("query", me.p, id, "nope", now, 9), &me))
+	m := decodeTagged(t, b)
+	if code != 200 || m["status"] != "rejected" || m["reject_code"] != uint64(host.DestinationInvalid) || !strings.Contains(m["reject_message"].(string), "nope") {
+		t.Fatalf("query of a missing method: %d %v", code, m)
+	}
+	bad := content("call", me.p, id, "nope", now, 10)
+	if code, _ := post(t, base+"/call", envelope(t, bad, &me)); code != 202 {
+		t.Fatalf("call of a missing method: %d", code)
+	}
+	bid, _ := RequestID(bad)
+	if s, _, rc, msg := h.RequestStatus(bid); s != "rejected" || rc == 0 || msg == "" {
+		t.Fatalf("missing method's status %s %d %q", s, rc, msg)
+	}
+}
