@@ -91,6 +91,32 @@ func TestServeICInterface(t *testing.T) {
 		t.Fatalf("get %q after one inc through the IC interface", got)
 	}
 
+	// read_state and the v3 call through the server.
+	rs, err := cbor.Marshal(map[string]any{"content": map[string]any{"request_type": "read_state", "sender": principal.Anonymous().Bytes(),
+		"paths": []any{[]any{[]byte("time")}}, "ingress_expiry": uint64(time.Now().Add(time.Minute).UnixNano())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, b = do(http.MethodPost, "/api/v2/canister/"+inst.ID+"/read_state", rs, nil)
+	var cert struct {
+		Certificate []byte `cbor:"certificate"`
+	}
+	if err := cbor.Unmarshal(b, &cert); code != 200 || err != nil || len(cert.Certificate) == 0 {
+		t.Fatalf("read_state: %d %v %q", code, err, b)
+	}
+	code, b = do(http.MethodPost, "/api/v3/canister/"+inst.ID+"/call", call("call", "inc", 5), nil)
+	var v3 struct {
+		Status      string `cbor:"status"`
+		Certificate []byte `cbor:"certificate"`
+	}
+	if err := cbor.Unmarshal(b, &v3); code != 200 || err != nil || v3.Status != "replied" || len(v3.Certificate) == 0 {
+		t.Fatalf("v3 call: %d %v %q", code, err, b)
+	}
+	if code, b := do(http.MethodPost, "/api/v2/canister/"+inst.ID+"/read_state", rs[:len(rs)-3], nil); code != 400 {
+		t.Fatalf("truncated read_state: %d %q", code, b)
+	}
+	natTwo := []byte("DIDL\x00\x01\x7d\x02")
+
 	// The API's checks stand in front: no token, a page's Origin, a
 	// rebound Host are refused before the envelope is read.
 	if s.token != "" {
@@ -102,7 +128,7 @@ func TestServeICInterface(t *testing.T) {
 		t.Errorf("with a page's Origin: %d", code)
 	}
 	r, err := s.client.Call(ctx, CallRequest{ID: inst.ID, Method: "get", Arg: noArgs, Query: true})
-	if err != nil || !bytes.Equal(r.Reply, natOne) {
+	if err != nil || !bytes.Equal(r.Reply, natTwo) {
 		t.Fatalf("refused IC calls ran: %v %v", r, err)
 	}
 	if code, b := do(http.MethodGet, "/api/v2/nothing", nil, nil); code != 404 || !strings.Contains(string(b), "no such endpoint") {

@@ -3,10 +3,13 @@ package ichttp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
 
@@ -43,6 +46,8 @@ type Handler struct {
 // requestStatus is an update call's outcome as request_status reports it.
 type requestStatus struct {
 	Status        string // "processing", "replied", "rejected"
+	Sender        principal.Principal
+	Canister      principal.Principal
 	Reply         []byte
 	RejectCode    uint64
 	RejectMessage string
@@ -58,6 +63,8 @@ func New(node Node, key *RootKey, log *slog.Logger) *Handler {
 	h.mux.HandleFunc("GET /api/v2/status", h.status)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/query", h.query)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/call", h.call)
+	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/call", h.callSync)
+	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/read_state", h.readState)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusNotFound, "no such endpoint of the IC HTTP interface: "+r.Method+" "+r.URL.Path)
 	})
@@ -159,43 +166,175 @@ func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 	if req == nil {
 		return
 	}
-	if !h.begin(req.ID) {
-		// A replay of a request id already received does nothing again.
+	h.run(r.Context(), req)
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// callSync is /api/v3's call: it answers with a certificate of the call's
+// status once it is done (a replay still running gets 202, as a call the
+// node does not wait for would).
+func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
+	req := h.parse(w, r, "call")
+	if req == nil {
+		return
+	}
+	h.run(r.Context(), req)
+	cert, done, err := h.certifyStatus(req.ID)
+	if err != nil {
+		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		return
+	}
+	if !done {
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	rep, err := h.node.Update(r.Context(), host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
+	writeCBOR(w, http.StatusOK, map[string]any{"status": "replied", "certificate": cert})
+}
+
+// run executes an update call once per request id and records its status;
+// a replay of a request id already received runs nothing again.
+func (h *Handler) run(ctx context.Context, req *Request) {
+	if !h.begin(req) {
+		return
+	}
+	rep, err := h.node.Update(ctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
 	st, ok := outcome(rep, err)
 	if !ok {
 		h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
 		st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
 	}
 	h.finish(req.ID, st)
-	w.WriteHeader(http.StatusAccepted)
 }
 
-// begin records id as processing; false if it was already known.
-func (h *Handler) begin(id [32]byte) bool {
+// begin records a request as processing; false if its id was already known.
+func (h *Handler) begin(req *Request) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.statuses[id]; ok {
+	if _, ok := h.statuses[req.ID]; ok {
 		return false
 	}
 	if len(h.order) >= maxStatuses {
 		delete(h.statuses, h.order[0])
 		h.order = h.order[1:]
 	}
-	h.statuses[id] = &requestStatus{Status: "processing"}
-	h.order = append(h.order, id)
+	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID}
+	h.order = append(h.order, req.ID)
 	return true
 }
 
 func (h *Handler) finish(id [32]byte, st *requestStatus) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.statuses[id]; ok {
+	if old, ok := h.statuses[id]; ok {
+		st.Sender, st.Canister = old.Sender, old.Canister
 		h.statuses[id] = st
 	}
+}
+
+// lookup returns a copy of a request's status.
+func (h *Handler) lookup(id [32]byte) (requestStatus, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st, ok := h.statuses[id]
+	if !ok {
+		return requestStatus{}, false
+	}
+	return *st, true
+}
+
+// statusTree is request_status/<id> for a known request.
+func statusTree(st requestStatus) *Tree {
+	n := node{"status": Leaf([]byte(st.Status))}
+	switch st.Status {
+	case "replied":
+		n["reply"] = Leaf(st.Reply)
+	case "rejected":
+		n["reject_code"] = Leaf(leb128(st.RejectCode))
+		n["reject_message"] = Leaf([]byte(st.RejectMessage))
+	}
+	return n.tree()
+}
+
+// certifyStatus certifies time and request_status/<id>; done is false
+// while the call is still processing.
+func (h *Handler) certifyStatus(id [32]byte) (cert []byte, done bool, err error) {
+	st, ok := h.lookup(id)
+	if !ok || st.Status == "processing" {
+		return nil, false, nil
+	}
+	t := node{
+		"time":           Leaf(leb128(uint64(h.now().UnixNano()))),
+		"request_status": node{string(id[:]): statusTree(st)}.tree(),
+	}.tree()
+	cert, err = h.key.Certify(t)
+	return cert, true, err
+}
+
+// readState certifies the paths asked for that this node serves: time
+// and request_status/<id>[/…] of one request, asked for by its sender.
+// A request id the node does not know is absent from the tree, which is
+// how the spec says "unknown".
+func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
+	req := h.parse(w, r, "read_state")
+	if req == nil {
+		return
+	}
+	ecid, _ := principal.FromText(r.PathValue("ecid"))
+	var rid []byte
+	for _, p := range req.Paths {
+		switch {
+		case len(p) == 1 && string(p[0]) == "time":
+		case len(p) >= 2 && len(p) <= 3 && string(p[0]) == "request_status":
+			if len(p[1]) != 32 {
+				writeText(w, http.StatusBadRequest, "request_status: a request id is 32 bytes")
+				return
+			}
+			if rid != nil && string(rid) != string(p[1]) {
+				writeText(w, http.StatusBadRequest, "Can only request a single request ID in request_status paths")
+				return
+			}
+			rid = p[1]
+		default:
+			writeText(w, http.StatusNotFound, fmt.Sprintf("Invalid path requested: %s is not served by this node yet (only time and request_status)", pathText(p)))
+			return
+		}
+	}
+	tn := node{"time": Leaf(leb128(uint64(h.now().UnixNano())))}
+	if rid != nil {
+		st, ok := h.lookup([32]byte(rid))
+		if ok {
+			// Only the request's sender may read its status, through the
+			// canister it was for (the IC's rule).
+			if !st.Sender.Equal(req.Sender) {
+				writeText(w, http.StatusForbidden, fmt.Sprintf("Request %x is not authorized: the sender %s is not the sender of request %x", req.ID, req.Sender, rid))
+				return
+			}
+			if !st.Canister.IsManagement() && !st.Canister.Equal(ecid) {
+				writeText(w, http.StatusBadRequest, fmt.Sprintf("request %x was for canister %s, not the effective canister %s", rid, st.Canister, ecid))
+				return
+			}
+			tn["request_status"] = node{string(rid): statusTree(st)}.tree()
+		}
+	}
+	cert, err := h.key.Certify(tn.tree())
+	if err != nil {
+		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		return
+	}
+	writeCBOR(w, http.StatusOK, map[string]any{"certificate": cert})
+}
+
+func pathText(p [][]byte) string {
+	var b strings.Builder
+	for _, l := range p {
+		b.WriteByte('/')
+		if utf8.Valid(l) && len(l) < 64 {
+			b.WriteString(string(l))
+		} else {
+			fmt.Fprintf(&b, "%x", l)
+		}
+	}
+	return b.String()
 }
 
 // RequestStatus reports a call's status ("unknown" if it is not kept).
