@@ -101,6 +101,9 @@ func readBody(r io.Reader) ([]byte, error) {
 // (anonymous, or the self-authenticating principal of an Ed25519 key that
 // signed the request id). wantType is the request type the endpoint takes.
 func ParseEnvelope(body []byte, wantType string, now time.Time) (*Request, error) {
+	if err := countItems(body, maxItems); err != nil {
+		return nil, badRequest("Could not parse body as read request: %v", err)
+	}
 	var top any
 	if err := decMode.Unmarshal(body, &top); err != nil {
 		return nil, badRequest("Could not parse body as read request: %v", err)

@@ -202,9 +202,9 @@ func TestParseEnvelopeRefuses(t *testing.T) {
 	for range 40 {
 		deep = []any{deep}
 	}
-	bigArray := make([]any, 5000)
+	bigArray := make([]any, 2000) // within maxItems, over the per-array limit
 	for i := range bigArray {
-		bigArray[i] = []any{[]byte("x")}
+		bigArray[i] = []byte("x")
 	}
 	manyKeys := map[string]any{}
 	for i := range 200 {
@@ -239,6 +239,17 @@ func TestParseEnvelopeRefuses(t *testing.T) {
 		{"huge array", enc(map[string]any{"content": with(principal.Anonymous(), func(m map[string]any) { m["paths"] = bigArray })}), "call", 400, "array"},
 		{"many keys", enc(map[string]any{"content": with(principal.Anonymous(), func(m map[string]any) { m["x"] = manyKeys })}), "call", 400, "map"},
 		{"duplicate key", append([]byte{0xa2, 0x67}, append([]byte("content"), append([]byte{0xa0, 0x67}, append([]byte("content"), 0xa0)...)...)...), "call", 400, "duplicate"},
+		{"million items", func() []byte {
+			// 3 MiB of one-byte items in arrays within the per-array limit.
+			inner := append([]byte{0x99, 0x03, 0xe8}, make([]byte, 1000)...) // array(1000) of 0
+			b := []byte{0xa1, 0x67}
+			b = append(b, "content"...)
+			b = append(b, 0x99, 0x03, 0xe8)
+			for range 1000 {
+				b = append(b, inner...)
+			}
+			return b
+		}(), "call", 400, "CBOR data items"},
 		{"int map key", enc(map[any]any{1: "x"}), "call", 400, "Could not parse body"},
 		{"unsigned non-anonymous", envelope(t, callContent(me.p, now), nil), "call", 403, "needs sender_pubkey and sender_sig"},
 		{"anonymous with key", signedBy(callContent(principal.Anonymous(), now), me, me.der), "call", 403, "anonymous request must not"},
@@ -259,6 +270,39 @@ func TestParseEnvelopeRefuses(t *testing.T) {
 				t.Fatalf("got %d %q, want %d containing %q", st, msg, c.status, c.msg)
 			}
 		})
+	}
+}
+
+// countItems agrees with the decoder on what it counts and refuses what
+// it cannot.
+func TestCountItems(t *testing.T) {
+	now := time.Now()
+	env := envelope(t, callContent(principal.Anonymous(), now), nil)
+	if err := countItems(env, maxItems); err != nil {
+		t.Fatalf("a real envelope: %v", err)
+	}
+	// tag, map(1), "content", map(7), 7 keys and 7 values: 18.
+	if err := countItems(env, 18); err != nil {
+		t.Fatalf("exact count: %v", err)
+	}
+	if err := countItems(env, 17); err == nil {
+		t.Fatal("one item too many passed")
+	}
+	for i := range len(env) - 1 {
+		if err := countItems(env[:i], maxItems); err == nil {
+			t.Fatalf("truncated at %d passed", i)
+		}
+	}
+	for _, b := range [][]byte{
+		{0x9f, 0xff}, // indefinite array
+		{0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, // huge blob length
+		{0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, // huge array length
+		{0xbb, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, // huge map
+		{0x1c}, // reserved
+	} {
+		if err := countItems(b, maxItems); err == nil {
+			t.Errorf("%x passed", b)
+		}
 	}
 }
 
