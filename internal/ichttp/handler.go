@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"sync"
@@ -105,6 +106,11 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 		st, msg := asRequestError(err)
 		writeText(w, st, msg)
 		return nil
+	}
+	// As the JSON API requires JSON: a page's form can post text/plain
+	// without a preflight, never application/cbor.
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/cbor" {
+		return fail(&requestError{status: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q: the request body must be application/cbor", r.Header.Get("Content-Type"))})
 	}
 	ecid, err := principal.FromText(r.PathValue("ecid"))
 	if err != nil {

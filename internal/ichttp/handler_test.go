@@ -49,7 +49,12 @@ func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
 
 func post(t *testing.T, url string, body []byte) (int, []byte) {
 	t.Helper()
-	resp, err := http.Post(url, "application/cbor", bytes.NewReader(body))
+	return postAs(t, url, "application/cbor", body)
+}
+
+func postAs(t *testing.T, url, contentType string, body []byte) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(url, contentType, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,8 +168,13 @@ func TestHandlerCounter(t *testing.T) {
 		{"bad ecid", srv.URL + "/api/v2/canister/not-a-principal/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 6), nil), 400, "Invalid effective canister id"},
 		{"query to call", base + "/call", envelope(t, content("query", principal.Anonymous(), id, "inc", now, 7), nil), 400, "request_type"},
 		{"too large", base + "/call", make([]byte, MaxBody+1), 413, "larger than"},
+		{"a form's text/plain", base + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 11), nil), 415, "application/cbor"},
 	} {
-		code, b := post(t, c.url, c.body)
+		ct := "application/cbor"
+		if c.code == 415 {
+			ct = "text/plain"
+		}
+		code, b := postAs(t, c.url, ct, c.body)
 		if code != c.code || !strings.Contains(string(b), c.msg) {
 			t.Errorf("%s: %d %q, want %d containing %q", c.name, code, b, c.code, c.msg)
 		}
