@@ -197,19 +197,42 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 	writeCBOR(w, http.StatusOK, map[string]any{"status": "replied", "certificate": cert})
 }
 
+// maxCallWait bounds how long a call accepted over the interface is
+// waited for once its client has gone: after it, the status stays
+// "processing" (the node may still complete the call; statuses are not
+// durable yet, so its outcome is then not reported).
+const maxCallWait = 10 * time.Minute
+
 // run executes an update call once per request id and records its status;
-// a replay of a request id already received runs nothing again.
+// a replay of a request id already received runs nothing again. It waits
+// while ctx lasts; the call itself goes on when the client goes away (an
+// accepted call is the node's to finish, as on the IC) and its status is
+// recorded when it ends.
 func (h *Handler) run(ctx context.Context, req *Request) {
 	if !h.begin(req) {
 		return
 	}
-	rep, err := h.node.Update(ctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
-	st, ok := outcome(rep, err)
-	if !ok {
-		h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
-		st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
+		defer cancel()
+		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
+		if err != nil && wctx.Err() != nil {
+			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", req.CanisterID, "method", req.MethodName, "request_id", fmt.Sprintf("%x", req.ID))
+			return
+		}
+		st, ok := outcome(rep, err)
+		if !ok {
+			h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
+			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
+		}
+		h.finish(req.ID, st)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
 	}
-	h.finish(req.ID, st)
 }
 
 // begin records a request as processing; false if its id was already known.

@@ -204,3 +204,61 @@ func TestHandlerCounter(t *testing.T) {
 		t.Fatalf("missing method's status %s %d %q", s, rc, msg)
 	}
 }
+
+// gated holds updates until released: the node under it is real.
+type gated struct {
+	*host.Node
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gated) Update(ctx context.Context, msg host.Message) (*host.Reply, error) {
+	g.entered <- struct{}{}
+	<-g.release
+	return g.Node.Update(ctx, msg)
+}
+
+// A call whose client goes away is still the node's to finish: it runs,
+// and its status is recorded for read_state.
+func TestCallOutlivesClient(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gated{Node: node, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	h := New(g, key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := content("call", principal.Anonymous(), id, "inc", time.Now(), 1)
+	req, err := ParseEnvelope(envelope(t, c, nil), "call", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { h.run(ctx, req); close(ran) }()
+	<-g.entered
+	cancel() // the client hangs up while the call waits
+	<-ran
+	if s, _, _, _ := h.RequestStatus(req.ID); s != "processing" {
+		t.Fatalf("status %q while the call waits", s)
+	}
+	close(g.release)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		s, reply, _, _ := h.RequestStatus(req.ID)
+		if s == "replied" {
+			if !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
+				t.Fatalf("reply %q", reply)
+			}
+			break
+		}
+		if s != "processing" || time.Now().After(deadline) {
+			t.Fatalf("status %q", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r, err := node.Query(context.Background(), host.Message{Canister: id, Method: "get", Arg: noArgs, Caller: principal.Anonymous()})
+	if err != nil || !bytes.Equal(r.Data, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get: %v %v", r, err)
+	}
+}
