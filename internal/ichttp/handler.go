@@ -124,10 +124,14 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if err != nil {
 		return fail(err)
 	}
-	// Calls to the management canister name their effective canister in
-	// the path; any other call must name the same canister in both.
-	if !req.CanisterID.IsManagement() && !req.CanisterID.Equal(ecid) {
-		return fail(badRequest("Specified CanisterId %s does not match effective canister id in URL %s", req.CanisterID, ecid))
+	// A call must be sent to the canister it is for: its canister_id, or
+	// for the management canister the canister its argument names.
+	target, ok := req.CanisterID, true
+	if req.Type != "read_state" && req.CanisterID.IsManagement() {
+		target, ok = mgmtTarget(req.Arg)
+	}
+	if req.Type != "read_state" && ok && !target.Equal(ecid) {
+		return fail(badRequest("Specified CanisterId %s does not match effective canister id in URL %s", target, ecid))
 	}
 	return req
 }
