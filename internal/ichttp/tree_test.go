@@ -1,6 +1,7 @@
 package ichttp
 
 import (
+	"bytes"
 	"encoding/hex"
 	"testing"
 
@@ -79,4 +80,66 @@ func TestCertify(t *testing.T) {
 	if bls.Verify(pk, root[:], c.Signature) {
 		t.Fatal("signature verifies without the domain separator")
 	}
+}
+
+// FuzzTree: a tree built from arbitrary labels and values finds each value
+// at its path, encodes to CBOR a client decodes back to the same root hash,
+// and keeps its root hash when any subtree is pruned.
+func FuzzTree(f *testing.F) {
+	f.Add([]byte("time\x00\x2a\x00request_status\x00ok"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parts := bytes.Split(b, []byte{0})
+		if len(parts) > 200 {
+			parts = parts[:200]
+		}
+		n := node{}
+		vals := map[string][]byte{}
+		for i := 0; i+1 < len(parts); i += 2 {
+			n[string(parts[i])] = Leaf(parts[i+1])
+			vals[string(parts[i])] = parts[i+1]
+		}
+		tr := node{"x": n.tree()}.tree()
+		for l, v := range vals {
+			got, ok := tr.Lookup([]byte("x"), []byte(l))
+			if !ok || !bytes.Equal(got, v) {
+				t.Fatalf("lookup %q: %q %v, want %q", l, got, ok, v)
+			}
+		}
+		root := tr.Digest()
+		enc, err := cbor.Marshal(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dec any
+		if err := cbor.Unmarshal(enc, &dec); err != nil {
+			t.Fatal(err)
+		}
+		if decodeTree(t, dec).Digest() != root {
+			t.Fatal("decoded tree has another root hash")
+		}
+		var prune func(*Tree) []*Tree // every tree with one subtree pruned
+		prune = func(s *Tree) []*Tree {
+			out := []*Tree{Pruned(s.Digest())}
+			switch s.kind {
+			case treeFork:
+				for _, l := range prune(s.left) {
+					out = append(out, Fork(l, s.right))
+				}
+				for _, r := range prune(s.right) {
+					out = append(out, Fork(s.left, r))
+				}
+			case treeLabeled:
+				for _, c := range prune(s.left) {
+					out = append(out, Labeled(s.label, c))
+				}
+			}
+			return out
+		}
+		for _, p := range prune(tr) {
+			if p.Digest() != root {
+				t.Fatal("pruning changed the root hash")
+			}
+		}
+	})
 }
