@@ -24,7 +24,7 @@ import { HttpAgent, Actor } from '@dfinity/agent';
 import { Ed25519KeyIdentity } from '@dfinity/identity';
 const [host, token, canisterId, otherKeyHex] = process.argv.slice(2);
 const f = (url, init = {}) => fetch(url, { ...init, headers: { ...(init.headers || {}), ...(token ? { Authorization: 'Bearer ' + token } : {}) } });
-const agent = await HttpAgent.create({ host, shouldFetchRootKey: true, identity: Ed25519KeyIdentity.generate(), fetch: f, verifyQuerySignatures: false });
+const agent = await HttpAgent.create({ host, shouldFetchRootKey: true, identity: Ed25519KeyIdentity.generate(), fetch: f });
 const idl = ({ IDL }) => IDL.Service({ inc: IDL.Func([], [IDL.Nat], []), get: IDL.Func([], [IDL.Nat], ['query']) });
 const actor = Actor.createActor(idl, { agent, canisterId });
 const inc1 = await actor.inc();

@@ -380,7 +380,12 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 			ln.Close()
 			return fmt.Errorf("IC HTTP interface: %w", err)
 		}
-		opts.IC = ichttp.New(node, key, logger)
+		nodeKey, err := ichttp.LoadOrCreateNodeKey(opts.Home)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("IC HTTP interface: %w", err)
+		}
+		opts.IC = ichttp.New(node, key, nodeKey, logger)
 	}
 	s := newServer(node, opts, token)
 	// Handlers get a context that stays alive through a graceful shutdown

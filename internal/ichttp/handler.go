@@ -33,11 +33,12 @@ const maxStatuses = 10_000
 
 // Handler serves the IC HTTP interface of one node.
 type Handler struct {
-	node Node
-	key  *RootKey
-	log  *slog.Logger
-	now  func() time.Time
-	mux  *http.ServeMux
+	node    Node
+	key     *RootKey
+	nodeKey *NodeKey
+	log     *slog.Logger
+	now     func() time.Time
+	mux     *http.ServeMux
 
 	mu       sync.Mutex
 	statuses map[[32]byte]*requestStatus
@@ -55,12 +56,12 @@ type requestStatus struct {
 }
 
 // New serves node's canisters over the IC HTTP interface, certifying with
-// key.
-func New(node Node, key *RootKey, log *slog.Logger) *Handler {
+// key and signing query answers with nodeKey.
+func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{node: node, key: key, log: log, now: time.Now, mux: http.NewServeMux(), statuses: map[[32]byte]*requestStatus{}}
+	h := &Handler{node: node, key: key, nodeKey: nodeKey, log: log, now: time.Now, mux: http.NewServeMux(), statuses: map[[32]byte]*requestStatus{}}
 	h.mux.HandleFunc("GET /api/v2/status", h.status)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/query", h.query)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/call", h.call)
@@ -148,11 +149,17 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusInternalServerError, "query failed: "+err.Error())
 		return
 	}
+	resp := map[string]any{"status": "rejected", "reject_code": st.RejectCode, "reject_message": st.RejectMessage}
 	if st.Status == "replied" {
-		writeCBOR(w, http.StatusOK, map[string]any{"status": "replied", "reply": map[string]any{"arg": st.Reply}})
+		resp = map[string]any{"status": "replied", "reply": map[string]any{"arg": st.Reply}}
+	}
+	sigs, err := h.nodeKey.signQuery(resp, req.ID, uint64(h.now().UnixNano()))
+	if err != nil {
+		writeText(w, http.StatusInternalServerError, "sign query response: "+err.Error())
 		return
 	}
-	writeCBOR(w, http.StatusOK, map[string]any{"status": "rejected", "reject_code": st.RejectCode, "reject_message": st.RejectMessage})
+	resp["signatures"] = sigs
+	writeCBOR(w, http.StatusOK, resp)
 }
 
 // outcome turns a node's answer into a request status; ok is false for
@@ -314,9 +321,12 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 	}
 	ecid, _ := principal.FromText(r.PathValue("ecid"))
 	var rid []byte
+	withSubnet := false
 	for _, p := range req.Paths {
 		switch {
 		case len(p) == 1 && string(p[0]) == "time":
+		case len(p) >= 1 && len(p) <= 2 && string(p[0]) == "subnet":
+			withSubnet = true
 		case len(p) >= 2 && len(p) <= 3 && string(p[0]) == "request_status":
 			if len(p[1]) != 32 {
 				writeText(w, http.StatusBadRequest, "request_status: a request id is 32 bytes")
@@ -333,6 +343,14 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	tn := node{"time": Leaf(leb128(uint64(h.now().UnixNano())))}
+	if withSubnet {
+		st, err := h.subnetTree()
+		if err != nil {
+			writeText(w, http.StatusInternalServerError, "subnet: "+err.Error())
+			return
+		}
+		tn["subnet"] = st
+	}
 	if rid != nil {
 		st, ok := h.lookup([32]byte(rid))
 		if ok {
@@ -355,6 +373,27 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeCBOR(w, http.StatusOK, map[string]any{"certificate": cert})
+}
+
+// SubnetID is the id of the node's one subnet: the self-authenticating
+// principal of the root key, as on a local replica without delegation.
+func (h *Handler) SubnetID() principal.Principal { return principal.SelfAuthenticating(h.key.DER()) }
+
+// subnetTree is subnet/<id>: the root key, the canister ranges (every
+// canister id cordon allocates: principal.CanisterID(0…2⁶⁴-1)) and the
+// node's key, which is how clients learn the key its query answers are
+// signed with.
+func (h *Handler) subnetTree() (*Tree, error) {
+	ranges, err := cbor.Marshal([]any{[]any{principal.CanisterID(0).Bytes(), principal.CanisterID(^uint64(0)).Bytes()}})
+	if err != nil {
+		return nil, err
+	}
+	sub := node{
+		"public_key":      Leaf(h.key.DER()),
+		"canister_ranges": Leaf(ranges),
+		"node":            node{string(h.nodeKey.ID().Bytes()): node{"public_key": Leaf(h.nodeKey.der)}.tree()}.tree(),
+	}
+	return node{string(h.SubnetID().Bytes()): sub.tree()}.tree(), nil
 }
 
 func pathText(p [][]byte) string {

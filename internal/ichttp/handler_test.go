@@ -3,6 +3,7 @@ package ichttp
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"io"
 	"log/slog"
 	"net/http"
@@ -90,7 +91,7 @@ func TestHandlerCounter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(node, key, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	base := srv.URL + "/api/v2/canister/" + id.String()
 
@@ -114,9 +115,11 @@ func TestHandlerCounter(t *testing.T) {
 
 	now := time.Now()
 	me := newIdentity(t)
+	h := srv.Config.Handler.(*Handler)
 	get := func() []byte {
 		t.Helper()
-		code, b := post(t, base+"/query", envelope(t, content("query", principal.Anonymous(), id, "get", time.Now(), 0), nil))
+		c := content("query", principal.Anonymous(), id, "get", time.Now(), 0)
+		code, b := post(t, base+"/query", envelope(t, c, nil))
 		if code != 200 {
 			t.Fatalf("query: %d %s", code, b)
 		}
@@ -124,6 +127,7 @@ func TestHandlerCounter(t *testing.T) {
 		if m["status"] != "replied" {
 			t.Fatalf("query: %v", m)
 		}
+		verifyQuerySig(t, h.nodeKey, m, c)
 		return m["reply"].(map[string]any)["arg"].([]byte)
 	}
 	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x00")) {
@@ -137,10 +141,9 @@ func TestHandlerCounter(t *testing.T) {
 		t.Fatalf("call: %d %s", code, b)
 	}
 	rid, _ := RequestID(c)
-	if s, reply, _, _ := New(node, key, nil).RequestStatus(rid); s != "unknown" || reply != nil {
+	if s, reply, _, _ := New(node, key, testNodeKey(t, home), nil).RequestStatus(rid); s != "unknown" || reply != nil {
 		t.Fatal("a fresh handler knows the request")
 	}
-	h := srv.Config.Handler.(*Handler)
 	if s, reply, _, _ := h.RequestStatus(rid); s != "replied" || !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
 		t.Fatalf("request status %s %q", s, reply)
 	}
@@ -191,8 +194,10 @@ func TestHandlerCounter(t *testing.T) {
 	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x02")) {
 		t.Fatalf("get after anonymous call %q", got)
 	}
-	code, b := post(t, base+"/query", envelope(t, content("query", me.p, id, "nope", now, 9), &me))
+	nq := content("query", me.p, id, "nope", now, 9)
+	code, b := post(t, base+"/query", envelope(t, nq, &me))
 	m := decodeTagged(t, b)
+	verifyQuerySig(t, h.nodeKey, m, nq)
 	if code != 200 || m["status"] != "rejected" || m["reject_code"] != uint64(host.DestinationInvalid) || !strings.Contains(m["reject_message"].(string), "nope") {
 		t.Fatalf("query of a missing method: %d %v", code, m)
 	}
@@ -228,7 +233,7 @@ func TestCallOutlivesClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &gated{Node: node, entered: make(chan struct{}, 1), release: make(chan struct{})}
-	h := New(g, key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := New(g, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c := content("call", principal.Anonymous(), id, "inc", time.Now(), 1)
 	req, err := ParseEnvelope(envelope(t, c, nil), "call", time.Now())
 	if err != nil {
@@ -271,7 +276,7 @@ func TestManagementEffectiveCanister(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := New(node, key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	arg, err := candid.EncodeArgs(candid.Args{
@@ -305,4 +310,48 @@ func TestManagementEffectiveCanister(t *testing.T) {
 		t.Fatalf("canister_status through the interface: %q %q", s, msg)
 	}
 	t.Logf("canister_status through the interface: %s %s", s, msg)
+}
+
+func testNodeKey(t *testing.T, home string) *NodeKey {
+	t.Helper()
+	k, err := LoadOrCreateNodeKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// verifyQuerySig checks a query answer's node signature as a client does:
+// over "\x0Bic-response" and the hash of the answer with its timestamp and
+// request id; and that it covers the answer (a changed reply fails).
+func verifyQuerySig(t *testing.T, nk *NodeKey, m map[string]any, content map[string]any) {
+	t.Helper()
+	sigs, ok := m["signatures"].([]any)
+	if !ok || len(sigs) != 1 {
+		t.Fatalf("signatures %v", m["signatures"])
+	}
+	s := sigs[0].(map[string]any)
+	if !bytes.Equal(s["identity"].([]byte), nk.ID().Bytes()) {
+		t.Fatalf("signed by %x, not the node", s["identity"])
+	}
+	rid, _ := RequestID(content)
+	signed := map[string]any{"timestamp": s["timestamp"], "request_id": rid[:]}
+	for k, v := range m {
+		if k != "signatures" {
+			signed[k] = v
+		}
+	}
+	hash, err := hashMap(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := ed25519.PublicKey(nk.der[len(ed25519DERPrefix):])
+	if !ed25519.Verify(pub, append([]byte(responseDomain), hash[:]...), s["signature"].([]byte)) {
+		t.Fatal("query signature does not verify")
+	}
+	signed["status"] = "tampered"
+	hash, _ = hashMap(signed)
+	if ed25519.Verify(pub, append([]byte(responseDomain), hash[:]...), s["signature"].([]byte)) {
+		t.Fatal("query signature verifies a changed answer")
+	}
 }

@@ -82,7 +82,7 @@ func TestReadStateAndSyncCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(node, key, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	base := srv.URL + "/api/v2/canister/" + id.String()
 	now := time.Now()
@@ -155,13 +155,35 @@ func TestReadStateAndSyncCall(t *testing.T) {
 		{"anonymous", nil, [][][]byte{{[]byte("request_status"), rid[:], []byte("reply")}}, 403, "is not the sender"},
 		{"two ids", &me, [][][]byte{{[]byte("request_status"), rid[:]}, {[]byte("request_status"), make([]byte, 32)}}, 400, "single request ID"},
 		{"short id", &me, [][][]byte{{[]byte("request_status"), rid[:5]}}, 400, "32 bytes"},
-		{"subnet", &me, [][][]byte{{[]byte("subnet")}}, 404, "not served"},
+		{"subnet's deeper paths", &me, [][][]byte{{[]byte("subnet"), []byte("x"), []byte("node")}}, 404, "not served"},
 		{"canister", &me, [][][]byte{{[]byte("canister"), id.Bytes(), []byte("module_hash")}}, 404, "not served"},
 	} {
 		code, b := readState(tc.sender, tc.paths...)
 		if code != tc.code || !strings.Contains(string(b), tc.msg) {
 			t.Errorf("%s: %d %q, want %d containing %q", tc.name, code, b, tc.code, tc.msg)
 		}
+	}
+
+	// subnet: the root key, the ranges holding the canister, the node's key
+	// (what a client verifies query signatures with).
+	code, b = readState(nil, [][]byte{[]byte("subnet")})
+	if code != 200 {
+		t.Fatalf("read_state subnet: %d %s", code, b)
+	}
+	tree = certOf(b)
+	nk := testNodeKey(t, home)
+	sid := principal.SelfAuthenticating(key.DER()).Bytes()
+	if pk, _ := tree.Lookup([]byte("subnet"), sid, []byte("node"), nk.ID().Bytes(), []byte("public_key")); !bytes.Equal(pk, nk.der) {
+		t.Fatalf("node key %x, want %x", pk, nk.der)
+	}
+	if pk, _ := tree.Lookup([]byte("subnet"), sid, []byte("public_key")); !bytes.Equal(pk, key.DER()) {
+		t.Fatalf("subnet key %x", pk)
+	}
+	rb, _ := tree.Lookup([]byte("subnet"), sid, []byte("canister_ranges"))
+	var ranges [][][]byte
+	if err := cbor.Unmarshal(rb, &ranges); err != nil || len(ranges) != 1 ||
+		bytes.Compare(ranges[0][0], id.Bytes()) > 0 || bytes.Compare(ranges[0][1], id.Bytes()) < 0 {
+		t.Fatalf("canister ranges %x (%v) do not hold %s", ranges, err, id)
 	}
 
 	// v3: the call answers with its certificate, rejects included.
