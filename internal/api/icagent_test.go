@@ -34,13 +34,18 @@ let rejected = '';
 try {
   await Actor.createActor(({ IDL }) => IDL.Service({ nope: IDL.Func([], [], []) }), { agent, canisterId }).nope();
 } catch (e) { rejected = String(e.message || e); }
+// Anonymous too.
+const anon = await HttpAgent.create({ host, shouldFetchRootKey: true, fetch: f });
+const anonActor = Actor.createActor(idl, { agent: anon, canisterId });
+const anonInc = await anonActor.inc();
+const anonGet = await anonActor.get();
 // An agent that trusts another root key must refuse cordon's certificates.
 const liar = await HttpAgent.create({ host, rootKey: Uint8Array.from(Buffer.from(otherKeyHex, 'hex')), shouldFetchRootKey: false, identity: Ed25519KeyIdentity.generate(), fetch: f });
 let distrusted = '';
 try {
   await Actor.createActor(idl, { agent: liar, canisterId }).inc();
 } catch (e) { distrusted = String(e.message || e); }
-console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted }));
+console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted, anonInc: anonInc.toString(), anonGet: anonGet.toString() }));
 `
 
 // The agent's version is pinned: the test is about this interface, not
@@ -103,12 +108,15 @@ func TestDfinityAgent(t *testing.T) {
 		}
 		t.Fatalf("agent: %v", err)
 	}
-	var got struct{ Inc1, Inc2, Get, Rejected, Distrusted string }
+	var got struct{ Inc1, Inc2, Get, Rejected, Distrusted, AnonInc, AnonGet string }
 	if err := json.Unmarshal([]byte(lastLine(string(out))), &got); err != nil {
 		t.Fatalf("agent output %q: %v", out, err)
 	}
 	if got.Inc1 != "1" || got.Inc2 != "2" || got.Get != "2" {
 		t.Fatalf("agent saw %+v, want inc 1, 2 and get 2", got)
+	}
+	if got.AnonInc != "3" || got.AnonGet != "3" {
+		t.Fatalf("anonymous agent saw inc %s, get %s; want 3, 3", got.AnonInc, got.AnonGet)
 	}
 	if !strings.Contains(got.Rejected, "nope") {
 		t.Fatalf("a call of a missing method: %q", got.Rejected)
@@ -120,7 +128,7 @@ func TestDfinityAgent(t *testing.T) {
 	// And the node agrees (the distrusted call ran: the client refused
 	// only its certificate).
 	r, err := s.client.Call(ctx, CallRequest{ID: inst.ID, Method: "get", Arg: noArgs, Query: true})
-	if err != nil || string(r.Reply) != "DIDL\x00\x01\x7d\x03" {
+	if err != nil || string(r.Reply) != "DIDL\x00\x01\x7d\x04" {
 		t.Fatalf("get through the JSON API: %v %v", r, err)
 	}
 }

@@ -112,6 +112,15 @@ func TestServeICInterface(t *testing.T) {
 	if err := cbor.Unmarshal(b, &v3); code != 200 || err != nil || v3.Status != "replied" || len(v3.Certificate) == 0 {
 		t.Fatalf("v3 call: %d %v %q", code, err, b)
 	}
+	for _, v := range []string{"query", "read_state"} { // v3's are v2's
+		body := rs
+		if v == "query" {
+			body = call("query", "get", 6)
+		}
+		if code, b := do(http.MethodPost, "/api/v3/canister/"+inst.ID+"/"+v, body, nil); code != 200 {
+			t.Fatalf("v3 %s: %d %q", v, code, b)
+		}
+	}
 	if code, b := do(http.MethodPost, "/api/v2/canister/"+inst.ID+"/read_state", rs[:len(rs)-3], nil); code != 400 {
 		t.Fatalf("truncated read_state: %d %q", code, b)
 	}

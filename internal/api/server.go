@@ -176,7 +176,9 @@ func (s *server) routes() []route {
 		route{pattern: "/api/v2/canister/{ecid}/query", methods: h(http.MethodPost, ic)},
 		route{pattern: "/api/v2/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
 		route{pattern: "/api/v2/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)},
-		route{pattern: "/api/v3/canister/{ecid}/call", methods: h(http.MethodPost, ic)})
+		route{pattern: "/api/v3/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/canister/{ecid}/query", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)})
 	return rts
 }
 

@@ -67,6 +67,9 @@ func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/call", h.call)
 	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/call", h.callSync)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/read_state", h.readState)
+	// v3's query and read_state are v2's.
+	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/query", h.query)
+	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/read_state", h.readState)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusNotFound, "no such endpoint of the IC HTTP interface: "+r.Method+" "+r.URL.Path)
 	})
