@@ -21,7 +21,8 @@ import (
 // fetch option.
 const agentScript = `
 import { HttpAgent, Actor } from '@dfinity/agent';
-import { Ed25519KeyIdentity } from '@dfinity/identity';
+import { Ed25519KeyIdentity, DelegationChain, DelegationIdentity } from '@dfinity/identity';
+import { Principal } from '@dfinity/principal';
 const [host, token, canisterId, otherKeyHex] = process.argv.slice(2);
 const f = (url, init = {}) => fetch(url, { ...init, headers: { ...(init.headers || {}), ...(token ? { Authorization: 'Bearer ' + token } : {}) } });
 const agent = await HttpAgent.create({ host, shouldFetchRootKey: true, identity: Ed25519KeyIdentity.generate(), fetch: f });
@@ -39,13 +40,22 @@ const anon = await HttpAgent.create({ host, shouldFetchRootKey: true, fetch: f }
 const anonActor = Actor.createActor(idl, { agent: anon, canisterId });
 const anonInc = await anonActor.inc();
 const anonGet = await anonActor.get();
+// A session key acting for a user's key through a delegation chain
+// limited to this canister.
+const user = Ed25519KeyIdentity.generate();
+const sessionKey = Ed25519KeyIdentity.generate();
+const chain = await DelegationChain.create(user, sessionKey.getPublicKey(), new Date(Date.now() + 10 * 60 * 1000), { targets: [Principal.fromText(canisterId)] });
+const delegated = DelegationIdentity.fromDelegation(sessionKey, chain);
+const dagent = await HttpAgent.create({ host, shouldFetchRootKey: true, identity: delegated, fetch: f });
+const delegatedInc = await Actor.createActor(idl, { agent: dagent, canisterId }).inc();
+const delegatedSender = delegated.getPrincipal().toText() === user.getPrincipal().toText();
 // An agent that trusts another root key must refuse cordon's certificates.
 const liar = await HttpAgent.create({ host, rootKey: Uint8Array.from(Buffer.from(otherKeyHex, 'hex')), shouldFetchRootKey: false, identity: Ed25519KeyIdentity.generate(), fetch: f });
 let distrusted = '';
 try {
   await Actor.createActor(idl, { agent: liar, canisterId }).inc();
 } catch (e) { distrusted = String(e.message || e); }
-console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted, anonInc: anonInc.toString(), anonGet: anonGet.toString() }));
+console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted, anonInc: anonInc.toString(), anonGet: anonGet.toString(), delegatedInc: delegatedInc.toString(), delegatedSender }));
 `
 
 // The agent's version is pinned: the test is about this interface, not
@@ -108,7 +118,10 @@ func TestDfinityAgent(t *testing.T) {
 		}
 		t.Fatalf("agent: %v", err)
 	}
-	var got struct{ Inc1, Inc2, Get, Rejected, Distrusted, AnonInc, AnonGet string }
+	var got struct {
+		Inc1, Inc2, Get, Rejected, Distrusted, AnonInc, AnonGet, DelegatedInc string
+		DelegatedSender                                                       bool
+	}
 	if err := json.Unmarshal([]byte(lastLine(string(out))), &got); err != nil {
 		t.Fatalf("agent output %q: %v", out, err)
 	}
@@ -117,6 +130,9 @@ func TestDfinityAgent(t *testing.T) {
 	}
 	if got.AnonInc != "3" || got.AnonGet != "3" {
 		t.Fatalf("anonymous agent saw inc %s, get %s; want 3, 3", got.AnonInc, got.AnonGet)
+	}
+	if got.DelegatedInc != "4" || !got.DelegatedSender {
+		t.Fatalf("delegated agent saw inc %s (want 4), sender is the user's principal: %v", got.DelegatedInc, got.DelegatedSender)
 	}
 	if !strings.Contains(got.Rejected, "nope") {
 		t.Fatalf("a call of a missing method: %q", got.Rejected)
@@ -128,7 +144,7 @@ func TestDfinityAgent(t *testing.T) {
 	// And the node agrees (the distrusted call ran: the client refused
 	// only its certificate).
 	r, err := s.client.Call(ctx, CallRequest{ID: inst.ID, Method: "get", Arg: noArgs, Query: true})
-	if err != nil || string(r.Reply) != "DIDL\x00\x01\x7d\x04" {
+	if err != nil || string(r.Reply) != "DIDL\x00\x01\x7d\x05" {
 		t.Fatalf("get through the JSON API: %v %v", r, err)
 	}
 }

@@ -137,7 +137,7 @@ func ParseEnvelope(body []byte, wantType string, now time.Time) (*Request, error
 	if err := checkExpiry(req.IngressExpiry, now); err != nil {
 		return nil, err
 	}
-	if err := authenticate(req, env); err != nil {
+	if err := authenticate(req, env, now); err != nil {
 		return nil, err
 	}
 	return req, nil
@@ -251,15 +251,21 @@ var ed25519DERPrefix = []byte{0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x
 // made with the same key.
 const requestDomain = "\x0Aic-request"
 
-func authenticate(req *Request, env map[string]any) error {
+// Limits of delegation chains, the IC's.
+const (
+	maxDelegations = 20
+	maxTargets     = 1000
+)
+
+// delegationDomain separates the signatures of delegations.
+const delegationDomain = "\x1Aic-request-auth-delegation"
+
+func authenticate(req *Request, env map[string]any, now time.Time) error {
 	pk, hasPK := env["sender_pubkey"]
 	sig, hasSig := env["sender_sig"]
-	if _, ok := env["sender_delegation"]; ok {
-		return forbidden("Request %x is not authorized: sender delegations are not supported by this node yet", req.ID)
-	}
 	if req.Sender.IsAnonymous() {
-		if hasPK || hasSig {
-			return forbidden("Request %x is not authorized: an anonymous request must not carry a sender_pubkey or sender_sig", req.ID)
+		if hasPK || hasSig || env["sender_delegation"] != nil {
+			return forbidden("Request %x is not authorized: an anonymous request must not carry a sender_pubkey, sender_sig or sender_delegation", req.ID)
 		}
 		return nil
 	}
@@ -274,14 +280,87 @@ func authenticate(req *Request, env map[string]any) error {
 	if !principal.SelfAuthenticating(der).Equal(req.Sender) {
 		return forbidden("Request %x is not authorized: sender %s is not the principal of the given sender_pubkey (%s)", req.ID, req.Sender, principal.SelfAuthenticating(der))
 	}
-	if len(der) != len(ed25519DERPrefix)+ed25519.PublicKeySize || string(der[:len(ed25519DERPrefix)]) != string(ed25519DERPrefix) {
-		return forbidden("Request %x is not authorized: sender_pubkey is not a DER Ed25519 key (the only key type this node verifies yet)", req.ID)
+	signer, err := ed25519Key(der)
+	if err != nil {
+		return forbidden("Request %x is not authorized: sender_pubkey %v", req.ID, err)
+	}
+	// A delegation chain hands the right to sign from the sender's key
+	// to another, each link signed by the key before it.
+	if d, ok := env["sender_delegation"]; ok {
+		if signer, err = followDelegations(req, signer, d, now); err != nil {
+			return err
+		}
 	}
 	msg := append([]byte(requestDomain), req.ID[:]...)
-	if len(sg) != ed25519.SignatureSize || !ed25519.Verify(ed25519.PublicKey(der[len(ed25519DERPrefix):]), msg, sg) {
-		return forbidden("Request %x is not authorized: invalid signature: the Ed25519 signature does not verify against sender_pubkey", req.ID)
+	if len(sg) != ed25519.SignatureSize || !ed25519.Verify(signer, msg, sg) {
+		return forbidden("Request %x is not authorized: invalid signature: the Ed25519 signature does not verify against the sender's (or the last delegated) key", req.ID)
 	}
 	return nil
+}
+
+// ed25519Key reads a DER Ed25519 public key, the only kind this node
+// verifies yet.
+func ed25519Key(der []byte) (ed25519.PublicKey, error) {
+	if len(der) != len(ed25519DERPrefix)+ed25519.PublicKeySize || string(der[:len(ed25519DERPrefix)]) != string(ed25519DERPrefix) {
+		return nil, errors.New("is not a DER Ed25519 key (the only key type this node verifies yet)")
+	}
+	return ed25519.PublicKey(der[len(ed25519DERPrefix):]), nil
+}
+
+// followDelegations checks a chain: each delegation is signed by the key
+// before it, has not expired, and if it names targets, names the canister
+// called. It returns the last delegated key.
+func followDelegations(req *Request, signer ed25519.PublicKey, v any, at time.Time) (ed25519.PublicKey, error) {
+	chain, ok := v.([]any)
+	if !ok {
+		return nil, badRequest("Could not parse body as read request: sender_delegation must be an array")
+	}
+	if len(chain) > maxDelegations {
+		return nil, forbidden("Request %x is not authorized: more than %d delegations", req.ID, maxDelegations)
+	}
+	now := uint64(at.UnixNano())
+	for i, link := range chain {
+		sd, ok := link.(map[string]any)
+		d, ok2 := sd["delegation"].(map[string]any)
+		sig, ok3 := sd["signature"].([]byte)
+		if !ok || !ok2 || !ok3 {
+			return nil, badRequest("Could not parse body as read request: delegation %d must be {delegation, signature}", i)
+		}
+		pub, ok := d["pubkey"].([]byte)
+		exp, ok2 := d["expiration"].(uint64)
+		if !ok || !ok2 {
+			return nil, badRequest("Could not parse body as read request: delegation %d needs pubkey and expiration", i)
+		}
+		h, err := hashMap(d)
+		if err != nil {
+			return nil, badRequest("Could not parse body as read request: delegation %d: %v", i, err)
+		}
+		if len(sig) != ed25519.SignatureSize || !ed25519.Verify(signer, append([]byte(delegationDomain), h[:]...), sig) {
+			return nil, forbidden("Request %x is not authorized: invalid delegation %d: its signature does not verify against the key it delegates from", req.ID, i)
+		}
+		if exp < now {
+			return nil, forbidden("Request %x is not authorized: delegation %d expired at %s", req.ID, i, nanosText(exp))
+		}
+		if t, ok := d["targets"]; ok {
+			ts, ok := t.([]any)
+			if !ok || len(ts) > maxTargets {
+				return nil, badRequest("Could not parse body as read request: delegation %d: targets must be an array of at most %d principals", i, maxTargets)
+			}
+			found := false
+			for _, x := range ts {
+				if b, ok := x.([]byte); ok && string(b) == string(req.CanisterID.Bytes()) {
+					found = true
+				}
+			}
+			if !found && req.Type != "read_state" {
+				return nil, forbidden("Request %x is not authorized: canister %s is not among the targets of delegation %d", req.ID, req.CanisterID, i)
+			}
+		}
+		if signer, err = ed25519Key(pub); err != nil {
+			return nil, forbidden("Request %x is not authorized: delegation %d's pubkey %v", req.ID, i, err)
+		}
+	}
+	return signer, nil
 }
 
 // asRequestError returns e's status and message, or 500 for other errors.

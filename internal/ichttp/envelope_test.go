@@ -258,7 +258,7 @@ func TestParseEnvelopeRefuses(t *testing.T) {
 		{"content changed after signing", tampered, "call", 403, "invalid signature"},
 		{"signature over the bare id", enc(map[string]any{"content": callContent(me.p, now), "sender_pubkey": me.der, "sender_sig": ed25519.Sign(me.priv, rid[:])}), "call", 403, "invalid signature"},
 		{"short signature", enc(map[string]any{"content": callContent(me.p, now), "sender_pubkey": me.der, "sender_sig": []byte{1}}), "call", 403, "invalid signature"},
-		{"delegation", enc(map[string]any{"content": callContent(me.p, now), "sender_pubkey": me.der, "sender_sig": []byte{1}, "sender_delegation": []any{}}), "call", 403, "delegations are not supported"},
+		{"delegation", enc(map[string]any{"content": callContent(me.p, now), "sender_pubkey": me.der, "sender_sig": []byte{1}, "sender_delegation": []any{}}), "call", 403, "invalid signature"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseEnvelope(c.body, c.typ, now)
@@ -338,4 +338,84 @@ func FuzzParseEnvelope(f *testing.F) {
 			}
 		}
 	})
+}
+
+// delegate signs a delegation from one identity to another key.
+func delegate(t *testing.T, from identity, to identity, exp time.Time, targets []any) map[string]any {
+	t.Helper()
+	d := map[string]any{"pubkey": to.der, "expiration": uint64(exp.UnixNano())}
+	if targets != nil {
+		d["targets"] = targets
+	}
+	h, err := hashMap(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]any{"delegation": d, "signature": ed25519.Sign(from.priv, append([]byte(delegationDomain), h[:]...))}
+}
+
+// Delegation chains: the sender's key delegates to a session key, which
+// signs the request; every link is checked.
+func TestDelegations(t *testing.T) {
+	now := time.Now()
+	root, mid, session, stranger := newIdentity(t), newIdentity(t), newIdentity(t), newIdentity(t)
+	c := callContent(root.p, now)
+	rid, _ := RequestID(c)
+	signBy := func(who identity, chain []any) []byte {
+		b, err := cbor.Marshal(map[string]any{"content": c, "sender_pubkey": root.der, "sender_delegation": chain,
+			"sender_sig": ed25519.Sign(who.priv, append([]byte(requestDomain), rid[:]...))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	later := now.Add(time.Hour)
+	target := []any{principal.CanisterID(7).Bytes()}
+	for _, ok := range []struct {
+		name string
+		body []byte
+	}{
+		{"one link", signBy(session, []any{delegate(t, root, session, later, nil)})},
+		{"two links", signBy(session, []any{delegate(t, root, mid, later, nil), delegate(t, mid, session, later, nil)})},
+		{"target", signBy(session, []any{delegate(t, root, session, later, append([]any{principal.CanisterID(8).Bytes()}, target...))})},
+	} {
+		req, err := ParseEnvelope(ok.body, "call", now)
+		if err != nil {
+			t.Fatalf("%s: %v", ok.name, err)
+		}
+		if !req.Sender.Equal(root.p) {
+			t.Fatalf("%s: sender %s", ok.name, req.Sender)
+		}
+	}
+	many := []any{}
+	prev := root
+	for range maxDelegations + 1 {
+		next := newIdentity(t)
+		many = append(many, delegate(t, prev, next, later, nil))
+		prev = next
+	}
+	for _, bad := range []struct {
+		name string
+		body []byte
+		msg  string
+	}{
+		{"signed by the root, not the session key", signBy(root, []any{delegate(t, root, session, later, nil)}), "invalid signature"},
+		{"link signed by a stranger", signBy(session, []any{delegate(t, stranger, session, later, nil)}), "invalid delegation 0"},
+		{"broken second link", signBy(session, []any{delegate(t, root, mid, later, nil), delegate(t, stranger, session, later, nil)}), "invalid delegation 1"},
+		{"expired", signBy(session, []any{delegate(t, root, session, now.Add(-time.Second), nil)}), "expired"},
+		{"other target", signBy(session, []any{delegate(t, root, session, later, []any{principal.CanisterID(8).Bytes()})}), "not among the targets"},
+		{"too many", signBy(prev, many), "more than 20 delegations"},
+	} {
+		_, err := ParseEnvelope(bad.body, "call", now)
+		st, msg := asRequestError(err)
+		if err == nil || st != 403 || !strings.Contains(msg, bad.msg) {
+			t.Errorf("%s: %v, want 403 containing %q", bad.name, err, bad.msg)
+		}
+	}
+	// A changed delegation (a later expiry) breaks its signature.
+	d := delegate(t, root, session, later, nil)
+	d["delegation"].(map[string]any)["expiration"] = uint64(later.Add(time.Hour).UnixNano())
+	if _, err := ParseEnvelope(signBy(session, []any{d}), "call", now); err == nil || !strings.Contains(err.Error(), "invalid delegation 0") {
+		t.Errorf("extended delegation: %v", err)
+	}
 }
