@@ -1,10 +1,15 @@
 package ichttp
 
 import (
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"reflect"
 	"time"
@@ -280,7 +285,7 @@ func authenticate(req *Request, env map[string]any, now time.Time) error {
 	if !principal.SelfAuthenticating(der).Equal(req.Sender) {
 		return forbidden("Request %x is not authorized: sender %s is not the principal of the given sender_pubkey (%s)", req.ID, req.Sender, principal.SelfAuthenticating(der))
 	}
-	signer, err := ed25519Key(der)
+	signer, err := senderKey(der)
 	if err != nil {
 		return forbidden("Request %x is not authorized: sender_pubkey %v", req.ID, err)
 	}
@@ -292,25 +297,46 @@ func authenticate(req *Request, env map[string]any, now time.Time) error {
 		}
 	}
 	msg := append([]byte(requestDomain), req.ID[:]...)
-	if len(sg) != ed25519.SignatureSize || !ed25519.Verify(signer, msg, sg) {
-		return forbidden("Request %x is not authorized: invalid signature: the Ed25519 signature does not verify against the sender's (or the last delegated) key", req.ID)
+	if !signer(msg, sg) {
+		return forbidden("Request %x is not authorized: invalid signature: the signature does not verify against the sender's (or the last delegated) key", req.ID)
 	}
 	return nil
 }
 
-// ed25519Key reads a DER Ed25519 public key, the only kind this node
-// verifies yet.
-func ed25519Key(der []byte) (ed25519.PublicKey, error) {
-	if len(der) != len(ed25519DERPrefix)+ed25519.PublicKeySize || string(der[:len(ed25519DERPrefix)]) != string(ed25519DERPrefix) {
-		return nil, errors.New("is not a DER Ed25519 key (the only key type this node verifies yet)")
+// verifier checks a signature of msg by one key.
+type verifier func(msg, sig []byte) bool
+
+// senderKey reads a DER public key of a kind this node verifies: Ed25519,
+// or ECDSA on P-256 (signatures r‖s over SHA-256, as the IC takes them).
+// secp256k1 keys and canister signatures are not verified yet.
+func senderKey(der []byte) (verifier, error) {
+	if len(der) == len(ed25519DERPrefix)+ed25519.PublicKeySize && string(der[:len(ed25519DERPrefix)]) == string(ed25519DERPrefix) {
+		pub := ed25519.PublicKey(der[len(ed25519DERPrefix):])
+		return func(msg, sig []byte) bool {
+			return len(sig) == ed25519.SignatureSize && ed25519.Verify(pub, msg, sig)
+		}, nil
 	}
-	return ed25519.PublicKey(der[len(ed25519DERPrefix):]), nil
+	if len(der) <= 128 {
+		if k, err := x509.ParsePKIXPublicKey(der); err == nil {
+			if ek, ok := k.(*ecdsa.PublicKey); ok && ek.Curve == elliptic.P256() {
+				return func(msg, sig []byte) bool {
+					if len(sig) != 64 {
+						return false
+					}
+					h := sha256.Sum256(msg)
+					r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+					return ecdsa.Verify(ek, h[:], r, s)
+				}, nil
+			}
+		}
+	}
+	return nil, errors.New("is not a DER Ed25519 or ECDSA P-256 key (the key types this node verifies yet)")
 }
 
 // followDelegations checks a chain: each delegation is signed by the key
 // before it, has not expired, and if it names targets, names the canister
 // called. It returns the last delegated key.
-func followDelegations(req *Request, signer ed25519.PublicKey, v any, at time.Time) (ed25519.PublicKey, error) {
+func followDelegations(req *Request, signer verifier, v any, at time.Time) (verifier, error) {
 	chain, ok := v.([]any)
 	if !ok {
 		return nil, badRequest("Could not parse body as read request: sender_delegation must be an array")
@@ -335,7 +361,7 @@ func followDelegations(req *Request, signer ed25519.PublicKey, v any, at time.Ti
 		if err != nil {
 			return nil, badRequest("Could not parse body as read request: delegation %d: %v", i, err)
 		}
-		if len(sig) != ed25519.SignatureSize || !ed25519.Verify(signer, append([]byte(delegationDomain), h[:]...), sig) {
+		if !signer(append([]byte(delegationDomain), h[:]...), sig) {
 			return nil, forbidden("Request %x is not authorized: invalid delegation %d: its signature does not verify against the key it delegates from", req.ID, i)
 		}
 		if exp < now {
@@ -356,7 +382,7 @@ func followDelegations(req *Request, signer ed25519.PublicKey, v any, at time.Ti
 				return nil, forbidden("Request %x is not authorized: canister %s is not among the targets of delegation %d", req.ID, req.CanisterID, i)
 			}
 		}
-		if signer, err = ed25519Key(pub); err != nil {
+		if signer, err = senderKey(pub); err != nil {
 			return nil, forbidden("Request %x is not authorized: delegation %d's pubkey %v", req.ID, i, err)
 		}
 	}

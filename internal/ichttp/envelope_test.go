@@ -2,8 +2,12 @@ package ichttp
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"net/http"
 	"strings"
@@ -417,5 +421,61 @@ func TestDelegations(t *testing.T) {
 	d["delegation"].(map[string]any)["expiration"] = uint64(later.Add(time.Hour).UnixNano())
 	if _, err := ParseEnvelope(signBy(session, []any{d}), "call", now); err == nil || !strings.Contains(err.Error(), "invalid delegation 0") {
 		t.Errorf("extended delegation: %v", err)
+	}
+}
+
+// ECDSA P-256 senders: r‖s over SHA-256; other curves are refused.
+func TestECDSASender(t *testing.T) {
+	now := time.Now()
+	key := func(c elliptic.Curve) (*ecdsa.PrivateKey, []byte) {
+		k, err := ecdsa.GenerateKey(c, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, der
+	}
+	sign := func(k *ecdsa.PrivateKey, msg []byte) []byte {
+		h := sha256.Sum256(msg)
+		r, s, err := ecdsa.Sign(rand.Reader, k, h[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := (k.Curve.Params().BitSize + 7) / 8
+		out := make([]byte, 2*n)
+		r.FillBytes(out[:n])
+		s.FillBytes(out[n:])
+		return out
+	}
+	env := func(k *ecdsa.PrivateKey, der []byte, tamper bool) []byte {
+		c := callContent(principal.SelfAuthenticating(der), now)
+		rid, _ := RequestID(c)
+		sig := sign(k, append([]byte(requestDomain), rid[:]...))
+		if tamper {
+			sig[5] ^= 1
+		}
+		b, err := cbor.Marshal(map[string]any{"content": c, "sender_pubkey": der, "sender_sig": sig})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	k, der := key(elliptic.P256())
+	req, err := ParseEnvelope(env(k, der, false), "call", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !req.Sender.Equal(principal.SelfAuthenticating(der)) {
+		t.Fatalf("sender %s", req.Sender)
+	}
+	if _, err := ParseEnvelope(env(k, der, true), "call", now); err == nil || !strings.Contains(err.Error(), "invalid signature") {
+		t.Fatalf("tampered P-256 signature: %v", err)
+	}
+	k384, der384 := key(elliptic.P384())
+	if _, err := ParseEnvelope(env(k384, der384, false), "call", now); err == nil || !strings.Contains(err.Error(), "Ed25519 or ECDSA P-256") {
+		t.Fatalf("P-384 sender: %v", err)
 	}
 }
