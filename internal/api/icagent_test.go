@@ -20,7 +20,7 @@ import (
 // identity. The bearer token rides on every request through the agent's
 // fetch option.
 const agentScript = `
-import { HttpAgent, Actor } from '@dfinity/agent';
+import { HttpAgent, Actor, CanisterStatus } from '@dfinity/agent';
 import { Ed25519KeyIdentity, DelegationChain, DelegationIdentity } from '@dfinity/identity';
 import { Principal } from '@dfinity/principal';
 const [host, token, canisterId, otherKeyHex] = process.argv.slice(2);
@@ -35,6 +35,10 @@ let rejected = '';
 try {
   await Actor.createActor(({ IDL }) => IDL.Service({ nope: IDL.Func([], [], []) }), { agent, canisterId }).nope();
 } catch (e) { rejected = String(e.message || e); }
+// The canister's certified status.
+const cs = await CanisterStatus.request({ canisterId: Principal.fromText(canisterId), agent, paths: ['module_hash', 'controllers'] });
+const moduleHash = String(cs.get('module_hash'));
+const controllers = cs.get('controllers').map(p => p.toText()).join(',');
 // Anonymous too.
 const anon = await HttpAgent.create({ host, shouldFetchRootKey: true, fetch: f });
 const anonActor = Actor.createActor(idl, { agent: anon, canisterId });
@@ -55,7 +59,7 @@ let distrusted = '';
 try {
   await Actor.createActor(idl, { agent: liar, canisterId }).inc();
 } catch (e) { distrusted = String(e.message || e); }
-console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted, anonInc: anonInc.toString(), anonGet: anonGet.toString(), delegatedInc: delegatedInc.toString(), delegatedSender }));
+console.log(JSON.stringify({ inc1: inc1.toString(), inc2: inc2.toString(), get: get.toString(), rejected, distrusted, anonInc: anonInc.toString(), anonGet: anonGet.toString(), delegatedInc: delegatedInc.toString(), delegatedSender, moduleHash, controllers }));
 `
 
 // The agent's version is pinned: the test is about this interface, not
@@ -120,6 +124,7 @@ func TestDfinityAgent(t *testing.T) {
 	}
 	var got struct {
 		Inc1, Inc2, Get, Rejected, Distrusted, AnonInc, AnonGet, DelegatedInc string
+		ModuleHash, Controllers                                               string
 		DelegatedSender                                                       bool
 	}
 	if err := json.Unmarshal([]byte(lastLine(string(out))), &got); err != nil {
@@ -133,6 +138,13 @@ func TestDfinityAgent(t *testing.T) {
 	}
 	if got.DelegatedInc != "4" || !got.DelegatedSender {
 		t.Fatalf("delegated agent saw inc %s (want 4), sender is the user's principal: %v", got.DelegatedInc, got.DelegatedSender)
+	}
+	st, err := s.client.Status(ctx, inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ModuleHash != st.ModuleHash || got.Controllers != strings.Join(st.Controllers, ",") {
+		t.Fatalf("CanisterStatus: module hash %q, controllers %q; the node has %q, %q", got.ModuleHash, got.Controllers, st.ModuleHash, st.Controllers)
 	}
 	if !strings.Contains(got.Rejected, "nope") {
 		t.Fatalf("a call of a missing method: %q", got.Rejected)

@@ -2,6 +2,7 @@ package ichttp
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 type Node interface {
 	Update(ctx context.Context, msg host.Message) (*host.Reply, error)
 	Query(ctx context.Context, msg host.Message) (*host.Reply, error)
+	Status(ctx context.Context, id principal.Principal) (*host.Status, error)
 }
 
 // ImplVersion is what /api/v2/status reports as impl_version.
@@ -324,12 +326,19 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 	}
 	ecid, _ := principal.FromText(r.PathValue("ecid"))
 	var rid []byte
-	withSubnet := false
+	withSubnet, withCanister := false, false
 	for _, p := range req.Paths {
 		switch {
 		case len(p) == 1 && string(p[0]) == "time":
 		case len(p) >= 1 && len(p) <= 2 && string(p[0]) == "subnet":
 			withSubnet = true
+		case len(p) == 3 && string(p[0]) == "canister" && canisterFields[string(p[2])]:
+			// The IC answers canister paths only for the effective canister.
+			if string(p[1]) != string(ecid.Bytes()) {
+				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %x", ecid, p[1]))
+				return
+			}
+			withCanister = true
 		case len(p) >= 2 && len(p) <= 3 && string(p[0]) == "request_status":
 			if len(p[1]) != 32 {
 				writeText(w, http.StatusBadRequest, "request_status: a request id is 32 bytes")
@@ -353,6 +362,15 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		tn["subnet"] = st
+	}
+	if withCanister {
+		ct, err := h.canisterTree(r.Context(), ecid)
+		if err != nil {
+			st, msg := asRequestError(err)
+			writeText(w, st, msg)
+			return
+		}
+		tn["canister"] = ct
 	}
 	if rid != nil {
 		st, ok := h.lookup([32]byte(rid))
@@ -397,6 +415,51 @@ func (h *Handler) subnetTree() (*Tree, error) {
 		"node":            node{string(h.nodeKey.ID().Bytes()): node{"public_key": Leaf(h.nodeKey.der)}.tree()}.tree(),
 	}
 	return node{string(h.SubnetID().Bytes()): sub.tree()}.tree(), nil
+}
+
+// canisterFields are the canister/<id>/… paths this node certifies.
+var canisterFields = map[string]bool{"module_hash": true, "controllers": true, "certified_data": true}
+
+// canisterTree is canister/<id>: module_hash (absent while empty),
+// controllers (self-described CBOR array of principals) and
+// certified_data, read from the node's status of the canister.
+func (h *Handler) canisterTree(ctx context.Context, id principal.Principal) (*Tree, error) {
+	st, err := h.node.Status(ctx, id)
+	if err != nil {
+		var rj *host.Reject
+		if errors.As(err, &rj) {
+			// An absent canister is absent from the tree.
+			return emptyTree(), nil
+		}
+		return nil, err
+	}
+	n := node{}
+	if st.ModuleHash != "" {
+		mh, err := hex.DecodeString(st.ModuleHash)
+		if err != nil {
+			return nil, fmt.Errorf("module hash of %s: %w", id, err)
+		}
+		n["module_hash"] = Leaf(mh)
+	}
+	ctrl := make([]any, 0, len(st.Controllers))
+	for _, c := range st.Controllers {
+		p, err := principal.FromText(c)
+		if err != nil {
+			return nil, fmt.Errorf("controller of %s: %w", id, err)
+		}
+		ctrl = append(ctrl, p.Bytes())
+	}
+	cb, err := cbor.Marshal(cbor.Tag{Number: selfDescribeTag, Content: ctrl})
+	if err != nil {
+		return nil, err
+	}
+	n["controllers"] = Leaf(cb)
+	cd, err := hex.DecodeString(st.CertifiedData)
+	if err != nil {
+		return nil, fmt.Errorf("certified data of %s: %w", id, err)
+	}
+	n["certified_data"] = Leaf(cd)
+	return node{string(id.Bytes()): n.tree()}.tree(), nil
 }
 
 func pathText(p [][]byte) string {

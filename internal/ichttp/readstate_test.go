@@ -2,6 +2,8 @@ package ichttp
 
 import (
 	"bytes"
+	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -156,7 +158,8 @@ func TestReadStateAndSyncCall(t *testing.T) {
 		{"two ids", &me, [][][]byte{{[]byte("request_status"), rid[:]}, {[]byte("request_status"), make([]byte, 32)}}, 400, "single request ID"},
 		{"short id", &me, [][][]byte{{[]byte("request_status"), rid[:5]}}, 400, "32 bytes"},
 		{"subnet's deeper paths", &me, [][][]byte{{[]byte("subnet"), []byte("x"), []byte("node")}}, 404, "not served"},
-		{"canister", &me, [][][]byte{{[]byte("canister"), id.Bytes(), []byte("module_hash")}}, 404, "not served"},
+		{"canister metadata", &me, [][][]byte{{[]byte("canister"), id.Bytes(), []byte("metadata"), []byte("candid:service")}}, 404, "not served"},
+		{"another canister", &me, [][][]byte{{[]byte("canister"), principal.CanisterID(99).Bytes(), []byte("module_hash")}}, 400, "does not match requested canister id"},
 	} {
 		code, b := readState(tc.sender, tc.paths...)
 		if code != tc.code || !strings.Contains(string(b), tc.msg) {
@@ -184,6 +187,27 @@ func TestReadStateAndSyncCall(t *testing.T) {
 	if err := cbor.Unmarshal(rb, &ranges); err != nil || len(ranges) != 1 ||
 		bytes.Compare(ranges[0][0], id.Bytes()) > 0 || bytes.Compare(ranges[0][1], id.Bytes()) < 0 {
 		t.Fatalf("canister ranges %x (%v) do not hold %s", ranges, err, id)
+	}
+
+	// canister/<id>: module hash, controllers, certified data, as the node
+	// reports them.
+	code, b = readState(nil, [][]byte{[]byte("canister"), id.Bytes(), []byte("module_hash")}, [][]byte{[]byte("canister"), id.Bytes(), []byte("controllers")})
+	if code != 200 {
+		t.Fatalf("read_state canister: %d %s", code, b)
+	}
+	tree = certOf(b)
+	cst, err := node.Status(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mh, _ := hex.DecodeString(cst.ModuleHash)
+	if got, _ := tree.Lookup([]byte("canister"), id.Bytes(), []byte("module_hash")); len(mh) != 32 || !bytes.Equal(got, mh) {
+		t.Fatalf("module_hash %x, want %s", got, cst.ModuleHash)
+	}
+	cb, _ := tree.Lookup([]byte("canister"), id.Bytes(), []byte("controllers"))
+	var ctrl [][]byte
+	if err := cbor.Unmarshal(cb, &ctrl); err != nil || len(ctrl) != 1 || !bytes.Equal(ctrl[0], principal.Anonymous().Bytes()) {
+		t.Fatalf("controllers %x: %v", cb, err)
 	}
 
 	// v3: the call answers with its certificate, rejects included.
