@@ -479,3 +479,31 @@ func TestECDSASender(t *testing.T) {
 		t.Fatalf("P-384 sender: %v", err)
 	}
 }
+
+// BenchmarkParseEnvelope: decode, hash and verify one signed call.
+func BenchmarkParseEnvelope(b *testing.B) {
+	now := time.Now()
+	me := newIdentity(b)
+	env := envelope(b, callContent(me.p, now), &me)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseEnvelope(env, "call", now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCertify: a request_status certificate (BLS signature in G1).
+func BenchmarkCertify(b *testing.B) {
+	k, err := LoadOrCreateRootKey(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var id [32]byte
+	t := node{"time": Leaf(leb128(1)), "request_status": node{string(id[:]): statusTree(requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})}.tree()}.tree()
+	for b.Loop() {
+		if _, err := k.Certify(t); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
