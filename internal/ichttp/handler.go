@@ -29,9 +29,17 @@ type Node interface {
 // ImplVersion is what /api/v2/status reports as impl_version.
 var ImplVersion = "cordon"
 
-// maxStatuses bounds the request statuses kept in memory; the oldest go
-// first. They are not durable yet: a restart forgets them.
-const maxStatuses = 10_000
+// Request statuses are kept in memory (not durable yet: a restart forgets
+// them) until their ingress expiry has passed, so that a replay within the
+// window is recognized and not run again. maxStatuses bounds how many
+// calls may be in that window (more are refused with 503, never evicted:
+// evicting one would let it be replayed), maxReplyBytes the replies held
+// (beyond it the oldest replies are dropped and their status becomes
+// "done", as the IC prunes replies).
+const (
+	maxStatuses   = 100_000
+	maxReplyBytes = 256 << 20
+)
 
 // Handler serves the IC HTTP interface of one node.
 type Handler struct {
@@ -43,13 +51,16 @@ type Handler struct {
 	mux     *http.ServeMux
 
 	mu       sync.Mutex
-	statuses map[[32]byte]*requestStatus
-	order    [][32]byte
+	statuses   map[[32]byte]*requestStatus
+	order      [][32]byte // by arrival
+	replyBytes int        // sum of the kept replies' sizes
+	pruned     int        // order[:pruned] have had their replies dropped
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
 type requestStatus struct {
-	Status        string // "processing", "replied", "rejected"
+	Status        string // "processing", "replied", "rejected", "done"
+	Expiry        uint64 // the request's ingress_expiry
 	Sender        principal.Principal
 	Canister      principal.Principal
 	Reply         []byte
@@ -188,7 +199,11 @@ func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 	if req == nil {
 		return
 	}
-	h.run(r.Context(), req)
+	if err := h.run(r.Context(), req); err != nil {
+		st, msg := asRequestError(err)
+		writeText(w, st, msg)
+		return
+	}
 	w.WriteHeader(http.StatusAccepted)
 }
 
@@ -200,7 +215,11 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 	if req == nil {
 		return
 	}
-	h.run(r.Context(), req)
+	if err := h.run(r.Context(), req); err != nil {
+		st, msg := asRequestError(err)
+		writeText(w, st, msg)
+		return
+	}
 	cert, done, err := h.certifyStatus(req.ID)
 	if err != nil {
 		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
@@ -224,9 +243,9 @@ const maxCallWait = 10 * time.Minute
 // while ctx lasts; the call itself goes on when the client goes away (an
 // accepted call is the node's to finish, as on the IC) and its status is
 // recorded when it ends.
-func (h *Handler) run(ctx context.Context, req *Request) {
-	if !h.begin(req) {
-		return
+func (h *Handler) run(ctx context.Context, req *Request) error {
+	if fresh, err := h.begin(req); err != nil || !fresh {
+		return err
 	}
 	done := make(chan struct{})
 	go func() {
@@ -249,30 +268,60 @@ func (h *Handler) run(ctx context.Context, req *Request) {
 	case <-done:
 	case <-ctx.Done():
 	}
+	return nil
 }
 
-// begin records a request as processing; false if its id was already known.
-func (h *Handler) begin(req *Request) bool {
+// begin records a request as processing; false if its id was already
+// known. Statuses whose expiry has passed are forgotten first (oldest
+// first, never one still processing); a full window is a 503.
+func (h *Handler) begin(req *Request) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.statuses[req.ID]; ok {
-		return false
+		return false, nil
 	}
-	if len(h.order) >= maxStatuses {
+	now := uint64(h.now().UnixNano())
+	for len(h.order) > 0 {
+		st := h.statuses[h.order[0]]
+		// A call still processing is kept while the node may finish it.
+		keep := st.Expiry + uint64(maxClockDrift)
+		if st.Status == "processing" {
+			keep += uint64(maxCallWait)
+		}
+		if keep >= now {
+			break
+		}
+		h.replyBytes -= len(st.Reply)
 		delete(h.statuses, h.order[0])
+		h.order[0] = [32]byte{}
 		h.order = h.order[1:]
+		h.pruned = max(h.pruned-1, 0)
 	}
-	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID}
+	if len(h.statuses) >= maxStatuses {
+		return false, &requestError{status: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("too many calls (%d) within their ingress expiry; retry later", maxStatuses)}
+	}
+	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry}
 	h.order = append(h.order, req.ID)
-	return true
+	return true, nil
 }
 
 func (h *Handler) finish(id [32]byte, st *requestStatus) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if old, ok := h.statuses[id]; ok {
-		st.Sender, st.Canister = old.Sender, old.Canister
-		h.statuses[id] = st
+	old, ok := h.statuses[id]
+	if !ok {
+		return
+	}
+	st.Sender, st.Canister, st.Expiry = old.Sender, old.Canister, old.Expiry
+	h.statuses[id] = st
+	h.replyBytes += len(st.Reply)
+	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
+		if o := h.statuses[h.order[h.pruned]]; o.Status == "replied" {
+			h.replyBytes -= len(o.Reply)
+			o.Status, o.Reply = "done", nil
+		}
+		h.pruned++
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"net/http"
@@ -353,5 +354,63 @@ func verifyQuerySig(t *testing.T, nk *NodeKey, m map[string]any, content map[str
 	hash, _ = hashMap(signed)
 	if ed25519.Verify(pub, append([]byte(responseDomain), hash[:]...), s["signature"].([]byte)) {
 		t.Fatal("query signature verifies a changed answer")
+	}
+}
+
+// The bookkeeping of request statuses: kept until their expiry (a replay
+// within it is recognized), a full window refused rather than evicted,
+// replies beyond the byte budget dropped oldest first ("done").
+func TestStatusBookkeeping(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	exp := uint64(clock.Add(time.Minute).UnixNano())
+	mk := func(i int) *Request {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		return &Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
+	}
+	for i := range maxStatuses {
+		if fresh, err := h.begin(mk(i)); !fresh || err != nil {
+			t.Fatalf("begin %d: %v %v", i, fresh, err)
+		}
+		if i > 0 { // the first stays processing
+			h.finish(mk(i).ID, &requestStatus{Status: "replied", Reply: make([]byte, 4<<10)})
+		}
+	}
+	if fresh, err := h.begin(mk(0)); fresh || err != nil {
+		t.Fatalf("replay of a kept id: %v %v", fresh, err)
+	}
+	_, err = h.begin(mk(maxStatuses))
+	if st, _ := asRequestError(err); st != http.StatusServiceUnavailable {
+		t.Fatalf("a call beyond a full window: %v", err)
+	}
+	// 100 000 replies of 4 KiB exceed the budget: the oldest were dropped.
+	if h.replyBytes > maxReplyBytes {
+		t.Fatalf("%d reply bytes kept", h.replyBytes)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(1).ID); s != "done" {
+		t.Fatalf("oldest reply's status %q, want done", s)
+	}
+	if s, r, _, _ := h.RequestStatus(mk(maxStatuses - 1).ID); s != "replied" || len(r) != 4<<10 {
+		t.Fatalf("newest reply's status %q (%d bytes)", s, len(r))
+	}
+	// Past the expiry, the finished statuses go; the processing one stays
+	// (its call may still end) and so does everything after it, until it
+	// too is past maxCallWait.
+	clock = clock.Add(2 * time.Minute)
+	if fresh, err := h.begin(mk(maxStatuses)); fresh || err == nil {
+		t.Fatalf("window freed while its first call is processing: %v %v", fresh, err)
+	}
+	clock = clock.Add(maxCallWait)
+	if fresh, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
+		t.Fatalf("after expiry: %v %v", fresh, err)
+	}
+	if len(h.statuses) != 1 || h.replyBytes != 0 {
+		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.replyBytes)
 	}
 }
