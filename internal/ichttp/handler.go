@@ -50,7 +50,7 @@ type Handler struct {
 	now     func() time.Time
 	mux     *http.ServeMux
 
-	mu       sync.Mutex
+	mu         sync.Mutex
 	statuses   map[[32]byte]*requestStatus
 	order      [][32]byte // by arrival
 	replyBytes int        // sum of the kept replies' sizes
