@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/ichttp"
 	"github.com/cordon-dev/cordon/internal/metrics"
 )
 
@@ -62,6 +63,11 @@ type ServeOptions struct {
 	BodyTimeout       time.Duration // DefaultBodyTimeout
 	MinBodyRate       int64         // DefaultMinBodyRate
 	MaxConns          int           // DefaultMaxConns
+
+	// IC serves the IC HTTP interface (/api/v2/..., internal/ichttp)
+	// behind the same checks as the rest of the API. Serve makes one with
+	// the root key in Home when it is nil.
+	IC http.Handler
 }
 
 func (o *ServeOptions) defaults() {
@@ -368,6 +374,19 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	ln = limitConns(ln, opts.MaxConns)
 	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid(), TLS: tlsConfig != nil, CertSHA256: certSum, Token: token != ""}
 
+	if opts.IC == nil {
+		key, err := ichttp.LoadOrCreateRootKey(opts.Home)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("IC HTTP interface: %w", err)
+		}
+		nodeKey, err := ichttp.LoadOrCreateNodeKey(opts.Home)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("IC HTTP interface: %w", err)
+		}
+		opts.IC = ichttp.New(node, key, nodeKey, logger)
+	}
 	s := newServer(node, opts, token)
 	// Handlers get a context that stays alive through a graceful shutdown
 	// and is cancelled only if the shutdown runs out of time.

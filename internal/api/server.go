@@ -154,7 +154,7 @@ func (s *server) routes() []route {
 		}
 		return out
 	}
-	return []route{
+	rts := []route{
 		{pattern: "/api/v1/install", methods: h(http.MethodPost, s.install)},
 		{pattern: "/api/v1/call", methods: h(http.MethodPost, s.call)},
 		{pattern: "/api/v1/query", methods: h(http.MethodPost, s.query)},
@@ -168,6 +168,27 @@ func (s *server) routes() []route {
 		{pattern: "/healthz", methods: h(http.MethodGet, s.healthz), open: true},
 		{pattern: "/readyz", methods: h(http.MethodGet, s.readyz), open: true},
 	}
+	// The IC HTTP interface (internal/ichttp) answers these on its own
+	// (CBOR, the spec's statuses); the checks in front are the API's.
+	ic := s.icHandler
+	rts = append(rts,
+		route{pattern: "/api/v2/status", methods: h(http.MethodGet, ic)},
+		route{pattern: "/api/v2/canister/{ecid}/query", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v2/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v2/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/canister/{ecid}/query", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)})
+	return rts
+}
+
+// icHandler passes a request to the IC HTTP interface, if it is served.
+func (s *server) icHandler(w http.ResponseWriter, r *http.Request) {
+	if s.opts.IC == nil {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "the IC HTTP interface is not served here"})
+		return
+	}
+	s.opts.IC.ServeHTTP(w, r)
 }
 
 // NewHandler serves a node over JSON/HTTP with the options' limits and

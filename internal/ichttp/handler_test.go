@@ -1,0 +1,416 @@
+package ichttp
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/pkg/candid"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+var noArgs = []byte("DIDL\x00\x00")
+
+// counterNode is a real node (default isolation: sandboxed) with the
+// shared counter canister installed.
+func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
+	t.Helper()
+	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
+	if err != nil {
+		t.Fatalf("counter module: %v", err)
+	}
+	cfg := host.DefaultConfig()
+	cfg.Home = t.TempDir()
+	n, err := host.Open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ctx := context.Background()
+	id, err := n.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{principal.Anonymous()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Install(ctx, id, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: principal.Anonymous()}); err != nil {
+		t.Fatal(err)
+	}
+	return n, id, cfg.Home
+}
+
+func post(t *testing.T, url string, body []byte) (int, []byte) {
+	t.Helper()
+	return postAs(t, url, "application/cbor", body)
+}
+
+func postAs(t *testing.T, url, contentType string, body []byte) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(url, contentType, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// decodeTagged decodes a response, which must carry the self-describe tag.
+func decodeTagged(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	if !bytes.HasPrefix(b, []byte{0xd9, 0xd9, 0xf7}) {
+		t.Fatalf("response is not self-described CBOR: %x", b)
+	}
+	var m map[string]any
+	if err := decMode.Unmarshal(b, &m); err != nil {
+		t.Fatalf("response: %v", err)
+	}
+	return m
+}
+
+func content(typ string, sender, canister principal.Principal, method string, now time.Time, nonce byte) map[string]any {
+	return map[string]any{"request_type": typ, "sender": sender.Bytes(), "canister_id": canister.Bytes(),
+		"method_name": method, "arg": noArgs, "ingress_expiry": uint64(now.Add(2 * time.Minute).UnixNano()), "nonce": []byte{nonce}}
+}
+
+// Status, query and call against a real node running the counter in a
+// sandbox: signed and anonymous requests work, forged ones change nothing.
+func TestHandlerCounter(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer srv.Close()
+	base := srv.URL + "/api/v2/canister/" + id.String()
+
+	// status
+	resp, err := http.Get(srv.URL + "/api/v2/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/cbor" {
+		t.Fatalf("status: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	st := decodeTagged(t, b)
+	if rk, _ := st["root_key"].([]byte); !bytes.Equal(rk, key.DER()) {
+		t.Fatalf("root_key %x, want %x", st["root_key"], key.DER())
+	}
+	if st["replica_health_status"] != "healthy" || st["impl_version"] == "" {
+		t.Fatalf("status %v", st)
+	}
+
+	now := time.Now()
+	me := newIdentity(t)
+	h := srv.Config.Handler.(*Handler)
+	get := func() []byte {
+		t.Helper()
+		c := content("query", principal.Anonymous(), id, "get", time.Now(), 0)
+		code, b := post(t, base+"/query", envelope(t, c, nil))
+		if code != 200 {
+			t.Fatalf("query: %d %s", code, b)
+		}
+		m := decodeTagged(t, b)
+		if m["status"] != "replied" {
+			t.Fatalf("query: %v", m)
+		}
+		verifyQuerySig(t, h.nodeKey, m, c)
+		return m["reply"].(map[string]any)["arg"].([]byte)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x00")) {
+		t.Fatalf("initial get %q", got)
+	}
+
+	// A signed call runs; its status is kept; a replay does not run again.
+	c := content("call", me.p, id, "inc", now, 1)
+	env := envelope(t, c, &me)
+	if code, b := post(t, base+"/call", env); code != http.StatusAccepted {
+		t.Fatalf("call: %d %s", code, b)
+	}
+	rid, _ := RequestID(c)
+	if s, reply, _, _ := New(node, key, testNodeKey(t, home), nil).RequestStatus(rid); s != "unknown" || reply != nil {
+		t.Fatal("a fresh handler knows the request")
+	}
+	if s, reply, _, _ := h.RequestStatus(rid); s != "replied" || !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("request status %s %q", s, reply)
+	}
+	if code, _ := post(t, base+"/call", env); code != http.StatusAccepted {
+		t.Fatalf("replay: %d", code)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get after one call and its replay %q", got)
+	}
+
+	// Forged and misdirected calls: refused, nothing runs.
+	other := newIdentity(t)
+	forged := map[string]any{"content": content("call", me.p, id, "inc", now, 2), "sender_pubkey": me.der, "sender_sig": make([]byte, 64)}
+	fb, _ := cbor.Marshal(forged)
+	for _, c := range []struct {
+		name string
+		url  string
+		body []byte
+		code int
+		msg  string
+	}{
+		{"forged signature", base + "/call", fb, 403, "invalid signature"},
+		{"another's key", base + "/call", envelope(t, content("call", me.p, id, "inc", now, 3), &other), 403, "not the principal"},
+		{"expired", base + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now.Add(-10*time.Minute), 4), nil), 400, "Invalid request expiry: "},
+		{"other canister in path", srv.URL + "/api/v2/canister/" + principal.CanisterID(99).String() + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 5), nil), 400, "does not match effective canister id"},
+		{"bad ecid", srv.URL + "/api/v2/canister/not-a-principal/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 6), nil), 400, "Invalid effective canister id"},
+		{"query to call", base + "/call", envelope(t, content("query", principal.Anonymous(), id, "inc", now, 7), nil), 400, "request_type"},
+		{"too large", base + "/call", make([]byte, MaxBody+1), 413, "larger than"},
+		{"a form's text/plain", base + "/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 11), nil), 415, "application/cbor"},
+	} {
+		ct := "application/cbor"
+		if c.code == 415 {
+			ct = "text/plain"
+		}
+		code, b := postAs(t, c.url, ct, c.body)
+		if code != c.code || !strings.Contains(string(b), c.msg) {
+			t.Errorf("%s: %d %q, want %d containing %q", c.name, code, b, c.code, c.msg)
+		}
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get after refused calls %q: a refused call ran", got)
+	}
+
+	// An anonymous call runs too; a reject is a reply, not an HTTP error.
+	if code, b := post(t, base+"/call", envelope(t, content("call", principal.Anonymous(), id, "inc", now, 8), nil)); code != 202 {
+		t.Fatalf("anonymous call: %d %s", code, b)
+	}
+	if got := get(); !bytes.Equal(got, []byte("DIDL\x00\x01\x7d\x02")) {
+		t.Fatalf("get after anonymous call %q", got)
+	}
+	nq := content("query", me.p, id, "nope", now, 9)
+	code, b := post(t, base+"/query", envelope(t, nq, &me))
+	m := decodeTagged(t, b)
+	verifyQuerySig(t, h.nodeKey, m, nq)
+	if code != 200 || m["status"] != "rejected" || m["reject_code"] != uint64(host.DestinationInvalid) || !strings.Contains(m["reject_message"].(string), "nope") {
+		t.Fatalf("query of a missing method: %d %v", code, m)
+	}
+	bad := content("call", me.p, id, "nope", now, 10)
+	if code, _ := post(t, base+"/call", envelope(t, bad, &me)); code != 202 {
+		t.Fatalf("call of a missing method: %d", code)
+	}
+	bid, _ := RequestID(bad)
+	if s, _, rc, msg := h.RequestStatus(bid); s != "rejected" || rc == 0 || msg == "" {
+		t.Fatalf("missing method's status %s %d %q", s, rc, msg)
+	}
+}
+
+// gated holds updates until released: the node under it is real.
+type gated struct {
+	*host.Node
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gated) Update(ctx context.Context, msg host.Message) (*host.Reply, error) {
+	g.entered <- struct{}{}
+	<-g.release
+	return g.Node.Update(ctx, msg)
+}
+
+// A call whose client goes away is still the node's to finish: it runs,
+// and its status is recorded for read_state.
+func TestCallOutlivesClient(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gated{Node: node, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	h := New(g, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := content("call", principal.Anonymous(), id, "inc", time.Now(), 1)
+	req, err := ParseEnvelope(envelope(t, c, nil), "call", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { h.run(ctx, req); close(ran) }()
+	<-g.entered
+	cancel() // the client hangs up while the call waits
+	<-ran
+	if s, _, _, _ := h.RequestStatus(req.ID); s != "processing" {
+		t.Fatalf("status %q while the call waits", s)
+	}
+	close(g.release)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		s, reply, _, _ := h.RequestStatus(req.ID)
+		if s == "replied" {
+			if !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
+				t.Fatalf("reply %q", reply)
+			}
+			break
+		}
+		if s != "processing" || time.Now().After(deadline) {
+			t.Fatalf("status %q", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r, err := node.Query(context.Background(), host.Message{Canister: id, Method: "get", Arg: noArgs, Caller: principal.Anonymous()})
+	if err != nil || !bytes.Equal(r.Data, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("get: %v %v", r, err)
+	}
+}
+
+// A management canister call is sent to the canister its argument names.
+func TestManagementEffectiveCanister(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	arg, err := candid.EncodeArgs(candid.Args{
+		Types:  []*candid.Type{candid.RecordOf(candid.NamedField("canister_id", candid.Prim(candid.KindPrincipal)))},
+		Values: []candid.Value{candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := content("call", principal.Anonymous(), principal.Management(), "canister_status", time.Now(), 1)
+	c["arg"] = arg
+	c["canister_id"] = []byte{} // aaaaa-aa: the empty blob (Bytes() is nil, CBOR null)
+	env := envelope(t, c, nil)
+	other := principal.CanisterID(99)
+	code, b := post(t, srv.URL+"/api/v2/canister/"+other.String()+"/call", env)
+	if code != 400 || !strings.Contains(string(b), "does not match effective canister id") {
+		t.Fatalf("misdirected management call: %d %q", code, b)
+	}
+	rid, _ := RequestID(c)
+	if s, _, _, _ := h.RequestStatus(rid); s != "unknown" {
+		t.Fatalf("a refused call has status %q", s)
+	}
+	if code, b := post(t, srv.URL+"/api/v2/canister/"+id.String()+"/call", env); code != 202 {
+		t.Fatalf("management call: %d %q", code, b)
+	}
+	// It reached the node. (host.Node.Update does not take management
+	// canister calls from ingress yet: it answers that aaaaa-aa is not
+	// found; the status records whatever the node answered.)
+	s, _, _, msg := h.RequestStatus(rid)
+	if s != "replied" && s != "rejected" {
+		t.Fatalf("canister_status through the interface: %q %q", s, msg)
+	}
+	t.Logf("canister_status through the interface: %s %s", s, msg)
+}
+
+func testNodeKey(t *testing.T, home string) *NodeKey {
+	t.Helper()
+	k, err := LoadOrCreateNodeKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// verifyQuerySig checks a query answer's node signature as a client does:
+// over "\x0Bic-response" and the hash of the answer with its timestamp and
+// request id; and that it covers the answer (a changed reply fails).
+func verifyQuerySig(t *testing.T, nk *NodeKey, m map[string]any, content map[string]any) {
+	t.Helper()
+	sigs, ok := m["signatures"].([]any)
+	if !ok || len(sigs) != 1 {
+		t.Fatalf("signatures %v", m["signatures"])
+	}
+	s := sigs[0].(map[string]any)
+	if !bytes.Equal(s["identity"].([]byte), nk.ID().Bytes()) {
+		t.Fatalf("signed by %x, not the node", s["identity"])
+	}
+	rid, _ := RequestID(content)
+	signed := map[string]any{"timestamp": s["timestamp"], "request_id": rid[:]}
+	for k, v := range m {
+		if k != "signatures" {
+			signed[k] = v
+		}
+	}
+	hash, err := hashMap(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := ed25519.PublicKey(nk.der[len(ed25519DERPrefix):])
+	if !ed25519.Verify(pub, append([]byte(responseDomain), hash[:]...), s["signature"].([]byte)) {
+		t.Fatal("query signature does not verify")
+	}
+	signed["status"] = "tampered"
+	hash, _ = hashMap(signed)
+	if ed25519.Verify(pub, append([]byte(responseDomain), hash[:]...), s["signature"].([]byte)) {
+		t.Fatal("query signature verifies a changed answer")
+	}
+}
+
+// The bookkeeping of request statuses: kept until their expiry (a replay
+// within it is recognized), a full window refused rather than evicted,
+// replies beyond the byte budget dropped oldest first ("done").
+func TestStatusBookkeeping(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	exp := uint64(clock.Add(time.Minute).UnixNano())
+	mk := func(i int) *Request {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		return &Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
+	}
+	for i := range maxStatuses {
+		if fresh, err := h.begin(mk(i)); !fresh || err != nil {
+			t.Fatalf("begin %d: %v %v", i, fresh, err)
+		}
+		if i > 0 { // the first stays processing
+			h.finish(mk(i).ID, &requestStatus{Status: "replied", Reply: make([]byte, 4<<10)})
+		}
+	}
+	if fresh, err := h.begin(mk(0)); fresh || err != nil {
+		t.Fatalf("replay of a kept id: %v %v", fresh, err)
+	}
+	_, err = h.begin(mk(maxStatuses))
+	if st, _ := asRequestError(err); st != http.StatusServiceUnavailable {
+		t.Fatalf("a call beyond a full window: %v", err)
+	}
+	// 100 000 replies of 4 KiB exceed the budget: the oldest were dropped.
+	if h.replyBytes > maxReplyBytes {
+		t.Fatalf("%d reply bytes kept", h.replyBytes)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(1).ID); s != "done" {
+		t.Fatalf("oldest reply's status %q, want done", s)
+	}
+	if s, r, _, _ := h.RequestStatus(mk(maxStatuses - 1).ID); s != "replied" || len(r) != 4<<10 {
+		t.Fatalf("newest reply's status %q (%d bytes)", s, len(r))
+	}
+	// Past the expiry, the finished statuses go; the processing one stays
+	// (its call may still end) and so does everything after it, until it
+	// too is past maxCallWait.
+	clock = clock.Add(2 * time.Minute)
+	if fresh, err := h.begin(mk(maxStatuses)); fresh || err == nil {
+		t.Fatalf("window freed while its first call is processing: %v %v", fresh, err)
+	}
+	clock = clock.Add(maxCallWait)
+	if fresh, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
+		t.Fatalf("after expiry: %v %v", fresh, err)
+	}
+	if len(h.statuses) != 1 || h.replyBytes != 0 {
+		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.replyBytes)
+	}
+}

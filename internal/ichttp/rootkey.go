@@ -1,0 +1,126 @@
+// Package ichttp serves the Internet Computer's HTTP interface (the
+// interface spec's /api/v2 and /api/v3 endpoints) so that real IC clients
+// such as @dfinity/agent talk to a cordon node: CBOR envelopes, request ids,
+// sender authentication, certificates signed by the node's BLS root key.
+package ichttp
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/cloudflare/circl/sign/bls"
+)
+
+// RootKeyFile is the node's BLS12-381 root key in <home>, the secret scalar
+// (mode 0600). The IC's clients pin the public half (fetchRootKey on a
+// local network): a new key on every start would make them distrust
+// certificates they kept, so it is made once and reused.
+const RootKeyFile = "ic_root_key"
+
+// blsDERPrefix is the DER header the IC puts before a 96-byte compressed G2
+// public key (algorithm 1.3.6.1.4.1.44668.5.3.1.2.1, curve
+// 1.3.6.1.4.1.44668.5.3.2.1).
+var blsDERPrefix = []byte{
+	0x30, 0x81, 0x82, 0x30, 0x1d, 0x06, 0x0d, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xdc, 0x7c, 0x05,
+	0x03, 0x01, 0x02, 0x01, 0x06, 0x0c, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xdc, 0x7c, 0x05, 0x03,
+	0x02, 0x01, 0x03, 0x61, 0x00,
+}
+
+// RootKey signs the node's certificates: public key in G2, signatures in
+// G1, as on the IC.
+type RootKey struct {
+	sk  *bls.PrivateKey[bls.KeyG2SigG1]
+	der []byte
+}
+
+// DER is the public key as /api/v2/status gives it.
+func (k *RootKey) DER() []byte { return k.der }
+
+// Sign signs msg (the caller adds the domain separator).
+func (k *RootKey) Sign(msg []byte) []byte { return bls.Sign(k.sk, msg) }
+
+// PublicKeyFromDER parses a root key as the IC encodes it.
+func PublicKeyFromDER(der []byte) (*bls.PublicKey[bls.KeyG2SigG1], error) {
+	if len(der) != len(blsDERPrefix)+96 || string(der[:len(blsDERPrefix)]) != string(blsDERPrefix) {
+		return nil, fmt.Errorf("not an IC BLS12-381 public key (%d bytes)", len(der))
+	}
+	pk := new(bls.PublicKey[bls.KeyG2SigG1])
+	if err := pk.UnmarshalBinary(der[len(blsDERPrefix):]); err != nil {
+		return nil, fmt.Errorf("BLS public key: %w", err)
+	}
+	return pk, nil
+}
+
+func newRootKey(sk *bls.PrivateKey[bls.KeyG2SigG1]) (*RootKey, error) {
+	pub, err := sk.PublicKey().MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode BLS public key: %w", err)
+	}
+	der := append(append([]byte{}, blsDERPrefix...), pub...)
+	return &RootKey{sk: sk, der: der}, nil
+}
+
+// LoadOrCreateRootKey reads <home>/ic_root_key, making it (0600, written
+// atomically) the first time.
+func LoadOrCreateRootKey(home string) (*RootKey, error) {
+	path := filepath.Join(home, RootKeyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		sk := new(bls.PrivateKey[bls.KeyG2SigG1])
+		if err := sk.UnmarshalBinary(b); err != nil {
+			return nil, fmt.Errorf("%s is not a BLS root key (%w); remove it to make a new one (clients must then fetch the new root key)", path, err)
+		}
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("%s is readable by others (mode %v): whoever reads it can forge the node's certificates; chmod 600 it", path, fi.Mode().Perm())
+		}
+		return newRootKey(sk)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("read root key: %w", err)
+	}
+	ikm := make([]byte, 32)
+	if _, err := rand.Read(ikm); err != nil {
+		return nil, fmt.Errorf("root key entropy: %w", err)
+	}
+	sk, err := bls.KeyGen[bls.KeyG2SigG1](ikm, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("generate root key: %w", err)
+	}
+	raw, err := sk.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode root key: %w", err)
+	}
+	tmp, err := os.CreateTemp(home, ".ic_root_key-*")
+	if err != nil {
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	// Link, not rename: a key another process made meanwhile wins, and
+	// both end up using it.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return LoadOrCreateRootKey(home)
+		}
+		return nil, fmt.Errorf("write root key: %w", err)
+	}
+	return newRootKey(sk)
+}
