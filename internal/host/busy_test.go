@@ -39,3 +39,19 @@ func TestBusyCounterReusedWhileWaiting(t *testing.T) {
 	b.Done()
 	<-b.Idle()
 }
+
+// A Done without its Add leaves the counter at zero, not below it: later
+// work is still waited for.
+func TestBusyCounterNeverBelowZero(t *testing.T) {
+	var b busyCounter
+	b.Done()
+	<-b.Idle()
+	b.Add(1)
+	select {
+	case <-b.Idle():
+		t.Fatal("idle with work in flight after an unmatched Done")
+	default:
+	}
+	b.Done()
+	<-b.Idle()
+}
