@@ -70,11 +70,14 @@ type memoryLedger struct {
 
 	mu    sync.Mutex
 	used  uint64
-	sizes map[principal.Principal]uint64
+	sizes map[principal.Principal]uint64 // heap + stable memory
+	// chunks is each canister's Wasm chunk store (chunks.go): it counts
+	// in used, so heap and stable memory have less room beside it.
+	chunks map[principal.Principal]uint64
 }
 
 func newMemoryLedger(capacity uint64) *memoryLedger {
-	return &memoryLedger{capacity: capacity, sizes: map[principal.Principal]uint64{}}
+	return &memoryLedger{capacity: capacity, sizes: map[principal.Principal]uint64{}, chunks: map[principal.Principal]uint64{}}
 }
 
 // load fills the ledger from the store's metadata.
@@ -85,6 +88,7 @@ func (l *memoryLedger) load(st *store.Store) error {
 			return fmt.Errorf("canister id %x: %w", id, err)
 		}
 		l.set(p, satAdd(m.HeapSize, m.StableSize))
+		l.setChunks(p, chunkStoreBytes(m))
 		return nil
 	})
 }
@@ -119,12 +123,35 @@ func (l *memoryLedger) set(id principal.Principal, size uint64) {
 	l.sizes[id] = size
 }
 
+// reserveChunks records that id's chunk store will hold size bytes, unless
+// growing it would take the node beyond its capacity.
+func (l *memoryLedger) reserveChunks(id principal.Principal, size uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.chunks[id]
+	if size > old && satAdd(satSub(l.used, old), size) > l.capacity {
+		return false
+	}
+	l.used = satAdd(satSub(l.used, old), size)
+	l.chunks[id] = size
+	return true
+}
+
+// setChunks records the size of id's committed chunk store.
+func (l *memoryLedger) setChunks(id principal.Principal, size uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.used = satAdd(satSub(l.used, l.chunks[id]), size)
+	l.chunks[id] = size
+}
+
 // remove forgets a deleted canister.
 func (l *memoryLedger) remove(id principal.Principal) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.used = satSub(l.used, l.sizes[id])
+	l.used = satSub(satSub(l.used, l.sizes[id]), l.chunks[id])
 	delete(l.sizes, id)
+	delete(l.chunks, id)
 }
 
 // inUse returns the memory held and the capacity.

@@ -240,7 +240,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
 	// The memory limits of the new module's state.
-	newUsage := memUsage{stable: stableBase.Size(), module: uint64(len(wasm)), globals: uint64(m.Info.NumGlobals) * globalBytes}
+	newUsage := memUsage{stable: stableBase.Size(), module: uint64(len(wasm)), globals: uint64(m.Info.NumGlobals) * globalBytes, chunks: chunkStoreBytes(c.meta)}
 	if heapBase != nil {
 		newUsage.heap = heapBase.Size()
 	}
@@ -455,14 +455,16 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	updateLowMemory(&meta, 0)
 	meta.Version++
 	meta.LogNextSeq = c.logs.next() // the log is purged, as on the IC; numbering goes on
+	meta.WasmChunks = 0             // and so is the chunk store (chunks.go)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true}); err != nil {
 		return err
 	}
 	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
 	n.mem.set(id, 0)
+	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
 	_ = n.store.GCModules()
@@ -583,6 +585,7 @@ type Status struct {
 	// The rest of canister_status: memory by kind, the settings not
 	// above, and what the canister's queries have cost.
 	ModuleBytes         uint64           `json:"module_bytes"`
+	WasmChunkStoreBytes uint64           `json:"wasm_chunk_store_bytes"` // chunks.go
 	GlobalBytes         uint64           `json:"global_bytes"`
 	WasmMemoryThreshold uint64           `json:"wasm_memory_threshold"`
 	LogVisibility       string           `json:"log_visibility"`
@@ -613,6 +616,7 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		WasmMemoryLimit: c.meta.Settings.WasmMemoryLimit, ComputeAllocation: c.meta.Settings.ComputeAllocation,
 		IdleCyclesBurnedPerDay: n.idleBurnPerDay(chargedBytes(c.meta.Settings, usageOf(c))),
 		ModuleBytes:            c.moduleBytes, GlobalBytes: globalsBytes(c.globals),
+		WasmChunkStoreBytes: chunkStoreBytes(c.meta),
 		WasmMemoryThreshold: c.meta.Settings.WasmMemoryThreshold,
 		LogVisibility:       c.meta.Settings.LogVisibility, LogViewers: c.meta.Settings.LogViewers,
 		EnvVars:    append([]store.EnvVar{}, c.meta.Settings.EnvVars...),

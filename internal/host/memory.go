@@ -50,9 +50,11 @@ const (
 // fee of a byte held for a nanosecond is an integer number of units.
 var feeUnit = new(big.Int).Mul(big.NewInt(gib), big.NewInt(nsPerSecond))
 
-// memUsage is what a canister's memory consists of, in bytes.
+// memUsage is what a canister's memory consists of, in bytes. chunks is
+// its Wasm chunk store (chunks.go), each chunk counted as a full
+// maxChunkBytes as on the IC.
 type memUsage struct {
-	heap, stable, module, globals uint64
+	heap, stable, module, globals, chunks uint64
 }
 
 func satAdd(a, b uint64) uint64 {
@@ -70,14 +72,14 @@ func satSub(a, b uint64) uint64 {
 }
 
 func (u memUsage) total() uint64 {
-	return satAdd(satAdd(u.heap, u.stable), satAdd(u.module, u.globals))
+	return satAdd(satAdd(satAdd(u.heap, u.stable), satAdd(u.module, u.globals)), u.chunks)
 }
 
 func globalsBytes(gs []state.Global) uint64 { return uint64(len(gs)) * globalBytes }
 
 // usageOf is the memory of a canister's committed state.
 func usageOf(c *canister) memUsage {
-	return memUsage{heap: c.heap.Size(), stable: c.stable.Size(), module: c.moduleBytes, globals: globalsBytes(c.globals)}
+	return memUsage{heap: c.heap.Size(), stable: c.stable.Size(), module: c.moduleBytes, globals: globalsBytes(c.globals), chunks: chunkStoreBytes(c.meta)}
 }
 
 // wasmLimitApplies reports whether wasm_memory_limit bounds an execution
@@ -106,8 +108,8 @@ func (n *Node) memoryLimits(id principal.Principal, s store.Settings, m *exec.Mo
 		heap = min(heap, s.WasmMemoryLimit)
 	}
 	if a := s.MemoryAllocation; a > 0 {
-		heap = min(heap, satSub(a, satAdd(satAdd(u.stable, u.module), u.globals)))
-		stable = min(stable, satSub(a, satAdd(satAdd(u.heap, u.module), u.globals)))
+		heap = min(heap, satSub(a, satAdd(satAdd(satAdd(u.stable, u.module), u.globals), u.chunks)))
+		stable = min(stable, satSub(a, satAdd(satAdd(satAdd(u.heap, u.module), u.globals), u.chunks)))
 	}
 	return max(heap, u.heap), max(stable, u.stable)
 }

@@ -55,6 +55,7 @@ type canister_install_mode = variant {
   upgrade : opt record { skip_pre_upgrade : opt bool; wasm_memory_persistence : opt variant { keep; replace } };
 };
 type id_arg = record { canister_id : principal };
+type chunk_hash = record { hash : blob };
 type canister_status_result = record {
   status : variant { running; stopping; stopped };
   ready_for_migration : bool;
@@ -96,6 +97,10 @@ service : {
   provisional_create_canister_with_cycles : (record { amount : opt nat; settings : opt canister_settings; specified_id : opt principal; sender_canister_version : opt nat64 }) -> (record { canister_id : principal });
   provisional_top_up_canister : (record { canister_id : principal; amount : nat }) -> ();
   fetch_canister_logs : (id_arg) -> (record { canister_log_records : vec canister_log_record }) query;
+  upload_chunk : (record { canister_id : principal; chunk : blob }) -> (chunk_hash);
+  stored_chunks : (id_arg) -> (vec chunk_hash);
+  clear_chunk_store : (id_arg) -> ();
+  install_chunked_code : (record { mode : canister_install_mode; target_canister : principal; store_canister : opt principal; chunk_hashes_list : vec chunk_hash; wasm_module_hash : blob; arg : blob; sender_canister_version : opt nat64 }) -> ();
 }`
 
 // ManagementInterface is the management canister's Candid interface, for
@@ -265,6 +270,50 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		reply, err = encode()
 		return reply, used, err
 
+	case "upload_chunk":
+		chunk, _ := blobField(arg, "chunk")
+		hash, err := n.UploadChunk(ctx, target, m.caller, chunk)
+		if err != nil {
+			return nil, used, err
+		}
+		reply, err = encode(chunkHashValue(hash))
+		return reply, used, err
+	case "stored_chunks":
+		hs, err := n.StoredChunks(ctx, target, m.caller)
+		if err != nil {
+			return nil, used, err
+		}
+		vec := candid.Vec{}
+		for _, h := range hs {
+			vec = append(vec, chunkHashValue(h))
+		}
+		reply, err = encode(vec)
+		return reply, used, err
+	case "clear_chunk_store":
+		if err := n.ClearChunkStore(ctx, target, m.caller); err != nil {
+			return nil, used, err
+		}
+	case "install_chunked_code":
+		opts := InstallChunkedOptions{Caller: m.caller}
+		modeV, _ := arg.GetNamed("mode")
+		opts.Mode, opts.KeepHeap = installMode(modeV)
+		opts.Target, _ = principalField(arg, "target_canister")
+		if p, ok := optPrincipal(arg, "store_canister"); ok {
+			opts.Store = &p
+		}
+		if v, ok := arg.GetNamed("chunk_hashes_list"); ok {
+			vec, _ := v.(candid.Vec)
+			for _, e := range vec {
+				r, _ := e.(candid.Record)
+				h, _ := blobField(r, "hash")
+				opts.Hashes = append(opts.Hashes, h)
+			}
+		}
+		opts.ModuleHash, _ = blobField(arg, "wasm_module_hash")
+		opts.Arg, _ = blobField(arg, "arg")
+		if _, err := n.InstallChunked(ctx, opts); err != nil {
+			return nil, used, err
+		}
 	case "uninstall_code":
 		if err := n.Uninstall(ctx, target, m.caller); err != nil {
 			return nil, used, err
@@ -642,8 +691,8 @@ func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 		{ID: h("wasm_memory_threshold"), Value: nat(s.WasmMemoryThreshold)},
 		{ID: h("environment_variables"), Value: env},
 	})
-	// cordon has no chunk store, snapshots or canister history, and keeps
-	// custom sections inside the module's bytes.
+	// cordon has no snapshots or canister history, and keeps custom
+	// sections inside the module's bytes.
 	metrics := sortRecord(candid.Record{
 		{ID: h("wasm_memory_size"), Value: nat(s.HeapBytes)},
 		{ID: h("stable_memory_size"), Value: nat(s.StableBytes)},
@@ -651,7 +700,7 @@ func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 		{ID: h("wasm_binary_size"), Value: nat(s.ModuleBytes)},
 		{ID: h("custom_sections_size"), Value: nat(0)},
 		{ID: h("canister_history_size"), Value: nat(0)},
-		{ID: h("wasm_chunk_store_size"), Value: nat(0)},
+		{ID: h("wasm_chunk_store_size"), Value: nat(s.WasmChunkStoreBytes)},
 		{ID: h("snapshots_size"), Value: nat(0)},
 	})
 	qs := sortRecord(candid.Record{
@@ -673,6 +722,11 @@ func (s *Status) candid(ctrls []principal.Principal) candid.Value {
 		{ID: h("idle_cycles_burned_per_day"), Value: candid.Nat{Int: s.IdleCyclesBurnedPerDay.Big()}},
 		{ID: h("query_stats"), Value: qs},
 	})
+}
+
+// chunkHashValue is a chunk's hash as the management canister's chunk_hash.
+func chunkHashValue(h []byte) candid.Value {
+	return candid.Record{{ID: candid.Hash("hash"), Value: candid.Blob(h)}}
 }
 
 func sortRecord(r candid.Record) candid.Record {

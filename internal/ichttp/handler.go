@@ -145,7 +145,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	// for the management canister the canister its argument names.
 	target, ok := req.CanisterID, true
 	if req.Type != "read_state" && req.CanisterID.IsManagement() {
-		target, ok = mgmtTarget(req.Arg)
+		target, ok = mgmtTarget(req.MethodName, req.Arg)
 	}
 	if req.Type != "read_state" && ok && !target.Equal(ecid) {
 		return fail(badRequest("Specified CanisterId %s does not match effective canister id in URL %s", target, ecid))

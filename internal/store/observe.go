@@ -34,6 +34,9 @@ func payloadBytes(changes []Change) int64 {
 		for _, l := range c.Logs {
 			n += int64(len(l.Text))
 		}
+		for _, ch := range c.Chunks {
+			n += int64(len(ch))
+		}
 		n += 512 // metadata, roughly
 	}
 	return n

@@ -122,6 +122,9 @@ type Meta struct {
 	// LogNextSeq is at most the sequence number of the canister's next log
 	// entry; it keeps the numbering going when the log was cleared.
 	LogNextSeq uint64 `json:"log_next_seq,omitempty"`
+	// WasmChunks is the number of chunks in the canister's Wasm chunk
+	// store (chunks.go); it changes in the same commit as the chunks.
+	WasmChunks uint64 `json:"wasm_chunks,omitempty"`
 }
 
 // Store is an open store. It is safe for concurrent use.
@@ -265,6 +268,10 @@ type Change struct {
 	Logs       []LogEntry // debug_print lines to append
 	KeepLogs   int        // log entries kept per canister (oldest dropped)
 	ClearLogs  bool       // drop the stored log entries before appending Logs
+	// The Wasm chunk store (chunks.go): ClearChunks empties it, then
+	// Chunks are added, each under its SHA-256.
+	ClearChunks bool
+	Chunks      [][]byte
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
@@ -321,6 +328,9 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	}
 	if err := appendLogs(cb, c.Logs, c.KeepLogs); err != nil {
 		return fmt.Errorf("logs: %w", err)
+	}
+	if err := putChunks(cb, c.ClearChunks, c.Chunks); err != nil {
+		return fmt.Errorf("wasm chunk store: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,57 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+	"time"
+)
+
+// The chunk store is durable with the canister's commits: chunks survive a
+// reopen, ClearChunks empties it in the same transaction that adds new
+// ones, and deleting the canister drops them.
+func TestChunkStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := []byte{7, 7}
+	a, b := bytes.Repeat([]byte{1}, 1000), []byte("second chunk")
+	if err := s.Commit(Change{ID: id, Meta: Meta{ID: "c", WasmChunks: 2}, Chunks: [][]byte{a, b}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	hs, err := s.ChunkHashes(id)
+	if err != nil || len(hs) != 2 {
+		t.Fatalf("hashes after reopen: %x %v", hs, err)
+	}
+	got, err := s.Chunk(id, ChunkHash(b))
+	if err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("chunk: %q %v", got, err)
+	}
+	if _, err := s.Chunk(id, ChunkHash([]byte("absent"))); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("absent chunk: %v", err)
+	}
+	c, err := s.Load(id)
+	if err != nil || c.Meta.WasmChunks != 2 {
+		t.Fatalf("meta after reopen: %+v %v", c, err)
+	}
+	// Clear and add in one commit: only the new chunk is left.
+	if err := s.Commit(Change{ID: id, Meta: Meta{ID: "c", WasmChunks: 1}, ClearChunks: true, Chunks: [][]byte{b}}); err != nil {
+		t.Fatal(err)
+	}
+	if hs, err = s.ChunkHashes(id); err != nil || len(hs) != 1 || !bytes.Equal(hs[0], ChunkHash(b)) {
+		t.Fatalf("after clear: %x %v", hs, err)
+	}
+	if err := s.Commit(Change{ID: id, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ChunkHashes(id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("chunk store of a deleted canister: %v", err)
+	}
+}
