@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -94,4 +96,63 @@ func TestManagementOverHTTP(t *testing.T) {
 	if code, b = post("/api/v1/install", map[string]any{"wasm": corpusWasm(t, "kv.wasm"), "arg": noArgs, "environment_variables": long}); code != 400 {
 		t.Fatalf("install with a 129-byte name: %d %s", code, b)
 	}
+}
+
+// The chunk store by POST /api/v1/call to aaaaa-aa: upload, list, install
+// from chunks, the wrong hash refused as the IC refuses it (a reject, 422).
+func TestChunkedInstallOverHTTP(t *testing.T) {
+	s := serve(t)
+	post := func(method string, arg []byte) (int, []byte) {
+		code, _, b := rawRequest(t, nil, "POST", s.base+"/api/v1/call", map[string]any{"id": "aaaaa-aa", "method": method, "arg": arg}, s.token)
+		return code, b
+	}
+	code, b := post("provisional_create_canister_with_cycles", mgmtArgs(t, "provisional_create_canister_with_cycles", "(record { })"))
+	var r CallResponse
+	if code != 200 || json.Unmarshal(b, &r) != nil {
+		t.Fatalf("create: %d %s", code, b)
+	}
+	a, err := candid.Decode(r.Reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idv, _ := a.Values[0].(candid.Record).GetNamed("canister_id")
+	id := idv.(candid.Principal).Principal.String()
+	wasm := counterWasm(t)
+	var hashes []string
+	for i := 0; i < len(wasm); i += 100 << 10 {
+		chunk := wasm[i:min(i+100<<10, len(wasm))]
+		code, b := post("upload_chunk", mgmtArgs(t, "upload_chunk", fmt.Sprintf(`(record { canister_id = principal "%s"; chunk = blob "%s" })`, id, blobText(chunk))))
+		if code != 200 {
+			t.Fatalf("upload_chunk: %d %s", code, b)
+		}
+		sum := sha256.Sum256(chunk)
+		hashes = append(hashes, fmt.Sprintf(`record { hash = blob "%s" }`, blobText(sum[:])))
+	}
+	sum := sha256.Sum256(wasm)
+	install := func(moduleHash []byte) (int, []byte) {
+		return post("install_chunked_code", mgmtArgs(t, "install_chunked_code", fmt.Sprintf(
+			`(record { mode = variant { install }; target_canister = principal "%s"; chunk_hashes_list = vec { %s }; wasm_module_hash = blob "%s"; arg = blob "" })`,
+			id, strings.Join(hashes, "; "), blobText(moduleHash))))
+	}
+	bad := append([]byte{}, sum[:]...)
+	bad[31] ^= 0x80
+	var eb errorBody
+	if code, b := install(bad); code != 422 || json.Unmarshal(b, &eb) != nil || eb.RejectCode != 5 || !strings.HasPrefix(eb.Error, "Error from Wasm chunk store: Wasm module hash [") {
+		t.Fatalf("install_chunked_code with a wrong hash: %d %s", code, b)
+	}
+	if code, b := install(sum[:]); code != 200 {
+		t.Fatalf("install_chunked_code: %d %s", code, b)
+	}
+	rr, err := s.client.Call(context.Background(), CallRequest{ID: id, Method: "inc", Arg: noArgs})
+	if err != nil || string(rr.Reply) != string(natOne) {
+		t.Fatalf("inc: %v %v", rr, err)
+	}
+}
+
+func blobText(b []byte) string {
+	var sb strings.Builder
+	for _, x := range b {
+		fmt.Fprintf(&sb, "\\%02x", x)
+	}
+	return sb.String()
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -151,5 +152,56 @@ func TestManagementThroughServe(t *testing.T) {
 		}
 	case <-time.After(40 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+}
+
+// A chunked install with nothing but `cordon call aaaaa-aa`: create a
+// canister, upload counter.wasm in three chunks, list them, install from
+// them, call the counter, clear the store.
+func TestChunkedInstallThroughCLI(t *testing.T) {
+	home := t.TempDir()
+	out := must(t, cordon(t, home, "call", "aaaaa-aa", "provisional_create_canister_with_cycles", "(record { })"))
+	id := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(strings.ReplaceAll(out, "\n", " ")), `(record { canister_id = principal "`), `" })`)
+	if !strings.HasSuffix(id, "-cai") {
+		t.Fatalf("provisional_create_canister_with_cycles: %q", out)
+	}
+	wasm, err := os.ReadFile(filepath.Join(corpus, "counter.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := func(b []byte) string {
+		var sb strings.Builder
+		for _, x := range b {
+			fmt.Fprintf(&sb, "\\%02x", x)
+		}
+		return sb.String()
+	}
+	size := (len(wasm) + 2) / 3
+	var hashes []string
+	for i := 0; i < len(wasm); i += size {
+		chunk := wasm[i:min(i+size, len(wasm))]
+		out := must(t, cordon(t, home, "call", "aaaaa-aa", "upload_chunk", fmt.Sprintf(`(record { canister_id = principal %q; chunk = blob "%s" })`, id, blob(chunk))))
+		sum := sha256.Sum256(chunk)
+		if !strings.Contains(out, blob(sum[:])) {
+			t.Fatalf("upload_chunk printed %q, the chunk's SHA-256 is %x", out, sum)
+		}
+		hashes = append(hashes, fmt.Sprintf(`record { hash = blob "%s" }`, blob(sum[:])))
+	}
+	if out := must(t, cordon(t, home, "call", "aaaaa-aa", "stored_chunks", fmt.Sprintf(`(record { canister_id = principal %q })`, id))); strings.Count(out, "hash =") != 3 {
+		t.Fatalf("stored_chunks: %q", out)
+	}
+	sum := sha256.Sum256(wasm)
+	must(t, cordon(t, home, "call", "aaaaa-aa", "install_chunked_code", fmt.Sprintf(
+		`(record { mode = variant { install }; target_canister = principal %q; chunk_hashes_list = vec { %s }; wasm_module_hash = blob "%s"; arg = blob "" })`,
+		id, strings.Join(hashes, "; "), blob(sum[:]))))
+	if out := must(t, cordon(t, home, "call", id, "inc")); out != "(1 : nat)" {
+		t.Fatalf("inc after install_chunked_code: %q", out)
+	}
+	if out := must(t, cordon(t, home, "status", id, "--output", "json")); !strings.Contains(out, `"wasm_chunk_store_bytes": 3145728`) || !strings.Contains(out, hex.EncodeToString(sum[:])) {
+		t.Fatalf("status: %s", out)
+	}
+	must(t, cordon(t, home, "call", "aaaaa-aa", "clear_chunk_store", fmt.Sprintf(`(record { canister_id = principal %q })`, id)))
+	if out := must(t, cordon(t, home, "call", "aaaaa-aa", "stored_chunks", fmt.Sprintf(`(record { canister_id = principal %q })`, id))); strings.Contains(out, "hash") {
+		t.Fatalf("stored_chunks after clear_chunk_store: %q", out)
 	}
 }
