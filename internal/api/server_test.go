@@ -95,13 +95,13 @@ func serve(t *testing.T) *served { return serveWith(t, nil) }
 
 // serveWith starts a server with options adjusted by opt (nil: defaults on
 // 127.0.0.1:0, with metrics).
-func serveWith(t *testing.T, opt func(*ServeOptions)) *served {
+func serveWith(t testing.TB, opt func(*ServeOptions)) *served {
 	t.Helper()
 	node, home := openNode(t)
 	return serveNode(t, node, home, opt)
 }
 
-func serveNode(t *testing.T, node *host.Node, home string, opt func(*ServeOptions)) *served {
+func serveNode(t testing.TB, node *host.Node, home string, opt func(*ServeOptions)) *served {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &served{node: node, home: home, cancel: cancel, done: make(chan error, 1)}
