@@ -65,6 +65,10 @@ var Sections = []Section{
 	{Key: "latency", Title: "Per-message latency, sandboxed vs in-process", About: "One message at a time " +
 		"through the node (`host.Node.Update`/`Query`), end to end: scheduling, execution, and for updates the " +
 		"durable (fsync'd) commit. The baseline is the same message on an in-process node."},
+	{Key: "ichttp", Title: "Latency through the IC HTTP interface vs the JSON API", About: "A query and an update of " +
+		"the counter sent to `cordon serve` over loopback HTTP, through the IC HTTP interface (CBOR envelopes, " +
+		"`/api/v3` query and call, as IC agents send them) and through the JSON API, in turn on the same server. " +
+		"The baseline is the JSON API."},
 	{Key: "throughput", Title: "Throughput over 1, 10 and 100 canisters", About: "Closed loop: " +
 		"a fixed number of concurrent clients, each sending its next message as soon as the previous one is " +
 		"answered, spread round-robin over the canisters (counter), on all cores. Updates are durable commits; " +
@@ -148,7 +152,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}{
 		// The short, CPU-bound sections first; the report keeps the order
 		// of Sections whatever the order they ran in.
-		{"spawn", e.spawn}, {"latency", e.latency}, {"compute", e.computeSection},
+		{"spawn", e.spawn}, {"latency", e.latency}, {"ichttp", e.ichttp}, {"compute", e.computeSection},
 		{"throughput", e.throughput}, {"soak", e.soak}, {"commit", e.commit}, {"memory", e.memorySection},
 	}
 	for _, s := range steps {
