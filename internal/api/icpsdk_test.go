@@ -7,10 +7,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
 )
 
 // icpSDKScript drives cordon serve with @icp-sdk/core, the successor of
@@ -38,13 +41,23 @@ func TestICPSDKCore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	line := runNode(ctx, t, node, dir, "icpsdk.mjs", icpSDKScript, s.base, s.token, wasm)
+	// A canister that prints in canister_init, for fetch_canister_logs.
+	printer, err := wasmtime.Wat2Wasm(`(module (import "ic0" "debug_print" (func $print (param i32 i32))) (memory 1)
+  (data (i32.const 0) "hello from init") (func (export "canister_init") (call $print (i32.const 0) (i32.const 15))))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	printerPath := filepath.Join(t.TempDir(), "printer.wasm")
+	if err := os.WriteFile(printerPath, printer, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	line := runNode(ctx, t, node, dir, "icpsdk.mjs", icpSDKScript, s.base, s.token, wasm, printerPath)
 	var got struct {
 		Canister, WrongHash, Inc1, Inc2, Get, Rejected, AnonInc, AnonGet, AnonUpload           string
 		StatusModuleHash, StatusChunkStore, StatusControllers, QueryModuleHash, CertModuleHash string
-		CertControllers, Me, GzInc, BFreezing, BCycles, BStopped, Deleted                      string
+		CertControllers, Me, GzInc, BFreezing, BCycles, BStopped, Deleted, Logs                string
 		ChunkHashesOk                                                                          bool
-		Stored, Logs, StoredAfterClear                                                         int
+		Stored, StoredAfterClear                                                               int
 	}
 	if err := json.Unmarshal([]byte(line), &got); err != nil {
 		t.Fatalf("script output %q: %v", line, err)
@@ -68,7 +81,7 @@ func TestICPSDKCore(t *testing.T) {
 		{"the creator controls the canister", got.StatusControllers == got.Me && got.CertControllers == got.Me},
 		{"canister_status (query) module hash", got.QueryModuleHash == moduleHash},
 		{"the certified module hash", got.CertModuleHash == moduleHash},
-		{"fetch_canister_logs answers", got.Logs >= 0},
+		{"fetch_canister_logs (query) has what canister_init printed", got.Logs == "hello from init"},
 		{"install_code with a gzipped module", got.GzInc == "1"},
 		{"update_settings", got.BFreezing == "2000"},
 		{"provisional top-up", got.BCycles != "" && got.BCycles != "0"},

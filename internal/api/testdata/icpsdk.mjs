@@ -5,7 +5,7 @@ import { IDL } from '@icp-sdk/core/candid';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-const [host, token, wasmPath] = process.argv.slice(2);
+const [host, token, wasmPath, printerPath] = process.argv.slice(2);
 const f = (url, init = {}) => fetch(url, { ...init, headers: { ...(init.headers || {}), ...(token ? { Authorization: 'Bearer ' + token } : {}) } });
 const sha = (b) => new Uint8Array(createHash('sha256').update(b).digest());
 const hex = (b) => Buffer.from(b).toString('hex');
@@ -108,8 +108,11 @@ const cs = await CanisterStatus.request({ canisterId: a, agent, paths: ['module_
 out.certModuleHash = String(cs.get('module_hash')).replace(/^0x/, '');
 out.certControllers = cs.get('controllers').map(p => p.toText()).join(',');
 out.me = me.getPrincipal().toText();
-const logs = await mgmt.fetch_canister_logs({ canister_id: a });
-out.logs = logs.canister_log_records.length;
+// fetch_canister_logs (a query) of a canister that printed in its init.
+const { canister_id: p } = await mgmt.provisional_create_canister_with_cycles({ amount: [], settings: [] });
+await mgmt.install_code({ mode: { install: null }, canister_id: p, wasm_module: readFileSync(printerPath), arg: new Uint8Array() });
+const logs = await mgmt.fetch_canister_logs({ canister_id: p });
+out.logs = logs.canister_log_records.map(r => Buffer.from(r.content).toString()).join('|');
 
 // install_code with a gzipped module, settings, top-up, stop and delete.
 const { canister_id: b } = await mgmt.provisional_create_canister_with_cycles({ amount: [1_000_000_000_000n], settings: [{ controllers: [], freezing_threshold: [1000n] }] });
