@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -543,5 +544,47 @@ func TestChunkStoreLimits(t *testing.T) {
 	}
 	if st, _ := f.node.Status(ctx, greedy); st.WasmChunkStoreBytes != room*maxChunkBytes {
 		t.Fatalf("refused uploads were counted: %d bytes", st.WasmChunkStoreBytes)
+	}
+}
+
+// growWat grows its heap by the number of pages in its (raw, 4-byte
+// little-endian) argument, and traps when memory.grow fails.
+const growWat = `
+(module
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "trap" (func $trap (param i32 i32)))
+  (memory 1)
+  (data (i32.const 16) "grow failed")
+  (func (export "canister_update grow")
+    (call $arg_copy (i32.const 0) (i32.const 0) (i32.const 4))
+    (if (i32.eq (memory.grow (i32.load (i32.const 0))) (i32.const -1))
+      (then (call $trap (i32.const 16) (i32.const 11))))
+    (call $reply))
+)`
+
+// The chunk store takes its share of memory_allocation from the heap: with
+// 2 MiB of chunks under a 4 MiB allocation the heap cannot grow past
+// about 2 MiB, though it could without them.
+func TestChunkStoreCountsAgainstAllocation(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.install(mustWat(t, growWat), nil)
+	if _, err := f.ingress(user, "update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record { memory_allocation = opt %d } })`, id, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := f.node.UploadChunk(ctx, id, user, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := func(n uint32) []byte { return binary.LittleEndian.AppendUint32(nil, n) }
+	_, err := f.node.Update(ctx, Message{Canister: id, Method: "grow", Arg: pages(40), Caller: user}) // 2.5 MiB
+	if r := f.reject(err); !strings.Contains(r.Message, "grow failed") && !strings.Contains(r.Message, "memory allocation") {
+		t.Fatalf("growing the heap into the chunk store's share of the allocation: %v", err)
+	}
+	f.update(id, "grow", pages(16)) // 1 MiB still fits
+	if st, _ := f.node.Status(ctx, id); st.MemorySize > 4<<20 || st.WasmChunkStoreBytes != 2<<20 {
+		t.Fatalf("memory %d bytes (chunk store %d) under a 4 MiB allocation", st.MemorySize, st.WasmChunkStoreBytes)
 	}
 }

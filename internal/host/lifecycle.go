@@ -249,7 +249,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if err != nil {
 		return nil, asReject(id, "install", err)
 	}
-	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), out)
+	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), chunkStoreBytes(c.meta), out)
 	if !out.Trapped {
 		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
 			out.Trapped, out.TrapMessage = true, msg

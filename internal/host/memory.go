@@ -117,33 +117,38 @@ func (n *Node) memoryLimits(id principal.Principal, s store.Settings, m *exec.Mo
 // checkMemory turns an execution that ends beyond the canister's memory
 // limits into a trap, as the IC does: its state changes are then discarded
 // and only its fee is charged. moduleBytes is the size of the module the
-// state belongs to (the new one during an install).
-func checkMemory(s store.Settings, ctx sysapi.Context, moduleBytes uint64, out *sysapi.Output) {
+// state belongs to (the new one during an install), chunkBytes what the
+// canister's Wasm chunk store counts as (chunks.go).
+func checkMemory(s store.Settings, ctx sysapi.Context, moduleBytes, chunkBytes uint64, out *sysapi.Output) {
 	if out.Trapped || ctx.IsQuery() {
 		return
 	}
-	if msg := memoryViolation(s, ctx, moduleBytes, out); msg != "" {
+	if msg := memoryViolation(s, ctx, moduleBytes, chunkBytes, out); msg != "" {
 		out.Trapped, out.TrapMessage = true, msg
 	}
 }
 
 // memoryViolation says which limit the state an execution produced
 // exceeds, or "".
-func memoryViolation(s store.Settings, ctx sysapi.Context, moduleBytes uint64, out *sysapi.Output) string {
+func memoryViolation(s store.Settings, ctx sysapi.Context, moduleBytes, chunkBytes uint64, out *sysapi.Output) string {
 	if l := s.WasmMemoryLimit; l > 0 && wasmLimitApplies(ctx) && out.Heap.Size > l {
 		// The IC's message (HypervisorError::WasmMemoryLimitExceeded).
 		return fmt.Sprintf("Canister exceeded its current Wasm memory limit of %d bytes. The peak Wasm memory usage was %d bytes.", l, out.Heap.Size)
 	}
-	return allocationViolation(s, moduleBytes, out)
+	return allocationViolation(s, moduleBytes, chunkBytes, out)
 }
 
 // allocationViolation says how the state an execution produced exceeds the
 // canister's memory allocation, or "".
-func allocationViolation(s store.Settings, moduleBytes uint64, out *sysapi.Output) string {
-	u := memUsage{heap: out.Heap.Size, stable: out.Stable.Size, module: moduleBytes, globals: globalsBytes(out.Globals)}
+func allocationViolation(s store.Settings, moduleBytes, chunkBytes uint64, out *sysapi.Output) string {
+	u := memUsage{heap: out.Heap.Size, stable: out.Stable.Size, module: moduleBytes, globals: globalsBytes(out.Globals), chunks: chunkBytes}
 	if a := s.MemoryAllocation; a > 0 && u.total() > a {
-		return fmt.Sprintf("Canister exceeded its memory allocation of %d bytes: its memory usage would be %d bytes (heap %d, stable %d, module %d, globals %d).",
-			a, u.total(), u.heap, u.stable, u.module, u.globals)
+		chunks := ""
+		if u.chunks > 0 {
+			chunks = fmt.Sprintf(", chunk store %d", u.chunks)
+		}
+		return fmt.Sprintf("Canister exceeded its memory allocation of %d bytes: its memory usage would be %d bytes (heap %d, stable %d, module %d, globals %d%s).",
+			a, u.total(), u.heap, u.stable, u.module, u.globals, chunks)
 	}
 	return ""
 }

@@ -77,7 +77,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		return fmt.Errorf("canister %s: execution returned %d globals, the module has %d", c.id, len(out.Globals), len(c.globals))
 	}
 	// Backstop: execute turns this into a trap before it gets here.
-	if msg := allocationViolation(c.meta.Settings, c.moduleBytes, out); msg != "" {
+	if msg := allocationViolation(c.meta.Settings, c.moduleBytes, chunkStoreBytes(c.meta), out); msg != "" {
 		return rejectf(CanisterError, "Error from Canister %s: %s", c.id, msg)
 	}
 	meta := c.meta

@@ -296,7 +296,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
 	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	if err == nil {
-		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, out)
+		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)
 		if !out.Trapped && !in.Context.IsQuery() {
 			if ok, msg := n.reserveMemory(c.id, out.Heap.Size, out.Stable.Size); !ok {
 				out.Trapped, out.TrapMessage = true, msg
