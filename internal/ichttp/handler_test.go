@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -311,6 +312,50 @@ func TestManagementEffectiveCanister(t *testing.T) {
 		t.Fatalf("canister_status through the interface: %q %q", s, msg)
 	}
 	t.Logf("canister_status through the interface: %s %s", s, msg)
+}
+
+// install_chunked_code names its canister target_canister (it has no
+// canister_id): that is its effective canister id, as for the IC and its
+// agents. Sent to another canister's URL it is refused before the node.
+func TestInstallChunkedEffectiveCanister(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	svc, err := host.ManagementInterface()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := svc.Method("install_chunked_code")
+	a, err := candid.ParseArgsTyped(fmt.Sprintf(`(record { mode = variant { upgrade }; target_canister = principal "%s"; chunk_hashes_list = vec {}; wasm_module_hash = blob ""; arg = blob "" })`, id), m.Args())
+	if err != nil {
+		t.Fatal(err)
+	}
+	arg, err := candid.EncodeArgs(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := content("call", principal.Anonymous(), principal.Management(), "install_chunked_code", time.Now(), 1)
+	c["arg"] = arg
+	c["canister_id"] = []byte{}
+	env := envelope(t, c, nil)
+	other := principal.CanisterID(99)
+	if code, b := post(t, srv.URL+"/api/v2/canister/"+other.String()+"/call", env); code != 400 || !strings.Contains(string(b), "does not match effective canister id") {
+		t.Fatalf("install_chunked_code sent to another canister: %d %q", code, b)
+	}
+	if code, b := post(t, srv.URL+"/api/v2/canister/"+id.String()+"/call", env); code != 202 {
+		t.Fatalf("install_chunked_code sent to its target: %d %q", code, b)
+	}
+	// It reached the node's management canister, which refused it: no
+	// chunks make a module whose hash is not the (empty) one given.
+	rid, _ := RequestID(c)
+	if s, _, _, msg := h.RequestStatus(rid); s != "rejected" || !strings.Contains(msg, "Error from Wasm chunk store: Wasm module hash") {
+		t.Fatalf("install_chunked_code by anonymous: %q %q", s, msg)
+	}
 }
 
 func testNodeKey(t *testing.T, home string) *NodeKey {
