@@ -16,6 +16,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -29,13 +30,15 @@ type Node interface {
 // ImplVersion is what /api/v2/status reports as impl_version.
 var ImplVersion = "cordon"
 
-// Request statuses are kept in memory (not durable yet: a restart forgets
-// them) until their ingress expiry has passed, so that a replay within the
-// window is recognized and not run again. maxStatuses bounds how many
-// calls may be in that window (more are refused with 503, never evicted:
-// evicting one would let it be replayed), maxReplyBytes the replies held
-// (beyond it the oldest replies are dropped and their status becomes
-// "done", as the IC prunes replies).
+// Request statuses are kept in memory and, on a node that is a
+// StatusStore, in its store, committed with the execution that answers the
+// call (durable.go): a restart keeps them. A status is kept until its
+// ingress expiry has passed, so that a replay within the window is
+// recognized and not run again, then "done" for doneTTL, then forgotten.
+// maxStatuses bounds how many calls may be kept (more are refused with
+// 503, never evicted: evicting one would let it be replayed),
+// maxReplyBytes the replies held (beyond it the oldest replies are dropped
+// and their status becomes "done", as the IC prunes replies).
 const (
 	maxStatuses   = 100_000
 	maxReplyBytes = 256 << 20
@@ -44,6 +47,7 @@ const (
 // Handler serves the IC HTTP interface of one node.
 type Handler struct {
 	node    Node
+	store   StatusStore // nil: statuses in memory only
 	key     *RootKey
 	nodeKey *NodeKey
 	log     *slog.Logger
@@ -55,6 +59,7 @@ type Handler struct {
 	order      [][32]byte // by arrival
 	replyBytes int        // sum of the kept replies' sizes
 	pruned     int        // order[:pruned] have had their replies dropped
+	expired    int        // order[:expired] are past their expiry ("done")
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -75,6 +80,14 @@ func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 		log = slog.Default()
 	}
 	h := &Handler{node: node, key: key, nodeKey: nodeKey, log: log, now: time.Now, mux: http.NewServeMux(), statuses: map[[32]byte]*requestStatus{}}
+	if ss, ok := node.(StatusStore); ok {
+		h.store = ss
+		// A node whose statuses cannot be read still serves; calls it
+		// had answered may then run again, which the log says.
+		if err := h.load(); err != nil {
+			log.Error("ic interface: request statuses of earlier runs are not known", "error", err)
+		}
+	}
 	h.mux.HandleFunc("GET /api/v2/status", h.status)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/query", h.query)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/call", h.call)
@@ -244,15 +257,21 @@ const maxCallWait = 10 * time.Minute
 // accepted call is the node's to finish, as on the IC) and its status is
 // recorded when it ends.
 func (h *Handler) run(ctx context.Context, req *Request) error {
-	if fresh, err := h.begin(req); err != nil || !fresh {
+	fresh, recs, err := h.begin(req)
+	h.persist(recs)
+	if err != nil || !fresh {
 		return err
+	}
+	var status *host.IngressStatus
+	if h.store != nil {
+		status = ingressStatus(req)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
 		defer cancel()
-		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
+		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status})
 		if err != nil && wctx.Err() != nil {
 			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", req.CanisterID, "method", req.MethodName, "request_id", fmt.Sprintf("%x", req.ID))
 			return
@@ -262,7 +281,7 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 			h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
 			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
 		}
-		h.finish(req.ID, st)
+		h.persist(h.finish(req.ID, st))
 	}()
 	select {
 	case <-done:
@@ -272,57 +291,37 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 }
 
 // begin records a request as processing; false if its id was already
-// known. Statuses whose expiry has passed are forgotten first (oldest
-// first, never one still processing); a full window is a 503.
-func (h *Handler) begin(req *Request) (bool, error) {
+// known. Statuses are pruned first (durable.go); a full window is a 503.
+// recs are the pruning's store records, for persist.
+func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.statuses[req.ID]; ok {
-		return false, nil
+		return false, nil, nil
 	}
-	now := uint64(h.now().UnixNano())
-	for len(h.order) > 0 {
-		st := h.statuses[h.order[0]]
-		// A call still processing is kept while the node may finish it.
-		keep := st.Expiry + uint64(maxClockDrift)
-		if st.Status == "processing" {
-			keep += uint64(maxCallWait)
-		}
-		if keep >= now {
-			break
-		}
-		h.replyBytes -= len(st.Reply)
-		delete(h.statuses, h.order[0])
-		h.order[0] = [32]byte{}
-		h.order = h.order[1:]
-		h.pruned = max(h.pruned-1, 0)
-	}
+	recs = h.pruneLocked()
 	if len(h.statuses) >= maxStatuses {
-		return false, &requestError{status: http.StatusServiceUnavailable,
+		return false, recs, &requestError{status: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("too many calls (%d) within their ingress expiry; retry later", maxStatuses)}
 	}
 	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry}
 	h.order = append(h.order, req.ID)
-	return true, nil
+	return true, recs, nil
 }
 
-func (h *Handler) finish(id [32]byte, st *requestStatus) {
+// finish records a call's outcome (which the node has stored with its
+// execution) and returns the store records of replies dropped for space.
+func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old, ok := h.statuses[id]
-	if !ok {
-		return
+	if !ok || old.Status != "processing" {
+		return nil
 	}
 	st.Sender, st.Canister, st.Expiry = old.Sender, old.Canister, old.Expiry
-	h.statuses[id] = st
+	*old = *st
 	h.replyBytes += len(st.Reply)
-	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
-		if o := h.statuses[h.order[h.pruned]]; o.Status == "replied" {
-			h.replyBytes -= len(o.Reply)
-			o.Status, o.Reply = "done", nil
-		}
-		h.pruned++
-	}
+	return h.capRepliesLocked()
 }
 
 // lookup returns a copy of a request's status.

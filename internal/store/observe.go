@@ -34,6 +34,9 @@ func payloadBytes(changes []Change) int64 {
 		for _, l := range c.Logs {
 			n += int64(len(l.Text))
 		}
+		for _, r := range c.Ingress {
+			n += int64(len(r.Key) + len(r.Value))
+		}
 		n += 512 // metadata, roughly
 	}
 	return n
