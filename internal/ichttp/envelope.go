@@ -87,6 +87,15 @@ type Request struct {
 	Arg        []byte
 	// read_state
 	Paths [][][]byte
+	// Targets are the canisters the sender's delegations allow the
+	// request to address (the intersection of their targets); nil: any.
+	Targets map[string]bool
+}
+
+// MayAddress reports whether the request's delegations allow it to
+// address canister p.
+func (req *Request) MayAddress(p principal.Principal) bool {
+	return req.Targets == nil || req.Targets[string(p.Bytes())]
 }
 
 // readBody reads at most MaxBody bytes.
@@ -372,13 +381,21 @@ func followDelegations(req *Request, signer verifier, v any, at time.Time) (veri
 			if !ok || len(ts) > maxTargets {
 				return nil, badRequest("Could not parse body as read request: delegation %d: targets must be an array of at most %d principals", i, maxTargets)
 			}
-			found := false
+			// The request may address only canisters every delegation
+			// names: read_state's are checked by the handler, which knows
+			// which canisters its paths are about.
+			set := make(map[string]bool, len(ts))
 			for _, x := range ts {
-				if b, ok := x.([]byte); ok && string(b) == string(req.CanisterID.Bytes()) {
-					found = true
+				b, ok := x.([]byte)
+				if !ok {
+					return nil, badRequest("Could not parse body as read request: delegation %d: a target must be a blob", i)
+				}
+				if req.Targets == nil || req.Targets[string(b)] {
+					set[string(b)] = true
 				}
 			}
-			if !found && req.Type != "read_state" {
+			req.Targets = set
+			if req.Type != "read_state" && !req.MayAddress(req.CanisterID) {
 				return nil, forbidden("Request %x is not authorized: canister %s is not among the targets of delegation %d", req.ID, req.CanisterID, i)
 			}
 		}
