@@ -316,8 +316,8 @@ func authenticate(req *Request, env map[string]any, now time.Time) error {
 type verifier func(msg, sig []byte) bool
 
 // senderKey reads a DER public key of a kind this node verifies: Ed25519,
-// or ECDSA on P-256 (signatures r‖s over SHA-256, as the IC takes them).
-// secp256k1 keys and canister signatures are not verified yet.
+// or ECDSA on P-256 or secp256k1 (signatures r‖s over SHA-256, as the IC
+// takes them). Canister signatures are not verified yet.
 func senderKey(der []byte) (verifier, error) {
 	if len(der) == len(ed25519DERPrefix)+ed25519.PublicKeySize && string(der[:len(ed25519DERPrefix)]) == string(ed25519DERPrefix) {
 		pub := ed25519.PublicKey(der[len(ed25519DERPrefix):])
@@ -339,7 +339,10 @@ func senderKey(der []byte) (verifier, error) {
 			}
 		}
 	}
-	return nil, errors.New("is not a DER Ed25519 or ECDSA P-256 key (the key types this node verifies yet)")
+	if v, ok, err := secp256k1Key(der); ok {
+		return v, err
+	}
+	return nil, errors.New("is not a DER Ed25519, ECDSA P-256 or ECDSA secp256k1 key (the key types this node verifies yet)")
 }
 
 // followDelegations checks a chain: each delegation is signed by the key
