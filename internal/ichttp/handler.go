@@ -163,7 +163,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if err != nil {
 		return fail(err)
 	}
-	req, err := ParseEnvelope(body, typ, h.now())
+	req, err := ParseEnvelopeWith(body, typ, h.now(), h.key.DER())
 	if err != nil {
 		return fail(err)
 	}
