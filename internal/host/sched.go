@@ -333,6 +333,9 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		default:
 			if len(out.Calls) > 0 || cc.outstanding > 0 {
 				ingress = st.record(Outcome{})
+			} else {
+				// closeIfDone will answer this one: as it will.
+				ingress, final = st.record(Outcome{Reject: rejectf(CanisterError, "Canister %s did not reply to the call", c.id)}), true
 			}
 		}
 	}

@@ -352,7 +352,7 @@ func senderKey(der, rootKey []byte) (verifier, error) {
 	if v, ok, err := canisterSigKey(der, rootKey); ok {
 		return v, err
 	}
-	return nil, errors.New("is not a DER Ed25519, ECDSA P-256, ECDSA secp256k1 or canister signature key (the key types this node verifies)")
+	return nil, errors.New("is not a DER Ed25519 or ECDSA P-256 key, nor an ECDSA secp256k1 or canister signature key (the key types this node verifies)")
 }
 
 // followDelegations checks a chain: each delegation is signed by the key
