@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -104,5 +106,21 @@ func TestDecodeStoredStatus(t *testing.T) {
 	}
 	if _, err := decodeStatus([]byte{0xff}); err == nil {
 		t.Fatal("garbage is a status")
+	}
+}
+
+// An empty reply, stored and loaded (CBOR omits it), is certified as an
+// empty blob, never as null, which clients cannot read as a leaf.
+func TestEmptyReplyLeaf(t *testing.T) {
+	st, err := decodeStatus(encodeStatus(&requestStatus{Status: "replied", Reply: []byte{}, Sender: principal.Anonymous()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cbor.Marshal(statusTree(*st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte{0x82, 0x03, 0xf6}) || !bytes.Contains(b, []byte{0x82, 0x03, 0x40}) {
+		t.Fatalf("empty reply leaf encodes as %x", b)
 	}
 }

@@ -353,7 +353,8 @@ func statusTree(st requestStatus) *Tree {
 	n := node{"status": Leaf([]byte(st.Status))}
 	switch st.Status {
 	case "replied":
-		n["reply"] = Leaf(st.Reply)
+		// Never nil: an empty reply is an empty blob, not CBOR null.
+		n["reply"] = Leaf(append([]byte{}, st.Reply...))
 	case "rejected":
 		n["reject_code"] = Leaf(leb128(st.RejectCode))
 		n["reject_message"] = Leaf([]byte(st.RejectMessage))
@@ -650,7 +651,7 @@ func (h *Handler) canisterTree(ctx context.Context, id principal.Principal, meta
 	if len(metadata) > 0 {
 		mn := node{}
 		for name, data := range metadata {
-			mn[name] = Leaf(data)
+			mn[name] = Leaf(append([]byte{}, data...)) // an empty section: a blob, not null
 		}
 		n["metadata"] = mn.tree()
 	}
