@@ -121,10 +121,33 @@ func TestServeICInterface(t *testing.T) {
 			t.Fatalf("v3 %s: %d %q", v, code, b)
 		}
 	}
+	var natAfter []byte
+	// v4's call is v3's; the subnet's read_state answers for the node's
+	// subnet (the self-authenticating principal of the root key) only.
+	code, b = do(http.MethodPost, "/api/v4/canister/"+inst.ID+"/call", call("call", "inc", 7), nil)
+	if err := cbor.Unmarshal(b, &v3); code != 200 || err != nil || v3.Status != "replied" {
+		t.Fatalf("v4 call: %d %v %q", code, err, b)
+	}
+	if _, err := ichttp.VerifyCertificate(key.DER(), v3.Certificate); err != nil {
+		t.Fatalf("v4 call's certificate: %v", err)
+	}
+	sid := principal.SelfAuthenticating(key.DER()).String()
+	for _, v := range []string{"v2", "v3"} {
+		code, b := do(http.MethodPost, "/api/"+v+"/subnet/"+sid+"/read_state", rs, nil)
+		if err := cbor.Unmarshal(b, &cert); code != 200 || err != nil {
+			t.Fatalf("%s subnet read_state: %d %v %q", v, code, err, b)
+		}
+		if _, err := ichttp.VerifyCertificate(key.DER(), cert.Certificate); err != nil {
+			t.Fatalf("%s subnet read_state's certificate: %v", v, err)
+		}
+		if code, b := do(http.MethodPost, "/api/"+v+"/subnet/"+principal.Anonymous().String()+"/read_state", rs, nil); code != 404 {
+			t.Fatalf("%s read_state of another subnet: %d %q", v, code, b)
+		}
+	}
+	natAfter = []byte("DIDL\x00\x01\x7d\x03") // inc 1, 5 and 7
 	if code, b := do(http.MethodPost, "/api/v2/canister/"+inst.ID+"/read_state", rs[:len(rs)-3], nil); code != 400 {
 		t.Fatalf("truncated read_state: %d %q", code, b)
 	}
-	natTwo := []byte("DIDL\x00\x01\x7d\x02")
 
 	// The API's checks stand in front: no token, a page's Origin, a
 	// rebound Host are refused before the envelope is read.
@@ -137,7 +160,7 @@ func TestServeICInterface(t *testing.T) {
 		t.Errorf("with a page's Origin: %d", code)
 	}
 	r, err := s.client.Call(ctx, CallRequest{ID: inst.ID, Method: "get", Arg: noArgs, Query: true})
-	if err != nil || !bytes.Equal(r.Reply, natTwo) {
+	if err != nil || !bytes.Equal(r.Reply, natAfter) {
 		t.Fatalf("refused IC calls ran: %v %v", r, err)
 	}
 	if code, b := do(http.MethodGet, "/api/v2/nothing", nil, nil); code != 404 || !strings.Contains(string(b), "no such endpoint") {

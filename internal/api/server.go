@@ -178,7 +178,10 @@ func (s *server) routes() []route {
 		route{pattern: "/api/v2/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)},
 		route{pattern: "/api/v3/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
 		route{pattern: "/api/v3/canister/{ecid}/query", methods: h(http.MethodPost, ic)},
-		route{pattern: "/api/v3/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)})
+		route{pattern: "/api/v3/canister/{ecid}/read_state", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v4/canister/{ecid}/call", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v2/subnet/{sid}/read_state", methods: h(http.MethodPost, ic)},
+		route{pattern: "/api/v3/subnet/{sid}/read_state", methods: h(http.MethodPost, ic)})
 	return rts
 }
 

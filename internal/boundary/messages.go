@@ -160,7 +160,8 @@ type Compiled struct {
 // post_upgrade, inspect, heartbeat, global_timer, low_wasm_memory, start,
 // enhanced orthogonal persistence); str candid service; u64 method count,
 // then per method u8 kind, str name (sorted); u64 global count, then u8
-// type each; bytes artifact.
+// type each; u64 metadata count, then per section bool public, str name,
+// bytes data; bytes artifact.
 func EncodeCompiled(c *Compiled) []byte {
 	w := &writer{b: make([]byte, 0, 1024+len(c.Artifact)+len(c.Info.CandidService))}
 	in := &c.Info
@@ -181,6 +182,12 @@ func EncodeCompiled(c *Compiled) []byte {
 	w.count(len(c.GlobalTypes))
 	for _, t := range c.GlobalTypes {
 		w.u8(uint8(t))
+	}
+	w.count(len(in.Metadata))
+	for _, m := range in.Metadata {
+		w.bool(m.Public)
+		w.str(m.Name)
+		w.bytes(m.Data)
 	}
 	w.bytes(c.Artifact)
 	return w.b
@@ -226,6 +233,15 @@ func DecodeCompiled(b []byte) (*Compiled, error) {
 		c.GlobalTypes = append(c.GlobalTypes, t)
 	}
 	in.NumGlobals = len(c.GlobalTypes)
+	if m := r.count(engine.MaxMetadataSections, 17, "metadata sections"); m > 0 {
+		in.Metadata = make([]engine.Metadata, 0, m)
+		for i := 0; i < m && r.err == nil; i++ {
+			pub := r.bool("metadata visibility")
+			name := r.str(engine.MaxMetadataBytes, "metadata name")
+			data := r.bytes(engine.MaxMetadataBytes, "metadata")
+			in.Metadata = append(in.Metadata, engine.Metadata{Name: name, Public: pub, Data: data})
+		}
+	}
 	c.Artifact = r.bytes(math.MaxUint64, "artifact")
 	if err := r.done("compiled"); err != nil {
 		return nil, err

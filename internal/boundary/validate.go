@@ -407,7 +407,9 @@ func ValidateOutput(exp *Expect, out *sysapi.Output) error {
 // the module was compiled under and the module itself: at most MaxMethods
 // methods whose names are UTF-8 and together no longer than the module (they
 // are in it), at most MaxGlobals globals, a candid service no longer than the
-// module, and an artifact of at most maxArtifact bytes.
+// module, metadata sections within the IC's bounds (names UTF-8 and unique,
+// together no larger than the module), and an artifact of at most
+// maxArtifact bytes.
 func ValidateCompiled(lim engine.ModuleLimits, wasmSize int, maxArtifact uint64, c *Compiled) error {
 	in := &c.Info
 	if len(in.Methods) > lim.MaxMethods {
@@ -428,6 +430,21 @@ func ValidateCompiled(lim engine.ModuleLimits, wasmSize int, maxArtifact uint64,
 	}
 	if len(in.CandidService) > wasmSize {
 		return violation(VInfo, "candid service of %d bytes from a module of %d", len(in.CandidService), wasmSize)
+	}
+	if len(in.Metadata) > engine.MaxMetadataSections {
+		return violation(VInfo, "%d metadata sections, at most %d", len(in.Metadata), engine.MaxMetadataSections)
+	}
+	var mdBytes uint64
+	seen := make(map[string]bool, len(in.Metadata))
+	for _, m := range in.Metadata {
+		if !utf8.ValidString(m.Name) || seen[m.Name] {
+			return violation(VInfo, "metadata name %q is not UTF-8 or not unique", truncate(m.Name))
+		}
+		seen[m.Name] = true
+		mdBytes = satAdd(mdBytes, satAdd(uint64(len(m.Name)), uint64(len(m.Data))))
+	}
+	if mdBytes > engine.MaxMetadataBytes || mdBytes > uint64(wasmSize) {
+		return violation(VInfo, "metadata of %d bytes from a module of %d", mdBytes, wasmSize)
 	}
 	if len(c.GlobalTypes) > lim.MaxGlobals || in.NumGlobals != len(c.GlobalTypes) {
 		return violation(VInfo, "%d globals, at most %d", len(c.GlobalTypes), lim.MaxGlobals)

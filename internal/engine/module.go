@@ -71,6 +71,70 @@ type Info struct {
 	EnhancedOrthogonalPersistence bool
 	CandidService                 string // the candid:service metadata, if any
 	NumGlobals                    int
+	// Metadata are the module's icp:public and icp:private custom
+	// sections, in module order (read_state canister/<id>/metadata/<name>).
+	Metadata []Metadata
+}
+
+// Metadata is one "icp:public <name>" or "icp:private <name>" section.
+type Metadata struct {
+	Name   string
+	Public bool
+	Data   []byte
+}
+
+// The IC's bounds on a module's metadata sections: how many, and their
+// total size (names and contents).
+const (
+	MaxMetadataSections = 16
+	MaxMetadataBytes    = 2 << 20
+)
+
+// Lookup returns the metadata section named name.
+func (in *Info) Lookup(name string) (Metadata, bool) {
+	for _, m := range in.Metadata {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Metadata{}, false
+}
+
+// metadataOf collects m's icp: sections with the IC's rules: the
+// visibility is "public" or "private", followed by one space and a name;
+// a name appears once (in either visibility); at most MaxMetadataSections
+// of at most MaxMetadataBytes together.
+func metadataOf(m *wasmbin.Module) ([]Metadata, error) {
+	var out []Metadata
+	total := 0
+	for _, c := range m.Customs {
+		rest, ok := strings.CutPrefix(c.Name, "icp:")
+		if !ok {
+			continue
+		}
+		vis, name, ok := strings.Cut(rest, " ")
+		if !ok || (vis != "public" && vis != "private") {
+			return nil, fmt.Errorf("custom section %q: an icp: section is named \"icp:public <name>\" or \"icp:private <name>\"", truncateName(c.Name))
+		}
+		for _, o := range out {
+			if o.Name == name {
+				return nil, fmt.Errorf("custom section %q: metadata %q is declared twice", truncateName(c.Name), truncateName(name))
+			}
+		}
+		total += len(name) + len(c.Data)
+		if len(out) == MaxMetadataSections || total > MaxMetadataBytes {
+			return nil, fmt.Errorf("more than %d icp: custom sections or %d bytes of them", MaxMetadataSections, MaxMetadataBytes)
+		}
+		out = append(out, Metadata{Name: name, Public: vis == "public", Data: c.Data})
+	}
+	return out, nil
+}
+
+func truncateName(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
 
 // MethodNames returns the method names of a kind, sorted.
@@ -176,6 +240,11 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	if _, ok := m.CustomSection("icp:private enhanced-orthogonal-persistence"); ok {
 		info.EnhancedOrthogonalPersistence = true
 	}
+	md, err := metadataOf(m)
+	if err != nil {
+		return nil, info, invalid("%v", err)
+	}
+	info.Metadata = md
 	return m, info, nil
 }
 

@@ -676,3 +676,25 @@ func releaseReplaced(c *canister, heap, stable *state.PageMap) {
 		c.stable.Release()
 	}
 }
+
+// Metadata returns the "icp:public <name>" or "icp:private <name>" custom
+// section of canister id's module (ok false: no module, or no such
+// section) and the canister's controllers, read together so that a
+// caller deciding who may read a private section decides on one version.
+func (n *Node) Metadata(ctx context.Context, id principal.Principal, name string) (md engine.Metadata, ok bool, controllers []string, err error) {
+	c, err := n.get(ctx, id)
+	if err != nil {
+		return engine.Metadata{}, false, nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.deleted {
+		return engine.Metadata{}, false, nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	}
+	controllers = append([]string(nil), c.meta.Settings.Controllers...)
+	if c.module == nil {
+		return engine.Metadata{}, false, controllers, nil
+	}
+	md, ok = c.module.Info.Lookup(name)
+	return md, ok, controllers, nil
+}

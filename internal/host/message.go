@@ -18,6 +18,9 @@ type Message struct {
 	Method   string
 	Arg      []byte
 	Caller   principal.Principal
+	// Status, for an update, makes its outcome durable with the execution
+	// that answers it (ingress.go); nil: not recorded.
+	Status *IngressStatus
 }
 
 // Reply is a successful answer.
@@ -66,7 +69,9 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 // commitExecution validates an execution's output against the canister's
 // limits and commits it with the given extra cycles movements: a fee charged
 // (ingress) and cycles credited (a refund with a response).
-func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, mutate func(*store.Meta)) error {
+//
+// ingress are ingress statuses to commit in the same transaction.
+func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, mutate func(*store.Meta), ingress []store.IngressRecord) error {
 	if err := validateDelta(out.Heap, c.heap, n.heapLimit(c.module)); err != nil {
 		return fmt.Errorf("canister %s heap: %w", c.id, err)
 	}
@@ -133,6 +138,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		Stable:  &store.MemoryChange{Delta: out.Stable},
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines,
+		Ingress: ingress,
 	}
 	undo := c.qstats.fold(&change.Meta)
 	if err := n.store.Commit(change); err != nil {

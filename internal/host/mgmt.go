@@ -141,7 +141,7 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 		return nil, rejectf(CanisterReject, "Management canister method %s cannot be called as a query", msg.Method)
 	}
 	ch := make(chan result, 1)
-	m := &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg, origin: origin{ingress: ch}}
+	m := &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg, origin: origin{ingress: ch, status: msg.Status}}
 	n.busy.Add(1)
 	go func() {
 		defer n.busy.Done()

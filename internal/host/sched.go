@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -54,6 +55,7 @@ type origin struct {
 	canister   principal.Principal // a calling canister…
 	callbackID uint64              // …and the callback that awaits it
 	system     bool                // a timer: nobody waits
+	status     *IngressStatus      // the user's call's durable status, if any
 }
 
 type result struct {
@@ -87,6 +89,14 @@ type callback struct {
 // they happen.
 func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
+	// Refusals before the message is queued have no execution to commit
+	// with; answers through the queue are recorded already.
+	defer func() {
+		var rj *Reject
+		if msg.Status != nil && errors.As(err, &rj) {
+			n.recordAnswer(msg.Status, nil, rj)
+		}
+	}()
 	if msg.Canister.IsManagement() {
 		if msg.Method == "fetch_canister_logs" {
 			return nil, errLogsReplicated // canlog.go
@@ -99,7 +109,7 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	}
 	ch := make(chan result, 1)
 	n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
-		origin: origin{ingress: ch}})
+		origin: origin{ingress: ch, status: msg.Status}})
 	select {
 	case r := <-ch:
 		return r.reply, r.err
@@ -198,6 +208,7 @@ func (n *Node) respondInstr(o origin, reply []byte, rej *Reject, refund cycles.A
 	n.observeResponse(o, rej)
 	switch {
 	case o.ingress != nil:
+		n.recordAnswer(o.status, reply, rej)
 		if rej != nil {
 			o.ingress <- result{err: rej}
 		} else {
@@ -309,7 +320,26 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 // finish commits a successful execution in call context id and acts on it:
 // sends its calls, delivers its response, closes the context when done.
 func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount) {
-	if err := n.commitExecution(c, out, fee, credit, nil); err != nil {
+	// A user's call is answered by this execution, or still open: its
+	// status commits with it (ingress.go).
+	var ingress []store.IngressRecord
+	final := false
+	if st := cc.origin.status; st != nil && !cc.responded {
+		switch out.Response {
+		case sysapi.Replied:
+			ingress, final = st.record(Outcome{Replied: true, Reply: out.Reply}), true
+		case sysapi.Rejected:
+			ingress, final = st.record(Outcome{Reject: &Reject{Code: CanisterReject, Message: out.RejectMessage}}), true
+		default:
+			if len(out.Calls) > 0 || cc.outstanding > 0 {
+				ingress = st.record(Outcome{})
+			} else {
+				// closeIfDone will answer this one: as it will.
+				ingress, final = st.record(Outcome{Reject: rejectf(CanisterError, "Canister %s did not reply to the call", c.id)}), true
+			}
+		}
+	}
+	if err := n.commitExecution(c, out, fee, credit, nil, ingress); err != nil {
 		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
 		if !cc.responded {
 			cc.responded = true
@@ -322,6 +352,9 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		}
 		n.closeIfDone(c, id, cc)
 		return
+	}
+	if final {
+		cc.origin.status.final.Store(true)
 	}
 	cc.available = cc.available.SaturatingSub(out.CyclesAccepted)
 	cc.instructions += out.Instructions
@@ -428,7 +461,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 			cin.RejectCode = uint32(m.reject.Code)
 		}
 		if cout, err := n.execute(c, cin, false); err == nil && !cout.Trapped {
-			if err := n.commitExecution(c, cout, cycles.Amount{}, cycles.Amount{}, nil); err != nil {
+			if err := n.commitExecution(c, cout, cycles.Amount{}, cycles.Amount{}, nil, nil); err != nil {
 				n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
 			}
 		} else if err == nil {

@@ -87,6 +87,15 @@ type Request struct {
 	Arg        []byte
 	// read_state
 	Paths [][][]byte
+	// Targets are the canisters the sender's delegations allow the
+	// request to address (the intersection of their targets); nil: any.
+	Targets map[string]bool
+}
+
+// MayAddress reports whether the request's delegations allow it to
+// address canister p.
+func (req *Request) MayAddress(p principal.Principal) bool {
+	return req.Targets == nil || req.Targets[string(p.Bytes())]
 }
 
 // readBody reads at most MaxBody bytes.
@@ -106,6 +115,13 @@ func readBody(r io.Reader) ([]byte, error) {
 // (anonymous, or the self-authenticating principal of an Ed25519 key that
 // signed the request id). wantType is the request type the endpoint takes.
 func ParseEnvelope(body []byte, wantType string, now time.Time) (*Request, error) {
+	return ParseEnvelopeWith(body, wantType, now, nil)
+}
+
+// ParseEnvelopeWith is ParseEnvelope on a node whose root key is rootKey
+// (DER): canister signatures (canistersig.go) are verified against it; with
+// a nil rootKey they are refused.
+func ParseEnvelopeWith(body []byte, wantType string, now time.Time, rootKey []byte) (*Request, error) {
 	if err := countItems(body, maxItems); err != nil {
 		return nil, badRequest("Could not parse body as read request: %v", err)
 	}
@@ -142,7 +158,7 @@ func ParseEnvelope(body []byte, wantType string, now time.Time) (*Request, error
 	if err := checkExpiry(req.IngressExpiry, now); err != nil {
 		return nil, err
 	}
-	if err := authenticate(req, env, now); err != nil {
+	if err := authenticate(req, env, now, rootKey); err != nil {
 		return nil, err
 	}
 	return req, nil
@@ -265,7 +281,7 @@ const (
 // delegationDomain separates the signatures of delegations.
 const delegationDomain = "\x1Aic-request-auth-delegation"
 
-func authenticate(req *Request, env map[string]any, now time.Time) error {
+func authenticate(req *Request, env map[string]any, now time.Time, rootKey []byte) error {
 	pk, hasPK := env["sender_pubkey"]
 	sig, hasSig := env["sender_sig"]
 	if req.Sender.IsAnonymous() {
@@ -285,14 +301,14 @@ func authenticate(req *Request, env map[string]any, now time.Time) error {
 	if !principal.SelfAuthenticating(der).Equal(req.Sender) {
 		return forbidden("Request %x is not authorized: sender %s is not the principal of the given sender_pubkey (%s)", req.ID, req.Sender, principal.SelfAuthenticating(der))
 	}
-	signer, err := senderKey(der)
+	signer, err := senderKey(der, rootKey)
 	if err != nil {
 		return forbidden("Request %x is not authorized: sender_pubkey %v", req.ID, err)
 	}
 	// A delegation chain hands the right to sign from the sender's key
 	// to another, each link signed by the key before it.
 	if d, ok := env["sender_delegation"]; ok {
-		if signer, err = followDelegations(req, signer, d, now); err != nil {
+		if signer, err = followDelegations(req, signer, d, now, rootKey); err != nil {
 			return err
 		}
 	}
@@ -307,9 +323,9 @@ func authenticate(req *Request, env map[string]any, now time.Time) error {
 type verifier func(msg, sig []byte) bool
 
 // senderKey reads a DER public key of a kind this node verifies: Ed25519,
-// or ECDSA on P-256 (signatures r‖s over SHA-256, as the IC takes them).
-// secp256k1 keys and canister signatures are not verified yet.
-func senderKey(der []byte) (verifier, error) {
+// or ECDSA on P-256 or secp256k1 (signatures r‖s over SHA-256, as the IC
+// takes them), or a canister signature key (canistersig.go).
+func senderKey(der, rootKey []byte) (verifier, error) {
 	if len(der) == len(ed25519DERPrefix)+ed25519.PublicKeySize && string(der[:len(ed25519DERPrefix)]) == string(ed25519DERPrefix) {
 		pub := ed25519.PublicKey(der[len(ed25519DERPrefix):])
 		return func(msg, sig []byte) bool {
@@ -330,13 +346,19 @@ func senderKey(der []byte) (verifier, error) {
 			}
 		}
 	}
-	return nil, errors.New("is not a DER Ed25519 or ECDSA P-256 key (the key types this node verifies yet)")
+	if v, ok, err := secp256k1Key(der); ok {
+		return v, err
+	}
+	if v, ok, err := canisterSigKey(der, rootKey); ok {
+		return v, err
+	}
+	return nil, errors.New("is not a DER Ed25519 or ECDSA P-256 key, nor an ECDSA secp256k1 or canister signature key (the key types this node verifies)")
 }
 
 // followDelegations checks a chain: each delegation is signed by the key
 // before it, has not expired, and if it names targets, names the canister
 // called. It returns the last delegated key.
-func followDelegations(req *Request, signer verifier, v any, at time.Time) (verifier, error) {
+func followDelegations(req *Request, signer verifier, v any, at time.Time, rootKey []byte) (verifier, error) {
 	chain, ok := v.([]any)
 	if !ok {
 		return nil, badRequest("Could not parse body as read request: sender_delegation must be an array")
@@ -372,17 +394,25 @@ func followDelegations(req *Request, signer verifier, v any, at time.Time) (veri
 			if !ok || len(ts) > maxTargets {
 				return nil, badRequest("Could not parse body as read request: delegation %d: targets must be an array of at most %d principals", i, maxTargets)
 			}
-			found := false
+			// The request may address only canisters every delegation
+			// names: read_state's are checked by the handler, which knows
+			// which canisters its paths are about.
+			set := make(map[string]bool, len(ts))
 			for _, x := range ts {
-				if b, ok := x.([]byte); ok && string(b) == string(req.CanisterID.Bytes()) {
-					found = true
+				b, ok := x.([]byte)
+				if !ok {
+					return nil, badRequest("Could not parse body as read request: delegation %d: a target must be a blob", i)
+				}
+				if req.Targets == nil || req.Targets[string(b)] {
+					set[string(b)] = true
 				}
 			}
-			if !found && req.Type != "read_state" {
+			req.Targets = set
+			if req.Type != "read_state" && !req.MayAddress(req.CanisterID) {
 				return nil, forbidden("Request %x is not authorized: canister %s is not among the targets of delegation %d", req.ID, req.CanisterID, i)
 			}
 		}
-		if signer, err = senderKey(pub); err != nil {
+		if signer, err = senderKey(pub, rootKey); err != nil {
 			return nil, forbidden("Request %x is not authorized: delegation %d's pubkey %v", req.ID, i, err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"math/big"
 	"net/http"
 	"strings"
 	"testing"
@@ -328,6 +329,29 @@ func FuzzParseEnvelope(f *testing.F) {
 	f.Add(envelope(f, callContent(me.p, now), &me))
 	f.Add(envelope(f, callContent(principal.Anonymous(), now), nil))
 	f.Add([]byte{0xd9, 0xd9, 0xf7, 0xa1, 0x67, 'c', 'o', 'n', 't', 'e', 'n', 't', 0xa0})
+	// A secp256k1 sender (secp256k1_test.go's reference signer), and one
+	// whose key is off the curve.
+	d := big.NewInt(0x5ec9)
+	q := k1Mul(d, k1Point{k1Gx, k1Gy})
+	for _, point := range [][]byte{k1Uncompressed(q), append([]byte{4}, make([]byte, 64)...)} {
+		der := k1DER(f, point, oidSecp256k1)
+		c := callContent(principal.SelfAuthenticating(der), now)
+		rid, _ := RequestID(c)
+		b, _ := cbor.Marshal(map[string]any{"content": c, "sender_pubkey": der,
+			"sender_sig": k1Sign(d, big.NewInt(77), append([]byte(requestDomain), rid[:]...))})
+		f.Add(b)
+	}
+	// A delegation with targets on a read_state.
+	session := newIdentity(f)
+	rs := map[string]any{"request_type": "read_state", "sender": me.p.Bytes(), "ingress_expiry": uint64(now.Add(time.Minute).UnixNano()),
+		"paths": []any{[]any{[]byte("request_status"), make([]byte, 32)}}}
+	dl := map[string]any{"pubkey": session.der, "expiration": uint64(now.Add(time.Hour).UnixNano()), "targets": []any{principal.CanisterID(1).Bytes()}}
+	dh, _ := hashMap(dl)
+	rrid, _ := RequestID(rs)
+	b, _ := cbor.Marshal(map[string]any{"content": rs, "sender_pubkey": me.der,
+		"sender_delegation": []any{map[string]any{"delegation": dl, "signature": ed25519.Sign(me.priv, append([]byte(delegationDomain), dh[:]...))}},
+		"sender_sig":        ed25519.Sign(session.priv, append([]byte(requestDomain), rrid[:]...))})
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, typ := range []string{"call", "query", "read_state"} {
 			req, err := ParseEnvelope(b, typ, now)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +16,9 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -29,13 +32,15 @@ type Node interface {
 // ImplVersion is what /api/v2/status reports as impl_version.
 var ImplVersion = "cordon"
 
-// Request statuses are kept in memory (not durable yet: a restart forgets
-// them) until their ingress expiry has passed, so that a replay within the
-// window is recognized and not run again. maxStatuses bounds how many
-// calls may be in that window (more are refused with 503, never evicted:
-// evicting one would let it be replayed), maxReplyBytes the replies held
-// (beyond it the oldest replies are dropped and their status becomes
-// "done", as the IC prunes replies).
+// Request statuses are kept in memory and, on a node that is a
+// StatusStore, in its store, committed with the execution that answers the
+// call (durable.go): a restart keeps them. A status is kept until its
+// ingress expiry has passed, so that a replay within the window is
+// recognized and not run again, then "done" for doneTTL, then forgotten.
+// maxStatuses bounds how many calls may be kept (more are refused with
+// 503, never evicted: evicting one would let it be replayed),
+// maxReplyBytes the replies held (beyond it the oldest replies are dropped
+// and their status becomes "done", as the IC prunes replies).
 const (
 	maxStatuses   = 100_000
 	maxReplyBytes = 256 << 20
@@ -44,6 +49,7 @@ const (
 // Handler serves the IC HTTP interface of one node.
 type Handler struct {
 	node    Node
+	store   StatusStore // nil: statuses in memory only
 	key     *RootKey
 	nodeKey *NodeKey
 	log     *slog.Logger
@@ -55,6 +61,7 @@ type Handler struct {
 	order      [][32]byte // by arrival
 	replyBytes int        // sum of the kept replies' sizes
 	pruned     int        // order[:pruned] have had their replies dropped
+	expired    int        // order[:expired] are past their expiry ("done")
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -75,6 +82,14 @@ func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 		log = slog.Default()
 	}
 	h := &Handler{node: node, key: key, nodeKey: nodeKey, log: log, now: time.Now, mux: http.NewServeMux(), statuses: map[[32]byte]*requestStatus{}}
+	if ss, ok := node.(StatusStore); ok {
+		h.store = ss
+		// A node whose statuses cannot be read still serves; calls it
+		// had answered may then run again, which the log says.
+		if err := h.load(); err != nil {
+			log.Error("ic interface: request statuses of earlier runs are not known", "error", err)
+		}
+	}
 	h.mux.HandleFunc("GET /api/v2/status", h.status)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/query", h.query)
 	h.mux.HandleFunc("POST /api/v2/canister/{ecid}/call", h.call)
@@ -83,6 +98,12 @@ func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 	// v3's query and read_state are v2's.
 	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/query", h.query)
 	h.mux.HandleFunc("POST /api/v3/canister/{ecid}/read_state", h.readState)
+	// v4's call is v3's: what v4 changes is the form of canister ranges
+	// in the NNS delegation of a certificate, and cordon's certificates
+	// have no delegation (its one subnet is the root key's).
+	h.mux.HandleFunc("POST /api/v4/canister/{ecid}/call", h.callSync)
+	h.mux.HandleFunc("POST /api/v2/subnet/{sid}/read_state", h.subnetReadState)
+	h.mux.HandleFunc("POST /api/v3/subnet/{sid}/read_state", h.subnetReadState)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusNotFound, "no such endpoint of the IC HTTP interface: "+r.Method+" "+r.URL.Path)
 	})
@@ -129,15 +150,20 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/cbor" {
 		return fail(&requestError{status: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q: the request body must be application/cbor", r.Header.Get("Content-Type"))})
 	}
-	ecid, err := principal.FromText(r.PathValue("ecid"))
-	if err != nil {
-		return fail(badRequest("Invalid effective canister id %q: %v", r.PathValue("ecid"), err))
+	// The subnet endpoints have no effective canister.
+	subnet := r.PathValue("sid") != ""
+	var ecid principal.Principal
+	if !subnet {
+		var err error
+		if ecid, err = principal.FromText(r.PathValue("ecid")); err != nil {
+			return fail(badRequest("Invalid effective canister id %q: %v", r.PathValue("ecid"), err))
+		}
 	}
 	body, err := readBody(r.Body)
 	if err != nil {
 		return fail(err)
 	}
-	req, err := ParseEnvelope(body, typ, h.now())
+	req, err := ParseEnvelopeWith(body, typ, h.now(), h.key.DER())
 	if err != nil {
 		return fail(err)
 	}
@@ -147,7 +173,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if req.Type != "read_state" && req.CanisterID.IsManagement() {
 		target, ok = mgmtTarget(req.MethodName, req.Arg)
 	}
-	if req.Type != "read_state" && ok && !target.Equal(ecid) {
+	if !subnet && req.Type != "read_state" && ok && !target.Equal(ecid) {
 		return fail(badRequest("Specified CanisterId %s does not match effective canister id in URL %s", target, ecid))
 	}
 	return req
@@ -244,15 +270,21 @@ const maxCallWait = 10 * time.Minute
 // accepted call is the node's to finish, as on the IC) and its status is
 // recorded when it ends.
 func (h *Handler) run(ctx context.Context, req *Request) error {
-	if fresh, err := h.begin(req); err != nil || !fresh {
+	fresh, recs, err := h.begin(req)
+	h.persist(recs)
+	if err != nil || !fresh {
 		return err
+	}
+	var status *host.IngressStatus
+	if h.store != nil {
+		status = ingressStatus(req)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
 		defer cancel()
-		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
+		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status})
 		if err != nil && wctx.Err() != nil {
 			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", req.CanisterID, "method", req.MethodName, "request_id", fmt.Sprintf("%x", req.ID))
 			return
@@ -262,7 +294,7 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 			h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
 			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
 		}
-		h.finish(req.ID, st)
+		h.persist(h.finish(req.ID, st))
 	}()
 	select {
 	case <-done:
@@ -272,57 +304,37 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 }
 
 // begin records a request as processing; false if its id was already
-// known. Statuses whose expiry has passed are forgotten first (oldest
-// first, never one still processing); a full window is a 503.
-func (h *Handler) begin(req *Request) (bool, error) {
+// known. Statuses are pruned first (durable.go); a full window is a 503.
+// recs are the pruning's store records, for persist.
+func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.statuses[req.ID]; ok {
-		return false, nil
+		return false, nil, nil
 	}
-	now := uint64(h.now().UnixNano())
-	for len(h.order) > 0 {
-		st := h.statuses[h.order[0]]
-		// A call still processing is kept while the node may finish it.
-		keep := st.Expiry + uint64(maxClockDrift)
-		if st.Status == "processing" {
-			keep += uint64(maxCallWait)
-		}
-		if keep >= now {
-			break
-		}
-		h.replyBytes -= len(st.Reply)
-		delete(h.statuses, h.order[0])
-		h.order[0] = [32]byte{}
-		h.order = h.order[1:]
-		h.pruned = max(h.pruned-1, 0)
-	}
+	recs = h.pruneLocked()
 	if len(h.statuses) >= maxStatuses {
-		return false, &requestError{status: http.StatusServiceUnavailable,
+		return false, recs, &requestError{status: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("too many calls (%d) within their ingress expiry; retry later", maxStatuses)}
 	}
 	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry}
 	h.order = append(h.order, req.ID)
-	return true, nil
+	return true, recs, nil
 }
 
-func (h *Handler) finish(id [32]byte, st *requestStatus) {
+// finish records a call's outcome (which the node has stored with its
+// execution) and returns the store records of replies dropped for space.
+func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old, ok := h.statuses[id]
-	if !ok {
-		return
+	if !ok || old.Status != "processing" {
+		return nil
 	}
 	st.Sender, st.Canister, st.Expiry = old.Sender, old.Canister, old.Expiry
-	h.statuses[id] = st
+	*old = *st
 	h.replyBytes += len(st.Reply)
-	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
-		if o := h.statuses[h.order[h.pruned]]; o.Status == "replied" {
-			h.replyBytes -= len(o.Reply)
-			o.Status, o.Reply = "done", nil
-		}
-		h.pruned++
-	}
+	return h.capRepliesLocked()
 }
 
 // lookup returns a copy of a request's status.
@@ -341,7 +353,8 @@ func statusTree(st requestStatus) *Tree {
 	n := node{"status": Leaf([]byte(st.Status))}
 	switch st.Status {
 	case "replied":
-		n["reply"] = Leaf(st.Reply)
+		// Never nil: an empty reply is an empty blob, not CBOR null.
+		n["reply"] = Leaf(append([]byte{}, st.Reply...))
 	case "rejected":
 		n["reject_code"] = Leaf(leb128(st.RejectCode))
 		n["reject_message"] = Leaf([]byte(st.RejectMessage))
@@ -364,31 +377,82 @@ func (h *Handler) certifyStatus(id [32]byte) (cert []byte, done bool, err error)
 	return cert, true, err
 }
 
-// readState certifies the paths asked for that this node serves: time
-// and request_status/<id>[/…] of one request, asked for by its sender.
-// A request id the node does not know is absent from the tree, which is
-// how the spec says "unknown".
+// readState certifies the paths asked for that this node serves at a
+// canister's endpoint: time, subnet/…, canister/<ecid>/… (module_hash,
+// controllers, certified_data, metadata/<name>) and request_status/<id>[/…]
+// of one request, asked for by its sender. A request id the node does not
+// know is absent from the tree, which is how the spec says "unknown".
 func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 	req := h.parse(w, r, "read_state")
 	if req == nil {
 		return
 	}
 	ecid, _ := principal.FromText(r.PathValue("ecid"))
+	if !req.MayAddress(ecid) {
+		writeText(w, http.StatusForbidden, fmt.Sprintf("Request %x is not authorized: the effective canister %s is not among the targets of the sender's delegations", req.ID, ecid))
+		return
+	}
+	h.answerReadState(w, r, req, &ecid)
+}
+
+// subnetReadState is /api/v2|v3/subnet/<sid>/read_state: time, subnet/…
+// and canister_ranges/<sid>; nothing about canisters or requests.
+func (h *Handler) subnetReadState(w http.ResponseWriter, r *http.Request) {
+	sid, err := principal.FromText(r.PathValue("sid"))
+	if err != nil {
+		writeText(w, http.StatusBadRequest, fmt.Sprintf("Invalid subnet id %q: %v", r.PathValue("sid"), err))
+		return
+	}
+	if !sid.Equal(h.SubnetID()) {
+		writeText(w, http.StatusNotFound, fmt.Sprintf("Subnet %s is not this node's subnet (%s)", sid, h.SubnetID()))
+		return
+	}
+	req := h.parse(w, r, "read_state")
+	if req == nil {
+		return
+	}
+	h.answerReadState(w, r, req, nil)
+}
+
+// maxMetadataPaths bounds the metadata sections one read_state asks for.
+const maxMetadataPaths = 16
+
+// answerReadState answers a read_state at a canister's endpoint (ecid) or
+// at the subnet's (ecid nil).
+func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *Request, ecid *principal.Principal) {
 	var rid []byte
-	withSubnet, withCanister := false, false
+	withSubnet, withCanister, withRanges := false, false, false
+	var metaNames []string
+	notServed := func(p [][]byte) {
+		where := "this node"
+		if ecid == nil {
+			where = "a subnet's read_state"
+		}
+		writeText(w, http.StatusNotFound, fmt.Sprintf("Invalid path requested: %s is not served by %s", pathText(p), where))
+	}
 	for _, p := range req.Paths {
 		switch {
 		case len(p) == 1 && string(p[0]) == "time":
-		case len(p) >= 1 && len(p) <= 2 && string(p[0]) == "subnet":
+		case len(p) >= 1 && len(p) <= 5 && string(p[0]) == "subnet":
 			withSubnet = true
-		case len(p) == 3 && string(p[0]) == "canister" && canisterFields[string(p[2])]:
+		case ecid == nil && len(p) >= 1 && len(p) <= 3 && string(p[0]) == "canister_ranges":
+			withRanges = true
+		case ecid != nil && len(p) >= 3 && string(p[0]) == "canister" &&
+			((len(p) == 3 && canisterFields[string(p[2])]) || (len(p) == 4 && string(p[2]) == "metadata")):
 			// The IC answers canister paths only for the effective canister.
 			if string(p[1]) != string(ecid.Bytes()) {
 				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %x", ecid, p[1]))
 				return
 			}
 			withCanister = true
-		case len(p) >= 2 && len(p) <= 3 && string(p[0]) == "request_status":
+			if len(p) == 4 {
+				if !utf8.Valid(p[3]) || len(metaNames) == maxMetadataPaths {
+					writeText(w, http.StatusBadRequest, fmt.Sprintf("metadata: at most %d UTF-8 names", maxMetadataPaths))
+					return
+				}
+				metaNames = append(metaNames, string(p[3]))
+			}
+		case ecid != nil && len(p) >= 2 && len(p) <= 3 && string(p[0]) == "request_status":
 			if len(p[1]) != 32 {
 				writeText(w, http.StatusBadRequest, "request_status: a request id is 32 bytes")
 				return
@@ -399,7 +463,7 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 			}
 			rid = p[1]
 		default:
-			writeText(w, http.StatusNotFound, fmt.Sprintf("Invalid path requested: %s is not served by this node yet (only time and request_status)", pathText(p)))
+			notServed(p)
 			return
 		}
 	}
@@ -412,8 +476,22 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 		}
 		tn["subnet"] = st
 	}
+	if withRanges {
+		rt, err := h.rangesTree()
+		if err != nil {
+			writeText(w, http.StatusInternalServerError, "canister_ranges: "+err.Error())
+			return
+		}
+		tn["canister_ranges"] = rt
+	}
 	if withCanister {
-		ct, err := h.canisterTree(r.Context(), ecid)
+		md, err := h.metadata(r.Context(), req, *ecid, metaNames)
+		if err != nil {
+			st, msg := asRequestError(err)
+			writeText(w, st, msg)
+			return
+		}
+		ct, err := h.canisterTree(r.Context(), *ecid, md)
 		if err != nil {
 			st, msg := asRequestError(err)
 			writeText(w, st, msg)
@@ -425,13 +503,18 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 		st, ok := h.lookup([32]byte(rid))
 		if ok {
 			// Only the request's sender may read its status, through the
-			// canister it was for (the IC's rule).
+			// canister it was for (the IC's rule), and only if its
+			// delegations allow addressing that canister.
 			if !st.Sender.Equal(req.Sender) {
 				writeText(w, http.StatusForbidden, fmt.Sprintf("Request %x is not authorized: the sender %s is not the sender of request %x", req.ID, req.Sender, rid))
 				return
 			}
-			if !st.Canister.IsManagement() && !st.Canister.Equal(ecid) {
+			if !st.Canister.IsManagement() && !st.Canister.Equal(*ecid) {
 				writeText(w, http.StatusBadRequest, fmt.Sprintf("request %x was for canister %s, not the effective canister %s", rid, st.Canister, ecid))
+				return
+			}
+			if !req.MayAddress(st.Canister) {
+				writeText(w, http.StatusForbidden, fmt.Sprintf("Request %x is not authorized: request %x was for canister %s, which is not among the targets of the sender's delegations", req.ID, rid, st.Canister))
 				return
 			}
 			tn["request_status"] = node{string(rid): statusTree(st)}.tree()
@@ -445,6 +528,44 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 	writeCBOR(w, http.StatusOK, map[string]any{"certificate": cert})
 }
 
+// MetadataReader is what a node offers to serve canister/<id>/metadata
+// (host.Node does).
+type MetadataReader interface {
+	Metadata(ctx context.Context, id principal.Principal, name string) (md engine.Metadata, ok bool, controllers []string, err error)
+}
+
+// metadata reads the sections asked for: a public one for anyone, a
+// private one for the canister's controllers only (403 otherwise); an
+// absent one is left out (absent from the tree).
+func (h *Handler) metadata(ctx context.Context, req *Request, id principal.Principal, names []string) (map[string][]byte, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	mr, ok := h.node.(MetadataReader)
+	if !ok {
+		return nil, nil
+	}
+	out := map[string][]byte{}
+	for _, name := range names {
+		md, ok, controllers, err := mr.Metadata(ctx, id, name)
+		if err != nil {
+			var rj *host.Reject
+			if errors.As(err, &rj) {
+				return nil, nil // an absent canister is absent from the tree
+			}
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		if !md.Public && !slices.Contains(controllers, req.Sender.String()) {
+			return nil, forbidden("Request %x is not authorized: metadata %q of canister %s is private to its controllers", req.ID, name, id)
+		}
+		out[name] = md.Data
+	}
+	return out, nil
+}
+
 // SubnetID is the id of the node's one subnet: the self-authenticating
 // principal of the root key, as on a local replica without delegation.
 func (h *Handler) SubnetID() principal.Principal { return principal.SelfAuthenticating(h.key.DER()) }
@@ -454,7 +575,7 @@ func (h *Handler) SubnetID() principal.Principal { return principal.SelfAuthenti
 // node's key, which is how clients learn the key its query answers are
 // signed with.
 func (h *Handler) subnetTree() (*Tree, error) {
-	ranges, err := cbor.Marshal([]any{[]any{principal.CanisterID(0).Bytes(), principal.CanisterID(^uint64(0)).Bytes()}})
+	ranges, err := canisterRanges()
 	if err != nil {
 		return nil, err
 	}
@@ -466,13 +587,32 @@ func (h *Handler) subnetTree() (*Tree, error) {
 	return node{string(h.SubnetID().Bytes()): sub.tree()}.tree(), nil
 }
 
-// canisterFields are the canister/<id>/… paths this node certifies.
+// canisterRanges is the CBOR list of the subnet's canister id ranges:
+// every canister id cordon allocates, principal.CanisterID(0…2⁶⁴-1).
+func canisterRanges() ([]byte, error) {
+	return cbor.Marshal([]any{[]any{principal.CanisterID(0).Bytes(), principal.CanisterID(^uint64(0)).Bytes()}})
+}
+
+// rangesTree is canister_ranges/<subnet id>/<first canister id>: the
+// spec's sharded form of the ranges (each leaf lists the ranges that
+// start at or after its label, up to the next label): one shard here.
+func (h *Handler) rangesTree() (*Tree, error) {
+	ranges, err := canisterRanges()
+	if err != nil {
+		return nil, err
+	}
+	shard := node{string(principal.CanisterID(0).Bytes()): Leaf(ranges)}
+	return node{string(h.SubnetID().Bytes()): shard.tree()}.tree(), nil
+}
+
+// canisterFields are the canister/<id>/<field> paths this node certifies
+// (and metadata/<name>).
 var canisterFields = map[string]bool{"module_hash": true, "controllers": true, "certified_data": true}
 
 // canisterTree is canister/<id>: module_hash (absent while empty),
 // controllers (self-described CBOR array of principals) and
 // certified_data, read from the node's status of the canister.
-func (h *Handler) canisterTree(ctx context.Context, id principal.Principal) (*Tree, error) {
+func (h *Handler) canisterTree(ctx context.Context, id principal.Principal, metadata map[string][]byte) (*Tree, error) {
 	st, err := h.node.Status(ctx, id)
 	if err != nil {
 		var rj *host.Reject
@@ -508,6 +648,13 @@ func (h *Handler) canisterTree(ctx context.Context, id principal.Principal) (*Tr
 		return nil, fmt.Errorf("certified data of %s: %w", id, err)
 	}
 	n["certified_data"] = Leaf(cd)
+	if len(metadata) > 0 {
+		mn := node{}
+		for name, data := range metadata {
+			mn[name] = Leaf(append([]byte{}, data...)) // an empty section: a blob, not null
+		}
+		n["metadata"] = mn.tree()
+	}
 	return node{string(id.Bytes()): n.tree()}.tree(), nil
 }
 

@@ -143,8 +143,11 @@ func TestHandlerCounter(t *testing.T) {
 		t.Fatalf("call: %d %s", code, b)
 	}
 	rid, _ := RequestID(c)
-	if s, reply, _, _ := New(node, key, testNodeKey(t, home), nil).RequestStatus(rid); s != "unknown" || reply != nil {
-		t.Fatal("a fresh handler knows the request")
+	// The status is the node's, stored with the execution: a fresh
+	// handler on the same node knows it (before statuses were durable, it
+	// did not).
+	if s, reply, _, _ := New(node, key, testNodeKey(t, home), nil).RequestStatus(rid); s != "replied" || !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("a fresh handler on the node: status %s %q", s, reply)
 	}
 	if s, reply, _, _ := h.RequestStatus(rid); s != "replied" || !bytes.Equal(reply, []byte("DIDL\x00\x01\x7d\x01")) {
 		t.Fatalf("request status %s %q", s, reply)
@@ -420,17 +423,17 @@ func TestStatusBookkeeping(t *testing.T) {
 		return &Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
 	}
 	for i := range maxStatuses {
-		if fresh, err := h.begin(mk(i)); !fresh || err != nil {
+		if fresh, _, err := h.begin(mk(i)); !fresh || err != nil {
 			t.Fatalf("begin %d: %v %v", i, fresh, err)
 		}
 		if i > 0 { // the first stays processing
 			h.finish(mk(i).ID, &requestStatus{Status: "replied", Reply: make([]byte, 4<<10)})
 		}
 	}
-	if fresh, err := h.begin(mk(0)); fresh || err != nil {
+	if fresh, _, err := h.begin(mk(0)); fresh || err != nil {
 		t.Fatalf("replay of a kept id: %v %v", fresh, err)
 	}
-	_, err = h.begin(mk(maxStatuses))
+	_, _, err = h.begin(mk(maxStatuses))
 	if st, _ := asRequestError(err); st != http.StatusServiceUnavailable {
 		t.Fatalf("a call beyond a full window: %v", err)
 	}
@@ -448,11 +451,11 @@ func TestStatusBookkeeping(t *testing.T) {
 	// (its call may still end) and so does everything after it, until it
 	// too is past maxCallWait.
 	clock = clock.Add(2 * time.Minute)
-	if fresh, err := h.begin(mk(maxStatuses)); fresh || err == nil {
+	if fresh, _, err := h.begin(mk(maxStatuses)); fresh || err == nil {
 		t.Fatalf("window freed while its first call is processing: %v %v", fresh, err)
 	}
 	clock = clock.Add(maxCallWait)
-	if fresh, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
+	if fresh, _, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
 		t.Fatalf("after expiry: %v %v", fresh, err)
 	}
 	if len(h.statuses) != 1 || h.replyBytes != 0 {

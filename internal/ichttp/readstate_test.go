@@ -157,8 +157,11 @@ func TestReadStateAndSyncCall(t *testing.T) {
 		{"anonymous", nil, [][][]byte{{[]byte("request_status"), rid[:], []byte("reply")}}, 403, "is not the sender"},
 		{"two ids", &me, [][][]byte{{[]byte("request_status"), rid[:]}, {[]byte("request_status"), make([]byte, 32)}}, 400, "single request ID"},
 		{"short id", &me, [][][]byte{{[]byte("request_status"), rid[:5]}}, 400, "32 bytes"},
-		{"subnet's deeper paths", &me, [][][]byte{{[]byte("subnet"), []byte("x"), []byte("node")}}, 404, "not served"},
-		{"canister metadata", &me, [][][]byte{{[]byte("canister"), id.Bytes(), []byte("metadata"), []byte("candid:service")}}, 404, "not served"},
+		// (subnet/<id>/… and canister/<id>/metadata/<name> are served now:
+		// readstate_test's TestSubnetReadState and TestMetadata.)
+		{"canister_ranges at a canister's endpoint", &me, [][][]byte{{[]byte("canister_ranges")}}, 404, "not served"},
+		{"an unknown path", &me, [][][]byte{{[]byte("api_boundary_nodes"), []byte("x")}}, 404, "not served"},
+		{"private metadata, not a controller", &me, [][][]byte{{[]byte("canister"), id.Bytes(), []byte("metadata"), []byte("candid:service")}}, 403, "private to its controllers"},
 		{"another canister", &me, [][][]byte{{[]byte("canister"), principal.CanisterID(99).Bytes(), []byte("module_hash")}}, 400, "does not match requested canister id"},
 	} {
 		code, b := readState(tc.sender, tc.paths...)

@@ -37,6 +37,9 @@ func payloadBytes(changes []Change) int64 {
 		for _, ch := range c.Chunks {
 			n += int64(len(ch))
 		}
+		for _, r := range c.Ingress {
+			n += int64(len(r.Key) + len(r.Value))
+		}
 		n += 512 // metadata, roughly
 	}
 	return n

@@ -167,7 +167,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode} {
+		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode, bucketIngress} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -272,6 +272,15 @@ type Change struct {
 	// Chunks are added, each under its SHA-256.
 	ClearChunks bool
 	Chunks      [][]byte
+	// Ingress are ingress statuses committed with this change (ingress.go).
+	// A Change with only these and no ID writes only these.
+	Ingress []IngressRecord
+}
+
+func (c *Change) ingressOnly() bool {
+	return c.ID == nil && len(c.Ingress) > 0 && c.Heap == nil && c.Stable == nil && !c.SetGlobals &&
+		c.Module == nil && !c.Delete && len(c.Logs) == 0 && !c.ClearLogs &&
+		!c.ClearChunks && len(c.Chunks) == 0
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
@@ -287,6 +296,12 @@ func (s *Store) Commit(changes ...Change) error {
 }
 
 func commitOne(tx *bolt.Tx, c *Change) error {
+	if err := putIngress(tx, c.Ingress); err != nil {
+		return fmt.Errorf("ingress statuses: %w", err)
+	}
+	if c.ingressOnly() {
+		return nil
+	}
 	all := tx.Bucket(bucketCanisters)
 	if c.Delete {
 		if all.Bucket(c.ID) == nil {

@@ -137,9 +137,11 @@ func truncate(s string) string {
 	return s
 }
 
-// Bytes returns a copy of the principal's bytes.
+// Bytes returns a copy of the principal's bytes, never nil: the management
+// canister's are an empty slice, so that encoders write an empty byte
+// string (CBOR 0x40, as IC clients send aaaaa-aa), not null.
 func (p Principal) Bytes() []byte {
-	return append([]byte(nil), p.buf[:p.n]...)
+	return append(make([]byte, 0, p.n), p.buf[:p.n]...)
 }
 
 // Len returns the number of bytes in the principal.

@@ -160,3 +160,18 @@ func FuzzFromText(f *testing.F) {
 		}
 	})
 }
+
+// Bytes is never nil: the management canister's bytes are an empty slice,
+// so that encoders write an empty byte string (as IC clients send
+// aaaaa-aa), not null; and a copy, so callers cannot change a principal.
+func TestBytesNeverNil(t *testing.T) {
+	if b := Management().Bytes(); b == nil || len(b) != 0 {
+		t.Fatalf("Management().Bytes() = %#v", b)
+	}
+	p := MustFromText("rwlgt-iiaaa-aaaaa-aaaaa-cai")
+	b := p.Bytes()
+	b[0] ^= 0xff
+	if p.Bytes()[0] == b[0] {
+		t.Fatal("Bytes aliases the principal")
+	}
+}

@@ -1,0 +1,205 @@
+package ichttp
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// StatusStore is what a node offers to keep request statuses across
+// restarts (host.Node does): the node commits a call's status with the
+// execution that answers it (host.IngressStatus); the interface loads them
+// when it starts and writes its pruning. A Node without it keeps statuses
+// in memory only.
+type StatusStore interface {
+	IngressStatuses(fn func(key, value []byte) error) error
+	PutIngressStatuses(recs []store.IngressRecord) error
+}
+
+// doneTTL is how long a status stays "done" after its expiry has passed,
+// before it is forgotten: the IC keeps the ids of expired requests for a
+// while too, so a client polling late learns "done", not "unknown".
+const doneTTL = maxIngressTTL
+
+// storedStatus is a status as the store keeps it (CBOR, integer keys).
+type storedStatus struct {
+	Status        string `cbor:"1,keyasint"` // replied, rejected, done, or executing (awaiting calls)
+	Expiry        uint64 `cbor:"2,keyasint"`
+	Sender        []byte `cbor:"3,keyasint"`
+	Canister      []byte `cbor:"4,keyasint"`
+	Reply         []byte `cbor:"5,keyasint,omitempty"`
+	RejectCode    uint64 `cbor:"6,keyasint,omitempty"`
+	RejectMessage string `cbor:"7,keyasint,omitempty"`
+}
+
+// statusExecuting marks a call stored while it awaited the responses of
+// its own calls. Calls in flight do not survive a restart of the node, so
+// one found so at start can never be answered.
+const statusExecuting = "executing"
+
+func encodeStatus(st *requestStatus) []byte {
+	b, err := cbor.Marshal(storedStatus{Status: st.Status, Expiry: st.Expiry, Sender: st.Sender.Bytes(), Canister: st.Canister.Bytes(),
+		Reply: st.Reply, RejectCode: st.RejectCode, RejectMessage: st.RejectMessage})
+	if err != nil {
+		panic(err) // strings, blobs and naturals always encode
+	}
+	return b
+}
+
+func decodeStatus(b []byte) (*requestStatus, error) {
+	var s storedStatus
+	if err := cbor.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	sender, err := principal.FromBytes(s.Sender)
+	if err != nil {
+		return nil, fmt.Errorf("sender: %w", err)
+	}
+	canister, err := principal.FromBytes(s.Canister)
+	if err != nil {
+		return nil, fmt.Errorf("canister: %w", err)
+	}
+	st := &requestStatus{Status: s.Status, Expiry: s.Expiry, Sender: sender, Canister: canister,
+		Reply: s.Reply, RejectCode: s.RejectCode, RejectMessage: s.RejectMessage}
+	switch s.Status {
+	case "replied", "rejected", "done":
+	case statusExecuting:
+		st.Status, st.Reply = "rejected", nil
+		st.RejectCode = uint64(host.CanisterError)
+		st.RejectMessage = "the node restarted while the call awaited the responses of the calls it made; its outcome is lost"
+	default:
+		return nil, fmt.Errorf("unknown status %q", s.Status)
+	}
+	return st, nil
+}
+
+// ingressStatus is the hook with which the node commits req's status.
+func ingressStatus(req *Request) *host.IngressStatus {
+	return &host.IngressStatus{Key: append([]byte(nil), req.ID[:]...), Encode: func(o host.Outcome) []byte {
+		st := &requestStatus{Status: statusExecuting, Expiry: req.IngressExpiry, Sender: req.Sender, Canister: req.CanisterID}
+		switch {
+		case o.Replied:
+			st.Status, st.Reply = "replied", o.Reply
+		case o.Reject != nil:
+			st.Status, st.RejectCode, st.RejectMessage = "rejected", uint64(o.Reject.Code), o.Reject.Message
+		}
+		return encodeStatus(st)
+	}}
+}
+
+// load reads the stored statuses (at start, before serving).
+func (h *Handler) load() error {
+	if h.store == nil {
+		return nil
+	}
+	type kept struct {
+		id [32]byte
+		st *requestStatus
+	}
+	var all []kept
+	var bad []store.IngressRecord
+	err := h.store.IngressStatuses(func(k, v []byte) error {
+		st, err := decodeStatus(v)
+		if len(k) != 32 || err != nil {
+			h.log.Warn("ic interface: dropping an unreadable stored request status", "key", fmt.Sprintf("%x", k), "error", err)
+			bad = append(bad, store.IngressRecord{Key: append([]byte(nil), k...)})
+			return nil
+		}
+		all = append(all, kept{[32]byte(k), st})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load request statuses: %w", err)
+	}
+	// By expiry, which is close to arrival: pruning goes oldest first.
+	slices.SortStableFunc(all, func(a, b kept) int {
+		switch {
+		case a.st.Expiry < b.st.Expiry:
+			return -1
+		case a.st.Expiry > b.st.Expiry:
+			return 1
+		}
+		return 0
+	})
+	h.mu.Lock()
+	for _, k := range all {
+		h.statuses[k.id] = k.st
+		h.order = append(h.order, k.id)
+		h.replyBytes += len(k.st.Reply)
+	}
+	recs := append(bad, h.pruneLocked()...)
+	recs = append(recs, h.capRepliesLocked()...)
+	h.mu.Unlock()
+	h.persist(recs)
+	return nil
+}
+
+// persist writes the pruning's records (outside h.mu: it syncs).
+func (h *Handler) persist(recs []store.IngressRecord) {
+	if h.store == nil || len(recs) == 0 {
+		return
+	}
+	if err := h.store.PutIngressStatuses(recs); err != nil {
+		h.log.Error("ic interface: store the pruning of request statuses", "error", err)
+	}
+}
+
+// pruneLocked moves statuses past their expiry to "done" (their replies
+// dropped), and forgets those done for doneTTL; a call still processing
+// is kept while the node may finish it (maxCallWait). It returns the
+// store records of what changed. h.mu held.
+func (h *Handler) pruneLocked() []store.IngressRecord {
+	now := uint64(h.now().UnixNano())
+	var recs []store.IngressRecord
+	for h.expired < len(h.order) {
+		id := h.order[h.expired]
+		st := h.statuses[id]
+		end := st.Expiry + uint64(maxClockDrift)
+		if st.Status == "processing" {
+			end += uint64(maxCallWait)
+		}
+		if end >= now {
+			break
+		}
+		if st.Status != "done" {
+			h.replyBytes -= len(st.Reply)
+			st.Status, st.Reply, st.RejectCode, st.RejectMessage = "done", nil, 0, ""
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(st)})
+		}
+		h.expired++
+	}
+	for h.expired > 0 {
+		st := h.statuses[h.order[0]]
+		if st.Expiry+uint64(maxClockDrift+doneTTL) >= now {
+			break
+		}
+		recs = append(recs, store.IngressRecord{Key: append([]byte(nil), h.order[0][:]...)})
+		delete(h.statuses, h.order[0])
+		h.order[0] = [32]byte{}
+		h.order = h.order[1:]
+		h.expired--
+		h.pruned = max(h.pruned-1, 0)
+	}
+	return recs
+}
+
+// capRepliesLocked drops the oldest replies beyond maxReplyBytes (their
+// statuses become "done", as the IC prunes replies). h.mu held.
+func (h *Handler) capRepliesLocked() []store.IngressRecord {
+	var recs []store.IngressRecord
+	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
+		id := h.order[h.pruned]
+		if o := h.statuses[id]; o.Status == "replied" {
+			h.replyBytes -= len(o.Reply)
+			o.Status, o.Reply = "done", nil
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(o)})
+		}
+		h.pruned++
+	}
+	return recs
+}
