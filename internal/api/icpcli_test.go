@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,19 +151,7 @@ func TestICPCLI(t *testing.T) {
 	}
 
 	// Updates: icp-cli 1.5.0 (ic-agent) sends them to /api/v4/.../call
-	// only. Where cordon serves v4, an update must work end to end; until
-	// then icp's failure must be exactly that endpoint's 404, nothing else.
-	if !servesV4(t, s.base, inst.ID) {
-		_, err := icp.call(ctx, "fetch", inst.ID, "inc", "()", "--candid", did)
-		if err == nil || !strings.Contains(err.Error(), "/api/v4/canister/"+inst.ID+"/call") || !strings.Contains(err.Error(), "404") {
-			t.Fatalf("icp update without /api/v4: %v", err)
-		}
-		t.Logf("cordon serve has no /api/v4 call endpoint yet: icp-cli updates checked up to its 404")
-		if got := get("ed"); got != "(0 : nat)" {
-			t.Fatalf("Ed25519 query get: %q", got)
-		}
-		return
-	}
+	// only, and must work end to end, anonymously and signed.
 	for i, identity := range []string{"", "ed"} {
 		args := []string{inst.ID, "inc", "()", "--candid", did}
 		if identity != "" {
@@ -178,20 +165,6 @@ func TestICPCLI(t *testing.T) {
 	if got := get("ed"); got != "(2 : nat)" {
 		t.Fatalf("Ed25519 query get after two updates: %q", got)
 	}
-}
-
-// servesV4 reports whether cordon serve routes /api/v4 calls (a request
-// it does not route is answered 404 "no such endpoint").
-func servesV4(t *testing.T, base, id string) bool {
-	t.Helper()
-	resp, err := http.Post(base+"/api/v4/canister/"+id+"/call", "application/cbor", bytes.NewReader([]byte{0xa0}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return !(resp.StatusCode == http.StatusNotFound && strings.Contains(b.String(), "no such endpoint"))
 }
 
 func firstLine(s string) string {
