@@ -77,9 +77,11 @@ type Fees struct {
 	IngressReception uint64 // per ingress message
 	IngressPerByte   uint64 // per byte of ingress payload
 	CanisterCreation uint64
-	// Call and CallPerByte price an inter-canister call, as ic0.cost_call
-	// reports it: Call plus CallPerByte per byte of method name and
-	// argument (IC: xnet_call_fee 260_000, xnet_byte_transmission_fee 1_000).
+	// Call and CallPerByte price an inter-canister call: Call plus
+	// CallPerByte per byte of method name and argument, and CallPerByte per
+	// byte of its response, reserved for a ReplyBytes one and refunded
+	// (IC: xnet_call_fee 260_000, xnet_byte_transmission_fee 1_000).
+	// ic0.cost_call reports the call's fee plus its response reservation.
 	Call        uint64
 	CallPerByte uint64
 	// GiBStoragePerSecond is the storage fee: cycles per GiB of memory held

@@ -381,7 +381,11 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		return
 	}
 	delete(c.callbacks, m.callbackID)
-	n.releaseCall(c, cb) // its reservation is in the balance again
+	size := len(m.reply)
+	if m.reject != nil {
+		size = len(m.reject.Message)
+	}
+	n.releaseCall(c, cb, size) // what its response did not cost is in the balance again
 	cc := c.contexts[cb.ctxID]
 	if cc == nil {
 		return
