@@ -399,7 +399,7 @@ func fanOutAttack(t *testing.T, iso string, execs uint64) {
 	msgs, instr := after.Messages-before.Messages, after.Instructions-before.Instructions
 	want := cycles.New(msgs).MulSat(cfg.Fees.UpdateExecution).
 		SaturatingAdd(cycles.New(instr).MulSat(cfg.Fees.PerInstruction)).
-		SaturatingAdd(cycles.New(2 * cfg.Fees.IngressReception)). // fan, halt: no argument bytes
+		SaturatingAdd(cycles.New(2 * cfg.Fees.IngressReception)).           // fan, halt: no argument bytes
 		SaturatingAdd(cycles.New(s.performed).MulSat(s.cost - reservation)) // replies are empty: no transmission
 	if paid != burned || burned != want {
 		t.Fatalf("attacker paid %s, burned %s; want %s (%d executions, %d instructions, %d calls × %d)",
