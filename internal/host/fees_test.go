@@ -1,10 +1,17 @@
 package host
 
 import (
+	"context"
 	"encoding/binary"
+	"math/big"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // feeWat calls and answers. "call" takes [callee id (10 bytes)][method
@@ -127,4 +134,163 @@ func TestCallAndResponseFees(t *testing.T) {
 			f.checkCallsReleased(a, b)
 		})
 	}
+}
+
+// burnWat burns: "burn" calls cycles_burn128 with the largest amount and
+// answers [balance it saw: 16 bytes][burned: 16 bytes]; canister_init does
+// the same when its argument is not empty.
+const burnWat = `
+(module
+  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "canister_cycle_balance128" (func $balance (param i32)))
+  (import "ic0" "cycles_burn128" (func $burn (param i64 i64 i32)))
+  (memory 1)
+  (func $burn_all
+    (call $balance (i32.const 300))
+    (call $burn (i64.const -1) (i64.const -1) (i32.const 316)))
+  (func (export "canister_init") (if (call $arg_size) (then (call $burn_all))))
+  (func (export "canister_update burn")
+    (call $burn_all)
+    (call $append (i32.const 300) (i32.const 32))
+    (call $reply))
+)`
+
+func amountAt(b []byte) cycles.Amount {
+	return cycles.Amount{Lo: binary.LittleEndian.Uint64(b), Hi: binary.LittleEndian.Uint64(b[8:])}
+}
+
+// An update that burns all it can burns down to what pays for it: its own
+// largest fee (ingress included) and the freezing limit stay, to the cycle.
+// It then pays its real fee, so it ends above the freezing limit, and the
+// next update is refused as out of cycles without taking anything. What
+// the canister paid is exactly what was burned. The clock stands still, so
+// the storage fee (which makes the freezing limit) charges nothing between
+// the steps.
+func TestBurnStopsAtTheFeeAndFreezingLimit(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, iso := range []string{"inprocess", "sandbox"} {
+		t.Run(iso, func(t *testing.T) {
+			f := queueFixture(t, iso, func(c *Config) {
+				c.Fees.GiBStoragePerSecond = 127_000
+				c.Clock = func() time.Time { return at }
+			})
+			a := f.install(mustWat(t, burnWat), nil)
+			cfg := f.cfg
+			fees := cfg.Fees
+			before := f.status(a)
+			freezing := new(big.Int).Mul(before.IdleCyclesBurnedPerDay.Big(), new(big.Int).SetUint64(before.FreezingThreshold))
+			freezing.Quo(freezing, big.NewInt(86_400))
+			if freezing.Sign() == 0 {
+				t.Fatal("no freezing limit: the test needs one")
+			}
+			keep := new(big.Int).SetUint64(fees.UpdateExecution + fees.PerInstruction*cfg.UpdateInstructions + fees.IngressReception)
+			keep.Add(keep, freezing)
+
+			out := f.update(a, "burn", nil)
+			seen, burned := amountAt(out), amountAt(out[16:])
+			after := f.status(a)
+			if seen != before.Balance {
+				t.Fatalf("the execution saw %s, the balance was %s", seen, before.Balance)
+			}
+			if want := new(big.Int).Sub(seen.Big(), keep); burned.Big().Cmp(want) != 0 {
+				t.Fatalf("burned %s of %s, want all but %s: %s", burned, seen, keep, want)
+			}
+			used := after.Instructions - before.Instructions
+			// Left: the unused part of the largest fee, and the freezing limit.
+			left := new(big.Int).SetUint64(fees.PerInstruction * (cfg.UpdateInstructions - used))
+			left.Add(left, freezing)
+			if after.Balance.Big().Cmp(left) != 0 {
+				t.Fatalf("balance %s after the burn, want %s", after.Balance, left)
+			}
+			paid := before.Balance.SaturatingSub(after.Balance)
+			if got := after.CyclesBurned.SaturatingSub(before.CyclesBurned); got != paid {
+				t.Fatalf("paid %s, burned %s", paid, got)
+			}
+
+			_, err := f.node.Update(context.Background(), Message{Canister: a, Method: "burn", Caller: user})
+			if r := f.reject(err); r.Code != SysTransient || !strings.Contains(r.Message, "out of cycles") {
+				t.Fatalf("update below the freezing limit: %v", err)
+			}
+			if again := f.status(a); again.Balance != after.Balance || again.CyclesBurned != after.CyclesBurned {
+				t.Fatalf("a refused update moved cycles: %s → %s", after.Balance, again.Balance)
+			}
+			if iso == "sandbox" {
+				f.checkSandboxed(a)
+			}
+			f.checkConservation()
+		})
+	}
+}
+
+// canister_init may burn the whole balance (the IC's init has no fee held
+// back either); the install's fee then takes what is left, nothing, and
+// what is recorded as burned is exactly the balance that went: no negative
+// balance, no burned cycles that never left one.
+func TestInitBurnsTheWholeBalance(t *testing.T) {
+	for _, iso := range []string{"inprocess", "sandbox"} {
+		t.Run(iso, func(t *testing.T) {
+			f := queueFixture(t, iso, nil)
+			ctx := context.Background()
+			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := f.status(id)
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mustWat(t, burnWat), Arg: []byte{1}, Caller: user}); err != nil {
+				t.Fatal(err)
+			}
+			after := f.status(id)
+			if !after.Balance.IsZero() {
+				t.Fatalf("balance %s after init burned it all", after.Balance)
+			}
+			if got := after.CyclesBurned.SaturatingSub(before.CyclesBurned); got != before.Balance {
+				t.Fatalf("burned %s, the balance was %s", got, before.Balance)
+			}
+			f.checkConservation()
+		})
+	}
+}
+
+// The fee of an execution takes the balance, never more: commitExecution
+// and chargeOnly with a balance below the fee leave zero and record as
+// burned exactly what was taken. (Executions with call limits cannot get
+// here, cycles_burn128 and call_perform keep their fee; this is the floor
+// under every other path.)
+func TestFeeTakesAtMostTheBalance(t *testing.T) {
+	f := queueFixture(t, "inprocess", nil)
+	a := f.install(mustWat(t, burnWat), nil)
+	c, err := f.node.get(context.Background(), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	for _, tc := range []struct {
+		name   string
+		charge func() error
+	}{
+		{"commitExecution", func() error {
+			out := &sysapi.Output{Heap: state.Delta{Size: c.heap.Size()}, Stable: state.Delta{Size: c.stable.Size()},
+				Globals: c.globals, Instructions: 1_000_000}
+			return f.node.commitExecution(c, out, cycles.New(1_200_000), cycles.Amount{}, nil)
+		}},
+		{"chargeOnly", func() error { return f.node.chargeOnly(c, 1_000_000, nil, cycles.New(1_200_000), cycles.Amount{}) }},
+	} {
+		// Leave 1 000 cycles: the rest counted as burned, or what is
+		// missing minted (the conservation count holds).
+		thousand := cycles.New(1_000)
+		c.meta.CyclesBurned = c.meta.CyclesBurned.SaturatingAdd(c.meta.Balance.SaturatingSub(thousand))
+		c.meta.CyclesMinted = c.meta.CyclesMinted.SaturatingAdd(thousand.SaturatingSub(c.meta.Balance))
+		c.meta.Balance = thousand
+		burned := c.meta.CyclesBurned
+		err := tc.charge()
+		bal, got := c.meta.Balance, c.meta.CyclesBurned.SaturatingSub(burned)
+		if err != nil || !bal.IsZero() || got != thousand {
+			c.mu.Unlock()
+			t.Fatalf("%s: balance %s, burned %s more (%v); want 0 and 1000", tc.name, bal, got, err)
+		}
+	}
+	c.mu.Unlock()
+	f.checkConservation()
 }

@@ -428,6 +428,8 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	if cb.onCleanup != nil {
 		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
 		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
+		// No calls from a cleanup; the limits give what it must keep.
+		cin.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
 		if m.reject != nil {
 			cin.RejectCode = uint32(m.reject.Code)
 		}

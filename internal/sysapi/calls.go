@@ -22,8 +22,9 @@ type CallLimits struct {
 	// gives the rest back; the callback pays its own execution fee.
 	// ic0.cost_call reports Fee, the request's bytes and Reservation.
 	Reservation cycles.Amount
-	// Keep is what the charges must leave of the balance: this execution's
-	// own maximum fee and the canister's freezing limit.
+	// Keep is what the charges, and cycles_burn128, must leave of the
+	// balance: this execution's own maximum fee and the canister's freezing
+	// limit.
 	Keep cycles.Amount
 	// Outstanding is how many more calls the canister may have awaiting
 	// responses.

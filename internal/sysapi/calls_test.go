@@ -146,3 +146,35 @@ func TestCallTallyReplay(t *testing.T) {
 		t.Fatalf("memory overflow: %d", m)
 	}
 }
+
+// cycles_burn128 burns at most the liquid balance: what the execution must
+// keep (its own fee, the freezing limit) stays, so it can never burn what
+// pays for it; without call limits (install, tests) all of it is liquid.
+func TestCyclesBurnKeepsWhatPaysTheExecution(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		keep           *uint64
+		balance, burnt uint64
+	}{
+		{"keeps Keep", ptr(uint64(300)), 1000, 700},
+		{"below Keep burns nothing", ptr(uint64(300)), 200, 0},
+		{"no limits", nil, 1000, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, mem, _ := newExec(CtxUpdate)
+			if tc.keep != nil {
+				e.in.Limits.Calls = &CallLimits{Keep: cycles.New(*tc.keep)}
+			}
+			e.in.Balance, e.balance = cycles.New(tc.balance), cycles.New(tc.balance)
+			if _, err := call(t, e, "cycles_burn128", ^uint64(0), ^uint64(0), 500); err != nil {
+				t.Fatal(err)
+			}
+			if got := binary.LittleEndian.Uint64(mem[500:]); got != tc.burnt || e.out.CyclesBurned != cycles.New(tc.burnt) ||
+				e.balance != cycles.New(tc.balance-tc.burnt) {
+				t.Fatalf("burned %d (output %s), balance %s; want %d burned", got, e.out.CyclesBurned, e.balance, tc.burnt)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -319,8 +319,15 @@ func (e *Execution) msgCyclesAccept(a []uint64) (uint64, error) {
 	return n.Lo, err
 }
 
+// cyclesBurn128 burns at most the liquid balance: what the execution must
+// keep (its own maximum fee and the freezing limit, CallLimits.Keep) stays,
+// so an execution can never burn what pays for it.
 func (e *Execution) cyclesBurn128(a []uint64) (uint64, error) {
-	n := cycles.Min(amount128(a[0], a[1]), e.balance)
+	liquid := e.balance
+	if l := e.in.Limits.Calls; l != nil {
+		liquid = liquid.SaturatingSub(l.Keep)
+	}
+	n := cycles.Min(amount128(a[0], a[1]), liquid)
 	e.balance = e.balance.SaturatingSub(n)
 	e.out.CyclesBurned = e.out.CyclesBurned.SaturatingAdd(n)
 	return 0, e.write128(a[2], n, "ic0.cycles_burn128")
