@@ -184,6 +184,8 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Messages.CanisterBytes }),
 	size("limits.node_message_bytes", "", "message memory of all calls awaiting responses on the node (IC: 15 GiB per subnet)",
 		func(c *Config) *uint64 { return &c.Host.Messages.NodeBytes }),
+	integer("limits.ingress_queue", "", "ingress messages that may wait in one canister's queue; beyond it they are refused at once with SYS_TRANSIENT (0: no bound)",
+		func(c *Config) *int { return &c.Host.Messages.IngressQueue }, 0),
 
 	boolean("sandbox.strict", "strict", "refuse to run sandboxes when a confinement layer is missing (see `cordon doctor`)",
 		func(c *Config) *bool { return &c.Host.Sandbox.Strict }),

@@ -110,6 +110,10 @@ type MessageLimits struct {
 	// node (IC: 15 GiB of guaranteed response message memory per subnet).
 	CanisterBytes uint64
 	NodeBytes     uint64
+	// IngressQueue is how many ingress messages may wait in one canister's
+	// queue; beyond it an ingress message is refused at once with
+	// SYS_TRANSIENT (sched.go). 0: no bound.
+	IngressQueue int
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -140,6 +144,7 @@ func DefaultConfig() Config {
 			CallbackSoftLimit: 1_000_000,
 			CanisterBytes:     1 << 30,
 			NodeBytes:         15 << 30,
+			IngressQueue:      500,
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
