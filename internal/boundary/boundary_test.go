@@ -466,6 +466,9 @@ func TestValidateOutput(t *testing.T) {
 		{"no outstanding call left", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Outstanding = 0 }, VCalls},
 		{"message memory exhausted", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.MemoryBytes = 2 << 20 }, VCalls},
 		{"call charges not paid", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Reservation = cycles.New(1_000_000) }, VCycles},
+		// Burns and calls stop at what the execution must keep (its fee, the
+		// freezing limit): 1 000 100 - 50 - 10 - 1 101 is 998 939.
+		{"spent below what it must keep", func(e *Expect, o *sysapi.Output) { e.Limits.Calls.Keep = cycles.New(998_940) }, VCycles},
 		{"long callee", func(e *Expect, o *sysapi.Output) { o.Calls[0].Callee = make([]byte, 30) }, VCalls},
 		{"callback beyond 32 bits", func(e *Expect, o *sysapi.Output) { o.Calls[0].OnReply.Fun = 1 << 32 }, VCalls},
 		{"certified data 33 bytes", func(e *Expect, o *sysapi.Output) { o.CertifiedData = make([]byte, 33) }, VCertifiedData},
@@ -488,6 +491,12 @@ func TestValidateOutput(t *testing.T) {
 			tc.mod(e, o)
 			wantViolation(t, ValidateOutput(e, o), tc.want)
 		})
+	}
+	// Spending down to exactly what must be kept passes.
+	e0 := testExpect(1)
+	e0.Limits.Calls.Keep = cycles.New(998_939)
+	if err := ValidateOutput(e0, testOutput()); err != nil {
+		t.Fatalf("spent down to Keep: %v", err)
 	}
 	// A normalized query output and a trap pass.
 	q := testOutput()

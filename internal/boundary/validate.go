@@ -370,6 +370,12 @@ func validateCycles(exp *Expect, out *sysapi.Output) error {
 		return violation(VCycles, "sent %s + burned %s + call charges exceed balance %s + accepted %s",
 			out.CyclesSent, out.CyclesBurned, exp.Balance, out.CyclesAccepted)
 	}
+	// Calls and burns stop at what the execution must keep (its fee, the
+	// freezing limit): an execution that spent anything kept that much.
+	if l := exp.Limits.Calls; l != nil && !spent.IsZero() && have.SaturatingSub(spent).Cmp(l.Keep) < 0 {
+		return violation(VCycles, "sent %s + burned %s + call charges leave less than the %s the execution must keep",
+			out.CyclesSent, out.CyclesBurned, l.Keep)
+	}
 	return nil
 }
 

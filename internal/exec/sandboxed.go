@@ -68,10 +68,12 @@ type SandboxConfig struct {
 	// CompileMemoryBytes is the compiler sandbox's memory limit.
 	CompileMemoryBytes uint64
 
-	// A sandbox between messages has nothing to do. One that uses more than
-	// IdleCPUPercent of a core between two checks IdleCPUCheck apart runs
-	// code of its own (a thread left spinning) and is killed.
-	IdleCPUPercent int           // default 10
+	// A sandbox between messages has nothing to do. One that has used more
+	// than IdleCPUPercent of a core (and 50 ms) since its idle period began,
+	// looked at every IdleCPUCheck, runs code of its own (a thread left
+	// spinning) and is killed. The share is low because a spinning thread
+	// on a loaded node gets little more than its share of the cores.
+	IdleCPUPercent int           // default 2
 	IdleCPUCheck   time.Duration // default 1 s
 
 	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
@@ -111,7 +113,7 @@ func (c *SandboxConfig) defaults() {
 		c.CPUPercent = 100
 	}
 	if c.IdleCPUPercent <= 0 {
-		c.IdleCPUPercent = 10
+		c.IdleCPUPercent = 2
 	}
 	if c.IdleCPUCheck <= 0 {
 		c.IdleCPUCheck = time.Second
@@ -919,9 +921,9 @@ func (x *Sandboxed) watchIdleCPU() {
 	}
 }
 
-// checkIdleCPU compares sb's CPU time with its last idle mark; a sandbox that
-// handled no message in between and used more than IdleCPUPercent of the
-// wall time is killed.
+// checkIdleCPU compares sb's CPU time with the mark taken when its idle
+// period began; a sandbox that handled no message since and used more than
+// IdleCPUPercent of the wall time is killed.
 func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
 	if !sb.mu.TryLock() {
 		return // an exchange holds it: not idle
@@ -940,12 +942,18 @@ func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
 		return // exited: the next acquire notices
 	}
 	now := time.Now()
+	// The mark stays where the sandbox's idle period began, so what it
+	// uses adds up over the checks: on a loaded node a spinning thread gets
+	// a small share of a core per check, never enough to judge on alone.
 	x.mu.Lock()
 	mark := sb.idleCPU
 	busy := sb.busy != 0
-	sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used}
+	same := !busy && mark.ok && mark.pid == sb.pid && mark.messages == sb.messages
+	if !same {
+		sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used}
+	}
 	x.mu.Unlock()
-	if busy || !mark.ok || mark.pid != sb.idleCPU.pid || mark.messages != sb.idleCPU.messages {
+	if !same {
 		return
 	}
 	// /proc counts in 10 ms ticks: never judge on less than a few.

@@ -304,3 +304,76 @@ func TestCompositeQueryCallbackThroughUnexportedTable(t *testing.T) {
 		})
 	}
 }
+
+// cleanupWat: the composite query "cq" takes [mode byte][callee id] and
+// makes two calls to the callee. The first one's callback ('t': the reply
+// callback, 'j': the reject callback of a call to a method that does not
+// exist, 'n': a reply callback that does not trap) writes 'X' at 600 and
+// traps, its cleanup (environment 7) writes its environment at 500 and
+// counts its runs at 504. The second call's reply callback answers with
+// bytes 500..508 and the byte at 600: what the callbacks before it left.
+const cleanupWat = `
+(module
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_on_cleanup" (func $on_cleanup (param i32 i32)))
+  (import "ic0" "call_perform" (func $call_perform (result i32)))
+  (import "ic0" "msg_arg_data_size" (func $arg_size (result i32)))
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory 1)
+  (table 4 funcref)
+  (elem (i32.const 0) $trap $cleanup $report $ok)
+  (data (i32.const 100) "qnope")
+  (func $trap (param i32) (i32.store8 (i32.const 600) (i32.const 88)) unreachable)
+  (func $ok (param i32) (i32.store8 (i32.const 600) (i32.const 79)))
+  (func $cleanup (param $env i32)
+    (i32.store (i32.const 500) (local.get $env))
+    (i32.store (i32.const 504) (i32.add (i32.load (i32.const 504)) (i32.const 1))))
+  (func $report (param i32)
+    (call $append (i32.const 500) (i32.const 8))
+    (call $append (i32.const 600) (i32.const 1))
+    (call $reply))
+  (func (export "canister_composite_query cq")
+    (local $n i32) (local $m i32) (local $mlen i32) (local $cb i32)
+    (local.set $n (i32.sub (call $arg_size) (i32.const 1)))
+    (call $arg_copy (i32.const 0) (i32.const 1) (local.get $n))
+    (call $arg_copy (i32.const 50) (i32.const 0) (i32.const 1))
+    (local.set $m (i32.const 100)) (local.set $mlen (i32.const 1)) (local.set $cb (i32.const 0))
+    (if (i32.eq (i32.load8_u (i32.const 50)) (i32.const 106)) ;; 'j'
+      (then (local.set $m (i32.const 101)) (local.set $mlen (i32.const 4))))
+    (if (i32.eq (i32.load8_u (i32.const 50)) (i32.const 110)) ;; 'n'
+      (then (local.set $cb (i32.const 3))))
+    (call $call_new (i32.const 0) (local.get $n) (local.get $m) (local.get $mlen)
+      (local.get $cb) (i32.const 0) (local.get $cb) (i32.const 0))
+    (call $on_cleanup (i32.const 1) (i32.const 7))
+    (if (call $call_perform) (then unreachable))
+    (call $call_new (i32.const 0) (local.get $n) (i32.const 100) (i32.const 1)
+      (i32.const 2) (i32.const 0) (i32.const 2) (i32.const 0))
+    (if (call $call_perform) (then unreachable)))
+  (func (export "canister_query q") (call $reply))
+)`
+
+// A composite query's reply or reject callback that traps has its cleanup
+// callback run, as on the IC: on the working state without the trapped
+// callback's writes, and the callbacks after it see what the cleanup wrote.
+// A callback that does not trap gets no cleanup. The answer is the later
+// callback's reply, not the trap.
+func TestCompositeQueryCleanupRunsWhenCallbackTraps(t *testing.T) {
+	forIsolations(t, func(t *testing.T, f *fixture) {
+		wasm := mustWat(t, cleanupWat)
+		a, b := f.install(wasm, nil), f.install(wasm, nil)
+		for _, tc := range []struct {
+			mode byte
+			want []byte
+		}{
+			{'t', []byte{7, 0, 0, 0, 1, 0, 0, 0, 0}},
+			{'j', []byte{7, 0, 0, 0, 1, 0, 0, 0, 0}},
+			{'n', []byte{0, 0, 0, 0, 0, 0, 0, 0, 'O'}},
+		} {
+			eq(t, "cq "+string(tc.mode), f.query(a, "cq", append([]byte{tc.mode}, b.Bytes()...)), tc.want)
+		}
+		// Nothing of it was kept: the next query starts from the committed state.
+		eq(t, "cq t again", f.query(a, "cq", append([]byte{'t'}, b.Bytes()...)), []byte{7, 0, 0, 0, 1, 0, 0, 0, 0})
+	})
+}

@@ -77,9 +77,11 @@ type Fees struct {
 	IngressReception uint64 // per ingress message
 	IngressPerByte   uint64 // per byte of ingress payload
 	CanisterCreation uint64
-	// Call and CallPerByte price an inter-canister call, as ic0.cost_call
-	// reports it: Call plus CallPerByte per byte of method name and
-	// argument (IC: xnet_call_fee 260_000, xnet_byte_transmission_fee 1_000).
+	// Call and CallPerByte price an inter-canister call: Call plus
+	// CallPerByte per byte of method name and argument, and CallPerByte per
+	// byte of its response, reserved for a ReplyBytes one and refunded
+	// (IC: xnet_call_fee 260_000, xnet_byte_transmission_fee 1_000).
+	// ic0.cost_call reports the call's fee plus its response reservation.
 	Call        uint64
 	CallPerByte uint64
 	// GiBStoragePerSecond is the storage fee: cycles per GiB of memory held
@@ -108,6 +110,10 @@ type MessageLimits struct {
 	// node (IC: 15 GiB of guaranteed response message memory per subnet).
 	CanisterBytes uint64
 	NodeBytes     uint64
+	// IngressQueue is how many ingress messages may wait in one canister's
+	// queue; beyond it an ingress message is refused at once with
+	// SYS_TRANSIENT (sched.go). 0: no bound.
+	IngressQueue int
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -138,6 +144,7 @@ func DefaultConfig() Config {
 			CallbackSoftLimit: 1_000_000,
 			CanisterBytes:     1 << 30,
 			NodeBytes:         15 << 30,
+			IngressQueue:      500,
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica

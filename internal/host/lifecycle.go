@@ -309,9 +309,18 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if out.CertifiedDataSet {
 		meta.CertifiedData = out.CertifiedData
 	}
-	fee := n.executionFee(used)
-	meta.Balance = meta.Balance.SaturatingSub(fee).SaturatingAdd(out.CyclesAccepted).SaturatingSub(out.CyclesBurned)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned)
+	// The execution burned out of its balance; the fee takes what is left
+	// when that cannot pay it: what is burned is what was taken.
+	bal, err := meta.Balance.Add(out.CyclesAccepted)
+	if err == nil {
+		bal, err = bal.Sub(out.CyclesBurned)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("install %s: cycles accounting: %w", id, err)
+	}
+	var taken cycles.Amount
+	meta.Balance, taken = takeFee(bal, n.executionFee(used))
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(out.CyclesBurned)
 	meta.Instructions += used
 	meta.Messages++
 
@@ -378,8 +387,13 @@ func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extra
 	if used > 0 {
 		fee = fee.SaturatingAdd(n.executionFee(used))
 	}
-	meta.Balance = meta.Balance.SaturatingAdd(credit).SaturatingSub(fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee)
+	bal, err := meta.Balance.Add(credit)
+	if err != nil {
+		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
+	}
+	var taken cycles.Amount
+	meta.Balance, taken = takeFee(bal, fee)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken)
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))

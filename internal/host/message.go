@@ -112,8 +112,12 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	if err != nil {
 		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
 	}
-	meta.Balance = bal.SaturatingSub(fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(out.CyclesBurned).SaturatingAdd(callFees)
+	// The fee is taken, or the whole balance when it cannot pay (only an
+	// execution without a Keep, a cleanup or an install, can get there):
+	// what is burned is what was taken, never more.
+	var taken cycles.Amount
+	meta.Balance, taken = takeFee(bal, fee)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(out.CyclesBurned).SaturatingAdd(callFees)
 	meta.CyclesReserved = meta.CyclesReserved.SaturatingAdd(reserved)
 	meta.Instructions += out.Instructions
 	meta.Messages++
@@ -161,6 +165,13 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	// after the reply runs after the hook (lowmem.go).
 	n.scheduleLowMemory(c)
 	return nil
+}
+
+// takeFee takes fee from bal, or all of bal if it is less, and reports
+// what it took.
+func takeFee(bal, fee cycles.Amount) (left, taken cycles.Amount) {
+	taken = cycles.Min(fee, bal)
+	return bal.SaturatingSub(taken), taken
 }
 
 func validateDelta(d state.Delta, cur *state.PageMap, max uint64) error {

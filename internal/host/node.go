@@ -79,6 +79,7 @@ type canister struct {
 	// an execution).
 	qmu      sync.Mutex
 	queue    []*message
+	ingress  int // ingress messages in queue (Config.Messages.IngressQueue)
 	draining bool
 }
 

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -48,6 +49,7 @@ type frame struct {
 	heap    *state.PageMap
 	stable  *state.PageMap
 	globals []state.Global
+	trapped bool // the execution run last returned from trapped (run)
 }
 
 type queryRun struct {
@@ -121,29 +123,36 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 }
 
 // run executes in on the snapshot and follows its calls (composite only).
-// It returns the first response any of those executions gave, or neither a
-// reply nor an error when none responded.
+// It returns the first response any of those executions gave, else the trap
+// of the first callback that trapped, or neither a reply nor an error when
+// none responded.
 func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
+	s.trapped = false
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
 	if err != nil {
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
 	c.qstats.count(out.Instructions)
+	s.trapped = out.Trapped
 	if out.Trapped {
 		return nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
 	}
+	defer func() { s.trapped = false }() // whatever the callbacks below did
 	var reply *Reply
 	var rej *Reject
+	var trap error // of the first callback that trapped
 	switch out.Response {
 	case sysapi.Replied:
 		reply = &Reply{Data: out.Reply, Instructions: out.Instructions}
 	case sysapi.Rejected:
 		rej = &Reject{Code: CanisterReject, Message: out.RejectMessage}
 	}
-	if len(out.Calls) > 0 {
-		// Later callbacks see what earlier ones wrote: keep a working copy.
+	callback := in.Context == sysapi.CtxCompositeReply || in.Context == sysapi.CtxCompositeReject
+	if len(out.Calls) > 0 || callback && changed(s, out) {
+		// Later callbacks see what earlier ones wrote (their own and those
+		// of the other calls' callbacks): keep a working copy.
 		if err := q.advance(s, out); err != nil {
 			return nil, err
 		}
@@ -175,6 +184,19 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 		}
 		cin.Callback = target
 		cr, cerr2 := q.run(s, cin, depth)
+		if cerr2 != nil && s.trapped {
+			// As in replicated mode: the cleanup runs, and the trap
+			// answers the call only if no later callback does.
+			if call.OnCleanup != nil {
+				if err := q.cleanup(s, *call.OnCleanup, cin); err != nil {
+					return nil, err
+				}
+			}
+			if trap == nil {
+				trap = cerr2
+			}
+			continue
+		}
 		if reply == nil && rej == nil {
 			if cerr2 != nil {
 				if rr, ok := cerr2.(*Reject); ok {
@@ -193,7 +215,33 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	if rej != nil {
 		return nil, rej
 	}
-	return nil, nil
+	return nil, trap
+}
+
+// cleanup runs the cleanup callback of a call whose reply or reject callback
+// (cb, as run) trapped, as the IC does in composite queries too: on the
+// working state the trapped callback left untouched, and what it writes is
+// seen by the callbacks that follow. A trap in it changes nothing more.
+func (q *queryRun) cleanup(s *frame, target sysapi.Callback, cb *sysapi.Input) error {
+	c := s.c
+	in := q.n.input(c, c.module, sysapi.CtxCompositeCleanup, "", q.budget)
+	in.Callback, in.Caller, in.Stable, in.RejectCode = target, cb.Caller, s.stable, cb.RejectCode
+	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
+	if err != nil {
+		return asReject(c.id, "execute cleanup callback on", err)
+	}
+	q.budget -= min(q.budget, out.Instructions)
+	c.qstats.count(out.Instructions)
+	if out.Trapped {
+		return nil
+	}
+	return q.advance(s, out)
+}
+
+// changed reports whether out changes the frame's state.
+func changed(s *frame, out *sysapi.Output) bool {
+	return len(out.Heap.Pages) > 0 || out.Heap.Size != s.heap.Size() ||
+		len(out.Stable.Pages) > 0 || out.Stable.Size != s.stable.Size() || !slices.Equal(out.Globals, s.globals)
 }
 
 // advance applies an execution's changes to the snapshot's working copy.

@@ -16,10 +16,12 @@ import (
 // CallbackSoftLimit), and message memory, its request plus a whole
 // response (ReplyBytes), per canister and per node. call_perform refuses a
 // call beyond any of them with SYS_TRANSIENT, so no message a canister
-// sends can grow the host without bound. A call also pays its fee
-// (ic0.cost_call) and has the cost of executing its response reserved from
-// the balance; the reservation comes back when the response has run, which
-// pays for itself.
+// sends can grow the host without bound. A call also pays its fee and has
+// the most its response can cost reserved from the balance (together what
+// ic0.cost_call reports): the transmission of a ReplyBytes reply and the
+// execution of its callback. When the response arrives, the transmission
+// of its real size is burned and the rest of the reservation comes back;
+// the callback pays its own execution.
 //
 // The counts live in memory like the queues; the reservation is in the
 // canister's metadata (store.Meta.CyclesReserved), so a restart, which
@@ -66,9 +68,18 @@ func (n *Node) callLimits(c *canister, keep cycles.Amount) *sysapi.CallLimits {
 	return l
 }
 
-// callReservation is what is reserved per call for executing its response:
-// the most a callback can cost (the IC reserves the same).
-func (n *Node) callReservation() cycles.Amount { return n.executionFee(n.cfg.UpdateInstructions) }
+// callReservation is what is reserved per call for its response: the
+// transmission of the largest reply and the most a callback can cost (the
+// IC reserves the same).
+func (n *Node) callReservation() cycles.Amount {
+	return sysapi.ResponseReservation(n.cfg.Fees.CallPerByte, n.cfg.ReplyBytes, n.executionFee(n.cfg.UpdateInstructions))
+}
+
+// responseTransmission is the fee of transmitting a response of size bytes
+// (reply data or reject message), paid out of its call's reservation.
+func (n *Node) responseTransmission(size int) cycles.Amount {
+	return cycles.New(min(uint64(size), n.cfg.ReplyBytes)).MulSat(n.cfg.Fees.CallPerByte)
+}
 
 // callMemory is the message memory a call holds: its method name and
 // argument, and a whole response reserved.
@@ -116,11 +127,12 @@ func (n *Node) holdCall(c *canister, cb *callback) bool {
 		c.calls.bytes <= lim.CanisterBytes && nodeBytesOK
 }
 
-// releaseCall ends a call's hold when its response arrives: the counts, and
-// its reservation goes back to the balance, in memory: it becomes durable
-// with the canister's next commit, and a crash before that gives it back
-// at load all the same (node.go get). c.mu held exclusively.
-func (n *Node) releaseCall(c *canister, cb *callback) {
+// releaseCall ends a call's hold when its response of size bytes arrives:
+// the counts, and its reservation, of which the response's transmission is
+// burned and the rest goes back to the balance. In memory: it becomes
+// durable with the canister's next commit; a crash before that gives the
+// whole reservation back at load (node.go get). c.mu held exclusively.
+func (n *Node) releaseCall(c *canister, cb *callback, size int) {
 	if c.calls.per[cb.callee] <= 1 {
 		delete(c.calls.per, cb.callee)
 	} else {
@@ -131,16 +143,18 @@ func (n *Node) releaseCall(c *canister, cb *callback) {
 	n.calls.calls--
 	n.calls.bytes = satSub(n.calls.bytes, cb.memory)
 	n.calls.mu.Unlock()
-	back := cycles.Min(cb.reserved, c.meta.CyclesReserved)
-	c.meta.CyclesReserved = c.meta.CyclesReserved.SaturatingSub(back)
-	c.meta.Balance = c.meta.Balance.SaturatingAdd(back)
+	held := cycles.Min(cb.reserved, c.meta.CyclesReserved)
+	c.meta.CyclesReserved = c.meta.CyclesReserved.SaturatingSub(held)
+	fee := cycles.Min(n.responseTransmission(size), held)
+	c.meta.CyclesBurned = c.meta.CyclesBurned.SaturatingAdd(fee)
+	c.meta.Balance = c.meta.Balance.SaturatingAdd(held.SaturatingSub(fee))
 }
 
 // dropCalls releases the node's counts of a deleted canister's calls; their
 // responses will find nobody.
 func (n *Node) dropCalls(c *canister) {
 	for id, cb := range c.callbacks {
-		n.releaseCall(c, cb)
+		n.releaseCall(c, cb, 0)
 		delete(c.callbacks, id)
 	}
 }

@@ -388,16 +388,19 @@ func fanOutAttack(t *testing.T, iso string, execs uint64) {
 		t.Fatal(err)
 	}
 	cfg := f.cfg
-	if want := sysapi.CallCost(cfg.Fees.Call, cfg.Fees.CallPerByte, 3, 8); s.cost != want.Lo || want.Hi != 0 {
-		t.Fatalf("cost_call reported %d, the node charges %s", s.cost, want)
+	// cost_call: the fee, 11 bytes of request, and the reservation of a
+	// ReplyBytes response and its callback.
+	reservation := cfg.Fees.CallPerByte*cfg.ReplyBytes + cfg.Fees.UpdateExecution + cfg.Fees.PerInstruction*cfg.UpdateInstructions
+	if want := cfg.Fees.Call + cfg.Fees.CallPerByte*11 + reservation; s.cost != want {
+		t.Fatalf("cost_call reported %d, want %d", s.cost, want)
 	}
 	paid := before.Balance.SaturatingSub(after.Balance)
 	burned := after.CyclesBurned.SaturatingSub(before.CyclesBurned)
 	msgs, instr := after.Messages-before.Messages, after.Instructions-before.Instructions
 	want := cycles.New(msgs).MulSat(cfg.Fees.UpdateExecution).
 		SaturatingAdd(cycles.New(instr).MulSat(cfg.Fees.PerInstruction)).
-		SaturatingAdd(cycles.New(2 * cfg.Fees.IngressReception)). // fan, halt: no argument bytes
-		SaturatingAdd(cycles.New(s.performed).MulSat(s.cost))
+		SaturatingAdd(cycles.New(2 * cfg.Fees.IngressReception)).           // fan, halt: no argument bytes
+		SaturatingAdd(cycles.New(s.performed).MulSat(s.cost - reservation)) // replies are empty: no transmission
 	if paid != burned || burned != want {
 		t.Fatalf("attacker paid %s, burned %s; want %s (%d executions, %d instructions, %d calls × %d)",
 			paid, burned, want, msgs, instr, s.performed, s.cost)
@@ -554,7 +557,7 @@ func TestHoldAndReleaseCalls(t *testing.T) {
 	}
 	for i, cb := range cbs {
 		delete(c.callbacks, uint64(1000+i))
-		f.node.releaseCall(c, cb)
+		f.node.releaseCall(c, cb, 0)
 	}
 	f.node.calls.mu.Lock()
 	nc, nb := f.node.calls.calls, f.node.calls.bytes

@@ -108,8 +108,10 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 		return nil, err
 	}
 	ch := make(chan result, 1)
-	n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
-		origin: origin{ingress: ch, status: msg.Status}})
+	if !n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
+		origin: origin{ingress: ch, status: msg.Status}}) {
+		return nil, rejectf(SysTransient, "Canister %s ingress queue is full", msg.Canister)
+	}
 	select {
 	case r := <-ch:
 		return r.reply, r.err
@@ -119,15 +121,26 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 }
 
 // enqueue appends to a canister's queue and makes sure it is being drained.
-func (n *Node) enqueue(c *canister, m *message) {
+// An ingress message finding Messages.IngressQueue others waiting is not
+// queued (false): users are refused at once instead of piling up behind a
+// slow canister. Messages from canisters and the system are bounded where
+// they are made (queues.go) and always queued.
+func (n *Node) enqueue(c *canister, m *message) bool {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
+	if m.ingress {
+		if limit := n.cfg.Messages.IngressQueue; limit > 0 && c.ingress >= limit {
+			return false
+		}
+		c.ingress++
+	}
 	c.queue = append(c.queue, m)
 	if !c.draining {
 		c.draining = true
 		n.busy.Add(1)
 		go n.drain(c)
 	}
+	return true
 }
 
 func (n *Node) drain(c *canister) {
@@ -142,6 +155,9 @@ func (n *Node) drain(c *canister) {
 		m := c.queue[0]
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
+		if m.ingress {
+			c.ingress--
+		}
 		c.qmu.Unlock()
 		n.process(c, m)
 	}
@@ -414,7 +430,11 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		return
 	}
 	delete(c.callbacks, m.callbackID)
-	n.releaseCall(c, cb) // its reservation is in the balance again
+	size := len(m.reply)
+	if m.reject != nil {
+		size = len(m.reject.Message)
+	}
+	n.releaseCall(c, cb, size) // what its response did not cost is in the balance again
 	cc := c.contexts[cb.ctxID]
 	if cc == nil {
 		return
@@ -457,6 +477,8 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	if cb.onCleanup != nil {
 		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
 		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
+		// No calls from a cleanup; the limits give what it must keep.
+		cin.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
 		if m.reject != nil {
 			cin.RejectCode = uint32(m.reject.Code)
 		}

@@ -12,15 +12,19 @@ import (
 // The host fills them from the canister's queues and the node's totals;
 // nil (queries, tests) means no limits and no charges.
 type CallLimits struct {
-	// Fee and ByteFee price a call, as ic0.cost_call reports: Fee plus
-	// ByteFee per byte of method name and argument. Charged at call_perform.
+	// Fee and ByteFee price a call: Fee plus ByteFee per byte of method
+	// name and argument, burned at call_perform.
 	Fee, ByteFee uint64
-	// Reservation is taken from the balance with every call, to pay for
-	// executing its response; the host gives it back when the response has
-	// run (which pays its own execution fee).
+	// Reservation is also taken from the balance with every call: the most
+	// its response can cost, the transmission of a ResponseBytes reply
+	// (ByteFee per byte) and the execution of its callback. When the
+	// response arrives the host burns the transmission of its real size and
+	// gives the rest back; the callback pays its own execution fee.
+	// ic0.cost_call reports Fee, the request's bytes and Reservation.
 	Reservation cycles.Amount
-	// Keep is what the charges must leave of the balance: this execution's
-	// own maximum fee and the canister's freezing limit.
+	// Keep is what the charges, and cycles_burn128, must leave of the
+	// balance: this execution's own maximum fee and the canister's freezing
+	// limit.
 	Keep cycles.Amount
 	// Outstanding is how many more calls the canister may have awaiting
 	// responses.
@@ -43,8 +47,9 @@ type QueueUse struct {
 	Used   int
 }
 
-// CallCost is what a call costs (ic0.cost_call): the fixed fee plus the
-// per-byte fee of its method name and argument; saturating.
+// CallCost is the fee of sending a call: the fixed fee plus the per-byte
+// fee of its method name and argument; saturating. (ic0.cost_call adds the
+// response's reservation: CallLimits.Cost.)
 func CallCost(fee, byteFee uint64, methodLen, argLen uint64) cycles.Amount {
 	n, carry := bits.Add64(methodLen, argLen, 0)
 	if carry != 0 {
@@ -57,10 +62,24 @@ func CallCost(fee, byteFee uint64, methodLen, argLen uint64) cycles.Amount {
 	return perByte.SaturatingAdd(cycles.New(fee))
 }
 
-// Charge is what performing c takes from the balance: its cost and the
-// response reservation.
+// Cost is what ic0.cost_call reports for a call with a method name and an
+// argument of these sizes: what call_perform takes from the balance, the
+// call's fee and its response's reservation (interface specification,
+// "Cycle cost calculation"); saturating.
+func (l *CallLimits) Cost(methodLen, argLen uint64) cycles.Amount {
+	return CallCost(l.Fee, l.ByteFee, methodLen, argLen).SaturatingAdd(l.Reservation)
+}
+
+// Charge is what performing c takes from the balance (Cost).
 func (l *CallLimits) Charge(c *Call) cycles.Amount {
-	return CallCost(l.Fee, l.ByteFee, uint64(len(c.Method)), uint64(len(c.Arg))).SaturatingAdd(l.Reservation)
+	return l.Cost(uint64(len(c.Method)), uint64(len(c.Arg)))
+}
+
+// ResponseReservation is the reservation of a call's response: the
+// transmission of a reply of responseBytes at byteFee per byte, plus
+// execution, the most its callback can cost; saturating.
+func ResponseReservation(byteFee, responseBytes uint64, execution cycles.Amount) cycles.Amount {
+	return cycles.New(responseBytes).MulSat(byteFee).SaturatingAdd(execution)
 }
 
 // Memory is the message memory c holds until its response has run.

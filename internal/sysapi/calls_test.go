@@ -46,14 +46,14 @@ func TestCallPerformLimitsAndCharges(t *testing.T) {
 		e.in.Balance, e.balance = cycles.New(balance), cycles.New(balance)
 		return e, mem
 	}
-	// cost_call reports the host's fees, and call_perform charges exactly
-	// that plus the reservation.
+	// cost_call reports the host's fees and the response's reservation,
+	// and call_perform charges exactly that.
 	e, mem := setup(limits(), 100_000)
 	if _, err := call(t, e, "cost_call", 1, 4, 500); err != nil {
 		t.Fatal(err)
 	}
-	if got := binary.LittleEndian.Uint64(mem[500:]); got != 100+10*5 {
-		t.Fatalf("cost_call = %d, want 150", got)
+	if got := binary.LittleEndian.Uint64(mem[500:]); got != 100+10*5+50 {
+		t.Fatalf("cost_call = %d, want 200", got)
 	}
 	if r := perform(t, e, mem, []byte{8}, 4, 0); r != 0 {
 		t.Fatalf("call_perform = %d", r)
@@ -110,6 +110,15 @@ func TestCallPerformLimitsAndCharges(t *testing.T) {
 	if r := perform(t, e, mem, []byte{8}, 4, 0); r != 0 || e.balance != cycles.New(1000) {
 		t.Fatalf("no limits: %d, balance %s", r, e.balance)
 	}
+	// cost_call then reports the IC's prices: 260 000 + 1 000 per byte of
+	// the request, 1 000 per byte of a 2 MiB reply and a callback of 40 B
+	// instructions (5 M + 1 per instruction).
+	if _, err := call(t, e, "cost_call", 1, 4, 500); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := binary.LittleEndian.Uint64(mem[500:]), uint64(260_000+1_000*5+1_000*(2<<20)+5_000_000+40_000_000_000); got != want {
+		t.Fatalf("cost_call without limits = %d, want %d", got, want)
+	}
 }
 
 func TestCallTallyReplay(t *testing.T) {
@@ -137,3 +146,35 @@ func TestCallTallyReplay(t *testing.T) {
 		t.Fatalf("memory overflow: %d", m)
 	}
 }
+
+// cycles_burn128 burns at most the liquid balance: what the execution must
+// keep (its own fee, the freezing limit) stays, so it can never burn what
+// pays for it; without call limits (install, tests) all of it is liquid.
+func TestCyclesBurnKeepsWhatPaysTheExecution(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		keep           *uint64
+		balance, burnt uint64
+	}{
+		{"keeps Keep", ptr(uint64(300)), 1000, 700},
+		{"below Keep burns nothing", ptr(uint64(300)), 200, 0},
+		{"no limits", nil, 1000, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, mem, _ := newExec(CtxUpdate)
+			if tc.keep != nil {
+				e.in.Limits.Calls = &CallLimits{Keep: cycles.New(*tc.keep)}
+			}
+			e.in.Balance, e.balance = cycles.New(tc.balance), cycles.New(tc.balance)
+			if _, err := call(t, e, "cycles_burn128", ^uint64(0), ^uint64(0), 500); err != nil {
+				t.Fatal(err)
+			}
+			if got := binary.LittleEndian.Uint64(mem[500:]); got != tc.burnt || e.out.CyclesBurned != cycles.New(tc.burnt) ||
+				e.balance != cycles.New(tc.balance-tc.burnt) {
+				t.Fatalf("burned %d (output %s), balance %s; want %d burned", got, e.out.CyclesBurned, e.balance, tc.burnt)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

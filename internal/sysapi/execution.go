@@ -319,8 +319,15 @@ func (e *Execution) msgCyclesAccept(a []uint64) (uint64, error) {
 	return n.Lo, err
 }
 
+// cyclesBurn128 burns at most the liquid balance: what the execution must
+// keep (its own maximum fee and the freezing limit, CallLimits.Keep) stays,
+// so an execution can never burn what pays for it.
 func (e *Execution) cyclesBurn128(a []uint64) (uint64, error) {
-	n := cycles.Min(amount128(a[0], a[1]), e.balance)
+	liquid := e.balance
+	if l := e.in.Limits.Calls; l != nil {
+		liquid = liquid.SaturatingSub(l.Keep)
+	}
+	n := cycles.Min(amount128(a[0], a[1]), liquid)
 	e.balance = e.balance.SaturatingSub(n)
 	e.out.CyclesBurned = e.out.CyclesBurned.SaturatingAdd(n)
 	return 0, e.write128(a[2], n, "ic0.cycles_burn128")
@@ -675,22 +682,28 @@ func (e *Execution) performanceCounter(a []uint64) (uint64, error) {
 
 // --- costs ------------------------------------------------------------------
 
-// Fees of the cost model (IC defaults for a 13-node subnet).
+// Fees of the cost model (IC defaults for a 13-node subnet), for
+// executions the host gives no call prices (queries, tests).
 const (
-	feeCall             = 260_000
-	feeCallPerByte      = 1_000
-	feeCreateCanister   = 100_000_000_000
-	feeCallTransmission = 0
+	feeCall           = 260_000
+	feeCallPerByte    = 1_000
+	feeCreateCanister = 100_000_000_000
+	// The reservation of a response: a 2 MiB reply and a callback of up to
+	// 40 billion instructions at 1 cycle each plus the 5 million base fee.
+	maxResponseBytes   = 2 << 20
+	feeMaxCallbackExec = 5_000_000 + 40_000_000_000
 )
 
-// costCall reports what call_perform charges for a call (CallCost), with
-// the node's fees when the host gave them, else the IC's.
+// costCall reports what call_perform takes for a call (CallLimits.Cost):
+// the fee, the request's bytes and the reservation for the largest
+// response, with the node's prices when the host gave them, else the IC's.
 func (e *Execution) costCall(a []uint64) (uint64, error) {
-	fee, byteFee := uint64(feeCall), uint64(feeCallPerByte)
-	if l := e.in.Limits.Calls; l != nil {
-		fee, byteFee = l.Fee, l.ByteFee
+	l := e.in.Limits.Calls
+	if l == nil {
+		l = &CallLimits{Fee: feeCall, ByteFee: feeCallPerByte,
+			Reservation: ResponseReservation(feeCallPerByte, maxResponseBytes, cycles.New(feeMaxCallbackExec))}
 	}
-	return 0, e.write128(a[2], CallCost(fee, byteFee, a[0], a[1]), "ic0.cost_call")
+	return 0, e.write128(a[2], l.Cost(a[0], a[1]), "ic0.cost_call")
 }
 
 func (e *Execution) costCreateCanister(a []uint64) (uint64, error) {
