@@ -1,0 +1,84 @@
+package exec
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+)
+
+// BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
+// phases, each reported as ms/op: cgroup creation (host), clone + uid/gid
+// maps + exec of the worker (until os.StartProcess returns), the child's
+// confinement up to its ready packet (C constructor, Go runtime start,
+// seccomp), the host's verification of every thread, the worker's engine
+// start and Ready message, and the first module load (the counter's cached
+// artifact, deserialized). Run it with -benchtime=20x; it is the breakdown
+// RATIONALE.md quotes.
+func BenchmarkColdSpawnPhases(b *testing.B) {
+	x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Close()
+	mod, err := x.Prepare(context.Background(), wasmFile(b, corpusDir, "counter"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mod.handle.(*sbModule).hash
+	phases := []string{"start", "cgroup", "spawned", "ready", "verified", "worker-ready", "loaded"}
+	sum := make([]time.Duration, len(phases))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var at []time.Time
+		mark := func(string) { at = append(at, time.Now()) }
+		spec := x.spec("bench", boundary.ModeCanister, 0)
+		spec.Trace = mark
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		mark("start")
+		p, err := sandbox.Start(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn := boundary.NewConn(p.Conn())
+		if err := conn.AwaitReady(boundary.ModeCanister, nil); err != nil {
+			b.Fatal(err)
+		}
+		mark("worker-ready")
+		f, err := x.openArtifact(h)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := conn.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(h), Files: []*os.File{f}}); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		if err := conn.AwaitLoaded(1, h, nil); err != nil {
+			b.Fatal(err)
+		}
+		mark("loaded")
+		cancel()
+		b.StopTimer()
+		_ = p.Kill()
+		p.Wait()
+		p.Conn().Close()
+		if len(at) != len(phases) {
+			b.Fatalf("%d phases traced, want %d", len(at), len(phases))
+		}
+		for j := 1; j < len(at); j++ {
+			sum[j] += at[j].Sub(at[j-1])
+		}
+		sum[0] += at[len(at)-1].Sub(at[0])
+		b.StartTimer()
+	}
+	b.StopTimer()
+	for j, name := range phases {
+		if j == 0 {
+			name = "total"
+		}
+		b.ReportMetric(float64(sum[j].Microseconds())/1000/float64(b.N), name+"-ms/op")
+	}
+}
