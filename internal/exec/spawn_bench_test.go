@@ -12,11 +12,13 @@ import (
 
 // BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
 // phases, each reported as ms/op: cgroup creation (host), clone + uid/gid
-// maps + exec of the worker (until os.StartProcess returns), the child's
+// maps + exec of the worker (until os.StartProcess returns), the v1 cgroup
+// attach (0 on cgroup v2: the child is cloned into its cgroup), the child's
 // confinement up to its ready packet (C constructor, Go runtime start,
 // seccomp), the host's verification of every thread, the worker's engine
-// start and Ready message, and the first module load (the counter's cached
-// artifact, deserialized). Run it with -benchtime=20x; it is the breakdown
+// start and Ready message, the host's check of the cached artifact against
+// its recorded hash, and the first module load (the counter's artifact,
+// deserialized by the worker). Run it with -benchtime=20x; it is the breakdown
 // RATIONALE.md quotes.
 func BenchmarkColdSpawnPhases(b *testing.B) {
 	x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir()})
@@ -29,7 +31,7 @@ func BenchmarkColdSpawnPhases(b *testing.B) {
 		b.Fatal(err)
 	}
 	h := mod.handle.(*sbModule).hash
-	phases := []string{"start", "cgroup", "spawned", "ready", "verified", "worker-ready", "loaded"}
+	phases := []string{"start", "cgroup", "spawned", "attached", "ready", "verified", "worker-ready", "artifact-checked", "loaded"}
 	sum := make([]time.Duration, len(phases))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -52,6 +54,7 @@ func BenchmarkColdSpawnPhases(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		mark("artifact-checked")
 		if err := conn.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(h), Files: []*os.File{f}}); err != nil {
 			b.Fatal(err)
 		}

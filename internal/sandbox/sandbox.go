@@ -53,7 +53,7 @@ type Spec struct {
 	// other ids: its sandboxes are all its own uid.
 	HostIDs *IDPool
 	// Trace, if set, is called as Start passes each phase of a spawn
-	// ("cgroup", "spawned", "ready", "verified"), for the spawn breakdown
+	// ("cgroup", "spawned", "attached", "ready", "verified"), for the spawn breakdown
 	// (benchmarks); nil costs nothing.
 	Trace func(phase string)
 }
@@ -402,6 +402,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			return fail(err)
 		}
 	}
+	trace("attached")
 	for _, l := range []Layer{LayerEnv, LayerFds, LayerSession, LayerPdeathsig, LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS} {
 		if plan[l] {
 			p.layers[l] = LayerState{Applied: true, Detail: hostLayerDetail(l, env)}
