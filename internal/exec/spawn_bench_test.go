@@ -8,6 +8,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
 // BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
@@ -83,5 +84,44 @@ func BenchmarkColdSpawnPhases(b *testing.B) {
 			name = "total"
 		}
 		b.ReportMetric(float64(sum[j].Microseconds())/1000/float64(b.N), name+"-ms/op")
+	}
+}
+
+// BenchmarkEvictedMessage times a query to the counter in three states of
+// its sandbox: live (pooled), evicted with no warm pool (a cold start, the
+// load and the run), and evicted with a warm pool (take a blank sandbox,
+// load, run). Eviction and the pool's refill happen outside the timing.
+func BenchmarkEvictedMessage(b *testing.B) {
+	wasm := wasmFile(b, corpusDir, "counter")
+	for _, c := range []struct {
+		name  string
+		pool  int
+		evict bool
+	}{{"live", 0, false}, {"cold", 0, true}, {"warm-pool", 1, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir(), WarmPool: c.pool})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer x.Close()
+			s := newSim(b, x, "a", wasm)
+			s.must(sysapi.CtxInit, "canister_init", empty)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if c.evict {
+					b.StopTimer()
+					if !x.evictColdest(nil) {
+						b.Fatal("nothing evicted")
+					}
+					for deadline := time.Now().Add(time.Minute); c.pool > 0 && len(blankPids(x)) < c.pool; time.Sleep(time.Millisecond) {
+						if time.Now().After(deadline) {
+							b.Fatal("the warm pool was not refilled")
+						}
+					}
+					b.StartTimer()
+				}
+				s.must(sysapi.CtxNonReplicatedQuery, "canister_query get", empty)
+			}
+		})
 	}
 }
