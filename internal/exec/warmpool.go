@@ -159,6 +159,22 @@ func (x *Sandboxed) addBlank(ctx context.Context) error {
 	log := x.cfg.Logger
 	spec.Stderr = func(line string) { log.Info("sandbox stderr", "canister", *owner.Load(), "line", line) }
 	proc, conn, err := x.start(ctx, "", spec, boundary.ModeCanister)
+	if err == nil {
+		// One request, so that the worker, idle after it, gives back what
+		// its start-up left resident (as an idle canister sandbox does):
+		// a blank sandbox may wait long, and counts in the memory budget.
+		id := x.nextID.Add(1)
+		_, err = exchange(ctx, conn, x.cfg.StartTimeout, func() (struct{}, error) {
+			if err := conn.Send(&boundary.Msg{Kind: boundary.KindPing, ID: id}); err != nil {
+				return struct{}{}, err
+			}
+			return struct{}{}, conn.AwaitPong(id, x.logFunc(blankLabel))
+		})
+		if err != nil {
+			err = x.fail(blankLabel, "start", proc, x.cfg.StartTimeout, err)
+			conn.Raw().Close()
+		}
+	}
 	x.mu.Lock()
 	x.filling--
 	if err != nil {

@@ -248,3 +248,34 @@ func TestWarmPoolCloseAndHostIDs(t *testing.T) {
 		t.Fatalf("%d host ids in use after Close", ids.InUse())
 	}
 }
+
+// A blank sandbox gives back what its start-up left resident while it
+// waits (the worker's idle trim, after the host's one ping), and then
+// serves the canister that takes it, its code faulting back in.
+func TestBlankSandboxTrimsWhileWaiting(t *testing.T) {
+	x, _ := newPooled(t, SandboxConfig{WarmPool: 1})
+	pid := waitBlanks(t, x, 1)[0]
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if trimmed, _ := exeTrimmed(t, pid, exe); trimmed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the blank sandbox never trimmed")
+		}
+	}
+	s := newSim(t, x, "a", wasmFile(t, corpusDir, "counter"))
+	s.must(sysapi.CtxInit, "canister_init", empty)
+	if out := s.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("inc: %x", out.Reply)
+	}
+	if p := sandboxPid(x, "a"); p != pid {
+		t.Fatalf("canister in %d, not the trimmed blank %d", p, pid)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 {
+		t.Fatalf("faults %v", st.Faults)
+	}
+}
