@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -277,5 +278,54 @@ func TestBlankSandboxTrimsWhileWaiting(t *testing.T) {
 	}
 	if st := x.Stats(); len(st.Faults) != 0 {
 		t.Fatalf("faults %v", st.Faults)
+	}
+}
+
+// Blank sandboxes count in the memory budget: over it, the pool is not
+// refilled, and a canister that finds no blank sandbox makes room by
+// eviction as without a pool.
+func TestWarmPoolWithinMemoryBudget(t *testing.T) {
+	x, _ := newPooled(t, SandboxConfig{WarmPool: 3, MaxTotalRSS: 1})
+	b1 := waitBlanks(t, x, 1)[0] // the first fits an empty budget; it fills it
+	if x.blankWanted() {
+		t.Fatal("the pool wants another blank sandbox over the memory budget")
+	}
+	wasm := wasmFile(t, corpusDir, "counter")
+	a := newSim(t, x, "a", wasm)
+	a.must(sysapi.CtxInit, "canister_init", empty)
+	if p := sandboxPid(x, "a"); p != b1 {
+		t.Fatalf("a runs in %d, not the blank sandbox %d", p, b1)
+	}
+	if x.blankWanted() {
+		t.Fatal("the pool wants a blank sandbox over the memory budget")
+	}
+	// A blank sandbox whose start began before the budget filled up is
+	// still taken by the next canister.
+	x.mu.Lock()
+	x.filling++
+	x.mu.Unlock()
+	if err := x.addBlank(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b2 := waitBlanks(t, x, 1, b1)[0]
+	st0 := x.Stats()
+	b := newSim(t, x, "b", wasm)
+	b.must(sysapi.CtxInit, "canister_init", empty)
+	if p := sandboxPid(x, "b"); p != b2 {
+		t.Fatalf("b runs in %d, not the blank sandbox %d", p, b2)
+	}
+	if st := x.Stats(); st.PoolTakes != st0.PoolTakes+1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// c finds no blank sandbox: room is made by evicting the coldest canister.
+	c := newSim(t, x, "c", wasm)
+	c.must(sysapi.CtxInit, "canister_init", empty)
+	if st := x.Stats(); st.Evicted == st0.Evicted {
+		t.Fatalf("no eviction over the memory budget: %+v", st)
+	}
+	for _, s := range []*sim{a, b, c} {
+		if out := s.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+			t.Fatalf("%s: %x", s.id, out.Reply)
+		}
 	}
 }
