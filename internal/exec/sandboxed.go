@@ -767,14 +767,14 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 			return sb, true, nil
 		}
 		if b := x.takeBlank(id); b != nil {
-			// Confined, verified and idle until now; it loads this
-			// canister's module next. Reused: one that dies before it
-			// answers is retried once, on another.
+			// Confined, verified, idle and alive until now; it loads
+			// this canister's module next. Not reused: a crash in its
+			// first exchange is the canister's, as in a fresh one.
 			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, [32]byte{}
 			x.mu.Lock()
 			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
 			x.mu.Unlock()
-			return sb, true, nil
+			return sb, false, nil
 		}
 		x.mu.Lock()
 		x.starting++ // the warm pool leaves it room (warmpool.go)
