@@ -151,10 +151,12 @@ func TestHostileBlankSandboxKilledAndReplaced(t *testing.T) {
 
 // A blank sandbox that computes while it waits for work (a thread of its
 // own) is killed by the idle CPU check, as an idle canister sandbox is.
+// The check is strict and slow here (1% over 2 s, the floor being 50 ms of
+// CPU) so that a spinner starved by a saturated machine still exceeds it.
 func TestBlankSandboxBurningCPUKilled(t *testing.T) {
-	x, m := newPooled(t, SandboxConfig{WarmPool: 1, IdleCPUCheck: 100 * time.Millisecond, blankLabel: spinWhenIdle})
+	x, m := newPooled(t, SandboxConfig{WarmPool: 1, IdleCPUCheck: 2 * time.Second, IdleCPUPercent: 1, blankLabel: spinWhenIdle})
 	pid := waitBlanks(t, x, 1)[0]
-	for deadline := time.Now().Add(time.Minute); x.Stats().Faults["idle_cpu"] == 0; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); x.Stats().Faults["idle_cpu"] == 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("a blank sandbox spinning before it had work was not killed")
 		}
