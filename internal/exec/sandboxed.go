@@ -610,7 +610,11 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 		return struct{}{}, conn.AwaitReady(mode, x.logFunc(spec.Label))
 	})
 	if err != nil {
-		err = x.fail(canisterID, "start", proc, x.cfg.StartTimeout, err)
+		label := canisterID
+		if kind == "blank" {
+			label = blankLabel // not "compiler" in the log
+		}
+		err = x.fail(label, "start", proc, x.cfg.StartTimeout, err)
 		proc.Conn().Close()
 		return nil, nil, err
 	}
