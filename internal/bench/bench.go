@@ -61,7 +61,8 @@ var Sections = []Section{
 		"`bwrap --unshare-all --die-with-parent --clearenv` running a static no-op binary (spawn to exit). " +
 		"*Cold* is `sandbox.Start` (every confinement layer, checked from outside) plus the worker's Ready " +
 		"message; *cold message* is a query to a canister whose sandbox was evicted (spawn, load the cached " +
-		"compiled module, execute); *from the pool* is a query to a canister whose sandbox is live."},
+		"compiled module, execute); *from the pool* is a query to a canister whose sandbox is live; *warm pool* " +
+		"is the cold message when a blank sandbox is ready (take it, load, execute)."},
 	{Key: "latency", Title: "Per-message latency, sandboxed vs in-process", About: "One message at a time " +
 		"through the node (`host.Node.Update`/`Query`), end to end: scheduling, execution, and for updates the " +
 		"durable (fsync'd) commit. The baseline is the same message on an in-process node."},
@@ -450,6 +451,17 @@ func (n *node) liveSandboxes() []metrics.SandboxInfo {
 		}
 	}
 	return out
+}
+
+// blankSandboxes counts the node's warm pool.
+func (n *node) blankSandboxes() int {
+	k := 0
+	for _, s := range n.Sandboxes() {
+		if s.Kind == "blank" {
+			k++
+		}
+	}
+	return k
 }
 
 // timeN runs f n times after warm untimed runs and returns the durations

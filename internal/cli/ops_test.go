@@ -200,6 +200,18 @@ func TestServeCommand(t *testing.T) {
 	if r := cordon(t, home, "ps", "--output", "json"); r.code != 0 || !strings.Contains(r.stdout, `"canister": "`+id+`"`) || !strings.Contains(r.stdout, `"pid": `) {
 		t.Errorf("ps: %+v", r)
 	}
+	// serve keeps a warm pool (sandbox.warm_pool, default 2): ps lists its
+	// blank sandboxes, with no canister.
+	waitUntil(t, "blank sandboxes in ps", func() bool {
+		r := cordon(t, home, "ps")
+		n := 0
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "-" && f[1] == "blank" {
+				n++
+			}
+		}
+		return r.code == 0 && n == 2
+	})
 	cancel()
 	select {
 	case code := <-done:

@@ -17,8 +17,8 @@ import (
 
 // psRow is one live sandbox as `cordon ps` prints it.
 type psRow struct {
-	Canister string    `json:"canister"` // "" for a compiler sandbox
-	Kind     string    `json:"kind"`     // "canister" or "compiler"
+	Canister string    `json:"canister"` // "" for a compiler or blank sandbox
+	Kind     string    `json:"kind"`     // "canister", "blank" or "compiler"
 	PID      int       `json:"pid"`
 	RSSBytes uint64    `json:"rss_bytes"`
 	Started  time.Time `json:"started"`
@@ -39,7 +39,9 @@ func newPsCmd(g *globals) *cobra.Command {
 		Short: "List the live sandbox processes of the running node",
 		Long: `List the sandbox processes of the 'cordon serve' running on this home: one per
 canister that executed recently (idle ones are stopped and respawn on their
-next message), plus compiler sandboxes while a module compiles.
+next message), the warm pool's blank sandboxes (confined, holding no canister
+yet: the next new or evicted canister takes one, sandbox.warm_pool), plus
+compiler sandboxes while a module compiles.
 
 Sandboxes exist only while a node runs with --isolation sandbox, so without a
 running 'cordon serve' the list is empty. Columns: canister id, kind, pid (in

@@ -268,7 +268,11 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 		if client, err = api.Dial(ctx, cfg.Home); client != nil || err != nil {
 			return client != nil, err
 		}
-		node, err = host.Open(cfg.Host, g.logger(cfg))
+		hc := cfg.Host
+		// One request, then the node closes: blank sandboxes would be
+		// started only to be killed.
+		hc.Sandbox.WarmPool = 0
+		node, err = host.Open(hc, g.logger(cfg))
 		return node != nil, err
 	})
 	if err != nil {

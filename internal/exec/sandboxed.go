@@ -80,6 +80,11 @@ type SandboxConfig struct {
 	MaxTotalRSS  uint64        // memory budget of all canister sandboxes (0: none)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (default 5 min)
 
+	// WarmPool is the number of blank sandboxes kept ready for canisters
+	// that need one (warmpool.go), counted in MaxSandboxes and MaxTotalRSS;
+	// 0: none, every sandbox starts cold.
+	WarmPool int
+
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
 	// HostIDs gives each sandbox (canister and compiler) a host uid of its
@@ -97,6 +102,10 @@ type SandboxConfig struct {
 	Logger  *slog.Logger
 	Launch  Launcher        // nil: sandbox.Start
 	Metrics metrics.Sandbox // nil: not recorded
+
+	// blankLabel labels blank sandboxes (default blankLabel); tests give
+	// them the label of a misbehaviour of the test worker's.
+	blankLabel string
 }
 
 func (c *SandboxConfig) defaults() {
@@ -141,6 +150,9 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.Launch == nil {
 		c.Launch = defaultLauncher
+	}
+	if c.blankLabel == "" {
+		c.blankLabel = blankLabel
 	}
 }
 
@@ -245,6 +257,7 @@ type SandboxInfo struct {
 // SandboxStats counts what happened to sandboxes since the executor started.
 type SandboxStats struct {
 	Spawned, Evicted, Compiles uint64
+	PoolTakes                  uint64            // canisters given a blank sandbox from the warm pool
 	Faults                     map[string]uint64 // by Fault
 	Violations                 map[string]uint64 // by boundary.ViolationKind
 }
@@ -256,13 +269,17 @@ type Sandboxed struct {
 	cfg SandboxConfig
 	tag string // artifact compatibility tag: format, engine version, architecture
 
-	mu      sync.Mutex
-	pool    map[string]*canisterSandbox
-	comps   map[int]time.Time // live compiler sandboxes: pid → start
-	modules *moduleCache
-	compile map[[32]byte]*sync.Mutex
-	closed  bool
-	stats   SandboxStats
+	mu       sync.Mutex
+	pool     map[string]*canisterSandbox
+	comps    map[int]time.Time // live compiler sandboxes: pid → start
+	modules  *moduleCache
+	compile  map[[32]byte]*sync.Mutex
+	closed   bool
+	stats    SandboxStats
+	blanks   []*blankSandbox // the warm pool (warmpool.go)
+	filling  int             // blank sandboxes being started
+	starting int             // canister sandboxes being started cold
+	refill   chan struct{}   // wakes the filler
 
 	nextID atomic.Uint64
 	stop   chan struct{}
@@ -293,6 +310,7 @@ type canisterSandbox struct {
 
 	// Under Sandboxed.mu:
 	busy     int
+	pooled   bool // acquire gave it a blank sandbox: refill after the exchange
 	started  time.Time
 	lastUsed time.Time
 	messages uint64
@@ -320,10 +338,15 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
-		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}}
+		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1)}
 	x.reaper.Add(2)
 	go x.every(max(min(cfg.IdleTimeout/2, 30*time.Second), 10*time.Millisecond), x.reapIdle)
 	go x.every(cfg.IdleCPUCheck, x.watchIdleCPU)
+	if cfg.WarmPool > 0 {
+		x.reaper.Add(1)
+		go x.filler()
+		x.kickFill()
+	}
 	return x, nil
 }
 
@@ -578,8 +601,11 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 		return nil, nil, &SandboxError{CanisterID: canisterID, Op: "start", Fault: FaultStart, Err: err}
 	}
 	kind := "canister"
-	if canisterID == "" {
+	switch {
+	case mode == boundary.ModeCompile:
 		kind = "compiler"
+	case canisterID == "":
+		kind = "blank"
 	}
 	x.cfg.Metrics.SandboxSpawned(kind)
 	conn := boundary.NewConn(proc.Conn())
@@ -587,7 +613,11 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 		return struct{}{}, conn.AwaitReady(mode, x.logFunc(spec.Label))
 	})
 	if err != nil {
-		err = x.fail(canisterID, "start", proc, x.cfg.StartTimeout, err)
+		label := canisterID
+		if kind == "blank" {
+			label = blankLabel // not "compiler" in the log
+		}
+		err = x.fail(label, "start", proc, x.cfg.StartTimeout, err)
 		proc.Conn().Close()
 		return nil, nil, err
 	}
@@ -743,9 +773,25 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 		if sb.proc != nil {
 			return sb, true, nil
 		}
+		if b := x.takeBlank(id); b != nil {
+			// Confined, verified, idle and alive until now; it loads
+			// this canister's module next. Not reused: a crash in its
+			// first exchange is the canister's, as in a fresh one.
+			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, [32]byte{}
+			x.mu.Lock()
+			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
+			x.mu.Unlock()
+			return sb, false, nil
+		}
+		x.mu.Lock()
+		x.starting++ // the warm pool leaves it room (warmpool.go)
+		x.mu.Unlock()
 		x.makeRoom(sb)
 		proc, conn, err := x.start(ctx, id, x.spec(id, boundary.ModeCanister, x.cfg.MemoryBytes), boundary.ModeCanister)
 		if err != nil {
+			x.mu.Lock()
+			x.starting--
+			x.mu.Unlock()
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.release(sb, false)
@@ -754,6 +800,7 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 		sb.proc, sb.conn, sb.loaded = proc, conn, [32]byte{}
 		now := time.Now()
 		x.mu.Lock()
+		x.starting--
 		sb.started, sb.lastUsed, sb.messages, sb.pid = now, now, 0, proc.Pid()
 		x.mu.Unlock()
 		return sb, false, nil
@@ -782,7 +829,14 @@ func (x *Sandboxed) release(sb *canisterSandbox, used bool) {
 		sb.lastUsed = time.Now()
 		sb.messages++
 	}
+	refill := sb.pooled
+	sb.pooled = false
 	x.mu.Unlock()
+	if refill {
+		// After the exchange, not while it loads and runs: the refill
+		// competes for the same cores.
+		x.kickFill()
+	}
 }
 
 // discard kills sb's process (sb.mu held) and keeps the entry for a respawn.
@@ -829,18 +883,16 @@ func (x *Sandboxed) makeRoom(self *canisterSandbox) {
 				pids = append(pids, sb.pid)
 			}
 		}
-		x.mu.Unlock()
-		over := len(pids) >= x.cfg.MaxSandboxes
-		if !over && x.cfg.MaxTotalRSS > 0 {
-			var total uint64
-			for _, pid := range pids {
-				if r, err := readRSS(pid); err == nil {
-					total += r
-				}
-			}
-			over = total >= x.cfg.MaxTotalRSS
+		for _, b := range x.blanks {
+			pids = append(pids, b.proc.Pid())
 		}
-		if !over || !x.evictColdest(self) {
+		x.mu.Unlock()
+		over := len(pids) >= x.cfg.MaxSandboxes || x.overBudget(pids)
+		if !over {
+			return
+		}
+		// Blank sandboxes give way first: they hold no canister.
+		if !x.trimBlank() && !x.evictColdest(self) {
 			return
 		}
 	}
@@ -864,6 +916,7 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
 			x.cfg.Metrics.SandboxEvicted("pool")
+			x.kickFill() // room for a blank, if the pool is short
 			return true
 		}
 	}
@@ -879,6 +932,7 @@ func (x *Sandboxed) reapIdle() {
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
 			x.cfg.Metrics.SandboxEvicted("idle")
+			x.kickFill()
 		}
 	}
 }
@@ -919,6 +973,7 @@ func (x *Sandboxed) watchIdleCPU() {
 	for _, sb := range x.idleSandboxes(func(*canisterSandbox) bool { return true }) {
 		x.checkIdleCPU(sb)
 	}
+	x.checkIdleCPUBlanks()
 }
 
 // checkIdleCPU compares sb's CPU time with the mark taken when its idle
@@ -1180,6 +1235,7 @@ func (x *Sandboxed) Forget(canisterID string) {
 	sb.mu.Lock()
 	x.forgetLocked(sb)
 	sb.mu.Unlock()
+	x.kickFill()
 }
 
 // Close implements Executor: every sandbox is stopped.
@@ -1196,7 +1252,8 @@ func (x *Sandboxed) Close() error {
 	}
 	x.mu.Unlock()
 	close(x.stop)
-	x.reaper.Wait()
+	x.reaper.Wait() // the filler too: no blank is added after this
+	x.closeBlanks()
 	for _, sb := range all {
 		sb.mu.Lock()
 		x.forgetLocked(sb)
@@ -1237,9 +1294,12 @@ func (x *Sandboxed) Sandboxes() []metrics.SandboxInfo {
 	for pid, started := range x.comps {
 		out = append(out, metrics.SandboxInfo{Kind: "compiler", PID: pid, Started: started})
 	}
+	for _, b := range x.blanks {
+		out = append(out, metrics.SandboxInfo{Kind: "blank", PID: b.proc.Pid(), Started: b.started})
+	}
 	x.mu.Unlock()
 	for i := range out {
-		if out[i].Kind == "compiler" {
+		if out[i].Kind != "canister" {
 			out[i].RSSBytes, _ = readRSS(out[i].PID)
 		}
 	}

@@ -62,6 +62,10 @@ type SandboxConfig struct {
 	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// WarmPool is the number of blank sandboxes (confined and verified,
+	// holding no canister) kept ready for the next canister that needs a
+	// sandbox; they count in MaxSandboxes. 0: none.
+	WarmPool int
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool
@@ -150,6 +154,6 @@ func DefaultConfig() Config {
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
 		Provisional:           ProvisionalIngress,
 		LogLines:              1000,
-		Sandbox:               SandboxConfig{CPUPercent: 100},
+		Sandbox:               SandboxConfig{CPUPercent: 100, WarmPool: 2},
 	}
 }

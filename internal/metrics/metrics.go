@@ -47,7 +47,8 @@ type Node interface {
 // Sandbox is what the sandbox manager records. In-process isolation records
 // none of these; the metrics exist (at zero) either way.
 type Sandbox interface {
-	// SandboxSpawned: a sandbox process started. kind: "canister" or "compiler".
+	// SandboxSpawned: a sandbox process started. kind: "canister" (a cold
+	// start for a canister), "blank" (for the warm pool) or "compiler".
 	SandboxSpawned(kind string)
 	// SandboxEvicted: the host ended a healthy sandbox. reason: "idle",
 	// "memory" (over the pool's memory budget), "pool" (pool full) or
@@ -76,8 +77,8 @@ type Recorder interface {
 
 // SandboxInfo describes a live sandbox (for `cordon ps` and the RSS gauges).
 type SandboxInfo struct {
-	Canister   string    `json:"canister"` // canister id, or "" for the compiler
-	Kind       string    `json:"kind"`     // "canister" or "compiler"
+	Canister   string    `json:"canister"` // canister id, or "" for the compiler and blank sandboxes
+	Kind       string    `json:"kind"`     // "canister", "blank" (warm pool, no canister yet) or "compiler"
 	PID        int       `json:"pid"`
 	RSSBytes   uint64    `json:"rss_bytes"`
 	Started    time.Time `json:"started"`
@@ -198,7 +199,7 @@ func New(version, isolation string) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11)})
 
 	m.spawns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_spawns_total",
-		Help: "Sandbox processes started, by kind (canister, compiler)."}, []string{"kind"})
+		Help: "Sandbox processes started, by kind (canister: a cold start for a canister; blank: for the warm pool, taken later by a canister; compiler)."}, []string{"kind"})
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_evictions_total",
 		Help: "Healthy sandboxes ended by the host, by reason (idle, memory, pool, shutdown)."}, []string{"reason"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_crashes_total",
@@ -233,7 +234,7 @@ func New(version, isolation string) *Metrics {
 	for _, k := range []string{KindUpdate, KindQuery, KindInterCanister} {
 		m.messages.WithLabelValues(k, OutcomeReplied)
 	}
-	for _, k := range []string{"canister", "compiler"} {
+	for _, k := range []string{"canister", "blank", "compiler"} {
 		m.spawns.WithLabelValues(k)
 	}
 	return m
@@ -358,7 +359,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.Sandboxes != nil {
 		list = src.Sandboxes()
 	}
-	byKind := map[string]int{"canister": 0, "compiler": 0}
+	byKind := map[string]int{"canister": 0, "blank": 0, "compiler": 0}
 	var total uint64
 	seen := map[[2]string]bool{}
 	for _, s := range list {

@@ -58,6 +58,7 @@ func TestRecording(t *testing.T) {
 cordon_canisters_live 7
 # HELP cordon_sandboxes_live Live sandbox processes, by kind.
 # TYPE cordon_sandboxes_live gauge
+cordon_sandboxes_live{kind="blank"} 0
 cordon_sandboxes_live{kind="canister"} 1
 cordon_sandboxes_live{kind="compiler"} 2
 # HELP cordon_sandboxes_rss_bytes Resident memory of all live sandbox processes.

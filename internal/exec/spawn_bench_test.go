@@ -1,0 +1,156 @@
+package exec
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
+// phases, each reported as ms/op: cgroup creation (host), clone + uid/gid
+// maps + exec of the worker (until os.StartProcess returns), the v1 cgroup
+// attach (0 on cgroup v2: the child is cloned into its cgroup), the child's
+// confinement up to its ready packet (C constructor, Go runtime start,
+// seccomp), the host's verification of every thread, the worker's engine
+// start and Ready message, the host's check of the cached artifact against
+// its recorded hash, and the first module load (the counter's artifact,
+// deserialized by the worker). Run it with -benchtime=20x; it is the breakdown
+// RATIONALE.md quotes.
+func BenchmarkColdSpawnPhases(b *testing.B) {
+	x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Close()
+	mod, err := x.Prepare(context.Background(), wasmFile(b, corpusDir, "counter"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mod.handle.(*sbModule).hash
+	phases := []string{"start", "cgroup", "spawned", "attached", "ready", "verified", "worker-ready", "artifact-checked", "loaded"}
+	sum := make([]time.Duration, len(phases))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var at []time.Time
+		mark := func(string) { at = append(at, time.Now()) }
+		spec := x.spec("bench", boundary.ModeCanister, 0)
+		spec.Trace = mark
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		mark("start")
+		p, err := sandbox.Start(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn := boundary.NewConn(p.Conn())
+		if err := conn.AwaitReady(boundary.ModeCanister, nil); err != nil {
+			b.Fatal(err)
+		}
+		mark("worker-ready")
+		f, err := x.openArtifact(h)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mark("artifact-checked")
+		if err := conn.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(h), Files: []*os.File{f}}); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		if err := conn.AwaitLoaded(1, h, nil); err != nil {
+			b.Fatal(err)
+		}
+		mark("loaded")
+		cancel()
+		b.StopTimer()
+		_ = p.Kill()
+		p.Wait()
+		p.Conn().Close()
+		if len(at) != len(phases) {
+			b.Fatalf("%d phases traced, want %d", len(at), len(phases))
+		}
+		for j := 1; j < len(at); j++ {
+			sum[j] += at[j].Sub(at[j-1])
+		}
+		sum[0] += at[len(at)-1].Sub(at[0])
+		b.StartTimer()
+	}
+	b.StopTimer()
+	for j, name := range phases {
+		if j == 0 {
+			name = "total"
+		}
+		b.ReportMetric(float64(sum[j].Microseconds())/1000/float64(b.N), name+"-ms/op")
+	}
+}
+
+// BenchmarkEvictedMessage times a query to the counter in three states of
+// its sandbox: live (pooled), evicted with no warm pool (a cold start, the
+// load and the run), and evicted with a warm pool (take a blank sandbox,
+// load, run). Eviction and the pool's refill happen outside the timing.
+func BenchmarkEvictedMessage(b *testing.B) {
+	wasm := wasmFile(b, corpusDir, "counter")
+	for _, c := range []struct {
+		name  string
+		pool  int
+		evict bool
+	}{{"live", 0, false}, {"cold", 0, true}, {"warm-pool", 1, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir(), WarmPool: c.pool})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer x.Close()
+			s := newSim(b, x, "a", wasm)
+			s.must(sysapi.CtxInit, "canister_init", empty)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if c.evict {
+					b.StopTimer()
+					if !x.evictColdest(nil) {
+						b.Fatal("nothing evicted")
+					}
+					for deadline := time.Now().Add(time.Minute); c.pool > 0 && len(blankPids(x)) < c.pool; time.Sleep(time.Millisecond) {
+						if time.Now().After(deadline) {
+							b.Fatal("the warm pool was not refilled")
+						}
+					}
+					b.StartTimer()
+				}
+				s.must(sysapi.CtxNonReplicatedQuery, "canister_query get", empty)
+			}
+		})
+	}
+}
+
+// BenchmarkWarmPoolTake times what a canister's acquisition costs when the
+// warm pool has a blank sandbox: taking it (its idle watch stopped and
+// awaited, its liveness checked). The refill is outside the timing.
+func BenchmarkWarmPoolTake(b *testing.B) {
+	x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir(), WarmPool: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		for deadline := time.Now().Add(time.Minute); len(blankPids(x)) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				b.Fatal("the warm pool was not refilled")
+			}
+		}
+		b.StartTimer()
+		sb := x.takeBlank("bench")
+		b.StopTimer()
+		if sb == nil {
+			b.Fatal("no blank sandbox taken")
+		}
+		x.stopBlank(sb)
+		x.kickFill()
+		b.StartTimer()
+	}
+}

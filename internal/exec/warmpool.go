@@ -1,0 +1,344 @@
+package exec
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+)
+
+// The warm pool: blank canister sandboxes, spawned, confined and verified
+// exactly as a canister's own (sandbox.Start, every layer checked from the
+// outside, the worker's Ready received) but holding no canister. A canister
+// that needs a sandbox (new, evicted, upgraded, or its sandbox died) takes
+// one and only loads its module and runs; the pool is refilled in the
+// background after the exchange. A blank sandbox serves exactly one
+// canister for the rest of its life: it is never returned to the pool (its
+// worker forbids new executable memory after its one load, and it has held
+// that canister's memory).
+//
+// Blank sandboxes are watched like idle canister sandboxes (a packet, a
+// descriptor or a hang-up kills them; so does CPU use), count against
+// MaxSandboxes and MaxTotalRSS (they never make a canister's sandbox be
+// evicted: they fill only room that is free, and are the first to go when
+// room is needed), get a host uid of their own from HostIDs, and are killed
+// by Close.
+
+// blankLabel is a blank sandbox's label (its cgroup name and process
+// arguments); its log lines name the canister once one takes it.
+const blankLabel = "blank"
+
+// blankSandbox is a live sandbox in the warm pool.
+type blankSandbox struct {
+	proc    Process
+	conn    *boundary.Conn
+	started time.Time
+	owner   *atomic.Pointer[string] // label of its stderr lines: "blank", then the canister
+	// watching is closed when its idle watch ends; watchErr (written before)
+	// is why: nil or ErrInterrupted when the pool stopped it, else what the
+	// sandbox did.
+	watching chan struct{}
+	watchErr error
+	idleCPU  cpuMark
+}
+
+// kickFill wakes the filler (never blocks).
+func (x *Sandboxed) kickFill() {
+	if x.cfg.WarmPool <= 0 {
+		return
+	}
+	select {
+	case x.refill <- struct{}{}:
+	default:
+	}
+}
+
+// filler keeps the pool at WarmPool blank sandboxes while there is room,
+// one start at a time; after a failed start it waits (doubling up to 30 s)
+// before trying again, so a host that cannot start sandboxes is not
+// hammered.
+func (x *Sandboxed) filler() {
+	defer x.reaper.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-x.stop
+		cancel()
+	}()
+	backoff := time.Duration(0)
+	for {
+		if backoff > 0 {
+			select {
+			case <-x.stop:
+				return
+			case <-time.After(backoff):
+			}
+		} else {
+			select {
+			case <-x.stop:
+				return
+			case <-x.refill:
+			}
+		}
+		for x.blankWanted() {
+			if err := x.addBlank(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+				x.cfg.Logger.Warn("warm pool: blank sandbox not started", "err", err, "retry_in", backoff)
+				break
+			}
+			backoff = 0
+		}
+	}
+}
+
+// blankWanted reports whether the pool is short of blank sandboxes and the
+// node has room for one more (count and memory budgets), and if so counts
+// the start as in flight.
+func (x *Sandboxed) blankWanted() bool {
+	x.mu.Lock()
+	if x.closed || len(x.blanks)+x.filling >= x.cfg.WarmPool {
+		x.mu.Unlock()
+		return false
+	}
+	pids := x.livePidsLocked()
+	starting := x.starting
+	x.mu.Unlock()
+	if len(pids)+starting+1 > x.cfg.MaxSandboxes || x.overBudget(pids) {
+		return false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed || len(x.blanks)+x.filling >= x.cfg.WarmPool {
+		return false
+	}
+	x.filling++
+	return true
+}
+
+// livePidsLocked lists the live canister and blank sandboxes (x.mu held).
+func (x *Sandboxed) livePidsLocked() []int {
+	var pids []int
+	for _, sb := range x.pool {
+		if sb.pid != 0 {
+			pids = append(pids, sb.pid)
+		}
+	}
+	for _, b := range x.blanks {
+		pids = append(pids, b.proc.Pid())
+	}
+	return pids
+}
+
+// overBudget reports whether these sandboxes use the memory budget up.
+func (x *Sandboxed) overBudget(pids []int) bool {
+	if x.cfg.MaxTotalRSS == 0 {
+		return false
+	}
+	var total uint64
+	for _, pid := range pids {
+		if r, err := readRSS(pid); err == nil {
+			total += r
+		}
+	}
+	return total >= x.cfg.MaxTotalRSS
+}
+
+// addBlank starts one blank sandbox and puts it in the pool (x.filling was
+// counted by blankWanted).
+func (x *Sandboxed) addBlank(ctx context.Context) error {
+	owner := &atomic.Pointer[string]{}
+	label := blankLabel
+	owner.Store(&label)
+	spec := x.spec(x.cfg.blankLabel, boundary.ModeCanister, x.cfg.MemoryBytes)
+	log := x.cfg.Logger
+	spec.Stderr = func(line string) { log.Info("sandbox stderr", "canister", *owner.Load(), "line", line) }
+	proc, conn, err := x.start(ctx, "", spec, boundary.ModeCanister)
+	if err == nil {
+		// One request, so that the worker, idle after it, gives back what
+		// its start-up left resident (as an idle canister sandbox does):
+		// a blank sandbox may wait long, and counts in the memory budget.
+		id := x.nextID.Add(1)
+		_, err = exchange(ctx, conn, x.cfg.StartTimeout, func() (struct{}, error) {
+			if err := conn.Send(&boundary.Msg{Kind: boundary.KindPing, ID: id}); err != nil {
+				return struct{}{}, err
+			}
+			return struct{}{}, conn.AwaitPong(id, x.logFunc(blankLabel))
+		})
+		if err != nil {
+			err = x.fail(blankLabel, "start", proc, x.cfg.StartTimeout, err)
+			conn.Raw().Close()
+		}
+	}
+	x.mu.Lock()
+	x.filling--
+	if err != nil {
+		x.mu.Unlock()
+		return err
+	}
+	// Room again: a canister may have needed a cold start meanwhile.
+	if x.closed || len(x.livePidsLocked())+x.starting+1 > x.cfg.MaxSandboxes {
+		x.mu.Unlock()
+		_ = proc.Kill()
+		waitExit(proc)
+		conn.Raw().Close()
+		return nil
+	}
+	b := &blankSandbox{proc: proc, conn: conn, started: time.Now(), owner: owner, watching: make(chan struct{})}
+	x.blanks = append(x.blanks, b)
+	x.mu.Unlock()
+	go x.watchBlank(b)
+	return nil
+}
+
+// watchBlank watches a blank sandbox's socket while it is in the pool: a
+// sandbox that says anything before it was given work, or exits, is removed,
+// killed, counted and replaced. If a canister took it meanwhile, the taker
+// sees watchErr and does the same.
+func (x *Sandboxed) watchBlank(b *blankSandbox) {
+	err := b.conn.WatchIdle()
+	b.watchErr = err
+	close(b.watching)
+	if errors.Is(err, boundary.ErrInterrupted) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	if !x.removeBlank(b) {
+		return // taken: the taker handles it
+	}
+	x.blankMisbehaved(b, err)
+	x.kickFill()
+}
+
+// removeBlank takes b out of the pool; false if it was no longer there.
+func (x *Sandboxed) removeBlank(b *blankSandbox) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for i, c := range x.blanks {
+		if c == b {
+			x.blanks = append(x.blanks[:i], x.blanks[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// stopBlank ends a blank sandbox that is out of the pool.
+func (x *Sandboxed) stopBlank(b *blankSandbox) {
+	b.conn.StopWatch()
+	<-b.watching
+	_ = b.proc.Kill()
+	waitExit(b.proc)
+	b.conn.Raw().Close()
+}
+
+// blankMisbehaved kills, logs and counts a blank sandbox out of the pool
+// whose idle watch saw err (a packet, descriptors, its exit).
+func (x *Sandboxed) blankMisbehaved(b *blankSandbox, err error) {
+	_ = x.fail(blankLabel, "idle", b.proc, 0, err)
+	b.conn.Raw().Close()
+}
+
+// takeBlank gives a canister a blank sandbox from the pool, or nil when it
+// has none (the caller then starts one). The sandbox has passed its idle
+// watch: it said nothing and is alive.
+func (x *Sandboxed) takeBlank(canisterID string) *blankSandbox {
+	for {
+		x.mu.Lock()
+		if len(x.blanks) == 0 {
+			x.mu.Unlock()
+			return nil
+		}
+		b := x.blanks[0]
+		x.blanks = x.blanks[1:]
+		x.mu.Unlock()
+		b.conn.StopWatch()
+		<-b.watching
+		if err := b.watchErr; err != nil && !errors.Is(err, boundary.ErrInterrupted) {
+			x.blankMisbehaved(b, err)
+			x.kickFill()
+			continue
+		}
+		b.conn.ResumeIO()
+		if exited(b.proc) {
+			x.blankMisbehaved(b, boundary.ErrClosed)
+			x.kickFill()
+			continue
+		}
+		id := canisterID
+		b.owner.Store(&id)
+		x.count(func(s *SandboxStats) { s.PoolTakes++ })
+		return b
+	}
+}
+
+// trimBlank stops one blank sandbox to make room for a canister's (the
+// node is over its count or memory budget); false when there is none.
+func (x *Sandboxed) trimBlank() bool {
+	x.mu.Lock()
+	if len(x.blanks) == 0 {
+		x.mu.Unlock()
+		return false
+	}
+	b := x.blanks[len(x.blanks)-1]
+	x.blanks = x.blanks[:len(x.blanks)-1]
+	x.mu.Unlock()
+	x.cfg.Logger.Info("blank sandbox stopped", "reason", "budget", "pid", b.proc.Pid())
+	x.stopBlank(b)
+	x.count(func(s *SandboxStats) { s.Evicted++ })
+	x.cfg.Metrics.SandboxEvicted("pool")
+	return true
+}
+
+// checkIdleCPUBlanks applies the idle CPU check to the blank sandboxes.
+func (x *Sandboxed) checkIdleCPUBlanks() {
+	x.mu.Lock()
+	blanks := append([]*blankSandbox(nil), x.blanks...)
+	x.mu.Unlock()
+	for _, b := range blanks {
+		c, ok := b.proc.(interface{ CPUTime() (time.Duration, error) })
+		if !ok {
+			continue
+		}
+		used, err := c.CPUTime()
+		if err != nil {
+			continue // exited: its watch notices
+		}
+		now := time.Now()
+		x.mu.Lock()
+		mark := b.idleCPU
+		b.idleCPU = cpuMark{ok: true, at: now, cpu: used}
+		x.mu.Unlock()
+		if !mark.ok {
+			continue
+		}
+		spent, wall := used-mark.cpu, now.Sub(mark.at)
+		if spent <= max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100) {
+			continue
+		}
+		if !x.removeBlank(b) {
+			continue // taken meanwhile: from now on it is a canister's, checked as such
+		}
+		x.cfg.Logger.Warn("blank sandbox killed: it used CPU before it was given work", "pid", b.proc.Pid(),
+			"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+		x.stopBlank(b)
+		x.count(func(s *SandboxStats) { s.Faults["idle_cpu"]++ })
+		x.cfg.Metrics.SandboxCrashed("idle_cpu")
+		x.kickFill()
+	}
+}
+
+// closeBlanks kills every blank sandbox (Close).
+func (x *Sandboxed) closeBlanks() {
+	x.mu.Lock()
+	blanks := x.blanks
+	x.blanks = nil
+	x.mu.Unlock()
+	for _, b := range blanks {
+		x.stopBlank(b)
+	}
+}
