@@ -98,7 +98,7 @@ func certModule(t testing.TB, memory64 bool) []byte {
 // testClock is a settable node clock.
 type testClock struct{ ns atomic.Int64 }
 
-func (c *testClock) now() time.Time           { return time.Unix(0, c.ns.Load()) }
+func (c *testClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // forIsolationsWith is forIsolations with a configuration hook.
