@@ -17,6 +17,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/certify"
+	"github.com/cordon-dev/cordon/internal/cycles"
 
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -81,6 +82,15 @@ func (s sdkCanister) decode(t *testing.T, method string, b []byte) candid.Args {
 		t.Fatalf("%s reply: %v", method, err)
 	}
 	return a
+}
+
+// blobText writes bytes for a Candid text blob literal.
+func blobText(b []byte) string {
+	var sb strings.Builder
+	for _, c := range b {
+		fmt.Fprintf(&sb, "\\%02x", c)
+	}
+	return sb.String()
 }
 
 // sdkField is a record's field by name (nil if absent).
@@ -389,5 +399,118 @@ func TestCandidUI(t *testing.T) {
 				t.Fatalf("%s: %v", p, err)
 			}
 		}
+	})
+}
+
+// held is what a canister's cycles came to: its balance plus what it
+// burned (fees, storage). Moving cycles changes it by exactly the amount
+// moved; paying fees does not.
+func (f *fixture) held(id principal.Principal) cycles.Amount {
+	st := f.status(id)
+	return st.Balance.SaturatingAdd(st.CyclesBurned)
+}
+
+// The cycles wallet dfinity/sdk ships: wallet_balance is the canister's
+// balance; wallet_call forwards calls with cycles (its callbacks are Rust
+// closures behind table 0, not exported), and what the callee accepts
+// moves exactly, the rest comes back; wallet_send pays another wallet's
+// wallet_receive; only its controller may spend. Both isolation modes.
+func TestCyclesWallet(t *testing.T) {
+	wallet := loadSDK(t, "wallet.wasm.gz", "wallet.did")
+	forIsolationsWith(t, func(c *Config) { c.StorageChargeInterval = 0 }, func(t *testing.T, f *fixture) {
+		a := f.installAs(sdkUser, wallet.wasm, nil)
+		b := f.installAs(sdkUser, wallet.wasm, nil)
+		counter := f.install(module(t, corpusDir, "counter"), noArgs)
+		holder := f.install(module(t, corpusDir, "wallet"), noArgs) // Motoko: deposit accepts half
+		f.checkConservation()
+
+		balance := func(id principal.Principal) uint64 {
+			q, err := f.node.Query(context.Background(), Message{Canister: id, Method: "wallet_balance", Caller: sdkUser, Arg: wallet.encode(t, "wallet_balance", "()")})
+			if err != nil {
+				t.Fatalf("wallet_balance: %v", err)
+			}
+			r := wallet.decode(t, "wallet_balance", q.Data)
+			return uint64(sdkField(r.Values[0], "amount").(candid.Nat64))
+		}
+		if got, want := balance(a), f.status(a).Balance; cycles.New(got) != want {
+			t.Fatalf("wallet_balance %d, status %s", got, want)
+		}
+		// ok decodes a WalletResultCall's Ok.return, failing on Err.
+		ok := func(method string, reply []byte) []byte {
+			t.Helper()
+			r := wallet.decode(t, method, reply)
+			v, _ := r.Values[0].(candid.Variant)
+			if v.ID != candid.Hash("Ok") {
+				t.Fatalf("%s: %s", method, r)
+			}
+			ret, _ := sdkField(v.Value, "return").(candid.Blob)
+			return ret
+		}
+		call := func(callee principal.Principal, method string, arg []byte, amount uint64) []byte {
+			t.Helper()
+			return f.updateAs(sdkUser, a, "wallet_call", wallet.encode(t, "wallet_call",
+				fmt.Sprintf(`(record { canister = principal %q; method_name = %q; args = blob "%s"; cycles = %d })`, callee, method, blobText(arg), amount)))
+		}
+
+		// A call with cycles the counter does not accept: all come back.
+		heldA, heldC := f.held(a), f.held(counter)
+		eq(t, "counter inc through wallet_call", ok("wallet_call", call(counter, "inc", noArgs, 1_000_000)), natReply(1))
+		eq(t, "counter get", f.query(counter, "get", noArgs), natReply(1))
+		if f.held(a) != heldA || f.held(counter) != heldC {
+			t.Fatalf("refused cycles moved: wallet %s -> %s, counter %s -> %s", heldA, f.held(a), heldC, f.held(counter))
+		}
+
+		// deposit accepts half of 1 000 000: exactly 500 000 move.
+		heldA, heldH := f.held(a), f.held(holder)
+		eq(t, "deposit through wallet_call", ok("wallet_call", call(holder, "deposit", noArgs, 1_000_000)), natReply(500_000))
+		if d, _ := heldA.Sub(f.held(a)); d != cycles.New(500_000) {
+			t.Fatalf("the wallet gave %s, want 500000", d)
+		}
+		if d, _ := f.held(holder).Sub(heldH); d != cycles.New(500_000) {
+			t.Fatalf("the holder got %s, want 500000", d)
+		}
+		eq(t, "holder total", f.query(holder, "total", noArgs), natReply(500_000))
+
+		// wallet_call128 through the 128-bit API, a call to a missing
+		// method: an Err, and the cycles come back.
+		heldA = f.held(a)
+		r := wallet.decode(t, "wallet_call128", f.updateAs(sdkUser, a, "wallet_call128", wallet.encode(t, "wallet_call128",
+			fmt.Sprintf(`(record { canister = principal %q; method_name = "nope"; args = blob "DIDL\00\00"; cycles = 7_000 })`, counter))))
+		if v, _ := r.Values[0].(candid.Variant); v.ID != candid.Hash("Err") {
+			t.Fatalf("a call to a missing method: %s", r)
+		}
+		if f.held(a) != heldA {
+			t.Fatalf("a failed call kept cycles: %s -> %s", heldA, f.held(a))
+		}
+
+		// wallet_send pays b's wallet_receive, which accepts everything.
+		heldA, heldB, balB := f.held(a), f.held(b), balance(b)
+		r = wallet.decode(t, "wallet_send", f.updateAs(sdkUser, a, "wallet_send", wallet.encode(t, "wallet_send",
+			fmt.Sprintf(`(record { canister = principal %q; amount = 2_000_000 })`, b))))
+		if v, _ := r.Values[0].(candid.Variant); v.ID != candid.Hash("Ok") {
+			t.Fatalf("wallet_send: %s", r)
+		}
+		if d, _ := heldA.Sub(f.held(a)); d != cycles.New(2_000_000) {
+			t.Fatalf("wallet_send gave %s, want 2000000", d)
+		}
+		if d, _ := f.held(b).Sub(heldB); d != cycles.New(2_000_000) {
+			t.Fatalf("wallet_receive got %s, want 2000000", d)
+		}
+		// b paid the fee of its wallet_receive from what it held.
+		if got := balance(b); got <= balB || got > balB+2_000_000 {
+			t.Fatalf("b's wallet_balance %d after receiving 2000000 on %d", got, balB)
+		}
+
+		// Only the wallet's controller or custodians spend its cycles.
+		heldA = f.held(a)
+		_, err := f.node.Update(context.Background(), Message{Canister: a, Method: "wallet_send", Caller: principal.Anonymous(),
+			Arg: wallet.encode(t, "wallet_send", fmt.Sprintf(`(record { canister = principal %q; amount = 1_000 })`, b))})
+		if r := f.reject(err); r.Code != CanisterReject || !strings.Contains(r.Message, "Only a controller or custodian") {
+			t.Fatalf("anonymous wallet_send: %v", r)
+		}
+		if d, _ := heldA.Sub(f.held(a)); !d.IsZero() {
+			t.Fatalf("a refused wallet_send moved %s", d)
+		}
+		f.checkConservation()
 	})
 }
