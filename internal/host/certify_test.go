@@ -225,3 +225,30 @@ func TestDataCertificateBounded(t *testing.T) {
 		eq(t, "after", f.update(id, "cert_update", nil), []byte{0})
 	})
 }
+
+// BenchmarkQueryDataCertificate: a query that copies its data certificate
+// out and replies with it, in each isolation mode. The certificate is
+// signed once (the certified data does not change), so this is the cost of
+// carrying it into the execution, not of signing.
+func BenchmarkQueryDataCertificate(b *testing.B) {
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := DefaultConfig()
+			cfg.Home = b.TempDir()
+			cfg.Isolation = mode
+			n, err := Open(cfg, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { n.Close() })
+			id := benchInstall(b, n, certModule(b, false))
+			ctx := context.Background()
+			for b.Loop() {
+				r, err := n.Query(ctx, Message{Canister: id, Method: "cert", Caller: user})
+				if err != nil || len(r.Data) < 100 {
+					b.Fatalf("cert: %v", err)
+				}
+			}
+		})
+	}
+}
