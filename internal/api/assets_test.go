@@ -115,9 +115,15 @@ type gatewayResponse struct {
 // request's certificate_version in Candid ("null", "opt 2").
 func (a *assetSite) get(t *testing.T, url, certVersion string) gatewayResponse {
 	t.Helper()
+	return a.getFrom(t, a.id, url, certVersion)
+}
+
+// getFrom asks another canister's http_request the same way.
+func (a *assetSite) getFrom(t *testing.T, id principal.Principal, url, certVersion string) gatewayResponse {
+	t.Helper()
 	hr, _ := a.did.Method("http_request")
 	env, err := cbor.Marshal(map[string]any{"content": map[string]any{"request_type": "query", "sender": principal.Anonymous().Bytes(),
-		"canister_id": a.id.Bytes(), "method_name": "http_request", "ingress_expiry": uint64(time.Now().Add(time.Minute).UnixNano()),
+		"canister_id": id.Bytes(), "method_name": "http_request", "ingress_expiry": uint64(time.Now().Add(time.Minute).UnixNano()),
 		"arg": a.encode(t, hr.Args(), `(record { method = "GET"; url = "`+url+`"; headers = vec {}; body = blob ""; certificate_version = `+certVersion+` })`)}})
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +134,7 @@ func (a *assetSite) get(t *testing.T, url, certVersion string) gatewayResponse {
 			Arg []byte `cbor:"arg"`
 		} `cbor:"reply"`
 	}
-	if err := cbor.Unmarshal(a.do(t, http.MethodPost, "/api/v2/canister/"+a.id.String()+"/query", env), &q); err != nil || q.Status != "replied" {
+	if err := cbor.Unmarshal(a.do(t, http.MethodPost, "/api/v2/canister/"+id.String()+"/query", env), &q); err != nil || q.Status != "replied" {
 		t.Fatalf("query: %v %s", err, q.Status)
 	}
 	v, err := candid.DecodeAs(q.Reply.Arg, hr.Results())
@@ -294,6 +300,21 @@ func TestAssetCanisterResponseVerification(t *testing.T) {
 	cases := []verifyCase{mk("v1", 1, v1), mk("v2", 2, v2), mk("v2 forged body", 2, forged), mk("v2 other root key", 2, v2), mk("v2 other canister", 2, v2)}
 	cases[3].RootKey = hex.EncodeToString(other.DER())
 	cases[4].CanisterID = hex.EncodeToString(principal.CanisterID(4242).Bytes())
+	// The Candid UI canister's page: certification skipped, by its choice,
+	// which the gateway verifies too.
+	uiWasm, err := os.ReadFile(filepath.Join("..", "..", "testdata", "dfinity-sdk", "ui.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ui, err := a.s.client.Install(ctx, InstallRequest{Wasm: uiWasm, Arg: []byte("DIDL\x00\x00")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uiID := principal.MustFromText(ui.ID)
+	uiPage := a.getFrom(t, uiID, "/", "opt 2")
+	uiCase := mk("Candid UI", 2, uiPage)
+	uiCase.URL, uiCase.CanisterID = "/", hex.EncodeToString(uiID.Bytes())
+	cases = append(cases, uiCase)
 	in, err := json.Marshal(cases)
 	if err != nil {
 		t.Fatal(err)
@@ -320,13 +341,19 @@ func TestAssetCanisterResponseVerification(t *testing.T) {
 	}
 	for i, c := range cases {
 		g := got[i]
-		want := i < 2
+		want := i < 2 || c.Name == "Candid UI"
 		if g.OK != want {
 			t.Errorf("%s: verified %v (%s), want %v", c.Name, g.OK, g.Error, want)
 			continue
 		}
 		// v1 certifies the body only: the verified response has no status.
-		if want && (g.Version != c.CertVer || (c.CertVer == 2 && g.Status != 200) || string(g.Body) != a.page) {
+		if c.Name == "Candid UI" {
+			// Verified as skipping certification: no certified response
+			// comes back, the gateway passes the canister's on as it is.
+			if g.Version != 2 || g.Status != 0 || len(g.Body) != 0 || uiPage.Status != 200 || len(uiPage.Body) == 0 {
+				t.Errorf("%s: verification version %d, status %d, %d bytes", c.Name, g.Version, g.Status, len(g.Body))
+			}
+		} else if want && (g.Version != c.CertVer || (c.CertVer == 2 && g.Status != 200) || string(g.Body) != a.page) {
 			t.Errorf("%s: verification version %d, status %d, body %q", c.Name, g.Version, g.Status, g.Body)
 		}
 		t.Logf("%s: ok=%v version=%d %s", c.Name, g.OK, g.Version, g.Error)
