@@ -357,6 +357,24 @@ func TestAssetCanister(t *testing.T) {
 				}
 			}
 		}
+		// An upgrade keeps the assets (stable memory) and certifies them
+		// again in post_upgrade.
+		if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: asset.wasm,
+			Arg: asset.encode(t, "", "(opt variant { Upgrade = record { set_permissions = null } })"), Caller: sdkUser}); err != nil {
+			t.Fatalf("upgrade: %v", err)
+		}
+		for _, version := range []int{1, 2} {
+			cv := map[int]string{1: "null", 2: "opt 2"}[version]
+			raw := f.query(id, "http_request", asset.encode(t, "http_request", `(record { method = "GET"; url = "/app.js"; headers = vec {}; body = blob ""; certificate_version = `+cv+` })`))
+			r := asHTTPResponse(t, asset.decode(t, "http_request", raw).Values[0])
+			if r.status != 200 || string(r.body) != script {
+				t.Fatalf("after upgrade, v%d: %d %q", version, r.status, r.body)
+			}
+			if err := verifyAssetResponse(key.DER(), id, r, "/app.js", version); err != nil {
+				t.Fatalf("after upgrade, v%d: %v", version, err)
+			}
+		}
+
 		// A path with no asset gets the index page (the canister's
 		// single-page-app fallback), certified as /index.html only.
 		raw := f.query(id, "http_request", asset.encode(t, "http_request", `(record { method = "GET"; url = "/missing.css"; headers = vec {}; body = blob ""; certificate_version = null })`))
