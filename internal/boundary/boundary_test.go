@@ -47,7 +47,7 @@ func testInput() *sysapi.Input {
 		MethodName: "m", Controllers: [][]byte{{1}, {2, 3}}, EnvVars: []sysapi.EnvVar{{Name: "a", Value: "b"}},
 		Balance: cycles.New(1_000_000), CyclesAvailable: cycles.New(500), CyclesRefunded: cycles.Amount{Hi: 1, Lo: 2},
 		RejectCode: 4, RejectMessage: "no", Status: sysapi.StatusRunning, Version: 7, Time: 8, Deadline: 9,
-		GlobalTimer: 10, DataCertificate: []byte{}, CallContextInstr: 11,
+		GlobalTimer: 10, DataCertificate: []byte{}, RootKey: []byte{0x30, 0x81, 0x82}, CallContextInstr: 11,
 		Limits: sysapi.Limits{Instructions: 1e9, HeapBytes: 4 << 30, StableBytes: 1 << 30, ReplyBytes: 2 << 20,
 			CallArgBytes: 2 << 20, MaxOutgoing: 10, DebugPrintBytes: 100, MaxLogLines: 5,
 			Calls: &sysapi.CallLimits{Fee: 1000, ByteFee: 1, Reservation: cycles.New(100), Keep: cycles.New(7),
@@ -669,5 +669,43 @@ func TestEnvVarsBounded(t *testing.T) {
 		if _, err := DecodeExecute(EncodeExecute(&ExecRequest{Input: bad})); err == nil {
 			t.Errorf("%s: decoded", name)
 		}
+	}
+}
+
+// The data certificate and the root key a sandbox is given are bounded:
+// at the limits they arrive intact, beyond them the request is refused, and
+// neither may come without its flag.
+func TestCertificationInputBounded(t *testing.T) {
+	at := testInput()
+	at.DataCertificate = bytes.Repeat([]byte{0xd9}, sysapi.MaxDataCertificate)
+	at.RootKey = bytes.Repeat([]byte{0x30}, sysapi.MaxRootKey)
+	q, err := DecodeExecute(EncodeExecute(&ExecRequest{Input: at}))
+	if err != nil {
+		t.Fatalf("at the limits: %v", err)
+	}
+	if !bytes.Equal(q.Input.DataCertificate, at.DataCertificate) || !bytes.Equal(q.Input.RootKey, at.RootKey) {
+		t.Fatal("certificate or root key changed in transit")
+	}
+	for name, mod := range map[string]func(*sysapi.Input){
+		"long certificate": func(in *sysapi.Input) { in.DataCertificate = make([]byte, sysapi.MaxDataCertificate+1) },
+		"long root key":    func(in *sysapi.Input) { in.RootKey = make([]byte, sysapi.MaxRootKey+1) },
+	} {
+		bad := testInput()
+		mod(bad)
+		if _, err := DecodeExecute(EncodeExecute(&ExecRequest{Input: bad})); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+	// A root key without its flag: clear the flag byte of an encoding.
+	in := testInput()
+	in.RootKey = []byte{7, 7, 7}
+	b := EncodeExecute(&ExecRequest{Input: in})
+	i := bytes.Index(b, []byte{1, 3, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7})
+	if i < 0 {
+		t.Fatal("root key not found in the encoding")
+	}
+	b[i] = 0
+	if _, err := DecodeExecute(b); err == nil || !strings.Contains(err.Error(), "root key without the flag") {
+		t.Fatalf("root key without the flag: %v", err)
 	}
 }

@@ -38,7 +38,9 @@ type ExecRequest struct {
 //	name; u64 n, n × bytes controller; u64 n, n × (str name, str value);
 //	u128 balance, cycles available, cycles refunded (hi, lo); u32 reject
 //	code; str reject message; u8 status; u64 version, time, deadline, global
-//	timer; bool has data certificate, bytes data certificate; u64 call
+//	timer; bool has data certificate, bytes data certificate (at most
+//	sysapi.MaxDataCertificate); bool has root key, bytes root key (at most
+//	sysapi.MaxRootKey); u64 call
 //	context instructions; u64 × 8 limits (instructions, heap bytes, stable
 //	bytes, reply bytes, call arg bytes, max outgoing, debug print bytes, max
 //	log lines); bool has call limits, then u64 fee, u64 byte fee, u128
@@ -46,7 +48,7 @@ type ExecRequest struct {
 //	bytes, u64 queue capacity, u64 n, n × (bytes callee, u64 used).
 func EncodeExecute(q *ExecRequest) []byte {
 	in := q.Input
-	w := &writer{b: make([]byte, 0, 512+len(in.Arg)+len(in.DataCertificate))}
+	w := &writer{b: make([]byte, 0, 512+len(in.Arg)+len(in.DataCertificate)+len(in.RootKey))}
 	w.b = append(w.b, q.Module[:]...)
 	w.bool(q.RunStart)
 	w.u8(q.HeapSource)
@@ -89,6 +91,8 @@ func EncodeExecute(q *ExecRequest) []byte {
 	w.u64(in.GlobalTimer)
 	w.bool(in.DataCertificate != nil)
 	w.bytes(in.DataCertificate)
+	w.bool(in.RootKey != nil)
+	w.bytes(in.RootKey)
 	w.u64(in.CallContextInstr)
 	l := &in.Limits
 	w.u64(l.Instructions)
@@ -202,11 +206,18 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	in.Deadline = r.u64("deadline")
 	in.GlobalTimer = r.u64("global timer")
 	hasCert := r.bool("has certificate")
-	cert := r.bytes(math.MaxUint64, "certificate")
+	cert := r.bytes(sysapi.MaxDataCertificate, "certificate")
 	if hasCert {
 		in.DataCertificate = cert
 	} else if len(cert) != 0 {
 		r.fail("data certificate without the flag")
+	}
+	hasRootKey := r.bool("has root key")
+	rootKey := r.bytes(sysapi.MaxRootKey, "root key")
+	if hasRootKey {
+		in.RootKey = rootKey
+	} else if len(rootKey) != 0 {
+		r.fail("root key without the flag")
 	}
 	in.CallContextInstr = r.u64("call context instructions")
 	l := &in.Limits

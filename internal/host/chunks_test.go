@@ -122,6 +122,7 @@ func installChunkedArg(mode string, target principal.Principal, storeCanister *p
 		mode, target, st, strings.Join(hs, "; "), blobText(moduleHash))
 }
 
+// blobText writes bytes for a Candid text blob literal.
 func blobText(b []byte) string {
 	var sb strings.Builder
 	for _, x := range b {

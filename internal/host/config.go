@@ -48,6 +48,12 @@ type Config struct {
 	// nil: time.Now. Tests inject a clock here.
 	Clock func() time.Time
 
+	// Certifier gives canisters the IC root key and signs the data
+	// certificates of queries (certify.go); nil: the BLS root key in
+	// <Home>/ic_root_key, made on first use, the key `cordon serve`'s IC
+	// HTTP interface certifies with.
+	Certifier Certifier
+
 	Sandbox SandboxConfig // used when Isolation is "sandbox"
 }
 

@@ -42,6 +42,9 @@ type Node struct {
 
 	busy busyCounter   // queue drainers and management calls in flight
 	done chan struct{} // closed by Close
+
+	certifier Certifier // root key and data certificates (certify.go)
+	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)
 }
 
 // canister is a canister's committed state in memory. Updates and lifecycle
@@ -60,6 +63,7 @@ type canister struct {
 	logs        *logRing
 	deleted     bool
 	qstats      queryStats // querystats.go
+	cert        dataCert   // the data certificate queries get (certify.go)
 
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
@@ -98,6 +102,15 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	cert, err := openCertifier(cfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if len(cert.DER()) > sysapi.MaxRootKey {
+		st.Close()
+		return nil, fmt.Errorf("host: a root key of %d bytes (at most %d)", len(cert.DER()), sysapi.MaxRootKey)
+	}
 	x, err := newExecutor(cfg, logger)
 	if err != nil {
 		st.Close()
@@ -121,7 +134,8 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("host: memory in use: %w", err)
 	}
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
-		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
+		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
+		certifier: cert, rootKey: bytes.Clone(cert.DER())}
 	go n.timerLoop()
 	return n, nil
 }
@@ -327,6 +341,7 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 		Version:     c.meta.Version,
 		Time:        n.now(),
 		GlobalTimer: c.meta.GlobalTimer,
+		RootKey:     n.rootKey,
 		Stable:      c.stable,
 		Limits: sysapi.Limits{
 			Instructions:    instr,

@@ -110,6 +110,13 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	in := q.n.input(c, c.module, kind, entry, q.budget)
 	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
 	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
+	if top {
+		// Only the query call's target gets a certificate, not the
+		// queries a composite query calls, nor its callbacks (the spec).
+		if in.DataCertificate, err = q.n.dataCertificate(c); err != nil {
+			return nil, err
+		}
+	}
 	r, err := q.run(fr, in, depth)
 	resp := 0
 	if r != nil {

@@ -624,8 +624,17 @@ func (e *Execution) stable64Read(a []uint64) (uint64, error) {
 
 // --- certification, time, timers -------------------------------------------
 
-func (e *Execution) rootKeyUnsupported([]uint64) (uint64, error) {
-	return 0, trapf("ic0.root_key_*: not supported: cordon has no IC root key")
+func (e *Execution) rootKeySize([]uint64) (uint64, error) {
+	if e.in.RootKey == nil {
+		return 0, trapf("ic0.root_key_size: this node has no IC root key")
+	}
+	return uint64(len(e.in.RootKey)), nil
+}
+func (e *Execution) rootKeyCopy(a []uint64) (uint64, error) {
+	if e.in.RootKey == nil {
+		return 0, trapf("ic0.root_key_copy: this node has no IC root key")
+	}
+	return 0, e.copyOut(e.in.RootKey, a[0], a[1], a[2], "ic0.root_key_copy")
 }
 
 func (e *Execution) certifiedDataSet(a []uint64) (uint64, error) {

@@ -35,6 +35,15 @@ type Callback struct {
 	Env uint64
 }
 
+// Bounds on what the host passes an execution for certification: a data
+// certificate (cordon's, without delegation, are about 300 bytes; the IC's
+// with a delegation a few KiB) and the root key (133 bytes of DER). The
+// sandbox refuses larger ones, the host never sends them.
+const (
+	MaxDataCertificate = 64 << 10
+	MaxRootKey         = 1 << 10
+)
+
 // EnvVar is one canister environment variable (ic0.env_var_*).
 type EnvVar struct {
 	Name, Value string
@@ -87,7 +96,8 @@ type Input struct {
 	Time             uint64 // nanoseconds since 1970
 	Deadline         uint64
 	GlobalTimer      uint64
-	DataCertificate  []byte // present only in non-replicated queries
+	DataCertificate  []byte // present only in the top-level non-replicated (composite) query
+	RootKey          []byte // the IC root key (DER) ic0.root_key_copy gives; nil: none
 	CallContextInstr uint64 // instructions already spent in this call context
 
 	Limits Limits

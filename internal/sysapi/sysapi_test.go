@@ -238,3 +238,51 @@ func TestMintCyclesNeverMints(t *testing.T) {
 		}
 	}
 }
+
+// root_key_* copy the root key in replicated contexts and trap in
+// non-replicated ones and where the node has none; data_certificate_* give
+// the certificate only where the host put one.
+func TestRootKeyAndDataCertificate(t *testing.T) {
+	key := []byte("0\x81\x82 a DER root key")
+	e, mem, _ := newExec(CtxUpdate)
+	e.in.RootKey = key
+	if n, err := call(t, e, "root_key_size"); err != nil || n != uint64(len(key)) {
+		t.Fatalf("root_key_size: %d %v", n, err)
+	}
+	if _, err := call(t, e, "root_key_copy", 100, 2, uint64(len(key))-2); err != nil || string(mem[100:100+len(key)-2]) != string(key[2:]) {
+		t.Fatalf("root_key_copy: %v %q", err, mem[100:100+len(key)])
+	}
+	if _, err := call(t, e, "root_key_copy", 100, 1, uint64(len(key))); err == nil {
+		t.Fatal("root_key_copy past the key's end")
+	}
+	if p, _ := call(t, e, "data_certificate_present"); p != 0 {
+		t.Fatal("a certificate in an update")
+	}
+	e, _, _ = newExec(CtxUpdate)
+	if _, err := call(t, e, "root_key_size"); err == nil || !strings.Contains(err.Error(), "no IC root key") {
+		t.Fatalf("root_key_size without a key: %v", err)
+	}
+	for _, ctx := range []Context{CtxNonReplicatedQuery, CtxCompositeQuery, CtxInspect} {
+		e, _, _ = newExec(ctx)
+		e.in.RootKey = key
+		if _, err := call(t, e, "root_key_size"); err == nil {
+			t.Fatalf("root_key_size in %v", ctx)
+		}
+	}
+	cert := []byte("\xd9\xd9\xf7 a certificate")
+	e, mem, _ = newExec(CtxNonReplicatedQuery)
+	e.in.DataCertificate = cert
+	if p, _ := call(t, e, "data_certificate_present"); p != 1 {
+		t.Fatal("certificate not present")
+	}
+	if n, _ := call(t, e, "data_certificate_size"); n != uint64(len(cert)) {
+		t.Fatalf("data_certificate_size %d", n)
+	}
+	if _, err := call(t, e, "data_certificate_copy", 200, 0, uint64(len(cert))); err != nil || string(mem[200:200+len(cert)]) != string(cert) {
+		t.Fatalf("data_certificate_copy: %v", err)
+	}
+	e, _, _ = newExec(CtxNonReplicatedQuery)
+	if _, err := call(t, e, "data_certificate_size"); err == nil {
+		t.Fatal("data_certificate_size without a certificate")
+	}
+}

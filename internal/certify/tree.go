@@ -1,4 +1,4 @@
-package ichttp
+package certify
 
 import (
 	"bytes"
@@ -25,12 +25,12 @@ const (
 	treePruned
 )
 
-// Leaf, Labeled, Fork and Pruned make trees.
+// Empty, Leaf, Labeled, Fork and Pruned make trees.
+func Empty() *Tree                    { return &Tree{kind: treeEmpty} }
 func Leaf(v []byte) *Tree             { return &Tree{kind: treeLeaf, value: v} }
 func Labeled(l []byte, t *Tree) *Tree { return &Tree{kind: treeLabeled, label: l, left: t} }
 func Fork(l, r *Tree) *Tree           { return &Tree{kind: treeFork, left: l, right: r} }
 func Pruned(digest [32]byte) *Tree    { return &Tree{kind: treePruned, value: digest[:]} }
-func emptyTree() *Tree                { return &Tree{kind: treeEmpty} }
 func domainSep(s string) []byte       { return append([]byte{byte(len(s))}, s...) }
 func hashOf(parts ...[]byte) (h [32]byte) {
 	d := sha256.New()
@@ -80,6 +80,69 @@ func (t *Tree) MarshalCBOR() ([]byte, error) {
 	return cbor.Marshal(v)
 }
 
+// maxTreeDepth and maxTreeNodes bound a decoded tree (the IC's trees are a
+// few dozen levels deep and pruned to a few hundred nodes; the bounds keep
+// recursion and allocation on hostile input short).
+const (
+	maxTreeDepth = 256
+	maxTreeNodes = 1 << 16
+)
+
+// DecodeTree reads a hash tree as a client does, from the generic CBOR
+// value of its encoding (cbor.Unmarshal into an any).
+func DecodeTree(v any) (*Tree, error) {
+	nodes := 0
+	return decodeTree(v, 0, &nodes)
+}
+
+func decodeTree(v any, depth int, nodes *int) (*Tree, error) {
+	if *nodes++; depth > maxTreeDepth || *nodes > maxTreeNodes {
+		return nil, fmt.Errorf("hash tree deeper than %d or larger than %d nodes", maxTreeDepth, maxTreeNodes)
+	}
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return nil, fmt.Errorf("hash tree node is not a tagged array: %T", v)
+	}
+	tag, _ := a[0].(uint64)
+	switch {
+	case tag == 0 && len(a) == 1:
+		return Empty(), nil
+	case tag == 1 && len(a) == 3:
+		l, err := decodeTree(a[1], depth+1, nodes)
+		if err != nil {
+			return nil, err
+		}
+		r, err := decodeTree(a[2], depth+1, nodes)
+		if err != nil {
+			return nil, err
+		}
+		return Fork(l, r), nil
+	case tag == 2 && len(a) == 3:
+		l, ok := a[1].([]byte)
+		if !ok {
+			return nil, fmt.Errorf("hash tree label is %T, not bytes", a[1])
+		}
+		c, err := decodeTree(a[2], depth+1, nodes)
+		if err != nil {
+			return nil, err
+		}
+		return Labeled(l, c), nil
+	case tag == 3 && len(a) == 2:
+		b, ok := a[1].([]byte)
+		if !ok {
+			return nil, fmt.Errorf("hash tree leaf is %T, not bytes", a[1])
+		}
+		return Leaf(b), nil
+	case tag == 4 && len(a) == 2:
+		b, ok := a[1].([]byte)
+		if !ok || len(b) != 32 {
+			return nil, fmt.Errorf("pruned hash tree node is not 32 bytes")
+		}
+		return Pruned([32]byte(b)), nil
+	}
+	return nil, fmt.Errorf("hash tree node with tag %v and %d elements", a[0], len(a))
+}
+
 // Lookup follows path, returning the leaf's value, or false if the path
 // is absent (or pruned, or ends elsewhere than at a leaf).
 func (t *Tree) Lookup(path ...[]byte) ([]byte, bool) {
@@ -94,6 +157,16 @@ func (t *Tree) Lookup(path ...[]byte) ([]byte, bool) {
 		return nil, false
 	}
 	return sub.Lookup(path[1:]...)
+}
+
+// Subtree follows path to the tree below it (any kind), or nil.
+func (t *Tree) Subtree(path ...[]byte) *Tree {
+	for _, l := range path {
+		if t = t.findLabel(l); t == nil {
+			return nil
+		}
+	}
+	return t
 }
 
 func (t *Tree) findLabel(l []byte) *Tree {
@@ -111,13 +184,14 @@ func (t *Tree) findLabel(l []byte) *Tree {
 	return nil
 }
 
-// node makes the labeled children of one tree node, sorted by label and
+// Node makes the labeled children of one tree node, sorted by label and
 // forked into a balanced tree, as the spec lays out the state tree.
-type node map[string]*Tree
+type Node map[string]*Tree
 
-func (n node) tree() *Tree {
+// Tree builds the node.
+func (n Node) Tree() *Tree {
 	if len(n) == 0 {
-		return emptyTree()
+		return Empty()
 	}
 	labels := make([]string, 0, len(n))
 	for l := range n {
@@ -135,20 +209,34 @@ func (n node) tree() *Tree {
 	return build(labels)
 }
 
-// stateRootDomain separates the root key's certificate signatures.
-const stateRootDomain = "\x0Dic-state-root"
-
-// certificate is the spec's Certificate: the tree and the root key's
-// signature of its root hash.
-type certificate struct {
-	Tree      *Tree  `cbor:"tree"`
-	Signature []byte `cbor:"signature"`
+// LEB128 is the unsigned LEB128 encoding the state tree uses for numbers
+// (time, reject codes).
+func LEB128(x uint64) []byte {
+	var b []byte
+	for {
+		c := byte(x & 0x7f)
+		x >>= 7
+		if x == 0 {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
 }
 
-// Certify signs a tree's root hash and encodes the certificate
-// (self-described CBOR).
-func (k *RootKey) Certify(t *Tree) ([]byte, error) {
-	root := t.Digest()
-	sig := k.Sign(append([]byte(stateRootDomain), root[:]...))
-	return cbor.Marshal(cbor.Tag{Number: selfDescribeTag, Content: certificate{Tree: t, Signature: sig}})
+// ReadLEB128 decodes an unsigned LEB128 number that fills b.
+func ReadLEB128(b []byte) (uint64, error) {
+	var x uint64
+	for i, c := range b {
+		if i == 9 && c > 1 || i > 9 {
+			return 0, fmt.Errorf("LEB128 number overflows 64 bits")
+		}
+		x |= uint64(c&0x7f) << (7 * i)
+		if c&0x80 == 0 {
+			if i != len(b)-1 {
+				return 0, fmt.Errorf("LEB128 number followed by %d bytes", len(b)-1-i)
+			}
+			return x, nil
+		}
+	}
+	return 0, fmt.Errorf("truncated LEB128 number")
 }

@@ -1,4 +1,4 @@
-package ichttp
+package certify
 
 import (
 	"bytes"
@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/cloudflare/circl/sign/bls"
-
-	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // The root key is made once (0600), reused, and signs in G1 what its G2
@@ -83,32 +81,5 @@ func TestRootKey(t *testing.T) {
 	}
 	if _, err := LoadOrCreateRootKey(home); err == nil || !strings.Contains(err.Error(), "not a BLS root key") {
 		t.Fatalf("broken key: %v", err)
-	}
-}
-
-// The node key is made once (0600), reused, and its id is the
-// self-authenticating principal of its DER key.
-func TestNodeKey(t *testing.T) {
-	home := t.TempDir()
-	k, err := LoadOrCreateNodeKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(filepath.Join(home, NodeKeyFile))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("node key file: %v %v", fi, err)
-	}
-	again, err := LoadOrCreateNodeKey(home)
-	if err != nil || !bytes.Equal(again.der, k.der) || !again.ID().Equal(k.ID()) {
-		t.Fatalf("a second load made another key (%v)", err)
-	}
-	if len(k.der) != 44 || !again.ID().Equal(principal.SelfAuthenticating(k.der)) {
-		t.Fatalf("node id %s for key %x", k.ID(), k.der)
-	}
-	if err := os.Chmod(filepath.Join(home, NodeKeyFile), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadOrCreateNodeKey(home); err == nil || !strings.Contains(err.Error(), "readable by others") {
-		t.Fatalf("group-readable node key: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package ichttp
+package certify
 
 import (
 	"bytes"
@@ -15,11 +15,11 @@ func TestTreeSpecExample(t *testing.T) {
 	tree := Fork(
 		Fork(
 			Labeled(s("a"), Fork(
-				Fork(Labeled(s("x"), Leaf(s("hello"))), emptyTree()),
+				Fork(Labeled(s("x"), Leaf(s("hello"))), Empty()),
 				Labeled(s("y"), Leaf(s("world"))))),
 			Labeled(s("b"), Leaf(s("good")))),
 		Fork(
-			Labeled(s("c"), emptyTree()),
+			Labeled(s("c"), Empty()),
 			Labeled(s("d"), Leaf(s("morning")))))
 	d := tree.Digest()
 	if got := hex.EncodeToString(d[:]); got != "eb5c5b2195e62d996b84c9bcc8259d19a83786a2f59e0878cec84c811f669aa0" {
@@ -56,7 +56,7 @@ func TestCertify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := node{"time": Leaf(leb128(42))}.tree()
+	tr := Node{"time": Leaf(LEB128(42))}.Tree()
 	b, err := k.Certify(tr)
 	if err != nil {
 		t.Fatal(err)
@@ -70,11 +70,11 @@ func TestCertify(t *testing.T) {
 	}
 	pk, _ := PublicKeyFromDER(k.DER())
 	root := tr.Digest()
-	if !bls.Verify(pk, append([]byte(stateRootDomain), root[:]...), c.Signature) {
+	if !bls.Verify(pk, append([]byte(StateRootDomain), root[:]...), c.Signature) {
 		t.Fatal("certificate signature does not verify")
 	}
-	other := node{"time": Leaf(leb128(43))}.tree().Digest()
-	if bls.Verify(pk, append([]byte(stateRootDomain), other[:]...), c.Signature) {
+	other := Node{"time": Leaf(LEB128(43))}.Tree().Digest()
+	if bls.Verify(pk, append([]byte(StateRootDomain), other[:]...), c.Signature) {
 		t.Fatal("signature verifies another tree")
 	}
 	if bls.Verify(pk, root[:], c.Signature) {
@@ -93,13 +93,13 @@ func FuzzTree(f *testing.F) {
 		if len(parts) > 200 {
 			parts = parts[:200]
 		}
-		n := node{}
+		n := Node{}
 		vals := map[string][]byte{}
 		for i := 0; i+1 < len(parts); i += 2 {
 			n[string(parts[i])] = Leaf(parts[i+1])
 			vals[string(parts[i])] = parts[i+1]
 		}
-		tr := node{"x": n.tree()}.tree()
+		tr := Node{"x": n.Tree()}.Tree()
 		for l, v := range vals {
 			got, ok := tr.Lookup([]byte("x"), []byte(l))
 			if !ok || !bytes.Equal(got, v) {
@@ -115,7 +115,11 @@ func FuzzTree(f *testing.F) {
 		if err := cbor.Unmarshal(enc, &dec); err != nil {
 			t.Fatal(err)
 		}
-		if decodeTree(t, dec).Digest() != root {
+		back, err := DecodeTree(dec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back.Digest() != root {
 			t.Fatal("decoded tree has another root hash")
 		}
 		var prune func(*Tree) []*Tree // every tree with one subtree pruned

@@ -1,8 +1,10 @@
-// Package ichttp serves the Internet Computer's HTTP interface (the
-// interface spec's /api/v2 and /api/v3 endpoints) so that real IC clients
-// such as @dfinity/agent talk to a cordon node: CBOR envelopes, request ids,
-// sender authentication, certificates signed by the node's BLS root key.
-package ichttp
+// Package certify is the node's certification core: the BLS12-381 root
+// key kept in the node's home, the IC's hash trees, and certificates (a
+// tree and the root key's signature of its root hash). The IC HTTP
+// interface (internal/ichttp) certifies read_state answers with it, the
+// node (internal/host) the data certificates canisters read in queries.
+// Nothing here speaks HTTP.
+package certify
 
 import (
 	"crypto/rand"
@@ -13,6 +15,7 @@ import (
 	"path/filepath"
 
 	"github.com/cloudflare/circl/sign/bls"
+	"github.com/fxamacker/cbor/v2"
 )
 
 // RootKeyFile is the node's BLS12-381 root key in <home>, the secret scalar
@@ -123,4 +126,90 @@ func LoadOrCreateRootKey(home string) (*RootKey, error) {
 		return nil, fmt.Errorf("write root key: %w", err)
 	}
 	return newRootKey(sk)
+}
+
+// StateRootDomain separates the root key's certificate signatures.
+const StateRootDomain = "\x0Dic-state-root"
+
+// SelfDescribeTag marks CBOR documents (the IC writes and accepts it).
+const SelfDescribeTag = 55799
+
+// certificate is the spec's Certificate: the tree and the root key's
+// signature of its root hash. cordon has one subnet and no delegations.
+type certificate struct {
+	Tree      *Tree  `cbor:"tree"`
+	Signature []byte `cbor:"signature"`
+}
+
+// Certify signs a tree's root hash and encodes the certificate
+// (self-described CBOR).
+func (k *RootKey) Certify(t *Tree) ([]byte, error) {
+	root := t.Digest()
+	sig := k.Sign(append([]byte(StateRootDomain), root[:]...))
+	return cbor.Marshal(cbor.Tag{Number: SelfDescribeTag, Content: certificate{Tree: t, Signature: sig}})
+}
+
+// CertifyCanister is the certificate ic0.data_certificate_copy gives a
+// canister: a tree with /time and /canister/<id>/certified_data, the rest
+// of the state tree left out (as the IC prunes it).
+func (k *RootKey) CertifyCanister(id, certifiedData []byte, timeNanos uint64) ([]byte, error) {
+	t := Node{
+		"time":     Leaf(LEB128(timeNanos)),
+		"canister": Node{string(id): Node{"certified_data": Leaf(certifiedData)}.Tree()}.Tree(),
+	}.Tree()
+	return k.Certify(t)
+}
+
+// maxCertificate bounds a certificate Verify decodes (the IC's, with a
+// delegation, are a few KiB).
+const maxCertificate = 1 << 20
+
+// certDecMode decodes a certificate from outside: a tree node is an array
+// of at most 3 items, a certificate a map of at most 3 pairs, no duplicate
+// keys, no indefinite lengths.
+var certDecMode = func() cbor.DecMode {
+	dm, err := cbor.DecOptions{
+		MaxNestedLevels:  maxTreeDepth + 8,
+		MaxArrayElements: 16,
+		MaxMapPairs:      16,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		IndefLength:      cbor.IndefLengthForbidden,
+	}.DecMode()
+	if err != nil {
+		panic(err) // constant options
+	}
+	return dm
+}()
+
+// Verify checks a certificate as a client does: its signature over the
+// reconstructed root hash under the root key given (DER), with no
+// delegation (cordon's certificates have none); it returns the tree.
+func Verify(rootKeyDER, cert []byte) (*Tree, error) {
+	if len(cert) > maxCertificate {
+		return nil, fmt.Errorf("certificate of %d bytes (at most %d)", len(cert), maxCertificate)
+	}
+	var c struct {
+		Tree       any             `cbor:"tree"`
+		Signature  []byte          `cbor:"signature"`
+		Delegation cbor.RawMessage `cbor:"delegation"`
+	}
+	if err := certDecMode.Unmarshal(cert, &c); err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	if c.Delegation != nil {
+		return nil, errors.New("certificate: delegations are not supported")
+	}
+	tree, err := DecodeTree(c.Tree)
+	if err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	pk, err := PublicKeyFromDER(rootKeyDER)
+	if err != nil {
+		return nil, err
+	}
+	root := tree.Digest()
+	if !bls.Verify(pk, append([]byte(StateRootDomain), root[:]...), c.Signature) {
+		return nil, errors.New("certificate: the signature does not verify under the root key")
+	}
+	return tree, nil
 }
