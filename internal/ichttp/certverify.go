@@ -29,7 +29,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 
 var treeDecMode = func() cbor.DecMode {
 	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  maxTreeDepth*2 + 4,
+		MaxNestedLevels:  maxTreeDepth + 1, // one array per node
 		MaxArrayElements: 16,
 		MaxMapPairs:      16,
 		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
