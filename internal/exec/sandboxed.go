@@ -261,6 +261,12 @@ type Sandboxed struct {
 	compile map[[32]byte]*sync.Mutex
 	closed  bool
 	stats   SandboxStats
+	// live counts the pool entries holding a slot: a sandbox running or
+	// being spawned. rss is the sum of their last measured RSS (measured
+	// after each exchange, only under a memory budget). Both are kept as
+	// entries come and go, so making room costs no scan of /proc.
+	live int
+	rss  uint64
 
 	nextID atomic.Uint64
 	stop   chan struct{}
@@ -296,6 +302,8 @@ type canisterSandbox struct {
 	messages uint64
 	pid      int
 	idleCPU  cpuMark
+	slot     bool   // counted in Sandboxed.live (running or being spawned)
+	rss      uint64 // last measured RSS, counted in Sandboxed.rss
 }
 
 // cpuMark is a sandbox's CPU time when it was last seen idle.
@@ -794,6 +802,7 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 	sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
 	x.mu.Lock()
 	sb.pid = 0
+	x.freeSlotLocked(sb)
 	x.mu.Unlock()
 }
 
@@ -809,6 +818,7 @@ func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
 	sb.dead = true
 	x.mu.Lock()
 	sb.pid = 0
+	x.freeSlotLocked(sb)
 	if x.pool[sb.id] == sb {
 		delete(x.pool, sb.id)
 	}
@@ -816,53 +826,114 @@ func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
 }
 
 // makeRoom evicts the coldest idle sandboxes while the pool is over its
-// count or memory budget (self, being spawned, is not counted).
+// count or memory budget, then takes a slot for self (sb.mu held), which is
+// about to be spawned: from here it counts as live, so that concurrent
+// spawns see each other and evict instead of all squeezing into the room
+// one of them made. If every live sandbox is busy the slot is taken anyway:
+// the pool then exceeds its budget by the exchanges in flight rather than
+// refuse a message.
 func (x *Sandboxed) makeRoom(self *canisterSandbox) {
 	for {
 		x.mu.Lock()
-		var pids []int
-		for _, sb := range x.pool {
-			if sb != self && sb.pid != 0 {
-				pids = append(pids, sb.pid)
-			}
+		reason := x.overLocked()
+		if reason == "" {
+			x.takeSlotLocked(self)
+			x.mu.Unlock()
+			return
 		}
 		x.mu.Unlock()
-		over := len(pids) >= x.cfg.MaxSandboxes
-		if !over && x.cfg.MaxTotalRSS > 0 {
-			var total uint64
-			for _, pid := range pids {
-				if r, err := readRSS(pid); err == nil {
-					total += r
-				}
-			}
-			over = total >= x.cfg.MaxTotalRSS
-		}
-		if !over || !x.evictColdest(self) {
+		if !x.evictColdest(self, reason) {
+			x.mu.Lock()
+			x.takeSlotLocked(self)
+			x.mu.Unlock()
 			return
 		}
 	}
 }
 
-// evictColdest stops the least recently used idle sandbox; false if none.
-func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
+// overLocked says which budget a new sandbox would exceed: "pool" (the
+// count), "memory" (the RSS of all), or "" (x.mu held).
+func (x *Sandboxed) overLocked() string {
+	switch {
+	case x.live >= x.cfg.MaxSandboxes:
+		return "pool"
+	case x.cfg.MaxTotalRSS > 0 && x.rss >= x.cfg.MaxTotalRSS:
+		return "memory"
+	}
+	return ""
+}
+
+func (x *Sandboxed) takeSlotLocked(sb *canisterSandbox) {
+	if !sb.slot {
+		sb.slot = true
+		x.live++
+	}
+}
+
+// freeSlotLocked gives sb's slot back when its process is gone (x.mu held).
+func (x *Sandboxed) freeSlotLocked(sb *canisterSandbox) {
+	if sb.slot {
+		sb.slot = false
+		x.live--
+		x.rss -= sb.rss
+		sb.rss = 0
+	}
+}
+
+// measure records sb's RSS after an exchange (sb.mu held), when the pool
+// has a memory budget: one read of /proc per message, so that making room
+// adds up numbers instead of reading every live sandbox's.
+func (x *Sandboxed) measure(sb *canisterSandbox) {
+	if x.cfg.MaxTotalRSS == 0 || sb.proc == nil {
+		return
+	}
+	r, err := sb.proc.RSS()
+	if err != nil {
+		return
+	}
 	x.mu.Lock()
-	var cands []*canisterSandbox
+	if sb.slot {
+		x.rss = x.rss - sb.rss + r
+		sb.rss = r
+	}
+	x.mu.Unlock()
+}
+
+// evictColdest stops the least recently used idle sandbox; false if none.
+// reason is the budget it makes room in ("pool" or "memory").
+func (x *Sandboxed) evictColdest(self *canisterSandbox, reason string) bool {
+	type cand struct {
+		sb   *canisterSandbox
+		last time.Time
+	}
+	x.mu.Lock()
+	var cands []cand
 	for _, sb := range x.pool {
 		if sb != self && sb.busy == 0 && sb.pid != 0 {
-			cands = append(cands, sb)
+			cands = append(cands, cand{sb, sb.lastUsed})
 		}
 	}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].lastUsed.Before(cands[j].lastUsed) })
 	x.mu.Unlock()
-	for _, sb := range cands {
+	// Usually the coldest is free: find it in one pass, the next one only
+	// if it is not.
+	for len(cands) > 0 {
+		k := 0
+		for i, c := range cands {
+			if c.last.Before(cands[k].last) {
+				k = i
+			}
+		}
+		sb := cands[k].sb
 		if sb.mu.TryLock() {
-			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "budget")
+			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", reason)
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
-			x.cfg.Metrics.SandboxEvicted("pool")
+			x.cfg.Metrics.SandboxEvicted(reason)
 			return true
 		}
+		cands[k] = cands[len(cands)-1]
+		cands = cands[:len(cands)-1]
 	}
 	return false
 }
@@ -1004,6 +1075,7 @@ func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Req
 		x.release(sb, false)
 		return nil, retry, err
 	}
+	x.measure(sb)
 	x.watch(sb)
 	sb.mu.Unlock()
 	x.release(sb, true)
@@ -1041,6 +1113,7 @@ func (x *Sandboxed) watch(sb *canisterSandbox) {
 		sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
 		x.mu.Lock()
 		sb.pid = 0
+		x.freeSlotLocked(sb)
 		x.mu.Unlock()
 	}()
 }
