@@ -113,6 +113,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if clock == nil {
 		clock = time.Now
 	}
+	// Code changes release the modules they replace; what a crash between
+	// the two left is collected here.
+	if err := st.GCModules(); err != nil {
+		logger.Warn("collecting unused modules", "err", err)
+	}
 	mem := newMemoryLedger(memoryCapacity(cfg.MemoryCapacity))
 	if err := mem.load(st); err != nil {
 		x.Close()
