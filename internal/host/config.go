@@ -27,7 +27,10 @@ type Config struct {
 	// together (capacity.go); 0: a third of the machine's memory.
 	MemoryCapacity uint64
 	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
-	ModuleLimits   engine.ModuleLimits
+	// MemoryImages is how many canisters keep memory images (images.go);
+	// the least recently executed beyond it give theirs back (0: 1024).
+	MemoryImages int
+	ModuleLimits engine.ModuleLimits
 
 	Fees          Fees
 	Messages      MessageLimits
@@ -62,6 +65,9 @@ type SandboxConfig struct {
 	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// MemoryBudget bounds the RSS of all canister sandboxes together: past
+	// it the coldest idle sandboxes are evicted (0: no budget).
+	MemoryBudget uint64
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool
