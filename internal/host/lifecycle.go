@@ -360,6 +360,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
+	n.images.used(c)
 	_ = n.store.ReleaseModules(replaced)
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
@@ -543,6 +544,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	c.deleted = true
 	n.dropCalls(c) // queues.go
 	releaseReplaced(c, nil, nil)
+	n.images.forget(c)
 	n.mu.Lock()
 	delete(n.canisters, id)
 	n.mem.remove(id)

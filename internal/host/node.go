@@ -40,6 +40,8 @@ type Node struct {
 	mem   *memoryLedger // the node's memory capacity (capacity.go)
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
+	images *imageLRU // which canisters keep memory images (images.go)
+
 	busy busyCounter   // queue drainers and management calls in flight
 	done chan struct{} // closed by Close
 }
@@ -125,7 +127,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("host: memory in use: %w", err)
 	}
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
-		canisters: map[principal.Principal]*canister{}, done: make(chan struct{})}
+		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}), images: newImageLRU(cfg.MemoryImages)}
 	go n.timerLoop()
 	return n, nil
 }

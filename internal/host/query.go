@@ -126,6 +126,7 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
+	q.n.images.used(c)
 	if err != nil {
 		return nil, asReject(c.id, "execute query on", err)
 	}
