@@ -14,9 +14,9 @@ import (
 
 func newBenchCmd(g *globals) *cobra.Command {
 	var (
-		quick, write, installDeps bool
-		corpus, output, plots     string
-		only                      []string
+		quick, write, installDeps, scale bool
+		corpus, output, plots            string
+		only                             []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -26,7 +26,9 @@ from the pool) against bubblewrap running a static no-op; per-message latency
 sandboxed vs in-process; throughput over 1, 10 and 100 canisters; commit cost
 vs heap size and dirty pages; compute speed of the corpus compute canister
 against V8, and the cost of metering; idle memory per sandbox and how many
-sandboxes this machine holds.
+sandboxes this machine holds; neighbours under attack. --scale runs, alone,
+the scale section: thousands of canisters on one node with a bounded pool of
+live sandboxes under random traffic (minutes; not part of the full suite).
 
 Every figure is printed as its median over N runs with the smallest and
 largest, and its ratio to a baseline measured in the same run. Numbers are
@@ -45,9 +47,16 @@ the checkout, or --corpus.`,
 		Example: `  cordon bench --quick
   cordon bench
   cordon bench --quick --only spawn,compute
+  cordon bench --scale --quick
   cordon bench --corpus /path/to/canisters --output /tmp/BENCHMARKS.md`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if scale {
+				if len(only) > 0 {
+					return usageError{fmt.Errorf("--scale runs the scale section alone: drop --only")}
+				}
+				only = []string{"scale"}
+			}
 			for _, s := range only {
 				ok := slices.ContainsFunc(bench.Sections, func(sec bench.Section) bool { return sec.Key == s })
 				if !ok {
@@ -95,6 +104,19 @@ the checkout, or --corpus.`,
 			if !write {
 				return nil
 			}
+			if scale {
+				// The scale section is not part of the generated section
+				// (the full suite does not run it): write its plot, and
+				// print its markdown for BENCHMARKS.md's own section.
+				files, err := rep.WritePlots(filepath.Join(filepath.Dir(output), plots))
+				for _, f := range files {
+					fmt.Fprintf(g.stdout, "wrote %s\n", f)
+				}
+				if err == nil {
+					fmt.Fprint(g.stdout, "\n"+rep.SectionMarkdown("scale", plots))
+				}
+				return err
+			}
 			files, err := rep.WriteFiles(output, plots)
 			if err != nil {
 				return err
@@ -111,7 +133,8 @@ the checkout, or --corpus.`,
 	f.StringVar(&corpus, "corpus", "", "directory of the corpus canisters (default: ../shared/canisters beside the checkout)")
 	f.StringVar(&output, "output", "", "the markdown file to update (default: BENCHMARKS.md of the checkout)")
 	f.StringVar(&plots, "plots", "bench", "directory of the SVG plots, relative to the markdown file")
-	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory")
+	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory, soak, scale")
+	f.BoolVar(&scale, "scale", false, "run only the scale section (thousands of canisters, minutes; --quick: small counts); --write writes its plot and prints its markdown")
 	f.BoolVar(&installDeps, "install-deps", true, "install bubblewrap with apt-get if it is missing (as root)")
 	return cmd
 }
