@@ -31,7 +31,7 @@ func (e *env) scalePlan() scalePlan {
 	if e.opt.Quick {
 		return scalePlan{counts: []int{10, 30, 100}, pool: 30, budget: 1 << 30, warm: 100, messages: 300, seed: 1}
 	}
-	return scalePlan{counts: []int{100, 1000, 10000}, pool: 1000, budget: 8 << 30, warm: 1500, messages: 3000, seed: 1}
+	return scalePlan{counts: []int{100, 1000, 10000}, pool: 1000, budget: 8 << 30, warm: 1000, messages: 2000, seed: 1}
 }
 
 // scaleRecorder counts the node's sandbox spawns and evictions.
@@ -172,18 +172,30 @@ func (e *env) scale() error {
 	var ids []principal.Principal
 	var points []*scalePoint
 	for _, n := range plan.counts {
+		if err := e.scaleInterrupted(sec, points, n, nil); err != nil {
+			return err
+		}
+		if len(points) > 0 && ctx.Err() != nil {
+			break
+		}
 		p := &scalePoint{n: n}
 		batch := n - len(ids)
 		t0 := time.Now()
 		more, took, err := e.installMany(ctx, nd, batch, len(ids))
 		if err != nil {
-			return err
+			if err := e.scaleInterrupted(sec, points, n, err); err != nil {
+				return err
+			}
+			break
 		}
 		ids = append(ids, more...)
 		p.install = took
 		p.installRate = float64(batch) / time.Since(t0).Seconds()
 		if _, err := randomTraffic(ctx, nd, ids, plan.warm, plan.seed+uint64(n)); err != nil {
-			return fmt.Errorf("%d canisters, warm-up: %w", n, err)
+			if err := e.scaleInterrupted(sec, points, n, fmt.Errorf("%d canisters, warm-up: %w", n, err)); err != nil {
+				return err
+			}
+			break
 		}
 		sp, ep, em, cr := rec.spawned.Load(), rec.evictedPool.Load(), rec.evictedMemory.Load(), rec.crashed.Load()
 		stop := make(chan struct{})
@@ -193,7 +205,10 @@ func (e *env) scale() error {
 		close(stop)
 		p.smp = <-smpc
 		if err != nil {
-			return fmt.Errorf("%d canisters: %w", n, err)
+			if err := e.scaleInterrupted(sec, points, n, fmt.Errorf("%d canisters: %w", n, err)); err != nil {
+				return err
+			}
+			break
 		}
 		p.spawns, p.evPool, p.evMem, p.crash = rec.spawned.Load()-sp, rec.evictedPool.Load()-ep, rec.evictedMemory.Load()-em, rec.crashed.Load()-cr
 		p.storeBytes = dirSize(nd.home)
@@ -238,6 +253,21 @@ func (e *env) scale() error {
 		Chart: Chart{Title: fmt.Sprintf("Random traffic over N canisters, at most %d live sandboxes", plan.pool),
 			XLabel: "installed canisters (log)", YLabel: "latency (ms)", LogX: true, LogY: logScale(series),
 			FormatX: func(v float64) string { return fmt.Sprintf("%g", v) }, FormatY: fmtTick, Series: series}})
+	return nil
+}
+
+// scaleInterrupted decides what an error (or, with err nil, a cancelled
+// run) at count n means: with some counts measured, an interrupted run
+// (Ctrl-C) keeps them and says where it stopped (nil: stop measuring);
+// anything else is the section's error.
+func (e *env) scaleInterrupted(sec string, points []*scalePoint, n int, err error) error {
+	if e.ctx.Err() == nil {
+		return err
+	}
+	if len(points) == 0 {
+		return e.ctx.Err()
+	}
+	e.rep.Note(sec, "The run was interrupted on its way to %d canisters: the larger counts were not measured.", n)
 	return nil
 }
 
