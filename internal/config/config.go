@@ -209,7 +209,7 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.Host.Sandbox.CPUPercent }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
-	size("sandbox.memory_budget", "", "RSS of all canister sandboxes together beyond which the coldest idle ones are evicted (bytes; 0: no budget)",
+	size("sandbox.memory_budget", "", "memory of all canister sandboxes together (what their cgroups are charged, else their RSS) beyond which the least recently used idle ones are evicted (bytes; 0: no budget)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBudget }),
 	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",
 		func(c *Config) *string { return &c.Host.Sandbox.HostIDs }, func(v string) error {

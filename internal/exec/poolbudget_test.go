@@ -158,3 +158,42 @@ func TestPoolMemoryBudget(t *testing.T) {
 		t.Fatalf("live %s, want a,c,d", got)
 	}
 }
+
+// Real sandboxes: the memory budget counts what each sandbox's cgroup is
+// charged, not its RSS, which counts the pages of cordon's code that every
+// sandbox maps from the host's one copy (charged to the host): a budget of
+// RSS held about half the sandboxes the memory had room for.
+func TestPoolMemoryBudgetCountsCgroupCharge(t *testing.T) {
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), MaxTotalRSS: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	s := newSim(t, x, "counter-charge", wasmFile(t, corpusDir, "counter"))
+	s.must(sysapi.CtxInit, "canister_init", empty)
+	s.must(sysapi.CtxUpdate, "canister_update inc", empty)
+	x.mu.Lock()
+	sb := x.pool["counter-charge"]
+	counted := x.rss
+	x.mu.Unlock()
+	if sb == nil || counted == 0 {
+		t.Fatalf("nothing counted against the budget (%d)", counted)
+	}
+	sb.mu.Lock()
+	p, ok := sb.proc.(*sandbox.Process)
+	var charge, rss uint64
+	var cerr, rerr error
+	if ok {
+		charge, cerr = p.MemoryCharge()
+		rss, rerr = p.RSS()
+	}
+	sb.mu.Unlock()
+	if !ok || cerr != nil || rerr != nil {
+		t.Fatalf("process %T: charge %v, rss %v", sb.proc, cerr, rerr)
+	}
+	if p.Layers()[sandbox.LayerCgroup].Applied && counted >= rss {
+		t.Fatalf("the budget counted %d bytes for a sandbox whose RSS is %d and cgroup charge %d: RSS, not the charge",
+			counted, rss, charge)
+	}
+	t.Logf("counted %d KiB; cgroup charge now %d KiB, RSS %d KiB", counted>>10, charge>>10, rss>>10)
+}

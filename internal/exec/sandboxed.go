@@ -75,7 +75,7 @@ type SandboxConfig struct {
 	IdleCPUCheck   time.Duration // default 1 s
 
 	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
-	MaxTotalRSS  uint64        // memory budget of all canister sandboxes (0: none)
+	MaxTotalRSS  uint64        // memory budget of all canister sandboxes: their cgroups' charge, else RSS (0: none)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (default 5 min)
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
@@ -880,14 +880,23 @@ func (x *Sandboxed) freeSlotLocked(sb *canisterSandbox) {
 	}
 }
 
-// measure records sb's RSS after an exchange (sb.mu held), when the pool
-// has a memory budget: one read of /proc per message, so that making room
-// adds up numbers instead of reading every live sandbox's.
+// measure records sb's memory after an exchange (sb.mu held), when the
+// pool has a memory budget: one read per message, so that making room adds
+// up numbers instead of reading every live sandbox's. The memory is what
+// its cgroup is charged (sandbox.Process.MemoryCharge), else its RSS: RSS
+// counts the code every sandbox shares once per sandbox, so that a budget
+// of RSS held half the sandboxes the memory had room for.
 func (x *Sandboxed) measure(sb *canisterSandbox) {
 	if x.cfg.MaxTotalRSS == 0 || sb.proc == nil {
 		return
 	}
-	r, err := sb.proc.RSS()
+	var r uint64
+	var err error
+	if c, ok := sb.proc.(interface{ MemoryCharge() (uint64, error) }); ok {
+		r, err = c.MemoryCharge()
+	} else {
+		r, err = sb.proc.RSS()
+	}
 	if err != nil {
 		return
 	}

@@ -65,8 +65,9 @@ type SandboxConfig struct {
 	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
-	// MemoryBudget bounds the RSS of all canister sandboxes together: past
-	// it the coldest idle sandboxes are evicted (0: no budget).
+	// MemoryBudget bounds the memory of all canister sandboxes together
+	// (their cgroups' charge, else RSS): past it the coldest idle
+	// sandboxes are evicted (0: no budget).
 	MemoryBudget uint64
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
