@@ -48,6 +48,9 @@ type Options struct {
 	Outputs []string
 	// Only runs these sections (keys of Sections); nil runs all.
 	Only []string
+	// ScaleCounts replaces the scale section's canister counts (nil: 100,
+	// 1,000, 10,000; with Quick 10, 30, 100).
+	ScaleCounts []int
 	// InstallDeps lets the suite install bubblewrap with apt-get when it
 	// is missing (root only).
 	InstallDeps bool

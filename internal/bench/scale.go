@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,10 +29,14 @@ type scalePlan struct {
 }
 
 func (e *env) scalePlan() scalePlan {
+	p := scalePlan{counts: []int{100, 1000, 10000}, pool: 1000, budget: 8 << 30, warm: 1000, messages: 2000, seed: 1}
 	if e.opt.Quick {
-		return scalePlan{counts: []int{10, 30, 100}, pool: 30, budget: 1 << 30, warm: 100, messages: 300, seed: 1}
+		p = scalePlan{counts: []int{10, 30, 100}, pool: 30, budget: 1 << 30, warm: 100, messages: 300, seed: 1}
 	}
-	return scalePlan{counts: []int{100, 1000, 10000}, pool: 1000, budget: 8 << 30, warm: 1000, messages: 2000, seed: 1}
+	if len(e.opt.ScaleCounts) > 0 {
+		p.counts = slices.Sorted(slices.Values(e.opt.ScaleCounts))
+	}
+	return p
 }
 
 // scaleRecorder counts the node's sandbox spawns and evictions.

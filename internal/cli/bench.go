@@ -17,6 +17,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		quick, write, installDeps, scale bool
 		corpus, output, plots            string
 		only                             []string
+		scaleCounts                      []int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -56,6 +57,11 @@ the checkout, or --corpus.`,
 					return usageError{fmt.Errorf("--scale runs the scale section alone: drop --only")}
 				}
 				only = []string{"scale"}
+			}
+			for _, n := range scaleCounts {
+				if n < 1 || n > 1_000_000 {
+					return usageError{fmt.Errorf("--scale-counts %d: want 1 to 1000000 canisters", n)}
+				}
 			}
 			for _, s := range only {
 				ok := slices.ContainsFunc(bench.Sections, func(sec bench.Section) bool { return sec.Key == s })
@@ -97,7 +103,7 @@ the checkout, or --corpus.`,
 				}
 			}
 			rep, err := bench.Run(cmd.Context(), bench.Options{Quick: quick, Corpus: corpus, RepoRoot: root,
-				Outputs: outputs, Only: only, InstallDeps: installDeps, Out: g.stdout, Log: g.stderr})
+				Outputs: outputs, Only: only, InstallDeps: installDeps, ScaleCounts: scaleCounts, Out: g.stdout, Log: g.stderr})
 			if err != nil {
 				return err
 			}
@@ -135,6 +141,7 @@ the checkout, or --corpus.`,
 	f.StringVar(&plots, "plots", "bench", "directory of the SVG plots, relative to the markdown file")
 	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory, soak, scale")
 	f.BoolVar(&scale, "scale", false, "run only the scale section (thousands of canisters, minutes; --quick: small counts); --write writes its plot and prints its markdown")
+	f.IntSliceVar(&scaleCounts, "scale-counts", nil, "the scale section's canister counts (default 100,1000,10000; --quick 10,30,100)")
 	f.BoolVar(&installDeps, "install-deps", true, "install bubblewrap with apt-get if it is missing (as root)")
 	return cmd
 }
