@@ -363,8 +363,8 @@ func (r *Report) SectionMarkdown(key, plotDir string) string {
 			continue
 		}
 		r.writeSection(&b, sec, plotDir)
-		commit := r.Commit
-		if commit == "" {
+		commit := "`" + r.Commit + "`"
+		if r.Commit == "" {
 			commit = "unknown"
 		} else if len(r.Modified) > 0 {
 			commit += " plus uncommitted changes to " + changedList(r.Modified, "`")
@@ -374,7 +374,7 @@ func (r *Report) SectionMarkdown(key, plotDir string) string {
 		if r.Quick {
 			mode = "--quick"
 		}
-		fmt.Fprintf(&b, "- Measured by `cordon bench --scale` (%s mode, %s) at commit `%s` on %s; %d cores, %s memory, "+
+		fmt.Fprintf(&b, "- Measured by `cordon bench --scale` (%s mode, %s) at commit %s on %s; %d cores, %s memory, "+
 			"Linux %s; load average at the start %s, at the end %s.\n", mode, r.Elapsed.Round(time.Second), commit,
 			r.Date.UTC().Format("2006-01-02 15:04 MST"), m.Cores, humanBytes(m.Memory), m.Kernel, m.LoadStart, m.LoadEnd)
 	}

@@ -20,7 +20,7 @@ func TestSectionMarkdownAndPlots(t *testing.T) {
 		Chart: Chart{Title: "t", LogX: true, Series: []Series{{Name: "a", X: []float64{100, 1000}, Y: []float64{1, 2}}}}}}
 	md := r.SectionMarkdown("scale", "bench")
 	for _, want := range []string{"### Scale", "Opt-in.", "| update latency p50, 100 canisters | 2.00 ms |",
-		"![Scale plot](bench/scale.svg)", "- A scale note.", "`cordon bench --scale`", "commit `abc123 plus uncommitted changes",
+		"![Scale plot](bench/scale.svg)", "- A scale note.", "`cordon bench --scale`", "commit `abc123` plus uncommitted changes to `internal/host/node.go`",
 		"2026-11-22 10:00 UTC", "2 cores"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("section lacks %q:\n%s", want, md)
