@@ -48,11 +48,23 @@ type Options struct {
 	Outputs []string
 	// Only runs these sections (keys of Sections); nil runs all.
 	Only []string
+	// ScaleCounts replaces the scale section's canister counts (nil: 100,
+	// 1,000, 10,000; with Quick 10, 30, 100).
+	ScaleCounts []int
 	// InstallDeps lets the suite install bubblewrap with apt-get when it
 	// is missing (root only).
 	InstallDeps bool
 	// Out receives the figures as they are measured; Log progress lines.
 	Out, Log io.Writer
+}
+
+// selects says whether the run includes the section key: the sections in
+// Only, or without Only every section but the opt-in ones.
+func (o Options) selects(key string) bool {
+	if o.Only != nil {
+		return slices.Contains(o.Only, key)
+	}
+	return !slices.Contains(OptIn, key)
 }
 
 // Sections of the suite, in order.
@@ -94,7 +106,15 @@ var Sections = []Section{
 		"sandboxed node while attacker canisters, each driven by clients of its own, spin, hog memory, flood " +
 		"their logs, trap or fan out calls to themselves, one kind at a time and then all at once. The baseline is the same node and load " +
 		"with no attacker."},
+	{Key: "scale", Title: "Scale: thousands of canisters, a pool of live sandboxes", About: "Opt-in (`cordon bench " +
+		"--scale`, minutes): canisters installed on one sandboxed node by the thousand, far more than its pool of " +
+		"live sandboxes holds, under random traffic spread uniformly over all of them, so most messages at the " +
+		"largest count find their canister's sandbox evicted. Latency, throughput, live sandboxes and memory as " +
+		"the number of installed canisters grows; the ratio is to the smallest count."},
 }
+
+// OptIn are the sections that run only when named (Options.Only).
+var OptIn = []string{"scale"}
 
 // memoryFloor is the free memory the memory section leaves the machine.
 const memoryFloor = 2 << 30
@@ -155,9 +175,10 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		// of Sections whatever the order they ran in.
 		{"spawn", e.spawn}, {"latency", e.latency}, {"ichttp", e.ichttp}, {"compute", e.computeSection},
 		{"throughput", e.throughput}, {"soak", e.soak}, {"commit", e.commit}, {"memory", e.memorySection},
+		{"scale", e.scale},
 	}
 	for _, s := range steps {
-		if opt.Only != nil && !slices.Contains(opt.Only, s.key) {
+		if !opt.selects(s.key) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -395,6 +416,7 @@ type node struct {
 	*host.Node
 	commits *commitLog
 	iso     string
+	home    string
 	once    sync.Once
 }
 
@@ -416,7 +438,7 @@ func (e *env) openNode(isolation string, tweak func(*host.Config)) (*node, error
 	if err != nil {
 		return nil, err
 	}
-	return &node{Node: n, commits: cl, iso: isolation}, nil
+	return &node{Node: n, commits: cl, iso: isolation, home: home}, nil
 }
 
 // close closes the node (once: deferred and early closes may both run).

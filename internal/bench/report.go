@@ -298,55 +298,106 @@ func (r *Report) Markdown(plotDir string) string {
 	b.WriteString("A figure and its baseline take turns, round by round, so that other work on the machine falls\n")
 	b.WriteString("on both. Numbers are measured, never asserted: they vary with the load on the machine.\n")
 	for _, sec := range r.Sections {
-		var figs []*Figure
-		for _, f := range r.Figures {
-			if f.Section == sec.Key {
-				figs = append(figs, f)
-			}
-		}
-		if len(figs) == 0 && len(r.Notes[sec.Key]) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "\n### %s\n\n", sec.Title)
-		if sec.About != "" {
-			b.WriteString(sec.About + "\n\n")
-		}
-		if len(figs) > 0 {
-			b.WriteString("| figure | median | min–max | N | ratio | baseline |\n")
-			b.WriteString("| --- | ---: | ---: | ---: | ---: | --- |\n")
-			for _, f := range figs {
-				if f.Skipped != "" {
-					fmt.Fprintf(&b, "| %s | skipped: %s | | | | |\n", mdEscape(f.Name), mdEscape(f.Skipped))
-					continue
-				}
-				s := r.Summarize(f)
-				ratio, base := "", "*baseline*"
-				switch {
-				case f.Alone:
-					ratio, base = "—", "—"
-				case s.HasRatio:
-					ratio, base = FormatRatio(s.Ratio), mdEscape(f.Baseline)
-				case s.BaselineUnavailable:
-					ratio, base = "n/a", mdEscape(f.Baseline)+" (not measured)"
-				}
-				fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s |\n", mdEscape(f.Name), f.Format(s.Median, s.Median),
-					f.FormatRange(s), s.N, ratio, base)
-			}
-		}
-		for _, p := range r.Plots {
-			if p.Section == sec.Key {
-				fmt.Fprintf(&b, "\n![%s](%s)\n", p.Title, filepath.ToSlash(filepath.Join(plotDir, p.File)))
-			}
-		}
-		if notes := r.Notes[sec.Key]; len(notes) > 0 {
-			b.WriteString("\n")
-			for _, n := range notes {
-				b.WriteString("- " + n + "\n")
-			}
-		}
+		r.writeSection(&b, sec, plotDir)
 	}
 	b.WriteString("\n" + MarkerEnd + "\n")
 	return b.String()
+}
+
+// writeSection renders one section's figures, plots and notes.
+func (r *Report) writeSection(b *strings.Builder, sec Section, plotDir string) {
+	var figs []*Figure
+	for _, f := range r.Figures {
+		if f.Section == sec.Key {
+			figs = append(figs, f)
+		}
+	}
+	if len(figs) == 0 && len(r.Notes[sec.Key]) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n### %s\n\n", sec.Title)
+	if sec.About != "" {
+		b.WriteString(sec.About + "\n\n")
+	}
+	if len(figs) > 0 {
+		b.WriteString("| figure | median | min–max | N | ratio | baseline |\n")
+		b.WriteString("| --- | ---: | ---: | ---: | ---: | --- |\n")
+		for _, f := range figs {
+			if f.Skipped != "" {
+				fmt.Fprintf(b, "| %s | skipped: %s | | | | |\n", mdEscape(f.Name), mdEscape(f.Skipped))
+				continue
+			}
+			s := r.Summarize(f)
+			ratio, base := "", "*baseline*"
+			switch {
+			case f.Alone:
+				ratio, base = "—", "—"
+			case s.HasRatio:
+				ratio, base = FormatRatio(s.Ratio), mdEscape(f.Baseline)
+			case s.BaselineUnavailable:
+				ratio, base = "n/a", mdEscape(f.Baseline)+" (not measured)"
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %d | %s | %s |\n", mdEscape(f.Name), f.Format(s.Median, s.Median),
+				f.FormatRange(s), s.N, ratio, base)
+		}
+	}
+	for _, p := range r.Plots {
+		if p.Section == sec.Key {
+			fmt.Fprintf(b, "\n![%s](%s)\n", p.Title, filepath.ToSlash(filepath.Join(plotDir, p.File)))
+		}
+	}
+	if notes := r.Notes[sec.Key]; len(notes) > 0 {
+		b.WriteString("\n")
+		for _, n := range notes {
+			b.WriteString("- " + n + "\n")
+		}
+	}
+}
+
+// SectionMarkdown renders the section key alone, with the run's commit,
+// date and machine: for a section the full suite does not run (scale).
+func (r *Report) SectionMarkdown(key, plotDir string) string {
+	var b strings.Builder
+	for _, sec := range r.Sections {
+		if sec.Key != key {
+			continue
+		}
+		r.writeSection(&b, sec, plotDir)
+		commit := "`" + r.Commit + "`"
+		if r.Commit == "" {
+			commit = "unknown"
+		} else if len(r.Modified) > 0 {
+			commit += " plus uncommitted changes to " + changedList(r.Modified, "`")
+		}
+		m := r.Machine
+		mode := "full"
+		if r.Quick {
+			mode = "--quick"
+		}
+		fmt.Fprintf(&b, "- Measured by `cordon bench --scale` (%s mode, %s) at commit %s on %s; %d cores, %s memory, "+
+			"Linux %s; load average at the start %s, at the end %s.\n", mode, r.Elapsed.Round(time.Second), commit,
+			r.Date.UTC().Format("2006-01-02 15:04 MST"), m.Cores, humanBytes(m.Memory), m.Kernel, m.LoadStart, m.LoadEnd)
+	}
+	return b.String()
+}
+
+// WritePlots writes the report's plots into dir.
+func (r *Report) WritePlots(dir string) ([]string, error) {
+	if len(r.Plots) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var written []string
+	for _, p := range r.Plots {
+		f := filepath.Join(dir, p.File)
+		if err := writeAtomic(f, p.Chart.SVG()); err != nil {
+			return written, err
+		}
+		written = append(written, f)
+	}
+	return written, nil
 }
 
 // changedList names up to five paths.

@@ -709,3 +709,44 @@ func TestCertificationInputBounded(t *testing.T) {
 		t.Fatalf("root key without the flag: %v", err)
 	}
 }
+
+// A Conn's write buffer is only as large as the largest packet it sent
+// (the host keeps a Conn per live sandbox: a full-size buffer each was
+// 128 KiB per sandbox); what it sends is the same whatever the size.
+func TestWriteBufferGrowsWithPackets(t *testing.T) {
+	host, sb := pair(t)
+	if cap(host.wbuf) != 0 {
+		t.Fatalf("a new Conn holds a %d-byte write buffer", cap(host.wbuf))
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- host.Send(&Msg{Kind: KindReady, Body: EncodeReady(ModeCanister)}) }()
+	if err := sb.AwaitReady(ModeCanister, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(host.wbuf); c != 4<<10 {
+		t.Fatalf("after a small message the write buffer is %d bytes, want 4 KiB", c)
+	}
+	// A body over several packets, the first of them full: the buffer
+	// grows to a packet, and every packet arrives intact.
+	wasm := bytes.Repeat([]byte("cordon"), MaxPacket/3)
+	lim := engine.DefaultModuleLimits()
+	go func() {
+		errc <- host.Send(&Msg{Kind: KindCompile, ID: 7, Body: EncodeCompile(&CompileRequest{Limits: lim, Wasm: wasm})})
+	}()
+	r, err := sb.NextRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindCompile || r.Compile == nil || !bytes.Equal(r.Compile.Wasm, wasm) {
+		t.Fatalf("compile request: kind %s, %+v", r.Kind, r.Compile != nil)
+	}
+	if c := cap(host.wbuf); c != MaxPacket {
+		t.Fatalf("write buffer %d bytes after full packets, want %d", c, MaxPacket)
+	}
+}

@@ -452,7 +452,7 @@ const PagesPerPacket = (MaxPacket - HeaderSize - 5) / pageEntry
 func (c *Conn) SendPages(id uint64, mem Memory, pages []state.DirtyPage) error {
 	for len(pages) > 0 {
 		n := min(len(pages), PagesPerPacket)
-		b := c.wbuf[:HeaderSize+5+n*pageEntry]
+		b := c.packet(HeaderSize + 5 + n*pageEntry)
 		putHeader(b, KindPages, 0, id, uint64(len(b)-HeaderSize))
 		b[HeaderSize] = byte(mem)
 		binary.LittleEndian.PutUint32(b[HeaderSize+1:], uint32(n))

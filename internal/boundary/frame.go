@@ -125,6 +125,8 @@ type Conn struct {
 	c    *net.UnixConn
 	rbuf []byte
 	oob  []byte
+	// wbuf grows to the largest packet sent (packet): most are small,
+	// and a host holds a Conn for every live sandbox.
 	wbuf []byte
 	// sendmsg is c.WriteMsgUnix; tests replace it to inject errors.
 	sendmsg func(b, oob []byte) (n, oobn int, err error)
@@ -138,9 +140,21 @@ func NewConn(c *net.UnixConn) *Conn {
 		rbuf:    make([]byte, MaxPacket),
 		// Room for MaxFDs descriptors plus one: more than that sets
 		// MSG_CTRUNC, and the kernel closes what does not fit.
-		oob:  make([]byte, unix.CmsgSpace(4*(MaxFDs+1))),
-		wbuf: make([]byte, MaxPacket),
+		oob: make([]byte, unix.CmsgSpace(4*(MaxFDs+1))),
 	}
+}
+
+// packet returns the write buffer cut to n bytes (n <= MaxPacket), grown
+// if it is shorter: to n rounded up to a power of two, at least 4 KiB.
+func (c *Conn) packet(n int) []byte {
+	if cap(c.wbuf) < n {
+		size := 4 << 10
+		for size < n {
+			size *= 2
+		}
+		c.wbuf = make([]byte, min(size, MaxPacket))
+	}
+	return c.wbuf[:n]
 }
 
 // Raw returns the underlying socket (for deadlines).
@@ -177,16 +191,18 @@ func (c *Conn) Send(m *Msg) error {
 	}
 	body := m.Body
 	first := min(len(body), room)
-	putHeader(c.wbuf, m.Kind, uint32(len(m.Files)), m.ID, uint64(len(body)))
-	n := copy(c.wbuf[HeaderSize:], body[:first])
-	if err := c.write(c.wbuf[:HeaderSize+n], oob); err != nil {
+	b := c.packet(HeaderSize + first)
+	putHeader(b, m.Kind, uint32(len(m.Files)), m.ID, uint64(len(body)))
+	copy(b[HeaderSize:], body[:first])
+	if err := c.write(b, oob); err != nil {
 		return err
 	}
 	for off := first; off < len(body); {
 		chunk := min(len(body)-off, room)
-		putHeader(c.wbuf, KindCont, 0, m.ID, uint64(off))
-		copy(c.wbuf[HeaderSize:], body[off:off+chunk])
-		if err := c.write(c.wbuf[:HeaderSize+chunk], nil); err != nil {
+		b := c.packet(HeaderSize + chunk)
+		putHeader(b, KindCont, 0, m.ID, uint64(off))
+		copy(b[HeaderSize:], body[off:off+chunk])
+		if err := c.write(b, nil); err != nil {
 			return err
 		}
 		off += chunk

@@ -14,9 +14,10 @@ import (
 
 func newBenchCmd(g *globals) *cobra.Command {
 	var (
-		quick, write, installDeps bool
-		corpus, output, plots     string
-		only                      []string
+		quick, write, installDeps, scale bool
+		corpus, output, plots            string
+		only                             []string
+		scaleCounts                      []int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -26,7 +27,9 @@ from the pool) against bubblewrap running a static no-op; per-message latency
 sandboxed vs in-process; throughput over 1, 10 and 100 canisters; commit cost
 vs heap size and dirty pages; compute speed of the corpus compute canister
 against V8, and the cost of metering; idle memory per sandbox and how many
-sandboxes this machine holds.
+sandboxes this machine holds; neighbours under attack. --scale runs, alone,
+the scale section: thousands of canisters on one node with a bounded pool of
+live sandboxes under random traffic (minutes; not part of the full suite).
 
 Every figure is printed as its median over N runs with the smallest and
 largest, and its ratio to a baseline measured in the same run. Numbers are
@@ -45,9 +48,21 @@ the checkout, or --corpus.`,
 		Example: `  cordon bench --quick
   cordon bench
   cordon bench --quick --only spawn,compute
+  cordon bench --scale --quick
   cordon bench --corpus /path/to/canisters --output /tmp/BENCHMARKS.md`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if scale {
+				if len(only) > 0 {
+					return usageError{fmt.Errorf("--scale runs the scale section alone: drop --only")}
+				}
+				only = []string{"scale"}
+			}
+			for _, n := range scaleCounts {
+				if n < 1 || n > 1_000_000 {
+					return usageError{fmt.Errorf("--scale-counts %d: want 1 to 1000000 canisters", n)}
+				}
+			}
 			for _, s := range only {
 				ok := slices.ContainsFunc(bench.Sections, func(sec bench.Section) bool { return sec.Key == s })
 				if !ok {
@@ -88,12 +103,25 @@ the checkout, or --corpus.`,
 				}
 			}
 			rep, err := bench.Run(cmd.Context(), bench.Options{Quick: quick, Corpus: corpus, RepoRoot: root,
-				Outputs: outputs, Only: only, InstallDeps: installDeps, Out: g.stdout, Log: g.stderr})
+				Outputs: outputs, Only: only, InstallDeps: installDeps, ScaleCounts: scaleCounts, Out: g.stdout, Log: g.stderr})
 			if err != nil {
 				return err
 			}
 			if !write {
 				return nil
+			}
+			if scale {
+				// The scale section is not part of the generated section
+				// (the full suite does not run it): write its plot, and
+				// print its markdown for BENCHMARKS.md's own section.
+				files, err := rep.WritePlots(filepath.Join(filepath.Dir(output), plots))
+				for _, f := range files {
+					fmt.Fprintf(g.stdout, "wrote %s\n", f)
+				}
+				if err == nil {
+					fmt.Fprint(g.stdout, "\n"+rep.SectionMarkdown("scale", plots))
+				}
+				return err
 			}
 			files, err := rep.WriteFiles(output, plots)
 			if err != nil {
@@ -111,7 +139,9 @@ the checkout, or --corpus.`,
 	f.StringVar(&corpus, "corpus", "", "directory of the corpus canisters (default: ../shared/canisters beside the checkout)")
 	f.StringVar(&output, "output", "", "the markdown file to update (default: BENCHMARKS.md of the checkout)")
 	f.StringVar(&plots, "plots", "bench", "directory of the SVG plots, relative to the markdown file")
-	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory")
+	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory, soak, scale")
+	f.BoolVar(&scale, "scale", false, "run only the scale section (thousands of canisters, minutes; --quick: small counts); --write writes its plot and prints its markdown")
+	f.IntSliceVar(&scaleCounts, "scale-counts", nil, "the scale section's canister counts (default 100,1000,10000; --quick 10,30,100)")
 	f.BoolVar(&installDeps, "install-deps", true, "install bubblewrap with apt-get if it is missing (as root)")
 	return cmd
 }

@@ -213,6 +213,8 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
 	integer("sandbox.warm_pool", "", "blank sandboxes (confined and verified, holding no canister) kept ready for the next new or evicted canister, counted in sandbox.max_sandboxes (0: none; one-shot commands never keep any)",
 		func(c *Config) *int { return &c.Host.Sandbox.WarmPool }, 0),
+	size("sandbox.memory_budget", "", "memory of all canister sandboxes together (what their cgroups are charged, else their RSS) beyond which the least recently used idle ones are evicted (bytes; 0: no budget)",
+		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBudget }),
 	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",
 		func(c *Config) *string { return &c.Host.Sandbox.HostIDs }, func(v string) error {
 			if v == "" {

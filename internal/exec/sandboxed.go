@@ -77,7 +77,7 @@ type SandboxConfig struct {
 	IdleCPUCheck   time.Duration // default 1 s
 
 	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
-	MaxTotalRSS  uint64        // memory budget of all canister sandboxes (0: none)
+	MaxTotalRSS  uint64        // memory budget of all canister sandboxes: their cgroups' charge, else RSS (0: none)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (default 5 min)
 
 	// WarmPool is the number of blank sandboxes kept ready for canisters
@@ -269,17 +269,24 @@ type Sandboxed struct {
 	cfg SandboxConfig
 	tag string // artifact compatibility tag: format, engine version, architecture
 
-	mu       sync.Mutex
-	pool     map[string]*canisterSandbox
-	comps    map[int]time.Time // live compiler sandboxes: pid → start
-	modules  *moduleCache
-	compile  map[[32]byte]*sync.Mutex
-	closed   bool
-	stats    SandboxStats
-	blanks   []*blankSandbox // the warm pool (warmpool.go)
-	filling  int             // blank sandboxes being started
-	starting int             // canister sandboxes being started cold
-	refill   chan struct{}   // wakes the filler
+	mu      sync.Mutex
+	pool    map[string]*canisterSandbox
+	comps   map[int]time.Time // live compiler sandboxes: pid → start
+	modules *moduleCache
+	compile map[[32]byte]*sync.Mutex
+	closed  bool
+	stats   SandboxStats
+	blanks  []*blankSandbox // the warm pool (warmpool.go)
+	filling int             // blank sandboxes being started
+	refill  chan struct{}   // wakes the filler
+	// live counts the pool entries holding a slot: a sandbox running or
+	// being spawned. rss is the sum of their last measured memory (after
+	// each exchange, only under a memory budget), blankMem that of the
+	// blank sandboxes. All are kept as entries come and go, so making room
+	// costs no scan of /proc.
+	live     int
+	rss      uint64
+	blankMem uint64
 
 	nextID atomic.Uint64
 	stop   chan struct{}
@@ -316,6 +323,8 @@ type canisterSandbox struct {
 	messages uint64
 	pid      int
 	idleCPU  cpuMark
+	slot     bool   // counted in Sandboxed.live (running or being spawned)
+	rss      uint64 // last measured RSS, counted in Sandboxed.rss
 }
 
 // cpuMark is a sandbox's CPU time when it was last seen idle.
@@ -780,18 +789,13 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, [32]byte{}
 			x.mu.Lock()
 			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
+			x.takeSlotLocked(sb)
 			x.mu.Unlock()
 			return sb, false, nil
 		}
-		x.mu.Lock()
-		x.starting++ // the warm pool leaves it room (warmpool.go)
-		x.mu.Unlock()
-		x.makeRoom(sb)
+		x.makeRoom(sb) // its slot keeps the warm pool from filling it (warmpool.go)
 		proc, conn, err := x.start(ctx, id, x.spec(id, boundary.ModeCanister, x.cfg.MemoryBytes), boundary.ModeCanister)
 		if err != nil {
-			x.mu.Lock()
-			x.starting--
-			x.mu.Unlock()
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.release(sb, false)
@@ -800,7 +804,6 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 		sb.proc, sb.conn, sb.loaded = proc, conn, [32]byte{}
 		now := time.Now()
 		x.mu.Lock()
-		x.starting--
 		sb.started, sb.lastUsed, sb.messages, sb.pid = now, now, 0, proc.Pid()
 		x.mu.Unlock()
 		return sb, false, nil
@@ -851,6 +854,7 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 	sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
 	x.mu.Lock()
 	sb.pid = 0
+	x.freeSlotLocked(sb)
 	x.mu.Unlock()
 }
 
@@ -866,6 +870,7 @@ func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
 	sb.dead = true
 	x.mu.Lock()
 	sb.pid = 0
+	x.freeSlotLocked(sb)
 	if x.pool[sb.id] == sb {
 		delete(x.pool, sb.id)
 	}
@@ -873,52 +878,128 @@ func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
 }
 
 // makeRoom evicts the coldest idle sandboxes while the pool is over its
-// count or memory budget (self, being spawned, is not counted).
+// count or memory budget, then takes a slot for self (sb.mu held), which is
+// about to be spawned: from here it counts as live, so that concurrent
+// spawns see each other and evict instead of all squeezing into the room
+// one of them made. If every live sandbox is busy the slot is taken anyway:
+// the pool then exceeds its budget by the exchanges in flight rather than
+// refuse a message.
 func (x *Sandboxed) makeRoom(self *canisterSandbox) {
 	for {
 		x.mu.Lock()
-		var pids []int
-		for _, sb := range x.pool {
-			if sb != self && sb.pid != 0 {
-				pids = append(pids, sb.pid)
-			}
-		}
-		for _, b := range x.blanks {
-			pids = append(pids, b.proc.Pid())
-		}
-		x.mu.Unlock()
-		over := len(pids) >= x.cfg.MaxSandboxes || x.overBudget(pids)
-		if !over {
+		reason := x.overLocked()
+		if reason == "" {
+			x.takeSlotLocked(self)
+			x.mu.Unlock()
 			return
 		}
+		x.mu.Unlock()
 		// Blank sandboxes give way first: they hold no canister.
-		if !x.trimBlank() && !x.evictColdest(self) {
+		if !x.trimBlank() && !x.evictColdest(self, reason) {
+			x.mu.Lock()
+			x.takeSlotLocked(self)
+			x.mu.Unlock()
 			return
 		}
 	}
 }
 
-// evictColdest stops the least recently used idle sandbox; false if none.
-func (x *Sandboxed) evictColdest(self *canisterSandbox) bool {
+// overLocked says which budget a new sandbox would exceed: "pool" (the
+// count), "memory" (the RSS of all), or "" (x.mu held).
+func (x *Sandboxed) overLocked() string {
+	switch {
+	case x.live+len(x.blanks) >= x.cfg.MaxSandboxes:
+		return "pool"
+	case x.cfg.MaxTotalRSS > 0 && x.rss+x.blankMem >= x.cfg.MaxTotalRSS:
+		return "memory"
+	}
+	return ""
+}
+
+func (x *Sandboxed) takeSlotLocked(sb *canisterSandbox) {
+	if !sb.slot {
+		sb.slot = true
+		x.live++
+	}
+}
+
+// freeSlotLocked gives sb's slot back when its process is gone (x.mu held).
+func (x *Sandboxed) freeSlotLocked(sb *canisterSandbox) {
+	if sb.slot {
+		sb.slot = false
+		x.live--
+		x.rss -= sb.rss
+		sb.rss = 0
+	}
+}
+
+// measure records sb's memory after an exchange (sb.mu held), when the
+// pool has a memory budget: one read per message, so that making room adds
+// up numbers instead of reading every live sandbox's. The memory is what
+// its cgroup is charged (sandbox.Process.MemoryCharge), else its RSS: RSS
+// counts the code every sandbox shares once per sandbox, so that a budget
+// of RSS held half the sandboxes the memory had room for.
+func (x *Sandboxed) measure(sb *canisterSandbox) {
+	if x.cfg.MaxTotalRSS == 0 || sb.proc == nil {
+		return
+	}
+	r, err := memoryOf(sb.proc)
+	if err != nil {
+		return
+	}
 	x.mu.Lock()
-	var cands []*canisterSandbox
+	if sb.slot {
+		x.rss = x.rss - sb.rss + r
+		sb.rss = r
+	}
+	x.mu.Unlock()
+}
+
+// memoryOf is what a sandbox counts in the memory budget: its cgroup's
+// charge, else its RSS.
+func memoryOf(p Process) (uint64, error) {
+	if c, ok := p.(interface{ MemoryCharge() (uint64, error) }); ok {
+		return c.MemoryCharge()
+	}
+	return p.RSS()
+}
+
+// evictColdest stops the least recently used idle sandbox; false if none.
+// reason is the budget it makes room in ("pool" or "memory").
+func (x *Sandboxed) evictColdest(self *canisterSandbox, reason string) bool {
+	type cand struct {
+		sb   *canisterSandbox
+		last time.Time
+	}
+	x.mu.Lock()
+	var cands []cand
 	for _, sb := range x.pool {
 		if sb != self && sb.busy == 0 && sb.pid != 0 {
-			cands = append(cands, sb)
+			cands = append(cands, cand{sb, sb.lastUsed})
 		}
 	}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].lastUsed.Before(cands[j].lastUsed) })
 	x.mu.Unlock()
-	for _, sb := range cands {
+	// Usually the coldest is free: find it in one pass, the next one only
+	// if it is not.
+	for len(cands) > 0 {
+		k := 0
+		for i, c := range cands {
+			if c.last.Before(cands[k].last) {
+				k = i
+			}
+		}
+		sb := cands[k].sb
 		if sb.mu.TryLock() {
-			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "budget")
+			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", reason)
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
-			x.cfg.Metrics.SandboxEvicted("pool")
+			x.cfg.Metrics.SandboxEvicted(reason)
 			x.kickFill() // room for a blank, if the pool is short
 			return true
 		}
+		cands[k] = cands[len(cands)-1]
+		cands = cands[:len(cands)-1]
 	}
 	return false
 }
@@ -1068,6 +1149,7 @@ func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Req
 		x.release(sb, false)
 		return nil, retry, err
 	}
+	x.measure(sb)
 	x.watch(sb)
 	sb.mu.Unlock()
 	x.release(sb, true)
@@ -1105,6 +1187,7 @@ func (x *Sandboxed) watch(sb *canisterSandbox) {
 		sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
 		x.mu.Lock()
 		sb.pid = 0
+		x.freeSlotLocked(sb)
 		x.mu.Unlock()
 	}()
 }

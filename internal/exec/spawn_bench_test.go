@@ -110,7 +110,7 @@ func BenchmarkEvictedMessage(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if c.evict {
 					b.StopTimer()
-					if !x.evictColdest(nil) {
+					if !x.evictColdest(nil, "pool") {
 						b.Fatal("nothing evicted")
 					}
 					for deadline := time.Now().Add(time.Minute); c.pool > 0 && len(blankPids(x)) < c.pool; time.Sleep(time.Millisecond) {

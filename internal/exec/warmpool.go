@@ -43,6 +43,7 @@ type blankSandbox struct {
 	watching chan struct{}
 	watchErr error
 	idleCPU  cpuMark
+	mem      uint64 // counted in x.blankMem while it is in the pool
 }
 
 // kickFill wakes the filler (never blocks).
@@ -102,51 +103,16 @@ func (x *Sandboxed) filler() {
 // the start as in flight.
 func (x *Sandboxed) blankWanted() bool {
 	x.mu.Lock()
-	if x.closed || len(x.blanks)+x.filling >= x.cfg.WarmPool {
-		x.mu.Unlock()
-		return false
-	}
-	pids := x.livePidsLocked()
-	starting := x.starting
-	x.mu.Unlock()
-	if len(pids)+starting+1 > x.cfg.MaxSandboxes || x.overBudget(pids) {
-		return false
-	}
-	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.closed || len(x.blanks)+x.filling >= x.cfg.WarmPool {
 		return false
 	}
-	x.filling++
-	return true
-}
-
-// livePidsLocked lists the live canister and blank sandboxes (x.mu held).
-func (x *Sandboxed) livePidsLocked() []int {
-	var pids []int
-	for _, sb := range x.pool {
-		if sb.pid != 0 {
-			pids = append(pids, sb.pid)
-		}
-	}
-	for _, b := range x.blanks {
-		pids = append(pids, b.proc.Pid())
-	}
-	return pids
-}
-
-// overBudget reports whether these sandboxes use the memory budget up.
-func (x *Sandboxed) overBudget(pids []int) bool {
-	if x.cfg.MaxTotalRSS == 0 {
+	if x.live+len(x.blanks)+x.filling+1 > x.cfg.MaxSandboxes ||
+		x.cfg.MaxTotalRSS > 0 && x.rss+x.blankMem >= x.cfg.MaxTotalRSS {
 		return false
 	}
-	var total uint64
-	for _, pid := range pids {
-		if r, err := readRSS(pid); err == nil {
-			total += r
-		}
-	}
-	return total >= x.cfg.MaxTotalRSS
+	x.filling++
+	return true
 }
 
 // addBlank starts one blank sandbox and puts it in the pool (x.filling was
@@ -175,6 +141,10 @@ func (x *Sandboxed) addBlank(ctx context.Context) error {
 			conn.Raw().Close()
 		}
 	}
+	var mem uint64
+	if err == nil && x.cfg.MaxTotalRSS > 0 {
+		mem, _ = memoryOf(proc) // after the trim: what it holds while it waits
+	}
 	x.mu.Lock()
 	x.filling--
 	if err != nil {
@@ -182,15 +152,16 @@ func (x *Sandboxed) addBlank(ctx context.Context) error {
 		return err
 	}
 	// Room again: a canister may have needed a cold start meanwhile.
-	if x.closed || len(x.livePidsLocked())+x.starting+1 > x.cfg.MaxSandboxes {
+	if x.closed || x.live+len(x.blanks)+1 > x.cfg.MaxSandboxes {
 		x.mu.Unlock()
 		_ = proc.Kill()
 		waitExit(proc)
 		conn.Raw().Close()
 		return nil
 	}
-	b := &blankSandbox{proc: proc, conn: conn, started: time.Now(), owner: owner, watching: make(chan struct{})}
+	b := &blankSandbox{proc: proc, conn: conn, started: time.Now(), owner: owner, watching: make(chan struct{}), mem: mem}
 	x.blanks = append(x.blanks, b)
+	x.blankMem += mem
 	x.mu.Unlock()
 	go x.watchBlank(b)
 	return nil
@@ -221,6 +192,7 @@ func (x *Sandboxed) removeBlank(b *blankSandbox) bool {
 	for i, c := range x.blanks {
 		if c == b {
 			x.blanks = append(x.blanks[:i], x.blanks[i+1:]...)
+			x.blankMem -= b.mem
 			return true
 		}
 	}
@@ -255,6 +227,7 @@ func (x *Sandboxed) takeBlank(canisterID string) *blankSandbox {
 		}
 		b := x.blanks[0]
 		x.blanks = x.blanks[1:]
+		x.blankMem -= b.mem
 		x.mu.Unlock()
 		b.conn.StopWatch()
 		<-b.watching
@@ -286,6 +259,7 @@ func (x *Sandboxed) trimBlank() bool {
 	}
 	b := x.blanks[len(x.blanks)-1]
 	x.blanks = x.blanks[:len(x.blanks)-1]
+	x.blankMem -= b.mem
 	x.mu.Unlock()
 	x.cfg.Logger.Info("blank sandbox stopped", "reason", "budget", "pid", b.proc.Pid())
 	x.stopBlank(b)
@@ -336,7 +310,7 @@ func (x *Sandboxed) checkIdleCPUBlanks() {
 func (x *Sandboxed) closeBlanks() {
 	x.mu.Lock()
 	blanks := x.blanks
-	x.blanks = nil
+	x.blanks, x.blankMem = nil, 0
 	x.mu.Unlock()
 	for _, b := range blanks {
 		x.stopBlank(b)

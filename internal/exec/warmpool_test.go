@@ -80,7 +80,7 @@ func TestEvictedCanisterServedFromWarmPool(t *testing.T) {
 		t.Fatalf("inc: %x", out.Reply)
 	}
 	b2 := waitBlanks(t, x, 1, b1)[0] // refilled
-	if !x.evictColdest(nil) {
+	if !x.evictColdest(nil, "pool") {
 		t.Fatal("nothing evicted")
 	}
 	waitGone(t, b1)

@@ -27,7 +27,10 @@ type Config struct {
 	// together (capacity.go); 0: a third of the machine's memory.
 	MemoryCapacity uint64
 	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
-	ModuleLimits   engine.ModuleLimits
+	// MemoryImages is how many canisters keep memory images (images.go);
+	// the least recently executed beyond it give theirs back (0: 1024).
+	MemoryImages int
+	ModuleLimits engine.ModuleLimits
 
 	Fees          Fees
 	Messages      MessageLimits
@@ -72,6 +75,10 @@ type SandboxConfig struct {
 	// holding no canister) kept ready for the next canister that needs a
 	// sandbox; they count in MaxSandboxes. 0: none.
 	WarmPool int
+	// MemoryBudget bounds the memory of all canister sandboxes together
+	// (their cgroups' charge, else RSS): past it the coldest idle
+	// sandboxes are evicted (0: no budget).
+	MemoryBudget uint64
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool

@@ -60,6 +60,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			MemoryBytes:  cfg.Sandbox.MemoryBytes,
 			CPUPercent:   cpuQuota(cfg.Sandbox.CPUPercent),
 			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
+			MaxTotalRSS:  cfg.Sandbox.MemoryBudget,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
 			WarmPool:     cfg.Sandbox.WarmPool,
 			HostIDs:      ids,

@@ -294,6 +294,10 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	stableDeltas = append(stableDeltas, out.Stable)
 
 	meta := c.meta
+	replaced := "" // the module this one replaces, if another
+	if c.meta.ModuleHash != "" && c.meta.ModuleHash != store.ModuleKey(wasm) {
+		replaced = c.meta.ModuleHash
+	}
 	meta.Settings.Isolation = isolation
 	meta.ModuleHash = store.ModuleKey(wasm)
 	meta.Version++
@@ -365,7 +369,8 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
-	_ = n.store.GCModules()
+	n.images.used(c)
+	_ = n.store.ReleaseModules(replaced)
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
 }
@@ -464,6 +469,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	}
 	n.chargeStorage(c, n.now()) // the memory is paid up to its removal
 	meta := c.meta
+	replaced := meta.ModuleHash
 	meta.ModuleHash, meta.CertifiedData, meta.GlobalTimer = "", nil, 0
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
@@ -481,7 +487,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
-	_ = n.store.GCModules()
+	_ = n.store.ReleaseModules(replaced)
 	return nil
 }
 
@@ -554,12 +560,13 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	c.deleted = true
 	n.dropCalls(c) // queues.go
 	releaseReplaced(c, nil, nil)
+	n.images.forget(c)
 	n.mu.Lock()
 	delete(n.canisters, id)
 	n.mem.remove(id)
 	n.mu.Unlock()
 	n.execOf(c).Forget(id.String())
-	_ = n.store.GCModules()
+	_ = n.store.ReleaseModules(c.meta.ModuleHash)
 	n.log.Info("canister deleted", "canister", id.String())
 	return nil
 }

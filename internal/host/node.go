@@ -40,6 +40,8 @@ type Node struct {
 	mem   *memoryLedger // the node's memory capacity (capacity.go)
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
+	images *imageLRU // which canisters keep memory images (images.go)
+
 	busy busyCounter   // queue drainers and management calls in flight
 	done chan struct{} // closed by Close
 
@@ -127,6 +129,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if clock == nil {
 		clock = time.Now
 	}
+	// Code changes release the modules they replace; what a crash between
+	// the two left is collected here.
+	if err := st.GCModules(); err != nil {
+		logger.Warn("collecting unused modules", "err", err)
+	}
 	mem := newMemoryLedger(memoryCapacity(cfg.MemoryCapacity))
 	if err := mem.load(st); err != nil {
 		x.Close()
@@ -135,7 +142,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
-		certifier: cert, rootKey: bytes.Clone(cert.DER())}
+		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages)}
 	go n.timerLoop()
 	return n, nil
 }

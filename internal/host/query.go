@@ -137,6 +137,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	c := s.c
 	s.trapped = false
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
+	q.n.images.used(c)
 	if err != nil {
 		return nil, asReject(c.id, "execute query on", err)
 	}

@@ -322,6 +322,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 // beyond c's memory limits comes back as a trap (memory.go).
 func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
 	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	n.images.used(c)
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)
 		if !out.Trapped && !in.Context.IsQuery() {

@@ -21,8 +21,9 @@ import (
 //     never ran (an idle sandbox: 10 MiB of the executable resident, about
 //     1.5 MiB of it touched). A memfd's pages are small folios (shmem,
 //     transparent huge pages off for it), so a sandbox maps only what it
-//     runs; RSS is what the node's sandbox memory budget (MaxTotalRSS)
-//     counts. The copy costs the host one executable's size of memory.
+//     runs. The copy costs the host one executable's size of memory, and
+//     its pages are charged to the host, not to the sandboxes' cgroups (the
+//     charge is what the node's sandbox memory budget counts).
 //   - Integrity. The seals (no write, grow, shrink, or further seals) mean
 //     the code a sandbox runs can never change under it, whatever happens
 //     to the file on disk (an upgrade replacing it, a writable path).

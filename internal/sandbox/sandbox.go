@@ -153,6 +153,20 @@ func (p *Process) Wait() ExitStatus {
 // Done is closed when the sandbox has exited (and Wait would not block).
 func (p *Process) Done() <-chan struct{} { return p.done }
 
+// MemoryCharge is the memory the kernel charges to the sandbox's own
+// cgroup: its private pages and kernel memory, without the pages of
+// cordon's code that every sandbox maps from the host's sealed copy (RSS
+// counts those in each sandbox: about half of an idle one's). It is RSS
+// where the sandbox has no memory cgroup.
+func (p *Process) MemoryCharge() (uint64, error) {
+	if p.cg != nil {
+		if n, err := p.cg.memoryUsage(); err == nil {
+			return n, nil
+		}
+	}
+	return p.RSS()
+}
+
 // RSS is the resident memory of the sandbox: VmRSS of its process (the only
 // one: it cannot fork), else its cgroup's charge.
 func (p *Process) RSS() (uint64, error) {

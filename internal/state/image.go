@@ -305,3 +305,13 @@ type imageState struct {
 	img       *image
 	imgFailed bool
 }
+
+// HasImage reports whether the memory holds an image now.
+func (m *PageMap) HasImage() bool {
+	if m == nil {
+		return false
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	return m.img != nil
+}

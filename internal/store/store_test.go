@@ -85,3 +85,64 @@ func TestSecondOpenIsRefused(t *testing.T) {
 		t.Fatal("a second writer opened the store")
 	}
 }
+
+// ReleaseModules drops the given modules that no canister references, keeps
+// those still referenced and every module it was not given, and writes
+// nothing when none of those given is stored.
+func TestReleaseModules(t *testing.T) {
+	s, err := Open(t.TempDir(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b, c := []byte("\x00asm a"), []byte("\x00asm b"), []byte("\x00asm c")
+	commit := func(id byte, wasm []byte) {
+		t.Helper()
+		m := Meta{ID: string(rune('0' + id)), Status: "running", ModuleHash: ModuleKey(wasm)}
+		if err := s.Commit(Change{ID: []byte{id}, Meta: m, Module: wasm}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(1, a)
+	commit(2, a)
+	commit(3, b)
+	commit(4, c)
+	// Canister 3 moves from b to a, canister 4 is deleted: b and c lose
+	// their last reference, but only b is released here.
+	commit(3, a)
+	if err := s.Commit(Change{ID: []byte{4}, Meta: Meta{ID: "4"}, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseModules(ModuleKey(a), ModuleKey(b), ""); err != nil {
+		t.Fatal(err)
+	}
+	has := func(wasm []byte) bool {
+		_, err := s.Module(ModuleKey(wasm))
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	if !has(a) || has(b) || !has(c) {
+		t.Fatalf("modules a %v (referenced), b %v (released), c %v (not a candidate)", has(a), has(b), has(c))
+	}
+	// Nothing stored among the candidates (a first install replaces
+	// nothing): no transaction at all.
+	before := s.SyncStats().Syncs
+	if err := s.ReleaseModules(ModuleKey(b), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseModules(); err != nil {
+		t.Fatal(err)
+	}
+	if after := s.SyncStats().Syncs; after != before {
+		t.Fatalf("%d write transactions for nothing to release", after-before)
+	}
+	// GCModules (at open) collects what no canister references: c.
+	if err := s.GCModules(); err != nil {
+		t.Fatal(err)
+	}
+	if !has(a) || has(c) {
+		t.Fatalf("after GCModules: a %v, c %v", has(a), has(c))
+	}
+}
