@@ -207,6 +207,8 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),
 	integer("sandbox.cpu_percent", "", "cgroup CPU quota per canister sandbox, in % of one core (0: none); a sandbox that uses CPU between messages is killed whatever the quota",
 		func(c *Config) *int { return &c.Host.Sandbox.CPUPercent }, 0),
+	integer("sandbox.query_threads", "", "queries of one canister its sandbox runs at once (0: twice the cores of sandbox.cpu_percent, at most 16; 1: one execution at a time)",
+		func(c *Config) *int { return &c.Host.Sandbox.QueryThreads }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
 	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",

@@ -62,6 +62,9 @@ type SandboxConfig struct {
 	CPUPercent   int           // cgroup CPU quota per canister sandbox, % of one core (0: none)
 	MaxSandboxes int           // live canister sandboxes before the coldest is evicted (0: default)
 	IdleTimeout  time.Duration // a sandbox idle this long is stopped (0: default)
+	// QueryThreads bounds the queries of one canister run at once in its
+	// sandbox (0: twice the cores of CPUPercent; 1: one at a time).
+	QueryThreads int
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool

@@ -61,6 +61,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			CPUPercent:   cpuQuota(cfg.Sandbox.CPUPercent),
 			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
+			QueryThreads: cfg.Sandbox.QueryThreads,
 			HostIDs:      ids,
 			Logger:       logger,
 			Metrics:      metricsOf(cfg),
