@@ -119,8 +119,10 @@ func (m *Msg) CloseFiles() {
 // ErrClosed means the peer closed its end (or exited).
 var ErrClosed = errors.New("boundary: connection closed by the peer")
 
-// Conn speaks the protocol over one end of a SOCK_SEQPACKET socket pair. It
-// is not safe for concurrent use.
+// Conn speaks the protocol over one end of a SOCK_SEQPACKET socket pair.
+// Sending and receiving use separate buffers: one goroutine may send while
+// another receives, but neither side is safe for concurrent use by itself
+// (senders take turns under a lock of their own).
 type Conn struct {
 	c    *net.UnixConn
 	rbuf []byte

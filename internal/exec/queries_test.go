@@ -308,6 +308,18 @@ func TestHostileConcurrentQueries(t *testing.T) {
 		h.x = x
 		return h
 	}
+	// Warm up as TestHostileSandbox does: compile into the shared cache,
+	// and let wasmtime make the reference module's memory image (a memfd
+	// it keeps) before descriptors are counted.
+	{
+		h := newHarness(t)
+		v := newSim(t, h.x, "victim", wasm)
+		v.must(sysapi.CtxInit, "canister_init", empty)
+		h.x.Close()
+		if _, err := ref.Run(&engine.Request{Module: mod, RunStart: true, Input: v.input(sysapi.CtxInit, "canister_init", empty)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// pair receives the second query while the first is unanswered (the
 	// host sends it only if the two run at once), then lets f answer.
 	pair := func(f func(s *standIn, q1, q2 *boundary.Request) bool) script {

@@ -128,12 +128,7 @@ func (c *SandboxConfig) defaults() {
 		c.MaxArtifactBytes = 1 << 30
 	}
 	if c.QueryThreads <= 0 {
-		// As in-process execution: twice the CPUs the sandbox may use.
-		cores := runtime.NumCPU()
-		if c.CPUPercent > 0 {
-			cores = (c.CPUPercent + 99) / 100
-		}
-		c.QueryThreads = 2 * cores
+		c.QueryThreads = DefaultQueryThreads(c.CPUPercent)
 	}
 	c.QueryThreads = min(c.QueryThreads, boundary.MaxInFlight)
 	if c.WatchdogBase <= 0 {
@@ -154,6 +149,17 @@ func (c *SandboxConfig) defaults() {
 	if c.Launch == nil {
 		c.Launch = defaultLauncher
 	}
+}
+
+// DefaultQueryThreads is the default QueryThreads of sandboxes with a CPU
+// quota of cpuPercent (% of one core; 0 or negative: none): as in-process
+// execution, twice the CPUs they may use, at most boundary.MaxInFlight.
+func DefaultQueryThreads(cpuPercent int) int {
+	cores := runtime.NumCPU()
+	if cpuPercent > 0 {
+		cores = (cpuPercent + 99) / 100
+	}
+	return min(2*cores, boundary.MaxInFlight)
 }
 
 // Fault classifies why a sandbox failed a request.
