@@ -89,17 +89,29 @@ func BenchmarkComputeFib(b *testing.B) {
 }
 
 // BenchmarkQueryParallel measures concurrent queries (get) of one canister
-// in both isolation modes, closed loop: throughput is 1/(ns/op), and p50-µs
-// the median latency of one query. Compare the two sub-benchmarks' figures
-// (the sandboxed/in-process ratio is what the sandbox costs).
+// in both isolation modes, closed loop, 4 clients per CPU: throughput is
+// 1/(ns/op), and p50-µs the median latency of one query. Compare the
+// sub-benchmarks' figures (the sandboxed/in-process ratio is what the
+// sandbox costs); sandbox-serial is a sandbox that runs one query at a time
+// (sandbox.query_threads = 1, as before queries ran concurrently) and
+// sandbox-2cores one with a CPU quota of two cores (four query threads).
 //
 //	go test ./internal/host -run '^$' -bench QueryParallel -benchtime 2000x
 func BenchmarkQueryParallel(b *testing.B) {
-	for _, iso := range []string{"inprocess", "sandbox"} {
-		b.Run(iso, func(b *testing.B) {
+	for _, mode := range []string{"inprocess", "sandbox", "sandbox-serial", "sandbox-2cores"} {
+		b.Run(mode, func(b *testing.B) {
 			cfg := DefaultConfig()
 			cfg.Home = b.TempDir()
-			cfg.Isolation = iso
+			cfg.Isolation = "inprocess"
+			if mode != "inprocess" {
+				cfg.Isolation = "sandbox"
+			}
+			switch mode {
+			case "sandbox-serial":
+				cfg.Sandbox.QueryThreads = 1
+			case "sandbox-2cores":
+				cfg.Sandbox.CPUPercent = 200
+			}
 			n, err := Open(cfg, nil)
 			if err != nil {
 				b.Fatal(err)
@@ -133,6 +145,7 @@ func BenchmarkQueryParallel(b *testing.B) {
 			if len(lats) > 0 {
 				slices.Sort(lats)
 				b.ReportMetric(float64(lats[len(lats)/2].Microseconds()), "p50-µs")
+				b.ReportMetric(float64(lats[len(lats)*99/100].Microseconds()), "p99-µs")
 			}
 		})
 	}
