@@ -122,7 +122,9 @@ func inFlight(x *Sandboxed, id string) int {
 }
 
 func newRealQueries(t *testing.T, threads int) *Sandboxed {
-	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), QueryThreads: threads})
+	// Strict: every confinement layer, the seccomp filter included, is on
+	// while the worker runs executions on threads of its own.
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), QueryThreads: threads, Strict: true})
 	if err != nil {
 		t.Fatal(err)
 	}
