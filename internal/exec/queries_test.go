@@ -144,7 +144,7 @@ func TestSandboxRunsQueriesConcurrently(t *testing.T) {
 		defer close(done)
 		in := s.input(sysapi.CtxNonReplicatedQuery, "canister_query spin", empty)
 		in.Stable = c.stable
-		in.Limits.Instructions = 3_000_000_000 // a second or more of work, well inside the watchdog
+		in.Limits.Instructions = 1_000_000_000 // a second or so of work, well inside the watchdog
 		out, err := x.Execute(context.Background(), s.id, &Request{Module: s.m, Heap: c.heap, Globals: c.globals, Input: in})
 		spun.Store(true)
 		if err != nil || !out.Trapped {

@@ -77,8 +77,15 @@ type worker struct {
 	running sync.WaitGroup
 	sendMu  sync.Mutex
 	active  atomic.Int32 // requests being served (trim when none)
-	// panicked: an execution panicked; the loop ends with ExitPanic.
-	panicked atomic.Bool
+	// exit: an execution ended the connection; the loop returns this code.
+	exit atomic.Int32
+}
+
+// fatal ends the connection from an execution: the loop, blocked reading
+// the next request, returns code.
+func (w *worker) fatal(code int) {
+	w.exit.CompareAndSwap(0, int32(code))
+	_ = w.c.Raw().Close()
 }
 
 // send sends under sendMu: f's messages reach the host in one piece.
@@ -100,8 +107,8 @@ func (w *worker) loop() (code int) {
 	defer w.running.Wait()
 	for {
 		q, err := w.c.NextRequest()
-		if w.panicked.Load() {
-			return ExitPanic
+		if code := w.exit.Load(); code != 0 {
+			return int(code)
 		}
 		if errors.Is(err, boundary.ErrClosed) || errors.Is(err, net.ErrClosed) {
 			return ExitOK
@@ -153,11 +160,10 @@ func (w *worker) executeAsync(q *boundary.Request) {
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(os.Stderr, "cordon sandbox: panic: %v\n%s", r, debug.Stack())
-			w.panicked.Store(true)
 			_ = w.send(func(c *boundary.Conn) error {
 				return c.SendError(q.ID, boundary.ErrInternal, "sandbox panic: %v", r)
 			})
-			_ = w.c.Raw().Close()
+			w.fatal(ExitPanic)
 		}
 	}()
 	defer q.Release()
@@ -165,7 +171,7 @@ func (w *worker) executeAsync(q *boundary.Request) {
 	w.done()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
-		_ = w.c.Raw().Close()
+		w.fatal(ExitProtocol)
 	}
 }
 
