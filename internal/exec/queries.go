@@ -13,8 +13,10 @@ import (
 
 // Concurrent queries. As the IC's query threads, the queries of one canister
 // run at once inside its sandbox: the first query takes the sandbox as an
-// exclusive exchange does (sb.mu) and opens a session; later queries join it
-// while fewer than QueryThreads are in flight. Each is sent with an id of its
+// exclusive exchange does (sb.mu) and opens a session; later queries join it.
+// At most QueryThreads queries of a canister are in flight: each takes one of
+// its sandbox entry's slots, in arrival order, and gives it back when it is
+// answered (a query given up on keeps its slot until then). Each is sent with an id of its
 // own and runs in the sandbox on its own store over a private mapping of the
 // committed memory its request carries, so no query sees another's writes or
 // an update's. One reader goroutine receives the answers in whatever order
@@ -103,8 +105,20 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 		x.pool[canisterID] = sb
 	}
 	sb.busy++
+	if sb.slots == nil {
+		sb.slots = make(chan struct{}, x.cfg.QueryThreads)
+	}
 	x.mu.Unlock()
 
+	// A slot first, in arrival order (blocked senders on a channel are
+	// served first in, first out): a query that has just been answered
+	// and sends the next cannot overtake those waiting.
+	select {
+	case sb.slots <- struct{}{}:
+	case <-ctx.Done():
+		x.release(sb, false)
+		return nil, false, ctx.Err()
+	}
 	sb.smu.Lock()
 	for {
 		s := sb.sess
@@ -126,6 +140,7 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			<-sb.slots
 			x.release(sb, false)
 			return nil, false, ctx.Err()
 		}
@@ -136,6 +151,7 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 	opened := false
 	defer func() {
 		if !opened {
+			<-sb.slots
 			sb.smu.Lock()
 			sb.opening = false
 			sb.notify()
@@ -187,6 +203,7 @@ func (s *session) do(ctx context.Context, req *Request, m *sbModule) (*sysapi.Ou
 	in := req.Input
 	stable, err := stableOf(in)
 	if err != nil {
+		<-sb.slots
 		s.cancel()
 		return nil, err
 	}
@@ -198,10 +215,12 @@ func (s *session) do(ctx context.Context, req *Request, m *sbModule) (*sysapi.Ou
 	if s.closed {
 		err := s.err
 		sb.smu.Unlock()
+		<-sb.slots
 		return nil, err
 	}
 	if err := s.infl.Add(boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)); err != nil {
 		sb.smu.Unlock()
+		<-sb.slots
 		s.cancel()
 		return nil, fmt.Errorf("exec: %w", err)
 	}
@@ -284,11 +303,14 @@ func (s *session) deliver(id uint64, a answer) bool {
 		w.timer.Stop()
 		w.ch <- a
 		delete(s.waiters, id)
+		<-sb.slots
 	}
 	s.n--
 	last := s.n == 0
 	if last {
 		s.closeLocked()
+	} else {
+		sb.notify() // a place in the session is free
 	}
 	sb.smu.Unlock()
 	if last {
@@ -330,6 +352,7 @@ func (s *session) fail(err error) {
 		w.timer.Stop()
 		w.ch <- answer{err: se}
 		delete(s.waiters, id)
+		<-sb.slots
 	}
 	s.closeLocked()
 	sb.smu.Unlock()

@@ -320,6 +320,11 @@ type canisterSandbox struct {
 	pid      int
 	idleCPU  cpuMark
 
+	// slots holds a token per query in flight or waiting for its session
+	// (capacity QueryThreads; made under Sandboxed.mu): queries take them
+	// in arrival order, and a query's is given back when it is answered.
+	slots chan struct{}
+
 	// Concurrent queries (queries.go), under smu: the open query session
 	// (it holds mu), whether a query is opening one, how many exclusive
 	// exchanges wait for mu (no query joins a session meanwhile), and a
