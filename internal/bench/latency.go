@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -245,9 +247,9 @@ func (e *env) throughput() error {
 	e.rep.Note(sec, "%d concurrent clients, %s per run, %d runs per figure, the two modes' runs in turn; the "+
 		"latency figures are each run's 50th and 99th percentile of the messages' latencies, and their median "+
 		"over the runs.", clients(), d, runs)
-	e.rep.Note(sec, "A canister's sandbox runs one execution at a time (the host holds it for the whole exchange), "+
-		"while an in-process node runs the queries of one canister concurrently: with one canister, sandboxed "+
-		"queries queue behind each other.")
+	e.rep.Note(sec, "The queries of one canister run concurrently in both modes: in-process up to twice the CPUs "+
+		"Go may use, in its sandbox up to `sandbox.query_threads` (default: twice the cores of its CPU quota, here "+
+		"%d); a canister's updates run one at a time.", defaultQueryThreads())
 	var series []Series
 	for i, line := range []struct{ kind, iso string }{
 		{"update", "sandbox"}, {"update", "inprocess"}, {"query", "sandbox"}, {"query", "inprocess"},
@@ -291,4 +293,14 @@ func fmtTick(v float64) string {
 		return fmt.Sprintf("%g", v)
 	}
 	return fmt.Sprintf("%.2g", v)
+}
+
+// defaultQueryThreads is how many queries of one canister a benchmark
+// node's sandbox runs at once (the default of sandbox.query_threads).
+func defaultQueryThreads() int {
+	cfg := host.DefaultConfig()
+	if cfg.Sandbox.QueryThreads > 0 {
+		return cfg.Sandbox.QueryThreads
+	}
+	return exec.DefaultQueryThreads(cfg.Sandbox.CPUPercent)
 }

@@ -75,6 +75,17 @@
 // the socket. Without images (a page map that could not make one) the
 // stored pages follow the request as Pages packets (HeapInline).
 //
+// # Executions in flight
+//
+// A host may have several Execute requests in flight on one connection
+// (queries of one canister, at most MaxInFlight), each with its own id. The
+// sandbox answers them in any order, but each answer (Output and its Pages,
+// or an Error) in one uninterrupted sequence; Log lines of any execution in
+// flight may come between answers. Inflight validates each answer against
+// its own request; an answer, or a Log line, for an id that is not in flight
+// (never asked, already answered) is a VID violation, and a packet of
+// another message inside an answer a VFraming one, as for one exchange.
+//
 // # Validation
 //
 // Structural decoding (this file's decoders) checks only shape: lengths,

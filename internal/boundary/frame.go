@@ -119,8 +119,10 @@ func (m *Msg) CloseFiles() {
 // ErrClosed means the peer closed its end (or exited).
 var ErrClosed = errors.New("boundary: connection closed by the peer")
 
-// Conn speaks the protocol over one end of a SOCK_SEQPACKET socket pair. It
-// is not safe for concurrent use.
+// Conn speaks the protocol over one end of a SOCK_SEQPACKET socket pair.
+// Sending and receiving use separate buffers: one goroutine may send while
+// another receives, but neither side is safe for concurrent use by itself
+// (senders take turns under a lock of their own).
 type Conn struct {
 	c    *net.UnixConn
 	rbuf []byte
@@ -343,11 +345,25 @@ func parseRights(oob []byte) ([]*os.File, error) {
 // *Violation; ErrClosed means the peer is gone; other errors come from the
 // socket (a deadline, for example). On error nothing is left open.
 func (c *Conn) Recv(accept Accept) (*Msg, error) {
+	return c.recvWith(func(k Kind, _ uint64) (Limit, error) {
+		lim, ok := accept[k]
+		if !ok {
+			return Limit{}, violation(VUnexpected, "%s message not expected here", k)
+		}
+		return lim, nil
+	})
+}
+
+// recvWith is Recv with the limits of a message decided by limit from its
+// kind and id, once its first packet has arrived: with several requests in
+// flight, what is accepted depends on which one a message answers. An error
+// from limit rejects the message.
+func (c *Conn) recvWith(limit func(Kind, uint64) (Limit, error)) (*Msg, error) {
 	p, err := c.readPacket()
 	if err != nil {
 		return nil, err
 	}
-	m, err := c.assemble(p, accept)
+	m, err := c.assemble(p, limit)
 	if err != nil {
 		for _, f := range p.files {
 			f.Close()
@@ -357,7 +373,7 @@ func (c *Conn) Recv(accept Accept) (*Msg, error) {
 	return m, nil
 }
 
-func (c *Conn) assemble(p *packet, accept Accept) (*Msg, error) {
+func (c *Conn) assemble(p *packet, limit func(Kind, uint64) (Limit, error)) (*Msg, error) {
 	info := kinds[p.kind]
 	switch {
 	case !info.known:
@@ -365,9 +381,9 @@ func (c *Conn) assemble(p *packet, accept Accept) (*Msg, error) {
 	case p.kind == KindCont:
 		return nil, violation(VFraming, "continuation packet without a message")
 	}
-	lim, ok := accept[p.kind]
-	if !ok {
-		return nil, violation(VUnexpected, "%s message not expected here", p.kind)
+	lim, err := limit(p.kind, p.id)
+	if err != nil {
+		return nil, err
 	}
 	if len(p.files) != lim.FDs && !(lim.VarFDs && len(p.files) < lim.FDs) {
 		return nil, violation(VDescriptors, "%s carries %d descriptors, %d expected", p.kind, len(p.files), lim.FDs)

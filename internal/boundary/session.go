@@ -142,6 +142,12 @@ func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.outputOf(exp, m)
+}
+
+// outputOf decodes and validates Output message m answering exp, then
+// receives and validates its pages.
+func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
 	h, err := DecodeOutput(m.Body)
 	if err != nil {
 		return nil, err

@@ -209,6 +209,8 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),
 	integer("sandbox.cpu_percent", "", "cgroup CPU quota per canister sandbox, in % of one core (0: none); a sandbox that uses CPU between messages is killed whatever the quota",
 		func(c *Config) *int { return &c.Host.Sandbox.CPUPercent }, 0),
+	integer("sandbox.query_threads", "", "queries of one canister its sandbox runs at once (0: twice the cores of sandbox.cpu_percent, at most 16; 1: one execution at a time)",
+		func(c *Config) *int { return &c.Host.Sandbox.QueryThreads }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
 	integer("sandbox.warm_pool", "", "blank sandboxes (confined and verified, holding no canister) kept ready for the next new or evicted canister, counted in sandbox.max_sandboxes (0: none; one-shot commands never keep any)",

@@ -87,6 +87,11 @@ type SandboxConfig struct {
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
+	// QueryThreads bounds the queries of one canister its sandbox runs at
+	// once (queries.go; default: twice the cores of the CPU quota, at most
+	// boundary.MaxInFlight; 1: one execution at a time).
+	QueryThreads int
+
 	// HostIDs gives each sandbox (canister and compiler) a host uid of its
 	// own while it lives, on a root host (nil: all are 65534).
 	HostIDs *sandbox.IDPool
@@ -133,6 +138,10 @@ func (c *SandboxConfig) defaults() {
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
 	}
+	if c.QueryThreads <= 0 {
+		c.QueryThreads = DefaultQueryThreads(c.CPUPercent)
+	}
+	c.QueryThreads = min(c.QueryThreads, boundary.MaxInFlight)
 	if c.WatchdogBase <= 0 {
 		c.WatchdogBase = 10 * time.Second
 	}
@@ -154,6 +163,17 @@ func (c *SandboxConfig) defaults() {
 	if c.blankLabel == "" {
 		c.blankLabel = blankLabel
 	}
+}
+
+// DefaultQueryThreads is the default QueryThreads of sandboxes with a CPU
+// quota of cpuPercent (% of one core; 0 or negative: none): as in-process
+// execution, twice the CPUs they may use, at most boundary.MaxInFlight.
+func DefaultQueryThreads(cpuPercent int) int {
+	cores := runtime.NumCPU()
+	if cpuPercent > 0 {
+		cores = (cpuPercent + 99) / 100
+	}
+	return min(2*cores, boundary.MaxInFlight)
 }
 
 // Fault classifies why a sandbox failed a request.
@@ -257,9 +277,12 @@ type SandboxInfo struct {
 // SandboxStats counts what happened to sandboxes since the executor started.
 type SandboxStats struct {
 	Spawned, Evicted, Compiles uint64
-	PoolTakes                  uint64            // canisters given a blank sandbox from the warm pool
-	Faults                     map[string]uint64 // by Fault
-	Violations                 map[string]uint64 // by boundary.ViolationKind
+	PoolTakes                  uint64 // canisters given a blank sandbox from the warm pool
+	// JoinedQueries counts queries sent to a sandbox that was already
+	// running another query of its canister (queries.go).
+	JoinedQueries uint64
+	Faults        map[string]uint64 // by Fault
+	Violations    map[string]uint64 // by boundary.ViolationKind
 }
 
 // Sandboxed runs every execution in its canister's sandbox process and
@@ -325,6 +348,21 @@ type canisterSandbox struct {
 	idleCPU  cpuMark
 	slot     bool   // counted in Sandboxed.live (running or being spawned)
 	rss      uint64 // last measured RSS, counted in Sandboxed.rss
+
+	// slots holds a token per query in flight or waiting for its session
+	// (capacity QueryThreads; made under Sandboxed.mu): queries take them
+	// in arrival order, and a query's is given back when it is answered.
+	slots chan struct{}
+
+	// Concurrent queries (queries.go), under smu: the open query session
+	// (it holds mu), whether a query is opening one, how many exclusive
+	// exchanges wait for mu (no query joins a session meanwhile), and a
+	// channel closed at the next change of these.
+	smu       sync.Mutex
+	sess      *session
+	opening   bool
+	exclusive int
+	changed   chan struct{}
 }
 
 // cpuMark is a sandbox's CPU time when it was last seen idle.
@@ -1120,8 +1158,16 @@ func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request
 	if !ok {
 		return nil, errors.New("exec: module was not prepared by the sandboxed executor")
 	}
+	shared := req.Input.Context.IsQuery() && x.cfg.QueryThreads > 1
 	for attempt := 0; ; attempt++ {
-		out, retry, err := x.executeOnce(ctx, canisterID, req, m, attempt == 0)
+		var out *sysapi.Output
+		var retry bool
+		var err error
+		if shared {
+			out, retry, err = x.queryOnce(ctx, canisterID, req, m, attempt == 0)
+		} else {
+			out, retry, err = x.executeOnce(ctx, canisterID, req, m, attempt == 0)
+		}
 		if err == nil || !retry {
 			return out, err
 		}
@@ -1133,10 +1179,21 @@ func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request
 // turned out to be dead before it answered (executions have no effects
 // outside their output, so running again is safe); it is allowed once.
 func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
+	if sb := x.entry(canisterID); sb != nil {
+		// Open query sessions admit no more queries until this has run.
+		sb.markExclusive(1)
+		defer sb.markExclusive(-1)
+	}
 	sb, reused, err := x.acquire(ctx, canisterID, m.hash)
 	if err != nil {
 		return nil, false, err
 	}
+	return x.runExclusive(ctx, sb, reused, req, m, mayRetry)
+}
+
+// runExclusive runs req alone on sb (acquired: sb.mu held) and ends the
+// exchange.
+func (x *Sandboxed) runExclusive(ctx context.Context, sb *canisterSandbox, reused bool, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
 	out, err := x.run(ctx, sb, req, m)
 	if err != nil {
 		var se *SandboxError
@@ -1228,22 +1285,13 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		}
 	}
 	in := req.Input
-	stable, ok := in.Stable.(*state.PageMap)
-	if in.Stable == nil || stable == nil {
-		if in.Stable != nil && !ok {
-			return nil, fmt.Errorf("exec: stable memory is a %T, not a page map", in.Stable)
-		}
-		stable = state.NewPageMap(0)
+	stable, err := stableOf(in)
+	if err != nil {
+		return nil, err
 	}
 	id := x.nextID.Add(1)
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
-	// Pages cost watchdog time only when they travel inline (no images).
-	var pages uint64
-	if (req.Heap.Size() > 0 && req.Heap.ReadOnlyFile() == nil) || (stable.Size() > 0 && stable.ReadOnlyFile() == nil) {
-		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
-	}
-	deadline := x.cfg.WatchdogBase + time.Duration(in.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +
-		time.Duration(pages)*10*time.Microsecond
+	deadline := x.watchdog(req, stable)
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
 		if err := sb.conn.SendExecute(id, q, req.Heap, stable); err != nil {
 			return nil, err
@@ -1257,6 +1305,29 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		return nil, x.fail(sb.id, "execute", sb.proc, deadline, err)
 	}
 	return out, nil
+}
+
+// stableOf returns the stable memory of an execution's input.
+func stableOf(in *sysapi.Input) (*state.PageMap, error) {
+	stable, ok := in.Stable.(*state.PageMap)
+	if in.Stable == nil || stable == nil {
+		if in.Stable != nil && !ok {
+			return nil, fmt.Errorf("exec: stable memory is a %T, not a page map", in.Stable)
+		}
+		stable = state.NewPageMap(0)
+	}
+	return stable, nil
+}
+
+// watchdog returns the wall-clock deadline of an execution.
+func (x *Sandboxed) watchdog(req *Request, stable *state.PageMap) time.Duration {
+	// Pages cost watchdog time only when they travel inline (no images).
+	var pages uint64
+	if (req.Heap.Size() > 0 && req.Heap.ReadOnlyFile() == nil) || (stable.Size() > 0 && stable.ReadOnlyFile() == nil) {
+		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
+	}
+	return x.cfg.WatchdogBase + time.Duration(req.Input.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +
+		time.Duration(pages)*10*time.Microsecond
 }
 
 // load hands the module's artifact to sb as a descriptor. A stale or

@@ -79,6 +79,9 @@ type SandboxConfig struct {
 	// (their cgroups' charge, else RSS): past it the coldest idle
 	// sandboxes are evicted (0: no budget).
 	MemoryBudget uint64
+	// QueryThreads bounds the queries of one canister run at once in its
+	// sandbox (0: twice the cores of CPUPercent; 1: one at a time).
+	QueryThreads int
 	// AllowInProcess lets a strict node take in-process canisters
 	// (install --canister-isolation inprocess); refused otherwise.
 	AllowInProcess bool

@@ -63,6 +63,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			MaxTotalRSS:  cfg.Sandbox.MemoryBudget,
 			IdleTimeout:  cfg.Sandbox.IdleTimeout,
 			WarmPool:     cfg.Sandbox.WarmPool,
+			QueryThreads: cfg.Sandbox.QueryThreads,
 			HostIDs:      ids,
 			Logger:       logger,
 			Metrics:      metricsOf(cfg),

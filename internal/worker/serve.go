@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -43,7 +45,7 @@ func Serve(conn *net.UnixConn, args []string) int {
 		_ = c.SendError(0, boundary.ErrInternal, "create engine: %v", err)
 		return ExitProtocol
 	}
-	w := &worker{c: c, mode: mode, e: e}
+	w := &worker{c: c, mode: mode, e: e, slots: make(chan struct{}, boundary.MaxInFlight)}
 	if trimWhenIdle && mode == boundary.ModeCanister {
 		w.trim = &trimmer{}
 	}
@@ -62,9 +64,35 @@ type worker struct {
 	// first load), so no other module can be loaded.
 	codeLocked bool
 	// warned: the engine's fallback warning was sent (once per sandbox).
-	warned bool
+	warned atomic.Bool
 	// trim gives memory back between requests (nil: never; see trimIdle).
 	trim *trimmer
+
+	// Executions run concurrently (the host may have several queries of
+	// the canister in flight), each on its own store over its own private
+	// mapping of the memory its request brought; every other request waits
+	// for them. slots bounds them; sendMu keeps each answer (Output and its
+	// Pages) in one piece on the socket.
+	slots   chan struct{}
+	running sync.WaitGroup
+	sendMu  sync.Mutex
+	active  atomic.Int32 // requests being served (trim when none)
+	// exit: an execution ended the connection; the loop returns this code.
+	exit atomic.Int32
+}
+
+// fatal ends the connection from an execution: the loop, blocked reading
+// the next request, returns code.
+func (w *worker) fatal(code int) {
+	w.exit.CompareAndSwap(0, int32(code))
+	_ = w.c.Raw().Close()
+}
+
+// send sends under sendMu: f's messages reach the host in one piece.
+func (w *worker) send(f func(c *boundary.Conn) error) error {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	return f(w.c)
 }
 
 func (w *worker) loop() (code int) {
@@ -76,8 +104,12 @@ func (w *worker) loop() (code int) {
 			code = ExitPanic
 		}
 	}()
+	defer w.running.Wait()
 	for {
 		q, err := w.c.NextRequest()
+		if code := w.exit.Load(); code != 0 {
+			return int(code)
+		}
 		if errors.Is(err, boundary.ErrClosed) || errors.Is(err, net.ErrClosed) {
 			return ExitOK
 		}
@@ -86,7 +118,15 @@ func (w *worker) loop() (code int) {
 			return ExitProtocol
 		}
 		cur = q.ID
-		w.trim.busy()
+		w.start()
+		if q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister {
+			w.slots <- struct{}{}
+			w.running.Add(1)
+			go w.executeAsync(q)
+			continue
+		}
+		// Anything else is served alone, in order.
+		w.running.Wait()
 		if err := w.serve(q); err != nil {
 			fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
 			return ExitProtocol
@@ -94,7 +134,44 @@ func (w *worker) loop() (code int) {
 		if q.Kind == boundary.KindShutdown {
 			return ExitOK
 		}
+		w.done()
+	}
+}
+
+// start and done bracket serving a request: memory is trimmed only when
+// none is being served.
+func (w *worker) start() {
+	if w.active.Add(1) == 1 {
+		w.trim.busy()
+	}
+}
+
+func (w *worker) done() {
+	if w.active.Add(-1) == 0 {
 		w.trim.idle()
+	}
+}
+
+// executeAsync runs one execution beside the loop. A failure to send means
+// the connection is unusable: it is closed, which ends the loop.
+func (w *worker) executeAsync(q *boundary.Request) {
+	defer w.running.Done()
+	defer func() { <-w.slots }()
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "cordon sandbox: panic: %v\n%s", r, debug.Stack())
+			_ = w.send(func(c *boundary.Conn) error {
+				return c.SendError(q.ID, boundary.ErrInternal, "sandbox panic: %v", r)
+			})
+			w.fatal(ExitPanic)
+		}
+	}()
+	defer q.Release()
+	err := w.execute(q)
+	w.done()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
+		w.fatal(ExitProtocol)
 	}
 }
 
@@ -109,9 +186,6 @@ func (w *worker) serve(q *boundary.Request) error {
 		return w.compile(q)
 	case q.Kind == boundary.KindLoad && w.mode == boundary.ModeCanister:
 		return w.load(q)
-	case q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister:
-		defer q.Release()
-		return w.execute(q)
 	}
 	if q.File != nil {
 		q.File.Close()
@@ -195,22 +269,23 @@ func mapArtifact(f *os.File) (data []byte, unmap func(), err error) {
 func (w *worker) execute(q *boundary.Request) error {
 	x := q.Exec
 	if w.mod == nil || w.mod.Info.Hash != x.Module {
-		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x is not loaded", x.Module[:8])
+		return w.send(func(c *boundary.Conn) error {
+			return c.SendError(q.ID, boundary.ErrBadRequest, "module %x is not loaded", x.Module[:8])
+		})
 	}
 	var globals = x.Globals
 	if !x.HasGlobals {
 		globals = nil
 	}
 	warn := func(reason string) {
-		if !w.warned { // once per sandbox: it would repeat every message
-			w.warned = true
-			_ = w.c.SendLog(q.ID, boundary.LogWarn, "%s", reason)
+		if w.warned.CompareAndSwap(false, true) { // once per sandbox: it would repeat every message
+			_ = w.send(func(c *boundary.Conn) error { return c.SendLog(q.ID, boundary.LogWarn, "%s", reason) })
 		}
 	}
 	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Warn: warn, Globals: globals, RunStart: x.RunStart, Input: x.Input})
 	if err != nil {
-		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
+		return w.send(func(c *boundary.Conn) error { return c.SendError(q.ID, boundary.ErrInternal, "%v", err) })
 	}
 	boundary.Normalize(x.Input.Context, out)
-	return w.c.SendOutput(q.ID, out)
+	return w.send(func(c *boundary.Conn) error { return c.SendOutput(q.ID, out) })
 }
