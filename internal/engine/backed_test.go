@@ -99,3 +99,58 @@ func TestBackedReaderSeesOldBytesWhileForkCommits(t *testing.T) {
 	read("the original after the fork was released", heap, 1111)
 	read("the reader after the fork was released", reader, 1111)
 }
+
+// Emit sees the same output as Run returns without it (its heap pages are
+// borrowed from the linear memory during the call), and Run then returns
+// the output without them.
+func TestEmitBorrowsHeapPages(t *testing.T) {
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := wasmtime.Wat2Wasm(touchWAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Compile(wasm, DefaultModuleLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	heap := state.NewPageMap(4 << 20)
+	for _, i := range []uint64{2, 5, 50} {
+		if err := heap.SetPage(i, pageOf(byte(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer heap.Release()
+	in := func() *sysapi.Input { return testInput(sysapi.CtxUpdate, "canister_update touch", nil, m) }
+	want, err := e.Run(&Request{Module: m, Heap: heap, Input: in()})
+	if err != nil || want.Trapped || len(want.Heap.Pages) == 0 {
+		t.Fatalf("run: %v %+v", err, want)
+	}
+	var emitted []state.DirtyPage
+	calls := 0
+	got, err := e.Run(&Request{Module: m, Heap: heap, Input: in(), Emit: func(out *sysapi.Output) error {
+		calls++
+		for _, p := range out.Heap.Pages {
+			c := new(state.Page)
+			*c = *p.Data
+			emitted = append(emitted, state.DirtyPage{Index: p.Index, Data: c})
+		}
+		return nil
+	}})
+	if err != nil || calls != 1 {
+		t.Fatalf("run with Emit: %v, %d calls", err, calls)
+	}
+	if len(got.Heap.Pages) != 0 || got.Heap.Size != want.Heap.Size || got.Instructions != want.Instructions {
+		t.Fatalf("Run returned %d pages, size %d (want 0, %d)", len(got.Heap.Pages), got.Heap.Size, want.Heap.Size)
+	}
+	if len(emitted) != len(want.Heap.Pages) {
+		t.Fatalf("emitted %d pages, want %d", len(emitted), len(want.Heap.Pages))
+	}
+	for k, p := range emitted {
+		if p.Index != want.Heap.Pages[k].Index || *p.Data != *want.Heap.Pages[k].Data {
+			t.Fatalf("emitted page %d differs", p.Index)
+		}
+	}
+}
