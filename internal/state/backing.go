@@ -288,11 +288,9 @@ func (img *image) drop(m *PageMap) (last bool) {
 	}
 	delete(s.sharers, next)
 	s.owner = next
-	if err := img.fold(next); err != nil {
-		// next keeps its own copies of what could not be written (stale):
-		// correct, only not mappable until a write succeeds.
-		_ = err
-	}
+	// If this fails, next keeps its own copies of what could not be
+	// written (stale): correct, only not mappable until a write succeeds.
+	_ = img.fold(next)
 	return false
 }
 

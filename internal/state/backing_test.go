@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // backed returns a backed page map of n pages holding numbered(i, tag) at
@@ -177,5 +179,27 @@ func TestBackedLoadCopies(t *testing.T) {
 			}
 		}
 		m.Release()
+	}
+}
+
+// When the image cannot take a write (here: sealed against growing, and
+// the delta grows the memory), the backed page map stays correct with its
+// own copies of those pages and hands out no image, which would not match
+// it.
+func TestBackedWriteFailureKeepsPages(t *testing.T) {
+	m := backed(t, 4, 1, 0, 1)
+	defer m.Release()
+	if _, err := unix.FcntlInt(m.img.rw.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_GROW); err != nil {
+		t.Fatalf("seal the image against growing: %v", err)
+	}
+	d := Delta{Size: 6 * PageSize, Pages: []DirtyPage{{Index: 1, Data: numbered(1, 2)}, {Index: 5, Data: numbered(5, 2)}}}
+	if err := m.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	if *m.Page(0) != *numbered(0, 1) || *m.Page(1) != *numbered(1, 2) || *m.Page(5) != *numbered(5, 2) || m.Size() != 6*PageSize {
+		t.Fatal("the page map lost a write the image refused")
+	}
+	if m.File() != nil || m.ReadOnlyFile() != nil {
+		t.Fatal("an image that does not match the page map was handed out")
 	}
 }

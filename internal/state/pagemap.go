@@ -24,8 +24,12 @@ var zeroPage Page
 func ZeroPage() *Page { return &zeroPage }
 
 // PageMap is a memory of Size bytes stored sparsely as 4 KiB pages: a page
-// that is absent is all zeros. Pages are never modified in place once stored,
-// so a *Page read from a PageMap stays valid after later updates.
+// that is absent is all zeros. An ordinary page map never modifies a stored
+// page in place, so a *Page read from it stays valid after later updates.
+// A backed one (NewBackedPageMap) keeps its pages in its image, written in
+// place by Apply: a *Page read from it is valid until the next Apply or
+// Release of a page map sharing the image (backing.go), which the caller
+// excludes as it excludes readers from Apply.
 //
 // A PageMap may also keep an image of itself in a memfd (File), updated by
 // Apply, which executions map instead of copying the memory.
@@ -218,14 +222,11 @@ func (m *PageMap) applyBacked(d Delta, copyPages bool) error {
 	defer img.mu.Unlock()
 	m.size = d.Size
 	if img.sharing.owner == m {
-		// Pages left stale by a failed write are retried first.
+		// A failed write leaves m correct (it keeps what the image could
+		// not take, as stale pages), only not mappable until a later write
+		// succeeds; stale pages are retried first.
 		_ = img.fold(m)
-		err := img.writeOwned(m, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }, copyPages)
-		if err != nil {
-			// m is correct (it kept what the image could not take), only
-			// not mappable until a later write succeeds.
-			_ = err
-		}
+		_ = img.writeOwned(m, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }, copyPages)
 		return nil
 	}
 	if m.stale == nil {
