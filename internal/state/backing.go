@@ -70,6 +70,10 @@ func NewBackedPageMap(size uint64) *PageMap {
 		return m
 	}
 	img.sharing = &sharing{owner: m}
+	// The pages are mapped from the read-only descriptor where there is
+	// one: then not even an mprotect in this process can make them
+	// writable (the mapping cannot gain VM_WRITE).
+	_ = img.openReadOnly()
 	if err := img.mapTo(size); err != nil {
 		img.close()
 		m.imgFailed = true
@@ -92,7 +96,11 @@ func (img *image) mapTo(size uint64) error {
 		if s.mapped > 1<<62 {
 			return fmt.Errorf("map memory image: %d bytes", s.mapped)
 		}
-		b, err := unix.Mmap(int(img.rw.Fd()), int64(s.mapped), int(n), unix.PROT_READ, unix.MAP_SHARED)
+		f := img.rw
+		if img.ro != nil {
+			f = img.ro
+		}
+		b, err := unix.Mmap(int(f.Fd()), int64(s.mapped), int(n), unix.PROT_READ, unix.MAP_SHARED)
 		if err != nil {
 			return fmt.Errorf("map memory image: %w", err)
 		}

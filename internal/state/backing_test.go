@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -201,5 +202,21 @@ func TestBackedWriteFailureKeepsPages(t *testing.T) {
 	}
 	if m.File() != nil || m.ReadOnlyFile() != nil {
 		t.Fatal("an image that does not match the page map was handed out")
+	}
+}
+
+// The mapping a backed page map reads through is read-only for good: it is
+// made from the read-only descriptor, so not even mprotect in this process
+// makes a committed page writable.
+func TestBackedMappingCannotBecomeWritable(t *testing.T) {
+	m := backed(t, 4, 1, 0)
+	defer m.Release()
+	p := m.Page(0)
+	page := unsafe.Slice((*byte)(unsafe.Pointer(p)), PageSize)
+	if err := unix.Mprotect(page, unix.PROT_READ|unix.PROT_WRITE); err == nil {
+		t.Fatal("a committed page's mapping was made writable")
+	}
+	if *m.Page(0) != *numbered(0, 1) {
+		t.Fatal("page 0 changed")
 	}
 }

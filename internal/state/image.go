@@ -88,15 +88,24 @@ func (m *PageMap) ReadOnlyFile() *os.File {
 	if img == nil {
 		return nil
 	}
-	if img.ro == nil {
-		ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", img.rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil
-		}
-		img.ro = ro
-		openImages.Add(1)
+	if img.openReadOnly() != nil {
+		return nil
 	}
 	return img.ro
+}
+
+// openReadOnly opens img.ro if it is not open yet.
+func (img *image) openReadOnly() error {
+	if img.ro != nil {
+		return nil
+	}
+	ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", img.rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	img.ro = ro
+	openImages.Add(1)
+	return nil
 }
 
 // image returns the image, making it if needed (imgMu held). A backed map
