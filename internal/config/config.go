@@ -150,7 +150,7 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.QueryInstructions }),
 	count("limits.install_instructions", "", "instructions per install or upgrade",
 		func(c *Config) *uint64 { return &c.Host.InstallInstructions }),
-	size("limits.memory_capacity", "", "heap and stable memory of all canisters together (bytes; 0: a third of this machine's memory); beyond it memory.grow returns -1 and installs are refused",
+	size("limits.memory_capacity", "", "heap and stable memory of all canisters together (bytes; 0: half of this machine's memory); beyond it memory.grow returns -1 and installs are refused",
 		func(c *Config) *uint64 { return &c.Host.MemoryCapacity }),
 	size("limits.heap_bytes_32", "", "Wasm heap limit of 32-bit canisters (bytes; units KiB, MiB, GiB allowed)",
 		func(c *Config) *uint64 { return &c.Host.HeapBytes32 }),

@@ -45,6 +45,13 @@ type Request struct {
 	// Input is the System API's view; Input.Context and Input.Entry choose
 	// the entry point (Entry "" runs nothing but the start function).
 	Input *sysapi.Input
+	// Emit, if set, is given the output of an execution that completed
+	// (Run's error is nil) while the instance still exists: the heap
+	// delta's pages are then the linear memory's own, not copies, valid
+	// only during the call. A sandbox sends its output from it, so a large
+	// delta is never held twice in the sandbox. Run returns the output
+	// without the heap's pages, and Emit's error.
+	Emit func(*sysapi.Output) error
 }
 
 // run is the per-execution state the ic0 host functions reach through the
@@ -57,6 +64,9 @@ type run struct {
 	// mapped is the linear memory's address range that holds the
 	// committed heap's file mapping, if restoreHeap mapped it.
 	mappedAddr, mappedLen uintptr
+	// borrow: the heap delta's pages point into the linear memory
+	// (Request.Emit) instead of being copied.
+	borrow bool
 }
 
 func (r *run) Bytes() []byte {
@@ -101,7 +111,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if err != nil {
 		// Instantiation runs no canister code (the start function was
 		// removed), so a failure is a resource limit: a trap.
-		return r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + err.Error()}), nil
+		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + err.Error()}))
 	}
 	if m.memory != "" {
 		if ex := inst.GetExport(store, m.memory); ex != nil {
@@ -115,7 +125,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if err := r.restoreHeap(heap); err != nil {
 		var trap *sysapi.Trap
 		if errors.As(err, &trap) {
-			return r.exec.Finish(err), nil
+			return r.emit(req, r.exec.Finish(err))
 		}
 		return nil, err
 	}
@@ -128,22 +138,33 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	callErr := r.call(inst, m, req)
 	out := r.exec.Finish(callErr)
 	if out.Trapped {
-		return out, nil
+		return r.emit(req, out)
 	}
 	if discardsState(in.Context) {
 		// Nothing of a plain query is kept: skip the page diff.
 		out.Stable = state.Delta{}
-		return out, nil
+		return r.emit(req, out)
 	}
 	pagemap := req.Pagemap
 	if pagemap == nil {
 		pagemap = SelfPagemap()
 	}
+	r.borrow = req.Emit != nil
 	out.Heap = r.heapDelta(heap, pagemap, req.Warn)
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return r.emit(req, out)
+}
+
+// emit hands an output to req.Emit, if set, and drops the borrowed pages.
+func (r *run) emit(req *Request, out *sysapi.Output) (*sysapi.Output, error) {
+	if req.Emit == nil {
+		return out, nil
+	}
+	err := req.Emit(out)
+	out.Heap.Pages = nil
+	return out, err
 }
 
 // call runs the start function if asked, then the entry point.
@@ -347,6 +368,11 @@ func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) 
 		return !bytes.Equal(data[i*state.PageSize:(i+1)*state.PageSize], old[:])
 	}
 	add := func(i uint64) {
+		if r.borrow {
+			// Valid while the store lives: Emit runs before it closes.
+			d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: (*state.Page)(unsafe.Pointer(&data[i*state.PageSize]))})
+			return
+		}
 		p := new(state.Page)
 		copy(p[:], data[i*state.PageSize:])
 		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})

@@ -27,10 +27,12 @@ import (
 // sets the canister's exact size again.
 
 // defaultCapacityShare is the part of the machine's memory a node's
-// canisters may hold by default: the host keeps each committed page twice
-// (its page map and its memfd image), and executions, sandboxes and the
-// page cache need the rest.
-const defaultCapacityShare = 3
+// canisters may hold by default: half. The host keeps each committed page
+// once (in its memory's image, state/backing.go), about 1.1 times the
+// committed bytes in all; the other half is for what is transient (a
+// message or install changing n bytes needs up to about 2.5 n while it
+// commits), executions, sandboxes and the page cache (RATIONALE.md).
+const defaultCapacityShare = 2
 
 // machineMemory returns MemTotal from /proc/meminfo, or 0.
 func machineMemory() uint64 {

@@ -24,7 +24,7 @@ type Config struct {
 	HeapBytes64 uint64 // Wasm heap limit, 64-bit canisters (6 GiB)
 	StableBytes uint64 // stable memory limit (500 GiB)
 	// MemoryCapacity bounds the heap and stable memory of all canisters
-	// together (capacity.go); 0: a third of the machine's memory.
+	// together (capacity.go); 0: half of the machine's memory.
 	MemoryCapacity uint64
 	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
 	// MemoryImages is how many canisters keep memory images (images.go);

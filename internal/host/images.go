@@ -61,9 +61,12 @@ func (l *imageLRU) used(c *canister) {
 			l.mu.Unlock()
 			continue
 		}
-		// Held exclusively: nothing executes on its memories.
-		v.heap.Release()
-		v.stable.Release()
+		// Held exclusively: nothing executes on its memories. A backed
+		// memory's pages are its image's (one host copy): they are
+		// copied out before the image goes (state.PageMap.Unback), never
+		// dropped with it.
+		v.heap.Unback()
+		v.stable.Unback()
 		v.mu.Unlock()
 	}
 }

@@ -37,7 +37,8 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 		if id.IsManagement() || id.IsAnonymous() {
 			return id, fmt.Errorf("%s cannot be a canister id", id)
 		}
-		if _, err := n.store.Load(id.Bytes()); err == nil {
+		if sc, err := n.store.Load(id.Bytes()); err == nil {
+			sc.Release()
 			return id, fmt.Errorf("canister %s already exists", id)
 		}
 	} else {
@@ -47,8 +48,12 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 				return id, fmt.Errorf("allocate canister id: %w", err)
 			}
 			id = principal.CanisterID(idx)
-			if _, err := n.store.Load(id.Bytes()); errors.Is(err, store.ErrNotFound) {
+			sc, err := n.store.Load(id.Bytes())
+			if errors.Is(err, store.ErrNotFound) {
 				break
+			}
+			if err == nil {
+				sc.Release()
 			}
 		}
 	}
@@ -183,10 +188,25 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		used         uint64
 		logs         []sysapi.LogLine
 		heapBase     *state.PageMap // heap the new module starts from (nil: its initial memory)
-		stableBase   = state.NewPageMap(0)
+		stableBase   *state.PageMap
 		stableDeltas []state.Delta
+		newHeap      *state.PageMap // the new heap, when it does not start from heapBase
+		adopted      bool
 	)
+	// The new memories are backed page maps (state.NewBackedPageMap): if
+	// the install does not replace c's with them, they are released, and
+	// forks of c's hand its images back to c.
+	defer func() {
+		if !adopted {
+			heapBase.Release()
+			stableBase.Release()
+			newHeap.Release()
+		}
+	}()
 	var heapDeltas []state.Delta // what the upgrade changed in a kept heap
+	if opts.Mode != ModeUpgrade {
+		stableBase = state.NewBackedPageMap(0)
+	}
 	if opts.Mode == ModeUpgrade {
 		keep := m.Info.EnhancedOrthogonalPersistence
 		if opts.KeepHeap != nil {
@@ -278,7 +298,8 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 
 	heap := heapBase // not shared with anyone: the new state
 	if heap == nil {
-		heap = state.NewPageMap(0)
+		newHeap = state.NewBackedPageMap(0)
+		heap = newHeap
 	}
 	if err := out.Heap.Validate(n.heapLimit(m)); err != nil {
 		return nil, fmt.Errorf("install %s: %w", id, err)
@@ -340,6 +361,13 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	} else {
 		heapChange = &store.MemoryChange{Replace: true, Delta: allPages(heap)}
 	}
+	// The changes read the new memories' pages (in their images): the
+	// executions' copies go before the commit, which then needs room only
+	// for the store's own buffers (bounded for a replacement: stage.go).
+	applied := deltaBytes(heapDeltas...) + deltaBytes(stableDeltas...)
+	heapDeltas, stableDeltas = nil, nil
+	out.Heap.Pages, out.Stable.Pages = nil, nil
+	returnApplied(applied)
 	entries := c.logs.prepare(n.logEntries(logs))
 	// A reinstall purges the log, as on the IC; what canister_init printed
 	// starts the new one, numbered on.
@@ -360,6 +388,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if old := n.execOf(c); old != x {
 		old.Forget(id.String()) // the canister moved to the other isolation mode
 	}
+	adopted = true
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
 	n.mem.set(id, satAdd(heap.Size(), stable.Size()))

@@ -3,6 +3,7 @@ package host
 import (
 	"fmt"
 	"math/big"
+	"runtime/debug"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/exec"
@@ -245,4 +246,29 @@ func (n *Node) outOfCycles(c *canister, what string, cost cycles.Amount) error {
 	}
 	return rejectf(SysTransient, "Canister %s is out of cycles: %s needs up to %s cycles and its freezing limit is %s, the balance is %s; please top up the canister with at least %s additional cycles",
 		c.id, what, cost, limit, c.meta.Balance, need.SaturatingSub(c.meta.Balance))
+}
+
+// returnAfterApply is the size of applied deltas from which their pages are
+// handed back to the OS at once.
+const returnAfterApply = 64 << 20
+
+// returnApplied returns to the OS the pages of large deltas just applied to
+// backed memories (n bytes of pages; the caller no longer references them):
+// their bytes are in the images now, and left to the collector's pace the
+// garbage kept the process one copy of them larger until the next
+// collection. The live heap no longer holds the committed memory, so a
+// forced collection costs little.
+func returnApplied(n uint64) {
+	if n >= returnAfterApply {
+		debug.FreeOSMemory()
+	}
+}
+
+// deltaBytes is the size of the pages of deltas.
+func deltaBytes(ds ...state.Delta) uint64 {
+	var n uint64
+	for _, d := range ds {
+		n += uint64(len(d.Pages)) * state.PageSize
+	}
+	return n
 }

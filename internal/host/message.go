@@ -158,6 +158,11 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	if err := c.stable.Apply(out.Stable); err != nil {
 		return fmt.Errorf("canister %s stable memory after commit: %w", c.id, err)
 	}
+	// The pages are the memories' now (in their images): drop the
+	// execution's copies.
+	applied := deltaBytes(out.Heap, out.Stable)
+	out.Heap.Pages, out.Stable.Pages = nil, nil
+	returnApplied(applied)
 	c.meta, c.globals = meta, out.Globals
 	n.mem.set(c.id, satAdd(c.heap.Size(), c.stable.Size()))
 	c.logs.publish(entries)

@@ -165,7 +165,18 @@ func (n *Node) Close() error {
 	if n.alt != nil {
 		n.alt.Close()
 	}
+	cs := n.canisters
 	n.mu.Unlock()
+	// The canisters' memories are mappings of their images: unmap them
+	// (a canister still locked by a message that outlived the drain keeps
+	// its own).
+	for _, c := range cs {
+		if c.mu.TryLock() {
+			c.heap.Release()
+			c.stable.Release()
+			c.mu.Unlock()
+		}
+	}
 	return n.store.Close()
 }
 
@@ -226,13 +237,16 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if sc.Meta.ModuleHash != "" {
 		wasm, err := n.store.Module(sc.Meta.ModuleHash)
 		if err != nil {
+			sc.Release()
 			return nil, fmt.Errorf("load module of canister %s: %w", id, err)
 		}
 		x, err := n.executorFor(c.meta.Settings.Isolation)
 		if err != nil {
+			sc.Release()
 			return nil, fmt.Errorf("canister %s: %w", id, err)
 		}
 		if c.module, err = x.Prepare(ctx, wasm); err != nil {
+			sc.Release()
 			return nil, fmt.Errorf("compile module of canister %s: %w", id, err)
 		}
 		c.moduleBytes = uint64(len(wasm))
@@ -240,6 +254,7 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if existing, ok := n.canisters[id]; ok {
+		sc.Release() // loaded twice at once: the first one stays
 		return existing, nil
 	}
 	n.canisters[id] = c

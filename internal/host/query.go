@@ -109,6 +109,7 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	}
 	in := q.n.input(c, c.module, kind, entry, q.budget)
 	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
+	defer fr.release()
 	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
 	if top {
 		// Only the query call's target gets a certificate, not the
@@ -260,8 +261,22 @@ func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
 	}
 	stable := s.stable.Clone()
 	if err := stable.Apply(out.Stable); err != nil {
+		heap.Release()
+		stable.Release()
 		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
 	}
+	s.release()
 	s.heap, s.stable, s.globals = heap, stable, out.Globals
 	return nil
+}
+
+// release releases the frame's working copies (clones of the committed
+// memories read through their images).
+func (s *frame) release() {
+	if s.heap != s.c.heap {
+		s.heap.Release()
+	}
+	if s.stable != s.c.stable {
+		s.stable.Release()
+	}
 }

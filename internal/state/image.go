@@ -31,6 +31,11 @@ type Memory interface {
 type image struct {
 	rw, ro *os.File
 	size   uint64
+
+	// mu guards sharing, and the entries and stale sets of the page maps
+	// that share the image while the owner writes (backing.go).
+	mu      sync.Mutex
+	sharing *sharing // nil unless the image backs page maps
 }
 
 // openImages counts the descriptors images hold (tests subtract them when
@@ -56,6 +61,20 @@ func (m *PageMap) File() *os.File {
 	return nil
 }
 
+// backedImage returns a backed m's image if m may hand it out (imgMu held).
+func (m *PageMap) backedImage() *image {
+	img := m.img
+	if img == nil {
+		return nil
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if !img.sharedFile(m) {
+		return nil
+	}
+	return img
+}
+
 // ReadOnlyFile is File reopened read-only (through /proc/self/fd), for a
 // sandbox: it can map and read the committed memory, not change it. Nil if
 // there is no image or no /proc.
@@ -69,19 +88,33 @@ func (m *PageMap) ReadOnlyFile() *os.File {
 	if img == nil {
 		return nil
 	}
-	if img.ro == nil {
-		ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", img.rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil
-		}
-		img.ro = ro
-		openImages.Add(1)
+	if img.openReadOnly() != nil {
+		return nil
 	}
 	return img.ro
 }
 
-// image returns the image, making it if needed (imgMu held).
+// openReadOnly opens img.ro if it is not open yet.
+func (img *image) openReadOnly() error {
+	if img.ro != nil {
+		return nil
+	}
+	ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", img.rw.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	img.ro = ro
+	openImages.Add(1)
+	return nil
+}
+
+// image returns the image, making it if needed (imgMu held). A backed map
+// hands out its image only while it owns it and the image holds its pages;
+// otherwise executions copy (backing.go).
 func (m *PageMap) image() *image {
+	if m.backed {
+		return m.backedImage()
+	}
 	if m.img == nil && !m.imgFailed {
 		img, err := newImage(m)
 		if err != nil {
@@ -98,7 +131,7 @@ func (m *PageMap) image() *image {
 // releaseImage drops the image (after a failed update: it no longer
 // matches the page map; the next File call rebuilds it).
 func (m *PageMap) releaseImage() {
-	if m.img != nil {
+	if m.img != nil && !m.backed {
 		m.img.close()
 		m.img = nil
 	}
@@ -112,6 +145,12 @@ func (m *PageMap) releaseImage() {
 // m (an upgrade's heap and stable memory): if the replacement is abandoned
 // m stays correct and only pays that rebuild. The caller must hold m
 // exclusively: nothing may be executing on m's image.
+//
+// A backed m's fork takes over the image as its owner, and m becomes a
+// sharer: it keeps its view (the fork's writes give it copies of the pages
+// they overwrite), so if the fork is released unused, m owns the image
+// again and writes those pages back (backing.go). m can be released once
+// the fork replaces it.
 func (m *PageMap) Fork() *PageMap {
 	c := NewPageMap(m.Size())
 	if m == nil {
@@ -122,18 +161,45 @@ func (m *PageMap) Fork() *PageMap {
 	}
 	m.imgMu.Lock()
 	defer m.imgMu.Unlock()
+	if m.backed {
+		img := m.img
+		img.mu.Lock()
+		defer img.mu.Unlock()
+		img.share(m, c)
+		if img.sharing.owner == m {
+			delete(img.sharing.sharers, c)
+			img.sharing.owner = c
+			img.sharing.sharers[m] = struct{}{}
+		}
+		return c
+	}
 	c.img, m.img = m.img, nil
 	return c
 }
 
-// Release closes the memory's image, if any. The page map stays usable.
+// Release closes the memory's image, if any. An ordinary page map stays
+// usable; a backed one becomes empty (its pages were the image's), and the
+// image is closed when no other page map shares it.
 func (m *PageMap) Release() {
 	if m == nil {
 		return
 	}
 	m.imgMu.Lock()
 	defer m.imgMu.Unlock()
-	m.releaseImage()
+	if !m.backed {
+		m.releaseImage()
+		return
+	}
+	img := m.img
+	img.mu.Lock()
+	last := img.drop(m)
+	img.mu.Unlock()
+	if last {
+		img.unmap()
+		img.close()
+	}
+	m.img, m.backed, m.imgFailed = nil, false, true
+	m.size, m.pages, m.stale = 0, make(map[uint64]*Page), nil
 }
 
 func newImage(m *PageMap) (*image, error) {
@@ -168,8 +234,12 @@ func (img *image) resize(size uint64) error {
 	if size > 1<<62 {
 		return fmt.Errorf("memory of %d bytes", size)
 	}
-	if err := img.rw.Truncate(int64(size)); err != nil {
-		return fmt.Errorf("size memfd: %w", err)
+	// The file holds whole pages: the last page is written whole, and a
+	// file that a write had extended could not be truncated back (sealed).
+	if pages := (size + PageSize - 1) / PageSize; pages > (img.size+PageSize-1)/PageSize {
+		if err := img.rw.Truncate(int64(pages * PageSize)); err != nil {
+			return fmt.Errorf("size memfd: %w", err)
+		}
 	}
 	img.size = size
 	return nil
@@ -304,6 +374,12 @@ type imageState struct {
 	imgMu     sync.Mutex
 	img       *image
 	imgFailed bool
+	// backed: the pages live in img, shared with other page maps
+	// (backing.go); stale are the pages whose image bytes are not this
+	// map's (guarded by img.mu).
+	backed bool
+	stale  map[uint64]struct{}
+	reader bool // a Clone
 }
 
 // HasImage reports whether the memory holds an image now.

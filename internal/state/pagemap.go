@@ -24,8 +24,12 @@ var zeroPage Page
 func ZeroPage() *Page { return &zeroPage }
 
 // PageMap is a memory of Size bytes stored sparsely as 4 KiB pages: a page
-// that is absent is all zeros. Pages are never modified in place once stored,
-// so a *Page read from a PageMap stays valid after later updates.
+// that is absent is all zeros. An ordinary page map never modifies a stored
+// page in place, so a *Page read from it stays valid after later updates.
+// A backed one (NewBackedPageMap) keeps its pages in its image, written in
+// place by Apply: a *Page read from it is valid until the next Apply or
+// Release of a page map sharing the image (backing.go), which the caller
+// excludes as it excludes readers from Apply.
 //
 // A PageMap may also keep an image of itself in a memfd (File), updated by
 // Apply, which executions map instead of copying the memory.
@@ -101,15 +105,24 @@ func pageOrZero(p *Page) *Page {
 	return p
 }
 
-// Clone returns a copy that shares the (immutable) pages, without an image.
+// Clone returns a copy that shares the (immutable) pages, without an image
+// of its own. The clone of a backed map reads through its image and must be
+// released (Release) when done; its changes are its own (backing.go).
 func (m *PageMap) Clone() *PageMap {
 	c := NewPageMap(m.Size())
 	// A clone is a short-lived view (an upgrade's base, a composite query's
 	// frame): building an image of it would cost more than copying it.
-	c.imgFailed = true
+	c.imgFailed, c.reader = true, true
 	if m != nil {
 		for i, p := range m.pages {
 			c.pages[i] = p
+		}
+		m.imgMu.Lock()
+		defer m.imgMu.Unlock()
+		if m.backed {
+			m.img.mu.Lock()
+			m.img.share(m, c)
+			m.img.mu.Unlock()
 		}
 	}
 	return c
@@ -154,12 +167,30 @@ func (d *Delta) Validate(maxSize uint64) error {
 
 // Apply applies a validated delta in place. Shrinking is not possible in
 // Wasm, so a smaller size is an error; pages past the size are dropped.
+// A backed map that owns its image writes the pages into it and keeps
+// none of the delta's; others keep the delta's pages (backing.go).
 func (m *PageMap) Apply(d Delta) error {
+	return m.apply(d, false)
+}
+
+// Load applies a validated delta like Apply, but never keeps the delta's
+// pages: they are copied (into the image, for a backed map), so a loader
+// can reuse one buffer for every batch of pages it reads.
+func (m *PageMap) Load(d Delta) error {
+	return m.apply(d, true)
+}
+
+func (m *PageMap) apply(d Delta, copyPages bool) error {
 	if d.Size < m.size {
 		return fmt.Errorf("%w: memory cannot shrink from %d to %d bytes", ErrInvalidDelta, m.size, d.Size)
 	}
 	if err := d.Validate(d.Size); err != nil {
 		return err
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.backed {
+		return m.applyBacked(d, copyPages)
 	}
 	m.size = d.Size
 	for _, p := range d.Pages {
@@ -167,10 +198,13 @@ func (m *PageMap) Apply(d Delta) error {
 			delete(m.pages, p.Index)
 			continue
 		}
-		m.pages[p.Index] = p.Data
+		data := p.Data
+		if copyPages {
+			data = new(Page)
+			*data = *p.Data
+		}
+		m.pages[p.Index] = data
 	}
-	m.imgMu.Lock()
-	defer m.imgMu.Unlock()
 	if m.img != nil {
 		if err := m.img.apply(d); err != nil {
 			// The image no longer matches; the next File rebuilds it.
@@ -180,15 +214,55 @@ func (m *PageMap) Apply(d Delta) error {
 	return nil
 }
 
+// applyBacked applies d to a backed map (imgMu held): into the image if m
+// owns it, else as pages of its own, stale against the image.
+func (m *PageMap) applyBacked(d Delta, copyPages bool) error {
+	img := m.img
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	m.size = d.Size
+	if img.sharing.owner == m {
+		// A failed write leaves m correct (it keeps what the image could
+		// not take, as stale pages), only not mappable until a later write
+		// succeeds; stale pages are retried first.
+		_ = img.fold(m)
+		_ = img.writeOwned(m, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }, copyPages)
+		return nil
+	}
+	if m.stale == nil {
+		m.stale = make(map[uint64]struct{})
+	}
+	for _, p := range d.Pages {
+		m.stale[p.Index] = struct{}{}
+		if *p.Data == zeroPage {
+			delete(m.pages, p.Index)
+			continue
+		}
+		data := p.Data
+		if copyPages {
+			data = new(Page)
+			*data = *p.Data
+		}
+		m.pages[p.Index] = data
+	}
+	return nil
+}
+
 // SetPage stores a page directly (used when loading from the store).
 func (m *PageMap) SetPage(i uint64, p *Page) error {
 	if i >= m.NumPages() {
 		return fmt.Errorf("page %d outside memory of %d pages", i, m.NumPages())
 	}
+	if p == nil {
+		p = &zeroPage
+	}
+	if m.Backed() {
+		return m.Load(Delta{Size: m.size, Pages: []DirtyPage{{Index: i, Data: p}}})
+	}
 	m.imgMu.Lock()
 	m.releaseImage() // SetPage is for loading; the image is built after
 	m.imgMu.Unlock()
-	if p == nil || *p == zeroPage {
+	if *p == zeroPage {
 		delete(m.pages, i)
 		return nil
 	}

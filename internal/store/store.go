@@ -167,7 +167,15 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode, bucketIngress} {
+		// What a crash left staged was never committed (stage.go).
+		if st := tx.Bucket(bucketStaging); st != nil {
+			if k, _ := st.Cursor().First(); k != nil {
+				if err := tx.DeleteBucket(bucketStaging); err != nil {
+					return err
+				}
+			}
+		}
+		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode, bucketIngress, bucketStaging} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -248,11 +256,19 @@ type Canister struct {
 	Globals []state.Global
 }
 
+// Release releases the canister's memories (backed page maps).
+func (c *Canister) Release() {
+	c.Heap.Release()
+	c.Stable.Release()
+}
+
 // MemoryChange is how a commit changes one memory: a delta against the
 // committed pages, or a replacement of the whole memory.
 type MemoryChange struct {
 	Replace bool // drop all stored pages first (install, reinstall, upgrade)
 	Delta   state.Delta
+
+	staged []byte // the pages are in this staging bucket (stage.go)
 }
 
 // Change is one atomic commit to a canister.
@@ -288,9 +304,17 @@ func (c *Change) ingressOnly() bool {
 // share one transaction and one sync (group.go), each still succeeding or
 // failing on its own. The caller must not modify the changes (or the pages
 // they point to) until Commit returns.
+//
+// A large replaced memory is written ahead in bounded transactions and
+// moved into place by the commit (stage.go).
 func (s *Store) Commit(changes ...Change) error {
 	start := time.Now()
-	err := s.submit(changes)
+	submitted, staged, err := s.stage(changes)
+	if err == nil {
+		if err = s.submit(submitted); err != nil {
+			s.dropStaged(staged)
+		}
+	}
 	s.observeCommit(start, changes, err) // observe.go
 	return err
 }
@@ -330,10 +354,10 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 			return err
 		}
 	}
-	if err := putMemory(cb, keyHeap, c.Heap); err != nil {
+	if err := putMemory(tx, cb, keyHeap, c.Heap); err != nil {
 		return fmt.Errorf("heap: %w", err)
 	}
-	if err := putMemory(cb, keyStable, c.Stable); err != nil {
+	if err := putMemory(tx, cb, keyStable, c.Stable); err != nil {
 		return fmt.Errorf("stable memory: %w", err)
 	}
 	if c.ClearLogs && cb.Bucket(keyLogs) != nil {
@@ -350,9 +374,12 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	return nil
 }
 
-func putMemory(cb *bolt.Bucket, name []byte, mc *MemoryChange) error {
+func putMemory(tx *bolt.Tx, cb *bolt.Bucket, name []byte, mc *MemoryChange) error {
 	if mc == nil {
 		return nil
+	}
+	if mc.staged != nil {
+		return putStaged(tx, cb, name, mc.staged)
 	}
 	if mc.Replace && cb.Bucket(name) != nil {
 		if err := cb.DeleteBucket(name); err != nil {
@@ -505,7 +532,8 @@ func (s *Store) Metas(fn func(id []byte, m Meta) error) error {
 	})
 }
 
-// Load reads a canister's committed state.
+// Load reads a canister's committed state. Its memories are backed page
+// maps (state.NewBackedPageMap): Release them when done.
 func (s *Store) Load(id []byte) (*Canister, error) {
 	var c Canister
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -524,6 +552,7 @@ func (s *Store) Load(id []byte) (*Canister, error) {
 			return fmt.Errorf("heap: %w", err)
 		}
 		if c.Stable, err = loadMemory(cb.Bucket(keyStable), c.Meta.StableSize); err != nil {
+			c.Heap.Release()
 			return fmt.Errorf("stable memory: %w", err)
 		}
 		return nil
@@ -539,20 +568,50 @@ func (s *Store) Load(id []byte) (*Canister, error) {
 	return &c, nil
 }
 
+// loadBatch is how many pages loadMemory hands the page map at a time: the
+// buffer it reuses, not a copy of the memory.
+const loadBatch = 256
+
+// loadMemory reads a memory into a backed page map (state.NewBackedPageMap):
+// the pages go straight from bbolt's mapping into the memory's image, a
+// batch at a time through one reused buffer, so the loaded memory exists
+// once on the host.
 func loadMemory(b *bolt.Bucket, size uint64) (*state.PageMap, error) {
-	m := state.NewPageMap(size)
+	m := state.NewBackedPageMap(size)
 	if b == nil {
 		return m, nil
+	}
+	buf := make([]state.Page, loadBatch)
+	d := state.Delta{Size: size, Pages: make([]state.DirtyPage, 0, loadBatch)}
+	flush := func() error {
+		err := m.Load(d)
+		d.Pages = d.Pages[:0]
+		return err
 	}
 	err := b.ForEach(func(k, v []byte) error {
 		if len(k) != 8 || len(v) != state.PageSize {
 			return fmt.Errorf("corrupt page entry (key %d bytes, value %d bytes)", len(k), len(v))
 		}
-		p := new(state.Page)
+		i := binary.BigEndian.Uint64(k)
+		if i >= m.NumPages() {
+			return fmt.Errorf("page %d outside memory of %d pages", i, m.NumPages())
+		}
+		p := &buf[len(d.Pages)]
 		copy(p[:], v)
-		return m.SetPage(binary.BigEndian.Uint64(k), p)
+		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
+		if len(d.Pages) == loadBatch {
+			return flush()
+		}
+		return nil
 	})
-	return m, err
+	if err == nil && len(d.Pages) > 0 {
+		err = flush()
+	}
+	if err != nil {
+		m.Release()
+		return nil, err
+	}
+	return m, nil
 }
 
 func encodeGlobals(gs []state.Global) []byte {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
 // MaxArtifactBytes bounds an artifact the worker reads from its descriptor.
@@ -282,10 +283,17 @@ func (w *worker) execute(q *boundary.Request) error {
 			_ = w.send(func(c *boundary.Conn) error { return c.SendLog(q.ID, boundary.LogWarn, "%s", reason) })
 		}
 	}
-	out, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Warn: warn, Globals: globals, RunStart: x.RunStart, Input: x.Input})
-	if err != nil {
+	// The output is sent while the instance lives: its heap pages are the
+	// linear memory's, not a second copy of a large delta (engine.Request.Emit).
+	sent := false
+	send := func(out *sysapi.Output) error {
+		sent = true
+		boundary.Normalize(x.Input.Context, out)
+		return w.send(func(c *boundary.Conn) error { return c.SendOutput(q.ID, out) })
+	}
+	_, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Warn: warn, Globals: globals, RunStart: x.RunStart, Input: x.Input, Emit: send})
+	if err != nil && !sent {
 		return w.send(func(c *boundary.Conn) error { return c.SendError(q.ID, boundary.ErrInternal, "%v", err) })
 	}
-	boundary.Normalize(x.Input.Context, out)
-	return w.send(func(c *boundary.Conn) error { return c.SendOutput(q.ID, out) })
+	return err
 }
