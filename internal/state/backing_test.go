@@ -253,7 +253,7 @@ func TestUnbackKeepsPages(t *testing.T) {
 	if err := m.Apply(Delta{Size: 16 * PageSize, Pages: []DirtyPage{{Index: 2, Data: numbered(2, 7)}}}); err != nil {
 		t.Fatal(err)
 	}
-	if *m.Page(2) != *numbered(2, 7) || *m.Page(3) != *(*Page)(want[3*PageSize:4*PageSize]) {
+	if *m.Page(2) != *numbered(2, 7) || *m.Page(3) != *(*Page)(want[3*PageSize : 4*PageSize]) {
 		t.Fatal("the unbacked map does not apply deltas")
 	}
 }
