@@ -65,6 +65,14 @@ func TestMemoryImagesBounded(t *testing.T) {
 	inc("a", 2)
 	inc("a", 3)
 	imaged(map[string]bool{"a": true, "b": false, "c": false, "d": true})
+	// Running again put a's memory back to one host copy: its pages are
+	// its image's, not copies beside it.
+	if !can("a").heap.Backed() || !can("a").stable.Backed() {
+		t.Fatal("a ran again but its memory is not backed by its image")
+	}
+	if can("c").heap.Backed() {
+		t.Fatal("c gave up its image but its memory still reads through one")
+	}
 	// d is busy (its lock held): it keeps its image while b and c run.
 	d := can("d")
 	d.mu.Lock()

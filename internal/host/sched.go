@@ -321,6 +321,10 @@ func (n *Node) handleRequest(c *canister, m *message) {
 // execute runs one execution of c from its committed state. One that ends
 // beyond c's memory limits comes back as a trap (memory.go).
 func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
+	// A memory unbacked while the canister was cold (images.go) returns to
+	// one host copy before it runs again (c.mu is held exclusively).
+	c.heap.Back()
+	c.stable.Back()
 	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	n.images.used(c)
 	if err == nil {

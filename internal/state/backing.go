@@ -343,3 +343,45 @@ func (m *PageMap) Unback() bool {
 	m.img, m.backed, m.stale, m.imgFailed = nil, false, nil, false
 	return true
 }
+
+// Back makes an ordinary page map a backed one, the inverse of Unback: its
+// pages are written into its image (the one it has, or a new one), its
+// entries then point into the image's mapping and its own copies are
+// dropped. The caller holds m exclusively, as for Apply. False if no image
+// can be had (m stays ordinary and correct).
+func (m *PageMap) Back() bool {
+	if m == nil {
+		return false
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.backed {
+		return true
+	}
+	img := m.image() // an ordinary image holds exactly m's pages
+	if img == nil {
+		return false
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.sharing = &sharing{owner: m}
+	_ = img.openReadOnly()
+	if err := img.mapTo(m.size); err != nil {
+		img.unmap()
+		img.sharing = nil
+		return false
+	}
+	for i := range m.pages {
+		p := img.at(i)
+		if p == nil {
+			// Beyond the image: cannot be (it has m's size); stay
+			// ordinary rather than lose the page.
+			img.unmap()
+			img.sharing = nil
+			return false
+		}
+		m.pages[i] = p
+	}
+	m.backed = true
+	return true
+}
