@@ -131,7 +131,7 @@ func FuzzInstrument(f *testing.F) {
 		m, err := Decode(out)
 		checkDecodeResult(t, out, m, err)
 		// Instrumenting twice must be refused if anything was added.
-		added := len(info.Globals) > 0 || info.StartExport != "" || info.MemoryExport != ""
+		added := len(info.Globals) > 0 || info.StartExport != "" || info.MemoryExport != "" || info.TableExport != ""
 		_, _, err = Instrument(out)
 		if added != (err != nil) || (err != nil && !errors.Is(err, ErrReservedExport)) {
 			t.Fatalf("re-instrument: added=%v err=%v", added, err)
