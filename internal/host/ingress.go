@@ -65,6 +65,11 @@ type pendingAnswer struct {
 	// reply makes the call's reply from what the change returns (a new
 	// canister's id, a chunk's hash, nil).
 	reply func(result any) ([]byte, error)
+	// later: this commit does not finish the call, which another commit
+	// answers; it stores the status of a call in progress, which after a
+	// restart reads as rejected (the call cannot finish) and whose replay
+	// runs nothing.
+	later bool
 }
 
 // answering carries m's ingress status, if m is an ingress message, in ctx
@@ -76,10 +81,16 @@ func answering(ctx context.Context, m *message, reply func(result any) ([]byte, 
 	return context.WithValue(ctx, answerKey{}, &pendingAnswer{status: m.origin.status, reply: reply})
 }
 
-// notAnswering hides ctx's ingress status from a commit that does not
-// finish the call (a create whose settings commit next).
-func notAnswering(ctx context.Context) context.Context {
-	return context.WithValue(ctx, answerKey{}, (*pendingAnswer)(nil))
+// answeringLater marks ctx's commit as one that does not finish the call
+// (a create whose settings commit next).
+func answeringLater(ctx context.Context) context.Context {
+	a, _ := ctx.Value(answerKey{}).(*pendingAnswer)
+	if a == nil {
+		return ctx
+	}
+	l := *a
+	l.later = true
+	return context.WithValue(ctx, answerKey{}, &l)
 }
 
 // answerOf returns the ingress record replying to ctx's management call
@@ -90,6 +101,10 @@ func answerOf(ctx context.Context, result any) (recs []store.IngressRecord, done
 	a, _ := ctx.Value(answerKey{}).(*pendingAnswer)
 	if a == nil {
 		return nil, func() {}
+	}
+	if a.later {
+		recs, _ = a.outcome(Outcome{})
+		return recs, func() {}
 	}
 	reply, err := a.reply(result)
 	if err != nil {

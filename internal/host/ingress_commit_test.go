@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/pkg/candid"
@@ -167,5 +168,86 @@ func TestStatusCommitsWithManagementChange(t *testing.T) {
 		if bal := f.status(c).Balance; bal.Cmp(charged) != 0 {
 			t.Errorf("trapped install's canister: %s after the restart, %s before", bal, charged)
 		}
+	})
+}
+
+// A management call whose first commit does not finish it stores its
+// status as in progress with that commit, so a replay after a crash runs
+// nothing (the interface reads it as rejected, the call cannot finish): a
+// stop that waits for an open call context (the "stopping" commit), and a
+// creation whose settings are refused after the canister is made.
+func TestStatusOfUnfinishedManagementCall(t *testing.T) {
+	forIsolations(t, func(t *testing.T, f *fixture) {
+		f.node.noSeparateAnswer = true
+		ctx := context.Background()
+		wasm := mustWat(t, probeWat)
+		a := f.install(wasm, nil)
+		b := f.install(wasm, nil)
+		mgmt := func(key, method, text string) error {
+			st := &IngressStatus{Key: []byte(key), Encode: statusText}
+			_, err := f.node.Update(ctx, Message{Canister: principal.Management(), Method: method, Arg: encodeTyped(t, method, text), Caller: user, Status: st})
+			return err
+		}
+
+		// a awaits b, whose lock the test holds: a cannot stop at once.
+		cb, err := f.node.get(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cb.mu.Lock()
+		locked := true
+		defer func() {
+			if locked {
+				cb.mu.Unlock()
+			}
+		}()
+		done := make(chan error, 1)
+		go func() {
+			_, err := f.node.Update(ctx, Message{Canister: a, Method: "call", Arg: callArg(b, "slow"), Caller: user})
+			done <- err
+		}()
+		waitFor(t, 10*time.Second, func() bool {
+			c, _ := f.node.get(ctx, a)
+			c.mu.RLock()
+			defer c.mu.RUnlock()
+			return len(c.contexts) > 0
+		})
+		stopped := make(chan error, 1)
+		go func() { stopped <- mgmt("stop", "stop_canister", idArg(a)) }()
+		waitFor(t, 10*time.Second, func() bool {
+			c, _ := f.node.get(ctx, a)
+			c.mu.RLock()
+			defer c.mu.RUnlock()
+			return c.meta.Status == "stopping"
+		})
+		if got := f.storedStatuses()["stop"]; got != "executing" {
+			t.Errorf("stop_canister while stopping: stored %q, want it in progress", got)
+		}
+		cb.mu.Unlock()
+		locked = false
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+
+		// Created, then the settings refused: the creation stored the
+		// call in progress.
+		if err := mgmt("create", "provisional_create_canister_with_cycles",
+			`(record { settings = opt record { freezing_threshold = opt 9_000_000_000_000_000_000 } })`); err == nil {
+			t.Fatal("freezing threshold beyond 2^62 accepted")
+		}
+		f.restart()
+		got := f.storedStatuses()
+		for _, k := range []string{"stop", "create"} {
+			if got[k] != "executing" {
+				t.Errorf("%s after the restart: stored %q, want it in progress", k, got[k])
+			}
+		}
+		if st := f.status(a); st.Status != "stopped" {
+			t.Errorf("a after the restart: %s", st.Status)
+		}
+		f.counters(b) // b runs on
 	})
 }

@@ -565,13 +565,13 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 		close(c.stopped) // a start cancels a pending stop
 		c.stopped = nil
 	}
-	// A stop that must wait answers later, on its own: a replay of it
-	// only stops a stopping or stopped canister again.
-	var ingress []store.IngressRecord
-	answered := func() {}
-	if wait == nil {
-		ingress, answered = answerOf(ctx, nil)
+	// A stop that must wait answers later, on its own: this commit
+	// stores it as in progress (a restart completes the stop).
+	actx := ctx
+	if wait != nil {
+		actx = answeringLater(ctx)
 	}
+	ingress, answered := answerOf(actx, nil)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		c.mu.Unlock()
 		return err

@@ -260,7 +260,7 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		}
 		cctx := ctx
 		if _, ok := settingsField(arg); ok {
-			cctx = notAnswering(ctx) // the settings' commit answers
+			cctx = answeringLater(ctx) // the settings' commit answers
 		}
 		id, err := n.Create(cctx, opts)
 		if err != nil {
