@@ -33,13 +33,14 @@ func (f *fixture) storedStatuses() map[string]string {
 	return got
 }
 
-// Every management call that changes state, and every trap, commits its
-// ingress status in the transaction of its change or charge. The node
-// drops the statuses written on their own (noSeparateAnswer), as a crash
-// right after the state commit would; after a restart each status is
-// stored, with the reply the caller got, and the change happened once. A
-// call that commits nothing (canister_status) is not stored: the fault
-// point does drop separate writes.
+// Every management call that changes state, every trap and every query
+// method called as an update commits its ingress status in the
+// transaction of its change or charge. The node drops the statuses written
+// on their own (noSeparateAnswer), as a crash right after the state commit
+// would; after a restart each status is stored, with the reply the caller
+// got, and the change happened once. A call that commits nothing
+// (canister_status) is not stored: the fault point does drop separate
+// writes.
 func TestStatusCommitsWithManagementChange(t *testing.T) {
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		f.node.noSeparateAnswer = true
@@ -125,6 +126,21 @@ func TestStatusCommitsWithManagementChange(t *testing.T) {
 		}
 		if f.status(c).Balance.Cmp(before) >= 0 {
 			t.Fatal("the trapped install was not charged")
+		}
+		// A query method called as an update is charged with its reply.
+		q, err := f.node.Create(context.Background(), CreateOptions{Controllers: []principal.Principal{user}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.node.Install(context.Background(), q, InstallOptions{Mode: ModeInstall, Caller: user, Wasm: mustWat(t, `(module
+		  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+		  (import "ic0" "msg_reply" (func $reply))
+		  (memory 1) (data (i32.const 0) "read")
+		  (func (export "canister_query read") (call $append (i32.const 0) (i32.const 4)) (call $reply)))`)}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := call("query-as-update", q, "read", nil); err != nil || string(r) != "read" {
+			t.Fatalf("query as an update: %q %v", r, err)
 		}
 		// The control: nothing commits, nothing is stored.
 		if _, err := call("status", principal.Management(), "canister_status", encodeTyped(t, "canister_status", idArg(a))); err != nil {
