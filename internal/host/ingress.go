@@ -12,9 +12,11 @@ import (
 // record Encode makes under Key in the same store transaction as the
 // execution that answers the message, so a crash leaves both the state
 // change and the status, or neither. A trap commits its status with its
-// charge, a management call that changes state with that change (answerOf);
-// an answer with no commit (a refusal) is written on its own just before
-// it is delivered. The node does not read the record: ichttp
+// charge, a management call that changes state with that change (answerOf).
+// An answer with no commit of its own (a refusal, a call that changes
+// nothing, a call finished after an earlier commit stored it in progress)
+// is written on its own just before it is delivered. The node does not
+// read the record: ichttp
 // encodes it, loads it at start and prunes it.
 type IngressStatus struct {
 	Key    []byte
