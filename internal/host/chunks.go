@@ -87,10 +87,12 @@ func (n *Node) UploadChunk(ctx context.Context, id, caller principal.Principal, 
 		used, capacity := n.mem.inUse()
 		return nil, chunkStoreError("Cannot upload chunk: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use", capacity, used)
 	}
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Chunks: [][]byte{chunk}}); err != nil {
+	ingress, answered := answerOf(ctx, hash)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Chunks: [][]byte{chunk}, Ingress: ingress}); err != nil {
 		n.mem.setChunks(id, chunkStoreBytes(c.meta))
 		return nil, err
 	}
+	answered()
 	c.meta = meta
 	return hash, nil
 }
@@ -129,9 +131,11 @@ func (n *Node) ClearChunkStore(ctx context.Context, id, caller principal.Princip
 	n.chargeStorage(c, n.now())
 	meta := c.meta
 	meta.WasmChunks = 0
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, ClearChunks: true}); err != nil {
+	ingress, answered := answerOf(ctx, nil)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, ClearChunks: true, Ingress: ingress}); err != nil {
 		return err
 	}
+	answered()
 	c.meta = meta
 	n.mem.setChunks(id, 0)
 	return nil

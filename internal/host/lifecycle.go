@@ -27,7 +27,7 @@ type CreateOptions struct {
 }
 
 // Create makes a new, empty canister.
-func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principal, error) {
+func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Principal, error) {
 	var id principal.Principal
 	if err := n.checkMint(opts); err != nil {
 		return id, err
@@ -82,10 +82,12 @@ func (n *Node) Create(_ context.Context, opts CreateOptions) (principal.Principa
 		Created:          n.clock().UTC(),
 		StoragePaidUntil: n.now(),
 	}
+	ingress, answered := answerOf(ctx, id)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress}); err != nil {
 		return id, fmt.Errorf("create canister %s: %w", id, err)
 	}
+	answered()
 	n.log.Info("canister created", "canister", id.String())
 	return id, nil
 }
@@ -222,7 +224,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 			}
 			used, logs = out.Instructions, logsOf(out)
 			if out.Trapped {
-				return nil, n.failInstall(c, used, logs, "pre_upgrade", out.TrapMessage)
+				return nil, n.failInstall(ctx, c, used, logs, "pre_upgrade", out.TrapMessage)
 			}
 			pre = out
 		}
@@ -293,7 +295,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		if opts.Mode == ModeUpgrade {
 			what = "post_upgrade"
 		}
-		return nil, n.failInstall(c, used, logs, what, out.TrapMessage)
+		return nil, n.failInstall(ctx, c, used, logs, what, out.TrapMessage)
 	}
 
 	heap := heapBase // not shared with anyone: the new state
@@ -382,9 +384,12 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines, ClearLogs: purge,
 	}
+	var answered func()
+	change.Ingress, answered = answerOf(ctx, nil)
 	if err := n.store.Commit(change); err != nil {
 		return nil, err
 	}
+	answered()
 	if old := n.execOf(c); old != x {
 		old.Forget(id.String()) // the canister moved to the other isolation mode
 	}
@@ -404,18 +409,23 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
 }
 
-// failInstall charges a failed install and keeps its logs; the state stays.
-func (n *Node) failInstall(c *canister, used uint64, logs []sysapi.LogLine, what, msg string) error {
-	if err := n.chargeOnly(c, used, logs, cycles.Amount{}, cycles.Amount{}); err != nil {
+// failInstall charges a failed install and keeps its logs; the state
+// stays. A user's install_code commits its reject with the charge.
+func (n *Node) failInstall(ctx context.Context, c *canister, used uint64, logs []sysapi.LogLine, what, msg string) error {
+	rej := rejectf(CanisterError, "Error from Canister %s: %s trapped: %s", c.id, what, msg)
+	ingress, answered := rejectionOf(ctx, rej)
+	if err := n.chargeOnly(c, used, logs, cycles.Amount{}, cycles.Amount{}, ingress...); err != nil {
 		return err
 	}
-	return rejectf(CanisterError, "Error from Canister %s: %s trapped: %s", c.id, what, msg)
+	answered()
+	return rej
 }
 
 // chargeOnly commits the cost and logs of an execution whose state changes
 // are discarded (a trap, a replicated query), plus an extra fee and a credit
-// (a refund that arrived with a response).
-func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extraFee, credit cycles.Amount) error {
+// (a refund that arrived with a response), and ingress statuses in the
+// same transaction (a trapped call's, so a replay is not charged again).
+func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extraFee, credit cycles.Amount, ingress ...store.IngressRecord) error {
 	meta := c.meta
 	fee := extraFee
 	if used > 0 {
@@ -431,7 +441,7 @@ func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extra
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines}); err != nil {
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, Ingress: ingress}); err != nil {
 		return err
 	}
 	c.meta = meta
@@ -505,10 +515,12 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta.Version++
 	meta.LogNextSeq = c.logs.next() // the log is purged, as on the IC; numbering goes on
 	meta.WasmChunks = 0             // and so is the chunk store (chunks.go)
+	ingress, answered := answerOf(ctx, nil)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true, Ingress: ingress}); err != nil {
 		return err
 	}
+	answered()
 	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
@@ -553,10 +565,18 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 		close(c.stopped) // a start cancels a pending stop
 		c.stopped = nil
 	}
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+	// A stop that must wait answers later, on its own: this commit
+	// stores it as in progress (a restart completes the stop).
+	actx := ctx
+	if wait != nil {
+		actx = answeringLater(ctx)
+	}
+	ingress, answered := answerOf(actx, nil)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		c.mu.Unlock()
 		return err
 	}
+	answered()
 	c.meta = meta
 	c.mu.Unlock()
 	if wait == nil {
@@ -583,9 +603,11 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	if c.meta.Status != "stopped" {
 		return rejectf(CanisterError, "Canister %s must be stopped before it is deleted", id)
 	}
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: c.meta, Delete: true}); err != nil {
+	ingress, answered := answerOf(ctx, nil)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: c.meta, Delete: true, Ingress: ingress}); err != nil {
 		return err
 	}
+	answered()
 	c.deleted = true
 	n.dropCalls(c) // queues.go
 	releaseReplaced(c, nil, nil)

@@ -198,6 +198,25 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 	encode := func(vals ...candid.Value) ([]byte, error) {
 		return candid.EncodeArgs(candid.Args{Types: meth.Results(), Values: vals})
 	}
+	// A user's call that changes state commits its reply with the change
+	// (ingress.go): the reply of each method, from what its change returns.
+	ctx = answering(ctx, m, func(result any) ([]byte, error) {
+		switch m.method {
+		case "provisional_create_canister_with_cycles":
+			id, ok := result.(principal.Principal)
+			if !ok {
+				return nil, fmt.Errorf("%s answered with %T", m.method, result)
+			}
+			return encode(candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}})
+		case "upload_chunk":
+			hash, ok := result.([]byte)
+			if !ok {
+				return nil, fmt.Errorf("%s answered with %T", m.method, result)
+			}
+			return encode(chunkHashValue(hash))
+		}
+		return encode()
+	})
 	target, _ := principalField(arg, "canister_id")
 	switch m.method {
 	case "raw_rand":
@@ -239,7 +258,11 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		if s, ok := settingsField(arg); ok && s.controllers != nil {
 			opts.Controllers = s.controllers
 		}
-		id, err := n.Create(ctx, opts)
+		cctx := ctx
+		if _, ok := settingsField(arg); ok {
+			cctx = answeringLater(ctx) // the settings' commit answers
+		}
+		id, err := n.Create(cctx, opts)
 		if err != nil {
 			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
 		}
@@ -581,9 +604,11 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if bump {
 		meta.Version++
 	}
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+	ingress, answered := answerOf(ctx, id) // a creation's settings answer with its id
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		return err
 	}
+	answered()
 	c.meta = meta
 	n.scheduleLowMemory(c)
 	return nil
@@ -606,9 +631,11 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 	if minted {
 		meta.CyclesMinted = meta.CyclesMinted.SaturatingAdd(amount)
 	}
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
+	ingress, answered := answerOf(ctx, nil)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		return err
 	}
+	answered()
 	c.meta = meta
 	return nil
 }

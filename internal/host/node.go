@@ -47,6 +47,10 @@ type Node struct {
 
 	certifier Certifier // root key and data certificates (certify.go)
 	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)
+
+	// noSeparateAnswer (tests only) drops the ingress statuses written on
+	// their own, as a crash right after a state commit would (ingress.go).
+	noSeparateAnswer bool
 }
 
 // canister is a canister's committed state in memory. Updates and lifecycle

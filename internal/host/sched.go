@@ -298,19 +298,34 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	}
 	if out.Trapped || kind == sysapi.CtxReplicatedQuery {
 		delete(c.contexts, id)
-		if err := n.chargeOnly(c, out.Instructions, logsOf(out), fee, cycles.Amount{}); err != nil {
+		// The answer is known before the charge commits: its status
+		// commits with it (ingress.go).
+		var ans Outcome
+		switch {
+		case out.Trapped:
+			ans.Reject = rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
+		case out.Response == sysapi.Replied:
+			ans.Replied, ans.Reply = true, out.Reply
+		case out.Response == sysapi.Rejected:
+			ans.Reject = &Reject{Code: CanisterReject, Message: out.RejectMessage}
+		default:
+			ans.Reject = rejectf(CanisterError, "Canister %s did not reply to the call", c.id)
+		}
+		var ingress []store.IngressRecord
+		if m.origin.ingress != nil {
+			ingress = m.origin.status.record(ans)
+		}
+		if err := n.chargeOnly(c, out.Instructions, logsOf(out), fee, cycles.Amount{}, ingress...); err != nil {
 			refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
 			return
 		}
-		switch {
-		case out.Trapped:
-			refuse(rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage))
-		case out.Response == sysapi.Replied:
+		if ingress != nil {
+			m.origin.status.final.Store(true)
+		}
+		if ans.Replied {
 			n.respondInstr(m.origin, out.Reply, nil, m.cycles, out.Instructions)
-		case out.Response == sysapi.Rejected:
-			refuse(&Reject{Code: CanisterReject, Message: out.RejectMessage})
-		default:
-			refuse(rejectf(CanisterError, "Canister %s did not reply to the call", c.id))
+		} else {
+			refuse(ans.Reject)
 		}
 		n.stopIfIdle(c)
 		return

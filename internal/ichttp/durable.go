@@ -71,7 +71,9 @@ func decodeStatus(b []byte) (*requestStatus, error) {
 	case statusExecuting:
 		st.Status, st.Reply = "rejected", nil
 		st.RejectCode = uint64(host.CanisterError)
-		st.RejectMessage = "the node restarted while the call awaited the responses of the calls it made; its outcome is lost"
+		// Its calls' responses, or a management call's last step (a stop
+		// completing, a new canister's settings), were lost.
+		st.RejectMessage = "the node restarted before the call finished; its outcome is lost"
 	default:
 		return nil, fmt.Errorf("unknown status %q", s.Status)
 	}

@@ -2,16 +2,22 @@ package ichttp
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -122,5 +128,130 @@ func TestEmptyReplyLeaf(t *testing.T) {
 	}
 	if bytes.Contains(b, []byte{0x82, 0x03, 0xf6}) || !bytes.Contains(b, []byte{0x82, 0x03, 0x40}) {
 		t.Fatalf("empty reply leaf encodes as %x", b)
+	}
+}
+
+// Management calls by ingress that change state are answered from the
+// store after the node reopens: a replay of provisional_create_canister_
+// with_cycles creates no second canister, of provisional_top_up_canister
+// adds no cycles, of install_code (reinstall) does not reset the
+// canister's state.
+func TestManagementReplayAfterReopen(t *testing.T) {
+	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
+	if err != nil {
+		t.Fatalf("counter module: %v", err)
+	}
+	cfg := host.DefaultConfig()
+	cfg.Home = t.TempDir()
+	node, err := host.Open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := true
+	defer func() {
+		if open {
+			node.Close()
+		}
+	}()
+	ctx := context.Background()
+	id, err := node.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{principal.Anonymous()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := LoadOrCreateRootKey(cfg.Home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	svc, err := host.ManagementInterface()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each call is an anonymous envelope to aaaaa-aa, sent to its
+	// effective canister id.
+	type call struct {
+		content map[string]any
+		env     []byte
+	}
+	calls := map[string]call{}
+	var order []string
+	add := func(name, method, text string) {
+		m, _ := svc.Method(method)
+		a, err := candid.ParseArgsTyped(text, m.Args())
+		if err != nil {
+			t.Fatal(err)
+		}
+		arg, err := candid.EncodeArgs(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := content("call", principal.Anonymous(), principal.Management(), method, time.Now(), byte(len(order)))
+		c["arg"], c["canister_id"] = arg, []byte{}
+		calls[name] = call{content: c, env: envelope(t, c, nil)}
+		order = append(order, name)
+	}
+	var sb strings.Builder
+	for _, b := range wasm {
+		fmt.Fprintf(&sb, "\\%02x", b)
+	}
+	blobLiteral := sb.String()
+	add("install", "install_code", fmt.Sprintf(`(record { mode = variant { reinstall }; canister_id = principal "%s"; wasm_module = blob "%s"; arg = blob "DIDL\00\00" })`, id, blobLiteral))
+	add("top-up", "provisional_top_up_canister", fmt.Sprintf(`(record { canister_id = principal "%s"; amount = 1_000_000_000_000_000 })`, id))
+	add("create", "provisional_create_canister_with_cycles", `(record { amount = opt 1_000_000_000_000 })`)
+	send := func(srv *httptest.Server) {
+		for _, name := range order {
+			if code, b := post(t, srv.URL+"/api/v2/canister/"+id.String()+"/call", calls[name].env); code != http.StatusAccepted {
+				t.Fatalf("%s: %d %s", name, code, b)
+			}
+		}
+	}
+	h := New(node, key, testNodeKey(t, cfg.Home), quiet)
+	srv := httptest.NewServer(h)
+	send(srv)
+	srv.Close()
+	// The counter counts once, then the node stops.
+	inc := content("call", principal.Anonymous(), id, "inc", time.Now(), 100)
+	srv = httptest.NewServer(h)
+	if code, b := post(t, srv.URL+"/api/v2/canister/"+id.String()+"/call", envelope(t, inc, nil)); code != http.StatusAccepted {
+		t.Fatalf("inc: %d %s", code, b)
+	}
+	srv.Close()
+	st, err := node.Status(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	balance := st.Balance
+	ids, err := node.List()
+	if err != nil || len(ids) != 2 {
+		t.Fatalf("canisters after the create: %v %v", ids, err)
+	}
+	open = false
+	if err := node.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if node, err = host.Open(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	open = true
+	h = New(node, key, testNodeKey(t, cfg.Home), quiet)
+	srv = httptest.NewServer(h)
+	defer srv.Close()
+	send(srv) // the replays
+	for _, name := range order {
+		rid, _ := RequestID(calls[name].content)
+		if s, _, _, msg := h.RequestStatus(rid); s != "replied" {
+			t.Errorf("%s after the reopen: %s %s", name, s, msg)
+		}
+	}
+	if ids, err := node.List(); err != nil || len(ids) != 2 {
+		t.Errorf("canisters after the replays: %v %v", ids, err)
+	}
+	if st, err := node.Status(ctx, id); err != nil || st.Balance.Cmp(balance) > 0 {
+		t.Errorf("balance %s after the replays, %s before (a top-up ran again?): %v", st.Balance, balance, err)
+	}
+	r, err := node.Query(ctx, host.Message{Canister: id, Method: "get", Arg: noArgs, Caller: principal.Anonymous()})
+	if err != nil || !bytes.Equal(r.Data, []byte("DIDL\x00\x01\x7d\x01")) {
+		t.Fatalf("counter after the replays (a reinstall ran again?): %v %v", r, err)
 	}
 }
