@@ -400,7 +400,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		binary = sandboxExe()
 	}
 	argv := append([]string{"cordon-sandbox", confine.Marker, cfg.Arg()}, s.Args...)
-	proc, err := spawn(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr})
+	spawnDeadline, has := ctx.Deadline()
+	if !has {
+		spawnDeadline = time.Now().Add(startTimeout)
+	}
+	proc, err := spawnSandbox(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
 	if err != nil {
 		return fail(fmt.Errorf("spawn: %w", err))
 	}
