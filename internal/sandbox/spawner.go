@@ -213,6 +213,12 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 	if r.CgroupFD {
 		attr.UseCgroupFD, attr.CgroupFD = true, rights[len(rights)-1]
 	}
+	// A child whose exec fails is the host's zombie, and nobody knows its
+	// pid (Go's forkExec can only wait for its own children): refuse what
+	// cannot execute before cloning.
+	if err := unix.Access(bin, unix.X_OK); err != nil {
+		return 0, fmt.Errorf("%s: %w", bin, err)
+	}
 	proc, err := os.StartProcess(bin, r.Argv, &os.ProcAttr{Dir: "/", Env: r.Env, Files: files, Sys: attr})
 	if err != nil {
 		return 0, err

@@ -137,7 +137,7 @@ func TestSpawnerClonesHostChildren(t *testing.T) {
 			t.Errorf("spawner holds an unexpected descriptor %s (all: %v)", f, fds)
 		}
 	}
-	t.Logf("spawner %d descriptors: %v", sp.Pid, fds)
+	t.Logf("spawner %d descriptors: %v; VmRSS %s", sp.Pid, fds, procStatus(t, sp.Pid, "VmRSS"))
 }
 
 // A spawner that died (killed, crashed) is noticed and replaced: the next
@@ -191,6 +191,7 @@ func TestSpawnerRefusesBadRequests(t *testing.T) {
 		"garbage":              {req: "not a request"},
 		"no marker":            {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary, r.Argv = false, "/bin/sh", []string{"sh", "-c", "id"} }), rights: []int{int(devnull.Fd())}},
 		"relative binary":      {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "sh" }), rights: []int{int(devnull.Fd())}},
+		"missing binary":       {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "/nonexistent/cordon" }), rights: []int{int(devnull.Fd())}},
 		"CLONE_VM":             {req: mod(good, func(r *spawnRequest) { r.Cloneflags = unix.CLONE_VM }), rights: []int{int(devnull.Fd())}},
 		"CLONE_NEWCGROUP only": {req: mod(good, func(r *spawnRequest) { r.Cloneflags = unix.CLONE_NEWCGROUP }), rights: []int{int(devnull.Fd())}},
 		"ambient ptrace": {req: mod(good, func(r *spawnRequest) {
