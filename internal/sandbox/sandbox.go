@@ -404,7 +404,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if !has {
 		spawnDeadline = time.Now().Add(startTimeout)
 	}
-	proc, err := spawnSandbox(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
+	proc, inCgroup, err := spawnSandbox(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
 	if err != nil {
 		return fail(fmt.Errorf("spawn: %w", err))
 	}
@@ -415,7 +415,8 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	cleanup = nil
 
-	if p.cg != nil && p.cg.version == cgroupV1 {
+	// Before the go-ahead: the child does nothing until then.
+	if p.cg != nil && !inCgroup {
 		if err := p.cg.join(proc.Pid); err != nil {
 			return fail(err)
 		}

@@ -58,7 +58,7 @@ const (
 
 // spawnRequest is one clone, as the host asks for it. Descriptors travel as
 // SCM_RIGHTS in the same packet, in order: Files' non-negative entries index
-// them; CgroupFD, if set, is the last one.
+// them.
 type spawnRequest struct {
 	Self        bool      `json:"self,omitempty"`   // execute the spawner's sealed copy
 	Binary      string    `json:"binary,omitempty"` // else this absolute path
@@ -73,7 +73,6 @@ type spawnRequest struct {
 	GID         int       `json:"gid,omitempty"`
 	Setgroups   bool      `json:"setgroups,omitempty"`
 	AmbientCaps []uintptr `json:"ambient,omitempty"`
-	CgroupFD    bool      `json:"cgroupfd,omitempty"`
 }
 
 type spawnReply struct {
@@ -173,12 +172,8 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 		used++
 		files[i] = os.NewFile(uintptr(rights[k]), "spawn-"+strconv.Itoa(i))
 	}
-	want := used
-	if r.CgroupFD {
-		want++
-	}
-	if want != len(rights) {
-		return 0, fmt.Errorf("%d descriptors sent, %d expected", len(rights), want)
+	if used != len(rights) {
+		return 0, fmt.Errorf("%d descriptors sent, %d expected", len(rights), used)
 	}
 	for _, c := range r.AmbientCaps {
 		if c != unix.CAP_SYS_ADMIN && c != unix.CAP_SETPCAP {
@@ -209,9 +204,6 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 		}
 	} else if r.Credential || len(r.AmbientCaps) > 0 {
 		return 0, errors.New("credentials without a user namespace")
-	}
-	if r.CgroupFD {
-		attr.UseCgroupFD, attr.CgroupFD = true, rights[len(rights)-1]
 	}
 	// A child whose exec fails is the host's zombie, and nobody knows its
 	// pid (Go's forkExec can only wait for its own children): refuse what
@@ -318,9 +310,14 @@ var errSpawnerGone = errors.New("spawner gone")
 
 // spawnSandbox clones a sandbox through the spawner, restarting it once if
 // it is gone; without a spawner it clones from the host as before.
-func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.Time) (*os.Process, error) {
+// inCgroup reports whether the child was cloned into pa.Sys.CgroupFD's
+// cgroup: the spawner cannot (clone3 refuses CLONE_PARENT with an exit
+// signal, which Go always sets), so the host attaches it by pid, as on v1,
+// before its go-ahead.
+func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.Time) (p *os.Process, inCgroup bool, err error) {
 	if !useSpawner {
-		return spawn(binary, argv, pa)
+		p, err = spawn(binary, argv, pa)
+		return p, pa.Sys.UseCgroupFD, err
 	}
 	c := &theSpawner
 	c.mu.Lock()
@@ -331,7 +328,8 @@ func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.T
 				slog.Error("no sandbox spawner: sandboxes are cloned from the host, at a cost that grows with its memory", "err", err)
 			}
 			c.err = err
-			return spawn(binary, argv, pa)
+			p, err = spawn(binary, argv, pa)
+			return p, pa.Sys.UseCgroupFD, err
 		}
 		c.err = nil
 		p, err := c.request(binary, argv, pa, deadline)
@@ -345,7 +343,7 @@ func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.T
 			// A broken exchange: start afresh next time.
 			c.drop()
 		}
-		return p, err
+		return p, false, err
 	}
 }
 
@@ -367,7 +365,7 @@ func (c *spawnerClient) request(binary string, argv []string, pa *os.ProcAttr, d
 		Self: binary == sandboxExe(), Argv: argv, Env: pa.Env,
 		Setsid: sys.Setsid, Pdeathsig: sys.Pdeathsig != 0, Cloneflags: sys.Cloneflags,
 		Credential: sys.Credential != nil, Setgroups: sys.GidMappingsEnableSetgroups,
-		AmbientCaps: sys.AmbientCaps, CgroupFD: sys.UseCgroupFD,
+		AmbientCaps: sys.AmbientCaps,
 	}
 	if !r.Self {
 		r.Binary = binary
@@ -383,9 +381,6 @@ func (c *spawnerClient) request(binary string, argv []string, pa *os.ProcAttr, d
 		}
 		r.Files = append(r.Files, len(rights))
 		rights = append(rights, int(f.Fd()))
-	}
-	if sys.UseCgroupFD {
-		rights = append(rights, sys.CgroupFD)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

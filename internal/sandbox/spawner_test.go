@@ -324,3 +324,81 @@ func gone(pid int) bool {
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
 }
+
+// On cgroup v2, Start sets CLONE_INTO_CGROUP; the spawner cannot honour it
+// (clone3 refuses CLONE_PARENT with an exit signal), so it says so and the
+// host attaches the child by pid before the go-ahead, as on v1. This
+// machine's controllers are on v1, so the test mounts a cgroup2 hierarchy
+// of its own (no controllers are needed to place a process) and checks
+// both halves: the spawner reports the child outside the cgroup, and the
+// host's join puts it there.
+func TestSpawnerCgroupV2Attach(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a cgroup2 hierarchy")
+	}
+	root := t.TempDir()
+	if err := unix.Mount("cgroup2", root, "cgroup2", 0, ""); err != nil {
+		t.Skipf("no cgroup2 here: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	dir := filepath.Join(root, fmt.Sprintf("cordon-spawner-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(dir) })
+	cgfd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(cgfd)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, child := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "child")
+	defer host.Close()
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	// No layers: the worker waits for the go-ahead on fd 3, long enough
+	// to be looked at.
+	argv := []string{"cordon-sandbox", confine.Marker, confine.Config{NoFile: NoFileLimit}.Arg(), "hang"}
+	attr := &os.ProcAttr{Dir: "/", Env: []string{}, Files: []*os.File{nil, nil, devnull, child},
+		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: cgfd}}
+	_, _, before := spawnerNow(t)
+	p, inCgroup, err := spawnSandbox(sandboxExe(), argv, attr, time.Now().Add(20*time.Second))
+	child.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Kill(); _, _ = p.Wait() }()
+	theSpawner.mu.Lock()
+	served := theSpawner.served
+	theSpawner.mu.Unlock()
+	if served != before+1 {
+		t.Fatalf("not cloned by the spawner (served %d -> %d)", before, served)
+	}
+	line := "0::/" + filepath.Base(dir) + "\n"
+	in := func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(string(b), line)
+	}
+	if inCgroup || in() {
+		t.Fatalf("the spawner claims CLONE_INTO_CGROUP (%v) or the child is in the cgroup already (%v)", inCgroup, in())
+	}
+	cg := &cgroup{version: cgroupV2, dirs: []string{dir}}
+	if err := cg.join(p.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if !in() {
+		t.Fatalf("after the join the sandbox is not in %s", dir)
+	}
+	if pids := cg.pids(); len(pids) != 1 || pids[0] != p.Pid {
+		t.Fatalf("%s holds %v, want [%d]", dir, pids, p.Pid)
+	}
+}
