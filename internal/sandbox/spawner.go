@@ -104,6 +104,11 @@ func spawnerMain() int {
 		self = "/proc/self/fd/" + strconv.Itoa(high)
 	}
 	unix.CloseOnExec(sock)
+	// The socket must be the host's: a socketpair its parent made.
+	if cred, err := unix.GetsockoptUcred(sock, unix.SOL_SOCKET, unix.SO_PEERCRED); err != nil || int(cred.Pid) != os.Getppid() {
+		fmt.Fprintln(os.Stderr, "cordon spawner: fd 3 is not its parent's socket")
+		return 1
+	}
 	buf := make([]byte, maxSpawnRequest+1)
 	oob := make([]byte, unix.CmsgSpace(4*(maxSpawnFiles+1)))
 	for {
@@ -122,11 +127,12 @@ func spawnerMain() int {
 		case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
 			reply.Err = "request truncated"
 		default:
+			// serveSpawn owns (and closes) the descriptors.
 			pid, err := serveSpawn(buf[:n], rights, self)
 			if err != nil {
 				reply.Err = err.Error()
 			}
-			reply.Pid = pid
+			reply.Pid, rights = pid, nil
 		}
 		for _, fd := range rights {
 			unix.Close(fd)
@@ -138,8 +144,17 @@ func spawnerMain() int {
 	}
 }
 
-// serveSpawn checks a request and clones it.
+// serveSpawn checks a request and clones it. It closes rights.
 func serveSpawn(b []byte, rights []int, self string) (int, error) {
+	owned := make([]*os.File, len(rights))
+	for i, fd := range rights {
+		owned[i] = os.NewFile(uintptr(fd), "spawn-"+strconv.Itoa(i))
+	}
+	defer func() {
+		for _, f := range owned {
+			f.Close()
+		}
+	}()
 	var r spawnRequest
 	if err := json.Unmarshal(b, &r); err != nil {
 		return 0, fmt.Errorf("decode request: %w", err)
@@ -170,7 +185,7 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 			return 0, errors.New("files do not match the descriptors sent")
 		}
 		used++
-		files[i] = os.NewFile(uintptr(rights[k]), "spawn-"+strconv.Itoa(i))
+		files[i] = owned[k]
 	}
 	if used != len(rights) {
 		return 0, fmt.Errorf("%d descriptors sent, %d expected", len(rights), used)
