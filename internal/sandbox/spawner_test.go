@@ -402,3 +402,53 @@ func TestSpawnerCgroupV2Attach(t *testing.T) {
 		t.Fatalf("%s holds %v, want [%d]", dir, pids, p.Pid)
 	}
 }
+
+// Concurrent Starts share the one spawner: each gets its own sandbox (the
+// host's child, talking on its own socket).
+func TestSpawnerConcurrentStarts(t *testing.T) {
+	_, _, before := spawnerNow(t)
+	const n = 6
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			s, _ := rootlessSpec(Spec{Label: "concurrent", Args: []string{"echo"}})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			p, err := Start(ctx, s)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer func() { p.Kill(); p.Wait(); p.Conn().Close() }()
+			msg := fmt.Sprintf("sandbox %d", i)
+			if _, err := p.Conn().Write([]byte(msg)); err != nil {
+				errs <- err
+				return
+			}
+			_ = p.Conn().SetReadDeadline(time.Now().Add(30 * time.Second))
+			b := make([]byte, 64)
+			k, err := p.Conn().Read(b)
+			if err != nil || string(b[:k]) != msg {
+				errs <- fmt.Errorf("echo %q: %q %v", msg, b[:k], err)
+				return
+			}
+			b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+			if err != nil || !strings.Contains(string(b), fmt.Sprintf("\nPPid:\t%d\n", os.Getpid())) {
+				errs <- fmt.Errorf("sandbox %d is not the host's child (%v)", p.Pid(), err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	theSpawner.mu.Lock()
+	served := theSpawner.served
+	theSpawner.mu.Unlock()
+	if served != before+n {
+		t.Fatalf("spawner served %d, want %d", served-before, n)
+	}
+}
