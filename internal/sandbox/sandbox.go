@@ -530,9 +530,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 
 // The parent-death signal fires when the *thread* that forked the child
 // exits, not the process; Go ends an OS thread when a goroutine locked to it
-// returns. So sandboxes are forked only from spawner goroutines locked to
-// their threads for the life of the process: a sandbox dies with its host,
-// never with some thread of it.
+// returns. So the spawner (spawner.go), whose sandboxes share its parent
+// (CLONE_PARENT), and sandboxes cloned by the host itself when there is no
+// spawner, are forked only from spawn goroutines locked to their threads
+// for the life of the process: a sandbox dies with its host, never with
+// some thread of it.
 type spawnReq struct {
 	binary string
 	argv   []string
