@@ -386,6 +386,13 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1)}
+	if cfg.Launch == nil {
+		// Now, while the host is small: the spawner's own fork copies the
+		// host's page table once (sandbox/spawner.go).
+		if err := sandbox.StartSpawner(); err != nil {
+			slog.Warn("sandbox spawner not started; sandboxes are cloned from the host", "err", err)
+		}
+	}
 	x.reaper.Add(2)
 	go x.every(max(min(cfg.IdleTimeout/2, 30*time.Second), 10*time.Millisecond), x.reapIdle)
 	go x.every(cfg.IdleCPUCheck, x.watchIdleCPU)

@@ -22,8 +22,9 @@ import (
 // still bound it), created before the child runs untrusted code and removed
 // after it exits.
 //
-//   - cgroup v2 (unified): one directory; the child is cloned straight into it
-//     (clone3 CLONE_INTO_CGROUP), so it never runs outside it.
+//   - cgroup v2 (unified): one directory; the host writes the child's pid
+//     into it before the go-ahead, as on v1 (the spawner cannot use clone3
+//     CLONE_INTO_CGROUP, see spawner.go; a host cloning itself does).
 //   - cgroup v1 (legacy or hybrid, as on hosts where memory/pids/cpu are v1
 //     hierarchies): one directory per controller; the host writes the child's
 //     pid into each before sending the go-ahead the child's early confinement
@@ -393,7 +394,7 @@ func (c *cgroup) openDir() (int, error) {
 	return unix.Open(c.dirs[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 }
 
-// join moves a process into a v1 cgroup (every controller).
+// join moves a process into its cgroup (every v1 controller, or the v2 one).
 func (c *cgroup) join(pid int) error {
 	for _, d := range c.dirs {
 		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {

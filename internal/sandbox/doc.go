@@ -29,8 +29,11 @@
 //     - pidns, netns, mountns, ipcns, utsns: clone flags (the sandbox is pid 1
 //     of its pid namespace, so killing it kills everything in it; its network
 //     namespace has only lo, down);
-//     - v2: clone3 CLONE_INTO_CGROUP, so it is born inside its cgroup.
-//  4. v1: the host writes the pid into each controller's cgroup.procs.
+//     - the clone is the spawner's (spawner.go), with CLONE_PARENT: the
+//     sandbox is the host's child; only a host without a spawner clones
+//     itself, and then, on v2, with clone3 CLONE_INTO_CGROUP.
+//  4. Unless cloned into it, the host writes the pid into each controller's
+//     cgroup.procs (v1), or the one cgroup.procs (v2), before the go-ahead.
 //  5. The host sends the go-ahead byte on the IPC socket, then waits (bounded
 //     by ctx, else 10 s) for the ready packet, which carries the bitmask of
 //     applied layers and, as SCM_RIGHTS, the seccomp listener fd.

@@ -42,6 +42,20 @@ func helperMain(mode string) int {
 			fmt.Println("NOCGROUP") // an unprivileged host without a delegated hierarchy
 		}
 		select {} // until the test kills us
+	case "spawner-pdeathsig":
+		if err := StartSpawner(); err != nil {
+			return fail("%v", err)
+		}
+		spec, _ := rootlessSpec(Spec{Label: "orphan", Args: []string{"hang"}, Strict: true})
+		p, err := Start(ctx, spec)
+		if err != nil {
+			return fail("%v", err)
+		}
+		theSpawner.mu.Lock()
+		sp := theSpawner.proc.Pid
+		theSpawner.mu.Unlock()
+		fmt.Printf("PID %d\nSPAWNER %d\n", p.Pid(), sp)
+		select {} // until the test kills us
 	case "rootless":
 		r := Doctor()
 		fmt.Printf("INFO uid=%d rootless=%v missing=%v\n", os.Getuid(), r.Rootless, r.Missing())

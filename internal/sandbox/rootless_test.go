@@ -156,6 +156,8 @@ var (
 		"TestSuiteRootless", "TestStartEcho", "TestAttacksKilled", "TestAttacksRefused", "TestLayersWithoutSeccomp",
 		"TestNoHostFdsOrEnv", "TestCrashAndHang", "TestStderrLabelledAndRateLimited", "TestStrictMode",
 		"TestStartCancelled", "TestDoctor", "TestDying", "TestParentDeathKillsSandbox", "TestSyscallsMeasured", "TestCanisterConfined",
+		"TestSpawnerClonesHostChildren", "TestSpawnerRestartsAfterCrash", "TestSpawnerRefusesBadRequests",
+		"TestSpawnerDiesWithHost", "TestSpawnerConcurrentStarts",
 	}
 	rootlessCgroupTests = []string{"TestCgroupLimitsAndRemoval", "TestMemoryBomb", "TestCPULimit"}
 )

@@ -400,7 +400,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		binary = sandboxExe()
 	}
 	argv := append([]string{"cordon-sandbox", confine.Marker, cfg.Arg()}, s.Args...)
-	proc, err := spawn(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr})
+	spawnDeadline, has := ctx.Deadline()
+	if !has {
+		spawnDeadline = time.Now().Add(startTimeout)
+	}
+	proc, inCgroup, err := spawnSandbox(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
 	if err != nil {
 		return fail(fmt.Errorf("spawn: %w", err))
 	}
@@ -411,7 +415,8 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	cleanup = nil
 
-	if p.cg != nil && p.cg.version == cgroupV1 {
+	// Before the go-ahead: the child does nothing until then.
+	if p.cg != nil && !inCgroup {
 		if err := p.cg.join(proc.Pid); err != nil {
 			return fail(err)
 		}
@@ -525,9 +530,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 
 // The parent-death signal fires when the *thread* that forked the child
 // exits, not the process; Go ends an OS thread when a goroutine locked to it
-// returns. So sandboxes are forked only from spawner goroutines locked to
-// their threads for the life of the process: a sandbox dies with its host,
-// never with some thread of it.
+// returns. So the spawner (spawner.go), whose sandboxes share its parent
+// (CLONE_PARENT), and sandboxes cloned by the host itself when there is no
+// spawner, are forked only from spawn goroutines locked to their threads
+// for the life of the process: a sandbox dies with its host, never with
+// some thread of it.
 type spawnReq struct {
 	binary string
 	argv   []string

@@ -31,6 +31,10 @@ const Marker = C.CORDON_MARKER
 // /proc/self/exe with it in new namespaces to learn whether it may create them.
 const ProbeMarker = C.CORDON_PROBE_MARKER
 
+// SpawnerMarker is argv[1] of the sandbox spawner (package sandbox); the C
+// constructor closes every descriptor above 4 of it before Go starts.
+const SpawnerMarker = C.CORDON_SPAWNER_MARKER
+
 // Protocol constants shared with the host (package sandbox).
 const (
 	ConfigVersion = C.CORDON_CONFIG_VERSION

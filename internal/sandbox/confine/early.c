@@ -180,6 +180,13 @@ static void enter_empty_root(void) {
 __attribute__((constructor(101))) static void cordon_early(int argc, char **argv, char **envp) {
 	(void)envp;
 	if (argc == 2 && argv != NULL && argv[1] != NULL && strcmp(argv[1], CORDON_PROBE_MARKER) == 0) _exit(0);
+	// The spawner (package sandbox) keeps 0-2, its socket (3) and its
+	// executable (4), and nothing else of the host's, before the Go
+	// runtime opens descriptors of its own.
+	if (argc == 2 && argv != NULL && argv[1] != NULL && strcmp(argv[1], CORDON_SPAWNER_MARKER) == 0) {
+		if (syscall(SYS_close_range, 5, ~0U, 0) != 0) _exit(CORDON_EXIT_SETUP);
+		return;
+	}
 	if (argc < 3 || argv == NULL || argv[1] == NULL || strcmp(argv[1], CORDON_MARKER) != 0) return;
 	cordon_state = -1;
 

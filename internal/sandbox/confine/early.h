@@ -5,6 +5,7 @@
 
 #define CORDON_MARKER "__cordon_sandbox__"
 #define CORDON_PROBE_MARKER "__cordon_probe__"
+#define CORDON_SPAWNER_MARKER "__cordon_spawner__"
 #define CORDON_CONFIG_VERSION 1
 #define CORDON_GO_BYTE 'G'
 #define CORDON_EXIT_SETUP 121
