@@ -31,9 +31,11 @@ const (
 	// storageGrid rounds a canister's next storage charge up to a whole
 	// multiple, so that the charges of canisters fall due together.
 	storageGrid = uint64(time.Second)
-	// storageBatch bounds the canisters charged in one store commit.
-	storageBatch = 512
 )
+
+// storageBatch bounds the canisters charged in one store commit (a
+// variable for tests only).
+var storageBatch = 512
 
 // noDeadline: the canister has no timer-loop work ahead.
 const noDeadline = math.MaxUint64
