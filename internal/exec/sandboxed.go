@@ -1,13 +1,11 @@
 package exec
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -87,6 +85,12 @@ type SandboxConfig struct {
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
+	// SealedArtifactBytes bounds the sealed artifact memfds the host keeps
+	// (sealed.go; default 256 MiB): a module's artifact is checked once
+	// and then handed to every sandbox that loads it as a duplicate of one
+	// sealed memfd.
+	SealedArtifactBytes uint64
+
 	// QueryThreads bounds the queries of one canister its sandbox runs at
 	// once (queries.go; default: twice the cores of the CPU quota, at most
 	// boundary.MaxInFlight; 1: one execution at a time).
@@ -137,6 +141,9 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
+	}
+	if c.SealedArtifactBytes == 0 {
+		c.SealedArtifactBytes = 256 << 20
 	}
 	if c.QueryThreads <= 0 {
 		c.QueryThreads = DefaultQueryThreads(c.CPUPercent)
@@ -297,6 +304,7 @@ type Sandboxed struct {
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
+	sealed  *sealedCache // sealed artifact memfds (sealed.go)
 	closed  bool
 	stats   SandboxStats
 	blanks  []*blankSandbox // the warm pool (warmpool.go)
@@ -384,7 +392,7 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
-		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
+		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1)}
 	if cfg.Launch == nil {
 		// Now, while the host is small: the spawner's own fork copies the
@@ -541,6 +549,8 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	if err := x.writeArtifact(h, comp); err != nil {
 		return nil, fmt.Errorf("exec: cache artifact: %w", err)
 	}
+	x.sealed.drop(h) // a stale one, if this is a compilation again
+	x.sealArtifact(h, comp.Artifact)
 	return comp, nil
 }
 
@@ -553,36 +563,6 @@ func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {
 	}
 	return writeAtomic(x.cfg.Dir, x.artifactPath(h, ".info"), append(sum[:], boundary.EncodeCompiled(&info)...))
 }
-
-// openArtifact opens a cached artifact after checking it against the hash
-// recorded when it was written (a damaged file is compiled again rather
-// than handed to a sandbox to crash on).
-func (x *Sandboxed) openArtifact(h [32]byte) (*os.File, error) {
-	info, err := os.ReadFile(x.artifactPath(h, ".info"))
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(x.artifactPath(h, ".cwasm"))
-	if err != nil {
-		return nil, err
-	}
-	hs := sha256.New()
-	if _, err := io.Copy(hs, f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if len(info) < sha256.Size || !bytes.Equal(hs.Sum(nil), info[:sha256.Size]) {
-		f.Close()
-		return nil, errDamagedArtifact
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-var errDamagedArtifact = errors.New("exec: cached artifact does not match its recorded hash")
 
 func writeAtomic(dir, path string, data []byte) error {
 	f, err := os.CreateTemp(dir, ".tmp-*")
@@ -603,6 +583,7 @@ func writeAtomic(dir, path string, data []byte) error {
 }
 
 func (x *Sandboxed) removeArtifact(h [32]byte) {
+	x.sealed.drop(h)
 	os.Remove(x.artifactPath(h, ".cwasm"))
 	os.Remove(x.artifactPath(h, ".info"))
 }
@@ -1420,6 +1401,7 @@ func (x *Sandboxed) Close() error {
 		x.forgetLocked(sb)
 		sb.mu.Unlock()
 	}
+	x.sealed.close()
 	return nil
 }
 
