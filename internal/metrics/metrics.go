@@ -78,7 +78,7 @@ type Recorder interface {
 // SandboxInfo describes a live sandbox (for `cordon ps` and the RSS gauges).
 type SandboxInfo struct {
 	Canister   string    `json:"canister"` // canister id, or "" for the compiler and blank sandboxes
-	Kind       string    `json:"kind"`     // "canister", "blank" (warm pool, no canister yet) or "compiler"
+	Kind       string    `json:"kind"`     // "canister", "blank" (warm pool, no canister yet), "primed" (a recently evicted canister's module loaded, no canister yet) or "compiler"
 	PID        int       `json:"pid"`
 	RSSBytes   uint64    `json:"rss_bytes"`
 	Started    time.Time `json:"started"`
