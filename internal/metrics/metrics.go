@@ -199,7 +199,7 @@ func New(version, isolation string) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11)})
 
 	m.spawns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_spawns_total",
-		Help: "Sandbox processes started, by kind (canister: a cold start for a canister; blank: for the warm pool, taken later by a canister; compiler)."}, []string{"kind"})
+		Help: "Sandbox processes started, by kind (canister: a cold start for a canister; blank: for the warm pool, taken later by a canister; primed: loaded with a recently evicted canister's module, taken by its next message; compiler)."}, []string{"kind"})
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_evictions_total",
 		Help: "Healthy sandboxes ended by the host, by reason (idle, memory, pool, shutdown)."}, []string{"reason"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_crashes_total",
