@@ -48,7 +48,9 @@ type Node interface {
 // none of these; the metrics exist (at zero) either way.
 type Sandbox interface {
 	// SandboxSpawned: a sandbox process started. kind: "canister" (a cold
-	// start for a canister), "blank" (for the warm pool) or "compiler".
+	// start for a canister), "blank" (for the warm pool), "primed" (a
+	// recently evicted canister's module loaded ahead of its next message)
+	// or "compiler".
 	SandboxSpawned(kind string)
 	// SandboxEvicted: the host ended a healthy sandbox. reason: "idle",
 	// "memory" (over the pool's memory budget), "pool" (pool full) or
@@ -234,7 +236,7 @@ func New(version, isolation string) *Metrics {
 	for _, k := range []string{KindUpdate, KindQuery, KindInterCanister} {
 		m.messages.WithLabelValues(k, OutcomeReplied)
 	}
-	for _, k := range []string{"canister", "blank", "compiler"} {
+	for _, k := range []string{"canister", "blank", "primed", "compiler"} {
 		m.spawns.WithLabelValues(k)
 	}
 	return m
@@ -359,7 +361,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.Sandboxes != nil {
 		list = src.Sandboxes()
 	}
-	byKind := map[string]int{"canister": 0, "blank": 0, "compiler": 0}
+	byKind := map[string]int{"canister": 0, "blank": 0, "primed": 0, "compiler": 0}
 	var total uint64
 	seen := map[[2]string]bool{}
 	for _, s := range list {
