@@ -107,6 +107,13 @@ func (c *sealedCache) close() {
 	}
 }
 
+// checks returns how many artifacts were copied and checked.
+func (c *sealedCache) checks() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fills
+}
+
 // bytes returns the bytes held.
 func (c *sealedCache) bytes() uint64 {
 	c.mu.Lock()

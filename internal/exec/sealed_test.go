@@ -70,8 +70,8 @@ func TestSealedArtifact(t *testing.T) {
 		}
 	}
 	checkSealed(t, x, h, sealedOf(t, x, h))
-	if x.sealed.fills != 1 {
-		t.Fatalf("artifact checked %d times for two loads, want once", x.sealed.fills)
+	if x.sealed.checks() != 1 {
+		t.Fatalf("artifact checked %d times for two loads, want once", x.sealed.checks())
 	}
 	x.Close()
 
@@ -85,8 +85,8 @@ func TestSealedArtifact(t *testing.T) {
 		s := newSim(t, y, id, wasm)
 		s.must(sysapi.CtxInit, "canister_init", empty)
 	}
-	if st := y.Stats(); st.Compiles != 0 || y.sealed.fills != 1 {
-		t.Fatalf("stats %+v, %d checks: want no compilation and one check for three loads", st, y.sealed.fills)
+	if st := y.Stats(); st.Compiles != 0 || y.sealed.checks() != 1 {
+		t.Fatalf("stats %+v, %d checks: want no compilation and one check for three loads", st, y.sealed.checks())
 	}
 	checkSealed(t, y, h, sealedOf(t, y, h))
 
@@ -100,7 +100,7 @@ func TestSealedArtifact(t *testing.T) {
 		s := newSim(t, z, id, wasm)
 		s.must(sysapi.CtxInit, "canister_init", empty)
 	}
-	if n, fills := z.sealed.bytes(), z.sealed.fills; n != 0 || fills != 2 {
+	if n, fills := z.sealed.bytes(), z.sealed.checks(); n != 0 || fills != 2 {
 		t.Fatalf("%d bytes kept, %d checks: want nothing kept and a check per load", n, fills)
 	}
 }
