@@ -1071,7 +1071,12 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox, reason string) bool {
 			x.count(func(s *SandboxStats) { s.Evicted++ })
 			x.cfg.Metrics.SandboxEvicted(reason)
 			x.kickFill() // room for a blank, if the pool is short
-			x.notePrime(sb.id, loaded)
+			if reason != "memory" {
+				// Evicted for the memory budget, the node is at it: a
+				// primed sandbox would only be trimmed by the next cold
+				// start (under the count budget none starts: no room).
+				x.notePrime(sb.id, loaded)
+			}
 			return true
 		}
 		cands[k] = cands[len(cands)-1]
