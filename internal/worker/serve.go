@@ -250,7 +250,9 @@ func (w *worker) serve(q *boundary.Request) error {
 	case q.Kind == boundary.KindCompile && w.mode == boundary.ModeCompile:
 		return w.compile(q)
 	case q.Kind == boundary.KindLoad && w.mode == boundary.ModeCanister:
-		return w.load(q)
+		return w.load(q, false)
+	case q.Kind == boundary.KindWarm && w.mode == boundary.ModeCanister:
+		return w.load(q, true)
 	}
 	if q.File != nil {
 		q.File.Close()
@@ -277,7 +279,11 @@ func (w *worker) compile(q *boundary.Request) error {
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindCompiled, ID: q.ID, Body: body})
 }
 
-func (w *worker) load(q *boundary.Request) error {
+// load loads the module of a Load or Warm request. Warm (a primed sandbox,
+// loaded ahead of its canister's next message) also makes the module ready
+// for its first execution (engine.Warm); its instance is thrown away, and
+// a failure there is only logged: the execution will meet it.
+func (w *worker) load(q *boundary.Request, warm bool) error {
 	if w.codeLocked {
 		q.File.Close()
 		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x already loaded: a canister sandbox loads one module", w.mod.Info.Hash[:8])
@@ -305,6 +311,11 @@ func (w *worker) load(q *boundary.Request) error {
 			_ = w.c.SendLog(q.ID, boundary.LogWarn, "cannot forbid new executable memory: %v", err)
 		}
 		w.codeLocked = true
+	}
+	if warm {
+		if err := w.e.Warm(m); err != nil {
+			_ = w.c.SendLog(q.ID, boundary.LogWarn, "warm: %v", err)
+		}
 	}
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
 }
