@@ -230,6 +230,7 @@ func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callb
 	}
 	v, err := tbl.Get(r.store, cb.Fun)
 	if err != nil {
+		closeError(err)
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister requested to invoke a non-existent Wasm function %d from table 0", cb.Fun)}
 	}
 	// Table 0 may hold externrefs (reference types); Funcref would panic.
@@ -312,7 +313,9 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
-			return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)}
+			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)
+			closeError(err)
+			return &sysapi.Trap{Message: msg}
 		}
 	}
 	// A heap smaller than the module's initial memory (kept across an
