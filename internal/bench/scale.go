@@ -119,7 +119,7 @@ func readInto(buf []byte, path string) ([]byte, error) {
 	defer f.Close()
 	for {
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, cap(buf))
+			buf = slices.Grow(buf, max(cap(buf), 512))
 		}
 		k, err := f.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
