@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -73,6 +75,13 @@ type SandboxConfig struct {
 	// on a loaded node gets little more than its share of the cores.
 	IdleCPUPercent int           // default 2
 	IdleCPUCheck   time.Duration // default 1 s
+	// IdleCPUChecks bounds the canister sandboxes looked at per
+	// IdleCPUCheck (default 256); with more idle ones they take turns, in
+	// pid order. Each look reads /proc (tens of µs of host CPU), which at
+	// 1,000 live sandboxes was a quarter of the host's CPU. A sandbox's
+	// usage adds up from the start of its idle period, so a later look
+	// still judges all of it, and its cgroup's quota bounds it meanwhile.
+	IdleCPUChecks int
 
 	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
 	MaxTotalRSS  uint64        // memory budget of all canister sandboxes: their cgroups' charge, else RSS (0: none)
@@ -143,6 +152,9 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.IdleCPUCheck <= 0 {
 		c.IdleCPUCheck = time.Second
+	}
+	if c.IdleCPUChecks <= 0 {
+		c.IdleCPUChecks = 256
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 5 * time.Minute
@@ -314,6 +326,7 @@ type Sandboxed struct {
 
 	mu      sync.Mutex
 	pool    map[string]*canisterSandbox
+	idleCPU int               // pid of the last sandbox the idle CPU watch looked at
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
@@ -1134,10 +1147,40 @@ func (x *Sandboxed) idleSandboxes(keep func(*canisterSandbox) bool) []*canisterS
 // messages a worker is blocked reading its socket; CPU time it uses then is
 // a thread of its own, which costs the node a core until the idle timeout.
 func (x *Sandboxed) watchIdleCPU() {
-	for _, sb := range x.idleSandboxes(func(*canisterSandbox) bool { return true }) {
+	for _, sb := range x.idleCPUTurn() {
 		x.checkIdleCPU(sb)
 	}
 	x.checkIdleCPUBlanks()
+}
+
+// idleCPUTurn returns the idle canister sandboxes whose turn it is: at most
+// IdleCPUChecks of them, those after the last one looked at in pid order,
+// wrapping around.
+func (x *Sandboxed) idleCPUTurn() []*canisterSandbox {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	type idle struct {
+		sb  *canisterSandbox
+		pid int
+	}
+	var all []idle
+	for _, sb := range x.pool {
+		if sb.busy == 0 && sb.pid != 0 {
+			all = append(all, idle{sb, sb.pid})
+		}
+	}
+	n := min(x.cfg.IdleCPUChecks, len(all))
+	if n == 0 {
+		return nil
+	}
+	slices.SortFunc(all, func(a, b idle) int { return cmp.Compare(a.pid, b.pid) })
+	first, _ := slices.BinarySearchFunc(all, x.idleCPU+1, func(e idle, pid int) int { return cmp.Compare(e.pid, pid) })
+	turn := make([]*canisterSandbox, n)
+	for i := range turn {
+		turn[i] = all[(first+i)%len(all)].sb
+	}
+	x.idleCPU = all[(first+n-1)%len(all)].pid
+	return turn
 }
 
 // checkIdleCPU compares sb's CPU time with the mark taken when its idle
