@@ -200,6 +200,9 @@ type startOpts struct {
 	learn func(name string, n confine.Notification)
 	// unavailable pretends these layers are missing on this host.
 	unavailable []Layer
+	// attach, if set, replaces the cgroup attach of a child that was not
+	// cloned into its cgroup (tests: an attach that fails after the clone).
+	attach func(pid int, cg *cgroup) error
 }
 
 // Start spawns a confined sandbox process and returns once it has applied
@@ -415,10 +418,17 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	cleanup = nil
 
-	// Before the go-ahead: the child does nothing until then.
+	// Before the go-ahead, which the child awaits before its cgroup
+	// namespace and the Go runtime; its C constructor meanwhile applies
+	// what needs no cgroup (fds, pivot_root, hostname). A failed attach
+	// kills and reaps the child (fail), and removes the cgroup.
 	if p.cg != nil && !inCgroup {
-		if err := p.cg.join(proc.Pid); err != nil {
-			return fail(err)
+		join := func(pid int, cg *cgroup) error { return cg.join(pid) }
+		if o.attach != nil {
+			join = o.attach
+		}
+		if err := join(proc.Pid, p.cg); err != nil {
+			return fail(fmt.Errorf("cgroup attach after clone: %w", err))
 		}
 	}
 	trace("attached")

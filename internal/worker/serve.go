@@ -231,6 +231,11 @@ func (w *worker) load(q *boundary.Request) error {
 	if m.Info.Hash != q.Hash {
 		return w.c.SendError(q.ID, boundary.ErrArtifact, "artifact is for module %x, not %x", m.Info.Hash[:8], q.Hash[:8])
 	}
+	// The ic0 linker of the module's width, built now (the engine builds
+	// it on first use): before W^X below, and not on the first message.
+	if _, err := w.e.Linker(m.Info.Memory64); err != nil {
+		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
+	}
 	w.mod = m
 	// W^X from here on: wasmtime published the module's code (mapped
 	// writable, then executable); nothing else may become executable, so
