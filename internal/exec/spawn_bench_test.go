@@ -14,9 +14,11 @@ import (
 )
 
 // BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
-// phases, each reported as ms/op: cgroup creation (host), clone + uid/gid
-// maps + exec of the worker (until os.StartProcess returns), the v1 cgroup
-// attach (0 on cgroup v2: the child is cloned into its cgroup), the child's
+// phases, each reported as ms/op: cgroup creation (host; ~0 with the
+// spawner, which clones while the host makes the cgroup), clone + uid/gid
+// maps + exec of the worker (until the spawner answers), the cgroup's
+// completion and the attach by pid (the child's C constructor meanwhile
+// applies what needs no cgroup), the child's
 // confinement up to its ready packet (C constructor, Go runtime start,
 // seccomp), the host's verification of every thread, the worker's engine
 // start and Ready message, the host's check of the cached artifact against
