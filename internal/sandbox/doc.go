@@ -15,7 +15,9 @@
 //  2. cgroup: a directory per sandbox (cordon.<hostpid>.<seq>.<label>) under
 //     the host's own cgroup, with memory (and memory+swap), pids and cpu
 //     limits; v1 (one directory per controller) or v2 (cgroup.kill,
-//     memory.oom.group).
+//     memory.oom.group). Made while the spawner clones (step 3), unless
+//     the host clones into it itself (v2, no spawner); a cgroup that
+//     cannot be made or attached after the clone kills and reaps the child.
 //  3. fork/exec with a SOCK_SEQPACKET socketpair and a log pipe:
 //     - env: exactly GOMAXPROCS=<n> and TZ= (never the host's environment);
 //     - fds: 0 and 1 closed, 2 = log pipe, 3 = IPC socket, 4.. = Spec.Files;
