@@ -486,6 +486,17 @@ func (n *node) blankSandboxes() int {
 	return k
 }
 
+// sandboxesOf counts the node's sandboxes of a kind ("blank", "primed").
+func (n *node) sandboxesOf(kind string) int {
+	k := 0
+	for _, s := range n.Sandboxes() {
+		if s.Kind == kind {
+			k++
+		}
+	}
+	return k
+}
+
 // timeN runs f n times after warm untimed runs and returns the durations
 // in seconds.
 func timeN(ctx context.Context, warm, n int, f func(i int) error) ([]float64, error) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -27,6 +28,12 @@ type scalePlan struct {
 	messages int    // timed messages per count
 	seed     uint64
 }
+
+// scaleSampleEvery is the sampler's interval during a measurement.
+const scaleSampleEvery = time.Second
+
+// scaleMemoryCapacity is the scale node's limits.memory_capacity.
+const scaleMemoryCapacity = 32 << 30
 
 func (e *env) scalePlan() scalePlan {
 	p := scalePlan{counts: []int{100, 1000, 10000}, pool: 1000, budget: 8 << 30, warm: 1000, messages: 2000, seed: 1}
@@ -67,23 +74,31 @@ type scaleSample struct {
 	live, sandboxRSS, hostRSS, fds []float64
 }
 
-// sample reads the node's live canister sandboxes, their total RSS and the
-// host's RSS every interval until stop is closed.
+// sample reads the node's live canister sandboxes, their total RSS, the
+// host's RSS and descriptors every interval until stop is closed, and once
+// more at stop. Each sample reads every live sandbox's /proc (a thousand
+// files with a full pool), so the interval is a second: a sampler at 250 ms
+// cost the run a measurable share of the host's CPU at scale.
 func sample(nd *node, interval time.Duration, stop <-chan struct{}) *scaleSample {
 	s := &scaleSample{}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	buf := make([]byte, 0, 4096)
 	for {
-		list := nd.liveSandboxes()
+		var live int
 		var rss uint64
-		for _, sb := range list {
-			rss += sb.RSSBytes
+		for _, sb := range nd.Sandboxes() {
+			if sb.Kind == "canister" {
+				live++
+				rss += sb.RSSBytes
+			}
 		}
-		s.live = append(s.live, float64(len(list)))
+		s.live = append(s.live, float64(live))
 		s.sandboxRSS = append(s.sandboxRSS, float64(rss))
 		// VmRSS only: smaps_rollup (PSS) walks every page of the host,
 		// which the sampler would make a cost of the run.
-		if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		if b, err := readInto(buf, "/proc/self/status"); err == nil {
+			buf = b[:0]
 			s.hostRSS = append(s.hostRSS, float64(kbField(string(b), "VmRSS:")))
 		}
 		s.fds = append(s.fds, float64(openFDs()))
@@ -91,6 +106,28 @@ func sample(nd *node, interval time.Duration, stop <-chan struct{}) *scaleSample
 		case <-stop:
 			return s
 		case <-t.C:
+		}
+	}
+}
+
+// readInto reads a small file (a /proc status) into buf's storage.
+func readInto(buf []byte, path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(cap(buf), 512))
+		}
+		k, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err == io.EOF || (err == nil && k == 0) {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 }
@@ -170,6 +207,10 @@ func (e *env) scale() error {
 		c.Sandbox.MemoryBudget = plan.budget
 		c.Sandbox.IdleTimeout = time.Hour // eviction by the pool's limits only
 		c.Metrics = rec
+		// Heap and stable memory of every canister together: 10,000
+		// counters do not fit in the default, half of this machine's RAM
+		// (the ledger counts what they may hold, not what they touch).
+		c.MemoryCapacity = max(c.MemoryCapacity, scaleMemoryCapacity)
 	})
 	if err != nil {
 		return err
@@ -207,7 +248,7 @@ func (e *env) scale() error {
 		sp, ep, em, cr := rec.spawned.Load(), rec.evictedPool.Load(), rec.evictedMemory.Load(), rec.crashed.Load()
 		stop := make(chan struct{})
 		smpc := make(chan *scaleSample, 1)
-		go func() { smpc <- sample(nd, 250*time.Millisecond, stop) }()
+		go func() { smpc <- sample(nd, scaleSampleEvery, stop) }()
 		p.load, err = randomTraffic(ctx, nd, ids, plan.messages, plan.seed+uint64(n)+1<<32)
 		close(stop)
 		p.smp = <-smpc
@@ -233,8 +274,8 @@ func (e *env) scale() error {
 		"compiled module shared by all) by %d concurrent installers. At each count, %d closed-loop clients send messages to canisters drawn "+
 		"uniformly at random (fixed seed), updates (`inc`, durable) and queries (`get`) with equal odds. The "+
 		"install figure is over the installs of that batch (N = installs); the latency figures are one run each, "+
-		"their ratio is to the smallest count. Live sandboxes and RSS are sampled every 250 ms.",
-		plan.pool, humanBytes(plan.budget), clients(), clients())
+		"their ratio is to the smallest count. Live sandboxes and RSS are sampled every %s; the node's memory capacity (`limits.memory_capacity`) is %s.",
+		plan.pool, humanBytes(plan.budget), clients(), clients(), scaleSampleEvery, humanBytes(scaleMemoryCapacity))
 
 	var series []Series
 	for i, kind := range []string{"update", "query"} {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -59,5 +60,27 @@ func TestOptInSectionsSkipped(t *testing.T) {
 	}
 	if o := (Options{Only: []string{"spawn", "memory"}}); !o.selects("memory") || o.selects("scale") {
 		t.Error("--only spawn,memory")
+	}
+}
+
+// readInto (the scale sampler's /proc reader) reads a whole file, growing
+// the buffer it was given when the file is larger, and reads /proc files
+// (whose size stat reports as 0).
+func TestReadIntoGrows(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	want := bytes.Repeat([]byte("0123456789"), 1000)
+	if err := os.WriteFile(p, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readInto(make([]byte, 0, 16), p)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("readInto: %d bytes, %v; want %d bytes", len(got), err, len(want))
+	}
+	st, err := readInto(nil, "/proc/self/status")
+	if err != nil || kbField(string(st), "VmRSS:") == 0 {
+		t.Fatalf("readInto /proc/self/status: %v, VmRSS %d", err, kbField(string(st), "VmRSS:"))
+	}
+	if _, err := readInto(nil, filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Fatal("a missing file read without error")
 	}
 }

@@ -242,6 +242,23 @@ func TestOtherMessagesRoundTrip(t *testing.T) {
 	if err := host.AwaitLoaded(6, [32]byte{9}, nil); err != nil || <-errc != nil {
 		t.Fatal(err)
 	}
+	// Warm (a primed sandbox) carries its descriptor as Load does, and is
+	// answered by Loaded.
+	go func() {
+		errc <- host.Send(&Msg{Kind: KindWarm, ID: 8, Body: EncodeHash([32]byte{10}), Files: []*os.File{f}})
+	}()
+	if r, err = sb.NextRequest(); err != nil || <-errc != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindWarm || r.Hash != [32]byte{10} || r.File == nil {
+		t.Fatalf("warm: %+v", r)
+	}
+	r.File.Close()
+	go func() { errc <- sb.Send(&Msg{Kind: KindLoaded, ID: 8, Body: EncodeHash([32]byte{11})}) }()
+	wantViolation(t, host.AwaitLoaded(8, [32]byte{10}, nil), VUnexpected) // loaded another module
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
 	// Error answers come back as *RemoteError.
 	go func() { errc <- sb.SendError(7, ErrInvalidModule, "bad\x1b[31m module") }()
 	err = host.AwaitPong(7, nil)

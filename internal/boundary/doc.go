@@ -50,14 +50,16 @@
 // for up to NoBufsBudget, within the socket's deadline.
 //
 // Descriptors are accepted only on the kinds that declare them (host to
-// sandbox only: KindLoad exactly one, KindExecute up to two, as its header
+// sandbox only: KindLoad and KindWarm exactly one, KindExecute up to two, as its header
 // declares). No message from a sandbox may carry a
 // descriptor: any received is closed and the message is a violation.
 //
 // # Messages
 //
 // Host to sandbox: Compile (module limits + Wasm), Load (module hash + the
-// artifact as an fd), Execute (request header, then the heap and stable
+// artifact as an fd), Warm (as Load, for a primed sandbox: the module is
+// loaded and its instantiation made ready ahead of its canister's next
+// message; answered by Loaded), Execute (request header, then the heap and stable
 // pages as Pages packets), Ping, Shutdown. Sandbox to host: Ready (protocol
 // version and mode, once at start), Compiled (module info, global types and
 // the artifact), Loaded, Output (the execution result without memory pages,

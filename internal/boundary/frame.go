@@ -13,7 +13,8 @@ import (
 )
 
 // Version is the protocol version; both sides are built from one source.
-const Version = 1
+// 2: Warm (load a module ahead of its canister's next message).
+const Version = 2
 
 // MaxPacket is the largest packet either side sends or accepts, header
 // included. It stays well below the kernel's default socket send buffer
@@ -37,6 +38,7 @@ const (
 	KindExecute  Kind = 0x03
 	KindPing     Kind = 0x04
 	KindShutdown Kind = 0x05
+	KindWarm     Kind = 0x06
 	KindPages    Kind = 0x10
 	KindCont     Kind = 0x11
 
@@ -63,6 +65,7 @@ var kinds = func() [256]kindInfo {
 		KindExecute:  {name: "execute", multi: true},
 		KindPing:     {name: "ping"},
 		KindShutdown: {name: "shutdown"},
+		KindWarm:     {name: "warm"},
 		KindPages:    {name: "pages"},
 		KindCont:     {name: "continuation"},
 		KindReady:    {name: "ready"},

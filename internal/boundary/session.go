@@ -221,8 +221,8 @@ type Request struct {
 	Kind    Kind
 	ID      uint64
 	Compile *CompileRequest // KindCompile
-	Hash    [32]byte        // KindLoad
-	File    *os.File        // KindLoad: the artifact; the receiver closes it
+	Hash    [32]byte        // KindLoad, KindWarm
+	File    *os.File        // KindLoad, KindWarm: the artifact; the receiver closes it
 	Exec    *ExecRequest    // KindExecute
 	Heap    state.Memory    // KindExecute: nil if !Exec.HasHeap
 	Stable  state.Memory    // KindExecute
@@ -242,6 +242,7 @@ func (q *Request) Release() {
 var requestAccept = Accept{
 	KindCompile:  {MaxBody: MaxRequestBody},
 	KindLoad:     {MaxBody: 32, FDs: 1},
+	KindWarm:     {MaxBody: 32, FDs: 1},
 	KindExecute:  {MaxBody: MaxRequestBody, FDs: MaxFDs, VarFDs: true},
 	KindPing:     {MaxBody: 0},
 	KindShutdown: {MaxBody: 0},
@@ -257,7 +258,7 @@ func (c *Conn) NextRequest() (*Request, error) {
 	switch m.Kind {
 	case KindCompile:
 		q.Compile, err = DecodeCompile(m.Body)
-	case KindLoad:
+	case KindLoad, KindWarm:
 		q.Hash, err = DecodeHash(m.Body)
 		if err != nil {
 			m.CloseFiles()

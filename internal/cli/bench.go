@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 
@@ -15,7 +16,7 @@ import (
 func newBenchCmd(g *globals) *cobra.Command {
 	var (
 		quick, write, installDeps, scale bool
-		corpus, output, plots            string
+		corpus, output, plots, cpuProf   string
 		only                             []string
 		scaleCounts                      []int
 	)
@@ -102,6 +103,13 @@ the checkout, or --corpus.`,
 					outputs = append(outputs, rel, filepath.Join(filepath.Dir(rel), plots))
 				}
 			}
+			if cpuProf != "" {
+				stop, err := startCPUProfile(cpuProf)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			rep, err := bench.Run(cmd.Context(), bench.Options{Quick: quick, Corpus: corpus, RepoRoot: root,
 				Outputs: outputs, Only: only, InstallDeps: installDeps, ScaleCounts: scaleCounts, Out: g.stdout, Log: g.stderr})
 			if err != nil {
@@ -142,6 +150,23 @@ the checkout, or --corpus.`,
 	f.StringSliceVar(&only, "only", nil, "run only these sections: spawn, latency, throughput, commit, compute, memory, soak, scale")
 	f.BoolVar(&scale, "scale", false, "run only the scale section (thousands of canisters, minutes; --quick: small counts); --write writes its plot and prints its markdown")
 	f.IntSliceVar(&scaleCounts, "scale-counts", nil, "the scale section's canister counts (default 100,1000,10000; --quick 10,30,100)")
+	f.StringVar(&cpuProf, "cpuprofile", "", "write a CPU profile of the host process (not of its sandboxes) for the whole run to this file (go tool pprof)")
 	f.BoolVar(&installDeps, "install-deps", true, "install bubblewrap with apt-get if it is missing (as root)")
 	return cmd
+}
+
+// startCPUProfile profiles this process into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }

@@ -18,7 +18,7 @@ import (
 // psRow is one live sandbox as `cordon ps` prints it.
 type psRow struct {
 	Canister string    `json:"canister"` // "" for a compiler or blank sandbox
-	Kind     string    `json:"kind"`     // "canister", "blank" or "compiler"
+	Kind     string    `json:"kind"`     // "canister", "blank", "primed" or "compiler"
 	PID      int       `json:"pid"`
 	RSSBytes uint64    `json:"rss_bytes"`
 	Started  time.Time `json:"started"`
@@ -40,7 +40,9 @@ func newPsCmd(g *globals) *cobra.Command {
 		Long: `List the sandbox processes of the 'cordon serve' running on this home: one per
 canister that executed recently (idle ones are stopped and respawn on their
 next message), the warm pool's blank sandboxes (confined, holding no canister
-yet: the next new or evicted canister takes one, sandbox.warm_pool), plus
+yet: the next new or evicted canister takes one, sandbox.warm_pool), the
+primed sandboxes (kind "primed": the module of a recently evicted canister
+loaded, no canister; its next message takes it, sandbox.preload_pool), plus
 compiler sandboxes while a module compiles.
 
 Sandboxes exist only while a node runs with --isolation sandbox, so without a

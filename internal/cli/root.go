@@ -272,6 +272,7 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 		// One request, then the node closes: blank sandboxes would be
 		// started only to be killed.
 		hc.Sandbox.WarmPool = 0
+		hc.Sandbox.PreloadPool = 0
 		node, err = host.Open(hc, g.logger(cfg))
 		return node != nil, err
 	})

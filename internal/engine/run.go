@@ -61,6 +61,9 @@ type run struct {
 	hostErr error
 	mem     *wasmtime.Memory
 	store   *wasmtime.Store
+	// globals are the instance's exported globals in the module's order,
+	// looked up once (exportGlobals).
+	globals []*wasmtime.Global
 	// mapped is the linear memory's address range that holds the
 	// committed heap's file mapping, if restoreHeap mapped it.
 	mappedAddr, mappedLen uintptr
@@ -111,12 +114,12 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if err != nil {
 		// Instantiation runs no canister code (the start function was
 		// removed), so a failure is a resource limit: a trap.
-		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + err.Error()}))
+		msg := err.Error()
+		closeError(err)
+		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
 	}
 	if m.memory != "" {
-		if ex := inst.GetExport(store, m.memory); ex != nil {
-			r.mem = ex.Memory()
-		}
+		r.mem = exportedMemory(store, inst, m.memory)
 	}
 	heap := req.Heap
 	if pm, ok := heap.(*state.PageMap); ok && pm == nil {
@@ -173,7 +176,7 @@ func (r *run) call(inst *wasmtime.Instance, m *Module, req *Request) error {
 	if req.RunStart && m.start != "" {
 		ctx := in.Context
 		in.Context = sysapi.CtxStart
-		err := r.invoke(inst.GetFunc(r.store, m.start))
+		err := r.invoke(exportedFunc(r.store, inst, m.start))
 		in.Context = ctx
 		if err != nil {
 			return err
@@ -187,7 +190,7 @@ func (r *run) call(inst *wasmtime.Instance, m *Module, req *Request) error {
 	if in.Entry == "" {
 		return nil
 	}
-	f := inst.GetFunc(r.store, in.Entry)
+	f := exportedFunc(r.store, inst, in.Entry)
 	if f == nil {
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister has no entry point %q", in.Entry)}
 	}
@@ -202,6 +205,7 @@ func (r *run) invoke(f *wasmtime.Func, args ...any) error {
 	if err == nil {
 		return nil
 	}
+	defer closeError(err)
 	if r.hostErr != nil {
 		return r.hostErr
 	}
@@ -216,9 +220,7 @@ func (r *run) invoke(f *wasmtime.Func, args ...any) error {
 func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callback) error {
 	var tbl *wasmtime.Table
 	if m.table != "" {
-		if ex := inst.GetExport(r.store, m.table); ex != nil {
-			tbl = ex.Table()
-		}
+		tbl = exportedTable(r.store, inst, m.table)
 	}
 	if tbl == nil {
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: table not found (the module has no table for callback %d)", cb.Fun)}
@@ -228,6 +230,7 @@ func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callb
 	}
 	v, err := tbl.Get(r.store, cb.Fun)
 	if err != nil {
+		closeError(err)
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister requested to invoke a non-existent Wasm function %d from table 0", cb.Fun)}
 	}
 	// Table 0 may hold externrefs (reference types); Funcref would panic.
@@ -246,8 +249,15 @@ func (r *run) invokeCallback(inst *wasmtime.Instance, m *Module, cb sysapi.Callb
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: callback environment %d does not fit a 32-bit canister", cb.Env)}
 	}
 	ft := f.Type(r.store)
-	if ps := ft.Params(); len(ps) != 1 || ps[0].Kind() != want || len(ft.Results()) != 0 {
-		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: callback %d has type %s, a callback must be (%s) -> ()", cb.Fun, funcTypeString(ft), kindName(want))}
+	ps := ft.Params() // owned by ft: read before it closes
+	ok := len(ps) == 1 && ps[0].Kind() == want && len(ft.Results()) == 0
+	var shape string
+	if !ok {
+		shape = funcTypeString(ft)
+	}
+	ft.Close()
+	if !ok {
+		return &sysapi.Trap{Message: fmt.Sprintf("Canister violated contract: callback %d has type %s, a callback must be (%s) -> ()", cb.Fun, shape, kindName(want))}
 	}
 	return r.invoke(f, arg)
 }
@@ -303,7 +313,9 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
-			return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)}
+			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)
+			closeError(err)
+			return &sysapi.Trap{Message: msg}
 		}
 	}
 	// A heap smaller than the module's initial memory (kept across an
@@ -405,35 +417,59 @@ func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) 
 	return d
 }
 
-func (r *run) restoreGlobals(inst *wasmtime.Instance, m *Module, gs []state.Global) error {
+// exportGlobals looks the module's globals up in the instance once per
+// execution (restoreGlobals and readGlobals both use them).
+func (r *run) exportGlobals(inst *wasmtime.Instance, m *Module) ([]*wasmtime.Global, error) {
+	if r.globals != nil || len(m.globals) == 0 {
+		return r.globals, nil
+	}
+	gs := make([]*wasmtime.Global, len(m.globals))
 	for i, g := range m.globals {
-		ex := inst.GetExport(r.store, g.Export)
-		if ex == nil || ex.Global() == nil {
-			return fmt.Errorf("engine: global export %s missing", g.Export)
+		if gs[i] = exportedGlobal(r.store, inst, g.Export); gs[i] == nil {
+			return nil, fmt.Errorf("engine: global export %s missing", g.Export)
 		}
-		glob := ex.Global()
-		if !glob.Type(r.store).Mutable() {
+	}
+	r.globals = gs
+	return gs, nil
+}
+
+// restoreGlobals sets the module's mutable globals to the committed values.
+// Mutability comes from the module's description (recorded when it was
+// instrumented), not from asking wasmtime per global and execution: a
+// description that calls an immutable global mutable makes Set fail (an
+// error, as a missing export is); one that calls a mutable global immutable
+// leaves it at its initial value, which only the module's own compilation
+// could cause, for its own canister.
+func (r *run) restoreGlobals(inst *wasmtime.Instance, m *Module, gs []state.Global) error {
+	globs, err := r.exportGlobals(inst, m)
+	if err != nil {
+		return err
+	}
+	for i, g := range m.globals {
+		if !g.Type.Mutable {
 			continue
 		}
 		v, err := toVal(gs[i])
 		if err != nil {
 			return fmt.Errorf("engine: global %d: %w", g.Index, err)
 		}
-		if err := glob.Set(r.store, v); err != nil {
-			return fmt.Errorf("engine: set global %d: %w", g.Index, err)
+		if err := globs[i].Set(r.store, v); err != nil {
+			msg := err.Error()
+			closeError(err)
+			return fmt.Errorf("engine: set global %d: %s", g.Index, msg)
 		}
 	}
 	return nil
 }
 
 func (r *run) readGlobals(inst *wasmtime.Instance, m *Module) ([]state.Global, error) {
+	globs, err := r.exportGlobals(inst, m)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]state.Global, len(m.globals))
 	for i, g := range m.globals {
-		ex := inst.GetExport(r.store, g.Export)
-		if ex == nil || ex.Global() == nil {
-			return nil, fmt.Errorf("engine: global export %s missing", g.Export)
-		}
-		v, err := fromVal(ex.Global().Get(r.store))
+		v, err := fromVal(globs[i].Get(r.store))
 		if err != nil {
 			return nil, fmt.Errorf("engine: global %d: %w", g.Index, err)
 		}

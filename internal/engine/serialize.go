@@ -188,3 +188,43 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	m.wt = wt
 	return m, nil
 }
+
+// Warm makes a loaded module ready for its first execution without running
+// any of it: it instantiates the module once in a throwaway store (no
+// canister state, no host call can happen: instantiation runs no canister
+// code, the start function having been removed), which makes wasmtime build
+// what it builds lazily on a module's first instantiation (the copy-on-write
+// images of its initial memory) and faults in its code and data. A primed
+// sandbox (the host's exec package) calls it between loading the module of
+// a recently evicted canister and that canister's next message, which then
+// finds the module as a second message would. An error means the
+// instantiation failed (a resource limit): the execution would fail the
+// same way and report it then.
+func (e *Engine) Warm(m *Module) error {
+	if m == nil || m.wt == nil {
+		return errors.New("engine: warm: no module")
+	}
+	r := &run{}
+	store := wasmtime.NewStoreWithData(e.wt, r)
+	defer store.Close()
+	r.store = store
+	store.Limiter(warmHeapBytes, maxTableElements, 1, 1, 1)
+	if !e.noFuel {
+		if err := store.SetFuel(0); err != nil {
+			return fmt.Errorf("engine: warm: set fuel: %w", err)
+		}
+	}
+	linker, err := e.Linker(m.Info.Memory64)
+	if err != nil {
+		return fmt.Errorf("engine: warm: %w", err)
+	}
+	if _, err := linker.Instantiate(store, m.wt); err != nil {
+		return fmt.Errorf("engine: warm: instantiate: %w", err)
+	}
+	return nil
+}
+
+// warmHeapBytes bounds the memory of Warm's throwaway instance: a module's
+// initial memory, at most a 32-bit memory's whole (the sandbox's cgroup
+// bounds what is touched; instantiation touches only data segments).
+const warmHeapBytes = 4 << 30

@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +37,13 @@ import (
 //	hostile-wx-probe    once the worker has loaded its module, try to make
 //	                    written memory executable; if that works, exit
 //	                    (the test's next message then fails)
+//	hostile-warm-crash  at a Warm request (a primed sandbox), exit
+//	hostile-warm-hang   at a Warm request, never answer
+//	hostile-warm-lie    at a Warm request, answer Loaded for another module
+//	hostile-sealed-attack at a Load or Warm request, check the artifact
+//	                    memfd's seals and try to write, shrink, grow and
+//	                    map it writable, and to add a seal; exit if any of
+//	                    that works (or no descriptor came), else forward
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
@@ -71,9 +79,9 @@ func hostileMain(mode string) int {
 		worker.ServeConfined(workerSide, args) // the worker as in production, after Enter
 		conn.Close()
 	}()
-	var probe func([]byte)
+	var probe func([]byte, []byte)
 	if mode == "wx-probe" {
-		probe = func(pkt []byte) {
+		probe = func(pkt, _ []byte) {
 			if len(pkt) == 0 || boundary.Kind(pkt[0]) != boundary.KindLoaded {
 				return
 			}
@@ -131,7 +139,25 @@ func hostileMain(mode string) int {
 		}
 	}()
 	executes := 0
-	forward(conn, inner, func(pkt []byte) {
+	forward(conn, inner, func(pkt, oob []byte) {
+		if len(pkt) >= boundary.HeaderSize {
+			switch k := boundary.Kind(pkt[0]); {
+			case k == boundary.KindWarm && mode == "warm-crash":
+				fmt.Fprintln(os.Stderr, "hostile sandbox: crashing at warm")
+				os.Exit(3)
+			case k == boundary.KindWarm && mode == "warm-hang":
+				select {}
+			case k == boundary.KindWarm && mode == "warm-lie":
+				lie := [32]byte{0xba, 0xd0}
+				_, _ = conn.Write(header(boundary.KindLoaded, 0, binary.LittleEndian.Uint64(pkt[8:]), 32, lie[:]))
+			case (k == boundary.KindWarm || k == boundary.KindLoad) && mode == "sealed-attack":
+				if msg := attackSealed(oob); msg != "" {
+					fmt.Fprintln(os.Stderr, "hostile sandbox: "+msg)
+					os.Exit(1)
+				}
+				fmt.Fprintln(os.Stderr, "hostile sandbox: the sealed artifact held")
+			}
+		}
 		if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindExecute {
 			executes++
 			if mode == "seccomp-2" && executes == 2 {
@@ -144,9 +170,60 @@ func hostileMain(mode string) int {
 	return 0
 }
 
+// attackSealed attacks the artifact memfd of a Load or Warm packet from
+// inside the sandbox; it returns what worked, or "" if nothing did.
+func attackSealed(oob []byte) string {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) != 1 {
+		return fmt.Sprintf("no descriptor with the artifact (%v)", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return fmt.Sprintf("no descriptor with the artifact (%v)", err)
+	}
+	fd := fds[0]
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	want := unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+	if err != nil || seals&want != want {
+		return fmt.Sprintf("artifact seals %#x (%v), want %#x", seals, err, want)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Size == 0 {
+		return fmt.Sprintf("artifact stat: size %d, %v", st.Size, err)
+	}
+	if _, err := unix.Pwrite(fd, []byte{0xff}, 0); err == nil {
+		return "wrote into the artifact (pwrite)"
+	}
+	if _, err := unix.Write(fd, []byte{0xff}); err == nil {
+		return "wrote into the artifact (write)"
+	}
+	if err := unix.Ftruncate(fd, 0); err == nil {
+		return "shrank the artifact"
+	}
+	if err := unix.Ftruncate(fd, st.Size+1<<20); err == nil {
+		return "grew the artifact"
+	}
+	if b, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		_ = unix.Munmap(b)
+		return "mapped the artifact shared and writable"
+	}
+	b, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Sprintf("cannot map the artifact to read it: %v", err)
+	}
+	defer func() { _ = unix.Munmap(b) }()
+	if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE); err == nil {
+		return "made a shared mapping of the artifact writable"
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_FUTURE_WRITE); err == nil {
+		return "added a seal to the artifact"
+	}
+	return ""
+}
+
 // forward copies packets (and their descriptors) from src to dst until src
-// ends; see, if set, looks at each before it goes.
-func forward(src, dst *net.UnixConn, see func([]byte)) {
+// ends; see, if set, looks at each (and its control message) before it goes.
+func forward(src, dst *net.UnixConn, see func(pkt, oob []byte)) {
 	buf, oob := make([]byte, boundary.MaxPacket), make([]byte, unix.CmsgSpace(4*(boundary.MaxFDs+1)))
 	for {
 		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
@@ -155,7 +232,7 @@ func forward(src, dst *net.UnixConn, see func([]byte)) {
 			return
 		}
 		if see != nil {
-			see(buf[:n])
+			see(buf[:n], oob[:oobn])
 		}
 		_, _, err = dst.WriteMsgUnix(buf[:n], oob[:oobn], nil)
 		if oobn > 0 {

@@ -1,13 +1,11 @@
 package exec
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -84,8 +82,19 @@ type SandboxConfig struct {
 	// that need one (warmpool.go), counted in MaxSandboxes and MaxTotalRSS;
 	// 0: none, every sandbox starts cold.
 	WarmPool int
+	// PreloadPool is the number of primed sandboxes (primed.go): sandboxes
+	// that have loaded the module of a recently evicted canister, whose
+	// next message then only restores its state. Counted in MaxSandboxes
+	// and MaxTotalRSS like blank ones; 0: none.
+	PreloadPool int
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
+
+	// SealedArtifactBytes bounds the sealed artifact memfds the host keeps
+	// (sealed.go; default 256 MiB): a module's artifact is checked once
+	// and then handed to every sandbox that loads it as a duplicate of one
+	// sealed memfd.
+	SealedArtifactBytes uint64
 
 	// QueryThreads bounds the queries of one canister its sandbox runs at
 	// once (queries.go; default: twice the cores of the CPU quota, at most
@@ -111,6 +120,9 @@ type SandboxConfig struct {
 	// blankLabel labels blank sandboxes (default blankLabel); tests give
 	// them the label of a misbehaviour of the test worker's.
 	blankLabel string
+	// primedLabel labels primed sandboxes (default primedLabel), as
+	// blankLabel.
+	primedLabel string
 }
 
 func (c *SandboxConfig) defaults() {
@@ -138,6 +150,9 @@ func (c *SandboxConfig) defaults() {
 	if c.MaxArtifactBytes == 0 {
 		c.MaxArtifactBytes = 1 << 30
 	}
+	if c.SealedArtifactBytes == 0 {
+		c.SealedArtifactBytes = 256 << 20
+	}
 	if c.QueryThreads <= 0 {
 		c.QueryThreads = DefaultQueryThreads(c.CPUPercent)
 	}
@@ -162,6 +177,9 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.blankLabel == "" {
 		c.blankLabel = blankLabel
+	}
+	if c.primedLabel == "" {
+		c.primedLabel = primedLabel
 	}
 }
 
@@ -278,6 +296,8 @@ type SandboxInfo struct {
 type SandboxStats struct {
 	Spawned, Evicted, Compiles uint64
 	PoolTakes                  uint64 // canisters given a blank sandbox from the warm pool
+	PrimedTakes                uint64 // canisters given a primed sandbox (primed.go)
+	PrimeFailures              uint64 // primed sandboxes that failed their load or misbehaved while they waited
 	// JoinedQueries counts queries sent to a sandbox that was already
 	// running another query of its canister (queries.go).
 	JoinedQueries uint64
@@ -297,11 +317,19 @@ type Sandboxed struct {
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
+	sealed  *sealedCache // sealed artifact memfds (sealed.go)
 	closed  bool
 	stats   SandboxStats
 	blanks  []*blankSandbox // the warm pool (warmpool.go)
 	filling int             // blank sandboxes being started
 	refill  chan struct{}   // wakes the filler
+	// Primed sandboxes (primed.go): those ready, the starts in flight, the
+	// modules of recently evicted canisters (most recent last), and the
+	// primer's wake-up.
+	primed    []*blankSandbox
+	priming   int
+	primeWant []*primeTarget
+	reprime   chan struct{}
 	// live counts the pool entries holding a slot: a sandbox running or
 	// being spawned. rss is the sum of their last measured memory (after
 	// each exchange, only under a memory budget), blankMem that of the
@@ -384,8 +412,9 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
-		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}),
-		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1)}
+		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),
+		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
+		reprime: make(chan struct{}, 1)}
 	if cfg.Launch == nil {
 		// Now, while the host is small: the spawner's own fork copies the
 		// host's page table once (sandbox/spawner.go).
@@ -400,6 +429,10 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		x.reaper.Add(1)
 		go x.filler()
 		x.kickFill()
+	}
+	if cfg.PreloadPool > 0 {
+		x.reaper.Add(1)
+		go x.primer()
 	}
 	return x, nil
 }
@@ -541,6 +574,8 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	if err := x.writeArtifact(h, comp); err != nil {
 		return nil, fmt.Errorf("exec: cache artifact: %w", err)
 	}
+	x.sealed.drop(h) // a stale one, if this is a compilation again
+	x.sealArtifact(h, comp.Artifact)
 	return comp, nil
 }
 
@@ -553,36 +588,6 @@ func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {
 	}
 	return writeAtomic(x.cfg.Dir, x.artifactPath(h, ".info"), append(sum[:], boundary.EncodeCompiled(&info)...))
 }
-
-// openArtifact opens a cached artifact after checking it against the hash
-// recorded when it was written (a damaged file is compiled again rather
-// than handed to a sandbox to crash on).
-func (x *Sandboxed) openArtifact(h [32]byte) (*os.File, error) {
-	info, err := os.ReadFile(x.artifactPath(h, ".info"))
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(x.artifactPath(h, ".cwasm"))
-	if err != nil {
-		return nil, err
-	}
-	hs := sha256.New()
-	if _, err := io.Copy(hs, f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if len(info) < sha256.Size || !bytes.Equal(hs.Sum(nil), info[:sha256.Size]) {
-		f.Close()
-		return nil, errDamagedArtifact
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-var errDamagedArtifact = errors.New("exec: cached artifact does not match its recorded hash")
 
 func writeAtomic(dir, path string, data []byte) error {
 	f, err := os.CreateTemp(dir, ".tmp-*")
@@ -603,6 +608,7 @@ func writeAtomic(dir, path string, data []byte) error {
 }
 
 func (x *Sandboxed) removeArtifact(h [32]byte) {
+	x.sealed.drop(h)
 	os.Remove(x.artifactPath(h, ".cwasm"))
 	os.Remove(x.artifactPath(h, ".info"))
 }
@@ -643,6 +649,19 @@ func (x *Sandboxed) logFunc(label string) boundary.LogFunc {
 
 // start spawns a sandbox and waits for its Ready.
 func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.Spec, mode boundary.Mode) (Process, *boundary.Conn, error) {
+	kind := "canister"
+	switch {
+	case mode == boundary.ModeCompile:
+		kind = "compiler"
+	case canisterID == "":
+		kind = "blank"
+	}
+	return x.startKind(ctx, canisterID, kind, spec, mode)
+}
+
+// startKind is start for a sandbox of the given kind (metrics and logs:
+// "canister", "compiler", "blank" or "primed").
+func (x *Sandboxed) startKind(ctx context.Context, canisterID, kind string, spec sandbox.Spec, mode boundary.Mode) (Process, *boundary.Conn, error) {
 	sctx, cancel := context.WithTimeout(ctx, x.cfg.StartTimeout)
 	defer cancel()
 	proc, err := x.cfg.Launch(sctx, spec)
@@ -654,13 +673,6 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 		x.cfg.Logger.Error("sandbox start failed", "canister", spec.Label, "err", err)
 		return nil, nil, &SandboxError{CanisterID: canisterID, Op: "start", Fault: FaultStart, Err: err}
 	}
-	kind := "canister"
-	switch {
-	case mode == boundary.ModeCompile:
-		kind = "compiler"
-	case canisterID == "":
-		kind = "blank"
-	}
 	x.cfg.Metrics.SandboxSpawned(kind)
 	conn := boundary.NewConn(proc.Conn())
 	_, err = exchange(ctx, conn, x.cfg.StartTimeout, func() (struct{}, error) {
@@ -668,8 +680,11 @@ func (x *Sandboxed) start(ctx context.Context, canisterID string, spec sandbox.S
 	})
 	if err != nil {
 		label := canisterID
-		if kind == "blank" {
+		switch kind {
+		case "blank":
 			label = blankLabel // not "compiler" in the log
+		case "primed":
+			label = primedLabel
 		}
 		err = x.fail(label, "start", proc, x.cfg.StartTimeout, err)
 		proc.Conn().Close()
@@ -827,6 +842,19 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 		if sb.proc != nil {
 			return sb, true, nil
 		}
+		if b := x.takePrimed(id, want); b != nil {
+			// Its module is loaded: only the canister's state travels.
+			// Not reused: a crash in its first exchange is the
+			// canister's, as in a fresh one.
+			x.unprime(id)
+			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, want
+			x.mu.Lock()
+			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
+			x.takeSlotLocked(sb)
+			x.mu.Unlock()
+			return sb, false, nil
+		}
+		x.unprime(id) // it gets another sandbox: its module need not stay primed for it
 		if b := x.takeBlank(id); b != nil {
 			// Confined, verified, idle and alive until now; it loads
 			// this canister's module next. Not reused: a crash in its
@@ -884,6 +912,7 @@ func (x *Sandboxed) release(sb *canisterSandbox, used bool) {
 		// After the exchange, not while it loads and runs: the refill
 		// competes for the same cores.
 		x.kickFill()
+		x.kickPrime()
 	}
 }
 
@@ -953,7 +982,7 @@ func (x *Sandboxed) makeRoom(self *canisterSandbox) {
 // count), "memory" (the RSS of all), or "" (x.mu held).
 func (x *Sandboxed) overLocked() string {
 	switch {
-	case x.live+len(x.blanks) >= x.cfg.MaxSandboxes:
+	case x.live+len(x.blanks)+len(x.primed) >= x.cfg.MaxSandboxes:
 		return "pool"
 	case x.cfg.MaxTotalRSS > 0 && x.rss+x.blankMem >= x.cfg.MaxTotalRSS:
 		return "memory"
@@ -1036,11 +1065,18 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox, reason string) bool {
 		sb := cands[k].sb
 		if sb.mu.TryLock() {
 			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", reason)
+			loaded := sb.loaded
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
 			x.cfg.Metrics.SandboxEvicted(reason)
 			x.kickFill() // room for a blank, if the pool is short
+			if reason != "memory" {
+				// Evicted for the memory budget, the node is at it: a
+				// primed sandbox would only be trimmed by the next cold
+				// start (under the count budget none starts: no room).
+				x.notePrime(sb.id, loaded)
+			}
 			return true
 		}
 		cands[k] = cands[len(cands)-1]
@@ -1054,11 +1090,13 @@ func (x *Sandboxed) reapIdle() {
 	for _, sb := range x.idleSandboxes(func(sb *canisterSandbox) bool { return time.Since(sb.lastUsed) > x.cfg.IdleTimeout }) {
 		if sb.mu.TryLock() {
 			x.cfg.Logger.Info("sandbox evicted", "canister", sb.id, "reason", "idle")
+			loaded := sb.loaded
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.count(func(s *SandboxStats) { s.Evicted++ })
 			x.cfg.Metrics.SandboxEvicted("idle")
 			x.kickFill()
+			x.notePrime(sb.id, loaded)
 		}
 	}
 }
@@ -1387,6 +1425,7 @@ func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, 
 
 // Forget implements Executor: the canister's sandbox is stopped.
 func (x *Sandboxed) Forget(canisterID string) {
+	x.unprime(canisterID) // a module no evicted canister runs any more is not kept primed
 	x.mu.Lock()
 	sb := x.pool[canisterID]
 	x.mu.Unlock()
@@ -1420,6 +1459,7 @@ func (x *Sandboxed) Close() error {
 		x.forgetLocked(sb)
 		sb.mu.Unlock()
 	}
+	x.sealed.close()
 	return nil
 }
 
@@ -1457,6 +1497,9 @@ func (x *Sandboxed) Sandboxes() []metrics.SandboxInfo {
 	}
 	for _, b := range x.blanks {
 		out = append(out, metrics.SandboxInfo{Kind: "blank", PID: b.proc.Pid(), Started: b.started})
+	}
+	for _, b := range x.primed {
+		out = append(out, metrics.SandboxInfo{Kind: "primed", PID: b.proc.Pid(), Started: b.started})
 	}
 	x.mu.Unlock()
 	for i := range out {

@@ -22,7 +22,9 @@ import (
 // confinement up to its ready packet (C constructor, Go runtime start,
 // seccomp), the host's verification of every thread, the worker's engine
 // start and Ready message, the host's check of the cached artifact against
-// its recorded hash, and the first module load (the counter's artifact,
+// its recorded hash (the first iteration only since artifacts are sealed
+// memfds checked once: later ones duplicate the descriptor), and the first
+// module load (the counter's artifact,
 // deserialized by the worker). Run it with -benchtime=20x; it is the breakdown
 // RATIONALE.md quotes.
 func BenchmarkColdSpawnPhases(b *testing.B) {

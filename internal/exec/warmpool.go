@@ -44,6 +44,20 @@ type blankSandbox struct {
 	watchErr error
 	idleCPU  cpuMark
 	mem      uint64 // counted in x.blankMem while it is in the pool
+	// module is the module a primed sandbox has loaded (primed.go); zero
+	// for a blank one.
+	module [32]byte
+}
+
+// primed reports whether b is a primed sandbox rather than a blank one.
+func (b *blankSandbox) primed() bool { return b.module != [32]byte{} }
+
+// label is b's kind as logs and cordon ps name it.
+func (b *blankSandbox) label() string {
+	if b.primed() {
+		return primedLabel
+	}
+	return blankLabel
 }
 
 // kickFill wakes the filler (never blocks).
@@ -107,7 +121,7 @@ func (x *Sandboxed) blankWanted() bool {
 	if x.closed || len(x.blanks)+x.filling >= x.cfg.WarmPool {
 		return false
 	}
-	if x.live+len(x.blanks)+x.filling+1 > x.cfg.MaxSandboxes ||
+	if x.live+len(x.blanks)+x.filling+len(x.primed)+x.priming+1 > x.cfg.MaxSandboxes ||
 		x.cfg.MaxTotalRSS > 0 && x.rss+x.blankMem >= x.cfg.MaxTotalRSS {
 		return false
 	}
@@ -152,7 +166,7 @@ func (x *Sandboxed) addBlank(ctx context.Context) error {
 		return err
 	}
 	// Room again: a canister may have needed a cold start meanwhile.
-	if x.closed || x.live+len(x.blanks)+1 > x.cfg.MaxSandboxes {
+	if x.closed || x.live+len(x.blanks)+len(x.primed)+1 > x.cfg.MaxSandboxes {
 		x.mu.Unlock()
 		_ = proc.Kill()
 		waitExit(proc)
@@ -182,16 +196,25 @@ func (x *Sandboxed) watchBlank(b *blankSandbox) {
 		return // taken: the taker handles it
 	}
 	x.blankMisbehaved(b, err)
+	if b.primed() {
+		x.primeFailed(b.module)
+		return
+	}
 	x.kickFill()
 }
 
-// removeBlank takes b out of the pool; false if it was no longer there.
+// removeBlank takes b (blank or primed) out of the pool; false if it was
+// no longer there.
 func (x *Sandboxed) removeBlank(b *blankSandbox) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for i, c := range x.blanks {
+	list := &x.blanks
+	if b.primed() {
+		list = &x.primed
+	}
+	for i, c := range *list {
 		if c == b {
-			x.blanks = append(x.blanks[:i], x.blanks[i+1:]...)
+			*list = append((*list)[:i], (*list)[i+1:]...)
 			x.blankMem -= b.mem
 			return true
 		}
@@ -211,7 +234,7 @@ func (x *Sandboxed) stopBlank(b *blankSandbox) {
 // blankMisbehaved kills, logs and counts a blank sandbox out of the pool
 // whose idle watch saw err (a packet, descriptors, its exit).
 func (x *Sandboxed) blankMisbehaved(b *blankSandbox, err error) {
-	_ = x.fail(blankLabel, "idle", b.proc, 0, err)
+	_ = x.fail(b.label(), "idle", b.proc, 0, err)
 	b.conn.Raw().Close()
 }
 
@@ -249,13 +272,14 @@ func (x *Sandboxed) takeBlank(canisterID string) *blankSandbox {
 	}
 }
 
-// trimBlank stops one blank sandbox to make room for a canister's (the
-// node is over its count or memory budget); false when there is none.
+// trimBlank stops one blank sandbox, else one primed sandbox, to make room
+// for a canister's (the node is over its count or memory budget); false
+// when there is none.
 func (x *Sandboxed) trimBlank() bool {
 	x.mu.Lock()
 	if len(x.blanks) == 0 {
 		x.mu.Unlock()
-		return false
+		return x.trimPrimed()
 	}
 	b := x.blanks[len(x.blanks)-1]
 	x.blanks = x.blanks[:len(x.blanks)-1]
@@ -271,7 +295,7 @@ func (x *Sandboxed) trimBlank() bool {
 // checkIdleCPUBlanks applies the idle CPU check to the blank sandboxes.
 func (x *Sandboxed) checkIdleCPUBlanks() {
 	x.mu.Lock()
-	blanks := append([]*blankSandbox(nil), x.blanks...)
+	blanks := append(append([]*blankSandbox(nil), x.blanks...), x.primed...)
 	x.mu.Unlock()
 	for _, b := range blanks {
 		c, ok := b.proc.(interface{ CPUTime() (time.Duration, error) })
@@ -297,20 +321,24 @@ func (x *Sandboxed) checkIdleCPUBlanks() {
 		if !x.removeBlank(b) {
 			continue // taken meanwhile: from now on it is a canister's, checked as such
 		}
-		x.cfg.Logger.Warn("blank sandbox killed: it used CPU before it was given work", "pid", b.proc.Pid(),
+		x.cfg.Logger.Warn(b.label()+" sandbox killed: it used CPU before it was given work", "pid", b.proc.Pid(),
 			"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
 		x.stopBlank(b)
 		x.count(func(s *SandboxStats) { s.Faults["idle_cpu"]++ })
 		x.cfg.Metrics.SandboxCrashed("idle_cpu")
+		if b.primed() {
+			x.primeFailed(b.module)
+			continue
+		}
 		x.kickFill()
 	}
 }
 
-// closeBlanks kills every blank sandbox (Close).
+// closeBlanks kills every blank and primed sandbox (Close).
 func (x *Sandboxed) closeBlanks() {
 	x.mu.Lock()
-	blanks := x.blanks
-	x.blanks, x.blankMem = nil, 0
+	blanks := append(x.blanks, x.primed...)
+	x.blanks, x.primed, x.blankMem = nil, nil, 0
 	x.mu.Unlock()
 	for _, b := range blanks {
 		x.stopBlank(b)

@@ -56,7 +56,7 @@ func (n *Node) UploadChunk(ctx context.Context, id, caller principal.Principal, 
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if err := n.checkControllerOrSelf(c, caller, "upload_chunk"); err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func (n *Node) ClearChunkStore(ctx context.Context, id, caller principal.Princip
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if err := n.checkControllerOrSelf(c, caller, "clear_chunk_store"); err != nil {
 		return err
 	}

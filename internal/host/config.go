@@ -75,6 +75,14 @@ type SandboxConfig struct {
 	// holding no canister) kept ready for the next canister that needs a
 	// sandbox; they count in MaxSandboxes. 0: none.
 	WarmPool int
+	// PreloadPool is the number of primed sandboxes: sandboxes that have
+	// loaded the module of a recently evicted canister, whose next message
+	// then only restores its state; they count in MaxSandboxes like blank
+	// ones. 0: none.
+	PreloadPool int
+	// SealedArtifactBytes bounds the sealed artifact memfds kept to hand
+	// compiled modules to sandboxes (0: the default, 256 MiB).
+	SealedArtifactBytes uint64
 	// MemoryBudget bounds the memory of all canister sandboxes together
 	// (their cgroups' charge, else RSS): past it the coldest idle
 	// sandboxes are evicted (0: no budget).
@@ -170,6 +178,6 @@ func DefaultConfig() Config {
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
 		Provisional:           ProvisionalIngress,
 		LogLines:              1000,
-		Sandbox:               SandboxConfig{CPUPercent: 100, WarmPool: 2},
+		Sandbox:               SandboxConfig{CPUPercent: 100, WarmPool: 2, PreloadPool: 1},
 	}
 }

@@ -52,21 +52,23 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			binary = os.Getenv("CORDON_SANDBOX_BINARY")
 		}
 		return exec.NewSandboxed(exec.SandboxConfig{
-			Dir:          filepath.Join(cfg.Home, "artifacts"),
-			ModuleLimits: cfg.ModuleLimits,
-			Binary:       binary,
-			Strict:       cfg.Sandbox.Strict,
-			AllowMissing: allow,
-			MemoryBytes:  cfg.Sandbox.MemoryBytes,
-			CPUPercent:   cpuQuota(cfg.Sandbox.CPUPercent),
-			MaxSandboxes: cfg.Sandbox.MaxSandboxes,
-			MaxTotalRSS:  cfg.Sandbox.MemoryBudget,
-			IdleTimeout:  cfg.Sandbox.IdleTimeout,
-			WarmPool:     cfg.Sandbox.WarmPool,
-			QueryThreads: cfg.Sandbox.QueryThreads,
-			HostIDs:      ids,
-			Logger:       logger,
-			Metrics:      metricsOf(cfg),
+			Dir:                 filepath.Join(cfg.Home, "artifacts"),
+			ModuleLimits:        cfg.ModuleLimits,
+			Binary:              binary,
+			Strict:              cfg.Sandbox.Strict,
+			AllowMissing:        allow,
+			MemoryBytes:         cfg.Sandbox.MemoryBytes,
+			CPUPercent:          cpuQuota(cfg.Sandbox.CPUPercent),
+			MaxSandboxes:        cfg.Sandbox.MaxSandboxes,
+			MaxTotalRSS:         cfg.Sandbox.MemoryBudget,
+			IdleTimeout:         cfg.Sandbox.IdleTimeout,
+			WarmPool:            cfg.Sandbox.WarmPool,
+			PreloadPool:         cfg.Sandbox.PreloadPool,
+			SealedArtifactBytes: cfg.Sandbox.SealedArtifactBytes,
+			QueryThreads:        cfg.Sandbox.QueryThreads,
+			HostIDs:             ids,
+			Logger:              logger,
+			Metrics:             metricsOf(cfg),
 		})
 	}
 	return nil, fmt.Errorf("isolation mode %q is not available: use --isolation sandbox or inprocess", cfg.Isolation)

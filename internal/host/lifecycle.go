@@ -144,7 +144,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if err := n.checkController(c, opts.Caller, "install_code"); err != nil {
 		return nil, err
 	}
@@ -502,7 +502,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if err := n.checkController(c, caller, "uninstall_code"); err != nil {
 		return err
 	}
@@ -548,7 +548,7 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 		op = "stop_canister"
 	}
 	if err := n.checkController(c, caller, op); err != nil {
-		c.mu.Unlock()
+		n.unlock(c)
 		return err
 	}
 	meta := c.meta
@@ -573,12 +573,12 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	}
 	ingress, answered := answerOf(actx, nil)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
-		c.mu.Unlock()
+		n.unlock(c)
 		return err
 	}
 	answered()
 	c.meta = meta
-	c.mu.Unlock()
+	n.unlock(c)
 	if wait == nil {
 		return nil
 	}
@@ -596,7 +596,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if err := n.checkController(c, caller, "delete_canister"); err != nil {
 		return err
 	}

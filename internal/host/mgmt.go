@@ -543,7 +543,7 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if s.err != nil {
 		return s.err
 	}
@@ -621,7 +621,7 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	meta := c.meta
 	bal, err := meta.Balance.Add(amount)
 	if err != nil {
@@ -646,7 +646,7 @@ func (n *Node) bookBurned(ctx context.Context, id principal.Principal, amount cy
 	if err != nil {
 		return err
 	}
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	meta := c.meta
 	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(amount)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {

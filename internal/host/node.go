@@ -42,6 +42,8 @@ type Node struct {
 
 	images *imageLRU // which canisters keep memory images (images.go)
 
+	timers timerQueue // the timer loop's deadlines (timers.go)
+
 	busy busyCounter   // queue drainers and management calls in flight
 	done chan struct{} // closed by Close
 
@@ -82,8 +84,13 @@ type canister struct {
 	heartbeatQueued bool
 	lowMemoryQueued bool // canister_on_low_wasm_memory waits in the queue (lowmem.go)
 	// timerWork: a goroutine of the timer loop is doing this canister's
-	// timer work (sched.go timerLoop); at most one at a time.
+	// timer work (timers.go timerWorkLater); at most one at a time.
 	timerWork atomic.Bool
+	// timerIdx is the canister's index in the node's deadline heap (-1:
+	// not in it; guarded by the heap's lock), nextBeat the node time of
+	// its next heartbeat (guarded by mu; timers.go).
+	timerIdx int
+	nextBeat uint64
 
 	// The input queue (guarded by qmu, not mu, so senders never wait for
 	// an execution).
@@ -225,7 +232,7 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 		return nil, fmt.Errorf("load canister %s: %w", id, err)
 	}
 	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines),
-		contexts: map[uint64]*callContext{}, callbacks: map[uint64]*callback{}}
+		contexts: map[uint64]*callContext{}, callbacks: map[uint64]*callback{}, timerIdx: -1}
 	if c.meta.Status == "stopping" {
 		c.meta.Status = "stopped" // calls in flight did not survive the restart
 	}
@@ -262,6 +269,8 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 		return existing, nil
 	}
 	n.canisters[id] = c
+	// Not yet shared: its deadline is read without its lock.
+	n.timers.set(c, n.nextDue(c))
 	return c, nil
 }
 

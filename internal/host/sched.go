@@ -165,7 +165,7 @@ func (n *Node) drain(c *canister) {
 
 func (n *Node) process(c *canister, m *message) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer n.unlock(c)
 	if c.deleted {
 		if m.kind == kindRequest {
 			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", c.id), m.cycles)
@@ -588,83 +588,32 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 // about once per round, roughly every second).
 const HeartbeatInterval = time.Second
 
-// timerLoop fires due timers and heartbeats of loaded canisters until the
-// node closes. It never waits for a canister: one executing a long message
-// holds its lock for as long as that runs, and waiting for it would hold
-// back every other canister's timers. A canister whose work is due (or
-// that is busy, so it cannot be looked at) gets a goroutine that takes its
-// lock and does the work; at most one such goroutine per canister exists.
+// timerLoop fires due timers and heartbeats and charges storage fees of
+// loaded canisters until the node closes, taking from the deadline heap
+// only the canisters that are due (timers.go). It never waits for a
+// canister: one executing a long message holds its lock for as long as
+// that runs, and waiting for it would hold back every other canister's
+// timers; such a canister gets a goroutine that takes its lock and does the
+// work, at most one per canister.
 func (n *Node) timerLoop() {
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(timerTick)
 	defer t.Stop()
-	lastBeat := n.clock()
 	for {
 		select {
 		case <-n.done:
 			return
 		case <-t.C:
 		}
-		n.mu.Lock()
-		list := make([]*canister, 0, len(n.canisters))
-		for _, c := range n.canisters {
-			list = append(list, c)
-		}
-		n.mu.Unlock()
-		now := uint64(n.clock().UnixNano())
-		beat := n.clock().Sub(lastBeat) >= HeartbeatInterval
-		if beat {
-			lastBeat = n.clock()
-		}
-		for _, c := range list {
-			if c.mu.TryRLock() {
-				due := n.timerWorkDue(c, now, beat)
-				c.mu.RUnlock()
-				if !due {
-					continue
-				}
-			}
-			if !c.timerWork.CompareAndSwap(false, true) {
-				continue // the previous tick's goroutine is still at it
-			}
-			go func(c *canister, beat bool) {
-				defer c.timerWork.Store(false)
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				select {
-				case <-n.done:
-					return
-				default:
-				}
-				n.timerWorkDo(c, uint64(n.clock().UnixNano()), beat)
-			}(c, beat)
-		}
+		n.timerTick()
 	}
-}
-
-// timerWorkDue reports whether c has timer-loop work at time now (c.mu
-// held, shared or exclusive): a storage charge, a due timer, a heartbeat.
-func (n *Node) timerWorkDue(c *canister, now uint64, beat bool) bool {
-	if c.deleted {
-		return false
-	}
-	if iv := n.cfg.StorageChargeInterval; iv > 0 && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
-		return true
-	}
-	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
-		return true
-	}
-	if lowMemoryDue(c) {
-		return true
-	}
-	return beat && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued
 }
 
 // timerWorkDo does c's timer-loop work (c.mu held exclusively).
-func (n *Node) timerWorkDo(c *canister, now uint64, beat bool) {
+func (n *Node) timerWorkDo(c *canister, now uint64) {
 	if c.deleted {
 		return
 	}
-	if iv := n.cfg.StorageChargeInterval; iv > 0 && now >= c.meta.StoragePaidUntil && now-c.meta.StoragePaidUntil >= uint64(iv) {
+	if n.storageDue(c, now) {
 		if err := n.chargeStorageNow(c); err != nil {
 			n.log.Error("storage fee", "canister", c.id.String(), "err", err)
 		}
@@ -672,8 +621,9 @@ func (n *Node) timerWorkDo(c *canister, now uint64, beat bool) {
 	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
 		n.scheduleTimer(c)
 	}
-	if beat && c.module != nil && c.module.Info.HasHeartbeat && c.meta.Status == "running" && !c.heartbeatQueued {
+	if heartbeatWanted(c) && now >= c.nextBeat {
 		c.heartbeatQueued = true // at most one heartbeat waits in the queue
+		c.nextBeat = now + uint64(HeartbeatInterval)
 		n.enqueue(c, &message{kind: kindHeartbeat})
 	}
 	// A hook left ready by a restart, a start or a settings change.

@@ -48,7 +48,9 @@ type Node interface {
 // none of these; the metrics exist (at zero) either way.
 type Sandbox interface {
 	// SandboxSpawned: a sandbox process started. kind: "canister" (a cold
-	// start for a canister), "blank" (for the warm pool) or "compiler".
+	// start for a canister), "blank" (for the warm pool), "primed" (a
+	// recently evicted canister's module loaded ahead of its next message)
+	// or "compiler".
 	SandboxSpawned(kind string)
 	// SandboxEvicted: the host ended a healthy sandbox. reason: "idle",
 	// "memory" (over the pool's memory budget), "pool" (pool full) or
@@ -78,7 +80,7 @@ type Recorder interface {
 // SandboxInfo describes a live sandbox (for `cordon ps` and the RSS gauges).
 type SandboxInfo struct {
 	Canister   string    `json:"canister"` // canister id, or "" for the compiler and blank sandboxes
-	Kind       string    `json:"kind"`     // "canister", "blank" (warm pool, no canister yet) or "compiler"
+	Kind       string    `json:"kind"`     // "canister", "blank" (warm pool, no canister yet), "primed" (a recently evicted canister's module loaded, no canister yet) or "compiler"
 	PID        int       `json:"pid"`
 	RSSBytes   uint64    `json:"rss_bytes"`
 	Started    time.Time `json:"started"`
@@ -199,7 +201,7 @@ func New(version, isolation string) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11)})
 
 	m.spawns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_spawns_total",
-		Help: "Sandbox processes started, by kind (canister: a cold start for a canister; blank: for the warm pool, taken later by a canister; compiler)."}, []string{"kind"})
+		Help: "Sandbox processes started, by kind (canister: a cold start for a canister; blank: for the warm pool, taken later by a canister; primed: loaded with a recently evicted canister's module, taken by its next message; compiler)."}, []string{"kind"})
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_evictions_total",
 		Help: "Healthy sandboxes ended by the host, by reason (idle, memory, pool, shutdown)."}, []string{"reason"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_crashes_total",
@@ -234,7 +236,7 @@ func New(version, isolation string) *Metrics {
 	for _, k := range []string{KindUpdate, KindQuery, KindInterCanister} {
 		m.messages.WithLabelValues(k, OutcomeReplied)
 	}
-	for _, k := range []string{"canister", "blank", "compiler"} {
+	for _, k := range []string{"canister", "blank", "primed", "compiler"} {
 		m.spawns.WithLabelValues(k)
 	}
 	return m
@@ -359,7 +361,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.Sandboxes != nil {
 		list = src.Sandboxes()
 	}
-	byKind := map[string]int{"canister": 0, "blank": 0, "compiler": 0}
+	byKind := map[string]int{"canister": 0, "blank": 0, "primed": 0, "compiler": 0}
 	var total uint64
 	seen := map[[2]string]bool{}
 	for _, s := range list {

@@ -61,6 +61,7 @@ cordon_canisters_live 7
 cordon_sandboxes_live{kind="blank"} 0
 cordon_sandboxes_live{kind="canister"} 1
 cordon_sandboxes_live{kind="compiler"} 2
+cordon_sandboxes_live{kind="primed"} 0
 # HELP cordon_sandboxes_rss_bytes Resident memory of all live sandbox processes.
 # TYPE cordon_sandboxes_rss_bytes gauge
 cordon_sandboxes_rss_bytes 21

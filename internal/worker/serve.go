@@ -46,7 +46,7 @@ func Serve(conn *net.UnixConn, args []string) int {
 		_ = c.SendError(0, boundary.ErrInternal, "create engine: %v", err)
 		return ExitProtocol
 	}
-	w := &worker{c: c, mode: mode, e: e, slots: make(chan struct{}, boundary.MaxInFlight)}
+	w := newWorker(c, mode, e)
 	if trimWhenIdle && mode == boundary.ModeCanister {
 		w.trim = &trimmer{}
 	}
@@ -64,6 +64,11 @@ func Serve(conn *net.UnixConn, args []string) int {
 		}()
 	}
 	return w.loop()
+}
+
+func newWorker(c *boundary.Conn, mode boundary.Mode, e *engine.Engine) *worker {
+	return &worker{c: c, mode: mode, e: e, slots: make(chan struct{}, boundary.MaxInFlight),
+		jobs: make(chan *boundary.Request), quit: make(chan struct{})}
 }
 
 type worker struct {
@@ -89,8 +94,21 @@ type worker struct {
 	// Pages) in one piece on the socket.
 	slots   chan struct{}
 	running sync.WaitGroup
-	sendMu  sync.Mutex
-	active  atomic.Int32 // requests being served (trim when none)
+	// Executions run on executor goroutines that are kept between
+	// requests: one is started only when every executor already started
+	// is busy, so there are never more than the most executions that were
+	// ever in flight at once (at most cap(slots)). jobs hands a request to
+	// an idle executor; quit ends them all when the loop returns.
+	// executors is the loop's count of executors started; execs waits for
+	// them to end.
+	jobs      chan *boundary.Request
+	quit      chan struct{}
+	executors int
+	execs     sync.WaitGroup
+	// started and live count executors (tests).
+	started, live atomic.Int32
+	sendMu        sync.Mutex
+	active        atomic.Int32 // requests being served (trim when none)
 	// exit: an execution ended the connection; the loop returns this code.
 	exit atomic.Int32
 }
@@ -118,7 +136,7 @@ func (w *worker) loop() (code int) {
 			code = ExitPanic
 		}
 	}()
-	defer w.running.Wait()
+	defer w.stopExecutors()
 	for {
 		q, err := w.c.NextRequest()
 		if code := w.exit.Load(); code != 0 {
@@ -136,7 +154,7 @@ func (w *worker) loop() (code int) {
 		if q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister {
 			w.slots <- struct{}{}
 			w.running.Add(1)
-			go w.executeAsync(q)
+			w.dispatch(q)
 			continue
 		}
 		// Anything else is served alone, in order.
@@ -164,6 +182,52 @@ func (w *worker) done() {
 	if w.active.Add(-1) == 0 {
 		w.trim.idle()
 	}
+}
+
+// dispatch hands an execution (its slot taken) to an idle executor, or to
+// a new one while fewer than cap(slots) exist. With all of them started,
+// one is finishing its execution (this one's slot was free, so fewer than
+// cap(slots) run) and takes it as soon as it has.
+func (w *worker) dispatch(q *boundary.Request) {
+	select {
+	case w.jobs <- q:
+		return
+	default:
+	}
+	if w.executors < cap(w.slots) {
+		w.executors++
+		w.execs.Add(1)
+		go w.executor(q)
+		return
+	}
+	w.jobs <- q
+}
+
+// executor runs executions beside the loop until the loop ends: its first,
+// then every one handed to it. Its goroutine (and the stack the engine's
+// host calls grew) serves the sandbox's next executions instead of a new
+// goroutine per execution.
+func (w *worker) executor(q *boundary.Request) {
+	defer w.execs.Done()
+	w.started.Add(1)
+	w.live.Add(1)
+	defer w.live.Add(-1)
+	for {
+		w.executeAsync(q)
+		select {
+		case q = <-w.jobs:
+		case <-w.quit:
+			return
+		}
+	}
+}
+
+// stopExecutors waits for the executions in flight, then ends the
+// executors; the loop calls it when it returns.
+func (w *worker) stopExecutors() {
+	w.running.Wait()
+	close(w.quit)
+	w.execs.Wait()
 }
 
 // executeAsync runs one execution beside the loop. A failure to send means
@@ -199,7 +263,9 @@ func (w *worker) serve(q *boundary.Request) error {
 	case q.Kind == boundary.KindCompile && w.mode == boundary.ModeCompile:
 		return w.compile(q)
 	case q.Kind == boundary.KindLoad && w.mode == boundary.ModeCanister:
-		return w.load(q)
+		return w.load(q, false)
+	case q.Kind == boundary.KindWarm && w.mode == boundary.ModeCanister:
+		return w.load(q, true)
 	}
 	if q.File != nil {
 		q.File.Close()
@@ -226,7 +292,11 @@ func (w *worker) compile(q *boundary.Request) error {
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindCompiled, ID: q.ID, Body: body})
 }
 
-func (w *worker) load(q *boundary.Request) error {
+// load loads the module of a Load or Warm request. Warm (a primed sandbox,
+// loaded ahead of its canister's next message) also makes the module ready
+// for its first execution (engine.Warm); its instance is thrown away, and
+// a failure there is only logged: the execution will meet it.
+func (w *worker) load(q *boundary.Request, warm bool) error {
 	if w.codeLocked {
 		q.File.Close()
 		return w.c.SendError(q.ID, boundary.ErrBadRequest, "module %x already loaded: a canister sandbox loads one module", w.mod.Info.Hash[:8])
@@ -262,6 +332,11 @@ func (w *worker) load(q *boundary.Request) error {
 			_ = w.c.SendLog(q.ID, boundary.LogWarn, "cannot forbid new executable memory: %v", err)
 		}
 		w.codeLocked = true
+	}
+	if warm {
+		if err := w.e.Warm(m); err != nil {
+			_ = w.c.SendLog(q.ID, boundary.LogWarn, "warm: %v", err)
+		}
 	}
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
 }
