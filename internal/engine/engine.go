@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -39,10 +40,38 @@ func DefaultConfig() Config {
 
 // Engine compiles and runs canister modules. It is safe for concurrent use.
 type Engine struct {
-	wt       *wasmtime.Engine
-	noFuel   bool // Config.DisableFuel
-	linker32 *wasmtime.Linker
-	linker64 *wasmtime.Linker
+	wt     *wasmtime.Engine
+	noFuel bool // Config.DisableFuel
+	// linkers[0] for 32-bit canisters, [1] for 64-bit ones: built on
+	// first use (Linker), not by New. A sandbox serves one canister of
+	// one width, and a compile sandbox runs none, so building both at
+	// start-up was work before the worker's Ready that half the time (or
+	// always) went unused.
+	linkers [2]lazyLinker
+}
+
+type lazyLinker struct {
+	once sync.Once
+	l    *wasmtime.Linker
+	err  error
+}
+
+// Linker returns the linker defining every ic0 import for canisters of
+// one memory width, building it on first use; it is safe for concurrent
+// use. A canister worker calls it when it loads its module, so that its
+// first execution does not pay for it.
+func (e *Engine) Linker(memory64 bool) (*wasmtime.Linker, error) {
+	k := &e.linkers[0]
+	if memory64 {
+		k = &e.linkers[1]
+	}
+	k.once.Do(func() {
+		k.l, k.err = newLinker(e.wt, memory64)
+		if k.err != nil {
+			k.err = fmt.Errorf("define ic0 for %s canisters: %w", width(memory64), k.err)
+		}
+	})
+	return k.l, k.err
 }
 
 // New creates an engine: Wasm features as the IC enables them, NaN
@@ -66,15 +95,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWasmStack > 0 {
 		c.SetMaxWasmStack(cfg.MaxWasmStack)
 	}
-	e := &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel}
-	var err error
-	if e.linker32, err = newLinker(e.wt, false); err != nil {
-		return nil, fmt.Errorf("define ic0 for 32-bit canisters: %w", err)
-	}
-	if e.linker64, err = newLinker(e.wt, true); err != nil {
-		return nil, fmt.Errorf("define ic0 for 64-bit canisters: %w", err)
-	}
-	return e, nil
+	return &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel}, nil
 }
 
 // funcType returns the Wasm signature of an ic0 import for a memory width.

@@ -106,9 +106,9 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	mt := &meter{store: store, limit: in.Limits.Instructions, off: e.noFuel}
 	r.exec = sysapi.NewExecution(in, r, mt)
 
-	linker := e.linker32
-	if m.Info.Memory64 {
-		linker = e.linker64
+	linker, err := e.Linker(m.Info.Memory64)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
 	}
 	inst, err := linker.Instantiate(store, m.wt)
 	if err != nil {

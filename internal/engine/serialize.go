@@ -214,9 +214,9 @@ func (e *Engine) Warm(m *Module) error {
 			return fmt.Errorf("engine: warm: set fuel: %w", err)
 		}
 	}
-	linker := e.linker32
-	if m.Info.Memory64 {
-		linker = e.linker64
+	linker, err := e.Linker(m.Info.Memory64)
+	if err != nil {
+		return fmt.Errorf("engine: warm: %w", err)
 	}
 	if _, err := linker.Instantiate(store, m.wt); err != nil {
 		return fmt.Errorf("engine: warm: instantiate: %w", err)

@@ -3,6 +3,8 @@ package exec
 import (
 	"context"
 	"os"
+	osexec "os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,9 +14,11 @@ import (
 )
 
 // BenchmarkColdSpawnPhases breaks a cold canister sandbox down into its
-// phases, each reported as ms/op: cgroup creation (host), clone + uid/gid
-// maps + exec of the worker (until os.StartProcess returns), the v1 cgroup
-// attach (0 on cgroup v2: the child is cloned into its cgroup), the child's
+// phases, each reported as ms/op: cgroup creation (host; ~0 with the
+// spawner, which clones while the host makes the cgroup), clone + uid/gid
+// maps + exec of the worker (until the spawner answers), the cgroup's
+// completion and the attach by pid (the child's C constructor meanwhile
+// applies what needs no cgroup), the child's
 // confinement up to its ready packet (C constructor, Go runtime start,
 // seccomp), the host's verification of every thread, the worker's engine
 // start and Ready message, the host's check of the cached artifact against
@@ -154,5 +158,65 @@ func BenchmarkWarmPoolTake(b *testing.B) {
 		x.stopBlank(sb)
 		x.kickFill()
 		b.StartTimer()
+	}
+}
+
+// BenchmarkSandboxBinary times a cold Start + the worker's Ready with the
+// sandbox executing, in turns, the whole cordon binary (what a node runs by
+// default) and cmd/cordon-sandbox (the worker alone, sandbox.binary), both
+// built here with `go build`. Each is reported as ms/op of its own.
+func BenchmarkSandboxBinary(b *testing.B) {
+	// Executed after the sandbox's switch to its own uid: the directory
+	// must be searchable by it (b.TempDir's parent is not).
+	dir, err := os.MkdirTemp("", "cordon-bench-bin")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	bins := []struct{ name, pkg string }{{"cordon", "../../cmd/cordon"}, {"cordon-sandbox", "../../cmd/cordon-sandbox"}}
+	for _, c := range bins {
+		out, err := osexec.Command("go", "build", "-o", filepath.Join(dir, c.name), c.pkg).CombinedOutput()
+		if err != nil {
+			b.Fatalf("go build %s: %v: %s", c.pkg, err, out)
+		}
+		st, err := os.Stat(filepath.Join(dir, c.name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s: %d bytes", c.name, st.Size())
+	}
+	x, err := NewSandboxed(SandboxConfig{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Close()
+	sum := make([]time.Duration, len(bins))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, c := range bins { // in turns: load from elsewhere hits both
+			spec := x.spec("bench", boundary.ModeCanister, 0)
+			spec.Binary = filepath.Join(dir, c.name)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			t0 := time.Now()
+			p, err := sandbox.Start(ctx, spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := boundary.NewConn(p.Conn()).AwaitReady(boundary.ModeCanister, nil); err != nil {
+				b.Fatal(err)
+			}
+			sum[j] += time.Since(t0)
+			cancel()
+			_ = p.Kill()
+			p.Wait()
+			p.Conn().Close()
+		}
+	}
+	b.StopTimer()
+	for j, c := range bins {
+		b.ReportMetric(float64(sum[j].Microseconds())/1000/float64(b.N), c.name+"-ms/op")
 	}
 }

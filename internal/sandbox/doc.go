@@ -15,7 +15,9 @@
 //  2. cgroup: a directory per sandbox (cordon.<hostpid>.<seq>.<label>) under
 //     the host's own cgroup, with memory (and memory+swap), pids and cpu
 //     limits; v1 (one directory per controller) or v2 (cgroup.kill,
-//     memory.oom.group).
+//     memory.oom.group). Made while the spawner clones (step 3), unless
+//     the host clones into it itself (v2, no spawner); a cgroup that
+//     cannot be made or attached after the clone kills and reaps the child.
 //  3. fork/exec with a SOCK_SEQPACKET socketpair and a log pipe:
 //     - env: exactly GOMAXPROCS=<n> and TZ= (never the host's environment);
 //     - fds: 0 and 1 closed, 2 = log pipe, 3 = IPC socket, 4.. = Spec.Files;
@@ -46,8 +48,7 @@
 // runtime has started any thread, so everything per-thread is inherited by
 // every thread created later:
 //
-//  1. pdeathsig again (credential changes clear it), then block until the
-//     go-ahead: by then it is in its cgroup; EOF means the host is gone.
+//  1. pdeathsig again (credential changes clear it).
 //  2. Check it is single-threaded; fds: close_range everything above the
 //     passed files.
 //  3. mountns + pivot_root: make / private, mount a 4 KiB tmpfs (mode 0111),
@@ -55,7 +56,9 @@
 //     beneath it, remount the new root read-only, nosuid, nodev, noexec.
 //     Nothing of the host's filesystem is reachable by path.
 //  4. utsns: hostname and domain name "cordon".
-//  5. cgroupns: unshare(CLONE_NEWCGROUP) now that it is in its cgroup.
+//  5. Block until the go-ahead: by then it is in its cgroup (the host
+//     attaches it while steps 1-4 run); EOF means the host is gone. Then
+//     cgroupns: unshare(CLONE_NEWCGROUP), rooted at its own cgroup.
 //  6. rlimits (only ever lowered): CORE 0, FSIZE = the memory limit (only
 //     memfds are writable, and wasmtime sizes its memory images with them),
 //     NOFILE 64, AS 64 GiB (wasmtime reserves 4 GiB + guards per 32-bit

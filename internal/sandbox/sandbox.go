@@ -193,6 +193,11 @@ func (p *Process) RSS() (uint64, error) {
 	return 0, err
 }
 
+type cgroupResult struct {
+	cg  *cgroup
+	err error
+}
+
 // startOpts are knobs for tests and Doctor.
 type startOpts struct {
 	// learn, if set, runs the filter in learn mode: every syscall is
@@ -200,6 +205,9 @@ type startOpts struct {
 	learn func(name string, n confine.Notification)
 	// unavailable pretends these layers are missing on this host.
 	unavailable []Layer
+	// attach, if set, replaces the cgroup attach of a child that was not
+	// cloned into its cgroup (tests: an attach that fails after the clone).
+	attach func(pid int, cg *cgroup) error
 }
 
 // Start spawns a confined sandbox process and returns once it has applied
@@ -291,16 +299,43 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	cleanup = append(cleanup, func() { logW.Close() })
 	p.logs = newLogReader(logR, s.Stderr)
 
+	// The cgroup is made while the spawner clones the child, which the
+	// host then attaches by pid before its go-ahead; only a host that
+	// clones into it itself (v2 without a spawner, CLONE_INTO_CGROUP)
+	// needs it before the clone. waitCgroup collects it (once).
+	var cgDone chan cgroupResult
 	if plan[LayerCgroup] {
-		p.cg, err = av.cgroups.create(s.Label, cgroupLimits{memory: mem, pids: pids, cpuPercent: s.CPUPercent})
-		if err != nil {
-			p.logs.close()
-			return nil, fmt.Errorf("sandbox: cgroup: %w", err)
+		cgDone = make(chan cgroupResult, 1)
+		lim := cgroupLimits{memory: mem, pids: pids, cpuPercent: s.CPUPercent}
+		go func() {
+			cg, err := av.cgroups.create(s.Label, lim)
+			cgDone <- cgroupResult{cg, err}
+		}()
+	}
+	var cgErr error
+	waitCgroup := func() error {
+		if cgDone == nil {
+			return cgErr
 		}
+		r := <-cgDone
+		cgDone = nil
+		if r.err != nil {
+			cgErr = fmt.Errorf("cgroup: %w", r.err)
+			return cgErr
+		}
+		p.cg = r.cg
 		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)}
+		return nil
+	}
+	if plan[LayerCgroup] && !useSpawner {
+		if err := waitCgroup(); err != nil {
+			p.logs.close()
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
 	}
 	trace("cgroup")
 	fail := func(err error) (*Process, error) {
+		_ = waitCgroup()    // a cgroup still being made is removed below
 		defer p.releaseID() // after the process is reaped below
 		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 			err = fmt.Errorf("%w (%v)", cerr, err)
@@ -410,15 +445,25 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	p.proc = proc
 	trace("spawned")
+	if err := waitCgroup(); err != nil {
+		return fail(err) // kills and reaps the child, which waits for its go-ahead
+	}
 	for _, f := range cleanup {
 		f()
 	}
 	cleanup = nil
 
-	// Before the go-ahead: the child does nothing until then.
+	// Before the go-ahead, which the child awaits before its cgroup
+	// namespace and the Go runtime; its C constructor meanwhile applies
+	// what needs no cgroup (fds, pivot_root, hostname). A failed attach
+	// kills and reaps the child (fail), and removes the cgroup.
 	if p.cg != nil && !inCgroup {
-		if err := p.cg.join(proc.Pid); err != nil {
-			return fail(err)
+		join := func(pid int, cg *cgroup) error { return cg.join(pid) }
+		if o.attach != nil {
+			join = o.attach
+		}
+		if err := join(proc.Pid, p.cg); err != nil {
+			return fail(fmt.Errorf("cgroup attach after clone: %w", err))
 		}
 	}
 	trace("attached")

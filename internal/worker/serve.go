@@ -53,6 +53,16 @@ func Serve(conn *net.UnixConn, args []string) int {
 	if err := c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(mode)}); err != nil {
 		return ExitProtocol
 	}
+	if mode == boundary.ModeCanister {
+		// Most canisters are 32-bit: build that linker while the host
+		// checks the artifact and sends the load (or while the sandbox
+		// waits in the warm pool). load waits for it before W^X.
+		w.prelink = make(chan struct{})
+		go func() {
+			defer close(w.prelink)
+			_, _ = e.Linker(false)
+		}()
+	}
 	return w.loop()
 }
 
@@ -73,6 +83,9 @@ type worker struct {
 	warned atomic.Bool
 	// trim gives memory back between requests (nil: never; see trimIdle).
 	trim *trimmer
+	// prelink, if set, closes when the speculative 32-bit linker build
+	// that Serve started after Ready has ended.
+	prelink chan struct{}
 
 	// Executions run concurrently (the host may have several queries of
 	// the canister in flight), each on its own store over its own private
@@ -300,6 +313,14 @@ func (w *worker) load(q *boundary.Request, warm bool) error {
 	}
 	if m.Info.Hash != q.Hash {
 		return w.c.SendError(q.ID, boundary.ErrArtifact, "artifact is for module %x, not %x", m.Info.Hash[:8], q.Hash[:8])
+	}
+	// The ic0 linker of the module's width, built now (the engine builds
+	// it on first use): before W^X below, and not on the first message.
+	if _, err := w.e.Linker(m.Info.Memory64); err != nil {
+		return w.c.SendError(q.ID, boundary.ErrInternal, "%v", err)
+	}
+	if w.prelink != nil {
+		<-w.prelink // no engine work may be under way when W^X applies
 	}
 	w.mod = m
 	// W^X from here on: wasmtime published the module's code (mapped

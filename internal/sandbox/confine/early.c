@@ -7,10 +7,10 @@
 // Landlock domain, rlimits) is inherited by every thread created later. It
 // does nothing unless argv[1] is the sandbox marker.
 //
-// Order (see doc.go): wait for the host's go-ahead (the host has put the
-// process into its cgroup), fds, pdeathsig, mount namespace and pivot_root,
-// hostname, cgroup namespace, rlimits, dumpable, capabilities, no_new_privs,
-// Landlock. seccomp is installed later, from Go, by confine.Enter (with TSYNC).
+// Order (see doc.go): pdeathsig, fds, mount namespace and pivot_root,
+// hostname (these overlap the host's cgroup attach), then the host's
+// go-ahead (the process is in its cgroup), cgroup namespace, rlimits,
+// dumpable, capabilities, no_new_privs, Landlock. seccomp is installed later, from Go, by confine.Enter (with TSYNC).
 //
 // On any failure the process writes one line to fd 2 and exits with
 // CORDON_EXIT_SETUP; the host reports that line.
@@ -205,18 +205,6 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("pdeathsig", errno);
 		cordon_applied |= CORDON_L_PDEATHSIG;
 	}
-	// Wait for the host's go-ahead on the IPC socket: by then the host has
-	// put this process into its cgroup. EOF means the host is gone (this is
-	// also the race check for the parent-death signal set just above).
-	{
-		char b = 0;
-		ssize_t n;
-		do n = recv(3, &b, 1, 0);
-		while (n < 0 && errno == EINTR);
-		if (n < 0) die("wait for host", errno);
-		if (n != 1 || b != CORDON_GO_BYTE) _exit(CORDON_EXIT_SETUP);
-	}
-
 	int threads = count_threads();
 	if (threads != 1) die("more than one thread before confinement", threads < 0 ? EIO : EBUSY);
 
@@ -262,6 +250,22 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		if (sethostname("cordon", 6) != 0) die("sethostname", errno);
 		if (setdomainname("cordon", 6) != 0) die("setdomainname", errno);
 		cordon_applied |= CORDON_L_UTS;
+	}
+	// Wait for the host's go-ahead on the IPC socket: by then the host has
+	// put this process into its cgroup, which it does while the steps above
+	// run (they need no cgroup: what they allocate is a few kernel objects,
+	// charged to the spawner's cgroup, and nothing untrusted has run). The
+	// cgroup namespace below must be rooted at the sandbox's cgroup, and
+	// the Go runtime starts threads only once it is (pids limit). EOF means
+	// the host is gone (also the race check for the parent-death signal set
+	// above).
+	{
+		char b = 0;
+		ssize_t n;
+		do n = recv(3, &b, 1, 0);
+		while (n < 0 && errno == EINTR);
+		if (n < 0) die("wait for host", errno);
+		if (n != 1 || b != CORDON_GO_BYTE) _exit(CORDON_EXIT_SETUP);
 	}
 	if (layers & CORDON_L_CGROUPNS) {
 		// Unshared here, after the host moved us into our cgroup, so the
