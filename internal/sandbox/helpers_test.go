@@ -9,9 +9,12 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/attack"
 )
 
 // The test binary also runs as a host of its own ("helper"), for what needs
@@ -26,6 +29,10 @@ func helperMain(mode string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	switch mode {
+	case "int80":
+		// Unconfined: does this kernel have the i386 entry at all?
+		fmt.Printf("INT80 %d\n", attack.Int80(20))
+		return 0
 	case "pdeathsig":
 		spec, why := rootlessSpec(Spec{Label: "orphan", Args: []string{"hang"}, Strict: true})
 		if why != "" {
@@ -227,3 +234,17 @@ func TestRootless(t *testing.T) {
 		t.Fatalf("rootless helper: %v", err)
 	}
 }
+
+// kernelHasI386Entry reports whether this kernel takes i386 system calls
+// (int $0x80) at all: a kernel built without IA32 emulation, or booted with
+// ia32_emulation=0, answers the instruction with SIGSEGV before any
+// seccomp filter sees a system call. Probed once, unconfined.
+var kernelHasI386Entry = sync.OnceValues(func() (bool, string) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=int80")
+	out, err := cmd.CombinedOutput()
+	if err == nil && strings.HasPrefix(string(out), "INT80 ") {
+		return true, ""
+	}
+	return false, fmt.Sprintf("int $0x80 outside any sandbox: %v: %.200s", err, out)
+})
