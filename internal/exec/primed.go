@@ -155,48 +155,15 @@ func (x *Sandboxed) kickPrime() {
 }
 
 // primer keeps a primed sandbox for each wanted module while there is
-// room, one start at a time, backing off after a failed start as the
-// filler does.
+// room.
 func (x *Sandboxed) primer() {
-	defer x.reaper.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-x.stop
-		cancel()
-	}()
-	backoff := time.Duration(0)
-	for {
-		if backoff > 0 {
-			select {
-			case <-x.stop:
-				return
-			case <-time.After(backoff):
-			}
-		} else {
-			select {
-			case <-x.stop:
-				return
-			case <-x.reprime:
-			}
+	x.keepStarting(x.reprime, "primed sandbox not started", func(ctx context.Context) (bool, error) {
+		t := x.primeWanted()
+		if t == nil {
+			return false, nil
 		}
-		for {
-			t := x.primeWanted()
-			if t == nil {
-				break
-			}
-			err := x.addPrimed(ctx, t)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
-				x.cfg.Logger.Warn("primed sandbox not started", "err", err, "retry_in", backoff)
-				break
-			}
-			backoff = 0
-		}
-	}
+		return true, x.addPrimed(ctx, t)
+	})
 }
 
 // primeWanted returns the most recently wanted module that has no primed

@@ -71,11 +71,22 @@ func (x *Sandboxed) kickFill() {
 	}
 }
 
-// filler keeps the pool at WarmPool blank sandboxes while there is room,
-// one start at a time; after a failed start it waits (doubling up to 30 s)
-// before trying again, so a host that cannot start sandboxes is not
-// hammered.
+// filler keeps the pool at WarmPool blank sandboxes while there is room.
 func (x *Sandboxed) filler() {
+	x.keepStarting(x.refill, "warm pool: blank sandbox not started", func(ctx context.Context) (bool, error) {
+		if !x.blankWanted() {
+			return false, nil
+		}
+		return true, x.addBlank(ctx)
+	})
+}
+
+// keepStarting runs a loop that starts sandboxes ahead of need (the warm
+// pool's filler, the primer): woken by wake, it calls start until start has
+// nothing left to start, one start at a time. After a failed start it
+// waits (doubling from 100 ms up to 30 s) before trying again, so a host
+// that cannot start sandboxes is not hammered.
+func (x *Sandboxed) keepStarting(wake <-chan struct{}, failed string, start func(context.Context) (started bool, err error)) {
 	defer x.reaper.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -95,16 +106,20 @@ func (x *Sandboxed) filler() {
 			select {
 			case <-x.stop:
 				return
-			case <-x.refill:
+			case <-wake:
 			}
 		}
-		for x.blankWanted() {
-			if err := x.addBlank(ctx); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
+		for {
+			started, err := start(ctx)
+			if !started {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
 				backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
-				x.cfg.Logger.Warn("warm pool: blank sandbox not started", "err", err, "retry_in", backoff)
+				x.cfg.Logger.Warn(failed, "err", err, "retry_in", backoff)
 				break
 			}
 			backoff = 0
