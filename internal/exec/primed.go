@@ -26,7 +26,10 @@ import (
 // MaxSandboxes and MaxTotalRSS and gives way first when room is needed,
 // and is stopped when no evicted canister wants its module any more (the
 // canister came back on another sandbox, was deleted, or newer evictions
-// pushed the module out of the PreloadPool most recent ones). A primed
+// pushed the module out of the PreloadPool most recent ones) or when it has
+// waited IdleTimeout unused, as an idle canister sandbox would be: its
+// module is then no longer primed until one of its canisters is evicted
+// again, so an unused module does not hold a sandbox forever. A primed
 // sandbox that fails its load (crash, hang, a wrong answer) is killed and
 // counted, and another is started, at most maxPrimeFailures times per
 // module; a load the sandbox reports it could not do (a refused artifact)
@@ -329,6 +332,32 @@ func (x *Sandboxed) takePrimed(canisterID string, h [32]byte) *blankSandbox {
 		b.owner.Store(&id)
 		x.count(func(s *SandboxStats) { s.PrimedTakes++ })
 		return b
+	}
+}
+
+// reapPrimed stops the primed sandboxes that have waited longer than
+// IdleTimeout and forgets their modules (a reaper tick, as reapIdle).
+func (x *Sandboxed) reapPrimed() {
+	if x.cfg.PreloadPool <= 0 {
+		return
+	}
+	x.mu.Lock()
+	var drop []*blankSandbox
+	for i := 0; i < len(x.primed); i++ {
+		b := x.primed[i]
+		if time.Since(b.started) <= x.cfg.IdleTimeout {
+			continue
+		}
+		if t := x.targetLocked(b.module); t != nil {
+			drop = append(drop, x.dropTargetLocked(t)...)
+			i = -1 // dropTargetLocked rewrote x.primed
+		}
+	}
+	x.mu.Unlock()
+	x.stopPrimed(drop, "idle")
+	for range drop {
+		x.count(func(s *SandboxStats) { s.Evicted++ })
+		x.cfg.Metrics.SandboxEvicted("idle")
 	}
 }
 

@@ -268,3 +268,34 @@ func TestPrimedLoadFailure(t *testing.T) {
 		t.Fatalf("stats %+v: want the module compiled again by a's own load", st)
 	}
 }
+
+// A primed sandbox that waits IdleTimeout unused is stopped as an idle
+// canister sandbox is, and its module is not primed again until one of its
+// canisters is evicted again; the canister itself is unaffected.
+func TestPrimedSandboxIdleTimeout(t *testing.T) {
+	x, m := newPooled(t, SandboxConfig{PreloadPool: 1, IdleTimeout: time.Second})
+	s := newSim(t, x, "a", wasmFile(t, corpusDir, "counter"))
+	s.must(sysapi.CtxInit, "canister_init", empty)
+	if out := s.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("inc: %x", out.Reply)
+	}
+	// a's own sandbox goes idle and is evicted; its module is primed.
+	p := waitPrimed(t, x, 1)[0]
+	if sandboxPid(x, "a") != 0 {
+		t.Fatal("a still has its own sandbox beside a primed one")
+	}
+	waitGone(t, p)
+	x.mu.Lock()
+	want, primed, priming := len(x.primeWant), len(x.primed), x.priming
+	x.mu.Unlock()
+	if want != 0 || primed != 0 || priming != 0 {
+		t.Fatalf("after the idle primed sandbox: %d wanted modules, %d primed, %d priming; want none", want, primed, priming)
+	}
+	if out := s.must(sysapi.CtxNonReplicatedQuery, "canister_query get", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("get after the primed sandbox was reaped: %x (state lost?)", out.Reply)
+	}
+	st := x.Stats()
+	if st.PrimedTakes != 0 || st.PrimeFailures != 0 || len(st.Faults) != 0 || m.get("spawned primed") != 1 {
+		t.Fatalf("stats %+v, metrics %v: want one primed spawn, never taken, no fault", st, m.n)
+	}
+}

@@ -1098,7 +1098,8 @@ func (x *Sandboxed) evictColdest(self *canisterSandbox, reason string) bool {
 	return false
 }
 
-// reapIdle stops the sandboxes idle for longer than IdleTimeout.
+// reapIdle stops the sandboxes idle for longer than IdleTimeout, primed
+// ones included.
 func (x *Sandboxed) reapIdle() {
 	for _, sb := range x.idleSandboxes(func(sb *canisterSandbox) bool { return time.Since(sb.lastUsed) > x.cfg.IdleTimeout }) {
 		if sb.mu.TryLock() {
@@ -1112,6 +1113,7 @@ func (x *Sandboxed) reapIdle() {
 			x.notePrime(sb.id, loaded)
 		}
 	}
+	x.reapPrimed()
 }
 
 // every calls f every d until the executor closes (a reaper goroutine).
