@@ -336,7 +336,7 @@ func findWorker() (Executable, *sealedFile) {
 		return fallback(why)
 	}
 	if check == buildUnverified {
-		slog.Info("sandbox executable: the worker-only binary next to cordon, unverified build", "path", path, "why", why)
+		slog.Debug("sandbox executable: the worker-only binary next to cordon, unverified build", "path", path, "why", why)
 	}
 	return Executable{Path: path, Worker: true, Sealed: true, Build: why}, s
 }
