@@ -76,6 +76,7 @@ func TestCompareBuilds(t *testing.T) {
 		{"other module", host(), func() *debug.BuildInfo { b := side(); b.Main.Path = "example.com/cordon"; return b }(), buildDifferent},
 		{"no side info", host(), nil, buildDifferent},
 		{"no host info", nil, side(), buildUnverified},
+		{"host without dependencies (a test binary)", bi("github.com/cordon-dev/cordon/internal/exec.test", nil), side(), buildUnverified},
 	}
 	for _, c := range cases {
 		got, why := compareBuilds(c.host, c.side)
