@@ -1,10 +1,11 @@
 // Command cordon-sandbox is the sandbox side of cordon alone: the confined
 // worker (internal/worker) without the host, its CLI, HTTP server, metrics
-// and their packages' initialisation. A node runs it instead of re-executing
-// cordon when sandbox.binary (or $CORDON_SANDBOX_BINARY) names it; it must
-// come from the same source as the cordon that runs it. It starts a little
-// faster than cordon (BENCHMARKS.md, "cold sandbox spawn"); by default cordon
-// re-executes itself, which needs no second file.
+// and their packages' initialisation, so it starts faster than cordon
+// (BENCHMARKS.md, "cold sandbox spawn"). Built next to cordon (`go build -o
+// bin/ ./cmd/...`), it is what cordon's sandboxes execute, as a sealed
+// in-memory copy, once cordon has checked that it is of its own build
+// (internal/sandbox/worker.go); sandbox.binary names it elsewhere. Without
+// it, cordon re-executes itself.
 //
 // Run by anything else than a cordon sandbox, it refuses.
 package main

@@ -57,30 +57,25 @@ type kindInfo struct {
 	multi bool // may span several packets
 }
 
-var kinds = func() [256]kindInfo {
-	var t [256]kindInfo
-	for k, v := range map[Kind]kindInfo{
-		KindCompile:  {name: "compile", multi: true},
-		KindLoad:     {name: "load"},
-		KindExecute:  {name: "execute", multi: true},
-		KindPing:     {name: "ping"},
-		KindShutdown: {name: "shutdown"},
-		KindWarm:     {name: "warm"},
-		KindPages:    {name: "pages"},
-		KindCont:     {name: "continuation"},
-		KindReady:    {name: "ready"},
-		KindCompiled: {name: "compiled", multi: true},
-		KindLoaded:   {name: "loaded"},
-		KindOutput:   {name: "output", multi: true},
-		KindLog:      {name: "log"},
-		KindError:    {name: "error"},
-		KindPong:     {name: "pong"},
-	} {
-		v.known = true
-		t[k] = v
-	}
-	return t
-}()
+// kinds is static data (an array literal of constants), not built at
+// init: every sandbox would pay that before its first instruction.
+var kinds = [256]kindInfo{
+	KindCompile:  {name: "compile", known: true, multi: true},
+	KindLoad:     {name: "load", known: true},
+	KindExecute:  {name: "execute", known: true, multi: true},
+	KindPing:     {name: "ping", known: true},
+	KindShutdown: {name: "shutdown", known: true},
+	KindWarm:     {name: "warm", known: true},
+	KindPages:    {name: "pages", known: true},
+	KindCont:     {name: "continuation", known: true},
+	KindReady:    {name: "ready", known: true},
+	KindCompiled: {name: "compiled", known: true, multi: true},
+	KindLoaded:   {name: "loaded", known: true},
+	KindOutput:   {name: "output", known: true, multi: true},
+	KindLog:      {name: "log", known: true},
+	KindError:    {name: "error", known: true},
+	KindPong:     {name: "pong", known: true},
+}
 
 // String names the kind.
 func (k Kind) String() string {

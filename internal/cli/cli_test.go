@@ -190,3 +190,36 @@ func TestDoctorCommand(t *testing.T) {
 		t.Fatalf("doctor says dirty tracking available=%v, probe says %v", rep.DirtyTracking.Available, err)
 	}
 }
+
+// doctor says which executable sandboxes run, and refuses a configured one
+// that is not cordon's worker of this build (serve would not start).
+func TestDoctorSandboxExecutable(t *testing.T) {
+	home := t.TempDir()
+	out := must(t, cordon(t, home, "doctor"))
+	// This test binary has no cordon-sandbox next to it: cordon itself.
+	if !strings.Contains(out, "sandbox executable: cordon itself") {
+		t.Fatalf("doctor output:\n%s", out)
+	}
+	var rep struct {
+		Executable struct {
+			Path   string `json:"path"`
+			Worker bool   `json:"worker"`
+			Note   string `json:"note"`
+			Error  string `json:"error"`
+		} `json:"sandbox_executable"`
+	}
+	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "doctor", "--output", "json"))), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Executable.Worker || rep.Executable.Path != "" || rep.Executable.Error != "" || rep.Executable.Note == "" {
+		t.Fatalf("doctor json: %+v", rep.Executable)
+	}
+	script := filepath.Join(t.TempDir(), "cordon-sandbox")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := cordon(t, home, "doctor", "--sandbox-binary", script)
+	if r.code == 0 || !strings.Contains(r.stdout, "sandbox executable: REFUSED") || !strings.Contains(r.stderr, "not from this build") {
+		t.Fatalf("doctor with a foreign sandbox.binary: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -23,7 +23,11 @@ signal, user/pid/net/mount/ipc/uts/cgroup namespaces, pivot_root into an empty
 root, a cgroup with memory/pids/cpu limits, rlimits, dropped capabilities,
 no_new_privs, Landlock and the seccomp allowlist. It also says whether the
 kernel can report the pages a message wrote (PAGEMAP_SCAN, Linux 6.7), which
-keeps a message's cost independent of the heap size.
+keeps a message's cost independent of the heap size, and which executable
+sandboxes run: sandbox.binary if set (it must be cmd/cordon-sandbox of this
+build, else 'cordon serve' refuses to start and doctor fails), else a
+cordon-sandbox next to this executable if it is of the same build, else cordon
+itself.
 
 With --strict it exits with an error if any layer is missing, except those
 named in --insecure-allow-missing (as 'cordon serve' would refuse to start
@@ -44,18 +48,41 @@ sandboxes).`,
 			if err := engine.ProbeWrittenPages(); err != nil {
 				tracking, trackingOK = fmt.Sprintf("unavailable (%v): every execution compares the whole heap", err), false
 			}
+			// What sandboxes execute (sandbox.binary, else the default).
+			var exe sandbox.Executable
+			var exeErr error
+			if cfg, err := g.config(); err != nil {
+				exeErr = err
+			} else if cfg.Host.Sandbox.Binary != "" {
+				exe, exeErr = sandbox.CheckExecutable(cfg.Host.Sandbox.Binary)
+			} else {
+				exe = sandbox.DefaultExecutable()
+			}
 			if output == "json" {
 				type layer struct {
 					Layer     string `json:"layer"`
 					Available bool   `json:"available"`
 					Detail    string `json:"detail,omitempty"`
 				}
+				type executable struct {
+					Path   string `json:"path,omitempty"` // "" = cordon itself
+					Worker bool   `json:"worker"`
+					Sealed bool   `json:"sealed"`
+					Build  string `json:"build,omitempty"`
+					Note   string `json:"note,omitempty"`
+					Error  string `json:"error,omitempty"`
+				}
 				out := struct {
-					Kernel        string  `json:"kernel"`
-					Rootless      bool    `json:"rootless"`
-					Layers        []layer `json:"layers"`
-					DirtyTracking layer   `json:"dirty_page_tracking"`
-				}{Kernel: r.Kernel, Rootless: r.Rootless, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking}}
+					Kernel        string     `json:"kernel"`
+					Rootless      bool       `json:"rootless"`
+					Layers        []layer    `json:"layers"`
+					DirtyTracking layer      `json:"dirty_page_tracking"`
+					Executable    executable `json:"sandbox_executable"`
+				}{Kernel: r.Kernel, Rootless: r.Rootless, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking},
+					Executable: executable{exe.Path, exe.Worker, exe.Sealed, exe.Build, exe.Note, ""}}
+				if exeErr != nil {
+					out.Executable.Error = exeErr.Error()
+				}
 				for _, l := range r.Layers {
 					out.Layers = append(out.Layers, layer{string(l.Layer), l.Available, l.Detail})
 				}
@@ -86,8 +113,16 @@ sandboxes).`,
 					return err
 				}
 				fmt.Fprintf(g.stdout, "dirty page tracking: %s\n", tracking)
+				if exeErr != nil {
+					fmt.Fprintf(g.stdout, "sandbox executable: REFUSED: %v\n", exeErr)
+				} else {
+					fmt.Fprintf(g.stdout, "sandbox executable: %s\n", exe)
+				}
 			} else {
 				return usageError{fmt.Errorf("--output %q: want text or json", output)}
+			}
+			if exeErr != nil {
+				return fmt.Errorf("sandbox executable: %w", exeErr)
 			}
 			if strict {
 				var missing []string

@@ -203,7 +203,7 @@ var Settings = []*Setting{
 		}},
 	boolean("sandbox.allow_inprocess", "", "let a strict node take in-process canisters (install --canister-isolation inprocess); they run unconfined in the host process",
 		func(c *Config) *bool { return &c.Host.Sandbox.AllowInProcess }),
-	str("sandbox.binary", "sandbox-binary", "sandbox executable (default: this binary, or $CORDON_SANDBOX_BINARY)",
+	str("sandbox.binary", "sandbox-binary", "sandbox executable: cmd/cordon-sandbox of this build (default: cordon-sandbox next to this binary if of the same build, else this binary)",
 		func(c *Config) *string { return &c.Host.Sandbox.Binary }, nil),
 	size("sandbox.memory_bytes", "", "cgroup memory limit per canister sandbox (0: the sandbox default)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBytes }),

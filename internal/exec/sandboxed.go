@@ -56,7 +56,10 @@ type SandboxConfig struct {
 	// Dir is the artifact cache (compiled modules, keyed by module hash).
 	Dir          string
 	ModuleLimits engine.ModuleLimits
-	// Binary is the sandbox executable; "" runs this binary again.
+	// Binary is the sandbox executable (sandbox.binary): the worker-only
+	// binary of this build, checked by NewSandboxed (sandbox.CheckExecutable).
+	// "" runs sandbox.DefaultExecutable: cordon-sandbox next to this binary
+	// if it is of the same build, else this binary.
 	Binary       string
 	Strict       bool
 	AllowMissing []sandbox.Layer
@@ -423,6 +426,18 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
+	}
+	// What sandboxes execute, decided (and sealed) now: a configured
+	// executable of another build stops the node here, not at its first
+	// canister.
+	if cfg.Binary != "" {
+		e, err := sandbox.CheckExecutable(cfg.Binary)
+		if err != nil {
+			return nil, fmt.Errorf("exec: sandbox.binary: %w", err)
+		}
+		cfg.Logger.Info("sandbox executable", "executable", e.String())
+	} else {
+		cfg.Logger.Info("sandbox executable", "executable", sandbox.DefaultExecutable().String())
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),

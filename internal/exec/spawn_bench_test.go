@@ -5,6 +5,8 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -162,9 +164,11 @@ func BenchmarkWarmPoolTake(b *testing.B) {
 }
 
 // BenchmarkSandboxBinary times a cold Start + the worker's Ready with the
-// sandbox executing, in turns, the whole cordon binary (what a node runs by
-// default) and cmd/cordon-sandbox (the worker alone, sandbox.binary), both
-// built here with `go build`. Each is reported as ms/op of its own.
+// sandbox executing, in turns, the whole cordon binary (what a node runs
+// without a worker-only binary next to it) and cmd/cordon-sandbox (the
+// worker alone: the default next to cordon, or sandbox.binary), both built
+// here with `go build` and run as sealed copies. Each is reported as ms/op
+// of its own, with its phases (as BenchmarkColdSpawnPhases names them).
 func BenchmarkSandboxBinary(b *testing.B) {
 	// Executed after the sandbox's switch to its own uid: the directory
 	// must be searchable by it (b.TempDir's parent is not).
@@ -193,12 +197,30 @@ func BenchmarkSandboxBinary(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer x.Close()
+	for _, c := range bins { // sealed once, outside the timing, as a node does at start
+		e, err := sandbox.CheckExecutable(filepath.Join(dir, c.name))
+		b.Logf("%s: %v %v", c.name, e, err) // cordon itself is not a worker-only binary
+		spec := x.spec("bench", boundary.ModeCanister, 0)
+		spec.Binary = filepath.Join(dir, c.name)
+		p, err := sandbox.Start(context.Background(), spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = p.Kill()
+		p.Wait()
+		p.Conn().Close()
+	}
+	phases := []string{"spawned", "attached", "ready", "verified", "worker-ready"}
 	sum := make([]time.Duration, len(bins))
+	phaseSum := make([][]time.Duration, len(bins))
+	faults := make([]uint64, len(bins))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for j, c := range bins { // in turns: load from elsewhere hits both
 			spec := x.spec("bench", boundary.ModeCanister, 0)
 			spec.Binary = filepath.Join(dir, c.name)
+			at := map[string]time.Time{}
+			spec.Trace = func(phase string) { at[phase] = time.Now() }
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			t0 := time.Now()
 			p, err := sandbox.Start(ctx, spec)
@@ -208,7 +230,17 @@ func BenchmarkSandboxBinary(b *testing.B) {
 			if err := boundary.NewConn(p.Conn()).AwaitReady(boundary.ModeCanister, nil); err != nil {
 				b.Fatal(err)
 			}
+			at["worker-ready"] = time.Now()
 			sum[j] += time.Since(t0)
+			faults[j] += minorFaults(b, p.Pid())
+			if phaseSum[j] == nil {
+				phaseSum[j] = make([]time.Duration, len(phases))
+			}
+			prev := at["cgroup"]
+			for k, ph := range phases {
+				phaseSum[j][k] += at[ph].Sub(prev)
+				prev = at[ph]
+			}
 			cancel()
 			_ = p.Kill()
 			p.Wait()
@@ -218,5 +250,26 @@ func BenchmarkSandboxBinary(b *testing.B) {
 	b.StopTimer()
 	for j, c := range bins {
 		b.ReportMetric(float64(sum[j].Microseconds())/1000/float64(b.N), c.name+"-ms/op")
+		for k, ph := range phases {
+			b.ReportMetric(float64(phaseSum[j][k].Microseconds())/1000/float64(b.N), c.name+"-"+ph+"-ms/op")
+		}
+		b.ReportMetric(float64(faults[j])/float64(b.N), c.name+"-minflt/op")
 	}
+}
+
+// minorFaults is a process's minor page faults so far (/proc/PID/stat
+// field 10): at Ready, what the exec, the runtime's start and the package
+// initialisation touched.
+func minorFaults(b *testing.B, pid int) uint64 {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := string(st)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // f[0] is field 3
+	n, err := strconv.ParseUint(f[7], 10, 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
 }

@@ -38,7 +38,7 @@ const (
 // Spec describes a sandbox to start.
 type Spec struct {
 	Label        string            // canister id or "compiler": used in cgroup names and logs
-	Binary       string            // "" = a sealed memfd copy of /proc/self/exe (exe.go)
+	Binary       string            // "" = DefaultExecutable; else this file (absolute), sealed once (exe.go)
 	Args         []string          // extra arguments for the child's worker (after the marker)
 	Files        []*os.File        // passed to the child as fd 4, 5, ... (fd 3 is the IPC socket)
 	MemoryBytes  uint64            // cgroup memory limit (0 = DefaultMemoryBytes)
@@ -244,6 +244,10 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	exe, err := resolveExe(s.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", s.Label, err)
+	}
 	mem, pids := s.MemoryBytes, s.Pids
 	if mem == 0 {
 		mem = DefaultMemoryBytes
@@ -430,16 +434,12 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	files := []*os.File{nil, nil, logW, childSock}
 	files = append(files, s.Files...)
-	binary := s.Binary
-	if binary == "" {
-		binary = sandboxExe()
-	}
 	argv := append([]string{"cordon-sandbox", confine.Marker, cfg.Arg()}, s.Args...)
 	spawnDeadline, has := ctx.Deadline()
 	if !has {
 		spawnDeadline = time.Now().Add(startTimeout)
 	}
-	proc, inCgroup, err := spawnSandbox(binary, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
+	proc, inCgroup, err := spawnSandbox(exe, argv, &os.ProcAttr{Dir: "/", Env: env, Files: files, Sys: attr}, spawnDeadline)
 	if err != nil {
 		return fail(fmt.Errorf("spawn: %w", err))
 	}

@@ -61,6 +61,7 @@ const (
 // them.
 type spawnRequest struct {
 	Self        bool      `json:"self,omitempty"`   // execute the spawner's sealed copy
+	Sealed      bool      `json:"sealed,omitempty"` // else the last descriptor sent, a sealed executable
 	Binary      string    `json:"binary,omitempty"` // else this absolute path
 	Argv        []string  `json:"argv"`
 	Env         []string  `json:"env"`
@@ -163,7 +164,28 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 		return 0, errors.New("not a sandbox command line")
 	}
 	bin := self
-	if !r.Self {
+	switch {
+	case r.Self && r.Sealed:
+		return 0, errors.New("two executables")
+	case r.Sealed:
+		if len(rights) == 0 {
+			return 0, errors.New("no executable sent")
+		}
+		exe := rights[len(rights)-1]
+		rights = rights[:len(rights)-1]
+		// Only a sealed memory file: what the host checked is what runs.
+		if seals, err := unix.FcntlInt(uintptr(exe), unix.F_GET_SEALS, 0); err != nil || seals&execSeals != execSeals {
+			return 0, errors.New("the executable sent is not a sealed memory file")
+		}
+		// Above the child's descriptors, which its dup2s would overwrite
+		// before exec resolves the path.
+		high, err := unix.FcntlInt(uintptr(exe), unix.F_DUPFD_CLOEXEC, exeFDMin)
+		if err != nil {
+			return 0, fmt.Errorf("move the executable up: %w", err)
+		}
+		defer unix.Close(high)
+		bin = fdPath(high)
+	case !r.Self:
 		if len(r.Binary) == 0 || r.Binary[0] != '/' {
 			return 0, errors.New("binary is not an absolute path")
 		}
@@ -285,7 +307,7 @@ func (c *spawnerClient) ensure() error {
 		return fmt.Errorf("spawner socket: %w", err)
 	}
 	conn := fc.(*net.UnixConn)
-	bin := sandboxExe()
+	bin := selfExe()
 	files := []*os.File{nil, nil, os.Stderr, childF}
 	if bin != "/proc/self/exe" {
 		// The spawner keeps the host's sealed copy to execute sandboxes
@@ -329,9 +351,9 @@ var errSpawnerGone = errors.New("spawner gone")
 // cgroup: the spawner cannot (clone3 refuses CLONE_PARENT with an exit
 // signal, which Go always sets), so the host attaches it by pid, as on v1,
 // before its go-ahead.
-func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.Time) (p *os.Process, inCgroup bool, err error) {
+func spawnSandbox(exe runExe, argv []string, pa *os.ProcAttr, deadline time.Time) (p *os.Process, inCgroup bool, err error) {
 	if !useSpawner {
-		p, err = spawn(binary, argv, pa)
+		p, err = spawn(exe.path, argv, pa)
 		return p, pa.Sys.UseCgroupFD, err
 	}
 	c := &theSpawner
@@ -343,11 +365,11 @@ func spawnSandbox(binary string, argv []string, pa *os.ProcAttr, deadline time.T
 				slog.Error("no sandbox spawner: sandboxes are cloned from the host, at a cost that grows with its memory", "err", err)
 			}
 			c.err = err
-			p, err = spawn(binary, argv, pa)
+			p, err = spawn(exe.path, argv, pa)
 			return p, pa.Sys.UseCgroupFD, err
 		}
 		c.err = nil
-		p, err := c.request(binary, argv, pa, deadline)
+		p, err := c.request(exe, argv, pa, deadline)
 		if errors.Is(err, errSpawnerGone) && attempt == 0 {
 			slog.Warn("sandbox spawner gone; restarting it", "pid", c.proc.Pid, "err", err)
 			c.drop()
@@ -374,16 +396,16 @@ type spawnRefused struct{ msg string }
 
 func (e *spawnRefused) Error() string { return "spawner: " + e.msg }
 
-func (c *spawnerClient) request(binary string, argv []string, pa *os.ProcAttr, deadline time.Time) (*os.Process, error) {
+func (c *spawnerClient) request(exe runExe, argv []string, pa *os.ProcAttr, deadline time.Time) (*os.Process, error) {
 	sys := pa.Sys
 	r := spawnRequest{
-		Self: binary == sandboxExe(), Argv: argv, Env: pa.Env,
+		Self: exe.self, Sealed: !exe.self && exe.fd >= 0, Argv: argv, Env: pa.Env,
 		Setsid: sys.Setsid, Pdeathsig: sys.Pdeathsig != 0, Cloneflags: sys.Cloneflags,
 		Credential: sys.Credential != nil, Setgroups: sys.GidMappingsEnableSetgroups,
 		AmbientCaps: sys.AmbientCaps,
 	}
-	if !r.Self {
-		r.Binary = binary
+	if !r.Self && !r.Sealed {
+		r.Binary = exe.path
 	}
 	if len(sys.UidMappings) == 1 && len(sys.GidMappings) == 1 {
 		r.UID, r.GID = sys.UidMappings[0].HostID, sys.GidMappings[0].HostID
@@ -396,6 +418,9 @@ func (c *spawnerClient) request(binary string, argv []string, pa *os.ProcAttr, d
 		}
 		r.Files = append(r.Files, len(rights))
 		rights = append(rights, int(f.Fd()))
+	}
+	if r.Sealed {
+		rights = append(rights, exe.fd) // last: the executable
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

@@ -201,6 +201,12 @@ func TestSpawnerRefusesBadRequests(t *testing.T) {
 		"missing descriptor":    {req: good},
 		"extra descriptor":      {req: good, rights: []int{int(devnull.Fd()), int(devnull.Fd())}},
 		"out of range file":     {req: mod(good, func(r *spawnRequest) { r.Files = []int{5} }), rights: []int{int(devnull.Fd())}},
+		// A sealed executable travels as the last descriptor: it must be
+		// there, alone, and a memory file with every seal.
+		"sealed and self":          {req: mod(good, func(r *spawnRequest) { r.Sealed = true }), rights: []int{int(devnull.Fd()), sealedExeFD(t)}},
+		"sealed, no executable":    {req: mod(good, func(r *spawnRequest) { r.Self, r.Sealed = false, true }), rights: []int{int(devnull.Fd())}},
+		"sealed, a plain file":     {req: mod(good, func(r *spawnRequest) { r.Self, r.Sealed = false, true }), rights: []int{int(devnull.Fd()), int(devnull.Fd())}},
+		"sealed, an unsealed copy": {req: mod(good, func(r *spawnRequest) { r.Self, r.Sealed = false, true }), rights: []int{int(devnull.Fd()), unsealedMemfd(t)}},
 	}
 	for name, c := range cases {
 		b, err := json.Marshal(c.req)
@@ -368,7 +374,7 @@ func TestSpawnerCgroupV2Attach(t *testing.T) {
 	attr := &os.ProcAttr{Dir: "/", Env: []string{}, Files: []*os.File{nil, nil, devnull, child},
 		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: cgfd}}
 	_, _, before := spawnerNow(t)
-	p, inCgroup, err := spawnSandbox(sandboxExe(), argv, attr, time.Now().Add(20*time.Second))
+	p, inCgroup, err := spawnSandbox(runExe{path: selfExe(), fd: -1, self: true}, argv, attr, time.Now().Add(20*time.Second))
 	child.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -451,4 +457,34 @@ func TestSpawnerConcurrentStarts(t *testing.T) {
 	if served != before+n {
 		t.Fatalf("spawner served %d, want %d", served-before, n)
 	}
+}
+
+// sealedExeFD is the host's sealed copy of its own executable.
+func sealedExeFD(t *testing.T) int {
+	t.Helper()
+	p := selfExe()
+	fd, err := strconv.Atoi(strings.TrimPrefix(p, "/proc/self/fd/"))
+	if err != nil {
+		t.Skipf("no sealed copy here: %s (%v)", p, exeErr)
+	}
+	return fd
+}
+
+// unsealedMemfd is an executable memory file of the host's executable's
+// bytes that anyone holding it could still rewrite.
+func unsealedMemfd(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	b, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(fd, b); err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // nsFiles are the /proc/<pid>/ns entries of the namespace layers.
@@ -69,6 +70,23 @@ func ReadThreads(pid int) ([]ThreadStatus, error) {
 	return out, nil
 }
 
+type nsLink struct {
+	link string
+	err  error
+}
+
+// hostNamespaces are the host's own namespaces, read once: the host never
+// changes its own (it creates namespaces only for its children, at clone),
+// so each verification reads only the sandbox's links, not the host's too.
+var hostNamespaces = sync.OnceValue(func() map[string]nsLink {
+	m := make(map[string]nsLink, len(nsFiles))
+	for _, f := range nsFiles {
+		l, err := os.Readlink("/proc/self/ns/" + f)
+		m[f] = nsLink{l, err}
+	}
+	return m
+})
+
 // verifyLive checks from the host what the sandbox reported: on every
 // thread the capability sets, no_new_privs and seccomp mode; and that each
 // planned namespace differs from the host's.
@@ -94,12 +112,14 @@ func verifyLive(pid int, plan map[Layer]bool) error {
 			return fmt.Errorf("thread %d: Seccomp %d", t.Tid, t.Seccomp)
 		}
 	}
+	hostNS := hostNamespaces()
+	nsDir := "/proc/" + strconv.Itoa(pid) + "/ns/"
 	for l, f := range nsFiles {
 		if !plan[l] {
 			continue
 		}
-		mine, err1 := os.Readlink("/proc/self/ns/" + f)
-		theirs, err2 := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", f))
+		mine, err1 := hostNS[f].link, hostNS[f].err
+		theirs, err2 := os.Readlink(nsDir + f)
 		if os.IsNotExist(err2) {
 			return nil
 		}

@@ -1,5 +1,7 @@
 package sysapi
 
+import "sync"
+
 // Kind is the Wasm type of an ic0 parameter or result.
 type Kind uint8
 
@@ -140,18 +142,20 @@ var (
 	mintContexts = set(CtxUpdate, CtxReply, CtxReject, CtxSystemTask)
 )
 
-var importIndex = func() map[string]int {
+// importIndex is built on first use (linking a module), not at every
+// sandbox's initialisation.
+var importIndex = sync.OnceValue(func() map[string]int {
 	m := make(map[string]int, len(Imports))
 	for i, s := range Imports {
 		m[s.Name] = i
 	}
 	return m
-}()
+})
 
 // Lookup returns the spec of ic0.<name> for a canister with the given memory
 // width, or false if no such import exists for it.
 func Lookup(name string, memory64 bool) (*Spec, bool) {
-	i, ok := importIndex[name]
+	i, ok := importIndex()[name]
 	if !ok {
 		return nil, false
 	}

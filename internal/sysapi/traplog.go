@@ -27,17 +27,17 @@ const (
 	stableOOBPrefix  = "stable memory out of bounds"
 )
 
-// wasmTrapCodes maps the engine's Wasm trap messages to the IC's trap code
+// wasmTrapCode maps the engine's Wasm trap messages to the IC's trap code
 // names; a Wasm trap the IC does not name is "unknown" there (TrapCode::Other).
-var wasmTrapCodes = map[string]string{
-	"stack overflow":                "stack overflow",
-	"heap out of bounds":            "heap out of bounds",
-	"integer division by 0":         "integer division by 0",
-	"unreachable":                   "unreachable",
-	"table out of bounds":           "table out of bounds",
-	"integer overflow":              "unknown",
-	"indirect call to null":         "unknown",
-	"invalid conversion to integer": "unknown",
+// A switch, not a map: nothing to build at every sandbox's initialisation.
+func wasmTrapCode(msg string) (string, bool) {
+	switch msg {
+	case "stack overflow", "heap out of bounds", "integer division by 0", "unreachable", "table out of bounds":
+		return msg, true
+	case "integer overflow", "indirect call to null", "invalid conversion to integer":
+		return "unknown", true
+	}
+	return "", false
 }
 
 // TrapLogRecord returns the canister log record of an execution that
@@ -57,7 +57,7 @@ func TrapLogRecord(msg string) (string, bool) {
 		return TrapRecordPrefix + stableOOBPrefix, true
 	}
 	if rest, ok := strings.CutPrefix(msg, wasmTrapPrefix); ok {
-		if code, ok := wasmTrapCodes[rest]; ok {
+		if code, ok := wasmTrapCode(rest); ok {
 			return TrapRecordPrefix + code, true
 		}
 	}

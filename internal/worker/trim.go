@@ -57,8 +57,8 @@ static void cordon_malloc_trim(void) { malloc_trim(0); }
 import "C"
 
 import (
+	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"time"
 )
@@ -108,24 +108,16 @@ func (t *trimmer) idle() {
 // only after a message left garbage (large arguments, replies, heaps).
 const heapTrimAbove = 2 << 20
 
-var heapSamples = []metrics.Sample{
-	{Name: "/memory/classes/heap/objects:bytes"},
-	{Name: "/memory/classes/heap/unused:bytes"},
-	{Name: "/memory/classes/heap/free:bytes"},
-}
-
 // goHeapResident is the Go heap's resident bytes: objects (garbage
-// included until collected), the unused parts of their spans, and free
-// pages not yet returned.
+// included until collected), the unused parts of their spans (together, the
+// in-use spans), and free pages not yet returned. runtime.ReadMemStats, not
+// runtime/metrics: that package's initialisation (its table of every
+// metric, ~0.2 ms) would run in every sandbox at start, and this runs only
+// when an idle sandbox trims.
 func goHeapResident() uint64 {
-	metrics.Read(heapSamples)
-	var n uint64
-	for _, s := range heapSamples {
-		if s.Value.Kind() == metrics.KindUint64 {
-			n += s.Value.Uint64()
-		}
-	}
-	return n
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.HeapIdle - m.HeapReleased
 }
 
 // trimIdle returns what an idle canister sandbox does not need: the Go

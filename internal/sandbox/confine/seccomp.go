@@ -143,15 +143,17 @@ func init() {
 	}
 }
 
-var syscallNumbers = func() map[string]uint32 {
-	m := make(map[string]uint32, len(syscallNames))
+// syscallNumber finds a system call's number by name: a scan of the static
+// table (a few dozen names, once, at init), cheaper than building a map of
+// every name in each sandbox.
+func syscallNumber(name string) (uint32, bool) {
 	for nr, n := range syscallNames {
-		m[n] = nr
+		if n == name && n != "" {
+			return uint32(nr), true
+		}
 	}
-	return m
-}()
-
-func syscallNumber(name string) (uint32, bool) { nr, ok := syscallNumbers[name]; return nr, ok }
+	return 0, false
+}
 
 // AllowlistSummary describes the table in a few words.
 func AllowlistSummary() string {
@@ -180,8 +182,8 @@ func SyscallName(arch uint32, nr int32) string {
 	if n&X32Bit != 0 {
 		prefix, n = "x32:", n&^X32Bit
 	}
-	if s, ok := syscallNames[n]; ok {
-		return prefix + s
+	if n < uint32(len(syscallNames)) && syscallNames[n] != "" {
+		return prefix + syscallNames[n]
 	}
 	return prefix + "syscall_" + strconv.FormatUint(uint64(n), 10)
 }

@@ -2,8 +2,11 @@
 
 package confine
 
-// syscallNames maps x86_64 system call numbers to their names.
-var syscallNames = map[uint32]string{
+// syscallNames maps x86_64 system call numbers to their names ("" for
+// numbers without a system call). An array, not a map: it is static data,
+// where a map literal is built by the package's initialisation in every
+// sandbox, before its first instruction of its own.
+var syscallNames = [...]string{
 	0:   "read",
 	1:   "write",
 	2:   "open",
