@@ -32,6 +32,7 @@ const (
 	kReturn                       // return: cost 0, starts a run
 	kUnreachable                  // unreachable: cost 0, starts a run
 	kBulk                         // memory/table bulk op: cost 1 + its length operand
+	kCall                         // call, call_indirect: cost 1
 )
 
 // bulkLen is the type of a bulk operation's length operand (the top of the
@@ -231,7 +232,9 @@ func (d *bodyDecoder) next() (in instr, done bool, err error) {
 		in.kind = kReturn
 	case op == 0x10:
 		err = d.index("call function index")
+		in.kind = kCall
 	case op == 0x11:
+		in.kind = kCall
 		if err = d.index("call_indirect type index"); err == nil {
 			err = d.index("call_indirect table index")
 		}

@@ -22,10 +22,13 @@ func InstrumentMetering(b []byte) ([]byte, Instrumentation, error) {
 //     from the counter when it starts: runs start at function entry and
 //     after loop, if, else, end, br, br_if, br_table, return and
 //     unreachable (calls do not end a run: the caller's run resumes);
-//   - at function entry and at every loop header the counter is checked
-//     after the subtraction: if it is negative, `unreachable` traps (every
-//     unbounded execution passes a function entry or a loop header, so
-//     the overdraft between checks is bounded by the code size);
+//   - at every loop header, and at the entry of every function that
+//     calls, the counter is checked after the subtraction: if it is
+//     negative, `unreachable` traps. Every unbounded execution passes a
+//     loop header or the entry of a function that calls (a function
+//     without loops or calls runs a bounded number of instructions), so
+//     the overdraft between checks is bounded by the code size, and the
+//     embedder checks the sign once more when the execution ends;
 //   - memory.copy, memory.fill, memory.init, table.copy, table.init and
 //     table.fill first charge their length operand (bytes or elements);
 //     if it exceeds the counter the counter is set to -1 and `unreachable`
@@ -114,7 +117,7 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 		return nil, runs, err
 	}
 	codeStart := d.r.pos
-	hasBulk := false
+	hasBulk, hasCall, hasLoop := false, false, false
 	var cost int64
 	for {
 		in, done, err := d.next()
@@ -122,8 +125,13 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 			return nil, runs, err
 		}
 		cost += in.kind.cost()
-		if in.kind == kBulk {
+		switch in.kind {
+		case kBulk:
 			hasBulk = true
+		case kCall:
+			hasCall = true
+		case kLoop:
+			hasLoop = true
 		}
 		if done {
 			if d.r.pos != end {
@@ -139,8 +147,10 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 	}
 
 	out := make([]byte, 0, (end-start)*2+16)
+	// Two locals: an i64 (the counter's new value at checks, a 64-bit
+	// bulk length) and an i32 (a 32-bit bulk length).
 	tmp64, tmp32 := params+declared, params+declared+1
-	if hasBulk {
+	if hasBulk || hasCall || hasLoop {
 		if uint64(params)+uint64(declared)+2 > MaxFuncLocals {
 			return nil, runs, d.r.fail(start, ErrLimit, "function body %d: no room for the metering locals", i)
 		}
@@ -154,7 +164,7 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 	// Second pass over the validated instructions.
 	d.r.pos, d.ctl = codeStart, append(d.ctl[:0], 'f')
 	run := 0
-	out = appendCharge(out, g, runs[run], true)
+	out = appendCharge(out, g, runs[run], hasCall, tmp64)
 	for {
 		in, done, _ := d.next() // cannot fail: decoded above
 		if in.kind == kBulk {
@@ -166,7 +176,7 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 		}
 		if in.kind.endsRun() {
 			run++
-			out = appendCharge(out, g, runs[run], in.kind == kLoop)
+			out = appendCharge(out, g, runs[run], in.kind == kLoop, tmp64)
 		}
 	}
 	return out, runs, nil
@@ -202,6 +212,7 @@ const (
 	opEnd         = 0x0b
 	opLocalGet    = 0x20
 	opLocalSet    = 0x21
+	opLocalTee    = 0x22
 	opGlobalGet   = 0x23
 	opGlobalSet   = 0x24
 	opI64Const    = 0x42
@@ -213,20 +224,26 @@ const (
 )
 
 // appendCharge subtracts cost from the counter and, if check, traps when
-// the counter is then negative.
-func appendCharge(out []byte, g uint32, cost uint32, check bool) []byte {
+// the counter is then negative (the new value is kept in local tmp, so the
+// check does not load the global again).
+func appendCharge(out []byte, g uint32, cost uint32, check bool, tmp uint32) []byte {
+	out = appendU32(append(out, opGlobalGet), g)
 	if cost > 0 {
-		out = append(out, opGlobalGet)
-		out = appendU32(out, g)
 		out = append(out, opI64Const)
 		out = appendS64(out, int64(cost))
-		out = append(out, opI64Sub, opGlobalSet)
-		out = appendU32(out, g)
+		out = append(out, opI64Sub)
+		if check {
+			out = appendU32(append(out, opLocalTee), tmp)
+		}
+		out = appendU32(append(out, opGlobalSet), g)
+		if check {
+			out = appendU32(append(out, opLocalGet), tmp)
+		}
 	}
 	if check {
-		out = append(out, opGlobalGet)
-		out = appendU32(out, g)
 		out = append(out, opI64Const, 0x00, opI64LtS, opIf, blockEmpty, opUnreachable, opEnd)
+	} else if cost == 0 {
+		out = out[:len(out)-1-sizeU32(g)] // nothing to do: drop the global.get
 	}
 	return out
 }
