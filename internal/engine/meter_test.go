@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -129,5 +131,92 @@ func TestInstructionCountsDeterministic(t *testing.T) {
 	}
 	if out := c.runLimited(t, e, "canister_update perf", first.Instructions-1); !out.Trapped {
 		t.Fatalf("limit %d (one below the count): did not trap", first.Instructions-1)
+	}
+}
+
+// Every corpus canister behaves the same metered and unmetered: install
+// (start and init), then every method with an empty Candid argument, each
+// compared by trap, reply, heap pages and globals.
+func TestMeteredCorpusBehavesTheSame(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "canisters", "*.wasm"))
+	if len(files) == 0 {
+		t.Skip("no corpus")
+	}
+	engines := [2]*Engine{}
+	for i, off := range []bool{false, true} {
+		cfg := DefaultConfig()
+		cfg.DisableFuel = off
+		var err error
+		if engines[i], err = New(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	empty := []byte("DIDL\x00\x00")
+	for _, f := range files {
+		wasm, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Base(f)
+		var cs [2]*canister
+		for i, e := range engines {
+			m, err := e.Compile(wasm, DefaultModuleLimits())
+			if err != nil {
+				t.Fatalf("%s: compile (metering off %v): %v", name, i == 1, err)
+			}
+			cs[i] = &canister{m: m, stable: state.NewPageMap(0)}
+		}
+		compare := func(what string, a, b *sysapi.Output) {
+			t.Helper()
+			if a.Trapped != b.Trapped || a.TrapMessage != b.TrapMessage || !bytes.Equal(a.Reply, b.Reply) ||
+				len(a.Heap.Pages) != len(b.Heap.Pages) || len(a.Globals) != len(b.Globals) {
+				t.Fatalf("%s %s: metered %v %q reply %x %d pages; unmetered %v %q reply %x %d pages", name, what,
+					a.Trapped, a.TrapMessage, a.Reply, len(a.Heap.Pages), b.Trapped, b.TrapMessage, b.Reply, len(b.Heap.Pages))
+			}
+			for i := range a.Heap.Pages {
+				if a.Heap.Pages[i].Index != b.Heap.Pages[i].Index || *a.Heap.Pages[i].Data != *b.Heap.Pages[i].Data {
+					t.Fatalf("%s %s: heap page %d differs", name, what, a.Heap.Pages[i].Index)
+				}
+			}
+			for i := range a.Globals {
+				if a.Globals[i] != b.Globals[i] {
+					// Motoko's runtime keeps ic0.performance_counter
+				// readings (GC statistics) in globals; unmetered
+				// they read 0.
+				if b.Globals[i].Bits != 0 {
+					t.Fatalf("%s %s: global %d differs: %v vs %v", name, what, i, a.Globals[i], b.Globals[i])
+				}
+				}
+			}
+			if a.Instructions == 0 || b.Instructions != 0 {
+				t.Fatalf("%s %s: instructions metered %d, unmetered %d", name, what, a.Instructions, b.Instructions)
+			}
+		}
+		var outs [2]*sysapi.Output
+		for i, e := range engines {
+			entry := ""
+			if cs[i].m.Info.HasInit {
+				entry = "canister_init"
+			}
+			outs[i] = cs[i].run(t, e, sysapi.CtxInit, entry, empty, true)
+		}
+		compare("install", outs[0], outs[1])
+		if outs[0].Trapped {
+			continue
+		}
+		for _, kind := range []MethodKind{UpdateMethod, QueryMethod} {
+			for _, method := range cs[0].m.Info.MethodNames(kind) {
+				ctx, entry := sysapi.CtxUpdate, "canister_update "+method
+				if kind == QueryMethod {
+					ctx, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+method
+				}
+				outs[0] = cs[0].run(t, engines[0], ctx, entry, empty, false)
+				if outs[0].TrapMessage == sysapi.ErrInstructionLimit.Message {
+					continue // unmetered, it would run unbounded
+				}
+				outs[1] = cs[1].run(t, engines[1], ctx, entry, empty, false)
+				compare(method, outs[0], outs[1])
+			}
+		}
 	}
 }
