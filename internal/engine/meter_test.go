@@ -181,11 +181,11 @@ func TestMeteredCorpusBehavesTheSame(t *testing.T) {
 			for i := range a.Globals {
 				if a.Globals[i] != b.Globals[i] {
 					// Motoko's runtime keeps ic0.performance_counter
-				// readings (GC statistics) in globals; unmetered
-				// they read 0.
-				if b.Globals[i].Bits != 0 {
-					t.Fatalf("%s %s: global %d differs: %v vs %v", name, what, i, a.Globals[i], b.Globals[i])
-				}
+					// readings (GC statistics) in globals; unmetered
+					// they read 0.
+					if b.Globals[i].Bits != 0 {
+						t.Fatalf("%s %s: global %d differs: %v vs %v", name, what, i, a.Globals[i], b.Globals[i])
+					}
 				}
 			}
 			if a.Instructions == 0 || b.Instructions != 0 {
