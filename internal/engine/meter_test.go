@@ -3,8 +3,10 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -217,6 +219,30 @@ func TestMeteredCorpusBehavesTheSame(t *testing.T) {
 				outs[1] = cs[1].run(t, engines[1], ctx, entry, empty, false)
 				compare(method, outs[0], outs[1])
 			}
+		}
+	}
+}
+
+// A module cannot reach the instruction counter (or the metering locals)
+// through an index that is out of range in the module as written.
+func TestCounterUnreachableFromCanister(t *testing.T) {
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string][]byte{
+		"global.set of the counter's index": {0x00, 0x42, 0x00, 0x24, 0x00, 0x0b},
+		"local.set of a metering local":     {0x00, 0x42, 0x00, 0x21, 0x00, 0x0b},
+	} {
+		wasm := []byte{0, 'a', 's', 'm', 1, 0, 0, 0,
+			1, 4, 1, 0x60, 0, 0, // type () -> ()
+			3, 2, 1, 0, // one function
+			7, 19, 1, 15, 'c', 'a', 'n', 'i', 's', 't', 'e', 'r', '_', 'i', 'n', 'i', 't', 0, 0}
+		wasm = append(wasm, 10, byte(len(body)+2), 1, byte(len(body)))
+		wasm = append(wasm, body...)
+		_, err := e.Compile(wasm, DefaultModuleLimits())
+		if err == nil || !errors.Is(err, ErrInvalidModule) || !strings.Contains(err.Error(), "out of range") {
+			t.Errorf("%s: compiled (err %v)", name, err)
 		}
 	}
 }

@@ -68,6 +68,11 @@ type bodyDecoder struct {
 	r     *reader
 	ctl   []byte // open blocks: 'b', 'l', 'i' (if), 'e' (if after else), 'f' (function)
 	mem64 bool
+	// params and locals (params included) of the current function: local
+	// and global indices are range-checked here, not left to wasmtime,
+	// because the metering pass adds a global and locals that an out-of-
+	// range index in the original code would otherwise reach.
+	params, locals uint64
 }
 
 // invalidSIMD lists the unassigned 0xFD sub-opcodes below 256.
@@ -77,7 +82,7 @@ var invalidSIMD = map[uint32]bool{154: true, 162: true, 165: true, 166: true, 17
 
 // locals reads a body's local declarations, returning the number of
 // declared locals and how many groups declare them.
-func (d *bodyDecoder) locals() (total uint32, groups uint32, err error) {
+func (d *bodyDecoder) localDecls() (total uint32, groups uint32, err error) {
 	r := d.r
 	groups, err = r.u32("local group count")
 	if err != nil {
@@ -101,6 +106,7 @@ func (d *bodyDecoder) locals() (total uint32, groups uint32, err error) {
 			return 0, 0, err
 		}
 	}
+	d.locals = d.params + sum
 	return uint32(sum), groups, nil
 }
 
@@ -249,8 +255,18 @@ func (d *bodyDecoder) next() (in instr, done bool, err error) {
 			}
 			_, err = valType(r, "select")
 		}
-	case op >= 0x20 && op <= 0x26: // local.get/set/tee, global.get/set, table.get/set
-		err = d.index("index")
+	case op >= 0x20 && op <= 0x22: // local.get/set/tee
+		var x uint32
+		if x, err = r.u32("local index"); err == nil && uint64(x) >= d.locals {
+			return in, false, r.fail(in.pos, ErrMalformed, "local index %d out of range (%d locals)", x, d.locals)
+		}
+	case op == 0x23 || op == 0x24: // global.get/set
+		var x uint32
+		if x, err = r.u32("global index"); err == nil && x >= d.m.NumGlobals() {
+			return in, false, r.fail(in.pos, ErrMalformed, "global index %d out of range (%d globals)", x, d.m.NumGlobals())
+		}
+	case op == 0x25 || op == 0x26: // table.get/set
+		err = d.index("table index")
 	case op >= 0x28 && op <= 0x3e: // loads and stores
 		err = d.memarg()
 	case op == 0x3f || op == 0x40: // memory.size, memory.grow
@@ -393,7 +409,7 @@ func (c Config) DecodeBodies(b []byte) error {
 		return err
 	}
 	return forEachBody(b, m, func(i int, d *bodyDecoder, bodyStart, bodyEnd int) error {
-		if _, _, err := d.locals(); err != nil {
+		if _, _, err := d.localDecls(); err != nil {
 			return err
 		}
 		for {
@@ -437,6 +453,10 @@ func forEachBody(b []byte, m *Module, f func(i int, d *bodyDecoder, start, end i
 				return r.fail(off, ErrTruncated, "function body %d: %d bytes, %d remain", i, size, r.remaining())
 			}
 			d.r = &reader{b: b, pos: r.pos, end: r.pos + int(size), section: "code"}
+			if i >= len(m.Funcs) || uint64(m.Funcs[i]) >= uint64(len(m.Types)) {
+				return r.fail(off, ErrMalformed, "function body %d has no declared type", i)
+			}
+			d.params = uint64(len(m.Types[m.Funcs[i]].Params))
 			d.ctl = append(d.ctl[:0], 'f')
 			if err := f(i, d, r.pos, r.pos+int(size)); err != nil {
 				return err

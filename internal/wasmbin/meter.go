@@ -112,7 +112,7 @@ func (c Config) meter(b []byte, m *Module) (*metering, error) {
 // costs, once to copy it with the charges inserted.
 func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint32) ([]byte, []uint32, error) {
 	b := d.b()
-	declared, groups, err := d.locals()
+	declared, groups, err := d.localDecls()
 	if err != nil {
 		return nil, runs, err
 	}
