@@ -237,7 +237,7 @@ func TestCounterUnreachableFromCanister(t *testing.T) {
 		wasm := []byte{0, 'a', 's', 'm', 1, 0, 0, 0,
 			1, 4, 1, 0x60, 0, 0, // type () -> ()
 			3, 2, 1, 0, // one function
-			7, 19, 1, 15, 'c', 'a', 'n', 'i', 's', 't', 'e', 'r', '_', 'i', 'n', 'i', 't', 0, 0}
+			7, 17, 1, 13, 'c', 'a', 'n', 'i', 's', 't', 'e', 'r', '_', 'i', 'n', 'i', 't', 0, 0}
 		wasm = append(wasm, 10, byte(len(body)+2), 1, byte(len(body)))
 		wasm = append(wasm, body...)
 		_, err := e.Compile(wasm, DefaultModuleLimits())
