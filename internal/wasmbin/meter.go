@@ -77,10 +77,7 @@ func (c Config) meter(b []byte, m *Module) (*metering, error) {
 	n := 0
 	err := forEachBody(b, m, func(i int, d *bodyDecoder, start, end int) error {
 		n++
-		if i >= len(m.Funcs) || uint64(m.Funcs[i]) >= uint64(len(m.Types)) {
-			return d.r.fail(start, ErrMalformed, "function body %d has no declared type", i)
-		}
-		params := uint32(len(m.Types[m.Funcs[i]].Params))
+		params := uint32(d.params) // forEachBody checked the function's type
 		var err error
 		var body []byte
 		body, runs, err = meterBody(d, i, start, end, params, mt.counter, runs[:0])
