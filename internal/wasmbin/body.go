@@ -237,8 +237,13 @@ func (d *bodyDecoder) next() (in instr, done bool, err error) {
 	case op == 0x0f:
 		in.kind = kReturn
 	case op == 0x10:
-		err = d.index("call function index")
-		in.kind = kCall
+		var f uint32
+		// A call of an import (the host's ic0 functions) runs no Wasm
+		// code, so it cannot recurse: only calls of defined functions
+		// need the caller to check at entry.
+		if f, err = r.u32("call function index"); err == nil && f >= d.m.NumImportedFuncs {
+			in.kind = kCall
+		}
 	case op == 0x11:
 		in.kind = kCall
 		if err = d.index("call_indirect type index"); err == nil {

@@ -23,10 +23,12 @@ func InstrumentMetering(b []byte) ([]byte, Instrumentation, error) {
 //     after loop, if, else, end, br, br_if, br_table, return and
 //     unreachable (calls do not end a run: the caller's run resumes);
 //   - at every loop header, and at the entry of every function that
-//     calls, the counter is checked after the subtraction: if it is
-//     negative, `unreachable` traps. Every unbounded execution passes a
-//     loop header or the entry of a function that calls (a function
-//     without loops or calls runs a bounded number of instructions), so
+//     calls a defined function (or calls indirectly), the counter is
+//     checked after the subtraction: if it is negative, `unreachable`
+//     traps. Every unbounded execution passes a
+//     loop header or the entry of a function that calls Wasm (a function
+//     without loops or such calls runs a bounded number of instructions;
+//     imported functions run no Wasm code), so
 //     the overdraft between checks is bounded by the code size, and the
 //     embedder checks the sign once more when the execution ends;
 //   - memory.copy, memory.fill, memory.init, table.copy, table.init and
