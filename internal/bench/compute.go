@@ -220,7 +220,8 @@ func (e *env) computeSection() error {
 	if v8Reply != nil && !bytes.Equal(v8Reply, reply) {
 		e.rep.Note(sec, "**V8's reply (%x) differs from cordon's (%x).**", v8Reply, reply)
 	}
-	e.rep.Note(sec, "fib(%d) executes %d metered instructions. Fuel off is an engine option only this suite sets "+
-		"(`engine.Config.DisableFuel`): without fuel there is no instruction limit and no instruction count.", fibN, instr)
+	e.rep.Note(sec, "fib(%d) executes %d metered instructions. Metering is instrumentation (an instruction counter "+
+		"the module updates), not wasmtime fuel; \"fuel off\" compiles without it (`engine.Config.DisableFuel`, an "+
+		"option only this suite sets): no instruction limit and no instruction count.", fibN, instr)
 	return nil
 }

@@ -1,6 +1,6 @@
 // Package engine runs canister Wasm on wasmtime: it validates and compiles
 // modules, and executes one message as a function of (module, memory,
-// globals, input) → output, with deterministic fuel metering.
+// globals, input) → output, with deterministic instruction metering.
 //
 // The engine never keeps canister state between executions: every execution
 // instantiates the compiled module in a fresh store, restores the committed
@@ -27,9 +27,12 @@ type Config struct {
 	MaxWasmStack int
 	// ParallelCompilation lets Cranelift use threads to compile.
 	ParallelCompilation bool
-	// DisableFuel turns metering off: no instruction limit, no instruction
-	// counts (Output.Instructions is 0). Only `cordon bench` sets it, to
-	// measure what metering costs; the host never does.
+	// DisableFuel turns metering off: modules are compiled without the
+	// metering instrumentation, so there is no instruction limit and no
+	// instruction count (Output.Instructions is 0). Only `cordon bench`
+	// sets it, to measure what metering costs; the host never does. (The
+	// name predates metering by instrumentation; wasmtime's fuel is never
+	// used.)
 	DisableFuel bool
 }
 
@@ -41,7 +44,7 @@ func DefaultConfig() Config {
 // Engine compiles and runs canister modules. It is safe for concurrent use.
 type Engine struct {
 	wt     *wasmtime.Engine
-	noFuel bool // Config.DisableFuel
+	noFuel bool // Config.DisableFuel: compile and run unmetered
 	// linkers[0] for 32-bit canisters, [1] for 64-bit ones: built on
 	// first use (Linker), not by New. A sandbox serves one canister of
 	// one width, and a compile sandbox runs none, so building both at
@@ -75,10 +78,12 @@ func (e *Engine) Linker(memory64 bool) (*wasmtime.Linker, error) {
 }
 
 // New creates an engine: Wasm features as the IC enables them, NaN
-// canonicalization so floats are deterministic, fuel for metering.
+// canonicalization so floats are deterministic. Metering is not wasmtime's
+// fuel but the instrumentation Compile adds (wasmbin.InstrumentMetering):
+// an instruction counter in a Wasm global, so fuel stays off.
 func New(cfg Config) (*Engine, error) {
 	c := wasmtime.NewConfig()
-	c.SetConsumeFuel(!cfg.DisableFuel)
+	c.SetConsumeFuel(false)
 	c.SetCraneliftNanCanonicalization(true)
 	c.SetWasmMemory64(true)
 	c.SetWasmBulkMemory(true)
@@ -169,38 +174,85 @@ func (r *run) hostCall(spec *sysapi.Spec, args []wasmtime.Val, results []wasmtim
 	return []wasmtime.Val{wasmtime.ValI64(int64(res))}, nil
 }
 
-// meter implements sysapi.Meter on a store's fuel (off: no fuel, nothing
-// is counted).
+// meter implements sysapi.Meter on the instance's instruction counter
+// (the global wasmbin.InstrumentMetering adds, holding the instructions
+// left; negative once the limit is exceeded). Before the instance exists
+// the counter lives in pending. off: unmetered, nothing is counted.
 type meter struct {
-	store *wasmtime.Store
-	limit uint64
-	off   bool
+	store   *wasmtime.Store
+	g       *wasmtime.Global
+	limit   uint64 // at most math.MaxInt64
+	pending int64
+	off     bool
 }
+
+func newMeter(store *wasmtime.Store, limit uint64, off bool) *meter {
+	l := uint64(clampInt64(limit))
+	return &meter{store: store, limit: l, pending: int64(l), off: off}
+}
+
+// attach moves the counter into the instance's global.
+func (m *meter) attach(g *wasmtime.Global) error {
+	if err := g.Set(m.store, wasmtime.ValI64(m.pending)); err != nil {
+		msg := err.Error()
+		closeError(err)
+		return fmt.Errorf("set instruction counter: %s", msg)
+	}
+	m.g = g
+	return nil
+}
+
+// remaining reads the counter.
+func (m *meter) remaining() int64 {
+	if m.g == nil {
+		return m.pending
+	}
+	v := m.g.Get(m.store)
+	if v.Kind() != wasmtime.KindI64 {
+		return -1 // not the counter Compile added: treat as exhausted
+	}
+	return v.I64()
+}
+
+func (m *meter) set(v int64) error {
+	if m.g == nil {
+		m.pending = v
+		return nil
+	}
+	if err := m.g.Set(m.store, wasmtime.ValI64(v)); err != nil {
+		msg := err.Error()
+		closeError(err)
+		return fmt.Errorf("set instruction counter: %s", msg)
+	}
+	return nil
+}
+
+// exceeded reports whether the execution used more than its limit.
+func (m *meter) exceeded() bool { return !m.off && m.remaining() < 0 }
 
 func (m *meter) Charge(n uint64) error {
 	if m.off {
 		return nil
 	}
-	fuel, err := m.store.GetFuel()
-	if err != nil {
-		return fmt.Errorf("read fuel: %w", err)
-	}
-	if fuel < n {
-		_ = m.store.SetFuel(0)
+	c := m.remaining()
+	if c < 0 || uint64(c) < n {
+		if err := m.set(min(c, -1)); err != nil {
+			return err
+		}
 		return sysapi.ErrInstructionLimit
 	}
-	return m.store.SetFuel(fuel - n)
+	return m.set(c - int64(n))
 }
 
 func (m *meter) Used() uint64 {
 	if m.off {
 		return 0
 	}
-	fuel, err := m.store.GetFuel()
-	if err != nil || fuel > m.limit {
+	c := m.remaining()
+	if c < 0 || uint64(c) > m.limit {
 		return m.limit
 	}
-	return m.limit - fuel
+	return m.limit - uint64(c)
 }
 
 // trapMessage turns a wasmtime error into the canister-facing trap message.

@@ -157,6 +157,7 @@ type Module struct {
 	start   string
 	memory  string
 	table   string // table 0's export, for callbacks ("" if the module has no table)
+	counter string // the instruction counter's export ("" if compiled unmetered)
 }
 
 // Validate decodes and checks a module without compiling it: only ic0
@@ -306,7 +307,11 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, ins, err := wasmbin.Instrument(wasm)
+	instrument := wasmbin.InstrumentMetering
+	if e.noFuel {
+		instrument = wasmbin.Instrument
+	}
+	out, ins, err := instrument(wasm)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
@@ -314,7 +319,7 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
-	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport}, nil
+	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport}, nil
 }
 
 func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {

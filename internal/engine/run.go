@@ -98,12 +98,10 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	defer store.Close()
 	r.store = store
 	store.Limiter(clampInt64(in.Limits.HeapBytes), maxTableElements, 1, 1, 1)
-	if !e.noFuel {
-		if err := store.SetFuel(in.Limits.Instructions); err != nil {
-			return nil, fmt.Errorf("engine: set fuel: %w", err)
-		}
+	if !e.noFuel && m.counter == "" {
+		return nil, errors.New("engine: module was compiled without metering")
 	}
-	mt := &meter{store: store, limit: in.Limits.Instructions, off: e.noFuel}
+	mt := newMeter(store, in.Limits.Instructions, e.noFuel)
 	r.exec = sysapi.NewExecution(in, r, mt)
 
 	linker, err := e.Linker(m.Info.Memory64)
@@ -117,6 +115,15 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		msg := err.Error()
 		closeError(err)
 		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
+	}
+	if !e.noFuel {
+		g := exportedGlobal(store, inst, m.counter)
+		if g == nil {
+			return nil, fmt.Errorf("engine: instruction counter export %s missing", m.counter)
+		}
+		if err := mt.attach(g); err != nil {
+			return nil, fmt.Errorf("engine: %w", err)
+		}
 	}
 	if m.memory != "" {
 		r.mem = exportedMemory(store, inst, m.memory)
@@ -139,6 +146,13 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	}
 
 	callErr := r.call(inst, m, req)
+	if mt.exceeded() {
+		// The counter is negative: a limit check trapped (with
+		// `unreachable`), or the code ran past the limit between checks
+		// and then ended or trapped. Either way more instructions ran
+		// than allowed: the deterministic outcome is the limit.
+		callErr = sysapi.ErrInstructionLimit
+	}
 	out := r.exec.Finish(callErr)
 	if out.Trapped {
 		return r.emit(req, out)

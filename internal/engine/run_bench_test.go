@@ -67,3 +67,52 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkFib runs the corpus compute canister's fib(25) query metered
+// (instrumentation) and unmetered, each message on a fresh instance, to
+// show what metering costs on call-bound code.
+//
+//	go test ./internal/engine -run '^$' -bench Fib -count 3
+func BenchmarkFib(b *testing.B) {
+	arg := []byte("DIDL\x00\x01\x7d\x19") // fib(25)
+	for _, tc := range []struct {
+		name string
+		off  bool
+	}{{"metered", false}, {"unmetered", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := DefaultConfig()
+			cfg.DisableFuel = tc.off
+			e, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m, err := e.Compile(corpus(b, "compute"), DefaultModuleLimits())
+			if err != nil {
+				b.Fatal(err)
+			}
+			stable := state.NewPageMap(0)
+			in := testInput(sysapi.CtxInit, "canister_init", []byte("DIDL\x00\x00"), m)
+			in.Stable = stable
+			out, err := e.Run(&Request{Module: m, Input: in, RunStart: true})
+			if err != nil || out.Trapped {
+				b.Fatalf("install: %v %+v", err, out)
+			}
+			heap := state.NewPageMap(0)
+			if err := heap.Apply(out.Heap); err != nil {
+				b.Fatal(err)
+			}
+			globals := out.Globals
+			var instr uint64
+			for b.Loop() {
+				in := testInput(sysapi.CtxNonReplicatedQuery, "canister_query fib", arg, m)
+				in.Stable = stable
+				out, err := e.Run(&Request{Module: m, Input: in, Heap: heap, Globals: globals})
+				if err != nil || out.Trapped {
+					b.Fatalf("fib: %v %+v", err, out)
+				}
+				instr = out.Instructions
+			}
+			b.ReportMetric(float64(instr), "instr/op")
+		})
+	}
+}

@@ -12,8 +12,9 @@ import (
 )
 
 // artifactMagic starts every serialized module; the last two bytes are the
-// format version.
-var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '1'}
+// format version. 02: metering by instrumentation (the instruction counter
+// export is stored; 01 artifacts were compiled for fuel and are refused).
+var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '2'}
 
 // maxArtifactName bounds the export names stored in an artifact. The names
 // are the ones the instrumenter generates (a few dozen bytes) and a table
@@ -45,6 +46,7 @@ func (m *Module) Serialize() ([]byte, error) {
 	b = appendName(b, m.start)
 	b = appendName(b, m.memory)
 	b = appendName(b, m.table)
+	b = appendName(b, m.counter)
 	b = binary.LittleEndian.AppendUint64(b, uint64(len(code)))
 	return append(b, code...), nil
 }
@@ -174,9 +176,13 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	m.start = r.name()
 	m.memory = r.name()
 	m.table = r.name()
+	m.counter = r.name()
 	codeLen := r.u64()
 	if r.err != nil {
 		return nil, r.err
+	}
+	if (m.counter == "") != e.noFuel {
+		return nil, fmt.Errorf("%w: compiled with metering %v, the engine meters %v", ErrBadArtifact, m.counter != "", !e.noFuel)
 	}
 	if codeLen != uint64(len(r.b)) {
 		return nil, fmt.Errorf("%w: code length %d, %d bytes remain", ErrBadArtifact, codeLen, len(r.b))
@@ -209,11 +215,6 @@ func (e *Engine) Warm(m *Module) error {
 	defer store.Close()
 	r.store = store
 	store.Limiter(warmHeapBytes, maxTableElements, 1, 1, 1)
-	if !e.noFuel {
-		if err := store.SetFuel(0); err != nil {
-			return fmt.Errorf("engine: warm: set fuel: %w", err)
-		}
-	}
 	linker, err := e.Linker(m.Info.Memory64)
 	if err != nil {
 		return fmt.Errorf("engine: warm: %w", err)

@@ -470,9 +470,11 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 // v2: the rewriter exports table 0 (callbacks of modules that do not export
 // their table); a v1 artifact of such a module would still lack it.
 // v3: the info carries the module's icp: metadata sections.
+// v4: metering by instrumentation (an instruction counter global) instead
+// of wasmtime fuel; v3 artifacts carry fuel-compiled code.
 func artifactTag() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cordon artifact v3 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(h, "cordon artifact v4 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/bytecodealliance/wasmtime-go/v39" {

@@ -59,7 +59,7 @@ const (
 
 // Limits bound one execution. The host fills them from its configuration.
 type Limits struct {
-	Instructions    uint64      // instruction (fuel) limit of this execution
+	Instructions    uint64      // instruction limit of this execution
 	HeapBytes       uint64      // maximum Wasm memory size in bytes
 	StableBytes     uint64      // maximum stable memory size in bytes
 	ReplyBytes      uint64      // maximum reply or reject payload

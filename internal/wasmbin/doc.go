@@ -26,8 +26,13 @@
 //	func (m *Module) CustomSection(name string) ([]byte, bool)
 //	func (m *Module) CustomSections(name string) [][]byte
 //	func GlobalExportName(i uint32) string
+//	func InstrumentMetering(b []byte) ([]byte, Instrumentation, error)
+//	func (c Config) InstrumentMetering(b []byte) ([]byte, Instrumentation, error)
+//	func (c Config) DecodeBodies(b []byte) error
 //
-// Only structure is decoded: types, imports, function/table/memory/tag/
+// Decode decodes only structure (function bodies are decoded, instruction
+// by instruction, by DecodeBodies and InstrumentMetering, see body.go):
+// types, imports, function/table/memory/tag/
 // global declarations, exports, start, datacount and custom sections.
 // Function bodies are length-checked and skipped, element segments skipped,
 // and data segments only counted; global and table initializers are skipped

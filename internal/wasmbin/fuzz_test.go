@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
 )
 
 // fuzzSeeds returns a mix of valid and hostile inputs. The real canister is
@@ -139,6 +141,66 @@ func FuzzInstrument(f *testing.F) {
 		for _, e := range m.Exports {
 			if strings.HasPrefix(e.Name, ReservedPrefix) && !added {
 				t.Fatalf("reserved export %q without additions", e.Name)
+			}
+		}
+	})
+}
+
+// simdWAT exercises the immediates of SIMD, bulk memory, reference types
+// and memory64-free memargs for the body decoder's seeds.
+const simdWAT = `(module
+  (memory 1)
+  (table 2 funcref)
+  (elem declare func 0)
+  (data "abc")
+  (func (param i32) (result i32)
+    (v128.store offset=16 align=4 (i32.const 0) (i8x16.shuffle 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+      (v128.const i32x4 1 2 3 4) (v128.load8_lane 3 (i32.const 0) (v128.const i64x2 0 0))))
+    (drop (i32x4.extract_lane 2 (v128.load32_zero (i32.const 4))))
+    (v128.store64_lane 1 (i32.const 8) (v128.const i64x2 5 6))
+    (memory.init 0 (i32.const 0) (i32.const 0) (i32.const 3))
+    (data.drop 0)
+    (table.fill (i32.const 0) (ref.func 0) (i32.const 1))
+    (table.copy (i32.const 0) (i32.const 1) (i32.const 1))
+    (drop (table.grow (ref.null func) (i32.const 1)))
+    (drop (select (result i32) (i32.const 1) (i32.const 2) (local.get 0)))
+    (drop (i32.trunc_sat_f32_s (f32.const 1.5)))
+    (drop (i64.extend8_s (i64.const -1)))
+    (block $b (br_table $b $b (local.get 0)))
+    (if (local.get 0) (then (return (i32.const 1))) (else nop))
+    (memory.size))
+)`
+
+// FuzzMetering: metering never panics; what it produces decodes (bodies
+// included), and metering a module wasmtime accepts yields a module
+// wasmtime accepts.
+func FuzzMetering(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Add(wat(f, meterWAT))
+	f.Add(wat(f, simdWAT))
+	e := meterEngine()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out, info, err := InstrumentMetering(b)
+		if err != nil {
+			var we *Error
+			if out != nil || !errors.As(err, &we) {
+				t.Fatalf("out %d bytes, error %v", len(out), err)
+			}
+			return
+		}
+		if info.CounterExport != CounterExportName {
+			t.Fatalf("counter export %q", info.CounterExport)
+		}
+		m, err := Decode(out)
+		checkDecodeResult(t, out, m, err)
+		if err := DefaultConfig().DecodeBodies(out); err != nil {
+			t.Fatalf("metered module's bodies do not decode: %v", err)
+		}
+		if wasmtime.ModuleValidate(e, b) == nil {
+			if err := wasmtime.ModuleValidate(e, out); err != nil {
+				t.Fatalf("valid module metered into an invalid one: %v", err)
 			}
 		}
 	})

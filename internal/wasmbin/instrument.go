@@ -37,7 +37,10 @@ type Instrumentation struct {
 	StartFunc    uint32               // the removed start function; valid if StartExport != ""
 	MemoryExport string               // "" if memory 0 is absent or imported
 	TableExport  string               // "" if table 0 is absent or imported
-	Module       *Module              // the decoded input module
+	// CounterExport is CounterExportName if the module was metered
+	// (InstrumentMetering), else "".
+	CounterExport string
+	Module        *Module // the decoded input module
 }
 
 // Instrument rewrites b with DefaultConfig; see Config.Instrument.
@@ -64,6 +67,10 @@ func Instrument(b []byte) ([]byte, Instrumentation, error) {
 // exports a name starting with ReservedPrefix, and with ErrLimit if the
 // result would have more than MaxExports exports.
 func (c Config) Instrument(b []byte) ([]byte, Instrumentation, error) {
+	return c.instrument(b, false)
+}
+
+func (c Config) instrument(b []byte, metered bool) ([]byte, Instrumentation, error) {
 	c = c.normalized()
 	m, err := c.Decode(b)
 	if err != nil {
@@ -104,6 +111,14 @@ func (c Config) Instrument(b []byte) ([]byte, Instrumentation, error) {
 		info.TableExport = TableExportName
 		addExport(TableExportName, ExternTable, 0)
 	}
+	var mt *metering
+	if metered {
+		if mt, err = c.meter(b, m); err != nil {
+			return nil, Instrumentation{}, err
+		}
+		info.CounterExport = CounterExportName
+		addExport(CounterExportName, ExternGlobal, mt.counter)
+	}
 	if nAdded == 0 {
 		return bytes.Clone(b), info, nil
 	}
@@ -138,25 +153,46 @@ func (c Config) Instrument(b []byte) ([]byte, Instrumentation, error) {
 	exportSec = append(exportSec, oldEntries...)
 	exportSec = append(exportSec, added...)
 
-	out := make([]byte, 0, len(b)+len(exportSec))
+	// Replaced sections go where the originals were; added ones before
+	// the first known section that must follow them.
+	repl := map[SectionID][]byte{SectionExport: exportSec}
+	order := []SectionID{SectionGlobal, SectionExport, SectionCode}
+	if mt != nil {
+		repl[SectionGlobal] = mt.global
+		if mt.code != nil {
+			repl[SectionCode] = mt.code
+		}
+	}
+	size := len(b) + len(exportSec)
+	if mt != nil {
+		size += len(mt.global) + len(mt.code)
+	}
+	out := make([]byte, 0, size)
 	out = append(out, b[:headerSize]...)
-	placed := false
+	placed := map[SectionID]bool{}
 	for _, s := range m.Sections {
-		switch {
-		case s.ID == SectionStart:
+		if s.ID == SectionStart {
 			continue // dropped; exported instead
-		case s.ID == SectionExport:
-			out = append(out, exportSec...)
-			placed = true
-			continue
-		case !placed && s.ID.order() > SectionExport.order():
-			out = append(out, exportSec...) // no export section: insert it here
-			placed = true
+		}
+		if s.ID != SectionCustom {
+			for _, id := range order {
+				if sec, ok := repl[id]; ok && !placed[id] && id.order() < s.ID.order() {
+					out = append(out, sec...) // absent from the input: insert it here
+					placed[id] = true
+				}
+			}
+			if sec, ok := repl[s.ID]; ok {
+				out = append(out, sec...)
+				placed[s.ID] = true
+				continue
+			}
 		}
 		out = append(out, b[s.Offset:s.End]...)
 	}
-	if !placed {
-		out = append(out, exportSec...)
+	for _, id := range order {
+		if sec, ok := repl[id]; ok && !placed[id] {
+			out = append(out, sec...)
+		}
 	}
 
 	// Cheap self-check (structure only): never hand wasmtime something we
