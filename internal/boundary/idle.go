@@ -100,35 +100,3 @@ func (c *Conn) AwaitReadable() error {
 	}
 	return got
 }
-
-// PollReadable waits up to timeout for a packet (or the peer's hang-up) to
-// be queued on the connection, without consuming anything, in a blocking
-// poll(2) on the calling thread rather than through the Go netpoller: the
-// thread sleeps in the kernel and the sandbox's answer wakes it directly,
-// with no netpoller round, no idle thread spinning for work and no hand-off
-// to another thread. It reports whether something is queued. The goroutine
-// keeps its thread while it waits, so callers wait in short slices (a few
-// milliseconds) and only while an answer is due soon.
-func (c *Conn) PollReadable(timeout time.Duration) (bool, error) {
-	rc, err := c.c.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	ready := false
-	var perr error
-	err = rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(timeout/time.Millisecond))
-		switch {
-		case errors.Is(err, unix.EINTR):
-		case err != nil:
-			perr = err
-		default:
-			ready = n > 0
-		}
-	})
-	if err != nil {
-		return false, err
-	}
-	return ready, perr
-}

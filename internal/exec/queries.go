@@ -257,29 +257,6 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 	return id, w, nil
 }
 
-// pollSlice is how long lead waits for an answer in a blocking poll
-// before it waits through the netpoller.
-const pollSlice = 2 * time.Millisecond
-
-// pollOnce waits up to pollSlice for something to read on conn in a
-// blocking poll on this thread (boundary.Conn.PollReadable), if one of the
-// x.pollers tokens is free, and reports whether something came. A query's
-// answer mostly comes within the slice, and then wakes this thread
-// directly: no netpoller round, no thread spinning for work, no hand-off.
-// The tokens bound the threads (and Go's Ps) held this way to fewer than
-// GOMAXPROCS, and the slice how long each is held; a slower answer, or a
-// lead without a token, waits through the netpoller, which holds no thread.
-func (x *Sandboxed) pollOnce(conn *boundary.Conn) bool {
-	select {
-	case x.pollers <- struct{}{}:
-	default:
-		return false
-	}
-	ready, err := conn.PollReadable(pollSlice)
-	<-x.pollers
-	return ready || err != nil
-}
-
 // lead runs the query that opened the session: it sends it and reads the
 // session's answers itself, in its own goroutine, until its own has come;
 // only then, if other queries joined meanwhile, does a reader goroutine
@@ -311,24 +288,19 @@ func (s *session) lead(ctx context.Context, req *Request, m *sbModule) (*sysapi.
 	for {
 		sb.smu.Lock()
 		cancelled := s.leadCancelled
+		s.leadWaiting = !cancelled
 		sb.smu.Unlock()
-		if !cancelled && !s.x.pollOnce(s.conn) {
+		if !cancelled {
+			// An error (the watchdog's deadline, a dead socket) is met
+			// again by the read below, which fails the session.
+			_ = s.conn.AwaitReadable()
 			sb.smu.Lock()
+			s.leadWaiting = false
 			cancelled = s.leadCancelled
-			s.leadWaiting = !cancelled
-			sb.smu.Unlock()
-			if !cancelled {
-				// An error (the watchdog's deadline, a dead socket) is
-				// met again by the read below, which fails the session.
-				_ = s.conn.AwaitReadable()
-				sb.smu.Lock()
-				s.leadWaiting = false
-				cancelled = s.leadCancelled
-				if cancelled && s.expired == 0 {
-					s.conn.ResumeIO() // the deadline the context set, if it did
-				}
-				sb.smu.Unlock()
+			if cancelled && s.expired == 0 {
+				s.conn.ResumeIO() // the deadline the context set, if it did
 			}
+			sb.smu.Unlock()
 		}
 		if cancelled {
 			go s.read()

@@ -353,11 +353,8 @@ type Sandboxed struct {
 	blankMem uint64
 
 	nextID atomic.Uint64
-	// pollers bounds the queries waiting for their answer in a blocking
-	// poll (queries.go, pollOnce).
-	pollers chan struct{}
-	stop    chan struct{}
-	reaper  sync.WaitGroup
+	stop   chan struct{}
+	reaper sync.WaitGroup
 }
 
 // sbModule is a module prepared by the compiler sandbox.
@@ -428,7 +425,7 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
-		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), pollers: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)), sealed: newSealedCache(cfg.SealedArtifactBytes),
+		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
 		reprime: make(chan struct{}, 1)}
 	if cfg.Launch == nil {
