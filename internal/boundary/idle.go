@@ -65,3 +65,38 @@ func (c *Conn) StopWatch() { _ = c.c.SetReadDeadline(time.Unix(1, 0)) }
 
 // ResumeIO clears what StopWatch set, once WatchIdle has returned.
 func (c *Conn) ResumeIO() { _ = c.c.SetReadDeadline(time.Time{}) }
+
+// AwaitReadable blocks until a packet (or the peer's hang-up) is queued on
+// the connection, without consuming anything: the next Recv (or
+// Inflight.Next) then finds it at once. It returns nil when there is
+// something to read, ErrInterrupted when the read deadline passed (StopWatch,
+// or a watchdog), or the socket's error. Unlike WatchIdle it judges nothing:
+// the caller has a request pending and reads what came through the usual,
+// validating path. A goroutine waiting for its own answer uses it to read
+// that answer itself instead of leaving it to a reader goroutine, and can
+// still give up (a deadline) without leaving a message half read.
+func (c *Conn) AwaitReadable() error {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var got error
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		switch {
+		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR):
+			return false // nothing yet: wait for readability
+		case rerr != nil:
+			got = rerr
+		}
+		return true // a packet, or end of file: the read that follows sees it
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrInterrupted
+	}
+	if err != nil {
+		return err
+	}
+	return got
+}

@@ -45,6 +45,10 @@ type session struct {
 	closed  bool
 	err     error         // why it failed (closed, err != nil)
 	expired time.Duration // the watchdog deadline that expired, if one did
+	// The query that opened the session reads its answers until its own
+	// has come (lead): whether it waits for the socket to become
+	// readable, and whether its context ended.
+	leadWaiting, leadCancelled bool
 }
 
 // waiter is a query in flight.
@@ -182,8 +186,7 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 	sb.notify()
 	sb.smu.Unlock()
 	opened = true
-	go s.read()
-	out, err := s.do(ctx, req, m)
+	out, err := s.lead(ctx, req, m)
 	x.release(sb, err == nil)
 	return out, mayRetry && reused && retryable(err), err
 }
@@ -199,13 +202,28 @@ func retryable(err error) bool {
 // for ctx. A query given up on stays in flight: its answer is dropped when
 // it comes, and its watchdog still runs.
 func (s *session) do(ctx context.Context, req *Request, m *sbModule) (*sysapi.Output, error) {
+	_, w, err := s.send(req, m)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case a := <-w.ch:
+		return a.out, a.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// send registers one query (admitted: counted in s.n) and sends it; its
+// answer comes on the returned waiter's channel.
+func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 	x, sb := s.x, s.sb
 	in := req.Input
 	stable, err := stableOf(in)
 	if err != nil {
 		<-sb.slots
 		s.cancel()
-		return nil, err
+		return 0, nil, err
 	}
 	id := x.nextID.Add(1)
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
@@ -216,13 +234,13 @@ func (s *session) do(ctx context.Context, req *Request, m *sbModule) (*sysapi.Ou
 		err := s.err
 		sb.smu.Unlock()
 		<-sb.slots
-		return nil, err
+		return 0, nil, err
 	}
 	if err := s.infl.Add(boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)); err != nil {
 		sb.smu.Unlock()
 		<-sb.slots
 		s.cancel()
-		return nil, fmt.Errorf("exec: %w", err)
+		return 0, nil, fmt.Errorf("exec: %w", err)
 	}
 	s.waiters[id] = w
 	w.timer = time.AfterFunc(deadline, func() { s.expire(id, deadline) })
@@ -236,11 +254,72 @@ func (s *session) do(ctx context.Context, req *Request, m *sbModule) (*sysapi.Ou
 		// one included, once it has been killed.
 		_ = s.proc.Kill()
 	}
-	select {
-	case a := <-w.ch:
-		return a.out, a.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	return id, w, nil
+}
+
+// lead runs the query that opened the session: it sends it and reads the
+// session's answers itself, in its own goroutine, until its own has come;
+// only then, if other queries joined meanwhile, does a reader goroutine
+// (read) take over. A query alone on its sandbox (one client) so waits for
+// its answer on the socket directly: no reader goroutine is started and no
+// answer is handed over. Every answer still goes through boundary.Inflight,
+// as the reader's do. Between messages lead waits for the socket to become
+// readable without reading (boundary.Conn.AwaitReadable), so that its
+// context can end the wait (a read deadline) with no message half read; a
+// query given up on then hands the reading to a reader goroutine and
+// returns, as do's. A message being read is read to its end (bounded by
+// the watchdog, which kills a sandbox that stalls in one).
+func (s *session) lead(ctx context.Context, req *Request, m *sbModule) (*sysapi.Output, error) {
+	own, w, err := s.send(req, m)
+	if err != nil {
+		return nil, err
+	}
+	sb := s.sb
+	stop := context.AfterFunc(ctx, func() {
+		sb.smu.Lock()
+		s.leadCancelled = true
+		if s.leadWaiting {
+			_ = s.conn.Raw().SetReadDeadline(time.Unix(1, 0))
+		}
+		sb.smu.Unlock()
+	})
+	defer stop()
+	onLog := s.x.logFunc(sb.id)
+	for {
+		sb.smu.Lock()
+		cancelled := s.leadCancelled
+		s.leadWaiting = !cancelled
+		sb.smu.Unlock()
+		if !cancelled {
+			// An error (the watchdog's deadline, a dead socket) is met
+			// again by the read below, which fails the session.
+			_ = s.conn.AwaitReadable()
+			sb.smu.Lock()
+			s.leadWaiting = false
+			cancelled = s.leadCancelled
+			if cancelled && s.expired == 0 {
+				s.conn.ResumeIO() // the deadline the context set, if it did
+			}
+			sb.smu.Unlock()
+		}
+		if cancelled {
+			go s.read()
+			return nil, ctx.Err()
+		}
+		id, out, err := s.infl.Next(onLog)
+		if id == 0 || err != nil {
+			s.fail(err)
+			a := <-w.ch
+			return a.out, a.err
+		}
+		last := s.deliver(id, answer{out: out})
+		if id == own {
+			if !last {
+				go s.read()
+			}
+			a := <-w.ch
+			return a.out, a.err
+		}
 	}
 }
 

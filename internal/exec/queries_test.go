@@ -532,3 +532,56 @@ func TestQueryCancelledInSession(t *testing.T) {
 		t.Fatalf("faults: %+v", st.Faults)
 	}
 }
+
+// The query that opens a session reads the answers itself until its own
+// comes (session.lead), then hands the reading to a reader goroutine if
+// other queries are still in flight: here a long query joins the opener's
+// session, the opener is answered first, and a third query joins after it;
+// every answer arrives, the session ends, and the sandbox is never killed.
+func TestQueryLeadHandsOverReading(t *testing.T) {
+	x := newRealQueries(t, 4)
+	s, c := twoWordsSim(t, x, "lead")
+	spin := func(limit uint64) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			in := s.input(sysapi.CtxNonReplicatedQuery, "canister_query spin", empty)
+			in.Stable = c.stable
+			in.Limits.Instructions = limit
+			out, err := x.Execute(context.Background(), s.id, &Request{Module: s.m, Heap: c.heap, Globals: c.globals, Input: in})
+			if err == nil && !out.Trapped {
+				err = fmt.Errorf("spin with a limit of %d instructions was not stopped: %+v", limit, out)
+			}
+			errc <- err
+		}()
+		return errc
+	}
+	pid := sandboxPid(x, s.id)
+	opener := spin(300_000_000)
+	for inFlight(x, s.id) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	joiner := spin(3_000_000_000)
+	if err := <-opener; err != nil {
+		t.Fatalf("opener: %v", err)
+	}
+	// The opener has returned; the joiner may still be in flight, its
+	// answer read by the reader the opener started. A query now joins
+	// (or opens) the session and is answered too.
+	out, err := execOn(context.Background(), s, c, sysapi.CtxNonReplicatedQuery, "canister_query check")
+	if err != nil || out.Trapped || word(out.Reply) != 0 {
+		t.Fatalf("query after the opener: %v %+v", err, out)
+	}
+	if err := <-joiner; err != nil {
+		t.Fatalf("joiner: %v", err)
+	}
+	for inFlight(x, s.id) != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	c = bump(t, s, c)
+	if got := sandboxPid(x, s.id); got != pid {
+		t.Fatalf("sandbox %d replaced by %d", pid, got)
+	}
+	if st := x.Stats(); len(st.Faults) != 0 {
+		t.Fatalf("faults: %+v", st.Faults)
+	}
+}
