@@ -23,7 +23,11 @@ const workerMainPath = "github.com/cordon-dev/cordon/cmd/cordon-sandbox"
 // buildStamp, set at link time (-ldflags "-X <buildStampVar>=ID"), names
 // the source a binary was built from where Go's own version control stamp
 // cannot (a tree with local changes, -buildvcs=false, a build outside git).
-// A release builds cordon and cordon-sandbox with the same stamp.
+// A release builds cordon and cordon-sandbox with the same stamp. Nothing
+// reads the variable: the check reads the stamp from the -ldflags a binary's
+// build information records, so it can compare another binary's too.
+//
+//lint:ignore U1000 the linker's -X target; it must exist to be set.
 var buildStamp string
 
 const buildStampVar = "github.com/cordon-dev/cordon/internal/sandbox.buildStamp"

@@ -26,10 +26,18 @@ func meterEngine() *wasmtime.Engine {
 	return wasmtime.NewEngineWithConfig(c)
 }
 
-// meteredRun instantiates a metered module, sets the counter to limit,
-// calls export f with args and returns the result, the error and the
-// counter afterwards.
-func meteredRun(t *testing.T, e *wasmtime.Engine, src []byte, limit int64, f string, args ...any) (any, error, int64, *wasmtime.Store, *wasmtime.Instance) {
+// meteredCall is what one call of a metered export left behind.
+type meteredCall struct {
+	res     any
+	err     error // the call's trap or error
+	counter int64 // the counter afterwards
+	store   *wasmtime.Store
+	inst    *wasmtime.Instance
+}
+
+// meteredRun instantiates a metered module, sets the counter to limit and
+// calls export f with args.
+func meteredRun(t *testing.T, e *wasmtime.Engine, src []byte, limit int64, f string, args ...any) meteredCall {
 	t.Helper()
 	out, info, err := InstrumentMetering(src)
 	if err != nil {
@@ -55,7 +63,7 @@ func meteredRun(t *testing.T, e *wasmtime.Engine, src []byte, limit int64, f str
 		t.Fatal(err)
 	}
 	res, callErr := inst.GetFunc(store, f).Call(store, args...)
-	return res, callErr, g.Get(store).I64(), store, inst
+	return meteredCall{res: res, err: callErr, counter: g.Get(store).I64(), store: store, inst: inst}
 }
 
 const meterWAT = `(module
@@ -102,7 +110,8 @@ func TestMeteringCounts(t *testing.T) {
 	// 5 (get const add set br) = 9...; counted exactly below against itself.
 	var used []int64
 	for _, n := range []int32{0, 1, 10, 100} {
-		res, err, c, _, _ := meteredRun(t, e, src, limit, "count", n)
+		r := meteredRun(t, e, src, limit, "count", n)
+		res, err, c := r.res, r.err, r.counter
 		if err != nil || res.(int32) != n {
 			t.Fatalf("count(%d) = %v, %v", n, res, err)
 		}
@@ -117,12 +126,12 @@ func TestMeteringCounts(t *testing.T) {
 		}
 	}
 	// Deterministic across runs.
-	_, _, c1, _, _ := meteredRun(t, e, src, limit, "fib", int32(15))
-	_, _, c2, _, _ := meteredRun(t, e, src, limit, "fib", int32(15))
+	c1 := meteredRun(t, e, src, limit, "fib", int32(15)).counter
+	c2 := meteredRun(t, e, src, limit, "fib", int32(15)).counter
 	if c1 != c2 || c1 >= limit {
 		t.Fatalf("fib(15) counters %d, %d", c1, c2)
 	}
-	res, _, _, _, _ := meteredRun(t, e, src, limit, "fib", int32(20))
+	res := meteredRun(t, e, src, limit, "fib", int32(20)).res
 	if res.(int32) != 6765 {
 		t.Fatalf("fib(20) = %v", res)
 	}
@@ -142,7 +151,8 @@ func TestMeteringLimitTraps(t *testing.T) {
 		{"memory.copy of a huge length", "copy", []any{int32(60000)}},
 		{"fib", "fib", []any{int32(30)}},
 	} {
-		_, err, c, store, inst := meteredRun(t, e, src, 10_000, tc.f, tc.args...)
+		r := meteredRun(t, e, src, 10_000, tc.f, tc.args...)
+		err, c, store, inst := r.err, r.counter, r.store, r.inst
 		if err == nil {
 			t.Errorf("%s: no trap", tc.name)
 			continue
@@ -165,12 +175,14 @@ func TestMeteringLimitTraps(t *testing.T) {
 		}
 	}
 	// The module's own unreachable leaves the counter non-negative.
-	_, err, c, _, _ := meteredRun(t, e, src, 10_000, "trap")
+	r := meteredRun(t, e, src, 10_000, "trap")
+	err, c := r.err, r.counter
 	if err == nil || c < 0 {
 		t.Fatalf("unreachable: err %v counter %d", err, c)
 	}
 	// A bulk operation within the limit runs and is charged its length.
-	_, err, c, store, inst := meteredRun(t, e, src, 10_000, "fill", int32(1000))
+	r = meteredRun(t, e, src, 10_000, "fill", int32(1000))
+	err, c, store, inst := r.err, r.counter, r.store, r.inst
 	if err != nil || 10_000-c != 1000+4 {
 		t.Fatalf("fill(1000): err %v used %d", err, 10_000-c)
 	}
