@@ -47,14 +47,10 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 				logger.Warn("sandbox.host_ids ignored: only a root host can give sandboxes ids of their own", "range", ids.String())
 			}
 		}
-		binary := cfg.Sandbox.Binary
-		if binary == "" {
-			binary = os.Getenv("CORDON_SANDBOX_BINARY")
-		}
 		return exec.NewSandboxed(exec.SandboxConfig{
 			Dir:                 filepath.Join(cfg.Home, "artifacts"),
 			ModuleLimits:        cfg.ModuleLimits,
-			Binary:              binary,
+			Binary:              cfg.Sandbox.Binary,
 			Strict:              cfg.Sandbox.Strict,
 			AllowMissing:        allow,
 			MemoryBytes:         cfg.Sandbox.MemoryBytes,

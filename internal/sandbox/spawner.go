@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -245,8 +246,8 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 	// A child whose exec fails is the host's zombie, and nobody knows its
 	// pid (Go's forkExec can only wait for its own children): refuse what
 	// cannot execute before cloning.
-	if err := unix.Access(bin, unix.X_OK); err != nil {
-		return 0, fmt.Errorf("%s: %w", bin, err)
+	if err := checkRunnable(bin); err != nil {
+		return 0, err
 	}
 	proc, err := os.StartProcess(bin, r.Argv, &os.ProcAttr{Dir: "/", Env: r.Env, Files: files, Sys: attr})
 	if err != nil {
@@ -255,6 +256,51 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 	pid := proc.Pid
 	_ = proc.Release() // not ours to wait for: the host's child
 	return pid, nil
+}
+
+// checkRunnable refuses, before any clone, an executable whose exec would
+// fail: not executable, or not an ELF program of the spawner's own class,
+// byte order and machine (garbage, a script whose interpreter the empty
+// root lacks, another architecture's binary).
+func checkRunnable(bin string) error {
+	if err := unix.Access(bin, unix.X_OK); err != nil {
+		return fmt.Errorf("%s: %w", bin, err)
+	}
+	got, err := elfIdent(bin)
+	if err != nil {
+		return fmt.Errorf("%s: %w", bin, err)
+	}
+	want, err := ownELFIdent()
+	if err != nil {
+		return fmt.Errorf("the spawner's own executable: %w", err)
+	}
+	if got != want {
+		return fmt.Errorf("%s: not an ELF executable for this machine", bin)
+	}
+	return nil
+}
+
+var ownELFIdent = sync.OnceValues(func() ([8]byte, error) { return elfIdent("/proc/self/exe") })
+
+// elfIdent is what must match for the kernel to run a program as this
+// one: the ELF magic, class and byte order (e_ident[0:6]) and e_machine.
+func elfIdent(path string) ([8]byte, error) {
+	var id [8]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return id, err
+	}
+	defer f.Close()
+	var h [20]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil {
+		return id, errors.New("not an ELF executable (too short)")
+	}
+	if string(h[:4]) != "\x7fELF" {
+		return id, errors.New("not an ELF executable")
+	}
+	copy(id[:6], h[:6])
+	copy(id[6:], h[18:20])
+	return id, nil
 }
 
 // spawnerClient is the host's end of its spawner.

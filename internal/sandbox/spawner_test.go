@@ -184,14 +184,28 @@ func TestSpawnerRefusesBadRequests(t *testing.T) {
 	}
 	defer devnull.Close()
 	good := spawnRequest{Self: true, Argv: []string{"cordon-sandbox", confine.Marker, "x"}, Files: []int{-1, -1, 0}}
+	dir := t.TempDir()
+	garbage := writeExecutable(t, dir, "garbage", []byte("\x00not a program at all, but mode 0755"))
+	script := writeExecutable(t, dir, "script", []byte("#!/bin/sh\nexit 0\n"))
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self[18], self[19] = 0xff, 0x7f // e_machine: not this machine's
+	foreign := writeExecutable(t, dir, "foreign", self)
 	cases := map[string]struct {
 		req    any
 		rights []int
 	}{
-		"garbage":              {req: "not a request"},
-		"no marker":            {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary, r.Argv = false, "/bin/sh", []string{"sh", "-c", "id"} }), rights: []int{int(devnull.Fd())}},
-		"relative binary":      {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "sh" }), rights: []int{int(devnull.Fd())}},
-		"missing binary":       {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "/nonexistent/cordon" }), rights: []int{int(devnull.Fd())}},
+		"garbage":         {req: "not a request"},
+		"no marker":       {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary, r.Argv = false, "/bin/sh", []string{"sh", "-c", "id"} }), rights: []int{int(devnull.Fd())}},
+		"relative binary": {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "sh" }), rights: []int{int(devnull.Fd())}},
+		"missing binary":  {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, "/nonexistent/cordon" }), rights: []int{int(devnull.Fd())}},
+		// Executable files whose exec would fail after the clone, leaving
+		// a zombie nobody knows the pid of: refused before cloning.
+		"executable garbage":   {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, garbage }), rights: []int{int(devnull.Fd())}},
+		"script":               {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, script }), rights: []int{int(devnull.Fd())}},
+		"other architecture":   {req: mod(good, func(r *spawnRequest) { r.Self, r.Binary = false, foreign }), rights: []int{int(devnull.Fd())}},
 		"CLONE_VM":             {req: mod(good, func(r *spawnRequest) { r.Cloneflags = unix.CLONE_VM }), rights: []int{int(devnull.Fd())}},
 		"CLONE_NEWCGROUP only": {req: mod(good, func(r *spawnRequest) { r.Cloneflags = unix.CLONE_NEWCGROUP }), rights: []int{int(devnull.Fd())}},
 		"ambient ptrace": {req: mod(good, func(r *spawnRequest) {
@@ -231,6 +245,15 @@ func TestSpawnerRefusesBadRequests(t *testing.T) {
 	if got := roundTrip(t, p, "still serving"); got != "still serving" {
 		t.Fatalf("echo: %q", got)
 	}
+}
+
+func writeExecutable(t *testing.T, dir, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // hostChildren lists the host's children, zombies included.
