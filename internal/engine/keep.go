@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -72,6 +73,8 @@ func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
 type kept struct {
 	mu   sync.Mutex
 	list []*run
+	// reused counts executions that ran on a kept instance.
+	reused atomic.Uint64
 }
 
 // take removes and returns an instance reset to key, or nil.
@@ -116,6 +119,9 @@ func (e *Engine) DropKept() int {
 	return len(list)
 }
 
+// Reused returns how many executions ran on a kept instance.
+func (e *Engine) Reused() uint64 { return e.kept.reused.Load() }
+
 // Kept returns how many instances are kept (tests, benchmarks).
 func (e *Engine) Kept() int {
 	e.kept.mu.Lock()
@@ -127,6 +133,7 @@ func (e *Engine) Kept() int {
 // no one else uses it) and keeps or drops it afterwards.
 func (e *Engine) runKept(r *run, req *Request, heap state.Memory) (*sysapi.Output, error) {
 	m, in := req.Module, req.Input
+	e.kept.reused.Add(1)
 	r.hostErr, r.borrow = nil, false
 	mt := newMeter(r.store, in.Limits.Instructions, e.noFuel)
 	r.exec = sysapi.NewExecution(in, r, mt)

@@ -123,8 +123,8 @@ func TestKeptQueryCannotLeak(t *testing.T) {
 		} else if out.Instructions != instr {
 			t.Fatalf("query %d: %d instructions, the first took %d", i, out.Instructions, instr)
 		}
-		if f.e.Kept() != 1 {
-			t.Fatalf("query %d: %d instances kept, want 1", i, f.e.Kept())
+		if f.e.Kept() != 1 || f.e.Reused() != uint64(i) {
+			t.Fatalf("query %d: %d instances kept, %d reused", i, f.e.Kept(), f.e.Reused())
 		}
 	}
 	// The heap committed in place (same image file) by an update: the kept
@@ -286,8 +286,9 @@ func TestKeptSameAsFreshOverCorpus(t *testing.T) {
 					}
 				}
 			}
-			if engs[1].Kept() == 0 {
-				t.Logf("%s: no query was kept (reusable %v)", name, cans[1].m.reusable)
+			t.Logf("%s: reusable %v, %d queries on kept instances", name, cans[1].m.reusable, engs[1].Reused())
+			if engs[0].Reused() != 0 || (name == "counter" && engs[1].Reused() == 0) {
+				t.Fatalf("reused: fresh engine %d, keeping engine %d", engs[0].Reused(), engs[1].Reused())
 			}
 		})
 	}
