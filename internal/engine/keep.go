@@ -44,11 +44,25 @@ import (
 // file open, so its inode cannot be reused by another) and size.
 
 // keepable reports whether a request may use a kept instance or leave one.
+// It does not ask the heap for its File: a page map makes its image on
+// demand, and only an execution that maps the heap may make one.
 func (e *Engine) keepable(req *Request, heap state.Memory) bool {
 	m, in := req.Module, req.Input
 	return e.keep > 0 && m.reusable && discardsState(in.Context) && !req.RunStart && in.Entry != "" &&
-		heap != nil && heap.Size() > 0 && heap.File() != nil &&
-		(req.Globals != nil || len(m.globals) == 0)
+		heap != nil && heap.Size() > 0 && (req.Globals != nil || len(m.globals) == 0)
+}
+
+// mayHaveKept reports whether an instance of m for a heap of this size and
+// limit is kept, before the heap's file is asked for.
+func (e *Engine) mayHaveKept(req *Request, heap state.Memory) bool {
+	e.kept.mu.Lock()
+	defer e.kept.mu.Unlock()
+	for _, r := range e.kept.list {
+		if r.key.mod == req.Module && r.key.size == heap.Size() && r.key.heapLimit == req.Input.Limits.HeapBytes {
+			return true
+		}
+	}
+	return false
 }
 
 // keptKey identifies what a kept instance was reset to.
@@ -60,6 +74,9 @@ type keptKey struct {
 }
 
 func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
+	if heap.File() == nil {
+		return keptKey{}, false
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(heap.File().Fd()), &st); err != nil {
 		return keptKey{}, false

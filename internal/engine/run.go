@@ -118,14 +118,12 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if pm, ok := heap.(*state.PageMap); ok && pm == nil {
 		heap = nil // a typed nil is no heap, not an empty one
 	}
-	var key keptKey
 	keep := e.keepable(req, heap)
-	if keep {
-		key, keep = heapKey(req, heap)
-	}
-	if keep {
-		if r := e.take(key); r != nil {
-			return e.runKept(r, req, heap)
+	if keep && e.mayHaveKept(req, heap) {
+		if key, ok := heapKey(req, heap); ok {
+			if r := e.take(key); r != nil {
+				return e.runKept(r, req, heap)
+			}
 		}
 	}
 	r := &run{}
@@ -198,7 +196,12 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// Nothing of a plain query is kept: skip the page diff.
 		out.Stable = state.Delta{}
 		out, err := r.emit(req, out)
-		if keep && err == nil {
+		var key keptKey
+		if keep && r.mappedLen != 0 {
+			// restoreHeap mapped the heap's file: it has one.
+			key, keep = heapKey(req, heap)
+		}
+		if keep && err == nil && r.mappedLen != 0 {
 			// The instance may serve the next query (keep.go): release
 			// resets and keeps it, or closes it.
 			r.keepInstance(inst, counter, key)
