@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -62,7 +63,10 @@ type Engine struct {
 	linkers [2]lazyLinker
 	// keep bounds kept, the reset instances of plain queries (keep.go).
 	keep int
-	kept kept
+	// kept is allocated apart from the Engine so that an engine nobody
+	// references any more closes its kept instances (New's cleanup): a
+	// store is reachable from wasmtime-go's global table until closed.
+	kept *kept
 }
 
 type lazyLinker struct {
@@ -112,7 +116,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWasmStack > 0 {
 		c.SetMaxWasmStack(cfg.MaxWasmStack)
 	}
-	return &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0)}, nil
+	e := &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0), kept: &kept{}}
+	runtime.AddCleanup(e, func(k *kept) { k.dropAll() }, e.kept)
+	return e, nil
 }
 
 // funcType returns the Wasm signature of an ic0 import for a memory width.

@@ -125,11 +125,13 @@ func (e *Engine) put(r *run) {
 // DropKept closes every kept instance and returns how many there were: an
 // idle sandbox calls it when it trims, so that kept instances never hold
 // memory while nothing runs. Instances in use are not affected.
-func (e *Engine) DropKept() int {
-	e.kept.mu.Lock()
-	list := e.kept.list
-	e.kept.list = nil
-	e.kept.mu.Unlock()
+func (e *Engine) DropKept() int { return e.kept.dropAll() }
+
+func (k *kept) dropAll() int {
+	k.mu.Lock()
+	list := k.list
+	k.list = nil
+	k.mu.Unlock()
 	for _, r := range list {
 		r.store.Close()
 	}
