@@ -74,6 +74,13 @@ var errNoScan = errors.New("pagemap scan unavailable")
 // [addr, addr+size) that are anonymous copies: present or swapped out,
 // neither a page of a file nor the shared zero page.
 func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
+	return scanPages(pagemap, addr, size, pageIsFile|pageIsPFNZero, pageIsFile|pageIsPFNZero)
+}
+
+// scanPages returns the indices (relative to addr) of the present or
+// swapped-out 4 KiB pages in [addr, addr+size) whose categories, with
+// inverted flipped, have none of mask's bits set.
+func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64) ([]uint64, error) {
 	if pagemap == nil {
 		return nil, errNoScan
 	}
@@ -87,8 +94,8 @@ func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
 			end:              end,
 			vec:              uint64(uintptr(unsafe.Pointer(&regions[0]))),
 			vecLen:           uint64(len(regions)),
-			categoryInverted: pageIsFile | pageIsPFNZero,
-			categoryMask:     pageIsFile | pageIsPFNZero,
+			categoryInverted: inverted,
+			categoryMask:     mask,
 			categoryAnyof:    pageIsPresent | pageIsSwapped,
 			returnMask:       pageIsPresent | pageIsSwapped,
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -34,11 +35,20 @@ type Config struct {
 	// name predates metering by instrumentation; wasmtime's fuel is never
 	// used.)
 	DisableFuel bool
+	// KeepInstances is how many instances of plain queries the engine
+	// keeps, reset, for the next query of the same module and committed
+	// heap (keep.go); 0 keeps none. At most as many queries run at once
+	// benefit, so it should not exceed that.
+	KeepInstances int
 }
+
+// DefaultKeepInstances is Config.KeepInstances by default: the sandbox's
+// default query_threads.
+const DefaultKeepInstances = 4
 
 // DefaultConfig returns the configuration cordon runs with.
 func DefaultConfig() Config {
-	return Config{MaxWasmStack: 2 << 20, ParallelCompilation: true}
+	return Config{MaxWasmStack: 2 << 20, ParallelCompilation: true, KeepInstances: DefaultKeepInstances}
 }
 
 // Engine compiles and runs canister modules. It is safe for concurrent use.
@@ -51,6 +61,12 @@ type Engine struct {
 	// start-up was work before the worker's Ready that half the time (or
 	// always) went unused.
 	linkers [2]lazyLinker
+	// keep bounds kept, the reset instances of plain queries (keep.go).
+	keep int
+	// kept is allocated apart from the Engine so that an engine nobody
+	// references any more closes its kept instances (New's cleanup): a
+	// store is reachable from wasmtime-go's global table until closed.
+	kept *kept
 }
 
 type lazyLinker struct {
@@ -100,7 +116,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWasmStack > 0 {
 		c.SetMaxWasmStack(cfg.MaxWasmStack)
 	}
-	return &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel}, nil
+	e := &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0), kept: &kept{}}
+	runtime.AddCleanup(e, func(k *kept) { k.dropAll() }, e.kept)
+	return e, nil
 }
 
 // funcType returns the Wasm signature of an ic0 import for a memory width.

@@ -158,6 +158,10 @@ type Module struct {
 	memory  string
 	table   string // table 0's export, for callbacks ("" if the module has no table)
 	counter string // the instruction counter's export ("" if compiled unmetered)
+	// reusable: no instruction of the module changes a table or drops a
+	// segment (wasmbin.ChangesTablesOrSegments), so a query's instance may
+	// be kept and reset (keep.go).
+	reusable bool
 }
 
 // Validate decodes and checks a module without compiling it: only ic0
@@ -319,7 +323,10 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
-	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport}, nil
+	// Decided on the code that runs (instrumented); undecodable: not kept.
+	changes, err := wasmbin.DefaultConfig().ChangesTablesOrSegments(out)
+	reusable := err == nil && !changes
+	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport, reusable: reusable}, nil
 }
 
 func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {

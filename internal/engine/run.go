@@ -70,6 +70,27 @@ type run struct {
 	// borrow: the heap delta's pages point into the linear memory
 	// (Request.Emit) instead of being copied.
 	borrow bool
+	// funcs caches exported functions: looking one up adds to the store,
+	// which a kept instance (keep.go) must not grow query after query.
+	funcs map[string]*wasmtime.Func
+	// A kept or keepable instance (keep.go): the instance, its instruction
+	// counter and what it is reset to.
+	inst    *wasmtime.Instance
+	counter *wasmtime.Global
+	key     keptKey
+}
+
+// exportedFunc returns an exported function, looked up once per instance.
+func (r *run) exportedFunc(inst *wasmtime.Instance, name string) *wasmtime.Func {
+	if f, ok := r.funcs[name]; ok {
+		return f
+	}
+	f := exportedFunc(r.store, inst, name)
+	if r.funcs == nil {
+		r.funcs = map[string]*wasmtime.Func{}
+	}
+	r.funcs[name] = f
+	return f
 }
 
 func (r *run) Bytes() []byte {
@@ -93,9 +114,26 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if req.Globals != nil && len(req.Globals) != len(m.globals) {
 		return nil, fmt.Errorf("engine: %d globals given, module has %d", len(req.Globals), len(m.globals))
 	}
+	heap := req.Heap
+	if pm, ok := heap.(*state.PageMap); ok && pm == nil {
+		heap = nil // a typed nil is no heap, not an empty one
+	}
+	keep := e.keepable(req, heap)
+	if keep && e.mayHaveKept(req, heap) {
+		if key, ok := heapKey(req, heap); ok {
+			if r := e.take(key); r != nil {
+				return e.runKept(r, req, heap)
+			}
+		}
+	}
 	r := &run{}
 	store := wasmtime.NewStoreWithData(e.wt, r)
-	defer store.Close()
+	kept := false
+	defer func() {
+		if !kept {
+			store.Close()
+		}
+	}()
 	r.store = store
 	store.Limiter(clampInt64(in.Limits.HeapBytes), maxTableElements, 1, 1, 1)
 	if !e.noFuel && m.counter == "" {
@@ -116,21 +154,18 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		closeError(err)
 		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
 	}
+	var counter *wasmtime.Global
 	if !e.noFuel {
-		g := exportedGlobal(store, inst, m.counter)
-		if g == nil {
+		counter = exportedGlobal(store, inst, m.counter)
+		if counter == nil {
 			return nil, fmt.Errorf("engine: instruction counter export %s missing", m.counter)
 		}
-		if err := mt.attach(g); err != nil {
+		if err := mt.attach(counter); err != nil {
 			return nil, fmt.Errorf("engine: %w", err)
 		}
 	}
 	if m.memory != "" {
 		r.mem = exportedMemory(store, inst, m.memory)
-	}
-	heap := req.Heap
-	if pm, ok := heap.(*state.PageMap); ok && pm == nil {
-		heap = nil // a typed nil is no heap, not an empty one
 	}
 	if err := r.restoreHeap(heap); err != nil {
 		var trap *sysapi.Trap
@@ -160,7 +195,20 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if discardsState(in.Context) {
 		// Nothing of a plain query is kept: skip the page diff.
 		out.Stable = state.Delta{}
-		return r.emit(req, out)
+		out, err := r.emit(req, out)
+		var key keptKey
+		if keep && r.mappedLen != 0 {
+			// restoreHeap mapped the heap's file: it has one.
+			key, keep = heapKey(req, heap)
+		}
+		if keep && err == nil && r.mappedLen != 0 {
+			// The instance may serve the next query (keep.go): release
+			// resets and keeps it, or closes it.
+			r.keepInstance(inst, counter, key)
+			kept = true
+			e.release(r, req, heap, mt, out, err)
+		}
+		return out, err
 	}
 	pagemap := req.Pagemap
 	if pagemap == nil {
@@ -190,7 +238,7 @@ func (r *run) call(inst *wasmtime.Instance, m *Module, req *Request) error {
 	if req.RunStart && m.start != "" {
 		ctx := in.Context
 		in.Context = sysapi.CtxStart
-		err := r.invoke(exportedFunc(r.store, inst, m.start))
+		err := r.invoke(r.exportedFunc(inst, m.start))
 		in.Context = ctx
 		if err != nil {
 			return err
@@ -204,7 +252,7 @@ func (r *run) call(inst *wasmtime.Instance, m *Module, req *Request) error {
 	if in.Entry == "" {
 		return nil
 	}
-	f := exportedFunc(r.store, inst, in.Entry)
+	f := r.exportedFunc(inst, in.Entry)
 	if f == nil {
 		return &sysapi.Trap{Message: fmt.Sprintf("Canister has no entry point %q", in.Entry)}
 	}

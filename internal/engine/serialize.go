@@ -14,7 +14,8 @@ import (
 // artifactMagic starts every serialized module; the last two bytes are the
 // format version. 02: metering by instrumentation (the instruction counter
 // export is stored; 01 artifacts were compiled for fuel and are refused).
-var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '2'}
+// 03: whether a query's instance may be kept (Module.reusable) is stored.
+var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '3'}
 
 // maxArtifactName bounds the export names stored in an artifact. The names
 // are the ones the instrumenter generates (a few dozen bytes) and a table
@@ -36,7 +37,7 @@ func (m *Module) Serialize() ([]byte, error) {
 	}
 	b := append([]byte(nil), artifactMagic[:]...)
 	b = append(b, m.Info.Hash[:]...)
-	b = append(b, boolByte(m.Info.Memory64), boolByte(m.Info.HasStart))
+	b = append(b, boolByte(m.Info.Memory64), boolByte(m.Info.HasStart), boolByte(m.reusable))
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.globals)))
 	for _, g := range m.globals {
 		b = binary.LittleEndian.AppendUint32(b, g.Index)
@@ -158,6 +159,7 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	copy(m.Info.Hash[:], r.take(32))
 	m.Info.Memory64 = r.bool()
 	m.Info.HasStart = r.bool()
+	m.reusable = r.bool()
 	n := r.u32()
 	if r.err == nil && uint64(n) > uint64(len(r.b))/10 { // each global takes at least 10 bytes
 		return nil, fmt.Errorf("%w: %d globals", ErrBadArtifact, n)

@@ -474,7 +474,7 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 // of wasmtime fuel; v3 artifacts carry fuel-compiled code.
 func artifactTag() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cordon artifact v4 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(h, "cordon artifact v5 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/bytecodealliance/wasmtime-go/v39" {

@@ -48,7 +48,7 @@ func Serve(conn *net.UnixConn, args []string) int {
 	}
 	w := newWorker(c, mode, e)
 	if trimWhenIdle && mode == boundary.ModeCanister {
-		w.trim = &trimmer{}
+		w.trim = &trimmer{drop: func() { e.DropKept() }}
 	}
 	if err := c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(mode)}); err != nil {
 		return ExitProtocol

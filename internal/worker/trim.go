@@ -73,6 +73,9 @@ const idleTrimAfter = 500 * time.Millisecond
 type trimmer struct {
 	mu    sync.Mutex
 	timer *time.Timer
+	// drop, if set, runs first: it closes the engine's kept query
+	// instances (engine.DropKept), whose pages an idle sandbox must not hold.
+	drop func()
 }
 
 // busy cancels a pending trim: a request is being served.
@@ -94,11 +97,19 @@ func (t *trimmer) idle() {
 	}
 	t.mu.Lock()
 	if t.timer == nil {
-		t.timer = time.AfterFunc(idleTrimAfter, trimIdle)
+		t.timer = time.AfterFunc(idleTrimAfter, t.trim)
 	} else {
 		t.timer.Reset(idleTrimAfter)
 	}
 	t.mu.Unlock()
+}
+
+// trim drops the kept instances, then trims.
+func (t *trimmer) trim() {
+	if t.drop != nil {
+		t.drop()
+	}
+	trimIdle()
 }
 
 // heapTrimAbove: an idle worker collects and returns its Go heap only when

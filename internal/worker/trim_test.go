@@ -207,3 +207,14 @@ func TestLoadMapsArtifact(t *testing.T) {
 		t.Fatalf("the worker stopped serving: %v", err)
 	}
 }
+
+// An idle trim first drops the engine's kept query instances (their pages
+// would otherwise stay resident while the sandbox idles).
+func TestTrimDropsKeptInstances(t *testing.T) {
+	dropped := 0
+	tr := &trimmer{drop: func() { dropped++ }}
+	tr.trim()
+	if dropped != 1 {
+		t.Fatalf("drop ran %d times, want 1", dropped)
+	}
+}

@@ -1,0 +1,257 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// Kept instances (RATIONALE.md, "Queries reuse their instance"): a plain
+// query's memory and globals are discarded, so after one completes cleanly
+// its instance can serve the next query of the same module from the same
+// committed heap, once reset to exactly that state. A fresh instance costs a
+// store, an instantiation, a memory reservation and its teardown (unmapping
+// it, TLB shootdowns), and re-faults every page the query reads; a kept one
+// costs the reset, which touches only what the query changed.
+//
+// What an instance can carry from one execution to the next, and how each
+// is made exact again:
+//   - linear memory: the committed heap file stays mapped copy-on-write over
+//     the whole memory. After the query, every page of the range that is not
+//     a page of that file (written copies, the shared zero page) is found
+//     with PAGEMAP_SCAN and the file is mapped again over it (MAP_FIXED), so
+//     the memory is again nothing but the file's pages: what a fresh mapping
+//     of the same file shows, including later changes to the file. Pages the
+//     query only read stay mapped. The memory must not have grown or moved.
+//   - globals: every mutable global is set to the request's committed values
+//     and the instruction counter afresh, as on a fresh instance.
+//   - tables and passive segments: only a module without table.set/grow/
+//     fill/copy/init, elem.drop and data.drop (wasmbin, decided when it is
+//     compiled) is ever kept, so they cannot change.
+//   - the execution itself: a trap, a limit, a host error or a failed reset
+//     drops the instance instead.
+// An instance is kept for requests with the same module, heap limit and
+// heap file (device and inode of the descriptor: the kept mapping holds that
+// file open, so its inode cannot be reused by another) and size.
+
+// keepable reports whether a request may use a kept instance or leave one.
+// It does not ask the heap for its File: a page map makes its image on
+// demand, and only an execution that maps the heap may make one.
+func (e *Engine) keepable(req *Request, heap state.Memory) bool {
+	m, in := req.Module, req.Input
+	return e.keep > 0 && m.reusable && discardsState(in.Context) && !req.RunStart && in.Entry != "" &&
+		heap != nil && heap.Size() > 0 && (req.Globals != nil || len(m.globals) == 0)
+}
+
+// mayHaveKept reports whether an instance of m for a heap of this size and
+// limit is kept, before the heap's file is asked for.
+func (e *Engine) mayHaveKept(req *Request, heap state.Memory) bool {
+	e.kept.mu.Lock()
+	defer e.kept.mu.Unlock()
+	for _, r := range e.kept.list {
+		if r.key.mod == req.Module && r.key.size == heap.Size() && r.key.heapLimit == req.Input.Limits.HeapBytes {
+			return true
+		}
+	}
+	return false
+}
+
+// keptKey identifies what a kept instance was reset to.
+type keptKey struct {
+	mod       *Module
+	heapLimit uint64
+	dev, ino  uint64
+	size      uint64
+}
+
+func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
+	if heap.File() == nil {
+		return keptKey{}, false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(heap.File().Fd()), &st); err != nil {
+		return keptKey{}, false
+	}
+	return keptKey{mod: req.Module, heapLimit: req.Input.Limits.HeapBytes, dev: uint64(st.Dev), ino: st.Ino, size: heap.Size()}, true
+}
+
+// kept is the engine's free list of reset instances, at most Config.Keep
+// of them over all modules (the oldest is dropped for a new one). An
+// instance is either in the list or used by exactly one execution.
+type kept struct {
+	mu   sync.Mutex
+	list []*run
+	// reused counts executions that ran on a kept instance.
+	reused atomic.Uint64
+}
+
+// take removes and returns an instance reset to key, or nil.
+func (e *Engine) take(key keptKey) *run {
+	e.kept.mu.Lock()
+	defer e.kept.mu.Unlock()
+	for i, r := range e.kept.list {
+		if r.key == key {
+			e.kept.list = append(e.kept.list[:i], e.kept.list[i+1:]...)
+			return r
+		}
+	}
+	return nil
+}
+
+// put adds a reset instance to the free list.
+func (e *Engine) put(r *run) {
+	e.kept.mu.Lock()
+	var old *run
+	if len(e.kept.list) >= e.keep {
+		old = e.kept.list[0]
+		e.kept.list = append(e.kept.list[:0], e.kept.list[1:]...)
+	}
+	e.kept.list = append(e.kept.list, r)
+	e.kept.mu.Unlock()
+	if old != nil {
+		old.store.Close()
+	}
+}
+
+// DropKept closes every kept instance and returns how many there were: an
+// idle sandbox calls it when it trims, so that kept instances never hold
+// memory while nothing runs. Instances in use are not affected.
+func (e *Engine) DropKept() int { return e.kept.dropAll() }
+
+func (k *kept) dropAll() int {
+	k.mu.Lock()
+	list := k.list
+	k.list = nil
+	k.mu.Unlock()
+	for _, r := range list {
+		r.store.Close()
+	}
+	return len(list)
+}
+
+// Reused returns how many executions ran on a kept instance.
+func (e *Engine) Reused() uint64 { return e.kept.reused.Load() }
+
+// Kept returns how many instances are kept (tests, benchmarks).
+func (e *Engine) Kept() int {
+	e.kept.mu.Lock()
+	defer e.kept.mu.Unlock()
+	return len(e.kept.list)
+}
+
+// runKept executes a query on a kept instance r (taken from the free list:
+// no one else uses it) and keeps or drops it afterwards.
+func (e *Engine) runKept(r *run, req *Request, heap state.Memory) (*sysapi.Output, error) {
+	m, in := req.Module, req.Input
+	e.kept.reused.Add(1)
+	r.hostErr, r.borrow = nil, false
+	mt := newMeter(r.store, in.Limits.Instructions, e.noFuel)
+	r.exec = sysapi.NewExecution(in, r, mt)
+	if !e.noFuel {
+		if err := mt.attach(r.counter); err != nil {
+			r.store.Close()
+			return nil, fmt.Errorf("engine: %w", err)
+		}
+	}
+	if req.Globals != nil {
+		if err := r.restoreGlobals(r.inst, m, req.Globals); err != nil {
+			r.store.Close()
+			return nil, err
+		}
+	}
+	callErr := r.call(r.inst, m, req)
+	if mt.exceeded() {
+		callErr = sysapi.ErrInstructionLimit
+	}
+	out := r.exec.Finish(callErr)
+	if !out.Trapped {
+		out.Stable = state.Delta{}
+	}
+	out, err := r.emit(req, out)
+	e.release(r, req, heap, mt, out, err)
+	return out, err
+}
+
+// release resets r to the committed state and keeps it if the execution
+// ended cleanly, or closes it.
+func (e *Engine) release(r *run, req *Request, heap state.Memory, mt *meter, out *sysapi.Output, err error) {
+	if err != nil || out == nil || out.Trapped || r.hostErr != nil || mt.exceeded() {
+		r.store.Close()
+		return
+	}
+	if rerr := r.reset(req, heap); rerr != nil {
+		r.store.Close()
+		return
+	}
+	r.exec = nil
+	e.put(r)
+}
+
+// reset maps the committed heap file again over every page of the memory
+// that is not one of its pages. An error: the instance cannot be reset.
+func (r *run) reset(req *Request, heap state.Memory) error {
+	if r.mem == nil || r.mappedLen == 0 || heap.File() == nil {
+		return errors.New("memory not mapped")
+	}
+	data := r.mem.UnsafeData(r.store)
+	if uintptr(len(data)) != r.mappedLen || len(data) == 0 || uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
+		return errors.New("memory grew or moved")
+	}
+	pagemap := req.Pagemap
+	if pagemap == nil {
+		pagemap = SelfPagemap()
+	}
+	pages, err := foreignPages(pagemap, r.mappedAddr, r.mappedLen)
+	if err != nil {
+		return err
+	}
+	f := heap.File()
+	for i := 0; i < len(pages); {
+		j := i + 1
+		for j < len(pages) && pages[j] == pages[j-1]+1 {
+			j++
+		}
+		lo, hi := pages[i]*state.PageSize, (pages[j-1]+1)*state.PageSize
+		if err := mapPrivateAt(data[lo:hi], f, int64(lo)); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// foreignPages returns the indices of the pages in [addr, addr+size) that
+// are present or swapped out and not pages of a file: written copies and the
+// shared zero page.
+func foreignPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
+	return scanPages(pagemap, addr, size, pageIsFile, pageIsFile)
+}
+
+// mapPrivateAt maps len(dst) bytes of f from offset off over dst,
+// copy-on-write.
+func mapPrivateAt(dst []byte, f *os.File, off int64) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	_, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(unsafe.Pointer(&dst[0])), uintptr(len(dst)),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED, f.Fd(), uintptr(off))
+	if errno != 0 {
+		return fmt.Errorf("map committed memory again: %w", errno)
+	}
+	return nil
+}
+
+// keepInstance records, on a fresh instance that may be kept, what it
+// needs to be reused: the instance and its instruction counter.
+func (r *run) keepInstance(inst *wasmtime.Instance, counter *wasmtime.Global, key keptKey) {
+	r.inst, r.counter, r.key = inst, counter, key
+}

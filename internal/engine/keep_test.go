@@ -1,0 +1,295 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// leakWAT is a hostile canister: "peek" replies with what the previous
+// query could have left behind (a mutable global, words on 4 KiB pages 0, 3 and
+// 20 of its 4-Wasm-page memory, the memory size), then tries to
+// leave something: it writes the global and those words, and "peek_trap"
+// and "peek_grow" do the same and then trap or grow the memory. "write"
+// (an update) commits its argument to page 3 and the global.
+const leakWAT = `(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_arg_data_copy" (func $arg (param i32 i32 i32)))
+  (memory (export "memory") 4)
+  (global $g (mut i32) (i32.const 5))
+  (global $h (mut i64) (i64.const 6))
+  (func $peek
+    (i32.store (i32.const 65536) (global.get $g))
+    (i64.store (i32.const 65540) (global.get $h))
+    (i32.store (i32.const 65548) (i32.load (i32.const 0)))
+    (i32.store (i32.const 65552) (i32.load (i32.const 12288)))
+    (i32.store (i32.const 65556) (i32.load (i32.const 81920)))
+    (i32.store (i32.const 65560) (memory.size))
+    (call $append (i32.const 65536) (i32.const 28))
+    (call $reply)
+    (global.set $g (i32.const 0x1eaf))
+    (global.set $h (i64.const 0x1eaf))
+    (i32.store (i32.const 0) (i32.const 0x1eaf))
+    (i32.store (i32.const 12288) (i32.const 0x1eaf))
+    (i32.store (i32.const 81920) (i32.const 0x1eaf))
+    (i32.store (i32.const 65536) (i32.const 0x1eaf)))
+  (func (export "canister_query peek") (call $peek))
+  (func (export "canister_query peek_trap") (call $peek) (unreachable))
+  (func (export "canister_query peek_grow") (call $peek) (drop (memory.grow (i32.const 1))))
+  (func (export "canister_query spin") (loop $l (br $l)))
+  (func (export "canister_update write")
+    (call $arg (i32.const 12288) (i32.const 0) (i32.const 4))
+    (global.set $g (i32.load (i32.const 12288)))
+    (call $reply)))`
+
+// keepFixture is a compiled leakWAT with a committed heap that has an image.
+type keepFixture struct {
+	e *Engine
+	c *canister
+}
+
+func newKeepFixture(t *testing.T, wat string, keep int) *keepFixture {
+	t.Helper()
+	needScan(t)
+	cfg := DefaultConfig()
+	cfg.KeepInstances = keep
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := wasmtime.Wat2Wasm(wat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Compile(wasm, DefaultModuleLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &canister{m: m, stable: state.NewPageMap(0)}
+	c.run(t, e, sysapi.CtxInit, "", nil, true)
+	return &keepFixture{e: e, c: c}
+}
+
+func (f *keepFixture) write(t *testing.T, v uint32) {
+	t.Helper()
+	if out := f.c.run(t, f.e, sysapi.CtxUpdate, "canister_update write", binary.LittleEndian.AppendUint32(nil, v), false); out.Trapped {
+		t.Fatal(out.TrapMessage)
+	}
+	if f.c.heap.File() == nil {
+		t.Fatal("the committed heap has no image: nothing to keep")
+	}
+}
+
+// peekWant is what peek replies on the committed state after write(v).
+func peekWant(v uint32) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, v) // $g
+	b = binary.LittleEndian.AppendUint64(b, 6)    // $h
+	b = binary.LittleEndian.AppendUint32(b, 0)    // page 0
+	b = binary.LittleEndian.AppendUint32(b, v)    // page 3
+	b = binary.LittleEndian.AppendUint32(b, 0)    // page 20
+	return binary.LittleEndian.AppendUint32(b, 4) // memory.size
+}
+
+func (f *keepFixture) query(t *testing.T, entry string) *sysapi.Output {
+	t.Helper()
+	return f.c.run(t, f.e, sysapi.CtxNonReplicatedQuery, entry, nil, false)
+}
+
+// A hostile query writes its global, its memory (pages it read and pages it
+// did not) and a word on the reply page; the next query on the kept
+// instance sees exactly the committed state, at the same instruction count.
+func TestKeptQueryCannotLeak(t *testing.T) {
+	f := newKeepFixture(t, leakWAT, 2)
+	if !f.c.m.reusable {
+		t.Fatal("leakWAT changes no table or segment, it should be reusable")
+	}
+	f.write(t, 42)
+	var instr uint64
+	for i := 0; i < 5; i++ {
+		out := f.query(t, "canister_query peek")
+		if out.Trapped || !bytes.Equal(out.Reply, peekWant(42)) {
+			t.Fatalf("query %d: %x trapped=%v %s, want %x", i, out.Reply, out.Trapped, out.TrapMessage, peekWant(42))
+		}
+		if i == 0 {
+			instr = out.Instructions
+		} else if out.Instructions != instr {
+			t.Fatalf("query %d: %d instructions, the first took %d", i, out.Instructions, instr)
+		}
+		if f.e.Kept() != 1 || f.e.Reused() != uint64(i) {
+			t.Fatalf("query %d: %d instances kept, %d reused", i, f.e.Kept(), f.e.Reused())
+		}
+	}
+	// The heap committed in place (same image file) by an update: the kept
+	// instance sees the new bytes, as a fresh one would.
+	f.write(t, 43)
+	for i := 0; i < 3; i++ {
+		if out := f.query(t, "canister_query peek"); !bytes.Equal(out.Reply, peekWant(43)) {
+			t.Fatalf("after the update, query %d: %x, want %x", i, out.Reply, peekWant(43))
+		}
+	}
+	if f.e.DropKept() != 1 || f.e.Kept() != 0 {
+		t.Fatal("DropKept did not drop the kept instance")
+	}
+	if out := f.query(t, "canister_query peek"); !bytes.Equal(out.Reply, peekWant(43)) {
+		t.Fatalf("after DropKept: %x", out.Reply)
+	}
+}
+
+// A query that traps, grows the memory or runs out of instructions is not
+// kept; the next query sees the committed state.
+func TestKeptQueryDroppedAfterTrapGrowOrLimit(t *testing.T) {
+	f := newKeepFixture(t, leakWAT, 2)
+	f.write(t, 7)
+	f.query(t, "canister_query peek") // leaves a kept instance
+	for _, entry := range []string{"canister_query peek_trap", "canister_query peek_grow", "canister_query spin"} {
+		in := testInput(sysapi.CtxNonReplicatedQuery, entry, nil, f.c.m)
+		in.Stable = f.c.stable
+		in.Limits.Instructions = 1e6
+		out, err := f.e.Run(&Request{Module: f.c.m, Heap: f.c.heap, Globals: f.c.globals, Input: in})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if entry != "canister_query peek_grow" && !out.Trapped {
+			t.Fatalf("%s did not trap", entry)
+		}
+		if f.e.Kept() != 0 {
+			t.Fatalf("%s: the instance was kept", entry)
+		}
+		if out := f.query(t, "canister_query peek"); !bytes.Equal(out.Reply, peekWant(7)) {
+			t.Fatalf("after %s: %x, want %x", entry, out.Reply, peekWant(7))
+		}
+	}
+}
+
+// A module that can change a table or drop a segment is never kept.
+func TestKeptNotForTableOrSegmentChanges(t *testing.T) {
+	for name, body := range map[string]string{
+		"table.set":  `(table.set $t (i32.const 0) (ref.null func))`,
+		"table.grow": `(drop (table.grow $t (ref.null func) (i32.const 1)))`,
+		"table.fill": `(table.fill $t (i32.const 0) (ref.null func) (i32.const 1))`,
+		"table.copy": `(table.copy $t $t (i32.const 0) (i32.const 0) (i32.const 1))`,
+		"table.init": `(table.init $t $e (i32.const 0) (i32.const 0) (i32.const 1))`,
+		"elem.drop":  `(elem.drop $e)`,
+		"data.drop":  `(data.drop $d)`,
+	} {
+		wat := fmt.Sprintf(`(module
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 1)
+  (table $t 2 funcref)
+  (elem $e func $f)
+  (data $d "x")
+  (func $f)
+  (func (export "canister_query q") %s (call $reply)))`, body)
+		f := newKeepFixture(t, wat, 2)
+		if f.c.m.reusable {
+			t.Fatalf("%s: module is reusable", name)
+		}
+		f.c.heap = state.NewPageMap(state.WasmPageSize)
+		f.c.globals = nil
+		f.query(t, "canister_query q")
+		if f.e.Kept() != 0 {
+			t.Fatalf("%s: instance kept", name)
+		}
+	}
+}
+
+// Concurrent queries never share an instance, every one sees the committed
+// state, and no more than KeepInstances are kept.
+func TestKeptConcurrentQueries(t *testing.T) {
+	f := newKeepFixture(t, leakWAT, 3)
+	f.write(t, 99)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 30; i++ {
+				in := testInput(sysapi.CtxNonReplicatedQuery, "canister_query peek", nil, f.c.m)
+				in.Stable = f.c.stable
+				out, err := f.e.Run(&Request{Module: f.c.m, Heap: f.c.heap, Globals: f.c.globals, Input: in})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(out.Reply, peekWant(99)) {
+					errs <- fmt.Errorf("reply %x, want %x", out.Reply, peekWant(99))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := f.e.Kept(); n < 1 || n > 3 {
+		t.Fatalf("%d instances kept, want 1..3", n)
+	}
+}
+
+// Reuse changes no result: the corpus canisters' queries (and updates in
+// between) give identical outputs and instruction counts with kept
+// instances and with a fresh instance each time.
+func TestKeptSameAsFreshOverCorpus(t *testing.T) {
+	needScan(t)
+	empty := []byte("DIDL\x00\x00")
+	for _, name := range []string{"counter", "kv", "compute", "memory", "inspect", "types", "traps", "random", "stable", "wallet", "timer", "relay"} {
+		t.Run(name, func(t *testing.T) {
+			var cans [2]*canister
+			var engs [2]*Engine
+			for i, keep := range []int{0, 4} {
+				cfg := DefaultConfig()
+				cfg.KeepInstances = keep
+				e, err := New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := e.Compile(corpus(t, name), DefaultModuleLimits())
+				if err != nil {
+					t.Fatal(err)
+				}
+				engs[i], cans[i] = e, &canister{m: m, stable: state.NewPageMap(0)}
+				cans[i].run(t, e, sysapi.CtxInit, "canister_init", empty, true)
+			}
+			queries := cans[0].m.Info.MethodNames(QueryMethod)
+			updates := cans[0].m.Info.MethodNames(UpdateMethod)
+			if len(queries) == 0 {
+				t.Skip("no query methods")
+			}
+			for round := 0; round < 3; round++ {
+				for _, q := range queries {
+					for rep := 0; rep < 2; rep++ {
+						var outs [2]*sysapi.Output
+						for i := range cans {
+							outs[i] = cans[i].run(t, engs[i], sysapi.CtxNonReplicatedQuery, "canister_query "+q, empty, false)
+						}
+						a, b := outs[0], outs[1]
+						if a.Trapped != b.Trapped || a.TrapMessage != b.TrapMessage || !bytes.Equal(a.Reply, b.Reply) ||
+							a.RejectMessage != b.RejectMessage || a.Instructions != b.Instructions {
+							t.Fatalf("%s round %d: fresh %+v, kept %+v", q, round, a, b)
+						}
+					}
+				}
+				if round < len(updates) {
+					for i := range cans {
+						cans[i].run(t, engs[i], sysapi.CtxUpdate, "canister_update "+updates[round], empty, false)
+					}
+				}
+			}
+			t.Logf("%s: reusable %v, %d queries on kept instances", name, cans[1].m.reusable, engs[1].Reused())
+			if engs[0].Reused() != 0 || (name == "counter" && engs[1].Reused() == 0) {
+				t.Fatalf("reused: fresh engine %d, keeping engine %d", engs[0].Reused(), engs[1].Reused())
+			}
+		})
+	}
+}
