@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
+	"weak"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 	"golang.org/x/sys/unix"
@@ -42,6 +44,11 @@ import (
 // An instance is kept for requests with the same module, heap limit and
 // heap file (device and inode of the descriptor: the kept mapping holds that
 // file open, so its inode cannot be reused by another) and size.
+//
+// A kept instance names its module by a weak pointer, and the module's
+// cleanup closes the instances kept for it: a module that every canister has
+// dropped (deleted, upgraded) is freed with its compiled code, not held by
+// the free list until newer instances push it out.
 
 // keepable reports whether a request may use a kept instance or leave one.
 // It does not ask the heap for its File: a page map makes its image on
@@ -55,10 +62,11 @@ func (e *Engine) keepable(req *Request, heap state.Memory) bool {
 // mayHaveKept reports whether an instance of m for a heap of this size and
 // limit is kept, before the heap's file is asked for.
 func (e *Engine) mayHaveKept(req *Request, heap state.Memory) bool {
+	mod := weak.Make(req.Module)
 	e.kept.mu.Lock()
 	defer e.kept.mu.Unlock()
 	for _, r := range e.kept.list {
-		if r.key.mod == req.Module && r.key.size == heap.Size() && r.key.heapLimit == req.Input.Limits.HeapBytes {
+		if r.key.mod == mod && r.key.size == heap.Size() && r.key.heapLimit == req.Input.Limits.HeapBytes {
 			return true
 		}
 	}
@@ -67,7 +75,7 @@ func (e *Engine) mayHaveKept(req *Request, heap state.Memory) bool {
 
 // keptKey identifies what a kept instance was reset to.
 type keptKey struct {
-	mod       *Module
+	mod       weak.Pointer[Module]
 	heapLimit uint64
 	dev, ino  uint64
 	size      uint64
@@ -81,7 +89,7 @@ func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
 	if err := unix.Fstat(int(heap.File().Fd()), &st); err != nil {
 		return keptKey{}, false
 	}
-	return keptKey{mod: req.Module, heapLimit: req.Input.Limits.HeapBytes, dev: uint64(st.Dev), ino: st.Ino, size: heap.Size()}, true
+	return keptKey{mod: weak.Make(req.Module), heapLimit: req.Input.Limits.HeapBytes, dev: uint64(st.Dev), ino: st.Ino, size: heap.Size()}, true
 }
 
 // kept is the engine's free list of reset instances, at most Config.Keep
@@ -107,8 +115,11 @@ func (e *Engine) take(key keptKey) *run {
 	return nil
 }
 
-// put adds a reset instance to the free list.
-func (e *Engine) put(r *run) {
+// put adds a reset instance of m to the free list.
+func (e *Engine) put(m *Module, r *run) {
+	m.keptOnce.Do(func() {
+		runtime.AddCleanup(m, func(c keptCleanup) { c.k.dropModule(c.mod) }, keptCleanup{e.kept, r.key.mod})
+	})
 	e.kept.mu.Lock()
 	var old *run
 	if len(e.kept.list) >= e.keep {
@@ -119,6 +130,33 @@ func (e *Engine) put(r *run) {
 	e.kept.mu.Unlock()
 	if old != nil {
 		old.store.Close()
+	}
+}
+
+// keptCleanup is the argument of a module's cleanup (put): it must not
+// reference the module.
+type keptCleanup struct {
+	k   *kept
+	mod weak.Pointer[Module]
+}
+
+// dropModule closes the instances kept for a module that is unreachable.
+func (k *kept) dropModule(mod weak.Pointer[Module]) {
+	var drop []*run
+	k.mu.Lock()
+	list := k.list[:0]
+	for _, r := range k.list {
+		if r.key.mod == mod {
+			drop = append(drop, r)
+		} else {
+			list = append(list, r)
+		}
+	}
+	clear(k.list[len(list):])
+	k.list = list
+	k.mu.Unlock()
+	for _, r := range drop {
+		r.store.Close()
 	}
 }
 
@@ -193,7 +231,7 @@ func (e *Engine) release(r *run, req *Request, heap state.Memory, mt *meter, out
 		return
 	}
 	r.exec = nil
-	e.put(r)
+	e.put(req.Module, r)
 }
 
 // reset maps the committed heap file again over every page of the memory

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -162,6 +163,10 @@ type Module struct {
 	// segment (wasmbin.ChangesTablesOrSegments), so a query's instance may
 	// be kept and reset (keep.go).
 	reusable bool
+	// keptOnce registers, the first time an instance of the module is kept,
+	// the cleanup that closes its kept instances once the module is
+	// unreachable (keep.go): they must not keep its code alive.
+	keptOnce sync.Once
 }
 
 // Validate decodes and checks a module without compiling it: only ic0
