@@ -585,3 +585,59 @@ func TestQueryLeadHandsOverReading(t *testing.T) {
 		t.Fatalf("faults: %+v", st.Faults)
 	}
 }
+
+// A sandbox fits as many concurrent queries as the boundary admits, on top
+// of the instances its engine keeps: every instance's memory is a 4 GiB
+// reservation, and at RLIMIT_AS 64 GiB the 16th query failed to
+// instantiate ("mmap failed to reserve", reported as the canister's trap).
+func TestMaxQueryThreadsFit(t *testing.T) {
+	x := newRealQueries(t, boundary.MaxInFlight)
+	s, c := twoWordsSim(t, x, "fit")
+	// Leave kept instances behind (plain queries that end cleanly), then
+	// commit an update, so that they are kept for a heap no query uses.
+	var wg sync.WaitGroup
+	for i := 0; i < engine.DefaultKeepInstances; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, err := execOn(context.Background(), s, c, sysapi.CtxNonReplicatedQuery, "canister_query quick"); err != nil || out.Trapped {
+				t.Errorf("quick: %v %+v", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	c = bump(t, s, c)
+	var most atomic.Int64
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			most.Store(max(most.Load(), int64(inFlight(x, s.id))))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	for i := 0; i < boundary.MaxInFlight; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in := s.input(sysapi.CtxNonReplicatedQuery, "canister_query spin", empty)
+			in.Stable = c.stable
+			in.Limits.Instructions = 400_000_000
+			out, err := x.Execute(context.Background(), s.id, &Request{Module: s.m, Heap: c.heap, Globals: c.globals, Input: in})
+			if err != nil || !out.Trapped || out.TrapMessage != sysapi.ErrInstructionLimit.Message {
+				t.Errorf("spin: want the instruction limit, got %v %+v", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-watched
+	if most.Load() < boundary.MaxInFlight {
+		t.Errorf("at most %d queries were in flight at once, want %d: the test did not load the sandbox", most.Load(), boundary.MaxInFlight)
+	}
+}

@@ -26,11 +26,15 @@ const (
 	// NoFileLimit is RLIMIT_NOFILE inside a sandbox.
 	NoFileLimit = 64
 	// AddressSpaceLimit is RLIMIT_AS inside a sandbox: generous, because
-	// wasmtime reserves virtual memory far beyond what it touches (a 32-bit
-	// memory is a 4 GiB reservation plus guard regions; 64-bit memories
-	// and the Go runtime's own reservations add more). The real bound on
-	// memory is the cgroup; this only stops runaway reservations.
-	AddressSpaceLimit = 64 << 30
+	// wasmtime reserves virtual memory far beyond what it touches (every
+	// instance's memory is a 4 GiB + 64 MiB reservation), and a sandbox
+	// holds up to boundary.MaxInFlight (16) running instances plus the
+	// engine's kept ones (engine.DefaultKeepInstances, 4): 20 × 4.06 GiB,
+	// plus the Go runtime's and wasmtime's own. At 64 GiB the 16th
+	// concurrent query failed to instantiate (TestMaxQueryThreadsFit). The
+	// real bound on memory is the cgroup; this only stops runaway
+	// reservations.
+	AddressSpaceLimit = 128 << 30
 	// startTimeout bounds start-up when ctx has no deadline.
 	startTimeout = 10 * time.Second
 )
