@@ -28,12 +28,14 @@ import (
 // What an instance can carry from one execution to the next, and how each
 // is made exact again:
 //   - linear memory: the committed heap file stays mapped copy-on-write over
-//     the whole memory. After the query, every page of the range that is not
-//     a page of that file (written copies, the shared zero page) is found
-//     with PAGEMAP_SCAN and the file is mapped again over it (MAP_FIXED), so
-//     the memory is again nothing but the file's pages: what a fresh mapping
-//     of the same file shows, including later changes to the file. Pages the
-//     query only read stay mapped. The memory must not have grown or moved.
+//     the whole memory. Every page of the range that is not a page of that
+//     file (written copies, the shared zero page) is found with PAGEMAP_SCAN
+//     and made the file's again: up to copyPages of them by reading the
+//     file's current bytes into them just before the next query runs, more
+//     by mapping the file again over them (MAP_FIXED) when the query ends
+//     (reset). The memory is then what a fresh mapping of the same file
+//     shows, including later changes to the file. Pages the query only read
+//     stay mapped. The memory must not have grown or moved.
 //   - globals: every mutable global is set to the request's committed values
 //     and the instruction counter afresh, as on a fresh instance.
 //   - tables and passive segments: only a module without table.set/grow/
@@ -226,7 +228,7 @@ func (e *Engine) release(r *run, req *Request, heap state.Memory, mt *meter, out
 		r.store.Close()
 		return
 	}
-	if rerr := r.reset(req, heap); rerr != nil {
+	if rerr := r.reset(req, heap, false); rerr != nil {
 		r.store.Close()
 		return
 	}
@@ -234,9 +236,29 @@ func (e *Engine) release(r *run, req *Request, heap state.Memory, mt *meter, out
 	e.put(req.Module, r)
 }
 
-// reset maps the committed heap file again over every page of the memory
-// that is not one of its pages. An error: the instance cannot be reset.
-func (r *run) reset(req *Request, heap state.Memory) error {
+// copyPages bounds the pages a kept instance restores by copying rather
+// than by mapping the file again: 256 KiB per kept instance at most stays
+// private between queries.
+const copyPages = 64
+
+// reset makes the memory exactly the committed heap file again: every page
+// of it that is not one of the file's pages (copies queries wrote, the
+// shared zero page) is found with PAGEMAP_SCAN and
+//   - if there are more than copyPages, the file is mapped again over them,
+//     when the query ends (beforeRun false) or before the next one;
+//   - otherwise they stay private, and before the next query runs on the
+//     instance (beforeRun true) the file's current bytes are read into them.
+//
+// Copying costs a read of each such page per query; mapping again costs
+// unmapping them (a TLB shootdown that interrupts every other CPU this
+// process ran on) and a copy-on-write fault per page the next query writes
+// (another shootdown). A query writes mostly the same few pages each time
+// (its stack, its allocations from the committed heap pointer), so they are
+// copied, query after query, and never unmapped or faulted again. The bytes
+// are read when the next query starts, not when this one ends, so that an
+// update committed into the same file meanwhile is seen, as the file's own
+// pages see it. An error: the instance cannot be reset.
+func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
 	if r.mem == nil || r.mappedLen == 0 || heap.File() == nil {
 		return errors.New("memory not mapped")
 	}
@@ -252,6 +274,10 @@ func (r *run) reset(req *Request, heap state.Memory) error {
 	if err != nil {
 		return err
 	}
+	copying := len(pages) <= copyPages
+	if copying && !beforeRun {
+		return nil
+	}
 	f := heap.File()
 	for i := 0; i < len(pages); {
 		j := i + 1
@@ -259,10 +285,37 @@ func (r *run) reset(req *Request, heap state.Memory) error {
 			j++
 		}
 		lo, hi := pages[i]*state.PageSize, (pages[j-1]+1)*state.PageSize
-		if err := mapPrivateAt(data[lo:hi], f, int64(lo)); err != nil {
+		if hi > uint64(len(data)) {
+			return errors.New("foreign page beyond the memory")
+		}
+		var err error
+		if copying {
+			err = readFullAt(f, data[lo:hi], int64(lo))
+		} else {
+			err = mapPrivateAt(data[lo:hi], f, int64(lo))
+		}
+		if err != nil {
 			return err
 		}
 		i = j
+	}
+	return nil
+}
+
+// readFullAt reads len(dst) bytes of f at off into dst.
+func readFullAt(f *os.File, dst []byte, off int64) error {
+	for len(dst) > 0 {
+		n, err := unix.Pread(int(f.Fd()), dst, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read committed memory again: %w", err)
+		}
+		if n == 0 {
+			return errors.New("read committed memory again: the heap file is shorter than the memory")
+		}
+		dst, off = dst[n:], off+int64(n)
 	}
 	return nil
 }

@@ -325,3 +325,95 @@ func TestKeptInstanceDoesNotHoldItsModule(t *testing.T) {
 		t.Fatal("the module was not collected")
 	}
 }
+
+// scribbleWAT has 8 Wasm pages (128 OS pages). "sum" replies the sum of the
+// first word of every OS page, then writes every page ("sum") or only three
+// ("sum_few"); "set" (an update) commits its argument to every page.
+const scribbleWAT = `(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_arg_data_copy" (func $arg (param i32 i32 i32)))
+  (memory (export "memory") 8)
+  (func $sum (result i32) (local $p i32) (local $s i32)
+    (loop $l
+      (local.set $s (i32.add (local.get $s) (i32.load (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 524288))))
+    (local.get $s))
+  (func $scribble (param $n i32) (local $p i32)
+    (loop $l
+      (i32.store (local.get $p) (i32.const 0x1eaf))
+      (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.mul (local.get $n) (i32.const 4096))))))
+  (func $replySum
+    (i32.store (i32.const 520000) (call $sum))
+    (call $append (i32.const 520000) (i32.const 4))
+    (call $reply))
+  (func (export "canister_query sum") (call $replySum) (call $scribble (i32.const 128)))
+  (func (export "canister_query sum_few") (call $replySum) (call $scribble (i32.const 3)))
+  (func (export "canister_update set") (local $p i32) (local $v i32)
+    (call $arg (i32.const 0) (i32.const 0) (i32.const 4))
+    (local.set $v (i32.load (i32.const 0)))
+    (loop $l
+      (i32.store (local.get $p) (local.get $v))
+      (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 524288))))
+    (call $reply)))`
+
+// A kept instance is made exact both ways (keep.go, reset): the few pages a
+// query wrote stay private and are read again from the file before the next
+// query, and when a query wrote more than copyPages they are mapped again
+// from the file when it ends. Either way the next query, after an update
+// committed into the same file or not, sees exactly the committed bytes.
+func TestKeptResetCopiesFewPagesRemapsMany(t *testing.T) {
+	f := newKeepFixture(t, scribbleWAT, 1)
+	set := func(v uint32) {
+		t.Helper()
+		if out := f.c.run(t, f.e, sysapi.CtxUpdate, "canister_update set", binary.LittleEndian.AppendUint32(nil, v), false); out.Trapped {
+			t.Fatal(out.TrapMessage)
+		}
+	}
+	// private counts the kept instance's pages that are not the file's.
+	private := func() int {
+		t.Helper()
+		f.e.kept.mu.Lock()
+		defer f.e.kept.mu.Unlock()
+		if len(f.e.kept.list) != 1 {
+			t.Fatalf("%d instances kept, want 1", len(f.e.kept.list))
+		}
+		r := f.e.kept.list[0]
+		pages, err := foreignPages(SelfPagemap(), r.mappedAddr, r.mappedLen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(pages)
+	}
+	sum := func(entry string, v uint32) {
+		t.Helper()
+		out := f.query(t, "canister_query "+entry)
+		if out.Trapped || !bytes.Equal(out.Reply, binary.LittleEndian.AppendUint32(nil, 128*v)) {
+			t.Fatalf("%s: %x trapped=%v %s, want the sum of 128 × %d", entry, out.Reply, out.Trapped, out.TrapMessage, v)
+		}
+	}
+	set(1)
+	for v := uint32(1); v <= 3; v++ {
+		for i := 0; i < 3; i++ {
+			sum("sum_few", v)
+			// The three scribbled pages and the reply's stay private.
+			if n := private(); n == 0 || n > copyPages {
+				t.Fatalf("after sum_few: %d private pages, want a few (copied before the next query)", n)
+			}
+		}
+		sum("sum", v)
+		if n := private(); n != 0 {
+			t.Fatalf("after sum: %d private pages, want none (more than %d: mapped again)", n, copyPages)
+		}
+		sum("sum_few", v)
+		sum("sum", v)
+		sum("sum_few", v)
+		set(v + 1) // into the same image; the kept private pages are stale now
+	}
+	if f.e.Reused() == 0 {
+		t.Fatal("no query ran on a kept instance")
+	}
+}

@@ -122,7 +122,10 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if keep && e.mayHaveKept(req, heap) {
 		if key, ok := heapKey(req, heap); ok {
 			if r := e.take(key); r != nil {
-				return e.runKept(r, req, heap)
+				if err := r.reset(req, heap, true); err == nil {
+					return e.runKept(r, req, heap)
+				}
+				r.store.Close() // cannot be made exact: run fresh
 			}
 		}
 	}
