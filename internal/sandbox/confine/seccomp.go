@@ -108,7 +108,7 @@ var Allowlist = []Rule{
 	// files, wasmtime's memfds, the Go netpoller (created before the filter).
 	{Name: "read", Why: "IPC socket, passed files"},
 	{Name: "write", Why: "log pipe (fd 2), IPC socket, wasmtime filling its memfds"},
-	{Name: "pread64", Rare: true, Why: "read passed files at an offset"},
+	{Name: "pread64", Rare: true, Why: "read passed files at an offset: a kept query instance reads the committed heap back into the pages a query wrote (engine/keep.go)"},
 	{Name: "pwrite64", Rare: true, Why: "write memfds at an offset"},
 	{Name: "recvmsg", Why: "IPC messages (with fds)"},
 	{Name: "sendmsg", Why: "IPC messages (with fds); also hands the seccomp listener to the host"},
