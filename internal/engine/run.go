@@ -152,9 +152,15 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	inst, err := linker.Instantiate(store, m.wt)
 	if err != nil {
 		// Instantiation runs no canister code (the start function was
-		// removed), so a failure is a resource limit: a trap.
-		msg := err.Error()
+		// removed), so a failure is either the canister's own limit (a
+		// memory or table minimum above it: a trap) or the host's (the
+		// kernel refused to map the instance's reservation: not the
+		// canister's doing, so an error that charges and answers nothing).
+		msg := instantiationError(err.Error())
 		closeError(err)
+		if hostResourceFailure(msg) {
+			return nil, fmt.Errorf("engine: host could not instantiate the module: %s", msg)
+		}
 		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
 	}
 	var counter *wasmtime.Global
@@ -579,4 +585,23 @@ func discardsState(c sysapi.Context) bool {
 		return true
 	}
 	return false
+}
+
+// instantiationError drops the backtrace wasmtime appends to an error's
+// text: addresses that differ between builds have no place in a trap
+// message, which must be the same on every replica.
+func instantiationError(msg string) string {
+	if i := strings.Index(msg, "\nStack backtrace:"); i >= 0 {
+		msg = msg[:i]
+	}
+	return strings.TrimSpace(msg)
+}
+
+// hostResourceFailure reports whether an instantiation error came from the
+// operating system (wasmtime renders a failed system call's io::Error as
+// "... (os error N)"), such as mmap refusing the instance's address-space
+// reservation under RLIMIT_AS. Limits the canister hits are wasmtime's own
+// errors and carry no OS error.
+func hostResourceFailure(msg string) bool {
+	return strings.Contains(msg, "(os error ")
 }
