@@ -22,9 +22,10 @@ const hostLimitChild = "CORDON_TEST_ENGINE_AS_CHILD"
 
 // When the host cannot reserve an instance's address space (here: the
 // process's RLIMIT_AS is nearly used up) the canister did nothing wrong.
-// Run must return an error, which the host reports as its own failure and
-// does not charge, never a trap that would be the canister's answer. The
-// limit is set in a child process: it would starve the test binary.
+// Run must return an error, which the host reports as its own failure with
+// the canister's state unchanged, never a trap that would be the canister's
+// answer. The limit is set in a child process: it would starve the test
+// binary.
 func TestHostAddressSpaceExhaustionIsNotATrap(t *testing.T) {
 	if os.Getenv(hostLimitChild) == "1" {
 		hostLimitChildMain()
