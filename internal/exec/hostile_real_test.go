@@ -337,8 +337,8 @@ func TestSeccompKillNotRetried(t *testing.T) {
 }
 
 // A sandbox has nothing to say between messages. One that sends a packet,
-// descriptors, or descriptors and then exits while idle is caught at once
-// (not at its canister's next message): killed, counted, its socket closed
+// descriptors, or descriptors and then exits while idle is caught by the
+// idle watch (not at its canister's next message): killed, counted, its socket closed
 // with whatever it queued, the host's descriptors back to what they were.
 // One that makes a forbidden system call while idle is counted too.
 func TestIdleSandboxWatched(t *testing.T) {
@@ -404,5 +404,72 @@ func TestWorkerForbidsNewCode(t *testing.T) {
 	}
 	if st := x.Stats(); len(st.Faults) != 0 {
 		t.Fatalf("faults %v", st.Faults)
+	}
+}
+
+// Between an exchange and the start of its idle watch (IdleWatchDelay) a
+// sandbox is not watched. A packet it queues then is read by the canister's
+// next exchange, which must take it for the violation it is: the message
+// fails (the canister's state untouched), the sandbox is killed, and the
+// message after gets a fresh one. The delay is an hour here, so the watch
+// never starts and the exchange meets the packet every time.
+func TestPacketBeforeWatchIsViolation(t *testing.T) {
+	wasm := wasmFile(t, corpusDir, "counter")
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), IdleWatchDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	id := hostilePrefix + "idle-packet"
+	victim := newSim(t, x, id, wasm)
+	neighbour := newSim(t, x, "neighbour", wasm)
+	neighbour.must(sysapi.CtxInit, "canister_init", empty)
+	victim.must(sysapi.CtxInit, "canister_init", empty)
+	pid := sandboxPid(x, id)
+	sb := x.entry(id)
+	if pid == 0 || sb == nil {
+		t.Fatal("victim's sandbox not listed")
+	}
+	sb.mu.Lock()
+	rc, err := sb.conn.Raw().SyscallConn()
+	watched := sb.watching != nil
+	sb.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if watched {
+		t.Fatal("an idle watch started before its delay")
+	}
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the packet is queued on the host's end, unread.
+	deadline := time.Now().Add(30 * time.Second)
+	for queued := false; !queued; {
+		if time.Now().After(deadline) {
+			t.Fatal("the sandbox's packet never came")
+		}
+		var b [1]byte
+		_ = rc.Control(func(fd uintptr) {
+			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+			queued = err == nil && n > 0
+		})
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err = victim.run(sysapi.CtxUpdate, "canister_update inc", empty)
+	var se *SandboxError
+	if !errors.As(err, &se) || se.Fault != FaultViolation {
+		t.Fatalf("the exchange after the packet: want a violation, got %v", err)
+	}
+	waitGone(t, pid)
+	if out := neighbour.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("neighbour: %x", out.Reply)
+	}
+	// The failed message changed nothing: the counter's first inc answers 1.
+	if out := victim.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != "DIDL\x00\x01\x7d\x01" {
+		t.Fatalf("victim after respawn: %x", out.Reply)
+	}
+	if p := sandboxPid(x, id); p == pid || p == 0 {
+		t.Fatalf("victim's sandbox %d (was %d)", p, pid)
 	}
 }

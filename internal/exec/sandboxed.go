@@ -124,6 +124,9 @@ type SandboxConfig struct {
 	InstructionsPerSecond uint64        // default 100 M
 	CompileTimeout        time.Duration // default 5 min
 	StartTimeout          time.Duration // spawn to ready (default 10 s)
+	// IdleWatchDelay is how long after an exchange a sandbox's idle watch
+	// starts (default DefaultIdleWatchDelay).
+	IdleWatchDelay time.Duration
 
 	Logger  *slog.Logger
 	Launch  Launcher        // nil: sandbox.Start
@@ -174,6 +177,9 @@ func (c *SandboxConfig) defaults() {
 	c.QueryThreads = min(c.QueryThreads, boundary.MaxInFlight)
 	if c.WatchdogBase <= 0 {
 		c.WatchdogBase = 10 * time.Second
+	}
+	if c.IdleWatchDelay <= 0 {
+		c.IdleWatchDelay = DefaultIdleWatchDelay
 	}
 	if c.InstructionsPerSecond == 0 {
 		c.InstructionsPerSecond = 100_000_000
@@ -358,6 +364,14 @@ type Sandboxed struct {
 	nextID atomic.Uint64
 	stop   chan struct{}
 	reaper sync.WaitGroup
+
+	// Idle watches waiting to start (watch): the sandboxes whose
+	// exchange ended, and the one timer that starts their watches
+	// (startWatches), armed while the queue is not empty.
+	idleMu    sync.Mutex
+	idleQueue []*canisterSandbox
+	idleArmed bool
+	idleTimer *time.Timer
 }
 
 // sbModule is a module prepared by the compiler sandbox.
@@ -379,8 +393,13 @@ type canisterSandbox struct {
 	loaded [32]byte
 	dead   bool // killed: acquire must take a fresh entry
 	// watching is closed when the idle watch of this sandbox's socket
-	// (between exchanges) has ended; nil when none runs.
-	watching chan struct{}
+	// (between exchanges) has ended; nil when none runs. watchFrom, if
+	// not zero, is when the last exchange ended: a watch is due
+	// SandboxConfig.IdleWatchDelay later (startWatches).
+	watching  chan struct{}
+	watchFrom time.Time
+	// queued: in Sandboxed.idleQueue (under Sandboxed.idleMu).
+	queued bool
 
 	// Under Sandboxed.mu:
 	busy     int
@@ -443,6 +462,8 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
 		reprime: make(chan struct{}, 1)}
+	x.idleTimer = time.AfterFunc(time.Hour, x.startWatches)
+	x.idleTimer.Stop()
 	if cfg.Launch == nil {
 		// Now, while the host is small: the spawner's own fork copies the
 		// host's page table once (sandbox/spawner.go).
@@ -1320,13 +1341,83 @@ func (x *Sandboxed) runExclusive(ctx context.Context, sb *canisterSandbox, reuse
 	return out, false, nil
 }
 
-// watch starts reading sb's socket while it is idle (sb.mu held, an
-// exchange just ended): a sandbox has nothing to say between messages, so
-// a packet, a descriptor or a hang-up then is caught at once, the sandbox
-// killed and its socket closed, which releases whatever it queued (memfds
-// it sent before exiting would otherwise stay charged to the host until the
-// canister's next message).
+// DefaultIdleWatchDelay is how long after an exchange a sandbox's idle
+// watch starts. A canister whose next message comes sooner is not watched
+// in between: starting a watch (a goroutine parked on the socket) and
+// stopping it again woke threads of the host on every message, and so would
+// a timer armed for each, so one timer (Sandboxed.idleTimer) starts the
+// watches that are due, at most once per delay. A hostile sandbox gains
+// nothing in the gap: what it can queue is bounded by its socket's buffer
+// as before, the watch finds it when it starts, and an exchange that comes
+// first reads it as the violation it is (TestPacketBeforeWatchIsViolation).
+const DefaultIdleWatchDelay = 5 * time.Millisecond
+
+// watch arranges for sb's socket to be read while it is idle (sb.mu held,
+// an exchange just ended), from SandboxConfig.IdleWatchDelay on: a sandbox
+// has nothing to say between messages, so a packet, a descriptor or a
+// hang-up then is caught, the sandbox killed and its socket closed, which
+// releases whatever it queued (memfds it sent before exiting would
+// otherwise stay charged to the host until the canister's next message).
 func (x *Sandboxed) watch(sb *canisterSandbox) {
+	sb.watchFrom = time.Now()
+	x.queueWatch(sb)
+}
+
+// queueWatch puts sb in the queue of watches to start, and arms the timer
+// that starts them if it is not armed.
+func (x *Sandboxed) queueWatch(sbs ...*canisterSandbox) {
+	x.idleMu.Lock()
+	defer x.idleMu.Unlock()
+	for _, sb := range sbs {
+		if !sb.queued {
+			sb.queued = true
+			x.idleQueue = append(x.idleQueue, sb)
+		}
+	}
+	if len(x.idleQueue) > 0 && !x.idleArmed {
+		x.idleArmed = true
+		x.idleTimer.Reset(x.cfg.IdleWatchDelay)
+	}
+}
+
+// startWatches starts the idle watches that are due (the timer's
+// function). A sandbox whose lock is held is looked at again at the next
+// round: an exchange that holds it cancels its watch (unwatch) and queues
+// a new one when it ends, anything else leaves it due.
+func (x *Sandboxed) startWatches() {
+	x.idleMu.Lock()
+	queue := x.idleQueue
+	x.idleQueue = nil
+	for _, sb := range queue {
+		sb.queued = false
+	}
+	x.idleArmed = false
+	x.idleMu.Unlock()
+	now := time.Now()
+	var later []*canisterSandbox
+	for _, sb := range queue {
+		if !sb.mu.TryLock() {
+			later = append(later, sb)
+			continue
+		}
+		switch {
+		case sb.watchFrom.IsZero() || sb.proc == nil || sb.watching != nil:
+			// Nothing due: an exchange took it, or it is gone, or watched.
+		case now.Sub(sb.watchFrom) < x.cfg.IdleWatchDelay:
+			later = append(later, sb)
+		default:
+			sb.watchFrom = time.Time{}
+			x.startWatch(sb)
+		}
+		sb.mu.Unlock()
+	}
+	if len(later) > 0 {
+		x.queueWatch(later...)
+	}
+}
+
+// startWatch starts reading sb's idle socket (sb.mu held).
+func (x *Sandboxed) startWatch(sb *canisterSandbox) {
 	done := make(chan struct{})
 	sb.watching = done
 	proc, conn := sb.proc, sb.conn
@@ -1359,7 +1450,7 @@ func (x *Sandboxed) watch(sb *canisterSandbox) {
 // rewatch restarts sb's idle watch if it ended while this goroutine held
 // sb.mu (sb.mu held): the watcher leaves what it saw to the lock's holder,
 // and an idle check is not an exchange that would read it. What the sandbox
-// sent is still queued, so the new watch sees it at once.
+// sent is still queued, so the new watch sees it when it starts.
 func (x *Sandboxed) rewatch(sb *canisterSandbox) {
 	if sb.watching == nil || sb.proc == nil {
 		return
@@ -1372,8 +1463,10 @@ func (x *Sandboxed) rewatch(sb *canisterSandbox) {
 	}
 }
 
-// unwatch ends sb's idle watch, if any, and waits for it (sb.mu held).
+// unwatch ends sb's idle watch, if any, and waits for it (sb.mu held); a
+// watch not started yet never starts.
 func (x *Sandboxed) unwatch(sb *canisterSandbox) {
+	sb.watchFrom = time.Time{}
 	if sb.watching == nil {
 		return
 	}
@@ -1514,7 +1607,8 @@ func (x *Sandboxed) Close() error {
 	}
 	x.mu.Unlock()
 	close(x.stop)
-	x.reaper.Wait() // the filler too: no blank is added after this
+	x.idleTimer.Stop() // a round under way finds every sandbox gone
+	x.reaper.Wait()    // the filler too: no blank is added after this
 	x.closeBlanks()
 	for _, sb := range all {
 		sb.mu.Lock()
