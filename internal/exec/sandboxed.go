@@ -393,11 +393,13 @@ type canisterSandbox struct {
 	loaded [32]byte
 	dead   bool // killed: acquire must take a fresh entry
 	// watching is closed when the idle watch of this sandbox's socket
-	// (between exchanges) has ended; nil when none runs. watchFrom, if
-	// not zero, is when the last exchange ended: a watch is due
-	// SandboxConfig.IdleWatchDelay later (startWatches).
-	watching  chan struct{}
-	watchFrom time.Time
+	// (between exchanges) has ended; nil when none runs.
+	watching chan struct{}
+	// watchFrom, if not zero, is when the last exchange ended (Unix
+	// nanoseconds): a watch is due SandboxConfig.IdleWatchDelay later
+	// (startWatches). Written under mu; atomic so that startWatches can
+	// pass over a sandbox in an exchange without its lock.
+	watchFrom atomic.Int64
 	// queued: in Sandboxed.idleQueue (under Sandboxed.idleMu).
 	queued bool
 
@@ -1359,7 +1361,7 @@ const DefaultIdleWatchDelay = 5 * time.Millisecond
 // releases whatever it queued (memfds it sent before exiting would
 // otherwise stay charged to the host until the canister's next message).
 func (x *Sandboxed) watch(sb *canisterSandbox) {
-	sb.watchFrom = time.Now()
+	sb.watchFrom.Store(time.Now().UnixNano())
 	x.queueWatch(sb)
 }
 
@@ -1381,9 +1383,9 @@ func (x *Sandboxed) queueWatch(sbs ...*canisterSandbox) {
 }
 
 // startWatches starts the idle watches that are due (the timer's
-// function). A sandbox whose lock is held is looked at again at the next
-// round: an exchange that holds it cancels its watch (unwatch) and queues
-// a new one when it ends, anything else leaves it due.
+// function). A sandbox in an exchange is dropped from the queue (the
+// exchange cancelled its watch, and queues a new one when it ends); one
+// whose lock something else holds is looked at again at the next round.
 func (x *Sandboxed) startWatches() {
 	x.idleMu.Lock()
 	queue := x.idleQueue
@@ -1393,20 +1395,23 @@ func (x *Sandboxed) startWatches() {
 	}
 	x.idleArmed = false
 	x.idleMu.Unlock()
-	now := time.Now()
+	now := time.Now().UnixNano()
+	delay := x.cfg.IdleWatchDelay.Nanoseconds()
 	var later []*canisterSandbox
 	for _, sb := range queue {
-		if !sb.mu.TryLock() {
+		from := sb.watchFrom.Load()
+		switch {
+		case from == 0:
+			continue // in an exchange, or gone
+		case now-from < delay:
+			later = append(later, sb)
+			continue
+		case !sb.mu.TryLock():
 			later = append(later, sb)
 			continue
 		}
-		switch {
-		case sb.watchFrom.IsZero() || sb.proc == nil || sb.watching != nil:
-			// Nothing due: an exchange took it, or it is gone, or watched.
-		case now.Sub(sb.watchFrom) < x.cfg.IdleWatchDelay:
-			later = append(later, sb)
-		default:
-			sb.watchFrom = time.Time{}
+		if sb.watchFrom.Load() != 0 && sb.proc != nil && sb.watching == nil {
+			sb.watchFrom.Store(0)
 			x.startWatch(sb)
 		}
 		sb.mu.Unlock()
@@ -1466,7 +1471,7 @@ func (x *Sandboxed) rewatch(sb *canisterSandbox) {
 // unwatch ends sb's idle watch, if any, and waits for it (sb.mu held); a
 // watch not started yet never starts.
 func (x *Sandboxed) unwatch(sb *canisterSandbox) {
-	sb.watchFrom = time.Time{}
+	sb.watchFrom.Store(0)
 	if sb.watching == nil {
 		return
 	}
