@@ -70,9 +70,23 @@ type InProcess struct {
 	running chan struct{}
 }
 
+// InProcessKeepInstances is how many query instances the in-process
+// executor keeps for reuse (engine.Config.KeepInstances): as many as a
+// sandboxed node keeps sandboxes live by default (SandboxConfig.MaxSandboxes).
+// Its one engine serves every canister of the node, and kept instances
+// are closed least recently used first, so with fewer than the canisters
+// queried in turn none is ever reused: at the sandbox's 4, ten canisters
+// queried round robin answered 10 times fewer queries per second than one
+// (cordon bench, throughput). Each kept instance costs its wasmtime store,
+// an address-space reservation and at most 64 private pages
+// (engine.copyPages): 64 MiB of private pages at most for all of them.
+const InProcessKeepInstances = 256
+
 // NewInProcess creates an in-process executor.
 func NewInProcess(limits engine.ModuleLimits) (*InProcess, error) {
-	e, err := engine.New(engine.DefaultConfig())
+	cfg := engine.DefaultConfig()
+	cfg.KeepInstances = InProcessKeepInstances
+	e, err := engine.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create engine: %w", err)
 	}
