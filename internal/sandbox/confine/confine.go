@@ -7,6 +7,7 @@
 package confine
 
 /*
+#include <stdlib.h>
 #include "early.h"
 */
 import "C"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -159,34 +161,69 @@ func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
 	_ = unix.Close(1)
 
 	applied := uint64(C.cordon_early_applied())
-	listener := -1
-	if cfg.Layers&LSeccomp != 0 {
-		listener, err = installSeccomp(cfg.Layers&LLearn != 0, int(C.cordon_early_pagemap()))
-		if err != nil {
-			_ = uc.Close()
-			return nil, nil, nil, fmt.Errorf("confine: seccomp: %w", err)
+	if cfg.Layers&LSeccomp == 0 {
+		msg := fmt.Sprintf("%s %#x %d", ReadyPrefix, applied, int(C.cordon_early_landlock_abi()))
+		if _, _, err = uc.WriteMsgUnix([]byte(msg), nil, nil); err != nil {
+			return nil, nil, nil, reportFailed(uc, err)
 		}
-		applied |= LSeccomp
+		return uc, files, os.Args[3:], nil
 	}
-	msg := fmt.Sprintf("%s %#x %d", ReadyPrefix, applied, int(C.cordon_early_landlock_abi()))
-	var oob []byte
-	if listener >= 0 {
-		oob = unix.UnixRights(listener)
-	}
-	_, _, err = uc.WriteMsgUnix([]byte(msg), oob, nil)
-	if listener >= 0 {
-		_ = unix.Close(listener)
-	}
+	filter, err := BuildFilterPagemap(uint32(os.Getpid()), int(C.cordon_early_pagemap()), cfg.Layers&LLearn != 0)
 	if err != nil {
-		// Said on the log pipe before the socket closes: the host kills
-		// the sandbox as soon as it sees the hang-up, and would not learn
-		// why (e.g. ETOOMANYREFS when its host user has too many
-		// descriptors in flight).
-		fmt.Fprintf(os.Stderr, "cordon-sandbox: report ready: %v\n", err)
 		_ = uc.Close()
-		return nil, nil, nil, fmt.Errorf("confine: report ready: %w", err)
+		return nil, nil, nil, fmt.Errorf("confine: seccomp: %w", err)
+	}
+	msg := fmt.Sprintf("%s %#x %d", ReadyPrefix, applied|LSeccomp, int(C.cordon_early_landlock_abi()))
+	if err := sealAndReport(uc, filter, msg); err != nil {
+		if errors.Is(err, errSeccomp) {
+			_ = uc.Close()
+			return nil, nil, nil, fmt.Errorf("confine: %w", err)
+		}
+		return nil, nil, nil, reportFailed(uc, err)
 	}
 	return uc, files, os.Args[3:], nil
+}
+
+// reportFailed closes the socket after the ready packet could not be sent.
+// It says why on the log pipe first: the host kills the sandbox as soon as
+// it sees the hang-up, and would not learn why (e.g. ETOOMANYREFS when its
+// host user has too many descriptors in flight).
+func reportFailed(uc *net.UnixConn, err error) error {
+	fmt.Fprintf(os.Stderr, "cordon-sandbox: report ready: %v\n", err)
+	_ = uc.Close()
+	return fmt.Errorf("confine: report ready: %w", err)
+}
+
+var errSeccomp = errors.New("seccomp")
+
+// sealAndReport installs filter on every thread and sends msg with the
+// listener fd over uc, in C with signals blocked (see early.c for why).
+func sealAndReport(uc *net.UnixConn, filter []unix.SockFilter, msg string) error {
+	if len(filter) == 0 || len(filter) > unix.BPF_MAXINSNS {
+		return fmt.Errorf("%w: bad filter length %d", errSeccomp, len(filter))
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	cmsg := C.CBytes([]byte(msg))
+	defer C.free(cmsg)
+	cfilter := C.CBytes(unsafe.Slice((*byte)(unsafe.Pointer(&filter[0])), len(filter)*int(unsafe.Sizeof(filter[0]))))
+	defer C.free(cfilter)
+	var ret, stage C.int
+	if err := rc.Control(func(fd uintptr) {
+		ret = C.cordon_seal_and_report(C.int(fd), cfilter, C.ushort(len(filter)), cmsg, C.size_t(len(msg)), &stage)
+	}); err != nil {
+		return err
+	}
+	if ret == 0 {
+		return nil
+	}
+	errno := unix.Errno(-ret)
+	if stage == 1 {
+		return fmt.Errorf("%w: %w", errSeccomp, errno)
+	}
+	return errno
 }
 
 func parseConfig(s string) (Config, error) {

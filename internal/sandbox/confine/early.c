@@ -10,7 +10,8 @@
 // Order (see doc.go): pdeathsig, fds, mount namespace and pivot_root,
 // hostname (these overlap the host's cgroup attach), then the host's
 // go-ahead (the process is in its cgroup), cgroup namespace, rlimits,
-// dumpable, capabilities, no_new_privs, Landlock. seccomp is installed later, from Go, by confine.Enter (with TSYNC).
+// dumpable, capabilities, no_new_privs, Landlock. seccomp is installed later, when
+// confine.Enter calls cordon_seal_and_report (with TSYNC).
 //
 // On any failure the process writes one line to fd 2 and exits with
 // CORDON_EXIT_SETUP; the host reports that line.
@@ -32,7 +33,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <sys/uio.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <linux/securebits.h>
 
 #include "early.h"
@@ -317,4 +321,64 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		cordon_applied |= CORDON_L_LANDLOCK;
 	}
 	cordon_state = 1;
+}
+
+// cordon_seal_and_report installs the seccomp filter and hands its listener to
+// the host in one step that makes no system call but seccomp and sendmsg.
+//
+// Why in C, with signals blocked: in learn mode every call but sendmsg is
+// sent to the listener, and nobody reads the listener until the host has it.
+// Had Go code run on this thread between the two calls, an asynchronous
+// preemption signal (sysmon) would end in rt_sigreturn, which would wait
+// forever on an unread listener, and the sandbox would never report ready.
+// Other threads may block on the listener meanwhile; the host answers them
+// once the packet arrives.
+int cordon_seal_and_report(int sock, const void *filter, unsigned short len,
+                           const void *msg, size_t msglen, int *stage) {
+	uint64_t all = ~(uint64_t)0, old = 0;
+	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof all) != 0) {
+		*stage = 1;
+		return -errno;
+	}
+	struct sock_fprog prog = {.len = len, .filter = (struct sock_filter *)filter};
+	unsigned long flags = SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_TSYNC_ESRCH |
+	                      SECCOMP_FILTER_FLAG_NEW_LISTENER;
+	long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+	if (listener < 0) {
+		int e = errno;
+		syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof old);
+		*stage = 1;
+		return -e;
+	}
+	int fd = (int)listener;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	memset(&control, 0, sizeof control);
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = msglen};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+	                    .msg_controllen = sizeof control.buf};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+	long n;
+	do {
+		n = syscall(SYS_sendmsg, sock, &mh, MSG_NOSIGNAL);
+	} while (n < 0 && errno == EINTR);
+	int e = n < 0 ? errno : 0;
+	// After sendmsg every call may be notified: the host now answers them.
+	syscall(SYS_close, fd);
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof old);
+	if (e != 0) {
+		*stage = 2;
+		return -e;
+	}
+	if ((size_t)n != msglen) {
+		*stage = 2;
+		return -EMSGSIZE;
+	}
+	return 0;
 }

@@ -1,6 +1,7 @@
 // Shared between early.c and the Go side of package confine.
 #ifndef CORDON_EARLY_H
 #define CORDON_EARLY_H
+#include <stddef.h>
 #include <stdint.h>
 
 #define CORDON_MARKER "__cordon_sandbox__"
@@ -31,4 +32,11 @@ int cordon_early_nfiles(void);
 // The sandbox's /proc/self/pagemap, opened before the empty root, or -1.
 int cordon_early_pagemap(void);
 const char *cordon_early_error(void);
+
+// Installs the seccomp filter (len instructions at filter, a struct
+// sock_filter array) on every thread, then sends msg with the new listener
+// fd over sock, with all signals blocked on the calling thread in between.
+// Returns 0, or -errno with *stage 1 (seccomp) or 2 (sendmsg).
+int cordon_seal_and_report(int sock, const void *filter, unsigned short len,
+                           const void *msg, size_t msglen, int *stage);
 #endif

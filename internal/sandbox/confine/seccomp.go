@@ -3,8 +3,6 @@ package confine
 import (
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"strconv"
 	"unsafe"
 
@@ -432,24 +430,6 @@ func BuildFilterPagemap(pid uint32, pagemapFD int, learn bool) ([]unix.SockFilte
 		return nil, errors.New("filter too long")
 	}
 	return p, nil
-}
-
-// installSeccomp installs the filter on every thread of the process (TSYNC)
-// and returns the notification listener fd for the host.
-func installSeccomp(learn bool, pagemapFD int) (int, error) {
-	filter, err := BuildFilterPagemap(uint32(os.Getpid()), pagemapFD, learn)
-	if err != nil {
-		return -1, err
-	}
-	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	flags := uintptr(unix.SECCOMP_FILTER_FLAG_TSYNC | unix.SECCOMP_FILTER_FLAG_TSYNC_ESRCH |
-		unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)
-	fd, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&fprog)))
-	runtime.KeepAlive(filter)
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(fd), nil
 }
 
 // Notification mirrors struct seccomp_notif.
