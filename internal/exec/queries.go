@@ -55,6 +55,12 @@ type session struct {
 type waiter struct {
 	ch    chan answer // buffered: the reader never blocks on it
 	timer *time.Timer // the query's watchdog
+	// Under sb.smu: the watchdog's deadline and what it allows in all
+	// (reported when it expires), and the share of it that is compute
+	// time, which every query in flight with this one waits for too.
+	deadline time.Time
+	allowed  time.Duration
+	compute  time.Duration
 }
 
 type answer struct {
@@ -228,7 +234,8 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 	id := x.nextID.Add(1)
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
 	deadline := x.watchdog(req, stable)
-	w := &waiter{ch: make(chan answer, 1)}
+	compute := x.computeTime(req)
+	w := &waiter{ch: make(chan answer, 1), compute: compute}
 	sb.smu.Lock()
 	if s.closed {
 		err := s.err
@@ -242,8 +249,19 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 		s.cancel()
 		return 0, nil, fmt.Errorf("exec: %w", err)
 	}
+	// The queries in flight share the sandbox's CPU (its cgroup quota), so
+	// each may take as long as all of their compute together: this one
+	// waits for theirs, and each of them now waits for this one's too.
+	// A hung sandbox answers none, so at most QueryThreads queries extend
+	// each other and the deadlines stay bounded.
+	for _, o := range s.waiters {
+		deadline += o.compute
+		o.extend(compute)
+	}
 	s.waiters[id] = w
-	w.timer = time.AfterFunc(deadline, func() { s.expire(id, deadline) })
+	w.allowed = deadline
+	w.deadline = time.Now().Add(deadline)
+	w.timer = time.AfterFunc(deadline, func() { s.expire(id) })
 	sb.smu.Unlock()
 
 	s.sendMu.Lock()
@@ -337,16 +355,28 @@ func (s *session) cancel() {
 	}
 }
 
+// extend moves w's watchdog d later (sb.smu held). A watchdog that has
+// already fired is not re-armed: its expire is under way.
+func (w *waiter) extend(d time.Duration) {
+	if d <= 0 || !w.timer.Stop() {
+		return
+	}
+	w.allowed += d
+	w.deadline = w.deadline.Add(d)
+	w.timer.Reset(time.Until(w.deadline))
+}
+
 // expire is a query's watchdog: the reader's next read fails as a timeout,
 // and the sandbox is killed with every query in flight.
-func (s *session) expire(id uint64, d time.Duration) {
+func (s *session) expire(id uint64) {
 	s.sb.smu.Lock()
 	defer s.sb.smu.Unlock()
-	if s.closed || s.waiters[id] == nil {
+	w := s.waiters[id]
+	if s.closed || w == nil {
 		return
 	}
 	if s.expired == 0 {
-		s.expired = d
+		s.expired = w.allowed
 	}
 	_ = s.conn.Raw().SetReadDeadline(time.Unix(1, 0))
 }

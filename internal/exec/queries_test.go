@@ -300,10 +300,12 @@ func TestHostileConcurrentQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	newHarness := func(t *testing.T) *harness {
+	// ips is the watchdog's InstructionsPerSecond: 1<<62 gives the
+	// queries' instruction limit (2e9, sim.input) no time.
+	newHarness := func(t *testing.T, ips uint64) *harness {
 		h := &harness{t: t, victim: "victim", ref: ref, mod: mod}
 		x, err := NewSandboxed(SandboxConfig{Dir: dir, Logger: testLogger(t), Launch: h.launch, QueryThreads: 4,
-			WatchdogBase: time.Second, InstructionsPerSecond: 1 << 62, StartTimeout: 5 * time.Second})
+			WatchdogBase: time.Second, InstructionsPerSecond: ips, StartTimeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -314,7 +316,7 @@ func TestHostileConcurrentQueries(t *testing.T) {
 	// and let wasmtime make the reference module's memory image (a memfd
 	// it keeps) before descriptors are counted.
 	{
-		h := newHarness(t)
+		h := newHarness(t, 1<<62)
 		v := newSim(t, h.x, "victim", wasm)
 		v.must(sysapi.CtxInit, "canister_init", empty)
 		h.x.Close()
@@ -357,6 +359,10 @@ func TestHostileConcurrentQueries(t *testing.T) {
 		ok     int               // queries answered honestly
 		check  func(error) error // the others' error
 		killed bool
+		// ips, if set, is the watchdog's InstructionsPerSecond, and
+		// timeout the deadline every query must report.
+		ips     uint64
+		timeout time.Duration
 	}{
 		{name: "answers out of order", ok: 2, sc: pair(func(s *standIn, q1, q2 *boundary.Request) bool {
 			s.c.SendOutput(q2.ID, s.honest(q2))
@@ -397,6 +403,13 @@ func TestHostileConcurrentQueries(t *testing.T) {
 			s.hang()
 			return false
 		})},
+		// Queries in flight share the sandbox's CPU, so each one's watchdog
+		// allows their compute time together: 1 s + 2 s of its own, + 2 s
+		// of the other's, for both (alone, each would have 3 s).
+		{name: "both never answered", killed: true, ips: 1e9, timeout: 5 * time.Second, check: fault(FaultTimeout), sc: pair(func(s *standIn, q1, q2 *boundary.Request) bool {
+			s.hang()
+			return false
+		})},
 		// The query sent to a sandbox that was already running is retried
 		// once, as any execution on a reused sandbox that died: the next
 		// stand-in answers it honestly.
@@ -423,7 +436,11 @@ func TestHostileConcurrentQueries(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			g0, f0 := runtime.NumGoroutine(), openFDs(t)
-			h := newHarness(t)
+			ips := c.ips
+			if ips == 0 {
+				ips = 1 << 62
+			}
+			h := newHarness(t, ips)
 			x := h.x
 			victim := newSim(t, x, "victim", wasm)
 			victim.must(sysapi.CtxInit, "canister_init", empty)
@@ -434,6 +451,7 @@ func TestHostileConcurrentQueries(t *testing.T) {
 			errs := make([]error, 2)
 			outs := make([]*sysapi.Output, 2)
 			var wg sync.WaitGroup
+			start := time.Now()
 			for i := range errs {
 				wg.Add(1)
 				go func() {
@@ -442,6 +460,17 @@ func TestHostileConcurrentQueries(t *testing.T) {
 				}()
 			}
 			wg.Wait()
+			if c.timeout > 0 {
+				if took := time.Since(start); took < c.timeout {
+					t.Errorf("killed after %v, before the deadline of %v", took, c.timeout)
+				}
+				for i, err := range errs {
+					var se *SandboxError
+					if !errors.As(err, &se) || se.Timeout != c.timeout {
+						t.Errorf("query %d: want the deadline of %v, got %v", i, c.timeout, err)
+					}
+				}
+			}
 			ok := 0
 			for i, err := range errs {
 				if err == nil {

@@ -120,6 +120,9 @@ type SandboxConfig struct {
 	// The watchdog allows an execution WatchdogBase plus its instruction
 	// limit at InstructionsPerSecond (a deliberately slow rate: it catches
 	// hangs, fuel catches everything else) plus transfer time for its pages.
+	// Concurrent queries of one sandbox share its CPU, so a query's
+	// watchdog also allows the compute time of every query in flight with
+	// it (queries.go).
 	WatchdogBase          time.Duration // default 10 s
 	InstructionsPerSecond uint64        // default 100 M
 	CompileTimeout        time.Duration // default 5 min
@@ -1531,8 +1534,13 @@ func (x *Sandboxed) watchdog(req *Request, stable *state.PageMap) time.Duration 
 	if (req.Heap.Size() > 0 && req.Heap.ReadOnlyFile() == nil) || (stable.Size() > 0 && stable.ReadOnlyFile() == nil) {
 		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
 	}
-	return x.cfg.WatchdogBase + time.Duration(req.Input.Limits.Instructions/x.cfg.InstructionsPerSecond)*time.Second +
-		time.Duration(pages)*10*time.Microsecond
+	return x.cfg.WatchdogBase + x.computeTime(req) + time.Duration(pages)*10*time.Microsecond
+}
+
+// computeTime is the part of an execution's watchdog for its instruction
+// limit, at the deliberately slow InstructionsPerSecond.
+func (x *Sandboxed) computeTime(req *Request) time.Duration {
+	return time.Duration(req.Input.Limits.Instructions/x.cfg.InstructionsPerSecond) * time.Second
 }
 
 // load hands the module's artifact to sb as a descriptor. A stale or
