@@ -238,6 +238,13 @@ func machine() Machine {
 	} else {
 		m.Isolation = who + ", every confinement layer available (`cordon doctor`)"
 	}
+	// A cold spawn's cgroup attach waits for an RCU grace period, a normal
+	// one unless the kernel expedites them (sandbox.CgroupEntry).
+	if d.CgroupEntry.Expedited {
+		m.Isolation += "; RCU grace periods expedited (/sys/kernel/rcu_expedited = 1)"
+	} else {
+		m.Isolation += "; RCU grace periods not expedited"
+	}
 	return m
 }
 

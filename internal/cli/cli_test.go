@@ -165,7 +165,7 @@ func TestCandidCommands(t *testing.T) {
 func TestDoctorCommand(t *testing.T) {
 	home := t.TempDir()
 	out := must(t, cordon(t, home, "doctor"))
-	for _, want := range []string{"kernel:", "LAYER", "seccomp", "landlock", "dirty page tracking: "} {
+	for _, want := range []string{"kernel:", "LAYER", "seccomp", "landlock", "dirty page tracking: ", "cgroup entry: "} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("doctor output lacks %q:\n%s", want, out)
 		}
@@ -179,11 +179,14 @@ func TestDoctorCommand(t *testing.T) {
 			Available bool   `json:"available"`
 			Detail    string `json:"detail"`
 		} `json:"dirty_page_tracking"`
+		CgroupEntry struct {
+			Detail string `json:"detail"`
+		} `json:"cgroup_entry"`
 	}
 	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "doctor", "--output", "json"))), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Layers) < 10 || rep.DirtyTracking.Detail == "" {
+	if len(rep.Layers) < 10 || rep.DirtyTracking.Detail == "" || rep.CgroupEntry.Detail == "" {
 		t.Fatalf("doctor json: %+v", rep)
 	}
 	if err := engine.ProbeWrittenPages(); (err == nil) != rep.DirtyTracking.Available {

@@ -23,7 +23,9 @@ signal, user/pid/net/mount/ipc/uts/cgroup namespaces, pivot_root into an empty
 root, a cgroup with memory/pids/cpu limits, rlimits, dropped capabilities,
 no_new_privs, Landlock and the seccomp allowlist. It also says whether the
 kernel can report the pages a message wrote (PAGEMAP_SCAN, Linux 6.7), which
-keeps a message's cost independent of the heap size, and which executable
+keeps a message's cost independent of the heap size, how a new sandbox joins
+its cgroup (an attach that waits for an RCU grace period unless the kernel
+expedites them: part of a cold spawn's latency), and which executable
 sandboxes run: sandbox.binary if set (it must be cmd/cordon-sandbox of this
 build, else 'cordon serve' refuses to start and doctor fails), else a
 cordon-sandbox next to this executable if it is of the same build, else cordon
@@ -73,13 +75,18 @@ sandboxes).`,
 					Error  string `json:"error,omitempty"`
 				}
 				out := struct {
-					Kernel        string     `json:"kernel"`
-					Rootless      bool       `json:"rootless"`
-					Layers        []layer    `json:"layers"`
-					DirtyTracking layer      `json:"dirty_page_tracking"`
-					Executable    executable `json:"sandbox_executable"`
+					Kernel        string  `json:"kernel"`
+					Rootless      bool    `json:"rootless"`
+					Layers        []layer `json:"layers"`
+					DirtyTracking layer   `json:"dirty_page_tracking"`
+					CgroupEntry   struct {
+						Expedited bool   `json:"expedited"`
+						Detail    string `json:"detail"`
+					} `json:"cgroup_entry"`
+					Executable executable `json:"sandbox_executable"`
 				}{Kernel: r.Kernel, Rootless: r.Rootless, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking},
 					Executable: executable{exe.Path, exe.Worker, exe.Sealed, exe.Build, exe.Note, ""}}
+				out.CgroupEntry.Expedited, out.CgroupEntry.Detail = r.CgroupEntry.Expedited, r.CgroupEntry.Detail
 				if exeErr != nil {
 					out.Executable.Error = exeErr.Error()
 				}
@@ -113,6 +120,7 @@ sandboxes).`,
 					return err
 				}
 				fmt.Fprintf(g.stdout, "dirty page tracking: %s\n", tracking)
+				fmt.Fprintf(g.stdout, "cgroup entry: %s\n", r.CgroupEntry.Detail)
 				if exeErr != nil {
 					fmt.Fprintf(g.stdout, "sandbox executable: REFUSED: %v\n", exeErr)
 				} else {

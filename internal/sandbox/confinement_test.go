@@ -673,6 +673,33 @@ func TestDoctor(t *testing.T) {
 	if os.Geteuid() == 0 && len(r.Missing()) != 0 {
 		t.Errorf("missing as root: %v", r.Missing())
 	}
+	// The cgroup entry follows this kernel's RCU settings.
+	want := sysctl("/sys/kernel/rcu_expedited") == "1" && sysctl("/sys/kernel/rcu_normal") != "1"
+	if r.CgroupEntry.Expedited != want || r.CgroupEntry.Detail == "" {
+		t.Errorf("cgroup entry %+v, want expedited=%v", r.CgroupEntry, want)
+	}
+}
+
+// TestCgroupEntry: what doctor says about a sandbox's cgroup attach for
+// each RCU setting (rcu_normal overrides rcu_expedited, as in the kernel).
+func TestCgroupEntry(t *testing.T) {
+	for _, c := range []struct {
+		cgroup            bool
+		expedited, normal string
+		wantExpedited     bool
+		wantDetail        string
+	}{
+		{false, "1", "0", false, "no cgroup layer"},
+		{true, "0", "0", false, "echo 1 > /sys/kernel/rcu_expedited"},
+		{true, "1", "0", true, "expedited RCU grace period"},
+		{true, "1", "1", false, "rcu_normal is 1"},
+		{true, "", "", false, "unreadable"},
+	} {
+		got := cgroupEntry(c.cgroup, c.expedited, c.normal)
+		if got.Expedited != c.wantExpedited || !strings.Contains(got.Detail, c.wantDetail) {
+			t.Errorf("cgroupEntry(%v, %q, %q) = %+v, want expedited=%v and %q", c.cgroup, c.expedited, c.normal, got, c.wantExpedited, c.wantDetail)
+		}
+	}
 }
 
 // BenchmarkStart measures spawn-to-ready: from Start's call until it returns

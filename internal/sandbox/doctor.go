@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +19,17 @@ type Report struct {
 	Layers   []LayerReport
 	Rootless bool   // no CAP_SYS_ADMIN in the host's user namespace
 	Kernel   string // uname release and version
+	// CgroupEntry says how a new sandbox joins its cgroup and what that
+	// waits for: not a layer, part of a cold spawn's latency.
+	CgroupEntry CgroupEntry
+}
+
+// CgroupEntry is how a new sandbox joins its cgroup.
+type CgroupEntry struct {
+	// Expedited: the attach waits for an expedited RCU grace period, not a
+	// normal one.
+	Expedited bool
+	Detail    string
 }
 
 // Missing lists the unavailable layers.
@@ -40,7 +52,8 @@ func Doctor() Report {
 	availMu.Lock()
 	availCache = a
 	availMu.Unlock()
-	r := Report{Rootless: a.rootless, Kernel: kernelVersion()}
+	r := Report{Rootless: a.rootless, Kernel: kernelVersion(),
+		CgroupEntry: cgroupEntry(a.layers[LayerCgroup], sysctl("/sys/kernel/rcu_expedited"), sysctl("/sys/kernel/rcu_normal"))}
 	for _, l := range AllLayers {
 		r.Layers = append(r.Layers, LayerReport{Layer: l, Available: a.layers[l], Detail: a.detail[l]})
 	}
@@ -54,4 +67,39 @@ func kernelVersion() string {
 	}
 	cstr := func(b []byte) string { s, _, _ := strings.Cut(string(b), "\x00"); return s }
 	return cstr(u.Sysname[:]) + " " + cstr(u.Release[:]) + " " + cstr(u.Machine[:])
+}
+
+// cgroupEntry describes how a sandbox joins its cgroup, given whether the
+// cgroup layer is available and the contents of /sys/kernel/rcu_expedited
+// and rcu_normal ("" if unreadable). The spawner cannot clone into a cgroup
+// (spawnSandbox), so the host writes the child's pid to cgroup.procs. That
+// takes the kernel's global cgroup threadgroup lock for writing, which
+// waits for an RCU grace period unless another writer held it moments
+// before: 2.6-3.3 ms of a 9-13 ms cold spawn on the 2-core VM, 0.2-0.3 ms
+// with expedited grace periods (BENCHMARKS.md, "A cold spawn waits for an
+// RCU grace period"). Expediting them is the administrator's choice, for
+// the whole system (each one interrupts every CPU), so cordon reports it
+// and does not set it.
+func cgroupEntry(cgroup bool, expedited, normal string) CgroupEntry {
+	switch {
+	case !cgroup:
+		return CgroupEntry{Detail: "no cgroup layer: nothing to join"}
+	case normal == "1":
+		return CgroupEntry{Detail: "attached by pid after the clone; /sys/kernel/rcu_normal is 1, so every attach waits for a full RCU grace period (milliseconds of each cold spawn)"}
+	case expedited == "1":
+		return CgroupEntry{Expedited: true, Detail: "attached by pid after the clone; /sys/kernel/rcu_expedited is 1, so the attach waits for an expedited RCU grace period (sub-millisecond)"}
+	case expedited == "":
+		return CgroupEntry{Detail: "attached by pid after the clone; /sys/kernel/rcu_expedited unreadable: the attach may wait for a full RCU grace period (milliseconds of each cold spawn)"}
+	}
+	return CgroupEntry{Detail: "attached by pid after the clone, which waits for a full RCU grace period (milliseconds of each cold spawn); " +
+		"'echo 1 > /sys/kernel/rcu_expedited' shortens it to sub-millisecond, for the whole system (an expedited grace period interrupts every CPU)"}
+}
+
+// sysctl reads a one-line kernel setting ("" if unreadable).
+func sysctl(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
