@@ -2,6 +2,7 @@ package exec
 
 import (
 	"context"
+	"math"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -668,5 +669,30 @@ func TestMaxQueryThreadsFit(t *testing.T) {
 	<-watched
 	if most.Load() < boundary.MaxInFlight {
 		t.Errorf("at most %d queries were in flight at once, want %d: the test did not load the sandbox", most.Load(), boundary.MaxInFlight)
+	}
+}
+
+// TestInstructionTime: the watchdog's compute time is exact to the
+// nanosecond (whole seconds gave limits under the rate no time at all), and
+// an absurd limit or rate neither overflows nor panics.
+func TestInstructionTime(t *testing.T) {
+	for _, c := range []struct {
+		n, perSecond uint64
+		want         time.Duration
+	}{
+		{0, 100_000_000, 0},
+		{50_000_000, 100_000_000, 500 * time.Millisecond},
+		{250_000_000, 100_000_000, 2500 * time.Millisecond},
+		{5_000_000_000, 100_000_000, 50 * time.Second},
+		{1, 3, 333333333},
+		{math.MaxUint64, math.MaxUint64, time.Second},
+		{math.MaxUint64 - 1, math.MaxUint64, time.Second - 1},
+		{5_000_000_000, 1 << 62, 1},
+		{math.MaxUint64, 1, maxInstructionTime},
+		{math.MaxUint64, 100_000_000, maxInstructionTime},
+	} {
+		if got := instructionTime(c.n, c.perSecond); got != c.want {
+			t.Errorf("instructionTime(%d, %d) = %v, want %v", c.n, c.perSecond, got, c.want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"os"
 	"path/filepath"
@@ -1540,7 +1541,25 @@ func (x *Sandboxed) watchdog(req *Request, stable *state.PageMap) time.Duration 
 // computeTime is the part of an execution's watchdog for its instruction
 // limit, at the deliberately slow InstructionsPerSecond.
 func (x *Sandboxed) computeTime(req *Request) time.Duration {
-	return time.Duration(req.Input.Limits.Instructions/x.cfg.InstructionsPerSecond) * time.Second
+	return instructionTime(req.Input.Limits.Instructions, x.cfg.InstructionsPerSecond)
+}
+
+// maxInstructionTime bounds instructionTime (an absurd limit must not
+// overflow a Duration into a negative, already expired, deadline).
+const maxInstructionTime = 1 << 20 * time.Hour
+
+// instructionTime is how long n instructions take at perSecond, to the
+// nanosecond: whole seconds would give a limit under perSecond no time at
+// all beyond the watchdog's base.
+func instructionTime(n, perSecond uint64) time.Duration {
+	secs, rem := n/perSecond, n%perSecond
+	if secs >= uint64(maxInstructionTime/time.Second) {
+		return maxInstructionTime
+	}
+	// rem < perSecond, so rem*1e9/perSecond < 1e9 and Div64 cannot overflow.
+	hi, lo := bits.Mul64(rem, uint64(time.Second))
+	frac, _ := bits.Div64(hi, lo, perSecond)
+	return time.Duration(secs)*time.Second + time.Duration(frac)
 }
 
 // load hands the module's artifact to sb as a descriptor. A stale or
