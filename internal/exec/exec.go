@@ -68,6 +68,10 @@ type InProcess struct {
 	// threads time-sliced by the kernel, and the unlucky ones wait tens of
 	// milliseconds (RATIONALE.md, "In-process executions are bounded").
 	running chan struct{}
+	// compiling bounds concurrent compilations the same way
+	// (DefaultMaxCompiles): a canister can ask for many at once, through
+	// install_code calls for many canisters it controls.
+	compiling chan struct{}
 }
 
 // InProcessKeepInstances is how many query instances the in-process
@@ -91,14 +95,20 @@ func NewInProcess(limits engine.ModuleLimits) (*InProcess, error) {
 		return nil, fmt.Errorf("create engine: %w", err)
 	}
 	return &InProcess{engine: e, limits: limits, cache: newModuleCache(),
-		running: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}, nil
+		running: make(chan struct{}, 2*runtime.GOMAXPROCS(0)), compiling: make(chan struct{}, DefaultMaxCompiles())}, nil
 }
 
 // Prepare implements Executor.
-func (x *InProcess) Prepare(_ context.Context, wasm []byte) (*Module, error) {
+func (x *InProcess) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	h := sha256.Sum256(wasm)
 	if c := x.cache.get(h); c != nil {
 		return c, nil
+	}
+	select {
+	case x.compiling <- struct{}{}:
+		defer func() { <-x.compiling }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("exec: waiting to compile: %w", ctx.Err())
 	}
 	m, err := x.engine.Compile(wasm, x.limits)
 	if err != nil {

@@ -2,10 +2,10 @@ package exec
 
 import (
 	"context"
-	"math"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"

@@ -71,6 +71,12 @@ type SandboxConfig struct {
 	CPUPercent  int
 	// CompileMemoryBytes is the compiler sandbox's memory limit.
 	CompileMemoryBytes uint64
+	// MaxCompiles bounds the compiler sandboxes at once (default
+	// DefaultMaxCompiles); more compilations wait for one to finish,
+	// bounded by their context. Without it a canister that sends
+	// install_code for many canisters it controls, each handled at once,
+	// would start that many compilers, each allowed CompileMemoryBytes.
+	MaxCompiles int
 
 	// A sandbox between messages has nothing to do. One that has used more
 	// than IdleCPUPercent of a core (and 50 ms) since its idle period began,
@@ -108,6 +114,9 @@ type SandboxConfig struct {
 	// and then handed to every sandbox that loads it as a duplicate of one
 	// sealed memfd.
 	SealedArtifactBytes uint64
+	// SealedArtifacts bounds how many sealed artifact memfds the host
+	// keeps (default DefaultSealedArtifacts): each is a host descriptor.
+	SealedArtifacts int
 
 	// QueryThreads bounds the queries of one canister its sandbox runs at
 	// once (queries.go; default: twice the cores of the CPU quota, at most
@@ -152,7 +161,7 @@ func (c *SandboxConfig) defaults() {
 		c.ModuleLimits = engine.DefaultModuleLimits()
 	}
 	if c.MaxSandboxes <= 0 {
-		c.MaxSandboxes = 256
+		c.MaxSandboxes = DefaultMaxSandboxes
 	}
 	if c.CPUPercent == 0 {
 		c.CPUPercent = 100
@@ -174,6 +183,12 @@ func (c *SandboxConfig) defaults() {
 	}
 	if c.SealedArtifactBytes == 0 {
 		c.SealedArtifactBytes = 256 << 20
+	}
+	if c.SealedArtifacts <= 0 {
+		c.SealedArtifacts = DefaultSealedArtifacts
+	}
+	if c.MaxCompiles <= 0 {
+		c.MaxCompiles = DefaultMaxCompiles()
 	}
 	if c.QueryThreads <= 0 {
 		c.QueryThreads = DefaultQueryThreads(c.CPUPercent)
@@ -341,6 +356,12 @@ type Sandboxed struct {
 	pool    map[string]*canisterSandbox
 	idleCPU int               // pid of the last sandbox the idle CPU watch looked at
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
+
+	// compileSlots holds a token per compilation under way (MaxCompiles);
+	// mostCompiles is the most compiler sandboxes seen live at once.
+	compileSlots chan struct{}
+	mostCompiles int
+
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
 	sealed  *sealedCache // sealed artifact memfds (sealed.go)
@@ -464,8 +485,8 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	} else {
 		cfg.Logger.Info("sandbox executable", "executable", sandbox.DefaultExecutable().String())
 	}
-	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{},
-		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes),
+	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{}, compileSlots: make(chan struct{}, cfg.MaxCompiles),
+		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes, cfg.SealedArtifacts),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
 		reprime: make(chan struct{}, 1)}
 	x.idleTimer = time.AfterFunc(time.Hour, x.startWatches)
@@ -593,7 +614,14 @@ func (x *Sandboxed) cachedInfo(h [32]byte, wasmSize int) (*boundary.Compiled, er
 
 func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byte) (*boundary.Compiled, error) {
 	// A fresh compiler sandbox for every module: a module that compromises
-	// the compiler can only affect its own artifact.
+	// the compiler can only affect its own artifact. At most MaxCompiles
+	// at once.
+	select {
+	case x.compileSlots <- struct{}{}:
+		defer func() { <-x.compileSlots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("exec: waiting for a compiler sandbox: %w", ctx.Err())
+	}
 	x.count(func(s *SandboxStats) { s.Compiles++ })
 	spec := x.spec("compiler", boundary.ModeCompile, x.cfg.CompileMemoryBytes)
 	proc, conn, err := x.start(ctx, "", spec, boundary.ModeCompile)
@@ -603,6 +631,7 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	pid := proc.Pid()
 	x.mu.Lock()
 	x.comps[pid] = time.Now()
+	x.mostCompiles = max(x.mostCompiles, len(x.comps))
 	x.mu.Unlock()
 	defer func() {
 		_ = proc.Kill()

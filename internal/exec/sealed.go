@@ -24,15 +24,19 @@ import (
 // one memfd safe to share between sandboxes: no sandbox can change the
 // bytes another one (or the host) maps, nor add or remove seals, whatever
 // it does with its descriptor. The host's memfds are bounded in bytes
-// (SandboxConfig.SealedArtifactBytes); the least recently used go first.
+// (SandboxConfig.SealedArtifactBytes) and in number (SealedArtifacts: each
+// is a host descriptor, and a byte bound alone let many small modules take
+// thousands); the least recently used go first.
 
 // artifactSeals are the seals every artifact memfd carries.
 const artifactSeals = unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
-// sealedCache holds sealed artifact memfds by module hash, bounded in bytes.
+// sealedCache holds sealed artifact memfds by module hash, bounded in bytes
+// and in number.
 type sealedCache struct {
 	mu    sync.Mutex
-	max   uint64
+	max   uint64 // bytes
+	maxN  int    // memfds
 	used  uint64
 	m     map[[32]byte]*list.Element // of *sealedEntry
 	order *list.List                 // front: most recently used
@@ -45,8 +49,8 @@ type sealedEntry struct {
 	size uint64
 }
 
-func newSealedCache(max uint64) *sealedCache {
-	return &sealedCache{max: max, m: map[[32]byte]*list.Element{}, order: list.New()}
+func newSealedCache(max uint64, maxN int) *sealedCache {
+	return &sealedCache{max: max, maxN: maxN, m: map[[32]byte]*list.Element{}, order: list.New()}
 }
 
 // get returns a duplicate of the sealed memfd of h (the caller closes it),
@@ -63,15 +67,15 @@ func (c *sealedCache) get(h [32]byte) (*os.File, error) {
 }
 
 // put keeps f (sealed, of size bytes) under h, evicting the least recently
-// used entries to stay within the bound; false when it does not fit at all
+// used entries to stay within the bounds; false when it does not fit at all
 // or h is already cached (the caller keeps f then).
 func (c *sealedCache) put(h [32]byte, f *os.File, size uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.m[h]; ok || size > c.max {
+	if _, ok := c.m[h]; ok || size > c.max || c.maxN < 1 {
 		return false
 	}
-	for c.used+size > c.max {
+	for c.used+size > c.max || c.order.Len() >= c.maxN {
 		c.removeLocked(c.order.Back())
 	}
 	c.m[h] = c.order.PushFront(&sealedEntry{hash: h, f: f, size: size})
@@ -112,6 +116,13 @@ func (c *sealedCache) checks() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.fills
+}
+
+// count returns the memfds held.
+func (c *sealedCache) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.order.Len()
 }
 
 // bytes returns the bytes held.
