@@ -449,6 +449,9 @@ durable either way.`,
 			}
 			hc := cfg.Host
 			hc.Metrics = m
+			// Its connections, and the listeners and log streams around
+			// them, are the server's descriptors (host/descriptors.go).
+			hc.ReservedDescriptors = cfg.MaxConns + 16
 			// A command that holds the store (a restart's stragglers)
 			// is waited for, as commands wait for a starting server.
 			var node *host.Node

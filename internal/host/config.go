@@ -31,6 +31,10 @@ type Config struct {
 	// the least recently executed beyond it give theirs back (0: 1024).
 	MemoryImages int
 	ModuleLimits engine.ModuleLimits
+	// ReservedDescriptors is how many file descriptors the embedder needs
+	// besides the node's (a server's connections): Open fits the node's
+	// bounds to RLIMIT_NOFILE less these (descriptors.go).
+	ReservedDescriptors int
 
 	Fees          Fees
 	Messages      MessageLimits
@@ -83,6 +87,9 @@ type SandboxConfig struct {
 	// SealedArtifactBytes bounds the sealed artifact memfds kept to hand
 	// compiled modules to sandboxes (0: the default, 256 MiB).
 	SealedArtifactBytes uint64
+	// SealedArtifacts bounds how many sealed artifact memfds are kept, each
+	// a descriptor (0: the default, exec.DefaultSealedArtifacts).
+	SealedArtifacts int
 	// MemoryBudget bounds the memory of all canister sandboxes together
 	// (their cgroups' charge, else RSS): past it the coldest idle
 	// sandboxes are evicted (0: no budget).

@@ -61,6 +61,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			WarmPool:            cfg.Sandbox.WarmPool,
 			PreloadPool:         cfg.Sandbox.PreloadPool,
 			SealedArtifactBytes: cfg.Sandbox.SealedArtifactBytes,
+			SealedArtifacts:     cfg.Sandbox.SealedArtifacts,
 			QueryThreads:        cfg.Sandbox.QueryThreads,
 			HostIDs:             ids,
 			Logger:              logger,

@@ -111,6 +111,9 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if err := applyDescriptors(&cfg, logger); err != nil {
+		return nil, err
+	}
 	st, err := store.Open(cfg.Home, 2*time.Second)
 	if err != nil {
 		return nil, err

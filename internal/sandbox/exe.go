@@ -47,8 +47,23 @@ var (
 
 // exeFDMin: the memfd lives at or above this descriptor, far above the
 // descriptors a child gets (0-3 and the host's files), which the child's
-// dup2s would overwrite before exec resolves the path.
-const exeFDMin = 512
+// dup2s would overwrite before exec resolves the path. Under an open file
+// limit at or below it, the memfd goes at or above exeFDFloor, just above
+// the most a child can get.
+const (
+	exeFDMin   = 512
+	exeFDFloor = 4 + maxSpecFiles
+)
+
+// moveUp duplicates fd (close-on-exec) above every descriptor a child gets
+// (exeFDMin, else exeFDFloor) and returns the duplicate.
+func moveUp(fd int) (int, error) {
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, exeFDMin)
+	if errors.Is(err, unix.EINVAL) { // exeFDMin is at or over RLIMIT_NOFILE
+		high, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, exeFDFloor)
+	}
+	return high, err
+}
 
 // execSeals are the seals of every sealed executable.
 const execSeals = unix.F_SEAL_WRITE | unix.F_SEAL_GROW | unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL
@@ -89,7 +104,7 @@ func sealedSelfCopy() (string, error) {
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // sealCopy copies src into a new memfd named name, seals it and moves it to
-// a close-on-exec descriptor at or above exeFDMin, which it returns.
+// a close-on-exec descriptor at or above exeFDMin (moveUp), which it returns.
 func sealCopy(src *os.File, name string) (int, error) {
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if err == unix.EINVAL { // kernels before 6.3 have no MFD_EXEC: executable by default
@@ -107,7 +122,7 @@ func sealCopy(src *os.File, name string) (int, error) {
 		dst.Close()
 		return -1, fmt.Errorf("seal: %w", err)
 	}
-	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, exeFDMin)
+	high, err := moveUp(fd)
 	dst.Close()
 	if err != nil {
 		return -1, fmt.Errorf("move the memfd up: %w", err)
@@ -119,7 +134,7 @@ func sealCopy(src *os.File, name string) (int, error) {
 // executable, sealed once.
 type sealedFile struct {
 	src  string // the file it was copied from
-	fd   int    // the host's descriptor of the sealed copy (>= exeFDMin); -1: none
+	fd   int    // the host's descriptor of the sealed copy (moveUp); -1: none
 	path string // what to execute: fdPath(fd), else src itself
 	err  error  // why there is no sealed copy (then path is src)
 }

@@ -19,6 +19,9 @@ import (
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
+// maxSpecFiles bounds Spec.Files.
+const maxSpecFiles = 64
+
 // Defaults for Spec's zero values.
 const (
 	DefaultMemoryBytes = 8 << 30
@@ -44,7 +47,7 @@ type Spec struct {
 	Label        string            // canister id or "compiler": used in cgroup names and logs
 	Binary       string            // "" = DefaultExecutable; else this file (absolute), sealed once (exe.go)
 	Args         []string          // extra arguments for the child's worker (after the marker)
-	Files        []*os.File        // passed to the child as fd 4, 5, ... (fd 3 is the IPC socket)
+	Files        []*os.File        // passed to the child as fd 4, 5, ... (fd 3 is the IPC socket); at most maxSpecFiles
 	MemoryBytes  uint64            // cgroup memory limit (0 = DefaultMemoryBytes)
 	Pids         uint64            // cgroup pids limit, threads included (0 = DefaultPids)
 	CPUPercent   int               // cgroup cpu quota in % of one core (0 = no limit)
@@ -232,7 +235,7 @@ func StartMeasuring(ctx context.Context, s Spec, record func(syscall string, n c
 }
 
 func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
-	if len(s.Files) > 64 {
+	if len(s.Files) > maxSpecFiles {
 		return nil, errors.New("sandbox: too many files")
 	}
 	for i, f := range s.Files {

@@ -97,7 +97,7 @@ func spawnerMain() int {
 	sock := spawnerSockFD
 	self := "/proc/self/exe"
 	if _, err := unix.FcntlInt(spawnerExeFD, unix.F_GETFD, 0); err == nil {
-		high, err := unix.FcntlInt(spawnerExeFD, unix.F_DUPFD_CLOEXEC, exeFDMin)
+		high, err := moveUp(spawnerExeFD)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cordon spawner: move the executable up:", err)
 			return 1
@@ -180,7 +180,7 @@ func serveSpawn(b []byte, rights []int, self string) (int, error) {
 		}
 		// Above the child's descriptors, which its dup2s would overwrite
 		// before exec resolves the path.
-		high, err := unix.FcntlInt(uintptr(exe), unix.F_DUPFD_CLOEXEC, exeFDMin)
+		high, err := moveUp(exe)
 		if err != nil {
 			return 0, fmt.Errorf("move the executable up: %w", err)
 		}
