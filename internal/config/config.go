@@ -213,6 +213,8 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.Host.Sandbox.QueryThreads }, 0),
 	integer("sandbox.max_sandboxes", "", "live canister sandboxes before the coldest is evicted (0: the default)",
 		func(c *Config) *int { return &c.Host.Sandbox.MaxSandboxes }, 0),
+	integer("sandbox.max_compiles", "", "modules compiled at once, each in a compiler sandbox of its own; more wait (0: the CPUs, at least 2)",
+		func(c *Config) *int { return &c.Host.Sandbox.MaxCompiles }, 0),
 	integer("sandbox.warm_pool", "", "blank sandboxes (confined and verified, holding no canister) kept ready for the next new or evicted canister, counted in sandbox.max_sandboxes (0: none; one-shot commands never keep any)",
 		func(c *Config) *int { return &c.Host.Sandbox.WarmPool }, 0),
 	integer("sandbox.preload_pool", "", "primed sandboxes (confined and verified, the module of a recently evicted canister loaded, no canister) kept for that canister's next message, which then only restores its state; counted in sandbox.max_sandboxes and the memory budget (0: none; one-shot commands never keep any)",

@@ -55,11 +55,8 @@ func TestCompilesBounded(t *testing.T) {
 			t.Fatalf("prepare %d: %v", i, err)
 		}
 	}
-	x.mu.Lock()
-	most := x.mostCompiles
-	x.mu.Unlock()
-	if st := x.Stats(); st.Compiles != n || most < 1 || most > 2 {
-		t.Fatalf("%d compilations, at most %d at once: want %d, at most 2", st.Compiles, most, n)
+	if st := x.Stats(); st.Compiles != n || st.MostCompiles < 1 || st.MostCompiles > 2 {
+		t.Fatalf("%d compilations, at most %d at once: want %d, at most 2", st.Compiles, st.MostCompiles, n)
 	}
 	// A compilation waiting for a slot gives up with its context.
 	x.compileSlots <- struct{}{}

@@ -343,6 +343,8 @@ type SandboxStats struct {
 	JoinedQueries uint64
 	Faults        map[string]uint64 // by Fault
 	Violations    map[string]uint64 // by boundary.ViolationKind
+	// MostCompiles is the most compiler sandboxes that were live at once.
+	MostCompiles int
 }
 
 // Sandboxed runs every execution in its canister's sandbox process and
@@ -357,10 +359,8 @@ type Sandboxed struct {
 	idleCPU int               // pid of the last sandbox the idle CPU watch looked at
 	comps   map[int]time.Time // live compiler sandboxes: pid → start
 
-	// compileSlots holds a token per compilation under way (MaxCompiles);
-	// mostCompiles is the most compiler sandboxes seen live at once.
+	// compileSlots holds a token per compilation under way (MaxCompiles).
 	compileSlots chan struct{}
-	mostCompiles int
 
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
@@ -631,7 +631,7 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	pid := proc.Pid()
 	x.mu.Lock()
 	x.comps[pid] = time.Now()
-	x.mostCompiles = max(x.mostCompiles, len(x.comps))
+	x.stats.MostCompiles = max(x.stats.MostCompiles, len(x.comps))
 	x.mu.Unlock()
 	defer func() {
 		_ = proc.Kill()

@@ -87,6 +87,9 @@ type SandboxConfig struct {
 	// SealedArtifactBytes bounds the sealed artifact memfds kept to hand
 	// compiled modules to sandboxes (0: the default, 256 MiB).
 	SealedArtifactBytes uint64
+	// MaxCompiles bounds the modules compiled at once, each in a compiler
+	// sandbox (0: exec.DefaultMaxCompiles).
+	MaxCompiles int
 	// SealedArtifacts bounds how many sealed artifact memfds are kept, each
 	// a descriptor (0: the default, exec.DefaultSealedArtifacts).
 	SealedArtifacts int

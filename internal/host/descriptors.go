@@ -63,7 +63,7 @@ func fitDescriptors(cfg Config, limit uint64) (descriptorPlan, error) {
 	need := func() int {
 		// A node in process may still get sandboxed canisters (install
 		// --canister-isolation sandbox): count its sandboxes either way.
-		sc := exec.SandboxConfig{MaxSandboxes: p.sandboxes, SealedArtifacts: p.sealed}
+		sc := exec.SandboxConfig{MaxSandboxes: p.sandboxes, SealedArtifacts: p.sealed, MaxCompiles: cfg.Sandbox.MaxCompiles}
 		return fixed + 2*p.images + sc.HostDescriptors()
 	}
 	if limit >= math.MaxInt32 {

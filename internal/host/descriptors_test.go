@@ -52,7 +52,7 @@ func TestFitDescriptors(t *testing.T) {
 			if p.lowered != c.lowered || uint64(p.need) > c.limit {
 				t.Fatalf("plan %+v: lowered=%v, want %v and need ≤ %d", p, p.lowered, c.lowered, c.limit)
 			}
-			want := descriptorBase + c.cfg.ReservedDescriptors + 2*p.images + exec.SandboxConfig{MaxSandboxes: p.sandboxes, SealedArtifacts: p.sealed}.HostDescriptors()
+			want := descriptorBase + c.cfg.ReservedDescriptors + 2*p.images + exec.SandboxConfig{MaxSandboxes: p.sandboxes, SealedArtifacts: p.sealed, MaxCompiles: c.cfg.Sandbox.MaxCompiles}.HostDescriptors()
 			if p.need != want {
 				t.Fatalf("plan %+v: need %d, its bounds need %d", p, p.need, want)
 			}

@@ -62,6 +62,7 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			PreloadPool:         cfg.Sandbox.PreloadPool,
 			SealedArtifactBytes: cfg.Sandbox.SealedArtifactBytes,
 			SealedArtifacts:     cfg.Sandbox.SealedArtifacts,
+			MaxCompiles:         cfg.Sandbox.MaxCompiles,
 			QueryThreads:        cfg.Sandbox.QueryThreads,
 			HostIDs:             ids,
 			Logger:              logger,
