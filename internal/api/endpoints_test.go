@@ -425,22 +425,38 @@ func TestFollowLogsAcrossServer(t *testing.T) {
 func TestBusy(t *testing.T) {
 	s := serveWith(t, func(o *ServeOptions) { o.MaxInstalls = 1; o.MaxRequests = 2 })
 	// A slow install body holds the only install slot.
-	pr, pw := io.Pipe()
-	req, _ := http.NewRequest("POST", s.base+"/api/v1/install", pr)
-	authJSON(req, s.token)
-	first := make(chan int, 1)
-	go func() {
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			first <- -1
-			return
-		}
-		resp.Body.Close()
-		first <- resp.StatusCode
-	}()
-	io.WriteString(pw, `{"mode":"install",`)
-	deadline := time.Now().Add(5 * time.Second)
+	startSlow := func() (*io.PipeWriter, chan int) {
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest("POST", s.base+"/api/v1/install", pr)
+		authJSON(req, s.token)
+		first := make(chan int, 1)
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				first <- -1
+				return
+			}
+			resp.Body.Close()
+			first <- resp.StatusCode
+		}()
+		io.WriteString(pw, `{"mode":"install",`)
+		return pw, first
+	}
+	pw, first := startSlow()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
+		select {
+		case code := <-first:
+			// On a loaded machine an install below reached the server
+			// first and held the slot: the slow one was refused. Again.
+			if code != 503 {
+				t.Fatalf("the slow install answered %d before its body was complete", code)
+			}
+			t.Log("the slow install came second and was refused; sent again")
+			pw.Close()
+			pw, first = startSlow()
+		default:
+		}
 		code, h, b := rawRequest(t, nil, "POST", s.base+"/api/v1/install", map[string]any{"wasm": counterWasm(t)}, s.token)
 		if code == 503 {
 			if !strings.Contains(string(b), "too many installs") || h.Get("Retry-After") == "" {
