@@ -1,6 +1,7 @@
 package host
 
 import (
+	"cmp"
 	"math"
 	"strings"
 	"testing"
@@ -59,9 +60,10 @@ func TestFitDescriptors(t *testing.T) {
 			if p.images < minMemoryImages || p.sealed < minSealedArtifacts || p.sandboxes < c.cfg.Sandbox.WarmPool+c.cfg.Sandbox.PreloadPool+1 {
 				t.Fatalf("plan %+v: under a least bound", p)
 			}
-			if !c.lowered && (p.images != defaultMemoryImages && c.cfg.MemoryImages == 0 ||
-				p.sandboxes != max(c.cfg.Sandbox.MaxSandboxes, exec.DefaultMaxSandboxes) && c.cfg.Sandbox.MaxSandboxes <= exec.DefaultMaxSandboxes) {
-				t.Fatalf("plan %+v: changed bounds that fit", p)
+			asked := [3]int{cmp.Or(c.cfg.MemoryImages, defaultMemoryImages), cmp.Or(c.cfg.Sandbox.MaxSandboxes, exec.DefaultMaxSandboxes),
+				cmp.Or(c.cfg.Sandbox.SealedArtifacts, exec.DefaultSealedArtifacts)}
+			if !c.lowered && [3]int{p.images, p.sandboxes, p.sealed} != asked {
+				t.Fatalf("plan %+v: changed bounds that fit (%v)", p, asked)
 			}
 			if c.lowered && c.limit > 900 && uint64(p.need) < c.limit*3/4 {
 				t.Fatalf("plan %+v: lowered to %d of %d, more than needed", p, p.need, c.limit)
