@@ -70,6 +70,34 @@ func (p *parser) accept(k tokKind) (bool, error) {
 	return false, nil
 }
 
+// seq parses open, then items separated by sep (one after the last is
+// allowed) up to close: the shape of every Candid list, from record fields
+// to argument tuples. item parses one item at the parser's position.
+func (p *parser) seq(open, sep, close tokKind, item func(t token) error) error {
+	if _, err := p.expect(open); err != nil {
+		return err
+	}
+	for {
+		t, err := p.peek()
+		if err != nil {
+			return err
+		}
+		if t.kind == close {
+			p.ahead = p.ahead[1:]
+			return nil
+		}
+		if err := item(t); err != nil {
+			return err
+		}
+		if ok, err := p.accept(sep); err != nil {
+			return err
+		} else if !ok {
+			_, err := p.expect(close)
+			return err
+		}
+	}
+}
+
 // checkName checks that a name given as a text literal is valid UTF-8
 // (escapes such as \ff can make it invalid; only blobs may be).
 func (p *parser) checkName(t token) error {
@@ -237,122 +265,86 @@ func (p *parser) label(sep tokKind) (id uint32, name string, ok bool, err error)
 }
 
 func (p *parser) parseFieldTypes(variant bool) ([]fieldExpr, error) {
-	if _, err := p.expect(tLBrace); err != nil {
-		return nil, err
-	}
 	var fields []fieldExpr
 	next := uint64(0) // id of an unnamed record field
-	for {
-		t, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRBrace {
-			p.next()
-			break
-		}
+	err := p.seq(tLBrace, tSemi, tRBrace, func(t token) error {
 		id, name, ok, err := p.label(tColon)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		var f fieldExpr
 		switch {
 		case ok:
 			typ, err := p.parseType()
 			if err != nil {
-				return nil, err
+				return err
 			}
 			f = fieldExpr{id: id, name: name, typ: typ}
 		case variant:
 			// A bare label is a case of type null.
 			t, err := p.next()
 			if err != nil {
-				return nil, err
+				return err
 			}
 			f.typ = &typeExpr{pos: t.pos, kind: KindNull}
 			switch t.kind {
 			case tDecimal, tHex:
 				if f.id, err = p.parseFieldID(t); err != nil {
-					return nil, err
+					return err
 				}
 			case tID, tText:
 				if err := p.checkName(t); err != nil {
-					return nil, err
+					return err
 				}
 				f.name, f.id = t.text, Hash(t.text)
 			default:
-				return nil, p.errorf(t.pos, "expected a variant case, found %s", t)
+				return p.errorf(t.pos, "expected a variant case, found %s", t)
 			}
 		default:
 			if next > math.MaxUint32 {
-				return nil, p.errorf(t.pos, "field id overflows 32 bits")
+				return p.errorf(t.pos, "field id overflows 32 bits")
 			}
 			typ, err := p.parseType()
 			if err != nil {
-				return nil, err
+				return err
 			}
 			f = fieldExpr{id: uint32(next), typ: typ}
 		}
 		next = uint64(f.id) + 1
 		fields = append(fields, f)
-		if ok, err := p.accept(tSemi); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRBrace); err != nil {
-				return nil, err
-			}
-			break
-		}
-	}
-	return fields, nil
+		return nil
+	})
+	return fields, err
 }
 
 // parseTupleType parses "( argtype, ... )", where an argtype may be named.
 func (p *parser) parseTupleType() ([]argExpr, error) {
-	if _, err := p.expect(tLParen); err != nil {
-		return nil, err
-	}
 	var args []argExpr
 	names := map[string]bool{}
-	for {
-		t, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRParen {
-			p.next()
-			break
-		}
+	err := p.seq(tLParen, tComma, tRParen, func(t token) error {
 		var a argExpr
 		t2, err := p.peekN(1)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if (t.kind == tID || t.kind == tText) && t2.kind == tColon {
 			if err := p.checkName(t); err != nil {
-				return nil, err
+				return err
 			}
 			a.name = t.text
 			if names[a.name] {
-				return nil, p.errorf(t.pos, "duplicate argument name %q", a.name)
+				return p.errorf(t.pos, "duplicate argument name %q", a.name)
 			}
 			names[a.name] = true
 			p.ahead = p.ahead[2:]
 		}
 		if a.typ, err = p.parseType(); err != nil {
-			return nil, err
+			return err
 		}
 		args = append(args, a)
-		if ok, err := p.accept(tComma); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRParen); err != nil {
-				return nil, err
-			}
-			break
-		}
-	}
-	return args, nil
+		return nil
+	})
+	return args, err
 }
 
 // parseFuncType parses "(args) -> (results) modes*" into e.
@@ -406,60 +398,44 @@ func containsMode(ms []Mode, m Mode) bool {
 
 // parseActorType parses "{ name : functype-or-id; ... }".
 func (p *parser) parseActorType() ([]methodExpr, error) {
-	if _, err := p.expect(tLBrace); err != nil {
-		return nil, err
-	}
 	var ms []methodExpr
-	for {
-		t, err := p.next()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRBrace {
-			break
-		}
+	err := p.seq(tLBrace, tSemi, tRBrace, func(t token) error {
 		if t.kind != tID && t.kind != tText {
-			return nil, p.errorf(t.pos, "expected a method name, found %s", t)
+			return p.errorf(t.pos, "expected a method name, found %s", t)
 		}
 		if err := p.checkName(t); err != nil {
-			return nil, err
+			return err
 		}
+		p.next()
 		m := methodExpr{pos: t.pos, name: t.text}
 		if _, err := p.expect(tColon); err != nil {
-			return nil, err
+			return err
 		}
 		t2, err := p.peek()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		switch {
 		case t2.kind == tLParen:
 			m.typ = &typeExpr{pos: t2.pos, kind: KindFunc}
 			if err := p.enter(t2.pos); err != nil {
-				return nil, err
+				return err
 			}
 			err := p.parseFuncType(m.typ)
 			p.leave()
 			if err != nil {
-				return nil, err
+				return err
 			}
 		case t2.kind == tID && !keywords[t2.text] && !typeKeywords[t2.text]:
 			p.next()
 			m.typ = &typeExpr{pos: t2.pos, ref: t2.text}
 		default:
-			return nil, p.errorf(t2.pos, "expected a function type or a type name, found %s", t2)
+			return p.errorf(t2.pos, "expected a function type or a type name, found %s", t2)
 		}
 		ms = append(ms, m)
-		if ok, err := p.accept(tSemi); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRBrace); err != nil {
-				return nil, err
-			}
-			break
-		}
-	}
-	return ms, nil
+		return nil
+	})
+	return ms, err
 }
 
 // ---- values ----
@@ -506,33 +482,21 @@ type fieldValueExpr struct {
 
 // parseArgValues parses "( annval, ... )".
 func (p *parser) parseArgValues() ([]*valueExpr, error) {
-	if _, err := p.expect(tLParen); err != nil {
-		return nil, err
-	}
+	return p.values(tLParen, tComma, tRParen)
+}
+
+// values parses a sequence of annotated values (seq).
+func (p *parser) values(open, sep, close tokKind) ([]*valueExpr, error) {
 	var vs []*valueExpr
-	for {
-		t, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRParen {
-			p.next()
-			return vs, nil
-		}
+	err := p.seq(open, sep, close, func(token) error {
 		v, err := p.parseAnnValue()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		vs = append(vs, v)
-		if ok, err := p.accept(tComma); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRParen); err != nil {
-				return nil, err
-			}
-			return vs, nil
-		}
-	}
+		return nil
+	})
+	return vs, err
 }
 
 func (p *parser) parseAnnValue() (*valueExpr, error) {
@@ -672,76 +636,32 @@ func (p *parser) parseValue() (*valueExpr, error) {
 }
 
 func (p *parser) parseVecValues() ([]*valueExpr, error) {
-	if _, err := p.expect(tLBrace); err != nil {
-		return nil, err
-	}
-	var vs []*valueExpr
-	for {
-		t, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRBrace {
-			p.next()
-			return vs, nil
-		}
-		v, err := p.parseAnnValue()
-		if err != nil {
-			return nil, err
-		}
-		vs = append(vs, v)
-		if ok, err := p.accept(tSemi); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRBrace); err != nil {
-				return nil, err
-			}
-			return vs, nil
-		}
-	}
+	return p.values(tLBrace, tSemi, tRBrace)
 }
 
 func (p *parser) parseRecordValues() ([]fieldValueExpr, error) {
-	if _, err := p.expect(tLBrace); err != nil {
-		return nil, err
-	}
 	var fs []fieldValueExpr
-	next := uint64(0)
-	for {
-		t, err := p.peek()
-		if err != nil {
-			return nil, err
-		}
-		if t.kind == tRBrace {
-			p.next()
-			break
-		}
+	next := uint64(0) // id of an unnamed field
+	err := p.seq(tLBrace, tSemi, tRBrace, func(t token) error {
 		id, name, ok, err := p.label(tEq)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !ok {
 			if next > math.MaxUint32 {
-				return nil, p.errorf(t.pos, "field id overflows 32 bits")
+				return p.errorf(t.pos, "field id overflows 32 bits")
 			}
 			id = uint32(next)
 		}
 		v, err := p.parseAnnValue()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		fs = append(fs, fieldValueExpr{id: id, name: name, value: v})
 		next = uint64(id) + 1
-		if ok, err := p.accept(tSemi); err != nil {
-			return nil, err
-		} else if !ok {
-			if _, err := p.expect(tRBrace); err != nil {
-				return nil, err
-			}
-			break
-		}
-	}
-	return fs, nil
+		return nil
+	})
+	return fs, err
 }
 
 func (p *parser) parseVariantValue() ([]fieldValueExpr, error) {
