@@ -103,48 +103,40 @@ func (l *memoryLedger) available(id principal.Principal) uint64 {
 	return satSub(l.capacity, satSub(l.used, l.sizes[id]))
 }
 
-// reserve records that id will hold size bytes, unless that would take the
-// node beyond its capacity while growing id. Not growing always succeeds.
+// reserve records that id will hold size bytes of heap and stable memory,
+// unless that would take the node beyond its capacity while growing id.
+// Not growing always succeeds.
 func (l *memoryLedger) reserve(id principal.Principal, size uint64) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	old := l.sizes[id]
-	if size > old && satAdd(satSub(l.used, old), size) > l.capacity {
-		return false
-	}
-	l.used = satAdd(satSub(l.used, old), size)
-	l.sizes[id] = size
-	return true
+	return l.account(l.sizes, id, size, false)
 }
 
-// set records id's committed size, whatever the capacity.
+// set records id's committed heap and stable memory, whatever the capacity.
 func (l *memoryLedger) set(id principal.Principal, size uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.used = satAdd(satSub(l.used, l.sizes[id]), size)
-	l.sizes[id] = size
+	l.account(l.sizes, id, size, true)
 }
 
-// reserveChunks records that id's chunk store will hold size bytes, unless
-// growing it would take the node beyond its capacity.
+// reserveChunks is reserve for id's chunk store.
 func (l *memoryLedger) reserveChunks(id principal.Principal, size uint64) bool {
+	return l.account(l.chunks, id, size, false)
+}
+
+// setChunks is set for id's chunk store.
+func (l *memoryLedger) setChunks(id principal.Principal, size uint64) {
+	l.account(l.chunks, id, size, true)
+}
+
+// account makes id's entry in one of the ledger's accounts (sizes or
+// chunks) size, unless it grows beyond the capacity and !force.
+func (l *memoryLedger) account(held map[principal.Principal]uint64, id principal.Principal, size uint64, force bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	old := l.chunks[id]
-	if size > old && satAdd(satSub(l.used, old), size) > l.capacity {
+	old := held[id]
+	if !force && size > old && satAdd(satSub(l.used, old), size) > l.capacity {
 		return false
 	}
 	l.used = satAdd(satSub(l.used, old), size)
-	l.chunks[id] = size
+	held[id] = size
 	return true
-}
-
-// setChunks records the size of id's committed chunk store.
-func (l *memoryLedger) setChunks(id principal.Principal, size uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.used = satAdd(satSub(l.used, l.chunks[id]), size)
-	l.chunks[id] = size
 }
 
 // remove forgets a deleted canister.
