@@ -167,19 +167,25 @@ const maxCertificate = 1 << 20
 // certDecMode decodes a certificate from outside: a tree node is an array
 // of at most 3 items, a certificate a map of at most 3 pairs, no duplicate
 // keys, no indefinite lengths.
-var certDecMode = func() cbor.DecMode {
+var certDecMode = StrictDecMode(maxTreeDepth + 8)
+
+// StrictDecMode is the CBOR decoding of certificates, hash trees and
+// signatures from outside: at most maxNested levels, arrays of at most 16
+// items (a tree node has 3), maps of at most 16 pairs, no duplicate keys,
+// no indefinite lengths.
+func StrictDecMode(maxNested int) cbor.DecMode {
 	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  maxTreeDepth + 8,
+		MaxNestedLevels:  maxNested,
 		MaxArrayElements: 16,
 		MaxMapPairs:      16,
 		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
 		IndefLength:      cbor.IndefLengthForbidden,
 	}.DecMode()
 	if err != nil {
-		panic(err) // constant options
+		panic(err) // constant options, but for maxNested: only package initialisation calls it
 	}
 	return dm
-}()
+}
 
 // Verify checks a certificate as a client does: its signature over the
 // reconstructed root hash under the root key given (DER), with no

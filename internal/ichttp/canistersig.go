@@ -8,6 +8,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/cordon-dev/cordon/internal/certify"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -62,19 +63,7 @@ func canisterSigKey(der, rootKey []byte) (v verifier, ok bool, err error) {
 
 // canisterSigDecMode reads a signature's outer map; the tree inside is
 // read by DecodeTree with its own bounds.
-var canisterSigDecMode = func() cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  maxTreeDepth*2 + 8,
-		MaxArrayElements: 16,
-		MaxMapPairs:      16,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}.DecMode()
-	if err != nil {
-		panic(err) // constant options
-	}
-	return dm
-}()
+var canisterSigDecMode = certify.StrictDecMode(maxTreeDepth*2 + 8)
 
 // verifyCanisterSig checks sig as signer's signature of msg under the seed
 // whose hash is seedHash.

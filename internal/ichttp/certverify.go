@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/cordon-dev/cordon/internal/certify"
-	"github.com/fxamacker/cbor/v2"
 )
 
 // Bounds of a certificate read from a client (a canister signature carries
@@ -27,19 +26,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 	return certify.DecodeTree(v)
 }
 
-var treeDecMode = func() cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  maxTreeDepth + 1, // one array per node
-		MaxArrayElements: 16,
-		MaxMapPairs:      16,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}.DecMode()
-	if err != nil {
-		panic(err) // constant options
-	}
-	return dm
-}()
+var treeDecMode = certify.StrictDecMode(maxTreeDepth + 1) // one array per node
 
 // VerifyCertificate checks a certificate signed by rootKeyDER directly (no
 // subnet delegation: cordon's one subnet is certified by the root key
