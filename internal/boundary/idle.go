@@ -26,37 +26,16 @@ var ErrInterrupted = errors.New("boundary: idle watch interrupted")
 // StopWatch ends the watch (ErrInterrupted); the caller must wait for
 // WatchIdle to return before using the connection, then call ResumeIO.
 func (c *Conn) WatchIdle() error {
-	rc, err := c.c.SyscallConn()
-	if err != nil {
+	n, err := c.peek()
+	switch {
+	case err != nil:
 		return err
+	case n == 0:
+		// SOCK_SEQPACKET: end of file (the protocol never sends empty
+		// packets; an empty one is as good as a hang-up).
+		return ErrClosed
 	}
-	var got error
-	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		// Peek one byte without a control buffer: no descriptor is
-		// installed in the host, nothing leaves the queue.
-		n, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-		switch {
-		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR):
-			return false // nothing yet: wait for readability
-		case rerr != nil:
-			got = rerr
-		case n == 0:
-			// SOCK_SEQPACKET: end of file (the protocol never sends
-			// empty packets; an empty one is as good as a hang-up).
-			got = ErrClosed
-		default:
-			got = violation(VUnsolicited, "a %d-byte packet while no request was pending", n)
-		}
-		return true
-	})
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return ErrInterrupted
-	}
-	if err != nil {
-		return err
-	}
-	return got
+	return violation(VUnsolicited, "a %d-byte packet while no request was pending", n)
 }
 
 // StopWatch interrupts a WatchIdle in progress (or makes the next one
@@ -76,27 +55,37 @@ func (c *Conn) ResumeIO() { _ = c.c.SetReadDeadline(time.Time{}) }
 // that answer itself instead of leaving it to a reader goroutine, and can
 // still give up (a deadline) without leaving a message half read.
 func (c *Conn) AwaitReadable() error {
+	_, err := c.peek() // a packet, or end of file: the read that follows sees it
+	return err
+}
+
+// peek waits until a packet (or the peer's hang-up) is queued and returns
+// the size of the first one (0: end of file) without consuming it. It
+// peeks one byte without a control buffer: no descriptor is installed in
+// the host, nothing leaves the queue. A passed read deadline is
+// ErrInterrupted.
+func (c *Conn) peek() (int, error) {
 	rc, err := c.c.SyscallConn()
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var n int
 	var got error
 	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-		switch {
-		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR):
+		var rerr error
+		n, _, rerr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		if errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR) {
 			return false // nothing yet: wait for readability
-		case rerr != nil:
-			got = rerr
 		}
-		return true // a packet, or end of file: the read that follows sees it
+		got = rerr
+		return true
 	})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return ErrInterrupted
+		return 0, ErrInterrupted
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return got
+	return n, got
 }
