@@ -70,6 +70,12 @@ const (
 	buildSame       buildCheck = iota // provably the same source: both stamped alike
 	buildUnverified                   // nothing differs, but nothing names the source
 	buildDifferent                    // not the same build
+	// buildTestHost: the host records no dependencies, as a test binary:
+	// nothing to compare. Only an explicit sandbox.binary is used then;
+	// a worker found next to a test binary is not, since tests serve
+	// their sandboxes from the test binary itself (its TestMain), and a
+	// worker left next to it by another build would go unnoticed.
+	buildTestHost
 )
 
 // hostBuildInfo is the host's own build information (tests replace it).
@@ -102,7 +108,7 @@ func compareBuilds(host, side *debug.BuildInfo) (buildCheck, string) {
 	}
 	if len(host.Deps) == 0 && len(side.Deps) > 0 {
 		// Test binaries record no dependencies: nothing to compare.
-		return buildUnverified, "the host records no dependencies (a test binary?)"
+		return buildTestHost, "the host records no dependencies (a test binary?)"
 	}
 	hostDeps := map[string]*debug.Module{}
 	for _, d := range host.Deps {
@@ -231,7 +237,7 @@ func CheckExecutable(path string) (Executable, error) {
 	switch check {
 	case buildDifferent:
 		return Executable{}, fmt.Errorf("%w: %s: %s", ErrForeignExecutable, path, why)
-	case buildUnverified:
+	case buildUnverified, buildTestHost:
 		slog.Warn("sandbox executable: cannot prove it is from this build", "path", path, "why", why)
 	}
 	return e, nil
@@ -340,7 +346,7 @@ func findWorker() (Executable, *sealedFile) {
 		return fallback("it cannot be sealed: " + s.err.Error())
 	}
 	check, why := checkWorker(s)
-	if check == buildDifferent {
+	if check == buildDifferent || check == buildTestHost {
 		return fallback(why)
 	}
 	if check == buildUnverified {

@@ -76,7 +76,7 @@ func TestCompareBuilds(t *testing.T) {
 		{"other module", host(), func() *debug.BuildInfo { b := side(); b.Main.Path = "example.com/cordon"; return b }(), buildDifferent},
 		{"no side info", host(), nil, buildDifferent},
 		{"no host info", nil, side(), buildUnverified},
-		{"host without dependencies (a test binary)", bi("github.com/cordon-dev/cordon/internal/exec.test", nil), side(), buildUnverified},
+		{"host without dependencies (a test binary)", bi("github.com/cordon-dev/cordon/internal/exec.test", nil), side(), buildTestHost},
 	}
 	for _, c := range cases {
 		got, why := compareBuilds(c.host, c.side)
@@ -327,6 +327,14 @@ func TestFindWorker(t *testing.T) {
 	t.Run("absent", func(t *testing.T) {
 		e := find(t, t.TempDir())
 		if e.Worker || !strings.Contains(e.Note, "no "+WorkerBinaryName) {
+			t.Fatalf("%+v", e)
+		}
+	})
+	t.Run("next to a test binary", func(t *testing.T) {
+		// This test binary is the host (no dependencies recorded): a
+		// worker next to it, even of the same source, is passed over, and
+		// sandboxes run the test binary, whose TestMain serves them.
+		if e := find(t, filepath.Dir(bin)); e.Worker || !strings.Contains(e.Note, "a test binary") {
 			t.Fatalf("%+v", e)
 		}
 	})
