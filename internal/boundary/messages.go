@@ -39,6 +39,11 @@ func ParseMode(s string) (Mode, bool) {
 	return 0, false
 }
 
+// QueryThreadsArg prefixes a canister sandbox's third argument (after the
+// mode and a label): "query-threads=N", how many queries the host may run
+// in it at once (1 to MaxInFlight).
+const QueryThreadsArg = "query-threads="
+
 // Memory names one of a canister's memories in a Pages packet.
 type Memory uint8
 

@@ -43,7 +43,8 @@ type Config struct {
 }
 
 // DefaultKeepInstances is Config.KeepInstances by default: the sandbox's
-// default query_threads.
+// default query_threads on this machine's kind (2 cores); a canister
+// sandbox keeps one per query thread when it has more (worker).
 const DefaultKeepInstances = 4
 
 // DefaultConfig returns the configuration cordon runs with.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -47,12 +48,13 @@ import (
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
-// "" (args: mode, then the canister id as label).
+// "" (args: mode, then the canister id as label, then query-threads=N).
 func hostileMode() string {
-	if len(os.Args) < 5 || os.Args[len(os.Args)-2] != "canister" {
+	i := slices.Index(os.Args, "canister")
+	if i < 0 || i+1 >= len(os.Args) {
 		return ""
 	}
-	m, ok := strings.CutPrefix(os.Args[len(os.Args)-1], hostilePrefix)
+	m, ok := strings.CutPrefix(os.Args[i+1], hostilePrefix)
 	if !ok {
 		return ""
 	}

@@ -623,20 +623,20 @@ func TestQueryLeadHandsOverReading(t *testing.T) {
 func TestMaxQueryThreadsFit(t *testing.T) {
 	x := newRealQueries(t, boundary.MaxInFlight)
 	s, c := twoWordsSim(t, x, "fit")
-	// Leave kept instances behind (plain queries that end cleanly), then
-	// commit an update, so that they are kept for a heap no query uses.
-	var wg sync.WaitGroup
-	for i := 0; i < engine.DefaultKeepInstances; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if out, err := execOn(context.Background(), s, c, sysapi.CtxNonReplicatedQuery, "canister_query quick"); err != nil || out.Trapped {
-				t.Errorf("quick: %v %+v", err, out)
-			}
-		}()
+	// Leave as many kept instances behind as the sandbox keeps (one per
+	// query thread): plain queries that end cleanly, each with a heap limit
+	// of its own so that none reuses another's instance. Then commit an
+	// update, so that they are all kept for a heap no query uses.
+	for i := 0; i < boundary.MaxInFlight; i++ {
+		in := s.input(sysapi.CtxNonReplicatedQuery, "canister_query quick", empty)
+		in.Stable = c.stable
+		in.Limits.HeapBytes = 1<<30 + uint64(i)<<16
+		if out, err := x.Execute(context.Background(), s.id, &Request{Module: s.m, Heap: c.heap, Globals: c.globals, Input: in}); err != nil || out.Trapped {
+			t.Fatalf("quick: %v %+v", err, out)
+		}
 	}
-	wg.Wait()
 	c = bump(t, s, c)
+	var wg sync.WaitGroup
 	var most atomic.Int64
 	stop := make(chan struct{})
 	watched := make(chan struct{})

@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -705,7 +706,9 @@ func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.S
 	log := x.cfg.Logger
 	args := []string{mode.String()}
 	if mode == boundary.ModeCanister {
-		args = append(args, label) // shows in the process list; the worker ignores it
+		// The label shows in the process list (the worker ignores it); the
+		// worker keeps a reset query instance for each query thread.
+		args = append(args, label, boundary.QueryThreadsArg+strconv.Itoa(x.cfg.QueryThreads))
 	}
 	pids, cpu := x.cfg.Pids, max(x.cfg.CPUPercent, 0)
 	if mode == boundary.ModeCompile {

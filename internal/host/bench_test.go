@@ -98,15 +98,17 @@ func BenchmarkComputeFib(b *testing.B) {
 // 1/(ns/op), and p50-µs the median latency of one query. Compare the
 // sub-benchmarks' figures (the sandboxed/in-process ratio is what the
 // sandbox costs); sandbox-serial is a sandbox that runs one query at a time
-// (sandbox.query_threads = 1, as before queries ran concurrently) and
-// sandbox-2cores one with a CPU quota of two cores (four query threads).
+// (sandbox.query_threads = 1, as before queries ran concurrently),
+// sandbox-2cores one with a CPU quota of two cores (four query threads) and
+// sandbox-8threads one that runs eight queries at once (the default with a
+// CPU quota of four cores), as many as there are clients.
 // host-cpu-µs/op is the CPU the test process (the host) used per query,
 // sandbox-cpu-µs/op what its sandbox processes used (10 ms resolution:
 // run a few thousand queries).
 //
 //	go test ./internal/host -run '^$' -bench QueryParallel -benchtime 2000x
 func BenchmarkQueryParallel(b *testing.B) {
-	for _, mode := range []string{"inprocess", "sandbox", "sandbox-serial", "sandbox-2cores"} {
+	for _, mode := range []string{"inprocess", "sandbox", "sandbox-serial", "sandbox-2cores", "sandbox-8threads"} {
 		b.Run(mode, func(b *testing.B) {
 			n, msg := queryBenchNode(b, mode)
 			ctx := context.Background()
@@ -178,6 +180,8 @@ func queryBenchNode(b *testing.B, mode string) (*Node, Message) {
 		cfg.Sandbox.QueryThreads = 1
 	case "sandbox-2cores":
 		cfg.Sandbox.CPUPercent = 200
+	case "sandbox-8threads":
+		cfg.Sandbox.QueryThreads = 8
 	}
 	n, err := Open(cfg, nil)
 	if err != nil {

@@ -61,8 +61,8 @@
 //     cgroupns: unshare(CLONE_NEWCGROUP), rooted at its own cgroup.
 //  6. rlimits (only ever lowered): CORE 0, FSIZE = the memory limit (only
 //     memfds are writable, and wasmtime sizes its memory images with them),
-//     NOFILE 64, AS 128 GiB (wasmtime reserves 4 GiB + guards per
-//     instance's memory, up to 20 of them; the cgroup is the real memory
+//     NOFILE 64, AS 256 GiB (wasmtime reserves 4 GiB + guards per
+//     instance's memory, up to 32 of them; the cgroup is the real memory
 //     bound), MEMLOCK 0, MSGQUEUE 0,
 //     NPROC = the pids limit when there is no pids cgroup (RLIMIT_NPROC counts
 //     per user namespace, so it bounds this sandbox alone).

@@ -31,13 +31,14 @@ const (
 	// AddressSpaceLimit is RLIMIT_AS inside a sandbox: generous, because
 	// wasmtime reserves virtual memory far beyond what it touches (every
 	// instance's memory is a 4 GiB + 64 MiB reservation), and a sandbox
-	// holds up to boundary.MaxInFlight (16) running instances plus the
-	// engine's kept ones (engine.DefaultKeepInstances, 4): 20 × 4.06 GiB,
-	// plus the Go runtime's and wasmtime's own. At 64 GiB the 16th
-	// concurrent query failed to instantiate (TestMaxQueryThreadsFit). The
-	// real bound on memory is the cgroup; this only stops runaway
-	// reservations.
-	AddressSpaceLimit = 128 << 30
+	// holds up to boundary.MaxInFlight (16) running instances plus as many
+	// kept ones (one per query thread, worker.options.engineConfig; kept
+	// for a heap no query uses any more until evicted): 32 × 4.06 GiB, plus
+	// the Go runtime's and wasmtime's own. At 64 GiB with 4 kept instances
+	// the 16th concurrent query failed to instantiate
+	// (TestMaxQueryThreadsFit). The real bound on memory is the cgroup;
+	// this only stops runaway reservations.
+	AddressSpaceLimit = 256 << 30
 	// startTimeout bounds start-up when ctx has no deadline.
 	startTimeout = 10 * time.Second
 )

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,24 +28,19 @@ const MaxArtifactBytes = 1 << 30
 func Serve(conn *net.UnixConn, args []string) int {
 	defer conn.Close()
 	c := boundary.NewConn(conn)
-	// args: mode, then (canister mode) the canister id, which is only there
-	// to label the process for operators.
-	if len(args) < 1 || len(args) > 2 {
-		fmt.Fprintf(os.Stderr, "cordon sandbox: want a mode (compile or canister) and an optional label, got %q\n", args)
+	opts, err := parseArgs(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon sandbox: %v\n", err)
 		return ExitUsage
 	}
-	mode, ok := boundary.ParseMode(args[0])
-	if !ok {
-		fmt.Fprintf(os.Stderr, "cordon sandbox: unknown mode %q\n", args[0])
-		return ExitUsage
-	}
-	cfg := engine.DefaultConfig()
-	// A canister sandbox only deserializes: no compiler threads.
-	cfg.ParallelCompilation = mode == boundary.ModeCompile
-	e, err := engine.New(cfg)
+	mode := opts.mode
+	e, err := engine.New(opts.engineConfig())
 	if err != nil {
 		_ = c.SendError(0, boundary.ErrInternal, "create engine: %v", err)
 		return ExitProtocol
+	}
+	if engineMade != nil {
+		engineMade(e)
 	}
 	w := newWorker(c, mode, e)
 	if trimWhenIdle && mode == boundary.ModeCanister {
@@ -65,6 +61,48 @@ func Serve(conn *net.UnixConn, args []string) int {
 	}
 	return w.loop()
 }
+
+// options are what the worker's arguments say: the mode, then (canister
+// mode) a label (the canister id, only there to name the process for
+// operators) and how many queries may run at once.
+type options struct {
+	mode         boundary.Mode
+	queryThreads int // 0: not given
+}
+
+func parseArgs(args []string) (options, error) {
+	if len(args) < 1 || len(args) > 3 {
+		return options{}, fmt.Errorf("want a mode (compile or canister), an optional label and %sN, got %q", boundary.QueryThreadsArg, args)
+	}
+	mode, ok := boundary.ParseMode(args[0])
+	if !ok {
+		return options{}, fmt.Errorf("unknown mode %q", args[0])
+	}
+	o := options{mode: mode}
+	if len(args) == 3 {
+		n, err := strconv.Atoi(strings.TrimPrefix(args[2], boundary.QueryThreadsArg))
+		if !strings.HasPrefix(args[2], boundary.QueryThreadsArg) || err != nil || n < 1 || n > boundary.MaxInFlight {
+			return options{}, fmt.Errorf("want %sN with N from 1 to %d, got %q", boundary.QueryThreadsArg, boundary.MaxInFlight, args[2])
+		}
+		o.queryThreads = n
+	}
+	return o, nil
+}
+
+// engineConfig is the engine a worker runs. A canister sandbox only
+// deserializes (no compiler threads), and keeps as many reset query
+// instances as queries may run in it at once (at least the engine's
+// default): fewer, and each query beyond them would instantiate a fresh
+// instance and tear it down again.
+func (o options) engineConfig() engine.Config {
+	cfg := engine.DefaultConfig()
+	cfg.ParallelCompilation = o.mode == boundary.ModeCompile
+	cfg.KeepInstances = max(cfg.KeepInstances, o.queryThreads)
+	return cfg
+}
+
+// engineMade, if set (tests), sees the engine Serve made.
+var engineMade func(*engine.Engine)
 
 func newWorker(c *boundary.Conn, mode boundary.Mode, e *engine.Engine) *worker {
 	return &worker{c: c, mode: mode, e: e, slots: make(chan struct{}, boundary.MaxInFlight),

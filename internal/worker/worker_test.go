@@ -14,15 +14,21 @@ import (
 // startWorker runs Serve in a goroutine over a socket pair.
 func startWorker(t *testing.T, mode string) (*boundary.Conn, chan int) {
 	t.Helper()
+	return startWorkerArgs(t, mode)
+}
+
+// startWorkerArgs is startWorker with the worker's whole argument list.
+func startWorkerArgs(t *testing.T, args ...string) (*boundary.Conn, chan int) {
+	t.Helper()
 	h, s, err := boundary.Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan int, 1)
-	go func() { done <- Serve(s, []string{mode}) }()
+	go func() { done <- Serve(s, args) }()
 	c := boundary.NewConn(h)
 	t.Cleanup(func() { h.Close(); <-done })
-	if err := c.AwaitReady(map[string]boundary.Mode{"compile": boundary.ModeCompile, "canister": boundary.ModeCanister}[mode], nil); err != nil {
+	if err := c.AwaitReady(map[string]boundary.Mode{"compile": boundary.ModeCompile, "canister": boundary.ModeCanister}[args[0]], nil); err != nil {
 		t.Fatal(err)
 	}
 	return c, done
