@@ -82,6 +82,12 @@ func TestWorkerKeepsInstancePerQueryThread(t *testing.T) {
 					t.Fatalf("query %d: %v %+v", i, err, out)
 				}
 			}
+			// An answer leaves before its instance is reset and kept; a Ping
+			// is served once every execution has ended.
+			go func() { errc <- cw.Send(&boundary.Msg{Kind: boundary.KindPing, ID: 99}) }()
+			if err := cw.AwaitPong(99, nil); err != nil || <-errc != nil {
+				t.Fatal(err)
+			}
 			if got := sandboxEngine.Kept(); got != c.want {
 				t.Fatalf("%d instances kept after %d queries, want %d", got, queries, c.want)
 			}

@@ -80,8 +80,9 @@ func parseArgs(args []string) (options, error) {
 	}
 	o := options{mode: mode}
 	if len(args) == 3 {
-		n, err := strconv.Atoi(strings.TrimPrefix(args[2], boundary.QueryThreadsArg))
-		if !strings.HasPrefix(args[2], boundary.QueryThreadsArg) || err != nil || n < 1 || n > boundary.MaxInFlight {
+		v, ok := strings.CutPrefix(args[2], boundary.QueryThreadsArg)
+		n, err := strconv.Atoi(v)
+		if !ok || err != nil || n < 1 || n > boundary.MaxInFlight {
 			return options{}, fmt.Errorf("want %sN with N from 1 to %d, got %q", boundary.QueryThreadsArg, boundary.MaxInFlight, args[2])
 		}
 		o.queryThreads = n
