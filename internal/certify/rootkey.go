@@ -170,19 +170,19 @@ const maxCertificate = 1 << 20
 var certDecMode = StrictDecMode(maxTreeDepth + 8)
 
 // StrictDecMode is the CBOR decoding of certificates, hash trees and
-// signatures from outside: at most maxNested levels, arrays of at most 16
-// items (a tree node has 3), maps of at most 16 pairs, no duplicate keys,
-// no indefinite lengths.
+// signatures from outside: at most maxNested levels (within the 4 to 65535
+// the cbor package accepts), arrays of at most 16 items (a tree node has
+// 3), maps of at most 16 pairs, no duplicate keys, no indefinite lengths.
 func StrictDecMode(maxNested int) cbor.DecMode {
 	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  maxNested,
+		MaxNestedLevels:  min(max(maxNested, 4), 65535),
 		MaxArrayElements: 16,
 		MaxMapPairs:      16,
 		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
 		IndefLength:      cbor.IndefLengthForbidden,
 	}.DecMode()
 	if err != nil {
-		panic(err) // constant options, but for maxNested: only package initialisation calls it
+		panic(err) // unreachable: every option is valid
 	}
 	return dm
 }
