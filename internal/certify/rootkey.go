@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cloudflare/circl/sign/bls"
 	"github.com/fxamacker/cbor/v2"
@@ -167,24 +168,38 @@ const maxCertificate = 1 << 20
 // certDecMode decodes a certificate from outside: a tree node is an array
 // of at most 3 items, a certificate a map of at most 3 pairs, no duplicate
 // keys, no indefinite lengths.
-var certDecMode = StrictDecMode(maxTreeDepth + 8)
+var certDecMode = NewStrictDecoder(maxTreeDepth + 8)
 
-// StrictDecMode is the CBOR decoding of certificates, hash trees and
-// signatures from outside: at most maxNested levels (within the 4 to 65535
+// StrictDecoder is the CBOR decoding of certificates, hash trees and
+// signatures from outside: at most a given nesting (within the 4 to 65535
 // the cbor package accepts), arrays of at most 16 items (a tree node has
 // 3), maps of at most 16 pairs, no duplicate keys, no indefinite lengths.
-func StrictDecMode(maxNested int) cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  min(max(maxNested, 4), 65535),
-		MaxArrayElements: 16,
-		MaxMapPairs:      16,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}.DecMode()
+type StrictDecoder struct {
+	mode func() (cbor.DecMode, error)
+}
+
+// NewStrictDecoder returns the StrictDecoder of at most maxNested levels. Its
+// decoding mode is built on first use; an error building it (none of
+// these options can cause one) is every Unmarshal's error.
+func NewStrictDecoder(maxNested int) *StrictDecoder {
+	return &StrictDecoder{mode: sync.OnceValues(func() (cbor.DecMode, error) {
+		return cbor.DecOptions{
+			MaxNestedLevels:  min(max(maxNested, 4), 65535),
+			MaxArrayElements: 16,
+			MaxMapPairs:      16,
+			DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+			IndefLength:      cbor.IndefLengthForbidden,
+		}.DecMode()
+	})}
+}
+
+// Unmarshal decodes data into v within the decoder's bounds.
+func (d *StrictDecoder) Unmarshal(data []byte, v any) error {
+	dm, err := d.mode()
 	if err != nil {
-		panic(err) // unreachable: every option is valid
+		return fmt.Errorf("cbor decoding mode: %w", err)
 	}
-	return dm
+	return dm.Unmarshal(data, v)
 }
 
 // Verify checks a certificate as a client does: its signature over the

@@ -63,7 +63,7 @@ func canisterSigKey(der, rootKey []byte) (v verifier, ok bool, err error) {
 
 // canisterSigDecMode reads a signature's outer map; the tree inside is
 // read by DecodeTree with its own bounds.
-var canisterSigDecMode = certify.StrictDecMode(maxTreeDepth*2 + 8)
+var canisterSigDecMode = certify.NewStrictDecoder(maxTreeDepth*2 + 8)
 
 // verifyCanisterSig checks sig as signer's signature of msg under the seed
 // whose hash is seedHash.

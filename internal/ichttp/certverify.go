@@ -26,7 +26,7 @@ func DecodeTree(b []byte) (*Tree, error) {
 	return certify.DecodeTree(v)
 }
 
-var treeDecMode = certify.StrictDecMode(maxTreeDepth + 1) // one array per node
+var treeDecMode = certify.NewStrictDecoder(maxTreeDepth + 1) // one array per node
 
 // VerifyCertificate checks a certificate signed by rootKeyDER directly (no
 // subnet delegation: cordon's one subnet is certified by the root key
