@@ -248,18 +248,27 @@ func TestStatusOfUnfinishedManagementCall(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		// Created, then the settings refused: the creation stored the
-		// call in progress.
+		// Settings refused: they are checked before the canister is
+		// created, so nothing was committed (the refusal's own answer is
+		// committed separately, which this node does not do).
+		before, err := f.node.List()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := mgmt("create", "provisional_create_canister_with_cycles",
 			`(record { settings = opt record { freezing_threshold = opt 9_000_000_000_000_000_000 } })`); err == nil {
 			t.Fatal("freezing threshold beyond 2^62 accepted")
 		}
 		f.restart()
 		got := f.storedStatuses()
-		for _, k := range []string{"stop", "create"} {
-			if got[k] != "executing" {
-				t.Errorf("%s after the restart: stored %q, want it in progress", k, got[k])
-			}
+		if got["stop"] != "executing" {
+			t.Errorf("stop after the restart: stored %q, want it in progress", got["stop"])
+		}
+		if s, ok := got["create"]; ok {
+			t.Errorf("create with refused settings: stored %q, want nothing", s)
+		}
+		if after, err := f.node.List(); err != nil || len(after) != len(before) {
+			t.Errorf("create with refused settings: %d canisters before, %d after (%v)", len(before), len(after), err)
 		}
 		if st := f.status(a); st.Status != "stopped" {
 			t.Errorf("a after the restart: %s", st.Status)

@@ -24,6 +24,13 @@ type CreateOptions struct {
 	Cycles      *cycles.Amount // nil: Config.InitialCycles
 	Minted      bool           // Cycles are new (provisional), not moved from a canister
 	EnvVars     []store.EnvVar // environment variables (checked by CheckEnvVars)
+
+	// create_canister (mgmt.go): the settings it was given, checked
+	// before anything is created, and the creation fee, booked as burned
+	// on the new canister. Both are committed with the creation, so a
+	// refused setting creates nothing.
+	settings *settings
+	fee      cycles.Amount
 }
 
 // Create makes a new, empty canister.
@@ -31,6 +38,43 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 	var id principal.Principal
 	if err := n.checkMint(opts); err != nil {
 		return id, err
+	}
+	env, err := checkEnvVars(opts.EnvVars)
+	if err != nil {
+		return id, err
+	}
+	if len(env) == 0 {
+		env = nil
+	}
+	bal := n.cfg.InitialCycles
+	if opts.Cycles != nil {
+		bal = *opts.Cycles
+	}
+	ctrls := make([]string, 0, len(opts.Controllers))
+	for _, c := range opts.Controllers {
+		ctrls = append(ctrls, c.String())
+	}
+	meta := store.Meta{
+		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000, EnvVars: env},
+		Balance:  bal,
+		Status:   "running",
+		// Only cycles not taken from another canister are minted.
+		CyclesMinted:     map[bool]cycles.Amount{true: bal, false: {}}[opts.Cycles == nil || opts.Minted],
+		CyclesBurned:     opts.fee,
+		StoragePaidUntil: n.now(),
+	}
+	if opts.settings != nil {
+		// Before an id is taken: a refused setting leaves no trace.
+		name := "(to be created)"
+		if opts.ID != nil {
+			name = opts.ID.String()
+		}
+		set, err := n.settingsWith(name, meta, memUsage{}, *opts.settings)
+		if err != nil {
+			return id, err
+		}
+		meta.Settings = set
+		updateLowMemory(&meta, 0)
 	}
 	if opts.ID != nil {
 		id = *opts.ID
@@ -57,31 +101,8 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 			}
 		}
 	}
-	env, err := checkEnvVars(opts.EnvVars)
-	if err != nil {
-		return id, err
-	}
-	if len(env) == 0 {
-		env = nil
-	}
-	bal := n.cfg.InitialCycles
-	if opts.Cycles != nil {
-		bal = *opts.Cycles
-	}
-	ctrls := make([]string, 0, len(opts.Controllers))
-	for _, c := range opts.Controllers {
-		ctrls = append(ctrls, c.String())
-	}
-	meta := store.Meta{
-		ID:       id.String(),
-		Settings: store.Settings{Controllers: ctrls, FreezingThreshold: 2_592_000, EnvVars: env},
-		Balance:  bal,
-		Status:   "running",
-		// Only cycles not taken from another canister are minted.
-		CyclesMinted:     map[bool]cycles.Amount{true: bal, false: {}}[opts.Cycles == nil || opts.Minted],
-		Created:          n.clock().UTC(),
-		StoragePaidUntil: n.now(),
-	}
+	meta.ID = id.String()
+	meta.Created = n.clock().UTC()
 	ingress, answered := answerOf(ctx, id)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress}); err != nil {

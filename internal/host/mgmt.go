@@ -169,7 +169,9 @@ func (n *Node) management(m *message) {
 		if !errors.As(err, &rej) {
 			rej = rejectf(CanisterError, "%v", err)
 		}
-		n.respondTo(m.origin, nil, rej, m.cycles)
+		// What the call used stays used (a canister it created keeps
+		// its cycles); the rest goes back.
+		n.respondTo(m.origin, nil, rej, refund)
 		return
 	}
 	n.respondTo(m.origin, reply, nil, refund)
@@ -228,11 +230,6 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		return reply, used, err
 
 	case "create_canister", "provisional_create_canister_with_cycles":
-		if s, ok := settingsField(arg); ok && s.envVars != nil {
-			if _, err := checkEnvVars(s.envVars); err != nil { // before anything is created
-				return nil, used, err
-			}
-		}
 		opts := CreateOptions{Controllers: []principal.Principal{m.caller}}
 		amount := m.cycles
 		if m.method == "provisional_create_canister_with_cycles" {
@@ -253,30 +250,21 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 			}
 			used = amount
 			amount = amount.SaturatingSub(fee)
-		}
-		opts.Cycles = &amount
-		if s, ok := settingsField(arg); ok && s.controllers != nil {
-			opts.Controllers = s.controllers
-		}
-		cctx := ctx
-		if _, ok := settingsField(arg); ok {
-			cctx = answeringLater(ctx) // the settings' commit answers
-		}
-		id, err := n.Create(cctx, opts)
-		if err != nil {
-			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
-		}
-		if m.method == "create_canister" {
 			// The creation fee is burned; it is booked on the new canister
 			// so that the node's cycles add up.
-			if err := n.bookBurned(ctx, id, cycles.New(n.cfg.Fees.CanisterCreation)); err != nil {
-				return nil, used, err
-			}
+			opts.fee = fee
 		}
+		opts.Cycles = &amount
 		if s, ok := settingsField(arg); ok {
-			if err := n.applySettings(ctx, id, s, false); err != nil {
-				return nil, used, err
+			opts.settings = &s // controllers given there replace the caller
+		}
+		id, err := n.Create(ctx, opts)
+		if err != nil {
+			var rej *Reject
+			if errors.As(err, &rej) {
+				return nil, cycles.Amount{}, err // a refused setting
 			}
+			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
 		}
 		reply, err = encode(candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}})
 		return reply, used, err
@@ -536,26 +524,54 @@ func (n *Node) SetEnvVars(ctx context.Context, id, caller principal.Principal, v
 }
 
 // applySettings changes a canister's settings; bump says the change counts
-// as a message execution for canister_version (update_settings does, the
-// settings given at creation do not).
+// as a message execution for canister_version (update_settings does).
 func (n *Node) applySettings(ctx context.Context, id principal.Principal, s settings, bump bool) error {
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer n.unlock(c)
-	if s.err != nil {
-		return s.err
+	set, err := n.settingsWith(c.id.String(), c.meta, usageOf(c), s)
+	if err != nil {
+		return err
 	}
+	// The memory held so far is paid at the old allocation, then the
+	// new settings apply.
+	n.chargeStorage(c, n.now())
 	meta := c.meta
-	meta.Settings.Controllers = slices.Clone(meta.Settings.Controllers)
+	meta.Settings = set
+	updateLowMemory(&meta, c.heap.Size()) // the limit or threshold may have moved (lowmem.go)
+	if bump {
+		meta.Version++
+	}
+	ingress, answered := answerOf(ctx, id)
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
+		return err
+	}
+	answered()
+	c.meta = meta
+	n.scheduleLowMemory(c)
+	return nil
+}
+
+// settingsWith returns the settings of a canister (named name in errors,
+// with metadata meta and memory use u) changed as s asks, every value
+// checked; nothing is changed. update_settings commits what it returns;
+// create_canister checks the new canister's settings with it before the
+// canister exists, so that a refused setting creates nothing.
+func (n *Node) settingsWith(name string, meta store.Meta, u memUsage, s settings) (store.Settings, error) {
+	if s.err != nil {
+		return store.Settings{}, s.err
+	}
+	set := meta.Settings
+	set.Controllers = slices.Clone(set.Controllers)
 	if s.controllers != nil {
 		if len(s.controllers) > maxControllers {
-			return rejectf(CanisterError, "A canister can have at most %d controllers, got %d", maxControllers, len(s.controllers))
+			return store.Settings{}, rejectf(CanisterError, "A canister can have at most %d controllers, got %d", maxControllers, len(s.controllers))
 		}
-		meta.Settings.Controllers = meta.Settings.Controllers[:0:0]
+		set.Controllers = set.Controllers[:0:0]
 		for _, p := range s.controllers {
-			meta.Settings.Controllers = append(meta.Settings.Controllers, p.String())
+			set.Controllers = append(set.Controllers, p.String())
 		}
 	}
 	setU64 := func(dst *uint64, v *big.Int, name string, max uint64) error {
@@ -568,50 +584,34 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 		*dst = v.Uint64()
 		return nil
 	}
-	if err := setU64(&meta.Settings.FreezingThreshold, s.freezingThreshold, "freezing_threshold", 1<<62); err != nil {
-		return err
+	for _, f := range []struct {
+		dst  *uint64
+		v    *big.Int
+		name string
+		max  uint64
+	}{
+		{&set.FreezingThreshold, s.freezingThreshold, "freezing_threshold", 1 << 62},
+		{&set.MemoryAllocation, s.memoryAllocation, "memory_allocation", 1 << 48},
+		{&set.ComputeAllocation, s.computeAllocation, "compute_allocation", 100},
+		{&set.WasmMemoryLimit, s.wasmMemoryLimit, "wasm_memory_limit", 1<<48 - 1},
+		{&set.WasmMemoryThreshold, s.wasmMemoryThreshold, "wasm_memory_threshold", 1<<48 - 1},
+	} {
+		if err := setU64(f.dst, f.v, f.name, f.max); err != nil {
+			return store.Settings{}, err
+		}
 	}
-	if err := setU64(&meta.Settings.MemoryAllocation, s.memoryAllocation, "memory_allocation", 1<<48); err != nil {
-		return err
-	}
-	if err := setU64(&meta.Settings.ComputeAllocation, s.computeAllocation, "compute_allocation", 100); err != nil {
-		return err
-	}
-	if err := setU64(&meta.Settings.WasmMemoryLimit, s.wasmMemoryLimit, "wasm_memory_limit", 1<<48-1); err != nil {
-		return err
-	}
-	if err := setU64(&meta.Settings.WasmMemoryThreshold, s.wasmMemoryThreshold, "wasm_memory_threshold", 1<<48-1); err != nil {
-		return err
-	}
-	applyLogSettings(&meta.Settings, s) // canlog.go
+	applyLogSettings(&set, s) // canlog.go
 	if s.envVars != nil {
 		vars, err := checkEnvVars(s.envVars)
 		if err != nil {
-			return err
+			return store.Settings{}, err
 		}
-		meta.Settings.EnvVars = vars
+		set.EnvVars = vars
 	}
-	if err := n.checkAllocation(c, meta.Settings); err != nil {
-		return err
+	if err := n.checkAllocation(name, meta, u, set); err != nil {
+		return store.Settings{}, err
 	}
-	// The memory held so far is paid at the old allocation, then the
-	// new settings apply.
-	n.chargeStorage(c, n.now())
-	settings := meta.Settings
-	meta = c.meta
-	meta.Settings = settings
-	updateLowMemory(&meta, c.heap.Size()) // the limit or threshold may have moved (lowmem.go)
-	if bump {
-		meta.Version++
-	}
-	ingress, answered := answerOf(ctx, id) // a creation's settings answer with its id
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
-		return err
-	}
-	answered()
-	c.meta = meta
-	n.scheduleLowMemory(c)
-	return nil
+	return set, nil
 }
 
 // deposit adds cycles to a canister; minted marks cycles created from
@@ -636,22 +636,6 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 		return err
 	}
 	answered()
-	c.meta = meta
-	return nil
-}
-
-// bookBurned records cycles burned on a canister's behalf.
-func (n *Node) bookBurned(ctx context.Context, id principal.Principal, amount cycles.Amount) error {
-	c, err := n.lockCanister(ctx, id)
-	if err != nil {
-		return err
-	}
-	defer n.unlock(c)
-	meta := c.meta
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(amount)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta}); err != nil {
-		return err
-	}
 	c.meta = meta
 	return nil
 }
@@ -872,21 +856,22 @@ func optNat(r candid.Record, name string) (*big.Int, bool) {
 	return nv.Int, true
 }
 
-// checkAllocation refuses a memory allocation below the memory c holds, and
-// an increase of it that the balance cannot sustain (IC interface
-// specification, update_settings; the IC's messages).
-func (n *Node) checkAllocation(c *canister, s store.Settings) error {
+// checkAllocation refuses a memory allocation s below the memory u a
+// canister (named name, with metadata meta) holds, and an increase of it
+// that the balance cannot sustain (IC interface specification,
+// update_settings; the IC's messages).
+func (n *Node) checkAllocation(name string, meta store.Meta, u memUsage, s store.Settings) error {
 	a := s.MemoryAllocation
 	if a == 0 {
 		return nil
 	}
-	if used := usageOf(c).total(); used > a {
-		return rejectf(CanisterReject, "Canister %s was given %d memory allocation but at least %d of memory is needed.", c.id, a, used)
+	if used := u.total(); used > a {
+		return rejectf(CanisterReject, "Canister %s was given %d memory allocation but at least %d of memory is needed.", name, a, used)
 	}
-	if a > c.meta.Settings.MemoryAllocation {
-		if limit := n.freezingLimit(s, usageOf(c)); c.meta.Balance.Cmp(limit) < 0 {
+	if a > meta.Settings.MemoryAllocation {
+		if limit := n.freezingLimit(s, u); meta.Balance.Cmp(limit) < 0 {
 			return rejectf(CanisterReject, "Cannot increase memory allocation to %d bytes for canister %s due to insufficient cycles. At least %s additional cycles are required.",
-				a, c.id, limit.SaturatingSub(c.meta.Balance))
+				a, name, limit.SaturatingSub(meta.Balance))
 		}
 	}
 	return nil
