@@ -230,12 +230,12 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if opts.Mode != ModeUpgrade {
 		stableBase = state.NewBackedPageMap(0)
 	}
+	var pre *sysapi.Output // pre_upgrade's, if it ran
 	if opts.Mode == ModeUpgrade {
 		keep := m.Info.EnhancedOrthogonalPersistence
 		if opts.KeepHeap != nil {
 			keep = *opts.KeepHeap
 		}
-		var pre *sysapi.Output
 		if c.module.Info.HasPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
@@ -281,6 +281,13 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	}
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
+	if pre != nil {
+		// What pre_upgrade burned is gone before post_upgrade runs
+		// (validation kept it within the balance).
+		if in.Balance, err = in.Balance.Sub(pre.CyclesBurned); err != nil {
+			return nil, fmt.Errorf("install %s: cycles accounting: %w", id, err)
+		}
+	}
 	in.GlobalTimer = 0 // timers do not survive install, reinstall or upgrade
 	// The memory limits of the new module's state.
 	newUsage := memUsage{stable: stableBase.Size(), module: uint64(len(wasm)), globals: uint64(m.Info.NumGlobals) * globalBytes, chunks: chunkStoreBytes(c.meta)}
@@ -354,21 +361,31 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if opts.Mode != ModeUpgrade {
 		meta.CertifiedData = nil
 	}
+	// pre_upgrade, then post_upgrade, may set the certified data and burn
+	// cycles (ic0.certified_data_set, ic0.cycles_burn128): both are the
+	// canister's system state, which the upgrade keeps.
+	burned := out.CyclesBurned
+	if pre != nil {
+		if pre.CertifiedDataSet {
+			meta.CertifiedData = pre.CertifiedData
+		}
+		burned = burned.SaturatingAdd(pre.CyclesBurned)
+	}
 	if out.CertifiedDataSet {
 		meta.CertifiedData = out.CertifiedData
 	}
-	// The execution burned out of its balance; the fee takes what is left
+	// The executions burned out of its balance; the fee takes what is left
 	// when that cannot pay it: what is burned is what was taken.
 	bal, err := meta.Balance.Add(out.CyclesAccepted)
 	if err == nil {
-		bal, err = bal.Sub(out.CyclesBurned)
+		bal, err = bal.Sub(burned)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("install %s: cycles accounting: %w", id, err)
 	}
 	var taken cycles.Amount
 	meta.Balance, taken = takeFee(bal, n.executionFee(used))
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(out.CyclesBurned)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(burned)
 	meta.Instructions += used
 	meta.Messages++
 
