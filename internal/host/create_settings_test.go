@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // creatorWat calls aaaaa-aa.create_canister with 10 T cycles attached; the
@@ -163,4 +164,33 @@ func TestCreateCanisterWithSettings(t *testing.T) {
 		t.Fatalf("created %v", created)
 	}
 	f.checkConservation()
+}
+
+// A canister is created only under an id of the form the IC allocates
+// canister ids in. Any other principal may be a user's: a canister under
+// a user's self-authenticating principal would make calls as that user
+// and pass the controller checks of whatever the user controls.
+func TestCreateRefusesNonCanisterIDs(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, text := range []string{
+		"3rxhx-t2uul-37sks-7s5oy-bfvpo-6qsn3-o2pwt-aywvi-olxrx-byxag-xae", // self-authenticating
+		"2chl6-4hpzw-vqaaa-aaaaa-c",                                       // opaque, not 10 bytes
+		"2vxsx-fae",                                                       // anonymous
+		"aaaaa-aa",                                                        // the management canister
+	} {
+		p := principal.MustFromText(text)
+		if _, err := f.node.Create(ctx, CreateOptions{ID: &p, Controllers: []principal.Principal{user}}); err == nil {
+			t.Errorf("a canister was created under %s", text)
+		}
+	}
+	id := principal.CanisterID(1 << 40)
+	got, err := f.node.Create(ctx, CreateOptions{ID: &id, Controllers: []principal.Principal{user}})
+	if err != nil || got != id {
+		t.Fatalf("create under the canister id %s: %s, %v", id, got, err)
+	}
+	ids, err := f.node.List()
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("canisters %v (%v), want only %s", ids, err, id)
+	}
 }

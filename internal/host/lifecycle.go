@@ -78,8 +78,11 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 	}
 	if opts.ID != nil {
 		id = *opts.ID
-		if id.IsManagement() || id.IsAnonymous() {
-			return id, fmt.Errorf("%s cannot be a canister id", id)
+		// Only the form the IC allocates canister ids in: any other
+		// principal may be a user's (self-authenticating), and a canister
+		// under it would act, and be controlled, as that user.
+		if _, ok := id.CanisterIndex(); !ok {
+			return id, rejectf(CanisterReject, "%s cannot be a canister id: a canister id is 8 bytes of index followed by 0x01 0x01, as the IC allocates them", id)
 		}
 		if sc, err := n.store.Load(id.Bytes()); err == nil {
 			sc.Release()
