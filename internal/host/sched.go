@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -561,7 +562,10 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 	}
 	limit := n.cfg.UpdateInstructions
 	if err := n.outOfCycles(c, entry, n.executionFee(limit)); err != nil {
-		n.log.Warn("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
+		// Debug, as the trap below: a canister decides how often this
+		// happens (a heartbeat every second, a timer every tick), and
+		// what it causes must not fill the operator's log.
+		n.log.Debug("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
 		return
 	}
 	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
@@ -575,7 +579,8 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 		delete(c.contexts, id)
 		if err == nil {
 			_ = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{})
-			n.log.Info("system task trapped", "canister", c.id.String(), "entry", entry, "trap", out.TrapMessage)
+			// The whole message is in the canister's own log.
+			n.log.Debug("system task trapped", "canister", c.id.String(), "entry", entry, "trap", truncateText(out.TrapMessage, 256))
 		}
 		n.stopIfIdle(c)
 		return
@@ -646,4 +651,17 @@ func (n *Node) stopIfIdle(c *canister) {
 		close(c.stopped)
 		c.stopped = nil
 	}
+}
+
+// truncateText cuts s to at most n bytes at a character boundary, marking
+// the cut.
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
