@@ -172,6 +172,8 @@ var Settings = []*Setting{
 			}
 			return err
 		}},
+	size("limits.preparing_module_bytes", "", "bytes of modules being decoded and compiled on the node at once (installs beyond it wait; 0: twice limits.module_bytes, never less than it)",
+		func(c *Config) *uint64 { return &c.Host.PreparingBytes }),
 	integer("limits.log_lines", "", "debug_print lines kept per canister",
 		func(c *Config) *int { return &c.Host.LogLines }, 1),
 	integer("limits.queue_capacity", "", "calls from one canister to another that may await responses (IC: 500); call_perform returns 2 beyond it",
@@ -263,6 +265,8 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Fees.CanisterCreation }),
 	count("fees.gib_storage_per_second", "", "storage fee: cycles per GiB of canister memory (heap, stable, module, globals; at least the memory allocation) per second; IC: 127000; 0: free",
 		func(c *Config) *uint64 { return &c.Host.Fees.GiBStoragePerSecond }),
+	count("fees.compile_per_byte", "", "cycles an install pays per byte of its (decompressed) module for decoding and compiling it, also when the install then fails; 0: free",
+		func(c *Config) *uint64 { return &c.Host.Fees.CompilePerByte }),
 	{Key: "fees.initial_cycles", Help: "cycles a canister created from the CLI or API starts with (a string: it may exceed 64 bits)", quoted: true,
 		get: func(c *Config) string { return c.Host.InitialCycles.String() },
 		set: func(c *Config, v string) error {

@@ -1,9 +1,7 @@
 package host
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -158,7 +156,8 @@ type InstallChunkedOptions struct {
 // InstallChunked installs the module made of chunks in a chunk store, as
 // install_code would install it. The caller must be a controller of the
 // store canister or the store canister itself, and (install_code's rule) a
-// controller of the target.
+// controller of the target. The chunks are put together only once both
+// hold and the target can pay for preparing them (Install).
 func (n *Node) InstallChunked(ctx context.Context, opts InstallChunkedOptions) (*InstallResult, error) {
 	storeID := opts.Target
 	if opts.Store != nil {
@@ -167,41 +166,39 @@ func (n *Node) InstallChunked(ctx context.Context, opts InstallChunkedOptions) (
 	if len(opts.Hashes) > maxChunks {
 		return nil, chunkStoreError("Wasm module is made of %d chunks, at most %d are allowed", len(opts.Hashes), maxChunks)
 	}
-	wasm, err := n.assembleChunks(ctx, storeID, opts.Caller, opts.Hashes)
-	if err != nil {
+	if err := n.authorizeChunks(ctx, storeID, opts.Caller); err != nil {
 		return nil, err
 	}
-	if sum := sha256.Sum256(wasm); !bytes.Equal(sum[:], opts.ModuleHash) {
-		// The IC's message, with its (Rust) rendering of the hashes.
-		return nil, chunkStoreError("Wasm module hash %s does not match given hash WasmHash(%s)", rustBytes(sum[:]), rustBytes(opts.ModuleHash))
-	}
-	return n.Install(ctx, opts.Target, InstallOptions{Mode: opts.Mode, Wasm: wasm, Arg: opts.Arg, Caller: opts.Caller, KeepHeap: opts.KeepHeap})
+	src := moduleSource{chunked: true, store: storeID, hashes: opts.Hashes, sum: opts.ModuleHash}
+	return n.install(ctx, opts.Target, InstallOptions{Mode: opts.Mode, Arg: opts.Arg, Caller: opts.Caller, KeepHeap: opts.KeepHeap}, src)
 }
 
-// assembleChunks concatenates chunks of storeID's chunk store for caller.
-func (n *Node) assembleChunks(ctx context.Context, storeID, caller principal.Principal, hashes [][]byte) ([]byte, error) {
+// authorizeChunks checks that caller may use storeID's chunk store.
+func (n *Node) authorizeChunks(ctx context.Context, storeID, caller principal.Principal) error {
 	c, err := n.get(ctx, storeID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.deleted {
-		return nil, rejectf(DestinationInvalid, "Canister %s not found", storeID)
+		return rejectf(DestinationInvalid, "Canister %s not found", storeID)
 	}
-	if err := n.checkControllerOrSelf(c, caller, "install_chunked_code"); err != nil {
-		return nil, err
+	return n.checkControllerOrSelf(c, caller, "install_chunked_code")
+}
+
+// concatChunks concatenates chunks of storeID's chunk store. It runs under
+// the target's lock, so it does not take the store canister's (a lock of
+// one canister is never awaited holding another's): the chunks are read
+// from the store, where a chunk store emptied or deleted since
+// authorizeChunks has no chunks.
+func (n *Node) concatChunks(storeID principal.Principal, hashes [][]byte) ([]byte, error) {
+	wasm, missing, err := n.store.ConcatChunks(storeID.Bytes(), hashes)
+	if missing != nil {
+		return nil, chunkStoreError("Chunk with hash %x is not in the chunk store of canister %s", missing, storeID)
 	}
-	var wasm []byte
-	for _, h := range hashes {
-		chunk, err := n.store.Chunk(storeID.Bytes(), h)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, chunkStoreError("Chunk with hash %x is not in the chunk store of canister %s", h, storeID)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("chunk store of %s: %w", storeID, err)
-		}
-		wasm = append(wasm, chunk...)
+	if err != nil {
+		return nil, fmt.Errorf("chunk store of %s: %w", storeID, err)
 	}
 	return wasm, nil
 }

@@ -31,6 +31,10 @@ type Config struct {
 	// the least recently executed beyond it give theirs back (0: 1024).
 	MemoryImages int
 	ModuleLimits engine.ModuleLimits
+	// PreparingBytes bounds the bytes of the modules being decoded and
+	// compiled on the node at once (modload.go); installs beyond it wait.
+	// 0: twice ModuleLimits.MaxBytes; never less than ModuleLimits.MaxBytes.
+	PreparingBytes uint64
 	// ReservedDescriptors is how many file descriptors the embedder needs
 	// besides the node's (a server's connections): Open fits the node's
 	// bounds to RLIMIT_NOFILE less these (descriptors.go).
@@ -127,6 +131,11 @@ type Fees struct {
 	// per second (IC: 127_000 on a 13-node application subnet, i.e. about
 	// 4 T cycles per GiB per year; 0 makes memory free).
 	GiBStoragePerSecond uint64
+	// CompilePerByte is what an install pays per byte of its module
+	// (decompressed): decoding, validating and compiling it, charged
+	// whether or not the install then succeeds (IC: 6000 instructions per
+	// Wasm instruction compiled; see RATIONALE.md).
+	CompilePerByte uint64
 }
 
 // MessageLimits bound what calls between canisters may hold in memory
@@ -175,6 +184,7 @@ func DefaultConfig() Config {
 			Call:                260_000,
 			CallPerByte:         1_000,
 			GiBStoragePerSecond: 127_000,
+			CompilePerByte:      2_000,
 		},
 		Messages: MessageLimits{
 			QueueCapacity:     500,

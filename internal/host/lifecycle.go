@@ -157,12 +157,24 @@ func (n *Node) checkController(c *canister, caller principal.Principal, op strin
 // Install installs, reinstalls or upgrades code. Either every effect happens
 // and is durable, or none does.
 func (n *Node) Install(ctx context.Context, id principal.Principal, opts InstallOptions) (*InstallResult, error) {
+	return n.install(ctx, id, opts, moduleSource{raw: opts.Wasm})
+}
+
+// install is Install of the module src gives. Nothing of the module is
+// materialized before the caller is known to control the target and the
+// target to afford compiling it (modload.go); then the target pays for
+// preparing it whatever the outcome, the work being done.
+func (n *Node) install(ctx context.Context, id principal.Principal, opts InstallOptions, src moduleSource) (*InstallResult, error) {
 	if err := n.CheckIsolation(opts.Isolation); err != nil {
 		return nil, err
 	}
-	wasm, err := n.decodeModule(opts.Wasm)
-	if err != nil {
-		return nil, err
+	var cl moduleClaim
+	if !src.chunked {
+		// What the argument claims is checked before anything (no work).
+		var err error
+		if cl, err = n.claimRaw(src.raw); err != nil {
+			return nil, err
+		}
 	}
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
@@ -196,17 +208,31 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if err != nil {
 		return nil, err
 	}
-	m, err := x.Prepare(ctx, wasm)
-	if err != nil {
-		var se *exec.SandboxError
-		if errors.As(err, &se) {
-			return nil, rejectf(CanisterError, "Error from Canister %s: compiling the module: %v", id, err)
+	if src.chunked {
+		if cl, err = n.claimChunks(src); err != nil {
+			return nil, err
 		}
-		return nil, err
 	}
 	n.chargeStorage(c, n.now()) // the old memory is paid up to the install
 	limit := n.cfg.InstallInstructions
-	if err := n.outOfCycles(c, "installing", n.executionFee(limit)); err != nil {
+	// The worst case: the whole instruction limit, and preparing the
+	// module at the size it claims (it cannot turn out larger).
+	compileFee := n.compileFee(cl.size)
+	if err := n.outOfCycles(c, "installing", n.executionFee(limit).SaturatingAdd(compileFee)); err != nil {
+		return nil, err
+	}
+	wasm, m, err := n.prepare(ctx, x, src, cl)
+	if wasm != nil {
+		compileFee = n.compileFee(uint64(len(wasm))) // what it is: at most what it claimed
+	}
+	if err != nil {
+		var se *exec.SandboxError
+		switch {
+		case errors.As(err, &se):
+			return nil, n.failPrepare(ctx, c, compileFee, rejectf(CanisterError, "Error from Canister %s: compiling the module: %v", id, err))
+		case errors.Is(err, engine.ErrInvalidModule):
+			return nil, n.failPrepare(ctx, c, compileFee, err)
+		}
 		return nil, err
 	}
 
@@ -244,11 +270,11 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 			in.Caller = opts.Caller.Bytes()
 			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
-				return nil, asReject(id, "run pre_upgrade of", err)
+				return nil, n.failExecute(ctx, c, compileFee, "run pre_upgrade of", err)
 			}
 			used, logs = out.Instructions, logsOf(out)
 			if out.Trapped {
-				return nil, n.failInstall(ctx, c, used, logs, "pre_upgrade", out.TrapMessage)
+				return nil, n.failInstall(ctx, c, used, compileFee, logs, "pre_upgrade", out.TrapMessage)
 			}
 			pre = out
 		}
@@ -300,7 +326,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(id, c.meta.Settings, m, ctxKind, newUsage)
 	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
-		return nil, asReject(id, "install", err)
+		return nil, n.failExecute(ctx, c, compileFee, "install", err)
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), chunkStoreBytes(c.meta), out)
 	if !out.Trapped {
@@ -326,7 +352,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		if opts.Mode == ModeUpgrade {
 			what = "post_upgrade"
 		}
-		return nil, n.failInstall(ctx, c, used, logs, what, out.TrapMessage)
+		return nil, n.failInstall(ctx, c, used, compileFee, logs, what, out.TrapMessage)
 	}
 
 	heap := heapBase // not shared with anyone: the new state
@@ -377,8 +403,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if out.CertifiedDataSet {
 		meta.CertifiedData = out.CertifiedData
 	}
-	// The executions burned out of its balance; the fee takes what is left
-	// when that cannot pay it: what is burned is what was taken.
+	// The executions burned out of its balance; the fee (the executions'
+	// and the module's preparation) takes what is left when that cannot
+	// pay it: what is burned is what was taken.
 	bal, err := meta.Balance.Add(out.CyclesAccepted)
 	if err == nil {
 		bal, err = bal.Sub(burned)
@@ -387,7 +414,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 		return nil, fmt.Errorf("install %s: cycles accounting: %w", id, err)
 	}
 	var taken cycles.Amount
-	meta.Balance, taken = takeFee(bal, n.executionFee(used))
+	meta.Balance, taken = takeFee(bal, n.executionFee(used).SaturatingAdd(compileFee))
 	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(burned)
 	meta.Instructions += used
 	meta.Messages++
@@ -450,12 +477,13 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
 }
 
-// failInstall charges a failed install and keeps its logs; the state
-// stays. A user's install_code commits its reject with the charge.
-func (n *Node) failInstall(ctx context.Context, c *canister, used uint64, logs []sysapi.LogLine, what, msg string) error {
+// failInstall charges a failed install (its executions and the module's
+// preparation, compileFee) and keeps its logs; the state stays. A user's
+// install_code commits its reject with the charge.
+func (n *Node) failInstall(ctx context.Context, c *canister, used uint64, compileFee cycles.Amount, logs []sysapi.LogLine, what, msg string) error {
 	rej := rejectf(CanisterError, "Error from Canister %s: %s trapped: %s", c.id, what, msg)
 	ingress, answered := rejectionOf(ctx, rej)
-	if err := n.chargeOnly(c, used, logs, cycles.Amount{}, cycles.Amount{}, ingress...); err != nil {
+	if err := n.chargeOnly(c, used, logs, compileFee, cycles.Amount{}, ingress...); err != nil {
 		return err
 	}
 	answered()

@@ -2,18 +2,15 @@ package host
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
-	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
@@ -41,6 +38,8 @@ type Node struct {
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
 	images *imageLRU // which canisters keep memory images (images.go)
+
+	preparing *preparingBudget // modules being decoded and compiled (modload.go)
 
 	timers timerQueue // the timer loop's deadlines (timers.go)
 
@@ -156,7 +155,8 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
-		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages)}
+		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
+		preparing: newPreparingBudget(preparingBytes(cfg))}
 	go n.timerLoop()
 	return n, nil
 }
@@ -283,12 +283,43 @@ func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canis
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
+	if err := n.lockWithin(ctx, c); err != nil {
+		return nil, rejectf(SysTransient, "Canister %s is busy: %v", id, err)
+	}
 	if c.deleted {
 		c.mu.Unlock()
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
 	}
 	return c, nil
+}
+
+// lockWithin takes c.mu exclusively, or gives up when ctx ends first. A
+// caller that gives up leaves a goroutine queued for the lock, which
+// releases it as soon as it gets it: the caller itself goes, with whatever
+// it held.
+func (n *Node) lockWithin(ctx context.Context, c *canister) error {
+	if c.mu.TryLock() {
+		return nil
+	}
+	if ctx.Done() == nil {
+		c.mu.Lock()
+		return nil
+	}
+	got := make(chan struct{})
+	go func() {
+		c.mu.Lock()
+		close(got)
+	}()
+	select {
+	case <-got:
+		return nil
+	case <-ctx.Done():
+		go func() {
+			<-got
+			n.unlock(c)
+		}()
+		return ctx.Err()
+	}
 }
 
 // LoadAll loads every stored canister, so that timers and heartbeats of all
@@ -325,25 +356,6 @@ func (n *Node) List() ([]principal.Principal, error) {
 
 // MaxGzipModule bounds a decompressed .wasm.gz, so a gzip bomb cannot
 // exhaust memory.
-func (n *Node) decodeModule(wasm []byte) ([]byte, error) {
-	if len(wasm) >= 2 && wasm[0] == 0x1f && wasm[1] == 0x8b {
-		zr, err := gzip.NewReader(bytes.NewReader(wasm))
-		if err != nil {
-			return nil, fmt.Errorf("%w: gzip: %v", engine.ErrInvalidModule, err)
-		}
-		limit := int64(n.cfg.ModuleLimits.MaxBytes)
-		out, err := io.ReadAll(io.LimitReader(zr, limit+1))
-		if err != nil {
-			return nil, fmt.Errorf("%w: gzip: %v", engine.ErrInvalidModule, err)
-		}
-		if int64(len(out)) > limit {
-			return nil, fmt.Errorf("%w: decompressed module exceeds %d bytes", engine.ErrInvalidModule, limit)
-		}
-		return out, nil
-	}
-	return wasm, nil
-}
-
 func (n *Node) heapLimit(m *exec.Module) uint64 {
 	if m != nil && m.Info.Memory64 {
 		return n.cfg.HeapBytes64

@@ -82,3 +82,72 @@ func (s *Store) Chunk(id, hash []byte) ([]byte, error) {
 	})
 	return out, err
 }
+
+// ConcatChunks returns the concatenation of the chunks with these hashes,
+// in order, in one allocation of exactly its size (a module of up to 100
+// chunks is not grown by doubling). A chunk not in the store is named by
+// missing, with an error wrapping ErrNotFound.
+func (s *Store) ConcatChunks(id []byte, hashes [][]byte) (out, missing []byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketCanisters).Bucket(id)
+		b := (*bolt.Bucket)(nil)
+		if cb != nil {
+			b = cb.Bucket(keyChunks)
+		}
+		chunks := make([][]byte, len(hashes))
+		total := 0
+		for i, h := range hashes {
+			if b != nil {
+				chunks[i] = b.Get(h)
+			}
+			if chunks[i] == nil {
+				missing = bytes.Clone(h)
+				return fmt.Errorf("chunk %x: %w", h, ErrNotFound)
+			}
+			total += len(chunks[i])
+		}
+		out = make([]byte, 0, total)
+		for _, c := range chunks {
+			out = append(out, c...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, missing, err
+	}
+	return out, nil, nil
+}
+
+// ChunksSize returns the size of the concatenation of the chunks with
+// these hashes, and its first two and last four bytes (what tells a gzip'd
+// module and the size it claims), without copying the chunks. A chunk not
+// in the store is named by missing, with an error wrapping ErrNotFound.
+func (s *Store) ChunksSize(id []byte, hashes [][]byte) (size uint64, head, tail []byte, missing []byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketCanisters).Bucket(id)
+		b := (*bolt.Bucket)(nil)
+		if cb != nil {
+			b = cb.Bucket(keyChunks)
+		}
+		var all []byte // the head and tail seen so far (at most 6 bytes of each end)
+		for _, h := range hashes {
+			var c []byte
+			if b != nil {
+				c = b.Get(h)
+			}
+			if c == nil {
+				missing = bytes.Clone(h)
+				return fmt.Errorf("chunk %x: %w", h, ErrNotFound)
+			}
+			size += uint64(len(c))
+			if len(head) < 2 {
+				head = append(head, c[:min(len(c), 2-len(head))]...)
+			}
+			all = append(all, c[max(0, len(c)-4):]...)
+			all = all[max(0, len(all)-4):]
+		}
+		tail = all
+		return nil
+	})
+	return size, head, tail, missing, err
+}
