@@ -137,4 +137,3 @@ func TestInflightQueryOutputCap(t *testing.T) {
 	_, _, err := f.Next(nil)
 	wantViolation(t, err, VSize)
 }
-
