@@ -535,7 +535,8 @@ func TestValidateOutput(t *testing.T) {
 	}
 	cq.CertifiedDataSet, cq.CertifiedData = true, []byte{1}
 	wantViolation(t, ValidateOutput(e, cq), VQueryState)
-	tr := &sysapi.Output{Instructions: 5, Trapped: true, TrapMessage: "boom", Logs: []sysapi.LogLine{{Text: "x"}}}
+	// (Its debug_print of one byte cost 100 + 1 instructions.)
+	tr := &sysapi.Output{Instructions: 101, Trapped: true, TrapMessage: "boom", Logs: []sysapi.LogLine{{Text: "x"}}}
 	if err := ValidateOutput(testExpect(1), tr); err != nil {
 		t.Fatalf("trap: %v", err)
 	}

@@ -144,7 +144,7 @@ func FuzzInflight(f *testing.F) {
 		}
 		return out
 	}
-	quiet := &sysapi.Output{Instructions: 5, Response: sysapi.Replied, Reply: []byte("ok"),
+	quiet := &sysapi.Output{Instructions: 600, Response: sysapi.Replied, Reply: []byte("ok"),
 		Heap: state.Delta{Size: state.WasmPageSize}, Globals: []state.Global{{Type: state.GlobalI32}, {Type: state.GlobalF64}}}
 	f.Add(packets(frame(KindOutput, 2, EncodeOutput(quiet)), frame(KindOutput, 1, EncodeOutput(quiet))))
 	f.Add(packets(frame(KindLog, 1, EncodeLog(LogLine{Text: "x"})), frame(KindError, 2, EncodeError(&RemoteError{Code: ErrInternal, Message: "m"}))))

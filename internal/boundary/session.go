@@ -120,19 +120,38 @@ func (c *Conn) AwaitPong(id uint64, onLog LogFunc) error {
 	return err
 }
 
-// OutputCap is the largest Output header accepted for a request: every
-// field at its limit. Memory pages are not part of it (they are streamed).
+// OutputCap is the largest Output header a valid answer to exp can have,
+// so a larger one is refused (VSize) before any of it is buffered: the
+// fixed fields, a trap message and the debug_print lines (every context may
+// trap and print), and only what exp's context can produce besides: one
+// reply or reject message (never both) where msg_reply is allowed, calls
+// where call_perform is, the module's globals where the context reports
+// memory (ReportsMemory). A plain query's answer is thus bounded by its
+// reply and logs, not by MaxOutgoing × CallArgBytes. Memory pages are not
+// part of it: they are streamed, and RecvPages bounds them by the sizes
+// the header declared and ValidateHeader checked against the context.
 func OutputCap(exp *Expect) uint64 {
 	l := &exp.Limits
-	perCall := satAdd(minCallSize+MaxPrincipalBytes+MaxMethodNameBytes, l.CallArgBytes)
 	perLog := satAdd(9, satMul(nonNeg(l.DebugPrintBytes), 3))
-	c := uint64(4096) + MaxTrapMessage
-	c = satAdd(c, satMul(l.ReplyBytes, 2))
-	c = satAdd(c, satMul(nonNeg(l.MaxOutgoing), perCall))
+	c := uint64(outputFixed) + MaxTrapMessage
 	c = satAdd(c, satMul(nonNeg(l.MaxLogLines), perLog))
-	c = satAdd(c, satMul(uint64(len(exp.GlobalTypes)), 9))
+	if allowed("msg_reply", exp.Context) {
+		c = satAdd(c, l.ReplyBytes)
+	}
+	if allowed("call_perform", exp.Context) {
+		perCall := satAdd(minCallSize+MaxPrincipalBytes+MaxMethodNameBytes, l.CallArgBytes)
+		c = satAdd(c, satMul(nonNeg(l.MaxOutgoing), perCall))
+	}
+	if ReportsMemory(exp.Context) {
+		c = satAdd(c, satMul(uint64(len(exp.GlobalTypes)), 9))
+	}
 	return min(c, math.MaxInt32*4) // 8 GiB: no request needs more
 }
+
+// outputFixed is room for an Output header's fixed fields (counts, flags,
+// amounts, sizes, length prefixes, up to MaxCertifiedData of certified
+// data): about 250 bytes, rounded up.
+const outputFixed = 4096
 
 // AwaitOutput waits for the answer to execution exp.ID, validates it, and
 // receives its pages (validated as they arrive). Only a fully valid output

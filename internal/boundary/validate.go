@@ -123,8 +123,21 @@ func Normalize(ctx sysapi.Context, out *sysapi.Output) {
 //     limit, timeout ≤ 300 s; callback function and environment fit in 32
 //     bits for a 32-bit canister;
 //   - certified data ≤ 32 bytes and only where certified_data_set is
-//     allowed; the global timer only where global_timer_set is.
+//     allowed; the global timer only where global_timer_set is;
+//   - instructions ≥ what the output proves an honest execution was
+//     charged (sysapi.MinInstructions: its replies, calls, logs, stable
+//     writes…), checked last, once the output is known to be well formed.
 func ValidateHeader(exp *Expect, h *OutputHeader) error {
+	if err := validateHeader(exp, h); err != nil {
+		return err
+	}
+	if least := sysapi.MinInstructions(h.Out, &exp.Limits, exp.StableSize, h.StablePages); h.Out.Instructions < least {
+		return violation(VInstructions, "%d instructions reported, the output proves at least %d were charged", h.Out.Instructions, least)
+	}
+	return nil
+}
+
+func validateHeader(exp *Expect, h *OutputHeader) error {
 	out := h.Out
 	if out.Instructions > exp.Limits.Instructions {
 		return violation(VInstructions, "%d instructions reported, the limit is %d", out.Instructions, exp.Limits.Instructions)

@@ -14,7 +14,7 @@ const (
 	VDescriptors                            // file descriptors where none were declared or allowed
 	VDecode                                 // a malformed message body
 	VID                                     // a response to a request that was not made
-	VInstructions                           // more instructions than the limit
+	VInstructions                           // more instructions than the limit, or fewer than the output proves
 	VMemory                                 // memory sizes or dirty pages
 	VCycles                                 // cycles created or moved illegally
 	VResponse                               // reply and reject, sizes, contexts

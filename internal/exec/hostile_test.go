@@ -336,6 +336,20 @@ func TestHostileSandbox(t *testing.T) {
 		{name: "instructions over the limit", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
 			o.Instructions = q.Exec.Input.Limits.Instructions + 1
 		}), check: violation(boundary.VInstructions)},
+		// Audit: a sandbox reporting no instructions for an output that
+		// proves it paid some (its reply: msg_reply and the bytes appended)
+		// would be charged nothing, and a composite query's shared budget
+		// would never shrink.
+		{name: "audit: instructions below what the output proves", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
+			o.Instructions = 0
+		}), check: violation(boundary.VInstructions)},
+		{name: "audit: query reports no instructions", query: true, sc: func(s *standIn, q *boundary.Request) bool {
+			out := s.honest(q)
+			out.Instructions = 0
+			s.c.SendOutput(q.ID, out)
+			s.hang()
+			return false
+		}, check: violation(boundary.VInstructions)},
 		{name: "dirty page out of range", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
 			o.Heap.Pages = append(o.Heap.Pages, state.DirtyPage{Index: o.Heap.Size / state.PageSize, Data: new(state.Page)})
 		}), check: violation(boundary.VMemory)},

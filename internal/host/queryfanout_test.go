@@ -1,0 +1,175 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+)
+
+// selfFanoutWat: the composite query "cq" calls itself three times; each
+// callback replies. Only the composite query's instruction budget ends it.
+const selfFanoutWat = `
+(module
+  (import "ic0" "canister_self_size" (func $self_size (result i32)))
+  (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $call_perform (result i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory 1)
+  (table 1 funcref)
+  (elem (i32.const 0) $answer)
+  (data (i32.const 100) "cq")
+  (func $answer (param i32) (call $reply))
+  (func (export "canister_composite_query cq")
+    (local $n i32) (local $i i32)
+    (local.set $n (call $self_size))
+    (call $self_copy (i32.const 0) (i32.const 0) (local.get $n))
+    (loop $l
+      (call $call_new (i32.const 0) (local.get $n) (i32.const 100) (i32.const 2)
+        (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+      (drop (call $call_perform))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 3))))))`
+
+// lyingSandbox is a real, confined sandbox whose answers pass through a
+// relay that, while lie is set, rewrites the instruction count of every
+// Output to 0 (its first field): a compromised sandbox reporting that its
+// executions cost nothing.
+type lyingSandbox struct {
+	*sandbox.Process
+	host *net.UnixConn
+}
+
+func (p *lyingSandbox) Conn() *net.UnixConn { return p.host }
+
+// relay copies packets (and their descriptors) from src to dst until
+// either end closes, passing each through edit.
+func relay(src, dst *net.UnixConn, edit func([]byte)) {
+	defer dst.Close()
+	buf := make([]byte, boundary.MaxPacket)
+	oob := make([]byte, unix.CmsgSpace(4*(boundary.MaxFDs+1)))
+	for {
+		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
+		if err != nil || n == 0 {
+			return
+		}
+		edit(buf[:n])
+		_, _, werr := dst.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				fds, _ := unix.ParseUnixRights(&m)
+				for _, fd := range fds {
+					unix.Close(fd) // dst has its own copies
+				}
+			}
+		}
+		if werr != nil {
+			return
+		}
+	}
+}
+
+// countQueries counts the query executions that returned an output.
+type countQueries struct {
+	exec.Executor
+	execs atomic.Int64
+}
+
+func (c *countQueries) Execute(ctx context.Context, id string, req *exec.Request) (*sysapi.Output, error) {
+	out, err := c.Executor.Execute(ctx, id, req)
+	if err == nil && req.Input.Context.IsQuery() {
+		c.execs.Add(1)
+	}
+	return out, err
+}
+
+// Audit: a composite query's instruction budget shrinks by what each of its
+// executions reports. A sandbox reporting 0 instructions made one query of
+// a canister calling itself fan out to thousands of executions (with a
+// budget of 100 000 instructions: 37 honest, 2185 lying). Its first output
+// with calls now proves more than 0 instructions: the sandbox is killed and
+// the query answered with an error after that one execution; the host
+// stays fine and the next honest sandbox serves the same query.
+func TestAuditCompositeQueryLyingInstructions(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Home = t.TempDir()
+	cfg.Isolation = "sandbox"
+	cfg.QueryInstructions = 100_000
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+
+	var lie atomic.Bool
+	zero := func(pkt []byte) {
+		if lie.Load() && len(pkt) >= boundary.HeaderSize+8 && boundary.Kind(pkt[0]) == boundary.KindOutput {
+			clear(pkt[boundary.HeaderSize : boundary.HeaderSize+8])
+		}
+	}
+	launch := func(ctx context.Context, spec sandbox.Spec) (exec.Process, error) {
+		p, err := sandbox.Start(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		host, mid, err := boundary.Pair()
+		if err != nil {
+			p.Kill()
+			p.Wait()
+			return nil, err
+		}
+		go relay(mid, p.Conn(), func([]byte) {})
+		go relay(p.Conn(), mid, zero)
+		return &lyingSandbox{Process: p, host: host}, nil
+	}
+	x, err := exec.NewSandboxed(exec.SandboxConfig{Dir: filepath.Join(cfg.Home, "lying-artifacts"),
+		ModuleLimits: cfg.ModuleLimits, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Launch: launch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.node.exec.Close()
+	counted := &countQueries{Executor: x}
+	f.node.exec = counted
+
+	id := f.install(mustWat(t, selfFanoutWat), nil)
+	query := func() (int64, error) {
+		counted.execs.Store(0)
+		_, err := f.node.Query(context.Background(), Message{Canister: id, Method: "cq", Caller: user})
+		return counted.execs.Load(), err
+	}
+	honest, herr := query()
+	t.Logf("honest sandbox: %d query executions (%v)", honest, herr)
+	if honest == 0 {
+		t.Fatal("no query executions")
+	}
+
+	lie.Store(true)
+	lying, err := query()
+	t.Logf("lying sandbox: %d query executions: %v", lying, err)
+	var r *Reject
+	if !errors.As(err, &r) || r.Code != CanisterError || !strings.Contains(r.Message, "instructions") {
+		t.Fatalf("want a canister error naming the instruction count, got %v", err)
+	}
+	if lying != 0 {
+		t.Fatalf("%d query executions accepted from a sandbox reporting 0 instructions (honest: %d)", lying, honest)
+	}
+	if v := x.Stats().Violations[boundary.VInstructions.String()]; v == 0 {
+		t.Fatalf("no instruction violation counted: %v", x.Stats().Violations)
+	}
+
+	lie.Store(false)
+	again, err := query()
+	if again != honest || (err == nil) != (herr == nil) {
+		t.Fatalf("after the lying sandbox: %d executions (%v), before %d (%v)", again, err, honest, herr)
+	}
+}
