@@ -172,6 +172,11 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	if err != nil {
 		return nil, err
 	}
+	// From here the module is in use: if the install does not store it,
+	// what preparing it made (a compiled artifact) goes unless another
+	// canister uses it (moduleuse.go).
+	key := store.ModuleKey(wasm)
+	defer n.beginInstall(key)()
 	m, err := x.Prepare(ctx, wasm)
 	if err != nil {
 		var se *exec.SandboxError
@@ -318,11 +323,11 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 
 	meta := c.meta
 	replaced := "" // the module this one replaces, if another
-	if c.meta.ModuleHash != "" && c.meta.ModuleHash != store.ModuleKey(wasm) {
+	if c.meta.ModuleHash != "" && c.meta.ModuleHash != key {
 		replaced = c.meta.ModuleHash
 	}
 	meta.Settings.Isolation = isolation
-	meta.ModuleHash = store.ModuleKey(wasm)
+	meta.ModuleHash = key
 	meta.Version++
 	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
 	updateLowMemory(&meta, heap.Size())
@@ -404,7 +409,7 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
 	n.images.used(c)
-	_ = n.store.ReleaseModules(replaced)
+	n.releaseModules(replaced)
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
 }
@@ -528,7 +533,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
-	_ = n.store.ReleaseModules(replaced)
+	n.releaseModules(replaced)
 	return nil
 }
 
@@ -617,7 +622,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	n.mem.remove(id)
 	n.mu.Unlock()
 	n.execOf(c).Forget(id.String())
-	_ = n.store.ReleaseModules(c.meta.ModuleHash)
+	n.releaseModules(c.meta.ModuleHash)
 	n.log.Info("canister deleted", "canister", id.String())
 	return nil
 }
