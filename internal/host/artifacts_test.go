@@ -209,7 +209,7 @@ func TestOpenPrunesArtifacts(t *testing.T) {
 	plant := []string{
 		stray + "-" + tag + ".cwasm", stray + "-" + tag + ".info", // an unknown module's
 		store.ModuleKey(m) + "-0123456789ab.cwasm", // another version's
-		".tmp-123456",                              // an interrupted write
+		".tmp-123456", // an interrupted write
 	}
 	for _, name := range append(plant, "notes.txt") {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
