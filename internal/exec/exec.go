@@ -48,6 +48,15 @@ type Executor interface {
 	Execute(ctx context.Context, canisterID string, req *Request) (*sysapi.Output, error)
 	// Forget drops what is cached for a canister (after delete or uninstall).
 	Forget(canisterID string)
+	// ForgetModule drops what is kept for a module no canister uses any
+	// more and no install is using (the store released it, or the install
+	// that prepared it failed): its compiled artifact. Sandboxes that
+	// loaded it keep their copy.
+	ForgetModule(hash [32]byte)
+	// PruneModules drops what is kept for every module keep refuses (at
+	// open: artifacts a crash or an older version left). No install may
+	// be under way.
+	PruneModules(keep func(hash [32]byte) bool) error
 	// Close releases resources.
 	Close() error
 }
@@ -140,6 +149,13 @@ func (x *InProcess) Execute(ctx context.Context, canisterID string, req *Request
 
 // Forget implements Executor.
 func (x *InProcess) Forget(string) {}
+
+// ForgetModule implements Executor: nothing is kept but the module, which
+// goes with its last holder (moduleCache).
+func (x *InProcess) ForgetModule([32]byte) {}
+
+// PruneModules implements Executor: nothing is kept on disk.
+func (x *InProcess) PruneModules(func([32]byte) bool) error { return nil }
 
 // Close implements Executor.
 func (x *InProcess) Close() error { return nil }

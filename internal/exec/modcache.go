@@ -42,6 +42,14 @@ func (c *moduleCache) put(h [32]byte, mod *Module) *Module {
 	return mod
 }
 
+// remove forgets h: the next Prepare of it compiles again, even while a
+// holder keeps the module alive.
+func (c *moduleCache) remove(h [32]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, h)
+}
+
 type cacheEntry struct {
 	hash [32]byte
 	ptr  weak.Pointer[Module]

@@ -104,6 +104,21 @@ func (x *Sandboxed) unprime(canisterID string) {
 	x.stopPrimed(drop, "not wanted")
 }
 
+// unprimeModule stops keeping module h primed (no canister runs it any
+// more: ForgetModule).
+func (x *Sandboxed) unprimeModule(h [32]byte) {
+	if x.cfg.PreloadPool <= 0 {
+		return
+	}
+	x.mu.Lock()
+	var drop []*blankSandbox
+	if t := x.targetLocked(h); t != nil {
+		drop = x.dropTargetLocked(t)
+	}
+	x.mu.Unlock()
+	x.stopPrimed(drop, "module released")
+}
+
 // dropTargetLocked removes t from the wanted modules and takes its primed
 // sandboxes out of the pool, for the caller to stop (x.mu held).
 func (x *Sandboxed) dropTargetLocked(t *primeTarget) []*blankSandbox {

@@ -548,25 +548,12 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 		return m, nil
 	}
 	x.mu.Lock()
-	if x.closed {
-		x.mu.Unlock()
+	closed := x.closed
+	x.mu.Unlock()
+	if closed {
 		return nil, errors.New("exec: executor closed")
 	}
-	lock, ok := x.compile[h]
-	if !ok {
-		lock = &sync.Mutex{}
-		x.compile[h] = lock
-	}
-	x.mu.Unlock()
-	lock.Lock() // one compilation per module at a time
-	defer func() {
-		x.mu.Lock()
-		if x.compile[h] == lock {
-			delete(x.compile, h)
-		}
-		x.mu.Unlock()
-		lock.Unlock()
-	}()
+	defer x.lockModule(h)()
 	if m := x.modules.get(h); m != nil {
 		return m, nil
 	}
@@ -582,6 +569,27 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	info := comp.Info
 	info.Hash, info.Size = h, len(wasm) // the host's own facts, never the sandbox's
 	return x.modules.put(h, &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}), nil
+}
+
+// lockModule takes h's lock and returns its release: one compilation (or
+// removal, ForgetModule) of a module at a time.
+func (x *Sandboxed) lockModule(h [32]byte) func() {
+	x.mu.Lock()
+	lock, ok := x.compile[h]
+	if !ok {
+		lock = &sync.Mutex{}
+		x.compile[h] = lock
+	}
+	x.mu.Unlock()
+	lock.Lock()
+	return func() {
+		x.mu.Lock()
+		if x.compile[h] == lock {
+			delete(x.compile, h)
+		}
+		x.mu.Unlock()
+		lock.Unlock()
+	}
 }
 
 // The cache holds two files per module: <hash>-<tag>.cwasm, the artifact
@@ -607,7 +615,7 @@ func (x *Sandboxed) cachedInfo(h [32]byte, wasmSize int) (*boundary.Compiled, er
 		return nil, err
 	}
 	c.Artifact = []byte{0} // kept in the .cwasm file
-	if err := boundary.ValidateCompiled(x.cfg.ModuleLimits, wasmSize, x.cfg.MaxArtifactBytes, c); err != nil {
+	if err := boundary.ValidateCompiled(x.cfg.ModuleLimits, wasmSize, x.artifactLimit(wasmSize), c); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -649,7 +657,7 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 		if err := conn.Send(&boundary.Msg{Kind: boundary.KindCompile, ID: id, Body: body}); err != nil {
 			return nil, err
 		}
-		return conn.AwaitCompiled(id, x.cfg.ModuleLimits, len(wasm), x.cfg.MaxArtifactBytes, x.logFunc("compiler"))
+		return conn.AwaitCompiled(id, x.cfg.ModuleLimits, len(wasm), x.artifactLimit(len(wasm)), x.logFunc("compiler"))
 	})
 	var re *boundary.RemoteError
 	if errors.As(err, &re) && re.Code == boundary.ErrInvalidModule {
@@ -664,6 +672,25 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	x.sealed.drop(h) // a stale one, if this is a compilation again
 	x.sealArtifact(h, comp.Artifact)
 	return comp, nil
+}
+
+// An artifact is bounded by its module's size, not only by
+// SandboxConfig.MaxArtifactBytes: a compiler a module compromised could
+// otherwise return 1 GiB for every module of a few bytes, and the cache
+// keeps one artifact per module the store holds. Compiled code is about 5
+// times the module (4.5 for the Motoko corpus, 5.7 for 64-bit Motoko, 3.5
+// for factory64); the densest modules measured, chains of float
+// conversions that each expand to a trapping sequence, reach 86 times,
+// and every module has about 13 KiB of fixed overhead.
+const (
+	artifactBytesPerWasmByte = 256
+	artifactBaseBytes        = 1 << 20
+)
+
+// artifactLimit returns the largest artifact accepted for a module of
+// wasmSize bytes.
+func (x *Sandboxed) artifactLimit(wasmSize int) uint64 {
+	return min(x.cfg.MaxArtifactBytes, artifactBaseBytes+artifactBytesPerWasmByte*uint64(max(wasmSize, 0)))
 }
 
 func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {

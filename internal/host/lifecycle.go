@@ -221,7 +221,8 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if err := n.outOfCycles(c, "installing", n.executionFee(limit).SaturatingAdd(compileFee)); err != nil {
 		return nil, err
 	}
-	wasm, m, err := n.prepare(ctx, x, src, cl)
+	wasm, m, end, err := n.prepare(ctx, x, src, cl)
+	defer end()
 	if wasm != nil {
 		compileFee = n.compileFee(uint64(len(wasm))) // what it is: at most what it claimed
 	}
@@ -374,12 +375,13 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	stableDeltas = append(stableDeltas, out.Stable)
 
 	meta := c.meta
+	key := store.ModuleKey(wasm)
 	replaced := "" // the module this one replaces, if another
-	if c.meta.ModuleHash != "" && c.meta.ModuleHash != store.ModuleKey(wasm) {
+	if c.meta.ModuleHash != "" && c.meta.ModuleHash != key {
 		replaced = c.meta.ModuleHash
 	}
 	meta.Settings.Isolation = isolation
-	meta.ModuleHash = store.ModuleKey(wasm)
+	meta.ModuleHash = key
 	meta.Version++
 	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
 	updateLowMemory(&meta, heap.Size())
@@ -472,7 +474,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	c.logs.publish(entries)
 	n.scheduleLowMemory(c)
 	n.images.used(c)
-	_ = n.store.ReleaseModules(replaced)
+	n.releaseModules(replaced)
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
 }
@@ -597,7 +599,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
-	_ = n.store.ReleaseModules(replaced)
+	n.releaseModules(replaced)
 	return nil
 }
 
@@ -686,7 +688,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 	n.mem.remove(id)
 	n.mu.Unlock()
 	n.execOf(c).Forget(id.String())
-	_ = n.store.ReleaseModules(c.meta.ModuleHash)
+	n.releaseModules(c.meta.ModuleHash)
 	n.log.Info("canister deleted", "canister", id.String())
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -270,22 +271,29 @@ func (n *Node) compileFee(size uint64) cycles.Amount {
 // prepare materializes src's module as claimed and prepares it with x,
 // within the node's preparing budget. The module is returned even when it
 // does not prepare, so that its size is known.
-func (n *Node) prepare(ctx context.Context, x exec.Executor, src moduleSource, cl moduleClaim) ([]byte, *exec.Module, error) {
+//
+// From the moment its key is known the module is in use (moduleuse.go):
+// end, which the caller calls once the install has committed or failed,
+// has the executors forget what preparing it made (a compiled artifact)
+// unless the store holds the module or another install uses it.
+func (n *Node) prepare(ctx context.Context, x exec.Executor, src moduleSource, cl moduleClaim) (wasm []byte, m *exec.Module, end func(), err error) {
+	end = func() {}
 	held, err := n.preparing.acquire(ctx, cl.reserve)
 	if err != nil {
-		return nil, nil, rejectf(SysTransient, "Waiting to prepare the module (limits.preparing_module_bytes): %v", err)
+		return nil, nil, end, rejectf(SysTransient, "Waiting to prepare the module (limits.preparing_module_bytes): %v", err)
 	}
 	defer func() { n.preparing.release(held) }()
-	wasm, err := n.materialize(src, cl)
+	wasm, err = n.materialize(src, cl)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, end, err
 	}
+	end = n.beginInstall(store.ModuleKey(wasm))
 	if size := uint64(len(wasm)); size < held {
 		n.preparing.release(held - size) // the compressed chunks are garbage now
 		held = size
 	}
-	m, err := x.Prepare(ctx, wasm)
-	return wasm, m, err
+	m, err = x.Prepare(ctx, wasm)
+	return wasm, m, end, err
 }
 
 // failPrepare charges the target for preparing a module that did not

@@ -34,6 +34,8 @@ type Node struct {
 	// by a canister whose settings override the node's mode (guarded by mu).
 	alt exec.Executor
 
+	modules moduleUse // installs under way; what executors forget (moduleuse.go)
+
 	mem   *memoryLedger // the node's memory capacity (capacity.go)
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
@@ -157,6 +159,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
 		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
 		preparing: newPreparingBudget(preparingBytes(cfg))}
+	n.pruneModules(x) // the artifacts of modules a crash or another version left
 	go n.timerLoop()
 	return n, nil
 }
@@ -452,6 +455,7 @@ func (n *Node) executorFor(mode string) (exec.Executor, error) {
 		if err != nil {
 			return nil, err
 		}
+		n.pruneModules(x)               // before any install uses it
 		n.alt = observeExecutor(x, cfg) // metrics: observe.go
 	}
 	return n.alt, nil

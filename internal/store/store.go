@@ -429,6 +429,29 @@ func (s *Store) Module(hashHex string) ([]byte, error) {
 	return out, err
 }
 
+// HasModule reports whether a module is stored, by its SHA-256 (hex),
+// without reading it.
+func (s *Store) HasModule(hashHex string) (bool, error) {
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketModules).Get([]byte(hashHex)) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// ModuleKeys returns the keys (hex SHA-256) of every stored module.
+func (s *Store) ModuleKeys() (map[string]bool, error) {
+	keys := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketModules).ForEach(func(k, _ []byte) error {
+			keys[string(k)] = true
+			return nil
+		})
+	})
+	return keys, err
+}
+
 // ReleaseModules deletes those of the given modules (by hash) that no
 // canister references: the modules a code change or a deletion replaced.
 // It reads every canister's metadata only when one of them is stored, so a

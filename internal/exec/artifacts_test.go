@@ -1,0 +1,154 @@
+package exec
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/internal/worker"
+)
+
+// artifactFiles lists the files of h's artifact in the cache.
+func artifactFiles(t *testing.T, x *Sandboxed, h [32]byte) []string {
+	t.Helper()
+	var out []string
+	for _, ext := range []string{".cwasm", ".info"} {
+		if _, err := os.Stat(x.artifactPath(h, ext)); err == nil {
+			out = append(out, filepath.Base(x.artifactPath(h, ext)))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// A module the host forgets loses its files and sealed memfd at once,
+// while a sandbox that loaded it goes on running it (it holds its own
+// descriptor), and a canister that loads it afterwards gets it compiled
+// again from its Wasm instead of failing.
+func TestForgetModuleKeepsLoadedSandboxes(t *testing.T) {
+	x := newReal(t)
+	wasm := wasmFile(t, corpusDir, "counter")
+	h := sha256.Sum256(wasm)
+	a := newSim(t, x, "a", wasm)
+	a.must(sysapi.CtxInit, "canister_init", empty)
+	if len(artifactFiles(t, x, h)) != 2 || x.sealed.count() != 1 {
+		t.Fatalf("after the install: files %v, %d sealed memfds", artifactFiles(t, x, h), x.sealed.count())
+	}
+	x.ForgetModule(h)
+	if fs := artifactFiles(t, x, h); len(fs) != 0 || x.sealed.count() != 0 {
+		t.Fatalf("forgotten module: files %v, %d sealed memfds kept", fs, x.sealed.count())
+	}
+	compiles := x.Stats().Compiles
+	if out := a.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("a after the forget: inc: %x", out.Reply)
+	}
+	if c := x.Stats().Compiles; c != compiles {
+		t.Fatalf("a's loaded sandbox compiled again (%d → %d)", compiles, c)
+	}
+	// b runs the module a holds (prepared before the forget), as a
+	// canister loaded earlier would.
+	b := &sim{t: t, x: x, id: "b", m: a.m, stable: state.NewPageMap(0)}
+	b.must(sysapi.CtxInit, "canister_init", empty)
+	if out := b.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("b: inc: %x", out.Reply)
+	}
+	if len(artifactFiles(t, x, h)) != 2 {
+		t.Fatalf("b's load did not compile the module again: files %v", artifactFiles(t, x, h))
+	}
+}
+
+// A compiler that returns an artifact far larger than its module could
+// make (a module that took over the compiler, or a tiny module compiled
+// again and again) is refused: no artifact of more than
+// artifactLimit(module size) reaches the cache.
+func TestHostileCompilerArtifactBound(t *testing.T) {
+	wasm, err := wasmtime.Wat2Wasm(`(module (func (export "canister_query q")))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := engine.New(engine.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var padTo int
+	launch := func(ctx context.Context, spec sandbox.Spec) (Process, error) {
+		host, child, err := boundary.Pair()
+		if err != nil {
+			return nil, err
+		}
+		p := &fakeProc{host: host, child: child, pid: int(fakePids.Add(1)), killed: make(chan struct{}), done: make(chan struct{})}
+		if spec.Args[0] != boundary.ModeCompile.String() {
+			go func() { defer close(p.done); worker.Serve(child, spec.Args) }()
+			return p, nil
+		}
+		pad := padTo
+		go func() {
+			defer close(p.done)
+			defer child.Close()
+			bloatedCompiler(t, ref, child, pad)
+		}()
+		return p, nil
+	}
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Launch: launch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	limit := x.artifactLimit(len(wasm))
+	if limit >= x.cfg.MaxArtifactBytes {
+		t.Fatalf("the bound for a %d-byte module is the absolute one (%d)", len(wasm), limit)
+	}
+	padTo = int(limit) + 1
+	_, err = x.Prepare(context.Background(), wasm)
+	var v *boundary.Violation
+	if !errors.As(err, &v) {
+		t.Fatalf("an artifact of %d bytes for a module of %d: %v, want a violation", padTo, len(wasm), err)
+	}
+	if fs := artifactFiles(t, x, sha256.Sum256(wasm)); len(fs) != 0 {
+		t.Fatalf("refused artifact cached: %v", fs)
+	}
+	// The same compiler within the bound is an honest one.
+	padTo = int(limit)
+	if _, err := x.Prepare(context.Background(), wasm); err != nil {
+		t.Fatalf("an artifact at the bound: %v", err)
+	}
+}
+
+// bloatedCompiler compiles the module it is sent honestly and pads the
+// artifact to padTo bytes.
+func bloatedCompiler(t *testing.T, ref *engine.Engine, child *net.UnixConn, padTo int) {
+	c := boundary.NewConn(child)
+	if c.Send(&boundary.Msg{Kind: boundary.KindReady, Body: boundary.EncodeReady(boundary.ModeCompile)}) != nil {
+		return
+	}
+	q, err := c.NextRequest()
+	if err != nil || q.Kind != boundary.KindCompile {
+		return
+	}
+	m, err := ref.Compile(q.Compile.Wasm, q.Compile.Limits)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	art, err := m.Serialize()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	art = append(art, make([]byte, max(padTo-len(art), 0))...)
+	body := boundary.EncodeCompiled(&boundary.Compiled{Info: m.Info, GlobalTypes: m.GlobalTypes(), Artifact: art})
+	if c.Send(&boundary.Msg{Kind: boundary.KindCompiled, ID: q.ID, Body: body}) == nil {
+		_, _ = c.NextRequest() // until the host kills it (closes child)
+	}
+}
