@@ -21,8 +21,10 @@ import (
 // what it exports, and an executor-specific handle.
 type Module struct {
 	Info engine.Info
-	// Wasm is the module as installed; sandboxed executors hand it to the
-	// compiler sandbox again when their artifact cache is cold.
+	// Wasm is the module as installed, which a sandboxed executor hands to
+	// the compiler sandbox again when its artifact is cold; nil when the
+	// executor reads it from the host's store instead
+	// (SandboxConfig.InstalledModule).
 	Wasm   []byte
 	handle any
 }

@@ -110,6 +110,13 @@ type SandboxConfig struct {
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
 
+	// InstalledModule, if set, reads an installed module again by its
+	// SHA-256 (the host's store): a Module then does not keep its Wasm,
+	// and one whose artifact is missing or damaged is compiled again from
+	// what this returns. Without it every Module keeps its Wasm, and the
+	// host held the module of every loaded canister in memory.
+	InstalledModule func(hash [32]byte) ([]byte, error)
+
 	// SealedArtifactBytes bounds the sealed artifact memfds the host keeps
 	// (sealed.go; default 256 MiB): a module's artifact is checked once
 	// and then handed to every sandbox that loads it as a duplicate of one
@@ -568,6 +575,9 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	}
 	info := comp.Info
 	info.Hash, info.Size = h, len(wasm) // the host's own facts, never the sandbox's
+	if x.cfg.InstalledModule != nil {
+		wasm = nil // read again from the store when needed (moduleWasm)
+	}
 	return x.modules.put(h, &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}), nil
 }
 
@@ -1631,7 +1641,7 @@ func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, 
 			// installed module.
 			x.cfg.Logger.Warn("artifact missing or damaged, compiling again", "canister", sb.id, "err", err)
 			x.removeArtifact(m.hash)
-			if _, err = x.compileInSandbox(ctx, m.hash, mod.Wasm); err != nil {
+			if err = x.compileAgain(ctx, mod, m.hash); err != nil {
 				return err
 			}
 			continue
@@ -1653,7 +1663,7 @@ func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, 
 		if errors.As(err, &re) && re.Code == boundary.ErrArtifact && attempt == 0 {
 			x.cfg.Logger.Warn("cached artifact refused, compiling again", "canister", sb.id, "err", re.Message)
 			x.removeArtifact(m.hash)
-			if _, err = x.compileInSandbox(ctx, m.hash, mod.Wasm); err != nil {
+			if err = x.compileAgain(ctx, mod, m.hash); err != nil {
 				return err
 			}
 			continue
@@ -1667,6 +1677,27 @@ func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, 
 		sb.loaded = m.hash
 		return nil
 	}
+}
+
+// compileAgain compiles an installed module whose artifact went missing
+// or was refused, from the Wasm the Module keeps or, without it, from the
+// host's store.
+func (x *Sandboxed) compileAgain(ctx context.Context, mod *Module, h [32]byte) error {
+	wasm := mod.Wasm
+	if wasm == nil && x.cfg.InstalledModule != nil {
+		var err error
+		if wasm, err = x.cfg.InstalledModule(h); err != nil {
+			return fmt.Errorf("exec: read module %x to compile it again: %w", h[:8], err)
+		}
+	}
+	if wasm == nil {
+		return fmt.Errorf("exec: module %x: its artifact is gone and its Wasm is not at hand", h[:8])
+	}
+	if got := sha256.Sum256(wasm); got != h {
+		return fmt.Errorf("exec: module %x read again has hash %x", h[:8], got[:8])
+	}
+	_, err := x.compileInSandbox(ctx, h, wasm)
+	return err
 }
 
 // Forget implements Executor: the canister's sandbox is stopped.

@@ -232,3 +232,36 @@ func TestOpenPrunesArtifacts(t *testing.T) {
 		t.Fatalf("%d compilations after the restart, want 0 (the installed module's artifact kept)", c)
 	}
 }
+
+// In sandbox mode the host keeps no loaded canister's module in memory
+// (10,000 canisters of 2 MiB modules would hold 20 GiB): the sandboxed
+// executor reads it from the store when its artifact must be compiled
+// again. The canister runs after a restart, and after its artifact is
+// gone.
+func TestSandboxedNodeKeepsNoModuleBytes(t *testing.T) {
+	f := sandboxFixture(t)
+	ctx := context.Background()
+	id := f.install(module(t, corpusDir, "counter"), noArgs)
+	held := func() []byte {
+		c, err := f.node.get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.module.Wasm
+	}
+	if b := held(); b != nil {
+		t.Fatalf("the installed canister's module holds %d bytes of Wasm", len(b))
+	}
+	f.update(id, "inc", noArgs)
+	f.restart()
+	if b := held(); b != nil {
+		t.Fatalf("the loaded canister's module holds %d bytes of Wasm", len(b))
+	}
+	files, _ := filepath.Glob(filepath.Join(f.home, "artifacts", "*.cwasm"))
+	for _, p := range files {
+		os.Remove(p)
+	}
+	eq(t, "get after the artifact went", f.query(id, "get", noArgs), natReply(1))
+}

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,10 +11,13 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/sandbox"
+	"github.com/cordon-dev/cordon/internal/store"
 )
 
-// newExecutor builds the executor for the node's isolation mode.
-func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
+// newExecutor builds the executor for the node's isolation mode. A
+// sandboxed executor reads installed modules from st when it must compile
+// one again, rather than keeping every loaded canister's module in memory.
+func newExecutor(cfg Config, st *store.Store, logger *slog.Logger) (exec.Executor, error) {
 	switch cfg.Isolation {
 	case "inprocess":
 		return exec.NewInProcess(cfg.ModuleLimits)
@@ -65,8 +69,11 @@ func newExecutor(cfg Config, logger *slog.Logger) (exec.Executor, error) {
 			MaxCompiles:         cfg.Sandbox.MaxCompiles,
 			QueryThreads:        cfg.Sandbox.QueryThreads,
 			HostIDs:             ids,
-			Logger:              logger,
-			Metrics:             metricsOf(cfg),
+			InstalledModule: func(hash [32]byte) ([]byte, error) {
+				return st.Module(hex.EncodeToString(hash[:]))
+			},
+			Logger:  logger,
+			Metrics: metricsOf(cfg),
 		})
 	}
 	return nil, fmt.Errorf("isolation mode %q is not available: use --isolation sandbox or inprocess", cfg.Isolation)

@@ -128,7 +128,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		st.Close()
 		return nil, fmt.Errorf("host: a root key of %d bytes (at most %d)", len(cert.DER()), sysapi.MaxRootKey)
 	}
-	x, err := newExecutor(cfg, logger)
+	x, err := newExecutor(cfg, st, logger)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -451,7 +451,7 @@ func (n *Node) executorFor(mode string) (exec.Executor, error) {
 	if n.alt == nil {
 		cfg := n.cfg
 		cfg.Isolation = mode
-		x, err := newExecutor(cfg, n.log)
+		x, err := newExecutor(cfg, n.store, n.log)
 		if err != nil {
 			return nil, err
 		}
