@@ -24,7 +24,7 @@ type Module struct {
 	// Wasm is the module as installed, which a sandboxed executor hands to
 	// the compiler sandbox again when its artifact is cold; nil when the
 	// executor reads it from the host's store instead
-	// (SandboxConfig.InstalledModule).
+	// (SandboxConfig.InstalledModule), and in process.
 	Wasm   []byte
 	handle any
 }
@@ -125,7 +125,7 @@ func (x *InProcess) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	return x.cache.put(h, &Module{Info: m.Info, Wasm: wasm, handle: m}), nil
+	return x.cache.put(h, &Module{Info: m.Info, handle: m}), nil // the compiled module is all it runs
 }
 
 // Execute implements Executor.
