@@ -220,7 +220,7 @@ func trimLogs(b *bolt.Bucket, lines, bytes int) error {
 // last, touching only them.
 func dropLogsThrough(b *bolt.Bucket, last uint64) error {
 	cur := b.Cursor()
-	for k, _ := cur.First(); k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) <= last; k, _ = cur.First() {
+	for k, _ := cur.First(); len(k) == 8 && binary.BigEndian.Uint64(k) <= last; k, _ = cur.First() {
 		if err := cur.Delete(); err != nil {
 			return err
 		}
