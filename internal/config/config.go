@@ -176,6 +176,18 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.PreparingBytes }),
 	integer("limits.log_lines", "", "debug_print lines kept per canister",
 		func(c *Config) *int { return &c.Host.LogLines }, 1),
+	{Key: "limits.log_bytes", Help: "bytes of debug_print lines kept per canister, in memory and in the store, each line counting 64 more (8KiB to 1GiB); the oldest are dropped first, a longer line is cut",
+		get: func(c *Config) string { return strconv.Itoa(c.Host.LogBytes) },
+		set: func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err == nil && (n < host.MinLogBytes || n > 1<<30) {
+				err = errors.New("want 8KiB to 1GiB")
+			}
+			if err == nil {
+				c.Host.LogBytes = int(n)
+			}
+			return err
+		}},
 	integer("limits.queue_capacity", "", "calls from one canister to another that may await responses (IC: 500); call_perform returns 2 beyond it",
 		func(c *Config) *int { return &c.Host.Messages.QueueCapacity }, 1),
 	integer("limits.callback_quota", "", "outstanding calls every canister may have whatever the node's load (IC: 50)",

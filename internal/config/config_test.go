@@ -199,3 +199,22 @@ func TestEnvNames(t *testing.T) {
 		t.Fatal(s.Env())
 	}
 }
+
+// limits.log_bytes bounds each canister's kept log: 64 KiB by default, a
+// byte count with units, and never below what fetch_canister_logs needs.
+func TestLogBytes(t *testing.T) {
+	c, err := Load(Inputs{Home: t.TempDir()})
+	if err != nil || c.Host.LogBytes != 64<<10 {
+		t.Fatalf("default: %d, %v", c.Host.LogBytes, err)
+	}
+	c, err = Load(Inputs{Home: t.TempDir(), Env: envOf(map[string]string{"CORDON_LIMITS_LOG_BYTES": "128KiB"})})
+	if err != nil || c.Host.LogBytes != 128<<10 || c.Source("limits.log_bytes") != FromEnv {
+		t.Fatalf("from the environment: %d, %v", c.Host.LogBytes, err)
+	}
+	for _, v := range []string{"1KiB", "0", "2GiB", "lots"} {
+		_, err := Load(Inputs{Home: t.TempDir(), Flags: []Assignment{{Key: "limits.log_bytes", Value: v, Flag: "--set"}}})
+		if err == nil {
+			t.Errorf("limits.log_bytes = %s accepted", v)
+		}
+	}
+}

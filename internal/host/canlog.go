@@ -16,7 +16,8 @@ import (
 // records of its traps (sysapi.TrapLogRecord), committed with the
 // execution that wrote them even when its state is rolled back, numbered
 // by one sequence per canister (the records' idx). The node keeps the
-// last Config.LogLines of them (`cordon logs`); fetch_canister_logs returns
+// last Config.LogLines of them within Config.LogBytes (`cordon logs`,
+// logs.go); fetch_canister_logs returns
 // what the IC would still hold: the newest records whose sizes add up to
 // at most logBudget bytes, the oldest dropped first, each record's content
 // cut to what fits in one.

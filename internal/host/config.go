@@ -48,6 +48,10 @@ type Config struct {
 	// ProvisionalNone. Canisters never may.
 	Provisional string
 	LogLines    int // debug_print lines kept per canister
+	// LogBytes bounds what a canister's kept log holds (memory and store),
+	// counted by store.LogEntry.Size: the oldest lines are dropped first,
+	// a longer line is cut (0: DefaultLogBytes).
+	LogBytes int
 
 	Metrics metrics.Recorder // where the node (and its sandboxes) report events; nil: nowhere (observe.go)
 
@@ -198,6 +202,7 @@ func DefaultConfig() Config {
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica
 		Provisional:           ProvisionalIngress,
 		LogLines:              1000,
+		LogBytes:              DefaultLogBytes,
 		Sandbox:               SandboxConfig{CPUPercent: 100, WarmPool: 2, PreloadPool: 1},
 	}
 }

@@ -452,7 +452,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		Heap:    heapChange,
 		Stable:  stableChange,
 		Globals: out.Globals, SetGlobals: true,
-		Logs: entries, KeepLogs: n.cfg.LogLines, ClearLogs: purge,
+		Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, ClearLogs: purge,
 	}
 	var answered func()
 	change.Ingress, answered = answerOf(ctx, nil)
@@ -512,7 +512,7 @@ func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extra
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, Ingress: ingress}); err != nil {
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, Ingress: ingress}); err != nil {
 		return err
 	}
 	c.meta = meta
@@ -527,7 +527,9 @@ func (n *Node) logEntries(lines []sysapi.LogLine) []store.LogEntry {
 	t := n.clock().UTC()
 	out := make([]store.LogEntry, len(lines))
 	for i, l := range lines {
-		out[i] = store.LogEntry{Time: t, Text: l.Text, Truncated: l.Truncated}
+		// A line longer than the whole log is cut to fit it, so the
+		// newest line (a trap's record) is always kept.
+		out[i] = store.ClipLog(store.LogEntry{Time: t, Text: l.Text, Truncated: l.Truncated}, n.cfg.LogBytes)
 	}
 	return out
 }

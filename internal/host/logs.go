@@ -8,30 +8,61 @@ import (
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
-// logRing keeps a canister's most recent debug_print lines in memory.
+// DefaultLogBytes is what a canister's kept log holds by default
+// (Config.LogBytes): one Wasm page, 625 MiB for 10 000 canisters that all
+// fill theirs, and room for the longest debug_print line whole (32 KiB:
+// 16 KiB with every other byte invalid, each printed as a 3-byte U+FFFD;
+// 48 KiB, the most the trust boundary lets a sandbox send) and for what
+// fetch_canister_logs returns (RATIONALE.md).
+const DefaultLogBytes = 64 << 10
+
+// MinLogBytes is the least Config.LogBytes the configuration accepts: the
+// records the IC's 4 KiB buffer holds (at most 102 of 40 bytes plus their
+// content) count at most 6 544 bytes here, so fetch_canister_logs still
+// sees all of them (canlog.go).
+const MinLogBytes = 8 << 10
+
+// logRing keeps a canister's most recent debug_print lines in memory: at
+// most keep lines and keepBytes bytes (store.LogEntry.Size), the same as
+// the store keeps (store.KeptLogs).
 type logRing struct {
-	mu      sync.Mutex
-	keep    int
-	entries []store.LogEntry
-	nextSeq uint64
-	changed chan struct{} // closed (and replaced) when lines are published
+	mu        sync.Mutex
+	keep      int
+	keepBytes int
+	entries   []store.LogEntry
+	nextSeq   uint64
+	changed   chan struct{} // closed (and replaced) when lines are published
 }
 
-func newLogRing(keep int) *logRing {
+func newLogRing(keep, keepBytes int) *logRing {
 	if keep <= 0 {
 		keep = 1
 	}
-	return &logRing{keep: keep}
+	if keepBytes <= 0 {
+		keepBytes = DefaultLogBytes
+	}
+	return &logRing{keep: keep, keepBytes: keepBytes}
 }
 
-func (r *logRing) load(es []store.LogEntry) {
+// load sets the kept lines to the stored es, cut to the ring's bounds. It
+// reports whether it cut any: es were stored under larger bounds.
+func (r *logRing) load(es []store.LogEntry) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.entries = append(r.entries[:0], es...)
-	r.trim()
+	r.entries = r.entries[:0]
+	cut := false
+	for _, e := range es {
+		c := store.ClipLog(e, r.keepBytes)
+		cut = cut || c.Truncated != e.Truncated || len(c.Text) != len(e.Text)
+		r.entries = append(r.entries, c)
+	}
+	if r.trim() {
+		cut = true
+	}
 	if len(es) > 0 {
 		r.nextSeq = es[len(es)-1].Seq + 1
 	}
+	return cut
 }
 
 // clear drops the kept lines (a reinstall or uninstall purges the log);
@@ -74,7 +105,9 @@ func (r *logRing) publish(es []store.LogEntry) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.entries = append(r.entries, es...)
+	for _, e := range es {
+		r.entries = append(r.entries, store.ClipLog(e, r.keepBytes)) // as the store does
+	}
 	r.nextSeq = es[len(es)-1].Seq + 1
 	r.trim()
 	if r.changed != nil {
@@ -83,10 +116,16 @@ func (r *logRing) publish(es []store.LogEntry) {
 	}
 }
 
-func (r *logRing) trim() {
-	if extra := len(r.entries) - r.keep; extra > 0 {
-		r.entries = append([]store.LogEntry(nil), r.entries[extra:]...)
+// trim drops the oldest lines beyond the ring's bounds (each line already
+// fits: store.ClipLog), and reports whether there were any.
+func (r *logRing) trim() bool {
+	first := store.KeptLogs(r.entries, r.keep, r.keepBytes)
+	if first == 0 {
+		return false
 	}
+	// A copy, so the dropped lines' array is not kept.
+	r.entries = append([]store.LogEntry(nil), r.entries[first:]...)
+	return true
 }
 
 func (r *logRing) snapshot() []store.LogEntry {

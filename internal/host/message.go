@@ -141,7 +141,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		Heap:    &store.MemoryChange{Delta: out.Heap},
 		Stable:  &store.MemoryChange{Delta: out.Stable},
 		Globals: out.Globals, SetGlobals: true,
-		Logs: entries, KeepLogs: n.cfg.LogLines,
+		Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes,
 		Ingress: ingress,
 	}
 	undo := c.qstats.fold(&change.Meta)

@@ -112,6 +112,10 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.LogLines = max(cfg.LogLines, 1)
+	if cfg.LogBytes <= 0 {
+		cfg.LogBytes = DefaultLogBytes
+	}
 	if err := applyDescriptors(&cfg, logger); err != nil {
 		return nil, err
 	}
@@ -237,7 +241,7 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if err != nil {
 		return nil, fmt.Errorf("load canister %s: %w", id, err)
 	}
-	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines),
+	c = &canister{id: id, meta: sc.Meta, heap: sc.Heap, stable: sc.Stable, globals: sc.Globals, logs: newLogRing(n.cfg.LogLines, n.cfg.LogBytes),
 		contexts: map[uint64]*callContext{}, callbacks: map[uint64]*callback{}, timerIdx: -1}
 	if c.meta.Status == "stopping" {
 		c.meta.Status = "stopped" // calls in flight did not survive the restart
@@ -247,8 +251,12 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	// load gives the same).
 	c.meta.Balance = c.meta.Balance.SaturatingAdd(c.meta.CyclesReserved)
 	c.meta.CyclesReserved = cycles.Amount{}
-	if logs, err := n.store.Logs(id.Bytes()); err == nil {
-		c.logs.load(logs)
+	if logs, err := n.store.Logs(id.Bytes()); err == nil && c.logs.load(logs) {
+		// Stored under larger bounds (or before there was a byte bound):
+		// the store keeps no more than the ring.
+		if err := n.store.TrimLogs(id.Bytes(), n.cfg.LogLines, n.cfg.LogBytes); err != nil {
+			n.log.Warn("trimming a canister's stored log", "canister", id, "err", err)
+		}
 	}
 	c.logs.continueFrom(c.meta.LogNextSeq) // the log may have been purged (canlog.go)
 	if sc.Meta.ModuleHash != "" {

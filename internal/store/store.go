@@ -282,8 +282,11 @@ type Change struct {
 	Module     []byte     // stored under its hash when non-nil
 	Delete     bool       // remove the canister entirely
 	Logs       []LogEntry // debug_print lines to append
-	KeepLogs   int        // log entries kept per canister (oldest dropped)
-	ClearLogs  bool       // drop the stored log entries before appending Logs
+	KeepLogs   int        // log entries kept per canister (oldest dropped; ≤ 0: no bound)
+	// KeepLogBytes bounds the log's LogEntry.Size sum too (≤ 0: no bound):
+	// a longer entry is cut (ClipLog), the oldest are dropped (KeptLogs).
+	KeepLogBytes int
+	ClearLogs    bool // drop the stored log entries before appending Logs
 	// The Wasm chunk store (chunks.go): ClearChunks empties it, then
 	// Chunks are added, each under its SHA-256.
 	ClearChunks bool
@@ -365,7 +368,7 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 			return fmt.Errorf("logs: %w", err)
 		}
 	}
-	if err := appendLogs(cb, c.Logs, c.KeepLogs); err != nil {
+	if err := appendLogs(cb, c.Logs, c.KeepLogs, c.KeepLogBytes); err != nil {
 		return fmt.Errorf("logs: %w", err)
 	}
 	if err := putChunks(cb, c.ClearChunks, c.Chunks); err != nil {
