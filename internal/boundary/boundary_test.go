@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -766,5 +767,31 @@ func TestWriteBufferGrowsWithPackets(t *testing.T) {
 	}
 	if c := cap(host.wbuf); c != MaxPacket {
 		t.Fatalf("write buffer %d bytes after full packets, want %d", c, MaxPacket)
+	}
+}
+
+// A compiler sandbox's Compiled may claim as many methods as its body could
+// hold (9 bytes each): the decoder must not size anything by that claim
+// before the entries are read. A map made for 2 million methods is over
+// 100 MiB; the body that claims them is 18 MB and fails at its first entry.
+func TestDecodeCompiledDoesNotTrustTheMethodCount(t *testing.T) {
+	const n = 2 << 20
+	w := &writer{}
+	for range 10 {
+		w.bool(false)
+	}
+	w.str("")
+	w.count(n)
+	body := append(w.b, make([]byte, 9*n)...) // kind 0: refused at once
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := DecodeCompiled(body)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("a method of kind 0 accepted")
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Fatalf("decoding a claim of %d methods allocated %d bytes before refusing its first", n, alloc)
 	}
 }

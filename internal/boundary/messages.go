@@ -211,7 +211,10 @@ func DecodeCompiled(b []byte) (*Compiled, error) {
 	}
 	in.CandidService = r.str(math.MaxUint64, "candid service")
 	n := r.count(math.MaxInt32, 9, "methods")
-	in.Methods = make(map[string]engine.MethodKind, n)
+	// Sized for what a module usually exports, not for the count, which
+	// only the body's length bounds until ValidateCompiled: a map made for
+	// a lying compiler's hundred million methods is gigabytes.
+	in.Methods = make(map[string]engine.MethodKind, min(n, 64))
 	for i := 0; i < n && r.err == nil; i++ {
 		k := engine.MethodKind(r.u8("method kind"))
 		name := r.str(math.MaxUint64, "method name")
