@@ -36,7 +36,8 @@ Without --id a new canister is created. With --id, the canister is created
 with that id if it does not exist. --mode reinstall wipes the canister's
 state; --mode upgrade runs pre_upgrade, swaps the module and runs
 post_upgrade, keeping stable memory (and, for Motoko's enhanced orthogonal
-persistence, the heap).`,
+persistence, the heap); both need --id. A new canister whose install fails
+(its --cycles too few, a trap in canister_init) is not kept.`,
 		Example: `  cordon install counter.wasm
   cordon install --id rwlgt-iiaaa-aaaaa-aaaaa-cai --mode upgrade counter.wasm
   cordon install --arg '(42 : nat)' app.wasm.gz
@@ -239,7 +240,9 @@ ARG is Candid text, like '(42 : nat, "hi")', typed by the canister's
 candid:service metadata (or --candid FILE.did) when available; with
 --type raw it is hex bytes. Without ARG the call has no arguments.
 The reply is printed as Candid text, or as hex with --output raw.
-On a reject the code and message go to stderr and the exit code is 3.`,
+On a reject the code and message go to stderr and the exit code is 3.
+Interrupted while waiting (exit 130), an update call may still complete:
+'cordon status ID' and 'cordon logs ID' show its effects.`,
 		Example: fmt.Sprintf(`  cordon %[1]s rwlgt-iiaaa-aaaaa-aaaaa-cai get
   cordon %[1]s rwlgt-iiaaa-aaaaa-aaaaa-cai greet '("world")'
   cordon %[1]s --type raw rwlgt-iiaaa-aaaaa-aaaaa-cai %[2]s --output raw`, use, rawExample),
@@ -335,6 +338,16 @@ func newStatusCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [ID]",
 		Short: "Show one canister's status, or list all canisters",
+		Long: `Without ID, list every canister: id, status, module hash, heap and stable
+memory, cycles.
+
+With ID, show that canister: status, module, cycles (balance, burned,
+minted, idle burn per day), memory by kind, its settings (controllers,
+freezing threshold, compute and memory allocation, Wasm memory limit and
+threshold, reserved cycles limit, log visibility, environment variables),
+the isolation mode it runs in and whether it is its own override
+(install --canister-isolation), its methods, counters and state hash.
+--output json prints the same fields.`,
 		Example: `  cordon status
   cordon status rwlgt-iiaaa-aaaaa-aaaaa-cai --output json`,
 		Args: rangeArgs(0, 1),
@@ -606,7 +619,8 @@ func newServeCmd(g *globals) *cobra.Command {
 and serves the JSON/HTTP API (described by api/openapi.json, also served at
 /api/v1/openapi.json), Prometheus metrics on /metrics, and /healthz and
 /readyz probes. While it runs, the other cordon commands on the same --home
-talk to it.
+talk to it. A home has one server: on a home already served, serve fails at
+once, naming the running server's pid and address.
 
 Security: every request but the probes needs 'Authorization: Bearer TOKEN';
 the token is generated on the first start, stored in <home>/token (mode
