@@ -136,8 +136,12 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 		return nil, err
 	}
 	mode := host.InstallMode(req.Mode)
-	if mode == "" {
+	switch mode {
+	case "":
 		mode = host.ModeInstall
+	case host.ModeInstall, host.ModeReinstall, host.ModeUpgrade:
+	default:
+		return nil, fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", req.Mode)
 	}
 	var keep *bool
 	switch req.Isolation {
@@ -168,6 +172,9 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 		exists = err == nil
 	}
 	if !exists {
+		if mode != host.ModeInstall && req.ID == "" {
+			return nil, fmt.Errorf("mode %s needs the id of an installed canister", mode)
+		}
 		if mode != host.ModeInstall {
 			return nil, &host.Reject{Code: host.DestinationInvalid,
 				Message: fmt.Sprintf("Canister %s not found: it does not exist, and mode %s needs an installed canister", req.ID, mode)}
@@ -200,14 +207,34 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 	}
 	if err != nil {
 		if resp.Created {
-			// Nothing half-done: a canister created for a failed install goes away.
-			_ = l.Node.SetStatus(ctx, id, caller, "stopped")
-			_ = l.Node.Delete(ctx, id, caller)
+			// Nothing half-done: a canister created for a failed install
+			// goes away, also when the install was cancelled.
+			dctx := context.WithoutCancel(ctx)
+			_ = l.Node.SetStatus(dctx, id, caller, "stopped")
+			_ = l.Node.Delete(dctx, id, caller)
+			var rej *host.Reject
+			if errors.As(err, &rej) {
+				if need, ok := rej.CyclesNeeded(); ok {
+					// The reject's advice (top the canister up) cannot be
+					// followed: the canister is gone.
+					return nil, &host.Reject{Code: rej.Code, Message: fmt.Sprintf(
+						"a new canister with %s cycles cannot pay for its install, which needs a balance of at least %s (its worst-case cost and freezing limit); the canister was not kept: install again with at least %s cycles (cordon install --cycles %s)",
+						givenCycles(req.Cycles), need, need, need)}
+				}
+			}
 		}
 		return nil, err
 	}
 	resp.ID, resp.ModuleHash, resp.Instructions = id.String(), res.ModuleHash, res.Instructions
 	return resp, nil
+}
+
+// givenCycles names a new canister's initial balance for a message.
+func givenCycles(s string) string {
+	if s == "" {
+		return "the initial"
+	}
+	return s
 }
 
 // Call implements Backend.

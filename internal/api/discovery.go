@@ -74,6 +74,31 @@ func Dial(ctx context.Context, home string) (*Client, error) {
 	return c, nil
 }
 
+// ServeInfo is what <home>/serve.json says of the server running there.
+type ServeInfo struct {
+	Addr string // the address it listens on
+	PID  int    // its process
+}
+
+// ReadServeInfo reads <home>/serve.json: nil, nil when there is none or it
+// cannot be parsed (a stale file is no server; see Dial). The server may
+// have died since it wrote the file: the caller checks its process.
+func ReadServeInfo(home string) (*ServeInfo, error) {
+	path := filepath.Join(home, serveFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	var info serveInfo
+	if err := json.Unmarshal(b, &info); err != nil || info.Addr == "" {
+		return nil, nil
+	}
+	return &ServeInfo{Addr: info.Addr, PID: info.PID}, nil
+}
+
 // localAddr turns the address a server bound into one to connect to:
 // loopback stays, an unspecified address (0.0.0.0, ::) becomes loopback, an
 // address of one of this machine's interfaces stays; anything else is an

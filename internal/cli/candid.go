@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -97,15 +98,16 @@ func initArgTypes(wasm []byte) candidTypes {
 	return nil
 }
 
-// encodeArg turns the command-line argument into Candid bytes.
-func encodeArg(typ, text string, types candidTypes) ([]byte, error) {
+// encodeArg turns the command-line argument into Candid bytes; what names
+// it in errors ("the argument of add").
+func encodeArg(typ, text string, types candidTypes, what string) ([]byte, error) {
 	switch typ {
 	case "raw":
 		// Raw bytes are sent as given: "" is an empty argument, not
 		// Candid's empty list (DIDL\0\0).
-		b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(text), "0x"))
+		b, err := decodeHex(text)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("--type raw: argument is not hex: %w", err)}
+			return nil, usageError{fmt.Errorf("--type raw: %s: %w", what, err)}
 		}
 		return b, nil
 	case "candid", "":
@@ -122,15 +124,55 @@ func encodeArg(typ, text string, types candidTypes) ([]byte, error) {
 			args, err = candid.ParseArgs(text)
 		}
 		if err != nil {
-			return nil, usageError{fmt.Errorf("argument %q: %w", text, err)}
+			msg := fmt.Sprintf("%s, '%s': %v", what, text, err)
+			if types != nil {
+				msg += fmt.Sprintf(" (expected %s)", formatTypes(types))
+			}
+			return nil, usageError{errors.New(msg)}
 		}
 		b, err := candid.EncodeArgs(args)
 		if err != nil {
-			return nil, fmt.Errorf("encode argument: %w", err)
+			return nil, fmt.Errorf("encode %s: %w", what, err)
 		}
 		return b, nil
 	}
 	return nil, usageError{fmt.Errorf("--type %q: want candid or raw", typ)}
+}
+
+// formatTypes prints an argument list's types: "(nat, text)".
+func formatTypes(ts candidTypes) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = t.String()
+	}
+	s := "(" + strings.Join(parts, ", ") + ")"
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:199]) + "…"
+	}
+	return s
+}
+
+// decodeHex reads bytes written as hex digits (an optional 0x prefix and
+// surrounding space allowed), saying what is wrong with them otherwise.
+func decodeHex(text string) ([]byte, error) {
+	s := strings.TrimPrefix(strings.TrimSpace(text), "0x")
+	for i, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return nil, fmt.Errorf("%q is not hex: %q at offset %d is not a hex digit (want pairs of 0-9, a-f)", truncateText(text, 40), r, i)
+		}
+	}
+	if len(s)%2 != 0 {
+		return nil, fmt.Errorf("%q is not hex: an odd number of hex digits (%d); each byte is two", truncateText(text, 40), len(s))
+	}
+	return hex.DecodeString(s)
+}
+
+// truncateText shortens s to n runes for a message.
+func truncateText(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
 }
 
 // decodeReply prints Candid bytes as text, typed when the types are known.
@@ -153,6 +195,8 @@ func newCandidCmd(g *globals) *cobra.Command {
 		Short: "Encode and decode Candid values",
 		Example: `  cordon candid encode '(42 : nat, "hi")'
   cordon candid decode 4449444c00017d2a --types '(nat)'`,
+		Args: groupArgs,
+		RunE: groupRun,
 	}
 	encode := &cobra.Command{
 		Use:     "encode '(ARGS)'",
@@ -160,7 +204,7 @@ func newCandidCmd(g *globals) *cobra.Command {
 		Example: `  cordon candid encode '(42 : nat, "hi")'`,
 		Args:    exactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			b, err := encodeArg("candid", args[0], nil)
+			b, err := encodeArg("candid", args[0], nil, "the values")
 			if err != nil {
 				return err
 			}
@@ -176,9 +220,9 @@ func newCandidCmd(g *globals) *cobra.Command {
   cordon candid decode 4449444c00017d2a --types '(nat)'`,
 		Args: exactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(args[0]), "0x"))
+			b, err := decodeHex(args[0])
 			if err != nil {
-				return usageError{fmt.Errorf("argument is not hex: %w", err)}
+				return usageError{err}
 			}
 			var types candidTypes
 			if typesFlag != "" {

@@ -92,10 +92,10 @@ func TestBadInputThroughCLI(t *testing.T) {
 		{"malformed candid", []string{"call", id, "add", "(1 +"}, ExitUsage, "argument"},
 		{"wrong candid type", []string{"call", id, "add", `("text")`}, ExitUsage, "argument"},
 		{"missing id", []string{"call"}, ExitUsage, "arg"},
-		{"bad id", []string{"call", "not-a-principal", "inc"}, ExitError, "canister id"},
+		{"bad id", []string{"call", "not-a-principal", "inc"}, ExitUsage, "canister id"},
 		{"missing canister", []string{"call", "ryjl3-tyaaa-aaaaa-aaaba-cai", "inc"}, ExitRejected, "not found"},
 		{"missing file", []string{"install", "/nonexistent.wasm"}, ExitError, "read module"},
-		{"bad mode", []string{"install", "--id", id, "--mode", "sideways", filepath.Join(corpus, "counter.wasm")}, ExitError, "mode"},
+		{"bad mode", []string{"install", "--id", id, "--mode", "sideways", filepath.Join(corpus, "counter.wasm")}, ExitUsage, "mode"},
 	}
 	for _, c := range cases {
 		r := cordon(t, home, c.args...)

@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -15,9 +17,11 @@ import (
 	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/config"
+	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/metrics"
 	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 func newInstallCmd(g *globals) *cobra.Command {
@@ -32,7 +36,8 @@ Without --id a new canister is created. With --id, the canister is created
 with that id if it does not exist. --mode reinstall wipes the canister's
 state; --mode upgrade runs pre_upgrade, swaps the module and runs
 post_upgrade, keeping stable memory (and, for Motoko's enhanced orthogonal
-persistence, the heap).`,
+persistence, the heap); both need --id. A new canister whose install fails
+(its --cycles too few, a trap in canister_init) is not kept.`,
 		Example: `  cordon install counter.wasm
   cordon install --id rwlgt-iiaaa-aaaaa-aaaaa-cai --mode upgrade counter.wasm
   cordon install --arg '(42 : nat)' app.wasm.gz
@@ -40,21 +45,25 @@ persistence, the heap).`,
   cordon install --env API_URL=https://example.org --env MODE=test app.wasm`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			wasm, err := os.ReadFile(args[0])
-			if err != nil {
-				return fmt.Errorf("read module: %w", err)
-			}
-			argBytes, err := encodeArg(typ, arg, initArgTypes(wasm))
-			if err != nil {
+			// Every flag is checked before anything is read, created or sent.
+			if err := checkInstallFlags(id, mode, caller, cyclesFlag, persistence, isolation, typ, output); err != nil {
 				return err
 			}
 			envVars, err := parseEnv(env, cmd.Flags().Changed("env"))
 			if err != nil {
 				return err
 			}
-			b, err := g.backend(cmd.Context())
+			wasm, err := os.ReadFile(args[0])
+			if err != nil {
+				return fmt.Errorf("read module: %w", err)
+			}
+			argBytes, err := encodeArg(typ, arg, initArgTypes(wasm), "the init argument")
 			if err != nil {
 				return err
+			}
+			b, err := g.backend(cmd.Context())
+			if err != nil {
+				return interruptedBefore(cmd.Context(), err, "before the install started: nothing was changed")
 			}
 			defer b.Close()
 			stop := progress(g.stderr, fmt.Sprintf("installing %s (%s): compiling, running %s…",
@@ -62,6 +71,14 @@ persistence, the heap).`,
 			resp, err := b.Install(cmd.Context(), api.InstallRequest{ID: id, Mode: mode, Wasm: wasm, Arg: argBytes,
 				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, Isolation: isolation, Env: envVars})
 			stop()
+			if err != nil && cmd.Context().Err() != nil {
+				check := "`cordon status`"
+				if id != "" {
+					check = "`cordon status " + id + "`"
+				}
+				return interruptedError{fmt.Sprintf("during the install of %s: it may still complete (or have completed), or be rolled back; check with %s",
+					filepath.Base(args[0]), check)}
+			}
 			if err != nil {
 				return err
 			}
@@ -84,6 +101,102 @@ persistence, the heap).`,
 	f.StringVar(&output, "output", "text", "text or json")
 	f.StringArrayVar(&env, "env", nil, "canister environment variable NAME=VALUE (ic0.env_var_*), repeatable; given, the list replaces the canister's; --env '' clears them")
 	return cmd
+}
+
+// checkInstallFlags checks install's flags: usage errors, before anything
+// is done.
+func checkInstallFlags(id, mode, caller, cyclesFlag, persistence, isolation, typ, output string) error {
+	switch host.InstallMode(mode) {
+	case host.ModeInstall:
+	case host.ModeReinstall, host.ModeUpgrade:
+		if id == "" {
+			return usageError{fmt.Errorf("--mode %s needs --id: the canister to %s", mode, mode)}
+		}
+	default:
+		return usageError{fmt.Errorf("--mode %q: must be install, reinstall or upgrade", mode)}
+	}
+	if id != "" {
+		if err := checkID("--id", id); err != nil {
+			return err
+		}
+	}
+	if err := checkCaller(caller); err != nil {
+		return err
+	}
+	if cyclesFlag != "" {
+		if _, err := cycles.Parse(cyclesFlag); err != nil {
+			return usageError{fmt.Errorf("--cycles %q: want a whole number of cycles, like 5_000_000_000_000", cyclesFlag)}
+		}
+	}
+	switch persistence {
+	case "", "keep", "replace":
+	default:
+		return usageError{fmt.Errorf("--wasm-memory-persistence %q: want keep or replace", persistence)}
+	}
+	switch isolation {
+	case "", "sandbox", "inprocess":
+	default:
+		return usageError{fmt.Errorf("--canister-isolation %q: want sandbox or inprocess", isolation)}
+	}
+	if err := checkType(typ); err != nil {
+		return err
+	}
+	return checkOutput(output, "text", "json")
+}
+
+// checkID checks a canister id given on the command line (what names it:
+// "--id", "canister id").
+func checkID(what, id string) error {
+	if _, err := principal.FromText(id); err != nil {
+		return usageError{fmt.Errorf("%s %q is not a principal in textual form (like rwlgt-iiaaa-aaaaa-aaaaa-cai): %w", what, id, err)}
+	}
+	return nil
+}
+
+// checkCaller checks --caller's textual form (whether the principal may
+// send ingress is the node's to say).
+func checkCaller(caller string) error {
+	if caller == "" {
+		return nil
+	}
+	if _, err := principal.FromText(caller); err != nil {
+		return usageError{fmt.Errorf("--caller %q is not a principal in textual form: %w", caller, err)}
+	}
+	return nil
+}
+
+// checkType checks --type.
+func checkType(typ string) error {
+	if typ != "candid" && typ != "raw" {
+		return usageError{fmt.Errorf("--type %q: want candid or raw", typ)}
+	}
+	return nil
+}
+
+// checkOutput checks an --output flag against the formats a command prints.
+func checkOutput(output string, formats ...string) error {
+	if slices.Contains(formats, output) {
+		return nil
+	}
+	return usageError{fmt.Errorf("--output %q: want %s", output, orList(formats))}
+}
+
+// orList joins words as "a, b or c".
+func orList(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
+}
+
+// interruptedBefore turns err into an interruptedError saying what when
+// ctx was interrupted (connecting, or waiting for the store): nothing had
+// been sent yet.
+func interruptedBefore(ctx context.Context, err error, what string) error {
+	if ctx.Err() != nil {
+		return interruptedError{what}
+	}
+	return err
 }
 
 // parseEnv turns --env NAME=VALUE flags into environment variables; nil
@@ -111,9 +224,12 @@ func parseEnv(flags []string, given bool) ([]store.EnvVar, error) {
 
 func newCallCmd(g *globals, query bool) *cobra.Command {
 	var typ, output, caller, didFile string
+	// The examples are the counter canister's (../shared/canisters).
 	use, short := "call", "Make an update call; its effects are committed durably before the reply"
+	rawExample := "add 4449444c00017d05" // add(5 : nat)
 	if query {
 		use, short = "query", "Make a query call; nothing it does is kept"
+		rawExample = "get 4449444c0000" // get(), no arguments
 	}
 	cmd := &cobra.Command{
 		Use:   use + " ID METHOD [ARG]",
@@ -124,10 +240,12 @@ ARG is Candid text, like '(42 : nat, "hi")', typed by the canister's
 candid:service metadata (or --candid FILE.did) when available; with
 --type raw it is hex bytes. Without ARG the call has no arguments.
 The reply is printed as Candid text, or as hex with --output raw.
-On a reject the code and message go to stderr and the exit code is 3.`,
+On a reject the code and message go to stderr and the exit code is 3.
+Interrupted while waiting (exit 130), an update call may still complete:
+'cordon status ID' and 'cordon logs ID' show its effects.`,
 		Example: fmt.Sprintf(`  cordon %[1]s rwlgt-iiaaa-aaaaa-aaaaa-cai get
   cordon %[1]s rwlgt-iiaaa-aaaaa-aaaaa-cai greet '("world")'
-  cordon %[1]s --type raw rwlgt-iiaaa-aaaaa-aaaaa-cai add 4449444c00017d05 --output raw`, use),
+  cordon %[1]s --type raw rwlgt-iiaaa-aaaaa-aaaaa-cai %[2]s --output raw`, use, rawExample),
 		Args: rangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, method := args[0], args[1]
@@ -135,22 +253,53 @@ On a reject the code and message go to stderr and the exit code is 3.`,
 			if len(args) == 3 {
 				text = args[2]
 			}
+			if err := checkID("canister id", id); err != nil {
+				return err
+			}
+			if err := checkCaller(caller); err != nil {
+				return err
+			}
+			if err := checkType(typ); err != nil {
+				return err
+			}
+			if err := checkOutput(output, "candid", "raw", "json"); err != nil {
+				return err
+			}
+			var argBytes []byte
+			if typ == "raw" { // needs no interface: checked before anything is opened
+				var err error
+				if argBytes, err = encodeArg(typ, text, nil, "the argument of "+method); err != nil {
+					return err
+				}
+			}
 			b, err := g.backend(cmd.Context())
 			if err != nil {
-				return err
+				return interruptedBefore(cmd.Context(), err, "before the call was sent: nothing was done")
 			}
 			defer b.Close()
 			iface, err := loadInterface(cmd.Context(), b, id, didFile, typ != "raw" || output != "raw")
 			if err != nil {
-				return err
+				return interruptedBefore(cmd.Context(), err, "before the call was sent: nothing was done")
 			}
-			argBytes, err := encodeArg(typ, text, iface.argTypes(method))
-			if err != nil {
-				return err
+			if typ != "raw" {
+				if argBytes, err = encodeArg(typ, text, iface.argTypes(method), "the argument of "+method); err != nil {
+					return err
+				}
 			}
 			stop := progress(g.stderr, fmt.Sprintf("waiting for the reply of %s…", method))
 			resp, err := b.Call(cmd.Context(), api.CallRequest{ID: id, Method: method, Arg: argBytes, Caller: caller, Query: query})
 			stop()
+			if err != nil && cmd.Context().Err() != nil {
+				if query {
+					return interruptedError{fmt.Sprintf("while waiting for the reply of query %s: a query changes nothing", method)}
+				}
+				fate := "the server goes on with the call, which may still complete"
+				if _, local := b.(*localBackend); local {
+					fate = "the call was left to finish before the store closed, its reply not shown"
+				}
+				return interruptedError{fmt.Sprintf("while waiting for the reply of %s: %s; check its effects with `cordon status %s` or `cordon logs %s`",
+					method, fate, id, id)}
+			}
 			if err != nil {
 				return err
 			}
@@ -189,10 +338,28 @@ func newStatusCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [ID]",
 		Short: "Show one canister's status, or list all canisters",
+		Long: `Without ID, list every canister: id, status, module hash, heap and stable
+memory, cycles.
+
+With ID, show that canister: status, module, cycles (balance, burned,
+minted, idle burn per day), memory by kind, its settings (controllers,
+freezing threshold, compute and memory allocation, Wasm memory limit and
+threshold, reserved cycles limit, log visibility, environment variables),
+the isolation mode it runs in and whether it is its own override
+(install --canister-isolation), its methods, counters and state hash.
+--output json prints the same fields.`,
 		Example: `  cordon status
   cordon status rwlgt-iiaaa-aaaaa-aaaaa-cai --output json`,
 		Args: rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				if err := checkID("canister id", args[0]); err != nil {
+					return err
+				}
+			}
 			b, err := g.backend(cmd.Context())
 			if err != nil {
 				return err
@@ -224,37 +391,61 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if output == "json" {
 				return writeJSON(g.stdout, s)
 			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			width := "32-bit"
-			if s.Memory64 {
-				width = "64-bit"
-			}
-			rows := [][2]string{
-				{"id", s.ID}, {"status", s.Status}, {"controllers", strings.Join(s.Controllers, ", ")},
-				{"cycles", s.Balance.String()}, {"module hash", orDash(s.ModuleHash)}, {"memory", width},
-				{"version", fmt.Sprint(s.Version)}, {"heap bytes", fmt.Sprint(s.HeapBytes)},
-				{"stable bytes", fmt.Sprint(s.StableBytes)}, {"memory size", fmt.Sprint(s.MemorySize)},
-				{"memory allocation", orNone(s.MemoryAllocation)}, {"wasm memory limit", orNone(s.WasmMemoryLimit)},
-				{"wasm memory threshold", fmt.Sprint(s.WasmMemoryThreshold)}, {"log visibility", logVisibility(s)},
-				{"idle cycles/day", s.IdleCyclesBurnedPerDay.String()}, {"certified data", orDash(s.CertifiedData)},
-				{"global timer", fmt.Sprint(s.GlobalTimer)}, {"update methods", strings.Join(s.Updates, " ")},
-				{"query methods", strings.Join(s.Queries, " ")}, {"messages", fmt.Sprint(s.Messages)},
-				{"instructions", fmt.Sprint(s.Instructions)}, {"cycles burned", s.CyclesBurned.String()},
-				{"state hash", s.StateHash}, {"log visibility", s.LogVisibility},
-				{"query stats", fmt.Sprintf("%d calls, %d instructions, %d bytes in, %d bytes out", s.QueryStats.Calls,
-					s.QueryStats.Instructions, s.QueryStats.RequestBytes, s.QueryStats.ResponseBytes)},
-			}
-			for _, v := range s.EnvVars {
-				rows = append(rows, [2]string{"env", v.Name + "=" + v.Value})
-			}
-			for _, r := range rows {
-				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
-			}
-			return tw.Flush()
+			return printStatus(g.stdout, s)
 		},
 	}
 	cmd.Flags().StringVar(&output, "output", "text", "text or json")
 	return cmd
+}
+
+// printStatus prints one canister's status as text: every field of the
+// JSON form but the Candid service, each setting once.
+func printStatus(w io.Writer, s *host.Status) error {
+	width := "32-bit"
+	if s.Memory64 {
+		width = "64-bit"
+	}
+	isolation := s.Isolation + " (the node's mode)"
+	switch {
+	case s.IsolationOverride == "":
+	case s.IsolationOverride == s.Isolation:
+		isolation = s.Isolation + " (this canister's override: install --canister-isolation)"
+	default:
+		isolation = fmt.Sprintf("%s (its override %s is not honoured by this node)", s.Isolation, s.IsolationOverride)
+	}
+	rows := [][2]string{
+		{"id", s.ID}, {"status", s.Status}, {"module hash", orDash(s.ModuleHash)}, {"memory", width},
+		{"version", fmt.Sprint(s.Version)}, {"isolation", isolation},
+		{"cycles", s.Balance.String()}, {"cycles burned", s.CyclesBurned.String()}, {"cycles minted", s.CyclesMinted.String()},
+		{"idle cycles/day", s.IdleCyclesBurnedPerDay.String()},
+		{"memory size", fmt.Sprint(s.MemorySize)}, {"heap bytes", fmt.Sprint(s.HeapBytes)},
+		{"stable bytes", fmt.Sprint(s.StableBytes)}, {"module bytes", fmt.Sprint(s.ModuleBytes)},
+		{"globals", fmt.Sprintf("%d (%d bytes)", s.Globals, s.GlobalBytes)}, {"chunk store bytes", fmt.Sprint(s.WasmChunkStoreBytes)},
+		// The settings (update_settings), each once.
+		{"controllers", strings.Join(s.Controllers, ", ")},
+		{"freezing threshold", fmt.Sprintf("%d s", s.FreezingThreshold)},
+		{"compute allocation", fmt.Sprintf("%d %%", s.ComputeAllocation)},
+		{"memory allocation", orNone(s.MemoryAllocation)}, {"wasm memory limit", orNone(s.WasmMemoryLimit)},
+		{"wasm memory threshold", fmt.Sprint(s.WasmMemoryThreshold)},
+		{"reserved cycles limit", s.ReservedCyclesLimit.String()},
+		{"log visibility", logVisibility(s)},
+		{"certified data", orDash(s.CertifiedData)}, {"global timer", fmt.Sprint(s.GlobalTimer)},
+		{"update methods", strings.Join(s.Updates, " ")}, {"query methods", strings.Join(s.Queries, " ")},
+		{"composite query methods", strings.Join(s.Composite, " ")},
+		{"messages", fmt.Sprint(s.Messages)}, {"instructions", fmt.Sprint(s.Instructions)},
+		{"query stats", fmt.Sprintf("%d calls, %d instructions, %d bytes in, %d bytes out", s.QueryStats.Calls,
+			s.QueryStats.Instructions, s.QueryStats.RequestBytes, s.QueryStats.ResponseBytes)},
+		{"state hash", s.StateHash},
+	}
+	for _, v := range s.EnvVars {
+		rows = append(rows, [2]string{"env", v.Name + "=" + v.Value})
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, r := range rows {
+		// Method names and environment variables are the canister's.
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], printable(r[1]))
+	}
+	return tw.Flush()
 }
 
 // logVisibility shows who may fetch the canister's logs.
@@ -301,8 +492,11 @@ starting or stopping. --since N starts at sequence number N.`,
 		Args:              exactArgs(1),
 		ValidArgsFunction: completeIDs(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "text" && output != "json" {
-				return usageError{fmt.Errorf("--output %q: want text or json", output)}
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
+			if err := checkID("canister id", args[0]); err != nil {
+				return err
 			}
 			print := func(l store.LogEntry) error {
 				if output == "json" {
@@ -369,12 +563,9 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		Example: `  cordon delete rwlgt-iiaaa-aaaaa-aaaaa-cai`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := g.backend(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			return b.Delete(cmd.Context(), args[0], caller)
+			return g.change(cmd.Context(), "delete", args[0], caller, func(b api.Backend) error {
+				return b.Delete(cmd.Context(), args[0], caller)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&caller, "caller", "", "principal making the call (default: anonymous); must be a controller")
@@ -390,16 +581,34 @@ func newStartStopCmd(g *globals, verb string) *cobra.Command {
 		Example: fmt.Sprintf("  cordon %s rwlgt-iiaaa-aaaaa-aaaaa-cai", verb),
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := g.backend(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			return b.SetStatus(cmd.Context(), args[0], caller, status)
+			return g.change(cmd.Context(), verb, args[0], caller, func(b api.Backend) error {
+				return b.SetStatus(cmd.Context(), args[0], caller, status)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&caller, "caller", "", "principal making the call (default: anonymous); must be a controller")
 	return cmd
+}
+
+// change runs a command that changes canister id (delete, start, stop)
+// through a backend, and says what an interrupt means for it.
+func (g *globals) change(ctx context.Context, verb, id, caller string, do func(api.Backend) error) error {
+	if err := checkID("canister id", id); err != nil {
+		return err
+	}
+	if err := checkCaller(caller); err != nil {
+		return err
+	}
+	b, err := g.backend(ctx)
+	if err != nil {
+		return interruptedBefore(ctx, err, "before the "+verb+" was sent: nothing was done")
+	}
+	defer b.Close()
+	err = do(b)
+	if err != nil && ctx.Err() != nil {
+		return interruptedError{fmt.Sprintf("during the %s of %s: it may still complete (or have completed); check with `cordon status %s`", verb, id, id)}
+	}
+	return err
 }
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -410,7 +619,8 @@ func newServeCmd(g *globals) *cobra.Command {
 and serves the JSON/HTTP API (described by api/openapi.json, also served at
 /api/v1/openapi.json), Prometheus metrics on /metrics, and /healthz and
 /readyz probes. While it runs, the other cordon commands on the same --home
-talk to it.
+talk to it. A home has one server: on a home already served, serve fails at
+once, naming the running server's pid and address.
 
 Security: every request but the probes needs 'Authorization: Bearer TOKEN';
 the token is generated on the first start, stored in <home>/token (mode
@@ -430,7 +640,7 @@ durable either way.`,
 		Example: `  cordon serve
   cordon serve --listen 127.0.0.1:4943 --log-level debug --log-format json
   cordon serve --listen 0.0.0.0:4943 --tls-cert cert.pem --tls-key key.pem
-  curl -s http://127.0.0.1:4943/metrics | grep cordon_messages_total`,
+  curl -s -H "Authorization: Bearer $(cat ~/.local/share/cordon/token)" http://127.0.0.1:4943/metrics | grep cordon_messages_total`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.serving = true
@@ -454,8 +664,23 @@ durable either way.`,
 			hc.ReservedDescriptors = cfg.MaxConns + 16
 			// A command that holds the store (a restart's stragglers)
 			// is waited for, as commands wait for a starting server.
+			// A home has one server: a second one fails at once instead
+			// of waiting for the store, and so does one that finds a
+			// server started while it waited.
+			running := func() error {
+				if pid, addr, ok := liveServer(cmd.Context(), cfg.Home); ok {
+					return fmt.Errorf("a cordon serve is already running on %s (pid %d, listening on %s); stop it first", cfg.Home, pid, addr)
+				}
+				return nil
+			}
+			if err := running(); err != nil {
+				return err
+			}
 			var node *host.Node
-			err = g.waitForStore(cmd.Context(), func() (bool, error) {
+			err = g.waitForStore(cmd.Context(), cfg.Home, false, func() (bool, error) {
+				if err := running(); err != nil {
+					return false, err
+				}
 				node, err = host.Open(hc, logger)
 				return node != nil, err
 			})
@@ -503,7 +728,8 @@ durable either way.`,
 	g.bind(f, "server.tls_cert")
 	g.bind(f, "server.tls_key")
 	g.bind(f, "server.require_token")
-	g.bind(f, "sandbox.strict")
+	// serve is strict unless told otherwise (RunE): its flag says so.
+	g.bindDefault(f, "sandbox.strict", "true")
 	g.bind(f, "sandbox.allow_missing")
 	return cmd
 }

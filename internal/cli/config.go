@@ -36,8 +36,8 @@ The home itself is --home, else $CORDON_HOME, else ~/.local/share/cordon.`,
   cordon config show --output json
   cordon config show --plain > ~/.local/share/cordon/config.toml
   CORDON_LIMITS_UPDATE_INSTRUCTIONS=1_000_000 cordon config show`,
-		Args: exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		Args: groupArgs,
+		RunE: groupRun,
 	}
 	cmd.AddCommand(newConfigShowCmd(g))
 	return cmd

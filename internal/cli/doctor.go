@@ -37,11 +37,18 @@ sandboxes).`,
 		Example: `  cordon doctor
   cordon doctor --strict --insecure-allow-missing cgroup
   cordon doctor --output json`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			allowed, err := sandbox.ParseLayers(allowMissing)
 			if err != nil {
 				return usageError{err}
+			}
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
+			cfg, cfgErr := g.config()
+			if cfgErr == nil {
+				g.logger(cfg) // the probes' warnings in the configured format
 			}
 			r := sandbox.Doctor()
 			// Not a confinement layer (strict mode does not need it): how
@@ -53,8 +60,8 @@ sandboxes).`,
 			// What sandboxes execute (sandbox.binary, else the default).
 			var exe sandbox.Executable
 			var exeErr error
-			if cfg, err := g.config(); err != nil {
-				exeErr = err
+			if cfgErr != nil {
+				exeErr = cfgErr
 			} else if cfg.Host.Sandbox.Binary != "" {
 				exe, exeErr = sandbox.CheckExecutable(cfg.Host.Sandbox.Binary)
 			} else {

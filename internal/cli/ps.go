@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/metrics"
 )
 
@@ -89,7 +88,7 @@ func listSandboxes(ctx context.Context, g *globals) ([]psRow, string, error) {
 	}
 	defer b.Close()
 	note := ""
-	if _, local := b.(*api.Local); local {
+	if _, local := b.(*localBackend); local {
 		note = "no 'cordon serve' is running on this home: sandboxes live only while a node runs"
 	}
 	src, ok := b.(sandboxSource)

@@ -115,8 +115,15 @@ func TestCommandStoreWaitBounded(t *testing.T) {
 	done := make(chan int, 1)
 	go func() { done <- Run(ctx, []string{"--home", home, "status"}, strings.NewReader(""), io.Discard, &errb) }()
 	waitUntil(t, "the command to wait", func() bool { return strings.Contains(errb.String(), "held by another process") })
+	// It names the holder it found (this test process: serve runs in it)
+	// instead of guessing.
+	if msg := errb.String(); !strings.Contains(msg, fmt.Sprintf("pid %d", os.Getpid())) || strings.Contains(msg, "starting?") {
+		t.Errorf("lock wait message: %s", msg)
+	}
 	cancel()
-	if code := <-done; code != ExitError || !strings.Contains(errb.String(), "context canceled") {
+	// An interrupt: 130 and what it means, not Go's "context canceled".
+	if code := <-done; code != ExitInterrupted || !strings.Contains(errb.String(), "interrupted while waiting for the store") ||
+		!strings.Contains(errb.String(), "nothing was done") || strings.Contains(errb.String(), "context canceled") {
 		t.Fatalf("cancelled wait: exit %d: %s", code, errb.String())
 	}
 }

@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,14 +35,18 @@ const (
 	ExitError    = 1 // operational error: bad input, I/O, store
 	ExitUsage    = 2 // wrong flags or arguments
 	ExitRejected = 3 // the call was rejected (reject code and message on stderr)
-	// A second SIGINT or SIGTERM during a graceful shutdown forces the
-	// exit with 128 + the signal's number: 130 (SIGINT) or 143 (SIGTERM).
-	ExitForcedBase = 128
+	// A command interrupted by SIGINT or SIGTERM exits with 128 + the
+	// signal's number: 130 (SIGINT) or 143 (SIGTERM), as does a second
+	// signal during serve's graceful shutdown.
+	ExitForcedBase  = 128
+	ExitInterrupted = ExitForcedBase + int(syscall.SIGINT)
 )
 
 const exitCodesHelp = `Exit codes: 0 success; 1 error; 2 usage error; 3 the call was rejected (the
-reject code and message are printed on stderr); 130 or 143: a second
-SIGINT or SIGTERM forced the exit during a graceful shutdown.`
+reject code and message are printed on stderr); 130 or 143: interrupted by
+SIGINT or SIGTERM (what that means for the operation is printed on stderr),
+or a second signal forced the exit during serve's graceful shutdown. serve
+and logs -f stop on the first signal and exit 0.`
 
 type globals struct {
 	home       string
@@ -60,6 +66,34 @@ type boundFlag struct {
 }
 
 type usageError struct{ error }
+
+// interruptedError is a command stopped by the first SIGINT or SIGTERM:
+// what says what that means for the operation under way.
+type interruptedError struct{ what string }
+
+func (e interruptedError) Error() string {
+	if e.what == "" {
+		return "interrupted"
+	}
+	return "interrupted " + e.what
+}
+
+// signalCause is the cause of the context notifyContext cancels.
+type signalCause struct{ sig os.Signal }
+
+func (c signalCause) Error() string { return "received " + c.sig.String() }
+
+// interruptExit is the exit code of a command interrupted through ctx:
+// 128 + the signal's number, or 130 when ctx was cancelled otherwise.
+func interruptExit(ctx context.Context) int {
+	var sc signalCause
+	if errors.As(context.Cause(ctx), &sc) {
+		if s, ok := sc.sig.(syscall.Signal); ok {
+			return ExitForcedBase + int(s)
+		}
+	}
+	return ExitInterrupted
+}
 
 // exit is os.Exit, replaced in tests.
 var exit = os.Exit
@@ -84,7 +118,15 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return ExitOK
 	}
+	var ie interruptedError
 	var rej *host.Reject
+	if errors.As(err, &ie) || (ctx.Err() != nil && !errors.As(err, &rej)) {
+		// Interrupted: say what that means for the operation (the
+		// command's own words, else the bare fact), never Go's "context
+		// canceled".
+		fmt.Fprintf(stderr, "cordon: %s\n", printable(ie.Error()))
+		return interruptExit(ctx)
+	}
 	if errors.As(err, &rej) {
 		// A reject's message may be a canister's own text.
 		fmt.Fprintf(stderr, "error: call rejected with code %d (%s): %s\n", rej.Code, rej.Code, printable(rej.Message))
@@ -101,7 +143,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // notifyContext is cancelled by the first SIGINT or SIGTERM (a graceful
 // stop); a second one exits at once with 128 + its number.
 func notifyContext(stderr io.Writer) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	done := make(chan struct{})
@@ -109,7 +151,7 @@ func notifyContext(stderr io.Writer) (context.Context, func()) {
 		var first os.Signal
 		select {
 		case first = <-sigs:
-			cancel()
+			cancel(signalCause{first})
 		case <-done:
 			return
 		}
@@ -127,7 +169,7 @@ func notifyContext(stderr io.Writer) (context.Context, func()) {
 	return ctx, func() {
 		signal.Stop(sigs)
 		close(done)
-		cancel()
+		cancel(nil)
 	}
 }
 
@@ -156,7 +198,11 @@ came from.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
+	// Runnable so that an unknown command is a usage error on one line
+	// (cobra's own is a plain error, on several).
+	root.Args = groupArgs
+	root.RunE = groupRun
 	root.CompletionOptions.DisableDefaultCmd = true // ours has examples: completion.go
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.home, "home", "", "state directory (default $CORDON_HOME, else ~/.local/share/cordon)")
@@ -191,6 +237,44 @@ came from.
 	return root
 }
 
+// groupArgs accepts anything: groupRun reports an unknown command.
+func groupArgs(*cobra.Command, []string) error { return nil }
+
+// groupRun runs a command that only groups others: alone it prints its
+// help; with an argument, that is an unknown command (a usage error).
+func groupRun(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+	}
+	return usageError{fmt.Errorf("%s; see '%s --help'", msg, cmd.CommandPath())}
+}
+
+// flagError turns a flag parsing error into a usage error that says what
+// was given and what is expected, without strconv's wording.
+func flagError(_ *cobra.Command, err error) error {
+	var iv *pflag.InvalidValueError
+	if errors.As(err, &iv) {
+		f := iv.GetFlag()
+		want := map[string]string{
+			"uint64": "a whole number, 0 or more", "uint": "a whole number, 0 or more", "uint32": "a whole number, 0 or more",
+			"int": "a whole number", "int64": "a whole number", "bool": "true or false", "duration": "a duration like 30s or 5m",
+			"intSlice": "whole numbers separated by commas",
+		}[f.Value.Type()]
+		if want == "" {
+			want = "a " + f.Value.Type()
+		}
+		return usageError{fmt.Errorf("--%s %q: want %s", f.Name, iv.GetValue(), want)}
+	}
+	return usageError{err}
+}
+
 // bind adds the flag of configuration key to fs; when given, it takes
 // precedence over the environment and the file.
 func (g *globals) bind(fs *pflag.FlagSet, key string) {
@@ -198,7 +282,17 @@ func (g *globals) bind(fs *pflag.FlagSet, key string) {
 	if !ok || s.Flag == "" {
 		panic("cli: no flag for configuration key " + key)
 	}
-	def := s.Get(config.Default())
+	g.bindDefault(fs, key, s.Get(config.Default()))
+}
+
+// bindDefault is bind for a command whose default differs from the
+// setting's (serve's --strict): def is what its help shows; the command
+// applies it when nothing else set the key.
+func (g *globals) bindDefault(fs *pflag.FlagSet, key, def string) {
+	s, ok := config.Lookup(key)
+	if !ok || s.Flag == "" {
+		panic("cli: no flag for configuration key " + key)
+	}
 	help := s.Help + " (" + key + ", $" + s.Env() + ")"
 	if def == "false" || def == "true" {
 		fs.Bool(s.Flag, def == "true", help)
@@ -224,14 +318,29 @@ func (g *globals) config() (*config.Config, error) {
 		}
 	}
 	cfg, err := config.Load(in)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		// A file that cannot be read (permissions, I/O) is no mistake in
+		// the command line.
+		return nil, err
+	}
 	if err != nil {
 		return nil, usageError{err}
 	}
 	return cfg, nil
 }
 
-// logger builds the process's logger from the configuration.
+// logger builds the process's logger from the configuration and makes it
+// slog's default, so that what packages without a logger of their own
+// report (the sandbox executable's checks, the spawner) comes out in the
+// same format and level, not in package log's.
 func (g *globals) logger(cfg *config.Config) *slog.Logger {
+	l := g.newLogger(cfg)
+	slog.SetDefault(l)
+	return l
+}
+
+func (g *globals) newLogger(cfg *config.Config) *slog.Logger {
 	level := cfg.LogLevel
 	if g.serving && cfg.Source("log.level") == config.FromDefault {
 		level = "info"
@@ -264,7 +373,7 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 	}
 	var client *api.Client
 	var node *host.Node
-	err = g.waitForStore(ctx, func() (done bool, err error) {
+	err = g.waitForStore(ctx, cfg.Home, true, func() (done bool, err error) {
 		if client, err = api.Dial(ctx, cfg.Home); client != nil || err != nil {
 			return client != nil, err
 		}
@@ -282,7 +391,37 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 	if client != nil {
 		return client, nil
 	}
-	return &api.Local{Node: node}, nil
+	return &localBackend{Local: &api.Local{Node: node}, ctx: ctx, stderr: g.stderr}, nil
+}
+
+// closeNotice is how long closing an interrupted command's node may take
+// before the command says what it waits for.
+const closeNotice = 300 * time.Millisecond
+
+// localBackend is a node opened by this command. Closing it waits for the
+// messages it runs to finish (host.Node.Close): after an interrupt, which
+// the message in flight does not stop, the command says so.
+type localBackend struct {
+	*api.Local
+	ctx    context.Context
+	stderr io.Writer
+}
+
+func (l *localBackend) Close() error {
+	if l.ctx.Err() == nil {
+		return l.Local.Close()
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Local.Close() }()
+	t := time.NewTimer(closeNotice)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		fmt.Fprintln(l.stderr, "cordon: interrupted: letting the message already executing finish before the store is closed (interrupt again to exit at once)")
+	}
+	return <-done
 }
 
 // openStoreHook, set by tests, runs once serve holds the store and before
@@ -291,10 +430,12 @@ var openStoreHook func()
 
 // waitForStore calls try until it reports done or fails with anything but
 // a locked store; each try waits up to 2 s for the lock itself (host.Open).
-func (g *globals) waitForStore(ctx context.Context, try func() (bool, error)) error {
+// forServer: a command that may reach a server once it listens (not serve).
+func (g *globals) waitForStore(ctx context.Context, home string, forServer bool, try func() (bool, error)) error {
 	wctx, cancel := context.WithTimeout(ctx, storeWait)
 	defer cancel()
 	told := false
+	holder := ""
 	for {
 		done, err := try()
 		if done && err == nil {
@@ -305,16 +446,26 @@ func (g *globals) waitForStore(ctx context.Context, try func() (bool, error)) er
 		}
 		if !told {
 			told = true
-			fmt.Fprintf(g.stderr, "cordon: the store is held by another process (a `cordon serve` starting?); waiting up to %s\n", storeWait)
+			holder = "another process"
+			why := "for it to release the store"
+			if pid := lockHolder(storeFile(home)); pid > 0 {
+				holder = "another process (" + describePID(pid) + ")"
+				if forServer && isServe(processCommand(pid)) {
+					why = "for that `cordon serve` to start listening"
+				}
+			} else if forServer {
+				why = "for it to release the store, or to answer if it is a `cordon serve` starting"
+			}
+			fmt.Fprintf(g.stderr, "cordon: the store is held by %s; waiting up to %s %s\n", holder, storeWait, why)
 		}
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
 		case <-wctx.Done():
 			t.Stop()
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return interruptedError{"while waiting for the store, held by " + holder + ": nothing was done"}
 			}
-			return fmt.Errorf("%w; gave up after %s", err, storeWait)
+			return fmt.Errorf("%w: held by %s; gave up after %s", err, holder, storeWait)
 		case <-t.C:
 		}
 	}

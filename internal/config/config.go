@@ -110,11 +110,11 @@ var Settings = []*Setting{
 	str("log.format", "log-format", "log format: text or json",
 		func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
 
-	str("server.listen", "listen", "address `cordon serve` listens on (host:port); not loopback: a token is required",
+	str("server.listen", "listen", "`HOST:PORT` that cordon serve listens on; an address other than loopback always requires the token",
 		func(c *Config) *string { return &c.Listen }, nil),
-	str("server.tls_cert", "tls-cert", "TLS certificate file (PEM) for `cordon serve`; with server.tls_key",
+	str("server.tls_cert", "tls-cert", "TLS certificate `FILE` (PEM) for cordon serve; with server.tls_key",
 		func(c *Config) *string { return &c.TLSCert }, nil),
-	str("server.tls_key", "tls-key", "TLS private key file (PEM) for `cordon serve`",
+	str("server.tls_key", "tls-key", "TLS private key `FILE` (PEM) for cordon serve; with server.tls_cert",
 		func(c *Config) *string { return &c.TLSKey }, nil),
 	boolean("server.require_token", "require-token", "require the bearer token (<home>/token); false: INSECURE, a loopback listener takes requests without it (any other address always requires it)",
 		func(c *Config) *bool { return &c.RequireToken }),
@@ -201,7 +201,7 @@ var Settings = []*Setting{
 	integer("limits.ingress_queue", "", "ingress messages that may wait in one canister's queue; beyond it they are refused at once with SYS_TRANSIENT (0: no bound)",
 		func(c *Config) *int { return &c.Host.Messages.IngressQueue }, 0),
 
-	boolean("sandbox.strict", "strict", "refuse to run sandboxes when a confinement layer is missing (see `cordon doctor`)",
+	boolean("sandbox.strict", "strict", "refuse to run sandboxes when a confinement layer is missing (see 'cordon doctor'); serve is strict unless set to false",
 		func(c *Config) *bool { return &c.Host.Sandbox.Strict }),
 	{Key: "sandbox.allow_missing", Flag: "insecure-allow-missing", quoted: true,
 		Help: "INSECURE: comma-separated confinement layers strict mode may do without",

@@ -737,6 +737,13 @@ type Status struct {
 	LogViewers          []string         `json:"log_viewers,omitempty"`
 	EnvVars             []store.EnvVar   `json:"environment_variables"`
 	QueryStats          store.QueryStats `json:"query_stats"`
+	ReservedCyclesLimit cycles.Amount    `json:"reserved_cycles_limit"`
+	// Isolation is the mode the canister executes in on this node;
+	// IsolationOverride the mode install --canister-isolation recorded
+	// for it ("": it follows the node's), which a strict node does not
+	// honour for inprocess.
+	Isolation         string `json:"isolation"`
+	IsolationOverride string `json:"isolation_override,omitempty"`
 }
 
 // Status reports a canister's state, including its deterministic state hash.
@@ -764,8 +771,10 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 		WasmChunkStoreBytes: chunkStoreBytes(c.meta),
 		WasmMemoryThreshold: c.meta.Settings.WasmMemoryThreshold,
 		LogVisibility:       c.meta.Settings.LogVisibility, LogViewers: c.meta.Settings.LogViewers,
-		EnvVars:    append([]store.EnvVar{}, c.meta.Settings.EnvVars...),
-		QueryStats: c.qstats.pending(c.meta.QueryStats),
+		EnvVars:             append([]store.EnvVar{}, c.meta.Settings.EnvVars...),
+		QueryStats:          c.qstats.pending(c.meta.QueryStats),
+		ReservedCyclesLimit: c.meta.Settings.ReservedCycles,
+		Isolation:           n.isolationOf(c.meta.Settings.Isolation), IsolationOverride: c.meta.Settings.Isolation,
 	}
 	if s.LogVisibility == "" {
 		s.LogVisibility = "controllers"

@@ -244,8 +244,10 @@ func (n *Node) outOfCycles(c *canister, what string, cost cycles.Amount) error {
 	if c.meta.Balance.Cmp(need) >= 0 {
 		return nil
 	}
-	return rejectf(SysTransient, "Canister %s is out of cycles: %s needs up to %s cycles and its freezing limit is %s, the balance is %s; please top up the canister with at least %s additional cycles",
+	r := rejectf(SysTransient, "Canister %s is out of cycles: %s needs up to %s cycles and its freezing limit is %s, the balance is %s; please top up the canister with at least %s additional cycles",
 		c.id, what, cost, limit, c.meta.Balance, need.SaturatingSub(c.meta.Balance))
+	r.need = need
+	return r
 }
 
 // returnAfterApply is the size of applied deltas from which their pages are

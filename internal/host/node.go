@@ -469,6 +469,15 @@ func (n *Node) executorFor(mode string) (exec.Executor, error) {
 	return n.alt, nil
 }
 
+// isolationOf is the mode a canister whose recorded override is mode runs
+// in: the node's unless the override is honoured (executorFor).
+func (n *Node) isolationOf(mode string) string {
+	if mode == "" || (mode != "sandbox" && mode != "inprocess") || n.CheckIsolation(mode) != nil {
+		return n.cfg.Isolation
+	}
+	return mode
+}
+
 // execOf returns the executor a canister runs in.
 func (n *Node) execOf(c *canister) exec.Executor {
 	x, err := n.executorFor(c.meta.Settings.Isolation)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/exec"
 )
 
@@ -42,6 +43,15 @@ func (c RejectCode) String() string {
 type Reject struct {
 	Code    RejectCode
 	Message string
+	// need is, for an execution refused for want of cycles (outOfCycles),
+	// the balance that would have let it run; zero otherwise.
+	need cycles.Amount
+}
+
+// CyclesNeeded is, for a reject of an execution its canister's balance
+// could not pay for, the balance that would have let it run.
+func (r *Reject) CyclesNeeded() (cycles.Amount, bool) {
+	return r.need, !r.need.IsZero()
 }
 
 func (r *Reject) Error() string { return fmt.Sprintf("reject %d (%s): %s", r.Code, r.Code, r.Message) }

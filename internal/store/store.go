@@ -162,7 +162,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, boltOptions(timeout))
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: %w (is `cordon serve` running?)", path, ErrLocked)
+			return nil, fmt.Errorf("open store %s: %w", path, ErrLocked)
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}

@@ -84,13 +84,6 @@ func (e *SyntaxError) Error() string {
 // Unwrap returns the underlying error.
 func (e *SyntaxError) Unwrap() error { return e.Err }
 
-// wrapErr returns err as a SyntaxError at pos in src.
-func wrapErr(src string, pos int, err error) *SyntaxError {
-	se := syntaxErr(src, pos, "%v", err)
-	se.Err = err
-	return se
-}
-
 func syntaxErr(src string, pos int, format string, args ...any) *SyntaxError {
 	pos = min(max(pos, 0), len(src))
 	line := 1 + strings.Count(src[:pos], "\n")
@@ -99,6 +92,28 @@ func syntaxErr(src string, pos int, format string, args ...any) *SyntaxError {
 		col = pos - i
 	}
 	return &SyntaxError{Line: line, Col: col, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ValueError is Candid text that parses but whose value does not fit the
+// type it is read at (a negative nat, a text where a nat is expected), or
+// exceeds a limit, with its position.
+type ValueError struct {
+	Line, Col int // 1-based; Col counts bytes
+	Msg       string
+	Err       error // the underlying error, if any
+}
+
+func (e *ValueError) Error() string {
+	return fmt.Sprintf("at %d:%d: %s", e.Line, e.Col, e.Msg)
+}
+
+// Unwrap returns the underlying error.
+func (e *ValueError) Unwrap() error { return e.Err }
+
+// valueErr is a ValueError at pos in src.
+func valueErr(src string, pos int, err error, format string, args ...any) *ValueError {
+	se := syntaxErr(src, pos, format, args...)
+	return &ValueError{Line: se.Line, Col: se.Col, Msg: se.Msg, Err: err}
 }
 
 func (l *lexer) errorf(pos int, format string, args ...any) error {

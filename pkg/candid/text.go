@@ -33,7 +33,7 @@ func ParseArgs(text string) (Args, error) {
 	for i, e := range exprs {
 		v, t, err := c.infer(e, 0)
 		if err != nil {
-			return Args{}, err
+			return Args{}, fmt.Errorf("candid: argument %d: %w", i, err)
 		}
 		a.Types[i], a.Values[i] = t, v
 	}
@@ -98,12 +98,18 @@ func newTextConverter(src string) *textConverter {
 	}
 }
 
+// A converter's errors are about values, not syntax: the text parsed.
 func (c *textConverter) wrap(pos int, err error) error {
-	return wrapErr(c.src, pos, err)
+	var ve *ValueError
+	var se *SyntaxError
+	if errors.As(err, &ve) || errors.As(err, &se) {
+		return err // positioned already (an annotation's type)
+	}
+	return valueErr(c.src, pos, err, "%v", err)
 }
 
 func (c *textConverter) errorf(pos int, format string, args ...any) error {
-	return syntaxErr(c.src, pos, format, args...)
+	return valueErr(c.src, pos, nil, format, args...)
 }
 
 // annotation resolves the type of an annotated value.
@@ -173,6 +179,16 @@ func (c *textConverter) convert(e *valueExpr, t *Type, depth int) (Value, error)
 		}
 		co := coercer{state: c.st}
 		w, err := co.coerce(v, at, t, 0)
+		var le *limitError
+		if err != nil && !errors.As(err, &le) {
+			// Say it in the text's terms: binary decoding's "cannot read
+			// int as nat" is this value's annotation against its type.
+			msg := fmt.Sprintf("type mismatch: a value of type %s cannot be of type %s", at.brief(), t.brief())
+			if err.Error() != typeMismatch(at, t).Error() {
+				msg += " (" + err.Error() + ")"
+			}
+			return nil, valueErr(c.src, e.pos, err, "%s", msg)
+		}
 		if err != nil {
 			return nil, c.wrap(e.pos, err)
 		}
