@@ -109,9 +109,9 @@ func TestArtifactsOfSharedModule(t *testing.T) {
 	}
 }
 
-// An install that fails after its module was compiled leaves no artifact
-// of it (canister_init traps; the canister cannot pay for the install),
-// unless another canister runs that module.
+// An install that fails after its module was compiled (canister_init
+// traps) leaves no artifact of it, unless another canister runs that
+// module; one the canister cannot pay for compiles nothing.
 func TestFailedInstallLeavesNoArtifact(t *testing.T) {
 	f := sandboxFixture(t)
 	ctx := context.Background()
@@ -134,7 +134,8 @@ func TestFailedInstallLeavesNoArtifact(t *testing.T) {
 		t.Fatal("a trapped install left its artifact")
 	}
 
-	// Refused after compiling: the canister cannot pay.
+	// Refused before compiling: the canister cannot pay for the install
+	// (install_code checks the balance before it touches the module).
 	none := cycles.Amount{}
 	poor, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}, Cycles: &none, Minted: true})
 	if err != nil {
@@ -146,22 +147,35 @@ func TestFailedInstallLeavesNoArtifact(t *testing.T) {
 		!strings.Contains(err.Error(), "out of cycles") {
 		t.Fatalf("install into a canister without cycles: %v", err)
 	}
-	if f.node.exec.(*exec.Sandboxed).Stats().Compiles == before {
-		t.Fatal("the module was not compiled: the test proves nothing")
+	if got := f.node.exec.(*exec.Sandboxed).Stats().Compiles; got != before {
+		t.Fatalf("a canister that cannot pay had its module compiled (%d compilations)", got-before)
 	}
 	if f.hasArtifact(m) {
-		t.Fatal("a refused install left its artifact")
+		t.Fatal("a refused install left an artifact")
 	}
 
-	// The same refusal of a module another canister runs keeps its artifact.
-	other := f.install(m, noArgs)
-	if _, err := f.node.Install(ctx, poor, InstallOptions{Mode: ModeInstall, Wasm: m, Arg: noArgs, Caller: user}); err == nil {
-		t.Fatal("install into a canister without cycles succeeded")
+	// A trapped install of a module another canister runs keeps its
+	// artifact: canister_init traps only when given an argument.
+	trapWithArg := mustWat(t, `(module
+	  (import "ic0" "msg_arg_data_size" (func $size (result i32)))
+	  (import "ic0" "trap" (func $trap (param i32 i32)))
+	  (import "ic0" "msg_reply" (func $reply))
+	  (memory 1) (data (i32.const 0) "no init")
+	  (func (export "canister_init") (if (call $size) (then (call $trap (i32.const 0) (i32.const 7)))))
+	  (func (export "canister_query ping") (call $reply)))`)
+	other := f.install(trapWithArg, nil)
+	second, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !f.hasArtifact(m) {
-		t.Fatal("a refused install removed the artifact of a module in use")
+	if _, err := f.node.Install(ctx, second, InstallOptions{Mode: ModeInstall, Wasm: trapWithArg, Arg: []byte("x"), Caller: user}); err == nil ||
+		!strings.Contains(err.Error(), "canister_init trapped") {
+		t.Fatalf("install with an argument: %v", err)
 	}
-	f.query(other, "unpaid", nil)
+	if !f.hasArtifact(trapWithArg) {
+		t.Fatal("a trapped install removed the artifact of a module in use")
+	}
+	f.query(other, "ping", nil)
 	if got := f.artifactModules(); len(got) != 1 {
 		t.Fatalf("artifacts %v, want only the installed module's", got)
 	}
