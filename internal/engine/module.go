@@ -169,6 +169,16 @@ type Module struct {
 	keptOnce sync.Once
 }
 
+// CheckHeader refuses bytes that are not a core Wasm module by their
+// preamble alone, with the error Validate would give (a few bytes read,
+// nothing decoded).
+func CheckHeader(wasm []byte) error {
+	if err := wasmbin.CheckHeader(wasm); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	return nil
+}
+
 // Validate decodes and checks a module without compiling it: only ic0
 // imports with the right signatures, reserved export names used correctly,
 // sizes within limits.

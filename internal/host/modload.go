@@ -175,8 +175,14 @@ func (n *Node) gzipClaim(length uint64, tail []byte) (uint64, error) {
 // claimRaw is the claim of install_code's module: its length, or a gzip'd
 // one's uncompressed size from its trailer (decode holds the stream to
 // it). The argument is in memory already; what is reserved is the module.
+//
+// Bytes that are neither gzip nor a Wasm module are refused here, before
+// the install is charged for preparing them: nothing was prepared.
 func (n *Node) claimRaw(raw []byte) (moduleClaim, error) {
 	if !isGzip(raw) {
+		if err := engine.CheckHeader(raw); err != nil {
+			return moduleClaim{}, err
+		}
 		return moduleClaim{size: uint64(len(raw)), reserve: uint64(len(raw))}, nil
 	}
 	size, err := n.gzipClaim(uint64(len(raw)), raw)

@@ -109,13 +109,14 @@ type decoder struct {
 	dataSegments uint32
 }
 
-func (d *decoder) module() error {
-	b := d.b
-	if len(b) > d.cfg.MaxModuleSize {
-		return &Error{Section: "module", Offset: -1, Err: ErrLimit,
-			Msg: fmt.Sprintf("module size %d exceeds limit %d", len(b), d.cfg.MaxModuleSize)}
-	}
-	r := &reader{b: b, end: len(b), section: "header"}
+// CheckHeader checks a module's 8-byte preamble (magic and version) and
+// returns the error Decode would give for it: what is not a core module at
+// all can be refused before any work is done for it.
+func CheckHeader(b []byte) error {
+	return checkHeader(&reader{b: b, end: len(b), section: "header"}, b)
+}
+
+func checkHeader(r *reader, b []byte) error {
 	n := min(len(b), 4)
 	if !bytes.Equal(b[:n], wasmMagic[:n]) {
 		return r.fail(0, ErrMalformed, "not a WebAssembly binary (bad magic)")
@@ -129,6 +130,19 @@ func (d *decoder) module() error {
 		return r.fail(4, ErrUnsupported, "component-model binary, want a core module")
 	default:
 		return r.fail(4, ErrMalformed, "unsupported binary version % x", v)
+	}
+	return nil
+}
+
+func (d *decoder) module() error {
+	b := d.b
+	if len(b) > d.cfg.MaxModuleSize {
+		return &Error{Section: "module", Offset: -1, Err: ErrLimit,
+			Msg: fmt.Sprintf("module size %d exceeds limit %d", len(b), d.cfg.MaxModuleSize)}
+	}
+	r := &reader{b: b, end: len(b), section: "header"}
+	if err := checkHeader(r, b); err != nil {
+		return err
 	}
 	r.pos = headerSize
 	r.section = "module"
