@@ -626,17 +626,13 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	}
 	meta := c.meta
 	meta.Status = status
-	var wait chan struct{}
+	var wait *pendingStop
 	if status == "stopped" && len(c.contexts) > 0 {
 		meta.Status = "stopping"
-		if c.stopped == nil {
-			c.stopped = make(chan struct{})
+		if c.stopping == nil {
+			c.stopping = &pendingStop{done: make(chan struct{})}
 		}
-		wait = c.stopped
-	}
-	if status == "running" && c.stopped != nil {
-		close(c.stopped) // a start cancels a pending stop
-		c.stopped = nil
+		wait = c.stopping
 	}
 	// A stop that must wait answers later, on its own: this commit
 	// stores it as in progress (a restart completes the stop).
@@ -651,16 +647,34 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	}
 	answered()
 	c.meta = meta
+	if status == "running" && c.stopping != nil {
+		// The stops waiting are rejected (IC interface specification,
+		// start_canister): the canister did not stop.
+		c.stopping.end(rejectf(CanisterError, "Canister %s was started again before it stopped", id))
+		c.stopping = nil
+	}
 	n.unlock(c)
 	if wait == nil {
 		return nil
 	}
 	select {
-	case <-wait:
-		return nil
+	case <-wait.done:
+		return wait.err
 	case <-ctx.Done():
 		return rejectf(SysTransient, "Canister %s is still stopping: %v", id, ctx.Err())
 	}
+}
+
+// pendingStop is what the stop_canister calls waiting for a stopping
+// canister learn when it stops (err nil) or is started again first.
+type pendingStop struct {
+	done chan struct{} // closed when err is set
+	err  error
+}
+
+func (p *pendingStop) end(err error) {
+	p.err = err
+	close(p.done)
 }
 
 // Delete removes a stopped canister and everything it holds.

@@ -81,7 +81,7 @@ type canister struct {
 	callbacks       map[uint64]*callback
 	calls           outCalls // what the callbacks' calls hold (queues.go)
 	nextID          uint64
-	stopped         chan struct{} // closed when a pending stop completes
+	stopping        *pendingStop  // the stop_canister calls waiting for the canister to stop
 	heartbeatQueued bool
 	lowMemoryQueued bool // canister_on_low_wasm_memory waits in the queue (lowmem.go)
 	// timerWork: a goroutine of the timer loop is doing this canister's

@@ -647,9 +647,9 @@ func (n *Node) stopIfIdle(c *canister) {
 		return
 	}
 	c.meta = meta
-	if c.stopped != nil {
-		close(c.stopped)
-		c.stopped = nil
+	if c.stopping != nil {
+		c.stopping.end(nil)
+		c.stopping = nil
 	}
 }
 
