@@ -194,3 +194,47 @@ func TestCreateRefusesNonCanisterIDs(t *testing.T) {
 		t.Fatalf("canisters %v (%v), want only %s", ids, err, id)
 	}
 }
+
+// Of concurrent creations of one specified id only one succeeds: the
+// others were told they created it while each overwrote the last (the
+// existence check and the commit were separate transactions).
+func TestConcurrentCreatesOfOneID(t *testing.T) {
+	f := newFixture(t)
+	id := principal.CanisterID(777)
+	const racers = 8
+	type result struct {
+		ctrl principal.Principal
+		err  error
+	}
+	out := make(chan result, racers)
+	start := make(chan struct{})
+	for i := range racers {
+		ctrl := principal.CanisterID(uint64(1000 + i))
+		go func() {
+			<-start
+			_, err := f.node.Create(context.Background(), CreateOptions{ID: &id, Controllers: []principal.Principal{ctrl}})
+			out <- result{ctrl, err}
+		}()
+	}
+	close(start)
+	var won []string
+	for range racers {
+		if r := <-out; r.err == nil {
+			won = append(won, r.ctrl.String())
+		} else if !strings.Contains(r.err.Error(), "already exists") {
+			t.Errorf("a losing creation: %v", r.err)
+		}
+	}
+	st, err := f.node.Status(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(won) != 1 || len(st.Controllers) != 1 || st.Controllers[0] != won[0] {
+		t.Fatalf("creations told they succeeded: %v; the canister's controllers: %v", won, st.Controllers)
+	}
+	// An allocated id passes over the one taken.
+	next, err := f.node.Create(context.Background(), CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil || next == id {
+		t.Fatalf("allocated %s (%v) beside %s", next, err, id)
+	}
+}

@@ -84,36 +84,57 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 		if _, ok := id.CanisterIndex(); !ok {
 			return id, rejectf(CanisterReject, "%s cannot be a canister id: a canister id is 8 bytes of index followed by 0x01 0x01, as the IC allocates them", id)
 		}
-		if sc, err := n.store.Load(id.Bytes()); err == nil {
-			sc.Release()
+	}
+	var answered func()
+	for {
+		if opts.ID == nil {
+			var err error
+			if id, err = n.freeCanisterID(); err != nil {
+				return id, err
+			}
+		}
+		meta.ID = id.String()
+		meta.Created = n.clock().UTC()
+		var ingress []store.IngressRecord
+		ingress, answered = answerOf(ctx, id)
+		// Create: the commit fails if the id was taken since it was
+		// found free (another creation of a specified id, or of this
+		// one), so of two creations of one id only one succeeds.
+		err := n.store.Commit(store.Change{ID: id.Bytes(), Create: true, Meta: meta, Heap: &store.MemoryChange{Replace: true},
+			Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress})
+		if errors.Is(err, store.ErrExists) {
+			if opts.ID == nil {
+				continue // a specified id took the one allocated: the next
+			}
 			return id, fmt.Errorf("canister %s already exists", id)
 		}
-	} else {
-		for {
-			idx, err := n.store.NextCanisterIndex()
-			if err != nil {
-				return id, fmt.Errorf("allocate canister id: %w", err)
-			}
-			id = principal.CanisterID(idx)
-			sc, err := n.store.Load(id.Bytes())
-			if errors.Is(err, store.ErrNotFound) {
-				break
-			}
-			if err == nil {
-				sc.Release()
-			}
+		if err != nil {
+			return id, fmt.Errorf("create canister %s: %w", id, err)
 		}
-	}
-	meta.ID = id.String()
-	meta.Created = n.clock().UTC()
-	ingress, answered := answerOf(ctx, id)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress}); err != nil {
-		return id, fmt.Errorf("create canister %s: %w", id, err)
+		break
 	}
 	answered()
 	n.log.Info("canister created", "canister", id.String())
 	return id, nil
+}
+
+// freeCanisterID allocates the next canister index whose id no canister
+// holds (one may have been created under a specified id).
+func (n *Node) freeCanisterID() (principal.Principal, error) {
+	for {
+		idx, err := n.store.NextCanisterIndex()
+		if err != nil {
+			return principal.Principal{}, fmt.Errorf("allocate canister id: %w", err)
+		}
+		id := principal.CanisterID(idx)
+		sc, err := n.store.Load(id.Bytes())
+		if errors.Is(err, store.ErrNotFound) {
+			return id, nil
+		}
+		if err == nil {
+			sc.Release()
+		}
+	}
 }
 
 // InstallMode is how install_code treats existing state.

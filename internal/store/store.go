@@ -48,6 +48,10 @@ const formatVersion = "cordon-store-1"
 // ErrNotFound is returned for a canister or module that is not stored.
 var ErrNotFound = errors.New("not found")
 
+// ErrExists is returned by a commit that creates a canister (Change.Create)
+// that is stored already.
+var ErrExists = errors.New("exists already")
+
 // Settings are a canister's settings (management canister update_settings).
 type Settings struct {
 	Controllers       []string      `json:"controllers"`
@@ -281,6 +285,9 @@ type Change struct {
 	SetGlobals bool
 	Module     []byte     // stored under its hash when non-nil
 	Delete     bool       // remove the canister entirely
+	// Create makes the canister: the commit fails with ErrExists if it
+	// exists already (two creations of one id cannot both succeed).
+	Create bool
 	Logs       []LogEntry // debug_print lines to append
 	KeepLogs   int        // log entries kept per canister (oldest dropped; ≤ 0: no bound)
 	// KeepLogBytes bounds the log's LogEntry.Size sum too (≤ 0: no bound):
@@ -335,6 +342,9 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 			return nil
 		}
 		return all.DeleteBucket(c.ID)
+	}
+	if c.Create && all.Bucket(c.ID) != nil {
+		return fmt.Errorf("canister %x: %w", c.ID, ErrExists)
 	}
 	cb, err := all.CreateBucketIfNotExists(c.ID)
 	if err != nil {

@@ -146,3 +146,32 @@ func TestReleaseModules(t *testing.T) {
 		t.Fatalf("after GCModules: a %v, c %v", has(a), has(c))
 	}
 }
+
+// A Change that creates a canister fails if the canister is stored, and
+// changes nothing then.
+func TestCreateOnlyOnce(t *testing.T) {
+	s, err := Open(t.TempDir(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id := []byte("c1")
+	if err := s.Commit(Change{ID: id, Create: true, Meta: Meta{ID: "first"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(Change{ID: id, Create: true, Meta: Meta{ID: "second"}}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second creation: %v", err)
+	}
+	sc, err := s.Load(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Release()
+	if sc.Meta.ID != "first" {
+		t.Fatalf("the canister's metadata: %+v", sc.Meta)
+	}
+	// Without Create a commit changes the existing canister.
+	if err := s.Commit(Change{ID: id, Meta: Meta{ID: "changed"}}); err != nil {
+		t.Fatal(err)
+	}
+}
