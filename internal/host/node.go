@@ -28,6 +28,9 @@ type Node struct {
 
 	mu        sync.Mutex
 	canisters map[principal.Principal]*canister
+	// loadedHook, if set (tests), runs when get has read a canister from
+	// the store, before it joins canisters.
+	loadedHook func(principal.Principal)
 	lastTime  uint64 // ic0.time is strictly increasing across the node
 
 	// alt is the executor of the other isolation mode, created on first use
@@ -276,11 +279,25 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 		}
 		c.moduleBytes = uint64(len(wasm))
 	}
+	if n.loadedHook != nil {
+		n.loadedHook(id)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if existing, ok := n.canisters[id]; ok {
 		sc.Release() // loaded twice at once: the first one stays
 		return existing, nil
+	}
+	// It may have been loaded, deleted and dropped from the map while
+	// this load ran: then what was read is gone, and a commit on it would
+	// make it again. Under n.mu a deletion is either committed (and the
+	// store says so) or its canister is in the map.
+	if held, err := n.store.HasCanister(id.Bytes()); err != nil || !held {
+		sc.Release()
+		if err != nil {
+			return nil, fmt.Errorf("load canister %s: %w", id, err)
+		}
+		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
 	}
 	n.canisters[id] = c
 	// Not yet shared: its deadline is read without its lock.

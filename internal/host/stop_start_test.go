@@ -90,3 +90,42 @@ func TestStartRejectsPendingStop(t *testing.T) {
 		t.Fatalf("after the start: %q", st)
 	}
 }
+
+// A canister deleted while another goroutine was loading it from the store
+// stays deleted: the load used to put what it read into the node's map
+// (not marked deleted), and the next commit on it made the canister again,
+// its module already released.
+func TestLoadRacingDeleteDoesNotResurrect(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.install(module(t, corpusDir, "counter"), noArgs)
+	if err := f.node.SetStatus(ctx, id, user, "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	f.restart() // not loaded
+	var deleted error
+	armed := true
+	f.node.loadedHook = func(p principal.Principal) {
+		if p != id || !armed {
+			return
+		}
+		armed = false
+		deleted = f.node.Delete(ctx, id, user) // loads, deletes, drops it
+	}
+	_, err := f.node.get(ctx, id)
+	f.node.loadedHook = nil
+	if deleted != nil {
+		t.Fatalf("delete: %v", deleted)
+	}
+	var rej *Reject
+	if !errors.As(err, &rej) || rej.Code != DestinationInvalid {
+		t.Fatalf("the load that raced the deletion: %v", err)
+	}
+	// Nothing brings it back.
+	if err := f.node.SetStatus(ctx, id, user, "running"); err == nil {
+		t.Fatal("start_canister of the deleted canister succeeded")
+	}
+	if held, err := f.node.store.HasCanister(id.Bytes()); err != nil || held {
+		t.Fatalf("the deleted canister is stored again (%v)", err)
+	}
+}

@@ -442,6 +442,16 @@ func (s *Store) Module(hashHex string) ([]byte, error) {
 	return out, err
 }
 
+// HasCanister reports whether a canister is stored, without reading it.
+func (s *Store) HasCanister(id []byte) (bool, error) {
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketCanisters).Bucket(id) != nil
+		return nil
+	})
+	return ok, err
+}
+
 // HasModule reports whether a module is stored, by its SHA-256 (hex),
 // without reading it.
 func (s *Store) HasModule(hashHex string) (bool, error) {
