@@ -31,7 +31,7 @@ type Node struct {
 	// loadedHook, if set (tests), runs when get has read a canister from
 	// the store, before it joins canisters.
 	loadedHook func(principal.Principal)
-	lastTime  uint64 // ic0.time is strictly increasing across the node
+	lastTime   uint64 // ic0.time is strictly increasing across the node
 
 	// alt is the executor of the other isolation mode, created on first use
 	// by a canister whose settings override the node's mode (guarded by mu).
@@ -84,7 +84,7 @@ type canister struct {
 	callbacks       map[uint64]*callback
 	calls           outCalls // what the callbacks' calls hold (queues.go)
 	nextID          uint64
-	stopping        *pendingStop  // the stop_canister calls waiting for the canister to stop
+	stopping        *pendingStop // the stop_canister calls waiting for the canister to stop
 	heartbeatQueued bool
 	lowMemoryQueued bool // canister_on_low_wasm_memory waits in the queue (lowmem.go)
 	// timerWork: a goroutine of the timer loop is doing this canister's

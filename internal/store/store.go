@@ -283,13 +283,13 @@ type Change struct {
 	Stable     *MemoryChange
 	Globals    []state.Global // nil: unchanged
 	SetGlobals bool
-	Module     []byte     // stored under its hash when non-nil
-	Delete     bool       // remove the canister entirely
+	Module     []byte // stored under its hash when non-nil
+	Delete     bool   // remove the canister entirely
 	// Create makes the canister: the commit fails with ErrExists if it
 	// exists already (two creations of one id cannot both succeed).
-	Create bool
-	Logs       []LogEntry // debug_print lines to append
-	KeepLogs   int        // log entries kept per canister (oldest dropped; ≤ 0: no bound)
+	Create   bool
+	Logs     []LogEntry // debug_print lines to append
+	KeepLogs int        // log entries kept per canister (oldest dropped; ≤ 0: no bound)
 	// KeepLogBytes bounds the log's LogEntry.Size sum too (≤ 0: no bound):
 	// a longer entry is cut (ClipLog), the oldest are dropped (KeptLogs).
 	KeepLogBytes int
