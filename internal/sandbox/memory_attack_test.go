@@ -72,9 +72,35 @@ func init() {
 		}
 		return errors.New("no frame numbers")
 	}
+	// Not an attack: the engine's use of the descriptor (PAGEMAP_SCAN for
+	// present pages over one page it wrote) works; reports "scanned".
+	attacks["pagemap_scan_own"] = func() error {
+		fd, err := pagemapFD()
+		if err != nil {
+			return err
+		}
+		page, err := anonMap(unix.PROT_READ | unix.PROT_WRITE)
+		if err != nil {
+			return err
+		}
+		page[0] = 1
+		start := uint64(uintptr(unsafe.Pointer(&page[0])))
+		var region [3]uint64 // struct page_region: start, end, categories
+		const pageIsPresent = 1 << 3
+		arg := [12]uint64{0: 96, 2: start, 3: start + 4096, 5: uint64(uintptr(unsafe.Pointer(&region[0]))), 6: 1, 11: pageIsPresent}
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), confine.PagemapScan, uintptr(unsafe.Pointer(&arg[0])))
+		if e != 0 {
+			return e
+		}
+		if r != 1 || region[0] != start || region[2]&pageIsPresent == 0 {
+			return fmt.Errorf("PAGEMAP_SCAN returned %d regions: %#x", r, region)
+		}
+		return errors.New("scanned")
+	}
 	refusedWith["pagemap_ioctl_other"] = "ENOTTY"
 	refusedWith["pagemap_scan_other_fd"] = "ENOTTY"
 	refusedWith["pagemap_pfn"] = "no frame numbers"
+	refusedWith["pagemap_scan_own"] = "scanned"
 
 	// image: fd 4 is the read-only image of a memory whose first page is
 	// all 0x5a. The sandbox may read and privately change it; every way of
@@ -349,5 +375,27 @@ func TestHugetlbPoolUntouched(t *testing.T) {
 	}
 	if free := meminfo(t, "HugePages_Free"); free != total {
 		t.Errorf("after the sandboxes: %d of %d huge pages free", free, total)
+	}
+}
+
+// TestPagemapNoPFNWithoutUserNS: on a root host without a user namespace
+// (the mode where the sandbox starts as real root and leaves it by
+// setresuid), the pagemap descriptor still shows no physical frame numbers:
+// the kernel decides that from the opener's credentials, which must not
+// have held CAP_SYS_ADMIN.
+func TestPagemapNoPFNWithoutUserNS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the mode without a user namespace)")
+	}
+	reply, st := attackResult(t, "pagemap_pfn", Spec{Strict: true, AllowMissing: []Layer{LayerUserNS}},
+		startOpts{unavailable: []Layer{LayerUserNS}})
+	if reply != "failed: no frame numbers" {
+		t.Fatalf("want no frame numbers, got %q (exit %+v)", reply, st)
+	}
+	// The engine's use of the descriptor still works there.
+	reply, st = attackResult(t, "pagemap_scan_own", Spec{Strict: true, AllowMissing: []Layer{LayerUserNS}},
+		startOpts{unavailable: []Layer{LayerUserNS}})
+	if reply != "failed: scanned" {
+		t.Fatalf("PAGEMAP_SCAN on the sandbox's pagemap: %q (exit %+v)", reply, st)
 	}
 }
