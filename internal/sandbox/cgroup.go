@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,13 @@ import (
 //     pid into each before sending the go-ahead the child's early confinement
 //     waits for, so again no untrusted code runs outside it.
 //
+// hugetlb pages come from the host's global pool and are not charged to the
+// memory controller: where the hugetlb controller exists (its own v1
+// hierarchy, the v2 cgroup itself, or the v2 hierarchy beside v1
+// controllers on a hybrid host), the sandbox's limit for every huge page
+// size is 0. Best effort: without the controller the seccomp filter alone
+// keeps hugetlb pages out (it refuses MAP_HUGETLB and MFD_HUGETLB).
+//
 // The parent can be set with CORDON_CGROUP_PARENT (a path inside each
 // hierarchy, e.g. a systemd-delegated cgroup). Stale directories left by a
 // crashed host (cordon.<pid>.* with <pid> dead) are removed on first use.
@@ -51,6 +59,16 @@ type cgroupSetup struct {
 	parent   string            // v2: parent directory
 	detail   string            // why unavailable, or where
 	override bool              // the parent came from CORDON_CGROUP_PARENT
+	hugetlb  hugetlbSetup
+}
+
+// hugetlbSetup is where a sandbox's hugetlb limits go.
+type hugetlbSetup struct {
+	found  bool   // a hierarchy with the controller was found
+	parent string // its own hierarchy: the parent directory; "" for the sandbox's v2 cgroup itself
+	v2     bool   // limit files are hugetlb.<size>.max, else hugetlb.<size>.limit_in_bytes
+	ok     bool   // prepared: sandboxes get limits
+	detail string
 }
 
 type mountInfo struct {
@@ -166,7 +184,8 @@ func detectCgroupsFrom(mountinfo, selfCgroup []byte, override string) *cgroupSet
 		}
 	}
 	if len(v1) == len(cgroupControllers) {
-		return &cgroupSetup{version: cgroupV1, parents: v1, override: override != "", detail: "v1: " + v1["memory"] + ", " + v1["pids"] + ", " + v1["cpu"]}
+		return &cgroupSetup{version: cgroupV1, parents: v1, override: override != "", detail: "v1: " + v1["memory"] + ", " + v1["pids"] + ", " + v1["cpu"],
+			hugetlb: findHugetlbV1(mounts, own1, own2, override)}
 	}
 	if len(v1) > 0 {
 		return &cgroupSetup{detail: "controllers split between cgroup v1 and v2 (unsupported)"}
@@ -183,9 +202,41 @@ func detectCgroupsFrom(mountinfo, selfCgroup []byte, override string) *cgroupSet
 		if !ok {
 			continue
 		}
-		return &cgroupSetup{version: cgroupV2, parent: dir, override: override != "", detail: "v2: " + dir}
+		return &cgroupSetup{version: cgroupV2, parent: dir, override: override != "", detail: "v2: " + dir,
+			hugetlb: hugetlbSetup{found: true, v2: true}}
 	}
 	return &cgroupSetup{detail: "no cgroup hierarchy with memory, pids and cpu"}
+}
+
+// findHugetlbV1 finds the hugetlb controller on a host whose memory, pids
+// and cpu controllers are v1: a v1 hierarchy of its own, or else the v2
+// hierarchy (hybrid hosts, where unbound controllers live there).
+func findHugetlbV1(mounts []mountInfo, own1 map[string]string, own2, override string) hugetlbSetup {
+	for _, m := range mounts {
+		if m.fstype != "cgroup" || !contains(strings.Split(m.super, ","), "hugetlb") {
+			continue
+		}
+		path := own1["hugetlb"]
+		if override != "" {
+			path = override
+		}
+		if dir, ok := joinMount(m, path); ok {
+			return hugetlbSetup{found: true, parent: dir}
+		}
+	}
+	for _, m := range mounts {
+		if m.fstype != "cgroup2" {
+			continue
+		}
+		path := own2
+		if override != "" {
+			path = override
+		}
+		if dir, ok := joinMount(m, path); ok {
+			return hugetlbSetup{found: true, parent: dir, v2: true}
+		}
+	}
+	return hugetlbSetup{detail: "no hugetlb controller"}
 }
 
 // prepare makes the parent usable (v2: controllers enabled for children)
@@ -201,6 +252,7 @@ func (s *cgroupSetup) prepare() error {
 				return fmt.Errorf("%s: not writable: %w", s.parents[c], err)
 			}
 		}
+		s.prepareHugetlb()
 		return nil
 	}
 	// v2: the controllers must be available in the parent and enabled
@@ -225,11 +277,20 @@ func (s *cgroupSetup) prepare() error {
 			missing = append(missing, "+"+c)
 		}
 	}
+	// hugetlb too where the kernel has it (best effort, see below).
+	h := &s.hugetlb
+	h.ok = contains(have, "hugetlb")
+	if !h.ok {
+		h.detail = "no hugetlb controller in " + s.parent
+	} else if !contains(strings.Fields(string(enabled)), "hugetlb") {
+		missing = append(missing, "+hugetlb")
+	}
+	defer s.describeHugetlb()
 	if len(missing) == 0 {
 		return nil
 	}
 	ctl := filepath.Join(s.parent, "cgroup.subtree_control")
-	err = os.WriteFile(ctl, []byte(strings.Join(missing, " ")), 0)
+	err = enableControllers(ctl, missing, h)
 	if errors.Is(err, syscall.EBUSY) && !s.override {
 		// "No internal processes": the host itself lives in the parent.
 		// Move it into a leaf of its own, then enable the controllers.
@@ -240,12 +301,74 @@ func (s *cgroupSetup) prepare() error {
 		if err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
 			return fmt.Errorf("move host into %s: %w", leaf, err)
 		}
-		err = os.WriteFile(ctl, []byte(strings.Join(missing, " ")), 0)
+		err = enableControllers(ctl, missing, h)
 	}
 	if err != nil {
 		return fmt.Errorf("enable %s in %s: %w", strings.Join(missing, " "), ctl, err)
 	}
 	return nil
+}
+
+// enableControllers enables controllers for the children of a v2 cgroup
+// (one write: the kernel takes all or none). If hugetlb is among them and
+// the write fails, it tries again without it: hugetlb is best effort.
+func enableControllers(ctl string, controllers []string, h *hugetlbSetup) error {
+	err := os.WriteFile(ctl, []byte(strings.Join(controllers, " ")), 0)
+	if err == nil || !contains(controllers, "+hugetlb") {
+		return err
+	}
+	rest := slices.DeleteFunc(slices.Clone(controllers), func(c string) bool { return c == "+hugetlb" })
+	if err2 := os.WriteFile(ctl, []byte(strings.Join(rest, " ")), 0); err2 != nil {
+		return err // the first error says more
+	}
+	h.ok, h.detail = false, fmt.Sprintf("cannot enable hugetlb in %s: %v", ctl, err)
+	return nil
+}
+
+// prepareHugetlb makes the hugetlb controller's own hierarchy usable on a
+// v1 host, or says why not. It never fails the cgroup layer.
+func (s *cgroupSetup) prepareHugetlb() {
+	h := &s.hugetlb
+	defer s.describeHugetlb()
+	if !h.found {
+		return
+	}
+	if err := unix.Access(h.parent, unix.W_OK); err != nil {
+		h.detail = fmt.Sprintf("hugetlb: %s not writable: %v", h.parent, err)
+		return
+	}
+	if h.v2 {
+		// The v2 hierarchy beside v1 controllers (hybrid host): hugetlb
+		// must be available there and enabled for children.
+		avail, _ := os.ReadFile(filepath.Join(h.parent, "cgroup.controllers"))
+		if !contains(strings.Fields(string(avail)), "hugetlb") {
+			h.detail = "no hugetlb controller"
+			return
+		}
+		ctl := filepath.Join(h.parent, "cgroup.subtree_control")
+		enabled, _ := os.ReadFile(ctl)
+		if !contains(strings.Fields(string(enabled)), "hugetlb") {
+			if err := os.WriteFile(ctl, []byte("+hugetlb"), 0); err != nil {
+				h.detail = fmt.Sprintf("cannot enable hugetlb in %s: %v", ctl, err)
+				return
+			}
+		}
+	}
+	h.ok = true
+}
+
+// describeHugetlb adds the hugetlb limits (or why there are none) to the
+// cgroup layer's detail.
+func (s *cgroupSetup) describeHugetlb() {
+	h := &s.hugetlb
+	switch {
+	case h.ok && h.parent != "":
+		s.detail += "; hugetlb limited to 0 in " + h.parent
+	case h.ok:
+		s.detail += "; hugetlb limited to 0"
+	case h.detail != "":
+		s.detail += "; " + h.detail + " (hugetlb pages kept out by seccomp only)"
+	}
 }
 
 func contains(list []string, s string) bool {
@@ -266,7 +389,8 @@ type cgroupLimits struct {
 // cgroup is one sandbox's cgroup.
 type cgroup struct {
 	version cgroupVersion
-	dirs    []string // v1: one per controller (memory first); v2: one
+	dirs    []string // v1: one per controller (memory first); v2: one; then the hugetlb hierarchy's, if separate
+	hugetlb bool     // hugetlb limits set (to 0)
 	removed atomic.Bool
 }
 
@@ -298,6 +422,9 @@ func (s *cgroupSetup) sweep() {
 		}
 	} else {
 		parents = []string{s.parent}
+	}
+	if s.hugetlb.ok && s.hugetlb.parent != "" {
+		parents = append(parents, s.hugetlb.parent)
 	}
 	for _, p := range parents {
 		ents, err := os.ReadDir(p)
@@ -360,6 +487,9 @@ func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
 				return fail(fmt.Errorf("cpu quota: %w", err))
 			}
 		}
+		if err := s.limitHugetlb(cg, name, ""); err != nil {
+			return fail(err)
+		}
 		return cg, nil
 	}
 	d := filepath.Join(s.parent, name)
@@ -385,7 +515,44 @@ func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
 			return fail(fmt.Errorf("cpu limit: %w", err))
 		}
 	}
+	if err := s.limitHugetlb(cg, name, d); err != nil {
+		return fail(err)
+	}
 	return cg, nil
+}
+
+// limitHugetlb sets every hugetlb limit of the sandbox's cgroup to 0 (usage
+// and reservations, every huge page size): in its v2 cgroup dir, or in a
+// new cgroup of the controller's own hierarchy, which joins cg.dirs.
+func (s *cgroupSetup) limitHugetlb(cg *cgroup, name, dir string) error {
+	h := s.hugetlb
+	if !h.ok {
+		return nil
+	}
+	if h.parent != "" {
+		dir = filepath.Join(h.parent, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return fmt.Errorf("hugetlb cgroup: %w", err)
+		}
+		cg.dirs = append(cg.dirs, dir)
+	}
+	suffix := ".limit_in_bytes"
+	if h.v2 {
+		suffix = ".max"
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("hugetlb cgroup: %w", err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, "hugetlb.") && strings.HasSuffix(n, suffix) {
+			if err := writeFile(filepath.Join(dir, n), "0"); err != nil {
+				return fmt.Errorf("hugetlb limit: %w", err)
+			}
+			cg.hugetlb = true
+		}
+	}
+	return nil
 }
 
 // openDir returns an O_PATH|O_DIRECTORY fd of a v2 cgroup, for

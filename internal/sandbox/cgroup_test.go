@@ -58,6 +58,25 @@ func TestDetectCgroups(t *testing.T) {
 	if s.version != cgroupV2 || s.parent != "/sys/fs/cgroup/cordon.slice" || !s.override {
 		t.Errorf("unified with override: %+v", s)
 	}
+	// Where the hugetlb controller is: the v2 hierarchy beside v1 ones
+	// (hybrid), a v1 hierarchy of its own, the v2 cgroup itself.
+	s = detectCgroupsFrom([]byte(hybridMountinfo), []byte(hybridSelf), "")
+	if h := s.hugetlb; !h.found || h.parent != "/sys/fs/cgroup/unified" || !h.v2 {
+		t.Errorf("hybrid hugetlb: %+v", h)
+	}
+	s = detectCgroupsFrom([]byte(hybridMountinfo+"42 31 0:39 / /sys/fs/cgroup/hugetlb rw,relatime - cgroup cgroup rw,hugetlb\n"),
+		[]byte(hybridSelf+"10:hugetlb:/h\n"), "")
+	if h := s.hugetlb; !h.found || h.parent != "/sys/fs/cgroup/hugetlb/h" || h.v2 {
+		t.Errorf("v1 hugetlb: %+v", h)
+	}
+	s = detectCgroupsFrom([]byte(containerMountinfo), []byte(containerSelf), "")
+	if h := s.hugetlb; h.found || h.detail == "" {
+		t.Errorf("container without hugetlb: %+v", h)
+	}
+	s = detectCgroupsFrom([]byte(unifiedMountinfo), []byte(unifiedSelf), "")
+	if h := s.hugetlb; !h.found || h.parent != "" || !h.v2 {
+		t.Errorf("unified hugetlb: %+v", h)
+	}
 	s = detectCgroupsFrom([]byte(""), []byte(""), "")
 	if s.version != cgroupNone || s.prepare() == nil {
 		t.Errorf("none: %+v", s)
@@ -81,7 +100,8 @@ func TestCgroupV2Files(t *testing.T) {
 	if err := s.prepare(); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control")); string(b) != "+memory +pids +cpu" {
+	// hugetlb too: the stand-in's kernel has it.
+	if b, _ := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control")); string(b) != "+memory +pids +cpu +hugetlb" {
 		t.Errorf("subtree_control %q", b)
 	}
 	cg, err := s.create("canister/1", cgroupLimits{memory: 1 << 30, pids: 64, cpuPercent: 150})

@@ -56,6 +56,43 @@ func attackResult(t *testing.T, name string, spec Spec, o startOpts) (string, Ex
 	return reply, st
 }
 
+// liveAttack is attackResult letting the host inspect the sandbox while it
+// is still alive (after its report, or its death if it died first), before
+// it is killed.
+func liveAttack(t *testing.T, name string, spec Spec, o startOpts, inspect func(p *Process, reply string)) (string, ExitStatus) {
+	t.Helper()
+	spec.Label = "live-attack-" + name
+	spec.Args = append([]string{"attack", name, strconv.Itoa(os.Getpid()), strconv.Itoa(hostPort), hostAbstract}, spec.Args...)
+	if spec.Stderr == nil {
+		spec.Stderr = func(l string) { t.Logf("sandbox: %.200s", l) }
+	}
+	spec, why := rootlessSpec(spec)
+	if why != "" {
+		t.Log(why)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := start(ctx, spec, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Conn().Close()
+	_ = p.Conn().SetReadDeadline(time.Now().Add(30 * time.Second))
+	b := make([]byte, 4096)
+	n, err := p.Conn().Read(b)
+	reply := ""
+	if err == nil {
+		reply = string(b[:n])
+	}
+	if inspect != nil {
+		inspect(p, reply)
+	}
+	p.Kill()
+	st := p.Wait()
+	checkCgroupGone(t, p)
+	return reply, st
+}
+
 func checkCgroupGone(t *testing.T, p *Process) {
 	t.Helper()
 	if p.cg == nil {

@@ -50,7 +50,9 @@
 //
 //  1. pdeathsig again (credential changes clear it).
 //  2. Check it is single-threaded; fds: close_range everything above the
-//     passed files.
+//     passed files. Open /proc/self/pagemap with the effective capability
+//     set emptied for the open (restored after), so the file shows no
+//     physical frame numbers even to a sandbox that starts as real root.
 //  3. mountns + pivot_root: make / private, mount a 4 KiB tmpfs (mode 0111),
 //     pivot_root(".", ".") into it, detach the old root with everything
 //     beneath it, remount the new root read-only, nosuid, nodev, noexec.
@@ -90,8 +92,10 @@
 //     with thread flags, clone3 answered ENOSYS (its flags are behind a
 //     pointer; glibc falls back to clone), ioctl ENOTTY, open/openat ENOENT;
 //     W^X: mmap never with PROT_EXEC, mmap/mprotect never with
-//     PROT_WRITE|PROT_EXEC; close never on the pagemap fd (the ioctl rule
-//     trusts its number; dup2, dup3 and close_range are not allowed);
+//     PROT_WRITE|PROT_EXEC; no hugetlb pages (mmap MAP_HUGETLB, memfd_create
+//     MFD_HUGETLB) and no madvise(MADV_MERGEABLE); close never on the
+//     pagemap fd (the ioctl rule trusts its number; dup2, dup3 and
+//     close_range are not allowed);
 //     prctl only as PR_SET_MDWE; everything else is a user notification.
 //  14. Send the ready packet with the listener fd, close the fd, return.
 //

@@ -11,23 +11,118 @@ import (
 )
 
 // The sandbox's fd 2 is a pipe the host reads. Everything on it is hostile:
-// lines are cut at maxLogLine bytes, control characters and invalid UTF-8
-// escaped, and the rate is limited by a token bucket (a burst of logBurst
-// lines, then logRate per second); dropped lines are counted and reported.
+// lines are cut at maxLogLine bytes of input, control characters and invalid
+// UTF-8 escaped (\xNN, four bytes for one), and the escaped line cut again at
+// maxLogOutput bytes, so no delivered line is longer than maxLogOutput plus
+// the cut mark, whatever bytes the sandbox wrote. Two token buckets per
+// sandbox bound what reaches the host's log: lines (a burst of logBurst,
+// then logRate per second) and bytes of delivered output (logByteBurst, then
+// logByteRate per second); one more pair, shared by every sandbox's reader
+// (nodeLogs), bounds them all together, so many sandboxes flooding at once
+// cannot exceed a fixed rate into the host's log either. Dropped lines are
+// counted and reported.
 //
 // A flood must cost the host next to nothing, so the budget is checked
-// before any per-line work: once the bucket is empty, whole chunks are
+// before any per-line work: once a bucket is empty, whole chunks are
 // dropped by counting their newlines (no copying, no sanitizing), and the
 // reader waits for the next token before it reads again. While it waits the
 // pipe fills and the flooding sandbox blocks in write(2), spending its own
 // CPU quota instead of the host's.
 const (
-	maxLogLine = 1024
-	logBurst   = 200
-	logRate    = 50 // lines per second
-	tailLines  = 8
-	logChunk   = 64 << 10 // one pipe buffer
+	maxLogLine   = 1024 // input bytes of a line kept
+	maxLogOutput = 1024 // bytes of a delivered line after escaping (then the cut mark)
+	logBurst     = 200
+	logRate      = 50 // lines per second
+	logByteBurst = 64 << 10
+	logByteRate  = 16 << 10 // bytes per second
+	tailLines    = 8
+	logChunk     = 64 << 10 // one pipe buffer
+
+	// Node-wide, all sandboxes together.
+	nodeLogBurst     = 4000
+	nodeLogRate      = 1000 // lines per second
+	nodeLogByteBurst = 1 << 20
+	nodeLogByteRate  = 256 << 10 // bytes per second
+
+	cutMark = "…[truncated]"
 )
+
+// nodeLogs is the budget every sandbox's log reader shares.
+var nodeLogs = newSharedLogBudget(nodeLogBurst, nodeLogRate, nodeLogByteBurst, nodeLogByteRate, time.Now())
+
+// bucket is a token bucket. Spending may take it below zero (a line's size
+// is known only once it is escaped): the debt is repaid before the next
+// line, so the long-run rate holds.
+type bucket struct {
+	tokens, rate, burst float64
+	last                time.Time
+}
+
+func (b *bucket) refill(t time.Time) {
+	if t.After(b.last) {
+		b.tokens = min(b.burst, b.tokens+t.Sub(b.last).Seconds()*b.rate)
+		b.last = t
+	}
+}
+
+// wait is how long until the bucket holds need tokens (0: it does).
+func (b *bucket) wait(need float64) time.Duration {
+	if b.tokens >= need {
+		return 0
+	}
+	return time.Duration((need - b.tokens) / b.rate * float64(time.Second))
+}
+
+// logBudget is a pair of buckets: lines, and bytes of delivered output.
+type logBudget struct {
+	lines, bytes bucket
+}
+
+func newLogBudget(lineBurst, lineRate, byteBurst, byteRate float64, now time.Time) logBudget {
+	return logBudget{
+		lines: bucket{tokens: lineBurst, rate: lineRate, burst: lineBurst, last: now},
+		bytes: bucket{tokens: byteBurst, rate: byteRate, burst: byteBurst, last: now},
+	}
+}
+
+func (b *logBudget) refill(t time.Time) { b.lines.refill(t); b.bytes.refill(t) }
+
+// ok says whether one more line may be delivered.
+func (b *logBudget) ok() bool { return b.lines.tokens >= 1 && b.bytes.tokens >= 1 }
+
+func (b *logBudget) spend(n int) { b.lines.tokens--; b.bytes.tokens -= float64(n) }
+
+func (b *logBudget) wait() time.Duration { return max(b.lines.wait(1), b.bytes.wait(1)) }
+
+// sharedLogBudget is a logBudget several readers use at once.
+type sharedLogBudget struct {
+	mu sync.Mutex
+	b  logBudget
+}
+
+func newSharedLogBudget(lineBurst, lineRate, byteBurst, byteRate float64, now time.Time) *sharedLogBudget {
+	return &sharedLogBudget{b: newLogBudget(lineBurst, lineRate, byteBurst, byteRate, now)}
+}
+
+func (s *sharedLogBudget) ok(t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.refill(t)
+	return s.b.ok()
+}
+
+func (s *sharedLogBudget) spend(n int) {
+	s.mu.Lock()
+	s.b.spend(n)
+	s.mu.Unlock()
+}
+
+func (s *sharedLogBudget) wait(t time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.refill(t)
+	return s.b.wait()
+}
 
 type logReader struct {
 	r    *os.File
@@ -50,29 +145,32 @@ func newLogReader(r *os.File, sink func(string)) *logReader {
 type logLimiter struct {
 	emit func(string)
 	now  func() time.Time
+	own  logBudget
+	node *sharedLogBudget // shared with other sandboxes' limiters; nil: none
 
-	tokens     float64
-	lastRefill time.Time
-	dropped    int    // lines dropped since the last report
-	line       []byte // the current line's first maxLogLine bytes
-	lineLen    int    // the current line's length so far
+	dropped int    // lines dropped since the last report
+	line    []byte // the current line's first maxLogLine bytes
+	lineLen int    // the current line's length so far
 }
 
+// newLogLimiter makes a limiter with its own budget only; the log reader
+// adds the node's.
 func newLogLimiter(emit func(string), now func() time.Time) *logLimiter {
-	return &logLimiter{emit: emit, now: now, tokens: logBurst, lastRefill: now(), line: make([]byte, 0, maxLogLine)}
+	return &logLimiter{emit: emit, now: now, own: newLogBudget(logBurst, logRate, logByteBurst, logByteRate, now()),
+		line: make([]byte, 0, maxLogLine)}
 }
 
-func (g *logLimiter) refill() {
+// available refills the buckets and says whether a line may be delivered.
+func (g *logLimiter) available() bool {
 	t := g.now()
-	g.tokens = min(logBurst, g.tokens+t.Sub(g.lastRefill).Seconds()*logRate)
-	g.lastRefill = t
+	g.own.refill(t)
+	return g.own.ok() && (g.node == nil || g.node.ok(t))
 }
 
 // write consumes one chunk of the stream.
 func (g *logLimiter) write(b []byte) {
-	g.refill()
 	for len(b) > 0 {
-		if g.tokens < 1 {
+		if !g.available() {
 			// Over budget: every line that ends in this chunk is dropped
 			// without being looked at.
 			last := bytes.LastIndexByte(b, '\n')
@@ -100,8 +198,7 @@ func (g *logLimiter) write(b []byte) {
 // what was dropped is reported.
 func (g *logLimiter) close() {
 	if g.lineLen > 0 {
-		g.refill()
-		if g.tokens >= 1 {
+		if g.available() {
 			g.endLine()
 		} else {
 			g.dropped++
@@ -111,13 +208,19 @@ func (g *logLimiter) close() {
 	g.report()
 }
 
-// wait returns how long until the next token, or 0 if one is there.
+// wait returns how long until a line may be delivered, or 0 if one may now.
+// Refused by the node's budget, it waits at least a line's time of its own
+// budget: readers held back by the others do not all wake at each token.
 func (g *logLimiter) wait() time.Duration {
-	g.refill()
-	if g.tokens >= 1 {
-		return 0
+	t := g.now()
+	g.own.refill(t)
+	d := g.own.wait()
+	if g.node != nil {
+		if n := g.node.wait(t); n > 0 {
+			d = max(d, n, time.Second/logRate)
+		}
 	}
-	return time.Duration((1 - g.tokens) / logRate * float64(time.Second))
+	return d
 }
 
 func (g *logLimiter) appendLine(b []byte) {
@@ -132,16 +235,19 @@ func (g *logLimiter) resetLine() {
 	g.lineLen = 0
 }
 
-// endLine delivers the current line, spending a token (the caller checked
-// there is one).
+// endLine delivers the current line, spending from the budgets (the caller
+// checked they allow a line) what it costs in output bytes.
 func (g *logLimiter) endLine() {
-	g.tokens--
 	g.report()
-	s := sanitize(g.line)
-	if g.lineLen > maxLogLine {
-		s += "…[truncated]"
+	s, cut := sanitize(g.line, maxLogOutput)
+	if cut || g.lineLen > maxLogLine {
+		s += cutMark
 	}
 	g.resetLine()
+	g.own.spend(len(s))
+	if g.node != nil {
+		g.node.spend(len(s))
+	}
 	g.emit(s)
 }
 
@@ -156,6 +262,7 @@ func (l *logReader) run() {
 	defer close(l.done)
 	defer l.r.Close()
 	g := newLogLimiter(l.emit, time.Now)
+	g.node = nodeLogs
 	buf := make([]byte, logChunk)
 	for {
 		n, err := l.r.Read(buf)
@@ -182,22 +289,41 @@ func (l *logReader) emit(s string) {
 	}
 }
 
-func sanitize(b []byte) string {
+// sanitize escapes control characters and invalid UTF-8 (\xNN) and keeps
+// at most limit bytes of the result, whole characters and escapes only; cut
+// says whether anything was left out.
+func sanitize(b []byte, limit int) (s string, cut bool) {
 	b = bytes.TrimRight(b, "\r")
 	var sb strings.Builder
+	sb.Grow(min(limit, 4*len(b)))
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
+		var esc bool
+		var c byte
 		switch {
 		case r == utf8.RuneError && n <= 1:
-			fmt.Fprintf(&sb, `\x%02x`, b[0])
+			esc, c = true, b[0]
 		case r < 0x20 && r != '\t', r == 0x7f:
-			fmt.Fprintf(&sb, `\x%02x`, r)
-		default:
-			sb.WriteRune(r)
+			esc, c = true, byte(r)
+		}
+		size := n
+		if esc {
+			size = 4
+		}
+		if sb.Len()+size > limit {
+			return sb.String(), true
+		}
+		if esc {
+			const hex = "0123456789abcdef"
+			sb.WriteString(`\x`)
+			sb.WriteByte(hex[c>>4])
+			sb.WriteByte(hex[c&0xf])
+		} else {
+			sb.Write(b[:n])
 		}
 		b = b[n:]
 	}
-	return sb.String()
+	return sb.String(), false
 }
 
 // wait waits for the pipe to reach EOF (the sandbox has exited), at most d.

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -169,4 +170,176 @@ func BenchmarkLogFloodHostCPU(b *testing.B) {
 	mu.Unlock()
 	b.ReportMetric(100*used.Seconds()/wall.Seconds(), "host-%cpu")
 	b.ReportMetric(float64(read)/wall.Seconds(), "lines/s")
+}
+
+// TestLogLimiterOutputBytes: escaping turns one byte into four; what the
+// host delivers is bounded in output bytes, per line and per second.
+func TestLogLimiterOutputBytes(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	var out []string
+	g := newLogLimiter(func(s string) { out = append(out, s) }, clk.now)
+	ctrl := []byte(strings.Repeat("\x01", maxLogLine) + "\n")
+	short := []byte(strings.Repeat("\x01", maxLogOutput/4+1) + "\n") // within the input cut, over the output one
+	const n = 1000
+	for range n {
+		g.write(ctrl)
+		g.write(short)
+	}
+	lines, _ := account(t, out)
+	if len(lines) == 0 {
+		t.Fatal("nothing delivered")
+	}
+	bytes := 0
+	for i, l := range lines {
+		if len(l) > maxLogOutput+len(cutMark) {
+			t.Fatalf("line %d is %d bytes, over %d plus the mark", i, len(l), maxLogOutput)
+		}
+		if !strings.HasSuffix(l, cutMark) || !strings.HasPrefix(l, `\x01\x01`) {
+			t.Fatalf("line %d not marked as cut: %.40q…%.40q", i, l, l[max(0, len(l)-40):])
+		}
+		bytes += len(l)
+	}
+	if bytes > logByteBurst+maxLogOutput+len(cutMark) {
+		t.Fatalf("%d bytes in %d lines delivered with no time passing, over the byte burst %d", bytes, len(lines), logByteBurst)
+	}
+	// One second later, about logByteRate more bytes.
+	clk.advance(time.Second)
+	before := bytes
+	for range n {
+		g.write(ctrl)
+	}
+	g.close()
+	lines, dropped := account(t, out)
+	bytes = 0
+	for _, l := range lines {
+		bytes += len(l)
+	}
+	if got := bytes - before; got > logByteRate+2*(maxLogOutput+len(cutMark)) {
+		t.Fatalf("%d bytes delivered in the next second, over the rate %d", got, logByteRate)
+	}
+	if len(lines)+dropped != 3*n {
+		t.Fatalf("%d delivered + %d dropped, want all %d lines accounted for", len(lines), dropped, 3*n)
+	}
+	// A line within both cuts is delivered whole, unmarked.
+	out = out[:0]
+	clk.advance(time.Hour)
+	g = newLogLimiter(func(s string) { out = append(out, s) }, clk.now)
+	g.write([]byte(strings.Repeat("\x01", maxLogOutput/4) + "\n"))
+	if len(out) != 1 || len(out[0]) != maxLogOutput || strings.HasSuffix(out[0], cutMark) {
+		t.Fatalf("a line escaping to exactly %d bytes: %d lines, %.40q", maxLogOutput, len(out), out)
+	}
+}
+
+// TestLogLimiterNodeBudget: many sandboxes flooding at once share one
+// node-wide budget; together they deliver no more than it allows, and every
+// line is delivered or counted as dropped.
+func TestLogLimiterNodeBudget(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	node := newSharedLogBudget(nodeLogBurst, nodeLogRate, nodeLogByteBurst, nodeLogByteRate, clk.now())
+	const sandboxes = 256
+	outs := make([][]string, sandboxes)
+	gs := make([]*logLimiter, sandboxes)
+	for i := range gs {
+		gs[i] = newLogLimiter(func(s string) { outs[i] = append(outs[i], s) }, clk.now)
+		gs[i].node = node
+	}
+	line := []byte(strings.Repeat("x", maxLogLine) + "\n")
+	written := 0
+	total := func() (lines, bytes int) {
+		for i := range outs {
+			ls, _ := account(t, outs[i])
+			lines += len(ls)
+			for _, l := range ls {
+				bytes += len(l)
+			}
+		}
+		return lines, bytes
+	}
+	const maxOut = maxLogOutput + len(cutMark)
+	for step := 0; step <= 10; step++ {
+		for _, g := range gs {
+			for range 20 {
+				g.write(line)
+				written++
+			}
+			if d := g.wait(); d < 0 {
+				t.Fatalf("negative wait %v", d)
+			}
+		}
+		lines, bytes := total()
+		// In step seconds: the burst plus step seconds of the rate (plus a
+		// line of overshoot, as a line's size is known after the check).
+		if max := nodeLogByteBurst + step*nodeLogByteRate + maxOut; bytes > max {
+			t.Fatalf("after %d s: %d bytes delivered by %d sandboxes, over the node's %d", step, bytes, sandboxes, max)
+		}
+		if max := nodeLogBurst + step*nodeLogRate + 1; lines > max {
+			t.Fatalf("after %d s: %d lines delivered, over the node's %d", step, lines, max)
+		}
+		clk.advance(time.Second)
+	}
+	for _, g := range gs {
+		g.close()
+	}
+	lines, bytes := total()
+	dropped := 0
+	for i := range outs {
+		_, d := account(t, outs[i])
+		dropped += d
+	}
+	t.Logf("%d sandboxes: %d of %d lines (%d bytes) delivered in 10 s, %d dropped", sandboxes, lines, written, bytes, dropped)
+	if lines+dropped != written {
+		t.Fatalf("%d delivered + %d dropped = %d, want %d", lines, dropped, lines+dropped, written)
+	}
+	if lines < nodeLogByteBurst/maxOut {
+		t.Fatalf("only %d lines delivered: the node budget starves everyone", lines)
+	}
+}
+
+func init() {
+	// log_flood_ctrl: stderr lines of maxLogLine control bytes (each
+	// escaped to four bytes) for two seconds.
+	attacks["log_flood_ctrl"] = func() error {
+		line := []byte(strings.Repeat("\x01", maxLogLine) + "\n")
+		end := time.Now().Add(2 * time.Second)
+		for time.Now().Before(end) {
+			if _, err := os.Stderr.Write(line); err != nil {
+				return err
+			}
+		}
+		return errors.New("flooded")
+	}
+}
+
+// TestLogFloodControlChars: what a live sandbox writing escape-heavy lines
+// puts into the host's log is bounded in bytes: no delivered line longer
+// than the output cap, no more bytes than the sandbox's byte budget allows
+// in the time it ran.
+func TestLogFloodControlChars(t *testing.T) {
+	var mu sync.Mutex
+	var lines, bytes, longest int
+	t0 := time.Now()
+	reply, _ := liveAttack(t, "log_flood_ctrl", Spec{Strict: true, Stderr: func(l string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if dropReport.MatchString(l) {
+			return
+		}
+		lines++
+		bytes += len(l)
+		longest = max(longest, len(l))
+	}}, startOpts{}, nil)
+	el := time.Since(t0)
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%q: %d lines, %d bytes delivered to the host's log in %v (%.0f KiB/s), longest %d bytes",
+		reply, lines, bytes, el, float64(bytes)/1024/el.Seconds(), longest)
+	if reply != "failed: flooded" {
+		t.Fatalf("the flood did not run: %q", reply)
+	}
+	if longest > maxLogOutput+len(cutMark) {
+		t.Errorf("a delivered line is %d bytes, over the %d-byte output cap", longest, maxLogOutput)
+	}
+	if max := logByteBurst + int(el.Seconds()*logByteRate) + maxLogOutput + len(cutMark); bytes > max {
+		t.Errorf("%d bytes delivered in %v, over the budget of %d", bytes, el, max)
+	}
 }

@@ -336,7 +336,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			return cgErr
 		}
 		p.cg = r.cg
-		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)}
+		d := fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)
+		if p.cg.hugetlb {
+			d += " hugetlb=0"
+		}
+		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: d}
 		return nil
 	}
 	if plan[LayerCgroup] && !useSpawner {

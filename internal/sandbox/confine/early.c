@@ -149,6 +149,26 @@ static void drop_capabilities(uint64_t layers) {
 	if (syscall(SYS_capset, &h, d) != 0) die("caps: capset", errno);
 }
 
+// open_pagemap opens /proc/self/pagemap with an empty effective capability
+// set, restoring the set afterwards (the steps until drop_capabilities need
+// it). The kernel shows physical frame numbers to a reader whose file was
+// opened with CAP_SYS_ADMIN in the initial user namespace: it checks the
+// credentials saved in the file at open time, for the file's whole life.
+// Without a user namespace (a root host with the userns layer missing) this
+// process is still real root with every capability here. Returns -1 (no
+// pagemap) if the set cannot be lowered.
+static int open_pagemap(void) {
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct saved[2], lowered[2];
+	if (syscall(SYS_capget, &h, saved) != 0) return -1;
+	memcpy(lowered, saved, sizeof saved);
+	lowered[0].effective = lowered[1].effective = 0;
+	if (syscall(SYS_capset, &h, lowered) != 0) return -1;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (syscall(SYS_capset, &h, saved) != 0) die("caps: restore the effective set", errno);
+	return fd;
+}
+
 // count_threads reads Threads: from /proc/self/status (before pivot_root).
 static int count_threads(void) {
 	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -225,12 +245,12 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 
 	// The process's own page-table view, which the engine asks which pages
 	// of a canister's memory a message wrote (PAGEMAP_SCAN). Opened now,
-	// while /proc is still reachable, with the sandbox's credentials, so it
-	// shows no physical frame numbers. Moved above the host's fds so the
-	// placeholders below cannot land on it. Optional: without it the engine
-	// compares memories instead.
+	// while /proc is still reachable, and with no effective capability, so
+	// it shows no physical frame numbers (see open_pagemap). Moved above
+	// the host's fds so the placeholders below cannot land on it. Optional:
+	// without it the engine compares memories instead.
 	{
-		int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		int fd = open_pagemap();
 		if (fd >= 0) {
 			cordon_pagemap = fcntl(fd, F_DUPFD_CLOEXEC, 4 + (int)nfiles);
 			close(fd);

@@ -46,10 +46,12 @@ const (
 	checkSelf           // kill/tgkill: arg0 == our own pid
 	checkFcntl          // fcntl: only the commands in fcntlAllowed
 	checkIoctl          // ioctl: PAGEMAP_SCAN on the sandbox's pagemap fd; any other: the rule's errno
-	checkMmap           // mmap: never PROT_EXEC (new code only appears through mprotect, which MDWE ends)
+	checkMmap           // mmap: never PROT_EXEC (new code only appears through mprotect, which MDWE ends), never MAP_HUGETLB
 	checkMprotect       // mprotect: never PROT_WRITE and PROT_EXEC together
 	checkClose          // close: never the pagemap fd (its number is what the ioctl rule trusts)
 	checkPrctl          // prctl: only PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN)
+	checkMemfd          // memfd_create: never MFD_HUGETLB
+	checkMadvise        // madvise: never MADV_MERGEABLE
 )
 
 // fcntlAllowed are the fcntl commands the sandbox may use.
@@ -69,13 +71,16 @@ var Allowlist = []Rule{
 	// creates executable memory; code becomes executable only by mprotect
 	// (wasmtime publishing a module's code), which the canister worker ends
 	// with PR_SET_MDWE once its module is loaded (see ForbidNewCode).
-	{Name: "mmap", Check: checkMmap, Why: "Go heap and stacks, wasmtime memories and code, mapping fds the host passes; never PROT_EXEC"},
+	// No hugetlb pages: they come from the host's global pool and are not
+	// charged to the sandbox's memory cgroup (transparent huge pages, which
+	// the Go runtime asks for with madvise, are ordinary charged memory).
+	{Name: "mmap", Check: checkMmap, Why: "Go heap and stacks, wasmtime memories and code, mapping fds the host passes; never PROT_EXEC, never MAP_HUGETLB"},
 	{Name: "munmap", Why: "release the same"},
 	{Name: "mprotect", Check: checkMprotect, Why: "wasmtime: make code executable (RW then RX), grow memories inside reservations; glibc thread guard pages; never PROT_WRITE|PROT_EXEC"},
-	{Name: "madvise", Why: "Go scavenger; wasmtime resets memories with MADV_DONTNEED"},
+	{Name: "madvise", Check: checkMadvise, Why: "Go scavenger and THP hints; wasmtime resets memories with MADV_DONTNEED; never MADV_MERGEABLE (KSM merging is a cross-process timing side channel)"},
 	{Name: "brk", Why: "glibc malloc (wasmtime's Rust allocations); only when the heap arena must grow", Rare: true},
 	{Name: "mremap", Rare: true, Why: "glibc realloc of large blocks"},
-	{Name: "memfd_create", Why: "wasmtime: copy-on-write images of initial linear memory"},
+	{Name: "memfd_create", Check: checkMemfd, Why: "wasmtime: copy-on-write images of initial linear memory; never MFD_HUGETLB"},
 
 	// Threads and scheduling.
 	{Name: "clone", Check: checkThread, Why: "threads for the Go runtime and glibc (pthread_create): thread flags only, never a process or namespace"},
@@ -188,7 +193,8 @@ func SyscallName(arch uint32, nr int32) string {
 
 // ViolationName names a refused system call for the host's report: the
 // syscall's name (SyscallName), with the refused argument where the filter
-// checks one (PROT_WRITE|PROT_EXEC, PROT_EXEC, the pagemap descriptor).
+// checks one (PROT_WRITE|PROT_EXEC, PROT_EXEC, MAP_HUGETLB, MFD_HUGETLB,
+// MADV_MERGEABLE, the pagemap descriptor).
 func ViolationName(n Notification) string {
 	name := SyscallName(n.Arch, n.Nr)
 	if n.Arch != unix.AUDIT_ARCH_X86_64 {
@@ -203,7 +209,14 @@ func ViolationName(n Notification) string {
 			return name + "(PROT_WRITE|PROT_EXEC)"
 		case name == "mmap" && prot&unix.PROT_EXEC != 0:
 			return name + "(PROT_EXEC)"
+		case name == "mmap" && uint32(n.Args[3])&unix.MAP_HUGETLB != 0:
+			return name + "(MAP_HUGETLB)"
 		}
+	case "memfd_create":
+		// The filter refuses one flag only.
+		return name + "(MFD_HUGETLB)"
+	case "madvise":
+		return name + "(MADV_MERGEABLE)"
 	case "close":
 		// The filter refuses close on one descriptor only.
 		return "close(pagemap)"
@@ -332,12 +345,30 @@ func checkBlock(c check, pid uint32, pagemapFD int, errno unix.Errno) prog {
 		b.ret(retAllow)
 		b.ret(deny)
 	case checkMmap:
-		// prot (arg2): the kernel reads PROT_EXEC from the low half.
+		// prot (arg2): the kernel reads PROT_EXEC from the low half;
+		// flags (arg3): MAP_HUGETLB is a low bit too.
 		b.ld(argLo(2))
 		b.and(unix.PROT_EXEC)
+		b.jeq(0, 1, 0)
+		b.ret(retNotify)
+		b.ld(argLo(3))
+		b.and(unix.MAP_HUGETLB)
 		b.jeq(0, 0, 1)
 		b.ret(retAllow)
 		b.ret(retNotify)
+	case checkMemfd:
+		// flags (arg1) is an unsigned int: the low half.
+		b.ld(argLo(1))
+		b.and(unix.MFD_HUGETLB)
+		b.jeq(0, 0, 1)
+		b.ret(retAllow)
+		b.ret(retNotify)
+	case checkMadvise:
+		// advice (arg2) is an int: the low half.
+		b.ld(argLo(2))
+		b.jeq(unix.MADV_MERGEABLE, 0, 1)
+		b.ret(retNotify)
+		b.ret(retAllow)
 	case checkMprotect:
 		b.ld(argLo(2))
 		b.and(unix.PROT_WRITE | unix.PROT_EXEC)

@@ -112,7 +112,8 @@ func TestFilterDecisions(t *testing.T) {
 	}
 }
 
-// TestFilterWX: no mapping writable and executable, mmap never executable;
+// TestFilterWX: no mapping writable and executable, mmap never executable
+// and never of hugetlb pages (nor memfds of them), madvise never KSM;
 // the pagemap descriptor cannot be closed (so nothing else can take its
 // number), any other can.
 func TestFilterWX(t *testing.T) {
@@ -140,6 +141,12 @@ func TestFilterWX(t *testing.T) {
 		{"mmap rx", unix.SYS_MMAP, []uint64{0, 4096, r | x}, notify},
 		{"mmap x", unix.SYS_MMAP, []uint64{0, 4096, x}, notify},
 		{"mmap rx high bits", unix.SYS_MMAP, []uint64{0, 4096, 1<<40 | r | x}, notify},
+		{"mmap rw private anonymous", unix.SYS_MMAP, []uint64{0, 4096, r | w, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}, allow},
+		{"mmap rw noreserve fixed", unix.SYS_MMAP, []uint64{0, 4096, r | w, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE | unix.MAP_FIXED}, allow},
+		{"mmap hugetlb", unix.SYS_MMAP, []uint64{0, 2 << 20, r | w, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB}, notify},
+		{"mmap hugetlb 1G", unix.SYS_MMAP, []uint64{0, 1 << 30, r | w, unix.MAP_SHARED | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB | unix.MAP_HUGE_1GB}, notify},
+		{"mmap hugetlb high bits", unix.SYS_MMAP, []uint64{0, 2 << 20, r | w, 1<<40 | unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB}, notify},
+		{"mmap rx hugetlb", unix.SYS_MMAP, []uint64{0, 2 << 20, r | x, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB}, notify},
 		{"mprotect rx", unix.SYS_MPROTECT, []uint64{0, 4096, r | x}, allow},
 		{"mprotect rw", unix.SYS_MPROTECT, []uint64{0, 4096, r | w}, allow},
 		{"mprotect none", unix.SYS_MPROTECT, []uint64{0, 4096, 0}, allow},
@@ -156,10 +163,26 @@ func TestFilterWX(t *testing.T) {
 		{"close_range", unix.SYS_CLOSE_RANGE, []uint64{pagemap, pagemap, 0}, notify},
 		{"fcntl F_DUPFD", unix.SYS_FCNTL, []uint64{3, unix.F_DUPFD, pagemap}, notify},
 		{"pagemap scan", unix.SYS_IOCTL, []uint64{pagemap, PagemapScan}, allow},
+		{"memfd_create", unix.SYS_MEMFD_CREATE, []uint64{0, unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING}, allow},
+		{"memfd_create hugetlb", unix.SYS_MEMFD_CREATE, []uint64{0, unix.MFD_CLOEXEC | unix.MFD_HUGETLB}, notify},
+		{"memfd_create hugetlb 2M", unix.SYS_MEMFD_CREATE, []uint64{0, unix.MFD_HUGETLB | unix.MFD_HUGE_2MB}, notify},
 	}
 	for _, c := range cases {
 		if got := eval(t, f, c.nr, x86, c.args...); got != c.want {
 			t.Errorf("%s: got %#x want %#x", c.name, got, c.want)
+		}
+	}
+	// madvise: every advice but MADV_MERGEABLE (the Go runtime and wasmtime
+	// use DONTNEED, FREE, HUGEPAGE, NOHUGEPAGE, COLLAPSE).
+	for advice := uint64(0); advice < 128; advice++ {
+		for _, hi := range []uint64{0, 1 << 32} {
+			want := uint32(allow)
+			if advice == unix.MADV_MERGEABLE {
+				want = notify
+			}
+			if got := eval(t, f, unix.SYS_MADVISE, x86, 0, 4096, hi|advice); got != want {
+				t.Errorf("madvise(%#x): got %#x want %#x", hi|advice, got, want)
+			}
 		}
 	}
 	// Without a pagemap, close is unrestricted.
@@ -183,6 +206,9 @@ func TestViolationName(t *testing.T) {
 		{unix.SYS_MMAP, [6]uint64{0, 0, unix.PROT_WRITE | unix.PROT_EXEC}, "mmap(PROT_WRITE|PROT_EXEC)"},
 		{unix.SYS_MMAP, [6]uint64{0, 0, unix.PROT_READ | unix.PROT_EXEC}, "mmap(PROT_EXEC)"},
 		{unix.SYS_CLOSE, [6]uint64{9}, "close(pagemap)"},
+		{unix.SYS_MMAP, [6]uint64{0, 0, unix.PROT_READ, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_HUGETLB}, "mmap(MAP_HUGETLB)"},
+		{unix.SYS_MEMFD_CREATE, [6]uint64{0, unix.MFD_HUGETLB}, "memfd_create(MFD_HUGETLB)"},
+		{unix.SYS_MADVISE, [6]uint64{0, 4096, unix.MADV_MERGEABLE}, "madvise(MADV_MERGEABLE)"},
 		{unix.SYS_SOCKET, [6]uint64{2, 1}, "socket"},
 		{unix.SYS_PRCTL, [6]uint64{unix.PR_SET_SECCOMP}, "prctl"},
 	} {
