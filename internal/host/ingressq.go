@@ -16,12 +16,16 @@ import (
 // (max_ingress_bytes_per_message of an application subnet).
 const DefaultIngressArgBytes = 2 << 20
 
+// IngressTooLarge is in the message of the reject of an ingress argument
+// beyond Messages.IngressArgBytes.
+const IngressTooLarge = "exceeds the ingress message limit"
+
 // checkIngressArg refuses an ingress argument beyond
 // Messages.IngressArgBytes, whatever route it came by.
 func (n *Node) checkIngressArg(msg Message) *Reject {
 	if limit := n.cfg.Messages.IngressArgBytes; limit > 0 && uint64(len(msg.Arg)) > limit {
-		return rejectf(SysFatal, "Canister %s: the argument of %s (%d bytes) exceeds the ingress message limit of %d bytes",
-			msg.Canister, msg.Method, len(msg.Arg), limit)
+		return rejectf(SysFatal, "Canister %s: the argument of %s (%d bytes) %s of %d bytes",
+			msg.Canister, msg.Method, len(msg.Arg), IngressTooLarge, limit)
 	}
 	return nil
 }

@@ -98,18 +98,21 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 			n.recordAnswer(msg.Status, nil, rj)
 		}
 	}()
-	if rej := n.checkIngressArg(msg); rej != nil {
-		return nil, rej
-	}
 	if msg.Canister.IsManagement() {
 		if msg.Method == "fetch_canister_logs" {
 			return nil, errLogsReplicated // canlog.go
+		}
+		if rej := n.checkIngressArg(msg); rej != nil {
+			return nil, rej
 		}
 		return n.managementIngress(ctx, msg, false)
 	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err
+	}
+	if rej := n.checkIngressArg(msg); rej != nil {
+		return nil, rej
 	}
 	ch := make(chan result, 1)
 	if rej := n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
