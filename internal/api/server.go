@@ -482,6 +482,9 @@ func rejectStatus(r *host.Reject) int {
 		}
 		return http.StatusBadRequest
 	case host.SysFatal, host.SysTransient:
+		if r.Code == host.SysFatal && strings.Contains(r.Message, host.IngressTooLarge) {
+			return http.StatusRequestEntityTooLarge // retrying will not help
+		}
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

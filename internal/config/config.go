@@ -200,6 +200,12 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Messages.NodeBytes }),
 	integer("limits.ingress_queue", "", "ingress messages that may wait in one canister's queue; beyond it they are refused at once with SYS_TRANSIENT (0: no bound)",
 		func(c *Config) *int { return &c.Host.Messages.IngressQueue }, 0),
+	size("limits.ingress_arg_bytes", "", "argument size limit of an ingress message, by every route (IC: 2 MiB); larger ones are refused (0: no bound)",
+		func(c *Config) *uint64 { return &c.Host.Messages.IngressArgBytes }),
+	size("limits.ingress_queue_bytes", "", "argument bytes of the ingress messages that may wait in one canister's queue; beyond it they are refused at once with SYS_TRANSIENT (0: no bound)",
+		func(c *Config) *uint64 { return &c.Host.Messages.IngressQueueBytes }),
+	size("limits.node_ingress_bytes", "", "argument bytes of the ingress messages that may wait in all canisters' queues of the node; beyond it they are refused at once with SYS_TRANSIENT (0: no bound)",
+		func(c *Config) *uint64 { return &c.Host.Messages.NodeIngressBytes }),
 
 	boolean("sandbox.strict", "strict", "refuse to run sandboxes when a confinement layer is missing (see 'cordon doctor'); serve is strict unless set to false",
 		func(c *Config) *bool { return &c.Host.Sandbox.Strict }),

@@ -141,7 +141,7 @@ func (n *Node) queryManagement(ctx context.Context, msg Message) (*Reply, error)
 	if !ok || !meth.IsQuery() {
 		return nil, rejectf(DestinationInvalid, "Management canister has no query method '%s'", msg.Method)
 	}
-	args, err := candid.DecodeAs(msg.Arg, meth.Args())
+	args, err := mgmtDecoder.DecodeAs(msg.Arg, meth.Args())
 	if err != nil {
 		return nil, rejectf(CanisterError, "Error decoding the argument of management method %s: %v", msg.Method, err)
 	}

@@ -165,6 +165,16 @@ type MessageLimits struct {
 	// queue; beyond it an ingress message is refused at once with
 	// SYS_TRANSIENT (sched.go). 0: no bound.
 	IngressQueue int
+	// IngressArgBytes bounds the argument of an ingress message, by
+	// whatever route it comes (IC: 2 MiB); a larger one is refused
+	// (SYS_FATAL). 0: no bound.
+	IngressArgBytes uint64
+	// IngressQueueBytes and NodeIngressBytes bound the argument bytes of
+	// the ingress messages waiting in one canister's queue and in all
+	// queues of the node; beyond them an ingress message is refused at
+	// once with SYS_TRANSIENT (ingressq.go). 0: no bound.
+	IngressQueueBytes uint64
+	NodeIngressBytes  uint64
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -197,6 +207,9 @@ func DefaultConfig() Config {
 			CanisterBytes:     1 << 30,
 			NodeBytes:         15 << 30,
 			IngressQueue:      500,
+			IngressArgBytes:   DefaultIngressArgBytes,
+			IngressQueueBytes: 64 << 20,
+			NodeIngressBytes:  256 << 20,
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica

@@ -3,9 +3,12 @@ package host
 import (
 	"context"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // A canister busy with a long execution gets many concurrent ingress
@@ -136,4 +139,131 @@ func TestIngressQueueBounded(t *testing.T) {
 			f.checkCallsReleased(slow, neighbour)
 		})
 	}
+}
+
+// Ingress waiting is bounded in bytes, per canister and on the node, not
+// only in count: a user who sends large arguments to busy canisters gets
+// SYS_TRANSIENT once a canister's queue holds IngressQueueBytes of them or
+// all queues NodeIngressBytes; an argument beyond IngressArgBytes is
+// refused by every entry (update, query, the management canister) before
+// anything holds it. Once the canisters are free the waiting ones run and
+// nothing stays counted.
+func TestIngressQueueBytesBounded(t *testing.T) {
+	const arg = 256 << 10
+	f := queueFixture(t, "inprocess", func(c *Config) {
+		c.Messages.IngressQueue = 0 // no count bound: the bytes bound
+		c.Messages.IngressQueueBytes = 4 * arg
+		c.Messages.NodeIngressBytes = 6 * arg
+		c.Messages.IngressArgBytes = 4 * arg
+	})
+	ctx := context.Background()
+	a := f.install(mustWat(t, fanWat), nil)
+	b := f.install(mustWat(t, fanWat), nil)
+
+	for _, m := range []Message{
+		{Canister: a, Method: "noop"}, {Canister: principal.Management(), Method: "canister_status"},
+	} {
+		m.Arg, m.Caller = make([]byte, 4*arg+1), user
+		_, err := f.node.Update(ctx, m)
+		if rej := f.reject(err); rej.Code != SysFatal || !strings.Contains(rej.Message, "exceeds the ingress message limit") {
+			t.Fatalf("update of %d bytes: %v", len(m.Arg), err)
+		}
+		_, err = f.node.Query(ctx, m)
+		if rej := f.reject(err); rej.Code != SysFatal {
+			t.Fatalf("query of %d bytes: %v", len(m.Arg), err)
+		}
+	}
+
+	results := make(chan error, 16)
+	var wg sync.WaitGroup
+	send := func(id principal.Principal, n int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.node.Update(ctx, Message{Canister: id, Method: "noop", Arg: make([]byte, n), Caller: user})
+			results <- err
+		}()
+	}
+	// waitQueued waits until c's queue holds n messages (the first one
+	// sent to a canister is taken by its drain goroutine at once).
+	waitQueued := func(c *canister, n int) {
+		for {
+			c.qmu.Lock()
+			q, taken := len(c.queue), c.draining
+			c.qmu.Unlock()
+			if taken && q == n {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	refused := func(want string) {
+		t.Helper()
+		var err error
+		select {
+		case err = <-results:
+		case <-time.After(2 * time.Minute): // a bound on a stuck test
+			t.Fatalf("no refusal (%s) while the canisters were busy", want)
+		}
+		if rej := f.reject(err); rej.Code != SysTransient || !strings.Contains(rej.Message, want) {
+			t.Fatalf("want a refusal (%s): %v", want, err)
+		}
+	}
+	var cs []*canister
+	locked := false
+	defer func() {
+		for _, c := range cs {
+			if locked {
+				c.mu.Unlock()
+			}
+		}
+	}()
+	for _, id := range []principal.Principal{a, b} {
+		c, err := f.node.get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock() // busy
+		cs, locked = append(cs, c), true
+		send(id, 0)
+		waitQueued(c, 0)
+	}
+	for i := range 4 {
+		send(a, arg)
+		waitQueued(cs[0], i+1)
+	}
+	send(a, 1) // one byte more than a's queue may hold
+	refused("Canister " + a.String() + " ingress queue is full")
+	send(b, arg)
+	send(b, arg)
+	waitQueued(cs[1], 2)
+	send(b, 1) // the node's bound
+	refused("the node's ingress queues are full")
+	if got := f.node.ingressBytes.Load(); got != 6*arg {
+		t.Fatalf("node counts %d bytes queued, want %d", got, 6*arg)
+	}
+
+	for _, c := range cs {
+		c.mu.Unlock()
+	}
+	locked = false
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if err != nil {
+			t.Fatalf("a waiting message failed: %v", err)
+		}
+	}
+	for _, c := range cs {
+		c.qmu.Lock()
+		n, bytes := c.ingress, c.ingressBytes
+		c.qmu.Unlock()
+		if n != 0 || bytes != 0 {
+			t.Fatalf("%d messages of %d bytes still counted", n, bytes)
+		}
+	}
+	if got := f.node.ingressBytes.Load(); got != 0 {
+		t.Fatalf("node counts %d bytes queued after they ran", got)
+	}
+	f.update(a, "noop", make([]byte, 4*arg)) // at the limit: taken
 }

@@ -177,6 +177,12 @@ func (n *Node) management(m *message) {
 	n.respondTo(m.origin, reply, nil, refund)
 }
 
+// mgmtDecoder decodes the management canister's arguments: records of
+// principals, nats and blobs (which share the argument's bytes), a few
+// bytes of Go values per byte on the wire, so a tight memory budget refuses
+// a value made to expand (vec vec null) long before the default would.
+var mgmtDecoder = &candid.Decoder{MemoryPerByte: 8}
+
 func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, used cycles.Amount, err error) {
 	svc, err := managementService()
 	if err != nil {
@@ -189,7 +195,7 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 	if err := n.checkProvisional(m); err != nil { // policy.go
 		return nil, used, err
 	}
-	args, err := candid.DecodeAs(m.arg, meth.Args())
+	args, err := mgmtDecoder.DecodeAs(m.arg, meth.Args())
 	if err != nil {
 		return nil, used, rejectf(CanisterError, "Error decoding the argument of management method %s: %v", m.method, err)
 	}

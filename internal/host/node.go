@@ -50,6 +50,14 @@ type Node struct {
 
 	busy busyCounter   // queue drainers and management calls in flight
 	done chan struct{} // closed by Close
+	// stopping is the context executions run in: Close cancels it
+	// (giveUp) when the drain timeout has passed, so a sandbox still
+	// running a message is given up and Close does not wait for it.
+	stopping   context.Context
+	giveUp     context.CancelFunc
+	drainAfter time.Duration // Close's drain timeout (drainTimeout; tests shorten it)
+
+	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 
 	certifier Certifier // root key and data certificates (certify.go)
 	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)
@@ -98,10 +106,12 @@ type canister struct {
 
 	// The input queue (guarded by qmu, not mu, so senders never wait for
 	// an execution).
-	qmu      sync.Mutex
-	queue    []*message
-	ingress  int // ingress messages in queue (Config.Messages.IngressQueue)
-	draining bool
+	qmu     sync.Mutex
+	queue   []*message
+	ingress int // ingress messages in queue (Config.Messages.IngressQueue)
+	// ingressBytes: their arguments' bytes (Config.Messages.IngressQueueBytes).
+	ingressBytes uint64
+	draining     bool
 }
 
 // Open opens the node's store under cfg.Home.
@@ -165,24 +175,39 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
 		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
-		preparing: newPreparingBudget(preparingBytes(cfg))}
+		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout}
+	n.stopping, n.giveUp = context.WithCancel(context.Background())
 	n.pruneModules(x) // the artifacts of modules a crash or another version left
 	go n.timerLoop()
 	return n, nil
 }
 
-// drainTimeout bounds how long Close waits for messages still in flight.
-const drainTimeout = 30 * time.Second
+// drainTimeout bounds how long Close waits for messages still running;
+// giveUpTimeout how long it then waits for the executions it gave up to
+// answer.
+const (
+	drainTimeout  = 30 * time.Second
+	giveUpTimeout = 5 * time.Second
+)
 
-// Close waits for the messages in flight (bounded), then closes the store.
+// Close lets the messages running finish (bounded by the drain timeout,
+// after which their executions are given up), answers the messages still
+// queued without running them (ingressq.go), then closes the store.
 // Callers must not use the node afterwards.
 func (n *Node) Close() error {
 	close(n.done)
 	select {
 	case <-n.busy.Idle():
-	case <-time.After(drainTimeout):
-		n.log.Warn("closing with messages still in flight", "waited", drainTimeout)
+	case <-time.After(n.drainAfter):
+		n.log.Warn("giving up the messages still running", "waited", n.drainAfter)
+		n.giveUp()
+		select {
+		case <-n.busy.Idle():
+		case <-time.After(giveUpTimeout):
+			n.log.Warn("closing with messages still in flight", "waited", n.drainAfter+giveUpTimeout)
+		}
 	}
+	n.giveUp()
 	n.flushQueryStats()
 	n.exec.Close()
 	n.mu.Lock()

@@ -19,6 +19,9 @@ import (
 // composite query's working state, which is dropped at the end.
 func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
+	if rej := n.checkIngressArg(msg); rej != nil {
+		return nil, rej
+	}
 	if msg.Canister.IsManagement() {
 		if msg.Method == "fetch_canister_logs" {
 			return n.queryManagement(ctx, msg) // canlog.go

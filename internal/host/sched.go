@@ -102,16 +102,22 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 		if msg.Method == "fetch_canister_logs" {
 			return nil, errLogsReplicated // canlog.go
 		}
+		if rej := n.checkIngressArg(msg); rej != nil {
+			return nil, rej
+		}
 		return n.managementIngress(ctx, msg, false)
 	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err
 	}
+	if rej := n.checkIngressArg(msg); rej != nil {
+		return nil, rej
+	}
 	ch := make(chan result, 1)
-	if !n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
-		origin: origin{ingress: ch, status: msg.Status}}) {
-		return nil, rejectf(SysTransient, "Canister %s ingress queue is full", msg.Canister)
+	if rej := n.enqueue(c, &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg,
+		origin: origin{ingress: ch, status: msg.Status}}); rej != nil {
+		return nil, rej
 	}
 	select {
 	case r := <-ch:
@@ -122,18 +128,15 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 }
 
 // enqueue appends to a canister's queue and makes sure it is being drained.
-// An ingress message finding Messages.IngressQueue others waiting is not
-// queued (false): users are refused at once instead of piling up behind a
-// slow canister. Messages from canisters and the system are bounded where
-// they are made (queues.go) and always queued.
-func (n *Node) enqueue(c *canister, m *message) bool {
+// An ingress message beyond the queue's bounds (ingressq.go) is not queued
+// (a SYS_TRANSIENT reject): users are refused at once instead of piling up
+// behind a slow canister. Messages from canisters and the system are
+// bounded where they are made (queues.go) and always queued.
+func (n *Node) enqueue(c *canister, m *message) *Reject {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	if m.ingress {
-		if limit := n.cfg.Messages.IngressQueue; limit > 0 && c.ingress >= limit {
-			return false
-		}
-		c.ingress++
+	if rej := n.admitIngress(c, m); rej != nil {
+		return rej
 	}
 	c.queue = append(c.queue, m)
 	if !c.draining {
@@ -141,7 +144,7 @@ func (n *Node) enqueue(c *canister, m *message) bool {
 		n.busy.Add(1)
 		go n.drain(c)
 	}
-	return true
+	return nil
 }
 
 func (n *Node) drain(c *canister) {
@@ -156,10 +159,12 @@ func (n *Node) drain(c *canister) {
 		m := c.queue[0]
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
-		if m.ingress {
-			c.ingress--
-		}
+		n.dequeued(c, m)
 		c.qmu.Unlock()
+		if n.closing() {
+			n.abandon(c, m) // what has not started does not start (ingressq.go)
+			continue
+		}
 		n.process(c, m)
 	}
 }
@@ -341,7 +346,7 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 	// one host copy before it runs again (c.mu is held exclusively).
 	c.heap.Back()
 	c.stable.Back()
-	out, err := n.execOf(c).Execute(context.Background(), c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	out, err := n.execOf(c).Execute(n.stopping, c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 	n.images.used(c)
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)

@@ -11,25 +11,19 @@ import (
 // IC and its agents take it). ok is false for methods without one
 // (creating a canister, raw_rand) and for arguments that do not decode,
 // which the management canister itself then rejects.
+//
+// Only that field is decoded (the fields before it are read, not kept):
+// the management canister decodes the whole argument once, with its own
+// bounds, when it runs the call.
 func mgmtTarget(method string, arg []byte) (principal.Principal, bool) {
-	args, err := candid.Decode(arg)
-	if err != nil || len(args.Values) == 0 {
-		return principal.Principal{}, false
-	}
-	rec, ok := args.Values[0].(candid.Record)
-	if !ok {
-		return principal.Principal{}, false
-	}
 	want := candid.Hash("canister_id")
 	if method == "install_chunked_code" {
 		want = candid.Hash("target_canister")
 	}
-	for _, f := range rec {
-		if f.ID == want {
-			if p, ok := f.Value.(candid.Principal); ok {
-				return p.Principal, true
-			}
-		}
+	v, _, ok, err := (&candid.Decoder{}).Field(arg, want)
+	if err != nil || !ok {
+		return principal.Principal{}, false
 	}
-	return principal.Principal{}, false
+	p, ok := v.(candid.Principal)
+	return p.Principal, ok
 }

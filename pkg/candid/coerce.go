@@ -164,6 +164,9 @@ func (c *coercer) vec(v Value, wt, et *Type, depth int) (Value, error) {
 		if err := c.charge(int64(len(vs))); err != nil {
 			return nil, err
 		}
+		if err := c.alloc(headerBytes + slotBytes*int64(len(vs))); err != nil {
+			return nil, err
+		}
 		out := make(Vec, len(vs))
 		for i, b := range vs {
 			x, err := c.coerce(Nat8(b), wt.Elem, et.Elem, depth+1)
@@ -174,9 +177,14 @@ func (c *coercer) vec(v Value, wt, et *Type, depth int) (Value, error) {
 		}
 		return out, nil
 	case Vec:
-		out := make(Vec, len(vs))
+		// The coerced elements replace the wire ones in place: a wire
+		// value is coerced once and not used after.
+		out := vs
 		var blob Blob
 		if et.Elem.Kind == KindNat8 {
+			if err := c.alloc(headerBytes + int64(len(vs))); err != nil {
+				return nil, err
+			}
 			blob = make(Blob, len(vs))
 		}
 		for i, e := range vs {
@@ -205,6 +213,9 @@ func (c *coercer) record(v Value, wt, et *Type, depth int) (Value, error) {
 	rec, ok := v.(Record)
 	if !ok {
 		return nil, typeMismatch(wt, et)
+	}
+	if err := c.alloc(headerBytes + fieldBytes*int64(len(et.Fields))); err != nil {
+		return nil, err
 	}
 	out := make(Record, 0, len(et.Fields))
 	i := 0 // index into rec, sorted by ID like et.Fields

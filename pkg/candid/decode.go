@@ -17,6 +17,11 @@ const (
 	DefaultMaxDepth     = 1000
 	DefaultBaseCost     = 1 << 20
 	DefaultCostPerByte  = 8
+	// DefaultBaseMemory and DefaultMemoryPerByte set the memory budget:
+	// 64 bytes per input byte admits the densest ordinary data (a vec of
+	// small nats takes 56 bytes of Go values per byte on the wire).
+	DefaultBaseMemory    = 4 << 20
+	DefaultMemoryPerByte = 64
 )
 
 // A Decoder decodes Candid binary messages within resource limits. The zero
@@ -26,9 +31,17 @@ const (
 // before the vec is read, so that a vec of a billion nulls fails at once),
 // every coercion step and every subtype check costs one unit. A message may
 // spend at most BaseCost + CostPerByte*len(message) units. This bounds
-// time and memory on hostile inputs whose values have zero size on the wire
+// time on hostile inputs whose values have zero size on the wire
 // (vec null, vec record {}, ...), while any well-formed message of
 // ordinary data fits comfortably.
+//
+// The memory of the decoded values is metered too, in bytes of their Go
+// representation (the interface or field slot each takes in its vec or
+// record, and what it boxes: a big.Int, a string's bytes, a slice header),
+// charged before it is allocated: at most BaseMemory +
+// MemoryPerByte*len(message), both for decoding and for coercion. A value
+// that costs many bytes per byte on the wire (vec vec null) runs out of
+// memory budget long before it runs out of units.
 type Decoder struct {
 	// MaxTypeTable is the maximum number of type table entries
 	// (default DefaultMaxTypeTable).
@@ -40,6 +53,9 @@ type Decoder struct {
 	// BaseCost and CostPerByte set the cost budget (defaults
 	// DefaultBaseCost and DefaultCostPerByte).
 	BaseCost, CostPerByte int64
+	// BaseMemory and MemoryPerByte set the memory budget in bytes
+	// (defaults DefaultBaseMemory and DefaultMemoryPerByte).
+	BaseMemory, MemoryPerByte int64
 }
 
 // Decode decodes a Candid message using its own (wire) types: the result
@@ -84,10 +100,51 @@ func (d *Decoder) DecodeAs(b []byte, expected []*Type) (Args, error) {
 	return Args{Types: expected, Values: out}, nil
 }
 
+// Field decodes the field id of a message's first argument, a record, at
+// its wire type, without keeping the fields before it and without reading
+// what follows it (so the rest of the message is not checked). ok is false
+// when the first argument is not a record with that field. It is for a
+// caller that needs one field before the whole message is decoded (the
+// canister a management call is about).
+func (d *Decoder) Field(b []byte, id uint32) (v Value, t *Type, ok bool, err error) {
+	st := d.newState(len(b))
+	r := reader{buf: b, state: st}
+	maxTable := d.MaxTypeTable
+	if maxTable <= 0 {
+		maxTable = DefaultMaxTypeTable
+	}
+	wire, err := r.header(maxTable)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("candid: decode: %w", err)
+	}
+	if len(wire) == 0 || wire[0].Kind != KindRecord {
+		return nil, nil, false, nil
+	}
+	for _, f := range wire[0].Fields {
+		if f.ID > id {
+			break
+		}
+		st.skipping = f.ID != id
+		v, err := r.value(f.Type, 1)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("candid: decode: argument 0 at offset %d: %w", r.pos, wrapPath(err, "field %d", f.ID))
+		}
+		if f.ID == id {
+			return v, f.Type, true, nil
+		}
+	}
+	return nil, nil, false, nil
+}
+
 // state holds the limits shared by decoding and coercion.
 type state struct {
 	cost, budget int64
-	maxDepth     int
+	// mem is the memory charged so far, of memBudget (0: not metered; the
+	// text parser and subtype checks meter units only).
+	mem, memBudget int64
+	maxDepth       int
+	// skipping: values are read and checked but not kept (Field).
+	skipping bool
 }
 
 // limitError reports an exhausted resource limit. Coercion never recovers
@@ -119,6 +176,29 @@ func (s *state) charge(n int64) error {
 	return nil
 }
 
+// alloc charges n bytes of decoded representation.
+func (s *state) alloc(n int64) error {
+	if s.memBudget == 0 || s.skipping {
+		return nil
+	}
+	if n < 0 || n > s.memBudget-s.mem {
+		s.mem = s.memBudget
+		return &limitError{fmt.Sprintf("decoding memory limit of %d bytes exceeded", s.memBudget)}
+	}
+	s.mem += n
+	return nil
+}
+
+// Bytes of the Go representation of decoded values (64-bit platforms).
+const (
+	slotBytes      = 16 // an interface: a Vec element, FieldValue.Value, Opt
+	fieldBytes     = 24 // a FieldValue
+	headerBytes    = 24 // a slice header boxed in an interface
+	wordBytes      = 8  // a boxed number; a big.Int word
+	bigIntBytes    = 32 // a big.Int
+	principalBytes = 32
+)
+
 func (s *state) deeper(depth int) error {
 	if depth > s.maxDepth {
 		return &limitError{fmt.Sprintf("nesting depth limit of %d exceeded", s.maxDepth)}
@@ -139,6 +219,15 @@ func (d *Decoder) newState(n int) *state {
 		per = DefaultCostPerByte
 	}
 	st.budget += per * int64(n)
+	st.memBudget = d.BaseMemory
+	if st.memBudget <= 0 {
+		st.memBudget = DefaultBaseMemory
+	}
+	perMem := d.MemoryPerByte
+	if perMem <= 0 {
+		perMem = DefaultMemoryPerByte
+	}
+	st.memBudget += perMem * int64(n)
 	return st
 }
 
@@ -605,6 +694,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		c, err := r.byte()
 		return Int8(c), err
 	case KindNat16, KindInt16:
+		if err := r.alloc(wordBytes); err != nil {
+			return nil, err
+		}
 		b, err := r.bytes(2)
 		if err != nil {
 			return nil, err
@@ -615,6 +707,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		}
 		return Nat16(n), nil
 	case KindNat32, KindInt32, KindFloat32:
+		if err := r.alloc(wordBytes); err != nil {
+			return nil, err
+		}
 		b, err := r.bytes(4)
 		if err != nil {
 			return nil, err
@@ -628,6 +723,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		}
 		return Nat32(n), nil
 	case KindNat64, KindInt64, KindFloat64:
+		if err := r.alloc(wordBytes); err != nil {
+			return nil, err
+		}
 		b, err := r.bytes(8)
 		if err != nil {
 			return nil, err
@@ -652,6 +750,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		if !utf8.Valid(b) {
 			return nil, errors.New("text is not valid UTF-8")
 		}
+		if err := r.alloc(slotBytes + int64(len(b))); err != nil {
+			return nil, err
+		}
 		return Text(b), nil
 	case KindReserved:
 		if t.future {
@@ -661,9 +762,15 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 	case KindEmpty:
 		return nil, errors.New("cannot decode a value of type empty")
 	case KindPrincipal:
+		if err := r.alloc(principalBytes); err != nil {
+			return nil, err
+		}
 		p, err := r.principal()
 		return Principal{p}, err
 	case KindService:
+		if err := r.alloc(principalBytes); err != nil {
+			return nil, err
+		}
 		p, err := r.principal()
 		return ServiceRef{p}, err
 	case KindFunc:
@@ -689,6 +796,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		if !utf8.Valid(name) {
 			return nil, errors.New("func method name is not valid UTF-8")
 		}
+		if err := r.alloc(principalBytes + slotBytes + int64(len(name))); err != nil {
+			return nil, err
+		}
 		return FuncRef{Service: p, Method: string(name)}, nil
 	case KindOpt:
 		c, err := r.byte()
@@ -699,6 +809,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 		case 0:
 			return Opt{}, nil
 		case 1:
+			if err := r.alloc(slotBytes); err != nil {
+				return nil, err
+			}
 			v, err := r.value(t.Elem, depth+1)
 			if err != nil {
 				return nil, err
@@ -715,29 +828,50 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 			return nil, err
 		}
 		if t.Elem.Kind == KindNat8 {
+			if err := r.alloc(headerBytes); err != nil {
+				return nil, err
+			}
 			b, err := r.bytes(uint64(n))
 			if err != nil {
 				return nil, err
 			}
-			return Blob(b), nil
+			return Blob(b), nil // the input's bytes, not a copy
 		}
-		vs := make(Vec, 0, min(n, 1<<12))
+		// Its slots are charged before they are made, at once, so a vec
+		// of zero-size elements costs its memory, not its wire bytes.
+		if err := r.alloc(headerBytes + slotBytes*int64(n)); err != nil {
+			return nil, err
+		}
+		var vs Vec
+		if !r.skipping {
+			vs = make(Vec, n)
+		}
 		for i := 0; i < n; i++ {
 			v, err := r.value(t.Elem, depth+1)
 			if err != nil {
 				return nil, wrapPath(err, "vec element %d", i)
 			}
-			vs = append(vs, v)
+			if vs != nil {
+				vs[i] = v
+			}
 		}
 		return vs, nil
 	case KindRecord:
-		rec := make(Record, len(t.Fields))
+		if err := r.alloc(headerBytes + fieldBytes*int64(len(t.Fields))); err != nil {
+			return nil, err
+		}
+		var rec Record
+		if !r.skipping {
+			rec = make(Record, len(t.Fields))
+		}
 		for i, f := range t.Fields {
 			v, err := r.value(f.Type, depth+1)
 			if err != nil {
 				return nil, wrapPath(err, "field %d", f.ID)
 			}
-			rec[i] = FieldValue{f.ID, v}
+			if rec != nil {
+				rec[i] = FieldValue{f.ID, v}
+			}
 		}
 		return rec, nil
 	case KindVariant:
@@ -749,6 +883,9 @@ func (r *reader) value(t *Type, depth int) (Value, error) {
 			return nil, fmt.Errorf("variant index %d out of range (%d cases)", idx, len(t.Fields))
 		}
 		f := t.Fields[idx]
+		if err := r.alloc(fieldBytes); err != nil {
+			return nil, err
+		}
 		v, err := r.value(f.Type, depth+1)
 		if err != nil {
 			return nil, wrapPath(err, "variant case %d", f.ID)
@@ -776,7 +913,10 @@ func (r *reader) nat() (Value, error) {
 			n |= uint64(c&0x7f) << shift
 			shift += 7
 		}
-		return Nat{new(big.Int).SetUint64(n)}, nil
+		return Nat{new(big.Int).SetUint64(n)}, r.alloc(bigIntBytes + wordBytes)
+	}
+	if err := r.alloc(bigIntBytes + int64(r.pos-start)*2); err != nil { // groups, then words
+		return nil, err
 	}
 	return Nat{groupsToBig(r.groups(start))}, nil
 }
@@ -802,7 +942,10 @@ func (r *reader) int() (Value, error) {
 		if r.buf[r.pos-1]&0x40 != 0 {
 			n |= -1 << shift
 		}
-		return Int{big.NewInt(n)}, nil
+		return Int{big.NewInt(n)}, r.alloc(bigIntBytes + wordBytes)
+	}
+	if err := r.alloc(bigIntBytes + int64(r.pos-start)*2); err != nil {
+		return nil, err
 	}
 	return Int{bigFromSleb(r.groups(start))}, nil
 }

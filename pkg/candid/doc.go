@@ -38,8 +38,11 @@
 // remaining input before anything is allocated, LEB128 numbers are checked
 // for overflow, the type table size and the nesting depth are limited, and
 // a cost budget proportional to the input size bounds the work spent on
-// values that take no space on the wire (such as a vec of a billion nulls).
-// A Decoder sets the limits; the package functions use the defaults.
+// values that take no space on the wire (such as a vec of a billion nulls),
+// and a memory budget, also proportional to the input, the bytes of the
+// values decoded (such as a vec of vecs of null), charged before they are
+// allocated. A Decoder sets the limits; the package functions use the
+// defaults.
 //
 // Opaque references (tag 0 for principal, service and func values) and
 // values of future types that carry references are rejected.
