@@ -636,6 +636,9 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
 	in.Caller = principal.Management().Bytes()
 	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
+	if testHookTaskStarts != nil {
+		testHookTaskStarts(c.id, entry)
+	}
 	out, err := n.execute(c, in, false)
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
@@ -651,6 +654,10 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 	cc.responded = true // a system task has nobody to answer
 	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
 }
+
+// testHookTaskStarts, set by tests before any node opens, is called as a
+// system task's execution starts.
+var testHookTaskStarts func(id principal.Principal, entry string)
 
 // HeartbeatInterval is how often canister_heartbeat runs (the IC runs it
 // about once per round, roughly every second).

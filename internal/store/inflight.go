@@ -212,3 +212,48 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 	}
 	return total, err
 }
+
+// CycleTotals are the terms of the node's cycles conservation count over
+// every stored canister: in every committed state Held() = Minted.
+type CycleTotals struct {
+	Balance, Burned, Reserved, InFlight, Minted cycles.Amount
+}
+
+// Held is where the minted cycles are: balances, burned, reserved for
+// responses, in flight with calls.
+func (t CycleTotals) Held() cycles.Amount {
+	return t.Balance.SaturatingAdd(t.Burned).SaturatingAdd(t.Reserved).SaturatingAdd(t.InFlight)
+}
+
+// CycleTotals sums the conservation count's terms in one read
+// transaction: one committed state.
+func (s *Store) CycleTotals() (CycleTotals, error) {
+	var t CycleTotals
+	err := s.db.View(func(tx *bolt.Tx) error {
+		all := tx.Bucket(bucketCanisters)
+		return all.ForEachBucket(func(id []byte) error {
+			cb := all.Bucket(id)
+			var m Meta
+			if err := json.Unmarshal(cb.Get(keyMeta), &m); err != nil {
+				return fmt.Errorf("canister %x metadata: %w", id, err)
+			}
+			t.Balance = t.Balance.SaturatingAdd(m.Balance)
+			t.Burned = t.Burned.SaturatingAdd(m.CyclesBurned)
+			t.Reserved = t.Reserved.SaturatingAdd(m.CyclesReserved)
+			t.Minted = t.Minted.SaturatingAdd(m.CyclesMinted)
+			b := cb.Bucket(keyInFlight)
+			if b == nil {
+				return nil
+			}
+			return b.ForEach(func(_, v []byte) error {
+				a, err := decodeAmount(v)
+				if err != nil {
+					return fmt.Errorf("canister %x cycles in flight: %w", id, err)
+				}
+				t.InFlight = t.InFlight.SaturatingAdd(a)
+				return nil
+			})
+		})
+	})
+	return t, err
+}
