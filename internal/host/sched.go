@@ -397,8 +397,9 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 	}
 	if err := n.commitExecution(c, out, fee, credit, flight, ingress); err != nil {
 		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
-		if !credit.IsZero() || len(left) > 0 {
-			// The refund a response brought is the caller's all the same.
+		if !credit.IsZero() {
+			// The refund a response brought is the caller's all the same
+			// (what its record in flight holds: none without a refund).
 			if err := n.charge(c, 0, nil, cycles.Amount{}, credit, left, nil); err != nil {
 				n.log.Error("credit of a refund failed", "canister", c.id.String(), "err", err)
 			}
@@ -484,7 +485,9 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	n.releaseCall(c, cb, size) // what its response did not cost is in the balance again
 	cc := c.contexts[cb.ctxID]
 	if cc == nil {
-		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
+		if !m.refund.IsZero() {
+			_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
+		}
 		return
 	}
 	cc.outstanding--
