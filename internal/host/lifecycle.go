@@ -31,6 +31,9 @@ type CreateOptions struct {
 	// refused setting creates nothing.
 	settings *settings
 	fee      cycles.Amount
+	// delivers: the Cycles came with a call, whose record in flight the
+	// creation's commit removes (inflight.go).
+	delivers []store.CallCycles
 }
 
 // Create makes a new, empty canister.
@@ -101,7 +104,7 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 		// found free (another creation of a specified id, or of this
 		// one), so of two creations of one id only one succeeds.
 		err := n.store.Commit(store.Change{ID: id.Bytes(), Create: true, Meta: meta, Heap: &store.MemoryChange{Replace: true},
-			Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress})
+			Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress, Left: opts.delivers})
 		if errors.Is(err, store.ErrExists) {
 			if opts.ID == nil {
 				continue // a specified id took the one allocated: the next
@@ -487,6 +490,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	adopted = true
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
+	c.timerTaken = false // the install set the timer (sched.go)
 	n.mem.set(id, satAdd(heap.Size(), stable.Size()))
 	c.moduleBytes = uint64(len(wasm))
 	if purge {
@@ -518,6 +522,19 @@ func (n *Node) failInstall(ctx context.Context, c *canister, used uint64, compil
 // (a refund that arrived with a response), and ingress statuses in the
 // same transaction (a trapped call's, so a replay is not charged again).
 func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extraFee, credit cycles.Amount, ingress ...store.IngressRecord) error {
+	return n.charge(c, used, logs, extraFee, credit, nil, ingress)
+}
+
+// chargeRefund is chargeOnly for a response whose callback commits nothing
+// of its own (it trapped, failed, or the caller has no code): the refund is
+// credited, and its record in flight removed, in the same commit.
+func (n *Node) chargeRefund(c *canister, used uint64, logs []sysapi.LogLine, refund cycles.Amount, call uint64) error {
+	return n.charge(c, used, logs, cycles.Amount{}, refund, refunded(c, call), nil)
+}
+
+// charge is chargeOnly that also writes left, records of cycles in flight
+// (inflight.go).
+func (n *Node) charge(c *canister, used uint64, logs []sysapi.LogLine, extraFee, credit cycles.Amount, left []store.CallCycles, ingress []store.IngressRecord) error {
 	meta := c.meta
 	fee := extraFee
 	if used > 0 {
@@ -533,7 +550,7 @@ func (n *Node) chargeOnly(c *canister, used uint64, logs []sysapi.LogLine, extra
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, Ingress: ingress}); err != nil {
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, Ingress: ingress, Left: left}); err != nil {
 		return err
 	}
 	c.meta = meta
@@ -618,6 +635,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
+	c.timerTaken = false
 	n.mem.set(id, 0)
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
@@ -795,7 +813,7 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 	s := &Status{
 		ID: id.String(), Status: c.meta.Status, Controllers: c.meta.Settings.Controllers, Balance: c.meta.Balance,
 		ModuleHash: c.meta.ModuleHash, Version: c.meta.Version, HeapBytes: c.heap.Size(), StableBytes: c.stable.Size(),
-		Globals: len(c.globals), CertifiedData: hex.EncodeToString(c.meta.CertifiedData), GlobalTimer: c.meta.GlobalTimer,
+		Globals: len(c.globals), CertifiedData: hex.EncodeToString(c.meta.CertifiedData), GlobalTimer: c.globalTimer(),
 		Messages: c.meta.Messages, Instructions: c.meta.Instructions, CyclesBurned: c.meta.CyclesBurned,
 		StateHash: hex.EncodeToString(n.stateHash(c)), FreezingThreshold: c.meta.Settings.FreezingThreshold,
 		CyclesMinted: c.meta.CyclesMinted,
@@ -835,7 +853,7 @@ func (n *Node) stateHash(c *canister) []byte {
 	b := c.meta.Balance.Bytes()
 	h.Bytes("balance", b[:])
 	h.Bytes("certified_data", c.meta.CertifiedData)
-	h.Uint("global_timer", c.meta.GlobalTimer)
+	h.Uint("global_timer", c.globalTimer())
 	for _, ctl := range c.meta.Settings.Controllers {
 		h.Bytes("controller", []byte(ctl))
 	}

@@ -21,7 +21,10 @@ import (
 //
 // (ready also falls back to not satisfied if the condition clears before
 // the hook ran). The hook is marked executed when it is taken, before it
-// runs, so one that traps is not retried, as on the IC.
+// runs, so one that traps is not retried, as on the IC; in memory, and
+// durably with the hook's own commit (its execution's, or its trap's
+// charge): a crash before that leaves it ready, and it runs after the
+// restart.
 
 // The states of the hook (store.Meta.LowMemoryHook).
 const (
@@ -72,19 +75,16 @@ func (n *Node) scheduleLowMemory(c *canister) {
 }
 
 // handleLowMemory takes the hook and runs canister_on_low_wasm_memory
-// (c.mu held exclusively). A module without the export takes it too, as
-// the IC's task queue does: it is executed with nothing to run.
+// (c.mu held exclusively, from the take to the commit). A module without
+// the export takes it too, as the IC's task queue does: it is executed
+// with nothing to run, and that is committed on its own.
 func (n *Node) handleLowMemory(c *canister) {
 	c.lowMemoryQueued = false
 	if c.module == nil || c.meta.Status != "running" || c.meta.LowMemoryHook != hookReady {
 		return
 	}
-	meta := c.meta
-	meta.LowMemoryHook = hookExecuted
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
-		n.log.Error("take low wasm memory hook", "canister", c.id.String(), "err", err)
-		return
+	c.meta.LowMemoryHook = hookExecuted
+	if !n.handleSystemTask(c, "canister_on_low_wasm_memory") {
+		n.commitMeta(c, "take low wasm memory hook")
 	}
-	c.meta = meta
-	n.handleSystemTask(c, "canister_on_low_wasm_memory")
 }

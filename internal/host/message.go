@@ -70,8 +70,9 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 // limits and commits it with the given extra cycles movements: a fee charged
 // (ingress) and cycles credited (a refund with a response).
 //
-// ingress are ingress statuses to commit in the same transaction.
-func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, mutate func(*store.Meta), ingress []store.IngressRecord) error {
+// flight are the records of cycles in flight (inflight.go) and ingress the
+// ingress statuses to commit in the same transaction.
+func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, flight *callFlight, ingress []store.IngressRecord) error {
 	if err := validateDelta(out.Heap, c.heap, n.heapLimit(c.module)); err != nil {
 		return fmt.Errorf("canister %s heap: %w", c.id, err)
 	}
@@ -132,9 +133,6 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		meta.GlobalTimer = out.GlobalTimer
 	}
 	updateLowMemory(&meta, out.Heap.Size)
-	if mutate != nil {
-		mutate(&meta)
-	}
 	entries := c.logs.prepare(n.logEntries(out.Logs))
 	change := store.Change{
 		ID: c.id.Bytes(), Meta: meta,
@@ -143,6 +141,9 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes,
 		Ingress: ingress,
+	}
+	if flight != nil {
+		change.Sent, change.Left = flight.sent, flight.left
 	}
 	undo := c.qstats.fold(&change.Meta)
 	if err := n.store.Commit(change); err != nil {
@@ -164,6 +165,9 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	out.Heap.Pages, out.Stable.Pages = nil, nil
 	returnApplied(applied)
 	c.meta, c.globals = meta, out.Globals
+	if out.GlobalTimerSet {
+		c.timerTaken = false // the value set replaces the one a queued task took (sched.go)
+	}
 	n.mem.set(c.id, satAdd(c.heap.Size(), c.stable.Size()))
 	c.logs.publish(entries)
 	// Queued before the execution's reply goes out, so a message sent

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -47,7 +48,8 @@ func (f *fixture) queryText(id principal.Principal, method, arg string) string {
 }
 
 // checkConservation asserts that no cycles were created or lost: the sum of
-// balances and burned cycles equals what was minted.
+// balances, burned cycles and cycles in flight (store/inflight.go) equals
+// what was minted.
 func (f *fixture) checkConservation() {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -68,8 +70,15 @@ func (f *fixture) checkConservation() {
 		have = have.SaturatingAdd(st.Balance).SaturatingAdd(st.CyclesBurned)
 		minted = minted.SaturatingAdd(st.CyclesMinted)
 	}
+	err = f.node.store.CyclesInFlight(func(r store.CallCycles) error {
+		have = have.SaturatingAdd(r.Amount)
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
 	if have != minted {
-		f.t.Fatalf("cycles not conserved: balances+burned = %s, minted = %s", have, minted)
+		f.t.Fatalf("cycles not conserved: balances+burned+in flight = %s, minted = %s", have, minted)
 	}
 }
 

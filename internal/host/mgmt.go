@@ -257,8 +257,10 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 			used = amount
 			amount = amount.SaturatingSub(fee)
 			// The creation fee is burned; it is booked on the new canister
-			// so that the node's cycles add up.
+			// so that the node's cycles add up. The cycles arrive with the
+			// creation's commit.
 			opts.fee = fee
+			opts.delivers = delivered(m.origin)
 		}
 		opts.Cycles = &amount
 		if s, ok := settingsField(arg); ok {
@@ -376,7 +378,11 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 				return nil, used, rejectf(CanisterError, "amount: %v", err)
 			}
 		}
-		if err := n.deposit(ctx, target, amount, m.method == "provisional_top_up_canister"); err != nil {
+		var delivers []store.CallCycles
+		if m.method == "deposit_cycles" {
+			delivers = delivered(m.origin) // all of them arrive with the deposit's commit
+		}
+		if err := n.deposit(ctx, target, amount, m.method == "provisional_top_up_canister", delivers...); err != nil {
 			return nil, used, err
 		}
 		if m.method == "deposit_cycles" {
@@ -622,7 +628,9 @@ func (n *Node) settingsWith(name string, meta store.Meta, u memUsage, s settings
 
 // deposit adds cycles to a canister; minted marks cycles created from
 // nothing (provisional top-up), which the conservation count must know.
-func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycles.Amount, minted bool) error {
+// delivers are the records in flight of the call that brought them, which
+// the deposit's commit removes (inflight.go).
+func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycles.Amount, minted bool, delivers ...store.CallCycles) error {
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
 		return err
@@ -638,7 +646,7 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 		meta.CyclesMinted = meta.CyclesMinted.SaturatingAdd(amount)
 	}
 	ingress, answered := answerOf(ctx, nil)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
+	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress, Left: delivers}); err != nil {
 		return err
 	}
 	answered()

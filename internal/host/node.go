@@ -95,6 +95,12 @@ type canister struct {
 	stopping        *pendingStop // the stop_canister calls waiting for the canister to stop
 	heartbeatQueued bool
 	lowMemoryQueued bool // canister_on_low_wasm_memory waits in the queue (lowmem.go)
+	// timerQueued: a canister_global_timer task waits in the queue or
+	// runs. timerTaken: it took the armed value, which executions see as
+	// deactivated while meta keeps it, as the store does, until the task
+	// commits (sched.go scheduleTimer).
+	timerQueued bool
+	timerTaken  bool
 	// timerWork: a goroutine of the timer loop is doing this canister's
 	// timer work (timers.go timerWorkLater); at most one at a time.
 	timerWork atomic.Bool
@@ -165,6 +171,15 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	// the two left is collected here.
 	if err := st.GCModules(); err != nil {
 		logger.Warn("collecting unused modules", "err", err)
+	}
+	// The calls a crash dropped gave no answer: what their cycles were
+	// doing is undone (inflight.go).
+	if back, err := st.ReturnCyclesInFlight(); err != nil {
+		x.Close()
+		st.Close()
+		return nil, fmt.Errorf("host: returning cycles in flight to their callers: %w", err)
+	} else if !back.IsZero() {
+		logger.Info("cycles of calls a restart dropped returned to their callers", "cycles", back.String())
 	}
 	mem := newMemoryLedger(memoryCapacity(cfg.MemoryCapacity))
 	if err := mem.load(st); err != nil {
@@ -443,7 +458,7 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 		Status:      statusOf(c.meta.Status),
 		Version:     c.meta.Version,
 		Time:        n.now(),
-		GlobalTimer: c.meta.GlobalTimer,
+		GlobalTimer: c.globalTimer(),
 		RootKey:     n.rootKey,
 		Stable:      c.stable,
 		Limits: sysapi.Limits{

@@ -187,7 +187,7 @@ func (n *Node) process(c *canister, m *message) {
 	case kindResponse:
 		n.handleResponse(c, m)
 	case kindTimer:
-		n.handleSystemTask(c, "canister_global_timer")
+		n.handleTimer(c)
 	case kindHeartbeat:
 		c.heartbeatQueued = false
 		n.handleSystemTask(c, "canister_heartbeat")
@@ -336,7 +336,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		n.stopIfIdle(c)
 		return
 	}
-	n.finish(c, id, cc, out, fee, cycles.Amount{})
+	n.finish(c, id, cc, out, fee, cycles.Amount{}, nil)
 }
 
 // execute runs one execution of c from its committed state. One that ends
@@ -361,7 +361,10 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 
 // finish commits a successful execution in call context id and acts on it:
 // sends its calls, delivers its response, closes the context when done.
-func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount) {
+// credit is a refund a response brought, left the records in flight its
+// commit removes with it (inflight.go). It reports whether the execution
+// was committed.
+func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount, left []store.CallCycles) bool {
 	// A user's call is answered by this execution, or still open: its
 	// status commits with it (ingress.go).
 	var ingress []store.IngressRecord
@@ -381,8 +384,31 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 			}
 		}
 	}
-	if err := n.commitExecution(c, out, fee, credit, nil, ingress); err != nil {
+	// The calls' ids are taken now: their cycles are recorded under them
+	// by the commit that sends them; so is what this execution accepted
+	// of the cycles its call context came with.
+	cbIDs := make([]uint64, len(out.Calls))
+	flight := &callFlight{left: left}
+	for i := range out.Calls {
+		cbIDs[i] = n.newID(c)
+		if cyc := out.Calls[i].Cycles; !cyc.IsZero() {
+			flight.sent = append(flight.sent, store.CallCycles{Caller: c.id.Bytes(), Call: cbIDs[i], Amount: cyc})
+		}
+	}
+	if !out.CyclesAccepted.IsZero() {
+		if r, ok := cc.origin.inFlight(cc.available.SaturatingSub(out.CyclesAccepted)); ok {
+			flight.left = append(flight.left, r)
+		}
+	}
+	if err := n.commitExecution(c, out, fee, credit, flight, ingress); err != nil {
 		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
+		if !credit.IsZero() {
+			// The refund a response brought is the caller's all the same
+			// (what its record in flight holds: none without a refund).
+			if err := n.charge(c, 0, nil, cycles.Amount{}, credit, left, nil); err != nil {
+				n.log.Error("credit of a refund failed", "canister", c.id.String(), "err", err)
+			}
+		}
 		if !cc.responded {
 			cc.responded = true
 			rej, ok := err.(*Reject)
@@ -393,7 +419,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 			cc.available = cycles.Amount{}
 		}
 		n.closeIfDone(c, id, cc)
-		return
+		return false
 	}
 	if final {
 		cc.origin.status.final.Store(true)
@@ -404,7 +430,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 	for i := range out.Calls {
 		call := &out.Calls[i]
 		callee, err := principal.FromBytes(call.Callee)
-		cbID := n.newID(c)
+		cbID := cbIDs[i]
 		cb := &callback{ctxID: id, onReply: call.OnReply, onReject: call.OnReject, onCleanup: call.OnCleanup,
 			callee: string(call.Callee), memory: n.callMemory(call), reserved: res}
 		c.callbacks[cbID] = cb
@@ -431,6 +457,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		cc.available = cycles.Amount{}
 	}
 	n.closeIfDone(c, id, cc)
+	return true
 }
 
 // closeIfDone ends a call context with no outstanding calls; one that was
@@ -463,12 +490,15 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	n.releaseCall(c, cb, size) // what its response did not cost is in the balance again
 	cc := c.contexts[cb.ctxID]
 	if cc == nil {
+		if !m.refund.IsZero() {
+			_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
+		}
 		return
 	}
 	cc.outstanding--
 	if c.module == nil {
 		// Uninstalled while waiting: the refund is credited, nothing runs.
-		_ = n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund)
+		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
 		n.closeIfDone(c, cb.ctxID, cc)
 		return
 	}
@@ -489,16 +519,16 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	in.CallContextInstr = cc.instructions
 	out, err := n.execute(c, in, false)
 	if err == nil && !out.Trapped {
-		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund)
+		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
 		return
 	}
 	trap := ""
 	if err != nil {
 		trap = err.Error()
-		_ = n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund)
+		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
 	} else {
 		trap = out.TrapMessage
-		_ = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, m.refund)
+		_ = n.chargeRefund(c, out.Instructions, logsOf(out), m.refund, m.callbackID)
 	}
 	if cb.onCleanup != nil {
 		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
@@ -524,46 +554,81 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	n.closeIfDone(c, cb.ctxID, cc)
 }
 
-// scheduleTimer queues canister_global_timer when the global timer is due.
-// The IC deactivates the timer before running it.
+// scheduleTimer queues canister_global_timer when the global timer is due
+// (c.mu held exclusively). The IC deactivates the timer before running
+// it; here the task takes it in memory only: executions see it
+// deactivated (globalTimer), every commit meanwhile keeps it armed, and
+// the task's own commit deactivates it (handleTimer). A crash before that
+// leaves it armed, and it fires after the restart: at least once, as a
+// message whose execution was not committed never happened. One task at a
+// time, so without a crash it fires once.
 func (n *Node) scheduleTimer(c *canister) {
-	if c.deleted || c.module == nil || !c.module.Info.HasGlobalTimer || c.meta.GlobalTimer == 0 || c.meta.Status != "running" {
+	if !timerRunnable(c) || c.timerQueued || c.meta.GlobalTimer == 0 {
 		return
 	}
 	if uint64(n.clock().UnixNano()) < c.meta.GlobalTimer {
 		return
 	}
-	meta := c.meta
-	meta.GlobalTimer = 0
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
-		n.log.Error("deactivate timer", "canister", c.id.String(), "err", err)
-		return
-	}
-	c.meta = meta
+	c.timerQueued, c.timerTaken = true, true
 	n.enqueue(c, &message{kind: kindTimer})
 }
 
+// globalTimer is c's global timer as executions and status see it: 0 once
+// a queued task has taken it (c.mu held).
+func (c *canister) globalTimer() uint64 {
+	if c.timerTaken {
+		return 0
+	}
+	return c.meta.GlobalTimer
+}
+
+// handleTimer runs the global timer's task. A timer it took is deactivated
+// with the task's commit: the execution's, its trap's charge, or one of
+// its own when the task commits nothing (skipped: stopped, frozen; or it
+// could not run). A timer set again since the task was queued (by a
+// message before it, or an install) was not taken: it stays, and the task
+// runs all the same, as it would on the IC.
+func (n *Node) handleTimer(c *canister) {
+	c.timerQueued = false
+	taken := c.timerTaken
+	if taken {
+		c.timerTaken = false
+		c.meta.GlobalTimer = 0
+	}
+	if !n.handleSystemTask(c, "canister_global_timer") && taken {
+		n.commitMeta(c, "deactivate the global timer")
+	}
+}
+
+// commitMeta commits c's metadata as it is in memory (c.mu held
+// exclusively); a failure leaves it to c's next commit.
+func (n *Node) commitMeta(c *canister, what string) {
+	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: c.meta}); err != nil {
+		n.log.Error(what, "canister", c.id.String(), "err", err)
+	}
+}
+
 // handleSystemTask runs canister_global_timer, canister_heartbeat or
-// canister_on_low_wasm_memory.
-func (n *Node) handleSystemTask(c *canister, entry string) {
+// canister_on_low_wasm_memory, and reports whether it committed anything.
+func (n *Node) handleSystemTask(c *canister, entry string) bool {
 	if c.module == nil || c.meta.Status != "running" {
-		return
+		return false
 	}
 	switch info := &c.module.Info; entry {
 	case "canister_global_timer":
 		if !info.HasGlobalTimer {
-			return
+			return false
 		}
 	case "canister_heartbeat":
 		if !info.HasHeartbeat {
-			return
+			return false
 		}
 	case "canister_on_low_wasm_memory":
 		if !info.HasLowWasmMemory {
-			return
+			return false
 		}
 	default:
-		return
+		return false
 	}
 	limit := n.cfg.UpdateInstructions
 	if err := n.outOfCycles(c, entry, n.executionFee(limit)); err != nil {
@@ -571,7 +636,7 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 		// happens (a heartbeat every second, a timer every tick), and
 		// what it causes must not fill the operator's log.
 		n.log.Debug("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
-		return
+		return false
 	}
 	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
 	id := n.newID(c)
@@ -579,20 +644,28 @@ func (n *Node) handleSystemTask(c *canister, entry string) {
 	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
 	in.Caller = principal.Management().Bytes()
 	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
+	if testHookTaskStarts != nil {
+		testHookTaskStarts(c.id, entry)
+	}
 	out, err := n.execute(c, in, false)
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
+		committed := false
 		if err == nil {
-			_ = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{})
+			committed = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{}) == nil
 			// The whole message is in the canister's own log.
 			n.log.Debug("system task trapped", "canister", c.id.String(), "entry", entry, "trap", truncateText(out.TrapMessage, 256))
 		}
 		n.stopIfIdle(c)
-		return
+		return committed
 	}
 	cc.responded = true // a system task has nobody to answer
-	n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{})
+	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
 }
+
+// testHookTaskStarts, set by tests before any node opens, is called as a
+// system task's execution starts.
+var testHookTaskStarts func(id principal.Principal, entry string)
 
 // HeartbeatInterval is how often canister_heartbeat runs (the IC runs it
 // about once per round, roughly every second).
@@ -628,9 +701,7 @@ func (n *Node) timerWorkDo(c *canister, now uint64) {
 			n.log.Error("storage fee", "canister", c.id.String(), "err", err)
 		}
 	}
-	if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer {
-		n.scheduleTimer(c)
-	}
+	n.scheduleTimer(c)
 	if heartbeatWanted(c) && now >= c.nextBeat {
 		c.heartbeatQueued = true // at most one heartbeat waits in the queue
 		c.nextBeat = now + uint64(HeartbeatInterval)

@@ -134,7 +134,7 @@ func (n *Node) nextDue(c *canister) uint64 {
 		}
 		due = min(due, gridUp(at))
 	}
-	if c.meta.GlobalTimer != 0 && timerRunnable(c) {
+	if c.meta.GlobalTimer != 0 && !c.timerQueued && timerRunnable(c) {
 		due = min(due, c.meta.GlobalTimer)
 	}
 	if lowMemoryDue(c) {
@@ -198,12 +198,6 @@ func (n *Node) timerTick() {
 		k := min(len(locked), storageBatch)
 		n.chargeStorageBatch(locked[:k], now)
 		for _, c := range locked[:k] {
-			if c.meta.GlobalTimer != 0 && now >= c.meta.GlobalTimer && timerRunnable(c) {
-				// Deactivating the timer commits: not in the loop.
-				n.unlock(c)
-				n.timerWorkLater(c)
-				continue
-			}
 			n.timerWorkDo(c, uint64(n.clock().UnixNano()))
 			n.unlock(c)
 		}

@@ -109,7 +109,8 @@ type Meta struct {
 	// CyclesReserved left the balance with calls awaiting responses, to pay
 	// for executing them (host/queues.go); each comes back when its response
 	// has run, and all of it when the node restarts (calls in flight do not
-	// survive a restart).
+	// survive a restart). The cycles attached to those calls are recorded
+	// apart, per call (inflight.go).
 	CyclesReserved cycles.Amount `json:"cycles_reserved,omitempty"`
 	// Storage fee (host/memory.go): the node time (ns since the epoch) up to
 	// which the canister's memory has been paid for, and the fraction of a
@@ -301,12 +302,19 @@ type Change struct {
 	// Ingress are ingress statuses committed with this change (ingress.go).
 	// A Change with only these and no ID writes only these.
 	Ingress []IngressRecord
+	// Cycles in flight (inflight.go). Sent records the cycles the calls
+	// this canister's execution made carry, each under its call; Left sets
+	// what remains in flight of calls (of any canister) whose cycles this
+	// change delivers: accepted, deposited, spent on a creation, refunded.
+	// Zero removes the record; an absent one stays absent.
+	Sent []CallCycles
+	Left []CallCycles
 }
 
 func (c *Change) ingressOnly() bool {
 	return c.ID == nil && len(c.Ingress) > 0 && c.Heap == nil && c.Stable == nil && !c.SetGlobals &&
 		c.Module == nil && !c.Delete && len(c.Logs) == 0 && !c.ClearLogs &&
-		!c.ClearChunks && len(c.Chunks) == 0
+		!c.ClearChunks && len(c.Chunks) == 0 && len(c.Sent) == 0 && len(c.Left) == 0
 }
 
 // Commit applies changes atomically and durably: after it returns, a crash
@@ -383,6 +391,12 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	}
 	if err := putChunks(cb, c.ClearChunks, c.Chunks); err != nil {
 		return fmt.Errorf("wasm chunk store: %w", err)
+	}
+	if err := putLeft(all, c.Left); err != nil {
+		return fmt.Errorf("cycles delivered: %w", err)
+	}
+	if err := putSent(cb, c.ID, c.Sent); err != nil {
+		return fmt.Errorf("cycles sent: %w", err)
 	}
 	return nil
 }
