@@ -2,7 +2,6 @@ package host
 
 import (
 	"github.com/cordon-dev/cordon/internal/cycles"
-	"github.com/cordon-dev/cordon/internal/store"
 )
 
 // Ingress waiting in the queues is bounded in count per canister and in
@@ -98,17 +97,10 @@ func (n *Node) abandon(c *canister, m *message) {
 	case kindResponse:
 		n.abandonResponse(c, m, gone)
 	case kindTimer:
-		// scheduleTimer cleared the timer when it queued this: it is due
-		// again at the next start, unless the canister set it since.
-		if c.meta.GlobalTimer == 0 {
-			meta := c.meta
-			meta.GlobalTimer = n.now()
-			if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
-				n.log.Error("re-arm timer at shutdown", "canister", c.id.String(), "err", err)
-			} else {
-				c.meta = meta
-			}
-		}
+		// scheduleTimer took the timer in memory only (the store keeps it
+		// armed until the task commits): given back, it fires at the next
+		// start.
+		c.timerQueued, c.timerTaken = false, false
 	case kindHeartbeat:
 		c.heartbeatQueued = false
 	case kindLowMemory:
@@ -131,7 +123,9 @@ func (n *Node) abandonResponse(c *canister, m *message, rej *Reject) {
 		size = len(m.reject.Message)
 	}
 	n.releaseCall(c, cb, size)
-	if err := n.chargeOnly(c, 0, nil, cycles.Amount{}, m.refund); err != nil {
+	// The refund is credited and its record in flight removed in one
+	// commit (inflight.go): else the next open would return it again.
+	if err := n.chargeRefund(c, 0, nil, m.refund, m.callbackID); err != nil {
 		n.log.Error("refund at shutdown", "canister", c.id.String(), "err", err)
 	}
 	cc := c.contexts[cb.ctxID]
