@@ -144,7 +144,7 @@ func ParseEnvelopeWith(body []byte, wantType string, now time.Time, rootKey []by
 		switch k {
 		case "content", "sender_pubkey", "sender_sig", "sender_delegation":
 		default:
-			return nil, badRequest("Could not parse body as read request: unknown envelope field %q", k)
+			return nil, badRequest("Could not parse body as read request: unknown envelope field %q", clip(k))
 		}
 	}
 	id, err := RequestID(content)
@@ -199,7 +199,7 @@ func (req *Request) fill(c map[string]any, wantType string) error {
 		return err
 	}
 	if req.Type != wantType {
-		return badRequest("Could not parse body as read request: request_type is %q, this endpoint takes %q", req.Type, wantType)
+		return badRequest("Could not parse body as read request: request_type is %q, this endpoint takes %q", clip(req.Type), wantType)
 	}
 	if req.Sender, err = princ("sender"); err != nil {
 		return err
@@ -417,6 +417,16 @@ func followDelegations(req *Request, signer verifier, v any, at time.Time, rootK
 		}
 	}
 	return signer, nil
+}
+
+// clip shortens a string from a request for an error message: the client
+// knows what it sent, and a 3 MiB field name is not worth echoing.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 // asRequestError returns e's status and message, or 500 for other errors.
