@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/ichttp"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -409,4 +410,39 @@ func mustPrincipal(t *testing.T, s string) principal.Principal {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// The IC HTTP interface reads its bodies under the same deadline as the
+// JSON API: a client that sends a call's headers and trickles its body is
+// answered 408 and cut off after BodyTimeout, and the request slot it held
+// is free again (256 such clients held every slot for the whole
+// ReadTimeout: every other request got 503).
+func TestTrickledICBodyCutOff(t *testing.T) {
+	s := serveWith(t, func(o *ServeOptions) {
+		o.MaxRequests = 1
+		o.BodyTimeout = 300 * time.Millisecond
+	})
+	hostport := strings.TrimPrefix(s.base, "http://")
+	key, err := ichttp.LoadOrCreateRootKey(s.home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet := principal.SelfAuthenticating(key.DER())
+	for _, path := range []string{"/api/v2/canister/%s/call", "/api/v3/canister/%s/call", "/api/v2/canister/%s/read_state", "/api/v3/subnet/%s/read_state"} {
+		id := principal.CanisterID(1)
+		if strings.Contains(path, "subnet") {
+			id = subnet
+		}
+		path = fmt.Sprintf(path, id)
+		c := rawConn(t, s)
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/cbor\r\nContent-Length: 3000000\r\n\r\n\xd9", path, hostport, s.token)
+		got := waitClosed(t, c)
+		if !strings.HasPrefix(got, "HTTP/1.1 408 ") || !strings.Contains(got, "not received in time") {
+			t.Fatalf("%s: trickled body: the server answered %q", path, got)
+		}
+		// The one request slot is free again.
+		if _, err := s.client.List(context.Background()); err != nil {
+			t.Fatalf("%s: a request after the trickler was cut off: %v", path, err)
+		}
+	}
 }

@@ -56,9 +56,10 @@ type ServeOptions struct {
 	MaxInstalls     int           // installs handled at once; more get 503 (DefaultMaxInstalls)
 
 	// A slow client holds a connection and a request slot: the headers
-	// must arrive within ReadHeaderTimeout, a body within BodyTimeout plus
-	// its size at MinBodyRate bytes a second, and at most MaxConns
-	// connections are open at once (more are closed as they come).
+	// must arrive within ReadHeaderTimeout, a body (of the JSON API and of
+	// the IC HTTP interface alike) within BodyTimeout plus its size at
+	// MinBodyRate bytes a second, and at most MaxConns connections are
+	// open at once (see limitConns for what happens at the limit).
 	ReadHeaderTimeout time.Duration // DefaultReadHeaderTimeout
 	BodyTimeout       time.Duration // DefaultBodyTimeout
 	MinBodyRate       int64         // DefaultMinBodyRate

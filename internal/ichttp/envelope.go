@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"os"
 	"reflect"
 	"time"
 
@@ -98,9 +99,13 @@ func (req *Request) MayAddress(p principal.Principal) bool {
 	return req.Targets == nil || req.Targets[string(p.Bytes())]
 }
 
-// readBody reads at most MaxBody bytes.
+// readBody reads at most MaxBody bytes. A body that does not arrive in
+// time (the server paces bodies with read deadlines) is a 408.
 func readBody(r io.Reader) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, &requestError{status: http.StatusRequestTimeout, msg: "request body not received in time"}
+	}
 	if err != nil {
 		return nil, badRequest("read request body: %v", err)
 	}

@@ -142,6 +142,9 @@ func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Request {
 	fail := func(err error) *Request {
 		st, msg := asRequestError(err)
+		if st == http.StatusRequestTimeout {
+			w.Header().Set("Connection", "close") // the rest of the body is not read
+		}
 		writeText(w, st, msg)
 		return nil
 	}
