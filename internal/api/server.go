@@ -280,10 +280,14 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "the server is shutting down; retry when it is back"})
 			return
 		}
-		if !rt.open && s.token != nil && !s.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="cordon"`)
-			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
-			return
+		if s.token != nil {
+			if s.authorized(r) {
+				markAuthenticated(r.Context()) // its connection is a token holder's (serve.go)
+			} else if !rt.open {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="cordon"`)
+				writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
+				return
+			}
 		}
 		if rt.open || rt.stream && isFollow(r) {
 			next.ServeHTTP(w, r)
