@@ -304,7 +304,8 @@ func TestConnectionLimit(t *testing.T) {
 			continue
 		}
 		c.Close()
-	} // A third is closed without an answer.
+	}
+	// A third is closed without an answer.
 	c := rawConn(t, s)
 	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", hostport)
 	if got := waitClosed(t, c); got != "" {
