@@ -68,10 +68,10 @@ type Handler struct {
 
 	mu         sync.Mutex
 	statuses   map[[32]byte]*requestStatus
-	order      [][32]byte // by arrival; ids no longer in statuses are skipped
-	replyBytes int        // sum of the kept replies' sizes
-	pruned     int        // order[:pruned] have had their replies dropped
-	expired    int        // order[:expired] are past their expiry ("done")
+	order      [][32]byte     // by arrival; ids no longer in statuses are skipped
+	replyBytes int            // sum of the kept replies' sizes
+	pruned     int            // order[:pruned] have had their replies dropped
+	expired    int            // order[:expired] are past their expiry ("done")
 	held       map[string]int // statuses held in the table, by sender
 	refused    [][32]byte     // refused calls' statuses, oldest first (some may be gone)
 	nRefused   int            // refused statuses in statuses
