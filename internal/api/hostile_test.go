@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/ichttp"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -278,11 +279,17 @@ drip:
 // Connections beyond MaxConns are closed as they arrive; once one is
 // released, requests are served again.
 func TestConnectionLimit(t *testing.T) {
-	s := serveWith(t, func(o *ServeOptions) { o.MaxConns = 2 })
+	var lim *connLimiter
+	s := serveWith(t, func(o *ServeOptions) {
+		o.MaxConns = 2
+		o.BodyTimeout = 10 * time.Minute // the held bodies are not what is tested
+		o.testLimiter = func(l *connLimiter) { lim = l }
+	})
 	s.client.Close() // Dial's health check left an idle connection
 	// Two connections that hold a slot (a request in progress each: the
-	// headers are done, the body is not). The server may still hold the
-	// slot of Dial's connection for a moment: wait until both are served.
+	// headers are done, the body is not; an idle connection would give
+	// its slot to a new one). The server may still hold the slot of
+	// Dial's connection for a moment: wait until both are in progress.
 	var held []net.Conn
 	hostport := strings.TrimPrefix(s.base, "http://")
 	holdBy := time.Now().Add(time.Minute)
@@ -291,12 +298,9 @@ func TestConnectionLimit(t *testing.T) {
 			t.Fatalf("only %d connections served", len(held))
 		}
 		c := rawConn(t, s)
-		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", hostport)
-		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		_ = c.SetReadDeadline(time.Time{})
-		if err == nil && strings.HasPrefix(line, "HTTP/1.1 200") {
-			held = append(held, c) // kept alive, idle: it holds its slot
+		fmt.Fprintf(c, "POST /api/v1/call HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", hostport, s.token)
+		if waitActive(lim, len(held)+1, 10*time.Second) {
+			held = append(held, c)
 			continue
 		}
 		c.Close()
@@ -409,4 +413,196 @@ func mustPrincipal(t *testing.T, s string) principal.Principal {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// The IC HTTP interface reads its bodies under the same deadline as the
+// JSON API: a client that sends a call's headers and trickles its body is
+// answered 408 and cut off after BodyTimeout, and the request slot it held
+// is free again (256 such clients held every slot for the whole
+// ReadTimeout: every other request got 503).
+func TestTrickledICBodyCutOff(t *testing.T) {
+	s := serveWith(t, func(o *ServeOptions) {
+		o.MaxRequests = 1
+		o.BodyTimeout = 300 * time.Millisecond
+	})
+	hostport := strings.TrimPrefix(s.base, "http://")
+	key, err := ichttp.LoadOrCreateRootKey(s.home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet := principal.SelfAuthenticating(key.DER())
+	for _, path := range []string{"/api/v2/canister/%s/call", "/api/v3/canister/%s/call", "/api/v2/canister/%s/read_state", "/api/v3/subnet/%s/read_state"} {
+		id := principal.CanisterID(1)
+		if strings.Contains(path, "subnet") {
+			id = subnet
+		}
+		path = fmt.Sprintf(path, id)
+		c := rawConn(t, s)
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/cbor\r\nContent-Length: 3000000\r\n\r\n\xd9", path, hostport, s.token)
+		got := waitClosed(t, c)
+		if !strings.HasPrefix(got, "HTTP/1.1 408 ") || !strings.Contains(got, "not received in time") {
+			t.Fatalf("%s: trickled body: the server answered %q", path, got)
+		}
+		// The one request slot is free again.
+		if _, err := s.client.List(context.Background()); err != nil {
+			t.Fatalf("%s: a request after the trickler was cut off: %v", path, err)
+		}
+	}
+}
+
+// waitActive waits until the limiter counts n connections, each with a
+// request in flight.
+func waitActive(l *connLimiter, n int, within time.Duration) bool {
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		l.mu.Lock()
+		active := 0
+		for c := range l.conns {
+			if c.state == http.StateActive {
+				active++
+			}
+		}
+		total := len(l.conns)
+		l.mu.Unlock()
+		if active == n && total == n {
+			return true
+		}
+	}
+	return false
+}
+
+// probe sends GET /healthz on c (no token) and reads the answer; false if
+// the connection is closed instead.
+func probe(c net.Conn, br *bufio.Reader, hostport string) bool {
+	if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", hostport); err != nil {
+		return false
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	defer c.SetReadDeadline(time.Time{})
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return false
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return err == nil && resp.StatusCode == http.StatusOK
+}
+
+// waitQuiet waits until no connection of the limiter has a request in
+// flight (a probe's answer is read a moment before its connection turns
+// idle).
+func waitQuiet(t *testing.T, l *connLimiter) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
+		l.mu.Lock()
+		busy := 0
+		for c := range l.conns {
+			if c.state == http.StateActive {
+				busy++
+			}
+		}
+		l.mu.Unlock()
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still busy", busy)
+		}
+	}
+}
+
+// trustedConns counts the connections that carried an authenticated
+// request.
+func trustedConns(l *connLimiter) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for c := range l.conns {
+		if c.trusted {
+			n++
+		}
+	}
+	return n
+}
+
+// Without a token, anyone could fill every connection slot with idle
+// keep-alive connections (a probe every so often keeps them) and every
+// new connection, a token holder's too, was closed as it arrived. At the
+// limit a new connection now takes the place of an idle one, one that
+// never carried an authenticated request first: the token holder is
+// served, and a second flood does not take its connection either.
+func TestIdleConnectionsDoNotLockOut(t *testing.T) {
+	const max = 8
+	var lim *connLimiter
+	s := serveWith(t, func(o *ServeOptions) {
+		o.MaxConns = max
+		o.testLimiter = func(l *connLimiter) { lim = l }
+	})
+	s.client.Close() // Dial's health check left an idle connection
+	hostport := strings.TrimPrefix(s.base, "http://")
+	flood := func() int {
+		held := 0
+		for i := 0; i < max; i++ {
+			c := rawConn(t, s)
+			if probe(c, bufio.NewReader(c), hostport) {
+				held++
+			}
+			waitQuiet(t, lim)
+		}
+		return held
+	}
+	if n := flood(); n < max-1 {
+		t.Fatalf("the attacker held only %d of %d connections", n, max)
+	}
+
+	// The token holder is served (a few tries: an attacker's connection
+	// may still be finishing its probe).
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err = s.client.List(context.Background()); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("a token holder while %d idle connections are held: %v", max, err)
+	}
+	waitQuiet(t, lim)
+	if n := trustedConns(lim); n != 1 {
+		t.Fatalf("%d authenticated connections, want the token holder's", n)
+	}
+
+	// A second flood replaces the attacker's own connections, not the
+	// token holder's idle one.
+	flood()
+	if n := trustedConns(lim); n != 1 {
+		t.Fatalf("after a second flood: %d authenticated connections, want the token holder's", n)
+	}
+	if _, err := s.client.List(context.Background()); err != nil {
+		t.Fatalf("the token holder after a second flood: %v", err)
+	}
+}
+
+// A connection that carried no authenticated request is not kept idle for
+// the server's idle timeout (2 minutes) but for untrustedIdle; one that
+// did is.
+func TestUntrustedIdleConnectionsClosed(t *testing.T) {
+	var lim *connLimiter
+	s := serveWith(t, func(o *ServeOptions) {
+		o.testLimiter = func(l *connLimiter) { l.untrustedIdle = 100 * time.Millisecond; lim = l }
+	})
+	hostport := strings.TrimPrefix(s.base, "http://")
+	if _, err := s.client.List(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := rawConn(t, s)
+	br := bufio.NewReader(c)
+	if !probe(c, br, hostport) {
+		t.Fatal("probe not answered")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute)) // well below the server's idle timeout
+	if b, err := io.ReadAll(br); err != nil {
+		t.Fatalf("the probe's idle connection was kept open (%v); it sent %q", err, b)
+	}
+	if n := trustedConns(lim); n != 1 {
+		t.Fatalf("%d authenticated connections kept, want the token holder's", n)
+	}
 }

@@ -56,13 +56,17 @@ type ServeOptions struct {
 	MaxInstalls     int           // installs handled at once; more get 503 (DefaultMaxInstalls)
 
 	// A slow client holds a connection and a request slot: the headers
-	// must arrive within ReadHeaderTimeout, a body within BodyTimeout plus
-	// its size at MinBodyRate bytes a second, and at most MaxConns
-	// connections are open at once (more are closed as they come).
+	// must arrive within ReadHeaderTimeout, a body (of the JSON API and of
+	// the IC HTTP interface alike) within BodyTimeout plus its size at
+	// MinBodyRate bytes a second, and at most MaxConns connections are
+	// open at once (see limitConns for what happens at the limit).
 	ReadHeaderTimeout time.Duration // DefaultReadHeaderTimeout
 	BodyTimeout       time.Duration // DefaultBodyTimeout
 	MinBodyRate       int64         // DefaultMinBodyRate
 	MaxConns          int           // DefaultMaxConns
+
+	// testLimiter, set by tests, is given the connection limiter.
+	testLimiter func(*connLimiter)
 
 	// IC serves the IC HTTP interface (/api/v2/..., internal/ichttp)
 	// behind the same checks as the rest of the API. Serve makes one with
@@ -371,7 +375,11 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	} else {
 		logger.Warn("serving without a token (server.require_token = false): every local user and process can install and call canisters", "addr", ln.Addr().String())
 	}
-	ln = limitConns(ln, opts.MaxConns)
+	limiter := limitConns(ln, opts.MaxConns, token == "")
+	ln = limiter
+	if opts.testLimiter != nil {
+		opts.testLimiter(limiter)
+	}
 	info := serveInfo{Addr: ln.Addr().String(), PID: os.Getpid(), TLS: tlsConfig != nil, CertSHA256: certSum, Token: token != ""}
 
 	if opts.IC == nil {
@@ -403,6 +411,8 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ConnContext:       limiter.connContext,
+		ConnState:         limiter.connState,
 	}
 
 	if err := writeServeFile(opts.Home, info); err != nil {
@@ -459,17 +469,47 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err)
 }
 
-// limitConns closes connections beyond max as they are accepted, so that
-// clients holding connections open cannot make the process run out of
-// descriptors; those within the limit are bounded in time by the server's
-// header, body and idle timeouts.
-func limitConns(ln net.Listener, max int) net.Listener {
-	return &connLimiter{Listener: ln, slots: make(chan struct{}, max)}
+// limitConns bounds the connections open at once to max, so that clients
+// holding connections cannot make the process run out of descriptors.
+// Those within the limit are bounded in time by the server's header, body
+// and idle timeouts; one that has carried no authenticated request is
+// closed after untrustedIdleTimeout idle. At the limit, a new connection
+// takes the place of one that is idle (between requests, or accepted and
+// still silent): one that never carried an authenticated request first,
+// the longest idle first. A connection with a request in flight is never
+// closed for another; only when every one has, the new one is closed.
+// trustAll (a server without a token) counts every connection as
+// authenticated.
+func limitConns(ln net.Listener, max int, trustAll bool) *connLimiter {
+	return &connLimiter{Listener: ln, max: max, trustAll: trustAll, untrustedIdle: untrustedIdleTimeout,
+		conns: make(map[*limitedConn]struct{}, max)}
 }
+
+// untrustedIdleTimeout is how long a connection that has carried no
+// authenticated request is kept idle (a var for tests).
+var untrustedIdleTimeout = 5 * time.Second
 
 type connLimiter struct {
 	net.Listener
-	slots chan struct{}
+	max           int
+	trustAll      bool
+	untrustedIdle time.Duration
+
+	mu    sync.Mutex
+	conns map[*limitedConn]struct{} // open connections
+}
+
+// limitedConn is a connection the limiter counts. Its fields but Conn and
+// l are guarded by l.mu.
+type limitedConn struct {
+	net.Conn
+	l *connLimiter
+
+	state   http.ConnState
+	since   time.Time // when it last became idle, or was accepted
+	trusted bool      // it has carried an authenticated request
+	gone    bool      // no longer counted (closed, or given up for another)
+	idle    *time.Timer
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
@@ -478,23 +518,138 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.slots <- struct{}{}:
-			return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+		lc := &limitedConn{Conn: c, l: l, state: http.StateNew, since: time.Now(), trusted: l.trustAll}
+		l.mu.Lock()
+		var victim *limitedConn
+		if len(l.conns) >= l.max {
+			if victim = l.evictableLocked(); victim != nil {
+				l.dropLocked(victim)
+			}
+		}
+		admit := len(l.conns) < l.max
+		if admit {
+			l.conns[lc] = struct{}{}
+		}
+		l.mu.Unlock()
+		if victim != nil {
+			// The server's goroutine for it fails its read and ends it.
+			_ = victim.Conn.Close()
+		}
+		if admit {
+			return lc, nil
+		}
+		_ = c.Close()
+	}
+}
+
+// evictableLocked is the connection a new one may replace: an idle or
+// silent one, untrusted before trusted, the longest idle first; nil if
+// every connection has a request in flight. l.mu held.
+func (l *connLimiter) evictableLocked() *limitedConn {
+	var best *limitedConn
+	for c := range l.conns {
+		if c.state != http.StateIdle && c.state != http.StateNew {
+			continue
+		}
+		if best == nil || (!c.trusted && best.trusted) ||
+			(c.trusted == best.trusted && c.since.Before(best.since)) {
+			best = c
+		}
+	}
+	return best
+}
+
+// dropLocked stops counting c. l.mu held.
+func (l *connLimiter) dropLocked(c *limitedConn) {
+	if c.gone {
+		return
+	}
+	c.gone = true
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	delete(l.conns, c)
+}
+
+// connState is the server's ConnState hook: it follows which connections
+// have a request in flight, and closes an untrusted connection idle for
+// untrustedIdle.
+func (l *connLimiter) connState(nc net.Conn, st http.ConnState) {
+	c := asLimited(nc)
+	if c == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.gone {
+		return
+	}
+	c.state = st
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	switch st {
+	case http.StateIdle:
+		c.since = time.Now()
+		if !c.trusted && l.untrustedIdle > 0 {
+			c.idle = time.AfterFunc(l.untrustedIdle, func() {
+				l.mu.Lock()
+				expired := !c.gone && c.state == http.StateIdle && !c.trusted
+				l.mu.Unlock()
+				if expired {
+					_ = c.Close()
+				}
+			})
+		}
+	case http.StateClosed:
+		l.dropLocked(c)
+	}
+}
+
+// connContext is the server's ConnContext hook: a request's context
+// carries its connection, which an authenticated request marks trusted.
+func (l *connLimiter) connContext(ctx context.Context, nc net.Conn) context.Context {
+	if c := asLimited(nc); c != nil {
+		return context.WithValue(ctx, connKey{}, c)
+	}
+	return ctx
+}
+
+type connKey struct{}
+
+// markAuthenticated records that the connection of a request's context
+// carried an authenticated request: it keeps the server's idle timeout and
+// is replaced last at the connection limit.
+func markAuthenticated(ctx context.Context) {
+	c, ok := ctx.Value(connKey{}).(*limitedConn)
+	if !ok {
+		return
+	}
+	c.l.mu.Lock()
+	c.trusted = true
+	c.l.mu.Unlock()
+}
+
+// asLimited finds the limiter's connection under a TLS one.
+func asLimited(nc net.Conn) *limitedConn {
+	for {
+		switch c := nc.(type) {
+		case *limitedConn:
+			return c
+		case interface{ NetConn() net.Conn }:
+			nc = c.NetConn()
 		default:
-			_ = c.Close()
+			return nil
 		}
 	}
 }
 
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	c.l.mu.Lock()
+	c.l.dropLocked(c)
+	c.l.mu.Unlock()
 	return err
 }

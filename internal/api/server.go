@@ -185,12 +185,16 @@ func (s *server) routes() []route {
 	return rts
 }
 
-// icHandler passes a request to the IC HTTP interface, if it is served.
+// icHandler passes a request to the IC HTTP interface, if it is served,
+// with its body paced as the JSON API's are: a client trickling a body
+// holds its request slot for BodyTimeout plus the body's size at
+// MinBodyRate, not for the whole ReadTimeout.
 func (s *server) icHandler(w http.ResponseWriter, r *http.Request) {
 	if s.opts.IC == nil {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "the IC HTTP interface is not served here"})
 		return
 	}
+	r.Body = s.paced(w, r)
 	s.opts.IC.ServeHTTP(w, r)
 }
 
@@ -276,10 +280,14 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "the server is shutting down; retry when it is back"})
 			return
 		}
-		if !rt.open && s.token != nil && !s.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="cordon"`)
-			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
-			return
+		if s.token != nil {
+			if s.authorized(r) {
+				markAuthenticated(r.Context()) // its connection is a token holder's (serve.go)
+			} else if !rt.open {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="cordon"`)
+				writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' with the token from <home>/token"})
+				return
+			}
 		}
 		if rt.open || rt.stream && isFollow(r) {
 			next.ServeHTTP(w, r)
@@ -505,9 +513,7 @@ func (s *server) decode(w http.ResponseWriter, r *http.Request, limit int64, v a
 	if r.ContentLength > limit {
 		return tooLarge
 	}
-	body := &pacedBody{r: r.Body, rc: http.NewResponseController(w), start: time.Now(),
-		grace: s.opts.BodyTimeout, rate: s.opts.MinBodyRate}
-	dec := json.NewDecoder(http.MaxBytesReader(w, body, limit))
+	dec := json.NewDecoder(http.MaxBytesReader(w, s.paced(w, r), limit))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil {
@@ -541,6 +547,13 @@ func (s *server) decode(w http.ResponseWriter, r *http.Request, limit int64, v a
 		return badRequest(fmt.Errorf("invalid JSON request body: field %q: %v", te.Field, err))
 	}
 	return badRequest(fmt.Errorf("invalid JSON request body: %v", err))
+}
+
+// paced is r's body read under the server's body deadline (pacedBody):
+// BodyTimeout for the first bytes, then MinBodyRate.
+func (s *server) paced(w http.ResponseWriter, r *http.Request) io.ReadCloser {
+	return &pacedBody{r: r.Body, rc: http.NewResponseController(w), start: time.Now(),
+		grace: s.opts.BodyTimeout, rate: s.opts.MinBodyRate}
 }
 
 // pacedBody reads a request body under a read deadline that moves with

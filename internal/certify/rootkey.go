@@ -17,6 +17,8 @@ import (
 
 	"github.com/cloudflare/circl/sign/bls"
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cordon-dev/cordon/internal/cborlimit"
 )
 
 // RootKeyFile is the node's BLS12-381 root key in <home>, the secret scalar
@@ -162,8 +164,15 @@ func (k *RootKey) CertifyCanister(id, certifiedData []byte, timeNanos uint64) ([
 }
 
 // maxCertificate bounds a certificate Verify decodes (the IC's, with a
-// delegation, are a few KiB).
-const maxCertificate = 1 << 20
+// delegation, are a few KiB), and maxCertItems its CBOR data items, counted
+// before it is decoded: a real certificate is a tree pruned to the paths it
+// certifies (at most three items a node), a signature and an optional
+// delegation, a few hundred items. The size alone would let a 1 MiB
+// certificate of one-byte items decode into a million Go values.
+const (
+	maxCertificate = 1 << 20
+	maxCertItems   = 4096
+)
 
 // certDecMode decodes a certificate from outside: a tree node is an array
 // of at most 3 items, a certificate a map of at most 3 pairs, no duplicate
@@ -208,6 +217,9 @@ func (d *StrictDecoder) Unmarshal(data []byte, v any) error {
 func Verify(rootKeyDER, cert []byte) (*Tree, error) {
 	if len(cert) > maxCertificate {
 		return nil, fmt.Errorf("certificate of %d bytes (at most %d)", len(cert), maxCertificate)
+	}
+	if err := cborlimit.Check(cert, maxCertItems, maxTreeDepth+8); err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
 	}
 	var c struct {
 		Tree       any             `cbor:"tree"`

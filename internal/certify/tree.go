@@ -140,7 +140,29 @@ func decodeTree(v any, depth int, nodes *int) (*Tree, error) {
 		}
 		return Pruned([32]byte(b)), nil
 	}
-	return nil, fmt.Errorf("hash tree node with tag %v and %d elements", a[0], len(a))
+	// The node is named by its shape, never printed: it may be a large
+	// hostile subtree.
+	if _, ok := a[0].(uint64); !ok {
+		return nil, fmt.Errorf("hash tree node whose tag is a %s, not a number", kindOf(a[0]))
+	}
+	return nil, fmt.Errorf("hash tree node with tag %d and %d elements", tag, len(a))
+}
+
+// kindOf names a decoded CBOR value's kind for an error message.
+func kindOf(v any) string {
+	switch v.(type) {
+	case []any:
+		return "array"
+	case map[any]any, map[string]any:
+		return "map"
+	case []byte:
+		return "byte string"
+	case string:
+		return "text string"
+	case nil:
+		return "null"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // Lookup follows path, returning the leaf's value, or false if the path

@@ -141,7 +141,7 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.MaxRequests }, 1),
 	integer("server.max_installs", "", "installs handled at once (each holds its module in memory); more get 503",
 		func(c *Config) *int { return &c.MaxInstalls }, 1),
-	integer("server.max_connections", "", "open API connections; more are closed as they come (each slow client holds one)",
+	integer("server.max_connections", "", "open API connections; at the limit a new one replaces an idle one (one that carried no token first), or is closed if every one has a request in flight",
 		func(c *Config) *int { return &c.MaxConns }, 1),
 
 	count("limits.update_instructions", "", "instructions per update message",

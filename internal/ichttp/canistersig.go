@@ -8,6 +8,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/cordon-dev/cordon/internal/cborlimit"
 	"github.com/cordon-dev/cordon/internal/certify"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -71,6 +72,11 @@ func verifyCanisterSig(rootKey []byte, signer principal.Principal, seedHash [32]
 	var s struct {
 		Certificate []byte          `cbor:"certificate"`
 		Tree        cbor.RawMessage `cbor:"tree"`
+	}
+	// The signature is one blob of the envelope: its own items are
+	// counted here (the tree in it is within them).
+	if err := cborlimit.Check(sig, maxCertItems, maxTreeDepth+1+certNesting); err != nil {
+		return fmt.Errorf("canister signature: %w", err)
 	}
 	if err := canisterSigDecMode.Unmarshal(sig, &s); err != nil {
 		return fmt.Errorf("canister signature: %w", err)

@@ -129,12 +129,19 @@ func (h *Handler) load() error {
 		return 0
 	})
 	h.mu.Lock()
+	var recs []store.IngressRecord
 	for _, k := range all {
 		h.statuses[k.id] = k.st
 		h.order = append(h.order, k.id)
 		h.replyBytes += len(k.st.Reply)
+		if isRefusal(k.st) {
+			recs = append(recs, h.refuseLocked(k.id, k.st)...)
+		} else {
+			k.st.holds = true
+			h.held[string(k.st.Sender.Bytes())]++
+		}
 	}
-	recs := append(bad, h.pruneLocked()...)
+	recs = append(append(bad, recs...), h.pruneLocked()...)
 	recs = append(recs, h.capRepliesLocked()...)
 	h.mu.Unlock()
 	h.persist(recs)
@@ -161,6 +168,10 @@ func (h *Handler) pruneLocked() []store.IngressRecord {
 	for h.expired < len(h.order) {
 		id := h.order[h.expired]
 		st := h.statuses[id]
+		if st == nil { // dropped for room
+			h.expired++
+			continue
+		}
 		end := st.Expiry + uint64(maxClockDrift)
 		if st.Status == "processing" {
 			end += uint64(maxCallWait)
@@ -173,21 +184,127 @@ func (h *Handler) pruneLocked() []store.IngressRecord {
 			st.Status, st.Reply, st.RejectCode, st.RejectMessage = "done", nil, 0, ""
 			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(st)})
 		}
+		h.releaseLocked(st) // done: evictable, no longer its sender's
 		h.expired++
 	}
 	for h.expired > 0 {
 		st := h.statuses[h.order[0]]
-		if st.Expiry+uint64(maxClockDrift+doneTTL) >= now {
+		if st != nil && st.Expiry+uint64(maxClockDrift+doneTTL) >= now {
 			break
 		}
-		recs = append(recs, store.IngressRecord{Key: append([]byte(nil), h.order[0][:]...)})
-		delete(h.statuses, h.order[0])
-		h.order[0] = [32]byte{}
-		h.order = h.order[1:]
-		h.expired--
-		h.pruned = max(h.pruned-1, 0)
+		recs = append(recs, h.dropFrontLocked()...)
 	}
 	return recs
+}
+
+// dropFrontLocked forgets order[0], which is done (or gone already), and
+// returns its store record. h.mu held.
+func (h *Handler) dropFrontLocked() []store.IngressRecord {
+	id := h.order[0]
+	var recs []store.IngressRecord
+	if st := h.statuses[id]; st != nil {
+		h.forgetLocked(id, st)
+		recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...)})
+	}
+	h.gone-- // forgetLocked counted it among the gone; it leaves order now
+	h.order[0] = [32]byte{}
+	h.order = h.order[1:]
+	h.expired--
+	h.pruned = max(h.pruned-1, 0)
+	return recs
+}
+
+// forgetLocked removes a status from the table (its id stays in order
+// until pruning or compaction reaches it). h.mu held.
+func (h *Handler) forgetLocked(id [32]byte, st *requestStatus) {
+	h.releaseLocked(st)
+	if st.refusal {
+		h.nRefused--
+	}
+	h.replyBytes -= len(st.Reply)
+	delete(h.statuses, id)
+	h.gone++
+}
+
+// releaseLocked stops counting st in its sender's held statuses. h.mu held.
+func (h *Handler) releaseLocked(st *requestStatus) {
+	if !st.holds {
+		return
+	}
+	st.holds = false
+	k := string(st.Sender.Bytes())
+	if h.held[k]--; h.held[k] <= 0 {
+		delete(h.held, k)
+	}
+}
+
+// tableLocked is how many statuses count against maxStatuses: all but the
+// refused calls'. h.mu held.
+func (h *Handler) tableLocked() int { return len(h.statuses) - h.nRefused }
+
+// makeRoomLocked forgets done statuses, oldest first, while the table is
+// full. Only statuses past their expiry are done, so a replay of one is
+// refused by its expiry. h.mu held.
+func (h *Handler) makeRoomLocked() []store.IngressRecord {
+	var recs []store.IngressRecord
+	for h.tableLocked() >= maxStatuses && h.expired > 0 {
+		recs = append(recs, h.dropFrontLocked()...)
+	}
+	return recs
+}
+
+// isRefusal reports whether a status is that of a call refused before
+// anything ran: DESTINATION_INVALID is the system's reject of a call to no
+// canister or no method (a canister's own rejects are CANISTER_REJECT).
+func isRefusal(st *requestStatus) bool {
+	return st.Status == "rejected" && st.RejectCode == uint64(host.DestinationInvalid)
+}
+
+// refuseLocked moves a refused call's status out of the table (and out of
+// its sender's count) to the last maxRefused refused, forgetting the
+// oldest beyond them, and compacts order when most of it is gone. It
+// returns the store records of what it forgot. h.mu held.
+func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRecord {
+	h.releaseLocked(st)
+	st.refusal = true
+	h.nRefused++
+	h.refused = append(h.refused, id)
+	var recs []store.IngressRecord
+	for h.nRefused > maxRefused && len(h.refused) > 0 {
+		old := h.refused[0]
+		h.refused[0] = [32]byte{}
+		h.refused = h.refused[1:]
+		if o := h.statuses[old]; o != nil && o.refusal {
+			h.forgetLocked(old, o)
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), old[:]...)})
+		}
+	}
+	if len(h.refused) > 2*maxRefused { // ids pruned meanwhile
+		h.refused = slices.DeleteFunc(h.refused, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || !o.refusal })
+	}
+	if h.gone > 1024 && 2*h.gone > len(h.order) {
+		h.compactLocked()
+	}
+	return recs
+}
+
+// compactLocked drops the ids of forgotten statuses from order. h.mu held.
+func (h *Handler) compactLocked() {
+	kept := make([][32]byte, 0, len(h.order)-h.gone)
+	expired, pruned := 0, 0
+	for i, id := range h.order {
+		if _, ok := h.statuses[id]; !ok {
+			continue
+		}
+		if i < h.expired {
+			expired++
+		}
+		if i < h.pruned {
+			pruned++
+		}
+		kept = append(kept, id)
+	}
+	h.order, h.expired, h.pruned, h.gone = kept, expired, pruned, 0
 }
 
 // capRepliesLocked drops the oldest replies beyond maxReplyBytes (their
@@ -196,7 +313,7 @@ func (h *Handler) capRepliesLocked() []store.IngressRecord {
 	var recs []store.IngressRecord
 	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
 		id := h.order[h.pruned]
-		if o := h.statuses[id]; o.Status == "replied" {
+		if o := h.statuses[id]; o != nil && o.Status == "replied" {
 			h.replyBytes -= len(o.Reply)
 			o.Status, o.Reply = "done", nil
 			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(o)})

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"os"
 	"reflect"
 	"time"
 
@@ -98,9 +99,13 @@ func (req *Request) MayAddress(p principal.Principal) bool {
 	return req.Targets == nil || req.Targets[string(p.Bytes())]
 }
 
-// readBody reads at most MaxBody bytes.
+// readBody reads at most MaxBody bytes. A body that does not arrive in
+// time (the server paces bodies with read deadlines) is a 408.
 func readBody(r io.Reader) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, &requestError{status: http.StatusRequestTimeout, msg: "request body not received in time"}
+	}
 	if err != nil {
 		return nil, badRequest("read request body: %v", err)
 	}
@@ -144,7 +149,7 @@ func ParseEnvelopeWith(body []byte, wantType string, now time.Time, rootKey []by
 		switch k {
 		case "content", "sender_pubkey", "sender_sig", "sender_delegation":
 		default:
-			return nil, badRequest("Could not parse body as read request: unknown envelope field %q", k)
+			return nil, badRequest("Could not parse body as read request: unknown envelope field %q", clip(k))
 		}
 	}
 	id, err := RequestID(content)
@@ -199,7 +204,7 @@ func (req *Request) fill(c map[string]any, wantType string) error {
 		return err
 	}
 	if req.Type != wantType {
-		return badRequest("Could not parse body as read request: request_type is %q, this endpoint takes %q", req.Type, wantType)
+		return badRequest("Could not parse body as read request: request_type is %q, this endpoint takes %q", clip(req.Type), wantType)
 	}
 	if req.Sender, err = princ("sender"); err != nil {
 		return err
@@ -379,15 +384,17 @@ func followDelegations(req *Request, signer verifier, v any, at time.Time, rootK
 		if !ok || !ok2 {
 			return nil, badRequest("Could not parse body as read request: delegation %d needs pubkey and expiration", i)
 		}
+		// The expiry is checked before the signature, which may be costly
+		// (a canister signature is a BLS pairing).
+		if exp < now {
+			return nil, forbidden("Request %x is not authorized: delegation %d expired at %s", req.ID, i, nanosText(exp))
+		}
 		h, err := hashMap(d)
 		if err != nil {
 			return nil, badRequest("Could not parse body as read request: delegation %d: %v", i, err)
 		}
 		if !signer(append([]byte(delegationDomain), h[:]...), sig) {
 			return nil, forbidden("Request %x is not authorized: invalid delegation %d: its signature does not verify against the key it delegates from", req.ID, i)
-		}
-		if exp < now {
-			return nil, forbidden("Request %x is not authorized: delegation %d expired at %s", req.ID, i, nanosText(exp))
 		}
 		if t, ok := d["targets"]; ok {
 			ts, ok := t.([]any)
@@ -417,6 +424,16 @@ func followDelegations(req *Request, signer verifier, v any, at time.Time, rootK
 		}
 	}
 	return signer, nil
+}
+
+// clip shortens a string from a request for an error message: the client
+// knows what it sent, and a 3 MiB field name is not worth echoing.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 // asRequestError returns e's status and message, or 500 for other errors.

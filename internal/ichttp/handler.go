@@ -37,13 +37,23 @@ var ImplVersion = "cordon"
 // call (durable.go): a restart keeps them. A status is kept until its
 // ingress expiry has passed, so that a replay within the window is
 // recognized and not run again, then "done" for doneTTL, then forgotten.
-// maxStatuses bounds how many calls may be kept (more are refused with
-// 503, never evicted: evicting one would let it be replayed),
-// maxReplyBytes the replies held (beyond it the oldest replies are dropped
-// and their status becomes "done", as the IC prunes replies).
+//
+// maxStatuses bounds how many calls may be kept. When the table is full,
+// "done" statuses (past their expiry: a replay is refused by its expiry)
+// make room, oldest first; if none is done, the call is refused with 503,
+// never a status within its expiry evicted: that would let it be replayed.
+// maxStatusesPerSender bounds what one sender holds of the table (429
+// beyond it), so that one principal cannot fill it. A call refused before
+// anything ran (DESTINATION_INVALID: no such canister or method) keeps its
+// status only among the last maxRefused such, outside the table: a replay
+// of it runs nothing either, and the IC keeps no trace of such a request.
+// maxReplyBytes bounds the replies held (beyond it the oldest replies are
+// dropped and their status becomes "done", as the IC prunes replies).
 const (
-	maxStatuses   = 100_000
-	maxReplyBytes = 256 << 20
+	maxStatuses          = 100_000
+	maxStatusesPerSender = maxStatuses / 4
+	maxRefused           = 10_000
+	maxReplyBytes        = 256 << 20
 )
 
 // Handler serves the IC HTTP interface of one node.
@@ -58,10 +68,14 @@ type Handler struct {
 
 	mu         sync.Mutex
 	statuses   map[[32]byte]*requestStatus
-	order      [][32]byte // by arrival
-	replyBytes int        // sum of the kept replies' sizes
-	pruned     int        // order[:pruned] have had their replies dropped
-	expired    int        // order[:expired] are past their expiry ("done")
+	order      [][32]byte     // by arrival; ids no longer in statuses are skipped
+	replyBytes int            // sum of the kept replies' sizes
+	pruned     int            // order[:pruned] have had their replies dropped
+	expired    int            // order[:expired] are past their expiry ("done")
+	held       map[string]int // statuses held in the table, by sender
+	refused    [][32]byte     // refused calls' statuses, oldest first (some may be gone)
+	nRefused   int            // refused statuses in statuses
+	gone       int            // ids in order no longer in statuses
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -73,6 +87,9 @@ type requestStatus struct {
 	Reply         []byte
 	RejectCode    uint64
 	RejectMessage string
+
+	holds   bool // it counts in its sender's held statuses
+	refusal bool // refused before anything ran: kept among h.refused
 }
 
 // New serves node's canisters over the IC HTTP interface, certifying with
@@ -81,7 +98,8 @@ func New(node Node, key *RootKey, nodeKey *NodeKey, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{node: node, key: key, nodeKey: nodeKey, log: log, now: time.Now, mux: http.NewServeMux(), statuses: map[[32]byte]*requestStatus{}}
+	h := &Handler{node: node, key: key, nodeKey: nodeKey, log: log, now: time.Now, mux: http.NewServeMux(),
+		statuses: map[[32]byte]*requestStatus{}, held: map[string]int{}}
 	if ss, ok := node.(StatusStore); ok {
 		h.store = ss
 		// A node whose statuses cannot be read still serves; calls it
@@ -142,6 +160,9 @@ func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Request {
 	fail := func(err error) *Request {
 		st, msg := asRequestError(err)
+		if st == http.StatusRequestTimeout {
+			w.Header().Set("Connection", "close") // the rest of the body is not read
+		}
 		writeText(w, st, msg)
 		return nil
 	}
@@ -304,8 +325,9 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 }
 
 // begin records a request as processing; false if its id was already
-// known. Statuses are pruned first (durable.go); a full window is a 503.
-// recs are the pruning's store records, for persist.
+// known. Statuses are pruned first (durable.go); a sender holding
+// maxStatusesPerSender is a 429, a full table without a done status to
+// evict a 503. recs are the pruning's store records, for persist.
 func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -313,17 +335,25 @@ func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, e
 		return false, nil, nil
 	}
 	recs = h.pruneLocked()
-	if len(h.statuses) >= maxStatuses {
+	sender := string(req.Sender.Bytes())
+	if h.held[sender] >= maxStatusesPerSender {
+		return false, recs, &requestError{status: http.StatusTooManyRequests,
+			msg: fmt.Sprintf("too many calls (%d) from sender %s within their ingress expiry; retry later", maxStatusesPerSender, req.Sender)}
+	}
+	recs = append(recs, h.makeRoomLocked()...)
+	if h.tableLocked() >= maxStatuses {
 		return false, recs, &requestError{status: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("too many calls (%d) within their ingress expiry; retry later", maxStatuses)}
 	}
-	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry}
+	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry, holds: true}
+	h.held[sender]++
 	h.order = append(h.order, req.ID)
 	return true, recs, nil
 }
 
 // finish records a call's outcome (which the node has stored with its
-// execution) and returns the store records of replies dropped for space.
+// execution) and returns the store records of replies and refused
+// statuses dropped for space.
 func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -331,9 +361,12 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	if !ok || old.Status != "processing" {
 		return nil
 	}
-	st.Sender, st.Canister, st.Expiry = old.Sender, old.Canister, old.Expiry
+	st.Sender, st.Canister, st.Expiry, st.holds = old.Sender, old.Canister, old.Expiry, old.holds
 	*old = *st
 	h.replyBytes += len(st.Reply)
+	if isRefusal(old) {
+		return h.refuseLocked(id, old)
+	}
 	return h.capRepliesLocked()
 }
 

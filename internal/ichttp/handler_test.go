@@ -420,7 +420,8 @@ func TestStatusBookkeeping(t *testing.T) {
 	mk := func(i int) *Request {
 		var id [32]byte
 		binary.BigEndian.PutUint64(id[:], uint64(i))
-		return &Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
+		// Eight senders: one may hold only maxStatusesPerSender.
+		return &Request{ID: id, IngressExpiry: exp, Sender: principal.SelfAuthenticating([]byte{byte(i % 8)}), CanisterID: principal.CanisterID(1)}
 	}
 	for i := range maxStatuses {
 		if fresh, _, err := h.begin(mk(i)); !fresh || err != nil {

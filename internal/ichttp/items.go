@@ -1,75 +1,29 @@
 package ichttp
 
-import (
-	"encoding/binary"
-	"fmt"
+import "github.com/cordon-dev/cordon/internal/cborlimit"
+
+// Bounds of the CBOR a request carries, checked by cborlimit before it is
+// decoded. The decoder's limits are per array, per map and per level;
+// together they would still let a 3 MiB body of one-byte items become
+// millions of decoded values.
+//
+// maxItems bounds an envelope. A real envelope has a few dozen items (blobs
+// are one item whatever their size); read_state's paths a few hundred.
+//
+// maxCertItems bounds each CBOR value a byte string of the envelope holds
+// and that the node decodes on its own: a canister signature (a map of a
+// certificate and a tree), the certificate inside it and the tree. A real
+// certificate is a tree pruned to the paths it certifies (three items a
+// node at most), a 48-byte signature and an optional delegation (two
+// blobs): a few hundred items; Internet Identity's signature trees a few
+// dozen.
+const (
+	maxItems     = 4096
+	maxCertItems = 4096
 )
 
-// maxItems bounds the data items of an envelope. The decoder's limits are
-// per array, per map and per level; together they would still let a 3 MiB
-// body of one-byte items become millions of decoded values. A real
-// envelope has a few dozen items (blobs are one item whatever their size);
-// read_state's paths a few hundred.
-const maxItems = 4096
-
-// countItems walks the CBOR structure of b without decoding it and fails
-// once it holds more than max data items, or is not well-formed enough to
-// count (indefinite lengths, which the decoder refuses too, a truncated
-// head). What it accepts the decoder checks fully.
+// countItems checks an envelope's count and nesting (maxNesting, the
+// decoder's) before it is decoded.
 func countItems(b []byte, max int) error {
-	pending, items := 1, 0
-	for pending > 0 {
-		if len(b) == 0 {
-			return fmt.Errorf("unexpected end of CBOR data")
-		}
-		pending--
-		items++
-		if items > max {
-			return fmt.Errorf("more than %d CBOR data items", max)
-		}
-		major, info := b[0]>>5, b[0]&0x1f
-		b = b[1:]
-		var arg uint64
-		switch {
-		case info < 24:
-			arg = uint64(info)
-		case info <= 27:
-			n := 1 << (info - 24)
-			if len(b) < n {
-				return fmt.Errorf("unexpected end of CBOR data")
-			}
-			switch n {
-			case 1:
-				arg = uint64(b[0])
-			case 2:
-				arg = uint64(binary.BigEndian.Uint16(b))
-			case 4:
-				arg = uint64(binary.BigEndian.Uint32(b))
-			case 8:
-				arg = binary.BigEndian.Uint64(b)
-			}
-			b = b[n:]
-		default:
-			return fmt.Errorf("indefinite length or reserved CBOR head 0x%02x", major<<5|info)
-		}
-		switch major {
-		case 2, 3: // byte and text strings: skip the content
-			if arg > uint64(len(b)) {
-				return fmt.Errorf("unexpected end of CBOR data")
-			}
-			b = b[arg:]
-		case 4, 5: // arrays, maps: their items (a map's pairs twice)
-			if arg > uint64(max) {
-				return fmt.Errorf("more than %d CBOR data items", max)
-			}
-			n := int(arg)
-			if major == 5 {
-				n *= 2
-			}
-			pending += n
-		case 6: // a tag: its content follows
-			pending++
-		}
-	}
-	return nil
+	return cborlimit.Check(b, max, maxNesting)
 }

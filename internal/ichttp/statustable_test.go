@@ -1,0 +1,167 @@
+package ichttp
+
+import (
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// fill puts n finished calls of senders[i%len(senders)] into h's table,
+// expiring at exp; ids from first on.
+func fill(t *testing.T, h *Handler, first, n int, exp uint64, senders ...principal.Principal) {
+	t.Helper()
+	for i := first; i < first+n; i++ {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		req := &Request{ID: id, IngressExpiry: exp, Sender: senders[i%len(senders)], CanisterID: principal.CanisterID(1)}
+		if fresh, _, err := h.begin(req); !fresh || err != nil {
+			t.Fatalf("fill %d: %v %v", i, fresh, err)
+		}
+		h.finish(id, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	}
+}
+
+// The request-status table is node-wide: 100 000 anonymous calls to a
+// method that does not exist (a status was made before the canister was
+// even looked up) filled it and every IC call from anyone was a 503 for
+// ten minutes. Now a call refused before anything ran keeps its status
+// outside the table (among the last maxRefused such), one sender holds at
+// most maxStatusesPerSender of the table, and a full table gives up its
+// done statuses, oldest first.
+func TestStatusTableNotLockedByOneSender(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer srv.Close()
+	h := srv.Config.Handler.(*Handler)
+	base := srv.URL + "/api/v2/canister/" + id.String()
+	call := func(c map[string]any, who *identity) int {
+		t.Helper()
+		code, b := post(t, base+"/call", envelope(t, c, who))
+		if code != http.StatusAccepted && code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable {
+			t.Fatalf("call: %d %s", code, b)
+		}
+		return code
+	}
+	attacker, other := newIdentity(t), newIdentity(t)
+
+	// The attacker holds all but one place of the table, spread over
+	// senders (one sender alone may not).
+	others := make([]principal.Principal, 8)
+	for i := range others {
+		others[i] = principal.SelfAuthenticating([]byte{0xee, byte(i)})
+	}
+	fill(t, h, 0, maxStatuses-1, uint64(time.Now().Add(4*time.Minute).UnixNano()), others...)
+
+	// Calls to a method that does not exist: answered (202, status
+	// rejected, readable), holding no place of the table.
+	now := time.Now()
+	for i := range 3 {
+		c := content("call", principal.Anonymous(), id, "nope", now, byte(i))
+		if code := call(c, nil); code != http.StatusAccepted {
+			t.Fatalf("refused call: %d", code)
+		}
+		rid, _ := RequestID(c)
+		if s, _, code, _ := h.RequestStatus(rid); s != "rejected" || code != uint64(host.DestinationInvalid) {
+			t.Fatalf("refused call's status %s %d", s, code)
+		}
+	}
+	// So the last place is still there for a call that runs.
+	if code := call(content("call", other.p, id, "inc", now, 10), &other); code != http.StatusAccepted {
+		t.Fatalf("a call after refused ones filled nothing: %d", code)
+	}
+
+	// One sender may hold only maxStatusesPerSender: the attacker's next
+	// call is 429 once it holds them, anyone else's goes on.
+	h2 := New(nil, key, nil, nil)
+	fill(t, h2, 0, maxStatusesPerSender, uint64(time.Now().Add(4*time.Minute).UnixNano()), attacker.p)
+	var rid [32]byte
+	rid[0] = 1
+	if _, _, err := h2.begin(&Request{ID: rid, IngressExpiry: uint64(time.Now().Add(time.Minute).UnixNano()), Sender: attacker.p}); err == nil {
+		t.Fatal("a sender beyond its quota was admitted")
+	} else if st, _ := asRequestError(err); st != http.StatusTooManyRequests {
+		t.Fatalf("a sender beyond its quota: %v", err)
+	}
+	rid[0] = 2
+	if fresh, _, err := h2.begin(&Request{ID: rid, IngressExpiry: uint64(time.Now().Add(time.Minute).UnixNano()), Sender: other.p}); !fresh || err != nil {
+		t.Fatalf("another sender beside a full quota: %v %v", fresh, err)
+	}
+}
+
+// A flood of refused calls rotates through maxRefused statuses and never
+// touches the table.
+func TestRefusedStatusesBounded(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	exp := uint64(time.Now().Add(4 * time.Minute).UnixNano())
+	const n = maxRefused + 5000
+	for i := range n {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		if fresh, _, err := h.begin(&Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous()}); !fresh || err != nil {
+			t.Fatalf("refused call %d: %v %v", i, fresh, err)
+		}
+		h.finish(id, &requestStatus{Status: "rejected", RejectCode: uint64(host.DestinationInvalid), RejectMessage: "no such method"})
+	}
+	if len(h.statuses) != maxRefused || h.tableLocked() != 0 || len(h.held) != 0 {
+		t.Fatalf("%d statuses (%d in the table, %d senders holding) after %d refused calls", len(h.statuses), h.tableLocked(), len(h.held), n)
+	}
+	if len(h.order) > 2*maxRefused {
+		t.Fatalf("order keeps %d ids for %d statuses", len(h.order), len(h.statuses))
+	}
+	var last [32]byte
+	binary.BigEndian.PutUint64(last[:], n-1)
+	if s, _, _, _ := h.RequestStatus(last); s != "rejected" {
+		t.Fatalf("the newest refused call's status: %s", s)
+	}
+}
+
+// A full table whose oldest statuses are past their expiry ("done") gives
+// them up, oldest first, instead of refusing every call until they are
+// forgotten (doneTTL later).
+func TestFullTableEvictsDone(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	senders := make([]principal.Principal, 8)
+	for i := range senders {
+		senders[i] = principal.SelfAuthenticating([]byte{byte(i)})
+	}
+	fill(t, h, 0, maxStatuses/2, uint64(clock.Add(time.Minute).UnixNano()), senders...)
+	fill(t, h, maxStatuses/2, maxStatuses/2, uint64(clock.Add(4*time.Minute).UnixNano()), senders...)
+	clock = clock.Add(2 * time.Minute) // the first half is done, not yet forgotten
+	mk := func(i int) *Request {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		return &Request{ID: id, IngressExpiry: uint64(clock.Add(time.Minute).UnixNano()), Sender: senders[0]}
+	}
+	if fresh, _, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
+		t.Fatalf("a call when the table is full of done statuses: %v %v", fresh, err)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(0).ID); s != "unknown" {
+		t.Fatalf("oldest done status: %s, want evicted", s)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(1).ID); s != "done" {
+		t.Fatalf("next done status: %s, want kept", s)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(maxStatuses - 1).ID); s != "replied" {
+		t.Fatalf("a status within its expiry: %s", s)
+	}
+}
