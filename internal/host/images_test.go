@@ -36,6 +36,16 @@ func TestMemoryImagesBounded(t *testing.T) {
 		if len(got) != 4 || binary.LittleEndian.Uint32(got) != want {
 			t.Fatalf("%s inc = %x, want %d", name, got, want)
 		}
+		// The reply can come before the canister's queue goroutine lets
+		// go of its lock; until it does, the canister counts as busy and
+		// keeps its images (seen under the race detector). Wait for it.
+		c, err := f.node.get(context.Background(), ids[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		//lint:ignore SA2001 waiting for the lock is the point
+		c.mu.Lock()
+		c.mu.Unlock()
 	}
 	can := func(name string) *canister {
 		t.Helper()
