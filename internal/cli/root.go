@@ -278,21 +278,25 @@ func flagError(_ *cobra.Command, err error) error {
 // bind adds the flag of configuration key to fs; when given, it takes
 // precedence over the environment and the file.
 func (g *globals) bind(fs *pflag.FlagSet, key string) {
+	g.bindDefault(fs, key, flagSetting(key).Get(config.Default()))
+}
+
+// flagSetting is the setting of key, which the command's code names: one
+// without a flag is a mistake in that code, found by any test that builds
+// the commands, never by input.
+func flagSetting(key string) *config.Setting {
 	s, ok := config.Lookup(key)
 	if !ok || s.Flag == "" {
 		panic("cli: no flag for configuration key " + key)
 	}
-	g.bindDefault(fs, key, s.Get(config.Default()))
+	return s
 }
 
 // bindDefault is bind for a command whose default differs from the
 // setting's (serve's --strict): def is what its help shows; the command
 // applies it when nothing else set the key.
 func (g *globals) bindDefault(fs *pflag.FlagSet, key, def string) {
-	s, ok := config.Lookup(key)
-	if !ok || s.Flag == "" {
-		panic("cli: no flag for configuration key " + key)
-	}
+	s := flagSetting(key)
 	help := s.Help + " (" + key + ", $" + s.Env() + ")"
 	if def == "false" || def == "true" {
 		fs.Bool(s.Flag, def == "true", help)
