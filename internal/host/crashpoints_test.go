@@ -95,9 +95,18 @@ func crashChild(t *testing.T, home string) {
 		case scenario == "timer" && entry == "canister_global_timer",
 			scenario == "lowmem" && entry == "canister_on_low_wasm_memory":
 			say("TASK RUNNING")
+		case scenario == "retimer" && entry == "canister_global_timer":
+			say("TASK RUNNING")
+			select {} // killed here: the task never commits
 		}
 	}
-	n, err := Open(crashCfg(home), nil)
+	cfg := crashCfg(home)
+	clk := &fakeClock{}
+	clk.ns.Store(time.Now().UnixNano())
+	if scenario == "retimer" {
+		cfg.Clock = clk.now
+	}
+	n, err := Open(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +170,30 @@ func crashChild(t *testing.T, home string) {
 		update(ps[0], "arm", nil)
 	case "lowmem":
 		update(ps[0], "grow", binary.LittleEndian.AppendUint32(nil, 5))
+	case "retimer": // the timer falls due while a message that sets it again waits
+		c, err := n.get(ctx, ps[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		t1 := c.meta.GlobalTimer
+		go n.Update(ctx, Message{Canister: ps[0], Method: "set", Caller: user, //nolint:errcheck // its commit is what counts
+			Arg: binary.LittleEndian.AppendUint64(nil, t1+uint64(24*time.Hour))})
+		for {
+			c.qmu.Lock()
+			draining := c.draining
+			c.qmu.Unlock()
+			if draining {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		clk.ns.Store(int64(t1))
+		n.scheduleTimer(c) // the task is queued behind the message
+		if !c.timerQueued {
+			t.Fatal("the due timer was not queued")
+		}
+		n.unlock(c)
 	default:
 		t.Fatalf("unknown scenario %q", scenario)
 	}
@@ -443,5 +476,50 @@ func TestGlobalTimerTakenUntilItsTaskCommits(t *testing.T) {
 	f.quiesce()
 	if m := f.storedMeta(a); m.GlobalTimer != t3 || metaOf(c).GlobalTimer != t3 {
 		t.Fatalf("the timer set by its handler is stored as %d, in memory %d; want %d", m.GlobalTimer, metaOf(c).GlobalTimer, t3)
+	}
+}
+
+// A host killed after a message that was queued before a due timer's task
+// set the timer again, and before the task committed. On the IC the timer
+// is deactivated when its task is scheduled: the message sees it inactive,
+// sets a new deadline, and the task still runs. The restart must give the
+// canister exactly that: the one run the task owed, and the new deadline
+// still armed (neither lost with the value it replaced, nor run twice).
+func TestCrashKeepsTimerRunOwedWhenSetAgain(t *testing.T) {
+	if home := os.Getenv("CORDON_CRASH_HOME"); home != "" {
+		crashChild(t, home)
+		return
+	}
+	f := crashFixture(t)
+	id := f.install(mustWat(t, timerTakeWat), nil)
+	t1 := uint64(time.Now().Add(time.Hour).UnixNano())
+	t2 := t1 + uint64(24*time.Hour)
+	f.update(id, "set", binary.LittleEndian.AppendUint64(nil, t1))
+	if err := f.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	crashAt(t, "TestCrashKeepsTimerRunOwedWhenSetAgain", f.home, "retimer", "TASK RUNNING", id)
+	f.open()
+	if m := f.storedMeta(id); m.GlobalTimer != t2 || !m.TimerPending {
+		t.Fatalf("after the restart the stored global timer is %d, run owed %v; want %d (set by the message) and the run owed", m.GlobalTimer, m.TimerPending, t2)
+	}
+	runs := func() uint64 { return binary.LittleEndian.Uint64(f.query(id, "count", nil)) }
+	waitFor(t, time.Minute, func() bool { return runs() > 0 })
+	f.quiesce()
+	if n, timer := runs(), metaOf(f.loaded(id)).GlobalTimer; n != 1 || timer != t2 {
+		t.Fatalf("the timer ran %d times and is %d after the restart, want once and %d", n, timer, t2)
+	}
+	if m := f.storedMeta(id); m.GlobalTimer != t2 || m.TimerPending {
+		t.Fatalf("after the run the stored global timer is %d, run owed %v; want %d and none", m.GlobalTimer, m.TimerPending, t2)
+	}
+	// Reopened once more, it owes nothing: the run is not repeated.
+	if err := f.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.open()
+	f.loaded(id)
+	f.quiesce()
+	if n := runs(); n != 1 {
+		t.Fatalf("after a second restart the timer has run %d times, want 1", n)
 	}
 }

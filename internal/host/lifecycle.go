@@ -409,10 +409,11 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	meta.Version++
 	meta.HeapSize, meta.StableSize = heap.Size(), stable.Size()
 	updateLowMemory(&meta, heap.Size())
-	meta.GlobalTimer = 0
+	timer := uint64(0)
 	if out.GlobalTimerSet {
-		meta.GlobalTimer = out.GlobalTimer
+		timer = out.GlobalTimer
 	}
+	setGlobalTimer(c, &meta, timer)
 	if opts.Mode != ModeUpgrade {
 		meta.CertifiedData = nil
 	}
@@ -620,7 +621,8 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	n.chargeStorage(c, n.now()) // the memory is paid up to its removal
 	meta := c.meta
 	replaced := meta.ModuleHash
-	meta.ModuleHash, meta.CertifiedData, meta.GlobalTimer = "", nil, 0
+	meta.ModuleHash, meta.CertifiedData = "", nil
+	setGlobalTimer(c, &meta, 0)
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
 	meta.Version++

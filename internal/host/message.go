@@ -130,7 +130,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		meta.CertifiedData = out.CertifiedData
 	}
 	if out.GlobalTimerSet {
-		meta.GlobalTimer = out.GlobalTimer
+		setGlobalTimer(c, &meta, out.GlobalTimer)
 	}
 	updateLowMemory(&meta, out.Heap.Size)
 	entries := c.logs.prepare(n.logEntries(out.Logs))

@@ -562,15 +562,43 @@ func (n *Node) handleResponse(c *canister, m *message) {
 // leaves it armed, and it fires after the restart: at least once, as a
 // message whose execution was not committed never happened. One task at a
 // time, so without a crash it fires once.
+//
+// The armed value is the store's only record of the run the task owes, so
+// a commit that replaces it while it is taken (a message queued before the
+// task sets the timer again, an install, an uninstall) records the run on
+// its own: Meta.TimerPending (setGlobalTimer), which the task's commit
+// clears. A restart finds it and queues the run, and the new deadline
+// stays armed for a run of its own.
 func (n *Node) scheduleTimer(c *canister) {
-	if !timerRunnable(c) || c.timerQueued || c.meta.GlobalTimer == 0 {
+	switch {
+	case timerOwed(c):
+		c.timerQueued = true // it takes nothing: the armed value is another run's
+	case !timerRunnable(c) || c.timerQueued || c.meta.GlobalTimer == 0:
 		return
-	}
-	if uint64(n.clock().UnixNano()) < c.meta.GlobalTimer {
+	case uint64(n.clock().UnixNano()) < c.meta.GlobalTimer:
 		return
+	default:
+		c.timerQueued, c.timerTaken = true, true
 	}
-	c.timerQueued, c.timerTaken = true, true
 	n.enqueue(c, &message{kind: kindTimer})
+}
+
+// timerOwed: c owes a run recorded in Meta.TimerPending alone and no task
+// for it waits (c.mu held). A module without the export runs it as
+// nothing, which clears it.
+func timerOwed(c *canister) bool {
+	return c.meta.TimerPending && !c.timerQueued && !c.deleted && c.module != nil && c.meta.Status == "running"
+}
+
+// setGlobalTimer sets the global timer in meta, the copy of c.meta a commit
+// is about to store, to v (c.mu held exclusively). A value a queued task
+// took is replaced: the run it owes goes into the same commit on its own.
+// The caller clears c.timerTaken once the commit is durable.
+func setGlobalTimer(c *canister, meta *store.Meta, v uint64) {
+	if c.timerTaken {
+		meta.TimerPending = true
+	}
+	meta.GlobalTimer = v
 }
 
 // globalTimer is c's global timer as executions and status see it: 0 once
@@ -583,19 +611,21 @@ func (c *canister) globalTimer() uint64 {
 }
 
 // handleTimer runs the global timer's task. A timer it took is deactivated
-// with the task's commit: the execution's, its trap's charge, or one of
-// its own when the task commits nothing (skipped: stopped, frozen; or it
-// could not run). A timer set again since the task was queued (by a
-// message before it, or an install) was not taken: it stays, and the task
-// runs all the same, as it would on the IC.
+// with the task's commit, and a run it owed is cleared with it: the
+// execution's, its trap's charge, or one of its own when the task commits
+// nothing (skipped: stopped, frozen; or it could not run). A timer set
+// again since the task was queued (by a message before it, or an install)
+// was not taken: it stays, and the task runs all the same, as it would on
+// the IC.
 func (n *Node) handleTimer(c *canister) {
 	c.timerQueued = false
-	taken := c.timerTaken
+	taken, owed := c.timerTaken, c.meta.TimerPending
 	if taken {
 		c.timerTaken = false
 		c.meta.GlobalTimer = 0
 	}
-	if !n.handleSystemTask(c, "canister_global_timer") && taken {
+	c.meta.TimerPending = false
+	if !n.handleSystemTask(c, "canister_global_timer") && (taken || owed) {
 		n.commitMeta(c, "deactivate the global timer")
 	}
 }

@@ -137,7 +137,7 @@ func (n *Node) nextDue(c *canister) uint64 {
 	if c.meta.GlobalTimer != 0 && !c.timerQueued && timerRunnable(c) {
 		due = min(due, c.meta.GlobalTimer)
 	}
-	if lowMemoryDue(c) {
+	if lowMemoryDue(c) || timerOwed(c) {
 		return 0
 	}
 	if heartbeatWanted(c) {

@@ -98,9 +98,13 @@ type Meta struct {
 	Version       uint64        `json:"version"`
 	CertifiedData []byte        `json:"certified_data,omitempty"`
 	GlobalTimer   uint64        `json:"global_timer"`
-	HeapSize      uint64        `json:"heap_size"`
-	StableSize    uint64        `json:"stable_size"`
-	Created       time.Time     `json:"created"`
+	// TimerPending: a run of canister_global_timer is owed for a timer that
+	// fell due, whose value GlobalTimer no longer holds (set again before
+	// the run committed: host/sched.go scheduleTimer).
+	TimerPending bool      `json:"timer_pending,omitempty"`
+	HeapSize     uint64    `json:"heap_size"`
+	StableSize   uint64    `json:"stable_size"`
+	Created      time.Time `json:"created"`
 	// Counters, for status and cycles conservation.
 	Messages     uint64        `json:"messages"`
 	Instructions uint64        `json:"instructions"`
