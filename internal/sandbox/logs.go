@@ -22,6 +22,15 @@ import (
 // cannot exceed a fixed rate into the host's log either. Dropped lines are
 // counted and reported.
 //
+// The node's budget is not first come, first served: its last
+// nodeLogReserve lines and nodeLogByteReserve bytes are reserved. A reader
+// takes from them only through a small reserve of its own (reserveBurst
+// lines and reserveByteBurst bytes, refilled slowly) and only once the rest
+// is spent, so sandboxes flooding together exhaust only the part above the
+// floor, and a quiet sandbox's crash message (its reserve untouched) still
+// gets through. What all readers deliver together stays within the node's
+// one pair of buckets.
+//
 // A flood must cost the host next to nothing, so the budget is checked
 // before any per-line work: once a bucket is empty, whole chunks are
 // dropped by counting their newlines (no copying, no sanitizing), and the
@@ -43,12 +52,32 @@ const (
 	nodeLogRate      = 1000 // lines per second
 	nodeLogByteBurst = 1 << 20
 	nodeLogByteRate  = 256 << 10 // bytes per second
+	// The node budget's floor only readers' reserves may go below.
+	nodeLogReserve     = 1000
+	nodeLogByteReserve = 256 << 10
+
+	// Each reader's reserve: a crash message's few lines, then slowly.
+	reserveBurst     = tailLines
+	reserveRate      = 1 // lines per second
+	reserveByteBurst = 2 << 10
+	reserveByteRate  = 256 // bytes per second
+
+	// maxLogWait bounds a reader's sleep, so it sees its pipe's end soon
+	// after the sandbox exits, whatever the buckets say.
+	maxLogWait = time.Second
 
 	cutMark = "…[truncated]"
 )
 
 // nodeLogs is the budget every sandbox's log reader shares.
-var nodeLogs = newSharedLogBudget(nodeLogBurst, nodeLogRate, nodeLogByteBurst, nodeLogByteRate, time.Now())
+var nodeLogs = newNodeLogBudget(time.Now())
+
+// newNodeLogBudget is the node's budget with its reserved floor.
+func newNodeLogBudget(now time.Time) *sharedLogBudget {
+	s := newSharedLogBudget(nodeLogBurst, nodeLogRate, nodeLogByteBurst, nodeLogByteRate, now)
+	s.floorLines, s.floorBytes = nodeLogReserve, nodeLogByteReserve
+	return s
+}
 
 // bucket is a token bucket. Spending may take it below zero (a line's size
 // is known only once it is escaped): the debt is repaid before the next
@@ -65,12 +94,16 @@ func (b *bucket) refill(t time.Time) {
 	}
 }
 
-// wait is how long until the bucket holds need tokens (0: it does).
+// wait is how long until the bucket holds need tokens (0: it does), at most
+// maxLogWait.
 func (b *bucket) wait(need float64) time.Duration {
 	if b.tokens >= need {
 		return 0
 	}
-	return time.Duration((need - b.tokens) / b.rate * float64(time.Second))
+	if s := (need - b.tokens) / b.rate; b.rate > 0 && s < maxLogWait.Seconds() {
+		return time.Duration(s * float64(time.Second))
+	}
+	return maxLogWait
 }
 
 // logBudget is a pair of buckets: lines, and bytes of delivered output.
@@ -88,27 +121,48 @@ func newLogBudget(lineBurst, lineRate, byteBurst, byteRate float64, now time.Tim
 func (b *logBudget) refill(t time.Time) { b.lines.refill(t); b.bytes.refill(t) }
 
 // ok says whether one more line may be delivered.
-func (b *logBudget) ok() bool { return b.lines.tokens >= 1 && b.bytes.tokens >= 1 }
+func (b *logBudget) ok() bool { return b.okAbove(0, 0) }
+
+// okAbove says whether one more line may be delivered leaving the floor of
+// lines and bytes untouched.
+func (b *logBudget) okAbove(lines, bytes float64) bool {
+	return b.lines.tokens >= lines+1 && b.bytes.tokens >= bytes+1
+}
 
 func (b *logBudget) spend(n int) { b.lines.tokens--; b.bytes.tokens -= float64(n) }
 
-func (b *logBudget) wait() time.Duration { return max(b.lines.wait(1), b.bytes.wait(1)) }
+func (b *logBudget) wait() time.Duration { return b.waitAbove(0, 0) }
 
-// sharedLogBudget is a logBudget several readers use at once.
+func (b *logBudget) waitAbove(lines, bytes float64) time.Duration {
+	return max(b.lines.wait(lines+1), b.bytes.wait(bytes+1))
+}
+
+// sharedLogBudget is a logBudget several readers use at once. Its floor is
+// for readers' reserves only (reserved true); the rest is anyone's.
 type sharedLogBudget struct {
-	mu sync.Mutex
-	b  logBudget
+	mu                     sync.Mutex
+	b                      logBudget
+	floorLines, floorBytes float64
 }
 
 func newSharedLogBudget(lineBurst, lineRate, byteBurst, byteRate float64, now time.Time) *sharedLogBudget {
 	return &sharedLogBudget{b: newLogBudget(lineBurst, lineRate, byteBurst, byteRate, now)}
 }
 
-func (s *sharedLogBudget) ok(t time.Time) bool {
+// floor is what a reader may not take: the reserved part, unless it
+// spends from its reserve.
+func (s *sharedLogBudget) floor(reserved bool) (lines, bytes float64) {
+	if reserved {
+		return 0, 0
+	}
+	return s.floorLines, s.floorBytes
+}
+
+func (s *sharedLogBudget) ok(t time.Time, reserved bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b.refill(t)
-	return s.b.ok()
+	return s.b.okAbove(s.floor(reserved))
 }
 
 func (s *sharedLogBudget) spend(n int) {
@@ -117,11 +171,11 @@ func (s *sharedLogBudget) spend(n int) {
 	s.mu.Unlock()
 }
 
-func (s *sharedLogBudget) wait(t time.Time) time.Duration {
+func (s *sharedLogBudget) wait(t time.Time, reserved bool) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b.refill(t)
-	return s.b.wait()
+	return s.b.waitAbove(s.floor(reserved))
 }
 
 type logReader struct {
@@ -143,10 +197,13 @@ func newLogReader(r *os.File, sink func(string)) *logReader {
 // whether each is delivered or dropped. It holds no more than maxLogLine
 // bytes of a line, however long the line is.
 type logLimiter struct {
-	emit func(string)
-	now  func() time.Time
-	own  logBudget
-	node *sharedLogBudget // shared with other sandboxes' limiters; nil: none
+	emit    func(string)
+	now     func() time.Time
+	own     logBudget
+	reserve logBudget        // what it may take of the node's reserved part
+	node    *sharedLogBudget // shared with other sandboxes' limiters; nil: none
+	// fromReserve: the line available allowed comes out of the reserve.
+	fromReserve bool
 
 	dropped int    // lines dropped since the last report
 	line    []byte // the current line's first maxLogLine bytes
@@ -156,15 +213,31 @@ type logLimiter struct {
 // newLogLimiter makes a limiter with its own budget only; the log reader
 // adds the node's.
 func newLogLimiter(emit func(string), now func() time.Time) *logLimiter {
-	return &logLimiter{emit: emit, now: now, own: newLogBudget(logBurst, logRate, logByteBurst, logByteRate, now()),
-		line: make([]byte, 0, maxLogLine)}
+	t := now()
+	return &logLimiter{emit: emit, now: now, own: newLogBudget(logBurst, logRate, logByteBurst, logByteRate, t),
+		reserve: newLogBudget(reserveBurst, reserveRate, reserveByteBurst, reserveByteRate, t),
+		line:    make([]byte, 0, maxLogLine)}
 }
 
-// available refills the buckets and says whether a line may be delivered.
+// available refills the buckets and says whether a line may be delivered:
+// within its own budget, and within the node's above the floor, or else
+// within its reserve and the node's reserved part.
 func (g *logLimiter) available() bool {
 	t := g.now()
 	g.own.refill(t)
-	return g.own.ok() && (g.node == nil || g.node.ok(t))
+	g.fromReserve = false
+	switch {
+	case !g.own.ok():
+		return false
+	case g.node == nil || g.node.ok(t, false):
+		return true
+	}
+	g.reserve.refill(t)
+	if g.reserve.ok() && g.node.ok(t, true) {
+		g.fromReserve = true
+		return true
+	}
+	return false
 }
 
 // write consumes one chunk of the stream.
@@ -208,19 +281,24 @@ func (g *logLimiter) close() {
 	g.report()
 }
 
-// wait returns how long until a line may be delivered, or 0 if one may now.
-// Refused by the node's budget, it waits at least a line's time of its own
-// budget: readers held back by the others do not all wake at each token.
+// wait returns how long until a line may be delivered, or 0 if one may now
+// (at most maxLogWait). Refused by the node's budget, it waits at least a
+// line's time of its own budget: readers held back by the others do not
+// all wake at each token.
 func (g *logLimiter) wait() time.Duration {
 	t := g.now()
 	g.own.refill(t)
 	d := g.own.wait()
 	if g.node != nil {
-		if n := g.node.wait(t); n > 0 {
-			d = max(d, n, time.Second/logRate)
+		if n := g.node.wait(t, false); n > 0 {
+			g.reserve.refill(t)
+			n = min(n, max(g.reserve.wait(), g.node.wait(t, true)))
+			if n > 0 {
+				d = max(d, n, time.Second/logRate)
+			}
 		}
 	}
-	return d
+	return min(d, maxLogWait)
 }
 
 func (g *logLimiter) appendLine(b []byte) {
@@ -247,6 +325,9 @@ func (g *logLimiter) endLine() {
 	g.own.spend(len(s))
 	if g.node != nil {
 		g.node.spend(len(s))
+	}
+	if g.fromReserve {
+		g.reserve.spend(len(s))
 	}
 	g.emit(s)
 }

@@ -235,7 +235,7 @@ func TestLogLimiterOutputBytes(t *testing.T) {
 // line is delivered or counted as dropped.
 func TestLogLimiterNodeBudget(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(0, 0)}
-	node := newSharedLogBudget(nodeLogBurst, nodeLogRate, nodeLogByteBurst, nodeLogByteRate, clk.now())
+	node := newNodeLogBudget(clk.now())
 	const sandboxes = 256
 	outs := make([][]string, sandboxes)
 	gs := make([]*logLimiter, sandboxes)
@@ -341,5 +341,129 @@ func TestLogFloodControlChars(t *testing.T) {
 	}
 	if max := logByteBurst + int(el.Seconds()*logByteRate) + maxLogOutput + len(cutMark); bytes > max {
 		t.Errorf("%d bytes delivered in %v, over the budget of %d", bytes, el, max)
+	}
+}
+
+// TestLogLimiterQuietSandboxUnderFlood: sandboxes flooding together spend
+// the node's budget down to its reserved floor and no further; a quiet
+// sandbox's crash message, arriving any time during the flood, is
+// delivered from its reserve, and all of them together stay within the
+// node's budget.
+func TestLogLimiterQuietSandboxUnderFlood(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	node := newNodeLogBudget(clk.now())
+	// Enough flooders to ask for four times the node's rate; their own
+	// reserves together fit in the floor.
+	const flooders = 64
+	delivered := 0 // bytes, every reader
+	emit := func(s string) {
+		if !dropReport.MatchString(s) {
+			delivered += len(s)
+		}
+	}
+	gs := make([]*logLimiter, flooders)
+	for i := range gs {
+		gs[i] = newLogLimiter(emit, clk.now)
+		gs[i].node = node
+	}
+	line := []byte(strings.Repeat("\x01", maxLogLine) + "\n")
+	crash := []byte("panic: runtime error: invalid memory address or nil pointer dereference\n" +
+		"[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x4a5b6c]\n\ngoroutine 1 [running]:\n")
+	const maxOut = maxLogOutput + len(cutMark)
+	for step := 0; step <= 10; step++ {
+		for _, g := range gs {
+			for range 100 {
+				g.write(line)
+			}
+		}
+		node.mu.Lock()
+		above := node.b.okAbove(node.floor(false))
+		node.mu.Unlock()
+		if above {
+			t.Fatalf("after %d s the flood left the node's budget above its floor: not a flood", step)
+		}
+		var got []string
+		quiet := newLogLimiter(func(s string) { got = append(got, s); emit(s) }, clk.now)
+		quiet.node = node
+		quiet.write(crash)
+		quiet.close()
+		if len(got) == 0 || !strings.HasPrefix(got[0], "panic: runtime error") {
+			t.Fatalf("after %d s of flood a quiet sandbox's crash message came out as %q", step, got)
+		}
+		if max := nodeLogByteBurst + step*nodeLogByteRate + maxOut; delivered > max {
+			t.Fatalf("after %d s: %d bytes delivered, over the node's %d", step, delivered, max)
+		}
+		clk.advance(time.Second)
+	}
+}
+
+// TestLogFloodQuietCrashLogged: live sandboxes flood their stderr until the
+// node's budget is spent down to its floor (the budget is made small and
+// slow here, so that they surely do); then a quiet sandbox crashes, and its
+// panic line reaches the host's log all the same. What every sandbox
+// delivered stays within the node's budget.
+func TestLogFloodQuietCrashLogged(t *testing.T) {
+	const extra, extraBytes = 100, 16 << 10 // the budget above the floor
+	budget := newSharedLogBudget(nodeLogReserve+extra, 1e-3, nodeLogByteReserve+extraBytes, 1e-3, time.Now())
+	budget.floorLines, budget.floorBytes = nodeLogReserve, nodeLogByteReserve
+	saved := nodeLogs
+	nodeLogs = budget
+	t.Cleanup(func() { nodeLogs = saved })
+
+	var mu sync.Mutex
+	var lines, bytes int
+	count := func(l string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !dropReport.MatchString(l) {
+			lines++
+			bytes += len(l)
+		}
+	}
+	const flooders = 4
+	for range flooders {
+		p := startT(t, Spec{Args: []string{"floodforever"}, Strict: true, Stderr: count})
+		if got := recvT(t, p); got != "flooding" {
+			t.Fatalf("flooder: %q", got)
+		}
+	}
+	spent := func() bool {
+		budget.mu.Lock()
+		defer budget.mu.Unlock()
+		return !budget.b.okAbove(budget.floor(false))
+	}
+	for deadline := time.Now().Add(time.Minute); !spent(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the flood never spent the node's budget")
+		}
+	}
+
+	var crashLines []string
+	p := startT(t, Spec{Args: []string{"crash"}, Strict: true, Stderr: func(l string) {
+		count(l)
+		mu.Lock()
+		crashLines = append(crashLines, l)
+		mu.Unlock()
+	}})
+	if got := recvT(t, p); got != "crashing" {
+		t.Fatalf("quiet sandbox: %q", got)
+	}
+	if st := p.Wait(); st.Code != 2 {
+		t.Fatalf("the quiet sandbox exited with %+v, want code 2 (a Go panic)", st)
+	}
+	<-p.logs.done // its pipe is read to the end
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("the quiet sandbox's lines: %q; all sandboxes: %d lines, %d bytes delivered", crashLines, lines, bytes)
+	if len(crashLines) == 0 || !strings.HasPrefix(crashLines[0], "panic: runtime error") {
+		t.Fatalf("the quiet sandbox's crash did not reach the host's log: %q", crashLines)
+	}
+	// The whole budget (the rates are next to nothing), and each reader
+	// may overshoot by one line.
+	if max := nodeLogByteReserve + extraBytes + (flooders+1)*(maxLogOutput+len(cutMark)); bytes > max {
+		t.Fatalf("%d bytes delivered, over the node's budget of %d", bytes, max)
+	}
+	if max := nodeLogReserve + extra + flooders + 1; lines > max {
+		t.Fatalf("%d lines delivered, over the node's budget of %d", lines, max)
 	}
 }
