@@ -119,8 +119,8 @@ func TestRefusedStatusesBounded(t *testing.T) {
 	if len(h.statuses) != maxRefused || h.tableLocked() != 0 || len(h.held) != 0 {
 		t.Fatalf("%d statuses (%d in the table, %d senders holding) after %d refused calls", len(h.statuses), h.tableLocked(), len(h.held), n)
 	}
-	if len(h.order) > 2*maxRefused {
-		t.Fatalf("order keeps %d ids for %d statuses", len(h.order), len(h.statuses))
+	if len(h.due) > 2*maxRefused {
+		t.Fatalf("due keeps %d ids for %d statuses", len(h.due), len(h.statuses))
 	}
 	var last [32]byte
 	binary.BigEndian.PutUint64(last[:], n-1)
@@ -163,5 +163,74 @@ func TestFullTableEvictsDone(t *testing.T) {
 	}
 	if s, _, _, _ := h.RequestStatus(mk(maxStatuses - 1).ID); s != "replied" {
 		t.Fatalf("a status within its expiry: %s", s)
+	}
+}
+
+// A call stuck processing (its status kept up to maxCallWait past its
+// expiry) was the oldest entry of the one arrival order that pruning
+// walked, so no status after it became done or evictable: one stuck call
+// and a full table refused every call for ten minutes. Now each status is
+// done at its own end, whatever is before it.
+func TestStuckCallDoesNotHoldEviction(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	senders := make([]principal.Principal, 8)
+	for i := range senders {
+		senders[i] = principal.SelfAuthenticating([]byte{byte(i)})
+	}
+	mk := func(i int, exp time.Time) *Request {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		return &Request{ID: id, IngressExpiry: uint64(exp.UnixNano()), Sender: senders[i%len(senders)], CanisterID: principal.CanisterID(1)}
+	}
+	// First a call that never ends, then one replied with a long expiry,
+	// then the rest of the table, replied, expiring sooner.
+	stuck := mk(0, clock.Add(time.Minute))
+	if fresh, _, err := h.begin(stuck); !fresh || err != nil {
+		t.Fatalf("stuck call: %v %v", fresh, err)
+	}
+	long := mk(1, clock.Add(5*time.Minute))
+	if fresh, _, err := h.begin(long); !fresh || err != nil {
+		t.Fatalf("long call: %v %v", fresh, err)
+	}
+	h.finish(long.ID, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	fill(t, h, 2, maxStatuses-2, uint64(clock.Add(time.Minute).UnixNano()), senders...)
+
+	clock = clock.Add(2 * time.Minute) // the stuck call is within maxCallWait, the long one within its expiry
+	if fresh, _, err := h.begin(mk(maxStatuses, clock.Add(time.Minute))); !fresh || err != nil {
+		t.Fatalf("a call behind a stuck one and a full table of done statuses: %v %v", fresh, err)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(2, clock).ID); s != "unknown" {
+		t.Fatalf("oldest done status behind the stuck call: %s, want evicted", s)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(3, clock).ID); s != "done" {
+		t.Fatalf("next done status: %s, want kept", s)
+	}
+	if s, _, _, _ := h.RequestStatus(stuck.ID); s != "processing" {
+		t.Fatalf("stuck call's status: %s", s)
+	}
+	if s, _, _, _ := h.RequestStatus(long.ID); s != "replied" {
+		t.Fatalf("a status within its expiry, before done ones: %s", s)
+	}
+	if fresh, _, err := h.begin(stuck); fresh || err != nil {
+		t.Fatalf("replay of the stuck call: %v %v", fresh, err)
+	}
+
+	// When the stuck call ends, past its expiry, it is done at the next
+	// pruning and evictable like the others.
+	h.finish(stuck.ID, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	h.mu.Lock()
+	h.pruneLocked()
+	h.mu.Unlock()
+	if s, _, _, _ := h.RequestStatus(stuck.ID); s != "done" {
+		t.Fatalf("a stuck call ended late: %s, want done", s)
+	}
+	if len(h.due) > 2*len(h.statuses)+1024 {
+		t.Fatalf("due keeps %d entries for %d statuses", len(h.due), len(h.statuses))
 	}
 }
