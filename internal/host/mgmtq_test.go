@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -174,4 +175,67 @@ func TestManagementCallsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.open() // for the cleanup's Close
+}
+
+// holdWat's hold calls "take" on the canister its argument starts with
+// (callee length, callee; the rest is ballast) and never replies itself:
+// its call context stays open until that call is answered.
+const holdWat = `
+(module
+  (import "ic0" "msg_arg_data_copy" (func $arg_copy (param i32 i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $perform (result i32)))
+  (memory 1)
+  (table 2 funcref)
+  (elem (i32.const 0) $on_reply $on_reject)
+  (data (i32.const 100) "take")
+  (func (export "canister_update hold")
+    (call $arg_copy (i32.const 1000) (i32.const 0) (i32.const 1))
+    (call $arg_copy (i32.const 1001) (i32.const 1) (i32.load8_u (i32.const 1000)))
+    (call $call_new (i32.const 1001) (i32.load8_u (i32.const 1000)) (i32.const 100) (i32.const 4)
+      (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 0))
+    (if (call $perform) (then unreachable)))
+  (func $on_reply (param i32))
+  (func $on_reject (param i32))
+)`
+
+// An ingress message's argument counts against the ingress queue's bounds
+// only while it is queued; once the message has run, nothing may keep it.
+// Update kept it (through its deferred status write) for as long as the
+// call stayed open awaiting the calls it made, which a canister can make
+// last: each of ~500 open calls per canister held up to 2 MiB.
+func TestIngressArgumentNotHeldByOpenCall(t *testing.T) {
+	f := queueFixture(t, "inprocess", nil)
+	ctx := context.Background()
+	holder := f.install(mustWat(t, holdWat), nil)
+	b := f.install(mustWat(t, relayCallWat), nil)
+	cb := f.loaded(b)
+	cb.mu.Lock() // b busy: the holder's call to it stays unanswered
+	defer cb.mu.Unlock()
+
+	const calls = 8
+	var weaks []weak.Pointer[byte]
+	for range calls {
+		arg := append([]byte{byte(len(b.Bytes()))}, b.Bytes()...)
+		arg = append(arg, make([]byte, 1<<20)...)
+		weaks = append(weaks, weak.Make(&arg[0]))
+		go f.node.Update(ctx, Message{Canister: holder, Method: "hold", Arg: arg, Caller: user}) //nolint:errcheck
+	}
+	ch := f.loaded(holder)
+	waitFor(t, time.Minute, func() bool {
+		ch.mu.RLock()
+		defer ch.mu.RUnlock()
+		return len(ch.contexts) == calls
+	})
+	runtime.GC()
+	runtime.GC()
+	held := 0
+	for _, w := range weaks {
+		if w.Value() != nil {
+			held++
+		}
+	}
+	if held > 0 {
+		t.Fatalf("%d of %d arguments of calls that ran are still held while the calls are open", held, calls)
+	}
 }

@@ -81,10 +81,13 @@ func decodeStatus(b []byte) (*requestStatus, error) {
 	return st, nil
 }
 
-// ingressStatus is the hook with which the node commits req's status.
+// ingressStatus is the hook with which the node commits req's status. It
+// keeps what the status needs, not req: the node holds it while the call
+// is open, and req's argument would stay with it.
 func ingressStatus(req *Request) *host.IngressStatus {
+	expiry, sender, canister := req.IngressExpiry, req.Sender, req.CanisterID
 	return &host.IngressStatus{Key: append([]byte(nil), req.ID[:]...), Encode: func(o host.Outcome) []byte {
-		st := &requestStatus{Status: statusExecuting, Expiry: req.IngressExpiry, Sender: req.Sender, Canister: req.CanisterID}
+		st := &requestStatus{Status: statusExecuting, Expiry: expiry, Sender: sender, Canister: canister}
 		switch {
 		case o.Replied:
 			st.Status, st.Reply = "replied", o.Reply

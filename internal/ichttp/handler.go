@@ -308,22 +308,30 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 	if h.store != nil {
 		status = ingressStatus(req)
 	}
+	// The goroutine may wait long after the call ran (for the calls it
+	// made): it keeps the call's names, not its argument, which the node
+	// counts only while the call is queued.
+	msg := host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status}
+	id := req.ID
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
 		defer cancel()
-		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status})
+		canister, method := msg.Canister, msg.Method
+		m := msg
+		msg = host.Message{} // what the closure keeps
+		rep, err := h.node.Update(wctx, m)
 		if err != nil && wctx.Err() != nil {
-			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", req.CanisterID, "method", req.MethodName, "request_id", fmt.Sprintf("%x", req.ID))
+			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", method, "request_id", fmt.Sprintf("%x", id))
 			return
 		}
 		st, ok := outcome(rep, err)
 		if !ok {
-			h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
+			h.log.Error("ic call failed", "canister", canister, "method", method, "error", err)
 			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
 		}
-		h.persist(h.finish(req.ID, st))
+		h.persist(h.finish(id, st))
 	}()
 	select {
 	case <-done:

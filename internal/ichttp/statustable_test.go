@@ -1,15 +1,21 @@
 package ichttp
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -232,5 +238,75 @@ func TestStuckCallDoesNotHoldEviction(t *testing.T) {
 	}
 	if len(h.due) > 2*len(h.statuses)+1024 {
 		t.Fatalf("due keeps %d entries for %d statuses", len(h.due), len(h.statuses))
+	}
+}
+
+// openCallNode is a node whose calls run and then stay open (awaiting the
+// calls they made): it keeps each call's status hook, as host.Node keeps
+// it with the call context, and nothing else of the message.
+type openCallNode struct {
+	mu       sync.Mutex
+	statuses []*host.IngressStatus
+	started  chan struct{}
+	release  chan struct{}
+}
+
+func (o *openCallNode) Update(ctx context.Context, msg host.Message) (*host.Reply, error) {
+	o.mu.Lock()
+	o.statuses = append(o.statuses, msg.Status)
+	o.mu.Unlock()
+	o.started <- struct{}{}
+	select {
+	case <-o.release:
+		return &host.Reply{}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+func (o *openCallNode) Query(context.Context, host.Message) (*host.Reply, error) {
+	return nil, errors.New("no queries")
+}
+func (o *openCallNode) Status(context.Context, principal.Principal) (*host.Status, error) {
+	return nil, errors.New("no status")
+}
+func (o *openCallNode) IngressStatuses(func(key, value []byte) error) error { return nil }
+func (o *openCallNode) PutIngressStatuses([]store.IngressRecord) error      { return nil }
+
+// A call accepted over the interface is waited for (up to maxCallWait)
+// while it stays open: its goroutine, and the status hook the node keeps,
+// used to keep the whole request, its argument of up to 2 MiB with it,
+// long after the node had run the message and let go of the argument.
+func TestOpenCallHoldsNoArgument(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &openCallNode{started: make(chan struct{}), release: make(chan struct{})}
+	defer close(node.release)
+	h := New(node, key, nil, nil)
+	const calls = 8
+	var weaks []weak.Pointer[byte]
+	for i := range calls {
+		var id [32]byte
+		id[0] = byte(i)
+		req := &Request{ID: id, Type: "call", IngressExpiry: uint64(time.Now().Add(time.Minute).UnixNano()), Sender: principal.Anonymous(),
+			CanisterID: principal.CanisterID(1), MethodName: "hold", Arg: make([]byte, 1<<20)}
+		weaks = append(weaks, weak.Make(&req.Arg[0]))
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-node.started; cancel() }() // the client leaves once the call runs
+		if err := h.run(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.GC()
+	held := 0
+	for _, w := range weaks {
+		if w.Value() != nil {
+			held++
+		}
+	}
+	if held > 0 {
+		t.Fatalf("%d of %d arguments of open calls are still held", held, calls)
 	}
 }
