@@ -165,6 +165,13 @@ func TestManagementCallsBounded(t *testing.T) {
 	// Close answers the stops still waiting, while b is still busy.
 	closed := make(chan error, 1)
 	go func() { closed <- f.node.Close() }()
+	reopened := false
+	t.Cleanup(func() { // before the fixture's Close, after b is unlocked
+		if !reopened {
+			<-closed
+			f.open()
+		}
+	})
 	for _, ch := range pending {
 		refused(ch, "shutting down")
 	}
@@ -174,7 +181,8 @@ func TestManagementCallsBounded(t *testing.T) {
 	if err := answer(closed); err != nil {
 		t.Fatal(err)
 	}
-	f.open() // for the cleanup's Close
+	f.open() // for the fixture's Close
+	reopened = true
 }
 
 // holdWat's hold calls "take" on the canister its argument starts with
