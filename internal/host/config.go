@@ -175,6 +175,16 @@ type MessageLimits struct {
 	// once with SYS_TRANSIENT (ingressq.go). 0: no bound.
 	IngressQueueBytes uint64
 	NodeIngressBytes  uint64
+	// MgmtCalls and MgmtCallBytes bound the ingress calls to the
+	// management canister in progress about one canister (its
+	// canister_id; calls about none count under aaaaa-aa), in number and
+	// argument bytes; NodeMgmtCalls and NodeMgmtCallBytes bound them on
+	// the node. Beyond them a call is refused at once with SYS_TRANSIENT
+	// (mgmtq.go). 0: no bound.
+	MgmtCalls         int
+	MgmtCallBytes     uint64
+	NodeMgmtCalls     int
+	NodeMgmtCallBytes uint64
 }
 
 // DefaultConfig returns IC defaults; Home must still be set.
@@ -210,6 +220,10 @@ func DefaultConfig() Config {
 			IngressArgBytes:   DefaultIngressArgBytes,
 			IngressQueueBytes: 64 << 20,
 			NodeIngressBytes:  256 << 20,
+			MgmtCalls:         100,
+			MgmtCallBytes:     32 << 20,
+			NodeMgmtCalls:     1000,
+			NodeMgmtCallBytes: 128 << 20,
 		},
 		StorageChargeInterval: time.Minute,
 		InitialCycles:         cycles.New(100_000_000_000_000), // 100 T, like a local dfx replica

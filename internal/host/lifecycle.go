@@ -703,6 +703,9 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 		return wait.err
 	case <-ctx.Done():
 		return rejectf(SysTransient, "Canister %s is still stopping: %v", id, ctx.Err())
+	case <-n.done:
+		// Close does not wait for the canister's calls: it drops them.
+		return rejectf(SysTransient, "Canister %s is still stopping: the node is shutting down", id)
 	}
 }
 

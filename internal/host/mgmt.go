@@ -140,11 +140,22 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 	if query && msg.Method != "canister_status" {
 		return nil, rejectf(CanisterReject, "Management canister method %s cannot be called as a query", msg.Method)
 	}
+	// Bounded while in progress (mgmtq.go): each holds a goroutine and
+	// its argument, a stop for as long as the canister takes to stop.
+	target, ok := ManagementTarget(msg.Method, msg.Arg)
+	if !ok {
+		target = principal.Management()
+	}
+	size := uint64(len(msg.Arg))
+	if rej := n.mgmtCalls.admit(n.cfg.Messages, target, msg.Method, size); rej != nil {
+		return nil, rej
+	}
 	ch := make(chan result, 1)
 	m := &message{kind: kindRequest, ingress: true, caller: msg.Caller, method: msg.Method, arg: msg.Arg, origin: origin{ingress: ch, status: msg.Status}}
 	n.busy.Add(1)
 	go func() {
 		defer n.busy.Done()
+		defer n.mgmtCalls.release(target, size)
 		n.management(m)
 	}()
 	select {
@@ -158,9 +169,15 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 // mgmtTimeout bounds one management call (a stop waits for call contexts).
 const mgmtTimeout = 5 * time.Minute
 
-// management executes a request to aaaaa-aa and responds to it.
+// management executes a request to aaaaa-aa and responds to it (the
+// caller counted it in n.busy). Once the node is closing it runs nothing
+// new; what runs is given up with the node's executions (n.stopping).
 func (n *Node) management(m *message) {
-	ctx, cancel := context.WithTimeout(context.Background(), mgmtTimeout)
+	if n.closing() {
+		n.respondTo(m.origin, nil, rejectf(SysTransient, "Management canister: the node is shutting down"), m.cycles)
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.stopping, mgmtTimeout)
 	defer cancel()
 	reply, used, err := n.managementCall(ctx, m)
 	refund := m.cycles.SaturatingSub(used)

@@ -58,6 +58,7 @@ type Node struct {
 	drainAfter time.Duration // Close's drain timeout (drainTimeout; tests shorten it)
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
+	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
 
 	certifier Certifier // root key and data certificates (certify.go)
 	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)

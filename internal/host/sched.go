@@ -92,10 +92,11 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindUpdate, time.Now(), &err)
 	// Refusals before the message is queued have no execution to commit
 	// with; answers through the queue are recorded already.
+	status := msg.Status
 	defer func() {
 		var rj *Reject
-		if msg.Status != nil && errors.As(err, &rj) {
-			n.recordAnswer(msg.Status, nil, rj)
+		if status != nil && errors.As(err, &rj) {
+			n.recordAnswer(status, nil, rj)
 		}
 	}()
 	if msg.Canister.IsManagement() {
@@ -119,6 +120,9 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 		origin: origin{ingress: ch, status: msg.Status}}); rej != nil {
 		return nil, rej
 	}
+	// The reply may take long (the calls the message makes): the argument
+	// is the queue's until the message runs, and nobody's after it.
+	msg.Arg = nil
 	select {
 	case r := <-ch:
 		return r.reply, r.err

@@ -1,6 +1,7 @@
 package ichttp
 
 import (
+	"container/heap"
 	"fmt"
 	"slices"
 
@@ -80,10 +81,13 @@ func decodeStatus(b []byte) (*requestStatus, error) {
 	return st, nil
 }
 
-// ingressStatus is the hook with which the node commits req's status.
+// ingressStatus is the hook with which the node commits req's status. It
+// keeps what the status needs, not req: the node holds it while the call
+// is open, and req's argument would stay with it.
 func ingressStatus(req *Request) *host.IngressStatus {
+	expiry, sender, canister := req.IngressExpiry, req.Sender, req.CanisterID
 	return &host.IngressStatus{Key: append([]byte(nil), req.ID[:]...), Encode: func(o host.Outcome) []byte {
-		st := &requestStatus{Status: statusExecuting, Expiry: req.IngressExpiry, Sender: req.Sender, Canister: req.CanisterID}
+		st := &requestStatus{Status: statusExecuting, Expiry: expiry, Sender: sender, Canister: canister}
 		switch {
 		case o.Replied:
 			st.Status, st.Reply = "replied", o.Reply
@@ -118,7 +122,8 @@ func (h *Handler) load() error {
 	if err != nil {
 		return fmt.Errorf("load request statuses: %w", err)
 	}
-	// By expiry, which is close to arrival: pruning goes oldest first.
+	// By expiry, which is close to arrival: the replies kept are the
+	// newest, and done statuses go oldest first.
 	slices.SortStableFunc(all, func(a, b kept) int {
 		switch {
 		case a.st.Expiry < b.st.Expiry:
@@ -131,14 +136,19 @@ func (h *Handler) load() error {
 	h.mu.Lock()
 	var recs []store.IngressRecord
 	for _, k := range all {
+		h.seq++
+		k.st.seq = h.seq
 		h.statuses[k.id] = k.st
-		h.order = append(h.order, k.id)
-		h.replyBytes += len(k.st.Reply)
+		h.scheduleLocked(k.id, k.st)
 		if isRefusal(k.st) {
 			recs = append(recs, h.refuseLocked(k.id, k.st)...)
-		} else {
-			k.st.holds = true
-			h.held[string(k.st.Sender.Bytes())]++
+			continue
+		}
+		k.st.holds = true
+		h.held[string(k.st.Sender.Bytes())]++
+		if k.st.Status == "replied" {
+			h.replyBytes += len(k.st.Reply)
+			h.replied = append(h.replied, k.id)
 		}
 	}
 	recs = append(append(bad, recs...), h.pruneLocked()...)
@@ -158,64 +168,97 @@ func (h *Handler) persist(recs []store.IngressRecord) {
 	}
 }
 
-// pruneLocked moves statuses past their expiry to "done" (their replies
-// dropped), and forgets those done for doneTTL; a call still processing
-// is kept while the node may finish it (maxCallWait). It returns the
+// endOf is when a status within the table stops being kept as it is:
+// its expiry (with the clock drift the IC allows), or for a call still
+// processing maxCallWait later, while the node may still finish it.
+func endOf(st *requestStatus) uint64 {
+	end := st.Expiry + uint64(maxClockDrift)
+	if st.Status == "processing" {
+		end += uint64(maxCallWait)
+	}
+	return end
+}
+
+// scheduleLocked puts id in due at st's end (again: an older entry of the
+// same status is skipped or put back when it comes up). h.mu held.
+func (h *Handler) scheduleLocked(id [32]byte, st *requestStatus) {
+	heap.Push(&h.due, dueEntry{end: endOf(st), seq: st.seq, id: id})
+	// Entries of statuses refused or gone meanwhile wait for their end;
+	// rebuilt from the table when they are most of the heap.
+	if len(h.due) > 1024 && len(h.due) > 2*len(h.statuses) {
+		h.rebuildDueLocked()
+	}
+}
+
+// rebuildDueLocked makes due again from the statuses not yet done. h.mu
+// held.
+func (h *Handler) rebuildDueLocked() {
+	due := make(dueHeap, 0, len(h.statuses))
+	for id, st := range h.statuses {
+		if !st.evict && !st.refusal {
+			due = append(due, dueEntry{end: endOf(st), seq: st.seq, id: id})
+		}
+	}
+	heap.Init(&due)
+	h.due = due
+}
+
+// pruneLocked moves statuses past their end (endOf) to "done", their
+// replies dropped, whatever came before them: a call stuck processing
+// holds back only itself. It forgets refused calls' statuses past their
+// expiry, and done ones done for doneTTL (oldest first). It returns the
 // store records of what changed. h.mu held.
 func (h *Handler) pruneLocked() []store.IngressRecord {
 	now := uint64(h.now().UnixNano())
 	var recs []store.IngressRecord
-	for h.expired < len(h.order) {
-		id := h.order[h.expired]
-		st := h.statuses[id]
-		if st == nil { // dropped for room
-			h.expired++
+	for len(h.due) > 0 && h.due[0].end < now {
+		e := heap.Pop(&h.due).(dueEntry)
+		st := h.statuses[e.id]
+		switch {
+		case st == nil || st.evict || st.seq != e.seq:
+			continue // gone, done already, or another status of the same id
+		case st.refusal:
+			h.forgetLocked(e.id, st)
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), e.id[:]...)})
 			continue
-		}
-		end := st.Expiry + uint64(maxClockDrift)
-		if st.Status == "processing" {
-			end += uint64(maxCallWait)
-		}
-		if end >= now {
-			break
+		case endOf(st) >= now:
+			heap.Push(&h.due, dueEntry{end: endOf(st), seq: st.seq, id: e.id}) // still processing
+			continue
 		}
 		if st.Status != "done" {
 			h.replyBytes -= len(st.Reply)
 			st.Status, st.Reply, st.RejectCode, st.RejectMessage = "done", nil, 0, ""
-			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(st)})
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), e.id[:]...), Value: encodeStatus(st)})
 		}
 		h.releaseLocked(st) // done: evictable, no longer its sender's
-		h.expired++
+		st.evict = true
+		h.done = append(h.done, e.id)
 	}
-	for h.expired > 0 {
-		st := h.statuses[h.order[0]]
-		if st != nil && st.Expiry+uint64(maxClockDrift+doneTTL) >= now {
+	for len(h.done) > 0 {
+		st := h.statuses[h.done[0]]
+		if st != nil && st.evict && st.Expiry+uint64(maxClockDrift+doneTTL) >= now {
 			break
 		}
-		recs = append(recs, h.dropFrontLocked()...)
+		recs = append(recs, h.dropDoneLocked()...)
 	}
 	return recs
 }
 
-// dropFrontLocked forgets order[0], which is done (or gone already), and
+// dropDoneLocked forgets done[0] (if it is still a done status) and
 // returns its store record. h.mu held.
-func (h *Handler) dropFrontLocked() []store.IngressRecord {
-	id := h.order[0]
-	var recs []store.IngressRecord
-	if st := h.statuses[id]; st != nil {
-		h.forgetLocked(id, st)
-		recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...)})
+func (h *Handler) dropDoneLocked() []store.IngressRecord {
+	id := h.done[0]
+	h.done[0] = [32]byte{}
+	h.done = h.done[1:]
+	st := h.statuses[id]
+	if st == nil || !st.evict {
+		return nil
 	}
-	h.gone-- // forgetLocked counted it among the gone; it leaves order now
-	h.order[0] = [32]byte{}
-	h.order = h.order[1:]
-	h.expired--
-	h.pruned = max(h.pruned-1, 0)
-	return recs
+	h.forgetLocked(id, st)
+	return []store.IngressRecord{{Key: append([]byte(nil), id[:]...)}}
 }
 
-// forgetLocked removes a status from the table (its id stays in order
-// until pruning or compaction reaches it). h.mu held.
+// forgetLocked removes a status from the table. h.mu held.
 func (h *Handler) forgetLocked(id [32]byte, st *requestStatus) {
 	h.releaseLocked(st)
 	if st.refusal {
@@ -223,7 +266,6 @@ func (h *Handler) forgetLocked(id [32]byte, st *requestStatus) {
 	}
 	h.replyBytes -= len(st.Reply)
 	delete(h.statuses, id)
-	h.gone++
 }
 
 // releaseLocked stops counting st in its sender's held statuses. h.mu held.
@@ -247,8 +289,8 @@ func (h *Handler) tableLocked() int { return len(h.statuses) - h.nRefused }
 // refused by its expiry. h.mu held.
 func (h *Handler) makeRoomLocked() []store.IngressRecord {
 	var recs []store.IngressRecord
-	for h.tableLocked() >= maxStatuses && h.expired > 0 {
-		recs = append(recs, h.dropFrontLocked()...)
+	for h.tableLocked() >= maxStatuses && len(h.done) > 0 {
+		recs = append(recs, h.dropDoneLocked()...)
 	}
 	return recs
 }
@@ -262,8 +304,8 @@ func isRefusal(st *requestStatus) bool {
 
 // refuseLocked moves a refused call's status out of the table (and out of
 // its sender's count) to the last maxRefused refused, forgetting the
-// oldest beyond them, and compacts order when most of it is gone. It
-// returns the store records of what it forgot. h.mu held.
+// oldest beyond them. It returns the store records of what it forgot.
+// h.mu held.
 func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.releaseLocked(st)
 	st.refusal = true
@@ -282,43 +324,53 @@ func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRe
 	if len(h.refused) > 2*maxRefused { // ids pruned meanwhile
 		h.refused = slices.DeleteFunc(h.refused, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || !o.refusal })
 	}
-	if h.gone > 1024 && 2*h.gone > len(h.order) {
-		h.compactLocked()
-	}
 	return recs
 }
 
-// compactLocked drops the ids of forgotten statuses from order. h.mu held.
-func (h *Handler) compactLocked() {
-	kept := make([][32]byte, 0, len(h.order)-h.gone)
-	expired, pruned := 0, 0
-	for i, id := range h.order {
-		if _, ok := h.statuses[id]; !ok {
-			continue
-		}
-		if i < h.expired {
-			expired++
-		}
-		if i < h.pruned {
-			pruned++
-		}
-		kept = append(kept, id)
-	}
-	h.order, h.expired, h.pruned, h.gone = kept, expired, pruned, 0
-}
-
 // capRepliesLocked drops the oldest replies beyond maxReplyBytes (their
-// statuses become "done", as the IC prunes replies). h.mu held.
+// statuses become "done", as the IC prunes replies; they stay in the
+// table until their expiry). h.mu held.
 func (h *Handler) capRepliesLocked() []store.IngressRecord {
 	var recs []store.IngressRecord
-	for h.replyBytes > maxReplyBytes && h.pruned < len(h.order) {
-		id := h.order[h.pruned]
+	for h.replyBytes > maxReplyBytes && len(h.replied) > 0 {
+		id := h.replied[0]
+		h.replied[0] = [32]byte{}
+		h.replied = h.replied[1:]
 		if o := h.statuses[id]; o != nil && o.Status == "replied" {
 			h.replyBytes -= len(o.Reply)
 			o.Status, o.Reply = "done", nil
 			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(o)})
 		}
-		h.pruned++
+	}
+	// Replies that expired meanwhile leave their ids behind.
+	if len(h.replied) > 1024 && len(h.replied) > 2*len(h.statuses) {
+		h.replied = slices.DeleteFunc(h.replied, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || o.Status != "replied" })
 	}
 	return recs
+}
+
+// dueEntry is a status's place in due: its end, then its arrival.
+type dueEntry struct {
+	end uint64
+	seq uint64
+	id  [32]byte
+}
+
+// dueHeap is a min-heap of dueEntry (container/heap).
+type dueHeap []dueEntry
+
+func (d dueHeap) Len() int { return len(d) }
+func (d dueHeap) Less(i, j int) bool {
+	if d[i].end != d[j].end {
+		return d[i].end < d[j].end
+	}
+	return d[i].seq < d[j].seq
+}
+func (d dueHeap) Swap(i, j int) { d[i], d[j] = d[j], d[i] }
+func (d *dueHeap) Push(x any)   { *d = append(*d, x.(dueEntry)) }
+func (d *dueHeap) Pop() any {
+	old := *d
+	e := old[len(old)-1]
+	*d = old[:len(old)-1]
+	return e
 }

@@ -66,16 +66,22 @@ type Handler struct {
 	now     func() time.Time
 	mux     *http.ServeMux
 
-	mu         sync.Mutex
-	statuses   map[[32]byte]*requestStatus
-	order      [][32]byte     // by arrival; ids no longer in statuses are skipped
+	mu       sync.Mutex
+	statuses map[[32]byte]*requestStatus
+	// Statuses leave the table by three separate orders (durable.go), so
+	// that no status holds back another: due, statuses not yet done by
+	// the time they become done; done, done statuses by when they became
+	// so (the evictable ones, oldest first); replied, replies by when
+	// they came (the oldest dropped beyond maxReplyBytes). Each may name
+	// ids whose status has moved on; those are skipped.
+	due        dueHeap
+	seq        uint64 // arrival number of the last status begun (due's tie-break)
+	done       [][32]byte
+	replied    [][32]byte
 	replyBytes int            // sum of the kept replies' sizes
-	pruned     int            // order[:pruned] have had their replies dropped
-	expired    int            // order[:expired] are past their expiry ("done")
 	held       map[string]int // statuses held in the table, by sender
 	refused    [][32]byte     // refused calls' statuses, oldest first (some may be gone)
 	nRefused   int            // refused statuses in statuses
-	gone       int            // ids in order no longer in statuses
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -90,6 +96,8 @@ type requestStatus struct {
 
 	holds   bool // it counts in its sender's held statuses
 	refusal bool // refused before anything ran: kept among h.refused
+	evict   bool // past its expiry, in h.done: may be forgotten for room
+	seq     uint64
 }
 
 // New serves node's canisters over the IC HTTP interface, certifying with
@@ -300,22 +308,30 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 	if h.store != nil {
 		status = ingressStatus(req)
 	}
+	// The goroutine may wait long after the call ran (for the calls it
+	// made): it keeps the call's names, not its argument, which the node
+	// counts only while the call is queued.
+	msg := host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status}
+	id := req.ID
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
 		defer cancel()
-		rep, err := h.node.Update(wctx, host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status})
+		canister, method := msg.Canister, msg.Method
+		m := msg
+		msg = host.Message{} // what the closure keeps
+		rep, err := h.node.Update(wctx, m)
 		if err != nil && wctx.Err() != nil {
-			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", req.CanisterID, "method", req.MethodName, "request_id", fmt.Sprintf("%x", req.ID))
+			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", method, "request_id", fmt.Sprintf("%x", id))
 			return
 		}
 		st, ok := outcome(rep, err)
 		if !ok {
-			h.log.Error("ic call failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
+			h.log.Error("ic call failed", "canister", canister, "method", method, "error", err)
 			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
 		}
-		h.persist(h.finish(req.ID, st))
+		h.persist(h.finish(id, st))
 	}()
 	select {
 	case <-done:
@@ -345,9 +361,11 @@ func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, e
 		return false, recs, &requestError{status: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("too many calls (%d) within their ingress expiry; retry later", maxStatuses)}
 	}
-	h.statuses[req.ID] = &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry, holds: true}
+	h.seq++
+	st := &requestStatus{Status: "processing", Sender: req.Sender, Canister: req.CanisterID, Expiry: req.IngressExpiry, holds: true, seq: h.seq}
+	h.statuses[req.ID] = st
 	h.held[sender]++
-	h.order = append(h.order, req.ID)
+	h.scheduleLocked(req.ID, st)
 	return true, recs, nil
 }
 
@@ -361,11 +379,17 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	if !ok || old.Status != "processing" {
 		return nil
 	}
-	st.Sender, st.Canister, st.Expiry, st.holds = old.Sender, old.Canister, old.Expiry, old.holds
+	st.Sender, st.Canister, st.Expiry, st.holds, st.seq = old.Sender, old.Canister, old.Expiry, old.holds, old.seq
 	*old = *st
-	h.replyBytes += len(st.Reply)
 	if isRefusal(old) {
 		return h.refuseLocked(id, old)
+	}
+	// A call that ends late (past its expiry, while its status was kept
+	// for maxCallWait) is done at the next pruning, not maxCallWait later.
+	h.scheduleLocked(id, old)
+	if old.Status == "replied" {
+		h.replyBytes += len(old.Reply)
+		h.replied = append(h.replied, id)
 	}
 	return h.capRepliesLocked()
 }

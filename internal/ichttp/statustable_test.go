@@ -1,15 +1,21 @@
 package ichttp
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -119,8 +125,8 @@ func TestRefusedStatusesBounded(t *testing.T) {
 	if len(h.statuses) != maxRefused || h.tableLocked() != 0 || len(h.held) != 0 {
 		t.Fatalf("%d statuses (%d in the table, %d senders holding) after %d refused calls", len(h.statuses), h.tableLocked(), len(h.held), n)
 	}
-	if len(h.order) > 2*maxRefused {
-		t.Fatalf("order keeps %d ids for %d statuses", len(h.order), len(h.statuses))
+	if len(h.due) > 2*maxRefused {
+		t.Fatalf("due keeps %d ids for %d statuses", len(h.due), len(h.statuses))
 	}
 	var last [32]byte
 	binary.BigEndian.PutUint64(last[:], n-1)
@@ -163,5 +169,144 @@ func TestFullTableEvictsDone(t *testing.T) {
 	}
 	if s, _, _, _ := h.RequestStatus(mk(maxStatuses - 1).ID); s != "replied" {
 		t.Fatalf("a status within its expiry: %s", s)
+	}
+}
+
+// A call stuck processing (its status kept up to maxCallWait past its
+// expiry) was the oldest entry of the one arrival order that pruning
+// walked, so no status after it became done or evictable: one stuck call
+// and a full table refused every call for ten minutes. Now each status is
+// done at its own end, whatever is before it.
+func TestStuckCallDoesNotHoldEviction(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, nil)
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	senders := make([]principal.Principal, 8)
+	for i := range senders {
+		senders[i] = principal.SelfAuthenticating([]byte{byte(i)})
+	}
+	mk := func(i int, exp time.Time) *Request {
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		return &Request{ID: id, IngressExpiry: uint64(exp.UnixNano()), Sender: senders[i%len(senders)], CanisterID: principal.CanisterID(1)}
+	}
+	// First a call that never ends, then one replied with a long expiry,
+	// then the rest of the table, replied, expiring sooner.
+	stuck := mk(0, clock.Add(time.Minute))
+	if fresh, _, err := h.begin(stuck); !fresh || err != nil {
+		t.Fatalf("stuck call: %v %v", fresh, err)
+	}
+	long := mk(1, clock.Add(5*time.Minute))
+	if fresh, _, err := h.begin(long); !fresh || err != nil {
+		t.Fatalf("long call: %v %v", fresh, err)
+	}
+	h.finish(long.ID, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	fill(t, h, 2, maxStatuses-2, uint64(clock.Add(time.Minute).UnixNano()), senders...)
+
+	clock = clock.Add(2 * time.Minute) // the stuck call is within maxCallWait, the long one within its expiry
+	if fresh, _, err := h.begin(mk(maxStatuses, clock.Add(time.Minute))); !fresh || err != nil {
+		t.Fatalf("a call behind a stuck one and a full table of done statuses: %v %v", fresh, err)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(2, clock).ID); s != "unknown" {
+		t.Fatalf("oldest done status behind the stuck call: %s, want evicted", s)
+	}
+	if s, _, _, _ := h.RequestStatus(mk(3, clock).ID); s != "done" {
+		t.Fatalf("next done status: %s, want kept", s)
+	}
+	if s, _, _, _ := h.RequestStatus(stuck.ID); s != "processing" {
+		t.Fatalf("stuck call's status: %s", s)
+	}
+	if s, _, _, _ := h.RequestStatus(long.ID); s != "replied" {
+		t.Fatalf("a status within its expiry, before done ones: %s", s)
+	}
+	if fresh, _, err := h.begin(stuck); fresh || err != nil {
+		t.Fatalf("replay of the stuck call: %v %v", fresh, err)
+	}
+
+	// When the stuck call ends, past its expiry, it is done at the next
+	// pruning and evictable like the others.
+	h.finish(stuck.ID, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	h.mu.Lock()
+	h.pruneLocked()
+	h.mu.Unlock()
+	if s, _, _, _ := h.RequestStatus(stuck.ID); s != "done" {
+		t.Fatalf("a stuck call ended late: %s, want done", s)
+	}
+	if len(h.due) > 2*len(h.statuses)+1024 {
+		t.Fatalf("due keeps %d entries for %d statuses", len(h.due), len(h.statuses))
+	}
+}
+
+// openCallNode is a node whose calls run and then stay open (awaiting the
+// calls they made): it keeps each call's status hook, as host.Node keeps
+// it with the call context, and nothing else of the message.
+type openCallNode struct {
+	mu       sync.Mutex
+	statuses []*host.IngressStatus
+	started  chan struct{}
+	release  chan struct{}
+}
+
+func (o *openCallNode) Update(ctx context.Context, msg host.Message) (*host.Reply, error) {
+	o.mu.Lock()
+	o.statuses = append(o.statuses, msg.Status)
+	o.mu.Unlock()
+	o.started <- struct{}{}
+	select {
+	case <-o.release:
+		return &host.Reply{}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+func (o *openCallNode) Query(context.Context, host.Message) (*host.Reply, error) {
+	return nil, errors.New("no queries")
+}
+func (o *openCallNode) Status(context.Context, principal.Principal) (*host.Status, error) {
+	return nil, errors.New("no status")
+}
+func (o *openCallNode) IngressStatuses(func(key, value []byte) error) error { return nil }
+func (o *openCallNode) PutIngressStatuses([]store.IngressRecord) error      { return nil }
+
+// A call accepted over the interface is waited for (up to maxCallWait)
+// while it stays open: its goroutine, and the status hook the node keeps,
+// used to keep the whole request, its argument of up to 2 MiB with it,
+// long after the node had run the message and let go of the argument.
+func TestOpenCallHoldsNoArgument(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &openCallNode{started: make(chan struct{}), release: make(chan struct{})}
+	defer close(node.release)
+	h := New(node, key, nil, nil)
+	const calls = 8
+	var weaks []weak.Pointer[byte]
+	for i := range calls {
+		var id [32]byte
+		id[0] = byte(i)
+		req := &Request{ID: id, Type: "call", IngressExpiry: uint64(time.Now().Add(time.Minute).UnixNano()), Sender: principal.Anonymous(),
+			CanisterID: principal.CanisterID(1), MethodName: "hold", Arg: make([]byte, 1<<20)}
+		weaks = append(weaks, weak.Make(&req.Arg[0]))
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-node.started; cancel() }() // the client leaves once the call runs
+		if err := h.run(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.GC()
+	held := 0
+	for _, w := range weaks {
+		if w.Value() != nil {
+			held++
+		}
+	}
+	if held > 0 {
+		t.Fatalf("%d of %d arguments of open calls are still held", held, calls)
 	}
 }
