@@ -132,4 +132,3 @@ func TestDeletionOfACallerWithACallInFlight(t *testing.T) {
 		t.Fatalf("the refund to the deleted caller was not burned: %+v", gone)
 	}
 }
-

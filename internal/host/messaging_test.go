@@ -139,7 +139,8 @@ func TestRelay(t *testing.T) {
 	got = f.callText(relay, "tryGet", fmt.Sprintf("(principal %q)", relay))
 	if !strings.Contains(got, "rejected") || !strings.Contains(got, "no update method 'get'") {
 		t.Fatalf("tryGet on a canister without get: %s", got)
-	}	// A deletion no longer has to be kept out of the count.
+	}
+	// A deletion no longer has to be kept out of the count.
 	f.checkConservation()
 }
 
