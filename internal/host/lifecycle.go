@@ -105,9 +105,13 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 		// one), so of two creations of one id only one succeeds.
 		err := n.store.Commit(store.Change{ID: id.Bytes(), Create: true, Meta: meta, Heap: &store.MemoryChange{Replace: true},
 			Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress, Left: opts.delivers})
-		if errors.Is(err, store.ErrExists) {
+		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrDeleted) {
 			if opts.ID == nil {
 				continue // a specified id took the one allocated: the next
+			}
+			if errors.Is(err, store.ErrDeleted) {
+				// Responses to its calls may still come (store/deleted.go).
+				return id, fmt.Errorf("canister %s was deleted: its id is not given out again", id)
 			}
 			return id, fmt.Errorf("canister %s already exists", id)
 		}
@@ -721,7 +725,10 @@ func (p *pendingStop) end(err error) {
 	close(p.done)
 }
 
-// Delete removes a stopped canister and everything it holds.
+// Delete removes a stopped canister and everything it holds. Its cycles
+// are burned (IC interface specification: they are discarded); the commit
+// leaves its tombstone, which keeps the node's conservation count
+// (store/deleted.go).
 func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error {
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {

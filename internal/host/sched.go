@@ -177,8 +177,11 @@ func (n *Node) process(c *canister, m *message) {
 	c.mu.Lock()
 	defer n.unlock(c)
 	if c.deleted {
-		if m.kind == kindRequest {
+		switch m.kind {
+		case kindRequest:
 			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", c.id), m.cycles)
+		case kindResponse:
+			n.dropResponse(c.id, m)
 		}
 		return
 	}
@@ -214,12 +217,29 @@ func (n *Node) route(target principal.Principal, m *message) {
 	}
 	tc, err := n.get(context.Background(), target)
 	if err != nil {
-		if m.kind == kindRequest {
+		switch m.kind {
+		case kindRequest:
 			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", target), m.cycles)
+		case kindResponse:
+			n.dropResponse(target, m)
 		}
-		return // a response to a canister that is gone is dropped with its refund
+		return
 	}
 	n.enqueue(tc, m)
+}
+
+// dropResponse drops a response to canister id, which is gone: the refund
+// it brings has nobody to go to and is burned, in a commit that removes
+// its call's record in flight from the deleted caller's tombstone
+// (store/deleted.go). Without the commit the record would stay in flight
+// until the node restarts.
+func (n *Node) dropResponse(id principal.Principal, m *message) {
+	if m.refund.IsZero() {
+		return // its record, if any, was removed with the delivery
+	}
+	if err := n.store.BurnDropped(store.CallCycles{Caller: id.Bytes(), Call: m.callbackID}); err != nil {
+		n.log.Error("burning the refund of a response to a deleted canister failed", "canister", id.String(), "call", m.callbackID, "err", err)
+	}
 }
 
 // respondTo answers a request: to the waiting user, or as a response message

@@ -77,16 +77,12 @@ func putSent(cb *bolt.Bucket, id []byte, sent []CallCycles) error {
 }
 
 // putLeft sets what remains in flight of calls whose cycles a commit
-// delivers: zero removes the record. Only an existing record changes: the
-// caller may be gone (its cycles went with it), and a record never comes
-// back once delivered.
-func putLeft(all *bolt.Bucket, left []CallCycles) error {
+// delivers: zero removes the record. Only an existing record changes, the
+// live caller's or a deleted one's (deleted.go): a record never comes back
+// once delivered.
+func putLeft(tx *bolt.Tx, left []CallCycles) error {
 	for _, l := range left {
-		cb := all.Bucket(l.Caller)
-		if cb == nil {
-			continue
-		}
-		b := cb.Bucket(keyInFlight)
+		b := inFlightOf(tx, l.Caller)
 		if b == nil {
 			continue
 		}
@@ -113,23 +109,29 @@ func putLeft(all *bolt.Bucket, left []CallCycles) error {
 	return nil
 }
 
-// CyclesInFlight calls fn with every recorded amount in flight.
+// CyclesInFlight calls fn with every recorded amount in flight, of live
+// and deleted callers.
 func (s *Store) CyclesInFlight(fn func(CallCycles) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		all := tx.Bucket(bucketCanisters)
-		return all.ForEachBucket(func(id []byte) error {
-			b := all.Bucket(id).Bucket(keyInFlight)
-			if b == nil {
-				return nil
-			}
-			return b.ForEach(func(k, v []byte) error {
-				a, err := decodeAmount(v)
-				if err != nil || len(k) != 8 {
-					return fmt.Errorf("canister %x: corrupt cycles in flight (key %d bytes): %v", id, len(k), err)
+		for _, parent := range []*bolt.Bucket{tx.Bucket(bucketCanisters), tx.Bucket(bucketDeleted)} {
+			err := parent.ForEachBucket(func(id []byte) error {
+				b := parent.Bucket(id).Bucket(keyInFlight)
+				if b == nil {
+					return nil
 				}
-				return fn(CallCycles{Caller: bytes.Clone(id), Call: binary.BigEndian.Uint64(k), Amount: a})
+				return b.ForEach(func(k, v []byte) error {
+					a, err := decodeAmount(v)
+					if err != nil || len(k) != 8 {
+						return fmt.Errorf("canister %x: corrupt cycles in flight (key %d bytes): %v", id, len(k), err)
+					}
+					return fn(CallCycles{Caller: bytes.Clone(id), Call: binary.BigEndian.Uint64(k), Amount: a})
+				})
 			})
-		})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
@@ -139,7 +141,8 @@ var errNothingInFlight = errors.New("no cycles in flight")
 
 // ReturnCyclesInFlight gives every amount recorded in flight back to its
 // caller's balance and removes the records, in one transaction, and
-// reports the total returned. For a node that has just opened its store:
+// reports the total returned; a deleted caller's are burned (deleted.go).
+// For a node that has just opened its store:
 // no call is in flight then (the messages were in memory), and what their
 // cycles were doing is undone, as for a call that was never answered. A
 // store with nothing in flight is only read.
@@ -147,20 +150,26 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 	var total cycles.Amount
 	found := false
 	err := s.db.View(func(tx *bolt.Tx) error {
-		all := tx.Bucket(bucketCanisters)
-		return all.ForEachBucket(func(id []byte) error {
-			if b := all.Bucket(id).Bucket(keyInFlight); b != nil {
-				if k, _ := b.Cursor().First(); k != nil {
-					found = true
+		for _, parent := range []*bolt.Bucket{tx.Bucket(bucketCanisters), tx.Bucket(bucketDeleted)} {
+			_ = parent.ForEachBucket(func(id []byte) error {
+				if b := parent.Bucket(id).Bucket(keyInFlight); b != nil {
+					if k, _ := b.Cursor().First(); k != nil {
+						found = true
+					}
 				}
-			}
-			return nil
-		})
+				return nil
+			})
+		}
+		return nil
 	})
 	if err != nil || !found {
 		return total, err
 	}
 	err = s.update(func(tx *bolt.Tx) error {
+		burned, err := burnDeletedInFlight(tx)
+		if err != nil {
+			return err
+		}
 		all := tx.Bucket(bucketCanisters)
 		var callers [][]byte
 		_ = all.ForEachBucket(func(id []byte) error {
@@ -202,7 +211,7 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 			}
 			total = total.SaturatingAdd(sum)
 		}
-		if len(callers) == 0 {
+		if len(callers) == 0 && !burned {
 			return errNothingInFlight
 		}
 		return nil
@@ -214,7 +223,8 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 }
 
 // CycleTotals are the terms of the node's cycles conservation count over
-// every stored canister: in every committed state Held() = Minted.
+// every stored canister and every deleted one's tombstone (deleted.go): in
+// every committed state Held() = Minted.
 type CycleTotals struct {
 	Balance, Burned, Reserved, InFlight, Minted cycles.Amount
 }
@@ -230,6 +240,11 @@ func (t CycleTotals) Held() cycles.Amount {
 func (s *Store) CycleTotals() (CycleTotals, error) {
 	var t CycleTotals
 	err := s.db.View(func(tx *bolt.Tx) error {
+		var d DeletedCycles
+		if err := sumDeleted(tx, &d); err != nil {
+			return err
+		}
+		t.Minted, t.Burned, t.InFlight = d.Minted, d.Burned, d.InFlight
 		all := tx.Bucket(bucketCanisters)
 		return all.ForEachBucket(func(id []byte) error {
 			cb := all.Bucket(id)

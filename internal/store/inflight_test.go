@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -150,14 +151,73 @@ func TestReturnCyclesInFlight(t *testing.T) {
 	if s.SyncStats().Syncs != syncs {
 		t.Fatal("returning nothing wrote a transaction")
 	}
-	// A deleted caller takes its records with it.
-	if err := s.Commit(Change{ID: a, Meta: c.Meta, Sent: []CallCycles{{Caller: a, Call: 3, Amount: cycles.New(1)}}}); err != nil {
+	// A deleted caller leaves its records in its tombstone (deleted.go):
+	// the callee may still accept them. What its response would have
+	// refunded burns when the response is dropped.
+	c.Meta.Balance = cycles.New(990)
+	if err := s.Commit(Change{ID: a, Meta: c.Meta, Sent: []CallCycles{{Caller: a, Call: 3, Amount: cycles.New(10)}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Commit(Change{ID: a, Delete: true}); err != nil {
 		t.Fatal(err)
 	}
-	if got := inFlight(t, s); len(got) != 0 {
+	if got := inFlight(t, s); len(got) != 1 || got[key(a, 3)] != cycles.New(10) {
 		t.Fatalf("records of a deleted caller: %v", got)
+	}
+	conserved(t, s)
+	mb.Balance = cycles.New(94)
+	if err := s.Commit(Change{ID: b, Meta: mb,
+		Left: []CallCycles{{Caller: a, Call: 3, Amount: cycles.New(6)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := inFlight(t, s); got[key(a, 3)] != cycles.New(6) {
+		t.Fatalf("records of a deleted caller after a delivery: %v", got)
+	}
+	conserved(t, s)
+	if err := s.BurnDropped(CallCycles{Caller: a, Call: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := inFlight(t, s); len(got) != 0 {
+		t.Fatalf("records after the dropped response: %v", got)
+	}
+	if tot := conserved(t, s); tot.Minted != cycles.New(1100) {
+		t.Fatalf("minted %s after the deletion, want 1100", tot.Minted)
+	}
+	if err := s.Commit(Change{ID: a, Create: true, Meta: Meta{ID: "a"}}); !errors.Is(err, ErrDeleted) {
+		t.Fatalf("creation under a deleted canister's id: %v", err)
+	}
+}
+
+// A store reopened with a deleted caller's record still in flight (a crash
+// before the response that would have found nobody) burns it: the refund
+// has nobody to go to, and no later commit would.
+func TestReopenBurnsDeletedCallersCyclesInFlight(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	defer func() { s.Close() }()
+	a, b := []byte("caller"), []byte("callee")
+	ma := Meta{ID: "a", Balance: cycles.New(700), CyclesMinted: cycles.New(1000), CyclesBurned: cycles.New(100)}
+	mb := Meta{ID: "b", Balance: cycles.New(50), CyclesMinted: cycles.New(50)}
+	err := s.Commit(Change{ID: a, Meta: ma, Sent: []CallCycles{{Caller: a, Call: 1, Amount: cycles.New(200)}}}, Change{ID: b, Meta: mb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(Change{ID: a, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Deleted(); err != nil || d != (DeletedCycles{Minted: cycles.New(1000), Burned: cycles.New(800), InFlight: cycles.New(200)}) {
+		t.Fatalf("tombstone %+v, %v", d, err)
+	}
+	conserved(t, s)
+	s.Close()
+	s = openTest(t, dir)
+	if back, err := s.ReturnCyclesInFlight(); err != nil || !back.IsZero() {
+		t.Fatalf("returned %s to live callers, %v", back, err)
+	}
+	if d, err := s.Deleted(); err != nil || d != (DeletedCycles{Minted: cycles.New(1000), Burned: cycles.New(1000)}) {
+		t.Fatalf("tombstone after reopening %+v, %v", d, err)
+	}
+	if tot := conserved(t, s); !tot.InFlight.IsZero() || tot.Balance != cycles.New(50) {
+		t.Fatalf("totals after reopening %+v", tot)
 	}
 }

@@ -184,7 +184,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 				}
 			}
 		}
-		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode, bucketIngress, bucketStaging} {
+		for _, b := range [][]byte{bucketModules, bucketCanisters, bucketNode, bucketIngress, bucketStaging, bucketDeleted} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -289,7 +289,10 @@ type Change struct {
 	Globals    []state.Global // nil: unchanged
 	SetGlobals bool
 	Module     []byte // stored under its hash when non-nil
-	Delete     bool   // remove the canister entirely
+	// Delete removes the canister entirely, leaving its tombstone: the
+	// cycles it minted, burned and held, its records in flight
+	// (deleted.go).
+	Delete bool
 	// Create makes the canister: the commit fails with ErrExists if it
 	// exists already (two creations of one id cannot both succeed).
 	Create   bool
@@ -313,10 +316,16 @@ type Change struct {
 	// Zero removes the record; an absent one stays absent.
 	Sent []CallCycles
 	Left []CallCycles
+	// Dropped are calls of deleted canisters whose responses found
+	// nobody: what is left of their records in flight is burned
+	// (deleted.go). A Change with only these and no ID writes only these.
+	Dropped []CallCycles
 }
 
-func (c *Change) ingressOnly() bool {
-	return c.ID == nil && len(c.Ingress) > 0 && c.Heap == nil && c.Stable == nil && !c.SetGlobals &&
+// nodeOnly reports whether c changes no canister: only ingress statuses
+// and dropped responses.
+func (c *Change) nodeOnly() bool {
+	return c.ID == nil && (len(c.Ingress) > 0 || len(c.Dropped) > 0) && c.Heap == nil && c.Stable == nil && !c.SetGlobals &&
 		c.Module == nil && !c.Delete && len(c.Logs) == 0 && !c.ClearLogs &&
 		!c.ClearChunks && len(c.Chunks) == 0 && len(c.Sent) == 0 && len(c.Left) == 0
 }
@@ -345,18 +354,21 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	if err := putIngress(tx, c.Ingress); err != nil {
 		return fmt.Errorf("ingress statuses: %w", err)
 	}
-	if c.ingressOnly() {
+	if err := burnDropped(tx, c.Dropped); err != nil {
+		return fmt.Errorf("dropped responses: %w", err)
+	}
+	if c.nodeOnly() {
 		return nil
 	}
 	all := tx.Bucket(bucketCanisters)
 	if c.Delete {
-		if all.Bucket(c.ID) == nil {
-			return nil
-		}
-		return all.DeleteBucket(c.ID)
+		return retire(tx, c.ID)
 	}
 	if c.Create && all.Bucket(c.ID) != nil {
 		return fmt.Errorf("canister %x: %w", c.ID, ErrExists)
+	}
+	if c.Create && isDeleted(tx, c.ID) {
+		return fmt.Errorf("canister %x: %w", c.ID, ErrDeleted)
 	}
 	cb, err := all.CreateBucketIfNotExists(c.ID)
 	if err != nil {
@@ -396,7 +408,7 @@ func commitOne(tx *bolt.Tx, c *Change) error {
 	if err := putChunks(cb, c.ClearChunks, c.Chunks); err != nil {
 		return fmt.Errorf("wasm chunk store: %w", err)
 	}
-	if err := putLeft(all, c.Left); err != nil {
+	if err := putLeft(tx, c.Left); err != nil {
 		return fmt.Errorf("cycles delivered: %w", err)
 	}
 	if err := putSent(cb, c.ID, c.Sent); err != nil {

@@ -269,7 +269,15 @@ func (e *Execution) msgReject(a []uint64) (uint64, error) {
 
 // --- cycles ---------------------------------------------------------------
 
+// available is what the call may still accept: nothing once it has been
+// answered, as the rest went back to the caller with the reply or reject
+// (the interface specification's msg_reply and msg_reject set
+// cycles_available to 0). Otherwise a callee could answer "accepted
+// nothing" and then take what the caller was told came back.
 func (e *Execution) available() cycles.Amount {
+	if e.out.Response != NoResponse {
+		return cycles.Amount{}
+	}
 	return e.in.CyclesAvailable.SaturatingSub(e.out.CyclesAccepted)
 }
 
