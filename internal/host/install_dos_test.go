@@ -289,6 +289,9 @@ func TestInstallPaysForCompilationFirst(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"
+	// The storage fee depends on the time that passes between messages
+	// (a cycle per ~0.1 s here); the checks below are exact.
+	cfg.Fees.GiBStoragePerSecond = 0
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })
