@@ -382,7 +382,7 @@ func fanOutAttack(t *testing.T, iso string, execs uint64) {
 	// the queue, later executions were refused) and a few more executions,
 	// then halts; what is queued then drains, a commit per execution.
 	f.update(attacker, "fan", nil)
-	deadline := time.Now().Add(2 * time.Minute) // a bound on a stuck test, not a performance assertion
+	deadline := time.Now().Add(5 * time.Minute) // a bound on a stuck test, not a performance assertion (both modes attack at once)
 	var s fanStats
 	for s = f.fanStats(attacker); s.execs < execs || s.refused == 0; s = f.fanStats(attacker) {
 		if time.Now().After(deadline) {
@@ -391,7 +391,7 @@ func fanOutAttack(t *testing.T, iso string, execs uint64) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	f.update(attacker, "halt", nil)
-	qctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	if err := f.node.Quiesce(qctx); err != nil {
 		t.Fatal(err)
