@@ -74,6 +74,7 @@ func (f *fixture) stopAndDelete(id principal.Principal) {
 // An upgrade releases the old module's artifact and keeps the new one's;
 // an uninstall releases that one too.
 func TestArtifactsFollowUpgradeAndUninstall(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	a, b := gcModule(t, "a"), gcModule(t, "b")
 	id := f.install(a, noArgs)
@@ -95,6 +96,7 @@ func TestArtifactsFollowUpgradeAndUninstall(t *testing.T) {
 
 // A module two canisters run keeps its artifact until the last one goes.
 func TestArtifactsOfSharedModule(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	m := gcModule(t, "shared")
 	one, two := f.install(m, noArgs), f.install(m, noArgs)
@@ -113,6 +115,7 @@ func TestArtifactsOfSharedModule(t *testing.T) {
 // traps) leaves no artifact of it, unless another canister runs that
 // module; one the canister cannot pay for compiles nothing.
 func TestFailedInstallLeavesNoArtifact(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	ctx := context.Background()
 	trapInit := mustWat(t, `(module (import "ic0" "trap" (func $trap (param i32 i32)))
@@ -186,6 +189,7 @@ func TestFailedInstallLeavesNoArtifact(t *testing.T) {
 // deleted): the install goes on to use it. When it ends without storing
 // the module, the artifact goes.
 func TestInstallUnderWayKeepsArtifact(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	m := gcModule(t, "busy")
 	id := f.install(m, noArgs)
@@ -206,6 +210,7 @@ func TestInstallUnderWayKeepsArtifact(t *testing.T) {
 // interrupted writes, and keeps the artifacts of installed modules: after
 // a restart the canister runs without compiling again.
 func TestOpenPrunesArtifacts(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	m := gcModule(t, "kept")
 	id := f.install(m, noArgs)
@@ -253,6 +258,7 @@ func TestOpenPrunesArtifacts(t *testing.T) {
 // again. The canister runs after a restart, and after its artifact is
 // gone.
 func TestSandboxedNodeKeepsNoModuleBytes(t *testing.T) {
+	t.Parallel()
 	f := sandboxFixture(t)
 	ctx := context.Background()
 	id := f.install(module(t, corpusDir, "counter"), noArgs)

@@ -9,6 +9,7 @@ import (
 // drainers do while Quiesce waits: no panic, and every waiter returns once
 // the count is zero again.
 func TestBusyCounterReusedWhileWaiting(t *testing.T) {
+	t.Parallel()
 	var b busyCounter
 	b.Wait() // zero from the start
 	var wg sync.WaitGroup
@@ -43,6 +44,7 @@ func TestBusyCounterReusedWhileWaiting(t *testing.T) {
 // A Done without its Add leaves the counter at zero, not below it: later
 // work is still waited for.
 func TestBusyCounterNeverBelowZero(t *testing.T) {
+	t.Parallel()
 	var b busyCounter
 	b.Done()
 	<-b.Idle()

@@ -127,6 +127,7 @@ func rustCallbackModule(t testing.TB, memory64 bool) (wasm []byte, env, bigIndex
 // resolve (outside the table, null, wrong type) traps with the IC's message,
 // changing nothing, without harming the canister or the host.
 func TestCallbacksThroughUnexportedTable(t *testing.T) {
+	t.Parallel()
 	for _, memory64 := range []bool{false, true} {
 		t.Run(width(memory64), func(t *testing.T) {
 			hashes := map[[32]byte]bool{}
@@ -222,6 +223,7 @@ func testCallbacks(t *testing.T, f *fixture, memory64 bool) [32]byte {
 // which panics: the whole in-process host went down); the node and the
 // canister keep working.
 func TestCallbackThroughExternrefTable(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		wasm := mustWat(t, `(module
   (import "ic0" "canister_self_size" (func $self_size (result i32)))
@@ -286,6 +288,7 @@ const compositeCallbackWat = `
 
 // Composite queries resolve their callbacks through table 0 too.
 func TestCompositeQueryCallbackThroughUnexportedTable(t *testing.T) {
+	t.Parallel()
 	for _, memory64 := range []bool{false, true} {
 		t.Run(width(memory64), func(t *testing.T) {
 			forIsolations(t, func(t *testing.T, f *fixture) {
@@ -360,6 +363,7 @@ const cleanupWat = `
 // A callback that does not trap gets no cleanup. The answer is the later
 // callback's reply, not the trap.
 func TestCompositeQueryCleanupRunsWhenCallbackTraps(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		wasm := mustWat(t, cleanupWat)
 		a, b := f.install(wasm, nil), f.install(wasm, nil)

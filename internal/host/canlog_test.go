@@ -144,6 +144,7 @@ func checkLog(t *testing.T, f *fixture, id principal.Principal, first uint64, wa
 // Traps are logged as the IC logs them, in both isolation modes, and the
 // log outlives the rollback of the trapped message.
 func TestCanisterLogTraps(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, logWat), nil)
 		ctx := context.Background()
@@ -220,6 +221,7 @@ func TestCanisterLogTraps(t *testing.T) {
 // the content), the oldest dropped first, a record's content cut at
 // 4056 bytes; idx keeps counting.
 func TestCanisterLogBounded(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, logWat), nil)
 		line := func(i int) string { return fmt.Sprintf("line %03d %s", i, strings.Repeat("x", 51)) } // 60 bytes
@@ -252,6 +254,7 @@ func TestCanisterLogBounded(t *testing.T) {
 // Who may fetch the logs: controllers by default, anyone when public, the
 // allowed viewers when listed; never a canister nor an update call.
 func TestFetchCanisterLogsAccess(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(mustWat(t, logWat), nil)
 	f.update(id, "print", []byte("secret"))
@@ -349,6 +352,7 @@ func TestFetchCanisterLogsAccess(t *testing.T) {
 // are Motoko's own trap messages through ic0.trap and the Wasm traps, and
 // every trapped message left the state as it was.
 func TestCanisterLogMotokoTraps(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(module(t, corpusDir, "traps"), noArgs)
 		for _, c := range []struct{ method, arg string }{
@@ -382,6 +386,7 @@ func TestCanisterLogMotokoTraps(t *testing.T) {
 // Reinstall and uninstall purge the log, as on the IC; an upgrade keeps
 // it; idx goes on counting, across a restart too.
 func TestCanisterLogPurge(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := mustWat(t, logWat)
 	id := f.install(wasm, nil)

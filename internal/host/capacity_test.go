@@ -32,6 +32,7 @@ func growerWAT(initialPages int) string {
 // is refused with the reason, a restart keeps the count, and deleting a
 // canister gives its memory back.
 func TestNodeMemoryCapacity(t *testing.T) {
+	t.Parallel()
 	const (
 		page     = 64 << 10
 		capacity = 1024 * page // 64 MiB
@@ -112,6 +113,7 @@ func TestNodeMemoryCapacity(t *testing.T) {
 // reservation made when an execution ends is checked against what the
 // other has already reserved.
 func TestMemoryLedgerReservations(t *testing.T) {
+	t.Parallel()
 	l := newMemoryLedger(100)
 	a, b := principal.CanisterID(1), principal.CanisterID(2)
 	l.set(a, 40)

@@ -149,6 +149,7 @@ func verifyDataCert(t *testing.T, rootKey []byte, answer []byte, id principal.Pr
 // a composite query calls, or callbacks; ic0.root_key_* give that key's DER
 // in replicated contexts and trap in queries. Both widths, both modes.
 func TestDataCertificateAndRootKey(t *testing.T) {
+	t.Parallel()
 	for _, memory64 := range []bool{false, true} {
 		t.Run(width(memory64), func(t *testing.T) {
 			clock := &testClock{}
@@ -215,6 +216,7 @@ func (hugeCertifier) CertifyCanister(id, data []byte, at uint64) ([]byte, error)
 }
 
 func TestDataCertificateBounded(t *testing.T) {
+	t.Parallel()
 	forIsolationsWith(t, func(c *Config) { c.Certifier = hugeCertifier{} }, func(t *testing.T, f *fixture) {
 		id := f.install(certModule(t, false), nil)
 		_, err := f.node.Query(context.Background(), Message{Canister: id, Method: "cert", Caller: user})

@@ -173,6 +173,7 @@ func (f *fixture) chunkStoreSize(id principal.Principal) uint64 {
 // upgraded from another canister's store, reinstalled gzipped; uninstall
 // and delete clear the store.
 func TestChunkedInstall(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	wasm := module(t, corpusDir, "counter")
@@ -389,6 +390,7 @@ func sha(b []byte) []byte {
 // install from the store of a canister it does not control, and nothing
 // changes there.
 func TestChunkStoreFromCanister(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"
@@ -470,6 +472,7 @@ func TestChunkStoreFromCanister(t *testing.T) {
 // against memory_allocation, the freezing threshold and the node's memory
 // capacity.
 func TestChunkStoreLimits(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.MemoryCapacity = 150 * maxChunkBytes
@@ -568,6 +571,7 @@ const growWat = `
 // 2 MiB of chunks under a 4 MiB allocation the heap cannot grow past
 // about 2 MiB, though it could without them.
 func TestChunkStoreCountsAgainstAllocation(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	id := f.install(mustWat(t, growWat), nil)

@@ -16,6 +16,7 @@ import (
 // the modules are compiled in at most sandbox.max_compiles compiler
 // sandboxes at once, and every install completes.
 func TestConcurrentInstallsShareCompilers(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"

@@ -44,6 +44,7 @@ const twoWordsWat = `(module
 // state (the two words agree), never an older one than a query before it
 // in the same client saw, and both modes end with the same answers.
 func TestConcurrentQueriesWhileUpdating(t *testing.T) {
+	t.Parallel()
 	const bumps, clients = 12, 6
 	final := map[string]uint32{}
 	for _, iso := range []string{"inprocess", "sandbox"} {

@@ -25,7 +25,9 @@ func readArg(off uint64, size uint64) []byte {
 	return append(binary.LittleEndian.AppendUint64([]byte("DIDL\x00\x02\x78\x7d"), off), leb(size)...)
 }
 
+// Each Test that calls it runs in parallel (t.Parallel).
 func testKV(t *testing.T, dir, name string) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, dir, name)
 	id := f.install(wasm, noArgs)
@@ -65,7 +67,9 @@ func testKV(t *testing.T, dir, name string) {
 func TestKV(t *testing.T)   { testKV(t, corpusDir, "kv") }
 func TestKV64(t *testing.T) { testKV(t, examplesDir, "kv64") }
 
+// Each Test that calls it runs in parallel (t.Parallel).
 func testCompute(t *testing.T, dir, name string) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(module(t, dir, name), noArgs)
 	eq(t, "primes(1000)", f.query(id, "primes", natArg(1000)), natReply(168))
@@ -93,6 +97,7 @@ func TestCompute(t *testing.T)   { testCompute(t, corpusDir, "compute") }
 func TestCompute64(t *testing.T) { testCompute(t, examplesDir, "compute64") }
 
 func TestComputeHashDeterministic(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(module(t, corpusDir, "compute"), noArgs)
 	a, err := f.node.Query(context.Background(), Message{Canister: id, Method: "hash", Arg: natArg(1000), Caller: user})
@@ -113,6 +118,7 @@ func TestComputeHashDeterministic(t *testing.T) {
 }
 
 func TestMemory(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.cfg.UpdateInstructions = DefaultConfig().UpdateInstructions
 	f.restart()
@@ -131,7 +137,9 @@ func TestMemory(t *testing.T) {
 	eq(t, "checksum after restart", f.query(id, "checksum", natArg(0)), natReply(472))
 }
 
+// Each Test that calls it runs in parallel (t.Parallel).
 func testStable(t *testing.T, dir, name string) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, dir, name)
 	id := f.install(wasm, noArgs)
@@ -174,6 +182,7 @@ func testTraps(t *testing.T, dir, name string, calls map[string][]byte) {
 }
 
 func TestTraps(t *testing.T) {
+	t.Parallel()
 	testTraps(t, corpusDir, "traps", map[string][]byte{
 		"setThenTrap": natArg(5), "assertFalse": noArgs, "outOfBounds": natArg(10), "divZero": natArg(0),
 		"deepRecursion": natArg(100_000_000), "exhaustMemory": noArgs,
@@ -181,6 +190,7 @@ func TestTraps(t *testing.T) {
 }
 
 func TestTraps64(t *testing.T) {
+	t.Parallel()
 	testTraps(t, examplesDir, "traps64", map[string][]byte{
 		"setThenTrap": natArg(5), "assertFalse": noArgs, "outOfBounds": natArg(10), "divZero": natArg(0),
 	})
@@ -188,6 +198,7 @@ func TestTraps64(t *testing.T) {
 
 // The canisters that need inter-canister messaging still install and answer queries.
 func TestMessagingCanistersInstall(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for _, name := range []string{"relay", "wallet", "timer", "random", "inspect"} {
 		id := f.install(module(t, corpusDir, name), noArgs)

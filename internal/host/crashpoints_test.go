@@ -260,6 +260,7 @@ func (f *fixture) storedMeta(id principal.Principal) store.Meta {
 // flight to the caller: nothing is lost or counted twice, the callee keeps
 // exactly what it accepted, and calls work again.
 func TestCrashReturnsCyclesInFlight(t *testing.T) {
+	t.Parallel()
 	if home := os.Getenv("CORDON_CRASH_HOME"); home != "" {
 		crashChild(t, home)
 		return
@@ -306,6 +307,7 @@ func TestCrashReturnsCyclesInFlight(t *testing.T) {
 // A host killed while a due global timer's task runs: the timer was taken
 // in memory only, so after the restart it is still armed and fires.
 func TestCrashKeepsGlobalTimerArmed(t *testing.T) {
+	t.Parallel()
 	if home := os.Getenv("CORDON_CRASH_HOME"); home != "" {
 		crashChild(t, home)
 		return
@@ -331,6 +333,7 @@ func TestCrashKeepsGlobalTimerArmed(t *testing.T) {
 // A host killed while the low-memory hook runs: taken in memory only, the
 // hook is still ready after the restart and runs.
 func TestCrashKeepsLowMemoryHookReady(t *testing.T) {
+	t.Parallel()
 	if home := os.Getenv("CORDON_CRASH_HOME"); home != "" {
 		crashChild(t, home)
 		return
@@ -393,6 +396,7 @@ const timerTakeWat = `
 // once. Without a crash the timer never fires twice, and a timer that sets
 // itself again from its handler keeps the new value.
 func TestGlobalTimerTakenUntilItsTaskCommits(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	rec := &commitCounter{}

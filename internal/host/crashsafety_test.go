@@ -116,6 +116,7 @@ func newCrashFixture(t *testing.T, isolation string) *fixture {
 // the next execution sees unchanged, in both isolation modes, and across a
 // restart.
 func TestTrapAfterWritingPagesLeavesState(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newCrashFixture(t, mode)
@@ -171,6 +172,7 @@ func (f *fixture) canisterPid(id principal.Principal) int {
 // crashes, so the test kills every sandbox the message runs in until the
 // message is answered.
 func TestSandboxKilledMidMessageLeavesState(t *testing.T) {
+	t.Parallel()
 	f := newCrashFixture(t, "sandbox")
 	id := f.install(mustWat(t, crashWat), nil)
 	eq(t, "fill", f.update(id, "fill", nil), []byte("ok"))

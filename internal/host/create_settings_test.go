@@ -68,6 +68,7 @@ const creatorWat = `
 // less the fee), refuse the settings afterwards and refund everything, so
 // each call minted the new canister's balance.
 func TestCreateCanisterRefusedSettingsCreateNothing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	creator := f.install(mustWat(t, creatorWat), nil)
@@ -131,6 +132,7 @@ func TestCreateCanisterRefusedSettingsCreateNothing(t *testing.T) {
 // its creation, and the cycles add up: the new canister holds what was
 // attached less the creation fee, which is booked as burned on it.
 func TestCreateCanisterWithSettings(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	creator := f.install(mustWat(t, creatorWat), nil)
@@ -171,6 +173,7 @@ func TestCreateCanisterWithSettings(t *testing.T) {
 // a user's self-authenticating principal would make calls as that user
 // and pass the controller checks of whatever the user controls.
 func TestCreateRefusesNonCanisterIDs(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	for _, text := range []string{
@@ -199,6 +202,7 @@ func TestCreateRefusesNonCanisterIDs(t *testing.T) {
 // others were told they created it while each overwrote the last (the
 // existence check and the commit were separate transactions).
 func TestConcurrentCreatesOfOneID(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := principal.CanisterID(777)
 	const racers = 8

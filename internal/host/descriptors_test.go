@@ -13,6 +13,7 @@ import (
 // lowered in proportion (never under their least) when they do not, and
 // refused with what to do when even the least do not fit.
 func TestFitDescriptors(t *testing.T) {
+	t.Parallel()
 	defaults := func(mut func(*Config)) Config {
 		var c Config
 		if mut != nil {

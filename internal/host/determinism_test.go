@@ -340,22 +340,34 @@ func diffRecords(want, got detRecord) []string {
 }
 
 func TestDeterminism(t *testing.T) {
-	first := runDeterminismScript(t, "inprocess")
+	// Not t.Parallel: a long test. Its in-process and sandboxed runs go
+	// together before the parallel tests start, rather than trailing them.
+	var first, sandboxed detRecord
+	t.Run("runs", func(t *testing.T) { // returns when both have
+		t.Run("inprocess", func(t *testing.T) {
+			t.Parallel()
+			first = runDeterminismScript(t, "inprocess")
+			if t.Failed() {
+				return
+			}
+			// A second run on a fresh node, later in wall-clock time:
+			// anything time-dependent or otherwise nondeterministic shows
+			// up here.
+			second := runDeterminismScript(t, "inprocess")
+			if d := diffRecords(first, second); len(d) > 0 {
+				t.Fatalf("two runs of the same script differ (nondeterminism, e.g. a canister that stores ic0.time):\n  %s",
+					strings.Join(d, "\n  "))
+			}
+		})
+		t.Run("sandbox", func(t *testing.T) {
+			t.Parallel()
+			sandboxed = runDeterminismScript(t, "sandbox")
+		})
+	})
 	if t.Failed() {
 		return
-	}
-	// A second run on a fresh node, later in wall-clock time: anything
-	// time-dependent or otherwise nondeterministic shows up here.
-	second := runDeterminismScript(t, "inprocess")
-	if d := diffRecords(first, second); len(d) > 0 {
-		t.Fatalf("two runs of the same script differ (nondeterminism, e.g. a canister that stores ic0.time):\n  %s",
-			strings.Join(d, "\n  "))
 	}
 	// Both isolation modes must give bit-identical results.
-	sandboxed := runDeterminismScript(t, "sandbox")
-	if t.Failed() {
-		return
-	}
 	if d := diffRecords(first, sandboxed); len(d) > 0 {
 		t.Fatalf("in-process (golden side) and sandboxed runs of the same script differ:\n  %s", strings.Join(d, "\n  "))
 	}

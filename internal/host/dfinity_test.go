@@ -290,6 +290,7 @@ func verifyAssetResponse(rootKey []byte, id principal.Principal, r httpResponse,
 // certificate comes from ic0.data_certificate_copy, signed by the node's
 // root key over the canister's certified data.
 func TestAssetCanister(t *testing.T) {
+	t.Parallel()
 	asset := loadSDK(t, "assetstorage.wasm.gz", "assetstorage.did")
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		key, err := certify.LoadOrCreateRootKey(f.home)
@@ -384,6 +385,7 @@ func TestAssetCanister(t *testing.T) {
 // the canister's own certified decision), in both isolation modes. Before
 // ic0.data_certificate_* it trapped: data_certificate() returned None.
 func TestCandidUI(t *testing.T) {
+	t.Parallel()
 	asset := loadSDK(t, "assetstorage.wasm.gz", "assetstorage.did") // its HttpRequest is the UI's, plus an opt field
 	ui, err := os.ReadFile(filepath.Join(sdkDir, "ui.wasm"))
 	if err != nil {
@@ -425,6 +427,7 @@ func (f *fixture) held(id principal.Principal) cycles.Amount {
 // moves exactly, the rest comes back; wallet_send pays another wallet's
 // wallet_receive; only its controller may spend. Both isolation modes.
 func TestCyclesWallet(t *testing.T) {
+	t.Parallel()
 	wallet := loadSDK(t, "wallet.wasm.gz", "wallet.did")
 	forIsolationsWith(t, func(c *Config) { c.StorageChargeInterval = 0 }, func(t *testing.T, f *fixture) {
 		a := f.installAs(sdkUser, wallet.wasm, nil)

@@ -12,6 +12,7 @@ import (
 // A Motoko actor class: the factory creates a child canister through the
 // management canister (create_canister + install_code) and calls it.
 func TestActorClassFactory(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, examplesDir, "factory64")
 	factory := f.install(wasm, noArgs)
@@ -59,6 +60,7 @@ func TestActorClassFactory(t *testing.T) {
 }
 
 func TestCompositeQuery(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, examplesDir, "composite64")
 	a := f.install(wasm, noArgs)
@@ -88,6 +90,7 @@ func TestCompositeQuery(t *testing.T) {
 // reply about itself: every field must be there with the spec's type (a
 // missing one traps the decoding), and the values are what happened.
 func TestMotokoDecodesCanisterStatus(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newModeFixture(t, mode)

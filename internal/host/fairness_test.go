@@ -9,6 +9,7 @@ import (
 // A canister busy with a long update must not hold back other canisters'
 // timers: the node's timer loop never waits for one canister's execution.
 func TestLongUpdateDoesNotDelayOtherTimers(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.node.Close()
 	f.cfg.UpdateInstructions = 30_000_000_000 // spin runs for seconds

@@ -74,6 +74,7 @@ const feeWat = `
 // rest of the reservation comes back. The caller's balance moves by the
 // documented sum to the cycle, and everything it paid is burned.
 func TestCallAndResponseFees(t *testing.T) {
+	t.Parallel()
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
 			f := queueFixture(t, iso, nil)
@@ -169,6 +170,7 @@ func amountAt(b []byte) cycles.Amount {
 // the storage fee (which makes the freezing limit) charges nothing between
 // the steps.
 func TestBurnStopsAtTheFeeAndFreezingLimit(t *testing.T) {
+	t.Parallel()
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
@@ -229,6 +231,7 @@ func TestBurnStopsAtTheFeeAndFreezingLimit(t *testing.T) {
 // what is recorded as burned is exactly the balance that went: no negative
 // balance, no burned cycles that never left one.
 func TestInitBurnsTheWholeBalance(t *testing.T) {
+	t.Parallel()
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
 			f := queueFixture(t, iso, nil)
@@ -259,6 +262,7 @@ func TestInitBurnsTheWholeBalance(t *testing.T) {
 // here, cycles_burn128 and call_perform keep their fee; this is the floor
 // under every other path.)
 func TestFeeTakesAtMostTheBalance(t *testing.T) {
+	t.Parallel()
 	f := queueFixture(t, "inprocess", nil)
 	a := f.install(mustWat(t, burnWat), nil)
 	c, err := f.node.get(context.Background(), a)

@@ -161,7 +161,9 @@ func eq(t *testing.T, what string, got, want []byte) {
 	}
 }
 
+// Each Test that calls it runs in parallel (t.Parallel).
 func testCounter(t *testing.T, dir, name string) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, dir, name)
 	id := f.install(wasm, noArgs)
@@ -194,6 +196,7 @@ func TestCounter(t *testing.T)   { testCounter(t, corpusDir, "counter") }
 func TestCounter64(t *testing.T) { testCounter(t, examplesDir, "counter64") }
 
 func TestBadRequests(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(module(t, corpusDir, "counter"), noArgs)
 	ctx := context.Background()
@@ -248,6 +251,7 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestGzipAndSizeLimits(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := module(t, corpusDir, "counter")
 	var gz bytes.Buffer
@@ -280,6 +284,7 @@ func TestGzipAndSizeLimits(t *testing.T) {
 // The default isolation of cordon: the same lifecycle with every execution in
 // a confined sandbox, strict about confinement layers.
 func TestCounterSandboxed(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"
@@ -304,6 +309,7 @@ func TestCounterSandboxed(t *testing.T) {
 // A canister can run in the other isolation mode than the node's, and move
 // between them on upgrade, with identical results.
 func TestPerCanisterIsolation(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t) // node default: in-process
 	wasm := module(t, corpusDir, "counter")
 	ctx := context.Background()

@@ -145,6 +145,7 @@ const oneCopyOverhead = 64 << 20
 // plus oneCopyOverhead: each committed page is held once, in the memory's
 // image.
 func TestHostMemoryHoldsOneCopy(t *testing.T) {
+	// Not t.Parallel: it measures the process's RSS.
 	if raceEnabled {
 		t.Skip("the race detector's shadow memory is several times what it shadows: RSS measures it, not the node")
 	}

@@ -22,6 +22,7 @@ const imageCounterWAT = `(module
 // theirs back and build them again, with the same state, when they next
 // run. A canister whose lock is held keeps its images.
 func TestMemoryImagesBounded(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.MemoryImages = 2

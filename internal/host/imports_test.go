@@ -83,6 +83,7 @@ func everyImportWat(memory64 bool) (src string, imported int) {
 // naming them, and the trap leaves the canister's state and every balance
 // as it was (beyond the execution fee): mint_cycles128 never creates cycles.
 func TestEveryImportInstalls(t *testing.T) {
+	t.Parallel()
 	for _, memory64 := range []bool{false, true} {
 		t.Run(width(memory64), func(t *testing.T) {
 			forIsolations(t, func(t *testing.T, f *fixture) {

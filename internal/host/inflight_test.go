@@ -204,6 +204,7 @@ const flightCycles = 1_000_000_000
 // what the caller lost, nothing is left in flight, and every committed
 // state on the way conserved cycles.
 func TestCyclesInFlightEveryDelivery(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	ctx := context.Background()
 	wasm := mustWat(t, flightWat)
@@ -286,6 +287,7 @@ func TestCyclesInFlightEveryDelivery(t *testing.T) {
 // the callee did not accept is. Each state conserves cycles, and a
 // management canister deposit waiting for its target is the same.
 func TestCyclesInFlightBetweenCommits(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	wasm := mustWat(t, flightWat)
 	a, b := f.install(wasm, nil), f.install(wasm, nil)
@@ -359,6 +361,7 @@ func TestCyclesInFlightBetweenCommits(t *testing.T) {
 // runs the callback, an uninstalled one is credited without running
 // anything.
 func TestCyclesInFlightCallerStoppedOrUninstalled(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	ctx := context.Background()
 	wasm := mustWat(t, flightWat)

@@ -42,6 +42,7 @@ func (f *fixture) storedStatuses() map[string]string {
 // (canister_status) is not stored: the fault point does drop separate
 // writes.
 func TestStatusCommitsWithManagementChange(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		f.node.noSeparateAnswer = true
 		want := map[string]string{}
@@ -193,6 +194,7 @@ func TestStatusCommitsWithManagementChange(t *testing.T) {
 // stop that waits for an open call context (the "stopping" commit), and a
 // creation whose settings are refused after the canister is made.
 func TestStatusOfUnfinishedManagementCall(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		f.node.noSeparateAnswer = true
 		ctx := context.Background()

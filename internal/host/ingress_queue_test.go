@@ -20,6 +20,7 @@ import (
 // canister's lock, as an execution does, so the count is exact whatever
 // the machine's speed.
 func TestIngressQueueBounded(t *testing.T) {
+	// Not t.Parallel: it measures the process's heap.
 	const limit, senders, argBytes = 20, 400, 256 << 10
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
@@ -149,6 +150,7 @@ func TestIngressQueueBounded(t *testing.T) {
 // anything holds it. Once the canisters are free the waiting ones run and
 // nothing stays counted.
 func TestIngressQueueBytesBounded(t *testing.T) {
+	t.Parallel()
 	const arg = 256 << 10
 	f := queueFixture(t, "inprocess", func(c *Config) {
 		c.Messages.IngressQueue = 0 // no count bound: the bytes bound

@@ -46,6 +46,7 @@ const ingressWat = `(module
 // function, and survives a restart: replied, rejected, trapped, no reply,
 // and replied in a callback after an inter-canister call.
 func TestIngressStatusRecorded(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, ingressWat), nil)
 		encode := func(o Outcome) []byte {

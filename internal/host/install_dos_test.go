@@ -55,8 +55,12 @@ const gzipBomberWat = `
 )`
 
 // gzipZeros is a gzip'd module of size zero bytes (about size/1000 bytes).
+// It is made once per size (a second for 100 MiB): callers only read it.
 func gzipZeros(t testing.TB, size int) []byte {
 	t.Helper()
+	if b, ok := gzippedZeros.Load(size); ok {
+		return b.([]byte)
+	}
 	var gz bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
 	if err != nil {
@@ -71,8 +75,12 @@ func gzipZeros(t testing.TB, size int) []byte {
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return gz.Bytes()
+	b, _ := gzippedZeros.LoadOrStore(size, gz.Bytes())
+	return b.([]byte)
 }
+
+// gzippedZeros holds gzipZeros' results by size.
+var gzippedZeros sync.Map
 
 // installCodeArg is install_code's Candid argument.
 func installCodeArg(t testing.TB, mode InstallMode, id principal.Principal, wasm []byte) []byte {
@@ -149,6 +157,7 @@ func waitingInstalls(t *testing.T, k int) {
 // target's lock holding only its argument: none is inflated before its
 // caller is found not to be a controller, and all are refused.
 func TestGzipBombsWaitForAuthorizationInflated(t *testing.T) {
+	// Not t.Parallel: it measures the process's heap (heapPeak).
 	f := newFixture(t)
 	ctx := context.Background()
 	bomber := f.install(mustWat(t, gzipBomberWat), nil)
@@ -193,6 +202,7 @@ func TestGzipBombsWaitForAuthorizationInflated(t *testing.T) {
 // within limits.preparing_module_bytes, each waiting its turn, and every
 // target pays for what was decoded.
 func TestPreparingBudgetBoundsConcurrentInstalls(t *testing.T) {
+	// Not t.Parallel: it measures the process's heap (heapPeak).
 	f := newFixture(t)
 	ctx := context.Background()
 	const k = 16
@@ -258,6 +268,7 @@ func TestPreparingBudgetBoundsConcurrentInstalls(t *testing.T) {
 // An install waiting for a busy canister gives up when its context ends,
 // and the lock it queued for is released again.
 func TestInstallGivesUpWaitingForBusyCanister(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
@@ -286,9 +297,13 @@ func TestInstallGivesUpWaitingForBusyCanister(t *testing.T) {
 // is charged for compiling its module, also when the module does not
 // compile.
 func TestInstallPaysForCompilationFirst(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"
+	// The storage fee depends on the time that passes between messages
+	// (a cycle per ~0.1 s here); the checks below are exact.
+	cfg.Fees.GiBStoragePerSecond = 0
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })

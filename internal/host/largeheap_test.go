@@ -146,9 +146,12 @@ func largeHeapConfig(t testing.TB, isolation string) Config {
 // modes; a second upgrade after the restart checks the reloaded state can
 // be upgraded again.
 func TestUpgradeKeepsLargeHeap(t *testing.T) {
+	// Not t.Parallel: the longest tests. Their two halves run together
+	// before the parallel tests start, rather than trailing them.
 	size := uint64(*largeHeapMiB) << 20
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
+			t.Parallel()
 			cfg := largeHeapConfig(t, isolation)
 			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 			f.open()
@@ -328,6 +331,7 @@ func BenchmarkUpgradeLargeHeap(b *testing.B) {
 // it 2.7 times larger until the next collection). In-process, so the
 // execution's linear memory is in this process too, and must be gone.
 func TestGrowingHeapHoldsOneCopy(t *testing.T) {
+	// Not t.Parallel: it measures the process's RSS.
 	const grow = 256 << 20
 	cfg := largeHeapConfig(t, "inprocess")
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
@@ -356,9 +360,12 @@ func TestGrowingHeapHoldsOneCopy(t *testing.T) {
 // actor holds is unchanged as it sees it, after the upgrade and after a
 // restart.
 func TestMotokoLargeHeapUpgrade(t *testing.T) {
+	// Not t.Parallel: the longest tests. Their two halves run together
+	// before the parallel tests start, rather than trailing them.
 	wasm := module(t, examplesDir, "heap64")
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
+			t.Parallel()
 			cfg := largeHeapConfig(t, isolation)
 			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 			f.open()

@@ -88,6 +88,7 @@ func checkLogBytes(t *testing.T, f *fixture, id principal.Principal, budget int,
 // the byte bound, four such messages kept ~15 MiB in memory and ~93 MiB on
 // disk.
 func TestLogSpamBoundedInBytes(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		budget := f.node.Config().LogBytes
 		if budget != DefaultLogBytes {

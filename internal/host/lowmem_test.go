@@ -65,6 +65,7 @@ func (f *fixture) settings(id principal.Principal, fields string) {
 // condition has cleared and arises anew: through growth, a lowered limit,
 // a raised threshold. Its state survives a restart.
 func TestLowWasmMemoryHook(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, lowMemWat), nil)
 		const page = wasmPage
@@ -130,6 +131,7 @@ func TestLowWasmMemoryHook(t *testing.T) {
 // A module without the hook is unaffected, and one whose hook traps is not
 // retried while the condition holds; the trap is logged.
 func TestLowWasmMemoryHookTraps(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		trapping := strings.Replace(lowMemWat, `(call $print (i32.const 100) (i32.const 15)))`,
 			`(call $print (i32.const 100) (i32.const 15)) unreachable)`, 1)
@@ -162,6 +164,7 @@ func TestLowWasmMemoryHookTraps(t *testing.T) {
 // dfinity/examples low_wasm_memory example in Motoko): growing its heap
 // past wasm_memory_limit - wasm_memory_threshold runs it once.
 func TestLowWasmMemoryMotoko(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(module(t, examplesDir, "lowmem64"), noArgs)
 		runs := func() string { return f.queryText(id, "runs", "()") }
@@ -200,6 +203,7 @@ func TestLowWasmMemoryMotoko(t *testing.T) {
 // started again (the timer loop queues it), and survives a restart
 // while pending.
 func TestLowWasmMemoryHookWhileStopped(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(mustWat(t, lowMemWat), nil)
 	ctx := context.Background()

@@ -116,6 +116,7 @@ func forIsolations(t *testing.T, test func(t *testing.T, f *fixture)) {
 // makes updates trap with the IC's message until the limit is raised; an
 // install whose initial memory exceeds it fails.
 func TestWasmMemoryLimit(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, memWat), nil)
 		if err := f.setMemory(id, "wasm_memory_limit", 3*wasmPage); err != nil {
@@ -190,6 +191,7 @@ func TestWasmMemoryLimit(t *testing.T) {
 // traps and changes nothing, and an allocation below the memory in use is
 // refused.
 func TestMemoryAllocation(t *testing.T) {
+	t.Parallel()
 	forIsolations(t, func(t *testing.T, f *fixture) {
 		id := f.install(mustWat(t, memWat), nil)
 		st := f.status(id)
@@ -322,6 +324,7 @@ func (f *fixture) waitCharged(id principal.Principal, before cycles.Amount) *Sta
 // messages, kept across a restart without charging an interval twice, and a
 // canister that cannot pay is frozen until topped up.
 func TestStorageFee(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	cfg := DefaultConfig()

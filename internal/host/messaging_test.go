@@ -97,6 +97,7 @@ func (f *fixture) checkConservation() {
 }
 
 func TestRelay(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	counters := make([]principal.Principal, 3)
 	for i := range counters {
@@ -145,6 +146,7 @@ func TestRelay(t *testing.T) {
 }
 
 func TestWallet(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wallet := f.install(module(t, corpusDir, "wallet"), noArgs)
 	relay := f.install(module(t, corpusDir, "relay"), noArgs)
@@ -167,6 +169,7 @@ func TestWallet(t *testing.T) {
 }
 
 func TestTimer(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(module(t, corpusDir, "timer"), noArgs)
 	f.callText(id, "once", "(1 : nat)")
@@ -196,6 +199,7 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 }
 
 func TestRandom(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(module(t, corpusDir, "random"), noArgs)
 	if got := f.callText(id, "bytes", "()"); got != "(32 : nat)" {
@@ -205,6 +209,7 @@ func TestRandom(t *testing.T) {
 }
 
 func TestCallToMissingCanisterFromUser(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	_, err := f.node.Update(context.Background(), Message{Canister: principal.CanisterID(77), Method: "x", Arg: noArgs, Caller: user})
 	var r *Reject

@@ -232,6 +232,7 @@ func idArg(id principal.Principal) string {
 // is true: version, settings with environment variables and log
 // visibility, memory metrics, and query stats counted from real queries.
 func TestCanisterStatusHasEveryField(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := mustWat(t, envWat)
 	id := f.install(wasm, nil)
@@ -330,6 +331,7 @@ func TestCanisterStatusHasEveryField(t *testing.T) {
 // canister_version grows with every successful update-like execution (and
 // settings and code changes), not with queries or traps, and is persisted.
 func TestCanisterVersionGrows(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newModeFixture(t, mode)
@@ -396,6 +398,7 @@ func newModeFixture(t *testing.T, mode string) *fixture {
 // the boundary), sorted by name; the IC's limits are enforced and a refused
 // change leaves the variables as they were.
 func TestEnvironmentVariables(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newModeFixture(t, mode)
@@ -459,6 +462,7 @@ func TestEnvironmentVariables(t *testing.T) {
 // user as the caller (controllers checked); the canister-only ones are
 // refused with the IC's reject.
 func TestManagementByIngress(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(mustWat(t, envWat), nil)
 	other := principal.SelfAuthenticating([]byte("not a controller"))
@@ -536,6 +540,7 @@ func TestManagementByIngress(t *testing.T) {
 // Query stats are exact under concurrent queries interleaved with updates
 // (whose commits fold the pending counts in) and survive a restart.
 func TestQueryStatsConcurrent(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(mustWat(t, envWat), nil)
 	if _, err := f.ingress(user, "update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record { environment_variables = opt vec { record { name = "K"; value = "value" } } } })`, id)); err != nil {
@@ -622,6 +627,7 @@ const env64Wat = `
 )`
 
 func TestEnvironmentVariables64(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newModeFixture(t, mode)

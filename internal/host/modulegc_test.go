@@ -19,6 +19,7 @@ func gcModule(t *testing.T, name string) []byte {
 // install made installing thousands of canisters quadratic). Code changes
 // and deletions release the module they replace once nobody uses it.
 func TestInstallsReleaseReplacedModules(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	v1, v2 := gcModule(t, "one"), gcModule(t, "two")

@@ -92,6 +92,7 @@ func (f *fixture) counters(id principal.Principal) counters {
 }
 
 func TestCallPaths(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	wasm := mustWat(t, probeWat)
 	a := f.install(wasm, nil)
@@ -174,6 +175,7 @@ func TestCallPaths(t *testing.T) {
 }
 
 func TestHeartbeatAndTime(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := f.install(mustWat(t, probeWat), nil)
 	waitFor(t, 10*time.Second, func() bool { return f.counters(id).beats >= 2 })

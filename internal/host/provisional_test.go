@@ -107,6 +107,7 @@ func sortFields(fs []candid.FieldValue) []candid.FieldValue {
 // canister is created, the node's cycles still add up. Both isolation
 // modes: in sandbox mode the caller is a confined process.
 func TestCanisterCannotMintCycles(t *testing.T) {
+	t.Parallel()
 	huge, _ := new(big.Int).SetString("1000000000000000000000000", 10) // 10^24
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
@@ -180,6 +181,7 @@ func mgmtEmpty(t *testing.T) []byte {
 // with a balance of its choosing) works by default and counts what it
 // minted; a node with fees.provisional = none refuses it.
 func TestOperatorProvisionalSetting(t *testing.T) {
+	t.Parallel()
 	f := newCrashFixture(t, "inprocess")
 	ctx := context.Background()
 	amount := cycles.New(7_000_000_000_000)
@@ -218,6 +220,7 @@ func TestOperatorProvisionalSetting(t *testing.T) {
 // sandbox (it keeps its state and its answers), unless the node allows
 // in-process canisters.
 func TestStrictNodeConfinesInProcessCanisters(t *testing.T) {
+	t.Parallel()
 	f := newCrashFixture(t, "sandbox")
 	ctx := context.Background()
 	wasm := mustWat(t, minterWat)

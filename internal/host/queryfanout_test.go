@@ -103,6 +103,7 @@ func (c *countQueries) Execute(ctx context.Context, id string, req *exec.Request
 // the query answered with an error after that one execution; the host
 // stays fine and the next honest sandbox serves the same query.
 func TestAuditCompositeQueryLyingInstructions(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"

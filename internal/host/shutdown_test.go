@@ -62,6 +62,7 @@ const fwdWat = `
 // a restart the cycles are all there. The busy execution is the test
 // holding the canister's lock, so what is queued is exact.
 func TestCloseAbandonsQueuedMessages(t *testing.T) {
+	t.Parallel()
 	const direct, forwarded = 30, 20
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
@@ -153,6 +154,7 @@ func TestCloseAbandonsQueuedMessages(t *testing.T) {
 // An execution still running when the drain timeout passes is given up:
 // Close returns, the user is answered, and nothing of it is committed.
 func TestCloseGivesUpRunningMessage(t *testing.T) {
+	t.Parallel()
 	f := queueFixture(t, "sandbox", func(c *Config) { c.UpdateInstructions = 40_000_000_000 })
 	slow := f.install(mustWat(t, fanWat), nil)
 	f.update(slow, "noop", nil)

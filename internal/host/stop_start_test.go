@@ -54,6 +54,7 @@ func relayCallArg(callee principal.Principal, method string, payload []byte) []b
 // to stop (IC interface specification): they used to answer success while
 // the canister ran on.
 func TestStartRejectsPendingStop(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "inprocess"
@@ -96,6 +97,7 @@ func TestStartRejectsPendingStop(t *testing.T) {
 // (not marked deleted), and the next commit on it made the canister again,
 // its module already released.
 func TestLoadRacingDeleteDoesNotResurrect(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	id := f.install(module(t, corpusDir, "counter"), noArgs)

@@ -43,6 +43,7 @@ const longTrapTimerWat = `
 // each): the host's own log gets them at Debug level only, cut short; the
 // whole message is in the canister's log.
 func TestTrappingSystemTaskStaysOutOfTheHostLog(t *testing.T) {
+	t.Parallel()
 	h := &recordingHandler{}
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()

@@ -44,6 +44,7 @@ func metaOf(c *canister) store.Meta {
 // charge per canister for the same time would (the fee's remainder carries
 // across charges, so how the time is cut does not change the total).
 func TestTimerLoopChargesDueCanistersTogether(t *testing.T) {
+	// Not t.Parallel: it sets the package's storageBatch.
 	const canisters, batch = 20, 8
 	defer func(b int) { storageBatch = b }(storageBatch)
 	storageBatch = batch
@@ -151,6 +152,7 @@ const timerWat = `
 // run (and the stopped canister is not looked at every tick for it: its
 // deadline is the next storage charge); it runs once the canister starts.
 func TestTimerDueWhileStoppedFiresOnStart(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	cfg := DefaultConfig()
@@ -218,6 +220,7 @@ func (n *Node) deadlineOf(c *canister) (uint64, bool) {
 // after deadlines were set, moved both ways and removed; storage charges
 // fall on the grid.
 func TestTimerScheduleOrder(t *testing.T) {
+	t.Parallel()
 	var q timerQueue
 	mk := func() *canister { return &canister{timerIdx: -1} }
 	cs := make([]*canister, 10)

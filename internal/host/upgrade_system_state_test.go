@@ -38,6 +38,7 @@ const (
 // state, which the upgrade keeps: it used to be dropped (the cycles stayed
 // in the balance though burned, and the certified data was lost).
 func TestUpgradeKeepsPreUpgradeSystemState(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name      string
