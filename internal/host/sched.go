@@ -517,6 +517,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		in.Arg = m.reply
 	}
 	in.CallContextInstr = cc.instructions
+	in.Responded = cc.responded // a second answer traps (sysapi), as on the IC
 	out, err := n.execute(c, in, false)
 	if err == nil && !out.Trapped {
 		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
@@ -638,11 +639,13 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.log.Debug("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
 		return false
 	}
-	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
+	// A system task has nobody to answer: its context counts as answered,
+	// so neither it nor its callbacks may reply.
+	cc := &callContext{origin: origin{system: true}, caller: principal.Management(), responded: true}
 	id := n.newID(c)
 	c.contexts[id] = cc
 	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
-	in.Caller = principal.Management().Bytes()
+	in.Caller, in.Responded = principal.Management().Bytes(), cc.responded
 	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
 	if testHookTaskStarts != nil {
 		testHookTaskStarts(c.id, entry)
@@ -659,7 +662,6 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.stopIfIdle(c)
 		return committed
 	}
-	cc.responded = true // a system task has nobody to answer
 	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
 }
 
