@@ -109,6 +109,7 @@ func TestExecuteRoundTrip(t *testing.T) {
 	stable := state.NewPageMap(state.WasmPageSize)
 	_ = stable.SetPage(15, page(7))
 	in := testInput()
+	in.Responded = true
 	q := &ExecRequest{Module: [32]byte{1}, RunStart: true, HasGlobals: true, Globals: []state.Global{{Type: state.GlobalI64, Bits: 5}}, Input: in}
 	errc := make(chan error, 1)
 	// Page maps with images travel as descriptors; clones (which make no
@@ -173,6 +174,48 @@ func TestExecuteRoundTrip(t *testing.T) {
 	}
 	if !Equal(got2, out) || !reflect.DeepEqual(got2.Calls, out.Calls) || !reflect.DeepEqual(got2.Globals, out.Globals) {
 		t.Fatalf("output differs:\n%+v\n%+v", got2, out)
+	}
+}
+
+// A callback of a call context the host says was answered already cannot
+// answer it (sysapi traps msg_reply there): a sandbox that reports a reply
+// or a reject for it lies, and the host refuses its output. The same
+// output for a context still open passes.
+func TestAnswerToAnsweredCallRefused(t *testing.T) {
+	answers := map[string]func(*sysapi.Output){
+		"reply":  func(*sysapi.Output) {}, // testOutput replies
+		"reject": func(o *sysapi.Output) { o.Response, o.Reply, o.RejectMessage = sysapi.Rejected, nil, "again" },
+	}
+	for _, responded := range []bool{true, false} {
+		for name, answer := range answers {
+			host, sb := pair(t) // a violation leaves the rest of the answer unread: one connection each
+			in := testInput()
+			in.Context, in.Responded = sysapi.CtxReply, responded
+			errc := make(chan error, 1)
+			go func() { errc <- host.SendExecute(50, &ExecRequest{Input: in}, nil, state.NewPageMap(0)) }()
+			r, err := sb.NextRequest()
+			if err != nil || <-errc != nil {
+				t.Fatal(err)
+			}
+			if r.Exec.Input.Responded != responded {
+				t.Fatalf("the sandbox was told responded=%v, sent %v", r.Exec.Input.Responded, responded)
+			}
+			r.Release()
+			out := testOutput()
+			answer(out)
+			go func() { errc <- sb.SendOutput(50, out) }()
+			_, err = host.AwaitOutput(ExpectFor(50, in, nil, state.NewPageMap(0), []state.GlobalType{state.GlobalI32, state.GlobalF64}), nil)
+			if responded {
+				wantViolation(t, err, VResponse)
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s of an open call context refused: %v", name, err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
@@ -499,6 +542,11 @@ func TestValidateOutput(t *testing.T) {
 			o.Calls, o.CyclesSent = nil, cycles.Amount{}
 		}, VResponse},
 		{"accept_message outside inspect", func(e *Expect, o *sysapi.Output) { o.Accepted = true }, VResponse},
+		{"reply to an answered call", func(e *Expect, o *sysapi.Output) { e.Context, e.Responded = sysapi.CtxReply, true }, VResponse},
+		{"reject of an answered call", func(e *Expect, o *sysapi.Output) {
+			e.Context, e.Responded = sysapi.CtxReject, true
+			o.Response, o.Reply, o.RejectMessage = sysapi.Rejected, nil, "again"
+		}, VResponse},
 		{"too many calls", func(e *Expect, o *sysapi.Output) { e.Limits.MaxOutgoing = 0 }, VCalls},
 		// A sandbox that performs calls its limits refused: the host's
 		// tally of queues, outstanding calls and message memory catches it.

@@ -41,7 +41,7 @@ type ExecRequest struct {
 //	timer; bool has data certificate, bytes data certificate (at most
 //	sysapi.MaxDataCertificate); bool has root key, bytes root key (at most
 //	sysapi.MaxRootKey); u64 call
-//	context instructions; u64 × 8 limits (instructions, heap bytes, stable
+//	context instructions; bool responded; u64 × 8 limits (instructions, heap bytes, stable
 //	bytes, reply bytes, call arg bytes, max outgoing, debug print bytes, max
 //	log lines); bool has call limits, then u64 fee, u64 byte fee, u128
 //	reservation, u128 keep, u64 outstanding, u64 memory bytes, u64 response
@@ -94,6 +94,7 @@ func EncodeExecute(q *ExecRequest) []byte {
 	w.bool(in.RootKey != nil)
 	w.bytes(in.RootKey)
 	w.u64(in.CallContextInstr)
+	w.bool(in.Responded)
 	l := &in.Limits
 	w.u64(l.Instructions)
 	w.u64(l.HeapBytes)
@@ -220,6 +221,7 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 		r.fail("root key without the flag")
 	}
 	in.CallContextInstr = r.u64("call context instructions")
+	in.Responded = r.bool("responded")
 	l := &in.Limits
 	l.Instructions = r.u64("instruction limit")
 	l.HeapBytes = r.u64("heap limit")

@@ -30,6 +30,7 @@ type Expect struct {
 	StableSize      uint64
 	Balance         cycles.Amount
 	CyclesAvailable cycles.Amount
+	Responded       bool               // the call context was answered already: no answer may come
 	GlobalTypes     []state.GlobalType // of the module, from its compilation
 }
 
@@ -40,6 +41,7 @@ func ExpectFor(id uint64, in *sysapi.Input, heap, stable *state.PageMap, globalT
 		ID: id, Context: in.Context, Memory64: in.Memory64, Limits: in.Limits,
 		HeapSize: heap.Size(), StableSize: stable.Size(),
 		Balance: in.Balance, CyclesAvailable: in.CyclesAvailable,
+		Responded:   in.Responded,
 		GlobalTypes: globalTypes,
 	}
 }
@@ -111,8 +113,9 @@ func Normalize(ctx sysapi.Context, out *sysapi.Output) {
 //     the size sent and at most the limit; page counts ≤ pages(size);
 //     globals match the module's count and types;
 //   - reply and reject not both; a reply or reject only in contexts that
-//     may respond; reply and reject message ≤ the reply limit; reject
-//     message UTF-8;
+//     may respond, and never when the input said the call context was
+//     answered already (Responded); reply and reject message ≤ the reply
+//     limit; reject message UTF-8;
 //   - accept_message only in canister_inspect_message;
 //   - cycles: accepted ≤ available, and only where msg_cycles_accept is
 //     allowed; burned only where cycles_burn128 is; sent = Σ call cycles,
@@ -292,6 +295,10 @@ func validateResponse(exp *Expect, out *sysapi.Output) error {
 	}
 	if out.Response != sysapi.NoResponse && !allowed("msg_reply", exp.Context) {
 		return violation(VResponse, "a response in %s", exp.Context)
+	}
+	if out.Response != sysapi.NoResponse && exp.Responded {
+		// sysapi traps a second answer; only a lying sandbox reports one.
+		return violation(VResponse, "a response in a %s of a call context that was answered already", exp.Context)
 	}
 	if out.Accepted && exp.Context != sysapi.CtxInspect {
 		return violation(VResponse, "accept_message in %s", exp.Context)

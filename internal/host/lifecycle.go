@@ -612,7 +612,8 @@ func combine(m *state.PageMap, ds ...state.Delta) state.Delta {
 }
 
 // Uninstall removes a canister's code and state, keeping its id, settings
-// and cycles.
+// and cycles. The calls it had not answered are rejected, and the
+// responses to its calls will run no callback (dropContexts).
 func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) error {
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
@@ -633,8 +634,9 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta.LogNextSeq = c.logs.next() // the log is purged, as on the IC; numbering goes on
 	meta.WasmChunks = 0             // and so is the chunk store (chunks.go)
 	ingress, answered := answerOf(ctx, nil)
+	rejected, deliver := n.dropContexts(c) // sched.go
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
-		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true, Ingress: ingress}); err != nil {
+		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true, Ingress: append(ingress, rejected...)}); err != nil {
 		return err
 	}
 	answered()
@@ -647,6 +649,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
 	n.releaseModules(replaced)
+	deliver()
 	return nil
 }
 

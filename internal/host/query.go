@@ -184,6 +184,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 		kind, target := sysapi.CtxCompositeReply, call.OnReply
 		cin := q.n.input(c, c.module, kind, "", q.budget)
 		cin.Caller, cin.Stable = in.Caller, s.stable
+		cin.Responded = in.Responded || reply != nil || rej != nil // a second answer traps
 		if cerr != nil {
 			r2, ok := cerr.(*Reject)
 			if !ok {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -72,6 +74,10 @@ type callContext struct {
 	outstanding  int           // calls made and not yet answered
 	available    cycles.Amount // attached cycles not yet accepted
 	instructions uint64
+	// deleted: the code that opened it was uninstalled (dropContexts).
+	// It stays until its outstanding calls are answered, but their
+	// callbacks never run.
+	deleted bool
 }
 
 // callback is a call a canister made, awaiting its response.
@@ -499,6 +505,49 @@ func (n *Node) closeIfDone(c *canister, id uint64, cc *callContext) {
 	n.stopIfIdle(c)
 }
 
+// dropContexts deletes c's call contexts as uninstall_code does (c.mu held
+// exclusively). The IC rejects every call the canister has not answered,
+// with the cycles it did not accept, and processes none of the responses
+// still to come, even once code is installed again (interface
+// specification, uninstall_code): their contexts stay, marked deleted,
+// only so that each response releases what its call holds and credits its
+// refund (handleResponse). dropContexts changes nothing itself: it returns
+// the ingress statuses of the users' calls it rejects, for the uninstall's
+// commit, and deliver, to call once that commit succeeded. Contexts are
+// memory only: a restart drops them, and their calls, anyway.
+func (n *Node) dropContexts(c *canister) (ingress []store.IngressRecord, deliver func()) {
+	rej := &Reject{Code: CanisterReject, Message: "Canister has been uninstalled."}
+	ids := slices.Sorted(maps.Keys(c.contexts))
+	var stored []*IngressStatus
+	for _, id := range ids {
+		cc := c.contexts[id]
+		if st := cc.origin.status; !cc.responded && cc.origin.ingress != nil && st != nil && !st.final.Load() {
+			if recs := st.record(Outcome{Reject: rej}); recs != nil {
+				ingress = append(ingress, recs...)
+				stored = append(stored, st)
+			}
+		}
+	}
+	return ingress, func() {
+		for _, st := range stored {
+			st.final.Store(true)
+		}
+		for _, id := range ids {
+			cc := c.contexts[id]
+			cc.deleted = true
+			if !cc.responded {
+				cc.responded = true
+				n.respondTo(cc.origin, nil, rej, cc.available)
+				cc.available = cycles.Amount{}
+			}
+			if cc.outstanding == 0 {
+				delete(c.contexts, id)
+			}
+		}
+		n.stopIfIdle(c)
+	}
+}
+
 // handleResponse runs the callback a response is for.
 func (n *Node) handleResponse(c *canister, m *message) {
 	cb, ok := c.callbacks[m.callbackID]
@@ -520,8 +569,9 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		return
 	}
 	cc.outstanding--
-	if c.module == nil {
-		// Uninstalled while waiting: the refund is credited, nothing runs.
+	if cc.deleted || c.module == nil {
+		// Its code was uninstalled while the call was out: the refund is
+		// credited, nothing runs, not even in code installed since.
 		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
 		n.closeIfDone(c, cb.ctxID, cc)
 		return
@@ -541,6 +591,7 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		in.Arg = m.reply
 	}
 	in.CallContextInstr = cc.instructions
+	in.Responded = cc.responded // a second answer traps (sysapi), as on the IC
 	out, err := n.execute(c, in, false)
 	if err == nil && !out.Trapped {
 		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
@@ -692,11 +743,13 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.log.Debug("system task skipped: out of cycles", "canister", c.id.String(), "entry", entry)
 		return false
 	}
-	cc := &callContext{origin: origin{system: true}, caller: principal.Management()}
+	// A system task has nobody to answer: its context counts as answered,
+	// so neither it nor its callbacks may reply.
+	cc := &callContext{origin: origin{system: true}, caller: principal.Management(), responded: true}
 	id := n.newID(c)
 	c.contexts[id] = cc
 	in := n.input(c, c.module, sysapi.CtxSystemTask, entry, limit)
-	in.Caller = principal.Management().Bytes()
+	in.Caller, in.Responded = principal.Management().Bytes(), cc.responded
 	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
 	if testHookTaskStarts != nil {
 		testHookTaskStarts(c.id, entry)
@@ -713,7 +766,6 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.stopIfIdle(c)
 		return committed
 	}
-	cc.responded = true // a system task has nobody to answer
 	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
 }
 

@@ -57,7 +57,7 @@ type Execution struct {
 
 	pending *Call      // call under construction (call_new … call_perform)
 	tally   *CallTally // calls performed, against in.Limits.Calls
-	done    bool       // replied or rejected
+	done    bool       // replied or rejected, here or before (Input.Responded)
 }
 
 // NewExecution starts the System API for one execution.
@@ -69,6 +69,7 @@ func NewExecution(in *Input, mem Memory, meter Meter) *Execution {
 		meter:   meter,
 		stable:  state.NewOverlay(in.Stable),
 		balance: in.Balance,
+		done:    in.Responded,
 	}
 }
 

@@ -99,6 +99,11 @@ type Input struct {
 	DataCertificate  []byte // present only in the top-level non-replicated (composite) query
 	RootKey          []byte // the IC root key (DER) ic0.root_key_copy gives; nil: none
 	CallContextInstr uint64 // instructions already spent in this call context
+	// Responded says the call context was already answered (replied or
+	// rejected) before this execution, or has nobody to answer (a system
+	// task's): msg_reply, msg_reject and msg_reply_data_append trap, as
+	// on the IC. Only callbacks see it set.
+	Responded bool
 
 	Limits Limits
 	Stable state.Memory // committed stable memory (read-only); nil: empty

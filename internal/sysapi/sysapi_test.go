@@ -286,3 +286,38 @@ func TestRootKeyAndDataCertificate(t *testing.T) {
 		t.Fatal("data_certificate_size without a certificate")
 	}
 }
+
+// A callback of a call context that was already answered (or of a system
+// task, which has nobody to answer) cannot answer it again: msg_reply,
+// msg_reject and msg_reply_data_append trap, as on the IC, and nothing of
+// the callback's output survives the trap.
+func TestAnsweredContextCannotAnswerAgain(t *testing.T) {
+	for _, ctx := range []Context{CtxReply, CtxReject} {
+		for _, tc := range []struct {
+			name string
+			args []uint64
+		}{
+			{"msg_reply", nil},
+			{"msg_reject", []uint64{100, 2}},
+			{"msg_reply_data_append", []uint64{100, 2}},
+		} {
+			e, mem, _ := newExec(ctx)
+			e.in.Responded = true
+			e = NewExecution(e.in, mem, &countMeter{limit: 1 << 30})
+			copy(mem[100:], "no")
+			_, err := call(t, e, tc.name, tc.args...)
+			var tr *Trap
+			if !errors.As(err, &tr) || !strings.Contains(tr.Message, "ic0."+tc.name) || !strings.Contains(tr.Message, "already replied") {
+				t.Fatalf("%s in a %s of an answered call: %v", tc.name, ctx, err)
+			}
+			if out := e.Finish(err); !out.Trapped || out.Response != NoResponse || out.Reply != nil {
+				t.Fatalf("%s in a %s of an answered call: output %+v", tc.name, ctx, out)
+			}
+		}
+		// The same callback of an open call context may answer.
+		e, _, _ := newExec(ctx)
+		if _, err := call(t, e, "msg_reply"); err != nil {
+			t.Fatalf("msg_reply in a %s of an open call: %v", ctx, err)
+		}
+	}
+}
