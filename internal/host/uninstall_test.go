@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// holdWat is a callee that keeps calls open until told to answer them:
+// holdingCalleeWat is a callee that keeps calls open until told to answer them:
 // "hold" counts itself at heap[0] and loops through self-calls until
 // "release" sets heap[4]; then each held call is replied "done".
-const holdWat = `
+const holdingCalleeWat = `
 (module
   (import "ic0" "canister_self_size" (func $self_size (result i32)))
   (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
@@ -120,7 +120,7 @@ func TestUninstallRejectsCallsAndDropsCallbacks(t *testing.T) {
 
 func testUninstallDropsCalls(t *testing.T, f *fixture, restart bool) {
 	ctx := context.Background()
-	b := f.install(mustWat(t, holdWat), nil)
+	b := f.install(mustWat(t, holdingCalleeWat), nil)
 	a := f.install(mustWat(t, oldCallerWat), nil)
 	fw := f.install(mustWat(t, flightWat), nil)
 	holding := func() uint32 { return binary.LittleEndian.Uint32(f.query(b, "holding", nil)) }
@@ -212,7 +212,7 @@ func testUninstallDropsCalls(t *testing.T, f *fixture, restart bool) {
 func TestReinstallKeepsCallbacks(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	b := f.install(mustWat(t, holdWat), nil)
+	b := f.install(mustWat(t, holdingCalleeWat), nil)
 	a := f.install(mustWat(t, oldCallerWat), nil)
 	done := make(chan error, 1)
 	go func() {
