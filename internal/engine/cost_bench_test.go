@@ -6,7 +6,6 @@ import (
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
-	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
@@ -77,5 +76,4 @@ func BenchmarkCPUPerInstruction(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(instr), "cpu-ns/instr")
 		})
 	}
-	_ = state.NewPageMap
 }
