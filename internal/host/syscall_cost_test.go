@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // ic0Loops calls the cheapest ic0 import in loops: a thousand times, and
@@ -49,5 +50,55 @@ func TestIC0LoopChargedForHostCPU(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// localsWasm is n functions, each declaring 49,990 i64 locals in one
+// 4-byte group: 16 KB at n = 2,000 that once took 15 s to compile.
+func localsWasm(n int) []byte {
+	leb := func(b []byte, v uint64) []byte {
+		for {
+			c := byte(v & 0x7f)
+			if v >>= 7; v == 0 {
+				return append(b, c)
+			}
+			b = append(b, c|0x80)
+		}
+	}
+	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
+	fs := leb(nil, uint64(n))
+	for range n {
+		fs = append(fs, 0)
+	}
+	m = append(m, section(3, fs)...)
+	name := "canister_update f"
+	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
+	m = append(m, section(7, append(ex, 0, 0))...)
+	body := append(leb([]byte{1}, 49990), 0x7e, 0x0b)
+	code := leb(nil, uint64(n))
+	for range n {
+		code = append(leb(code, uint64(len(body))), body...)
+	}
+	return append(m, section(10, code)...)
+}
+
+// A module declaring 100 M locals in 16 KB is refused by validation in the
+// compiler sandbox, before it compiles, as an invalid module; the
+// canister keeps working with a module within the bound.
+func TestInstallManyLocalsRefused(t *testing.T) {
+	f := newModeFixture(t, "sandbox")
+	ctx := context.Background()
+	id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: localsWasm(2000), Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "locals") {
+		t.Fatalf("install of 2,000 × 49,990 locals: %v, want a refusal for its locals", err)
+	}
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: localsWasm(2), Caller: user}); err != nil {
+		t.Fatalf("install of 2 × 49,990 locals: %v", err)
 	}
 }
