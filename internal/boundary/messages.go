@@ -118,13 +118,14 @@ type CompileRequest struct {
 }
 
 // EncodeCompile encodes a CompileRequest: u64 max bytes, max methods, max
-// globals, max functions; bytes wasm.
+// globals, max functions, max locals; bytes wasm.
 func EncodeCompile(c *CompileRequest) []byte {
 	w := &writer{b: make([]byte, 0, 48+len(c.Wasm))}
 	w.count(c.Limits.MaxBytes)
 	w.count(c.Limits.MaxMethods)
 	w.count(c.Limits.MaxGlobals)
 	w.count(c.Limits.MaxFunctions)
+	w.count(c.Limits.MaxLocals)
 	w.bytes(c.Wasm)
 	return w.b
 }
@@ -144,6 +145,7 @@ func DecodeCompile(b []byte) (*CompileRequest, error) {
 	c.Limits.MaxMethods = lim("max methods")
 	c.Limits.MaxGlobals = lim("max globals")
 	c.Limits.MaxFunctions = lim("max functions")
+	c.Limits.MaxLocals = lim("max locals")
 	c.Wasm = r.bytes(math.MaxUint64, "wasm")
 	if err := r.done("compile"); err != nil {
 		return nil, err

@@ -136,8 +136,11 @@ type SandboxConfig struct {
 	HostIDs *sandbox.IDPool
 
 	// The watchdog allows an execution WatchdogBase plus its instruction
-	// limit at InstructionsPerSecond (a deliberately slow rate: it catches
-	// hangs, fuel catches everything else) plus transfer time for its pages.
+	// limit at InstructionsPerSecond (a deliberately slow rate, 10 ns an
+	// instruction where the slowest honest code, ic0-bound loops included
+	// since sysapi.CallOverhead, runs at under 1 ns: it catches hangs, the
+	// instruction limit catches everything else) plus transfer time for its
+	// pages.
 	// Concurrent queries of one sandbox share its CPU, so a query's
 	// watchdog also allows the compute time of every query in flight with
 	// it (queries.go).

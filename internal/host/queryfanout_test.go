@@ -107,7 +107,9 @@ func TestAuditCompositeQueryLyingInstructions(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "sandbox"
-	cfg.QueryInstructions = 100_000
+	// Room for dozens of executions with calls (each ic0 call is charged
+	// sysapi.CallOverhead): 100 000 before that charge, 3 M with it.
+	cfg.QueryInstructions = 3_000_000
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })

@@ -80,7 +80,7 @@ func TestMinInstructionsNeverAboveCharges(t *testing.T) {
 			}
 			limit := uint64(1 << 30)
 			if rng.IntN(8) == 0 {
-				limit = small(20000) // the limit hit midway
+				limit = small(20 * CallOverhead) // the limit hit midway
 			}
 			meter := &countMeter{limit: limit}
 			in := &Input{

@@ -25,17 +25,35 @@ type Spec struct {
 	impl    func(e *Execution, a []uint64) (uint64, error)
 }
 
-// Costs, modelled on the IC's system API overheads: a fixed charge per call
-// plus one instruction per byte copied.
+// Costs: a fixed charge per call plus one instruction per byte copied.
+// The fixed charge is CallOverhead, what the call itself costs the host,
+// plus the IC's system API overhead for the work the import does.
 const (
-	costSmall   = 20   // reads of small values
-	costCopy    = 20   // *_copy and similar, plus bytes
-	costMedium  = 100  // calls touching host state
-	costCall    = 5000 // call_perform
-	costStable  = 20   // stable memory access, plus bytes
-	costGrow    = 100  // memory growth
-	costRespond = 500  // msg_reply / msg_reject / trap
+	costSmall   = CallOverhead + 20   // reads of small values
+	costCopy    = heapOverhead + 20   // *_copy and similar, plus bytes
+	costMedium  = CallOverhead + 100  // calls touching host state
+	costCall    = CallOverhead + 5000 // call_perform
+	costStable  = heapOverhead + 20   // stable memory access, plus bytes
+	costGrow    = CallOverhead + 100  // memory growth
+	costRespond = CallOverhead + 500  // msg_reply / msg_reject / trap
 )
+
+// CallOverhead is what every ic0 call is charged for the call itself, in
+// instructions: a call from Wasm into the host is a cgo callback, and
+// reading and writing the instruction counter are cgo calls too, some
+// 1.5–3 µs of host CPU in all, while plain Wasm runs at about 0.1 ns per
+// instruction. At 20 instructions a call, a loop of ic0 calls was charged
+// 500 times less per CPU second than plain code (a free 5 B query would
+// have run for minutes); at 10,000 an ic0-bound loop costs 1.1 to 4 times
+// the CPU per instruction of plain code, measured on a loaded 2-core VM
+// (engine's BenchmarkCPUPerInstruction).
+// The IC charges 500 for most imports, its calls being native.
+const CallOverhead = 10_000
+
+// heapOverhead is the fixed charge of imports that copy between the heap
+// and the host: locating the heap and charging the bytes are two more cgo
+// calls, which make such a call cost about twice a plain one.
+const heapOverhead = 2 * CallOverhead
 
 func p(k ...Kind) []Kind { return k }
 

@@ -31,7 +31,7 @@ const (
 	kBranch                       // br, br_if, br_table: cost 1, starts a run
 	kReturn                       // return: cost 0, starts a run
 	kUnreachable                  // unreachable: cost 0, starts a run
-	kBulk                         // memory/table bulk op: cost 1 + its length operand
+	kBulk                         // memory/table bulk op and table.grow: cost 1 + its length operand
 	kCall                         // call, call_indirect: cost 1
 )
 
@@ -359,7 +359,14 @@ func (d *bodyDecoder) prefixFC(in *instr) error {
 		if d.tableIs64(dst) && d.tableIs64(src) {
 			in.lenType = lenI64
 		}
-	case sub == 15 || sub == 16: // table.grow, table.size
+	case sub == 15: // table.grow: charged its delta, like a fill of that many entries
+		var t uint32
+		t, err = r.u32("table index")
+		in.kind, in.lenType = kBulk, lenI32
+		if d.tableIs64(t) {
+			in.lenType = lenI64
+		}
+	case sub == 16: // table.size
 		err = d.index("table index")
 	case sub == 17: // table.fill
 		var t uint32
@@ -430,6 +437,21 @@ func (c Config) DecodeBodies(b []byte) error {
 			}
 		}
 	})
+}
+
+// DeclaredLocals reads only the local declarations of m's function bodies
+// (b is the module m was decoded from) and returns the number of locals
+// they declare in all, parameters not included. A body declaring more than
+// MaxFuncLocals is an error. Compilers spend time on every declared local
+// whatever the bytes that declare it, so callers bound the total.
+func DeclaredLocals(b []byte, m *Module) (uint64, error) {
+	var total uint64
+	err := forEachBody(b, m, func(_ int, d *bodyDecoder, _, _ int) error {
+		n, _, err := d.localDecls()
+		total += uint64(n)
+		return err
+	})
+	return total, err
 }
 
 // forEachBody calls f for every function body with a decoder positioned at

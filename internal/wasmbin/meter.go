@@ -32,7 +32,8 @@ func InstrumentMetering(b []byte) ([]byte, Instrumentation, error) {
 //     the overdraft between checks is bounded by the code size, and the
 //     embedder checks the sign once more when the execution ends;
 //   - memory.copy, memory.fill, memory.init, table.copy, table.init and
-//     table.fill first charge their length operand (bytes or elements);
+//     table.fill first charge their length operand (bytes or elements),
+//     and table.grow its delta (the entries it would initialise);
 //     if it exceeds the counter the counter is set to -1 and `unreachable`
 //     traps before the operation runs.
 //

@@ -260,3 +260,35 @@ func TestMeteringCorpus(t *testing.T) {
 		}
 	}
 }
+
+// table.grow is charged its delta before it runs, in 32- and 64-bit
+// tables: a hostile canister cannot have the engine initialise millions of
+// entries for a handful of instructions.
+func TestMeteringTableGrowChargesDelta(t *testing.T) {
+	e := meterEngine()
+	for _, tc := range []struct{ name, src string }{
+		{"table32", `(module (table $t 1 funcref)
+  (func (export "grow") (param i32) (result i32) (table.grow $t (ref.null func) (local.get 0))))`},
+		{"table64", `(module (table $t i64 1 funcref)
+  (func (export "grow") (param i32) (result i32)
+    (i32.wrap_i64 (table.grow $t (ref.null func) (i64.extend_i32_u (local.get 0))))))`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := wat(t, tc.src)
+			// Within the limit: it grows and is charged its delta.
+			r := meteredRun(t, e, src, 100_000, "grow", int32(50_000))
+			if r.err != nil || r.res.(int32) != 1 {
+				t.Fatalf("grow(50000): %v, %v", r.res, r.err)
+			}
+			if used := 100_000 - r.counter; used < 50_000 || used > 50_000+10 {
+				t.Fatalf("grow(50000) used %d instructions, want its delta", used)
+			}
+			// Beyond it: the limit's trap, before the table grows.
+			r = meteredRun(t, e, src, 100_000, "grow", int32(9_999_999))
+			var trap *wasmtime.Trap
+			if !errors.As(r.err, &trap) || r.counter >= 0 {
+				t.Fatalf("grow(9999999): res %v err %v counter %d, want the limit's trap", r.res, r.err, r.counter)
+			}
+		})
+	}
+}

@@ -1,0 +1,104 @@
+package host
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
+)
+
+// ic0Loops calls the cheapest ic0 import in loops: a thousand times, and
+// until the instruction limit.
+const ic0Loops = `(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "canister_status" (func $status (result i32)))
+  (func (export "canister_query thousand") (local $i i32)
+    (loop $l (drop (call $status)) (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
+    (call $reply))
+  (func (export "canister_query forever") (loop $l (drop (call $status)) (br $l))))`
+
+// An ic0 call costs the host microseconds (a cgo callback), a thousand
+// times a Wasm instruction; a canister calling the cheapest import in a
+// loop is charged for that, so a free query spinning on ic0 calls reaches
+// its instruction limit in seconds, and ends with the same deterministic
+// limit trap in both isolation modes, not a watchdog kill (sandbox, after
+// a minute of CPU) or minutes of host CPU (in-process).
+func TestIC0LoopChargedForHostCPU(t *testing.T) {
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			id := f.install(mustWat(t, ic0Loops), nil)
+			r, err := f.node.Query(context.Background(), Message{Canister: id, Method: "thousand", Caller: user})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// At least 5,000 instructions a call (1 µs at plain Wasm's
+			// 0.2 ns an instruction); it was 25 with the loop.
+			if r.Instructions < 1000*5000 {
+				t.Fatalf("1,000 ic0 calls charged %d instructions", r.Instructions)
+			}
+			_, err = f.node.Query(context.Background(), Message{Canister: id, Method: "forever", Caller: user})
+			rej := f.reject(err)
+			if rej.Code != CanisterError || !strings.Contains(rej.Message, sysapi.ErrInstructionLimit.Message) {
+				t.Fatalf("forever: %v, want the instruction limit", err)
+			}
+			// The host is fine: the canister still answers.
+			if _, err := f.node.Query(context.Background(), Message{Canister: id, Method: "thousand", Caller: user}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// localsWasm is n functions, each declaring 49,990 i64 locals in one
+// 4-byte group: 16 KB at n = 2,000 that once took 15 s to compile.
+func localsWasm(n int) []byte {
+	leb := func(b []byte, v uint64) []byte {
+		for {
+			c := byte(v & 0x7f)
+			if v >>= 7; v == 0 {
+				return append(b, c)
+			}
+			b = append(b, c|0x80)
+		}
+	}
+	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
+	fs := leb(nil, uint64(n))
+	for range n {
+		fs = append(fs, 0)
+	}
+	m = append(m, section(3, fs)...)
+	name := "canister_update f"
+	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
+	m = append(m, section(7, append(ex, 0, 0))...)
+	body := append(leb([]byte{1}, 49990), 0x7e, 0x0b)
+	code := leb(nil, uint64(n))
+	for range n {
+		code = append(leb(code, uint64(len(body))), body...)
+	}
+	return append(m, section(10, code)...)
+}
+
+// A module declaring 100 M locals in 16 KB is refused by validation in the
+// compiler sandbox, before it compiles, as an invalid module; the
+// canister keeps working with a module within the bound.
+func TestInstallManyLocalsRefused(t *testing.T) {
+	f := newModeFixture(t, "sandbox")
+	ctx := context.Background()
+	id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: localsWasm(2000), Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "locals") {
+		t.Fatalf("install of 2,000 × 49,990 locals: %v, want a refusal for its locals", err)
+	}
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: localsWasm(2), Caller: user}); err != nil {
+		t.Fatalf("install of 2 × 49,990 locals: %v", err)
+	}
+}
