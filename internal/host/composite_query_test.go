@@ -408,9 +408,9 @@ func TestCompositeQueryCallGraphBounded(t *testing.T) {
 
 // A composite query's call graph is bounded in wall time
 // (Config.QueryWalltime, the IC's max_query_call_walltime): the deadline is
-// checked between executions, so an execution that finishes past it (held
-// here until the deadline has passed, then run as if it had ignored it)
-// ends the graph with the IC's CANISTER_ERROR.
+// checked between executions, so an execution that finishes past it (the
+// callee's, held here until the deadline has passed) ends the graph with
+// the IC's CANISTER_ERROR.
 func TestCompositeQueryWalltimeBounded(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
@@ -420,7 +420,7 @@ func TestCompositeQueryWalltimeBounded(t *testing.T) {
 	f.open()
 	t.Cleanup(func() { f.node.Close() })
 	inner := f.node.exec
-	counted := &countQueries{Executor: &pastDeadline{Executor: inner}}
+	counted := &countQueries{Executor: &pastDeadline{Executor: inner, wait: cfg.QueryWalltime}}
 	f.node.exec = counted
 	id := f.install(mustWat(t, chainWat), nil)
 	_, err := f.node.Query(context.Background(), Message{Canister: id, Method: "cq", Caller: user})
@@ -439,23 +439,18 @@ func TestCompositeQueryWalltimeBounded(t *testing.T) {
 	}
 }
 
-// pastDeadline holds the first execution of a "leaf" query until its
-// context is done (at most 30 s), then runs it as an execution that
-// ignores its context would.
+// pastDeadline holds the first execution of a "leaf" query for wait, the
+// query's wall-time bound: the query started before it, so its deadline has
+// passed when the execution goes on (a lower bound, not a race).
 type pastDeadline struct {
 	exec.Executor
+	wait time.Duration
 	once sync.Once
 }
 
 func (x *pastDeadline) Execute(ctx context.Context, id string, req *exec.Request) (*sysapi.Output, error) {
 	if req.Input.Entry == "canister_query leaf" {
-		x.once.Do(func() {
-			select {
-			case <-ctx.Done():
-			case <-time.After(30 * time.Second):
-			}
-			ctx = context.Background()
-		})
+		x.once.Do(func() { time.Sleep(x.wait) })
 	}
 	return x.Executor.Execute(ctx, id, req)
 }

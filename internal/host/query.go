@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -36,12 +35,7 @@ func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 		}
 		return n.managementIngress(ctx, msg, true)
 	}
-	q := &queryRun{n: n, parent: ctx, ctx: ctx, budget: n.cfg.QueryInstructions}
-	if d := n.cfg.QueryWalltime; d > 0 {
-		var cancel context.CancelFunc
-		q.ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
+	q := &queryRun{n: n, ctx: ctx, budget: n.cfg.QueryInstructions}
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
 }
 
@@ -88,31 +82,31 @@ type frame struct {
 }
 
 type queryRun struct {
-	n      *Node
-	parent context.Context // the caller's
-	ctx    context.Context // parent with the graph's wall-time deadline
-	budget uint64          // instructions left for the whole composite query
+	n   *Node
+	ctx context.Context
+	// deadline ends the whole query (Config.QueryWalltime; zero: none),
+	// counted from the snapshot of its target, once that is loaded (a
+	// restart's first query compiles the module and reads the memories:
+	// the node's work, not the query's). As on the IC it is checked
+	// between executions: one execution is bounded by its instructions
+	// (and a sandbox's watchdog).
+	deadline time.Time
+	budget   uint64 // instructions left for the whole composite query
 }
 
-// check reports why the run may not go on: its context is done (its
-// deadline: the IC's time limit) or its budget is spent.
+// check reports why the run may not go on: its context is done, its
+// deadline passed (the IC's time limit) or its budget is spent.
 func (q *queryRun) check() error {
 	if err := q.ctx.Err(); err != nil {
-		return q.ctxErr(err)
+		return err
+	}
+	if !q.deadline.IsZero() && !time.Now().Before(q.deadline) {
+		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
 	}
 	if q.budget == 0 {
 		return rejectf(CanisterError, "%s", queryGraphInstructionsMsg)
 	}
 	return nil
-}
-
-// ctxErr turns the end of q.ctx into the reject the IC gives when it is
-// the graph's deadline; the caller's own cancellation passes through.
-func (q *queryRun) ctxErr(err error) error {
-	if q.parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
-	}
-	return err
 }
 
 // call runs one query method and, for a composite query, its calls.
@@ -131,6 +125,9 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		return nil, err
 	}
 	defer fr.release()
+	if d := q.n.cfg.QueryWalltime; top && d > 0 {
+		q.deadline = time.Now().Add(d)
+	}
 	r, err := q.run(fr, in, depth, true) // releases c.mu
 	resp := 0
 	if r != nil {
@@ -314,9 +311,6 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in})
 	q.n.images.used(c)
 	if err != nil {
-		if cerr := q.ctx.Err(); cerr != nil {
-			return nil, q.ctxErr(cerr)
-		}
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
