@@ -19,6 +19,10 @@ type Config struct {
 	UpdateInstructions  uint64 // per update message (IC: 40 billion)
 	QueryInstructions   uint64 // per query (IC: 5 billion)
 	InstallInstructions uint64 // per install/upgrade (IC: 300 billion)
+	// QueryWalltime bounds the wall time of a query with all the calls a
+	// composite query makes (IC: max_query_call_walltime, 10 s); beyond it
+	// the query fails with CANISTER_ERROR (query.go). 0: no bound.
+	QueryWalltime time.Duration
 
 	HeapBytes32 uint64 // Wasm heap limit, 32-bit canisters (4 GiB)
 	HeapBytes64 uint64 // Wasm heap limit, 64-bit canisters (6 GiB)
@@ -194,6 +198,7 @@ func DefaultConfig() Config {
 		UpdateInstructions:  40_000_000_000,
 		QueryInstructions:   5_000_000_000,
 		InstallInstructions: 300_000_000_000,
+		QueryWalltime:       10 * time.Second,
 		HeapBytes32:         4 << 30,
 		HeapBytes64:         6 << 30,
 		StableBytes:         500 << 30,

@@ -17,6 +17,13 @@ import (
 // Query executes a query; nothing it does is kept. A composite query may
 // call other canisters' queries (and its own); their callbacks run on the
 // composite query's working state, which is dropped at the end.
+//
+// A query run holds at most one canister's lock at a time, read-locked for
+// one execution on that canister: it never waits for a lock while holding
+// one, so no order of queries and updates can deadlock, and a composite
+// query holds up a canister's updates only while one of its executions
+// runs there. What outlives an execution (a call's working state, for its
+// callbacks) is a snapshot taken under the lock (frame).
 func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 	defer n.observeIngress(metrics.KindQuery, time.Now(), &err)
 	if rej := n.checkIngressArg(msg); rej != nil {
@@ -28,74 +35,119 @@ func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 		}
 		return n.managementIngress(ctx, msg, true)
 	}
-	q := &queryRun{n: n, ctx: ctx, locked: map[principal.Principal]*snapshot{}, budget: n.cfg.QueryInstructions}
-	defer q.unlockAll()
+	q := &queryRun{n: n, ctx: ctx, budget: n.cfg.QueryInstructions}
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
 }
 
 // maxQueryDepth bounds the call graph of a composite query (IC: 6 levels).
 const maxQueryDepth = 6
 
-// snapshot is one canister's committed state as a query run sees it:
-// read-locked once per run, so a canister calling itself never takes its
-// lock twice.
-type snapshot struct {
-	c *canister
-}
+// queryCallInstructions is what every call a composite query's graph makes
+// costs on top of the callee's execution, charged against the graph's
+// instruction budget (the IC's INSTRUCTION_OVERHEAD_PER_QUERY_CALL: at most
+// 100 calls with the default 5 B). Callbacks make their calls at their
+// caller's depth, so the depth limit does not bound the graph: this does.
+const queryCallInstructions = 50_000_000
 
-// frame is the working state of one query call: it starts from the
-// committed state, and the call's callbacks see what earlier executions of
-// the same call wrote. Another call, even to the same canister, gets its own
-// frame, as on the IC.
+// The IC's messages (error codes IC0526 and IC0528, reject code
+// CANISTER_ERROR) for a call graph that ran out of budget or time.
+const (
+	queryGraphInstructionsMsg = "Composite query calls exceeded the instruction limit."
+	queryGraphTimeMsg         = "Composite query call exceeded the time limit."
+)
+
+// frame is the working state of one query call: a snapshot of its
+// canister's committed state taken under the canister's read lock, and
+// what the call's executions wrote since (the callbacks see what earlier
+// executions of the same call wrote). Another call, even to the same
+// canister, gets its own frame, as on the IC.
+//
+// Until the call's first execution ends the frame reads the committed
+// memories (the lock is held); when the call goes on (it made calls, so
+// its callbacks run later, without the lock in between) its memories
+// become copy-on-write clones (state.PageMap.Clone): a commit meanwhile
+// gives them copies of the pages it overwrites, so they keep the snapshot.
+// A clone shares the committed pages it did not change and is read under
+// the canister's read lock, as the committed memories are (each later
+// execution takes it again); it is released with the frame.
 type frame struct {
 	c       *canister
+	module  *exec.Module
+	base    sysapi.Input // the canister's system state at the snapshot
 	heap    *state.PageMap
 	stable  *state.PageMap
 	globals []state.Global
+	cloned  bool // heap and stable are the frame's clones, to release
 	trapped bool // the execution run last returned from trapped (run)
 }
 
 type queryRun struct {
-	n      *Node
-	ctx    context.Context
-	locked map[principal.Principal]*snapshot
-	order  []*canister
-	budget uint64 // instructions left for the whole composite query
+	n   *Node
+	ctx context.Context
+	// deadline ends the whole query (Config.QueryWalltime; zero: none),
+	// counted from the snapshot of its target, once that is loaded (a
+	// restart's first query compiles the module and reads the memories:
+	// the node's work, not the query's). As on the IC it is checked
+	// between executions: one execution is bounded by its instructions
+	// (and a sandbox's watchdog).
+	deadline time.Time
+	budget   uint64 // instructions left for the whole composite query
 }
 
-func (q *queryRun) unlockAll() {
-	for _, c := range q.order {
-		c.mu.RUnlock()
+// check reports why the run may not go on: its context is done, its
+// deadline passed (the IC's time limit) or its budget is spent.
+func (q *queryRun) check() error {
+	if err := q.ctx.Err(); err != nil {
+		return err
 	}
+	if !q.deadline.IsZero() && !time.Now().Before(q.deadline) {
+		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
+	}
+	if q.budget == 0 {
+		return rejectf(CanisterError, "%s", queryGraphInstructionsMsg)
+	}
+	return nil
 }
 
-func (q *queryRun) snapshot(id principal.Principal) (*snapshot, error) {
-	if s, ok := q.locked[id]; ok {
-		return s, nil
+// call runs one query method and, for a composite query, its calls.
+func (q *queryRun) call(id principal.Principal, method string, arg []byte, caller principal.Principal, depth int, top bool) (*Reply, error) {
+	if err := q.check(); err != nil {
+		return nil, err
 	}
 	c, err := q.n.get(q.ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	c.mu.RLock()
-	q.order = append(q.order, c)
-	if c.deleted {
-		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
+	fr, in, err := q.open(c, method, arg, caller, depth, top)
+	if err != nil {
+		c.mu.RUnlock()
+		return nil, err
 	}
-	s := &snapshot{c: c}
-	q.locked[id] = s
-	return s, nil
+	defer fr.release()
+	if d := q.n.cfg.QueryWalltime; top && d > 0 {
+		q.deadline = time.Now().Add(d)
+	}
+	r, err := q.run(fr, in, depth, true) // releases c.mu
+	resp := 0
+	if r != nil {
+		resp = len(r.Data)
+	}
+	c.qstats.add(0, len(arg), resp) // the instructions are counted by execute
+	if r == nil && err == nil {
+		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
+	}
+	return r, err
 }
 
-// call runs one query method and, for a composite query, its calls.
-func (q *queryRun) call(id principal.Principal, method string, arg []byte, caller principal.Principal, depth int, top bool) (*Reply, error) {
-	s, err := q.snapshot(id)
-	if err != nil {
-		return nil, err
+// open takes the snapshot of c a call starts from and the input of its
+// first execution (c.mu read-locked).
+func (q *queryRun) open(c *canister, method string, arg []byte, caller principal.Principal, depth int, top bool) (*frame, *sysapi.Input, error) {
+	if c.deleted {
+		return nil, nil, rejectf(DestinationInvalid, "Canister %s not found", c.id)
 	}
-	c := s.c
 	if err := q.n.checkRunnable(c); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var kind sysapi.Context
 	var entry string
@@ -104,50 +156,48 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		kind, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+method
 	case engine.CompositeQueryMethod:
 		if !top && depth == 0 {
-			return nil, rejectf(CanisterError, "Canister %s: composite query %s cannot be called from a query", id, method)
+			return nil, nil, rejectf(CanisterError, "Canister %s: composite query %s cannot be called from a query", c.id, method)
 		}
 		kind, entry = sysapi.CtxCompositeQuery, "canister_composite_query "+method
 	default:
-		return nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", id, method)
+		return nil, nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", c.id, method)
 	}
-	in := q.n.input(c, c.module, kind, entry, q.budget)
-	fr := &frame{c: c, heap: c.heap, stable: c.stable, globals: c.globals}
-	defer fr.release()
-	in.Caller, in.Arg, in.Stable = caller.Bytes(), arg, fr.stable
+	fr := &frame{c: c, module: c.module, heap: c.heap, stable: c.stable, globals: c.globals}
+	fr.base = *q.n.input(c, c.module, kind, "", 0)
+	in := fr.input(kind, entry)
+	in.Caller, in.Arg = caller.Bytes(), arg
 	if top {
 		// Only the query call's target gets a certificate, not the
 		// queries a composite query calls, nor its callbacks (the spec).
+		var err error
 		if in.DataCertificate, err = q.n.dataCertificate(c); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	r, err := q.run(fr, in, depth)
-	resp := 0
-	if r != nil {
-		resp = len(r.Data)
-	}
-	c.qstats.add(0, len(arg), resp) // the instructions are counted by run
-	if r == nil && err == nil {
-		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
-	}
-	return r, err
+	return fr, in, nil
 }
 
-// run executes in on the snapshot and follows its calls (composite only).
+// input returns the input of an execution on the frame: the snapshot's
+// system state, its memories and the graph's budget are filled in by
+// execute.
+func (fr *frame) input(kind sysapi.Context, entry string) *sysapi.Input {
+	in := fr.base
+	in.Context, in.Entry = kind, entry
+	return &in
+}
+
+// run executes in on the frame and follows its calls (composite only). With
+// locked, the caller holds the canister's read lock (call's snapshot); it
+// is released once the execution ends, before any call is followed.
 // It returns the first response any of those executions gave, else the trap
 // of the first callback that trapped, or neither a reply nor an error when
 // none responded.
-func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
+func (q *queryRun) run(s *frame, in *sysapi.Input, depth int, locked bool) (*Reply, error) {
 	c := s.c
-	s.trapped = false
-	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
-	q.n.images.used(c)
+	out, err := q.execute(s, in, locked)
 	if err != nil {
-		return nil, asReject(c.id, "execute query on", err)
+		return nil, err
 	}
-	q.budget -= min(q.budget, out.Instructions)
-	c.qstats.count(out.Instructions)
-	s.trapped = out.Trapped
 	if out.Trapped {
 		return nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, out.TrapMessage)
 	}
@@ -161,18 +211,17 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	case sysapi.Rejected:
 		rej = &Reject{Code: CanisterReject, Message: out.RejectMessage}
 	}
-	callback := in.Context == sysapi.CtxCompositeReply || in.Context == sysapi.CtxCompositeReject
-	if len(out.Calls) > 0 || callback && changed(s, out) {
-		// Later callbacks see what earlier ones wrote (their own and those
-		// of the other calls' callbacks): keep a working copy.
-		if err := q.advance(s, out); err != nil {
-			return nil, err
-		}
-	}
 	for _, call := range out.Calls {
 		if depth+1 > maxQueryDepth {
 			return nil, rejectf(CanisterError, "Canister %s: composite query call depth exceeds %d", c.id, maxQueryDepth)
 		}
+		// The call is paid before it runs: a graph whose budget cannot
+		// pay for one more call ends here (the IC ends it after the
+		// call that overdrew it).
+		if q.budget < queryCallInstructions {
+			return nil, rejectf(CanisterError, "%s", queryGraphInstructionsMsg)
+		}
+		q.budget -= queryCallInstructions
 		callee, perr := principal.FromBytes(call.Callee)
 		var r *Reply
 		var cerr error
@@ -181,9 +230,14 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 		} else {
 			r, cerr = q.call(callee, call.Method, call.Arg, c.id, depth+1, false)
 		}
-		kind, target := sysapi.CtxCompositeReply, call.OnReply
-		cin := q.n.input(c, c.module, kind, "", q.budget)
-		cin.Caller, cin.Stable = in.Caller, s.stable
+		if err := q.check(); err != nil {
+			// Out of time or budget: the whole graph fails (the IC's
+			// limits), whatever the callee answered.
+			return nil, err
+		}
+		cin := s.input(sysapi.CtxCompositeReply, "")
+		target := call.OnReply
+		cin.Caller = in.Caller
 		cin.Responded = in.Responded || reply != nil || rej != nil // a second answer traps
 		if cerr != nil {
 			r2, ok := cerr.(*Reject)
@@ -196,7 +250,7 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 			cin.Arg = r.Data
 		}
 		cin.Callback = target
-		cr, cerr2 := q.run(s, cin, depth)
+		cr, cerr2 := q.run(s, cin, depth, false)
 		if cerr2 != nil && s.trapped {
 			// As in replicated mode: the cleanup runs, and the trap
 			// answers the call only if no later callback does.
@@ -231,24 +285,62 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int) (*Reply, error) {
 	return nil, trap
 }
 
+// execute runs one execution on the frame with its canister read-locked:
+// locked, by the caller (the call's snapshot), else taken here. The lock is
+// released when it returns. An execution after the call's first runs only
+// on the snapshot it was taken from: if the canister was deleted or its
+// code changed since, it fails. What the execution wrote is kept for the
+// frame's later executions (advance) when there will be some: it made
+// calls, or it is a callback or cleanup that changed the state.
+func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Output, error) {
+	c := s.c
+	s.trapped = false
+	if err := q.check(); err != nil {
+		if locked {
+			c.mu.RUnlock()
+		}
+		return nil, err
+	}
+	if !locked {
+		c.mu.RLock()
+	}
+	defer c.mu.RUnlock()
+	if !locked && (c.deleted || c.module != s.module) {
+		return nil, rejectf(CanisterError, "Canister %s: its code changed while the composite query ran", c.id)
+	}
+	in.Stable, in.Limits.Instructions = s.stable, q.budget
+	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in})
+	q.n.images.used(c)
+	if err != nil {
+		return nil, asReject(c.id, "execute query on", err)
+	}
+	q.budget -= min(q.budget, out.Instructions)
+	c.qstats.count(out.Instructions)
+	s.trapped = out.Trapped
+	if out.Trapped {
+		return out, nil
+	}
+	first := in.Context == sysapi.CtxNonReplicatedQuery || in.Context == sysapi.CtxCompositeQuery
+	if len(out.Calls) > 0 || !first && changed(s, out) {
+		// Later callbacks see what earlier ones wrote (their own and those
+		// of the other calls' callbacks): keep a working copy.
+		if err := q.advance(s, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // cleanup runs the cleanup callback of a call whose reply or reject callback
 // (cb, as run) trapped, as the IC does in composite queries too: on the
 // working state the trapped callback left untouched, and what it writes is
 // seen by the callbacks that follow. A trap in it changes nothing more.
 func (q *queryRun) cleanup(s *frame, target sysapi.Callback, cb *sysapi.Input) error {
-	c := s.c
-	in := q.n.input(c, c.module, sysapi.CtxCompositeCleanup, "", q.budget)
-	in.Callback, in.Caller, in.Stable, in.RejectCode = target, cb.Caller, s.stable, cb.RejectCode
-	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: c.module, Heap: s.heap, Globals: s.globals, Input: in})
-	if err != nil {
-		return asReject(c.id, "execute cleanup callback on", err)
-	}
-	q.budget -= min(q.budget, out.Instructions)
-	c.qstats.count(out.Instructions)
-	if out.Trapped {
-		return nil
-	}
-	return q.advance(s, out)
+	in := s.input(sysapi.CtxCompositeCleanup, "")
+	in.Callback, in.Caller, in.RejectCode = target, cb.Caller, cb.RejectCode
+	_, err := q.execute(s, in, false)
+	s.trapped = false
+	return err
 }
 
 // changed reports whether out changes the frame's state.
@@ -257,10 +349,13 @@ func changed(s *frame, out *sysapi.Output) bool {
 		len(out.Stable.Pages) > 0 || out.Stable.Size != s.stable.Size() || !slices.Equal(out.Globals, s.globals)
 }
 
-// advance applies an execution's changes to the snapshot's working copy.
+// advance applies an execution's changes to the frame's working copy: new
+// clones of its memories (c.mu read-locked: a clone of the committed
+// memories is the frame's snapshot).
 func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
 	heap := s.heap.Clone()
 	if err := heap.Apply(out.Heap); err != nil {
+		heap.Release()
 		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
 	}
 	stable := s.stable.Clone()
@@ -270,17 +365,16 @@ func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
 		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
 	}
 	s.release()
-	s.heap, s.stable, s.globals = heap, stable, out.Globals
+	s.heap, s.stable, s.globals, s.cloned = heap, stable, out.Globals, true
 	return nil
 }
 
-// release releases the frame's working copies (clones of the committed
-// memories read through their images).
+// release releases the frame's clones, if it has any (releasing a clone
+// needs no canister lock: it never writes the memory it shares).
 func (s *frame) release() {
-	if s.heap != s.c.heap {
+	if s.cloned {
 		s.heap.Release()
-	}
-	if s.stable != s.c.stable {
 		s.stable.Release()
+		s.cloned = false
 	}
 }

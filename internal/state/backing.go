@@ -32,7 +32,8 @@ import (
 // Writers (Apply, Fork, Release of an owner) must exclude readers of every
 // page map sharing the image, as Apply excludes readers of its own map: the
 // host holds the canister's lock. Clone and Release of a sharer only need
-// the image's mutex, and can run beside readers.
+// the image's mutex, and can run beside readers. A clone never becomes the
+// owner, so releasing one never writes the image (drop).
 
 // maxChunk is the largest single mapping of an image. Chunks double with
 // the memory, so a small canister maps little address space and a large
@@ -284,15 +285,19 @@ func (img *image) drop(m *PageMap) (last bool) {
 	}
 	s.owner = nil
 	// The next owner: a page map that was forked or is the original of a
-	// fork, rather than a clone (a reader that is soon released).
+	// fork, never a clone. A clone (a composite query's frame) is read
+	// without its canister's lock between executions, so nothing may write
+	// the image under it: with only clones left the image has no owner,
+	// nothing writes it again, and it goes with the last of them.
 	var next *PageMap
 	for r := range s.sharers {
-		if next == nil || next.reader && !r.reader {
+		if !r.reader {
 			next = r
+			break
 		}
 	}
 	if next == nil {
-		return true
+		return len(s.sharers) == 0
 	}
 	delete(s.sharers, next)
 	s.owner = next

@@ -257,3 +257,39 @@ func TestUnbackKeepsPages(t *testing.T) {
 		t.Fatal("the unbacked map does not apply deltas")
 	}
 }
+
+// A clone outlives the map it was taken from (a composite query's frame
+// when its canister's memory is replaced): it never becomes the image's
+// owner, so nothing writes the image under the other clones, which are
+// read without their canister's lock between executions, and what one
+// clone applies stays its own.
+func TestBackedClonesNeverOwn(t *testing.T) {
+	descs := ImageDescriptors()
+	m := backed(t, 4, 1, 0, 1)
+	a, b := m.Clone(), m.Clone()
+	old := mapBytes(t, b)
+	m.Release()
+	if a.File() != nil || b.File() != nil {
+		t.Fatal("a clone became the owner of the image (its file is handed out)")
+	}
+	reads := make(chan struct{})
+	go func() {
+		defer close(reads)
+		for range 1000 {
+			_ = b.Page(1)
+			_ = b.StoredPages()
+		}
+	}()
+	if err := a.Apply(Delta{Size: 4 * PageSize, Pages: []DirtyPage{{Index: 1, Data: numbered(1, 9)}}}); err != nil {
+		t.Fatal(err)
+	}
+	a.Release()
+	<-reads
+	if !bytes.Equal(mapBytes(t, b), old) {
+		t.Fatal("another clone's change reached this one")
+	}
+	b.Release()
+	if got := ImageDescriptors(); got != descs {
+		t.Fatalf("image descriptors %d → %d", descs, got)
+	}
+}
