@@ -130,7 +130,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		}
 	}
 	r := &run{}
-	store := wasmtime.NewStoreWithData(e.wt, r)
+	store := wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
 	kept := false
 	defer func() {
 		if !kept {
