@@ -54,8 +54,12 @@ func DefaultConfig() Config {
 
 // Engine compiles and runs canister modules. It is safe for concurrent use.
 type Engine struct {
-	wt     *wasmtime.Engine
-	noFuel bool // Config.DisableFuel: compile and run unmetered
+	// wt32 compiles and runs canisters with a 32-bit memory (or none),
+	// wt64 those with a 64-bit memory: they differ only in the address
+	// space a memory reserves (reserve.go), which a 32-bit memory does not
+	// need. A module and its stores belong to one of them.
+	wt32, wt64 *wasmtime.Engine
+	noFuel     bool // Config.DisableFuel: compile and run unmetered
 	// linkers[0] for 32-bit canisters, [1] for 64-bit ones: built on
 	// first use (Linker), not by New. A sandbox serves one canister of
 	// one width, and a compile sandbox runs none, so building both at
@@ -86,7 +90,7 @@ func (e *Engine) Linker(memory64 bool) (*wasmtime.Linker, error) {
 		k = &e.linkers[1]
 	}
 	k.once.Do(func() {
-		k.l, k.err = newLinker(e.wt, memory64)
+		k.l, k.err = newLinker(e.wasmtime(memory64), memory64)
 		if k.err != nil {
 			k.err = fmt.Errorf("define ic0 for %s canisters: %w", width(memory64), k.err)
 		}
@@ -94,11 +98,32 @@ func (e *Engine) Linker(memory64 bool) (*wasmtime.Linker, error) {
 	return k.l, k.err
 }
 
+// wasmtime returns the wasmtime engine of canisters of one memory width.
+func (e *Engine) wasmtime(memory64 bool) *wasmtime.Engine {
+	if memory64 {
+		return e.wt64
+	}
+	return e.wt32
+}
+
 // New creates an engine: Wasm features as the IC enables them, NaN
 // canonicalization so floats are deterministic. Metering is not wasmtime's
 // fuel but the instrumentation Compile adds (wasmbin.InstrumentMetering):
 // an instruction counter in a Wasm global, so fuel stays off.
 func New(cfg Config) (*Engine, error) {
+	c64 := newWasmtimeConfig(cfg)
+	if err := reserveMaxHeap(c64); err != nil {
+		c64.Close()
+		return nil, err
+	}
+	e := &Engine{wt32: wasmtime.NewEngineWithConfig(newWasmtimeConfig(cfg)), wt64: wasmtime.NewEngineWithConfig(c64),
+		noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0), kept: &kept{}}
+	runtime.AddCleanup(e, func(k *kept) { k.dropAll() }, e.kept)
+	return e, nil
+}
+
+// newWasmtimeConfig is the configuration both wasmtime engines share.
+func newWasmtimeConfig(cfg Config) *wasmtime.Config {
 	c := wasmtime.NewConfig()
 	c.SetConsumeFuel(false)
 	c.SetCraneliftNanCanonicalization(true)
@@ -117,9 +142,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWasmStack > 0 {
 		c.SetMaxWasmStack(cfg.MaxWasmStack)
 	}
-	e := &Engine{wt: wasmtime.NewEngineWithConfig(c), noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0), kept: &kept{}}
-	runtime.AddCleanup(e, func(k *kept) { k.dropAll() }, e.kept)
-	return e, nil
+	return c
 }
 
 // funcType returns the Wasm signature of an ic0 import for a memory width.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -27,10 +28,12 @@ import (
 //
 // What an instance can carry from one execution to the next, and how each
 // is made exact again:
-//   - linear memory: the committed heap file stays mapped copy-on-write over
-//     the whole memory. Every page of the range that is not a page of that
-//     file (written copies, the shared zero page) is found with PAGEMAP_SCAN
-//     and made the file's again: up to copyPages of them by reading the
+//   - linear memory: the committed heap file's data stays mapped
+//     copy-on-write over the memory, its holes anonymous (holes.go); a
+//     commit that writes into a hole changes the file's data spans, and the
+//     instance is not reused. Every page of the data that is not a page of
+//     that file (written copies, the shared zero page), and every written
+//     page of a hole, is found with PAGEMAP_SCAN and made the file's again: up to copyPages of them by reading the
 //     file's current bytes into them just before the next query runs, more
 //     by mapping the file again over them (MAP_FIXED) when the query ends
 //     (reset). The memory is then what a fresh mapping of the same file
@@ -266,11 +269,16 @@ func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
 	if uintptr(len(data)) != r.mappedLen || len(data) == 0 || uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
 		return errors.New("memory grew or moved")
 	}
+	f := heap.File()
+	if beforeRun && !slices.Equal(dataSpans(f, uint64(r.mappedLen)), r.spans) {
+		// A commit wrote into a hole the memory has as anonymous zeros.
+		return errors.New("the heap image's data spans changed")
+	}
 	pagemap := req.Pagemap
 	if pagemap == nil {
 		pagemap = SelfPagemap()
 	}
-	pages, err := foreignPages(pagemap, r.mappedAddr, r.mappedLen)
+	pages, err := r.pagesToRestore(pagemap)
 	if err != nil {
 		return err
 	}
@@ -278,7 +286,6 @@ func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
 	if copying && !beforeRun {
 		return nil
 	}
-	f := heap.File()
 	for i := 0; i < len(pages); {
 		j := i + 1
 		for j < len(pages) && pages[j] == pages[j-1]+1 {
@@ -292,7 +299,12 @@ func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
 		if copying {
 			err = readFullAt(f, data[lo:hi], int64(lo))
 		} else {
-			err = mapPrivateAt(data[lo:hi], f, int64(lo))
+			err = splitSpans(r.spans, lo, hi, func(lo, hi uint64, inSpan bool) error {
+				if inSpan {
+					return mapPrivateAt(data[lo:hi], f, int64(lo))
+				}
+				return mapZeros(data[lo:hi])
+			})
 		}
 		if err != nil {
 			return err
@@ -318,6 +330,27 @@ func readFullAt(f *os.File, dst []byte, off int64) error {
 		dst, off = dst[n:], off+int64(n)
 	}
 	return nil
+}
+
+// pagesToRestore returns the indices of the pages of the mapped memory
+// that reset must make the file's again: in the file's spans every page
+// that is not a page of the file (foreignPages), in its holes every
+// written page (writtenPages: a hole read shows the shared zero page,
+// which is what the hole holds).
+func (r *run) pagesToRestore(pagemap *os.File) ([]uint64, error) {
+	var out []uint64
+	err := splitSpans(r.spans, 0, uint64(r.mappedLen), func(lo, hi uint64, inSpan bool) error {
+		scan := writtenPages
+		if inSpan {
+			scan = foreignPages
+		}
+		pages, err := scan(pagemap, r.mappedAddr+uintptr(lo), uintptr(hi-lo))
+		for _, p := range pages {
+			out = append(out, lo/state.PageSize+p)
+		}
+		return err
+	})
+	return out, err
 }
 
 // foreignPages returns the indices of the pages in [addr, addr+size) that

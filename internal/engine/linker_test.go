@@ -30,7 +30,7 @@ func TestLinkerDefinesEveryImport(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		store := wasmtime.NewStore(e.wt)
+		store := wasmtime.NewStore(e.wasmtime(memory64))
 		defined := 0
 		for i := range sysapi.Imports {
 			s := &sysapi.Imports[i]
@@ -136,7 +136,7 @@ func BenchmarkLinker(b *testing.B) {
 	for _, memory64 := range []bool{false, true} {
 		b.Run(width(memory64), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				if _, err := newLinker(e.wt, memory64); err != nil {
+				if _, err := newLinker(e.wasmtime(memory64), memory64); err != nil {
 					b.Fatal(err)
 				}
 			}

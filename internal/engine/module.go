@@ -351,7 +351,7 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
-	wt, err := wasmtime.NewModule(e.wt, out)
+	wt, err := wasmtime.NewModule(e.wasmtime(info.Memory64), out)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}

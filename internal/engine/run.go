@@ -67,6 +67,9 @@ type run struct {
 	// mapped is the linear memory's address range that holds the
 	// committed heap's file mapping, if restoreHeap mapped it.
 	mappedAddr, mappedLen uintptr
+	// spans are the parts of the mapped range mapped from the file; the
+	// rest are its holes, anonymous memory (holes.go).
+	spans []span
 	// borrow: the heap delta's pages point into the linear memory
 	// (Request.Emit) instead of being copied.
 	borrow bool
@@ -130,7 +133,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		}
 	}
 	r := &run{}
-	store := wasmtime.NewStoreWithData(e.wt, r)
+	store := wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
 	kept := false
 	defer func() {
 		if !kept {
@@ -365,7 +368,8 @@ func funcTypeString(ft *wasmtime.FuncType) string {
 
 // restoreHeap makes the instance's memory equal to the committed heap: it
 // grows the memory to the heap's size, then maps the heap's image over it
-// copy-on-write (O(1)), or, without an image, copies the pages that differ.
+// copy-on-write (its data, not its holes: holes.go), or, without an image,
+// copies the pages that differ.
 func (r *run) restoreHeap(heap state.Memory) error {
 	if heap == nil {
 		return nil
@@ -393,11 +397,11 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	// upgrade) is copied: the rest of the memory must become zeros.
 	data := r.mem.UnsafeData(r.store)
 	if want > 0 && want == uint64(len(data)) && heap.File() != nil {
-		f := heap.File()
-		if err := mapPrivate(data[:want], f); err != nil {
+		spans, err := mapHeapImage(data[:want], heap.File())
+		if err != nil {
 			return fmt.Errorf("engine: %w", err)
 		}
-		r.mappedAddr, r.mappedLen = uintptr(unsafe.Pointer(&data[0])), uintptr(want)
+		r.mappedAddr, r.mappedLen, r.spans = uintptr(unsafe.Pointer(&data[0])), uintptr(want), spans
 		return nil
 	}
 	// Fresh memory is zero except where data segments wrote, so only pages

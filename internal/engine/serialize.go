@@ -189,7 +189,7 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	if codeLen != uint64(len(r.b)) {
 		return nil, fmt.Errorf("%w: code length %d, %d bytes remain", ErrBadArtifact, codeLen, len(r.b))
 	}
-	wt, err := wasmtime.NewModuleDeserialize(e.wt, r.b)
+	wt, err := wasmtime.NewModuleDeserialize(e.wasmtime(m.Info.Memory64), r.b)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadArtifact, err)
 	}
@@ -213,7 +213,7 @@ func (e *Engine) Warm(m *Module) error {
 		return errors.New("engine: warm: no module")
 	}
 	r := &run{}
-	store := wasmtime.NewStoreWithData(e.wt, r)
+	store := wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
 	defer store.Close()
 	r.store = store
 	store.Limiter(warmHeapBytes, maxTableElements, 1, 1, 1)

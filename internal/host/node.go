@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
@@ -128,6 +129,11 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	}
 	if err := validProvisional(cfg.Provisional); err != nil {
 		return nil, fmt.Errorf("host: %w", err)
+	}
+	// Every linear memory reserves engine.MaxHeapBytes and never moves: a
+	// larger limit could not be reached.
+	if h := max(cfg.HeapBytes32, cfg.HeapBytes64); h > engine.MaxHeapBytes {
+		return nil, fmt.Errorf("host: a heap limit of %d bytes (at most %d: limits.heap_bytes_32, limits.heap_bytes_64)", h, uint64(engine.MaxHeapBytes))
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

@@ -30,10 +30,11 @@ const (
 	NoFileLimit = 64
 	// AddressSpaceLimit is RLIMIT_AS inside a sandbox: generous, because
 	// wasmtime reserves virtual memory far beyond what it touches (every
-	// instance's memory is a 4 GiB + 64 MiB reservation), and a sandbox
+	// instance's memory is a 4 GiB + 64 MiB reservation, a 64-bit one
+	// engine.MaxHeapBytes (6 GiB) + 64 MiB: it never moves), and a sandbox
 	// holds up to boundary.MaxInFlight (16) running instances plus as many
 	// kept ones (one per query thread, worker.options.engineConfig; kept
-	// for a heap no query uses any more until evicted): 32 × 4.06 GiB, plus
+	// for a heap no query uses any more until evicted): 32 × 6.06 GiB, plus
 	// the Go runtime's and wasmtime's own. At 64 GiB with 4 kept instances
 	// the 16th concurrent query failed to instantiate
 	// (TestMaxQueryThreadsFit). The real bound on memory is the cgroup;

@@ -118,7 +118,7 @@ var Allowlist = []Rule{
 	{Name: "close", Check: checkClose, Why: "fds the worker is done with; never the pagemap fd, so its number keeps meaning the pagemap (dup2, dup3, close_range are not allowed and F_DUPFD_CLOEXEC takes a free number)"},
 	{Name: "fcntl", Check: checkFcntl, Why: "wasmtime seals its memfds; Go: flags, close-on-exec, dup; nothing else (no F_SETOWN, leases, notify)"},
 	{Name: "fstat", Rare: true, Why: "size of passed files"},
-	{Name: "lseek", Rare: true, Why: "position in passed files"},
+	{Name: "lseek", Rare: true, Why: "position in passed files; a heap image's data extents (SEEK_DATA/SEEK_HOLE, engine/holes.go)"},
 	{Name: "ftruncate", Rare: true, Why: "size a memfd (RLIMIT_FSIZE bounds it)"},
 	{Name: "epoll_ctl", Rare: true, Why: "Go netpoller: register pollable fds"},
 	{Name: "epoll_pwait", Why: "Go netpoller: wait for the IPC socket"},
