@@ -71,7 +71,7 @@ type Node struct {
 // canister is a canister's committed state in memory. Updates and lifecycle
 // operations hold mu exclusively; queries hold it shared.
 type canister struct {
-	mu     sync.RWMutex
+	mu     rwLock // lock.go
 	id     principal.Principal
 	meta   store.Meta
 	module *exec.Module // nil: empty canister
@@ -362,33 +362,10 @@ func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canis
 	return c, nil
 }
 
-// lockWithin takes c.mu exclusively, or gives up when ctx ends first. A
-// caller that gives up leaves a goroutine queued for the lock, which
-// releases it as soon as it gets it: the caller itself goes, with whatever
-// it held.
+// lockWithin takes c.mu exclusively, or gives up when ctx ends first,
+// holding nothing and leaving nothing queued for the lock (lock.go).
 func (n *Node) lockWithin(ctx context.Context, c *canister) error {
-	if c.mu.TryLock() {
-		return nil
-	}
-	if ctx.Done() == nil {
-		c.mu.Lock()
-		return nil
-	}
-	got := make(chan struct{})
-	go func() {
-		c.mu.Lock()
-		close(got)
-	}()
-	select {
-	case <-got:
-		return nil
-	case <-ctx.Done():
-		go func() {
-			<-got
-			n.unlock(c)
-		}()
-		return ctx.Err()
-	}
+	return c.mu.LockContext(ctx)
 }
 
 // LoadAll loads every stored canister, so that timers and heartbeats of all
