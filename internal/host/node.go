@@ -59,6 +59,7 @@ type Node struct {
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
+	mgmtQueue    mgmtQueues    // canisters' calls to aaaaa-aa, in order (mgmtorder.go)
 
 	certifier Certifier // root key and data certificates (certify.go)
 	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)
