@@ -200,6 +200,9 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 			return nil, err
 		}
 	}
+	if rej := n.refuseUncontrolled("install_code", id, opts.Caller); rej != nil {
+		return nil, rej // before waiting for the lock (mgmtq.go)
+	}
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
 		return nil, err

@@ -146,6 +146,12 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 	if !ok {
 		target = principal.Management()
 	}
+	// A caller the canister's controllers refuse is refused before it
+	// counts, so that it cannot use up the bound of the canister's own
+	// controllers.
+	if rej := n.refuseUncontrolled(msg.Method, target, msg.Caller); rej != nil {
+		return nil, rej
+	}
 	size := uint64(len(msg.Arg))
 	if rej := n.mgmtCalls.admit(n.cfg.Messages, target, msg.Method, size); rej != nil {
 		return nil, rej
@@ -283,6 +289,13 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 		return encode()
 	})
 	target, _ := principalField(arg, "canister_id")
+	about := target
+	if m.method == "install_chunked_code" {
+		about, _ = principalField(arg, "target_canister")
+	}
+	if rej := n.refuseUncontrolled(m.method, about, m.caller); rej != nil {
+		return nil, used, rej // before waiting for the canister's lock
+	}
 	switch m.method {
 	case "raw_rand":
 		b := make([]byte, 32)
@@ -621,6 +634,8 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		return err
 	}
+	ctrls := slices.Clone(meta.Settings.Controllers)
+	c.controllers.Store(&ctrls) // before anyone learns of the change
 	answered()
 	c.meta = meta
 	n.scheduleLowMemory(c)

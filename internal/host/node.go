@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,9 @@ type canister struct {
 	deleted     bool
 	qstats      queryStats // querystats.go
 	cert        dataCert   // the data certificate queries get (certify.go)
+	// controllers is meta.Settings.Controllers as last committed, read
+	// without mu to refuse a caller before it waits for mu (mgmtq.go).
+	controllers atomic.Pointer[[]string]
 
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
@@ -291,6 +295,8 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if c.meta.Status == "stopping" {
 		c.meta.Status = "stopped" // calls in flight did not survive the restart
 	}
+	ctrls := slices.Clone(c.meta.Settings.Controllers)
+	c.controllers.Store(&ctrls)
 	// Nor did their responses: what was reserved to run them is the
 	// canister's again (durable with its next commit; until then every
 	// load gives the same).
