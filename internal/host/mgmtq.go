@@ -138,5 +138,9 @@ func (n *Node) refuseUncontrolled(method string, target, caller principal.Princi
 	if ctrls == nil || slices.Contains(*ctrls, caller.String()) {
 		return nil
 	}
-	return rejectf(CanisterError, "Only controllers of canister %s can call %s (caller %s)", target, method, caller)
+	op := method
+	if method == "install_chunked_code" {
+		op = "install_code" // as install's own check names it
+	}
+	return rejectf(CanisterError, "Only controllers of canister %s can call %s (caller %s)", target, op, caller)
 }
