@@ -152,10 +152,43 @@ func waitingInstalls(t *testing.T, k int) {
 	}
 }
 
+// bombsSettled waits until each of the k calls bomber made to aaaaa-aa
+// waits for a canister's lock in an install, waits in bomber's queue to
+// aaaaa-aa behind one, or has been answered.
+func bombsSettled(t *testing.T, n *Node, bomber principal.Principal, k int) {
+	t.Helper()
+	c, err := n.get(context.Background(), bomber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16<<20)
+	for {
+		st := runtime.Stack(buf, true)
+		waiting := 0
+		for _, g := range strings.Split(string(buf[:st]), "\n\n") {
+			if strings.Contains(g, "(*Node).lockCanister") && strings.Contains(strings.ToLower(g), "(*node).install") {
+				waiting++
+			}
+		}
+		n.mgmtQueue.mu.Lock()
+		queued := len(n.mgmtQueue.per[bomber])
+		n.mgmtQueue.mu.Unlock()
+		c.mu.RLock()
+		outstanding := c.calls.per[string(principal.Management().Bytes())]
+		c.mu.RUnlock()
+		if waiting+queued+(k-outstanding) >= k {
+			return
+		}
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A canister sends many install_code calls, each a small gzip of a 100 MiB
-// module, naming a busy canister it does not control. Each waits for the
-// target's lock holding only its argument: none is inflated before its
-// caller is found not to be a controller, and all are refused.
+// module, naming a busy canister it does not control. Each is refused
+// before it waits for the target's lock (its controllers are known), or
+// waits holding only its argument: none is inflated before its caller is
+// found not to be a controller, and all are refused.
 func TestGzipBombsWaitForAuthorizationInflated(t *testing.T) {
 	// Not t.Parallel: it measures the process's heap (heapPeak).
 	f := newFixture(t)
@@ -180,7 +213,7 @@ func TestGzipBombsWaitForAuthorizationInflated(t *testing.T) {
 	if got := f.update(bomber, "bomb", arg); binary.LittleEndian.Uint32(got) != k {
 		t.Fatalf("%d of %d calls made", binary.LittleEndian.Uint32(got), k)
 	}
-	waitingInstalls(t, k)
+	bombsSettled(t, f.node, bomber, k)
 	waitingGrowth := peak()
 	n := f.node
 	n.unlock(c)

@@ -204,6 +204,9 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 			return nil, err
 		}
 	}
+	if rej := n.refuseUncontrolled("install_code", id, opts.Caller); rej != nil {
+		return nil, rej // before waiting for the lock (mgmtq.go)
+	}
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
 		return nil, err
@@ -657,12 +660,23 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 // canister with open call contexts puts it in "stopping" until they finish
 // (new calls are refused meanwhile); SetStatus waits for that, bounded by ctx.
 func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, status string) error {
+	stop, err := n.setStatus(ctx, id, caller, status)
+	if err != nil || stop == nil {
+		return err
+	}
+	return n.awaitStop(ctx, id, stop)
+}
+
+// setStatus is SetStatus up to the wait: a stop of a canister with open
+// call contexts returns the stop it must wait for, having made the
+// canister stopping.
+func (n *Node) setStatus(ctx context.Context, id, caller principal.Principal, status string) (*pendingStop, error) {
 	if status != "running" && status != "stopped" {
-		return fmt.Errorf("unknown status %q", status)
+		return nil, fmt.Errorf("unknown status %q", status)
 	}
 	c, err := n.lockCanister(ctx, id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	op := "start_canister"
 	if status == "stopped" {
@@ -670,7 +684,7 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	}
 	if err := n.checkController(c, caller, op); err != nil {
 		n.unlock(c)
-		return err
+		return nil, err
 	}
 	meta := c.meta
 	meta.Status = status
@@ -691,7 +705,7 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 	ingress, answered := answerOf(actx, nil)
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		n.unlock(c)
-		return err
+		return nil, err
 	}
 	answered()
 	c.meta = meta
@@ -702,9 +716,12 @@ func (n *Node) SetStatus(ctx context.Context, id, caller principal.Principal, st
 		c.stopping = nil
 	}
 	n.unlock(c)
-	if wait == nil {
-		return nil
-	}
+	return wait, nil
+}
+
+// awaitStop waits for the stop of canister id to end: nil once it is
+// stopped, a reject when it was started again first.
+func (n *Node) awaitStop(ctx context.Context, id principal.Principal, wait *pendingStop) error {
 	select {
 	case <-wait.done:
 		return wait.err

@@ -146,6 +146,12 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 	if !ok {
 		target = principal.Management()
 	}
+	// A caller the canister's controllers refuse is refused before it
+	// counts, so that it cannot use up the bound of the canister's own
+	// controllers.
+	if rej := n.refuseUncontrolled(msg.Method, target, msg.Caller); rej != nil {
+		return nil, rej
+	}
 	size := uint64(len(msg.Arg))
 	if rej := n.mgmtCalls.admit(n.cfg.Messages, target, msg.Method, size); rej != nil {
 		return nil, rej
@@ -156,7 +162,9 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 	go func() {
 		defer n.busy.Done()
 		defer n.mgmtCalls.release(target, size)
-		n.management(m)
+		if rest := n.management(m); rest != nil {
+			rest() // a stop stays counted until it is answered
+		}
 	}()
 	select {
 	case r := <-ch:
@@ -172,14 +180,37 @@ const mgmtTimeout = 5 * time.Minute
 // management executes a request to aaaaa-aa and responds to it (the
 // caller counted it in n.busy). Once the node is closing it runs nothing
 // new; what runs is given up with the node's executions (n.stopping).
-func (n *Node) management(m *message) {
+//
+// A call that has taken effect and must wait to be answered (a stop
+// waiting for the canister's calls) returns the wait and its answer as
+// rest, for the caller to run (on its own goroutine, counted in n.busy,
+// when calls are queued behind it: mgmtorder.go).
+func (n *Node) management(m *message) (rest func()) {
 	if n.closing() {
 		n.respondTo(m.origin, nil, rejectf(SysTransient, "Management canister: the node is shutting down"), m.cycles)
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(n.stopping, mgmtTimeout)
-	defer cancel()
-	reply, used, err := n.managementCall(ctx, m)
+	var wait func(context.Context) error
+	reply, used, err := n.managementStep(ctx, m, &wait)
+	if err != nil || wait == nil {
+		cancel()
+		n.answerManagement(m, reply, used, err)
+		return nil
+	}
+	return func() {
+		defer cancel()
+		if err := wait(ctx); err != nil {
+			n.answerManagement(m, nil, used, err)
+			return
+		}
+		n.answerManagement(m, reply, used, nil)
+	}
+}
+
+// answerManagement responds to m with reply, or with err as a reject,
+// refunding what of its cycles the call did not use.
+func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, err error) {
 	refund := m.cycles.SaturatingSub(used)
 	if err != nil {
 		var rej *Reject
@@ -200,7 +231,22 @@ func (n *Node) management(m *message) {
 // a value made to expand (vec vec null) long before the default would.
 var mgmtDecoder = &candid.Decoder{MemoryPerByte: 8}
 
+// managementCall executes m, to its end.
 func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, used cycles.Amount, err error) {
+	var wait func(context.Context) error
+	reply, used, err = n.managementStep(ctx, m, &wait)
+	if err == nil && wait != nil {
+		if err = wait(ctx); err != nil {
+			reply = nil
+		}
+	}
+	return reply, used, err
+}
+
+// managementStep executes m until it has taken effect: a stop that must
+// wait for the canister's calls sets *wait to the rest of it, which the
+// reply awaits, instead of waiting here.
+func (n *Node) managementStep(ctx context.Context, m *message, wait *func(context.Context) error) (reply []byte, used cycles.Amount, err error) {
 	svc, err := managementService()
 	if err != nil {
 		return nil, used, fmt.Errorf("management interface: %w", err)
@@ -243,6 +289,13 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 		return encode()
 	})
 	target, _ := principalField(arg, "canister_id")
+	about := target
+	if m.method == "install_chunked_code" {
+		about, _ = principalField(arg, "target_canister")
+	}
+	if rej := n.refuseUncontrolled(m.method, about, m.caller); rej != nil {
+		return nil, used, rej // before waiting for the canister's lock
+	}
 	switch m.method {
 	case "raw_rand":
 		b := make([]byte, 32)
@@ -355,15 +408,19 @@ func (n *Node) managementCall(ctx context.Context, m *message) (reply []byte, us
 			return nil, used, err
 		}
 	case "start_canister":
-		if err := n.SetStatus(ctx, target, m.caller, "running"); err != nil {
+		if _, err := n.setStatus(ctx, target, m.caller, "running"); err != nil {
 			return nil, used, err
 		}
 	case "stop_canister":
 		if target == m.caller {
 			return nil, used, rejectf(CanisterError, "Canister %s cannot stop itself", target)
 		}
-		if err := n.SetStatus(ctx, target, m.caller, "stopped"); err != nil {
+		stop, err := n.setStatus(ctx, target, m.caller, "stopped")
+		if err != nil {
 			return nil, used, err
+		}
+		if stop != nil {
+			*wait = func(ctx context.Context) error { return n.awaitStop(ctx, target, stop) }
 		}
 	case "delete_canister":
 		if err := n.Delete(ctx, target, m.caller); err != nil {
@@ -577,6 +634,8 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		return err
 	}
+	ctrls := slices.Clone(meta.Settings.Controllers)
+	c.controllers.Store(&ctrls) // before anyone learns of the change
 	answered()
 	c.meta = meta
 	n.scheduleLowMemory(c)

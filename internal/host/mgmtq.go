@@ -1,6 +1,7 @@
 package host
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/cordon-dev/cordon/pkg/candid"
@@ -17,6 +18,12 @@ import (
 // one more is refused at once with SYS_TRANSIENT, as a full ingress queue
 // is (ingressq.go). Calls from canisters are bounded where they are made
 // (call_perform, queues.go) and are not counted here.
+
+// A caller that is not allowed to make a call about a canister is refused
+// before the call is counted and before it waits for the canister's lock
+// (refuseUncontrolled): otherwise anyone could fill a busy canister's bound
+// with calls that are refused only once it is free, and lock its
+// controllers out meanwhile.
 
 // mgmtLoad is what management calls in progress hold.
 type mgmtLoad struct {
@@ -100,4 +107,40 @@ func ManagementTarget(method string, arg []byte) (principal.Principal, bool) {
 	}
 	p, ok := v.(candid.Principal)
 	return p.Principal, ok
+}
+
+// controllerOnly are the management methods only a canister's controllers
+// may call about it; true: the canister itself may too.
+var controllerOnly = map[string]bool{
+	"install_code": false, "install_chunked_code": false, "uninstall_code": false,
+	"update_settings": false, "start_canister": false, "stop_canister": false,
+	"delete_canister": false,
+	"canister_status": true, "upload_chunk": true, "stored_chunks": true, "clear_chunk_store": true,
+}
+
+// refuseUncontrolled refuses a management call about target from a caller
+// that its controllers, as last committed, do not let make it. It takes no
+// lock of target's and loads nothing: a canister not loaded is left to the
+// call's own check, which, under target's lock, decides in every case (a
+// controller removed since the snapshot is refused there).
+func (n *Node) refuseUncontrolled(method string, target, caller principal.Principal) *Reject {
+	self, ok := controllerOnly[method]
+	if !ok || (self && caller == target) {
+		return nil
+	}
+	n.mu.Lock()
+	c, loaded := n.canisters[target]
+	n.mu.Unlock()
+	if !loaded {
+		return nil
+	}
+	ctrls := c.controllers.Load()
+	if ctrls == nil || slices.Contains(*ctrls, caller.String()) {
+		return nil
+	}
+	op := method
+	if method == "install_chunked_code" {
+		op = "install_code" // as install's own check names it
+	}
+	return rejectf(CanisterError, "Only controllers of canister %s can call %s (caller %s)", target, op, caller)
 }

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -245,5 +246,92 @@ func TestIngressArgumentNotHeldByOpenCall(t *testing.T) {
 	}
 	if held > 0 {
 		t.Fatalf("%d of %d arguments of calls that ran are still held while the calls are open", held, calls)
+	}
+}
+
+// A management call about a canister used to be counted among the calls
+// in progress about it (and an install to wait for its lock) before its
+// caller was checked: while the canister was busy, anyone could fill its
+// bound with calls refused only once it was free, and lock its
+// controllers out meanwhile. Now a caller its controllers do not let make
+// the call is refused at once, without counting or waiting, and a
+// controller's call is admitted and served.
+func TestManagementNonControllerFloodDoesNotLockOutControllers(t *testing.T) {
+	const bound = 2
+	f := queueFixture(t, "inprocess", func(c *Config) { c.Messages.MgmtCalls = bound })
+	wasm := mustWat(t, mgmtSeqWat)
+	x := f.install(wasm, nil)
+	attacker := principal.SelfAuthenticating([]byte("not a controller"))
+
+	// x is busy (the test holds its lock, as a long execution does).
+	cx := f.loaded(x)
+	cx.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			cx.mu.Unlock()
+		}
+	}()
+	call := func(ctx context.Context, caller principal.Principal, method, arg string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := f.node.Update(ctx, Message{Canister: principal.Management(), Method: method, Arg: encodeTyped(t, method, arg), Caller: caller})
+			done <- err
+		}()
+		return done
+	}
+	var blob strings.Builder
+	for _, b := range wasm {
+		fmt.Fprintf(&blob, `\%02x`, b)
+	}
+	flood := []string{
+		"install_code", fmt.Sprintf(`(record { mode = variant { reinstall }; canister_id = principal "%s"; wasm_module = blob "%s"; arg = blob "" })`, x, blob.String()),
+		"update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record { controllers = opt vec { principal "%s" } } })`, x, attacker),
+		"stop_canister", idArg(x),
+		"uninstall_code", idArg(x),
+		"delete_canister", idArg(x),
+		"canister_status", idArg(x),
+		"upload_chunk", fmt.Sprintf(`(record { canister_id = principal "%s"; chunk = blob "x" })`, x),
+	}
+	// Answered at once: the bound lets a refused call wait no longer.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var floods []<-chan error
+	for range bound + 1 {
+		for i := 0; i < len(flood); i += 2 {
+			floods = append(floods, call(ctx, attacker, flood[i], flood[i+1]))
+		}
+	}
+	for i, ch := range floods {
+		err := <-ch
+		if r, ok := errors.AsType[*Reject](err); !ok || r.Code != CanisterError || !strings.Contains(r.Message, "Only controllers") {
+			t.Fatalf("flood call %d (%s) by a non-controller about a busy canister: %v, want refused at once as not a controller", i, flood[2*(i%(len(flood)/2))], err)
+		}
+	}
+	if about, _ := f.node.mgmtCalls.load(x); about.calls != 0 {
+		t.Fatalf("%d refused calls still counted about x", about.calls)
+	}
+
+	// x's controller is admitted (it waits for x), and served once x is free.
+	done := call(context.Background(), user, "update_settings", freezingArg(x, 777))
+	deadline := time.Now().Add(time.Minute)
+	for about, _ := f.node.mgmtCalls.load(x); about.calls != 1; about, _ = f.node.mgmtCalls.load(x) {
+		select {
+		case err := <-done:
+			t.Fatalf("the controller's call about x ended before x was free: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the controller's call was never admitted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cx.mu.Unlock()
+	locked = false
+	if err := <-done; err != nil {
+		t.Fatalf("the controller's update_settings: %v", err)
+	}
+	if st := f.status(x); st.FreezingThreshold != 777 || len(st.Controllers) != 1 || st.Controllers[0] != user.String() {
+		t.Fatalf("x: freezing threshold %d, controllers %v", st.FreezingThreshold, st.Controllers)
 	}
 }

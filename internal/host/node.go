@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,7 @@ type Node struct {
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
+	mgmtQueue    mgmtQueues    // canisters' calls to aaaaa-aa, in order (mgmtorder.go)
 
 	certifier Certifier // root key and data certificates (certify.go)
 	rootKey   []byte    // its DER, given to every execution (ic0.root_key_copy)
@@ -72,7 +74,7 @@ type Node struct {
 // canister is a canister's committed state in memory. Updates and lifecycle
 // operations hold mu exclusively; queries hold it shared.
 type canister struct {
-	mu     sync.RWMutex
+	mu     rwLock // lock.go
 	id     principal.Principal
 	meta   store.Meta
 	module *exec.Module // nil: empty canister
@@ -86,6 +88,9 @@ type canister struct {
 	deleted     bool
 	qstats      queryStats // querystats.go
 	cert        dataCert   // the data certificate queries get (certify.go)
+	// controllers is meta.Settings.Controllers as last committed, read
+	// without mu to refuse a caller before it waits for mu (mgmtq.go).
+	controllers atomic.Pointer[[]string]
 
 	// Messaging state (guarded by mu): open call contexts and the callbacks
 	// of calls awaiting responses. Not persisted: a restart drops calls in
@@ -296,6 +301,8 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if c.meta.Status == "stopping" {
 		c.meta.Status = "stopped" // calls in flight did not survive the restart
 	}
+	ctrls := slices.Clone(c.meta.Settings.Controllers)
+	c.controllers.Store(&ctrls)
 	// Nor did their responses: what was reserved to run them is the
 	// canister's again (durable with its next commit; until then every
 	// load gives the same).
@@ -368,33 +375,10 @@ func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canis
 	return c, nil
 }
 
-// lockWithin takes c.mu exclusively, or gives up when ctx ends first. A
-// caller that gives up leaves a goroutine queued for the lock, which
-// releases it as soon as it gets it: the caller itself goes, with whatever
-// it held.
+// lockWithin takes c.mu exclusively, or gives up when ctx ends first,
+// holding nothing and leaving nothing queued for the lock (lock.go).
 func (n *Node) lockWithin(ctx context.Context, c *canister) error {
-	if c.mu.TryLock() {
-		return nil
-	}
-	if ctx.Done() == nil {
-		c.mu.Lock()
-		return nil
-	}
-	got := make(chan struct{})
-	go func() {
-		c.mu.Lock()
-		close(got)
-	}()
-	select {
-	case <-got:
-		return nil
-	case <-ctx.Done():
-		go func() {
-			<-got
-			n.unlock(c)
-		}()
-		return ctx.Err()
-	}
+	return c.mu.LockContext(ctx)
 }
 
 // LoadAll loads every stored canister, so that timers and heartbeats of all

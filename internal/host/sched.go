@@ -214,11 +214,7 @@ func (n *Node) process(c *canister, m *message) {
 // route delivers a message to a canister or to the management canister.
 func (n *Node) route(target principal.Principal, m *message) {
 	if target.IsManagement() && m.kind == kindRequest {
-		n.busy.Add(1)
-		go func() {
-			defer n.busy.Done()
-			n.management(m)
-		}()
+		n.routeManagement(m) // in order (mgmtorder.go)
 		return
 	}
 	tc, err := n.get(context.Background(), target)
