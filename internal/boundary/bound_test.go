@@ -39,55 +39,60 @@ func TestInstructionLowerBound(t *testing.T) {
 		// stablePages are announced by the header, as the pages follow it.
 		stablePages uint64
 		least       uint64 // the bound, derived by hand from the costs
+		// overheads is how many sysapi.CallOverhead the bound includes:
+		// one per ic0 call the output proves, two for a call copying
+		// between the heap and the host.
+		overheads uint64
 	}{
 		{"audit: update with 2 MiB reply, 256 logs of 16 KiB, 10 calls of 1 MiB", sysapi.CtxUpdate, &sysapi.Output{
 			Response: sysapi.Replied, Reply: make([]byte, 2<<20), Logs: logs(256, 16*1024), Calls: calls(10, 1<<20),
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 500 + 20 + 2<<20 + 256*(100+16*1024) + 10*(100+1+1+5000+20+1<<20)},
+		}, 0, 500 + 20 + 2<<20 + 256*(100+16*1024) + 10*(100+1+1+5000+20+1<<20), 3 + 256 + 10*4},
 		{"composite query calling three times", sysapi.CtxCompositeQuery, &sysapi.Output{
 			Calls: calls(3, 0), Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 3 * (100 + 1 + 1 + 5000)},
+		}, 0, 3 * (100 + 1 + 1 + 5000), 3 * 2},
 		{"composite reply callback answering", sysapi.CtxCompositeReply, &sysapi.Output{
 			Response: sysapi.Replied, Reply: []byte("pong"), Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 500 + 20 + 4},
+		}, 0, 500 + 20 + 4, 2 + 1},
 		{"query with a 1 MiB reply", sysapi.CtxNonReplicatedQuery, &sysapi.Output{
 			Response: sysapi.Replied, Reply: make([]byte, 1<<20),
-		}, 0, 500 + 20 + 1<<20},
+		}, 0, 500 + 20 + 1<<20, 2 + 1},
 		{"query rejecting", sysapi.CtxNonReplicatedQuery, &sysapi.Output{
 			Response: sysapi.Rejected, RejectMessage: "no",
-		}, 0, 500 + 2},
-		{"inspect accepting", sysapi.CtxInspect, &sysapi.Output{Accepted: true}, 0, 20},
-		{"trap after printing", sysapi.CtxUpdate, &sysapi.Output{Trapped: true, TrapMessage: "t", Logs: logs(3, 10)}, 0, 3 * 110},
+		}, 0, 500 + 2, 1},
+		{"inspect accepting", sysapi.CtxInspect, &sysapi.Output{Accepted: true}, 0, 20, 1},
+		{"trap after printing", sysapi.CtxUpdate, &sysapi.Output{Trapped: true, TrapMessage: "t", Logs: logs(3, 10)}, 0, 3 * 110, 3},
 		{"printed invalid UTF-8 and a truncated line", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
 			Logs: []sysapi.LogLine{{Text: "a\uFFFDb"}, {Text: "cut", Truncated: true}},
-		}, 0, 100 + 3 + 100 + 16*1024},
+		}, 0, 100 + 3 + 100 + 16*1024, 2},
 		{"stable grown and written, cycles, certified data, timer", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: 2 * state.WasmPageSize},
 			CyclesAccepted: cycles.New(10), CyclesBurned: cycles.New(5),
 			CertifiedData: []byte("abcd"), CertifiedDataSet: true, GlobalTimer: 7, GlobalTimerSet: true,
-		}, 3, 100 + 20 + 3 + 100 + 116 + 104 + 20},
+		}, 3, 100 + 20 + 3 + 100 + 116 + 104 + 20, 7},
 		{"a call with everything", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize}, CyclesSent: cycles.New(3),
 			Calls: []sysapi.Call{{Callee: []byte{1, 2}, Method: "meth", Arg: []byte("arg"), Cycles: cycles.New(3),
 				OnCleanup: &sysapi.Callback{Fun: 1}, Timeout: 10}},
-		}, 0, 100 + 2 + 4 + 5000 + 20 + 3 + 20 + 20 + 20},
+		}, 0, 100 + 2 + 4 + 5000 + 20 + 3 + 20 + 20 + 20, 7},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			exp := expect(tc.ctx)
-			if got := sysapi.MinInstructions(tc.out, &exp.Limits, exp.StableSize, tc.stablePages); got != tc.least {
-				t.Fatalf("bound %d, derived %d", got, tc.least)
+			least := tc.least + tc.overheads*sysapi.CallOverhead
+			if got := sysapi.MinInstructions(tc.out, &exp.Limits, exp.StableSize, tc.stablePages); got != least {
+				t.Fatalf("bound %d, derived %d", got, least)
 			}
 			check := func(instr uint64) error {
 				o := *tc.out
 				o.Instructions = instr
 				return ValidateHeader(exp, &OutputHeader{Out: &o, StablePages: tc.stablePages})
 			}
-			if err := check(tc.least); err != nil {
+			if err := check(least); err != nil {
 				t.Fatalf("at the bound: %v", err)
 			}
-			wantViolation(t, check(tc.least-1), VInstructions)
+			wantViolation(t, check(least-1), VInstructions)
 			wantViolation(t, check(0), VInstructions)
 		})
 	}

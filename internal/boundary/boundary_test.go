@@ -60,7 +60,7 @@ func testInput() *sysapi.Input {
 func testOutput() *sysapi.Output {
 	cl := sysapi.Callback{Fun: 5, Env: 6}
 	return &sysapi.Output{
-		Instructions: 12345, Response: sysapi.Replied, Reply: []byte("DIDL\x00\x01\x7d\x01"),
+		Instructions: 1_234_567, Response: sysapi.Replied, Reply: []byte("DIDL\x00\x01\x7d\x01"),
 		CyclesAccepted: cycles.New(100), CyclesBurned: cycles.New(10), CyclesSent: cycles.New(50),
 		Calls: []sysapi.Call{{Callee: []byte{1}, Method: "f", Arg: []byte{}, Cycles: cycles.New(50),
 			OnReply: sysapi.Callback{Fun: 1, Env: 2}, OnReject: sysapi.Callback{Fun: 3, Env: 4}, OnCleanup: &cl, Timeout: 10}},
@@ -606,8 +606,8 @@ func TestValidateOutput(t *testing.T) {
 	}
 	cq.CertifiedDataSet, cq.CertifiedData = true, []byte{1}
 	wantViolation(t, ValidateOutput(e, cq), VQueryState)
-	// (Its debug_print of one byte cost 100 + 1 instructions.)
-	tr := &sysapi.Output{Instructions: 101, Trapped: true, TrapMessage: "boom", Logs: []sysapi.LogLine{{Text: "x"}}}
+	// (Its debug_print of one byte cost CallOverhead + 100 + 1 instructions.)
+	tr := &sysapi.Output{Instructions: sysapi.CallOverhead + 101, Trapped: true, TrapMessage: "boom", Logs: []sysapi.LogLine{{Text: "x"}}}
 	if err := ValidateOutput(testExpect(1), tr); err != nil {
 		t.Fatalf("trap: %v", err)
 	}
