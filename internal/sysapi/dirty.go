@@ -31,14 +31,18 @@ func satMul(a, b uint64) uint64 {
 }
 
 // ChargeHeapPages charges the heap pages an execution changed, counted by
-// the engine once the Wasm code returned (they are known only then). More
-// than Limits.HeapDirtyPages traps; a charge past the instruction limit is
-// the instruction-limit trap. Either way the execution's state is dropped.
+// the engine once the Wasm code returned (they are known only then, and
+// finding them was work done for every one). A charge past the instruction
+// limit is the instruction-limit trap; more pages than
+// Limits.HeapDirtyPages trap too. Either way the state is dropped.
 func (e *Execution) ChargeHeapPages(n uint64) error {
+	if err := e.meter.Charge(satMul(n, HeapDirtyPageCost)); err != nil {
+		return err
+	}
 	if lim := e.in.Limits.HeapDirtyPages; lim != 0 && n > lim {
 		return trapf("Canister exceeded the limit of %d modified heap pages (4 KiB) in a single execution: it modified %d", lim, n)
 	}
-	return e.meter.Charge(satMul(n, HeapDirtyPageCost))
+	return nil
 }
 
 // chargeStablePages charges the stable pages of [off, off+size) that a

@@ -47,19 +47,24 @@ func TestStableDirtyPages(t *testing.T) {
 }
 
 // The heap's pages, counted by the engine, are charged HeapDirtyPageCost
-// each; beyond Limits.HeapDirtyPages they trap, and a charge past the
-// instruction limit is the instruction limit's trap.
+// each, also when there are more than Limits.HeapDirtyPages (a trap: the
+// engine found them all); a charge past the instruction limit is the
+// instruction limit's trap.
 func TestChargeHeapPages(t *testing.T) {
-	meter := &countMeter{limit: 10 * HeapDirtyPageCost}
-	in := &Input{Context: CtxUpdate, Limits: Limits{Instructions: meter.limit, HeapDirtyPages: 20}}
-	e := NewExecution(in, flatMemory(nil), meter)
-	if err := e.ChargeHeapPages(3); err != nil || meter.used != 3*HeapDirtyPageCost {
-		t.Fatalf("3 pages: %v, %d charged", err, meter.used)
-	}
-	if err := e.ChargeHeapPages(21); err == nil || !strings.Contains(err.Error(), "limit of 20 modified heap pages") {
-		t.Fatalf("21 pages: %v", err)
-	}
-	if err := e.ChargeHeapPages(8); err != ErrInstructionLimit {
-		t.Fatalf("past the instruction limit: %v", err)
+	limit := uint64(30 * HeapDirtyPageCost)
+	for _, tc := range []struct {
+		pages, charged uint64
+		err            string
+	}{
+		{3, 3 * HeapDirtyPageCost, ""},
+		{21, 21 * HeapDirtyPageCost, "limit of 20 modified heap pages (4 KiB) in a single execution: it modified 21"},
+		{31, limit, ErrInstructionLimit.Message},
+	} {
+		meter := &countMeter{limit: limit}
+		in := &Input{Context: CtxUpdate, Limits: Limits{Instructions: limit, HeapDirtyPages: 20}}
+		err := NewExecution(in, flatMemory(nil), meter).ChargeHeapPages(tc.pages)
+		if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) || meter.used != tc.charged {
+			t.Errorf("%d pages: %v, %d charged; want %q, %d", tc.pages, err, meter.used, tc.err, tc.charged)
+		}
 	}
 }
