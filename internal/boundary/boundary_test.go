@@ -51,6 +51,7 @@ func testInput() *sysapi.Input {
 		GlobalTimer: 10, DataCertificate: []byte{}, RootKey: []byte{0x30, 0x81, 0x82}, CallContextInstr: 11,
 		Limits: sysapi.Limits{Instructions: 1e9, HeapBytes: 4 << 30, StableBytes: 1 << 30, ReplyBytes: 2 << 20,
 			CallArgBytes: 2 << 20, MaxOutgoing: 10, DebugPrintBytes: 100, MaxLogLines: 5,
+			HeapDirtyPages: 1 << 18, StableDirtyPages: 1 << 19,
 			Calls: &sysapi.CallLimits{Fee: 1000, ByteFee: 1, Reservation: cycles.New(100), Keep: cycles.New(7),
 				Outstanding: 5, MemoryBytes: 1 << 30, ResponseBytes: 2 << 20, QueueCapacity: 4,
 				Queues: []sysapi.QueueUse{{Callee: []byte{1}, Used: 2}, {Callee: []byte{9, 9}, Used: 1}}}},
@@ -60,6 +61,7 @@ func testInput() *sysapi.Input {
 func testOutput() *sysapi.Output {
 	cl := sysapi.Callback{Fun: 5, Env: 6}
 	return &sysapi.Output{
+		// At least what its pages, calls and reply cost (sysapi.MinInstructions).
 		Instructions: 1_234_567, Response: sysapi.Replied, Reply: []byte("DIDL\x00\x01\x7d\x01"),
 		CyclesAccepted: cycles.New(100), CyclesBurned: cycles.New(10), CyclesSent: cycles.New(50),
 		Calls: []sysapi.Call{{Callee: []byte{1}, Method: "f", Arg: []byte{}, Cycles: cycles.New(50),

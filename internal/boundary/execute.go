@@ -104,6 +104,8 @@ func EncodeExecute(q *ExecRequest) []byte {
 	w.u64(nonNeg(l.MaxOutgoing))
 	w.u64(nonNeg(l.DebugPrintBytes))
 	w.u64(nonNeg(l.MaxLogLines))
+	w.u64(l.HeapDirtyPages)
+	w.u64(l.StableDirtyPages)
 	w.bool(l.Calls != nil)
 	if c := l.Calls; c != nil {
 		w.u64(c.Fee)
@@ -239,6 +241,8 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	l.MaxOutgoing = intLimit("max outgoing")
 	l.DebugPrintBytes = intLimit("debug print bytes")
 	l.MaxLogLines = intLimit("max log lines")
+	l.HeapDirtyPages = r.u64("heap dirty page limit")
+	l.StableDirtyPages = r.u64("stable dirty page limit")
 	if r.bool("has call limits") {
 		c := &sysapi.CallLimits{}
 		c.Fee = r.u64("call fee")

@@ -147,7 +147,7 @@ func (c *honestCanister) run(ctx sysapi.Context, entry string, arg []byte, fresh
 	if err := ValidateOutput(exp, &boundary); err != nil {
 		t.Fatalf("%s (%s): an honest output is refused: %v", entry, ctx, err)
 	}
-	least := sysapi.MinInstructions(&boundary, &exp.Limits, exp.StableSize, uint64(len(boundary.Stable.Pages)))
+	least := sysapi.MinInstructions(&boundary, &exp.Limits, exp.StableSize, uint64(len(boundary.Heap.Pages)), uint64(len(boundary.Stable.Pages)))
 	t.Logf("%-40s %-26s bound %9d of %11d instructions reported", entry, ctx, least, boundary.Instructions)
 	if least > boundary.Instructions {
 		t.Fatalf("%s: bound %d above the %d instructions reported", entry, least, boundary.Instructions)

@@ -110,7 +110,8 @@ func Normalize(ctx sysapi.Context, out *sysapi.Output) {
 //     data or timer, and (except composite query contexts, see
 //     ReportsMemory) no memory sizes or pages and no globals;
 //   - otherwise: heap and stable sizes are multiples of 64 KiB, at least
-//     the size sent and at most the limit; page counts ≤ pages(size);
+//     the size sent and at most the limit; page counts ≤ pages(size) and
+//     ≤ the dirty-page limits;
 //     globals match the module's count and types;
 //   - reply and reject not both; a reply or reject only in contexts that
 //     may respond, and never when the input said the call context was
@@ -129,12 +130,12 @@ func Normalize(ctx sysapi.Context, out *sysapi.Output) {
 //     allowed; the global timer only where global_timer_set is;
 //   - instructions ≥ what the output proves an honest execution was
 //     charged (sysapi.MinInstructions: its replies, calls, logs, stable
-//     writes…), checked last, once the output is known to be well formed.
+//     writes, dirty pages…), checked last, once the output is known to be well formed.
 func ValidateHeader(exp *Expect, h *OutputHeader) error {
 	if err := validateHeader(exp, h); err != nil {
 		return err
 	}
-	if least := sysapi.MinInstructions(h.Out, &exp.Limits, exp.StableSize, h.StablePages); h.Out.Instructions < least {
+	if least := sysapi.MinInstructions(h.Out, &exp.Limits, exp.StableSize, h.HeapPages, h.StablePages); h.Out.Instructions < least {
 		return violation(VInstructions, "%d instructions reported, the output proves at least %d were charged", h.Out.Instructions, least)
 	}
 	return nil
@@ -166,10 +167,10 @@ func validateHeader(exp *Expect, h *OutputHeader) error {
 		}
 	}
 	if ReportsMemory(exp.Context) {
-		if err := validateMemory(HeapMemory, out.Heap.Size, h.HeapPages, exp.HeapSize, exp.Limits.HeapBytes); err != nil {
+		if err := validateMemory(HeapMemory, out.Heap.Size, h.HeapPages, exp.HeapSize, exp.Limits.HeapBytes, exp.Limits.HeapDirtyPages); err != nil {
 			return err
 		}
-		if err := validateMemory(StableMemory, out.Stable.Size, h.StablePages, exp.StableSize, exp.Limits.StableBytes); err != nil {
+		if err := validateMemory(StableMemory, out.Stable.Size, h.StablePages, exp.StableSize, exp.Limits.StableBytes, exp.Limits.StableDirtyPages); err != nil {
 			return err
 		}
 		if len(out.Globals) != len(exp.GlobalTypes) {
@@ -240,7 +241,9 @@ func stateChange(out *sysapi.Output, h *OutputHeader, memory, trapped bool) stri
 	return ""
 }
 
-func validateMemory(mem Memory, size, pages, given, limit uint64) error {
+// dirtyLimit is the most pages an execution may change (0: no bound): an
+// honest one that changed more trapped.
+func validateMemory(mem Memory, size, pages, given, limit, dirtyLimit uint64) error {
 	switch {
 	case size%state.WasmPageSize != 0:
 		return violation(VMemory, "%s size %d is not a multiple of 64 KiB", mem, size)
@@ -250,6 +253,8 @@ func validateMemory(mem Memory, size, pages, given, limit uint64) error {
 		return violation(VMemory, "%s size %d exceeds the limit of %d", mem, size, limit)
 	case pages > pages4K(size):
 		return violation(VMemory, "%d %s pages announced for a memory of %d pages", pages, mem, pages4K(size))
+	case dirtyLimit != 0 && pages > dirtyLimit:
+		return violation(VMemory, "%d %s pages announced, an execution may change at most %d", pages, mem, dirtyLimit)
 	}
 	return nil
 }

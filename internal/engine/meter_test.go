@@ -95,10 +95,12 @@ func TestInstructionLimitTraps(t *testing.T) {
 			t.Fatalf("after %s: state %x, want %x", entry, got.Reply, want)
 		}
 	}
-	// Within the limit, the fill runs and costs its length.
+	// Within the limit, the fill runs and costs its length, and the 32
+	// heap pages it changed cost sysapi.HeapDirtyPageCost each.
 	out := c.runLimited(t, e, "canister_update fill", 1_000_000)
-	if out.Trapped || out.Instructions < 131072 || out.Instructions > 131072+100 {
-		t.Fatalf("fill: trapped %v (%s), %d instructions", out.Trapped, out.TrapMessage, out.Instructions)
+	cost := 131072 + uint64(len(out.Heap.Pages))*sysapi.HeapDirtyPageCost
+	if out.Trapped || len(out.Heap.Pages) != 32 || out.Instructions < cost || out.Instructions > cost+100 {
+		t.Fatalf("fill: trapped %v (%s), %d pages, %d instructions", out.Trapped, out.TrapMessage, len(out.Heap.Pages), out.Instructions)
 	}
 }
 

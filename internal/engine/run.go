@@ -200,6 +200,18 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// than allowed: the deterministic outcome is the limit.
 		callErr = sysapi.ErrInstructionLimit
 	}
+	var heapDelta state.Delta
+	if callErr == nil && !discardsState(in.Context) {
+		// The pages the message changed are charged before it completes:
+		// too many, or a charge past the limit, trap like the code would.
+		pagemap := req.Pagemap
+		if pagemap == nil {
+			pagemap = SelfPagemap()
+		}
+		r.borrow = req.Emit != nil
+		heapDelta = r.heapDelta(heap, pagemap, req.Warn)
+		callErr = r.exec.ChargeHeapPages(uint64(len(heapDelta.Pages)))
+	}
 	out := r.exec.Finish(callErr)
 	if out.Trapped {
 		return r.emit(req, out)
@@ -222,12 +234,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		}
 		return out, err
 	}
-	pagemap := req.Pagemap
-	if pagemap == nil {
-		pagemap = SelfPagemap()
-	}
-	r.borrow = req.Emit != nil
-	out.Heap = r.heapDelta(heap, pagemap, req.Warn)
+	out.Heap = heapDelta
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
 	}

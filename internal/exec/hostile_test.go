@@ -352,9 +352,11 @@ func TestHostileSandbox(t *testing.T) {
 		}, check: violation(boundary.VInstructions)},
 		{name: "dirty page out of range", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
 			o.Heap.Pages = append(o.Heap.Pages, state.DirtyPage{Index: o.Heap.Size / state.PageSize, Data: new(state.Page)})
+			o.Instructions += sysapi.HeapDirtyPageCost // what the extra page costs, so the page itself is judged
 		}), check: violation(boundary.VMemory)},
 		{name: "duplicate pages", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
 			o.Heap.Pages = append(o.Heap.Pages, o.Heap.Pages[len(o.Heap.Pages)-1])
+			o.Instructions += sysapi.HeapDirtyPageCost
 		}), check: violation(boundary.VMemory)},
 		{name: "heap bigger than the limit", sc: tamper(func(q *boundary.Request, o *sysapi.Output) {
 			o.Heap.Size = q.Exec.Input.Limits.HeapBytes + state.WasmPageSize

@@ -9,6 +9,8 @@ import (
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/metrics"
+	"github.com/cordon-dev/cordon/internal/state"
+	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
 // Config configures a node. DefaultConfig gives the IC's defaults.
@@ -31,6 +33,11 @@ type Config struct {
 	// together (capacity.go); 0: half of the machine's memory.
 	MemoryCapacity uint64
 	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
+	// HeapDirty and StableDirty bound the bytes of each memory (in 4 KiB
+	// pages) one execution may change; more traps. Every changed page is
+	// also charged in instructions (sysapi/dirty.go).
+	HeapDirty   DirtyLimits
+	StableDirty DirtyLimits
 	// MemoryImages is how many canisters keep memory images (images.go);
 	// the least recently executed beyond it give theirs back (0: 1024).
 	MemoryImages int
@@ -74,6 +81,29 @@ type Config struct {
 	Certifier Certifier
 
 	Sandbox SandboxConfig // used when Isolation is "sandbox"
+}
+
+// DirtyLimits bound the bytes of one memory an execution may change, by
+// kind of execution; 0: no bound. The IC's stable memory limits are 2 GiB
+// per update, 1 GiB per query and 8 GiB per install or upgrade.
+type DirtyLimits struct {
+	Update  uint64 // updates, callbacks, timers, heartbeats
+	Query   uint64 // queries, composite queries and their callbacks, inspect_message
+	Install uint64 // init, pre_upgrade, post_upgrade (each)
+}
+
+// pages returns the bound of an execution in ctx, in 4 KiB pages.
+func (d DirtyLimits) pages(ctx sysapi.Context) uint64 {
+	b := d.Update
+	switch {
+	case ctx.IsQuery():
+		b = d.Query
+	case ctx == sysapi.CtxInit || ctx == sysapi.CtxPreUpgrade || ctx == sysapi.CtxStart:
+		b = d.Install
+	}
+	// A bound that is not a whole number of pages is rounded up, so
+	// a nonzero one never becomes 0 (no bound).
+	return b/state.PageSize + min(b%state.PageSize, 1)
 }
 
 // SandboxConfig tunes sandboxed execution.
@@ -203,6 +233,8 @@ func DefaultConfig() Config {
 		HeapBytes64:         6 << 30,
 		StableBytes:         500 << 30,
 		ReplyBytes:          2 << 20,
+		HeapDirty:           DirtyLimits{Update: 2 << 30, Query: 1 << 30, Install: 8 << 30},
+		StableDirty:         DirtyLimits{Update: 2 << 30, Query: 1 << 30, Install: 8 << 30},
 		ModuleLimits:        engine.DefaultModuleLimits(),
 		Fees: Fees{
 			UpdateExecution:     5_000_000,

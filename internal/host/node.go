@@ -461,6 +461,9 @@ func (n *Node) input(c *canister, m *exec.Module, ctx sysapi.Context, entry stri
 			MaxOutgoing:     500,
 			DebugPrintBytes: 16 * 1024,
 			MaxLogLines:     256,
+
+			HeapDirtyPages:   n.cfg.HeapDirty.pages(ctx),
+			StableDirtyPages: n.cfg.StableDirty.pages(ctx),
 		},
 	}
 }

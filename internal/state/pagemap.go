@@ -338,6 +338,22 @@ func (o *Overlay) WriteAt(src []byte, off uint64) error {
 	return nil
 }
 
+// Dirty is the number of pages written so far.
+func (o *Overlay) Dirty() uint64 { return uint64(len(o.dirty)) }
+
+// Clean counts the pages of [off, off+n) not yet written: those a write
+// there would add to the delta. n must be > 0 and the range inside the
+// memory (WriteAt's bounds).
+func (o *Overlay) Clean(off, n uint64) uint64 {
+	var c uint64
+	for i, last := off/PageSize, (off+n-1)/PageSize; i <= last; i++ {
+		if _, ok := o.dirty[i]; !ok {
+			c++
+		}
+	}
+	return c
+}
+
 // Delta returns the size and written pages, sorted.
 func (o *Overlay) Delta() Delta {
 	d := Delta{Size: o.size, Pages: make([]DirtyPage, 0, len(o.dirty))}

@@ -12,8 +12,9 @@ import (
 // proves were paid. A sandbox reporting fewer lies (the host would charge
 // it too little, and a composite query's shared budget would never run
 // out). stableBefore is the size of the stable memory the execution
-// started with; stablePages the number of dirty stable pages it reports
-// (the header's count: the pages themselves arrive later).
+// started with; heapPages and stablePages the numbers of dirty heap and
+// stable pages it reports (the header's counts: the pages themselves
+// arrive later).
 //
 // The bound must never exceed what an honest execution is charged, in any
 // context and whichever way it produced the output. Execution.Call
@@ -47,7 +48,11 @@ import (
 //     stable64_grow at least;
 //   - k dirty stable pages: a stable write at least, and k bytes: only
 //     stable_write and stable64_write change stable memory (Overlay.WriteAt),
-//     which dirty exactly the pages their bytes land on, each charged;
+//     which dirty exactly the pages their bytes land on, each charged; and
+//     StableDirtyPageCost for each page, charged by the write that first
+//     dirtied it;
+//   - h dirty heap pages: HeapDirtyPageCost for each, charged by the engine
+//     for exactly the pages of the delta it returns (ChargeHeapPages);
 //   - a debug_print line: ic0.debug_print and the bytes it read: the line
 //     is those bytes with each run of invalid UTF-8 replaced by U+FFFD
 //     (3 bytes for at least one), so at least len − 2 per U+FFFD of them,
@@ -57,12 +62,13 @@ import (
 //
 // Where two imports can produce the same item, the cheaper one counts.
 // Left out, because some honest path skips them: the trap message (Wasm
-// traps and the engine's own cost nothing), heap pages and heap growth
-// (data segments are written at instantiation, and bulk memory
-// instructions are metered by the instrumentation, not here), globals,
-// reads the output does not show (msg_arg_data_copy and the like), and the
+// traps and the engine's own cost nothing), the bytes of heap pages and
+// heap growth beyond the page charge (data segments are written at
+// instantiation, and bulk memory instructions are metered by the
+// instrumentation, not here), globals, reads the output does not show
+// (msg_arg_data_copy and the like), and the
 // Wasm instructions themselves. Every addition saturates.
-func MinInstructions(out *Output, lim *Limits, stableBefore, stablePages uint64) uint64 {
+func MinInstructions(out *Output, lim *Limits, stableBefore, heapPages, stablePages uint64) uint64 {
 	c := boundCosts()
 	var n uint64
 	add := func(v uint64) {
@@ -136,6 +142,7 @@ func MinInstructions(out *Output, lim *Limits, stableBefore, stablePages uint64)
 		add(c.stableWrite)
 		add(stablePages)
 	}
+	add(DirtyPageInstructions(heapPages, stablePages))
 	return n
 }
 

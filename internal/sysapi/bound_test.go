@@ -105,7 +105,7 @@ func TestMinInstructionsNeverAboveCharges(t *testing.T) {
 			}
 			out := e.Finish(err)
 			runs++
-			least := MinInstructions(out, &in.Limits, stableBefore, uint64(len(out.Stable.Pages)))
+			least := MinInstructions(out, &in.Limits, stableBefore, 0, uint64(len(out.Stable.Pages)))
 			if least > meter.Used() {
 				t.Fatalf("%s run %d: bound %d above the %d instructions charged (trapped %v: %v)\n%+v", ctx, run, least, meter.Used(), out.Trapped, err, out)
 			}
@@ -177,7 +177,7 @@ func TestMinInstructionsTight(t *testing.T) {
 				err = &Trap{Message: "unreachable"}
 			}
 			out := e.Finish(err)
-			least := MinInstructions(out, &in.Limits, state.WasmPageSize, uint64(len(out.Stable.Pages)))
+			least := MinInstructions(out, &in.Limits, state.WasmPageSize, 0, uint64(len(out.Stable.Pages)))
 			if least != meter.Used() || least == 0 {
 				t.Fatalf("bound %d, charged %d", least, meter.Used())
 			}

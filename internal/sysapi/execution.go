@@ -613,6 +613,9 @@ func (e *Execution) stable64Write(a []uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := e.chargeStablePages(off, size); err != nil {
+		return 0, err
+	}
 	return 0, e.stable.WriteAt(b, off)
 }
 

@@ -68,6 +68,11 @@ type Limits struct {
 	DebugPrintBytes int         // longest debug_print kept (longer is truncated)
 	MaxLogLines     int         // debug_print lines kept per execution
 	Calls           *CallLimits // queues, outstanding calls, message memory, call fees (calls.go); nil: none
+
+	// HeapDirtyPages and StableDirtyPages bound the 4 KiB pages of each
+	// memory one execution may change (dirty.go); 0: no bound.
+	HeapDirtyPages   uint64
+	StableDirtyPages uint64
 }
 
 // Input is everything an execution may observe. It is the read-only part of
