@@ -87,8 +87,15 @@ func (s *Store) stage(changes []Change) ([]Change, [][]byte, error) {
 // stageBatchBytes.
 func (s *Store) stagePages(token, name []byte, pages []state.DirtyPage) error {
 	const batch = stageBatchBytes / state.PageSize
-	for start := 0; start < len(pages); start += batch {
-		part := pages[start:min(start+batch, len(pages))]
+	for start := 0; start < len(pages); {
+		// A batch ends at a chunk's end, so that each writes its chunks
+		// whole (pages.go).
+		end := min(start+batch, len(pages))
+		for end < len(pages) && pages[end].Index/runPages == pages[end-1].Index/runPages {
+			end++
+		}
+		part := pages[start:end]
+		start = end
 		err := s.update(func(tx *bolt.Tx) error {
 			st, err := tx.Bucket(bucketStaging).CreateBucketIfNotExists(token)
 			if err != nil {
@@ -99,15 +106,8 @@ func (s *Store) stagePages(token, name []byte, pages []state.DirtyPage) error {
 				return err
 			}
 			b.FillPercent = 0.9 // keys are appended in order
-			for _, p := range part {
-				if *p.Data == *state.ZeroPage() {
-					continue // a replacement stores only non-zero pages
-				}
-				if err := b.Put(binary.BigEndian.AppendUint64(nil, p.Index), p.Data[:]); err != nil {
-					return err
-				}
-			}
-			return nil
+			// A replacement stores only non-zero pages.
+			return putPages(b, part, true)
 		})
 		if err != nil {
 			return err

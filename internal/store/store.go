@@ -43,7 +43,15 @@ var (
 	keyFormat  = []byte("format")
 )
 
-const formatVersion = "cordon-store-1"
+// formatVersion is the store's format: cordon-store-2 stores a chunk a
+// commit changes entirely as one value (pages.go). Open upgrades a
+// cordon-store-1 store, whose single-page values are valid in this format
+// too, by rewriting the key only; earlier binaries then refuse the store
+// instead of reading its runs as corrupt pages.
+const formatVersion = "cordon-store-2"
+
+// formatVersion1 is the format before page runs.
+const formatVersion1 = "cordon-store-1"
 
 // ErrNotFound is returned for a canister or module that is not stored.
 var ErrNotFound = errors.New("not found")
@@ -191,7 +199,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		}
 		node := tx.Bucket(bucketNode)
 		switch f := node.Get(keyFormat); {
-		case f == nil:
+		case f == nil, string(f) == formatVersion1:
 			return node.Put(keyFormat, []byte(formatVersion))
 		case string(f) != formatVersion:
 			return fmt.Errorf("store format %q is not %q", f, formatVersion)
@@ -429,24 +437,13 @@ func putMemory(tx *bolt.Tx, cb *bolt.Bucket, name []byte, mc *MemoryChange) erro
 			return err
 		}
 	}
+	fresh := cb.Bucket(name) == nil
 	b, err := cb.CreateBucketIfNotExists(name)
 	if err != nil {
 		return err
 	}
 	b.FillPercent = 0.9 // keys are appended in order mostly
-	for _, p := range mc.Delta.Pages {
-		key := binary.BigEndian.AppendUint64(nil, p.Index)
-		if *p.Data == *state.ZeroPage() {
-			if err := b.Delete(key); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := b.Put(key, p.Data[:]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return putPages(b, mc.Delta.Pages, fresh)
 }
 
 func putModule(tx *bolt.Tx, wasm []byte) error {
@@ -664,19 +661,22 @@ func loadMemory(b *bolt.Bucket, size uint64) (*state.PageMap, error) {
 		d.Pages = d.Pages[:0]
 		return err
 	}
+	var next uint64
 	err := b.ForEach(func(k, v []byte) error {
-		if len(k) != 8 || len(v) != state.PageSize {
-			return fmt.Errorf("corrupt page entry (key %d bytes, value %d bytes)", len(k), len(v))
+		first, n, err := storedPages(k, v, next, m.NumPages())
+		if err != nil {
+			return err
 		}
-		i := binary.BigEndian.Uint64(k)
-		if i >= m.NumPages() {
-			return fmt.Errorf("page %d outside memory of %d pages", i, m.NumPages())
+		next = first + n
+		if len(d.Pages)+int(n) > loadBatch {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		p := &buf[len(d.Pages)]
-		copy(p[:], v)
-		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
-		if len(d.Pages) == loadBatch {
-			return flush()
+		for j := range n {
+			p := &buf[len(d.Pages)]
+			copy(p[:], v[j*state.PageSize:])
+			d.Pages = append(d.Pages, state.DirtyPage{Index: first + j, Data: p})
 		}
 		return nil
 	})
