@@ -268,17 +268,6 @@ func (m *meter) remaining() int64 {
 	return v
 }
 
-func (m *meter) set(v int64) error {
-	if m.g == nil {
-		m.pending = v
-		return nil
-	}
-	if !counterSet(m.ctx, m.g, v) {
-		return errors.New("set instruction counter: not an i64")
-	}
-	return nil
-}
-
 // exceeded reports whether the execution used more than its limit.
 func (m *meter) exceeded() bool { return !m.off && m.remaining() < 0 }
 

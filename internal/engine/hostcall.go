@@ -139,12 +139,6 @@ func counterGet(ctx storeCtx, g *wasmtime.Global) (int64, bool) {
 	return int64(v), bool(ok)
 }
 
-func counterSet(ctx storeCtx, g *wasmtime.Global, v int64) bool {
-	ok := C.cordon_counter_set(ctx, externPtr(g), C.int64_t(v))
-	runtime.KeepAlive(g)
-	return bool(ok)
-}
-
 // counterCharge: 0 charged, 1 limit, -1 not an i64 counter.
 func counterCharge(ctx storeCtx, g *wasmtime.Global, n uint64) int {
 	r := C.cordon_counter_charge(ctx, externPtr(g), C.uint64_t(n))
