@@ -40,56 +40,57 @@ func TestInstructionLowerBound(t *testing.T) {
 		stablePages uint64
 		least       uint64 // the bound, derived by hand from the costs
 		heapPages   uint64 // announced by the header too
-		// overheads is how many sysapi.CallOverhead the bound includes:
-		// one per ic0 call the output proves, two for a call copying
-		// between the heap and the host.
-		overheads uint64
+		// calls and copies are the ic0 calls the output proves: each is
+		// charged sysapi.CallOverhead for the host call, or
+		// sysapi.HeapCallOverhead if it copies between the heap and the
+		// host.
+		calls, copies uint64
 	}{
 		{"audit: update with 2 MiB reply, 256 logs of 16 KiB, 10 calls of 1 MiB", sysapi.CtxUpdate, &sysapi.Output{
 			Response: sysapi.Replied, Reply: make([]byte, 2<<20), Logs: logs(256, 16*1024), Calls: calls(10, 1<<20),
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 500 + 20 + 2<<20 + 256*(100+16*1024) + 10*(100+1+1+5000+20+1<<20), 0, 3 + 256 + 10*4},
+		}, 0, 500 + 20 + 2<<20 + 256*(100+16*1024) + 10*(100+1+1+5000+20+1<<20), 0, 1 + 256 + 10*2, 1 + 10},
 		{"composite query calling three times", sysapi.CtxCompositeQuery, &sysapi.Output{
 			Calls: calls(3, 0), Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 3 * (100 + 1 + 1 + 5000), 0, 3 * 2},
+		}, 0, 3 * (100 + 1 + 1 + 5000), 0, 3 * 2, 0},
 		{"composite reply callback answering", sysapi.CtxCompositeReply, &sysapi.Output{
 			Response: sysapi.Replied, Reply: []byte("pong"), Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 500 + 20 + 4, 0, 2 + 1},
+		}, 0, 500 + 20 + 4, 0, 1, 1},
 		{"query with a 1 MiB reply", sysapi.CtxNonReplicatedQuery, &sysapi.Output{
 			Response: sysapi.Replied, Reply: make([]byte, 1<<20),
-		}, 0, 500 + 20 + 1<<20, 0, 2 + 1},
+		}, 0, 500 + 20 + 1<<20, 0, 1, 1},
 		{"query rejecting", sysapi.CtxNonReplicatedQuery, &sysapi.Output{
 			Response: sysapi.Rejected, RejectMessage: "no",
-		}, 0, 500 + 2, 0, 1},
-		{"inspect accepting", sysapi.CtxInspect, &sysapi.Output{Accepted: true}, 0, 20, 0, 1},
-		{"trap after printing", sysapi.CtxUpdate, &sysapi.Output{Trapped: true, TrapMessage: "t", Logs: logs(3, 10)}, 0, 3 * 110, 0, 3},
+		}, 0, 500 + 2, 0, 1, 0},
+		{"inspect accepting", sysapi.CtxInspect, &sysapi.Output{Accepted: true}, 0, 20, 0, 1, 0},
+		{"trap after printing", sysapi.CtxUpdate, &sysapi.Output{Trapped: true, TrapMessage: "t", Logs: logs(3, 10)}, 0, 3 * 110, 0, 3, 0},
 		{"printed invalid UTF-8 and a truncated line", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
 			Logs: []sysapi.LogLine{{Text: "a\uFFFDb"}, {Text: "cut", Truncated: true}},
-		}, 0, 100 + 3 + 100 + 16*1024, 0, 2},
+		}, 0, 100 + 3 + 100 + 16*1024, 0, 2, 0},
 		{"stable grown and written, cycles, certified data, timer", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: 2 * state.WasmPageSize},
 			CyclesAccepted: cycles.New(10), CyclesBurned: cycles.New(5),
 			CertifiedData: []byte("abcd"), CertifiedDataSet: true, GlobalTimer: 7, GlobalTimerSet: true,
-		}, 3, 100 + 20 + 3 + 3*1000 + 100 + 116 + 104 + 20, 0, 7},
+		}, 3, 100 + 20 + 3 + 3*1000 + 100 + 116 + 104 + 20, 0, 5, 1},
 		{"a call with everything", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize}, CyclesSent: cycles.New(3),
 			Calls: []sysapi.Call{{Callee: []byte{1, 2}, Method: "meth", Arg: []byte("arg"), Cycles: cycles.New(3),
 				OnCleanup: &sysapi.Callback{Fun: 1}, Timeout: 10}},
-		}, 0, 100 + 2 + 4 + 5000 + 20 + 3 + 20 + 20 + 20, 0, 7},
+		}, 0, 100 + 2 + 4 + 5000 + 20 + 3 + 20 + 20 + 20, 0, 5, 1},
 		// The host receives the delta, so it knows what the dirty pages
 		// cost: 3 000 a heap page, 1 000 a stable page (the IC's figures).
 		{"audit: an update that dirtied 1000 heap pages and 10 stable pages", sysapi.CtxUpdate, &sysapi.Output{
 			Heap: state.Delta{Size: 64 * state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 10, 20 + 10 + 1000*3000 + 10*1000, 1000, 2},
+		}, 10, 20 + 10 + 1000*3000 + 10*1000, 1000, 0, 1},
 		{"composite reply callback that dirtied heap pages", sysapi.CtxCompositeReply, &sysapi.Output{
 			Heap: state.Delta{Size: state.WasmPageSize}, Stable: state.Delta{Size: state.WasmPageSize},
-		}, 0, 16 * 3000, 16, 0},
+		}, 0, 16 * 3000, 16, 0, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			exp := expect(tc.ctx)
-			least := tc.least + tc.overheads*sysapi.CallOverhead
+			least := tc.least + tc.calls*sysapi.CallOverhead + tc.copies*sysapi.HeapCallOverhead
 			if got := sysapi.MinInstructions(tc.out, &exp.Limits, exp.StableSize, tc.heapPages, tc.stablePages); got != least {
 				t.Fatalf("bound %d, derived %d", got, least)
 			}

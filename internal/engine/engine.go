@@ -219,9 +219,12 @@ func (r *run) hostCall(spec *sysapi.Spec, args []wasmtime.Val, results []wasmtim
 // meter implements sysapi.Meter on the instance's instruction counter
 // (the global wasmbin.InstrumentMetering adds, holding the instructions
 // left; negative once the limit is exceeded). Before the instance exists
-// the counter lives in pending. off: unmetered, nothing is counted.
+// the counter lives in pending. off: unmetered, nothing is counted. The
+// counter is read and written through hostcall.go's helpers, one cgo call
+// each, on the store's context.
 type meter struct {
 	store   *wasmtime.Store
+	ctx     storeCtx
 	g       *wasmtime.Global
 	limit   uint64 // at most math.MaxInt64
 	pending int64
@@ -233,12 +236,21 @@ func newMeter(store *wasmtime.Store, limit uint64, off bool) *meter {
 	return &meter{store: store, limit: l, pending: int64(l), off: off}
 }
 
-// attach moves the counter into the instance's global.
+// attach moves the counter into the instance's global. It sets it through
+// wasmtime-go and reads it back through the helpers, so a wasmtime whose
+// value layout the helpers do not match fails here, not in a charge.
 func (m *meter) attach(g *wasmtime.Global) error {
+	if !handlesOK {
+		return errHandles
+	}
 	if err := g.Set(m.store, wasmtime.ValI64(m.pending)); err != nil {
 		msg := err.Error()
 		closeError(err)
 		return fmt.Errorf("set instruction counter: %s", msg)
+	}
+	m.ctx = storeContext(m.store)
+	if v, ok := counterGet(m.ctx, g); !ok || v != m.pending {
+		return fmt.Errorf("instruction counter reads back as %d (ok %v), set to %d: wasmtime_val_t layout mismatch", v, ok, m.pending)
 	}
 	m.g = g
 	return nil
@@ -249,24 +261,11 @@ func (m *meter) remaining() int64 {
 	if m.g == nil {
 		return m.pending
 	}
-	v := m.g.Get(m.store)
-	if v.Kind() != wasmtime.KindI64 {
+	v, ok := counterGet(m.ctx, m.g)
+	if !ok {
 		return -1 // not the counter Compile added: treat as exhausted
 	}
-	return v.I64()
-}
-
-func (m *meter) set(v int64) error {
-	if m.g == nil {
-		m.pending = v
-		return nil
-	}
-	if err := m.g.Set(m.store, wasmtime.ValI64(v)); err != nil {
-		msg := err.Error()
-		closeError(err)
-		return fmt.Errorf("set instruction counter: %s", msg)
-	}
-	return nil
+	return v
 }
 
 // exceeded reports whether the execution used more than its limit.
@@ -276,14 +275,22 @@ func (m *meter) Charge(n uint64) error {
 	if m.off {
 		return nil
 	}
-	c := m.remaining()
-	if c < 0 || uint64(c) < n {
-		if err := m.set(min(c, -1)); err != nil {
-			return err
+	if m.g != nil {
+		switch counterCharge(m.ctx, m.g, n) {
+		case 0:
+			return nil
+		case 1:
+			return sysapi.ErrInstructionLimit
 		}
+		return errors.New("charge instruction counter: not an i64")
+	}
+	c := m.pending
+	if c < 0 || uint64(c) < n {
+		m.pending = min(c, -1)
 		return sysapi.ErrInstructionLimit
 	}
-	return m.set(c - int64(n))
+	m.pending = c - int64(n)
+	return nil
 }
 
 func (m *meter) Used() uint64 {

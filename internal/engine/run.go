@@ -61,6 +61,7 @@ type run struct {
 	hostErr error
 	mem     *wasmtime.Memory
 	store   *wasmtime.Store
+	ctx     storeCtx // store's context, looked up on the first Bytes
 	// globals are the instance's exported globals in the module's order,
 	// looked up once (exportGlobals).
 	globals []*wasmtime.Global
@@ -100,7 +101,13 @@ func (r *run) Bytes() []byte {
 	if r.mem == nil {
 		return nil
 	}
-	return r.mem.UnsafeData(r.store)
+	if !handlesOK {
+		return r.mem.UnsafeData(r.store)
+	}
+	if r.ctx == nil {
+		r.ctx = storeContext(r.store)
+	}
+	return memoryBytes(r.ctx, r.mem)
 }
 
 // Run executes a request. The returned output says whether the canister

@@ -29,31 +29,31 @@ type Spec struct {
 // The fixed charge is CallOverhead, what the call itself costs the host,
 // plus the IC's system API overhead for the work the import does.
 const (
-	costSmall   = CallOverhead + 20   // reads of small values
-	costCopy    = heapOverhead + 20   // *_copy and similar, plus bytes
-	costMedium  = CallOverhead + 100  // calls touching host state
-	costCall    = CallOverhead + 5000 // call_perform
-	costStable  = heapOverhead + 20   // stable memory access, plus bytes
-	costGrow    = CallOverhead + 100  // memory growth
-	costRespond = CallOverhead + 500  // msg_reply / msg_reject / trap
+	costSmall   = CallOverhead + 20     // reads of small values
+	costCopy    = HeapCallOverhead + 20 // *_copy and similar, plus bytes
+	costMedium  = CallOverhead + 100    // calls touching host state
+	costCall    = CallOverhead + 5000   // call_perform
+	costStable  = HeapCallOverhead + 20 // stable memory access, plus bytes
+	costGrow    = CallOverhead + 100    // memory growth
+	costRespond = CallOverhead + 500    // msg_reply / msg_reject / trap
 )
 
 // CallOverhead is what every ic0 call is charged for the call itself, in
 // instructions: a call from Wasm into the host is a cgo callback, and
-// reading and writing the instruction counter are cgo calls too, some
-// 1.5–3 µs of host CPU in all, while plain Wasm runs at about 0.1 ns per
-// instruction. At 20 instructions a call, a loop of ic0 calls was charged
-// 500 times less per CPU second than plain code (a free 5 B query would
-// have run for minutes); at 10,000 an ic0-bound loop costs 1.1 to 4 times
-// the CPU per instruction of plain code, measured on a loaded 2-core VM
-// (engine's BenchmarkCPUPerInstruction).
+// charging the instruction counter is one more cgo call (engine's
+// hostcall.go), some 0.8 µs of host CPU in all on a loaded 2-core VM, while
+// plain Wasm runs at about 0.1 ns per instruction. At 20 instructions a
+// call, a loop of ic0 calls was charged 500 times less per CPU second than
+// plain code (a free 5 B query would have run for minutes); at 6,500 an
+// ic0-bound loop costs about 1.3 times the CPU per instruction of plain
+// code (engine's BenchmarkCPUPerInstruction).
 // The IC charges 500 for most imports, its calls being native.
-const CallOverhead = 10_000
+const CallOverhead = 6_500
 
-// heapOverhead is the fixed charge of imports that copy between the heap
+// HeapCallOverhead is the fixed charge of imports that copy between the heap
 // and the host: locating the heap and charging the bytes are two more cgo
-// calls, which make such a call cost about twice a plain one.
-const heapOverhead = 2 * CallOverhead
+// calls, which make such a call cost about 1.5 times a plain one.
+const HeapCallOverhead = 3 * CallOverhead / 2
 
 func p(k ...Kind) []Kind { return k }
 
