@@ -6,16 +6,17 @@ import "container/heap"
 // each user (ingress), each canister that sends it requests or answers its
 // calls (one lane per canister, requests and responses together, as the
 // IC's input queue from a canister carries both), and each kind of its own
-// system tasks (timer, heartbeat, low-memory hook). Within a source messages run
-// in arrival order, so what one canister sends another runs in the order
-// it was sent. Between sources they take turns, as the IC's scheduler
-// round-robins a canister's input queues: a message's turn is one after
-// its source's previous message, and never earlier than one after the
-// message being taken, so a source that was idle joins the current round
-// instead of waiting behind the others' backlogs. Messages run by turn,
-// and within a turn by arrival. Without a backlog that is arrival order;
-// with one, a message waits for at most one message of every other source
-// with messages waiting, however many those hold.
+// system tasks (timer, heartbeat, low-memory hook). Within a source
+// messages run in arrival order, so what one canister sends another runs
+// in the order it was sent. Between sources they take turns, as the IC's
+// scheduler round-robins a canister's input queues: a message's turn is
+// one after its source's previous message, and never earlier than one
+// after the message taken last, so a source that was idle joins the
+// current round instead of waiting behind the others' backlogs. Messages
+// run by turn, and within a turn by arrival. Without a backlog that is
+// arrival order; with one, a source's first message waits for at most one
+// message of every other source with messages waiting, however many those
+// hold.
 //
 // Only the order is chosen here; what may wait is bounded where messages
 // are made (queues.go: calls) and admitted (ingressq.go: ingress).
