@@ -58,7 +58,7 @@ func TestIngressQueueBounded(t *testing.T) {
 			go send(nil)
 			for {
 				c.qmu.Lock()
-				taken := c.draining && len(c.queue) == 0 && c.ingress == 0
+				taken := c.draining && c.queue.len() == 0 && c.ingress == 0
 				c.qmu.Unlock()
 				if taken {
 					break
@@ -94,7 +94,7 @@ func TestIngressQueueBounded(t *testing.T) {
 				refused++
 			}
 			c.qmu.Lock()
-			queued, counted := len(c.queue), c.ingress
+			queued, counted := c.queue.len(), c.ingress
 			c.qmu.Unlock()
 			if queued != limit || counted != limit {
 				t.Fatalf("%d messages queued (%d counted), want %d", queued, counted, limit)
@@ -191,7 +191,7 @@ func TestIngressQueueBytesBounded(t *testing.T) {
 	waitQueued := func(c *canister, n int) {
 		for {
 			c.qmu.Lock()
-			q, taken := len(c.queue), c.draining
+			q, taken := c.queue.len(), c.draining
 			c.qmu.Unlock()
 			if taken && q == n {
 				return

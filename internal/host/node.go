@@ -120,7 +120,7 @@ type canister struct {
 	// The input queue (guarded by qmu, not mu, so senders never wait for
 	// an execution).
 	qmu     sync.Mutex
-	queue   []*message
+	queue   inputQueue
 	ingress int // ingress messages in queue (Config.Messages.IngressQueue)
 	// ingressBytes: their arguments' bytes (Config.Messages.IngressQueueBytes).
 	ingressBytes uint64

@@ -19,8 +19,9 @@ import (
 )
 
 // The scheduler: every canister has an input queue drained by one goroutine
-// at a time, so a canister's messages run one by one in arrival order while
-// different canisters run in parallel. Requests open call contexts;
+// at a time, so a canister's messages run one by one, each source's in
+// arrival order and the sources taking turns (inputq.go), while different
+// canisters run in parallel. Requests open call contexts;
 // responses run the callbacks the calls registered. Every request gets
 // exactly one response: from the callee's code, or from the system when the
 // callee cannot be reached, traps, or finishes without replying.
@@ -46,6 +47,7 @@ type message struct {
 	cycles  cycles.Amount // attached
 	origin  origin
 	// Responses.
+	from       principal.Principal // the canister answering (its lane: inputq.go)
 	callbackID uint64
 	reply      []byte
 	reject     *Reject
@@ -57,6 +59,7 @@ type origin struct {
 	ingress    chan<- result       // a user waiting for the reply
 	canister   principal.Principal // a calling canister…
 	callbackID uint64              // …and the callback that awaits it
+	callee     principal.Principal // the canister called, which the response comes from
 	system     bool                // a timer: nobody waits
 	status     *IngressStatus      // the user's call's durable status, if any
 }
@@ -137,7 +140,8 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	}
 }
 
-// enqueue appends to a canister's queue and makes sure it is being drained.
+// enqueue adds to a canister's queue (inputq.go) and makes sure it is
+// being drained.
 // An ingress message beyond the queue's bounds (ingressq.go) is not queued
 // (a SYS_TRANSIENT reject): users are refused at once instead of piling up
 // behind a slow canister. Messages from canisters and the system are
@@ -148,7 +152,7 @@ func (n *Node) enqueue(c *canister, m *message) *Reject {
 	if rej := n.admitIngress(c, m); rej != nil {
 		return rej
 	}
-	c.queue = append(c.queue, m)
+	c.queue.push(m)
 	if !c.draining {
 		c.draining = true
 		n.busy.Add(1)
@@ -161,14 +165,12 @@ func (n *Node) drain(c *canister) {
 	defer n.busy.Done()
 	for {
 		c.qmu.Lock()
-		if len(c.queue) == 0 {
+		m := c.queue.pop()
+		if m == nil {
 			c.draining = false
 			c.qmu.Unlock()
 			return
 		}
-		m := c.queue[0]
-		c.queue[0] = nil
-		c.queue = c.queue[1:]
 		n.dequeued(c, m)
 		c.qmu.Unlock()
 		if n.closing() {
@@ -264,7 +266,7 @@ func (n *Node) respondInstr(o origin, reply []byte, rej *Reject, refund cycles.A
 		}
 	case o.system:
 	default:
-		n.route(o.canister, &message{kind: kindResponse, callbackID: o.callbackID, reply: reply, reject: rej, refund: refund})
+		n.route(o.canister, &message{kind: kindResponse, from: o.callee, callbackID: o.callbackID, reply: reply, reject: rej, refund: refund})
 	}
 }
 
@@ -463,7 +465,7 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		cc.outstanding++
 		held := n.holdCall(c, cb)
 		req := &message{kind: kindRequest, caller: c.id, method: call.Method, arg: call.Arg, cycles: call.Cycles,
-			origin: origin{canister: c.id, callbackID: cbID}}
+			origin: origin{canister: c.id, callbackID: cbID, callee: callee}}
 		switch {
 		case !held:
 			n.respondTo(req.origin, nil, rejectf(SysTransient, "Canister %s: the call to %s could not be enqueued: the node's message limits are reached", c.id, callee), call.Cycles)

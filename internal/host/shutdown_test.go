@@ -94,7 +94,7 @@ func TestCloseAbandonsQueuedMessages(t *testing.T) {
 			queued := func() (n int, taken bool) {
 				c.qmu.Lock()
 				defer c.qmu.Unlock()
-				return len(c.queue), c.draining
+				return c.queue.len(), c.draining
 			}
 			go send("callee", "noop", nil) // taken by the drain goroutine, which waits for the lock
 			for n, taken := queued(); !taken || n != 0; n, taken = queued() {
@@ -172,7 +172,7 @@ func TestCloseGivesUpRunningMessage(t *testing.T) {
 	// queue is empty.
 	for {
 		c.qmu.Lock()
-		started := c.draining && len(c.queue) == 0
+		started := c.draining && c.queue.len() == 0
 		c.qmu.Unlock()
 		if started && !c.mu.TryLock() {
 			break
