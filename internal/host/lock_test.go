@@ -142,10 +142,12 @@ func TestRWLock(t *testing.T) {
 // the node down nor lets a second writer in.
 func TestRWLockStrayUnlockChangesNothing(t *testing.T) {
 	var l rwLock
-	l.Lock()
+	if !l.TryLock() {
+		t.Fatal("a fresh lock is not free")
+	}
 	l.Unlock()
-	l.Unlock()
-	l.RUnlock()
+	l.Unlock() // stray
+	l.RUnlock() // stray
 	l.Lock()
 	if l.TryLock() || l.TryRLock() {
 		t.Fatal("a stray unlock let a second holder in")
