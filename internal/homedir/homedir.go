@@ -99,7 +99,7 @@ func Check(home string) error {
 // system-wide file), but no one else may be able to change it.
 func CheckConfigFile(path string) error {
 	fi, err := os.Stat(path)
-	if err != nil {
+	if err != nil || fi.IsDir() {
 		return nil // reading it reports that
 	}
 	return checkInfo(path, fi, File, true)
