@@ -2,6 +2,10 @@ package api
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/homedir"
 )
 
 // dialTimeout bounds the health check Dial makes.
@@ -25,13 +31,20 @@ const dialTimeout = 2 * time.Second
 // certificate is then pinned by the SHA-256 serve.json records) and
 // whether it needs the token, which Dial reads from <home>/token.
 //
+// The token is sent only to a server that has proved it knows it: Dial's
+// GET /healthz carries a random challenge, and the server answers with an
+// HMAC of it, keyed by the token's SHA-256 and bound to the address
+// serve.json names (healthProof). A serve.json left by a server that died
+// names a port any local user may bind since; a server there that cannot
+// prove it is no server (nil, nil), and the token stays here.
+//
 // A serve.json that cannot be parsed is treated as stale: the store's own
 // lock still keeps a second process from opening it. An error means
 // serve.json exists but cannot be read, names an address that is not this
 // machine's, the token cannot be read, or ctx ended.
 func Dial(ctx context.Context, home string) (*Client, error) {
 	path := filepath.Join(home, serveFile)
-	b, err := os.ReadFile(path)
+	b, err := homedir.ReadFile(path, homedir.File)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -54,24 +67,58 @@ func Dial(ctx context.Context, home string) (*Client, error) {
 		}
 		scheme, opts.CertSHA256 = "https://", info.CertSHA256
 	}
+	var tok string
+	if info.Token {
+		if tok, err = readToken(TokenPath(home)); err != nil {
+			return nil, fmt.Errorf("the server on %s requires the API token: %w", home, err)
+		}
+	}
 	c := NewClientWith(scheme+addr, opts)
-	ok, err := c.healthy(ctx)
+	var challenge, want string
+	if tok != "" {
+		var nonce [32]byte
+		if _, err := rand.Read(nonce[:]); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("health check challenge: %w", err)
+		}
+		key := sha256.Sum256([]byte(tok))
+		challenge = hex.EncodeToString(nonce[:])
+		want = healthProof(key[:], info.Addr, challenge)
+	}
+	ok, err := c.healthy(ctx, challenge, want)
 	if err != nil {
+		c.Close()
 		return nil, err
 	}
 	if !ok {
 		c.Close()
 		return nil, nil
 	}
-	if info.Token {
-		tok, err := readToken(TokenPath(home))
-		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("the server on %s requires the API token: %w", home, err)
-		}
-		c.token = tok
-	}
+	c.token = tok
 	return c, nil
+}
+
+// The /healthz challenge and its answer (Dial).
+const (
+	challengeHeader = "Cordon-Challenge"
+	proofHeader     = "Cordon-Proof"
+)
+
+// validNonce reports whether a challenge is what Dial sends: 32 bytes, in
+// hex.
+func validNonce(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32
+}
+
+// healthProof is the answer to a /healthz challenge: HMAC-SHA256 keyed by
+// the token's SHA-256, over the address the server listens on (as
+// serve.json names it) and the challenge. Binding the address keeps a
+// server on another port from relaying the real server's answer.
+func healthProof(tokenSum []byte, addr, nonce string) string {
+	m := hmac.New(sha256.New, tokenSum)
+	m.Write([]byte("cordon healthz v1\x00" + addr + "\x00" + nonce))
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 // ServeInfo is what <home>/serve.json says of the server running there.
@@ -85,7 +132,7 @@ type ServeInfo struct {
 // have died since it wrote the file: the caller checks its process.
 func ReadServeInfo(home string) (*ServeInfo, error) {
 	path := filepath.Join(home, serveFile)
-	b, err := os.ReadFile(path)
+	b, err := homedir.ReadFile(path, homedir.File)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -135,13 +182,17 @@ func localAddr(addr string) (string, error) {
 }
 
 // healthy reports whether the server answers GET /healthz with "ok" within
-// dialTimeout. It returns an error only when ctx itself ended.
-func (c *Client) healthy(ctx context.Context) (bool, error) {
+// dialTimeout and, when challenge is not "", the Cordon-Proof want. It
+// returns an error only when ctx itself ended.
+func (c *Client) healthy(ctx context.Context, challenge, want string) (bool, error) {
 	hctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(hctx, http.MethodGet, c.base+"/healthz", nil)
 	if err != nil {
 		return false, nil
+	}
+	if challenge != "" {
+		req.Header.Set(challengeHeader, challenge)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -153,6 +204,9 @@ func (c *Client) healthy(ctx context.Context) (bool, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64))
 	if err != nil {
+		return false, nil
+	}
+	if challenge != "" && !hmac.Equal([]byte(resp.Header.Get(proofHeader)), []byte(want)) {
 		return false, nil
 	}
 	return resp.StatusCode == http.StatusOK && strings.TrimSpace(string(body)) == "ok", nil

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/ichttp"
 	"github.com/cordon-dev/cordon/internal/metrics"
@@ -156,7 +157,7 @@ func writeServeFile(home string, info serveInfo) error {
 // removeServeFile removes serve.json if it still describes this server.
 func removeServeFile(home string, info serveInfo) error {
 	path := filepath.Join(home, serveFile)
-	b, err := os.ReadFile(path)
+	b, err := homedir.ReadFile(path, homedir.File)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -169,6 +170,17 @@ func removeServeFile(home string, info serveInfo) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// RemoveStaleServeFile removes <home>/serve.json for a caller that holds
+// the home's store: no server runs on the home then (a server holds the
+// store while it runs), so the file was left by one that was killed, and
+// names a port any local user may bind since.
+func RemoveStaleServeFile(home string) error {
+	if err := os.Remove(filepath.Join(home, serveFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", serveFile, err)
 	}
 	return nil
 }
@@ -212,23 +224,12 @@ func loadOrCreateToken(home string) (token string, created bool, err error) {
 	return tok, true, nil
 }
 
-// readToken reads a token file, refusing one that group or others may read.
+// readToken reads a token file, refusing one that is not the user's own
+// or that group or others may read (homedir.ReadFile).
 func readToken(path string) (string, error) {
-	f, err := os.Open(path)
+	b, err := homedir.ReadFile(path, homedir.Secret)
 	if err != nil {
 		return "", err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("API token %s has mode %04o: it must be readable by its owner only (chmod 600 %s)", path, perm, path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil {
-		return "", fmt.Errorf("read API token %s: %w", path, err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < 16 || strings.ContainsAny(tok, " \t\r\n") {
@@ -396,6 +397,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 		opts.IC = ichttp.New(node, key, nodeKey, logger)
 	}
 	s := newServer(node, opts, token)
+	s.addr = info.Addr
 	// Handlers get a context that stays alive through a graceful shutdown
 	// and is cancelled only if the shutdown runs out of time.
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))

@@ -119,6 +119,7 @@ type server struct {
 	log     *slog.Logger
 	opts    ServeOptions
 	token   []byte // sha256 of the bearer token; nil: no authentication
+	addr    string // the address serve.json names, which /healthz's proof covers
 	metrics *metrics.Metrics
 
 	requests  chan struct{} // semaphore: API requests in progress
@@ -909,7 +910,12 @@ func (s *server) metricsHandler(w http.ResponseWriter, r *http.Request) {
 	s.metrics.Handler().ServeHTTP(w, r)
 }
 
-func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
+func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
+	// A client that read serve.json proves this is the server it names
+	// before it sends the token (discovery.go).
+	if nonce := r.Header.Get(challengeHeader); s.token != nil && validNonce(nonce) {
+		w.Header().Set(proofHeader, healthProof(s.token, s.addr, nonce))
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "ok")
 }

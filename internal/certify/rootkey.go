@@ -19,6 +19,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/cborlimit"
+	"github.com/cordon-dev/cordon/internal/homedir"
 )
 
 // RootKeyFile is the node's BLS12-381 root key in <home>, the secret scalar
@@ -74,15 +75,14 @@ func newRootKey(sk *bls.PrivateKey[bls.KeyG2SigG1]) (*RootKey, error) {
 // atomically) the first time.
 func LoadOrCreateRootKey(home string) (*RootKey, error) {
 	path := filepath.Join(home, RootKeyFile)
-	b, err := os.ReadFile(path)
+	// Whoever reads it can forge the node's certificates; whoever
+	// chose it, too.
+	b, err := homedir.ReadFile(path, homedir.Secret)
 	switch {
 	case err == nil:
 		sk := new(bls.PrivateKey[bls.KeyG2SigG1])
 		if err := sk.UnmarshalBinary(b); err != nil {
 			return nil, fmt.Errorf("%s is not a BLS root key (%w); remove it to make a new one (clients must then fetch the new root key)", path, err)
-		}
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("%s is readable by others (mode %v): whoever reads it can forge the node's certificates; chmod 600 it", path, fi.Mode().Perm())
 		}
 		return newRootKey(sk)
 	case !errors.Is(err, fs.ErrNotExist):

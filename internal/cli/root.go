@@ -22,6 +22,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/api"
 	"github.com/cordon-dev/cordon/internal/config"
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/store"
 )
@@ -323,9 +324,10 @@ func (g *globals) config() (*config.Config, error) {
 	}
 	cfg, err := config.Load(in)
 	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		// A file that cannot be read (permissions, I/O) is no mistake in
-		// the command line.
+	var ue *homedir.UnsafeError
+	if errors.As(err, &pe) || errors.As(err, &ue) {
+		// A file that cannot be read (permissions, I/O) or must not be
+		// (another user's) is no mistake in the command line.
 		return nil, err
 	}
 	if err != nil {
@@ -394,6 +396,9 @@ func (g *globals) backend(ctx context.Context) (api.Backend, error) {
 	}
 	if client != nil {
 		return client, nil
+	}
+	if err := api.RemoveStaleServeFile(cfg.Home); err != nil {
+		slog.Warn("serve.json", "error", err)
 	}
 	return &localBackend{Local: &api.Local{Node: node}, ctx: ctx, stderr: g.stderr}, nil
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/host"
 )
 
@@ -390,6 +391,10 @@ func Load(in Inputs) (*Config, error) {
 		}
 		c.Home = filepath.Join(h, ".local", "share", "cordon")
 	}
+	// Nothing is read from a home another user could have written.
+	if err := homedir.Check(c.Home); err != nil {
+		return nil, err
+	}
 
 	file, explicit := in.ConfigFile, true
 	if file == "" {
@@ -437,7 +442,16 @@ func (c *Config) check() error {
 // loadFile applies a TOML file. A missing file is an error only when it was
 // named explicitly.
 func (c *Config) loadFile(path string, explicit bool) error {
-	b, err := os.ReadFile(path)
+	var b []byte
+	var err error
+	if explicit {
+		if err := homedir.CheckConfigFile(path); err != nil {
+			return err
+		}
+		b, err = os.ReadFile(path)
+	} else {
+		b, err = homedir.ReadFile(path, homedir.File)
+	}
 	if errors.Is(err, os.ErrNotExist) && !explicit {
 		return nil
 	}

@@ -20,6 +20,9 @@ import (
 func newExecutor(cfg Config, st *store.Store, logger *slog.Logger) (exec.Executor, error) {
 	switch cfg.Isolation {
 	case "inprocess":
+		// Said at every open: nothing else shows that no layer applies.
+		logger.Warn("INSECURE: canisters run unconfined in the host process (isolation = inprocess): " +
+			"a canister that escapes the Wasm runtime has this user's privileges, files and keys; use --isolation sandbox")
 		return exec.NewInProcess(cfg.ModuleLimits)
 	case "sandbox":
 		allow, err := sandbox.ParseLayers(strings.Join(cfg.Sandbox.AllowMissing, ","))
@@ -35,8 +38,11 @@ func newExecutor(cfg Config, st *store.Store, logger *slog.Logger) (exec.Executo
 				}
 			}
 			if len(missing) > 0 {
-				return nil, fmt.Errorf("strict mode: confinement layers unavailable here: %s (see `cordon doctor`; --insecure-allow-missing %s runs without them)",
-					strings.Join(missing, ", "), strings.Join(missing, ","))
+				// --set works with every command; serve and doctor also
+				// have --insecure-allow-missing.
+				return nil, fmt.Errorf("strict mode: confinement layers unavailable here: %s (see `cordon doctor`; "+
+					"INSECURE: --set sandbox.allow_missing=%s or CORDON_SANDBOX_ALLOW_MISSING=%s runs without them)",
+					strings.Join(missing, ", "), strings.Join(missing, ","), strings.Join(missing, ","))
 			}
 		}
 		for _, l := range allow {

@@ -146,7 +146,7 @@ func TestRWLockStrayUnlockChangesNothing(t *testing.T) {
 		t.Fatal("a fresh lock is not free")
 	}
 	l.Unlock()
-	l.Unlock() // stray
+	l.Unlock()  // stray
 	l.RUnlock() // stray
 	l.Lock()
 	if l.TryLock() || l.TryRLock() {

@@ -14,6 +14,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
@@ -148,6 +149,10 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		cfg.LogBytes = DefaultLogBytes
 	}
 	if err := applyDescriptors(&cfg, logger); err != nil {
+		return nil, err
+	}
+	// Nothing is read from a home another user could have written.
+	if err := homedir.Check(cfg.Home); err != nil {
 		return nil, err
 	}
 	st, err := store.Open(cfg.Home, 2*time.Second)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -30,7 +31,7 @@ func (k *NodeKey) ID() principal.Principal { return k.id }
 // LoadOrCreateNodeKey reads <home>/ic_node_key, making it the first time.
 func LoadOrCreateNodeKey(home string) (*NodeKey, error) {
 	path := filepath.Join(home, NodeKeyFile)
-	seed, err := os.ReadFile(path)
+	seed, err := homedir.ReadFile(path, homedir.Secret)
 	if errors.Is(err, fs.ErrNotExist) {
 		seed = make([]byte, ed25519.SeedSize)
 		if _, err := rand.Read(seed); err != nil {
@@ -43,9 +44,8 @@ func LoadOrCreateNodeKey(home string) (*NodeKey, error) {
 			return nil, fmt.Errorf("write node key: %w", err)
 		}
 	} else if err != nil {
+		// Whoever reads or chose it can sign query answers as this node.
 		return nil, fmt.Errorf("read node key: %w", err)
-	} else if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s is readable by others (mode %v): whoever reads it can sign query answers as this node; chmod 600 it", path, fi.Mode().Perm())
 	}
 	if len(seed) != ed25519.SeedSize {
 		return nil, fmt.Errorf("%s is not an Ed25519 seed (%d bytes); remove it to make a new one", path, len(seed))
