@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -109,7 +110,7 @@ var nsDetail = map[Layer]string{
 
 // availability is what this kernel and this user allow.
 type availability struct {
-	rootless    bool // no CAP_SYS_ADMIN in the initial user namespace
+	rootless    bool // cannot map other ids: no CAP_SYS_ADMIN, or UnprivilegedID unmapped (privilegedHost)
 	layers      map[Layer]bool
 	detail      map[Layer]string
 	cgroups     *cgroupSetup
@@ -141,15 +142,65 @@ func hasCapSysAdmin() bool {
 	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
 }
 
+// noCgroupBounds says what bounds a sandbox without the cgroup layer.
+var noCgroupBounds = fmt.Sprintf("without it, memory is bounded by RLIMIT_DATA (the memory limit + %d MiB of writable private mappings, counted by size), "+
+	"threads by RLIMIT_NPROC (per host user: shared by every sandbox of a rootless host), CPU only by each execution's instruction limit and the host's watchdog (no quota)", DataSlack>>20)
+
+// mapsID reports whether id appears in a /proc/<pid>/{uid,gid}_map, i.e.
+// is an id of this process's user namespace that the host may map.
+func mapsID(idMap []byte, id uint32) bool {
+	for _, line := range strings.Split(string(idMap), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		first, err1 := strconv.ParseUint(f[0], 10, 32)
+		n, err2 := strconv.ParseUint(f[2], 10, 32)
+		if err1 == nil && err2 == nil && uint64(id) >= first && uint64(id) < first+n {
+			return true
+		}
+	}
+	return false
+}
+
+// privilegedHost reports whether this process can do what Start does for
+// a root host: map the sandbox to UnprivilegedID (or a host id of its own)
+// and drop to it. CAP_SYS_ADMIN alone is not enough: capget answers for
+// the current user namespace, and root of a namespace that maps only
+// itself (`unshare -U -r`, a rootless container) has every capability
+// there but no uid 65534 to map.
+func privilegedHost() bool {
+	if !hasCapSysAdmin() {
+		return false
+	}
+	uids, err1 := os.ReadFile("/proc/self/uid_map")
+	gids, err2 := os.ReadFile("/proc/self/gid_map")
+	return err1 == nil && err2 == nil && mapsID(uids, confine.UnprivilegedID) && mapsID(gids, confine.UnprivilegedID)
+}
+
+// userNSAttr sets the user namespace of a clone exactly as Start does: a
+// rootless host maps the sandbox to its own ids; a privileged one maps it
+// to hostID and drops to UnprivilegedID at fork.
+func userNSAttr(attr *syscall.SysProcAttr, rootless bool, hostID int) {
+	attr.Cloneflags |= syscall.CLONE_NEWUSER
+	hostUID, hostGID := os.Geteuid(), os.Getegid()
+	if !rootless {
+		hostUID, hostGID = hostID, hostID
+		// Set inside the new namespace, where only UnprivilegedID is mapped.
+		attr.Credential = &syscall.Credential{Uid: confine.UnprivilegedID, Gid: confine.UnprivilegedID}
+		attr.GidMappingsEnableSetgroups = true
+	}
+	attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostUID, Size: 1}}
+	attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostGID, Size: 1}}
+}
+
 // probeClone starts /proc/self/exe with the probe marker (the C constructor
-// exits at once) in the given namespaces; it reports whether the kernel let
-// us create them.
-func probeClone(flags uintptr, userns bool) error {
+// exits at once) in the given namespaces, with the user namespace mapped as
+// Start maps it; it reports whether the kernel let us create them.
+func probeClone(flags uintptr, userns, rootless bool) error {
 	attr := &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
 	if userns {
-		attr.Cloneflags |= syscall.CLONE_NEWUSER
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: os.Geteuid(), Size: 1}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: os.Getegid(), Size: 1}}
+		userNSAttr(attr, rootless, confine.UnprivilegedID)
 	}
 	cmd := exec.Command("/proc/self/exe", confine.ProbeMarker)
 	cmd.Env = []string{}
@@ -185,16 +236,17 @@ func seccompAvailable() (bool, string) {
 
 func probe() *availability {
 	a := &availability{layers: map[Layer]bool{}, detail: map[Layer]string{}}
-	a.rootless = !hasCapSysAdmin()
+	a.rootless = !privilegedHost()
 	set := func(l Layer, ok bool, detail string) { a.layers[l], a.detail[l] = ok, detail }
 	set(LayerEnv, true, "GOMAXPROCS and TZ only")
 	set(LayerFds, true, "2 = log pipe, 3 = IPC socket, 4.. = passed files; 0, 1 closed")
 	set(LayerSession, true, "setsid")
 	set(LayerPdeathsig, true, "SIGKILL when the host dies")
-	set(LayerRlimits, true, fmt.Sprintf("core 0, fsize = memory limit, nofile %d, as %d GiB, memlock 0, msgqueue 0", NoFileLimit, AddressSpaceLimit>>30))
+	set(LayerRlimits, true, fmt.Sprintf("core 0, fsize = memory limit, nofile %d, as %d GiB, memlock 0, msgqueue 0; without the cgroup layer also nproc = pids limit, data = memory limit + %d MiB",
+		NoFileLimit, AddressSpaceLimit>>30, DataSlack>>20))
 	set(LayerNoNewPrivs, true, "")
 	// User namespace.
-	uerr := probeClone(0, true)
+	uerr := probeClone(0, true, a.rootless)
 	userns := uerr == nil
 	if userns {
 		d := fmt.Sprintf("uid/gid %d inside; on the host, a uid of its own per sandbox from sandbox.host_ids (else 65534 for all)", confine.UnprivilegedID)
@@ -211,7 +263,7 @@ func probe() *availability {
 			set(l, false, "needs a user namespace or root")
 			continue
 		}
-		if err := probeClone(nsFlags[l], userns); err != nil {
+		if err := probeClone(nsFlags[l], userns, a.rootless); err != nil {
 			set(l, false, err.Error())
 		} else {
 			set(l, true, nsDetail[l])
@@ -228,7 +280,11 @@ func probe() *availability {
 	// cgroups
 	a.cgroups = detectCgroups()
 	if err := a.cgroups.prepare(); err != nil {
-		set(LayerCgroup, false, err.Error())
+		set(LayerCgroup, false, err.Error()+"; "+noCgroupBounds)
+		if a.layers[LayerCgroupNS] {
+			// Unshared in the cgroup the sandbox starts in: the host's.
+			a.detail[LayerCgroupNS] = "rooted at the host's own cgroup (no cgroup layer): the sandbox sees its path as /"
+		}
 	} else {
 		set(LayerCgroup, true, a.cgroups.detail)
 	}

@@ -40,6 +40,12 @@ const (
 	// (TestMaxQueryThreadsFit). The real bound on memory is the cgroup;
 	// this only stops runaway reservations.
 	AddressSpaceLimit = 256 << 30
+	// DataSlack is what RLIMIT_DATA allows beyond Spec.MemoryBytes when
+	// there is no memory cgroup: RLIMIT_DATA counts writable private
+	// mappings by size, and the Go runtime and glibc map about 100 MiB
+	// writable that they never touch (an idle sandbox: VmData 103 MiB,
+	// VmRSS 8 MiB).
+	DataSlack = 256 << 20
 	// startTimeout bounds start-up when ctx has no deadline.
 	startTimeout = 10 * time.Second
 )
@@ -384,11 +390,18 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		}
 	}
 	if !plan[LayerCgroup] {
-		// Without a pids cgroup, RLIMIT_NPROC (per user namespace) bounds threads.
+		// Without a pids cgroup, RLIMIT_NPROC (per user namespace) bounds
+		// threads; without a memory cgroup, RLIMIT_DATA bounds memory: the
+		// writable private mappings (the Go heap, malloc, wasmtime's linear
+		// memories once made writable, heap images mapped copy-on-write),
+		// counted by size, not by the pages touched (RATIONALE.md).
 		cfg.NProc = pids
+		cfg.Data = mem + DataSlack
 	}
 	if o.learn != nil {
 		cfg.Layers |= confine.LLearn
+	} else if plan[LayerWX] {
+		cfg.Layers |= confine.LWX // the worker must not carry on without MDWE
 	}
 	attr := &syscall.SysProcAttr{Setsid: plan[LayerSession], Pdeathsig: syscall.SIGKILL}
 	if !plan[LayerPdeathsig] {
@@ -399,33 +412,26 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			attr.Cloneflags |= f
 		}
 	}
-	euid := os.Geteuid()
 	p.hostID = confine.UnprivilegedID
 	if plan[LayerUserNS] {
-		attr.Cloneflags |= syscall.CLONE_NEWUSER
-		hostUID, hostGID := euid, os.Getegid()
-		if !av.rootless {
-			// A privileged host maps the sandbox to nobody, or to an id
-			// of its own, and drops its own uid, gid and supplementary
-			// groups at fork.
-			id := uint32(confine.UnprivilegedID)
-			if s.HostIDs != nil {
-				var ok bool
-				if id, ok = s.HostIDs.take(); !ok {
-					return fail(fmt.Errorf("every host id of %s is in use by a live sandbox", s.HostIDs))
-				}
-				p.mu.Lock()
-				p.ids = s.HostIDs
-				p.mu.Unlock()
+		// A privileged host maps the sandbox to nobody, or to an id of its
+		// own, and drops its own uid, gid and supplementary groups at
+		// fork; a rootless one maps it to itself (userNSAttr).
+		id := uint32(confine.UnprivilegedID)
+		if !av.rootless && s.HostIDs != nil {
+			var ok bool
+			if id, ok = s.HostIDs.take(); !ok {
+				return fail(fmt.Errorf("every host id of %s is in use by a live sandbox", s.HostIDs))
 			}
-			hostUID, hostGID = int(id), int(id)
-			// Set inside the new namespace, where only 65534 is mapped.
-			attr.Credential = &syscall.Credential{Uid: confine.UnprivilegedID, Gid: confine.UnprivilegedID}
-			attr.GidMappingsEnableSetgroups = true
+			p.mu.Lock()
+			p.ids = s.HostIDs
+			p.mu.Unlock()
 		}
-		p.hostID = uint32(hostUID)
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostUID, Size: 1}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: confine.UnprivilegedID, HostID: hostGID, Size: 1}}
+		if av.rootless {
+			id = uint32(os.Geteuid())
+		}
+		userNSAttr(attr, av.rootless, int(id))
+		p.hostID = id
 		// The early confinement needs these two inside its namespace
 		// (mount, pivot_root, sethostname, unshare; securebits and the
 		// bounding set), and drops them with everything else.
@@ -533,7 +539,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		closeAll()
 		return fail(err)
 	}
-	if missing := cfg.Layers &^ confine.LLearn &^ applied; missing != 0 {
+	if missing := cfg.Layers &^ confine.LLearn &^ confine.LWX &^ applied; missing != 0 {
 		closeAll()
 		return fail(fmt.Errorf("sandbox did not apply requested layers (bits %#x)", missing))
 	}
@@ -569,7 +575,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		go p.watchSeccomp()
 	}
 	// Check from the outside what the child claims (every thread).
-	if err := verifyLive(proc.Pid, plan); err != nil && !exitsSoon(proc.Pid) {
+	exp := liveExpect{limits: plannedLimits(cfg)}
+	if p.cg != nil {
+		exp.cgroupDirs = p.cg.dirs
+	}
+	if err := verifyLive(proc.Pid, plan, exp); err != nil && !exitsSoon(proc.Pid) {
 		if p.notify != nil {
 			p.notify.Close()
 		}
@@ -774,6 +784,9 @@ func childLayerDetail(l Layer, abi int, cfg confine.Config) string {
 		d := fmt.Sprintf("core=0 fsize=%d nofile=%d as=%d memlock=0 msgqueue=0", cfg.FSize, cfg.NoFile, cfg.AS)
 		if cfg.NProc > 0 {
 			d += fmt.Sprintf(" nproc=%d", cfg.NProc)
+		}
+		if cfg.Data > 0 {
+			d += fmt.Sprintf(" data=%d", cfg.Data)
 		}
 		return d
 	case LayerSeccomp:

@@ -1,12 +1,16 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
 // nsFiles are the /proc/<pid>/ns entries of the namespace layers.
@@ -87,10 +91,46 @@ var hostNamespaces = sync.OnceValue(func() map[string]nsLink {
 	return m
 })
 
+// liveExpect is what verifyLive checks beyond the plan's layers: the
+// sandbox's cgroup directories and its rlimits.
+type liveExpect struct {
+	cgroupDirs []string    // the sandbox must be in each (cgroup layer)
+	limits     []rlimitMax // each limit at most this (rlimits layer)
+}
+
+// rlimitMax is an upper bound on one limit, by its /proc/<pid>/limits name.
+type rlimitMax struct {
+	name string // e.g. "Max open files"
+	max  uint64
+}
+
+// plannedLimits are the bounds the child was asked to set (confine.Config;
+// 0 for AS, NProc and Data means unlimited: not checked). The child only
+// ever lowers a limit, so a live one may be lower, never higher.
+func plannedLimits(cfg confine.Config) []rlimitMax {
+	out := []rlimitMax{
+		{"Max core file size", 0}, {"Max file size", cfg.FSize}, {"Max open files", cfg.NoFile},
+		{"Max locked memory", 0}, {"Max msgqueue size", 0},
+	}
+	for _, l := range []rlimitMax{{"Max address space", cfg.AS}, {"Max processes", cfg.NProc}, {"Max data size", cfg.Data}} {
+		if l.max != 0 {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // verifyLive checks from the host what the sandbox reported: on every
-// thread the capability sets, no_new_privs and seccomp mode; and that each
-// planned namespace differs from the host's.
-func verifyLive(pid int, plan map[Layer]bool) error {
+// thread the capability sets, no_new_privs and seccomp mode; that each
+// planned namespace differs from the host's; that it is in each of its
+// cgroup directories, its rlimits are at most the planned ones, and its
+// mount table is the one read-only root. A planned layer that is not in
+// effect fails the start (strict or not): Layers() would report it applied.
+// Landlock has no view from outside; its ready bit is the child's word.
+func verifyLive(pid int, plan map[Layer]bool, exp liveExpect) error {
+	if err := verifyProc(pid, plan, exp); err != nil {
+		return err
+	}
 	threads, err := ReadThreads(pid)
 	if os.IsNotExist(err) {
 		return nil // already gone: nothing left to confine
@@ -129,6 +169,111 @@ func verifyLive(pid int, plan map[Layer]bool) error {
 		if mine == theirs {
 			return fmt.Errorf("namespace %s not new: %s", f, theirs)
 		}
+	}
+	return nil
+}
+
+// verifyProc checks the sandbox's cgroups, rlimits and mounts from /proc.
+func verifyProc(pid int, plan map[Layer]bool, exp liveExpect) error {
+	proc := "/proc/" + strconv.Itoa(pid)
+	if plan[LayerCgroup] {
+		for _, d := range exp.cgroupDirs {
+			b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			if err != nil {
+				return fmt.Errorf("layer cgroup: %w", err)
+			}
+			if !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
+				self, _ := os.ReadFile(proc + "/cgroup")
+				return fmt.Errorf("layer cgroup: the sandbox is not in %s (it is in %q)", d, strings.TrimSpace(string(self)))
+			}
+		}
+	}
+	if plan[LayerRlimits] {
+		b, err := os.ReadFile(proc + "/limits")
+		if err != nil {
+			return fmt.Errorf("layer rlimits: %w", err)
+		}
+		live, err := parseLimits(b)
+		if err != nil {
+			return fmt.Errorf("layer rlimits: %s/limits: %w", proc, err)
+		}
+		for _, w := range exp.limits {
+			got, ok := live[w.name]
+			if !ok {
+				return fmt.Errorf("layer rlimits: %s/limits has no %q", proc, w.name)
+			}
+			if got[0] > w.max || got[1] > w.max {
+				return fmt.Errorf("layer rlimits: %s is %s, planned %d", w.name, fmtLimit(got), w.max)
+			}
+		}
+	}
+	if plan[LayerPivotRoot] {
+		b, err := os.ReadFile(proc + "/mountinfo")
+		if err != nil {
+			return fmt.Errorf("layer pivot_root: %w", err)
+		}
+		if err := checkMountinfo(b); err != nil {
+			return fmt.Errorf("layer pivot_root: %w", err)
+		}
+	}
+	return nil
+}
+
+const unlimited = ^uint64(0)
+
+func fmtLimit(l [2]uint64) string {
+	f := func(v uint64) string {
+		if v == unlimited {
+			return "unlimited"
+		}
+		return strconv.FormatUint(v, 10)
+	}
+	return f(l[0]) + "/" + f(l[1])
+}
+
+// parseLimits parses /proc/<pid>/limits into name -> [soft, hard]
+// ("unlimited" is the largest value). The name column is 26 bytes wide.
+func parseLimits(b []byte) (map[string][2]uint64, error) {
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "Limit") {
+		return nil, errors.New("unexpected format")
+	}
+	out := map[string][2]uint64{}
+	for _, line := range lines[1:] {
+		if len(line) <= 26 {
+			continue
+		}
+		f := strings.Fields(line[26:])
+		if len(f) < 2 {
+			return nil, fmt.Errorf("unexpected line %q", line)
+		}
+		var v [2]uint64
+		for i := range v {
+			if f[i] == "unlimited" {
+				v[i] = unlimited
+				continue
+			}
+			n, err := strconv.ParseUint(f[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("unexpected line %q", line)
+			}
+			v[i] = n
+		}
+		out[strings.TrimSpace(line[:26])] = v
+	}
+	return out, nil
+}
+
+// checkMountinfo: the mount table (as the sandbox sees it) is a single
+// read-only mount at /.
+func checkMountinfo(b []byte) error {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 1 {
+		return fmt.Errorf("%d mounts, want only the empty root; the first: %q", len(lines), lines[0])
+	}
+	f := strings.Fields(lines[0])
+	if len(f) < 6 || f[4] != "/" || !slices.Contains(strings.Split(f[5], ","), "ro") {
+		return fmt.Errorf("the only mount is not a read-only root: %q", lines[0])
 	}
 	return nil
 }

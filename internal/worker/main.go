@@ -37,6 +37,11 @@ var pagemap *os.File
 // in the host's process).
 var forbidNewCode func() error
 
+// wxRequired: the host planned the W^X layer (confine.WXPlanned), so a
+// forbidNewCode that fails ends the sandbox instead of leaving a canister
+// running without the layer the host reports applied.
+var wxRequired bool
+
 // trimWhenIdle: canister workers give memory back when idle (trimIdle).
 // Only a sandbox process sets it; Serve in a test's goroutine shares the
 // test's process.
@@ -67,6 +72,7 @@ func Main() int {
 func ServeConfined(conn *net.UnixConn, args []string) int {
 	pagemap = confine.Pagemap()
 	forbidNewCode = confine.ForbidNewCode
+	wxRequired = confine.WXPlanned()
 	trimWhenIdle = true
 	return Serve(conn, args)
 }

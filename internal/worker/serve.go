@@ -367,7 +367,15 @@ func (w *worker) load(q *boundary.Request, warm bool) error {
 	// code the canister writes into memory can never run.
 	if forbidNewCode != nil {
 		if err := forbidNewCode(); err != nil {
-			// Old kernel (no PR_SET_MDWE): cordon doctor reports the layer missing.
+			if wxRequired {
+				// The host planned W^X and reports it applied: a canister
+				// must not run without it. The sandbox ends here.
+				_ = w.c.SendError(q.ID, boundary.ErrInternal, "confinement: layer wx: PR_SET_MDWE: %v", err)
+				w.fatal(ExitConfine)
+				return nil
+			}
+			// The host did not plan the layer (old kernel, no PR_SET_MDWE:
+			// cordon doctor reports it missing).
 			_ = w.c.SendLog(q.ID, boundary.LogWarn, "cannot forbid new executable memory: %v", err)
 		}
 		w.codeLocked = true

@@ -68,6 +68,9 @@ const (
 	LLandlock  = uint64(C.CORDON_L_LANDLOCK)  // Landlock domain without rights
 	LSeccomp   = uint64(C.CORDON_L_SECCOMP)   // seccomp allowlist (Enter)
 	LSetuid    = uint64(C.CORDON_L_SETUID)    // switch to UnprivilegedID (no user namespace)
+	// LWX is not applied at start: it tells a canister worker that the host
+	// planned the W^X layer, so ForbidNewCode failing must end the sandbox.
+	LWX = uint64(C.CORDON_L_WX)
 	// LLearn is for tests only: the seccomp filter sends every system call to
 	// the host, which records it and lets it continue. The host decides
 	// whether to continue; the sandbox cannot force it.
@@ -83,20 +86,34 @@ type Config struct {
 	AS     uint64 // RLIMIT_AS in bytes, 0 = unlimited
 	NProc  uint64 // RLIMIT_NPROC, 0 = unlimited
 	FSize  uint64 // RLIMIT_FSIZE in bytes (only memfds are writable; wasmtime sizes its memory images with them)
+	// Data is RLIMIT_DATA in bytes, 0 = unlimited: the bound on memory
+	// when there is no memory cgroup. It counts writable private mappings
+	// (reservations count once made writable), not shared ones.
+	Data uint64
 }
 
 // Arg encodes c for argv[2].
 func (c Config) Arg() string {
-	return fmt.Sprintf("%d:%#x:%d:%d:%d:%d:%d", ConfigVersion, c.Layers, c.Files, c.NoFile, c.AS, c.NProc, c.FSize)
+	return fmt.Sprintf("%d:%#x:%d:%d:%d:%d:%d:%d", ConfigVersion, c.Layers, c.Files, c.NoFile, c.AS, c.NProc, c.FSize, c.Data)
 }
 
 // IsSandbox reports whether this process was started by sandbox.Start.
 func IsSandbox() bool { return len(os.Args) >= 3 && os.Args[1] == Marker }
 
 var (
-	enterMu sync.Mutex
-	entered bool
+	enterMu   sync.Mutex
+	entered   bool
+	enteredWX bool // the host planned the W^X layer (LWX)
 )
+
+// WXPlanned reports whether the host planned the W^X layer for this
+// sandbox: ForbidNewCode failing then must end it, not be logged and
+// passed over. Call it after Enter.
+func WXPlanned() bool {
+	enterMu.Lock()
+	defer enterMu.Unlock()
+	return enteredWX
+}
 
 // Pagemap returns the sandbox's /proc/self/pagemap, which the C
 // constructor opened before entering the empty root, or nil (not a
@@ -141,6 +158,7 @@ func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
 	if int(C.cordon_early_nfiles()) != cfg.Files {
 		return nil, nil, nil, errors.New("confine: configuration mismatch")
 	}
+	enteredWX = cfg.Layers&LWX != 0
 	f := os.NewFile(3, "ipc")
 	c, err := net.FileConn(f)
 	_ = f.Close()
@@ -229,10 +247,10 @@ func sealAndReport(uc *net.UnixConn, filter []unix.SockFilter, msg string) error
 func parseConfig(s string) (Config, error) {
 	var c Config
 	p := strings.Split(s, ":")
-	if len(p) != 7 {
+	if len(p) != 8 {
 		return c, errors.New("confine: bad configuration")
 	}
-	var v [7]uint64
+	var v [8]uint64
 	for i, x := range p {
 		n, err := strconv.ParseUint(x, 0, 64)
 		if err != nil {
@@ -243,7 +261,7 @@ func parseConfig(s string) (Config, error) {
 	if v[0] != ConfigVersion || v[2] > 1000 {
 		return c, errors.New("confine: bad configuration")
 	}
-	return Config{Layers: v[1], Files: int(v[2]), NoFile: v[3], AS: v[4], NProc: v[5], FSize: v[6]}, nil
+	return Config{Layers: v[1], Files: int(v[2]), NoFile: v[3], AS: v[4], NProc: v[5], FSize: v[6], Data: v[7]}, nil
 }
 
 // ParseReady decodes the ready packet (hostile input: the host calls it on

@@ -214,12 +214,12 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 	if (argc < 3 || argv == NULL || argv[1] == NULL || strcmp(argv[1], CORDON_MARKER) != 0) return;
 	cordon_state = -1;
 
-	// argv[2]: "<version>:<layers>:<nfiles>:<nofile>:<as>:<nproc>:<fsize>"
+	// argv[2]: "<version>:<layers>:<nfiles>:<nofile>:<as>:<nproc>:<fsize>:<data>"
 	const char *p = argv[2];
-	uint64_t ver, layers, nfiles, nofile, as, nproc, fsize;
+	uint64_t ver, layers, nfiles, nofile, as, nproc, fsize, data;
 	if (parse_u64(&p, &ver) || ver != CORDON_CONFIG_VERSION || parse_u64(&p, &layers) ||
 	    parse_u64(&p, &nfiles) || parse_u64(&p, &nofile) || parse_u64(&p, &as) || parse_u64(&p, &nproc) ||
-	    parse_u64(&p, &fsize) || *p != 0 || nfiles > 1000)
+	    parse_u64(&p, &fsize) || parse_u64(&p, &data) || *p != 0 || nfiles > 1000)
 		die("bad configuration argument", EINVAL);
 	cordon_nfiles = (int)nfiles;
 
@@ -307,6 +307,7 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 			{RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE"},
 			{RLIMIT_NOFILE, nofile, "RLIMIT_NOFILE"},
 			{RLIMIT_AS, as, "RLIMIT_AS"},
+			{RLIMIT_DATA, data, "RLIMIT_DATA"},
 			{RLIMIT_NPROC, nproc, "RLIMIT_NPROC"},
 			{RLIMIT_MEMLOCK, 0, "RLIMIT_MEMLOCK"},
 			{RLIMIT_MSGQUEUE, 0, "RLIMIT_MSGQUEUE"},
@@ -314,7 +315,7 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
 			struct rlimit r;
 			if (getrlimit(lim[i].res, &r) != 0) die(lim[i].name, errno);
-			rlim_t v = lim[i].v == 0 && (lim[i].res == RLIMIT_AS || lim[i].res == RLIMIT_NPROC)
+			rlim_t v = lim[i].v == 0 && (lim[i].res == RLIMIT_AS || lim[i].res == RLIMIT_DATA || lim[i].res == RLIMIT_NPROC)
 					   ? RLIM_INFINITY
 					   : (rlim_t)lim[i].v;
 			// Only ever lower a limit (raising needs CAP_SYS_RESOURCE).

@@ -7,7 +7,7 @@
 #define CORDON_MARKER "__cordon_sandbox__"
 #define CORDON_PROBE_MARKER "__cordon_probe__"
 #define CORDON_SPAWNER_MARKER "__cordon_spawner__"
-#define CORDON_CONFIG_VERSION 1
+#define CORDON_CONFIG_VERSION 2
 #define CORDON_GO_BYTE 'G'
 #define CORDON_EXIT_SETUP 121
 #define CORDON_UNPRIVILEGED_ID 65534
@@ -24,6 +24,9 @@
 #define CORDON_L_LANDLOCK (1ULL << 8)
 #define CORDON_L_SECCOMP (1ULL << 9)
 #define CORDON_L_SETUID (1ULL << 10)
+// Not applied by early.c: the host planned the W^X layer, which the worker
+// completes (PR_SET_MDWE) once its module is loaded, and must not skip.
+#define CORDON_L_WX (1ULL << 11)
 
 int cordon_early_state(void);
 uint64_t cordon_early_applied(void);
