@@ -750,8 +750,8 @@ func makePlan(av *availability, s Spec, o startOpts) (map[Layer]bool, error) {
 			}
 			why = append(why, string(l)+": "+d)
 		}
-		return nil, fmt.Errorf("sandbox %s: strict mode: required confinement layers unavailable (%s); allow them explicitly with --insecure-allow-missing %s",
-			s.Label, strings.Join(why, "; "), layerList(missing))
+		return nil, fmt.Errorf("sandbox %s: strict mode: required confinement layers unavailable (%s); allow them explicitly (INSECURE) with --set sandbox.allow_missing=%s or CORDON_SANDBOX_ALLOW_MISSING=%s",
+			s.Label, strings.Join(why, "; "), layerList(missing), layerList(missing))
 	}
 	return plan, nil
 }
