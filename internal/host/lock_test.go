@@ -1,8 +1,11 @@
 package host
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,6 +144,11 @@ func TestRWLock(t *testing.T) {
 // A release of a hold nobody has (a host bug) is ignored: it neither takes
 // the node down nor lets a second writer in.
 func TestRWLockStrayUnlockChangesNothing(t *testing.T) {
+	// Not t.Parallel: it swaps the default logger to read what is logged.
+	var logged bytes.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logged, nil)))
+	t.Cleanup(func() { slog.SetDefault(prev) })
 	var l rwLock
 	if !l.TryLock() {
 		t.Fatal("a fresh lock is not free")
@@ -157,4 +165,7 @@ func TestRWLockStrayUnlockChangesNothing(t *testing.T) {
 		t.Fatal("the lock is not free after its only hold was released")
 	}
 	l.RUnlock()
+	if n := strings.Count(logged.String(), "level=ERROR"); n != 2 {
+		t.Fatalf("%d errors logged for two stray unlocks:\n%s", n, logged.String())
+	}
 }
