@@ -138,6 +138,20 @@ func TestExecuteRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(r.Exec.Globals, q.Globals) {
 			t.Fatalf("%s globals %v", tc.name, r.Exec.Globals)
 		}
+		// A mapped heap carries its image's generation, which the
+		// sandbox's memory reports (engine: extents looked up only
+		// after it moved); an inline one carries none.
+		wantGen, wantOK := tc.heap.ImageGeneration()
+		gotGen, gotOK := r.Heap.(interface{ ImageGeneration() (uint64, bool) }).ImageGeneration()
+		if tc.source == HeapInline {
+			wantGen, wantOK = 0, false
+		}
+		if tc.source == MemoryMapped && !wantOK {
+			t.Fatalf("%s: the mapped heap has no image generation", tc.name)
+		}
+		if gotGen != wantGen || gotOK != wantOK || r.Exec.HasHeapImageGen != wantOK {
+			t.Fatalf("%s: heap image generation %d, %v arrived; want %d, %v", tc.name, gotGen, gotOK, wantGen, wantOK)
+		}
 		got := *r.Exec.Input
 		got.Stable = nil
 		if !reflect.DeepEqual(&got, in) {
@@ -682,6 +696,25 @@ func TestAwaitRules(t *testing.T) {
 		_, err := host.AwaitOutput(testExpect(1), nil)
 		wantViolation(t, err, VID)
 	})
+}
+
+// A heap image generation belongs to a mapped, non-empty heap only.
+func TestExecuteHeapImageGenerationOnlyWhenMapped(t *testing.T) {
+	for name, q := range map[string]*ExecRequest{
+		"inline heap":    {HeapSource: HeapInline, HasHeap: true, HeapSize: state.WasmPageSize, HasHeapImageGen: true, HeapImageGen: 3},
+		"no heap":        {HeapSource: MemoryMapped, HasHeapImageGen: true, HeapImageGen: 3},
+		"empty heap":     {HeapSource: MemoryMapped, HasHeap: true, HasHeapImageGen: true},
+		"value, no flag": {HeapSource: MemoryMapped, HasHeap: true, HeapSize: state.WasmPageSize, HeapImageGen: 3},
+	} {
+		q.Input = testInput()
+		if _, err := DecodeExecute(EncodeExecute(q)); err == nil || !strings.Contains(err.Error(), "heap image generation") {
+			t.Errorf("%s: %v, want refused", name, err)
+		}
+	}
+	ok := &ExecRequest{HeapSource: MemoryMapped, HasHeap: true, HeapSize: state.WasmPageSize, HasHeapImageGen: true, HeapImageGen: 3, Input: testInput()}
+	if q, err := DecodeExecute(EncodeExecute(ok)); err != nil || !q.HasHeapImageGen || q.HeapImageGen != 3 {
+		t.Fatalf("mapped heap with a generation: %+v, %v", q, err)
+	}
 }
 
 // A mapped Execute must carry exactly the descriptors its header declares,

@@ -18,9 +18,14 @@ type ExecRequest struct {
 	HasHeap    bool  // false: the module's initial memory (engine.Request.Heap nil)
 	HeapSize   uint64
 	HeapPages  uint64
-	HasGlobals bool // false: the module's initial values
-	Globals    []state.Global
-	StableSize uint64
+	// HeapImageGen, if HasHeapImageGen, is the generation of the mapped
+	// heap's image (state.PageMap.ImageGeneration): the sandbox's kept
+	// instance looks the image's extents up again only when it moved.
+	HasHeapImageGen bool
+	HeapImageGen    uint64
+	HasGlobals      bool // false: the module's initial values
+	Globals         []state.Global
+	StableSize      uint64
 	// StablePages is the number of stable pages that follow.
 	StablePages uint64
 	// Input is the System API input; its Stable field is not encoded (the
@@ -31,7 +36,8 @@ type ExecRequest struct {
 // EncodeExecute encodes an ExecRequest header:
 //
 //	[32]byte module; bool run start; u8 heap source; bool has heap;
-//	u64 heap size; u64 heap pages; bool has globals; u64 n, n × (u8 type,
+//	u64 heap size; u64 heap pages; bool has heap image generation, u64
+//	heap image generation; bool has globals; u64 n, n × (u8 type,
 //	u64 bits); u64 stable size; u64 stable pages; then the input:
 //	u8 context; str entry; u64 callback fun; u64 callback env; bool memory64;
 //	bytes canister id; bytes subnet id; bytes caller; bytes arg; str method
@@ -55,6 +61,8 @@ func EncodeExecute(q *ExecRequest) []byte {
 	w.bool(q.HasHeap)
 	w.u64(q.HeapSize)
 	w.u64(q.HeapPages)
+	w.bool(q.HasHeapImageGen)
+	w.u64(q.HeapImageGen)
 	w.bool(q.HasGlobals)
 	writeGlobals(w, q.Globals)
 	w.u64(q.StableSize)
@@ -162,6 +170,8 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	q.HasHeap = r.bool("has heap")
 	q.HeapSize = r.u64("heap size")
 	q.HeapPages = r.u64("heap pages")
+	q.HasHeapImageGen = r.bool("has heap image generation")
+	q.HeapImageGen = r.u64("heap image generation")
 	q.HasGlobals = r.bool("has globals")
 	q.Globals = readGlobals(r)
 	if q.HasGlobals && q.Globals == nil {
@@ -270,6 +280,9 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	}
 	if q.HeapSource == MemoryMapped && (q.HeapPages != 0 || q.StablePages != 0) {
 		return nil, violation(VDecode, "execute: pages with mapped memories")
+	}
+	if (q.HasHeapImageGen || q.HeapImageGen != 0) && (q.HeapSource != MemoryMapped || !q.HasHeap || q.HeapSize == 0 || !q.HasHeapImageGen) {
+		return nil, violation(VDecode, "execute: a heap image generation without a mapped heap")
 	}
 	return q, nil
 }

@@ -15,7 +15,8 @@ import (
 // Version is the protocol version; both sides are built from one source.
 // 2: Warm (load a module ahead of its canister's next message).
 // 3: Execute carries Input.Responded (a callback of an answered call).
-const Version = 3
+// 4: Execute carries the mapped heap image's generation.
+const Version = 4
 
 // MaxPacket is the largest packet either side sends or accepts, header
 // included. It stays well below the kernel's default socket send buffer

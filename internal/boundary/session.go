@@ -214,6 +214,12 @@ func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.Page
 	}
 	if mapped {
 		q.HeapSource = MemoryMapped
+		if q.HeapSize > 0 {
+			q.HeapImageGen, q.HasHeapImageGen = heap.ImageGeneration()
+			if !q.HasHeapImageGen {
+				q.HeapImageGen = 0
+			}
+		}
 		return c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q), Files: files})
 	}
 	q.HeapSource = HeapInline
@@ -329,6 +335,9 @@ func (c *Conn) decodeExecute(m *Msg, q *Request) (err error) {
 		if x.HasHeap {
 			if q.Heap, err = mapFile(x.HeapSize); err != nil {
 				return err
+			}
+			if fm, ok := q.Heap.(*state.FileMemory); ok && x.HasHeapImageGen {
+				fm.SetImageGeneration(x.HeapImageGen)
 			}
 		}
 		if q.Stable, err = mapFile(x.StableSize); err != nil {

@@ -74,13 +74,17 @@ var errNoScan = errors.New("pagemap scan unavailable")
 // [addr, addr+size) that are anonymous copies: present or swapped out,
 // neither a page of a file nor the shared zero page.
 func writtenPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
-	return scanPages(pagemap, addr, size, pageIsFile|pageIsPFNZero, pageIsFile|pageIsPFNZero)
+	return scanPages(pagemap, addr, size, pageIsFile|pageIsPFNZero, pageIsFile|pageIsPFNZero, nil)
 }
 
 // scanPages returns the indices (relative to addr) of the present or
 // swapped-out 4 KiB pages in [addr, addr+size) whose categories, with
-// inverted flipped, have none of mask's bits set.
-func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64) ([]uint64, error) {
+// inverted flipped, have none of mask's bits set, and for which keep (if
+// not nil) returns true given the page's index and its categories
+// (present, swapped, zero page). One ioctl answers for up to 256 runs of
+// pages, so a caller with several ranges to classify scans once and
+// sorts the pages itself (keep) rather than scanning each range.
+func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64, keep func(i, categories uint64) bool) ([]uint64, error) {
 	if pagemap == nil {
 		return nil, errNoScan
 	}
@@ -97,7 +101,7 @@ func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64) ([]u
 			categoryInverted: inverted,
 			categoryMask:     mask,
 			categoryAnyof:    pageIsPresent | pageIsSwapped,
-			returnMask:       pageIsPresent | pageIsSwapped,
+			returnMask:       pageIsPresent | pageIsSwapped | pageIsPFNZero,
 		}
 		n, _, errno := unix.Syscall(unix.SYS_IOCTL, pagemap.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg)))
 		if errno != 0 {
@@ -115,6 +119,9 @@ func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64) ([]u
 			}
 			for p := r.start; p < r.end; p += state.PageSize {
 				i := (p - uint64(addr)) / state.PageSize
+				if keep != nil && !keep(i, r.categories) {
+					continue
+				}
 				switch {
 				case len(out) == 0 || i > out[len(out)-1]:
 					out = append(out, i)

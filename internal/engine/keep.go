@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -262,28 +263,40 @@ const copyPages = 64
 // update committed into the same file meanwhile is seen, as the file's own
 // pages see it. An error: the instance cannot be reset.
 func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
-	if r.mem == nil || r.mappedLen == 0 || heap.File() == nil {
+	f := heap.File()
+	if r.mem == nil || r.mappedLen == 0 || f == nil {
 		return errors.New("memory not mapped")
 	}
 	data := r.mem.UnsafeData(r.store)
 	if uintptr(len(data)) != r.mappedLen || len(data) == 0 || uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
 		return errors.New("memory grew or moved")
 	}
-	f := heap.File()
-	if beforeRun && !slices.Equal(dataSpans(f, uint64(r.mappedLen)), r.spans) {
-		// A commit wrote into a hole the memory has as anonymous zeros.
-		return errors.New("the heap image's data spans changed")
+	if beforeRun {
+		if gen, ok := imageGeneration(heap); !ok || !r.spansGenOK || gen != r.spansGen {
+			if !slices.Equal(dataSpans(f, uint64(r.mappedLen)), r.spans) {
+				// A commit wrote into a hole the memory has as anonymous zeros.
+				return errors.New("the heap image's data spans changed")
+			}
+			r.spansGen, r.spansGenOK = gen, ok
+		}
 	}
-	pagemap := req.Pagemap
-	if pagemap == nil {
-		pagemap = SelfPagemap()
-	}
-	pages, err := r.pagesToRestore(pagemap)
-	if err != nil {
-		return err
+	pages, known := r.restore, r.restoreKnown
+	r.restore, r.restoreKnown = nil, false
+	if !beforeRun || !known {
+		pagemap := req.Pagemap
+		if pagemap == nil {
+			pagemap = SelfPagemap()
+		}
+		var err error
+		if pages, err = r.pagesToRestore(pagemap); err != nil {
+			return err
+		}
 	}
 	copying := len(pages) <= copyPages
 	if copying && !beforeRun {
+		// Nothing runs on the instance until the next query, so these
+		// are still the pages to read then, without scanning again.
+		r.restore, r.restoreKnown = pages, true
 		return nil
 	}
 	for i := 0; i < len(pages); {
@@ -311,7 +324,19 @@ func (r *run) reset(req *Request, heap state.Memory, beforeRun bool) error {
 		}
 		i = j
 	}
+	if !beforeRun {
+		r.restore, r.restoreKnown = nil, true // mapped afresh: exact
+	}
 	return nil
+}
+
+// imageGeneration returns the generation of heap's image, if it keeps one
+// (state.PageMap; a sandbox's state.FileMemory does not).
+func imageGeneration(heap state.Memory) (uint64, bool) {
+	if g, ok := heap.(interface{ ImageGeneration() (uint64, bool) }); ok {
+		return g.ImageGeneration()
+	}
+	return 0, false
 }
 
 // readFullAt reads len(dst) bytes of f at off into dst.
@@ -334,30 +359,25 @@ func readFullAt(f *os.File, dst []byte, off int64) error {
 
 // pagesToRestore returns the indices of the pages of the mapped memory
 // that reset must make the file's again: in the file's spans every page
-// that is not a page of the file (foreignPages), in its holes every
-// written page (writtenPages: a hole read shows the shared zero page,
-// which is what the hole holds).
+// that is not a page of the file (written copies, the shared zero page),
+// in its holes every written page (a hole read shows the shared zero page,
+// which is what the hole holds). One scan of the whole memory finds both:
+// a kept query pays one ioctl, not one per span and hole.
 func (r *run) pagesToRestore(pagemap *os.File) ([]uint64, error) {
-	var out []uint64
-	err := splitSpans(r.spans, 0, uint64(r.mappedLen), func(lo, hi uint64, inSpan bool) error {
-		scan := writtenPages
-		if inSpan {
-			scan = foreignPages
-		}
-		pages, err := scan(pagemap, r.mappedAddr+uintptr(lo), uintptr(hi-lo))
-		for _, p := range pages {
-			out = append(out, lo/state.PageSize+p)
-		}
-		return err
+	spans := r.spans
+	return scanPages(pagemap, r.mappedAddr, r.mappedLen, pageIsFile, pageIsFile, func(i, categories uint64) bool {
+		off := i * state.PageSize
+		k, _ := slices.BinarySearchFunc(spans, off, func(s span, off uint64) int { return cmp.Compare(s.end, off+1) })
+		inSpan := k < len(spans) && spans[k].off <= off
+		return inSpan || categories&pageIsPFNZero == 0
 	})
-	return out, err
 }
 
 // foreignPages returns the indices of the pages in [addr, addr+size) that
 // are present or swapped out and not pages of a file: written copies and the
 // shared zero page.
 func foreignPages(pagemap *os.File, addr, size uintptr) ([]uint64, error) {
-	return scanPages(pagemap, addr, size, pageIsFile, pageIsFile)
+	return scanPages(pagemap, addr, size, pageIsFile, pageIsFile, nil)
 }
 
 // mapPrivateAt maps len(dst) bytes of f from offset off over dst,

@@ -417,3 +417,41 @@ func TestKeptResetCopiesFewPagesRemapsMany(t *testing.T) {
 		t.Fatal("no query ran on a kept instance")
 	}
 }
+
+// A query on a kept instance asks the kernel once which pages to restore
+// (one PAGEMAP_SCAN over the whole memory, when the previous query ended:
+// nothing runs on the instance in between, so none before it starts), and
+// looks the image's data extents up again only after the image changed.
+// Each system call here costs microseconds on a virtual machine, which is
+// what a small query costs in all.
+func TestKeptQueryScansOnceLooksUpExtentsAfterCommits(t *testing.T) {
+	f := newKeepFixture(t, leakWAT, 1)
+	f.write(t, 42) // the image holds pages 0 and 3 (its spans), the rest are holes
+	f.query(t, "canister_query peek")
+	for i := 0; i < 3; i++ {
+		scans0, lookups0, reused0 := scans.Load(), extentLookups.Load(), f.e.Reused()
+		if out := f.query(t, "canister_query peek"); !bytes.Equal(out.Reply, peekWant(42)) {
+			t.Fatalf("query %d: %x, want %x", i, out.Reply, peekWant(42))
+		}
+		if f.e.Reused() != reused0+1 {
+			t.Fatalf("query %d did not run on the kept instance", i)
+		}
+		if n := scans.Load() - scans0; n != 1 {
+			t.Errorf("query %d: %d page scans, want 1", i, n)
+		}
+		if n := extentLookups.Load() - lookups0; n != 0 {
+			t.Errorf("query %d: the image's extents looked up %d times, nothing was committed", i, n)
+		}
+	}
+	f.write(t, 43)
+	lookups0, reused0 := extentLookups.Load(), f.e.Reused()
+	if out := f.query(t, "canister_query peek"); !bytes.Equal(out.Reply, peekWant(43)) {
+		t.Fatalf("after the update: %x, want %x", out.Reply, peekWant(43))
+	}
+	if f.e.Reused() != reused0+1 {
+		t.Fatal("the query after the update did not run on the kept instance")
+	}
+	if n := extentLookups.Load() - lookups0; n != 1 {
+		t.Errorf("after the update: the image's extents looked up %d times, want 1", n)
+	}
+}

@@ -69,8 +69,17 @@ type run struct {
 	// committed heap's file mapping, if restoreHeap mapped it.
 	mappedAddr, mappedLen uintptr
 	// spans are the parts of the mapped range mapped from the file; the
-	// rest are its holes, anonymous memory (holes.go).
-	spans []span
+	// rest are its holes, anonymous memory (holes.go). spansGen is the
+	// image generation they were found at (spansGenOK: the heap keeps one,
+	// state.PageMap.ImageGeneration).
+	spans      []span
+	spansGen   uint64
+	spansGenOK bool
+	// restore, if restoreKnown, are the pages a kept instance's next query
+	// must read again from the file: found when the last query ended, and
+	// unchanged since, as no execution ran on the instance (keep.go).
+	restore      []uint64
+	restoreKnown bool
 	// borrow: the heap delta's pages point into the linear memory
 	// (Request.Emit) instead of being copied.
 	borrow bool
@@ -411,6 +420,9 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	// upgrade) is copied: the rest of the memory must become zeros.
 	data := r.mem.UnsafeData(r.store)
 	if want > 0 && want == uint64(len(data)) && heap.File() != nil {
+		// The generation before the extents are looked up: a write
+		// between the two makes the instance look again, never miss one.
+		r.spansGen, r.spansGenOK = imageGeneration(heap)
 		spans, err := mapHeapImage(data[:want], heap.File())
 		if err != nil {
 			return fmt.Errorf("engine: %w", err)

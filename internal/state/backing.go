@@ -161,6 +161,7 @@ func (img *image) preserve(i uint64) {
 // its own (the image could not take them) are copied: the caller reuses
 // its buffers. mu held.
 func (img *image) writeOwned(m *PageMap, n int, page func(k int) (uint64, *Page), copyPages bool) error {
+	img.gen.Add(1)
 	err := img.resize(max(img.size, m.size))
 	if err == nil {
 		err = img.mapTo(img.size)

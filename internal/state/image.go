@@ -31,6 +31,10 @@ type Memory interface {
 type image struct {
 	rw, ro *os.File
 	size   uint64
+	// gen counts the changes to the file's bytes, size or holes (each
+	// write, resize and punched page): a mapping of it checks the file's
+	// layout again only when gen moved (ImageGeneration).
+	gen atomic.Uint64
 
 	// mu guards sharing, and the entries and stale sets of the page maps
 	// that share the image while the owner writes (backing.go).
@@ -231,6 +235,7 @@ func (img *image) resize(size uint64) error {
 	if size == img.size {
 		return nil
 	}
+	img.gen.Add(1)
 	if size > 1<<62 {
 		return fmt.Errorf("memory of %d bytes", size)
 	}
@@ -250,6 +255,7 @@ func (img *image) apply(d Delta) error {
 	if err := img.resize(d.Size); err != nil {
 		return err
 	}
+	img.gen.Add(1)
 	if err := writePages(img.rw, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }); err != nil {
 		return fmt.Errorf("write memfd: %w", err)
 	}
@@ -318,6 +324,9 @@ type FileMemory struct {
 	f     *os.File
 	size  uint64
 	pages map[uint64]*Page
+	// gen is the host's ImageGeneration of the image f is, if genOK.
+	gen   uint64
+	genOK bool
 }
 
 // OpenFileMemory reads a memory of size bytes from f, which must be at
@@ -363,6 +372,14 @@ func (m *FileMemory) Page(i uint64) *Page {
 // File implements Memory.
 func (m *FileMemory) File() *os.File { return m.f }
 
+// SetImageGeneration records the generation the host's page map gave for
+// the image (PageMap.ImageGeneration), which ImageGeneration then returns.
+func (m *FileMemory) SetImageGeneration(gen uint64) { m.gen, m.genOK = gen, true }
+
+// ImageGeneration is PageMap.ImageGeneration for the host's image, if the
+// host said it (SetImageGeneration).
+func (m *FileMemory) ImageGeneration() (uint64, bool) { return m.gen, m.genOK }
+
 // Close closes the memory's file.
 func (m *FileMemory) Close() error {
 	m.pages = nil
@@ -380,6 +397,24 @@ type imageState struct {
 	backed bool
 	stale  map[uint64]struct{}
 	reader bool // a Clone
+}
+
+// ImageGeneration returns a number that changes whenever the memory's
+// image file is written, resized or has pages punched out, and false if the
+// memory has no image now. An execution that mapped the image's data
+// extents (engine, holes.go) looks them up again only when it changed: a
+// kept query instance would otherwise pay lseeks per query to learn that
+// nothing was written.
+func (m *PageMap) ImageGeneration() (uint64, bool) {
+	if m == nil {
+		return 0, false
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.img == nil {
+		return 0, false
+	}
+	return m.img.gen.Load(), true
 }
 
 // HasImage reports whether the memory holds an image now.
