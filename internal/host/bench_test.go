@@ -274,3 +274,48 @@ func procCPU(pid int) time.Duration {
 	st, _ := strconv.ParseUint(f[12], 10, 64)
 	return time.Duration(u+st) * 10 * time.Millisecond
 }
+
+// BenchmarkMemoryHeavyUpdate is `cordon bench`'s memory-heavy update in
+// both modes: memory.wasm's touch(c, 256) writes one byte in each of 256
+// pages (every fourth page of a 4 MiB chunk c), a chunk no earlier
+// iteration touched, and the commit stores what changed.
+//
+//	go test ./internal/host -run '^$' -bench MemoryHeavyUpdate -benchtime 20x
+func BenchmarkMemoryHeavyUpdate(b *testing.B) {
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := DefaultConfig()
+			cfg.Home = b.TempDir()
+			cfg.Isolation = mode
+			n, err := Open(cfg, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer n.Close()
+			ctx := context.Background()
+			id := benchInstall(b, n, module(b, corpusDir, "memory"))
+			if _, err := n.Update(ctx, Message{Canister: id, Method: "grow", Arg: natArg(uint64(b.N) + 1), Caller: user}); err != nil {
+				b.Fatal(err)
+			}
+			// The warm-up touches chunk 0.
+			if _, err := n.Update(ctx, Message{Canister: id, Method: "touch", Arg: natPairArg(0, 256), Caller: user}); err != nil {
+				b.Fatal(err)
+			}
+			cpu := startCPU(b)
+			var instr uint64
+			b.ResetTimer()
+			for i := range b.N {
+				r, err := n.Update(ctx, Message{Canister: id, Method: "touch", Arg: natPairArg(uint64(i)+1, 256), Caller: user})
+				if err != nil {
+					b.Fatal(err)
+				}
+				instr += r.Instructions
+			}
+			b.StopTimer()
+			cpu.report(b, mode != "inprocess")
+			// Instructions include the charge for each changed page
+			// (sysapi.HeapDirtyPageCost): a garbage collection shows here.
+			b.ReportMetric(float64(instr)/float64(b.N), "instr/op")
+		})
+	}
+}
