@@ -195,6 +195,9 @@ func TestFormatValue(t *testing.T) {
 		{Float64(0), nil, `0.0 : float64`},
 		{Float64(math.Copysign(0, -1)), nil, `-0.0 : float64`},
 		{Text("tab\there\x01"), nil, `"tab\there\u{1}"`},
+		{Text("\u202e\u009b\u0085\u2028\u2029\u200b\ufeff\U000e0001é"), nil, `"\u{202e}\u{9b}\u{85}\u{2028}\u{2029}\u{200b}\u{feff}\u{e0001}é"`},
+		{Variant{Hash("a\u202eb"), Null{}}, VariantOf(NamedField("a\u202eb", Prim(KindNull))), `variant { "a\u{202e}b" }`},
+		{FuncRef{Method: "m\u2028"}, nil, `func "aaaaa-aa"."m\u{2028}"`},
 		{FuncRef{Method: "query"}, nil, `func "aaaaa-aa"."query"`},
 		{Reserved{}, nil, `null : reserved`},
 	}
