@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -92,5 +93,46 @@ func TestReplyTextCannotDriveTheTerminal(t *testing.T) {
 	check("a record reply with a named field", out)
 	if want := `(record { "lbl\u{202e}x\u{85}" = ` + escaped + ` })`; out != want {
 		t.Fatalf("record reply printed %s, want %s", out, want)
+	}
+}
+
+// What cordon prints of a reply is bounded by the reply's size, whatever
+// names the canister's own candid:service gives its fields: a 20-byte reply
+// (a vec of 2^15 records of one null field) typed by a field name of 1 KiB
+// printed 32 MiB (a name of 1 MiB: 32 GiB, and the CLI ran out of memory).
+// The text is cut with a note that says so; --output raw has it all.
+func TestReplyPrintBoundedWithHostileFieldNames(t *testing.T) {
+	name := strings.Repeat("a", 1024)
+	did := `service : { m : () -> (vec record { ` + name + ` : null }) query }`
+	reply := []byte("DIDL\x02\x6d\x01\x6c\x01")
+	reply = binary.AppendUvarint(reply, uint64(candid.Hash(name)))
+	reply = append(reply, 0x7f, 0x01, 0x00)
+	reply = binary.AppendUvarint(reply, 1<<15) // within the decoder's memory budget
+	home := t.TempDir()
+	id := must(t, cordon(t, home, "install", replyWasm(t, reply, did)))
+	limit := replyTextLimit(len(reply))
+
+	out := must(t, cordon(t, home, "query", id, "m"))
+	t.Logf("a %d-byte reply printed %d bytes, ending %q", len(reply), len(out), out[max(0, len(out)-120):])
+	if len(out) > limit+200 {
+		t.Fatalf("a %d-byte reply printed %d bytes (limit %d)", len(reply), len(out), limit)
+	}
+	if !strings.HasPrefix(out, "(vec { record { "+name+" = null };") || !strings.Contains(out, "--output raw") {
+		t.Fatalf("the cut text does not say so: ...%s", out[max(0, len(out)-200):])
+	}
+
+	r := cordon(t, home, "query", id, "m", "--output", "json")
+	var j struct {
+		Reply    string `json:"reply"`
+		ReplyHex string `json:"reply_hex"`
+	}
+	if r.code != 0 || len(r.stdout) > limit+1000 || json.Unmarshal([]byte(r.stdout), &j) != nil {
+		t.Fatalf("--output json: exit %d, %d bytes on stdout: %.200s", r.code, len(r.stdout), r.stderr)
+	}
+	if !strings.Contains(j.Reply, "cut") || j.ReplyHex != fmt.Sprintf("%x", reply) {
+		t.Fatalf("--output json: reply %.100q…, reply_hex %s", j.Reply, j.ReplyHex)
+	}
+	if got := must(t, cordon(t, home, "query", id, "m", "--output", "raw")); got != fmt.Sprintf("%x", reply) {
+		t.Fatalf("--output raw: %s", got)
 	}
 }
