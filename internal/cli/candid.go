@@ -175,18 +175,38 @@ func truncateText(s string, n int) string {
 	return s
 }
 
-// decodeReply prints Candid bytes as text, typed when the types are known.
-func decodeReply(b []byte, types candidTypes) (string, error) {
+// decodeReply prints Candid bytes as text, typed when the types are known,
+// within replyTextLimit; hint follows the note on text cut short.
+func decodeReply(b []byte, types candidTypes, hint string) (string, error) {
 	if types != nil {
 		if a, err := candid.DecodeAs(b, types); err == nil {
-			return a.String(), nil
+			return formatReply(a, len(b), hint), nil
 		}
 	}
 	a, err := candid.Decode(b)
 	if err != nil {
 		return "", err
 	}
-	return a.String(), nil
+	return formatReply(a, len(b), hint), nil
+}
+
+// replyTextLimit bounds the text printed for n bytes of Candid. Text can
+// outgrow its encoding without bound: a field name comes from the type (a
+// canister's own candid:service), once, and is printed for every element of
+// a vec, which costs nothing on the wire for a record of nulls (a 20-byte
+// reply printed 32 MiB with a 1 KiB name). Honest replies print within a
+// few times their size (a blob three times, a nat64 about four).
+func replyTextLimit(n int) int { return 1<<20 + 16*n }
+
+// formatReply prints a as Candid text, cut short past replyTextLimit(n)
+// with a note saying so (then it is not valid Candid).
+func formatReply(a candid.Args, n int, hint string) string {
+	limit := replyTextLimit(n)
+	text, complete := a.Format(limit)
+	if !complete {
+		text = fmt.Sprintf("%s … (text cut at %d bytes, from %d bytes of Candid%s)", strings.TrimRight(text, " "), limit, n, hint)
+	}
+	return text
 }
 
 func newCandidCmd(g *globals) *cobra.Command {
@@ -233,10 +253,10 @@ func newCandidCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(g.stdout, a.String())
+				fmt.Fprintln(g.stdout, formatReply(a, len(b), ""))
 				return nil
 			}
-			text, err := decodeReply(b, nil)
+			text, err := decodeReply(b, nil, "")
 			if err != nil {
 				return err
 			}

@@ -320,10 +320,10 @@ func printReply(w interface{ Write([]byte) (int, error) }, output string, resp *
 		_, err := fmt.Fprintln(w, hex.EncodeToString(resp.Reply))
 		return err
 	case "json":
-		text, _ := decodeReply(resp.Reply, types)
+		text, _ := decodeReply(resp.Reply, types, "; reply_hex has all of it")
 		return writeJSON(w, map[string]any{"reply_hex": hex.EncodeToString(resp.Reply), "reply": text, "instructions": resp.Instructions})
 	case "candid", "":
-		text, err := decodeReply(resp.Reply, types)
+		text, err := decodeReply(resp.Reply, types, "; --output raw prints all of it as hex")
 		if err != nil {
 			return fmt.Errorf("decode reply %x: %w (use --output raw)", resp.Reply, err)
 		}

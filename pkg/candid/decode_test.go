@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 func TestDecodeWireTypes(t *testing.T) {
@@ -154,6 +156,43 @@ func TestIsSubtype(t *testing.T) {
 		if got := IsSubtype(ts[0], ts[1]); got != tt.want {
 			t.Errorf("%s <: %s = %v, want %v", tt.t1, tt.t2, got, tt.want)
 		}
+	}
+}
+
+// A failed subtype check leaves no conclusion that depended on it: after
+// func () -> (X1) <: func () -> (Y1) fails (under opt: the reference reads
+// as null), func () -> (X2) is still not read as a func () -> (Y2), since
+// X2 <: Y2 needs X1 <: Y1. The coercer keeps one subtyper for the message,
+// so X2 <: Y2, concluded while X1 <: Y1 was assumed, was remembered.
+func TestSubtypeFailureForgetsDependentAssumptions(t *testing.T) {
+	mk := func(last Kind) (*Type, *Type) {
+		x1, x2 := &Type{Kind: KindRecord}, &Type{Kind: KindRecord}
+		x1.Fields = []Field{{ID: 0, Type: x2}, {ID: 1, Type: Prim(last)}}
+		x2.Fields = []Field{{ID: 0, Type: x1}}
+		return x1, x2
+	}
+	x1, x2 := mk(KindNat)
+	y1, y2 := mk(KindText)
+	if IsSubtype(x2, y2) {
+		t.Fatal("X2 <: Y2 on its own")
+	}
+	wire := []*Type{OptOf(FuncOf(nil, []*Type{x1})), FuncOf(nil, []*Type{x2})}
+	ref := FuncRef{Service: principal.Management(), Method: "m"}
+	msg, err := EncodeArgs(Args{Types: wire, Values: []Value{Opt{ref}, ref}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expected := []*Type{OptOf(FuncOf(nil, []*Type{y1})), FuncOf(nil, []*Type{y2})}
+	if a, err := DecodeAs(msg, expected); err == nil {
+		t.Fatalf("func () -> (X2) read as func () -> (Y2): %s", a)
+	}
+	// What held stays known: the same reference twice at a type it fits.
+	msg, err = EncodeArgs(Args{Types: []*Type{wire[1], wire[1]}, Values: []Value{ref, ref}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeAs(msg, []*Type{wire[1], FuncOf(nil, []*Type{x2})}); err != nil {
+		t.Fatalf("func () -> (X2) read as itself: %v", err)
 	}
 }
 

@@ -193,6 +193,14 @@ type typeEnv struct {
 	order    []string
 	defs     map[string]*typeExpr
 	resolved map[string]*Type
+	methods  []methodRef // methods whose type was not yet built (resolveAll)
+}
+
+// methodRef is a service method whose type is a reference to a definition.
+type methodRef struct {
+	pos       int
+	name, ref string
+	t         *Type
 }
 
 func newTypeEnv(src string) *typeEnv {
@@ -248,16 +256,72 @@ func (env *typeEnv) errorf(pos int, format string, args ...any) error {
 	return syntaxErr(env.src, pos, format, args...)
 }
 
+// resolveAll resolves every definition without recursing from one
+// definition into another: a .did file may hold a chain of a million
+// definitions (type a0 = opt a1; type a1 = opt a2; ...), and a Go stack
+// frame per link overflowed the stack, a fatal error. So every definition
+// that is not an alias first gets its *Type, empty, then each alias the
+// *Type of its target, then each body is built in turn, its references to
+// names being those *Types. Later traversals of the result are bounded by
+// checkType's depth limit.
 func (env *typeEnv) resolveAll() ([]TypeDef, error) {
-	defs := make([]TypeDef, 0, len(env.order))
 	for _, name := range env.order {
-		t, err := env.lookup(name, env.defs[name].pos)
-		if err != nil {
+		if env.defs[name].kind != KindInvalid {
+			env.resolved[name] = &Type{Name: name}
+		}
+	}
+	for _, name := range env.order {
+		if err := env.resolveAlias(name); err != nil {
 			return nil, err
 		}
-		defs = append(defs, TypeDef{name, t})
+	}
+	for _, name := range env.order {
+		if e := env.defs[name]; e.kind != KindInvalid {
+			if err := env.build(e, env.resolved[name], 0); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// A method's type may be a definition built after the service that
+	// names it: checked once all are built.
+	for _, m := range env.methods {
+		if m.t.Kind != KindFunc {
+			return nil, env.errorf(m.pos, "method %q: %s is not a function type", m.name, m.ref)
+		}
+	}
+	env.methods = nil
+	defs := make([]TypeDef, 0, len(env.order))
+	for _, name := range env.order {
+		defs = append(defs, TypeDef{name, env.resolved[name]})
 	}
 	return defs, nil
+}
+
+// resolveAlias gives name, if it is an alias (type A = B), the *Type of the
+// first definition down its chain of aliases that is not one. Every alias
+// on the chain is resolved on the way, so each is followed once.
+func (env *typeEnv) resolveAlias(name string) error {
+	var chain []string
+	onChain := map[string]bool{}
+	for n := name; ; {
+		if t, ok := env.resolved[n]; ok {
+			for _, a := range chain {
+				env.resolved[a] = t
+			}
+			return nil
+		}
+		e, ok := env.defs[n]
+		if !ok {
+			last := env.defs[chain[len(chain)-1]]
+			return env.errorf(last.pos, "undefined type %q", n)
+		}
+		if onChain[n] {
+			return env.errorf(e.pos, "type %q is defined in terms of itself only (a cycle of aliases)", n)
+		}
+		onChain[n] = true
+		chain = append(chain, n)
+		n = e.ref
+	}
 }
 
 func (env *typeEnv) resolveArgs(args []argExpr) ([]*Type, error) {
@@ -272,53 +336,13 @@ func (env *typeEnv) resolveArgs(args []argExpr) ([]*Type, error) {
 	return ts, nil
 }
 
-// lookup returns the type named name. Definitions that are a bare name
-// (aliases) resolve to the same *Type as their target.
+// lookup returns the type named name; every definition is resolved
+// (resolveAll) before a reference is looked up.
 func (env *typeEnv) lookup(name string, pos int) (*Type, error) {
 	if t, ok := env.resolved[name]; ok {
 		return t, nil
 	}
-	target, err := env.target(name, pos)
-	if err != nil {
-		return nil, err
-	}
-	if target != name {
-		t, err := env.lookup(target, pos)
-		if err != nil {
-			return nil, err
-		}
-		env.resolved[name] = t
-		return t, nil
-	}
-	t := &Type{Name: name}
-	env.resolved[name] = t
-	if err := env.build(env.defs[name], t, 0); err != nil {
-		return nil, err
-	}
-	return t, nil
-}
-
-// target follows a chain of aliases (type A = B) from name to the first
-// definition that is not an alias, or that is already resolved.
-func (env *typeEnv) target(name string, pos int) (string, error) {
-	seen := map[string]bool{}
-	for {
-		if _, ok := env.resolved[name]; ok {
-			return name, nil
-		}
-		e, ok := env.defs[name]
-		if !ok {
-			return "", env.errorf(pos, "undefined type %q", name)
-		}
-		if e.kind != KindInvalid {
-			return name, nil
-		}
-		if seen[name] {
-			return "", env.errorf(e.pos, "type %q is defined in terms of itself only (a cycle of aliases)", name)
-		}
-		seen[name] = true
-		name, pos = e.ref, e.pos
-	}
+	return nil, env.errorf(pos, "undefined type %q", name)
 }
 
 // resolve converts a syntax tree into a Type.
@@ -385,7 +409,11 @@ func (env *typeEnv) build(e *typeExpr, t *Type, depth int) error {
 			if err != nil {
 				return err
 			}
-			if mt.Kind != KindFunc {
+			switch mt.Kind {
+			case KindFunc:
+			case KindInvalid: // a definition not built yet
+				env.methods = append(env.methods, methodRef{m.pos, m.name, m.typ.ref, mt})
+			default:
 				return env.errorf(m.pos, "method %q: %s is not a function type", m.name, m.typ.ref)
 			}
 			t.Methods[i] = Method{Name: m.name, Type: mt}

@@ -1,6 +1,10 @@
 package candid
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -116,6 +120,8 @@ func TestParseServiceForms(t *testing.T) {
 		{"keyword-named fields", `type r = record { "record" : nat; nat : nat }; service : {}`, 0, false},
 		{"method type by name", "type f = func () -> (); service : { m : f }", 1, false},
 		{"recursive service", "type s = service { next : () -> (s) }; service : s", 1, false},
+		{"method type defined later", "type s = service { m : f }; type f = func () -> (); service : s", 1, false},
+		{"method type aliased later", "type s = service { m : g }; type g = f; type f = func () -> (); service : s", 1, false},
 		{"recursive class", "service : (s) -> s; type s = service { f : (s) -> () }", 0, false}, // defs must come first: error below
 	}
 	for _, tt := range tests {
@@ -153,6 +159,8 @@ func TestParseServiceErrors(t *testing.T) {
 		{"oneway results", "service : { m : () -> (nat) oneway }", "oneway function cannot have results"},
 		{"duplicate mode", "service : { m : () -> () query query }", "duplicate annotation"},
 		{"method not func", "type t = nat; service : { m : t }", "not a function type"},
+		{"method not func, defined later", "type s = service { m : t }; type t = nat; service : s", "not a function type"},
+		{"undefined alias target", "type A = B; type B = C; service : {}", `undefined type "C"`},
 		{"service not service", "type t = nat; service : t", "not a service type"},
 		{"keyword type name", "type opt = nat;", "keyword"},
 		{"variant tuple field", "type v = variant { nat : nat; 5 : int; text };", ""},
@@ -196,5 +204,54 @@ func TestParseType(t *testing.T) {
 	}
 	if _, err := ParseType("vec user", nil); err == nil {
 		t.Error("ParseType resolved an undefined name")
+	}
+}
+
+// A canister's candid:service metadata (up to limits.module_bytes) is parsed
+// by every `cordon call` and `cordon query`, and its candid:args by install:
+// a chain of definitions (type a0 = opt a1; type a1 = opt a2; ...) must not
+// take a stack frame per definition. 1.2 M of them (33 MB) overflowed Go's
+// 1 GB stack, a fatal error that no recover catches; so a child process
+// parses 100 000 (2.5 MB) with a 16 MiB stack, and must live to say so.
+func TestParseServiceDefinitionChainStack(t *testing.T) {
+	if os.Getenv("CANDID_CHAIN_CHILD") == "1" {
+		debug.SetMaxStack(16 << 20)
+		const n = 100_000
+		var opts, aliases strings.Builder
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&opts, "type a%d = opt a%d;\n", i, i+1)
+			fmt.Fprintf(&aliases, "type b%d = b%d;\n", i, i+1)
+		}
+		fmt.Fprintf(&opts, "type a%d = nat;\n", n)
+		fmt.Fprintf(&aliases, "type b%d = nat;\n", n)
+		s, err := ParseService(opts.String() + "service : { m : (a0) -> () }")
+		if err != nil {
+			fmt.Printf("ParseService: %.200v\n", err)
+			return
+		}
+		// The type is as deep as the chain: what uses it is bounded.
+		m, _ := s.Method("m")
+		_, err = EncodeArgs(Args{Types: m.Args(), Values: []Value{Opt{}}})
+		fmt.Printf("EncodeArgs at the chain's type: %.200v\n", err)
+		ts, err := ParseTypes(opts.String() + "(a0)")
+		fmt.Printf("ParseTypes: %d types, %.200v\n", len(ts), err)
+		ts, err = ParseTypes(aliases.String() + "(b0)")
+		if err == nil && ts[0].Kind != KindNat {
+			err = fmt.Errorf("b0 is %s, not nat", ts[0])
+		}
+		fmt.Printf("ParseTypes of aliases: %.200v\n", err)
+		fmt.Println("the child parsed the chains")
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestParseServiceDefinitionChainStack$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CANDID_CHAIN_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "the child parsed the chains") {
+		t.Fatalf("parsing chains of 100 000 definitions: %v\n%.600s", err, out)
+	}
+	for _, want := range []string{"EncodeArgs at the chain's type: candid: encode: argument 0: invalid type: ", "ParseTypes: 1 types, <nil>", "ParseTypes of aliases: <nil>"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the child did not print %q:\n%.600s", want, out)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/pkg/principal"
@@ -430,7 +431,12 @@ func (e *encoder) fixed(v Value, t *Type) error {
 	return nil
 }
 
-// quoteText returns s as a Candid text literal.
+// quoteText returns s as a Candid text literal. Besides the C0 controls and
+// DEL, it escapes what could act on a terminal or make one line look like
+// several: C1 controls (U+009B is a one-character CSI), U+2028 and U+2029,
+// and format characters (bidirectional overrides reorder what is shown).
+// Text, labels and method names printed from a reply come from the
+// canister.
 func quoteText(s string) string {
 	var sb strings.Builder
 	sb.WriteByte('"')
@@ -447,7 +453,8 @@ func quoteText(s string) string {
 		case '\t':
 			sb.WriteString(`\t`)
 		default:
-			if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			if r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 ||
+				r == utf8.RuneError || unicode.Is(unicode.Cf, r) {
 				fmt.Fprintf(&sb, `\u{%x}`, r)
 			} else {
 				sb.WriteRune(r)

@@ -3,6 +3,7 @@ package candid
 import (
 	"fmt"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 )
@@ -17,33 +18,71 @@ type Args struct {
 // String returns the arguments in Candid textual syntax, the way dfx
 // prints them: `(42 : nat, "hi", record { name = "x"; age = 3 : nat8 })`.
 // Numbers carry a type annotation and are grouped with underscores
-// (1_000 : nat); record fields and variant cases are named when the type
-// knows the name, else numbered; a record with fields 0, 1, ... prints as a
-// tuple; a vec nat8 prints as a blob. The output parses back with
-// ParseArgs or ParseArgsTyped.
+// (1_000 : nat); a nat or int of more than 4 KiB prints in hex (0x…), since
+// converting it to decimal takes time that grows faster than its size;
+// record fields and variant cases are named when the type knows the name,
+// else numbered; a record with fields 0, 1, ... prints as a tuple; a vec
+// nat8 prints as a blob. The output parses back with ParseArgs or
+// ParseArgsTyped.
+//
+// The text is not bounded by the size of the encoding: a type names a
+// field once, and a value repeats it for each of its elements. Text that
+// may come from elsewhere is printed with Format.
 func (a Args) String() string {
-	var sb strings.Builder
-	sb.WriteByte('(')
+	s, _ := a.Format(math.MaxInt)
+	return s
+}
+
+// Format returns a.String() cut short before it passes limit bytes; complete
+// reports whether it was not cut. Cut text is a prefix of what String
+// returns and does not parse.
+func (a Args) Format(limit int) (text string, complete bool) {
+	f := formatter{limit: limit}
+	f.byte('(')
 	for i, v := range a.Values {
 		if i > 0 {
-			sb.WriteString(", ")
+			f.str(", ")
 		}
 		var t *Type
 		if i < len(a.Types) {
 			t = a.Types[i]
 		}
-		formatValue(&sb, v, t, 0)
+		f.value(v, t, 0)
 	}
-	sb.WriteByte(')')
-	return sb.String()
+	f.byte(')')
+	return f.sb.String(), !f.cut
 }
 
 // FormatValue returns v in Candid textual syntax. The type t supplies
-// field names; it may be nil.
+// field names; it may be nil. Like String, it is not bounded.
 func FormatValue(v Value, t *Type) string {
-	var sb strings.Builder
-	formatValue(&sb, v, t, 0)
-	return sb.String()
+	f := formatter{limit: math.MaxInt}
+	f.value(v, t, 0)
+	return f.sb.String()
+}
+
+// formatter writes Candid text up to a limit in bytes: a piece that would
+// pass it is not written, and nothing after it.
+type formatter struct {
+	sb    strings.Builder
+	limit int
+	cut   bool
+}
+
+func (f *formatter) str(s string) {
+	if f.cut || len(s) > f.limit-f.sb.Len() {
+		f.cut = true
+		return
+	}
+	f.sb.WriteString(s)
+}
+
+func (f *formatter) byte(c byte) {
+	if f.cut || f.sb.Len() >= f.limit {
+		f.cut = true
+		return
+	}
+	f.sb.WriteByte(c)
 }
 
 const maxFormatDepth = 5000
@@ -105,136 +144,145 @@ func elemType(t *Type, k Kind) *Type {
 	return nil
 }
 
-func formatValue(sb *strings.Builder, v Value, t *Type, depth int) {
+func (f *formatter) value(v Value, t *Type, depth int) {
+	if f.cut {
+		return
+	}
 	if depth > maxFormatDepth {
-		sb.WriteString("...")
+		f.str("...")
 		return
 	}
 	switch v := v.(type) {
 	case Null:
-		sb.WriteString("null")
+		f.str("null")
 	case Bool:
-		sb.WriteString(strconv.FormatBool(bool(v)))
+		f.str(strconv.FormatBool(bool(v)))
 	case Nat:
-		sb.WriteString(groupDigits(v.big().String()))
-		sb.WriteString(" : nat")
+		f.str(formatBig(v.big()))
+		f.str(" : nat")
 	case Int:
-		sb.WriteString(groupDigits(v.big().String()))
-		sb.WriteString(" : int")
+		f.str(formatBig(v.big()))
+		f.str(" : int")
 	case Nat8:
-		fmt.Fprintf(sb, "%d : nat8", v)
+		f.str(fmt.Sprintf("%d : nat8", v))
 	case Nat16:
-		fmt.Fprintf(sb, "%s : nat16", groupDigits(strconv.FormatUint(uint64(v), 10)))
+		f.str(fmt.Sprintf("%s : nat16", groupDigits(strconv.FormatUint(uint64(v), 10))))
 	case Nat32:
-		fmt.Fprintf(sb, "%s : nat32", groupDigits(strconv.FormatUint(uint64(v), 10)))
+		f.str(fmt.Sprintf("%s : nat32", groupDigits(strconv.FormatUint(uint64(v), 10))))
 	case Nat64:
-		fmt.Fprintf(sb, "%s : nat64", groupDigits(strconv.FormatUint(uint64(v), 10)))
+		f.str(fmt.Sprintf("%s : nat64", groupDigits(strconv.FormatUint(uint64(v), 10))))
 	case Int8:
-		fmt.Fprintf(sb, "%d : int8", v)
+		f.str(fmt.Sprintf("%d : int8", v))
 	case Int16:
-		fmt.Fprintf(sb, "%s : int16", groupDigits(strconv.FormatInt(int64(v), 10)))
+		f.str(fmt.Sprintf("%s : int16", groupDigits(strconv.FormatInt(int64(v), 10))))
 	case Int32:
-		fmt.Fprintf(sb, "%s : int32", groupDigits(strconv.FormatInt(int64(v), 10)))
+		f.str(fmt.Sprintf("%s : int32", groupDigits(strconv.FormatInt(int64(v), 10))))
 	case Int64:
-		fmt.Fprintf(sb, "%s : int64", groupDigits(strconv.FormatInt(int64(v), 10)))
+		f.str(fmt.Sprintf("%s : int64", groupDigits(strconv.FormatInt(int64(v), 10))))
 	case Float32:
-		sb.WriteString(formatFloat(float64(v), 32))
-		sb.WriteString(" : float32")
+		f.str(formatFloat(float64(v), 32))
+		f.str(" : float32")
 	case Float64:
-		sb.WriteString(formatFloat(float64(v), 64))
-		sb.WriteString(" : float64")
+		f.str(formatFloat(float64(v), 64))
+		f.str(" : float64")
 	case Text:
-		sb.WriteString(quoteText(string(v)))
+		f.str(quoteText(string(v)))
 	case Reserved:
-		sb.WriteString("null : reserved")
+		f.str("null : reserved")
 	case Principal:
-		fmt.Fprintf(sb, "principal %q", v.String())
+		f.str(fmt.Sprintf("principal %q", v.String()))
 	case ServiceRef:
-		fmt.Fprintf(sb, "service %q", v.String())
+		f.str(fmt.Sprintf("service %q", v.String()))
 	case FuncRef:
-		fmt.Fprintf(sb, "func %q.%s", v.Service.String(), quoteIdent(v.Method))
+		f.str(fmt.Sprintf("func %q.%s", v.Service.String(), quoteIdent(v.Method)))
 	case Opt:
 		if v.Value == nil {
-			sb.WriteString("null")
+			f.str("null")
 			return
 		}
-		sb.WriteString("opt ")
+		f.str("opt ")
 		et := elemType(t, KindOpt)
 		if hasAnnotation(v.Value) {
-			sb.WriteByte('(')
-			formatValue(sb, v.Value, et, depth+1)
-			sb.WriteByte(')')
+			f.byte('(')
+			f.value(v.Value, et, depth+1)
+			f.byte(')')
 		} else {
-			formatValue(sb, v.Value, et, depth+1)
+			f.value(v.Value, et, depth+1)
 		}
 	case Blob:
-		formatBlob(sb, v)
+		f.blob(v)
 	case Vec:
 		if len(v) == 0 && t.IsBlob() {
-			sb.WriteString(`blob ""`)
+			f.str(`blob ""`)
 			return
 		}
 		if len(v) == 0 {
-			sb.WriteString("vec {}")
+			f.str("vec {}")
 			return
 		}
 		et := elemType(t, KindVec)
-		sb.WriteString("vec {")
+		f.str("vec {")
 		for i, x := range v {
-			if i > 0 {
-				sb.WriteByte(';')
+			if f.cut {
+				return
 			}
-			sb.WriteByte(' ')
-			formatValue(sb, x, et, depth+1)
+			if i > 0 {
+				f.byte(';')
+			}
+			f.byte(' ')
+			f.value(x, et, depth+1)
 		}
-		sb.WriteString(" }")
+		f.str(" }")
 	case Record:
 		if len(v) == 0 {
-			sb.WriteString("record {}")
+			f.str("record {}")
 			return
 		}
 		tuple := true
-		for i, f := range v {
-			if f.ID != uint32(i) {
+		for i, fv := range v {
+			if fv.ID != uint32(i) {
 				tuple = false
 				break
 			}
 		}
-		sb.WriteString("record {")
-		for i, f := range v {
-			if i > 0 {
-				sb.WriteByte(';')
+		f.str("record {")
+		for i, fv := range v {
+			if f.cut {
+				return
 			}
-			sb.WriteByte(' ')
-			ft := fieldOf(t, KindRecord, f.ID)
+			if i > 0 {
+				f.byte(';')
+			}
+			f.byte(' ')
+			ft := fieldOf(t, KindRecord, fv.ID)
 			if !tuple {
-				writeLabel(sb, f.ID, ft)
-				sb.WriteString(" = ")
+				f.label(fv.ID, ft)
+				f.str(" = ")
 			}
 			var typ *Type
 			if ft != nil {
 				typ = ft.Type
 			}
-			formatValue(sb, f.Value, typ, depth+1)
+			f.value(fv.Value, typ, depth+1)
 		}
-		sb.WriteString(" }")
+		f.str(" }")
 	case Variant:
 		ft := fieldOf(t, KindVariant, v.ID)
-		sb.WriteString("variant { ")
-		writeLabel(sb, v.ID, ft)
+		f.str("variant { ")
+		f.label(v.ID, ft)
 		if _, isNull := v.Value.(Null); !isNull {
-			sb.WriteString(" = ")
+			f.str(" = ")
 			var typ *Type
 			if ft != nil {
 				typ = ft.Type
 			}
-			formatValue(sb, v.Value, typ, depth+1)
+			f.value(v.Value, typ, depth+1)
 		}
-		sb.WriteString(" }")
+		f.str(" }")
 	case nil:
-		sb.WriteString("<nil>")
+		f.str("<nil>")
 	default:
-		fmt.Fprintf(sb, "<%T>", v)
+		f.str(fmt.Sprintf("<%T>", v))
 	}
 }
 
@@ -249,17 +297,28 @@ func fieldOf(t *Type, k Kind, id uint32) *Field {
 	return &f
 }
 
-func writeLabel(sb *strings.Builder, id uint32, f *Field) {
-	if f != nil && f.Name != "" && Hash(f.Name) == id {
-		sb.WriteString(quoteIdent(f.Name))
+// label writes a field's name when its type knows it, else its number.
+// The name comes from the type, not the value: written once per element of
+// a vec, it is what makes text outgrow the encoding it prints.
+func (f *formatter) label(id uint32, fd *Field) {
+	if fd != nil && fd.Name != "" && Hash(fd.Name) == id {
+		if len(fd.Name) > f.limit-f.sb.Len() {
+			f.cut = true // before quoting it: the name may be megabytes
+			return
+		}
+		f.str(quoteIdent(fd.Name))
 		return
 	}
-	sb.WriteString(groupDigits(strconv.FormatUint(uint64(id), 10)))
+	f.str(groupDigits(strconv.FormatUint(uint64(id), 10)))
 }
 
-// formatBlob prints a blob as printable ASCII if it all is, else as hex
-// escapes, like dfx.
-func formatBlob(sb *strings.Builder, b []byte) {
+// blob prints a blob as printable ASCII if it all is, else as hex
+// escapes, like dfx. Its text is at most three times its encoding.
+func (f *formatter) blob(b []byte) {
+	if f.cut {
+		return
+	}
+	var sb strings.Builder
 	sb.WriteString(`blob "`)
 	ascii := true
 	for _, c := range b {
@@ -272,8 +331,28 @@ func formatBlob(sb *strings.Builder, b []byte) {
 		if ascii && c >= 0x20 && c <= 0x7e && c != '"' && c != '\'' && c != '\\' && c != '`' {
 			sb.WriteByte(c)
 		} else {
-			fmt.Fprintf(sb, `\%02x`, c)
+			fmt.Fprintf(&sb, `\%02x`, c)
 		}
 	}
 	sb.WriteByte('"')
+	f.str(sb.String())
+}
+
+// bigHexBits is the size beyond which a nat or int prints in hex:
+// big.Int's decimal conversion is superlinear (a 2 MiB nat took 9.5 s; a
+// 4 KiB one, 10 000 digits, takes a millisecond), its hex conversion linear.
+// Candid text allows a hex nat (0x…); a negative one (-0x…) is read by the
+// reference implementation too.
+const bigHexBits = 4096 * 8
+
+// formatBig prints n in decimal grouped by thousands, or in hex if it is
+// large.
+func formatBig(n *big.Int) string {
+	if n.BitLen() > bigHexBits {
+		if n.Sign() < 0 {
+			return "-0x" + new(big.Int).Neg(n).Text(16)
+		}
+		return "0x" + n.Text(16)
+	}
+	return groupDigits(n.String())
 }

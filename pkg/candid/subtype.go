@@ -16,7 +16,12 @@ type typePair struct{ a, b *Type }
 type subtyper struct {
 	*state
 	assumed map[typePair]bool // pairs being checked or found to hold
-	failed  map[typePair]bool // pairs found not to hold
+	// added lists the pairs of assumed in the order they were assumed: a
+	// pair concluded while an earlier one was being checked may rest on
+	// that assumption, so when the earlier one fails, it and every pair
+	// after it are forgotten.
+	added  []typePair
+	failed map[typePair]bool // pairs found not to hold
 }
 
 func newSubtyper(st *state) *subtyper {
@@ -68,13 +73,21 @@ func (s *subtyper) sub(t1, t2 *Type, depth int) (bool, error) {
 	if err := s.charge(1); err != nil {
 		return false, err
 	}
+	mark := len(s.added)
 	s.assumed[key] = true
+	s.added = append(s.added, key)
 	ok, err := s.structural(t1, t2, depth)
 	if err != nil {
 		return false, err
 	}
 	if !ok {
-		delete(s.assumed, key)
+		// A failure rests on no assumption (assumed pairs only
+		// ever answer true), so failed keeps it for good; what was
+		// concluded since this pair was assumed may rest on it.
+		for _, p := range s.added[mark:] {
+			delete(s.assumed, p)
+		}
+		s.added = s.added[:mark]
 		s.failed[key] = true
 	}
 	return ok, nil

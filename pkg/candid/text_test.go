@@ -3,6 +3,7 @@ package candid
 import (
 	"errors"
 	"math"
+	"math/big"
 	"strings"
 	"testing"
 )
@@ -195,6 +196,9 @@ func TestFormatValue(t *testing.T) {
 		{Float64(0), nil, `0.0 : float64`},
 		{Float64(math.Copysign(0, -1)), nil, `-0.0 : float64`},
 		{Text("tab\there\x01"), nil, `"tab\there\u{1}"`},
+		{Text("\u202e\u009b\u0085\u2028\u2029\u200b\ufeff\U000e0001é"), nil, `"\u{202e}\u{9b}\u{85}\u{2028}\u{2029}\u{200b}\u{feff}\u{e0001}é"`},
+		{Variant{Hash("a\u202eb"), Null{}}, VariantOf(NamedField("a\u202eb", Prim(KindNull))), `variant { "a\u{202e}b" }`},
+		{FuncRef{Method: "m\u2028"}, nil, `func "aaaaa-aa"."m\u{2028}"`},
 		{FuncRef{Method: "query"}, nil, `func "aaaaa-aa"."query"`},
 		{Reserved{}, nil, `null : reserved`},
 	}
@@ -202,5 +206,49 @@ func TestFormatValue(t *testing.T) {
 		if got := FormatValue(tt.v, tt.t); got != tt.want {
 			t.Errorf("FormatValue(%#v) = %s, want %s", tt.v, got, tt.want)
 		}
+	}
+}
+
+// Format stops before its limit, where a field name repeated for each
+// element of a vec would take the text far beyond the size of the message;
+// what it prints is the start of String's text.
+func TestFormatLimit(t *testing.T) {
+	name := strings.Repeat("n", 1000)
+	typ := VecOf(RecordOf(NamedField(name, Prim(KindNull))))
+	vec := make(Vec, 1000)
+	for i := range vec {
+		vec[i] = Record{{Hash(name), Null{}}}
+	}
+	a := Args{Types: []*Type{typ}, Values: []Value{vec}}
+	full := a.String()
+	for _, limit := range []int{0, 1, 500, 10_000, len(full) - 1} {
+		text, complete := a.Format(limit)
+		if complete || len(text) > limit || !strings.HasPrefix(full, text) {
+			t.Fatalf("Format(%d) = %d bytes, complete %v, a prefix of String: %v", limit, len(text), complete, strings.HasPrefix(full, text))
+		}
+	}
+	if text, complete := a.Format(len(full)); !complete || text != full {
+		t.Fatalf("Format(len(String())) cut the text: %d of %d bytes", len(text), len(full))
+	}
+}
+
+// A nat or int beyond 4 KiB prints in hex, which takes time in proportion
+// to its size (decimal took 9.5 s for a 2 MiB nat), and parses back.
+func TestFormatLargeNumbersInHex(t *testing.T) {
+	n := new(big.Int).Lsh(big.NewInt(1), 40_000)
+	n.Add(n, big.NewInt(0xabc))
+	neg := new(big.Int).Neg(n)
+	a := Args{Types: []*Type{Prim(KindNat), Prim(KindInt), Prim(KindInt)}, Values: []Value{Nat{n}, Int{neg}, IntOf(-1234)}}
+	text := a.String()
+	want := "(0x1" + strings.Repeat("0", 9997) + "abc : nat, -0x1" + strings.Repeat("0", 9997) + "abc : int, -1_234 : int)"
+	if text != want {
+		t.Fatalf("printed %.60s…", text)
+	}
+	back, err := ParseArgs(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.String() != text {
+		t.Fatalf("%.60s… parses back as %.60s…", text, back.String())
 	}
 }
