@@ -22,6 +22,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -652,9 +653,11 @@ func integer(key, flag, help string, field func(*Config) *int, lo int) *Setting 
 	return &Setting{Key: key, Flag: flag, Help: help,
 		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
 		set: func(c *Config, v string) error {
+			// The range, not just its lower bound: a value beyond
+			// 32 bits fails the same way as one below it.
 			n, err := strconv.ParseInt(digits(v), 10, 32)
 			if err != nil || int(n) < lo {
-				return fmt.Errorf("want an integer ≥ %d", lo)
+				return fmt.Errorf("want an integer from %d to %d", lo, math.MaxInt32)
 			}
 			*field(c) = int(n)
 			return nil
