@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -44,14 +43,16 @@ func (i iface) resultTypes(name string) candidTypes {
 	return nil
 }
 
-// loadInterface reads --candid FILE, else the canister's candid:service
-// metadata. An unknown interface is not an error: values are then typed by
-// their literals and replies printed with numeric field ids.
-func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need bool) (iface, error) {
+// loadInterface reads --candid FILE (at most limit bytes: a module's
+// candid:service is no larger than limits.module_bytes either), else the
+// canister's candid:service metadata. An unknown interface is not an
+// error: values are then typed by their literals and replies printed with
+// numeric field ids.
+func loadInterface(ctx context.Context, b api.Backend, id, didFile string, limit int, need bool) (iface, error) {
 	if didFile != "" {
-		src, err := os.ReadFile(didFile)
+		src, err := readInput(didFile, "Candid interface", limit)
 		if err != nil {
-			return iface{}, fmt.Errorf("read Candid interface: %w", err)
+			return iface{}, err
 		}
 		svc, err := candid.ParseService(string(src))
 		if err != nil {
@@ -81,15 +82,13 @@ func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need 
 	return iface{svc}, nil
 }
 
-// initArgTypes reads the init argument types a module declares
-// (candid:args metadata), or nil.
+// initArgTypes reads the init argument types a module (inflated)
+// declares in its candid:args metadata, or nil. It reads custom sections
+// only: this process may be the node, which parses no canister code in
+// sandbox mode (DESIGN §2); the compiler sandbox checks the rest.
 func initArgTypes(wasm []byte) candidTypes {
-	m, err := wasmbin.Decode(wasm)
-	if err != nil {
-		return nil
-	}
 	for _, name := range []string{"icp:public candid:args", "icp:private candid:args"} {
-		if s, ok := m.CustomSection(name); ok {
+		if s, ok, err := wasmbin.FindCustomSection(wasm, name); err == nil && ok {
 			if ts, err := candid.ParseTypes(string(s)); err == nil {
 				return ts
 			}

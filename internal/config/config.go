@@ -176,7 +176,7 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.StableDirty.Install }),
 	size("limits.reply_bytes", "", "reply, reject and call argument size limit",
 		func(c *Config) *uint64 { return &c.Host.ReplyBytes }),
-	{Key: "limits.module_bytes", Help: "Wasm module size limit (after decompression)",
+	{Key: "limits.module_bytes", Help: "Wasm module size limit (after decompression); also the most install reads of its FILE and call/query of --candid FILE",
 		get: func(c *Config) string { return strconv.Itoa(c.Host.ModuleLimits.MaxBytes) },
 		set: func(c *Config, v string) error {
 			n, err := parseSize(v)
