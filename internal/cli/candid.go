@@ -123,7 +123,9 @@ func encodeArg(typ, text string, types candidTypes, what string) ([]byte, error)
 			args, err = candid.ParseArgs(text)
 		}
 		if err != nil {
-			msg := fmt.Sprintf("%s, '%s': %v", what, text, err)
+			// The argument is cut short: it may be as long as the
+			// command line, and the error says where it went wrong.
+			msg := fmt.Sprintf("%s, '%s': %v", what, truncateText(text, 80), err)
 			if types != nil {
 				msg += fmt.Sprintf(" (expected %s)", formatTypes(types))
 			}
@@ -172,6 +174,15 @@ func truncateText(s string, n int) string {
 		return string(r[:n-1]) + "…"
 	}
 	return s
+}
+
+// hexForMessage shows bytes in a message: their first 32 in hex, and how
+// many there are when there are more (a reply may be megabytes).
+func hexForMessage(b []byte) string {
+	if len(b) <= 32 {
+		return hex.EncodeToString(b)
+	}
+	return fmt.Sprintf("%x… (%d bytes)", b[:32], len(b))
 }
 
 // decodeReply prints Candid bytes as text, typed when the types are known.

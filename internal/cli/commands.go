@@ -335,12 +335,17 @@ func printReply(w interface{ Write([]byte) (int, error) }, output string, resp *
 		_, err := fmt.Fprintln(w, hex.EncodeToString(resp.Reply))
 		return err
 	case "json":
-		text, _ := decodeReply(resp.Reply, types)
-		return writeJSON(w, map[string]any{"reply_hex": hex.EncodeToString(resp.Reply), "reply": text, "instructions": resp.Instructions})
+		out := map[string]any{"reply_hex": hex.EncodeToString(resp.Reply), "instructions": resp.Instructions}
+		text, err := decodeReply(resp.Reply, types)
+		out["reply"] = text
+		if err != nil { // said, not left as an empty reply
+			out["reply_error"] = err.Error()
+		}
+		return writeJSON(w, out)
 	case "candid", "":
 		text, err := decodeReply(resp.Reply, types)
 		if err != nil {
-			return fmt.Errorf("decode reply %x: %w (use --output raw)", resp.Reply, err)
+			return fmt.Errorf("decode reply %s: %w (use --output raw)", hexForMessage(resp.Reply), err)
 		}
 		_, err = fmt.Fprintln(w, text)
 		return err
