@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -44,14 +43,16 @@ func (i iface) resultTypes(name string) candidTypes {
 	return nil
 }
 
-// loadInterface reads --candid FILE, else the canister's candid:service
-// metadata. An unknown interface is not an error: values are then typed by
-// their literals and replies printed with numeric field ids.
-func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need bool) (iface, error) {
+// loadInterface reads --candid FILE (at most limit bytes: a module's
+// candid:service is no larger than limits.module_bytes either), else the
+// canister's candid:service metadata. An unknown interface is not an
+// error: values are then typed by their literals and replies printed with
+// numeric field ids.
+func loadInterface(ctx context.Context, b api.Backend, id, didFile string, limit int, need bool) (iface, error) {
 	if didFile != "" {
-		src, err := os.ReadFile(didFile)
+		src, err := readInput(didFile, "Candid interface", limit)
 		if err != nil {
-			return iface{}, fmt.Errorf("read Candid interface: %w", err)
+			return iface{}, err
 		}
 		svc, err := candid.ParseService(string(src))
 		if err != nil {
@@ -81,15 +82,13 @@ func loadInterface(ctx context.Context, b api.Backend, id, didFile string, need 
 	return iface{svc}, nil
 }
 
-// initArgTypes reads the init argument types a module declares
-// (candid:args metadata), or nil.
+// initArgTypes reads the init argument types a module (inflated)
+// declares in its candid:args metadata, or nil. It reads custom sections
+// only: this process may be the node, which parses no canister code in
+// sandbox mode (DESIGN §2); the compiler sandbox checks the rest.
 func initArgTypes(wasm []byte) candidTypes {
-	m, err := wasmbin.Decode(wasm)
-	if err != nil {
-		return nil
-	}
 	for _, name := range []string{"icp:public candid:args", "icp:private candid:args"} {
-		if s, ok := m.CustomSection(name); ok {
+		if s, ok, err := wasmbin.FindCustomSection(wasm, name); err == nil && ok {
 			if ts, err := candid.ParseTypes(string(s)); err == nil {
 				return ts
 			}
@@ -124,7 +123,9 @@ func encodeArg(typ, text string, types candidTypes, what string) ([]byte, error)
 			args, err = candid.ParseArgs(text)
 		}
 		if err != nil {
-			msg := fmt.Sprintf("%s, '%s': %v", what, text, err)
+			// The argument is cut short: it may be as long as the
+			// command line, and the error says where it went wrong.
+			msg := fmt.Sprintf("%s, '%s': %v", what, truncateText(text, 80), err)
 			if types != nil {
 				msg += fmt.Sprintf(" (expected %s)", formatTypes(types))
 			}
@@ -173,6 +174,15 @@ func truncateText(s string, n int) string {
 		return string(r[:n-1]) + "…"
 	}
 	return s
+}
+
+// hexForMessage shows bytes in a message: their first 32 in hex, and how
+// many there are when there are more (a reply may be megabytes).
+func hexForMessage(b []byte) string {
+	if len(b) <= 32 {
+		return hex.EncodeToString(b)
+	}
+	return fmt.Sprintf("%x… (%d bytes)", b[:32], len(b))
 }
 
 // decodeReply prints Candid bytes as text, typed when the types are known,

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,7 +36,11 @@ with that id if it does not exist. --mode reinstall wipes the canister's
 state; --mode upgrade runs pre_upgrade, swaps the module and runs
 post_upgrade, keeping stable memory (and, for Motoko's enhanced orthogonal
 persistence, the heap); both need --id. A new canister whose install fails
-(its --cycles too few, a trap in canister_init) is not kept.`,
+(its --cycles too few, a trap in canister_init) is not kept.
+
+FILE is a regular file of at most limits.module_bytes, gzip'd or not (a
+gzip'd one is held to the limit once decompressed too). --arg is typed by
+the module's candid:args metadata when it has one.`,
 		Example: `  cordon install counter.wasm
   cordon install --id rwlgt-iiaaa-aaaaa-aaaaa-cai --mode upgrade counter.wasm
   cordon install --arg '(42 : nat)' app.wasm.gz
@@ -53,11 +56,15 @@ persistence, the heap); both need --id. A new canister whose install fails
 			if err != nil {
 				return err
 			}
-			wasm, err := os.ReadFile(args[0])
+			cfg, err := g.config()
 			if err != nil {
-				return fmt.Errorf("read module: %w", err)
+				return err
 			}
-			argBytes, err := encodeArg(typ, arg, initArgTypes(wasm), "the init argument")
+			wasm, module, err := readModule(args[0], cfg.Host.ModuleLimits.MaxBytes)
+			if err != nil {
+				return err
+			}
+			argBytes, err := encodeArg(typ, arg, initArgTypes(module), "the init argument")
 			if err != nil {
 				return err
 			}
@@ -277,7 +284,15 @@ Interrupted while waiting (exit 130), an update call may still complete:
 				return interruptedBefore(cmd.Context(), err, "before the call was sent: nothing was done")
 			}
 			defer b.Close()
-			iface, err := loadInterface(cmd.Context(), b, id, didFile, typ != "raw" || output != "raw")
+			limit := 0
+			if didFile != "" {
+				cfg, err := g.config()
+				if err != nil {
+					return err
+				}
+				limit = cfg.Host.ModuleLimits.MaxBytes
+			}
+			iface, err := loadInterface(cmd.Context(), b, id, didFile, limit, typ != "raw" || output != "raw")
 			if err != nil {
 				return interruptedBefore(cmd.Context(), err, "before the call was sent: nothing was done")
 			}
@@ -320,12 +335,17 @@ func printReply(w interface{ Write([]byte) (int, error) }, output string, resp *
 		_, err := fmt.Fprintln(w, hex.EncodeToString(resp.Reply))
 		return err
 	case "json":
-		text, _ := decodeReply(resp.Reply, types, "; reply_hex has all of it")
-		return writeJSON(w, map[string]any{"reply_hex": hex.EncodeToString(resp.Reply), "reply": text, "instructions": resp.Instructions})
+		out := map[string]any{"reply_hex": hex.EncodeToString(resp.Reply), "instructions": resp.Instructions}
+		text, err := decodeReply(resp.Reply, types, "; reply_hex has all of it")
+		out["reply"] = text
+		if err != nil { // said, not left as an empty reply
+			out["reply_error"] = err.Error()
+		}
+		return writeJSON(w, out)
 	case "candid", "":
 		text, err := decodeReply(resp.Reply, types, "; --output raw prints all of it as hex")
 		if err != nil {
-			return fmt.Errorf("decode reply %x: %w (use --output raw)", resp.Reply, err)
+			return fmt.Errorf("decode reply %s: %w (use --output raw)", hexForMessage(resp.Reply), err)
 		}
 		_, err = fmt.Fprintln(w, text)
 		return err

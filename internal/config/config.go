@@ -22,6 +22,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,7 +176,7 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.StableDirty.Install }),
 	size("limits.reply_bytes", "", "reply, reject and call argument size limit",
 		func(c *Config) *uint64 { return &c.Host.ReplyBytes }),
-	{Key: "limits.module_bytes", Help: "Wasm module size limit (after decompression)",
+	{Key: "limits.module_bytes", Help: "Wasm module size limit (after decompression); also the most install reads of its FILE and call/query of --candid FILE",
 		get: func(c *Config) string { return strconv.Itoa(c.Host.ModuleLimits.MaxBytes) },
 		set: func(c *Config, v string) error {
 			n, err := parseSize(v)
@@ -652,9 +653,11 @@ func integer(key, flag, help string, field func(*Config) *int, lo int) *Setting 
 	return &Setting{Key: key, Flag: flag, Help: help,
 		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
 		set: func(c *Config, v string) error {
+			// The range, not just its lower bound: a value beyond
+			// 32 bits fails the same way as one below it.
 			n, err := strconv.ParseInt(digits(v), 10, 32)
 			if err != nil || int(n) < lo {
-				return fmt.Errorf("want an integer ≥ %d", lo)
+				return fmt.Errorf("want an integer from %d to %d", lo, math.MaxInt32)
 			}
 			*field(c) = int(n)
 			return nil

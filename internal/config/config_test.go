@@ -154,7 +154,7 @@ func TestBadValues(t *testing.T) {
 		{file: "[limits\n", want: "At line"},
 		{file: "[server]\ntls_cert = \"c.pem\"\n", want: "go together"},
 		{env: map[string]string{"CORDON_ISOLATION": "vm"}, want: "CORDON_ISOLATION"},
-		{env: map[string]string{"CORDON_SERVER_MAX_REQUESTS": "0"}, want: "≥ 1"},
+		{env: map[string]string{"CORDON_SERVER_MAX_REQUESTS": "0"}, want: "from 1 to 2147483647"},
 		{set: []Assignment{{Key: "limits.nope", Value: "1", Flag: "--set"}}, want: "unknown setting"},
 		{set: []Assignment{{Key: "fees.initial_cycles", Value: "many", Flag: "--set"}}, want: "not a decimal"},
 	} {
