@@ -662,11 +662,8 @@ durable either way.`,
 			for _, k := range boundary.AllViolationKinds() { // every kind's series exists from the start
 				m.DeclareViolationKinds(k.String())
 			}
-			hc := cfg.Host
+			hc := serveNodeConfig(cfg)
 			hc.Metrics = m
-			// Its connections, and the listeners and log streams around
-			// them, are the server's descriptors (host/descriptors.go).
-			hc.ReservedDescriptors = cfg.MaxConns + 16
 			// A command that holds the store (a restart's stragglers)
 			// is waited for, as commands wait for a starting server.
 			// A home has one server: a second one fails at once instead

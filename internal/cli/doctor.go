@@ -25,6 +25,16 @@ var doctorProbe = sandbox.Doctor
 // compile and one message, on a possibly loaded host).
 const sandboxCheckTimeout = 2 * time.Minute
 
+// serveNodeConfig is the node configuration cordon serve opens (doctor
+// checks with it too).
+func serveNodeConfig(cfg *config.Config) host.Config {
+	hc := cfg.Host
+	// Its connections, and the listeners and log streams around them,
+	// are the server's descriptors (host/descriptors.go).
+	hc.ReservedDescriptors = cfg.MaxConns + 16
+	return hc
+}
+
 // checkSandbox runs the live sandbox check for a node configuration;
 // logger (nil: none) gets what its sandboxes' start-ups log.
 func checkSandbox(ctx context.Context, hc host.Config, logger *slog.Logger) *host.SandboxCheck {
@@ -77,7 +87,8 @@ CORDON_* variables, then config.toml): it exits with an error when serve would
 refuse to start, that is when the sandbox executable is refused, when, in
 strict mode (serve's default; sandbox.strict = false turns it off), a layer
 is missing that sandbox.allow_missing does not name, or when the live
-sandbox check fails. A layer missing but allowed, or missing on a node that
+sandbox check fails (it also fails where the open file limit is too low for
+serve's node). A layer missing but allowed, or missing on a node that
 is not strict, shows as such and is no error. With isolation = inprocess no
 layer applies and no sandbox is started (doctor says so).`,
 		Example: `  cordon doctor
@@ -144,7 +155,7 @@ layer applies and no sandbox is started (doctor says so).`,
 			default:
 				// As serve has it; the check's failure is printed below,
 				// not logged.
-				hc := cfg.Host
+				hc := serveNodeConfig(cfg)
 				hc.Sandbox.Strict = strict
 				live = checkSandbox(cmd.Context(), hc, nil)
 			}

@@ -80,6 +80,11 @@ func CheckSandbox(ctx context.Context, cfg Config, logger *slog.Logger) *Sandbox
 	if cfg.Isolation != "sandbox" {
 		return fail(CheckConfig, fmt.Errorf("isolation %q: no sandbox to check", cfg.Isolation))
 	}
+	// The node's bounds, fitted to the open file limit as Open fits them
+	// (it says so; the check need not), and its refusal when they cannot be.
+	if err := applyDescriptors(&cfg, slog.New(slog.DiscardHandler)); err != nil {
+		return fail(CheckConfig, err)
+	}
 	sc, err := sandboxConfig(cfg, logger)
 	if err != nil {
 		return fail(CheckConfig, err)
