@@ -16,6 +16,7 @@ import (
 // canister's sandbox as the host checked it after the canister ran; with a
 // configuration no sandbox can start in, it fails and names the layer.
 func TestCheckSandbox(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cfg := DefaultConfig()

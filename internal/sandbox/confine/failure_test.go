@@ -78,3 +78,25 @@ func TestParseFailureHostile(t *testing.T) {
 		}
 	}
 }
+
+// Whatever the sandbox sends, ParseFailure returns without panicking, and
+// what it accepts is within its bounds and encodes back to itself.
+func FuzzParseFailure(f *testing.F) {
+	f.Add([]byte("cordon-failed 0x100 1 restrict self"))
+	f.Add([]byte("cordon-failed 0 22 bad configuration argument"))
+	f.Add([]byte("cordon-failed 0x200 13 load filter"))
+	f.Add([]byte("cordon-ready 0x3ff 7"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fl, err := ParseFailure(b)
+		if err != nil {
+			return
+		}
+		if fl.Layer&^childLayers != 0 || fl.Layer&(fl.Layer-1) != 0 || fl.Errno > maxErrno || fl.Step == "" || len(fl.Step) > MaxReady {
+			t.Fatalf("%q accepted as %+v", b, fl)
+		}
+		again, err := ParseFailure([]byte(FormatFailure(fl.Layer, fl.Step, fl.Errno)))
+		if err != nil || again != fl {
+			t.Fatalf("%q: %+v encodes to %+v, %v", b, fl, again, err)
+		}
+	})
+}
