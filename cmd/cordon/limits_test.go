@@ -42,4 +42,19 @@ func TestLowOpenFileLimit(t *testing.T) {
 	if out, err := exec.Command(bin, "--home", home, "query", id, "get").CombinedOutput(); err != nil || !strings.Contains(string(out), "(1 : nat)") {
 		t.Fatalf("query under the test's own limit: %v: %s", err, out)
 	}
+	// serve refuses to start under 40, and doctor, which checks a sandbox
+	// with serve's configuration, says so (with serve's count: its
+	// connections' descriptors included).
+	need := map[string]string{}
+	for _, args := range [][]string{{"serve", "--listen", "127.0.0.1:0"}, {"doctor"}} {
+		out, err = run("40", args...)
+		_, after, found := strings.Cut(out, "the open file limit (RLIMIT_NOFILE) is 40; a node needs at least ")
+		if err == nil || !found {
+			t.Fatalf("%s under 40 descriptors: %v: %s", args[0], err, out)
+		}
+		need[args[0]], _, _ = strings.Cut(after, " ")
+	}
+	if need["serve"] != need["doctor"] {
+		t.Fatalf("under 40 descriptors serve needs %s, doctor says %s", need["serve"], need["doctor"])
+	}
 }

@@ -2,13 +2,17 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/sandbox"
 )
 
 var corpus = filepath.Join("..", "..", "..", "shared", "canisters")
@@ -191,6 +195,89 @@ func TestDoctorCommand(t *testing.T) {
 	}
 	if err := engine.ProbeWrittenPages(); (err == nil) != rep.DirtyTracking.Available {
 		t.Fatalf("doctor says dirty tracking available=%v, probe says %v", rep.DirtyTracking.Available, err)
+	}
+}
+
+// doctor starts a real sandbox as serve would, runs a test canister in it
+// and reports each layer as the host checked it, exiting 0; with a
+// configuration no sandbox starts in (a memory limit below what any
+// process needs), the live check fails naming the layer, doctor exits with
+// an error, and serve with the same configuration refuses to start.
+func TestDoctorLiveSandbox(t *testing.T) {
+	home := t.TempDir()
+	r := cordon(t, home, "doctor")
+	if r.code != 0 || !strings.Contains(r.stdout, "live sandbox: ok: a canister sandbox started as cordon serve starts them (pid ") {
+		t.Fatalf("doctor: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	probe := sandbox.Doctor()
+	live := r.stdout[strings.Index(r.stdout, "live sandbox:"):]
+	for _, l := range probe.Layers {
+		// Each layer has its row; seccomp, where this kernel has it, is
+		// one the host verified on every thread.
+		row := ""
+		for _, line := range strings.Split(live, "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == string(l.Layer) {
+				row = line
+			}
+		}
+		if row == "" || strings.Contains(row, "FAILED") {
+			t.Errorf("live table: layer %s: %q\n%s", l.Layer, row, live)
+		}
+		if l.Layer == sandbox.LayerSeccomp && l.Available && !strings.Contains(row, "verified  every thread: Seccomp 2") {
+			t.Errorf("live table: seccomp not verified: %q", row)
+		}
+	}
+	var rep struct {
+		Live struct {
+			Ran, OK bool
+			Pid     int
+			Layers  []struct {
+				Layer    string
+				Verified bool
+			}
+		} `json:"live_sandbox"`
+	}
+	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "doctor", "--output", "json"))), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Live.Ran || !rep.Live.OK || rep.Live.Pid <= 0 || len(rep.Live.Layers) != len(sandbox.AllLayers) {
+		t.Fatalf("doctor json: live_sandbox %+v", rep.Live)
+	}
+
+	for _, l := range probe.Missing() {
+		if l == sandbox.LayerCgroup {
+			t.Skip("no cgroup layer here: no memory limit to fail")
+		}
+	}
+	const tiny = "sandbox.memory_bytes=262144"
+	r = cordon(t, home, "doctor", "--set", tiny)
+	if r.code != ExitError || !strings.Contains(r.stdout, "live sandbox: FAILED in layer cgroup (run): ") ||
+		!strings.Contains(r.stderr, "sandbox check failed in layer cgroup") || !strings.Contains(r.stderr, "cordon serve would refuse to start") {
+		t.Fatalf("doctor --set %s: exit %d\n%s\n%s", tiny, r.code, r.stdout, r.stderr)
+	}
+	// serve with the same configuration refuses to start (a serve that
+	// starts is stopped, and fails the test).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var serr lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(ctx, []string{"--home", home, "serve", "--listen", "127.0.0.1:0", "--set", tiny}, strings.NewReader(""), io.Discard, &serr)
+	}()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case code := <-done:
+			if code != ExitError || !strings.Contains(serr.String(), "sandbox check failed in layer cgroup") {
+				t.Fatalf("serve --set %s: exit %d\n%s", tiny, code, serr.String())
+			}
+			return
+		default:
+		}
+		if _, err := os.Stat(filepath.Join(home, "serve.json")); err == nil || time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("serve --set %s did not refuse to start (it serves, or still runs after 2 minutes), where doctor says it would refuse:\n%s", tiny, serr.String())
+		}
 	}
 }
 

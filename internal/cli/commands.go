@@ -642,6 +642,11 @@ and serves the JSON/HTTP API (described by api/openapi.json, also served at
 talk to it. A home has one server: on a home already served, serve fails at
 once, naming the running server's pid and address.
 
+Before it opens the node, serve starts a sandbox as it will start them all
+and has it run a test canister, then checks its confinement from the host
+(the check 'cordon doctor' reports): when that fails it refuses to start,
+naming the layer that failed.
+
 Security: every request but the probes needs 'Authorization: Bearer TOKEN';
 the token is generated on the first start, stored in <home>/token (mode
 0600) and printed once; commands on the same --home read it from there.
@@ -677,11 +682,8 @@ durable either way.`,
 			for _, k := range boundary.AllViolationKinds() { // every kind's series exists from the start
 				m.DeclareViolationKinds(k.String())
 			}
-			hc := cfg.Host
+			hc := serveNodeConfig(cfg)
 			hc.Metrics = m
-			// Its connections, and the listeners and log streams around
-			// them, are the server's descriptors (host/descriptors.go).
-			hc.ReservedDescriptors = cfg.MaxConns + 16
 			// A command that holds the store (a restart's stragglers)
 			// is waited for, as commands wait for a starting server.
 			// A home has one server: a second one fails at once instead
@@ -695,6 +697,22 @@ durable either way.`,
 			}
 			if err := running(); err != nil {
 				return err
+			}
+			// Before the node: a sandbox that cannot start or is not
+			// confined as planned stops serve here, naming the layer,
+			// not at each canister's first message. cordon doctor runs
+			// the same check.
+			if hc.Isolation == "sandbox" {
+				stop := progress(g.stderr, "starting a sandbox to check it…")
+				c := checkSandbox(cmd.Context(), hc, logger)
+				stop()
+				if c.Stage == host.CheckConfig {
+					return c.Err // what host.Open would say
+				}
+				if c.Err != nil {
+					return sandboxCheckError(c)
+				}
+				logger.Info("sandbox check passed: a canister sandbox ran the check canister, its layers verified from the host", "pid", c.Pid)
 			}
 			var node *host.Node
 			err = g.waitForStore(cmd.Context(), cfg.Home, false, func() (bool, error) {

@@ -1,21 +1,56 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cordon-dev/cordon/internal/config"
 	"github.com/cordon-dev/cordon/internal/engine"
+	"github.com/cordon-dev/cordon/internal/host"
 	"github.com/cordon-dev/cordon/internal/sandbox"
 )
 
 // doctorProbe is sandbox.Doctor, replaced in tests by a kernel that lacks
 // a layer.
 var doctorProbe = sandbox.Doctor
+
+// sandboxCheckTimeout bounds serve's and doctor's live sandbox check (one
+// compile and one message, on a possibly loaded host).
+const sandboxCheckTimeout = 2 * time.Minute
+
+// serveNodeConfig is the node configuration cordon serve opens (doctor
+// checks with it too).
+func serveNodeConfig(cfg *config.Config) host.Config {
+	hc := cfg.Host
+	// Its connections, and the listeners and log streams around them,
+	// are the server's descriptors (host/descriptors.go).
+	hc.ReservedDescriptors = cfg.MaxConns + 16
+	return hc
+}
+
+// checkSandbox runs the live sandbox check for a node configuration;
+// logger (nil: none) gets what its sandboxes' start-ups log.
+func checkSandbox(ctx context.Context, hc host.Config, logger *slog.Logger) *host.SandboxCheck {
+	ctx, cancel := context.WithTimeout(ctx, sandboxCheckTimeout)
+	defer cancel()
+	return host.CheckSandbox(ctx, hc, logger)
+}
+
+// sandboxCheckError is serve's and doctor's error for a failed check.
+func sandboxCheckError(c *host.SandboxCheck) error {
+	where := "sandbox check failed"
+	if l, ok := c.FailedLayer(); ok {
+		where += " in layer " + string(l)
+	}
+	return fmt.Errorf("%s (%s): %w", where, c.Stage, c.Err)
+}
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	var output string
@@ -36,13 +71,26 @@ build, else 'cordon serve' refuses to start and doctor fails), else a
 cordon-sandbox next to this executable if it is of the same build, else cordon
 itself.
 
+Then it starts real sandboxes as 'cordon serve' would (same settings, same
+spawner): a compiler sandbox compiles a tiny canister built in memory, a
+canister sandbox runs one update of it, and the host checks that sandbox's
+layers from outside while it lives (namespaces, mount table, cgroup,
+rlimits, and on every thread capabilities, no_new_privs and seccomp). The
+'live sandbox' line says whether that worked and, if not, which layer
+failed; the table below it says, layer by layer, what the host verified and
+how it knows the layers it cannot see. serve runs the same check before it
+opens the node, and refuses to start when it fails. Nothing of the home is
+used: the check's compiled artifact goes to a temporary directory.
+
 doctor judges with the configuration 'cordon serve' would use (flags, then
 CORDON_* variables, then config.toml): it exits with an error when serve would
-refuse to start, that is when the sandbox executable is refused, or when, in
+refuse to start, that is when the sandbox executable is refused, when, in
 strict mode (serve's default; sandbox.strict = false turns it off), a layer
-is missing that sandbox.allow_missing does not name. A layer missing but
-allowed, or missing on a node that is not strict, shows as such and is no
-error. With isolation = inprocess no layer applies (doctor says so).`,
+is missing that sandbox.allow_missing does not name, or when the live
+sandbox check fails (it also fails where the open file limit is too low for
+serve's node). A layer missing but allowed, or missing on a node that
+is not strict, shows as such and is no error. With isolation = inprocess no
+layer applies and no sandbox is started (doctor says so).`,
 		Example: `  cordon doctor
   cordon doctor --insecure-allow-missing cgroup
   cordon doctor --strict=false
@@ -94,11 +142,46 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 			} else {
 				exe = sandbox.DefaultExecutable()
 			}
+			// The live check, unless serve would not get as far.
+			var live *host.SandboxCheck
+			liveSkipped := ""
+			switch {
+			case cfgErr != nil:
+				liveSkipped = "the configuration did not load"
+			case inprocess:
+				liveSkipped = "isolation = inprocess"
+			case exeErr != nil || len(refused) > 0:
+				liveSkipped = "cordon serve would refuse to start (above)"
+			default:
+				// As serve has it; the check's failure is printed below,
+				// not logged.
+				hc := serveNodeConfig(cfg)
+				hc.Sandbox.Strict = strict
+				live = checkSandbox(cmd.Context(), hc, nil)
+			}
 			if output == "json" {
 				type layer struct {
 					Layer     string `json:"layer"`
 					Available bool   `json:"available"`
 					Detail    string `json:"detail,omitempty"`
+				}
+				type liveLayer struct {
+					Layer    string `json:"layer"`
+					Applied  bool   `json:"applied"`
+					Verified bool   `json:"verified"` // checked from the host, in effect
+					How      string `json:"how,omitempty"`
+					Detail   string `json:"detail,omitempty"`
+					Error    string `json:"error,omitempty"`
+				}
+				type liveCheck struct {
+					Ran         bool        `json:"ran"`
+					OK          bool        `json:"ok"`
+					Skipped     string      `json:"skipped,omitempty"` // why it did not run
+					Pid         int         `json:"pid,omitempty"`
+					Stage       string      `json:"stage,omitempty"`        // where it failed
+					FailedLayer string      `json:"failed_layer,omitempty"` // the layer it failed in, if known
+					Error       string      `json:"error,omitempty"`
+					Layers      []liveLayer `json:"layers,omitempty"`
 				}
 				type executable struct {
 					Path   string `json:"path,omitempty"` // "" = cordon itself
@@ -121,6 +204,7 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 						Detail    string `json:"detail"`
 					} `json:"cgroup_entry"`
 					Executable executable `json:"sandbox_executable"`
+					Live       liveCheck  `json:"live_sandbox"`
 				}{Kernel: r.Kernel, Rootless: r.Rootless, Strict: strict, Refused: refused, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking},
 					Executable: executable{exe.Path, exe.Worker, exe.Sealed, exe.Build, exe.Note, ""}}
 				out.CgroupEntry.Expedited, out.CgroupEntry.Detail = r.CgroupEntry.Expedited, r.CgroupEntry.Detail
@@ -135,6 +219,23 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 				}
 				for _, l := range r.Layers {
 					out.Layers = append(out.Layers, layer{string(l.Layer), l.Available, l.Detail})
+				}
+				out.Live.Skipped = liveSkipped
+				if live != nil {
+					out.Live.Ran, out.Live.OK, out.Live.Pid, out.Live.Stage = true, live.Err == nil, live.Pid, live.Stage
+					if live.Err != nil {
+						out.Live.Error = live.Err.Error()
+					}
+					if l, ok := live.FailedLayer(); ok {
+						out.Live.FailedLayer = string(l)
+					}
+					for _, l := range live.Layers {
+						ll := liveLayer{string(l.Layer), l.Applied, l.Verified, l.How, l.Detail, ""}
+						if l.Err != nil {
+							ll.Error = l.Err.Error()
+						}
+						out.Live.Layers = append(out.Live.Layers, ll)
+					}
 				}
 				if err := writeJSON(g.stdout, out); err != nil {
 					return err
@@ -173,6 +274,9 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 				} else {
 					fmt.Fprintf(g.stdout, "sandbox executable: %s\n", exe)
 				}
+				if err := printLive(g, live, liveSkipped); err != nil {
+					return err
+				}
 			} else {
 				return usageError{fmt.Errorf("--output %q: want text or json", output)}
 			}
@@ -184,6 +288,9 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 					"(INSECURE: --insecure-allow-missing %s, or sandbox.strict = false, runs without them)",
 					strings.Join(refused, ","), strings.Join(refused, ","))
 			}
+			if live != nil && live.Err != nil {
+				return fmt.Errorf("%w; cordon serve would refuse to start", sandboxCheckError(live))
+			}
 			return nil
 		},
 	}
@@ -193,4 +300,40 @@ error. With isolation = inprocess no layer applies (doctor says so).`,
 	g.bindDefault(f, "sandbox.strict", "true")
 	g.bind(f, "sandbox.allow_missing")
 	return cmd
+}
+
+// printLive prints the live sandbox check: one line saying whether it
+// passed (or why it did not run), then what the host saw of each layer.
+func printLive(g *globals, live *host.SandboxCheck, skipped string) error {
+	switch {
+	case live == nil:
+		fmt.Fprintf(g.stdout, "live sandbox: not run: %s\n", skipped)
+		return nil
+	case live.Err != nil:
+		where := ""
+		if l, ok := live.FailedLayer(); ok {
+			where = " in layer " + string(l)
+		}
+		fmt.Fprintf(g.stdout, "live sandbox: FAILED%s (%s): %v\n", where, live.Stage, live.Err)
+		if len(live.Layers) == 0 {
+			return nil
+		}
+	default:
+		fmt.Fprintf(g.stdout, "live sandbox: ok: a canister sandbox started as cordon serve starts them (pid %d) ran a test canister; the host then checked its layers\n", live.Pid)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LAYER\tLIVE\tHOW THE HOST KNOWS")
+	for _, l := range live.Layers {
+		st, how := "applied", l.How
+		switch {
+		case l.Err != nil:
+			st, how = "FAILED", l.Err.Error()
+		case l.Verified:
+			st = "verified"
+		case !l.Applied:
+			st, how = "not applied", l.Detail
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", l.Layer, st, how)
+	}
+	return tw.Flush()
 }

@@ -180,6 +180,7 @@ func TestDoctorExitFollowsServe(t *testing.T) {
 		}
 	}
 	check("default", ExitError, "MISSING")
+	check("default: no live sandbox", ExitError, "live sandbox: not run: cordon serve would refuse to start (above)")
 	check("flag", 0, "missing (allowed)", "--insecure-allow-missing", "cgroup")
 	check("not strict", 0, "missing (not strict)", "--strict=false")
 	check("strict, allowed by --set", 0, "missing (allowed)", "--strict", "--set", "sandbox.allow_missing=cgroup")
@@ -193,4 +194,5 @@ func TestDoctorExitFollowsServe(t *testing.T) {
 	check("flag over file", ExitError, "MISSING", "--strict")
 	writeFile(t, filepath.Join(home, "config.toml"), "isolation = \"inprocess\"\n", 0o600)
 	check("inprocess", 0, "isolation: inprocess: INSECURE")
+	check("inprocess: no live sandbox", 0, "live sandbox: not run: isolation = inprocess")
 }

@@ -226,7 +226,7 @@ func TestServeCommand(t *testing.T) {
 	}
 	// The logs are JSON, at info level for serve, and say it stopped.
 	logs := serr.String()
-	for _, want := range []string{`"msg":"serving"`, `"level":"INFO"`, `"msg":"stopped cleanly"`} {
+	for _, want := range []string{`"msg":"sandbox check passed`, `"msg":"serving"`, `"level":"INFO"`, `"msg":"stopped cleanly"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("serve logs lack %s:\n%s", want, logs)
 		}

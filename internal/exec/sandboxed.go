@@ -799,7 +799,15 @@ func (x *Sandboxed) startKind(ctx context.Context, canisterID, kind string, spec
 			return nil, nil, ctx.Err()
 		}
 		x.count(func(s *SandboxStats) { s.Faults[FaultStart.String()]++ })
-		x.cfg.Logger.Error("sandbox start failed", "canister", spec.Label, "err", err)
+		attrs := []any{"canister", spec.Label, "err", err}
+		if l, ok := sandbox.FailedLayer(err); ok {
+			attrs = append(attrs, "layer", string(l))
+		}
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			attrs = append(attrs, "errno", int(errno))
+		}
+		x.cfg.Logger.Error("sandbox start failed", attrs...)
 		return nil, nil, &SandboxError{CanisterID: canisterID, Op: "start", Fault: FaultStart, Err: err}
 	}
 	x.cfg.Metrics.SandboxSpawned(kind)

@@ -449,6 +449,15 @@ func writeFile(path, v string) error {
 	return os.WriteFile(path, []byte(v), 0)
 }
 
+// mkdirError says which cgroup could not be made, and the errno.
+func mkdirError(dir string, err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("create %s: %w", dir, err)
+}
+
 func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
 	sweepOnce.Do(s.sweep)
 	name := cgroupName(label)
@@ -461,7 +470,7 @@ func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
 		for _, c := range cgroupControllers {
 			d := filepath.Join(s.parents[c], name)
 			if err := os.Mkdir(d, 0o755); err != nil {
-				return fail(err)
+				return fail(mkdirError(d, err))
 			}
 			cg.dirs = append(cg.dirs, d)
 		}
@@ -494,7 +503,7 @@ func (s *cgroupSetup) create(label string, lim cgroupLimits) (*cgroup, error) {
 	}
 	d := filepath.Join(s.parent, name)
 	if err := os.Mkdir(d, 0o755); err != nil {
-		return fail(err)
+		return fail(mkdirError(d, err))
 	}
 	cg.dirs = []string{d}
 	if err := writeFile(filepath.Join(d, "memory.max"), strconv.FormatUint(lim.memory, 10)); err != nil {

@@ -710,15 +710,10 @@ func TestDoctor(t *testing.T) {
 	if os.Geteuid() == 0 && len(r.Missing()) != 0 {
 		t.Errorf("missing as root: %v", r.Missing())
 	}
-	// The cgroup entry follows this kernel's RCU settings, when there is
-	// a cgroup layer to join (an unprivileged host may have none).
-	cgroup := false
-	for _, l := range r.Layers {
-		if l.Layer == LayerCgroup {
-			cgroup = l.Available
-		}
-	}
-	want := cgroup && sysctl("/sys/kernel/rcu_expedited") == "1" && sysctl("/sys/kernel/rcu_normal") != "1"
+	// The cgroup entry follows this kernel's RCU settings, when there is a
+	// cgroup to join.
+	want := !slices.Contains(r.Missing(), LayerCgroup) &&
+		sysctl("/sys/kernel/rcu_expedited") == "1" && sysctl("/sys/kernel/rcu_normal") != "1"
 	if r.CgroupEntry.Expedited != want || r.CgroupEntry.Detail == "" {
 		t.Errorf("cgroup entry %+v, want expedited=%v", r.CgroupEntry, want)
 	}

@@ -38,11 +38,14 @@
 //     cgroup.procs (v1), or the one cgroup.procs (v2), before the go-ahead.
 //  5. The host sends the go-ahead byte on the IPC socket, then waits (bounded
 //     by ctx, else 10 s) for the ready packet, which carries the bitmask of
-//     applied layers and, as SCM_RIGHTS, the seccomp listener fd.
+//     applied layers and, as SCM_RIGHTS, the seccomp listener fd; or for the
+//     failure packet of a step that failed (its layer bit, errno and step:
+//     confine.ParseFailure), which fails Start with a *LayerError.
 //  6. Verification from outside: for every thread in /proc/<pid>/task,
 //     CapInh/CapPrm/CapEff/CapBnd/CapAmb = 0, NoNewPrivs = 1, Seccomp = 2,
-//     and each namespace differs from the host's. Any mismatch kills the
-//     sandbox and fails Start.
+//     each namespace differs from the host's, the cgroup membership, rlimits
+//     and mount table. Any mismatch kills the sandbox and fails Start, naming
+//     the layer; Process.Verify makes the same checks again later.
 //
 // Child, in a C constructor (confine/early.c) that runs before the Go
 // runtime has started any thread, so everything per-thread is inherited by

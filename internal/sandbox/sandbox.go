@@ -105,6 +105,8 @@ type Process struct {
 	killed  bool
 	ids     *IDPool // hostID came from it; returned once the process is reaped
 	hostID  uint32
+	plan    map[Layer]bool // the layers Start applied, for Verify
+	expect  liveExpect
 }
 
 // HostUID is the sandbox's uid on the host (65534 unless Spec.HostIDs gave
@@ -223,6 +225,9 @@ type startOpts struct {
 	// attach, if set, replaces the cgroup attach of a child that was not
 	// cloned into its cgroup (tests: an attach that fails after the clone).
 	attach func(pid int, cg *cgroup) error
+	// cgroups, if set, replaces where sandbox cgroups go (tests: a parent
+	// that is gone).
+	cgroups *cgroupSetup
 }
 
 // Start spawns a confined sandbox process and returns once it has applied
@@ -326,8 +331,12 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if plan[LayerCgroup] {
 		cgDone = make(chan cgroupResult, 1)
 		lim := cgroupLimits{memory: mem, pids: pids, cpuPercent: s.CPUPercent}
+		cgroups := av.cgroups
+		if o.cgroups != nil {
+			cgroups = o.cgroups
+		}
 		go func() {
-			cg, err := av.cgroups.create(s.Label, lim)
+			cg, err := cgroups.create(s.Label, lim)
 			cgDone <- cgroupResult{cg, err}
 		}()
 	}
@@ -339,7 +348,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		r := <-cgDone
 		cgDone = nil
 		if r.err != nil {
-			cgErr = fmt.Errorf("cgroup: %w", r.err)
+			cgErr = &LayerError{Layer: LayerCgroup, Err: r.err}
 			return cgErr
 		}
 		p.cg = r.cg
@@ -353,7 +362,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if plan[LayerCgroup] && !useSpawner {
 		if err := waitCgroup(); err != nil {
 			p.logs.close()
-			return nil, fmt.Errorf("sandbox: %w", err)
+			return nil, fmt.Errorf("sandbox %s: %w", s.Label, err)
 		}
 	}
 	trace("cgroup")
@@ -368,23 +377,23 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			_, _ = p.proc.Wait()
 		}
 		p.logs.wait(time.Second)
+		if _, named := FailedLayer(err); !named && p.cg != nil && p.cg.oomKilled() {
+			// It died before it could say why: its memory limit.
+			err = &LayerError{Layer: LayerCgroup, Err: fmt.Errorf("the sandbox exceeded its memory limit of %d bytes while starting: %w", mem, err)}
+		}
 		if p.cg != nil {
 			_ = p.cg.remove()
 		}
-		if tail := p.logs.tail(); tail != "" {
+		// The sandbox's own report says it all; else its last lines may.
+		var setup *SetupError
+		if tail := p.logs.tail(); tail != "" && !errors.As(err, &setup) {
 			err = fmt.Errorf("%w; sandbox stderr: %s", err, tail)
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", s.Label, err)
 	}
 
 	cfg := confine.Config{Files: len(s.Files), NoFile: NoFileLimit, AS: AddressSpaceLimit, FSize: mem}
-	childBits := map[Layer]uint64{
-		LayerPdeathsig: confine.LPdeathsig, LayerFds: confine.LFds, LayerPivotRoot: confine.LPivot,
-		LayerUTSNS: confine.LUTS, LayerCgroupNS: confine.LCgroupNS, LayerRlimits: confine.LRlimits,
-		LayerCaps: confine.LCaps, LayerNoNewPrivs: confine.LNNP, LayerLandlock: confine.LLandlock,
-		LayerSeccomp: confine.LSeccomp,
-	}
-	for l, b := range childBits {
+	for b, l := range childLayer {
 		if plan[l] {
 			cfg.Layers |= b
 		}
@@ -442,7 +451,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if p.cg != nil && p.cg.version == cgroupV2 {
 		fd, err := p.cg.openDir()
 		if err != nil {
-			return fail(fmt.Errorf("open cgroup: %w", err))
+			return fail(&LayerError{Layer: LayerCgroup, Err: fmt.Errorf("open %s: %w", p.cg.dirs[0], err)})
 		}
 		cleanup = append(cleanup, func() { unix.Close(fd) })
 		attr.UseCgroupFD, attr.CgroupFD = true, fd
@@ -482,7 +491,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			join = o.attach
 		}
 		if err := join(proc.Pid, p.cg); err != nil {
-			return fail(fmt.Errorf("cgroup attach after clone: %w", err))
+			return fail(&LayerError{Layer: LayerCgroup, Err: fmt.Errorf("attach after clone: %w", err)})
 		}
 	}
 	trace("attached")
@@ -508,11 +517,15 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	_ = p.conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = p.conn.SetDeadline(time.Unix(1, 0)) })
+	buf := make([]byte, confine.MaxReady+1)
 	if _, err := p.conn.Write([]byte{confine.GoByte}); err != nil {
 		stop()
+		// A child that failed before the go-ahead is gone; it said why.
+		if b := queuedPacket(p.conn, buf); confine.IsFailure(b) {
+			return fail(childFailure(b))
+		}
 		return fail(fmt.Errorf("send go-ahead: %w", err))
 	}
-	buf := make([]byte, confine.MaxReady+1)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := p.conn.ReadMsgUnix(buf, oob)
 	stop()
@@ -533,6 +546,10 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		}
 		return fail(fmt.Errorf("waiting for the sandbox to be ready: %w", err))
 	}
+	if confine.IsFailure(buf[:n]) {
+		closeAll()
+		return fail(childFailure(buf[:n]))
+	}
 	trace("ready")
 	applied, abi, err := confine.ParseReady(buf[:n])
 	if err != nil {
@@ -541,7 +558,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	if missing := cfg.Layers &^ confine.LLearn &^ confine.LWX &^ applied; missing != 0 {
 		closeAll()
-		return fail(fmt.Errorf("sandbox did not apply requested layers (bits %#x)", missing))
+		return fail(notApplied(missing))
 	}
 	if plan[LayerSeccomp] {
 		if len(received) != 1 {
@@ -562,8 +579,8 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	} else {
 		closeAll()
 	}
-	for l, b := range childBits {
-		if plan[l] && l != LayerCgroup {
+	for b, l := range childLayer {
+		if plan[l] {
 			p.layers[l] = LayerState{Applied: applied&b != 0, Detail: childLayerDetail(l, abi, cfg)}
 		}
 	}
@@ -579,6 +596,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	if p.cg != nil {
 		exp.cgroupDirs = p.cg.dirs
 	}
+	p.plan, p.expect = plan, exp
 	if err := verifyLive(proc.Pid, plan, exp); err != nil && !exitsSoon(proc.Pid) {
 		if p.notify != nil {
 			p.notify.Close()
@@ -795,6 +813,45 @@ func childLayerDetail(l Layer, abi int, cfg confine.Config) string {
 		return "empty read-only tmpfs"
 	}
 	return ""
+}
+
+// notApplied names the layers of the bits a sandbox did not report applied.
+func notApplied(missing uint64) error {
+	var layers []Layer
+	for _, l := range AllLayers {
+		for b, cl := range childLayer {
+			if cl == l && missing&b != 0 {
+				layers = append(layers, l)
+				missing &^= b
+			}
+		}
+	}
+	what := layerList(layers)
+	if missing != 0 {
+		what = strings.TrimPrefix(what+fmt.Sprintf(",bits %#x", missing), ",")
+	}
+	err := fmt.Errorf("the sandbox reported ready without applying %s", what)
+	if len(layers) == 1 && missing == 0 {
+		return &LayerError{Layer: layers[0], Err: err}
+	}
+	return err
+}
+
+// queuedPacket reads a packet already waiting on c, without waiting for one
+// (nil if there is none). Descriptors sent with it are discarded.
+func queuedPacket(c *net.UnixConn, buf []byte) []byte {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	n, rerr := 0, error(nil)
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+		return true
+	}); err != nil || rerr != nil || n <= 0 {
+		return nil
+	}
+	return buf[:n]
 }
 
 func parseRights(oob []byte) ([]int, error) {

@@ -120,103 +120,232 @@ func plannedLimits(cfg confine.Config) []rlimitMax {
 	return out
 }
 
+// hostChecks says what the host checks of each layer it can see from
+// outside (verifyLayers). The others it knows from how it spawned the
+// sandbox (env, fds, session, pdeathsig, the namespaces' clone flags) or
+// only from the sandbox's ready report (landlock, wx): nothing in /proc
+// shows them.
+var hostChecks = map[Layer]string{
+	LayerUserNS:     "/proc/<pid>/ns/user is not the host's",
+	LayerPidNS:      "/proc/<pid>/ns/pid is not the host's",
+	LayerNetNS:      "/proc/<pid>/ns/net is not the host's",
+	LayerMountNS:    "/proc/<pid>/ns/mnt is not the host's",
+	LayerIPCNS:      "/proc/<pid>/ns/ipc is not the host's",
+	LayerUTSNS:      "/proc/<pid>/ns/uts is not the host's",
+	LayerCgroupNS:   "/proc/<pid>/ns/cgroup is not the host's",
+	LayerPivotRoot:  "/proc/<pid>/mountinfo: one mount, a read-only root",
+	LayerCgroup:     "the pid is in cgroup.procs of each of its cgroup directories",
+	LayerRlimits:    "/proc/<pid>/limits: each limit at most the planned one",
+	LayerCaps:       "every thread: no capability in any set",
+	LayerNoNewPrivs: "every thread: NoNewPrivs 1",
+	LayerSeccomp:    "every thread: Seccomp 2 (filter)",
+}
+
 // verifyLive checks from the host what the sandbox reported: on every
 // thread the capability sets, no_new_privs and seccomp mode; that each
 // planned namespace differs from the host's; that it is in each of its
 // cgroup directories, its rlimits are at most the planned ones, and its
 // mount table is the one read-only root. A planned layer that is not in
 // effect fails the start (strict or not): Layers() would report it applied.
-// Landlock has no view from outside; its ready bit is the child's word.
+// The error is a *LayerError naming the first such layer. Landlock has no
+// view from outside; its ready bit is the child's word. A sandbox that is
+// gone passes: nothing is left to confine.
 func verifyLive(pid int, plan map[Layer]bool, exp liveExpect) error {
-	if err := verifyProc(pid, plan, exp); err != nil {
-		return err
+	res, gone := verifyLayers(pid, plan, exp)
+	if gone {
+		return nil
 	}
-	threads, err := ReadThreads(pid)
-	if os.IsNotExist(err) {
-		return nil // already gone: nothing left to confine
-	}
-	if err != nil {
-		return err
-	}
-	if len(threads) == 0 {
-		return fmt.Errorf("no threads")
-	}
-	for _, t := range threads {
-		if plan[LayerCaps] && (t.CapInh|t.CapPrm|t.CapEff|t.CapBnd|t.CapAmb) != 0 {
-			return fmt.Errorf("thread %d has capabilities: %+v", t.Tid, t)
-		}
-		if plan[LayerNoNewPrivs] && t.NoNewPrivs != 1 {
-			return fmt.Errorf("thread %d: NoNewPrivs %d", t.Tid, t.NoNewPrivs)
-		}
-		if plan[LayerSeccomp] && t.Seccomp != 2 {
-			return fmt.Errorf("thread %d: Seccomp %d", t.Tid, t.Seccomp)
-		}
-	}
-	hostNS := hostNamespaces()
-	nsDir := "/proc/" + strconv.Itoa(pid) + "/ns/"
-	for l, f := range nsFiles {
-		if !plan[l] {
-			continue
-		}
-		mine, err1 := hostNS[f].link, hostNS[f].err
-		theirs, err2 := os.Readlink(nsDir + f)
-		if os.IsNotExist(err2) {
-			return nil
-		}
-		if err1 != nil || err2 != nil {
-			return fmt.Errorf("namespace %s: %v %v", f, err1, err2)
-		}
-		if mine == theirs {
-			return fmt.Errorf("namespace %s not new: %s", f, theirs)
+	for _, l := range AllLayers {
+		if err := res[l]; err != nil {
+			return &LayerError{Layer: l, Err: err}
 		}
 	}
 	return nil
 }
 
-// verifyProc checks the sandbox's cgroups, rlimits and mounts from /proc.
-func verifyProc(pid int, plan map[Layer]bool, exp liveExpect) error {
+// verifyLayers makes verifyLive's checks, every one of them: the result
+// has an entry for each planned layer in hostChecks, nil if it is in
+// effect. gone: the process vanished while it was being checked.
+func verifyLayers(pid int, plan map[Layer]bool, exp liveExpect) (res map[Layer]error, gone bool) {
+	res = map[Layer]error{}
 	proc := "/proc/" + strconv.Itoa(pid)
 	if plan[LayerCgroup] {
-		for _, d := range exp.cgroupDirs {
-			b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-			if err != nil {
-				return fmt.Errorf("layer cgroup: %w", err)
-			}
-			if !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
-				self, _ := os.ReadFile(proc + "/cgroup")
-				return fmt.Errorf("layer cgroup: the sandbox is not in %s (it is in %q)", d, strings.TrimSpace(string(self)))
-			}
-		}
+		res[LayerCgroup] = checkCgroups(proc, pid, exp.cgroupDirs)
 	}
 	if plan[LayerRlimits] {
-		b, err := os.ReadFile(proc + "/limits")
-		if err != nil {
-			return fmt.Errorf("layer rlimits: %w", err)
+		res[LayerRlimits] = checkLimits(proc, exp.limits)
+	}
+	if plan[LayerPivotRoot] {
+		res[LayerPivotRoot] = checkMounts(proc)
+	}
+	if plan[LayerCaps] || plan[LayerNoNewPrivs] || plan[LayerSeccomp] {
+		threads, err := ReadThreads(pid)
+		if os.IsNotExist(err) {
+			return res, true
 		}
-		live, err := parseLimits(b)
-		if err != nil {
-			return fmt.Errorf("layer rlimits: %s/limits: %w", proc, err)
+		if err == nil && len(threads) == 0 {
+			err = errors.New("no threads")
 		}
-		for _, w := range exp.limits {
-			got, ok := live[w.name]
-			if !ok {
-				return fmt.Errorf("layer rlimits: %s/limits has no %q", proc, w.name)
+		for _, l := range []Layer{LayerCaps, LayerNoNewPrivs, LayerSeccomp} {
+			if plan[l] {
+				res[l] = err
 			}
-			if got[0] > w.max || got[1] > w.max {
-				return fmt.Errorf("layer rlimits: %s is %s, planned %d", w.name, fmtLimit(got), w.max)
+		}
+		for _, t := range threads {
+			if plan[LayerCaps] && res[LayerCaps] == nil && (t.CapInh|t.CapPrm|t.CapEff|t.CapBnd|t.CapAmb) != 0 {
+				res[LayerCaps] = fmt.Errorf("thread %d has capabilities: %+v", t.Tid, t)
+			}
+			if plan[LayerNoNewPrivs] && res[LayerNoNewPrivs] == nil && t.NoNewPrivs != 1 {
+				res[LayerNoNewPrivs] = fmt.Errorf("thread %d: NoNewPrivs %d", t.Tid, t.NoNewPrivs)
+			}
+			if plan[LayerSeccomp] && res[LayerSeccomp] == nil && t.Seccomp != 2 {
+				res[LayerSeccomp] = fmt.Errorf("thread %d: Seccomp %d", t.Tid, t.Seccomp)
 			}
 		}
 	}
-	if plan[LayerPivotRoot] {
-		b, err := os.ReadFile(proc + "/mountinfo")
-		if err != nil {
-			return fmt.Errorf("layer pivot_root: %w", err)
+	hostNS := hostNamespaces()
+	for _, l := range AllLayers {
+		f, ok := nsFiles[l]
+		if !ok || !plan[l] {
+			continue
 		}
-		if err := checkMountinfo(b); err != nil {
-			return fmt.Errorf("layer pivot_root: %w", err)
+		mine, err1 := hostNS[f].link, hostNS[f].err
+		theirs, err2 := os.Readlink(proc + "/ns/" + f)
+		switch {
+		case os.IsNotExist(err2):
+			return res, true
+		case err1 != nil || err2 != nil:
+			res[l] = fmt.Errorf("namespace %s: %v %v", f, err1, err2)
+		case mine == theirs:
+			res[l] = fmt.Errorf("namespace %s not new: %s", f, theirs)
+		default:
+			res[l] = nil
+		}
+	}
+	return res, false
+}
+
+// checkCgroups: the sandbox is in each of its cgroup directories.
+func checkCgroups(proc string, pid int, dirs []string) error {
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
+			self, _ := os.ReadFile(proc + "/cgroup")
+			return fmt.Errorf("the sandbox is not in %s (it is in %q)", d, strings.TrimSpace(string(self)))
 		}
 	}
 	return nil
+}
+
+// checkLimits: each of the sandbox's rlimits is at most the planned one.
+func checkLimits(proc string, limits []rlimitMax) error {
+	b, err := os.ReadFile(proc + "/limits")
+	if err != nil {
+		return err
+	}
+	live, err := parseLimits(b)
+	if err != nil {
+		return fmt.Errorf("%s/limits: %w", proc, err)
+	}
+	for _, w := range limits {
+		got, ok := live[w.name]
+		if !ok {
+			return fmt.Errorf("%s/limits has no %q", proc, w.name)
+		}
+		if got[0] > w.max || got[1] > w.max {
+			return fmt.Errorf("%s is %s, planned %d", w.name, fmtLimit(got), w.max)
+		}
+	}
+	return nil
+}
+
+// checkMounts: the sandbox's mount table is its one read-only root.
+func checkMounts(proc string) error {
+	b, err := os.ReadFile(proc + "/mountinfo")
+	if err != nil {
+		return err
+	}
+	return checkMountinfo(b)
+}
+
+// hostUnseen says, for each layer the host cannot check from outside, how
+// it knows the layer was applied.
+var hostUnseen = map[Layer]string{
+	LayerEnv:       "not visible from the host: it set the environment at exec",
+	LayerFds:       "not visible from the host: it passed only these; the sandbox reported closing the rest before it ran anything",
+	LayerSession:   "not visible from the host: setsid at the clone",
+	LayerPdeathsig: "not visible from the host: set at the clone, and again by the sandbox (its report)",
+	LayerLandlock:  "not visible from the host: the sandbox's report",
+	LayerWX:        "not visible from the host: its filter half is seccomp's; PR_SET_MDWE, set by the worker after its module load, has no view from outside",
+}
+
+// LayerCheck is one layer of a live sandbox as Verify saw it.
+type LayerCheck struct {
+	Layer   Layer
+	Applied bool // Start applied it (Layers)
+	// Verified: the host checked it from outside just now (/proc, the
+	// cgroup filesystem) and it is in effect.
+	Verified bool
+	How      string // what the host checked, or how it knows an applied layer it cannot see
+	Detail   string // Layers' detail: what was applied, or why not
+	Err      error  // the check found it not in effect
+}
+
+// Verify checks again, from the host and while the sandbox runs, every
+// layer Start applied, with the checks Start makes before it returns
+// (verifyLive), now on every thread the sandbox has since started, and
+// reports each layer in AllLayers order. The error names the first layer
+// not in effect (a *LayerError), or says the sandbox is gone: a sandbox
+// that exited has nothing left to check.
+func (p *Process) Verify() ([]LayerCheck, error) {
+	if p.plan == nil {
+		return nil, errors.New("sandbox: Verify of a sandbox Start did not return")
+	}
+	select {
+	case <-p.done:
+		return nil, fmt.Errorf("sandbox %s: exited before its check: %v", p.label, p.status.Err)
+	default:
+	}
+	res, gone := verifyLayers(p.proc.Pid, p.plan, p.expect)
+	// The waiter reaps it only after done closes, so until then its pid
+	// is its own: a check that saw it gone, or that ran while it exited,
+	// says nothing.
+	select {
+	case <-p.done:
+		gone = true
+	default:
+	}
+	for _, err := range res {
+		if err != nil && !gone {
+			gone = exitsSoon(p.proc.Pid)
+			break
+		}
+	}
+	if gone {
+		return nil, fmt.Errorf("sandbox %s: exited during its check", p.label)
+	}
+	var out []LayerCheck
+	var first error
+	for _, l := range AllLayers {
+		st := p.layers[l]
+		c := LayerCheck{Layer: l, Applied: st.Applied, Detail: st.Detail}
+		if st.Applied {
+			c.How = hostUnseen[l]
+		}
+		if err, checked := res[l]; checked {
+			c.How = hostChecks[l]
+			c.Err = err
+			c.Verified = err == nil
+			if err != nil && first == nil {
+				first = fmt.Errorf("sandbox %s: verification: %w", p.label, &LayerError{Layer: l, Err: err})
+			}
+		}
+		out = append(out, c)
+	}
+	return out, first
 }
 
 const unlimited = ^uint64(0)

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -114,7 +115,7 @@ func TestVerifyCgroupAttach(t *testing.T) {
 			p.Conn().Close()
 			t.Fatalf("strict=%v: Start returned a sandbox outside its cgroup (%s/cgroup.procs = %q), cgroup layer %+v", strict, p.cg.dirs[0], procs, p.Layers()[LayerCgroup])
 		}
-		if !strings.Contains(err.Error(), "layer cgroup") {
+		if l, _ := FailedLayer(err); l != LayerCgroup {
 			t.Errorf("strict=%v: refused, but not for its cgroup: %v", strict, err)
 		}
 		t.Logf("strict=%v: refused: %v", strict, err)
@@ -141,12 +142,12 @@ func TestVerifyRlimits(t *testing.T) {
 	exp := liveExpect{limits: plannedLimits(confine.Config{NoFile: NoFileLimit, AS: AddressSpaceLimit, FSize: 64 << 20})}
 	plan := map[Layer]bool{LayerRlimits: true}
 	bare := liveWithout(t, LayerRlimits)
-	err := verifyProc(bare.Pid(), plan, exp)
-	if err == nil || !strings.Contains(err.Error(), "layer rlimits") {
+	err := verifyLive(bare.Pid(), plan, exp)
+	if l, _ := FailedLayer(err); l != LayerRlimits {
 		t.Fatalf("sandbox without rlimits passed the check: %v", err)
 	}
 	t.Log(err)
-	if err := verifyProc(liveWithout(t).Pid(), plan, exp); err != nil {
+	if err := verifyLive(liveWithout(t).Pid(), plan, exp); err != nil {
 		t.Fatalf("a confined sandbox fails the check: %v", err)
 	}
 }
@@ -155,12 +156,61 @@ func TestVerifyRlimits(t *testing.T) {
 // host's check of /proc/<pid>/mountinfo; a confined one passes.
 func TestVerifyMountinfo(t *testing.T) {
 	plan := map[Layer]bool{LayerPivotRoot: true}
-	err := verifyProc(liveWithout(t, LayerPivotRoot).Pid(), plan, liveExpect{})
-	if err == nil || !strings.Contains(err.Error(), "layer pivot_root") {
+	err := verifyLive(liveWithout(t, LayerPivotRoot).Pid(), plan, liveExpect{})
+	if l, _ := FailedLayer(err); l != LayerPivotRoot {
 		t.Fatalf("sandbox without its empty root passed the check: %v", err)
 	}
 	t.Log(err)
-	if err := verifyProc(liveWithout(t).Pid(), plan, liveExpect{}); err != nil {
+	if err := verifyLive(liveWithout(t).Pid(), plan, liveExpect{}); err != nil {
 		t.Fatalf("a confined sandbox fails the check: %v", err)
+	}
+}
+
+// Verify reports every layer of a live sandbox: those the host can see
+// from outside checked again, the others with how the host knows them;
+// a layer not in effect fails it, naming the layer; so does a sandbox that
+// has exited, which has nothing left to check.
+func TestProcessVerify(t *testing.T) {
+	for _, l := range AllLayers {
+		_, seen := hostChecks[l]
+		_, unseen := hostUnseen[l]
+		if seen == unseen {
+			t.Errorf("layer %s: seen from the host %v, unseen %v: want exactly one", l, seen, unseen)
+		}
+	}
+	p := startT(t, Spec{Args: []string{"echo"}})
+	checks, err := p.Verify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(checks) != len(AllLayers) {
+		t.Fatalf("%d layers reported", len(checks))
+	}
+	for i, c := range checks {
+		if c.Layer != AllLayers[i] || c.Applied != p.Layers()[c.Layer].Applied || (c.Applied && c.How == "") || c.Err != nil {
+			t.Errorf("layer %s: %+v", AllLayers[i], c)
+		}
+		_, seen := hostChecks[c.Layer]
+		if c.Verified != (c.Applied && seen) {
+			t.Errorf("layer %s: verified %v, applied %v, seen from the host %v", c.Layer, c.Verified, c.Applied, seen)
+		}
+	}
+
+	// The same sandbox, as if Start had planned a mount table it does not
+	// have (its empty root is the host's check of pivot_root): Verify names
+	// that layer.
+	q := liveWithout(t, LayerPivotRoot)
+	q.plan = maps.Clone(q.plan)
+	q.plan[LayerPivotRoot] = true
+	_, err = q.Verify()
+	if l, _ := FailedLayer(err); l != LayerPivotRoot {
+		t.Fatalf("Verify of a sandbox without its empty root: %v", err)
+	}
+	t.Log(err)
+
+	p.Kill()
+	p.Wait()
+	if _, err := p.Verify(); err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("Verify of an exited sandbox: %v", err)
 	}
 }

@@ -50,7 +50,10 @@ const (
 	UnprivilegedID = C.CORDON_UNPRIVILEGED_ID
 	// ReadyPrefix starts the packet the sandbox sends when confined.
 	ReadyPrefix = "cordon-ready"
-	// MaxReady bounds the size of that packet.
+	// FailedPrefix starts the packet it sends instead when a step of its
+	// confinement failed (ParseFailure).
+	FailedPrefix = C.CORDON_FAILED_PREFIX
+	// MaxReady bounds the size of either packet.
 	MaxReady = 256
 )
 
@@ -188,12 +191,15 @@ func Enter() (conn *net.UnixConn, files []*os.File, args []string, err error) {
 	}
 	filter, err := BuildFilterPagemap(uint32(os.Getpid()), int(C.cordon_early_pagemap()), cfg.Layers&LLearn != 0)
 	if err != nil {
+		sendFailure(uc, LSeccomp, "build filter: "+err.Error(), err)
 		_ = uc.Close()
 		return nil, nil, nil, fmt.Errorf("confine: seccomp: %w", err)
 	}
 	msg := fmt.Sprintf("%s %#x %d", ReadyPrefix, applied|LSeccomp, int(C.cordon_early_landlock_abi()))
 	if err := sealAndReport(uc, filter, msg); err != nil {
 		if errors.Is(err, errSeccomp) {
+			// Not installed: this thread is as it was, and may still send.
+			sendFailure(uc, LSeccomp, "load filter", err)
 			_ = uc.Close()
 			return nil, nil, nil, fmt.Errorf("confine: %w", err)
 		}
@@ -213,6 +219,97 @@ func reportFailed(uc *net.UnixConn, err error) error {
 }
 
 var errSeccomp = errors.New("seccomp")
+
+// sendFailure sends the failure packet (see ParseFailure) for a step of
+// layer (an L* bit, 0 for none) that failed with err, best effort: the
+// host falls back on the exit code and the log line.
+func sendFailure(uc *net.UnixConn, layer uint64, step string, err error) {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		errno = 0
+	}
+	_, _, _ = uc.WriteMsgUnix([]byte(FormatFailure(layer, step, errno)), nil, nil)
+}
+
+// FormatFailure encodes the failure packet, as early.c's die does: the
+// step is cut to what fits in MaxReady and to printable ASCII.
+func FormatFailure(layer uint64, step string, errno unix.Errno) string {
+	head := fmt.Sprintf("%s %#x %d ", FailedPrefix, layer, int(errno))
+	b := []byte(step)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	if len(head)+len(b) > MaxReady {
+		b = b[:MaxReady-len(head)]
+	}
+	return head + string(b)
+}
+
+// Failure is what a sandbox reports when a step of its confinement failed.
+type Failure struct {
+	Layer uint64 // the L* bit of the layer the step belongs to; 0: none
+	Errno unix.Errno
+	Step  string // printable ASCII, at most MaxReady bytes
+}
+
+// childLayers are the bits a failure may name: the layers the sandbox
+// applies itself.
+const childLayers = LPdeathsig | LFds | LPivot | LUTS | LCgroupNS | LRlimits | LCaps | LNNP | LLandlock | LSeccomp
+
+// maxErrno bounds the errno a failure may carry (the kernel's are below
+// 4096, MAX_ERRNO).
+const maxErrno = 4095
+
+// IsFailure reports whether a packet from the sandbox is a failure report
+// rather than the ready packet.
+func IsFailure(b []byte) bool {
+	return len(b) > len(FailedPrefix) && string(b[:len(FailedPrefix)]) == FailedPrefix && b[len(FailedPrefix)] == ' '
+}
+
+// ParseFailure decodes a failure packet, "cordon-failed <layer bit> <errno>
+// <step>" (hostile input: the host calls it on bytes from the sandbox). It
+// accepts at most one bit, of a layer the sandbox applies itself, an errno
+// below 4096, and a step of printable ASCII.
+func ParseFailure(b []byte) (Failure, error) {
+	if len(b) > MaxReady {
+		return Failure{}, errors.New("failure packet too long")
+	}
+	if !IsFailure(b) {
+		return Failure{}, errors.New("malformed failure packet")
+	}
+	f := strings.SplitN(string(b[len(FailedPrefix)+1:]), " ", 3)
+	if len(f) != 3 {
+		return Failure{}, errors.New("malformed failure packet")
+	}
+	layer, err := strconv.ParseUint(f[0], 0, 64)
+	if err != nil || layer&^childLayers != 0 || layer&(layer-1) != 0 {
+		return Failure{}, fmt.Errorf("failure packet: bad layer %q", clip(f[0]))
+	}
+	errno, err := strconv.ParseUint(f[1], 10, 16)
+	if err != nil || errno > maxErrno {
+		return Failure{}, fmt.Errorf("failure packet: bad errno %q", clip(f[1]))
+	}
+	step := f[2]
+	for i := 0; i < len(step); i++ {
+		if step[i] < 0x20 || step[i] > 0x7e {
+			return Failure{}, errors.New("failure packet: step not printable ASCII")
+		}
+	}
+	if step == "" {
+		return Failure{}, errors.New("failure packet: no step")
+	}
+	return Failure{Layer: layer, Errno: unix.Errno(errno), Step: step}, nil
+}
+
+// clip shows at most 16 bytes of a bad field, quoted by the caller.
+func clip(s string) string {
+	if len(s) > 16 {
+		return s[:16] + "..."
+	}
+	return s
+}
 
 // sealAndReport installs filter on every thread and sends msg with the
 // listener fd over uc, in C with signals blocked (see early.c for why).

@@ -13,8 +13,10 @@
 // dumpable, capabilities, no_new_privs, Landlock. seccomp is installed later, when
 // confine.Enter calls cordon_seal_and_report (with TSYNC).
 //
-// On any failure the process writes one line to fd 2 and exits with
-// CORDON_EXIT_SETUP; the host reports that line.
+// On any failure the process sends one packet on fd 3 naming the layer, the
+// step and the errno, writes one line to fd 2 and exits with
+// CORDON_EXIT_SETUP; the host decodes the packet (confine.ParseFailure)
+// into the error Start returns.
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -65,10 +67,37 @@ int cordon_early_nfiles(void) { return cordon_nfiles; }
 int cordon_early_pagemap(void) { return cordon_pagemap; }
 const char *cordon_early_error(void) { return cordon_err; }
 
-// die reports a setup failure on fd 2 and exits. Only async-signal-safe calls.
-static void die(const char *step, int err) {
+// layer_name names a layer bit in the log line of die (the host names it
+// from the bit, with package sandbox's names, which these mirror).
+static const char *layer_name(uint64_t layer) {
+	switch (layer) {
+	case CORDON_L_PDEATHSIG: return "pdeathsig";
+	case CORDON_L_FDS: return "fds";
+	case CORDON_L_PIVOT: return "pivot_root";
+	case CORDON_L_UTS: return "utsns";
+	case CORDON_L_CGROUPNS: return "cgroupns";
+	case CORDON_L_RLIMITS: return "rlimits";
+	case CORDON_L_CAPS: return "caps";
+	case CORDON_L_NNP: return "no_new_privs";
+	case CORDON_L_LANDLOCK: return "landlock";
+	}
+	return "setup";
+}
+
+// die reports a setup failure and exits: one packet on the IPC socket (fd 3)
+// that the host decodes into an error naming the layer, the step and the
+// errno, and one line on fd 2 for the log. Either may fail (fd 3 not open
+// yet, the host gone); the exit code says a setup failure anyway. layer is
+// one CORDON_L_* bit, 0 for a step of no layer. Only async-signal-safe
+// calls but snprintf.
+static void die(uint64_t layer, const char *step, int err) {
 	char buf[200];
-	int n = snprintf(buf, sizeof buf, "cordon-sandbox: setup failed: %s: %s (errno %d)\n", step, strerror(err), err);
+	int n = snprintf(buf, sizeof buf, CORDON_FAILED_PREFIX " %#llx %d %s", (unsigned long long)layer, err, step);
+	if (n > 0) {
+		ssize_t w = send(3, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+	}
+	n = snprintf(buf, sizeof buf, "cordon-sandbox: setup failed: %s: %s: %s (errno %d)\n", layer_name(layer), step, strerror(err), err);
 	if (n > 0) {
 		ssize_t w = write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 		(void)w;
@@ -99,7 +128,7 @@ static long landlock_create(const struct ll_ruleset_attr *a, size_t sz, uint32_t
 // signals outside the domain.
 static void apply_landlock(void) {
 	long abi = landlock_create(NULL, 0, LL_CREATE_RULESET_VERSION);
-	if (abi < 1) die("landlock: kernel support", errno);
+	if (abi < 1) die(CORDON_L_LANDLOCK, "kernel support", errno);
 	cordon_landlock_abi = (int)abi;
 	struct ll_ruleset_attr a = {0};
 	size_t sz = sizeof(a.handled_access_fs);
@@ -116,9 +145,9 @@ static void apply_landlock(void) {
 		sz = sizeof a;
 	}
 	int fd = (int)landlock_create(&a, sz, 0);
-	if (fd < 0) die("landlock: create ruleset", errno);
+	if (fd < 0) die(CORDON_L_LANDLOCK, "create ruleset", errno);
 	// No rules: nothing is allowed beneath any path.
-	if (syscall(__NR_landlock_restrict_self, fd, 0) != 0) die("landlock: restrict self", errno);
+	if (syscall(__NR_landlock_restrict_self, fd, 0) != 0) die(CORDON_L_LANDLOCK, "restrict self", errno);
 	close(fd);
 }
 
@@ -128,25 +157,25 @@ static void drop_capabilities(uint64_t layers) {
 	unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
 			     SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
 			     SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-	if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0) die("caps: securebits", errno);
+	if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0) die(CORDON_L_CAPS, "securebits", errno);
 	for (int c = 0; c < 64; c++) {
 		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0) {
 			if (errno == EINVAL) break; // past CAP_LAST_CAP
-			die("caps: drop bounding set", errno);
+			die(CORDON_L_CAPS, "drop bounding set", errno);
 		}
 	}
 	if (layers & CORDON_L_SETUID) {
 		// No user namespace (root host, userns layer missing): leave root.
 		gid_t g = (gid_t)CORDON_UNPRIVILEGED_ID;
-		if (syscall(SYS_setgroups, 0, NULL) != 0) die("setgroups", errno);
-		if (syscall(SYS_setresgid, g, g, g) != 0) die("setresgid", errno);
-		if (syscall(SYS_setresuid, g, g, g) != 0) die("setresuid", errno);
+		if (syscall(SYS_setgroups, 0, NULL) != 0) die(CORDON_L_CAPS, "setgroups", errno);
+		if (syscall(SYS_setresgid, g, g, g) != 0) die(CORDON_L_CAPS, "setresgid", errno);
+		if (syscall(SYS_setresuid, g, g, g) != 0) die(CORDON_L_CAPS, "setresuid", errno);
 	}
-	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) die("caps: clear ambient", errno);
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) die(CORDON_L_CAPS, "clear ambient", errno);
 	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
 	struct __user_cap_data_struct d[2];
 	memset(d, 0, sizeof d);
-	if (syscall(SYS_capset, &h, d) != 0) die("caps: capset", errno);
+	if (syscall(SYS_capset, &h, d) != 0) die(CORDON_L_CAPS, "capset", errno);
 }
 
 // open_pagemap opens /proc/self/pagemap with an empty effective capability
@@ -165,7 +194,7 @@ static int open_pagemap(void) {
 	lowered[0].effective = lowered[1].effective = 0;
 	if (syscall(SYS_capset, &h, lowered) != 0) return -1;
 	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (syscall(SYS_capset, &h, saved) != 0) die("caps: restore the effective set", errno);
+	if (syscall(SYS_capset, &h, saved) != 0) die(0, "pagemap: restore the effective capability set", errno);
 	return fd;
 }
 
@@ -185,20 +214,20 @@ static int count_threads(void) {
 
 static void enter_empty_root(void) {
 	// Nothing we mount may propagate back to the host.
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("mount: make / private", errno);
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die(CORDON_L_PIVOT, "make / private", errno);
 	// The new root: a tiny tmpfs, searchable but not listable, mounted over
 	// a directory that exists everywhere (hidden only in this namespace).
 	if (mount("cordon", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
 		  "size=4k,nr_inodes=2,mode=0111") != 0)
-		die("mount: tmpfs root", errno);
-	if (chdir("/proc") != 0) die("chdir new root", errno);
+		die(CORDON_L_PIVOT, "mount tmpfs root", errno);
+	if (chdir("/proc") != 0) die(CORDON_L_PIVOT, "chdir new root", errno);
 	// pivot_root(".", "."): the old root ends up stacked on "." and is then
 	// detached with everything beneath it.
-	if (syscall(SYS_pivot_root, ".", ".") != 0) die("pivot_root", errno);
-	if (umount2(".", MNT_DETACH) != 0) die("umount old root", errno);
-	if (chdir("/") != 0) die("chdir /", errno);
+	if (syscall(SYS_pivot_root, ".", ".") != 0) die(CORDON_L_PIVOT, "pivot_root", errno);
+	if (umount2(".", MNT_DETACH) != 0) die(CORDON_L_PIVOT, "umount old root", errno);
+	if (chdir("/") != 0) die(CORDON_L_PIVOT, "chdir /", errno);
 	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
-		die("mount: remount root read-only", errno);
+		die(CORDON_L_PIVOT, "remount root read-only", errno);
 }
 
 __attribute__((constructor(101))) static void cordon_early(int argc, char **argv, char **envp) {
@@ -220,24 +249,24 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 	if (parse_u64(&p, &ver) || ver != CORDON_CONFIG_VERSION || parse_u64(&p, &layers) ||
 	    parse_u64(&p, &nfiles) || parse_u64(&p, &nofile) || parse_u64(&p, &as) || parse_u64(&p, &nproc) ||
 	    parse_u64(&p, &fsize) || parse_u64(&p, &data) || *p != 0 || nfiles > 1000)
-		die("bad configuration argument", EINVAL);
+		die(0, "bad configuration argument", EINVAL);
 	cordon_nfiles = (int)nfiles;
 
 	// Parent-death signal again: Go's fork sets it, but credential changes
 	// clear it, and we want it whatever happened between fork and here.
 	if (layers & CORDON_L_PDEATHSIG) {
-		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("pdeathsig", errno);
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die(CORDON_L_PDEATHSIG, "PR_SET_PDEATHSIG", errno);
 		cordon_applied |= CORDON_L_PDEATHSIG;
 	}
 	int threads = count_threads();
-	if (threads != 1) die("more than one thread before confinement", threads < 0 ? EIO : EBUSY);
+	if (threads != 1) die(0, "more than one thread before confinement", threads < 0 ? EIO : EBUSY);
 
 	// Only fds 2 (log pipe), 3 (IPC) and 4.. (host's files) stay open.
 	if (layers & CORDON_L_FDS) {
-		if (fcntl(2, F_GETFD) < 0 || fcntl(3, F_GETFD) < 0) die("fds 2 and 3 must be open", EBADF);
+		if (fcntl(2, F_GETFD) < 0 || fcntl(3, F_GETFD) < 0) die(CORDON_L_FDS, "fds 2 and 3 must be open", EBADF);
 		for (int i = 0; i < 4 + (int)nfiles; i++)
-			if (i >= 2 && fcntl(i, F_GETFD) < 0) die("passed fd missing", EBADF);
-		if (syscall(SYS_close_range, 4 + (unsigned)nfiles, ~0U, 0) != 0) die("close_range", errno);
+			if (i >= 2 && fcntl(i, F_GETFD) < 0) die(CORDON_L_FDS, "passed fd missing", EBADF);
+		if (syscall(SYS_close_range, 4 + (unsigned)nfiles, ~0U, 0) != 0) die(CORDON_L_FDS, "close_range", errno);
 		close(0);
 		close(1);
 		cordon_applied |= CORDON_L_FDS;
@@ -265,14 +294,14 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 	// root there; confine.Enter closes both before any untrusted input.
 	{
 		int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-		if (fd < 0) die("open placeholder", errno);
-		if (fd != 0 && dup2(fd, 0) < 0) die("dup2 placeholder", errno);
-		if (dup2(0, 1) < 0) die("dup2 placeholder", errno);
+		if (fd < 0) die(0, "open placeholder", errno);
+		if (fd != 0 && dup2(fd, 0) < 0) die(0, "dup2 placeholder", errno);
+		if (dup2(0, 1) < 0) die(0, "dup2 placeholder", errno);
 		if (fd != 0) close(fd);
 	}
 	if (layers & CORDON_L_UTS) {
-		if (sethostname("cordon", 6) != 0) die("sethostname", errno);
-		if (setdomainname("cordon", 6) != 0) die("setdomainname", errno);
+		if (sethostname("cordon", 6) != 0) die(CORDON_L_UTS, "sethostname", errno);
+		if (setdomainname("cordon", 6) != 0) die(CORDON_L_UTS, "setdomainname", errno);
 		cordon_applied |= CORDON_L_UTS;
 	}
 	// Wait for the host's go-ahead on the IPC socket: by then the host has
@@ -288,13 +317,13 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		ssize_t n;
 		do n = recv(3, &b, 1, 0);
 		while (n < 0 && errno == EINTR);
-		if (n < 0) die("wait for host", errno);
+		if (n < 0) die(0, "wait for host", errno);
 		if (n != 1 || b != CORDON_GO_BYTE) _exit(CORDON_EXIT_SETUP);
 	}
 	if (layers & CORDON_L_CGROUPNS) {
 		// Unshared here, after the host moved us into our cgroup, so the
 		// namespace is rooted at the sandbox's own cgroup.
-		if (unshare(CLONE_NEWCGROUP) != 0) die("unshare cgroup namespace", errno);
+		if (unshare(CLONE_NEWCGROUP) != 0) die(CORDON_L_CGROUPNS, "unshare", errno);
 		cordon_applied |= CORDON_L_CGROUPNS;
 	}
 	if (layers & CORDON_L_RLIMITS) {
@@ -314,27 +343,27 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 		};
 		for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
 			struct rlimit r;
-			if (getrlimit(lim[i].res, &r) != 0) die(lim[i].name, errno);
+			if (getrlimit(lim[i].res, &r) != 0) die(CORDON_L_RLIMITS, lim[i].name, errno);
 			rlim_t v = lim[i].v == 0 && (lim[i].res == RLIMIT_AS || lim[i].res == RLIMIT_DATA || lim[i].res == RLIMIT_NPROC)
 					   ? RLIM_INFINITY
 					   : (rlim_t)lim[i].v;
 			// Only ever lower a limit (raising needs CAP_SYS_RESOURCE).
 			if (r.rlim_max != RLIM_INFINITY && (v == RLIM_INFINITY || v > r.rlim_max)) v = r.rlim_max;
 			r.rlim_cur = r.rlim_max = v;
-			if (setrlimit(lim[i].res, &r) != 0) die(lim[i].name, errno);
+			if (setrlimit(lim[i].res, &r) != 0) die(CORDON_L_RLIMITS, lim[i].name, errno);
 		}
 		cordon_applied |= CORDON_L_RLIMITS;
 	}
 	// Not dumpable: no core, and no ptrace attach from anyone without
 	// CAP_SYS_PTRACE over the sandbox (e.g. other processes of the host uid).
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) die("dumpable", errno);
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) die(0, "PR_SET_DUMPABLE", errno);
 	if (layers & CORDON_L_CAPS) {
 		drop_capabilities(layers);
 		cordon_applied |= CORDON_L_CAPS;
 		if (layers & CORDON_L_SETUID) cordon_applied |= CORDON_L_SETUID;
 	}
 	if (layers & CORDON_L_NNP) {
-		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs", errno);
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(CORDON_L_NNP, "PR_SET_NO_NEW_PRIVS", errno);
 		cordon_applied |= CORDON_L_NNP;
 	}
 	if (layers & CORDON_L_LANDLOCK) {

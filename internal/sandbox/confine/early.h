@@ -10,6 +10,10 @@
 #define CORDON_CONFIG_VERSION 2
 #define CORDON_GO_BYTE 'G'
 #define CORDON_EXIT_SETUP 121
+// Starts the one packet a sandbox sends on fd 3 when its confinement fails:
+// "cordon-failed <layer bit, hex> <errno> <step>" (package confine,
+// ParseFailure). Layer bit 0: a step of no layer.
+#define CORDON_FAILED_PREFIX "cordon-failed"
 #define CORDON_UNPRIVILEGED_ID 65534
 
 // Layers applied by the child (bits of the configuration argument).
