@@ -132,7 +132,7 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 		return nil, fmt.Errorf("management interface: %w", err)
 	}
 	if _, ok := svc.Method(msg.Method); !ok {
-		return nil, rejectf(DestinationInvalid, "Management canister has no method '%s'", msg.Method)
+		return nil, rejectf(DestinationInvalid, "Management canister has no method '%s'", EchoedName(msg.Method))
 	}
 	if canisterOnly[msg.Method] {
 		return nil, rejectf(CanisterReject, "Only canisters can call ic00 method %s", msg.Method)
@@ -253,7 +253,7 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 	}
 	meth, ok := svc.Method(m.method)
 	if !ok {
-		return nil, used, rejectf(DestinationInvalid, "Management canister has no method '%s'", m.method)
+		return nil, used, rejectf(DestinationInvalid, "Management canister has no method '%s'", EchoedName(m.method))
 	}
 	if err := n.checkProvisional(m); err != nil { // policy.go
 		return nil, used, err

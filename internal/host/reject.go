@@ -3,6 +3,7 @@ package host
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/exec"
@@ -58,6 +59,33 @@ func (r *Reject) Error() string { return fmt.Sprintf("reject %d (%s): %s", r.Cod
 
 func rejectf(code RejectCode, format string, args ...any) *Reject {
 	return &Reject{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// maxEchoedName bounds what a reject message repeats of a name its caller
+// chose: a method name may be the whole of an ingress message (2 MiB),
+// and its reject is kept for request_status and answered to whoever polls.
+const maxEchoedName = 128
+
+// EchoedName is name as a message may repeat it: whole when short, else
+// its first maxEchoedName bytes (whole characters), "…" and its length.
+// Every reject that names a method the caller chose goes through it.
+func EchoedName(name string) string {
+	if len(name) <= maxEchoedName {
+		return name
+	}
+	return fmt.Sprintf("%s… (%d bytes)", ClipText(name, maxEchoedName), len(name))
+}
+
+// ClipText is s cut to at most max bytes without splitting a character.
+func ClipText(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
 }
 
 // asReject turns a sandbox failure into the CANISTER_ERROR reject the caller

@@ -290,10 +290,10 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	case engine.QueryMethod:
 		kind, entry = sysapi.CtxReplicatedQuery, "canister_query "+m.method
 	case engine.CompositeQueryMethod:
-		refuse(rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", c.id, m.method))
+		refuse(rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", c.id, EchoedName(m.method)))
 		return
 	default:
-		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, m.method))
+		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, EchoedName(m.method)))
 		return
 	}
 	var fee cycles.Amount

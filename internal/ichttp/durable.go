@@ -304,11 +304,14 @@ func isRefusal(st *requestStatus) bool {
 
 // refuseLocked moves a refused call's status out of the table (and out of
 // its sender's count) to the last maxRefused refused, forgetting the
-// oldest beyond them. It returns the store records of what it forgot.
-// h.mu held.
+// oldest beyond them, and keeps at most maxRefusalMessage of its reject
+// message. It returns the store records of what it forgot. h.mu held.
 func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.releaseLocked(st)
 	st.refusal = true
+	if len(st.RejectMessage) > maxRefusalMessage {
+		st.RejectMessage = host.ClipText(st.RejectMessage, maxRefusalMessage) + "…"
+	}
 	h.nRefused++
 	h.refused = append(h.refused, id)
 	var recs []store.IngressRecord

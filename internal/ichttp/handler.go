@@ -47,12 +47,16 @@ var ImplVersion = "cordon"
 // anything ran (DESTINATION_INVALID: no such canister or method) keeps its
 // status only among the last maxRefused such, outside the table: a replay
 // of it runs nothing either, and the IC keeps no trace of such a request.
+// Refusals are bounded by count, not bytes, and outside every sender's
+// share, so each keeps at most maxRefusalMessage of its reject message
+// (the host already clips the method name it echoes: host.EchoedName).
 // maxReplyBytes bounds the replies held (beyond it the oldest replies are
 // dropped and their status becomes "done", as the IC prunes replies).
 const (
 	maxStatuses          = 100_000
 	maxStatusesPerSender = maxStatuses / 4
 	maxRefused           = 10_000
+	maxRefusalMessage    = 1 << 10
 	maxReplyBytes        = 256 << 20
 )
 
