@@ -50,14 +50,16 @@ var ImplVersion = "cordon"
 // Refusals are bounded by count, not bytes, and outside every sender's
 // share, so each keeps at most maxRefusalMessage of its reject message
 // (the host already clips the method name it echoes: host.EchoedName).
-// maxReplyBytes bounds the replies held (beyond it the oldest replies are
-// dropped and their status becomes "done", as the IC prunes replies).
+// maxAnswerBytes bounds the answers held, replies and reject messages
+// alike (a canister makes either as large, ReplyBytes): beyond it the
+// oldest are dropped and their status becomes "done", as the IC prunes
+// replies.
 const (
 	maxStatuses          = 100_000
 	maxStatusesPerSender = maxStatuses / 4
 	maxRefused           = 10_000
 	maxRefusalMessage    = 1 << 10
-	maxReplyBytes        = 256 << 20
+	maxAnswerBytes       = 256 << 20
 )
 
 // Handler serves the IC HTTP interface of one node.
@@ -75,17 +77,18 @@ type Handler struct {
 	// Statuses leave the table by three separate orders (durable.go), so
 	// that no status holds back another: due, statuses not yet done by
 	// the time they become done; done, done statuses by when they became
-	// so (the evictable ones, oldest first); replied, replies by when
-	// they came (the oldest dropped beyond maxReplyBytes). Each may name
-	// ids whose status has moved on; those are skipped.
-	due        dueHeap
-	seq        uint64 // arrival number of the last status begun (due's tie-break)
-	done       [][32]byte
-	replied    [][32]byte
-	replyBytes int            // sum of the kept replies' sizes
-	held       map[string]int // statuses held in the table, by sender
-	refused    [][32]byte     // refused calls' statuses, oldest first (some may be gone)
-	nRefused   int            // refused statuses in statuses
+	// so (the evictable ones, oldest first); answered, replies and
+	// rejects by when they came (the oldest dropped beyond
+	// maxAnswerBytes). Each may name ids whose status has moved on; those
+	// are skipped.
+	due         dueHeap
+	seq         uint64 // arrival number of the last status begun (due's tie-break)
+	done        [][32]byte
+	answered    [][32]byte
+	answerBytes int            // sum of the kept answers' sizes (answerSize)
+	held        map[string]int // statuses held in the table, by sender
+	refused     [][32]byte     // refused calls' statuses, oldest first (some may be gone)
+	nRefused    int            // refused statuses in statuses
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -374,7 +377,7 @@ func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, e
 }
 
 // finish records a call's outcome (which the node has stored with its
-// execution) and returns the store records of replies and refused
+// execution) and returns the store records of answers and refused
 // statuses dropped for space.
 func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.mu.Lock()
@@ -391,11 +394,11 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	// A call that ends late (past its expiry, while its status was kept
 	// for maxCallWait) is done at the next pruning, not maxCallWait later.
 	h.scheduleLocked(id, old)
-	if old.Status == "replied" {
-		h.replyBytes += len(old.Reply)
-		h.replied = append(h.replied, id)
+	if n := answerSize(old); n > 0 {
+		h.answerBytes += n
+		h.answered = append(h.answered, id)
 	}
-	return h.capRepliesLocked()
+	return h.capAnswersLocked()
 }
 
 // lookup returns a copy of a request's status.

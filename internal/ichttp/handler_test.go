@@ -439,8 +439,8 @@ func TestStatusBookkeeping(t *testing.T) {
 		t.Fatalf("a call beyond a full window: %v", err)
 	}
 	// 100 000 replies of 4 KiB exceed the budget: the oldest were dropped.
-	if h.replyBytes > maxReplyBytes {
-		t.Fatalf("%d reply bytes kept", h.replyBytes)
+	if h.answerBytes > maxAnswerBytes {
+		t.Fatalf("%d reply bytes kept", h.answerBytes)
 	}
 	if s, _, _, _ := h.RequestStatus(mk(1).ID); s != "done" {
 		t.Fatalf("oldest reply's status %q, want done", s)
@@ -463,7 +463,7 @@ func TestStatusBookkeeping(t *testing.T) {
 	if fresh, _, err := h.begin(mk(maxStatuses + 1)); !fresh || err != nil {
 		t.Fatalf("after expiry: %v %v", fresh, err)
 	}
-	if len(h.statuses) != 1 || h.replyBytes != 0 {
-		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.replyBytes)
+	if len(h.statuses) != 1 || h.answerBytes != 0 {
+		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.answerBytes)
 	}
 }
