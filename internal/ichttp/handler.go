@@ -192,7 +192,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if !subnet {
 		var err error
 		if ecid, err = principal.FromText(r.PathValue("ecid")); err != nil {
-			return fail(badRequest("Invalid effective canister id %q: %v", r.PathValue("ecid"), err))
+			return fail(badRequest("Invalid effective canister id %q: %v", clip(r.PathValue("ecid")), err))
 		}
 	}
 	body, err := readBody(r.Body)
@@ -464,7 +464,7 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) subnetReadState(w http.ResponseWriter, r *http.Request) {
 	sid, err := principal.FromText(r.PathValue("sid"))
 	if err != nil {
-		writeText(w, http.StatusBadRequest, fmt.Sprintf("Invalid subnet id %q: %v", r.PathValue("sid"), err))
+		writeText(w, http.StatusBadRequest, fmt.Sprintf("Invalid subnet id %q: %v", clip(r.PathValue("sid")), err))
 		return
 	}
 	if !sid.Equal(h.SubnetID()) {
@@ -505,7 +505,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 			((len(p) == 3 && canisterFields[string(p[2])]) || (len(p) == 4 && string(p[2]) == "metadata")):
 			// The IC answers canister paths only for the effective canister.
 			if string(p[1]) != string(ecid.Bytes()) {
-				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %x", ecid, p[1]))
+				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %s", ecid, hexLabel(p[1])))
 				return
 			}
 			withCanister = true
@@ -623,7 +623,7 @@ func (h *Handler) metadata(ctx context.Context, req *Request, id principal.Princ
 			continue
 		}
 		if !md.Public && !slices.Contains(controllers, req.Sender.String()) {
-			return nil, forbidden("Request %x is not authorized: metadata %q of canister %s is private to its controllers", req.ID, name, id)
+			return nil, forbidden("Request %x is not authorized: metadata %q of canister %s is private to its controllers", req.ID, clip(name), id)
 		}
 		out[name] = md.Data
 	}
@@ -722,17 +722,40 @@ func (h *Handler) canisterTree(ctx context.Context, id principal.Principal, meta
 	return node{string(id.Bytes()): n.tree()}.tree(), nil
 }
 
+// pathText is a path as an error repeats it: a short UTF-8 label as text,
+// another in hex (hexLabel); at most maxEchoedLabels labels.
 func pathText(p [][]byte) string {
 	var b strings.Builder
-	for _, l := range p {
+	for i, l := range p {
+		if i == maxEchoedLabels {
+			fmt.Fprintf(&b, "/… (%d labels)", len(p))
+			break
+		}
 		b.WriteByte('/')
 		if utf8.Valid(l) && len(l) < 64 {
 			b.WriteString(string(l))
 		} else {
-			fmt.Fprintf(&b, "%x", l)
+			b.WriteString(hexLabel(l))
 		}
 	}
 	return b.String()
+}
+
+// maxEchoedLabel and maxEchoedLabels bound what an error repeats of a
+// path the client chose: a label may be the whole body (3 MiB, 6 MiB in
+// hex), and a path may have as many labels as the body has room for.
+const (
+	maxEchoedLabel  = 32
+	maxEchoedLabels = 8
+)
+
+// hexLabel is a label in hex: whole when short, else its first
+// maxEchoedLabel bytes, "…" and its length.
+func hexLabel(l []byte) string {
+	if len(l) <= maxEchoedLabel {
+		return fmt.Sprintf("%x", l)
+	}
+	return fmt.Sprintf("%x… (%d bytes)", l[:maxEchoedLabel], len(l))
 }
 
 // RequestStatus reports a call's status ("unknown" if it is not kept).
