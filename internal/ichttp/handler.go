@@ -253,9 +253,9 @@ func outcome(rep *host.Reply, err error) (*requestStatus, bool) {
 	return nil, false
 }
 
-// call answers 202 once the update has run and its status is recorded
-// (the spec lets the node answer 202 at any point; later is simpler and
-// never wrong).
+// call answers 202 once the update has ended and its status is recorded,
+// or after callWait if it has not (the spec lets the node answer 202 at
+// any point after accepting the call; a client polls read_state).
 func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 	req := h.parse(w, r, "call")
 	if req == nil {
@@ -270,8 +270,9 @@ func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 }
 
 // callSync is /api/v3's call: it answers with a certificate of the call's
-// status once it is done (a replay still running gets 202, as a call the
-// node does not wait for would).
+// status once it is done, or 202 if it is not done within callWait (the
+// spec's implementation-specific timeout; a replay still running gets 202
+// at once, as on the IC).
 func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 	req := h.parse(w, r, "call")
 	if req == nil {
@@ -300,11 +301,23 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 // durable yet, so its outcome is then not reported).
 const maxCallWait = 10 * time.Minute
 
+// callWait bounds how long a call's request waits for the call to end
+// before it is answered 202, v2 and v3/v4 alike: 10 s, the IC replica's
+// for its synchronous call (ingress_message_certificate_timeout_seconds).
+// A request holds one of the server's slots (server.max_requests) while
+// it waits, and a canister decides how long its call stays open (awaiting
+// its own calls), so a wait for the call's end let a few open calls take
+// every slot for the request timeout. The call goes on after the 202, on
+// its own goroutine, bounded by the canister's ingress queue and
+// maxCallWait; a call that ends within callWait is answered with its
+// status already recorded, so its client's first poll finds it.
+const callWait = 10 * time.Second
+
 // run executes an update call once per request id and records its status;
 // a replay of a request id already received runs nothing again. It waits
-// while ctx lasts; the call itself goes on when the client goes away (an
-// accepted call is the node's to finish, as on the IC) and its status is
-// recorded when it ends.
+// for the call's end at most callWait, and while ctx lasts; the call
+// itself goes on after that (an accepted call is the node's to finish, as
+// on the IC) and its status is recorded when it ends.
 func (h *Handler) run(ctx context.Context, req *Request) error {
 	fresh, recs, err := h.begin(req)
 	h.persist(recs)
@@ -340,8 +353,11 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 		}
 		h.persist(h.finish(id, st))
 	}()
+	wait := time.NewTimer(callWait)
+	defer wait.Stop()
 	select {
 	case <-done:
+	case <-wait.C:
 	case <-ctx.Done():
 	}
 	return nil
