@@ -214,8 +214,14 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 	refund := m.cycles.SaturatingSub(used)
 	if err != nil {
 		var rej *Reject
-		if !errors.As(err, &rej) {
-			rej = rejectf(CanisterError, "%v", err)
+		switch {
+		case errors.As(err, &rej):
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			rej = rejectf(SysTransient, "Management canister: %s was given up (%v)", m.method, contextErr(err))
+		default:
+			// The node's own failure (its store, a file): the caller,
+			// a client or a canister, learns an id, not its detail.
+			rej = n.internalReject(CanisterError, "Management canister: "+m.method, err)
 		}
 		// What the call used stays used (a canister it created keeps
 		// its cycles); the rest goes back.
@@ -223,6 +229,14 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 		return
 	}
 	n.respondTo(m.origin, reply, nil, refund)
+}
+
+// contextErr is the context error err wraps, without what wraps it.
+func contextErr(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return context.Canceled
 }
 
 // mgmtDecoder decodes the management canister's arguments: records of

@@ -1,6 +1,8 @@
 package host
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -86,6 +88,24 @@ func ClipText(s string, max int) string {
 		i--
 	}
 	return s[:i]
+}
+
+// ErrorID is a short random id that ties a generic error message to the
+// log record that holds its detail.
+func ErrorID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand does not fail (it aborts the process)
+	return hex.EncodeToString(b[:])
+}
+
+// internalReject is the reject a caller gets for an error of the node's own
+// (its store's, a file's): the detail, which may name paths of the host,
+// goes to the node's log under an id the message gives, not to the caller,
+// which may be an untrusted canister or client.
+func (n *Node) internalReject(code RejectCode, what string, err error) *Reject {
+	id := ErrorID()
+	n.log.Error(what+": internal error", "error_id", id, "error", err)
+	return rejectf(code, "%s: internal error %s (the node's log has the detail)", what, id)
 }
 
 // asReject turns a sandbox failure into the CANISTER_ERROR reject the caller

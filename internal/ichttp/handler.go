@@ -151,6 +151,25 @@ func writeText(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg))
 }
 
+// internal logs err, an error of the node's own (its store's, a file's),
+// under a new error id, with attrs, and returns what the client reads
+// instead: the id, not the detail, which may name paths of the host.
+func (h *Handler) internal(what string, err error, attrs ...any) string {
+	id := host.ErrorID()
+	h.log.Error("ic interface: "+what+": internal error", append([]any{"error_id", id, "error", err}, attrs...)...)
+	return fmt.Sprintf("%s: internal error %s (the node's log has the detail)", what, id)
+}
+
+// errorOf is the status and message of err: a request error's own, or a
+// 500 for the node's own errors (internal).
+func (h *Handler) errorOf(what string, err error) (int, string) {
+	var re *requestError
+	if errors.As(err, &re) {
+		return re.status, re.msg
+	}
+	return http.StatusInternalServerError, h.internal(what, err)
+}
+
 func writeCBOR(w http.ResponseWriter, status int, v any) {
 	b, err := cbor.Marshal(cbor.Tag{Number: selfDescribeTag, Content: v})
 	if err != nil {
@@ -174,7 +193,7 @@ func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 // and checks that it is for that canister.
 func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Request {
 	fail := func(err error) *Request {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("read the request", err)
 		if st == http.StatusRequestTimeout {
 			w.Header().Set("Connection", "close") // the rest of the body is not read
 		}
@@ -223,8 +242,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	rep, err := h.node.Query(r.Context(), host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
 	st, ok := outcome(rep, err)
 	if !ok {
-		h.log.Error("ic query failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
-		writeText(w, http.StatusInternalServerError, "query failed: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("query", err, "canister", req.CanisterID, "method", host.EchoedName(req.MethodName)))
 		return
 	}
 	resp := map[string]any{"status": "rejected", "reject_code": st.RejectCode, "reject_message": st.RejectMessage}
@@ -233,7 +251,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	}
 	sigs, err := h.nodeKey.signQuery(resp, req.ID, uint64(h.now().UnixNano()))
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "sign query response: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("sign the query's answer", err))
 		return
 	}
 	resp["signatures"] = sigs
@@ -262,7 +280,7 @@ func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.run(r.Context(), req); err != nil {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("call", err)
 		writeText(w, st, msg)
 		return
 	}
@@ -279,13 +297,13 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.run(r.Context(), req); err != nil {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("call", err)
 		writeText(w, st, msg)
 		return
 	}
 	cert, done, err := h.certifyStatus(req.ID)
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("certify the call's status", err))
 		return
 	}
 	if !done {
@@ -343,13 +361,14 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 		msg = host.Message{} // what the closure keeps
 		rep, err := h.node.Update(wctx, m)
 		if err != nil && wctx.Err() != nil {
-			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", method, "request_id", fmt.Sprintf("%x", id))
+			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", host.EchoedName(method), "request_id", fmt.Sprintf("%x", id))
 			return
 		}
 		st, ok := outcome(rep, err)
 		if !ok {
-			h.log.Error("ic call failed", "canister", canister, "method", method, "error", err)
-			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
+			// Certified and kept for request_status: an id, not the detail.
+			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient),
+				RejectMessage: h.internal("the node could not run the call", err, "canister", canister, "method", host.EchoedName(method))}
 		}
 		h.persist(h.finish(id, st))
 	}()
@@ -551,7 +570,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withSubnet {
 		st, err := h.subnetTree()
 		if err != nil {
-			writeText(w, http.StatusInternalServerError, "subnet: "+err.Error())
+			writeText(w, http.StatusInternalServerError, h.internal("subnet", err))
 			return
 		}
 		tn["subnet"] = st
@@ -559,7 +578,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withRanges {
 		rt, err := h.rangesTree()
 		if err != nil {
-			writeText(w, http.StatusInternalServerError, "canister_ranges: "+err.Error())
+			writeText(w, http.StatusInternalServerError, h.internal("canister_ranges", err))
 			return
 		}
 		tn["canister_ranges"] = rt
@@ -567,13 +586,13 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withCanister {
 		md, err := h.metadata(r.Context(), req, *ecid, metaNames)
 		if err != nil {
-			st, msg := asRequestError(err)
+			st, msg := h.errorOf("metadata", err)
 			writeText(w, st, msg)
 			return
 		}
 		ct, err := h.canisterTree(r.Context(), *ecid, md)
 		if err != nil {
-			st, msg := asRequestError(err)
+			st, msg := h.errorOf("canister", err)
 			writeText(w, st, msg)
 			return
 		}
@@ -602,7 +621,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	}
 	cert, err := h.key.Certify(tn.tree())
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("certify", err))
 		return
 	}
 	writeCBOR(w, http.StatusOK, map[string]any{"certificate": cert})
