@@ -386,9 +386,17 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 // known. Statuses are pruned first (durable.go); a sender holding
 // maxStatusesPerSender is a 429, a full table without a done status to
 // evict a 503. recs are the pruning's store records, for persist.
+//
+// Its expiry is checked again here, under h.mu: parse checked it before,
+// and a status is forgotten once its expiry (with the drift) has passed
+// (a refusal's at once, a done one later), so a request that passed parse
+// just before could otherwise find its earlier status gone and run again.
 func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if err := checkExpiry(req.IngressExpiry, h.now()); err != nil {
+		return false, nil, err
+	}
 	if _, ok := h.statuses[req.ID]; ok {
 		return false, nil, nil
 	}
@@ -424,6 +432,9 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	st.Sender, st.Canister, st.Expiry, st.holds, st.seq = old.Sender, old.Canister, old.Expiry, old.holds, old.seq
 	*old = *st
 	if isRefusal(old) {
+		// Forgotten at its expiry, not maxCallWait after it as a call
+		// still processing would be (its earlier entry in due is skipped).
+		h.scheduleLocked(id, old)
 		return h.refuseLocked(id, old)
 	}
 	// A call that ends late (past its expiry, while its status was kept
