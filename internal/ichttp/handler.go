@@ -315,8 +315,8 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 
 // maxCallWait bounds how long a call accepted over the interface is
 // waited for once its client has gone: after it, the status stays
-// "processing" (the node may still complete the call; statuses are not
-// durable yet, so its outcome is then not reported).
+// "processing" here (the node may still complete the call and commit its
+// status, which this table learns only when a restart loads it).
 const maxCallWait = 10 * time.Minute
 
 // callWait bounds how long a call's request waits for the call to end
