@@ -3,12 +3,14 @@ package api
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bytecodealliance/wasmtime-go/v39"
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/ichttp"
@@ -177,5 +179,90 @@ func TestServeICInterface(t *testing.T) {
 	st = nil
 	if err := cbor.Unmarshal(b, &st); code != 200 || err != nil || !bytes.Equal(st["root_key"].([]byte), key.DER()) {
 		t.Fatalf("status after restart: %d %v", code, err)
+	}
+}
+
+// pingPongWAT keeps every call to "hang" open: it calls its own "noop",
+// and each reply callback calls it again, as a canister awaiting a long
+// chain of calls does.
+const pingPongWAT = `(module
+  (import "ic0" "canister_self_size" (func $self_size (result i32)))
+  (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $call_perform (result i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory 1)
+  (table 2 funcref)
+  (elem (i32.const 1) $again)
+  (data (i32.const 100) "noop")
+  (func $ping
+    (call $self_copy (i32.const 0) (i32.const 0) (call $self_size))
+    (call $call_new (i32.const 0) (call $self_size) (i32.const 100) (i32.const 4)
+      (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 0))
+    (drop (call $call_perform)))
+  (func $again (param i32) (call $ping))
+  (func (export "canister_update hang") (call $ping))
+  (func (export "canister_update noop") (call $reply)))`
+
+// A call may be answered 202 at any point after it is accepted (the
+// spec), and a synchronous one (v3, v4) too once an implementation's
+// timeout passes. Waiting for the end of a call that its canister keeps
+// open held one of the server's request slots (server.max_requests) for
+// up to the request timeout, so a few such calls locked every client out
+// of the whole API. A v2 and a v3 call to such a canister now get their
+// 202 after at most ichttp's callWait (10 s), and the server answers
+// others while the calls stay open. The client's minute is a guard, not
+// a measure.
+func TestOpenICCallsDoNotHoldRequestSlots(t *testing.T) {
+	s := serveWith(t, func(o *ServeOptions) { o.MaxRequests = 2 })
+	wasm, err := wasmtime.Wat2Wasm(pingPongWAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := s.client.Install(context.Background(), InstallRequest{Wasm: wasm, Arg: noArgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := principal.MustFromText(inst.ID)
+	send := func(method, path string, body []byte) (int, []byte, error) {
+		req, _ := http.NewRequest(method, s.base+path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/cbor")
+		if s.token != "" {
+			req.Header.Set("Authorization", "Bearer "+s.token)
+		}
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, nil
+	}
+	type result struct {
+		version string
+		code    int
+		body    []byte
+		err     error
+	}
+	res := make(chan result, 2)
+	for i, version := range []string{"v2", "v3"} {
+		env, err := cbor.Marshal(map[string]any{"content": map[string]any{"request_type": "call", "sender": principal.Anonymous().Bytes(),
+			"canister_id": id.Bytes(), "method_name": "hang", "arg": noArgs, "nonce": []byte(fmt.Sprint(i)),
+			"ingress_expiry": uint64(time.Now().Add(4 * time.Minute).UnixNano())}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			code, b, err := send(http.MethodPost, "/api/"+version+"/canister/"+inst.ID+"/call", env)
+			res <- result{version, code, b, err}
+		}()
+	}
+	for range 2 {
+		if r := <-res; r.err != nil || r.code != http.StatusAccepted {
+			t.Fatalf("%s call to a canister that keeps its call open: %d %v %q (still waiting: it holds a request slot)", r.version, r.code, r.err, r.body)
+		}
+	}
+	if code, b, err := send(http.MethodGet, "/api/v2/status", nil); err != nil || code != http.StatusOK {
+		t.Fatalf("status while two calls stay open: %d %v %q", code, err, b)
 	}
 }

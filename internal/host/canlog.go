@@ -139,7 +139,7 @@ func (n *Node) queryManagement(ctx context.Context, msg Message) (*Reply, error)
 	}
 	meth, ok := svc.Method(msg.Method)
 	if !ok || !meth.IsQuery() {
-		return nil, rejectf(DestinationInvalid, "Management canister has no query method '%s'", msg.Method)
+		return nil, rejectf(DestinationInvalid, "Management canister has no query method '%s'", EchoedName(msg.Method))
 	}
 	args, err := mgmtDecoder.DecodeAs(msg.Arg, meth.Args())
 	if err != nil {

@@ -132,7 +132,7 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 		return nil, fmt.Errorf("management interface: %w", err)
 	}
 	if _, ok := svc.Method(msg.Method); !ok {
-		return nil, rejectf(DestinationInvalid, "Management canister has no method '%s'", msg.Method)
+		return nil, rejectf(DestinationInvalid, "Management canister has no method '%s'", EchoedName(msg.Method))
 	}
 	if canisterOnly[msg.Method] {
 		return nil, rejectf(CanisterReject, "Only canisters can call ic00 method %s", msg.Method)
@@ -214,8 +214,14 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 	refund := m.cycles.SaturatingSub(used)
 	if err != nil {
 		var rej *Reject
-		if !errors.As(err, &rej) {
-			rej = rejectf(CanisterError, "%v", err)
+		switch {
+		case errors.As(err, &rej):
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			rej = rejectf(SysTransient, "Management canister: %s was given up (%v)", m.method, contextErr(err))
+		default:
+			// The node's own failure (its store, a file): the caller,
+			// a client or a canister, learns an id, not its detail.
+			rej = n.internalReject(CanisterError, "Management canister: "+m.method, err)
 		}
 		// What the call used stays used (a canister it created keeps
 		// its cycles); the rest goes back.
@@ -223,6 +229,14 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 		return
 	}
 	n.respondTo(m.origin, reply, nil, refund)
+}
+
+// contextErr is the context error err wraps, without what wraps it.
+func contextErr(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return context.Canceled
 }
 
 // mgmtDecoder decodes the management canister's arguments: records of
@@ -253,7 +267,7 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 	}
 	meth, ok := svc.Method(m.method)
 	if !ok {
-		return nil, used, rejectf(DestinationInvalid, "Management canister has no method '%s'", m.method)
+		return nil, used, rejectf(DestinationInvalid, "Management canister has no method '%s'", EchoedName(m.method))
 	}
 	if err := n.checkProvisional(m); err != nil { // policy.go
 		return nil, used, err

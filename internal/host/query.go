@@ -156,11 +156,11 @@ func (q *queryRun) open(c *canister, method string, arg []byte, caller principal
 		kind, entry = sysapi.CtxNonReplicatedQuery, "canister_query "+method
 	case engine.CompositeQueryMethod:
 		if !top && depth == 0 {
-			return nil, nil, rejectf(CanisterError, "Canister %s: composite query %s cannot be called from a query", c.id, method)
+			return nil, nil, rejectf(CanisterError, "Canister %s: composite query %s cannot be called from a query", c.id, EchoedName(method))
 		}
 		kind, entry = sysapi.CtxCompositeQuery, "canister_composite_query "+method
 	default:
-		return nil, nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", c.id, method)
+		return nil, nil, rejectf(DestinationInvalid, "Canister %s has no query method '%s'", c.id, EchoedName(method))
 	}
 	fr := &frame{c: c, module: c.module, heap: c.heap, stable: c.stable, globals: c.globals}
 	fr.base = *q.n.input(c, c.module, kind, "", 0)

@@ -1,8 +1,11 @@
 package host
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
 	"github.com/cordon-dev/cordon/internal/exec"
@@ -58,6 +61,51 @@ func (r *Reject) Error() string { return fmt.Sprintf("reject %d (%s): %s", r.Cod
 
 func rejectf(code RejectCode, format string, args ...any) *Reject {
 	return &Reject{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// maxEchoedName bounds what a reject message repeats of a name its caller
+// chose: a method name may be the whole of an ingress message (2 MiB),
+// and its reject is kept for request_status and answered to whoever polls.
+const maxEchoedName = 128
+
+// EchoedName is name as a message may repeat it: whole when short, else
+// its first maxEchoedName bytes (whole characters), "…" and its length.
+// Every reject that names a method the caller chose goes through it.
+func EchoedName(name string) string {
+	if len(name) <= maxEchoedName {
+		return name
+	}
+	return fmt.Sprintf("%s… (%d bytes)", ClipText(name, maxEchoedName), len(name))
+}
+
+// ClipText is s cut to at most max bytes without splitting a character.
+func ClipText(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
+}
+
+// ErrorID is a short random id that ties a generic error message to the
+// log record that holds its detail.
+func ErrorID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand does not fail (it aborts the process)
+	return hex.EncodeToString(b[:])
+}
+
+// internalReject is the reject a caller gets for an error of the node's own
+// (its store's, a file's): the detail, which may name paths of the host,
+// goes to the node's log under an id the message gives, not to the caller,
+// which may be an untrusted canister or client.
+func (n *Node) internalReject(code RejectCode, what string, err error) *Reject {
+	id := ErrorID()
+	n.log.Error(what+": internal error", "error_id", id, "error", err)
+	return rejectf(code, "%s: internal error %s (the node's log has the detail)", what, id)
 }
 
 // asReject turns a sandbox failure into the CANISTER_ERROR reject the caller

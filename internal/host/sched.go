@@ -290,10 +290,10 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	case engine.QueryMethod:
 		kind, entry = sysapi.CtxReplicatedQuery, "canister_query "+m.method
 	case engine.CompositeQueryMethod:
-		refuse(rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", c.id, m.method))
+		refuse(rejectf(CanisterError, "Canister %s: composite query method '%s' cannot be called in replicated mode", c.id, EchoedName(m.method)))
 		return
 	default:
-		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, m.method))
+		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, EchoedName(m.method)))
 		return
 	}
 	var fee cycles.Amount
@@ -350,7 +350,11 @@ func (n *Node) handleRequest(c *canister, m *message) {
 			ingress = m.origin.status.record(ans)
 		}
 		if err := n.chargeOnly(c, out.Instructions, logsOf(out), fee, cycles.Amount{}, ingress...); err != nil {
-			refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+			var rej *Reject
+			if !errors.As(err, &rej) {
+				rej = n.internalReject(CanisterError, "Canister "+c.id.String(), err)
+			}
+			refuse(rej)
 			return
 		}
 		if ingress != nil {
@@ -439,9 +443,9 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		}
 		if !cc.responded {
 			cc.responded = true
-			rej, ok := err.(*Reject)
-			if !ok {
-				rej = rejectf(CanisterError, "Canister %s: %v", c.id, err)
+			var rej *Reject
+			if !errors.As(err, &rej) {
+				rej = n.internalReject(CanisterError, "Canister "+c.id.String(), err)
 			}
 			n.respondTo(cc.origin, nil, rej, cc.available)
 			cc.available = cycles.Amount{}

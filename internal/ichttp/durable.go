@@ -146,13 +146,13 @@ func (h *Handler) load() error {
 		}
 		k.st.holds = true
 		h.held[string(k.st.Sender.Bytes())]++
-		if k.st.Status == "replied" {
-			h.replyBytes += len(k.st.Reply)
-			h.replied = append(h.replied, k.id)
+		if n := answerSize(k.st); n > 0 {
+			h.answerBytes += n
+			h.answered = append(h.answered, k.id)
 		}
 	}
 	recs = append(append(bad, recs...), h.pruneLocked()...)
-	recs = append(recs, h.capRepliesLocked()...)
+	recs = append(recs, h.capAnswersLocked()...)
 	h.mu.Unlock()
 	h.persist(recs)
 	return nil
@@ -226,7 +226,7 @@ func (h *Handler) pruneLocked() []store.IngressRecord {
 			continue
 		}
 		if st.Status != "done" {
-			h.replyBytes -= len(st.Reply)
+			h.answerBytes -= answerSize(st)
 			st.Status, st.Reply, st.RejectCode, st.RejectMessage = "done", nil, 0, ""
 			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), e.id[:]...), Value: encodeStatus(st)})
 		}
@@ -264,7 +264,7 @@ func (h *Handler) forgetLocked(id [32]byte, st *requestStatus) {
 	if st.refusal {
 		h.nRefused--
 	}
-	h.replyBytes -= len(st.Reply)
+	h.answerBytes -= answerSize(st)
 	delete(h.statuses, id)
 }
 
@@ -304,11 +304,14 @@ func isRefusal(st *requestStatus) bool {
 
 // refuseLocked moves a refused call's status out of the table (and out of
 // its sender's count) to the last maxRefused refused, forgetting the
-// oldest beyond them. It returns the store records of what it forgot.
-// h.mu held.
+// oldest beyond them, and keeps at most maxRefusalMessage of its reject
+// message. It returns the store records of what it forgot. h.mu held.
 func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.releaseLocked(st)
 	st.refusal = true
+	if len(st.RejectMessage) > maxRefusalMessage {
+		st.RejectMessage = host.ClipText(st.RejectMessage, maxRefusalMessage) + "…"
+	}
 	h.nRefused++
 	h.refused = append(h.refused, id)
 	var recs []store.IngressRecord
@@ -327,24 +330,34 @@ func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRe
 	return recs
 }
 
-// capRepliesLocked drops the oldest replies beyond maxReplyBytes (their
-// statuses become "done", as the IC prunes replies; they stay in the
-// table until their expiry). h.mu held.
-func (h *Handler) capRepliesLocked() []store.IngressRecord {
+// answerSize is what a status counts in h.answerBytes: its reply or reject
+// message, which its canister chose. A refusal's message is bounded apart
+// (refuseLocked), and processing and done statuses hold neither.
+func answerSize(st *requestStatus) int {
+	if st.refusal || (st.Status != "replied" && st.Status != "rejected") {
+		return 0
+	}
+	return len(st.Reply) + len(st.RejectMessage)
+}
+
+// capAnswersLocked drops the oldest answers, replies and rejects, beyond
+// maxAnswerBytes (their statuses become "done", as the IC prunes replies;
+// they stay in the table until their expiry). h.mu held.
+func (h *Handler) capAnswersLocked() []store.IngressRecord {
 	var recs []store.IngressRecord
-	for h.replyBytes > maxReplyBytes && len(h.replied) > 0 {
-		id := h.replied[0]
-		h.replied[0] = [32]byte{}
-		h.replied = h.replied[1:]
-		if o := h.statuses[id]; o != nil && o.Status == "replied" {
-			h.replyBytes -= len(o.Reply)
-			o.Status, o.Reply = "done", nil
+	for h.answerBytes > maxAnswerBytes && len(h.answered) > 0 {
+		id := h.answered[0]
+		h.answered[0] = [32]byte{}
+		h.answered = h.answered[1:]
+		if o := h.statuses[id]; o != nil && answerSize(o) > 0 {
+			h.answerBytes -= answerSize(o)
+			o.Status, o.Reply, o.RejectCode, o.RejectMessage = "done", nil, 0, ""
 			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), id[:]...), Value: encodeStatus(o)})
 		}
 	}
-	// Replies that expired meanwhile leave their ids behind.
-	if len(h.replied) > 1024 && len(h.replied) > 2*len(h.statuses) {
-		h.replied = slices.DeleteFunc(h.replied, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || o.Status != "replied" })
+	// Answers that expired meanwhile leave their ids behind.
+	if len(h.answered) > 1024 && len(h.answered) > 2*len(h.statuses) {
+		h.answered = slices.DeleteFunc(h.answered, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || answerSize(o) == 0 })
 	}
 	return recs
 }

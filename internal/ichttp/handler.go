@@ -47,13 +47,19 @@ var ImplVersion = "cordon"
 // anything ran (DESTINATION_INVALID: no such canister or method) keeps its
 // status only among the last maxRefused such, outside the table: a replay
 // of it runs nothing either, and the IC keeps no trace of such a request.
-// maxReplyBytes bounds the replies held (beyond it the oldest replies are
-// dropped and their status becomes "done", as the IC prunes replies).
+// Refusals are bounded by count, not bytes, and outside every sender's
+// share, so each keeps at most maxRefusalMessage of its reject message
+// (the host already clips the method name it echoes: host.EchoedName).
+// maxAnswerBytes bounds the answers held, replies and reject messages
+// alike (a canister makes either as large, ReplyBytes): beyond it the
+// oldest are dropped and their status becomes "done", as the IC prunes
+// replies.
 const (
 	maxStatuses          = 100_000
 	maxStatusesPerSender = maxStatuses / 4
 	maxRefused           = 10_000
-	maxReplyBytes        = 256 << 20
+	maxRefusalMessage    = 1 << 10
+	maxAnswerBytes       = 256 << 20
 )
 
 // Handler serves the IC HTTP interface of one node.
@@ -71,17 +77,18 @@ type Handler struct {
 	// Statuses leave the table by three separate orders (durable.go), so
 	// that no status holds back another: due, statuses not yet done by
 	// the time they become done; done, done statuses by when they became
-	// so (the evictable ones, oldest first); replied, replies by when
-	// they came (the oldest dropped beyond maxReplyBytes). Each may name
-	// ids whose status has moved on; those are skipped.
-	due        dueHeap
-	seq        uint64 // arrival number of the last status begun (due's tie-break)
-	done       [][32]byte
-	replied    [][32]byte
-	replyBytes int            // sum of the kept replies' sizes
-	held       map[string]int // statuses held in the table, by sender
-	refused    [][32]byte     // refused calls' statuses, oldest first (some may be gone)
-	nRefused   int            // refused statuses in statuses
+	// so (the evictable ones, oldest first); answered, replies and
+	// rejects by when they came (the oldest dropped beyond
+	// maxAnswerBytes). Each may name ids whose status has moved on; those
+	// are skipped.
+	due         dueHeap
+	seq         uint64 // arrival number of the last status begun (due's tie-break)
+	done        [][32]byte
+	answered    [][32]byte
+	answerBytes int            // sum of the kept answers' sizes (answerSize)
+	held        map[string]int // statuses held in the table, by sender
+	refused     [][32]byte     // refused calls' statuses, oldest first (some may be gone)
+	nRefused    int            // refused statuses in statuses
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -144,6 +151,25 @@ func writeText(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg))
 }
 
+// internal logs err, an error of the node's own (its store's, a file's),
+// under a new error id, with attrs, and returns what the client reads
+// instead: the id, not the detail, which may name paths of the host.
+func (h *Handler) internal(what string, err error, attrs ...any) string {
+	id := host.ErrorID()
+	h.log.Error("ic interface: "+what+": internal error", append([]any{"error_id", id, "error", err}, attrs...)...)
+	return fmt.Sprintf("%s: internal error %s (the node's log has the detail)", what, id)
+}
+
+// errorOf is the status and message of err: a request error's own, or a
+// 500 for the node's own errors (internal).
+func (h *Handler) errorOf(what string, err error) (int, string) {
+	var re *requestError
+	if errors.As(err, &re) {
+		return re.status, re.msg
+	}
+	return http.StatusInternalServerError, h.internal(what, err)
+}
+
 func writeCBOR(w http.ResponseWriter, status int, v any) {
 	b, err := cbor.Marshal(cbor.Tag{Number: selfDescribeTag, Content: v})
 	if err != nil {
@@ -167,7 +193,7 @@ func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 // and checks that it is for that canister.
 func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Request {
 	fail := func(err error) *Request {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("read the request", err)
 		if st == http.StatusRequestTimeout {
 			w.Header().Set("Connection", "close") // the rest of the body is not read
 		}
@@ -185,7 +211,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 	if !subnet {
 		var err error
 		if ecid, err = principal.FromText(r.PathValue("ecid")); err != nil {
-			return fail(badRequest("Invalid effective canister id %q: %v", r.PathValue("ecid"), err))
+			return fail(badRequest("Invalid effective canister id %q: %v", clip(r.PathValue("ecid")), err))
 		}
 	}
 	body, err := readBody(r.Body)
@@ -216,8 +242,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	rep, err := h.node.Query(r.Context(), host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender})
 	st, ok := outcome(rep, err)
 	if !ok {
-		h.log.Error("ic query failed", "canister", req.CanisterID, "method", req.MethodName, "error", err)
-		writeText(w, http.StatusInternalServerError, "query failed: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("query", err, "canister", req.CanisterID, "method", host.EchoedName(req.MethodName)))
 		return
 	}
 	resp := map[string]any{"status": "rejected", "reject_code": st.RejectCode, "reject_message": st.RejectMessage}
@@ -226,7 +251,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	}
 	sigs, err := h.nodeKey.signQuery(resp, req.ID, uint64(h.now().UnixNano()))
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "sign query response: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("sign the query's answer", err))
 		return
 	}
 	resp["signatures"] = sigs
@@ -246,16 +271,16 @@ func outcome(rep *host.Reply, err error) (*requestStatus, bool) {
 	return nil, false
 }
 
-// call answers 202 once the update has run and its status is recorded
-// (the spec lets the node answer 202 at any point; later is simpler and
-// never wrong).
+// call answers 202 once the update has ended and its status is recorded,
+// or after callWait if it has not (the spec lets the node answer 202 at
+// any point after accepting the call; a client polls read_state).
 func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 	req := h.parse(w, r, "call")
 	if req == nil {
 		return
 	}
 	if err := h.run(r.Context(), req); err != nil {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("call", err)
 		writeText(w, st, msg)
 		return
 	}
@@ -263,21 +288,22 @@ func (h *Handler) call(w http.ResponseWriter, r *http.Request) {
 }
 
 // callSync is /api/v3's call: it answers with a certificate of the call's
-// status once it is done (a replay still running gets 202, as a call the
-// node does not wait for would).
+// status once it is done, or 202 if it is not done within callWait (the
+// spec's implementation-specific timeout; a replay still running gets 202
+// at once, as on the IC).
 func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 	req := h.parse(w, r, "call")
 	if req == nil {
 		return
 	}
 	if err := h.run(r.Context(), req); err != nil {
-		st, msg := asRequestError(err)
+		st, msg := h.errorOf("call", err)
 		writeText(w, st, msg)
 		return
 	}
 	cert, done, err := h.certifyStatus(req.ID)
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("certify the call's status", err))
 		return
 	}
 	if !done {
@@ -289,15 +315,27 @@ func (h *Handler) callSync(w http.ResponseWriter, r *http.Request) {
 
 // maxCallWait bounds how long a call accepted over the interface is
 // waited for once its client has gone: after it, the status stays
-// "processing" (the node may still complete the call; statuses are not
-// durable yet, so its outcome is then not reported).
+// "processing" here (the node may still complete the call and commit its
+// status, which this table learns only when a restart loads it).
 const maxCallWait = 10 * time.Minute
+
+// callWait bounds how long a call's request waits for the call to end
+// before it is answered 202, v2 and v3/v4 alike: 10 s, the IC replica's
+// for its synchronous call (ingress_message_certificate_timeout_seconds).
+// A request holds one of the server's slots (server.max_requests) while
+// it waits, and a canister decides how long its call stays open (awaiting
+// its own calls), so a wait for the call's end let a few open calls take
+// every slot for the request timeout. The call goes on after the 202, on
+// its own goroutine, bounded by the canister's ingress queue and
+// maxCallWait; a call that ends within callWait is answered with its
+// status already recorded, so its client's first poll finds it.
+const callWait = 10 * time.Second
 
 // run executes an update call once per request id and records its status;
 // a replay of a request id already received runs nothing again. It waits
-// while ctx lasts; the call itself goes on when the client goes away (an
-// accepted call is the node's to finish, as on the IC) and its status is
-// recorded when it ends.
+// for the call's end at most callWait, and while ctx lasts; the call
+// itself goes on after that (an accepted call is the node's to finish, as
+// on the IC) and its status is recorded when it ends.
 func (h *Handler) run(ctx context.Context, req *Request) error {
 	fresh, recs, err := h.begin(req)
 	h.persist(recs)
@@ -323,18 +361,22 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 		msg = host.Message{} // what the closure keeps
 		rep, err := h.node.Update(wctx, m)
 		if err != nil && wctx.Err() != nil {
-			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", method, "request_id", fmt.Sprintf("%x", id))
+			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", host.EchoedName(method), "request_id", fmt.Sprintf("%x", id))
 			return
 		}
 		st, ok := outcome(rep, err)
 		if !ok {
-			h.log.Error("ic call failed", "canister", canister, "method", method, "error", err)
-			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient), RejectMessage: "the node could not run the call: " + err.Error()}
+			// Certified and kept for request_status: an id, not the detail.
+			st = &requestStatus{Status: "rejected", RejectCode: uint64(host.SysTransient),
+				RejectMessage: h.internal("the node could not run the call", err, "canister", canister, "method", host.EchoedName(method))}
 		}
 		h.persist(h.finish(id, st))
 	}()
+	wait := time.NewTimer(callWait)
+	defer wait.Stop()
 	select {
 	case <-done:
+	case <-wait.C:
 	case <-ctx.Done():
 	}
 	return nil
@@ -344,9 +386,17 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 // known. Statuses are pruned first (durable.go); a sender holding
 // maxStatusesPerSender is a 429, a full table without a done status to
 // evict a 503. recs are the pruning's store records, for persist.
+//
+// Its expiry is checked again here, under h.mu: parse checked it before,
+// and a status is forgotten once its expiry (with the drift) has passed
+// (a refusal's at once, a done one later), so a request that passed parse
+// just before could otherwise find its earlier status gone and run again.
 func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if err := checkExpiry(req.IngressExpiry, h.now()); err != nil {
+		return false, nil, err
+	}
 	if _, ok := h.statuses[req.ID]; ok {
 		return false, nil, nil
 	}
@@ -370,7 +420,7 @@ func (h *Handler) begin(req *Request) (fresh bool, recs []store.IngressRecord, e
 }
 
 // finish records a call's outcome (which the node has stored with its
-// execution) and returns the store records of replies and refused
+// execution) and returns the store records of answers and refused
 // statuses dropped for space.
 func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	h.mu.Lock()
@@ -382,16 +432,19 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	st.Sender, st.Canister, st.Expiry, st.holds, st.seq = old.Sender, old.Canister, old.Expiry, old.holds, old.seq
 	*old = *st
 	if isRefusal(old) {
+		// Forgotten at its expiry, not maxCallWait after it as a call
+		// still processing would be (its earlier entry in due is skipped).
+		h.scheduleLocked(id, old)
 		return h.refuseLocked(id, old)
 	}
 	// A call that ends late (past its expiry, while its status was kept
 	// for maxCallWait) is done at the next pruning, not maxCallWait later.
 	h.scheduleLocked(id, old)
-	if old.Status == "replied" {
-		h.replyBytes += len(old.Reply)
-		h.replied = append(h.replied, id)
+	if n := answerSize(old); n > 0 {
+		h.answerBytes += n
+		h.answered = append(h.answered, id)
 	}
-	return h.capRepliesLocked()
+	return h.capAnswersLocked()
 }
 
 // lookup returns a copy of a request's status.
@@ -457,7 +510,7 @@ func (h *Handler) readState(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) subnetReadState(w http.ResponseWriter, r *http.Request) {
 	sid, err := principal.FromText(r.PathValue("sid"))
 	if err != nil {
-		writeText(w, http.StatusBadRequest, fmt.Sprintf("Invalid subnet id %q: %v", r.PathValue("sid"), err))
+		writeText(w, http.StatusBadRequest, fmt.Sprintf("Invalid subnet id %q: %v", clip(r.PathValue("sid")), err))
 		return
 	}
 	if !sid.Equal(h.SubnetID()) {
@@ -498,7 +551,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 			((len(p) == 3 && canisterFields[string(p[2])]) || (len(p) == 4 && string(p[2]) == "metadata")):
 			// The IC answers canister paths only for the effective canister.
 			if string(p[1]) != string(ecid.Bytes()) {
-				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %x", ecid, p[1]))
+				writeText(w, http.StatusBadRequest, fmt.Sprintf("Effective canister id in URL %s does not match requested canister id in path %s", ecid, hexLabel(p[1])))
 				return
 			}
 			withCanister = true
@@ -528,7 +581,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withSubnet {
 		st, err := h.subnetTree()
 		if err != nil {
-			writeText(w, http.StatusInternalServerError, "subnet: "+err.Error())
+			writeText(w, http.StatusInternalServerError, h.internal("subnet", err))
 			return
 		}
 		tn["subnet"] = st
@@ -536,7 +589,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withRanges {
 		rt, err := h.rangesTree()
 		if err != nil {
-			writeText(w, http.StatusInternalServerError, "canister_ranges: "+err.Error())
+			writeText(w, http.StatusInternalServerError, h.internal("canister_ranges", err))
 			return
 		}
 		tn["canister_ranges"] = rt
@@ -544,13 +597,13 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	if withCanister {
 		md, err := h.metadata(r.Context(), req, *ecid, metaNames)
 		if err != nil {
-			st, msg := asRequestError(err)
+			st, msg := h.errorOf("metadata", err)
 			writeText(w, st, msg)
 			return
 		}
 		ct, err := h.canisterTree(r.Context(), *ecid, md)
 		if err != nil {
-			st, msg := asRequestError(err)
+			st, msg := h.errorOf("canister", err)
 			writeText(w, st, msg)
 			return
 		}
@@ -579,7 +632,7 @@ func (h *Handler) answerReadState(w http.ResponseWriter, r *http.Request, req *R
 	}
 	cert, err := h.key.Certify(tn.tree())
 	if err != nil {
-		writeText(w, http.StatusInternalServerError, "certify: "+err.Error())
+		writeText(w, http.StatusInternalServerError, h.internal("certify", err))
 		return
 	}
 	writeCBOR(w, http.StatusOK, map[string]any{"certificate": cert})
@@ -616,7 +669,7 @@ func (h *Handler) metadata(ctx context.Context, req *Request, id principal.Princ
 			continue
 		}
 		if !md.Public && !slices.Contains(controllers, req.Sender.String()) {
-			return nil, forbidden("Request %x is not authorized: metadata %q of canister %s is private to its controllers", req.ID, name, id)
+			return nil, forbidden("Request %x is not authorized: metadata %q of canister %s is private to its controllers", req.ID, clip(name), id)
 		}
 		out[name] = md.Data
 	}
@@ -715,17 +768,40 @@ func (h *Handler) canisterTree(ctx context.Context, id principal.Principal, meta
 	return node{string(id.Bytes()): n.tree()}.tree(), nil
 }
 
+// pathText is a path as an error repeats it: a short UTF-8 label as text,
+// another in hex (hexLabel); at most maxEchoedLabels labels.
 func pathText(p [][]byte) string {
 	var b strings.Builder
-	for _, l := range p {
+	for i, l := range p {
+		if i == maxEchoedLabels {
+			fmt.Fprintf(&b, "/… (%d labels)", len(p))
+			break
+		}
 		b.WriteByte('/')
 		if utf8.Valid(l) && len(l) < 64 {
 			b.WriteString(string(l))
 		} else {
-			fmt.Fprintf(&b, "%x", l)
+			b.WriteString(hexLabel(l))
 		}
 	}
 	return b.String()
+}
+
+// maxEchoedLabel and maxEchoedLabels bound what an error repeats of a
+// path the client chose: a label may be the whole body (3 MiB, 6 MiB in
+// hex), and a path may have as many labels as the body has room for.
+const (
+	maxEchoedLabel  = 32
+	maxEchoedLabels = 8
+)
+
+// hexLabel is a label in hex: whole when short, else its first
+// maxEchoedLabel bytes, "…" and its length.
+func hexLabel(l []byte) string {
+	if len(l) <= maxEchoedLabel {
+		return fmt.Sprintf("%x", l)
+	}
+	return fmt.Sprintf("%x… (%d bytes)", l[:maxEchoedLabel], len(l))
 }
 
 // RequestStatus reports a call's status ("unknown" if it is not kept).

@@ -439,8 +439,8 @@ func TestStatusBookkeeping(t *testing.T) {
 		t.Fatalf("a call beyond a full window: %v", err)
 	}
 	// 100 000 replies of 4 KiB exceed the budget: the oldest were dropped.
-	if h.replyBytes > maxReplyBytes {
-		t.Fatalf("%d reply bytes kept", h.replyBytes)
+	if h.answerBytes > maxAnswerBytes {
+		t.Fatalf("%d reply bytes kept", h.answerBytes)
 	}
 	if s, _, _, _ := h.RequestStatus(mk(1).ID); s != "done" {
 		t.Fatalf("oldest reply's status %q, want done", s)
@@ -451,19 +451,28 @@ func TestStatusBookkeeping(t *testing.T) {
 	// Past the expiry, the finished statuses are done and give way, though
 	// the first call, before them, is still processing: it stays (its call
 	// may still end, and a replay of it runs nothing) until it too is past
-	// maxCallWait.
+	// maxCallWait. A replay of it is refused by its expiry.
+	first := exp
 	clock = clock.Add(2 * time.Minute)
+	exp = uint64(clock.Add(time.Minute).UnixNano()) // calls made now
 	if fresh, _, err := h.begin(mk(maxStatuses)); !fresh || err != nil {
 		t.Fatalf("done statuses behind a processing call kept the window full: %v %v", fresh, err)
 	}
-	if fresh, _, err := h.begin(mk(0)); fresh || err != nil {
-		t.Fatalf("replay of the processing call: %v %v", fresh, err)
+	h.finish(mk(maxStatuses).ID, &requestStatus{Status: "replied", Reply: []byte("DIDL\x00\x00")})
+	if s, _, _, _ := h.RequestStatus(mk(0).ID); s != "processing" {
+		t.Fatalf("the processing call's status: %s", s)
+	}
+	replay := mk(0)
+	replay.IngressExpiry = first
+	if fresh, _, err := h.begin(replay); fresh || err == nil {
+		t.Fatalf("replay of the processing call past its expiry: %v %v", fresh, err)
 	}
 	clock = clock.Add(maxCallWait)
+	exp = uint64(clock.Add(time.Minute).UnixNano())
 	if fresh, _, err := h.begin(mk(maxStatuses + 1)); !fresh || err != nil {
 		t.Fatalf("after expiry: %v %v", fresh, err)
 	}
-	if len(h.statuses) != 1 || h.replyBytes != 0 {
-		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.replyBytes)
+	if len(h.statuses) != 1 || h.answerBytes != 0 {
+		t.Fatalf("%d statuses, %d reply bytes kept after expiry", len(h.statuses), h.answerBytes)
 	}
 }

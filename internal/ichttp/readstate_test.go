@@ -250,3 +250,36 @@ func TestReadStateAndSyncCall(t *testing.T) {
 		t.Fatalf("v3 reject: %q %x %q", st, code3, msg)
 	}
 }
+
+// A refused read_state named the path it refused, each label in full (hex
+// when long): a 1 MiB label came back as a 2 MiB error, and a path of
+// 1 000 labels of 60 bytes as a 61 KB one. The envelope's own errors clip
+// what they repeat; these now do too (hexLabel, pathText).
+func TestReadStateRefusalDoesNotEchoLabels(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), nil))
+	defer srv.Close()
+	big := make([]byte, 1<<20)
+	many := [][]byte{[]byte("nosuch")}
+	for range 1000 { // CBOR arrays hold at most 1024
+		many = append(many, bytes.Repeat([]byte("l"), 60))
+	}
+	for _, p := range [][][]byte{
+		{[]byte("nosuch"), big},                          // 404: not served
+		{[]byte("canister"), big, []byte("module_hash")}, // 400: not the effective canister
+		many, // 404: not served
+	} {
+		body := envelope(t, readStateContent(principal.Anonymous(), p), nil)
+		code, b := post(t, srv.URL+"/api/v2/canister/"+id.String()+"/read_state", body)
+		if code/100 != 4 {
+			t.Fatalf("%s: %d %.200s", p[0], code, b)
+		}
+		if len(b) > 4096 {
+			t.Errorf("%s: a %d-byte error (%d) for a %d-byte path", p[0], len(b), code, len(body))
+		}
+	}
+}

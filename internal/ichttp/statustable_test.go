@@ -223,8 +223,8 @@ func TestStuckCallDoesNotHoldEviction(t *testing.T) {
 	if s, _, _, _ := h.RequestStatus(long.ID); s != "replied" {
 		t.Fatalf("a status within its expiry, before done ones: %s", s)
 	}
-	if fresh, _, err := h.begin(stuck); fresh || err != nil {
-		t.Fatalf("replay of the stuck call: %v %v", fresh, err)
+	if fresh, _, err := h.begin(stuck); fresh || err == nil {
+		t.Fatalf("replay of the stuck call past its expiry: %v %v", fresh, err)
 	}
 
 	// When the stuck call ends, past its expiry, it is done at the next
@@ -308,5 +308,48 @@ func TestOpenCallHoldsNoArgument(t *testing.T) {
 	}
 	if held > 0 {
 		t.Fatalf("%d of %d arguments of open calls are still held", held, calls)
+	}
+}
+
+// parse checks a request's expiry, then begin looks its id up: a status is
+// forgotten once its expiry (with the drift) has passed, a refusal's at
+// once, so a replay that passed parse at the end of its window, with
+// another call's pruning between, found no status and ran again. begin
+// checks the expiry again, under the table's lock.
+func TestReplayPastItsExpiryDoesNotRunAgain(t *testing.T) {
+	key, err := LoadOrCreateRootKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	clock := time.Now()
+	h.now = func() time.Time { return clock }
+	req := &Request{ID: [32]byte{7}, IngressExpiry: uint64(clock.Add(time.Minute).UnixNano()), Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
+	if fresh, _, err := h.begin(req); !fresh || err != nil {
+		t.Fatalf("begin: %v %v", fresh, err)
+	}
+	h.finish(req.ID, &requestStatus{Status: "rejected", RejectCode: uint64(host.DestinationInvalid), RejectMessage: "no such method"})
+
+	// A replay passes parse at the last instant of its window…
+	last := clock.Add(time.Minute + maxClockDrift)
+	if err := checkExpiry(req.IngressExpiry, last); err != nil {
+		t.Fatalf("parse at the end of the window: %v", err)
+	}
+	// …and reaches begin just after, once another call's pruning has
+	// forgotten the refusal.
+	clock = last.Add(time.Millisecond)
+	other := &Request{ID: [32]byte{8}, IngressExpiry: uint64(clock.Add(time.Minute).UnixNano()), Sender: principal.Anonymous(), CanisterID: principal.CanisterID(1)}
+	if fresh, _, err := h.begin(other); !fresh || err != nil {
+		t.Fatalf("another call: %v %v", fresh, err)
+	}
+	if s, _, _, _ := h.RequestStatus(req.ID); s != "unknown" {
+		t.Fatalf("the refusal's status past its expiry: %s, want forgotten", s)
+	}
+	fresh, _, err := h.begin(req)
+	if fresh {
+		t.Fatal("a replay that passed parse ran again once its status was forgotten")
+	}
+	if st, _ := asRequestError(err); st != http.StatusBadRequest {
+		t.Fatalf("replay past its expiry: %v, want a 400", err)
 	}
 }
