@@ -420,7 +420,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if out.GlobalTimerSet {
 		timer = out.GlobalTimer
 	}
-	setGlobalTimer(c, &meta, timer)
+	deactivateTimer(&meta, timer)
 	if opts.Mode != ModeUpgrade {
 		meta.CertifiedData = nil
 	}
@@ -498,7 +498,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	adopted = true
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
-	c.timerTaken = false // the install set the timer (sched.go)
+	c.moduleChanged() // a timer task queued for the old module runs nothing (sched.go)
 	n.mem.set(id, satAdd(heap.Size(), stable.Size()))
 	c.moduleBytes = uint64(len(wasm))
 	if purge {
@@ -630,7 +630,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta := c.meta
 	replaced := meta.ModuleHash
 	meta.ModuleHash, meta.CertifiedData = "", nil
-	setGlobalTimer(c, &meta, 0)
+	deactivateTimer(&meta, 0)
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
 	meta.Version++
@@ -646,7 +646,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
-	c.timerTaken = false
+	c.moduleChanged()
 	n.mem.set(id, 0)
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
