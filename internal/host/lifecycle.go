@@ -875,7 +875,12 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 }
 
 // stateHash covers everything a message can change: memories, globals and
-// the metadata that execution observes or produces.
+// the metadata that execution observes or produces, as committed, so a
+// restart gives the same hash. For the global timer that is the armed
+// value and the run owed besides it (Meta.TimerPending): both decide
+// whether canister_global_timer runs again. A due timer a queued task
+// took in memory hashes as the armed value the store keeps: taking it
+// changes nothing a restart would keep.
 func (n *Node) stateHash(c *canister) []byte {
 	h := state.NewHasher()
 	h.Bytes("id", c.id.Bytes())
@@ -885,7 +890,12 @@ func (n *Node) stateHash(c *canister) []byte {
 	b := c.meta.Balance.Bytes()
 	h.Bytes("balance", b[:])
 	h.Bytes("certified_data", c.meta.CertifiedData)
-	h.Uint("global_timer", c.globalTimer())
+	h.Uint("global_timer", c.meta.GlobalTimer)
+	pending := uint64(0)
+	if c.meta.TimerPending {
+		pending = 1
+	}
+	h.Uint("global_timer_run_owed", pending)
 	for _, ctl := range c.meta.Settings.Controllers {
 		h.Bytes("controller", []byte(ctl))
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -387,5 +388,39 @@ func TestSkippedTimerTaskLeavesTimerSet(t *testing.T) {
 				t.Fatalf("the timer ran %d times, seen as %d, stored as %d after; want once, 0, 0", got.fired, got.seen, m.GlobalTimer)
 			}
 		})
+	}
+}
+
+// The state hash covers the committed global timer: the run owed besides
+// the armed value (Meta.TimerPending) changes it, as that run is still to
+// happen; a due timer taken by its queued task does not, as the store
+// keeps it armed and a restart gives it back. Before, the run owed was
+// left out, and the hash of a taken timer was that of a deactivated one.
+func TestStateHashCoversGlobalTimerRunOwed(t *testing.T) {
+	t.Parallel()
+	f, clk := clockFixture(t, "")
+	id := f.install(mustWat(t, specOldWat), nil)
+	f.update(id, "set", u64Arg(uint64(clk.ns.Load())+uint64(10*time.Second)))
+	c := f.loaded(id)
+	f.quiesce()
+	release := f.holdQueue(c)
+	defer release()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clk.advance(20 * time.Second)
+	due := f.node.stateHash(c)
+	f.node.scheduleTimer(c)
+	if !c.timerTaken {
+		t.Fatal("the due timer was not taken")
+	}
+	if taken := f.node.stateHash(c); !slices.Equal(taken, due) {
+		t.Fatalf("taking a due timer changed the state hash: %x, was %x", taken, due)
+	}
+	c.meta.TimerPending = true
+	owed := f.node.stateHash(c)
+	c.meta.TimerPending = false
+	if slices.Equal(owed, due) {
+		t.Fatal("a run of canister_global_timer owed does not change the state hash")
 	}
 }
