@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -422,5 +423,102 @@ func TestStateHashCoversGlobalTimerRunOwed(t *testing.T) {
 	c.meta.TimerPending = false
 	if slices.Equal(owed, due) {
 		t.Fatal("a run of canister_global_timer owed does not change the state hash")
+	}
+}
+
+// ic0.global_timer_set returns the previous value, 0 deactivates, and a
+// deadline in the past fires at the next round; the run sees the timer
+// deactivated, and it stays so after.
+func TestGlobalTimerSetSemantics(t *testing.T) {
+	t.Parallel()
+	f, clk := clockFixture(t, "")
+	id := f.install(mustWat(t, specOldWat), nil)
+	c := f.loaded(id)
+	now := func() uint64 { return uint64(clk.ns.Load()) }
+	set := func(v uint64) uint64 { return binary.LittleEndian.Uint64(f.update(id, "set", u64Arg(v))) }
+	t1, t2 := now()+uint64(time.Minute), now()+uint64(time.Hour)
+	for _, step := range []struct{ set, prev uint64 }{{t1, 0}, {t2, t1}, {0, t2}, {0, 0}} {
+		if got := set(step.set); got != step.prev {
+			t.Fatalf("global_timer_set(%d) returned %d, want %d", step.set, got, step.prev)
+		}
+	}
+	// Deactivated: the time passing its old deadlines runs nothing.
+	clk.advance(2 * time.Hour)
+	f.node.timerTick()
+	f.quiesce()
+	if m := metaOf(c); m.GlobalTimer != 0 || m.TimerPending {
+		t.Fatalf("a deactivated timer is %d, run owed %v", m.GlobalTimer, m.TimerPending)
+	}
+	if got := f.timerCounts(id); got.fired != 0 {
+		t.Fatalf("a deactivated timer ran %d times", got.fired)
+	}
+	// A deadline in the past: due at once.
+	if got := set(1); got != 0 {
+		t.Fatalf("global_timer_set(1) returned %d, want 0", got)
+	}
+	waitFor(t, 30*time.Second, func() bool { return f.timerCounts(id).fired == 1 })
+	f.quiesce()
+	if got := f.timerCounts(id); got.fired != 1 || got.seen != 0 {
+		t.Fatalf("the past deadline ran %d times, seen as %d in its run; want once, 0", got.fired, got.seen)
+	}
+	if got := set(0); got != 0 {
+		t.Fatalf("after its run global_timer_set returned %d, want 0 (deactivated)", got)
+	}
+}
+
+// The same through Motoko's Timer library (shared/canisters timer.mo), on
+// the node's clock: a timer fires once its time has passed and not
+// before, a zero delay fires at the next round, a cancelled one never,
+// and an upgrade deactivates the global timer (Motoko's timers do not
+// survive it; its stable tick count does).
+func TestMotokoTimerOnNodeClock(t *testing.T) {
+	t.Parallel()
+	f, clk := clockFixture(t, "")
+	wasm := module(t, corpusDir, "timer")
+	id := f.install(wasm, noArgs)
+	c := f.loaded(id)
+	count := func() string { return f.queryText(id, "count", "()") }
+	idOf := func(reply string) string {
+		return strings.TrimSuffix(strings.TrimPrefix(reply, "("), " : nat)")
+	}
+
+	f.callText(id, "once", "(5 : nat)")
+	clk.advance(4 * time.Second)
+	f.node.timerTick()
+	f.quiesce()
+	if got := count(); got != "(0 : nat)" {
+		t.Fatalf("a 5 s timer ran before its time: count %s", got)
+	}
+	clk.advance(2 * time.Second)
+	waitFor(t, 30*time.Second, func() bool { return count() == "(1 : nat)" })
+
+	// Due at the message's own ic0.time: once the clock has moved on,
+	// at the next round.
+	f.callText(id, "once", "(0 : nat)")
+	clk.advance(time.Millisecond)
+	waitFor(t, 30*time.Second, func() bool { return count() == "(2 : nat)" })
+
+	cancelled := idOf(f.callText(id, "once", "(10 : nat)"))
+	f.callText(id, "cancel", "("+cancelled+" : nat)")
+	clk.advance(20 * time.Second)
+	f.node.timerTick()
+	f.quiesce()
+	if got := count(); got != "(2 : nat)" {
+		t.Fatalf("a cancelled timer ran: count %s", got)
+	}
+
+	f.callText(id, "once", "(10 : nat)")
+	if metaOf(c).GlobalTimer == 0 {
+		t.Fatal("Motoko's setTimer did not set the global timer")
+	}
+	f.upgrade(id, wasm)
+	if g := metaOf(c).GlobalTimer; g != 0 {
+		t.Fatalf("after an upgrade the global timer is %d, want 0", g)
+	}
+	clk.advance(20 * time.Second)
+	f.node.timerTick()
+	f.quiesce()
+	if got := count(); got != "(2 : nat)" {
+		t.Fatalf("a timer set before the upgrade ran after it: count %s", got)
 	}
 }
