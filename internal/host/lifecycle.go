@@ -420,7 +420,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if out.GlobalTimerSet {
 		timer = out.GlobalTimer
 	}
-	setGlobalTimer(c, &meta, timer)
+	deactivateTimer(&meta, timer)
 	if opts.Mode != ModeUpgrade {
 		meta.CertifiedData = nil
 	}
@@ -498,7 +498,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	adopted = true
 	releaseReplaced(c, heap, stable)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, m, heap, stable, out.Globals
-	c.timerTaken = false // the install set the timer (sched.go)
+	c.moduleChanged() // a timer task queued for the old module runs nothing (sched.go)
 	n.mem.set(id, satAdd(heap.Size(), stable.Size()))
 	c.moduleBytes = uint64(len(wasm))
 	if purge {
@@ -630,7 +630,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta := c.meta
 	replaced := meta.ModuleHash
 	meta.ModuleHash, meta.CertifiedData = "", nil
-	setGlobalTimer(c, &meta, 0)
+	deactivateTimer(&meta, 0)
 	meta.HeapSize, meta.StableSize = 0, 0
 	updateLowMemory(&meta, 0)
 	meta.Version++
@@ -646,7 +646,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	c.logs.clear()
 	releaseReplaced(c, nil, nil)
 	c.meta, c.module, c.heap, c.stable, c.globals = meta, nil, state.NewPageMap(0), state.NewPageMap(0), nil
-	c.timerTaken = false
+	c.moduleChanged()
 	n.mem.set(id, 0)
 	n.mem.setChunks(id, 0)
 	c.moduleBytes = 0
@@ -875,7 +875,12 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 }
 
 // stateHash covers everything a message can change: memories, globals and
-// the metadata that execution observes or produces.
+// the metadata that execution observes or produces, as committed, so a
+// restart gives the same hash. For the global timer that is the armed
+// value and the run owed besides it (Meta.TimerPending): both decide
+// whether canister_global_timer runs again. A due timer a queued task
+// took in memory hashes as the armed value the store keeps: taking it
+// changes nothing a restart would keep.
 func (n *Node) stateHash(c *canister) []byte {
 	h := state.NewHasher()
 	h.Bytes("id", c.id.Bytes())
@@ -885,7 +890,12 @@ func (n *Node) stateHash(c *canister) []byte {
 	b := c.meta.Balance.Bytes()
 	h.Bytes("balance", b[:])
 	h.Bytes("certified_data", c.meta.CertifiedData)
-	h.Uint("global_timer", c.globalTimer())
+	h.Uint("global_timer", c.meta.GlobalTimer)
+	pending := uint64(0)
+	if c.meta.TimerPending {
+		pending = 1
+	}
+	h.Uint("global_timer_run_owed", pending)
 	for _, ctl := range c.meta.Settings.Controllers {
 		h.Bytes("controller", []byte(ctl))
 	}

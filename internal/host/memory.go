@@ -236,14 +236,20 @@ func (n *Node) chargeStorageNow(c *canister) error {
 	return nil
 }
 
+// affords reports whether c's balance pays cost and stays at or above its
+// freezing limit (c.mu held).
+func (n *Node) affords(c *canister, cost cycles.Amount) bool {
+	return c.meta.Balance.Cmp(cost.SaturatingAdd(n.freezingLimit(c.meta.Settings, usageOf(c)))) >= 0
+}
+
 // outOfCycles refuses an execution whose worst-case cost would leave c
 // below its freezing limit (or that c cannot pay at all).
 func (n *Node) outOfCycles(c *canister, what string, cost cycles.Amount) error {
-	limit := n.freezingLimit(c.meta.Settings, usageOf(c))
-	need := cost.SaturatingAdd(limit)
-	if c.meta.Balance.Cmp(need) >= 0 {
+	if n.affords(c, cost) {
 		return nil
 	}
+	limit := n.freezingLimit(c.meta.Settings, usageOf(c))
+	need := cost.SaturatingAdd(limit)
 	r := rejectf(SysTransient, "Canister %s is out of cycles: %s needs up to %s cycles and its freezing limit is %s, the balance is %s; please top up the canister with at least %s additional cycles",
 		c.id, what, cost, limit, c.meta.Balance, need.SaturatingSub(c.meta.Balance))
 	r.need = need

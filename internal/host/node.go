@@ -109,6 +109,11 @@ type canister struct {
 	// commits (sched.go scheduleTimer).
 	timerQueued bool
 	timerTaken  bool
+	// codeEpoch counts the changes of c's module (install, reinstall,
+	// upgrade, uninstall) since it was loaded. A timer task carries the
+	// epoch it was queued in: one queued for a module that is gone runs
+	// nothing (sched.go handleTimer).
+	codeEpoch uint64
 	// timerWork: a goroutine of the timer loop is doing this canister's
 	// timer work (timers.go timerWorkLater); at most one at a time.
 	timerWork atomic.Bool

@@ -52,6 +52,8 @@ type message struct {
 	reply      []byte
 	reject     *Reject
 	refund     cycles.Amount
+	// Timer tasks: the canister's codeEpoch when the task was queued.
+	codeEpoch uint64
 }
 
 // origin is where the response to a request goes.
@@ -202,7 +204,7 @@ func (n *Node) process(c *canister, m *message) {
 	case kindResponse:
 		n.handleResponse(c, m)
 	case kindTimer:
-		n.handleTimer(c)
+		n.handleTimer(c, m)
 	case kindHeartbeat:
 		c.heartbeatQueued = false
 		n.handleSystemTask(c, "canister_heartbeat")
@@ -641,23 +643,32 @@ func (n *Node) handleResponse(c *canister, m *message) {
 // time, so without a crash it fires once.
 //
 // The armed value is the store's only record of the run the task owes, so
-// a commit that replaces it while it is taken (a message queued before the
-// task sets the timer again, an install, an uninstall) records the run on
-// its own: Meta.TimerPending (setGlobalTimer), which the task's commit
-// clears. A restart finds it and queues the run, and the new deadline
-// stays armed for a run of its own.
+// an execution that replaces it while it is taken (a message queued
+// before the task sets the timer again) records the run on its own:
+// Meta.TimerPending (setGlobalTimer), which the task's commit clears. A
+// restart finds it and queues the run, and the new deadline stays armed
+// for a run of its own.
+//
+// A frozen canister's timer is not taken: it stays armed and runs once
+// the canister is topped up, as on the IC, whose timer task cannot be
+// prepaid then and leaves the timer as it was (timerFrozen).
 func (n *Node) scheduleTimer(c *canister) {
 	switch {
 	case timerOwed(c):
+		if n.timerFrozen(c) {
+			return
+		}
 		c.timerQueued = true // it takes nothing: the armed value is another run's
 	case !timerRunnable(c) || c.timerQueued || c.meta.GlobalTimer == 0:
 		return
 	case uint64(n.clock().UnixNano()) < c.meta.GlobalTimer:
 		return
+	case n.timerFrozen(c):
+		return
 	default:
 		c.timerQueued, c.timerTaken = true, true
 	}
-	n.enqueue(c, &message{kind: kindTimer})
+	n.enqueue(c, &message{kind: kindTimer, codeEpoch: c.codeEpoch})
 }
 
 // timerOwed: c owes a run recorded in Meta.TimerPending alone and no task
@@ -667,15 +678,43 @@ func timerOwed(c *canister) bool {
 	return c.meta.TimerPending && !c.timerQueued && !c.deleted && c.module != nil && c.meta.Status == "running"
 }
 
-// setGlobalTimer sets the global timer in meta, the copy of c.meta a commit
-// is about to store, to v (c.mu held exclusively). A value a queued task
-// took is replaced: the run it owes goes into the same commit on its own.
-// The caller clears c.timerTaken once the commit is durable.
+// timerFrozen: c's balance cannot pay for a run of canister_global_timer
+// above its freezing limit (c.mu held): the run handleSystemTask would
+// skip. Only a commit under c's lock raises the balance or lowers the
+// limit, and its unlock reschedules c (timers.go nextDue).
+func (n *Node) timerFrozen(c *canister) bool {
+	return !n.affords(c, n.executionFee(n.cfg.UpdateInstructions))
+}
+
+// setGlobalTimer sets the global timer in meta, the copy of c.meta an
+// execution's commit is about to store, to v (c.mu held exclusively). A
+// value a queued task took is replaced: the run it owes goes into the
+// same commit on its own. The caller clears c.timerTaken once the commit
+// is durable. A change of module does not use it: that deactivates the
+// timer and drops the run owed (deactivateTimer).
 func setGlobalTimer(c *canister, meta *store.Meta, v uint64) {
 	if c.timerTaken {
 		meta.TimerPending = true
 	}
 	meta.GlobalTimer = v
+}
+
+// deactivateTimer is the global timer of meta, the copy of c.meta an
+// install or uninstall is about to store: the interface specification
+// deactivates it on every change of the module, so a run the old module
+// owed is not owed to the new one, which has only the timer its
+// canister_init or canister_post_upgrade set (v, 0 if none). Once the
+// commit is durable the caller calls c.moduleChanged.
+func deactivateTimer(meta *store.Meta, v uint64) {
+	meta.GlobalTimer, meta.TimerPending = v, false
+}
+
+// moduleChanged records that c's new module (or none) is committed: a
+// timer task queued before runs nothing (handleTimer), and the value it
+// took is gone with the old module.
+func (c *canister) moduleChanged() {
+	c.timerTaken = false
+	c.codeEpoch++
 }
 
 // globalTimer is c's global timer as executions and status see it: 0 once
@@ -690,15 +729,32 @@ func (c *canister) globalTimer() uint64 {
 // handleTimer runs the global timer's task. A timer it took is deactivated
 // with the task's commit, and a run it owed is cleared with it: the
 // execution's, its trap's charge, or one of its own when the task commits
-// nothing (skipped: stopped, frozen; or it could not run). A timer set
-// again since the task was queued (by a message before it, or an install)
-// was not taken: it stays, and the task runs all the same, as it would on
-// the IC.
-func (n *Node) handleTimer(c *canister) {
+// nothing (a module without the export, or an execution that could not
+// run). A timer set again since the task was queued by a message before
+// it was not taken: it stays, and the task runs all the same, as it would
+// on the IC.
+//
+// Two things make the task run nothing. The module it was queued for was
+// replaced or removed: that change deactivated the timer and dropped the
+// run (deactivateTimer), so the new module never runs the old one's
+// timer. Or the canister cannot run it now (stopped or stopping, or
+// frozen): then nothing changes, as if it had not been scheduled: a taken
+// timer is armed again (meta and the store still hold it) and a run owed
+// stays owed, and they run after a start or a top-up.
+func (n *Node) handleTimer(c *canister, m *message) {
 	c.timerQueued = false
 	taken, owed := c.timerTaken, c.meta.TimerPending
+	c.timerTaken = false
+	switch {
+	case m.codeEpoch != c.codeEpoch:
+		return
+	case c.meta.Status != "running":
+		return
+	case c.module != nil && c.module.Info.HasGlobalTimer && n.timerFrozen(c):
+		n.log.Debug("global timer skipped: out of cycles", "canister", c.id.String())
+		return
+	}
 	if taken {
-		c.timerTaken = false
 		c.meta.GlobalTimer = 0
 	}
 	c.meta.TimerPending = false

@@ -134,10 +134,17 @@ func (n *Node) nextDue(c *canister) uint64 {
 		}
 		due = min(due, gridUp(at))
 	}
-	if c.meta.GlobalTimer != 0 && !c.timerQueued && timerRunnable(c) {
+	timer, owed := c.meta.GlobalTimer != 0 && !c.timerQueued && timerRunnable(c), timerOwed(c)
+	if (owed || timer && c.meta.GlobalTimer <= uint64(n.clock().UnixNano())) && n.timerFrozen(c) {
+		// A frozen canister's due timer is not a deadline until a
+		// top-up, whose unlock comes back here (sched.go scheduleTimer).
+		// One not yet due is: the balance is looked at when it is.
+		timer, owed = false, false
+	}
+	if timer {
 		due = min(due, c.meta.GlobalTimer)
 	}
-	if lowMemoryDue(c) || timerOwed(c) {
+	if lowMemoryDue(c) || owed {
 		return 0
 	}
 	if heartbeatWanted(c) {
@@ -158,8 +165,8 @@ func gridUp(t uint64) uint64 {
 }
 
 // timerRunnable: c's global timer can run (scheduleTimer's conditions but
-// the time). A timer set on a stopped canister waits for its start, whose
-// unlock puts the canister back in the heap.
+// the time and the balance). A timer set on a stopped canister waits for
+// its start, whose unlock puts the canister back in the heap.
 func timerRunnable(c *canister) bool {
 	return !c.deleted && c.module != nil && c.module.Info.HasGlobalTimer && c.meta.Status == "running"
 }
