@@ -4,37 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/bytecodealliance/wasmtime-go/v39"
 )
-
-// replyingModule writes a module whose query m replies with the given
-// bytes (at most 64 KiB), and returns its path.
-func replyingModule(t *testing.T, reply []byte) string {
-	t.Helper()
-	var data strings.Builder
-	for _, c := range reply {
-		fmt.Fprintf(&data, `\%02x`, c)
-	}
-	wasm, err := wasmtime.Wat2Wasm(fmt.Sprintf(`(module
-  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
-  (import "ic0" "msg_reply" (func $reply))
-  (memory 1)
-  (data (i32.const 0) "%s")
-  (func (export "canister_query m") (call $append (i32.const 0) (i32.const %d)) (call $reply)))`, data.String(), len(reply)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "reply.wasm")
-	if err := os.WriteFile(p, wasm, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // An error names the bad input without repeating all of it: a reply that is
 // not Candid (64 KiB here, 2 MiB at limits.reply_bytes) and an argument
@@ -42,7 +15,7 @@ func replyingModule(t *testing.T, reply []byte) string {
 func TestErrorsDoNotEchoWholeInputs(t *testing.T) {
 	junk := bytes.Repeat([]byte{0xee}, 64<<10)
 	home := t.TempDir()
-	id := must(t, cordon(t, home, "install", replyingModule(t, junk)))
+	id := must(t, cordon(t, home, "install", replyWasm(t, junk, "")))
 	r := cordon(t, home, "query", id, "m")
 	if r.code != ExitError || len(r.stderr) > 4<<10 || !strings.Contains(r.stderr, "(65536 bytes)") {
 		t.Fatalf("a %d-byte reply that is not Candid: exit %d, %d bytes on stderr: %.200s", len(junk), r.code, len(r.stderr), r.stderr)
@@ -58,7 +31,7 @@ func TestErrorsDoNotEchoWholeInputs(t *testing.T) {
 // an empty "reply".
 func TestJSONReplySaysWhyItIsNotCandid(t *testing.T) {
 	home := t.TempDir()
-	id := must(t, cordon(t, home, "install", replyingModule(t, []byte("not candid"))))
+	id := must(t, cordon(t, home, "install", replyWasm(t, []byte("not candid"), "")))
 	var out struct {
 		Reply      *string `json:"reply"`
 		ReplyHex   string  `json:"reply_hex"`

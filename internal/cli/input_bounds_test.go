@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"compress/gzip"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,15 +11,6 @@ import (
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 )
-
-// withCustomSection appends a custom section to a module.
-func withCustomSection(wasm []byte, name string, data []byte) []byte {
-	body := binary.AppendUvarint(nil, uint64(len(name)))
-	body = append(append(body, name...), data...)
-	wasm = append(wasm, 0)
-	wasm = binary.AppendUvarint(wasm, uint64(len(body)))
-	return append(wasm, body...)
-}
 
 // fifoWithWriter makes a FIFO that a writer fills with up to n bytes once
 // a reader opens it; the returned function says how many it wrote.
@@ -151,7 +141,7 @@ func initArgModule(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return withCustomSection(wasm, "icp:public candid:args", []byte("(nat)"))
+	return appendCustomSection(wasm, "icp:public candid:args", []byte("(nat)"))
 }
 
 // The init argument is typed by the module's candid:args whether the module
