@@ -3,12 +3,12 @@
 // bbolt was chosen over pebble because every commit is one ACID transaction
 // with an fsync (crash-consistent by construction, no WAL replay logic of our
 // own), reads are zero-copy, and the whole store is a single file. Each
-// canister is a bucket holding its metadata, globals and one key per 4 KiB
-// page of heap and stable memory, so a commit writes only the pages a message
-// changed. The tree is the checkpoint: a message's delta is folded into it by
-// its commit, overwriting pages in place (copy-on-write inside bbolt), so
-// there is no log of deltas to replay or trim, and the file is bounded by the
-// live data (RATIONALE.md). Concurrent commits share one transaction and one
+// canister is a bucket holding its metadata, globals and its heap and
+// stable memory as 4 KiB pages and 64 KiB runs (pages.go), so a commit
+// writes only the pages a message changed. The tree is the checkpoint: a
+// message's delta is folded into it by its commit, overwriting pages in
+// place (copy-on-write inside bbolt), so there is no log of deltas to
+// replay or trim, and the file is bounded by the live data (RATIONALE.md). Concurrent commits share one transaction and one
 // sync (group.go).
 package store
 
@@ -43,15 +43,24 @@ var (
 	keyFormat  = []byte("format")
 )
 
-// formatVersion is the store's format: cordon-store-2 stores a chunk a
-// commit changes entirely as one value (pages.go). Open upgrades a
-// cordon-store-1 store, whose single-page values are valid in this format
-// too, by rewriting the key only; earlier binaries then refuse the store
-// instead of reading its runs as corrupt pages.
-const formatVersion = "cordon-store-2"
+// formatVersion is the store's format: cordon-store-3 stores a chunk a
+// commit changes entirely as one run, and pages written into it later as
+// single pages over it (pages.go). Open upgrades the earlier formats
+// (upgrade.go); every earlier binary refuses a format it does not know, so
+// none reads runs it would take for corrupt pages.
+const formatVersion = "cordon-store-3"
 
-// formatVersion1 is the format before page runs.
+// formatVersion1 is the format before page runs: single pages only, valid
+// in this format as they are.
 const formatVersion1 = "cordon-store-1"
+
+// formatVersion2 is the format whose runs were among the single pages,
+// under their chunk's first page's key, alone in their chunk.
+const formatVersion2 = "cordon-store-2"
+
+// formatUpgrading2 marks a cordon-store-2 store whose runs Open is moving
+// into their buckets (upgrade.go): no earlier binary opens it.
+const formatUpgrading2 = "cordon-store-2-to-3"
 
 // ErrNotFound is returned for a canister or module that is not stored.
 var ErrNotFound = errors.New("not found")
@@ -183,6 +192,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	upgrade2 := false
 	err = db.Update(func(tx *bolt.Tx) error {
 		// What a crash left staged was never committed (stage.go).
 		if st := tx.Bucket(bucketStaging); st != nil {
@@ -201,11 +211,19 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		switch f := node.Get(keyFormat); {
 		case f == nil, string(f) == formatVersion1:
 			return node.Put(keyFormat, []byte(formatVersion))
+		case string(f) == formatVersion2:
+			upgrade2 = true
+			return node.Put(keyFormat, []byte(formatUpgrading2))
+		case string(f) == formatUpgrading2:
+			upgrade2 = true // a crash interrupted the upgrade
 		case string(f) != formatVersion:
 			return fmt.Errorf("store format %q is not %q", f, formatVersion)
 		}
 		return nil
 	})
+	if err == nil && upgrade2 {
+		err = upgradeRuns(db)
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialize store %s: %w", path, err)
@@ -661,22 +679,19 @@ func loadMemory(b *bolt.Bucket, size uint64) (*state.PageMap, error) {
 		d.Pages = d.Pages[:0]
 		return err
 	}
-	var next uint64
-	err := b.ForEach(func(k, v []byte) error {
-		first, n, err := storedPages(k, v, next, m.NumPages())
-		if err != nil {
-			return err
-		}
-		next = first + n
-		if len(d.Pages)+int(n) > loadBatch {
+	err := storedChunks(b, m.NumPages(), func(base uint64, pages *[runPages][]byte) error {
+		if len(d.Pages)+runPages > loadBatch {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
-		for j := range n {
+		for i, v := range pages {
+			if v == nil {
+				continue
+			}
 			p := &buf[len(d.Pages)]
-			copy(p[:], v[j*state.PageSize:])
-			d.Pages = append(d.Pages, state.DirtyPage{Index: first + j, Data: p})
+			copy(p[:], v)
+			d.Pages = append(d.Pages, state.DirtyPage{Index: base + uint64(i), Data: p})
 		}
 		return nil
 	})
