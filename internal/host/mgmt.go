@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/candid"
@@ -218,6 +219,9 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 		case errors.As(err, &rej):
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 			rej = rejectf(SysTransient, "Management canister: %s was given up (%v)", m.method, contextErr(err))
+		case errors.Is(err, engine.ErrInvalidModule):
+			// The caller's module, refused: its reason is for the caller.
+			rej = rejectf(CanisterError, "Management canister: %s: %v", m.method, err)
 		default:
 			// The node's own failure (its store, a file): the caller,
 			// a client or a canister, learns an id, not its detail.
