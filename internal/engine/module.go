@@ -69,10 +69,11 @@ func (k MethodKind) String() string {
 
 // Info is what cordon knows about a module after validating it.
 type Info struct {
-	Hash     [32]byte // SHA-256 of the module as installed
-	Size     int
-	Memory64 bool
-	Methods  map[string]MethodKind
+	Hash      [32]byte // SHA-256 of the module as installed
+	Size      int
+	HasMemory bool // the module declares a memory
+	Memory64  bool // ... indexed with i64
+	Methods   map[string]MethodKind
 	// System entry points the module exports.
 	HasInit, HasPreUpgrade, HasPostUpgrade, HasInspect, HasHeartbeat, HasGlobalTimer, HasLowWasmMemory bool
 	HasStart                                                                                           bool
@@ -204,6 +205,7 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	if len(m.Memories) > 1 || (len(m.Memories) == 1 && m.NumImportedMemories > 0) {
 		return nil, info, invalid("a canister may declare at most one memory")
 	}
+	_, info.HasMemory = m.Memory(0)
 	info.Memory64 = m.Memory64()
 	if int(m.NumFuncs()) > lim.MaxFunctions {
 		return nil, info, invalid("module has %d functions, the limit is %d", int(m.NumFuncs()), lim.MaxFunctions)
