@@ -175,7 +175,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// memory or table minimum above it: a trap) or the host's (the
 		// kernel refused to map the instance's reservation: not the
 		// canister's doing, so an error that charges and answers nothing).
-		msg := instantiationError(err.Error())
+		msg := errorCause(err.Error())
 		closeError(err)
 		if hostResourceFailure(msg) {
 			return nil, fmt.Errorf("engine: host could not instantiate the module: %s", msg)
@@ -411,7 +411,7 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
-			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)
+			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %s", want, errorCause(err.Error()))
 			closeError(err)
 			return &sysapi.Trap{Message: msg}
 		}
@@ -617,10 +617,12 @@ func discardsState(c sysapi.Context) bool {
 	return false
 }
 
-// instantiationError drops the backtrace wasmtime appends to an error's
-// text: addresses that differ between builds have no place in a trap
-// message, which must be the same on every replica.
-func instantiationError(msg string) string {
+// errorCause drops the backtrace wasmtime appends to an error's text (when
+// RUST_BACKTRACE is set, as it may be for the host but never in a
+// sandbox's environment): addresses that differ between builds have no
+// place in a trap message, which must be the same on every replica and in
+// both isolation modes.
+func errorCause(msg string) string {
 	if i := strings.Index(msg, "\nStack backtrace:"); i >= 0 {
 		msg = msg[:i]
 	}
