@@ -376,6 +376,14 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if !out.Trapped {
 		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
 			out.Trapped, out.TrapMessage = true, msg
+		} else {
+			// Reserved for the new state: until it is committed, a failure
+			// gives the ledger back the canister's committed size.
+			defer func() {
+				if !adopted {
+					n.mem.set(id, satAdd(c.heap.Size(), c.stable.Size()))
+				}
+			}()
 		}
 	} else if strings.Contains(out.TrapMessage, "exceeds memory limits") && in.Limits.HeapBytes < n.heapLimit(m) {
 		// The module's initial memory did not fit: say when the node's
