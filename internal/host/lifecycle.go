@@ -354,6 +354,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	}
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
+	// The IC counts the code change before the new module runs: init and
+	// post_upgrade see the version the install commits (pre_upgrade the
+	// old one).
+	in.Version = c.meta.Version + 1
 	if pre != nil {
 		// What pre_upgrade burned is gone before post_upgrade runs
 		// (validation kept it within the balance).
