@@ -24,8 +24,14 @@ type InstallRequest struct {
 	Arg    []byte `json:"arg"`              // Candid-encoded init/post_upgrade argument
 	Caller string `json:"caller,omitempty"` // "" = anonymous
 	Cycles string `json:"cycles,omitempty"` // initial balance of a new canister (decimal)
-	// KeepHeap overrides wasm_memory_persistence on upgrade ("", "keep", "replace").
+	// KeepHeap is the upgrade option wasm_memory_persistence ("keep" or
+	// "replace"); "" keeps the heap when the installed module uses
+	// enhanced orthogonal persistence and replaces it otherwise, as dfx
+	// does (host.InstallOptions.KeepEOPByDefault).
 	KeepHeap string `json:"wasm_memory_persistence,omitempty"`
+	// SkipPreUpgrade is the upgrade option skip_pre_upgrade: the installed
+	// module's canister_pre_upgrade does not run.
+	SkipPreUpgrade bool `json:"skip_pre_upgrade,omitempty"`
 	// Isolation overrides the node's isolation mode for this canister
 	// ("sandbox" or "inprocess"; "" keeps the canister's setting).
 	Isolation string `json:"isolation,omitempty"`
@@ -33,6 +39,8 @@ type InstallRequest struct {
 	// (ic0.env_var_*) before the code runs.
 	Env []store.EnvVar `json:"environment_variables,omitempty"`
 }
+
+var errSkipPreUpgradeMode = errors.New("skip_pre_upgrade is an option of mode upgrade")
 
 // InstallResponse reports an install.
 type InstallResponse struct {
@@ -143,6 +151,9 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 	default:
 		return nil, fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", req.Mode)
 	}
+	if req.SkipPreUpgrade && mode != host.ModeUpgrade {
+		return nil, errSkipPreUpgradeMode
+	}
 	var keep *bool
 	switch req.Isolation {
 	case "", "sandbox", "inprocess":
@@ -203,7 +214,8 @@ func (l *Local) Install(ctx context.Context, req InstallRequest) (*InstallRespon
 		err = l.Node.SetEnvVars(ctx, id, caller, req.Env)
 	}
 	if err == nil {
-		res, err = l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller, KeepHeap: keep, Isolation: req.Isolation})
+		res, err = l.Node.Install(ctx, id, host.InstallOptions{Mode: mode, Wasm: req.Wasm, Arg: req.Arg, Caller: caller,
+			KeepHeap: keep, KeepEOPByDefault: true, SkipPreUpgrade: req.SkipPreUpgrade, Isolation: req.Isolation})
 	}
 	if err != nil {
 		if resp.Created {

@@ -643,6 +643,10 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest(fmt.Errorf("unknown install mode %q (want install, reinstall or upgrade)", req.Mode)))
 		return
 	}
+	if req.SkipPreUpgrade && host.InstallMode(req.Mode) != host.ModeUpgrade {
+		s.writeError(w, r, badRequest(errSkipPreUpgradeMode))
+		return
+	}
 	if req.Cycles != "" {
 		if _, err := cycles.Parse(req.Cycles); err != nil {
 			s.writeError(w, r, badRequest(fmt.Errorf("cycles %q: %w", req.Cycles, err)))

@@ -269,7 +269,7 @@ func TestOtherMessagesRoundTrip(t *testing.T) {
 		t.Fatal("compile request differs")
 	}
 	comp := &Compiled{
-		Info: engine.Info{Memory64: true, HasInit: true, HasStart: true, CandidService: "service : {}", NumGlobals: 2,
+		Info: engine.Info{HasMemory: true, Memory64: true, HasInit: true, HasStart: true, CandidService: "service : {}", NumGlobals: 2,
 			Methods: map[string]engine.MethodKind{"inc": engine.UpdateMethod, "get": engine.QueryMethod, "cq": engine.CompositeQueryMethod}},
 		GlobalTypes: []state.GlobalType{state.GlobalI32, 0},
 		Artifact:    bytes.Repeat([]byte{1}, 2*MaxPacket),

@@ -16,7 +16,8 @@ import (
 // 2: Warm (load a module ahead of its canister's next message).
 // 3: Execute carries Input.Responded (a callback of an answered call).
 // 4: Execute carries the mapped heap image's generation.
-const Version = 4
+// 5: Compiled says whether the module has a memory.
+const Version = 5
 
 // MaxPacket is the largest packet either side sends or accepts, header
 // included. It stays well below the kernel's default socket send buffer

@@ -163,9 +163,9 @@ type Compiled struct {
 	Artifact    []byte
 }
 
-// EncodeCompiled encodes Compiled: 10 booleans (memory64, init, pre_upgrade,
+// EncodeCompiled encodes Compiled: 11 booleans (memory64, init, pre_upgrade,
 // post_upgrade, inspect, heartbeat, global_timer, low_wasm_memory, start,
-// enhanced orthogonal persistence); str candid service; u64 method count,
+// enhanced orthogonal persistence, has a memory); str candid service; u64 method count,
 // then per method u8 kind, str name (sorted); u64 global count, then u8
 // type each; u64 metadata count, then per section bool public, str name,
 // bytes data; bytes artifact.
@@ -173,7 +173,7 @@ func EncodeCompiled(c *Compiled) []byte {
 	w := &writer{b: make([]byte, 0, 1024+len(c.Artifact)+len(c.Info.CandidService))}
 	in := &c.Info
 	for _, v := range []bool{in.Memory64, in.HasInit, in.HasPreUpgrade, in.HasPostUpgrade, in.HasInspect,
-		in.HasHeartbeat, in.HasGlobalTimer, in.HasLowWasmMemory, in.HasStart, in.EnhancedOrthogonalPersistence} {
+		in.HasHeartbeat, in.HasGlobalTimer, in.HasLowWasmMemory, in.HasStart, in.EnhancedOrthogonalPersistence, in.HasMemory} {
 		w.bool(v)
 	}
 	w.str(in.CandidService)
@@ -208,7 +208,7 @@ func DecodeCompiled(b []byte) (*Compiled, error) {
 	c := &Compiled{}
 	in := &c.Info
 	for _, p := range []*bool{&in.Memory64, &in.HasInit, &in.HasPreUpgrade, &in.HasPostUpgrade, &in.HasInspect,
-		&in.HasHeartbeat, &in.HasGlobalTimer, &in.HasLowWasmMemory, &in.HasStart, &in.EnhancedOrthogonalPersistence} {
+		&in.HasHeartbeat, &in.HasGlobalTimer, &in.HasLowWasmMemory, &in.HasStart, &in.EnhancedOrthogonalPersistence, &in.HasMemory} {
 		*p = r.bool("info flag")
 	}
 	in.CandidService = r.str(math.MaxUint64, "candid service")

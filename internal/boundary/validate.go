@@ -443,6 +443,9 @@ func ValidateOutput(exp *Expect, out *sysapi.Output) error {
 // maxArtifact bytes.
 func ValidateCompiled(lim engine.ModuleLimits, wasmSize int, maxArtifact uint64, c *Compiled) error {
 	in := &c.Info
+	if in.Memory64 && !in.HasMemory {
+		return violation(VInfo, "a 64-bit memory in a module without a memory")
+	}
 	if len(in.Methods) > lim.MaxMethods {
 		return violation(VInfo, "%d methods, at most %d", len(in.Methods), lim.MaxMethods)
 	}

@@ -26,6 +26,7 @@ import (
 func newInstallCmd(g *globals) *cobra.Command {
 	var id, mode, arg, typ, caller, cyclesFlag, persistence, output, isolation string
 	var env []string
+	var skipPreUpgrade bool
 	cmd := &cobra.Command{
 		Use:   "install [flags] FILE.wasm|FILE.wasm.gz",
 		Short: "Install, reinstall or upgrade a canister's code",
@@ -35,8 +36,10 @@ Without --id a new canister is created. With --id, the canister is created
 with that id if it does not exist. --mode reinstall wipes the canister's
 state; --mode upgrade runs pre_upgrade, swaps the module and runs
 post_upgrade, keeping stable memory (and, for Motoko's enhanced orthogonal
-persistence, the heap); both need --id. A new canister whose install fails
-(its --cycles too few, a trap in canister_init) is not kept.
+persistence, the heap: by default when the installed module uses it, as
+dfx does; a new module that does not is refused unless
+--wasm-memory-persistence replace); both need --id. A new canister whose
+install fails (its --cycles too few, a trap in canister_init) is not kept.
 
 FILE is a regular file of at most limits.module_bytes, gzip'd or not (a
 gzip'd one is held to the limit once decompressed too). --arg is typed by
@@ -51,6 +54,9 @@ the module's candid:args metadata when it has one.`,
 			// Every flag is checked before anything is read, created or sent.
 			if err := checkInstallFlags(id, mode, caller, cyclesFlag, persistence, isolation, typ, output); err != nil {
 				return err
+			}
+			if skipPreUpgrade && host.InstallMode(mode) != host.ModeUpgrade {
+				return usageError{fmt.Errorf("--skip-pre-upgrade needs --mode upgrade")}
 			}
 			envVars, err := parseEnv(env, cmd.Flags().Changed("env"))
 			if err != nil {
@@ -76,7 +82,7 @@ the module's candid:args metadata when it has one.`,
 			stop := progress(g.stderr, fmt.Sprintf("installing %s (%s): compiling, running %s…",
 				filepath.Base(args[0]), humanSize(len(wasm)), installEntry(mode)))
 			resp, err := b.Install(cmd.Context(), api.InstallRequest{ID: id, Mode: mode, Wasm: wasm, Arg: argBytes,
-				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, Isolation: isolation, Env: envVars})
+				Caller: caller, Cycles: cyclesFlag, KeepHeap: persistence, SkipPreUpgrade: skipPreUpgrade, Isolation: isolation, Env: envVars})
 			stop()
 			if err != nil && cmd.Context().Err() != nil {
 				check := "`cordon status`"
@@ -104,7 +110,8 @@ the module's candid:args metadata when it has one.`,
 	f.StringVar(&caller, "caller", "", "principal making the call (default: anonymous); it becomes the controller of a new canister")
 	f.StringVar(&cyclesFlag, "cycles", "", "initial cycles of a new canister (default 100T)")
 	f.StringVar(&isolation, "canister-isolation", "", "run this canister in sandbox or inprocess mode regardless of the node's --isolation (kept across upgrades)")
-	f.StringVar(&persistence, "wasm-memory-persistence", "", "on upgrade: keep or replace the Wasm heap (default: keep for Motoko enhanced orthogonal persistence)")
+	f.StringVar(&persistence, "wasm-memory-persistence", "", "on upgrade: keep or replace the Wasm heap (default: keep when the installed module uses Motoko's enhanced orthogonal persistence, else replace)")
+	f.BoolVar(&skipPreUpgrade, "skip-pre-upgrade", false, "on upgrade: do not run the installed module's canister_pre_upgrade")
 	f.StringVar(&output, "output", "text", "text or json")
 	f.StringArrayVar(&env, "env", nil, "canister environment variable NAME=VALUE (ic0.env_var_*), repeatable; given, the list replaces the canister's; --env '' clears them")
 	return cmd

@@ -37,6 +37,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"install", "--output", "xml", counter}, `--output "xml": want text or json`},
 		{[]string{"install", "--cycles", "abc", counter}, `--cycles "abc"`},
 		{[]string{"install", "--wasm-memory-persistence", "bogus", counter}, `--wasm-memory-persistence "bogus": want keep or replace`},
+		{[]string{"install", "--skip-pre-upgrade", counter}, "--skip-pre-upgrade needs --mode upgrade"},
 		{[]string{"install", "--canister-isolation", "bogus", counter}, `--canister-isolation "bogus": want sandbox or inprocess`},
 		{[]string{"install", "--id", "not-a-principal", counter}, `--id "not-a-principal"`},
 		{[]string{"install", "--caller", "nope", counter}, `--caller "nope"`},

@@ -341,6 +341,8 @@ func trapMessage(err error) error {
 	}
 	if _, cause, ok := strings.Cut(msg, "wasm trap: "); ok {
 		msg = strings.TrimSpace(strings.SplitN(cause, "\n", 2)[0])
+	} else {
+		msg = errorCause(msg)
 	}
 	switch {
 	case strings.Contains(msg, "all fuel consumed"):

@@ -69,10 +69,11 @@ func (k MethodKind) String() string {
 
 // Info is what cordon knows about a module after validating it.
 type Info struct {
-	Hash     [32]byte // SHA-256 of the module as installed
-	Size     int
-	Memory64 bool
-	Methods  map[string]MethodKind
+	Hash      [32]byte // SHA-256 of the module as installed
+	Size      int
+	HasMemory bool // the module declares a memory
+	Memory64  bool // ... indexed with i64
+	Methods   map[string]MethodKind
 	// System entry points the module exports.
 	HasInit, HasPreUpgrade, HasPostUpgrade, HasInspect, HasHeartbeat, HasGlobalTimer, HasLowWasmMemory bool
 	HasStart                                                                                           bool
@@ -172,6 +173,13 @@ type Module struct {
 	// segment (wasmbin.ChangesTablesOrSegments), so a query's instance may
 	// be kept and reset (keep.go).
 	reusable bool
+	// data are the pages of the initial memory its data segments write
+	// (dataKnown: all of them are known): the only pages of a fresh
+	// instance's memory that can be other than zero, which wasmtime may
+	// map from its own image file (copy-on-write) rather than write, so
+	// that the kernel does not report them written (run.go).
+	data      []wasmbin.PageRange
+	dataKnown bool
 	// keptOnce registers, the first time an instance of the module is kept,
 	// the cleanup that closes its kept instances once the module is
 	// unreachable (keep.go): they must not keep its code alive.
@@ -204,6 +212,7 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	if len(m.Memories) > 1 || (len(m.Memories) == 1 && m.NumImportedMemories > 0) {
 		return nil, info, invalid("a canister may declare at most one memory")
 	}
+	_, info.HasMemory = m.Memory(0)
 	info.Memory64 = m.Memory64()
 	if int(m.NumFuncs()) > lim.MaxFunctions {
 		return nil, info, invalid("module has %d functions, the limit is %d", int(m.NumFuncs()), lim.MaxFunctions)
@@ -339,9 +348,20 @@ func specSignature(s *sysapi.Spec, memory64 bool) wasmbin.FuncType {
 
 // Compile validates, instruments and compiles a module.
 func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
-	_, info, err := Validate(wasm, lim)
+	wm, info, err := Validate(wasm, lim)
 	if err != nil {
 		return nil, err
+	}
+	var initial uint64 // bytes
+	if l, ok := wm.Memory(0); ok {
+		initial = l.Min << 16
+		if l.Min > 1<<47 {
+			initial = 1 << 63 // beyond any limit: instantiation fails
+		}
+	}
+	data, dataKnown, err := wasmbin.DataPages(wasm, wm, initial)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
 	instrument := wasmbin.InstrumentMetering
 	if e.noFuel {
@@ -358,7 +378,8 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	// Decided on the code that runs (instrumented); undecodable: not kept.
 	changes, err := wasmbin.DefaultConfig().ChangesTablesOrSegments(out)
 	reusable := err == nil && !changes
-	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport, reusable: reusable}, nil
+	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport, reusable: reusable,
+		data: data, dataKnown: dataKnown}, nil
 }
 
 func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/state"
 	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/internal/wasmbin"
 )
 
 // maxTableElements bounds every table of an instance (the JS embedding's
@@ -75,6 +76,10 @@ type run struct {
 	spans      []span
 	spansGen   uint64
 	spansGenOK bool
+	// data and dataKnown are the module's (Module.data): the pages of a
+	// fresh instance's memory that can be other than zero.
+	data      []wasmbin.PageRange
+	dataKnown bool
 	// restore, if restoreKnown, are the pages a kept instance's next query
 	// must read again from the file: found when the last query ended, and
 	// unchanged since, as no execution ran on the instance (keep.go).
@@ -175,7 +180,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// memory or table minimum above it: a trap) or the host's (the
 		// kernel refused to map the instance's reservation: not the
 		// canister's doing, so an error that charges and answers nothing).
-		msg := instantiationError(err.Error())
+		msg := errorCause(err.Error())
 		closeError(err)
 		if hostResourceFailure(msg) {
 			return nil, fmt.Errorf("engine: host could not instantiate the module: %s", msg)
@@ -195,7 +200,12 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if m.memory != "" {
 		r.mem = exportedMemory(store, inst, m.memory)
 	}
-	if err := r.restoreHeap(heap); err != nil {
+	r.data, r.dataKnown = m.data, m.dataKnown
+	pagemap := req.Pagemap
+	if pagemap == nil {
+		pagemap = SelfPagemap()
+	}
+	if err := r.restoreHeap(heap, pagemap); err != nil {
 		var trap *sysapi.Trap
 		if errors.As(err, &trap) {
 			return r.emit(req, r.exec.Finish(err))
@@ -220,13 +230,10 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if callErr == nil && !discardsState(in.Context) {
 		// The pages the message changed are charged before it completes:
 		// too many, or a charge past the limit, trap like the code would.
-		pagemap := req.Pagemap
-		if pagemap == nil {
-			pagemap = SelfPagemap()
-		}
 		r.borrow = req.Emit != nil
-		heapDelta = r.heapDelta(heap, pagemap, req.Warn)
-		callErr = r.exec.ChargeHeapPages(uint64(len(heapDelta.Pages)))
+		if heapDelta, callErr = r.heapDelta(heap, pagemap, req.Warn); callErr == nil {
+			callErr = r.exec.ChargeHeapPages(uint64(len(heapDelta.Pages)))
+		}
 	}
 	out := r.exec.Finish(callErr)
 	if out.Trapped {
@@ -391,9 +398,10 @@ func funcTypeString(ft *wasmtime.FuncType) string {
 
 // restoreHeap makes the instance's memory equal to the committed heap: it
 // grows the memory to the heap's size, then maps the heap's image over it
-// copy-on-write (its data, not its holes: holes.go), or, without an image,
-// copies the pages that differ.
-func (r *run) restoreHeap(heap state.Memory) error {
+// copy-on-write (its data, not its holes: holes.go), or, without an image
+// or for a heap smaller than the module's initial memory (kept across an
+// upgrade), copies it.
+func (r *run) restoreHeap(heap state.Memory, pagemap *os.File) error {
 	if heap == nil {
 		return nil
 	}
@@ -411,13 +419,11 @@ func (r *run) restoreHeap(heap state.Memory) error {
 	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
-			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %v", want, err)
+			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %s", want, errorCause(err.Error()))
 			closeError(err)
 			return &sysapi.Trap{Message: msg}
 		}
 	}
-	// A heap smaller than the module's initial memory (kept across an
-	// upgrade) is copied: the rest of the memory must become zeros.
 	data := r.mem.UnsafeData(r.store)
 	if want > 0 && want == uint64(len(data)) && heap.File() != nil {
 		// The generation before the extents are looked up: a write
@@ -430,45 +436,131 @@ func (r *run) restoreHeap(heap state.Memory) error {
 		r.mappedAddr, r.mappedLen, r.spans = uintptr(unsafe.Pointer(&data[0])), uintptr(want), spans
 		return nil
 	}
-	// Fresh memory is zero except where data segments wrote, so only pages
-	// inside the initial size are compared; beyond it, only stored pages
-	// of a PageMap need copying.
-	initPages := uint64(initial) / state.PageSize
-	pm, sparse := heap.(*state.PageMap)
-	for i := uint64(0); i < uint64(len(data))/state.PageSize; i++ {
-		if i >= initPages && sparse {
-			break
-		}
-		dst := data[i*state.PageSize : (i+1)*state.PageSize]
-		src := heap.Page(i)
+	// Copied: only what can differ is touched, never the whole memory (a
+	// module may declare 4 GiB at no cost). The heap's pages are written
+	// in; a fresh memory is zero but for the pages its data segments
+	// wrote, and those the heap does not hold become zeros.
+	heapPages := want / state.PageSize
+	put := func(i uint64, src *state.Page) {
 		if src == nil {
 			src = state.ZeroPage()
 		}
-		if !bytes.Equal(dst, src[:]) {
+		if dst := data[i*state.PageSize : (i+1)*state.PageSize]; !bytes.Equal(dst, src[:]) {
 			copy(dst, src[:])
 		}
 	}
-	if sparse {
+	if pm, ok := heap.(*state.PageMap); ok {
 		for _, i := range pm.StoredPages() {
-			if i >= initPages {
-				copy(data[i*state.PageSize:], pm.Page(i)[:])
+			if i < heapPages {
+				put(i, pm.Page(i))
 			}
+		}
+	} else {
+		// A heap that lists no pages: each, up to its size (what the
+		// canister holds and pays for).
+		for i := uint64(0); i < heapPages; i++ {
+			put(i, heap.Page(i))
+		}
+	}
+	fresh, err := r.unmappedCandidates(pagemap, data, nil)
+	if err != nil {
+		return err
+	}
+	for _, i := range fresh {
+		var src *state.Page
+		if i < heapPages {
+			src = heap.Page(i)
+		}
+		if src == nil {
+			put(i, nil)
 		}
 	}
 	return nil
 }
 
+// MaxComparedBytes bounds the memory an execution without a mapped heap
+// (install, reinstall, an upgrade that replaces the heap, a heap copied)
+// compares page by page when it cannot tell which pages may differ: the
+// kernel cannot report the pages written (no PAGEMAP_SCAN), or the
+// module's data segments were not all understood. Beyond it the execution
+// traps instead of touching every page of what may be a 4 GiB memory the
+// module declared for free (RATIONALE.md). A variable for tests.
+var MaxComparedBytes uint64 = 256 << 20
+
+// unmappedCandidates returns, sorted, the pages of an instance's memory
+// (data) without a mapped heap that may be other than zero: those written
+// since the instance was made, which the kernel reports (anonymous,
+// present or swapped, not the zero page), and those the module's data
+// segments wrote, which wasmtime may map from its image file instead
+// (copy-on-write: then the kernel reports them as file pages until
+// written). Without one of the two: every page, within MaxComparedBytes.
+func (r *run) unmappedCandidates(pagemap *os.File, data []byte, warn func(string)) ([]uint64, error) {
+	n := uint64(len(data)) / state.PageSize
+	if n == 0 {
+		return nil, nil
+	}
+	why := "its data segments' offsets are not all known"
+	if r.dataKnown {
+		written, err := writtenPages(pagemap, uintptr(unsafe.Pointer(&data[0])), uintptr(len(data)))
+		if err == nil {
+			return withRuns(written, r.data, n), nil
+		}
+		why = err.Error()
+	}
+	if uint64(len(data)) > MaxComparedBytes {
+		return nil, &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: a memory of %d bytes cannot be checked on this node: "+
+			"without the kernel's report of written pages (PAGEMAP_SCAN, Linux 6.7) it compares every page, "+
+			"which it does for at most %d bytes (%s)", len(data), MaxComparedBytes, why)}
+	}
+	if warn != nil {
+		warn(fmt.Sprintf("written pages found by comparing all %d pages: %s", n, why))
+	}
+	all := make([]uint64, n)
+	for i := range all {
+		all[i] = uint64(i)
+	}
+	return all, nil
+}
+
+// withRuns merges the sorted pages ps with the sorted, disjoint runs of
+// pages rs, clipped to n pages.
+func withRuns(ps []uint64, rs []wasmbin.PageRange, n uint64) []uint64 {
+	if len(rs) == 0 {
+		return ps
+	}
+	out := make([]uint64, 0, len(ps))
+	for _, rg := range rs {
+		end := min(rg.End, n)
+		for len(ps) > 0 && ps[0] < rg.First {
+			out = append(out, ps[0])
+			ps = ps[1:]
+		}
+		for i := rg.First; i < end; i++ {
+			out = append(out, i)
+		}
+		for len(ps) > 0 && ps[0] < rg.End {
+			ps = ps[1:] // inside the run: listed
+		}
+	}
+	out = append(out, ps...)
+	// ps may hold pages at or beyond n only if the kernel said so; the
+	// caller compares only pages below n.
+	return out
+}
+
 // heapDelta lists the pages that differ from the committed heap (nil: all
 // zeros). When the heap was mapped and the memory has not moved, only the
-// pages the kernel reports written are compared (dirty.go); otherwise all.
-func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) state.Delta {
+// pages the kernel reports written are compared (dirty.go), and all when
+// it cannot say; without a mapped heap, the candidates unmappedCandidates
+// finds, which may make it trap.
+func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) (state.Delta, error) {
 	if r.mem == nil {
-		return state.Delta{}
+		return state.Delta{}, nil
 	}
 	data := r.mem.UnsafeData(r.store)
 	d := state.Delta{Size: uint64(len(data))}
 	if len(data) == 0 {
-		return d
+		return d, nil
 	}
 	if base == nil {
 		base = (*state.PageMap)(nil)
@@ -491,31 +583,41 @@ func (r *run) heapDelta(base state.Memory, pagemap *os.File, warn func(string)) 
 		d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: p})
 	}
 	n := uint64(len(data)) / state.PageSize
-	if r.mappedLen != 0 {
-		var err error
-		if uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
-			err = errors.New("the linear memory moved while growing")
-		} else {
-			var cand []uint64
-			if cand, err = writtenPages(pagemap, r.mappedAddr, uintptr(len(data))); err == nil {
-				for _, i := range cand {
-					if i < n && differs(i) {
-						add(i)
-					}
-				}
-				return d
+	if r.mappedLen == 0 {
+		cand, err := r.unmappedCandidates(pagemap, data, warn)
+		if err != nil {
+			return state.Delta{}, err
+		}
+		for _, i := range cand {
+			if i < n && differs(i) {
+				add(i)
 			}
 		}
-		if warn != nil {
-			warn(fmt.Sprintf("written pages found by comparing all %d pages: %v", n, err))
+		return d, nil
+	}
+	var err error
+	if uintptr(unsafe.Pointer(&data[0])) != r.mappedAddr {
+		err = errors.New("the linear memory moved while growing")
+	} else {
+		var cand []uint64
+		if cand, err = writtenPages(pagemap, r.mappedAddr, uintptr(len(data))); err == nil {
+			for _, i := range cand {
+				if i < n && differs(i) {
+					add(i)
+				}
+			}
+			return d, nil
 		}
+	}
+	if warn != nil {
+		warn(fmt.Sprintf("written pages found by comparing all %d pages: %v", n, err))
 	}
 	for i := uint64(0); i < n; i++ {
 		if differs(i) {
 			add(i)
 		}
 	}
-	return d
+	return d, nil
 }
 
 // exportGlobals looks the module's globals up in the instance once per
@@ -617,10 +719,12 @@ func discardsState(c sysapi.Context) bool {
 	return false
 }
 
-// instantiationError drops the backtrace wasmtime appends to an error's
-// text: addresses that differ between builds have no place in a trap
-// message, which must be the same on every replica.
-func instantiationError(msg string) string {
+// errorCause drops the backtrace wasmtime appends to an error's text (when
+// RUST_BACKTRACE is set, as it may be for the host but never in a
+// sandbox's environment): addresses that differ between builds have no
+// place in a trap message, which must be the same on every replica and in
+// both isolation modes.
+func errorCause(msg string) string {
 	if i := strings.Index(msg, "\nStack backtrace:"); i >= 0 {
 		msg = msg[:i]
 	}

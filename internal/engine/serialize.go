@@ -15,7 +15,8 @@ import (
 // format version. 02: metering by instrumentation (the instruction counter
 // export is stored; 01 artifacts were compiled for fuel and are refused).
 // 03: whether a query's instance may be kept (Module.reusable) is stored.
-var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '3'}
+// 04: the pages the data segments write (Module.data) are stored.
+var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '4'}
 
 // maxArtifactName bounds the export names stored in an artifact. The names
 // are the ones the instrumenter generates (a few dozen bytes) and a table
@@ -48,6 +49,12 @@ func (m *Module) Serialize() ([]byte, error) {
 	b = appendName(b, m.memory)
 	b = appendName(b, m.table)
 	b = appendName(b, m.counter)
+	b = append(b, boolByte(m.dataKnown))
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(m.data)))
+	for _, p := range m.data {
+		b = binary.LittleEndian.AppendUint64(b, p.First)
+		b = binary.LittleEndian.AppendUint64(b, p.End)
+	}
 	b = binary.LittleEndian.AppendUint64(b, uint64(len(code)))
 	return append(b, code...), nil
 }
@@ -179,6 +186,22 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	m.memory = r.name()
 	m.table = r.name()
 	m.counter = r.name()
+	m.dataKnown = r.bool()
+	if n := r.u64(); r.err == nil {
+		if n > uint64(len(r.b))/16 {
+			return nil, fmt.Errorf("%w: %d runs of data pages", ErrBadArtifact, n)
+		}
+		m.data = make([]wasmbin.PageRange, 0, n)
+		for i := uint64(0); i < n && r.err == nil; i++ {
+			p := wasmbin.PageRange{First: r.u64(), End: r.u64()}
+			// Sorted and apart, as DataPages makes them: run.go walks them
+			// beside the kernel's sorted answer.
+			if p.First >= p.End || (i > 0 && p.First <= m.data[i-1].End) {
+				return nil, fmt.Errorf("%w: data pages %d-%d out of order", ErrBadArtifact, p.First, p.End)
+			}
+			m.data = append(m.data, p)
+		}
+	}
 	codeLen := r.u64()
 	if r.err != nil {
 		return nil, r.err

@@ -104,7 +104,7 @@ func (nd *node) do(t *testing.T, s step, wasm []byte) outcome {
 	var err error
 	switch {
 	case s.method == "":
-		_, err = nd.n.Install(ctx, nd.id, host.InstallOptions{Mode: host.ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user})
+		_, err = nd.n.Install(ctx, nd.id, host.InstallOptions{Mode: host.ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user, KeepEOPByDefault: true})
 	case s.query:
 		var r *host.Reply
 		if r, err = nd.n.Query(ctx, host.Message{Canister: nd.id, Method: s.method, Arg: s.arg, Caller: user}); err == nil {
@@ -361,7 +361,7 @@ func TestDifferentialActorClass(t *testing.T) {
 		}
 		s.update(f, "spawn", "(0 : nat)")
 		s.query(f, "count", "()")
-		if _, err := s.n.Install(context.Background(), f, host.InstallOptions{Mode: host.ModeUpgrade, Wasm: factory, Arg: noArgs, Caller: principal.Anonymous()}); err != nil {
+		if _, err := s.n.Install(context.Background(), f, host.InstallOptions{Mode: host.ModeUpgrade, Wasm: factory, Arg: noArgs, Caller: principal.Anonymous(), KeepEOPByDefault: true}); err != nil {
 			t.Fatal(err)
 		}
 		s.query(f, "count", "()")

@@ -531,9 +531,10 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 // v3: the info carries the module's icp: metadata sections.
 // v4: metering by instrumentation (an instruction counter global) instead
 // of wasmtime fuel; v3 artifacts carry fuel-compiled code.
+// v6: the artifact lists the pages the module's data segments write.
 func artifactTag() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cordon artifact v5 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(h, "cordon artifact v6 protocol %d %s/%s", boundary.Version, runtime.GOOS, runtime.GOARCH)
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/bytecodealliance/wasmtime-go/v39" {

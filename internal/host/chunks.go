@@ -150,7 +150,10 @@ type InstallChunkedOptions struct {
 	ModuleHash []byte   // SHA-256 of the chunks' concatenation
 	Arg        []byte
 	Caller     principal.Principal
-	KeepHeap   *bool
+	// The upgrade options, as InstallOptions has them.
+	KeepHeap         *bool
+	KeepEOPByDefault bool
+	SkipPreUpgrade   bool
 }
 
 // InstallChunked installs the module made of chunks in a chunk store, as
@@ -170,7 +173,8 @@ func (n *Node) InstallChunked(ctx context.Context, opts InstallChunkedOptions) (
 		return nil, err
 	}
 	src := moduleSource{chunked: true, store: storeID, hashes: opts.Hashes, sum: opts.ModuleHash}
-	return n.install(ctx, opts.Target, InstallOptions{Mode: opts.Mode, Arg: opts.Arg, Caller: opts.Caller, KeepHeap: opts.KeepHeap}, src)
+	return n.install(ctx, opts.Target, InstallOptions{Mode: opts.Mode, Arg: opts.Arg, Caller: opts.Caller,
+		KeepHeap: opts.KeepHeap, KeepEOPByDefault: opts.KeepEOPByDefault, SkipPreUpgrade: opts.SkipPreUpgrade}, src)
 }
 
 // authorizeChunks checks that caller may use storeID's chunk store.

@@ -202,7 +202,7 @@ func runDeterminismScript(t *testing.T, isolation string) detRecord {
 			step.Instructions = st.Instructions
 		case "upgrade":
 			res, err := f.node.Install(ctx, ids[c.canister], InstallOptions{Mode: ModeUpgrade,
-				Wasm: detModule(t, c.canister), Arg: c.arg, Caller: user})
+				Wasm: detModule(t, c.canister), Arg: c.arg, Caller: user, KeepEOPByDefault: true})
 			if err != nil {
 				t.Fatalf("upgrade %s: %v", c.canister, err)
 			}

@@ -105,9 +105,11 @@ func (f *fixture) install(wasm []byte, arg []byte) principal.Principal {
 	return id
 }
 
+// upgrade upgrades id as the CLI does: the heap kept when the installed
+// module uses enhanced orthogonal persistence.
 func (f *fixture) upgrade(id principal.Principal, wasm []byte) {
 	f.t.Helper()
-	if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user}); err != nil {
+	if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user, KeepEOPByDefault: true}); err != nil {
 		f.t.Fatalf("upgrade: %v", err)
 	}
 }

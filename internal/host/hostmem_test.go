@@ -156,7 +156,7 @@ func TestHostMemoryHoldsOneCopy(t *testing.T) {
 			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 			f.open()
 			t.Cleanup(func() { f.node.Close() })
-			wasm := mustWat(t, largeHeapWat(1<<20, grow, false))
+			wasm := eopWat(t, largeHeapWat(1<<20, grow, false))
 			id := f.install(wasm, noArgs)
 			f.query(id, "check", noArgs) // the sandbox is up, the image made
 			runtime.GC()
@@ -255,7 +255,7 @@ func BenchmarkHostMemoryPerCommitted(b *testing.B) {
 			}
 			defer n.Close()
 			ctx := context.Background()
-			wasm := mustWat(b, largeHeapWat(size, grow, false))
+			wasm := eopWat(b, largeHeapWat(size, grow, false))
 			settle := func() hostMem {
 				runtime.GC()
 				debug.FreeOSMemory()

@@ -26,7 +26,8 @@ import (
 
 var largeHeapMiB = flag.Int("large-heap-mib", 256, "heap size of TestUpgradeKeepsLargeHeap in MiB")
 
-// largeHeapWat is a 64-bit canister whose init grows the heap by initBytes
+// largeHeapWat is a 64-bit canister (built with eopWat: its heap is kept
+// on upgrade as with enhanced orthogonal persistence) whose init grows the heap by initBytes
 // and fills every byte with a pattern; page 0 holds counters, page 1 a
 // marker written by pre_upgrade, page 2 is zeroed by pre_upgrade (a page
 // that becomes zero must disappear from the store too). "grow" adds
@@ -156,7 +157,7 @@ func TestUpgradeKeepsLargeHeap(t *testing.T) {
 			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 			f.open()
 			t.Cleanup(func() { f.node.Close() })
-			wasm := mustWat(t, largeHeapWat(size, 1<<20, false))
+			wasm := eopWat(t, largeHeapWat(size, 1<<20, false))
 			id := f.install(wasm, noArgs)
 			before := decodeHeapCheck(t, f.query(id, "check", noArgs))
 			if before.pre != 0 || before.post != 0 || before.page2NonZero == 0 {
@@ -176,7 +177,7 @@ func TestUpgradeKeepsLargeHeap(t *testing.T) {
 			}
 			// An upgrade whose post_upgrade trap after writing (and after
 			// pre_upgrade wrote) changes nothing.
-			trapping := mustWat(t, largeHeapWat(size, 1<<20, true))
+			trapping := eopWat(t, largeHeapWat(size, 1<<20, true))
 			failedUpgrade := func() {
 				t.Helper()
 				_, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeUpgrade, Wasm: trapping, Arg: noArgs, Caller: user, KeepHeap: &keep})
@@ -272,7 +273,7 @@ func BenchmarkUpgradeLargeHeap(b *testing.B) {
 				}
 				defer n.Close()
 				ctx := context.Background()
-				wasm := mustWat(b, largeHeapWat(size, size/4, false))
+				wasm := eopWat(b, largeHeapWat(size, size/4, false))
 				resetPeakRSS(b)
 				base := procStatus(b, "VmRSS")["VmRSS"]
 				start := time.Now()
@@ -345,7 +346,7 @@ func TestGrowingHeapHoldsOneCopy(t *testing.T) {
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })
-	id := f.install(mustWat(t, largeHeapWat(1<<20, grow, false)), noArgs)
+	id := f.install(eopWat(t, largeHeapWat(1<<20, grow, false)), noArgs)
 	f.query(id, "check", noArgs) // builds the heap's image first
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -445,9 +446,10 @@ func BenchmarkUpgradeMotokoHeap(b *testing.B) {
 			b.Logf("before the upgrades: anonymous %d MiB, file %d MiB, shmem %d MiB",
 				heldSt["RssAnon"]>>20, heldSt["RssFile"]>>20, heldSt["RssShmem"]>>20)
 			var total time.Duration
+			keep := true
 			for b.Loop() {
 				start := time.Now()
-				if _, err := n.Install(ctx, id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user}); err != nil {
+				if _, err := n.Install(ctx, id, InstallOptions{Mode: ModeUpgrade, Wasm: wasm, Arg: noArgs, Caller: user, KeepHeap: &keep}); err != nil {
 					b.Fatal(err)
 				}
 				total += time.Since(start)

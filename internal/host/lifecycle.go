@@ -163,10 +163,20 @@ type InstallOptions struct {
 	// Isolation overrides the node's isolation mode for this canister
 	// ("sandbox" or "inprocess"); "" keeps the canister's setting.
 	Isolation string
-	// KeepHeap keeps the Wasm heap on upgrade (wasm_memory_persistence =
-	// keep). nil: keep exactly when the new module uses Motoko's enhanced
-	// orthogonal persistence, which requires it.
+	// KeepHeap is the upgrade option wasm_memory_persistence: keep (true)
+	// or replace (false) the Wasm heap. nil, the option omitted, replaces
+	// it, and is refused when the installed module uses Motoko's enhanced
+	// orthogonal persistence (EOP), as on the IC (upgradeKeepsHeap).
 	KeepHeap *bool
+	// KeepEOPByDefault, with KeepHeap nil, asks for keep when the installed
+	// module uses EOP, replace otherwise: what dfx sends when not told, and
+	// what cordon's own CLI and HTTP API do. The management canister's
+	// install_code never sets it.
+	KeepEOPByDefault bool
+	// SkipPreUpgrade is the upgrade option skip_pre_upgrade: the old
+	// module's canister_pre_upgrade does not run (the way out for a
+	// canister whose pre_upgrade traps).
+	SkipPreUpgrade bool
 }
 
 // InstallResult reports a successful install.
@@ -293,11 +303,13 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	}
 	var pre *sysapi.Output // pre_upgrade's, if it ran
 	if opts.Mode == ModeUpgrade {
-		keep := m.Info.EnhancedOrthogonalPersistence
-		if opts.KeepHeap != nil {
-			keep = *opts.KeepHeap
+		// Decided before anything runs: the IC decides after pre_upgrade,
+		// which a refused upgrade then only costs the caller.
+		keep, rej := upgradeKeepsHeap(opts, c.module.Info, m.Info)
+		if rej != nil {
+			return nil, n.failPrepare(ctx, c, compileFee, rej)
 		}
-		if c.module.Info.HasPreUpgrade {
+		if c.module.Info.HasPreUpgrade && !opts.SkipPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
 			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
@@ -342,6 +354,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	}
 	in := n.input(c, m, ctxKind, entry, limit-used)
 	in.Caller, in.Arg, in.Stable = opts.Caller.Bytes(), opts.Arg, stableBase
+	// The IC counts the code change before the new module runs: init and
+	// post_upgrade see the version the install commits (pre_upgrade the
+	// old one).
+	in.Version = c.meta.Version + 1
 	if pre != nil {
 		// What pre_upgrade burned is gone before post_upgrade runs
 		// (validation kept it within the balance).
@@ -364,6 +380,14 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if !out.Trapped {
 		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
 			out.Trapped, out.TrapMessage = true, msg
+		} else {
+			// Reserved for the new state: until it is committed, a failure
+			// gives the ledger back the canister's committed size.
+			defer func() {
+				if !adopted {
+					n.mem.set(id, satAdd(c.heap.Size(), c.stable.Size()))
+				}
+			}()
 		}
 	} else if strings.Contains(out.TrapMessage, "exceeds memory limits") && in.Limits.HeapBytes < n.heapLimit(m) {
 		// The module's initial memory did not fit: say when the node's
@@ -510,6 +534,44 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	n.releaseModules(replaced)
 	n.log.Info("code installed", "canister", id.String(), "mode", string(opts.Mode), "module", meta.ModuleHash[:16], "instructions", used)
 	return &InstallResult{ModuleHash: meta.ModuleHash, Instructions: used}, nil
+}
+
+// upgradeKeepsHeap decides whether an upgrade from the module old to new
+// keeps the Wasm heap, as the IC does (execution environment, upgrade.rs:
+// determine_main_memory_handling): the option omitted replaces it, unless
+// the old module uses enhanced orthogonal persistence, whose state is the
+// heap (refused, lest it be lost); keep needs a new module that uses it
+// too. A kept heap must also fit the new module's memory: there must be
+// one, indexed as the old one was.
+func upgradeKeepsHeap(opts InstallOptions, old, new engine.Info) (bool, *Reject) {
+	keep := opts.KeepHeap
+	if keep == nil && opts.KeepEOPByDefault {
+		keep = &old.EnhancedOrthogonalPersistence
+	}
+	switch {
+	case keep == nil:
+		if old.EnhancedOrthogonalPersistence {
+			return false, rejectf(CanisterError, "Missing upgrade option: Enhanced orthogonal persistence requires the `wasm_memory_persistence` upgrade option.")
+		}
+		return false, nil
+	case !*keep:
+		return false, nil
+	case !new.EnhancedOrthogonalPersistence:
+		return false, rejectf(CanisterError, "Invalid upgrade option: The `wasm_memory_persistence: opt Keep` upgrade option requires that the new canister module supports enhanced orthogonal persistence.")
+	case old.HasMemory && !new.HasMemory:
+		return false, rejectf(CanisterError, "Invalid upgrade option: The `wasm_memory_persistence: opt Keep` upgrade option keeps the Wasm memory, and the new canister module declares none.")
+	case old.HasMemory && old.Memory64 != new.Memory64:
+		return false, rejectf(CanisterError, "Invalid upgrade option: The `wasm_memory_persistence: opt Keep` upgrade option keeps a %s Wasm memory, and the new canister module declares a %s one.",
+			memoryWidth(old.Memory64), memoryWidth(new.Memory64))
+	}
+	return true, nil
+}
+
+func memoryWidth(memory64 bool) string {
+	if memory64 {
+		return "64-bit"
+	}
+	return "32-bit"
 }
 
 // failInstall charges a failed install (its executions and the module's

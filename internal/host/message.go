@@ -72,7 +72,14 @@ func (n *Node) inspect(ctx context.Context, c *canister, msg Message) error {
 //
 // flight are the records of cycles in flight (inflight.go) and ingress the
 // ingress statuses to commit in the same transaction.
-func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, flight *callFlight, ingress []store.IngressRecord) error {
+func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit cycles.Amount, flight *callFlight, ingress []store.IngressRecord) (err error) {
+	defer func() {
+		if err != nil {
+			// execute reserved the memory the execution ends with in the
+			// node's ledger: what stays is what was committed.
+			n.mem.set(c.id, satAdd(c.heap.Size(), c.stable.Size()))
+		}
+	}()
 	if err := validateDelta(out.Heap, c.heap, n.heapLimit(c.module)); err != nil {
 		return fmt.Errorf("canister %s heap: %w", c.id, err)
 	}

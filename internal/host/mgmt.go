@@ -367,10 +367,11 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 
 	case "install_code":
 		modeV, _ := arg.GetNamed("mode")
-		mode, keep := installMode(modeV)
+		mode, up := installMode(modeV)
 		wasm, _ := blobField(arg, "wasm_module")
 		initArg, _ := blobField(arg, "arg")
-		_, err := n.Install(ctx, target, InstallOptions{Mode: mode, Wasm: wasm, Arg: initArg, Caller: m.caller, KeepHeap: keep})
+		_, err := n.Install(ctx, target, InstallOptions{Mode: mode, Wasm: wasm, Arg: initArg, Caller: m.caller,
+			KeepHeap: up.keepHeap, SkipPreUpgrade: up.skipPreUpgrade})
 		if err != nil {
 			return nil, used, err
 		}
@@ -403,7 +404,9 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 	case "install_chunked_code":
 		opts := InstallChunkedOptions{Caller: m.caller}
 		modeV, _ := arg.GetNamed("mode")
-		opts.Mode, opts.KeepHeap = installMode(modeV)
+		var up upgradeOptions
+		opts.Mode, up = installMode(modeV)
+		opts.KeepHeap, opts.SkipPreUpgrade = up.keepHeap, up.skipPreUpgrade
 		opts.Target, _ = principalField(arg, "target_canister")
 		if p, ok := optPrincipal(arg, "store_canister"); ok {
 			opts.Store = &p
@@ -861,31 +864,46 @@ func sortRecord(r candid.Record) candid.Record {
 	return r
 }
 
-func installMode(v candid.Value) (InstallMode, *bool) {
+// upgradeOptions are install_code's options of mode upgrade.
+type upgradeOptions struct {
+	keepHeap       *bool // wasm_memory_persistence; nil: omitted
+	skipPreUpgrade bool
+}
+
+func installMode(v candid.Value) (InstallMode, upgradeOptions) {
+	var up upgradeOptions
 	vr, ok := v.(candid.Variant)
 	if !ok {
-		return "", nil
+		return "", up
 	}
 	switch vr.ID {
 	case candid.Hash("install"):
-		return ModeInstall, nil
+		return ModeInstall, up
 	case candid.Hash("reinstall"):
-		return ModeReinstall, nil
+		return ModeReinstall, up
 	case candid.Hash("upgrade"):
 		o, _ := vr.Value.(candid.Opt)
-		if r, ok := o.Value.(candid.Record); ok {
-			if p, ok := r.GetNamed("wasm_memory_persistence"); ok {
-				if po, ok := p.(candid.Opt); ok {
-					if pv, ok := po.Value.(candid.Variant); ok {
-						keep := pv.ID == candid.Hash("keep")
-						return ModeUpgrade, &keep
-					}
+		r, ok := o.Value.(candid.Record)
+		if !ok {
+			return ModeUpgrade, up
+		}
+		if p, ok := r.GetNamed("wasm_memory_persistence"); ok {
+			if po, ok := p.(candid.Opt); ok {
+				if pv, ok := po.Value.(candid.Variant); ok {
+					keep := pv.ID == candid.Hash("keep")
+					up.keepHeap = &keep
 				}
 			}
 		}
-		return ModeUpgrade, nil
+		if p, ok := r.GetNamed("skip_pre_upgrade"); ok {
+			if po, ok := p.(candid.Opt); ok {
+				b, _ := po.Value.(candid.Bool)
+				up.skipPreUpgrade = bool(b)
+			}
+		}
+		return ModeUpgrade, up
 	}
-	return "", nil
+	return "", up
 }
 
 func principalField(r candid.Record, name string) (principal.Principal, bool) {

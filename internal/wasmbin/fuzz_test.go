@@ -110,6 +110,16 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The data pages are sorted, apart and within the limit, or an error.
+		if pages, _, err := DataPages(b, m, 1<<20); err == nil {
+			for i, p := range pages {
+				if p.First >= p.End || p.End > 1<<20/DataPageSize || (i > 0 && p.First <= pages[i-1].End) {
+					t.Fatalf("data pages %v", pages)
+				}
+			}
+		} else if !errors.As(err, new(*Error)) {
+			t.Fatalf("data pages: %v", err)
+		}
 		// Anything that decodes must instrument unless it uses a reserved name.
 		if _, _, err := Instrument(b); err != nil && !errors.Is(err, ErrReservedExport) && !errors.Is(err, ErrLimit) {
 			t.Fatalf("decodes but does not instrument: %v", err)
