@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -578,8 +579,13 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	if m.reject != nil {
 		kind, target = sysapi.CtxReject, cb.onReject
 	}
-	in := n.input(c, c.module, kind, "", n.cfg.UpdateInstructions)
-	in.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
+	// The callback and, if it fails, its cleanup are one message: together
+	// within one instruction limit, which the call's reservation prepaid
+	// (callReservation), charged once. The callback runs without the
+	// cleanup's share, which the cleanup gets with what the callback left.
+	limit := n.cfg.UpdateInstructions
+	in := n.input(c, c.module, kind, "", limit-cleanupReserve(limit))
+	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
 	in.Callback, in.Caller = target, cc.caller.Bytes()
 	in.Balance = in.Balance.SaturatingAdd(m.refund)
 	in.CyclesRefunded, in.CyclesAvailable = m.refund, cc.available
@@ -595,36 +601,73 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
 		return
 	}
+	// What the failed callback is charged: what it ran.
+	var used uint64
+	var logs []sysapi.LogLine
 	trap := ""
-	if err != nil {
+	switch {
+	case err == nil:
+		used, logs, trap = out.Instructions, logsOf(out), out.TrapMessage
+	default:
 		trap = err.Error()
-		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
-	} else {
-		trap = out.TrapMessage
-		_ = n.chargeRefund(c, out.Instructions, logsOf(out), m.refund, m.callbackID)
 	}
-	if cb.onCleanup != nil {
-		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
-		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
-		// No calls from a cleanup; the limits give what it must keep.
-		cin.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
-		if m.reject != nil {
-			cin.RejectCode = uint32(m.reject.Code)
-		}
-		if cout, err := n.execute(c, cin, false); err == nil && !cout.Trapped {
-			if err := n.commitExecution(c, cout, cycles.Amount{}, cycles.Amount{}, nil, nil); err != nil {
-				n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
-			}
-		} else if err == nil {
-			_ = n.chargeOnly(c, cout.Instructions, logsOf(cout), cycles.Amount{}, cycles.Amount{})
-		}
-	}
+	n.failResponse(c, cb, cc, m, limit, used, logs)
 	if !cc.responded && cc.outstanding == 0 {
 		cc.responded = true
 		n.respondTo(cc.origin, nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, trap), cc.available)
 		cc.available = cycles.Amount{}
 	}
 	n.closeIfDone(c, cb.ctxID, cc)
+}
+
+// cleanupReservePercent is the share of a response's instruction limit held
+// back from its reply or reject callback for its cleanup callback (IC:
+// RESERVED_CLEANUP_INSTRUCTIONS_IN_PERCENT, execution/response.rs).
+const cleanupReservePercent = 5
+
+// cleanupReserve is the cleanup's share of a response's limit.
+func cleanupReserve(limit uint64) uint64 {
+	if limit > math.MaxUint64/cleanupReservePercent {
+		return limit / 100 * cleanupReservePercent
+	}
+	return limit * cleanupReservePercent / 100
+}
+
+// failResponse charges a response whose reply or reject callback failed,
+// used instructions and logs, and runs the call's cleanup callback first if
+// it has one, with what the callback left of the response's limit (the
+// cleanup's reserve included). The two are one message, charged once with
+// one base fee: a cleanup that succeeds commits its state with the
+// callback's instructions and logs; one that fails adds its own (its whole
+// to the callback's charge. Either commit
+// credits the refund m brought.
+func (n *Node) failResponse(c *canister, cb *callback, cc *callContext, m *message, limit, used uint64, logs []sysapi.LogLine) {
+	if cb.onCleanup != nil {
+		cin := n.input(c, c.module, sysapi.CtxCleanup, "", limit-min(used, limit))
+		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
+		cin.Balance = cin.Balance.SaturatingAdd(m.refund)
+		// No calls from a cleanup; the limits give what it must keep.
+		cin.Limits.Calls = n.callLimits(c, n.executionFee(limit))
+		if m.reject != nil {
+			cin.RejectCode = uint32(m.reject.Code)
+		}
+		cout, err := n.execute(c, cin, false)
+		switch {
+		case err == nil && !cout.Trapped:
+			own, ownLogs := cout.Instructions, cout.Logs
+			cout.Instructions = satAdd(used, own)
+			cout.Logs = append(slices.Clip(logs), ownLogs...)
+			err := n.commitExecution(c, cout, cycles.Amount{}, m.refund, &callFlight{left: refunded(c, m.callbackID)}, nil)
+			if err == nil {
+				return
+			}
+			n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
+			used, logs = satAdd(used, own), append(slices.Clip(logs), ownLogs...)
+		case err == nil:
+			used, logs = satAdd(used, cout.Instructions), append(slices.Clip(logs), logsOf(cout)...)
+		}
+	}
+	_ = n.chargeRefund(c, used, logs, m.refund, m.callbackID)
 }
 
 // scheduleTimer queues canister_global_timer when the global timer is due
