@@ -1,11 +1,20 @@
 package host
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/exec"
+	"github.com/cordon-dev/cordon/internal/store"
+	"github.com/cordon-dev/cordon/internal/sysapi"
+	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // cleanupPayerWat makes four calls to take_none on the callee named by its
@@ -128,3 +137,179 @@ func TestCleanupRunsWithinTheResponsesLimit(t *testing.T) {
 		})
 	}
 }
+
+// dyingSandbox runs the executions of one canister in one context to
+// their end, as a sandbox under the attacker's control would (its CPU is
+// spent), then fails them with err: what a sandbox that spins natively
+// until the watchdog's deadline, or crashes or lies after running, makes
+// of every message.
+type dyingSandbox struct {
+	exec.Executor
+	victim atomic.Pointer[dyingVictim]
+	died   atomic.Uint64 // executions failed
+}
+
+type dyingVictim struct {
+	id  string
+	ctx sysapi.Context
+	err error
+}
+
+func (x *dyingSandbox) Execute(ctx context.Context, id string, req *exec.Request) (*sysapi.Output, error) {
+	out, err := x.Executor.Execute(ctx, id, req)
+	v := x.victim.Load()
+	if err != nil || v == nil || id != v.id || req.Input.Context != v.ctx {
+		return out, err
+	}
+	x.died.Add(1)
+	return nil, v.err
+}
+
+// kill makes the executions of id in context ctx fail with err from now
+// on (c.mu held: no execution of id runs meanwhile), and returns id's
+// metadata as it is then.
+func (x *dyingSandbox) kill(f *fixture, id principal.Principal, ctx sysapi.Context, err error) store.Meta {
+	c := f.loaded(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	x.victim.Store(&dyingVictim{id: id.String(), ctx: ctx, err: err})
+	x.died.Store(0)
+	return c.meta
+}
+
+// watchdogKill is the error of an execution the watchdog ended.
+var watchdogKill = &exec.SandboxError{Op: "execute", Fault: exec.FaultTimeout, Timeout: 10 * time.Second}
+
+// spinWat's update runs 40 M instructions and replies; with heartbeat, it
+// exports a heartbeat that runs 40 M instructions too.
+func spinWat(heartbeat bool) string {
+	beat := ""
+	if heartbeat {
+		beat = `(func (export "canister_heartbeat") (call $spin))`
+	}
+	return `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "performance_counter" (func $perf (param i32) (result i64)))
+  (func $spin (loop $l (br_if $l (i64.lt_u (call $perf (i32.const 0)) (i64.const 40000000)))))
+  (func (export "canister_update work") (call $spin) (call $reply))
+  ` + beat + `
+)`
+}
+
+// An execution whose sandbox fails it (the watchdog, a crash, a protocol
+// violation) is charged as a trap at its whole instruction limit, the
+// ingress fee included: under the threat model the sandbox runs whatever
+// native code the canister brings, and nothing it sends proves it ran
+// less. Before, it was charged nothing (an update, a heartbeat, a
+// callback) or only the module's compilation (an install), so such a
+// canister ran every message until the watchdog killed it, unbilled. The
+// host's own failures stay free, and other canisters pay as they did.
+func TestSandboxFailureIsCharged(t *testing.T) {
+	f, w := watchedFixture(t)
+	x := &dyingSandbox{Executor: f.node.exec}
+	f.node.exec = x // before any canister runs
+	fees := f.cfg.Fees
+	limit := f.cfg.UpdateInstructions
+	spin := mustWat(t, spinWat(false))
+	work := func(id principal.Principal) error {
+		_, err := f.node.Update(context.Background(), Message{Canister: id, Method: "work", Caller: user})
+		return err
+	}
+	burnedOf := func(before, after store.Meta) cycles.Amount {
+		return after.CyclesBurned.SaturatingSub(before.CyclesBurned)
+	}
+	// charged checks what id was charged since before: executions at
+	// instr instructions each, and fee.
+	charged := func(t *testing.T, id principal.Principal, before store.Meta, executions, instr uint64, fee cycles.Amount) {
+		t.Helper()
+		after := f.storedMeta(id)
+		want := n(executions).mul(f.node.executionFee(instr)).SaturatingAdd(fee)
+		if got := burnedOf(before, after); got != want || after.Messages-before.Messages != executions || after.Instructions-before.Instructions != executions*instr {
+			t.Fatalf("charged %s cycles for %d messages of %d instructions, want %s for %d of %d each",
+				got, after.Messages-before.Messages, after.Instructions-before.Instructions, want, executions, instr)
+		}
+	}
+
+	t.Run("update", func(t *testing.T) {
+		a := f.install(spin, nil)
+		before := x.kill(f, a, sysapi.CtxUpdate, watchdogKill)
+		for range 3 {
+			if r := f.reject(work(a)); r.Code != CanisterError {
+				t.Fatalf("want CANISTER_ERROR, got %v", r)
+			}
+		}
+		f.quiesce()
+		charged(t, a, before, 3, limit, n(3).mul(cycles.New(fees.IngressReception)))
+	})
+
+	t.Run("other canisters pay as before", func(t *testing.T) {
+		b := f.install(spin, nil)
+		before := f.storedMeta(b)
+		r, err := f.node.Update(context.Background(), Message{Canister: b, Method: "work", Caller: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		charged(t, b, before, 1, r.Instructions, cycles.New(fees.IngressReception))
+	})
+
+	t.Run("heartbeat", func(t *testing.T) {
+		h := f.install(mustWat(t, spinWat(true)), nil)
+		before := x.kill(f, h, sysapi.CtxSystemTask, &exec.SandboxError{Op: "execute", Fault: exec.FaultCrash})
+		c := f.loaded(h)
+		for range 2 {
+			f.node.process(c, &message{kind: kindHeartbeat})
+		}
+		if err := f.node.SetStatus(context.Background(), h, user, "stopped"); err != nil {
+			t.Fatal(err) // no heartbeat runs from here on
+		}
+		died := x.died.Load()
+		if died < 2 {
+			t.Fatalf("%d heartbeats died, want at least 2", died)
+		}
+		charged(t, h, before, died, limit, cycles.Amount{})
+	})
+
+	t.Run("reply callback", func(t *testing.T) {
+		a, b := f.install(mustWat(t, flightWat), nil), f.install(mustWat(t, flightWat), nil)
+		cb := f.loaded(b)
+		cb.mu.Lock() // b answers once the update's charge is counted
+		f.update(a, "forward", flightArg(b, "take_none", 0, false, nil))
+		before := x.kill(f, a, sysapi.CtxReply, &exec.SandboxError{Op: "execute", Fault: exec.FaultViolation,
+			Violation: &boundary.Violation{Kind: boundary.VFraming, Detail: "a lie"}})
+		cb.mu.Unlock()
+		f.quiesce()
+		// The callback's limit: the response's, less the cleanup's reserve.
+		charged(t, a, before, 1, limit-cleanupReserve(limit), cycles.Amount{})
+	})
+
+	t.Run("install", func(t *testing.T) {
+		id, err := f.node.Create(context.Background(), CreateOptions{Controllers: []principal.Principal{user}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.victim.Store(&dyingVictim{id: id.String(), ctx: sysapi.CtxInit, err: watchdogKill})
+		before := f.storedMeta(id)
+		if _, err := f.node.Install(context.Background(), id, InstallOptions{Mode: ModeInstall, Wasm: spin, Caller: user}); err == nil {
+			t.Fatal("an install whose sandbox died succeeded")
+		}
+		charged(t, id, before, 1, f.cfg.InstallInstructions, f.node.compileFee(uint64(len(spin))))
+	})
+
+	t.Run("the host's own failure is free", func(t *testing.T) {
+		a := f.install(spin, nil)
+		before := x.kill(f, a, sysapi.CtxUpdate, fmt.Errorf("node closing: %w", context.Canceled))
+		if err := work(a); !errors.Is(err, context.Canceled) && f.reject(err).Code != CanisterError {
+			t.Fatalf("got %v", err)
+		}
+		f.quiesce()
+		charged(t, a, before, 0, 0, cycles.Amount{})
+	})
+	x.victim.Store(nil)
+	w.check(t)
+}
+
+// n is a count of cycles amounts, for sums in tests.
+type n uint64
+
+func (k n) mul(a cycles.Amount) cycles.Amount { return a.MulSat(uint64(k)) }

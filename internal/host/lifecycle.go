@@ -302,7 +302,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 			in.Caller = opts.Caller.Bytes()
 			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
-				return nil, n.failExecute(ctx, c, compileFee, "run pre_upgrade of", err)
+				return nil, n.failExecute(ctx, c, compileFee, limit, "run pre_upgrade of", err)
 			}
 			used, logs = out.Instructions, logsOf(out)
 			if out.Trapped {
@@ -358,7 +358,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(id, c.meta.Settings, m, ctxKind, newUsage)
 	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
-		return nil, n.failExecute(ctx, c, compileFee, "install", err)
+		return nil, n.failExecute(ctx, c, compileFee, limit, "install", err)
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), chunkStoreBytes(c.meta), out)
 	if !out.Trapped {

@@ -328,7 +328,22 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	out, err := n.execute(c, in, false)
 	if err != nil {
 		delete(c.contexts, id)
-		refuse(rejectf(CanisterError, "Error from Canister %s: %v", c.id, err))
+		rej := rejectf(CanisterError, "Error from Canister %s: %v", c.id, err)
+		if sandboxFault(err) {
+			// Charged as a trap at its whole limit, its answer with it.
+			var ingress []store.IngressRecord
+			if m.origin.ingress != nil {
+				ingress = m.origin.status.record(Outcome{Reject: rej})
+			}
+			if err := n.chargeOnly(c, in.Limits.Instructions, nil, fee, cycles.Amount{}, ingress...); err != nil {
+				refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+				return
+			}
+			if ingress != nil {
+				m.origin.status.final.Store(true)
+			}
+		}
+		refuse(rej)
 		return
 	}
 	if out.Trapped || kind == sysapi.CtxReplicatedQuery {
@@ -386,6 +401,27 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 		}
 	}
 	return out, err
+}
+
+// sandboxFault reports whether an execution failed because its sandbox
+// did: the watchdog killed it, it crashed (once more after a retry on a
+// fresh sandbox, which Execute returns as one failure) or it broke the
+// protocol. The sandbox runs the canister's code, and under the threat
+// model may run whatever native code the canister brings, so such an
+// execution is charged as a trap at its whole instruction limit: nothing
+// it sends proves it ran less. A failure of the host's own (the node
+// closing, a caller giving up, a sandbox that could not start or load) is
+// not the canister's doing and is not charged.
+func sandboxFault(err error) bool {
+	var se *exec.SandboxError
+	if !errors.As(err, &se) || se.Op != "execute" {
+		return false
+	}
+	switch se.Fault {
+	case exec.FaultTimeout, exec.FaultCrash, exec.FaultViolation:
+		return true
+	}
+	return false
 }
 
 // finish commits a successful execution in call context id and acts on it:
@@ -601,13 +637,16 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
 		return
 	}
-	// What the failed callback is charged: what it ran.
+	// What the failed callback is charged: what it ran, or its whole
+	// limit when its sandbox failed it; nothing when the host did.
 	var used uint64
 	var logs []sysapi.LogLine
 	trap := ""
 	switch {
 	case err == nil:
 		used, logs, trap = out.Instructions, logsOf(out), out.TrapMessage
+	case sandboxFault(err):
+		used, trap = in.Limits.Instructions, err.Error()
 	default:
 		trap = err.Error()
 	}
@@ -665,6 +704,8 @@ func (n *Node) failResponse(c *canister, cb *callback, cc *callContext, m *messa
 			used, logs = satAdd(used, own), append(slices.Clip(logs), ownLogs...)
 		case err == nil:
 			used, logs = satAdd(used, cout.Instructions), append(slices.Clip(logs), logsOf(cout)...)
+		case sandboxFault(err):
+			used = satAdd(used, cin.Limits.Instructions)
 		}
 	}
 	_ = n.chargeRefund(c, used, logs, m.refund, m.callbackID)
@@ -799,10 +840,13 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
 		committed := false
-		if err == nil {
+		switch {
+		case err == nil:
 			committed = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{}) == nil
 			// The whole message is in the canister's own log.
 			n.log.Debug("system task trapped", "canister", c.id.String(), "entry", entry, "trap", truncateText(out.TrapMessage, 256))
+		case sandboxFault(err):
+			committed = n.chargeOnly(c, limit, nil, cycles.Amount{}, cycles.Amount{}) == nil
 		}
 		n.stopIfIdle(c)
 		return committed
