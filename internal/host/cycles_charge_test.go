@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -313,3 +314,114 @@ func TestSandboxFailureIsCharged(t *testing.T) {
 type n uint64
 
 func (k n) mul(a cycles.Amount) cycles.Amount { return a.MulSat(uint64(k)) }
+
+// growPastFreezingWat grows its memories by 3 GiB (49152 pages, not touched) in an
+// update (grow, grow_stable), in the reply callback of a call to itself
+// (grow_in_callback), or by 1 MiB (grow_little); each answers the grow's
+// result as an i32. canister_init grows the heap by initPages pages.
+func growPastFreezingWat(initPages int) string {
+	initFn := fmt.Sprintf(`(func (export "canister_init") (drop (memory.grow (i32.const %d))))`, initPages)
+	return `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "stable64_grow" (func $sgrow (param i64) (result i64)))
+  (import "ic0" "canister_self_size" (func $self_size (result i32)))
+  (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $perform (result i32)))
+  (memory 1)
+  (table 1 funcref)
+  (elem (i32.const 0) $grow_cb)
+  (data (i32.const 200) "noop")
+  (func $answer (param i32)
+    (i32.store (i32.const 0) (local.get 0))
+    (call $append (i32.const 0) (i32.const 4))
+    (call $reply))
+  (func (export "canister_update grow") (call $answer (memory.grow (i32.const 49152))))
+  (func (export "canister_update grow_little") (call $answer (memory.grow (i32.const 16))))
+  (func (export "canister_update grow_stable") (call $answer (i32.wrap_i64 (call $sgrow (i64.const 49152)))))
+  (func (export "canister_update noop") (call $reply))
+  (func (export "canister_update grow_in_callback")
+    (call $self_copy (i32.const 100) (i32.const 0) (call $self_size))
+    (call $call_new (i32.const 100) (call $self_size) (i32.const 200) (i32.const 4)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+    (if (call $perform) (then unreachable)))
+  (func $grow_cb (param i32) (call $answer (memory.grow (i32.const 49152))))
+  ` + initFn + `
+)`
+}
+
+// A canister may not grow its memory beyond what its balance can keep for
+// its freezing threshold: before, a canister with 400 G cycles grew its
+// heap by 3 GiB in one update, committed, was frozen at once and, once the
+// storage fee had taken what was left, held the memory for nothing (a zero
+// balance is frozen here, not uninstalled). As on the IC such a growth
+// traps (InsufficientCyclesInMemoryGrow): heap or stable memory, in an
+// update or (beyond the IC, which does not check them) a callback, and at
+// the end of an install. A growth the balance covers succeeds.
+func TestGrowthBeyondTheFreezingLimitTraps(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Home = t.TempDir()
+	cfg.Isolation = "inprocess"
+	cfg.MemoryCapacity = 64 << 30 // not what stops the growth on a small machine
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+	ctx := context.Background()
+	// Pays the install, a few updates, and the freezing limit of a few
+	// MiB, but not that of 3 GiB (about 1 T cycles for 30 days).
+	bal := cycles.New(400_000_000_000)
+	create := func() principal.Principal {
+		id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}, Cycles: &bal, Minted: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	id := create()
+	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mustWat(t, growPastFreezingWat(0)), Caller: user}); err != nil {
+		t.Fatal(err)
+	}
+	sizes := func() (heap, stable uint64) {
+		c := f.loaded(id)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.heap.Size(), c.stable.Size()
+	}
+	for _, method := range []string{"grow", "grow_stable", "grow_in_callback"} {
+		r, err := f.node.Update(ctx, Message{Canister: id, Method: method, Caller: user})
+		if err == nil {
+			heap, stable := sizes()
+			t.Fatalf("%s answered %d: the memory grew (heap %d, stable %d bytes) past what the balance keeps frozen", method,
+				int32(binary.LittleEndian.Uint32(r.Data)), heap, stable)
+		}
+		if rej := f.reject(err); rej.Code != CanisterError || !strings.Contains(rej.Message, "cannot grow memory by") || !strings.Contains(rej.Message, "insufficient cycles") {
+			t.Fatalf("%s: %v", method, rej)
+		}
+	}
+	if heap, stable := sizes(); heap != 1<<16 || stable != 0 {
+		t.Fatalf("heap %d, stable %d bytes after refused growths", heap, stable)
+	}
+	if got := int32(binary.LittleEndian.Uint32(f.update(id, "grow_little", nil))); got != 1 {
+		t.Fatalf("a growth of 1 MiB answered %d", got)
+	}
+	c := f.loaded(id)
+	c.mu.Lock()
+	limit, balance := f.node.freezingLimit(c.meta.Settings, usageOf(c)), c.meta.Balance
+	c.mu.Unlock()
+	if balance.Cmp(limit) < 0 {
+		t.Fatalf("balance %s below the freezing limit %s", balance, limit)
+	}
+
+	// An install whose canister_init grows the heap by 64 MiB, with a
+	// freezing threshold of three years: 790 G cycles of freezing limit.
+	fresh := create()
+	if _, err := f.ingress(user, "update_settings", fmt.Sprintf(`(record { canister_id = principal "%s"; settings = record { freezing_threshold = opt 100000000 } })`, fresh)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.node.Install(ctx, fresh, InstallOptions{Mode: ModeInstall, Wasm: mustWat(t, growPastFreezingWat(1024)), Caller: user})
+	if err == nil || !strings.Contains(err.Error(), "cannot grow memory by") {
+		t.Fatalf("an install growing the heap by 64 MiB: %v", err)
+	}
+}

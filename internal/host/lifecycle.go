@@ -361,6 +361,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		return nil, n.failExecute(ctx, c, compileFee, limit, "install", err)
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), chunkStoreBytes(c.meta), out)
+	n.checkInstallGrowthPaid(c, in, out, uint64(len(wasm)), n.executionFee(used+out.Instructions).SaturatingAdd(compileFee))
 	if !out.Trapped {
 		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
 			out.Trapped, out.TrapMessage = true, msg

@@ -395,12 +395,63 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)
 		if !out.Trapped && !in.Context.IsQuery() {
+			n.checkGrowthPaid(c, in, out)
+		}
+		if !out.Trapped && !in.Context.IsQuery() {
 			if ok, msg := n.reserveMemory(c.id, out.Heap.Size, out.Stable.Size); !ok {
 				out.Trapped, out.TrapMessage = true, msg
 			}
 		}
 	}
 	return out, err
+}
+
+// checkInstallGrowthPaid is checkGrowthPaid for an install's last
+// execution, whose state has a module of moduleBytes, and whose charge
+// will be fee. As on the IC, which checks the freezing limit of the new
+// memory when install_code ends, after its fee: the install may have
+// burned what would have paid it (it has no Keep), and then the check
+// fails whenever the new memory has a freezing limit at all.
+func (n *Node) checkInstallGrowthPaid(c *canister, in *sysapi.Input, out *sysapi.Output, moduleBytes uint64, fee cycles.Amount) {
+	if out.Trapped {
+		return
+	}
+	old := usageOf(c)
+	grown := memUsage{heap: out.Heap.Size, stable: out.Stable.Size, module: moduleBytes, globals: globalsBytes(out.Globals), chunks: old.chunks}
+	if msg := n.growthUnpaid(c.meta.Settings, old, grown, in.Balance.SaturatingSub(out.CyclesBurned), fee); msg != "" {
+		out.Trapped, out.TrapMessage = true, msg
+	}
+}
+
+// checkGrowthPaid turns an execution of c that grew its memory beyond
+// what its balance can keep for the freezing limit into a trap
+// (growthUnpaid). The IC traps at the grow; here the sandbox cannot know
+// the fee's terms, so the host checks what the execution ends with, as for
+// the other memory limits (checkMemory): the state is discarded alike, and
+// the execution is charged what it ran. Every context that commits state
+// and has call limits is checked: updates and system tasks as on the IC,
+// and callbacks and cleanups too, which the IC leaves unchecked; a
+// canister here is frozen, never uninstalled, at a zero balance, so an
+// unchecked callback could hold unpaid memory for good.
+func (n *Node) checkGrowthPaid(c *canister, in *sysapi.Input, out *sysapi.Output) {
+	l := in.Limits.Calls
+	if l == nil {
+		return
+	}
+	old := usageOf(c)
+	grown := old
+	grown.heap, grown.stable = out.Heap.Size, out.Stable.Size
+	// The balance the execution leaves (commitExecution), and the most its
+	// charge may take: what it keeps beyond the freezing limit it started
+	// with (callLimits), as the IC holds the prepaid fee back during the
+	// execution.
+	fees, reserved, _ := n.callCharges(out.Calls)
+	bal := in.Balance.SaturatingAdd(out.CyclesAccepted).SaturatingSub(out.CyclesSent).SaturatingSub(out.CyclesBurned).
+		SaturatingSub(fees).SaturatingSub(reserved)
+	fee := l.Keep.SaturatingSub(n.freezingLimit(c.meta.Settings, old))
+	if msg := n.growthUnpaid(c.meta.Settings, old, grown, bal, fee); msg != "" {
+		out.Trapped, out.TrapMessage = true, msg
+	}
 }
 
 // sandboxFault reports whether an execution failed because its sandbox
