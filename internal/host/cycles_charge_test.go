@@ -425,3 +425,75 @@ func TestGrowthBeyondTheFreezingLimitTraps(t *testing.T) {
 		t.Fatalf("an install growing the heap by 64 MiB: %v", err)
 	}
 }
+
+// A refund that would take its caller's balance past 2^128-1 is burned,
+// what does not fit, and the node opens again. Before, the commit of the
+// callback failed on the overflow, so did the fallback credit, the cycles
+// stayed recorded in flight, and the next open, giving them back with the
+// same checked addition (store.ReturnCyclesInFlight), failed: the node no
+// longer opened. (It needs a balance near 2^128, which only the operator
+// can mint; any canister then reaches it with a deposit while its call is
+// out.)
+func TestRefundPastTheMaximumIsBurned(t *testing.T) {
+	f, w := watchedFixture(t)
+	ctx := context.Background()
+	wasm := mustWat(t, flightWat)
+	b := f.install(wasm, nil)
+	start := cycles.Max.SaturatingSub(cycles.New(1_000_000_000_000_000))
+	a, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}, Cycles: &start, Minted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.node.Install(ctx, a, InstallOptions{Mode: ModeInstall, Wasm: wasm, Caller: user}); err != nil {
+		t.Fatal(err)
+	}
+	cb := f.loaded(b)
+	cb.mu.Lock() // the callee answers once a is full
+	f.update(a, "forward", flightArg(b, "take_none", flightCycles, false, nil))
+	room := cycles.Max.SaturatingSub(f.storedMeta(a).Balance)
+	if _, err := f.ingress(user, "provisional_top_up_canister", fmt.Sprintf(`(record { canister_id = principal "%s"; amount = %s })`, a, room)); err != nil {
+		t.Fatal(err)
+	}
+	before := f.storedMeta(a)
+	cb.mu.Unlock()
+	f.quiesce()
+	w.check(t)
+	if rs := f.records(); len(rs) != 0 {
+		t.Fatalf("the refund was neither credited nor burned: still in flight %+v", rs)
+	}
+	// The reservation and the refund came back to a full balance: what
+	// did not fit was burned.
+	if after := f.storedMeta(a); after.CyclesBurned.SaturatingSub(before.CyclesBurned).Cmp(cycles.New(flightCycles)) < 0 {
+		t.Fatalf("burned %s more, want at least the refund of %d", after.CyclesBurned.SaturatingSub(before.CyclesBurned), flightCycles)
+	}
+	if got := binary.LittleEndian.Uint64(f.query(a, "refunded", nil)[8:]); got != 1 {
+		t.Fatalf("the callback ran %d times, want once", got)
+	}
+	f.restart()
+}
+
+// settle adds a refund after what the execution spent, so that a spend of
+// the refund itself settles, and caps only the refund.
+func TestSettleCapsOnlyTheCredit(t *testing.T) {
+	c := cycles.New
+	near := cycles.Max.SaturatingSub(c(10))
+	for _, tc := range []struct {
+		name                      string
+		balance, credit, accepted cycles.Amount
+		debits                    []cycles.Amount
+		bal, over                 cycles.Amount
+		fails                     bool
+	}{
+		{"plain", c(100), c(5), c(7), []cycles.Amount{c(2), c(3)}, c(107), c(0), false},
+		{"spends the refund", c(10), c(50), c(0), []cycles.Amount{c(30)}, c(30), c(0), false},
+		{"spends more than there is", c(10), c(5), c(0), []cycles.Amount{c(30)}, c(0), c(0), true},
+		{"refund past the maximum", near, c(25), c(0), []cycles.Amount{c(5)}, cycles.Max, c(10), false},
+		{"accepted past the maximum", near, c(0), c(25), nil, c(0), c(0), true},
+		{"a spend makes room", near, c(25), c(0), []cycles.Amount{c(20)}, near.SaturatingAdd(c(5)), c(0), false},
+	} {
+		bal, over, err := settle(tc.balance, tc.credit, tc.accepted, tc.debits...)
+		if (err != nil) != tc.fails || (err == nil && (bal != tc.bal || over != tc.over)) {
+			t.Errorf("%s: %s, %s over, %v; want %s, %s over, failure %v", tc.name, bal, over, err, tc.bal, tc.over, tc.fails)
+		}
+	}
+}

@@ -549,13 +549,12 @@ func (n *Node) charge(c *canister, used uint64, logs []sysapi.LogLine, extraFee,
 	if used > 0 {
 		fee = fee.SaturatingAdd(n.executionFee(used))
 	}
-	bal, err := meta.Balance.Add(credit)
-	if err != nil {
-		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
-	}
+	// A credit past 2^128-1 is burned, what does not fit: it is the
+	// canister's, and nowhere else to go (a refund, its record removed).
+	bal, over := meta.Balance.AddCapped(credit)
 	var taken cycles.Amount
 	meta.Balance, taken = takeFee(bal, fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(over)
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))
