@@ -497,3 +497,42 @@ func TestSettleCapsOnlyTheCredit(t *testing.T) {
 		}
 	}
 }
+
+// liquidWat's update answers its liquid balance, then what burning all it
+// may burned, then its balance after the burn, 16 bytes each.
+const liquidWat = `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "canister_liquid_cycle_balance128" (func $liquid (param i32)))
+  (import "ic0" "canister_cycle_balance128" (func $balance (param i32)))
+  (import "ic0" "cycles_burn128" (func $burn (param i64 i64 i32)))
+  (memory 1)
+  (func (export "canister_update liquid")
+    (call $liquid (i32.const 0))
+    (call $burn (i64.const -1) (i64.const -1) (i32.const 16))
+    (call $balance (i32.const 32))
+    (call $append (i32.const 0) (i32.const 48))
+    (call $reply))
+)`
+
+// ic0.canister_liquid_cycle_balance128 is the liquid balance, as the
+// interface specification defines it: the balance less what the
+// execution must keep (its largest fee, the ingress fee included, and the
+// freezing limit), which is what cycles_burn128 may burn. It answered the
+// whole balance.
+func TestLiquidBalanceIsWhatMayBeSpent(t *testing.T) {
+	f, w := watchedFixture(t)
+	a := f.install(mustWat(t, liquidWat), nil)
+	before := f.storedMeta(a)
+	got := f.update(a, "liquid", nil)
+	amount := func(i int) cycles.Amount {
+		return cycles.Amount{Lo: binary.LittleEndian.Uint64(got[16*i:]), Hi: binary.LittleEndian.Uint64(got[16*i+8:])}
+	}
+	liquid, burned, left := amount(0), amount(1), amount(2)
+	keep := f.node.executionFee(f.cfg.UpdateInstructions).SaturatingAdd(cycles.New(f.cfg.Fees.IngressReception)) // no storage fee: no freezing limit
+	if want := before.Balance.SaturatingSub(keep); liquid != want || burned != liquid || left != keep {
+		t.Fatalf("liquid %s, burned %s, left %s; want %s liquid (balance %s less %s kept), all of it burned", liquid, burned, left, want, before.Balance, keep)
+	}
+	w.check(t)
+}
