@@ -79,6 +79,7 @@ func cleanupPayerWat(cleanupRuns uint64) string {
 // less what it burned itself, the calls' fees and the ingress fee, cover
 // its instructions; and each response is one message.
 func TestCleanupRunsWithinTheResponsesLimit(t *testing.T) {
+	t.Parallel()
 	const limit = 50_000_000
 	for _, tc := range []struct {
 		name        string
@@ -207,6 +208,7 @@ func spinWat(heartbeat bool) string {
 // canister ran every message until the watchdog killed it, unbilled. The
 // host's own failures stay free, and other canisters pay as they did.
 func TestSandboxFailureIsCharged(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	x := &dyingSandbox{Executor: f.node.exec}
 	f.node.exec = x // before any canister runs
@@ -361,6 +363,7 @@ func growPastFreezingWat(initPages int) string {
 // update or (beyond the IC, which does not check them) a callback, and at
 // the end of an install. A growth the balance covers succeeds.
 func TestGrowthBeyondTheFreezingLimitTraps(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
 	cfg.Isolation = "inprocess"
@@ -435,6 +438,7 @@ func TestGrowthBeyondTheFreezingLimitTraps(t *testing.T) {
 // can mint; any canister then reaches it with a deposit while its call is
 // out.)
 func TestRefundPastTheMaximumIsBurned(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	ctx := context.Background()
 	wasm := mustWat(t, flightWat)
@@ -475,6 +479,7 @@ func TestRefundPastTheMaximumIsBurned(t *testing.T) {
 // settle adds a refund after what the execution spent, so that a spend of
 // the refund itself settles, and caps only the refund.
 func TestSettleCapsOnlyTheCredit(t *testing.T) {
+	t.Parallel()
 	c := cycles.New
 	near := cycles.Max.SaturatingSub(c(10))
 	for _, tc := range []struct {
@@ -522,6 +527,7 @@ const liquidWat = `
 // freezing limit), which is what cycles_burn128 may burn. It answered the
 // whole balance.
 func TestLiquidBalanceIsWhatMayBeSpent(t *testing.T) {
+	t.Parallel()
 	f, w := watchedFixture(t)
 	a := f.install(mustWat(t, liquidWat), nil)
 	before := f.storedMeta(a)
