@@ -67,6 +67,17 @@ func (a Amount) SaturatingAdd(b Amount) Amount {
 	return s
 }
 
+// AddCapped returns a+b capped at Max, and the part of b that did not fit
+// (zero unless the sum overflows): a+b = sum+excess exactly, so a caller
+// can book the excess elsewhere instead of losing it.
+func (a Amount) AddCapped(b Amount) (sum, excess Amount) {
+	if s, err := a.Add(b); err == nil {
+		return s, Amount{}
+	}
+	// a+b > Max, so b > Max-a and the excess b-(Max-a) fits.
+	return Max, b.SaturatingSub(Max.SaturatingSub(a))
+}
+
 // Sub returns a-b or ErrUnderflow.
 func (a Amount) Sub(b Amount) (Amount, error) {
 	lo, br := bits.Sub64(a.Lo, b.Lo, 0)

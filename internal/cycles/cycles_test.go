@@ -63,3 +63,18 @@ func TestParseString(t *testing.T) {
 		t.Fatalf("bytes: %x", b)
 	}
 }
+
+func TestAddCapped(t *testing.T) {
+	for _, tc := range []struct{ a, b, sum, excess Amount }{
+		{New(1), New(2), New(3), Amount{}},
+		{Max, Amount{}, Max, Amount{}},
+		{Max.SaturatingSub(New(5)), New(5), Max, Amount{}},
+		{Max.SaturatingSub(New(5)), New(7), Max, New(2)},
+		{Max, Max, Max, Max},
+	} {
+		sum, excess := tc.a.AddCapped(tc.b)
+		if sum != tc.sum || excess != tc.excess {
+			t.Fatalf("%s + %s capped: %s and %s over, want %s and %s", tc.a, tc.b, sum, excess, tc.sum, tc.excess)
+		}
+	}
+}

@@ -178,6 +178,7 @@ func TestSandboxKilledMidMessageLeavesState(t *testing.T) {
 	eq(t, "fill", f.update(id, "fill", nil), []byte("ok"))
 	want := f.memSum(id)
 	hash := f.stateHash(id)
+	before := f.storedMeta(id)
 
 	done := make(chan error, 1)
 	go func() {
@@ -217,6 +218,12 @@ wait:
 		t.Fatalf("spin in a killed sandbox: %v", r)
 	}
 	t.Logf("%d sandboxes killed; the message got: %v", len(killed), err)
+	// Charged once, at its whole limit, however many sandboxes it ran in
+	// (a crash of a reused sandbox is retried on a fresh one).
+	if after := f.storedMeta(id); after.Messages-before.Messages != 1 || after.Instructions-before.Instructions != f.cfg.UpdateInstructions {
+		t.Fatalf("the killed message was charged %d times, %d instructions; want once, %d", after.Messages-before.Messages,
+			after.Instructions-before.Instructions, f.cfg.UpdateInstructions)
+	}
 	if got := f.stateHash(id); got != hash {
 		t.Fatalf("state hash changed by a killed sandbox: %s, was %s", got, hash)
 	}

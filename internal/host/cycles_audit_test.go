@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"encoding/binary"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -210,4 +211,133 @@ func TestCyclesHeartbeatBurnsAndSendsNowhere(t *testing.T) {
 	f.stopAndDelete(h)
 	f.checkConservation()
 	w.check(t)
+}
+
+// A random mix of hostile call patterns among colluding canisters (every
+// callee behaviour of flightWat and greedyWat, deposits to live, deleted
+// and unknown canisters, creations, raw_rand with cycles, trapping
+// callbacks, reinstalls and uninstalls with calls out, restarts with calls
+// in flight): after every round nothing is in flight, the committed count
+// holds (and held at every transaction), and the minted total grew only by
+// the canisters the test created from the CLI path.
+func TestCyclesConservedUnderRandomHostileCalls(t *testing.T) {
+	t.Parallel()
+	f, w := watchedFixture(t)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 11))
+	flight, greedy := mustWat(t, flightWat), mustWat(t, greedyWat)
+	var callers []principal.Principal
+	for range 3 {
+		callers = append(callers, f.install(flight, nil))
+	}
+	g := f.install(greedy, nil)
+	spare := f.install(flight, nil)
+	f.stopAndDelete(spare)
+	never := principal.CanisterID(1 << 40)
+	minted := f.storeConserved().Minted
+	methods := []string{"take", "take_half", "take_none", "reject_half", "trap", "missing"}
+	for round := range 12 {
+		for range 6 {
+			a := callers[rng.IntN(len(callers))]
+			amount := uint64(rng.IntN(4)) * flightCycles
+			var callee principal.Principal
+			var method string
+			var payload []byte
+			switch k := rng.IntN(10); {
+			case k < 4:
+				callee, method = callers[rng.IntN(len(callers))], methods[rng.IntN(len(methods))]
+			case k < 6:
+				callee, method = g, []string{"greedy", "twice", "qtake", "cq"}[rng.IntN(4)]
+			case k == 6:
+				to := []principal.Principal{callers[rng.IntN(len(callers))], spare, never, a}[rng.IntN(4)]
+				callee, method, payload = principal.Management(), "deposit_cycles", depositArg(t, to)
+			case k == 7:
+				callee, method, payload = principal.Management(), "create_canister", createArg(t)
+				amount = uint64(rng.IntN(3)) * f.cfg.Fees.CanisterCreation
+			case k == 8:
+				callee, method, payload = principal.Management(), "raw_rand", noArgs
+			default:
+				callee, method = never, "take"
+			}
+			f.update(a, "forward", flightArg(callee, method, amount, rng.IntN(3) == 0, payload))
+		}
+		switch rng.IntN(4) {
+		case 0: // reinstall a caller with its calls out
+			if _, err := f.node.Install(ctx, callers[rng.IntN(len(callers))], InstallOptions{Mode: ModeReinstall, Wasm: flight, Caller: user}); err != nil {
+				t.Fatal(err)
+			}
+		case 1: // uninstall and install again
+			id := callers[rng.IntN(len(callers))]
+			if err := f.node.Uninstall(ctx, id, user); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: flight, Caller: user}); err != nil {
+				t.Fatal(err)
+			}
+		case 2: // restart with whatever is still in flight
+			f.restart()
+			w.st.Store(f.node.store)
+		}
+		f.quiesce()
+		if rs := f.records(); len(rs) != 0 {
+			t.Fatalf("round %d: left in flight: %+v", round, rs)
+		}
+		tot := f.storeConserved()
+		if tot.Minted != minted {
+			t.Fatalf("round %d: minted %s, want %s", round, tot.Minted, minted)
+		}
+		f.checkConservation()
+		w.check(t)
+	}
+}
+
+// lateAcceptWat's update calls a canister that does not exist and answers
+// from its reject callback, which first accepts all that is available of
+// the cycles its call context came with (and tries again, after the
+// reply); got answers the two accepts.
+const lateAcceptWat = `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_perform" (func $perform (result i32)))
+  (import "ic0" "msg_cycles_accept128" (func $accept (param i64 i64 i32)))
+  (memory 1)
+  (table 1 funcref)
+  (elem (i32.const 0) $late)
+  (data (i32.const 300) "\00\00\01\00\00\00\00\00\01\01")
+  (data (i32.const 320) "x")
+  (func (export "canister_update relay")
+    (call $call_new (i32.const 300) (i32.const 10) (i32.const 320) (i32.const 1)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+    (if (call $perform) (then unreachable)))
+  (func $late (param i32)
+    (call $accept (i64.const -1) (i64.const -1) (i32.const 0))
+    (call $reply)
+    (call $accept (i64.const -1) (i64.const -1) (i32.const 16)))
+  (func (export "canister_query got") (call $append (i32.const 0) (i32.const 32)) (call $reply))
+)`
+
+// Cycles a call context came with, accepted from a reject callback: the
+// callee gains exactly what the caller loses, an accept after the reply
+// gets nothing, and the caller's callback is told the rest came back.
+func TestCyclesAcceptedInARejectCallback(t *testing.T) {
+	t.Parallel()
+	f, w := watchedFixture(t)
+	a := f.install(mustWat(t, flightWat), nil)
+	b := f.install(mustWat(t, lateAcceptWat), nil)
+	heldA, heldB := f.heldInStore(a), f.heldInStore(b)
+	f.update(a, "forward", flightArg(b, "relay", flightCycles, false, nil))
+	f.quiesce()
+	w.check(t)
+	got := f.query(b, "got", nil)
+	first, second := binary.LittleEndian.Uint64(got), binary.LittleEndian.Uint64(got[16:])
+	lost, gained := heldA.SaturatingSub(f.heldInStore(a)), f.heldInStore(b).SaturatingSub(heldB)
+	refunded := binary.LittleEndian.Uint64(f.query(a, "refunded", nil))
+	if first != flightCycles || second != 0 || lost != cycles.New(flightCycles) || gained != cycles.New(flightCycles) || refunded != 0 {
+		t.Fatalf("accepts %d then %d; the caller lost %s, the callee gained %s, the caller was refunded %d", first, second, lost, gained, refunded)
+	}
+	if rs := f.records(); len(rs) != 0 {
+		t.Fatalf("left in flight: %+v", rs)
+	}
 }

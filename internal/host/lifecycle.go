@@ -314,7 +314,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 			in.Caller = opts.Caller.Bytes()
 			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
 			if err != nil {
-				return nil, n.failExecute(ctx, c, compileFee, "run pre_upgrade of", err)
+				return nil, n.failExecute(ctx, c, compileFee, limit, "run pre_upgrade of", err)
 			}
 			used, logs = out.Instructions, logsOf(out)
 			if out.Trapped {
@@ -374,9 +374,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(id, c.meta.Settings, m, ctxKind, newUsage)
 	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
 	if err != nil {
-		return nil, n.failExecute(ctx, c, compileFee, "install", err)
+		return nil, n.failExecute(ctx, c, compileFee, limit, "install", err)
 	}
 	checkMemory(c.meta.Settings, ctxKind, uint64(len(wasm)), chunkStoreBytes(c.meta), out)
+	n.checkInstallGrowthPaid(c, in, out, uint64(len(wasm)), n.executionFee(used+out.Instructions).SaturatingAdd(compileFee))
 	if !out.Trapped {
 		if ok, msg := n.reserveMemory(id, out.Heap.Size, out.Stable.Size); !ok {
 			out.Trapped, out.TrapMessage = true, msg
@@ -610,13 +611,12 @@ func (n *Node) charge(c *canister, used uint64, logs []sysapi.LogLine, extraFee,
 	if used > 0 {
 		fee = fee.SaturatingAdd(n.executionFee(used))
 	}
-	bal, err := meta.Balance.Add(credit)
-	if err != nil {
-		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
-	}
+	// A credit past 2^128-1 is burned, what does not fit: it is the
+	// canister's, and nowhere else to go (a refund, its record removed).
+	bal, over := meta.Balance.AddCapped(credit)
 	var taken cycles.Amount
 	meta.Balance, taken = takeFee(bal, fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(over)
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))

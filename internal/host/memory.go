@@ -154,6 +154,25 @@ func allocationViolation(s store.Settings, moduleBytes, chunkBytes uint64, out *
 	return ""
 }
 
+// growthUnpaid says how an execution that grew a canister's memory from
+// old to grown would leave it below its freezing limit, or "": its
+// balance after the execution, bal, less its fee, must cover the freezing
+// limit of the grown memory, as on the IC
+// (InsufficientCyclesInMemoryGrow, whose message this is). Growth within
+// the memory allocation changes nothing: the allocation is what the limit
+// is on already.
+func (n *Node) growthUnpaid(s store.Settings, old, grown memUsage, bal, fee cycles.Amount) string {
+	if grown.total() <= old.total() || (s.MemoryAllocation > 0 && grown.total() <= s.MemoryAllocation) {
+		return ""
+	}
+	left, need := bal.SaturatingSub(fee), n.freezingLimit(s, grown)
+	if left.Cmp(need) >= 0 {
+		return ""
+	}
+	return fmt.Sprintf("Canister cannot grow memory by %d bytes due to insufficient cycles. At least %s additional cycles are required.",
+		grown.total()-old.total(), need.SaturatingSub(left))
+}
+
 // chargedBytes is the memory the storage fee is charged on: the usage, or
 // the memory allocation when that is larger (IC: reserved memory is paid).
 func chargedBytes(s store.Settings, u memUsage) uint64 { return max(u.total(), s.MemoryAllocation) }

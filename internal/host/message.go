@@ -95,28 +95,12 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	}
 	meta := c.meta
 	fee := n.executionFee(out.Instructions).SaturatingAdd(extraFee)
-	// balance' = balance + accepted - sent - burned - fee; each step checked.
-	bal, err := meta.Balance.Add(credit)
-	if err == nil {
-		bal, err = bal.Add(out.CyclesAccepted)
-	}
-	if err == nil {
-		bal, err = bal.Sub(out.CyclesSent)
-	}
-	if err == nil {
-		bal, err = bal.Sub(out.CyclesBurned)
-	}
 	// The calls' fees and response reservations, as call_perform took them.
-	callFees, reserved, err2 := n.callCharges(out.Calls)
-	if err == nil {
-		err = err2
+	callFees, reserved, err := n.callCharges(out.Calls)
+	if err != nil {
+		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
 	}
-	if err == nil {
-		bal, err = bal.Sub(callFees)
-	}
-	if err == nil {
-		bal, err = bal.Sub(reserved)
-	}
+	bal, over, err := settle(meta.Balance, credit, out.CyclesAccepted, out.CyclesSent, out.CyclesBurned, callFees, reserved)
 	if err != nil {
 		return fmt.Errorf("canister %s: cycles accounting: %w", c.id, err)
 	}
@@ -125,7 +109,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	// what is burned is what was taken, never more.
 	var taken cycles.Amount
 	meta.Balance, taken = takeFee(bal, fee)
-	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(out.CyclesBurned).SaturatingAdd(callFees)
+	meta.CyclesBurned = meta.CyclesBurned.SaturatingAdd(taken).SaturatingAdd(out.CyclesBurned).SaturatingAdd(callFees).SaturatingAdd(over)
 	meta.CyclesReserved = meta.CyclesReserved.SaturatingAdd(reserved)
 	meta.Instructions += out.Instructions
 	meta.Messages++
@@ -181,6 +165,34 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 	// after the reply runs after the hook (lowmem.go).
 	n.scheduleLowMemory(c)
 	return nil
+}
+
+// settle is balance + credit + accepted - debits, each step checked, but
+// for the credit (a refund a response brought): the part of it that would
+// take the result past 2^128-1 is not added and is returned as over, to be
+// burned, since it is the canister's and has nowhere else to go. The
+// debits are what the execution spent, possibly of the credit it was told
+// of, so they come off before the credit is capped.
+func settle(balance, credit, accepted cycles.Amount, debits ...cycles.Amount) (bal, over cycles.Amount, err error) {
+	var spent cycles.Amount
+	for _, d := range debits {
+		if spent, err = spent.Add(d); err != nil {
+			return cycles.Amount{}, cycles.Amount{}, err
+		}
+	}
+	if bal, err = balance.Add(accepted); err != nil {
+		return cycles.Amount{}, cycles.Amount{}, err
+	}
+	if bal.Cmp(spent) >= 0 {
+		bal, over = bal.SaturatingSub(spent).AddCapped(credit)
+		return bal, over, nil
+	}
+	// Spent beyond the balance: the credit pays the rest, and what is left
+	// of it fits.
+	if bal, err = credit.Sub(spent.SaturatingSub(bal)); err != nil {
+		return cycles.Amount{}, cycles.Amount{}, err
+	}
+	return bal, cycles.Amount{}, nil
 }
 
 // takeFee takes fee from bal, or all of bal if it is less, and reports

@@ -307,12 +307,17 @@ func (n *Node) prepare(ctx context.Context, x exec.Executor, src moduleSource, c
 // install_code commits its reject with the charge, as the management
 // canister would phrase it.
 func (n *Node) failPrepare(ctx context.Context, c *canister, fee cycles.Amount, err error) error {
+	return n.failCharged(ctx, c, 0, fee, err)
+}
+
+// failCharged is failPrepare that also charges used instructions.
+func (n *Node) failCharged(ctx context.Context, c *canister, used uint64, fee cycles.Amount, err error) error {
 	var rej *Reject
 	if !errors.As(err, &rej) {
 		rej = rejectf(CanisterError, "%v", err)
 	}
 	ingress, answered := rejectionOf(ctx, rej)
-	if cerr := n.chargeOnly(c, 0, nil, fee, cycles.Amount{}, ingress...); cerr != nil {
+	if cerr := n.chargeOnly(c, used, nil, fee, cycles.Amount{}, ingress...); cerr != nil {
 		return cerr
 	}
 	answered()
@@ -321,12 +326,17 @@ func (n *Node) failPrepare(ctx context.Context, c *canister, fee cycles.Amount, 
 
 // failExecute is asReject for an install's execution that failed, charging
 // the module's preparation when its sandbox failed it (a crash, a
-// violation: the canister's doing); a failure of the host's own is not
-// charged.
-func (n *Node) failExecute(ctx context.Context, c *canister, fee cycles.Amount, what string, err error) error {
+// violation: the canister's doing), and the install's whole instruction
+// limit when it failed the execution itself (sandboxFault); a failure of
+// the host's own is not charged.
+func (n *Node) failExecute(ctx context.Context, c *canister, fee cycles.Amount, limit uint64, what string, err error) error {
 	var se *exec.SandboxError
 	if !errors.As(err, &se) {
 		return asReject(c.id, what, err)
 	}
-	return n.failPrepare(ctx, c, fee, asReject(c.id, what, err))
+	var used uint64
+	if sandboxFault(err) {
+		used = limit
+	}
+	return n.failCharged(ctx, c, used, fee, asReject(c.id, what, err))
 }

@@ -316,7 +316,9 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	// Nor did their responses: what was reserved to run them is the
 	// canister's again (durable with its next commit; until then every
 	// load gives the same).
-	c.meta.Balance = c.meta.Balance.SaturatingAdd(c.meta.CyclesReserved)
+	var over cycles.Amount // what would take the balance past 2^128-1: burned
+	c.meta.Balance, over = c.meta.Balance.AddCapped(c.meta.CyclesReserved)
+	c.meta.CyclesBurned = c.meta.CyclesBurned.SaturatingAdd(over)
 	c.meta.CyclesReserved = cycles.Amount{}
 	if logs, err := n.store.Logs(id.Bytes()); err == nil && c.logs.load(logs) {
 		// Stored under larger bounds (or before there was a byte bound):

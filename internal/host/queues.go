@@ -146,8 +146,9 @@ func (n *Node) releaseCall(c *canister, cb *callback, size int) {
 	held := cycles.Min(cb.reserved, c.meta.CyclesReserved)
 	c.meta.CyclesReserved = c.meta.CyclesReserved.SaturatingSub(held)
 	fee := cycles.Min(n.responseTransmission(size), held)
-	c.meta.CyclesBurned = c.meta.CyclesBurned.SaturatingAdd(fee)
-	c.meta.Balance = c.meta.Balance.SaturatingAdd(held.SaturatingSub(fee))
+	var over cycles.Amount // what would take the balance past 2^128-1
+	c.meta.Balance, over = c.meta.Balance.AddCapped(held.SaturatingSub(fee))
+	c.meta.CyclesBurned = c.meta.CyclesBurned.SaturatingAdd(fee).SaturatingAdd(over)
 }
 
 // dropCalls releases the node's counts of a deleted canister's calls; their

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -329,7 +330,22 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	out, err := n.execute(c, in, false)
 	if err != nil {
 		delete(c.contexts, id)
-		refuse(rejectf(CanisterError, "Error from Canister %s: %v", c.id, err))
+		rej := rejectf(CanisterError, "Error from Canister %s: %v", c.id, err)
+		if sandboxFault(err) {
+			// Charged as a trap at its whole limit, its answer with it.
+			var ingress []store.IngressRecord
+			if m.origin.ingress != nil {
+				ingress = m.origin.status.record(Outcome{Reject: rej})
+			}
+			if err := n.chargeOnly(c, in.Limits.Instructions, nil, fee, cycles.Amount{}, ingress...); err != nil {
+				refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+				return
+			}
+			if ingress != nil {
+				m.origin.status.final.Store(true)
+			}
+		}
+		refuse(rej)
 		return
 	}
 	if out.Trapped || kind == sysapi.CtxReplicatedQuery {
@@ -385,12 +401,84 @@ func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, e
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)
 		if !out.Trapped && !in.Context.IsQuery() {
+			n.checkGrowthPaid(c, in, out)
+		}
+		if !out.Trapped && !in.Context.IsQuery() {
 			if ok, msg := n.reserveMemory(c.id, out.Heap.Size, out.Stable.Size); !ok {
 				out.Trapped, out.TrapMessage = true, msg
 			}
 		}
 	}
 	return out, err
+}
+
+// checkInstallGrowthPaid is checkGrowthPaid for an install's last
+// execution, whose state has a module of moduleBytes, and whose charge
+// will be fee. As on the IC, which checks the freezing limit of the new
+// memory when install_code ends, after its fee: the install may have
+// burned what would have paid it (it has no Keep), and then the check
+// fails whenever the new memory has a freezing limit at all.
+func (n *Node) checkInstallGrowthPaid(c *canister, in *sysapi.Input, out *sysapi.Output, moduleBytes uint64, fee cycles.Amount) {
+	if out.Trapped {
+		return
+	}
+	old := usageOf(c)
+	grown := memUsage{heap: out.Heap.Size, stable: out.Stable.Size, module: moduleBytes, globals: globalsBytes(out.Globals), chunks: old.chunks}
+	if msg := n.growthUnpaid(c.meta.Settings, old, grown, in.Balance.SaturatingSub(out.CyclesBurned), fee); msg != "" {
+		out.Trapped, out.TrapMessage = true, msg
+	}
+}
+
+// checkGrowthPaid turns an execution of c that grew its memory beyond
+// what its balance can keep for the freezing limit into a trap
+// (growthUnpaid). The IC traps at the grow; here the sandbox cannot know
+// the fee's terms, so the host checks what the execution ends with, as for
+// the other memory limits (checkMemory): the state is discarded alike, and
+// the execution is charged what it ran. Every context that commits state
+// and has call limits is checked: updates and system tasks as on the IC,
+// and callbacks and cleanups too, which the IC leaves unchecked; a
+// canister here is frozen, never uninstalled, at a zero balance, so an
+// unchecked callback could hold unpaid memory for good.
+func (n *Node) checkGrowthPaid(c *canister, in *sysapi.Input, out *sysapi.Output) {
+	l := in.Limits.Calls
+	if l == nil {
+		return
+	}
+	old := usageOf(c)
+	grown := old
+	grown.heap, grown.stable = out.Heap.Size, out.Stable.Size
+	// The balance the execution leaves (commitExecution), and the most its
+	// charge may take: what it keeps beyond the freezing limit it started
+	// with (callLimits), as the IC holds the prepaid fee back during the
+	// execution.
+	fees, reserved, _ := n.callCharges(out.Calls)
+	bal := in.Balance.SaturatingAdd(out.CyclesAccepted).SaturatingSub(out.CyclesSent).SaturatingSub(out.CyclesBurned).
+		SaturatingSub(fees).SaturatingSub(reserved)
+	fee := l.Keep.SaturatingSub(n.freezingLimit(c.meta.Settings, old))
+	if msg := n.growthUnpaid(c.meta.Settings, old, grown, bal, fee); msg != "" {
+		out.Trapped, out.TrapMessage = true, msg
+	}
+}
+
+// sandboxFault reports whether an execution failed because its sandbox
+// did: the watchdog killed it, it crashed (once more after a retry on a
+// fresh sandbox, which Execute returns as one failure) or it broke the
+// protocol. The sandbox runs the canister's code, and under the threat
+// model may run whatever native code the canister brings, so such an
+// execution is charged as a trap at its whole instruction limit: nothing
+// it sends proves it ran less. A failure of the host's own (the node
+// closing, a caller giving up, a sandbox that could not start or load) is
+// not the canister's doing and is not charged.
+func sandboxFault(err error) bool {
+	var se *exec.SandboxError
+	if !errors.As(err, &se) || se.Op != "execute" {
+		return false
+	}
+	switch se.Fault {
+	case exec.FaultTimeout, exec.FaultCrash, exec.FaultViolation:
+		return true
+	}
+	return false
 }
 
 // finish commits a successful execution in call context id and acts on it:
@@ -584,8 +672,13 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	if m.reject != nil {
 		kind, target = sysapi.CtxReject, cb.onReject
 	}
-	in := n.input(c, c.module, kind, "", n.cfg.UpdateInstructions)
-	in.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
+	// The callback and, if it fails, its cleanup are one message: together
+	// within one instruction limit, which the call's reservation prepaid
+	// (callReservation), charged once. The callback runs without the
+	// cleanup's share, which the cleanup gets with what the callback left.
+	limit := n.cfg.UpdateInstructions
+	in := n.input(c, c.module, kind, "", limit-cleanupReserve(limit))
+	in.Limits.Calls = n.callLimits(c, n.executionFee(limit))
 	in.Callback, in.Caller = target, cc.caller.Bytes()
 	in.Balance = in.Balance.SaturatingAdd(m.refund)
 	in.CyclesRefunded, in.CyclesAvailable = m.refund, cc.available
@@ -601,36 +694,78 @@ func (n *Node) handleResponse(c *canister, m *message) {
 		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
 		return
 	}
+	// What the failed callback is charged: what it ran, or its whole
+	// limit when its sandbox failed it; nothing when the host did.
+	var used uint64
+	var logs []sysapi.LogLine
 	trap := ""
-	if err != nil {
+	switch {
+	case err == nil:
+		used, logs, trap = out.Instructions, logsOf(out), out.TrapMessage
+	case sandboxFault(err):
+		used, trap = in.Limits.Instructions, err.Error()
+	default:
 		trap = err.Error()
-		_ = n.chargeRefund(c, 0, nil, m.refund, m.callbackID)
-	} else {
-		trap = out.TrapMessage
-		_ = n.chargeRefund(c, out.Instructions, logsOf(out), m.refund, m.callbackID)
 	}
-	if cb.onCleanup != nil {
-		cin := n.input(c, c.module, sysapi.CtxCleanup, "", n.cfg.UpdateInstructions)
-		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
-		// No calls from a cleanup; the limits give what it must keep.
-		cin.Limits.Calls = n.callLimits(c, n.executionFee(n.cfg.UpdateInstructions))
-		if m.reject != nil {
-			cin.RejectCode = uint32(m.reject.Code)
-		}
-		if cout, err := n.execute(c, cin, false); err == nil && !cout.Trapped {
-			if err := n.commitExecution(c, cout, cycles.Amount{}, cycles.Amount{}, nil, nil); err != nil {
-				n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
-			}
-		} else if err == nil {
-			_ = n.chargeOnly(c, cout.Instructions, logsOf(cout), cycles.Amount{}, cycles.Amount{})
-		}
-	}
+	n.failResponse(c, cb, cc, m, limit, used, logs)
 	if !cc.responded && cc.outstanding == 0 {
 		cc.responded = true
 		n.respondTo(cc.origin, nil, rejectf(CanisterError, "Error from Canister %s: %s", c.id, trap), cc.available)
 		cc.available = cycles.Amount{}
 	}
 	n.closeIfDone(c, cb.ctxID, cc)
+}
+
+// cleanupReservePercent is the share of a response's instruction limit held
+// back from its reply or reject callback for its cleanup callback (IC:
+// RESERVED_CLEANUP_INSTRUCTIONS_IN_PERCENT, execution/response.rs).
+const cleanupReservePercent = 5
+
+// cleanupReserve is the cleanup's share of a response's limit.
+func cleanupReserve(limit uint64) uint64 {
+	if limit > math.MaxUint64/cleanupReservePercent {
+		return limit / 100 * cleanupReservePercent
+	}
+	return limit * cleanupReservePercent / 100
+}
+
+// failResponse charges a response whose reply or reject callback failed,
+// used instructions and logs, and runs the call's cleanup callback first if
+// it has one, with what the callback left of the response's limit (the
+// cleanup's reserve included). The two are one message, charged once with
+// one base fee: a cleanup that succeeds commits its state with the
+// callback's instructions and logs; one that fails adds its own (its whole
+// to the callback's charge. Either commit
+// credits the refund m brought.
+func (n *Node) failResponse(c *canister, cb *callback, cc *callContext, m *message, limit, used uint64, logs []sysapi.LogLine) {
+	if cb.onCleanup != nil {
+		cin := n.input(c, c.module, sysapi.CtxCleanup, "", limit-min(used, limit))
+		cin.Callback, cin.Caller = *cb.onCleanup, cc.caller.Bytes()
+		cin.Balance = cin.Balance.SaturatingAdd(m.refund)
+		// No calls from a cleanup; the limits give what it must keep.
+		cin.Limits.Calls = n.callLimits(c, n.executionFee(limit))
+		if m.reject != nil {
+			cin.RejectCode = uint32(m.reject.Code)
+		}
+		cout, err := n.execute(c, cin, false)
+		switch {
+		case err == nil && !cout.Trapped:
+			own, ownLogs := cout.Instructions, cout.Logs
+			cout.Instructions = satAdd(used, own)
+			cout.Logs = append(slices.Clip(logs), ownLogs...)
+			err := n.commitExecution(c, cout, cycles.Amount{}, m.refund, &callFlight{left: refunded(c, m.callbackID)}, nil)
+			if err == nil {
+				return
+			}
+			n.log.Error("commit of cleanup failed", "canister", c.id.String(), "err", err)
+			used, logs = satAdd(used, own), append(slices.Clip(logs), ownLogs...)
+		case err == nil:
+			used, logs = satAdd(used, cout.Instructions), append(slices.Clip(logs), logsOf(cout)...)
+		case sandboxFault(err):
+			used = satAdd(used, cin.Limits.Instructions)
+		}
+	}
+	_ = n.chargeRefund(c, used, logs, m.refund, m.callbackID)
 }
 
 // scheduleTimer queues canister_global_timer when the global timer is due
@@ -816,10 +951,13 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 	if err != nil || out.Trapped {
 		delete(c.contexts, id)
 		committed := false
-		if err == nil {
+		switch {
+		case err == nil:
 			committed = n.chargeOnly(c, out.Instructions, logsOf(out), cycles.Amount{}, cycles.Amount{}) == nil
 			// The whole message is in the canister's own log.
 			n.log.Debug("system task trapped", "canister", c.id.String(), "entry", entry, "trap", truncateText(out.TrapMessage, 256))
+		case sandboxFault(err):
+			committed = n.chargeOnly(c, limit, nil, cycles.Amount{}, cycles.Amount{}) == nil
 		}
 		n.stopIfIdle(c)
 		return committed

@@ -141,7 +141,8 @@ var errNothingInFlight = errors.New("no cycles in flight")
 
 // ReturnCyclesInFlight gives every amount recorded in flight back to its
 // caller's balance and removes the records, in one transaction, and
-// reports the total returned; a deleted caller's are burned (deleted.go).
+// reports the total returned; a deleted caller's are burned (deleted.go),
+// and so is what would take a balance past 2^128-1.
 // For a node that has just opened its store:
 // no call is in flight then (the messages were in memory), and what their
 // cycles were doing is undone, as for a call that was never answered. A
@@ -180,24 +181,25 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 		})
 		for _, id := range callers {
 			cb := all.Bucket(id)
-			var sum cycles.Amount
+			var m Meta
+			if err := json.Unmarshal(cb.Get(keyMeta), &m); err != nil {
+				return fmt.Errorf("canister %x metadata: %w", id, err)
+			}
+			// What would take the balance past 2^128-1 is burned: the
+			// count holds, and the store still opens.
 			err := cb.Bucket(keyInFlight).ForEach(func(k, v []byte) error {
 				a, err := decodeAmount(v)
 				if err != nil {
 					return err
 				}
-				sum, err = sum.Add(a)
-				return err
+				var over cycles.Amount
+				m.Balance, over = m.Balance.AddCapped(a)
+				m.CyclesBurned = m.CyclesBurned.SaturatingAdd(over)
+				total = total.SaturatingAdd(a)
+				return nil
 			})
 			if err != nil {
 				return fmt.Errorf("canister %x cycles in flight: %w", id, err)
-			}
-			var m Meta
-			if err := json.Unmarshal(cb.Get(keyMeta), &m); err != nil {
-				return fmt.Errorf("canister %x metadata: %w", id, err)
-			}
-			if m.Balance, err = m.Balance.Add(sum); err != nil {
-				return fmt.Errorf("canister %x balance: %w", id, err)
 			}
 			raw, err := json.Marshal(&m)
 			if err != nil {
@@ -209,7 +211,6 @@ func (s *Store) ReturnCyclesInFlight() (cycles.Amount, error) {
 			if err := cb.DeleteBucket(keyInFlight); err != nil {
 				return err
 			}
-			total = total.SaturatingAdd(sum)
 		}
 		if len(callers) == 0 && !burned {
 			return errNothingInFlight

@@ -221,3 +221,41 @@ func TestReopenBurnsDeletedCallersCyclesInFlight(t *testing.T) {
 		t.Fatalf("totals after reopening %+v", tot)
 	}
 }
+
+// Cycles coming back to a caller whose balance they would take past
+// 2^128-1 are burned, what does not fit, and the store opens: before, the
+// checked addition failed, ReturnCyclesInFlight with it, and so did every
+// later open of the node.
+func TestReturnCyclesInFlightPastMaxBurns(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := []byte("caller")
+	start := cycles.Max.SaturatingSub(cycles.New(250))
+	ma := Meta{ID: "a", Balance: start, CyclesBurned: cycles.New(7)}
+	if err := s.Commit(Change{ID: a, Meta: ma, Sent: []CallCycles{{Caller: a, Call: 1, Amount: cycles.New(200)}, {Caller: a, Call: 2, Amount: cycles.New(100)}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	back, err := s.ReturnCyclesInFlight()
+	if err != nil || back != cycles.New(300) {
+		t.Fatalf("returned %s, %v; want 300", back, err)
+	}
+	c, err := s.Load(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	if c.Meta.Balance != cycles.Max || c.Meta.CyclesBurned != cycles.New(7+50) {
+		t.Fatalf("balance %s, burned %s; want the maximum and 57 (50 did not fit)", c.Meta.Balance, c.Meta.CyclesBurned)
+	}
+	if got := inFlight(t, s); len(got) != 0 {
+		t.Fatalf("left in flight: %v", got)
+	}
+}

@@ -328,15 +328,27 @@ func (e *Execution) msgCyclesAccept(a []uint64) (uint64, error) {
 	return n.Lo, err
 }
 
-// cyclesBurn128 burns at most the liquid balance: what the execution must
-// keep (its own maximum fee and the freezing limit, CallLimits.Keep) stays,
-// so an execution can never burn what pays for it.
-func (e *Execution) cyclesBurn128(a []uint64) (uint64, error) {
-	liquid := e.balance
+// liquid is the liquid balance (interface specification,
+// liquid_balance): the balance less what the execution must keep, its own
+// maximum fee and the freezing limit (CallLimits.Keep); an execution
+// without call limits (install, queries) keeps nothing.
+func (e *Execution) liquid() cycles.Amount {
 	if l := e.in.Limits.Calls; l != nil {
-		liquid = liquid.SaturatingSub(l.Keep)
+		return e.balance.SaturatingSub(l.Keep)
 	}
-	n := cycles.Min(amount128(a[0], a[1]), liquid)
+	return e.balance
+}
+
+// canisterLiquidCycleBalance128 reports the liquid balance: what the
+// canister may spend on calls and burn in this execution.
+func (e *Execution) canisterLiquidCycleBalance128(a []uint64) (uint64, error) {
+	return 0, e.write128(a[0], e.liquid(), "ic0.canister_liquid_cycle_balance128")
+}
+
+// cyclesBurn128 burns at most the liquid balance: what the execution must
+// keep stays, so an execution can never burn what pays for it.
+func (e *Execution) cyclesBurn128(a []uint64) (uint64, error) {
+	n := cycles.Min(amount128(a[0], a[1]), e.liquid())
 	e.balance = e.balance.SaturatingSub(n)
 	e.out.CyclesBurned = e.out.CyclesBurned.SaturatingAdd(n)
 	return 0, e.write128(a[2], n, "ic0.cycles_burn128")

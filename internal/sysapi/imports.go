@@ -91,7 +91,7 @@ var Imports = []Spec{
 	{"canister_self_size", nil, p(Ptr), everywhere, false, costSmall, (*Execution).canisterSelfSize},
 	{"canister_self_copy", p(Ptr, Ptr, Ptr), nil, everywhere, false, costCopy, (*Execution).canisterSelfCopy},
 	{"canister_cycle_balance128", p(Ptr), nil, everywhere, false, costSmall, (*Execution).canisterCycleBalance128},
-	{"canister_liquid_cycle_balance128", p(Ptr), nil, everywhere, false, costSmall, (*Execution).canisterCycleBalance128},
+	{"canister_liquid_cycle_balance128", p(Ptr), nil, everywhere, false, costSmall, (*Execution).canisterLiquidCycleBalance128},
 	{"canister_status", nil, p(I32), everywhere, false, costSmall, (*Execution).canisterStatus},
 	{"canister_version", nil, p(I64), everywhere, false, costSmall, (*Execution).canisterVersion},
 	{"subnet_self_size", nil, p(Ptr), everywhere, false, costSmall, (*Execution).subnetSelfSize},
