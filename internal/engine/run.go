@@ -542,10 +542,7 @@ func withRuns(ps []uint64, rs []wasmbin.PageRange, n uint64) []uint64 {
 			ps = ps[1:] // inside the run: listed
 		}
 	}
-	out = append(out, ps...)
-	// ps may hold pages at or beyond n only if the kernel said so; the
-	// caller compares only pages below n.
-	return out
+	return append(out, ps...)
 }
 
 // heapDelta lists the pages that differ from the committed heap (nil: all
