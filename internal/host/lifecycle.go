@@ -394,7 +394,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		// The module's initial memory did not fit: say when the node's
 		// capacity, not the canister's own limits, is why.
 		if used, capacity := n.mem.inUse(); satSub(n.mem.available(id), newUsage.stable) < n.heapLimit(m) {
-			first, rest, _ := strings.Cut(out.TrapMessage, "\n") // the engine may add a backtrace
+			first, rest, _ := strings.Cut(out.TrapMessage, "\n") // the note goes after its first line
 			out.TrapMessage = fmt.Sprintf("%s (the heap may grow to %d bytes: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use)",
 				first, in.Limits.HeapBytes, capacity, used)
 			if rest != "" {
