@@ -735,7 +735,7 @@ func cleanupReserve(limit uint64) uint64 {
 // cleanup's reserve included). The two are one message, charged once with
 // one base fee: a cleanup that succeeds commits its state with the
 // callback's instructions and logs; one that fails adds its own (its whole
-// to the callback's charge. Either commit
+// limit when its sandbox failed it) to the callback's charge. Either commit
 // credits the refund m brought.
 func (n *Node) failResponse(c *canister, cb *callback, cc *callContext, m *message, limit, used uint64, logs []sysapi.LogLine) {
 	if cb.onCleanup != nil {
