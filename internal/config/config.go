@@ -154,7 +154,7 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.InstallInstructions }),
 	duration("limits.query_walltime", "", "longest a query may run with every call a composite query makes (IC: 10s); beyond it the query fails with CANISTER_ERROR",
 		func(c *Config) *time.Duration { return &c.Host.QueryWalltime }),
-	size("limits.memory_capacity", "", "heap and stable memory of all canisters together (bytes; 0: half of this machine's memory); beyond it memory.grow returns -1 and installs are refused",
+	size("limits.memory_capacity", "", "heap and stable memory, Wasm chunk stores and installed modules of all canisters together (bytes; 0: half of this machine's memory); beyond it memory.grow returns -1 and installs are refused",
 		func(c *Config) *uint64 { return &c.Host.MemoryCapacity }),
 	size("limits.heap_bytes_32", "", "Wasm heap limit of 32-bit canisters (bytes; units KiB, MiB, GiB allowed; at most 6 GiB)",
 		func(c *Config) *uint64 { return &c.Host.HeapBytes32 }),

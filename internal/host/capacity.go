@@ -25,6 +25,12 @@ import (
 // before it may be committed (reserveMemory), so two canisters growing at
 // the same time cannot both take the last bytes: the second traps. A commit
 // sets the canister's exact size again.
+//
+// The ledger also holds each canister's Wasm chunk store and installed
+// module, as the IC counts both in a canister's memory: a module shared by
+// several canisters (stored once, by its hash) counts for each, so what a
+// canister holds does not depend on what others installed. An install
+// reserves its module's size before it compiles anything.
 
 // defaultCapacityShare is the part of the machine's memory a node's
 // canisters may hold by default: half. The host keeps each committed page
@@ -76,14 +82,21 @@ type memoryLedger struct {
 	// chunks is each canister's Wasm chunk store (chunks.go): it counts
 	// in used, so heap and stable memory have less room beside it.
 	chunks map[principal.Principal]uint64
+	// modules is each canister's installed Wasm module, counted as chunks.
+	modules map[principal.Principal]uint64
 }
 
 func newMemoryLedger(capacity uint64) *memoryLedger {
-	return &memoryLedger{capacity: capacity, sizes: map[principal.Principal]uint64{}, chunks: map[principal.Principal]uint64{}}
+	return &memoryLedger{capacity: capacity, sizes: map[principal.Principal]uint64{}, chunks: map[principal.Principal]uint64{},
+		modules: map[principal.Principal]uint64{}}
 }
 
-// load fills the ledger from the store's metadata.
+// load fills the ledger from the store's metadata and module sizes.
 func (l *memoryLedger) load(st *store.Store) error {
+	moduleSizes, err := st.ModuleSizes()
+	if err != nil {
+		return fmt.Errorf("module sizes: %w", err)
+	}
 	return st.Metas(func(id []byte, m store.Meta) error {
 		p, err := principal.FromBytes(id)
 		if err != nil {
@@ -91,6 +104,9 @@ func (l *memoryLedger) load(st *store.Store) error {
 		}
 		l.set(p, satAdd(m.HeapSize, m.StableSize))
 		l.setChunks(p, chunkStoreBytes(m))
+		// A module missing from the store counts nothing: loading its
+		// canister fails, and says so.
+		l.setModule(p, moduleSizes[m.ModuleHash])
 		return nil
 	})
 }
@@ -125,8 +141,18 @@ func (l *memoryLedger) setChunks(id principal.Principal, size uint64) {
 	l.account(l.chunks, id, size, true)
 }
 
-// account makes id's entry in one of the ledger's accounts (sizes or
-// chunks) size, unless it grows beyond the capacity and !force.
+// reserveModule is reserve for id's installed module.
+func (l *memoryLedger) reserveModule(id principal.Principal, size uint64) bool {
+	return l.account(l.modules, id, size, false)
+}
+
+// setModule is set for id's installed module.
+func (l *memoryLedger) setModule(id principal.Principal, size uint64) {
+	l.account(l.modules, id, size, true)
+}
+
+// account makes id's entry in one of the ledger's accounts (sizes, chunks
+// or modules) size, unless it grows beyond the capacity and !force.
 func (l *memoryLedger) account(held map[principal.Principal]uint64, id principal.Principal, size uint64, force bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -143,9 +169,10 @@ func (l *memoryLedger) account(held map[principal.Principal]uint64, id principal
 func (l *memoryLedger) remove(id principal.Principal) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.used = satSub(satSub(l.used, l.sizes[id]), l.chunks[id])
+	l.used = satSub(satSub(satSub(l.used, l.sizes[id]), l.chunks[id]), l.modules[id])
 	delete(l.sizes, id)
 	delete(l.chunks, id)
+	delete(l.modules, id)
 }
 
 // inUse returns the memory held and the capacity.
@@ -164,4 +191,15 @@ func (n *Node) reserveMemory(id principal.Principal, heap, stable uint64) (ok bo
 	used, capacity := n.mem.inUse()
 	return false, fmt.Sprintf("Canister %s cannot hold %d bytes of heap and stable memory: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use.",
 		id, satAdd(heap, stable), capacity, used)
+}
+
+// reserveModule reserves the memory of the module (of at most size bytes)
+// an install gives canister id, or returns the reject that refuses it.
+func (n *Node) reserveModule(id principal.Principal, size uint64) error {
+	if n.mem.reserveModule(id, size) {
+		return nil
+	}
+	used, capacity := n.mem.inUse()
+	return rejectf(CanisterError, "Canister %s cannot hold its Wasm module of %d bytes: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use.",
+		id, size, capacity, used)
 }

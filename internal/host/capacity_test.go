@@ -102,7 +102,7 @@ func TestNodeMemoryCapacity(t *testing.T) {
 				t.Fatalf("install within the capacity: %v", err)
 			}
 			used, _ := f.node.mem.inUse()
-			if want := uint64(501+400) * page; used != want {
+			if want := uint64(501+400)*page + uint64(len(grower)+len(big)); used != want { // b's and id's heaps and modules
 				t.Fatalf("ledger holds %d bytes, want %d", used, want)
 			}
 		})
@@ -141,5 +141,80 @@ func TestMemoryLedgerReservations(t *testing.T) {
 	l.remove(a)
 	if used, _ := l.inUse(); used != 10 || l.available(b) != 100 {
 		t.Fatalf("after removing a: used %d, b may hold %d", used, l.available(b))
+	}
+}
+
+// Installed modules count against the node's memory capacity, each
+// canister's module as the IC counts it in the canister's memory (a module
+// shared by several canisters counts for each): many canisters with large
+// modules cannot fill the host uncounted. An install whose module does not
+// fit is refused, and says why; a restart counts the modules again, and an
+// uninstall gives its module's bytes back.
+func TestNodeMemoryCapacityCountsModules(t *testing.T) {
+	t.Parallel()
+	const (
+		page     = 64 << 10
+		capacity = 128 * page // 8 MiB
+		padding  = 3 << 20
+	)
+	grower, err := wasmtime.Wat2Wasm(growerWAT(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two distinct modules of about 3 MiB: the grower and a custom section.
+	large := func(name string) []byte {
+		return withCustomSection(grower, name, make([]byte, padding))
+	}
+	a1, a2 := large("pad a"), large("pad b")
+	for _, isolation := range []string{"inprocess", "sandbox"} {
+		t.Run(isolation, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Home = t.TempDir()
+			cfg.Isolation = isolation
+			cfg.MemoryCapacity = capacity
+			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+			f.open()
+			defer func() { f.node.Close() }()
+			a, b := f.install(a1, nil), f.install(a2, nil)
+			held := uint64(len(a1)+len(a2)) + 2*page
+			if used, _ := f.node.mem.inUse(); used != held {
+				t.Fatalf("ledger holds %d bytes with two modules of %d and %d bytes and two 1-page heaps, want %d", used, len(a1), len(a2), held)
+			}
+			// The same module again: stored once, but counted for each
+			// canister, and there is no room for a third 3 MiB.
+			c, err := f.node.Create(context.Background(), CreateOptions{Controllers: []principal.Principal{user}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.node.Install(context.Background(), c, InstallOptions{Mode: ModeInstall, Wasm: a1, Arg: noArgs, Caller: user})
+			if err == nil || !strings.Contains(err.Error(), "memory capacity") || !strings.Contains(err.Error(), "module") {
+				t.Fatalf("install of a module beyond the capacity: %v", err)
+			}
+			t.Logf("install beyond the capacity: %v", err)
+			if st := f.status(c); st.ModuleHash != "" {
+				t.Fatalf("a refused install left module %q", st.ModuleHash)
+			}
+			if used, _ := f.node.mem.inUse(); used != held {
+				t.Fatalf("a refused install left the ledger at %d bytes, want %d", used, held)
+			}
+			// The modules leave the heaps less room: 128 pages less about 96.
+			r := f.update(a, "grow", binary.LittleEndian.AppendUint32(nil, 64))
+			if got := int32(binary.LittleEndian.Uint32(r)); got != -1 {
+				t.Fatalf("a grows into the modules' bytes: memory.grow = %d, want -1", got)
+			}
+			f.restart()
+			if used, _ := f.node.mem.inUse(); used != held {
+				t.Fatalf("after a restart the ledger holds %d bytes, want %d", used, held)
+			}
+			if err := f.node.Uninstall(context.Background(), b, user); err != nil {
+				t.Fatal(err)
+			}
+			if used, _ := f.node.mem.inUse(); used != uint64(len(a1))+page {
+				t.Fatalf("after an uninstall the ledger holds %d bytes, want %d", used, uint64(len(a1))+page)
+			}
+			if _, err := f.node.Install(context.Background(), c, InstallOptions{Mode: ModeInstall, Wasm: a1, Arg: noArgs, Caller: user}); err != nil {
+				t.Fatalf("install within the capacity: %v", err)
+			}
+		})
 	}
 }

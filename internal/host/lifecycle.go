@@ -262,6 +262,13 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if err := n.outOfCycles(c, "installing", n.executionFee(limit).SaturatingAdd(compileFee)); err != nil {
 		return nil, err
 	}
+	// The new module is held against the node's capacity (capacity.go)
+	// before anything is compiled, at the size it claims; whatever the
+	// outcome, the ledger ends with the module the canister then holds.
+	if err := n.reserveModule(id, cl.size); err != nil {
+		return nil, err
+	}
+	defer func() { n.mem.setModule(id, c.moduleBytes) }()
 	wasm, m, end, err := n.prepare(ctx, x, src, cl)
 	defer end()
 	if wasm != nil {
@@ -711,6 +718,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	c.moduleChanged()
 	n.mem.set(id, 0)
 	n.mem.setChunks(id, 0)
+	n.mem.setModule(id, 0)
 	c.moduleBytes = 0
 	n.execOf(c).Forget(id.String())
 	n.releaseModules(replaced)

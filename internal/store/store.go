@@ -508,6 +508,19 @@ func (s *Store) HasModule(hashHex string) (bool, error) {
 	return ok, err
 }
 
+// ModuleSizes returns the size of every stored module by its key (hex
+// SHA-256), without reading the modules.
+func (s *Store) ModuleSizes() (map[string]uint64, error) {
+	sizes := map[string]uint64{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketModules).ForEach(func(k, v []byte) error {
+			sizes[string(k)] = uint64(len(v))
+			return nil
+		})
+	})
+	return sizes, err
+}
+
 // ModuleKeys returns the keys (hex SHA-256) of every stored module.
 func (s *Store) ModuleKeys() (map[string]bool, error) {
 	keys := map[string]bool{}
