@@ -265,6 +265,8 @@ var Settings = []*Setting{
 		func(c *Config) *int { return &c.Host.Sandbox.PreloadPool }, 0),
 	size("sandbox.sealed_artifact_bytes", "", "bytes of sealed artifact memfds the host keeps to hand compiled modules to sandboxes, each checked once (0: 256 MiB)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.SealedArtifactBytes }),
+	size("sandbox.artifact_cache_bytes", "", "bytes of compiled artifacts cached on disk in <home>/artifacts; beyond it the least recently used go, those no live sandbox runs first, and are compiled again when needed (0: a tenth of the home's file system, at least 1 GiB)",
+		func(c *Config) *uint64 { return &c.Host.Sandbox.ArtifactCacheBytes }),
 	size("sandbox.memory_budget", "", "memory of all canister sandboxes together (what their cgroups are charged, else their RSS) beyond which the least recently used idle ones are evicted (bytes; 0: no budget)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBudget }),
 	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -150,5 +151,86 @@ func bloatedCompiler(t *testing.T, ref *engine.Engine, child *net.UnixConn, padT
 	body := boundary.EncodeCompiled(&boundary.Compiled{Info: m.Info, GlobalTypes: m.GlobalTypes(), Artifact: art})
 	if c.Send(&boundary.Msg{Kind: boundary.KindCompiled, ID: q.ID, Body: body}) == nil {
 		_, _ = c.NextRequest() // until the host kills it (closes child)
+	}
+}
+
+// dirBytes is the bytes of the files in dir.
+func dirBytes(t *testing.T, dir string) uint64 {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += uint64(fi.Size())
+	}
+	return n
+}
+
+// The artifact cache on disk stays within its bound: compiling a module
+// beyond it removes the least recently used artifacts of modules no live
+// sandbox runs, while the artifact of the module a canister's sandbox runs
+// stays. A module whose artifact went still runs (its sealed memfd, or
+// compiled again).
+func TestArtifactCacheBound(t *testing.T) {
+	small := func(i int) []byte {
+		wasm, err := wasmtime.Wat2Wasm(fmt.Sprintf(`(module (import "ic0" "msg_reply" (func $reply)) (func (export "canister_query q%02d") (call $reply)))`, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wasm
+	}
+	// The sizes of the artifacts, measured in a cache without a bound.
+	probe, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter := wasmFile(t, corpusDir, "counter")
+	var sizes []uint64
+	for _, w := range [][]byte{counter, small(0)} {
+		before := dirBytes(t, probe.cfg.Dir)
+		if _, err := probe.Prepare(context.Background(), w); err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, dirBytes(t, probe.cfg.Dir)-before)
+	}
+	probe.Close()
+	t.Logf("artifacts: counter %d bytes, a small module %d", sizes[0], sizes[1])
+	// Room for counter's artifact and one and a half small ones.
+	dir := t.TempDir()
+	x, err := NewSandboxed(SandboxConfig{Dir: dir, Logger: testLogger(t), ArtifactCacheBytes: sizes[0] + sizes[1] + sizes[1]/2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	a := newSim(t, x, "a", counter)
+	a.must(sysapi.CtxInit, "canister_init", empty) // a live sandbox runs counter
+	var mods []*sim
+	for i := range 4 {
+		mods = append(mods, newSim(t, x, fmt.Sprintf("s%d", i), small(i)))
+		if used := dirBytes(t, dir); used > x.cfg.ArtifactCacheBytes {
+			t.Fatalf("after %d modules the cache holds %d bytes, beyond its bound of %d", i+1, used, x.cfg.ArtifactCacheBytes)
+		}
+	}
+	if fs := artifactFiles(t, x, sha256.Sum256(counter)); len(fs) != 2 {
+		t.Fatalf("the artifact a live sandbox runs was removed: %v", fs)
+	}
+	if fs := artifactFiles(t, x, sha256.Sum256(small(3))); len(fs) != 2 {
+		t.Fatalf("the artifact just compiled was removed: %v", fs)
+	}
+	if fs := artifactFiles(t, x, sha256.Sum256(small(0))); len(fs) != 0 {
+		t.Fatalf("the least recently used artifact was kept: %v", fs)
+	}
+	// The evicted module's canister still runs.
+	if out := mods[0].must(sysapi.CtxNonReplicatedQuery, "canister_query q00", empty); out.Trapped {
+		t.Fatalf("q00 after its artifact was evicted: %s", out.TrapMessage)
+	}
+	if out := a.must(sysapi.CtxUpdate, "canister_update inc", empty); string(out.Reply) != counterReply+"\x01" {
+		t.Fatalf("a: inc: %x", out.Reply)
 	}
 }

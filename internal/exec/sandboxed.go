@@ -109,6 +109,11 @@ type SandboxConfig struct {
 	PreloadPool int
 
 	MaxArtifactBytes uint64 // largest artifact accepted from the compiler (default 1 GiB)
+	// ArtifactCacheBytes bounds the artifact cache on disk (artifacts.go;
+	// default DefaultArtifactCacheBytes of Dir): beyond it the least
+	// recently used artifacts go, those of modules no live sandbox runs
+	// first.
+	ArtifactCacheBytes uint64
 
 	// InstalledModule, if set, reads an installed module again by its
 	// SHA-256 (the host's store): a Module then does not keep its Wasm,
@@ -375,7 +380,8 @@ type Sandboxed struct {
 
 	modules *moduleCache
 	compile map[[32]byte]*sync.Mutex
-	sealed  *sealedCache // sealed artifact memfds (sealed.go)
+	sealed  *sealedCache  // sealed artifact memfds (sealed.go)
+	disk    *artifactDisk // the artifact files' bytes (artifacts.go)
 	closed  bool
 	stats   SandboxStats
 	blanks  []*blankSandbox // the warm pool (warmpool.go)
@@ -426,8 +432,11 @@ type canisterSandbox struct {
 	// Under mu:
 	proc   Process
 	conn   *boundary.Conn
-	loaded [32]byte
-	dead   bool // killed: acquire must take a fresh entry
+	loaded [32]byte // set with setLoaded
+	dead   bool     // killed: acquire must take a fresh entry
+	// running is loaded, read without mu by the artifact cache's
+	// eviction (artifacts.go); nil: none.
+	running atomic.Pointer[[32]byte]
 	// watching is closed when the idle watch of this sandbox's socket
 	// (between exchanges) has ended; nil when none runs.
 	watching chan struct{}
@@ -466,6 +475,16 @@ type canisterSandbox struct {
 	changed   chan struct{}
 }
 
+// setLoaded records the module sb's process has loaded (mu held).
+func (sb *canisterSandbox) setLoaded(h [32]byte) {
+	sb.loaded = h
+	if h == ([32]byte{}) {
+		sb.running.Store(nil)
+	} else {
+		sb.running.Store(&h)
+	}
+}
+
 // cpuMark is a sandbox's CPU time when it was last seen idle.
 type cpuMark struct {
 	ok       bool
@@ -484,6 +503,9 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("exec: artifact cache: %w", err)
 	}
+	if cfg.ArtifactCacheBytes == 0 {
+		cfg.ArtifactCacheBytes = DefaultArtifactCacheBytes(cfg.Dir, cfg.MaxArtifactBytes)
+	}
 	// What sandboxes execute, decided (and sealed) now: a configured
 	// executable of another build stops the node here, not at its first
 	// canister.
@@ -498,8 +520,12 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{}, compileSlots: make(chan struct{}, cfg.MaxCompiles),
 		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes, cfg.SealedArtifacts),
+		disk:  newArtifactDisk(),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
 		reprime: make(chan struct{}, 1)}
+	if err := x.disk.scan(cfg.Dir, x.tag); err != nil {
+		return nil, err
+	}
 	x.idleTimer = time.AfterFunc(time.Hour, x.startWatches)
 	x.idleTimer.Stop()
 	if cfg.Launch == nil {
@@ -572,7 +598,9 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 		return nil, fmt.Errorf("%w: module is %d bytes, the limit is %d", engine.ErrInvalidModule, len(wasm), x.cfg.ModuleLimits.MaxBytes)
 	}
 	comp, err := x.cachedInfo(h, len(wasm))
-	if err != nil {
+	if err == nil {
+		x.disk.touch(h)
+	} else {
 		if comp, err = x.compileInSandbox(ctx, h, wasm); err != nil {
 			return nil, err
 		}
@@ -583,6 +611,18 @@ func (x *Sandboxed) Prepare(ctx context.Context, wasm []byte) (*Module, error) {
 		wasm = nil // read again from the store when needed (moduleWasm)
 	}
 	return x.modules.put(h, &Module{Info: info, Wasm: wasm, handle: &sbModule{hash: h, globalTypes: comp.GlobalTypes}}), nil
+}
+
+// tryLockModule is lockModule when nobody holds or waits for h's lock;
+// ok is false otherwise.
+func (x *Sandboxed) tryLockModule(h [32]byte) (unlock func(), ok bool) {
+	x.mu.Lock()
+	if _, held := x.compile[h]; held {
+		x.mu.Unlock()
+		return nil, false
+	}
+	x.mu.Unlock()
+	return x.lockModule(h), true
 }
 
 // lockModule takes h's lock and returns its release: one compilation (or
@@ -683,6 +723,7 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 	if err := x.writeArtifact(h, comp); err != nil {
 		return nil, fmt.Errorf("exec: cache artifact: %w", err)
 	}
+	x.trimArtifacts(h)
 	x.sealed.drop(h) // a stale one, if this is a compilation again
 	x.sealArtifact(h, comp.Artifact)
 	return comp, nil
@@ -714,7 +755,12 @@ func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {
 	if err := writeAtomic(x.cfg.Dir, x.artifactPath(h, ".cwasm"), c.Artifact); err != nil {
 		return err
 	}
-	return writeAtomic(x.cfg.Dir, x.artifactPath(h, ".info"), append(sum[:], boundary.EncodeCompiled(&info)...))
+	infoBytes := append(sum[:], boundary.EncodeCompiled(&info)...)
+	if err := writeAtomic(x.cfg.Dir, x.artifactPath(h, ".info"), infoBytes); err != nil {
+		return err
+	}
+	x.disk.add(h, uint64(len(c.Artifact)+len(infoBytes)))
+	return nil
 }
 
 func writeAtomic(dir, path string, data []byte) error {
@@ -737,8 +783,17 @@ func writeAtomic(dir, path string, data []byte) error {
 
 func (x *Sandboxed) removeArtifact(h [32]byte) {
 	x.sealed.drop(h)
+	x.removeArtifactFiles(h)
+}
+
+// removeArtifactFiles removes h's files and returns the bytes they were
+// accounted as.
+func (x *Sandboxed) removeArtifactFiles(h [32]byte) uint64 {
+	before := x.disk.bytes()
 	os.Remove(x.artifactPath(h, ".cwasm"))
 	os.Remove(x.artifactPath(h, ".info"))
+	x.disk.remove(h)
+	return before - x.disk.bytes()
 }
 
 // ---- sandboxes -----------------------------------------------------------
@@ -985,7 +1040,8 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 			// Not reused: a crash in its first exchange is the
 			// canister's, as in a fresh one.
 			x.unprime(id)
-			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, want
+			sb.proc, sb.conn = b.proc, b.conn
+			sb.setLoaded(want)
 			x.mu.Lock()
 			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
 			x.takeSlotLocked(sb)
@@ -997,7 +1053,8 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 			// Confined, verified, idle and alive until now; it loads
 			// this canister's module next. Not reused: a crash in its
 			// first exchange is the canister's, as in a fresh one.
-			sb.proc, sb.conn, sb.loaded = b.proc, b.conn, [32]byte{}
+			sb.proc, sb.conn = b.proc, b.conn
+			sb.setLoaded([32]byte{})
 			x.mu.Lock()
 			sb.started, sb.lastUsed, sb.messages, sb.pid, sb.pooled = b.started, time.Now(), 0, b.proc.Pid(), true
 			x.takeSlotLocked(sb)
@@ -1012,7 +1069,8 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 			x.release(sb, false)
 			return nil, false, err
 		}
-		sb.proc, sb.conn, sb.loaded = proc, conn, [32]byte{}
+		sb.proc, sb.conn = proc, conn
+		sb.setLoaded([32]byte{})
 		now := time.Now()
 		x.mu.Lock()
 		sb.started, sb.lastUsed, sb.messages, sb.pid = now, now, 0, proc.Pid()
@@ -1063,7 +1121,8 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 	_ = sb.proc.Kill()
 	waitExit(sb.proc)
 	sb.conn.Raw().Close()
-	sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
+	sb.proc, sb.conn = nil, nil
+	sb.setLoaded([32]byte{})
 	x.mu.Lock()
 	sb.pid = 0
 	x.freeSlotLocked(sb)
@@ -1529,7 +1588,8 @@ func (x *Sandboxed) startWatch(sb *canisterSandbox) {
 		sb.watching = nil
 		_ = x.fail(sb.id, "idle", proc, 0, err)
 		conn.Raw().Close()
-		sb.proc, sb.conn, sb.loaded = nil, nil, [32]byte{}
+		sb.proc, sb.conn = nil, nil
+		sb.setLoaded([32]byte{})
 		x.mu.Lock()
 		sb.pid = 0
 		x.freeSlotLocked(sb)
@@ -1686,7 +1746,7 @@ func (x *Sandboxed) load(ctx context.Context, sb *canisterSandbox, mod *Module, 
 			}
 			return x.fail(sb.id, "load", sb.proc, deadline, err)
 		}
-		sb.loaded = m.hash
+		sb.setLoaded(m.hash)
 		return nil
 	}
 }

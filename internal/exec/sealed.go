@@ -171,6 +171,7 @@ func sealedMemfd(name string, r io.Reader, max uint64) (*os.File, [32]byte, uint
 // damaged file is compiled again rather than handed to a sandbox to crash
 // on); later calls duplicate the cached memfd.
 func (x *Sandboxed) openArtifact(h [32]byte) (*os.File, error) {
+	x.disk.touch(h)
 	if f, err := x.sealed.get(h); f != nil || err != nil {
 		return f, err
 	}

@@ -129,6 +129,9 @@ type SandboxConfig struct {
 	// SealedArtifactBytes bounds the sealed artifact memfds kept to hand
 	// compiled modules to sandboxes (0: the default, 256 MiB).
 	SealedArtifactBytes uint64
+	// ArtifactCacheBytes bounds the compiled artifacts cached on disk in
+	// <home>/artifacts (0: exec.DefaultArtifactCacheBytes).
+	ArtifactCacheBytes uint64
 	// MaxCompiles bounds the modules compiled at once, each in a compiler
 	// sandbox (0: exec.DefaultMaxCompiles).
 	MaxCompiles int

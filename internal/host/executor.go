@@ -87,6 +87,7 @@ func sandboxConfig(cfg Config, logger *slog.Logger) (exec.SandboxConfig, error) 
 		WarmPool:            cfg.Sandbox.WarmPool,
 		PreloadPool:         cfg.Sandbox.PreloadPool,
 		SealedArtifactBytes: cfg.Sandbox.SealedArtifactBytes,
+		ArtifactCacheBytes:  cfg.Sandbox.ArtifactCacheBytes,
 		SealedArtifacts:     cfg.Sandbox.SealedArtifacts,
 		MaxCompiles:         cfg.Sandbox.MaxCompiles,
 		QueryThreads:        cfg.Sandbox.QueryThreads,
