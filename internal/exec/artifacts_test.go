@@ -234,3 +234,47 @@ func TestArtifactCacheBound(t *testing.T) {
 		t.Fatalf("a: inc: %x", out.Reply)
 	}
 }
+
+// A small module whose data segments lie far apart has a large memory
+// image: wasmtime puts one image of everything between the first and the
+// last initialized byte into the artifact when it is under 16 MiB, so a
+// module of about a hundred bytes compiles to an artifact of about 16 MiB.
+// Both executors run it alike: the sandboxed one does not take its artifact
+// for a compiler's lie (artifactLimit).
+func TestSparseDataImageInBothModes(t *testing.T) {
+	const high = 16<<20 - 8<<10 // the image ends just under 16 MiB
+	wasm, err := wasmtime.Wat2Wasm(fmt.Sprintf(`(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (memory 256)
+  (data (i32.const 0) "a")
+  (data (i32.const %d) "b")
+  (func (export "canister_init"))
+  (func (export "canister_query high")
+    (call $append (i32.const %d) (i32.const 1))
+    (call $reply)))`, high, high))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inproc, err := NewInProcess(engine.DefaultModuleLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inproc.Close()
+	for _, mode := range []struct {
+		name string
+		x    Executor
+	}{{"inprocess", inproc}, {"sandbox", newReal(t)}} {
+		t.Run(mode.name, func(t *testing.T) {
+			m, err := mode.x.Prepare(context.Background(), wasm)
+			if err != nil {
+				t.Fatalf("a %d-byte module with data at 0 and %d: %v", len(wasm), high, err)
+			}
+			s := &sim{t: t, x: mode.x, id: "sparse", m: m, stable: state.NewPageMap(0)}
+			s.must(sysapi.CtxInit, "canister_init", empty)
+			if out := s.must(sysapi.CtxNonReplicatedQuery, "canister_query high", empty); string(out.Reply) != "b" {
+				t.Fatalf("the byte at %d: %q (trapped %v: %s)", high, out.Reply, out.Trapped, out.TrapMessage)
+			}
+		})
+	}
+}

@@ -737,15 +737,25 @@ func (x *Sandboxed) compileInSandbox(ctx context.Context, h [32]byte, wasm []byt
 // for factory64); the densest modules measured, chains of float
 // conversions that each expand to a trapping sequence, reach 86 times,
 // and every module has about 13 KiB of fixed overhead.
+//
+// The artifact also holds the module's initial memory image: wasmtime
+// makes one of everything from the first to the last byte the data
+// segments write (page-aligned) when it is under twice their bytes, which
+// the allowance per byte covers, or under 16 MiB whatever they hold (its
+// default memory_guaranteed_dense_image_size, which wasmtime-go cannot
+// change). So a module of a hundred bytes writing a byte at 0 and one near
+// 16 MiB compiles to 16 MiB, which the in-process engine runs: the bound
+// allows that image to every module, lest the two modes disagree.
 const (
 	artifactBytesPerWasmByte = 256
 	artifactBaseBytes        = 1 << 20
+	artifactImageBytes       = 16 << 20
 )
 
 // artifactLimit returns the largest artifact accepted for a module of
 // wasmSize bytes.
 func (x *Sandboxed) artifactLimit(wasmSize int) uint64 {
-	return min(x.cfg.MaxArtifactBytes, artifactBaseBytes+artifactBytesPerWasmByte*uint64(max(wasmSize, 0)))
+	return min(x.cfg.MaxArtifactBytes, artifactBaseBytes+artifactImageBytes+artifactBytesPerWasmByte*uint64(max(wasmSize, 0)))
 }
 
 func (x *Sandboxed) writeArtifact(h [32]byte, c *boundary.Compiled) error {
