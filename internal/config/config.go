@@ -448,10 +448,7 @@ func (c *Config) loadFile(path string, explicit bool) error {
 	var b []byte
 	var err error
 	if explicit {
-		if err := homedir.CheckConfigFile(path); err != nil {
-			return err
-		}
-		b, err = os.ReadFile(path)
+		b, err = homedir.ReadConfigFile(path)
 	} else {
 		b, err = homedir.ReadFile(path, homedir.File)
 	}

@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/homedir"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -217,4 +220,60 @@ func TestLogBytes(t *testing.T) {
 			t.Errorf("limits.log_bytes = %s accepted", v)
 		}
 	}
+}
+
+// A configuration file named with --config (or CORDON_CONFIG) is checked as
+// a home is: a directory on the way to it that another user may write
+// (not sticky) lets them swap the file for their own, and so does one on
+// the way to a symbolic link's target; the file itself must be regular and
+// writable by no one else. In a sticky directory (/tmp) a file of one's
+// own is fine.
+func TestConfigFileParentsChecked(t *testing.T) {
+	home := t.TempDir()
+	shared := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o777); err != nil { // no sticky bit
+		t.Fatal(err)
+	}
+	file := filepath.Join(shared, "cordon.toml")
+	if err := os.WriteFile(file, []byte("[limits]\nlog_lines = 7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	refused := func(what, path, wantPath, wantFix string, env bool) {
+		t.Helper()
+		in := Inputs{Home: home, ConfigFile: path}
+		if env {
+			in = Inputs{Home: home, Env: envOf(map[string]string{"CORDON_CONFIG": path})}
+		}
+		_, err := Load(in)
+		var ue *homedir.UnsafeError
+		if !errors.As(err, &ue) || ue.Path != wantPath || !strings.Contains(err.Error(), wantFix) {
+			t.Fatalf("%s: %v, want a refusal of %s with %q", what, err, wantPath, wantFix)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	refused("--config in a directory of mode 0777", file, shared, "chmod go-w "+shared, false)
+	refused("CORDON_CONFIG in a directory of mode 0777", file, shared, "chmod go-w "+shared, true)
+	// A link in a safe directory to the file in the unsafe one.
+	safe := t.TempDir()
+	link := filepath.Join(safe, "cordon.toml")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	refused("a link to it", link, shared, "chmod go-w "+shared, false)
+	// Sticky: the file is the user's own, and used.
+	if err := os.Chmod(shared, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Inputs{Home: home, ConfigFile: link})
+	if err != nil || c.Host.LogLines != 7 {
+		t.Fatalf("a file of one's own in a sticky directory: %v", err)
+	}
+	// The file itself writable by others.
+	if err := os.Chmod(file, 0o620); err != nil {
+		t.Fatal(err)
+	}
+	refused("a group-writable file", file, file, "chmod go-w "+file, false)
 }

@@ -249,15 +249,35 @@ func unixMode(m fs.FileMode) uint32 {
 	return u
 }
 
-// CheckConfigFile verifies a configuration file given with --config or
-// $CORDON_CONFIG: it may be a symbolic link and may belong to root (a
-// system-wide file), but no one else may be able to change it.
-func CheckConfigFile(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil || fi.IsDir() {
-		return nil // reading it reports that
+// ReadConfigFile reads a configuration file given with --config or
+// $CORDON_CONFIG. It may be a symbolic link and may belong to root (a
+// system-wide file), but no one else may be able to change it or put
+// another in its place: the directories on the way to it, and to a link's
+// target, are checked as a home's are (CheckPath), and the file read (a
+// regular file, writable by no one else) is the one checked.
+func ReadConfigFile(path string) ([]byte, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err // not there: said as such, not as a place to make it
 	}
-	return checkInfo(path, fi, File, true)
+	if err := CheckPath(path); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: syscall.EISDIR}
+	}
+	if err := checkInfo(path, fi, File, true); err != nil {
+		return nil, err
+	}
+	return readBounded(path, f)
 }
 
 // checkInfo checks what Lstat or Stat said of path.
@@ -327,6 +347,11 @@ func ReadFile(path string, kind Kind) ([]byte, error) {
 	if err := checkInfo(path, fi, kind, false); err != nil {
 		return nil, err
 	}
+	return readBounded(path, f)
+}
+
+// readBounded reads f, at most maxRead bytes.
+func readBounded(path string, f *os.File) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(f, maxRead+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)

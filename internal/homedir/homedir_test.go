@@ -116,17 +116,17 @@ func TestCheckRefusesOthersHome(t *testing.T) {
 	}
 }
 
-func TestCheckConfigFileAllowsRoot(t *testing.T) {
+func TestReadConfigFileAllowsRoot(t *testing.T) {
 	needRoot(t)
 	p := filepath.Join(t.TempDir(), "cordon.toml")
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckConfigFile(p); err != nil {
+	if _, err := ReadConfigFile(p); err != nil {
 		t.Fatalf("root's own file: %v", err)
 	}
 	chown(t, p)
-	if err := CheckConfigFile(p); err == nil {
+	if _, err := ReadConfigFile(p); err == nil {
 		t.Fatal("a config file nobody owns was accepted")
 	}
 }
