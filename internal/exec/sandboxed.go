@@ -379,7 +379,7 @@ type Sandboxed struct {
 	compileSlots chan struct{}
 
 	modules *moduleCache
-	compile map[[32]byte]*sync.Mutex
+	compile map[[32]byte]*moduleLock
 	sealed  *sealedCache  // sealed artifact memfds (sealed.go)
 	disk    *artifactDisk // the artifact files' bytes (artifacts.go)
 	closed  bool
@@ -519,7 +519,7 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		cfg.Logger.Info("sandbox executable", "executable", sandbox.DefaultExecutable().String())
 	}
 	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{}, compileSlots: make(chan struct{}, cfg.MaxCompiles),
-		modules: newModuleCache(), compile: map[[32]byte]*sync.Mutex{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes, cfg.SealedArtifacts),
+		modules: newModuleCache(), compile: map[[32]byte]*moduleLock{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes, cfg.SealedArtifacts),
 		disk:  newArtifactDisk(),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
 		reprime: make(chan struct{}, 1)}
@@ -625,24 +625,35 @@ func (x *Sandboxed) tryLockModule(h [32]byte) (unlock func(), ok bool) {
 	return x.lockModule(h), true
 }
 
+// moduleLock is one module's lock and the number of callers holding or
+// waiting for it. The entry leaves the map only when that number falls to
+// zero: a caller still waiting on it must not find a newer lock beside it,
+// or two compilations (or a compilation and a removal) of one module would
+// run at once.
+type moduleLock struct {
+	mu   sync.Mutex
+	refs int // under Sandboxed.mu
+}
+
 // lockModule takes h's lock and returns its release: one compilation (or
 // removal, ForgetModule) of a module at a time.
 func (x *Sandboxed) lockModule(h [32]byte) func() {
 	x.mu.Lock()
 	lock, ok := x.compile[h]
 	if !ok {
-		lock = &sync.Mutex{}
+		lock = &moduleLock{}
 		x.compile[h] = lock
 	}
+	lock.refs++
 	x.mu.Unlock()
-	lock.Lock()
+	lock.mu.Lock()
 	return func() {
 		x.mu.Lock()
-		if x.compile[h] == lock {
+		if lock.refs--; lock.refs == 0 {
 			delete(x.compile, h)
 		}
 		x.mu.Unlock()
-		lock.Unlock()
+		lock.mu.Unlock()
 	}
 }
 
