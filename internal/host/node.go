@@ -59,6 +59,8 @@ type Node struct {
 	stopping   context.Context
 	giveUp     context.CancelFunc
 	drainAfter time.Duration // Close's drain timeout (drainTimeout; tests shorten it)
+	closeOnce  sync.Once
+	closeErr   error // the result of the one close, which every Close returns
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
@@ -230,8 +232,16 @@ const (
 // Close lets the messages running finish (bounded by the drain timeout,
 // after which their executions are given up), answers the messages still
 // queued without running them (ingressq.go), then closes the store.
-// Callers must not use the node afterwards.
+// Callers must not use the node afterwards, but may call Close again (or
+// at the same time): every call returns once the node is closed, with the
+// first call's result.
 func (n *Node) Close() error {
+	n.closeOnce.Do(func() { n.closeErr = n.close() })
+	return n.closeErr
+}
+
+// close is Close, run once.
+func (n *Node) close() error {
 	close(n.done)
 	select {
 	case <-n.busy.Idle():
