@@ -356,11 +356,9 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 		}
 		id, err := n.Create(ctx, opts)
 		if err != nil {
-			var rej *Reject
-			if errors.As(err, &rej) {
-				return nil, cycles.Amount{}, err // a refused setting
-			}
-			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
+			// A refused setting or id is a reject; anything else is the
+			// node's own, which answerManagement answers by its id.
+			return nil, cycles.Amount{}, fmt.Errorf("create_canister: %w", err)
 		}
 		reply, err = encode(candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}})
 		return reply, used, err

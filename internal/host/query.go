@@ -242,7 +242,10 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int, locked bool) (*Rep
 		if cerr != nil {
 			r2, ok := cerr.(*Reject)
 			if !ok {
-				r2 = rejectf(CanisterError, "%v", cerr)
+				// Not the callee's answer nor its sandbox's failure (those
+				// are rejects by now): the node's own, which the calling
+				// canister reads only by its id.
+				r2 = q.n.internalReject(CanisterError, "Canister "+callee.String(), cerr)
 			}
 			cin.Context, target = sysapi.CtxCompositeReject, call.OnReject
 			cin.RejectCode, cin.RejectMessage = uint32(r2.Code), r2.Message
