@@ -59,8 +59,11 @@ type Node struct {
 	stopping   context.Context
 	giveUp     context.CancelFunc
 	drainAfter time.Duration // Close's drain timeout (drainTimeout; tests shorten it)
-	closeOnce  sync.Once
-	closeErr   error // the result of the one close, which every Close returns
+	// mgmtTimeout bounds one management call (mgmtCallTimeout; tests
+	// shorten it).
+	mgmtTimeout time.Duration
+	closeOnce   sync.Once
+	closeErr    error // the result of the one close, which every Close returns
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
@@ -214,7 +217,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
 		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
-		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout}
+		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout, mgmtTimeout: mgmtCallTimeout}
 	n.stopping, n.giveUp = context.WithCancel(context.Background())
 	n.pruneModules(x) // the artifacts of modules a crash or another version left
 	go n.timerLoop()
