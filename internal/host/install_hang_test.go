@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/metrics"
+	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -161,4 +164,96 @@ func allStopped(t *testing.T, pid int) bool {
 		}
 	}
 	return true
+}
+
+// faultRecorder counts what the node records of failed executions.
+type faultRecorder struct {
+	metrics.Nop
+	mu         sync.Mutex
+	watchdog   int
+	crashes    map[string]int
+	executions map[string]int // "context outcome"
+}
+
+func (r *faultRecorder) WatchdogKill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watchdog++
+}
+
+func (r *faultRecorder) SandboxCrashed(reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.crashes[reason]++
+}
+
+func (r *faultRecorder) Execution(context, outcome string, _ uint64, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.executions[context+" "+outcome]++
+}
+
+func (r *faultRecorder) counts(ctx sysapi.Context) (watchdog, crashes, failed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.watchdog, r.crashes["watchdog"], r.executions[contextLabels[ctx]+" "+metrics.OutcomeError]
+}
+
+// A query or inspect_message whose sandbox hangs is ended by its watchdog,
+// like any execution, and shows: the node's metrics count the watchdog's
+// kill and the failed execution, by context. A query so ended counted in
+// its canister's query stats (canister_status) as a call of 0
+// instructions, as if it had cost nothing; it now counts at the whole
+// instruction limit it was given, as an update so ended is charged, so a
+// canister whose queries hold the node's sandboxes until their watchdogs
+// shows what it took. Queries and inspect_message stay free; inspect_message
+// is not a query call and is not in the query stats.
+func TestHungQueryAndInspectAreVisible(t *testing.T) {
+	t.Parallel()
+	const queryLimit = 50_000_000 // a watchdog of 10.5 s
+	for _, ctx := range []sysapi.Context{sysapi.CtxNonReplicatedQuery, sysapi.CtxInspect} {
+		t.Run(ctx.String(), func(t *testing.T) {
+			t.Parallel()
+			rec := &faultRecorder{crashes: map[string]int{}, executions: map[string]int{}}
+			cfg := DefaultConfig()
+			cfg.Home = t.TempDir()
+			cfg.Isolation = "sandbox"
+			cfg.QueryInstructions = queryLimit
+			cfg.Metrics = rec
+			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+			f.open()
+			t.Cleanup(func() { f.node.Close() })
+			id := f.install(mustWat(t, inspectedWat), nil)
+			meta := f.storedMeta(id)
+			stats := f.status(id).QueryStats
+			f.stopSandbox(id) // after its query, counted in stats below
+			var err error
+			if ctx == sysapi.CtxInspect {
+				_, err = f.node.Update(context.Background(), Message{Canister: id, Method: "u", Caller: user})
+			} else {
+				_, err = f.node.Query(context.Background(), Message{Canister: id, Method: "q", Caller: user})
+			}
+			if r := f.reject(err); r.Code != CanisterError || !strings.Contains(r.Message, "wall-clock deadline") {
+				t.Fatalf("a hung %s: %v", ctx, r)
+			}
+			if w, c, e := rec.counts(ctx); w != 1 || c != 1 || e != 1 {
+				t.Fatalf("metrics of a hung %s: %d watchdog kills, %d watchdog crashes, %d failed executions; want 1 each", ctx, w, c, e)
+			}
+			now := f.status(id).QueryStats
+			after := f.storedMeta(id)
+			if after.Instructions != meta.Instructions || after.Balance != meta.Balance {
+				t.Fatalf("a hung %s was charged (%d instructions, balance %s → %s); queries and inspect_message are free",
+					ctx, after.Instructions-meta.Instructions, meta.Balance, after.Balance)
+			}
+			if ctx == sysapi.CtxInspect {
+				if now.Calls != stats.Calls+1 || now.Instructions-stats.Instructions >= queryLimit {
+					t.Fatalf("query stats %+v after a hung inspect_message, were %+v: want only stopSandbox's query", now, stats)
+				}
+				return
+			}
+			if now.Calls != stats.Calls+2 || now.Instructions-stats.Instructions < queryLimit {
+				t.Fatalf("query stats %+v after a hung query, were %+v: want its call at its whole limit (%d)", now, stats, queryLimit)
+			}
+		})
+	}
 }

@@ -315,6 +315,13 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in})
 	q.n.images.used(c)
 	if err != nil {
+		if sandboxFault(err) {
+			// Its sandbox hung, crashed or lied: nothing it sent proves
+			// it ran less than it was given, so the canister's query
+			// stats count it at that, as an update is charged (sched.go
+			// sandboxFault); queries stay free.
+			c.qstats.count(in.Limits.Instructions)
+		}
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
