@@ -69,7 +69,7 @@ func (n *Node) dataCertificate(c *canister) ([]byte, error) {
 	}
 	cert, err := n.certifier.CertifyCanister(c.id.Bytes(), data, now)
 	if err != nil {
-		return nil, rejectf(SysTransient, "certify the data of canister %s: %v", c.id, err)
+		return nil, n.internalReject(SysTransient, "certify the data of canister "+c.id.String(), err)
 	}
 	if len(cert) > sysapi.MaxDataCertificate {
 		return nil, rejectf(SysTransient, "the data certificate of canister %s has %d bytes, more than %d", c.id, len(cert), sysapi.MaxDataCertificate)

@@ -109,11 +109,12 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 			if opts.ID == nil {
 				continue // a specified id took the one allocated: the next
 			}
+			// The caller's to know (a reject): it chose the id.
 			if errors.Is(err, store.ErrDeleted) {
 				// Responses to its calls may still come (store/deleted.go).
-				return id, fmt.Errorf("canister %s was deleted: its id is not given out again", id)
+				return id, rejectf(CanisterError, "canister %s was deleted: its id is not given out again", id)
 			}
-			return id, fmt.Errorf("canister %s already exists", id)
+			return id, rejectf(CanisterError, "canister %s already exists", id)
 		}
 		if err != nil {
 			return id, fmt.Errorf("create canister %s: %w", id, err)

@@ -175,8 +175,14 @@ func (n *Node) managementIngress(ctx context.Context, msg Message, query bool) (
 	}
 }
 
-// mgmtTimeout bounds one management call (a stop waits for call contexts).
-const mgmtTimeout = 5 * time.Minute
+// mgmtCallTimeout bounds one management call, its waits (for a lock, for
+// a stop's call contexts) and its executions (an install's, whose own
+// watchdog allows the install limit at a deliberately slow rate: 50
+// minutes for the default 300 B instructions) alike: a canister whose
+// install hangs holds its lock, and its caller's queue to aaaaa-aa
+// (mgmtorder.go), this long at most. The IC's own longest install, its
+// whole limit in slices of 2 B instructions a round, takes about as long.
+const mgmtCallTimeout = 5 * time.Minute
 
 // management executes a request to aaaaa-aa and responds to it (the
 // caller counted it in n.busy). Once the node is closing it runs nothing
@@ -191,7 +197,7 @@ func (n *Node) management(m *message) (rest func()) {
 		n.respondTo(m.origin, nil, rejectf(SysTransient, "Management canister: the node is shutting down"), m.cycles)
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(n.stopping, mgmtTimeout)
+	ctx, cancel := context.WithTimeout(n.stopping, n.mgmtTimeout)
 	var wait func(context.Context) error
 	reply, used, err := n.managementStep(ctx, m, &wait)
 	if err != nil || wait == nil {
@@ -217,7 +223,12 @@ func (n *Node) answerManagement(m *message, reply []byte, used cycles.Amount, er
 		var rej *Reject
 		switch {
 		case errors.As(err, &rej):
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		case errors.Is(err, context.DeadlineExceeded):
+			// Its call's deadline: say which, as what ran out of it may
+			// be the canister's own code (an install that hangs).
+			rej = rejectf(SysTransient, "Management canister: %s was given up: it did not end within %s, the longest a management call may take (%v)",
+				m.method, n.mgmtTimeout, contextErr(err))
+		case errors.Is(err, context.Canceled):
 			rej = rejectf(SysTransient, "Management canister: %s was given up (%v)", m.method, contextErr(err))
 		case errors.Is(err, engine.ErrInvalidModule):
 			// The caller's module, refused: its reason is for the caller.
@@ -356,11 +367,9 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 		}
 		id, err := n.Create(ctx, opts)
 		if err != nil {
-			var rej *Reject
-			if errors.As(err, &rej) {
-				return nil, cycles.Amount{}, err // a refused setting
-			}
-			return nil, cycles.Amount{}, rejectf(CanisterError, "create_canister: %v", err)
+			// A refused setting or id is a reject; anything else is the
+			// node's own, which answerManagement answers by its id.
+			return nil, cycles.Amount{}, fmt.Errorf("create_canister: %w", err)
 		}
 		reply, err = encode(candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}})
 		return reply, used, err

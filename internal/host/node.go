@@ -59,6 +59,11 @@ type Node struct {
 	stopping   context.Context
 	giveUp     context.CancelFunc
 	drainAfter time.Duration // Close's drain timeout (drainTimeout; tests shorten it)
+	// mgmtTimeout bounds one management call (mgmtCallTimeout; tests
+	// shorten it).
+	mgmtTimeout time.Duration
+	closeOnce   sync.Once
+	closeErr    error // the result of the one close, which every Close returns
 
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
@@ -212,7 +217,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
 		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
-		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout}
+		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout, mgmtTimeout: mgmtCallTimeout}
 	n.stopping, n.giveUp = context.WithCancel(context.Background())
 	n.pruneModules(x) // the artifacts of modules a crash or another version left
 	go n.timerLoop()
@@ -230,8 +235,16 @@ const (
 // Close lets the messages running finish (bounded by the drain timeout,
 // after which their executions are given up), answers the messages still
 // queued without running them (ingressq.go), then closes the store.
-// Callers must not use the node afterwards.
+// Callers must not use the node afterwards, but may call Close again (or
+// at the same time): every call returns once the node is closed, with the
+// first call's result.
 func (n *Node) Close() error {
+	n.closeOnce.Do(func() { n.closeErr = n.close() })
+	return n.closeErr
+}
+
+// close is Close, run once.
+func (n *Node) close() error {
 	close(n.done)
 	select {
 	case <-n.busy.Idle():

@@ -242,7 +242,10 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int, locked bool) (*Rep
 		if cerr != nil {
 			r2, ok := cerr.(*Reject)
 			if !ok {
-				r2 = rejectf(CanisterError, "%v", cerr)
+				// Not the callee's answer nor its sandbox's failure (those
+				// are rejects by now): the node's own, which the calling
+				// canister reads only by its id.
+				r2 = q.n.internalReject(CanisterError, "Canister "+callee.String(), cerr)
 			}
 			cin.Context, target = sysapi.CtxCompositeReject, call.OnReject
 			cin.RejectCode, cin.RejectMessage = uint32(r2.Code), r2.Message
@@ -312,6 +315,13 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in})
 	q.n.images.used(c)
 	if err != nil {
+		if sandboxFault(err) {
+			// Its sandbox hung, crashed or lied: nothing it sent proves
+			// it ran less than it was given, so the canister's query
+			// stats count it at that, as an update is charged (sched.go
+			// sandboxFault); queries stay free.
+			c.qstats.count(in.Limits.Instructions)
+		}
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -106,6 +107,23 @@ func (n *Node) internalReject(code RejectCode, what string, err error) *Reject {
 	id := ErrorID()
 	n.log.Error(what+": internal error", "error_id", id, "error", err)
 	return rejectf(code, "%s: internal error %s (the node's log has the detail)", what, id)
+}
+
+// executionReject is the reject of an execution of canister id that
+// failed with err: a reject as it is; its sandbox's failure (the
+// canister's doing) or the node giving the execution up (a context error)
+// said as it is; any other error, the node's own, by its id only
+// (internalReject).
+func (n *Node) executionReject(id fmt.Stringer, err error) *Reject {
+	var rej *Reject
+	var se *exec.SandboxError
+	switch {
+	case errors.As(err, &rej):
+		return rej
+	case errors.As(err, &se), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
+	}
+	return n.internalReject(CanisterError, "Canister "+id.String(), err)
 }
 
 // asReject turns a sandbox failure into the CANISTER_ERROR reject the caller

@@ -311,11 +311,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	}
 	if m.ingress {
 		if err := n.inspect(context.Background(), c, Message{Canister: c.id, Method: m.method, Arg: m.arg, Caller: m.caller}); err != nil {
-			if r, ok := err.(*Reject); ok {
-				refuse(r)
-			} else {
-				refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
-			}
+			refuse(n.executionReject(c.id, err))
 			return
 		}
 	}
@@ -330,7 +326,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 	out, err := n.execute(c, in, false)
 	if err != nil {
 		delete(c.contexts, id)
-		rej := rejectf(CanisterError, "Error from Canister %s: %v", c.id, err)
+		rej := n.executionReject(c.id, err)
 		if sandboxFault(err) {
 			// Charged as a trap at its whole limit, its answer with it.
 			var ingress []store.IngressRecord
@@ -338,7 +334,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 				ingress = m.origin.status.record(Outcome{Reject: rej})
 			}
 			if err := n.chargeOnly(c, in.Limits.Instructions, nil, fee, cycles.Amount{}, ingress...); err != nil {
-				refuse(rejectf(CanisterError, "Canister %s: %v", c.id, err))
+				refuse(n.internalReject(CanisterError, "Canister "+c.id.String(), err))
 				return
 			}
 			if ingress != nil {

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -198,4 +199,38 @@ func TestCloseGivesUpRunningMessage(t *testing.T) {
 	}
 	f.open()
 	f.checkConservation()
+}
+
+// Close is idempotent: a second call, or two at once, returned nothing but
+// a panic (close of the closed done channel) before. Every call returns
+// once the node is closed, with the first call's result.
+func TestCloseTwice(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t) // its cleanup closes the node once more
+	id := f.install(mustWat(t, countWat), nil)
+	f.update(id, "noop", nil)
+	closeOnce := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("Close panicked: %v", p)
+			}
+		}()
+		return f.node.Close()
+	}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- closeOnce() }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := closeOnce(); err != nil {
+		t.Fatal(err)
+	}
+	// Still closed: a message is refused, nothing runs.
+	if _, err := f.node.Update(context.Background(), Message{Canister: id, Method: "noop", Caller: user}); err == nil {
+		t.Fatal("a closed node ran a message")
+	}
 }
