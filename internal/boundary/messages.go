@@ -118,14 +118,17 @@ type CompileRequest struct {
 }
 
 // EncodeCompile encodes a CompileRequest: u64 max bytes, max methods, max
-// globals, max functions, max locals; bytes wasm.
+// globals, max functions, max locals, max control instructions per
+// function, max control instructions; bytes wasm.
 func EncodeCompile(c *CompileRequest) []byte {
-	w := &writer{b: make([]byte, 0, 48+len(c.Wasm))}
+	w := &writer{b: make([]byte, 0, 64+len(c.Wasm))}
 	w.count(c.Limits.MaxBytes)
 	w.count(c.Limits.MaxMethods)
 	w.count(c.Limits.MaxGlobals)
 	w.count(c.Limits.MaxFunctions)
 	w.count(c.Limits.MaxLocals)
+	w.count(c.Limits.MaxFuncControl)
+	w.count(c.Limits.MaxControl)
 	w.bytes(c.Wasm)
 	return w.b
 }
@@ -146,6 +149,8 @@ func DecodeCompile(b []byte) (*CompileRequest, error) {
 	c.Limits.MaxGlobals = lim("max globals")
 	c.Limits.MaxFunctions = lim("max functions")
 	c.Limits.MaxLocals = lim("max locals")
+	c.Limits.MaxFuncControl = lim("max control per function")
+	c.Limits.MaxControl = lim("max control")
 	c.Wasm = r.bytes(math.MaxUint64, "wasm")
 	if err := r.done("compile"); err != nil {
 		return nil, err

@@ -26,14 +26,29 @@ type ModuleLimits struct {
 	// bytes: the per-byte compile fee would not see 2,000 bodies of 49,990
 	// locals each in 16 KB.
 	MaxLocals int
+	// MaxFuncControl bounds the control instructions of one function body
+	// and MaxControl those of all bodies together (loop, if, else, end,
+	// br, br_if, br_table, return, unreachable: wasmbin.ControlInstructions).
+	// Metering updates the counter after each, and Cranelift's compile
+	// time grows with the square of a body's updates: one body of 120,000
+	// blocks with a br_if each (840 KB) took 35 s of CPU to compile, 2 s
+	// unmetered. The bytes, and so the per-byte compile fee, do not see it.
+	MaxFuncControl int
+	MaxControl     int
 }
 
 // DefaultModuleLimits are the IC's limits, plus MaxLocals: 1 M, some 200
 // times what the corpus's largest module declares (5,289) and 20 per
 // function at MaxFunctions; its worst layout (20 bodies of 49,990 locals,
-// used in a loop) compiles in 0.3–0.6 s here (a loaded 2-core VM).
+// used in a loop) compiles in 0.3–0.6 s here (a loaded 2-core VM). And
+// MaxFuncControl: 20,000, near 8 times the corpus's largest body (2,592,
+// dfx's ui canister; the IC itself once allowed 10,000, then 15,000,
+// blocks, branches and calls per function), and MaxControl: 1 M, 15 times
+// the corpus's largest module (66,928) and more than the IC's 10 MiB code
+// section holds at that module's density (40 a KB).
 func DefaultModuleLimits() ModuleLimits {
-	return ModuleLimits{MaxBytes: 100 << 20, MaxMethods: 1000, MaxGlobals: 1000, MaxFunctions: 50000, MaxLocals: 1_000_000}
+	return ModuleLimits{MaxBytes: 100 << 20, MaxMethods: 1000, MaxGlobals: 1000, MaxFunctions: 50000, MaxLocals: 1_000_000,
+		MaxFuncControl: 20_000, MaxControl: 1_000_000}
 }
 
 // ErrInvalidModule wraps every reason a module is refused.
@@ -227,6 +242,18 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	if locals > uint64(lim.MaxLocals) {
 		return nil, info, invalid("module declares %d locals, the limit is %d", locals, lim.MaxLocals)
+	}
+	// Before anything compiles too: one pass over the bodies, which
+	// metering makes twice anyway.
+	most, at, control, err := wasmbin.ControlInstructions(wasm, m)
+	if err != nil {
+		return nil, info, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	if most > uint64(lim.MaxFuncControl) {
+		return nil, info, invalid("function %d has %d control instructions (loop, if, else, end, br, br_if, br_table, return, unreachable), the limit per function is %d", at, most, lim.MaxFuncControl)
+	}
+	if control > uint64(lim.MaxControl) {
+		return nil, info, invalid("module has %d control instructions (loop, if, else, end, br, br_if, br_table, return, unreachable), the limit is %d", control, lim.MaxControl)
 	}
 	for i, g := range m.Globals {
 		if g.Mutable && g.Type != wasmbin.I32 && g.Type != wasmbin.I64 && g.Type != wasmbin.F32 && g.Type != wasmbin.F64 {

@@ -113,7 +113,9 @@ func (n *Node) FetchCanisterLogs(ctx context.Context, id, caller principal.Princ
 	if err != nil {
 		return nil, err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return nil, err
+	}
 	s, gone := c.meta.Settings, c.deleted
 	c.mu.RUnlock()
 	if gone {

@@ -101,7 +101,9 @@ func (n *Node) StoredChunks(ctx context.Context, id, caller principal.Principal)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return nil, err
+	}
 	defer c.mu.RUnlock()
 	if c.deleted {
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
@@ -183,7 +185,9 @@ func (n *Node) authorizeChunks(ctx context.Context, storeID, caller principal.Pr
 	if err != nil {
 		return err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return err
+	}
 	defer c.mu.RUnlock()
 	if c.deleted {
 		return rejectf(DestinationInvalid, "Canister %s not found", storeID)

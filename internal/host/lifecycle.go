@@ -908,7 +908,9 @@ func (n *Node) Status(ctx context.Context, id principal.Principal) (*Status, err
 	if err != nil {
 		return nil, err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return nil, err
+	}
 	defer c.mu.RUnlock()
 	if c.deleted {
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
@@ -1006,7 +1008,9 @@ func (n *Node) Metadata(ctx context.Context, id principal.Principal, name string
 	if err != nil {
 		return engine.Metadata{}, false, nil, err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return engine.Metadata{}, false, nil, err
+	}
 	defer c.mu.RUnlock()
 	if c.deleted {
 		return engine.Metadata{}, false, nil, rejectf(DestinationInvalid, "Canister %s not found", id)

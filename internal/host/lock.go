@@ -11,10 +11,10 @@ import (
 // rwLock is a canister's readers-writer lock: sync.RWMutex's semantics
 // (any number of readers or one writer; a waiting writer holds back the
 // readers that come after it, so queries cannot starve updates), plus
-// LockContext, a writer that gives up waiting when its context ends and
-// leaves nothing behind. sync.RWMutex cannot take a waiter back, so giving
-// up on it meant leaving a goroutine queued for the lock, one per caller
-// that gave up, without bound.
+// LockContext and RLockContext, a writer or a reader that gives up waiting
+// when its context ends and leaves nothing behind. sync.RWMutex cannot
+// take a waiter back, so giving up on it meant leaving a goroutine queued
+// for the lock, one per caller that gave up, without bound.
 //
 // Waiters are served first come, first served; the zero value is unlocked.
 type rwLock struct {
@@ -128,6 +128,11 @@ func (l *rwLock) Unlock() {
 
 // RLock takes the lock shared.
 func (l *rwLock) RLock() { _ = l.acquire(context.Background(), false) }
+
+// RLockContext takes the lock shared, or returns ctx's error when ctx ends
+// first, holding nothing and leaving nothing waiting: a query or a status
+// read whose caller went away does not wait out a long update.
+func (l *rwLock) RLockContext(ctx context.Context) error { return l.acquire(ctx, false) }
 
 // TryRLock takes the lock shared if no writer holds it or waits for it.
 func (l *rwLock) TryRLock() bool { return l.try(false) }

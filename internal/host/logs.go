@@ -160,7 +160,9 @@ func (n *Node) LogsSince(ctx context.Context, id principal.Principal, seq uint64
 	if err != nil {
 		return nil, nil, err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return nil, nil, err
+	}
 	deleted := c.deleted
 	c.mu.RUnlock()
 	if deleted {

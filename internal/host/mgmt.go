@@ -461,7 +461,9 @@ func (n *Node) managementStep(ctx context.Context, m *message, wait *func(contex
 		if err != nil {
 			return nil, used, err
 		}
-		c.mu.RLock()
+		if err := n.readLockWithin(ctx, c); err != nil {
+			return nil, used, err
+		}
 		err = n.checkController(c, m.caller, "update_settings")
 		c.mu.RUnlock()
 		if err != nil {
@@ -627,7 +629,9 @@ func (n *Node) SetEnvVars(ctx context.Context, id, caller principal.Principal, v
 	if err != nil {
 		return err
 	}
-	c.mu.RLock()
+	if err := n.readLockWithin(ctx, c); err != nil {
+		return err
+	}
 	err = n.checkController(c, caller, "update_settings")
 	c.mu.RUnlock()
 	if err != nil {

@@ -391,13 +391,30 @@ func (n *Node) lockCanister(ctx context.Context, id principal.Principal) (*canis
 		return nil, err
 	}
 	if err := n.lockWithin(ctx, c); err != nil {
-		return nil, rejectf(SysTransient, "Canister %s is busy: %v", id, err)
+		return nil, canisterBusy(id, err)
 	}
 	if c.deleted {
 		c.mu.Unlock()
 		return nil, rejectf(DestinationInvalid, "Canister %s not found", id)
 	}
 	return c, nil
+}
+
+// readLockWithin takes c.mu shared, or gives up when ctx ends first with
+// the reject lockCanister gives: what reads a canister's state for a caller
+// (its status, settings, chunks) does not wait out a long update for a
+// caller that went away.
+func (n *Node) readLockWithin(ctx context.Context, c *canister) error {
+	if err := c.mu.RLockContext(ctx); err != nil {
+		return canisterBusy(c.id, err)
+	}
+	return nil
+}
+
+// canisterBusy is the answer to a caller that gave up waiting for canister
+// id's lock (err: its context's error).
+func canisterBusy(id principal.Principal, err error) *Reject {
+	return rejectf(SysTransient, "Canister %s is busy: %v", id, err)
 }
 
 // lockWithin takes c.mu exclusively, or gives up when ctx ends first,

@@ -109,6 +109,12 @@ func (q *queryRun) check() error {
 	return nil
 }
 
+// waitingErr is the error of a query that gave up waiting for c's lock:
+// its context's, as when it ends at any other point of the query.
+func waitingErr(c *canister, err error) error {
+	return fmt.Errorf("query of canister %s: waiting for the canister: %w", c.id, err)
+}
+
 // call runs one query method and, for a composite query, its calls.
 func (q *queryRun) call(id principal.Principal, method string, arg []byte, caller principal.Principal, depth int, top bool) (*Reply, error) {
 	if err := q.check(); err != nil {
@@ -118,7 +124,11 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	if err != nil {
 		return nil, err
 	}
-	c.mu.RLock()
+	// An update may hold the canister up to its watchdog: a query whose
+	// caller went away (or whose deadline passed) stops waiting for it.
+	if err := c.mu.RLockContext(q.ctx); err != nil {
+		return nil, waitingErr(c, err)
+	}
 	fr, in, err := q.open(c, method, arg, caller, depth, top)
 	if err != nil {
 		c.mu.RUnlock()
@@ -305,7 +315,9 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 		return nil, err
 	}
 	if !locked {
-		c.mu.RLock()
+		if err := c.mu.RLockContext(q.ctx); err != nil {
+			return nil, waitingErr(c, err)
+		}
 	}
 	defer c.mu.RUnlock()
 	if !locked && (c.deleted || c.module != s.module) {

@@ -2,9 +2,11 @@ package host
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -100,5 +102,60 @@ func TestInstallManyLocalsRefused(t *testing.T) {
 	}
 	if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: localsWasm(2), Caller: user}); err != nil {
 		t.Fatalf("install of 2 × 49,990 locals: %v", err)
+	}
+}
+
+// blockBombWasm is one function of n sibling blocks, each with a br_if
+// (7 bytes a block), plus an exported update method: metering updates the
+// counter after every br_if and end, and at n = 120,000 (840 KB) Cranelift
+// took 35 s of CPU to compile it.
+func blockBombWasm(n int) []byte {
+	leb := func(b []byte, v uint64) []byte {
+		for {
+			c := byte(v & 0x7f)
+			if v >>= 7; v == 0 {
+				return append(b, c)
+			}
+			b = append(b, c|0x80)
+		}
+	}
+	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
+	m = append(m, section(3, []byte{2, 0, 1})...)
+	name := "canister_update f"
+	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
+	m = append(m, section(7, append(ex, 0, 1))...)
+	body := []byte{0} // no locals
+	for range n {
+		body = append(body, 0x02, 0x40, 0x20, 0, 0x0d, 0, 0x0b) // block; local.get 0; br_if 0; end
+	}
+	body = append(body, 0x0b)
+	code := append(leb([]byte{2}, uint64(len(body))), body...)
+	code = append(code, 2, 0, 0x0b)
+	return append(m, section(10, code)...)
+}
+
+// The compile bomb is refused by validation (in the compiler sandbox, or
+// in the node's process) before it compiles, as an invalid module that
+// says why; the canister then installs a module within the bounds.
+func TestInstallControlBombRefused(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			ctx := context.Background()
+			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: blockBombWasm(120_000), Caller: user})
+			if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), "control instructions") {
+				t.Fatalf("install of 120,000 blocks in one function: %v, want a refusal for its control instructions", err)
+			}
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: blockBombWasm(1000), Caller: user}); err != nil {
+				t.Fatalf("install of 1,000 blocks: %v", err)
+			}
+		})
 	}
 }

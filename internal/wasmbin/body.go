@@ -454,6 +454,44 @@ func DeclaredLocals(b []byte, m *Module) (uint64, error) {
 	return total, err
 }
 
+// ControlInstructions decodes m's function bodies (b is the module m was
+// decoded from) and counts their control instructions: loop, if, else,
+// end, br, br_if, br_table, return and unreachable, the instructions after
+// which metering starts a new run, so updates the counter again
+// (InstrumentMetering). It returns the count of the body with the most, the
+// index of that function (imports counted, as in calls), and the sum over
+// all bodies. Cranelift's compile time grows with the square of a body's
+// counter updates, whatever its bytes, so callers bound both.
+func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, total uint64, err error) {
+	err = forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
+		if _, _, err := d.localDecls(); err != nil {
+			return err
+		}
+		var n uint64
+		for {
+			in, done, err := d.next()
+			if err != nil {
+				return err
+			}
+			if in.kind.endsRun() {
+				n++
+			}
+			if done {
+				if d.r.pos != end {
+					return d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
+				}
+				break
+			}
+		}
+		if n > most {
+			most, mostFunc = n, m.NumImportedFuncs+uint32(i)
+		}
+		total += n
+		return nil
+	})
+	return most, mostFunc, total, err
+}
+
 // forEachBody calls f for every function body with a decoder positioned at
 // the body's local declarations.
 func forEachBody(b []byte, m *Module, f func(i int, d *bodyDecoder, start, end int) error) error {

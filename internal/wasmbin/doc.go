@@ -29,9 +29,11 @@
 //	func InstrumentMetering(b []byte) ([]byte, Instrumentation, error)
 //	func (c Config) InstrumentMetering(b []byte) ([]byte, Instrumentation, error)
 //	func (c Config) DecodeBodies(b []byte) error
+//	func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, total uint64, err error)
 //
 // Decode decodes only structure (function bodies are decoded, instruction
-// by instruction, by DecodeBodies and InstrumentMetering, see body.go):
+// by instruction, by DecodeBodies, ControlInstructions and
+// InstrumentMetering, see body.go):
 // types, imports, function/table/memory/tag/
 // global declarations, exports, start, datacount and custom sections.
 // Function bodies are length-checked and skipped, element segments skipped,
