@@ -267,8 +267,10 @@ var Settings = []*Setting{
 		func(c *Config) *uint64 { return &c.Host.Sandbox.SealedArtifactBytes }),
 	size("sandbox.artifact_cache_bytes", "", "bytes of compiled artifacts cached on disk in <home>/artifacts; beyond it the least recently used go, those no live sandbox runs first, and are compiled again when needed (0: a tenth of the home's file system, at least 1 GiB)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.ArtifactCacheBytes }),
-	size("sandbox.memory_budget", "", "memory of all canister sandboxes together (what their cgroups are charged, else their RSS) beyond which the least recently used idle ones are evicted (bytes; 0: no budget)",
+	size("sandbox.memory_budget", "", "memory of all canister sandboxes together (what their cgroups are charged, else their RSS), measured after each message and every second while idle, beyond which the least recently used idle ones are evicted (bytes; 0: half of sandbox.node_memory_bytes)",
 		func(c *Config) *uint64 { return &c.Host.Sandbox.MemoryBudget }),
+	size("sandbox.node_memory_bytes", "", "hard memory limit of all the node's sandboxes together, compilers included: their parent cgroup's, enforced by the kernel at every allocation (a sandbox past it is OOM-killed; bytes; 0: a quarter of this machine's memory; none without the cgroup layer)",
+		func(c *Config) *uint64 { return &c.Host.Sandbox.NodeMemoryBytes }),
 	str("sandbox.host_ids", "", "FIRST-LAST: host uids (and gids) to give each live sandbox one of its own when cordon runs as root, so per-user kernel limits are per sandbox; the range must belong to no one else (empty: every sandbox is 65534)",
 		func(c *Config) *string { return &c.Host.Sandbox.HostIDs }, func(v string) error {
 			if v == "" {

@@ -94,9 +94,25 @@ type SandboxConfig struct {
 	// still judges all of it, and its cgroup's quota bounds it meanwhile.
 	IdleCPUChecks int
 
-	MaxSandboxes int           // live canister sandboxes; the coldest beyond are evicted (default 256)
-	MaxTotalRSS  uint64        // memory budget of all canister sandboxes: their cgroups' charge, else RSS (0: none)
-	IdleTimeout  time.Duration // a sandbox idle this long is stopped (default 5 min)
+	MaxSandboxes int // live canister sandboxes; the coldest beyond are evicted (default 256)
+	// NodeMemoryBytes is the hard memory limit of all the node's
+	// sandboxes together, compilers included: the memory limit of the
+	// group cgroup that holds their cgroups (sandbox.NewGroup), which the
+	// kernel enforces at every allocation (default DefaultNodeMemory).
+	// Without the cgroup layer there is none.
+	NodeMemoryBytes uint64
+	// MaxTotalRSS is the memory budget of all canister sandboxes: their
+	// cgroups' charge, else RSS. Beyond it the least recently used idle
+	// ones are evicted, when a sandbox is about to start and at every
+	// IdleCPUCheck (default NodeMemoryBytes / 2: the other half is room
+	// for what executions in flight grow by).
+	MaxTotalRSS uint64
+	// IdleMemoryGrowth is how much a canister sandbox's memory may grow
+	// between messages (from the least it was seen holding in its idle
+	// period, looked at every IdleCPUCheck) before it is killed: an idle
+	// worker only gives memory back (default DefaultIdleMemoryGrowth).
+	IdleMemoryGrowth uint64
+	IdleTimeout      time.Duration // a sandbox idle this long is stopped (default 5 min)
 
 	// WarmPool is the number of blank sandboxes kept ready for canisters
 	// that need one (warmpool.go), counted in MaxSandboxes and MaxTotalRSS;
@@ -179,6 +195,15 @@ func (c *SandboxConfig) defaults() {
 	if c.MaxSandboxes <= 0 {
 		c.MaxSandboxes = DefaultMaxSandboxes
 	}
+	if c.NodeMemoryBytes == 0 {
+		c.NodeMemoryBytes = DefaultNodeMemory()
+	}
+	if c.MaxTotalRSS == 0 {
+		c.MaxTotalRSS = c.NodeMemoryBytes / 2
+	}
+	if c.IdleMemoryGrowth == 0 {
+		c.IdleMemoryGrowth = DefaultIdleMemoryGrowth
+	}
 	if c.CPUPercent == 0 {
 		c.CPUPercent = 100
 	}
@@ -238,6 +263,29 @@ func (c *SandboxConfig) defaults() {
 		c.primedLabel = primedLabel
 	}
 }
+
+// DefaultNodeMemoryShare: by default all of a node's sandboxes together
+// may hold a quarter of the machine's memory (NodeMemoryBytes), and idle
+// ones are evicted beyond an eighth (MaxTotalRSS). The node's canisters
+// hold up to half by default (host's limits.memory_capacity, in the host's
+// memory images); the rest is the host's own transient memory (a commit of
+// n changed bytes needs up to 2.5 n) and the page cache (RATIONALE.md).
+const DefaultNodeMemoryShare = 4
+
+// DefaultNodeMemory is NodeMemoryBytes by default: a DefaultNodeMemoryShare
+// of MemTotal (1 TiB where that is unknown: no practical bound).
+func DefaultNodeMemory() uint64 {
+	if m := sandbox.MachineMemory(); m > 0 {
+		return m / DefaultNodeMemoryShare
+	}
+	return 1 << 40
+}
+
+// DefaultIdleMemoryGrowth is IdleMemoryGrowth by default. An honest idle
+// worker's memory shrinks (it trims 500 ms after its last request); a
+// first garbage collection adds about 0.5 MiB of runtime metadata. Growth
+// beyond this is code of its own allocating (RATIONALE.md).
+const DefaultIdleMemoryGrowth = 32 << 20
 
 // DefaultQueryThreads is the default QueryThreads of sandboxes with a CPU
 // quota of cpuPercent (% of one core; 0 or negative: none): as in-process
@@ -403,6 +451,10 @@ type Sandboxed struct {
 	rss      uint64
 	blankMem uint64
 
+	// group is the cgroup holding every sandbox's (NodeMemoryBytes); nil
+	// without the cgroup layer.
+	group *sandbox.Group
+
 	nextID atomic.Uint64
 	stop   chan struct{}
 	reaper sync.WaitGroup
@@ -485,13 +537,16 @@ func (sb *canisterSandbox) setLoaded(h [32]byte) {
 	}
 }
 
-// cpuMark is a sandbox's CPU time when it was last seen idle.
+// cpuMark is a sandbox's CPU time when its idle period began, and the
+// least memory it was seen holding since.
 type cpuMark struct {
 	ok       bool
 	pid      int
 	messages uint64
 	at       time.Time
 	cpu      time.Duration
+	mem      uint64
+	memOK    bool
 }
 
 // NewSandboxed creates a sandboxed executor.
@@ -518,7 +573,11 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 	} else {
 		cfg.Logger.Info("sandbox executable", "executable", sandbox.DefaultExecutable().String())
 	}
-	x := &Sandboxed{cfg: cfg, tag: artifactTag(), pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{}, compileSlots: make(chan struct{}, cfg.MaxCompiles),
+	group, err := nodeGroup(cfg)
+	if err != nil {
+		return nil, err
+	}
+	x := &Sandboxed{cfg: cfg, tag: artifactTag(), group: group, pool: map[string]*canisterSandbox{}, comps: map[int]time.Time{}, compileSlots: make(chan struct{}, cfg.MaxCompiles),
 		modules: newModuleCache(), compile: map[[32]byte]*moduleLock{}, stop: make(chan struct{}), sealed: newSealedCache(cfg.SealedArtifactBytes, cfg.SealedArtifacts),
 		disk:  newArtifactDisk(),
 		stats: SandboxStats{Faults: map[string]uint64{}, Violations: map[string]uint64{}}, refill: make(chan struct{}, 1),
@@ -548,6 +607,31 @@ func NewSandboxed(cfg SandboxConfig) (*Sandboxed, error) {
 		go x.primer()
 	}
 	return x, nil
+}
+
+// nodeGroup makes the group cgroup of the node's sandboxes
+// (NodeMemoryBytes). Without the cgroup layer there is none: a strict
+// sandbox refuses to start then, as it always did, and doctor says why. A
+// group that cannot be made where the layer is available fails a strict
+// node that does not allow the layer missing.
+func nodeGroup(cfg SandboxConfig) (*sandbox.Group, error) {
+	if cfg.MaxTotalRSS > cfg.NodeMemoryBytes {
+		cfg.Logger.Warn("sandbox.memory_budget is above sandbox.node_memory_bytes: the kernel's OOM killer acts before idle sandboxes are evicted",
+			"memory_budget", cfg.MaxTotalRSS, "node_memory_bytes", cfg.NodeMemoryBytes)
+	}
+	g, err := sandbox.NewGroup("node", cfg.NodeMemoryBytes)
+	switch {
+	case err == nil:
+		cfg.Logger.Info("sandbox node group", "dir", g.Dir(), "memory_limit", g.MemoryLimit())
+		return g, nil
+	case errors.Is(err, sandbox.ErrNoCgroupLayer):
+		cfg.Logger.Warn("sandboxes have no hard memory limit together (no cgroup layer): only the memory budget's eviction bounds them", "err", err)
+		return nil, nil
+	case cfg.Strict && !slices.Contains(cfg.AllowMissing, sandbox.LayerCgroup):
+		return nil, fmt.Errorf("exec: %w", err)
+	}
+	cfg.Logger.Warn("sandboxes run without a hard memory limit together", "err", err)
+	return nil, nil
 }
 
 // artifactTag names what an artifact depends on besides the module: a new
@@ -839,7 +923,7 @@ func (x *Sandboxed) spec(label string, mode boundary.Mode, mem uint64) sandbox.S
 	}
 	return sandbox.Spec{
 		Label: label, Binary: x.cfg.Binary, Args: args,
-		MemoryBytes: mem, Pids: pids, CPUPercent: cpu,
+		MemoryBytes: mem, Group: x.group, Pids: pids, CPUPercent: cpu,
 		Strict: x.cfg.Strict, AllowMissing: x.cfg.AllowMissing, HostIDs: x.cfg.HostIDs,
 		Stderr: func(line string) { log.Info("sandbox stderr", "canister", label, "line", line) },
 	}
@@ -1350,14 +1434,34 @@ func (x *Sandboxed) idleSandboxes(keep func(*canisterSandbox) bool) []*canisterS
 	return idle
 }
 
-// watchIdleCPU kills the sandboxes that burn CPU between messages. Between
-// messages a worker is blocked reading its socket; CPU time it uses then is
-// a thread of its own, which costs the node a core until the idle timeout.
+// watchIdleCPU kills the sandboxes that burn CPU or grow their memory
+// between messages, then keeps the memory budget. Between messages a
+// worker is blocked reading its socket; CPU time it uses then is a thread
+// of its own, which costs the node a core until the idle timeout, and
+// memory it takes then is held for as long as its canister stays warm.
 func (x *Sandboxed) watchIdleCPU() {
 	for _, sb := range x.idleCPUTurn() {
-		x.checkIdleCPU(sb)
+		x.checkIdle(sb)
 	}
 	x.checkIdleCPUBlanks()
+	x.keepMemoryBudget()
+}
+
+// keepMemoryBudget evicts while the sandboxes' memory, as last measured,
+// is over MaxTotalRSS: blank and primed sandboxes first, then the least
+// recently used idle canister sandboxes. makeRoom does so before a
+// sandbox starts; this finds what idle ones grew meanwhile (checkIdle
+// measures them), so a budget passed between messages does not wait for
+// the next cold start.
+func (x *Sandboxed) keepMemoryBudget() {
+	for {
+		x.mu.Lock()
+		over := x.cfg.MaxTotalRSS > 0 && x.rss+x.blankMem > x.cfg.MaxTotalRSS
+		x.mu.Unlock()
+		if !over || (!x.trimBlank() && !x.evictColdest(nil, "memory")) {
+			return
+		}
+	}
 }
 
 // idleCPUTurn returns the idle canister sandboxes whose turn it is: at most
@@ -1390,10 +1494,12 @@ func (x *Sandboxed) idleCPUTurn() []*canisterSandbox {
 	return turn
 }
 
-// checkIdleCPU compares sb's CPU time with the mark taken when its idle
-// period began; a sandbox that handled no message since and used more than
-// IdleCPUPercent of the wall time is killed.
-func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
+// checkIdle looks at an idle sandbox: its memory now counts in the budget,
+// and it is compared with the mark taken when its idle period began. One
+// that handled no message since and used more than IdleCPUPercent of the
+// wall time, or whose memory grew by more than IdleMemoryGrowth from the
+// least it held since, is killed.
+func (x *Sandboxed) checkIdle(sb *canisterSandbox) {
 	if !sb.mu.TryLock() {
 		return // an exchange holds it: not idle
 	}
@@ -1402,24 +1508,35 @@ func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
 		return
 	}
 	defer x.rewatch(sb)
-	c, ok := sb.proc.(interface{ CPUTime() (time.Duration, error) })
-	if !ok {
-		return
+	var used time.Duration
+	c, cpuOK := sb.proc.(interface{ CPUTime() (time.Duration, error) })
+	if cpuOK {
+		var err error
+		if used, err = c.CPUTime(); err != nil {
+			return // exited: the next acquire notices
+		}
 	}
-	used, err := c.CPUTime()
-	if err != nil {
-		return // exited: the next acquire notices
-	}
+	mem, err := memoryOf(sb.proc)
+	memOK := err == nil
 	now := time.Now()
 	// The mark stays where the sandbox's idle period began, so what it
 	// uses adds up over the checks: on a loaded node a spinning thread gets
 	// a small share of a core per check, never enough to judge on alone.
+	// Its memory is judged from the least it held since: an honest worker
+	// trims after its last request, and a thread that then takes memory
+	// back is as foreign as one that takes more.
 	x.mu.Lock()
+	if memOK && sb.slot {
+		x.rss = x.rss - sb.rss + mem
+		sb.rss = mem
+	}
 	mark := sb.idleCPU
 	busy := sb.busy != 0
 	same := !busy && mark.ok && mark.pid == sb.pid && mark.messages == sb.messages
 	if !same {
-		sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used}
+		sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used, mem: mem, memOK: memOK}
+	} else if memOK && (!mark.memOK || mem < mark.mem) {
+		sb.idleCPU.mem, sb.idleCPU.memOK = mem, true
 	}
 	x.mu.Unlock()
 	if !same {
@@ -1427,14 +1544,25 @@ func (x *Sandboxed) checkIdleCPU(sb *canisterSandbox) {
 	}
 	// /proc counts in 10 ms ticks: never judge on less than a few.
 	spent, wall := used-mark.cpu, now.Sub(mark.at)
-	if spent <= max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100) {
+	if cpuOK && spent > max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100) {
+		x.cfg.Logger.Warn("sandbox killed: it used CPU between messages", "canister", sb.id, "pid", sb.pid,
+			"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+		x.killIdle(sb, "idle_cpu")
 		return
 	}
-	x.cfg.Logger.Warn("sandbox killed: it used CPU between messages", "canister", sb.id, "pid", sb.pid,
-		"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+	if memOK && mark.memOK && mem > mark.mem && mem-mark.mem > x.cfg.IdleMemoryGrowth {
+		x.cfg.Logger.Warn("sandbox killed: its memory grew between messages", "canister", sb.id, "pid", sb.pid,
+			"memory", mem, "least_since_idle", mark.mem, "limit", x.cfg.IdleMemoryGrowth, "wall", wall)
+		x.killIdle(sb, "idle_memory")
+	}
+}
+
+// killIdle kills an idle sandbox that misbehaved (sb.mu held), counting
+// the fault.
+func (x *Sandboxed) killIdle(sb *canisterSandbox, fault string) {
 	x.forgetLocked(sb)
-	x.count(func(s *SandboxStats) { s.Faults["idle_cpu"]++ })
-	x.cfg.Metrics.SandboxCrashed("idle_cpu")
+	x.count(func(s *SandboxStats) { s.Faults[fault]++ })
+	x.cfg.Metrics.SandboxCrashed(fault)
 }
 
 // ---- Execute -------------------------------------------------------------
@@ -1831,6 +1959,9 @@ func (x *Sandboxed) Close() error {
 		sb.mu.Unlock()
 	}
 	x.sealed.close()
+	if err := x.group.Close(); err != nil {
+		x.cfg.Logger.Warn("sandbox node group not removed", "err", err)
+	}
 	return nil
 }
 

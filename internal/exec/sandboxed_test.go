@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 		if slices.Contains(os.Args, spinWhenIdle) {
 			go spin() // a thread of the sandbox's own, as native code could start
 		}
+		if slices.Contains(os.Args, growWhenIdle) {
+			go grow() // likewise, taking memory and keeping it
+		}
 		os.Exit(worker.Main())
 	}
 	os.Exit(m.Run())

@@ -1,13 +1,10 @@
 package host
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/cordon-dev/cordon/internal/sandbox"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -37,36 +34,20 @@ import (
 // once (in its memory's image, state/backing.go), about 1.1 times the
 // committed bytes in all; the other half is for what is transient (a
 // message or install changing n bytes needs up to about 2.5 n while it
-// commits), executions, sandboxes and the page cache (RATIONALE.md).
+// commits), executions, sandboxes and the page cache (RATIONALE.md). Of
+// that half, the sandboxes get a quarter of the machine by default, a hard
+// limit on all of them together (sandbox.node_memory_bytes,
+// exec.DefaultNodeMemoryShare), and idle ones are evicted beyond an eighth
+// (sandbox.memory_budget); the host's transient memory and the page cache
+// keep the rest.
 const defaultCapacityShare = 2
-
-// machineMemory returns MemTotal from /proc/meminfo, or 0.
-func machineMemory() uint64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
-			fs := strings.Fields(v)
-			if len(fs) == 2 && fs[1] == "kB" {
-				if kb, err := strconv.ParseUint(fs[0], 10, 64); err == nil {
-					return kb << 10
-				}
-			}
-		}
-	}
-	return 0
-}
 
 // memoryCapacity is the configured capacity, or the machine's default.
 func memoryCapacity(configured uint64) uint64 {
 	if configured > 0 {
 		return configured
 	}
-	if m := machineMemory(); m > 0 {
+	if m := sandbox.MachineMemory(); m > 0 {
 		return m / defaultCapacityShare
 	}
 	return 1 << 40 // unknown machine: no practical bound

@@ -140,8 +140,12 @@ type SandboxConfig struct {
 	SealedArtifacts int
 	// MemoryBudget bounds the memory of all canister sandboxes together
 	// (their cgroups' charge, else RSS): past it the coldest idle
-	// sandboxes are evicted (0: no budget).
+	// sandboxes are evicted (0: half of NodeMemoryBytes).
 	MemoryBudget uint64
+	// NodeMemoryBytes is the hard memory limit of all the node's sandboxes
+	// together: their group cgroup's (0: exec.DefaultNodeMemory, a quarter
+	// of the machine's memory).
+	NodeMemoryBytes uint64
 	// QueryThreads bounds the queries of one canister run at once in its
 	// sandbox (0: twice the cores of CPUPercent; 1: one at a time).
 	QueryThreads int

@@ -83,6 +83,7 @@ func sandboxConfig(cfg Config, logger *slog.Logger) (exec.SandboxConfig, error) 
 		CPUPercent:          cpuQuota(cfg.Sandbox.CPUPercent),
 		MaxSandboxes:        cfg.Sandbox.MaxSandboxes,
 		MaxTotalRSS:         cfg.Sandbox.MemoryBudget,
+		NodeMemoryBytes:     cfg.Sandbox.NodeMemoryBytes,
 		IdleTimeout:         cfg.Sandbox.IdleTimeout,
 		WarmPool:            cfg.Sandbox.WarmPool,
 		PreloadPool:         cfg.Sandbox.PreloadPool,

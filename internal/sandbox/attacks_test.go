@@ -53,6 +53,9 @@ var attacks = map[string]func() error{
 	},
 	"write_file":   func() error { return os.WriteFile("/pwned", []byte("x"), 0o644) },
 	"proc_environ": func() error { _, err := os.ReadFile("/proc/1/environ"); return err },
+	// Back to the host's oom_score_adj, so the OOM killer would take the
+	// host first: /proc is beyond reach (the value stays: TestOOMScoreAdj).
+	"oom_score_adj_lower": func() error { return os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0) },
 	"exec_sh": func() error {
 		argv := []uintptr{cstr("/bin/sh"), 0}
 		return raw(unix.SYS_EXECVE, cstr("/bin/sh"), uintptr(unsafe.Pointer(&argv[0])), 0)

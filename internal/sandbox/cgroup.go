@@ -38,6 +38,9 @@ import (
 // size is 0. Best effort: without the controller the seccomp filter alone
 // keeps hugetlb pages out (it refuses MAP_HUGETLB and MFD_HUGETLB).
 //
+// A node's sandboxes share a group cgroup under that parent, with a hard
+// memory limit on all of them (group.go, Spec.Group).
+//
 // The parent can be set with CORDON_CGROUP_PARENT (a path inside each
 // hierarchy, e.g. a systemd-delegated cgroup). Stale directories left by a
 // crashed host (cordon.<pid>.* with <pid> dead) are removed on first use.
@@ -440,7 +443,16 @@ func (s *cgroupSetup) sweep() {
 			if err != nil || pid == os.Getpid() || unix.Kill(pid, 0) == nil {
 				continue
 			}
-			_ = unix.Rmdir(filepath.Join(p, e.Name()))
+			d := filepath.Join(p, e.Name())
+			// A node's group (group.go) holds its sandboxes' cgroups.
+			if sub, err := os.ReadDir(d); err == nil {
+				for _, c := range sub {
+					if c.IsDir() && strings.HasPrefix(c.Name(), "cordon.") {
+						_ = unix.Rmdir(filepath.Join(d, c.Name()))
+					}
+				}
+			}
+			_ = unix.Rmdir(d)
 		}
 	}
 }

@@ -128,7 +128,7 @@ var killedBy = map[string]string{
 // Attacks that fail with an error under full confinement (the sandbox
 // lives), and the error they must report.
 var refusedWith = map[string]string{
-	"read_passwd": "ENOENT", "list_root": "ENOENT", "write_file": "ENOENT", "proc_environ": "ENOENT",
+	"read_passwd": "ENOENT", "list_root": "ENOENT", "write_file": "ENOENT", "proc_environ": "ENOENT", "oom_score_adj_lower": "ENOENT",
 	"clone3": "ENOSYS", "ioctl_tiocsti": "ENOTTY", "write_fd0": "EBADF", "write_fd1": "EBADF",
 	"fd_exhaustion": "EMFILE", "thread_bomb": "EAGAIN",
 }
@@ -233,6 +233,7 @@ func TestLayersWithoutSeccomp(t *testing.T) {
 	want := map[string]string{
 		"read_passwd":           "ENOENT", // empty root
 		"proc_environ":          "ENOENT",
+		"oom_score_adj_lower":   "ENOENT",
 		"list_root":             "EACCES", // mode 0111 and Landlock
 		"write_file":            "E",      // EROFS or EACCES
 		"exec_sh":               "ENOENT",

@@ -13,8 +13,9 @@
 //     user allow. In strict mode a missing layer is an error unless listed in
 //     Spec.AllowMissing; a layer started without is logged as a warning.
 //  2. cgroup: a directory per sandbox (cordon.<hostpid>.<seq>.<label>) under
-//     the host's own cgroup, with memory (and memory+swap), pids and cpu
-//     limits; v1 (one directory per controller) or v2 (cgroup.kill,
+//     the node's group cgroup (Spec.Group, group.go: a hard memory limit on
+//     all of a node's sandboxes together), else under the host's own
+//     cgroup, with memory (and memory+swap), pids and cpu limits; v1 (one directory per controller) or v2 (cgroup.kill,
 //     memory.oom.group). Made while the spawner clones (step 3), unless
 //     the host clones into it itself (v2, no spawner); a cgroup that
 //     cannot be made or attached after the clone kills and reaps the child.
@@ -43,8 +44,8 @@
 //     confine.ParseFailure), which fails Start with a *LayerError.
 //  6. Verification from outside: for every thread in /proc/<pid>/task,
 //     CapInh/CapPrm/CapEff/CapBnd/CapAmb = 0, NoNewPrivs = 1, Seccomp = 2,
-//     each namespace differs from the host's, the cgroup membership, rlimits
-//     and mount table. Any mismatch kills the sandbox and fails Start, naming
+//     each namespace differs from the host's, the cgroup membership (and the
+//     group's memory limit), oom_score_adj, rlimits and mount table. Any mismatch kills the sandbox and fails Start, naming
 //     the layer; Process.Verify makes the same checks again later.
 //
 // Child, in a C constructor (confine/early.c) that runs before the Go
@@ -56,6 +57,8 @@
 //     passed files. Open /proc/self/pagemap with the effective capability
 //     set emptied for the open (restored after), so the file shows no
 //     physical frame numbers even to a sandbox that starts as real root.
+//     oom_score_adj: raise its own to 1000 (no privilege needed; /proc is
+//     still reachable), so the kernel's OOM killer takes it before the host.
 //  3. mountns + pivot_root: make / private, mount a 4 KiB tmpfs (mode 0111),
 //     pivot_root(".", ".") into it, detach the old root with everything
 //     beneath it, remount the new root read-only, nosuid, nodev, noexec.

@@ -56,7 +56,7 @@ var childLayer = map[uint64]Layer{
 	confine.LPdeathsig: LayerPdeathsig, confine.LFds: LayerFds, confine.LPivot: LayerPivotRoot,
 	confine.LUTS: LayerUTSNS, confine.LCgroupNS: LayerCgroupNS, confine.LRlimits: LayerRlimits,
 	confine.LCaps: LayerCaps, confine.LNNP: LayerNoNewPrivs, confine.LLandlock: LayerLandlock,
-	confine.LSeccomp: LayerSeccomp,
+	confine.LSeccomp: LayerSeccomp, confine.LOOM: LayerOOMScore,
 }
 
 // childFailure turns a failure packet into Start's error: "confine:

@@ -138,7 +138,9 @@ func TestChildFailureHostile(t *testing.T) {
 	for _, b := range []string{
 		"cordon-failed 0x100 1 restrict self",
 		"cordon-failed 0x300 1 two layers",
-		"cordon-failed 0x1000 1 the setuid bit is no layer of its own",
+		"cordon-failed 0x400 1 the setuid bit is no layer of its own",
+		"cordon-failed 0x800 1 nor the wx bit",
+		"cordon-failed 0x1000 13 open /proc/self/oom_score_adj",
 		"cordon-failed 0x100 99999 errno",
 		"cordon-failed 0x100 -1 errno",
 		"cordon-failed 0x100 1 \x1b[31mred",
@@ -153,6 +155,10 @@ func TestChildFailureHostile(t *testing.T) {
 		switch b {
 		case "cordon-failed 0x100 1 restrict self":
 			if !named || l != LayerLandlock {
+				t.Errorf("%q: %v", b, err)
+			}
+		case "cordon-failed 0x1000 13 open /proc/self/oom_score_adj":
+			if !named || l != LayerOOMScore {
 				t.Errorf("%q: %v", b, err)
 			}
 		default:

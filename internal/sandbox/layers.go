@@ -20,37 +20,42 @@ type Layer string
 
 // The layers, in the order they are applied.
 const (
-	LayerEnv        Layer = "env"          // explicit minimal environment
-	LayerFds        Layer = "fds"          // only fds 2 (log pipe), 3 (IPC), 4.. (Spec.Files)
-	LayerSession    Layer = "session"      // setsid
-	LayerPdeathsig  Layer = "pdeathsig"    // SIGKILL when the host dies
-	LayerUserNS     Layer = "userns"       // user namespace, mapped to an unprivileged id
-	LayerPidNS      Layer = "pidns"        // pid namespace (the sandbox is its pid 1)
-	LayerNetNS      Layer = "netns"        // network namespace: only lo, down
-	LayerMountNS    Layer = "mountns"      // mount namespace
-	LayerIPCNS      Layer = "ipcns"        // System V IPC / POSIX mqueue namespace
-	LayerUTSNS      Layer = "utsns"        // hostname namespace
-	LayerCgroupNS   Layer = "cgroupns"     // cgroup namespace rooted at the sandbox's cgroup
-	LayerPivotRoot  Layer = "pivot_root"   // empty read-only tmpfs root, host root detached
-	LayerCgroup     Layer = "cgroup"       // memory, pids, cpu limits
-	LayerRlimits    Layer = "rlimits"      // core 0, fsize 0, nofile, as, nproc, memlock 0, msgqueue 0
-	LayerCaps       Layer = "caps"         // every capability set empty, securebits locked
-	LayerNoNewPrivs Layer = "no_new_privs" // PR_SET_NO_NEW_PRIVS
-	LayerLandlock   Layer = "landlock"     // no filesystem rights at all
-	LayerSeccomp    Layer = "seccomp"      // syscall allowlist, last, on every thread
-	LayerWX         Layer = "wx"           // W^X: no writable+executable memory, no new code once the module is loaded
+	LayerEnv        Layer = "env"           // explicit minimal environment
+	LayerFds        Layer = "fds"           // only fds 2 (log pipe), 3 (IPC), 4.. (Spec.Files)
+	LayerSession    Layer = "session"       // setsid
+	LayerPdeathsig  Layer = "pdeathsig"     // SIGKILL when the host dies
+	LayerUserNS     Layer = "userns"        // user namespace, mapped to an unprivileged id
+	LayerPidNS      Layer = "pidns"         // pid namespace (the sandbox is its pid 1)
+	LayerNetNS      Layer = "netns"         // network namespace: only lo, down
+	LayerMountNS    Layer = "mountns"       // mount namespace
+	LayerIPCNS      Layer = "ipcns"         // System V IPC / POSIX mqueue namespace
+	LayerUTSNS      Layer = "utsns"         // hostname namespace
+	LayerCgroupNS   Layer = "cgroupns"      // cgroup namespace rooted at the sandbox's cgroup
+	LayerOOMScore   Layer = "oom_score_adj" // oom_score_adj 1000: the kernel's OOM killer takes sandboxes before the host
+	LayerPivotRoot  Layer = "pivot_root"    // empty read-only tmpfs root, host root detached
+	LayerCgroup     Layer = "cgroup"        // memory, pids, cpu limits
+	LayerRlimits    Layer = "rlimits"       // core 0, fsize 0, nofile, as, nproc, memlock 0, msgqueue 0
+	LayerCaps       Layer = "caps"          // every capability set empty, securebits locked
+	LayerNoNewPrivs Layer = "no_new_privs"  // PR_SET_NO_NEW_PRIVS
+	LayerLandlock   Layer = "landlock"      // no filesystem rights at all
+	LayerSeccomp    Layer = "seccomp"       // syscall allowlist, last, on every thread
+	LayerWX         Layer = "wx"            // W^X: no writable+executable memory, no new code once the module is loaded
 )
 
 // AllLayers lists every layer in application order.
 var AllLayers = []Layer{
 	LayerEnv, LayerFds, LayerSession, LayerPdeathsig,
-	LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerPivotRoot,
+	LayerUserNS, LayerPidNS, LayerNetNS, LayerMountNS, LayerIPCNS, LayerUTSNS, LayerCgroupNS, LayerOOMScore, LayerPivotRoot,
 	LayerCgroup, LayerRlimits, LayerCaps, LayerNoNewPrivs, LayerLandlock, LayerSeccomp, LayerWX,
 }
 
 // wxDetail describes the W^X layer.
 const wxDetail = "seccomp kills mmap with PROT_EXEC and mmap/mprotect with PROT_WRITE|PROT_EXEC; " +
 	"a canister sandbox sets PR_SET_MDWE (refuse exec gain) once its module is loaded, so no memory becomes executable after"
+
+// oomDetail describes the oom_score_adj layer.
+var oomDetail = fmt.Sprintf("each sandbox raises its oom_score_adj to %d (no privilege needed) before anything untrusted runs: "+
+	"when memory runs out, the kernel's OOM killer takes a sandbox before the host", confine.OOMScoreAdj)
 
 // LayerState says whether a layer was applied to a sandbox.
 type LayerState struct {
@@ -144,7 +149,8 @@ func hasCapSysAdmin() bool {
 
 // noCgroupBounds says what bounds a sandbox without the cgroup layer.
 var noCgroupBounds = fmt.Sprintf("without it, memory is bounded by RLIMIT_DATA (the memory limit + %d MiB of writable private mappings, counted by size), "+
-	"threads by RLIMIT_NPROC (per host user: shared by every sandbox of a rootless host), CPU only by each execution's instruction limit and the host's watchdog (no quota)", DataSlack>>20)
+	"threads by RLIMIT_NPROC (per host user: shared by every sandbox of a rootless host), CPU only by each execution's instruction limit and the host's watchdog (no quota), "+
+	"and no hard limit holds all sandboxes together: sandbox.memory_budget evicts idle ones by their RSS, and oom_score_adj makes them the kernel's first OOM victims", DataSlack>>20)
 
 // mapsID reports whether id appears in a /proc/<pid>/{uid,gid}_map, i.e.
 // is an id of this process's user namespace that the host may map.
@@ -245,6 +251,11 @@ func probe() *availability {
 	set(LayerRlimits, true, fmt.Sprintf("core 0, fsize = memory limit, nofile %d, as %d GiB, memlock 0, msgqueue 0; without the cgroup layer also nproc = pids limit, data = memory limit + %d MiB",
 		NoFileLimit, AddressSpaceLimit>>30, DataSlack>>20))
 	set(LayerNoNewPrivs, true, "")
+	if _, err := os.Stat("/proc/self/oom_score_adj"); err != nil {
+		set(LayerOOMScore, false, "no /proc/self/oom_score_adj: "+err.Error())
+	} else {
+		set(LayerOOMScore, true, oomDetail)
+	}
 	// User namespace.
 	uerr := probeClone(0, true, a.rootless)
 	userns := uerr == nil
@@ -279,14 +290,25 @@ func probe() *availability {
 	}
 	// cgroups
 	a.cgroups = detectCgroups()
-	if err := a.cgroups.prepare(); err != nil {
+	err := a.cgroups.prepare()
+	if err == nil {
+		// Sandbox cgroups without a node's group would leave the sum of
+		// all sandboxes unbounded: the layer is both or neither.
+		g, gerr := a.cgroups.newGroup("probe", 64<<20)
+		if gerr != nil {
+			err = fmt.Errorf("cannot make a node's group cgroup: %w", gerr)
+		} else if gerr = g.Close(); gerr != nil {
+			err = gerr
+		}
+	}
+	if err != nil {
 		set(LayerCgroup, false, err.Error()+"; "+noCgroupBounds)
 		if a.layers[LayerCgroupNS] {
 			// Unshared in the cgroup the sandbox starts in: the host's.
 			a.detail[LayerCgroupNS] = "rooted at the host's own cgroup (no cgroup layer): the sandbox sees its path as /"
 		}
 	} else {
-		set(LayerCgroup, true, a.cgroups.detail)
+		set(LayerCgroup, true, a.cgroups.detail+"; a node's sandboxes in one group cgroup with a hard memory limit on all of them (sandbox.node_memory_bytes)")
 	}
 	a.landlockABI = landlockABI()
 	if a.landlockABI > 0 {

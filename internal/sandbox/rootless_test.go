@@ -157,9 +157,9 @@ var (
 		"TestNoHostFdsOrEnv", "TestCrashAndHang", "TestStderrLabelledAndRateLimited", "TestStrictMode",
 		"TestStartCancelled", "TestDoctor", "TestDying", "TestParentDeathKillsSandbox", "TestSyscallsMeasured", "TestCanisterConfined",
 		"TestSpawnerClonesHostChildren", "TestSpawnerRestartsAfterCrash", "TestSpawnerRefusesBadRequests",
-		"TestSpawnerDiesWithHost", "TestSpawnerConcurrentStarts",
+		"TestSpawnerDiesWithHost", "TestSpawnerConcurrentStarts", "TestOOMScoreAdj",
 	}
-	rootlessCgroupTests = []string{"TestCgroupLimitsAndRemoval", "TestMemoryBomb", "TestCPULimit"}
+	rootlessCgroupTests = []string{"TestCgroupLimitsAndRemoval", "TestMemoryBomb", "TestCPULimit", "TestNodeGroupBoundsAllSandboxes", "TestNodeGroupVerified"}
 )
 
 // TestSuiteRootless: as root, run this package's tests again as an

@@ -62,6 +62,10 @@ type Spec struct {
 	Strict       bool              // refuse to start if any layer is unavailable…
 	AllowMissing []Layer           // …except these (the --insecure-allow-missing list)
 	Stderr       func(line string) // each line the child writes to fd 2 (rate-limited); nil = discard
+	// Group, if set, is the node's group cgroup (NewGroup): the sandbox's
+	// cgroup is made inside it, under its limit on all sandboxes together.
+	// Ignored where the sandbox gets no cgroup.
+	Group *Group
 	// HostIDs, when the host is root and the sandbox gets a user namespace,
 	// gives the sandbox a host uid/gid of its own for its lifetime (else
 	// every sandbox is 65534 on the host too). A rootless host cannot map
@@ -332,6 +336,9 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		cgDone = make(chan cgroupResult, 1)
 		lim := cgroupLimits{memory: mem, pids: pids, cpuPercent: s.CPUPercent}
 		cgroups := av.cgroups
+		if s.Group != nil {
+			cgroups = s.Group.setup
+		}
 		if o.cgroups != nil {
 			cgroups = o.cgroups
 		}
@@ -355,6 +362,9 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		d := fmt.Sprintf("%s memory=%d pids=%d cpu=%d%%", p.cg.dirs[0], mem, pids, s.CPUPercent)
 		if p.cg.hugetlb {
 			d += " hugetlb=0"
+		}
+		if s.Group != nil {
+			d += "; in " + s.Group.String()
 		}
 		p.layers[LayerCgroup] = LayerState{Applied: true, Detail: d}
 		return nil
@@ -594,7 +604,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	// Check from the outside what the child claims (every thread).
 	exp := liveExpect{limits: plannedLimits(cfg)}
 	if p.cg != nil {
-		exp.cgroupDirs = p.cg.dirs
+		exp.cgroupDirs, exp.group = p.cg.dirs, s.Group
 	}
 	p.plan, p.expect = plan, exp
 	if err := verifyLive(proc.Pid, plan, exp); err != nil && !exitsSoon(proc.Pid) {
@@ -811,6 +821,8 @@ func childLayerDetail(l Layer, abi int, cfg confine.Config) string {
 		return confine.AllowlistSummary() + "; every thread (TSYNC)"
 	case LayerPivotRoot:
 		return "empty read-only tmpfs"
+	case LayerOOMScore:
+		return fmt.Sprintf("oom_score_adj %d", confine.OOMScoreAdj)
 	}
 	return ""
 }

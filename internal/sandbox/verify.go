@@ -95,6 +95,7 @@ var hostNamespaces = sync.OnceValue(func() map[string]nsLink {
 // sandbox's cgroup directories and its rlimits.
 type liveExpect struct {
 	cgroupDirs []string    // the sandbox must be in each (cgroup layer)
+	group      *Group      // they must be in it, its limit in place (cgroup layer); nil: none
 	limits     []rlimitMax // each limit at most this (rlimits layer)
 }
 
@@ -134,7 +135,8 @@ var hostChecks = map[Layer]string{
 	LayerUTSNS:      "/proc/<pid>/ns/uts is not the host's",
 	LayerCgroupNS:   "/proc/<pid>/ns/cgroup is not the host's",
 	LayerPivotRoot:  "/proc/<pid>/mountinfo: one mount, a read-only root",
-	LayerCgroup:     "the pid is in cgroup.procs of each of its cgroup directories",
+	LayerOOMScore:   fmt.Sprintf("/proc/<pid>/oom_score_adj is %d", confine.OOMScoreAdj),
+	LayerCgroup:     "the pid is in cgroup.procs of each of its cgroup directories; their node group, if any, holds its memory limit",
 	LayerRlimits:    "/proc/<pid>/limits: each limit at most the planned one",
 	LayerCaps:       "every thread: no capability in any set",
 	LayerNoNewPrivs: "every thread: NoNewPrivs 1",
@@ -171,12 +173,18 @@ func verifyLayers(pid int, plan map[Layer]bool, exp liveExpect) (res map[Layer]e
 	proc := "/proc/" + strconv.Itoa(pid)
 	if plan[LayerCgroup] {
 		res[LayerCgroup] = checkCgroups(proc, pid, exp.cgroupDirs)
+		if res[LayerCgroup] == nil && exp.group != nil {
+			res[LayerCgroup] = exp.group.check(exp.cgroupDirs)
+		}
 	}
 	if plan[LayerRlimits] {
 		res[LayerRlimits] = checkLimits(proc, exp.limits)
 	}
 	if plan[LayerPivotRoot] {
 		res[LayerPivotRoot] = checkMounts(proc)
+	}
+	if plan[LayerOOMScore] {
+		res[LayerOOMScore] = checkOOMScore(proc)
 	}
 	if plan[LayerCaps] || plan[LayerNoNewPrivs] || plan[LayerSeccomp] {
 		threads, err := ReadThreads(pid)
@@ -236,6 +244,18 @@ func checkCgroups(proc string, pid int, dirs []string) error {
 			self, _ := os.ReadFile(proc + "/cgroup")
 			return fmt.Errorf("the sandbox is not in %s (it is in %q)", d, strings.TrimSpace(string(self)))
 		}
+	}
+	return nil
+}
+
+// checkOOMScore: the sandbox's oom_score_adj is the one it was to set.
+func checkOOMScore(proc string) error {
+	b, err := os.ReadFile(proc + "/oom_score_adj")
+	if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(confine.OOMScoreAdj) {
+		return fmt.Errorf("oom_score_adj is %s, want %d", got, confine.OOMScoreAdj)
 	}
 	return nil
 }

@@ -55,6 +55,9 @@ const (
 	FailedPrefix = C.CORDON_FAILED_PREFIX
 	// MaxReady bounds the size of either packet.
 	MaxReady = 256
+	// OOMScoreAdj is the oom_score_adj every sandbox gives itself (LOOM):
+	// the most, so that the kernel's OOM killer takes sandboxes first.
+	OOMScoreAdj = C.CORDON_OOM_SCORE_ADJ
 )
 
 // Layer bits: what the host asks the child to apply, and what the child
@@ -74,6 +77,8 @@ const (
 	// LWX is not applied at start: it tells a canister worker that the host
 	// planned the W^X layer, so ForbidNewCode failing must end the sandbox.
 	LWX = uint64(C.CORDON_L_WX)
+	// LOOM: raise its own oom_score_adj to OOMScoreAdj before the empty root.
+	LOOM = uint64(C.CORDON_L_OOM)
 	// LLearn is for tests only: the seccomp filter sends every system call to
 	// the host, which records it and lets it continue. The host decides
 	// whether to continue; the sandbox cannot force it.
@@ -256,7 +261,7 @@ type Failure struct {
 
 // childLayers are the bits a failure may name: the layers the sandbox
 // applies itself.
-const childLayers = LPdeathsig | LFds | LPivot | LUTS | LCgroupNS | LRlimits | LCaps | LNNP | LLandlock | LSeccomp
+const childLayers = LPdeathsig | LFds | LPivot | LUTS | LCgroupNS | LRlimits | LCaps | LNNP | LLandlock | LSeccomp | LOOM
 
 // maxErrno bounds the errno a failure may carry (the kernel's are below
 // 4096, MAX_ERRNO).

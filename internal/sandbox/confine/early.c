@@ -7,7 +7,7 @@
 // Landlock domain, rlimits) is inherited by every thread created later. It
 // does nothing unless argv[1] is the sandbox marker.
 //
-// Order (see doc.go): pdeathsig, fds, mount namespace and pivot_root,
+// Order (see doc.go): pdeathsig, fds, oom_score_adj, mount namespace and pivot_root,
 // hostname (these overlap the host's cgroup attach), then the host's
 // go-ahead (the process is in its cgroup), cgroup namespace, rlimits,
 // dumpable, capabilities, no_new_privs, Landlock. seccomp is installed later, when
@@ -80,6 +80,7 @@ static const char *layer_name(uint64_t layer) {
 	case CORDON_L_CAPS: return "caps";
 	case CORDON_L_NNP: return "no_new_privs";
 	case CORDON_L_LANDLOCK: return "landlock";
+	case CORDON_L_OOM: return "oom_score_adj";
 	}
 	return "setup";
 }
@@ -198,6 +199,20 @@ static int open_pagemap(void) {
 	return fd;
 }
 
+// raise_oom_score_adj makes this process the kernel's first choice when
+// memory runs out (before the empty root: it needs /proc). Raising one's own
+// oom_score_adj needs no privilege; lowering it again would need /proc,
+// which the sandbox no longer reaches after pivot_root, Landlock and seccomp.
+static void raise_oom_score_adj(void) {
+	char v[16];
+	int n = snprintf(v, sizeof v, "%d", CORDON_OOM_SCORE_ADJ);
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	if (fd < 0) die(CORDON_L_OOM, "open /proc/self/oom_score_adj", errno);
+	ssize_t w = write(fd, v, (size_t)n);
+	if (w != n) die(CORDON_L_OOM, "write /proc/self/oom_score_adj", w < 0 ? errno : EIO);
+	close(fd);
+}
+
 // count_threads reads Threads: from /proc/self/status (before pivot_root).
 static int count_threads(void) {
 	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -284,6 +299,10 @@ __attribute__((constructor(101))) static void cordon_early(int argc, char **argv
 			cordon_pagemap = fcntl(fd, F_DUPFD_CLOEXEC, 4 + (int)nfiles);
 			close(fd);
 		}
+	}
+	if (layers & CORDON_L_OOM) {
+		raise_oom_score_adj();
+		cordon_applied |= CORDON_L_OOM;
 	}
 	if (layers & CORDON_L_PIVOT) {
 		enter_empty_root();

@@ -31,6 +31,10 @@
 // Not applied by early.c: the host planned the W^X layer, which the worker
 // completes (PR_SET_MDWE) once its module is loaded, and must not skip.
 #define CORDON_L_WX (1ULL << 11)
+// The sandbox raises its own oom_score_adj to CORDON_OOM_SCORE_ADJ, so that
+// under memory pressure the kernel's OOM killer picks a sandbox, not the host.
+#define CORDON_L_OOM (1ULL << 12)
+#define CORDON_OOM_SCORE_ADJ 1000
 
 int cordon_early_state(void);
 uint64_t cordon_early_applied(void);
