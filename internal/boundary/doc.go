@@ -60,7 +60,7 @@
 // artifact as an fd), Warm (as Load, for a primed sandbox: the module is
 // loaded and its instantiation made ready ahead of its canister's next
 // message; answered by Loaded), Execute (request header, then the heap and stable
-// pages as Pages packets), Ping, Shutdown. Sandbox to host: Ready (protocol
+// pages as Pages packets, if any), Ping, Shutdown. Sandbox to host: Ready (protocol
 // version and mode, once at start), Compiled (module info, global types and
 // the artifact), Loaded, Output (the execution result without memory pages,
 // then the dirty heap pages and dirty stable pages as Pages packets), Log (a
@@ -74,8 +74,14 @@
 // images of the committed heap (if not empty) and stable memory (if not
 // empty) are attached to the Execute request, which declares how many it
 // carries; the sandbox maps or reads them and never receives a page over
-// the socket. Without images (a page map that could not make one) the
-// stored pages follow the request as Pages packets (HeapInline).
+// the socket. A composite query's frame (clones of the committed memories,
+// changed by the frame's executions or by commits since) travels as the
+// same descriptors with the pages it differs in (MemoryLayered): the header
+// gives, per memory, how many of its first bytes are the image's (whole
+// pages, at most its size; zeros beyond) and how many pages follow, which
+// the sandbox lays over the image after the same page-by-page checks.
+// Without images (a page map that could not make one) the stored pages
+// follow the request as Pages packets (HeapInline).
 //
 // # Executions in flight
 //

@@ -11,6 +11,8 @@ import (
 // ExecRequest is the header of an Execute message. With HeapInline the
 // memories follow as Pages packets: HeapPages heap pages, then StablePages
 // stable pages. With MemoryMapped they are descriptors on the message.
+// With MemoryLayered they are descriptors too, and the pages laid over
+// their first HeapBase and StableBase bytes follow as with HeapInline.
 type ExecRequest struct {
 	Module     [32]byte // hash of the module the sandbox must have loaded
 	RunStart   bool
@@ -28,6 +30,10 @@ type ExecRequest struct {
 	StableSize      uint64
 	// StablePages is the number of stable pages that follow.
 	StablePages uint64
+	// HeapBase and StableBase are, with MemoryLayered, how many bytes of
+	// each memory are its image's (whole pages, at most its size); 0
+	// otherwise.
+	HeapBase, StableBase uint64
 	// Input is the System API input; its Stable field is not encoded (the
 	// stable memory travels as pages).
 	Input *sysapi.Input
@@ -38,7 +44,8 @@ type ExecRequest struct {
 //	[32]byte module; bool run start; u8 heap source; bool has heap;
 //	u64 heap size; u64 heap pages; bool has heap image generation, u64
 //	heap image generation; bool has globals; u64 n, n × (u8 type,
-//	u64 bits); u64 stable size; u64 stable pages; then the input:
+//	u64 bits); u64 stable size; u64 stable pages; u64 heap base; u64
+//	stable base; then the input:
 //	u8 context; str entry; u64 callback fun; u64 callback env; bool memory64;
 //	bytes canister id; bytes subnet id; bytes caller; bytes arg; str method
 //	name; u64 n, n × bytes controller; u64 n, n × (str name, str value);
@@ -67,6 +74,8 @@ func EncodeExecute(q *ExecRequest) []byte {
 	writeGlobals(w, q.Globals)
 	w.u64(q.StableSize)
 	w.u64(q.StablePages)
+	w.u64(q.HeapBase)
+	w.u64(q.StableBase)
 
 	w.u8(uint8(in.Context))
 	w.str(in.Entry)
@@ -164,7 +173,7 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	copy(q.Module[:], r.take(32, "module"))
 	q.RunStart = r.bool("run start")
 	q.HeapSource = r.u8("heap source")
-	if r.err == nil && q.HeapSource != HeapInline && q.HeapSource != MemoryMapped {
+	if r.err == nil && q.HeapSource != HeapInline && q.HeapSource != MemoryMapped && q.HeapSource != MemoryLayered {
 		r.fail("heap source %d", q.HeapSource)
 	}
 	q.HasHeap = r.bool("has heap")
@@ -182,6 +191,8 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	}
 	q.StableSize = r.u64("stable size")
 	q.StablePages = r.u64("stable pages")
+	q.HeapBase = r.u64("heap base")
+	q.StableBase = r.u64("stable base")
 
 	in := q.Input
 	in.Context = sysapi.Context(r.u8("context"))
@@ -281,6 +292,12 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 	if q.HeapSource == MemoryMapped && (q.HeapPages != 0 || q.StablePages != 0) {
 		return nil, violation(VDecode, "execute: pages with mapped memories")
 	}
+	if q.HeapSource != MemoryLayered && (q.HeapBase != 0 || q.StableBase != 0) {
+		return nil, violation(VDecode, "execute: image bases without layered memories")
+	}
+	if q.HeapBase > q.HeapSize || q.StableBase > q.StableSize || q.HeapBase%state.PageSize != 0 || q.StableBase%state.PageSize != 0 {
+		return nil, violation(VDecode, "execute: image bases %d and %d for memories of %d and %d bytes", q.HeapBase, q.StableBase, q.HeapSize, q.StableSize)
+	}
 	if (q.HasHeapImageGen || q.HeapImageGen != 0) && (q.HeapSource != MemoryMapped || !q.HasHeap || q.HeapSize == 0 || !q.HasHeapImageGen) {
 		return nil, violation(VDecode, "execute: a heap image generation without a mapped heap")
 	}
@@ -290,7 +307,7 @@ func DecodeExecute(b []byte) (*ExecRequest, error) {
 // Descriptors returns how many descriptors an Execute request carries.
 func (q *ExecRequest) Descriptors() int {
 	n := 0
-	if q.HeapSource == MemoryMapped {
+	if q.HeapSource == MemoryMapped || q.HeapSource == MemoryLayered {
 		// An empty memory has no descriptor.
 		if q.HasHeap && q.HeapSize > 0 {
 			n++

@@ -17,7 +17,9 @@ import (
 // 3: Execute carries Input.Responded (a callback of an answered call).
 // 4: Execute carries the mapped heap image's generation.
 // 5: Compiled says whether the module has a memory.
-const Version = 5
+// 6: Execute lays pages over mapped images (MemoryLayered: a composite
+// query's frame), with the images' bases.
+const Version = 6
 
 // MaxPacket is the largest packet either side sends or accepts, header
 // included. It stays well below the kernel's default socket send buffer

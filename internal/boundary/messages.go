@@ -72,6 +72,13 @@ const (
 	// attached to the request (heap if it has one, then stable memory),
 	// which the sandbox maps; no pages follow.
 	MemoryMapped uint8 = 1
+	// MemoryLayered: as MemoryMapped, but each memory is its image's first
+	// HeapBase (StableBase) bytes, zeros beyond, with the pages that follow
+	// (HeapPages heap pages, then StablePages stable pages) laid over them:
+	// a composite query's frame, which shares the committed images and
+	// differs from them in the pages it or a commit changed
+	// (state.Layers).
+	MemoryLayered uint8 = 2
 )
 
 // Caps of structural decoding. Semantic limits are tighter and come from

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"sync/atomic"
 
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/state"
@@ -194,12 +195,17 @@ func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
 // initial memory); q's memory fields are ignored and taken from heap and
 // stable. When both memories have images (state.PageMap.ReadOnlyFile), their
 // read-only descriptors travel with the request and nothing is copied
-// (MemoryMapped); otherwise their stored pages follow (HeapInline).
+// (MemoryMapped). When both share images they differ from (clones of
+// backed page maps: a composite query's frame), the images travel the same
+// way with the pages laid over them (MemoryLayered), so a frame costs the
+// pages it changed, not its memories' size. Otherwise their stored pages
+// follow (HeapInline).
 func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.PageMap) error {
 	q := *req
 	q.HasHeap = heap != nil
-	q.HeapSize, q.HeapPages = heap.Size(), 0
-	q.StableSize, q.StablePages = stable.Size(), 0
+	q.HeapSize, q.HeapPages, q.HeapBase = heap.Size(), 0, 0
+	q.StableSize, q.StablePages, q.StableBase = stable.Size(), 0, 0
+	q.HasHeapImageGen, q.HeapImageGen = false, 0
 	var files []*os.File
 	mapped := true
 	if q.HeapSize > 0 {
@@ -222,15 +228,29 @@ func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.Page
 		}
 		return c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q), Files: files})
 	}
-	q.HeapSource = HeapInline
 	var heapPages, stablePages []state.DirtyPage
-	if heap != nil {
-		heapPages = PagesOf(heap)
-		q.HeapPages = uint64(len(heapPages))
+	if hl, sl, ok := layersOf(heap, stable); ok {
+		q.HeapSource = MemoryLayered
+		files = files[:0]
+		if q.HeapSize > 0 {
+			files = append(files, hl.File)
+			q.HeapBase, heapPages = hl.Base, hl.Pages
+		}
+		if q.StableSize > 0 {
+			files = append(files, sl.File)
+			q.StableBase, stablePages = sl.Base, sl.Pages
+		}
+	} else {
+		q.HeapSource = HeapInline
+		files = nil
+		if heap != nil {
+			heapPages = PagesOf(heap)
+		}
+		stablePages = PagesOf(stable)
 	}
-	stablePages = PagesOf(stable)
-	q.StablePages = uint64(len(stablePages))
-	if err := c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q)}); err != nil {
+	q.HeapPages, q.StablePages = uint64(len(heapPages)), uint64(len(stablePages))
+	sentPages.Add(q.HeapPages + q.StablePages)
+	if err := c.Send(&Msg{Kind: KindExecute, ID: id, Body: EncodeExecute(&q), Files: files}); err != nil {
 		return err
 	}
 	if err := c.SendPages(id, HeapMemory, heapPages); err != nil {
@@ -238,6 +258,52 @@ func (c *Conn) SendExecute(id uint64, req *ExecRequest, heap, stable *state.Page
 	}
 	return c.SendPages(id, StableMemory, stablePages)
 }
+
+// layersOf returns the non-empty memories as read-only layers (an empty one
+// needs none), false unless both can be.
+func layersOf(heap, stable *state.PageMap) (hl, sl state.Layers, ok bool) {
+	if heap.Size() > 0 {
+		if hl, ok = heap.ReadOnlyLayers(); !ok {
+			return hl, sl, false
+		}
+	}
+	if stable.Size() > 0 {
+		if sl, ok = stable.ReadOnlyLayers(); !ok {
+			return hl, sl, false
+		}
+	}
+	return hl, sl, true
+}
+
+// PagesSent returns how many pages SendExecute sends over the socket for
+// these memories, without listing them (the watchdog allows time for
+// each).
+func PagesSent(heap, stable *state.PageMap) uint64 {
+	if (heap.Size() == 0 || heap.ReadOnlyFile() != nil) && (stable.Size() == 0 || stable.ReadOnlyFile() != nil) {
+		return 0
+	}
+	var laid uint64
+	ok := true
+	for _, m := range []*state.PageMap{heap, stable} {
+		if m.Size() > 0 && ok {
+			var n uint64
+			n, ok = m.LaidPages()
+			laid += n
+		}
+	}
+	if ok {
+		return laid
+	}
+	return uint64(heap.NumStored() + stable.NumStored())
+}
+
+// sentPages counts the memory pages SendExecute sent (tests, benchmarks).
+var sentPages atomic.Uint64
+
+// SentMemoryPages returns how many memory pages this process has sent with
+// Execute requests (inline or laid over images): what executions without
+// mapped memories cost on the socket.
+func SentMemoryPages() uint64 { return sentPages.Load() }
 
 // ---- sandbox side ------------------------------------------------------------
 
@@ -318,6 +384,9 @@ func (c *Conn) decodeExecute(m *Msg, q *Request) (err error) {
 	if len(files) != x.Descriptors() {
 		return violation(VDescriptors, "execute carries %d descriptors, its header declares %d", len(files), x.Descriptors())
 	}
+	if x.HeapSource == MemoryLayered {
+		return c.recvLayered(m.ID, q, &files)
+	}
 	if x.HeapSource == MemoryMapped {
 		mapFile := func(size uint64) (state.Memory, error) {
 			if size == 0 {
@@ -362,6 +431,43 @@ func (c *Conn) decodeExecute(m *Msg, q *Request) (err error) {
 	}
 	q.Stable = stable
 	x.Input.Stable = stable
+	return nil
+}
+
+// recvLayered completes a MemoryLayered request: each non-empty memory is
+// its descriptor's first base bytes with the pages that follow laid over
+// it, heap first. The descriptors are taken from *files as they are used
+// (the caller closes what is left on error).
+func (c *Conn) recvLayered(id uint64, q *Request, files *[]*os.File) error {
+	x := q.Exec
+	layered := func(mem Memory, base, size, count uint64) (state.Memory, error) {
+		if size == 0 {
+			return state.NewPageMap(0), nil
+		}
+		f := (*files)[0]
+		*files = (*files)[1:]
+		lm, err := state.OpenLayeredMemory(f, base, size) // owns f from here
+		if err != nil {
+			return nil, err
+		}
+		q.release = append(q.release, lm.Close)
+		// RecvPages checks every index (below the memory's pages, strictly
+		// increasing, exactly count of them) before Lay sees it.
+		if err := c.RecvPages(id, mem, count, pages4K(size), lm.Lay); err != nil {
+			return nil, err
+		}
+		return lm, nil
+	}
+	var err error
+	if x.HasHeap {
+		if q.Heap, err = layered(HeapMemory, x.HeapBase, x.HeapSize, x.HeapPages); err != nil {
+			return err
+		}
+	}
+	if q.Stable, err = layered(StableMemory, x.StableBase, x.StableSize, x.StablePages); err != nil {
+		return err
+	}
+	x.Input.Stable = q.Stable
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"strings"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -436,12 +437,18 @@ func (r *run) restoreHeap(heap state.Memory, pagemap *os.File) error {
 		r.mappedAddr, r.mappedLen, r.spans = uintptr(unsafe.Pointer(&data[0])), uintptr(want), spans
 		return nil
 	}
+	if lm, ok := heap.(state.LayeredMemory); ok && want > 0 && want == uint64(len(data)) {
+		if l, ok := lm.Layers(); ok {
+			return r.mapLayers(data, l)
+		}
+	}
 	// Copied: only what can differ is touched, never the whole memory (a
 	// module may declare 4 GiB at no cost). The heap's pages are written
 	// in; a fresh memory is zero but for the pages its data segments
 	// wrote, and those the heap does not hold become zeros.
 	heapPages := want / state.PageSize
 	put := func(i uint64, src *state.Page) {
+		copiedPages.Add(1)
 		if src == nil {
 			src = state.ZeroPage()
 		}
@@ -475,6 +482,49 @@ func (r *run) restoreHeap(heap state.Memory, pagemap *os.File) error {
 			put(i, nil)
 		}
 	}
+	return nil
+}
+
+// copiedPages counts the pages restoreHeap wrote into linear memories
+// from a heap it did not map, or laid over a mapped image (mapLayers).
+var copiedPages atomic.Uint64
+
+// CopiedHeapPages returns how many heap pages executions in this process
+// have copied into their linear memories rather than mapped: what a heap
+// without an image costs, page by page (tests and benchmarks).
+func CopiedHeapPages() uint64 { return copiedPages.Load() }
+
+// mapLayers makes data (the linear memory, grown to the heap's size) the
+// heap given as layers: the image's first l.Base bytes mapped copy-on-write
+// as restoreHeap maps a whole image, fresh zeros beyond (the module's data
+// segments may have written there), and l.Pages written over both. The
+// written pages are anonymous copies like the pages the message writes,
+// so heapDelta finds them among its candidates and compares them with the
+// heap, which holds the same bytes: they cost their copy and a compare,
+// and the heap's other pages nothing. Kept instances never map layers
+// (the heap has no File to key them by: keep.go).
+func (r *run) mapLayers(data []byte, l state.Layers) error {
+	want := uint64(len(data))
+	if l.Base > want || l.Base%state.PageSize != 0 || l.Size != want {
+		return fmt.Errorf("engine: heap layers of %d bytes over %d image bytes for a memory of %d", l.Size, l.Base, want)
+	}
+	spans, err := mapHeapImage(data[:l.Base], l.File)
+	if err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	if err := mapZeros(data[l.Base:]); err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	pages := want / state.PageSize
+	for _, p := range l.Pages {
+		if p.Index >= pages || p.Data == nil {
+			return fmt.Errorf("engine: heap page %d laid over a memory of %d pages", p.Index, pages)
+		}
+		copiedPages.Add(1)
+		copy(data[p.Index*state.PageSize:(p.Index+1)*state.PageSize], p.Data[:])
+	}
+	r.mappedAddr, r.mappedLen, r.spans = uintptr(unsafe.Pointer(&data[0])), uintptr(want), spans
+	r.spansGen, r.spansGenOK = 0, false
 	return nil
 }
 

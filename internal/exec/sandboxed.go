@@ -1820,11 +1820,9 @@ func stableOf(in *sysapi.Input) (*state.PageMap, error) {
 
 // watchdog returns the wall-clock deadline of an execution.
 func (x *Sandboxed) watchdog(req *Request, stable *state.PageMap) time.Duration {
-	// Pages cost watchdog time only when they travel inline (no images).
-	var pages uint64
-	if (req.Heap.Size() > 0 && req.Heap.ReadOnlyFile() == nil) || (stable.Size() > 0 && stable.ReadOnlyFile() == nil) {
-		pages = uint64(len(req.Heap.StoredPages())) + uint64(len(stable.StoredPages()))
-	}
+	// Pages cost watchdog time only when they travel over the socket
+	// (memories without images, pages laid over them).
+	pages := boundary.PagesSent(req.Heap, stable)
 	return x.cfg.WatchdogBase + x.computeTime(req) + time.Duration(pages)*10*time.Microsecond
 }
 

@@ -69,7 +69,10 @@ const (
 // gives them copies of the pages it overwrites, so they keep the snapshot.
 // A clone shares the committed pages it did not change and is read under
 // the canister's read lock, as the committed memories are (each later
-// execution takes it again); it is released with the frame.
+// execution takes it again); it is released with the frame. It holds only
+// the pages in which it differs from the committed image, and its
+// executions get it as that image plus those pages (state.Layers), so a
+// callback costs the pages its frame changed, not the memories' size.
 type frame struct {
 	c       *canister
 	module  *exec.Module
@@ -129,6 +132,15 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	if err := c.mu.RLockContext(q.ctx); err != nil {
 		return nil, waitingErr(c, err)
 	}
+	if coldFrames(c, method) {
+		c.mu.RUnlock()
+		if err := q.n.backMemories(q.ctx, c); err != nil {
+			return nil, waitingErr(c, err)
+		}
+		if err := c.mu.RLockContext(q.ctx); err != nil {
+			return nil, waitingErr(c, err)
+		}
+	}
 	fr, in, err := q.open(c, method, arg, caller, depth, top)
 	if err != nil {
 		c.mu.RUnlock()
@@ -148,6 +160,33 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		return nil, rejectf(CanisterError, "Canister %s did not reply to the call", id)
 	}
 	return r, err
+}
+
+// coldFrames reports whether a call of method would take frames of c's
+// memories while they are ordinary page maps (c.mu read-locked): their
+// images were given back while c was cold (images.go), and no update, which
+// takes them back (execute), has run since. A frame is a clone, which
+// shares a backed memory's image and holds only the pages it changes; a
+// clone of an ordinary page map has no image, so every execution on it
+// would copy the memories whole. Only a composite query makes frames.
+func coldFrames(c *canister, method string) bool {
+	return !c.deleted && c.module != nil && c.module.Info.Methods[method] == engine.CompositeQueryMethod &&
+		(!c.heap.Backed() || !c.stable.Backed())
+}
+
+// backMemories makes c's memories backed again (one pass over their pages,
+// as the next update's would be), taking c's lock exclusively: the caller
+// holds no canister's lock, so waiting for it cannot deadlock. A memory
+// that cannot have an image stays as it is: its frames copy it.
+func (n *Node) backMemories(ctx context.Context, c *canister) error {
+	if err := c.mu.LockContext(ctx); err != nil {
+		return err
+	}
+	c.heap.Back()
+	c.stable.Back()
+	n.images.used(c)
+	n.unlock(c)
+	return nil
 }
 
 // open takes the snapshot of c a call starts from and the input of its

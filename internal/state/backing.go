@@ -18,16 +18,19 @@ import (
 // The owner of an image writes committed deltas into it in place.
 //
 // Other page maps may share the image (a fork being upgraded, a composite
-// query's frame): their entries point into the same mapping. Pages never
-// change under a reader: before the owner overwrites a page, every sharer
-// whose entry points at it is given a copy of the old bytes (copy-on-write
-// for the reader, paid only for the pages a delta changes), and the index
-// goes into the sharer's stale set, the pages whose image bytes are not
-// its own. A sharer's own changes are Go pages (also stale). When the
-// owner is released, a sharer becomes the owner and writes its stale pages
-// back (an abandoned upgrade restores the old memory this way). The
-// mapping is unmapped only when the last page map referring to it is
-// released: reference counts, no finalizer.
+// query's frame): their entries point into the same mapping, or, for a
+// clone, are not kept at all (thin.go: a clone holds only its stale
+// pages). Pages never change under a reader: before the owner overwrites a
+// page, every sharer whose view it is is given a copy of the old bytes
+// (copy-on-write for the reader, paid only for the pages a delta changes),
+// and the index goes into the sharer's stale set, the pages whose image
+// bytes are not its own. A sharer's own changes are Go pages (also stale).
+// So a sharer is its image plus its stale pages, which is how executions
+// are given a clone (layers.go). When the owner is released, a sharer
+// becomes the owner and writes its stale pages back (an abandoned upgrade
+// restores the old memory this way). The mapping is unmapped only when
+// the last page map referring to it is released: reference counts, no
+// finalizer.
 //
 // Writers (Apply, Fork, Release of an owner) must exclude readers of every
 // page map sharing the image, as Apply excludes readers of its own map: the
@@ -142,8 +145,19 @@ func (img *image) preserve(i uint64) {
 		return
 	}
 	cur := img.at(i)
+	var data *Page // the image's page i, for thin sharers (thin.go)
+	looked := false
 	for r := range s.sharers {
-		if cur != nil && r.pages[i] == cur {
+		if _, st := r.stale[i]; r.thin() && !st && i < r.NumPages() {
+			if !looked {
+				data, looked = img.dataPage(i), true
+			}
+			if data != nil && *data != zeroPage {
+				p := new(Page)
+				*p = *data
+				r.pages[i] = p
+			}
+		} else if cur != nil && r.pages[i] == cur {
 			p := new(Page)
 			*p = *cur
 			r.pages[i] = p

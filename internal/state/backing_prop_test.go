@@ -38,6 +38,7 @@ func TestBackedPageMapMatchesModel(t *testing.T) {
 				t.Fatalf("%s: apply: %v", what, err)
 			}
 			checkMemory(t, what+" reader", reader, readerModel)
+			checkLayers(t, what+" reader", reader, readerModel)
 			switch {
 			case fork && rng.Intn(2) == 0: // abandoned: the committed map is as it was
 				target.Release()
@@ -53,6 +54,8 @@ func TestBackedPageMapMatchesModel(t *testing.T) {
 				t.Fatalf("%s: the committed map has no image", what)
 			}
 			checkMemory(t, what+" reader at the end", reader, readerModel)
+			checkLayers(t, what+" reader at the end", reader, readerModel)
+			checkLayers(t, what+" committed", committed, model)
 			reader.Release()
 		}
 		if hashOf(committed) != hashOf(fromModel(t, model)) {
@@ -62,5 +65,37 @@ func TestBackedPageMapMatchesModel(t *testing.T) {
 	}
 	if got := state.ImageDescriptors(); got != descs {
 		t.Fatalf("image descriptors %d → %d", descs, got)
+	}
+}
+
+// checkLayers checks that m given as layers (state.Layers: its image's
+// first Base bytes, zeros beyond, its pages laid over both) is the model,
+// from both descriptors, when m's sizes allow layers (whole pages).
+func checkLayers(t *testing.T, what string, m *state.PageMap, model []byte) {
+	t.Helper()
+	for _, get := range []func() (state.Layers, bool){m.Layers, m.ReadOnlyLayers} {
+		l, ok := get()
+		if !ok {
+			if uint64(len(model))%state.PageSize == 0 {
+				t.Fatalf("%s: a backed map of whole pages cannot be given as layers", what)
+			}
+			return
+		}
+		if l.Size != uint64(len(model)) || l.Base > l.Size {
+			t.Fatalf("%s: layers of %d bytes over %d, model %d", what, l.Size, l.Base, len(model))
+		}
+		got := make([]byte, l.Size)
+		if _, err := l.File.ReadAt(got[:l.Base], 0); err != nil {
+			t.Fatalf("%s: read image: %v", what, err)
+		}
+		for k, p := range l.Pages {
+			if k > 0 && p.Index <= l.Pages[k-1].Index {
+				t.Fatalf("%s: laid pages out of order", what)
+			}
+			copy(got[p.Index*state.PageSize:], p.Data[:])
+		}
+		if !bytes.Equal(got, model) {
+			t.Fatalf("%s: layers differ from the model at byte %d", what, firstDiff(got, model))
+		}
 	}
 }

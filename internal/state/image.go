@@ -92,13 +92,17 @@ func (m *PageMap) ReadOnlyFile() *os.File {
 	if img == nil {
 		return nil
 	}
+	// img.mu: the clones sharing a backed image open it too (Layers).
+	img.mu.Lock()
+	defer img.mu.Unlock()
 	if img.openReadOnly() != nil {
 		return nil
 	}
 	return img.ro
 }
 
-// openReadOnly opens img.ro if it is not open yet.
+// openReadOnly opens img.ro if it is not open yet (img.mu held, or img
+// not shared yet).
 func (img *image) openReadOnly() error {
 	if img.ro != nil {
 		return nil
@@ -160,8 +164,14 @@ func (m *PageMap) Fork() *PageMap {
 	if m == nil {
 		return c
 	}
-	for i, p := range m.pages {
-		c.pages[i] = p
+	if m.thin() {
+		for _, i := range m.thinStored() {
+			c.pages[i] = m.thinPage(i)
+		}
+	} else {
+		for i, p := range m.pages {
+			c.pages[i] = p
+		}
 	}
 	m.imgMu.Lock()
 	defer m.imgMu.Unlock()
@@ -324,6 +334,12 @@ type FileMemory struct {
 	f     *os.File
 	size  uint64
 	pages map[uint64]*Page
+	// A layered memory (OpenLayeredMemory) is f's first base bytes, zeros
+	// up to size, and the pages laid over both (laid, and in order).
+	layered bool
+	base    uint64
+	laid    map[uint64]*Page
+	order   []DirtyPage
 	// gen is the host's ImageGeneration of the image f is, if genOK.
 	gen   uint64
 	genOK bool
@@ -346,7 +362,7 @@ func OpenFileMemory(f *os.File, size uint64) (*FileMemory, error) {
 		f.Close()
 		return nil, fmt.Errorf("memory size %d is not a whole number of pages", size)
 	}
-	return &FileMemory{f: f, size: size, pages: make(map[uint64]*Page)}, nil
+	return &FileMemory{f: f, size: size, base: size, pages: make(map[uint64]*Page)}, nil
 }
 
 // Size implements Memory.
@@ -357,6 +373,12 @@ func (m *FileMemory) Size() uint64 { return m.size }
 func (m *FileMemory) Page(i uint64) *Page {
 	if i >= m.size/PageSize {
 		return nil
+	}
+	if p, ok := m.laid[i]; ok {
+		return p
+	}
+	if i >= m.base/PageSize {
+		return &zeroPage
 	}
 	if p, ok := m.pages[i]; ok {
 		return p
@@ -369,8 +391,14 @@ func (m *FileMemory) Page(i uint64) *Page {
 	return p
 }
 
-// File implements Memory.
-func (m *FileMemory) File() *os.File { return m.f }
+// File implements Memory: nil for a layered memory, which is not its
+// file's bytes alone (Layers).
+func (m *FileMemory) File() *os.File {
+	if m.layered {
+		return nil
+	}
+	return m.f
+}
 
 // SetImageGeneration records the generation the host's page map gave for
 // the image (PageMap.ImageGeneration), which ImageGeneration then returns.
@@ -382,7 +410,7 @@ func (m *FileMemory) ImageGeneration() (uint64, bool) { return m.gen, m.genOK }
 
 // Close closes the memory's file.
 func (m *FileMemory) Close() error {
-	m.pages = nil
+	m.pages, m.laid, m.order = nil, nil, nil
 	return m.f.Close()
 }
 
@@ -396,7 +424,7 @@ type imageState struct {
 	// map's (guarded by img.mu).
 	backed bool
 	stale  map[uint64]struct{}
-	reader bool // a Clone
+	reader bool // a Clone: backed, it is thin (thin.go)
 }
 
 // ImageGeneration returns a number that changes whenever the memory's

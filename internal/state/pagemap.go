@@ -60,6 +60,9 @@ func (m *PageMap) Page(i uint64) *Page {
 	if m == nil {
 		return nil
 	}
+	if m.thin() {
+		return m.thinPage(i)
+	}
 	return m.pages[i]
 }
 
@@ -68,6 +71,9 @@ func (m *PageMap) NumStored() int {
 	if m == nil {
 		return 0
 	}
+	if m.thin() {
+		return len(m.thinStored())
+	}
 	return len(m.pages)
 }
 
@@ -75,6 +81,9 @@ func (m *PageMap) NumStored() int {
 func (m *PageMap) StoredPages() []uint64 {
 	if m == nil {
 		return nil
+	}
+	if m.thin() {
+		return m.thinStored()
 	}
 	idx := make([]uint64, 0, len(m.pages))
 	for i := range m.pages {
@@ -107,24 +116,36 @@ func pageOrZero(p *Page) *Page {
 
 // Clone returns a copy that shares the (immutable) pages, without an image
 // of its own. The clone of a backed map reads through its image and must be
-// released (Release) when done; its changes are its own (backing.go).
+// released (Release) when done; its changes are its own (backing.go). It
+// holds only the pages in which it differs from the image (its stale
+// pages), so taking it, and giving it to an execution as the image and
+// those pages (Layers), costs the pages changed since the image was the
+// memory, not the memory's size; a clone of an ordinary map copies the
+// page index.
 func (m *PageMap) Clone() *PageMap {
 	c := NewPageMap(m.Size())
-	// A clone is a short-lived view (an upgrade's base, a composite query's
-	// frame): building an image of it would cost more than copying it.
+	// A clone is a short-lived view (a composite query's frame): building
+	// an image of it would cost more than copying it.
 	c.imgFailed, c.reader = true, true
-	if m != nil {
+	if m == nil {
+		return c
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if !m.backed {
 		for i, p := range m.pages {
 			c.pages[i] = p
 		}
-		m.imgMu.Lock()
-		defer m.imgMu.Unlock()
-		if m.backed {
-			m.img.mu.Lock()
-			m.img.share(m, c)
-			m.img.mu.Unlock()
+		return c
+	}
+	m.img.mu.Lock()
+	defer m.img.mu.Unlock()
+	for i := range m.stale {
+		if p := m.pages[i]; p != nil {
+			c.pages[i] = p
 		}
 	}
+	m.img.share(m, c)
 	return c
 }
 
