@@ -140,7 +140,7 @@ func (s *Store) commitGroup(group []*request) {
 		failed := -1
 		var failErr error
 		start := time.Now()
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.writeTx(func(tx *bolt.Tx) error {
 			for i, r := range group {
 				if err := applyRequest(tx, r.changes); err != nil {
 					failed, failErr = i, err
@@ -233,9 +233,52 @@ func applyRequest(tx *bolt.Tx, changes []Change) (err error) {
 // update runs fn in a write transaction of its own (rare operations that
 // return a value: canister numbers, module GC), counted with the syncs.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
-	err := s.db.Update(fn)
+	err := s.writeTx(fn)
 	if err == nil {
 		s.gc.syncs.Add(1)
+	}
+	return err
+}
+
+// ErrFailed is returned by every write once a transaction's commit failed
+// with its outcome unknown (writeTx), until the store is opened again.
+var ErrFailed = errors.New("store failed: a commit's outcome is unknown; restart to open the store again")
+
+// writeTx runs fn in a write transaction; every write of the store goes
+// through it. bbolt commits by writing the transaction's pages, syncing,
+// writing its meta page and syncing again. If that last sync fails,
+// Commit returns the error, yet the meta page is in the page cache, which
+// bbolt reads its state from: the transaction is what the process sees
+// from then on, and it may or may not be durable (a failed fsync is how a
+// disk reports a lost write). Its callers are told it failed and keep
+// their state in memory without it, so nothing may be committed over it:
+// the store fails every later write, and the next Open reads what the
+// disk holds. A commit that failed before its meta page (a full disk) is
+// not seen, and the store goes on.
+func (s *Store) writeTx(fn func(*bolt.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.failed != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, s.failed)
+	}
+	id, applied := 0, false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		id = tx.ID()
+		if err := fn(tx); err != nil {
+			return err
+		}
+		applied = true
+		return nil
+	})
+	if err == nil || !applied {
+		return err
+	}
+	// The commit failed: is the transaction what bbolt now reads? (No
+	// other write can come between: they all hold wmu.)
+	seen := -1
+	if verr := s.db.View(func(tx *bolt.Tx) error { seen = tx.ID(); return nil }); verr != nil || seen >= id {
+		s.failed = err
+		return fmt.Errorf("%w: %w", ErrFailed, err)
 	}
 	return err
 }

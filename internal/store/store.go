@@ -161,6 +161,10 @@ type Store struct {
 	onSync   func(SyncInfo)                                // observe.go
 	closing  sync.Once
 	closeErr error
+	// wmu is held by every write transaction (group.go writeTx); failed
+	// is the error that left the store's state unknown, if any.
+	wmu    sync.Mutex
+	failed error
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
