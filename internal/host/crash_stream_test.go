@@ -372,6 +372,11 @@ func durCrashStream(t *testing.T, name, mode string) {
 	if mode == "inprocess" {
 		rounds = 2
 	}
+	if raceEnabled {
+		// The race detector slows every restart several times; one round
+		// still kills a node under -race and checks what it left.
+		rounds = 1
+	}
 	var sizes []int64
 	for round := range rounds {
 		if err := f.node.Close(); err != nil {
