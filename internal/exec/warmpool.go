@@ -313,7 +313,7 @@ func (x *Sandboxed) trimBlank() bool {
 // sandboxes: each one's memory now counts in the budget, and one that used
 // more than IdleCPUPercent of the wall time since the last look, or whose
 // memory grew by more than IdleMemoryGrowth from the least it held since
-// it joined the pool, is killed. A primed sandbox has loaded an artifact
+// the first look after it joined the pool, is killed. A primed sandbox has loaded an artifact
 // the compiler sandbox wrote, which its module may have taken over; a
 // blank one has run nothing but the worker, so for it this is defence in
 // depth, at the cost of two /proc or cgroup reads a second.
@@ -365,7 +365,7 @@ func (x *Sandboxed) checkIdleBlanks() {
 				"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
 		} else {
 			x.cfg.Logger.Warn(b.label()+" sandbox killed: its memory grew before it was given work", "pid", b.proc.Pid(),
-				"memory", mem, "least_since_pooled", mark.mem, "limit", x.cfg.IdleMemoryGrowth)
+				"memory", mem, "least_since_first_look", mark.mem, "limit", x.cfg.IdleMemoryGrowth)
 		}
 		x.stopBlank(b)
 		x.count(func(s *SandboxStats) { s.Faults[fault]++ })
