@@ -204,3 +204,55 @@ func TestNodeMemoryLimitOOMKillsSandbox(t *testing.T) {
 		t.Fatalf("the honest canister's sandbox changed: pid %d, was %d", p, neighbour.Pid())
 	}
 }
+
+// A blank sandbox, and a primed one (it has loaded an artifact the compiler
+// sandbox, which its module may have taken over, wrote), that grows while
+// it waits for its canister is killed as an idle canister sandbox is,
+// counted, and replaced; the evicted canister still runs.
+func TestBlankAndPrimedSandboxGrowingIsKilled(t *testing.T) {
+	cfg := SandboxConfig{IdleCPUCheck: 100 * time.Millisecond, IdleCPUPercent: 1000}
+	t.Run("blank", func(t *testing.T) {
+		cfg := cfg
+		cfg.WarmPool, cfg.blankLabel = 1, growWhenIdle
+		x, m := newPooled(t, cfg)
+		pid := waitBlanks(t, x, 1)[0]
+		waitFor(t, "a blank sandbox growing before it had work was not killed", func() bool { return x.Stats().Faults["idle_memory"] > 0 })
+		waitGone(t, pid)
+		if n := m.get("crashed idle_memory"); n == 0 {
+			t.Fatalf("not counted: %v", m.n)
+		}
+	})
+	t.Run("primed", func(t *testing.T) {
+		cfg := cfg
+		cfg.PreloadPool, cfg.primedLabel = 1, growWhenIdle
+		x, m := newPooled(t, cfg)
+		s := newSim(t, x, "a", wasmFile(t, corpusDir, "counter"))
+		s.must(sysapi.CtxInit, "canister_init", empty)
+		s.must(sysapi.CtxUpdate, "canister_update inc", empty)
+		evict(t, x, "a")
+		pid := waitPrimed(t, x, 1)[0]
+		waitFor(t, "a primed sandbox growing before it had work was not killed", func() bool { return x.Stats().Faults["idle_memory"] > 0 })
+		waitGone(t, pid)
+		if st := x.Stats(); st.PrimeFailures == 0 || m.get("crashed idle_memory") == 0 {
+			t.Fatalf("stats %+v, metrics %v: want the primed sandbox counted as failed", st, m.n)
+		}
+		if out := s.must(sysapi.CtxNonReplicatedQuery, "canister_query get", empty); string(out.Reply) != counterReply+"\x01" {
+			t.Fatalf("get: %x", out.Reply)
+		}
+	})
+}
+
+// A blank sandbox's memory counts in the budget as it is now, not as it
+// was when it joined the pool: one that grows past the budget while it
+// waits (its growth allowed here) is stopped to keep it, without any
+// canister starting.
+func TestBlankGrowthPastBudgetTrims(t *testing.T) {
+	x, m := newPooled(t, SandboxConfig{WarmPool: 1, blankLabel: growWhenIdle, IdleCPUCheck: 100 * time.Millisecond, IdleCPUPercent: 1000,
+		IdleMemoryGrowth: 1 << 40, MaxTotalRSS: 128 << 20})
+	pid := waitBlanks(t, x, 1)[0]
+	waitFor(t, "a blank sandbox that grew past the memory budget was not stopped", func() bool { return x.Stats().Evicted > 0 })
+	waitGone(t, pid)
+	if st := x.Stats(); st.Evicted == 0 || len(st.Faults) != 0 || m.get("evicted pool") == 0 {
+		t.Fatalf("stats %+v, metrics %v: want the blank sandbox stopped for the budget, no fault", st, m.n)
+	}
+}

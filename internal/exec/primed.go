@@ -22,7 +22,7 @@ import (
 // A primed sandbox holds one module and nothing of any canister; it serves
 // only a canister whose next message is for that module (hash), and, like a
 // blank sandbox, exactly one canister for the rest of its life. It is
-// watched as blank sandboxes are (idle watch, idle CPU), counts against
+// watched as blank sandboxes are (idle watch, idle CPU and memory), counts against
 // MaxSandboxes and MaxTotalRSS and gives way first when room is needed,
 // and is stopped when no evicted canister wants its module any more (the
 // canister came back on another sandbox, was deleted, or newer evictions

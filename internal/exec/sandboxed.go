@@ -1443,7 +1443,7 @@ func (x *Sandboxed) watchIdleCPU() {
 	for _, sb := range x.idleCPUTurn() {
 		x.checkIdle(sb)
 	}
-	x.checkIdleCPUBlanks()
+	x.checkIdleBlanks()
 	x.keepMemoryBudget()
 }
 

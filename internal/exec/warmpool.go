@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -21,11 +22,12 @@ import (
 // that canister's memory).
 //
 // Blank sandboxes are watched like idle canister sandboxes (a packet, a
-// descriptor or a hang-up kills them; so does CPU use), count against
-// MaxSandboxes and MaxTotalRSS (they never make a canister's sandbox be
-// evicted: they fill only room that is free, and are the first to go when
-// room is needed), get a host uid of their own from HostIDs, and are killed
-// by Close.
+// descriptor or a hang-up kills them; so does CPU use or memory growth),
+// count against MaxSandboxes and MaxTotalRSS (their memory read again at
+// each idle look; they never make a canister's sandbox be evicted: they
+// fill only room that is free, and are the first to go when room is
+// needed), get a host uid of their own from HostIDs, and are killed by
+// Close.
 
 // blankLabel is a blank sandbox's label (its cgroup name and process
 // arguments); its log lines name the canister once one takes it.
@@ -307,46 +309,83 @@ func (x *Sandboxed) trimBlank() bool {
 	return true
 }
 
-// checkIdleCPUBlanks applies the idle CPU check to the blank sandboxes.
-func (x *Sandboxed) checkIdleCPUBlanks() {
+// checkIdleBlanks applies the idle checks to the blank and primed
+// sandboxes: each one's memory now counts in the budget, and one that used
+// more than IdleCPUPercent of the wall time since the last look, or whose
+// memory grew by more than IdleMemoryGrowth from the least it held since
+// the first look after it joined the pool, is killed. A primed sandbox has loaded an artifact
+// the compiler sandbox wrote, which its module may have taken over; a
+// blank one has run nothing but the worker, so for it this is defence in
+// depth, at the cost of two /proc or cgroup reads a second.
+func (x *Sandboxed) checkIdleBlanks() {
 	x.mu.Lock()
 	blanks := append(append([]*blankSandbox(nil), x.blanks...), x.primed...)
 	x.mu.Unlock()
 	for _, b := range blanks {
-		c, ok := b.proc.(interface{ CPUTime() (time.Duration, error) })
-		if !ok {
-			continue
+		var used time.Duration
+		c, cpuOK := b.proc.(interface{ CPUTime() (time.Duration, error) })
+		if cpuOK {
+			var err error
+			if used, err = c.CPUTime(); err != nil {
+				continue // exited: its watch notices
+			}
 		}
-		used, err := c.CPUTime()
-		if err != nil {
-			continue // exited: its watch notices
-		}
+		mem, err := memoryOf(b.proc)
+		memOK := err == nil
 		now := time.Now()
 		x.mu.Lock()
+		if memOK && x.inPoolLocked(b) {
+			x.blankMem = x.blankMem - b.mem + mem
+			b.mem = mem
+		}
 		mark := b.idleCPU
-		b.idleCPU = cpuMark{ok: true, at: now, cpu: used}
+		b.idleCPU = cpuMark{ok: true, at: now, cpu: used, mem: mark.mem, memOK: mark.memOK}
+		if memOK && (!mark.memOK || mem < mark.mem) {
+			b.idleCPU.mem, b.idleCPU.memOK = mem, true
+		}
 		x.mu.Unlock()
 		if !mark.ok {
 			continue
 		}
 		spent, wall := used-mark.cpu, now.Sub(mark.at)
-		if spent <= max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100) {
+		var fault string
+		switch {
+		case cpuOK && spent > max(5*10*time.Millisecond, wall*time.Duration(x.cfg.IdleCPUPercent)/100):
+			fault = "idle_cpu"
+		case memOK && mark.memOK && mem > mark.mem && mem-mark.mem > x.cfg.IdleMemoryGrowth:
+			fault = "idle_memory"
+		default:
 			continue
 		}
 		if !x.removeBlank(b) {
 			continue // taken meanwhile: from now on it is a canister's, checked as such
 		}
-		x.cfg.Logger.Warn(b.label()+" sandbox killed: it used CPU before it was given work", "pid", b.proc.Pid(),
-			"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+		if fault == "idle_cpu" {
+			x.cfg.Logger.Warn(b.label()+" sandbox killed: it used CPU before it was given work", "pid", b.proc.Pid(),
+				"cpu", spent, "wall", wall, "limit_percent", x.cfg.IdleCPUPercent)
+		} else {
+			x.cfg.Logger.Warn(b.label()+" sandbox killed: its memory grew before it was given work", "pid", b.proc.Pid(),
+				"memory", mem, "least_since_first_look", mark.mem, "limit", x.cfg.IdleMemoryGrowth)
+		}
 		x.stopBlank(b)
-		x.count(func(s *SandboxStats) { s.Faults["idle_cpu"]++ })
-		x.cfg.Metrics.SandboxCrashed("idle_cpu")
+		x.count(func(s *SandboxStats) { s.Faults[fault]++ })
+		x.cfg.Metrics.SandboxCrashed(fault)
 		if b.primed() {
 			x.primeFailed(b.module)
 			continue
 		}
 		x.kickFill()
 	}
+}
+
+// inPoolLocked reports whether b (blank or primed) is in the pool (x.mu
+// held).
+func (x *Sandboxed) inPoolLocked(b *blankSandbox) bool {
+	list := x.blanks
+	if b.primed() {
+		list = x.primed
+	}
+	return slices.Contains(list, b)
 }
 
 // closeBlanks kills every blank and primed sandbox (Close).

@@ -14,6 +14,7 @@ import (
 	"github.com/cordon-dev/cordon/internal/exec"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
+	bolt "go.etcd.io/bbolt"
 )
 
 // lockedBuffer is a log destination tests read while the node may write.
@@ -237,4 +238,51 @@ func TestCreateInternalErrorReachesOnlyTheLog(t *testing.T) {
 	}
 	_, err = f.ingress(user, "provisional_create_canister_with_cycles", `(record {})`)
 	checkInternalReject(t, logs, f.reject(err), serr.Error())
+}
+
+// A call to a canister the node could not load for a reason of its own (a
+// record of its store it cannot read) was answered DESTINATION_INVALID
+// "not found", so the caller took a canister that exists for one that is
+// gone. The caller now gets SYS_TRANSIENT with an error id; the node's log
+// has the detail. A canister that does not exist is still not found.
+func TestRouteStoreErrorIsNotNotFound(t *testing.T) {
+	t.Parallel()
+	f, logs := loggedFixture(t)
+	callee := f.install(module(t, corpusDir, "counter"), noArgs)
+	relay := f.install(module(t, corpusDir, "relay"), noArgs)
+	f.update(callee, "inc", noArgs)
+	path := f.node.store.Path()
+	if err := f.node.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Damage the callee's globals, which only loading the canister reads.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("canisters")).Bucket(callee.Bytes()).Put([]byte("globals"), []byte{0, 0, 0, 9})
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(f.cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.node = n
+
+	got := f.callText(relay, "tryGet", fmt.Sprintf("(principal %q)", callee))
+	if !strings.Contains(got, "rejected #system_transient") || strings.Contains(got, "not found") {
+		t.Fatalf("a callee the node could not load: %s", got)
+	}
+	checkInternalReject(t, logs, &Reject{Message: got}, "globals")
+	missing := principal.CanisterID(1_000_000)
+	got = f.callText(relay, "tryGet", fmt.Sprintf("(principal %q)", missing))
+	if !strings.Contains(got, "rejected #destination_invalid") || !strings.Contains(got, "not found") {
+		t.Fatalf("a callee that does not exist: %s", got)
+	}
 }

@@ -226,8 +226,17 @@ func (n *Node) route(target principal.Principal, m *message) {
 	if err != nil {
 		switch m.kind {
 		case kindRequest:
-			n.respondTo(m.origin, nil, rejectf(DestinationInvalid, "Canister %s not found", target), m.cycles)
+			// Only a canister that does not exist is not found (get's
+			// reject); one the node could not load (its store, its
+			// module's compilation) exists, and the caller may try again.
+			rej, ok := err.(*Reject)
+			if !ok {
+				rej = n.internalReject(SysTransient, "Canister "+target.String(), err)
+			}
+			n.respondTo(m.origin, nil, rej, m.cycles)
 		case kindResponse:
+			// The caller made the call, so it is loaded (only deletion
+			// unloads a canister): get fails only when it is gone.
 			n.dropResponse(target, m)
 		}
 		return
