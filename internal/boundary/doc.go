@@ -68,7 +68,10 @@
 // Pong. A Pages packet holds up to PagesPerPacket 4 KiB pages of one memory
 // with their indices; a stream of them is validated page by page as it
 // arrives (index below the memory size, strictly increasing, exactly the
-// announced count). Body layouts are documented on the encoders.
+// announced count). The host reserves the announced pages' memory
+// (Expect.Reserve) before it receives one; pages it refuses are read,
+// validated and dropped (ReserveError), the connection kept. Body layouts
+// are documented on the encoders.
 //
 // The memories travel as descriptors (MemoryMapped): the read-only memfd
 // images of the committed heap (if not empty) and stable memory (if not

@@ -76,7 +76,8 @@ func (f *Inflight) lookup(id uint64) *inflightExec {
 
 // Next receives the next answer. With err nil, out is execution id's
 // validated output; a *RemoteError answers execution id alone (the sandbox
-// could not run it; the connection is still usable). Any other error (a
+// could not run it; the connection is still usable), and so does a
+// *ReserveError (the host refused the answer's pages). Any other error (a
 // *Violation, ErrClosed, a deadline) ends the connection: id is then 0.
 // The answered execution is no longer in flight.
 func (f *Inflight) Next(onLog LogFunc) (id uint64, out *sysapi.Output, err error) {
@@ -112,6 +113,10 @@ func (f *Inflight) Next(onLog LogFunc) (id uint64, out *sysapi.Output, err error
 			return m.ID, nil, re
 		}
 		out, err := f.c.outputOf(e.exp, m)
+		var refused *ReserveError
+		if errors.As(err, &refused) {
+			return m.ID, nil, err // read in full: the connection is in step
+		}
 		if err != nil {
 			return 0, nil, err
 		}

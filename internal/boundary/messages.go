@@ -365,6 +365,16 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return "sandbox: " + e.Code.String() + ": " + e.Message }
 
+// ReserveError is an answer whose pages the host would not hold
+// (Expect.Reserve refused them): the answer was received in full and
+// dropped, so the connection is still usable. Err is the host's reason.
+type ReserveError struct {
+	Err error
+}
+
+func (e *ReserveError) Error() string { return "answer's memory pages refused: " + e.Err.Error() }
+func (e *ReserveError) Unwrap() error { return e.Err }
+
 // EncodeError encodes Error: u8 code, str message.
 func EncodeError(e *RemoteError) []byte {
 	w := &writer{}

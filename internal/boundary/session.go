@@ -176,6 +176,20 @@ func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
 		return nil, err
 	}
 	out := h.Out
+	if pages := satAdd(h.HeapPages, h.StablePages); pages > 0 && exp.Reserve != nil {
+		if err := exp.Reserve(satMul(pages, state.PageSize)); err != nil {
+			// Read and dropped, still validated: the connection stays in
+			// step and the sandbox is not blamed for the host's refusal.
+			drop := func(state.DirtyPage) error { return nil }
+			if err := c.RecvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), drop); err != nil {
+				return nil, err
+			}
+			if err := c.RecvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), drop); err != nil {
+				return nil, err
+			}
+			return nil, &ReserveError{Err: err}
+		}
+	}
 	if err := c.RecvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), func(p state.DirtyPage) error {
 		out.Heap.Pages = append(out.Heap.Pages, p)
 		return nil

@@ -32,6 +32,13 @@ type Expect struct {
 	CyclesAvailable cycles.Amount
 	Responded       bool               // the call context was answered already: no answer may come
 	GlobalTypes     []state.GlobalType // of the module, from its compilation
+	// Reserve, if set, is asked for the bytes of an answer's memory pages
+	// (4 KiB each, as its header announces them) once the header is valid
+	// and before any page is received, so the host holds no page it has
+	// not reserved memory for. An error refuses the pages: they are read
+	// and dropped, and the answer fails with a *ReserveError. Host-side
+	// only: nothing of it crosses the boundary.
+	Reserve func(bytes uint64) error
 }
 
 // ExpectFor builds the expectation of an execution of input in on heap (nil:

@@ -36,6 +36,21 @@ type Request struct {
 	Globals  []state.Global // nil: the module's initial values
 	RunStart bool
 	Input    *sysapi.Input
+	// Reserve, if set, is asked for the bytes of the output's memory pages
+	// (4 KiB each) before the executor hands them over: a sandboxed
+	// executor asks once the answer's header announced them and before it
+	// receives any (boundary.Expect.Reserve), an in-process one once the
+	// engine returned. An error fails the execution with that error
+	// (wrapped, errors.As finds it; a sandbox's answer is then dropped,
+	// the sandbox kept). It may wait, bounded by Execute's context, except
+	// for queries: the answers of a sandbox's concurrent queries are read
+	// by one goroutine for all of them (queries.go), so there it must not.
+	Reserve func(bytes uint64) error
+}
+
+// outputPageBytes is what Request.Reserve is asked for an output.
+func outputPageBytes(out *sysapi.Output) uint64 {
+	return uint64(len(out.Heap.Pages)+len(out.Stable.Pages)) * state.PageSize
 }
 
 // Executor validates modules and runs executions.
@@ -145,8 +160,16 @@ func (x *InProcess) Execute(ctx context.Context, canisterID string, req *Request
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	defer func() { <-x.running }()
-	return x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Warn: warn, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
+	out, err := x.engine.Run(&engine.Request{Module: m, Heap: req.Heap, Warn: warn, Globals: req.Globals, RunStart: req.RunStart, Input: req.Input})
+	<-x.running // a wait for the output's memory holds no place of the engine
+	if err == nil && req.Reserve != nil {
+		if b := outputPageBytes(out); b > 0 {
+			if err := req.Reserve(b); err != nil {
+				return nil, fmt.Errorf("exec: output of %s: %w", canisterID, err)
+			}
+		}
+	}
+	return out, err
 }
 
 // Forget implements Executor.

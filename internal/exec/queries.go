@@ -243,7 +243,9 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 		<-sb.slots
 		return 0, nil, err
 	}
-	if err := s.infl.Add(boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)); err != nil {
+	exp := boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)
+	exp.Reserve = req.Reserve // called by the session's reader: it must not wait (Request.Reserve)
+	if err := s.infl.Add(exp); err != nil {
 		sb.smu.Unlock()
 		<-sb.slots
 		s.cancel()
@@ -325,12 +327,14 @@ func (s *session) lead(ctx context.Context, req *Request, m *sbModule) (*sysapi.
 			return nil, ctx.Err()
 		}
 		id, out, err := s.infl.Next(onLog)
-		if id == 0 || err != nil {
+		if refused(id, err) {
+			out, err = nil, s.refusedErr(err)
+		} else if id == 0 || err != nil {
 			s.fail(err)
 			a := <-w.ch
 			return a.out, a.err
 		}
-		last := s.deliver(id, answer{out: out})
+		last := s.deliver(id, answer{out: out, err: err})
 		if id == own {
 			if !last {
 				go s.read()
@@ -339,6 +343,19 @@ func (s *session) lead(ctx context.Context, req *Request, m *sbModule) (*sysapi.
 			return a.out, a.err
 		}
 	}
+}
+
+// refused reports an answer whose pages the host refused (Request.Reserve):
+// read in full and dropped, it fails its query alone, and the session
+// goes on.
+func refused(id uint64, err error) bool {
+	var re *boundary.ReserveError
+	return id != 0 && errors.As(err, &re)
+}
+
+// refusedErr is the error a refused answer's query fails with.
+func (s *session) refusedErr(err error) error {
+	return fmt.Errorf("exec: output of %s: %w", s.sb.id, err)
 }
 
 // cancel takes back an admitted query that was never sent.
@@ -390,6 +407,12 @@ func (s *session) read() {
 		if id == 0 {
 			s.fail(err)
 			return
+		}
+		if refused(id, err) {
+			if s.deliver(id, answer{err: s.refusedErr(err)}) {
+				return
+			}
+			continue
 		}
 		if err != nil {
 			// The sandbox could not run this query (an Error answer):

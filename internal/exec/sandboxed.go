@@ -1618,7 +1618,8 @@ func (x *Sandboxed) executeOnce(ctx context.Context, canisterID string, req *Req
 // exchange.
 func (x *Sandboxed) runExclusive(ctx context.Context, sb *canisterSandbox, reused bool, req *Request, m *sbModule, mayRetry bool) (*sysapi.Output, bool, error) {
 	out, err := x.run(ctx, sb, req, m)
-	if err != nil {
+	var refused *boundary.ReserveError
+	if err != nil && !errors.As(err, &refused) {
 		var se *SandboxError
 		// A sandbox killed for a forbidden system call is not retried:
 		// the canister did it, and would do it again (CANISTER_ERROR).
@@ -1629,11 +1630,13 @@ func (x *Sandboxed) runExclusive(ctx context.Context, sb *canisterSandbox, reuse
 		x.release(sb, false)
 		return nil, retry, err
 	}
+	// An answer whose pages the host refused was read in full: the
+	// sandbox did nothing wrong and stays.
 	x.measure(sb)
 	x.watch(sb)
 	sb.mu.Unlock()
 	x.release(sb, true)
-	return out, false, nil
+	return out, false, err
 }
 
 // DefaultIdleWatchDelay is how long after an exchange a sandbox's idle
@@ -1791,19 +1794,46 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 	id := x.nextID.Add(1)
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
 	deadline := x.watchdog(req, stable)
+	exp := boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)
+	if req.Reserve != nil {
+		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, time.Now().Add(deadline), req.Reserve)
+	}
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
 		if err := sb.conn.SendExecute(id, q, req.Heap, stable); err != nil {
 			return nil, err
 		}
-		return sb.conn.AwaitOutput(boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes), x.logFunc(sb.id))
+		return sb.conn.AwaitOutput(exp, x.logFunc(sb.id))
 	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		var refused *boundary.ReserveError
+		if errors.As(err, &refused) {
+			return nil, fmt.Errorf("exec: output of %s: %w", sb.id, err)
+		}
 		return nil, x.fail(sb.id, "execute", sb.proc, deadline, err)
 	}
 	return out, nil
+}
+
+// reserveOffWatch is reserve for an exclusive exchange on conn whose
+// watchdog ends at until: a wait for the host's memory is the host's, not
+// the sandbox's, so the connection's deadline is lifted while reserve
+// runs and then set to what the watchdog had left (or to now if ctx ended
+// meanwhile, as exchange does).
+func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, until time.Time, reserve func(uint64) error) func(uint64) error {
+	return func(b uint64) error {
+		left := time.Until(until)
+		_ = conn.Raw().SetDeadline(time.Time{})
+		err := reserve(b)
+		_ = conn.Raw().SetDeadline(time.Now().Add(max(left, 0)))
+		if ctx.Err() != nil {
+			// exchange's AfterFunc may have fired before the line above.
+			_ = conn.Raw().SetDeadline(time.Unix(1, 0))
+		}
+		return err
+	}
 }
 
 // stableOf returns the stable memory of an execution's input.

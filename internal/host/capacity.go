@@ -38,8 +38,9 @@ import (
 // that half, the sandboxes get a quarter of the machine by default, a hard
 // limit on all of them together (sandbox.node_memory_bytes,
 // exec.DefaultNodeMemoryShare), and idle ones are evicted beyond an eighth
-// (sandbox.memory_budget); the host's transient memory and the page cache
-// keep the rest.
+// (sandbox.memory_budget); the host's transient memory, of which the pages
+// executions hand it are bounded by a quarter (limits.execution_memory,
+// execmem.go), and the page cache keep the rest.
 const defaultCapacityShare = 2
 
 // memoryCapacity is the configured capacity, or the machine's default.

@@ -32,7 +32,13 @@ type Config struct {
 	// MemoryCapacity bounds the heap and stable memory of all canisters
 	// together (capacity.go); 0: half of the machine's memory.
 	MemoryCapacity uint64
-	ReplyBytes     uint64 // reply and reject payload limit (2 MiB)
+	// ExecutionMemory bounds the memory pages executions in flight hand
+	// the host (their outputs until committed, composite queries' working
+	// state) all together (execmem.go); 0: a quarter of the machine's
+	// memory. Messages wait for room; a query that finds none fails with
+	// SYS_TRANSIENT.
+	ExecutionMemory uint64
+	ReplyBytes      uint64 // reply and reject payload limit (2 MiB)
 	// HeapDirty and StableDirty bound the bytes of each memory (in 4 KiB
 	// pages) one execution may change; more traps. Every changed page is
 	// also charged in instructions (sysapi/dirty.go).

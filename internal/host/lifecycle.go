@@ -286,6 +286,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		return nil, err
 	}
 
+	// The pages the executions hand the host are held until the install
+	// is done: committed, or dropped (execmem.go).
+	pages := n.pages.messageHold(ctx)
+	defer pages.close()
 	var (
 		used         uint64
 		logs         []sysapi.LogLine
@@ -320,7 +324,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		if c.module.Info.HasPreUpgrade && !opts.SkipPreUpgrade {
 			in := n.input(c, c.module, sysapi.CtxPreUpgrade, "canister_pre_upgrade", limit)
 			in.Caller = opts.Caller.Bytes()
-			out, err := n.execOf(c).Execute(ctx, id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+			req := &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in}
+			ep := pages.execution(req)
+			out, err := n.execOf(c).Execute(ctx, id.String(), req)
+			ep.end()
 			if err != nil {
 				return nil, n.failExecute(ctx, c, compileFee, limit, "run pre_upgrade of", err)
 			}
@@ -380,7 +387,10 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 		newUsage.heap = heapBase.Size()
 	}
 	in.Limits.HeapBytes, in.Limits.StableBytes = n.memoryLimits(id, c.meta.Settings, m, ctxKind, newUsage)
-	out, err := x.Execute(ctx, id.String(), &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in})
+	req := &exec.Request{Module: m, Heap: heapBase, RunStart: true, Input: in}
+	ep := pages.execution(req)
+	out, err := x.Execute(ctx, id.String(), req)
+	ep.end()
 	if err != nil {
 		return nil, n.failExecute(ctx, c, compileFee, limit, "install", err)
 	}

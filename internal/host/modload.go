@@ -331,7 +331,11 @@ func (n *Node) failCharged(ctx context.Context, c *canister, used uint64, fee cy
 // the host's own is not charged.
 func (n *Node) failExecute(ctx context.Context, c *canister, fee cycles.Amount, limit uint64, what string, err error) error {
 	var se *exec.SandboxError
-	if !errors.As(err, &se) {
+	var rej *Reject
+	switch {
+	case errors.As(err, &rej):
+		return rej // the node's execution memory (execmem.go)
+	case !errors.As(err, &se):
 		return asReject(c.id, what, err)
 	}
 	var used uint64

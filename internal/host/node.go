@@ -43,6 +43,7 @@ type Node struct {
 	modules moduleUse // installs under way; what executors forget (moduleuse.go)
 
 	mem   *memoryLedger // the node's memory capacity (capacity.go)
+	pages *pageBudget   // the pages executions hand the host (execmem.go)
 	calls nodeCalls     // what calls awaiting responses hold (queues.go)
 
 	images *imageLRU // which canisters keep memory images (images.go)
@@ -94,6 +95,9 @@ type canister struct {
 	deleted     bool
 	qstats      queryStats // querystats.go
 	cert        dataCert   // the data certificate queries get (certify.go)
+	// pages holds the output pages of the message being processed until
+	// it is done (execmem.go; set by process, guarded by mu).
+	pages *pageHold
 	// controllers is meta.Settings.Controllers as last committed, read
 	// without mu to refuse a caller before it waits for mu (mgmtq.go).
 	controllers atomic.Pointer[[]string]
@@ -214,7 +218,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 		st.Close()
 		return nil, fmt.Errorf("host: memory in use: %w", err)
 	}
-	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem,
+	n := &Node{cfg: cfg, store: st, exec: x, log: logger, clock: clock, mem: mem, pages: newPageBudget(executionMemory(cfg.ExecutionMemory)),
 		canisters: map[principal.Principal]*canister{}, done: make(chan struct{}),
 		certifier: cert, rootKey: bytes.Clone(cert.DER()), images: newImageLRU(cfg.MemoryImages),
 		preparing: newPreparingBudget(preparingBytes(cfg)), drainAfter: drainTimeout, mgmtTimeout: mgmtCallTimeout}

@@ -2,7 +2,9 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -35,8 +37,25 @@ func (n *Node) Query(ctx context.Context, msg Message) (_ *Reply, err error) {
 		}
 		return n.managementIngress(ctx, msg, true)
 	}
-	q := &queryRun{n: n, ctx: ctx, budget: n.cfg.QueryInstructions}
+	q := &queryRun{n: n, ctx: ctx, budget: n.cfg.QueryInstructions, pages: n.pages.queryHold(n.queryGraphBytes())}
+	defer q.pages.close()
 	return q.call(msg.Canister, msg.Method, msg.Arg, msg.Caller, 0, true)
+}
+
+// queryGraphBytes bounds the changed memory a query's call graph holds at
+// once (execmem.go): what one query execution may change, its heap's and
+// its stable memory's caps; 0 (no bound) when either has none. A composite
+// query is one query to its caller: whatever its shape, its frames keep no
+// more than one of its executions could have changed.
+func (n *Node) queryGraphBytes() uint64 {
+	h, s := n.cfg.HeapDirty.pages(sysapi.CtxCompositeQuery), n.cfg.StableDirty.pages(sysapi.CtxCompositeQuery)
+	if h == 0 || s == 0 {
+		return 0
+	}
+	if p := satAdd(h, s); p <= math.MaxUint64/state.PageSize {
+		return p * state.PageSize
+	}
+	return math.MaxUint64
 }
 
 // maxQueryDepth bounds the call graph of a composite query (IC: 6 levels).
@@ -82,6 +101,10 @@ type frame struct {
 	globals []state.Global
 	cloned  bool // heap and stable are the frame's clones, to release
 	trapped bool // the execution run last returned from trapped (run)
+	// kept is what the pages the frame's executions wrote hold of the
+	// graph's execution memory (q.pages), until the call ends: counted as
+	// each output was received, a page written twice twice.
+	kept uint64
 }
 
 type queryRun struct {
@@ -95,13 +118,24 @@ type queryRun struct {
 	// (and a sandbox's watchdog).
 	deadline time.Time
 	budget   uint64 // instructions left for the whole composite query
+	// pages holds the graph's share of the node's execution memory: its
+	// frames' kept pages and the output being received (execmem.go).
+	pages *pageHold
+	// stop is why the whole graph fails, if an execution found it out of
+	// memory (its own bound, or the node's): as out of budget or time,
+	// whatever the callbacks would answer.
+	stop *Reject
 }
 
 // check reports why the run may not go on: its context is done, its
-// deadline passed (the IC's time limit) or its budget is spent.
+// deadline passed (the IC's time limit), its budget is spent or its memory
+// could not be held (stop).
 func (q *queryRun) check() error {
 	if err := q.ctx.Err(); err != nil {
 		return err
+	}
+	if q.stop != nil {
+		return q.stop
 	}
 	if !q.deadline.IsZero() && !time.Now().Before(q.deadline) {
 		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
@@ -118,6 +152,32 @@ func waitingErr(c *canister, err error) error {
 	return fmt.Errorf("query of canister %s: waiting for the canister: %w", c.id, err)
 }
 
+// rlock read-locks c for one execution of the run, waiting no longer than
+// the run may go on (its context, its deadline). The graph may hold pages
+// of the node's execution memory meanwhile, and the writer it waits for
+// may wait for those very pages (execmem.go): the deadline ends that.
+func (q *queryRun) rlock(c *canister) error {
+	return q.waitFor(c, func(ctx context.Context) error { return c.mu.acquire(ctx, false) })
+}
+
+// waitFor runs wait (taking one of c's locks) with the run's context and
+// deadline, and names what ended it.
+func (q *queryRun) waitFor(c *canister, wait func(context.Context) error) error {
+	ctx := q.ctx
+	if !q.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, q.deadline)
+		defer cancel()
+	}
+	if err := wait(ctx); err != nil {
+		if err := q.ctx.Err(); err != nil {
+			return waitingErr(c, err)
+		}
+		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
+	}
+	return nil
+}
+
 // call runs one query method and, for a composite query, its calls.
 func (q *queryRun) call(id principal.Principal, method string, arg []byte, caller principal.Principal, depth int, top bool) (*Reply, error) {
 	if err := q.check(); err != nil {
@@ -129,16 +189,16 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 	}
 	// An update may hold the canister up to its watchdog: a query whose
 	// caller went away (or whose deadline passed) stops waiting for it.
-	if err := c.mu.RLockContext(q.ctx); err != nil {
-		return nil, waitingErr(c, err)
+	if err := q.rlock(c); err != nil {
+		return nil, err
 	}
 	if coldFrames(c, method) {
 		c.mu.RUnlock()
-		if err := q.n.backMemories(q.ctx, c); err != nil {
-			return nil, waitingErr(c, err)
+		if err := q.waitFor(c, func(ctx context.Context) error { return q.n.backMemories(ctx, c) }); err != nil {
+			return nil, err
 		}
-		if err := c.mu.RLockContext(q.ctx); err != nil {
-			return nil, waitingErr(c, err)
+		if err := q.rlock(c); err != nil {
+			return nil, err
 		}
 	}
 	fr, in, err := q.open(c, method, arg, caller, depth, top)
@@ -146,7 +206,10 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		c.mu.RUnlock()
 		return nil, err
 	}
-	defer fr.release()
+	defer func() {
+		fr.release()
+		q.pages.release(fr.kept)
+	}()
 	if d := q.n.cfg.QueryWalltime; top && d > 0 {
 		q.deadline = time.Now().Add(d)
 	}
@@ -303,6 +366,9 @@ func (q *queryRun) run(s *frame, in *sysapi.Input, depth int, locked bool) (*Rep
 		}
 		cin.Callback = target
 		cr, cerr2 := q.run(s, cin, depth, false)
+		if q.stop != nil {
+			return nil, q.stop
+		}
 		if cerr2 != nil && s.trapped {
 			// As in replicated mode: the cleanup runs, and the trap
 			// answers the call only if no later callback does.
@@ -354,8 +420,8 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 		return nil, err
 	}
 	if !locked {
-		if err := c.mu.RLockContext(q.ctx); err != nil {
-			return nil, waitingErr(c, err)
+		if err := q.rlock(c); err != nil {
+			return nil, err
 		}
 	}
 	defer c.mu.RUnlock()
@@ -363,9 +429,13 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 		return nil, rejectf(CanisterError, "Canister %s: its code changed while the composite query ran", c.id)
 	}
 	in.Stable, in.Limits.Instructions = s.stable, q.budget
-	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in})
+	req := &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in}
+	ep := q.pages.execution(req)
+	out, err := q.n.execOf(c).Execute(q.ctx, c.id.String(), req)
+	held := ep.end() // what the output's pages hold of q.pages
 	q.n.images.used(c)
 	if err != nil {
+		q.pages.release(held)
 		if sandboxFault(err) {
 			// Its sandbox hung, crashed or lied: nothing it sent proves
 			// it ran less than it was given, so the canister's query
@@ -373,12 +443,20 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 			// sandboxFault); queries stay free.
 			c.qstats.count(in.Limits.Instructions)
 		}
+		var rej *Reject
+		if errors.As(err, &rej) {
+			// The graph's memory limit, or the node's (execmem.go): the
+			// whole query fails.
+			q.stop = rej
+			return nil, rej
+		}
 		return nil, asReject(c.id, "execute query on", err)
 	}
 	q.budget -= min(q.budget, out.Instructions)
 	c.qstats.count(out.Instructions)
 	s.trapped = out.Trapped
 	if out.Trapped {
+		q.pages.release(held)
 		return out, nil
 	}
 	first := in.Context == sysapi.CtxNonReplicatedQuery || in.Context == sysapi.CtxCompositeQuery
@@ -386,9 +464,13 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 		// Later callbacks see what earlier ones wrote (their own and those
 		// of the other calls' callbacks): keep a working copy.
 		if err := q.advance(s, out); err != nil {
+			q.pages.release(held)
 			return nil, err
 		}
+		s.kept += held
+		return out, nil
 	}
+	q.pages.release(held)
 	return out, nil
 }
 

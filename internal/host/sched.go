@@ -187,6 +187,13 @@ func (n *Node) drain(c *canister) {
 func (n *Node) process(c *canister, m *message) {
 	c.mu.Lock()
 	defer n.unlock(c)
+	// The pages the message's executions hand the host are held until
+	// it is done: committed, or dropped (execmem.go).
+	c.pages = n.pages.messageHold(n.stopping)
+	defer func() {
+		c.pages.close()
+		c.pages = nil
+	}()
 	if c.deleted {
 		switch m.kind {
 		case kindRequest:
@@ -396,12 +403,26 @@ func (n *Node) handleRequest(c *canister, m *message) {
 
 // execute runs one execution of c from its committed state. One that ends
 // beyond c's memory limits comes back as a trap (memory.go).
-func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (*sysapi.Output, error) {
+func (n *Node) execute(c *canister, in *sysapi.Input, _ bool) (out *sysapi.Output, err error) {
 	// A memory unbacked while the canister was cold (images.go) returns to
 	// one host copy before it runs again (c.mu is held exclusively).
 	c.heap.Back()
 	c.stable.Back()
-	out, err := n.execOf(c).Execute(n.stopping, c.id.String(), &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in})
+	req := &exec.Request{Module: c.module, Heap: c.heap, Globals: c.globals, Input: in}
+	if c.pages != nil && !in.Context.IsQuery() {
+		// c.pages holds what the output reserves until the message is
+		// done, unless nothing of it will be committed: then it is given
+		// back at once (before a cleanup callback runs, which waits for
+		// room with nothing held). A replicated query's changes are
+		// dropped as it returns: a sandbox reports none.
+		ep := c.pages.execution(req)
+		defer func() {
+			if held := ep.end(); err != nil || out.Trapped {
+				c.pages.release(held)
+			}
+		}()
+	}
+	out, err = n.execOf(c).Execute(n.stopping, c.id.String(), req)
 	n.images.used(c)
 	if err == nil {
 		checkMemory(c.meta.Settings, in.Context, c.moduleBytes, chunkStoreBytes(c.meta), out)
