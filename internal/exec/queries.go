@@ -463,6 +463,7 @@ func (s *session) closeLocked() {
 // end returns a drained session's sandbox to its idle watch and releases it.
 func (s *session) end() {
 	s.conn.ResumeIO() // a watchdog that fired as the last answer came
+	s.x.measure(s.sb)
 	s.x.watch(s.sb)
 	s.sb.mu.Unlock()
 }

@@ -510,6 +510,12 @@ type canisterSandbox struct {
 	idleCPU  cpuMark
 	slot     bool   // counted in Sandboxed.live (running or being spawned)
 	rss      uint64 // last measured RSS, counted in Sandboxed.rss
+	// endMem is the memory measured as its last exchange ended, by the
+	// process endPid (0: none): where the idle memory watch's mark starts,
+	// so that what the sandbox takes before the watch's first look is
+	// judged too.
+	endMem uint64
+	endPid int
 
 	// slots holds a token per query in flight or waiting for its session
 	// (capacity QueryThreads; made under Sandboxed.mu): queries take them
@@ -1309,14 +1315,15 @@ func (x *Sandboxed) freeSlotLocked(sb *canisterSandbox) {
 	}
 }
 
-// measure records sb's memory after an exchange (sb.mu held), when the
-// pool has a memory budget: one read per message, so that making room adds
-// up numbers instead of reading every live sandbox's. The memory is what
+// measure records sb's memory after an exchange (sb.mu held), for the
+// pool's memory budget and as where sb's idle memory watch starts
+// (endMem): one read per message, so that making room adds up numbers
+// instead of reading every live sandbox's. The memory is what
 // its cgroup is charged (sandbox.Process.MemoryCharge), else its RSS: RSS
 // counts the code every sandbox shares once per sandbox, so that a budget
 // of RSS held half the sandboxes the memory had room for.
 func (x *Sandboxed) measure(sb *canisterSandbox) {
-	if x.cfg.MaxTotalRSS == 0 || sb.proc == nil {
+	if (x.cfg.MaxTotalRSS == 0 && x.cfg.IdleMemoryGrowth == 0) || sb.proc == nil {
 		return
 	}
 	r, err := memoryOf(sb.proc)
@@ -1324,6 +1331,7 @@ func (x *Sandboxed) measure(sb *canisterSandbox) {
 		return
 	}
 	x.mu.Lock()
+	sb.endMem, sb.endPid = r, sb.pid
 	if sb.slot {
 		x.rss = x.rss - sb.rss + r
 		sb.rss = r
@@ -1535,6 +1543,11 @@ func (x *Sandboxed) checkIdle(sb *canisterSandbox) {
 	same := !busy && mark.ok && mark.pid == sb.pid && mark.messages == sb.messages
 	if !same {
 		sb.idleCPU = cpuMark{ok: !busy, pid: sb.pid, messages: sb.messages, at: now, cpu: used, mem: mem, memOK: memOK}
+		// From what it held when its last exchange ended, if less: memory
+		// taken between that and this first look is growth while idle too.
+		if sb.endPid != 0 && sb.endPid == sb.pid && (!memOK || sb.endMem < mem) {
+			sb.idleCPU.mem, sb.idleCPU.memOK = sb.endMem, true
+		}
 	} else if memOK && (!mark.memOK || mem < mark.mem) {
 		sb.idleCPU.mem, sb.idleCPU.memOK = mem, true
 	}

@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 		if slices.Contains(os.Args, growWhenIdle) {
 			go grow() // likewise, taking memory and keeping it
 		}
+		if slices.Contains(os.Args, growOnSignal) {
+			go growOnUSR1() // likewise, when the test says
+		}
 		os.Exit(worker.Main())
 	}
 	os.Exit(m.Run())
