@@ -34,8 +34,9 @@ func newImageLRU(limit int) *imageLRU {
 
 // used records that c just executed (c.mu held, shared or exclusive), and
 // releases the images of the coldest canisters beyond the bound. A
-// canister whose lock is taken is executing or changing: it keeps its
-// images and counts as recent.
+// canister whose lock is taken is executing or changing, and one whose
+// images something shares cannot give them back yet: it keeps its images
+// and counts as recent.
 func (l *imageLRU) used(c *canister) {
 	l.mu.Lock()
 	if e, ok := l.at[c]; ok {
@@ -53,21 +54,26 @@ func (l *imageLRU) used(c *canister) {
 	}
 	l.mu.Unlock()
 	for _, v := range cold {
-		if !v.mu.TryLock() {
-			l.mu.Lock()
-			if _, ok := l.at[v]; !ok {
-				l.at[v] = l.order.PushFront(v)
+		if v.mu.TryLock() {
+			// Held exclusively: nothing executes on its memories. A backed
+			// memory's pages are its image's (one host copy): they are
+			// copied out before the image goes (state.PageMap.Unback),
+			// never dropped with it.
+			heap, stable := v.heap.Unback(), v.stable.Unback()
+			v.mu.Unlock()
+			if heap && stable {
+				continue
 			}
-			l.mu.Unlock()
-			continue
+			// Shared (a composite query's frame still running): it
+			// keeps its images for now, and its place in the order, so
+			// that a later turn gives them back; dropped from the order it
+			// kept them, outside the bound, until it next executed.
 		}
-		// Held exclusively: nothing executes on its memories. A backed
-		// memory's pages are its image's (one host copy): they are
-		// copied out before the image goes (state.PageMap.Unback), never
-		// dropped with it.
-		v.heap.Unback()
-		v.stable.Unback()
-		v.mu.Unlock()
+		l.mu.Lock()
+		if _, ok := l.at[v]; !ok {
+			l.at[v] = l.order.PushFront(v)
+		}
+		l.mu.Unlock()
 	}
 }
 
