@@ -26,8 +26,8 @@ func keptBytes(h *Handler) int {
 }
 
 // A call refused before it ran (DESTINATION_INVALID) keeps its status
-// apart from the table (the first maxRefused unexpired ones), bounded by
-// count, outside every sender's share, and its reject message echoed the method name the client
+// among the last maxRefused refused calls, bounded by count, outside every
+// sender's share, and its reject message echoed the method name the client
 // chose, up to the whole body: anonymous calls to aaaaa-aa (which always
 // exists; any effective canister id is accepted when the argument names
 // none) with ~2 MiB method names made the node hold ~2 MiB each, 10 000 of

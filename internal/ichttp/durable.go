@@ -140,11 +140,12 @@ func (h *Handler) load() error {
 		k.st.seq = h.seq
 		h.statuses[k.id] = k.st
 		h.scheduleLocked(k.id, k.st)
+		if isRefusal(k.st) {
+			recs = append(recs, h.refuseLocked(k.id, k.st)...)
+			continue
+		}
 		k.st.holds = true
 		h.held[string(k.st.Sender.Bytes())]++
-		if isRefusal(k.st) {
-			h.refuseLocked(k.st)
-		}
 		if n := answerSize(k.st); n > 0 {
 			h.answerBytes += n
 			h.answered = append(h.answered, k.id)
@@ -189,13 +190,12 @@ func (h *Handler) scheduleLocked(id [32]byte, st *requestStatus) {
 	}
 }
 
-// rebuildDueLocked makes due again from the statuses not yet done,
-// refusals kept apart included: each is forgotten at its expiry, and
-// nothing else makes room among them. h.mu held.
+// rebuildDueLocked makes due again from the statuses not yet done. h.mu
+// held.
 func (h *Handler) rebuildDueLocked() {
 	due := make(dueHeap, 0, len(h.statuses))
 	for id, st := range h.statuses {
-		if !st.evict {
+		if !st.evict && !st.refusal {
 			due = append(due, dueEntry{end: endOf(st), seq: st.seq, id: id})
 		}
 	}
@@ -302,22 +302,32 @@ func isRefusal(st *requestStatus) bool {
 	return st.Status == "rejected" && st.RejectCode == uint64(host.DestinationInvalid)
 }
 
-// refuseLocked keeps a refused call's status, with at most
-// maxRefusalMessage of its reject message, until its expiry: out of the
-// table (and out of its sender's count) while fewer than maxRefused
-// unexpired refusals are kept so, else in the table as any status, held
-// by its sender. A refusal is never forgotten before its expiry, or a
-// replay of it would be taken for a new call. h.mu held.
-func (h *Handler) refuseLocked(st *requestStatus) {
+// refuseLocked moves a refused call's status out of the table (and out of
+// its sender's count) to the last maxRefused refused, forgetting the
+// oldest beyond them, and keeps at most maxRefusalMessage of its reject
+// message. It returns the store records of what it forgot. h.mu held.
+func (h *Handler) refuseLocked(id [32]byte, st *requestStatus) []store.IngressRecord {
+	h.releaseLocked(st)
+	st.refusal = true
 	if len(st.RejectMessage) > maxRefusalMessage {
 		st.RejectMessage = host.ClipText(st.RejectMessage, maxRefusalMessage) + "…"
 	}
-	if h.nRefused >= maxRefused {
-		return
-	}
-	h.releaseLocked(st)
-	st.refusal = true
 	h.nRefused++
+	h.refused = append(h.refused, id)
+	var recs []store.IngressRecord
+	for h.nRefused > maxRefused && len(h.refused) > 0 {
+		old := h.refused[0]
+		h.refused[0] = [32]byte{}
+		h.refused = h.refused[1:]
+		if o := h.statuses[old]; o != nil && o.refusal {
+			h.forgetLocked(old, o)
+			recs = append(recs, store.IngressRecord{Key: append([]byte(nil), old[:]...)})
+		}
+	}
+	if len(h.refused) > 2*maxRefused { // ids pruned meanwhile
+		h.refused = slices.DeleteFunc(h.refused, func(id [32]byte) bool { o := h.statuses[id]; return o == nil || !o.refusal })
+	}
+	return recs
 }
 
 // answerSize is what a status counts in h.answerBytes: its reply or reject

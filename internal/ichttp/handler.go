@@ -45,14 +45,11 @@ var ImplVersion = "cordon"
 // maxStatusesPerSender bounds what one sender holds of the table (429
 // beyond it), so that one principal cannot fill it. A call refused before
 // anything ran (DESTINATION_INVALID: no such canister or method) keeps its
-// status outside the table while fewer than maxRefused such are kept, and
-// in the table beyond them, held by its sender like any status: a flood of
-// refusals from one sender does not fill the table for others, and no
-// refusal is forgotten before its expiry (a replay of it would run, were
-// its canister or method there by then). Refusals kept apart are bounded
-// by count, not bytes, so each keeps at most maxRefusalMessage of its
-// reject message (the host already clips the method name it echoes:
-// host.EchoedName).
+// status only among the last maxRefused such, outside the table: a replay
+// of it runs nothing either, and the IC keeps no trace of such a request.
+// Refusals are bounded by count, not bytes, and outside every sender's
+// share, so each keeps at most maxRefusalMessage of its reject message
+// (the host already clips the method name it echoes: host.EchoedName).
 // maxAnswerBytes bounds the answers held, replies and reject messages
 // alike (a canister makes either as large, ReplyBytes): beyond it the
 // oldest are dropped and their status becomes "done", as the IC prunes
@@ -90,7 +87,8 @@ type Handler struct {
 	answered    [][32]byte
 	answerBytes int            // sum of the kept answers' sizes (answerSize)
 	held        map[string]int // statuses held in the table, by sender
-	nRefused    int            // refused statuses kept apart from the table
+	refused     [][32]byte     // refused calls' statuses, oldest first (some may be gone)
+	nRefused    int            // refused statuses in statuses
 }
 
 // requestStatus is an update call's outcome as request_status reports it.
@@ -104,7 +102,7 @@ type requestStatus struct {
 	RejectMessage string
 
 	holds   bool // it counts in its sender's held statuses
-	refusal bool // refused before anything ran, kept apart (h.nRefused)
+	refusal bool // refused before anything ran: kept among h.refused
 	evict   bool // past its expiry, in h.done: may be forgotten for room
 	seq     uint64
 }
@@ -434,12 +432,13 @@ func (h *Handler) finish(id [32]byte, st *requestStatus) []store.IngressRecord {
 	st.Sender, st.Canister, st.Expiry, st.holds, st.seq = old.Sender, old.Canister, old.Expiry, old.holds, old.seq
 	*old = *st
 	if isRefusal(old) {
-		h.refuseLocked(old)
+		// Forgotten at its expiry, not maxCallWait after it as a call
+		// still processing would be (its earlier entry in due is skipped).
+		h.scheduleLocked(id, old)
+		return h.refuseLocked(id, old)
 	}
 	// A call that ends late (past its expiry, while its status was kept
-	// for maxCallWait) is done at the next pruning, not maxCallWait later;
-	// a refusal kept apart is forgotten then (its earlier entry in due is
-	// skipped).
+	// for maxCallWait) is done at the next pruning, not maxCallWait later.
 	h.scheduleLocked(id, old)
 	if n := answerSize(old); n > 0 {
 		h.answerBytes += n

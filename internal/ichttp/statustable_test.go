@@ -38,7 +38,7 @@ func fill(t *testing.T, h *Handler, first, n int, exp uint64, senders ...princip
 // method that does not exist (a status was made before the canister was
 // even looked up) filled it and every IC call from anyone was a 503 for
 // ten minutes. Now a call refused before anything ran keeps its status
-// outside the table (while fewer than maxRefused are), one sender holds at
+// outside the table (among the last maxRefused such), one sender holds at
 // most maxStatusesPerSender of the table, and a full table gives up its
 // done statuses, oldest first.
 func TestStatusTableNotLockedByOneSender(t *testing.T) {
@@ -104,94 +104,34 @@ func TestStatusTableNotLockedByOneSender(t *testing.T) {
 	}
 }
 
-// A refused call's status stays until its expiry has passed, however many
-// calls are refused after it: it was kept only among the last maxRefused
-// refused, so a replay after that many other refusals ran again (and would
-// run the call, had its method come to exist meanwhile). Refusals beyond
-// maxRefused count in their sender's share of the table instead, so memory
-// stays bounded, one sender's flood is a 429 for that sender alone, and
-// nothing unexpired is forgotten; once past their expiry they go.
-func TestRefusedStatusesKeptUntilExpiry(t *testing.T) {
+// A flood of refused calls rotates through maxRefused statuses and never
+// touches the table.
+func TestRefusedStatusesBounded(t *testing.T) {
 	key, err := LoadOrCreateRootKey(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := New(nil, key, nil, nil)
-	clock := time.Now()
-	h.now = func() time.Time { return clock }
-	exp := uint64(clock.Add(4 * time.Minute).UnixNano())
-	req := func(i int, sender principal.Principal) *Request {
-		var id [32]byte
-		binary.BigEndian.PutUint64(id[:], uint64(i))
-		return &Request{ID: id, IngressExpiry: exp, Sender: sender}
-	}
-	refuse := func(r *Request) error {
-		fresh, _, err := h.begin(r)
-		if err != nil {
-			return err
-		}
-		if !fresh {
-			t.Fatalf("refused call %x: known already", r.ID[:8])
-		}
-		h.finish(r.ID, &requestStatus{Status: "rejected", RejectCode: uint64(host.DestinationInvalid), RejectMessage: "no such method"})
-		return nil
-	}
+	exp := uint64(time.Now().Add(4 * time.Minute).UnixNano())
 	const n = maxRefused + 5000
 	for i := range n {
-		if err := refuse(req(i, principal.Anonymous())); err != nil {
-			t.Fatalf("refused call %d: %v", i, err)
+		var id [32]byte
+		binary.BigEndian.PutUint64(id[:], uint64(i))
+		if fresh, _, err := h.begin(&Request{ID: id, IngressExpiry: exp, Sender: principal.Anonymous()}); !fresh || err != nil {
+			t.Fatalf("refused call %d: %v %v", i, fresh, err)
 		}
+		h.finish(id, &requestStatus{Status: "rejected", RejectCode: uint64(host.DestinationInvalid), RejectMessage: "no such method"})
 	}
-	// A replay of the first, within its expiry, is known: it runs nothing.
-	if fresh, _, err := h.begin(req(0, principal.Anonymous())); fresh || err != nil {
-		t.Fatalf("a replay of the first refused call after %d others: fresh %v, %v", n-1, fresh, err)
+	if len(h.statuses) != maxRefused || h.tableLocked() != 0 || len(h.held) != 0 {
+		t.Fatalf("%d statuses (%d in the table, %d senders holding) after %d refused calls", len(h.statuses), h.tableLocked(), len(h.held), n)
 	}
-	if s, _, code, _ := h.RequestStatus(req(0, principal.Anonymous()).ID); s != "rejected" || code != uint64(host.DestinationInvalid) {
-		t.Fatalf("the first refused call's status: %s %d", s, code)
-	}
-	if h.tableLocked() != n-maxRefused || h.held[string(principal.Anonymous().Bytes())] != n-maxRefused {
-		t.Fatalf("%d statuses in the table, %d held by the sender, want %d", h.tableLocked(), h.held[string(principal.Anonymous().Bytes())], n-maxRefused)
-	}
-	// The flooding sender's share runs out; another sender goes on.
-	i := n
-	for ; i < n+maxStatusesPerSender; i++ {
-		if err := refuse(req(i, principal.Anonymous())); err != nil {
-			if st, _ := asRequestError(err); st != http.StatusTooManyRequests {
-				t.Fatalf("refused call %d beyond the share: %v, want a 429", i, err)
-			}
-			break
-		}
-	}
-	if i != n+maxStatusesPerSender-(n-maxRefused) {
-		t.Fatalf("the sender was stopped after %d refused calls, want %d", i, n+maxStatusesPerSender-(n-maxRefused))
-	}
-	other := principal.SelfAuthenticating([]byte{1})
-	if err := refuse(req(i+1, other)); err != nil {
-		t.Fatalf("another sender beside a flood of refusals: %v", err)
-	}
-	// Past their expiry they are forgotten, and the sender may call again,
-	// also when the heap of deadlines was rebuilt meanwhile
-	// (scheduleLocked does when stale entries are most of it).
-	h.mu.Lock()
-	h.rebuildDueLocked()
-	h.mu.Unlock()
-	clock = clock.Add(5 * time.Minute)
-	if err := refuse(&Request{ID: [32]byte{0xff}, IngressExpiry: uint64(clock.Add(time.Minute).UnixNano()), Sender: principal.Anonymous()}); err != nil {
-		t.Fatalf("a call after the flood expired: %v", err)
-	}
-	if h.nRefused != 1 || len(h.held) != 0 {
-		t.Fatalf("after the expiry: %d refused, %d senders holding", h.nRefused, len(h.held))
-	}
-	// Those kept apart are forgotten, those in the table done (and
-	// evictable), as any status past its expiry.
-	if s, _, _, _ := h.RequestStatus(req(0, principal.Anonymous()).ID); s != "unknown" {
-		t.Fatalf("the first refused call's status past its expiry: %s", s)
-	}
-	if s, _, _, _ := h.RequestStatus(req(n-1, principal.Anonymous()).ID); s != "done" {
-		t.Fatalf("a refused call's status in the table past its expiry: %s", s)
-	}
-	if len(h.due) > 2*len(h.statuses)+1 {
+	if len(h.due) > 2*maxRefused {
 		t.Fatalf("due keeps %d ids for %d statuses", len(h.due), len(h.statuses))
+	}
+	var last [32]byte
+	binary.BigEndian.PutUint64(last[:], n-1)
+	if s, _, _, _ := h.RequestStatus(last); s != "rejected" {
+		t.Fatalf("the newest refused call's status: %s", s)
 	}
 }
 
