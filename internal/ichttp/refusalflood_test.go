@@ -9,15 +9,10 @@ import (
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
-// AUDIT (fails): refusals beyond the maxRefused kept apart count in their
-// senders' shares of the table, and a sender's share is a quarter of it,
-// so a flood of calls to no canister from a few self-made principals
-// (free: a key pair each, nothing runs, no canister pays) fills the whole
-// table and every other caller's call is a 503 until the flood expires,
-// which is what keeping refusals out of the table was for
-// (TestStatusTableNotLockedByOneSender). The doc of maxStatusesPerSender
-// says "a flood of refusals from one sender does not fill the table for
-// others": five senders do.
+// Refusals stay out of the status table, whoever sends them: a flood of
+// calls to no canister from a few self-made principals (free: a key pair
+// each, nothing runs, no canister pays) must not fill the table and turn
+// every other caller's call into a 503 until the flood expires.
 func TestRefusalFloodFromFewSendersLeavesRoom(t *testing.T) {
 	key, err := LoadOrCreateRootKey(t.TempDir())
 	if err != nil {
