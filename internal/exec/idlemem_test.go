@@ -183,7 +183,7 @@ func TestNodeMemoryLimitOOMKillsSandbox(t *testing.T) {
 	go func() { done <- grower.Wait() }()
 	select {
 	case st := <-done:
-		if !errors.Is(st.Err, sandbox.ErrOutOfMemory) || st.Signal != syscall.SIGKILL {
+		if !errors.Is(st.Err, sandbox.ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
 			t.Fatalf("the sandbox past the node's limit: want an OOM kill, got %+v", st)
 		}
 	case <-time.After(2 * time.Minute):

@@ -201,7 +201,7 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 // it (not for a forbidden system call: the canister did that).
 func retryable(err error) bool {
 	var se *SandboxError
-	return errors.As(err, &se) && se.Fault == FaultCrash && (se.Exit == nil || se.Exit.SeccompSyscall == "")
+	return errors.As(err, &se) && (se.Fault == FaultCrash || se.Fault == FaultNodeMemory) && (se.Exit == nil || se.Exit.SeccompSyscall == "")
 }
 
 // do sends one query (admitted: counted in s.n) and waits for its answer or

@@ -308,6 +308,10 @@ const (
 	FaultTimeout                    // the watchdog expired
 	FaultStart                      // it could not be started
 	FaultFailed                     // it reported that it could not carry out the request
+	// FaultNodeMemory: it died, OOM-killed within its own memory limit:
+	// the node's sandboxes together reached theirs (the node group's)
+	// and the kernel took it. Not the canister's doing.
+	FaultNodeMemory
 )
 
 func (f Fault) String() string {
@@ -322,6 +326,8 @@ func (f Fault) String() string {
 		return "start"
 	case FaultFailed:
 		return "failure"
+	case FaultNodeMemory:
+		return "node_memory"
 	}
 	return "unknown"
 }
@@ -329,7 +335,8 @@ func (f Fault) String() string {
 // SandboxError is a request that failed because of the sandbox: it broke
 // the protocol, crashed, hung or could not start. The sandbox has been
 // killed and forgotten; nothing of the request was applied. The host turns
-// it into a CANISTER_ERROR reject of that message.
+// it into a CANISTER_ERROR reject of that message (SYS_TRANSIENT for
+// FaultNodeMemory).
 type SandboxError struct {
 	CanisterID string // "" for the compiler sandbox
 	Op         string // "start", "load", "execute", "compile"
@@ -346,7 +353,7 @@ func (e *SandboxError) Error() string {
 		return e.Violation.Error()
 	case FaultTimeout:
 		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed", e.Timeout.Round(time.Millisecond), e.Op)
-	case FaultCrash:
+	case FaultCrash, FaultNodeMemory:
 		return "sandbox crashed (" + e.Op + "): " + describeExit(e.Exit, e.Err)
 	case FaultStart:
 		return "sandbox could not be started: " + errString(e.Err)
@@ -1032,6 +1039,8 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 		se.Fault, se.Timeout = FaultTimeout, deadline
 	case errors.As(err, &re):
 		se.Fault = FaultFailed
+	case st != nil && errors.Is(st.Err, sandbox.ErrNodeOutOfMemory):
+		se.Fault = FaultNodeMemory
 	default: // closed, EPIPE, ECONNRESET: it died
 		se.Fault = FaultCrash
 	}
@@ -1059,6 +1068,8 @@ func (x *Sandboxed) recordFault(se *SandboxError, st *sandbox.ExitStatus) {
 		m.SeccompKill(st.SeccompSyscall)
 	case st != nil && errors.Is(st.Err, sandbox.ErrOutOfMemory):
 		m.SandboxCrashed("oom")
+	case st != nil && errors.Is(st.Err, sandbox.ErrNodeOutOfMemory):
+		m.SandboxCrashed("node_oom")
 	case se.Fault == FaultTimeout:
 		m.SandboxCrashed("watchdog")
 		m.WatchdogKill()
@@ -1636,7 +1647,7 @@ func (x *Sandboxed) runExclusive(ctx context.Context, sb *canisterSandbox, reuse
 		var se *SandboxError
 		// A sandbox killed for a forbidden system call is not retried:
 		// the canister did it, and would do it again (CANISTER_ERROR).
-		retry := mayRetry && reused && errors.As(err, &se) && se.Fault == FaultCrash &&
+		retry := mayRetry && reused && errors.As(err, &se) && (se.Fault == FaultCrash || se.Fault == FaultNodeMemory) &&
 			(se.Exit == nil || se.Exit.SeccompSyscall == "")
 		x.forgetLocked(sb)
 		sb.mu.Unlock()

@@ -246,6 +246,21 @@ func TestSandboxFailureIsCharged(t *testing.T) {
 		charged(t, a, before, 3, limit, n(3).mul(cycles.New(fees.IngressReception)))
 	})
 
+	// A sandbox the kernel OOM-killed within its own limit, because the
+	// node's sandboxes together reached theirs, failed by no doing of the
+	// canister: SYS_TRANSIENT, and nothing charged, not even the fee.
+	t.Run("node memory", func(t *testing.T) {
+		a := f.install(spin, nil)
+		before := x.kill(f, a, sysapi.CtxUpdate, &exec.SandboxError{Op: "execute", Fault: exec.FaultNodeMemory})
+		for range 2 {
+			if r := f.reject(work(a)); r.Code != SysTransient {
+				t.Fatalf("want SYS_TRANSIENT, got %v", r)
+			}
+		}
+		f.quiesce()
+		charged(t, a, before, 0, limit, cycles.Amount{})
+	})
+
 	t.Run("other canisters pay as before", func(t *testing.T) {
 		b := f.install(spin, nil)
 		before := f.storedMeta(b)

@@ -120,6 +120,8 @@ func (n *Node) executionReject(id fmt.Stringer, err error) *Reject {
 	switch {
 	case errors.As(err, &rej):
 		return rej
+	case errors.As(err, &se) && se.Fault == exec.FaultNodeMemory:
+		return nodeMemoryReject(id)
 	case errors.As(err, &se), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
 	}
@@ -132,7 +134,19 @@ func (n *Node) executionReject(id fmt.Stringer, err error) *Reject {
 func asReject(id fmt.Stringer, what string, err error) error {
 	var se *exec.SandboxError
 	if errors.As(err, &se) {
+		if se.Fault == exec.FaultNodeMemory {
+			return nodeMemoryReject(id)
+		}
 		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, id, err)
+}
+
+// nodeMemoryReject answers an execution whose sandbox the kernel killed for
+// the node's memory (exec.FaultNodeMemory): all the node's sandboxes
+// together reached sandbox.node_memory_bytes and the kernel took this one,
+// within its own limit. Not the canister's doing, so not charged
+// (sandboxFault); nothing was applied, and the caller may try again.
+func nodeMemoryReject(id fmt.Stringer) *Reject {
+	return rejectf(SysTransient, "Canister %s: its execution was stopped because the node's sandboxes together ran out of memory (sandbox.node_memory_bytes); nothing was applied, try again later.", id)
 }

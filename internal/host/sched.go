@@ -494,7 +494,9 @@ func (n *Node) checkGrowthPaid(c *canister, in *sysapi.Input, out *sysapi.Output
 // execution is charged as a trap at its whole instruction limit: nothing
 // it sends proves it ran less. A failure of the host's own (the node
 // closing, a caller giving up, a sandbox that could not start or load) is
-// not the canister's doing and is not charged.
+// not the canister's doing and is not charged; nor is a sandbox the kernel
+// OOM-killed within its own memory limit because the node's sandboxes
+// together reached theirs (exec.FaultNodeMemory, SYS_TRANSIENT).
 func sandboxFault(err error) bool {
 	var se *exec.SandboxError
 	if !errors.As(err, &se) || se.Op != "execute" {

@@ -57,7 +57,9 @@ type Sandbox interface {
 	// "shutdown".
 	SandboxEvicted(reason string)
 	// SandboxCrashed: a sandbox ended without the host asking. reason:
-	// "exit" (exited on its own), "signal", "oom", "seccomp", "watchdog",
+	// "exit" (exited on its own), "signal", "oom" (its own memory limit),
+	// "node_oom" (OOM-killed within its own limit: the node group's was
+	// reached by all the sandboxes together), "seccomp", "watchdog",
 	// "violation" (killed after a protocol violation), "idle_cpu" (killed
 	// for using CPU between messages), "idle_memory" (killed for growing
 	// its memory between messages). The seccomp,
@@ -206,7 +208,7 @@ func New(version, isolation string) *Metrics {
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_evictions_total",
 		Help: "Healthy sandboxes ended by the host, by reason (idle, memory, pool, shutdown)."}, []string{"reason"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_crashes_total",
-		Help: "Sandboxes that ended without the host asking, by reason (exit, signal, oom, seccomp, watchdog, violation, idle_cpu, idle_memory)."},
+		Help: "Sandboxes that ended without the host asking, by reason (exit, signal, oom, node_oom, seccomp, watchdog, violation, idle_cpu, idle_memory)."},
 		[]string{"reason"})
 	m.watchdog = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sandbox_watchdog_kills_total",
 		Help: "Sandboxes killed by the watchdog for exceeding their time budget."})

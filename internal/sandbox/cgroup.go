@@ -621,25 +621,94 @@ func (c *cgroup) killAll() {
 
 // oomKilled reports whether the kernel's OOM killer acted in this cgroup.
 func (c *cgroup) oomKilled() bool {
-	var file, key string
+	killed, _ := c.oomCause()
+	return killed
+}
+
+// oomCause reports whether the kernel's OOM killer acted in this cgroup
+// and, if so, whether the cgroup's own memory limit was reached. A kill
+// without it came from an ancestor's limit (the node group's: the kernel
+// picks its largest sandbox, whichever pushed it over) or the machine's,
+// not from what this sandbox was allowed. Evidence of its own limit: its
+// peak charge reached it (within ownLimitSlack), or the kernel counted a
+// failed charge here (v1 memory.failcnt, which recent kernels may leave
+// at 0; v2 memory.events "max" and "oom", kept where the limit failed and
+// its ancestors, never below). Unreadable counters say own: a kill stays
+// the sandbox's doing unless the kernel shows otherwise.
+func (c *cgroup) oomCause() (killed, ownLimit bool) {
+	dir := c.dirs[0]
+	file := func(name string) string { return filepath.Join(dir, name) }
 	if c.version == cgroupV1 {
-		file, key = filepath.Join(c.dirs[0], "memory.oom_control"), "oom_kill"
-	} else {
-		file, key = filepath.Join(c.dirs[0], "memory.events"), "oom_kill"
+		if !counted(counter(file("memory.oom_control"), "oom_kill")) {
+			return false, false
+		}
+		return true, failedHere(file("memory.failcnt")) || failedHere(file("memory.memsw.failcnt")) ||
+			reachedLimit(file("memory.max_usage_in_bytes"), file("memory.limit_in_bytes")) ||
+			reachedLimit(file("memory.memsw.max_usage_in_bytes"), file("memory.memsw.limit_in_bytes"))
 	}
+	events := file("memory.events")
+	if !counted(counter(events, "oom_kill")) {
+		return false, false
+	}
+	return true, counter(events, "max") != 0 || counter(events, "oom") != 0 ||
+		reachedLimit(file("memory.peak"), file("memory.max"))
+}
+
+// ownLimitSlack is how far below its limit a cgroup's peak may stay when a
+// charge fails there: the charge that failed is not counted in the peak.
+const ownLimitSlack = 4 << 20
+
+// failedHere reads a v1 failcnt file: true if it counts a failure or
+// cannot be read (but for a file the kernel does not have).
+func failedHere(name string) bool {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return err != nil || n > 0
+}
+
+// reachedLimit says whether the peak in file peak came within
+// ownLimitSlack of the limit in file limit ("max": none). A file the
+// kernel does not have says no; one it has but cannot be read, yes.
+func reachedLimit(peak, limit string) bool {
+	p, err := readMemoryLimit(peak)
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	l, err := readMemoryLimit(limit)
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	return p+ownLimitSlack >= l
+}
+
+// counted says whether a counter read something that happened.
+func counted(n uint64) bool { return n != 0 && n != ^uint64(0) }
+
+// counter reads key's value from a flat keyed cgroup file ("key value"
+// lines); 0 if absent, ^0 if the file cannot be read or parsed.
+func counter(file, key string) uint64 {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return false
+		if errors.Is(err, os.ErrNotExist) {
+			return 0
+		}
+		return ^uint64(0)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) == 2 && f[0] == key {
-			n, _ := strconv.ParseUint(f[1], 10, 64)
-			return n > 0
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return ^uint64(0)
+			}
+			return n
 		}
 	}
-	return false
+	return 0
 }
 
 // memoryUsage is the cgroup's charged memory.

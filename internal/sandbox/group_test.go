@@ -98,6 +98,21 @@ func newGroupT(t *testing.T, limit uint64) *Group {
 	return g
 }
 
+// TestOwnLimitInGroupIsOwnOOM: a sandbox in a node group that reaches its
+// own memory limit, well within the group's, is OOM-killed for its own
+// limit (ErrOutOfMemory, the canister's doing), not for the node's.
+func TestOwnLimitInGroupIsOwnOOM(t *testing.T) {
+	g := newGroupT(t, 512<<20)
+	bomb := startT(t, Spec{Label: "bomb", Args: []string{"membomb", "1024"}, Group: g, MemoryBytes: 96 << 20, Strict: true})
+	if got := recvT(t, bomb); got != "allocating" {
+		t.Fatal(got)
+	}
+	if st := bomb.Wait(); !errors.Is(st.Err, ErrOutOfMemory) || errors.Is(st.Err, ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
+		t.Fatalf("the sandbox past its own limit in a group: want an OOM kill for its own limit, got %+v", st)
+	}
+	checkCgroupGone(t, bomb)
+}
+
 // TestNodeGroupBoundsAllSandboxes: sandboxes in a node's group share its
 // memory limit. One whose own limit is far above it allocates past it and
 // is OOM-killed, in its own cgroup, while its neighbour in the group lives
@@ -124,8 +139,9 @@ func TestNodeGroupBoundsAllSandboxes(t *testing.T) {
 		t.Fatal(got)
 	}
 	st := bomb.Wait()
-	if !errors.Is(st.Err, ErrOutOfMemory) || st.Signal != syscall.SIGKILL {
-		t.Fatalf("the sandbox past the group's limit: want an OOM kill, got %+v", st)
+	// Within its own limit: the group's was reached, not its own.
+	if !errors.Is(st.Err, ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
+		t.Fatalf("the sandbox past the group's limit: want an OOM kill for the node's memory, got %+v", st)
 	}
 	checkCgroupGone(t, bomb)
 	// The sandboxes together reached the group's limit, never more (but

@@ -89,7 +89,11 @@ type ExitStatus struct {
 var (
 	ErrSeccomp     = errors.New("sandbox made a forbidden system call")
 	ErrOutOfMemory = errors.New("sandbox exceeded its memory limit")
-	ErrKilled      = errors.New("sandbox killed by the host")
+	// ErrNodeOutOfMemory: the OOM killer ended it though it stayed within
+	// its own limit: the node group's (or the machine's) was reached, by
+	// all the sandboxes together, and the kernel took the largest.
+	ErrNodeOutOfMemory = errors.New("sandbox killed for the node's memory: its sandboxes together reached their limit")
+	ErrKilled          = errors.New("sandbox killed by the host")
 )
 
 // Process is a live (or exited) sandbox.
@@ -961,7 +965,10 @@ func (p *Process) waiter() {
 	st.SeccompSyscall = p.seccomp
 	killed := p.killed
 	p.mu.Unlock()
-	oom := p.cg != nil && p.cg.oomKilled()
+	var oom, ownLimit bool
+	if p.cg != nil {
+		oom, ownLimit = p.cg.oomCause()
+	}
 	if p.cg != nil {
 		if err := p.cg.remove(); err != nil {
 			slog.Error("sandbox cgroup not removed", "sandbox", p.label, "err", err)
@@ -971,8 +978,10 @@ func (p *Process) waiter() {
 		switch {
 		case st.SeccompSyscall != "":
 			st.Err = fmt.Errorf("%w: %s", ErrSeccomp, st.SeccompSyscall)
-		case oom:
+		case oom && ownLimit:
 			st.Err = ErrOutOfMemory
+		case oom:
+			st.Err = ErrNodeOutOfMemory
 		case killed && st.Signal == syscall.SIGKILL:
 			st.Err = ErrKilled
 		case st.Code == confine.ExitSetup:
