@@ -97,11 +97,7 @@ func uploadArg(t testing.TB, id principal.Principal, chunk []byte) []byte {
 
 func mustArgTypes(t testing.TB, method string) []*candid.Type {
 	t.Helper()
-	svc, err := ManagementInterface()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, ok := svc.Method(method)
+	m, ok := managementMethod(t, method)
 	if !ok {
 		t.Fatalf("no management method %s", method)
 	}

@@ -1,23 +1,20 @@
 package host
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -28,43 +25,6 @@ import (
 // acknowledged reply is lost, every canister is at the state its
 // acknowledged messages left or one message further, the cycles count
 // holds, and the state hashes are those of the store.
-
-// storeTxid reads the id of the last committed bbolt transaction of the
-// file f from its meta pages (the larger txid of the two with bbolt's
-// magic).
-func storeTxid(f *os.File) uint64 {
-	var best uint64
-	buf := make([]byte, 80)
-	if _, err := f.ReadAt(buf, 0); err != nil || binary.LittleEndian.Uint32(buf[16:]) != 0xED0CDAED {
-		return 0
-	}
-	best = binary.LittleEndian.Uint64(buf[64:])
-	pageSize := int64(binary.LittleEndian.Uint32(buf[24:]))
-	if _, err := f.ReadAt(buf, pageSize); err == nil && binary.LittleEndian.Uint32(buf[16:]) == 0xED0CDAED {
-		best = max(best, binary.LittleEndian.Uint64(buf[64:]))
-	}
-	return best
-}
-
-// killAfterStoreTx SIGKILLs this process once killTx transactions have
-// committed to the store file at path, after spin more reads of its meta
-// pages (so the kill lands anywhere in what follows).
-func killAfterStoreTx(path string, killTx, spin int) {
-	f, err := os.Open(path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "crash child: open for the watcher:", err)
-		os.Exit(5)
-	}
-	start := storeTxid(f)
-	go func() {
-		for storeTxid(f) < start+uint64(killTx) {
-		}
-		for range spin {
-			storeTxid(f)
-		}
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	}()
-}
 
 // streamByte is byte o of the data the stable canister's appends write.
 func streamByte(o uint64) byte { return byte((o * 2654435761) >> 13) }
@@ -203,7 +163,7 @@ func durHostChild(t *testing.T, home string) {
 	replyNat(t, query(ps[auCounterA], "get", noArgs))
 	replyNat(t, query(ps[auCounterB], "get", noArgs))
 	fmt.Println("READY")
-	killAfterStoreTx(filepath.Join(home, "cordon.db"), num("CORDON_AUDIT_KILL_TX"), num("CORDON_AUDIT_SPIN"))
+	faultinject.KillAfterTx(filepath.Join(home, "cordon.db"), num("CORDON_AUDIT_KILL_TX"), num("CORDON_AUDIT_SPIN"))
 	workers := []func(){
 		func() {
 			for {
@@ -342,10 +302,7 @@ func TestCrashDuringMessageStreamSandbox(t *testing.T) {
 }
 
 func durCrashStream(t *testing.T, name, mode string) {
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("CORDON_CRASH_SEED"); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	seed := faultinject.CrashSeed(t)
 	t.Logf("seed %d (CORDON_CRASH_SEED=%d to repeat)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 2))
 	f := crashFixture(t)
@@ -463,38 +420,20 @@ func durCrashStream(t *testing.T, name, mode string) {
 // the sum of the replies).
 func runHostChild(t *testing.T, name, home, mode, ids string, killTx, spin int) map[string]uint64 {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "CORDON_CRASH_HOME="+home, "CORDON_CRASH_IDS="+ids, "CORDON_AUDIT_ISOLATION="+mode,
+	cmd := faultinject.Child(name, "CORDON_CRASH_HOME="+home, "CORDON_CRASH_IDS="+ids, "CORDON_AUDIT_ISOLATION="+mode,
 		fmt.Sprintf("CORDON_AUDIT_KILL_TX=%d", killTx), fmt.Sprintf("CORDON_AUDIT_SPIN=%d", spin))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.AfterFunc(3*time.Minute, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
-	defer deadline.Stop()
 	acked := map[string]uint64{}
-	var other []string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
+	faultinject.RunUntilKilled(t, cmd, 3*time.Minute, func(line string) bool {
 		var name string
 		var v uint64
-		if _, err := fmt.Sscanf(sc.Text(), "ACK %s %d", &name, &v); err == nil {
-			if name == "cycles" {
-				v += acked[name]
-			}
-			acked[name] = v
-			continue
+		if _, err := fmt.Sscanf(line, "ACK %s %d", &name, &v); err != nil {
+			return false
 		}
-		other = append(other, sc.Text())
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("the child did not die of SIGKILL: %v; its output: %s", err, strings.Join(other, "\n"))
-	}
+		if name == "cycles" {
+			v += acked[name]
+		}
+		acked[name] = v
+		return true
+	})
 	return acked
 }

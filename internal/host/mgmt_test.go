@@ -149,15 +149,22 @@ func (f *fixture) ingress(caller principal.Principal, method, arg string) ([]byt
 	return r.Data, nil
 }
 
-// encodeTyped encodes Candid text typed by the management interface, as
-// `cordon call aaaaa-aa` does.
-func encodeTyped(t testing.TB, method, text string) []byte {
+// managementMethod is the management interface's method name, if it has
+// one.
+func managementMethod(t testing.TB, name string) (candid.Method, bool) {
 	t.Helper()
 	svc, err := ManagementInterface()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, ok := svc.Method(method)
+	return svc.Method(name)
+}
+
+// encodeTyped encodes Candid text typed by the management interface, as
+// `cordon call aaaaa-aa` does.
+func encodeTyped(t testing.TB, method, text string) []byte {
+	t.Helper()
+	m, ok := managementMethod(t, method)
 	if !ok {
 		return encodeText(t, text)
 	}

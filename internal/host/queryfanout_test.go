@@ -3,10 +3,7 @@ package host
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -44,9 +41,8 @@ const selfFanoutWat = `
       (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 3))))))`
 
 // lyingSandbox is a real, confined sandbox whose answers pass through a
-// relay that, while lie is set, rewrites the instruction count of every
-// Output to 0 (its first field): a compromised sandbox reporting that its
-// executions cost nothing.
+// relay that may rewrite them (relayExecutor): with zeroInstructions, a
+// compromised sandbox reporting that its executions cost nothing.
 type lyingSandbox struct {
 	*sandbox.Process
 	host *net.UnixConn
@@ -77,6 +73,16 @@ func relay(src, dst *net.UnixConn, edit func([]byte)) {
 		}
 		if werr != nil {
 			return
+		}
+	}
+}
+
+// zeroInstructions is a relay edit that, while lie is set, rewrites the
+// instruction count of every Output to 0 (its first field).
+func zeroInstructions(lie *atomic.Bool) func(pkt []byte) {
+	return func(pkt []byte) {
+		if lie.Load() && len(pkt) >= boundary.HeaderSize+8 && boundary.Kind(pkt[0]) == boundary.KindOutput {
+			clear(pkt[boundary.HeaderSize : boundary.HeaderSize+8])
 		}
 	}
 }
@@ -116,30 +122,9 @@ func TestAuditCompositeQueryLyingInstructions(t *testing.T) {
 	t.Cleanup(func() { f.node.Close() })
 
 	var lie atomic.Bool
-	zero := func(pkt []byte) {
-		if lie.Load() && len(pkt) >= boundary.HeaderSize+8 && boundary.Kind(pkt[0]) == boundary.KindOutput {
-			clear(pkt[boundary.HeaderSize : boundary.HeaderSize+8])
-		}
-	}
-	launch := func(ctx context.Context, spec sandbox.Spec) (exec.Process, error) {
-		p, err := sandbox.Start(ctx, spec)
-		if err != nil {
-			return nil, err
-		}
-		host, mid, err := boundary.Pair()
-		if err != nil {
-			p.Kill()
-			p.Wait()
-			return nil, err
-		}
-		go relay(mid, p.Conn(), func([]byte) {})
-		go relay(p.Conn(), mid, zero)
-		return &lyingSandbox{Process: p, host: host}, nil
-	}
-	x, err := exec.NewSandboxed(exec.SandboxConfig{Dir: filepath.Join(cfg.Home, "lying-artifacts"),
-		ModuleLimits: cfg.ModuleLimits, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Launch: launch})
-	if err != nil {
-		t.Fatal(err)
+	x, ok := relayExecutor(t, cfg, zeroInstructions(&lie)).(*exec.Sandboxed)
+	if !ok {
+		t.Fatal("relayExecutor is not an *exec.Sandboxed: its Stats are needed")
 	}
 	f.node.exec.Close()
 	counted := &countQueries{Executor: x}

@@ -4,18 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cordon-dev/cordon/internal/boundary"
-	"github.com/cordon-dev/cordon/internal/exec"
-	"github.com/cordon-dev/cordon/internal/sandbox"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
@@ -347,31 +341,7 @@ func TestLyingSandboxDuringUpgrade(t *testing.T) {
 	t.Parallel()
 	f := newFeelessFixture(t, "sandbox")
 	var lie atomic.Bool
-	zero := func(pkt []byte) {
-		if lie.Load() && len(pkt) >= boundary.HeaderSize+8 && boundary.Kind(pkt[0]) == boundary.KindOutput {
-			clear(pkt[boundary.HeaderSize : boundary.HeaderSize+8])
-		}
-	}
-	launch := func(ctx context.Context, spec sandbox.Spec) (exec.Process, error) {
-		p, err := sandbox.Start(ctx, spec)
-		if err != nil {
-			return nil, err
-		}
-		host, mid, err := boundary.Pair()
-		if err != nil {
-			p.Kill()
-			p.Wait()
-			return nil, err
-		}
-		go relay(mid, p.Conn(), func([]byte) {})
-		go relay(p.Conn(), mid, zero)
-		return &lyingSandbox{Process: p, host: host}, nil
-	}
-	x, err := exec.NewSandboxed(exec.SandboxConfig{Dir: filepath.Join(f.cfg.Home, "lying-artifacts"),
-		ModuleLimits: f.cfg.ModuleLimits, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Launch: launch})
-	if err != nil {
-		t.Fatal(err)
-	}
+	x := relayExecutor(t, f.cfg, zeroInstructions(&lie))
 	f.node.exec.Close()
 	f.node.exec = x
 

@@ -9,74 +9,24 @@ package store
 // stays staged.
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/state"
 )
-
-// metaTxid reads the id of the last committed transaction of the bbolt
-// file at path from its two meta pages, as a crash would leave them: the
-// larger txid of the meta pages with bbolt's magic.
-func metaTxid(f *os.File) uint64 {
-	var best uint64
-	buf := make([]byte, 80)
-	pageSize := int64(0)
-	for i := int64(0); i < 2; i++ {
-		off := i * pageSize
-		if i == 1 && pageSize == 0 {
-			break
-		}
-		if _, err := f.ReadAt(buf, off); err != nil {
-			return best
-		}
-		if binary.LittleEndian.Uint32(buf[16:]) != 0xED0CDAED {
-			continue
-		}
-		if i == 0 {
-			pageSize = int64(binary.LittleEndian.Uint32(buf[24:]))
-		}
-		best = max(best, binary.LittleEndian.Uint64(buf[64:]))
-	}
-	return best
-}
-
-// killAfterTx kills this process with SIGKILL once killTx transactions
-// have committed to the store file at path since it was called, and spin
-// more reads of the meta pages after that (so the kill lands anywhere in
-// the transactions that follow, including inside a commit's writes).
-func killAfterTx(path string, killTx, spin int) {
-	f, err := os.Open(path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "crash child: open for the watcher:", err)
-		os.Exit(5)
-	}
-	start := metaTxid(f)
-	go func() {
-		for metaTxid(f) < start+uint64(killTx) {
-		}
-		for range spin {
-			metaTxid(f)
-		}
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	}()
-}
 
 // The stream's canisters and workers. Worker w < 4 commits to canister
 // w+1 alone, worker 4 to canisters 5 and 6 in one Commit, worker 5 to
@@ -279,7 +229,7 @@ func durChild(t *testing.T) {
 	if err := s.Metas(func(id []byte, m Meta) error { metas[id[0]] = m; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	killAfterTx(s.Path(), num("CORDON_AUDIT_KILL_TX"), num("CORDON_AUDIT_SPIN"))
+	faultinject.KillAfterTx(s.Path(), num("CORDON_AUDIT_KILL_TX"), num("CORDON_AUDIT_SPIN"))
 	var out sync.Mutex
 	for w := range durWorkers {
 		mine := map[byte]Meta{}
@@ -312,35 +262,18 @@ func durChild(t *testing.T) {
 // steps each worker had acknowledged when it died (it must die of SIGKILL).
 func runAuditChild(t *testing.T, name string, env ...string) map[int]int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	acked := map[int]int{}
-	var other []string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
+	faultinject.RunUntilKilled(t, faultinject.Child(name, env...), 0, func(line string) bool {
 		var w, j int
-		if _, err := fmt.Sscanf(sc.Text(), "ACK %d %d", &w, &j); err == nil {
-			if j != acked[w]+1 {
-				t.Errorf("worker %d acknowledged step %d after %d", w, j, acked[w])
-			}
-			acked[w] = j
-			continue
+		if _, err := fmt.Sscanf(line, "ACK %d %d", &w, &j); err != nil {
+			return false
 		}
-		other = append(other, sc.Text())
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("the child did not die of SIGKILL: %v; its output: %s", err, strings.Join(other, "\n"))
-	}
+		if j != acked[w]+1 {
+			t.Errorf("worker %d acknowledged step %d after %d", w, j, acked[w])
+		}
+		acked[w] = j
+		return true
+	})
 	return acked
 }
 
@@ -365,18 +298,6 @@ func rawStaged(t *testing.T, dir string) (staged int, format string) {
 	return staged, format
 }
 
-// durSeed is CORDON_CRASH_SEED, else a new seed (logged).
-func durSeed(t *testing.T) uint64 {
-	if v := os.Getenv("CORDON_CRASH_SEED"); v != "" {
-		s, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	return uint64(time.Now().UnixNano())
-}
-
 // A store process killed at seeded points (any transaction, including the
 // staging of a large replacement and the commits of groups) loses no
 // acknowledged commit, applies every commit whole (the pair's two
@@ -387,7 +308,7 @@ func TestCrashDuringCommitStream(t *testing.T) {
 		durChild(t)
 		return
 	}
-	seed := durSeed(t)
+	seed := faultinject.CrashSeed(t)
 	t.Logf("seed %d (CORDON_CRASH_SEED=%d to repeat)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
 	dir := t.TempDir()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/state"
 )
 
@@ -66,7 +67,7 @@ func fillDisk(t *testing.T, dir string, leave int64) (release func()) {
 // store works again once there is room.
 func TestFullDiskCommits(t *testing.T) {
 	dir := durTmpfs(t, 160<<20)
-	seed := durSeed(t)
+	seed := faultinject.CrashSeed(t)
 	t.Logf("seed %d", seed)
 	s := openTest(t, dir)
 	defer func() { s.Close() }()
@@ -219,7 +220,7 @@ func upgradeChild(t *testing.T) {
 	spin, _ := strconv.Atoi(os.Getenv("CORDON_AUDIT_SPIN"))
 	dir := os.Getenv("CORDON_AUDIT_DIR")
 	upgradeBatchRuns = 1
-	killAfterTx(filepath.Join(dir, "cordon.db"), n, spin)
+	faultinject.KillAfterTx(filepath.Join(dir, "cordon.db"), n, spin)
 	s, err := Open(dir, time.Second)
 	if err != nil {
 		fmt.Println("OPEN FAILED", err)
@@ -238,7 +239,7 @@ func TestCrashDuringStore2Upgrade(t *testing.T) {
 		upgradeChild(t)
 		return
 	}
-	seed := durSeed(t)
+	seed := faultinject.CrashSeed(t)
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	dir := t.TempDir()

@@ -1,18 +1,13 @@
 package worker
 
 import (
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/bytecodealliance/wasmtime-go/v39"
-
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/state"
-	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
 // The worker keeps its executor goroutines between executions: many
@@ -20,35 +15,7 @@ import (
 // cap(slots) of them, none ends while the session lasts, and all of them
 // end when it does.
 func TestWorkerExecutorsAreKeptAndEnd(t *testing.T) {
-	wasm, err := wasmtime.Wat2Wasm(`(module
-  (import "ic0" "msg_reply" (func $reply))
-  (memory (export "memory") 1)
-  (func (export "canister_query spin") (loop $l (br $l)))
-  (func (export "canister_query quick") (call $reply)))`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.New(engine.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := e.Compile(wasm, engine.DefaultModuleLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	art, err := m.Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "a.cwasm")
-	if err := os.WriteFile(path, art, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	m, path := compiledArtifact(t, spinQuickWat)
 
 	// The worker's loop in a goroutine, its struct at hand.
 	h, s, err := boundary.Pair()
@@ -65,11 +32,7 @@ func TestWorkerExecutorsAreKeptAndEnd(t *testing.T) {
 	c := boundary.NewConn(h)
 	defer h.Close()
 
-	errc := make(chan error, 1)
-	go func() {
-		errc <- c.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(m.Info.Hash), Files: []*os.File{f}})
-	}()
-	if err := c.AwaitLoaded(1, m.Info.Hash, nil); err != nil || <-errc != nil {
+	if err := loadArtifact(t, c, m.Info.Hash, path); err != nil {
 		t.Fatal(err)
 	}
 	infl := boundary.NewInflight(c)
@@ -77,15 +40,7 @@ func TestWorkerExecutorsAreKeptAndEnd(t *testing.T) {
 	id := uint64(1)
 	send := func(entry string, instructions uint64) uint64 {
 		id++
-		in := input(sysapi.CtxNonReplicatedQuery, entry, false, stable)
-		in.Limits.Instructions = instructions
-		if err := infl.Add(boundary.ExpectFor(id, in, nil, stable, m.GlobalTypes())); err != nil {
-			t.Fatal(err)
-		}
-		q := &boundary.ExecRequest{Module: m.Info.Hash, RunStart: true, Input: in}
-		if err := c.SendExecute(id, q, nil, stable); err != nil {
-			t.Fatal(err)
-		}
+		sendQuery(t, c, infl, m, id, entry, instructions, stable)
 		return id
 	}
 	next := func(trapped bool) {

@@ -1,11 +1,7 @@
 package worker
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
-
-	"github.com/bytecodealliance/wasmtime-go/v39"
 
 	"github.com/cordon-dev/cordon/internal/boundary"
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -20,29 +16,10 @@ import (
 // of its own, so none can reuse another's instance and each leaves one
 // behind, whatever the timing.
 func TestWorkerKeepsInstancePerQueryThread(t *testing.T) {
-	wasm, err := wasmtime.Wat2Wasm(`(module
+	m, path := compiledArtifact(t, `(module
   (import "ic0" "msg_reply" (func $reply))
   (memory (export "memory") 1)
   (func (export "canister_query quick") (call $reply)))`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.New(engine.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := e.Compile(wasm, engine.DefaultModuleLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	art, err := m.Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "a.cwasm")
-	if err := os.WriteFile(path, art, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	const queries = 12
 	for _, c := range []struct {
 		args []string
@@ -58,18 +35,10 @@ func TestWorkerKeepsInstancePerQueryThread(t *testing.T) {
 			engineMade = func(e *engine.Engine) { sandboxEngine = e }
 			t.Cleanup(func() { engineMade = nil })
 			cw, _ := startWorkerArgs(t, c.args...)
-			f, err := os.Open(path)
-			if err != nil {
+			if err := loadArtifact(t, cw, m.Info.Hash, path); err != nil {
 				t.Fatal(err)
 			}
-			defer f.Close()
 			errc := make(chan error, 1)
-			go func() {
-				errc <- cw.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(m.Info.Hash), Files: []*os.File{f}})
-			}()
-			if err := cw.AwaitLoaded(1, m.Info.Hash, nil); err != nil || <-errc != nil {
-				t.Fatal(err)
-			}
 			heap, stable := state.NewPageMap(1<<16), state.NewPageMap(0)
 			for i := range queries {
 				id := uint64(10 + i)

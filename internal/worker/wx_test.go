@@ -2,14 +2,7 @@ package worker
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
-
-	"github.com/bytecodealliance/wasmtime-go/v39"
-
-	"github.com/cordon-dev/cordon/internal/boundary"
-	"github.com/cordon-dev/cordon/internal/engine"
 )
 
 // When the host planned the W^X layer, a PR_SET_MDWE that fails (here: a
@@ -19,46 +12,15 @@ import (
 // did not plan it (no PR_SET_MDWE: doctor reports it missing), the load
 // goes on with a warning, as before.
 func TestWXFailureFatalWhenPlanned(t *testing.T) {
-	wasm, err := wasmtime.Wat2Wasm(`(module (memory (export "memory") 1) (func (export "canister_query q")))`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.New(engine.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := e.Compile(wasm, engine.DefaultModuleLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	art, err := m.Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "a.cwasm")
-	if err := os.WriteFile(path, art, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	m, path := compiledArtifact(t, `(module (memory (export "memory") 1) (func (export "canister_query q")))`)
 	refused := errors.New("operation not permitted (test)")
 	forbidNewCode = func() error { return refused }
 	t.Cleanup(func() { forbidNewCode, wxRequired = nil, false })
 
 	for _, planned := range []bool{true, false} {
 		wxRequired = planned
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
 		c, done := startWorker(t, "canister")
-		errc := make(chan error, 1)
-		go func() {
-			errc <- c.Send(&boundary.Msg{Kind: boundary.KindLoad, ID: 1, Body: boundary.EncodeHash(m.Info.Hash), Files: []*os.File{f}})
-		}()
-		err = c.AwaitLoaded(1, m.Info.Hash, nil)
-		f.Close()
-		if serr := <-errc; serr != nil {
-			t.Fatal(serr)
-		}
+		err := loadArtifact(t, c, m.Info.Hash, path)
 		if !planned {
 			if err != nil {
 				t.Fatalf("wx not planned: load failed: %v", err)
