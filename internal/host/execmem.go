@@ -53,6 +53,15 @@ import (
 // One request larger than its bound (the budget, or the queries' half) is
 // admitted when nothing else is held, so a node whose budget is smaller
 // than one execution's caps still runs it, alone.
+//
+// A frame also keeps the old bytes of the pages commits overwrite while it
+// lives: its clone shares the committed image, and a commit gives it a
+// copy of each page it overwrites (state.PageMap.CloneCharged). Those
+// copies are charged to the frame's graph as the commit makes them, and
+// given back when the frame ends (keepCopy). A commit never waits or fails
+// for a query: if the copy does not fit, the frame is not given it but
+// revoked (it drops what it held), and its graph fails with SYS_TRANSIENT
+// at its next step.
 
 // defaultExecutionMemoryShare is the part of the machine's memory the
 // execution budget is by default: a quarter. The capacity's default takes
@@ -224,6 +233,9 @@ type pageHold struct {
 	mu     sync.Mutex
 	held   uint64
 	closed bool
+	// stop is why a query graph must end: a copy for one of its frames
+	// did not fit (keepCopy). Read by queryRun.check.
+	stop *Reject
 }
 
 // messageHold starts the hold of a message's executions.
@@ -288,6 +300,42 @@ func (h *pageHold) reserve(n uint64) error {
 	}
 	h.held += n
 	return nil
+}
+
+// keepCopy charges a query graph n bytes of a page copy that a commit of
+// canister id gives one of its frames (state.PageMap.CloneCharged). It
+// runs inside the commit, under the image's mutex, so it never waits: if
+// the bytes do not fit (the graph's own bound, the queries' half of the
+// budget, a message waiting for room) or the graph already failed, it
+// refuses, and the graph fails with SYS_TRANSIENT (stopped): the frame is
+// revoked instead of kept, and its other frames refuse their next copies.
+// The copies are the commit's doing, not the query's, so even its own
+// bound answers SYS_TRANSIENT: the query may be tried again.
+func (h *pageHold) keepCopy(n uint64, id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.stop != nil {
+		return false
+	}
+	switch {
+	case h.limit > 0 && satAdd(h.held, n) > h.limit:
+		h.stop = rejectf(SysTransient, "Composite query ended: canister %s changed while it ran, and its call graph would hold more than its memory limit of %d bytes (limits.heap_dirty_bytes_query + limits.stable_dirty_bytes_query) to keep its snapshot; try the query again later.", id, h.limit)
+		return false
+	case !h.b.tryQuery(n):
+		used, _, total := h.b.inUse()
+		h.stop = rejectf(SysTransient, "Composite query ended: canister %s changed while it ran, and the node's execution memory of %d bytes (limits.execution_memory) has %d bytes in use, no room to keep its snapshot; try the query again later.", id, total, used)
+		return false
+	}
+	h.held += n
+	return true
+}
+
+// stopped returns why the query graph must end (keepCopy), nil if it may
+// go on.
+func (h *pageHold) stopped() *Reject {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stop
 }
 
 // release gives back n of the holder's bytes.

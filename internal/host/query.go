@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/engine"
@@ -84,14 +85,18 @@ const (
 // Until the call's first execution ends the frame reads the committed
 // memories (the lock is held); when the call goes on (it made calls, so
 // its callbacks run later, without the lock in between) its memories
-// become copy-on-write clones (state.PageMap.Clone): a commit meanwhile
-// gives them copies of the pages it overwrites, so they keep the snapshot.
+// become copy-on-write clones (state.PageMap.CloneCharged): a commit
+// meanwhile gives them copies of the pages it overwrites, so they keep the
+// snapshot.
 // A clone shares the committed pages it did not change and is read under
 // the canister's read lock, as the committed memories are (each later
 // execution takes it again); it is released with the frame. It holds only
 // the pages in which it differs from the committed image, and its
 // executions get it as that image plus those pages (state.Layers), so a
 // callback costs the pages its frame changed, not the memories' size.
+// The copies commits give it are charged to the graph (execmem.go:
+// keepCopy) until the frame ends; one that does not fit revokes the clone
+// and ends the graph, never holds up the commit.
 type frame struct {
 	c       *canister
 	module  *exec.Module
@@ -105,6 +110,12 @@ type frame struct {
 	// graph's execution memory (q.pages), until the call ends: counted as
 	// each output was received, a page written twice twice.
 	kept uint64
+	// heapCopies and stableCopies are what the copies commits gave its
+	// clones of each memory hold of the graph's execution memory
+	// (keepCopy), until the call ends or the clone is revoked. Changed by
+	// the committing goroutine (under the image's mutex, which the clones'
+	// Release takes before the call reads them).
+	heapCopies, stableCopies atomic.Uint64
 }
 
 type queryRun struct {
@@ -136,6 +147,9 @@ func (q *queryRun) check() error {
 	}
 	if q.stop != nil {
 		return q.stop
+	}
+	if r := q.pages.stopped(); r != nil {
+		return r // a commit could not keep a frame's snapshot (keepCopy)
 	}
 	if !q.deadline.IsZero() && !time.Now().Before(q.deadline) {
 		return rejectf(CanisterError, "%s", queryGraphTimeMsg)
@@ -207,8 +221,8 @@ func (q *queryRun) call(id principal.Principal, method string, arg []byte, calle
 		return nil, err
 	}
 	defer func() {
-		fr.release()
-		q.pages.release(fr.kept)
+		fr.release() // no commit gives it copies after this
+		q.pages.release(fr.kept + fr.heapCopies.Load() + fr.stableCopies.Load())
 	}()
 	if d := q.n.cfg.QueryWalltime; top && d > 0 {
 		q.deadline = time.Now().Add(d)
@@ -428,6 +442,12 @@ func (q *queryRun) execute(s *frame, in *sysapi.Input, locked bool) (*sysapi.Out
 	if !locked && (c.deleted || c.module != s.module) {
 		return nil, rejectf(CanisterError, "Canister %s: its code changed while the composite query ran", c.id)
 	}
+	if r := q.pages.stopped(); r != nil {
+		// A commit while the lock was awaited revoked one of the graph's
+		// frames, perhaps this one: it must not be read.
+		q.stop = r
+		return nil, r
+	}
 	in.Stable, in.Limits.Instructions = s.stable, q.budget
 	req := &exec.Request{Module: s.module, Heap: s.heap, Globals: s.globals, Input: in}
 	ep := q.pages.execution(req)
@@ -494,14 +514,14 @@ func changed(s *frame, out *sysapi.Output) bool {
 
 // advance applies an execution's changes to the frame's working copy: new
 // clones of its memories (c.mu read-locked: a clone of the committed
-// memories is the frame's snapshot).
+// memories is the frame's snapshot), whose copies the graph pays for.
 func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
-	heap := s.heap.Clone()
+	heap := s.heap.CloneCharged(q.copyCharge(s, &s.heapCopies))
 	if err := heap.Apply(out.Heap); err != nil {
 		heap.Release()
 		return fmt.Errorf("composite query on %s: %w", s.c.id, err)
 	}
-	stable := s.stable.Clone()
+	stable := s.stable.CloneCharged(q.copyCharge(s, &s.stableCopies))
 	if err := stable.Apply(out.Stable); err != nil {
 		heap.Release()
 		stable.Release()
@@ -510,6 +530,24 @@ func (q *queryRun) advance(s *frame, out *sysapi.Output) error {
 	s.release()
 	s.heap, s.stable, s.globals, s.cloned = heap, stable, out.Globals, true
 	return nil
+}
+
+// copyCharge charges the graph for the copies a commit gives one of s's
+// clones of a memory (state.PageMap.CloneCharged), counted in held (the
+// frame's for that memory: a clone made by advance holds the copies of
+// the one it replaces).
+func (q *queryRun) copyCharge(s *frame, held *atomic.Uint64) func(uint64) bool {
+	id := s.c.id.String()
+	return func(n uint64) bool {
+		if !q.pages.keepCopy(n, id) {
+			// The clone is revoked and drops its copies now: their bytes
+			// are free at once, not when the graph gets to end.
+			q.pages.release(held.Swap(0))
+			return false
+		}
+		held.Add(n)
+		return true
+	}
 }
 
 // release releases the frame's clones, if it has any (releasing a clone

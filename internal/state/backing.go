@@ -22,9 +22,13 @@ import (
 // clone, are not kept at all (thin.go: a clone holds only its stale
 // pages). Pages never change under a reader: before the owner overwrites a
 // page, every sharer whose view it is is given a copy of the old bytes
-// (copy-on-write for the reader, paid only for the pages a delta changes),
-// and the index goes into the sharer's stale set, the pages whose image
-// bytes are not its own. A sharer's own changes are Go pages (also stale).
+// (copy-on-write for the reader, paid only for the pages a delta changes;
+// one copy shared by all the sharers that need it), and the index goes
+// into the sharer's stale set, the pages whose image bytes are not its
+// own. A sharer's own changes are Go pages (also stale). A charged clone
+// (CloneCharged: a frame, whose copies the host counts) is asked before it
+// is given a copy, and if it refuses it is revoked rather than kept: the
+// owner's write never waits or fails for a reader.
 // So a sharer is its image plus its stale pages, which is how executions
 // are given a clone (layers.go). When the owner is released, a sharer
 // becomes the owner and writes its stale pages back (an abandoned upgrade
@@ -139,6 +143,11 @@ func (img *image) unmap() {
 
 // preserve gives every sharer whose page i is the image's a copy of it,
 // and marks i stale for all of them: the owner is about to overwrite it.
+// The sharers that need one share one copy (pages a page map does not own
+// are never written in place), so the live frames of one generation cost
+// one copy, not one each. A charged clone (CloneCharged) is asked first;
+// one that refuses is revoked instead (revoke): the commit goes on either
+// way, and the copies it would have kept are not made.
 func (img *image) preserve(i uint64) {
 	s := img.sharing
 	if len(s.sharers) == 0 {
@@ -147,20 +156,33 @@ func (img *image) preserve(i uint64) {
 	cur := img.at(i)
 	var data *Page // the image's page i, for thin sharers (thin.go)
 	looked := false
+	var kept *Page // the copy of the old page i, made once
+	keep := func(r *PageMap, old *Page) bool {
+		if r.charge != nil && !r.charge(PageSize) {
+			r.revoke()
+			return false
+		}
+		if kept == nil {
+			kept = new(Page)
+			*kept = *old
+		}
+		r.pages[i] = kept
+		r.copied += PageSize
+		return true
+	}
 	for r := range s.sharers {
+		if r.revoked {
+			continue
+		}
 		if _, st := r.stale[i]; r.thin() && !st && i < r.NumPages() {
 			if !looked {
 				data, looked = img.dataPage(i), true
 			}
-			if data != nil && *data != zeroPage {
-				p := new(Page)
-				*p = *data
-				r.pages[i] = p
+			if data != nil && *data != zeroPage && !keep(r, data) {
+				continue
 			}
-		} else if cur != nil && r.pages[i] == cur {
-			p := new(Page)
-			*p = *cur
-			r.pages[i] = p
+		} else if cur != nil && r.pages[i] == cur && !keep(r, cur) {
+			continue
 		}
 		if r.stale == nil {
 			r.stale = make(map[uint64]struct{})

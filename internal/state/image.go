@@ -214,6 +214,7 @@ func (m *PageMap) Release() {
 	}
 	m.img, m.backed, m.imgFailed = nil, false, true
 	m.size, m.pages, m.stale = 0, make(map[uint64]*Page), nil
+	m.charge, m.revoked, m.copied = nil, false, 0
 }
 
 func newImage(m *PageMap) (*image, error) {
@@ -425,6 +426,13 @@ type imageState struct {
 	backed bool
 	stale  map[uint64]struct{}
 	reader bool // a Clone: backed, it is thin (thin.go)
+	// Of a clone sharing an image (guarded by img.mu): charge is asked
+	// before a commit gives it a copy of a page (CloneCharged); revoked,
+	// it refused one and holds nothing any more (revoke); copied counts
+	// the bytes of the copies commits gave it (CopiedBytes).
+	charge  func(bytes uint64) bool
+	revoked bool
+	copied  uint64
 }
 
 // ImageGeneration returns a number that changes whenever the memory's

@@ -57,6 +57,9 @@ func (m *PageMap) LaidPages() (uint64, bool) {
 	}
 	m.img.mu.Lock()
 	defer m.img.mu.Unlock()
+	if m.revoked {
+		return 0, false
+	}
 	if _, ok := m.layersBase(); !ok {
 		return 0, false
 	}
@@ -81,6 +84,9 @@ func (m *PageMap) layers(readOnly bool) (Layers, bool) {
 	img := m.img
 	img.mu.Lock()
 	defer img.mu.Unlock()
+	if m.revoked {
+		return Layers{}, false // its view is gone: never to be executed
+	}
 	f := img.rw
 	if readOnly {
 		if img.openReadOnly() != nil {

@@ -122,7 +122,18 @@ func pageOrZero(p *Page) *Page {
 // those pages (Layers), costs the pages changed since the image was the
 // memory, not the memory's size; a clone of an ordinary map copies the
 // page index.
-func (m *PageMap) Clone() *PageMap {
+func (m *PageMap) Clone() *PageMap { return m.CloneCharged(nil) }
+
+// CloneCharged is Clone for a clone whose keeping is paid for: before a
+// commit gives it a copy of a page it overwrites (backing.go: preserve),
+// charge is asked for the page's bytes, under the image's mutex (it must
+// not use the page map); the copies are the clone's until it is released,
+// and what charge took is the caller's to give back then. If charge
+// refuses, the commit goes on without giving the clone anything: the clone
+// is revoked (Revoked), drops the pages it holds, and may no longer be
+// read, only released. A commit never waits or fails because of a clone.
+// A clone of a charged clone is charged only if given its own charge.
+func (m *PageMap) CloneCharged(charge func(bytes uint64) bool) *PageMap {
 	c := NewPageMap(m.Size())
 	// A clone is a short-lived view (a composite query's frame): building
 	// an image of it would cost more than copying it.
@@ -146,6 +157,9 @@ func (m *PageMap) Clone() *PageMap {
 		}
 	}
 	m.img.share(m, c)
+	// It holds the copies m holds (shared, counted for each holder) and,
+	// of a revoked m, nothing to read.
+	c.charge, c.revoked, c.copied = charge, m.revoked, m.copied
 	return c
 }
 

@@ -111,3 +111,54 @@ func (img *image) eachData(end uint64, fn func(i uint64)) {
 		}
 	}
 }
+
+// revoke ends a clone that refused a copy (CloneCharged; img.mu held): its
+// view of the page about to be overwritten would be lost, so the view is
+// given up whole. It drops what it holds at once (its copies and its own
+// writes) and is skipped by later commits; it stays a sharer until its
+// Release, as every clone does.
+func (m *PageMap) revoke() {
+	m.revoked = true
+	clear(m.pages)
+	m.stale, m.copied = nil, 0
+}
+
+// Revoked reports whether m is a clone that refused a copy
+// (CloneCharged): it no longer holds its snapshot, and reading it is a
+// bug; it is to be released.
+func (m *PageMap) Revoked() bool {
+	if m == nil {
+		return false
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if !m.backed {
+		return false
+	}
+	m.img.mu.Lock()
+	defer m.img.mu.Unlock()
+	return m.revoked
+}
+
+// CopiedBytes returns the bytes of the copies that commits to m gave the
+// clones sharing its image and that they still hold (counted for each
+// holder: a copy shared by several clones counts for each; one the clone
+// has since overwritten, until it is released). The host bounds them by
+// charging each clone (CloneCharged); this is what it bounds.
+func (m *PageMap) CopiedBytes() uint64 {
+	if m == nil {
+		return 0
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if !m.backed {
+		return 0
+	}
+	m.img.mu.Lock()
+	defer m.img.mu.Unlock()
+	var n uint64
+	for r := range m.img.sharing.sharers {
+		n += r.copied
+	}
+	return n
+}
