@@ -186,42 +186,23 @@ func RemoveStaleServeFile(home string) error {
 }
 
 // loadOrCreateToken reads <home>/token, or creates it (32 random bytes,
-// base64url, mode 0600) when it does not exist. A token file that others
-// can read is refused.
+// base64url, mode 0600; durably, complete or not at all:
+// homedir.ReadOrCreateSecret) when it does not exist. A token file that
+// others can read is refused.
 func loadOrCreateToken(home string) (token string, created bool, err error) {
 	path := TokenPath(home)
-	tok, err := readToken(path)
-	if err == nil {
-		return tok, false, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", false, err
-	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", false, fmt.Errorf("generate API token: %w", err)
-	}
-	tok = base64.RawURLEncoding.EncodeToString(raw[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) { // another server created it meanwhile
-		tok, err = readToken(path)
-		return tok, false, err
-	}
+	b, created, err := homedir.ReadOrCreateSecret(home, tokenFile, func() ([]byte, error) {
+		var raw [32]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return nil, fmt.Errorf("generate API token: %w", err)
+		}
+		return []byte(base64.RawURLEncoding.EncodeToString(raw[:]) + "\n"), nil
+	})
 	if err != nil {
-		return "", false, fmt.Errorf("create API token: %w", err)
+		return "", false, fmt.Errorf("API token: %w", err)
 	}
-	_, err = f.WriteString(tok + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(path)
-		return "", false, fmt.Errorf("write API token %s: %w", path, err)
-	}
-	return tok, true, nil
+	token, err = parseToken(path, b)
+	return token, created, err
 }
 
 // readToken reads a token file, refusing one that is not the user's own
@@ -231,6 +212,11 @@ func readToken(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return parseToken(path, b)
+}
+
+// parseToken is the token a token file at path holds.
+func parseToken(path string, b []byte) (string, error) {
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < 16 || strings.ContainsAny(tok, " \t\r\n") {
 		return "", fmt.Errorf("API token %s is malformed: delete it and restart cordon serve to generate a new one", path)

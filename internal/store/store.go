@@ -27,6 +27,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/state"
 )
 
@@ -185,7 +186,7 @@ var ErrLocked = errors.New("locked by another process")
 // Open opens or creates the store in dir. timeout bounds the wait for the
 // file lock held by another process (a running `cordon serve`).
 func Open(dir string, timeout time.Duration) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := homedir.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create store directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "cordon.db")
@@ -194,6 +195,14 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: %w", path, ErrLocked)
 		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// bbolt syncs the file it creates, not its name in dir: without this
+	// a power loss could take the whole store with it, commits included.
+	// Synced at every open, not only the first: an open that made the
+	// file and crashed before this left the name unsynced.
+	if err := homedir.SyncDir(dir); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	upgrade2 := false
