@@ -229,7 +229,9 @@ func (n *Node) route(target principal.Principal, m *message) {
 		n.routeManagement(m) // in order (mgmtorder.go)
 		return
 	}
-	tc, err := n.get(context.Background(), target)
+	// The load may compile the callee: it ends when the node gives its
+	// executions up, as the execution that made the call does.
+	tc, err := n.get(n.stopping, target)
 	if err != nil {
 		switch m.kind {
 		case kindRequest:
