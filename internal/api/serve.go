@@ -287,7 +287,10 @@ func (f *inflight) wait(d time.Duration) bool {
 // When ctx is done, the server shuts down gracefully: /readyz turns 503,
 // serve.json is removed, new requests are refused with 503 (and new
 // connections not accepted), log streams end, and requests in flight
-// finish, within ShutdownTimeout. Serve returns nil after a clean shutdown;
+// finish, within ShutdownTimeout. The server shuts down the same way when
+// the node's store fails (host.Node.WritesStopped), and Serve then returns
+// an error wrapping host.ErrWritesStopped. Serve returns nil after a clean
+// shutdown;
 // then no handler uses node any more, so the caller may Quiesce and close
 // it. If requests outlast the timeout, their contexts are cancelled, their
 // connections closed, and Serve returns an error after waiting up to 5 s
@@ -427,11 +430,20 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	}
 	logger.Info("serving", "addr", scheme+"://"+info.Addr, "pid", info.PID, "home", opts.Home, "token", info.Token)
 
+	var stopErr error
 	select {
 	case err := <-serveErr:
 		// Serve only returns before Shutdown on a listener failure.
 		return fmt.Errorf("serve on %s: %w", info.Addr, err)
 	case <-ctx.Done():
+	case <-node.WritesStopped():
+		// The store failed a commit whose outcome it cannot know and
+		// takes no more writes: a node that only answers queries from
+		// what it holds in memory helps nobody for long. Stop, so that a
+		// supervisor (deploy/cordon.service: Restart=on-failure) starts
+		// the node again, which reads what the disk holds.
+		stopErr = fmt.Errorf("%w; stopped so that a restart reads what the disk holds", host.ErrWritesStopped)
+		logger.Error("storage failure: a commit's last sync failed, its outcome is unknown, and the node stopped accepting writes; shutting down (exit status 1) so that a restart reads what the disk holds", "addr", info.Addr)
 	}
 	logger.Info("shutting down: finishing requests in flight", "addr", info.Addr, "timeout", opts.ShutdownTimeout)
 	s.beginShutdown()
@@ -445,7 +457,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	<-serveErr // http.ErrServerClosed
 	if err == nil {
 		logger.Info("HTTP server stopped")
-		return nil
+		return stopErr
 	}
 	// Out of time: cancel the stragglers' contexts, drop their connections,
 	// and give them a moment to notice before the caller closes the node.
@@ -454,7 +466,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	if !running.wait(5 * time.Second) {
 		logger.Error("requests still running after shutdown")
 	}
-	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err)
+	return errors.Join(stopErr, fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err))
 }
 
 // limitConns bounds the connections open at once to max, so that clients

@@ -163,9 +163,11 @@ type Store struct {
 	closing  sync.Once
 	closeErr error
 	// wmu is held by every write transaction (group.go writeTx); failed
-	// is the error that left the store's state unknown, if any.
-	wmu    sync.Mutex
-	failed error
+	// is the error that left the store's state unknown, if any, and
+	// failedCh is closed when it is set.
+	wmu      sync.Mutex
+	failed   error
+	failedCh chan struct{}
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
@@ -241,7 +243,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize store %s: %w", path, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, failedCh: make(chan struct{})}
 	s.startCommitter()
 	return s, nil
 }
