@@ -186,42 +186,23 @@ func RemoveStaleServeFile(home string) error {
 }
 
 // loadOrCreateToken reads <home>/token, or creates it (32 random bytes,
-// base64url, mode 0600) when it does not exist. A token file that others
-// can read is refused.
+// base64url, mode 0600; durably, complete or not at all:
+// homedir.ReadOrCreateSecret) when it does not exist. A token file that
+// others can read is refused.
 func loadOrCreateToken(home string) (token string, created bool, err error) {
 	path := TokenPath(home)
-	tok, err := readToken(path)
-	if err == nil {
-		return tok, false, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", false, err
-	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", false, fmt.Errorf("generate API token: %w", err)
-	}
-	tok = base64.RawURLEncoding.EncodeToString(raw[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) { // another server created it meanwhile
-		tok, err = readToken(path)
-		return tok, false, err
-	}
+	b, created, err := homedir.ReadOrCreateSecret(home, tokenFile, func() ([]byte, error) {
+		var raw [32]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return nil, fmt.Errorf("generate API token: %w", err)
+		}
+		return []byte(base64.RawURLEncoding.EncodeToString(raw[:]) + "\n"), nil
+	})
 	if err != nil {
-		return "", false, fmt.Errorf("create API token: %w", err)
+		return "", false, fmt.Errorf("API token: %w", err)
 	}
-	_, err = f.WriteString(tok + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(path)
-		return "", false, fmt.Errorf("write API token %s: %w", path, err)
-	}
-	return tok, true, nil
+	token, err = parseToken(path, b)
+	return token, created, err
 }
 
 // readToken reads a token file, refusing one that is not the user's own
@@ -231,6 +212,11 @@ func readToken(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return parseToken(path, b)
+}
+
+// parseToken is the token a token file at path holds.
+func parseToken(path string, b []byte) (string, error) {
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < 16 || strings.ContainsAny(tok, " \t\r\n") {
 		return "", fmt.Errorf("API token %s is malformed: delete it and restart cordon serve to generate a new one", path)
@@ -301,7 +287,10 @@ func (f *inflight) wait(d time.Duration) bool {
 // When ctx is done, the server shuts down gracefully: /readyz turns 503,
 // serve.json is removed, new requests are refused with 503 (and new
 // connections not accepted), log streams end, and requests in flight
-// finish, within ShutdownTimeout. Serve returns nil after a clean shutdown;
+// finish, within ShutdownTimeout. The server shuts down the same way when
+// the node's store fails (host.Node.WritesStopped), and Serve then returns
+// an error wrapping host.ErrWritesStopped. Serve returns nil after a clean
+// shutdown;
 // then no handler uses node any more, so the caller may Quiesce and close
 // it. If requests outlast the timeout, their contexts are cancelled, their
 // connections closed, and Serve returns an error after waiting up to 5 s
@@ -441,11 +430,20 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	}
 	logger.Info("serving", "addr", scheme+"://"+info.Addr, "pid", info.PID, "home", opts.Home, "token", info.Token)
 
+	var stopErr error
 	select {
 	case err := <-serveErr:
 		// Serve only returns before Shutdown on a listener failure.
 		return fmt.Errorf("serve on %s: %w", info.Addr, err)
 	case <-ctx.Done():
+	case <-node.WritesStopped():
+		// The store failed a commit whose outcome it cannot know and
+		// takes no more writes: a node that only answers queries from
+		// what it holds in memory helps nobody for long. Stop, so that a
+		// supervisor (deploy/cordon.service: Restart=on-failure) starts
+		// the node again, which reads what the disk holds.
+		stopErr = fmt.Errorf("%w; stopped so that a restart reads what the disk holds", host.ErrWritesStopped)
+		logger.Error("storage failure: a commit's last sync failed, its outcome is unknown, and the node stopped accepting writes; shutting down (exit status 1) so that a restart reads what the disk holds", "addr", info.Addr)
 	}
 	logger.Info("shutting down: finishing requests in flight", "addr", info.Addr, "timeout", opts.ShutdownTimeout)
 	s.beginShutdown()
@@ -459,7 +457,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	<-serveErr // http.ErrServerClosed
 	if err == nil {
 		logger.Info("HTTP server stopped")
-		return nil
+		return stopErr
 	}
 	// Out of time: cancel the stragglers' contexts, drop their connections,
 	// and give them a moment to notice before the caller closes the node.
@@ -468,7 +466,7 @@ func Serve(ctx context.Context, node *host.Node, opts ServeOptions) error {
 	if !running.wait(5 * time.Second) {
 		logger.Error("requests still running after shutdown")
 	}
-	return fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err)
+	return errors.Join(stopErr, fmt.Errorf("shutdown: in-flight requests did not finish within %s: %w", opts.ShutdownTimeout, err))
 }
 
 // limitConns bounds the connections open at once to max, so that clients

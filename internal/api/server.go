@@ -455,7 +455,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 {
 		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
 	}
-	if status == http.StatusServiceUnavailable {
+	// Not after a storage failure: until the node is restarted a retry
+	// is refused, and one of a call whose outcome is unknown could apply
+	// it twice.
+	if status == http.StatusServiceUnavailable && !errors.Is(err, host.ErrWritesStopped) {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, body)
@@ -924,8 +927,8 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ok")
 }
 
-// readyz answers 200 when the node's store answers and the server is not
-// shutting down.
+// readyz answers 200 when the node's store answers and takes writes, and
+// the server is not shutting down.
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.shutting.Load() {
 		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable, msg: "not ready: shutting down"})
@@ -934,6 +937,12 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if _, err := s.local.Node.List(); err != nil {
 		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable, msg: "not ready: " + err.Error()})
 		return
+	}
+	select {
+	case <-s.local.Node.WritesStopped():
+		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable, msg: "not ready: " + host.ErrWritesStopped.Error()})
+		return
+	default:
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "ready")

@@ -10,8 +10,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -71,62 +69,33 @@ func newRootKey(sk *bls.PrivateKey[bls.KeyG2SigG1]) (*RootKey, error) {
 	return &RootKey{sk: sk, der: der}, nil
 }
 
-// LoadOrCreateRootKey reads <home>/ic_root_key, making it (0600, written
-// atomically) the first time.
+// LoadOrCreateRootKey reads <home>/ic_root_key, making it (0600, durably,
+// complete or not at all: homedir.ReadOrCreateSecret) the first time.
 func LoadOrCreateRootKey(home string) (*RootKey, error) {
 	path := filepath.Join(home, RootKeyFile)
 	// Whoever reads it can forge the node's certificates; whoever
 	// chose it, too.
-	b, err := homedir.ReadFile(path, homedir.Secret)
-	switch {
-	case err == nil:
-		sk := new(bls.PrivateKey[bls.KeyG2SigG1])
-		if err := sk.UnmarshalBinary(b); err != nil {
-			return nil, fmt.Errorf("%s is not a BLS root key (%w); remove it to make a new one (clients must then fetch the new root key)", path, err)
+	b, _, err := homedir.ReadOrCreateSecret(home, RootKeyFile, func() ([]byte, error) {
+		ikm := make([]byte, 32)
+		if _, err := rand.Read(ikm); err != nil {
+			return nil, fmt.Errorf("root key entropy: %w", err)
 		}
-		return newRootKey(sk)
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("read root key: %w", err)
-	}
-	ikm := make([]byte, 32)
-	if _, err := rand.Read(ikm); err != nil {
-		return nil, fmt.Errorf("root key entropy: %w", err)
-	}
-	sk, err := bls.KeyGen[bls.KeyG2SigG1](ikm, nil, nil)
-	if err != nil {
-		return nil, fmt.Errorf("generate root key: %w", err)
-	}
-	raw, err := sk.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("encode root key: %w", err)
-	}
-	tmp, err := os.CreateTemp(home, ".ic_root_key-*")
-	if err != nil {
-		return nil, fmt.Errorf("write root key: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return nil, fmt.Errorf("write root key: %w", err)
-	}
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return nil, fmt.Errorf("write root key: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return nil, fmt.Errorf("write root key: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fmt.Errorf("write root key: %w", err)
-	}
-	// Link, not rename: a key another process made meanwhile wins, and
-	// both end up using it.
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return LoadOrCreateRootKey(home)
+		sk, err := bls.KeyGen[bls.KeyG2SigG1](ikm, nil, nil)
+		if err != nil {
+			return nil, fmt.Errorf("generate root key: %w", err)
 		}
-		return nil, fmt.Errorf("write root key: %w", err)
+		raw, err := sk.MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("encode root key: %w", err)
+		}
+		return raw, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
+	}
+	sk := new(bls.PrivateKey[bls.KeyG2SigG1])
+	if err := sk.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("%s is not a BLS root key (%w); remove it to make a new one (clients must then fetch the new root key)", path, err)
 	}
 	return newRootKey(sk)
 }

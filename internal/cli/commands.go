@@ -668,7 +668,12 @@ Shutdown: on SIGINT or SIGTERM the server stops accepting, refuses new
 requests with 503, finishes those in flight and the messages they caused
 (within server.shutdown_timeout), closes the store and exits 0. A second
 signal exits at once (130 or 143); every message already answered is
-durable either way.`,
+durable either way.
+
+Storage failure: when a commit's fsync fails, its outcome is unknown (its
+caller is told so, with a 503); the node takes no more writes and the
+server shuts down the same way and exits 1, for its supervisor to start
+it again from what the disk holds.`,
 		Example: `  cordon serve
   cordon serve --listen 127.0.0.1:4943 --log-level debug --log-format json
   cordon serve --listen 0.0.0.0:4943 --tls-cert cert.pem --tls-key key.pem

@@ -86,7 +86,7 @@ func (n *Node) UploadChunk(ctx context.Context, id, caller principal.Principal, 
 		return nil, chunkStoreError("Cannot upload chunk: the node's memory capacity of %d bytes (limits.memory_capacity) has %d bytes in use", capacity, used)
 	}
 	ingress, answered := answerOf(ctx, hash)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Chunks: [][]byte{chunk}, Ingress: ingress}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, Chunks: [][]byte{chunk}, Ingress: ingress}); err != nil {
 		n.mem.setChunks(id, chunkStoreBytes(c.meta))
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func (n *Node) ClearChunkStore(ctx context.Context, id, caller principal.Princip
 	meta := c.meta
 	meta.WasmChunks = 0
 	ingress, answered := answerOf(ctx, nil)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, ClearChunks: true, Ingress: ingress}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, ClearChunks: true, Ingress: ingress}); err != nil {
 		return err
 	}
 	answered()

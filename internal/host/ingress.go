@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 
 	"github.com/cordon-dev/cordon/internal/store"
@@ -47,6 +48,9 @@ func (s *IngressStatus) record(o Outcome) []store.IngressRecord {
 func (n *Node) recordAnswer(s *IngressStatus, reply []byte, rej *Reject) {
 	if s == nil || s.final.Load() || n.noSeparateAnswer {
 		return
+	}
+	if rej != nil && errors.Is(rej, ErrWritesStopped) {
+		return // the store takes no writes (storefail.go)
 	}
 	o := Outcome{Replied: rej == nil, Reply: reply, Reject: rej}
 	if err := n.store.PutIngress(s.record(o)...); err != nil {

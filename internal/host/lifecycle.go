@@ -103,7 +103,7 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 		// Create: the commit fails if the id was taken since it was
 		// found free (another creation of a specified id, or of this
 		// one), so of two creations of one id only one succeeds.
-		err := n.store.Commit(store.Change{ID: id.Bytes(), Create: true, Meta: meta, Heap: &store.MemoryChange{Replace: true},
+		err := n.commit(store.Change{ID: id.Bytes(), Create: true, Meta: meta, Heap: &store.MemoryChange{Replace: true},
 			Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, Ingress: ingress, Left: opts.delivers})
 		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrDeleted) {
 			if opts.ID == nil {
@@ -131,6 +131,9 @@ func (n *Node) Create(ctx context.Context, opts CreateOptions) (principal.Princi
 func (n *Node) freeCanisterID() (principal.Principal, error) {
 	for {
 		idx, err := n.store.NextCanisterIndex()
+		if rej := n.storageReject(err); rej != nil {
+			return principal.Principal{}, rej
+		}
 		if err != nil {
 			return principal.Principal{}, fmt.Errorf("allocate canister id: %w", err)
 		}
@@ -204,6 +207,9 @@ func (n *Node) Install(ctx context.Context, id principal.Principal, opts Install
 // target to afford compiling it (modload.go); then the target pays for
 // preparing it whatever the outcome, the work being done.
 func (n *Node) install(ctx context.Context, id principal.Principal, opts InstallOptions, src moduleSource) (*InstallResult, error) {
+	if rej := n.refuseWrites(); rej != nil {
+		return nil, rej // storefail.go
+	}
 	if err := n.CheckIsolation(opts.Isolation); err != nil {
 		return nil, err
 	}
@@ -531,7 +537,7 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	}
 	var answered func()
 	change.Ingress, answered = answerOf(ctx, nil)
-	if err := n.store.Commit(change); err != nil {
+	if err := n.commit(change); err != nil {
 		return nil, err
 	}
 	answered()
@@ -638,7 +644,7 @@ func (n *Node) charge(c *canister, used uint64, logs []sysapi.LogLine, extraFee,
 	meta.Instructions += used
 	meta.Messages++
 	entries := c.logs.prepare(n.logEntries(logs))
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, Ingress: ingress, Left: left}); err != nil {
+	if err := n.commit(store.Change{ID: c.id.Bytes(), Meta: meta, Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes, Ingress: ingress, Left: left}); err != nil {
 		return err
 	}
 	c.meta = meta
@@ -718,7 +724,7 @@ func (n *Node) Uninstall(ctx context.Context, id, caller principal.Principal) er
 	meta.WasmChunks = 0             // and so is the chunk store (chunks.go)
 	ingress, answered := answerOf(ctx, nil)
 	rejected, deliver := n.dropContexts(c) // sched.go
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, Heap: &store.MemoryChange{Replace: true},
 		Stable: &store.MemoryChange{Replace: true}, SetGlobals: true, ClearLogs: true, ClearChunks: true, Ingress: append(ingress, rejected...)}); err != nil {
 		return err
 	}
@@ -784,7 +790,7 @@ func (n *Node) setStatus(ctx context.Context, id, caller principal.Principal, st
 		actx = answeringLater(ctx)
 	}
 	ingress, answered := answerOf(actx, nil)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		n.unlock(c)
 		return nil, err
 	}
@@ -843,7 +849,7 @@ func (n *Node) Delete(ctx context.Context, id, caller principal.Principal) error
 		return rejectf(CanisterError, "Canister %s must be stopped before it is deleted", id)
 	}
 	ingress, answered := answerOf(ctx, nil)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: c.meta, Delete: true, Ingress: ingress}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: c.meta, Delete: true, Ingress: ingress}); err != nil {
 		return err
 	}
 	answered()

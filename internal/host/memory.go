@@ -248,7 +248,7 @@ func (n *Node) chargeStorageNow(c *canister) error {
 	if c.meta.Balance == before.Balance && c.meta.StorageFeeRemainder == before.StorageFeeRemainder {
 		return nil // nothing owed: the time paid up to advances with the next commit
 	}
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: c.meta}); err != nil {
+	if err := n.commit(store.Change{ID: c.id.Bytes(), Meta: c.meta}); err != nil {
 		c.meta = before
 		return fmt.Errorf("charge storage of %s: %w", c.id, err)
 	}

@@ -137,7 +137,7 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		change.Sent, change.Left = flight.sent, flight.left
 	}
 	undo := c.qstats.fold(&change.Meta)
-	if err := n.store.Commit(change); err != nil {
+	if err := n.commit(change); err != nil {
 		undo()
 		return err
 	}

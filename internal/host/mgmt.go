@@ -665,7 +665,7 @@ func (n *Node) applySettings(ctx context.Context, id principal.Principal, s sett
 		meta.Version++
 	}
 	ingress, answered := answerOf(ctx, id)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress}); err != nil {
 		return err
 	}
 	ctrls := slices.Clone(meta.Settings.Controllers)
@@ -756,7 +756,7 @@ func (n *Node) deposit(ctx context.Context, id principal.Principal, amount cycle
 		meta.CyclesMinted = meta.CyclesMinted.SaturatingAdd(amount)
 	}
 	ingress, answered := answerOf(ctx, nil)
-	if err := n.store.Commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress, Left: delivers}); err != nil {
+	if err := n.commit(store.Change{ID: id.Bytes(), Meta: meta, Ingress: ingress, Left: delivers}); err != nil {
 		return err
 	}
 	answered()

@@ -74,7 +74,7 @@ func (n *Node) flushQueryStats() {
 		if !c.deleted {
 			meta := c.meta
 			undo := c.qstats.fold(&meta)
-			if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
+			if err := n.commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
 				undo()
 				n.log.Warn("query stats not saved", "canister", c.id.String(), "err", err)
 			} else {

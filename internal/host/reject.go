@@ -50,7 +50,13 @@ type Reject struct {
 	// need is, for an execution refused for want of cycles (outOfCycles),
 	// the balance that would have let it run; zero otherwise.
 	need cycles.Amount
+	// cause is what the reject says, for errors.Is (storefail.go); nil
+	// for most.
+	cause error
 }
+
+// Unwrap is the reject's cause, if any (ErrWritesStopped and the like).
+func (r *Reject) Unwrap() error { return r.cause }
 
 // CyclesNeeded is, for a reject of an execution its canister's balance
 // could not pay for, the balance that would have let it run.

@@ -111,6 +111,9 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 			n.recordAnswer(status, nil, rj)
 		}
 	}()
+	if rej := n.refuseWrites(); rej != nil {
+		return nil, rej // storefail.go
+	}
 	if msg.Canister.IsManagement() {
 		if msg.Method == "fetch_canister_logs" {
 			return nil, errLogsReplicated // canlog.go
@@ -229,7 +232,9 @@ func (n *Node) route(target principal.Principal, m *message) {
 		n.routeManagement(m) // in order (mgmtorder.go)
 		return
 	}
-	tc, err := n.get(context.Background(), target)
+	// The load may compile the callee: it ends when the node gives its
+	// executions up, as the execution that made the call does.
+	tc, err := n.get(n.stopping, target)
 	if err != nil {
 		switch m.kind {
 		case kindRequest:
@@ -929,7 +934,7 @@ func (n *Node) handleTimer(c *canister, m *message) {
 // commitMeta commits c's metadata as it is in memory (c.mu held
 // exclusively); a failure leaves it to c's next commit.
 func (n *Node) commitMeta(c *canister, what string) {
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: c.meta}); err != nil {
+	if err := n.commit(store.Change{ID: c.id.Bytes(), Meta: c.meta}); err != nil {
 		n.log.Error(what, "canister", c.id.String(), "err", err)
 	}
 }
@@ -1048,7 +1053,7 @@ func (n *Node) stopIfIdle(c *canister) {
 	}
 	meta := c.meta
 	meta.Status = "stopped"
-	if err := n.store.Commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
+	if err := n.commit(store.Change{ID: c.id.Bytes(), Meta: meta}); err != nil {
 		n.log.Error("complete stop", "canister", c.id.String(), "err", err)
 		return
 	}

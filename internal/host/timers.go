@@ -258,7 +258,7 @@ func (n *Node) chargeStorageBatch(cs []*canister, now uint64) {
 	if len(changes) == 0 {
 		return
 	}
-	if err := n.store.Commit(changes...); err != nil {
+	if err := n.commit(changes...); err != nil {
 		for i, c := range charged {
 			c.meta = before[i]
 		}

@@ -352,6 +352,7 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 	msg := host.Message{Canister: req.CanisterID, Method: req.MethodName, Arg: req.Arg, Caller: req.Sender, Status: status}
 	id := req.ID
 	done := make(chan struct{})
+	var stopped error // read after done, set before it is closed
 	go func() {
 		defer close(done)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallWait)
@@ -362,6 +363,17 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 		rep, err := h.node.Update(wctx, m)
 		if err != nil && wctx.Err() != nil {
 			h.log.Warn("ic call: no answer from the node in time; its status stays processing", "canister", canister, "method", host.EchoedName(method), "request_id", fmt.Sprintf("%x", id))
+			return
+		}
+		if errors.Is(err, host.ErrWritesStopped) {
+			// The store failed: this call's outcome is unknown (its
+			// commit's) or it was refused, and no status can be stored.
+			// None is certified either: a "rejected" here could
+			// contradict what the disk holds, which the next start
+			// loads. The status stays processing; the request is
+			// answered 503 with the node's message.
+			h.log.Warn("ic call: the node stopped accepting writes; its status stays processing", "canister", canister, "method", host.EchoedName(method), "request_id", fmt.Sprintf("%x", id))
+			stopped = err
 			return
 		}
 		st, ok := outcome(rep, err)
@@ -376,6 +388,10 @@ func (h *Handler) run(ctx context.Context, req *Request) error {
 	defer wait.Stop()
 	select {
 	case <-done:
+		var rej *host.Reject
+		if stopped != nil && errors.As(stopped, &rej) {
+			return &requestError{status: http.StatusServiceUnavailable, msg: rej.Message}
+		}
 	case <-wait.C:
 	case <-ctx.Done():
 	}

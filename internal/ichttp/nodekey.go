@@ -3,10 +3,7 @@ package ichttp
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/cordon-dev/cordon/internal/homedir"
@@ -28,24 +25,20 @@ type NodeKey struct {
 // ID is the node's id: the self-authenticating principal of its key.
 func (k *NodeKey) ID() principal.Principal { return k.id }
 
-// LoadOrCreateNodeKey reads <home>/ic_node_key, making it the first time.
+// LoadOrCreateNodeKey reads <home>/ic_node_key, making it (0600, durably,
+// complete or not at all: homedir.ReadOrCreateSecret) the first time.
 func LoadOrCreateNodeKey(home string) (*NodeKey, error) {
 	path := filepath.Join(home, NodeKeyFile)
-	seed, err := homedir.ReadFile(path, homedir.Secret)
-	if errors.Is(err, fs.ErrNotExist) {
-		seed = make([]byte, ed25519.SeedSize)
+	// Whoever reads or chose it can sign query answers as this node.
+	seed, _, err := homedir.ReadOrCreateSecret(home, NodeKeyFile, func() ([]byte, error) {
+		seed := make([]byte, ed25519.SeedSize)
 		if _, err := rand.Read(seed); err != nil {
 			return nil, fmt.Errorf("node key entropy: %w", err)
 		}
-		if err := writeSecret(home, NodeKeyFile, seed); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return LoadOrCreateNodeKey(home)
-			}
-			return nil, fmt.Errorf("write node key: %w", err)
-		}
-	} else if err != nil {
-		// Whoever reads or chose it can sign query answers as this node.
-		return nil, fmt.Errorf("read node key: %w", err)
+		return seed, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
 	}
 	if len(seed) != ed25519.SeedSize {
 		return nil, fmt.Errorf("%s is not an Ed25519 seed (%d bytes); remove it to make a new one", path, len(seed))
@@ -53,32 +46,6 @@ func LoadOrCreateNodeKey(home string) (*NodeKey, error) {
 	priv := ed25519.NewKeyFromSeed(seed)
 	der := append(append([]byte{}, ed25519DERPrefix...), priv.Public().(ed25519.PublicKey)...)
 	return &NodeKey{priv: priv, der: der, id: principal.SelfAuthenticating(der)}, nil
-}
-
-// writeSecret writes a new file in home (0600, complete or not at all);
-// fs.ErrExist if another process made it first.
-func writeSecret(home, name string, b []byte) error {
-	tmp, err := os.CreateTemp(home, "."+name+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp.Name(), filepath.Join(home, name))
 }
 
 // responseDomain separates the node's query response signatures.

@@ -36,3 +36,19 @@ func TestNodeKey(t *testing.T) {
 		t.Fatalf("group-readable node key: %v", err)
 	}
 }
+
+// The node key is made through a temporary file: what a creation that
+// crashed left of one is removed when the key is next loaded or made.
+func TestNodeKeyStaleTempRemoved(t *testing.T) {
+	home := t.TempDir()
+	stale := filepath.Join(home, "."+NodeKeyFile+"-4242")
+	if err := os.WriteFile(stale, []byte("half a seed"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateNodeKey(home); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Fatal("a crashed creation's temporary file is still there after the node key was made")
+	}
+}

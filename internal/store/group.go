@@ -242,7 +242,18 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 
 // ErrFailed is returned by every write once a transaction's commit failed
 // with its outcome unknown (writeTx), until the store is opened again.
+// The write whose commit failed so also wraps ErrOutcomeUnknown; the later
+// ones were refused before they did anything.
 var ErrFailed = errors.New("store failed: a commit's outcome is unknown; restart to open the store again")
+
+// ErrOutcomeUnknown marks the error of a write whose commit failed the
+// store (ErrFailed): it may or may not be durable, and the next Open
+// tells.
+var ErrOutcomeUnknown = errors.New("this write may or may not be durable")
+
+// Failed is closed when a commit fails the store (ErrFailed): from then
+// on it refuses every write until it is opened again.
+func (s *Store) Failed() <-chan struct{} { return s.failedCh }
 
 // writeTx runs fn in a write transaction; every write of the store goes
 // through it. bbolt commits by writing the transaction's pages, syncing,
@@ -278,7 +289,8 @@ func (s *Store) writeTx(fn func(*bolt.Tx) error) error {
 	seen := -1
 	if verr := s.db.View(func(tx *bolt.Tx) error { seen = tx.ID(); return nil }); verr != nil || seen >= id {
 		s.failed = err
-		return fmt.Errorf("%w: %w", ErrFailed, err)
+		close(s.failedCh)
+		return fmt.Errorf("%w (%w): %w", ErrFailed, ErrOutcomeUnknown, err)
 	}
 	return err
 }

@@ -27,6 +27,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/state"
 )
 
@@ -162,9 +163,11 @@ type Store struct {
 	closing  sync.Once
 	closeErr error
 	// wmu is held by every write transaction (group.go writeTx); failed
-	// is the error that left the store's state unknown, if any.
-	wmu    sync.Mutex
-	failed error
+	// is the error that left the store's state unknown, if any, and
+	// failedCh is closed when it is set.
+	wmu      sync.Mutex
+	failed   error
+	failedCh chan struct{}
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
@@ -185,7 +188,7 @@ var ErrLocked = errors.New("locked by another process")
 // Open opens or creates the store in dir. timeout bounds the wait for the
 // file lock held by another process (a running `cordon serve`).
 func Open(dir string, timeout time.Duration) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := homedir.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create store directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "cordon.db")
@@ -194,6 +197,14 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: %w", path, ErrLocked)
 		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// bbolt syncs the file it creates, not its name in dir: without this
+	// a power loss could take the whole store with it, commits included.
+	// Synced at every open, not only the first: an open that made the
+	// file and crashed before this left the name unsynced.
+	if err := homedir.SyncDir(dir); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	upgrade2 := false
@@ -232,7 +243,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize store %s: %w", path, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, failedCh: make(chan struct{})}
 	s.startCommitter()
 	return s, nil
 }
