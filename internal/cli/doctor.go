@@ -60,7 +60,8 @@ func newDoctorCmd(g *globals) *cobra.Command {
 		Long: `doctor probes this kernel and user, layer by layer, for what a canister
 sandbox can be confined with: clean environment and fds, session, parent-death
 signal, user/pid/net/mount/ipc/uts/cgroup namespaces, oom_score_adj 1000 (the
-kernel's OOM killer takes a sandbox before the host), pivot_root into an empty
+kernel's OOM killer takes a sandbox before the host; the host lowers it to 500
+while a sandbox executes, so idle ones go first), pivot_root into an empty
 root, a cgroup with memory/pids/cpu limits inside the node's group cgroup (a
 hard memory limit on all sandboxes together, sandbox.node_memory_bytes; the
 cgroup layer is available only where both can be made), rlimits, dropped capabilities,
@@ -78,7 +79,8 @@ Then it starts real sandboxes as 'cordon serve' would (same settings, same
 spawner): a compiler sandbox compiles a tiny canister built in memory, a
 canister sandbox runs one update of it, and the host checks that sandbox's
 layers from outside while it lives (namespaces, mount table, cgroup and the
-node group's limit, oom_score_adj, rlimits, and on every thread capabilities,
+node group's limit, oom_score_adj (and whether the host can lower it while
+the sandbox executes), rlimits, and on every thread capabilities,
 no_new_privs and seccomp). The
 'live sandbox' line says whether that worked and, if not, which layer
 failed; the table below it says, layer by layer, what the host verified and

@@ -177,8 +177,12 @@ func (x *Sandboxed) queryOnce(ctx context.Context, canisterID string, req *Reque
 		// this query runs alone; the next ones open a session there.
 		return x.runExclusive(ctx, sb2, reused, req, m, mayRetry)
 	}
+	// The session is one execution in flight from here to its last
+	// answer (deliver), or its failure (fail, cancel).
+	beginExecution(sb.proc)
 	if sb.loaded != m.hash {
 		if err := x.load(ctx, sb, req.Module, m); err != nil {
+			endExecution(sb.proc)
 			x.forgetLocked(sb)
 			sb.mu.Unlock()
 			x.release(sb, false)
@@ -365,6 +369,7 @@ func (s *session) cancel() {
 	last := s.n == 0 && !s.closed
 	if last {
 		s.closeLocked()
+		endExecution(s.proc)
 	}
 	s.sb.smu.Unlock()
 	if last {
@@ -431,6 +436,11 @@ func (s *session) read() {
 func (s *session) deliver(id uint64, a answer) bool {
 	sb := s.sb
 	sb.smu.Lock()
+	if s.n == 1 {
+		// The last in flight: the sandbox is idle before its query
+		// learns the answer, as after an exclusive exchange.
+		endExecution(s.proc)
+	}
 	if w := s.waiters[id]; w != nil {
 		w.timer.Stop()
 		w.ch <- a
@@ -476,6 +486,7 @@ func (s *session) fail(err error) {
 	deadline := s.expired
 	sb.smu.Unlock()
 	se := s.x.fail(sb.id, "execute", s.proc, deadline, err)
+	endExecution(s.proc) // killed: nothing to steer, but counted as ended
 	// Gone from the pool before any query learns of it: a retry spawns
 	// a fresh sandbox.
 	s.x.forgetLocked(sb)

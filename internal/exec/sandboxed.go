@@ -1201,6 +1201,30 @@ func (x *Sandboxed) acquire(ctx context.Context, id string, want [32]byte) (*can
 	}
 }
 
+// executing is a sandbox whose oom_score_adj the host lowers while it
+// executes (sandbox.Process): the kernel then takes idle sandboxes first
+// when the node group runs out of memory.
+type executing interface {
+	BeginExecution()
+	EndExecution()
+}
+
+// beginExecution marks an execution in flight on p (its load included);
+// each is ended by one endExecution. An exclusive exchange is one; a query
+// session is one from its opening to its last answer (its queries are in
+// flight exactly while it is open).
+func beginExecution(p Process) {
+	if e, ok := p.(executing); ok {
+		e.BeginExecution()
+	}
+}
+
+func endExecution(p Process) {
+	if e, ok := p.(executing); ok {
+		e.EndExecution()
+	}
+}
+
 // exited reports whether a sandbox process is known to have ended.
 func exited(p Process) bool {
 	d, ok := p.(interface{ Done() <-chan struct{} })
@@ -1805,6 +1829,9 @@ func (x *Sandboxed) unwatch(sb *canisterSandbox) {
 // run performs load (if needed) and the execution on sb (sb.mu held). On
 // error the caller kills sb; run has already classified and logged it.
 func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, m *sbModule) (*sysapi.Output, error) {
+	proc := sb.proc
+	beginExecution(proc)
+	defer endExecution(proc)
 	if sb.loaded != m.hash {
 		if err := x.load(ctx, sb, req.Module, m); err != nil {
 			return nil, err

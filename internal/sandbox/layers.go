@@ -31,7 +31,7 @@ const (
 	LayerIPCNS      Layer = "ipcns"         // System V IPC / POSIX mqueue namespace
 	LayerUTSNS      Layer = "utsns"         // hostname namespace
 	LayerCgroupNS   Layer = "cgroupns"      // cgroup namespace rooted at the sandbox's cgroup
-	LayerOOMScore   Layer = "oom_score_adj" // oom_score_adj 1000: the kernel's OOM killer takes sandboxes before the host
+	LayerOOMScore   Layer = "oom_score_adj" // oom_score_adj 1000 (500 while executing): the kernel's OOM killer takes sandboxes before the host, idle ones first
 	LayerPivotRoot  Layer = "pivot_root"    // empty read-only tmpfs root, host root detached
 	LayerCgroup     Layer = "cgroup"        // memory, pids, cpu limits
 	LayerRlimits    Layer = "rlimits"       // core 0, fsize 0, nofile, as, nproc, memlock 0, msgqueue 0
@@ -53,9 +53,18 @@ var AllLayers = []Layer{
 const wxDetail = "seccomp kills mmap with PROT_EXEC and mmap/mprotect with PROT_WRITE|PROT_EXEC; " +
 	"a canister sandbox sets PR_SET_MDWE (refuse exec gain) once its module is loaded, so no memory becomes executable after"
 
-// oomDetail describes the oom_score_adj layer.
-var oomDetail = fmt.Sprintf("each sandbox raises its oom_score_adj to %d (no privilege needed) before anything untrusted runs: "+
-	"when memory runs out, the kernel's OOM killer takes a sandbox before the host", confine.OOMScoreAdj)
+// oomDetail describes the oom_score_adj layer on this host.
+func oomDetail() string {
+	d := fmt.Sprintf("each sandbox raises its oom_score_adj to %d (no privilege needed) before anything untrusted runs: "+
+		"when memory runs out, the kernel's OOM killer takes a sandbox before the host", confine.OOMScoreAdj)
+	busy, err := busyScore()
+	if err != nil {
+		return d + fmt.Sprintf("; NOT lowered while a sandbox executes (%v): the kernel may take a busy sandbox before an idle one", err)
+	}
+	return d + fmt.Sprintf("; while one executes a message the host lowers it to %d (through /proc/<pid>/oom_score_adj, opened before the go-ahead, "+
+		"while the sandbox is still dumpable), so an idle sandbox is taken before a busy one unless the busy one is larger by half the limit that ran out "+
+		"(where the host cannot open it, the sandbox keeps %d: logged once, and the live check's detail says so)", busy, confine.OOMScoreAdj)
+}
 
 // LayerState says whether a layer was applied to a sandbox.
 type LayerState struct {
@@ -254,7 +263,7 @@ func probe() *availability {
 	if _, err := os.Stat("/proc/self/oom_score_adj"); err != nil {
 		set(LayerOOMScore, false, "no /proc/self/oom_score_adj: "+err.Error())
 	} else {
-		set(LayerOOMScore, true, oomDetail)
+		set(LayerOOMScore, true, oomDetail())
 	}
 	// User namespace.
 	uerr := probeClone(0, true, a.rootless)

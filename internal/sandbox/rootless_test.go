@@ -157,7 +157,7 @@ var (
 		"TestNoHostFdsOrEnv", "TestCrashAndHang", "TestStderrLabelledAndRateLimited", "TestStrictMode",
 		"TestStartCancelled", "TestDoctor", "TestDying", "TestParentDeathKillsSandbox", "TestSyscallsMeasured", "TestCanisterConfined",
 		"TestSpawnerClonesHostChildren", "TestSpawnerRestartsAfterCrash", "TestSpawnerRefusesBadRequests",
-		"TestSpawnerDiesWithHost", "TestSpawnerConcurrentStarts", "TestOOMScoreAdj",
+		"TestSpawnerDiesWithHost", "TestSpawnerConcurrentStarts", "TestOOMScoreAdj", "TestOOMScoreSteered",
 	}
 	rootlessCgroupTests = []string{"TestCgroupLimitsAndRemoval", "TestMemoryBomb", "TestCPULimit", "TestNodeGroupBoundsAllSandboxes", "TestNodeGroupVerified"}
 )

@@ -115,6 +115,7 @@ type Process struct {
 	hostID  uint32
 	plan    map[Layer]bool // the layers Start applied, for Verify
 	expect  liveExpect
+	oom     *oomSteer // nil: the oom_score_adj layer is not applied
 }
 
 // HostUID is the sandbox's uid on the host (65534 unless Spec.HostIDs gave
@@ -390,6 +391,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			_ = p.proc.Kill()
 			_, _ = p.proc.Wait()
 		}
+		p.oom.close()
 		p.logs.wait(time.Second)
 		if _, named := FailedLayer(err); !named && p.cg != nil && p.cg.oomKilled() {
 			// It died before it could say why: its memory limit.
@@ -487,6 +489,10 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 	}
 	p.proc = proc
 	trace("spawned")
+	if plan[LayerOOMScore] {
+		// Before the go-ahead, while the sandbox is still dumpable.
+		p.oom = openOOMSteer(proc.Pid)
+	}
 	if err := waitCgroup(); err != nil {
 		return fail(err) // kills and reaps the child, which waits for its go-ahead
 	}
@@ -598,6 +604,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 			p.layers[l] = LayerState{Applied: applied&b != 0, Detail: childLayerDetail(l, abi, cfg)}
 		}
 	}
+	if plan[LayerOOMScore] {
+		st := p.layers[LayerOOMScore]
+		st.Detail += p.oom.detail()
+		p.layers[LayerOOMScore] = st
+	}
 	if plan[LayerWX] {
 		// Its first half is the seccomp filter's; the worker adds MDWE.
 		p.layers[LayerWX] = LayerState{Applied: applied&confine.LSeccomp != 0 && o.learn == nil, Detail: wxDetail}
@@ -606,7 +617,7 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		go p.watchSeccomp()
 	}
 	// Check from the outside what the child claims (every thread).
-	exp := liveExpect{limits: plannedLimits(cfg)}
+	exp := liveExpect{limits: plannedLimits(cfg), oom: p.oom}
 	if p.cg != nil {
 		exp.cgroupDirs, exp.group = p.cg.dirs, s.Group
 	}
@@ -959,6 +970,7 @@ func (p *Process) waiter() {
 	if p.notify != nil {
 		_ = p.notify.Close()
 	}
+	p.oom.close()
 	p.logs.wait(time.Second)
 	p.releaseID()
 	p.mu.Lock()
