@@ -13,9 +13,10 @@ const (
 	DefaultSealedArtifacts = 1024
 	// HostDescriptorsPerSandbox is what the host holds for each sandbox,
 	// of a canister, blank, primed or a compiler: its IPC socket, the read
-	// end of its stderr pipe, its seccomp listener and its pidfd
-	// (TestHostDescriptorsPerSandbox).
-	HostDescriptorsPerSandbox = 4
+	// end of its stderr pipe, its seccomp listener, its pidfd and its
+	// cgroup's memory charge file, kept open because it is read after
+	// every exchange (TestHostDescriptorsPerSandbox).
+	HostDescriptorsPerSandbox = 5
 	// hostDescriptorsFixed covers the rest: the spawner's socket and
 	// pidfd, the artifact being copied into its sealed memfd, the
 	// descriptors in flight while a sandbox starts.
