@@ -135,6 +135,10 @@ type Conn struct {
 	wbuf []byte
 	// sendmsg is c.WriteMsgUnix; tests replace it to inject errors.
 	sendmsg func(b, oob []byte) (n, oobn int, err error)
+	// pending is a packet AwaitReadable received (or the error receiving
+	// it gave): the next readPacket returns it without a system call.
+	pending    *packet
+	pendingErr error
 }
 
 // NewConn wraps one end of a SOCK_SEQPACKET unix socket pair.
@@ -259,7 +263,17 @@ type packet struct {
 // readPacket receives one packet. Descriptors received are always wrapped
 // in files, so they are closed whatever happens next.
 func (c *Conn) readPacket() (*packet, error) {
+	if p, err := c.pending, c.pendingErr; p != nil || err != nil {
+		c.pending, c.pendingErr = nil, nil
+		return p, err
+	}
 	n, oobn, flags, _, err := c.c.ReadMsgUnix(c.rbuf, c.oob)
+	return c.packetOf(n, oobn, flags, err)
+}
+
+// packetOf checks and decodes a packet received into rbuf and oob by one
+// recvmsg that returned n, oobn, flags and err.
+func (c *Conn) packetOf(n, oobn, flags int, err error) (*packet, error) {
 	var files []*os.File
 	if oobn > 0 {
 		var ferr error

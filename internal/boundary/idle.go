@@ -2,6 +2,7 @@ package boundary
 
 import (
 	"errors"
+	"net"
 	"os"
 	"time"
 
@@ -45,18 +46,45 @@ func (c *Conn) StopWatch() { _ = c.c.SetReadDeadline(time.Unix(1, 0)) }
 // ResumeIO clears what StopWatch set, once WatchIdle has returned.
 func (c *Conn) ResumeIO() { _ = c.c.SetReadDeadline(time.Time{}) }
 
-// AwaitReadable blocks until a packet (or the peer's hang-up) is queued on
-// the connection, without consuming anything: the next Recv (or
-// Inflight.Next) then finds it at once. It returns nil when there is
-// something to read, ErrInterrupted when the read deadline passed (StopWatch,
-// or a watchdog), or the socket's error. Unlike WatchIdle it judges nothing:
+// AwaitReadable blocks until a packet (or the peer's hang-up) arrives on
+// the connection, and receives that one packet: the next Recv (or
+// Inflight.Next) starts from it without another system call, and checks
+// it there. It returns nil when there is something to read, ErrInterrupted
+// when the read deadline passed (StopWatch, or a watchdog) with nothing
+// received, or the socket's error. Unlike WatchIdle it judges nothing:
 // the caller has a request pending and reads what came through the usual,
 // validating path. A goroutine waiting for its own answer uses it to read
 // that answer itself instead of leaving it to a reader goroutine, and can
-// still give up (a deadline) without leaving a message half read.
+// still give up (a deadline) without leaving a message half read: what it
+// received waits for whoever reads next. (It used to peek, then read what
+// it had peeked: one receive call more per answer, which on a virtual
+// machine costs microseconds.)
 func (c *Conn) AwaitReadable() error {
-	_, err := c.peek() // a packet, or end of file: the read that follows sees it
-	return err
+	if c.pending != nil || c.pendingErr != nil {
+		return nil
+	}
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n, oobn, flags int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		// As net.UnixConn.ReadMsgUnix receives: descriptors close-on-exec.
+		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), c.rbuf, c.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		return !errors.Is(rerr, unix.EAGAIN) && !errors.Is(rerr, unix.EINTR)
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrInterrupted
+	}
+	if err != nil {
+		return err
+	}
+	if rerr != nil {
+		rerr = &net.OpError{Op: "read", Net: "unixpacket", Err: os.NewSyscallError("recvmsg", rerr)}
+	}
+	c.pending, c.pendingErr = c.packetOf(n, oobn, flags, rerr)
+	return nil
 }
 
 // peek waits until a packet (or the peer's hang-up) is queued and returns

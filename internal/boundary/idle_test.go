@@ -196,3 +196,102 @@ func TestWriteRetriesENOBUFS(t *testing.T) {
 		}
 	})
 }
+
+// AwaitReadable waits for the next packet and receives it (one system call
+// instead of a peek and a read), and the next receive starts from it: a
+// message of several packets arrives whole, the refused descriptors of a
+// packet it received are closed, and a passed deadline ends the wait with
+// nothing received.
+func TestAwaitReadable(t *testing.T) {
+	t.Run("first packet received", func(t *testing.T) {
+		host, sb := pair(t)
+		body := make([]byte, MaxPacket+100) // two packets
+		for i := range body {
+			body[i] = byte(i * 7)
+		}
+		go func() { _ = sb.Send(&Msg{Kind: KindCompiled, ID: 5, Body: body}) }()
+		if err := host.AwaitReadable(); err != nil {
+			t.Fatal(err)
+		}
+		// The first packet has left the socket: the continuation is next.
+		var b [1]byte
+		rc, err := host.Raw().SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kind Kind
+		var perr error
+		_ = rc.Read(func(fd uintptr) bool {
+			_, _, perr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			kind = Kind(b[0])
+			return !errors.Is(perr, unix.EAGAIN) // the sender's next packet may not be there yet
+		})
+		if perr != nil || kind != KindCont {
+			t.Fatalf("next queued packet: %s (%v), want the continuation: AwaitReadable left the first one queued", kind, perr)
+		}
+		m, err := host.Recv(Accept{KindCompiled: {MaxBody: uint64(len(body))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.ID != 5 || !bytes.Equal(m.Body, body) {
+			t.Fatal("message damaged")
+		}
+	})
+	t.Run("descriptors refused", func(t *testing.T) {
+		host, sb := pair(t)
+		var memfds []int
+		for i := 0; i < 2; i++ {
+			fd, err := unix.MemfdCreate("awaited", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			memfds = append(memfds, fd)
+		}
+		hdr := make([]byte, HeaderSize)
+		putHeader(hdr, KindPong, 2, 9, 0)
+		if _, _, err := sb.Raw().WriteMsgUnix(hdr, unix.UnixRights(memfds...), nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range memfds {
+			unix.Close(fd)
+		}
+		if err := host.AwaitReadable(); err != nil {
+			t.Fatal(err)
+		}
+		var v *Violation
+		if err := host.AwaitPong(9, nil); !errors.As(err, &v) || v.Kind != VDescriptors {
+			t.Fatalf("want a descriptors violation, got %v", err)
+		}
+		if n := fdsLinkingTo(t, "/memfd:awaited"); n != 0 {
+			t.Fatalf("host still holds %d of the refused descriptors", n)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		host, sb := pair(t)
+		host.StopWatch()
+		if err := host.AwaitReadable(); !errors.Is(err, ErrInterrupted) {
+			t.Fatalf("want ErrInterrupted, got %v", err)
+		}
+		host.ResumeIO()
+		go func() { _ = sb.Send(&Msg{Kind: KindPong, ID: 4}) }()
+		if err := host.AwaitReadable(); err != nil {
+			t.Fatal(err)
+		}
+		if err := host.AwaitReadable(); err != nil { // again: what it holds is still there
+			t.Fatal(err)
+		}
+		if err := host.AwaitPong(4, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("hang-up", func(t *testing.T) {
+		host, sb := pair(t)
+		sb.Raw().Close()
+		if err := host.AwaitReadable(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := host.Recv(Accept{KindPong: {}}); !errors.Is(err, ErrClosed) {
+			t.Fatalf("want ErrClosed, got %v", err)
+		}
+	})
+}

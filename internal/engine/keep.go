@@ -91,11 +91,20 @@ func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
 	if heap.File() == nil {
 		return keptKey{}, false
 	}
+	key := keptKey{mod: weak.Make(req.Module), heapLimit: req.Input.Limits.HeapBytes, size: heap.Size()}
+	// A sandbox's memory knows its file from when it was opened.
+	if id, ok := heap.(interface{ FileIdentity() (uint64, uint64, bool) }); ok {
+		if dev, ino, ok := id.FileIdentity(); ok {
+			key.dev, key.ino = dev, ino
+			return key, true
+		}
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(heap.File().Fd()), &st); err != nil {
 		return keptKey{}, false
 	}
-	return keptKey{mod: weak.Make(req.Module), heapLimit: req.Input.Limits.HeapBytes, dev: uint64(st.Dev), ino: st.Ino, size: heap.Size()}, true
+	key.dev, key.ino = uint64(st.Dev), st.Ino
+	return key, true
 }
 
 // kept is the engine's free list of reset instances, at most Config.Keep

@@ -14,9 +14,10 @@ const (
 	// HostDescriptorsPerSandbox is what the host holds for each sandbox,
 	// of a canister, blank, primed or a compiler: its IPC socket, the read
 	// end of its stderr pipe, its seccomp listener, its pidfd and its
-	// oom_score_adj, written while it executes (sandbox/oomsteer.go)
-	// (TestHostDescriptorsPerSandbox).
-	HostDescriptorsPerSandbox = 5
+	// oom_score_adj, written while it executes (sandbox/oomsteer.go), and
+	// its cgroup's memory charge file, kept open because it is read after
+	// every exchange (TestHostDescriptorsPerSandbox).
+	HostDescriptorsPerSandbox = 6
 	// hostDescriptorsFixed covers the rest: the spawner's socket and
 	// pidfd, the artifact being copied into its sealed memfd, the
 	// descriptors in flight while a sandbox starts.

@@ -287,10 +287,11 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 // (read) take over. A query alone on its sandbox (one client) so waits for
 // its answer on the socket directly: no reader goroutine is started and no
 // answer is handed over. Every answer still goes through boundary.Inflight,
-// as the reader's do. Between messages lead waits for the socket to become
-// readable without reading (boundary.Conn.AwaitReadable), so that its
-// context can end the wait (a read deadline) with no message half read; a
-// query given up on then hands the reading to a reader goroutine and
+// as the reader's do. Between messages lead waits for the next packet
+// (boundary.Conn.AwaitReadable, which receives that one packet and keeps it
+// for the read that follows), so that its context can end the wait (a read
+// deadline) with no message half read; a query given up on then hands the
+// reading to a reader goroutine, which starts from any packet received, and
 // returns, as do's. A message being read is read to its end (bounded by
 // the watchdog, which kills a sandbox that stalls in one).
 func (s *session) lead(ctx context.Context, req *Request, m *sbModule) (*sysapi.Output, error) {

@@ -395,7 +395,18 @@ type cgroup struct {
 	dirs    []string // v1: one per controller (memory first); v2: one; then the hugetlb hierarchy's, if separate
 	hugetlb bool     // hugetlb limits set (to 0)
 	removed atomic.Bool
+
+	// The memory charge file, opened on first use and kept open: the host
+	// reads it after every exchange, and opening it by path each time cost
+	// four times the read (a walk through cgroupfs, fstat, a second read to
+	// see its end, close) on every query. Under usageMu; closed by remove.
+	usageMu   sync.Mutex
+	usageFD   int
+	usageOpen bool
 }
+
+// usageOpens counts the memory charge files opened (tests).
+var usageOpens atomic.Int64
 
 var (
 	cgroupSeq atomic.Uint64
@@ -711,17 +722,43 @@ func counter(file, key string) uint64 {
 	return 0
 }
 
-// memoryUsage is the cgroup's charged memory.
+// memoryUsage is the cgroup's charged memory: one pread of its charge file
+// at offset 0, which makes the kernel format the value afresh.
 func (c *cgroup) memoryUsage() (uint64, error) {
 	name := "memory.current"
 	if c.version == cgroupV1 {
 		name = "memory.usage_in_bytes"
 	}
-	b, err := os.ReadFile(filepath.Join(c.dirs[0], name))
-	if err != nil {
-		return 0, err
+	c.usageMu.Lock()
+	defer c.usageMu.Unlock()
+	if !c.usageOpen {
+		if c.removed.Load() {
+			return 0, fmt.Errorf("cgroup %s: removed", c.dirs[0])
+		}
+		path := filepath.Join(c.dirs[0], name)
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		usageOpens.Add(1)
+		c.usageFD, c.usageOpen = fd, true
 	}
-	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	var b [32]byte // a decimal uint64 and a newline
+	n, err := unix.Pread(c.usageFD, b[:], 0)
+	if err != nil {
+		return 0, fmt.Errorf("read %s of %s: %w", name, c.dirs[0], err)
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b[:n])), 10, 64)
+}
+
+// closeUsage closes the memory charge file, if open.
+func (c *cgroup) closeUsage() {
+	c.usageMu.Lock()
+	defer c.usageMu.Unlock()
+	if c.usageOpen {
+		_ = unix.Close(c.usageFD)
+		c.usageOpen = false
+	}
 }
 
 // remove deletes the cgroup directories, killing stragglers first. It
@@ -730,6 +767,7 @@ func (c *cgroup) remove() error {
 	if c == nil || c.removed.Swap(true) {
 		return nil
 	}
+	c.closeUsage() // a removed cgroup is not kept alive by an open file of it
 	var last error
 	for _, d := range c.dirs {
 		last = nil

@@ -1,10 +1,12 @@
 package sandbox
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const hybridMountinfo = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -121,4 +123,67 @@ func TestCgroupV2Files(t *testing.T) {
 			t.Errorf("%s = %q (%v), want %q", f, b, err, w)
 		}
 	}
+}
+
+// TestMemoryChargeKeptOpen: the host reads a sandbox's memory charge after
+// every exchange, so the charge file is opened once and read again in
+// place: each read still sees what the sandbox holds now, and the file is
+// closed when the sandbox's cgroup is removed.
+func TestMemoryChargeKeptOpen(t *testing.T) {
+	p := startT(t, Spec{Label: "grow", Args: []string{"grow", "16"}, MemoryBytes: 256 << 20})
+	if p.cg == nil {
+		t.Skip("no memory cgroup on this machine")
+	}
+	_ = p.Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 64)
+	if n, err := p.Conn().Read(b); err != nil || string(b[:n]) != "ready" {
+		t.Fatalf("sandbox said %q (%v)", b[:n], err)
+	}
+	opens := usageOpens.Load()
+	var charges []uint64
+	for i := 1; i <= 3; i++ {
+		if got, want := roundTrip(t, p, "grow"), fmt.Sprintf("grown %d", 16*i); got != want {
+			t.Fatalf("sandbox said %q, want %q", got, want)
+		}
+		c, err := p.MemoryCharge()
+		if err != nil {
+			t.Fatal(err)
+		}
+		charges = append(charges, c)
+	}
+	// Each read is the charge now: 16 MiB touched between reads.
+	for i := 1; i < len(charges); i++ {
+		if charges[i] < charges[i-1]+12<<20 {
+			t.Errorf("charge after growing by 16 MiB: %d, before: %d (a stale read?)", charges[i], charges[i-1])
+		}
+	}
+	if n := usageOpens.Load() - opens; n != 1 {
+		t.Errorf("the charge file was opened %d times for 3 reads, want once", n)
+	}
+	dir := p.cg.dirs[0]
+	p.Kill()
+	p.Wait()
+	if open := openFilesUnder(t, dir); len(open) > 0 {
+		t.Errorf("descriptors still open on the removed cgroup: %v", open)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s not removed: %v", dir, err)
+	}
+}
+
+// openFilesUnder lists this process's descriptors on files under dir.
+func openFilesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && strings.HasPrefix(target, dir) {
+			open = append(open, e.Name()+" -> "+target)
+		}
+	}
+	return open
 }

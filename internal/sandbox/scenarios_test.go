@@ -102,6 +102,23 @@ func init() {
 		c.recv()
 		return 0
 	}
+	// grow MiB: at each message, touch that much more memory and say so.
+	scenarios["grow"] = func(c *child) int {
+		n, _ := strconv.Atoi(c.args[0])
+		var keep [][]byte
+		c.send("ready")
+		for c.recv() != "" {
+			for i := 0; i < n; i++ {
+				b := make([]byte, 1<<20)
+				for j := 0; j < len(b); j += 4096 {
+					b[j] = 1
+				}
+				keep = append(keep, b)
+			}
+			c.send("grown %d", len(keep))
+		}
+		return 0
+	}
 	// flood N: write N lines to stderr.
 	scenarios["flood"] = func(c *child) int {
 		n, _ := strconv.Atoi(c.args[0])

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"io"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // imageBytes reads a memory's whole image.
@@ -111,4 +113,34 @@ func TestForkTakesImage(t *testing.T) {
 	}
 	m.Release()
 	f.Release()
+}
+
+// A memory opened from a descriptor (a sandbox's) knows its file's identity
+// from the stat it makes when opened, so that a sandbox's engine finds the
+// instance it kept for that image without a system call per execution.
+func TestFileMemoryIdentity(t *testing.T) {
+	m := NewPageMap(0)
+	if err := m.Apply(Delta{Size: 2 * PageSize, Pages: []DirtyPage{{Index: 1, Data: page(7)}}}); err != nil {
+		t.Fatal(err)
+	}
+	f := m.ReadOnlyFile()
+	if f == nil {
+		t.Skip("no memfd images")
+	}
+	var want unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &want); err != nil {
+		t.Fatal(err)
+	}
+	fm, err := OpenFileMemory(f, m.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fm.Close()
+	dev, ino, ok := fm.FileIdentity()
+	if !ok || dev != uint64(want.Dev) || ino != want.Ino {
+		t.Fatalf("identity %d/%d (%v), the file is %d/%d", dev, ino, ok, want.Dev, want.Ino)
+	}
+	if p := fm.Page(1); p == nil || p[0] != 7 {
+		t.Fatal("memory does not read its file")
+	}
 }
