@@ -2,6 +2,8 @@ package engine
 
 import (
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/wasmbin"
 )
 
 // tableModule builds a module with a memory (64-bit if memory64), a
@@ -78,4 +80,43 @@ func TestControlBoundSeesBlocksOfEveryKind(t *testing.T) {
 	if _, _, err := Validate(tableModule(1000, []byte{0x41, 0, 0x11, 0, 0}, false), lim); err != nil {
 		t.Fatalf("a body of 1000 call_indirect: %v", err)
 	}
+}
+
+// brTableUnit is i32.const 0; br_table with targets targets (and the
+// default), each the function's own block.
+func brTableUnit(targets int) []byte {
+	u := []byte{0x41, 0, 0x0e}
+	for v := uint64(targets); ; {
+		c := byte(v & 0x7f)
+		if v >>= 7; v == 0 {
+			u = append(u, c)
+			break
+		}
+		u = append(u, c|0x80)
+	}
+	for range targets + 1 {
+		u = append(u, 0)
+	}
+	return u
+}
+
+// One br_table is one control instruction, but each of its targets is an
+// edge Cranelift gives a block of its own: a body of one br_table of
+// 1,000,000 targets (1 MB) took 39 s of CPU to compile, of 100,000 targets
+// 2 s. A br_table counts 1 and 1 more per BrTableTargetsPerWeight targets,
+// so a body at the bound holds some 80,000 of them; the corpus's largest
+// body counts 2,662 so (2,592 without its br_tables' targets).
+func TestControlBoundSeesBrTableTargets(t *testing.T) {
+	lim := DefaultModuleLimits()
+	if _, _, err := Validate(tableModule(1, brTableUnit(1_000_000), false), lim); err == nil {
+		t.Error("a body of one br_table of 1,000,000 targets was accepted")
+	} else {
+		refusedFor(t, "br_table", err, "limit per function")
+	}
+	per := (lim.MaxFuncControl - 2) * wasmbin.BrTableTargetsPerWeight // the body's end and the br_table count 1 each
+	if _, _, err := Validate(tableModule(1, brTableUnit(per), false), lim); err != nil {
+		t.Fatalf("a br_table of %d targets: %v", per, err)
+	}
+	_, _, err := Validate(tableModule(1, brTableUnit(per+wasmbin.BrTableTargetsPerWeight), false), lim)
+	refusedFor(t, "a br_table one weight beyond the bound", err, "limit per function")
 }

@@ -48,6 +48,20 @@ type Request struct {
 	Reserve func(bytes uint64) error
 }
 
+// trimImages gives back the pages an execution's reads of req's memories
+// allocated in the holes of their images (state.PageMap.TrimImage): held
+// by the files, not the executor, they would outlive it, charged to the
+// node's sandbox group once a sandbox that read them is gone.
+func trimImages(req *Request) {
+	req.Heap.TrimImage()
+	if req.Input == nil {
+		return
+	}
+	if pm, ok := req.Input.Stable.(*state.PageMap); ok {
+		pm.TrimImage()
+	}
+}
+
 // outputPageBytes is what Request.Reserve is asked for an output.
 func outputPageBytes(out *sysapi.Output) uint64 {
 	return uint64(len(out.Heap.Pages)+len(out.Stable.Pages)) * state.PageSize
@@ -152,6 +166,7 @@ func (x *InProcess) Execute(ctx context.Context, canisterID string, req *Request
 	if !ok {
 		return nil, fmt.Errorf("exec: module was not prepared by the in-process executor")
 	}
+	defer trimImages(req)
 	warn := func(reason string) {
 		x.warnOnce.Do(func() { slog.Warn("in-process execution: "+reason, "canister", canisterID) })
 	}

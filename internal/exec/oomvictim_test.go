@@ -3,6 +3,7 @@ package exec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -21,17 +22,18 @@ import (
 // the group's limit. Every sandbox has oom_score_adj 1000 while idle, and
 // the host lowers it (sandbox.BusyOOMScoreAdj, 500) while it executes, so a
 // busy sandbox is taken before idle ones only if it is larger by half the
-// group's limit. Here a hostile sandbox holds about 100 MiB while idle
-// (within the default budget of half the group, so never evicted; its
-// growth allowed, as growth during its own messages always is), and an
-// honest canister's message that alone peaks at about 200 MiB of the
-// 256 MiB group runs beside it. By size alone the honest sandbox was the
-// victim, its message failed (FaultNodeMemory, uncharged, but failed) and
-// failed again on the retry, while the holder lived. Now the holder is
-// killed, as a node-memory kill of an idle sandbox, and the honest message
-// succeeds on its own sandbox, charged exactly what it costs alone.
+// group's limit. Here four hostile sandboxes hold about 70 MiB each while
+// idle (never evicted: no budget; their growth allowed, as growth during
+// their own messages always is), and an honest canister's message that
+// alone peaks at about 200 MiB of the 512 MiB group runs beside them
+// (less than half the group: were it killed, the kill would be the node's,
+// cgroup.oomCause). By size alone the honest sandbox was the victim, its
+// message failed (FaultNodeMemory, uncharged, but failed) and failed again
+// on the retry, while the holders lived. Now a holder is killed, as a node-memory kill of
+// an idle sandbox, and the honest message succeeds on its own sandbox,
+// charged exactly what it costs alone.
 func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
-	const nodeLimit = 256 << 20
+	const nodeLimit = 512 << 20
 	var (
 		mu    sync.Mutex
 		procs = map[string]*sandbox.Process{}
@@ -52,7 +54,7 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 		return procs[label]
 	}
 	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Launch: launch, NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
-		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40})
+		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40, MaxTotalRSS: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,63 +73,108 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 	honest.must(sysapi.CtxInit, "canister_init", empty)
 	honestProc := proc("honest")
 	hostOOMScore(t)
-	hostile := newSim(t, x, growOnSignal, wasmFile(t, corpusDir, "counter"))
-	hostile.must(sysapi.CtxInit, "canister_init", empty)
-	holder := proc(growOnSignal)
-	before, err := memoryOf(holder)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the holder did not grow", func() bool {
-		m, err := memoryOf(holder)
-		select {
-		case <-holder.Done():
-			t.Fatalf("the holder died: %+v", holder.Wait())
-		default:
-		}
-		if err == nil && m > before+64<<20 {
-			return true
-		}
-		// Again until it grows: a signal that comes before its goroutine
-		// has called signal.Notify is lost (a later one is ignored).
-		if err := syscall.Kill(holder.Pid(), syscall.SIGUSR1); err != nil {
+	var (
+		holders  []*sandbox.Process
+		hostiles []*sim
+	)
+	for i := range 4 {
+		id := fmt.Sprintf("%s-%d", growOnSignal, i)
+		hostile := newSim(t, x, id, wasmFile(t, corpusDir, "counter"))
+		hostile.must(sysapi.CtxInit, "canister_init", empty)
+		holder := proc(id)
+		before, err := memoryOf(holder)
+		if err != nil {
 			t.Fatal(err)
+		}
+		waitFor(t, "the holder did not grow", func() bool {
+			m, err := memoryOf(holder)
+			select {
+			case <-holder.Done():
+				t.Fatalf("the holder died: %+v", holder.Wait())
+			default:
+			}
+			if err == nil && m > before+64<<20 {
+				return true
+			}
+			// Again until it grows: a signal that comes before its goroutine
+			// has called signal.Notify is lost (a later one is ignored).
+			if err := syscall.Kill(holder.Pid(), syscall.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			return false
+		})
+		held, _ := memoryOf(holder)
+		t.Logf("holder %d: %d MiB, was %d MiB", i, held>>20, before>>20)
+		holders = append(holders, holder)
+		hostiles = append(hostiles, hostile)
+	}
+
+	// The same message in another canister, beside the holders.
+	out, err := honest.run(sysapi.CtxUpdate, "canister_update grow", growArg(24))
+	if err != nil || out.Trapped {
+		t.Fatalf("the honest canister's message, which fits the group alone, failed beside idle holders: %v %+v", err, out)
+	}
+	if out.Instructions != cost {
+		t.Fatalf("the honest message cost %d instructions beside the holders, %d alone", out.Instructions, cost)
+	}
+	// The group ran out while it executed (the holders' memory and the
+	// message's peak do not fit together), and the kernel took an idle
+	// holder: its end may be seen a little after the message's.
+	var dead *sandbox.Process
+	waitFor(t, "every idle holder lives beside the honest message", func() bool {
+		for _, h := range holders {
+			if exited(h) {
+				dead = h
+				return true
+			}
 		}
 		return false
 	})
-	held, _ := memoryOf(holder)
-	t.Logf("holder: %d MiB, was %d MiB", held>>20, before>>20)
-
-	// The same message in another canister, beside the holder.
-	out, err := honest.run(sysapi.CtxUpdate, "canister_update grow", growArg(24))
-	if err != nil || out.Trapped {
-		held, _ := memoryOf(holder)
-		t.Fatalf("the honest canister's message, which fits the group alone, failed beside an idle sandbox holding %d bytes: %v %+v", held, err, out)
-	}
-	if out.Instructions != cost {
-		t.Fatalf("the honest message cost %d instructions beside the holder, %d alone", out.Instructions, cost)
-	}
-	// The group ran out while it executed (the holder's memory and the
-	// message's peak do not fit together), and the kernel took the idle
-	// holder: its end may be seen a little after the message's.
-	waitFor(t, "the idle holder lives beside the honest message", func() bool { return exited(holder) })
-	if st := holder.Wait(); !errors.Is(st.Err, sandbox.ErrNodeOutOfMemory) {
+	if st := dead.Wait(); !errors.Is(st.Err, sandbox.ErrNodeOutOfMemory) {
 		t.Fatalf("the holder ended, not for the node's memory: %+v", st)
 	}
 	if p := proc("honest"); p != honestProc {
-		// The kernel's second victim: the holder's exit marks its memory
+		// The kernel's second victim: a holder's exit marks its memory
 		// freed (MMF_OOM_SKIP) before it frees the last of it, and an
 		// allocation that fails in between takes the largest sandbox
-		// left. The message then ran on a fresh sandbox (the one retry),
-		// where the holder's memory is free. Seen a third of the runs on
-		// a loaded 2-core VM (RATIONALE.md).
-		t.Log("the honest sandbox was the kernel's second victim, after the holder; its message ran again on a fresh one")
+		// left by badness. The message then ran on a fresh sandbox (the
+		// one retry), where the holder's memory is free (RATIONALE.md).
+		t.Log("the honest sandbox was a later victim, after a holder; its message ran again on a fresh one")
 	}
-	// The host is fine: both canisters run on.
+	// The host is fine: every canister runs on.
 	honest.must(sysapi.CtxUpdate, "canister_update grow", growArg(1))
-	hostile.must(sysapi.CtxUpdate, "canister_update inc", empty)
-	if proc(growOnSignal) == holder {
-		t.Fatal("the hostile canister ran on its dead sandbox")
+	for i, hostile := range hostiles {
+		hostile.must(sysapi.CtxUpdate, "canister_update inc", empty)
+		if exited(holders[i]) && proc(fmt.Sprintf("%s-%d", growOnSignal, i)) == holders[i] {
+			t.Fatal("a hostile canister ran on its dead sandbox")
+		}
+	}
+}
+
+// A canister that alone takes the node group past its limit is killed for
+// what it took, not for the node's memory: its sandbox's own limit (here
+// the default, 8 GiB) is above the group's, so it never reaches it, but it
+// held nearly all of the group. Reported as FaultNodeMemory it went
+// uncharged (SYS_TRANSIENT) and was run again: any canister could make its
+// messages' instructions free by allocating until the kernel killed it.
+// It is FaultCrash for its own limit (sandbox.ErrOutOfMemory), charged.
+func TestSandboxAloneFillingTheGroupIsCharged(t *testing.T) {
+	const nodeLimit = 160 << 20
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), NodeMemoryBytes: nodeLimit,
+		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	if x.group == nil {
+		t.Skip("no cgroup layer here: no node group")
+	}
+	s := newSim(t, x, "grower", wasmFile(t, corpusDir, "memory"))
+	s.must(sysapi.CtxInit, "canister_init", empty)
+	out, err := s.run(sysapi.CtxUpdate, "canister_update grow", growArg(24)) // about 200 MiB
+	var se *SandboxError
+	if !errors.As(err, &se) || se.Fault != FaultCrash || se.Exit == nil || !errors.Is(se.Exit.Err, sandbox.ErrOutOfMemory) {
+		t.Fatalf("a canister that alone filled the node group: want FaultCrash for its own memory, got %v %v", err, out)
 	}
 }
 

@@ -1629,6 +1629,7 @@ func (x *Sandboxed) Execute(ctx context.Context, canisterID string, req *Request
 	if !ok {
 		return nil, errors.New("exec: module was not prepared by the sandboxed executor")
 	}
+	defer trimImages(req)
 	shared := req.Input.Context.IsQuery() && x.cfg.QueryThreads > 1
 	for attempt := 0; ; attempt++ {
 		var out *sysapi.Output

@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 		if slices.Contains(os.Args, growWhenIdle) {
 			go grow() // likewise, taking memory and keeping it
 		}
-		if slices.Contains(os.Args, growOnSignal) {
+		if slices.ContainsFunc(os.Args, func(a string) bool { return strings.HasPrefix(a, growOnSignal) }) {
 			go growOnUSR1() // likewise, when the test says
 		}
 		os.Exit(worker.Main())

@@ -632,7 +632,7 @@ func (c *cgroup) killAll() {
 
 // oomKilled reports whether the kernel's OOM killer acted in this cgroup.
 func (c *cgroup) oomKilled() bool {
-	killed, _ := c.oomCause()
+	killed, _ := c.oomCause(0)
 	return killed
 }
 
@@ -646,7 +646,16 @@ func (c *cgroup) oomKilled() bool {
 // at 0; v2 memory.events "max" and "oom", kept where the limit failed and
 // its ancestors, never below). Unreadable counters say own: a kill stays
 // the sandbox's doing unless the kernel shows otherwise.
-func (c *cgroup) oomCause() (killed, ownLimit bool) {
+//
+// In a node group of memory limit groupLimit (0: none), a peak of half of
+// it or more counts as its own limit too. The sandbox's own limit may be
+// far above the group's (8 GiB by default, the group a quarter of the
+// machine's memory), so one that took the group past its limit alone, or
+// nearly, never reached its own: it held more than all the others
+// together, and the kernel took it for what it took. The memory budget
+// keeps idle sandboxes below that half, leaving the other half to
+// executions.
+func (c *cgroup) oomCause(groupLimit uint64) (killed, ownLimit bool) {
 	dir := c.dirs[0]
 	file := func(name string) string { return filepath.Join(dir, name) }
 	if c.version == cgroupV1 {
@@ -655,14 +664,29 @@ func (c *cgroup) oomCause() (killed, ownLimit bool) {
 		}
 		return true, failedHere(file("memory.failcnt")) || failedHere(file("memory.memsw.failcnt")) ||
 			reachedLimit(file("memory.max_usage_in_bytes"), file("memory.limit_in_bytes")) ||
-			reachedLimit(file("memory.memsw.max_usage_in_bytes"), file("memory.memsw.limit_in_bytes"))
+			reachedLimit(file("memory.memsw.max_usage_in_bytes"), file("memory.memsw.limit_in_bytes")) ||
+			heldMostOf(file("memory.max_usage_in_bytes"), groupLimit)
 	}
 	events := file("memory.events")
 	if !counted(counter(events, "oom_kill")) {
 		return false, false
 	}
 	return true, counter(events, "max") != 0 || counter(events, "oom") != 0 ||
-		reachedLimit(file("memory.peak"), file("memory.max"))
+		reachedLimit(file("memory.peak"), file("memory.max")) || heldMostOf(file("memory.peak"), groupLimit)
+}
+
+// heldMostOf says whether the peak in file peak was half of groupLimit or
+// more (never, without a group). A file the kernel does not have says no;
+// one it has but cannot be read, yes.
+func heldMostOf(peak string, groupLimit uint64) bool {
+	if groupLimit == 0 {
+		return false
+	}
+	p, err := readMemoryLimit(peak)
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	return p >= groupLimit/2
 }
 
 // ownLimitSlack is how far below its limit a cgroup's peak may stay when a

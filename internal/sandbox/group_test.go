@@ -214,7 +214,12 @@ func TestOwnLimitInGroupIsOwnOOM(t *testing.T) {
 // TestNodeGroupBoundsAllSandboxes: sandboxes in a node's group share its
 // memory limit. One whose own limit is far above it allocates past it and
 // is OOM-killed, in its own cgroup, while its neighbour in the group lives
-// on (and so does the host).
+// on (and so does the host). The kill is its own doing (ErrOutOfMemory,
+// which the host charges), not the node's: it alone took the group past
+// its limit. With the defaults every sandbox's own limit (8 GiB) is above
+// the group's (a quarter of the machine's memory) on a machine of less
+// than 32 GiB, so a sandbox that allocated until the kernel killed it was
+// reported as killed for the node's memory, uncharged and retried.
 func TestNodeGroupBoundsAllSandboxes(t *testing.T) {
 	const limit = 96 << 20
 	g := newGroupT(t, limit)
@@ -237,9 +242,9 @@ func TestNodeGroupBoundsAllSandboxes(t *testing.T) {
 		t.Fatal(got)
 	}
 	st := bomb.Wait()
-	// Within its own limit: the group's was reached, not its own.
-	if !errors.Is(st.Err, ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
-		t.Fatalf("the sandbox past the group's limit: want an OOM kill for the node's memory, got %+v", st)
+	// Within its own limit, but holding nearly all of the group's.
+	if !errors.Is(st.Err, ErrOutOfMemory) || errors.Is(st.Err, ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
+		t.Fatalf("the sandbox that alone took the group past its limit: want an OOM kill of its own doing, got %+v", st)
 	}
 	checkCgroupGone(t, bomb)
 	// The sandboxes together reached the group's limit, never more (but
@@ -249,6 +254,42 @@ func TestNodeGroupBoundsAllSandboxes(t *testing.T) {
 	}
 	if got := roundTrip(t, neighbour, "still here"); got != "still here" {
 		t.Fatalf("the neighbour answered %q", got)
+	}
+}
+
+// TestNodeOOMOfASandboxHoldingLessThanHalf: when the sandboxes of a group
+// together reach its limit, the kernel kills the largest; one that held
+// less than half of the group, the rest held by its neighbours, was killed
+// for the node's memory (ErrNodeOutOfMemory, not charged), though it was
+// the one allocating.
+func TestNodeOOMOfASandboxHoldingLessThanHalf(t *testing.T) {
+	const limit = 256 << 20
+	g := newGroupT(t, limit)
+	var holders []*Process
+	for range 4 {
+		h := startT(t, Spec{Label: "holder", Args: []string{"membomb", "36"}, Group: g, MemoryBytes: 1 << 30, Strict: true})
+		if got := recvT(t, h); got != "allocating" {
+			t.Fatal(got)
+		}
+		if got := recvT(t, h); got != "survived 36" {
+			t.Fatal(got)
+		}
+		holders = append(holders, h)
+	}
+	bomb := startT(t, Spec{Label: "bomb", Args: []string{"membomb", "512"}, Group: g, MemoryBytes: 1 << 30, Strict: true})
+	if got := recvT(t, bomb); got != "allocating" {
+		t.Fatal(got)
+	}
+	st := bomb.Wait()
+	if !errors.Is(st.Err, ErrNodeOutOfMemory) || st.Signal != syscall.SIGKILL {
+		t.Fatalf("the sandbox killed as the group reached its limit, holding less than half of it: want an OOM kill for the node's memory, got %+v", st)
+	}
+	for _, h := range holders {
+		select {
+		case <-h.Done():
+			t.Fatalf("a holder died: %+v", h.Wait())
+		default:
+		}
 	}
 }
 

@@ -90,8 +90,9 @@ var (
 	ErrSeccomp     = errors.New("sandbox made a forbidden system call")
 	ErrOutOfMemory = errors.New("sandbox exceeded its memory limit")
 	// ErrNodeOutOfMemory: the OOM killer ended it though it stayed within
-	// its own limit: the node group's (or the machine's) was reached, by
-	// all the sandboxes together, and the kernel took the largest.
+	// its own limit and held less than half of the node group's: the
+	// group's (or the machine's) limit was reached, by all the sandboxes
+	// together, and the kernel took the largest.
 	ErrNodeOutOfMemory = errors.New("sandbox killed for the node's memory: its sandboxes together reached their limit")
 	ErrKilled          = errors.New("sandbox killed by the host")
 )
@@ -116,6 +117,9 @@ type Process struct {
 	plan    map[Layer]bool // the layers Start applied, for Verify
 	expect  liveExpect
 	oom     *oomSteer // nil: the oom_score_adj layer is not applied
+	// groupLimit is the memory limit of the node group it is in (0:
+	// none), which decides whose an OOM kill was (cgroup.oomCause).
+	groupLimit uint64
 }
 
 // HostUID is the sandbox's uid on the host (65534 unless Spec.HostIDs gave
@@ -290,6 +294,9 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		trace = func(string) {}
 	}
 	p := &Process{label: s.Label, layers: map[Layer]LayerState{}, done: make(chan struct{}), learn: o.learn}
+	if s.Group != nil {
+		p.groupLimit = s.Group.MemoryLimit()
+	}
 	for _, l := range AllLayers {
 		if !plan[l] {
 			d := "missing: " + av.detail[l]
@@ -979,7 +986,7 @@ func (p *Process) waiter() {
 	p.mu.Unlock()
 	var oom, ownLimit bool
 	if p.cg != nil {
-		oom, ownLimit = p.cg.oomCause()
+		oom, ownLimit = p.cg.oomCause(p.groupLimit)
 	}
 	if p.cg != nil {
 		if err := p.cg.remove(); err != nil {

@@ -120,6 +120,16 @@ func FuzzDecode(f *testing.F) {
 		} else if !errors.As(err, new(*Error)) {
 			t.Fatalf("data pages: %v", err)
 		}
+		// The loops' weight: a decoding error or a weight, never a panic;
+		// stopped early, what it returns is above a limit.
+		if _, _, _, err := LoopLocals(b, m, 1<<40, 1<<40); err != nil && !errors.As(err, new(*Error)) {
+			t.Fatalf("loop locals: %v", err)
+		}
+		if most, _, total, err := LoopLocals(b, m, 3, 5); err == nil {
+			if exact, _, all, err := LoopLocals(b, m, 1<<40, 1<<40); err == nil && (exact > 3 || all > 5) != (most > 3 || total > 5) {
+				t.Fatalf("loop locals: %d, %d with limits 3, 5; %d, %d without", most, total, exact, all)
+			}
+		}
 		// Anything that decodes must instrument unless it uses a reserved name.
 		if _, _, err := Instrument(b); err != nil && !errors.Is(err, ErrReservedExport) && !errors.Is(err, ErrLimit) {
 			t.Fatalf("decodes but does not instrument: %v", err)

@@ -1,0 +1,163 @@
+package state
+
+import (
+	"golang.org/x/sys/unix"
+)
+
+// Pages others allocated in an image are given back.
+//
+// An image is a memfd holding only the pages the host wrote; the rest are
+// holes. A read fault on a hole, even through a private read-only mapping,
+// allocates a page of zeros in the file (shmem), charged to the faulting
+// process's memory cgroup, and the page stays in the file when that
+// process dies: its charge moves up to the node's sandbox group (or, in
+// this process, stays with the host). The engine maps only an image's data
+// extents (engine/holes.go), but it merges extents beyond a bound, so a
+// canister that writes its heap in many runs far apart has the holes
+// between them mapped from the file, and one query reading a byte a page
+// filled them: a 256 MiB heap's image went from 1 MiB to 256 MiB, charged
+// to the node group after the sandbox was gone, for as long as the image
+// lived. A compromised sandbox can map and read the descriptors it is given
+// at will. TrimImage, called after each execution, punches such pages out
+// again.
+
+// allocated returns the bytes the file system holds for the image.
+func (img *image) allocated() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(img.rw.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
+}
+
+// noteWritten records what the image holds after a write of the host's
+// (the image's writer holds its locks): TrimImage looks for pages others
+// allocated only when the file holds more.
+func (img *image) noteWritten() {
+	if a, err := img.allocated(); err == nil {
+		img.written.Store(a)
+	}
+}
+
+// TrimImage punches out of m's image the pages of zeros that readers
+// allocated in its holes, and returns how many it punched. It looks only
+// when the file holds more than after the host's last write to it (one
+// fstat); then it reads, in the file's data extents, the pages the host
+// did not write, and punches those that are zeros: the file's bytes stay
+// the same, whoever reads them. Safe beside executions on m (they hold the
+// canister's lock as m's writers need it exclusively).
+func (m *PageMap) TrimImage() int {
+	if m == nil {
+		return 0
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	img := m.img
+	if img == nil {
+		return 0
+	}
+	var written func(i uint64) bool
+	if m.backed {
+		img.mu.Lock()
+		defer img.mu.Unlock()
+		owner := img.sharing.owner
+		written = func(i uint64) bool {
+			if owner == nil {
+				return false
+			}
+			if _, stale := owner.stale[i]; stale {
+				return false
+			}
+			p := owner.pages[i]
+			return p != nil && p == img.at(i)
+		}
+	} else {
+		written = func(i uint64) bool { return m.pages[i] != nil }
+	}
+	return img.trim(written)
+}
+
+// trim punches the zero pages in img's data extents that written does not
+// claim (its writer's locks held).
+func (img *image) trim(written func(i uint64) bool) int {
+	now, err := img.allocated()
+	if err != nil || now <= img.written.Load() {
+		return 0
+	}
+	fd := int(img.rw.Fd())
+	end := (img.size + PageSize - 1) / PageSize
+	buf := make([]byte, runPages*PageSize)
+	punched := 0
+	punch := func(first, n uint64) {
+		if unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(first*PageSize), int64(n*PageSize)) == nil {
+			punched += int(n)
+		}
+	}
+	// check reads the n pages from first (none written by the host) and
+	// punches the runs of zeros among them.
+	check := func(first, n uint64) {
+		b := buf[:n*PageSize]
+		if got, err := unix.Pread(fd, b, int64(first*PageSize)); err != nil || got != len(b) {
+			return
+		}
+		run := uint64(0)
+		for k := uint64(0); k < n; k++ {
+			if isZero(b[k*PageSize : (k+1)*PageSize]) {
+				run++
+				continue
+			}
+			if run > 0 {
+				punch(first+k-run, run)
+			}
+			run = 0
+		}
+		if run > 0 {
+			punch(first+n-run, run)
+		}
+	}
+	for i := uint64(0); i < end; {
+		d, err := unix.Seek(fd, int64(i*PageSize), unix.SEEK_DATA)
+		if err != nil || d < int64(i*PageSize) {
+			break // ENXIO: no data left; anything else: leave it
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil || h <= d {
+			break
+		}
+		hi := min((uint64(h)+PageSize-1)/PageSize, end)
+		for j := uint64(d) / PageSize; j < hi; {
+			if written(j) {
+				j++
+				continue
+			}
+			n := uint64(1)
+			for j+n < hi && n < runPages && !written(j+n) {
+				n++
+			}
+			check(j, n)
+			j += n
+		}
+		i = hi
+	}
+	if punched > 0 {
+		img.gen.Add(1) // the holes changed
+	}
+	img.noteWritten()
+	return punched
+}
+
+// isZero reports whether b is all zeros.
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
