@@ -891,12 +891,42 @@ func TestDecodeCompiledDoesNotTrustTheMethodCount(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	_, err := DecodeCompiled(body)
+	_, err := DecodeCompiled(body, engine.ModuleLimits{MaxMethods: math.MaxInt32, MaxGlobals: math.MaxInt32})
 	runtime.ReadMemStats(&after)
 	if err == nil {
 		t.Fatal("a method of kind 0 accepted")
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
 		t.Fatalf("decoding a claim of %d methods allocated %d bytes before refusing its first", n, alloc)
+	}
+}
+
+// A compiler sandbox's Compiled may list real methods, as many as the body
+// AwaitCompiled allows holds (up to the artifact limit, a GiB): their map
+// costs about five times the body. The decoder refuses a count beyond the
+// module limit before it reads an entry.
+func TestDecodeCompiledMethodsWithinTheLimit(t *testing.T) {
+	const n = 1 << 18
+	w := &writer{}
+	for range 11 {
+		w.bool(false)
+	}
+	w.str("")
+	w.count(n)
+	for i := range n {
+		w.u8(uint8(engine.UpdateMethod))
+		w.str(string([]byte{byte(i), byte(i >> 8), byte(i >> 16)}))
+	}
+	w.count(0)
+	w.count(0)
+	w.bytes([]byte("artifact"))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := DecodeCompiled(w.b, engine.DefaultModuleLimits())
+	runtime.ReadMemStats(&after)
+	wantViolation(t, err, VDecode)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Fatalf("decoding %d methods (a %d-byte body) allocated %d bytes before refusing them", n, len(w.b), alloc)
 	}
 }

@@ -79,7 +79,7 @@ func FuzzCompiledHonest(f *testing.F) {
 			}
 		}
 		sent := &Compiled{Info: info, GlobalTypes: types, Artifact: []byte("artifact")}
-		got, err := DecodeCompiled(EncodeCompiled(sent))
+		got, err := DecodeCompiled(EncodeCompiled(sent), lim)
 		if err != nil {
 			t.Fatalf("an honest answer does not decode: %v", err)
 		}

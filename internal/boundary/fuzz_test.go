@@ -60,12 +60,12 @@ func FuzzDecodeExecute(f *testing.F) {
 func FuzzDecodeCompiled(f *testing.F) {
 	f.Add(seedCompiled())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := DecodeCompiled(b)
+		c, err := DecodeCompiled(b, engine.DefaultModuleLimits())
 		if err != nil {
 			return
 		}
 		_ = ValidateCompiled(engine.DefaultModuleLimits(), len(b), uint64(len(b)), c)
-		c2, err := DecodeCompiled(EncodeCompiled(c))
+		c2, err := DecodeCompiled(EncodeCompiled(c), engine.DefaultModuleLimits())
 		if err != nil || len(c2.Info.Methods) != len(c.Info.Methods) || !bytes.Equal(c2.Artifact, c.Artifact) {
 			t.Fatalf("re-encoding does not decode to the same: %v", err)
 		}

@@ -89,7 +89,7 @@ func (c *Conn) AwaitCompiled(id uint64, lim engine.ModuleLimits, wasmSize int, m
 	if err != nil {
 		return nil, err
 	}
-	comp, err := DecodeCompiled(m.Body)
+	comp, err := DecodeCompiled(m.Body, lim)
 	if err != nil {
 		return nil, err
 	}
