@@ -33,14 +33,15 @@ func FuzzDecodeOutput(f *testing.F) {
 	f.Add(EncodeOutput(&sysapi.Output{Trapped: true, TrapMessage: "x", Instructions: 3}))
 	f.Add(EncodeOutput(&sysapi.Output{}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := DecodeOutput(b)
+		exp := testExpect(1)
+		h, err := DecodeOutput(b, exp)
 		if err != nil {
 			return
 		}
 		if got := EncodeOutputHeader(h); !bytes.Equal(got, b) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", got, b)
 		}
-		_ = ValidateHeader(testExpect(1), h)
+		_ = ValidateHeader(exp, h)
 	})
 }
 
@@ -105,7 +106,7 @@ func FuzzValidateApply(f *testing.F) {
 	f.Add(seedOutput(), []byte{0, 0, 31, 0}, []byte{3, 0}, uint8(1))
 	f.Add(EncodeOutput(&sysapi.Output{Heap: state.Delta{Size: 0}}), []byte{1, 0}, []byte{}, uint8(0))
 	f.Fuzz(func(t *testing.T, b, heapIdx, stableIdx []byte, heapBase uint8) {
-		h, err := DecodeOutput(b)
+		h, err := DecodeOutput(b, testExpect(1))
 		if err != nil {
 			return
 		}

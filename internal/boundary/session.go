@@ -168,7 +168,7 @@ func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
 // outputOf decodes and validates Output message m answering exp, then
 // receives and validates its pages.
 func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
-	h, err := DecodeOutput(m.Body)
+	h, err := DecodeOutput(m.Body, exp)
 	if err != nil {
 		return nil, err
 	}
