@@ -7,15 +7,16 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
 // The sandbox's fd 2 is a pipe the host reads. Everything on it is hostile:
 // lines are cut at maxLogLine bytes of input, control characters (C0, DEL
-// and C1) and invalid UTF-8 escaped (\xNN, four bytes for one), and the
-// escaped line cut again at maxLogOutput bytes, so no delivered line is
-// longer than maxLogOutput plus the cut mark, whatever bytes the sandbox
-// wrote. Two token buckets per sandbox bound what reaches the host's log:
+// and C1), format characters, line and paragraph separators and invalid
+// UTF-8 escaped (\xNN, four bytes for one), and the escaped line cut again
+// at maxLogOutput bytes, so no delivered line is longer than maxLogOutput
+// plus the cut mark, whatever bytes the sandbox wrote. Two token buckets per sandbox bound what reaches the host's log:
 // lines (a burst of logBurst, then logRate per second) and bytes of
 // delivered output (logByteBurst, then logByteRate per second); one more
 // pair, shared by every sandbox's reader (nodeLogs), bounds them all
@@ -380,10 +381,14 @@ func sanitize(b []byte, limit int) (s string, cut bool) {
 	sb.Grow(min(limit, 4*len(b)))
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
-		// Escaped byte by byte: invalid UTF-8, and control characters,
-		// C1 ones (U+0080–U+009F) too, which some terminals obey (U+009B
-		// is CSI) and JSON logs keep as they are.
-		esc := (r == utf8.RuneError && n <= 1) || (r < 0x20 && r != '\t') || (r >= 0x7f && r <= 0x9f)
+		// Escaped byte by byte: invalid UTF-8, control characters, C1
+		// ones (U+0080–U+009F) too, which some terminals obey (U+009B is
+		// CSI) and JSON logs keep as they are, and what can make a line
+		// look like another or like several (format characters such as
+		// bidirectional overrides, line and paragraph separators), as the
+		// CLI escapes them.
+		esc := (r == utf8.RuneError && n <= 1) || (r < 0x20 && r != '\t') || (r >= 0x7f && r <= 0x9f) ||
+			r == 0x2028 || r == 0x2029 || (r > 0x9f && unicode.Is(unicode.Cf, r))
 		size := n
 		if esc {
 			size = 4 * n

@@ -11,13 +11,14 @@ import (
 
 // FuzzLogLimiter: a sandbox's stderr is hostile bytes. Whatever it writes,
 // in whatever chunks and at whatever pace, every line the host delivers is
-// valid UTF-8 without control characters (tabs aside), at most
-// maxLogOutput bytes plus the cut mark; the limiter holds at most
-// maxLogLine bytes of a line; and every line is delivered or counted as
-// dropped.
+// valid UTF-8 without control characters (tabs aside), format characters
+// or line separators, at most maxLogOutput bytes plus the cut mark; the
+// limiter holds at most maxLogLine bytes of a line; and every line is
+// delivered or counted as dropped.
 func FuzzLogLimiter(f *testing.F) {
 	f.Add([]byte("hello\nworld\n"), []byte{3, 0x80})
 	f.Add([]byte("a\x1b[31mred\x00\r\nbad \xff utf8\n\xc2\x9b2J\n"), []byte{1, 2, 3})
+	f.Add([]byte("ok \u202egnp.exe\u2028[fake] host: all good\u200b\n"), []byte{0x7f})
 	f.Add(bytes.Repeat([]byte("y\x01"), 3000), []byte{0xff, 0x7f, 0})
 	f.Add([]byte(strings.Repeat("line\n", 400)), []byte{0x10, 0x90, 0x10})
 	f.Fuzz(func(t *testing.T, stream, steps []byte) {
@@ -64,8 +65,8 @@ func FuzzLogLimiter(f *testing.F) {
 				t.Fatalf("%q is not UTF-8", l)
 			}
 			for _, r := range l {
-				if unicode.IsControl(r) && r != '\t' {
-					t.Fatalf("%+q delivered with control character %U", l, r)
+				if (unicode.IsControl(r) && r != '\t') || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+					t.Fatalf("%+q delivered with control or format character %U", l, r)
 				}
 			}
 		}
