@@ -891,12 +891,121 @@ func TestDecodeCompiledDoesNotTrustTheMethodCount(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	_, err := DecodeCompiled(body)
+	_, err := DecodeCompiled(body, engine.ModuleLimits{MaxMethods: math.MaxInt32, MaxGlobals: math.MaxInt32})
 	runtime.ReadMemStats(&after)
 	if err == nil {
 		t.Fatal("a method of kind 0 accepted")
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
 		t.Fatalf("decoding a claim of %d methods allocated %d bytes before refusing its first", n, alloc)
+	}
+}
+
+// A compiler sandbox's Compiled may list real methods, as many as the body
+// AwaitCompiled allows holds (up to the artifact limit, a GiB): their map
+// costs about five times the body. The decoder refuses a count beyond the
+// module limit before it reads an entry.
+func TestDecodeCompiledMethodsWithinTheLimit(t *testing.T) {
+	const n = 1 << 18
+	w := &writer{}
+	for range 11 {
+		w.bool(false)
+	}
+	w.str("")
+	w.count(n)
+	for i := range n {
+		w.u8(uint8(engine.UpdateMethod))
+		w.str(string([]byte{byte(i), byte(i >> 8), byte(i >> 16)}))
+	}
+	w.count(0)
+	w.count(0)
+	w.bytes([]byte("artifact"))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := DecodeCompiled(w.b, engine.DefaultModuleLimits())
+	runtime.ReadMemStats(&after)
+	wantViolation(t, err, VDecode)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Fatalf("decoding %d methods (a %d-byte body) allocated %d bytes before refusing them", n, len(w.b), alloc)
+	}
+}
+
+// An Output header may be as large as OutputCap (for an update, its calls'
+// arguments: a GiB by default), and decoded entries cost more than their
+// bytes: empty log lines (9 bytes, a 24-byte LogLine each) or bare calls
+// filling it made the host allocate several times the body, and as much
+// again growing the slices, before ValidateHeader counted them. Counts
+// beyond what the request allows are refused as they are read.
+func TestDecodeOutputCountsWithinTheRequest(t *testing.T) {
+	const n = 1 << 18
+	header := func(calls, globals, logs int) []byte {
+		w := &writer{}
+		w.u64(0)      // instructions
+		w.bool(false) // trapped
+		w.str("")
+		w.u8(uint8(sysapi.NoResponse))
+		w.bytes(nil)
+		w.str("")
+		w.bool(false)
+		for range 3 {
+			w.amount(cycles.Amount{})
+		}
+		w.count(calls)
+		for range calls {
+			w.bytes(nil)
+			w.str("")
+			w.bytes(nil)
+			w.amount(cycles.Amount{})
+			for range 4 {
+				w.u64(0)
+			}
+			w.bool(false)
+			w.u64(0)
+			w.u64(0)
+			w.u32(0)
+		}
+		w.bool(false)
+		w.bytes(nil)
+		w.bool(false)
+		w.u64(0)
+		for range 4 {
+			w.u64(0)
+		}
+		w.count(globals)
+		for range globals {
+			w.u8(uint8(state.GlobalI32))
+			w.u64(0)
+		}
+		w.count(logs)
+		for range logs {
+			w.bool(false)
+			w.str("")
+		}
+		return w.b
+	}
+	exp := testExpect(1) // 10 calls, 5 log lines, 2 globals
+	for _, c := range []struct {
+		name string
+		body []byte
+		want ViolationKind
+	}{
+		{"calls", header(n, 0, 0), VCalls},
+		{"globals", header(0, n, 0), VGlobals},
+		{"log lines", header(0, 0, n), VLogs},
+	} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := DecodeOutput(c.body, exp)
+		runtime.ReadMemStats(&after)
+		wantViolation(t, err, c.want)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+			t.Errorf("%s: decoding %d of them (a %d-byte body) allocated %d bytes before refusing them", c.name, n, len(c.body), alloc)
+		}
+	}
+	// Within the request's counts, the same layout decodes.
+	if _, err := DecodeOutput(header(exp.Limits.MaxOutgoing, len(exp.GlobalTypes), exp.Limits.MaxLogLines), exp); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -151,7 +151,11 @@ func writeGlobals(w *writer, gs []state.Global) {
 }
 
 func readGlobals(r *reader) []state.Global {
-	n := r.count(math.MaxInt32, 9, "globals")
+	return readGlobalsOf(r, r.count(math.MaxInt32, 9, "globals"))
+}
+
+// readGlobalsOf reads n globals, whose count was read.
+func readGlobalsOf(r *reader, n int) []state.Global {
 	if n == 0 {
 		return nil
 	}
@@ -397,8 +401,14 @@ func encodeOutput(out *sysapi.Output, heapPages, stablePages uint64) []byte {
 
 const minCallSize = 8 + 8 + 8 + 16 + 16 + 16 + 1 + 16 + 4
 
-// DecodeOutput decodes an Output header structurally.
-func DecodeOutput(b []byte) (*OutputHeader, error) {
+// DecodeOutput decodes an Output header answering exp structurally. Its
+// calls, log lines and globals are refused as soon as their count is read
+// if it exceeds what exp allows (as ValidateHeader would refuse them), not
+// after they are decoded: the body may be as large as OutputCap (a GiB for
+// an update, its calls' arguments), and decoded entries cost more than
+// their bytes (an empty log line, 9 bytes, is a 24-byte LogLine; a call,
+// 109 bytes, some 190).
+func DecodeOutput(b []byte, exp *Expect) (*OutputHeader, error) {
 	r := &reader{b: b}
 	out := &sysapi.Output{}
 	h := &OutputHeader{Out: out}
@@ -422,6 +432,9 @@ func DecodeOutput(b []byte) (*OutputHeader, error) {
 	out.CyclesBurned = r.amount("cycles burned")
 	out.CyclesSent = r.amount("cycles sent")
 	n := r.count(math.MaxInt32, minCallSize, "calls")
+	if most := nonNeg(exp.Limits.MaxOutgoing); uint64(n) > most {
+		return nil, violation(VCalls, "%d calls, at most %d", n, most)
+	}
 	for i := 0; i < n && r.err == nil; i++ {
 		c := sysapi.Call{
 			Callee: r.bytes(math.MaxUint64, "callee"),
@@ -452,8 +465,15 @@ func DecodeOutput(b []byte) (*OutputHeader, error) {
 	h.HeapPages = r.u64("heap pages")
 	out.Stable.Size = r.u64("stable size")
 	h.StablePages = r.u64("stable pages")
-	out.Globals = readGlobals(r)
+	n = r.count(math.MaxInt32, 9, "globals")
+	if n > len(exp.GlobalTypes) {
+		return nil, violation(VGlobals, "%d globals reported, the module has %d", n, len(exp.GlobalTypes))
+	}
+	out.Globals = readGlobalsOf(r, n)
 	n = r.count(math.MaxInt32, 9, "logs")
+	if most := nonNeg(exp.Limits.MaxLogLines); uint64(n) > most {
+		return nil, violation(VLogs, "%d log lines, at most %d", n, most)
+	}
 	for i := 0; i < n && r.err == nil; i++ {
 		tr := r.bool("truncated")
 		out.Logs = append(out.Logs, sysapi.LogLine{Truncated: tr, Text: r.str(math.MaxUint64, "log text")})

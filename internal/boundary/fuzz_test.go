@@ -33,14 +33,15 @@ func FuzzDecodeOutput(f *testing.F) {
 	f.Add(EncodeOutput(&sysapi.Output{Trapped: true, TrapMessage: "x", Instructions: 3}))
 	f.Add(EncodeOutput(&sysapi.Output{}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := DecodeOutput(b)
+		exp := testExpect(1)
+		h, err := DecodeOutput(b, exp)
 		if err != nil {
 			return
 		}
 		if got := EncodeOutputHeader(h); !bytes.Equal(got, b) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", got, b)
 		}
-		_ = ValidateHeader(testExpect(1), h)
+		_ = ValidateHeader(exp, h)
 	})
 }
 
@@ -60,12 +61,12 @@ func FuzzDecodeExecute(f *testing.F) {
 func FuzzDecodeCompiled(f *testing.F) {
 	f.Add(seedCompiled())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := DecodeCompiled(b)
+		c, err := DecodeCompiled(b, engine.DefaultModuleLimits())
 		if err != nil {
 			return
 		}
 		_ = ValidateCompiled(engine.DefaultModuleLimits(), len(b), uint64(len(b)), c)
-		c2, err := DecodeCompiled(EncodeCompiled(c))
+		c2, err := DecodeCompiled(EncodeCompiled(c), engine.DefaultModuleLimits())
 		if err != nil || len(c2.Info.Methods) != len(c.Info.Methods) || !bytes.Equal(c2.Artifact, c.Artifact) {
 			t.Fatalf("re-encoding does not decode to the same: %v", err)
 		}
@@ -105,7 +106,7 @@ func FuzzValidateApply(f *testing.F) {
 	f.Add(seedOutput(), []byte{0, 0, 31, 0}, []byte{3, 0}, uint8(1))
 	f.Add(EncodeOutput(&sysapi.Output{Heap: state.Delta{Size: 0}}), []byte{1, 0}, []byte{}, uint8(0))
 	f.Fuzz(func(t *testing.T, b, heapIdx, stableIdx []byte, heapBase uint8) {
-		h, err := DecodeOutput(b)
+		h, err := DecodeOutput(b, testExpect(1))
 		if err != nil {
 			return
 		}

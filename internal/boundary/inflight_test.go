@@ -1,6 +1,7 @@
 package boundary
 
 import (
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -127,7 +128,11 @@ func TestInflightAddBounded(t *testing.T) {
 
 // FuzzInflight: whatever packets a sandbox sends with two executions in
 // flight, Next never panics, answers only ids in flight, each at most once,
-// and reports anything else as the end of the connection (id 0).
+// and reports anything else as the end of the connection (id 0). The host
+// refuses execution 1's pages and grants execution 2's (Expect.Reserve):
+// each is asked at most once, for what the header announces, before any
+// page is held; an answer holds no more pages than were granted; a refused
+// one fails alone (*ReserveError) and the connection stays in step.
 func FuzzInflight(f *testing.F) {
 	frame := func(k Kind, id uint64, body []byte) []byte {
 		b := make([]byte, HeaderSize, HeaderSize+len(body))
@@ -144,11 +149,20 @@ func FuzzInflight(f *testing.F) {
 		}
 		return out
 	}
-	quiet := &sysapi.Output{Instructions: 600, Response: sysapi.Replied, Reply: []byte("ok"),
+	// At least what its reply and globals prove was charged
+	// (sysapi.MinInstructions), so that the seeds are answers.
+	quiet := &sysapi.Output{Instructions: 100_000, Response: sysapi.Replied, Reply: []byte("ok"),
 		Heap: state.Delta{Size: state.WasmPageSize}, Globals: []state.Global{{Type: state.GlobalI32}, {Type: state.GlobalF64}}}
 	f.Add(packets(frame(KindOutput, 2, EncodeOutput(quiet)), frame(KindOutput, 1, EncodeOutput(quiet))))
 	f.Add(packets(frame(KindLog, 1, EncodeLog(LogLine{Text: "x"})), frame(KindError, 2, EncodeError(&RemoteError{Code: ErrInternal, Message: "m"}))))
 	f.Add(packets(frame(KindOutput, 1, EncodeOutput(quiet)), frame(KindOutput, 1, EncodeOutput(quiet))))
+	// Answers with pages (testOutput: heap pages 0 and 31, stable page 3),
+	// the refused one first.
+	paged := EncodeOutput(testOutput())
+	f.Add(packets(frame(KindOutput, 1, paged), pagesPacket(1, HeapMemory, 0, 31), pagesPacket(1, StableMemory, 3),
+		frame(KindOutput, 2, paged), pagesPacket(2, HeapMemory, 0), pagesPacket(2, HeapMemory, 31), pagesPacket(2, StableMemory, 3)))
+	f.Add(packets(frame(KindOutput, 2, paged), pagesPacket(2, HeapMemory, 0, 31), pagesPacket(2, StableMemory, 3),
+		frame(KindOutput, 1, paged), pagesPacket(1, HeapMemory, 0, 31), pagesPacket(1, StableMemory, 3)))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		if len(stream) > 64<<10 { // written before it is read: stay below the socket buffer
 			return
@@ -159,8 +173,18 @@ func FuzzInflight(f *testing.F) {
 		}
 		defer a.Close()
 		in := NewInflight(NewConn(a))
+		refused := errors.New("no room")
+		asked := map[uint64][]uint64{} // bytes each execution's Reserve was asked for
 		for _, id := range []uint64{1, 2} {
-			if err := in.Add(testExpect(id)); err != nil {
+			exp := testExpect(id)
+			exp.Reserve = func(b uint64) error {
+				asked[id] = append(asked[id], b)
+				if id == 1 {
+					return refused
+				}
+				return nil
+			}
+			if err := in.Add(exp); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -190,9 +214,40 @@ func FuzzInflight(f *testing.F) {
 			}
 			seen[id] = true
 			var re *RemoteError
-			if (err == nil) == (out == nil) || (err != nil && !errors.As(err, &re)) {
+			var rs *ReserveError
+			switch {
+			case (err == nil) == (out == nil):
 				t.Fatalf("answer %d: %v %v", id, out, err)
+			case errors.As(err, &rs):
+				if id != 1 || !errors.Is(err, refused) || len(asked[1]) != 1 {
+					t.Fatalf("answer %d refused (asked %v): %v", id, asked, err)
+				}
+			case err != nil && !errors.As(err, &re):
+				t.Fatalf("answer %d: %v", id, err)
+			case out != nil:
+				held := uint64(len(out.Heap.Pages) + len(out.Stable.Pages))
+				if (held == 0 && len(asked[id]) != 0) || (held > 0 && (id != 2 || len(asked[2]) != 1 || asked[2][0] != held*state.PageSize)) {
+					t.Fatalf("answer %d holds %d pages, reservations asked %v", id, held, asked)
+				}
+			}
+			if len(asked[id]) > 1 {
+				t.Fatalf("execution %d's Reserve asked %d times", id, len(asked[id]))
 			}
 		}
 	})
+}
+
+// pagesPacket is a Pages packet of request id: one page of mem at each
+// index, the page's bytes its index.
+func pagesPacket(id uint64, mem Memory, idx ...uint64) []byte {
+	b := make([]byte, HeaderSize+5+len(idx)*pageEntry)
+	putHeader(b, KindPages, 0, id, uint64(len(b)-HeaderSize))
+	b[HeaderSize] = byte(mem)
+	binary.LittleEndian.PutUint32(b[HeaderSize+1:], uint32(len(idx)))
+	for i, x := range idx {
+		e := b[HeaderSize+5+i*pageEntry:]
+		binary.LittleEndian.PutUint64(e, x)
+		e[8] = byte(x)
+	}
+	return b
 }

@@ -213,9 +213,10 @@ func EncodeCompiled(c *Compiled) []byte {
 }
 
 // DecodeCompiled decodes Compiled structurally: method kinds and global
-// types from their allowlists, no duplicate method names. The counts are
-// checked against the limits by ValidateCompiled.
-func DecodeCompiled(b []byte) (*Compiled, error) {
+// types from their allowlists, no duplicate method names, at most
+// lim.MaxMethods methods and lim.MaxGlobals globals. The rest is checked by
+// ValidateCompiled.
+func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 	r := &reader{b: b}
 	c := &Compiled{}
 	in := &c.Info
@@ -224,10 +225,14 @@ func DecodeCompiled(b []byte) (*Compiled, error) {
 		*p = r.bool("info flag")
 	}
 	in.CandidService = r.str(math.MaxUint64, "candid service")
-	n := r.count(math.MaxInt32, 9, "methods")
+	// The count is checked against the limit before any entry is read:
+	// a body of the size AwaitCompiled allows (the artifact's, up to a
+	// GiB) holds tens of millions of 12-byte entries, and their map costs
+	// five times the body.
+	n := r.count(nonNeg(lim.MaxMethods), 9, "methods")
 	// Sized for what a module usually exports, not for the count, which
-	// only the body's length bounds until ValidateCompiled: a map made for
-	// a lying compiler's hundred million methods is gigabytes.
+	// only the body's length bounds: a lying compiler's claim costs
+	// nothing until its entries arrive.
 	in.Methods = make(map[string]engine.MethodKind, min(n, 64))
 	for i := 0; i < n && r.err == nil; i++ {
 		k := engine.MethodKind(r.u8("method kind"))
@@ -245,7 +250,7 @@ func DecodeCompiled(b []byte) (*Compiled, error) {
 		}
 		in.Methods[name] = k
 	}
-	g := r.count(math.MaxInt32, 1, "globals")
+	g := r.count(nonNeg(lim.MaxGlobals), 1, "globals")
 	c.GlobalTypes = make([]state.GlobalType, 0, g)
 	for i := 0; i < g && r.err == nil; i++ {
 		t := state.GlobalType(r.u8("global type"))

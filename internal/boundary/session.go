@@ -89,7 +89,7 @@ func (c *Conn) AwaitCompiled(id uint64, lim engine.ModuleLimits, wasmSize int, m
 	if err != nil {
 		return nil, err
 	}
-	comp, err := DecodeCompiled(m.Body)
+	comp, err := DecodeCompiled(m.Body, lim)
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +168,7 @@ func (c *Conn) AwaitOutput(exp *Expect, onLog LogFunc) (*sysapi.Output, error) {
 // outputOf decodes and validates Output message m answering exp, then
 // receives and validates its pages.
 func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
-	h, err := DecodeOutput(m.Body)
+	h, err := DecodeOutput(m.Body, exp)
 	if err != nil {
 		return nil, err
 	}

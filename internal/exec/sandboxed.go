@@ -772,7 +772,7 @@ func (x *Sandboxed) cachedInfo(h [32]byte, wasmSize int) (*boundary.Compiled, er
 	if len(b) < sha256.Size {
 		return nil, errors.New("exec: truncated artifact info")
 	}
-	c, err := boundary.DecodeCompiled(b[sha256.Size:])
+	c, err := boundary.DecodeCompiled(b[sha256.Size:], x.cfg.ModuleLimits)
 	if err != nil {
 		return nil, err
 	}

@@ -7,19 +7,21 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
 // The sandbox's fd 2 is a pipe the host reads. Everything on it is hostile:
-// lines are cut at maxLogLine bytes of input, control characters and invalid
-// UTF-8 escaped (\xNN, four bytes for one), and the escaped line cut again at
-// maxLogOutput bytes, so no delivered line is longer than maxLogOutput plus
-// the cut mark, whatever bytes the sandbox wrote. Two token buckets per
-// sandbox bound what reaches the host's log: lines (a burst of logBurst,
-// then logRate per second) and bytes of delivered output (logByteBurst, then
-// logByteRate per second); one more pair, shared by every sandbox's reader
-// (nodeLogs), bounds them all together, so many sandboxes flooding at once
-// cannot exceed a fixed rate into the host's log either. Dropped lines are
+// lines are cut at maxLogLine bytes of input, control characters (C0, DEL
+// and C1), format characters, line and paragraph separators and invalid
+// UTF-8 escaped (\xNN, four bytes for one), and the escaped line cut again
+// at maxLogOutput bytes, so no delivered line is longer than maxLogOutput
+// plus the cut mark, whatever bytes the sandbox wrote. Two token buckets per sandbox bound what reaches the host's log:
+// lines (a burst of logBurst, then logRate per second) and bytes of
+// delivered output (logByteBurst, then logByteRate per second); one more
+// pair, shared by every sandbox's reader (nodeLogs), bounds them all
+// together, so many sandboxes flooding at once cannot exceed a fixed rate
+// into the host's log either. Dropped lines are
 // counted and reported.
 //
 // The node's budget is not first come, first served: its last
@@ -370,7 +372,7 @@ func (l *logReader) emit(s string) {
 	}
 }
 
-// sanitize escapes control characters and invalid UTF-8 (\xNN) and keeps
+// sanitize escapes control characters and invalid UTF-8 (\xNN a byte) and keeps
 // at most limit bytes of the result, whole characters and escapes only; cut
 // says whether anything was left out.
 func sanitize(b []byte, limit int) (s string, cut bool) {
@@ -379,26 +381,28 @@ func sanitize(b []byte, limit int) (s string, cut bool) {
 	sb.Grow(min(limit, 4*len(b)))
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
-		var esc bool
-		var c byte
-		switch {
-		case r == utf8.RuneError && n <= 1:
-			esc, c = true, b[0]
-		case r < 0x20 && r != '\t', r == 0x7f:
-			esc, c = true, byte(r)
-		}
+		// Escaped byte by byte: invalid UTF-8, control characters, C1
+		// ones (U+0080–U+009F) too, which some terminals obey (U+009B is
+		// CSI) and JSON logs keep as they are, and what can make a line
+		// look like another or like several (format characters such as
+		// bidirectional overrides, line and paragraph separators), as the
+		// CLI escapes them.
+		esc := (r == utf8.RuneError && n <= 1) || (r < 0x20 && r != '\t') || (r >= 0x7f && r <= 0x9f) ||
+			r == 0x2028 || r == 0x2029 || (r > 0x9f && unicode.Is(unicode.Cf, r))
 		size := n
 		if esc {
-			size = 4
+			size = 4 * n
 		}
 		if sb.Len()+size > limit {
 			return sb.String(), true
 		}
 		if esc {
 			const hex = "0123456789abcdef"
-			sb.WriteString(`\x`)
-			sb.WriteByte(hex[c>>4])
-			sb.WriteByte(hex[c&0xf])
+			for _, c := range b[:n] {
+				sb.WriteString(`\x`)
+				sb.WriteByte(hex[c>>4])
+				sb.WriteByte(hex[c&0xf])
+			}
 		} else {
 			sb.Write(b[:n])
 		}
