@@ -122,3 +122,25 @@ func TestCgroupV2Files(t *testing.T) {
 		}
 	}
 }
+
+// readCgroupUint reads what a cgroup file holds, one integer and a newline,
+// and refuses what is not one (more than a 64-bit value's digits, or no
+// file) with the file's name.
+func TestReadCgroupUint(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{"usage": "123456789\n", "long": strings.Repeat("9", 40), "text": "max\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := readCgroupUint(filepath.Join(dir, "usage")); err != nil || n != 123456789 {
+		t.Fatalf("usage: %d, %v", n, err)
+	}
+	for _, name := range []string{"long", "text", "missing"} {
+		if n, err := readCgroupUint(filepath.Join(dir, name)); err == nil {
+			t.Errorf("%s: read %d, want an error", name, n)
+		} else if name != "text" && !strings.Contains(err.Error(), filepath.Join(dir, name)) {
+			t.Errorf("%s: the error does not name the file: %v", name, err)
+		}
+	}
+}
