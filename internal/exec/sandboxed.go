@@ -282,7 +282,8 @@ func DefaultNodeMemory() uint64 {
 }
 
 // DefaultIdleMemoryGrowth is IdleMemoryGrowth by default. An honest idle
-// worker's memory shrinks (it trims 500 ms after its last request); a
+// worker's memory shrinks (it trims 500 ms to 32 s after its last request:
+// worker/trim.go); a
 // first garbage collection adds about 0.5 MiB of runtime metadata. Growth
 // beyond this is code of its own allocating (RATIONALE.md).
 const DefaultIdleMemoryGrowth = 32 << 20

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -32,6 +33,11 @@ import (
 //     memory.limit_in_bytes (and memory.memsw.limit_in_bytes), with
 //     memory.use_hierarchy 1, without which a v1 parent's limit does not
 //     bound its children.
+//
+// Its CPU weight (v2 cpu.weight, v1 cpu.shares) is that of as many tasks as
+// the machine has cores (groupCPUWeight): all of a node's sandboxes
+// together, against every other process group of the host, weigh what the
+// node's own threads would running executions on every core in-process.
 //
 // The group is named as sandbox cgroups are (cordon.<pid>.<seq>.<label>),
 // so the sweep of a later host removes what a crashed one left.
@@ -121,6 +127,10 @@ func (s *cgroupSetup) newGroup(label string, memoryMax uint64) (*Group, error) {
 				return fail(fmt.Errorf("memory+swap limit: %w", err))
 			}
 		}
+		shares := strconv.Itoa(groupCPUWeight(runtime.NumCPU(), 1024, 262144))
+		if err := writeFile(filepath.Join(g.dirs[2], "cpu.shares"), shares); err != nil {
+			return fail(fmt.Errorf("cpu shares: %w", err))
+		}
 	} else {
 		d := filepath.Join(s.parent, name)
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -146,6 +156,10 @@ func (s *cgroupSetup) newGroup(label string, memoryMax uint64) (*Group, error) {
 		if err := enableControllers(filepath.Join(d, "cgroup.subtree_control"), want, &child.hugetlb); err != nil {
 			return fail(fmt.Errorf("enable %s in %s: %w", strings.Join(want, " "), d, err))
 		}
+		weight := strconv.Itoa(groupCPUWeight(runtime.NumCPU(), 100, 10000))
+		if err := writeFile(filepath.Join(d, "cpu.weight"), weight); err != nil {
+			return fail(fmt.Errorf("cpu weight: %w", err))
+		}
 	}
 	got, err := readMemoryLimit(g.memFile)
 	if err != nil {
@@ -158,6 +172,18 @@ func (s *cgroupSetup) newGroup(label string, memoryMax uint64) (*Group, error) {
 	child.detail = g.String()
 	g.setup = &child
 	return g, nil
+}
+
+// groupCPUWeight is the group's CPU weight: one task's (task: v1 1024
+// shares, v2 100) for each of cores, at most the kernel's maximum. With one
+// task's weight, as the group first had, a node's sandboxes together got
+// one task's share of a loaded machine: ten busy processes left 100
+// canisters' queries a tenth of a core between them, where an in-process
+// node's threads took their share on every core (BENCHMARKS.md, "Sandboxed
+// queries under CPU contention"). Against the host itself it leaves the
+// host one core's worth while busy sandboxes fill every core.
+func groupCPUWeight(cores, task, maximum int) int {
+	return min(max(cores, 1)*task, maximum)
 }
 
 // readMemoryLimit reads a memory limit file (v2 "max": no limit).

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -196,6 +197,34 @@ func newGroupT(t *testing.T, limit uint64) *Group {
 	return g
 }
 
+// TestGroupCPUWeight: a node's group weighs one task for each core against
+// the host's other process groups (v1 cpu.shares, v2 cpu.weight), so that a
+// loaded machine leaves all of a node's sandboxes together more than one
+// task's share; at most what the kernel accepts.
+func TestGroupCPUWeight(t *testing.T) {
+	g := newGroupT(t, 64<<20)
+	file, task, most := "cpu.weight", 100, 10000
+	dir := g.dirs[0]
+	if g.setup.version == cgroupV1 {
+		file, task, most = "cpu.shares", 1024, 262144
+		dir = g.dirs[2]
+	}
+	b, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := min(runtime.NumCPU()*task, most)
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(want) {
+		t.Fatalf("%s %s, want %d (%d cores)", filepath.Join(dir, file), got, want, runtime.NumCPU())
+	}
+	if w := groupCPUWeight(512, 1024, 262144); w != 262144 {
+		t.Errorf("512 cores: shares %d, want the kernel's most, 262144", w)
+	}
+	if w := groupCPUWeight(0, 100, 10000); w != 100 {
+		t.Errorf("no cores known: weight %d, want one task's, 100", w)
+	}
+}
+
 // TestOwnLimitInGroupIsOwnOOM: a sandbox in a node group that reaches its
 // own memory limit, well within the group's, is OOM-killed for its own
 // limit (ErrOutOfMemory, the canister's doing), not for the node's.
@@ -353,6 +382,9 @@ func TestGroupV2Files(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(g.Dir(), "memory.oom.group")); err == nil {
 		t.Error("the group has memory.oom.group set: an OOM kill would take every sandbox")
+	}
+	if got, want := read(g.Dir(), "cpu.weight"), strconv.Itoa(min(100*runtime.NumCPU(), 10000)); got != want {
+		t.Errorf("cpu.weight %q, want %s", got, want)
 	}
 	cg, err := g.setup.create("canister/1", cgroupLimits{memory: 2 << 30, pids: 64})
 	if err != nil {

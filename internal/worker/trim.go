@@ -64,21 +64,61 @@ import (
 )
 
 // idleTrimAfter is how long a canister sandbox waits for its next request
-// before it gives memory back (trimIdle). Under steady traffic it never
-// trims; an idle sandbox pays it once. The CPU it takes (one small garbage
-// collection) is far below what the host's idle-CPU watchdog tolerates.
+// before it gives memory back (trimIdle), unless its trims were undone soon
+// (nextTrimAfter). Under steady traffic it never trims; an idle sandbox pays
+// it once. The CPU it takes (one small garbage collection) is far below what
+// the host's idle-CPU watchdog tolerates.
 const idleTrimAfter = 500 * time.Millisecond
 
-// trimmer runs trimIdle once a sandbox has been idle for idleTrimAfter.
+// maxIdleTrimAfter bounds the wait before a trim, and is how long a trim
+// must last to count as worth its cost (nextTrimAfter).
+const maxIdleTrimAfter = 32 * time.Second
+
+// nextTrimAfter is the idle time before the next trim of a sandbox that
+// waited after before its last trim and got its next request undone after
+// that trim. A trim is not free once undone: the next message faults back
+// the code it runs and instantiates afresh, about 8 ms of CPU on a virtual
+// machine where a page fault is dear, against 0.2–0.5 ms for a query
+// (BENCHMARKS.md, "Sandboxed queries under CPU contention"). A sandbox whose
+// requests come a second or so apart would pay it on every one, and on a
+// loaded machine, where every canister's requests come further apart
+// because each takes longer, that made 100 canisters' queries 20 times
+// dearer and their throughput collapse. So a trim undone within
+// maxIdleTrimAfter sets the wait to twice the idle time it ended (up to
+// maxIdleTrimAfter): requests that keep coming as far apart find the
+// sandbox as they left it, and it trims once they stop. A trim that lasted
+// longer was worth its cost: the wait goes back to idleTrimAfter.
+func nextTrimAfter(after, undone time.Duration) time.Duration {
+	if undone >= maxIdleTrimAfter {
+		return idleTrimAfter
+	}
+	return min(max(2*(after+undone), idleTrimAfter), maxIdleTrimAfter)
+}
+
+// trimmer runs trimIdle once a sandbox has been idle for its wait (after).
 type trimmer struct {
 	mu    sync.Mutex
 	timer *time.Timer
 	// drop, if set, runs first: it closes the engine's kept query
 	// instances (engine.DropKept), whose pages an idle sandbox must not hold.
 	drop func()
+	// after is the idle time before the next trim (0: idleTrimAfter);
+	// trimmed, when the last trim began, if one did since the last request.
+	after   time.Duration
+	trimmed time.Time
+	// now is time.Now (tests set it).
+	now func() time.Time
 }
 
-// busy cancels a pending trim: a request is being served.
+func (t *trimmer) clock() time.Time {
+	if t.now != nil {
+		return t.now()
+	}
+	return time.Now()
+}
+
+// busy cancels a pending trim (a request is being served) and, if one ran
+// since the last request, sets the next wait from how long it lasted.
 func (t *trimmer) busy() {
 	if t == nil {
 		return
@@ -87,7 +127,19 @@ func (t *trimmer) busy() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
+	if !t.trimmed.IsZero() {
+		t.after = nextTrimAfter(t.wait(), t.clock().Sub(t.trimmed))
+		t.trimmed = time.Time{}
+	}
 	t.mu.Unlock()
+}
+
+// wait is the idle time before the next trim (t.mu held).
+func (t *trimmer) wait() time.Duration {
+	if t.after == 0 {
+		return idleTrimAfter
+	}
+	return t.after
 }
 
 // idle schedules a trim.
@@ -97,15 +149,18 @@ func (t *trimmer) idle() {
 	}
 	t.mu.Lock()
 	if t.timer == nil {
-		t.timer = time.AfterFunc(idleTrimAfter, t.trim)
+		t.timer = time.AfterFunc(t.wait(), t.trim)
 	} else {
-		t.timer.Reset(idleTrimAfter)
+		t.timer.Reset(t.wait())
 	}
 	t.mu.Unlock()
 }
 
 // trim drops the kept instances, then trims.
 func (t *trimmer) trim() {
+	t.mu.Lock()
+	t.trimmed = t.clock()
+	t.mu.Unlock()
 	if t.drop != nil {
 		t.drop()
 	}

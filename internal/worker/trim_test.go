@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/boundary"
 )
@@ -216,5 +217,57 @@ func TestTrimDropsKeptInstances(t *testing.T) {
 	tr.trim()
 	if dropped != 1 {
 		t.Fatalf("drop ran %d times, want 1", dropped)
+	}
+}
+
+// A trim undone by a request soon after it sets the wait before the next
+// one to twice the idle time that request ended, up to maxIdleTrimAfter: a
+// sandbox whose requests come a second or so apart stops paying a trim (and
+// the faults after it) on every one. One that stayed trimmed that long
+// trims early again; requests that come before the trim change nothing.
+func TestTrimBacksOffWhenUndone(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tr := &trimmer{now: func() time.Time { return now }}
+	wait := func() time.Duration {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.wait()
+	}
+	if w := wait(); w != idleTrimAfter {
+		t.Fatalf("first wait %v, want %v", w, idleTrimAfter)
+	}
+	// Requests that come before a trim leave the wait alone.
+	tr.busy()
+	now = now.Add(time.Hour)
+	tr.busy()
+	if w := wait(); w != idleTrimAfter {
+		t.Fatalf("wait %v after requests without a trim, want %v", w, idleTrimAfter)
+	}
+	// Requests 1.5 s apart: the first trim, at 0.5 s, is undone 1 s later;
+	// the wait becomes 3 s, so the next requests find the sandbox untrimmed.
+	now = now.Add(wait())
+	tr.trim()
+	now = now.Add(time.Second)
+	tr.busy()
+	if w, want := wait(), 3*time.Second; w != want {
+		t.Fatalf("trim undone 1 s after a 0.5 s wait: wait %v, want %v", w, want)
+	}
+	// Longer idle times raise it up to the bound, not beyond.
+	for i := 0; i < 3; i++ {
+		now = now.Add(wait())
+		tr.trim()
+		now = now.Add(maxIdleTrimAfter / 2)
+		tr.busy()
+	}
+	if w := wait(); w != maxIdleTrimAfter {
+		t.Fatalf("wait %v after trims undone %v later, want %v", w, maxIdleTrimAfter/2, maxIdleTrimAfter)
+	}
+	// A trim that lasted the bound was worth it: back to the first wait.
+	now = now.Add(wait())
+	tr.trim()
+	now = now.Add(maxIdleTrimAfter)
+	tr.busy()
+	if w := wait(); w != idleTrimAfter {
+		t.Fatalf("wait %v after a trim that lasted %v, want %v", w, maxIdleTrimAfter, idleTrimAfter)
 	}
 }
