@@ -22,6 +22,10 @@ func FuzzLogLimiter(f *testing.F) {
 	f.Add(bytes.Repeat([]byte("y\x01"), 3000), []byte{0xff, 0x7f, 0})
 	f.Add([]byte(strings.Repeat("line\n", 400)), []byte{0x10, 0x90, 0x10})
 	f.Fuzz(func(t *testing.T, stream, steps []byte) {
+		// Longer streams find nothing shorter ones do not (a line is cut
+		// at 1 KiB, escaping at most quadruples it), and would make each
+		// input slow.
+		stream = stream[:min(len(stream), 6<<10)]
 		// A canister line that reads like a drop report would make the
 		// count below ambiguous; the limiter gives '[' no meaning.
 		stream = bytes.ReplaceAll(stream, []byte("["), []byte("("))
