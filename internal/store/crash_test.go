@@ -358,7 +358,10 @@ func checkAuditWorker(t *testing.T, s *Store, seed uint64, round, w, acked int, 
 	stored := map[byte]*Canister{}
 	for _, id := range ids {
 		c, err := s.Load([]byte{id})
-		if errors.Is(err, ErrNotFound) && round == 0 && acked == 0 {
+		// Not yet stored: no earlier round committed it (the big
+		// canister's first step spans several transactions, and a kill
+		// that comes early enough in every round so far leaves it unborn).
+		if errors.Is(err, ErrNotFound) && acked == 0 && models[id].meta.Version == 0 {
 			continue
 		}
 		if err != nil {
