@@ -483,6 +483,40 @@ func TestDescriptorsRefused(t *testing.T) {
 	}
 }
 
+// Control data that does not parse whole (here a second header that
+// overruns it) still has the descriptors of the messages before the fault
+// closed: the kernel installed them. They were dropped unclosed.
+func TestUnparsableControlDataClosesDescriptors(t *testing.T) {
+	host, _ := pair(t)
+	f, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := openFDs(t)
+	overrun := binary.NativeEndian.AppendUint64(nil, 1<<20)
+	overrun = binary.NativeEndian.AppendUint32(overrun, unix.SOL_SOCKET)
+	overrun = binary.NativeEndian.AppendUint32(overrun, unix.SCM_RIGHTS)
+	host.oob = make([]byte, 64) // room for both (the kernel never writes this)
+	for range 10 {
+		var fds []int
+		for range MaxFDs {
+			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds = append(fds, fd)
+		}
+		oobn := copy(host.oob, append(unix.UnixRights(fds...), overrun...))
+		n := copy(host.rbuf, hdr(KindOutput, MaxFDs, 1, 0, nil))
+		_, err := host.packetOf(n, oobn, 0, nil)
+		wantViolation(t, err, VDescriptors)
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("descriptors leaked: %d before, %d after", before, after)
+	}
+}
+
 func TestPagesStream(t *testing.T) {
 	mk := func(mem Memory, idx ...uint64) []byte {
 		b := []byte{byte(mem)}

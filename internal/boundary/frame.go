@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cordon-dev/cordon/internal/fdpass"
 )
 
 // Version is the protocol version; both sides are built from one source.
@@ -328,32 +330,16 @@ func (c *Conn) packetOf(n, oobn, flags int, err error) (*packet, error) {
 	return p, nil
 }
 
+// parseRights wraps the descriptors in oob in files; on error it has
+// closed them all (fdpass.Take).
 func parseRights(oob []byte) ([]*os.File, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
+	fds, err := fdpass.Take(oob)
 	if err != nil {
-		return nil, fmt.Errorf("control data: %v", err)
+		return nil, err
 	}
-	var files []*os.File
-	var bad error
-	for _, m := range msgs {
-		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
-			bad = fmt.Errorf("control message level %d type %d", m.Header.Level, m.Header.Type)
-			continue
-		}
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			bad = fmt.Errorf("SCM_RIGHTS: %v", err)
-			continue
-		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "received"))
-		}
-	}
-	if bad != nil {
-		for _, f := range files {
-			f.Close()
-		}
-		return nil, bad
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "received")
 	}
 	return files, nil
 }

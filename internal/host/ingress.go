@@ -54,7 +54,7 @@ func (n *Node) recordAnswer(s *IngressStatus, reply []byte, rej *Reject) {
 	}
 	o := Outcome{Replied: rej == nil, Reply: reply, Reject: rej}
 	if err := n.store.PutIngress(s.record(o)...); err != nil {
-		n.log.Error("store ingress status", "err", err)
+		_ = n.backgroundWrite(err, "storing the request status of an answer")
 		return
 	}
 	s.final.Store(true)
@@ -143,7 +143,9 @@ func (a *pendingAnswer) outcome(o Outcome) (recs []store.IngressRecord, done fun
 func (n *Node) IngressStatuses(fn func(key, value []byte) error) error { return n.store.Ingress(fn) }
 
 // PutIngressStatuses writes (nil Value: deletes) ingress statuses on their
-// own, for the interface's pruning.
+// own, for the interface's pruning. A failure is in the node's log
+// (backgroundWrite); the error wraps ErrWritesStopped or ErrStorageFull
+// when it is the store's.
 func (n *Node) PutIngressStatuses(recs []store.IngressRecord) error {
-	return n.store.PutIngress(recs...)
+	return n.backgroundWrite(n.store.PutIngress(recs...), "pruning the IC interface's request statuses")
 }

@@ -97,16 +97,43 @@ func (q *mgmtCalls) load(target principal.Principal) (about, node mgmtLoad) {
 // the management canister decodes the whole argument once, with its own
 // bounds, when it runs the call.
 func ManagementTarget(method string, arg []byte) (principal.Principal, bool) {
-	want := candid.Hash("canister_id")
-	if method == "install_chunked_code" {
-		want = candid.Hash("target_canister")
-	}
-	v, _, ok, err := (&candid.Decoder{}).Field(arg, want)
+	v, _, ok, err := (&candid.Decoder{}).Field(arg, candid.Hash(targetField(method)))
 	if err != nil || !ok {
 		return principal.Principal{}, false
 	}
 	p, ok := v.(candid.Principal)
 	return p.Principal, ok
+}
+
+// targetField is the field of a management method's argument that names
+// the canister the call is about.
+func targetField(method string) string {
+	if method == "install_chunked_code" {
+		return "target_canister"
+	}
+	return "canister_id"
+}
+
+// ManagementHasTarget reports whether a management method's argument has
+// the field ManagementTarget reads: false for methods about no canister
+// (creating one, raw_rand) and for those the management canister does
+// not have. For a method that has it, an argument ManagementTarget cannot
+// read names no canister the call could be checked against.
+func ManagementHasTarget(method string) bool {
+	svc, err := managementService()
+	if err != nil {
+		return true // the embedded interface always parses; if not, say the least
+	}
+	m, ok := svc.Method(method)
+	if !ok {
+		return false
+	}
+	args := m.Args()
+	if len(args) != 1 || args[0].Kind != candid.KindRecord {
+		return false
+	}
+	_, ok = args[0].Field(candid.Hash(targetField(method)))
+	return ok
 }
 
 // controllerOnly are the management methods only a canister's controllers

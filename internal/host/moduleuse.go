@@ -50,9 +50,7 @@ func (n *Node) beginInstall(key string) (end func()) {
 // change or deletion replaced: the store deletes those no canister uses,
 // and the executors forget them.
 func (n *Node) releaseModules(keys ...string) {
-	if err := n.store.ReleaseModules(keys...); err != nil {
-		n.log.Warn("releasing replaced modules", "err", err)
-	}
+	_ = n.backgroundWrite(n.store.ReleaseModules(keys...), "releasing replaced modules", "modules", keys)
 	n.modules.mu.Lock()
 	defer n.modules.mu.Unlock()
 	for _, k := range keys {

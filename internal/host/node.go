@@ -340,9 +340,8 @@ func (n *Node) get(ctx context.Context, id principal.Principal) (*canister, erro
 	if logs, err := n.store.Logs(id.Bytes()); err == nil && c.logs.load(logs) {
 		// Stored under larger bounds (or before there was a byte bound):
 		// the store keeps no more than the ring.
-		if err := n.store.TrimLogs(id.Bytes(), n.cfg.LogLines, n.cfg.LogBytes); err != nil {
-			n.log.Warn("trimming a canister's stored log", "canister", id, "err", err)
-		}
+		err := n.store.TrimLogs(id.Bytes(), n.cfg.LogLines, n.cfg.LogBytes)
+		_ = n.backgroundWrite(err, "trimming a canister's stored log", "canister", id.String())
 	}
 	c.logs.continueFrom(c.meta.LogNextSeq) // the log may have been purged (canlog.go)
 	if sc.Meta.ModuleHash != "" {

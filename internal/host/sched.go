@@ -265,9 +265,8 @@ func (n *Node) dropResponse(id principal.Principal, m *message) {
 	if m.refund.IsZero() {
 		return // its record, if any, was removed with the delivery
 	}
-	if err := n.store.BurnDropped(store.CallCycles{Caller: id.Bytes(), Call: m.callbackID}); err != nil {
-		n.log.Error("burning the refund of a response to a deleted canister failed", "canister", id.String(), "call", m.callbackID, "err", err)
-	}
+	err := n.store.BurnDropped(store.CallCycles{Caller: id.Bytes(), Call: m.callbackID})
+	_ = n.backgroundWrite(err, "burning the refund of a response to a deleted canister", "canister", id.String(), "call", m.callbackID)
 }
 
 // respondTo answers a request: to the waiting user, or as a response message

@@ -2,6 +2,7 @@ package host
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 
 	"github.com/cordon-dev/cordon/internal/store"
@@ -82,4 +83,37 @@ func (n *Node) storageReject(err error) *Reject {
 			Message: ErrStorageFull.Error() + "; nothing of this call was applied: try again later (error " + id + " in the node's log)"}
 	}
 	return nil
+}
+
+// backgroundWrite says what became of a write of the store that the node
+// makes on its own, with no caller waiting for its answer (what names it,
+// attrs add to its log line): burning the refund of a response to a
+// deleted canister, trimming a stored log, releasing replaced modules,
+// storing an answer's or pruning the IC interface's request statuses. It
+// follows commit's rule. A write that failed the store (its outcome
+// unknown) has stopped the node taking writes (store.Failed, so
+// WritesStopped: a server stops, and its next start reads what the disk
+// holds): a storage failure, logged as such under an error id. One the
+// stopped store refused is a warning (the failure was said once). A full
+// file system applied nothing, and the node goes on. The error returned
+// wraps ErrWritesStopped, ErrStorageFull or err, after what.
+func (n *Node) backgroundWrite(err error, what string, attrs ...any) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		id := ErrorID()
+		n.log.Error("storage failure: "+what+": its last sync failed and its outcome is unknown; the node accepts no more writes until it is restarted, which reads what the disk holds",
+			append(attrs, "error_id", id, "error", err)...)
+		return fmt.Errorf("%s: %w (error %s)", what, errors.Join(ErrWritesStopped, ErrOutcomeUnknown), id)
+	case errors.Is(err, store.ErrFailed):
+		n.log.Warn(what+": not stored: "+ErrWritesStopped.Error(), attrs...)
+		return fmt.Errorf("%s: %w", what, ErrWritesStopped)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		id := ErrorID()
+		n.log.Error("storage full: "+what+" found no room; nothing of it was applied", append(attrs, "error_id", id, "error", err)...)
+		return fmt.Errorf("%s: %w (error %s)", what, ErrStorageFull, id)
+	}
+	n.log.Error(what+" failed", append(attrs, "error", err)...)
+	return fmt.Errorf("%s: %w", what, err)
 }

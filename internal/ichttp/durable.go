@@ -16,7 +16,8 @@ import (
 // restarts (host.Node does): the node commits a call's status with the
 // execution that answers it (host.IngressStatus); the interface loads them
 // when it starts and writes its pruning. A Node without it keeps statuses
-// in memory only.
+// in memory only. PutIngressStatuses reports its own failures (host.Node
+// in the node's log, as a storage failure when it is one).
 type StatusStore interface {
 	IngressStatuses(fn func(key, value []byte) error) error
 	PutIngressStatuses(recs []store.IngressRecord) error
@@ -158,14 +159,14 @@ func (h *Handler) load() error {
 	return nil
 }
 
-// persist writes the pruning's records (outside h.mu: it syncs).
+// persist writes the pruning's records (outside h.mu: it syncs). A
+// failure is the store's to report (StatusStore): in memory the statuses
+// are pruned all the same, and a restart prunes what it loads again.
 func (h *Handler) persist(recs []store.IngressRecord) {
 	if h.store == nil || len(recs) == 0 {
 		return
 	}
-	if err := h.store.PutIngressStatuses(recs); err != nil {
-		h.log.Error("ic interface: store the pruning of request statuses", "error", err)
-	}
+	_ = h.store.PutIngressStatuses(recs)
 }
 
 // endOf is when a status within the table stops being kept as it is:

@@ -223,10 +223,18 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, typ string) *Req
 		return fail(err)
 	}
 	// A call must be sent to the canister it is for: its canister_id, or
-	// for the management canister the canister its argument names.
+	// for the management canister the canister its argument names. A
+	// management method about no canister (creating one) may be sent to
+	// any; one whose argument should name its canister but cannot be read
+	// for it is refused, as the interface spec has the system reject it:
+	// the check would be skipped, while the management canister decodes
+	// the whole argument on its own, with its own bounds.
 	target, ok := req.CanisterID, true
 	if req.Type != "read_state" && req.CanisterID.IsManagement() {
 		target, ok = mgmtTarget(req.MethodName, req.Arg)
+		if !ok && !subnet && host.ManagementHasTarget(req.MethodName) {
+			return fail(badRequest("Could not read the canister that the argument of management canister method %s names: it cannot be checked against the effective canister id in URL %s", req.MethodName, ecid))
+		}
 	}
 	if !subnet && req.Type != "read_state" && ok && !target.Equal(ecid) {
 		return fail(badRequest("Specified CanisterId %s does not match effective canister id in URL %s", target, ecid))

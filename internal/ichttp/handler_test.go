@@ -361,6 +361,69 @@ func TestInstallChunkedEffectiveCanister(t *testing.T) {
 	}
 }
 
+// A management call whose argument should name its canister but cannot
+// be read for it (not Candid, no such field, a field of another type) is
+// refused before the node, 400, whatever canister its URL names: it used
+// to skip the effective canister id check and reach the management
+// canister, which decodes the argument on its own. Methods about no
+// canister still go to any URL.
+func TestUnreadableManagementTargetRefused(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	encode := func(text string) []byte {
+		a, err := candid.ParseArgs(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := candid.EncodeArgs(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	other := principal.CanisterID(99)
+	cases := []struct {
+		name, typ, method string
+		arg               []byte
+	}{
+		{"not candid", "call", "stop_canister", []byte("DIDL\xff\xff\xff\xff")},
+		{"truncated", "call", "delete_canister", encode(fmt.Sprintf(`(record { canister_id = principal "%s" })`, id))[:12]},
+		{"empty", "call", "install_code", []byte{}},
+		{"no such field", "call", "update_settings", encode(fmt.Sprintf(`(record { canister = principal "%s" })`, id))},
+		{"field of another type", "call", "uninstall_code", encode(fmt.Sprintf(`(record { canister_id = "%s" })`, id))},
+		{"chunked install's other field", "call", "install_chunked_code", encode(fmt.Sprintf(`(record { canister_id = principal "%s" })`, id))},
+		{"no arguments", "query", "canister_status", encode("()")},
+	}
+	for i, c := range cases {
+		ct := content(c.typ, principal.Anonymous(), principal.Management(), c.method, time.Now(), byte(i))
+		ct["arg"], ct["canister_id"] = c.arg, []byte{}
+		env := envelope(t, ct, nil)
+		for _, ecid := range []principal.Principal{id, other} {
+			code, b := post(t, srv.URL+"/api/v2/canister/"+ecid.String()+"/"+c.typ, env)
+			if code != http.StatusBadRequest || !strings.Contains(string(b), "cannot be checked against the effective canister id") {
+				t.Errorf("%s: %s to %s: %d %q", c.name, c.method, ecid, code, b)
+			}
+		}
+		rid, _ := RequestID(ct)
+		if s, _, _, _ := h.RequestStatus(rid); s != "unknown" {
+			t.Errorf("%s: a refused call has status %q", c.name, s)
+		}
+	}
+
+	// provisional_create_canister_with_cycles names no canister: any URL.
+	ct := content("call", principal.Anonymous(), principal.Management(), "provisional_create_canister_with_cycles", time.Now(), 100)
+	ct["arg"], ct["canister_id"] = encode("(record { amount = opt 1_000_000 })"), []byte{}
+	if code, b := post(t, srv.URL+"/api/v2/canister/"+other.String()+"/call", envelope(t, ct, nil)); code != http.StatusAccepted {
+		t.Fatalf("provisional_create_canister_with_cycles: %d %q", code, b)
+	}
+}
+
 func testNodeKey(t *testing.T, home string) *NodeKey {
 	t.Helper()
 	k, err := LoadOrCreateNodeKey(home)

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cordon-dev/cordon/internal/fdpass"
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
@@ -553,21 +554,11 @@ func start(ctx context.Context, s Spec, o startOpts) (*Process, error) {
 		}
 		return fail(fmt.Errorf("send go-ahead: %w", err))
 	}
-	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := p.conn.ReadMsgUnix(buf, oob)
+	n, received, err := readReady(p.conn, buf)
 	stop()
 	_ = p.conn.SetDeadline(time.Time{})
-	var received []int
-	if err == nil {
-		received, err = parseRights(oob[:oobn])
-	}
-	closeAll := func() {
-		for _, fd := range received {
-			unix.Close(fd)
-		}
-	}
+	closeAll := func() { fdpass.Close(received) }
 	if err != nil {
-		closeAll()
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -888,23 +879,33 @@ func queuedPacket(c *net.UnixConn, buf []byte) []byte {
 	return buf[:n]
 }
 
-func parseRights(oob []byte) ([]int, error) {
-	if len(oob) == 0 {
-		return nil, nil
+// readReady receives the sandbox's ready (or failure) packet into buf and
+// the descriptors that came with it, which the caller owns. On error none
+// is left open: like everything a sandbox sends, the packet is taken as
+// hostile, and the descriptors it carries are installed in the host
+// before recvmsg returns, whatever it holds.
+func readReady(c *net.UnixConn, buf []byte) (int, []int, error) {
+	// Room for one descriptor more than a ready packet carries: more than
+	// that sets MSG_CTRUNC, and the kernel closes what does not fit.
+	oob := make([]byte, unix.CmsgSpace(4*2))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	// Descriptors come with a packet even when Go reports an error for
+	// it: an empty packet is io.EOF on a SOCK_SEQPACKET socket.
+	fds, ferr := fdpass.Take(oob[:oobn])
+	switch {
+	case err != nil:
+	case ferr != nil:
+		err = ferr
+	case flags&unix.MSG_CTRUNC != 0:
+		err = errors.New("the ready packet came with more descriptors than it may carry (one)")
+	case flags&unix.MSG_TRUNC != 0:
+		err = fmt.Errorf("the ready packet is longer than %d bytes", len(buf))
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil, err
+		fdpass.Close(fds)
+		return 0, nil, err
 	}
-	var fds []int
-	for _, m := range msgs {
-		r, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		fds = append(fds, r...)
-	}
-	return fds, nil
+	return n, fds, nil
 }
 
 // watchSeccomp waits for seccomp notifications. A violation: record the

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cordon-dev/cordon/internal/fdpass"
 	"github.com/cordon-dev/cordon/internal/sandbox/confine"
 )
 
@@ -121,7 +122,7 @@ func spawnerMain() int {
 		if err != nil || n == 0 {
 			return 0 // the host is gone
 		}
-		rights, perr := parseRights(oob[:oobn])
+		rights, perr := fdpass.Take(oob[:oobn])
 		var reply spawnReply
 		switch {
 		case perr != nil:
