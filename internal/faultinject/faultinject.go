@@ -1,6 +1,7 @@
 // Package faultinject injects the faults the durability tests need: an
-// fdatasync that fails with EIO (SyncFaults) and a SIGKILL once a store
-// has committed a number of transactions (KillAfterTx), each in a child
+// fdatasync that fails with EIO (SyncFaults), a directory's sync that
+// fails with EIO (DirSyncFaults) and a SIGKILL once a store has
+// committed a number of transactions (KillAfterTx), each in a child
 // process that runs the test binary again (Child, RunUntilKilled).
 //
 // It is for tests only: it imports testing, and no package's non-test
