@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -122,6 +123,32 @@ func TestRunUntilKilledNeedsSIGKILL(t *testing.T) {
 	<-done
 	if !strings.Contains(rec.msg, "did not die of SIGKILL") || !strings.Contains(rec.msg, "hello") {
 		t.Fatalf("a child that exited 0: %q", rec.msg)
+	}
+}
+
+// KillAt SIGKILLs the child at the first line at takes, having shown it
+// every line before; one that never gets there is killed at the timeout.
+func TestKillAtKillsAtTheLine(t *testing.T) {
+	switch os.Getenv("CORDON_FAULTINJECT_KILLAT") {
+	case "lines":
+		for i := 0; ; i++ {
+			fmt.Printf("LINE %d\n", i)
+		}
+	case "wait":
+		fmt.Println("WAITING")
+		time.Sleep(time.Hour) // until the parent's timeout kills it
+		os.Exit(0)
+	}
+	var seen []string
+	reached := KillAt(t, Child("TestKillAtKillsAtTheLine", "CORDON_FAULTINJECT_KILLAT=lines"), 0, func(line string) bool {
+		seen = append(seen, line)
+		return line == "LINE 3"
+	})
+	if !reached || strings.Join(seen, ",") != "LINE 0,LINE 1,LINE 2,LINE 3" {
+		t.Fatalf("reached %v after the lines %q, want LINE 0 to LINE 3", reached, seen)
+	}
+	if KillAt(t, Child("TestKillAtKillsAtTheLine", "CORDON_FAULTINJECT_KILLAT=wait"), time.Second, func(string) bool { return false }) {
+		t.Fatal("a child that never printed the line got there")
 	}
 }
 
