@@ -10,18 +10,6 @@ import (
 // funcref table of one entry and an exported update method whose body is
 // unit repeated reps times.
 func tableModule(reps int, unit []byte, memory64 bool) []byte {
-	leb := func(b []byte, v uint64) []byte {
-		for {
-			c := byte(v & 0x7f)
-			if v >>= 7; v == 0 {
-				return append(b, c)
-			}
-			b = append(b, c|0x80)
-		}
-	}
-	section := func(id byte, content []byte) []byte {
-		return append(leb([]byte{id}, uint64(len(content))), content...)
-	}
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
 	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
 	m = append(m, section(3, []byte{1, 0})...)
@@ -31,16 +19,14 @@ func tableModule(reps int, unit []byte, memory64 bool) []byte {
 		mem = []byte{1, 0x04, 1}
 	}
 	m = append(m, section(5, mem)...)
-	name := "canister_update f"
-	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(leb(ex, 0), 0))...)
+	m = append(m, updateExport(0)...)
 	m = append(m, section(9, []byte{1, 0, 0x41, 0, 0x0b, 1, 0})...)
 	body := []byte{0}
 	for range reps {
 		body = append(body, unit...)
 	}
 	body = append(body, 0x0b)
-	code := append(leb(leb(nil, 1), uint64(len(body))), body...)
+	code := append(appendLEB(appendLEB(nil, 1), uint64(len(body))), body...)
 	return append(m, section(10, code)...)
 }
 

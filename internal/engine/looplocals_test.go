@@ -11,44 +11,17 @@ import (
 // innermost body reads the first touched locals (local.get; drop), plus
 // an exported update method so it installs as a canister.
 func loopLocalsModule(funcs int, locals uint64, depth, touched int) []byte {
-	leb := func(b []byte, v uint64) []byte {
-		for {
-			c := byte(v & 0x7f)
-			if v >>= 7; v == 0 {
-				return append(b, c)
-			}
-			b = append(b, c|0x80)
-		}
-	}
-	section := func(id byte, content []byte) []byte {
-		return append(leb([]byte{id}, uint64(len(content))), content...)
-	}
-	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
-	fs := leb(nil, uint64(funcs))
-	for range funcs {
-		fs = append(fs, 0)
-	}
-	m = append(m, section(3, fs)...)
-	name := "canister_update f"
-	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(ex, 0, 0))...)
-	body := append(leb([]byte{1}, locals), 0x7e)
+	body := append(appendLEB([]byte{1}, locals), 0x7e)
 	for range depth {
 		body = append(body, 0x03, 0x40)
 	}
 	for i := range touched {
-		body = append(leb(append(body, 0x20), uint64(i)), 0x1a)
+		body = append(appendLEB(append(body, 0x20), uint64(i)), 0x1a)
 	}
 	for range depth {
 		body = append(body, 0x0b)
 	}
-	body = append(body, 0x0b)
-	code := leb(nil, uint64(funcs))
-	for range funcs {
-		code = append(leb(code, uint64(len(body))), body...)
-	}
-	return append(m, section(10, code)...)
+	return voidFuncsModule(funcs, append(body, 0x0b))
 }
 
 // A compile bomb the control-instruction bound does not see: 500 nested
@@ -59,19 +32,12 @@ func loopLocalsModule(funcs int, locals uint64, depth, touched int) []byte {
 // by validation, before it compiles; a loop at the per-function bound is
 // valid, one more local is not; and so for the module's bound.
 func TestLoopLocalsBounded(t *testing.T) {
-	lim := DefaultModuleLimits()
-	bomb := loopLocalsModule(1, 10_000, 500, 10_000)
-	if _, _, err := Validate(bomb, lim); err == nil {
-		t.Fatal("Validate accepted the compile bomb")
-	} else {
-		refusedFor(t, "Validate", err, "loops touch too many locals")
-	}
 	e, err := New(DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.Compile(bomb, lim)
-	refusedFor(t, "Compile", err, "loops touch too many locals")
+	lim := DefaultModuleLimits()
+	refusedBeforeCompile(t, e, loopLocalsModule(1, 10_000, 500, 10_000), lim, "loops touch too many locals")
 
 	// One loop touching n locals weighs n²: at the bound, and one beyond.
 	at := 4472 // 4472² ≤ maxFuncLoopLocals < 4473²

@@ -1,7 +1,10 @@
 // Package faultinject injects the faults the durability tests need: an
-// fdatasync that fails with EIO (SyncFaults) and a SIGKILL once a store
-// has committed a number of transactions (KillAfterTx), each in a child
-// process that runs the test binary again (Child, RunUntilKilled).
+// fdatasync that fails with EIO (SyncFaults), a directory's sync that
+// fails with EIO (DirSyncFaults), and a SIGKILL, once a store has
+// committed a number of transactions (KillAfterTx) or at a line of the
+// child's output (KillAt); each in a child process that runs the test
+// binary again (Child, RunUntilKilled). Child is how any test re-runs
+// itself in a process of its own.
 //
 // It is for tests only: it imports testing, and no package's non-test
 // code may import it (TestOnlyTestsImportIt checks).
@@ -45,10 +48,10 @@ func Child(test string, env ...string) *exec.Cmd {
 	return cmd
 }
 
-// RunUntilKilled runs cmd (a Child that kills itself) to its end, giving
-// take each line of its output. The test fails unless the child died of
-// SIGKILL, with the lines take did not take. A timeout above zero
-// SIGKILLs a child still running after it.
+// RunUntilKilled runs cmd (a Child that is SIGKILLed, by itself or by
+// take) to its end, giving take each line of its output. The test fails
+// unless the child died of SIGKILL, with the lines take did not take. A
+// timeout above zero SIGKILLs a child still running after it.
 func RunUntilKilled(t testing.TB, cmd *exec.Cmd, timeout time.Duration, take func(line string) bool) {
 	t.Helper()
 	out, err := cmd.StdoutPipe()
@@ -74,4 +77,21 @@ func RunUntilKilled(t testing.TB, cmd *exec.Cmd, timeout time.Duration, take fun
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("the child did not die of SIGKILL: %v; its output: %s", err, strings.Join(other, "\n"))
 	}
+}
+
+// KillAt runs cmd (a Child that runs until it is killed) and SIGKILLs it
+// at the first line of its output at which at returns true: at may wait
+// there, to choose where the kill lands. A timeout above zero SIGKILLs a
+// child that has not got there after it. The test fails unless the child
+// died of SIGKILL (RunUntilKilled); KillAt says whether it got there.
+func KillAt(t testing.TB, cmd *exec.Cmd, timeout time.Duration, at func(line string) bool) (reached bool) {
+	t.Helper()
+	RunUntilKilled(t, cmd, timeout, func(line string) bool {
+		if !reached && at(line) {
+			reached = true
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+		}
+		return reached // the lines before it tell why a child that exited did not get there
+	})
+	return reached
 }

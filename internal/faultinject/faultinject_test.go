@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -125,6 +126,32 @@ func TestRunUntilKilledNeedsSIGKILL(t *testing.T) {
 	}
 }
 
+// KillAt SIGKILLs the child at the first line at takes, having shown it
+// every line before; one that never gets there is killed at the timeout.
+func TestKillAtKillsAtTheLine(t *testing.T) {
+	switch os.Getenv("CORDON_FAULTINJECT_KILLAT") {
+	case "lines":
+		for i := 0; ; i++ {
+			fmt.Printf("LINE %d\n", i)
+		}
+	case "wait":
+		fmt.Println("WAITING")
+		time.Sleep(time.Hour) // until the parent's timeout kills it
+		os.Exit(0)
+	}
+	var seen []string
+	reached := KillAt(t, Child("TestKillAtKillsAtTheLine", "CORDON_FAULTINJECT_KILLAT=lines"), 0, func(line string) bool {
+		seen = append(seen, line)
+		return line == "LINE 3"
+	})
+	if !reached || strings.Join(seen, ",") != "LINE 0,LINE 1,LINE 2,LINE 3" {
+		t.Fatalf("reached %v after the lines %q, want LINE 0 to LINE 3", reached, seen)
+	}
+	if KillAt(t, Child("TestKillAtKillsAtTheLine", "CORDON_FAULTINJECT_KILLAT=wait"), time.Second, func(string) bool { return false }) {
+		t.Fatal("a child that never printed the line got there")
+	}
+}
+
 type fatalRecorder struct {
 	testing.TB
 	msg string
@@ -155,30 +182,58 @@ func TestSyncFaultsFailsTheArmedSync(t *testing.T) {
 		}
 		return
 	}
+	checkChildSyncs(t, "TestSyncFaultsFailsTheArmedSync", "CORDON_FAULTINJECT_SYNC=1",
+		fmt.Sprintf("SYNC 1 <nil>\nSYNC 2 %v\nSYNC 3 <nil>\nSYNC 4 <nil>\n", unix.EIO))
+}
+
+// In a child, DirSyncFaults fails the fsync and fdatasync of a directory
+// with EIO and counts them; a regular file's run.
+func TestDirSyncFaultsFailsDirectorySyncs(t *testing.T) {
+	if os.Getenv("CORDON_FAULTINJECT_DIRSYNC") != "" {
+		dir := t.TempDir()
+		f, err := os.Create(filepath.Join(dir, "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := os.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		failed := DirSyncFaults(t)
+		fmt.Printf("SYNC file fsync %v\n", unix.Fsync(int(f.Fd())))
+		fmt.Printf("SYNC dir fsync %v\n", unix.Fsync(int(d.Fd())))
+		fmt.Printf("SYNC file fdatasync %v\n", unix.Fdatasync(int(f.Fd())))
+		fmt.Printf("SYNC dir fdatasync %v\n", unix.Fdatasync(int(d.Fd())))
+		fmt.Printf("SYNC failed %d\n", failed.Load())
+		return
+	}
+	checkChildSyncs(t, "TestDirSyncFaultsFailsDirectorySyncs", "CORDON_FAULTINJECT_DIRSYNC=1",
+		fmt.Sprintf("SYNC file fsync <nil>\nSYNC dir fsync %v\nSYNC file fdatasync <nil>\nSYNC dir fdatasync %v\nSYNC failed 2\n", unix.EIO, unix.EIO))
+}
+
+// checkChildSyncs runs test again in a Child, with env, and checks the
+// lines it printed that begin with SYNC are want.
+func checkChildSyncs(t *testing.T, test, env, want string) {
+	t.Helper()
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the filter checks the x86-64 syscall numbers")
 	}
-	out, err := Child("TestSyncFaultsFailsTheArmedSync", "CORDON_FAULTINJECT_SYNC=1").Output()
+	out, err := Child(test, env).Output()
 	if strings.Contains(string(out), "--- SKIP") {
 		t.Skipf("child skipped:\n%s", out)
 	}
 	if err != nil {
 		t.Fatalf("child: %v; output:\n%s", err, out)
 	}
-	want := fmt.Sprintf("SYNC 1 <nil>\nSYNC 2 %v\nSYNC 3 <nil>\nSYNC 4 <nil>\n", unix.EIO)
-	if got := strings.Join(syncLines(string(out)), ""); got != want {
-		t.Fatalf("child's syncs:\n%s\nwant:\n%s", got, want)
-	}
-}
-
-func syncLines(out string) []string {
-	var l []string
-	for line := range strings.Lines(out) {
+	var got strings.Builder
+	for line := range strings.Lines(string(out)) {
 		if strings.HasPrefix(line, "SYNC ") {
-			l = append(l, line)
+			got.WriteString(line)
 		}
 	}
-	return l
+	if got.String() != want {
+		t.Fatalf("child's syncs:\n%s\nwant:\n%s", got.String(), want)
+	}
 }
 
 // No package's non-test code imports this one: it imports testing, and

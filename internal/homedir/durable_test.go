@@ -6,91 +6,18 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cordon-dev/cordon/internal/certify"
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/homedir"
 	"github.com/cordon-dev/cordon/internal/store"
 )
-
-// failDirSyncs installs a seccomp filter on every thread of this process
-// that sends fsync and fdatasync to a listener in it, which fails those of
-// a directory with EIO (the others run) and counts them. The process
-// cannot drop the filter: call it in a child (inChild).
-func failDirSyncs(t *testing.T) (failed *atomic.Int64) {
-	t.Helper()
-	if runtime.GOARCH != "amd64" {
-		t.Skip("the filter checks the x86-64 syscall numbers")
-	}
-	runtime.LockOSThread()
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	ld := func(off uint32) unix.SockFilter {
-		return unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: off}
-	}
-	jeq := func(k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: k, Jt: jt, Jf: jf}
-	}
-	ret := func(k uint32) unix.SockFilter { return unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: k} }
-	prog := []unix.SockFilter{
-		ld(4), jeq(unix.AUDIT_ARCH_X86_64, 0, 4),
-		ld(0), jeq(unix.SYS_FSYNC, 1, 0), jeq(unix.SYS_FDATASYNC, 0, 1),
-		ret(unix.SECCOMP_RET_USER_NOTIF),
-		ret(unix.SECCOMP_RET_ALLOW),
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	fd, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
-		unix.SECCOMP_FILTER_FLAG_TSYNC|unix.SECCOMP_FILTER_FLAG_TSYNC_ESRCH|unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, uintptr(unsafe.Pointer(&fprog)))
-	if e != 0 {
-		t.Skipf("install a seccomp filter with a listener: %v", e)
-	}
-	failed = new(atomic.Int64)
-	go func() {
-		type notif struct {
-			ID    uint64
-			Pid   uint32
-			Flags uint32
-			Nr    int32
-			Arch  uint32
-			IP    uint64
-			Args  [6]uint64
-		}
-		type resp struct {
-			ID    uint64
-			Val   int64
-			Error int32
-			Flags uint32
-		}
-		for {
-			var n notif // the kernel wants it zeroed
-			if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_RECV, uintptr(unsafe.Pointer(&n))); e != 0 {
-				if e == unix.EINTR || e == unix.ENOENT {
-					continue
-				}
-				fmt.Fprintln(os.Stderr, "dir sync faults: receive:", e)
-				os.Exit(6)
-			}
-			r := resp{ID: n.ID, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE}
-			// The syncing thread is this process's: its fd is in our table.
-			if fi, err := os.Stat(fmt.Sprintf("/proc/self/fd/%d", int32(n.Args[0]))); err == nil && fi.IsDir() {
-				failed.Add(1)
-				r = resp{ID: n.ID, Error: -int32(unix.EIO)}
-			}
-			_, _, _ = unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&r)))
-		}
-	}()
-	return failed
-}
 
 // withDirSyncsFailing runs op in a child process (this test again) whose
 // directory syncs fail, and returns what op returned and how many
@@ -98,15 +25,12 @@ func failDirSyncs(t *testing.T) (failed *atomic.Int64) {
 func withDirSyncsFailing(t *testing.T, dir string, op func(dir string) error) (result string, failedSyncs string) {
 	t.Helper()
 	if d := os.Getenv("CORDON_DIRSYNC_DIR"); d != "" {
-		failed := failDirSyncs(t)
+		failed := faultinject.DirSyncFaults(t)
 		err := op(d)
 		fmt.Printf("RESULT %v\nFAILED %d\n", err, failed.Load())
 		os.Exit(0)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "CORDON_DIRSYNC_DIR="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	out, err := faultinject.Child(t.Name(), "CORDON_DIRSYNC_DIR="+dir).Output()
 	if strings.Contains(string(out), "--- SKIP") {
 		t.Skipf("child skipped:\n%s", out)
 	}

@@ -1,18 +1,16 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -208,29 +206,9 @@ func crashAt(t *testing.T, testName, home, scenario, marker string, ids ...princ
 	for _, id := range ids {
 		s = append(s, id.String())
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+testName+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "CORDON_CRASH_HOME="+home, "CORDON_CRASH_SCENARIO="+scenario, "CORDON_CRASH_IDS="+strings.Join(s, ","))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd := faultinject.Child(testName, "CORDON_CRASH_HOME="+home, "CORDON_CRASH_SCENARIO="+scenario, "CORDON_CRASH_IDS="+strings.Join(s, ","))
 	// A child that never gets there is killed too.
-	deadline := time.AfterFunc(2*time.Minute, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
-	defer deadline.Stop()
-	sc := bufio.NewScanner(out)
-	reached := false
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), marker) {
-			reached = true
-			break
-		}
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
+	reached := faultinject.KillAt(t, cmd, 2*time.Minute, func(line string) bool { return strings.HasPrefix(line, marker) })
 	if !reached {
 		t.Fatalf("the child host never reached %q", marker)
 	}

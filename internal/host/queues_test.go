@@ -1,21 +1,19 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -462,26 +460,8 @@ func TestReservationsSurviveHostCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestReservationsSurviveHostCrash$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "CORDON_TEST_CRASH_HOME="+f.home, "CORDON_TEST_CRASH_IDS="+a.String()+","+b.String())
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	ready := false
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "CALLS IN FLIGHT") {
-			ready = true
-			break
-		}
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
+	cmd := faultinject.Child("TestReservationsSurviveHostCrash", "CORDON_TEST_CRASH_HOME="+f.home, "CORDON_TEST_CRASH_IDS="+a.String()+","+b.String())
+	ready := faultinject.KillAt(t, cmd, 0, func(line string) bool { return strings.HasPrefix(line, "CALLS IN FLIGHT") })
 	if !ready {
 		t.Fatal("the crashing host never reported its calls in flight")
 	}

@@ -1,15 +1,13 @@
 package host
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -92,22 +90,16 @@ func TestCrashDuringStagedReinstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	for round, delay := range []time.Duration{0, 400 * time.Millisecond, 1300 * time.Millisecond} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashDuringStagedReinstall$", "-test.count=1")
-		cmd.Env = append(os.Environ(), "CORDON_TEST_REINSTALL_CRASH_HOME="+home, "CORDON_TEST_REINSTALL_CRASH_ID="+id.String())
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
+		cmd := faultinject.Child("TestCrashDuringStagedReinstall", "CORDON_TEST_REINSTALL_CRASH_HOME="+home, "CORDON_TEST_REINSTALL_CRASH_ID="+id.String())
+		if !faultinject.KillAt(t, cmd, 0, func(line string) bool {
+			if line != "COMMITTED" {
+				return false
+			}
+			time.Sleep(delay) // where the kill lands: any point is valid
+			return true
+		}) {
+			t.Fatal("the child never committed a reinstall")
 		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
-		for sc.Scan() && sc.Text() != "COMMITTED" {
-		}
-		time.Sleep(delay) // where the kill lands: any point is valid
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
 		f.open()
 		st := f.status(id)
 		got := string(f.query(id, "ends", nil))

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -67,10 +66,8 @@ func TestStorageFailureAtTheServers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command(os.Args[0], "-test.run=^TestStorageFailureAtTheServers$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "CORDON_SERVEFAIL_HOME="+home, "CORDON_SERVEFAIL_SCENARIO="+scenario, "CORDON_SERVEFAIL_ID="+id.String())
-			cmd.Stderr = os.Stderr
-			out, err := cmd.Output()
+			out, err := faultinject.Child("TestStorageFailureAtTheServers",
+				"CORDON_SERVEFAIL_HOME="+home, "CORDON_SERVEFAIL_SCENARIO="+scenario, "CORDON_SERVEFAIL_ID="+id.String()).Output()
 			if strings.Contains(string(out), "--- SKIP") {
 				t.Skipf("child skipped:\n%s", out)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -98,10 +97,7 @@ func TestFailedSyncStopsWrites(t *testing.T) {
 	if err := f.node.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFailedSyncStopsWrites$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "CORDON_STOREFAIL_HOME="+cfg.Home, "CORDON_STOREFAIL_ID="+counter.String())
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	out, err := faultinject.Child("TestFailedSyncStopsWrites", "CORDON_STOREFAIL_HOME="+cfg.Home, "CORDON_STOREFAIL_ID="+counter.String()).Output()
 	if strings.Contains(string(out), "--- SKIP") {
 		t.Skipf("child skipped:\n%s", out)
 	}

@@ -3,9 +3,10 @@ package host
 import (
 	"context"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/faultinject"
 )
 
 // A failure wasmtime reports as an error (here, growing the memory to a
@@ -16,9 +17,9 @@ import (
 func TestTrapTextSameInBothModes(t *testing.T) {
 	if os.Getenv("CORDON_TEST_TRAP_TEXT_CHILD") == "" {
 		t.Parallel()
-		cmd := exec.Command(os.Args[0], "-test.run=^TestTrapTextSameInBothModes$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "CORDON_TEST_TRAP_TEXT_CHILD=1", "RUST_BACKTRACE=1")
-		out, err := cmd.CombinedOutput()
+		cmd := faultinject.Child("TestTrapTextSameInBothModes", "CORDON_TEST_TRAP_TEXT_CHILD=1", "RUST_BACKTRACE=1")
+		cmd.Args = append(cmd.Args, "-test.v") // its log: each mode's reject
+		out, err := cmd.Output()
 		t.Logf("child:\n%s", out)
 		if err != nil {
 			t.Fatalf("child: %v", err)
