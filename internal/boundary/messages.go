@@ -345,6 +345,10 @@ const (
 	ErrInvalidModule ErrorCode = 2 // the module was refused by validation or compilation
 	ErrBadRequest    ErrorCode = 3 // the request could not be decoded or does not fit the state
 	ErrArtifact      ErrorCode = 4 // the artifact could not be loaded (stale or damaged)
+	// ErrHostMemory: the engine could not grow the canister's memory within
+	// the canister's limits (engine.ErrHostMemory). The host weighs it by
+	// the sandbox's cgroup, not by this claim (exec.Sandboxed.fail).
+	ErrHostMemory ErrorCode = 5
 )
 
 func (c ErrorCode) String() string {
@@ -357,6 +361,8 @@ func (c ErrorCode) String() string {
 		return "bad request"
 	case ErrArtifact:
 		return "artifact"
+	case ErrHostMemory:
+		return "host memory"
 	}
 	return "unknown error"
 }
@@ -396,7 +402,7 @@ func DecodeError(b []byte) (*RemoteError, error) {
 	if err := r.done("error"); err != nil {
 		return nil, err
 	}
-	if e.Code < ErrInternal || e.Code > ErrArtifact {
+	if e.Code < ErrInternal || e.Code > ErrHostMemory {
 		return nil, violation(VDecode, "error code %d", e.Code)
 	}
 	e.Message = Printable(e.Message)

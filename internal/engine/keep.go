@@ -224,6 +224,9 @@ func (e *Engine) runKept(r *run, req *Request, heap state.Memory) (*sysapi.Outpu
 	callErr := r.call(r.inst, m, req)
 	if mt.exceeded() {
 		callErr = sysapi.ErrInstructionLimit
+	} else if callErr != nil && r.hostFailedGrow() {
+		r.store.Close()
+		return nil, fmt.Errorf("engine: memory.grow: %w", ErrHostMemory)
 	}
 	out := r.exec.Finish(callErr)
 	if !out.Trapped {

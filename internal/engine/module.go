@@ -29,8 +29,8 @@ type ModuleLimits struct {
 	// MaxFuncControl bounds the control instructions of one function body
 	// and MaxControl those of all bodies together (loop, if, else, end,
 	// br, br_if, br_table, return, unreachable, bulk memory and table
-	// operations; call_indirect counts 4, table.get and table.set 2, a
-	// br_table 1 more per 4 targets: wasmbin.ControlInstructions). Each makes blocks in the compiled code
+	// operations; call_indirect counts 4, table.get, table.set and
+	// memory.grow 2, a br_table 1 more per 4 targets: wasmbin.ControlInstructions). Each makes blocks in the compiled code
 	// (metering updates the counter after the first ones and checks the
 	// length of bulk operations), and Cranelift's compile time grows with
 	// the square of a body's blocks: one body of 120,000 blocks with a
@@ -206,6 +206,11 @@ type Module struct {
 	memory  string
 	table   string // table 0's export, for callbacks ("" if the module has no table)
 	counter string // the instruction counter's export ("" if compiled unmetered)
+	// growLimitExport is the grow limit global's export ("" if the module
+	// never grows its memory, or was compiled unmetered), maxPages the
+	// most pages its memory may ever have (growfail.go).
+	growLimitExport string
+	maxPages        uint64
 	// reusable: no instruction of the module changes a table or drops a
 	// segment (wasmbin.ChangesTablesOrSegments), so a query's instance may
 	// be kept and reset (keep.go).
@@ -413,7 +418,9 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 		return nil, err
 	}
 	var initial uint64 // bytes
+	var mem memoryLimits
 	if l, ok := wm.Memory(0); ok {
+		mem = memoryLimits{max: l.Max, hasMax: l.HasMax, is64: l.Is64}
 		initial = l.Min << 16
 		if l.Min > 1<<47 {
 			initial = 1 << 63 // beyond any limit: instantiation fails
@@ -439,7 +446,7 @@ func (e *Engine) Compile(wasm []byte, lim ModuleLimits) (*Module, error) {
 	changes, err := wasmbin.DefaultConfig().ChangesTablesOrSegments(out)
 	reusable := err == nil && !changes
 	return &Module{Info: info, wt: wt, globals: ins.Globals, start: ins.StartExport, memory: ins.MemoryExport, table: ins.TableExport, counter: ins.CounterExport, reusable: reusable,
-		data: data, dataKnown: dataKnown}, nil
+		data: data, dataKnown: dataKnown, growLimitExport: ins.GrowLimitExport, maxPages: maxMemoryPages(mem)}, nil
 }
 
 func typeAt(m *wasmbin.Module, i uint32) (wasmbin.FuncType, bool) {

@@ -97,6 +97,11 @@ type run struct {
 	inst    *wasmtime.Instance
 	counter *wasmtime.Global
 	key     keptKey
+	// growLimit is the instance's grow limit global (growfail.go), nil
+	// until set; limitPages the most pages the memory may have in this
+	// execution (Module.growLimit).
+	growLimit  *wasmtime.Global
+	limitPages uint64
 }
 
 // exportedFunc returns an exported function, looked up once per instance.
@@ -198,6 +203,10 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 			return nil, fmt.Errorf("engine: %w", err)
 		}
 	}
+	r.limitPages = m.growLimit(in.Limits.HeapBytes)
+	if err := r.setGrowLimit(inst, m, in.Limits.HeapBytes); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
 	if m.memory != "" {
 		r.mem = exportedMemory(store, inst, m.memory)
 	}
@@ -207,6 +216,9 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		pagemap = SelfPagemap()
 	}
 	if err := r.restoreHeap(heap, pagemap); err != nil {
+		if errors.Is(err, ErrHostMemory) {
+			return nil, err
+		}
 		var trap *sysapi.Trap
 		if errors.As(err, &trap) {
 			return r.emit(req, r.exec.Finish(err))
@@ -226,6 +238,8 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// and then ended or trapped. Either way more instructions ran
 		// than allowed: the deterministic outcome is the limit.
 		callErr = sysapi.ErrInstructionLimit
+	} else if callErr != nil && r.hostFailedGrow() {
+		return nil, fmt.Errorf("engine: memory.grow: %w", ErrHostMemory)
 	}
 	var heapDelta state.Delta
 	if callErr == nil && !discardsState(in.Context) {
@@ -420,9 +434,13 @@ func (r *run) restoreHeap(heap state.Memory, pagemap *os.File) error {
 	if want > uint64(initial) {
 		delta := (want - uint64(initial)) / state.WasmPageSize
 		if _, err := r.mem.Grow(r.store, delta); err != nil {
-			msg := fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %s", want, errorCause(err.Error()))
+			cause := errorCause(err.Error())
 			closeError(err)
-			return &sysapi.Trap{Message: msg}
+			if want/state.WasmPageSize <= r.limitPages {
+				// Within the canister's limits: the kernel refused it.
+				return fmt.Errorf("engine: restore a heap of %d bytes: %w (%s)", want, ErrHostMemory, cause)
+			}
+			return &sysapi.Trap{Message: fmt.Sprintf("Canister trapped: cannot restore heap of %d bytes: %s", want, cause)}
 		}
 	}
 	data := r.mem.UnsafeData(r.store)

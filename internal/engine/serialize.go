@@ -16,7 +16,9 @@ import (
 // export is stored; 01 artifacts were compiled for fuel and are refused).
 // 03: whether a query's instance may be kept (Module.reusable) is stored.
 // 04: the pages the data segments write (Module.data) are stored.
-var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '4'}
+// 05: memory.grow is checked (wasmbin.GrowLimitExportName): the grow
+// limit's export and the memory's most pages are stored.
+var artifactMagic = [8]byte{'c', 'o', 'r', 'd', 'a', 'r', '0', '5'}
 
 // maxArtifactName bounds the export names stored in an artifact. The names
 // are the ones the instrumenter generates (a few dozen bytes) and a table
@@ -49,6 +51,8 @@ func (m *Module) Serialize() ([]byte, error) {
 	b = appendName(b, m.memory)
 	b = appendName(b, m.table)
 	b = appendName(b, m.counter)
+	b = appendName(b, m.growLimitExport)
+	b = binary.LittleEndian.AppendUint64(b, m.maxPages)
 	b = append(b, boolByte(m.dataKnown))
 	b = binary.LittleEndian.AppendUint64(b, uint64(len(m.data)))
 	for _, p := range m.data {
@@ -186,6 +190,8 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	m.memory = r.name()
 	m.table = r.name()
 	m.counter = r.name()
+	m.growLimitExport = r.name()
+	m.maxPages = r.u64()
 	m.dataKnown = r.bool()
 	if n := r.u64(); r.err == nil {
 		if n > uint64(len(r.b))/16 {
@@ -205,6 +211,9 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 	codeLen := r.u64()
 	if r.err != nil {
 		return nil, r.err
+	}
+	if m.growLimitExport != "" && m.counter == "" {
+		return nil, fmt.Errorf("%w: a grow limit without metering", ErrBadArtifact)
 	}
 	if (m.counter == "") != e.noFuel {
 		return nil, fmt.Errorf("%w: compiled with metering %v, the engine meters %v", ErrBadArtifact, m.counter != "", !e.noFuel)

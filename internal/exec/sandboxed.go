@@ -355,6 +355,9 @@ func (e *SandboxError) Error() string {
 	case FaultTimeout:
 		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed", e.Timeout.Round(time.Millisecond), e.Op)
 	case FaultCrash, FaultNodeMemory:
+		if errors.Is(e.Err, engine.ErrHostMemory) {
+			return "sandbox failed (" + e.Op + "): " + e.Err.Error()
+		}
 		return "sandbox crashed (" + e.Op + "): " + describeExit(e.Exit, e.Err)
 	case FaultStart:
 		return "sandbox could not be started: " + errString(e.Err)
@@ -371,6 +374,16 @@ func errString(err error) string {
 		return "unknown error"
 	}
 	return err.Error()
+}
+
+// heldOwnMemory asks a sandbox whether a failure for memory was its own
+// doing (sandbox.Process.HeldOwnMemory); a Process that cannot say is
+// taken at its word's worst: its own.
+func heldOwnMemory(p Process) bool {
+	if o, ok := p.(interface{ HeldOwnMemory() bool }); ok {
+		return o.HeldOwnMemory()
+	}
+	return true
 }
 
 func describeExit(st *sandbox.ExitStatus, err error) string {
@@ -1024,6 +1037,9 @@ func exchange[T any](ctx context.Context, conn *boundary.Conn, d time.Duration, 
 // fail kills a sandbox after a failed exchange and classifies the error.
 // A context error is returned as is (the caller gave up).
 func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Duration, err error) error {
+	var re *boundary.RemoteError
+	hostMemory := errors.As(err, &re) && re.Code == boundary.ErrHostMemory
+	ownMemory := hostMemory && heldOwnMemory(proc) // read before the kill removes its cgroup
 	_ = proc.Kill()
 	st := waitExit(proc)
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -1031,13 +1047,23 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 	}
 	se := &SandboxError{CanisterID: canisterID, Op: op, Err: err, Exit: st}
 	var v *boundary.Violation
-	var re *boundary.RemoteError
 	var ne net.Error
 	switch {
 	case errors.As(err, &v):
 		se.Fault, se.Violation = FaultViolation, v
 	case errors.As(err, &ne) && ne.Timeout():
 		se.Fault, se.Timeout = FaultTimeout, deadline
+	case hostMemory:
+		// A grow the kernel refused within the canister's limits: the
+		// node's, as an OOM kill for the node's memory is, unless the
+		// sandbox's cgroup shows it its own (its limit, or half the
+		// group held), which is charged as a crash (RATIONALE.md, "A
+		// grow the host fails is the host's failure, never -1").
+		se.Err = fmt.Errorf("%w (%s)", engine.ErrHostMemory, re.Message)
+		se.Fault = FaultNodeMemory
+		if ownMemory {
+			se.Fault = FaultCrash
+		}
 	case errors.As(err, &re):
 		se.Fault = FaultFailed
 	case st != nil && errors.Is(st.Err, sandbox.ErrNodeOutOfMemory):

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/internal/cycles"
+	"github.com/cordon-dev/cordon/internal/engine"
 	"github.com/cordon-dev/cordon/internal/exec"
 )
 
@@ -127,9 +128,11 @@ func (n *Node) executionReject(id fmt.Stringer, err error) *Reject {
 	case errors.As(err, &rej):
 		return rej
 	case errors.As(err, &se) && se.Fault == exec.FaultNodeMemory:
-		return nodeMemoryReject(id)
+		return nodeMemoryReject(id, err)
 	case errors.As(err, &se), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
+	case errors.Is(err, engine.ErrHostMemory): // in process
+		return nodeMemoryReject(id, err)
 	}
 	return n.internalReject(CanisterError, "Canister "+id.String(), err)
 }
@@ -141,9 +144,12 @@ func asReject(id fmt.Stringer, what string, err error) error {
 	var se *exec.SandboxError
 	if errors.As(err, &se) {
 		if se.Fault == exec.FaultNodeMemory {
-			return nodeMemoryReject(id)
+			return nodeMemoryReject(id, err)
 		}
 		return rejectf(CanisterError, "Error from Canister %s: %v", id, err)
+	}
+	if errors.Is(err, engine.ErrHostMemory) {
+		return nodeMemoryReject(id, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, id, err)
 }
@@ -152,7 +158,13 @@ func asReject(id fmt.Stringer, what string, err error) error {
 // the node's memory (exec.FaultNodeMemory): all the node's sandboxes
 // together reached sandbox.node_memory_bytes and the kernel took this one,
 // within its own limit. Not the canister's doing, so not charged
-// (sandboxFault); nothing was applied, and the caller may try again.
-func nodeMemoryReject(id fmt.Stringer) *Reject {
+// (sandboxFault); nothing was applied, and the caller may try again. The
+// same for a memory.grow the kernel refused within the canister's limits
+// (engine.ErrHostMemory: in a sandbox the node's by its cgroup, in process
+// the node's always): the canister never sees that -1.
+func nodeMemoryReject(id fmt.Stringer, err error) *Reject {
+	if errors.Is(err, engine.ErrHostMemory) {
+		return rejectf(SysTransient, "Canister %s: its execution was stopped because the node could not grow its memory within its limits (the node is out of memory); nothing was applied, try again later.", id)
+	}
 	return rejectf(SysTransient, "Canister %s: its execution was stopped because the node's sandboxes together ran out of memory (sandbox.node_memory_bytes); nothing was applied, try again later.", id)
 }

@@ -656,22 +656,30 @@ func (c *cgroup) oomKilled() bool {
 // keeps idle sandboxes below that half, leaving the other half to
 // executions.
 func (c *cgroup) oomCause(groupLimit uint64) (killed, ownLimit bool) {
+	name, key := "memory.events", "oom_kill"
+	if c.version == cgroupV1 {
+		name = "memory.oom_control"
+	}
+	if !counted(counter(filepath.Join(c.dirs[0], name), key)) {
+		return false, false
+	}
+	return true, c.ownMemory(groupLimit)
+}
+
+// ownMemory reports whether the cgroup's counters show its own memory
+// limit reached, or half of its node group's limit groupLimit held (see
+// oomCause): what makes a failure for memory the sandbox's own doing.
+func (c *cgroup) ownMemory(groupLimit uint64) bool {
 	dir := c.dirs[0]
 	file := func(name string) string { return filepath.Join(dir, name) }
 	if c.version == cgroupV1 {
-		if !counted(counter(file("memory.oom_control"), "oom_kill")) {
-			return false, false
-		}
-		return true, failedHere(file("memory.failcnt")) || failedHere(file("memory.memsw.failcnt")) ||
+		return failedHere(file("memory.failcnt")) || failedHere(file("memory.memsw.failcnt")) ||
 			reachedLimit(file("memory.max_usage_in_bytes"), file("memory.limit_in_bytes")) ||
 			reachedLimit(file("memory.memsw.max_usage_in_bytes"), file("memory.memsw.limit_in_bytes")) ||
 			heldMostOf(file("memory.max_usage_in_bytes"), groupLimit)
 	}
 	events := file("memory.events")
-	if !counted(counter(events, "oom_kill")) {
-		return false, false
-	}
-	return true, counter(events, "max") != 0 || counter(events, "oom") != 0 ||
+	return counter(events, "max") != 0 || counter(events, "oom") != 0 ||
 		reachedLimit(file("memory.peak"), file("memory.max")) || heldMostOf(file("memory.peak"), groupLimit)
 }
 

@@ -198,6 +198,25 @@ func (p *Process) MemoryCharge() (uint64, error) {
 	return p.RSS()
 }
 
+// HeldOwnMemory reports whether a live sandbox's memory failure is its own
+// doing, as an OOM kill's is judged (cgroup.oomCause): its cgroup's
+// counters show its own limit reached, or half of the node group's limit
+// or more held. The host asks when the sandbox says it could not grow its
+// canister's memory (exec). Without a cgroup, or once the sandbox has
+// ended, the answer is yes: its only bound is then its own (RLIMIT_DATA),
+// and a sandbox that ended cannot be judged.
+func (p *Process) HeldOwnMemory() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+	}
+	if p.cg == nil || p.cg.removed.Load() {
+		return true
+	}
+	return p.cg.ownMemory(p.groupLimit)
+}
+
 // RSS is the resident memory of the sandbox: VmRSS of its process (the only
 // one: it cannot fork), else its cgroup's charge.
 func (p *Process) RSS() (uint64, error) {

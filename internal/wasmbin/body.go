@@ -33,6 +33,7 @@ const (
 	kUnreachable                  // unreachable: cost 0, starts a run
 	kBulk                         // memory/table bulk op and table.grow: cost 1 + its length operand
 	kCall                         // call, call_indirect: cost 1
+	kGrow                         // memory.grow: cost 1; the metering pass checks its result (meter.go)
 )
 
 // bulkLen is the type of a bulk operation's length operand (the top of the
@@ -274,7 +275,10 @@ func (d *bodyDecoder) next() (in instr, done bool, err error) {
 		err = d.index("table index")
 	case op >= 0x28 && op <= 0x3e: // loads and stores
 		err = d.memarg()
-	case op == 0x3f || op == 0x40: // memory.size, memory.grow
+	case op == 0x3f: // memory.size
+		err = d.index("memory index")
+	case op == 0x40: // memory.grow
+		in.kind = kGrow
 		err = d.index("memory index")
 	case op == 0x41:
 		_, err = r.s32("i32.const")
@@ -462,7 +466,8 @@ func DeclaredLocals(b []byte, m *Module) (uint64, error) {
 // code: each bulk memory or table operation (metering checks its length:
 // if … unreachable end), table.get and table.set (bounds, lazy table
 // initialization: weight TableAccessWeight), call_indirect (those and
-// the signature check: weight CallIndirectWeight) and br_table's targets
+// the signature check: weight CallIndirectWeight), memory.grow (metering
+// checks a failed grow's cause: two ifs, weight 2) and br_table's targets
 // (an edge, so a block, each: 1 more per BrTableTargetsPerWeight). It
 // returns the count of
 // the body with the most, the index of that function (imports counted, as
@@ -519,6 +524,8 @@ func controlWeight(b []byte, in instr) uint64 {
 		return 1 + uint64(n)/BrTableTargetsPerWeight
 	case in.kind.endsRun(), in.kind == kBulk:
 		return 1
+	case in.kind == kGrow: // the metering pass adds two ifs after it
+		return 2
 	case b[in.pos] == 0x11: // call_indirect
 		return CallIndirectWeight
 	case b[in.pos] == 0x25 || b[in.pos] == 0x26: // table.get, table.set

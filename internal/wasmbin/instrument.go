@@ -40,7 +40,10 @@ type Instrumentation struct {
 	// CounterExport is CounterExportName if the module was metered
 	// (InstrumentMetering), else "".
 	CounterExport string
-	Module        *Module // the decoded input module
+	// GrowLimitExport is GrowLimitExportName if the module was metered
+	// and grows its memory, else "".
+	GrowLimitExport string
+	Module          *Module // the decoded input module
 }
 
 // Instrument rewrites b with DefaultConfig; see Config.Instrument.
@@ -118,6 +121,10 @@ func (c Config) instrument(b []byte, metered bool) ([]byte, Instrumentation, err
 		}
 		info.CounterExport = CounterExportName
 		addExport(CounterExportName, ExternGlobal, mt.counter)
+		if mt.hasGrow {
+			info.GrowLimitExport = GrowLimitExportName
+			addExport(GrowLimitExportName, ExternGlobal, mt.growLimit)
+		}
 	}
 	if nAdded == 0 {
 		return bytes.Clone(b), info, nil

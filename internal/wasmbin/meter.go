@@ -8,6 +8,15 @@ import "fmt"
 // reads it afterwards; a negative value means the limit was exceeded.
 const CounterExportName = "__cordon_instructions"
 
+// GrowLimitExportName is the export of the grow limit global that
+// InstrumentMetering adds to a module with memory.grow: a mutable i64
+// holding the most pages memory 0 may have in this execution, which the
+// embedder sets before running code (its initial value, 0, makes every
+// failed grow the canister's). A failed memory.grow within it failed for
+// the host's reason: the instrumentation then sets it to -1 and traps, so
+// a negative value after a trap means the host failed the grow.
+const GrowLimitExportName = "__cordon_grow_limit"
+
 // InstrumentMetering rewrites b with DefaultConfig; see
 // Config.InstrumentMetering.
 func InstrumentMetering(b []byte) ([]byte, Instrumentation, error) {
@@ -35,7 +44,15 @@ func InstrumentMetering(b []byte) ([]byte, Instrumentation, error) {
 //     table.fill first charge their length operand (bytes or elements),
 //     and table.grow its delta (the entries it would initialise);
 //     if it exceeds the counter the counter is set to -1 and `unreachable`
-//     traps before the operation runs.
+//     traps before the operation runs;
+//   - after every memory.grow that returns -1, the grow is checked
+//     against the grow limit global (GrowLimitExportName, added only to a
+//     module with memory.grow): if the memory's size plus the delta is
+//     within it, the grow failed for a reason of the host's (the kernel
+//     refused memory), not a limit of the canister's, so the global is
+//     set to -1 and `unreachable` traps instead of letting the canister
+//     see a result the IC would not give. A grow that succeeded costs a
+//     compare and a branch more.
 //
 // A trap, or an execution's end, with a negative counter is the
 // instruction limit; the embedder tells it from the module's own
@@ -51,15 +68,18 @@ type metering struct {
 	global  []byte // the new global section (whole section)
 	code    []byte // the new code section (whole section), nil without one
 	counter uint32 // global index of the counter
+	// growLimit is the grow limit global's index (counter+1), valid if
+	// hasGrow: some body has memory.grow.
+	growLimit uint32
+	hasGrow   bool
 }
 
 func (c Config) meter(b []byte, m *Module) (*metering, error) {
 	mt := &metering{counter: m.NumGlobals()}
+	mt.growLimit = mt.counter + 1
 	if uint64(mt.counter)+1 > uint64(c.MaxGlobals) {
 		return nil, &Error{Section: "global", Offset: -1, Err: ErrLimit, Msg: fmt.Sprintf("no room for the instruction counter: %d globals", mt.counter)}
 	}
-	// Global section: the original entries verbatim, then the counter
-	// (mutable i64, initially 0).
 	var entries []byte
 	for _, s := range m.Sections {
 		if s.ID == SectionGlobal {
@@ -70,11 +90,6 @@ func (c Config) meter(b []byte, m *Module) (*metering, error) {
 			entries = b[r.pos:s.End]
 		}
 	}
-	content := appendU32(nil, uint32(len(m.Globals)+1))
-	content = append(content, entries...)
-	content = append(content, byte(I64), 1, 0x42, 0x00, 0x0b)
-	mt.global = appendSection(nil, SectionGlobal, content)
-
 	var bodies []byte
 	var runs []uint32
 	n := 0
@@ -83,10 +98,12 @@ func (c Config) meter(b []byte, m *Module) (*metering, error) {
 		params := uint32(d.params) // forEachBody checked the function's type
 		var err error
 		var body []byte
-		body, runs, err = meterBody(d, i, start, end, params, mt.counter, runs[:0])
+		var grows bool
+		body, runs, grows, err = meterBody(d, i, start, end, params, mt.counter, mt.growLimit, runs[:0])
 		if err != nil {
 			return err
 		}
+		mt.hasGrow = mt.hasGrow || grows
 		if uint64(len(body)) > MaxFuncBodySize {
 			return d.r.fail(start, ErrLimit, "function body %d is %d bytes once metered, limit %d", i, len(body), MaxFuncBodySize)
 		}
@@ -105,24 +122,41 @@ func (c Config) meter(b []byte, m *Module) (*metering, error) {
 		}
 		mt.code = appendSection(nil, SectionCode, content)
 	}
+	// Global section: the original entries verbatim, then the counter
+	// (mutable i64, initially 0) and, if a body grows the memory, the grow
+	// limit (mutable i64, initially 0: every failed grow the canister's).
+	added := uint32(1)
+	if mt.hasGrow {
+		if uint64(mt.growLimit)+1 > uint64(c.MaxGlobals) {
+			return nil, &Error{Section: "global", Offset: -1, Err: ErrLimit, Msg: fmt.Sprintf("no room for the grow limit: %d globals", mt.counter)}
+		}
+		added++
+	}
+	content := appendU32(nil, uint32(len(m.Globals))+added)
+	content = append(content, entries...)
+	for range added {
+		content = append(content, byte(I64), 1, opI64Const, 0x00, opEnd)
+	}
+	mt.global = appendSection(nil, SectionGlobal, content)
 	return mt, nil
 }
 
 // meterBody decodes one body twice: once to find its runs and their
-// costs, once to copy it with the charges inserted.
-func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint32) ([]byte, []uint32, error) {
+// costs, once to copy it with the charges (and the checks of memory.grow,
+// whose limit is global gl) inserted. grows reports a memory.grow.
+func meterBody(d *bodyDecoder, i, start, end int, params, g, gl uint32, runs []uint32) (_ []byte, _ []uint32, grows bool, _ error) {
 	b := d.b()
 	declared, groups, err := d.localDecls()
 	if err != nil {
-		return nil, runs, err
+		return nil, runs, false, err
 	}
 	codeStart := d.r.pos
-	hasBulk, hasCall, hasLoop := false, false, false
+	hasBulk, hasCall, hasLoop, hasGrow := false, false, false, false
 	var cost int64
 	for {
 		in, done, err := d.next()
 		if err != nil {
-			return nil, runs, err
+			return nil, runs, false, err
 		}
 		cost += in.kind.cost()
 		switch in.kind {
@@ -132,10 +166,12 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 			hasCall = true
 		case kLoop:
 			hasLoop = true
+		case kGrow:
+			hasGrow = true
 		}
 		if done {
 			if d.r.pos != end {
-				return nil, runs, d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
+				return nil, runs, false, d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
 			}
 			runs = append(runs, uint32(cost))
 			break
@@ -148,15 +184,28 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 
 	out := make([]byte, 0, (end-start)*2+16)
 	// Two locals: an i64 (the counter's new value at checks, a 64-bit
-	// bulk length) and an i32 (a 32-bit bulk length).
-	tmp64, tmp32 := params+declared, params+declared+1
-	if hasBulk || hasCall || hasLoop {
-		if uint64(params)+uint64(declared)+2 > MaxFuncLocals {
-			return nil, runs, d.r.fail(start, ErrLimit, "function body %d: no room for the metering locals", i)
+	// bulk length, a 64-bit grow's result) and an i32 (a 32-bit bulk
+	// length, a 32-bit grow's result); with memory.grow a third of the
+	// memory's index type (the grow's delta).
+	tmp64, tmp32, delta := params+declared, params+declared+1, params+declared+2
+	idx := I32
+	if d.mem64 {
+		idx = I64
+	}
+	if hasBulk || hasCall || hasLoop || hasGrow {
+		n := uint32(2)
+		if hasGrow {
+			n = 3
 		}
-		out = appendU32(out, groups+2)
+		if uint64(params)+uint64(declared)+uint64(n) > MaxFuncLocals {
+			return nil, runs, false, d.r.fail(start, ErrLimit, "function body %d: no room for the metering locals", i)
+		}
+		out = appendU32(out, groups+n)
 		out = append(out, b[start+sizeU32Prefix(b, start):codeStart]...)
 		out = append(out, 1, byte(I64), 1, byte(I32))
+		if hasGrow {
+			out = append(out, 1, byte(idx))
+		}
 	} else {
 		out = append(out, b[start:codeStart]...)
 	}
@@ -170,7 +219,17 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 		if in.kind == kBulk {
 			out = appendBulkCharge(out, g, in.lenType, tmp32, tmp64)
 		}
+		if in.kind == kGrow {
+			out = appendU32(append(out, opLocalTee), delta)
+		}
 		out = append(out, b[in.pos:in.end]...)
+		if in.kind == kGrow {
+			res := tmp32
+			if d.mem64 {
+				res = tmp64
+			}
+			out = appendGrowCheck(out, gl, d.mem64, delta, res)
+		}
 		if done {
 			break
 		}
@@ -179,7 +238,7 @@ func meterBody(d *bodyDecoder, i, start, end int, params, g uint32, runs []uint3
 			out = appendCharge(out, g, runs[run], in.kind == kLoop, tmp64)
 		}
 	}
-	return out, runs, nil
+	return out, runs, hasGrow, nil
 }
 
 // b returns the module bytes the decoder reads.
@@ -215,9 +274,16 @@ const (
 	opLocalTee    = 0x22
 	opGlobalGet   = 0x23
 	opGlobalSet   = 0x24
+	opMemorySize  = 0x3f
+	opI32Const    = 0x41
 	opI64Const    = 0x42
+	opI32Eq       = 0x46
+	opI64Eq       = 0x51
 	opI64LtS      = 0x53
+	opI64LeU      = 0x58
+	opI32And      = 0x71
 	opI32Or       = 0x72
+	opI64Add      = 0x7c
 	opI64Sub      = 0x7d
 	opI64ExtendU  = 0xad
 	blockEmpty    = 0x40
@@ -246,6 +312,43 @@ func appendCharge(out []byte, g uint32, cost uint32, check bool, tmp uint32) []b
 		out = out[:len(out)-1-sizeU32(g)] // nothing to do: drop the global.get
 	}
 	return out
+}
+
+// appendGrowCheck follows a memory.grow of memory 0, whose delta the code
+// before it kept in local delta, and leaves its result on the stack as it
+// was. A result of -1 is the canister's to see only when the memory's size
+// plus the delta exceeds the grow limit (global gl: the most pages its
+// deterministic limits allow); within it, the host failed the grow, so gl
+// is set to -1 and `unreachable` traps (the embedder reads gl). In i64:
+// delta <= limit && size+delta <= limit, which cannot overflow once the
+// first holds (a limit is at most 2^48 pages). The result goes through
+// local res (of the memory's index type).
+func appendGrowCheck(out []byte, gl uint32, mem64 bool, delta, res uint32) []byte {
+	widen := func(out []byte) []byte { // an index-typed value as an i64
+		if mem64 {
+			return out
+		}
+		return append(out, opI64ExtendU)
+	}
+	out = appendU32(append(out, opLocalTee), res)
+	if mem64 {
+		out = append(out, opI64Const, 0x7f, opI64Eq)
+	} else {
+		out = append(out, opI32Const, 0x7f, opI32Eq)
+	}
+	out = append(out, opIf, blockEmpty)
+	out = widen(appendU32(append(out, opLocalGet), delta))
+	out = appendU32(append(out, opGlobalGet), gl)
+	out = append(out, opI64LeU)
+	out = widen(append(out, opMemorySize, 0x00))
+	out = widen(appendU32(append(out, opLocalGet), delta))
+	out = append(out, opI64Add)
+	out = appendU32(append(out, opGlobalGet), gl)
+	out = append(out, opI64LeU, opI32And)
+	out = append(out, opIf, blockEmpty, opI64Const, 0x7f, opGlobalSet)
+	out = appendU32(out, gl)
+	out = append(out, opUnreachable, opEnd, opEnd)
+	return appendU32(append(out, opLocalGet), res)
 }
 
 // appendBulkCharge charges a bulk operation's length operand (on top of

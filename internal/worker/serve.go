@@ -436,7 +436,11 @@ func (w *worker) execute(q *boundary.Request) error {
 	}
 	_, err := w.e.Run(&engine.Request{Module: w.mod, Heap: q.Heap, Pagemap: pagemap, Warn: warn, Globals: globals, RunStart: x.RunStart, Input: x.Input, Emit: send})
 	if err != nil && !sent {
-		return w.send(func(c *boundary.Conn) error { return c.SendError(q.ID, boundary.ErrInternal, "%v", err) })
+		code := boundary.ErrInternal
+		if errors.Is(err, engine.ErrHostMemory) {
+			code = boundary.ErrHostMemory
+		}
+		return w.send(func(c *boundary.Conn) error { return c.SendError(q.ID, code, "%v", err) })
 	}
 	return err
 }
