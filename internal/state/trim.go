@@ -30,12 +30,29 @@ func (img *image) allocated() (int64, error) {
 	return st.Blocks * 512, nil
 }
 
-// noteWritten records what the image holds after a write of the host's
-// (the image's writer holds its locks): TrimImage looks for pages others
-// allocated only when the file holds more.
-func (img *image) noteWritten() {
+// noteFresh records what a new image holds: all of it the host's.
+func (img *image) noteFresh() {
 	if a, err := img.allocated(); err == nil {
 		img.written.Store(a)
+	}
+}
+
+// noteWritten records what the image holds after the host wrote pages
+// pages into it (the image's writer holds its locks): TrimImage looks for
+// pages others allocated only when the file holds more. What the file
+// holds now counts for at most what it held before plus those pages: a
+// reader may have allocated pages in its holes since the last trim (a
+// compromised sandbox reads while its update is committed), and counted
+// as the host's they would stay, no trim looking at them again until the
+// file grew further.
+func (img *image) noteWritten(pages int) {
+	img.noteAtMost(img.written.Load() + int64(pages)*PageSize)
+}
+
+// noteAtMost records what the image holds now, or bound if that is less.
+func (img *image) noteAtMost(bound int64) {
+	if a, err := img.allocated(); err == nil {
+		img.written.Store(min(a, max(bound, 0)))
 	}
 }
 
@@ -142,7 +159,8 @@ func (img *image) trim(written func(i uint64) bool) int {
 	if punched > 0 {
 		img.gen.Add(1) // the holes changed
 	}
-	img.noteWritten()
+	// Pages read meanwhile behind the pass are not the host's either.
+	img.noteAtMost(now - int64(punched)*PageSize)
 	return punched
 }
 

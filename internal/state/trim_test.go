@@ -101,3 +101,56 @@ func TestTrimImageGivesBackReadHoles(t *testing.T) {
 		})
 	}
 }
+
+// What TrimImage looks for was measured after the host's last write: pages
+// a reader allocated in the holes before that write (a compromised sandbox
+// reading while its update is committed, or one whose query its caller
+// gave up on) were counted as the host's, and no trim looked at them again
+// unless the file grew further: a reader that stopped there kept them in
+// the image for good. A write counts for at most the pages it wrote.
+func TestTrimImageSeesReadsBeforeAWrite(t *testing.T) {
+	const size = 16 << 20 // 4,096 pages
+	for _, tc := range []struct {
+		name string
+		make func() *PageMap
+	}{
+		{"plain", func() *PageMap { return NewPageMap(size) }},
+		{"backed", func() *PageMap { return NewBackedPageMap(size) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := tc.make()
+			defer m.Release()
+			page := func(i uint64, b byte) Delta {
+				p := new(Page)
+				p[7] = b
+				return Delta{Size: size, Pages: []DirtyPage{{Index: i, Data: p}}}
+			}
+			for _, i := range []uint64{0, 1000, 4095} {
+				if err := m.Apply(page(i, byte(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if m.File() == nil {
+				t.Fatal("no image")
+			}
+			before := fileBytes(t, m)
+			readAllThrough(t, m)
+			// The host writes one page (its commit) after the reads.
+			if err := m.Apply(page(2000, 9)); err != nil {
+				t.Fatal(err)
+			}
+			if n := m.TrimImage(); n < 4096-4 {
+				t.Fatalf("trimmed %d pages, want the %d holes read before the host's write", n, 4096-4)
+			}
+			if after := fileBytes(t, m); after > before+PageSize {
+				t.Fatalf("the image holds %d bytes after the trim, %d before the reads and one page written", after, before)
+			}
+			if p := m.Page(2000); p == nil || p[7] != 9 {
+				t.Fatal("the host's page was lost")
+			}
+			if n := m.TrimImage(); n != 0 {
+				t.Fatalf("a second trim punched %d pages", n)
+			}
+		})
+	}
+}
