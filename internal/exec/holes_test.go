@@ -122,3 +122,64 @@ func TestReadHolesGivenBack(t *testing.T) {
 		})
 	}
 }
+
+// idleHolesWAT is scatterWAT's "scatter" and a query that reads nothing.
+const idleHolesWAT = `(module
+  (import "ic0" "msg_reply" (func $reply))
+  (memory (export "memory") 1)
+  (func (export "canister_update scatter") (local $p i32)
+    (drop (memory.grow (i32.const 4095)))
+    (loop $l
+      (i32.store8 (local.get $p) (i32.const 1))
+      (local.set $p (i32.add (local.get $p) (i32.const 1048576)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 268435456))))
+    (call $reply))
+  (func (export "canister_query ping")
+    (call $reply)))`
+
+// A compromised sandbox maps the memory images its executions bring and
+// reads their holes when it likes: between executions, where no
+// execution's trim follows. Each page it reads is a page of zeros in the
+// host's file, charged to the node group once the sandbox is gone, for as
+// long as the image lives, and its canister need never run again: a few
+// such sandboxes, each killed in turn, would keep the group full. When a
+// sandbox is gone the host punches out what it read in the images it was
+// given. (The idle memory watch, which would kill it sooner, is set off:
+// it would only take the same path.)
+func TestIdleReadHolesGivenBackWhenTheSandboxGoes(t *testing.T) {
+	wasm, err := wasmtime.Wat2Wasm(idleHolesWAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), NodeMemoryBytes: 1 << 30,
+		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	const id = hostilePrefix + "idle-holes"
+	s := newSim(t, x, id, wasm)
+	s.must(sysapi.CtxUpdate, "canister_update scatter", empty)
+	if s.heap.File() == nil {
+		t.Fatal("no image of the heap")
+	}
+	s.must(sysapi.CtxNonReplicatedQuery, "canister_query ping", empty) // brings the heap's image
+	before := imageBytes(t, s.heap)
+	pid := sandboxPid(x, id)
+	if pid == 0 {
+		t.Fatal("no sandbox")
+	}
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the sandbox did not read its heap image's holes", func() bool {
+		return imageBytes(t, s.heap)-before > 200<<20
+	})
+	x.Forget(id)
+	waitFor(t, "the heap's image still holds the holes its sandbox read once the sandbox is gone", func() bool {
+		return imageBytes(t, s.heap)-before < 1<<20
+	})
+	waitFor(t, "the node group is still charged for what the sandbox read", func() bool {
+		return groupCharge(t, x) < 32<<20
+	})
+}

@@ -45,6 +45,10 @@ import (
 //	                    memfd's seals and try to write, shrink, grow and
 //	                    map it writable, and to add a seal; exit if any of
 //	                    that works (or no descriptor came), else forward
+//	hostile-idle-holes  maps the memory images each Execute request brings
+//	                    (read-only, shared, as it may); on SIGUSR1, while
+//	                    idle, reads a byte of every page of them, holes
+//	                    included, and says so on stderr
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
@@ -99,9 +103,24 @@ func hostileMain(mode string) int {
 		}
 	}
 	go forward(inner, conn, probe) // worker → host
+	var (
+		imagesMu sync.Mutex
+		images   [][]byte
+	)
 	go func() {
 		<-usr1
 		switch mode {
+		case "idle-holes":
+			imagesMu.Lock()
+			sum, pages := 0, 0
+			for _, b := range images {
+				for off := 0; off < len(b); off += 4096 {
+					sum += int(b[off])
+					pages++
+				}
+			}
+			imagesMu.Unlock()
+			fmt.Fprintf(os.Stderr, "hostile sandbox: read %d pages of its images while idle (sum %d)\n", pages, sum)
 		case "idle-seccomp":
 			_, _, _ = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
 			fmt.Fprintln(os.Stderr, "hostile sandbox: survived socket()")
@@ -162,6 +181,11 @@ func hostileMain(mode string) int {
 		}
 		if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindExecute {
 			executes++
+			if mode == "idle-holes" {
+				imagesMu.Lock()
+				images = append(images, mapImages(oob)...)
+				imagesMu.Unlock()
+			}
 			if mode == "seccomp-2" && executes == 2 {
 				_, _, _ = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
 				fmt.Fprintln(os.Stderr, "hostile sandbox: survived socket()")
@@ -170,6 +194,33 @@ func hostileMain(mode string) int {
 		}
 	})
 	return 0
+}
+
+// mapImages maps every descriptor of a packet's control message read-only
+// and shared (a mapping keeps its file after forward closes the
+// descriptor).
+func mapImages(oob []byte) [][]byte {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var maps [][]byte
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			var st unix.Stat_t
+			if unix.Fstat(fd, &st) != nil || st.Size <= 0 {
+				continue
+			}
+			if b, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED); err == nil {
+				maps = append(maps, b)
+			}
+		}
+	}
+	return maps
 }
 
 // attackSealed attacks the artifact memfd of a Load or Warm packet from

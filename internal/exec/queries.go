@@ -270,6 +270,7 @@ func (s *session) send(req *Request, m *sbModule) (uint64, *waiter, error) {
 	w.timer = time.AfterFunc(deadline, func() { s.expire(id) })
 	sb.smu.Unlock()
 
+	sb.noteGiven(req.Heap, stable)
 	s.sendMu.Lock()
 	err = s.conn.SendExecute(id, q, req.Heap, stable)
 	s.sendMu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"weak"
 
 	"golang.org/x/sys/unix"
 
@@ -520,6 +521,12 @@ type canisterSandbox struct {
 	watchFrom atomic.Int64
 	// queued: in Sandboxed.idleQueue (under Sandboxed.idleMu).
 	queued bool
+
+	// given is the memories proc was sent, whose images it may have read
+	// holes of: trimmed when it is gone (given.go). Under givenMu: a
+	// session's queries send without holding mu themselves.
+	givenMu sync.Mutex
+	given   []weak.Pointer[state.PageMap]
 
 	// Under Sandboxed.mu:
 	busy     int
@@ -1293,6 +1300,7 @@ func (x *Sandboxed) discard(sb *canisterSandbox) {
 	}
 	_ = sb.proc.Kill()
 	waitExit(sb.proc)
+	sb.trimGiven()
 	sb.conn.Raw().Close()
 	sb.proc, sb.conn = nil, nil
 	sb.setLoaded([32]byte{})
@@ -1308,6 +1316,7 @@ func (x *Sandboxed) forgetLocked(sb *canisterSandbox) {
 	if sb.proc != nil {
 		_ = sb.proc.Kill()
 		waitExit(sb.proc)
+		sb.trimGiven()
 		sb.conn.Raw().Close()
 		sb.proc, sb.conn = nil, nil
 	}
@@ -1878,6 +1887,7 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, time.Now().Add(deadline), req.Reserve)
 	}
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
+		sb.noteGiven(req.Heap, stable)
 		if err := sb.conn.SendExecute(id, q, req.Heap, stable); err != nil {
 			return nil, err
 		}

@@ -198,7 +198,7 @@ func (img *image) preserve(i uint64) {
 // its buffers. mu held.
 func (img *image) writeOwned(m *PageMap, n int, page func(k int) (uint64, *Page), copyPages bool) error {
 	img.gen.Add(1)
-	defer img.noteWritten()
+	defer img.noteWritten(n)
 	err := img.resize(max(img.size, m.size))
 	if err == nil {
 		err = img.mapTo(img.size)

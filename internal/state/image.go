@@ -36,8 +36,9 @@ type image struct {
 	// write, resize and punched page): a mapping of it checks the file's
 	// layout again only when gen moved (ImageGeneration).
 	gen atomic.Uint64
-	// written is what the file held after the host's last write to it
-	// (trim.go): more means a reader allocated pages in its holes.
+	// written is what the file held after the host's last write to it,
+	// counting for that write no more than the pages it wrote (trim.go):
+	// more means a reader allocated pages in its holes.
 	written atomic.Int64
 
 	// mu guards sharing, and the entries and stale sets of the page maps
@@ -242,7 +243,7 @@ func newImage(m *PageMap) (*image, error) {
 		rw.Close()
 		return nil, fmt.Errorf("fill memfd: %w", err)
 	}
-	img.noteWritten()
+	img.noteFresh()
 	openImages.Add(1)
 	return img, nil
 }
@@ -272,7 +273,7 @@ func (img *image) apply(d Delta) error {
 		return err
 	}
 	img.gen.Add(1)
-	defer img.noteWritten()
+	defer img.noteWritten(len(d.Pages))
 	if err := writePages(img.rw, len(d.Pages), func(k int) (uint64, *Page) { return d.Pages[k].Index, d.Pages[k].Data }); err != nil {
 		return fmt.Errorf("write memfd: %w", err)
 	}

@@ -1,6 +1,9 @@
 package state
 
 import (
+	"sync/atomic"
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -30,12 +33,29 @@ func (img *image) allocated() (int64, error) {
 	return st.Blocks * 512, nil
 }
 
-// noteWritten records what the image holds after a write of the host's
-// (the image's writer holds its locks): TrimImage looks for pages others
-// allocated only when the file holds more.
-func (img *image) noteWritten() {
+// noteFresh records what a new image holds: all of it the host's.
+func (img *image) noteFresh() {
 	if a, err := img.allocated(); err == nil {
 		img.written.Store(a)
+	}
+}
+
+// noteWritten records what the image holds after the host wrote pages
+// pages into it (the image's writer holds its locks): TrimImage looks for
+// pages others allocated only when the file holds more. What the file
+// holds now counts for at most what it held before plus those pages: a
+// reader may have allocated pages in its holes since the last trim (a
+// compromised sandbox reads while its update is committed), and counted
+// as the host's they would stay, no trim looking at them again until the
+// file grew further.
+func (img *image) noteWritten(pages int) {
+	img.noteAtMost(img.written.Load() + int64(pages)*PageSize)
+}
+
+// noteAtMost records what the image holds now, or bound if that is less.
+func (img *image) noteAtMost(bound int64) {
+	if a, err := img.allocated(); err == nil {
+		img.written.Store(min(a, max(bound, 0)))
 	}
 }
 
@@ -89,6 +109,7 @@ func (img *image) trim(written func(i uint64) bool) int {
 	buf := make([]byte, runPages*PageSize)
 	punched := 0
 	punch := func(first, n uint64) {
+		trimSyscalls.Add(1)
 		if unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(first*PageSize), int64(n*PageSize)) == nil {
 			punched += int(n)
 		}
@@ -97,6 +118,7 @@ func (img *image) trim(written func(i uint64) bool) int {
 	// punches the runs of zeros among them.
 	check := func(first, n uint64) {
 		b := buf[:n*PageSize]
+		trimSyscalls.Add(1)
 		if got, err := unix.Pread(fd, b, int64(first*PageSize)); err != nil || got != len(b) {
 			return
 		}
@@ -115,36 +137,74 @@ func (img *image) trim(written func(i uint64) bool) int {
 			punch(first+n-run, run)
 		}
 	}
+	// Where the file holds pages is found a window at a time: one lseek
+	// to the next data, then one mincore over a read-only mapping of the
+	// window from there (a memfd's pages are in memory: the group allows
+	// no swap). Seeking from extent to extent cost two system calls each,
+	// and a canister can lay out its heap as tens of thousands of extents
+	// for a free query that reads one hole to make every trim walk them.
+	vec := make([]byte, min(end, trimWindow))
+	incomplete := false
 	for i := uint64(0); i < end; {
+		trimSyscalls.Add(1)
 		d, err := unix.Seek(fd, int64(i*PageSize), unix.SEEK_DATA)
 		if err != nil || d < int64(i*PageSize) {
 			break // ENXIO: no data left; anything else: leave it
 		}
-		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
-		if err != nil || h <= d {
+		first := uint64(d) / PageSize
+		if first >= end {
 			break
 		}
-		hi := min((uint64(h)+PageSize-1)/PageSize, end)
-		for j := uint64(d) / PageSize; j < hi; {
-			if written(j) {
+		n := min(trimWindow, end-first)
+		if !inMemory(fd, first, vec[:n]) {
+			incomplete = true // looked at again next time
+			break
+		}
+		for j := uint64(0); j < n; {
+			if vec[j]&1 == 0 || written(first+j) {
 				j++
 				continue
 			}
-			n := uint64(1)
-			for j+n < hi && n < runPages && !written(j+n) {
-				n++
+			k := uint64(1)
+			for j+k < n && k < runPages && vec[j+k]&1 != 0 && !written(first+j+k) {
+				k++
 			}
-			check(j, n)
-			j += n
+			check(first+j, k)
+			j += k
 		}
-		i = hi
+		i = first + n
 	}
 	if punched > 0 {
 		img.gen.Add(1) // the holes changed
 	}
-	img.noteWritten()
+	if !incomplete {
+		// Pages read meanwhile behind the pass are not the host's either.
+		img.noteAtMost(now - int64(punched)*PageSize)
+	}
 	return punched
 }
+
+// trimWindow is how many pages one mincore of a trim's pass looks at
+// (64 MiB; its vector is 16 KiB).
+const trimWindow = 16384
+
+// inMemory sets bit 0 of vec[k] if page first+k of the file fd is in
+// memory (mincore over a read-only shared mapping of those pages, which
+// faults none of them); false if it cannot tell.
+func inMemory(fd int, first uint64, vec []byte) bool {
+	b, err := unix.Mmap(fd, int64(first*PageSize), len(vec)*PageSize, unix.PROT_READ, unix.MAP_SHARED)
+	trimSyscalls.Add(2) // and its munmap
+	if err != nil {
+		return false
+	}
+	defer unix.Munmap(b)
+	trimSyscalls.Add(1)
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0])))
+	return e == 0
+}
+
+// trimSyscalls counts the system calls trims' passes made (tests).
+var trimSyscalls atomic.Int64
 
 // isZero reports whether b is all zeros.
 func isZero(b []byte) bool {
