@@ -45,6 +45,9 @@ type Request struct {
 	// the sandbox kept). It may wait, bounded by Execute's context, except
 	// for queries: the answers of a sandbox's concurrent queries are read
 	// by one goroutine for all of them (queries.go), so there it must not.
+	// It is asked at most once per attempt: an execution retried on a
+	// fresh sandbox (its reused one died) asks again, and that ask
+	// replaces the dead attempt's, whose pages were never handed over.
 	Reserve func(bytes uint64) error
 }
 

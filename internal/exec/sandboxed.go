@@ -1909,20 +1909,39 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 // reserveOffWatch is reserve for an exclusive exchange on conn whose
 // watchdog ends at until: a wait for the host's memory is the host's, not
 // the sandbox's, so the connection's deadline is lifted while reserve
-// runs and then set to what the watchdog had left (or to now if ctx ended
-// meanwhile, as exchange does).
+// runs. Then the answer's pages must come within what the watchdog had
+// left and their own transfer time (pagesTime), whichever ends first (or
+// at once if ctx ended meanwhile, as exchange does): the execution is
+// over once its header came, so a sandbox that sends its pages slowly
+// holds what was reserved for them no longer than sending them takes, not
+// for the rest of its compute time (up to an hour for an install).
 func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, until time.Time, reserve func(uint64) error) func(uint64) error {
 	return func(b uint64) error {
 		left := time.Until(until)
 		_ = conn.Raw().SetDeadline(time.Time{})
 		err := reserve(b)
-		_ = conn.Raw().SetDeadline(time.Now().Add(max(left, 0)))
+		_ = conn.Raw().SetDeadline(time.Now().Add(max(min(left, x.pagesTime(b)), 0)))
 		if ctx.Err() != nil {
 			// exchange's AfterFunc may have fired before the line above.
 			_ = conn.Raw().SetDeadline(time.Unix(1, 0))
 		}
 		return err
 	}
+}
+
+// pageTransferTime is the watchdog's time for one 4 KiB page that travels
+// over a sandbox's socket, either way.
+const pageTransferTime = 10 * time.Microsecond
+
+// pagesTime is how long a sandbox may take to send b bytes of pages after
+// its answer's header: WatchdogBase (scheduling on a loaded machine) and
+// their transfer time.
+func (x *Sandboxed) pagesTime(b uint64) time.Duration {
+	pages := b / state.PageSize
+	if pages >= uint64(maxInstructionTime/pageTransferTime) {
+		return maxInstructionTime
+	}
+	return x.cfg.WatchdogBase + time.Duration(pages)*pageTransferTime
 }
 
 // stableOf returns the stable memory of an execution's input.
@@ -1942,7 +1961,7 @@ func (x *Sandboxed) watchdog(req *Request, stable *state.PageMap) time.Duration 
 	// Pages cost watchdog time only when they travel over the socket
 	// (memories without images, pages laid over them).
 	pages := boundary.PagesSent(req.Heap, stable)
-	return x.cfg.WatchdogBase + x.computeTime(req) + time.Duration(pages)*10*time.Microsecond
+	return x.cfg.WatchdogBase + x.computeTime(req) + time.Duration(pages)*pageTransferTime
 }
 
 // computeTime is the part of an execution's watchdog for its instruction

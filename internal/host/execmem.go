@@ -32,27 +32,38 @@ import (
 // while what any number of executions make the host hold stays within the
 // budget (RATIONALE.md).
 //
-// Updates, callbacks, system tasks and installs wait for their bytes, in
-// arrival order, bounded by their context: a waiting message holds nothing
-// of the budget (the pages of an output that trapped are given back at
-// once, before a callback's cleanup runs), and those that hold it need
-// nothing more to finish, so they do finish. The one message that keeps
-// the pages of an execution while another runs, an upgrade (pre_upgrade's
-// pages while post_upgrade runs), takes more only if they fit at once or
-// it holds all that is held, and fails with SYS_TRANSIENT if not.
+// The budget has two halves: messages (updates, callbacks, system tasks,
+// installs) hold at most one, query graphs at most the other, so neither
+// can keep the other out. Messages wait for their bytes, in arrival order,
+// bounded by their context: a waiting message holds nothing of the budget
+// (the pages of an output that trapped are given back at once, before a
+// callback's cleanup runs), and those that hold it need nothing more to
+// finish, so they do finish. The one message that keeps the pages of an
+// execution while another runs, an upgrade (pre_upgrade's pages while
+// post_upgrade runs), takes more only if they fit at once or it is the
+// only message holding any, and fails with SYS_TRANSIENT if not.
 //
 // Query graphs never wait for memory: one holds its frames' pages while
 // its next execution would wait, so graphs waiting for each other could
 // only be ended by their deadlines; a query that cannot reserve fails at
-// once (SYS_TRANSIENT), as queries may be retried. Query graphs together
-// hold at most half of the budget, so messages always find the other half,
-// and none takes more while a message waits. A graph does wait for a
-// canister's lock, whose writer may be a message waiting for the graph's
-// pages: that wait ends at the query's deadline (queryRun.rlock).
+// once (SYS_TRANSIENT), as queries may be retried. A query takes room of
+// the queries' half whether or not messages wait: a message that waits
+// (perhaps for a compromised sandbox's slow pages) must not fail every
+// query of the node. Messages do not wait behind queries either: queries
+// never hold more than their half, so a message that fits in the
+// messages' half waits only for other messages; one larger than that half
+// needs room of the queries', which queries stop taking while it is first
+// in line. What a message holds is held no longer than its pages take to
+// come (a sandbox sends them within their own deadline once its header
+// came: exec.Sandboxed.pagesTime) and its commit. A graph does wait for a canister's lock, whose writer may be a
+// message waiting for the graph's pages: that wait ends at the query's
+// deadline (queryRun.rlock).
 //
-// One request larger than its bound (the budget, or the queries' half) is
-// admitted when nothing else is held, so a node whose budget is smaller
-// than one execution's caps still runs it, alone.
+// One request larger than its half is admitted when no other of its kind
+// holds any and it fits beside what the other kind holds (or nothing at
+// all is held), so a node whose budget is smaller than one execution's
+// caps still runs it, alone. A query graph so admitted borrows room of the
+// messages' half only while no message waits.
 //
 // A frame also keeps the old bytes of the pages commits overwrite while it
 // lives: its clone shares the committed image, and a commit gives it a
@@ -106,9 +117,20 @@ func newPageBudget(total uint64) *pageBudget {
 	return &pageBudget{total: total}
 }
 
-// fits reports whether n more bytes may be held now (mu held).
-func (b *pageBudget) fits(n uint64) bool {
-	return b.used == 0 || satAdd(b.used, n) <= b.total
+// queryHalf is what query graphs together may hold (but see tryQuery);
+// the rest is the messages'.
+func (b *pageBudget) queryHalf() uint64 { return b.total / 2 }
+
+// messageHalf is what messages together may hold (but see fitsMessage).
+func (b *pageBudget) messageHalf() uint64 { return b.total - b.queryHalf() }
+
+// fitsMessage reports whether a message that holds own bytes (of those
+// held) may take n more now (mu held): within the messages' half, or, if
+// no other message holds any, beside what queries hold (or alone).
+func (b *pageBudget) fitsMessage(n, own uint64) bool {
+	messages := b.used - b.queries
+	total := satAdd(b.used, n) <= b.total || b.used == own
+	return total && (satAdd(messages, n) <= b.messageHalf() || messages == own)
 }
 
 // take records n bytes held (mu held).
@@ -127,7 +149,7 @@ func (b *pageBudget) acquire(ctx context.Context, n uint64) error {
 		return nil
 	}
 	b.mu.Lock()
-	if len(b.waiting) == 0 && b.fits(n) {
+	if len(b.waiting) == 0 && b.fitsMessage(n, 0) {
 		b.take(n, false)
 		b.mu.Unlock()
 		return nil
@@ -160,11 +182,11 @@ func (b *pageBudget) acquire(ctx context.Context, n uint64) error {
 }
 
 // tryMore reserves n more bytes for a message that holds own bytes already,
-// if they fit at once or it holds all that is held.
+// if they fit at once or it is the only message holding any.
 func (b *pageBudget) tryMore(n, own uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.fits(n) && b.used > own {
+	if !b.fitsMessage(n, own) {
 		return false
 	}
 	b.take(n, false)
@@ -172,14 +194,27 @@ func (b *pageBudget) tryMore(n, own uint64) bool {
 }
 
 // tryQuery reserves n bytes for a query graph if they fit at once: within
-// the queries' half of the budget, and with no message waiting.
+// the queries' half of the budget, whether or not messages wait (a waiting
+// message that fits the messages' half waits only for other messages).
+// While the first message in line is larger than the messages' half, the
+// queries' half shrinks by what it needs beyond, so queries that end give
+// it room and no new one takes it: it does not wait behind a stream of
+// queries. A graph larger than the queries' half is admitted if no other
+// graph holds any, no message waits, and it fits beside what messages hold.
 func (b *pageBudget) tryQuery(n uint64) bool {
 	if n == 0 {
 		return true
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.waiting) > 0 || !b.fits(n) || (b.queries > 0 && satAdd(b.queries, n) > b.total/2) {
+	half := b.queryHalf()
+	if len(b.waiting) > 0 && b.waiting[0].n > b.messageHalf() {
+		half = satSub(b.total, b.waiting[0].n)
+	}
+	fits := satAdd(b.used, n) <= b.total || b.used == 0
+	within := satAdd(b.queries, n) <= half
+	alone := b.queries == 0 && len(b.waiting) == 0
+	if !fits || !(within || alone) {
 		return false
 	}
 	b.take(n, true)
@@ -202,7 +237,7 @@ func (b *pageBudget) release(n uint64, query bool) {
 
 // grant admits the waiting messages that fit, in order (mu held).
 func (b *pageBudget) grant() {
-	for len(b.waiting) > 0 && b.fits(b.waiting[0].n) {
+	for len(b.waiting) > 0 && b.fitsMessage(b.waiting[0].n, 0) {
 		w := b.waiting[0]
 		b.waiting = b.waiting[1:]
 		b.take(w.n, false)
@@ -373,13 +408,21 @@ func (h *pageHold) execution(req *exec.Request) *execPages {
 	return e
 }
 
+// reserve reserves the n bytes of the execution's output. An ask replaces
+// the one before (exec.Request.Reserve): the executor asks again only for
+// a retry on a fresh sandbox, after the dead attempt's pages, announced
+// but never handed over, were given up; kept, they would add up with the
+// retry's, and a message that holds pages takes no more unless they fit
+// at once (pageHold.reserve).
 func (e *execPages) reserve(n uint64) error {
 	e.mu.Lock()
-	done := e.done
+	done, dead := e.done, e.n
+	e.n = 0
 	e.mu.Unlock()
 	if done {
 		return errHoldClosed
 	}
+	e.h.release(dead)
 	if err := e.h.reserve(n); err != nil {
 		return err
 	}

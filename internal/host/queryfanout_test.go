@@ -53,6 +53,13 @@ func (p *lyingSandbox) Conn() *net.UnixConn { return p.host }
 // relay copies packets (and their descriptors) from src to dst until
 // either end closes, passing each through edit.
 func relay(src, dst *net.UnixConn, edit func([]byte)) {
+	relayUntil(src, dst, func(pkt []byte) bool { edit(pkt); return true })
+}
+
+// relayUntil is relay whose act sees each packet before it goes (it may
+// edit it, or block: a sandbox that sends slowly) and may end the stream
+// instead of sending it (false: a sandbox that dies there).
+func relayUntil(src, dst *net.UnixConn, act func([]byte) bool) {
 	defer dst.Close()
 	buf := make([]byte, boundary.MaxPacket)
 	oob := make([]byte, unix.CmsgSpace(4*(boundary.MaxFDs+1)))
@@ -61,18 +68,26 @@ func relay(src, dst *net.UnixConn, edit func([]byte)) {
 		if err != nil || n == 0 {
 			return
 		}
-		edit(buf[:n])
-		_, _, werr := dst.WriteMsgUnix(buf[:n], oob[:oobn], nil)
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, m := range msgs {
-				fds, _ := unix.ParseUnixRights(&m)
-				for _, fd := range fds {
-					unix.Close(fd) // dst has its own copies
-				}
-			}
+		if !act(buf[:n]) {
+			closeRights(oob[:oobn])
+			return
 		}
+		_, _, werr := dst.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+		closeRights(oob[:oobn]) // dst has its own copies
 		if werr != nil {
 			return
+		}
+	}
+}
+
+// closeRights closes the descriptors a packet's control message brought.
+func closeRights(oob []byte) {
+	if msgs, err := unix.ParseSocketControlMessage(oob); err == nil {
+		for _, m := range msgs {
+			fds, _ := unix.ParseUnixRights(&m)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
 		}
 	}
 }
