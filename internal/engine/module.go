@@ -69,6 +69,28 @@ const (
 	maxLoopLocals     = 200_000_000
 )
 
+// liveLocalsLimits bound what the values of locals cost Cranelift across
+// the blocks of a function (wasmbin.LiveLocals), which neither the bytes
+// nor the bounds above see: register allocation grows with the square of a
+// function's merges (locals rewritten in a construct and read after it,
+// times the edges into its join), SSA construction and liveness with its
+// spans (block boundaries a local's value, or a value on the operand
+// stack, is live across). One body of 200
+// ifs each rewriting 500 locals, read after them (1.3 MB, 400 control
+// instructions), took 25 s of CPU to compile, and such bodies keep growing
+// up to wasmbin.MaxFuncBodySize. The corpus's heaviest function weighs
+// 28,455 merges and 140,912 spans (dfx's wallet), its heaviest module
+// 1.11 G merges squared (the wallet) and 937,695 spans (dfx's ui); those
+// modules compile in 4 to 6 s here. The spans' bounds are some 10 times
+// the corpus's; the merges', whose cost grows with their square, 2.1 (a
+// function) and 5.4 (a module's squares) times: a function at the bound
+// compiles in 4 to 5.5 s, a module at the bound in some 7 s. Constants, as
+// the loops' bounds are.
+var liveLocalsLimits = wasmbin.LiveLocalsLimits{
+	Func:                wasmbin.LiveLocalsWeight{Merges: 60_000, Spans: 1_500_000, Visits: 5_000_000},
+	ModuleMergesSquared: 6_000_000_000, ModuleSpans: 10_000_000, ModuleVisits: 50_000_000,
+}
+
 // controlKinds says what a refusal for control instructions counts.
 var controlKinds = fmt.Sprintf("loop, if, else, end, br, br_if, br_table, return, unreachable, bulk memory and table operations; call_indirect counts %d, table.get and table.set %d, br_table 1 more per %d targets",
 	wasmbin.CallIndirectWeight, wasmbin.TableAccessWeight, wasmbin.BrTableTargetsPerWeight)
@@ -293,6 +315,9 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	if loopLocals > maxLoopLocals {
 		return nil, info, invalid("module: its loops touch too many locals (weight %d: the sum over its loops of the square of the locals each touches), the limit is %d", loopLocals, maxLoopLocals)
 	}
+	if err := checkLiveLocals(wasm, m); err != nil {
+		return nil, info, err
+	}
 	for i, g := range m.Globals {
 		if g.Mutable && g.Type != wasmbin.I32 && g.Type != wasmbin.I64 && g.Type != wasmbin.F32 && g.Type != wasmbin.F64 {
 			return nil, info, invalid("global %d: mutable globals of type %s cannot be persisted", i, g.Type)
@@ -357,6 +382,33 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	info.Metadata = md
 	return m, info, nil
+}
+
+// checkLiveLocals refuses a module whose locals' values weigh more across
+// its functions' blocks than liveLocalsLimits allow.
+func checkLiveLocals(wasm []byte, m *wasmbin.Module) error {
+	lim := liveLocalsLimits
+	w, err := wasmbin.LiveLocals(wasm, m, lim)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	const merges = "locals rewritten in a block, if or loop and read after it, times the edges into its join"
+	const spans = "block boundaries each local's value, and each value on the operand stack, is live across"
+	switch {
+	case w.Most.Merges > lim.Func.Merges:
+		return invalid("function %d: too many values merge where its paths join (weight %d or more: %s), the limit per function is %d", w.MostMergesFunc, w.Most.Merges, merges, lim.Func.Merges)
+	case w.Most.Spans > lim.Func.Spans:
+		return invalid("function %d: its locals live across too many blocks (weight %d or more: %s), the limit per function is %d", w.MostSpansFunc, w.Most.Spans, spans, lim.Func.Spans)
+	case w.Most.Visits > lim.Func.Visits:
+		return invalid("function %d: its locals are written in too many nested blocks (%d or more local and block pairs), the limit per function is %d", w.MostVisitsFunc, w.Most.Visits, lim.Func.Visits)
+	case w.MergesSquared > lim.ModuleMergesSquared:
+		return invalid("module: too many values merge where its functions' paths join (weight %d or more: the sum over functions of the square of %s), the limit is %d", w.MergesSquared, merges, lim.ModuleMergesSquared)
+	case w.Spans > lim.ModuleSpans:
+		return invalid("module: its locals live across too many blocks (weight %d or more: %s, summed over functions), the limit is %d", w.Spans, spans, lim.ModuleSpans)
+	case w.Visits > lim.ModuleVisits:
+		return invalid("module: its locals are written in too many nested blocks (%d or more local and block pairs), the limit is %d", w.Visits, lim.ModuleVisits)
+	}
+	return nil
 }
 
 func width(memory64 bool) string {

@@ -159,3 +159,72 @@ func TestInstallControlBombRefused(t *testing.T) {
 		})
 	}
 }
+
+// mergeBombWasm is one function (i32) -> () declaring 500 i64 locals and
+// holding ifs ifs, each rewriting all 500 and followed by reading them,
+// plus an exported update method: each if's join merges 500 values on two
+// edges, and register allocation grows with the square of those merges.
+// Without a bound, its install at 100 ifs (about 500 KB) took 31 s here
+// (in-process, the machine loaded).
+func mergeBombWasm(ifs int) []byte {
+	leb := func(b []byte, v uint64) []byte {
+		for {
+			c := byte(v & 0x7f)
+			if v >>= 7; v == 0 {
+				return append(b, c)
+			}
+			b = append(b, c|0x80)
+		}
+	}
+	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
+	m = append(m, section(3, []byte{2, 0, 1})...)
+	name := "canister_update f"
+	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
+	m = append(m, section(7, append(ex, 0, 1))...)
+	const locals = 500
+	body := append(leb([]byte{1}, locals), 0x7e)
+	k := uint64(0)
+	for range ifs {
+		body = append(body, 0x20, 0, 0x04, 0x40) // local.get 0; if
+		for j := uint64(1); j <= locals; j++ {
+			k++
+			// i64.const (k's bits: distinct constants); local.set j
+			body = leb(append(leb(append(body, 0x42), k), 0x21), j)
+		}
+		body = append(body, 0x0b, 0x20, 1) // end; local.get 1
+		for j := uint64(2); j <= locals; j++ {
+			body = append(leb(append(body, 0x20), j), 0x7c) // local.get j; i64.add
+		}
+		body = append(body, 0x1a) // drop
+	}
+	body = append(body, 0x0b)
+	code := append(leb([]byte{2}, uint64(len(body))), body...)
+	code = append(code, 2, 0, 0x0b)
+	return append(m, section(10, code)...)
+}
+
+// The register-allocation bomb is refused by validation before it
+// compiles, as an invalid module naming the limit; a module of a few such
+// ifs installs.
+func TestInstallMergeBombRefused(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			ctx := context.Background()
+			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mergeBombWasm(100), Caller: user})
+			if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), "too many values merge") {
+				t.Fatalf("install of 100 ifs rewriting 500 locals: %v, want a refusal for the values that merge", err)
+			}
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mergeBombWasm(4), Caller: user}); err != nil {
+				t.Fatalf("install of 4 such ifs: %v", err)
+			}
+		})
+	}
+}

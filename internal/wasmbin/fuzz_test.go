@@ -130,6 +130,20 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("loop locals: %d, %d with limits 3, 5; %d, %d without", most, total, exact, all)
 			}
 		}
+		// The locals' weight across blocks: likewise.
+		unbounded := LiveLocalsLimits{LiveLocalsWeight{1 << 40, 1 << 40, 1 << 40}, 1 << 40, 1 << 40, 1 << 40}
+		if _, err := LiveLocals(b, m, unbounded); err != nil && !errors.As(err, new(*Error)) {
+			t.Fatalf("live locals: %v", err)
+		}
+		small := LiveLocalsLimits{LiveLocalsWeight{3, 3, 3}, 9, 5, 5}
+		if got, err := LiveLocals(b, m, small); err == nil {
+			over := func(r LiveLocalsResult) bool {
+				return r.Most.Merges > 3 || r.Most.Spans > 3 || r.Most.Visits > 3 || r.MergesSquared > 9 || r.Spans > 5 || r.Visits > 5
+			}
+			if exact, err := LiveLocals(b, m, unbounded); err == nil && over(exact) != over(got) {
+				t.Fatalf("live locals: %+v with small limits; %+v without", got, exact)
+			}
+		}
 		// Anything that decodes must instrument unless it uses a reserved name.
 		if _, _, err := Instrument(b); err != nil && !errors.Is(err, ErrReservedExport) && !errors.Is(err, ErrLimit) {
 			t.Fatalf("decodes but does not instrument: %v", err)

@@ -1,0 +1,229 @@
+package engine
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Hostile bodies for liveLocalsLimits: each is one function (i32) -> ()
+// declaring i64 locals 1 to v (0 is the parameter).
+
+func sleb(b []byte, v int64) []byte {
+	for {
+		c := byte(v & 0x7f)
+		v >>= 7
+		if (v == 0 && c&0x40 == 0) || (v == -1 && c&0x40 != 0) {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
+
+func uleb(b []byte, v uint64) []byte {
+	for {
+		c := byte(v & 0x7f)
+		if v >>= 7; v == 0 {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
+
+// setLocals sets locals 1 to v to distinct values Cranelift cannot fold:
+// the parameter plus j.
+func setLocals(b []byte, v int) []byte {
+	for j := 1; j <= v; j++ {
+		b = append(b, 0x20, 0, 0xad, 0x42) // local.get 0; i64.extend_i32_u; i64.const
+		b = sleb(b, int64(j))
+		b = uleb(append(b, 0x7c, 0x21), uint64(j)) // i64.add; local.set j
+	}
+	return b
+}
+
+// sumLocals reads locals 1 to v, adds them up and drops the sum.
+func sumLocals(b []byte, v int) []byte {
+	b = append(b, 0x20, 1)
+	for j := 2; j <= v; j++ {
+		b = append(uleb(append(b, 0x20), uint64(j)), 0x7c)
+	}
+	return append(b, 0x1a)
+}
+
+// rewriteLocals gives locals 1 to v new constants (from k on).
+func rewriteLocals(b []byte, v int, k *int) []byte {
+	for j := 1; j <= v; j++ {
+		*k++
+		b = uleb(append(sleb(append(b, 0x42), int64(*k)), 0x21), uint64(j))
+	}
+	return b
+}
+
+// ifsBody is the bomb the bound was made for: r ifs each rewriting locals
+// 1 to s, each followed by reading 1 to k. Each if's join merges the s
+// locals on two edges.
+func ifsBody(r, s, k int) []byte {
+	var b []byte
+	n := 0
+	for range r {
+		b = rewriteLocals(append(b, 0x20, 0, 0x04, 0x40), s, &n) // local.get 0; if
+		b = sumLocals(append(b, 0x0b), k)
+	}
+	return b
+}
+
+// edgesBody is one block holding e times (rewrite locals 1 to v; br_if
+// to the block's end), then locals 1 to v read: v merges on e+1 edges.
+func edgesBody(v, e int) []byte {
+	b := append(setLocals(nil, v), 0x02, 0x40)
+	n := 0
+	for range e {
+		b = append(rewriteLocals(b, v, &n), 0x20, 0, 0x0d, 0)
+	}
+	return sumLocals(append(b, 0x0b), v)
+}
+
+// spanBody sets locals 1 to v, then holds r blocks with a br_if, then
+// reads the locals: each live across the 2r block boundaries.
+func spanBody(v, r int) []byte {
+	b := setLocals(nil, v)
+	for range r {
+		b = append(b, blockBrIfUnit...)
+	}
+	return sumLocals(b, v)
+}
+
+// stackSpanBody pushes v values Cranelift cannot fold, then holds r
+// blocks with a br_if, then adds the values up: each on the operand stack
+// across the 2r block boundaries.
+func stackSpanBody(v, r int) []byte {
+	var b []byte
+	for j := 1; j <= v; j++ {
+		b = append(sleb(append(b, 0x20, 0, 0xad, 0x42), int64(j)), 0x7c)
+	}
+	for range r {
+		b = append(b, blockBrIfUnit...)
+	}
+	for j := 2; j <= v; j++ {
+		b = append(b, 0x7c)
+	}
+	return append(b, 0x1a)
+}
+
+// liveLocalsModule is funcs functions (i32) -> () declaring locals i64
+// locals, each of the given body, plus an exported update method.
+func liveLocalsModule(funcs int, locals uint64, body []byte) []byte {
+	section := func(id byte, content []byte) []byte {
+		return append(uleb([]byte{id}, uint64(len(content))), content...)
+	}
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...)
+	fs := uleb(nil, uint64(funcs+1))
+	for range funcs {
+		fs = append(fs, 0)
+	}
+	m = append(m, section(3, append(fs, 1))...)
+	name := "canister_update f"
+	ex := append(uleb(uleb(nil, 1), uint64(len(name))), name...)
+	m = append(m, section(7, append(uleb(ex, 0), uleb(nil, uint64(funcs))...))...)
+	fb := append(uleb([]byte{1}, locals), 0x7e)
+	fb = append(append(fb, body...), 0x0b)
+	code := uleb(nil, uint64(funcs+1))
+	for range funcs {
+		code = append(uleb(code, uint64(len(fb))), fb...)
+	}
+	code = append(code, 2, 0, 0x0b)
+	return append(m, section(10, code)...)
+}
+
+// Compile bombs the bounds on bytes, control instructions and loops did
+// not see: register allocation grows with the square of the values that
+// merge where paths join, and SSA construction with the block boundaries
+// values are live across. Uncapped, the first took 13 s of CPU to compile
+// here (the 200-if version in RATIONALE 25 s), the second 4.5 s, the
+// third made Cranelift panic (25 M SSA values) and the fourth took 6.5 s.
+// Validation refuses them before anything compiles, naming the limit.
+func TestLiveLocalsBounded(t *testing.T) {
+	lim := DefaultModuleLimits()
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, reason string
+		wasm         []byte
+	}{
+		// 100 ifs each rewriting 500 locals, 1,000 read after each (717 KB,
+		// 200 control instructions): 100,000 merges.
+		{"ifs", "too many values merge", liveLocalsModule(1, 1000, ifsBody(100, 500, 1000))},
+		// One block, 700 br_ifs each after rewriting 100 locals: 70,100.
+		{"edges", "too many values merge", liveLocalsModule(1, 100, edgesBody(100, 700))},
+		// 5,000 locals across 10,000 boundaries (105 KB).
+		{"spans", "live across too many blocks", liveLocalsModule(1, 5000, spanBody(5000, 5000))},
+		// 20,000 values on the operand stack across 20,000 boundaries (242
+		// KB, 19,999 control instructions).
+		{"stack", "live across too many blocks", liveLocalsModule(1, 0, stackSpanBody(20_000, 9_999))},
+	} {
+		_, _, err := Validate(tc.wasm, lim)
+		refusedFor(t, tc.name, err, tc.reason)
+		if !strings.Contains(err.Error(), "the limit per function is") {
+			t.Errorf("%s: %v, want the limit named", tc.name, err)
+		}
+		_, err = e.Compile(tc.wasm, lim)
+		refusedFor(t, tc.name+" (Compile)", err, tc.reason)
+	}
+
+	// Within the per-function bound: 59 ifs of 500 locals (59,000).
+	if _, _, err := Validate(liveLocalsModule(1, 500, ifsBody(59, 500, 500)), lim); err != nil {
+		t.Fatalf("59 ifs of 500 locals: %v", err)
+	}
+	// The module's bound on the merges' squares: 3 bodies of 45,000 are
+	// beyond it, 2 are not.
+	_, _, err = Validate(liveLocalsModule(3, 500, ifsBody(45, 500, 500)), lim)
+	refusedFor(t, "3 bodies of 45,000 merges", err, "module: too many values merge")
+	if _, _, err := Validate(liveLocalsModule(2, 500, ifsBody(45, 500, 500)), lim); err != nil {
+		t.Fatalf("2 bodies of 45,000 merges: %v", err)
+	}
+	// And on spans: 700 locals across 2,000 boundaries (1.4 M) a body; 8
+	// bodies are beyond it, 7 are not.
+	_, _, err = Validate(liveLocalsModule(8, 700, spanBody(700, 1000)), lim)
+	refusedFor(t, "8 bodies of 1.4 M spans", err, "module: its locals live across too many blocks")
+	if _, _, err := Validate(liveLocalsModule(7, 700, spanBody(700, 1000)), lim); err != nil {
+		t.Fatalf("7 bodies of 1.4 M spans: %v", err)
+	}
+}
+
+// Every module of the corpus is within the bounds (the weights themselves
+// are in RATIONALE).
+func TestLiveLocalsCorpusWithin(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "..", "shared", "canisters", "*.wasm"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("corpus: %v (%d modules)", err, len(files))
+	}
+	sdk, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "dfinity-sdk", "*.wasm*"))
+	if len(sdk) == 0 {
+		t.Fatal("no dfinity-sdk modules")
+	}
+	for _, f := range append(files, sdk...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(f, ".gz") {
+			zr, err := gzip.NewReader(bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := Validate(b, DefaultModuleLimits()); err != nil {
+			t.Errorf("%s: %v", filepath.Base(f), err)
+		}
+	}
+}
