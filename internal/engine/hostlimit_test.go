@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/bytecodealliance/wasmtime-go/v39"
 	"golang.org/x/sys/unix"
 
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
@@ -31,9 +31,7 @@ func TestHostAddressSpaceExhaustionIsNotATrap(t *testing.T) {
 		hostLimitChildMain()
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHostAddressSpaceExhaustionIsNotATrap$", "-test.count=1")
-	cmd.Env = append(os.Environ(), hostLimitChild+"=1")
-	out, err := cmd.CombinedOutput()
+	out, err := faultinject.Child("TestHostAddressSpaceExhaustionIsNotATrap", hostLimitChild+"=1").Output()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
