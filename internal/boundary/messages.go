@@ -355,8 +355,9 @@ const (
 	ErrInvalidModule ErrorCode = 2 // the module was refused by validation or compilation
 	ErrBadRequest    ErrorCode = 3 // the request could not be decoded or does not fit the state
 	ErrArtifact      ErrorCode = 4 // the artifact could not be loaded (stale or damaged)
-	// ErrHostMemory: the engine could not grow the canister's memory within
-	// the canister's limits (engine.ErrHostMemory). The host weighs it by
+	// ErrHostMemory: the engine could not grow or map the canister's memory
+	// within the canister's limits, at a memory.grow or at instantiation
+	// (engine.ErrHostMemory). The host weighs it by
 	// the sandbox's cgroup, not by this claim (exec.Sandboxed.fail).
 	ErrHostMemory ErrorCode = 5
 )

@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -22,9 +23,9 @@ const hostLimitChild = "CORDON_TEST_ENGINE_AS_CHILD"
 
 // When the host cannot reserve an instance's address space (here: the
 // process's RLIMIT_AS is nearly used up) the canister did nothing wrong.
-// Run must return an error, which the host reports as its own failure with
-// the canister's state unchanged, never a trap that would be the canister's
-// answer. The limit is set in a child process: it would starve the test
+// Run must return ErrHostMemory, which the host reports as its own failure
+// (SYS_TRANSIENT) with the canister's state unchanged, never a trap that
+// would be the canister's answer. The limit is set in a child process: it would starve the test
 // binary.
 func TestHostAddressSpaceExhaustionIsNotATrap(t *testing.T) {
 	if os.Getenv(hostLimitChild) == "1" {
@@ -36,8 +37,8 @@ func TestHostAddressSpaceExhaustionIsNotATrap(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 	s := string(out)
-	if !strings.Contains(s, "RESULT error:") {
-		t.Fatalf("want the run to fail as a host error, child said:\n%s", s)
+	if !strings.Contains(s, "RESULT host memory:") {
+		t.Fatalf("want the run to fail as the host's memory failure (ErrHostMemory), child said:\n%s", s)
 	}
 	if !strings.Contains(s, "FITS ok") {
 		t.Fatalf("the child's control run did not succeed:\n%s", s)
@@ -86,6 +87,8 @@ func hostLimitChildMain() {
 	}
 	out, err := run()
 	switch {
+	case errors.Is(err, ErrHostMemory):
+		fmt.Println("RESULT host memory:", err)
 	case err != nil:
 		fmt.Println("RESULT error:", err)
 	case out.Trapped:
