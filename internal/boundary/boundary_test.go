@@ -965,6 +965,61 @@ func TestDecodeCompiledMethodsWithinTheLimit(t *testing.T) {
 	}
 }
 
+// A compiler sandbox's Compiled may claim strings as long as its body,
+// which AwaitCompiled lets be as large as the artifact limit (a GiB): a
+// candid service beyond the IC's metadata bound, method names longer
+// together than the module limit, metadata names longer together than the
+// metadata bound. The decoder refuses each before it copies the string
+// that crosses its bound; before, it copied them all and only
+// ValidateCompiled refused them afterwards.
+func TestDecodeCompiledBoundsItsStrings(t *testing.T) {
+	lim := engine.DefaultModuleLimits()
+	lim.MaxBytes = 256 << 10
+	big := strings.Repeat("a", 8<<20)
+	answer := func(candid string, names []string, metadata []string) []byte {
+		w := &writer{}
+		for range 11 {
+			w.bool(false)
+		}
+		w.str(candid)
+		w.count(len(names))
+		for _, n := range names {
+			w.u8(uint8(engine.UpdateMethod))
+			w.str(n)
+		}
+		w.count(0) // globals
+		w.count(len(metadata))
+		for _, n := range metadata {
+			w.bool(true)
+			w.str(n)
+			w.bytes(nil)
+		}
+		w.bytes([]byte("artifact"))
+		return w.b
+	}
+	near := strings.Repeat("m", 200<<10)    // under the module limit, two are over it
+	mdName := strings.Repeat("n", 1500<<10) // under MaxMetadataBytes, two are over it
+	for _, c := range []struct {
+		what string
+		body []byte
+	}{
+		{"a candid service of 8 MiB", answer(big, nil, nil)},
+		{"a method name of 8 MiB", answer("", []string{big}, nil)},
+		{"method names of 8 MiB together", answer("", []string{near, near + "2", big}, nil)},
+		{"metadata names of 11 MiB together", answer("", nil, []string{mdName, mdName + "2", big})},
+	} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := DecodeCompiled(c.body, lim)
+		runtime.ReadMemStats(&after)
+		wantViolation(t, err, VDecode)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
+			t.Errorf("%s: %d bytes allocated before it was refused", c.what, alloc)
+		}
+	}
+}
+
 // An Output header may be as large as OutputCap (for an update, its calls'
 // arguments: a GiB by default), and decoded entries cost more than their
 // bytes: empty log lines (9 bytes, a 24-byte LogLine each) or bare calls

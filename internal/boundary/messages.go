@@ -224,7 +224,12 @@ func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 		&in.HasHeartbeat, &in.HasGlobalTimer, &in.HasLowWasmMemory, &in.HasStart, &in.EnhancedOrthogonalPersistence, &in.HasMemory} {
 		*p = r.bool("info flag")
 	}
-	in.CandidService = r.str(math.MaxUint64, "candid service")
+	// The strings are bounded by what the module can hold while they are
+	// read, before they are copied: the body may be as large as the
+	// artifact limit (a GiB). The candid service is one of the module's
+	// icp: sections, which the engine bounds together by MaxMetadataBytes;
+	// method names are export names, together no larger than the module.
+	in.CandidService = r.str(engine.MaxMetadataBytes, "candid service")
 	// The count is checked against the limit before any entry is read:
 	// a body of the size AwaitCompiled allows (the artifact's, up to a
 	// GiB) holds tens of millions of 12-byte entries, and their map costs
@@ -234,9 +239,11 @@ func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 	// only the body's length bounds: a lying compiler's claim costs
 	// nothing until its entries arrive.
 	in.Methods = make(map[string]engine.MethodKind, min(n, 64))
+	nameBytes := nonNeg(lim.MaxBytes) // what the method names may still take
 	for i := 0; i < n && r.err == nil; i++ {
 		k := engine.MethodKind(r.u8("method kind"))
-		name := r.str(math.MaxUint64, "method name")
+		name := r.str(nameBytes, "method name")
+		nameBytes -= uint64(len(name))
 		if r.err != nil {
 			break
 		}
@@ -262,10 +269,13 @@ func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 	in.NumGlobals = len(c.GlobalTypes)
 	if m := r.count(engine.MaxMetadataSections, 17, "metadata sections"); m > 0 {
 		in.Metadata = make([]engine.Metadata, 0, m)
+		mdBytes := uint64(engine.MaxMetadataBytes) // names and contents together
 		for i := 0; i < m && r.err == nil; i++ {
 			pub := r.bool("metadata visibility")
-			name := r.str(engine.MaxMetadataBytes, "metadata name")
-			data := r.bytes(engine.MaxMetadataBytes, "metadata")
+			name := r.str(mdBytes, "metadata name")
+			mdBytes -= uint64(len(name))
+			data := r.bytes(mdBytes, "metadata")
+			mdBytes -= uint64(len(data))
 			in.Metadata = append(in.Metadata, engine.Metadata{Name: name, Public: pub, Data: data})
 		}
 	}
@@ -345,8 +355,9 @@ const (
 	ErrInvalidModule ErrorCode = 2 // the module was refused by validation or compilation
 	ErrBadRequest    ErrorCode = 3 // the request could not be decoded or does not fit the state
 	ErrArtifact      ErrorCode = 4 // the artifact could not be loaded (stale or damaged)
-	// ErrHostMemory: the engine could not grow the canister's memory within
-	// the canister's limits (engine.ErrHostMemory). The host weighs it by
+	// ErrHostMemory: the engine could not grow or map the canister's memory
+	// within the canister's limits, at a memory.grow or at instantiation
+	// (engine.ErrHostMemory). The host weighs it by
 	// the sandbox's cgroup, not by this claim (exec.Sandboxed.fail).
 	ErrHostMemory ErrorCode = 5
 )

@@ -17,8 +17,10 @@ import (
 // against deterministic limits, so the canister must never see such a
 // -1: the execution fails as the host's, nothing applied or charged, and
 // may be tried again (RATIONALE.md, "A grow the host fails is the host's
-// failure, never -1").
-var ErrHostMemory = errors.New("the host could not grow the canister's memory within its limits (the node is out of memory)")
+// failure, never -1"). The same for an instantiation the kernel refused
+// (the instance's reservation or its initial memory: run.go), which is
+// no more the canister's doing.
+var ErrHostMemory = errors.New("the host could not grow or map the canister's memory within its limits (the node is out of memory)")
 
 // wasmPages32 is the most pages a 32-bit memory may have (4 GiB).
 const wasmPages32 = 1 << 16

@@ -3,9 +3,9 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +13,7 @@ import (
 	"github.com/bytecodealliance/wasmtime-go/v39"
 	"golang.org/x/sys/unix"
 
+	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
@@ -22,24 +23,22 @@ const hostLimitChild = "CORDON_TEST_ENGINE_AS_CHILD"
 
 // When the host cannot reserve an instance's address space (here: the
 // process's RLIMIT_AS is nearly used up) the canister did nothing wrong.
-// Run must return an error, which the host reports as its own failure with
-// the canister's state unchanged, never a trap that would be the canister's
-// answer. The limit is set in a child process: it would starve the test
+// Run must return ErrHostMemory, which the host reports as its own failure
+// (SYS_TRANSIENT) with the canister's state unchanged, never a trap that
+// would be the canister's answer. The limit is set in a child process: it would starve the test
 // binary.
 func TestHostAddressSpaceExhaustionIsNotATrap(t *testing.T) {
 	if os.Getenv(hostLimitChild) == "1" {
 		hostLimitChildMain()
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHostAddressSpaceExhaustionIsNotATrap$", "-test.count=1")
-	cmd.Env = append(os.Environ(), hostLimitChild+"=1")
-	out, err := cmd.CombinedOutput()
+	out, err := faultinject.Child("TestHostAddressSpaceExhaustionIsNotATrap", hostLimitChild+"=1").Output()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 	s := string(out)
-	if !strings.Contains(s, "RESULT error:") {
-		t.Fatalf("want the run to fail as a host error, child said:\n%s", s)
+	if !strings.Contains(s, "RESULT host memory:") {
+		t.Fatalf("want the run to fail as the host's memory failure (ErrHostMemory), child said:\n%s", s)
 	}
 	if !strings.Contains(s, "FITS ok") {
 		t.Fatalf("the child's control run did not succeed:\n%s", s)
@@ -88,6 +87,8 @@ func hostLimitChildMain() {
 	}
 	out, err := run()
 	switch {
+	case errors.Is(err, ErrHostMemory):
+		fmt.Println("RESULT host memory:", err)
 	case err != nil:
 		fmt.Println("RESULT error:", err)
 	case out.Trapped:

@@ -184,12 +184,13 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		// Instantiation runs no canister code (the start function was
 		// removed), so a failure is either the canister's own limit (a
 		// memory or table minimum above it: a trap) or the host's (the
-		// kernel refused to map the instance's reservation: not the
-		// canister's doing, so an error that charges and answers nothing).
+		// kernel refused to map the instance's reservation or its initial
+		// memory: not the canister's doing, so ErrHostMemory, as for a
+		// grow the kernel refuses, which charges and answers nothing).
 		msg := errorCause(err.Error())
 		closeError(err)
 		if hostResourceFailure(msg) {
-			return nil, fmt.Errorf("engine: host could not instantiate the module: %s", msg)
+			return nil, fmt.Errorf("engine: host could not instantiate the module: %s: %w", msg, ErrHostMemory)
 		}
 		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
 	}

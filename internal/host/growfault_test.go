@@ -111,7 +111,7 @@ func growFaultChildMain(t *testing.T, mode string) {
 		if err == nil {
 			t.Fatalf("memory %s: a grow the host failed was answered: the canister saw its result", c.mem)
 		}
-		if r := f.reject(err); r.Code != SysTransient || !strings.Contains(r.Message, "could not grow its memory") {
+		if r := f.reject(err); r.Code != SysTransient || !strings.Contains(r.Message, "could not map or grow its memory") {
 			t.Fatalf("memory %s: want SYS_TRANSIENT for the host's grow failure, got %v", c.mem, r)
 		}
 		f.quiesce()

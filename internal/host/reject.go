@@ -161,10 +161,11 @@ func asReject(id fmt.Stringer, what string, err error) error {
 // (sandboxFault); nothing was applied, and the caller may try again. The
 // same for a memory.grow the kernel refused within the canister's limits
 // (engine.ErrHostMemory: in a sandbox the node's by its cgroup, in process
-// the node's always): the canister never sees that -1.
+// the node's always): the canister never sees that -1; and for an
+// instantiation the kernel refused, which is ErrHostMemory too.
 func nodeMemoryReject(id fmt.Stringer, err error) *Reject {
 	if errors.Is(err, engine.ErrHostMemory) {
-		return rejectf(SysTransient, "Canister %s: its execution was stopped because the node could not grow its memory within its limits (the node is out of memory); nothing was applied, try again later.", id)
+		return rejectf(SysTransient, "Canister %s: its execution was stopped because the node could not map or grow its memory within its limits (the node is out of memory); nothing was applied, try again later.", id)
 	}
 	return rejectf(SysTransient, "Canister %s: its execution was stopped because the node's sandboxes together ran out of memory (sandbox.node_memory_bytes); nothing was applied, try again later.", id)
 }

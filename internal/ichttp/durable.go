@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/fxamacker/cbor/v2"
 
@@ -44,9 +45,16 @@ type storedStatus struct {
 // one found so at start can never be answered.
 const statusExecuting = "executing"
 
+// rejectText is a reject message as a status keeps it: valid UTF-8, which
+// the store's CBOR text string (read back with UTF8RejectInvalid), the
+// answers' CBOR and the certified tree's clients all need. The node's
+// rejects are UTF-8 as made; this keeps a status readable at the next
+// start whatever one says (decodeStatus would drop it as unreadable).
+func rejectText(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
 func encodeStatus(st *requestStatus) []byte {
 	b, err := cbor.Marshal(storedStatus{Status: st.Status, Expiry: st.Expiry, Sender: st.Sender.Bytes(), Canister: st.Canister.Bytes(),
-		Reply: st.Reply, RejectCode: st.RejectCode, RejectMessage: st.RejectMessage})
+		Reply: st.Reply, RejectCode: st.RejectCode, RejectMessage: rejectText(st.RejectMessage)})
 	if err != nil {
 		panic(err) // strings, blobs and naturals always encode
 	}
@@ -93,7 +101,7 @@ func ingressStatus(req *Request) *host.IngressStatus {
 		case o.Replied:
 			st.Status, st.Reply = "replied", o.Reply
 		case o.Reject != nil:
-			st.Status, st.RejectCode, st.RejectMessage = "rejected", uint64(o.Reject.Code), o.Reject.Message
+			st.Status, st.RejectCode, st.RejectMessage = "rejected", uint64(o.Reject.Code), rejectText(o.Reject.Message)
 		}
 		return encodeStatus(st)
 	}}

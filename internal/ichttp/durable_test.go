@@ -13,10 +13,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cordon-dev/cordon/internal/host"
+	"github.com/cordon-dev/cordon/internal/store"
 	"github.com/cordon-dev/cordon/pkg/candid"
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
@@ -253,5 +255,43 @@ func TestManagementReplayAfterReopen(t *testing.T) {
 	r, err := node.Query(ctx, host.Message{Canister: id, Method: "get", Arg: noArgs, Caller: principal.Anonymous()})
 	if err != nil || !bytes.Equal(r.Data, []byte("DIDL\x00\x01\x7d\x01")) {
 		t.Fatalf("counter after the replays (a reinstall ran again?): %v %v", r, err)
+	}
+}
+
+// A reject message that is not valid UTF-8 (none of the node's is, as
+// made; this holds whatever one says) is stored as valid UTF-8, so the
+// next start reads its status instead of dropping it as unreadable, and
+// answered before the restart as it is certified after it.
+func TestHostileRejectMessageSurvivesARestart(t *testing.T) {
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	now := time.Now()
+	hostile := "Error from Canister: \xff\xfe trapped \xc3( mid-rune \xe2\x82 and \x1b[31m"
+	rej := &host.Reject{Code: host.CanisterError, Message: hostile}
+	req := &Request{ID: [32]byte{7, 7, 7}, Sender: principal.Anonymous(), CanisterID: id, IngressExpiry: uint64(now.Add(time.Minute).UnixNano())}
+	rec := ingressStatus(req).Encode(host.Outcome{Reject: rej})
+	if err := node.PutIngressStatuses([]store.IngressRecord{{Key: req.ID[:], Value: rec}}); err != nil {
+		t.Fatal(err)
+	}
+	h := New(nil, key, testNodeKey(t, home), quiet)
+	h.node, h.store, h.now = node, node, func() time.Time { return now }
+	if err := h.load(); err != nil {
+		t.Fatal(err)
+	}
+	s, _, code, msg := h.RequestStatus(req.ID)
+	if s != "rejected" || code != uint64(host.CanisterError) || !utf8.ValidString(msg) {
+		t.Fatalf("after a restart: %s %d %q", s, code, msg)
+	}
+	answered, ok := outcome(nil, rej)
+	if !ok || answered.RejectMessage != msg {
+		t.Fatalf("answered %q before the restart, %q after it", answered.RejectMessage, msg)
+	}
+	// Whatever status is stored reads back.
+	if _, err := decodeStatus(encodeStatus(&requestStatus{Status: "rejected", RejectMessage: hostile, Sender: principal.Anonymous(), Canister: id})); err != nil {
+		t.Fatalf("a stored reject does not read back: %v", err)
 	}
 }

@@ -274,7 +274,7 @@ func outcome(rep *host.Reply, err error) (*requestStatus, bool) {
 	}
 	var rj *host.Reject
 	if errors.As(err, &rj) {
-		return &requestStatus{Status: "rejected", RejectCode: uint64(rj.Code), RejectMessage: rj.Message}, true
+		return &requestStatus{Status: "rejected", RejectCode: uint64(rj.Code), RejectMessage: rejectText(rj.Message)}, true
 	}
 	return nil, false
 }

@@ -14,7 +14,8 @@ import (
 // The sandbox's fd 2 is a pipe the host reads. Everything on it is hostile:
 // lines are cut at maxLogLine bytes of input, control characters (C0, DEL
 // and C1), format characters, line and paragraph separators and invalid
-// UTF-8 escaped (\xNN, four bytes for one), and the escaped line cut again
+// UTF-8 escaped (\xNN, four bytes for one; a backslash doubled, so the
+// text "\x1b" does not read as an escape), and the escaped line cut again
 // at maxLogOutput bytes, so no delivered line is longer than maxLogOutput
 // plus the cut mark, whatever bytes the sandbox wrote. Two token buckets per sandbox bound what reaches the host's log:
 // lines (a burst of logBurst, then logRate per second) and bytes of
@@ -372,7 +373,8 @@ func (l *logReader) emit(s string) {
 	}
 }
 
-// sanitize escapes control characters and invalid UTF-8 (\xNN a byte) and keeps
+// sanitize escapes control characters and invalid UTF-8 (\xNN a byte) and
+// doubles backslashes, so every escape reads one way, and keeps
 // at most limit bytes of the result, whole characters and escapes only; cut
 // says whether anything was left out.
 func sanitize(b []byte, limit int) (s string, cut bool) {
@@ -390,20 +392,28 @@ func sanitize(b []byte, limit int) (s string, cut bool) {
 		esc := (r == utf8.RuneError && n <= 1) || (r < 0x20 && r != '\t') || (r >= 0x7f && r <= 0x9f) ||
 			r == 0x2028 || r == 0x2029 || (r > 0x9f && unicode.Is(unicode.Cf, r))
 		size := n
-		if esc {
+		switch {
+		case esc:
 			size = 4 * n
+		case r == '\\':
+			// Doubled, so the text \x1b a sandbox writes cannot read as
+			// an escaped control character.
+			size = 2
 		}
 		if sb.Len()+size > limit {
 			return sb.String(), true
 		}
-		if esc {
+		switch {
+		case esc:
 			const hex = "0123456789abcdef"
 			for _, c := range b[:n] {
 				sb.WriteString(`\x`)
 				sb.WriteByte(hex[c>>4])
 				sb.WriteByte(hex[c&0xf])
 			}
-		} else {
+		case r == '\\':
+			sb.WriteString(`\\`)
+		default:
 			sb.Write(b[:n])
 		}
 		b = b[n:]

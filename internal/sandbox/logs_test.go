@@ -94,6 +94,8 @@ func TestLogLimiterLongLineAndEscapes(t *testing.T) {
 	g := newLogLimiter(func(s string) { out = append(out, s) }, clk.now)
 	g.write([]byte("a\x1b[31mred\x00\r\n"))
 	g.write([]byte("bad \xff utf8\n"))
+	// The text of an escape, written by the sandbox: not the escape.
+	g.write([]byte(`fake \x1b[31m \\x00 \` + "\n"))
 	// A 10 MiB line without a newline: held to maxLogLine bytes.
 	chunk := []byte(strings.Repeat("y", 64<<10))
 	for range 160 {
@@ -107,6 +109,7 @@ func TestLogLimiterLongLineAndEscapes(t *testing.T) {
 	want := []string{
 		`a\x1b[31mred\x00`,
 		`bad \xff utf8`,
+		`fake \\x1b[31m \\\\x00 \\`,
 		strings.Repeat("y", maxLogLine) + "…[truncated]",
 		"no newline at the end",
 	}
