@@ -54,7 +54,9 @@ type Request struct {
 // trimImages gives back the pages an execution's reads of req's memories
 // allocated in the holes of their images (state.PageMap.TrimImage): held
 // by the files, not the executor, they would outlive it, charged to the
-// node's sandbox group once a sandbox that read them is gone.
+// node's sandbox group once a sandbox that read them is gone. At most one
+// pass per image per gap; within it the pass is scheduled for the gap's
+// end (state.TrimMinGap), so a stream of queries costs an fstat each.
 func trimImages(req *Request) {
 	req.Heap.TrimImage()
 	if req.Input == nil {

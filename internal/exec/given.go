@@ -59,7 +59,10 @@ func (sb *canisterSandbox) noteGiven(heap, stable *state.PageMap) {
 // awaited). In the background: a pass over a large image that was read
 // through takes a while (~130 ms for 256 MiB), and this runs where other
 // canisters' sandboxes are evicted to make room; TrimImage takes the
-// memory's own locks, as its writers do.
+// memory's own locks, as its writers do. An image passed over less than
+// its gap ago (state.TrimMinGap) has its pass scheduled for the gap's end,
+// not skipped: a sandbox that dies on every message cannot make the host
+// pass over its images each time either.
 func (sb *canisterSandbox) trimGiven() {
 	sb.givenMu.Lock()
 	given := sb.given

@@ -40,6 +40,12 @@ type image struct {
 	// counting for that write no more than the pages it wrote (trim.go):
 	// more means a reader allocated pages in its holes.
 	written atomic.Int64
+	// Of its trims' passes (trim.go): nextPass is the earliest the next
+	// may start (trimNow's clock), deferred is set while one is scheduled
+	// for then, passes counts them.
+	nextPass atomic.Int64
+	deferred atomic.Bool
+	passes   atomic.Uint64
 
 	// mu guards sharing, and the entries and stale sets of the page maps
 	// that share the image while the owner writes (backing.go).

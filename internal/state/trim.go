@@ -2,6 +2,7 @@ package state
 
 import (
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -66,6 +67,13 @@ func (img *image) noteAtMost(bound int64) {
 // did not write, and punches those that are zeros: the file's bytes stay
 // the same, whoever reads them. Safe beside executions on m (they hold the
 // canister's lock as m's writers need it exclusively).
+//
+// A pass costs in proportion to the span of the image's data (mincore,
+// below), however little the reads allocated, and a free query that reads
+// one hole asks for one: an image's passes are a gap apart (TrimMinGap,
+// below). Asked within it, TrimImage schedules the pass for then (in the
+// background, once) and returns 0: what was read stays in the file until
+// that pass, at most the gap after its ask.
 func (m *PageMap) TrimImage() int {
 	if m == nil {
 		return 0
@@ -94,16 +102,76 @@ func (m *PageMap) TrimImage() int {
 	} else {
 		written = func(i uint64) bool { return m.pages[i] != nil }
 	}
-	return img.trim(written)
-}
-
-// trim punches the zero pages in img's data extents that written does not
-// claim (its writer's locks held).
-func (img *image) trim(written func(i uint64) bool) int {
 	now, err := img.allocated()
 	if err != nil || now <= img.written.Load() {
 		return 0
 	}
+	if wait := img.nextPass.Load() - trimNow(); wait > 0 {
+		if img.deferred.CompareAndSwap(false, true) {
+			backed := m.backed
+			trimLater(time.Duration(wait), func() {
+				img.deferred.Store(false)
+				// Through the image's owner now, if it is backed: m may be
+				// a clone released meanwhile, the image living on.
+				by := m
+				if backed {
+					img.mu.Lock()
+					if img.sharing != nil && img.sharing.owner != nil {
+						by = img.sharing.owner
+					}
+					img.mu.Unlock()
+				}
+				by.TrimImage()
+			})
+		}
+		return 0
+	}
+	start := trimNow()
+	n := img.trim(now, written)
+	end := trimNow()
+	img.passes.Add(1)
+	img.nextPass.Store(end + int64(max(TrimMinGap, trimGapFactor*time.Duration(end-start))))
+	return n
+}
+
+// An image's trim passes are apart by at least TrimMinGap, and by
+// trimGapFactor times the last one's duration: a stream of asks, however
+// fast, has the host spend at most 1/(trimGapFactor+1) of a core on one
+// image's passes, and all images' passes together at most one pass over
+// each per TrimMinGap (their data spans add up to no more than the
+// memories' sizes, which limits.memory_capacity bounds). What readers
+// allocated stays the gap at most: 1 s, or 20 times a pass (a pass over
+// 800 MiB of data here is ~40 ms: 1 s).
+const (
+	TrimMinGap    = time.Second
+	trimGapFactor = 20
+)
+
+// trimNow is the clock of the gaps between passes (monotonic nanoseconds);
+// trimLater runs f after d. Tests replace both.
+var (
+	trimEpoch = time.Now()
+	trimNow   = func() int64 { return int64(time.Since(trimEpoch)) }
+	trimLater = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
+)
+
+// TrimPasses returns how many passes TrimImage made over m's image (tests,
+// diagnostics).
+func (m *PageMap) TrimPasses() uint64 {
+	if m == nil {
+		return 0
+	}
+	m.imgMu.Lock()
+	defer m.imgMu.Unlock()
+	if m.img == nil {
+		return 0
+	}
+	return m.img.passes.Load()
+}
+
+// trim punches the zero pages in img's data extents that written does not
+// claim (its writer's locks held), the file holding now bytes.
+func (img *image) trim(now int64, written func(i uint64) bool) int {
 	fd := int(img.rw.Fd())
 	end := (img.size + PageSize - 1) / PageSize
 	buf := make([]byte, runPages*PageSize)

@@ -2,6 +2,7 @@ package state
 
 import (
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -203,6 +204,102 @@ func TestTrimImageCostDoesNotGrowWithExtents(t *testing.T) {
 				if p := m.Page(i); (i%2 == 0) != (p != nil && p[0] == 1) {
 					t.Fatalf("page %d changed", i)
 				}
+			}
+		})
+	}
+}
+
+// fakeTrimClock replaces the clock of the gaps between trim passes with
+// one the test moves, and trimLater with a list of what it would run,
+// until the test ends.
+func fakeTrimClock(t *testing.T) (now *int64, later *[]func()) {
+	t.Helper()
+	oldNow, oldLater := trimNow, trimLater
+	t.Cleanup(func() { trimNow, trimLater = oldNow, oldLater })
+	now, later = new(int64), new([]func())
+	trimNow = func() int64 { return *now }
+	trimLater = func(_ time.Duration, f func()) { *later = append(*later, f) }
+	return now, later
+}
+
+// A pass costs in proportion to the span of the image's data, however
+// little was read: a canister whose heap is spread out and a stream of
+// free queries each reading one hole made the host pass over the whole
+// image after every query (~8 ms of host CPU a query for 1 GiB here, under
+// the canister's read lock). An image now has at most one pass per gap;
+// an ask within it schedules one for its end (once), which punches
+// everything read meanwhile.
+func TestTrimImagePassesAreRateLimited(t *testing.T) {
+	const size = 256 << 20 // a byte written at every MiB
+	const asks = 1000      // a millisecond apart
+	for _, tc := range []struct {
+		name string
+		make func() *PageMap
+	}{
+		{"plain", func() *PageMap { return NewPageMap(size) }},
+		{"backed", func() *PageMap { return NewBackedPageMap(size) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now, later := fakeTrimClock(t)
+			m := tc.make()
+			defer m.Release()
+			d := Delta{Size: size}
+			for i := uint64(0); i < size/PageSize; i += 256 {
+				p := new(Page)
+				p[0] = 1
+				d.Pages = append(d.Pages, DirtyPage{Index: i, Data: p})
+			}
+			if err := m.Apply(d); err != nil {
+				t.Fatal(err)
+			}
+			if m.File() == nil {
+				t.Fatal("no image")
+			}
+			before := fileBytes(t, m)
+			b, err := unix.Mmap(int(m.ReadOnlyFile().Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Munmap(b)
+			calls := trimSyscalls.Load()
+			punched := 0
+			for k := 0; k < asks; k++ {
+				readSink += int(b[(uint64(k%256)*256+1+uint64(k/256))*PageSize]) // a hole: a page of zeros in the file
+				punched += m.TrimImage()
+				*now += int64(time.Millisecond)
+			}
+			// One pass at the first ask; the asks of the next second wait
+			// for the one scheduled at its end.
+			if p := m.TrimPasses(); p != 1 || len(*later) != 1 {
+				t.Fatalf("%d asks a millisecond apart made %d passes and scheduled %d, want 1 and 1", asks, p, len(*later))
+			}
+			if made := trimSyscalls.Load() - calls; made > 64 {
+				t.Fatalf("%d asks made %d system calls in passes", asks, made)
+			}
+			if punched != 1 {
+				t.Fatalf("the asks punched %d pages, want the first one's", punched)
+			}
+			if grew := fileBytes(t, m) - before; grew < (asks-1)*PageSize {
+				t.Fatalf("the image grew by %d bytes: the reads did not take", grew)
+			}
+			// The scheduled pass punches what was read meanwhile.
+			*now += int64(TrimMinGap)
+			(*later)[0]()
+			if p := m.TrimPasses(); p != 2 {
+				t.Fatalf("the scheduled pass did not run: %d passes", p)
+			}
+			if after := fileBytes(t, m); after > before {
+				t.Fatalf("the image holds %d bytes after the scheduled pass, %d before the reads", after, before)
+			}
+			for i := uint64(0); i < size/PageSize; i++ {
+				if p := m.Page(i); (i%256 == 0) != (p != nil && p[0] == 1) {
+					t.Fatalf("page %d changed", i)
+				}
+			}
+			// An ask after the gap, with nothing read since, costs an fstat.
+			*now += int64(TrimMinGap)
+			if n := m.TrimImage(); n != 0 || m.TrimPasses() != 2 || len(*later) != 1 {
+				t.Fatalf("an ask with nothing read punched %d pages, passes %d, scheduled %d", n, m.TrimPasses(), len(*later))
 			}
 		})
 	}
