@@ -49,6 +49,7 @@ import (
 //	                    (read-only, shared, as it may); on SIGUSR1, while
 //	                    idle, reads a byte of every page of them, holes
 //	                    included, and says so on stderr
+//	hostile-stall-pages sends its answers' headers, never their pages
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
@@ -99,6 +100,13 @@ func hostileMain(mode string) int {
 			if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_EXEC); !errors.Is(err, unix.EACCES) {
 				fmt.Fprintf(os.Stderr, "hostile sandbox: written memory made executable after the load (%v)\n", err)
 				os.Exit(1)
+			}
+		}
+	}
+	if mode == "stall-pages" {
+		probe = func(pkt, _ []byte) {
+			if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindPages {
+				select {} // the header went; the pages never go
 			}
 		}
 	}

@@ -346,7 +346,11 @@ type SandboxError struct {
 	Violation  *boundary.Violation // FaultViolation
 	Exit       *sandbox.ExitStatus // how the process ended, when known
 	Timeout    time.Duration       // FaultTimeout: the deadline that expired
-	Err        error
+	// TimeoutPages is, for FaultTimeout, the pages of the answer whose own
+	// deadline expired (Sandboxed.pagesTime, after its header); 0: the
+	// execution's deadline expired.
+	TimeoutPages uint64
+	Err          error
 }
 
 func (e *SandboxError) Error() string {
@@ -354,6 +358,10 @@ func (e *SandboxError) Error() string {
 	case FaultViolation:
 		return e.Violation.Error()
 	case FaultTimeout:
+		if e.TimeoutPages > 0 {
+			return fmt.Sprintf("sandbox did not send the %d pages of its answer within their deadline of %s after its header (%s) and was killed",
+				e.TimeoutPages, e.Timeout.Round(time.Millisecond), e.Op)
+		}
 		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed", e.Timeout.Round(time.Millisecond), e.Op)
 	case FaultCrash, FaultNodeMemory:
 		if errors.Is(e.Err, engine.ErrHostMemory) {
@@ -389,7 +397,13 @@ func heldOwnMemory(p Process) bool {
 
 func describeExit(st *sandbox.ExitStatus, err error) string {
 	cause := "connection lost"
-	if err != nil && !errors.Is(err, boundary.ErrClosed) {
+	var v *boundary.Violation
+	switch {
+	case errors.As(err, &v):
+		// A message cut short by a death the kernel's verdict explains
+		// (fail): what the socket showed, not a violation.
+		cause = v.Detail
+	case err != nil && !errors.Is(err, boundary.ErrClosed):
 		cause = err.Error()
 	}
 	if st == nil {
@@ -1056,10 +1070,6 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 	var v *boundary.Violation
 	var ne net.Error
 	switch {
-	case errors.As(err, &v):
-		se.Fault, se.Violation = FaultViolation, v
-	case errors.As(err, &ne) && ne.Timeout():
-		se.Fault, se.Timeout = FaultTimeout, deadline
 	case hostMemory:
 		// A grow the kernel refused within the canister's limits: the
 		// node's, as an OOM kill for the node's memory is, unless the
@@ -1071,10 +1081,25 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 		if ownMemory {
 			se.Fault = FaultCrash
 		}
+	case st != nil && errors.Is(st.Err, sandbox.ErrNodeOutOfMemory):
+		// The kernel's verdict before what the host read: it OOM-killed
+		// the sandbox for the node group's memory (within its own limit,
+		// under half of the group: the cgroup's counters, as for a grow
+		// above), and a message cut short by that death (a protocol
+		// violation: pages missing) or a reset is that death seen from
+		// the socket. Not the canister's doing (RATIONALE.md, "The
+		// kernel's OOM verdict comes before what the socket showed").
+		se.Fault = FaultNodeMemory
+	case errors.As(err, &v):
+		se.Fault, se.Violation = FaultViolation, v
+	case errors.As(err, &ne) && ne.Timeout():
+		se.Fault, se.Timeout = FaultTimeout, deadline
+		var pd *pagesDeadlineError
+		if errors.As(err, &pd) {
+			se.Timeout, se.TimeoutPages = pd.allowed, pd.pages
+		}
 	case errors.As(err, &re):
 		se.Fault = FaultFailed
-	case st != nil && errors.Is(st.Err, sandbox.ErrNodeOutOfMemory):
-		se.Fault = FaultNodeMemory
 	default: // closed, EPIPE, ECONNRESET: it died
 		se.Fault = FaultCrash
 	}
@@ -1883,8 +1908,9 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 	q := &boundary.ExecRequest{Module: m.hash, RunStart: req.RunStart, HasGlobals: req.Globals != nil, Globals: req.Globals, Input: in}
 	deadline := x.watchdog(req, stable)
 	exp := boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)
+	var pages pagesDeadline
 	if req.Reserve != nil {
-		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, time.Now().Add(deadline), req.Reserve)
+		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, time.Now().Add(deadline), req.Reserve, &pages)
 	}
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
 		sb.noteGiven(req.Heap, stable)
@@ -1901,6 +1927,11 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		if errors.As(err, &refused) {
 			return nil, fmt.Errorf("exec: output of %s: %w", sb.id, err)
 		}
+		if pages.pages > 0 {
+			// The deadline in force was the pages' own, not the
+			// execution's: a timeout names that one.
+			err = &pagesDeadlineError{pagesDeadline: pages, err: err}
+		}
 		return nil, x.fail(sb.id, "execute", sb.proc, deadline, err)
 	}
 	return out, nil
@@ -1915,12 +1946,18 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 // over once its header came, so a sandbox that sends its pages slowly
 // holds what was reserved for them no longer than sending them takes, not
 // for the rest of its compute time (up to an hour for an install).
-func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, until time.Time, reserve func(uint64) error) func(uint64) error {
+// The pages' own deadline, when it is the shorter, is recorded in pages.
+func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, until time.Time, reserve func(uint64) error, pages *pagesDeadline) func(uint64) error {
 	return func(b uint64) error {
 		left := time.Until(until)
 		_ = conn.Raw().SetDeadline(time.Time{})
 		err := reserve(b)
-		_ = conn.Raw().SetDeadline(time.Now().Add(max(min(left, x.pagesTime(b)), 0)))
+		allowed := x.pagesTime(b)
+		*pages = pagesDeadline{}
+		if allowed < left {
+			*pages = pagesDeadline{pages: b / state.PageSize, allowed: allowed}
+		}
+		_ = conn.Raw().SetDeadline(time.Now().Add(max(min(left, allowed), 0)))
 		if ctx.Err() != nil {
 			// exchange's AfterFunc may have fired before the line above.
 			_ = conn.Raw().SetDeadline(time.Unix(1, 0))
@@ -1928,6 +1965,24 @@ func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, un
 		return err
 	}
 }
+
+// pagesDeadline is the deadline reserveOffWatch set for an answer's pages
+// after its header, when it was shorter than what the execution's watchdog
+// had left (pages 0: it was not).
+type pagesDeadline struct {
+	pages   uint64
+	allowed time.Duration
+}
+
+// pagesDeadlineError is an exchange's error met while the pages' own
+// deadline was in force: a timeout then is that deadline's (fail).
+type pagesDeadlineError struct {
+	pagesDeadline
+	err error
+}
+
+func (e *pagesDeadlineError) Error() string { return e.err.Error() }
+func (e *pagesDeadlineError) Unwrap() error { return e.err }
 
 // pageTransferTime is the watchdog's time for one 4 KiB page that travels
 // over a sandbox's socket, either way.
