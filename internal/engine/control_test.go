@@ -1,6 +1,16 @@
 package engine
 
-import "testing"
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cordon-dev/cordon/internal/wasmbin"
+)
 
 // Bodies of controlModule: each unit repeated in one function (i32) -> ().
 var (
@@ -61,11 +71,103 @@ func TestControlInstructionsBounded(t *testing.T) {
 
 	// The module's bound: bodies each within theirs, too many together.
 	per := lim.MaxFuncControl / 2
-	funcs := lim.MaxControl / per // × (per+1), plus the method's 1
+	funcs := lim.MaxControl/(per+1) + 1 // × (per+1), plus the method's 1
 	_, _, err = Validate(controlModule(funcs, per, brIfUnit), lim)
 	refusedFor(t, "a module beyond the bound", err, "module has")
 	if _, _, err := Validate(controlModule(funcs-1, per, brIfUnit), lim); err != nil {
 		t.Fatalf("a module within the bound: %v", err)
+	}
+}
+
+// The default bounds are what keeps a whole module's compile time in
+// seconds: it grows about linearly with the module's control instructions
+// (some 80 µs of CPU each here), and a module at the former bounds (20,000
+// a body, 1 M in all) compiled in 88 s, 250,000 in 16 s. A module one
+// beyond the module's bound, every body within its own, and a body one
+// beyond the function's bound are refused before they compile, saying
+// which limit; a module exactly at both is valid.
+func TestDefaultControlBounds(t *testing.T) {
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := DefaultModuleLimits()
+	// controlModule(funcs, reps): funcs × (reps+1) + 1 control instructions.
+	refusedBeforeCompile(t, e, controlModule(20, 12_499, brIfUnit), lim,
+		"module has 250001 control instructions")
+	refusedBeforeCompile(t, e, controlModule(20, 12_499, brIfUnit), lim, "the limit is 250000")
+	if _, _, err := Validate(controlModule(501, 498, brIfUnit), lim); err != nil {
+		t.Fatalf("a module of 250,000 control instructions: %v", err)
+	}
+	refusedBeforeCompile(t, e, controlModule(1, 13_500, brIfUnit), lim,
+		"function 0 has 13501 control instructions")
+	refusedBeforeCompile(t, e, controlModule(1, 13_500, brIfUnit), lim, "the limit per function is 13500")
+	if _, _, err := Validate(controlModule(1, 13_499, brIfUnit), lim); err != nil {
+		t.Fatalf("a body of 13,500 control instructions: %v", err)
+	}
+}
+
+// corpusModules reads every module of the corpus the tests use: the shared
+// canisters, dfx's (decompressed) and the 64-bit examples.
+func corpusModules(t *testing.T) map[string][]byte {
+	t.Helper()
+	var files []string
+	for _, g := range []string{
+		filepath.Join("..", "..", "..", "shared", "canisters", "*.wasm"),
+		filepath.Join("..", "..", "testdata", "dfinity-sdk", "*.wasm*"),
+		filepath.Join("..", "..", "examples", "*.wasm"),
+	} {
+		m, err := filepath.Glob(g)
+		if err != nil || len(m) == 0 {
+			t.Fatalf("corpus %s: %v (%d modules)", g, err, len(m))
+		}
+		files = append(files, m...)
+	}
+	out := make(map[string][]byte, len(files))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(f, ".gz") {
+			zr, err := gzip.NewReader(bytes.NewReader(b))
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if b, err = io.ReadAll(zr); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+// Every corpus module is valid under the default limits, its largest body
+// at most a fifth of the function's bound and its control instructions at
+// most 1/3.5 of the module's (RATIONALE: dfx's ui canister has the most of
+// both, 2,662 in a body and 70,150 in all).
+func TestControlBoundsCorpusMargin(t *testing.T) {
+	lim := DefaultModuleLimits()
+	for name, b := range corpusModules(t) {
+		if _, _, err := Validate(b, lim); err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		m, err := wasmbin.Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		most, at, total, err := wasmbin.ControlInstructions(b, m)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if most*5 > uint64(lim.MaxFuncControl) {
+			t.Errorf("%s: function %d has %d control instructions, more than a fifth of the limit %d", name, at, most, lim.MaxFuncControl)
+		}
+		if total*7 > uint64(lim.MaxControl)*2 {
+			t.Errorf("%s: %d control instructions, more than 1/3.5 of the limit %d", name, total, lim.MaxControl)
+		}
 	}
 }
 

@@ -37,8 +37,8 @@ func tableModule(reps int, unit []byte, memory64 bool) []byte {
 // and table operations (metering's check of their length: if … unreachable
 // end) make blocks as branches do. One body of 60,000 call_indirect (300
 // KB) took 57 s of CPU to compile here, 15,000 of them (75 KB) 6.6 s, and
-// 120,000 memory.fill (1 MB) 20 s, when the largest body of branches the
-// bound allows takes 2 s. They count among a body's control instructions,
+// 120,000 memory.fill (1 MB) 20 s, when a body of 20,000 branches takes
+// 2 s. They count among a body's control instructions,
 // call_indirect as 4 and table.get/set as 2, so a body at the bound
 // compiles in about the same time whatever it holds; the corpus's bodies
 // have at most 50 call_indirect and 11 bulk operations.
@@ -90,7 +90,7 @@ func brTableUnit(targets int) []byte {
 // edge Cranelift gives a block of its own: a body of one br_table of
 // 1,000,000 targets (1 MB) took 39 s of CPU to compile, of 100,000 targets
 // 2 s. A br_table counts 1 and 1 more per BrTableTargetsPerWeight targets,
-// so a body at the bound holds some 80,000 of them; the corpus's largest
+// so a body at the bound holds some 54,000 of them; the corpus's largest
 // body counts 2,662 so (2,592 without its br_tables' targets).
 func TestControlBoundSeesBrTableTargets(t *testing.T) {
 	lim := DefaultModuleLimits()

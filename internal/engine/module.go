@@ -45,15 +45,31 @@ type ModuleLimits struct {
 // times what the corpus's largest module declares (5,289) and 20 per
 // function at MaxFunctions; its worst layout (20 bodies of 49,990 locals,
 // used in a loop) compiles in 0.3–0.6 s here (a loaded 2-core VM). And
-// MaxFuncControl: 20,000, near 8 times the corpus's largest body (2,592,
-// dfx's ui canister; the IC itself once allowed 10,000, then 15,000,
-// blocks, branches and calls per function), and MaxControl: 1 M, 15 times
-// the corpus's largest module (69,340) and more than the IC's 10 MiB code
-// section holds at that module's density (40 a KB).
+// MaxFuncControl and MaxControl, DefaultMaxFuncControl and
+// DefaultMaxControl.
 func DefaultModuleLimits() ModuleLimits {
 	return ModuleLimits{MaxBytes: 100 << 20, MaxMethods: 1000, MaxGlobals: 1000, MaxFunctions: 50000, MaxLocals: 1_000_000,
-		MaxFuncControl: 20_000, MaxControl: 1_000_000}
+		MaxFuncControl: DefaultMaxFuncControl, MaxControl: DefaultMaxControl}
 }
+
+// The default bounds on control instructions. Compile time grows about
+// linearly with a module's control instructions once its bodies are a few
+// thousand each (some 80 µs of CPU each here, a loaded 2-core VM: 18
+// bodies of 20,000 compiled in 30 s, 26 of 13,500 in 27 s; at the former
+// bounds, 20,000 and 1 M, a module compiled in 88 s), so MaxControl is
+// what bounds the whole module's compile time: 250,000 compiles in 16 s
+// (bodies of br_if) to 19 s (of memory.fill). dfx's ui canister, the
+// corpus's largest module, has 70,150 and compiles in 5.3 s: it costs
+// what the bomb costs per control instruction, so the bound is 3.6 times
+// the corpus, not 5 (at 5 times, 350,000, the worst module took 27 s;
+// RATIONALE, "A module's control instructions"). MaxFuncControl: 13,500,
+// 5 times the corpus's largest body (2,662, the ui canister again; the IC
+// itself once allowed 10,000, then 15,000, blocks, branches and calls per
+// function); a body at it compiles in about 0.9 s.
+const (
+	DefaultMaxFuncControl = 13_500
+	DefaultMaxControl     = 250_000
+)
 
 // maxFuncLoopLocals and maxLoopLocals bound the weight of a function's
 // loops and of all of a module's (wasmbin.LoopLocals: the sum over loops

@@ -168,7 +168,7 @@ type SandboxConfig struct {
 	// it (queries.go).
 	WatchdogBase          time.Duration // default 10 s
 	InstructionsPerSecond uint64        // default 100 M
-	CompileTimeout        time.Duration // default 5 min
+	CompileTimeout        time.Duration // default DefaultCompileTimeout
 	StartTimeout          time.Duration // spawn to ready (default 10 s)
 	// IdleWatchDelay is how long after an exchange a sandbox's idle watch
 	// starts (default DefaultIdleWatchDelay).
@@ -246,7 +246,7 @@ func (c *SandboxConfig) defaults() {
 		c.InstructionsPerSecond = 100_000_000
 	}
 	if c.CompileTimeout <= 0 {
-		c.CompileTimeout = 5 * time.Minute
+		c.CompileTimeout = DefaultCompileTimeout
 	}
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = 10 * time.Second
@@ -281,6 +281,18 @@ func DefaultNodeMemory() uint64 {
 	}
 	return 1 << 40
 }
+
+// DefaultCompileTimeout is CompileTimeout by default: a compiler sandbox
+// running longer is killed and the install fails. About 10 times what the
+// corpus's slowest module takes end to end in a compiler sandbox (dfx's ui
+// canister, 1.7 MB: 5.0 s, 4.6 s of CPU, on a loaded 2-core VM), and 3
+// to 4 times what a module at engine's default bounds on control
+// instructions takes (250,000 of them: 15 to 19 s), so load leaves some
+// room. What only follows
+// bytes is not bounded by it: some 2.5 s of CPU a MB of straight-line
+// code, so modules of more than about 20 MB of code (the IC allows 10 to
+// 12 MiB) fail here, as RATIONALE says.
+const DefaultCompileTimeout = time.Minute
 
 // DefaultIdleMemoryGrowth is IdleMemoryGrowth by default. An honest idle
 // worker's memory shrinks (it trims 500 ms to 32 s after its last request:

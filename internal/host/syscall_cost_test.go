@@ -110,6 +110,13 @@ func TestInstallManyLocalsRefused(t *testing.T) {
 // counter after every br_if and end, and at n = 120,000 (840 KB) Cranelift
 // took 35 s of CPU to compile it.
 func blockBombWasm(n int) []byte {
+	unit := []byte{0x02, 0x40, 0x20, 0, 0x0d, 0, 0x0b} // block; local.get 0; br_if 0; end
+	return controlWasm(1, n, unit)
+}
+
+// controlWasm is funcs functions (i32) -> () whose body is unit repeated
+// reps times, plus an exported update method (the last function).
+func controlWasm(funcs, reps int, unit []byte) []byte {
 	leb := func(b []byte, v uint64) []byte {
 		for {
 			c := byte(v & 0x7f)
@@ -122,16 +129,23 @@ func blockBombWasm(n int) []byte {
 	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
 	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
-	m = append(m, section(3, []byte{2, 0, 1})...)
+	fs := leb(nil, uint64(funcs+1))
+	for range funcs {
+		fs = append(fs, 0)
+	}
+	m = append(m, section(3, append(fs, 1))...)
 	name := "canister_update f"
 	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(ex, 0, 1))...)
+	m = append(m, section(7, leb(append(ex, 0), uint64(funcs)))...)
 	body := []byte{0} // no locals
-	for range n {
-		body = append(body, 0x02, 0x40, 0x20, 0, 0x0d, 0, 0x0b) // block; local.get 0; br_if 0; end
+	for range reps {
+		body = append(body, unit...)
 	}
 	body = append(body, 0x0b)
-	code := append(leb([]byte{2}, uint64(len(body))), body...)
+	code := leb(nil, uint64(funcs+1))
+	for range funcs {
+		code = append(leb(code, uint64(len(body))), body...)
+	}
 	code = append(code, 2, 0, 0x0b)
 	return append(m, section(10, code)...)
 }
@@ -155,6 +169,43 @@ func TestInstallControlBombRefused(t *testing.T) {
 			}
 			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: blockBombWasm(1000), Caller: user}); err != nil {
 				t.Fatalf("install of 1,000 blocks: %v", err)
+			}
+		})
+	}
+}
+
+// A module one control instruction beyond the default module bound
+// (250,000; at the former 1 M such a module compiled in about 16 s and one
+// at that bound in 88 s), every body within the function's bound, is
+// refused before it compiles, in the compiler sandbox too (the limits
+// travel in the compile request), saying which limit; and so is one body
+// one beyond the function's bound (13,500).
+func TestInstallJustOverControlBoundsRefused(t *testing.T) {
+	t.Parallel()
+	brIf := []byte{0x20, 0, 0x0d, 0} // local.get 0; br_if 0: one control instruction
+	for _, mode := range []string{"inprocess", "sandbox"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newModeFixture(t, mode)
+			ctx := context.Background()
+			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				what, want string
+				wasm       []byte
+			}{
+				// 20 bodies of 12,500 (with their ends) and the method's end.
+				{"250,001 control instructions", "module has 250001 control instructions", controlWasm(20, 12_499, brIf)},
+				{"a body of 13,501", "function 0 has 13501 control instructions", controlWasm(1, 13_500, brIf)},
+			} {
+				_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: tc.wasm, Caller: user})
+				if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "the limit") {
+					t.Fatalf("install of %s: %v, want a refusal saying %q and the limit", tc.what, err, tc.want)
+				}
+			}
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: controlWasm(1, 13_499, brIf), Caller: user}); err != nil {
+				t.Fatalf("install of a body at the function's bound: %v", err)
 			}
 		})
 	}
