@@ -82,7 +82,8 @@ func TestControlInstructionsBounded(t *testing.T) {
 // The default bounds are what keeps a whole module's compile time in
 // seconds: it grows about linearly with the module's control instructions
 // (some 80 µs of CPU each here), and a module at the former bounds (20,000
-// a body, 1 M in all) compiled in 88 s, 250,000 in 16 s. A module one
+// a body, 1 M in all) compiled in 88 s, 250,000 in 16 s; 500,000 is the
+// bound now. A module one
 // beyond the module's bound, every body within its own, and a body one
 // beyond the function's bound are refused before they compile, saying
 // which limit; a module exactly at both is valid.
@@ -93,17 +94,17 @@ func TestDefaultControlBounds(t *testing.T) {
 	}
 	lim := DefaultModuleLimits()
 	// controlModule(funcs, reps): funcs × (reps+1) + 1 control instructions.
-	refusedBeforeCompile(t, e, controlModule(20, 12_499, brIfUnit), lim,
-		"module has 250001 control instructions")
-	refusedBeforeCompile(t, e, controlModule(20, 12_499, brIfUnit), lim, "the limit is 250000")
-	if _, _, err := Validate(controlModule(501, 498, brIfUnit), lim); err != nil {
-		t.Fatalf("a module of 250,000 control instructions: %v", err)
+	refusedBeforeCompile(t, e, controlModule(25, 19_999, brIfUnit), lim,
+		"module has 500001 control instructions")
+	refusedBeforeCompile(t, e, controlModule(25, 19_999, brIfUnit), lim, "the limit is 500000")
+	if _, _, err := Validate(controlModule(31, 16_128, brIfUnit), lim); err != nil {
+		t.Fatalf("a module of 500,000 control instructions: %v", err)
 	}
-	refusedBeforeCompile(t, e, controlModule(1, 13_500, brIfUnit), lim,
-		"function 0 has 13501 control instructions")
-	refusedBeforeCompile(t, e, controlModule(1, 13_500, brIfUnit), lim, "the limit per function is 13500")
-	if _, _, err := Validate(controlModule(1, 13_499, brIfUnit), lim); err != nil {
-		t.Fatalf("a body of 13,500 control instructions: %v", err)
+	refusedBeforeCompile(t, e, controlModule(1, 20_000, brIfUnit), lim,
+		"function 0 has 20001 control instructions")
+	refusedBeforeCompile(t, e, controlModule(1, 20_000, brIfUnit), lim, "the limit per function is 20000")
+	if _, _, err := Validate(controlModule(1, 19_999, brIfUnit), lim); err != nil {
+		t.Fatalf("a body of 20,000 control instructions: %v", err)
 	}
 }
 

@@ -55,20 +55,20 @@ func DefaultModuleLimits() ModuleLimits {
 // The default bounds on control instructions. Compile time grows about
 // linearly with a module's control instructions once its bodies are a few
 // thousand each (some 80 µs of CPU each here, a loaded 2-core VM: 18
-// bodies of 20,000 compiled in 30 s, 26 of 13,500 in 27 s; at the former
-// bounds, 20,000 and 1 M, a module compiled in 88 s), so MaxControl is
-// what bounds the whole module's compile time: 250,000 compiles in 16 s
-// (bodies of br_if) to 19 s (of memory.fill). dfx's ui canister, the
-// corpus's largest module, has 70,150 and compiles in 5.3 s: it costs
-// what the bomb costs per control instruction, so the bound is 3.6 times
-// the corpus, not 5 (at 5 times, 350,000, the worst module took 27 s;
-// RATIONALE, "A module's control instructions"). MaxFuncControl: 13,500,
-// 5 times the corpus's largest body (2,662, the ui canister again; the IC
-// itself once allowed 10,000, then 15,000, blocks, branches and calls per
-// function); a body at it compiles in about 0.9 s.
+// bodies of 20,000 compiled in 30 s, 20 of 12,500 in 16 s; at the former
+// module bound, 1 M, a module compiled in 88 s), so MaxControl is what
+// bounds the whole module's compile time. 500,000 (some 40 s at worst)
+// is 7 times the corpus's largest module (dfx's ui canister, 70,150, 5.3
+// s) and what a code section of the IC's largest size (12 MiB) holds at
+// that module's density (40 a KB): a real module the IC accepts is not
+// refused for it. MaxFuncControl: 20,000, 7.5 times the corpus's largest
+// body (2,662, the ui canister again; the IC itself once allowed 10,000,
+// then 15,000, blocks, branches and calls per function); a body at it
+// compiles in about 1.5 s, and a lower one saves a module little
+// (RATIONALE, "A module's control instructions").
 const (
-	DefaultMaxFuncControl = 13_500
-	DefaultMaxControl     = 250_000
+	DefaultMaxFuncControl = 20_000
+	DefaultMaxControl     = 500_000
 )
 
 // maxFuncLoopLocals and maxLoopLocals bound the weight of a function's

@@ -283,16 +283,13 @@ func DefaultNodeMemory() uint64 {
 }
 
 // DefaultCompileTimeout is CompileTimeout by default: a compiler sandbox
-// running longer is killed and the install fails. About 10 times what the
-// corpus's slowest module takes end to end in a compiler sandbox (dfx's ui
-// canister, 1.7 MB: 5.0 s, 4.6 s of CPU, on a loaded 2-core VM), and 3
-// to 4 times what a module at engine's default bounds on control
-// instructions takes (250,000 of them: 15 to 19 s), so load leaves some
-// room. What only follows
-// bytes is not bounded by it: some 2.5 s of CPU a MB of straight-line
-// code, so modules of more than about 20 MB of code (the IC allows 10 to
-// 12 MiB) fail here, as RATIONALE says.
-const DefaultCompileTimeout = time.Minute
+// running longer is killed and the install fails. About 4 times what the
+// worst module engine's default control bounds accept takes (500,000
+// control instructions: some 40 s of CPU on a loaded 2-core VM) and what
+// the IC's largest code section (12 MiB) of straight-line code takes
+// (some 2.5 s of CPU a MB), so load leaves room; 35 times the corpus's
+// slowest module in a compiler sandbox (dfx's ui canister, 1.7 MB: 5.0 s).
+const DefaultCompileTimeout = 3 * time.Minute
 
 // DefaultIdleMemoryGrowth is IdleMemoryGrowth by default. An honest idle
 // worker's memory shrinks (it trims 500 ms to 32 s after its last request:

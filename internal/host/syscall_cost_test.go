@@ -175,11 +175,11 @@ func TestInstallControlBombRefused(t *testing.T) {
 }
 
 // A module one control instruction beyond the default module bound
-// (250,000; at the former 1 M such a module compiled in about 16 s and one
-// at that bound in 88 s), every body within the function's bound, is
+// (500,000; at the former 1 M a module of 250,000 compiled in about 16 s and
+// one at that bound in 88 s), every body within the function's bound, is
 // refused before it compiles, in the compiler sandbox too (the limits
 // travel in the compile request), saying which limit; and so is one body
-// one beyond the function's bound (13,500).
+// one beyond the function's bound (20,000).
 func TestInstallJustOverControlBoundsRefused(t *testing.T) {
 	t.Parallel()
 	brIf := []byte{0x20, 0, 0x0d, 0} // local.get 0; br_if 0: one control instruction
@@ -195,16 +195,16 @@ func TestInstallJustOverControlBoundsRefused(t *testing.T) {
 				what, want string
 				wasm       []byte
 			}{
-				// 20 bodies of 12,500 (with their ends) and the method's end.
-				{"250,001 control instructions", "module has 250001 control instructions", controlWasm(20, 12_499, brIf)},
-				{"a body of 13,501", "function 0 has 13501 control instructions", controlWasm(1, 13_500, brIf)},
+				// 25 bodies of 20,000 (with their ends) and the method's end.
+				{"500,001 control instructions", "module has 500001 control instructions", controlWasm(25, 19_999, brIf)},
+				{"a body of 20,001", "function 0 has 20001 control instructions", controlWasm(1, 20_000, brIf)},
 			} {
 				_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: tc.wasm, Caller: user})
 				if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "the limit") {
 					t.Fatalf("install of %s: %v, want a refusal saying %q and the limit", tc.what, err, tc.want)
 				}
 			}
-			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: controlWasm(1, 13_499, brIf), Caller: user}); err != nil {
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: controlWasm(1, 19_999, brIf), Caller: user}); err != nil {
 				t.Fatalf("install of a body at the function's bound: %v", err)
 			}
 		})
