@@ -118,7 +118,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{wt32: wasmtime.NewEngineWithConfig(newWasmtimeConfig(cfg)), wt64: wasmtime.NewEngineWithConfig(c64),
 		noFuel: cfg.DisableFuel, keep: max(cfg.KeepInstances, 0), kept: &kept{}}
-	runtime.AddCleanup(e, func(k *kept) { k.dropAll() }, e.kept)
+	runtime.AddCleanup(e, func(k *kept) { k.dropAll(); k.dropFresh() }, e.kept)
 	return e, nil
 }
 

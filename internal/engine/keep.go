@@ -113,6 +113,11 @@ func heapKey(req *Request, heap state.Memory) (keptKey, bool) {
 type kept struct {
 	mu   sync.Mutex
 	list []*run
+	// fresh is the instance Warm made of module freshMod, unused: the
+	// module's next execution that has no kept instance starts from it
+	// (takeFresh). At most one: a primed sandbox warms one module.
+	fresh    *run
+	freshMod weak.Pointer[Module]
 	// reused counts executions that ran on a kept instance.
 	reused atomic.Uint64
 }
@@ -159,6 +164,10 @@ type keptCleanup struct {
 func (k *kept) dropModule(mod weak.Pointer[Module]) {
 	var drop []*run
 	k.mu.Lock()
+	if k.fresh != nil && k.freshMod == mod {
+		drop = append(drop, k.fresh)
+		k.fresh = nil
+	}
 	list := k.list[:0]
 	for _, r := range k.list {
 		if r.key.mod == mod {
@@ -177,8 +186,66 @@ func (k *kept) dropModule(mod weak.Pointer[Module]) {
 
 // DropKept closes every kept instance and returns how many there were: an
 // idle sandbox calls it when it trims, so that kept instances never hold
-// memory while nothing runs. Instances in use are not affected.
+// memory while nothing runs. Instances in use are not affected, nor is
+// Warm's fresh instance: it holds none of a canister's pages (its memory is
+// the module's initial image, mapped and not touched) and is there for the
+// message a primed sandbox waits for, which usually comes after the trim.
 func (e *Engine) DropKept() int { return e.kept.dropAll() }
+
+// putFresh makes r, a fresh instance of m that Warm made, the one m's next
+// execution starts from; one made before is closed.
+func (e *Engine) putFresh(m *Module, r *run) {
+	m.keptOnce.Do(func() {
+		runtime.AddCleanup(m, func(c keptCleanup) { c.k.dropModule(c.mod) }, keptCleanup{e.kept, weak.Make(m)})
+	})
+	e.kept.mu.Lock()
+	old := e.kept.fresh
+	e.kept.fresh, e.kept.freshMod = r, weak.Make(m)
+	e.kept.mu.Unlock()
+	if old != nil {
+		old.store.Close()
+	}
+}
+
+// takeFresh returns Warm's fresh instance of m, if there is one and it is
+// what instantiating m for a heap limit of heapBytes gives: its memory's
+// initial size within the limit (the limit it was made with is
+// warmHeapBytes; a request's own limit is set on its store by the caller,
+// before anything can grow the memory). Otherwise nil, and the instance is
+// closed: the execution instantiates m itself and meets what it meets.
+func (e *Engine) takeFresh(m *Module, heapBytes uint64) *run {
+	e.kept.mu.Lock()
+	r := e.kept.fresh
+	if r == nil || e.kept.freshMod != weak.Make(m) {
+		e.kept.mu.Unlock()
+		return nil
+	}
+	e.kept.fresh = nil
+	e.kept.mu.Unlock()
+	if r.mem != nil && uint64(r.mem.DataSize(r.store)) > heapBytes {
+		r.store.Close()
+		return nil
+	}
+	return r
+}
+
+// Fresh reports whether Warm's fresh instance is waiting (tests).
+func (e *Engine) Fresh() bool {
+	e.kept.mu.Lock()
+	defer e.kept.mu.Unlock()
+	return e.kept.fresh != nil
+}
+
+// dropFresh closes Warm's fresh instance, if any.
+func (k *kept) dropFresh() {
+	k.mu.Lock()
+	r := k.fresh
+	k.fresh = nil
+	k.mu.Unlock()
+	if r != nil {
+		r.store.Close()
+	}
+}
 
 func (k *kept) dropAll() int {
 	k.mu.Lock()

@@ -159,15 +159,22 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 			}
 		}
 	}
-	r := &run{}
-	store := wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
+	// A fresh instance Warm made (a primed sandbox's first execution) is
+	// what instantiating gives: it is used instead, with its exports
+	// already looked up.
+	r := e.takeFresh(m, in.Limits.HeapBytes)
+	fresh := r != nil
+	if !fresh {
+		r = &run{}
+		r.store = wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
+	}
+	store := r.store
 	kept := false
 	defer func() {
 		if !kept {
 			store.Close()
 		}
 	}()
-	r.store = store
 	store.Limiter(clampInt64(in.Limits.HeapBytes), maxTableElements, 1, 1, 1)
 	if !e.noFuel && m.counter == "" {
 		return nil, errors.New("engine: module was compiled without metering")
@@ -175,28 +182,32 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	mt := newMeter(store, in.Limits.Instructions, e.noFuel)
 	r.exec = sysapi.NewExecution(in, r, mt)
 
-	linker, err := e.Linker(m.Info.Memory64)
-	if err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
-	}
-	inst, err := linker.Instantiate(store, m.wt)
-	if err != nil {
-		// Instantiation runs no canister code (the start function was
-		// removed), so a failure is either the canister's own limit (a
-		// memory or table minimum above it: a trap) or the host's (the
-		// kernel refused to map the instance's reservation or its initial
-		// memory: not the canister's doing, so ErrHostMemory, as for a
-		// grow the kernel refuses, which charges and answers nothing).
-		msg := errorCause(err.Error())
-		closeError(err)
-		if hostResourceFailure(msg) {
-			return nil, fmt.Errorf("engine: host could not instantiate the module: %s: %w", msg, ErrHostMemory)
+	inst := r.inst
+	if !fresh {
+		linker, err := e.Linker(m.Info.Memory64)
+		if err != nil {
+			return nil, fmt.Errorf("engine: %w", err)
 		}
-		return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
+		if inst, err = linker.Instantiate(store, m.wt); err != nil {
+			// Instantiation runs no canister code (the start function was
+			// removed), so a failure is either the canister's own limit (a
+			// memory or table minimum above it: a trap) or the host's (the
+			// kernel refused to map the instance's reservation or its initial
+			// memory: not the canister's doing, so ErrHostMemory, as for a
+			// grow the kernel refuses, which charges and answers nothing).
+			msg := errorCause(err.Error())
+			closeError(err)
+			if hostResourceFailure(msg) {
+				return nil, fmt.Errorf("engine: host could not instantiate the module: %s: %w", msg, ErrHostMemory)
+			}
+			return r.emit(req, r.exec.Finish(&sysapi.Trap{Message: "Canister trapped during instantiation: " + msg}))
+		}
 	}
-	var counter *wasmtime.Global
+	counter := r.counter
 	if !e.noFuel {
-		counter = exportedGlobal(store, inst, m.counter)
+		if counter == nil {
+			counter = exportedGlobal(store, inst, m.counter)
+		}
 		if counter == nil {
 			return nil, fmt.Errorf("engine: instruction counter export %s missing", m.counter)
 		}
@@ -208,7 +219,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 	if err := r.setGrowLimit(inst, m, in.Limits.HeapBytes); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	if m.memory != "" {
+	if m.memory != "" && r.mem == nil {
 		r.mem = exportedMemory(store, inst, m.memory)
 	}
 	r.data, r.dataKnown = m.data, m.dataKnown
@@ -274,6 +285,7 @@ func (e *Engine) Run(req *Request) (*sysapi.Output, error) {
 		return out, err
 	}
 	out.Heap = heapDelta
+	var err error
 	if out.Globals, err = r.readGlobals(inst, m); err != nil {
 		return nil, err
 	}

@@ -230,33 +230,97 @@ func (e *Engine) Deserialize(b []byte) (*Module, error) {
 }
 
 // Warm makes a loaded module ready for its first execution without running
-// any of it: it instantiates the module once in a throwaway store (no
-// canister state, no host call can happen: instantiation runs no canister
-// code, the start function having been removed), which makes wasmtime build
-// what it builds lazily on a module's first instantiation (the copy-on-write
-// images of its initial memory) and faults in its code and data. A primed
-// sandbox (the host's exec package) calls it between loading the module of
-// a recently evicted canister and that canister's next message, which then
+// any of it: it instantiates the module (no canister state, no host call can
+// happen: instantiation runs no canister code, the start function having
+// been removed), which makes wasmtime build what it builds lazily on a
+// module's first instantiation (the copy-on-write images of its initial
+// memory) and faults in its code and data, and looks up the exports every
+// execution uses. The instance is kept, unused, for the module's first
+// execution (takeFresh): a fresh instance is what that execution would
+// instantiate, so it starts from it instead of paying for a store, an
+// instantiation and the lookups while its caller waits. A primed sandbox
+// (the host's exec package) calls it between loading the module of a
+// recently evicted canister and that canister's next message, which then
 // finds the module as a second message would. An error means the
-// instantiation failed (a resource limit): the execution would fail the
-// same way and report it then.
+// instantiation failed (a resource limit): nothing is kept, and the
+// execution fails the same way and reports it then.
 func (e *Engine) Warm(m *Module) error {
 	if m == nil || m.wt == nil {
 		return errors.New("engine: warm: no module")
 	}
 	r := &run{}
 	store := wasmtime.NewStoreWithData(e.wasmtime(m.Info.Memory64), r)
-	defer store.Close()
 	r.store = store
 	store.Limiter(warmHeapBytes, maxTableElements, 1, 1, 1)
 	linker, err := e.Linker(m.Info.Memory64)
 	if err != nil {
+		store.Close()
 		return fmt.Errorf("engine: warm: %w", err)
 	}
-	if _, err := linker.Instantiate(store, m.wt); err != nil {
-		return fmt.Errorf("engine: warm: instantiate: %w", err)
+	inst, err := linker.Instantiate(store, m.wt)
+	if err != nil {
+		msg := err.Error()
+		closeError(err)
+		store.Close()
+		return fmt.Errorf("engine: warm: instantiate: %s", msg)
 	}
+	r.inst = inst
+	if m.counter != "" {
+		if r.counter = exportedGlobal(store, inst, m.counter); r.counter == nil {
+			store.Close()
+			return fmt.Errorf("engine: warm: instruction counter export %s missing", m.counter)
+		}
+	}
+	if m.growLimitExport != "" {
+		if r.growLimit = exportedGlobal(store, inst, m.growLimitExport); r.growLimit == nil {
+			store.Close()
+			return fmt.Errorf("engine: warm: grow limit export %s missing", m.growLimitExport)
+		}
+	}
+	if m.memory != "" {
+		r.mem = exportedMemory(store, inst, m.memory)
+	}
+	// What an execution does to an instance before its code runs, done
+	// once here so that its code paths have run in this process: the
+	// counter and grow limit set (each execution sets them again first
+	// thing), the mutable globals read and set to the values they hold.
+	if r.counter != nil {
+		if err := newMeter(store, 0, false).attach(r.counter); err != nil {
+			store.Close()
+			return fmt.Errorf("engine: warm: %w", err)
+		}
+	}
+	if err := r.setGrowLimit(inst, m, warmHeapBytes); err != nil {
+		store.Close()
+		return fmt.Errorf("engine: warm: %w", err)
+	}
+	gs, err := r.readGlobals(inst, m)
+	if err == nil {
+		err = r.restoreGlobals(inst, m, gs)
+	}
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("engine: warm: %w", err)
+	}
+	e.putFresh(m, r)
+	enterWasmOnce(e.wasmtime(m.Info.Memory64))
 	return nil
+}
+
+// enterWasmOnce calls a host function that does nothing through wasmtime,
+// in a store of its own: the calling thread's first call sets up what
+// wasmtime sets up per thread (its signal stack, its thread state), and the
+// Go side of a call and of a host call runs once, so that a canister's
+// first execution, which usually runs on the same thread, does not do it.
+func enterWasmOnce(wt *wasmtime.Engine) {
+	store := wasmtime.NewStore(wt)
+	defer store.Close()
+	ty := wasmtime.NewFuncType(nil, nil)
+	f := wasmtime.NewFunc(store, ty, func(*wasmtime.Caller, []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) { return nil, nil })
+	ty.Close()
+	if _, err := f.Call(store); err != nil {
+		closeError(err)
+	}
 }
 
 // warmHeapBytes bounds the memory of Warm's throwaway instance: a module's

@@ -144,6 +144,10 @@ type worker struct {
 	quit      chan struct{}
 	executors int
 	execs     sync.WaitGroup
+	// idle counts executors done with their execution (or Warm's
+	// executor, done with Warm) that no job was handed to since: each
+	// counts itself, dispatch uncounts the one it handed a job to.
+	idle atomic.Int32
 	// started and live count executors (tests).
 	started, live atomic.Int32
 	sendMu        sync.Mutex
@@ -230,16 +234,22 @@ func (w *worker) done() {
 func (w *worker) dispatch(q *boundary.Request) {
 	select {
 	case w.jobs <- q:
+		w.idle.Add(-1)
 		return
 	default:
 	}
-	if w.executors < cap(w.slots) {
+	// An idle executor that has not reached its receive yet (the one
+	// Warm left) takes it as soon as it has.
+	if w.idle.Load() == 0 && w.executors < cap(w.slots) {
 		w.executors++
 		w.execs.Add(1)
+		w.started.Add(1)
+		w.live.Add(1)
 		go w.executor(q)
 		return
 	}
 	w.jobs <- q
+	w.idle.Add(-1)
 }
 
 // executor runs executions beside the loop until the loop ends: its first,
@@ -248,17 +258,61 @@ func (w *worker) dispatch(q *boundary.Request) {
 // goroutine per execution.
 func (w *worker) executor(q *boundary.Request) {
 	defer w.execs.Done()
-	w.started.Add(1)
-	w.live.Add(1)
 	defer w.live.Add(-1)
 	for {
-		w.executeAsync(q)
+		if q != nil {
+			w.executeAsync(q)
+			w.idle.Add(1)
+		}
 		select {
 		case q = <-w.jobs:
 		case <-w.quit:
 			return
 		}
 	}
+}
+
+// warmExecutor runs f (engine.Warm) on a new executor and waits for it (the
+// loop, no execution in flight). That executor then serves executions like
+// any other, and the first one finds its goroutine as a later one would:
+// its stack already grown (growStack) and run on, instead of started and
+// grown, copied and faulted in page by page while the caller waits.
+func (w *worker) warmExecutor(f func()) {
+	done := make(chan struct{})
+	var panicked any
+	w.executors++
+	w.execs.Add(1)
+	w.started.Add(1)
+	w.live.Add(1)
+	go func() {
+		func() {
+			defer close(done)
+			defer w.idle.Add(1)
+			defer func() { panicked = recover() }()
+			growStack(0)
+			f()
+		}()
+		w.executor(nil)
+	}()
+	<-done
+	if panicked != nil {
+		panic(panicked) // the loop's, as when it ran f itself
+	}
+}
+
+// executionStack is about what an execution's deepest path (the engine, a
+// host call made from Wasm, the System API) uses of its goroutine's stack.
+const executionStack = 32 << 10
+
+// growStack grows its goroutine's stack to hold executionStack at once
+// (the runtime doubles a stack until a frame fits), the goroutine's stack
+// then being that size until a garbage collection finds most of it unused.
+//
+//go:noinline
+func growStack(i int) byte {
+	var frame [executionStack]byte
+	frame[i] = 1
+	return frame[(i+1)%executionStack]
 }
 
 // stopExecutors waits for the executions in flight, then ends the
@@ -381,7 +435,9 @@ func (w *worker) load(q *boundary.Request, warm bool) error {
 		w.codeLocked = true
 	}
 	if warm {
-		if err := w.e.Warm(m); err != nil {
+		var err error
+		w.warmExecutor(func() { err = w.e.Warm(m) })
+		if err != nil {
 			_ = w.c.SendLog(q.ID, boundary.LogWarn, "warm: %v", err)
 		}
 	}

@@ -114,3 +114,51 @@ func isRemote(err error, code boundary.ErrorCode) bool {
 	re, ok := err.(*boundary.RemoteError)
 	return ok && re.Code == code
 }
+
+// Warm runs on an executor that stays for the first execution: after Warm
+// one executor exists (its stack grown, engine.Warm's instance made on it)
+// and waits, and the first execution runs on it and on Warm's instance,
+// starting no executor and instantiating nothing.
+func TestWarmRunsOnFirstExecutor(t *testing.T) {
+	m, path := compiledArtifact(t, spinQuickWat)
+	h, s, err := boundary.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	we, err := engine.New(engine.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorker(boundary.NewConn(s), boundary.ModeCanister, we)
+	done := make(chan int, 1)
+	go func() { defer s.Close(); done <- w.loop() }()
+	c := boundary.NewConn(h)
+	defer func() {
+		h.Close()
+		<-done
+	}()
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- c.Send(&boundary.Msg{Kind: boundary.KindWarm, ID: 1, Body: boundary.EncodeHash(m.Info.Hash), Files: []*os.File{f}})
+	}()
+	if err := c.AwaitLoaded(1, m.Info.Hash, nil); err != nil || <-errc != nil {
+		t.Fatalf("warm: %v", err)
+	}
+	if n, live := w.started.Load(), w.live.Load(); n != 1 || live != 1 || !we.Fresh() {
+		t.Fatalf("after Warm: %d executors started, %d live, fresh instance %v; want 1, 1, true", n, live, we.Fresh())
+	}
+	infl := boundary.NewInflight(c)
+	sendQuery(t, c, infl, m, 2, "canister_query quick", 1_000_000, state.NewPageMap(0))
+	if _, out, err := infl.Next(nil); err != nil || out.Trapped {
+		t.Fatalf("first execution: %v %+v", err, out)
+	}
+	if n := w.started.Load(); n != 1 || we.Fresh() {
+		t.Fatalf("the first execution started an executor (%d started) or instantiated afresh (fresh instance left: %v)", n, we.Fresh())
+	}
+}
