@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -218,9 +219,24 @@ func metadataOf(m *wasmbin.Module) ([]Metadata, error) {
 
 func truncateName(s string) string {
 	if len(s) > 64 {
-		return s[:64] + "..."
+		return s[:runeCut(s, 64)] + "..."
 	}
 	return s
+}
+
+// runeCut is n (n < len(s)), or less if s[n] is inside a UTF-8 character:
+// the start of that character (a cut through it would put invalid UTF-8 in
+// a message). Bytes that are not part of a valid character are cut at n.
+func runeCut(s string, n int) int {
+	for i := n; i >= 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			if _, size := utf8.DecodeRuneInString(s[i:]); i < n && i+size > n {
+				return i
+			}
+			return n
+		}
+	}
+	return n
 }
 
 // MethodNames returns the method names of a kind, sorted.

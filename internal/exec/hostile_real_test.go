@@ -50,6 +50,9 @@ import (
 //	                    idle, reads a byte of every page of them, holes
 //	                    included, and says so on stderr
 //	hostile-stall-pages sends its answers' headers, never their pages
+//	hostile-spin-after-header from its first answer's header on, spins on
+//	                    CPU in a goroutine of its own (its pages still go
+//	                    as the host takes them)
 const hostilePrefix = "hostile-"
 
 // hostileMode is the misbehaviour this sandbox process was started for, or
@@ -107,6 +110,14 @@ func hostileMain(mode string) int {
 		probe = func(pkt, _ []byte) {
 			if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindPages {
 				select {} // the header went; the pages never go
+			}
+		}
+	}
+	if mode == "spin-after-header" {
+		var once sync.Once
+		probe = func(pkt, _ []byte) {
+			if len(pkt) > 0 && boundary.Kind(pkt[0]) == boundary.KindOutput {
+				once.Do(func() { go spin() })
 			}
 		}
 	}

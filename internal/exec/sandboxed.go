@@ -359,7 +359,11 @@ type SandboxError struct {
 	// deadline expired (Sandboxed.pagesTime, after its header); 0: the
 	// execution's deadline expired.
 	TimeoutPages uint64
-	Err          error
+	// WaitCPU is, for FaultTimeout, the CPU time the sandbox used while
+	// the host made its answer wait for memory, charged to its deadline
+	// (reserveOffWatch); 0: none beyond the allowance.
+	WaitCPU time.Duration
+	Err     error
 }
 
 func (e *SandboxError) Error() string {
@@ -367,11 +371,16 @@ func (e *SandboxError) Error() string {
 	case FaultViolation:
 		return e.Violation.Error()
 	case FaultTimeout:
-		if e.TimeoutPages > 0 {
-			return fmt.Sprintf("sandbox did not send the %d pages of its answer within their deadline of %s after its header (%s) and was killed",
-				e.TimeoutPages, e.Timeout.Round(time.Millisecond), e.Op)
+		charged := ""
+		if e.WaitCPU > 0 {
+			charged = fmt.Sprintf("; it used %s of CPU while its answer waited for the host's memory, counted against that deadline",
+				e.WaitCPU.Round(time.Millisecond))
 		}
-		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed", e.Timeout.Round(time.Millisecond), e.Op)
+		if e.TimeoutPages > 0 {
+			return fmt.Sprintf("sandbox did not send the %d pages of its answer within their deadline of %s after its header (%s) and was killed%s",
+				e.TimeoutPages, e.Timeout.Round(time.Millisecond), e.Op, charged)
+		}
+		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed%s", e.Timeout.Round(time.Millisecond), e.Op, charged)
 	case FaultCrash, FaultNodeMemory:
 		if errors.Is(e.Err, engine.ErrHostMemory) {
 			return "sandbox failed (" + e.Op + "): " + e.Err.Error()
@@ -1105,7 +1114,10 @@ func (x *Sandboxed) fail(canisterID, op string, proc Process, deadline time.Dura
 		se.Fault, se.Timeout = FaultTimeout, deadline
 		var pd *pagesDeadlineError
 		if errors.As(err, &pd) {
-			se.Timeout, se.TimeoutPages = pd.allowed, pd.pages
+			if pd.pages > 0 {
+				se.Timeout, se.TimeoutPages = pd.allowed, pd.pages
+			}
+			se.WaitCPU = pd.waitCPU
 		}
 	case errors.As(err, &re):
 		se.Fault = FaultFailed
@@ -1919,7 +1931,7 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 	exp := boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)
 	var pages pagesDeadline
 	if req.Reserve != nil {
-		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, time.Now().Add(deadline), req.Reserve, &pages)
+		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, sb.proc, time.Now().Add(deadline), req.Reserve, &pages)
 	}
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
 		sb.noteGiven(req.Heap, stable)
@@ -1936,9 +1948,10 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 		if errors.As(err, &refused) {
 			return nil, fmt.Errorf("exec: output of %s: %w", sb.id, err)
 		}
-		if pages.pages > 0 {
+		if pages.pages > 0 || pages.waitCPU > 0 {
 			// The deadline in force was the pages' own, not the
-			// execution's: a timeout names that one.
+			// execution's, or CPU used during the host's wait was charged
+			// to it: a timeout names that.
 			err = &pagesDeadlineError{pagesDeadline: pages, err: err}
 		}
 		return nil, x.fail(sb.id, "execute", sb.proc, deadline, err)
@@ -1955,32 +1968,63 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 // over once its header came, so a sandbox that sends its pages slowly
 // holds what was reserved for them no longer than sending them takes, not
 // for the rest of its compute time (up to an hour for an install).
-// The pages' own deadline, when it is the shorter, is recorded in pages.
-func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, until time.Time, reserve func(uint64) error, pages *pagesDeadline) func(uint64) error {
+// The pause is not free CPU, though: an honest worker is blocked sending
+// its pages meanwhile, so what proc used during the wait beyond
+// waitCPUAllowance is a thread of its own, and it is taken from what the
+// watchdog had left; a sandbox that used all of it is timed out at once.
+// The pages' own deadline, when it is the shorter, and the CPU charged are
+// recorded in pages.
+func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, proc Process, until time.Time, reserve func(uint64) error, pages *pagesDeadline) func(uint64) error {
 	return func(b uint64) error {
 		left := time.Until(until)
 		_ = conn.Raw().SetDeadline(time.Time{})
+		before, beforeOK := cpuTime(proc)
 		err := reserve(b)
-		allowed := x.pagesTime(b)
 		*pages = pagesDeadline{}
-		if allowed < left {
-			*pages = pagesDeadline{pages: b / state.PageSize, allowed: allowed}
+		if after, ok := cpuTime(proc); beforeOK && ok && after-before > waitCPUAllowance {
+			pages.waitCPU = after - before
+			left -= pages.waitCPU - waitCPUAllowance
 		}
-		_ = conn.Raw().SetDeadline(time.Now().Add(max(min(left, allowed), 0)))
-		if ctx.Err() != nil {
-			// exchange's AfterFunc may have fired before the line above.
+		allowed := x.pagesTime(b)
+		if allowed < left {
+			pages.pages, pages.allowed = b/state.PageSize, allowed
+		}
+		_ = conn.Raw().SetDeadline(time.Now().Add(min(left, allowed)))
+		if left <= 0 || ctx.Err() != nil {
+			// Its time is used up: the next read is a timeout. (Or
+			// exchange's AfterFunc may have fired before the line above.)
 			_ = conn.Raw().SetDeadline(time.Unix(1, 0))
 		}
 		return err
 	}
 }
 
-// pagesDeadline is the deadline reserveOffWatch set for an answer's pages
-// after its header, when it was shorter than what the execution's watchdog
-// had left (pages 0: it was not).
+// waitCPUAllowance is the CPU a sandbox may use while the host makes its
+// answer wait for memory without it counting: an honest worker's runtime
+// after its header (a few ms), and a few of /proc's 10 ms ticks where its
+// CPU clock cannot be read.
+const waitCPUAllowance = 50 * time.Millisecond
+
+// cpuTime reads the CPU time p has used (sandbox.Process.CPUTime); ok is
+// false for a Process that cannot say, or one that ended.
+func cpuTime(p Process) (d time.Duration, ok bool) {
+	c, can := p.(interface{ CPUTime() (time.Duration, error) })
+	if !can {
+		return 0, false
+	}
+	d, err := c.CPUTime()
+	return d, err == nil
+}
+
+// pagesDeadline is what reserveOffWatch set for an answer's pages after
+// its header: their own deadline, when it was shorter than what the
+// execution's watchdog had left (pages 0: it was not), and the CPU the
+// sandbox used during the host's wait, charged to that watchdog (0: none
+// beyond waitCPUAllowance).
 type pagesDeadline struct {
 	pages   uint64
 	allowed time.Duration
+	waitCPU time.Duration
 }
 
 // pagesDeadlineError is an exchange's error met while the pages' own

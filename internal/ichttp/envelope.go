@@ -14,6 +14,7 @@ import (
 	"os"
 	"reflect"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
 
@@ -433,7 +434,22 @@ func clip(s string) string {
 	if len(s) <= max {
 		return s
 	}
-	return s[:max] + "…"
+	return s[:runeCut(s, max)] + "…"
+}
+
+// runeCut is n (n < len(s)), or less if s[n] is inside a UTF-8 character:
+// the start of that character (a cut through it would put invalid UTF-8 in
+// a message). Bytes that are not part of a valid character are cut at n.
+func runeCut(s string, n int) int {
+	for i := n; i >= 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			if _, size := utf8.DecodeRuneInString(s[i:]); i < n && i+size > n {
+				return i
+			}
+			return n
+		}
+	}
+	return n
 }
 
 // asRequestError returns e's status and message, or 500 for other errors.

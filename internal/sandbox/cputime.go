@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on every
@@ -13,13 +15,36 @@ import (
 const clockTick = 10 * time.Millisecond
 
 // CPUTime returns the CPU time (user + system, every thread) the sandbox
-// process has used so far.
+// process has used so far: its process CPU clock, to the nanosecond in one
+// system call (what its cgroup's counter would say, the sandbox being its
+// cgroup's only process, without a file read: 2 µs where reading
+// /proc/<pid>/stat took 60), else /proc/<pid>/stat in 10 ms ticks. The
+// exec package reads it around every wait for execution memory, and at
+// each idle look.
 func (p *Process) CPUTime() (time.Duration, error) {
+	select {
+	case <-p.done:
+		// Reaped: its pid may be another process's now.
+		return 0, errors.New("sandbox: the process has ended")
+	default:
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(processCPUClock(p.proc.Pid), &ts); err == nil {
+		return time.Duration(ts.Nano()), nil
+	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.proc.Pid) + "/stat")
 	if err != nil {
 		return 0, err
 	}
 	return parseStatCPU(string(b))
+}
+
+// processCPUClock is the clock id of pid's process CPU clock, all its
+// threads' scheduled time (the kernel's MAKE_PROCESS_CPUCLOCK(pid,
+// CPUCLOCK_SCHED)); clock_gettime reads it for any process, unprivileged.
+func processCPUClock(pid int) int32 {
+	const cpuClockSched = 2
+	return ^int32(pid)<<3 | cpuClockSched
 }
 
 // parseStatCPU reads utime and stime from a /proc/<pid>/stat line. The

@@ -196,9 +196,24 @@ func mismatch(v Value, t *Type) error {
 
 func truncate(s string, n int) string {
 	if len(s) > n {
-		return s[:n] + "..."
+		return s[:runeCut(s, n)] + "..."
 	}
 	return s
+}
+
+// runeCut is n (n < len(s)), or less if s[n] is inside a UTF-8 character:
+// the start of that character (a cut through it would put invalid UTF-8 in
+// a message). Bytes that are not part of a valid character are cut at n.
+func runeCut(s string, n int) int {
+	for i := n; i >= 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			if _, size := utf8.DecodeRuneInString(s[i:]); i < n && i+size > n {
+				return i
+			}
+			return n
+		}
+	}
+	return n
 }
 
 func (e *encoder) value(v Value, t *Type, depth int) error {
