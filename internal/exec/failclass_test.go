@@ -31,36 +31,10 @@ import (
 // message runs on a fresh sandbox, so none is retried.
 func TestNodeOOMMidPagesIsTheNodes(t *testing.T) {
 	const nodeLimit = 512 << 20
-	var (
-		mu    sync.Mutex
-		procs = map[string]*sandbox.Process{}
-	)
-	launch := func(ctx context.Context, s sandbox.Spec) (Process, error) {
-		p, err := sandbox.Start(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		procs[s.Label] = p
-		mu.Unlock()
-		return p, nil
-	}
-	proc := func(label string) *sandbox.Process {
-		mu.Lock()
-		defer mu.Unlock()
-		return procs[label]
-	}
 	// No watchdog ends a held message, however slow the machine; the idle
 	// watch and the memory budget never act.
-	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Launch: launch, NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
+	x, started := nodeGroupSandboxed(t, SandboxConfig{NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
 		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40, MaxTotalRSS: 1 << 40, WatchdogBase: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { x.Close() })
-	if x.group == nil {
-		t.Skip("no cgroup layer here: no node group")
-	}
 	ended := make(chan struct{})
 	t.Cleanup(func() { close(ended) }) // before x.Close, should the test fail
 
@@ -104,7 +78,7 @@ func TestNodeOOMMidPagesIsTheNodes(t *testing.T) {
 			t.Fatalf("%s's message ended before its pages were reserved: %v", r.id, r.err)
 		}
 	}
-	heldProcs := []*sandbox.Process{proc("held-0"), proc("held-1")}
+	heldProcs := []*sandbox.Process{started.proc("held-0"), started.proc("held-1")}
 	for i, p := range heldProcs {
 		m, _ := p.MemoryCharge()
 		t.Logf("%s, its answer's header sent: %d MiB", held[i].id, m>>20)

@@ -93,16 +93,7 @@ func TestReadHolesGivenBack(t *testing.T) {
 			s := newSim(t, x, "scatter-"+name, wasm)
 			s.must(sysapi.CtxUpdate, "canister_update scatter", empty)
 			if backed {
-				b := state.NewBackedPageMap(0)
-				d := state.Delta{Size: s.heap.Size()}
-				for _, i := range s.heap.StoredPages() {
-					d.Pages = append(d.Pages, state.DirtyPage{Index: i, Data: s.heap.Page(i)})
-				}
-				if err := b.Apply(d); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(b.Release)
-				s.heap = b
+				backHeap(t, s)
 			}
 			if s.heap.File() == nil {
 				t.Fatal("no image of the heap")

@@ -1,12 +1,10 @@
 package exec
 
 import (
-	"context"
 	"errors"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,29 +139,8 @@ func TestIdleGrowthPastBudgetEvicts(t *testing.T) {
 // on.
 func TestNodeMemoryLimitOOMKillsSandbox(t *testing.T) {
 	const nodeLimit = 256 << 20
-	var (
-		mu    sync.Mutex
-		procs = map[string]*sandbox.Process{}
-	)
-	launch := func(ctx context.Context, s sandbox.Spec) (Process, error) {
-		p, err := sandbox.Start(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		procs[s.Label] = p
-		mu.Unlock()
-		return p, nil
-	}
-	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Launch: launch, NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
+	x, started := nodeGroupSandboxed(t, SandboxConfig{NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
 		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40, MaxTotalRSS: 1 << 40})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { x.Close() })
-	if x.group == nil {
-		t.Skip("no cgroup layer here: no node group")
-	}
 	if got := x.group.MemoryLimit(); got != nodeLimit {
 		t.Fatalf("node group limit %d, want %d", got, nodeLimit)
 	}
@@ -171,9 +148,7 @@ func TestNodeMemoryLimitOOMKillsSandbox(t *testing.T) {
 	honest, hostile := newSim(t, x, "honest", wasm), newSim(t, x, growWhenIdle, wasm)
 	honest.must(sysapi.CtxInit, "canister_init", empty)
 	hostile.must(sysapi.CtxInit, "canister_init", empty)
-	mu.Lock()
-	grower, neighbour := procs[growWhenIdle], procs["honest"]
-	mu.Unlock()
+	grower, neighbour := started.proc(growWhenIdle), started.proc("honest")
 	for _, p := range []*sandbox.Process{grower, neighbour} {
 		if d := p.Layers()[sandbox.LayerCgroup].Detail; !strings.Contains(d, x.group.String()) {
 			t.Fatalf("a sandbox's cgroup is not in the node group: %s", d)

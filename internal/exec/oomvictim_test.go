@@ -34,34 +34,8 @@ import (
 // charged exactly what it costs alone.
 func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 	const nodeLimit = 512 << 20
-	var (
-		mu    sync.Mutex
-		procs = map[string]*sandbox.Process{}
-	)
-	launch := func(ctx context.Context, s sandbox.Spec) (Process, error) {
-		p, err := sandbox.Start(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		procs[s.Label] = p
-		mu.Unlock()
-		return p, nil
-	}
-	proc := func(label string) *sandbox.Process {
-		mu.Lock()
-		defer mu.Unlock()
-		return procs[label]
-	}
-	x, err := NewSandboxed(SandboxConfig{Dir: t.TempDir(), Logger: testLogger(t), Launch: launch, NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
+	x, started := nodeGroupSandboxed(t, SandboxConfig{NodeMemoryBytes: nodeLimit, MemoryBytes: 2 << 30,
 		IdleCPUCheck: time.Hour, IdleMemoryGrowth: 1 << 40, MaxTotalRSS: 1 << 40})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { x.Close() })
-	if x.group == nil {
-		t.Skip("no cgroup layer here: no node group")
-	}
 	// Alone, an honest canister's first message fits the group.
 	alone := newSim(t, x, "alone", wasmFile(t, corpusDir, "memory"))
 	alone.must(sysapi.CtxInit, "canister_init", empty)
@@ -71,7 +45,7 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 	x.Forget("alone")
 	honest := newSim(t, x, "honest", wasmFile(t, corpusDir, "memory"))
 	honest.must(sysapi.CtxInit, "canister_init", empty)
-	honestProc := proc("honest")
+	honestProc := started.proc("honest")
 	hostOOMScore(t)
 	var (
 		holders  []*sandbox.Process
@@ -81,7 +55,7 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 		id := fmt.Sprintf("%s-%d", growOnSignal, i)
 		hostile := newSim(t, x, id, wasmFile(t, corpusDir, "counter"))
 		hostile.must(sysapi.CtxInit, "canister_init", empty)
-		holder := proc(id)
+		holder := started.proc(id)
 		before, err := memoryOf(holder)
 		if err != nil {
 			t.Fatal(err)
@@ -133,7 +107,7 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 	if st := dead.Wait(); !errors.Is(st.Err, sandbox.ErrNodeOutOfMemory) {
 		t.Fatalf("the holder ended, not for the node's memory: %+v", st)
 	}
-	if p := proc("honest"); p != honestProc {
+	if p := started.proc("honest"); p != honestProc {
 		// The kernel's second victim: a holder's exit marks its memory
 		// freed (MMF_OOM_SKIP) before it frees the last of it, and an
 		// allocation that fails in between takes the largest sandbox
@@ -145,7 +119,7 @@ func TestNodeMemoryOOMSparesTheNeighbour(t *testing.T) {
 	honest.must(sysapi.CtxUpdate, "canister_update grow", growArg(1))
 	for i, hostile := range hostiles {
 		hostile.must(sysapi.CtxUpdate, "canister_update inc", empty)
-		if exited(holders[i]) && proc(fmt.Sprintf("%s-%d", growOnSignal, i)) == holders[i] {
+		if exited(holders[i]) && started.proc(fmt.Sprintf("%s-%d", growOnSignal, i)) == holders[i] {
 			t.Fatal("a hostile canister ran on its dead sandbox")
 		}
 	}
@@ -176,6 +150,52 @@ func TestSandboxAloneFillingTheGroupIsCharged(t *testing.T) {
 	if !errors.As(err, &se) || se.Fault != FaultCrash || se.Exit == nil || !errors.Is(se.Exit.Err, sandbox.ErrOutOfMemory) {
 		t.Fatalf("a canister that alone filled the node group: want FaultCrash for its own memory, got %v %v", err, out)
 	}
+}
+
+// startedSandboxes launches real sandboxes and keeps each by its label, so
+// that a test can watch the process behind a canister's messages.
+type startedSandboxes struct {
+	mu    sync.Mutex
+	procs map[string]*sandbox.Process
+}
+
+func (r *startedSandboxes) launch(ctx context.Context, s sandbox.Spec) (Process, error) {
+	p, err := sandbox.Start(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.procs == nil {
+		r.procs = map[string]*sandbox.Process{}
+	}
+	r.procs[s.Label] = p
+	return p, nil
+}
+
+// proc is the sandbox last started for label, nil if none was.
+func (r *startedSandboxes) proc(label string) *sandbox.Process {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.procs[label]
+}
+
+// nodeGroupSandboxed is a Sandboxed of cfg, in a test directory and logging
+// to the test, whose sandboxes are kept by label; it skips where there is
+// no cgroup layer, so no node group.
+func nodeGroupSandboxed(t *testing.T, cfg SandboxConfig) (*Sandboxed, *startedSandboxes) {
+	t.Helper()
+	started := &startedSandboxes{}
+	cfg.Dir, cfg.Logger, cfg.Launch = t.TempDir(), testLogger(t), started.launch
+	x, err := NewSandboxed(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	if x.group == nil {
+		t.Skip("no cgroup layer here: no node group")
+	}
+	return x, started
 }
 
 // growArg is the Candid argument (nat) of the memory canister's grow.

@@ -44,7 +44,17 @@ func spreadSim(t testing.TB, x *Sandboxed, id string) *sim {
 	}
 	s := newSim(t, x, id, wasm)
 	s.runBig(sysapi.CtxUpdate, "canister_update spread", nil)
-	// As the store loads it: a backed page map.
+	backHeap(t, s)
+	if s.heap.File() == nil {
+		t.Fatal("no image of the heap")
+	}
+	return s
+}
+
+// backHeap gives s the heap it has as the store loads one: a backed page
+// map of the same pages.
+func backHeap(t testing.TB, s *sim) {
+	t.Helper()
 	b := state.NewBackedPageMap(0)
 	d := state.Delta{Size: s.heap.Size()}
 	for _, i := range s.heap.StoredPages() {
@@ -55,10 +65,6 @@ func spreadSim(t testing.TB, x *Sandboxed, id string) *sim {
 	}
 	t.Cleanup(b.Release)
 	s.heap = b
-	if s.heap.File() == nil {
-		t.Fatal("no image of the heap")
-	}
-	return s
 }
 
 // runBig is sim.run with a 1 GiB heap limit.

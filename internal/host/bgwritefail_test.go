@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -71,13 +70,7 @@ func TestBackgroundWriteFailureStopsWrites(t *testing.T) {
 		bgWriteFailChild(t, home)
 		return
 	}
-	if runtime.GOARCH != "amd64" {
-		t.Skip("the filter checks the x86-64 syscall numbers")
-	}
-	t.Parallel()
-	cfg := storeFailCfg(t.TempDir())
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
+	f := storeFailFixture(t)
 	counter := f.install(module(t, corpusDir, "counter"), noArgs)
 	printer := f.install(mustWat(t, logSpamWat), nil)
 	for range 4 {
@@ -86,34 +79,19 @@ func TestBackgroundWriteFailureStopsWrites(t *testing.T) {
 	if err := f.node.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := faultinject.Child("TestBackgroundWriteFailureStopsWrites",
-		"CORDON_BGFAIL_HOME="+cfg.Home, "CORDON_BGFAIL_IDS="+counter.String()+","+printer.String())
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if strings.Contains(string(out), "--- SKIP") {
-		t.Skipf("child skipped:\n%s", out)
-	}
-	if err != nil || !strings.Contains(string(out), "UPDATE") {
-		t.Fatalf("child: %v; output:\n%s", err, out)
-	}
-	t.Logf("child:\n%s", out)
-	lines := map[string]string{}
-	for line := range strings.SplitSeq(string(out), "\n") {
-		if k, v, ok := strings.Cut(line, " "); ok {
-			lines[k] = v
-		}
-	}
-	if !strings.Contains(string(out), "\nSTOPPED\n") {
+	out, lines := runFaultChild(t, "TestBackgroundWriteFailureStopsWrites", "UPDATE",
+		"CORDON_BGFAIL_HOME="+f.home, "CORDON_BGFAIL_IDS="+counter.String()+","+printer.String())
+	if !strings.Contains(out, "\nSTOPPED\n") {
 		t.Fatal("the failed trim did not stop the node taking writes: the fault was not injected where expected")
 	}
-	if !strings.Contains(string(out), `level=ERROR msg="storage failure: trimming a canister's stored log: its last sync failed and its outcome is unknown; the node accepts no more writes until it is restarted`) ||
-		!strings.Contains(string(out), "canister="+printer.String()) || !strings.Contains(string(out), "error_id=") {
+	if !strings.Contains(out, `level=ERROR msg="storage failure: trimming a canister's stored log: its last sync failed and its outcome is unknown; the node accepts no more writes until it is restarted`) ||
+		!strings.Contains(out, "canister="+printer.String()) || !strings.Contains(out, "error_id=") {
 		t.Fatal("the node's log does not say that the trim's failure was a storage failure that stopped its writes, of which canister, under an error id")
 	}
 	if p := lines["PRUNE"]; !strings.HasPrefix(p, "stopped=true ") {
 		t.Fatalf("pruning after the failure: %s, want the node's ErrWritesStopped", p)
 	}
-	if !strings.Contains(string(out), `level=WARN msg="pruning the IC interface's request statuses: not stored: the node stopped accepting writes after a storage failure"`) {
+	if !strings.Contains(out, `level=WARN msg="pruning the IC interface's request statuses: not stored: the node stopped accepting writes after a storage failure"`) {
 		t.Fatal("the node's log does not say why the pruning was not stored")
 	}
 	if got := lines["UPDATE"]; !strings.HasPrefix(got, "code=SYS_TRANSIENT unknown=false stopped=true ") || !strings.Contains(got, "this call was not run") {

@@ -23,6 +23,21 @@ func storeFailCfg(home string) Config {
 	return cfg
 }
 
+// storeFailFixture is the open node of a storage failure test, run in
+// parallel; it skips but on x86-64, whose syscall numbers the fault filter
+// checks.
+func storeFailFixture(t *testing.T) *fixture {
+	t.Helper()
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the filter checks the x86-64 syscall numbers")
+	}
+	t.Parallel()
+	cfg := storeFailCfg(t.TempDir())
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	return f
+}
+
 // rejectLine says what a caller learns from err, on one line.
 func rejectLine(err error) string {
 	var rej *Reject
@@ -31,6 +46,28 @@ func rejectLine(err error) string {
 	}
 	return fmt.Sprintf("code=%s unknown=%v stopped=%v full=%v message=%q", rej.Code,
 		errors.Is(err, ErrOutcomeUnknown), errors.Is(err, ErrWritesStopped), errors.Is(err, ErrStorageFull), rej.Message)
+}
+
+// runFaultChild runs test again in a child with env, and returns what it
+// printed and its lines by their first word; it skips where the child
+// skipped, and fails unless the child ran and printed last.
+func runFaultChild(t *testing.T, test, last string, env ...string) (string, map[string]string) {
+	t.Helper()
+	out, err := faultinject.Child(test, env...).Output()
+	if strings.Contains(string(out), "--- SKIP") {
+		t.Skipf("child skipped:\n%s", out)
+	}
+	if err != nil || !strings.Contains(string(out), last) {
+		t.Fatalf("child: %v; output:\n%s", err, out)
+	}
+	t.Logf("child:\n%s", out)
+	lines := map[string]string{}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok {
+			lines[k] = v
+		}
+	}
+	return string(out), lines
 }
 
 // storeFailChild increments the counter, the commit's last sync failing,
@@ -86,39 +123,20 @@ func TestFailedSyncStopsWrites(t *testing.T) {
 		storeFailChild(t, home)
 		return
 	}
-	if runtime.GOARCH != "amd64" {
-		t.Skip("the filter checks the x86-64 syscall numbers")
-	}
-	t.Parallel()
-	cfg := storeFailCfg(t.TempDir())
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
+	f := storeFailFixture(t)
 	counter := f.install(module(t, corpusDir, "counter"), noArgs)
 	if err := f.node.Close(); err != nil {
 		t.Fatal(err)
 	}
-	out, err := faultinject.Child("TestFailedSyncStopsWrites", "CORDON_STOREFAIL_HOME="+cfg.Home, "CORDON_STOREFAIL_ID="+counter.String()).Output()
-	if strings.Contains(string(out), "--- SKIP") {
-		t.Skipf("child skipped:\n%s", out)
-	}
-	if err != nil || !strings.Contains(string(out), "QUERY") {
-		t.Fatalf("child: %v; output:\n%s", err, out)
-	}
-	t.Logf("child:\n%s", out)
-	lines := map[string]string{}
-	for line := range strings.SplitSeq(string(out), "\n") {
-		if k, v, ok := strings.Cut(line, " "); ok {
-			lines[k] = v
-		}
-	}
-	if strings.Contains(string(out), cfg.Home) {
+	out, lines := runFaultChild(t, "TestFailedSyncStopsWrites", "QUERY", "CORDON_STOREFAIL_HOME="+f.home, "CORDON_STOREFAIL_ID="+counter.String())
+	if strings.Contains(out, f.home) {
 		t.Fatal("a caller reads the home's path")
 	}
 	if first := lines["FIRST"]; !strings.HasPrefix(first, "code=SYS_TRANSIENT unknown=true stopped=true ") ||
 		!strings.Contains(first, "the outcome of this call is unknown") {
 		t.Fatalf("the call whose commit failed the store got %s, want SYS_TRANSIENT saying its outcome is unknown", first)
 	}
-	if !strings.Contains(string(out), "\nSTOPPED\n") {
+	if !strings.Contains(out, "\nSTOPPED\n") {
 		t.Fatal("the node does not say it stopped accepting writes (WritesStopped)")
 	}
 	for _, k := range []string{"SECOND", "INSTALL"} {

@@ -55,35 +55,39 @@ func TestIC0LoopChargedForHostCPU(t *testing.T) {
 	}
 }
 
+// appendLEB appends v to b in unsigned LEB128.
+func appendLEB(b []byte, v uint64) []byte { return append(b, leb(v)...) }
+
+// wasmSection is a module's section: its id, its size and its content.
+func wasmSection(id byte, c []byte) []byte {
+	return append(appendLEB([]byte{id}, uint64(len(c))), c...)
+}
+
+// updateExport is the content of an export section exporting function fn
+// as the update method "f".
+func updateExport(fn uint64) []byte {
+	const name = "canister_update f"
+	ex := append(appendLEB(appendLEB(nil, 1), uint64(len(name))), name...)
+	return appendLEB(append(ex, 0), fn) // 0: a function
+}
+
 // localsWasm is n functions, each declaring 49,990 i64 locals in one
 // 4-byte group: 16 KB at n = 2,000 that once took 15 s to compile.
 func localsWasm(n int) []byte {
-	leb := func(b []byte, v uint64) []byte {
-		for {
-			c := byte(v & 0x7f)
-			if v >>= 7; v == 0 {
-				return append(b, c)
-			}
-			b = append(b, c|0x80)
-		}
-	}
-	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
-	fs := leb(nil, uint64(n))
+	m = append(m, wasmSection(1, []byte{1, 0x60, 0, 0})...)
+	fs := appendLEB(nil, uint64(n))
 	for range n {
 		fs = append(fs, 0)
 	}
-	m = append(m, section(3, fs)...)
-	name := "canister_update f"
-	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(ex, 0, 0))...)
-	body := append(leb([]byte{1}, 49990), 0x7e, 0x0b)
-	code := leb(nil, uint64(n))
+	m = append(m, wasmSection(3, fs)...)
+	m = append(m, wasmSection(7, updateExport(0))...)
+	body := append(appendLEB([]byte{1}, 49990), 0x7e, 0x0b)
+	code := appendLEB(nil, uint64(n))
 	for range n {
-		code = append(leb(code, uint64(len(body))), body...)
+		code = append(appendLEB(code, uint64(len(body))), body...)
 	}
-	return append(m, section(10, code)...)
+	return append(m, wasmSection(10, code)...)
 }
 
 // A module declaring 100 M locals in 16 KB is refused by validation in the
@@ -117,44 +121,41 @@ func blockBombWasm(n int) []byte {
 // controlWasm is funcs functions (i32) -> () whose body is unit repeated
 // reps times, plus an exported update method (the last function).
 func controlWasm(funcs, reps int, unit []byte) []byte {
-	leb := func(b []byte, v uint64) []byte {
-		for {
-			c := byte(v & 0x7f)
-			if v >>= 7; v == 0 {
-				return append(b, c)
-			}
-			b = append(b, c|0x80)
-		}
-	}
-	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
-	fs := leb(nil, uint64(funcs+1))
+	m = append(m, wasmSection(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
+	fs := appendLEB(nil, uint64(funcs+1))
 	for range funcs {
 		fs = append(fs, 0)
 	}
-	m = append(m, section(3, append(fs, 1))...)
-	name := "canister_update f"
-	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, leb(append(ex, 0), uint64(funcs)))...)
+	m = append(m, wasmSection(3, append(fs, 1))...)
+	m = append(m, wasmSection(7, updateExport(uint64(funcs)))...)
 	body := []byte{0} // no locals
 	for range reps {
 		body = append(body, unit...)
 	}
 	body = append(body, 0x0b)
-	code := leb(nil, uint64(funcs+1))
+	code := appendLEB(nil, uint64(funcs+1))
 	for range funcs {
-		code = append(leb(code, uint64(len(body))), body...)
+		code = append(appendLEB(code, uint64(len(body))), body...)
 	}
 	code = append(code, 2, 0, 0x0b)
-	return append(m, section(10, code)...)
+	return append(m, wasmSection(10, code)...)
 }
 
-// The compile bomb is refused by validation (in the compiler sandbox, or
-// in the node's process) before it compiles, as an invalid module that
-// says why; the canister then installs a module within the bounds.
-func TestInstallControlBombRefused(t *testing.T) {
-	t.Parallel()
+// refusal is a module install must refuse as an invalid module whose
+// error says each of want.
+type refusal struct {
+	what string
+	wasm []byte
+	want []string
+}
+
+// checkRefusedThenInstalls installs, in each isolation mode, each of
+// refused on one canister, wanting it refused, and then fits, which must
+// install: the refusals leave the canister able to take a module within
+// the bounds.
+func checkRefusedThenInstalls(t *testing.T, refused []refusal, fitsWhat string, fits []byte) {
+	t.Helper()
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newModeFixture(t, mode)
@@ -163,15 +164,31 @@ func TestInstallControlBombRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: blockBombWasm(120_000), Caller: user})
-			if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), "control instructions") {
-				t.Fatalf("install of 120,000 blocks in one function: %v, want a refusal for its control instructions", err)
+			for _, r := range refused {
+				_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: r.wasm, Caller: user})
+				ok := errors.Is(err, engine.ErrInvalidModule)
+				for _, w := range r.want {
+					ok = ok && strings.Contains(err.Error(), w)
+				}
+				if !ok {
+					t.Fatalf("install of %s: %v, want a refusal as an invalid module saying %q", r.what, err, r.want)
+				}
 			}
-			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: blockBombWasm(1000), Caller: user}); err != nil {
-				t.Fatalf("install of 1,000 blocks: %v", err)
+			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: fits, Caller: user}); err != nil {
+				t.Fatalf("install of %s: %v", fitsWhat, err)
 			}
 		})
 	}
+}
+
+// The compile bomb is refused by validation (in the compiler sandbox, or
+// in the node's process) before it compiles, as an invalid module that
+// says why; the canister then installs a module within the bounds.
+func TestInstallControlBombRefused(t *testing.T) {
+	t.Parallel()
+	checkRefusedThenInstalls(t, []refusal{
+		{"120,000 blocks in one function", blockBombWasm(120_000), []string{"control instructions"}},
+	}, "1,000 blocks", blockBombWasm(1000))
 }
 
 // A module one control instruction beyond the default module bound
@@ -183,32 +200,11 @@ func TestInstallControlBombRefused(t *testing.T) {
 func TestInstallJustOverControlBoundsRefused(t *testing.T) {
 	t.Parallel()
 	brIf := []byte{0x20, 0, 0x0d, 0} // local.get 0; br_if 0: one control instruction
-	for _, mode := range []string{"inprocess", "sandbox"} {
-		t.Run(mode, func(t *testing.T) {
-			f := newModeFixture(t, mode)
-			ctx := context.Background()
-			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, tc := range []struct {
-				what, want string
-				wasm       []byte
-			}{
-				// 25 bodies of 20,000 (with their ends) and the method's end.
-				{"500,001 control instructions", "module has 500001 control instructions", controlWasm(25, 19_999, brIf)},
-				{"a body of 20,001", "function 0 has 20001 control instructions", controlWasm(1, 20_000, brIf)},
-			} {
-				_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: tc.wasm, Caller: user})
-				if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "the limit") {
-					t.Fatalf("install of %s: %v, want a refusal saying %q and the limit", tc.what, err, tc.want)
-				}
-			}
-			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: controlWasm(1, 19_999, brIf), Caller: user}); err != nil {
-				t.Fatalf("install of a body at the function's bound: %v", err)
-			}
-		})
-	}
+	checkRefusedThenInstalls(t, []refusal{
+		// 25 bodies of 20,000 (with their ends) and the method's end.
+		{"500,001 control instructions", controlWasm(25, 19_999, brIf), []string{"module has 500001 control instructions", "the limit"}},
+		{"a body of 20,001", controlWasm(1, 20_000, brIf), []string{"function 0 has 20001 control instructions", "the limit"}},
+	}, "a body at the function's bound", controlWasm(1, 19_999, brIf))
 }
 
 // mergeBombWasm is one function (i32) -> () declaring 500 i64 locals and
@@ -218,42 +214,30 @@ func TestInstallJustOverControlBoundsRefused(t *testing.T) {
 // Without a bound, its install at 100 ifs (about 500 KB) took 31 s here
 // (in-process, the machine loaded).
 func mergeBombWasm(ifs int) []byte {
-	leb := func(b []byte, v uint64) []byte {
-		for {
-			c := byte(v & 0x7f)
-			if v >>= 7; v == 0 {
-				return append(b, c)
-			}
-			b = append(b, c|0x80)
-		}
-	}
-	section := func(id byte, c []byte) []byte { return append(leb([]byte{id}, uint64(len(c))), c...) }
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
-	m = append(m, section(3, []byte{2, 0, 1})...)
-	name := "canister_update f"
-	ex := append(leb(leb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(ex, 0, 1))...)
+	m = append(m, wasmSection(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
+	m = append(m, wasmSection(3, []byte{2, 0, 1})...)
+	m = append(m, wasmSection(7, updateExport(1))...)
 	const locals = 500
-	body := append(leb([]byte{1}, locals), 0x7e)
+	body := append(appendLEB([]byte{1}, locals), 0x7e)
 	k := uint64(0)
 	for range ifs {
 		body = append(body, 0x20, 0, 0x04, 0x40) // local.get 0; if
 		for j := uint64(1); j <= locals; j++ {
 			k++
 			// i64.const (k's bits: distinct constants); local.set j
-			body = leb(append(leb(append(body, 0x42), k), 0x21), j)
+			body = appendLEB(append(appendLEB(append(body, 0x42), k), 0x21), j)
 		}
 		body = append(body, 0x0b, 0x20, 1) // end; local.get 1
 		for j := uint64(2); j <= locals; j++ {
-			body = append(leb(append(body, 0x20), j), 0x7c) // local.get j; i64.add
+			body = append(appendLEB(append(body, 0x20), j), 0x7c) // local.get j; i64.add
 		}
 		body = append(body, 0x1a) // drop
 	}
 	body = append(body, 0x0b)
-	code := append(leb([]byte{2}, uint64(len(body))), body...)
+	code := append(appendLEB([]byte{2}, uint64(len(body))), body...)
 	code = append(code, 2, 0, 0x0b)
-	return append(m, section(10, code)...)
+	return append(m, wasmSection(10, code)...)
 }
 
 // The register-allocation bomb is refused by validation before it
@@ -261,21 +245,7 @@ func mergeBombWasm(ifs int) []byte {
 // ifs installs.
 func TestInstallMergeBombRefused(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"inprocess", "sandbox"} {
-		t.Run(mode, func(t *testing.T) {
-			f := newModeFixture(t, mode)
-			ctx := context.Background()
-			id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mergeBombWasm(100), Caller: user})
-			if !errors.Is(err, engine.ErrInvalidModule) || !strings.Contains(err.Error(), "too many values merge") {
-				t.Fatalf("install of 100 ifs rewriting 500 locals: %v, want a refusal for the values that merge", err)
-			}
-			if _, err := f.node.Install(ctx, id, InstallOptions{Mode: ModeInstall, Wasm: mergeBombWasm(4), Caller: user}); err != nil {
-				t.Fatalf("install of 4 such ifs: %v", err)
-			}
-		})
-	}
+	checkRefusedThenInstalls(t, []refusal{
+		{"100 ifs rewriting 500 locals", mergeBombWasm(100), []string{"too many values merge"}},
+	}, "4 such ifs", mergeBombWasm(4))
 }
