@@ -51,6 +51,21 @@ func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
 	return n, id, cfg.Home
 }
 
+// counterServer is counterNode served by a Handler (the home's root key,
+// its log discarded) on a test server closed when the test ends.
+func counterServer(t *testing.T) (h *Handler, srv *httptest.Server, id principal.Principal) {
+	t.Helper()
+	node, id, home := counterNode(t)
+	key, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv = httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return h, srv, id
+}
+
 func post(t *testing.T, url string, body []byte) (int, []byte) {
 	t.Helper()
 	return postAs(t, url, "application/cbor", body)
@@ -276,14 +291,7 @@ func TestCallOutlivesClient(t *testing.T) {
 
 // A management canister call is sent to the canister its argument names.
 func TestManagementEffectiveCanister(t *testing.T) {
-	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv := httptest.NewServer(h)
-	defer srv.Close()
+	h, srv, id := counterServer(t)
 	arg, err := candid.EncodeArgs(candid.Args{
 		Types:  []*candid.Type{candid.RecordOf(candid.NamedField("canister_id", candid.Prim(candid.KindPrincipal)))},
 		Values: []candid.Value{candid.Record{{ID: candid.Hash("canister_id"), Value: candid.Principal{Principal: id}}}},
@@ -321,14 +329,7 @@ func TestManagementEffectiveCanister(t *testing.T) {
 // canister_id): that is its effective canister id, as for the IC and its
 // agents. Sent to another canister's URL it is refused before the node.
 func TestInstallChunkedEffectiveCanister(t *testing.T) {
-	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv := httptest.NewServer(h)
-	defer srv.Close()
+	h, srv, id := counterServer(t)
 	svc, err := host.ManagementInterface()
 	if err != nil {
 		t.Fatal(err)
@@ -368,14 +369,7 @@ func TestInstallChunkedEffectiveCanister(t *testing.T) {
 // canister, which decodes the argument on its own. Methods about no
 // canister still go to any URL.
 func TestUnreadableManagementTargetRefused(t *testing.T) {
-	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv := httptest.NewServer(h)
-	defer srv.Close()
+	h, srv, id := counterServer(t)
 	encode := func(text string) []byte {
 		a, err := candid.ParseArgs(text)
 		if err != nil {

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,18 +19,7 @@ func TestWorkerExecutorsAreKeptAndEnd(t *testing.T) {
 	m, path := compiledArtifact(t, spinQuickWat)
 
 	// The worker's loop in a goroutine, its struct at hand.
-	h, s, err := boundary.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	we, err := engine.New(engine.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newWorker(boundary.NewConn(s), boundary.ModeCanister, we)
-	done := make(chan int, 1)
-	go func() { defer s.Close(); done <- w.loop() }()
-	c := boundary.NewConn(h)
+	w, _, h, c, done := loopingWorker(t)
 	defer h.Close()
 
 	if err := loadArtifact(t, c, m.Info.Hash, path); err != nil {
@@ -105,6 +95,26 @@ func TestWorkerExecutorsAreKeptAndEnd(t *testing.T) {
 	if got != 0 {
 		t.Fatalf("%d executor goroutines outlived the session", got)
 	}
+}
+
+// loopingWorker is a canister worker whose loop runs in a goroutine over a
+// socket pair, with its engine: the host's end of the pair and a Conn on
+// it, and the loop's exit code once it returns (after the host's end
+// closes).
+func loopingWorker(t *testing.T) (w *worker, we *engine.Engine, h *net.UnixConn, c *boundary.Conn, done chan int) {
+	t.Helper()
+	h, s, err := boundary.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	we, err = engine.New(engine.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w = newWorker(boundary.NewConn(s), boundary.ModeCanister, we)
+	done = make(chan int, 1)
+	go func() { defer s.Close(); done <- w.loop() }()
+	return w, we, h, boundary.NewConn(h), done
 }
 
 // executorGoroutines counts the goroutines of this process running a

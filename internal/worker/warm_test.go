@@ -121,18 +121,7 @@ func isRemote(err error, code boundary.ErrorCode) bool {
 // starting no executor and instantiating nothing.
 func TestWarmRunsOnFirstExecutor(t *testing.T) {
 	m, path := compiledArtifact(t, spinQuickWat)
-	h, s, err := boundary.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	we, err := engine.New(engine.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newWorker(boundary.NewConn(s), boundary.ModeCanister, we)
-	done := make(chan int, 1)
-	go func() { defer s.Close(); done <- w.loop() }()
-	c := boundary.NewConn(h)
+	w, we, h, c, done := loopingWorker(t)
 	defer func() {
 		h.Close()
 		<-done
