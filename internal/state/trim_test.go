@@ -103,6 +103,34 @@ func TestTrimImageGivesBackReadHoles(t *testing.T) {
 	}
 }
 
+// imageKinds are the page maps whose image a trim works on: an ordinary
+// one and a backed one (the store's).
+var imageKinds = []struct {
+	name string
+	make func(size uint64) *PageMap
+}{
+	{"plain", NewPageMap},
+	{"backed", NewBackedPageMap},
+}
+
+// writeSpread writes a page holding 1 at every step-th page of m, a map of
+// size bytes, and checks that m then has an image.
+func writeSpread(t *testing.T, m *PageMap, size, step uint64) {
+	t.Helper()
+	d := Delta{Size: size}
+	for i := uint64(0); i < size/PageSize; i += step {
+		p := new(Page)
+		p[0] = 1
+		d.Pages = append(d.Pages, DirtyPage{Index: i, Data: p})
+	}
+	if err := m.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	if m.File() == nil {
+		t.Fatal("no image")
+	}
+}
+
 // What TrimImage looks for was measured after the host's last write: pages
 // a reader allocated in the holes before that write (a compromised sandbox
 // reading while its update is committed, or one whose query its caller
@@ -111,15 +139,9 @@ func TestTrimImageGivesBackReadHoles(t *testing.T) {
 // the image for good. A write counts for at most the pages it wrote.
 func TestTrimImageSeesReadsBeforeAWrite(t *testing.T) {
 	const size = 16 << 20 // 4,096 pages
-	for _, tc := range []struct {
-		name string
-		make func() *PageMap
-	}{
-		{"plain", func() *PageMap { return NewPageMap(size) }},
-		{"backed", func() *PageMap { return NewBackedPageMap(size) }},
-	} {
+	for _, tc := range imageKinds {
 		t.Run(tc.name, func(t *testing.T) {
-			m := tc.make()
+			m := tc.make(size)
 			defer m.Release()
 			page := func(i uint64, b byte) Delta {
 				p := new(Page)
@@ -165,28 +187,11 @@ func TestTrimImageSeesReadsBeforeAWrite(t *testing.T) {
 func TestTrimImageCostDoesNotGrowWithExtents(t *testing.T) {
 	const n = 10000
 	const size = 2 * n * PageSize
-	for _, tc := range []struct {
-		name string
-		make func() *PageMap
-	}{
-		{"plain", func() *PageMap { return NewPageMap(size) }},
-		{"backed", func() *PageMap { return NewBackedPageMap(size) }},
-	} {
+	for _, tc := range imageKinds {
 		t.Run(tc.name, func(t *testing.T) {
-			m := tc.make()
+			m := tc.make(size)
 			defer m.Release()
-			d := Delta{Size: size}
-			for i := uint64(0); i < n; i++ {
-				p := new(Page)
-				p[0] = 1
-				d.Pages = append(d.Pages, DirtyPage{Index: 2 * i, Data: p})
-			}
-			if err := m.Apply(d); err != nil {
-				t.Fatal(err)
-			}
-			if m.File() == nil {
-				t.Fatal("no image")
-			}
+			writeSpread(t, m, size, 2)
 			b, err := unix.Mmap(int(m.ReadOnlyFile().Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
 			if err != nil {
 				t.Fatal(err)
@@ -232,29 +237,12 @@ func fakeTrimClock(t *testing.T) (now *int64, later *[]func()) {
 func TestTrimImagePassesAreRateLimited(t *testing.T) {
 	const size = 256 << 20 // a byte written at every MiB
 	const asks = 1000      // a millisecond apart
-	for _, tc := range []struct {
-		name string
-		make func() *PageMap
-	}{
-		{"plain", func() *PageMap { return NewPageMap(size) }},
-		{"backed", func() *PageMap { return NewBackedPageMap(size) }},
-	} {
+	for _, tc := range imageKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			now, later := fakeTrimClock(t)
-			m := tc.make()
+			m := tc.make(size)
 			defer m.Release()
-			d := Delta{Size: size}
-			for i := uint64(0); i < size/PageSize; i += 256 {
-				p := new(Page)
-				p[0] = 1
-				d.Pages = append(d.Pages, DirtyPage{Index: i, Data: p})
-			}
-			if err := m.Apply(d); err != nil {
-				t.Fatal(err)
-			}
-			if m.File() == nil {
-				t.Fatal("no image")
-			}
+			writeSpread(t, m, size, 256)
 			before := fileBytes(t, m)
 			b, err := unix.Mmap(int(m.ReadOnlyFile().Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
 			if err != nil {
