@@ -27,6 +27,17 @@ var (
 // body, one control instruction: its end), so it installs as a canister.
 // Each body has reps × (unit's control instructions) + 1 (its end).
 func controlModule(funcs, reps int, unit []byte) []byte {
+	body := []byte{0} // no locals
+	for range reps {
+		body = append(body, unit...)
+	}
+	return paramFuncsModule(funcs, append(body, 0x0b))
+}
+
+// paramFuncsModule builds a module of funcs functions (i32) -> (), each
+// with body (its local declarations, its code and its end), plus an
+// exported update method () -> () whose body is its end alone.
+func paramFuncsModule(funcs int, body []byte) []byte {
 	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
 	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...)
 	fs := appendLEB(nil, uint64(funcs+1))
@@ -35,11 +46,6 @@ func controlModule(funcs, reps int, unit []byte) []byte {
 	}
 	m = append(m, section(3, append(fs, 1))...)
 	m = append(m, updateExport(uint64(funcs))...)
-	body := []byte{0} // no locals
-	for range reps {
-		body = append(body, unit...)
-	}
-	body = append(body, 0x0b)
 	code := appendLEB(nil, uint64(funcs+1))
 	for range funcs {
 		code = append(appendLEB(code, uint64(len(body))), body...)

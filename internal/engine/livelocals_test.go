@@ -24,23 +24,13 @@ func sleb(b []byte, v int64) []byte {
 	}
 }
 
-func uleb(b []byte, v uint64) []byte {
-	for {
-		c := byte(v & 0x7f)
-		if v >>= 7; v == 0 {
-			return append(b, c)
-		}
-		b = append(b, c|0x80)
-	}
-}
-
 // setLocals sets locals 1 to v to distinct values Cranelift cannot fold:
 // the parameter plus j.
 func setLocals(b []byte, v int) []byte {
 	for j := 1; j <= v; j++ {
 		b = append(b, 0x20, 0, 0xad, 0x42) // local.get 0; i64.extend_i32_u; i64.const
 		b = sleb(b, int64(j))
-		b = uleb(append(b, 0x7c, 0x21), uint64(j)) // i64.add; local.set j
+		b = appendLEB(append(b, 0x7c, 0x21), uint64(j)) // i64.add; local.set j
 	}
 	return b
 }
@@ -49,7 +39,7 @@ func setLocals(b []byte, v int) []byte {
 func sumLocals(b []byte, v int) []byte {
 	b = append(b, 0x20, 1)
 	for j := 2; j <= v; j++ {
-		b = append(uleb(append(b, 0x20), uint64(j)), 0x7c)
+		b = append(appendLEB(append(b, 0x20), uint64(j)), 0x7c)
 	}
 	return append(b, 0x1a)
 }
@@ -58,7 +48,7 @@ func sumLocals(b []byte, v int) []byte {
 func rewriteLocals(b []byte, v int, k *int) []byte {
 	for j := 1; j <= v; j++ {
 		*k++
-		b = uleb(append(sleb(append(b, 0x42), int64(*k)), 0x21), uint64(j))
+		b = appendLEB(append(sleb(append(b, 0x42), int64(*k)), 0x21), uint64(j))
 	}
 	return b
 }
@@ -117,27 +107,8 @@ func stackSpanBody(v, r int) []byte {
 // liveLocalsModule is funcs functions (i32) -> () declaring locals i64
 // locals, each of the given body, plus an exported update method.
 func liveLocalsModule(funcs int, locals uint64, body []byte) []byte {
-	section := func(id byte, content []byte) []byte {
-		return append(uleb([]byte{id}, uint64(len(content))), content...)
-	}
-	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	m = append(m, section(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...)
-	fs := uleb(nil, uint64(funcs+1))
-	for range funcs {
-		fs = append(fs, 0)
-	}
-	m = append(m, section(3, append(fs, 1))...)
-	name := "canister_update f"
-	ex := append(uleb(uleb(nil, 1), uint64(len(name))), name...)
-	m = append(m, section(7, append(uleb(ex, 0), uleb(nil, uint64(funcs))...))...)
-	fb := append(uleb([]byte{1}, locals), 0x7e)
-	fb = append(append(fb, body...), 0x0b)
-	code := uleb(nil, uint64(funcs+1))
-	for range funcs {
-		code = append(uleb(code, uint64(len(fb))), fb...)
-	}
-	code = append(code, 2, 0, 0x0b)
-	return append(m, section(10, code)...)
+	fb := append(appendLEB([]byte{1}, locals), 0x7e)
+	return paramFuncsModule(funcs, append(append(fb, body...), 0x0b))
 }
 
 // Compile bombs the bounds on bytes, control instructions and loops did
