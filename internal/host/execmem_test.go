@@ -615,15 +615,7 @@ func TestQueryHoldingPagesDoesNotDeadlockUpdate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waited := make(chan struct{}, 1)
-			f.node.pages.mu.Lock()
-			f.node.pages.onWait = func() {
-				select {
-				case waited <- struct{}{}:
-				default:
-				}
-			}
-			f.node.pages.mu.Unlock()
+			waited := f.notifyWaits()
 			// The query's second call to "leaf" is held (with the read lock):
 			// by then its frame keeps 22 pages (cq's, and 20 of its first
 			// callback's and its counters' page).
