@@ -15,6 +15,17 @@ import (
 	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
+// scatterFunc is the update method "scatter": it grows the heap to 256
+// MiB and writes one byte at every MiB.
+const scatterFunc = `  (func (export "canister_update scatter") (local $p i32)
+    (drop (memory.grow (i32.const 4095)))
+    (loop $l
+      (i32.store8 (local.get $p) (i32.const 1))
+      (local.set $p (i32.add (local.get $p) (i32.const 1048576)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 268435456))))
+    (call $reply))
+`
+
 // scatterWAT is a hostile canister, plain Wasm: "scatter" grows its heap
 // to 256 MiB and writes one byte at every MiB (256 runs, evenly apart: the
 // engine maps more runs than its bound as one span, holes included), and
@@ -23,14 +34,7 @@ const scatterWAT = `(module
   (import "ic0" "msg_reply" (func $reply))
   (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
   (memory (export "memory") 1)
-  (func (export "canister_update scatter") (local $p i32)
-    (drop (memory.grow (i32.const 4095)))
-    (loop $l
-      (i32.store8 (local.get $p) (i32.const 1))
-      (local.set $p (i32.add (local.get $p) (i32.const 1048576)))
-      (br_if $l (i32.lt_u (local.get $p) (i32.const 268435456))))
-    (call $reply))
-  (func (export "canister_query read") (local $p i32) (local $s i32)
+` + scatterFunc + `  (func (export "canister_query read") (local $p i32) (local $s i32)
     (loop $l
       (local.set $s (i32.add (local.get $s) (i32.load8_u (local.get $p))))
       (local.set $p (i32.add (local.get $p) (i32.const 4096)))
@@ -118,14 +122,7 @@ func TestReadHolesGivenBack(t *testing.T) {
 const idleHolesWAT = `(module
   (import "ic0" "msg_reply" (func $reply))
   (memory (export "memory") 1)
-  (func (export "canister_update scatter") (local $p i32)
-    (drop (memory.grow (i32.const 4095)))
-    (loop $l
-      (i32.store8 (local.get $p) (i32.const 1))
-      (local.set $p (i32.add (local.get $p) (i32.const 1048576)))
-      (br_if $l (i32.lt_u (local.get $p) (i32.const 268435456))))
-    (call $reply))
-  (func (export "canister_query ping")
+` + scatterFunc + `  (func (export "canister_query ping")
     (call $reply)))`
 
 // A compromised sandbox maps the memory images its executions bring and
