@@ -2041,15 +2041,23 @@ func (e *pagesDeadlineError) Unwrap() error { return e.err }
 // over a sandbox's socket, either way.
 const pageTransferTime = 10 * time.Microsecond
 
+// pageReceiveTime is the time an answer's page may take to arrive after
+// its header (pagesTime). What paces the transfer is the host as much as
+// the sandbox (it reads, checks and files each page), and a sandbox killed
+// for it is charged, so it is 100 times pageTransferTime, a rate of 4 MB/s:
+// under the race detector on a loaded 2-core machine, 256 MiB of pages took
+// longer than 10.7 s, the 10 µs a page first used here.
+const pageReceiveTime = 100 * pageTransferTime
+
 // pagesTime is how long a sandbox may take to send b bytes of pages after
 // its answer's header: WatchdogBase (scheduling on a loaded machine) and
-// their transfer time.
+// their receive time (the caller bounds it by what the watchdog had left).
 func (x *Sandboxed) pagesTime(b uint64) time.Duration {
 	pages := b / state.PageSize
-	if pages >= uint64(maxInstructionTime/pageTransferTime) {
+	if pages >= uint64(maxInstructionTime/pageReceiveTime) {
 		return maxInstructionTime
 	}
-	return x.cfg.WatchdogBase + time.Duration(pages)*pageTransferTime
+	return x.cfg.WatchdogBase + time.Duration(pages)*pageReceiveTime
 }
 
 // stableOf returns the stable memory of an execution's input.
