@@ -298,6 +298,7 @@ func (s *server) guard(rt route, next http.Handler) http.Handler {
 		case s.requests <- struct{}{}:
 			defer func() { <-s.requests }()
 		default:
+			w.Header().Set("Connection", "close") // the body is not read
 			w.Header().Set("Retry-After", "1")
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: fmt.Sprintf("too many requests in progress (%d); retry", cap(s.requests))})
 			return
@@ -615,6 +616,10 @@ func (s *server) install(w http.ResponseWriter, r *http.Request) {
 	case s.installs <- struct{}{}:
 		defer func() { <-s.installs }()
 	default:
+		// The body is not read: without closing, the server would wait
+		// to discard the rest of a body still being sent before the
+		// client saw this answer.
+		w.Header().Set("Connection", "close")
 		s.writeError(w, r, &httpError{status: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("too many installs in progress (%d); retry", cap(s.installs))})
 		return
