@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/sysapi"
 )
 
 // countWat counts its "noop" executions (each accepts 1000 of the cycles it
@@ -160,29 +162,25 @@ func TestCloseGivesUpRunningMessage(t *testing.T) {
 	slow := f.install(mustWat(t, fanWat), nil)
 	f.update(slow, "noop", nil)
 	f.node.drainAfter = 0 // whatever runs is given up at once
+	// spin is running once its execution reached the executor: the drain
+	// goroutine is past the point where a message not yet started is
+	// abandoned. (Waiting for the canister's lock instead raced: the lock
+	// may be held by other work while the popped message has not started,
+	// and Close then abandons it: CI saw "the node is shutting down".)
+	started := newGate()
+	started.open() // signalled, not held
+	f.node.exec = &gatedExec{Executor: f.node.exec, hold: func(_ string, in *sysapi.Input) *gate {
+		if in.Context == sysapi.CtxUpdate {
+			return started
+		}
+		return nil
+	}}
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.node.Update(context.Background(), Message{Canister: slow, Method: "spin", Caller: user})
 		done <- err
 	}()
-	c, err := f.node.get(context.Background(), slow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// spin is running once its drain goroutine holds the lock and the
-	// queue is empty.
-	for {
-		c.qmu.Lock()
-		started := c.draining && c.queue.len() == 0
-		c.qmu.Unlock()
-		if started && !c.mu.TryLock() {
-			break
-		}
-		if started {
-			c.mu.Unlock()
-		}
-		runtime.Gosched()
-	}
+	started.await(t, "spin")
 	closed := make(chan error, 1)
 	go func() { closed <- f.node.Close() }()
 	select {
