@@ -504,6 +504,16 @@ func (n *node) sandboxesOf(kind string) int {
 	return k
 }
 
+// pidOf is the pid of one of the node's sandboxes of kind, or 0.
+func (n *node) pidOf(kind string) int {
+	for _, s := range n.Sandboxes() {
+		if s.Kind == kind {
+			return s.PID
+		}
+	}
+	return 0
+}
+
 // timeN runs f n times after warm untimed runs and returns the durations
 // in seconds.
 func timeN(ctx context.Context, warm, n int, f func(i int) error) ([]float64, error) {

@@ -171,6 +171,10 @@ const (
 	figPoolIdle  = "from the pool after an idle spell: query, sandbox live, idle 150 ms before"
 	figWarmMsg   = "warm pool: query, sandbox evicted (take a blank sandbox + load + run)"
 	figPrimedMsg = "primed: query, sandbox evicted (take a primed sandbox, module loaded + run)"
+	// After the sandboxes' idle trim (500 ms; worker.idleTrimAfter), as an
+	// evicted canister's next message comes (the idle timeout is minutes).
+	figPoolLate   = "from the pool after a long idle spell: query, sandbox live, idle 1.2 s before"
+	figPrimedLate = "primed, after its idle trim: query, sandbox evicted, primed 1.2 s before"
 )
 
 func (e *env) spawn() error {
@@ -334,6 +338,14 @@ func (e *env) spawn() error {
 		}
 	}
 	e.rep.Add(&Figure{Section: sec, Name: figPoolIdle, Samples: poolIdle, Baseline: figPoolQuery})
+	poolLate, err := afterPause(ctx, e.runs(5, 15), lateSpell, func() error { return nil }, func() error {
+		_, err := nd2.query(ctx, id2, "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figPoolLate, Samples: poolLate, Baseline: figPoolQuery})
 	nd2.close()
 
 	// Evicted with a warm pool: the next message takes a blank sandbox
@@ -407,11 +419,84 @@ func (e *env) spawn() error {
 		}
 	}
 	e.rep.Add(&Figure{Section: sec, Name: figPrimedMsg, Samples: primed, Baseline: figPoolIdle})
+	nd4.close()
+
+	// The same after the primed sandbox's idle trim. Its canister is
+	// evicted by the idle timeout, which also ends a primed sandbox that
+	// waits longer: here long enough for the pause, and the message must
+	// find the sandbox primed for it.
+	nd5, err := e.openNode("sandbox", func(c *host.Config) {
+		c.Sandbox.IdleTimeout = 2*lateSpell + time.Second
+		c.Sandbox.WarmPool = 1
+		c.Sandbox.PreloadPool = 1
+	})
+	if err != nil {
+		return err
+	}
+	defer nd5.close()
+	id5, err := nd5.install(ctx, e.counter)
+	if err != nil {
+		return err
+	}
+	var primedPid int
+	primedLate, err := afterPause(ctx, e.runs(5, 15), lateSpell, func() error {
+		deadline := time.Now().Add(time.Minute)
+		for primedPid = nd5.pidOf("primed"); len(nd5.liveSandboxes()) > 0 || primedPid == 0; primedPid = nd5.pidOf("primed") {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the idle sandbox was not evicted, or no primed sandbox is ready")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	}, func() error {
+		if _, err := nd5.query(ctx, id5, "get", noArgs); err != nil {
+			return err
+		}
+		if got := nd5.pidOf("canister"); got != primedPid {
+			return fmt.Errorf("the message after the idle spell ran in sandbox %d, not in the primed sandbox %d", got, primedPid)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.rep.Add(&Figure{Section: sec, Name: figPrimedLate, Samples: primedLate, Baseline: figPoolLate})
 	e.rep.Note(sec, "*Warm pool*: `sandbox.warm_pool` blank sandboxes (every layer applied and verified, the worker "+
 		"ready, no canister) wait for the next new or evicted canister, which only loads its module and runs; "+
 		"its baseline is the query to a live sandbox after the same idle spell (an evicted canister's next message "+
 		"comes after one too). The cold figures run without a warm pool. "+
 		"*Primed*: `sandbox.preload_pool` sandboxes load the module of a recently evicted canister as it is evicted; "+
-		"its next message only restores its state and runs (target: at most 2x the live query).")
+		"its next message only restores its state and runs (target: at most 2x the live query). "+
+		"The *long idle spell* figures come after the sandboxes' idle trim (500 ms after their last request), "+
+		"as an evicted canister's next message does (the idle timeout is minutes): a primed sandbox keeps cordon's "+
+		"code mapped through its trims until that message; a live one whose trims are undone that soon trims later "+
+		"(internal/worker, nextTrimAfter).")
 	return nil
+}
+
+// lateSpell is an idle spell past the sandboxes' idle trim.
+const lateSpell = 1200 * time.Millisecond
+
+// afterPause times n runs of run (one untimed first), each after ready and
+// then pause.
+func afterPause(ctx context.Context, n int, pause time.Duration, ready, run func() error) ([]float64, error) {
+	var out []float64
+	for i := -1; i < n; i++ {
+		if err := ready(); err != nil {
+			return nil, err
+		}
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		t0 := time.Now()
+		if err := run(); err != nil {
+			return nil, err
+		}
+		if i >= 0 {
+			out = append(out, time.Since(t0).Seconds())
+		}
+	}
+	return out, nil
 }

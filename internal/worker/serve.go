@@ -195,6 +195,7 @@ func (w *worker) loop() (code int) {
 		cur = q.ID
 		w.start()
 		if q.Kind == boundary.KindExecute && w.mode == boundary.ModeCanister {
+			w.trim.executing()
 			w.slots <- struct{}{}
 			w.running.Add(1)
 			w.dispatch(q)
@@ -440,6 +441,7 @@ func (w *worker) load(q *boundary.Request, warm bool) error {
 		if err != nil {
 			_ = w.c.SendLog(q.ID, boundary.LogWarn, "warm: %v", err)
 		}
+		w.trim.warmed()
 	}
 	return w.c.Send(&boundary.Msg{Kind: boundary.KindLoaded, ID: q.ID, Body: boundary.EncodeHash(q.Hash)})
 }

@@ -106,6 +106,17 @@ type trimmer struct {
 	// trimmed, when the last trim began, if one did since the last request.
 	after   time.Duration
 	trimmed time.Time
+	// keepText: the sandbox is primed (warmed) and no execution has run
+	// since, so cordon's code stays mapped. A primed sandbox waits for its
+	// canister's next message, which comes after the idle timeout
+	// (minutes): had it dropped the code, that message would fault back
+	// what it runs, about 5 ms on a VM where a page fault is dear, twice
+	// what priming saved (BENCHMARKS.md, "Primed sandboxes keep their
+	// code mapped"). The code is shared and charged where it was written
+	// (the sealed executable), so keeping it costs the primed sandbox's
+	// RSS and page tables, not node memory. Blank sandboxes still drop it:
+	// they are more, and their first message loads a module anyway.
+	keepText bool
 	// now is time.Now (tests set it).
 	now func() time.Time
 }
@@ -131,6 +142,28 @@ func (t *trimmer) busy() {
 		t.after = nextTrimAfter(t.wait(), t.clock().Sub(t.trimmed))
 		t.trimmed = time.Time{}
 	}
+	t.mu.Unlock()
+}
+
+// warmed: the sandbox is primed; idle trims keep cordon's code mapped
+// until its first execution.
+func (t *trimmer) warmed() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.keepText = true
+	t.mu.Unlock()
+}
+
+// executing: an execution begins; from its end, idle trims drop cordon's
+// code as well.
+func (t *trimmer) executing() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.keepText = false
 	t.mu.Unlock()
 }
 
@@ -160,11 +193,12 @@ func (t *trimmer) idle() {
 func (t *trimmer) trim() {
 	t.mu.Lock()
 	t.trimmed = t.clock()
+	keepText := t.keepText
 	t.mu.Unlock()
 	if t.drop != nil {
 		t.drop()
 	}
-	trimIdle()
+	trimIdle(keepText)
 }
 
 // heapTrimAbove: an idle worker collects and returns its Go heap only when
@@ -194,12 +228,14 @@ func goHeapResident() uint64 {
 // last is shared (the sealed executable), so it lowers RSS and page tables,
 // not the node's memory. Running concurrently with an execution would be
 // correct, only wasted: each step is safe at any time.
-func trimIdle() {
+func trimIdle(keepText bool) {
 	if goHeapResident() > heapTrimAbove {
 		debug.FreeOSMemory()
 	}
 	C.cordon_malloc_trim()
-	dropText()
+	if !keepText {
+		dropText()
+	}
 }
 
 // dropText is cordon_drop_text: the bytes advised, or -1.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/boundary"
+	"github.com/cordon-dev/cordon/internal/faultinject"
 )
 
 // exeMapping is one mapping of this process's executable in
@@ -133,6 +134,53 @@ func TestDropTextKeepsWritableSegments(t *testing.T) {
 	t.Logf("read-only segments: %d KiB resident before, %d KiB after (%d KiB advised)", roBefore>>10, roAfter>>10, n>>10)
 }
 
+// A primed sandbox (warmed: its module loaded, an instance ready) keeps
+// cordon's code mapped through its idle trims until its first execution,
+// which would otherwise fault it back in (about 5 ms on a VM where a page
+// fault is dear, twice what a primed message costs). From that execution on
+// it trims as any canister sandbox does; one never warmed drops the code at
+// its first trim. dropText marks the segments it drops MADV_NOHUGEPAGE
+// ("nh" in smaps), and the mark stays: the test runs in a child process, whose
+// executable no trim has touched yet.
+func TestPrimedTrimKeepsCodeUntilTheFirstExecution(t *testing.T) {
+	if os.Getenv("CORDON_TEST_TRIM_KEEPS_CODE") == "" {
+		if out, err := faultinject.Child(t.Name(), "CORDON_TEST_TRIM_KEEPS_CODE=1").Output(); err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := func() bool {
+		for _, m := range exeMappings(t, 0, exe) {
+			if !strings.Contains(m.perms, "w") && m.noHuge {
+				return true
+			}
+		}
+		return false
+	}
+	if dropped() {
+		t.Fatal("the executable's code was dropped before any trim")
+	}
+	w := &trimmer{}
+	w.busy() // the Warm request
+	w.warmed()
+	w.trim()
+	w.busy() // a request that is not an execution
+	w.trim()
+	if dropped() {
+		t.Fatal("a primed sandbox's idle trim before its first execution dropped its code")
+	}
+	w.busy()
+	w.executing()
+	w.trim()
+	if !dropped() {
+		t.Fatal("after an execution, the idle trim kept the code")
+	}
+}
+
 var garbageSink [][]byte
 
 // After a message that left garbage (here 16 MiB of it), the idle trim
@@ -151,7 +199,7 @@ func TestTrimIdleReturnsGarbage(t *testing.T) {
 	if before <= heapTrimAbove {
 		t.Fatalf("resident Go heap %d bytes after 16 MiB of garbage", before)
 	}
-	trimIdle()
+	trimIdle(false)
 	after := goHeapResident()
 	t.Logf("resident Go heap: %d KiB before the trim, %d KiB after", before>>10, after>>10)
 	if after+12<<20 > before {
