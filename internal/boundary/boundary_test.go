@@ -692,6 +692,17 @@ func TestValidateCompiled(t *testing.T) {
 			t.Fatalf("%s: accepted", name)
 		}
 	}
+	// Method names the engine would have refused (the IC's bound on their
+	// sum), from a module large enough to hold them.
+	c := good()
+	c.Info.Methods[strings.Repeat("n", engine.MaxMethodNameBytes-1)] = engine.QueryMethod // and "a"
+	if err := ValidateCompiled(lim, 1<<20, 10, c); err != nil {
+		t.Fatalf("names of %d bytes: %v", engine.MaxMethodNameBytes, err)
+	}
+	c.Info.Methods["b"] = engine.QueryMethod
+	if err := ValidateCompiled(lim, 1<<20, 10, c); err == nil {
+		t.Fatalf("names of %d bytes: accepted", engine.MaxMethodNameBytes+1)
+	}
 }
 
 // Log floods, replies to requests never made, and replies out of order.
@@ -968,7 +979,7 @@ func TestDecodeCompiledMethodsWithinTheLimit(t *testing.T) {
 // A compiler sandbox's Compiled may claim strings as long as its body,
 // which AwaitCompiled lets be as large as the artifact limit (a GiB): a
 // candid service beyond the IC's metadata bound, method names longer
-// together than the module limit, metadata names longer together than the
+// together than the module limit or the IC's bound on their sum, metadata names longer together than the
 // metadata bound. The decoder refuses each before it copies the string
 // that crosses its bound; before, it copied them all and only
 // ValidateCompiled refused them afterwards.
@@ -1006,6 +1017,7 @@ func TestDecodeCompiledBoundsItsStrings(t *testing.T) {
 		{"a candid service of 8 MiB", answer(big, nil, nil)},
 		{"a method name of 8 MiB", answer("", []string{big}, nil)},
 		{"method names of 8 MiB together", answer("", []string{near, near + "2", big}, nil)},
+		{"method names beyond the IC's bound on their sum", answer("", []string{strings.Repeat("a", 10_000), strings.Repeat("b", engine.MaxMethodNameBytes-10_000+1)}, nil)},
 		{"metadata names of 11 MiB together", answer("", nil, []string{mdName, mdName + "2", big})},
 	} {
 		var before, after runtime.MemStats

@@ -228,7 +228,8 @@ func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 	// read, before they are copied: the body may be as large as the
 	// artifact limit (a GiB). The candid service is one of the module's
 	// icp: sections, which the engine bounds together by MaxMetadataBytes;
-	// method names are export names, together no larger than the module.
+	// method names are export names, together no larger than the module
+	// nor than the IC's bound on their sum (MaxMethodNameBytes).
 	in.CandidService = r.str(engine.MaxMetadataBytes, "candid service")
 	// The count is checked against the limit before any entry is read:
 	// a body of the size AwaitCompiled allows (the artifact's, up to a
@@ -239,7 +240,7 @@ func DecodeCompiled(b []byte, lim engine.ModuleLimits) (*Compiled, error) {
 	// only the body's length bounds: a lying compiler's claim costs
 	// nothing until its entries arrive.
 	in.Methods = make(map[string]engine.MethodKind, min(n, 64))
-	nameBytes := nonNeg(lim.MaxBytes) // what the method names may still take
+	nameBytes := min(nonNeg(lim.MaxBytes), engine.MaxMethodNameBytes) // what the method names may still take
 	for i := 0; i < n && r.err == nil; i++ {
 		k := engine.MethodKind(r.u8("method kind"))
 		name := r.str(nameBytes, "method name")

@@ -444,7 +444,7 @@ func ValidateOutput(exp *Expect, out *sysapi.Output) error {
 // ValidateCompiled checks a compiler sandbox's answer against the limits
 // the module was compiled under and the module itself: at most MaxMethods
 // methods whose names are UTF-8 and together no longer than the module (they
-// are in it), at most MaxGlobals globals, a candid service no longer than the
+// are in it) nor than engine.MaxMethodNameBytes, at most MaxGlobals globals, a candid service no longer than the
 // module, metadata sections within the IC's bounds (names UTF-8 and unique,
 // together no larger than the module), and an artifact of at most
 // maxArtifact bytes.
@@ -466,8 +466,8 @@ func ValidateCompiled(lim engine.ModuleLimits, wasmSize int, maxArtifact uint64,
 		}
 		total = satAdd(total, uint64(len(name)))
 	}
-	if total > uint64(wasmSize) {
-		return violation(VInfo, "method names of %d bytes from a module of %d", total, wasmSize)
+	if total > uint64(wasmSize) || total > engine.MaxMethodNameBytes {
+		return violation(VInfo, "method names of %d bytes from a module of %d (at most %d)", total, wasmSize, engine.MaxMethodNameBytes)
 	}
 	if len(in.CandidService) > wasmSize {
 		return violation(VInfo, "candid service of %d bytes from a module of %d", len(in.CandidService), wasmSize)

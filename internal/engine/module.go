@@ -177,6 +177,28 @@ const (
 	MaxMetadataBytes    = 2 << 20
 )
 
+// The IC's other bounds on a module that Validate enforces, constants as
+// they are in the IC (rs/embedders/src/wasm_utils/validation.rs, and
+// rs/config/src/embedders.rs for the names' sum), each checked before
+// anything compiles:
+//
+//   - MaxCodeSectionBytes, the code section's size (its content, the
+//     IC's MAX_CODE_SECTION_SIZE_IN_BYTES): compile time follows the
+//     code's bytes (2.5 s a MB of straight-line code here), and a larger
+//     section was refused only by the compiler sandbox's deadline, after
+//     minutes, in sandbox mode (and compiled in-process);
+//   - MaxFuncInstructions, one body's instructions, its final end
+//     included (the IC's WASM_FUNCTION_SIZE_LIMIT);
+//   - MaxMethodNameBytes, the sum of the names of the exported methods,
+//     the <name> of canister_update <name>, canister_query <name> and
+//     canister_composite_query <name> (the IC's
+//     max_sum_exported_function_name_lengths).
+const (
+	MaxCodeSectionBytes = 12 << 20
+	MaxFuncInstructions = 1_000_000
+	MaxMethodNameBytes  = 20_000
+)
+
 // Lookup returns the metadata section named name.
 func (in *Info) Lookup(name string) (Metadata, bool) {
 	for _, m := range in.Metadata {
@@ -310,6 +332,11 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	_, info.HasMemory = m.Memory(0)
 	info.Memory64 = m.Memory64()
+	for _, sec := range m.Sections {
+		if sec.ID == wasmbin.SectionCode && sec.End-sec.Start > MaxCodeSectionBytes {
+			return nil, info, invalid("code section is %d bytes, the limit is %d (the IC's MAX_CODE_SECTION_SIZE_IN_BYTES)", sec.End-sec.Start, MaxCodeSectionBytes)
+		}
+	}
 	if int(m.NumFuncs()) > lim.MaxFunctions {
 		return nil, info, invalid("module has %d functions, the limit is %d", int(m.NumFuncs()), lim.MaxFunctions)
 	}
@@ -326,10 +353,14 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	// Before anything compiles too: one pass over the bodies, which
 	// metering makes twice anyway.
-	most, at, control, err := wasmbin.ControlInstructions(wasm, m)
+	counts, err := wasmbin.CountBodies(wasm, m)
 	if err != nil {
 		return nil, info, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
+	if counts.MostInstructions > MaxFuncInstructions {
+		return nil, info, invalid("function %d has %d instructions, the limit per function is %d (the IC's WASM_FUNCTION_SIZE_LIMIT)", counts.MostInstructionsFunc, counts.MostInstructions, MaxFuncInstructions)
+	}
+	most, at, control := counts.MostControl, counts.MostControlFunc, counts.Control
 	if most > uint64(lim.MaxFuncControl) {
 		return nil, info, invalid("function %d has %d control instructions (%s), the limit per function is %d", at, most, controlKinds, lim.MaxFuncControl)
 	}
@@ -399,6 +430,13 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	if len(info.Methods) > lim.MaxMethods {
 		return nil, info, invalid("module exports %d methods, the limit is %d", len(info.Methods), lim.MaxMethods)
+	}
+	nameBytes := 0
+	for name := range info.Methods {
+		nameBytes += len(name)
+	}
+	if nameBytes > MaxMethodNameBytes {
+		return nil, info, invalid("the names of the exported methods (the <name> of canister_update <name>, canister_query <name> and canister_composite_query <name>) total %d bytes, the limit is %d (the IC's max_sum_exported_function_name_lengths)", nameBytes, MaxMethodNameBytes)
 	}
 	if s, ok := m.CustomSection("icp:public candid:service"); ok {
 		info.CandidService = string(s)

@@ -72,3 +72,61 @@ func refusedBeforeCompile(t *testing.T, e *Engine, wasm []byte, lim ModuleLimits
 	_, err = e.Compile(wasm, lim)
 	refusedFor(t, "Compile", err, reason)
 }
+
+// nopBody is a function body of n instructions: no locals, n-1 nops and
+// its end.
+func nopBody(n int) []byte {
+	b := make([]byte, n+1) // a zero is "no locals"
+	for i := 1; i < n; i++ {
+		b[i] = 0x01
+	}
+	b[n] = 0x0b
+	return b
+}
+
+// nopCodeModule builds a module whose code section's content is exactly
+// size bytes (at least 2 MB): bodies of nops, each within the IC's
+// instructions per function, the first exported as an update method.
+func nopCodeModule(size int) []byte {
+	const full = 1_000_000 // a full body's bytes: 999,999 instructions
+	n := size/(full+3) + 1 // bodies; every size below takes a 3-byte length
+	sizes := make([]int, n)
+	rest := size - len(appendLEB(nil, uint64(n)))
+	for i := range n - 1 {
+		sizes[i] = full
+		rest -= full + 3
+	}
+	if rest < 20_000 { // keep the last body's length 3 bytes long
+		sizes[0] -= 20_000
+		rest += 20_000
+	}
+	sizes[n-1] = rest - 3
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
+	fs := appendLEB(nil, uint64(n))
+	for range n {
+		fs = append(fs, 0)
+	}
+	m = append(m, section(3, fs)...)
+	m = append(m, updateExport(0)...)
+	code := appendLEB(nil, uint64(n))
+	for _, s := range sizes {
+		code = append(appendLEB(code, uint64(s)), nopBody(s-1)...)
+	}
+	return append(m, section(10, code)...)
+}
+
+// methodsModule builds a module of one function () -> () exported as an
+// update method under each of names.
+func methodsModule(names ...string) []byte {
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{1, 0x60, 0, 0})...)
+	m = append(m, section(3, []byte{1, 0})...)
+	ex := appendLEB(nil, uint64(len(names)))
+	for _, n := range names {
+		n = "canister_update " + n
+		ex = append(append(appendLEB(ex, uint64(len(n))), n...), 0, 0)
+	}
+	m = append(m, section(7, ex)...)
+	return append(m, section(10, []byte{1, 2, 0, 0x0b})...)
+}

@@ -473,19 +473,45 @@ func DeclaredLocals(b []byte, m *Module) (uint64, error) {
 // the body with the most, the index of that function (imports counted, as
 // in calls), and the sum over all bodies. Cranelift's compile time grows
 // with the square of a body's blocks, whatever its bytes, so callers bound
-// both.
+// both. CountBodies counts the same and more in the same pass.
 func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, total uint64, err error) {
-	err = forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
+	c, err := CountBodies(b, m)
+	return c.MostControl, c.MostControlFunc, c.Control, err
+}
+
+// BodyCounts is what CountBodies counts in a module's function bodies.
+// Function indices count imports, as calls do.
+type BodyCounts struct {
+	// MostControl is the most control instructions of one body (as
+	// ControlInstructions counts them), in function MostControlFunc;
+	// Control their sum over all bodies.
+	MostControl     uint64
+	MostControlFunc uint32
+	Control         uint64
+	// MostInstructions is the most instructions of one body, its final
+	// end included (what the IC calls a function's size), in function
+	// MostInstructionsFunc.
+	MostInstructions     uint64
+	MostInstructionsFunc uint32
+}
+
+// CountBodies decodes m's function bodies (b is the module m was decoded
+// from), in one pass, counting their control instructions as
+// ControlInstructions does and all their instructions.
+func CountBodies(b []byte, m *Module) (BodyCounts, error) {
+	var c BodyCounts
+	err := forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
 		if _, _, err := d.localDecls(); err != nil {
 			return err
 		}
-		var n uint64
+		var n, all uint64
 		for {
 			in, done, err := d.next()
 			if err != nil {
 				return err
 			}
 			n += controlWeight(b, in)
+			all++
 			if done {
 				if d.r.pos != end {
 					return d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
@@ -493,13 +519,16 @@ func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, tot
 				break
 			}
 		}
-		if n > most {
-			most, mostFunc = n, m.NumImportedFuncs+uint32(i)
+		if n > c.MostControl {
+			c.MostControl, c.MostControlFunc = n, m.NumImportedFuncs+uint32(i)
 		}
-		total += n
+		if all > c.MostInstructions {
+			c.MostInstructions, c.MostInstructionsFunc = all, m.NumImportedFuncs+uint32(i)
+		}
+		c.Control += n
 		return nil
 	})
-	return most, mostFunc, total, err
+	return c, err
 }
 
 // The weights of instructions in ControlInstructions beside the control

@@ -31,3 +31,28 @@ func TestControlInstructions(t *testing.T) {
 		t.Fatalf("most %d (function %d), total %d; want 16 (function 2), 17", most, at, total)
 	}
 }
+
+// CountBodies counts every instruction of a body, its final end included,
+// as the IC counts a function's size, beside what ControlInstructions
+// counts.
+func TestCountBodiesInstructions(t *testing.T) {
+	b := wat(t, `(module
+  (import "m" "f" (func))
+  (func nop nop)
+  (func (param i32) (drop (i32.add (local.get 0) (i32.const 1))) (if (local.get 0) (then nop)))
+  (func))`)
+	m, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := CountBodies(b, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Function 2: local.get, i32.const, i32.add, drop, local.get, if,
+	// nop, end, end. Its control instructions: the if and the two ends.
+	want := BodyCounts{MostControl: 3, MostControlFunc: 2, Control: 5, MostInstructions: 9, MostInstructionsFunc: 2}
+	if c != want {
+		t.Fatalf("%+v, want %+v", c, want)
+	}
+}

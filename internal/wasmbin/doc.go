@@ -30,9 +30,10 @@
 //	func (c Config) InstrumentMetering(b []byte) ([]byte, Instrumentation, error)
 //	func (c Config) DecodeBodies(b []byte) error
 //	func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, total uint64, err error)
+//	func CountBodies(b []byte, m *Module) (BodyCounts, error)
 //
 // Decode decodes only structure (function bodies are decoded, instruction
-// by instruction, by DecodeBodies, ControlInstructions and
+// by instruction, by DecodeBodies, ControlInstructions, CountBodies and
 // InstrumentMetering, see body.go):
 // types, imports, function/table/memory/tag/
 // global declarations, exports, start, datacount and custom sections.
