@@ -541,13 +541,19 @@ func PagesOf(m *state.PageMap) []state.DirtyPage {
 // the previous one. The caller has checked count ≤ numPages. Only Pages
 // packets may arrive until the stream is complete.
 func (c *Conn) RecvPages(id uint64, mem Memory, count, numPages uint64, emit func(state.DirtyPage) error) error {
+	return c.recvPages(id, mem, count, numPages, nil, emit)
+}
+
+// recvPages is RecvPages with the host's waits for the pages counted
+// against w (PageWait; nil: the connection's deadline alone).
+func (c *Conn) recvPages(id uint64, mem Memory, count, numPages uint64, w *PageWait, emit func(state.DirtyPage) error) error {
 	if count > numPages {
 		return violation(VMemory, "%d %s pages announced for a memory of %d pages", count, mem, numPages)
 	}
 	var got uint64
 	next := uint64(0) // smallest acceptable index
 	for got < count {
-		p, err := c.readPacket()
+		p, err := c.readPaced(w)
 		if err != nil {
 			if err == ErrClosed {
 				return violation(VFraming, "connection closed after %d of %d %s pages", got, count, mem)
@@ -598,6 +604,9 @@ func (c *Conn) RecvPages(id uint64, mem Memory, count, numPages uint64, emit fun
 			d = d[pageEntry:]
 		}
 		got += n
+		if w != nil && w.AfterPacket != nil {
+			w.AfterPacket()
+		}
 	}
 	return nil
 }

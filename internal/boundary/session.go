@@ -181,22 +181,22 @@ func (c *Conn) outputOf(exp *Expect, m *Msg) (*sysapi.Output, error) {
 			// Read and dropped, still validated: the connection stays in
 			// step and the sandbox is not blamed for the host's refusal.
 			drop := func(state.DirtyPage) error { return nil }
-			if err := c.RecvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), drop); err != nil {
+			if err := c.recvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), exp.PageWait, drop); err != nil {
 				return nil, err
 			}
-			if err := c.RecvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), drop); err != nil {
+			if err := c.recvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), exp.PageWait, drop); err != nil {
 				return nil, err
 			}
 			return nil, &ReserveError{Err: err}
 		}
 	}
-	if err := c.RecvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), func(p state.DirtyPage) error {
+	if err := c.recvPages(exp.ID, HeapMemory, h.HeapPages, pages4K(out.Heap.Size), exp.PageWait, func(p state.DirtyPage) error {
 		out.Heap.Pages = append(out.Heap.Pages, p)
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	if err := c.RecvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), func(p state.DirtyPage) error {
+	if err := c.recvPages(exp.ID, StableMemory, h.StablePages, pages4K(out.Stable.Size), exp.PageWait, func(p state.DirtyPage) error {
 		out.Stable.Pages = append(out.Stable.Pages, p)
 		return nil
 	}); err != nil {

@@ -39,6 +39,10 @@ type Expect struct {
 	// and dropped, and the answer fails with a *ReserveError. Host-side
 	// only: nothing of it crosses the boundary.
 	Reserve func(bytes uint64) error
+	// PageWait, if set and armed (by Reserve), bounds the time the host
+	// waits for the answer's pages by the time its reader is blocked on
+	// an empty socket, not by the clock. Host-side only.
+	PageWait *PageWait
 }
 
 // ExpectFor builds the expectation of an execution of input in on heap (nil:

@@ -50,6 +50,8 @@ import (
 //	                    idle, reads a byte of every page of them, holes
 //	                    included, and says so on stderr
 //	hostile-stall-pages sends its answers' headers, never their pages
+//	hostile-dribble-pages sends its answers' pages one a packet, each
+//	                    after a pause of dribblePause
 //	hostile-spin-after-header from its first answer's header on, spins on
 //	                    CPU in a goroutine of its own (its pages still go
 //	                    as the host takes them)
@@ -121,7 +123,11 @@ func hostileMain(mode string) int {
 			}
 		}
 	}
-	go forward(inner, conn, probe) // worker → host
+	if mode == "dribble-pages" {
+		go dribble(inner, conn)
+	} else {
+		go forward(inner, conn, probe) // worker → host
+	}
 	var (
 		imagesMu sync.Mutex
 		images   [][]byte
@@ -321,6 +327,47 @@ func forward(src, dst *net.UnixConn, see func(pkt, oob []byte)) {
 			return
 		}
 	}
+}
+
+// dribblePause is the pause before each page a hostile-dribble-pages
+// sandbox sends: far shorter than any pages' deadline, so only their sum
+// can end it.
+const dribblePause = 50 * time.Millisecond
+
+// dribble forwards the worker's packets from src to dst as forward does,
+// but splits each Pages packet into packets of one page, each sent after
+// dribblePause: valid pages, sent slowly, the slowest a sandbox can send
+// them without a pause longer than dribblePause.
+func dribble(src, dst *net.UnixConn) {
+	buf, oob := make([]byte, boundary.MaxPacket), make([]byte, unix.CmsgSpace(4*(boundary.MaxFDs+1)))
+	const entry = 8 + 4096
+	for {
+		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
+		if err != nil || n == 0 {
+			dst.Close()
+			return
+		}
+		pkt := buf[:n]
+		if oobn > 0 || !isPagesPacket(pkt) {
+			if _, _, err := dst.WriteMsgUnix(pkt, oob[:oobn], nil); err != nil {
+				return
+			}
+			continue
+		}
+		id, mem := binary.LittleEndian.Uint64(pkt[8:]), pkt[boundary.HeaderSize]
+		for e := pkt[boundary.HeaderSize+5:]; len(e) >= entry; e = e[entry:] {
+			time.Sleep(dribblePause)
+			one := append([]byte{mem}, binary.LittleEndian.AppendUint32(nil, 1)...)
+			if _, err := dst.Write(header(boundary.KindPages, 0, id, uint64(len(one)+entry), append(one, e[:entry]...))); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// isPagesPacket reports whether pkt is a Pages packet.
+func isPagesPacket(pkt []byte) bool {
+	return len(pkt) > boundary.HeaderSize+5 && boundary.Kind(pkt[0]) == boundary.KindPages
 }
 
 // countingMetrics records what the executor reports.

@@ -356,8 +356,8 @@ type SandboxError struct {
 	Exit       *sandbox.ExitStatus // how the process ended, when known
 	Timeout    time.Duration       // FaultTimeout: the deadline that expired
 	// TimeoutPages is, for FaultTimeout, the pages of the answer whose own
-	// deadline expired (Sandboxed.pagesTime, after its header); 0: the
-	// execution's deadline expired.
+	// deadline expired (Sandboxed.pagesTime, after its header, counted
+	// while the host waited for them); 0: the execution's deadline expired.
 	TimeoutPages uint64
 	// WaitCPU is, for FaultTimeout, the CPU time the sandbox used while
 	// the host made its answer wait for memory, charged to its deadline
@@ -377,7 +377,7 @@ func (e *SandboxError) Error() string {
 				e.WaitCPU.Round(time.Millisecond))
 		}
 		if e.TimeoutPages > 0 {
-			return fmt.Sprintf("sandbox did not send the %d pages of its answer within their deadline of %s after its header (%s) and was killed%s",
+			return fmt.Sprintf("sandbox kept the host waiting for the %d pages of its answer beyond their deadline of %s after its header (%s) and was killed%s",
 				e.TimeoutPages, e.Timeout.Round(time.Millisecond), e.Op, charged)
 		}
 		return fmt.Sprintf("sandbox exceeded its wall-clock deadline of %s (%s) and was killed%s", e.Timeout.Round(time.Millisecond), e.Op, charged)
@@ -520,6 +520,11 @@ type Sandboxed struct {
 	idleQueue []*canisterSandbox
 	idleArmed bool
 	idleTimer *time.Timer
+
+	// afterPagePacket, if set, runs after the host files each packet of an
+	// answer's pages (boundary.PageWait.AfterPacket): tests slow the
+	// host's reading with it.
+	afterPagePacket func()
 }
 
 // sbModule is a module prepared by the compiler sandbox.
@@ -1930,9 +1935,12 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 	deadline := x.watchdog(req, stable)
 	exp := boundary.ExpectFor(id, in, req.Heap, stable, m.globalTypes)
 	var pages pagesDeadline
-	if req.Reserve != nil {
-		exp.Reserve = x.reserveOffWatch(ctx, sb.conn, sb.proc, time.Now().Add(deadline), req.Reserve, &pages)
+	reserve := req.Reserve
+	if reserve == nil {
+		reserve = func(uint64) error { return nil } // the pages' deadline still applies
 	}
+	exp.PageWait = &boundary.PageWait{AfterPacket: x.afterPagePacket}
+	exp.Reserve = x.reserveOffWatch(ctx, sb.conn, sb.proc, time.Now().Add(deadline), reserve, &pages, exp.PageWait)
 	out, err := exchange(ctx, sb.conn, deadline, func() (*sysapi.Output, error) {
 		sb.noteGiven(req.Heap, stable)
 		if err := sb.conn.SendExecute(id, q, req.Heap, stable); err != nil {
@@ -1962,19 +1970,23 @@ func (x *Sandboxed) run(ctx context.Context, sb *canisterSandbox, req *Request, 
 // reserveOffWatch is reserve for an exclusive exchange on conn whose
 // watchdog ends at until: a wait for the host's memory is the host's, not
 // the sandbox's, so the connection's deadline is lifted while reserve
-// runs. Then the answer's pages must come within what the watchdog had
-// left and their own transfer time (pagesTime), whichever ends first (or
-// at once if ctx ended meanwhile, as exchange does): the execution is
-// over once its header came, so a sandbox that sends its pages slowly
-// holds what was reserved for them no longer than sending them takes, not
-// for the rest of its compute time (up to an hour for an install).
+// runs, and stays lifted. Then the answer's pages must come within what
+// the watchdog had left and their own transfer time (pagesTime),
+// whichever is less (none if ctx ended meanwhile, as exchange does): the
+// execution is over once its header came, so a sandbox that sends its
+// pages slowly holds what was reserved for them no longer than sending
+// them takes, not for the rest of its compute time (up to an hour for an
+// install). That time is counted by wait (boundary.PageWait): only while
+// the host's reader is blocked with nothing to read, never while the host
+// files the pages it received or is otherwise slow, so a slow host does
+// not make an honest sandbox late.
 // The pause is not free CPU, though: an honest worker is blocked sending
 // its pages meanwhile, so what proc used during the wait beyond
 // waitCPUAllowance is a thread of its own, and it is taken from what the
 // watchdog had left; a sandbox that used all of it is timed out at once.
 // The pages' own deadline, when it is the shorter, and the CPU charged are
 // recorded in pages.
-func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, proc Process, until time.Time, reserve func(uint64) error, pages *pagesDeadline) func(uint64) error {
+func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, proc Process, until time.Time, reserve func(uint64) error, pages *pagesDeadline, wait *boundary.PageWait) func(uint64) error {
 	return func(b uint64) error {
 		left := time.Until(until)
 		_ = conn.Raw().SetDeadline(time.Time{})
@@ -1989,7 +2001,7 @@ func (x *Sandboxed) reserveOffWatch(ctx context.Context, conn *boundary.Conn, pr
 		if allowed < left {
 			pages.pages, pages.allowed = b/state.PageSize, allowed
 		}
-		_ = conn.Raw().SetDeadline(time.Now().Add(min(left, allowed)))
+		wait.Arm(min(left, allowed), func() bool { return ctx.Err() != nil })
 		if left <= 0 || ctx.Err() != nil {
 			// Its time is used up: the next read is a timeout. (Or
 			// exchange's AfterFunc may have fired before the line above.)
@@ -2041,12 +2053,14 @@ func (e *pagesDeadlineError) Unwrap() error { return e.err }
 // over a sandbox's socket, either way.
 const pageTransferTime = 10 * time.Microsecond
 
-// pageReceiveTime is the time an answer's page may take to arrive after
-// its header (pagesTime). What paces the transfer is the host as much as
-// the sandbox (it reads, checks and files each page), and a sandbox killed
-// for it is charged, so it is 100 times pageTransferTime, a rate of 4 MB/s:
-// under the race detector on a loaded 2-core machine, 256 MiB of pages took
-// longer than 10.7 s, the 10 µs a page first used here.
+// pageReceiveTime is the time the host may wait for each of an answer's
+// pages after its header (pagesTime), counted only while its reader is
+// blocked with nothing to read (boundary.PageWait): the host's own pace
+// (reading, checking and filing each page, under the race detector or on
+// a loaded machine) no longer counts. 100 times pageTransferTime, a rate of
+// 4 MB/s of the sandbox's own sending: room for a starved sandbox on a
+// loaded machine, where the first 10 µs a page, counted by the clock,
+// killed an honest 256 MiB answer under the race detector at 10.7 s.
 const pageReceiveTime = 100 * pageTransferTime
 
 // pagesTime is how long a sandbox may take to send b bytes of pages after
