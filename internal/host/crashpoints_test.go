@@ -67,11 +67,7 @@ func crashCfg(home string) Config {
 }
 
 func crashFixture(t *testing.T) *fixture {
-	cfg := crashCfg(t.TempDir())
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, crashCfg(t.TempDir()))
 }
 
 // crashChild is the host that dies: it runs the scenario named by
@@ -380,9 +376,7 @@ func TestGlobalTimerTakenUntilItsTaskCommits(t *testing.T) {
 	rec := &commitCounter{}
 	cfg := crashCfg(t.TempDir())
 	cfg.Clock, cfg.Metrics = clk.now, rec
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	u64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 	a := f.install(mustWat(t, timerTakeWat), nil)
