@@ -70,18 +70,26 @@ func crashFixture(t *testing.T) *fixture {
 	return openFixture(t, crashCfg(t.TempDir()))
 }
 
-// crashChild is the host that dies: it runs the scenario named by
-// CORDON_CRASH_SCENARIO on the canisters CORDON_CRASH_IDS, says when it is
-// at the point, and waits to be killed.
-func crashChild(t *testing.T, home string) {
+// childIDs is the canisters a test child host is given in the environment
+// variable env, comma-separated.
+func childIDs(t *testing.T, env string) []principal.Principal {
+	t.Helper()
 	var ps []principal.Principal
-	for _, s := range strings.Split(os.Getenv("CORDON_CRASH_IDS"), ",") {
+	for _, s := range strings.Split(os.Getenv(env), ",") {
 		p, err := principal.FromText(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ps = append(ps, p)
 	}
+	return ps
+}
+
+// crashChild is the host that dies: it runs the scenario named by
+// CORDON_CRASH_SCENARIO on the canisters CORDON_CRASH_IDS, says when it is
+// at the point, and waits to be killed.
+func crashChild(t *testing.T, home string) {
+	ps := childIDs(t, "CORDON_CRASH_IDS")
 	say := func(s string) { os.Stdout.WriteString(s + "\n") }
 	scenario := os.Getenv("CORDON_CRASH_SCENARIO")
 	testHookTaskStarts = func(_ principal.Principal, entry string) {
