@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	osexec "os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,10 +25,7 @@ func TestServeAdminDefaults(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("token file: %v %v", fi, err)
 	}
-	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	wasm := counterWasm(t)
 	body := `{"wasm":"` + base64.StdEncoding.EncodeToString(wasm) + `","arg":"RElETAAA"}`
 	post := func(h map[string]string) (int, string) {
 		t.Helper()
@@ -66,7 +62,7 @@ func TestServeAdminDefaults(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "[]" {
 		t.Fatalf("status after the refused installs: %q %v", out, err)
 	}
-	if out, err := runCordon(bin, "--home", home, "install", filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm")); err != nil {
+	if out, err := runCordon(bin, "--home", home, "install", counterPath); err != nil {
 		t.Fatalf("cordon install through the server: %v %s", err, out)
 	}
 	// The server logs a request after answering it: wait for the line.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"flag"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -44,23 +42,11 @@ func TestCrashSafety(t *testing.T) {
 	t.Setenv("CORDON_FEES_GIB_STORAGE_PER_SECOND", "0")
 	bin := cordonBinary(t)
 	home := t.TempDir()
-	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	noArgs := []byte("DIDL\x00\x00")
+	wasm := counterWasm(t)
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 
-	s := startServe(t, bin, home)
-	c, err := api.Dial(ctx, home)
-	if err != nil || c == nil {
-		t.Fatalf("Dial: %v %v", c, err)
-	}
-	inst, err := c.Install(ctx, api.InstallRequest{Wasm: wasm, Arg: noArgs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, c, inst := serveInstalled(t, bin, home, wasm)
 	replayHome := t.TempDir()
 	replay := startServe(t, bin, replayHome)
 	rc, err := api.Dial(ctx, replayHome)

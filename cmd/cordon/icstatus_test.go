@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,20 +31,7 @@ func TestICRequestStatusSurvivesKill(t *testing.T) {
 	bin := cordonBinary(t)
 	home := t.TempDir()
 	ctx := context.Background()
-	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	noArgs := []byte("DIDL\x00\x00")
-	s := startServe(t, bin, home)
-	c, err := api.Dial(ctx, home)
-	if err != nil || c == nil {
-		t.Fatalf("Dial: %v %v", c, err)
-	}
-	inst, err := c.Install(ctx, api.InstallRequest{Wasm: wasm, Arg: noArgs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, c, inst := serveInstalled(t, bin, home, counterWasm(t))
 	c.Close()
 	tok, err := os.ReadFile(api.TokenPath(home))
 	if err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,7 +13,7 @@ import (
 func TestLowOpenFileLimit(t *testing.T) {
 	bin := cordonBinary(t)
 	home := t.TempDir()
-	counter := filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm")
+	counter := counterPath
 	run := func(limit string, args ...string) (string, error) {
 		t.Helper()
 		cmd := exec.Command("sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, limit, bin, "--home", home, "--log-level", "info"}, args...)...)

@@ -52,6 +52,39 @@ func cordonBinary(t *testing.T) string {
 	return binary
 }
 
+// counterPath is the counter canister of the shared corpus.
+var counterPath = filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm")
+
+// noArgs is Candid's empty argument list.
+var noArgs = []byte("DIDL\x00\x00")
+
+// counterWasm is the counter canister's module.
+func counterWasm(t *testing.T) []byte {
+	t.Helper()
+	wasm, err := os.ReadFile(counterPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wasm
+}
+
+// serveInstalled starts `cordon serve` on home and installs wasm (no
+// arguments) through a client of it, which it returns open.
+func serveInstalled(t *testing.T, bin, home string, wasm []byte) (*server, *api.Client, *api.InstallResponse) {
+	t.Helper()
+	ctx := context.Background()
+	s := startServe(t, bin, home)
+	c, err := api.Dial(ctx, home)
+	if err != nil || c == nil {
+		t.Fatalf("Dial: %v %v", c, err)
+	}
+	inst, err := c.Install(ctx, api.InstallRequest{Wasm: wasm, Arg: noArgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c, inst
+}
+
 type syncBuf struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -131,21 +164,7 @@ func TestServeSignals(t *testing.T) {
 	bin := cordonBinary(t)
 	home := t.TempDir()
 	ctx := context.Background()
-	wasm, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	noArgs := []byte("DIDL\x00\x00")
-
-	s := startServe(t, bin, home)
-	c, err := api.Dial(ctx, home)
-	if err != nil || c == nil {
-		t.Fatalf("Dial: %v %v", c, err)
-	}
-	inst, err := c.Install(ctx, api.InstallRequest{Wasm: wasm, Arg: noArgs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, c, inst := serveInstalled(t, bin, home, counterWasm(t))
 	for range 3 {
 		if _, err := c.Call(ctx, api.CallRequest{ID: inst.ID, Method: "inc", Arg: noArgs}); err != nil {
 			t.Fatal(err)

@@ -34,7 +34,7 @@ func TestWorkerBinaryNextToCordon(t *testing.T) {
 		}
 	}
 	bin, worker := filepath.Join(dir, "cordon"), filepath.Join(dir, "cordon-sandbox")
-	counter := filepath.Join("..", "..", "..", "shared", "canisters", "counter.wasm")
+	counter := counterPath
 	run := func(home string, want ...string) {
 		t.Helper()
 		out, err := runCordon(bin, "--home", home, "doctor")

@@ -24,13 +24,7 @@ import (
 
 func sandboxFixture(t *testing.T) *fixture {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, testConfig(t, "sandbox"))
 }
 
 // artifactModules returns the module keys (hex SHA-256) the artifact

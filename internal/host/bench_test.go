@@ -19,8 +19,12 @@ import (
 //   go test ./internal/host -run '^$' -bench . -benchtime 2s
 
 func benchNode(b *testing.B) *Node {
-	cfg := DefaultConfig()
-	cfg.Home = b.TempDir()
+	return openBenchNode(b, testConfig(b, ""))
+}
+
+// openBenchNode opens a node of cfg, closed when the benchmark run ends.
+func openBenchNode(b *testing.B, cfg Config) *Node {
+	b.Helper()
 	n, err := Open(cfg, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -169,9 +173,7 @@ func BenchmarkQueryOneClient(b *testing.B) {
 // queryBenchNode opens a node in a BenchmarkQueryParallel mode with the
 // counter installed and queried once (a sandbox is live).
 func queryBenchNode(b *testing.B, mode string) (*Node, Message) {
-	cfg := DefaultConfig()
-	cfg.Home = b.TempDir()
-	cfg.Isolation = "inprocess"
+	cfg := testConfig(b, "inprocess")
 	if mode != "inprocess" {
 		cfg.Isolation = "sandbox"
 	}
@@ -183,11 +185,7 @@ func queryBenchNode(b *testing.B, mode string) (*Node, Message) {
 	case "sandbox-8threads":
 		cfg.Sandbox.QueryThreads = 8
 	}
-	n, err := Open(cfg, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { n.Close() })
+	n := openBenchNode(b, cfg)
 	id := benchInstall(b, n, module(b, corpusDir, "counter"))
 	msg := Message{Canister: id, Method: "get", Arg: noArgs, Caller: user}
 	if _, err := n.Query(context.Background(), msg); err != nil {
@@ -284,14 +282,8 @@ func procCPU(pid int) time.Duration {
 func BenchmarkMemoryHeavyUpdate(b *testing.B) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		b.Run(mode, func(b *testing.B) {
-			cfg := DefaultConfig()
-			cfg.Home = b.TempDir()
-			cfg.Isolation = mode
-			n, err := Open(cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer n.Close()
+			cfg := testConfig(b, mode)
+			n := openBenchNode(b, cfg)
 			ctx := context.Background()
 			id := benchInstall(b, n, module(b, corpusDir, "memory"))
 			if _, err := n.Update(ctx, Message{Canister: id, Method: "grow", Arg: natArg(uint64(b.N) + 1), Caller: user}); err != nil {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/faultinject"
 	"github.com/cordon-dev/cordon/internal/store"
-	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // bgWriteFailChild opens the node with a shorter log than the printer's
@@ -19,15 +18,8 @@ import (
 // whose last sync fails; then prunes request statuses and tries an update,
 // and says what each got. The node's log goes to stdout.
 func bgWriteFailChild(t *testing.T, home string) {
-	ids := strings.Split(os.Getenv("CORDON_BGFAIL_IDS"), ",")
-	counter, err := principal.FromText(ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	printer, err := principal.FromText(ids[1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := childIDs(t, "CORDON_BGFAIL_IDS")
+	counter, printer := ids[0], ids[1]
 	cfg := storeFailCfg(home)
 	cfg.LogLines = 2
 	n, err := Open(cfg, slog.New(slog.NewTextHandler(os.Stdout, nil)))

@@ -47,13 +47,9 @@ func TestNodeMemoryCapacity(t *testing.T) {
 	}
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = isolation
+			cfg := testConfig(t, isolation)
 			cfg.MemoryCapacity = capacity
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			defer func() { f.node.Close() }()
+			f := openFixture(t, cfg)
 			grow := func(id principal.Principal, pages uint32) int32 {
 				t.Helper()
 				r := f.update(id, "grow", binary.LittleEndian.AppendUint32(nil, pages))
@@ -168,13 +164,9 @@ func TestNodeMemoryCapacityCountsModules(t *testing.T) {
 	a1, a2 := large("pad a"), large("pad b")
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = isolation
+			cfg := testConfig(t, isolation)
 			cfg.MemoryCapacity = capacity
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			defer func() { f.node.Close() }()
+			f := openFixture(t, cfg)
 			a, b := f.install(a1, nil), f.install(a2, nil)
 			held := uint64(len(a1)+len(a2)) + 2*page
 			if used, _ := f.node.mem.inUse(); used != held {

@@ -105,13 +105,9 @@ func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 func forIsolationsWith(t *testing.T, conf func(*Config), test func(t *testing.T, f *fixture)) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = mode
+			cfg := testConfig(t, mode)
 			conf(&cfg)
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			test(t, f)
 		})
 	}
@@ -235,14 +231,8 @@ func TestDataCertificateBounded(t *testing.T) {
 func BenchmarkQueryDataCertificate(b *testing.B) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		b.Run(mode, func(b *testing.B) {
-			cfg := DefaultConfig()
-			cfg.Home = b.TempDir()
-			cfg.Isolation = mode
-			n, err := Open(cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { n.Close() })
+			cfg := testConfig(b, mode)
+			n := openBenchNode(b, cfg)
 			id := benchInstall(b, n, certModule(b, false))
 			ctx := context.Background()
 			for b.Loop() {

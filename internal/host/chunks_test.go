@@ -387,13 +387,9 @@ func sha(b []byte) []byte {
 // changes there.
 func TestChunkStoreFromCanister(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	cfg.Sandbox.Strict = true
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	proxy := f.install(mustWat(t, mgmtProxyWat), nil)
 	target, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user, proxy}})
@@ -469,12 +465,9 @@ func TestChunkStoreFromCanister(t *testing.T) {
 // capacity.
 func TestChunkStoreLimits(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.MemoryCapacity = 150 * maxChunkBytes
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	create := func(c *cycles.Amount) principal.Principal {
 		id, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}, Cycles: c})

@@ -17,13 +17,9 @@ import (
 // sandboxes at once, and every install completes.
 func TestConcurrentInstallsShareCompilers(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	cfg.Sandbox.MaxCompiles = 2
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	const n = 6
 	var wg sync.WaitGroup
 	errs := make([]error, n)

@@ -140,8 +140,7 @@ func writerWaits(c *canister) bool {
 // executions are held at the points that made the deadlock, and the test
 // checks each update got as far as it could before letting them go.
 func TestCompositeQueryLockOrderNoDeadlock(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 	f.open()
 	hung := false
@@ -382,8 +381,7 @@ const chainWat = `
 // about 1.76 million executions.
 func TestCompositeQueryCallGraphBounded(t *testing.T) {
 	for _, budget := range []uint64{50_000_000, 5_000_000_000} {
-		cfg := DefaultConfig()
-		cfg.Home = t.TempDir()
+		cfg := testConfig(t, "")
 		cfg.QueryInstructions = budget
 		f := &fixture{t: t, home: cfg.Home, cfg: cfg}
 		f.open()
@@ -412,13 +410,10 @@ func TestCompositeQueryCallGraphBounded(t *testing.T) {
 // callee's, held here until the deadline has passed) ends the graph with
 // the IC's CANISTER_ERROR.
 func TestCompositeQueryWalltimeBounded(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.QueryWalltime = 300 * time.Millisecond
 	cfg.QueryInstructions = 200_000_000 // a few calls; without the deadline, the chain ends with the budget
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	inner := f.node.exec
 	counted := &countQueries{Executor: &pastDeadline{Executor: inner, wait: cfg.QueryWalltime}}
 	f.node.exec = counted

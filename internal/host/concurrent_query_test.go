@@ -49,14 +49,10 @@ func TestConcurrentQueriesWhileUpdating(t *testing.T) {
 	final := map[string]uint32{}
 	for _, iso := range []string{"inprocess", "sandbox"} {
 		t.Run(iso, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = iso
+			cfg := testConfig(t, iso)
 			cfg.Sandbox.Strict = true
 			cfg.Sandbox.QueryThreads = 4
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			id := f.install(mustWat(t, twoWordsWat), noArgs)
 			ctx := context.Background()
 			word := func(b []byte) uint32 {

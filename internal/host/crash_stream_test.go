@@ -98,14 +98,7 @@ func nat64Of(t testing.TB, b []byte) uint64 {
 // durHostChild runs the stream until its watcher kills it, printing
 // "ACK <name> <value>" after each acknowledged reply.
 func durHostChild(t *testing.T, home string) {
-	var ps []principal.Principal
-	for _, s := range strings.Split(os.Getenv("CORDON_CRASH_IDS"), ",") {
-		p, err := principal.FromText(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ps = append(ps, p)
-	}
+	ps := childIDs(t, "CORDON_CRASH_IDS")
 	num := func(name string) int {
 		v, err := strconv.Atoi(os.Getenv(name))
 		if err != nil {

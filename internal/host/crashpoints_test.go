@@ -67,25 +67,29 @@ func crashCfg(home string) Config {
 }
 
 func crashFixture(t *testing.T) *fixture {
-	cfg := crashCfg(t.TempDir())
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, crashCfg(t.TempDir()))
 }
 
-// crashChild is the host that dies: it runs the scenario named by
-// CORDON_CRASH_SCENARIO on the canisters CORDON_CRASH_IDS, says when it is
-// at the point, and waits to be killed.
-func crashChild(t *testing.T, home string) {
+// childIDs is the canisters a test child host is given in the environment
+// variable env, comma-separated.
+func childIDs(t *testing.T, env string) []principal.Principal {
+	t.Helper()
 	var ps []principal.Principal
-	for _, s := range strings.Split(os.Getenv("CORDON_CRASH_IDS"), ",") {
+	for _, s := range strings.Split(os.Getenv(env), ",") {
 		p, err := principal.FromText(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ps = append(ps, p)
 	}
+	return ps
+}
+
+// crashChild is the host that dies: it runs the scenario named by
+// CORDON_CRASH_SCENARIO on the canisters CORDON_CRASH_IDS, says when it is
+// at the point, and waits to be killed.
+func crashChild(t *testing.T, home string) {
+	ps := childIDs(t, "CORDON_CRASH_IDS")
 	say := func(s string) { os.Stdout.WriteString(s + "\n") }
 	scenario := os.Getenv("CORDON_CRASH_SCENARIO")
 	testHookTaskStarts = func(_ principal.Principal, entry string) {
@@ -380,9 +384,7 @@ func TestGlobalTimerTakenUntilItsTaskCommits(t *testing.T) {
 	rec := &commitCounter{}
 	cfg := crashCfg(t.TempDir())
 	cfg.Clock, cfg.Metrics = clk.now, rec
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	u64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 	a := f.install(mustWat(t, timerTakeWat), nil)

@@ -97,18 +97,13 @@ func (f *fixture) stateHash(id principal.Principal) string {
 // change the balance and with it the state hash; priced at zero, a message
 // that leaves nothing behind leaves the whole hash as it was.
 func newCrashFixture(t *testing.T, isolation string) *fixture {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = isolation
+	cfg := testConfig(t, isolation)
 	cfg.UpdateInstructions = 4_000_000_000 // bounds spin if the kill never lands
 	cfg.Fees.UpdateExecution, cfg.Fees.PerInstruction = 0, 0
 	cfg.Fees.IngressReception, cfg.Fees.IngressPerByte = 0, 0
 	cfg.Fees.Call, cfg.Fees.CallPerByte = 0, 0
 	cfg.Fees.GiBStoragePerSecond = 0
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, cfg)
 }
 
 // A message that writes 1200 heap pages, grows both memories and writes

@@ -90,18 +90,11 @@ func TestCleanupRunsWithinTheResponsesLimit(t *testing.T) {
 		{"cleanup beyond the reserve traps", 40_000_000, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := &conservationWatch{}
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = "inprocess"
-			cfg.Fees.GiBStoragePerSecond = 0 // no storage fee, so no freezing limit
-			cfg.Fees.CallPerByte = 0         // a call's reservation is the execution of its response
-			cfg.UpdateInstructions = limit
-			cfg.Metrics = w
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			w.st.Store(f.node.store)
-			t.Cleanup(func() { f.node.Close() })
+			// No storage fee (watchedFixture), so no freezing limit.
+			f, w := watchedFixture(t, func(cfg *Config) {
+				cfg.Fees.CallPerByte = 0 // a call's reservation is the execution of its response
+				cfg.UpdateInstructions = limit
+			})
 
 			callee := f.install(mustWat(t, flightWat), nil)
 			a := f.install(mustWat(t, cleanupPayerWat(tc.cleanupRuns)), nil)
@@ -113,7 +106,7 @@ func TestCleanupRunsWithinTheResponsesLimit(t *testing.T) {
 			w.check(t)
 
 			burnedSelf := cycles.Amount{Lo: binary.LittleEndian.Uint64(got), Hi: binary.LittleEndian.Uint64(got[8:])}
-			fees := cfg.Fees
+			fees := f.cfg.Fees
 			ingress := cycles.New(fees.IngressReception + fees.IngressPerByte*uint64(len(arg)))
 			calls := cycles.New(4 * fees.Call)
 			burned := after.CyclesBurned.SaturatingSub(before.CyclesBurned)
@@ -379,13 +372,9 @@ func growPastFreezingWat(initPages int) string {
 // the end of an install. A growth the balance covers succeeds.
 func TestGrowthBeyondTheFreezingLimitTraps(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
+	cfg := testConfig(t, "inprocess")
 	cfg.MemoryCapacity = 64 << 30 // not what stops the growth on a small machine
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	// Pays the install, a few updates, and the freezing limit of a few
 	// MiB, but not that of 3 GiB (about 1 T cycles for 30 days).

@@ -146,16 +146,12 @@ func shortBytes(b []byte) string {
 // runDeterminismScript runs the script on a fresh node in the given
 // isolation mode ("inprocess" or "sandbox") and records it.
 func runDeterminismScript(t *testing.T, isolation string) detRecord {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = isolation
+	cfg := testConfig(t, isolation)
 	cfg.UpdateInstructions = detUpdateLimit // `spin` stops here
 	// The storage fee depends on the time that passes, which differs from
 	// run to run; it has its own tests (memory_test.go).
 	cfg.Fees.GiBStoragePerSecond = 0
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	ids := map[string]principal.Principal{}
 	var order []string

@@ -44,19 +44,14 @@ const dirtyWat = `(module
 // each memory (the point is the cap, not its size), without the storage
 // fee, so cycles burned follow instructions alone.
 func dirtyFixture(t *testing.T, mode string, updateInstr uint64) *fixture {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.Fees.GiBStoragePerSecond = 0
 	cfg.HeapDirty.Update = 64 * state.PageSize
 	cfg.StableDirty.Update = 64 * state.PageSize
 	if updateInstr != 0 {
 		cfg.UpdateInstructions = updateInstr
 	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, cfg)
 }
 
 // run sends one update and returns its reply (nil if it was rejected), the

@@ -94,17 +94,12 @@ const memTestPages = 32
 // default).
 func memFixture(t *testing.T, mode string, budget uint64) *fixture {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.Fees.GiBStoragePerSecond = 0
 	cfg.HeapDirty.Query = memTestPages * state.PageSize
 	cfg.StableDirty.Query = memTestPages * state.PageSize
 	cfg.ExecutionMemory = budget * state.PageSize
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, cfg)
 }
 
 // hoard runs hoardWat's composite query on id.
@@ -595,9 +590,7 @@ func TestQueryHoldingPagesDoesNotDeadlockUpdate(t *testing.T) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = mode
+			cfg := testConfig(t, mode)
 			cfg.HeapDirty.Query = memTestPages * state.PageSize
 			cfg.StableDirty.Query = memTestPages * state.PageSize
 			cfg.ExecutionMemory = 64 * state.PageSize

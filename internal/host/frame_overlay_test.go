@@ -133,13 +133,9 @@ func frameWat(heapMiB, stableMiB int) string {
 // leaf, small, the canister its inner calls reach.
 func frameNode(t *testing.T, mode string, heapMiB, stableMiB int) (f *fixture, x, leaf principal.Principal) {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.QueryWalltime = 0 // copying a frame whole is slow, not wrong
-	f = &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f = openFixture(t, cfg)
 	return f, f.install(mustWat(t, frameWat(heapMiB, stableMiB)), nil), f.install(mustWat(t, frameWat(1, 1)), nil)
 }
 
@@ -258,14 +254,10 @@ func TestCompositeQueryFrameKeepsSnapshotAcrossCommits(t *testing.T) {
 func TestCompositeQueryFrameOfColdCanister(t *testing.T) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = mode
+			cfg := testConfig(t, mode)
 			cfg.QueryWalltime = 0
 			cfg.MemoryImages = 1 // the last canister run keeps its images
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			x := f.install(mustWat(t, frameWat(64, 16)), nil)
 			leaf := f.install(mustWat(t, frameWat(1, 1)), nil)
 			f.update(leaf, "bump", nil) // x is cold now
@@ -300,15 +292,9 @@ func TestCompositeQueryFrameOfColdCanister(t *testing.T) {
 func BenchmarkCompositeQueryLargeHeap(b *testing.B) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		b.Run(mode, func(b *testing.B) {
-			cfg := DefaultConfig()
-			cfg.Home = b.TempDir()
-			cfg.Isolation = mode
+			cfg := testConfig(b, mode)
 			cfg.QueryWalltime = 0
-			n, err := Open(cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { n.Close() })
+			n := openBenchNode(b, cfg)
 			x := benchInstall(b, n, mustWat(b, frameWat(256, 64)))
 			leaf := benchInstall(b, n, mustWat(b, frameWat(1, 1)))
 			ctx := context.Background()

@@ -137,14 +137,10 @@ func (f *fixture) queryFrame(x, y principal.Principal, answers chan<- frameAnswe
 // whose query "get" x's composite queries call.
 func frameCopyFixture(t *testing.T, mode string, budget uint64) (f *fixture, x, y principal.Principal) {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.Fees.GiBStoragePerSecond = 0
 	cfg.ExecutionMemory = budget * state.PageSize
-	f = &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f = openFixture(t, cfg)
 	x = f.install(mustWat(t, rewriteWat), nil)
 	y = f.install(module(t, corpusDir, "counter"), noArgs)
 	f.update(x, "fill", []byte{1})

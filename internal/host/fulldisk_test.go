@@ -143,9 +143,7 @@ func durFullDisk(t *testing.T, mode string) {
 	mnt := durTmpfs(t, 256<<20)
 	cfg := crashCfg(filepath.Join(mnt, "home"))
 	cfg.Isolation = mode
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	counterWasm, stableWasm, memoryWasm := module(t, corpusDir, "counter"), module(t, corpusDir, "stable"), module(t, corpusDir, "memory")
 	bigWasm := mustWat(t, bigInitWat)

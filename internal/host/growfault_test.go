@@ -88,14 +88,10 @@ func growFaultChildMain(t *testing.T, mode string) {
 		t.Skip()
 	}
 	faultinject.GrowFaults(t, faultedPages<<16)
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.Fees.GiBStoragePerSecond = 0 // the balance moves only by what messages pay
 	cfg.HeapBytes32, cfg.HeapBytes64 = 64<<20, 64<<20
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	defer f.node.Close()
+	f := openFixture(t, cfg)
 	answer := func(method string, r []byte) int32 {
 		t.Helper()
 		if len(r) != 4 {

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,21 +65,44 @@ type fixture struct {
 	t    *testing.T
 	home string
 	cfg  Config
+	log  *slog.Logger // the node's log, kept across restarts (nil: discarded)
 	node *Node
 }
 
 func newFixture(t *testing.T) *fixture {
+	cfg := testConfig(t, "")
+	cfg.UpdateInstructions = 2_000_000_000 // keep `spin` short
+	return openFixture(t, cfg)
+}
+
+// testConfig is the default configuration on a new home, in the given
+// isolation mode ("" keeps the default).
+func testConfig(t testing.TB, isolation string) Config {
 	cfg := DefaultConfig()
 	cfg.Home = t.TempDir()
-	cfg.UpdateInstructions = 2_000_000_000 // keep `spin` short
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	if isolation != "" {
+		cfg.Isolation = isolation
+	}
+	return cfg
+}
+
+// openFixture opens a node of cfg, closed when the test ends.
+func openFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	return openLoggedFixture(t, cfg, nil)
+}
+
+// openLoggedFixture is openFixture with the node logging to log.
+func openLoggedFixture(t *testing.T, cfg Config, log *slog.Logger) *fixture {
+	t.Helper()
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg, log: log}
 	f.open()
 	t.Cleanup(func() { f.node.Close() })
 	return f
 }
 
 func (f *fixture) open() {
-	n, err := Open(f.cfg, nil)
+	n, err := Open(f.cfg, f.log)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -287,13 +311,9 @@ func TestGzipAndSizeLimits(t *testing.T) {
 // a confined sandbox, strict about confinement layers.
 func TestCounterSandboxed(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	cfg.Sandbox.Strict = true
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	wasm := module(t, corpusDir, "counter")
 	id := f.install(wasm, noArgs)
 	eq(t, "inc", f.update(id, "inc", noArgs), natReply(1))

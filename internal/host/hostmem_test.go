@@ -153,9 +153,7 @@ func TestHostMemoryHoldsOneCopy(t *testing.T) {
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
 			cfg := largeHeapConfig(t, isolation)
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			wasm := eopWat(t, largeHeapWat(1<<20, grow, false))
 			id := f.install(wasm, noArgs)
 			f.query(id, "check", noArgs) // the sandbox is up, the image made
@@ -249,11 +247,7 @@ func BenchmarkHostMemoryPerCommitted(b *testing.B) {
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		b.Run(isolation, func(b *testing.B) {
 			cfg := largeHeapConfig(b, isolation)
-			n, err := Open(cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer n.Close()
+			n := openBenchNode(b, cfg)
 			ctx := context.Background()
 			wasm := eopWat(b, largeHeapWat(size, grow, false))
 			settle := func() hostMem {

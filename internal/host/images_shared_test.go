@@ -16,12 +16,9 @@ import (
 // takes the node past MemoryImages, up to its descriptor limit.
 func TestMemoryImagesGivenBackAfterAFrame(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.MemoryImages = 1
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	wasm := mustWat(t, imageCounterWAT)
 	ids := map[string]principal.Principal{}
 	can := func(name string) *canister {

@@ -23,12 +23,9 @@ const imageCounterWAT = `(module
 // run. A canister whose lock is held keeps its images.
 func TestMemoryImagesBounded(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.MemoryImages = 2
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	wasm := mustWat(t, imageCounterWAT)
 	ids := map[string]principal.Principal{}
 	inc := func(name string, want uint32) {

@@ -140,19 +140,19 @@ func (w *conservationWatch) check(t *testing.T) {
 	}
 }
 
-// watchedFixture is an in-process node whose every committed state is
-// checked by a conservationWatch.
-func watchedFixture(t *testing.T) (*fixture, *conservationWatch) {
+// watchedFixture is an in-process node, without the storage fee and with
+// tweaks applied, whose every committed state is checked by a
+// conservationWatch.
+func watchedFixture(t *testing.T, tweaks ...func(*Config)) (*fixture, *conservationWatch) {
 	w := &conservationWatch{}
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
+	cfg := testConfig(t, "inprocess")
 	cfg.Fees.GiBStoragePerSecond = 0
 	cfg.Metrics = w
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
+	for _, tweak := range tweaks {
+		tweak(&cfg)
+	}
+	f := openFixture(t, cfg)
 	w.st.Store(f.node.store)
-	t.Cleanup(func() { f.node.Close() })
 	return f, w
 }
 

@@ -331,15 +331,11 @@ func TestInstallGivesUpWaitingForBusyCanister(t *testing.T) {
 // compile.
 func TestInstallPaysForCompilationFirst(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	// The storage fee depends on the time that passes between messages
 	// (a cycle per ~0.1 s here); the checks below are exact.
 	cfg.Fees.GiBStoragePerSecond = 0
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	proxy := f.install(mustWat(t, mgmtProxyWat), nil)
 	zero := cycles.Amount{}

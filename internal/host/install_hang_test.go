@@ -29,15 +29,11 @@ const hangInitWat = `(module
 // controls b, which runs hangInitWat.
 func hangFixture(t *testing.T, tweak func(*Config)) (f *fixture, a, b principal.Principal, wasm []byte) {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	f = &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f = openFixture(t, cfg)
 	a = f.install(mustWat(t, mgmtSeqWat), nil)
 	ctx := context.Background()
 	var err error
@@ -215,14 +211,10 @@ func TestHungQueryAndInspectAreVisible(t *testing.T) {
 		t.Run(ctx.String(), func(t *testing.T) {
 			t.Parallel()
 			rec := &faultRecorder{crashes: map[string]int{}, executions: map[string]int{}}
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = "sandbox"
+			cfg := testConfig(t, "sandbox")
 			cfg.QueryInstructions = queryLimit
 			cfg.Metrics = rec
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			id := f.install(mustWat(t, inspectedWat), nil)
 			meta := f.storedMeta(id)
 			stats := f.status(id).QueryStats

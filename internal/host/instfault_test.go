@@ -65,13 +65,9 @@ func instFaultChildMain(t *testing.T, mode string) {
 	if mode == "sandbox" {
 		faultinject.GrowFaults(t, instFaultPages<<16)
 	}
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
+	cfg := testConfig(t, mode)
 	cfg.Fees.GiBStoragePerSecond = 0 // the balance moves only by what messages pay
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	defer f.node.Close()
+	f := openFixture(t, cfg)
 	wasm := mustWat(t, instFaultWat)
 	if mode == "inprocess" {
 		id := f.install(wasm, nil)

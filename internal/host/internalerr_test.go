@@ -51,15 +51,9 @@ func (x *failingPrepare) Prepare(context.Context, []byte) (*exec.Module, error) 
 func TestInternalErrorReachesOnlyTheLog(t *testing.T) {
 	t.Parallel()
 	var logs lockedBuffer
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
-	n, err := Open(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg, node: n}
-	t.Cleanup(func() { n.Close() })
+	cfg := testConfig(t, "inprocess")
+	f := openLoggedFixture(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	n := f.node
 
 	// A real error of the host's file system, naming a path in the home.
 	_, perr := os.Open(filepath.Join(cfg.Home, "artifacts", "no-such-artifact"))
@@ -121,15 +115,8 @@ func (x *failingExecute) Execute(ctx context.Context, id string, req *exec.Reque
 func loggedFixture(t *testing.T) (*fixture, *lockedBuffer) {
 	t.Helper()
 	logs := &lockedBuffer{}
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
-	n, err := Open(cfg, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return &fixture{t: t, home: cfg.Home, cfg: cfg, node: n}, logs
+	cfg := testConfig(t, "inprocess")
+	return openLoggedFixture(t, cfg, slog.New(slog.NewTextHandler(logs, nil))), logs
 }
 
 // hostPathError is a real error of the host's file system, naming a path

@@ -133,9 +133,7 @@ func heapDigest(t testing.TB, n *Node, id principal.Principal) ([32]byte, uint64
 }
 
 func largeHeapConfig(t testing.TB, isolation string) Config {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = isolation
+	cfg := testConfig(t, isolation)
 	cfg.Sandbox.Strict = isolation == "sandbox"
 	return cfg
 }
@@ -154,9 +152,7 @@ func TestUpgradeKeepsLargeHeap(t *testing.T) {
 		t.Run(isolation, func(t *testing.T) {
 			t.Parallel()
 			cfg := largeHeapConfig(t, isolation)
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			wasm := eopWat(t, largeHeapWat(size, 1<<20, false))
 			id := f.install(wasm, noArgs)
 			before := decodeHeapCheck(t, f.query(id, "check", noArgs))
@@ -267,11 +263,7 @@ func BenchmarkUpgradeLargeHeap(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/%dMiB", isolation, mib), func(b *testing.B) {
 				size := mib << 20
 				cfg := largeHeapConfig(b, isolation)
-				n, err := Open(cfg, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer n.Close()
+				n := openBenchNode(b, cfg)
 				ctx := context.Background()
 				wasm := eopWat(b, largeHeapWat(size, size/4, false))
 				resetPeakRSS(b)
@@ -343,9 +335,7 @@ func TestGrowingHeapHoldsOneCopy(t *testing.T) {
 	}
 	const grow = 256 << 20
 	cfg := largeHeapConfig(t, "inprocess")
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	id := f.install(eopWat(t, largeHeapWat(1<<20, grow, false)), noArgs)
 	f.query(id, "check", noArgs) // builds the heap's image first
 	runtime.GC()
@@ -376,9 +366,7 @@ func TestMotokoLargeHeapUpgrade(t *testing.T) {
 		t.Run(isolation, func(t *testing.T) {
 			t.Parallel()
 			cfg := largeHeapConfig(t, isolation)
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			id := f.install(wasm, noArgs)
 			for _, want := range []uint64{16, 32} {
 				eq(t, "grow", f.update(id, "grow", natArg(16)), natReply(want))
@@ -420,11 +408,7 @@ func BenchmarkUpgradeMotokoHeap(b *testing.B) {
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		b.Run(isolation, func(b *testing.B) {
 			cfg := largeHeapConfig(b, isolation)
-			n, err := Open(cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer n.Close()
+			n := openBenchNode(b, cfg)
 			ctx := context.Background()
 			id := benchInstall(b, n, wasm)
 			for range mib / 32 {

@@ -44,15 +44,9 @@ func TestMemory64GrowPast4GiBStaysCheap(t *testing.T) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
 			h := &recordingHandler{}
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = mode
-			n, err := Open(cfg, slog.New(h))
-			if err != nil {
-				t.Fatal(err)
-			}
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg, node: n}
-			t.Cleanup(func() { n.Close() })
+			cfg := testConfig(t, mode)
+			f := openLoggedFixture(t, cfg, slog.New(h))
+			n := f.node
 			id := f.install(mustWat(t, grow64Wat), nil)
 			f.update(id, "noop", nil) // the heap's image exists
 			const cpuBound = 2 * time.Second
@@ -70,6 +64,7 @@ func TestMemory64GrowPast4GiBStaysCheap(t *testing.T) {
 			} {
 				c0 := processCPU(t)
 				var r *Reply
+				var err error
 				if m.update {
 					r, err = n.Update(context.Background(), Message{Canister: id, Method: m.name, Caller: user})
 				} else {

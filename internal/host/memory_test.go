@@ -96,13 +96,9 @@ func (f *fixture) status(id principal.Principal) *Status {
 func forIsolations(t *testing.T, test func(t *testing.T, f *fixture)) {
 	for _, mode := range []string{"inprocess", "sandbox"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = mode
+			cfg := testConfig(t, mode)
 			cfg.UpdateInstructions = 2_000_000_000
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			t.Cleanup(func() { f.node.Close() })
+			f := openFixture(t, cfg)
 			test(t, f)
 			if live := len(f.node.Sandboxes()); (mode == "sandbox") != (live > 0) {
 				t.Fatalf("%s mode: %d live sandboxes", mode, live)
@@ -327,13 +323,10 @@ func TestStorageFee(t *testing.T) {
 	t.Parallel()
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.UpdateInstructions = 2_000_000_000
 	cfg.Clock = clk.now
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 
 	id := f.install(mustWat(t, memWat), nil)

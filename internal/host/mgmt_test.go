@@ -391,13 +391,7 @@ func TestCanisterVersionGrows(t *testing.T) {
 }
 
 func newModeFixture(t *testing.T, mode string) *fixture {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = mode
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, testConfig(t, mode))
 }
 
 // Environment variables set through the management canister reach the

@@ -74,12 +74,8 @@ func TestDeletedModulesReleaseMemory(t *testing.T) {
 	)
 	for _, isolation := range []string{"inprocess", "sandbox"} {
 		t.Run(isolation, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.Home = t.TempDir()
-			cfg.Isolation = isolation
-			f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-			f.open()
-			defer f.node.Close()
+			cfg := testConfig(t, isolation)
+			f := openFixture(t, cfg)
 			cycle := func(i int) {
 				wasm := bigModule(t, i, size)
 				id := f.install(wasm, noArgs)

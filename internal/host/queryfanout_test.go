@@ -125,16 +125,12 @@ func (c *countQueries) Execute(ctx context.Context, id string, req *exec.Request
 // stays fine and the next honest sandbox serves the same query.
 func TestAuditCompositeQueryLyingInstructions(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	// Room for dozens of executions with calls: each call costs the graph
 	// queryCallInstructions (50 M, the IC's) and each ic0 call
 	// sysapi.CallOverhead.
 	cfg.QueryInstructions = 40 * queryCallInstructions
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 
 	var lie atomic.Bool
 	x, ok := relayExecutor(t, cfg, zeroInstructions(&lie)).(*exec.Sandboxed)

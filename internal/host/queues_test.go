@@ -120,18 +120,14 @@ func (f *fixture) fanStats(id principal.Principal) fanStats {
 }
 
 func queueFixture(t *testing.T, isolation string, edit func(*Config)) *fixture {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.UpdateInstructions = 2_000_000_000
 	cfg.Isolation = isolation
 	cfg.Fees.GiBStoragePerSecond = 0 // the cycles checks below are exact
 	if edit != nil {
 		edit(&cfg)
 	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, cfg)
 }
 
 // checkSandboxed asserts that id's executions ran in a live sandbox.

@@ -42,12 +42,8 @@ func (x *heldPrepare) Prepare(ctx context.Context, wasm []byte) (*exec.Module, e
 // It used context.Background().
 func TestRouteLoadEndsWithTheNode(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	cfg := testConfig(t, "inprocess")
+	f := openFixture(t, cfg)
 	counterWasm := module(t, corpusDir, "counter")
 	relay := f.install(module(t, corpusDir, "relay"), noArgs)
 	counter := f.install(counterWasm, noArgs)

@@ -19,9 +19,7 @@ func TestCheckSandbox(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "sandbox"
+	cfg := testConfig(t, "sandbox")
 	// What this host lacks, allowed: the check runs with what it has.
 	for _, l := range sandbox.Doctor().Missing() {
 		cfg.Sandbox.AllowMissing = append(cfg.Sandbox.AllowMissing, string(l))

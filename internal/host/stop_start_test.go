@@ -55,13 +55,9 @@ func relayCallArg(callee principal.Principal, method string, payload []byte) []b
 // the canister ran on.
 func TestStartRejectsPendingStop(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
+	cfg := testConfig(t, "inprocess")
 	cfg.UpdateInstructions = 2_000_000_000
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	wasm := mustWat(t, relayCallWat)
 	a, b := f.install(wasm, nil), f.install(wasm, nil)
 	ctx := context.Background()

@@ -17,9 +17,7 @@ func TestFullStorageIsTransient(t *testing.T) {
 	t.Parallel()
 	mnt := durTmpfs(t, 128<<20)
 	cfg := storeFailCfg(filepath.Join(mnt, "home"))
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 	bigWasm := mustWat(t, bigInitWat)
 	big := f.install(bigWasm, []byte{1})

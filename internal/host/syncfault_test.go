@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/cordon-dev/cordon/internal/faultinject"
-	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
 // A commit whose last sync fails (after bbolt wrote its meta page) at the
@@ -20,15 +19,8 @@ import (
 // syncFaultNodeChild sends cycles from relay to wallet twice, the first
 // commit's last sync failing, and says what each got.
 func syncFaultNodeChild(t *testing.T, home string) {
-	ids := strings.Split(os.Getenv("CORDON_CRASH_IDS"), ",")
-	relay, err := principal.FromText(ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	wallet, err := principal.FromText(ids[1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := childIDs(t, "CORDON_CRASH_IDS")
+	relay, wallet := ids[0], ids[1]
 	n, err := Open(crashCfg(home), nil)
 	if err != nil {
 		t.Fatal(err)

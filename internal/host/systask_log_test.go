@@ -45,15 +45,8 @@ const longTrapTimerWat = `
 func TestTrappingSystemTaskStaysOutOfTheHostLog(t *testing.T) {
 	t.Parallel()
 	h := &recordingHandler{}
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = "inprocess"
-	n, err := Open(cfg, slog.New(h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg, node: n}
-	t.Cleanup(func() { n.Close() })
+	cfg := testConfig(t, "inprocess")
+	f := openLoggedFixture(t, cfg, slog.New(h))
 	id := f.install(mustWat(t, longTrapTimerWat), nil)
 	f.update(id, "arm", nil)
 	waitFor(t, 30*time.Second, func() bool {

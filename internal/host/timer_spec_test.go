@@ -97,16 +97,9 @@ func u64Arg(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 func clockFixture(t *testing.T, isolation string) (*fixture, *fakeClock) {
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, isolation)
 	cfg.Clock = clk.now
-	if isolation != "" {
-		cfg.Isolation = isolation
-	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f, clk
+	return openFixture(t, cfg), clk
 }
 
 // holdQueue keeps c's queue from being drained until release is called:

@@ -52,13 +52,10 @@ func TestTimerLoopChargesDueCanistersTogether(t *testing.T) {
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	rec := &commitCounter{}
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.Clock = clk.now
 	cfg.Metrics = rec
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 
 	wasm := mustWat(t, memWat)
 	var cs []*canister
@@ -155,12 +152,9 @@ func TestTimerDueWhileStoppedFiresOnStart(t *testing.T) {
 	t.Parallel()
 	clk := &fakeClock{}
 	clk.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
+	cfg := testConfig(t, "")
 	cfg.Clock = clk.now
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
+	f := openFixture(t, cfg)
 	ctx := context.Background()
 
 	id := f.install(mustWat(t, timerWat), nil)

@@ -13,9 +13,7 @@ import (
 // compilation and memory cost nothing, with a smaller install instruction
 // limit (so a spinning hook ends soon), and then what tweaks change.
 func newFeelessFixture(t *testing.T, isolation string, tweaks ...func(*Config)) *fixture {
-	cfg := DefaultConfig()
-	cfg.Home = t.TempDir()
-	cfg.Isolation = isolation
+	cfg := testConfig(t, isolation)
 	cfg.UpdateInstructions = 4_000_000_000
 	cfg.InstallInstructions = 3_000_000_000
 	cfg.Fees.UpdateExecution, cfg.Fees.PerInstruction = 0, 0
@@ -26,10 +24,7 @@ func newFeelessFixture(t *testing.T, isolation string, tweaks ...func(*Config)) 
 	for _, tweak := range tweaks {
 		tweak(&cfg)
 	}
-	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
-	f.open()
-	t.Cleanup(func() { f.node.Close() })
-	return f
+	return openFixture(t, cfg)
 }
 
 // withCustomSection appends a custom section to a module.

@@ -36,10 +36,7 @@ func keptBytes(h *Handler) int {
 // whatever its message says.
 func TestRefusedStatusesHoldNoClientBytes(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	h := New(node, key, testNodeKey(t, home), nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()

@@ -78,10 +78,7 @@ func TestCanisterSignature(t *testing.T) {
 	if _, err := node.Install(ctx, signer, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: principal.Anonymous()}); err != nil {
 		t.Fatal(err)
 	}
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 

@@ -70,10 +70,7 @@ func hostileCanisterSigRequest(t testing.TB) []byte {
 // before refusing it.
 func TestCanisterSigCertificateItemsCounted(t *testing.T) {
 	home := t.TempDir()
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	body := hostileCanisterSigRequest(t)
 	if countItems(body, maxItems) != nil {
 		t.Fatal("the envelope itself should be within its bounds: the certificate is one blob of it")

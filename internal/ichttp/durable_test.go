@@ -29,10 +29,7 @@ import (
 // while kept runs nothing.
 func TestDurableStatusLifecycle(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	handlerAt := func(clock time.Time) *Handler {
 		h := New(nil, key, testNodeKey(t, home), quiet)
@@ -160,10 +157,7 @@ func TestManagementReplayAfterReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := LoadOrCreateRootKey(cfg.Home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, cfg.Home)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc, err := host.ManagementInterface()
 	if err != nil {
@@ -264,10 +258,7 @@ func TestManagementReplayAfterReopen(t *testing.T) {
 // answered before the restart as it is certified after it.
 func TestHostileRejectMessageSurvivesARestart(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	now := time.Now()
 	hostile := "Error from Canister: \xff\xfe trapped \xc3( mid-rune \xe2\x82 and \x1b[31m"

@@ -33,6 +33,13 @@ func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
 	if err != nil {
 		t.Fatalf("counter module: %v", err)
 	}
+	return installedNode(t, wasm, principal.Anonymous())
+}
+
+// openNode opens a node of the default configuration on a new home, closed
+// when the test ends; it returns the node and its home.
+func openNode(t *testing.T) (*host.Node, string) {
+	t.Helper()
 	cfg := host.DefaultConfig()
 	cfg.Home = t.TempDir()
 	n, err := host.Open(cfg, nil)
@@ -40,15 +47,23 @@ func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	return n, cfg.Home
+}
+
+// installedNode is openNode with wasm installed (no arguments) in a new
+// canister ctrl controls; it returns the node, the canister and the home.
+func installedNode(t *testing.T, wasm []byte, ctrl principal.Principal) (*host.Node, principal.Principal, string) {
+	t.Helper()
+	n, home := openNode(t)
 	ctx := context.Background()
-	id, err := n.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{principal.Anonymous()}})
+	id, err := n.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{ctrl}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Install(ctx, id, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: principal.Anonymous()}); err != nil {
+	if _, err := n.Install(ctx, id, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: ctrl}); err != nil {
 		t.Fatal(err)
 	}
-	return n, id, cfg.Home
+	return n, id, home
 }
 
 // counterServer is counterNode served by a Handler (the home's root key,
@@ -56,10 +71,7 @@ func counterNode(t *testing.T) (*host.Node, principal.Principal, string) {
 func counterServer(t *testing.T) (h *Handler, srv *httptest.Server, id principal.Principal) {
 	t.Helper()
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	h = New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv = httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -104,10 +116,7 @@ func content(typ string, sender, canister principal.Principal, method string, no
 // sandbox: signed and anonymous requests work, forged ones change nothing.
 func TestHandlerCounter(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	base := srv.URL + "/api/v2/canister/" + id.String()
@@ -248,10 +257,7 @@ func (g *gated) Update(ctx context.Context, msg host.Message) (*host.Reply, erro
 // and its status is recorded for read_state.
 func TestCallOutlivesClient(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	g := &gated{Node: node, entered: make(chan struct{}, 1), release: make(chan struct{})}
 	h := New(g, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c := content("call", principal.Anonymous(), id, "inc", time.Now(), 1)
@@ -416,6 +422,16 @@ func TestUnreadableManagementTargetRefused(t *testing.T) {
 	if code, b := post(t, srv.URL+"/api/v2/canister/"+other.String()+"/call", envelope(t, ct, nil)); code != http.StatusAccepted {
 		t.Fatalf("provisional_create_canister_with_cycles: %d %q", code, b)
 	}
+}
+
+// testRootKey is the root key of the node at home.
+func testRootKey(t *testing.T, home string) *RootKey {
+	t.Helper()
+	k, err := LoadOrCreateRootKey(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func testNodeKey(t *testing.T, home string) *NodeKey {

@@ -60,10 +60,7 @@ func (n failingNode) Metadata(context.Context, principal.Principal, string) (eng
 // under it.
 func TestInternalErrorsReachOnlyTheLog(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	_, perr := os.Open(filepath.Join(home, "store", "no-such-page"))
 	if perr == nil {
 		t.Fatal("opened a file that does not exist")

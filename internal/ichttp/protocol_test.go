@@ -42,26 +42,9 @@ type icServer struct {
 
 func newICServer(t *testing.T, wasm []byte, ctrl principal.Principal) *icServer {
 	t.Helper()
-	cfg := host.DefaultConfig()
-	cfg.Home = t.TempDir()
-	n, err := host.Open(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ctx := context.Background()
-	id, err := n.Create(ctx, host.CreateOptions{Controllers: []principal.Principal{ctrl}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Install(ctx, id, host.InstallOptions{Mode: host.ModeInstall, Wasm: wasm, Arg: noArgs, Caller: ctrl}); err != nil {
-		t.Fatal(err)
-	}
-	key, err := LoadOrCreateRootKey(cfg.Home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := New(n, key, testNodeKey(t, cfg.Home), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	n, id, home := installedNode(t, wasm, ctrl)
+	key := testRootKey(t, home)
+	h := New(n, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return &icServer{node: n, key: key, h: h, url: srv.URL, id: id}
@@ -165,13 +148,7 @@ func TestMetadataRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := host.DefaultConfig()
-	cfg.Home = t.TempDir()
-	n, err := host.Open(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n, _ := openNode(t)
 	ctx := context.Background()
 	many := wasm
 	for i := range 17 {
@@ -247,10 +224,7 @@ func TestSubnetReadState(t *testing.T) {
 // call's status, verified under the root key without a delegation.
 func TestV4Call(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), nil))
 	defer srv.Close()
 	me := newIdentity(t)
@@ -305,10 +279,7 @@ func delegated(t *testing.T, content map[string]any, root, session identity, tar
 // targets is 403 even for its sender.
 func TestDelegationTargets(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -393,10 +364,7 @@ func TestDelegationTargets(t *testing.T) {
 // encoding of principal.Management() is too.
 func TestManagementCanisterEnvelope(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	h := New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv := httptest.NewServer(h)
 	defer srv.Close()

@@ -80,10 +80,7 @@ func verifyCert(t *testing.T, rootKeyDER, certBytes []byte) *Tree {
 // call) in certificates a client verifies; only its sender may read it.
 func TestReadStateAndSyncCall(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	base := srv.URL + "/api/v2/canister/" + id.String()
@@ -257,10 +254,7 @@ func TestReadStateAndSyncCall(t *testing.T) {
 // what they repeat; these now do too (hexLabel, pathText).
 func TestReadStateRefusalDoesNotEchoLabels(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), nil))
 	defer srv.Close()
 	big := make([]byte, 1<<20)

@@ -43,10 +43,7 @@ func fill(t *testing.T, h *Handler, first, n int, exp uint64, senders ...princip
 // done statuses, oldest first.
 func TestStatusTableNotLockedByOneSender(t *testing.T) {
 	node, id, home := counterNode(t)
-	key, err := LoadOrCreateRootKey(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testRootKey(t, home)
 	srv := httptest.NewServer(New(node, key, testNodeKey(t, home), slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	h := srv.Config.Handler.(*Handler)
