@@ -114,14 +114,6 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 	if rej := n.refuseWrites(); rej != nil {
 		return nil, rej // storefail.go
 	}
-	if !msg.Canister.IsManagement() {
-		// An update may write canister data: not once the disk margin
-		// is gone (diskmargin.go). Management calls go on: deleting a
-		// canister makes room, an install is checked on its own.
-		if rej := n.refuseNoRoom(0); rej != nil {
-			return nil, rej
-		}
-	}
 	if msg.Canister.IsManagement() {
 		if msg.Method == "fetch_canister_logs" {
 			return nil, errLogsReplicated // canlog.go
@@ -130,6 +122,12 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 			return nil, rej
 		}
 		return n.managementIngress(ctx, msg, false)
+	}
+	// An update may write canister data: not once the disk margin is gone
+	// (diskmargin.go). Management calls go on: deleting a canister makes
+	// room, an install is checked on its own.
+	if rej := n.refuseNoRoom(0); rej != nil {
+		return nil, rej
 	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
