@@ -198,6 +198,33 @@ func TestDoctorCommand(t *testing.T) {
 	}
 }
 
+// doctor reports the home's free space against the disk margin serve's
+// store keeps, below it as a warning (serve still starts), not an error.
+func TestDoctorReportsDiskMargin(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "home") // not made yet: its parent's file system
+	out := must(t, cordon(t, home, "--isolation", "inprocess", "--set", "limits.disk_margin=1MiB", "doctor"))
+	if !strings.Contains(out, "disk margin 1.0M (limits.disk_margin): ok") {
+		t.Fatalf("doctor with a 1 MiB margin:\n%s", out)
+	}
+	out = must(t, cordon(t, home, "--isolation", "inprocess", "--set", "limits.disk_margin=1000000TiB", "doctor"))
+	if !strings.Contains(out, "BELOW the disk margin") {
+		t.Fatalf("doctor with a margin larger than any disk:\n%s", out)
+	}
+	var rep struct {
+		Disk struct {
+			Free   uint64 `json:"free_bytes"`
+			Margin uint64 `json:"margin_bytes"`
+			Below  bool   `json:"below_margin"`
+		} `json:"disk"`
+	}
+	if err := json.Unmarshal([]byte(must(t, cordon(t, home, "--isolation", "inprocess", "--set", "limits.disk_margin=1000000TiB", "doctor", "--output", "json"))), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Disk.Below || rep.Disk.Margin != 1000000<<40 || rep.Disk.Free == 0 {
+		t.Fatalf("doctor json: %+v", rep.Disk)
+	}
+}
+
 // doctor starts a real sandbox as serve would, runs a test canister in it
 // and reports each layer as the host checked it, exiting 0; with a
 // configuration no sandbox starts in (a memory limit below what any

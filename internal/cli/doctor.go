@@ -67,7 +67,10 @@ hard memory limit on all sandboxes together, sandbox.node_memory_bytes; the
 cgroup layer is available only where both can be made), rlimits, dropped capabilities,
 no_new_privs, Landlock and the seccomp allowlist. It also says whether the
 kernel can report the pages a message wrote (PAGEMAP_SCAN, Linux 6.7), which
-keeps a message's cost independent of the heap size, how a new sandbox joins
+keeps a message's cost independent of the heap size, how much the home's
+file system has free against the disk margin (limits.disk_margin: below it
+updates and installs that write canister data are refused; reported, not an
+error), how a new sandbox joins
 its cgroup (an attach that waits for an RCU grace period unless the kernel
 expedites them: part of a cold spawn's latency), and which executable
 sandboxes run: sandbox.binary if set (it must be cmd/cordon-sandbox of this
@@ -137,6 +140,13 @@ layer applies and no sandbox is started (doctor says so).`,
 			tracking, trackingOK := "PAGEMAP_SCAN: the kernel reports written pages; cost follows dirty pages", true
 			if err := engine.ProbeWrittenPages(); err != nil {
 				tracking, trackingOK = fmt.Sprintf("unavailable (%v): every execution compares the whole heap", err), false
+			}
+			// The free space serve's store would keep (limits.disk_margin):
+			// reported, not a reason to refuse (serve warns too).
+			var disk host.DiskRoom
+			diskErr := cfgErr
+			if cfgErr == nil {
+				disk, diskErr = host.CheckDiskRoom(serveNodeConfig(cfg))
 			}
 			// What sandboxes execute (sandbox.binary, else the default).
 			var exe sandbox.Executable
@@ -211,6 +221,13 @@ layer applies and no sandbox is started (doctor says so).`,
 					} `json:"cgroup_entry"`
 					Executable executable `json:"sandbox_executable"`
 					Live       liveCheck  `json:"live_sandbox"`
+					Disk       struct {
+						FreeBytes   uint64 `json:"free_bytes"`
+						TotalBytes  uint64 `json:"total_bytes"`
+						MarginBytes uint64 `json:"margin_bytes"` // limits.disk_margin as the store keeps it
+						Below       bool   `json:"below_margin"`
+						Error       string `json:"error,omitempty"`
+					} `json:"disk"`
 				}{Kernel: r.Kernel, Rootless: r.Rootless, Strict: strict, Refused: refused, DirtyTracking: layer{"dirty page tracking", trackingOK, tracking},
 					Executable: executable{exe.Path, exe.Worker, exe.Sealed, exe.Build, exe.Note, ""}}
 				out.CgroupEntry.Expedited, out.CgroupEntry.Detail = r.CgroupEntry.Expedited, r.CgroupEntry.Detail
@@ -219,6 +236,10 @@ layer applies and no sandbox is started (doctor says so).`,
 				}
 				if out.Refused == nil {
 					out.Refused = []string{}
+				}
+				out.Disk.FreeBytes, out.Disk.TotalBytes, out.Disk.MarginBytes, out.Disk.Below = disk.Free, disk.Total, disk.Margin, disk.Below()
+				if diskErr != nil {
+					out.Disk.Error = diskErr.Error()
 				}
 				if exeErr != nil {
 					out.Executable.Error = exeErr.Error()
@@ -275,6 +296,7 @@ layer applies and no sandbox is started (doctor says so).`,
 				}
 				fmt.Fprintf(g.stdout, "dirty page tracking: %s\n", tracking)
 				fmt.Fprintf(g.stdout, "cgroup entry: %s\n", r.CgroupEntry.Detail)
+				fmt.Fprintf(g.stdout, "disk: %s\n", diskLine(disk, diskErr))
 				if exeErr != nil {
 					fmt.Fprintf(g.stdout, "sandbox executable: REFUSED: %v\n", exeErr)
 				} else {
@@ -306,6 +328,22 @@ layer applies and no sandbox is started (doctor says so).`,
 	g.bindDefault(f, "sandbox.strict", "true")
 	g.bind(f, "sandbox.allow_missing")
 	return cmd
+}
+
+// diskLine says how much the home's file system has free against the
+// disk margin.
+func diskLine(d host.DiskRoom, err error) string {
+	if err != nil {
+		return fmt.Sprintf("free space unknown (%v): no disk margin is kept", err)
+	}
+	line := fmt.Sprintf("%s free of %s on the home's file system", humanBytes(d.Free), humanBytes(d.Total))
+	switch {
+	case d.Margin == 0:
+		return line + ", no disk margin kept"
+	case d.Below():
+		return line + fmt.Sprintf(": BELOW the disk margin of %s (limits.disk_margin): updates and installs that write canister data are refused until there is room", humanBytes(d.Margin))
+	}
+	return line + fmt.Sprintf(", disk margin %s (limits.disk_margin): ok", humanBytes(d.Margin))
 }
 
 // printLive prints the live sandbox check: one line saying whether it

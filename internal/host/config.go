@@ -32,6 +32,15 @@ type Config struct {
 	// MemoryCapacity bounds the heap and stable memory of all canisters
 	// together (capacity.go); 0: half of the machine's memory.
 	MemoryCapacity uint64
+	// DiskMargin is the free space kept on the file system of the store
+	// (Home): a commit that writes canister data (memory pages, a module,
+	// Wasm chunks) and would leave less is refused with SYS_TRANSIENT,
+	// and so are updates and installs once less is left (diskmargin.go);
+	// 0: store.DefaultDiskMargin of the file system's size.
+	DiskMargin uint64
+	// NoDiskMargin keeps no margin: only a full file system (ENOSPC)
+	// refuses a commit. For tests of that last line of defence.
+	NoDiskMargin bool
 	// ExecutionMemory bounds the memory pages executions in flight hand
 	// the host (their outputs until committed, composite queries' working
 	// state) all together (execmem.go); 0: a quarter of the machine's

@@ -210,6 +210,12 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	if rej := n.refuseWrites(); rej != nil {
 		return nil, rej // storefail.go
 	}
+	// Before anything is decoded, compiled or written: the module at
+	// least (as sent; a chunked one's size is not known yet) must leave
+	// the disk margin free. Its commit is checked again with its state.
+	if rej := n.refuseNoRoom(uint64(len(src.raw))); rej != nil {
+		return nil, rej // diskmargin.go
+	}
 	if err := n.CheckIsolation(opts.Isolation); err != nil {
 		return nil, err
 	}

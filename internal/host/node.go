@@ -66,6 +66,7 @@ type Node struct {
 	closeOnce   sync.Once
 	closeErr    error // the result of the one close, which every Close returns
 
+	noRoom       noRoomLog     // refusals by the disk margin, for the log (diskmargin.go)
 	ingressBytes atomic.Uint64 // argument bytes of the ingress queued on the node (ingressq.go)
 	mgmtCalls    mgmtCalls     // management ingress calls in progress (mgmtq.go)
 	mgmtQueue    mgmtQueues    // canisters' calls to aaaaa-aa, in order (mgmtorder.go)
@@ -173,6 +174,7 @@ func Open(cfg Config, logger *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	setDiskMargin(st, cfg, logger) // diskmargin.go
 	cert, err := openCertifier(cfg)
 	if err != nil {
 		st.Close()

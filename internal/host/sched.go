@@ -123,6 +123,12 @@ func (n *Node) Update(ctx context.Context, msg Message) (_ *Reply, err error) {
 		}
 		return n.managementIngress(ctx, msg, false)
 	}
+	// An update may write canister data: not once the disk margin is gone
+	// (diskmargin.go). Management calls go on: deleting a canister makes
+	// room, an install is checked on its own.
+	if rej := n.refuseNoRoom(0); rej != nil {
+		return nil, rej
+	}
 	c, err := n.get(ctx, msg.Canister)
 	if err != nil {
 		return nil, err

@@ -23,8 +23,9 @@ var (
 	// ErrOutcomeUnknown: the call whose commit failed the store; its
 	// changes may or may not be durable. Wraps ErrWritesStopped too.
 	ErrOutcomeUnknown = errors.New("the outcome of this call is unknown")
-	// ErrStorageFull: the store's file system is full; nothing of the
-	// call was applied, and the node goes on (the store is intact).
+	// ErrStorageFull: the store's file system is full, or nearly
+	// (ErrDiskNearlyFull, diskmargin.go); nothing of the call was
+	// applied, and the node goes on (the store is intact).
 	ErrStorageFull = errors.New("the node's storage is full")
 )
 
@@ -63,7 +64,8 @@ func (n *Node) commit(changes ...store.Change) error {
 
 // storageReject is the reject of a call whose write to the store failed
 // for the store's sake (it failed, or its file system is full), the
-// detail logged under an error id; nil for any other error.
+// detail logged under an error id, or that the disk margin refused
+// (diskmargin.go); nil for any other error.
 func (n *Node) storageReject(err error) *Reject {
 	switch {
 	case err == nil:
@@ -76,6 +78,8 @@ func (n *Node) storageReject(err error) *Reject {
 			Message: ErrWritesStopped.Error() + ", and " + ErrOutcomeUnknown.Error() + ": its changes may or may not have been stored. Once the node has been restarted, check the canister's state before calling again (error " + id + " in the node's log)"}
 	case errors.Is(err, store.ErrFailed):
 		return writesStoppedReject()
+	case errors.Is(err, store.ErrNoRoom):
+		return n.noRoomReject(err) // diskmargin.go
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		id := ErrorID()
 		n.log.Error("storage full: a commit found no room; nothing of it was applied", "error_id", id, "error", err)
@@ -95,8 +99,10 @@ func (n *Node) storageReject(err error) *Reject {
 // WritesStopped: a server stops, and its next start reads what the disk
 // holds): a storage failure, logged as such under an error id. One the
 // stopped store refused is a warning (the failure was said once). A full
-// file system applied nothing, and the node goes on. The error returned
-// wraps ErrWritesStopped, ErrStorageFull or err, after what.
+// file system applied nothing, and the node goes on; so did a write the
+// disk margin refused (the node's own writes bring no canister data, so
+// the margin refuses none of them today). The error returned wraps
+// ErrWritesStopped, ErrStorageFull or err, after what.
 func (n *Node) backgroundWrite(err error, what string, attrs ...any) error {
 	switch {
 	case err == nil:
@@ -109,6 +115,9 @@ func (n *Node) backgroundWrite(err error, what string, attrs ...any) error {
 	case errors.Is(err, store.ErrFailed):
 		n.log.Warn(what+": not stored: "+ErrWritesStopped.Error(), attrs...)
 		return fmt.Errorf("%s: %w", what, ErrWritesStopped)
+	case errors.Is(err, store.ErrNoRoom):
+		n.log.Warn(what+": not stored: "+ErrDiskNearlyFull.Error(), append(attrs, "error", err)...)
+		return fmt.Errorf("%s: %w", what, errors.Join(ErrDiskNearlyFull, ErrStorageFull))
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		id := ErrorID()
 		n.log.Error("storage full: "+what+" found no room; nothing of it was applied", append(attrs, "error_id", id, "error", err)...)

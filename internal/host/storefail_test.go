@@ -20,6 +20,9 @@ func storeFailCfg(home string) Config {
 	cfg.Home = home
 	cfg.Isolation = "inprocess"
 	cfg.Fees.GiBStoragePerSecond = 0
+	// These tests are of what a failed or full store does, the last
+	// line of defence behind the disk margin (diskmargin_test.go).
+	cfg.NoDiskMargin = true
 	return cfg
 }
 

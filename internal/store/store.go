@@ -168,6 +168,7 @@ type Store struct {
 	wmu      sync.Mutex
 	failed   error
 	failedCh chan struct{}
+	room     *room // the disk margin (room.go)
 }
 
 // DefaultHome returns $CORDON_HOME, else ~/.local/share/cordon.
@@ -243,7 +244,7 @@ func Open(dir string, timeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize store %s: %w", path, err)
 	}
-	s := &Store{db: db, failedCh: make(chan struct{})}
+	s := &Store{db: db, failedCh: make(chan struct{}), room: newRoom(dir)}
 	s.startCommitter()
 	return s, nil
 }
@@ -379,8 +380,20 @@ func (c *Change) nodeOnly() bool {
 //
 // A large replaced memory is written ahead in bounded transactions and
 // moved into place by the commit (stage.go).
+//
+// Changes that write canister data are refused before anything is
+// written, with ErrNoRoom, when they would leave less free space than the
+// disk margin on the store's file system (room.go, SetDiskMargin).
 func (s *Store) Commit(changes ...Change) error {
 	start := time.Now()
+	if need := roomNeeded(changes); need > 0 {
+		if err := s.room.check(need, true); err != nil {
+			err = fmt.Errorf("commit: %w", err)
+			s.observeCommit(start, changes, err)
+			return err
+		}
+		defer s.room.end(need)
+	}
 	submitted, staged, err := s.stage(changes)
 	if err == nil {
 		if err = s.submit(submitted); err != nil {
