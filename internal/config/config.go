@@ -156,7 +156,7 @@ var Settings = []*Setting{
 		func(c *Config) *time.Duration { return &c.Host.QueryWalltime }),
 	size("limits.memory_capacity", "", "heap and stable memory, Wasm chunk stores and installed modules of all canisters together (bytes; 0: half of this machine's memory); beyond it memory.grow returns -1 and installs are refused",
 		func(c *Config) *uint64 { return &c.Host.MemoryCapacity }),
-	size("limits.disk_margin", "", "free space kept on the file system of the home (bytes; 0: 5% of the file system, at least 1 GiB, at most a quarter of it); an update, install or chunk upload whose canister data would leave less is refused with SYS_TRANSIENT, and so are updates and installs once less is left; queries, deletions and the node's own records go on",
+	size("limits.disk_margin", "", "free space kept on the file system of the home (bytes; 0: 1% of the file system, at least 1 GiB, at most a quarter of it); an update, install or chunk upload whose canister data would leave less is refused with SYS_TRANSIENT, and so are updates and installs once less is left; queries, deletions and the node's own records go on",
 		func(c *Config) *uint64 { return &c.Host.DiskMargin }),
 	size("limits.execution_memory", "", "memory pages executions in flight hand the host, all together: outputs until their commit, composite queries' working state (bytes; 0: a quarter of this machine's memory); a message waits for room, a query that finds none fails with SYS_TRANSIENT",
 		func(c *Config) *uint64 { return &c.Host.ExecutionMemory }),

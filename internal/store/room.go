@@ -109,10 +109,10 @@ func DiskSpace(dir string) (free, total uint64, err error) {
 	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
 }
 
-// The default disk margin: a twentieth of the file system, at least
+// The default disk margin: a hundredth of the file system, at least
 // 1 GiB, but never more than a quarter of it (RATIONALE.md).
 const (
-	defaultMarginShare = 20
+	defaultMarginShare = 100
 	minDefaultMargin   = 1 << 30
 	maxMarginShare     = 4
 )

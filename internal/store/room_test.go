@@ -138,12 +138,13 @@ func TestDiskMarginLogic(t *testing.T) {
 func TestDefaultDiskMargin(t *testing.T) {
 	const gib = 1 << 30
 	for _, c := range []struct{ total, want uint64 }{
-		{64 << 20, 16 << 20},   // tiny: a quarter
-		{2 * gib, gib / 2},     // small: a quarter, not 1 GiB
-		{8 * gib, gib},         // 1 GiB
-		{20 * gib, gib},        // 5% is 1 GiB
-		{1000 * gib, 50 * gib}, // 5%
-		{0, 0},                 // unknown
+		{64 << 20, 16 << 20},         // tiny: a quarter
+		{2 * gib, gib / 2},           // small: a quarter, not 1 GiB
+		{8 * gib, gib},               // 1 GiB
+		{20 * gib, gib},              // 1% is less than 1 GiB
+		{252 * gib, 252 * gib / 100}, // 1%
+		{1000 * gib, 10 * gib},       // 1%
+		{0, 0},                       // unknown
 	} {
 		if got := DefaultDiskMargin(c.total); got != c.want {
 			t.Errorf("DefaultDiskMargin(%d) = %d, want %d", c.total, got, c.want)
