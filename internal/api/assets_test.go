@@ -240,38 +240,15 @@ const responseVerificationVersion = "3.0.3"
 // accepts what the asset canister answers on cordon, v1 and v2, under the
 // root key cordon publishes, and refuses a changed body, another root key
 // and another canister id. Skipped only when node/npm are missing or the
-// registry cannot be reached.
+// registry cannot be reached, and never where CORDON_REQUIRE_NODE=1
+// (npm_test.go).
 func TestAssetCanisterResponseVerification(t *testing.T) {
-	if testing.Short() {
-		t.Skip("installs @dfinity/response-verification from npm")
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("npm is not installed")
-	}
+	node, npm := nodeTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "package.json"), []byte(`{"private":true,"type":"module"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := npmInstall(ctx, t, npm, "@dfinity/response-verification@"+responseVerificationVersion)
 	if err := os.WriteFile(filepath.Join(dir, "verify.mjs"), []byte(verifyScript), 0o644); err != nil {
 		t.Fatal(err)
-	}
-	install := exec.CommandContext(ctx, npm, "install", "--no-audit", "--no-fund", "--silent",
-		"@dfinity/response-verification@"+responseVerificationVersion)
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		s := string(out)
-		if strings.Contains(s, "ENOTFOUND") || strings.Contains(s, "EAI_AGAIN") || strings.Contains(s, "ECONNREFUSED") ||
-			strings.Contains(s, "ETIMEDOUT") || strings.Contains(s, "ENETUNREACH") || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			t.Skipf("npm cannot reach the registry: %v\n%s", err, s)
-		}
-		t.Fatalf("npm install: %v\n%s", err, s)
 	}
 
 	a := newAssetSite(t)

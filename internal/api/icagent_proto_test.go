@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -42,38 +41,15 @@ console.log(JSON.stringify({ k1Inc: k1Inc.toString(), k1Get: k1Get.toString(), k
 
 // @dfinity/agent with a secp256k1 identity, the management canister and
 // metadata against cordon serve. Skipped only when node/npm are missing or
-// the registry cannot be reached.
+// the registry cannot be reached, and never where CORDON_REQUIRE_NODE=1
+// (npm_test.go).
 func TestDfinityAgentProtocol(t *testing.T) {
-	if testing.Short() {
-		t.Skip("installs @dfinity/agent from npm")
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("npm is not installed")
-	}
+	node, npm := nodeTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "package.json"), []byte(`{"private":true,"type":"module"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := npmInstall(ctx, t, npm, "@dfinity/agent@"+agentVersion, "@dfinity/identity-secp256k1@"+agentVersion, "@dfinity/candid@"+agentVersion, "@dfinity/principal@"+agentVersion)
 	if err := os.WriteFile(filepath.Join(dir, "agent.mjs"), []byte(agentProtoScript), 0o644); err != nil {
 		t.Fatal(err)
-	}
-	install := exec.CommandContext(ctx, npm, "install", "--no-audit", "--no-fund", "--silent",
-		"@dfinity/agent@"+agentVersion, "@dfinity/identity-secp256k1@"+agentVersion, "@dfinity/candid@"+agentVersion, "@dfinity/principal@"+agentVersion)
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		s := string(out)
-		if strings.Contains(s, "ENOTFOUND") || strings.Contains(s, "EAI_AGAIN") || strings.Contains(s, "ECONNREFUSED") ||
-			strings.Contains(s, "ETIMEDOUT") || strings.Contains(s, "ENETUNREACH") || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			t.Skipf("npm cannot reach the registry: %v\n%s", err, s)
-		}
-		t.Fatalf("npm install: %v\n%s", err, s)
 	}
 	s := serve(t)
 	inst, err := s.client.Install(ctx, InstallRequest{Wasm: counterWasm(t), Arg: noArgs})
