@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/wasmbin"
 )
 
 // Hostile bodies for liveLocalsLimits: each is one function (i32) -> ()
@@ -195,6 +197,40 @@ func TestLiveLocalsCorpusWithin(t *testing.T) {
 		}
 		if _, _, err := Validate(b, DefaultModuleLimits()); err != nil {
 			t.Errorf("%s: %v", filepath.Base(f), err)
+		}
+	}
+}
+
+// A compile bomb within every other bound: 400,000 values pushed onto the
+// operand stack, then added up (2,000,001 instructions, 3.6 MB, no control
+// instruction, no local). Cranelift's optimizer made 16.8 M values of it
+// and panicked (an index out of bounds in its elaboration), which aborts
+// the process that compiles it: in process, the node. Validation refuses
+// it by its instructions, before anything compiles; a body at the bound
+// is valid, one more instruction is not, and the corpus's largest body is
+// far below.
+func TestFuncInstructionsBounded(t *testing.T) {
+	lim := DefaultModuleLimits()
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// stackSpanBody(v, 0) is 5v+1 instructions with the function's end.
+	refusedBeforeCompile(t, e, liveLocalsModule(1, 0, stackSpanBody(400_000, 0)), lim,
+		"function 0 has 2000001 instructions, the limit per function is 1000000")
+	_, _, err = Validate(liveLocalsModule(1, 0, stackSpanBody(200_000, 0)), lim)
+	refusedFor(t, "a body of 1,000,001 instructions", err, "function 0 has 1000001 instructions")
+	if _, _, err := Validate(liveLocalsModule(1, 0, append(stackSpanBody(199_999, 0), 0x01, 0x01, 0x01, 0x01)), lim); err != nil {
+		t.Fatalf("a body of 1,000,000 instructions: %v", err)
+	}
+	for name, b := range corpusModules(t) {
+		m, err := wasmbin.Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		most, _, err := wasmbin.FuncInstructions(b, m)
+		if err != nil || most > maxFuncInstructions/20 {
+			t.Errorf("%s: largest body %d instructions (%v), want at most %d", name, most, err, maxFuncInstructions/20)
 		}
 	}
 }

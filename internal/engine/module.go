@@ -72,6 +72,18 @@ const (
 	DefaultMaxControl     = 500_000
 )
 
+// maxFuncInstructions bounds the instructions of one function body (its
+// final end counted; wasmbin.FuncInstructions), as the IC bounds a
+// function's size. Cranelift's optimizer makes several values of each
+// instruction and numbers a function's values in 24 bits where it packs
+// them: one body of 400,000 values pushed and then added up (2 M
+// instructions, 3.6 MB, no control instruction and no local: within
+// every other bound) made it panic with 16.8 M values, which aborts the
+// process that compiles (in process, the node). Half of that is 20 times
+// the corpus's largest body (48,507, dfx's ui canister); a body of 200,000
+// such values (1 M instructions) compiles in some 20 s here.
+const maxFuncInstructions = 1_000_000
+
 // maxFuncLoopLocals and maxLoopLocals bound the weight of a function's
 // loops and of all of a module's (wasmbin.LoopLocals: the sum over loops
 // of the square of the distinct locals each touches), which Cranelift's
@@ -335,6 +347,15 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	if control > uint64(lim.MaxControl) {
 		return nil, info, invalid("module has %d control instructions (%s), the limit is %d", control, controlKinds, lim.MaxControl)
+	}
+	// And the instructions of one body, which Cranelift's value numbers
+	// must hold.
+	biggest, at, err := wasmbin.FuncInstructions(wasm, m)
+	if err != nil {
+		return nil, info, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	if biggest > maxFuncInstructions {
+		return nil, info, invalid("function %d has %d instructions, the limit per function is %d", at, biggest, maxFuncInstructions)
 	}
 	// Loops over many locals, bounded before anything compiles as well.
 	heaviest, at, loopLocals, err := wasmbin.LoopLocals(wasm, m, maxFuncLoopLocals, maxLoopLocals)

@@ -502,6 +502,41 @@ func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, tot
 	return most, mostFunc, total, err
 }
 
+// FuncInstructions decodes m's function bodies (b is the module m was
+// decoded from) and returns the most instructions one body has (its final
+// end counted) and the index of that function (imports counted, as in
+// calls). Cranelift numbers a function's values in 24 bits where it packs
+// them, and its optimizer makes several values of an instruction: a body
+// of some 2 M instructions (400,000 values pushed, then added up: 3.6 MB,
+// no control instruction, no local) made it exceed that and panic, which
+// aborts the process that compiles it. Callers bound it.
+func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err error) {
+	err = forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
+		if _, _, err := d.localDecls(); err != nil {
+			return err
+		}
+		var n uint64
+		for {
+			_, done, err := d.next()
+			if err != nil {
+				return err
+			}
+			n++
+			if done {
+				if d.r.pos != end {
+					return d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
+				}
+				break
+			}
+		}
+		if n > most {
+			most, mostFunc = n, m.NumImportedFuncs+uint32(i)
+		}
+		return nil
+	})
+	return most, mostFunc, err
+}
+
 // The weights of instructions in ControlInstructions beside the control
 // instructions' 1, measured as compile time against a body of branches:
 // 5,000 call_indirect compiled in 1.5 s and 5,000 table.get in 0.7 s where
