@@ -503,13 +503,16 @@ func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, tot
 }
 
 // FuncInstructions decodes m's function bodies (b is the module m was
-// decoded from) and returns the most instructions one body has (its final
-// end counted) and the index of that function (imports counted, as in
-// calls). Cranelift numbers a function's values in 24 bits where it packs
-// them, and its optimizer makes several values of an instruction: a body
-// of some 2 M instructions (400,000 values pushed, then added up: 3.6 MB,
-// no control instruction, no local) made it exceed that and panic, which
-// aborts the process that compiles it. Callers bound it.
+// decoded from) and returns the weight of the heaviest (InstructionWeight
+// summed over its instructions, its final end counted) and the index of
+// that function (imports counted, as in calls). Cranelift numbers a
+// function's values in 24 bits where it packs them, and its translation
+// and optimizer make several values of each instruction, dozens of a
+// memory access (its address, bounds check and the optimizer's rewrites
+// of them): a body of some 2 M instructions (400,000 values pushed, then
+// added up: 3.6 MB, no control instruction, no local) or of 333,000 64-bit
+// memory loads added up (1 M instructions) made it exceed that and panic,
+// which aborts the process that compiles it. Callers bound it.
 func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err error) {
 	err = forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
 		if _, _, err := d.localDecls(); err != nil {
@@ -517,11 +520,11 @@ func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err er
 		}
 		var n uint64
 		for {
-			_, done, err := d.next()
+			in, done, err := d.next()
 			if err != nil {
 				return err
 			}
-			n++
+			n += instructionWeight(b, in)
 			if done {
 				if d.r.pos != end {
 					return d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
@@ -535,6 +538,27 @@ func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err er
 		return nil
 	})
 	return most, mostFunc, err
+}
+
+// MemoryAccessWeight is what a load or store (SIMD's too) weighs in
+// FuncInstructions, every other instruction 1: 333,000 64-bit loads each
+// added to a sum made Cranelift 16.8 M values, some 50 a load, where
+// 400,000 values pushed and added up (5 instructions each) made as many.
+const MemoryAccessWeight = 10
+
+// instructionWeight is what in weighs in FuncInstructions (b: the module).
+func instructionWeight(b []byte, in instr) uint64 {
+	op := b[in.pos]
+	switch {
+	case op >= 0x28 && op <= 0x3e: // loads and stores
+		return MemoryAccessWeight
+	case op == 0xfd:
+		sub, err := (&reader{b: b, pos: in.pos + 1, end: in.end, section: "code"}).u32("0xfd sub-opcode")
+		if err == nil && (sub <= 11 || (sub >= 84 && sub <= 93)) { // v128 loads and stores, lanes, load_zero
+			return MemoryAccessWeight
+		}
+	}
+	return 1
 }
 
 // The weights of instructions in ControlInstructions beside the control
