@@ -30,8 +30,9 @@ type ModuleLimits struct {
 	// MaxFuncControl bounds the control instructions of one function body
 	// and MaxControl those of all bodies together (loop, if, else, end,
 	// br, br_if, br_table, return, unreachable, bulk memory and table
-	// operations; call_indirect counts 4, table.get, table.set and
+	// operations, call; call_indirect counts 4, table.get, table.set and
 	// memory.grow 2, a br_table 1 more per 4 targets: wasmbin.ControlInstructions). Each makes blocks in the compiled code
+	// (a call costs as much without)
 	// (metering updates the counter after the first ones and checks the
 	// length of bulk operations), and Cranelift's compile time grows with
 	// the square of a body's blocks: one body of 120,000 blocks with a
@@ -124,7 +125,7 @@ var liveLocalsLimits = wasmbin.LiveLocalsLimits{
 }
 
 // controlKinds says what a refusal for control instructions counts.
-var controlKinds = fmt.Sprintf("loop, if, else, end, br, br_if, br_table, return, unreachable, bulk memory and table operations; call_indirect counts %d, table.get and table.set %d, br_table 1 more per %d targets",
+var controlKinds = fmt.Sprintf("loop, if, else, end, br, br_if, br_table, return, unreachable, bulk memory and table operations, call; call_indirect counts %d, table.get and table.set %d, br_table 1 more per %d targets",
 	wasmbin.CallIndirectWeight, wasmbin.TableAccessWeight, wasmbin.BrTableTargetsPerWeight)
 
 // ErrInvalidModule wraps every reason a module is refused.
