@@ -153,7 +153,7 @@ func corpusModules(t *testing.T) map[string][]byte {
 // Every corpus module is valid under the default limits, its largest body
 // at most a fifth of the function's bound and its control instructions at
 // most 1/3.5 of the module's (RATIONALE: dfx's ui canister has the most in
-// a body, 3,000 or so with its calls; the asset canister in all, 88,025).
+// a body, 3,171 with its calls; the asset canister in all, 88,025).
 func TestControlBoundsCorpusMargin(t *testing.T) {
 	lim := DefaultModuleLimits()
 	for name, b := range corpusModules(t) {
