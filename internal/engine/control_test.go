@@ -152,8 +152,8 @@ func corpusModules(t *testing.T) map[string][]byte {
 
 // Every corpus module is valid under the default limits, its largest body
 // at most a fifth of the function's bound and its control instructions at
-// most 1/3.5 of the module's (RATIONALE: dfx's ui canister has the most of
-// both, 2,662 in a body and 70,150 in all).
+// most 1/3.5 of the module's (RATIONALE: dfx's ui canister has the most in
+// a body, 3,171 with its calls; the asset canister in all, 88,025).
 func TestControlBoundsCorpusMargin(t *testing.T) {
 	lim := DefaultModuleLimits()
 	for name, b := range corpusModules(t) {
@@ -202,5 +202,53 @@ func BenchmarkCompileControl(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// hostCallsModule is a module of funcs functions (i32) -> () that each
+// call ic0.msg_arg_data_size calls times, adding the results up, plus an
+// exported update method: calls + 1 control instructions a body (the
+// calls and its end), function 0 being the import.
+func hostCallsModule(funcs, calls int) []byte {
+	body := []byte{0, 0x41, 0} // no locals; i32.const 0
+	for range calls {
+		body = append(body, 0x10, 0, 0x6a) // call 0; i32.add
+	}
+	body = append(body, 0x1a, 0x0b)
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{3, 0x60, 0, 1, 0x7f, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...)
+	imp := append([]byte{1, 3, 'i', 'c', '0', byte(len("msg_arg_data_size"))}, "msg_arg_data_size"...)
+	m = append(m, section(2, append(imp, 0, 0))...)
+	fs := appendLEB(nil, uint64(funcs+1))
+	for range funcs {
+		fs = append(fs, 1)
+	}
+	m = append(m, section(3, append(fs, 2))...)
+	m = append(m, updateExport(uint64(funcs+1))...)
+	code := appendLEB(nil, uint64(funcs+1))
+	for range funcs {
+		code = append(appendLEB(code, uint64(len(body))), body...)
+	}
+	return append(m, section(10, append(code, 2, 0, 0x0b))...)
+}
+
+// Calls had no bound: a call is no block, but Cranelift spends on it about
+// what it spends on a branch (62,500 calls of an ic0 function in a body,
+// 187 KB, compiled in 7 s; 125,000 in 14 s), so a module of a few MB of
+// calls, within every bound, compiled for minutes (past the compiler
+// sandbox's 3 minutes; in process, the node's CPU). A call now counts as
+// a control instruction: such a body is refused before it compiles, and
+// so is a module of bodies each within the function's bound beyond the
+// module's; a body at the bound is valid.
+func TestControlBoundCountsCalls(t *testing.T) {
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := DefaultModuleLimits()
+	refusedBeforeCompile(t, e, hostCallsModule(1, 62_500), lim, "function 1 has 62501 control instructions")
+	refusedBeforeCompile(t, e, hostCallsModule(26, 19_999), lim, "module has 520001 control instructions")
+	if _, _, err := Validate(hostCallsModule(1, 19_999), lim); err != nil {
+		t.Fatalf("a body of 19,999 calls: %v", err)
 	}
 }

@@ -10,7 +10,10 @@ import (
 
 // The IC's bounds on the code section, a body's instructions and the
 // exported methods' names: a module at each compiles, one beyond is
-// refused before it compiles, saying which bound.
+// refused before it compiles, saying which bound. A body's instructions
+// are also bounded by cordon's own, stricter weight (maxFuncInstructions,
+// a Cranelift crash): the body that fits is at that bound, and one past
+// the IC's is refused naming the IC's.
 func TestICModuleBounds(t *testing.T) {
 	e, err := New(DefaultConfig())
 	if err != nil {
@@ -24,7 +27,7 @@ func TestICModuleBounds(t *testing.T) {
 	}{
 		{"code section", nopCodeModule(MaxCodeSectionBytes), nopCodeModule(MaxCodeSectionBytes + 1),
 			fmt.Sprintf("code section is %d bytes, the limit is %d", MaxCodeSectionBytes+1, MaxCodeSectionBytes)},
-		{"instructions of a body", voidFuncsModule(1, nopBody(MaxFuncInstructions)), voidFuncsModule(1, nopBody(MaxFuncInstructions+1)),
+		{"instructions of a body", voidFuncsModule(1, nopBody(maxFuncInstructions)), voidFuncsModule(1, nopBody(MaxFuncInstructions+1)),
 			fmt.Sprintf("function 0 has %d instructions, the limit per function is %d", MaxFuncInstructions+1, MaxFuncInstructions)},
 		{"methods' names", methodsModule(strings.Repeat("a", 10_000), strings.Repeat("b", 10_000)),
 			methodsModule(strings.Repeat("a", 10_000), strings.Repeat("b", 10_001)),
@@ -40,7 +43,7 @@ func TestICModuleBounds(t *testing.T) {
 }
 
 // The builders make what they say: a code section of the size asked, its
-// bodies within the IC's instructions per function.
+// bodies within the IC's instructions per function and cordon's weight.
 func TestNopCodeModuleSizes(t *testing.T) {
 	for _, size := range []int{2 << 20, 3_000_009, MaxCodeSectionBytes, MaxCodeSectionBytes + 1, 5_020_000} {
 		b := nopCodeModule(size)
@@ -55,8 +58,8 @@ func TestNopCodeModuleSizes(t *testing.T) {
 			}
 		}
 		c, err := wasmbin.CountBodies(b, m)
-		if err != nil || got != size || c.MostInstructions > MaxFuncInstructions {
-			t.Fatalf("asked %d: code section of %d, %d instructions in a body (%v)", size, got, c.MostInstructions, err)
+		if err != nil || got != size || c.MostInstructions > MaxFuncInstructions || c.MostWeight > maxFuncInstructions {
+			t.Fatalf("asked %d: code section of %d, %d instructions in a body weighing %d (%v)", size, got, c.MostInstructions, c.MostWeight, err)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cordon-dev/cordon/internal/wasmbin"
 )
 
 // Hostile bodies for liveLocalsLimits: each is one function (i32) -> ()
@@ -195,6 +197,70 @@ func TestLiveLocalsCorpusWithin(t *testing.T) {
 		}
 		if _, _, err := Validate(b, DefaultModuleLimits()); err != nil {
 			t.Errorf("%s: %v", filepath.Base(f), err)
+		}
+	}
+}
+
+// memory64LoadsBody is a body of a function (i64) -> () that loads v
+// values from memory 0 at the parameter plus offsets and adds them up as
+// it goes: 3 instructions a load.
+func memory64LoadsBody(v int) []byte {
+	b := []byte{0} // no locals
+	for j := 1; j <= v; j++ {
+		b = appendLEB(append(b, 0x20, 0, 0x29, 0x03), uint64(8*(j%4096))) // local.get 0; i64.load offset
+		if j > 1 {
+			b = append(b, 0x7c) // i64.add
+		}
+	}
+	return append(b, 0x1a, 0x0b)
+}
+
+// memory64Module is a module of one function (i64) -> () of body, a
+// 64-bit memory and an exported update method.
+func memory64Module(body []byte) []byte {
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, section(1, []byte{2, 0x60, 1, 0x7e, 0, 0x60, 0, 0})...)
+	m = append(m, section(3, []byte{2, 0, 1})...)
+	m = append(m, section(5, []byte{1, 0x04, 1})...)
+	m = append(m, updateExport(1)...)
+	code := append(appendLEB([]byte{2}, uint64(len(body))), body...)
+	return append(m, section(10, append(code, 2, 0, 0x0b))...)
+}
+
+// Compile bombs within every other bound: 400,000 values pushed onto the
+// operand stack, then added up (2,000,001 instructions, 3.6 MB, no
+// control instruction, no local), and 333,000 64-bit loads added up
+// (999,001 instructions, 4 M weighed). Cranelift made some 16.8 M values
+// of each and panicked (an index out of bounds in its elaboration), which
+// aborts the process that compiles: in process, the node. Validation
+// refuses them before anything compiles, the first by the IC's bound on a
+// body's instructions (1 M), the second, within it, by its weight; a
+// body at the bound is valid, one more instruction is not, and the
+// corpus's heaviest body is well below.
+func TestFuncInstructionsBounded(t *testing.T) {
+	lim := DefaultModuleLimits()
+	e, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// stackSpanBody(v, 0) is 5v+1 instructions with the function's end.
+	refusedBeforeCompile(t, e, liveLocalsModule(1, 0, stackSpanBody(400_000, 0)), lim,
+		"function 0 has 2000001 instructions, the limit per function is 1000000")
+	refusedBeforeCompile(t, e, memory64Module(memory64LoadsBody(333_000)), lim,
+		"function 0 has instructions of weight 3996001")
+	_, _, err = Validate(liveLocalsModule(1, 0, stackSpanBody(100_000, 0)), lim)
+	refusedFor(t, "a body of weight 500,001", err, "function 0 has instructions of weight 500001")
+	if _, _, err := Validate(liveLocalsModule(1, 0, append(stackSpanBody(99_999, 0), 0x01, 0x01, 0x01, 0x01)), lim); err != nil {
+		t.Fatalf("a body of weight 500,000: %v", err)
+	}
+	for name, b := range corpusModules(t) {
+		m, err := wasmbin.Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		most, _, err := wasmbin.FuncInstructions(b, m)
+		if err != nil || most > maxFuncInstructions/3 {
+			t.Errorf("%s: heaviest body weighs %d (%v), want at most %d", name, most, err, maxFuncInstructions/3)
 		}
 	}
 }

@@ -30,8 +30,9 @@ type ModuleLimits struct {
 	// MaxFuncControl bounds the control instructions of one function body
 	// and MaxControl those of all bodies together (loop, if, else, end,
 	// br, br_if, br_table, return, unreachable, bulk memory and table
-	// operations; call_indirect counts 4, table.get, table.set and
+	// operations, call; call_indirect counts 4, table.get, table.set and
 	// memory.grow 2, a br_table 1 more per 4 targets: wasmbin.ControlInstructions). Each makes blocks in the compiled code
+	// (a call costs as much without)
 	// (metering updates the counter after the first ones and checks the
 	// length of bulk operations), and Cranelift's compile time grows with
 	// the square of a body's blocks: one body of 120,000 blocks with a
@@ -72,6 +73,21 @@ const (
 	DefaultMaxControl     = 500_000
 )
 
+// maxFuncInstructions bounds the weight of one function body: its
+// instructions, a memory access weighing wasmbin.MemoryAccessWeight
+// (wasmbin.FuncInstructions). Cranelift's translation and optimizer make
+// several values of each instruction, dozens of a memory access, and
+// number a function's values in 24 bits where they pack them: beyond, it
+// panics, which aborts the process that compiles (in process, the node).
+// Within every other bound, 400,000 values pushed and then added up (2 M
+// instructions, 3.6 MB) made it panic with 16.8 M values, and so did
+// 333,000 64-bit loads added up (1 M instructions, 4 M weighed); 250,000
+// values pushed and added (1.25 M) did not. 500,000 keeps 2.5 times below
+// the first and 8 times below the second; it is 3.4 times the corpus's
+// heaviest body (146,697, 48,507 instructions: dfx's ui canister). (The
+// IC bounds a function's instructions at 1 M, unweighted.)
+const maxFuncInstructions = 500_000
+
 // maxFuncLoopLocals and maxLoopLocals bound the weight of a function's
 // loops and of all of a module's (wasmbin.LoopLocals: the sum over loops
 // of the square of the distinct locals each touches), which Cranelift's
@@ -109,7 +125,7 @@ var liveLocalsLimits = wasmbin.LiveLocalsLimits{
 }
 
 // controlKinds says what a refusal for control instructions counts.
-var controlKinds = fmt.Sprintf("loop, if, else, end, br, br_if, br_table, return, unreachable, bulk memory and table operations; call_indirect counts %d, table.get and table.set %d, br_table 1 more per %d targets",
+var controlKinds = fmt.Sprintf("loop, if, else, end, br, br_if, br_table, return, unreachable, bulk memory and table operations, call; call_indirect counts %d, table.get and table.set %d, br_table 1 more per %d targets",
 	wasmbin.CallIndirectWeight, wasmbin.TableAccessWeight, wasmbin.BrTableTargetsPerWeight)
 
 // ErrInvalidModule wraps every reason a module is refused.
@@ -366,6 +382,11 @@ func Validate(wasm []byte, lim ModuleLimits) (*wasmbin.Module, Info, error) {
 	}
 	if control > uint64(lim.MaxControl) {
 		return nil, info, invalid("module has %d control instructions (%s), the limit is %d", control, controlKinds, lim.MaxControl)
+	}
+	// And the weight of one body's instructions, which Cranelift's value
+	// numbers must hold (wasmbin.FuncInstructions).
+	if counts.MostWeight > maxFuncInstructions {
+		return nil, info, invalid("function %d has instructions of weight %d (a load or store weighs %d, others 1), the limit per function is %d", counts.MostWeightFunc, counts.MostWeight, wasmbin.MemoryAccessWeight, maxFuncInstructions)
 	}
 	// Loops over many locals, bounded before anything compiles as well.
 	heaviest, at, loopLocals, err := wasmbin.LoopLocals(wasm, m, maxFuncLoopLocals, maxLoopLocals)

@@ -88,8 +88,8 @@ func nopBody(n int) []byte {
 // size bytes (at least 2 MB): bodies of nops, each within the IC's
 // instructions per function, the first exported as an update method.
 func nopCodeModule(size int) []byte {
-	const full = 1_000_000 // a full body's bytes: 999,999 instructions
-	n := size/(full+3) + 1 // bodies; every size below takes a 3-byte length
+	const full = maxFuncInstructions // a full body's bytes: one instruction fewer, within every bound
+	n := size/(full+3) + 1           // bodies; every size below takes a 3-byte length
 	sizes := make([]int, n)
 	rest := size - len(appendLEB(nil, uint64(n)))
 	for i := range n - 1 {

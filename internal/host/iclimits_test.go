@@ -11,6 +11,10 @@ import (
 	"github.com/cordon-dev/cordon/pkg/principal"
 )
 
+// funcWeightBound is the engine's bound on a body's weight
+// (maxFuncInstructions), stricter than the IC's on its instructions.
+const funcWeightBound = 500_000
+
 // nopBodyCode is a function body of n instructions (no locals, n-1 nops,
 // its end), with its length in front, as the code section holds it.
 func nopBodyCode(n int) []byte {
@@ -26,8 +30,8 @@ func nopBodyCode(n int) []byte {
 // bytes (at least 2 MB): functions () -> () of nops, each of at most
 // 999,999 instructions, the first exported as an update method.
 func nopCodeWasm(size int) []byte {
-	const full = 1_000_000 // a full body's bytes: 999,999 instructions
-	n := size/(full+3) + 1 // bodies; every body below takes a 3-byte length
+	const full = funcWeightBound // a full body's bytes: one instruction fewer, within every bound
+	n := size/(full+3) + 1       // bodies; every body below takes a 3-byte length
 	sizes := make([]int, n)
 	rest := size - len(appendLEB(nil, uint64(n)))
 	for i := range n - 1 {
@@ -96,7 +100,9 @@ func TestInstallJustOverICModuleBoundsRefused(t *testing.T) {
 	}{
 		{"code section", nopCodeWasm(engine.MaxCodeSectionBytes + 1), nopCodeWasm(engine.MaxCodeSectionBytes),
 			fmt.Sprintf("code section is %d bytes, the limit is %d (the IC's MAX_CODE_SECTION_SIZE_IN_BYTES)", engine.MaxCodeSectionBytes+1, engine.MaxCodeSectionBytes)},
-		{"instructions of a body", nopFuncWasm(engine.MaxFuncInstructions + 1), nopFuncWasm(engine.MaxFuncInstructions),
+		// The body that fits is at cordon's own, stricter bound (its
+		// weight: a nop weighs 1).
+		{"instructions of a body", nopFuncWasm(engine.MaxFuncInstructions + 1), nopFuncWasm(funcWeightBound),
 			fmt.Sprintf("function 0 has %d instructions, the limit per function is %d (the IC's WASM_FUNCTION_SIZE_LIMIT)", engine.MaxFuncInstructions+1, engine.MaxFuncInstructions)},
 		{"methods' names", methodsWasm(a, b+"b"), methodsWasm(a, b),
 			fmt.Sprintf("total %d bytes, the limit is %d (the IC's max_sum_exported_function_name_lengths)", engine.MaxMethodNameBytes+1, engine.MaxMethodNameBytes)},

@@ -249,3 +249,40 @@ func TestInstallMergeBombRefused(t *testing.T) {
 		{"100 ifs rewriting 500 locals", mergeBombWasm(100), []string{"too many values merge"}},
 	}, "4 such ifs", mergeBombWasm(4))
 }
+
+// stackBombWasm is one function (i32) -> () that pushes values onto the
+// operand stack, the parameter plus j for j = 1 to v, then adds them up,
+// plus an exported update method: 5v+1 instructions, no control
+// instruction, no local.
+func stackBombWasm(v int) []byte {
+	m := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	m = append(m, wasmSection(1, []byte{2, 0x60, 1, 0x7f, 0, 0x60, 0, 0})...) // (i32) -> (), () -> ()
+	m = append(m, wasmSection(3, []byte{2, 0, 1})...)
+	m = append(m, wasmSection(7, updateExport(1))...)
+	body := []byte{0} // no locals
+	for j := 1; j <= v; j++ {
+		// local.get 0; i64.extend_i32_u; i64.const j; i64.add
+		body = append(append(append(body, 0x20, 0, 0xad, 0x42), sleb(int64(j))...), 0x7c)
+	}
+	for j := 2; j <= v; j++ {
+		body = append(body, 0x7c) // i64.add
+	}
+	body = append(body, 0x1a, 0x0b) // drop; end
+	code := append(appendLEB([]byte{2}, uint64(len(body))), body...)
+	code = append(code, 2, 0, 0x0b)
+	return append(m, wasmSection(10, code)...)
+}
+
+// A body of 2 M instructions, within every other bound, made Cranelift
+// panic, which aborted the process compiling it: in process, the node
+// (this test's binary), in a sandbox the compiler. Validation refuses it
+// before it compiles (by the IC's bound on a body's instructions; the
+// engine's tests cover a crashing body within it, refused by its weight),
+// in the compiler sandbox too; the canister then installs a module of such
+// a body within the bounds.
+func TestInstallInstructionBombRefused(t *testing.T) {
+	t.Parallel()
+	checkRefusedThenInstalls(t, []refusal{
+		{"400,000 values pushed and added", stackBombWasm(400_000), []string{"function 0 has 2000001 instructions", "the limit"}},
+	}, "1,000 such values", stackBombWasm(1000))
+}

@@ -468,8 +468,9 @@ func DeclaredLocals(b []byte, m *Module) (uint64, error) {
 // initialization: weight TableAccessWeight), call_indirect (those and
 // the signature check: weight CallIndirectWeight), memory.grow (metering
 // checks a failed grow's cause: two ifs, weight 2) and br_table's targets
-// (an edge, so a block, each: 1 more per BrTableTargetsPerWeight). It
-// returns the count of
+// (an edge, so a block, each: 1 more per BrTableTargetsPerWeight). And
+// call (weight CallWeight): no block, but it costs Cranelift as much as a
+// branch does. It returns the count of
 // the body with the most, the index of that function (imports counted, as
 // in calls), and the sum over all bodies. Cranelift's compile time grows
 // with the square of a body's blocks, whatever its bytes, so callers bound
@@ -493,18 +494,23 @@ type BodyCounts struct {
 	// MostInstructionsFunc.
 	MostInstructions     uint64
 	MostInstructionsFunc uint32
+	// MostWeight is the heaviest body's weight (FuncInstructions), in
+	// function MostWeightFunc.
+	MostWeight     uint64
+	MostWeightFunc uint32
 }
 
 // CountBodies decodes m's function bodies (b is the module m was decoded
 // from), in one pass, counting their control instructions as
-// ControlInstructions does and all their instructions.
+// ControlInstructions does, all their instructions, and their weight as
+// FuncInstructions does.
 func CountBodies(b []byte, m *Module) (BodyCounts, error) {
 	var c BodyCounts
 	err := forEachBody(b, m, func(i int, d *bodyDecoder, _, end int) error {
 		if _, _, err := d.localDecls(); err != nil {
 			return err
 		}
-		var n, all uint64
+		var n, all, weight uint64
 		for {
 			in, done, err := d.next()
 			if err != nil {
@@ -512,6 +518,7 @@ func CountBodies(b []byte, m *Module) (BodyCounts, error) {
 			}
 			n += controlWeight(b, in)
 			all++
+			weight += instructionWeight(b, in)
 			if done {
 				if d.r.pos != end {
 					return d.r.fail(d.r.pos, ErrMalformed, "function body %d: %d bytes after the final end", i, end-d.r.pos)
@@ -525,10 +532,50 @@ func CountBodies(b []byte, m *Module) (BodyCounts, error) {
 		if all > c.MostInstructions {
 			c.MostInstructions, c.MostInstructionsFunc = all, m.NumImportedFuncs+uint32(i)
 		}
+		if weight > c.MostWeight {
+			c.MostWeight, c.MostWeightFunc = weight, m.NumImportedFuncs+uint32(i)
+		}
 		c.Control += n
 		return nil
 	})
 	return c, err
+}
+
+// FuncInstructions decodes m's function bodies (b is the module m was
+// decoded from) and returns the weight of the heaviest (InstructionWeight
+// summed over its instructions, its final end counted) and the index of
+// that function (imports counted, as in calls). Cranelift numbers a
+// function's values in 24 bits where it packs them, and its translation
+// and optimizer make several values of each instruction, dozens of a
+// memory access (its address, bounds check and the optimizer's rewrites
+// of them): a body of some 2 M instructions (400,000 values pushed, then
+// added up: 3.6 MB, no control instruction, no local) or of 333,000 64-bit
+// memory loads added up (1 M instructions) made it exceed that and panic,
+// which aborts the process that compiles it. Callers bound it.
+func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err error) {
+	c, err := CountBodies(b, m)
+	return c.MostWeight, c.MostWeightFunc, err
+}
+
+// MemoryAccessWeight is what a load or store (SIMD's too) weighs in
+// FuncInstructions, every other instruction 1: 333,000 64-bit loads each
+// added to a sum made Cranelift 16.8 M values, some 50 a load, where
+// 400,000 values pushed and added up (5 instructions each) made as many.
+const MemoryAccessWeight = 10
+
+// instructionWeight is what in weighs in FuncInstructions (b: the module).
+func instructionWeight(b []byte, in instr) uint64 {
+	op := b[in.pos]
+	switch {
+	case op >= 0x28 && op <= 0x3e: // loads and stores
+		return MemoryAccessWeight
+	case op == 0xfd:
+		sub, err := (&reader{b: b, pos: in.pos + 1, end: in.end, section: "code"}).u32("0xfd sub-opcode")
+		if err == nil && (sub <= 11 || (sub >= 84 && sub <= 93)) { // v128 loads and stores, lanes, load_zero
+			return MemoryAccessWeight
+		}
+	}
+	return 1
 }
 
 // The weights of instructions in ControlInstructions beside the control
@@ -543,6 +590,13 @@ const (
 	// of its own: one br_table of 1,000,000 targets (1 MB) compiled in
 	// 39 s, of 100,000 in 2 s, as long as 20,000 br_if take.
 	BrTableTargetsPerWeight = 4
+	// CallWeight: a call (of an import or a defined function) is no
+	// block, but its arguments' and results' moves and the registers it
+	// clobbers cost Cranelift about what a branch costs, and calls have
+	// no bound of their own: 62,500 calls of an ic0 function in a body
+	// (187 KB) compiled in 7 s, 125,000 in 14 s, so 1.5 MB of them would
+	// take a minute, 6 MB more than the compiler sandbox's 3 minutes.
+	CallWeight = 1
 )
 
 // controlWeight is what in counts in ControlInstructions (b: the module).
@@ -555,6 +609,8 @@ func controlWeight(b []byte, in instr) uint64 {
 		return 1
 	case in.kind == kGrow: // the metering pass adds two ifs after it
 		return 2
+	case b[in.pos] == 0x10: // call
+		return CallWeight
 	case b[in.pos] == 0x11: // call_indirect
 		return CallIndirectWeight
 	case b[in.pos] == 0x25 || b[in.pos] == 0x26: // table.get, table.set

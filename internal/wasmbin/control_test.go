@@ -3,7 +3,7 @@ package wasmbin
 import "testing"
 
 // ControlInstructions counts, per body, the instructions after which
-// metering starts a run: not block, call or nop.
+// metering starts a run, and calls (CallWeight): not block or nop.
 func TestControlInstructions(t *testing.T) {
 	b := wat(t, `(module
   (import "m" "f" (func $imp))
@@ -26,9 +26,9 @@ func TestControlInstructions(t *testing.T) {
 		t.Fatal(err)
 	}
 	// $b: br_if end, loop end, if else end, br_table end, br end,
-	// if unreachable end, return end; $a: its end.
-	if most != 16 || at != 2 || total != 17 {
-		t.Fatalf("most %d (function %d), total %d; want 16 (function 2), 17", most, at, total)
+	// if unreachable end, return end, and its two calls; $a: its end.
+	if most != 18 || at != 2 || total != 19 {
+		t.Fatalf("most %d (function %d), total %d; want 18 (function 2), 19", most, at, total)
 	}
 }
 
@@ -40,7 +40,9 @@ func TestCountBodiesInstructions(t *testing.T) {
   (import "m" "f" (func))
   (func nop nop)
   (func (param i32) (drop (i32.add (local.get 0) (i32.const 1))) (if (local.get 0) (then nop)))
-  (func))`)
+  (func)
+  (memory 1)
+  (func (drop (i32.load (i32.const 0)))))`)
 	m, err := Decode(b)
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +53,9 @@ func TestCountBodiesInstructions(t *testing.T) {
 	}
 	// Function 2: local.get, i32.const, i32.add, drop, local.get, if,
 	// nop, end, end. Its control instructions: the if and the two ends.
-	want := BodyCounts{MostControl: 3, MostControlFunc: 2, Control: 5, MostInstructions: 9, MostInstructionsFunc: 2}
+	// Function 4 is the heaviest: i32.const, i32.load (10), drop, end.
+	want := BodyCounts{MostControl: 3, MostControlFunc: 2, Control: 6, MostInstructions: 9, MostInstructionsFunc: 2,
+		MostWeight: 13, MostWeightFunc: 4}
 	if c != want {
 		t.Fatalf("%+v, want %+v", c, want)
 	}

@@ -31,6 +31,7 @@
 //	func (c Config) DecodeBodies(b []byte) error
 //	func ControlInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, total uint64, err error)
 //	func CountBodies(b []byte, m *Module) (BodyCounts, error)
+//	func FuncInstructions(b []byte, m *Module) (most uint64, mostFunc uint32, err error)
 //
 // Decode decodes only structure (function bodies are decoded, instruction
 // by instruction, by DecodeBodies, ControlInstructions, CountBodies and
