@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -284,22 +285,15 @@ func (e *env) spawn() error {
 	if err != nil {
 		return err
 	}
-	var coldQ []float64
-	for i := -1; i < e.runs(5, 15); i++ { // i = -1: warm-up (compiles the module once)
-		deadline := time.Now().Add(10 * time.Second)
-		for len(nd.liveSandboxes()) > 0 {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the idle sandbox was not evicted")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t0 := time.Now()
-		if _, err := nd.query(ctx, id, "get", noArgs); err != nil {
-			return err
-		}
-		if i >= 0 {
-			coldQ = append(coldQ, time.Since(t0).Seconds())
-		}
+	// The untimed first run compiles the module once.
+	coldQ, err := afterPause(ctx, e.runs(5, 15), 0, func() error {
+		return waitUntil(10*time.Second, "the idle sandbox was not evicted", func() bool { return len(nd.liveSandboxes()) == 0 })
+	}, func() error {
+		_, err := nd.query(ctx, id, "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	e.rep.Add(&Figure{Section: sec, Name: figColdMsg, Samples: coldQ, Baseline: figBwrap})
 	nd.close()
@@ -364,22 +358,16 @@ func (e *env) spawn() error {
 	if err != nil {
 		return err
 	}
-	var warm []float64
-	for i := -1; i < e.runs(5, 15); i++ {
-		deadline := time.Now().Add(10 * time.Second)
-		for len(nd3.liveSandboxes()) > 0 || nd3.blankSandboxes() == 0 {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the idle sandbox was not evicted, or no blank sandbox is ready")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t0 := time.Now()
-		if _, err := nd3.query(ctx, id3, "get", noArgs); err != nil {
-			return err
-		}
-		if i >= 0 {
-			warm = append(warm, time.Since(t0).Seconds())
-		}
+	warm, err := afterPause(ctx, e.runs(5, 15), 0, func() error {
+		return waitUntil(10*time.Second, "the idle sandbox was not evicted, or no blank sandbox is ready", func() bool {
+			return len(nd3.liveSandboxes()) == 0 && nd3.blankSandboxes() > 0
+		})
+	}, func() error {
+		_, err := nd3.query(ctx, id3, "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	e.rep.Add(&Figure{Section: sec, Name: figWarmMsg, Samples: warm, Baseline: figPoolIdle})
 	nd3.close()
@@ -401,22 +389,16 @@ func (e *env) spawn() error {
 	if err != nil {
 		return err
 	}
-	var primed []float64
-	for i := -1; i < e.runs(5, 15); i++ {
-		deadline := time.Now().Add(10 * time.Second)
-		for len(nd4.liveSandboxes()) > 0 || nd4.sandboxesOf("primed") == 0 {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the idle sandbox was not evicted, or no primed sandbox is ready")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t0 := time.Now()
-		if _, err := nd4.query(ctx, id4, "get", noArgs); err != nil {
-			return err
-		}
-		if i >= 0 {
-			primed = append(primed, time.Since(t0).Seconds())
-		}
+	primed, err := afterPause(ctx, e.runs(5, 15), 0, func() error {
+		return waitUntil(10*time.Second, "the idle sandbox was not evicted, or no primed sandbox is ready", func() bool {
+			return len(nd4.liveSandboxes()) == 0 && nd4.sandboxesOf("primed") > 0
+		})
+	}, func() error {
+		_, err := nd4.query(ctx, id4, "get", noArgs)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	e.rep.Add(&Figure{Section: sec, Name: figPrimedMsg, Samples: primed, Baseline: figPoolIdle})
 	nd4.close()
@@ -440,14 +422,10 @@ func (e *env) spawn() error {
 	}
 	var primedPid int
 	primedLate, err := afterPause(ctx, e.runs(5, 15), lateSpell, func() error {
-		deadline := time.Now().Add(time.Minute)
-		for primedPid = nd5.pidOf("primed"); len(nd5.liveSandboxes()) > 0 || primedPid == 0; primedPid = nd5.pidOf("primed") {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the idle sandbox was not evicted, or no primed sandbox is ready")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return nil
+		return waitUntil(time.Minute, "the idle sandbox was not evicted, or no primed sandbox is ready", func() bool {
+			primedPid = nd5.pidOf("primed")
+			return len(nd5.liveSandboxes()) == 0 && primedPid != 0
+		})
 	}, func() error {
 		if _, err := nd5.query(ctx, id5, "get", noArgs); err != nil {
 			return err
@@ -477,6 +455,16 @@ func (e *env) spawn() error {
 // lateSpell is an idle spell past the sandboxes' idle trim.
 const lateSpell = 1200 * time.Millisecond
 
+// waitUntil polls cond until it holds, or fails with what after within.
+func waitUntil(within time.Duration, what string, cond func() bool) error {
+	for deadline := time.Now().Add(within); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return errors.New(what)
+		}
+	}
+	return nil
+}
+
 // afterPause times n runs of run (one untimed first), each after ready and
 // then pause.
 func afterPause(ctx context.Context, n int, pause time.Duration, ready, run func() error) ([]float64, error) {
@@ -485,10 +473,12 @@ func afterPause(ctx context.Context, n int, pause time.Duration, ready, run func
 		if err := ready(); err != nil {
 			return nil, err
 		}
-		select {
-		case <-time.After(pause):
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if pause > 0 {
+			select {
+			case <-time.After(pause):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 		t0 := time.Now()
 		if err := run(); err != nil {
