@@ -325,6 +325,17 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, EchoedName(m.method)))
 		return
 	}
+	if kind == sysapi.CtxUpdate {
+		// Below the disk margin an update's commit may be refused after
+		// it ran, uncharged (diskmargin.go): refused before it runs, as
+		// Update refuses ingress at the door, for calls from canisters
+		// and ingress queued before the disk filled. The caller's cycles
+		// go back with the reject.
+		if rej := n.refuseNoRoom(0); rej != nil {
+			refuse(rej)
+			return
+		}
+	}
 	var fee cycles.Amount
 	if m.ingress {
 		fee = cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte).MulSat(uint64(len(m.arg))))
@@ -561,7 +572,11 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		}
 	}
 	if err := n.commitExecution(c, out, fee, credit, flight, ingress); err != nil {
-		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
+		if !errors.Is(err, ErrDiskNearlyFull) {
+			// A refusal by the disk margin was logged, paced, as it was
+			// refused (noRoomReject): a canister decides how often.
+			n.log.Error("commit failed", "canister", c.id.String(), "err", err)
+		}
 		if !credit.IsZero() {
 			// The refund a response brought is the caller's all the same
 			// (what its record in flight holds: none without a refund).
@@ -957,6 +972,14 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		}
 	case "canister_heartbeat":
 		if !info.HasHeartbeat {
+			return false
+		}
+		if n.store.Room(0) != nil {
+			// Below the disk margin (diskmargin.go) its commit may be
+			// refused after it ran, uncharged, every interval: skipped,
+			// as an update is refused. Debug: the refusals are logged,
+			// paced, where commits are refused.
+			n.log.Debug("heartbeat skipped: the node's disk is nearly full", "canister", c.id.String())
 			return false
 		}
 	case "canister_on_low_wasm_memory":
