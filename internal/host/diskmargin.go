@@ -21,8 +21,9 @@ import (
 // (handleSystemTask). Both are
 // SYS_TRANSIENT rejects wrapping ErrDiskNearlyFull (and ErrStorageFull:
 // nothing applied, the node goes on): the canister's state is untouched,
-// nothing is charged, the cycles a call brought go back to its caller, as
-// when a commit finds the file system full. Queries, management calls
+// the cycles a call brought go back to its caller, as when a commit finds
+// the file system full. An execution refused at its commit is charged as
+// a trap (finish, install): the canister chooses how much it changes. Queries, management calls
 // (deleting a canister frees room) and the node's own writes go on.
 
 // ErrDiskNearlyFull: the call was refused because the free space on the

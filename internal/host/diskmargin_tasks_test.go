@@ -2,7 +2,10 @@ package host
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -112,5 +115,108 @@ func TestDiskMarginRefusesTasksAndCallsBeforeTheyRun(t *testing.T) {
 	f.node.process(c, &message{kind: kindRequest, caller: user, method: "dirty", origin: origin{ingress: answer}})
 	if r := <-answer; r.err != nil {
 		t.Errorf("a call with room: %v", r.err)
+	}
+}
+
+// bigDeltaWat's update "big" writes a byte to each of 2048 pages of its
+// heap (8 MiB, counted twice by the margin), spins 10 M instructions and
+// replies; "touched" says how many of those pages hold the byte.
+const bigDeltaWat = `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "performance_counter" (func $perf (param i32) (result i64)))
+  (memory 130)
+  (func (export "canister_update big")
+    (local $i i32)
+    (loop $w
+      (i32.store8 (i32.mul (local.get $i) (i32.const 4096)) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $w (i32.lt_u (local.get $i) (i32.const 2048))))
+    (loop $l (br_if $l (i64.lt_u (call $perf (i32.const 0)) (i64.const 10000000))))
+    (call $reply))
+  (func (export "canister_query touched")
+    (local $i i32) (local $n i32)
+    (loop $r
+      (local.set $n (i32.add (local.get $n) (i32.load8_u (i32.mul (local.get $i) (i32.const 4096)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $r (i32.lt_u (local.get $i) (i32.const 2048))))
+    (i32.store (i32.const 0) (local.get $n))
+    (call $append (i32.const 0) (i32.const 4))
+    (call $reply))
+)`
+
+// Cycles, from the attacker's side: the disk margin refuses a commit by
+// the size of what the execution changed, which the canister chooses (up
+// to 2 GiB of each memory an update, 8 GiB an install). Refusals were not
+// charged, so on any node with less free than twice that above the
+// margin (most: the door before execution only refuses below it) a
+// canister ran every update, heartbeat and install at its whole
+// instruction limit for nothing, at will. Now a refused execution is
+// charged as a trap: its instructions and fees, its state discarded.
+func TestDiskMarginRefusalIsCharged(t *testing.T) {
+	t.Parallel()
+	mnt := durTmpfs(t, 64<<20)
+	const margin = 16 << 20
+	cfg := DefaultConfig()
+	cfg.Home = filepath.Join(mnt, "home")
+	cfg.Isolation = "inprocess"
+	cfg.Fees.GiBStoragePerSecond = 0
+	cfg.DiskMargin = margin
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+	ctx := context.Background()
+	id := f.install(mustWat(t, bigDeltaWat), nil)
+
+	// 4 MiB above the margin: the door lets the update run, and its
+	// commit (8 MiB of pages, counted 16) is refused.
+	removeFill := ballast(t, mnt, "fill", freeBytes(t, mnt)-margin-4<<20)
+	t.Cleanup(removeFill)
+	f.node.store.SetDiskMargin(margin) // measured again at the next commit, not up to 250 ms later
+	before := f.storedMeta(id)
+	_, err := f.node.Update(ctx, Message{Canister: id, Method: "big", Caller: user})
+	var rej *Reject
+	if !errors.As(err, &rej) || rej.Code != SysTransient || !errors.Is(err, ErrDiskNearlyFull) {
+		t.Fatalf("the update: %v, want it refused by the disk margin", err)
+	}
+	after := f.storedMeta(id)
+	if ran := after.Instructions - before.Instructions; ran < 10_000_000 || after.Messages != before.Messages+1 {
+		t.Errorf("the refused update was charged %d instructions in %d messages, want its 10 M or more in one", ran, after.Messages-before.Messages)
+	}
+	if want := f.node.executionFee(10_000_000); after.CyclesBurned.SaturatingSub(before.CyclesBurned).Cmp(want) < 0 {
+		t.Errorf("the refused update burned %s cycles, want at least %s", after.CyclesBurned.SaturatingSub(before.CyclesBurned), want)
+	}
+	if r, err := f.node.Query(ctx, Message{Canister: id, Method: "touched", Caller: user}); err != nil || binary.LittleEndian.Uint32(r.Data) != 0 {
+		t.Errorf("after the refusal the canister's heap holds %v pages written (%v), want none", r, err)
+	}
+
+	// An install whose canister_init writes as much: charged alike.
+	init := strings.Replace(strings.Replace(bigDeltaWat, `(func (export "canister_update big")`, `(func (export "canister_init")`, 1),
+		"(i64.const 10000000))))\n    (call $reply))", "(i64.const 10000000)))))", 1)
+	fresh, err := f.node.Create(ctx, CreateOptions{Controllers: []principal.Principal{user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = f.storedMeta(fresh)
+	_, err = f.node.Install(ctx, fresh, InstallOptions{Mode: ModeInstall, Wasm: mustWat(t, init), Caller: user})
+	if !errors.Is(err, ErrDiskNearlyFull) {
+		t.Fatalf("the install: %v, want it refused by the disk margin", err)
+	}
+	after = f.storedMeta(fresh)
+	if ran := after.Instructions - before.Instructions; ran < 10_000_000 || after.CyclesBurned.Cmp(before.CyclesBurned) <= 0 {
+		t.Errorf("the refused install was charged %d instructions, %s cycles burned before and %s after, want its 10 M or more", ran, before.CyclesBurned, after.CyclesBurned)
+	}
+	if after.ModuleHash != "" {
+		t.Errorf("the refused install left module %s", after.ModuleHash)
+	}
+
+	// With room it commits.
+	removeFill()
+	if _, err := f.node.Update(ctx, Message{Canister: id, Method: "big", Caller: user}); err != nil {
+		t.Fatalf("the update with room: %v", err)
+	}
+	if r, err := f.node.Query(ctx, Message{Canister: id, Method: "touched", Caller: user}); err != nil || binary.LittleEndian.Uint32(r.Data) != 2048 {
+		t.Errorf("after the commit: %v (%v), want 2048 pages written", r, err)
 	}
 }

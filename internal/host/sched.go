@@ -572,12 +572,23 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		}
 	}
 	if err := n.commitExecution(c, out, fee, credit, flight, ingress); err != nil {
-		if !errors.Is(err, ErrDiskNearlyFull) {
+		noRoom := errors.Is(err, ErrDiskNearlyFull)
+		if !noRoom {
 			// A refusal by the disk margin was logged, paced, as it was
 			// refused (noRoomReject): a canister decides how often.
 			n.log.Error("commit failed", "canister", c.id.String(), "err", err)
 		}
-		if !credit.IsZero() {
+		switch {
+		case noRoom:
+			// Charged as a trap, the refund credited with it: the
+			// margin refuses what the execution changed, and the
+			// canister chooses how much (up to gigabytes), so it could
+			// otherwise run every message for nothing on any node with
+			// less free than twice that above the margin (diskmargin.go).
+			if err := n.charge(c, out.Instructions, logsOf(out), fee, credit, left, nil); err != nil {
+				n.log.Error("charge of an execution the disk margin refused failed", "canister", c.id.String(), "err", err)
+			}
+		case !credit.IsZero():
 			// The refund a response brought is the caller's all the same
 			// (what its record in flight holds: none without a refund).
 			if err := n.charge(c, 0, nil, cycles.Amount{}, credit, left, nil); err != nil {
