@@ -220,3 +220,79 @@ func TestDiskMarginRefusalIsCharged(t *testing.T) {
 		t.Errorf("after the commit: %v (%v), want 2048 pages written", r, err)
 	}
 }
+
+// marginCleanupWat's update "go" calls its own "pong" with a reply callback
+// that writes a byte to each of 2048 pages (8 MiB) and a cleanup that
+// writes one byte, which the query "cleaned" reads.
+const marginCleanupWat = `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "canister_self_size" (func $self_size (result i32)))
+  (import "ic0" "canister_self_copy" (func $self_copy (param i32 i32 i32)))
+  (import "ic0" "call_new" (func $call_new (param i32 i32 i32 i32 i32 i32 i32 i32)))
+  (import "ic0" "call_on_cleanup" (func $on_cleanup (param i32 i32)))
+  (import "ic0" "call_perform" (func $perform (result i32)))
+  (memory 130)
+  (table 2 funcref)
+  (elem (i32.const 0) $on_reply $cleanup)
+  (data (i32.const 100) "pong")
+  (func $on_reply (param i32)
+    (local $i i32)
+    (loop $w
+      (i32.store8 (i32.add (i32.const 65536) (i32.mul (local.get $i) (i32.const 4096))) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $w (i32.lt_u (local.get $i) (i32.const 2048))))
+    (call $reply))
+  (func $cleanup (param i32)
+    (i32.store8 (i32.const 200) (i32.const 1)))
+  (func (export "canister_update go")
+    (call $self_copy (i32.const 0) (i32.const 0) (call $self_size))
+    (call $call_new (i32.const 0) (call $self_size) (i32.const 100) (i32.const 4)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+    (call $on_cleanup (i32.const 1) (i32.const 0))
+    (drop (call $perform)))
+  (func (export "canister_update pong") (call $reply))
+  (func (export "canister_query cleaned")
+    (call $append (i32.const 200) (i32.const 1))
+    (call $reply))
+)`
+
+// Integrity, from a neighbour's side: a canister that fills the disk to
+// just above the margin has the commit of another canister's callback
+// refused (its changes are larger than what is left). The callback's
+// changes were dropped and its context answered, but its cleanup did not
+// run: what the canister undoes there when a callback fails (a lock held
+// across the call) stayed as it was, for good. Now a refused callback
+// fails as a trap does, and its cleanup runs and commits.
+func TestDiskMarginRefusedCallbackRunsCleanup(t *testing.T) {
+	t.Parallel()
+	mnt := durTmpfs(t, 64<<20)
+	const margin = 16 << 20
+	cfg := DefaultConfig()
+	cfg.Home = filepath.Join(mnt, "home")
+	cfg.Isolation = "inprocess"
+	cfg.Fees.GiBStoragePerSecond = 0
+	cfg.DiskMargin = margin
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+	ctx := context.Background()
+	id := f.install(mustWat(t, marginCleanupWat), nil)
+
+	// 4 MiB above the margin: the call and "pong" commit, the callback's
+	// 8 MiB (counted 16) do not fit, the cleanup's page does.
+	t.Cleanup(ballast(t, mnt, "fill", freeBytes(t, mnt)-margin-4<<20))
+	f.node.store.SetDiskMargin(margin) // measured again at the next commit
+	before := f.storedMeta(id)
+	if _, err := f.node.Update(ctx, Message{Canister: id, Method: "go", Caller: user}); err == nil {
+		t.Fatal("the call whose callback's commit was refused replied")
+	}
+	f.quiesce()
+	if r, err := f.node.Query(ctx, Message{Canister: id, Method: "cleaned", Caller: user}); err != nil || len(r.Data) != 1 || r.Data[0] != 1 {
+		t.Fatalf("cleanup after the refused callback: %v (%v), want it run and committed", r, err)
+	}
+	if after := f.storedMeta(id); after.Instructions == before.Instructions {
+		t.Errorf("the refused callback and its cleanup were not charged")
+	}
+}

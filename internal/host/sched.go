@@ -419,7 +419,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		n.stopIfIdle(c)
 		return
 	}
-	n.finish(c, id, cc, out, fee, cycles.Amount{}, nil)
+	n.finish(c, id, cc, out, fee, cycles.Amount{}, nil, nil)
 }
 
 // execute runs one execution of c from its committed state. One that ends
@@ -534,8 +534,10 @@ func sandboxFault(err error) bool {
 // sends its calls, delivers its response, closes the context when done.
 // credit is a refund a response brought, left the records in flight its
 // commit removes with it (inflight.go). It reports whether the execution
-// was committed.
-func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount, left []store.CallCycles) bool {
+// was committed. If the disk margin refused the commit and refused is
+// set, finish calls it and does nothing more: the caller fails the
+// execution (a callback, whose cleanup runs then).
+func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount, left []store.CallCycles, refused func()) bool {
 	// A user's call is answered by this execution, or still open: its
 	// status commits with it (ingress.go).
 	var ingress []store.IngressRecord
@@ -579,6 +581,9 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 			n.log.Error("commit failed", "canister", c.id.String(), "err", err)
 		}
 		switch {
+		case noRoom && refused != nil:
+			refused()
+			return false
 		case noRoom:
 			// Charged as a trap, the refund credited with it: the
 			// margin refuses what the execution changed, and the
@@ -755,8 +760,15 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	in.Responded = cc.responded // a second answer traps (sysapi), as on the IC
 	out, err := n.execute(c, in, false)
 	if err == nil && !out.Trapped {
-		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
-		return
+		refused := false
+		if n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID), func() { refused = true }) || !refused {
+			return
+		}
+		// The disk margin refused its commit: it failed as a trap does,
+		// so its cleanup runs (and commits, if what it changes fits),
+		// as the canister relies on when a callback fails: a lock it
+		// holds across the call is released there.
+		out.Trapped, out.TrapMessage = true, ErrDiskNearlyFull.Error()
 	}
 	// What the failed callback is charged: what it ran, or its whole
 	// limit when its sandbox failed it; nothing when the host did.
@@ -1034,7 +1046,7 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.stopIfIdle(c)
 		return committed
 	}
-	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
+	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil, nil)
 }
 
 // testHookTaskStarts, set by tests before any node opens, is called as a
