@@ -296,3 +296,58 @@ func TestDiskMarginRefusedCallbackRunsCleanup(t *testing.T) {
 		t.Errorf("the refused callback and its cleanup were not charged")
 	}
 }
+
+// bigReplyWat's update "reply" replies 1.5 MiB of its heap, changing
+// nothing.
+const bigReplyWat = `
+(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (memory 30)
+  (func (export "canister_update reply")
+    (call $append (i32.const 0) (i32.const 1572864))
+    (call $reply))
+)`
+
+// Availability, from the attacker's side: an execution's reply is stored
+// with its request's status, in its commit. The disk margin counted only
+// memory pages, modules and chunks, so a commit of a reply was never
+// refused: callbacks answering many held ingress calls (up to the
+// node's 15 GiB of response memory, 2 MiB each) at once wrote past the
+// margin, to a full disk, whose last sync may fail and stop the node.
+// Now a reply stored with its status counts as the canister's data.
+func TestDiskMarginCountsStoredReplies(t *testing.T) {
+	t.Parallel()
+	mnt := durTmpfs(t, 64<<20)
+	const margin = 16 << 20
+	cfg := DefaultConfig()
+	cfg.Home = filepath.Join(mnt, "home")
+	cfg.Isolation = "inprocess"
+	cfg.Fees.GiBStoragePerSecond = 0
+	cfg.DiskMargin = margin
+	f := &fixture{t: t, home: cfg.Home, cfg: cfg}
+	f.open()
+	t.Cleanup(func() { f.node.Close() })
+	ctx := context.Background()
+	id := f.install(mustWat(t, bigReplyWat), nil)
+	call := func(key string) error {
+		st := &IngressStatus{Key: []byte(key), Encode: statusText}
+		_, err := f.node.Update(ctx, Message{Canister: id, Method: "reply", Caller: user, Status: st})
+		return err
+	}
+
+	// 1 MiB above the margin: the 1.5 MiB reply does not fit.
+	removeFill := ballast(t, mnt, "fill", freeBytes(t, mnt)-margin-1<<20)
+	t.Cleanup(removeFill)
+	f.node.store.SetDiskMargin(margin) // measured again at the next commit
+	if err := call("above"); !errors.Is(err, ErrDiskNearlyFull) {
+		t.Fatalf("a 1.5 MiB reply with 1 MiB above the margin: %v, want it refused by the disk margin", err)
+	}
+	if free := freeBytes(t, mnt); free < margin {
+		t.Fatalf("%d bytes free after the refusal: below the margin of %d", free, margin)
+	}
+	removeFill()
+	if err := call("room"); err != nil {
+		t.Fatalf("with room: %v", err)
+	}
+}
