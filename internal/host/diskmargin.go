@@ -15,12 +15,15 @@ import (
 // space on its file system so that a commit does not find the disk full
 // at its last sync, whose outcome would be unknown and stop the node
 // (storefail.go). A commit that writes canister data and would leave less
-// is refused before it writes anything; so, before they run, are ingress
-// updates to canisters and installs once less is left. Both are
+// is refused before it writes anything; so, before they run, are updates
+// to canisters (ingress, calls from canisters: handleRequest) and
+// installs once less is left, and heartbeats are skipped
+// (handleSystemTask). Both are
 // SYS_TRANSIENT rejects wrapping ErrDiskNearlyFull (and ErrStorageFull:
 // nothing applied, the node goes on): the canister's state is untouched,
-// nothing is charged, the cycles a call brought go back to its caller, as
-// when a commit finds the file system full. Queries, management calls
+// the cycles a call brought go back to its caller, as when a commit finds
+// the file system full. An execution refused at its commit is charged as
+// a trap (finish, install): the canister chooses how much it changes. Queries, management calls
 // (deleting a canister frees room) and the node's own writes go on.
 
 // ErrDiskNearlyFull: the call was refused because the free space on the

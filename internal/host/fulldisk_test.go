@@ -143,6 +143,9 @@ func durFullDisk(t *testing.T, mode string) {
 	mnt := durTmpfs(t, 256<<20)
 	cfg := crashCfg(filepath.Join(mnt, "home"))
 	cfg.Isolation = mode
+	// The full disk itself (ENOSPC at write), not the margin before it,
+	// whose refusals are charged (TestDiskMarginRefusalIsCharged).
+	cfg.NoDiskMargin = true
 	f := openFixture(t, cfg)
 	ctx := context.Background()
 	counterWasm, stableWasm, memoryWasm := module(t, corpusDir, "counter"), module(t, corpusDir, "stable"), module(t, corpusDir, "memory")

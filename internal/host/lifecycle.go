@@ -544,6 +544,14 @@ func (n *Node) install(ctx context.Context, id principal.Principal, opts Install
 	var answered func()
 	change.Ingress, answered = answerOf(ctx, nil)
 	if err := n.commit(change); err != nil {
+		if errors.Is(err, ErrDiskNearlyFull) {
+			// Charged as a failed install: the margin refused the state
+			// its executions made, whose size the canister chose
+			// (finish, diskmargin.go).
+			if cerr := n.chargeOnly(c, used, logs, compileFee, cycles.Amount{}); cerr != nil {
+				n.log.Error("charge of an install the disk margin refused failed", "canister", id.String(), "err", cerr)
+			}
+		}
 		return nil, err
 	}
 	answered()

@@ -131,7 +131,12 @@ func (n *Node) commitExecution(c *canister, out *sysapi.Output, extraFee, credit
 		Stable:  &store.MemoryChange{Delta: out.Stable},
 		Globals: out.Globals, SetGlobals: true,
 		Logs: entries, KeepLogs: n.cfg.LogLines, KeepLogBytes: n.cfg.LogBytes,
-		Ingress: ingress,
+		// Its reply (up to ReplyBytes) is stored with the status: counted
+		// by the disk margin as the canister's data, or callbacks that
+		// reply to many held ingress calls at once would write gigabytes
+		// past it. A refused one is answered with a reject, whose status
+		// is stored on its own (recordAnswer).
+		Ingress: ingress, IngressIsData: true,
 	}
 	if flight != nil {
 		change.Sent, change.Left = flight.sent, flight.left

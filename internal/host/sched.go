@@ -325,6 +325,17 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		refuse(rejectf(DestinationInvalid, "Canister %s has no update method '%s'", c.id, EchoedName(m.method)))
 		return
 	}
+	if kind == sysapi.CtxUpdate {
+		// Below the disk margin an update's commit may be refused after
+		// it ran, uncharged (diskmargin.go): refused before it runs, as
+		// Update refuses ingress at the door, for calls from canisters
+		// and ingress queued before the disk filled. The caller's cycles
+		// go back with the reject.
+		if rej := n.refuseNoRoom(0); rej != nil {
+			refuse(rej)
+			return
+		}
+	}
 	var fee cycles.Amount
 	if m.ingress {
 		fee = cycles.New(n.cfg.Fees.IngressReception).SaturatingAdd(cycles.New(n.cfg.Fees.IngressPerByte).MulSat(uint64(len(m.arg))))
@@ -408,7 +419,7 @@ func (n *Node) handleRequest(c *canister, m *message) {
 		n.stopIfIdle(c)
 		return
 	}
-	n.finish(c, id, cc, out, fee, cycles.Amount{}, nil)
+	n.finish(c, id, cc, out, fee, cycles.Amount{}, nil, nil)
 }
 
 // execute runs one execution of c from its committed state. One that ends
@@ -523,8 +534,10 @@ func sandboxFault(err error) bool {
 // sends its calls, delivers its response, closes the context when done.
 // credit is a refund a response brought, left the records in flight its
 // commit removes with it (inflight.go). It reports whether the execution
-// was committed.
-func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount, left []store.CallCycles) bool {
+// was committed. If the disk margin refused the commit and refused is
+// set, finish calls it and does nothing more: the caller fails the
+// execution (a callback, whose cleanup runs then).
+func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Output, fee, credit cycles.Amount, left []store.CallCycles, refused func()) bool {
 	// A user's call is answered by this execution, or still open: its
 	// status commits with it (ingress.go).
 	var ingress []store.IngressRecord
@@ -561,8 +574,26 @@ func (n *Node) finish(c *canister, id uint64, cc *callContext, out *sysapi.Outpu
 		}
 	}
 	if err := n.commitExecution(c, out, fee, credit, flight, ingress); err != nil {
-		n.log.Error("commit failed", "canister", c.id.String(), "err", err)
-		if !credit.IsZero() {
+		noRoom := errors.Is(err, ErrDiskNearlyFull)
+		if !noRoom {
+			// A refusal by the disk margin was logged, paced, as it was
+			// refused (noRoomReject): a canister decides how often.
+			n.log.Error("commit failed", "canister", c.id.String(), "err", err)
+		}
+		switch {
+		case noRoom && refused != nil:
+			refused()
+			return false
+		case noRoom:
+			// Charged as a trap, the refund credited with it: the
+			// margin refuses what the execution changed, and the
+			// canister chooses how much (up to gigabytes), so it could
+			// otherwise run every message for nothing on any node with
+			// less free than twice that above the margin (diskmargin.go).
+			if err := n.charge(c, out.Instructions, logsOf(out), fee, credit, left, nil); err != nil {
+				n.log.Error("charge of an execution the disk margin refused failed", "canister", c.id.String(), "err", err)
+			}
+		case !credit.IsZero():
 			// The refund a response brought is the caller's all the same
 			// (what its record in flight holds: none without a refund).
 			if err := n.charge(c, 0, nil, cycles.Amount{}, credit, left, nil); err != nil {
@@ -729,8 +760,15 @@ func (n *Node) handleResponse(c *canister, m *message) {
 	in.Responded = cc.responded // a second answer traps (sysapi), as on the IC
 	out, err := n.execute(c, in, false)
 	if err == nil && !out.Trapped {
-		n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID))
-		return
+		refused := false
+		if n.finish(c, cb.ctxID, cc, out, cycles.Amount{}, m.refund, refunded(c, m.callbackID), func() { refused = true }) || !refused {
+			return
+		}
+		// The disk margin refused its commit: it failed as a trap does,
+		// so its cleanup runs (and commits, if what it changes fits),
+		// as the canister relies on when a callback fails: a lock it
+		// holds across the call is released there.
+		out.Trapped, out.TrapMessage = true, ErrDiskNearlyFull.Error()
 	}
 	// What the failed callback is charged: what it ran, or its whole
 	// limit when its sandbox failed it; nothing when the host did.
@@ -959,6 +997,14 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		if !info.HasHeartbeat {
 			return false
 		}
+		if n.store.Room(0) != nil {
+			// Below the disk margin (diskmargin.go) its commit may be
+			// refused after it ran, uncharged, every interval: skipped,
+			// as an update is refused. Debug: the refusals are logged,
+			// paced, where commits are refused.
+			n.log.Debug("heartbeat skipped: the node's disk is nearly full", "canister", c.id.String())
+			return false
+		}
 	case "canister_on_low_wasm_memory":
 		if !info.HasLowWasmMemory {
 			return false
@@ -1000,7 +1046,7 @@ func (n *Node) handleSystemTask(c *canister, entry string) bool {
 		n.stopIfIdle(c)
 		return committed
 	}
-	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil)
+	return n.finish(c, id, cc, out, cycles.Amount{}, cycles.Amount{}, nil, nil)
 }
 
 // testHookTaskStarts, set by tests before any node opens, is called as a

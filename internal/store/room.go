@@ -17,11 +17,12 @@ import (
 // system may report a lack of room only at that sync (delayed allocation,
 // copy-on-write file systems such as btrfs, thin provisioning). So the
 // store keeps a margin of free space on its file system: a commit that
-// writes canister data (memory pages, a module, Wasm chunks) is refused
+// writes canister data (memory pages, a module, Wasm chunks, an
+// execution's ingress statuses with its reply: IngressIsData) is refused
 // before it writes anything, ErrNoRoom, when what it may take would leave
 // less free than the margin. What it may take is estimated from its
 // payload (roomNeeded). Writes that bring no such data (metadata, logs,
-// which are bounded per canister, ingress statuses, deletions, the node's
+// which are bounded per canister, other ingress statuses, deletions, the node's
 // own bookkeeping) are not refused: the margin is also their reserve, so a
 // node below it still charges, answers, trims and deletes.
 //
@@ -72,7 +73,8 @@ const (
 const roomOverhead = 2
 
 // roomNeeded is what changes may take on disk, for the margin: their
-// canister data (memory pages, module, chunks) times roomOverhead; 0 for
+// canister data (memory pages, module, chunks, and an execution's
+// ingress statuses: Change.IngressIsData) times roomOverhead; 0 for
 // changes that bring none (see the comment at the top of this file).
 func roomNeeded(changes []Change) uint64 {
 	var n uint64
@@ -91,6 +93,11 @@ func roomNeeded(changes []Change) uint64 {
 		n += uint64(len(c.Module))
 		for _, ch := range c.Chunks {
 			n += uint64(len(ch))
+		}
+		if c.IngressIsData {
+			for _, r := range c.Ingress {
+				n += uint64(len(r.Key) + len(r.Value))
+			}
 		}
 	}
 	return n * roomOverhead

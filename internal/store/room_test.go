@@ -168,6 +168,7 @@ func TestRoomNeeded(t *testing.T) {
 		{"heap page", Change{ID: []byte{1}, Heap: &MemoryChange{Delta: state.Delta{Pages: []state.DirtyPage{page}}}}, 2 * state.PageSize},
 		{"stable page and module", Change{ID: []byte{1}, Stable: &MemoryChange{Delta: state.Delta{Pages: []state.DirtyPage{page}}}, Module: make([]byte, 100)}, 2 * (state.PageSize + 100)},
 		{"chunk", Change{ID: []byte{1}, Chunks: [][]byte{make([]byte, 1000)}}, 2000},
+		{"an execution's ingress", Change{ID: []byte{1}, Ingress: []IngressRecord{{Key: []byte("k"), Value: make([]byte, 999)}}, IngressIsData: true}, 2000},
 	} {
 		if got := roomNeeded([]Change{c.c}); got != c.want {
 			t.Errorf("%s: roomNeeded = %d, want %d", c.name, got, c.want)

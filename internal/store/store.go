@@ -351,6 +351,10 @@ type Change struct {
 	// Ingress are ingress statuses committed with this change (ingress.go).
 	// A Change with only these and no ID writes only these.
 	Ingress []IngressRecord
+	// IngressIsData has the disk margin count Ingress as canister data
+	// (room.go): an execution's reply, whose size the canister chooses,
+	// stored with its status.
+	IngressIsData bool
 	// Cycles in flight (inflight.go). Sent records the cycles the calls
 	// this canister's execution made carry, each under its call; Left sets
 	// what remains in flight of calls (of any canister) whose cycles this
