@@ -64,6 +64,23 @@ func SelfPagemap() *os.File {
 	return selfPagemap
 }
 
+// scanBufs holds what a scan gives the kernel: its argument and the buffer
+// the kernel writes regions into, whose address goes in the argument as an
+// integer (pm_scan_arg.vec). The runtime does not update an integer when it
+// moves a goroutine's stack, and a stack may move between building the
+// argument and the ioctl (a call there, such as File.Fd, may grow it):
+// with the buffer on the stack the kernel then wrote 6 KiB into the
+// abandoned stack, memory the runtime may give another goroutine, and the
+// scan read its own copy, never written (regions 0x0-0x0: a canister's
+// 256 MiB memory "cannot be checked", a trap, once an unrelated change
+// moved the host's stack depth to that point). The heap does not move.
+type scanBuf struct {
+	arg     pmScanArg
+	regions [256]pageRegion
+}
+
+var scanBufs = sync.Pool{New: func() any { return new(scanBuf) }}
+
 // scans counts successful kernel answers (tests check the path is taken).
 var scans atomic.Uint64
 
@@ -88,11 +105,14 @@ func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64, keep
 	if pagemap == nil {
 		return nil, errNoScan
 	}
-	var regions [256]pageRegion
+	fd := pagemap.Fd()
+	buf := scanBufs.Get().(*scanBuf)
+	defer scanBufs.Put(buf)
+	regions, arg := &buf.regions, &buf.arg
 	var out []uint64
 	start, end := uint64(addr), uint64(addr+size)
 	for start < end {
-		arg := pmScanArg{
+		*arg = pmScanArg{
 			size:             uint64(unsafe.Sizeof(pmScanArg{})),
 			start:            start,
 			end:              end,
@@ -103,7 +123,7 @@ func scanPages(pagemap *os.File, addr, size uintptr, inverted, mask uint64, keep
 			categoryAnyof:    pageIsPresent | pageIsSwapped,
 			returnMask:       pageIsPresent | pageIsSwapped | pageIsPFNZero,
 		}
-		n, _, errno := unix.Syscall(unix.SYS_IOCTL, pagemap.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg)))
+		n, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, pagemapScan, uintptr(unsafe.Pointer(arg)))
 		if errno != 0 {
 			return nil, fmt.Errorf("%w: %v", errNoScan, errno)
 		}
